@@ -1,0 +1,119 @@
+//! Typed access to the pinned maps: what the agent writes, and what the CLI,
+//! metrics and tests read. Opening by pin path works whether or not an agent
+//! is running.
+use std::path::Path;
+
+use anyhow::{Context as _, Result};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use lb_common::{
+    maps, BackendId, BackendV4, Config, FlowKeyV4, FlowV4, ServiceKeyV4, ServiceStats, ServiceV4,
+    SlotKey,
+};
+
+pub struct Dataplane {
+    pub services: HashMap<MapData, ServiceKeyV4, ServiceV4>,
+    pub backends: HashMap<MapData, BackendId, BackendV4>,
+    pub slots: HashMap<MapData, SlotKey, BackendId>,
+    /// An LRU hash; aya's `HashMap` handles both hash kinds.
+    pub conntrack: HashMap<MapData, FlowKeyV4, FlowV4>,
+    pub service_stats: PerCpuArray<MapData, ServiceStats>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub config: Array<MapData, Config>,
+}
+
+fn open<T>(dir: &Path, name: &str) -> Result<T>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("opening pinned map {} (is the agent installed?)", path.display()))?;
+    T::try_from(Map::from_map_data(data)?).with_context(|| format!("{name}: unexpected map type"))
+}
+
+impl Dataplane {
+    /// Opens every map pinned under `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        Ok(Self {
+            services: open(dir, maps::SERVICES_V4)?,
+            backends: open(dir, maps::BACKENDS_V4)?,
+            slots: open(dir, maps::SERVICE_SLOTS)?,
+            conntrack: open(dir, maps::CONNTRACK_V4)?,
+            service_stats: open(dir, maps::SERVICE_STATS)?,
+            counters: open(dir, maps::COUNTERS)?,
+            config: open(dir, maps::CONFIG)?,
+        })
+    }
+
+    /// The per-CPU counters of `lb_common::counter`, summed over CPUs.
+    pub fn counters(&self) -> Result<Vec<u64>> {
+        (0..lb_common::counter::COUNT)
+            .map(|i| Ok(self.counters.get(&i, 0)?.iter().sum()))
+            .collect()
+    }
+
+    /// The stats of `service_id`, summed over CPUs.
+    pub fn service_stats(&self, service_id: u32) -> Result<ServiceStats> {
+        let mut total = ServiceStats::default();
+        for s in self.service_stats.get(&service_id, 0)?.iter() {
+            total += *s;
+        }
+        Ok(total)
+    }
+
+    /// Every conntrack entry.
+    pub fn flows(&self) -> Result<Vec<(FlowKeyV4, FlowV4)>> {
+        Ok(self.conntrack.iter().collect::<Result<_, _>>()?)
+    }
+}
+
+impl Dataplane {
+    /// What the agent-owned maps hold now.
+    pub fn contents(&self) -> Result<crate::diff::MapContents> {
+        Ok(crate::diff::MapContents {
+            services: self.services.iter().collect::<Result<_, _>>()?,
+            backends: self.backends.iter().collect::<Result<_, _>>()?,
+            slots: self.slots.iter().collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Applies `diff` in an order where no packet meets a dangling reference:
+    /// backends, then slots, then services are written; removals go the other
+    /// way (services, slots, backends). A service's count shrinks before the
+    /// slots above it go, and grows only after they exist.
+    pub fn apply(&mut self, diff: &crate::diff::Diff) -> Result<()> {
+        for (k, v) in &diff.backends.upsert {
+            self.backends.insert(k, v, 0).with_context(|| format!("writing backend {k}"))?;
+        }
+        for (k, v) in &diff.slots.upsert {
+            self.slots.insert(k, v, 0).with_context(|| format!("writing slot {k:?}"))?;
+        }
+        for (k, v) in &diff.services.upsert {
+            self.services.insert(k, v, 0).with_context(|| format!("writing service {k:?}"))?;
+        }
+        for k in &diff.services.remove {
+            ignore_missing(self.services.remove(k))?;
+        }
+        for k in &diff.slots.remove {
+            ignore_missing(self.slots.remove(k))?;
+        }
+        for k in &diff.backends.remove {
+            ignore_missing(self.backends.remove(k))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the node-wide config.
+    pub fn set_config(&mut self, cfg: &Config) -> Result<()> {
+        self.config.set(0, cfg, 0).context("writing config")?;
+        Ok(())
+    }
+}
+
+/// A removal of a key that is already gone is a success.
+fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<()> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        other => Ok(other?),
+    }
+}

@@ -1,0 +1,111 @@
+//! Desired map contents, and the minimal set of writes that gets the maps there.
+use std::collections::BTreeMap;
+
+use lb_common::{BackendId, BackendV4, ServiceKeyV4, ServiceV4, SlotKey};
+
+/// What the agent-owned maps contain (or should).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapContents {
+    pub services: BTreeMap<ServiceKeyV4, ServiceV4>,
+    pub backends: BTreeMap<BackendId, BackendV4>,
+    pub slots: BTreeMap<SlotKey, BackendId>,
+}
+
+/// Upserts and removals of one map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Changes<K, V> {
+    pub upsert: Vec<(K, V)>,
+    pub remove: Vec<K>,
+}
+
+impl<K, V> Default for Changes<K, V> {
+    fn default() -> Self {
+        Self { upsert: Vec::new(), remove: Vec::new() }
+    }
+}
+
+impl<K, V> Changes<K, V> {
+    pub fn len(&self) -> usize {
+        self.upsert.len() + self.remove.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Every write needed to turn current contents into desired ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Diff {
+    pub services: Changes<ServiceKeyV4, ServiceV4>,
+    pub backends: Changes<BackendId, BackendV4>,
+    pub slots: Changes<SlotKey, BackendId>,
+}
+
+impl Diff {
+    pub fn len(&self) -> usize {
+        self.services.len() + self.backends.len() + self.slots.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn changes<K: Ord + Copy, V: PartialEq + Copy>(
+    current: &BTreeMap<K, V>,
+    desired: &BTreeMap<K, V>,
+) -> Changes<K, V> {
+    Changes {
+        upsert: desired
+            .iter()
+            .filter(|(k, v)| current.get(k) != Some(v))
+            .map(|(k, v)| (*k, *v))
+            .collect(),
+        remove: current.keys().filter(|k| !desired.contains_key(k)).copied().collect(),
+    }
+}
+
+/// The minimal diff from `current` to `desired`.
+pub fn diff(current: &MapContents, desired: &MapContents) -> Diff {
+    Diff {
+        services: changes(&current.services, &desired.services),
+        backends: changes(&current.backends, &desired.backends),
+        slots: changes(&current.slots, &desired.slots),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn contents(backends: &[(u32, [u8; 4])], count: u32) -> MapContents {
+        let mut c = MapContents::default();
+        let key = ServiceKeyV4 { addr: [10, 96, 0, 1], port: 80u16.to_be_bytes(), proto: 6, scope: 0 };
+        c.services.insert(key, ServiceV4 { id: 1, count, ..Default::default() });
+        for (i, (id, addr)) in backends.iter().enumerate() {
+            c.backends.insert(*id, BackendV4 { addr: *addr, port: 8080u16.to_be_bytes(), weight: 1, ..Default::default() });
+            c.slots.insert(SlotKey { service_id: 1, slot: i as u32 + 1 }, *id);
+        }
+        c
+    }
+
+    #[test]
+    fn identical_contents_need_no_write() {
+        let c = contents(&[(1, [10, 0, 0, 1]), (2, [10, 0, 0, 2])], 2);
+        assert!(diff(&c, &c).is_empty());
+    }
+
+    #[test]
+    fn removing_a_backend_touches_only_what_changed() {
+        let cur = contents(&[(1, [10, 0, 0, 1]), (2, [10, 0, 0, 2]), (3, [10, 0, 0, 3])], 3);
+        let want = contents(&[(1, [10, 0, 0, 1]), (3, [10, 0, 0, 3])], 2);
+        let d = diff(&cur, &want);
+        assert_eq!(d.backends.remove, vec![2]);
+        assert!(d.backends.upsert.is_empty());
+        // slot 2 now names backend 3, slot 3 is gone, the count drops to 2.
+        assert_eq!(d.slots.upsert, vec![(SlotKey { service_id: 1, slot: 2 }, 3)]);
+        assert_eq!(d.slots.remove, vec![SlotKey { service_id: 1, slot: 3 }]);
+        assert_eq!(d.services.upsert.len(), 1);
+        assert_eq!(d.services.upsert[0].1.count, 2);
+        assert_eq!(d.len(), 4);
+    }
+}

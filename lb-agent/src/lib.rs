@@ -1,0 +1,5 @@
+//! lb-agent: loads xdplb's eBPF programs, keeps their pinned maps in step
+//! with the desired state, and reads them back for operators.
+pub mod dataplane;
+pub mod loader;
+pub mod diff;

@@ -1,0 +1,33 @@
+//! Node-wide settings the programs read from the `config` array (index 0).
+use bytemuck::{Pod, Zeroable};
+
+/// Value of `config[0]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct Config {
+    /// Layout version of every map; the agent refuses pinned maps of another.
+    pub layout_version: u32,
+    /// Idle timeout of established TCP flows, seconds.
+    pub tcp_timeout_s: u32,
+    /// Idle timeout of UDP flows, seconds.
+    pub udp_timeout_s: u32,
+    /// Timeout of TCP flows after FIN/RST, seconds.
+    pub closing_timeout_s: u32,
+}
+const _: () = assert!(core::mem::size_of::<Config>() == 16);
+
+/// Bumped whenever a map's key, value or meaning changes.
+pub const LAYOUT_VERSION: u32 = 1;
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            layout_version: LAYOUT_VERSION,
+            tcp_timeout_s: 6 * 3600,
+            udp_timeout_s: 60,
+            closing_timeout_s: 10,
+        }
+    }
+}
+
+crate::user_pod!(Config);

@@ -1,0 +1,65 @@
+//! Conntrack: both directions of every balanced flow.
+use bytemuck::{Pod, Zeroable};
+
+/// Key of `conntrack_v4`: a 5-tuple as it appears on the wire.
+///
+/// A flow has two entries: the forward one keyed by what the client sent
+/// (client → VIP:port) and the reply one keyed by what the backend sends
+/// (backend:port → client). Keying the reply by the full backend 5-tuple is what
+/// keeps two services that share a backend apart.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FlowKeyV4 {
+    pub src_addr: [u8; 4],
+    pub dst_addr: [u8; 4],
+    pub src_port: [u8; 2],
+    pub dst_port: [u8; 2],
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FlowKeyV4>() == 16);
+
+/// Direction of a conntrack entry (`FlowV4::direction`).
+pub mod direction {
+    /// Client → service: rewrite the destination to the backend.
+    pub const FORWARD: u8 = 0;
+    /// Backend → client: rewrite the source back to the service address.
+    pub const REPLY: u8 = 1;
+}
+
+/// Flow flags (`FlowV4::flags`).
+pub mod flow_flags {
+    /// A FIN or RST was seen: the entry lives only for the closing timeout.
+    pub const CLOSING: u8 = 1 << 0;
+    /// A SYN-ACK or any reply was seen.
+    pub const SEEN_REPLY: u8 = 1 << 1;
+}
+
+/// Value of `conntrack_v4`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FlowV4 {
+    /// Backend the flow is pinned to.
+    pub backend_id: u32,
+    /// Service the flow was balanced by.
+    pub service_id: u32,
+    /// FORWARD: the backend address; REPLY: the service address (both network
+    /// order): what the address is rewritten to.
+    pub nat_addr: [u8; 4],
+    /// As `nat_addr`, for the port.
+    pub nat_port: [u8; 2],
+    /// One of [`direction`].
+    pub direction: u8,
+    /// Bit set of [`flow_flags`].
+    pub flags: u8,
+    /// `bpf_ktime_get_ns()` at creation.
+    pub created_ns: u64,
+    /// `bpf_ktime_get_ns()` of the last packet (updated at most once a second).
+    pub last_seen_ns: u64,
+    /// Packets and bytes in this entry's direction.
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<FlowV4>() == 48);
+
+crate::user_pod!(FlowKeyV4, FlowV4);

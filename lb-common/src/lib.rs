@@ -1,0 +1,35 @@
+//! Types that cross the kernel/user boundary, defined once.
+//!
+//! Rules for every type here:
+//! - `#[repr(C)]`, every padding byte is an explicit `_pad` field that is zeroed,
+//!   so `bytemuck::Pod` accepts it and `bpftool map dump` shows no garbage;
+//! - addresses and ports are byte arrays in network (wire) order, so a forgotten
+//!   byte swap cannot compile;
+//! - no `bool`, `Option` or Rust enums in map values: plain integers with named
+//!   constants.
+#![no_std]
+
+pub mod backend;
+pub mod config;
+pub mod flow;
+pub mod maps;
+pub mod service;
+pub mod stats;
+
+pub use backend::*;
+pub use config::*;
+pub use flow::*;
+pub use service::*;
+pub use stats::*;
+
+/// Implements `aya::Pod` (user side) for map key/value types.
+macro_rules! user_pod {
+    ($($t:ty),* $(,)?) => {
+        $(
+            #[cfg(feature = "user")]
+            // SAFETY: the type is `#[repr(C)]`, `bytemuck::Pod` (no padding, no invalid bit patterns).
+            unsafe impl aya::Pod for $t {}
+        )*
+    };
+}
+pub(crate) use user_pod;

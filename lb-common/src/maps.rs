@@ -1,0 +1,49 @@
+//! Map names, shared so the agent never spells a name twice. Each name is also
+//! the file name under the pin directory (`/sys/fs/bpf/xdplb/<name>`).
+
+/// (VIP, port, protocol) → [`crate::ServiceV4`].
+pub const SERVICES_V4: &str = "services_v4";
+/// [`crate::BackendId`] → [`crate::BackendV4`].
+pub const BACKENDS_V4: &str = "backends_v4";
+/// [`crate::SlotKey`] (service id, slot 1..=count) → [`crate::BackendId`].
+pub const SERVICE_SLOTS: &str = "service_slots";
+/// LRU [`crate::FlowKeyV4`] → [`crate::FlowV4`], both directions of every flow.
+pub const CONNTRACK_V4: &str = "conntrack_v4";
+/// Per-CPU [`crate::ServiceStats`] indexed by service id.
+pub const SERVICE_STATS: &str = "service_stats";
+/// Per-CPU `u64` counters indexed by [`crate::Counter`].
+pub const COUNTERS: &str = "counters";
+/// Round-robin position (`u64`, shared) indexed by service id.
+pub const RR_STATE: &str = "rr_state";
+/// [`crate::Config`] at index 0.
+pub const CONFIG: &str = "config";
+
+/// Every map the programs own, in the order the agent pins and checks them.
+pub const ALL: &[&str] = &[
+    SERVICES_V4,
+    BACKENDS_V4,
+    SERVICE_SLOTS,
+    CONNTRACK_V4,
+    SERVICE_STATS,
+    COUNTERS,
+    RR_STATE,
+    CONFIG,
+];
+
+/// Default sizes; the agent can override each at load time.
+pub mod default_size {
+    pub const SERVICES: u32 = 65_536;
+    pub const BACKENDS: u32 = 262_144;
+    pub const SLOTS: u32 = 1_048_576;
+    pub const CONNTRACK: u32 = 1_048_576;
+}
+
+/// Program names (the function names in lb-ebpf).
+pub mod programs {
+    /// XDP on an uplink: service lookup + DNAT of new and established flows.
+    pub const XDP_LB: &str = "xdp_lb";
+    /// tc ingress on host-side pod interfaces: DNAT of east-west service traffic.
+    pub const TC_INGRESS: &str = "tc_ingress";
+    /// tc egress on every attached interface: reverse NAT of replies.
+    pub const TC_EGRESS: &str = "tc_egress";
+}

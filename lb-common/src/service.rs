@@ -1,0 +1,67 @@
+//! Service lookup: how a packet's destination becomes a service.
+use bytemuck::{Pod, Zeroable};
+
+/// Key of `services_v4`: one entry per way a service is reached (ClusterIP,
+/// each node address for a NodePort, each LoadBalancer ingress IP, each
+/// ExternalIP), per port and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct ServiceKeyV4 {
+    /// Destination address, network order.
+    pub addr: [u8; 4],
+    /// Destination port, network order.
+    pub port: [u8; 2],
+    /// IP protocol number ([`IPPROTO_TCP`] or [`IPPROTO_UDP`]).
+    pub proto: u8,
+    /// Reserved for a future scope (e.g. internal vs external); zero.
+    pub scope: u8,
+}
+const _: () = assert!(core::mem::size_of::<ServiceKeyV4>() == 8);
+
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+
+/// Backend selection algorithm of a service (`ServiceV4::algorithm`).
+pub mod algorithm {
+    /// Uniformly random slot per new flow (kube-proxy iptables mode).
+    pub const RANDOM: u8 = 0;
+    /// Next slot per new flow, one rotation per CPU (kube-proxy userspace mode).
+    pub const ROUND_ROBIN: u8 = 1;
+}
+
+/// Service flags (`ServiceV4::flags`).
+pub mod service_flags {
+    /// The backends are serving-but-terminating ones used as a last resort.
+    pub const FALLBACK_TERMINATING: u8 = 1 << 0;
+}
+
+/// Value of `services_v4`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct ServiceV4 {
+    /// Service id (1-based; 0 means none). Index into `service_stats` and
+    /// `rr_state`, first half of the `service_slots` key.
+    pub id: u32,
+    /// Number of slots (1..=count) that new flows choose from; 0 = no backend.
+    pub count: u32,
+    /// One of [`algorithm`].
+    pub algorithm: u8,
+    /// Bit set of [`service_flags`].
+    pub flags: u8,
+    pub _pad: [u8; 2],
+    /// ClientIP session affinity timeout in seconds; 0 = no affinity.
+    pub affinity_timeout_s: u32,
+}
+const _: () = assert!(core::mem::size_of::<ServiceV4>() == 16);
+
+/// Key of `service_slots`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct SlotKey {
+    pub service_id: u32,
+    /// 1..=`ServiceV4::count`.
+    pub slot: u32,
+}
+const _: () = assert!(core::mem::size_of::<SlotKey>() == 8);
+
+crate::user_pod!(ServiceKeyV4, ServiceV4, SlotKey);

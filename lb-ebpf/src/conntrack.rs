@@ -1,0 +1,162 @@
+//! Conntrack: pins every flow to its backend, and remembers how to rewrite
+//! its replies. Both directions of a flow are entries of one LRU map.
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use lb_common::{
+    counter, direction, flow_flags, BackendV4, Config, FlowKeyV4, FlowV4, IPPROTO_TCP,
+};
+
+use crate::{
+    maps::{backends_v4, config, conntrack_v4},
+    parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN},
+    stats::count,
+};
+
+const NS: u64 = 1_000_000_000;
+/// `last_seen_ns` is refreshed at most this often, to keep writes to a shared
+/// entry rare.
+const TOUCH_INTERVAL_NS: u64 = NS;
+
+/// Where a packet's address and port are rewritten to.
+#[derive(Clone, Copy)]
+pub struct Rewrite {
+    pub addr: [u8; 4],
+    pub port: [u8; 2],
+}
+
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The key of the packet's own direction.
+#[inline(always)]
+pub fn key_of(p: &Packet) -> FlowKeyV4 {
+    FlowKeyV4 {
+        src_addr: p.src,
+        dst_addr: p.dst,
+        src_port: p.sport,
+        dst_port: p.dport,
+        proto: p.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// Idle timeout of `entry`, from the agent's config (defaults until it is written).
+#[inline(always)]
+fn timeout_ns(entry: &FlowV4, proto: u8) -> u64 {
+    let cfg = match config.get(0) {
+        Some(c) if c.layout_version != 0 => *c,
+        _ => Config::default(),
+    };
+    let s = if entry.flags & flow_flags::CLOSING != 0 {
+        cfg.closing_timeout_s
+    } else if proto == IPPROTO_TCP {
+        cfg.tcp_timeout_s
+    } else {
+        cfg.udp_timeout_s
+    };
+    s as u64 * NS
+}
+
+/// Records a packet on `entry`: counters, last-seen time, TCP teardown.
+#[inline(always)]
+fn touch(entry: &mut FlowV4, p: &Packet, now: u64) {
+    // Plain adds: a flow is steered to one CPU by RSS, so these rarely race,
+    // and an occasional lost increment is cheaper than an atomic per packet.
+    entry.packets += 1;
+    entry.bytes += p.ip_len as u64;
+    if now.wrapping_sub(entry.last_seen_ns) > TOUCH_INTERVAL_NS {
+        entry.last_seen_ns = now;
+    }
+    if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        entry.flags |= flow_flags::CLOSING;
+    }
+}
+
+/// The backend an existing forward flow is pinned to, if the flow is live and
+/// its backend still exists (a terminating backend keeps its flows).
+///
+/// Returns `None` for a new flow: no entry, an idle-expired entry, a SYN on a
+/// closed connection's tuple, or a backend that is gone (counted as
+/// re-balanced: the stale-conntrack blackhole of kube-proxy does not exist here).
+#[inline(always)]
+pub fn established(key: &FlowKeyV4, p: &Packet, now: u64) -> Option<Rewrite> {
+    // SAFETY: the entry stays valid for this program run; races only lose counts.
+    let entry = unsafe { &mut *conntrack_v4.get_ptr_mut(key)? };
+    if entry.direction != direction::FORWARD
+        || now.wrapping_sub(entry.last_seen_ns) > timeout_ns(entry, p.proto)
+        || (p.tcp_flags & TCP_SYN != 0 && entry.flags & flow_flags::CLOSING != 0)
+    {
+        return None;
+    }
+    // SAFETY: read-only copy of an agent-written value.
+    let backend = match unsafe { backends_v4.get(entry.backend_id) } {
+        Some(b) if b.addr == entry.nat_addr && b.port == entry.nat_port => *b,
+        _ => {
+            count(counter::REBALANCED);
+            return None;
+        }
+    };
+    touch(entry, p, now);
+    Some(Rewrite { addr: backend.addr, port: backend.port })
+}
+
+/// Creates both entries of a new flow of `p` to `backend`. A failed insert is
+/// counted; the packet is still forwarded.
+#[inline(always)]
+pub fn create(key: &FlowKeyV4, p: &Packet, service_id: u32, backend_id: u32, backend: &BackendV4, now: u64) {
+    let mut entry = FlowV4 {
+        backend_id,
+        service_id,
+        nat_addr: backend.addr,
+        nat_port: backend.port,
+        direction: direction::FORWARD,
+        flags: 0,
+        created_ns: now,
+        last_seen_ns: now,
+        packets: 1,
+        bytes: p.ip_len as u64,
+    };
+    // The reply entry first: once the forward entry exists, a reply may follow.
+    let reply_key = FlowKeyV4 {
+        src_addr: backend.addr,
+        dst_addr: p.src,
+        src_port: backend.port,
+        dst_port: p.sport,
+        proto: p.proto,
+        _pad: [0; 3],
+    };
+    let reply = FlowV4 {
+        nat_addr: p.dst,
+        nat_port: p.dport,
+        direction: direction::REPLY,
+        packets: 0,
+        bytes: 0,
+        ..entry
+    };
+    if conntrack_v4.insert(&reply_key, &reply, 0).is_err() {
+        count(counter::CT_FULL);
+    }
+    if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+        entry.flags |= flow_flags::CLOSING;
+    }
+    if conntrack_v4.insert(key, &entry, 0).is_err() {
+        count(counter::CT_FULL);
+    }
+}
+
+/// The rewrite of a reply packet (backend → client) back to the service
+/// address the client dialed, if `p` is the reply direction of a known flow.
+#[inline(always)]
+pub fn reply(p: &Packet) -> Option<Rewrite> {
+    let key = key_of(p);
+    // SAFETY: as in `established`.
+    let entry = unsafe { &mut *conntrack_v4.get_ptr_mut(&key)? };
+    if entry.direction != direction::REPLY {
+        return None;
+    }
+    entry.flags |= flow_flags::SEEN_REPLY;
+    touch(entry, p, now());
+    Some(Rewrite { addr: entry.nat_addr, port: entry.nat_port })
+}

@@ -1,0 +1,48 @@
+//! Every map of the dataplane, one purpose line each. Names come from
+#![allow(non_upper_case_globals, reason = "the statics are named as the pinned maps bpftool shows")]
+//! `lb_common::maps`; the sizes here are defaults the agent overrides.
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use lb_common::{
+    counter, maps::default_size as size, BackendId, BackendV4, Config, FlowKeyV4, FlowV4,
+    ServiceKeyV4, ServiceStats, ServiceV4, SlotKey,
+};
+
+/// (VIP, port, protocol) → service. Written by the agent.
+#[btf_map]
+pub static services_v4: HashMap<ServiceKeyV4, ServiceV4, { size::SERVICES as usize }> =
+    HashMap::new();
+
+/// Backend id → address, port, state. Written by the agent.
+#[btf_map]
+pub static backends_v4: HashMap<BackendId, BackendV4, { size::BACKENDS as usize }> =
+    HashMap::new();
+
+/// (service id, slot) → backend id: what new flows choose from. Written by the agent.
+#[btf_map]
+pub static service_slots: HashMap<SlotKey, BackendId, { size::SLOTS as usize }> = HashMap::new();
+
+/// 5-tuple → flow, both directions. Written by the programs; LRU so a full
+/// table evicts the least recently used flow instead of refusing new ones.
+#[btf_map]
+pub static conntrack_v4: LruHashMap<FlowKeyV4, FlowV4, { size::CONNTRACK as usize }> =
+    LruHashMap::new();
+
+/// Per-CPU counters per service id.
+#[btf_map]
+pub static service_stats: PerCpuArray<ServiceStats, { size::SERVICES as usize + 1 }> =
+    PerCpuArray::new();
+
+/// Per-CPU packet outcome counters, indexed by `lb_common::counter`.
+#[btf_map]
+pub static counters: PerCpuArray<u64, { counter::COUNT as usize }> = PerCpuArray::new();
+
+/// Round-robin position per service id (shared, bumped atomically).
+#[btf_map]
+pub static rr_state: Array<u64, { size::SERVICES as usize + 1 }> = Array::new();
+
+/// Node-wide settings at index 0, written by the agent.
+#[btf_map]
+pub static config: Array<Config, 1> = Array::new();

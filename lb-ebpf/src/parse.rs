@@ -1,0 +1,139 @@
+//! Header parsing: Ethernet → IPv4 → TCP/UDP, every access bounds-checked
+//! against `data_end` so the verifier accepts it and a short packet is a
+//! counted drop, never an out-of-bounds read.
+//!
+//! Handled explicitly: VLAN tags and non-IPv4 frames are passed untouched,
+//! IP options are skipped (IHL), fragments are passed to the stack (only the
+//! first carries ports, so they cannot be balanced per flow here).
+use core::mem::size_of;
+
+use lb_common::{counter, IPPROTO_TCP, IPPROTO_UDP};
+
+use crate::verdict::{Verdict, MALFORMED};
+
+pub const ETH_LEN: usize = 14;
+const ETH_P_IP: [u8; 2] = [0x08, 0x00];
+const ETH_P_8021Q: [u8; 2] = [0x81, 0x00];
+const ETH_P_8021AD: [u8; 2] = [0x88, 0xa8];
+
+/// Offsets inside the IPv4 header.
+pub const IP_CHECK: usize = 10;
+pub const IP_SRC: usize = 12;
+pub const IP_DST: usize = 16;
+/// Offsets inside the TCP/UDP header.
+pub const L4_SPORT: usize = 0;
+pub const L4_DPORT: usize = 2;
+pub const TCP_CHECK: usize = 16;
+pub const UDP_CHECK: usize = 6;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+
+#[repr(C)]
+struct EthHdr {
+    dst: [u8; 6],
+    src: [u8; 6],
+    proto: [u8; 2],
+}
+
+#[repr(C)]
+struct Ipv4Hdr {
+    version_ihl: u8,
+    tos: u8,
+    tot_len: [u8; 2],
+    id: [u8; 2],
+    frag_off: [u8; 2],
+    ttl: u8,
+    proto: u8,
+    check: [u8; 2],
+    src: [u8; 4],
+    dst: [u8; 4],
+}
+
+/// The part of TCP and UDP headers we read: ports, and (TCP) the flags byte.
+#[repr(C)]
+struct L4Ports {
+    sport: [u8; 2],
+    dport: [u8; 2],
+}
+
+/// A parsed IPv4 TCP/UDP packet: its 5-tuple and where its headers are.
+#[derive(Clone, Copy)]
+pub struct Packet {
+    /// Offset of the L4 header from the start of the frame.
+    pub l4: usize,
+    pub proto: u8,
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    /// TCP flags byte; 0 for UDP.
+    pub tcp_flags: u8,
+    /// IPv4 total length (bytes counted per flow and service).
+    pub ip_len: u16,
+}
+
+impl Packet {
+    /// Offset of the L4 checksum field from the start of the frame.
+    #[inline(always)]
+    pub fn l4_check(&self) -> usize {
+        self.l4 + if self.proto == IPPROTO_TCP { TCP_CHECK } else { UDP_CHECK }
+    }
+}
+
+#[inline(always)]
+fn ptr_at<T>(data: usize, end: usize, off: usize) -> Result<*const T, Verdict> {
+    if data + off + size_of::<T>() > end {
+        return Err(MALFORMED);
+    }
+    Ok((data + off) as *const T)
+}
+
+/// Parses the frame in `[data, end)`.
+#[inline(always)]
+pub fn parse(data: usize, end: usize) -> Result<Packet, Verdict> {
+    // SAFETY (all derefs below): `ptr_at` checked the whole struct is inside the frame.
+    let eth: *const EthHdr = ptr_at(data, end, 0)?;
+    let proto = unsafe { (*eth).proto };
+    if proto != ETH_P_IP {
+        return Err(if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+            Verdict::Pass(counter::PASS_VLAN)
+        } else {
+            Verdict::Pass(counter::PASS_NOT_IP)
+        });
+    }
+    let ip: *const Ipv4Hdr = ptr_at(data, end, ETH_LEN)?;
+    let (vihl, tot_len, frag, l4proto, src, dst) = unsafe {
+        ((*ip).version_ihl, (*ip).tot_len, (*ip).frag_off, (*ip).proto, (*ip).src, (*ip).dst)
+    };
+    let ihl = ((vihl & 0x0f) as usize) * 4;
+    let ip_len = u16::from_be_bytes(tot_len);
+    // `ip_len` is not checked against `end`: in tc, `end` is only the linear
+    // part of the buffer, and every access below is bounds-checked anyway.
+    if vihl >> 4 != 4 || ihl < 20 || (ip_len as usize) < ihl {
+        return Err(MALFORMED);
+    }
+    // More-fragments set or a non-zero offset.
+    if u16::from_be_bytes(frag) & 0x3fff != 0 {
+        return Err(Verdict::Pass(counter::PASS_FRAGMENT));
+    }
+    let l4 = ETH_LEN + ihl;
+    let (min_l4, tcp) = match l4proto {
+        IPPROTO_TCP => (20, true),
+        IPPROTO_UDP => (8, false),
+        _ => return Err(Verdict::Pass(counter::PASS_OTHER_L4)),
+    };
+    if ihl + min_l4 > ip_len as usize {
+        return Err(MALFORMED);
+    }
+    let ports: *const L4Ports = ptr_at(data, end, l4)?;
+    let tcp_flags = if tcp {
+        let flags: *const u8 = ptr_at(data, end, l4 + 13)?;
+        unsafe { *flags }
+    } else {
+        0
+    };
+    let (sport, dport) = unsafe { ((*ports).sport, (*ports).dport) };
+    Ok(Packet { l4, proto: l4proto, src, dst, sport, dport, tcp_flags, ip_len })
+}

@@ -1,0 +1,55 @@
+//! The forward path shared by every hook: service lookup, conntrack, backend
+//! selection. Returns where the packet's destination goes; the hook rewrites.
+use lb_common::{counter, ServiceKeyV4, SlotKey};
+
+use crate::{
+    conntrack::{self, Rewrite},
+    maps::{backends_v4, service_slots, services_v4},
+    parse::Packet,
+    select,
+    stats,
+    verdict::Verdict,
+};
+
+/// `Ok(None)`: not a service packet. `Ok(Some(rw))`: rewrite the destination
+/// to `rw`. `Err`: drop (the reason is counted by the caller).
+#[inline(always)]
+pub fn balance(p: &Packet) -> Result<Option<Rewrite>, Verdict> {
+    let svc_key = ServiceKeyV4 { addr: p.dst, port: p.dport, proto: p.proto, scope: 0 };
+    // SAFETY: read-only copy of an agent-written value.
+    let svc = match unsafe { services_v4.get(&svc_key) } {
+        Some(s) => *s,
+        None => return Ok(None),
+    };
+    let now = conntrack::now();
+    let key = conntrack::key_of(p);
+    if let Some(rw) = conntrack::established(&key, p, now) {
+        stats::service(svc.id, |s| {
+            s.packets += 1;
+            s.bytes += p.ip_len as u64;
+        });
+        return Ok(Some(rw));
+    }
+    let no_backend = || {
+        stats::service(svc.id, |s| s.drops_no_backend += 1);
+        Err(Verdict::Drop(counter::DROP_NO_BACKEND))
+    };
+    if svc.count == 0 {
+        return no_backend();
+    }
+    let slot = SlotKey { service_id: svc.id, slot: select::slot(&svc) };
+    // SAFETY: read-only copies of agent-written values.
+    let Some(&backend_id) = (unsafe { service_slots.get(&slot) }) else {
+        return no_backend();
+    };
+    let Some(&backend) = (unsafe { backends_v4.get(backend_id) }) else {
+        return no_backend();
+    };
+    conntrack::create(&key, p, svc.id, backend_id, &backend, now);
+    stats::service(svc.id, |s| {
+        s.packets += 1;
+        s.bytes += p.ip_len as u64;
+        s.new_flows += 1;
+    });
+    Ok(Some(Rewrite { addr: backend.addr, port: backend.port }))
+}

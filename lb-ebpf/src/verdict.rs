@@ -1,0 +1,23 @@
+//! What happens to a packet, and why. Every early exit is a named reason that
+//! is counted, so `lb-agent stats` can explain every packet.
+use lb_common::counter;
+
+/// Outcome of processing one packet, independent of the hook.
+#[derive(Clone, Copy)]
+pub enum Verdict {
+    /// Hand the packet to the stack (possibly rewritten), counting `reason`.
+    Pass(u32),
+    /// Drop the packet, counting `reason`.
+    Drop(u32),
+}
+
+impl Verdict {
+    pub const fn reason(self) -> u32 {
+        match self {
+            Verdict::Pass(r) | Verdict::Drop(r) => r,
+        }
+    }
+}
+
+/// A malformed packet: truncated or inconsistent headers.
+pub const MALFORMED: Verdict = Verdict::Drop(counter::DROP_MALFORMED);

@@ -1,0 +1,36 @@
+//! The XDP hook on uplinks: parse, balance, rewrite, pass to the stack.
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
+use lb_common::counter;
+
+use crate::{
+    nat::{self, Side},
+    parse, service,
+    stats::count,
+    verdict::Verdict,
+};
+
+#[inline(always)]
+pub fn run(ctx: &XdpContext) -> u32 {
+    count(counter::PACKETS);
+    let verdict = match try_run(ctx) {
+        Ok(v) | Err(v) => v,
+    };
+    count(verdict.reason());
+    match verdict {
+        Verdict::Pass(_) => xdp_action::XDP_PASS,
+        Verdict::Drop(_) => xdp_action::XDP_DROP,
+    }
+}
+
+#[inline(always)]
+fn try_run(ctx: &XdpContext) -> Result<Verdict, Verdict> {
+    let p = parse::parse(ctx.data(), ctx.data_end())?;
+    match service::balance(&p)? {
+        Some(rw) => {
+            nat::xdp_rewrite(ctx, &p, Side::Dst, &rw)?;
+            // The stack routes the rewritten packet to its backend.
+            Ok(Verdict::Pass(counter::NAT_FORWARD))
+        }
+        None => Ok(Verdict::Pass(counter::PASS_NOT_SERVICE)),
+    }
+}

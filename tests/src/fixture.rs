@@ -1,0 +1,90 @@
+//! Packet fixtures: data files of {name, description, input frame, expected
+//! verdict, expected output frame}, run one by one through
+//! `BPF_PROG_TEST_RUN`. Cases of a file run in order against the same maps,
+//! so a file can tell a story (SYN, then the established flow, then the reply).
+use aya::programs::{Program, TestRun, TestRunOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::packet::{from_hex, hex_diff, to_hex, verify_checksums};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Case {
+    pub name: String,
+    pub description: String,
+    /// Program to run: `xdp_lb`, `tc_ingress` or `tc_egress`.
+    pub program: String,
+    /// Input frame, hex.
+    pub input: String,
+    /// Verdict name: XDP_PASS, XDP_DROP, TC_ACT_OK, TC_ACT_SHOT.
+    pub expect: String,
+    /// Expected output frame, hex; absent when it must equal the input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+}
+
+impl Case {
+    pub fn new(name: &str, description: &str, program: &str, input: &[u8], expect: &str, output: Option<&[u8]>) -> Self {
+        Self {
+            name: name.into(),
+            description: description.into(),
+            program: program.into(),
+            input: to_hex(input),
+            expect: expect.into(),
+            output: output.map(to_hex),
+        }
+    }
+}
+
+fn verdict_name(program: &str, rc: u32) -> String {
+    let xdp = ["XDP_ABORTED", "XDP_DROP", "XDP_PASS", "XDP_TX", "XDP_REDIRECT"];
+    if program.starts_with("xdp") {
+        xdp.get(rc as usize).map_or(format!("XDP_{rc}"), |s| s.to_string())
+    } else {
+        match rc as i32 {
+            0 => "TC_ACT_OK".into(),
+            2 => "TC_ACT_SHOT".into(),
+            -1 => "TC_ACT_UNSPEC".into(),
+            n => format!("TC_ACT_{n}"),
+        }
+    }
+}
+
+/// Runs one case; `Err` holds a description with a hex diff.
+pub fn run(ebpf: &aya::Ebpf, case: &Case) -> Result<(), String> {
+    let input = from_hex(&case.input);
+    let mut out = vec![0u8; input.len() + 256];
+    let opts = TestRunOptions { data_in: Some(&input), data_out: Some(&mut out), ..Default::default() };
+    let res = match ebpf.program(&case.program) {
+        Some(Program::Xdp(p)) => p.test_run(opts),
+        Some(Program::SchedClassifier(p)) => p.test_run(opts),
+        _ => return Err(format!("{}: no program {}", case.name, case.program)),
+    }
+    .map_err(|e| format!("{}: BPF_PROG_TEST_RUN: {e:?}", case.name))?;
+    out.truncate(res.data_size_out as usize);
+    let got = verdict_name(&case.program, res.return_value);
+    let fail = |what: String| Err(format!("fixture {} ({}): {what}", case.name, case.description));
+    if got != case.expect {
+        return fail(format!("verdict {got}, expected {}", case.expect));
+    }
+    let want = case.output.as_deref().map_or_else(|| input.clone(), from_hex);
+    if out != want {
+        return fail(format!("output differs\n{}", hex_diff(&out, &want)));
+    }
+    if case.output.is_some() {
+        verify_checksums(&out).or_else(|e| fail(e))?;
+    }
+    Ok(())
+}
+
+/// Reads a fixture file (a JSON array of cases) from `tests/fixtures/`.
+pub fn load(file: &str) -> Vec<Case> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Writes `cases` as the fixture file `file` (used with `XDPLB_BLESS=1`).
+pub fn store(file: &str, cases: &[Case]) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(file);
+    std::fs::write(&path, serde_json::to_string_pretty(cases).unwrap() + "\n").unwrap();
+}

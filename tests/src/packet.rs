@@ -1,0 +1,163 @@
+//! Building and checking Ethernet/IPv4/TCP/UDP frames byte by byte. Checksums
+//! are computed from scratch here, so a frame the programs rewrote
+//! incrementally can be checked against an independent full computation.
+use std::net::Ipv4Addr;
+
+use lb_ebpf::csum::{checksum, l4_checksum_v4};
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+pub const TCP_ACK: u8 = 0x10;
+
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+#[derive(Clone, Debug)]
+pub enum L4 {
+    Tcp { flags: u8, seq: u32, ack: u32 },
+    Udp { zero_checksum: bool },
+}
+
+/// A frame description; [`Frame::bytes`] renders it.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub sport: u16,
+    pub dport: u16,
+    pub l4: L4,
+    pub payload: Vec<u8>,
+    pub ip_options: Vec<u8>,
+    pub vlan: Option<u16>,
+    /// Raw flags + fragment offset field.
+    pub frag: u16,
+    pub ttl: u8,
+}
+
+impl Frame {
+    pub fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Self {
+        Self::new(src, sport, dst, dport, L4::Tcp { flags, seq: 1000, ack: if flags & TCP_ACK != 0 { 2000 } else { 0 } })
+    }
+
+    pub fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Self {
+        Self::new(src, sport, dst, dport, L4::Udp { zero_checksum: false })
+    }
+
+    fn new(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, l4: L4) -> Self {
+        Self { src, dst, sport, dport, l4, payload: Vec::new(), ip_options: Vec::new(), vlan: None, frag: 0x4000, ttl: 64 }
+    }
+
+    pub fn payload(mut self, p: &[u8]) -> Self {
+        self.payload = p.to_vec();
+        self
+    }
+
+    /// Renders the frame with correct checksums.
+    pub fn bytes(&self) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&NODE_MAC);
+        f.extend_from_slice(&CLIENT_MAC);
+        if let Some(tag) = self.vlan {
+            f.extend_from_slice(&[0x81, 0x00]);
+            f.extend_from_slice(&tag.to_be_bytes());
+        }
+        f.extend_from_slice(&[0x08, 0x00]);
+        let l4 = self.l4_bytes();
+        let ihl = 20 + self.ip_options.len();
+        assert!(ihl % 4 == 0 && ihl <= 60, "IP options must pad to 4 bytes");
+        let mut ip = vec![0x40 | (ihl / 4) as u8, 0];
+        ip.extend_from_slice(&((ihl + l4.len()) as u16).to_be_bytes());
+        ip.extend_from_slice(&[0x12, 0x34]);
+        ip.extend_from_slice(&self.frag.to_be_bytes());
+        ip.push(self.ttl);
+        ip.push(self.proto());
+        ip.extend_from_slice(&[0, 0]);
+        ip.extend_from_slice(&self.src.octets());
+        ip.extend_from_slice(&self.dst.octets());
+        ip.extend_from_slice(&self.ip_options);
+        let c = checksum(&ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        f.extend_from_slice(&ip);
+        f.extend_from_slice(&l4);
+        f
+    }
+
+    pub fn proto(&self) -> u8 {
+        match self.l4 {
+            L4::Tcp { .. } => 6,
+            L4::Udp { .. } => 17,
+        }
+    }
+
+    fn l4_bytes(&self) -> Vec<u8> {
+        let mut s = Vec::new();
+        s.extend_from_slice(&self.sport.to_be_bytes());
+        s.extend_from_slice(&self.dport.to_be_bytes());
+        let check_at = match self.l4 {
+            L4::Tcp { flags, seq, ack } => {
+                s.extend_from_slice(&seq.to_be_bytes());
+                s.extend_from_slice(&ack.to_be_bytes());
+                s.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+                16
+            }
+            L4::Udp { .. } => {
+                s.extend_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
+                s.extend_from_slice(&[0, 0]);
+                6
+            }
+        };
+        s.extend_from_slice(&self.payload);
+        if !matches!(self.l4, L4::Udp { zero_checksum: true }) {
+            let c = l4_checksum_v4(self.src.octets(), self.dst.octets(), self.proto(), &s);
+            let c = if c == 0 && self.proto() == 17 { 0xffff } else { c };
+            s[check_at..check_at + 2].copy_from_slice(&c.to_be_bytes());
+        }
+        s
+    }
+}
+
+/// Checks the IPv4 header checksum and the TCP/UDP checksum of an untagged
+/// IPv4 frame by full recomputation. Returns a description of what is wrong.
+pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
+    let ip = frame.get(14..).ok_or("no IPv4 header")?;
+    let ihl = ((ip[0] & 0x0f) as usize) * 4;
+    if checksum(&ip[..ihl]) != 0 {
+        return Err(format!("bad IPv4 header checksum {:02x}{:02x}", ip[10], ip[11]));
+    }
+    let tot = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    let seg = &ip[ihl..tot];
+    let (src, dst) = (ip[12..16].try_into().unwrap(), ip[16..20].try_into().unwrap());
+    let proto = ip[9];
+    if proto == 17 && seg[6..8] == [0, 0] {
+        return Ok(()); // UDP without checksum
+    }
+    if l4_checksum_v4(src, dst, proto, seg) != 0 {
+        return Err(format!("bad L4 checksum (proto {proto})"));
+    }
+    Ok(())
+}
+
+/// A side-by-side hex diff of two frames, for failure messages.
+pub fn hex_diff(got: &[u8], want: &[u8]) -> String {
+    let mut out = String::from("offset  got                                              want\n");
+    for i in (0..got.len().max(want.len())).step_by(16) {
+        let row = |b: &[u8]| {
+            (i..i + 16).map(|j| b.get(j).map_or("  ".into(), |x| format!("{x:02x}"))).collect::<Vec<_>>().join(" ")
+        };
+        let (g, w) = (row(got), row(want));
+        let mark = if g != w { "  <<" } else { "" };
+        out += &format!("{i:04x}    {g}  {w}{mark}\n");
+    }
+    out
+}
+
+pub fn to_hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn from_hex(s: &str) -> Vec<u8> {
+    let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+}

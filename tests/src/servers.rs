@@ -1,0 +1,106 @@
+//! Real servers inside backend namespaces. Each answers with its identity:
+//! TCP — an HTTP GET gets `HTTP/1.0 200` with the identity as body; any other
+//! line gets the identity back on the same connection (long-lived clients);
+//! UDP — every datagram is answered with the identity.
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use crate::netns::Netns;
+
+/// Servers running in threads; stopped when dropped.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+const POLL: Duration = Duration::from_millis(50);
+
+impl Server {
+    /// TCP and UDP on `port` in `ns`, answering `identity`.
+    pub fn start(ns: &Netns, port: u16, identity: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (id, st) = (identity.to_string(), stop.clone());
+        let (tcp, udp) = ns.run(move || {
+            let tcp = TcpListener::bind(("0.0.0.0", port)).expect("bind tcp");
+            tcp.set_nonblocking(true).unwrap();
+            let udp = UdpSocket::bind(("0.0.0.0", port)).expect("bind udp");
+            udp.set_read_timeout(Some(POLL)).unwrap();
+            (tcp, udp)
+        });
+        let (id2, st2) = (id.clone(), st.clone());
+        std::thread::spawn(move || serve_tcp(tcp, &id, &st));
+        std::thread::spawn(move || serve_udp(udp, &id2, &st2));
+        Self { stop }
+    }
+}
+
+fn serve_tcp(l: TcpListener, id: &str, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        match l.accept() {
+            Ok((s, _)) => {
+                let id = id.to_string();
+                std::thread::spawn(move || handle(s, &id));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}
+
+fn handle(s: TcpStream, id: &str) {
+    s.set_nonblocking(false).ok();
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    while r.read_line(&mut line).unwrap_or(0) > 0 {
+        if line.starts_with("GET ") {
+            // Drain the headers, answer, close.
+            let mut h = String::new();
+            while r.read_line(&mut h).unwrap_or(0) > 0 && h != "\r\n" {
+                h.clear();
+            }
+            let _ = write!(w, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{id}", id.len());
+            return;
+        }
+        if w.write_all(format!("{id}\n").as_bytes()).is_err() {
+            return;
+        }
+        line.clear();
+    }
+}
+
+fn serve_udp(u: UdpSocket, id: &str, stop: &AtomicBool) {
+    let mut buf = [0u8; 2048];
+    while !stop.load(Ordering::Relaxed) {
+        if let Ok((_, from)) = u.recv_from(&mut buf) {
+            let _ = u.send_to(id.as_bytes(), from);
+        }
+    }
+}
+
+/// One HTTP GET over a fresh connection from inside the calling thread's
+/// namespace; returns the body (the backend's identity).
+pub fn http_get(to: SocketAddr) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    write!(s, "GET / HTTP/1.0\r\nHost: {to}\r\n\r\n")?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp)?;
+    let body = resp.split("\r\n\r\n").nth(1).unwrap_or_default();
+    if !resp.starts_with("HTTP/1.0 200") {
+        return Err(std::io::Error::other(format!("unexpected response {resp:?}")));
+    }
+    Ok(body.to_string())
+}

@@ -1,0 +1,48 @@
+//! Service definitions for tests, turned into map contents. (The agent's own
+//! `plan()` does this from Kubernetes objects; tests of the dataplane alone
+//! state the maps directly.)
+use std::net::Ipv4Addr;
+
+use lb_agent::diff::MapContents;
+use lb_common::{BackendV4, ServiceKeyV4, ServiceV4, SlotKey};
+
+/// One service: every address:port it is reached on, and its backends.
+#[derive(Clone, Debug)]
+pub struct Svc {
+    pub id: u32,
+    pub frontends: Vec<(Ipv4Addr, u16)>,
+    pub proto: u8,
+    pub algorithm: u8,
+    /// (backend id, address, port)
+    pub backends: Vec<(u32, Ipv4Addr, u16)>,
+}
+
+impl Svc {
+    pub fn new(id: u32, proto: u8, algorithm: u8) -> Self {
+        Self { id, frontends: Vec::new(), proto, algorithm, backends: Vec::new() }
+    }
+    pub fn frontend(mut self, addr: Ipv4Addr, port: u16) -> Self {
+        self.frontends.push((addr, port));
+        self
+    }
+    pub fn backend(mut self, id: u32, addr: Ipv4Addr, port: u16) -> Self {
+        self.backends.push((id, addr, port));
+        self
+    }
+}
+
+/// The map contents for `svcs`.
+pub fn contents(svcs: &[Svc]) -> MapContents {
+    let mut c = MapContents::default();
+    for s in svcs {
+        let value = ServiceV4 { id: s.id, count: s.backends.len() as u32, algorithm: s.algorithm, ..Default::default() };
+        for (addr, port) in &s.frontends {
+            c.services.insert(ServiceKeyV4 { addr: addr.octets(), port: port.to_be_bytes(), proto: s.proto, scope: 0 }, value);
+        }
+        for (i, (id, addr, port)) in s.backends.iter().enumerate() {
+            c.backends.insert(*id, BackendV4 { addr: addr.octets(), port: port.to_be_bytes(), weight: 1, ..Default::default() });
+            c.slots.insert(SlotKey { service_id: s.id, slot: i as u32 + 1 }, *id);
+        }
+    }
+    c
+}

@@ -1,0 +1,74 @@
+//! `cargo xtask`: provisions the toolchain, builds, tests, demos and
+//! benchmarks xdplb. It depends on nothing that needs the eBPF toolchain, so
+//! it can run on a fresh machine and install that toolchain first.
+mod provision;
+
+use std::process::Command;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, test and demo xdplb (provisions what it needs on first use)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the eBPF toolchain and system tools if missing (idempotent).
+    Provision,
+    /// Build `target/release/lb-agent` with the eBPF bytecode embedded.
+    Build,
+    /// Run the whole test suite: unit, packet fixtures, network namespaces (needs root).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Real traffic through a Service VIP in network namespaces (needs root).
+    Demo,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Provision => provision::all(),
+        Cmd::Build => {
+            provision::all()?;
+            cargo(&["build", "--release", "-p", "lb-agent"])?;
+            println!("built target/release/lb-agent");
+            Ok(())
+        }
+        Cmd::Test { args } => {
+            provision::all()?;
+            // lb-ebpf's pure helpers (checksums) are unit-tested on the host;
+            // the crate is not a default member (see Cargo.toml).
+            cargo(&["test", "-p", "lb-ebpf", "--lib"])?;
+            let mut a = vec!["test", "--workspace", "--exclude", "lb-ebpf"];
+            if !args.is_empty() {
+                a.push("--");
+                a.extend(args.iter().map(String::as_str));
+            }
+            cargo(&a)
+        }
+        Cmd::Demo => {
+            provision::all()?;
+            cargo(&["run", "--release", "-q", "-p", "xdplb-tests", "--bin", "xdplb-demo"])
+        }
+    }
+}
+
+/// Runs cargo from the workspace root.
+pub fn cargo(args: &[&str]) -> Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(root)
+        .status()
+        .context("running cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
