@@ -54,9 +54,17 @@ fn main() {
     if !status.success() {
         fail(&format!("building lb-ebpf failed ({status}); if the toolchain is the cause, {HINT}"));
     }
-    let obj = target_dir.join(TARGET).join("release").join("lb");
-    std::fs::copy(&obj, out.join("lb.o"))
-        .unwrap_or_else(|e| fail(&format!("{}: {e}", obj.display())));
+    // `lb` is the product; `bench` (test-only programs: floors, the
+    // packet-restoring wrapper, the live-frames generator) is embedded only
+    // with the agent's `bench` feature.
+    for bin in ["lb", "bench"] {
+        let obj = target_dir.join(TARGET).join("release").join(bin);
+        if bin == "bench" && !obj.exists() {
+            continue;
+        }
+        std::fs::copy(&obj, out.join(format!("{bin}.o")))
+            .unwrap_or_else(|e| fail(&format!("{}: {e}", obj.display())));
+    }
 }
 
 fn fail(msg: &str) -> ! {
