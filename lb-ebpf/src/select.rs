@@ -26,9 +26,12 @@ pub fn slot(svc: &ServiceV4) -> u32 {
 fn round_robin(service_id: u32) -> u32 {
     match rr_state.get_ptr_mut(service_id) {
         // `AtomicU64::fetch_add` is missing on the bpf target (no CAS); the
-        // intrinsic lowers to BPF's atomic fetch-add.
+        // intrinsic lowers to BPF's atomic fetch-add. It must be SeqCst: with
+        // Relaxed, LLVM's BPF backend emits the legacy XADD, which returns
+        // nothing, and the "old value" read back is garbage (caught by the
+        // `round_robin_takes_slots_in_turn` test).
         // SAFETY: the map value is a valid, 8-byte aligned u64 for the program's run.
-        Some(p) => unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(p, 1) as u32 },
+        Some(p) => unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(p, 1) as u32 },
         None => 0,
     }
 }

@@ -104,3 +104,37 @@ pub fn http_get(to: SocketAddr) -> std::io::Result<String> {
     }
     Ok(body.to_string())
 }
+
+/// Sends `msg` on `sock` to `to` and waits up to `timeout` for an answer.
+pub fn udp_ask(sock: &UdpSocket, to: SocketAddr, msg: &[u8], timeout: Duration) -> std::io::Result<(String, SocketAddr)> {
+    sock.set_read_timeout(Some(timeout))?;
+    sock.send_to(msg, to)?;
+    let mut buf = [0u8; 2048];
+    let (n, from) = sock.recv_from(&mut buf)?;
+    Ok((String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+}
+
+/// A persistent connection to a server: each `ask` sends a line and returns
+/// the identity that answered on the same connection.
+pub struct Conn {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+}
+
+impl Conn {
+    pub fn new(s: TcpStream) -> Self {
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok();
+        Self { w: s.try_clone().unwrap(), r: BufReader::new(s) }
+    }
+    pub fn ask(&mut self) -> std::io::Result<String> {
+        self.w.write_all(b"who\n")?;
+        let mut line = String::new();
+        if self.r.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::other("connection closed"));
+        }
+        Ok(line.trim_end().to_string())
+    }
+    pub fn peer(&self) -> SocketAddr {
+        self.w.peer_addr().unwrap()
+    }
+}

@@ -7,6 +7,8 @@
 //! checks the file is current (`XDPLB_BLESS=1` rewrites it). Needs root.
 use std::net::Ipv4Addr;
 
+use aya::programs::{Program, TestRun, TestRunOptions};
+
 use lb_common::{algorithm, counter, IPPROTO_TCP, IPPROTO_UDP};
 use xdplb_tests::{
     fixture::{self, Case},
@@ -138,4 +140,25 @@ fn ipv4_service_fixtures() {
     assert_eq!(lb.maps.service_stats(4).unwrap().drops_no_backend, 1);
     assert_eq!(lb.maps.service_stats(1).unwrap().new_flows, 3, "client SYN, options SYN, pod SYN");
     assert_eq!(lb.maps.service_stats(1).unwrap().packets, 4);
+}
+
+#[test]
+fn round_robin_takes_slots_in_turn() {
+    let mut lb = Lb::load();
+    let mut svc = Svc::new(1, IPPROTO_TCP, algorithm::ROUND_ROBIN).frontend(CLUSTER_IP, 80);
+    for i in 0..3u8 {
+        svc = svc.backend(i as u32 + 1, Ipv4Addr::new(10, 0, 2, 11 + i), 8080);
+    }
+    lb.program(&contents(&[svc]));
+    let Some(Program::Xdp(xdp)) = lb.ebpf.program("xdp_lb") else { panic!("xdp_lb missing") };
+    let picked: Vec<u8> = (0..7u16)
+        .map(|i| {
+            let input = Frame::tcp(CLIENT, 41000 + i, CLUSTER_IP, 80, TCP_SYN).bytes();
+            let mut out = vec![0u8; input.len()];
+            let r = xdp.test_run(TestRunOptions { data_in: Some(&input), data_out: Some(&mut out), ..Default::default() }).unwrap();
+            assert_eq!(r.return_value, 2, "XDP_PASS");
+            out[14 + 19] // last byte of the rewritten destination address
+        })
+        .collect();
+    assert_eq!(picked, vec![11, 12, 13, 11, 12, 13, 11], "new flows take the slots in turn");
 }

@@ -1,0 +1,213 @@
+//! The IPv4 service dataplane with real clients and servers in network
+//! namespaces: DNAT to backends, reverse NAT of replies, conntrack pinning,
+//! backend changes. Needs root.
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use lb_common::{algorithm, counter, IPPROTO_TCP, IPPROTO_UDP};
+use xdplb_tests::{
+    lb::Lb,
+    servers::{http_get, udp_ask, Conn, Server},
+    services::{contents, Svc},
+    topology::{backend_addr, Topology, NODE_ADDR, POD_IFACE, UPLINK},
+    wait_for,
+};
+
+const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const CLUSTER_IP_2: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
+const NODE_PORT: u16 = 30080;
+
+/// Topology with `n` backends serving TCP+UDP on 8080, the LB attached on the
+/// uplink and the pod interface.
+fn setup(n: usize) -> (Topology, Vec<Server>, Lb) {
+    let t = Topology::new(n);
+    let servers = (0..n).map(|i| Server::start(&t.backends[i], 8080, &format!("backend-{i}"))).collect();
+    let lb = Lb::attach(&t.node, UPLINK, &[POD_IFACE]);
+    (t, servers, lb)
+}
+
+/// A service with ClusterIP:80 and NodePort on the node address, backends
+/// `ids` (1-based backend i+1 = backend_addr(i)), port 8080.
+fn web(proto: u8, algo: u8, ids: &[usize]) -> Svc {
+    let mut s = Svc::new(1, proto, algo).frontend(CLUSTER_IP, 80).frontend(NODE_ADDR, NODE_PORT);
+    for &i in ids {
+        s = s.backend(i as u32 + 1, backend_addr(i), 8080);
+    }
+    s
+}
+
+/// `n` HTTP GETs over fresh connections from `ns`; tally of answering backends.
+fn tally(ns: &xdplb_tests::netns::Netns, to: SocketAddr, n: usize) -> BTreeMap<String, usize> {
+    ns.run(move || {
+        let mut t = BTreeMap::new();
+        for i in 0..n {
+            let body = http_get(to).unwrap_or_else(|e| panic!("request {i} to {to}: {e}"));
+            *t.entry(body).or_default() += 1;
+        }
+        t
+    })
+}
+
+#[test]
+fn random_spreads_fresh_connections_over_every_backend_via_clusterip_and_nodeport() {
+    let (t, _s, mut lb) = setup(3);
+    lb.program(&contents(&[web(IPPROTO_TCP, algorithm::RANDOM, &[0, 1, 2])]));
+    for to in [SocketAddr::from((CLUSTER_IP, 80)), SocketAddr::from((NODE_ADDR, NODE_PORT))] {
+        let got = tally(&t.client, to, 120);
+        assert_eq!(got.values().sum::<usize>(), 120, "{to}: every response arrived");
+        assert_eq!(got.len(), 3, "{to}: all 3 backends answered: {got:?}");
+        // Uniform over 3: each gets 40 on average; 15 is > 4 sigma below.
+        assert!(got.values().all(|&c| c >= 15), "{to}: skewed spread {got:?}");
+    }
+    assert_eq!(lb.maps.service_stats(1).unwrap().new_flows, 240);
+    assert_eq!(lb.counter(counter::DROP_NO_BACKEND), 0);
+}
+
+#[test]
+fn round_robin_spreads_within_one_per_backend() {
+    let (t, _s, mut lb) = setup(3);
+    lb.program(&contents(&[web(IPPROTO_TCP, algorithm::ROUND_ROBIN, &[0, 1, 2])]));
+    let got = tally(&t.client, SocketAddr::from((CLUSTER_IP, 80)), 100);
+    assert_eq!(got.values().sum::<usize>(), 100);
+    let (min, max) = (got.values().min().unwrap(), got.values().max().unwrap());
+    assert_eq!(got.len(), 3, "every backend answered: {got:?}");
+    assert!(max - min <= 1, "round-robin spread {got:?}");
+}
+
+#[test]
+fn client_sees_replies_from_the_address_it_dialed() {
+    let (t, _s, mut lb) = setup(1);
+    lb.program(&contents(&[web(IPPROTO_TCP, algorithm::RANDOM, &[0])]));
+    for to in [SocketAddr::from((CLUSTER_IP, 80)), SocketAddr::from((NODE_ADDR, NODE_PORT))] {
+        // The handshake completes only if the SYN-ACK came from `to`; the
+        // connected socket's peer is then `to`.
+        let conn = Conn::new(t.client.run(move || TcpStream::connect_timeout(&to, Duration::from_secs(3))).expect("connect"));
+        assert_eq!(conn.peer(), to);
+    }
+    assert!(lb.counter(counter::NAT_REPLY) >= 2, "SYN-ACKs were reverse-NATed");
+}
+
+#[test]
+fn udp_request_response_through_a_vip() {
+    let (t, _s, mut lb) = setup(2);
+    lb.program(&contents(&[web(IPPROTO_UDP, algorithm::RANDOM, &[0, 1])]));
+    let to = SocketAddr::from((CLUSTER_IP, 80));
+    let answers = t.client.run(move || {
+        (0..20)
+            .map(|_| {
+                let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+                udp_ask(&s, to, b"hello", Duration::from_secs(2)).expect("UDP answer")
+            })
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(answers.len(), 20);
+    assert!(answers.iter().all(|(_, from)| *from == to), "UDP replies come from the VIP: {answers:?}");
+    let distinct: std::collections::BTreeSet<_> = answers.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(distinct.len(), 2, "20 sockets reached both backends: {distinct:?}");
+}
+
+#[test]
+fn long_lived_connection_keeps_its_backend_while_the_set_changes() {
+    let (t, _s, mut lb) = setup(3);
+    lb.program(&contents(&[web(IPPROTO_TCP, algorithm::RANDOM, &[0, 1, 2])]));
+    let to = SocketAddr::from((CLUSTER_IP, 80));
+    let mut conn = Conn::new(t.client.run(move || TcpStream::connect(to)).expect("connect"));
+    let first = conn.ask().unwrap();
+    let pinned: usize = first.trim_start_matches("backend-").parse().unwrap();
+    // Remove every other backend, then add them back in another order: the
+    // slots change under the flow, which must not move.
+    lb.program(&contents(&[web(IPPROTO_TCP, algorithm::RANDOM, &[pinned])]));
+    for _ in 0..10 {
+        assert_eq!(conn.ask().unwrap(), first);
+    }
+    let mut others: Vec<usize> = (0..3).filter(|&i| i != pinned).collect();
+    others.push(pinned);
+    lb.program(&contents(&[web(IPPROTO_TCP, algorithm::RANDOM, &others)]));
+    for _ in 0..10 {
+        assert_eq!(conn.ask().unwrap(), first, "the flow stayed on its backend");
+    }
+}
+
+#[test]
+fn removed_backend_gets_no_new_connections() {
+    let (t, _s, mut lb) = setup(3);
+    lb.program(&contents(&[web(IPPROTO_TCP, algorithm::ROUND_ROBIN, &[0, 1, 2])]));
+    let before = tally(&t.client, SocketAddr::from((CLUSTER_IP, 80)), 30);
+    assert_eq!(before.len(), 3, "{before:?}");
+    lb.program(&contents(&[web(IPPROTO_TCP, algorithm::ROUND_ROBIN, &[1, 2])]));
+    let got = tally(&t.client, SocketAddr::from((CLUSTER_IP, 80)), 60);
+    assert_eq!(got.values().sum::<usize>(), 60);
+    assert!(!got.contains_key("backend-0"), "removed backend got traffic: {got:?}");
+    assert_eq!(got.len(), 2);
+}
+
+#[test]
+fn udp_flow_moves_within_a_second_when_its_backend_is_removed() {
+    let (t, _s, mut lb) = setup(2);
+    lb.program(&contents(&[web(IPPROTO_UDP, algorithm::RANDOM, &[0, 1])]));
+    let to = SocketAddr::from((CLUSTER_IP, 80));
+    let sock = t.client.run(|| UdpSocket::bind("0.0.0.0:0").unwrap());
+    let (first, _) = udp_ask(&sock, to, b"a", Duration::from_secs(2)).unwrap();
+    for _ in 0..5 {
+        assert_eq!(udp_ask(&sock, to, b"a", Duration::from_secs(2)).unwrap().0, first, "pinned by conntrack");
+    }
+    let gone: usize = first.trim_start_matches("backend-").parse().unwrap();
+    lb.program(&contents(&[web(IPPROTO_UDP, algorithm::RANDOM, &[1 - gone])]));
+    let start = Instant::now();
+    // The same socket (same 5-tuple) keeps sending every 50 ms.
+    let moved = wait_for(Duration::from_secs(1), || {
+        matches!(udp_ask(&sock, to, b"a", Duration::from_millis(50)), Ok((id, _)) if id != first)
+    });
+    assert!(moved, "no answer from another backend within 1 s");
+    println!("UDP flow re-balanced after {:?}", start.elapsed());
+    assert!(lb.counter(counter::REBALANCED) >= 1);
+}
+
+#[test]
+fn two_services_sharing_a_backend_work_from_one_client_port() {
+    let t = Topology::new(1);
+    let _a = Server::start(&t.backends[0], 8080, "svc-a");
+    let _b = Server::start(&t.backends[0], 9090, "svc-b");
+    let mut lb = Lb::attach(&t.node, UPLINK, &[]);
+    let b = backend_addr(0);
+    lb.program(&contents(&[
+        Svc::new(1, IPPROTO_UDP, algorithm::RANDOM).frontend(CLUSTER_IP, 53).frontend(NODE_ADDR, 30053).backend(1, b, 8080),
+        Svc::new(2, IPPROTO_UDP, algorithm::RANDOM).frontend(CLUSTER_IP_2, 53).backend(2, b, 9090),
+    ]));
+    // One client socket, one source port, three frontends in turn, twice.
+    let sock = t.client.run(|| UdpSocket::bind("0.0.0.0:41000").unwrap());
+    for _ in 0..2 {
+        for (to, want) in [((CLUSTER_IP, 53), "svc-a"), ((CLUSTER_IP_2, 53), "svc-b"), ((NODE_ADDR, 30053), "svc-a")] {
+            let to = SocketAddr::from(to);
+            let (id, from) = udp_ask(&sock, to, b"q", Duration::from_secs(2)).unwrap();
+            assert_eq!((id.as_str(), from), (want, to), "answer to {to}");
+        }
+    }
+}
+
+#[test]
+fn east_west_pod_reaches_clusterip_with_offloaded_checksums() {
+    let (t, _s, mut lb) = setup(3);
+    lb.program(&contents(&[web(IPPROTO_TCP, algorithm::RANDOM, &[0, 1, 2])]));
+    // The pod's veth keeps tx checksum offload on (the default): its packets
+    // carry partial checksums, which the tc path must update correctly.
+    let offload = t.pod.cmd("ethtool").args(["-k", "eth0"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&offload.stdout).contains("tx-checksumming: on"));
+    let got = tally(&t.pod, SocketAddr::from((CLUSTER_IP, 80)), 60);
+    assert_eq!(got.values().sum::<usize>(), 60);
+    assert_eq!(got.len(), 3, "{got:?}");
+}
+
+#[test]
+fn service_without_backends_drops_and_counts() {
+    let (t, _s, mut lb) = setup(1);
+    lb.program(&contents(&[web(IPPROTO_TCP, algorithm::RANDOM, &[])]));
+    let to = SocketAddr::from((CLUSTER_IP, 80));
+    let r = t.client.run(move || TcpStream::connect_timeout(&to, Duration::from_millis(500)));
+    assert!(r.is_err(), "no backend: the connection must fail");
+    assert!(lb.counter(counter::DROP_NO_BACKEND) >= 1);
+    assert!(lb.maps.service_stats(1).unwrap().drops_no_backend >= 1);
+}
