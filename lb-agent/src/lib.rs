@@ -3,3 +3,4 @@
 pub mod dataplane;
 pub mod loader;
 pub mod diff;
+pub mod control;

@@ -1,0 +1,331 @@
+//! Stable ids for services and backends, and the slot order of each service.
+//!
+//! Ids name things in the maps (`services_v4` values, `service_slots` keys,
+//! `backends_v4` keys) and in conntrack entries, which outlive any plan. So
+//! an id must mean the same thing across re-plans and agent restarts: the
+//! same (namespace, name, port, scope) keeps its service id, the same
+//! (addr, port, proto) keeps its backend id, and a freed id is not handed out
+//! again until the counter wraps around (a flow that still names it then
+//! finds nothing rather than a stranger). A restarted agent seeds the
+//! allocator from what the pinned maps hold, so it adopts the ids already
+//! there instead of renumbering (which would rewrite every entry and
+//! misdirect every established flow).
+//!
+//! The slot order per service is kept here too: when a backend leaves, the
+//! last slot moves into its place instead of every slot after it shifting,
+//! which keeps the diff to a handful of writes.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use lb_common::{BackendId, ServiceKeyV4};
+use serde::Serialize;
+
+use super::model::{ObjectRef, Proto};
+use crate::diff::MapContents;
+
+/// Which frontends of a service port an id covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// The ClusterIP frontends, and the external ones too when both traffic
+    /// policies pick the same endpoints.
+    Internal,
+    /// The external frontends (NodePort, LoadBalancer, ExternalIPs) when
+    /// their traffic policy differs from the internal one.
+    External,
+}
+
+/// What a service id stands for.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceIdKey {
+    pub object: ObjectRef,
+    pub port_name: String,
+    pub proto: Proto,
+    pub scope: Scope,
+}
+
+/// What a backend id stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BackendIdKey {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub proto: Proto,
+}
+
+/// One id space: 1..=max, handed out monotonically, wrapping around past
+/// `max` and skipping ids in use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct IdSpace {
+    next: u32,
+    max: u32,
+    used: BTreeSet<u32>,
+}
+
+impl IdSpace {
+    fn new(max: u32) -> Self {
+        Self { next: 1, max: max.max(1), used: BTreeSet::new() }
+    }
+
+    fn alloc(&mut self) -> Option<u32> {
+        if self.used.len() as u64 >= u64::from(self.max) {
+            return None;
+        }
+        loop {
+            let id = self.next;
+            self.next = if id >= self.max { 1 } else { id + 1 };
+            if self.used.insert(id) {
+                return Some(id);
+            }
+        }
+    }
+
+    /// Marks a seeded id as used; the counter continues after the highest.
+    fn claim(&mut self, id: u32) -> bool {
+        if id == 0 || id > self.max || !self.used.insert(id) {
+            return false;
+        }
+        if id >= self.next {
+            self.next = if id >= self.max { 1 } else { id + 1 };
+        }
+        true
+    }
+}
+
+/// The allocator. `plan()` takes it by `&mut`; the same model and the same
+/// allocator state give the same plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ids {
+    services: IdSpace,
+    backends: IdSpace,
+    service_ids: BTreeMap<ServiceIdKey, u32>,
+    backend_ids: BTreeMap<BackendIdKey, BackendId>,
+    /// From the pinned maps, until the first plan: frontend → service id.
+    service_hints: BTreeMap<ServiceKeyV4, u32>,
+    /// From the pinned maps, until the first plan: (addr, port, proto if
+    /// known) → backend ids.
+    backend_hints: BTreeMap<(Ipv4Addr, u16, Option<Proto>), Vec<BackendId>>,
+    /// Seeded ids not claimed yet (so each is adopted by one key at most).
+    unclaimed_services: BTreeSet<u32>,
+    unclaimed_backends: BTreeSet<BackendId>,
+    /// Service id → backend id per slot (index 0 = slot 1).
+    slot_order: BTreeMap<u32, Vec<BackendId>>,
+}
+
+impl Ids {
+    /// An empty allocator. Service ids index per-service arrays sized
+    /// `max_service_id + 1`, so they must stay within it.
+    pub fn new(max_service_id: u32, max_backend_id: u32) -> Self {
+        Self {
+            services: IdSpace::new(max_service_id),
+            backends: IdSpace::new(max_backend_id),
+            service_ids: BTreeMap::new(),
+            backend_ids: BTreeMap::new(),
+            service_hints: BTreeMap::new(),
+            backend_hints: BTreeMap::new(),
+            unclaimed_services: BTreeSet::new(),
+            unclaimed_backends: BTreeSet::new(),
+            slot_order: BTreeMap::new(),
+        }
+    }
+
+    /// An allocator that adopts the ids in `current` (the pinned maps as a
+    /// restarted agent finds them). Services are recognised by their
+    /// frontends, backends by address, port and (through the services that
+    /// slot them) protocol.
+    pub fn seeded(max_service_id: u32, max_backend_id: u32, current: &MapContents) -> Self {
+        let mut ids = Self::new(max_service_id, max_backend_id);
+        let mut proto_of_service = BTreeMap::new();
+        for (key, svc) in &current.services {
+            ids.service_hints.insert(*key, svc.id);
+            if ids.services.claim(svc.id) {
+                ids.unclaimed_services.insert(svc.id);
+            }
+            proto_of_service.insert(svc.id, Proto::from_number(key.proto));
+        }
+        let mut protos_of_backend: BTreeMap<BackendId, BTreeSet<Option<Proto>>> = BTreeMap::new();
+        let mut slots: BTreeMap<u32, BTreeMap<u32, BackendId>> = BTreeMap::new();
+        for (k, b) in &current.slots {
+            slots.entry(k.service_id).or_default().insert(k.slot, *b);
+            if let Some(p) = proto_of_service.get(&k.service_id) {
+                protos_of_backend.entry(*b).or_default().insert(*p);
+            }
+        }
+        for (id, b) in &current.backends {
+            let (addr, port) = (Ipv4Addr::from(b.addr), u16::from_be_bytes(b.port));
+            // A backend no slot names (a terminating one) has no known protocol.
+            let protos = protos_of_backend.get(id).cloned().unwrap_or_else(|| [None].into());
+            for p in protos {
+                ids.backend_hints.entry((addr, port, p)).or_default().push(*id);
+            }
+            if ids.backends.claim(*id) {
+                ids.unclaimed_backends.insert(*id);
+            }
+        }
+        for (svc, by_slot) in slots {
+            ids.slot_order.insert(svc, by_slot.into_values().collect());
+        }
+        ids
+    }
+
+    /// The id of `key`, adopting a seeded id of one of its `frontends` if it
+    /// has none yet. `None` when every id is in use.
+    pub fn service(&mut self, key: &ServiceIdKey, frontends: &[ServiceKeyV4]) -> Option<u32> {
+        if let Some(id) = self.service_ids.get(key) {
+            return Some(*id);
+        }
+        let adopted = frontends
+            .iter()
+            .filter_map(|f| self.service_hints.get(f))
+            .copied()
+            .find(|id| self.unclaimed_services.contains(id));
+        let id = match adopted {
+            Some(id) => {
+                self.unclaimed_services.remove(&id);
+                id
+            }
+            None => self.services.alloc()?,
+        };
+        self.service_ids.insert(key.clone(), id);
+        Some(id)
+    }
+
+    /// The id of `key`, adopting a seeded one with the same address and port.
+    pub fn backend(&mut self, key: BackendIdKey) -> Option<BackendId> {
+        if let Some(id) = self.backend_ids.get(&key) {
+            return Some(*id);
+        }
+        let adopted = [Some(key.proto), None]
+            .iter()
+            .filter_map(|p| self.backend_hints.get(&(key.addr, key.port, *p)))
+            .flatten()
+            .copied()
+            .find(|id| self.unclaimed_backends.contains(id));
+        let id = match adopted {
+            Some(id) => {
+                self.unclaimed_backends.remove(&id);
+                id
+            }
+            None => self.backends.alloc()?,
+        };
+        self.backend_ids.insert(key, id);
+        Some(id)
+    }
+
+    /// The slot order of `service_id` for the backends in `want`: survivors
+    /// keep their slot, newcomers (in the order given) fill holes first, and
+    /// a hole left over takes the last slot's backend. Remembered for next time.
+    pub fn slots(&mut self, service_id: u32, want: &[BackendId]) -> Vec<BackendId> {
+        let wanted: BTreeSet<BackendId> = want.iter().copied().collect();
+        let prev = self.slot_order.get(&service_id).cloned().unwrap_or_default();
+        let mut order: Vec<Option<BackendId>> = prev.iter().map(|b| wanted.contains(b).then_some(*b)).collect();
+        let kept: BTreeSet<BackendId> = order.iter().flatten().copied().collect();
+        let mut newcomers = want.iter().copied().filter(|b| !kept.contains(b)).fold(Vec::new(), |mut v, b| {
+            if !v.contains(&b) {
+                v.push(b);
+            }
+            v
+        });
+        newcomers.reverse(); // popped from the back, so the first comes first
+        for slot in order.iter_mut().filter(|s| s.is_none()) {
+            match newcomers.pop() {
+                Some(b) => *slot = Some(b),
+                None => break,
+            }
+        }
+        while let Some(b) = newcomers.pop() {
+            order.push(Some(b));
+        }
+        loop {
+            while order.last() == Some(&None) {
+                order.pop();
+            }
+            let Some(hole) = order.iter().position(|s| s.is_none()) else { break };
+            order[hole] = order.pop().flatten();
+        }
+        let order: Vec<BackendId> = order.into_iter().flatten().collect();
+        self.slot_order.insert(service_id, order.clone());
+        order
+    }
+
+    /// Ends a plan: forgets every key not in `services`/`backends` (their
+    /// ids become free, to be reused only after a wraparound) and the seeds.
+    pub fn retain(&mut self, services: &BTreeSet<ServiceIdKey>, backends: &BTreeSet<BackendIdKey>) {
+        self.service_ids.retain(|k, _| services.contains(k));
+        self.backend_ids.retain(|k, _| backends.contains(k));
+        let live_services: BTreeSet<u32> = self.service_ids.values().copied().collect();
+        let live_backends: BTreeSet<BackendId> = self.backend_ids.values().copied().collect();
+        self.services.used.retain(|id| live_services.contains(id));
+        self.backends.used.retain(|id| live_backends.contains(id));
+        self.slot_order.retain(|id, _| live_services.contains(id));
+        self.service_hints.clear();
+        self.backend_hints.clear();
+        self.unclaimed_services.clear();
+        self.unclaimed_backends.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::{BackendV4, ServiceV4, SlotKey};
+
+    use super::*;
+
+    fn skey(name: &str) -> ServiceIdKey {
+        ServiceIdKey { object: ObjectRef::new("default", name), port_name: String::new(), proto: Proto::Tcp, scope: Scope::Internal }
+    }
+    fn bkey(last: u8) -> BackendIdKey {
+        BackendIdKey { addr: Ipv4Addr::new(10, 0, 0, last), port: 8080, proto: Proto::Tcp }
+    }
+
+    #[test]
+    fn ids_start_at_one_and_are_stable() {
+        let mut ids = Ids::new(10, 100);
+        assert_eq!(ids.service(&skey("a"), &[]), Some(1));
+        assert_eq!(ids.service(&skey("b"), &[]), Some(2));
+        assert_eq!(ids.service(&skey("a"), &[]), Some(1));
+        assert_eq!(ids.backend(bkey(1)), Some(1));
+        assert_eq!(ids.backend(bkey(1)), Some(1));
+    }
+
+    #[test]
+    fn freed_ids_are_reused_only_after_wraparound() {
+        let mut ids = Ids::new(3, 100);
+        assert_eq!(ids.service(&skey("a"), &[]), Some(1));
+        assert_eq!(ids.service(&skey("b"), &[]), Some(2));
+        ids.retain(&[skey("b")].into(), &BTreeSet::new());
+        // 1 is free, but 3 comes first; then the counter wraps to 1.
+        assert_eq!(ids.service(&skey("c"), &[]), Some(3));
+        assert_eq!(ids.service(&skey("d"), &[]), Some(1));
+        assert_eq!(ids.service(&skey("e"), &[]), None, "all three ids in use");
+    }
+
+    #[test]
+    fn seeding_adopts_the_ids_in_the_maps() {
+        let mut cur = MapContents::default();
+        let fe = ServiceKeyV4 { addr: [10, 96, 0, 10], port: 80u16.to_be_bytes(), proto: 6, scope: 0 };
+        cur.services.insert(fe, ServiceV4 { id: 7, count: 1, ..Default::default() });
+        cur.backends.insert(42, BackendV4 { addr: [10, 0, 0, 1], port: 8080u16.to_be_bytes(), weight: 1, ..Default::default() });
+        cur.slots.insert(SlotKey { service_id: 7, slot: 1 }, 42);
+        let mut ids = Ids::seeded(100, 1000, &cur);
+        assert_eq!(ids.service(&skey("web"), &[fe]), Some(7));
+        assert_eq!(ids.backend(bkey(1)), Some(42));
+        // Same address and port over UDP is another backend.
+        assert_eq!(ids.backend(BackendIdKey { proto: Proto::Udp, ..bkey(1) }), Some(43));
+        // New ids continue after the highest seeded one.
+        assert_eq!(ids.service(&skey("other"), &[]), Some(8));
+        assert_eq!(ids.slots(7, &[42]), vec![42]);
+    }
+
+    #[test]
+    fn a_leaving_backend_is_replaced_by_the_last_slot() {
+        let mut ids = Ids::new(10, 100);
+        assert_eq!(ids.slots(1, &[1, 2, 3, 4]), vec![1, 2, 3, 4]);
+        assert_eq!(ids.slots(1, &[1, 3, 4]), vec![1, 4, 3]);
+        // A newcomer fills a hole before anything is appended.
+        assert_eq!(ids.slots(1, &[3, 4, 5]), vec![5, 4, 3]);
+        assert_eq!(ids.slots(1, &[3, 4, 5, 6]), vec![5, 4, 3, 6]);
+        assert_eq!(ids.slots(1, &[]), Vec::<u32>::new());
+    }
+}

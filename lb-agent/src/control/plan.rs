@@ -1,0 +1,335 @@
+//! `plan()`: the pure step from the model to the desired map contents.
+//!
+//! The semantics are kube-proxy's: a port of a Service is reached on its
+//! ClusterIPs, on every node address at its NodePort, on its LoadBalancer
+//! ingress IPs and on its ExternalIPs; its endpoints are the IPv4
+//! EndpointSlices labelled with its name, joined by port name. New flows go
+//! to ready endpoints, or to serving-and-terminating ones when none is ready;
+//! terminating endpoints keep their existing flows. Traffic policy `Local`
+//! narrows a set of frontends to this node's endpoints, which needs its own
+//! service id when the two sets differ.
+//!
+//! Besides the map contents, the plan carries a readable view of the same
+//! decisions (`lb-agent plan` prints it, `--json` serializes it).
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use lb_common::{backend_state, service_flags, BackendV4, ServiceKeyV4, ServiceV4, SlotKey};
+use serde::Serialize;
+
+use super::{
+    ids::{BackendIdKey, Ids, Scope, ServiceIdKey},
+    model::{algorithm_name, Model, ObjectRef, Proto, Service, ServicePort, ServiceType, MAX_ENDPOINTS},
+};
+use crate::diff::MapContents;
+
+/// The node-specific inputs of a plan.
+#[derive(Clone, Debug, Default)]
+pub struct PlanConfig {
+    /// This node's name: `Local` policies keep endpoints whose `nodeName` is it.
+    pub node_name: String,
+    /// Addresses NodePorts are reached on; empty = the InternalIP and
+    /// ExternalIP addresses of the Node object named `node_name`.
+    pub node_addresses: Vec<Ipv4Addr>,
+    /// Algorithm of services without an `xdplb.io/algorithm` annotation.
+    pub default_algorithm: u8,
+}
+
+/// The desired state: what goes into the maps, and why.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    #[serde(skip)]
+    pub contents: MapContents,
+    /// NodePort addresses in use.
+    pub node_addresses: Vec<Ipv4Addr>,
+    pub services: Vec<PlannedService>,
+}
+
+/// How a frontend reaches the service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum FrontendKind {
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+    ExternalIP,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Frontend {
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub proto: Proto,
+    pub kind: FrontendKind,
+}
+
+/// Whether a backend takes new flows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendState {
+    Active,
+    Terminating,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PlannedBackend {
+    pub id: u32,
+    pub addr: Ipv4Addr,
+    pub port: u16,
+    pub state: BackendState,
+    /// Its slot (1-based) when it takes new flows; `None` when it only keeps
+    /// its existing flows.
+    pub slot: Option<u32>,
+    pub node_name: Option<String>,
+}
+
+/// One service id: a port of a Service, over one set of frontends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PlannedService {
+    pub namespace: String,
+    pub name: String,
+    pub port_name: String,
+    pub scope: Scope,
+    pub id: u32,
+    pub frontends: Vec<Frontend>,
+    pub algorithm: &'static str,
+    pub affinity_timeout_s: u32,
+    /// No endpoint is ready: the slots hold serving-but-terminating ones.
+    pub fallback_terminating: bool,
+    /// Only endpoints on this node (traffic policy `Local`).
+    pub local_only: bool,
+    pub backends: Vec<PlannedBackend>,
+}
+
+/// One endpoint of one service port, after merging slices.
+#[derive(Clone, Debug)]
+struct Candidate {
+    addr: Ipv4Addr,
+    port: u16,
+    node_name: Option<String>,
+    ready: bool,
+    serving: bool,
+    terminating: bool,
+}
+
+/// Computes the desired state. Deterministic: the same model, config and
+/// allocator state give the same plan (and the same allocator state after).
+pub fn plan(model: &Model, cfg: &PlanConfig, ids: &mut Ids) -> Plan {
+    let node_addresses = if cfg.node_addresses.is_empty() {
+        model.nodes.get(&cfg.node_name).map(|n| n.addresses.clone()).unwrap_or_default()
+    } else {
+        cfg.node_addresses.clone()
+    };
+    let mut slices_of: BTreeMap<(&str, &str), Vec<&super::model::Slice>> = BTreeMap::new();
+    for (id, s) in &model.slices {
+        slices_of.entry((id.namespace.as_str(), s.service.as_str())).or_default().push(s);
+    }
+
+    let mut p = Planner { cfg, ids, plan: Plan { node_addresses, ..Default::default() }, used_services: BTreeSet::new(), used_backends: BTreeSet::new() };
+    for (id, svc) in &model.services {
+        if svc.service_type == ServiceType::ExternalName {
+            continue;
+        }
+        let slices = slices_of.get(&(id.namespace.as_str(), id.name.as_str())).map(Vec::as_slice).unwrap_or_default();
+        for port in &svc.ports {
+            let candidates = candidates(slices, port);
+            if candidates.len() > MAX_ENDPOINTS {
+                tracing::warn!(object = %id, port = %port.name, endpoints = candidates.len(), "more than {MAX_ENDPOINTS} endpoints; skipping this port");
+                continue;
+            }
+            p.port(id, svc, port, &candidates);
+        }
+    }
+    let (used_services, used_backends) = (p.used_services, p.used_backends);
+    p.ids.retain(&used_services, &used_backends);
+    p.plan
+}
+
+/// The endpoints of `port` across `slices`, deduplicated by address and
+/// port (an endpoint can sit in two slices while they are rebalanced; the
+/// most available view of it wins), in address order.
+fn candidates(slices: &[&super::model::Slice], port: &ServicePort) -> Vec<Candidate> {
+    let mut out: BTreeMap<(Ipv4Addr, u16), Candidate> = BTreeMap::new();
+    for s in slices {
+        // Named targetPorts resolve per slice: each slice says which number
+        // the service port's name means for its endpoints.
+        let Some(sp) = s.ports.iter().find(|sp| sp.name == port.name && sp.proto == port.proto) else { continue };
+        for e in &s.endpoints {
+            let c = Candidate {
+                addr: e.addr,
+                port: sp.port,
+                node_name: e.node_name.clone(),
+                ready: e.ready,
+                serving: e.serving,
+                terminating: e.terminating,
+            };
+            out.entry((e.addr, sp.port))
+                .and_modify(|o| {
+                    o.ready |= c.ready;
+                    o.serving |= c.serving;
+                    o.terminating &= c.terminating;
+                })
+                .or_insert(c);
+        }
+    }
+    out.into_values().collect()
+}
+
+struct Planner<'a> {
+    cfg: &'a PlanConfig,
+    ids: &'a mut Ids,
+    plan: Plan,
+    used_services: BTreeSet<ServiceIdKey>,
+    used_backends: BTreeSet<BackendIdKey>,
+}
+
+impl Planner<'_> {
+    fn port(&mut self, id: &ObjectRef, svc: &Service, port: &ServicePort, candidates: &[Candidate]) {
+        let fe = |addr, port_no, kind| Frontend { addr, port: port_no, proto: port.proto, kind };
+        let internal: Vec<Frontend> = svc.cluster_ips.iter().map(|a| fe(*a, port.port, FrontendKind::ClusterIP)).collect();
+        let mut external = Vec::new();
+        if matches!(svc.service_type, ServiceType::NodePort | ServiceType::LoadBalancer) {
+            if let Some(np) = port.node_port {
+                external.extend(self.plan.node_addresses.iter().map(|a| fe(*a, np, FrontendKind::NodePort)));
+            }
+        }
+        if svc.service_type == ServiceType::LoadBalancer {
+            external.extend(svc.lb_ips.iter().map(|a| fe(*a, port.port, FrontendKind::LoadBalancer)));
+        }
+        external.extend(svc.external_ips.iter().map(|a| fe(*a, port.port, FrontendKind::ExternalIP)));
+
+        if svc.internal_local == svc.external_local {
+            let all = internal.into_iter().chain(external).collect();
+            self.group(id, svc, port, Scope::Internal, all, svc.internal_local, candidates);
+        } else {
+            self.group(id, svc, port, Scope::Internal, internal, svc.internal_local, candidates);
+            self.group(id, svc, port, Scope::External, external, svc.external_local, candidates);
+        }
+    }
+
+    /// One service id: `frontends` balanced over `candidates` (only this
+    /// node's when `local_only`).
+    #[allow(clippy::too_many_arguments, reason = "one call site per scope; a struct would only rename the arguments")]
+    fn group(
+        &mut self,
+        id: &ObjectRef,
+        svc: &Service,
+        port: &ServicePort,
+        scope: Scope,
+        mut frontends: Vec<Frontend>,
+        local_only: bool,
+        candidates: &[Candidate],
+    ) {
+        // A frontend already taken (two services claiming one address:port)
+        // stays with the first; the map can hold only one.
+        frontends.retain(|f| {
+            let taken = self.plan.contents.services.contains_key(&map_key(f));
+            if taken {
+                tracing::warn!(object = %id, frontend = %format!("{}:{}/{}", f.addr, f.port, f.proto.as_str()), "frontend already used by another service; skipped");
+            }
+            !taken
+        });
+        if frontends.is_empty() {
+            return;
+        }
+        let keys: Vec<ServiceKeyV4> = frontends.iter().map(map_key).collect();
+        let key = ServiceIdKey { object: id.clone(), port_name: port.name.clone(), proto: port.proto, scope };
+        let Some(service_id) = self.ids.service(&key, &keys) else {
+            tracing::warn!(object = %id, port = %port.name, "no free service id (raise the services map size); skipped");
+            return;
+        };
+        self.used_services.insert(key);
+
+        let eligible: Vec<&Candidate> = candidates
+            .iter()
+            .filter(|c| !local_only || c.node_name.as_deref() == Some(self.cfg.node_name.as_str()))
+            .collect();
+        let ready: Vec<&Candidate> = eligible.iter().copied().filter(|c| c.ready).collect();
+        let (slotted, fallback) = if ready.is_empty() {
+            let f: Vec<&Candidate> = eligible.iter().copied().filter(|c| c.serving && c.terminating).collect();
+            let fallback = !f.is_empty();
+            (f, fallback)
+        } else {
+            (ready, false)
+        };
+        // Terminating endpoints without a slot keep their existing flows.
+        let draining: Vec<&Candidate> = eligible
+            .iter()
+            .copied()
+            .filter(|c| c.terminating && !slotted.iter().any(|s| s.addr == c.addr && s.port == c.port))
+            .collect();
+
+        let mut backends = Vec::new();
+        let mut slot_ids = Vec::new();
+        for (c, takes_new) in slotted.iter().map(|c| (*c, true)).chain(draining.iter().map(|c| (*c, false))) {
+            let bkey = BackendIdKey { addr: c.addr, port: c.port, proto: port.proto };
+            let Some(bid) = self.ids.backend(bkey) else {
+                tracing::warn!(object = %id, backend = %format!("{}:{}", c.addr, c.port), "no free backend id; skipped");
+                continue;
+            };
+            self.used_backends.insert(bkey);
+            let state = if c.terminating { backend_state::TERMINATING } else { backend_state::ACTIVE };
+            let value = BackendV4 { addr: c.addr.octets(), port: c.port.to_be_bytes(), weight: 1, state, _pad: [0; 3] };
+            // A backend shared by services is one entry; "active" wins if views differ.
+            self.plan
+                .contents
+                .backends
+                .entry(bid)
+                .and_modify(|v| v.state = v.state.min(state))
+                .or_insert(value);
+            if takes_new {
+                slot_ids.push(bid);
+            }
+            backends.push(PlannedBackend {
+                id: bid,
+                addr: c.addr,
+                port: c.port,
+                state: if c.terminating { BackendState::Terminating } else { BackendState::Active },
+                slot: None,
+                node_name: c.node_name.clone(),
+            });
+        }
+        let order = self.ids.slots(service_id, &slot_ids);
+        for (i, bid) in order.iter().enumerate() {
+            let slot = i as u32 + 1;
+            self.plan.contents.slots.insert(SlotKey { service_id, slot }, *bid);
+            if let Some(b) = backends.iter_mut().find(|b| b.id == *bid) {
+                b.slot = Some(slot);
+            }
+        }
+        backends.sort_by_key(|b| (b.slot.is_none(), b.slot, b.addr, b.port));
+
+        let algorithm = svc.algorithm.unwrap_or(self.cfg.default_algorithm);
+        let flags = if fallback { service_flags::FALLBACK_TERMINATING } else { 0 };
+        let value = ServiceV4 {
+            id: service_id,
+            count: order.len() as u32,
+            algorithm,
+            flags,
+            _pad: [0; 2],
+            affinity_timeout_s: svc.affinity_timeout_s,
+        };
+        for k in keys {
+            self.plan.contents.services.insert(k, value);
+        }
+        self.plan.services.push(PlannedService {
+            namespace: id.namespace.clone(),
+            name: id.name.clone(),
+            port_name: port.name.clone(),
+            scope,
+            id: service_id,
+            frontends,
+            algorithm: algorithm_name(algorithm),
+            affinity_timeout_s: svc.affinity_timeout_s,
+            fallback_terminating: fallback,
+            local_only,
+            backends,
+        });
+    }
+}
+
+fn map_key(f: &Frontend) -> ServiceKeyV4 {
+    ServiceKeyV4 { addr: f.addr.octets(), port: f.port.to_be_bytes(), proto: f.proto.number(), scope: 0 }
+}
+
