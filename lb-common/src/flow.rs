@@ -48,10 +48,16 @@ pub struct FlowV4 {
     pub nat_addr: [u8; 4],
     /// As `nat_addr`, for the port.
     pub nat_port: [u8; 2],
+    /// The client's port on the other side of the rewrite. FORWARD: the port
+    /// the backend sees (the client's own, unless it clashed with another
+    /// flow at the backend and was remapped); REPLY: the client's original
+    /// port, restored as the reply's destination port. Network order.
+    pub peer_port: [u8; 2],
     /// One of [`direction`].
     pub direction: u8,
     /// Bit set of [`flow_flags`].
     pub flags: u8,
+    pub _pad: [u8; 6],
     /// `bpf_ktime_get_ns()` at creation.
     pub created_ns: u64,
     /// `bpf_ktime_get_ns()` of the last packet (updated at most once a second).
@@ -60,6 +66,6 @@ pub struct FlowV4 {
     pub packets: u64,
     pub bytes: u64,
 }
-const _: () = assert!(core::mem::size_of::<FlowV4>() == 48);
+const _: () = assert!(core::mem::size_of::<FlowV4>() == 56);
 
 crate::user_pod!(FlowKeyV4, FlowV4);

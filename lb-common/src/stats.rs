@@ -26,8 +26,10 @@ impl core::ops::AddAssign for ServiceStats {
 
 crate::user_pod!(ServiceStats);
 
-/// Index of the per-CPU `counters` array. Every packet bumps exactly one
-/// `*_SEEN`-style outcome; drop and pass reasons are named so they reach metrics.
+/// Index of the per-CPU `counters` array. `PACKETS` counts every packet;
+/// indexes 1..FIRST_EVENT are outcomes, of which every packet bumps exactly
+/// one; indexes from FIRST_EVENT on are events that come on top of an outcome.
+/// Drop and pass reasons are named so they reach metrics.
 macro_rules! counters {
     ($($name:ident = $idx:literal, $label:literal, $doc:literal;)*) => {
         pub mod counter {
@@ -43,15 +45,20 @@ macro_rules! counters {
 counters! {
     PACKETS = 0, "packets", "Every packet the programs saw.";
     PASS_NOT_IP = 1, "pass_not_ipv4", "Passed: not IPv4 (ARP, IPv6, ...).";
-    PASS_NOT_SERVICE = 2, "pass_not_service", "Passed: IPv4 but no service matches.";
-    PASS_FRAGMENT = 3, "pass_fragment", "Passed: an IP fragment (handed to the stack).";
-    PASS_OTHER_L4 = 4, "pass_other_l4", "Passed: neither TCP nor UDP.";
-    DROP_MALFORMED = 5, "drop_malformed", "Dropped: truncated or inconsistent headers.";
-    DROP_NO_BACKEND = 6, "drop_no_backend", "Dropped: the service has no usable backend.";
-    CT_FULL = 7, "conntrack_insert_failed", "A conntrack insert failed (map full or error); the packet was still forwarded.";
-    NAT_FORWARD = 8, "nat_forward", "Forwarded to a backend (DNAT).";
-    NAT_REPLY = 9, "nat_reply", "Reply rewritten back to the service address.";
-    REBALANCED = 10, "flow_rebalanced", "An existing flow's backend was gone; it was re-balanced.";
-    PASS_VLAN = 11, "pass_vlan", "Passed: VLAN-tagged, handed to the stack unchanged.";
-    DROP_CSUM = 12, "drop_checksum_helper", "Dropped: a checksum helper failed (tc).";
+    PASS_VLAN = 2, "pass_vlan", "Passed: VLAN-tagged, handed to the stack unchanged.";
+    PASS_NOT_SERVICE = 3, "pass_not_service", "Passed: IPv4 but no service matches.";
+    PASS_FRAGMENT = 4, "pass_fragment", "Passed: an IP fragment (handed to the stack).";
+    PASS_OTHER_L4 = 5, "pass_other_l4", "Passed: neither TCP nor UDP.";
+    DROP_MALFORMED = 6, "drop_malformed", "Dropped (XDP) or passed (tc): truncated or inconsistent headers.";
+    DROP_NO_BACKEND = 7, "drop_no_backend", "Dropped: the service has no usable backend.";
+    DROP_CSUM = 8, "drop_checksum_helper", "Dropped: a checksum helper failed (tc).";
+    NAT_FORWARD = 9, "nat_forward", "Forwarded to a backend (DNAT).";
+    NAT_REPLY = 10, "nat_reply", "Reply rewritten back to the service address.";
+    REBALANCED = 11, "flow_rebalanced", "Event: an existing flow's backend was gone; it was re-balanced.";
+    CT_INSERT_FAILED = 12, "conntrack_insert_failed", "Event: a conntrack insert failed; the packet was still forwarded.";
+    CLIENT_PORT_REMAPPED = 13, "client_port_remapped", "Event: a new flow's client port clashed at the backend with another flow's; it got another port.";
+    CT_CLASH_UNRESOLVED = 14, "conntrack_clash_unresolved", "Event: no free client port was found for a clashing flow; the older flow's replies are taken over.";
 }
+
+/// First event counter (see [`counter`]).
+pub const FIRST_EVENT: u32 = counter::REBALANCED;

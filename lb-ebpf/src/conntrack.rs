@@ -1,6 +1,6 @@
 //! Conntrack: pins every flow to its backend, and remembers how to rewrite
 //! its replies. Both directions of a flow are entries of one LRU map.
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use lb_common::{
     counter, direction, flow_flags, BackendV4, Config, FlowKeyV4, FlowV4, IPPROTO_TCP,
 };
@@ -16,11 +16,14 @@ const NS: u64 = 1_000_000_000;
 /// entry rare.
 const TOUCH_INTERVAL_NS: u64 = NS;
 
-/// Where a packet's address and port are rewritten to.
+/// Where a packet is rewritten to: the service or backend end (`addr`,
+/// `port`) and the client's port on the far side (`peer_port`; equal to the
+/// packet's own unless the flow's client port was remapped).
 #[derive(Clone, Copy)]
 pub struct Rewrite {
     pub addr: [u8; 4],
     pub port: [u8; 2],
+    pub peer_port: [u8; 2],
 }
 
 #[inline(always)]
@@ -99,27 +102,39 @@ pub fn established(key: &FlowKeyV4, p: &Packet, now: u64) -> Option<Rewrite> {
         }
     };
     touch(entry, p, now);
-    Some(Rewrite { addr: backend.addr, port: backend.port })
+    Some(Rewrite { addr: backend.addr, port: backend.port, peer_port: entry.peer_port })
 }
 
-/// Creates both entries of a new flow of `p` to `backend`. A failed insert is
-/// counted; the packet is still forwarded.
+/// Whether `key` (a reply key) belongs to a live flow other than the one
+/// described by `want`: then a new flow must not take it over.
 #[inline(always)]
-pub fn create(key: &FlowKeyV4, p: &Packet, service_id: u32, backend_id: u32, backend: &BackendV4, now: u64) {
-    let mut entry = FlowV4 {
-        backend_id,
-        service_id,
-        nat_addr: backend.addr,
-        nat_port: backend.port,
-        direction: direction::FORWARD,
-        flags: 0,
-        created_ns: now,
-        last_seen_ns: now,
-        packets: 1,
-        bytes: p.ip_len as u64,
-    };
-    // The reply entry first: once the forward entry exists, a reply may follow.
-    let reply_key = FlowKeyV4 {
+fn clashes(key: &FlowKeyV4, want: &FlowV4, now: u64) -> bool {
+    // SAFETY: read-only look at a program-written entry.
+    match unsafe { conntrack_v4.get(key) } {
+        Some(e) => {
+            (e.nat_addr, e.nat_port, e.peer_port) != (want.nat_addr, want.nat_port, want.peer_port)
+                && e.flags & flow_flags::CLOSING == 0
+                && now.wrapping_sub(e.last_seen_ns) <= timeout_ns(e, key.proto)
+        }
+        None => false,
+    }
+}
+
+/// Tries this many other client ports when a new flow's reply key clashes.
+const REMAP_TRIES: u32 = 4;
+
+/// Creates both entries of a new flow of `p` to `backend`; returns the
+/// rewrite for the packet. A failed insert is counted; the packet is still
+/// forwarded.
+///
+/// The reply entry is keyed by what the backend sends back (backend:port →
+/// client:port). Two frontends of one backend (a ClusterIP and a NodePort,
+/// say) reached from the same client port would share that key, and the
+/// backend could not tell the flows apart either: the newer flow then gets
+/// another client port (like netfilter's NAT clash resolution).
+#[inline(always)]
+pub fn create(key: &FlowKeyV4, p: &Packet, service_id: u32, backend_id: u32, backend: &BackendV4, now: u64) -> Rewrite {
+    let mut reply_key = FlowKeyV4 {
         src_addr: backend.addr,
         dst_addr: p.src,
         src_port: backend.port,
@@ -127,23 +142,53 @@ pub fn create(key: &FlowKeyV4, p: &Packet, service_id: u32, backend_id: u32, bac
         proto: p.proto,
         _pad: [0; 3],
     };
-    let reply = FlowV4 {
+    let mut reply = FlowV4 {
+        backend_id,
+        service_id,
         nat_addr: p.dst,
         nat_port: p.dport,
+        peer_port: p.sport,
         direction: direction::REPLY,
+        flags: 0,
+        _pad: [0; 6],
+        created_ns: now,
+        last_seen_ns: now,
         packets: 0,
         bytes: 0,
-        ..entry
     };
+    if clashes(&reply_key, &reply, now) {
+        let mut tries = 0;
+        while tries < REMAP_TRIES {
+            // An ephemeral port (32768..=61000), as a client stack would pick.
+            // SAFETY: helper without preconditions.
+            let port = 32768 + (unsafe { bpf_get_prandom_u32() } % 28232) as u16;
+            reply_key.dst_port = port.to_be_bytes();
+            if !clashes(&reply_key, &reply, now) {
+                break;
+            }
+            tries += 1;
+        }
+        count(if tries < REMAP_TRIES { counter::CLIENT_PORT_REMAPPED } else { counter::CT_CLASH_UNRESOLVED });
+    }
+    let client_port = reply_key.dst_port;
+    // The reply entry first: once the forward entry exists, a reply may follow.
     if conntrack_v4.insert(&reply_key, &reply, 0).is_err() {
-        count(counter::CT_FULL);
+        count(counter::CT_INSERT_FAILED);
     }
-    if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-        entry.flags |= flow_flags::CLOSING;
-    }
+    reply.peer_port = client_port;
+    let entry = FlowV4 {
+        nat_addr: backend.addr,
+        nat_port: backend.port,
+        direction: direction::FORWARD,
+        flags: if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 { flow_flags::CLOSING } else { 0 },
+        packets: 1,
+        bytes: p.ip_len as u64,
+        ..reply
+    };
     if conntrack_v4.insert(key, &entry, 0).is_err() {
-        count(counter::CT_FULL);
+        count(counter::CT_INSERT_FAILED);
     }
+    Rewrite { addr: backend.addr, port: backend.port, peer_port: client_port }
 }
 
 /// The rewrite of a reply packet (backend → client) back to the service
@@ -158,5 +203,5 @@ pub fn reply(p: &Packet) -> Option<Rewrite> {
     }
     entry.flags |= flow_flags::SEEN_REPLY;
     touch(entry, p, now());
-    Some(Rewrite { addr: entry.nat_addr, port: entry.nat_port })
+    Some(Rewrite { addr: entry.nat_addr, port: entry.nat_port, peer_port: entry.peer_port })
 }

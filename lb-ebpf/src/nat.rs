@@ -14,7 +14,7 @@ use lb_ebpf::csum;
 
 use crate::{
     conntrack::Rewrite,
-    parse::{Packet, ETH_LEN, IP_CHECK, IP_DST, IP_SRC, L4_DPORT, L4_SPORT},
+    parse::{Packet, ETH_LEN, IP_CHECK, IP_DST, IP_SRC, L4_DPORT, L4_SPORT, TCP_CHECK, UDP_CHECK},
     verdict::{Verdict, MALFORMED},
 };
 
@@ -27,46 +27,75 @@ pub enum Side {
     Src,
 }
 
-impl Side {
-    #[inline(always)]
-    fn offsets(self, p: &Packet) -> (usize, usize, [u8; 4], [u8; 2]) {
-        match self {
-            Side::Dst => (ETH_LEN + IP_DST, p.l4 + L4_DPORT, p.dst, p.dport),
-            Side::Src => (ETH_LEN + IP_SRC, p.l4 + L4_SPORT, p.src, p.sport),
-        }
-    }
+/// Where the fields a rewrite touches are, and what they hold now.
+struct Fields {
+    addr_off: usize,
+    port_off: usize,
+    peer_port_off: usize,
+    addr: [u8; 4],
+    port: [u8; 2],
+    peer_port: [u8; 2],
 }
 
-#[inline(always)]
-fn field<const N: usize>(data: usize, end: usize, off: usize) -> Result<*mut [u8; N], Verdict> {
-    if data + off + N > end {
-        return Err(MALFORMED);
+impl Side {
+    #[inline(always)]
+    fn fields(self, p: &Packet) -> Fields {
+        let (sport_off, dport_off) = (p.l4 + L4_SPORT, p.l4 + L4_DPORT);
+        match self {
+            Side::Dst => Fields {
+                addr_off: ETH_LEN + IP_DST,
+                port_off: dport_off,
+                peer_port_off: sport_off,
+                addr: p.dst,
+                port: p.dport,
+                peer_port: p.sport,
+            },
+            Side::Src => Fields {
+                addr_off: ETH_LEN + IP_SRC,
+                port_off: sport_off,
+                peer_port_off: dport_off,
+                addr: p.src,
+                port: p.sport,
+                peer_port: p.dport,
+            },
+        }
     }
-    Ok((data + off) as *mut [u8; N])
 }
 
 /// Rewrites `side` of the frame in an XDP buffer, updating both checksums.
 #[inline(always)]
 pub fn xdp_rewrite(ctx: &XdpContext, p: &Packet, side: Side, rw: &Rewrite) -> Result<(), Verdict> {
     let (data, end) = (ctx.data(), ctx.data_end());
-    let (addr_off, port_off, old_addr, old_port) = side.offsets(p);
-    let addr = field::<4>(data, end, addr_off)?;
-    let port = field::<2>(data, end, port_off)?;
-    let ip_check = field::<2>(data, end, ETH_LEN + IP_CHECK)?;
-    let l4_check = field::<2>(data, end, p.l4_check())?;
-    // SAFETY: every pointer was bounds-checked against `data_end` above.
+    let f = side.fields(p);
+    // One bounds check per header, then constant offsets from its start: the
+    // verifier loses track of separately checked fields at variable offsets.
+    let ip = data + ETH_LEN;
+    let l4 = data + p.l4;
+    let check_off = if p.proto == IPPROTO_UDP { UDP_CHECK } else { TCP_CHECK };
+    if ip + 20 > end || l4 + TCP_CHECK + 2 > end && p.proto != IPPROTO_UDP || l4 + 8 > end {
+        return Err(MALFORMED);
+    }
+    let at = |base: usize, off: usize| (base + off) as *mut [u8; 2];
+    let (addr_off, port_off, peer_off) = (f.addr_off - ETH_LEN, f.port_off - p.l4, f.peer_port_off - p.l4);
+    // SAFETY: the IPv4 header (20 bytes) and the L4 header up to its checksum
+    // were bounds-checked against `data_end` above.
     unsafe {
-        *addr = rw.addr;
-        *port = rw.port;
-        let ipc = csum::replace4(u16::from_be_bytes(*ip_check), old_addr, rw.addr);
-        *ip_check = ipc.to_be_bytes();
+        *((ip + addr_off) as *mut [u8; 4]) = rw.addr;
+        *at(l4, port_off) = rw.port;
+        *at(l4, peer_off) = rw.peer_port;
+        let ip_check = at(ip, IP_CHECK);
+        *ip_check = csum::replace4(u16::from_be_bytes(*ip_check), f.addr, rw.addr).to_be_bytes();
+        let l4_check = at(l4, check_off);
         let old = u16::from_be_bytes(*l4_check);
         // UDP checksum 0: the sender did not compute one; leave it absent.
         if p.proto == IPPROTO_UDP && old == 0 {
             return Ok(());
         }
-        let mut c = csum::replace4(old, old_addr, rw.addr);
-        c = csum::replace2(c, old_port, rw.port);
+        let mut c = csum::replace4(old, f.addr, rw.addr);
+        c = csum::replace2(c, f.port, rw.port);
+        if f.peer_port != rw.peer_port {
+            c = csum::replace2(c, f.peer_port, rw.peer_port);
+        }
         if p.proto == IPPROTO_UDP {
             c = csum::udp_mangled(c);
         }
@@ -79,18 +108,21 @@ pub fn xdp_rewrite(ctx: &XdpContext, p: &Packet, side: Side, rw: &Rewrite) -> Re
 /// store and checksum helpers (correct for full and partial checksums).
 #[inline(always)]
 pub fn tc_rewrite(ctx: &TcContext, p: &Packet, side: Side, rw: &Rewrite) -> Result<(), Verdict> {
-    let (addr_off, port_off, old_addr, old_port) = side.offsets(p);
+    let f = side.fields(p);
     let l4_check = p.l4_check();
     // For UDP, a zero checksum stays zero and a computed zero becomes 0xffff.
     let mangled = if p.proto == IPPROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
-    let (old_a, new_a) = (u32::from_ne_bytes(old_addr) as u64, u32::from_ne_bytes(rw.addr) as u64);
-    let (old_p, new_p) = (u16::from_ne_bytes(old_port) as u64, u16::from_ne_bytes(rw.port) as u64);
-    let failed = Verdict::Drop(lb_common::counter::DROP_CSUM);
-    ctx.l4_csum_replace(l4_check, old_a, new_a, BPF_F_PSEUDO_HDR as u64 | mangled | 4)
-        .map_err(|_| failed)?;
-    ctx.l4_csum_replace(l4_check, old_p, new_p, mangled | 2).map_err(|_| failed)?;
-    ctx.l3_csum_replace(ETH_LEN + IP_CHECK, old_a, new_a, 4).map_err(|_| failed)?;
-    ctx.store(addr_off, &rw.addr, 0).map_err(|_| failed)?;
-    ctx.store(port_off, &rw.port, 0).map_err(|_| failed)?;
+    let (old_a, new_a) = (u32::from_ne_bytes(f.addr) as u64, u32::from_ne_bytes(rw.addr) as u64);
+    let port = |b: [u8; 2]| u16::from_ne_bytes(b) as u64;
+    let failed = |_| Verdict::Drop(lb_common::counter::DROP_CSUM);
+    ctx.l4_csum_replace(l4_check, old_a, new_a, BPF_F_PSEUDO_HDR as u64 | mangled | 4).map_err(failed)?;
+    ctx.l4_csum_replace(l4_check, port(f.port), port(rw.port), mangled | 2).map_err(failed)?;
+    ctx.l3_csum_replace(ETH_LEN + IP_CHECK, old_a, new_a, 4).map_err(failed)?;
+    ctx.store(f.addr_off, &rw.addr, 0).map_err(failed)?;
+    ctx.store(f.port_off, &rw.port, 0).map_err(failed)?;
+    if f.peer_port != rw.peer_port {
+        ctx.l4_csum_replace(l4_check, port(f.peer_port), port(rw.peer_port), mangled | 2).map_err(failed)?;
+        ctx.store(f.peer_port_off, &rw.peer_port, 0).map_err(failed)?;
+    }
     Ok(())
 }

@@ -45,11 +45,11 @@ pub fn balance(p: &Packet) -> Result<Option<Rewrite>, Verdict> {
     let Some(&backend) = (unsafe { backends_v4.get(backend_id) }) else {
         return no_backend();
     };
-    conntrack::create(&key, p, svc.id, backend_id, &backend, now);
+    let rw = conntrack::create(&key, p, svc.id, backend_id, &backend, now);
     stats::service(svc.id, |s| {
         s.packets += 1;
         s.bytes += p.ip_len as u64;
         s.new_flows += 1;
     });
-    Ok(Some(Rewrite { addr: backend.addr, port: backend.port }))
+    Ok(Some(rw))
 }

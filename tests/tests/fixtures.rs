@@ -11,6 +11,7 @@ use aya::programs::{Program, TestRun, TestRunOptions};
 
 use lb_common::{algorithm, counter, IPPROTO_TCP, IPPROTO_UDP};
 use xdplb_tests::{
+    packet::verify_checksums,
     fixture::{self, Case},
     lb::Lb,
     packet::{Frame, L4, TCP_ACK, TCP_PSH, TCP_SYN},
@@ -59,8 +60,8 @@ fn cases() -> Vec<Case> {
     let syn = Frame::tcp(CLIENT, 40000, CLUSTER_IP, 80, TCP_SYN);
     let ack = Frame::tcp(CLIENT, 40000, CLUSTER_IP, 80, TCP_ACK | TCP_PSH).payload(b"GET / HTTP/1.1\r\n\r\n");
     let synack = Frame::tcp(B1, 8080, CLIENT, 40000, TCP_SYN | TCP_ACK);
-    let np_syn = Frame::tcp(CLIENT, 40000, NODE, 30080, TCP_SYN);
-    let np_synack = Frame::tcp(B1, 8080, CLIENT, 40000, TCP_SYN | TCP_ACK).payload(b"np");
+    let np_syn = Frame::tcp(CLIENT, 40100, NODE, 30080, TCP_SYN);
+    let np_synack = Frame::tcp(B1, 8080, CLIENT, 40100, TCP_SYN | TCP_ACK).payload(b"np");
     let dns = Frame::udp(CLIENT, 5555, DNS_IP, 53).payload(b"\x12\x34query");
     let mut dns0 = Frame::udp(CLIENT, 5556, DNS_IP, 53).payload(b"no checksum");
     dns0.l4 = L4::Udp { zero_checksum: true };
@@ -85,9 +86,9 @@ fn cases() -> Vec<Case> {
             &b(&ack), "XDP_PASS", Some(&b(&with_dst(ack.clone(), B1, 8080)))),
         case("tc_egress_v4_reply_reverse_nat", "the backend's SYN-ACK leaves with the ClusterIP as source", "tc_egress",
             &b(&synack), "TC_ACT_OK", Some(&b(&with_src(synack.clone(), CLUSTER_IP, 80)))),
-        case("xdp_v4_nodeport_dnat", "SYN to a NodePort on the node address, same client port as the ClusterIP flow", "xdp_lb",
+        case("xdp_v4_nodeport_dnat", "SYN to a NodePort on the node address (another service, same backend)", "xdp_lb",
             &b(&np_syn), "XDP_PASS", Some(&b(&with_dst(np_syn.clone(), B1, 8080)))),
-        case("tc_egress_v4_nodeport_reply", "the NodePort flow's reply gets the node address back; the ClusterIP flow's entry was not disturbed", "tc_egress",
+        case("tc_egress_v4_nodeport_reply", "the NodePort flow's reply gets the node address back", "tc_egress",
             &b(&np_synack), "TC_ACT_OK", Some(&b(&with_src(np_synack.clone(), NODE, 30080)))),
         case("xdp_v4_udp_dnat", "UDP to a service: address and port rewritten, UDP checksum valid", "xdp_lb",
             &b(&dns), "XDP_PASS", Some(&b(&with_dst(dns.clone(), B2, 5353)))),
@@ -161,4 +162,49 @@ fn round_robin_takes_slots_in_turn() {
         })
         .collect();
     assert_eq!(picked, vec![11, 12, 13, 11, 12, 13, 11], "new flows take the slots in turn");
+}
+
+/// Runs `frame` through `prog`; returns the verdict and the output frame.
+fn run(lb: &Lb, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+    let mut out = vec![0u8; frame.len()];
+    let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() };
+    let r = match lb.ebpf.program(prog) {
+        Some(Program::Xdp(p)) => p.test_run(opts),
+        Some(Program::SchedClassifier(p)) => p.test_run(opts),
+        _ => panic!("no program {prog}"),
+    }
+    .expect("BPF_PROG_TEST_RUN");
+    (r.return_value, out)
+}
+
+#[test]
+fn client_port_clash_at_a_shared_backend_gets_another_port() {
+    let mut lb = Lb::load();
+    lb.program(&contents(&services()));
+    // The same client port towards two frontends that share backend B1:8080:
+    // the backend would see one 5-tuple for two flows.
+    let to_cluster_ip = Frame::tcp(CLIENT, 40000, CLUSTER_IP, 80, TCP_SYN).bytes();
+    let to_node_port = Frame::tcp(CLIENT, 40000, NODE, 30080, TCP_SYN).bytes();
+    let (rc, first) = run(&lb, "xdp_lb", &to_cluster_ip);
+    assert_eq!((rc, &first[34..36]), (2, &40000u16.to_be_bytes()[..]), "the first flow keeps its port");
+    let (rc, second) = run(&lb, "xdp_lb", &to_node_port);
+    assert_eq!(rc, 2);
+    let remapped = u16::from_be_bytes([second[34], second[35]]);
+    assert_ne!(remapped, 40000, "the clashing flow got another client port");
+    assert_eq!(&second[30..34], &B1.octets(), "and still went to the backend");
+    verify_checksums(&second).unwrap();
+    assert_eq!(lb.counter(counter::CLIENT_PORT_REMAPPED), 1);
+    // Each reply finds its own flow: the original port and frontend come back.
+    for (port, want_src, want_sport) in [(40000, CLUSTER_IP, 80u16), (remapped, NODE, 30080)] {
+        let reply = Frame::tcp(B1, 8080, CLIENT, port, TCP_SYN | TCP_ACK).bytes();
+        let (rc, out) = run(&lb, "tc_egress", &reply);
+        assert_eq!(rc, 0, "TC_ACT_OK");
+        let want = Frame::tcp(want_src, want_sport, CLIENT, 40000, TCP_SYN | TCP_ACK).bytes();
+        assert_eq!(out, want, "reply to client port {port}");
+    }
+    // The remapped flow's later packets keep the remapped port.
+    let ack = Frame::tcp(CLIENT, 40000, NODE, 30080, TCP_ACK).bytes();
+    let (_, out) = run(&lb, "xdp_lb", &ack);
+    assert_eq!(u16::from_be_bytes([out[34], out[35]]), remapped);
+    verify_checksums(&out).unwrap();
 }

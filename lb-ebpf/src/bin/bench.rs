@@ -1,0 +1,257 @@
+//! Test-only programs for `cargo xtask bench`; never attached in production.
+//!
+//! - floors: `bench_pass` (XDP_PASS), `bench_tx` (swap MACs, XDP_TX),
+//!   `bench_drop` (count, XDP_DROP), `bench_redirect` (to one ifindex),
+//!   `bench_tc_ok` (TC_ACT_OK);
+//! - wrappers `bench_wrap_xdp` / `bench_wrap_tc`: with `repeat > 1` the kernel
+//!   does not restore the packet between iterations, so a NAT program would
+//!   see its own output. The wrappers copy a template frame back into the
+//!   packet on every iteration (and, for the new-flow case, give it a fresh
+//!   source address and port) and tail-call the program under test;
+//! - `bench_gen`: the live-frames generator (XDP_TX of every frame, to a
+//!   spread of service addresses and source ports).
+//!
+//! The map value layouts are mirrored in `tests/src/bench/progs.rs`.
+#![no_std]
+#![no_main]
+#![allow(non_upper_case_globals, reason = "the statics are named as the maps bpftool shows")]
+
+use aya_ebpf::{
+    bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
+    btf_maps::{Array, PerCpuArray, ProgramArray},
+    helpers::{bpf_get_smp_processor_id, bpf_redirect, bpf_skb_store_bytes, bpf_xdp_store_bytes},
+    macros::{btf_map, classifier, xdp},
+    programs::{TcContext, XdpContext},
+    EbpfContext as _,
+};
+use lb_ebpf::csum;
+
+/// Every benchmark frame is 64 bytes (minimum Ethernet frame without FCS + 4).
+const FRAME_LEN: usize = 64;
+const IP_PROTO: usize = 14 + 9;
+const IP_CHECK: usize = 14 + 10;
+const IPPROTO_UDP: u8 = 17;
+const IP_SRC: usize = 14 + 12;
+const IP_DST: usize = 14 + 16;
+/// The templates have no IP options.
+const L4_SPORT: usize = 14 + 20;
+
+/// The frame the wrappers restore before each iteration.
+#[repr(C)]
+pub struct Template {
+    pub frame: [u8; FRAME_LEN],
+    /// Non-zero: give every iteration a distinct source address and port.
+    pub vary: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Template>() == 72);
+
+/// What the generator spreads its frames over.
+#[repr(C)]
+pub struct GenConfig {
+    /// Distinct (destination, source port) pairs per CPU.
+    pub flows: u32,
+    /// Destinations are `dst_base + 0 .. dst_base + dsts - 1`.
+    pub dsts: u32,
+    /// First destination address, network order.
+    pub dst_base: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<GenConfig>() == 12);
+
+/// Template of the wrappers, at index 0. Written by the bench.
+#[btf_map]
+static bench_template: Array<Template, 1> = Array::new();
+
+/// Iteration counter of the new-flow case (a plain array: one runner at a time).
+#[btf_map]
+static bench_seq: Array<u32, 1> = Array::new();
+
+/// Slot 0: the XDP program under test.
+#[btf_map]
+static bench_xdp_jump: ProgramArray<1> = ProgramArray::new();
+
+/// Slot 0: the tc program under test.
+#[btf_map]
+static bench_tc_jump: ProgramArray<1> = ProgramArray::new();
+
+/// Frames dropped by `bench_drop`, per CPU.
+#[btf_map]
+static bench_drops: PerCpuArray<u64, 1> = PerCpuArray::new();
+
+/// Per-CPU sequence of the generator.
+#[btf_map]
+static bench_gen_seq: PerCpuArray<u32, 1> = PerCpuArray::new();
+
+/// Generator settings, at index 0.
+#[btf_map]
+static bench_gen_cfg: Array<GenConfig, 1> = Array::new();
+
+/// Ifindex `bench_redirect` sends to, at index 0.
+#[btf_map]
+static bench_redirect_to: Array<u32, 1> = Array::new();
+
+#[xdp]
+pub fn bench_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn bench_tx(ctx: XdpContext) -> u32 {
+    let Some(eth) = frame::<12>(ctx.data(), ctx.data_end()) else { return xdp_action::XDP_DROP };
+    // SAFETY: `frame` checked that 12 bytes are inside the packet.
+    unsafe {
+        let mut macs = *eth;
+        macs.rotate_left(6);
+        *eth = macs;
+    }
+    xdp_action::XDP_TX
+}
+
+#[xdp]
+pub fn bench_drop(_ctx: XdpContext) -> u32 {
+    if let Some(n) = bench_drops.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU writes it.
+        unsafe { *n += 1 };
+    }
+    xdp_action::XDP_DROP
+}
+
+#[xdp]
+pub fn bench_redirect(_ctx: XdpContext) -> u32 {
+    match bench_redirect_to.get(0) {
+        // SAFETY: helper without memory arguments.
+        Some(ifindex) => unsafe { bpf_redirect(*ifindex, 0) as u32 },
+        None => xdp_action::XDP_ABORTED,
+    }
+}
+
+#[classifier]
+pub fn bench_tc_ok(_ctx: TcContext) -> i32 {
+    TC_ACT_OK
+}
+
+/// Restores the template, varies it if asked, tail-calls `bench_xdp_jump[0]`.
+/// Returns XDP_ABORTED when anything fails, which no measured case expects.
+#[xdp]
+pub fn bench_wrap_xdp(ctx: XdpContext) -> u32 {
+    let Some(t) = bench_template.get_ptr(0) else { return xdp_action::XDP_ABORTED };
+    // SAFETY: `t` points to a map value of FRAME_LEN bytes and more.
+    if unsafe { bpf_xdp_store_bytes(ctx.as_ptr() as _, 0, t as *mut _, FRAME_LEN as u32) } != 0 {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: read of a map value.
+    if unsafe { (*t).vary } != 0 && vary_source(&ctx).is_none() {
+        return xdp_action::XDP_ABORTED;
+    }
+    // SAFETY: on success this does not return.
+    unsafe { bench_xdp_jump.tail_call(&ctx, 0) };
+    xdp_action::XDP_ABORTED
+}
+
+/// As `bench_wrap_xdp`, for tc programs (no variation). Returns TC_ACT_SHOT on failure.
+#[classifier]
+pub fn bench_wrap_tc(ctx: TcContext) -> i32 {
+    let Some(t) = bench_template.get_ptr(0) else { return TC_ACT_SHOT };
+    // SAFETY: `t` points to a map value of FRAME_LEN bytes and more.
+    if unsafe { bpf_skb_store_bytes(ctx.as_ptr() as _, 0, t as *const _, FRAME_LEN as u32, 0) } != 0 {
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: on success this does not return.
+    unsafe { bench_tc_jump.tail_call(&ctx, 0) };
+    TC_ACT_SHOT
+}
+
+/// Gives the frame the next source address and port of `bench_seq`: the low
+/// 16 bits become the port, the high 16 the last two address bytes. Both
+/// checksums are updated, so the program under test sees a valid frame.
+#[inline(always)]
+fn vary_source(ctx: &XdpContext) -> Option<()> {
+    let seq = bench_seq.get_ptr_mut(0)?;
+    // SAFETY: one runner at a time (the bench pins itself); a plain add.
+    let n = unsafe {
+        *seq = (*seq).wrapping_add(1);
+        *seq
+    };
+    let p = frame::<FRAME_LEN>(ctx.data(), ctx.data_end())?;
+    // SAFETY: `frame` checked that FRAME_LEN bytes are inside the packet;
+    // every offset below is below FRAME_LEN.
+    unsafe {
+        let f = &mut *p;
+        let new_addr = ((n >> 16) as u16).to_be_bytes();
+        let new_port = (n as u16).to_be_bytes();
+        let old_addr = [f[IP_SRC + 2], f[IP_SRC + 3]];
+        let old_port = [f[L4_SPORT], f[L4_SPORT + 1]];
+        f[IP_SRC + 2..IP_SRC + 4].copy_from_slice(&new_addr);
+        f[L4_SPORT..L4_SPORT + 2].copy_from_slice(&new_port);
+        let ipc = csum::replace2(u16::from_be_bytes([f[IP_CHECK], f[IP_CHECK + 1]]), old_addr, new_addr);
+        f[IP_CHECK..IP_CHECK + 2].copy_from_slice(&ipc.to_be_bytes());
+        // Constant offsets: the verifier rejects a variable one here.
+        let l4_check = if f[IP_PROTO] == IPPROTO_UDP { L4_SPORT + 6 } else { L4_SPORT + 16 };
+        let c = u16::from_be_bytes([f[l4_check], f[l4_check + 1]]);
+        let c = csum::replace2(csum::replace2(c, old_addr, new_addr), old_port, new_port);
+        f[l4_check..l4_check + 2].copy_from_slice(&c.to_be_bytes());
+    }
+    Some(())
+}
+
+/// The live-frames generator: spreads frames over `GenConfig::flows`
+/// (destination, source port) pairs, the source address telling CPUs apart,
+/// and sends each back out of the interface it was injected on (XDP_TX).
+/// Frames are UDP with checksum 0, so only the IP checksum needs updating.
+#[xdp]
+pub fn bench_gen(ctx: XdpContext) -> u32 {
+    match gen(&ctx) {
+        Some(()) => xdp_action::XDP_TX,
+        None => xdp_action::XDP_ABORTED,
+    }
+}
+
+#[inline(always)]
+fn gen(ctx: &XdpContext) -> Option<()> {
+    let cfg = bench_gen_cfg.get(0)?;
+    let seq = bench_gen_seq.get_ptr_mut(0)?;
+    if cfg.flows == 0 || cfg.dsts == 0 {
+        return None;
+    }
+    // SAFETY: per-CPU slot, only this CPU writes it.
+    let n = unsafe {
+        *seq = (*seq).wrapping_add(1);
+        *seq
+    };
+    let flow = n % cfg.flows;
+    let dst = (u32::from_be_bytes(cfg.dst_base).wrapping_add(flow % cfg.dsts)).to_be_bytes();
+    let sport = (10_000 + (flow / cfg.dsts) % 50_000) as u16;
+    // SAFETY: helper without arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() } as u8;
+    let p = frame::<FRAME_LEN>(ctx.data(), ctx.data_end())?;
+    // SAFETY: `frame` checked that FRAME_LEN bytes are inside the packet.
+    unsafe {
+        let f = &mut *p;
+        let old_src = [f[IP_SRC + 2], f[IP_SRC + 3]];
+        let old_dst = [f[IP_DST], f[IP_DST + 1], f[IP_DST + 2], f[IP_DST + 3]];
+        f[IP_SRC + 3] = 10 + cpu;
+        f[IP_DST..IP_DST + 4].copy_from_slice(&dst);
+        f[L4_SPORT..L4_SPORT + 2].copy_from_slice(&sport.to_be_bytes());
+        let mut c = u16::from_be_bytes([f[IP_CHECK], f[IP_CHECK + 1]]);
+        c = csum::replace2(c, old_src, [old_src[0], 10 + cpu]);
+        c = csum::replace4(c, old_dst, dst);
+        f[IP_CHECK..IP_CHECK + 2].copy_from_slice(&c.to_be_bytes());
+    }
+    Some(())
+}
+
+/// The first `N` bytes of the packet, if it has that many.
+#[inline(always)]
+fn frame<const N: usize>(data: usize, end: usize) -> Option<*mut [u8; N]> {
+    if data + N > end {
+        return None;
+    }
+    Some(data as *mut [u8; N])
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic path; this is never executed.
+    loop {}
+}
