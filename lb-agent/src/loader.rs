@@ -11,6 +11,10 @@ use lb_common::maps::{self, default_size, programs};
 /// The eBPF object built by build.rs from lb-ebpf.
 pub static BYTECODE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb.o"));
 
+/// Test-only programs of `cargo xtask bench` (lb-ebpf's `bench` binary).
+#[cfg(feature = "bench")]
+pub static BENCH_BYTECODE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench.o"));
+
 /// Default directory of the pinned maps.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xdplb";
 

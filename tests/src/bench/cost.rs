@@ -1,0 +1,223 @@
+//! Per-packet program cost with `BPF_PROG_TEST_RUN` and `repeat`.
+//!
+//! The kernel does not restore the packet between iterations, so a NAT
+//! program would see its own output from the second one on. Each case is run
+//! through a wrapper (bench.rs) that restores a template frame — and for the
+//! new-flow case gives it a fresh source address and port — then tail-calls
+//! the program under test. Each round runs the same wrapper tail-calling a
+//! trivial program (the floor) right before the real one; the figure is the
+//! median over rounds of (program − floor), the min is min(program) − min(floor).
+//!
+//! Every case is checked, not just timed: the verdict and output bytes of the
+//! last iteration, and the dataplane counters over the whole run (e.g. a
+//! new-flow run must create exactly `repeat` flows), so a case that takes the
+//! wrong path fails the bench instead of reporting a number.
+use std::net::Ipv4Addr;
+
+use anyhow::{bail, ensure, Context as _, Result};
+use aya::programs::{ProgramError, TestRun, TestRunOptions, TestRunResult};
+use lb_common::counter;
+use serde_json::json;
+
+use super::{
+    dataplane::{backend, vip, BenchLb, BACKEND_PORT, SVC_PORT},
+    progs::BenchProgs,
+    report::Report,
+    stats,
+};
+use crate::packet::{verify_checksums, Frame, TCP_ACK, TCP_SYN};
+
+const XDP_PASS: u32 = 2;
+const TC_ACT_OK: u32 = 0;
+const CLIENT: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 1);
+const CLIENT_PORT: u16 = 40_000;
+/// A destination no service uses.
+const NOWHERE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+
+#[derive(Clone, Copy, Debug)]
+pub struct Opts {
+    /// Iterations per run (established, non-service, reply).
+    pub repeat: u32,
+    /// Iterations per run of the new-flow case (each one inserts two flows).
+    pub repeat_new: u32,
+    pub rounds: usize,
+    /// (services, backends per service) configurations.
+    pub configs: &'static [(u32, u32)],
+    pub conntrack: u32,
+}
+
+/// One BPF_PROG_TEST_RUN: verdict, output of the last iteration, ns per iteration.
+struct Run {
+    ret: u32,
+    out: Vec<u8>,
+    ns: f64,
+}
+
+fn run(f: impl FnOnce(TestRunOptions) -> Result<TestRunResult, ProgramError>, input: &[u8], repeat: u32) -> Result<Run> {
+    let mut out = vec![0u8; input.len() + 256];
+    let r = f(TestRunOptions { data_in: Some(input), data_out: Some(&mut out), repeat, ..Default::default() })
+        .context("BPF_PROG_TEST_RUN")?;
+    out.truncate(r.data_size_out as usize);
+    Ok(Run { ret: r.return_value, out, ns: r.duration.as_nanos() as f64 })
+}
+
+/// 64-byte TCP frame.
+fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
+    let f = Frame::tcp(src, sport, dst, dport, flags).payload(&[0; 10]).bytes();
+    assert_eq!(f.len(), super::progs::FRAME_LEN);
+    f
+}
+
+fn dst_of(f: &[u8]) -> (Ipv4Addr, u16) {
+    (Ipv4Addr::new(f[30], f[31], f[32], f[33]), u16::from_be_bytes([f[36], f[37]]))
+}
+
+fn src_of(f: &[u8]) -> (Ipv4Addr, u16) {
+    (Ipv4Addr::new(f[26], f[27], f[28], f[29]), u16::from_be_bytes([f[34], f[35]]))
+}
+
+/// Floors without a wrapper: the cheapest XDP programs there are.
+pub fn floors(progs: &BenchProgs, opts: &Opts, report: &mut Report) -> Result<()> {
+    let frame = tcp(CLIENT, CLIENT_PORT, NOWHERE, SVC_PORT, TCP_ACK);
+    for (name, want, label) in [("bench_pass", XDP_PASS, "floor/xdp_pass"), ("bench_tx", 3, "floor/xdp_tx_swap_macs")] {
+        let p = progs.xdp(name);
+        let mut ns = Vec::new();
+        for _ in 0..opts.rounds {
+            let r = run(|o| p.test_run(o), &frame, opts.repeat)?;
+            ensure!(r.ret == want, "{name} returned {}, expected {want}", r.ret);
+            ns.push(r.ns);
+        }
+        let (med, min) = (stats::median(&ns), stats::min(&ns));
+        report.add("prog_cost", label, med, Some(min), "ns/packet", json!({"repeat": opts.repeat, "rounds": opts.rounds, "method": "repeat, no wrapper (includes ~7 ns loop overhead)"}));
+    }
+    Ok(())
+}
+
+/// What a case must look like after a run.
+struct Check<'a> {
+    ret: u32,
+    /// Checks the output frame of the last iteration.
+    out: &'a dyn Fn(&[u8]) -> Result<()>,
+    /// (counter, expected increase per iteration).
+    counters: &'a [(u32, u64)],
+    /// Expected increase of the target service's `new_flows` per iteration.
+    new_flows: u64,
+}
+
+/// The four cases at one (services, backends per service) configuration.
+pub fn config(progs: &mut BenchProgs, services: u32, per: u32, opts: &Opts, report: &mut Report) -> Result<()> {
+    let t0 = std::time::Instant::now();
+    let lb = BenchLb::tcp(services, per, opts.conntrack)?;
+    let provision_s = t0.elapsed().as_secs_f64();
+    let target = services / 2 + 1;
+    let (vip_t, backends) = (vip(target), (target - 1) * per + 1..=target * per);
+    let is_backend = |a: Ipv4Addr| backends.clone().any(|id| backend(id) == a);
+
+    // Create the flow the established and reply cases use, and learn its backend.
+    let est = tcp(CLIENT, CLIENT_PORT, vip_t, SVC_PORT, TCP_ACK);
+    let first = run(|o| lb.xdp().test_run(o), &est, 1)?;
+    let (be, be_port) = dst_of(&first.out);
+    ensure!(first.ret == XDP_PASS && is_backend(be) && be_port == BACKEND_PORT, "the first packet of a flow to {vip_t} was not balanced: verdict {}, dst {be}:{be_port}", first.ret);
+
+    let cond = |repeat: u32| json!({"services": services, "backends_per_service": per, "repeat": repeat, "rounds": opts.rounds, "proto": "tcp", "frame_bytes": 64, "provision_s": (provision_s * 10.0).round() / 10.0});
+    let non_service = tcp(CLIENT, CLIENT_PORT, NOWHERE, SVC_PORT, TCP_ACK);
+    let syn = tcp(CLIENT, CLIENT_PORT, vip_t, SVC_PORT, TCP_SYN);
+    let reply = tcp(be, BACKEND_PORT, CLIENT, CLIENT_PORT, TCP_ACK);
+    let non_service_in = non_service.clone();
+
+    let same = move |out: &[u8]| -> Result<()> {
+        ensure!(out == non_service_in.as_slice(), "a non-service packet was changed");
+        Ok(())
+    };
+    let to_be = move |out: &[u8]| -> Result<()> {
+        ensure!(dst_of(out) == (be, BACKEND_PORT), "established flow went to {:?}, not its backend {be}", dst_of(out));
+        verify_checksums(out).map_err(anyhow::Error::msg)
+    };
+    let to_any = |out: &[u8]| -> Result<()> {
+        let (a, p) = dst_of(out);
+        ensure!(is_backend(a) && p == BACKEND_PORT, "new flow went to {a}:{p}, not a backend of service {target}");
+        ensure!(src_of(out).0 != CLIENT || src_of(out).1 != CLIENT_PORT, "the wrapper did not vary the source");
+        verify_checksums(out).map_err(anyhow::Error::msg)
+    };
+    let from_vip = move |out: &[u8]| -> Result<()> {
+        ensure!(src_of(out) == (vip_t, SVC_PORT), "reply left as {:?}, not from {vip_t}:{SVC_PORT}", src_of(out));
+        verify_checksums(out).map_err(anyhow::Error::msg)
+    };
+
+    let xdp_fd = lb.xdp().fd()?.try_clone()?;
+    let tc_fd = lb.tc_egress().fd()?.try_clone()?;
+    let pass_fd = progs.xdp("bench_pass").fd()?.try_clone()?;
+    let tc_ok_fd = progs.tc("bench_tc_ok").fd()?.try_clone()?;
+
+    struct Case<'a> {
+        name: &'static str,
+        frame: &'a [u8],
+        vary: bool,
+        tc: bool,
+        repeat: u32,
+        check: Check<'a>,
+    }
+    let cases = [
+        Case { name: "xdp_lb/non_service", frame: &non_service, vary: false, tc: false, repeat: opts.repeat,
+            check: Check { ret: XDP_PASS, out: &same, counters: &[(counter::PASS_NOT_SERVICE, 1)], new_flows: 0 } },
+        Case { name: "xdp_lb/established", frame: &est, vary: false, tc: false, repeat: opts.repeat,
+            check: Check { ret: XDP_PASS, out: &to_be, counters: &[(counter::NAT_FORWARD, 1)], new_flows: 0 } },
+        Case { name: "xdp_lb/new_flow", frame: &syn, vary: true, tc: false, repeat: opts.repeat_new,
+            check: Check { ret: XDP_PASS, out: &to_any, counters: &[(counter::NAT_FORWARD, 1), (ct_insert_failed(), 0)], new_flows: 1 } },
+        Case { name: "tc_egress/reply", frame: &reply, vary: false, tc: true, repeat: opts.repeat,
+            check: Check { ret: TC_ACT_OK, out: &from_vip, counters: &[(counter::NAT_REPLY, 1)], new_flows: 0 } },
+    ];
+    for c in &cases {
+        progs.set_template(c.frame, c.vary)?;
+        let (mut net, mut raw, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..opts.rounds {
+            // Floor: the same wrapper and template, tail-calling a trivial program.
+            if c.tc { progs.jump_tc(&tc_ok_fd)? } else { progs.jump_xdp(&pass_fd)? }
+            let f = wrapped(progs, c.tc, c.frame, c.repeat)?;
+            let want = if c.tc { TC_ACT_OK } else { XDP_PASS };
+            ensure!(f.ret == want, "{}: the wrapper floor returned {}", c.name, f.ret);
+            if c.tc { progs.jump_tc(&tc_fd)? } else { progs.jump_xdp(&xdp_fd)? }
+            let before = (lb.counters()?, lb.maps.service_stats(target)?.new_flows);
+            let r = wrapped(progs, c.tc, c.frame, c.repeat)?;
+            let after = (lb.counters()?, lb.maps.service_stats(target)?.new_flows);
+            check(c.name, &c.check, &r, c.repeat as u64, &before, &after)?;
+            net.push(r.ns - f.ns);
+            raw.push(r.ns);
+            floor.push(f.ns);
+        }
+        let mut cnd = cond(c.repeat);
+        cnd["floor_ns"] = json!(stats::median(&floor));
+        cnd["raw_ns"] = json!(stats::median(&raw));
+        cnd["method"] = json!(if c.tc { "tc wrapper (restore + tail call) minus wrapper floor" } else { "xdp wrapper (restore + tail call) minus wrapper floor" });
+        report.add("prog_cost", c.name, stats::median(&net), Some(stats::min(&raw) - stats::min(&floor)), "ns/packet", cnd);
+    }
+    Ok(())
+}
+
+/// The conntrack-insert-failure counter, found by its metric label (stable
+/// while the counter list is being renumbered).
+fn ct_insert_failed() -> u32 {
+    counter::LABELS.iter().position(|l| *l == "conntrack_insert_failed").expect("a conntrack_insert_failed counter") as u32
+}
+
+fn wrapped(progs: &BenchProgs, tc: bool, frame: &[u8], repeat: u32) -> Result<Run> {
+    if tc {
+        run(|o| progs.tc("bench_wrap_tc").test_run(o), frame, repeat)
+    } else {
+        run(|o| progs.xdp("bench_wrap_xdp").test_run(o), frame, repeat)
+    }
+}
+
+fn check(name: &str, c: &Check, r: &Run, n: u64, before: &(Vec<u64>, u64), after: &(Vec<u64>, u64)) -> Result<()> {
+    if r.ret != c.ret {
+        bail!("{name}: verdict {} instead of {}", r.ret, c.ret);
+    }
+    (c.out)(&r.out).with_context(|| format!("{name}: wrong output"))?;
+    for &(idx, per) in c.counters {
+        let d = after.0[idx as usize] - before.0[idx as usize];
+        ensure!(d == per * n, "{name}: counter {} rose by {d}, expected {} ({} iterations): the case took another path", counter::LABELS[idx as usize], per * n, n);
+    }
+    let d = after.1 - before.1;
+    ensure!(d == c.new_flows * n, "{name}: {d} new flows in {n} iterations, expected {}", c.new_flows * n);
+    Ok(())
+}

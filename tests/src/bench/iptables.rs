@@ -1,0 +1,1 @@
+//! kube-proxy iptables rules (work in progress).

@@ -1,0 +1,1 @@
+//! Live forwarding (work in progress).

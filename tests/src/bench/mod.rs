@@ -1,0 +1,47 @@
+//! `cargo xtask bench`: xdplb measured against baselines in one run.
+//!
+//! - [`cost`]: per-packet program cost (BPF_PROG_TEST_RUN through a
+//!   packet-restoring wrapper, minus the wrapper's own cost), against bare
+//!   XDP floors;
+//! - [`live`]: forwarding rate with our live-frames generator over 2-queue
+//!   veth pairs, against a drop-only baseline and XDP_TX/redirect floors;
+//! - [`iptables`]: kube-proxy-style iptables NAT rules on the same path;
+//! - [`report`]: the table and the JSON under `target/bench/`.
+//!
+//! Figures are only comparable within one run: the machine is shared.
+pub mod cost;
+pub mod dataplane;
+pub mod iptables;
+pub mod live;
+pub mod progs;
+pub mod report;
+pub mod stats;
+
+/// Pins the calling thread to `cpu` (None: every CPU).
+pub fn pin(cpu: Option<usize>) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        for c in 0..n {
+            if cpu.is_none_or(|x| x == c) {
+                libc::CPU_SET(c, &mut set);
+            }
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// Runs `f` on a scoped thread inside `ns` (interface names and ifindexes
+/// resolve in the calling thread's namespace), borrowing freely.
+pub fn in_ns<T: Send>(ns: &crate::netns::Netns, f: impl FnOnce() -> T + Send) -> T {
+    let file = std::fs::File::open(format!("/run/netns/{}", ns.name())).expect("opening the namespace file");
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            crate::netns::enter(&file);
+            f()
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
+}

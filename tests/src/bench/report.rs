@@ -1,0 +1,103 @@
+//! Results: every figure with its unit and conditions, printed as a table and
+//! written as JSON with the machine, kernel and commit it was measured on.
+use std::{path::Path, process::Command};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// One measured (or derived) number.
+#[derive(Clone, Debug, Serialize)]
+pub struct Figure {
+    /// `prog_cost`, `live`, `iptables`, ...
+    pub section: String,
+    /// What was measured, e.g. `xdp_lb/established`.
+    pub name: String,
+    /// The headline value (a median where rounds were repeated).
+    pub value: f64,
+    /// Best round, where rounds were repeated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    pub unit: String,
+    /// Service count, backends, threads, repeat, method, ...
+    pub conditions: Value,
+}
+
+#[derive(Default)]
+pub struct Report {
+    pub figures: Vec<Figure>,
+}
+
+impl Report {
+    pub fn add(&mut self, section: &str, name: &str, value: f64, min: Option<f64>, unit: &str, conditions: Value) {
+        let f = Figure { section: section.into(), name: name.into(), value, min, unit: unit.into(), conditions };
+        println!("{}", row(&f));
+        self.figures.push(f);
+    }
+
+    /// The whole table, for the end of the run.
+    pub fn table(&self) -> String {
+        let mut s = format!("{:<10} {:<44} {:>12} {:>10} {:<10} {}\n", "section", "figure", "value", "min", "unit", "conditions");
+        for f in &self.figures {
+            s += &row(f);
+            s.push('\n');
+        }
+        s
+    }
+
+    /// Writes `<dir>/bench-<unix time>.json` and `<dir>/latest.json`; returns the first path.
+    pub fn write(&self, dir: &Path, mode: &str, elapsed_s: f64) -> Result<std::path::PathBuf> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
+        let doc = json!({
+            "schema": "xdplb-bench/1",
+            "mode": mode,
+            "unix_time": now,
+            "elapsed_s": elapsed_s,
+            "machine": machine(),
+            "kernel": sh("uname", &["-r"]),
+            "commit": sh("git", &["rev-parse", "HEAD"]),
+            "dirty": !sh("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty(),
+            "figures": self.figures,
+        });
+        let text = serde_json::to_string_pretty(&doc)? + "\n";
+        let path = dir.join(format!("bench-{now}.json"));
+        std::fs::write(&path, &text)?;
+        std::fs::write(dir.join("latest.json"), &text)?;
+        Ok(path)
+    }
+}
+
+fn row(f: &Figure) -> String {
+    let cond = match &f.conditions {
+        Value::Object(m) => m.iter().map(|(k, v)| format!("{k}={}", v.to_string().trim_matches('"'))).collect::<Vec<_>>().join(" "),
+        v => v.to_string(),
+    };
+    let min = f.min.map_or(String::new(), |m| format!("{m:.1}"));
+    format!("{:<10} {:<44} {:>12.1} {:>10} {:<10} {}", f.section, f.name, f.value, min, f.unit, cond)
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|l| l.trim_start_matches([' ', '\t', ':']).to_string());
+    let mem_kb = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:").map(|v| v.trim().trim_end_matches(" kB").parse::<u64>().unwrap_or(0)));
+    json!({
+        "hostname": sh("hostname", &[]),
+        "cpu": model,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "mem_kb": mem_kb,
+        "arch": std::env::consts::ARCH,
+    })
+}

@@ -1,0 +1,62 @@
+//! `cargo xtask bench [--quick|--smoke]`: xdplb against its baselines, in one
+//! run, on this machine. Prints a table and writes JSON under `target/bench/`
+//! (or `--out DIR`). Needs root.
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use xdplb_tests::bench::{cost, progs::BenchProgs, report::Report};
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// Structure check for tests: tiny counts, seconds.
+    Smoke,
+    /// About a minute.
+    Quick,
+    /// Under ten minutes.
+    Full,
+}
+
+fn main() -> Result<()> {
+    let mut mode = Mode::Full;
+    let mut out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--quick" => mode = Mode::Quick,
+            "--smoke" => mode = Mode::Smoke,
+            "--out" => out = args.next().map(PathBuf::from).unwrap_or(out),
+            other => bail!("unknown argument {other}; usage: xdplb-bench [--quick|--smoke] [--out DIR]"),
+        }
+    }
+    xdplb_tests::require_root();
+    let start = std::time::Instant::now();
+    let mut report = Report::default();
+    let mut progs = BenchProgs::load()?;
+
+    let copts = match mode {
+        Mode::Smoke => cost::Opts { repeat: 10_000, repeat_new: 5_000, rounds: 3, configs: &[(1, 10), (1000, 10)], conntrack: 1 << 16 },
+        Mode::Quick => cost::Opts { repeat: 100_000, repeat_new: 20_000, rounds: 5, configs: &[(1, 10), (1000, 10), (10_000, 10)], conntrack: 1 << 18 },
+        Mode::Full => cost::Opts {
+            repeat: 200_000,
+            repeat_new: 50_000,
+            rounds: 7,
+            configs: &[(1, 10), (1000, 10), (10_000, 10), (100_000, 10), (1, 1000), (1000, 1000)],
+            conntrack: 1 << 20,
+        },
+    };
+    println!("== per-packet cost (BPF_PROG_TEST_RUN, {:?} mode)", mode);
+    // One CPU for the whole section: the wrapper's flow counter is not per-CPU.
+    xdplb_tests::bench::pin(Some(0));
+    cost::floors(&progs, &copts, &mut report)?;
+    for &(services, per) in copts.configs {
+        cost::config(&mut progs, services, per, &copts, &mut report)?;
+    }
+    xdplb_tests::bench::pin(None);
+
+    let elapsed = start.elapsed().as_secs_f64();
+    println!("\n{}", report.table());
+    let mode_name = format!("{mode:?}").to_lowercase();
+    let path = report.write(&out, &mode_name, elapsed)?;
+    println!("wrote {} ({elapsed:.0} s)", path.display());
+    Ok(())
+}
