@@ -208,3 +208,48 @@ fn client_port_clash_at_a_shared_backend_gets_another_port() {
     assert_eq!(u16::from_be_bytes([out[34], out[35]]), remapped);
     verify_checksums(&out).unwrap();
 }
+
+/// Three round-robin backends and short timeouts, so flow lifecycle shows in
+/// which backend a packet goes to.
+fn lifecycle_lb(proto: u8) -> Lb {
+    let mut lb = Lb::load();
+    let mut svc = Svc::new(1, proto, algorithm::ROUND_ROBIN).frontend(CLUSTER_IP, 80);
+    for i in 0..3u8 {
+        svc = svc.backend(i as u32 + 1, Ipv4Addr::new(10, 0, 2, 11 + i), 8080);
+    }
+    lb.program(&contents(&[svc]));
+    let cfg = lb_common::Config { udp_timeout_s: 1, closing_timeout_s: 1, ..Default::default() };
+    lb.maps.set_config(&cfg).unwrap();
+    lb
+}
+
+/// The backend (last address byte) `frame` is sent to.
+fn backend_of(lb: &Lb, frame: &Frame) -> u8 {
+    let (rc, out) = run(lb, "xdp_lb", &frame.bytes());
+    assert_eq!(rc, 2, "XDP_PASS");
+    out[14 + 19]
+}
+
+#[test]
+fn tcp_syn_after_fin_starts_a_new_flow_but_retransmitted_syn_does_not() {
+    let lb = lifecycle_lb(IPPROTO_TCP);
+    let flow = |flags| Frame::tcp(CLIENT, 42000, CLUSTER_IP, 80, flags);
+    let first = backend_of(&lb, &flow(TCP_SYN));
+    assert_eq!(backend_of(&lb, &flow(TCP_SYN)), first, "a retransmitted SYN stays");
+    assert_eq!(backend_of(&lb, &flow(TCP_ACK)), first);
+    assert_eq!(backend_of(&lb, &flow(TCP_ACK | xdplb_tests::packet::TCP_FIN)), first, "the FIN still reaches the flow's backend");
+    assert_eq!(backend_of(&lb, &flow(TCP_ACK)), first, "so does the last ACK");
+    // The tuple is reused by a new connection: a fresh choice.
+    assert_ne!(backend_of(&lb, &flow(TCP_SYN)), first, "SYN on a closing tuple is a new flow");
+}
+
+#[test]
+fn idle_udp_flow_expires_after_its_timeout() {
+    let lb = lifecycle_lb(IPPROTO_UDP);
+    let dgram = Frame::udp(CLIENT, 5000, CLUSTER_IP, 80).payload(b"x");
+    let first = backend_of(&lb, &dgram);
+    assert_eq!(backend_of(&lb, &dgram), first, "pinned while active");
+    // Idle longer than the 1 s timeout (time must pass; nothing to poll).
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert_ne!(backend_of(&lb, &dgram), first, "an expired flow is balanced anew");
+}
