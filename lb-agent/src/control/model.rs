@@ -533,3 +533,6 @@ fn node(n: &core::Node) -> Node {
     Node { addresses }
 }
 
+
+#[cfg(test)]
+pub(crate) mod tests;

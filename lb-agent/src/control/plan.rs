@@ -333,3 +333,6 @@ fn map_key(f: &Frontend) -> ServiceKeyV4 {
     ServiceKeyV4 { addr: f.addr.octets(), port: f.port.to_be_bytes(), proto: f.proto.number(), scope: 0 }
 }
 
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,283 @@
+//! `plan()` against kube-proxy's semantics, on objects shaped like
+//! `kubectl get -o yaml` output.
+use lb_common::algorithm;
+
+use super::*;
+use crate::{
+    control::model::{self, tests::CLUSTER},
+    diff::diff,
+};
+
+fn cfg() -> PlanConfig {
+    PlanConfig { node_name: "node-a".into(), node_addresses: Vec::new(), default_algorithm: algorithm::RANDOM }
+}
+
+fn ids() -> Ids {
+    Ids::new(1024, 1 << 20)
+}
+
+fn model(text: &str) -> Model {
+    model::tests::parse(text)
+}
+
+fn svc<'a>(p: &'a Plan, name: &str, port: &str, scope: Scope) -> &'a PlannedService {
+    p.services
+        .iter()
+        .find(|s| s.name == name && s.port_name == port && s.scope == scope)
+        .unwrap_or_else(|| panic!("{name}/{port} {scope:?} not in the plan: {:#?}", p.services))
+}
+
+fn key(addr: [u8; 4], port: u16, proto: u8) -> ServiceKeyV4 {
+    ServiceKeyV4 { addr, port: port.to_be_bytes(), proto, scope: 0 }
+}
+
+fn addrs(s: &PlannedService, slotted: bool) -> Vec<String> {
+    s.backends.iter().filter(|b| b.slot.is_some() == slotted).map(|b| format!("{}:{}", b.addr, b.port)).collect()
+}
+
+/// Text of one Service and one EndpointSlice, for scenarios.
+fn objects(svc_spec: &str, endpoints: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: ns}}\nspec: {svc_spec}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s-1, namespace: ns, labels: {{kubernetes.io/service-name: s}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints: {endpoints}\n---\n\
+         apiVersion: v1\nkind: Node\nmetadata: {{name: node-a}}\nstatus: {{addresses: [{{type: InternalIP, address: 192.168.1.1}}]}}\n"
+    )
+}
+
+const NODE_PORT_SPEC: &str = "{type: NodePort, clusterIP: 10.96.5.5, ports: [{name: http, port: 80, nodePort: 30080}]";
+
+#[test]
+fn the_cluster_fixture_plans_like_kube_proxy() {
+    let p = plan(&model(CLUSTER), &cfg(), &mut ids());
+    // NodePorts on this node's addresses, taken from its Node object.
+    assert_eq!(p.node_addresses, [Ipv4Addr::new(192, 168, 1, 1)]);
+    let web = svc(&p, "web", "http", Scope::Internal);
+    let fe: Vec<(Ipv4Addr, u16, FrontendKind)> = web.frontends.iter().map(|f| (f.addr, f.port, f.kind)).collect();
+    assert_eq!(fe, [(Ipv4Addr::new(10, 96, 0, 10), 80, FrontendKind::ClusterIP), (Ipv4Addr::new(192, 168, 1, 1), 30080, FrontendKind::NodePort)]);
+    assert_eq!(web.algorithm, "round-robin");
+    assert_eq!(web.affinity_timeout_s, 600);
+    // Ready endpoints get slots; the terminating one keeps its flows only;
+    // the not-ready, not-terminating one is absent.
+    assert_eq!(addrs(web, true), ["10.244.1.10:8080", "10.244.2.10:8080"]);
+    assert_eq!(addrs(web, false), ["10.244.1.11:8080"]);
+    assert!(!web.fallback_terminating);
+
+    let v = p.contents.services[&key([10, 96, 0, 10], 80, 6)];
+    assert_eq!((v.id, v.count, v.algorithm, v.flags, v.affinity_timeout_s), (web.id, 2, algorithm::ROUND_ROBIN, 0, 600));
+    assert_eq!(p.contents.services[&key([192, 168, 1, 1], 30080, 6)], v, "the NodePort shares the ClusterIP's service");
+    let draining = web.backends.iter().find(|b| b.slot.is_none()).unwrap();
+    assert_eq!(p.contents.backends[&draining.id].state, backend_state::TERMINATING);
+    assert_eq!(p.contents.backends[&web.backends[0].id].state, backend_state::ACTIVE);
+
+    // kube-dns: one id per port, UDP and TCP 53 apart, both endpoints each.
+    let udp = svc(&p, "kube-dns", "dns", Scope::Internal);
+    let tcp = svc(&p, "kube-dns", "dns-tcp", Scope::Internal);
+    assert_ne!(udp.id, tcp.id);
+    assert_eq!(p.contents.services[&key([10, 96, 0, 53], 53, 17)].count, 2);
+    assert_eq!(p.contents.services[&key([10, 96, 0, 53], 53, 6)].count, 2);
+    assert_ne!(udp.backends[0].id, tcp.backends[0].id, "the same addr:port over UDP and TCP are two backends");
+    assert_eq!(p.contents.services[&key([10, 96, 0, 53], 9153, 6)].count, 2);
+    assert_eq!(p.contents.services[&key([10, 96, 0, 1], 443, 6)].count, 1);
+
+    // 4 ClusterIP frontends + 1 NodePort, 5 service ids; ids 1-based, never 0.
+    assert_eq!(p.contents.services.len(), 6);
+    assert_eq!(p.services.len(), 5);
+    assert!(p.contents.services.values().all(|s| s.id > 0));
+    assert!(p.contents.backends.keys().all(|b| *b > 0));
+    // Every slot names a backend that exists.
+    for (k, b) in &p.contents.slots {
+        assert!(p.contents.backends.contains_key(b), "slot {k:?} names missing backend {b}");
+        assert!(k.slot >= 1);
+    }
+    let json = serde_json::to_value(&p).expect("the plan serializes");
+    assert_eq!(json["services"].as_array().map(Vec::len), Some(5));
+    assert!(json.to_string().contains("\"kind\":\"NodePort\""), "{json}");
+}
+
+#[test]
+fn explicit_node_addresses_replace_the_node_object() {
+    let c = PlanConfig { node_addresses: vec![Ipv4Addr::new(10, 1, 1, 1), Ipv4Addr::new(10, 1, 1, 2)], ..cfg() };
+    let p = plan(&model(CLUSTER), &c, &mut ids());
+    let web = svc(&p, "web", "http", Scope::Internal);
+    let np: Vec<Ipv4Addr> = web.frontends.iter().filter(|f| f.kind == FrontendKind::NodePort).map(|f| f.addr).collect();
+    assert_eq!(np, [Ipv4Addr::new(10, 1, 1, 1), Ipv4Addr::new(10, 1, 1, 2)]);
+}
+
+#[test]
+fn only_serving_terminating_endpoints_become_a_fallback() {
+    let text = objects(
+        &format!("{NODE_PORT_SPEC}}}"),
+        "[{addresses: [10.0.0.1], conditions: {ready: false, serving: true, terminating: true}}, \
+          {addresses: [10.0.0.2], conditions: {ready: false, serving: false, terminating: true}}, \
+          {addresses: [10.0.0.3], conditions: {ready: false, serving: false, terminating: false}}]",
+    );
+    let p = plan(&model(&text), &cfg(), &mut ids());
+    let s = svc(&p, "s", "http", Scope::Internal);
+    assert!(s.fallback_terminating);
+    assert_eq!(addrs(s, true), ["10.0.0.1:8080"]);
+    assert_eq!(addrs(s, false), ["10.0.0.2:8080"], "not serving: existing flows only");
+    let v = p.contents.services[&key([10, 96, 5, 5], 80, 6)];
+    assert_eq!((v.count, v.flags), (1, service_flags::FALLBACK_TERMINATING));
+    assert_eq!(p.contents.backends.len(), 2);
+}
+
+#[test]
+fn no_endpoint_means_a_service_with_no_slot() {
+    let p = plan(&model(&objects(&format!("{NODE_PORT_SPEC}}}"), "[]")), &cfg(), &mut ids());
+    // The entry exists with count 0: the dataplane drops and counts instead
+    // of passing the packet to a stack with no such address.
+    assert_eq!(p.contents.services[&key([10, 96, 5, 5], 80, 6)].count, 0);
+    assert!(p.contents.slots.is_empty());
+}
+
+const TWO_NODES: &str = "[{addresses: [10.0.0.1], nodeName: node-a}, {addresses: [10.0.0.2], nodeName: node-b}, {addresses: [10.0.0.3]}]";
+
+#[test]
+fn external_traffic_policy_local_gets_its_own_id_and_local_endpoints() {
+    let spec = "{type: LoadBalancer, clusterIP: 10.96.5.5, externalTrafficPolicy: Local, externalIPs: [198.51.100.9], \
+                ports: [{name: http, port: 80, nodePort: 30080}]}\nstatus: {loadBalancer: {ingress: [{ip: 203.0.113.10}, {hostname: lb.example.com}]}}";
+    let p = plan(&model(&objects(spec, TWO_NODES)), &cfg(), &mut ids());
+    let int = svc(&p, "s", "http", Scope::Internal);
+    let ext = svc(&p, "s", "http", Scope::External);
+    assert_ne!(int.id, ext.id);
+    assert_eq!(addrs(int, true).len(), 3, "the ClusterIP balances over every endpoint");
+    assert_eq!(addrs(ext, true), ["10.0.0.1:8080"], "external frontends only this node's");
+    let kinds: Vec<FrontendKind> = ext.frontends.iter().map(|f| f.kind).collect();
+    assert_eq!(kinds, [FrontendKind::NodePort, FrontendKind::LoadBalancer, FrontendKind::ExternalIP]);
+    for k in [key([192, 168, 1, 1], 30080, 6), key([203, 0, 113, 10], 80, 6), key([198, 51, 100, 9], 80, 6)] {
+        assert_eq!(p.contents.services[&k].id, ext.id);
+        assert_eq!(p.contents.services[&k].count, 1);
+    }
+    assert_eq!(p.contents.services[&key([10, 96, 5, 5], 80, 6)].count, 3);
+}
+
+#[test]
+fn internal_traffic_policy_local_narrows_the_cluster_ip() {
+    let spec = "{type: NodePort, clusterIP: 10.96.5.5, internalTrafficPolicy: Local, ports: [{name: http, port: 80, nodePort: 30080}]}";
+    let p = plan(&model(&objects(spec, TWO_NODES)), &cfg(), &mut ids());
+    assert_eq!(addrs(svc(&p, "s", "http", Scope::Internal), true), ["10.0.0.1:8080"]);
+    assert_eq!(addrs(svc(&p, "s", "http", Scope::External), true).len(), 3);
+    // Both Local: one id again, local endpoints everywhere.
+    let spec = "{type: NodePort, clusterIP: 10.96.5.5, internalTrafficPolicy: Local, externalTrafficPolicy: Local, ports: [{name: http, port: 80, nodePort: 30080}]}";
+    let p = plan(&model(&objects(spec, TWO_NODES)), &cfg(), &mut ids());
+    assert_eq!(p.services.len(), 1);
+    assert_eq!(p.contents.services[&key([192, 168, 1, 1], 30080, 6)].count, 1);
+}
+
+#[test]
+fn cluster_ip_services_ignore_node_ports_and_headless_or_external_name_get_nothing() {
+    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: h, namespace: ns}\nspec: {clusterIP: None, ports: [{name: http, port: 80}]}\n---\n\
+                apiVersion: v1\nkind: Service\nmetadata: {name: x, namespace: ns}\nspec: {type: ExternalName, externalName: example.com, ports: [{name: http, port: 80}]}\n---\n\
+                apiVersion: v1\nkind: Service\nmetadata: {name: c, namespace: ns}\nspec: {clusterIP: 10.96.7.7, ports: [{name: http, port: 80, nodePort: 30999}]}\n";
+    let p = plan(&model(text), &cfg(), &mut ids());
+    let names: Vec<&str> = p.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["c"]);
+    assert_eq!(p.contents.services.keys().copied().collect::<Vec<_>>(), [key([10, 96, 7, 7], 80, 6)]);
+}
+
+#[test]
+fn slices_merge_and_named_ports_resolve_per_slice() {
+    // A selectorless service with two hand-made slices whose pods listen on
+    // different numbers for the same port name; a duplicate endpoint across
+    // slices counts once.
+    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: ns}\nspec: {clusterIP: 10.96.5.5, ports: [{name: http, port: 80, targetPort: web}]}\n---\n\
+        apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s-a, namespace: ns, labels: {kubernetes.io/service-name: s}}\n\
+        addressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [10.0.0.1]}, {addresses: [10.0.0.2]}]\n---\n\
+        apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s-b, namespace: ns, labels: {kubernetes.io/service-name: s}}\n\
+        addressType: IPv4\nports: [{name: http, port: 9090}, {name: other, port: 1}]\nendpoints: [{addresses: [10.0.0.3]}]\n---\n\
+        apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s-c, namespace: ns, labels: {kubernetes.io/service-name: s}}\n\
+        addressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [10.0.0.2]}]\n---\n\
+        apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: other-ns, namespace: elsewhere, labels: {kubernetes.io/service-name: s}}\n\
+        addressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [10.9.9.9]}]\n";
+    let p = plan(&model(text), &cfg(), &mut ids());
+    assert_eq!(addrs(svc(&p, "s", "http", Scope::Internal), true), ["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:9090"]);
+}
+
+#[test]
+fn algorithm_default_and_annotation() {
+    let c = PlanConfig { default_algorithm: algorithm::ROUND_ROBIN, ..cfg() };
+    let p = plan(&model(&objects("{clusterIP: 10.96.5.5, ports: [{name: http, port: 80}]}", "[]")), &c, &mut ids());
+    assert_eq!(p.contents.services[&key([10, 96, 5, 5], 80, 6)].algorithm, algorithm::ROUND_ROBIN);
+    let text = objects("{clusterIP: 10.96.5.5, ports: [{name: http, port: 80}]}", "[]")
+        .replacen("metadata: {name: s, namespace: ns}", "metadata: {name: s, namespace: ns, annotations: {xdplb.io/algorithm: random}}", 1);
+    let p = plan(&model(&text), &c, &mut ids());
+    assert_eq!(p.contents.services[&key([10, 96, 5, 5], 80, 6)].algorithm, algorithm::RANDOM);
+}
+
+#[test]
+fn ids_are_stable_across_plans_and_removing_an_endpoint_is_a_small_diff() {
+    let m = model(CLUSTER);
+    let mut ids = ids();
+    let first = plan(&m, &cfg(), &mut ids);
+    let again = plan(&m, &cfg(), &mut ids);
+    assert_eq!(first, again, "same model, same plan");
+    assert!(diff(&first.contents, &again.contents).is_empty());
+
+    // A fresh allocator in the state `ids` had before the first plan gives
+    // the same plan: plan() is deterministic.
+    assert_eq!(plan(&m, &cfg(), &mut self::ids()), first);
+
+    // One of web's two ready endpoints leaves.
+    let text = CLUSTER.replacen("    - 10.244.1.10\n", "    - 10.244.9.99\n", 1);
+    let mut m2 = model(&text);
+    let slice = m2.slices.get_mut(&ObjectRef::new("shop", "web-x7k2p")).unwrap();
+    slice.endpoints.retain(|e| e.addr != Ipv4Addr::new(10, 244, 9, 99));
+    let second = plan(&m2, &cfg(), &mut ids);
+    let d = diff(&first.contents, &second.contents);
+    // The backend goes, the last slot moves into its place and the old last
+    // slot goes, the two frontends' count drops: 1 + 1 + 1 + 2.
+    assert_eq!(d.backends.remove.len(), 1);
+    assert!(d.backends.upsert.is_empty());
+    assert_eq!(d.slots.len(), 2, "{:?}", d.slots);
+    assert_eq!(d.services.upsert.len(), 2);
+    assert_eq!(d.len(), 5, "{d:?}");
+    // Every other id is untouched.
+    for s in &first.services {
+        let after = svc(&second, &s.name, &s.port_name, s.scope);
+        assert_eq!(after.id, s.id);
+    }
+
+    // It comes back: a new backend id (the old one is not reused at once).
+    let third = plan(&m, &cfg(), &mut ids);
+    let old: BTreeSet<u32> = first.contents.backends.keys().copied().collect();
+    let new: BTreeSet<u32> = third.contents.backends.keys().copied().collect();
+    assert_eq!(old.difference(&new).count(), 1);
+    assert!(new.difference(&old).all(|id| *id > *old.iter().max().unwrap()));
+}
+
+#[test]
+fn a_restarted_agent_seeded_from_the_maps_changes_nothing() {
+    let m = model(CLUSTER);
+    let mut ids = ids();
+    // Churn first, so the ids are not simply 1..n.
+    let _ = plan(&model(&objects("{clusterIP: 10.96.5.5, ports: [{name: http, port: 80}]}", TWO_NODES)), &cfg(), &mut ids);
+    let before = plan(&m, &cfg(), &mut ids);
+    // The pinned maps hold `before.contents`; a new agent starts from them.
+    let mut restarted = Ids::seeded(1024, 1 << 20, &before.contents);
+    let after = plan(&m, &cfg(), &mut restarted);
+    let d = diff(&before.contents, &after.contents);
+    assert!(d.is_empty(), "a restart rewrites nothing: {d:?}");
+}
+
+#[test]
+fn hostile_objects_do_not_disturb_the_others() {
+    let text = format!(
+        "{CLUSTER}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: evil, namespace: shop}}\nspec: {{clusterIP: 10.96.0.10, ports: [{{port: 99999}}]}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web-evil, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{{addresses: [300.1.1.1]}}]\n"
+    );
+    let clean = plan(&model(CLUSTER), &cfg(), &mut ids());
+    let p = plan(&model(&text), &cfg(), &mut ids());
+    assert_eq!(p, clean);
+}
+
+#[test]
+fn two_services_on_one_frontend_keep_the_first() {
+    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: ns}\nspec: {clusterIP: 10.96.5.5, ports: [{name: http, port: 80}]}\n---\n\
+                apiVersion: v1\nkind: Service\nmetadata: {name: b, namespace: ns}\nspec: {clusterIP: 10.96.5.6, externalIPs: [10.96.5.5], ports: [{name: http, port: 80}]}\n";
+    let p = plan(&model(text), &cfg(), &mut ids());
+    let a = svc(&p, "a", "http", Scope::Internal);
+    assert_eq!(p.contents.services[&key([10, 96, 5, 5], 80, 6)].id, a.id);
+    assert_eq!(svc(&p, "b", "http", Scope::Internal).frontends.len(), 1);
+}
