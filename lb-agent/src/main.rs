@@ -1,1 +1,49 @@
-fn main() {}
+//! The `lb-agent` binary: parses the command line, sets up logging and
+//! dispatches; each command lives in its own module.
+mod agent;
+mod cli;
+mod podifaces;
+mod print;
+
+use anyhow::{bail, Context as _, Result};
+use clap::Parser as _;
+use lb_agent::control::{ids::Ids, model::Model, plan::plan, source::SourceSpec};
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command, LogFormat, PlanArgs};
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Plan(args) => plan_command(args),
+        Command::Run(args) => agent::run(args).await,
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn plan_command(args: PlanArgs) -> Result<()> {
+    let SourceSpec::File(path) = &args.inputs.source else {
+        bail!("--source kube is not implemented yet; use --source file:<path>");
+    };
+    let model = Model::load(path).with_context(|| format!("reading --source file:{}", path.display()))?;
+    // A fresh allocator: ids here are what an agent starting on empty maps
+    // would use; a running agent's may differ.
+    let mut ids = Ids::new(lb_agent::loader::MapSizes::default().services, agent::MAX_BACKEND_ID);
+    let p = plan(&model, &agent::plan_config(&args.inputs), &mut ids);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&p)?);
+    } else {
+        print!("{}", print::table(&p));
+    }
+    Ok(())
+}

@@ -1,0 +1,123 @@
+//! `lb-agent run`: load, attach, then keep the maps in step with the source.
+//!
+//! Each sync is model → `plan()` → diff against what the maps hold now →
+//! ordered apply. Reading the maps back each time (instead of trusting the
+//! last plan) makes a sync also repair writes that failed or maps someone
+//! else touched. The id allocator is seeded from the pinned maps on start,
+//! so a restarted agent adopts the ids already there and its first sync
+//! rewrites nothing that has not changed.
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use lb_agent::{
+    control::{
+        ids::Ids,
+        model::Model,
+        plan::{plan, PlanConfig},
+        source::{file, SourceSpec},
+    },
+    dataplane::Dataplane,
+    diff::diff,
+    loader::{self, MapSizes},
+};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::{cli::RunArgs, podifaces::PodIfaces};
+
+/// Backend ids live in a hash map, so any u32 but 0 works; wrapping far
+/// beyond the map size keeps freed ids unused for as long as possible.
+pub const MAX_BACKEND_ID: u32 = u32::MAX - 1;
+
+pub fn plan_config(inputs: &crate::cli::PlanInputs) -> PlanConfig {
+    PlanConfig {
+        node_name: inputs.node_name.clone(),
+        node_addresses: inputs.node_addresses.clone(),
+        default_algorithm: inputs.default_algorithm,
+    }
+}
+
+pub async fn run(args: RunArgs) -> Result<()> {
+    let SourceSpec::File(path) = &args.inputs.source else {
+        bail!("--source kube is not implemented yet; export the objects with `kubectl get svc,endpointslices,nodes -A -o yaml > objects.yaml` and use --source file:objects.yaml");
+    };
+    let mut models = file::watch(path.clone()).with_context(|| format!("reading --source file:{}", path.display()))?;
+    tracing::debug!(metrics_addr = %args.metrics_addr, "metrics are not served yet");
+
+    let sizes = MapSizes::default();
+    let mut ebpf = loader::load(&args.pin_path, sizes)?;
+    for iface in &args.ifaces {
+        loader::attach_uplink(&mut ebpf, iface, args.xdp_mode.into())?;
+        tracing::info!(%iface, mode = ?args.xdp_mode, "attached XDP and tc egress to uplink");
+    }
+    let mut pods = PodIfaces::new(args.pod_ifaces.clone());
+    pods.scan(&mut ebpf);
+
+    let mut dp = Dataplane::open(&args.pin_path)?;
+    dp.set_config(&lb_common::Config::default())?;
+    let current = dp.contents().context("reading the pinned maps")?;
+    tracing::info!(services = current.services.len(), backends = current.backends.len(), slots = current.slots.len(), "pinned maps found");
+    let mut ids = Ids::seeded(sizes.services, MAX_BACKEND_ID, &current);
+    let cfg = plan_config(&args.inputs);
+
+    let mut synced = sync(&mut dp, &models.borrow_and_update(), &cfg, &mut ids);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    loop {
+        tokio::select! {
+            changed = models.changed() => {
+                if changed.is_err() {
+                    bail!("the source stopped");
+                }
+                let model = models.borrow_and_update().clone();
+                synced = sync(&mut dp, &model, &cfg, &mut ids);
+            }
+            _ = tick.tick() => {
+                pods.scan(&mut ebpf);
+                if !synced {
+                    // The last sync failed part-way: try again from what the maps hold.
+                    let model = models.borrow().clone();
+                    synced = sync(&mut dp, &model, &cfg, &mut ids);
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    // The links are not pinned yet, so the programs detach when `ebpf` is
+    // dropped with the process; the pinned maps (and so conntrack and the
+    // services) stay for the next agent. Keeping the programs attached across
+    // a restart needs pinned links, a later step.
+    tracing::info!("stopping; programs detach, pinned maps stay");
+    drop(ebpf);
+    Ok(())
+}
+
+/// One sync; returns whether every write succeeded.
+fn sync(dp: &mut Dataplane, model: &Model, cfg: &PlanConfig, ids: &mut Ids) -> bool {
+    let started = std::time::Instant::now();
+    let p = plan(model, cfg, ids);
+    let result = dp.contents().and_then(|current| {
+        let d = diff(&current, &p.contents);
+        dp.apply(&d).map(|()| d)
+    });
+    match result {
+        Ok(d) => {
+            tracing::info!(
+                writes = d.len(),
+                services = d.services.len(),
+                backends = d.backends.len(),
+                slots = d.slots.len(),
+                service_ids = p.services.len(),
+                frontends = p.contents.services.len(),
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "synced"
+            );
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "sync failed; retrying in a second");
+            false
+        }
+    }
+}

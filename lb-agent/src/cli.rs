@@ -1,0 +1,158 @@
+//! The command line: what a new user types, and what `--help` tells them.
+use std::{net::{Ipv4Addr, SocketAddr}, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use lb_agent::control::{model::parse_algorithm, source::SourceSpec};
+
+/// xdplb's node agent: balances Kubernetes Services with eBPF (XDP on the
+/// uplink, tc on pod interfaces), kube-proxy compatible.
+///
+/// Start with `lb-agent plan --source file:objects.yaml` to see what would be
+/// programmed (objects.yaml as printed by
+/// `kubectl get svc,endpointslices,nodes -A -o yaml`), then `lb-agent run`.
+#[derive(Debug, Parser)]
+#[command(name = "lb-agent", version, about, long_about)]
+pub struct Cli {
+    /// Log format on stderr. Verbosity follows RUST_LOG (default: info),
+    /// e.g. RUST_LOG=lb_agent=debug.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the desired dataplane state for the objects, without touching
+    /// the kernel (no root needed).
+    Plan(PlanArgs),
+    /// Load and attach the programs, then keep the pinned maps in step with
+    /// the objects until SIGINT/SIGTERM (needs root).
+    Run(RunArgs),
+}
+
+/// What every command needs to compute a plan.
+#[derive(Debug, Args)]
+pub struct PlanInputs {
+    /// Where the Service, EndpointSlice and Node objects come from:
+    /// `file:<path>` (a YAML file or a directory of *.yaml/*.yml, followed
+    /// live) or `kube` (the API server; not implemented yet).
+    #[arg(long, value_name = "SOURCE", value_parser = parse_source)]
+    pub source: SourceSpec,
+    /// This node's name: `Local` traffic policies keep endpoints whose
+    /// nodeName is this; NodePort addresses come from the Node of this name
+    /// unless --node-address is given.
+    #[arg(long, env = "NODE_NAME", default_value_t = default_node_name())]
+    pub node_name: String,
+    /// An address NodePorts are served on (repeat for several). Default: the
+    /// InternalIP/ExternalIP addresses of the Node named --node-name.
+    #[arg(long = "node-address", value_name = "IP")]
+    pub node_addresses: Vec<Ipv4Addr>,
+    /// Backend selection for services without an `xdplb.io/algorithm`
+    /// annotation: random or round-robin.
+    #[arg(long, value_name = "ALGORITHM", default_value = "random", value_parser = parse_algorithm_arg)]
+    pub default_algorithm: u8,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub inputs: PlanInputs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub inputs: PlanInputs,
+    /// Uplink interface: XDP balances service traffic arriving on it, tc
+    /// egress rewrites replies (repeat for several).
+    #[arg(long = "iface", value_name = "IFACE", required = true)]
+    pub ifaces: Vec<String>,
+    /// Glob (`*`, `?`) of host-side pod interfaces, e.g. 'veth*' or 'cali*':
+    /// tc balances what pods send. Checked every second for new interfaces.
+    #[arg(long = "pod-iface", value_name = "GLOB")]
+    pub pod_ifaces: Vec<String>,
+    /// Directory of the pinned maps; maps already there are reused, so a
+    /// restart keeps every established flow.
+    #[arg(long, default_value = lb_agent::loader::DEFAULT_PIN_DIR)]
+    pub pin_path: PathBuf,
+    /// XDP attach mode: native (in the driver; fastest) or generic (any
+    /// interface, slower).
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Native)]
+    pub xdp_mode: XdpModeArg,
+    /// Address for Prometheus metrics (not served yet).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub metrics_addr: SocketAddr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum XdpModeArg {
+    Native,
+    Generic,
+}
+
+impl From<XdpModeArg> for aya::programs::XdpMode {
+    fn from(m: XdpModeArg) -> Self {
+        match m {
+            XdpModeArg::Native => aya::programs::XdpMode::Driver,
+            XdpModeArg::Generic => aya::programs::XdpMode::Skb,
+        }
+    }
+}
+
+fn parse_source(s: &str) -> Result<SourceSpec, String> {
+    s.parse()
+}
+
+fn parse_algorithm_arg(s: &str) -> Result<u8, String> {
+    parse_algorithm(s).ok_or_else(|| format!("unknown algorithm {s:?}: use random or round-robin"))
+}
+
+/// The host name, as kubelet names its Node by default.
+fn default_node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_arguments_parse() {
+        let cli = Cli::parse_from([
+            "lb-agent", "run", "--source", "file:/etc/xdplb", "--iface", "eth0", "--iface", "eth1",
+            "--pod-iface", "veth*", "--node-name", "n1", "--node-address", "10.0.0.1", "--xdp-mode", "generic",
+            "--default-algorithm", "round-robin", "--log-format", "json",
+        ]);
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let Command::Run(r) = cli.command else { panic!("not run") };
+        assert_eq!(r.ifaces, ["eth0", "eth1"]);
+        assert_eq!(r.inputs.node_addresses, [Ipv4Addr::new(10, 0, 0, 1)]);
+        assert_eq!(r.inputs.default_algorithm, lb_common::algorithm::ROUND_ROBIN);
+        assert_eq!(r.xdp_mode, XdpModeArg::Generic);
+        assert_eq!(r.pin_path, PathBuf::from("/sys/fs/bpf/xdplb"));
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        assert!(Cli::try_parse_from(["lb-agent", "plan", "--source", "http://x"]).is_err());
+        assert!(Cli::try_parse_from(["lb-agent", "plan", "--source", "file:x", "--default-algorithm", "maglev"]).is_err());
+        assert!(Cli::try_parse_from(["lb-agent", "run", "--source", "file:x"]).is_err(), "--iface is required");
+    }
+}

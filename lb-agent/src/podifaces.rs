@@ -1,0 +1,76 @@
+//! Host-side pod interfaces come and go with pods: the agent re-scans
+//! /sys/class/net every second and attaches tc to each new interface whose
+//! name matches a `--pod-iface` glob.
+use std::collections::BTreeSet;
+
+use aya::Ebpf;
+use lb_agent::loader;
+
+pub struct PodIfaces {
+    globs: Vec<String>,
+    /// Interfaces attached (or that failed: not retried until they reappear).
+    seen: BTreeSet<String>,
+}
+
+impl PodIfaces {
+    pub fn new(globs: Vec<String>) -> Self {
+        Self { globs, seen: BTreeSet::new() }
+    }
+
+    /// Attaches to matching interfaces not seen before; forgets vanished ones
+    /// so a re-created interface of the same name is attached again.
+    pub fn scan(&mut self, ebpf: &mut Ebpf) {
+        if self.globs.is_empty() {
+            return;
+        }
+        let present: BTreeSet<String> = match std::fs::read_dir("/sys/class/net") {
+            Ok(d) => d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "listing /sys/class/net failed");
+                return;
+            }
+        };
+        self.seen.retain(|i| present.contains(i));
+        for iface in present {
+            if self.seen.contains(&iface) || !self.globs.iter().any(|g| glob_match(g, &iface)) {
+                continue;
+            }
+            match loader::attach_pod_iface(ebpf, &iface) {
+                Ok(()) => tracing::info!(%iface, "attached tc to pod interface"),
+                Err(e) => tracing::warn!(%iface, error = format!("{e:#}"), "attaching to pod interface failed"),
+            }
+            self.seen.insert(iface);
+        }
+    }
+}
+
+/// Shell-style match of `*` (any run) and `?` (one character).
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    fn go(p: &[char], n: &[char]) -> bool {
+        match (p.first(), n.first()) {
+            (None, None) => true,
+            (Some('*'), _) => go(&p[1..], n) || (!n.is_empty() && go(p, &n[1..])),
+            (Some('?'), Some(_)) => go(&p[1..], &n[1..]),
+            (Some(a), Some(b)) if a == b => go(&p[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
+    go(&p, &n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs_match_like_a_shell() {
+        assert!(glob_match("veth*", "veth1a2b"));
+        assert!(glob_match("cali*", "cali"));
+        assert!(glob_match("pod?", "pod0"));
+        assert!(glob_match("*", "anything"));
+        assert!(!glob_match("veth*", "eth0"));
+        assert!(!glob_match("pod?", "pod10"));
+        assert!(glob_match("lxc*_h", "lxc12_h"));
+    }
+}
