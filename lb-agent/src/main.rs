@@ -5,6 +5,8 @@ mod cli;
 mod podifaces;
 mod print;
 
+use std::io::IsTerminal as _;
+
 use anyhow::{bail, Context as _, Result};
 use clap::Parser as _;
 use lb_agent::control::{ids::Ids, model::Model, plan::plan, source::SourceSpec};
@@ -24,7 +26,11 @@ async fn main() -> Result<()> {
 
 fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colours only on a terminal: logs in files and collectors stay plain.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
