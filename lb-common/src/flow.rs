@@ -19,6 +19,12 @@ pub struct FlowKeyV4 {
 }
 const _: () = assert!(core::mem::size_of::<FlowKeyV4>() == 16);
 
+/// Source address of hairpin flows as their backend sees them: a backend
+/// that reaches its own service and is chosen itself would otherwise get a
+/// packet from its own address, which Linux drops as martian. Link-local, never
+/// routed off the node (Cilium uses the same address for the same purpose).
+pub const HAIRPIN_ADDR_V4: [u8; 4] = [169, 254, 42, 1];
+
 /// Direction of a conntrack entry (`FlowV4::direction`).
 pub mod direction {
     /// Client → service: rewrite the destination to the backend.
@@ -53,11 +59,15 @@ pub struct FlowV4 {
     /// flow at the backend and was remapped); REPLY: the client's original
     /// port, restored as the reply's destination port. Network order.
     pub peer_port: [u8; 2],
+    /// As `peer_port`, for the client address: it differs from the client's
+    /// own only for hairpin flows (a backend reaching its own service), whose
+    /// source becomes [`HAIRPIN_ADDR_V4`].
+    pub peer_addr: [u8; 4],
     /// One of [`direction`].
     pub direction: u8,
     /// Bit set of [`flow_flags`].
     pub flags: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
     /// `bpf_ktime_get_ns()` at creation.
     pub created_ns: u64,
     /// `bpf_ktime_get_ns()` of the last packet (updated at most once a second).

@@ -2,7 +2,8 @@
 //! its replies. Both directions of a flow are entries of one LRU map.
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use lb_common::{
-    counter, direction, flow_flags, BackendV4, Config, FlowKeyV4, FlowV4, IPPROTO_TCP,
+    counter, direction, flow_flags, BackendV4, Config, FlowKeyV4, FlowV4, HAIRPIN_ADDR_V4,
+    IPPROTO_TCP,
 };
 
 use crate::{
@@ -17,13 +18,22 @@ const NS: u64 = 1_000_000_000;
 const TOUCH_INTERVAL_NS: u64 = NS;
 
 /// Where a packet is rewritten to: the service or backend end (`addr`,
-/// `port`) and the client's port on the far side (`peer_port`; equal to the
-/// packet's own unless the flow's client port was remapped).
+/// `port`) and the client end on the far side (`peer_addr`, `peer_port`;
+/// equal to the packet's own unless the flow's client port was remapped or
+/// the flow is a hairpin).
 #[derive(Clone, Copy)]
 pub struct Rewrite {
     pub addr: [u8; 4],
     pub port: [u8; 2],
+    pub peer_addr: [u8; 4],
     pub peer_port: [u8; 2],
+}
+
+impl Rewrite {
+    #[inline(always)]
+    fn of(addr: [u8; 4], port: [u8; 2], e: &FlowV4) -> Self {
+        Self { addr, port, peer_addr: e.peer_addr, peer_port: e.peer_port }
+    }
 }
 
 #[inline(always)]
@@ -102,7 +112,7 @@ pub fn established(key: &FlowKeyV4, p: &Packet, now: u64) -> Option<Rewrite> {
         }
     };
     touch(entry, p, now);
-    Some(Rewrite { addr: backend.addr, port: backend.port, peer_port: entry.peer_port })
+    Some(Rewrite::of(backend.addr, backend.port, entry))
 }
 
 /// Whether `key` (a reply key) belongs to a live flow other than the one
@@ -112,7 +122,8 @@ fn clashes(key: &FlowKeyV4, want: &FlowV4, now: u64) -> bool {
     // SAFETY: read-only look at a program-written entry.
     match unsafe { conntrack_v4.get(key) } {
         Some(e) => {
-            (e.nat_addr, e.nat_port, e.peer_port) != (want.nat_addr, want.nat_port, want.peer_port)
+            (e.nat_addr, e.nat_port, e.peer_addr, e.peer_port)
+                != (want.nat_addr, want.nat_port, want.peer_addr, want.peer_port)
                 && e.flags & flow_flags::CLOSING == 0
                 && now.wrapping_sub(e.last_seen_ns) <= timeout_ns(e, key.proto)
         }
@@ -132,11 +143,24 @@ const REMAP_TRIES: u32 = 4;
 /// say) reached from the same client port would share that key, and the
 /// backend could not tell the flows apart either: the newer flow then gets
 /// another client port (like netfilter's NAT clash resolution).
+///
+/// `hairpin_ok`: the hook can send a packet back where it came from, so a
+/// client that is chosen as its own backend is given [`HAIRPIN_ADDR_V4`] as
+/// source instead of being refused by its own stack.
 #[inline(always)]
-pub fn create(key: &FlowKeyV4, p: &Packet, service_id: u32, backend_id: u32, backend: &BackendV4, now: u64) -> Rewrite {
+pub fn create(
+    key: &FlowKeyV4,
+    p: &Packet,
+    service_id: u32,
+    backend_id: u32,
+    backend: &BackendV4,
+    now: u64,
+    hairpin_ok: bool,
+) -> Rewrite {
+    let client_addr = if hairpin_ok && backend.addr == p.src { HAIRPIN_ADDR_V4 } else { p.src };
     let mut reply_key = FlowKeyV4 {
         src_addr: backend.addr,
-        dst_addr: p.src,
+        dst_addr: client_addr,
         src_port: backend.port,
         dst_port: p.sport,
         proto: p.proto,
@@ -147,10 +171,11 @@ pub fn create(key: &FlowKeyV4, p: &Packet, service_id: u32, backend_id: u32, bac
         service_id,
         nat_addr: p.dst,
         nat_port: p.dport,
+        peer_addr: p.src,
         peer_port: p.sport,
         direction: direction::REPLY,
         flags: 0,
-        _pad: [0; 6],
+        _pad: [0; 2],
         created_ns: now,
         last_seen_ns: now,
         packets: 0,
@@ -176,6 +201,7 @@ pub fn create(key: &FlowKeyV4, p: &Packet, service_id: u32, backend_id: u32, bac
         count(counter::CT_INSERT_FAILED);
     }
     reply.peer_port = client_port;
+    reply.peer_addr = client_addr;
     let entry = FlowV4 {
         nat_addr: backend.addr,
         nat_port: backend.port,
@@ -188,7 +214,7 @@ pub fn create(key: &FlowKeyV4, p: &Packet, service_id: u32, backend_id: u32, bac
     if conntrack_v4.insert(key, &entry, 0).is_err() {
         count(counter::CT_INSERT_FAILED);
     }
-    Rewrite { addr: backend.addr, port: backend.port, peer_port: client_port }
+    Rewrite::of(backend.addr, backend.port, &entry)
 }
 
 /// The rewrite of a reply packet (backend → client) back to the service
@@ -203,5 +229,5 @@ pub fn reply(p: &Packet) -> Option<Rewrite> {
     }
     entry.flags |= flow_flags::SEEN_REPLY;
     touch(entry, p, now());
-    Some(Rewrite { addr: entry.nat_addr, port: entry.nat_port, peer_port: entry.peer_port })
+    Some(Rewrite::of(entry.nat_addr, entry.nat_port, entry))
 }

@@ -1,5 +1,10 @@
 //! Rewriting addresses and ports with correct checksums.
 //!
+//! A rewrite sets one end of the packet (the destination for DNAT, the source
+//! for reverse NAT) to the `Rewrite`'s address and port, and the other end to
+//! its peer address and port, which differ from the packet's own only for a
+//! remapped client port or a hairpin flow.
+//!
 //! XDP sees frames from the wire, whose checksums are complete: the IPv4 and
 //! L4 checksums are updated incrementally here (RFC 1624, `lb_ebpf::csum`).
 //! tc sees socket buffers whose L4 checksum may be a partial one (checksum
@@ -18,7 +23,7 @@ use crate::{
     verdict::{Verdict, MALFORMED},
 };
 
-/// Which end of the packet a rewrite changes.
+/// Which end of the packet gets the rewrite's address and port.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Side {
     /// Destination: DNAT of a packet to a service.
@@ -27,38 +32,24 @@ pub enum Side {
     Src,
 }
 
-/// Where the fields a rewrite touches are, and what they hold now.
-struct Fields {
+/// One address + port end of a packet: offsets (from the IPv4 header and
+/// from the L4 header) and current values.
+#[derive(Clone, Copy)]
+struct End {
     addr_off: usize,
     port_off: usize,
-    peer_port_off: usize,
     addr: [u8; 4],
     port: [u8; 2],
-    peer_port: [u8; 2],
 }
 
-impl Side {
-    #[inline(always)]
-    fn fields(self, p: &Packet) -> Fields {
-        let (sport_off, dport_off) = (p.l4 + L4_SPORT, p.l4 + L4_DPORT);
-        match self {
-            Side::Dst => Fields {
-                addr_off: ETH_LEN + IP_DST,
-                port_off: dport_off,
-                peer_port_off: sport_off,
-                addr: p.dst,
-                port: p.dport,
-                peer_port: p.sport,
-            },
-            Side::Src => Fields {
-                addr_off: ETH_LEN + IP_SRC,
-                port_off: sport_off,
-                peer_port_off: dport_off,
-                addr: p.src,
-                port: p.sport,
-                peer_port: p.dport,
-            },
-        }
+/// (the end `side` names, the other end).
+#[inline(always)]
+fn ends(p: &Packet, side: Side) -> (End, End) {
+    let src = End { addr_off: IP_SRC, port_off: L4_SPORT, addr: p.src, port: p.sport };
+    let dst = End { addr_off: IP_DST, port_off: L4_DPORT, addr: p.dst, port: p.dport };
+    match side {
+        Side::Dst => (dst, src),
+        Side::Src => (src, dst),
     }
 }
 
@@ -66,40 +57,44 @@ impl Side {
 #[inline(always)]
 pub fn xdp_rewrite(ctx: &XdpContext, p: &Packet, side: Side, rw: &Rewrite) -> Result<(), Verdict> {
     let (data, end) = (ctx.data(), ctx.data_end());
-    let f = side.fields(p);
     // One bounds check per header, then constant offsets from its start: the
     // verifier loses track of separately checked fields at variable offsets.
-    let ip = data + ETH_LEN;
+    // `black_box`: LLVM sees that the L4 check implies the IPv4 one and drops
+    // it, but the verifier cannot relate the two pointers.
+    let ip = core::hint::black_box(data + ETH_LEN);
     let l4 = data + p.l4;
-    let check_off = if p.proto == IPPROTO_UDP { UDP_CHECK } else { TCP_CHECK };
-    if ip + 20 > end || l4 + TCP_CHECK + 2 > end && p.proto != IPPROTO_UDP || l4 + 8 > end {
+    let udp = p.proto == IPPROTO_UDP;
+    let check_off = if udp { UDP_CHECK } else { TCP_CHECK };
+    if ip + 20 > end || l4 + 8 > end || (!udp && l4 + TCP_CHECK + 2 > end) {
         return Err(MALFORMED);
     }
-    let at = |base: usize, off: usize| (base + off) as *mut [u8; 2];
-    let (addr_off, port_off, peer_off) = (f.addr_off - ETH_LEN, f.port_off - p.l4, f.peer_port_off - p.l4);
+    let (this, peer) = ends(p, side);
+    let a4 = |off: usize| (ip + off) as *mut [u8; 4];
+    let a2 = |base: usize, off: usize| (base + off) as *mut [u8; 2];
     // SAFETY: the IPv4 header (20 bytes) and the L4 header up to its checksum
     // were bounds-checked against `data_end` above.
     unsafe {
-        *((ip + addr_off) as *mut [u8; 4]) = rw.addr;
-        *at(l4, port_off) = rw.port;
-        *at(l4, peer_off) = rw.peer_port;
-        let ip_check = at(ip, IP_CHECK);
-        *ip_check = csum::replace4(u16::from_be_bytes(*ip_check), f.addr, rw.addr).to_be_bytes();
-        let l4_check = at(l4, check_off);
-        let old = u16::from_be_bytes(*l4_check);
+        let ip_check = a2(ip, IP_CHECK);
+        let l4_check = a2(l4, check_off);
+        let mut ipc = u16::from_be_bytes(*ip_check);
+        let mut c = u16::from_be_bytes(*l4_check);
         // UDP checksum 0: the sender did not compute one; leave it absent.
-        if p.proto == IPPROTO_UDP && old == 0 {
-            return Ok(());
+        let l4_sum = !(udp && c == 0);
+        for (e, addr, port) in [(this, rw.addr, rw.port), (peer, rw.peer_addr, rw.peer_port)] {
+            if e.addr != addr {
+                *a4(e.addr_off) = addr;
+                ipc = csum::replace4(ipc, e.addr, addr);
+                c = csum::replace4(c, e.addr, addr);
+            }
+            if e.port != port {
+                *a2(l4, e.port_off) = port;
+                c = csum::replace2(c, e.port, port);
+            }
         }
-        let mut c = csum::replace4(old, f.addr, rw.addr);
-        c = csum::replace2(c, f.port, rw.port);
-        if f.peer_port != rw.peer_port {
-            c = csum::replace2(c, f.peer_port, rw.peer_port);
+        *ip_check = ipc.to_be_bytes();
+        if l4_sum {
+            *l4_check = if udp { csum::udp_mangled(c) } else { c }.to_be_bytes();
         }
-        if p.proto == IPPROTO_UDP {
-            c = csum::udp_mangled(c);
-        }
-        *l4_check = c.to_be_bytes();
     }
     Ok(())
 }
@@ -108,21 +103,23 @@ pub fn xdp_rewrite(ctx: &XdpContext, p: &Packet, side: Side, rw: &Rewrite) -> Re
 /// store and checksum helpers (correct for full and partial checksums).
 #[inline(always)]
 pub fn tc_rewrite(ctx: &TcContext, p: &Packet, side: Side, rw: &Rewrite) -> Result<(), Verdict> {
-    let f = side.fields(p);
     let l4_check = p.l4_check();
     // For UDP, a zero checksum stays zero and a computed zero becomes 0xffff.
     let mangled = if p.proto == IPPROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
-    let (old_a, new_a) = (u32::from_ne_bytes(f.addr) as u64, u32::from_ne_bytes(rw.addr) as u64);
-    let port = |b: [u8; 2]| u16::from_ne_bytes(b) as u64;
     let failed = |_| Verdict::Drop(lb_common::counter::DROP_CSUM);
-    ctx.l4_csum_replace(l4_check, old_a, new_a, BPF_F_PSEUDO_HDR as u64 | mangled | 4).map_err(failed)?;
-    ctx.l4_csum_replace(l4_check, port(f.port), port(rw.port), mangled | 2).map_err(failed)?;
-    ctx.l3_csum_replace(ETH_LEN + IP_CHECK, old_a, new_a, 4).map_err(failed)?;
-    ctx.store(f.addr_off, &rw.addr, 0).map_err(failed)?;
-    ctx.store(f.port_off, &rw.port, 0).map_err(failed)?;
-    if f.peer_port != rw.peer_port {
-        ctx.l4_csum_replace(l4_check, port(f.peer_port), port(rw.peer_port), mangled | 2).map_err(failed)?;
-        ctx.store(f.peer_port_off, &rw.peer_port, 0).map_err(failed)?;
+    let (this, peer) = ends(p, side);
+    for (e, addr, port) in [(this, rw.addr, rw.port), (peer, rw.peer_addr, rw.peer_port)] {
+        if e.addr != addr {
+            let (old, new) = (u32::from_ne_bytes(e.addr) as u64, u32::from_ne_bytes(addr) as u64);
+            ctx.l4_csum_replace(l4_check, old, new, BPF_F_PSEUDO_HDR as u64 | mangled | 4).map_err(failed)?;
+            ctx.l3_csum_replace(ETH_LEN + IP_CHECK, old, new, 4).map_err(failed)?;
+            ctx.store(ETH_LEN + e.addr_off, &addr, 0).map_err(failed)?;
+        }
+        if e.port != port {
+            let (old, new) = (u16::from_ne_bytes(e.port) as u64, u16::from_ne_bytes(port) as u64);
+            ctx.l4_csum_replace(l4_check, old, new, mangled | 2).map_err(failed)?;
+            ctx.store(p.l4 + e.port_off, &port, 0).map_err(failed)?;
+        }
     }
     Ok(())
 }

@@ -12,9 +12,10 @@ use crate::{
 };
 
 /// `Ok(None)`: not a service packet. `Ok(Some(rw))`: rewrite the destination
-/// to `rw`. `Err`: drop (the reason is counted by the caller).
+/// to `rw`. `Err`: drop (the reason is counted by the caller). `hairpin_ok`:
+/// see `conntrack::create`.
 #[inline(always)]
-pub fn balance(p: &Packet) -> Result<Option<Rewrite>, Verdict> {
+pub fn balance(p: &Packet, hairpin_ok: bool) -> Result<Option<Rewrite>, Verdict> {
     let svc_key = ServiceKeyV4 { addr: p.dst, port: p.dport, proto: p.proto, scope: 0 };
     // SAFETY: read-only copy of an agent-written value.
     let svc = match unsafe { services_v4.get(&svc_key) } {
@@ -45,7 +46,7 @@ pub fn balance(p: &Packet) -> Result<Option<Rewrite>, Verdict> {
     let Some(&backend) = (unsafe { backends_v4.get(backend_id) }) else {
         return no_backend();
     };
-    let rw = conntrack::create(&key, p, svc.id, backend_id, &backend, now);
+    let rw = conntrack::create(&key, p, svc.id, backend_id, &backend, now, hairpin_ok);
     stats::service(svc.id, |s| {
         s.packets += 1;
         s.bytes += p.ip_len as u64;

@@ -2,11 +2,17 @@
 //! (east-west); egress on every attached interface rewrites replies back to
 //! the service address (reverse NAT). Malformed packets are counted and
 //! passed: tc is not where the node drops other people's traffic.
+//!
+//! Hairpin (a pod reaching its own service and chosen as the backend) is
+//! handled at ingress: the packet gets `HAIRPIN_ADDR_V4` as source and goes
+//! straight back out of the pod's interface; the pod's reply to that address
+//! is reverse-NATed at ingress too and sent back the same way.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    helpers::bpf_redirect,
     programs::TcContext,
 };
-use lb_common::counter;
+use lb_common::{counter, HAIRPIN_ADDR_V4};
 
 use crate::{
     conntrack,
@@ -22,12 +28,26 @@ const HEADERS_MAX: u32 = 14 + 60 + 20;
 
 #[inline(always)]
 pub fn ingress(ctx: &TcContext) -> i32 {
-    run(ctx, |ctx, p| match service::balance(p)? {
-        Some(rw) => {
-            nat::tc_rewrite(ctx, p, Side::Dst, &rw)?;
-            Ok(Verdict::Pass(counter::NAT_FORWARD))
+    run(ctx, |ctx, p| {
+        if p.dst == HAIRPIN_ADDR_V4 {
+            return match conntrack::reply(p) {
+                Some(rw) => {
+                    nat::tc_rewrite(ctx, p, Side::Src, &rw)?;
+                    Ok(Verdict::Bounce(counter::NAT_REPLY))
+                }
+                None => Ok(Verdict::Pass(counter::PASS_NOT_SERVICE)),
+            };
         }
-        None => Ok(Verdict::Pass(counter::PASS_NOT_SERVICE)),
+        match service::balance(p, true)? {
+            Some(rw) => {
+                nat::tc_rewrite(ctx, p, Side::Dst, &rw)?;
+                if rw.peer_addr != p.src {
+                    return Ok(Verdict::Bounce(counter::NAT_FORWARD));
+                }
+                Ok(Verdict::Pass(counter::NAT_FORWARD))
+            }
+            None => Ok(Verdict::Pass(counter::PASS_NOT_SERVICE)),
+        }
     })
 }
 
@@ -61,5 +81,26 @@ fn run(ctx: &TcContext, f: impl FnOnce(&TcContext, &Packet) -> Result<Verdict, V
     match verdict {
         Verdict::Pass(_) => TC_ACT_OK,
         Verdict::Drop(_) => TC_ACT_SHOT,
+        Verdict::Bounce(_) => bounce(ctx),
     }
+}
+
+/// Sends the packet back out of the interface it arrived on, with the
+/// Ethernet addresses swapped (it returns to the host it came from).
+#[inline(always)]
+fn bounce(ctx: &TcContext) -> i32 {
+    count(counter::HAIRPIN);
+    let Ok(macs) = ctx.load::<[u8; 12]>(0) else {
+        return TC_ACT_SHOT;
+    };
+    let mut swapped = [0u8; 12];
+    swapped[..6].copy_from_slice(&macs[6..]);
+    swapped[6..].copy_from_slice(&macs[..6]);
+    if ctx.store(0, &swapped, 0).is_err() {
+        return TC_ACT_SHOT;
+    }
+    // SAFETY: reading the ifindex field of the context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: plain helper call; flags 0 = egress of `ifindex`.
+    unsafe { bpf_redirect(ifindex, 0) as i32 }
 }

@@ -9,12 +9,15 @@ pub enum Verdict {
     Pass(u32),
     /// Drop the packet, counting `reason`.
     Drop(u32),
+    /// Send the (rewritten) packet back out of the interface it came in on,
+    /// counting `reason` (tc only: hairpin flows).
+    Bounce(u32),
 }
 
 impl Verdict {
     pub const fn reason(self) -> u32 {
         match self {
-            Verdict::Pass(r) | Verdict::Drop(r) => r,
+            Verdict::Pass(r) | Verdict::Drop(r) | Verdict::Bounce(r) => r,
         }
     }
 }

@@ -18,14 +18,16 @@ pub fn run(ctx: &XdpContext) -> u32 {
     count(verdict.reason());
     match verdict {
         Verdict::Pass(_) => xdp_action::XDP_PASS,
-        Verdict::Drop(_) => xdp_action::XDP_DROP,
+        // XDP never bounces; treat it as a drop to be safe.
+        Verdict::Drop(_) | Verdict::Bounce(_) => xdp_action::XDP_DROP,
     }
 }
 
 #[inline(always)]
 fn try_run(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     let p = parse::parse(ctx.data(), ctx.data_end())?;
-    match service::balance(&p)? {
+    // XDP on an uplink never sees a backend of this node as a client.
+    match service::balance(&p, false)? {
         Some(rw) => {
             nat::xdp_rewrite(ctx, &p, Side::Dst, &rw)?;
             // The stack routes the rewritten packet to its backend.

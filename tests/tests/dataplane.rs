@@ -12,7 +12,7 @@ use xdplb_tests::{
     lb::Lb,
     servers::{http_get, udp_ask, Conn, Server},
     services::{contents, Svc},
-    topology::{backend_addr, Topology, NODE_ADDR, POD_IFACE, UPLINK},
+    topology::{backend_addr, Topology, NODE_ADDR, POD_ADDR, POD_IFACE, UPLINK},
     wait_for,
 };
 
@@ -210,4 +210,26 @@ fn service_without_backends_drops_and_counts() {
     assert!(r.is_err(), "no backend: the connection must fail");
     assert!(lb.counter(counter::DROP_NO_BACKEND) >= 1);
     assert!(lb.maps.service_stats(1).unwrap().drops_no_backend >= 1);
+}
+
+#[test]
+fn hairpin_pod_reaches_its_own_service_when_chosen_itself() {
+    let t = Topology::new(1);
+    let _b = Server::start(&t.backends[0], 8080, "backend-0");
+    let _p = Server::start(&t.pod, 8080, "pod");
+    let mut lb = Lb::attach(&t.node, UPLINK, &[POD_IFACE]);
+    let svc = |with_other: bool| {
+        let s = Svc::new(1, IPPROTO_TCP, algorithm::ROUND_ROBIN).frontend(CLUSTER_IP, 80).backend(1, POD_ADDR, 8080);
+        if with_other { s.backend(2, backend_addr(0), 8080) } else { s }
+    };
+    let to = SocketAddr::from((CLUSTER_IP, 80));
+    // The pod is the only backend: every connection is a hairpin.
+    lb.program(&contents(&[svc(false)]));
+    assert_eq!(tally(&t.pod, to, 10), BTreeMap::from([("pod".to_string(), 10)]));
+    assert!(lb.counter(counter::HAIRPIN) > 0, "hairpin packets were bounced");
+    // The pod and another backend, in turn: both answer the pod.
+    lb.program(&contents(&[svc(true)]));
+    let got = tally(&t.pod, to, 20);
+    assert_eq!(got.values().sum::<usize>(), 20);
+    assert_eq!((got["pod"], got["backend-0"]), (10, 10), "{got:?}");
 }
