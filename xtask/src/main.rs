@@ -1,6 +1,7 @@
 //! `cargo xtask`: provisions the toolchain, builds, tests, demos and
 //! benchmarks xdplb. It depends on nothing that needs the eBPF toolchain, so
 //! it can run on a fresh machine and install that toolchain first.
+mod bench;
 mod provision;
 
 use std::process::Command;
@@ -29,6 +30,19 @@ enum Cmd {
     },
     /// Real traffic through a Service VIP in network namespaces (needs root).
     Demo,
+    /// Per-packet cost, live forwarding rate and kube-proxy comparison, in
+    /// one run; a table on stdout, JSON under target/bench/ (needs root).
+    Bench {
+        /// About a minute instead of up to ten.
+        #[arg(long)]
+        quick: bool,
+        /// Seconds: tiny counts, for checking the output's structure.
+        #[arg(long)]
+        smoke: bool,
+        /// Directory for the JSON (default target/bench).
+        #[arg(long)]
+        out: Option<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -52,6 +66,7 @@ fn main() -> Result<()> {
             }
             cargo(&a)
         }
+        Cmd::Bench { quick, smoke, out } => bench::run(quick, smoke, out.as_deref()),
         Cmd::Demo => {
             provision::all()?;
             cargo(&["run", "--release", "-q", "-p", "xdplb-tests", "--bin", "xdplb-demo"])

@@ -46,7 +46,7 @@ pub struct Template {
 }
 const _: () = assert!(core::mem::size_of::<Template>() == 72);
 
-/// What the generator spreads its frames over.
+/// What the generator sends, and how it spreads frames over flows.
 #[repr(C)]
 pub struct GenConfig {
     /// Distinct (destination, source port) pairs per CPU.
@@ -55,8 +55,12 @@ pub struct GenConfig {
     pub dsts: u32,
     /// First destination address, network order.
     pub dst_base: [u8; 4],
+    /// The frame (UDP, checksum 0, destination `dst_base`), rewritten into
+    /// every packet: live frames are recycled with whatever the receiver
+    /// left in them (a forwarded frame comes back with new MACs and TTL).
+    pub frame: [u8; FRAME_LEN],
 }
-const _: () = assert!(core::mem::size_of::<GenConfig>() == 12);
+const _: () = assert!(core::mem::size_of::<GenConfig>() == 12 + FRAME_LEN);
 
 /// Template of the wrappers, at index 0. Written by the bench.
 #[btf_map]
@@ -208,9 +212,17 @@ pub fn bench_gen(ctx: XdpContext) -> u32 {
 
 #[inline(always)]
 fn gen(ctx: &XdpContext) -> Option<()> {
-    let cfg = bench_gen_cfg.get(0)?;
+    let cfg = bench_gen_cfg.get_ptr(0)?;
     let seq = bench_gen_seq.get_ptr_mut(0)?;
-    if cfg.flows == 0 || cfg.dsts == 0 {
+    // SAFETY: `cfg` points to a map value whose `frame` has FRAME_LEN bytes.
+    let template = unsafe { core::ptr::addr_of!((*cfg).frame) };
+    // SAFETY: `template` is readable for FRAME_LEN bytes.
+    if unsafe { bpf_xdp_store_bytes(ctx.as_ptr() as _, 0, template as *mut _, FRAME_LEN as u32) } != 0 {
+        return None;
+    }
+    // SAFETY: read of a map value.
+    let (flows, dsts, base) = unsafe { ((*cfg).flows, (*cfg).dsts, (*cfg).dst_base) };
+    if flows == 0 || dsts == 0 {
         return None;
     }
     // SAFETY: per-CPU slot, only this CPU writes it.
@@ -218,9 +230,9 @@ fn gen(ctx: &XdpContext) -> Option<()> {
         *seq = (*seq).wrapping_add(1);
         *seq
     };
-    let flow = n % cfg.flows;
-    let dst = (u32::from_be_bytes(cfg.dst_base).wrapping_add(flow % cfg.dsts)).to_be_bytes();
-    let sport = (10_000 + (flow / cfg.dsts) % 50_000) as u16;
+    let flow = n % flows;
+    let dst = (u32::from_be_bytes(base).wrapping_add(flow % dsts)).to_be_bytes();
+    let sport = (10_000 + (flow / dsts) % 50_000) as u16;
     // SAFETY: helper without arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() } as u8;
     let p = frame::<FRAME_LEN>(ctx.data(), ctx.data_end())?;
@@ -228,13 +240,12 @@ fn gen(ctx: &XdpContext) -> Option<()> {
     unsafe {
         let f = &mut *p;
         let old_src = [f[IP_SRC + 2], f[IP_SRC + 3]];
-        let old_dst = [f[IP_DST], f[IP_DST + 1], f[IP_DST + 2], f[IP_DST + 3]];
         f[IP_SRC + 3] = 10 + cpu;
         f[IP_DST..IP_DST + 4].copy_from_slice(&dst);
         f[L4_SPORT..L4_SPORT + 2].copy_from_slice(&sport.to_be_bytes());
         let mut c = u16::from_be_bytes([f[IP_CHECK], f[IP_CHECK + 1]]);
         c = csum::replace2(c, old_src, [old_src[0], 10 + cpu]);
-        c = csum::replace4(c, old_dst, dst);
+        c = csum::replace4(c, base, dst);
         f[IP_CHECK..IP_CHECK + 2].copy_from_slice(&c.to_be_bytes());
     }
     Some(())

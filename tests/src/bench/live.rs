@@ -1,1 +1,334 @@
-//! Live forwarding (work in progress).
+//! Live forwarding rate: our live-frames generator (`bench_gen` run by
+//! BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES, one pinned thread per
+//! CPU) sends 64-byte UDP frames over 2-queue veth pairs into a node
+//! namespace, where the program under test runs on the uplink:
+//!
+//! ```text
+//! gen ns eth0 ──veth── up0 node ns (ip_forward) bk0 ──veth── sink ns eth0 (bench_drop counts)
+//!  192.168.1.2          192.168.1.1    172.31.0.1             172.31.0.2
+//! ```
+//! The node routes only the backends (10.128.0.0/12) to the sink, so a frame
+//! reaches it only if it was NATed. On veth the receiver runs on the
+//! sender's CPU, so a rate is generator + node together: figures are also
+//! given as CPU-ns per packet over a drop-only baseline of the same run.
+//! Each configuration gets a fresh topology.
+use std::{net::Ipv4Addr, sync::Barrier, time::Instant};
+
+use anyhow::{ensure, Context as _, Result};
+use aya::programs::{TestRun, TestRunAttrs, TestRunOptions, XdpMode};
+use lb_common::{counter, IPPROTO_UDP};
+use serde_json::json;
+
+use super::{
+    dataplane::{backend, vip, BenchLb},
+    in_ns, iptables,
+    progs::{BenchProgs, GenConfig},
+    report::Report,
+};
+use crate::{
+    netns::Netns,
+    packet::{Frame, L4},
+    topology::{addr_up, veth},
+};
+
+#[derive(Clone, Debug)]
+pub struct Opts {
+    /// Frames per thread for floors (drop, XDP_TX, redirect).
+    pub repeat_floor: u32,
+    /// Frames per thread through the stack (forwarding, xdplb, iptables).
+    pub repeat_fwd: u32,
+    pub threads: &'static [usize],
+    pub services: &'static [u32],
+    pub backends_per_service: u32,
+    /// Distinct (destination, source port) pairs per thread.
+    pub flows: u32,
+    /// Also measure kube-proxy-style iptables rules.
+    pub iptables: bool,
+}
+
+struct Topo {
+    gen: Netns,
+    node: Netns,
+    sink: Netns,
+    gen_ifindex: u32,
+    bk0_ifindex: u32,
+    up0_mac: [u8; 6],
+    gen_mac: [u8; 6],
+}
+
+fn mac(ns: &Netns, iface: &str) -> [u8; 6] {
+    let out = ns.cmd("cat").arg(format!("/sys/class/net/{iface}/address")).output().expect("cat");
+    let s = String::from_utf8_lossy(&out.stdout);
+    let v: Vec<u8> = s.trim().split(':').map(|h| u8::from_str_radix(h, 16).expect("mac")).collect();
+    v.try_into().expect("6 bytes")
+}
+
+fn ifindex(ns: &Netns, iface: &str) -> u32 {
+    let out = ns.cmd("cat").arg(format!("/sys/class/net/{iface}/ifindex")).output().expect("cat");
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("ifindex")
+}
+
+impl Topo {
+    fn new() -> Self {
+        let (gen, node, sink) = (Netns::new(), Netns::new(), Netns::new());
+        node.sysctl("net.ipv4.ip_forward", "1");
+        node.sysctl("net.ipv4.conf.all.rp_filter", "0");
+        veth(&node, "up0", &gen, "eth0");
+        addr_up(&node, "up0", "192.168.1.1/24");
+        addr_up(&gen, "eth0", "192.168.1.2/24");
+        veth(&node, "bk0", &sink, "eth0");
+        addr_up(&node, "bk0", "172.31.0.1/24");
+        addr_up(&sink, "eth0", "172.31.0.2/24");
+        let sink_mac = mac(&sink, "eth0");
+        let m = sink_mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        // No ARP on the measured path.
+        node.ip(&["neigh", "replace", "172.31.0.2", "lladdr", &m, "dev", "bk0", "nud", "permanent"]);
+        node.ip(&["route", "add", "10.128.0.0/12", "via", "172.31.0.2", "dev", "bk0"]);
+        let t = Topo {
+            gen_ifindex: ifindex(&gen, "eth0"),
+            bk0_ifindex: ifindex(&node, "bk0"),
+            up0_mac: mac(&node, "up0"),
+            gen_mac: mac(&gen, "eth0"),
+            gen,
+            node,
+            sink,
+        };
+        // Generator sources, so replies the node might send (ICMP) need no ARP.
+        t.node.ip(&["neigh", "replace", "192.168.1.10", "lladdr", &fmt_mac(&t.gen_mac), "dev", "up0", "nud", "permanent"]);
+        t.node.ip(&["neigh", "replace", "192.168.1.11", "lladdr", &fmt_mac(&t.gen_mac), "dev", "up0", "nud", "permanent"]);
+        t
+    }
+
+    /// The generator's template: UDP, checksum 0, to `dst:80`, 64 bytes.
+    fn frame(&self, dst: Ipv4Addr) -> Vec<u8> {
+        let mut f = Frame::new_udp_zero(Ipv4Addr::new(192, 168, 1, 10), 10_000, dst, 80);
+        f.payload = vec![0; 22];
+        let mut b = f.bytes();
+        b[0..6].copy_from_slice(&self.up0_mac);
+        b[6..12].copy_from_slice(&self.gen_mac);
+        assert_eq!(b.len(), 64);
+        b
+    }
+}
+
+fn fmt_mac(m: &[u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+trait UdpZero {
+    fn new_udp_zero(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Frame;
+}
+impl UdpZero for Frame {
+    fn new_udp_zero(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Frame {
+        let mut f = Frame::udp(src, sport, dst, dport);
+        f.l4 = L4::Udp { zero_checksum: true };
+        f
+    }
+}
+
+/// `struct xdp_md` as BPF_PROG_TEST_RUN takes it for live frames.
+fn xdp_md(ifindex: u32, queue: u32) -> [u8; 24] {
+    let mut b = [0u8; 24];
+    b[4..8].copy_from_slice(&64u32.to_ne_bytes()); // data_end = frame length
+    b[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+    b[16..20].copy_from_slice(&queue.to_ne_bytes());
+    b
+}
+
+/// Sends `repeat` frames per thread from `threads` pinned threads; returns
+/// (frames counted by bench_drop, seconds).
+fn blast(progs: &mut BenchProgs, t: &Topo, frame: &[u8], threads: usize, repeat: u32) -> Result<(u64, f64)> {
+    progs.reset_drops()?;
+    let gen_file = std::fs::File::open(format!("/run/netns/{}", t.gen.name()))?;
+    let barrier = Barrier::new(threads + 1);
+    let p = progs.xdp("bench_gen");
+    let secs = std::thread::scope(|s| -> Result<f64> {
+        let handles: Vec<_> = (0..threads)
+            .map(|i| {
+                let (gen_file, barrier) = (&gen_file, &barrier);
+                s.spawn(move || -> Result<()> {
+                    crate::netns::enter(gen_file);
+                    super::pin(Some(i));
+                    let ctx = xdp_md(t.gen_ifindex, i as u32);
+                    barrier.wait();
+                    let r = p.test_run(TestRunOptions {
+                        data_in: Some(frame),
+                        ctx_in: Some(&ctx),
+                        repeat,
+                        attrs: TestRunAttrs::new().xdp_live_frames(64),
+                        ..Default::default()
+                    });
+                    r.context("live-frames BPF_PROG_TEST_RUN")?;
+                    Ok(())
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        for h in handles {
+            h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))?;
+        }
+        Ok(start.elapsed().as_secs_f64())
+    })?;
+    Ok((progs.drops()?, secs))
+}
+
+fn attach(progs: &mut BenchProgs, ns: &Netns, prog: &'static str, iface: &str) -> Result<()> {
+    in_ns(ns, || progs.attach(prog, iface)).with_context(|| format!("attaching {prog} to {iface}"))
+}
+
+pub fn run(progs: &mut BenchProgs, opts: &Opts, report: &mut Report) -> Result<()> {
+    let mut drop_ns: Vec<f64> = Vec::new();
+    let cond = |extra: serde_json::Value, repeat: u32, threads: usize, delivered: f64| {
+        let mut c = json!({"threads": threads, "frames_per_thread": repeat, "frame_bytes": 64, "proto": "udp", "flows_per_thread": opts.flows, "delivered_ratio": (delivered * 1000.0).round() / 1000.0});
+        if let (Some(m), serde_json::Value::Object(e)) = (c.as_object_mut(), extra) {
+            m.extend(e);
+        }
+        c
+    };
+
+    // (label, program on up0, program on gen eth0 (for XDP_TX back), repeat)
+    let floors: [(&str, &str, Option<&str>, u32); 3] = [
+        ("live/drop_baseline", "bench_drop", None, opts.repeat_floor),
+        ("live/xdp_tx_floor", "bench_tx", Some("bench_drop"), opts.repeat_floor),
+        ("live/xdp_redirect_floor", "bench_redirect", None, opts.repeat_floor),
+    ];
+    for (label, up_prog, gen_prog, repeat) in floors {
+        let t = Topo::new();
+        attach(progs, &t.node, up_prog, "up0")?;
+        if let Some(g) = gen_prog {
+            attach(progs, &t.gen, g, "eth0")?;
+        } else {
+            attach(progs, &t.sink, "bench_drop", "eth0")?;
+        }
+        progs.set_redirect(t.bk0_ifindex)?;
+        let frame = t.frame(backend(1));
+        progs.set_gen(gen_cfg(opts.flows, 1, backend(1), &frame))?;
+        let m = measure(progs, &t, &frame, opts.threads, repeat, |_, _| Ok(()))?;
+        for (i, &threads) in opts.threads.iter().enumerate() {
+            let ns = threads as f64 * 1e9 / m.pps[i];
+            if label == "live/drop_baseline" {
+                drop_ns.push(ns);
+            }
+            report.add("live", label, m.pps[i] / 1e6, None, "Mpps", cond(json!({"ns_per_packet_per_cpu": round1(ns)}), repeat, threads, m.delivered[i]));
+        }
+        progs.detach_all();
+        drop(t);
+    }
+
+    // Plain stack forwarding of frames addressed to a backend: no NAT at all.
+    let mut fwd_ns = Vec::new();
+    {
+        let t = Topo::new();
+        attach(progs, &t.node, "bench_pass", "up0")?;
+        attach(progs, &t.sink, "bench_drop", "eth0")?;
+        let frame = t.frame(backend(1));
+        progs.set_gen(gen_cfg(opts.flows, 10, backend(1), &frame))?;
+        let m = measure(progs, &t, &frame, opts.threads, opts.repeat_fwd, |_, _| Ok(()))?;
+        for (i, &threads) in opts.threads.iter().enumerate() {
+            let ns = threads as f64 * 1e9 / m.pps[i];
+            fwd_ns.push(ns);
+            report.add("live", "live/stack_forward_no_nat", m.pps[i] / 1e6, None, "Mpps",
+                cond(json!({"ns_per_packet_per_cpu": round1(ns), "ns_over_drop": round1(ns - drop_ns[i])}), opts.repeat_fwd, threads, m.delivered[i]));
+        }
+        progs.detach_all();
+    }
+
+    for &n in opts.services {
+        let per = opts.backends_per_service;
+        let mut xdplb_pps = Vec::new();
+        {
+            let t = Topo::new();
+            let mut lb = BenchLb::new(n, per, IPPROTO_UDP, 1 << 20)?;
+            let x = lb.xdp_mut();
+            in_ns(&t.node, || x.attach("up0", XdpMode::Driver)).context("attaching xdp_lb to up0")?;
+            attach(progs, &t.sink, "bench_drop", "eth0")?;
+            let frame = t.frame(vip(1));
+            progs.set_gen(gen_cfg(opts.flows.max(n), n, vip(1), &frame))?;
+            let m = measure(progs, &t, &frame, opts.threads, opts.repeat_fwd, |delivered, _| {
+                let c = lb.counters()?;
+                ensure!(c[counter::NAT_FORWARD as usize] >= delivered, "xdp_lb forwarded {} frames but the sink saw {delivered}: frames took another path", c[counter::NAT_FORWARD as usize]);
+                Ok(())
+            })?;
+            for (i, &threads) in opts.threads.iter().enumerate() {
+                let ns = threads as f64 * 1e9 / m.pps[i];
+                xdplb_pps.push(m.pps[i]);
+                report.add("live", &format!("live/xdplb_{n}_services"), m.pps[i] / 1e6, None, "Mpps",
+                    cond(json!({"services": n, "backends_per_service": per, "ns_per_packet_per_cpu": round1(ns), "ns_over_drop": round1(ns - drop_ns[i]), "ns_over_stack_forward": round1(ns - fwd_ns[i]), "path": "xdp_lb DNAT + XDP_PASS, kernel forwarding"}),
+                        opts.repeat_fwd, threads, m.delivered[i]));
+            }
+            progs.detach_all();
+            drop(lb);
+        }
+        if !opts.iptables {
+            continue;
+        }
+        let t = Topo::new();
+        let restore = if which("iptables-legacy-restore") { "iptables-legacy-restore" } else { "iptables-restore" };
+        let load_s = iptables::load(&t.node, restore, &iptables::rules(n, per))?;
+        attach(progs, &t.node, "bench_pass", "up0")?;
+        attach(progs, &t.sink, "bench_drop", "eth0")?;
+        let frame = t.frame(vip(1));
+        progs.set_gen(gen_cfg(opts.flows.max(n), n, vip(1), &frame))?;
+        let m = measure(progs, &t, &frame, opts.threads, opts.repeat_fwd, |_, _| Ok(()))?;
+        for (i, &threads) in opts.threads.iter().enumerate() {
+            let ns = threads as f64 * 1e9 / m.pps[i];
+            report.add("live", &format!("live/iptables_{n}_services"), m.pps[i] / 1e6, None, "Mpps",
+                cond(json!({"services": n, "backends_per_service": per, "ns_per_packet_per_cpu": round1(ns), "ns_over_drop": round1(ns - drop_ns[i]), "ns_over_stack_forward": round1(ns - fwd_ns[i]), "rules_load_s": round1(load_s), "tool": restore, "path": "XDP_PASS, kube-proxy nat rules (conntrack), kernel forwarding"}),
+                    opts.repeat_fwd, threads, m.delivered[i]));
+            report.add("live", &format!("ratio/xdplb_over_iptables_{n}_services"), xdplb_pps[i] / m.pps[i], None, "x",
+                json!({"services": n, "threads": threads, "what": "forwarded pps, xdplb / kube-proxy iptables, same path and traffic"}));
+        }
+        progs.detach_all();
+    }
+    Ok(())
+}
+
+/// Interface and IP counters of the topology, for `XDPLB_BENCH_DEBUG=1`.
+fn dump(t: &Topo) {
+    for (ns, i) in [(&t.node, "up0"), (&t.node, "bk0"), (&t.gen, "eth0")] {
+        let out = ns.cmd("ethtool").args(["-S", i]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+        eprintln!("{i}: {}", out.lines().filter(|l| !l.ends_with(": 0")).collect::<Vec<_>>().join(" "));
+    }
+    let out = t.node.cmd("cat").arg("/proc/net/snmp").output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    eprintln!("node: {}", out.lines().filter(|l| l.starts_with("Ip:")).collect::<Vec<_>>().join("\n"));
+}
+
+fn gen_cfg(flows: u32, dsts: u32, dst_base: Ipv4Addr, frame: &[u8]) -> GenConfig {
+    let mut c = GenConfig { flows, dsts, dst_base: dst_base.octets(), frame: [0; 64] };
+    c.frame.copy_from_slice(frame);
+    c
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn which(tool: &str) -> bool {
+    std::process::Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
+}
+
+/// Rate and delivered/sent ratio per thread count.
+struct Measured {
+    pps: Vec<f64>,
+    delivered: Vec<f64>,
+}
+
+/// Warm-up (flows established), then one timed blast per thread count.
+/// `check(delivered, sent)` runs after each timed blast.
+fn measure(progs: &mut BenchProgs, t: &Topo, frame: &[u8], threads: &[usize], repeat: u32, check: impl Fn(u64, u64) -> Result<()>) -> Result<Measured> {
+    blast(progs, t, frame, *threads.iter().max().unwrap_or(&1), (repeat / 4).max(1 << 16))?;
+    let mut out = Measured { pps: Vec::new(), delivered: Vec::new() };
+    for &n in threads {
+        let (got, secs) = blast(progs, t, frame, n, repeat)?;
+        let sent = n as u64 * repeat as u64;
+        if std::env::var_os("XDPLB_BENCH_DEBUG").is_some() {
+            dump(t);
+        }
+        ensure!(got > 0, "no frame arrived where it was counted ({n} threads, {sent} sent)");
+        check(got, sent)?;
+        out.pps.push(got as f64 / secs);
+        out.delivered.push(got as f64 / sent as f64);
+    }
+    Ok(out)
+}

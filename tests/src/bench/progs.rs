@@ -4,7 +4,7 @@
 use anyhow::{bail, Context as _, Result};
 use aya::{
     maps::{Array, MapData, PerCpuArray, PerCpuValues, ProgramArray},
-    programs::{Program, ProgramFd, SchedClassifier, Xdp},
+    programs::{xdp::XdpLinkId, Program, ProgramFd, SchedClassifier, Xdp, XdpMode},
     Ebpf,
 };
 
@@ -31,8 +31,10 @@ pub struct GenConfig {
     pub flows: u32,
     pub dsts: u32,
     pub dst_base: [u8; 4],
+    /// Written into every generated packet (destination `dst_base`).
+    pub frame: [u8; FRAME_LEN],
 }
-const _: () = assert!(std::mem::size_of::<GenConfig>() == 12);
+const _: () = assert!(std::mem::size_of::<GenConfig>() == 12 + FRAME_LEN);
 // SAFETY: repr(C), no padding, every bit pattern valid.
 unsafe impl aya::Pod for GenConfig {}
 
@@ -46,6 +48,7 @@ pub struct BenchProgs {
     drops: PerCpuArray<MapData, u64>,
     gen_cfg: Array<MapData, GenConfig>,
     redirect_to: Array<MapData, u32>,
+    links: Vec<(&'static str, XdpLinkId)>,
 }
 
 const XDP: &[&str] = &["bench_pass", "bench_tx", "bench_drop", "bench_redirect", "bench_wrap_xdp", "bench_gen"];
@@ -75,6 +78,7 @@ impl BenchProgs {
             drops: take(&mut ebpf, "bench_drops")?,
             gen_cfg: take(&mut ebpf, "bench_gen_cfg")?,
             redirect_to: take(&mut ebpf, "bench_redirect_to")?,
+            links: Vec::new(),
             ebpf,
         })
     }
@@ -90,6 +94,20 @@ impl BenchProgs {
         match self.ebpf.program_mut(name) {
             Some(Program::Xdp(p)) => p,
             _ => panic!("bench.o has no XDP program {name}"),
+        }
+    }
+
+    /// Attaches XDP program `name` to `iface` (native mode) in the calling
+    /// thread's namespace, until [`BenchProgs::detach_all`].
+    pub fn attach(&mut self, name: &'static str, iface: &str) -> Result<()> {
+        let id = self.xdp_mut(name).attach(iface, XdpMode::Driver)?;
+        self.links.push((name, id));
+        Ok(())
+    }
+
+    pub fn detach_all(&mut self) {
+        for (name, id) in std::mem::take(&mut self.links) {
+            let _ = self.xdp_mut(name).detach(id);
         }
     }
 

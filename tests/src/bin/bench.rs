@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use xdplb_tests::bench::{cost, progs::BenchProgs, report::Report};
+use xdplb_tests::bench::{cost, live, progs::BenchProgs, report::Report};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
@@ -52,6 +52,14 @@ fn main() -> Result<()> {
         cost::config(&mut progs, services, per, &copts, &mut report)?;
     }
     xdplb_tests::bench::pin(None);
+
+    let lopts = match mode {
+        Mode::Smoke => live::Opts { repeat_floor: 1 << 16, repeat_fwd: 1 << 15, threads: &[1, 2], services: &[10], backends_per_service: 10, flows: 1024, iptables: true },
+        Mode::Quick => live::Opts { repeat_floor: 1 << 21, repeat_fwd: 1 << 19, threads: &[1, 2], services: &[1, 1000], backends_per_service: 10, flows: 16_384, iptables: true },
+        Mode::Full => live::Opts { repeat_floor: 1 << 22, repeat_fwd: 1 << 20, threads: &[1, 2], services: &[1, 1000, 10_000], backends_per_service: 10, flows: 16_384, iptables: true },
+    };
+    println!("\n== live forwarding (live-frames generator over veth, 64-byte UDP)");
+    live::run(&mut progs, &lopts, &mut report)?;
 
     let elapsed = start.elapsed().as_secs_f64();
     println!("\n{}", report.table());

@@ -1,0 +1,67 @@
+//! `xdplb-bench --smoke` runs end to end and writes JSON of the documented
+//! shape: machine, kernel, commit, and every headline figure with a unit,
+//! conditions and a positive value. Checks structure, never speed.
+//! Needs root.
+use std::process::Command;
+
+use serde_json::Value;
+
+const UNITS: &[&str] = &["ns/packet", "Mpps", "x"];
+
+/// Figures every run must report (at the smoke run's 1 and 10 services).
+const REQUIRED: &[&str] = &[
+    "floor/xdp_pass",
+    "floor/xdp_tx_swap_macs",
+    "xdp_lb/non_service",
+    "xdp_lb/established",
+    "xdp_lb/new_flow",
+    "tc_egress/reply",
+    "live/drop_baseline",
+    "live/xdp_tx_floor",
+    "live/xdp_redirect_floor",
+    "live/stack_forward_no_nat",
+    "live/xdplb_10_services",
+    "live/iptables_10_services",
+    "ratio/xdplb_over_iptables_10_services",
+];
+
+#[test]
+fn bench_smoke_writes_well_formed_json() {
+    xdplb_tests::require_root();
+    let dir = std::env::temp_dir().join(format!("xdplb-bench-smoke-{}", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_xdplb-bench"))
+        .args(["--smoke", "--out"])
+        .arg(&dir)
+        .output()
+        .expect("running xdplb-bench");
+    assert!(out.status.success(), "xdplb-bench --smoke failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+
+    let text = std::fs::read_to_string(dir.join("latest.json")).expect("latest.json written");
+    let _ = std::fs::remove_dir_all(&dir);
+    let doc: Value = serde_json::from_str(&text).expect("valid JSON");
+    assert_eq!(doc["schema"], "xdplb-bench/1");
+    assert_eq!(doc["mode"], "smoke");
+    assert!(doc["kernel"].as_str().is_some_and(|k| !k.is_empty()), "kernel: {}", doc["kernel"]);
+    assert!(doc["commit"].is_string(), "commit: {}", doc["commit"]);
+    assert!(doc["machine"]["cpus"].as_u64().is_some_and(|n| n > 0), "machine: {}", doc["machine"]);
+
+    let figures = doc["figures"].as_array().expect("figures array");
+    for f in figures {
+        let name = f["name"].as_str().expect("figure name");
+        assert!(f["section"].is_string(), "{name}: section");
+        let unit = f["unit"].as_str().expect("unit");
+        assert!(UNITS.contains(&unit), "{name}: unit {unit}");
+        let v = f["value"].as_f64().expect("numeric value");
+        assert!(v.is_finite() && v > 0.0, "{name}: value {v} must be positive");
+        assert!(f["conditions"].is_object(), "{name}: conditions object");
+    }
+    for want in REQUIRED {
+        assert!(figures.iter().any(|f| f["name"] == *want), "figure {want} missing");
+    }
+    // Per-packet figures state what they were measured at.
+    for f in figures.iter().filter(|f| f["section"] == "prog_cost" && f["name"].as_str().unwrap().starts_with("xdp_lb")) {
+        for key in ["services", "backends_per_service", "repeat", "rounds", "floor_ns"] {
+            assert!(f["conditions"][key].is_number(), "{}: condition {key}", f["name"]);
+        }
+    }
+}

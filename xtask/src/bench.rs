@@ -1,0 +1,20 @@
+//! `cargo xtask bench`: provisions, then runs the `xdplb-bench` binary of
+//! the test harness (release build: the figures are about the dataplane, but
+//! a debug generator and provisioning would slow the run down).
+use anyhow::Result;
+
+/// Runs the benchmark; `quick` is the one-minute version, `smoke` the
+/// structure check the test suite runs.
+pub fn run(quick: bool, smoke: bool, out: Option<&str>) -> Result<()> {
+    crate::provision::all()?;
+    let mut args = vec!["run", "--release", "-q", "-p", "xdplb-tests", "--bin", "xdplb-bench", "--"];
+    if smoke {
+        args.push("--smoke");
+    } else if quick {
+        args.push("--quick");
+    }
+    if let Some(dir) = out {
+        args.extend(["--out", dir]);
+    }
+    crate::cargo(&args)
+}
