@@ -59,6 +59,7 @@ counters! {
     CLIENT_PORT_REMAPPED = 13, "client_port_remapped", "Event: a new flow's client port clashed at the backend with another flow's; it got another port.";
     CT_CLASH_UNRESOLVED = 14, "conntrack_clash_unresolved", "Event: no free client port was found for a clashing flow; the older flow's replies are taken over.";
     HAIRPIN = 15, "hairpin", "Event: a hairpin packet (a backend reaching its own service) was sent back to it.";
+    RST_SENT = 16, "rst_sent", "Event: a SYN to a service without backends was answered with a TCP reset.";
 }
 
 /// First event counter (see [`counter`]).

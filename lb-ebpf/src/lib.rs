@@ -4,3 +4,4 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod csum;
+pub mod rst;

@@ -10,6 +10,7 @@ mod conntrack;
 mod maps;
 mod nat;
 mod parse;
+mod reset;
 mod select;
 mod service;
 mod stats;

@@ -18,6 +18,7 @@ use crate::{
     conntrack,
     nat::{self, Side},
     parse::{self, Packet},
+    reset,
     service,
     stats::count,
     verdict::Verdict,
@@ -38,7 +39,13 @@ pub fn ingress(ctx: &TcContext) -> i32 {
                 None => Ok(Verdict::Pass(counter::PASS_NOT_SERVICE)),
             };
         }
-        match service::balance(p, true)? {
+        let balanced = match service::balance(p, true) {
+            Err(v) if v.reason() == counter::DROP_NO_BACKEND && reset::wants_reset(p) => {
+                return reset::tc(ctx, p);
+            }
+            other => other?,
+        };
+        match balanced {
             Some(rw) => {
                 nat::tc_rewrite(ctx, p, Side::Dst, &rw)?;
                 if rw.peer_addr != p.src {
@@ -81,26 +88,34 @@ fn run(ctx: &TcContext, f: impl FnOnce(&TcContext, &Packet) -> Result<Verdict, V
     match verdict {
         Verdict::Pass(_) => TC_ACT_OK,
         Verdict::Drop(_) => TC_ACT_SHOT,
-        Verdict::Bounce(_) => bounce(ctx),
+        // A reset is built with its Ethernet addresses already swapped.
+        Verdict::Bounce(r) => bounce(ctx, r != counter::DROP_NO_BACKEND),
     }
 }
 
 /// Sends the packet back out of the interface it arrived on, with the
 /// Ethernet addresses swapped (it returns to the host it came from).
 #[inline(always)]
-fn bounce(ctx: &TcContext) -> i32 {
-    count(counter::HAIRPIN);
-    let Ok(macs) = ctx.load::<[u8; 12]>(0) else {
-        return TC_ACT_SHOT;
-    };
-    let mut swapped = [0u8; 12];
-    swapped[..6].copy_from_slice(&macs[6..]);
-    swapped[6..].copy_from_slice(&macs[..6]);
-    if ctx.store(0, &swapped, 0).is_err() {
-        return TC_ACT_SHOT;
+fn bounce(ctx: &TcContext, swap_macs: bool) -> i32 {
+    if swap_macs {
+        count(counter::HAIRPIN);
+        if swap(ctx).is_err() {
+            return TC_ACT_SHOT;
+        }
     }
     // SAFETY: reading the ifindex field of the context.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: plain helper call; flags 0 = egress of `ifindex`.
     unsafe { bpf_redirect(ifindex, 0) as i32 }
+}
+
+#[inline(always)]
+fn swap(ctx: &TcContext) -> Result<(), ()> {
+    let Ok(macs) = ctx.load::<[u8; 12]>(0) else {
+        return Err(());
+    };
+    let mut swapped = [0u8; 12];
+    swapped[..6].copy_from_slice(&macs[6..]);
+    swapped[6..].copy_from_slice(&macs[..6]);
+    ctx.store(0, &swapped, 0).map_err(|_| ())
 }

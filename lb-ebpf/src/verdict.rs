@@ -10,7 +10,8 @@ pub enum Verdict {
     /// Drop the packet, counting `reason`.
     Drop(u32),
     /// Send the (rewritten) packet back out of the interface it came in on,
-    /// counting `reason` (tc only: hairpin flows).
+    /// counting `reason`: XDP_TX, or a tc redirect to the same interface
+    /// (hairpin flows, resets).
     Bounce(u32),
 }
 

@@ -4,7 +4,7 @@ use lb_common::counter;
 
 use crate::{
     nat::{self, Side},
-    parse, service,
+    parse, reset, service,
     stats::count,
     verdict::Verdict,
 };
@@ -18,8 +18,8 @@ pub fn run(ctx: &XdpContext) -> u32 {
     count(verdict.reason());
     match verdict {
         Verdict::Pass(_) => xdp_action::XDP_PASS,
-        // XDP never bounces; treat it as a drop to be safe.
-        Verdict::Drop(_) | Verdict::Bounce(_) => xdp_action::XDP_DROP,
+        Verdict::Drop(_) => xdp_action::XDP_DROP,
+        Verdict::Bounce(_) => xdp_action::XDP_TX,
     }
 }
 
@@ -27,7 +27,13 @@ pub fn run(ctx: &XdpContext) -> u32 {
 fn try_run(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     let p = parse::parse(ctx.data(), ctx.data_end())?;
     // XDP on an uplink never sees a backend of this node as a client.
-    match service::balance(&p, false)? {
+    let balanced = match service::balance(&p, false) {
+        Err(v) if v.reason() == counter::DROP_NO_BACKEND && reset::wants_reset(&p) => {
+            return reset::xdp(ctx, &p);
+        }
+        other => other?,
+    };
+    match balanced {
         Some(rw) => {
             nat::xdp_rewrite(ctx, &p, Side::Dst, &rw)?;
             // The stack routes the rewritten packet to its backend.

@@ -43,6 +43,7 @@ fn verdict_name(program: &str, rc: u32) -> String {
         match rc as i32 {
             0 => "TC_ACT_OK".into(),
             2 => "TC_ACT_SHOT".into(),
+            7 => "TC_ACT_REDIRECT".into(),
             -1 => "TC_ACT_UNSPEC".into(),
             n => format!("TC_ACT_{n}"),
         }

@@ -34,6 +34,10 @@ pub struct Frame {
     /// Raw flags + fragment offset field.
     pub frag: u16,
     pub ttl: u8,
+    pub ip_id: u16,
+    pub window: u16,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
 }
 
 impl Frame {
@@ -46,7 +50,22 @@ impl Frame {
     }
 
     fn new(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, l4: L4) -> Self {
-        Self { src, dst, sport, dport, l4, payload: Vec::new(), ip_options: Vec::new(), vlan: None, frag: 0x4000, ttl: 64 }
+        Self {
+            src,
+            dst,
+            sport,
+            dport,
+            l4,
+            payload: Vec::new(),
+            ip_options: Vec::new(),
+            vlan: None,
+            frag: 0x4000,
+            ttl: 64,
+            ip_id: 0x1234,
+            window: 0xffff,
+            src_mac: CLIENT_MAC,
+            dst_mac: NODE_MAC,
+        }
     }
 
     pub fn payload(mut self, p: &[u8]) -> Self {
@@ -57,8 +76,8 @@ impl Frame {
     /// Renders the frame with correct checksums.
     pub fn bytes(&self) -> Vec<u8> {
         let mut f = Vec::new();
-        f.extend_from_slice(&NODE_MAC);
-        f.extend_from_slice(&CLIENT_MAC);
+        f.extend_from_slice(&self.dst_mac);
+        f.extend_from_slice(&self.src_mac);
         if let Some(tag) = self.vlan {
             f.extend_from_slice(&[0x81, 0x00]);
             f.extend_from_slice(&tag.to_be_bytes());
@@ -69,7 +88,7 @@ impl Frame {
         assert!(ihl % 4 == 0 && ihl <= 60, "IP options must pad to 4 bytes");
         let mut ip = vec![0x40 | (ihl / 4) as u8, 0];
         ip.extend_from_slice(&((ihl + l4.len()) as u16).to_be_bytes());
-        ip.extend_from_slice(&[0x12, 0x34]);
+        ip.extend_from_slice(&self.ip_id.to_be_bytes());
         ip.extend_from_slice(&self.frag.to_be_bytes());
         ip.push(self.ttl);
         ip.push(self.proto());
@@ -99,7 +118,9 @@ impl Frame {
             L4::Tcp { flags, seq, ack } => {
                 s.extend_from_slice(&seq.to_be_bytes());
                 s.extend_from_slice(&ack.to_be_bytes());
-                s.extend_from_slice(&[0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+                s.extend_from_slice(&[0x50, flags]);
+                s.extend_from_slice(&self.window.to_be_bytes());
+                s.extend_from_slice(&[0, 0, 0, 0]);
                 16
             }
             L4::Udp { .. } => {

@@ -78,6 +78,9 @@ fn cases() -> Vec<Case> {
     let mut arp = vec![0xffu8; 6];
     arp.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06]);
     arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1, 192, 168, 1, 2, 0, 0, 0, 0, 0, 0, 192, 168, 1, 1]);
+    let mut rst = Frame::tcp(EMPTY_IP, 80, CLIENT, 40000, xdplb_tests::packet::TCP_RST | TCP_ACK);
+    rst.l4 = L4::Tcp { flags: xdplb_tests::packet::TCP_RST | TCP_ACK, seq: 0, ack: 1001 };
+    (rst.ip_id, rst.window, rst.src_mac, rst.dst_mac) = (0, 0, xdplb_tests::packet::NODE_MAC, xdplb_tests::packet::CLIENT_MAC);
     let b = |f: &Frame| f.bytes();
     vec![
         case("xdp_v4_syn_to_clusterip_dnat", "SYN to a ClusterIP: destination rewritten to the backend, both checksums valid", "xdp_lb",
@@ -102,8 +105,12 @@ fn cases() -> Vec<Case> {
             &b(&pod_synack), "TC_ACT_OK", Some(&b(&with_src(pod_synack.clone(), CLUSTER_IP, 80)))),
         case("xdp_v4_non_service_untouched", "traffic to a non-service address passes unchanged", "xdp_lb",
             &b(&Frame::tcp(CLIENT, 40000, B1, 8080, TCP_SYN)), "XDP_PASS", None),
-        case("xdp_v4_service_without_backend_drops", "a service with no backend drops, never forwards", "xdp_lb",
-            &b(&Frame::tcp(CLIENT, 40000, EMPTY_IP, 80, TCP_SYN)), "XDP_DROP", None),
+        case("xdp_v4_syn_to_service_without_backend_gets_rst", "a SYN to a service with no backend is answered with RST|ACK, sent back (XDP_TX)", "xdp_lb",
+            &b(&Frame::tcp(CLIENT, 40000, EMPTY_IP, 80, TCP_SYN)), "XDP_TX", Some(&b(&rst))),
+        case("tc_ingress_v4_pod_syn_without_backend_gets_rst", "the same from a pod: the reset goes back out of the pod's interface", "tc_ingress",
+            &b(&Frame::tcp(CLIENT, 40000, EMPTY_IP, 80, TCP_SYN)), "TC_ACT_REDIRECT", Some(&b(&rst))),
+        case("xdp_v4_ack_to_service_without_backend_drops", "anything but a SYN to a service with no backend is dropped, never forwarded", "xdp_lb",
+            &b(&Frame::tcp(CLIENT, 40000, EMPTY_IP, 80, TCP_ACK)), "XDP_DROP", None),
         case("xdp_v4_fragment_passes", "a non-first fragment cannot be balanced per flow: passed unchanged", "xdp_lb",
             &b(&frag), "XDP_PASS", None),
         case("xdp_v4_vlan_passes", "a VLAN-tagged frame is passed unchanged", "xdp_lb",
@@ -136,9 +143,10 @@ fn ipv4_service_fixtures() {
     assert!(failures.is_empty(), "{} of {} fixtures failed:\n{}", failures.len(), file.len(), failures.join("\n"));
     // The story left a flow per direction per frontend in conntrack, and the
     // drops were counted under their reasons.
-    assert_eq!(lb.counter(counter::DROP_NO_BACKEND), 1);
+    assert_eq!(lb.counter(counter::DROP_NO_BACKEND), 3);
+    assert_eq!(lb.counter(counter::RST_SENT), 2);
     assert_eq!(lb.counter(counter::DROP_MALFORMED), 4);
-    assert_eq!(lb.maps.service_stats(4).unwrap().drops_no_backend, 1);
+    assert_eq!(lb.maps.service_stats(4).unwrap().drops_no_backend, 3);
     assert_eq!(lb.maps.service_stats(1).unwrap().new_flows, 3, "client SYN, options SYN, pod SYN");
     assert_eq!(lb.maps.service_stats(1).unwrap().packets, 4);
 }

@@ -1,0 +1,78 @@
+//! Answering a SYN to a service without backends with a TCP reset, from
+//! either hook: the frame is rebuilt in place (`lb_ebpf::rst`) and sent back
+//! where it came from.
+use aya_ebpf::{
+    helpers::{bpf_skb_change_tail, bpf_xdp_adjust_tail},
+    programs::{TcContext, XdpContext},
+};
+use lb_common::{counter, IPPROTO_TCP};
+use lb_ebpf::rst::{reset_for, Syn, RST_LEN};
+
+use crate::{
+    parse::{Packet, TCP_ACK, TCP_SYN},
+    stats::count,
+    verdict::{Verdict, MALFORMED},
+};
+
+/// Whether `p` opens a TCP connection (SYN without ACK): the only packet we
+/// answer with a reset; anything else to a backendless service is dropped.
+#[inline(always)]
+pub fn wants_reset(p: &Packet) -> bool {
+    p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+#[inline(always)]
+fn syn_of(p: &Packet, macs: [u8; 12], seq: [u8; 4]) -> Syn {
+    let mut dst_mac = [0u8; 6];
+    let mut src_mac = [0u8; 6];
+    dst_mac.copy_from_slice(&macs[..6]);
+    src_mac.copy_from_slice(&macs[6..]);
+    Syn { dst_mac, src_mac, src: p.src, dst: p.dst, sport: p.sport, dport: p.dport, seq }
+}
+
+/// Turns the SYN in an XDP buffer into its reset (then XDP_TX).
+#[inline(always)]
+pub fn xdp(ctx: &XdpContext, p: &Packet) -> Result<Verdict, Verdict> {
+    // `black_box`: without it LLVM drops the first check as implied by the
+    // second, which the verifier cannot follow (see nat.rs).
+    let (data, end) = (core::hint::black_box(ctx.data()), ctx.data_end());
+    let l4 = ctx.data() + p.l4;
+    if data + 12 > end || l4 + 8 > end {
+        return Err(MALFORMED);
+    }
+    // SAFETY: both reads were bounds-checked above.
+    let (macs, seq) = unsafe { (*(data as *const [u8; 12]), *((l4 + 4) as *const [u8; 4])) };
+    let frame = reset_for(&syn_of(p, macs, seq));
+    // A SYN is at least RST_LEN long: the tail only shrinks (options dropped).
+    let delta = RST_LEN as i32 - (end - data) as i32;
+    // SAFETY: plain helper call on this program's context.
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+        return Err(MALFORMED);
+    }
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + RST_LEN > end {
+        return Err(MALFORMED);
+    }
+    // SAFETY: bounds-checked above.
+    unsafe { *(data as *mut [u8; RST_LEN]) = frame };
+    count(counter::RST_SENT);
+    Ok(Verdict::Bounce(counter::DROP_NO_BACKEND))
+}
+
+/// Turns the SYN in a socket buffer into its reset (then back out of the
+/// interface). The checksums are complete; on a veth (pods) a partial
+/// checksum state left on the buffer is trusted by the receiver as is.
+#[inline(always)]
+pub fn tc(ctx: &TcContext, p: &Packet) -> Result<Verdict, Verdict> {
+    let (Ok(macs), Ok(seq)) = (ctx.load::<[u8; 12]>(0), ctx.load::<[u8; 4]>(p.l4 + 4)) else {
+        return Err(MALFORMED);
+    };
+    let frame = reset_for(&syn_of(p, macs, seq));
+    // SAFETY: plain helper call on this program's context.
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, RST_LEN as u32, 0) } != 0 {
+        return Err(MALFORMED);
+    }
+    ctx.store(0, &frame, 0).map_err(|_| MALFORMED)?;
+    count(counter::RST_SENT);
+    Ok(Verdict::Bounce(counter::DROP_NO_BACKEND))
+}
