@@ -254,11 +254,9 @@ impl Planner<'_> {
             (ready, false)
         };
         // Terminating endpoints without a slot keep their existing flows.
-        let draining: Vec<&Candidate> = eligible
-            .iter()
-            .copied()
-            .filter(|c| c.terminating && !slotted.iter().any(|s| s.addr == c.addr && s.port == c.port))
-            .collect();
+        let in_slots: BTreeSet<(Ipv4Addr, u16)> = slotted.iter().map(|c| (c.addr, c.port)).collect();
+        let draining: Vec<&Candidate> =
+            eligible.iter().copied().filter(|c| c.terminating && !in_slots.contains(&(c.addr, c.port))).collect();
 
         let mut backends = Vec::new();
         let mut slot_ids = Vec::new();
@@ -291,10 +289,11 @@ impl Planner<'_> {
             });
         }
         let order = self.ids.slots(service_id, &slot_ids);
+        let index: BTreeMap<u32, usize> = backends.iter().enumerate().map(|(i, b)| (b.id, i)).collect();
         for (i, bid) in order.iter().enumerate() {
             let slot = i as u32 + 1;
             self.plan.contents.slots.insert(SlotKey { service_id, slot }, *bid);
-            if let Some(b) = backends.iter_mut().find(|b| b.id == *bid) {
+            if let Some(b) = index.get(bid).and_then(|i| backends.get_mut(*i)) {
                 b.slot = Some(slot);
             }
         }

@@ -281,3 +281,77 @@ fn two_services_on_one_frontend_keep_the_first() {
     assert_eq!(p.contents.services[&key([10, 96, 5, 5], 80, 6)].id, a.id);
     assert_eq!(svc(&p, "b", "http", Scope::Internal).frontends.len(), 1);
 }
+
+/// A model built in code: `services` services of `per` ready endpoints each.
+fn big_model(services: usize, per: usize) -> Model {
+    let mut m = Model::default();
+    for s in 0..services {
+        let id = ObjectRef::new("scale", &format!("svc-{s}"));
+        m.services.insert(
+            id.clone(),
+            model::Service {
+                service_type: ServiceType::ClusterIP,
+                cluster_ips: vec![Ipv4Addr::from(0x0a60_0000 + s as u32)],
+                external_ips: vec![],
+                lb_ips: vec![],
+                ports: vec![ServicePort { name: "http".into(), port: 80, node_port: None, proto: Proto::Tcp }],
+                external_local: false,
+                internal_local: false,
+                affinity_timeout_s: 0,
+                algorithm: None,
+            },
+        );
+        let endpoints = (0..per)
+            .map(|e| model::Endpoint {
+                addr: Ipv4Addr::from(0x0af4_0000 + (s * per + e) as u32),
+                node_name: None,
+                ready: true,
+                serving: true,
+                terminating: false,
+            })
+            .collect();
+        let ports = vec![model::SlicePort { name: "http".into(), port: 8080, proto: Proto::Tcp }];
+        m.slices.insert(ObjectRef::new("scale", &format!("svc-{s}-1")), model::Slice { service: id.name.clone(), ports, endpoints });
+    }
+    m
+}
+
+#[test]
+fn more_than_ten_thousand_endpoints_per_service_are_refused_across_slices() {
+    let mut m = big_model(2, 3);
+    // Eleven slices of 1000 for svc-0: each slice is legal, the sum is not.
+    for k in 0..11u32 {
+        let endpoints = (0..1000u32)
+            .map(|e| model::Endpoint { addr: Ipv4Addr::from(0x0b00_0000 + k * 1000 + e), node_name: None, ready: true, serving: true, terminating: false })
+            .collect();
+        let ports = vec![model::SlicePort { name: "http".into(), port: 8080, proto: Proto::Tcp }];
+        m.slices.insert(ObjectRef::new("scale", &format!("svc-0-big-{k}")), model::Slice { service: "svc-0".into(), ports, endpoints });
+    }
+    let p = plan(&m, &cfg(), &mut ids());
+    let names: Vec<&str> = p.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["svc-1"]);
+    assert_eq!(p.contents.backends.len(), 3);
+}
+
+#[test]
+fn ten_thousand_services_plan_and_replan_quickly() {
+    let m = big_model(10_000, 10);
+    let mut ids = ids_big();
+    let start = std::time::Instant::now();
+    let first = plan(&m, &cfg(), &mut ids);
+    let t_first = start.elapsed();
+    assert_eq!((first.contents.services.len(), first.contents.backends.len(), first.contents.slots.len()), (10_000, 100_000, 100_000));
+    let start = std::time::Instant::now();
+    let again = plan(&m, &cfg(), &mut ids);
+    let t_again = start.elapsed();
+    assert!(diff(&first.contents, &again.contents).is_empty());
+    // Generous bounds for an unoptimised build on a shared 2-core machine;
+    // the point is "seconds, not minutes" (quadratic work would be minutes).
+    assert!(t_first < std::time::Duration::from_secs(20), "first plan took {t_first:?}");
+    assert!(t_again < std::time::Duration::from_secs(20), "re-plan took {t_again:?}");
+    eprintln!("10k services / 100k endpoints: plan {t_first:?}, re-plan {t_again:?}");
+}
+
+fn ids_big() -> Ids {
+    Ids::new(65_536, u32::MAX - 1)
+}
