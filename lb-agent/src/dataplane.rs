@@ -83,13 +83,16 @@ impl Dataplane {
     /// slots above it go, and grows only after they exist.
     pub fn apply(&mut self, diff: &crate::diff::Diff) -> Result<()> {
         for (k, v) in &diff.backends.upsert {
-            self.backends.insert(k, v, 0).with_context(|| format!("writing backend {k}"))?;
+            let r = self.backends.insert(k, v, 0);
+            write_result(r, maps::BACKENDS_V4, || format!("backend {k}"))?;
         }
         for (k, v) in &diff.slots.upsert {
-            self.slots.insert(k, v, 0).with_context(|| format!("writing slot {k:?}"))?;
+            let r = self.slots.insert(k, v, 0);
+            write_result(r, maps::SERVICE_SLOTS, || format!("slot {} of service {}", k.slot, k.service_id))?;
         }
         for (k, v) in &diff.services.upsert {
-            self.services.insert(k, v, 0).with_context(|| format!("writing service {k:?}"))?;
+            let r = self.services.insert(k, v, 0);
+            write_result(r, maps::SERVICES_V4, || format!("service {k}"))?;
         }
         for k in &diff.services.remove {
             ignore_missing(self.services.remove(k))?;
@@ -108,6 +111,17 @@ impl Dataplane {
         self.config.set(0, cfg, 0).context("writing config")?;
         Ok(())
     }
+}
+
+/// A failed map write as an error that names the map and the entry, and says
+/// what to do when the map is full (the kernel's E2BIG).
+fn write_result(r: Result<(), aya::maps::MapError>, map: &str, what: impl FnOnce() -> String) -> Result<()> {
+    let Err(e) = r else { return Ok(()) };
+    let full = matches!(&e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG));
+    if full {
+        anyhow::bail!("{map} is full: {} does not fit; raise the map's size (lb-agent run --help, \"map sizes\")", what());
+    }
+    Err(anyhow::Error::new(e).context(format!("writing {} to {map}", what())))
 }
 
 /// A removal of a key that is already gone is a success.

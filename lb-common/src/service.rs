@@ -65,3 +65,19 @@ pub struct SlotKey {
 const _: () = assert!(core::mem::size_of::<SlotKey>() == 8);
 
 crate::user_pod!(ServiceKeyV4, ServiceV4, SlotKey);
+
+/// Name of an IP protocol number, for humans.
+pub fn proto_name(proto: u8) -> &'static str {
+    match proto {
+        IPPROTO_TCP => "TCP",
+        IPPROTO_UDP => "UDP",
+        _ => "?",
+    }
+}
+
+impl core::fmt::Display for ServiceKeyV4 {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let [a, b, c, d] = self.addr;
+        write!(f, "{a}.{b}.{c}.{d}:{}/{}", u16::from_be_bytes(self.port), proto_name(self.proto))
+    }
+}

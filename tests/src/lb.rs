@@ -19,8 +19,13 @@ static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0)
 impl Lb {
     /// Loads the programs without attaching them (for fixtures).
     pub fn load() -> Self {
+        Self::load_sized(TEST_SIZES)
+    }
+
+    /// As [`Lb::load`], with map sizes of the caller's choice.
+    pub fn load_sized(sizes: loader::MapSizes) -> Self {
         let pin_dir = new_pin_dir();
-        let ebpf = load_at(&pin_dir);
+        let ebpf = loader::load(&pin_dir, sizes).unwrap_or_else(|e| panic!("loading the programs: {e:?}"));
         Self::with(ebpf, pin_dir)
     }
 

@@ -19,6 +19,9 @@ use xdplb_tests::{
 const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const CLUSTER_IP_2: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 const NODE_PORT: u16 = 30080;
+/// A LoadBalancer ingress IP and an ExternalIP: both routed to the node.
+const LB_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 10);
+const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 100);
 
 /// Topology with `n` backends serving TCP+UDP on 8080, the LB attached on the
 /// uplink and the pod interface.
@@ -32,7 +35,11 @@ fn setup(n: usize) -> (Topology, Vec<Server>, Lb) {
 /// A service with ClusterIP:80 and NodePort on the node address, backends
 /// `ids` (1-based backend i+1 = backend_addr(i)), port 8080.
 fn web(proto: u8, algo: u8, ids: &[usize]) -> Svc {
-    let mut s = Svc::new(1, proto, algo).frontend(CLUSTER_IP, 80).frontend(NODE_ADDR, NODE_PORT);
+    let mut s = Svc::new(1, proto, algo)
+        .frontend(CLUSTER_IP, 80)
+        .frontend(NODE_ADDR, NODE_PORT)
+        .frontend(LB_IP, 80)
+        .frontend(EXTERNAL_IP, 80);
     for &i in ids {
         s = s.backend(i as u32 + 1, backend_addr(i), 8080);
     }
@@ -52,15 +59,17 @@ fn tally(ns: &xdplb_tests::netns::Netns, to: SocketAddr, n: usize) -> BTreeMap<S
 }
 
 #[test]
-fn random_spreads_fresh_connections_over_every_backend_via_clusterip_and_nodeport() {
+fn random_spreads_fresh_connections_over_every_backend_via_every_frontend() {
     let (t, _s, mut lb) = setup(3);
     lb.program(&contents(&[web(IPPROTO_TCP, algorithm::RANDOM, &[0, 1, 2])]));
-    for to in [SocketAddr::from((CLUSTER_IP, 80)), SocketAddr::from((NODE_ADDR, NODE_PORT))] {
-        let got = tally(&t.client, to, 120);
-        assert_eq!(got.values().sum::<usize>(), 120, "{to}: every response arrived");
+    // ClusterIP reached from outside via the node, NodePort, LoadBalancer IP, ExternalIP.
+    let frontends = [(CLUSTER_IP, 80), (NODE_ADDR, NODE_PORT), (LB_IP, 80), (EXTERNAL_IP, 80)];
+    for to in frontends.map(SocketAddr::from) {
+        let got = tally(&t.client, to, 60);
+        assert_eq!(got.values().sum::<usize>(), 60, "{to}: every response arrived");
         assert_eq!(got.len(), 3, "{to}: all 3 backends answered: {got:?}");
-        // Uniform over 3: each gets 40 on average; 15 is > 4 sigma below.
-        assert!(got.values().all(|&c| c >= 15), "{to}: skewed spread {got:?}");
+        // Uniform over 3: each gets 20 on average; 5 is > 3.5 sigma below.
+        assert!(got.values().all(|&c| c >= 5), "{to}: skewed spread {got:?}");
     }
     assert_eq!(lb.maps.service_stats(1).unwrap().new_flows, 240);
     assert_eq!(lb.counter(counter::DROP_NO_BACKEND), 0);
@@ -240,4 +249,21 @@ fn hairpin_pod_reaches_its_own_service_when_chosen_itself() {
     let got = tally(&t.pod, to, 20);
     assert_eq!(got.values().sum::<usize>(), 20);
     assert_eq!((got["pod"], got["backend-0"]), (10, 10), "{got:?}");
+}
+
+#[test]
+fn a_full_services_map_is_reported_and_loses_nothing() {
+    let sizes = lb_agent::loader::MapSizes { services: 4, ..xdplb_tests::lb::TEST_SIZES };
+    let mut lb = Lb::load_sized(sizes);
+    let svc = |id: u32| Svc::new(id, IPPROTO_TCP, algorithm::RANDOM).frontend(Ipv4Addr::new(10, 96, 1, id as u8), 80).backend(id, backend_addr(0), 8080);
+    let four: Vec<Svc> = (1..=4).map(svc).collect();
+    lb.program(&contents(&four));
+    let before = lb.maps.contents().unwrap();
+    let five: Vec<Svc> = (1..=5).map(svc).collect();
+    let d = lb_agent::diff::diff(&before, &contents(&five));
+    let err = lb.maps.apply(&d).expect_err("a fifth service does not fit in a map of 4");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("service") && msg.contains("10.96.1.5"), "the error names what did not fit: {msg}");
+    let after = lb.maps.contents().unwrap();
+    assert_eq!(after.services, before.services, "the four services are intact");
 }
