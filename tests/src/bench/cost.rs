@@ -31,6 +31,9 @@ const XDP_PASS: u32 = 2;
 const TC_ACT_OK: u32 = 0;
 const CLIENT: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 1);
 const CLIENT_PORT: u16 = 40_000;
+/// Sources of the new-flow case: the wrapper rewrites the last two address
+/// bytes and the port, so they never meet the established flow's tuple.
+const NEW_CLIENTS: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 1);
 /// A destination no service uses.
 const NOWHERE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 
@@ -121,7 +124,7 @@ pub fn config(progs: &mut BenchProgs, services: u32, per: u32, opts: &Opts, repo
 
     let cond = |repeat: u32| json!({"services": services, "backends_per_service": per, "repeat": repeat, "rounds": opts.rounds, "proto": "tcp", "frame_bytes": 64, "provision_s": (provision_s * 10.0).round() / 10.0});
     let non_service = tcp(CLIENT, CLIENT_PORT, NOWHERE, SVC_PORT, TCP_ACK);
-    let syn = tcp(CLIENT, CLIENT_PORT, vip_t, SVC_PORT, TCP_SYN);
+    let syn = tcp(NEW_CLIENTS, CLIENT_PORT, vip_t, SVC_PORT, TCP_SYN);
     let reply = tcp(be, BACKEND_PORT, CLIENT, CLIENT_PORT, TCP_ACK);
     let non_service_in = non_service.clone();
 
@@ -136,7 +139,7 @@ pub fn config(progs: &mut BenchProgs, services: u32, per: u32, opts: &Opts, repo
     let to_any = |out: &[u8]| -> Result<()> {
         let (a, p) = dst_of(out);
         ensure!(is_backend(a) && p == BACKEND_PORT, "new flow went to {a}:{p}, not a backend of service {target}");
-        ensure!(src_of(out).0 != CLIENT || src_of(out).1 != CLIENT_PORT, "the wrapper did not vary the source");
+        ensure!(src_of(out) != (NEW_CLIENTS, CLIENT_PORT), "the wrapper did not vary the source");
         verify_checksums(out).map_err(anyhow::Error::msg)
     };
     let from_vip = move |out: &[u8]| -> Result<()> {

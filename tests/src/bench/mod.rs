@@ -22,7 +22,8 @@ pub fn pin(cpu: Option<usize>) {
     // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        // Not available_parallelism(): it shrinks with the current affinity.
+        let n = libc::sysconf(libc::_SC_NPROCESSORS_ONLN).max(1) as usize;
         for c in 0..n {
             if cpu.is_none_or(|x| x == c) {
                 libc::CPU_SET(c, &mut set);
