@@ -21,7 +21,7 @@ const CLUSTER_IP_2: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 20);
 const NODE_PORT: u16 = 30080;
 /// A LoadBalancer ingress IP and an ExternalIP: both routed to the node.
 const LB_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 100, 10);
-const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 100);
+const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 200, 10);
 
 /// Topology with `n` backends serving TCP+UDP on 8080, the LB attached on the
 /// uplink and the pod interface.
