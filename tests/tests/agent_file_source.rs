@@ -60,22 +60,24 @@ impl Agent {
     /// --net` rather than `ip netns exec`: the latter remounts /sys, which
     /// hides /sys/fs/bpf, and the test must see the agent's pinned maps.
     fn start(node: &Netns, source_dir: &Path) -> Self {
-        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/xlbt-{}-agent", std::process::id()));
+        // Named after the objects directory, which is unique per test.
+        let tag = source_dir.file_name().and_then(|n| n.to_str()).unwrap_or("agent");
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{tag}"));
         let _ = std::fs::remove_dir_all(&pin_dir);
         let log = source_dir.with_extension("log");
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", node.name()))
-            .arg(agent_binary())
-            .args(["run", "--iface", UPLINK, "--node-name", "node-0", "--node-address", &NODE_ADDR.to_string()])
-            .arg("--pin-path")
-            .arg(&pin_dir)
-            .arg(format!("--source=file:{}", source_dir.display()))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("starting lb-agent");
+        let child = spawn(node, &pin_dir, source_dir, &log);
         Self { child, pin_dir, source_dir: source_dir.to_path_buf(), log }
+    }
+
+    /// Stops the agent with SIGTERM (as systemd or the kubelet would) and
+    /// starts a new one on the same pinned maps and objects.
+    fn restart(&mut self, node: &Netns) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let status = self.child.wait().expect("waiting for lb-agent");
+        assert!(status.success(), "lb-agent did not exit cleanly on SIGTERM ({status}):\n{}", self.log());
+        self.child = spawn(node, &self.pin_dir, &self.source_dir, &self.log);
     }
 
     fn log(&self) -> String {
@@ -96,6 +98,21 @@ impl Agent {
             panic!("lb-agent exited ({status}):\n{}", self.log());
         }
     }
+}
+
+fn spawn(node: &Netns, pin_dir: &Path, source_dir: &Path, log: &Path) -> Child {
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", node.name()))
+        .arg(agent_binary())
+        .args(["run", "--iface", UPLINK, "--node-name", "node-0", "--node-address", &NODE_ADDR.to_string()])
+        .arg("--pin-path")
+        .arg(pin_dir)
+        .arg(format!("--source=file:{}", source_dir.display()))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log file"))
+        .spawn()
+        .expect("starting lb-agent")
 }
 
 impl Drop for Agent {
@@ -196,16 +213,21 @@ fn tally(ns: &Netns, to: SocketAddr, n: usize) -> BTreeMap<String, usize> {
     })
 }
 
-#[test]
-fn agent_programs_yaml_objects_and_follows_an_endpoint_slice_edit() {
+/// A node with three backends serving on 8080, `web` written to a fresh
+/// directory with `slice_ids` as endpoints, and the agent running on it with
+/// the service programmed.
+fn setup(slice_ids: &[usize]) -> (Topology, Vec<Server>, Agent, Dataplane) {
     let t = Topology::new(3);
-    let _servers: Vec<Server> = (0..3).map(|i| Server::start(&t.backends[i], 8080, &format!("backend-{i}"))).collect();
-    let dir = std::env::temp_dir().join(format!("xlbt-{}-agent-objects", std::process::id()));
+    let servers: Vec<Server> = (0..3).map(|i| Server::start(&t.backends[i], 8080, &format!("backend-{i}"))).collect();
+    // Tests run in parallel threads of one process: one directory each.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("xlbt-{}-agent{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
     write(&dir, "service.yaml", SERVICE);
     write(&dir, "node.yaml", NODE);
-    write(&dir, "slice.yaml", &slice(&[0, 1, 2]));
+    write(&dir, "slice.yaml", &slice(slice_ids));
 
     let mut agent = Agent::start(&t.node, &dir);
     // The maps exist once the agent has loaded the programs.
@@ -215,12 +237,18 @@ fn agent_programs_yaml_objects_and_follows_an_endpoint_slice_edit() {
     });
     assert!(pinned, "the agent pinned no maps within 60 s:\n{}", agent.log());
     let dp = Dataplane::open(&agent.pin_dir).expect("opening the agent's maps");
-    let all: Vec<Ipv4Addr> = (0..3).map(backend_addr).collect();
-    let ok = wait_for(Duration::from_secs(10), || programmed(&dp).is_some_and(|(n, b)| n == 3 && b.len() == 3));
+    let n = slice_ids.len() as u32;
+    let ok = wait_for(Duration::from_secs(10), || programmed(&dp).is_some_and(|(c, b)| c == n && b.len() == n as usize));
     assert!(ok, "the service never reached the maps: {:?}\n{}", programmed(&dp), agent.log());
+    (t, servers, agent, dp)
+}
+
+#[test]
+fn agent_programs_yaml_objects_and_follows_an_endpoint_slice_edit() {
+    let (t, _servers, mut agent, dp) = setup(&[0, 1, 2]);
     let (_, mut got) = programmed(&dp).expect("programmed");
     got.sort();
-    assert_eq!(got, all);
+    assert_eq!(got, (0..3).map(backend_addr).collect::<Vec<_>>());
 
     // 30 fresh connections to the ClusterIP reach all three backends
     // (round-robin: ten each).
@@ -238,7 +266,7 @@ fn agent_programs_yaml_objects_and_follows_an_endpoint_slice_edit() {
 
     // backend-2 leaves the slice.
     let syncs_before = agent.sync_writes().len();
-    write(&dir, "slice.yaml", &slice(&[0, 1]));
+    write(&agent.source_dir, "slice.yaml", &slice(&[0, 1]));
     let ok = wait_for(Duration::from_secs(5), || programmed(&dp).is_some_and(|(n, b)| n == 2 && !b.contains(&backend_addr(2))));
     assert!(ok, "the edit never reached the maps: {:?}\n{}", programmed(&dp), agent.log());
     agent.assert_alive();
@@ -253,4 +281,47 @@ fn agent_programs_yaml_objects_and_follows_an_endpoint_slice_edit() {
     assert!(writes.len() > syncs_before, "no sync logged after the edit:\n{}", agent.log());
     let last = *writes.last().expect("a sync");
     assert_eq!(last, 4, "writes per sync {writes:?}:\n{}", agent.log());
+}
+
+#[test]
+fn a_restarted_agent_adopts_the_pinned_maps_without_a_write() {
+    let (t, _servers, mut agent, dp) = setup(&[0, 1, 2]);
+    let contents = dp.contents().expect("reading maps");
+    agent.restart(&t.node);
+    let synced = wait_for(Duration::from_secs(30), || {
+        agent.assert_alive();
+        !agent.sync_writes().is_empty()
+    });
+    assert!(synced, "the restarted agent never synced:\n{}", agent.log());
+    assert_eq!(agent.sync_writes(), [0], "the first sync after a restart rewrites nothing:\n{}", agent.log());
+    assert_eq!(dp.contents().expect("reading maps"), contents, "same ids, same slots");
+    // The restarted agent has attached again: traffic flows.
+    let got = tally(&t.client, SocketAddr::from((CLUSTER_IP, 80)), 9);
+    assert_eq!(got.len(), 3, "{got:?}");
+}
+
+#[test]
+fn hostile_and_broken_files_leave_the_programmed_service_alone() {
+    let (t, _servers, mut agent, dp) = setup(&[0, 1]);
+    let contents = dp.contents().expect("reading maps");
+    let syncs = agent.sync_writes().len();
+    write(&agent.source_dir, "zz-broken.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: x\n  - [unclosed\n");
+    write(
+        &agent.source_dir,
+        "zz-hostile.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: evil, namespace: shop}\nspec: {clusterIP: 10.96.0.300, ports: [{port: 99999}]}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-evil, namespace: shop, labels: {kubernetes.io/service-name: web}}\n\
+         addressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: ['fd00::1']}]\n---\n\
+         apiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: shop}\n",
+    );
+    // The agent re-reads the directory (one more sync) and writes nothing.
+    let ok = wait_for(Duration::from_secs(5), || agent.sync_writes().len() > syncs);
+    assert!(ok, "no sync after the new files:\n{}", agent.log());
+    agent.assert_alive();
+    assert_eq!(agent.sync_writes().last(), Some(&0), "{}", agent.log());
+    assert_eq!(dp.contents().expect("reading maps"), contents);
+    let log = agent.log();
+    assert!(log.contains("shop/evil") && log.contains("shop/web-evil"), "warnings name the objects:\n{log}");
+    let got = tally(&t.client, SocketAddr::from((CLUSTER_IP, 80)), 6);
+    assert_eq!(got.values().sum::<usize>(), 6, "{got:?}");
 }
