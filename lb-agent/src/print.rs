@@ -56,3 +56,29 @@ pub fn table(plan: &Plan) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use lb_agent::control::{
+        ids::Ids,
+        model::Model,
+        plan::{plan, PlanConfig},
+    };
+
+    #[test]
+    fn the_table_shows_frontends_backends_and_their_state() {
+        let mut m = Model::default();
+        m.add_yaml(include_str!("../tests/data/cluster.yaml"), "test");
+        let cfg = PlanConfig { node_name: "node-a".into(), ..Default::default() };
+        let text = super::table(&plan(&m, &cfg, &mut Ids::new(100, 1000)));
+        for want in [
+            "node addresses (NodePorts): 192.168.1.1",
+            "5 service ids, 6 frontends, 10 backends, 9 slots",
+            "shop/web port http (Internal; id 5, round-robin, ClientIP affinity 600s)",
+            "  frontend  192.168.1.1:30080/TCP    NodePort",
+            "10.244.1.11:8080         terminating  existing flows only",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+    }
+}

@@ -33,8 +33,13 @@ fn agent_binary() -> PathBuf {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
     // Cheap when the binary is fresh; `cargo test -p xdplb-tests` alone does
     // not build other packages' binaries.
+    // target/debug belongs to the `dev` profile; others use their own name.
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev",
+        Some(p) => p,
+    };
     let status = Command::new(env!("CARGO"))
-        .args(["build", "-p", "lb-agent", "--bin", "lb-agent"])
+        .args(["build", "-p", "lb-agent", "--bin", "lb-agent", "--profile", profile])
         .arg("--target-dir")
         .arg(target_dir)
         .current_dir(workspace)

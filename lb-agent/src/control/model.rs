@@ -354,7 +354,15 @@ fn service(id: &ObjectRef, s: &core::Service) -> Result<Service, String> {
     let cluster_ips = parse_ips("spec.clusterIPs", cluster_ip_strings)?;
     let external_ips = parse_ips("spec.externalIPs", spec.external_ips.iter().flatten())?;
     let ingress = s.status.as_ref().and_then(|st| st.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
-    let lb_ips = parse_ips("status.loadBalancer.ingress", ingress.into_iter().flatten().filter_map(|i| i.ip.as_ref()))?;
+    // `ipMode: Proxy` means the load balancer proxies to the NodePorts
+    // itself: kube-proxy does not capture its IP, and neither do we.
+    let lb_ips = parse_ips(
+        "status.loadBalancer.ingress",
+        ingress.into_iter().flatten().filter(|i| i.ip_mode.as_deref() != Some("Proxy")).filter_map(|i| i.ip.as_ref()),
+    )?;
+    if spec.load_balancer_source_ranges.as_ref().is_some_and(|r| !r.is_empty()) {
+        tracing::warn!(object = %id, "loadBalancerSourceRanges are not enforced yet: every client can reach this service's external frontends");
+    }
 
     let mut ports = Vec::new();
     let mut seen_names = BTreeSet::new();

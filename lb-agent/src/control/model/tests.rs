@@ -140,3 +140,12 @@ fn a_directory_loads_its_yaml_files_in_name_order() {
     assert!(Model::load(&dir.join("missing.yaml")).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn load_balancer_ips_in_proxy_mode_are_not_captured() {
+    let m = parse(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: ns}\nspec: {type: LoadBalancer, clusterIP: 10.96.1.1, ports: [{port: 80, nodePort: 30001}]}\n\
+         status: {loadBalancer: {ingress: [{ip: 203.0.113.1, ipMode: VIP}, {ip: 203.0.113.2, ipMode: Proxy}, {ip: 203.0.113.3}, {hostname: lb.example.com}]}}\n",
+    );
+    assert_eq!(m.services[&ObjectRef::new("ns", "a")].lb_ips, [Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(203, 0, 113, 3)]);
+}
