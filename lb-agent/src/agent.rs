@@ -40,7 +40,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let SourceSpec::File(path) = &args.inputs.source else {
         bail!("--source kube is not implemented yet; export the objects with `kubectl get svc,endpointslices,nodes -A -o yaml > objects.yaml` and use --source file:objects.yaml");
     };
-    let mut models = file::watch(path.clone()).with_context(|| format!("reading --source file:{}", path.display()))?;
+    let mut models = file::watch(path.clone())
+        .with_context(|| format!("reading --source file:{}", path.display()))?;
     tracing::debug!(metrics_addr = %args.metrics_addr, "metrics are not served yet");
 
     let sizes = MapSizes::default();
@@ -55,7 +56,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut dp = Dataplane::open(&args.pin_path)?;
     dp.set_config(&lb_common::Config::default())?;
     let current = dp.contents().context("reading the pinned maps")?;
-    tracing::info!(services = current.services.len(), backends = current.backends.len(), slots = current.slots.len(), "pinned maps found");
+    tracing::info!(
+        services = current.services.len(),
+        backends = current.backends.len(),
+        slots = current.slots.len(),
+        "pinned maps found"
+    );
     let mut ids = Ids::seeded(sizes.services, MAX_BACKEND_ID, &current);
     let cfg = plan_config(&args.inputs);
 
@@ -116,7 +122,10 @@ fn sync(dp: &mut Dataplane, model: &Model, cfg: &PlanConfig, ids: &mut Ids) -> b
             true
         }
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "sync failed; retrying in a second");
+            tracing::error!(
+                error = format!("{e:#}"),
+                "sync failed; retrying in a second"
+            );
             false
         }
     }

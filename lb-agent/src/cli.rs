@@ -1,5 +1,8 @@
 //! The command line: what a new user types, and what `--help` tells them.
-use std::{net::{Ipv4Addr, SocketAddr}, path::PathBuf};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lb_agent::control::{model::parse_algorithm, source::SourceSpec};
@@ -119,7 +122,9 @@ fn parse_algorithm_arg(s: &str) -> Result<u8, String> {
 
 /// The host name, as kubelet names its Node by default.
 fn default_node_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -136,15 +141,37 @@ mod tests {
     #[test]
     fn run_arguments_parse() {
         let cli = Cli::parse_from([
-            "lb-agent", "run", "--source", "file:/etc/xdplb", "--iface", "eth0", "--iface", "eth1",
-            "--pod-iface", "veth*", "--node-name", "n1", "--node-address", "10.0.0.1", "--xdp-mode", "generic",
-            "--default-algorithm", "round-robin", "--log-format", "json",
+            "lb-agent",
+            "run",
+            "--source",
+            "file:/etc/xdplb",
+            "--iface",
+            "eth0",
+            "--iface",
+            "eth1",
+            "--pod-iface",
+            "veth*",
+            "--node-name",
+            "n1",
+            "--node-address",
+            "10.0.0.1",
+            "--xdp-mode",
+            "generic",
+            "--default-algorithm",
+            "round-robin",
+            "--log-format",
+            "json",
         ]);
         assert_eq!(cli.log_format, LogFormat::Json);
-        let Command::Run(r) = cli.command else { panic!("not run") };
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
         assert_eq!(r.ifaces, ["eth0", "eth1"]);
         assert_eq!(r.inputs.node_addresses, [Ipv4Addr::new(10, 0, 0, 1)]);
-        assert_eq!(r.inputs.default_algorithm, lb_common::algorithm::ROUND_ROBIN);
+        assert_eq!(
+            r.inputs.default_algorithm,
+            lb_common::algorithm::ROUND_ROBIN
+        );
         assert_eq!(r.xdp_mode, XdpModeArg::Generic);
         assert_eq!(r.pin_path, PathBuf::from("/sys/fs/bpf/xdplb"));
     }
@@ -152,7 +179,18 @@ mod tests {
     #[test]
     fn bad_arguments_are_refused() {
         assert!(Cli::try_parse_from(["lb-agent", "plan", "--source", "http://x"]).is_err());
-        assert!(Cli::try_parse_from(["lb-agent", "plan", "--source", "file:x", "--default-algorithm", "maglev"]).is_err());
-        assert!(Cli::try_parse_from(["lb-agent", "run", "--source", "file:x"]).is_err(), "--iface is required");
+        assert!(Cli::try_parse_from([
+            "lb-agent",
+            "plan",
+            "--source",
+            "file:x",
+            "--default-algorithm",
+            "maglev"
+        ])
+        .is_err());
+        assert!(
+            Cli::try_parse_from(["lb-agent", "run", "--source", "file:x"]).is_err(),
+            "--iface is required"
+        );
     }
 }

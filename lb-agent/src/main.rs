@@ -41,10 +41,14 @@ fn plan_command(args: PlanArgs) -> Result<()> {
     let SourceSpec::File(path) = &args.inputs.source else {
         bail!("--source kube is not implemented yet; use --source file:<path>");
     };
-    let model = Model::load(path).with_context(|| format!("reading --source file:{}", path.display()))?;
+    let model =
+        Model::load(path).with_context(|| format!("reading --source file:{}", path.display()))?;
     // A fresh allocator: ids here are what an agent starting on empty maps
     // would use; a running agent's may differ.
-    let mut ids = Ids::new(lb_agent::loader::MapSizes::default().services, agent::MAX_BACKEND_ID);
+    let mut ids = Ids::new(
+        lb_agent::loader::MapSizes::default().services,
+        agent::MAX_BACKEND_ID,
+    );
     let p = plan(&model, &agent::plan_config(&args.inputs), &mut ids);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&p)?);

@@ -14,7 +14,10 @@ pub struct PodIfaces {
 
 impl PodIfaces {
     pub fn new(globs: Vec<String>) -> Self {
-        Self { globs, seen: BTreeSet::new() }
+        Self {
+            globs,
+            seen: BTreeSet::new(),
+        }
     }
 
     /// Attaches to matching interfaces not seen before; forgets vanished ones
@@ -24,7 +27,10 @@ impl PodIfaces {
             return;
         }
         let present: BTreeSet<String> = match std::fs::read_dir("/sys/class/net") {
-            Ok(d) => d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
+            Ok(d) => d
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "listing /sys/class/net failed");
                 return;
@@ -37,7 +43,9 @@ impl PodIfaces {
             }
             match loader::attach_pod_iface(ebpf, &iface) {
                 Ok(()) => tracing::info!(%iface, "attached tc to pod interface"),
-                Err(e) => tracing::warn!(%iface, error = format!("{e:#}"), "attaching to pod interface failed"),
+                Err(e) => {
+                    tracing::warn!(%iface, error = format!("{e:#}"), "attaching to pod interface failed")
+                }
             }
             self.seen.insert(iface);
         }

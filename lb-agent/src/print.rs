@@ -8,7 +8,15 @@ use lb_agent::control::plan::{BackendState, Plan};
 pub fn table(plan: &Plan) -> String {
     let mut out = String::new();
     let addrs: Vec<String> = plan.node_addresses.iter().map(|a| a.to_string()).collect();
-    let _ = writeln!(out, "node addresses (NodePorts): {}", if addrs.is_empty() { "none".into() } else { addrs.join(", ") });
+    let _ = writeln!(
+        out,
+        "node addresses (NodePorts): {}",
+        if addrs.is_empty() {
+            "none".into()
+        } else {
+            addrs.join(", ")
+        }
+    );
     let _ = writeln!(
         out,
         "{} service ids, {} frontends, {} backends, {} slots\n",
@@ -18,7 +26,11 @@ pub fn table(plan: &Plan) -> String {
         plan.contents.slots.len()
     );
     for s in &plan.services {
-        let port = if s.port_name.is_empty() { "-" } else { &s.port_name };
+        let port = if s.port_name.is_empty() {
+            "-"
+        } else {
+            &s.port_name
+        };
         let mut notes = vec![format!("id {}", s.id), s.algorithm.to_string()];
         if s.affinity_timeout_s > 0 {
             notes.push(format!("ClientIP affinity {}s", s.affinity_timeout_s));
@@ -29,9 +41,22 @@ pub fn table(plan: &Plan) -> String {
         if s.fallback_terminating {
             notes.push("no ready endpoint: using terminating ones".into());
         }
-        let _ = writeln!(out, "{}/{} port {} ({:?}; {})", s.namespace, s.name, port, s.scope, notes.join(", "));
+        let _ = writeln!(
+            out,
+            "{}/{} port {} ({:?}; {})",
+            s.namespace,
+            s.name,
+            port,
+            s.scope,
+            notes.join(", ")
+        );
         for f in &s.frontends {
-            let _ = writeln!(out, "  frontend  {:<24} {:?}", format!("{}:{}/{}", f.addr, f.port, f.proto.as_str()), f.kind);
+            let _ = writeln!(
+                out,
+                "  frontend  {:<24} {:?}",
+                format!("{}:{}/{}", f.addr, f.port, f.proto.as_str()),
+                f.kind
+            );
         }
         if s.backends.is_empty() {
             let _ = writeln!(out, "  (no endpoints: new connections are dropped)");
@@ -41,7 +66,9 @@ pub fn table(plan: &Plan) -> String {
                 BackendState::Active => "active",
                 BackendState::Terminating => "terminating",
             };
-            let slot = b.slot.map_or("existing flows only".to_string(), |s| format!("slot {s}"));
+            let slot = b
+                .slot
+                .map_or("existing flows only".to_string(), |s| format!("slot {s}"));
             let _ = writeln!(
                 out,
                 "  backend   {:<24} {:<12} {:<20} id {:<6} {}",
@@ -69,7 +96,10 @@ mod tests {
     fn the_table_shows_frontends_backends_and_their_state() {
         let mut m = Model::default();
         m.add_yaml(include_str!("../tests/data/cluster.yaml"), "test");
-        let cfg = PlanConfig { node_name: "node-a".into(), ..Default::default() };
+        let cfg = PlanConfig {
+            node_name: "node-a".into(),
+            ..Default::default()
+        };
         let text = super::table(&plan(&m, &cfg, &mut Ids::new(100, 1000)));
         for want in [
             "node addresses (NodePorts): 192.168.1.1",

@@ -28,9 +28,14 @@ fn agent_binary() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let target_dir = profile_dir.parent().expect("target dir");
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
     // Cheap when the binary is fresh; `cargo test -p xdplb-tests` alone does
     // not build other packages' binaries.
     // target/debug belongs to the `dev` profile; others use their own name.
@@ -39,7 +44,15 @@ fn agent_binary() -> PathBuf {
         Some(p) => p,
     };
     let status = Command::new(env!("CARGO"))
-        .args(["build", "-p", "lb-agent", "--bin", "lb-agent", "--profile", profile])
+        .args([
+            "build",
+            "-p",
+            "lb-agent",
+            "--bin",
+            "lb-agent",
+            "--profile",
+            profile,
+        ])
         .arg("--target-dir")
         .arg(target_dir)
         .current_dir(workspace)
@@ -66,12 +79,20 @@ impl Agent {
     /// hides /sys/fs/bpf, and the test must see the agent's pinned maps.
     fn start(node: &Netns, source_dir: &Path) -> Self {
         // Named after the objects directory, which is unique per test.
-        let tag = source_dir.file_name().and_then(|n| n.to_str()).unwrap_or("agent");
+        let tag = source_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("agent");
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{tag}"));
         let _ = std::fs::remove_dir_all(&pin_dir);
         let log = source_dir.with_extension("log");
         let child = spawn(node, &pin_dir, source_dir, &log);
-        Self { child, pin_dir, source_dir: source_dir.to_path_buf(), log }
+        Self {
+            child,
+            pin_dir,
+            source_dir: source_dir.to_path_buf(),
+            log,
+        }
     }
 
     /// Stops the agent with SIGTERM (as systemd or the kubelet would) and
@@ -81,7 +102,11 @@ impl Agent {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(pid, libc::SIGTERM) };
         let status = self.child.wait().expect("waiting for lb-agent");
-        assert!(status.success(), "lb-agent did not exit cleanly on SIGTERM ({status}):\n{}", self.log());
+        assert!(
+            status.success(),
+            "lb-agent did not exit cleanly on SIGTERM ({status}):\n{}",
+            self.log()
+        );
         self.child = spawn(node, &self.pin_dir, &self.source_dir, &self.log);
     }
 
@@ -94,7 +119,14 @@ impl Agent {
         self.log()
             .lines()
             .filter(|l| l.contains("synced"))
-            .filter_map(|l| l.split("writes=").nth(1)?.split_whitespace().next()?.parse().ok())
+            .filter_map(|l| {
+                l.split("writes=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
             .collect()
     }
 
@@ -109,7 +141,15 @@ fn spawn(node: &Netns, pin_dir: &Path, source_dir: &Path, log: &Path) -> Child {
     Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", node.name()))
         .arg(agent_binary())
-        .args(["run", "--iface", UPLINK, "--node-name", "node-0", "--node-address", &NODE_ADDR.to_string()])
+        .args([
+            "run",
+            "--iface",
+            UPLINK,
+            "--node-name",
+            "node-0",
+            "--node-address",
+            &NODE_ADDR.to_string(),
+        ])
         .arg("--pin-path")
         .arg(pin_dir)
         .arg(format!("--source=file:{}", source_dir.display()))
@@ -195,11 +235,21 @@ fn write(dir: &Path, name: &str, text: &str) {
 
 /// Slot count and backend addresses the agent has programmed for the ClusterIP.
 fn programmed(dp: &Dataplane) -> Option<(u32, Vec<Ipv4Addr>)> {
-    let key = ServiceKeyV4 { addr: CLUSTER_IP.octets(), port: 80u16.to_be_bytes(), proto: 6, scope: 0 };
+    let key = ServiceKeyV4 {
+        addr: CLUSTER_IP.octets(),
+        port: 80u16.to_be_bytes(),
+        proto: 6,
+        scope: 0,
+    };
     let c = dp.contents().ok()?;
     let svc = c.services.get(&key)?;
     let backends = (1..=svc.count)
-        .filter_map(|slot| c.slots.get(&lb_common::SlotKey { service_id: svc.id, slot }))
+        .filter_map(|slot| {
+            c.slots.get(&lb_common::SlotKey {
+                service_id: svc.id,
+                slot,
+            })
+        })
         .filter_map(|id| c.backends.get(id))
         .map(|b| Ipv4Addr::from(b.addr))
         .collect();
@@ -223,7 +273,9 @@ fn tally(ns: &Netns, to: SocketAddr, n: usize) -> BTreeMap<String, usize> {
 /// the service programmed.
 fn setup(slice_ids: &[usize]) -> (Topology, Vec<Server>, Agent, Dataplane) {
     let t = Topology::new(3);
-    let servers: Vec<Server> = (0..3).map(|i| Server::start(&t.backends[i], 8080, &format!("backend-{i}"))).collect();
+    let servers: Vec<Server> = (0..3)
+        .map(|i| Server::start(&t.backends[i], 8080, &format!("backend-{i}")))
+        .collect();
     // Tests run in parallel threads of one process: one directory each.
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -240,11 +292,22 @@ fn setup(slice_ids: &[usize]) -> (Topology, Vec<Server>, Agent, Dataplane) {
         agent.assert_alive();
         Dataplane::open(&agent.pin_dir).is_ok()
     });
-    assert!(pinned, "the agent pinned no maps within 60 s:\n{}", agent.log());
+    assert!(
+        pinned,
+        "the agent pinned no maps within 60 s:\n{}",
+        agent.log()
+    );
     let dp = Dataplane::open(&agent.pin_dir).expect("opening the agent's maps");
     let n = slice_ids.len() as u32;
-    let ok = wait_for(Duration::from_secs(10), || programmed(&dp).is_some_and(|(c, b)| c == n && b.len() == n as usize));
-    assert!(ok, "the service never reached the maps: {:?}\n{}", programmed(&dp), agent.log());
+    let ok = wait_for(Duration::from_secs(10), || {
+        programmed(&dp).is_some_and(|(c, b)| c == n && b.len() == n as usize)
+    });
+    assert!(
+        ok,
+        "the service never reached the maps: {:?}\n{}",
+        programmed(&dp),
+        agent.log()
+    );
     (t, servers, agent, dp)
 }
 
@@ -264,7 +327,11 @@ fn agent_programs_yaml_objects_and_follows_an_endpoint_slice_edit() {
         let n = before.get(&format!("backend-{i}")).copied().unwrap_or(0);
         assert!(n > 0, "backend-{i} got no request: {before:?}");
     }
-    assert_eq!(before.values().copied().collect::<Vec<_>>(), [10, 10, 10], "round-robin from the annotation: {before:?}");
+    assert_eq!(
+        before.values().copied().collect::<Vec<_>>(),
+        [10, 10, 10],
+        "round-robin from the annotation: {before:?}"
+    );
     // NodePort on the node address works too.
     let np = tally(&t.client, SocketAddr::from((NODE_ADDR, 30080)), 6);
     assert_eq!(np.values().sum::<usize>(), 6, "{np:?}");
@@ -272,18 +339,37 @@ fn agent_programs_yaml_objects_and_follows_an_endpoint_slice_edit() {
     // backend-2 leaves the slice.
     let syncs_before = agent.sync_writes().len();
     write(&agent.source_dir, "slice.yaml", &slice(&[0, 1]));
-    let ok = wait_for(Duration::from_secs(5), || programmed(&dp).is_some_and(|(n, b)| n == 2 && !b.contains(&backend_addr(2))));
-    assert!(ok, "the edit never reached the maps: {:?}\n{}", programmed(&dp), agent.log());
+    let ok = wait_for(Duration::from_secs(5), || {
+        programmed(&dp).is_some_and(|(n, b)| n == 2 && !b.contains(&backend_addr(2)))
+    });
+    assert!(
+        ok,
+        "the edit never reached the maps: {:?}\n{}",
+        programmed(&dp),
+        agent.log()
+    );
     agent.assert_alive();
     let after = tally(&t.client, to, 30);
     assert_eq!(after.values().sum::<usize>(), 30, "{after:?}");
-    assert_eq!(after.get("backend-2"), None, "the removed backend got new connections: {after:?}");
-    assert_eq!(after.values().copied().collect::<Vec<_>>(), [15, 15], "{after:?}");
+    assert_eq!(
+        after.get("backend-2"),
+        None,
+        "the removed backend got new connections: {after:?}"
+    );
+    assert_eq!(
+        after.values().copied().collect::<Vec<_>>(),
+        [15, 15],
+        "{after:?}"
+    );
 
     // The edit cost a handful of writes: backend-2's entry, its slot, and the
     // count of the two frontends (ClusterIP, NodePort) — not a rewrite.
     let writes = agent.sync_writes();
-    assert!(writes.len() > syncs_before, "no sync logged after the edit:\n{}", agent.log());
+    assert!(
+        writes.len() > syncs_before,
+        "no sync logged after the edit:\n{}",
+        agent.log()
+    );
     let last = *writes.last().expect("a sync");
     assert_eq!(last, 4, "writes per sync {writes:?}:\n{}", agent.log());
 }
@@ -298,8 +384,17 @@ fn a_restarted_agent_adopts_the_pinned_maps_without_a_write() {
         !agent.sync_writes().is_empty()
     });
     assert!(synced, "the restarted agent never synced:\n{}", agent.log());
-    assert_eq!(agent.sync_writes(), [0], "the first sync after a restart rewrites nothing:\n{}", agent.log());
-    assert_eq!(dp.contents().expect("reading maps"), contents, "same ids, same slots");
+    assert_eq!(
+        agent.sync_writes(),
+        [0],
+        "the first sync after a restart rewrites nothing:\n{}",
+        agent.log()
+    );
+    assert_eq!(
+        dp.contents().expect("reading maps"),
+        contents,
+        "same ids, same slots"
+    );
     // The restarted agent has attached again: traffic flows.
     let got = tally(&t.client, SocketAddr::from((CLUSTER_IP, 80)), 9);
     assert_eq!(got.len(), 3, "{got:?}");
@@ -310,7 +405,11 @@ fn hostile_and_broken_files_leave_the_programmed_service_alone() {
     let (t, _servers, mut agent, dp) = setup(&[0, 1]);
     let contents = dp.contents().expect("reading maps");
     let syncs = agent.sync_writes().len();
-    write(&agent.source_dir, "zz-broken.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: x\n  - [unclosed\n");
+    write(
+        &agent.source_dir,
+        "zz-broken.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: x\n  - [unclosed\n",
+    );
     write(
         &agent.source_dir,
         "zz-hostile.yaml",
@@ -326,7 +425,10 @@ fn hostile_and_broken_files_leave_the_programmed_service_alone() {
     assert_eq!(agent.sync_writes().last(), Some(&0), "{}", agent.log());
     assert_eq!(dp.contents().expect("reading maps"), contents);
     let log = agent.log();
-    assert!(log.contains("shop/evil") && log.contains("shop/web-evil"), "warnings name the objects:\n{log}");
+    assert!(
+        log.contains("shop/evil") && log.contains("shop/web-evil"),
+        "warnings name the objects:\n{log}"
+    );
     let got = tally(&t.client, SocketAddr::from((CLUSTER_IP, 80)), 6);
     assert_eq!(got.values().sum::<usize>(), 6, "{got:?}");
 }

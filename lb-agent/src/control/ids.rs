@@ -65,7 +65,11 @@ struct IdSpace {
 
 impl IdSpace {
     fn new(max: u32) -> Self {
-        Self { next: 1, max: max.max(1), used: BTreeSet::new() }
+        Self {
+            next: 1,
+            max: max.max(1),
+            used: BTreeSet::new(),
+        }
     }
 
     fn alloc(&mut self) -> Option<u32> {
@@ -155,9 +159,15 @@ impl Ids {
         for (id, b) in &current.backends {
             let (addr, port) = (Ipv4Addr::from(b.addr), u16::from_be_bytes(b.port));
             // A backend no slot names (a terminating one) has no known protocol.
-            let protos = protos_of_backend.get(id).cloned().unwrap_or_else(|| [None].into());
+            let protos = protos_of_backend
+                .get(id)
+                .cloned()
+                .unwrap_or_else(|| [None].into());
             for p in protos {
-                ids.backend_hints.entry((addr, port, p)).or_default().push(*id);
+                ids.backend_hints
+                    .entry((addr, port, p))
+                    .or_default()
+                    .push(*id);
             }
             if ids.backends.claim(*id) {
                 ids.unclaimed_backends.insert(*id);
@@ -218,15 +228,26 @@ impl Ids {
     /// a hole left over takes the last slot's backend. Remembered for next time.
     pub fn slots(&mut self, service_id: u32, want: &[BackendId]) -> Vec<BackendId> {
         let wanted: BTreeSet<BackendId> = want.iter().copied().collect();
-        let prev = self.slot_order.get(&service_id).cloned().unwrap_or_default();
-        let mut order: Vec<Option<BackendId>> = prev.iter().map(|b| wanted.contains(b).then_some(*b)).collect();
+        let prev = self
+            .slot_order
+            .get(&service_id)
+            .cloned()
+            .unwrap_or_default();
+        let mut order: Vec<Option<BackendId>> = prev
+            .iter()
+            .map(|b| wanted.contains(b).then_some(*b))
+            .collect();
         let kept: BTreeSet<BackendId> = order.iter().flatten().copied().collect();
-        let mut newcomers = want.iter().copied().filter(|b| !kept.contains(b)).fold(Vec::new(), |mut v, b| {
-            if !v.contains(&b) {
-                v.push(b);
-            }
-            v
-        });
+        let mut newcomers =
+            want.iter()
+                .copied()
+                .filter(|b| !kept.contains(b))
+                .fold(Vec::new(), |mut v, b| {
+                    if !v.contains(&b) {
+                        v.push(b);
+                    }
+                    v
+                });
         newcomers.reverse(); // popped from the back, so the first comes first
         for slot in order.iter_mut().filter(|s| s.is_none()) {
             match newcomers.pop() {
@@ -241,7 +262,9 @@ impl Ids {
             while order.last() == Some(&None) {
                 order.pop();
             }
-            let Some(hole) = order.iter().position(|s| s.is_none()) else { break };
+            let Some(hole) = order.iter().position(|s| s.is_none()) else {
+                break;
+            };
             order[hole] = order.pop().flatten();
         }
         let order: Vec<BackendId> = order.into_iter().flatten().collect();
@@ -273,10 +296,19 @@ mod tests {
     use super::*;
 
     fn skey(name: &str) -> ServiceIdKey {
-        ServiceIdKey { object: ObjectRef::new("default", name), port_name: String::new(), proto: Proto::Tcp, scope: Scope::Internal }
+        ServiceIdKey {
+            object: ObjectRef::new("default", name),
+            port_name: String::new(),
+            proto: Proto::Tcp,
+            scope: Scope::Internal,
+        }
     }
     fn bkey(last: u8) -> BackendIdKey {
-        BackendIdKey { addr: Ipv4Addr::new(10, 0, 0, last), port: 8080, proto: Proto::Tcp }
+        BackendIdKey {
+            addr: Ipv4Addr::new(10, 0, 0, last),
+            port: 8080,
+            proto: Proto::Tcp,
+        }
     }
 
     #[test]
@@ -304,15 +336,47 @@ mod tests {
     #[test]
     fn seeding_adopts_the_ids_in_the_maps() {
         let mut cur = MapContents::default();
-        let fe = ServiceKeyV4 { addr: [10, 96, 0, 10], port: 80u16.to_be_bytes(), proto: 6, scope: 0 };
-        cur.services.insert(fe, ServiceV4 { id: 7, count: 1, ..Default::default() });
-        cur.backends.insert(42, BackendV4 { addr: [10, 0, 0, 1], port: 8080u16.to_be_bytes(), weight: 1, ..Default::default() });
-        cur.slots.insert(SlotKey { service_id: 7, slot: 1 }, 42);
+        let fe = ServiceKeyV4 {
+            addr: [10, 96, 0, 10],
+            port: 80u16.to_be_bytes(),
+            proto: 6,
+            scope: 0,
+        };
+        cur.services.insert(
+            fe,
+            ServiceV4 {
+                id: 7,
+                count: 1,
+                ..Default::default()
+            },
+        );
+        cur.backends.insert(
+            42,
+            BackendV4 {
+                addr: [10, 0, 0, 1],
+                port: 8080u16.to_be_bytes(),
+                weight: 1,
+                ..Default::default()
+            },
+        );
+        cur.slots.insert(
+            SlotKey {
+                service_id: 7,
+                slot: 1,
+            },
+            42,
+        );
         let mut ids = Ids::seeded(100, 1000, &cur);
         assert_eq!(ids.service(&skey("web"), &[fe]), Some(7));
         assert_eq!(ids.backend(bkey(1)), Some(42));
         // Same address and port over UDP is another backend.
-        assert_eq!(ids.backend(BackendIdKey { proto: Proto::Udp, ..bkey(1) }), Some(43));
+        assert_eq!(
+            ids.backend(BackendIdKey {
+                proto: Proto::Udp,
+                ..bkey(1)
+            }),
+            Some(43)
+        );
         // New ids continue after the highest seeded one.
         assert_eq!(ids.service(&skey("other"), &[]), Some(8));
         assert_eq!(ids.slots(7, &[42]), vec![42]);

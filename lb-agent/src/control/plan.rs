@@ -21,7 +21,9 @@ use serde::Serialize;
 
 use super::{
     ids::{BackendIdKey, Ids, Scope, ServiceIdKey},
-    model::{algorithm_name, Model, ObjectRef, Proto, Service, ServicePort, ServiceType, MAX_ENDPOINTS},
+    model::{
+        algorithm_name, Model, ObjectRef, Proto, Service, ServicePort, ServiceType, MAX_ENDPOINTS,
+    },
 };
 use crate::diff::MapContents;
 
@@ -117,21 +119,40 @@ struct Candidate {
 /// allocator state give the same plan (and the same allocator state after).
 pub fn plan(model: &Model, cfg: &PlanConfig, ids: &mut Ids) -> Plan {
     let node_addresses = if cfg.node_addresses.is_empty() {
-        model.nodes.get(&cfg.node_name).map(|n| n.addresses.clone()).unwrap_or_default()
+        model
+            .nodes
+            .get(&cfg.node_name)
+            .map(|n| n.addresses.clone())
+            .unwrap_or_default()
     } else {
         cfg.node_addresses.clone()
     };
     let mut slices_of: BTreeMap<(&str, &str), Vec<&super::model::Slice>> = BTreeMap::new();
     for (id, s) in &model.slices {
-        slices_of.entry((id.namespace.as_str(), s.service.as_str())).or_default().push(s);
+        slices_of
+            .entry((id.namespace.as_str(), s.service.as_str()))
+            .or_default()
+            .push(s);
     }
 
-    let mut p = Planner { cfg, ids, plan: Plan { node_addresses, ..Default::default() }, used_services: BTreeSet::new(), used_backends: BTreeSet::new() };
+    let mut p = Planner {
+        cfg,
+        ids,
+        plan: Plan {
+            node_addresses,
+            ..Default::default()
+        },
+        used_services: BTreeSet::new(),
+        used_backends: BTreeSet::new(),
+    };
     for (id, svc) in &model.services {
         if svc.service_type == ServiceType::ExternalName {
             continue;
         }
-        let slices = slices_of.get(&(id.namespace.as_str(), id.name.as_str())).map(Vec::as_slice).unwrap_or_default();
+        let slices = slices_of
+            .get(&(id.namespace.as_str(), id.name.as_str()))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         for port in &svc.ports {
             let candidates = candidates(slices, port);
             if candidates.len() > MAX_ENDPOINTS {
@@ -154,7 +175,13 @@ fn candidates(slices: &[&super::model::Slice], port: &ServicePort) -> Vec<Candid
     for s in slices {
         // Named targetPorts resolve per slice: each slice says which number
         // the service port's name means for its endpoints.
-        let Some(sp) = s.ports.iter().find(|sp| sp.name == port.name && sp.proto == port.proto) else { continue };
+        let Some(sp) = s
+            .ports
+            .iter()
+            .find(|sp| sp.name == port.name && sp.proto == port.proto)
+        else {
+            continue;
+        };
         for e in &s.endpoints {
             let c = Candidate {
                 addr: e.addr,
@@ -185,32 +212,90 @@ struct Planner<'a> {
 }
 
 impl Planner<'_> {
-    fn port(&mut self, id: &ObjectRef, svc: &Service, port: &ServicePort, candidates: &[Candidate]) {
-        let fe = |addr, port_no, kind| Frontend { addr, port: port_no, proto: port.proto, kind };
-        let internal: Vec<Frontend> = svc.cluster_ips.iter().map(|a| fe(*a, port.port, FrontendKind::ClusterIP)).collect();
+    fn port(
+        &mut self,
+        id: &ObjectRef,
+        svc: &Service,
+        port: &ServicePort,
+        candidates: &[Candidate],
+    ) {
+        let fe = |addr, port_no, kind| Frontend {
+            addr,
+            port: port_no,
+            proto: port.proto,
+            kind,
+        };
+        let internal: Vec<Frontend> = svc
+            .cluster_ips
+            .iter()
+            .map(|a| fe(*a, port.port, FrontendKind::ClusterIP))
+            .collect();
         let mut external = Vec::new();
-        if matches!(svc.service_type, ServiceType::NodePort | ServiceType::LoadBalancer) {
+        if matches!(
+            svc.service_type,
+            ServiceType::NodePort | ServiceType::LoadBalancer
+        ) {
             if let Some(np) = port.node_port {
-                external.extend(self.plan.node_addresses.iter().map(|a| fe(*a, np, FrontendKind::NodePort)));
+                external.extend(
+                    self.plan
+                        .node_addresses
+                        .iter()
+                        .map(|a| fe(*a, np, FrontendKind::NodePort)),
+                );
             }
         }
         if svc.service_type == ServiceType::LoadBalancer {
-            external.extend(svc.lb_ips.iter().map(|a| fe(*a, port.port, FrontendKind::LoadBalancer)));
+            external.extend(
+                svc.lb_ips
+                    .iter()
+                    .map(|a| fe(*a, port.port, FrontendKind::LoadBalancer)),
+            );
         }
-        external.extend(svc.external_ips.iter().map(|a| fe(*a, port.port, FrontendKind::ExternalIP)));
+        external.extend(
+            svc.external_ips
+                .iter()
+                .map(|a| fe(*a, port.port, FrontendKind::ExternalIP)),
+        );
 
         if svc.internal_local == svc.external_local {
             let all = internal.into_iter().chain(external).collect();
-            self.group(id, svc, port, Scope::Internal, all, svc.internal_local, candidates);
+            self.group(
+                id,
+                svc,
+                port,
+                Scope::Internal,
+                all,
+                svc.internal_local,
+                candidates,
+            );
         } else {
-            self.group(id, svc, port, Scope::Internal, internal, svc.internal_local, candidates);
-            self.group(id, svc, port, Scope::External, external, svc.external_local, candidates);
+            self.group(
+                id,
+                svc,
+                port,
+                Scope::Internal,
+                internal,
+                svc.internal_local,
+                candidates,
+            );
+            self.group(
+                id,
+                svc,
+                port,
+                Scope::External,
+                external,
+                svc.external_local,
+                candidates,
+            );
         }
     }
 
     /// One service id: `frontends` balanced over `candidates` (only this
     /// node's when `local_only`).
-    #[allow(clippy::too_many_arguments, reason = "one call site per scope; a struct would only rename the arguments")]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one call site per scope; a struct would only rename the arguments"
+    )]
     fn group(
         &mut self,
         id: &ObjectRef,
@@ -234,7 +319,12 @@ impl Planner<'_> {
             return;
         }
         let keys: Vec<ServiceKeyV4> = frontends.iter().map(map_key).collect();
-        let key = ServiceIdKey { object: id.clone(), port_name: port.name.clone(), proto: port.proto, scope };
+        let key = ServiceIdKey {
+            object: id.clone(),
+            port_name: port.name.clone(),
+            proto: port.proto,
+            scope,
+        };
         let Some(service_id) = self.ids.service(&key, &keys) else {
             tracing::warn!(object = %id, port = %port.name, "no free service id (raise the services map size); skipped");
             return;
@@ -247,28 +337,54 @@ impl Planner<'_> {
             .collect();
         let ready: Vec<&Candidate> = eligible.iter().copied().filter(|c| c.ready).collect();
         let (slotted, fallback) = if ready.is_empty() {
-            let f: Vec<&Candidate> = eligible.iter().copied().filter(|c| c.serving && c.terminating).collect();
+            let f: Vec<&Candidate> = eligible
+                .iter()
+                .copied()
+                .filter(|c| c.serving && c.terminating)
+                .collect();
             let fallback = !f.is_empty();
             (f, fallback)
         } else {
             (ready, false)
         };
         // Terminating endpoints without a slot keep their existing flows.
-        let in_slots: BTreeSet<(Ipv4Addr, u16)> = slotted.iter().map(|c| (c.addr, c.port)).collect();
-        let draining: Vec<&Candidate> =
-            eligible.iter().copied().filter(|c| c.terminating && !in_slots.contains(&(c.addr, c.port))).collect();
+        let in_slots: BTreeSet<(Ipv4Addr, u16)> =
+            slotted.iter().map(|c| (c.addr, c.port)).collect();
+        let draining: Vec<&Candidate> = eligible
+            .iter()
+            .copied()
+            .filter(|c| c.terminating && !in_slots.contains(&(c.addr, c.port)))
+            .collect();
 
         let mut backends = Vec::new();
         let mut slot_ids = Vec::new();
-        for (c, takes_new) in slotted.iter().map(|c| (*c, true)).chain(draining.iter().map(|c| (*c, false))) {
-            let bkey = BackendIdKey { addr: c.addr, port: c.port, proto: port.proto };
+        for (c, takes_new) in slotted
+            .iter()
+            .map(|c| (*c, true))
+            .chain(draining.iter().map(|c| (*c, false)))
+        {
+            let bkey = BackendIdKey {
+                addr: c.addr,
+                port: c.port,
+                proto: port.proto,
+            };
             let Some(bid) = self.ids.backend(bkey) else {
                 tracing::warn!(object = %id, backend = %format!("{}:{}", c.addr, c.port), "no free backend id; skipped");
                 continue;
             };
             self.used_backends.insert(bkey);
-            let state = if c.terminating { backend_state::TERMINATING } else { backend_state::ACTIVE };
-            let value = BackendV4 { addr: c.addr.octets(), port: c.port.to_be_bytes(), weight: 1, state, _pad: [0; 3] };
+            let state = if c.terminating {
+                backend_state::TERMINATING
+            } else {
+                backend_state::ACTIVE
+            };
+            let value = BackendV4 {
+                addr: c.addr.octets(),
+                port: c.port.to_be_bytes(),
+                weight: 1,
+                state,
+                _pad: [0; 3],
+            };
             // A backend shared by services is one entry; "active" wins if views differ.
             self.plan
                 .contents
@@ -283,16 +399,27 @@ impl Planner<'_> {
                 id: bid,
                 addr: c.addr,
                 port: c.port,
-                state: if c.terminating { BackendState::Terminating } else { BackendState::Active },
+                state: if c.terminating {
+                    BackendState::Terminating
+                } else {
+                    BackendState::Active
+                },
                 slot: None,
                 node_name: c.node_name.clone(),
             });
         }
         let order = self.ids.slots(service_id, &slot_ids);
-        let index: BTreeMap<u32, usize> = backends.iter().enumerate().map(|(i, b)| (b.id, i)).collect();
+        let index: BTreeMap<u32, usize> = backends
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.id, i))
+            .collect();
         for (i, bid) in order.iter().enumerate() {
             let slot = i as u32 + 1;
-            self.plan.contents.slots.insert(SlotKey { service_id, slot }, *bid);
+            self.plan
+                .contents
+                .slots
+                .insert(SlotKey { service_id, slot }, *bid);
             if let Some(b) = index.get(bid).and_then(|i| backends.get_mut(*i)) {
                 b.slot = Some(slot);
             }
@@ -300,7 +427,11 @@ impl Planner<'_> {
         backends.sort_by_key(|b| (b.slot.is_none(), b.slot, b.addr, b.port));
 
         let algorithm = svc.algorithm.unwrap_or(self.cfg.default_algorithm);
-        let flags = if fallback { service_flags::FALLBACK_TERMINATING } else { 0 };
+        let flags = if fallback {
+            service_flags::FALLBACK_TERMINATING
+        } else {
+            0
+        };
         let value = ServiceV4 {
             id: service_id,
             count: order.len() as u32,
@@ -329,9 +460,13 @@ impl Planner<'_> {
 }
 
 fn map_key(f: &Frontend) -> ServiceKeyV4 {
-    ServiceKeyV4 { addr: f.addr.octets(), port: f.port.to_be_bytes(), proto: f.proto.number(), scope: 0 }
+    ServiceKeyV4 {
+        addr: f.addr.octets(),
+        port: f.port.to_be_bytes(),
+        proto: f.proto.number(),
+        scope: 0,
+    }
 }
-
 
 #[cfg(test)]
 mod tests;

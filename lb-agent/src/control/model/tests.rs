@@ -14,17 +14,35 @@ pub(crate) fn parse(text: &str) -> Model {
 fn a_kubectl_list_parses_into_services_slices_and_nodes() {
     let m = parse(CLUSTER);
     let names: Vec<String> = m.services.keys().map(|k| k.to_string()).collect();
-    assert_eq!(names, ["default/kubernetes", "kube-system/kube-dns", "shop/web"]);
+    assert_eq!(
+        names,
+        ["default/kubernetes", "kube-system/kube-dns", "shop/web"]
+    );
     // The IPv6 slice is left out; the ConfigMap is skipped.
     assert_eq!(m.slices.len(), 3);
     assert_eq!(m.nodes.len(), 2);
-    assert_eq!(m.nodes["node-a"].addresses, [Ipv4Addr::new(192, 168, 1, 1)], "IPv4 InternalIP only, no Hostname");
-    assert_eq!(m.nodes["node-b"].addresses, [Ipv4Addr::new(192, 168, 1, 2), Ipv4Addr::new(203, 0, 113, 7)]);
+    assert_eq!(
+        m.nodes["node-a"].addresses,
+        [Ipv4Addr::new(192, 168, 1, 1)],
+        "IPv4 InternalIP only, no Hostname"
+    );
+    assert_eq!(
+        m.nodes["node-b"].addresses,
+        [Ipv4Addr::new(192, 168, 1, 2), Ipv4Addr::new(203, 0, 113, 7)]
+    );
 
     let web = &m.services[&ObjectRef::new("shop", "web")];
     assert_eq!(web.service_type, ServiceType::NodePort);
     assert_eq!(web.cluster_ips, [Ipv4Addr::new(10, 96, 0, 10)]);
-    assert_eq!(web.ports, [ServicePort { name: "http".into(), port: 80, node_port: Some(30080), proto: Proto::Tcp }]);
+    assert_eq!(
+        web.ports,
+        [ServicePort {
+            name: "http".into(),
+            port: 80,
+            node_port: Some(30080),
+            proto: Proto::Tcp
+        }]
+    );
     assert_eq!(web.affinity_timeout_s, 600);
     assert_eq!(web.algorithm, Some(algorithm::ROUND_ROBIN));
     let dns = &m.services[&ObjectRef::new("kube-system", "kube-dns")];
@@ -35,7 +53,10 @@ fn a_kubectl_list_parses_into_services_slices_and_nodes() {
     assert_eq!(slice.service, "web");
     assert_eq!(slice.endpoints.len(), 4);
     let e = &slice.endpoints[2];
-    assert_eq!((e.addr, e.ready, e.serving, e.terminating), (Ipv4Addr::new(10, 244, 1, 11), false, true, true));
+    assert_eq!(
+        (e.addr, e.ready, e.serving, e.terminating),
+        (Ipv4Addr::new(10, 244, 1, 11), false, true, true)
+    );
     assert_eq!(e.node_name.as_deref(), Some("node-a"));
 }
 
@@ -51,14 +72,25 @@ fn multi_document_yaml_and_unset_conditions() {
     assert_eq!(s.ports[0].proto, Proto::Tcp, "protocol defaults to TCP");
     assert_eq!(s.affinity_timeout_s, 0);
     let e = &m.slices[&ObjectRef::new("ns", "a-1")].endpoints;
-    assert_eq!((e[0].ready, e[0].serving, e[0].terminating), (true, true, false), "unset ready means ready");
-    assert_eq!((e[1].ready, e[1].serving), (false, false), "unset serving follows ready");
+    assert_eq!(
+        (e[0].ready, e[0].serving, e[0].terminating),
+        (true, true, false),
+        "unset ready means ready"
+    );
+    assert_eq!(
+        (e[1].ready, e[1].serving),
+        (false, false),
+        "unset serving follows ready"
+    );
 }
 
 #[test]
 fn client_ip_affinity_defaults_to_three_hours() {
     let m = parse("apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: ns}\nspec: {clusterIP: 10.96.1.1, sessionAffinity: ClientIP, ports: [{port: 80}]}\n");
-    assert_eq!(m.services[&ObjectRef::new("ns", "a")].affinity_timeout_s, 10_800);
+    assert_eq!(
+        m.services[&ObjectRef::new("ns", "a")].affinity_timeout_s,
+        10_800
+    );
 }
 
 #[test]
@@ -68,9 +100,18 @@ fn headless_dual_stack_and_external_name_services() {
          ---\napiVersion: v1\nkind: Service\nmetadata: {name: dual, namespace: ns}\nspec: {clusterIPs: ['fd00::10', 10.96.1.2], ports: [{port: 80}]}\n\
          ---\napiVersion: v1\nkind: Service\nmetadata: {name: ext, namespace: ns}\nspec: {type: ExternalName, externalName: example.com}\n",
     );
-    assert!(m.services[&ObjectRef::new("ns", "headless")].cluster_ips.is_empty());
-    assert_eq!(m.services[&ObjectRef::new("ns", "dual")].cluster_ips, [Ipv4Addr::new(10, 96, 1, 2)], "IPv6 ClusterIP left out");
-    assert_eq!(m.services[&ObjectRef::new("ns", "ext")].service_type, ServiceType::ExternalName);
+    assert!(m.services[&ObjectRef::new("ns", "headless")]
+        .cluster_ips
+        .is_empty());
+    assert_eq!(
+        m.services[&ObjectRef::new("ns", "dual")].cluster_ips,
+        [Ipv4Addr::new(10, 96, 1, 2)],
+        "IPv6 ClusterIP left out"
+    );
+    assert_eq!(
+        m.services[&ObjectRef::new("ns", "ext")].service_type,
+        ServiceType::ExternalName
+    );
 }
 
 /// Every object here is broken in one way; `good` in between must survive.
@@ -82,7 +123,16 @@ fn hostile_objects_are_skipped_and_the_rest_kept() {
     let slice = |name: &str, body: &str| {
         format!("---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: ns, labels: {{kubernetes.io/service-name: good}}}}\n{body}\n")
     };
-    let many: Vec<String> = (0..10_001).map(|i| format!("{{addresses: [10.{}.{}.{}]}}", i / 65536, (i / 256) % 256, i % 256)).collect();
+    let many: Vec<String> = (0..10_001)
+        .map(|i| {
+            format!(
+                "{{addresses: [10.{}.{}.{}]}}",
+                i / 65536,
+                (i / 256) % 256,
+                i % 256
+            )
+        })
+        .collect();
     let text = [
         svc("bad-ip", "{clusterIP: 10.96.0.300, ports: [{port: 80}]}"),
         svc("port-range", "{clusterIP: 10.96.0.2, ports: [{port: 70000}]}"),
@@ -109,7 +159,11 @@ fn hostile_objects_are_skipped_and_the_rest_kept() {
     let m = parse(&text);
     let names: Vec<String> = m.services.keys().map(|k| k.name.clone()).collect();
     assert_eq!(names, ["good"]);
-    assert_eq!(m.services[&ObjectRef::new("ns", "good")].ports.len(), 1, "the SCTP port is skipped, the service kept");
+    assert_eq!(
+        m.services[&ObjectRef::new("ns", "good")].ports.len(),
+        1,
+        "the SCTP port is skipped, the service kept"
+    );
     let slices: Vec<String> = m.slices.keys().map(|k| k.name.clone()).collect();
     assert_eq!(slices, ["good-1"]);
 }
@@ -131,12 +185,18 @@ fn a_directory_loads_its_yaml_files_in_name_order() {
     let dir = std::env::temp_dir().join(format!("lb-agent-model-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let svc = |ip: &str| format!("apiVersion: v1\nkind: Service\nmetadata: {{name: a, namespace: ns}}\nspec: {{clusterIP: {ip}, ports: [{{port: 80}}]}}\n");
+    let svc = |ip: &str| {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: a, namespace: ns}}\nspec: {{clusterIP: {ip}, ports: [{{port: 80}}]}}\n")
+    };
     std::fs::write(dir.join("1.yaml"), svc("10.96.0.1")).unwrap();
     std::fs::write(dir.join("2.yml"), svc("10.96.0.2")).unwrap();
     std::fs::write(dir.join("3.json"), svc("10.96.0.3")).unwrap();
     let m = Model::load(&dir).expect("load");
-    assert_eq!(m.services[&ObjectRef::new("ns", "a")].cluster_ips, [Ipv4Addr::new(10, 96, 0, 2)], "the later file wins");
+    assert_eq!(
+        m.services[&ObjectRef::new("ns", "a")].cluster_ips,
+        [Ipv4Addr::new(10, 96, 0, 2)],
+        "the later file wins"
+    );
     assert!(Model::load(&dir.join("missing.yaml")).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -147,5 +207,8 @@ fn load_balancer_ips_in_proxy_mode_are_not_captured() {
         "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: ns}\nspec: {type: LoadBalancer, clusterIP: 10.96.1.1, ports: [{port: 80, nodePort: 30001}]}\n\
          status: {loadBalancer: {ingress: [{ip: 203.0.113.1, ipMode: VIP}, {ip: 203.0.113.2, ipMode: Proxy}, {ip: 203.0.113.3}, {hostname: lb.example.com}]}}\n",
     );
-    assert_eq!(m.services[&ObjectRef::new("ns", "a")].lb_ips, [Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(203, 0, 113, 3)]);
+    assert_eq!(
+        m.services[&ObjectRef::new("ns", "a")].lb_ips,
+        [Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(203, 0, 113, 3)]
+    );
 }

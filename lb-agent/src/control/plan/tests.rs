@@ -9,7 +9,11 @@ use crate::{
 };
 
 fn cfg() -> PlanConfig {
-    PlanConfig { node_name: "node-a".into(), node_addresses: Vec::new(), default_algorithm: algorithm::RANDOM }
+    PlanConfig {
+        node_name: "node-a".into(),
+        node_addresses: Vec::new(),
+        default_algorithm: algorithm::RANDOM,
+    }
 }
 
 fn ids() -> Ids {
@@ -28,11 +32,20 @@ fn svc<'a>(p: &'a Plan, name: &str, port: &str, scope: Scope) -> &'a PlannedServ
 }
 
 fn key(addr: [u8; 4], port: u16, proto: u8) -> ServiceKeyV4 {
-    ServiceKeyV4 { addr, port: port.to_be_bytes(), proto, scope: 0 }
+    ServiceKeyV4 {
+        addr,
+        port: port.to_be_bytes(),
+        proto,
+        scope: 0,
+    }
 }
 
 fn addrs(s: &PlannedService, slotted: bool) -> Vec<String> {
-    s.backends.iter().filter(|b| b.slot.is_some() == slotted).map(|b| format!("{}:{}", b.addr, b.port)).collect()
+    s.backends
+        .iter()
+        .filter(|b| b.slot.is_some() == slotted)
+        .map(|b| format!("{}:{}", b.addr, b.port))
+        .collect()
 }
 
 /// Text of one Service and one EndpointSlice, for scenarios.
@@ -45,7 +58,8 @@ fn objects(svc_spec: &str, endpoints: &str) -> String {
     )
 }
 
-const NODE_PORT_SPEC: &str = "{type: NodePort, clusterIP: 10.96.5.5, ports: [{name: http, port: 80, nodePort: 30080}]";
+const NODE_PORT_SPEC: &str =
+    "{type: NodePort, clusterIP: 10.96.5.5, ports: [{name: http, port: 80, nodePort: 30080}]";
 
 #[test]
 fn the_cluster_fixture_plans_like_kube_proxy() {
@@ -53,8 +67,18 @@ fn the_cluster_fixture_plans_like_kube_proxy() {
     // NodePorts on this node's addresses, taken from its Node object.
     assert_eq!(p.node_addresses, [Ipv4Addr::new(192, 168, 1, 1)]);
     let web = svc(&p, "web", "http", Scope::Internal);
-    let fe: Vec<(Ipv4Addr, u16, FrontendKind)> = web.frontends.iter().map(|f| (f.addr, f.port, f.kind)).collect();
-    assert_eq!(fe, [(Ipv4Addr::new(10, 96, 0, 10), 80, FrontendKind::ClusterIP), (Ipv4Addr::new(192, 168, 1, 1), 30080, FrontendKind::NodePort)]);
+    let fe: Vec<(Ipv4Addr, u16, FrontendKind)> = web
+        .frontends
+        .iter()
+        .map(|f| (f.addr, f.port, f.kind))
+        .collect();
+    assert_eq!(
+        fe,
+        [
+            (Ipv4Addr::new(10, 96, 0, 10), 80, FrontendKind::ClusterIP),
+            (Ipv4Addr::new(192, 168, 1, 1), 30080, FrontendKind::NodePort)
+        ]
+    );
     assert_eq!(web.algorithm, "round-robin");
     assert_eq!(web.affinity_timeout_s, 600);
     // Ready endpoints get slots; the terminating one keeps its flows only;
@@ -64,11 +88,24 @@ fn the_cluster_fixture_plans_like_kube_proxy() {
     assert!(!web.fallback_terminating);
 
     let v = p.contents.services[&key([10, 96, 0, 10], 80, 6)];
-    assert_eq!((v.id, v.count, v.algorithm, v.flags, v.affinity_timeout_s), (web.id, 2, algorithm::ROUND_ROBIN, 0, 600));
-    assert_eq!(p.contents.services[&key([192, 168, 1, 1], 30080, 6)], v, "the NodePort shares the ClusterIP's service");
+    assert_eq!(
+        (v.id, v.count, v.algorithm, v.flags, v.affinity_timeout_s),
+        (web.id, 2, algorithm::ROUND_ROBIN, 0, 600)
+    );
+    assert_eq!(
+        p.contents.services[&key([192, 168, 1, 1], 30080, 6)],
+        v,
+        "the NodePort shares the ClusterIP's service"
+    );
     let draining = web.backends.iter().find(|b| b.slot.is_none()).unwrap();
-    assert_eq!(p.contents.backends[&draining.id].state, backend_state::TERMINATING);
-    assert_eq!(p.contents.backends[&web.backends[0].id].state, backend_state::ACTIVE);
+    assert_eq!(
+        p.contents.backends[&draining.id].state,
+        backend_state::TERMINATING
+    );
+    assert_eq!(
+        p.contents.backends[&web.backends[0].id].state,
+        backend_state::ACTIVE
+    );
 
     // kube-dns: one id per port, UDP and TCP 53 apart, both endpoints each.
     let udp = svc(&p, "kube-dns", "dns", Scope::Internal);
@@ -76,7 +113,10 @@ fn the_cluster_fixture_plans_like_kube_proxy() {
     assert_ne!(udp.id, tcp.id);
     assert_eq!(p.contents.services[&key([10, 96, 0, 53], 53, 17)].count, 2);
     assert_eq!(p.contents.services[&key([10, 96, 0, 53], 53, 6)].count, 2);
-    assert_ne!(udp.backends[0].id, tcp.backends[0].id, "the same addr:port over UDP and TCP are two backends");
+    assert_ne!(
+        udp.backends[0].id, tcp.backends[0].id,
+        "the same addr:port over UDP and TCP are two backends"
+    );
     assert_eq!(p.contents.services[&key([10, 96, 0, 53], 9153, 6)].count, 2);
     assert_eq!(p.contents.services[&key([10, 96, 0, 1], 443, 6)].count, 1);
 
@@ -87,7 +127,10 @@ fn the_cluster_fixture_plans_like_kube_proxy() {
     assert!(p.contents.backends.keys().all(|b| *b > 0));
     // Every slot names a backend that exists.
     for (k, b) in &p.contents.slots {
-        assert!(p.contents.backends.contains_key(b), "slot {k:?} names missing backend {b}");
+        assert!(
+            p.contents.backends.contains_key(b),
+            "slot {k:?} names missing backend {b}"
+        );
         assert!(k.slot >= 1);
     }
     let json = serde_json::to_value(&p).expect("the plan serializes");
@@ -97,10 +140,18 @@ fn the_cluster_fixture_plans_like_kube_proxy() {
 
 #[test]
 fn explicit_node_addresses_replace_the_node_object() {
-    let c = PlanConfig { node_addresses: vec![Ipv4Addr::new(10, 1, 1, 1), Ipv4Addr::new(10, 1, 1, 2)], ..cfg() };
+    let c = PlanConfig {
+        node_addresses: vec![Ipv4Addr::new(10, 1, 1, 1), Ipv4Addr::new(10, 1, 1, 2)],
+        ..cfg()
+    };
     let p = plan(&model(CLUSTER), &c, &mut ids());
     let web = svc(&p, "web", "http", Scope::Internal);
-    let np: Vec<Ipv4Addr> = web.frontends.iter().filter(|f| f.kind == FrontendKind::NodePort).map(|f| f.addr).collect();
+    let np: Vec<Ipv4Addr> = web
+        .frontends
+        .iter()
+        .filter(|f| f.kind == FrontendKind::NodePort)
+        .map(|f| f.addr)
+        .collect();
     assert_eq!(np, [Ipv4Addr::new(10, 1, 1, 1), Ipv4Addr::new(10, 1, 1, 2)]);
 }
 
@@ -116,7 +167,11 @@ fn only_serving_terminating_endpoints_become_a_fallback() {
     let s = svc(&p, "s", "http", Scope::Internal);
     assert!(s.fallback_terminating);
     assert_eq!(addrs(s, true), ["10.0.0.1:8080"]);
-    assert_eq!(addrs(s, false), ["10.0.0.2:8080"], "not serving: existing flows only");
+    assert_eq!(
+        addrs(s, false),
+        ["10.0.0.2:8080"],
+        "not serving: existing flows only"
+    );
     let v = p.contents.services[&key([10, 96, 5, 5], 80, 6)];
     assert_eq!((v.count, v.flags), (1, service_flags::FALLBACK_TERMINATING));
     assert_eq!(p.contents.backends.len(), 2);
@@ -124,7 +179,11 @@ fn only_serving_terminating_endpoints_become_a_fallback() {
 
 #[test]
 fn no_endpoint_means_a_service_with_no_slot() {
-    let p = plan(&model(&objects(&format!("{NODE_PORT_SPEC}}}"), "[]")), &cfg(), &mut ids());
+    let p = plan(
+        &model(&objects(&format!("{NODE_PORT_SPEC}}}"), "[]")),
+        &cfg(),
+        &mut ids(),
+    );
     // The entry exists with count 0: the dataplane drops and counts instead
     // of passing the packet to a stack with no such address.
     assert_eq!(p.contents.services[&key([10, 96, 5, 5], 80, 6)].count, 0);
@@ -141,11 +200,30 @@ fn external_traffic_policy_local_gets_its_own_id_and_local_endpoints() {
     let int = svc(&p, "s", "http", Scope::Internal);
     let ext = svc(&p, "s", "http", Scope::External);
     assert_ne!(int.id, ext.id);
-    assert_eq!(addrs(int, true).len(), 3, "the ClusterIP balances over every endpoint");
-    assert_eq!(addrs(ext, true), ["10.0.0.1:8080"], "external frontends only this node's");
+    assert_eq!(
+        addrs(int, true).len(),
+        3,
+        "the ClusterIP balances over every endpoint"
+    );
+    assert_eq!(
+        addrs(ext, true),
+        ["10.0.0.1:8080"],
+        "external frontends only this node's"
+    );
     let kinds: Vec<FrontendKind> = ext.frontends.iter().map(|f| f.kind).collect();
-    assert_eq!(kinds, [FrontendKind::NodePort, FrontendKind::LoadBalancer, FrontendKind::ExternalIP]);
-    for k in [key([192, 168, 1, 1], 30080, 6), key([203, 0, 113, 10], 80, 6), key([198, 51, 100, 9], 80, 6)] {
+    assert_eq!(
+        kinds,
+        [
+            FrontendKind::NodePort,
+            FrontendKind::LoadBalancer,
+            FrontendKind::ExternalIP
+        ]
+    );
+    for k in [
+        key([192, 168, 1, 1], 30080, 6),
+        key([203, 0, 113, 10], 80, 6),
+        key([198, 51, 100, 9], 80, 6),
+    ] {
         assert_eq!(p.contents.services[&k].id, ext.id);
         assert_eq!(p.contents.services[&k].count, 1);
     }
@@ -156,13 +234,19 @@ fn external_traffic_policy_local_gets_its_own_id_and_local_endpoints() {
 fn internal_traffic_policy_local_narrows_the_cluster_ip() {
     let spec = "{type: NodePort, clusterIP: 10.96.5.5, internalTrafficPolicy: Local, ports: [{name: http, port: 80, nodePort: 30080}]}";
     let p = plan(&model(&objects(spec, TWO_NODES)), &cfg(), &mut ids());
-    assert_eq!(addrs(svc(&p, "s", "http", Scope::Internal), true), ["10.0.0.1:8080"]);
+    assert_eq!(
+        addrs(svc(&p, "s", "http", Scope::Internal), true),
+        ["10.0.0.1:8080"]
+    );
     assert_eq!(addrs(svc(&p, "s", "http", Scope::External), true).len(), 3);
     // Both Local: one id again, local endpoints everywhere.
     let spec = "{type: NodePort, clusterIP: 10.96.5.5, internalTrafficPolicy: Local, externalTrafficPolicy: Local, ports: [{name: http, port: 80, nodePort: 30080}]}";
     let p = plan(&model(&objects(spec, TWO_NODES)), &cfg(), &mut ids());
     assert_eq!(p.services.len(), 1);
-    assert_eq!(p.contents.services[&key([192, 168, 1, 1], 30080, 6)].count, 1);
+    assert_eq!(
+        p.contents.services[&key([192, 168, 1, 1], 30080, 6)].count,
+        1
+    );
 }
 
 #[test]
@@ -173,7 +257,10 @@ fn cluster_ip_services_ignore_node_ports_and_headless_or_external_name_get_nothi
     let p = plan(&model(text), &cfg(), &mut ids());
     let names: Vec<&str> = p.services.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["c"]);
-    assert_eq!(p.contents.services.keys().copied().collect::<Vec<_>>(), [key([10, 96, 7, 7], 80, 6)]);
+    assert_eq!(
+        p.contents.services.keys().copied().collect::<Vec<_>>(),
+        [key([10, 96, 7, 7], 80, 6)]
+    );
 }
 
 #[test]
@@ -191,18 +278,44 @@ fn slices_merge_and_named_ports_resolve_per_slice() {
         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: other-ns, namespace: elsewhere, labels: {kubernetes.io/service-name: s}}\n\
         addressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [10.9.9.9]}]\n";
     let p = plan(&model(text), &cfg(), &mut ids());
-    assert_eq!(addrs(svc(&p, "s", "http", Scope::Internal), true), ["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:9090"]);
+    assert_eq!(
+        addrs(svc(&p, "s", "http", Scope::Internal), true),
+        ["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:9090"]
+    );
 }
 
 #[test]
 fn algorithm_default_and_annotation() {
-    let c = PlanConfig { default_algorithm: algorithm::ROUND_ROBIN, ..cfg() };
-    let p = plan(&model(&objects("{clusterIP: 10.96.5.5, ports: [{name: http, port: 80}]}", "[]")), &c, &mut ids());
-    assert_eq!(p.contents.services[&key([10, 96, 5, 5], 80, 6)].algorithm, algorithm::ROUND_ROBIN);
-    let text = objects("{clusterIP: 10.96.5.5, ports: [{name: http, port: 80}]}", "[]")
-        .replacen("metadata: {name: s, namespace: ns}", "metadata: {name: s, namespace: ns, annotations: {xdplb.io/algorithm: random}}", 1);
+    let c = PlanConfig {
+        default_algorithm: algorithm::ROUND_ROBIN,
+        ..cfg()
+    };
+    let p = plan(
+        &model(&objects(
+            "{clusterIP: 10.96.5.5, ports: [{name: http, port: 80}]}",
+            "[]",
+        )),
+        &c,
+        &mut ids(),
+    );
+    assert_eq!(
+        p.contents.services[&key([10, 96, 5, 5], 80, 6)].algorithm,
+        algorithm::ROUND_ROBIN
+    );
+    let text = objects(
+        "{clusterIP: 10.96.5.5, ports: [{name: http, port: 80}]}",
+        "[]",
+    )
+    .replacen(
+        "metadata: {name: s, namespace: ns}",
+        "metadata: {name: s, namespace: ns, annotations: {xdplb.io/algorithm: random}}",
+        1,
+    );
     let p = plan(&model(&text), &c, &mut ids());
-    assert_eq!(p.contents.services[&key([10, 96, 5, 5], 80, 6)].algorithm, algorithm::RANDOM);
+    assert_eq!(
+        p.contents.services[&key([10, 96, 5, 5], 80, 6)].algorithm,
+        algorithm::RANDOM
+    );
 }
 
 #[test]
@@ -221,8 +334,13 @@ fn ids_are_stable_across_plans_and_removing_an_endpoint_is_a_small_diff() {
     // One of web's two ready endpoints leaves.
     let text = CLUSTER.replacen("    - 10.244.1.10\n", "    - 10.244.9.99\n", 1);
     let mut m2 = model(&text);
-    let slice = m2.slices.get_mut(&ObjectRef::new("shop", "web-x7k2p")).unwrap();
-    slice.endpoints.retain(|e| e.addr != Ipv4Addr::new(10, 244, 9, 99));
+    let slice = m2
+        .slices
+        .get_mut(&ObjectRef::new("shop", "web-x7k2p"))
+        .unwrap();
+    slice
+        .endpoints
+        .retain(|e| e.addr != Ipv4Addr::new(10, 244, 9, 99));
     let second = plan(&m2, &cfg(), &mut ids);
     let d = diff(&first.contents, &second.contents);
     // The backend goes, the last slot moves into its place and the old last
@@ -243,7 +361,9 @@ fn ids_are_stable_across_plans_and_removing_an_endpoint_is_a_small_diff() {
     let old: BTreeSet<u32> = first.contents.backends.keys().copied().collect();
     let new: BTreeSet<u32> = third.contents.backends.keys().copied().collect();
     assert_eq!(old.difference(&new).count(), 1);
-    assert!(new.difference(&old).all(|id| *id > *old.iter().max().unwrap()));
+    assert!(new
+        .difference(&old)
+        .all(|id| *id > *old.iter().max().unwrap()));
 }
 
 #[test]
@@ -251,7 +371,14 @@ fn a_restarted_agent_seeded_from_the_maps_changes_nothing() {
     let m = model(CLUSTER);
     let mut ids = ids();
     // Churn first, so the ids are not simply 1..n.
-    let _ = plan(&model(&objects("{clusterIP: 10.96.5.5, ports: [{name: http, port: 80}]}", TWO_NODES)), &cfg(), &mut ids);
+    let _ = plan(
+        &model(&objects(
+            "{clusterIP: 10.96.5.5, ports: [{name: http, port: 80}]}",
+            TWO_NODES,
+        )),
+        &cfg(),
+        &mut ids,
+    );
     let before = plan(&m, &cfg(), &mut ids);
     // The pinned maps hold `before.contents`; a new agent starts from them.
     let mut restarted = Ids::seeded(1024, 1 << 20, &before.contents);
@@ -294,7 +421,12 @@ fn big_model(services: usize, per: usize) -> Model {
                 cluster_ips: vec![Ipv4Addr::from(0x0a60_0000 + s as u32)],
                 external_ips: vec![],
                 lb_ips: vec![],
-                ports: vec![ServicePort { name: "http".into(), port: 80, node_port: None, proto: Proto::Tcp }],
+                ports: vec![ServicePort {
+                    name: "http".into(),
+                    port: 80,
+                    node_port: None,
+                    proto: Proto::Tcp,
+                }],
                 external_local: false,
                 internal_local: false,
                 affinity_timeout_s: 0,
@@ -310,8 +442,19 @@ fn big_model(services: usize, per: usize) -> Model {
                 terminating: false,
             })
             .collect();
-        let ports = vec![model::SlicePort { name: "http".into(), port: 8080, proto: Proto::Tcp }];
-        m.slices.insert(ObjectRef::new("scale", &format!("svc-{s}-1")), model::Slice { service: id.name.clone(), ports, endpoints });
+        let ports = vec![model::SlicePort {
+            name: "http".into(),
+            port: 8080,
+            proto: Proto::Tcp,
+        }];
+        m.slices.insert(
+            ObjectRef::new("scale", &format!("svc-{s}-1")),
+            model::Slice {
+                service: id.name.clone(),
+                ports,
+                endpoints,
+            },
+        );
     }
     m
 }
@@ -322,10 +465,27 @@ fn more_than_ten_thousand_endpoints_per_service_are_refused_across_slices() {
     // Eleven slices of 1000 for svc-0: each slice is legal, the sum is not.
     for k in 0..11u32 {
         let endpoints = (0..1000u32)
-            .map(|e| model::Endpoint { addr: Ipv4Addr::from(0x0b00_0000 + k * 1000 + e), node_name: None, ready: true, serving: true, terminating: false })
+            .map(|e| model::Endpoint {
+                addr: Ipv4Addr::from(0x0b00_0000 + k * 1000 + e),
+                node_name: None,
+                ready: true,
+                serving: true,
+                terminating: false,
+            })
             .collect();
-        let ports = vec![model::SlicePort { name: "http".into(), port: 8080, proto: Proto::Tcp }];
-        m.slices.insert(ObjectRef::new("scale", &format!("svc-0-big-{k}")), model::Slice { service: "svc-0".into(), ports, endpoints });
+        let ports = vec![model::SlicePort {
+            name: "http".into(),
+            port: 8080,
+            proto: Proto::Tcp,
+        }];
+        m.slices.insert(
+            ObjectRef::new("scale", &format!("svc-0-big-{k}")),
+            model::Slice {
+                service: "svc-0".into(),
+                ports,
+                endpoints,
+            },
+        );
     }
     let p = plan(&m, &cfg(), &mut ids());
     let names: Vec<&str> = p.services.iter().map(|s| s.name.as_str()).collect();
@@ -340,15 +500,28 @@ fn ten_thousand_services_plan_and_replan_quickly() {
     let start = std::time::Instant::now();
     let first = plan(&m, &cfg(), &mut ids);
     let t_first = start.elapsed();
-    assert_eq!((first.contents.services.len(), first.contents.backends.len(), first.contents.slots.len()), (10_000, 100_000, 100_000));
+    assert_eq!(
+        (
+            first.contents.services.len(),
+            first.contents.backends.len(),
+            first.contents.slots.len()
+        ),
+        (10_000, 100_000, 100_000)
+    );
     let start = std::time::Instant::now();
     let again = plan(&m, &cfg(), &mut ids);
     let t_again = start.elapsed();
     assert!(diff(&first.contents, &again.contents).is_empty());
     // Generous bounds for an unoptimised build on a shared 2-core machine;
     // the point is "seconds, not minutes" (quadratic work would be minutes).
-    assert!(t_first < std::time::Duration::from_secs(20), "first plan took {t_first:?}");
-    assert!(t_again < std::time::Duration::from_secs(20), "re-plan took {t_again:?}");
+    assert!(
+        t_first < std::time::Duration::from_secs(20),
+        "first plan took {t_first:?}"
+    );
+    assert!(
+        t_again < std::time::Duration::from_secs(20),
+        "re-plan took {t_again:?}"
+    );
     eprintln!("10k services / 100k endpoints: plan {t_first:?}, re-plan {t_again:?}");
 }
 

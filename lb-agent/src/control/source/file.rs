@@ -77,7 +77,10 @@ pub fn watch(path: PathBuf) -> Result<watch::Receiver<Model>, LoadError> {
         }
     });
     if let Err(e) = spawned {
-        return Err(LoadError::Read { path: PathBuf::from("<file-source thread>"), source: e });
+        return Err(LoadError::Read {
+            path: PathBuf::from("<file-source thread>"),
+            source: e,
+        });
     }
     Ok(rx)
 }
@@ -103,23 +106,42 @@ mod tests {
         std::fs::write(dir.join("a.yaml"), SVC.replace("NAME", "a")).unwrap();
         std::fs::write(dir.join("ignored.txt"), SVC.replace("NAME", "txt")).unwrap();
         let mut rx = watch(dir.clone()).expect("first load");
-        assert_eq!(rx.borrow_and_update().services.len(), 1, "only *.yaml/*.yml files count");
+        assert_eq!(
+            rx.borrow_and_update().services.len(),
+            1,
+            "only *.yaml/*.yml files count"
+        );
 
         // Twenty files written within ~40 ms: one (debounced) new model.
         let start = Instant::now();
         for i in 0..20 {
-            std::fs::write(dir.join(format!("s{i}.yml")), SVC.replace("NAME", &format!("s{i}"))).unwrap();
+            std::fs::write(
+                dir.join(format!("s{i}.yml")),
+                SVC.replace("NAME", &format!("s{i}")),
+            )
+            .unwrap();
             std::thread::sleep(Duration::from_millis(2));
         }
-        tokio::time::timeout(Duration::from_secs(3), rx.changed()).await.expect("a change within 3 s").unwrap();
+        tokio::time::timeout(Duration::from_secs(3), rx.changed())
+            .await
+            .expect("a change within 3 s")
+            .unwrap();
         let n = rx.borrow_and_update().services.len();
         assert_eq!(n, 21, "every file of the burst in one model");
         assert!(start.elapsed() >= DEBOUNCE, "debounced");
         // Nothing more comes for the same burst.
-        assert!(tokio::time::timeout(Duration::from_millis(600), rx.changed()).await.is_err(), "one model per burst");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(600), rx.changed())
+                .await
+                .is_err(),
+            "one model per burst"
+        );
 
         std::fs::remove_file(dir.join("s0.yml")).unwrap();
-        tokio::time::timeout(Duration::from_secs(3), rx.changed()).await.expect("a removal is a change").unwrap();
+        tokio::time::timeout(Duration::from_secs(3), rx.changed())
+            .await
+            .expect("a removal is a change")
+            .unwrap();
         assert_eq!(rx.borrow_and_update().services.len(), 20);
         let _ = std::fs::remove_dir_all(&dir);
     }

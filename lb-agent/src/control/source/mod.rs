@@ -23,7 +23,9 @@ impl FromStr for SourceSpec {
         }
         match s.strip_prefix("file:") {
             Some(p) if !p.is_empty() => Ok(SourceSpec::File(PathBuf::from(p))),
-            _ => Err(format!("unknown source {s:?}: use file:<path> (a YAML file or directory) or kube")),
+            _ => Err(format!(
+                "unknown source {s:?}: use file:<path> (a YAML file or directory) or kube"
+            )),
         }
     }
 }

@@ -1,0 +1,304 @@
+//! Validation: one Kubernetes object in, a well-formed IPv4 model object
+//! out, or the reason it is refused (the caller logs it with the object's
+//! `namespace/name` and skips it). IPv6 parts of dual-stack objects are left
+//! out quietly: they are valid, just not balanced yet.
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+};
+
+use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery};
+
+use super::{
+    parse_algorithm, Endpoint, Node, ObjectRef, Proto, Service, ServicePort, ServiceType, Slice,
+    SlicePort, ALGORITHM_ANNOTATION, DEFAULT_AFFINITY_TIMEOUT_S, MAX_ENDPOINTS, SERVICE_NAME_LABEL,
+};
+
+/// Kubernetes' upper bound for `sessionAffinityConfig.clientIP.timeoutSeconds`.
+const MAX_AFFINITY_TIMEOUT_S: i32 = 86_400;
+
+/// An address string: `Ok(Some)` IPv4, `Ok(None)` IPv6 (not balanced yet),
+/// `Err` anything else.
+fn parse_ip(s: &str) -> Result<Option<Ipv4Addr>, String> {
+    match s.trim().parse::<IpAddr>() {
+        Ok(IpAddr::V4(a)) => Ok(Some(a)),
+        Ok(IpAddr::V6(_)) => Ok(None),
+        Err(_) => Err(format!("invalid IP address {s:?}")),
+    }
+}
+
+/// Parses a list of addresses, keeping IPv4 ones (deduplicated, in order).
+fn parse_ips<'a>(
+    what: &str,
+    list: impl IntoIterator<Item = &'a String>,
+) -> Result<Vec<Ipv4Addr>, String> {
+    let mut out = Vec::new();
+    for s in list {
+        match parse_ip(s) {
+            Ok(Some(a)) if !out.contains(&a) => out.push(a),
+            Ok(_) => {}
+            Err(e) => return Err(format!("{what}: {e}")),
+        }
+    }
+    Ok(out)
+}
+
+fn parse_port(what: &str, p: i32) -> Result<u16, String> {
+    match u16::try_from(p) {
+        Ok(p) if p != 0 => Ok(p),
+        _ => Err(format!("{what} {p} is out of range 1..=65535")),
+    }
+}
+
+/// `Ok(Some)` TCP/UDP, `Ok(None)` SCTP (valid, not balanced yet), `Err` unknown.
+fn parse_proto(p: Option<&str>) -> Result<Option<Proto>, String> {
+    match p.unwrap_or("TCP") {
+        "TCP" => Ok(Some(Proto::Tcp)),
+        "UDP" => Ok(Some(Proto::Udp)),
+        "SCTP" => Ok(None),
+        other => Err(format!("unknown protocol {other:?}")),
+    }
+}
+
+pub(super) fn validate_service(id: &ObjectRef, s: &core::Service) -> Option<Service> {
+    match service(id, s) {
+        Ok(svc) => Some(svc),
+        Err(e) => {
+            tracing::warn!(object = %id, reason = %e, "skipping invalid Service");
+            None
+        }
+    }
+}
+
+fn service(id: &ObjectRef, s: &core::Service) -> Result<Service, String> {
+    if id.name.is_empty() {
+        return Err("metadata.name is missing".into());
+    }
+    let spec = s.spec.clone().unwrap_or_default();
+    let service_type = match spec.type_.as_deref().unwrap_or("ClusterIP") {
+        "ClusterIP" => ServiceType::ClusterIP,
+        "NodePort" => ServiceType::NodePort,
+        "LoadBalancer" => ServiceType::LoadBalancer,
+        "ExternalName" => ServiceType::ExternalName,
+        other => return Err(format!("unknown spec.type {other:?}")),
+    };
+    // spec.clusterIPs supersedes spec.clusterIP; "None" marks a headless service.
+    let cluster_ip_strings: Vec<String> = match (&spec.cluster_ips, &spec.cluster_ip) {
+        (Some(ips), _) if !ips.is_empty() => ips.clone(),
+        (_, Some(ip)) if !ip.is_empty() => vec![ip.clone()],
+        _ => Vec::new(),
+    };
+    let cluster_ip_strings: Vec<&String> = cluster_ip_strings
+        .iter()
+        .filter(|s| s.as_str() != "None")
+        .collect();
+    let cluster_ips = parse_ips("spec.clusterIPs", cluster_ip_strings)?;
+    let external_ips = parse_ips("spec.externalIPs", spec.external_ips.iter().flatten())?;
+    let ingress = s
+        .status
+        .as_ref()
+        .and_then(|st| st.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    // `ipMode: Proxy` means the load balancer proxies to the NodePorts
+    // itself: kube-proxy does not capture its IP, and neither do we.
+    let lb_ips = parse_ips(
+        "status.loadBalancer.ingress",
+        ingress
+            .into_iter()
+            .flatten()
+            .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+            .filter_map(|i| i.ip.as_ref()),
+    )?;
+    if spec
+        .load_balancer_source_ranges
+        .as_ref()
+        .is_some_and(|r| !r.is_empty())
+    {
+        tracing::warn!(object = %id, "loadBalancerSourceRanges are not enforced yet: every client can reach this service's external frontends");
+    }
+
+    let mut ports = Vec::new();
+    let mut seen_names = BTreeSet::new();
+    let mut seen_ports = BTreeSet::new();
+    let mut seen_node_ports = BTreeSet::new();
+    for p in spec.ports.iter().flatten() {
+        let name = p.name.clone().unwrap_or_default();
+        let port = parse_port("port", p.port)?;
+        let node_port = p.node_port.map(|n| parse_port("nodePort", n)).transpose()?;
+        // Duplicates are rejected by the API server; here they would make two
+        // map entries fight over one key.
+        if !seen_names.insert(name.clone()) {
+            return Err(format!("duplicate port name {name:?}"));
+        }
+        let proto_name = p.protocol.as_deref().unwrap_or("TCP").to_string();
+        if !seen_ports.insert((port, proto_name.clone())) {
+            return Err(format!("duplicate port {port}/{proto_name}"));
+        }
+        if let Some(n) = node_port {
+            if !seen_node_ports.insert((n, proto_name.clone())) {
+                return Err(format!("duplicate nodePort {n}/{proto_name}"));
+            }
+        }
+        match parse_proto(p.protocol.as_deref())? {
+            Some(proto) => ports.push(ServicePort {
+                name,
+                port,
+                node_port,
+                proto,
+            }),
+            None => {
+                tracing::warn!(object = %id, port, "SCTP is not balanced yet; skipping this port")
+            }
+        }
+    }
+
+    let local = |what: &str, v: &Option<String>| match v.as_deref() {
+        None | Some("Cluster") => false,
+        Some("Local") => true,
+        Some(other) => {
+            tracing::warn!(object = %id, value = other, "unknown {what}; using Cluster");
+            false
+        }
+    };
+    let external_local = local("externalTrafficPolicy", &spec.external_traffic_policy);
+    let internal_local = local("internalTrafficPolicy", &spec.internal_traffic_policy);
+
+    let affinity_timeout_s = match spec.session_affinity.as_deref() {
+        None | Some("None") => 0,
+        Some("ClientIP") => {
+            let t = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds);
+            match t {
+                None => DEFAULT_AFFINITY_TIMEOUT_S,
+                Some(t) if (1..=MAX_AFFINITY_TIMEOUT_S).contains(&t) => t as u32,
+                Some(t) => return Err(format!(
+                    "sessionAffinityConfig.clientIP.timeoutSeconds {t} is out of range 1..=86400"
+                )),
+            }
+        }
+        Some(other) => return Err(format!("unknown sessionAffinity {other:?}")),
+    };
+
+    let algorithm = s.metadata.annotations.as_ref().and_then(|a| a.get(ALGORITHM_ANNOTATION)).and_then(|v| {
+        let a = parse_algorithm(v);
+        if a.is_none() {
+            tracing::warn!(object = %id, value = %v, "unknown {ALGORITHM_ANNOTATION} (expected random or round-robin); using the default");
+        }
+        a
+    });
+
+    Ok(Service {
+        service_type,
+        cluster_ips,
+        external_ips,
+        lb_ips,
+        ports,
+        external_local,
+        internal_local,
+        affinity_timeout_s,
+        algorithm,
+    })
+}
+
+pub(super) fn validate_slice(id: &ObjectRef, s: &discovery::EndpointSlice) -> Option<Slice> {
+    let Some(service) = s
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(SERVICE_NAME_LABEL))
+    else {
+        tracing::debug!(object = %id, "EndpointSlice without a {SERVICE_NAME_LABEL} label; ignored");
+        return None;
+    };
+    match s.address_type.as_str() {
+        "IPv4" => {}
+        "IPv6" | "FQDN" => {
+            tracing::debug!(object = %id, address_type = %s.address_type, "only IPv4 EndpointSlices are balanced; ignored");
+            return None;
+        }
+        other => {
+            tracing::warn!(object = %id, address_type = other, "skipping EndpointSlice with an unknown addressType");
+            return None;
+        }
+    }
+    match slice(id, service, s) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(object = %id, reason = %e, "skipping invalid EndpointSlice");
+            None
+        }
+    }
+}
+
+fn slice(id: &ObjectRef, service: &str, s: &discovery::EndpointSlice) -> Result<Slice, String> {
+    if id.name.is_empty() {
+        return Err("metadata.name is missing".into());
+    }
+    if s.endpoints.len() > MAX_ENDPOINTS {
+        return Err(format!(
+            "{} endpoints (more than {MAX_ENDPOINTS})",
+            s.endpoints.len()
+        ));
+    }
+    let mut ports = Vec::new();
+    let mut seen = BTreeSet::new();
+    for p in s.ports.iter().flatten() {
+        let name = p.name.clone().unwrap_or_default();
+        let proto = parse_proto(p.protocol.as_deref())?;
+        if !seen.insert((name.clone(), p.protocol.clone())) {
+            return Err(format!("duplicate port name {name:?}"));
+        }
+        // An unset port means "not restricted"; kube-proxy cannot use it either.
+        let (Some(port), Some(proto)) = (p.port, proto) else {
+            continue;
+        };
+        ports.push(SlicePort {
+            name,
+            port: parse_port("port", port)?,
+            proto,
+        });
+    }
+    let mut endpoints = Vec::new();
+    for e in &s.endpoints {
+        let Some(first) = e.addresses.first() else {
+            return Err("an endpoint has no address".into());
+        };
+        let addr = match parse_ip(first)? {
+            Some(a) => a,
+            None => return Err(format!("IPv6 address {first:?} in an IPv4 slice")),
+        };
+        let c = e.conditions.clone().unwrap_or_default();
+        let ready = c.ready.unwrap_or(true);
+        endpoints.push(Endpoint {
+            addr,
+            node_name: e.node_name.clone(),
+            ready,
+            serving: c.serving.unwrap_or(ready),
+            terminating: c.terminating.unwrap_or(false),
+        });
+    }
+    Ok(Slice {
+        service: service.to_string(),
+        ports,
+        endpoints,
+    })
+}
+
+pub(super) fn node(n: &core::Node) -> Node {
+    let addrs = n.status.as_ref().and_then(|s| s.addresses.as_ref());
+    let addresses = addrs
+        .into_iter()
+        .flatten()
+        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+        .filter_map(|a| parse_ip(&a.address).ok().flatten())
+        .fold(Vec::new(), |mut v, a| {
+            if !v.contains(&a) {
+                v.push(a);
+            }
+            v
+        });
+    Node { addresses }
+}
