@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
 use lb_common::{
-    maps, BackendId, BackendV4, Config, FlowKeyV4, FlowV4, ServiceKeyV4, ServiceStats, ServiceV4,
-    SlotKey,
+    maps, AffinityKeyV4, AffinityV4, BackendId, BackendV4, Config, FlowKeyV4, FlowV4, ServiceKeyV4,
+    ServiceStats, ServiceV4, SlotKey,
 };
 
 pub struct Dataplane {
@@ -19,6 +19,8 @@ pub struct Dataplane {
     pub service_stats: PerCpuArray<MapData, ServiceStats>,
     pub counters: PerCpuArray<MapData, u64>,
     pub config: Array<MapData, Config>,
+    pub affinity: HashMap<MapData, AffinityKeyV4, AffinityV4>,
+    pub backend_load: Array<MapData, u64>,
 }
 
 fn open<T>(dir: &Path, name: &str) -> Result<T>
@@ -26,8 +28,12 @@ where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {
     let path = dir.join(name);
-    let data = MapData::from_pin(&path)
-        .with_context(|| format!("opening pinned map {} (is the agent installed?)", path.display()))?;
+    let data = MapData::from_pin(&path).with_context(|| {
+        format!(
+            "opening pinned map {} (is the agent installed?)",
+            path.display()
+        )
+    })?;
     T::try_from(Map::from_map_data(data)?).with_context(|| format!("{name}: unexpected map type"))
 }
 
@@ -42,6 +48,8 @@ impl Dataplane {
             service_stats: open(dir, maps::SERVICE_STATS)?,
             counters: open(dir, maps::COUNTERS)?,
             config: open(dir, maps::CONFIG)?,
+            affinity: open(dir, maps::AFFINITY_V4)?,
+            backend_load: open(dir, maps::BACKEND_LOAD)?,
         })
     }
 
@@ -88,7 +96,9 @@ impl Dataplane {
         }
         for (k, v) in &diff.slots.upsert {
             let r = self.slots.insert(k, v, 0);
-            write_result(r, maps::SERVICE_SLOTS, || format!("slot {} of service {}", k.slot, k.service_id))?;
+            write_result(r, maps::SERVICE_SLOTS, || {
+                format!("slot {} of service {}", k.slot, k.service_id)
+            })?;
         }
         for (k, v) in &diff.services.upsert {
             let r = self.services.insert(k, v, 0);
@@ -106,6 +116,28 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Live flows of a backend, as the dataplane counts them.
+    pub fn backend_load(&self, id: BackendId) -> Result<u64> {
+        Ok(self.backend_load.get(&id, 0)?)
+    }
+
+    /// Sets a backend's live flow count (the agent's recount from conntrack).
+    pub fn set_backend_load(&mut self, id: BackendId, flows: u64) -> Result<()> {
+        self.backend_load
+            .set(id, flows, 0)
+            .with_context(|| format!("writing the load of backend {id}"))?;
+        Ok(())
+    }
+
+    /// The affinity entry of a client, if any.
+    pub fn affinity(&self, key: &AffinityKeyV4) -> Result<Option<AffinityV4>> {
+        match self.affinity.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Writes the node-wide config.
     pub fn set_config(&mut self, cfg: &Config) -> Result<()> {
         self.config.set(0, cfg, 0).context("writing config")?;
@@ -115,7 +147,11 @@ impl Dataplane {
 
 /// A failed map write as an error that names the map and the entry, and says
 /// what to do when the map is full (the kernel's E2BIG).
-fn write_result(r: Result<(), aya::maps::MapError>, map: &str, what: impl FnOnce() -> String) -> Result<()> {
+fn write_result(
+    r: Result<(), aya::maps::MapError>,
+    map: &str,
+    what: impl FnOnce() -> String,
+) -> Result<()> {
     let Err(e) = r else { return Ok(()) };
     let full = matches!(&e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG));
     if full {

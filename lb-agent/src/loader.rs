@@ -13,7 +13,8 @@ pub static BYTECODE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR")
 
 /// Test-only programs of `cargo xtask bench` (lb-ebpf's `bench` binary).
 #[cfg(feature = "bench")]
-pub static BENCH_BYTECODE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench.o"));
+pub static BENCH_BYTECODE: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench.o"));
 
 /// Default directory of the pinned maps.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xdplb";
@@ -42,8 +43,12 @@ impl Default for MapSizes {
 /// pinned there, so a restart keeps every flow).
 pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf> {
     ensure_bpffs(pin_dir)?;
-    std::fs::create_dir_all(pin_dir)
-        .with_context(|| format!("creating {} (is bpffs mounted at /sys/fs/bpf?)", pin_dir.display()))?;
+    std::fs::create_dir_all(pin_dir).with_context(|| {
+        format!(
+            "creating {} (is bpffs mounted at /sys/fs/bpf?)",
+            pin_dir.display()
+        )
+    })?;
     let pins: Vec<(&str, PathBuf)> = maps::ALL.iter().map(|n| (*n, pin_dir.join(n))).collect();
     let mut loader = EbpfLoader::new();
     for (name, path) in &pins {
@@ -56,13 +61,16 @@ pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf> {
         .map_max_entries(maps::CONNTRACK_V4, sizes.conntrack)
         // Indexed by service id (1..=services).
         .map_max_entries(maps::SERVICE_STATS, sizes.services + 1)
-        .map_max_entries(maps::RR_STATE, sizes.services + 1);
+        .map_max_entries(maps::RR_STATE, sizes.services + 1)
+        // Indexed by backend id (1..=backends).
+        .map_max_entries(maps::BACKEND_LOAD, sizes.backends + 1);
     let mut ebpf = loader.load(BYTECODE).context("loading the eBPF object")?;
     let xdp: &mut Xdp = program(&mut ebpf, programs::XDP_LB)?;
     xdp.load().context("verifier rejected xdp_lb")?;
     for name in [programs::TC_INGRESS, programs::TC_EGRESS] {
         let p: &mut SchedClassifier = program(&mut ebpf, name)?;
-        p.load().with_context(|| format!("verifier rejected {name}"))?;
+        p.load()
+            .with_context(|| format!("verifier rejected {name}"))?;
     }
     Ok(ebpf)
 }
@@ -71,8 +79,11 @@ fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let p = ebpf.program_mut(name).with_context(|| format!("program {name} missing from the object"))?;
-    p.try_into().with_context(|| format!("program {name} has an unexpected type"))
+    let p = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?;
+    p.try_into()
+        .with_context(|| format!("program {name} has an unexpected type"))
 }
 
 /// Attaches to an uplink: XDP balances arriving service traffic, tc egress
@@ -96,7 +107,8 @@ fn attach_tc(ebpf: &mut Ebpf, iface: &str, name: &str, at: TcAttachType) -> Resu
     // Needed only for the netlink attach of kernels before 6.6 (TCX needs none).
     let _ = tc::qdisc_add_clsact(iface);
     let p: &mut SchedClassifier = program(ebpf, name)?;
-    p.attach(iface, at).with_context(|| format!("attaching {name} to {iface} ({at:?})"))?;
+    p.attach(iface, at)
+        .with_context(|| format!("attaching {name} to {iface} ({at:?})"))?;
     Ok(())
 }
 
@@ -117,7 +129,15 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     let c = |s: &str| std::ffi::CString::new(s).unwrap();
     let (src, target, fstype) = (c("bpf"), c("/sys/fs/bpf"), c("bpf"));
     // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     if rc != 0 {
         let e = std::io::Error::last_os_error();
         anyhow::bail!("bpffs is not mounted at /sys/fs/bpf and mounting it failed ({e}): run `mount -t bpf bpf /sys/fs/bpf` as root");
@@ -127,7 +147,9 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
 }
 
 fn is_bpffs(p: &Path) -> bool {
-    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else { return false };
+    let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
     // SAFETY: statfs writes into the zeroed struct.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }

@@ -17,6 +17,11 @@ pub const COUNTERS: &str = "counters";
 pub const RR_STATE: &str = "rr_state";
 /// [`crate::Config`] at index 0.
 pub const CONFIG: &str = "config";
+/// LRU [`crate::AffinityKeyV4`] → [`crate::AffinityV4`]: ClientIP session affinity.
+pub const AFFINITY_V4: &str = "affinity_v4";
+/// Live flows (`u64`) per backend id: raised on flow creation, lowered on
+/// FIN/RST, recounted from conntrack by the agent (idle expiry, eviction).
+pub const BACKEND_LOAD: &str = "backend_load";
 
 /// Every map the programs own, in the order the agent pins and checks them.
 pub const ALL: &[&str] = &[
@@ -28,6 +33,8 @@ pub const ALL: &[&str] = &[
     COUNTERS,
     RR_STATE,
     CONFIG,
+    AFFINITY_V4,
+    BACKEND_LOAD,
 ];
 
 /// Default sizes; the agent can override each at load time.
@@ -36,6 +43,7 @@ pub mod default_size {
     pub const BACKENDS: u32 = 262_144;
     pub const SLOTS: u32 = 1_048_576;
     pub const CONNTRACK: u32 = 1_048_576;
+    pub const AFFINITY: u32 = 262_144;
 }
 
 /// Program names (the function names in lb-ebpf).

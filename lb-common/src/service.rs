@@ -25,8 +25,14 @@ pub const IPPROTO_UDP: u8 = 17;
 pub mod algorithm {
     /// Uniformly random slot per new flow (kube-proxy iptables mode).
     pub const RANDOM: u8 = 0;
-    /// Next slot per new flow, one rotation per CPU (kube-proxy userspace mode).
+    /// Next slot per new flow, one rotation shared by all CPUs (kube-proxy userspace mode).
     pub const ROUND_ROBIN: u8 = 1;
+    /// Maglev consistent hashing: the slots hold the service's Maglev table
+    /// (built by the agent), indexed by a hash of the flow.
+    pub const MAGLEV: u8 = 2;
+    /// Least connections: of two random slots, the backend with fewer live
+    /// flows (power of two choices over `backend_load`).
+    pub const LEAST_CONN: u8 = 3;
 }
 
 /// Service flags (`ServiceV4::flags`).
@@ -64,7 +70,31 @@ pub struct SlotKey {
 }
 const _: () = assert!(core::mem::size_of::<SlotKey>() == 8);
 
-crate::user_pod!(ServiceKeyV4, ServiceV4, SlotKey);
+/// Key of `affinity_v4`: ClientIP session affinity, per service and client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct AffinityKeyV4 {
+    pub service_id: u32,
+    /// Client address, network order.
+    pub client: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<AffinityKeyV4>() == 8);
+
+/// Value of `affinity_v4`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct AffinityV4 {
+    /// The backend the client keeps...
+    pub backend_id: u32,
+    /// ...and the slot it was found in: the entry holds only while that slot
+    /// still names that backend (a backend that left the service ends it).
+    pub slot: u32,
+    /// `bpf_ktime_get_ns()` of the client's last new flow.
+    pub last_used_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<AffinityV4>() == 16);
+
+crate::user_pod!(ServiceKeyV4, ServiceV4, SlotKey, AffinityKeyV4, AffinityV4);
 
 /// Name of an IP protocol number, for humans.
 pub fn proto_name(proto: u8) -> &'static str {
@@ -78,6 +108,11 @@ pub fn proto_name(proto: u8) -> &'static str {
 impl core::fmt::Display for ServiceKeyV4 {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         let [a, b, c, d] = self.addr;
-        write!(f, "{a}.{b}.{c}.{d}:{}/{}", u16::from_be_bytes(self.port), proto_name(self.proto))
+        write!(
+            f,
+            "{a}.{b}.{c}.{d}:{}/{}",
+            u16::from_be_bytes(self.port),
+            proto_name(self.proto)
+        )
     }
 }

@@ -9,6 +9,7 @@ use lb_common::{
 use crate::{
     maps::{backends_v4, config, conntrack_v4},
     parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN},
+    select,
     stats::count,
 };
 
@@ -32,7 +33,12 @@ pub struct Rewrite {
 impl Rewrite {
     #[inline(always)]
     fn of(addr: [u8; 4], port: [u8; 2], e: &FlowV4) -> Self {
-        Self { addr, port, peer_addr: e.peer_addr, peer_port: e.peer_port }
+        Self {
+            addr,
+            port,
+            peer_addr: e.peer_addr,
+            peer_port: e.peer_port,
+        }
     }
 }
 
@@ -82,8 +88,11 @@ fn touch(entry: &mut FlowV4, p: &Packet, now: u64) {
     if now.wrapping_sub(entry.last_seen_ns) > TOUCH_INTERVAL_NS {
         entry.last_seen_ns = now;
     }
-    if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+    if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 && entry.flags & flow_flags::CLOSING == 0 {
         entry.flags |= flow_flags::CLOSING;
+        if entry.direction == direction::FORWARD {
+            select::load_change(entry.backend_id, false);
+        }
     }
 }
 
@@ -157,7 +166,11 @@ pub fn create(
     now: u64,
     hairpin_ok: bool,
 ) -> Rewrite {
-    let client_addr = if hairpin_ok && backend.addr == p.src { HAIRPIN_ADDR_V4 } else { p.src };
+    let client_addr = if hairpin_ok && backend.addr == p.src {
+        HAIRPIN_ADDR_V4
+    } else {
+        p.src
+    };
     let mut reply_key = FlowKeyV4 {
         src_addr: backend.addr,
         dst_addr: client_addr,
@@ -193,7 +206,11 @@ pub fn create(
             }
             tries += 1;
         }
-        count(if tries < REMAP_TRIES { counter::CLIENT_PORT_REMAPPED } else { counter::CT_CLASH_UNRESOLVED });
+        count(if tries < REMAP_TRIES {
+            counter::CLIENT_PORT_REMAPPED
+        } else {
+            counter::CT_CLASH_UNRESOLVED
+        });
     }
     let client_port = reply_key.dst_port;
     // The reply entry first: once the forward entry exists, a reply may follow.
@@ -206,13 +223,19 @@ pub fn create(
         nat_addr: backend.addr,
         nat_port: backend.port,
         direction: direction::FORWARD,
-        flags: if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 { flow_flags::CLOSING } else { 0 },
+        flags: if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            flow_flags::CLOSING
+        } else {
+            0
+        },
         packets: 1,
         bytes: p.ip_len as u64,
         ..reply
     };
     if conntrack_v4.insert(key, &entry, 0).is_err() {
         count(counter::CT_INSERT_FAILED);
+    } else if entry.flags & flow_flags::CLOSING == 0 {
+        select::load_change(backend_id, true);
     }
     Rewrite::of(backend.addr, backend.port, &entry)
 }

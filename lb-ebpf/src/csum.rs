@@ -118,7 +118,11 @@ mod tests {
             let mut s = seg.clone();
             s[2..4].copy_from_slice(&port.to_be_bytes());
             let expect = l4_checksum_v4(src, dst, 17, &s);
-            assert_eq!(replace2(check, [0x00, 0x50], port.to_be_bytes()), expect, "port {port}");
+            assert_eq!(
+                replace2(check, [0x00, 0x50], port.to_be_bytes()),
+                expect,
+                "port {port}"
+            );
         }
     }
 

@@ -4,4 +4,5 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod csum;
+pub mod hash;
 pub mod rst;

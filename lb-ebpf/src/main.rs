@@ -3,7 +3,10 @@
 #![no_std]
 #![no_main]
 // Atomic fetch-add for round-robin (see select.rs).
-#![allow(internal_features, reason = "core_intrinsics is the only atomic fetch-add on bpf")]
+#![allow(
+    internal_features,
+    reason = "core_intrinsics is the only atomic fetch-add on bpf"
+)]
 #![feature(core_intrinsics)]
 
 mod conntrack;

@@ -1,13 +1,16 @@
 //! Every map of the dataplane, one purpose line each. Names come from
-#![allow(non_upper_case_globals, reason = "the statics are named as the pinned maps bpftool shows")]
+#![allow(
+    non_upper_case_globals,
+    reason = "the statics are named as the pinned maps bpftool shows"
+)]
 //! `lb_common::maps`; the sizes here are defaults the agent overrides.
 use aya_ebpf::{
     btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
-    counter, maps::default_size as size, BackendId, BackendV4, Config, FlowKeyV4, FlowV4,
-    ServiceKeyV4, ServiceStats, ServiceV4, SlotKey,
+    counter, maps::default_size as size, AffinityKeyV4, AffinityV4, BackendId, BackendV4, Config,
+    FlowKeyV4, FlowV4, ServiceKeyV4, ServiceStats, ServiceV4, SlotKey,
 };
 
 /// (VIP, port, protocol) → service. Written by the agent.
@@ -17,8 +20,7 @@ pub static services_v4: HashMap<ServiceKeyV4, ServiceV4, { size::SERVICES as usi
 
 /// Backend id → address, port, state. Written by the agent.
 #[btf_map]
-pub static backends_v4: HashMap<BackendId, BackendV4, { size::BACKENDS as usize }> =
-    HashMap::new();
+pub static backends_v4: HashMap<BackendId, BackendV4, { size::BACKENDS as usize }> = HashMap::new();
 
 /// (service id, slot) → backend id: what new flows choose from. Written by the agent.
 #[btf_map]
@@ -46,3 +48,13 @@ pub static rr_state: Array<u64, { size::SERVICES as usize + 1 }> = Array::new();
 /// Node-wide settings at index 0, written by the agent.
 #[btf_map]
 pub static config: Array<Config, 1> = Array::new();
+
+/// ClientIP session affinity: (service, client) → backend. LRU: a full table
+/// forgets the least recently used client, whose next flow is balanced anew.
+#[btf_map]
+pub static affinity_v4: LruHashMap<AffinityKeyV4, AffinityV4, { size::AFFINITY as usize }> =
+    LruHashMap::new();
+
+/// Live flows per backend id (least-connections, per-backend metrics).
+#[btf_map]
+pub static backend_load: Array<u64, { size::BACKENDS as usize + 1 }> = Array::new();

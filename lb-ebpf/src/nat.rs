@@ -45,8 +45,18 @@ struct End {
 /// (the end `side` names, the other end).
 #[inline(always)]
 fn ends(p: &Packet, side: Side) -> (End, End) {
-    let src = End { addr_off: IP_SRC, port_off: L4_SPORT, addr: p.src, port: p.sport };
-    let dst = End { addr_off: IP_DST, port_off: L4_DPORT, addr: p.dst, port: p.dport };
+    let src = End {
+        addr_off: IP_SRC,
+        port_off: L4_SPORT,
+        addr: p.src,
+        port: p.sport,
+    };
+    let dst = End {
+        addr_off: IP_DST,
+        port_off: L4_DPORT,
+        addr: p.dst,
+        port: p.dport,
+    };
     match side {
         Side::Dst => (dst, src),
         Side::Src => (src, dst),
@@ -105,19 +115,32 @@ pub fn xdp_rewrite(ctx: &XdpContext, p: &Packet, side: Side, rw: &Rewrite) -> Re
 pub fn tc_rewrite(ctx: &TcContext, p: &Packet, side: Side, rw: &Rewrite) -> Result<(), Verdict> {
     let l4_check = p.l4_check();
     // For UDP, a zero checksum stays zero and a computed zero becomes 0xffff.
-    let mangled = if p.proto == IPPROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+    let mangled = if p.proto == IPPROTO_UDP {
+        BPF_F_MARK_MANGLED_0 as u64
+    } else {
+        0
+    };
     let failed = |_| Verdict::Drop(lb_common::counter::DROP_CSUM);
     let (this, peer) = ends(p, side);
     for (e, addr, port) in [(this, rw.addr, rw.port), (peer, rw.peer_addr, rw.peer_port)] {
         if e.addr != addr {
-            let (old, new) = (u32::from_ne_bytes(e.addr) as u64, u32::from_ne_bytes(addr) as u64);
-            ctx.l4_csum_replace(l4_check, old, new, BPF_F_PSEUDO_HDR as u64 | mangled | 4).map_err(failed)?;
-            ctx.l3_csum_replace(ETH_LEN + IP_CHECK, old, new, 4).map_err(failed)?;
+            let (old, new) = (
+                u32::from_ne_bytes(e.addr) as u64,
+                u32::from_ne_bytes(addr) as u64,
+            );
+            ctx.l4_csum_replace(l4_check, old, new, BPF_F_PSEUDO_HDR as u64 | mangled | 4)
+                .map_err(failed)?;
+            ctx.l3_csum_replace(ETH_LEN + IP_CHECK, old, new, 4)
+                .map_err(failed)?;
             ctx.store(ETH_LEN + e.addr_off, &addr, 0).map_err(failed)?;
         }
         if e.port != port {
-            let (old, new) = (u16::from_ne_bytes(e.port) as u64, u16::from_ne_bytes(port) as u64);
-            ctx.l4_csum_replace(l4_check, old, new, mangled | 2).map_err(failed)?;
+            let (old, new) = (
+                u16::from_ne_bytes(e.port) as u64,
+                u16::from_ne_bytes(port) as u64,
+            );
+            ctx.l4_csum_replace(l4_check, old, new, mangled | 2)
+                .map_err(failed)?;
             ctx.store(p.l4 + e.port_off, &port, 0).map_err(failed)?;
         }
     }

@@ -79,7 +79,12 @@ impl Packet {
     /// Offset of the L4 checksum field from the start of the frame.
     #[inline(always)]
     pub fn l4_check(&self) -> usize {
-        self.l4 + if self.proto == IPPROTO_TCP { TCP_CHECK } else { UDP_CHECK }
+        self.l4
+            + if self.proto == IPPROTO_TCP {
+                TCP_CHECK
+            } else {
+                UDP_CHECK
+            }
     }
 }
 
@@ -106,7 +111,14 @@ pub fn parse(data: usize, end: usize) -> Result<Packet, Verdict> {
     }
     let ip: *const Ipv4Hdr = ptr_at(data, end, ETH_LEN)?;
     let (vihl, tot_len, frag, l4proto, src, dst) = unsafe {
-        ((*ip).version_ihl, (*ip).tot_len, (*ip).frag_off, (*ip).proto, (*ip).src, (*ip).dst)
+        (
+            (*ip).version_ihl,
+            (*ip).tot_len,
+            (*ip).frag_off,
+            (*ip).proto,
+            (*ip).src,
+            (*ip).dst,
+        )
     };
     let ihl = ((vihl & 0x0f) as usize) * 4;
     let ip_len = u16::from_be_bytes(tot_len);
@@ -136,5 +148,14 @@ pub fn parse(data: usize, end: usize) -> Result<Packet, Verdict> {
         0
     };
     let (sport, dport) = unsafe { ((*ports).sport, (*ports).dport) };
-    Ok(Packet { l4, proto: l4proto, src, dst, sport, dport, tcp_flags, ip_len })
+    Ok(Packet {
+        l4,
+        proto: l4proto,
+        src,
+        dst,
+        sport,
+        dport,
+        tcp_flags,
+        ip_len,
+    })
 }

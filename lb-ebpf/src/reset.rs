@@ -27,7 +27,15 @@ fn syn_of(p: &Packet, macs: [u8; 12], seq: [u8; 4]) -> Syn {
     let mut src_mac = [0u8; 6];
     dst_mac.copy_from_slice(&macs[..6]);
     src_mac.copy_from_slice(&macs[6..]);
-    Syn { dst_mac, src_mac, src: p.src, dst: p.dst, sport: p.sport, dport: p.dport, seq }
+    Syn {
+        dst_mac,
+        src_mac,
+        src: p.src,
+        dst: p.dst,
+        sport: p.sport,
+        dport: p.dport,
+        seq,
+    }
 }
 
 /// Turns the SYN in an XDP buffer into its reset (then XDP_TX).

@@ -27,7 +27,7 @@ pub fn reset_for(syn: &Syn) -> [u8; RST_LEN] {
     f[0..6].copy_from_slice(&syn.src_mac);
     f[6..12].copy_from_slice(&syn.dst_mac);
     f[12] = 0x08; // IPv4
-    // IPv4: version 4, IHL 5, total length 40, DF, TTL 64, TCP.
+                  // IPv4: version 4, IHL 5, total length 40, DF, TTL 64, TCP.
     f[14] = 0x45;
     f[17] = 40;
     f[20] = 0x40;
@@ -67,7 +67,11 @@ mod tests {
         let f = reset_for(&syn);
         assert_eq!(&f[0..6], &syn.src_mac, "back to the sender");
         assert_eq!(csum::checksum(&f[14..34]), 0, "IPv4 checksum verifies");
-        assert_eq!(csum::l4_checksum_v4(syn.dst, syn.src, 6, &f[34..54]), 0, "TCP checksum verifies");
+        assert_eq!(
+            csum::l4_checksum_v4(syn.dst, syn.src, 6, &f[34..54]),
+            0,
+            "TCP checksum verifies"
+        );
         assert_eq!((&f[26..30], &f[30..34]), (&syn.dst[..], &syn.src[..]));
         assert_eq!(u32::from_be_bytes(f[42..46].try_into().unwrap()), 1001);
         assert_eq!(f[47], 0x14, "RST|ACK");

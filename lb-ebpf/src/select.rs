@@ -1,22 +1,83 @@
-//! Backend selection for a new flow. Every algorithm has the same signature:
-//! service in, slot (1..=count) out. The agent fills the slots.
+//! Backend selection for a new flow. Every algorithm has the same shape:
+//! service and packet in, a slot (1..=count) out; the agent fills the slots
+//! (for Maglev, with the service's lookup table). ClientIP affinity sits in
+//! front of all of them.
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use lb_common::{algorithm, ServiceV4};
+use lb_common::{algorithm, AffinityKeyV4, AffinityV4, BackendId, ServiceV4, SlotKey};
+use lb_ebpf::hash::flow_hash;
 
-use crate::maps::rr_state;
+use crate::{
+    maps::{affinity_v4, backend_load, rr_state, service_slots},
+    parse::Packet,
+};
 
-/// The slot a new flow of `svc` uses. `svc.count` must be non-zero.
+const NS: u64 = 1_000_000_000;
+
+/// Adds `v` to the u64 behind `p` atomically; returns the previous value.
+///
+/// `AtomicU64::fetch_add` is missing on the bpf target (no CAS); the
+/// intrinsic lowers to BPF's atomic fetch-add. It must be SeqCst: with
+/// Relaxed, LLVM's BPF backend emits the legacy XADD, which returns nothing,
+/// and the "old value" read back is garbage (caught by the
+/// `round_robin_takes_slots_in_turn` test).
 #[inline(always)]
-pub fn slot(svc: &ServiceV4) -> u32 {
-    let n = if svc.algorithm == algorithm::ROUND_ROBIN {
-        round_robin(svc.id)
-    } else {
-        // SAFETY: helper without preconditions.
-        unsafe { bpf_get_prandom_u32() }
+pub fn atomic_add(p: *mut u64, v: u64) -> u64 {
+    // SAFETY: `p` points at a live, 8-byte aligned map value.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(p, v) }
+}
+
+#[inline(always)]
+fn random() -> u32 {
+    // SAFETY: helper without preconditions.
+    unsafe { bpf_get_prandom_u32() }
+}
+
+#[inline(always)]
+fn slot_backend(service_id: u32, slot: u32) -> Option<BackendId> {
+    // SAFETY: read-only copy of an agent-written value.
+    unsafe { service_slots.get(SlotKey { service_id, slot }) }.copied()
+}
+
+/// The slot and backend of a new flow of `p` to `svc` (`svc.count` > 0), or
+/// `None` if the slot is empty (the agent is mid-update; counted as no backend).
+#[inline(always)]
+pub fn pick(svc: &ServiceV4, p: &Packet, now: u64) -> Option<(u32, BackendId)> {
+    let affinity = AffinityKeyV4 {
+        service_id: svc.id,
+        client: p.src,
     };
-    n % svc.count + 1
+    if svc.affinity_timeout_s != 0 {
+        // SAFETY: read-only copy of a program-written value.
+        if let Some(a) = unsafe { affinity_v4.get(&affinity) } {
+            let live = now.wrapping_sub(a.last_used_ns) <= svc.affinity_timeout_s as u64 * NS;
+            if live && a.slot <= svc.count && slot_backend(svc.id, a.slot) == Some(a.backend_id) {
+                let kept = AffinityV4 {
+                    last_used_ns: now,
+                    ..*a
+                };
+                let _ = affinity_v4.insert(&affinity, &kept, 0);
+                return Some((a.slot, a.backend_id));
+            }
+        }
+    }
+    let slot = match svc.algorithm {
+        algorithm::ROUND_ROBIN => round_robin(svc.id) % svc.count + 1,
+        algorithm::MAGLEV => flow_hash(p.src, p.sport, p.dport, p.proto) % svc.count + 1,
+        algorithm::LEAST_CONN => least_loaded(svc),
+        _ => random() % svc.count + 1,
+    };
+    let backend_id = slot_backend(svc.id, slot)?;
+    if svc.affinity_timeout_s != 0 {
+        let a = AffinityV4 {
+            backend_id,
+            slot,
+            last_used_ns: now,
+        };
+        let _ = affinity_v4.insert(&affinity, &a, 0);
+    }
+    Some((slot, backend_id))
 }
 
 /// Next position of the service's rotation. One shared counter per service,
@@ -25,13 +86,47 @@ pub fn slot(svc: &ServiceV4) -> u32 {
 #[inline(always)]
 fn round_robin(service_id: u32) -> u32 {
     match rr_state.get_ptr_mut(service_id) {
-        // `AtomicU64::fetch_add` is missing on the bpf target (no CAS); the
-        // intrinsic lowers to BPF's atomic fetch-add. It must be SeqCst: with
-        // Relaxed, LLVM's BPF backend emits the legacy XADD, which returns
-        // nothing, and the "old value" read back is garbage (caught by the
-        // `round_robin_takes_slots_in_turn` test).
-        // SAFETY: the map value is a valid, 8-byte aligned u64 for the program's run.
-        Some(p) => unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(p, 1) as u32 },
+        Some(p) => atomic_add(p, 1) as u32,
         None => 0,
+    }
+}
+
+/// Services with at most this many slots get an exact least-connections
+/// scan; larger ones the power of two choices.
+const SCAN_MAX: u32 = 16;
+
+/// The slot whose backend has the fewest live flows: an exact scan (from a
+/// random start, so ties spread) for small services; for large ones, the
+/// better of two random slots (power of two choices: nearly as good, O(1)).
+#[inline(always)]
+fn least_loaded(svc: &ServiceV4) -> u32 {
+    let load = |slot| match slot_backend(svc.id, slot).and_then(|id| backend_load.get(id)) {
+        Some(l) => *l,
+        None => u64::MAX,
+    };
+    let start = random() % svc.count;
+    if svc.count > SCAN_MAX {
+        let (a, b) = (start + 1, random() % svc.count + 1);
+        return if load(a) <= load(b) { a } else { b };
+    }
+    let (mut best, mut best_load) = (start + 1, u64::MAX);
+    for i in 0..SCAN_MAX {
+        if i >= svc.count {
+            break;
+        }
+        let slot = (start + i) % svc.count + 1;
+        let l = load(slot);
+        if l < best_load {
+            (best, best_load) = (slot, l);
+        }
+    }
+    best
+}
+
+/// Records a flow's start (+1) or end (-1) on its backend's live count.
+#[inline(always)]
+pub fn load_change(backend_id: BackendId, up: bool) {
+    if let Some(p) = backend_load.get_ptr_mut(backend_id) {
+        atomic_add(p, if up { 1 } else { u64::MAX });
     }
 }

@@ -1,13 +1,12 @@
 //! The forward path shared by every hook: service lookup, conntrack, backend
 //! selection. Returns where the packet's destination goes; the hook rewrites.
-use lb_common::{counter, ServiceKeyV4, SlotKey};
+use lb_common::{counter, ServiceKeyV4};
 
 use crate::{
     conntrack::{self, Rewrite},
-    maps::{backends_v4, service_slots, services_v4},
+    maps::{backends_v4, services_v4},
     parse::Packet,
-    select,
-    stats,
+    select, stats,
     verdict::Verdict,
 };
 
@@ -16,7 +15,12 @@ use crate::{
 /// see `conntrack::create`.
 #[inline(always)]
 pub fn balance(p: &Packet, hairpin_ok: bool) -> Result<Option<Rewrite>, Verdict> {
-    let svc_key = ServiceKeyV4 { addr: p.dst, port: p.dport, proto: p.proto, scope: 0 };
+    let svc_key = ServiceKeyV4 {
+        addr: p.dst,
+        port: p.dport,
+        proto: p.proto,
+        scope: 0,
+    };
     // SAFETY: read-only copy of an agent-written value.
     let svc = match unsafe { services_v4.get(&svc_key) } {
         Some(s) => *s,
@@ -38,11 +42,10 @@ pub fn balance(p: &Packet, hairpin_ok: bool) -> Result<Option<Rewrite>, Verdict>
     if svc.count == 0 {
         return no_backend();
     }
-    let slot = SlotKey { service_id: svc.id, slot: select::slot(&svc) };
-    // SAFETY: read-only copies of agent-written values.
-    let Some(&backend_id) = (unsafe { service_slots.get(&slot) }) else {
+    let Some((_, backend_id)) = select::pick(&svc, p, now) else {
         return no_backend();
     };
+    // SAFETY: read-only copy of an agent-written value.
     let Some(&backend) = (unsafe { backends_v4.get(backend_id) }) else {
         return no_backend();
     };

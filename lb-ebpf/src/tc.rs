@@ -18,8 +18,7 @@ use crate::{
     conntrack,
     nat::{self, Side},
     parse::{self, Packet},
-    reset,
-    service,
+    reset, service,
     stats::count,
     verdict::Verdict,
 };
@@ -74,7 +73,11 @@ fn run(ctx: &TcContext, f: impl FnOnce(&TcContext, &Packet) -> Result<Verdict, V
     count(counter::PACKETS);
     // Make the headers linear so direct packet access can see them; a shorter
     // packet is pulled whole.
-    let want = if ctx.len() < HEADERS_MAX { ctx.len() } else { HEADERS_MAX };
+    let want = if ctx.len() < HEADERS_MAX {
+        ctx.len()
+    } else {
+        HEADERS_MAX
+    };
     if (ctx.data_end() - ctx.data()) < want as usize {
         let _ = ctx.pull_data(want);
     }

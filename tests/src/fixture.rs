@@ -23,7 +23,14 @@ pub struct Case {
 }
 
 impl Case {
-    pub fn new(name: &str, description: &str, program: &str, input: &[u8], expect: &str, output: Option<&[u8]>) -> Self {
+    pub fn new(
+        name: &str,
+        description: &str,
+        program: &str,
+        input: &[u8],
+        expect: &str,
+        output: Option<&[u8]>,
+    ) -> Self {
         Self {
             name: name.into(),
             description: description.into(),
@@ -36,9 +43,16 @@ impl Case {
 }
 
 fn verdict_name(program: &str, rc: u32) -> String {
-    let xdp = ["XDP_ABORTED", "XDP_DROP", "XDP_PASS", "XDP_TX", "XDP_REDIRECT"];
+    let xdp = [
+        "XDP_ABORTED",
+        "XDP_DROP",
+        "XDP_PASS",
+        "XDP_TX",
+        "XDP_REDIRECT",
+    ];
     if program.starts_with("xdp") {
-        xdp.get(rc as usize).map_or(format!("XDP_{rc}"), |s| s.to_string())
+        xdp.get(rc as usize)
+            .map_or(format!("XDP_{rc}"), |s| s.to_string())
     } else {
         match rc as i32 {
             0 => "TC_ACT_OK".into(),
@@ -50,24 +64,44 @@ fn verdict_name(program: &str, rc: u32) -> String {
     }
 }
 
+/// Runs `frame` once through `program`; returns the return value and the
+/// output frame.
+pub fn run_frame(ebpf: &aya::Ebpf, program: &str, frame: &[u8]) -> Result<(u32, Vec<u8>), String> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ..Default::default()
+    };
+    let res = match ebpf.program(program) {
+        Some(Program::Xdp(p)) => p.test_run(opts),
+        Some(Program::SchedClassifier(p)) => p.test_run(opts),
+        _ => return Err(format!("no program {program}")),
+    }
+    .map_err(|e| format!("BPF_PROG_TEST_RUN of {program}: {e:?}"))?;
+    out.truncate(res.data_size_out as usize);
+    Ok((res.return_value, out))
+}
+
 /// Runs one case; `Err` holds a description with a hex diff.
 pub fn run(ebpf: &aya::Ebpf, case: &Case) -> Result<(), String> {
     let input = from_hex(&case.input);
-    let mut out = vec![0u8; input.len() + 256];
-    let opts = TestRunOptions { data_in: Some(&input), data_out: Some(&mut out), ..Default::default() };
-    let res = match ebpf.program(&case.program) {
-        Some(Program::Xdp(p)) => p.test_run(opts),
-        Some(Program::SchedClassifier(p)) => p.test_run(opts),
-        _ => return Err(format!("{}: no program {}", case.name, case.program)),
-    }
-    .map_err(|e| format!("{}: BPF_PROG_TEST_RUN: {e:?}", case.name))?;
-    out.truncate(res.data_size_out as usize);
-    let got = verdict_name(&case.program, res.return_value);
-    let fail = |what: String| Err(format!("fixture {} ({}): {what}", case.name, case.description));
+    let (rc, out) =
+        run_frame(ebpf, &case.program, &input).map_err(|e| format!("{}: {e}", case.name))?;
+    let got = verdict_name(&case.program, rc);
+    let fail = |what: String| {
+        Err(format!(
+            "fixture {} ({}): {what}",
+            case.name, case.description
+        ))
+    };
     if got != case.expect {
         return fail(format!("verdict {got}, expected {}", case.expect));
     }
-    let want = case.output.as_deref().map_or_else(|| input.clone(), from_hex);
+    let want = case
+        .output
+        .as_deref()
+        .map_or_else(|| input.clone(), from_hex);
     if out != want {
         return fail(format!("output differs\n{}", hex_diff(&out, &want)));
     }
@@ -79,13 +113,17 @@ pub fn run(ebpf: &aya::Ebpf, case: &Case) -> Result<(), String> {
 
 /// Reads a fixture file (a JSON array of cases) from `tests/fixtures/`.
 pub fn load(file: &str) -> Vec<Case> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(file);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// Writes `cases` as the fixture file `file` (used with `XDPLB_BLESS=1`).
 pub fn store(file: &str, cases: &[Case]) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(file);
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(file);
     std::fs::write(&path, serde_json::to_string_pretty(cases).unwrap() + "\n").unwrap();
 }

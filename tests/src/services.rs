@@ -15,11 +15,22 @@ pub struct Svc {
     pub algorithm: u8,
     /// (backend id, address, port)
     pub backends: Vec<(u32, Ipv4Addr, u16)>,
+    /// Slot contents when not one slot per backend (a Maglev table).
+    pub table: Option<Vec<u32>>,
+    pub affinity_timeout_s: u32,
 }
 
 impl Svc {
     pub fn new(id: u32, proto: u8, algorithm: u8) -> Self {
-        Self { id, frontends: Vec::new(), proto, algorithm, backends: Vec::new() }
+        Self {
+            id,
+            frontends: Vec::new(),
+            proto,
+            algorithm,
+            backends: Vec::new(),
+            table: None,
+            affinity_timeout_s: 0,
+        }
     }
     pub fn frontend(mut self, addr: Ipv4Addr, port: u16) -> Self {
         self.frontends.push((addr, port));
@@ -29,19 +40,61 @@ impl Svc {
         self.backends.push((id, addr, port));
         self
     }
+    pub fn table(mut self, table: Vec<u32>) -> Self {
+        self.table = Some(table);
+        self
+    }
+    pub fn affinity(mut self, timeout_s: u32) -> Self {
+        self.affinity_timeout_s = timeout_s;
+        self
+    }
 }
 
 /// The map contents for `svcs`.
 pub fn contents(svcs: &[Svc]) -> MapContents {
     let mut c = MapContents::default();
     for s in svcs {
-        let value = ServiceV4 { id: s.id, count: s.backends.len() as u32, algorithm: s.algorithm, ..Default::default() };
+        let slots: Vec<u32> = s
+            .table
+            .clone()
+            .unwrap_or_else(|| s.backends.iter().map(|b| b.0).collect());
+        let value = ServiceV4 {
+            id: s.id,
+            count: slots.len() as u32,
+            algorithm: s.algorithm,
+            affinity_timeout_s: s.affinity_timeout_s,
+            ..Default::default()
+        };
         for (addr, port) in &s.frontends {
-            c.services.insert(ServiceKeyV4 { addr: addr.octets(), port: port.to_be_bytes(), proto: s.proto, scope: 0 }, value);
+            c.services.insert(
+                ServiceKeyV4 {
+                    addr: addr.octets(),
+                    port: port.to_be_bytes(),
+                    proto: s.proto,
+                    scope: 0,
+                },
+                value,
+            );
         }
-        for (i, (id, addr, port)) in s.backends.iter().enumerate() {
-            c.backends.insert(*id, BackendV4 { addr: addr.octets(), port: port.to_be_bytes(), weight: 1, ..Default::default() });
-            c.slots.insert(SlotKey { service_id: s.id, slot: i as u32 + 1 }, *id);
+        for (id, addr, port) in &s.backends {
+            c.backends.insert(
+                *id,
+                BackendV4 {
+                    addr: addr.octets(),
+                    port: port.to_be_bytes(),
+                    weight: 1,
+                    ..Default::default()
+                },
+            );
+        }
+        for (i, id) in slots.iter().enumerate() {
+            c.slots.insert(
+                SlotKey {
+                    service_id: s.id,
+                    slot: i as u32 + 1,
+                },
+                *id,
+            );
         }
     }
     c

@@ -7,13 +7,11 @@
 //! checks the file is current (`XDPLB_BLESS=1` rewrites it). Needs root.
 use std::net::Ipv4Addr;
 
-use aya::programs::{Program, TestRun, TestRunOptions};
-
 use lb_common::{algorithm, counter, IPPROTO_TCP, IPPROTO_UDP};
 use xdplb_tests::{
-    packet::verify_checksums,
     fixture::{self, Case},
     lb::Lb,
+    packet::verify_checksums,
     packet::{Frame, L4, TCP_ACK, TCP_PSH, TCP_SYN},
     services::{contents, Svc},
 };
@@ -32,10 +30,16 @@ const B2: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 12);
 /// deterministic.
 fn services() -> Vec<Svc> {
     vec![
-        Svc::new(1, IPPROTO_TCP, algorithm::ROUND_ROBIN).frontend(CLUSTER_IP, 80).backend(1, B1, 8080),
+        Svc::new(1, IPPROTO_TCP, algorithm::ROUND_ROBIN)
+            .frontend(CLUSTER_IP, 80)
+            .backend(1, B1, 8080),
         // A NodePort of another service sharing the backend.
-        Svc::new(2, IPPROTO_TCP, algorithm::RANDOM).frontend(NODE, 30080).backend(1, B1, 8080),
-        Svc::new(3, IPPROTO_UDP, algorithm::RANDOM).frontend(DNS_IP, 53).backend(2, B2, 5353),
+        Svc::new(2, IPPROTO_TCP, algorithm::RANDOM)
+            .frontend(NODE, 30080)
+            .backend(1, B1, 8080),
+        Svc::new(3, IPPROTO_UDP, algorithm::RANDOM)
+            .frontend(DNS_IP, 53)
+            .backend(2, B2, 5353),
         Svc::new(4, IPPROTO_TCP, algorithm::RANDOM).frontend(EMPTY_IP, 80),
     ]
 }
@@ -52,19 +56,29 @@ fn with_src(mut f: Frame, addr: Ipv4Addr, port: u16) -> Frame {
     f
 }
 
-fn case(name: &str, desc: &str, prog: &str, input: &[u8], expect: &str, output: Option<&[u8]>) -> Case {
+fn case(
+    name: &str,
+    desc: &str,
+    prog: &str,
+    input: &[u8],
+    expect: &str,
+    output: Option<&[u8]>,
+) -> Case {
     Case::new(name, desc, prog, input, expect, output)
 }
 
 fn cases() -> Vec<Case> {
     let syn = Frame::tcp(CLIENT, 40000, CLUSTER_IP, 80, TCP_SYN);
-    let ack = Frame::tcp(CLIENT, 40000, CLUSTER_IP, 80, TCP_ACK | TCP_PSH).payload(b"GET / HTTP/1.1\r\n\r\n");
+    let ack = Frame::tcp(CLIENT, 40000, CLUSTER_IP, 80, TCP_ACK | TCP_PSH)
+        .payload(b"GET / HTTP/1.1\r\n\r\n");
     let synack = Frame::tcp(B1, 8080, CLIENT, 40000, TCP_SYN | TCP_ACK);
     let np_syn = Frame::tcp(CLIENT, 40100, NODE, 30080, TCP_SYN);
     let np_synack = Frame::tcp(B1, 8080, CLIENT, 40100, TCP_SYN | TCP_ACK).payload(b"np");
     let dns = Frame::udp(CLIENT, 5555, DNS_IP, 53).payload(b"\x12\x34query");
     let mut dns0 = Frame::udp(CLIENT, 5556, DNS_IP, 53).payload(b"no checksum");
-    dns0.l4 = L4::Udp { zero_checksum: true };
+    dns0.l4 = L4::Udp {
+        zero_checksum: true,
+    };
     let mut opts = Frame::tcp(CLIENT, 40001, CLUSTER_IP, 80, TCP_SYN);
     opts.ip_options = vec![0x01, 0x01, 0x01, 0x00]; // NOP NOP NOP EOL
     let mut frag = Frame::udp(CLIENT, 5557, DNS_IP, 53).payload(b"second fragment");
@@ -77,51 +91,197 @@ fn cases() -> Vec<Case> {
     bad_ihl[14] = 0x44;
     let mut arp = vec![0xffu8; 6];
     arp.extend_from_slice(&[2, 0, 0, 0, 0, 1, 0x08, 0x06]);
-    arp.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1, 192, 168, 1, 2, 0, 0, 0, 0, 0, 0, 192, 168, 1, 1]);
-    let mut rst = Frame::tcp(EMPTY_IP, 80, CLIENT, 40000, xdplb_tests::packet::TCP_RST | TCP_ACK);
-    rst.l4 = L4::Tcp { flags: xdplb_tests::packet::TCP_RST | TCP_ACK, seq: 0, ack: 1001 };
-    (rst.ip_id, rst.window, rst.src_mac, rst.dst_mac) = (0, 0, xdplb_tests::packet::NODE_MAC, xdplb_tests::packet::CLIENT_MAC);
+    arp.extend_from_slice(&[
+        0, 1, 8, 0, 6, 4, 0, 1, 2, 0, 0, 0, 0, 1, 192, 168, 1, 2, 0, 0, 0, 0, 0, 0, 192, 168, 1, 1,
+    ]);
+    let mut rst = Frame::tcp(
+        EMPTY_IP,
+        80,
+        CLIENT,
+        40000,
+        xdplb_tests::packet::TCP_RST | TCP_ACK,
+    );
+    rst.l4 = L4::Tcp {
+        flags: xdplb_tests::packet::TCP_RST | TCP_ACK,
+        seq: 0,
+        ack: 1001,
+    };
+    (rst.ip_id, rst.window, rst.src_mac, rst.dst_mac) = (
+        0,
+        0,
+        xdplb_tests::packet::NODE_MAC,
+        xdplb_tests::packet::CLIENT_MAC,
+    );
     let b = |f: &Frame| f.bytes();
     vec![
-        case("xdp_v4_syn_to_clusterip_dnat", "SYN to a ClusterIP: destination rewritten to the backend, both checksums valid", "xdp_lb",
-            &b(&syn), "XDP_PASS", Some(&b(&with_dst(syn.clone(), B1, 8080)))),
-        case("xdp_v4_established_same_backend", "data on the established flow goes to the same backend", "xdp_lb",
-            &b(&ack), "XDP_PASS", Some(&b(&with_dst(ack.clone(), B1, 8080)))),
-        case("tc_egress_v4_reply_reverse_nat", "the backend's SYN-ACK leaves with the ClusterIP as source", "tc_egress",
-            &b(&synack), "TC_ACT_OK", Some(&b(&with_src(synack.clone(), CLUSTER_IP, 80)))),
-        case("xdp_v4_nodeport_dnat", "SYN to a NodePort on the node address (another service, same backend)", "xdp_lb",
-            &b(&np_syn), "XDP_PASS", Some(&b(&with_dst(np_syn.clone(), B1, 8080)))),
-        case("tc_egress_v4_nodeport_reply", "the NodePort flow's reply gets the node address back", "tc_egress",
-            &b(&np_synack), "TC_ACT_OK", Some(&b(&with_src(np_synack.clone(), NODE, 30080)))),
-        case("xdp_v4_udp_dnat", "UDP to a service: address and port rewritten, UDP checksum valid", "xdp_lb",
-            &b(&dns), "XDP_PASS", Some(&b(&with_dst(dns.clone(), B2, 5353)))),
-        case("xdp_v4_udp_zero_checksum_stays_zero", "UDP without checksum: rewritten, checksum stays 0", "xdp_lb",
-            &b(&dns0), "XDP_PASS", Some(&b(&with_dst(dns0.clone(), B2, 5353)))),
-        case("xdp_v4_ip_options_dnat", "IP options are skipped by IHL and kept", "xdp_lb",
-            &b(&opts), "XDP_PASS", Some(&b(&with_dst(opts.clone(), B1, 8080)))),
-        case("tc_ingress_v4_pod_to_clusterip", "east-west: a pod's SYN to a ClusterIP at tc ingress", "tc_ingress",
-            &b(&pod_syn), "TC_ACT_OK", Some(&b(&with_dst(pod_syn.clone(), B1, 8080)))),
-        case("tc_egress_v4_reply_to_pod", "east-west: the reply to the pod is reverse-NATed", "tc_egress",
-            &b(&pod_synack), "TC_ACT_OK", Some(&b(&with_src(pod_synack.clone(), CLUSTER_IP, 80)))),
-        case("xdp_v4_non_service_untouched", "traffic to a non-service address passes unchanged", "xdp_lb",
-            &b(&Frame::tcp(CLIENT, 40000, B1, 8080, TCP_SYN)), "XDP_PASS", None),
-        case("xdp_v4_syn_to_service_without_backend_gets_rst", "a SYN to a service with no backend is answered with RST|ACK, sent back (XDP_TX)", "xdp_lb",
-            &b(&Frame::tcp(CLIENT, 40000, EMPTY_IP, 80, TCP_SYN)), "XDP_TX", Some(&b(&rst))),
-        case("tc_ingress_v4_pod_syn_without_backend_gets_rst", "the same from a pod: the reset goes back out of the pod's interface", "tc_ingress",
-            &b(&Frame::tcp(CLIENT, 40000, EMPTY_IP, 80, TCP_SYN)), "TC_ACT_REDIRECT", Some(&b(&rst))),
-        case("xdp_v4_ack_to_service_without_backend_drops", "anything but a SYN to a service with no backend is dropped, never forwarded", "xdp_lb",
-            &b(&Frame::tcp(CLIENT, 40000, EMPTY_IP, 80, TCP_ACK)), "XDP_DROP", None),
-        case("xdp_v4_fragment_passes", "a non-first fragment cannot be balanced per flow: passed unchanged", "xdp_lb",
-            &b(&frag), "XDP_PASS", None),
-        case("xdp_v4_vlan_passes", "a VLAN-tagged frame is passed unchanged", "xdp_lb",
-            &b(&vlan), "XDP_PASS", None),
-        case("xdp_arp_passes", "ARP is not IPv4: passed unchanged", "xdp_lb", &arp, "XDP_PASS", None),
-        case("xdp_v4_truncated_ip_drops", "a frame cut inside the IPv4 header is malformed", "xdp_lb",
-            &b(&syn)[..14 + 12], "XDP_DROP", None),
-        case("xdp_v4_truncated_tcp_drops", "a frame cut inside the TCP header is malformed", "xdp_lb",
-            &b(&syn)[..14 + 20 + 10], "XDP_DROP", None),
-        case("xdp_v4_bad_ihl_drops", "IHL below 5 is malformed", "xdp_lb", &bad_ihl, "XDP_DROP", None),
-        case("xdp_v4_ethernet_header_only_drops", "an IPv4 ethertype with no IPv4 header", "xdp_lb", &b(&syn)[..14], "XDP_DROP", None),
+        case(
+            "xdp_v4_syn_to_clusterip_dnat",
+            "SYN to a ClusterIP: destination rewritten to the backend, both checksums valid",
+            "xdp_lb",
+            &b(&syn),
+            "XDP_PASS",
+            Some(&b(&with_dst(syn.clone(), B1, 8080))),
+        ),
+        case(
+            "xdp_v4_established_same_backend",
+            "data on the established flow goes to the same backend",
+            "xdp_lb",
+            &b(&ack),
+            "XDP_PASS",
+            Some(&b(&with_dst(ack.clone(), B1, 8080))),
+        ),
+        case(
+            "tc_egress_v4_reply_reverse_nat",
+            "the backend's SYN-ACK leaves with the ClusterIP as source",
+            "tc_egress",
+            &b(&synack),
+            "TC_ACT_OK",
+            Some(&b(&with_src(synack.clone(), CLUSTER_IP, 80))),
+        ),
+        case(
+            "xdp_v4_nodeport_dnat",
+            "SYN to a NodePort on the node address (another service, same backend)",
+            "xdp_lb",
+            &b(&np_syn),
+            "XDP_PASS",
+            Some(&b(&with_dst(np_syn.clone(), B1, 8080))),
+        ),
+        case(
+            "tc_egress_v4_nodeport_reply",
+            "the NodePort flow's reply gets the node address back",
+            "tc_egress",
+            &b(&np_synack),
+            "TC_ACT_OK",
+            Some(&b(&with_src(np_synack.clone(), NODE, 30080))),
+        ),
+        case(
+            "xdp_v4_udp_dnat",
+            "UDP to a service: address and port rewritten, UDP checksum valid",
+            "xdp_lb",
+            &b(&dns),
+            "XDP_PASS",
+            Some(&b(&with_dst(dns.clone(), B2, 5353))),
+        ),
+        case(
+            "xdp_v4_udp_zero_checksum_stays_zero",
+            "UDP without checksum: rewritten, checksum stays 0",
+            "xdp_lb",
+            &b(&dns0),
+            "XDP_PASS",
+            Some(&b(&with_dst(dns0.clone(), B2, 5353))),
+        ),
+        case(
+            "xdp_v4_ip_options_dnat",
+            "IP options are skipped by IHL and kept",
+            "xdp_lb",
+            &b(&opts),
+            "XDP_PASS",
+            Some(&b(&with_dst(opts.clone(), B1, 8080))),
+        ),
+        case(
+            "tc_ingress_v4_pod_to_clusterip",
+            "east-west: a pod's SYN to a ClusterIP at tc ingress",
+            "tc_ingress",
+            &b(&pod_syn),
+            "TC_ACT_OK",
+            Some(&b(&with_dst(pod_syn.clone(), B1, 8080))),
+        ),
+        case(
+            "tc_egress_v4_reply_to_pod",
+            "east-west: the reply to the pod is reverse-NATed",
+            "tc_egress",
+            &b(&pod_synack),
+            "TC_ACT_OK",
+            Some(&b(&with_src(pod_synack.clone(), CLUSTER_IP, 80))),
+        ),
+        case(
+            "xdp_v4_non_service_untouched",
+            "traffic to a non-service address passes unchanged",
+            "xdp_lb",
+            &b(&Frame::tcp(CLIENT, 40000, B1, 8080, TCP_SYN)),
+            "XDP_PASS",
+            None,
+        ),
+        case(
+            "xdp_v4_syn_to_service_without_backend_gets_rst",
+            "a SYN to a service with no backend is answered with RST|ACK, sent back (XDP_TX)",
+            "xdp_lb",
+            &b(&Frame::tcp(CLIENT, 40000, EMPTY_IP, 80, TCP_SYN)),
+            "XDP_TX",
+            Some(&b(&rst)),
+        ),
+        case(
+            "tc_ingress_v4_pod_syn_without_backend_gets_rst",
+            "the same from a pod: the reset goes back out of the pod's interface",
+            "tc_ingress",
+            &b(&Frame::tcp(CLIENT, 40000, EMPTY_IP, 80, TCP_SYN)),
+            "TC_ACT_REDIRECT",
+            Some(&b(&rst)),
+        ),
+        case(
+            "xdp_v4_ack_to_service_without_backend_drops",
+            "anything but a SYN to a service with no backend is dropped, never forwarded",
+            "xdp_lb",
+            &b(&Frame::tcp(CLIENT, 40000, EMPTY_IP, 80, TCP_ACK)),
+            "XDP_DROP",
+            None,
+        ),
+        case(
+            "xdp_v4_fragment_passes",
+            "a non-first fragment cannot be balanced per flow: passed unchanged",
+            "xdp_lb",
+            &b(&frag),
+            "XDP_PASS",
+            None,
+        ),
+        case(
+            "xdp_v4_vlan_passes",
+            "a VLAN-tagged frame is passed unchanged",
+            "xdp_lb",
+            &b(&vlan),
+            "XDP_PASS",
+            None,
+        ),
+        case(
+            "xdp_arp_passes",
+            "ARP is not IPv4: passed unchanged",
+            "xdp_lb",
+            &arp,
+            "XDP_PASS",
+            None,
+        ),
+        case(
+            "xdp_v4_truncated_ip_drops",
+            "a frame cut inside the IPv4 header is malformed",
+            "xdp_lb",
+            &b(&syn)[..14 + 12],
+            "XDP_DROP",
+            None,
+        ),
+        case(
+            "xdp_v4_truncated_tcp_drops",
+            "a frame cut inside the TCP header is malformed",
+            "xdp_lb",
+            &b(&syn)[..14 + 20 + 10],
+            "XDP_DROP",
+            None,
+        ),
+        case(
+            "xdp_v4_bad_ihl_drops",
+            "IHL below 5 is malformed",
+            "xdp_lb",
+            &bad_ihl,
+            "XDP_DROP",
+            None,
+        ),
+        case(
+            "xdp_v4_ethernet_header_only_drops",
+            "an IPv4 ethertype with no IPv4 header",
+            "xdp_lb",
+            &b(&syn)[..14],
+            "XDP_DROP",
+            None,
+        ),
     ]
 }
 
@@ -131,7 +291,11 @@ fn fixture_file_is_current() {
     if std::env::var_os("XDPLB_BLESS").is_some() {
         fixture::store(FILE, &want);
     }
-    assert_eq!(fixture::load(FILE), want, "tests/fixtures/{FILE} is stale: rerun with XDPLB_BLESS=1");
+    assert_eq!(
+        fixture::load(FILE),
+        want,
+        "tests/fixtures/{FILE} is stale: rerun with XDPLB_BLESS=1"
+    );
 }
 
 #[test]
@@ -139,15 +303,28 @@ fn ipv4_service_fixtures() {
     let mut lb = Lb::load();
     lb.program(&contents(&services()));
     let file = fixture::load(FILE);
-    let failures: Vec<String> = file.iter().filter_map(|c| fixture::run(&lb.ebpf, c).err()).collect();
-    assert!(failures.is_empty(), "{} of {} fixtures failed:\n{}", failures.len(), file.len(), failures.join("\n"));
+    let failures: Vec<String> = file
+        .iter()
+        .filter_map(|c| fixture::run(&lb.ebpf, c).err())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures failed:\n{}",
+        failures.len(),
+        file.len(),
+        failures.join("\n")
+    );
     // The story left a flow per direction per frontend in conntrack, and the
     // drops were counted under their reasons.
     assert_eq!(lb.counter(counter::DROP_NO_BACKEND), 3);
     assert_eq!(lb.counter(counter::RST_SENT), 2);
     assert_eq!(lb.counter(counter::DROP_MALFORMED), 4);
     assert_eq!(lb.maps.service_stats(4).unwrap().drops_no_backend, 3);
-    assert_eq!(lb.maps.service_stats(1).unwrap().new_flows, 3, "client SYN, options SYN, pod SYN");
+    assert_eq!(
+        lb.maps.service_stats(1).unwrap().new_flows,
+        3,
+        "client SYN, options SYN, pod SYN"
+    );
     assert_eq!(lb.maps.service_stats(1).unwrap().packets, 4);
 }
 
@@ -159,30 +336,18 @@ fn round_robin_takes_slots_in_turn() {
         svc = svc.backend(i as u32 + 1, Ipv4Addr::new(10, 0, 2, 11 + i), 8080);
     }
     lb.program(&contents(&[svc]));
-    let Some(Program::Xdp(xdp)) = lb.ebpf.program("xdp_lb") else { panic!("xdp_lb missing") };
     let picked: Vec<u8> = (0..7u16)
-        .map(|i| {
-            let input = Frame::tcp(CLIENT, 41000 + i, CLUSTER_IP, 80, TCP_SYN).bytes();
-            let mut out = vec![0u8; input.len()];
-            let r = xdp.test_run(TestRunOptions { data_in: Some(&input), data_out: Some(&mut out), ..Default::default() }).unwrap();
-            assert_eq!(r.return_value, 2, "XDP_PASS");
-            out[14 + 19] // last byte of the rewritten destination address
-        })
+        .map(|i| backend_of(&lb, &Frame::tcp(CLIENT, 41000 + i, CLUSTER_IP, 80, TCP_SYN)))
         .collect();
-    assert_eq!(picked, vec![11, 12, 13, 11, 12, 13, 11], "new flows take the slots in turn");
+    assert_eq!(
+        picked,
+        vec![11, 12, 13, 11, 12, 13, 11],
+        "new flows take the slots in turn"
+    );
 }
 
-/// Runs `frame` through `prog`; returns the verdict and the output frame.
 fn run(lb: &Lb, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
-    let mut out = vec![0u8; frame.len()];
-    let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), ..Default::default() };
-    let r = match lb.ebpf.program(prog) {
-        Some(Program::Xdp(p)) => p.test_run(opts),
-        Some(Program::SchedClassifier(p)) => p.test_run(opts),
-        _ => panic!("no program {prog}"),
-    }
-    .expect("BPF_PROG_TEST_RUN");
-    (r.return_value, out)
+    fixture::run_frame(&lb.ebpf, prog, frame).unwrap()
 }
 
 #[test]
@@ -194,12 +359,20 @@ fn client_port_clash_at_a_shared_backend_gets_another_port() {
     let to_cluster_ip = Frame::tcp(CLIENT, 40000, CLUSTER_IP, 80, TCP_SYN).bytes();
     let to_node_port = Frame::tcp(CLIENT, 40000, NODE, 30080, TCP_SYN).bytes();
     let (rc, first) = run(&lb, "xdp_lb", &to_cluster_ip);
-    assert_eq!((rc, &first[34..36]), (2, &40000u16.to_be_bytes()[..]), "the first flow keeps its port");
+    assert_eq!(
+        (rc, &first[34..36]),
+        (2, &40000u16.to_be_bytes()[..]),
+        "the first flow keeps its port"
+    );
     let (rc, second) = run(&lb, "xdp_lb", &to_node_port);
     assert_eq!(rc, 2);
     let remapped = u16::from_be_bytes([second[34], second[35]]);
     assert_ne!(remapped, 40000, "the clashing flow got another client port");
-    assert_eq!(&second[30..34], &B1.octets(), "and still went to the backend");
+    assert_eq!(
+        &second[30..34],
+        &B1.octets(),
+        "and still went to the backend"
+    );
     verify_checksums(&second).unwrap();
     assert_eq!(lb.counter(counter::CLIENT_PORT_REMAPPED), 1);
     // Each reply finds its own flow: the original port and frontend come back.
@@ -226,7 +399,11 @@ fn lifecycle_lb(proto: u8) -> Lb {
         svc = svc.backend(i as u32 + 1, Ipv4Addr::new(10, 0, 2, 11 + i), 8080);
     }
     lb.program(&contents(&[svc]));
-    let cfg = lb_common::Config { udp_timeout_s: 1, closing_timeout_s: 1, ..Default::default() };
+    let cfg = lb_common::Config {
+        udp_timeout_s: 1,
+        closing_timeout_s: 1,
+        ..Default::default()
+    };
     lb.maps.set_config(&cfg).unwrap();
     lb
 }
@@ -243,12 +420,28 @@ fn tcp_syn_after_fin_starts_a_new_flow_but_retransmitted_syn_does_not() {
     let lb = lifecycle_lb(IPPROTO_TCP);
     let flow = |flags| Frame::tcp(CLIENT, 42000, CLUSTER_IP, 80, flags);
     let first = backend_of(&lb, &flow(TCP_SYN));
-    assert_eq!(backend_of(&lb, &flow(TCP_SYN)), first, "a retransmitted SYN stays");
+    assert_eq!(
+        backend_of(&lb, &flow(TCP_SYN)),
+        first,
+        "a retransmitted SYN stays"
+    );
     assert_eq!(backend_of(&lb, &flow(TCP_ACK)), first);
-    assert_eq!(backend_of(&lb, &flow(TCP_ACK | xdplb_tests::packet::TCP_FIN)), first, "the FIN still reaches the flow's backend");
-    assert_eq!(backend_of(&lb, &flow(TCP_ACK)), first, "so does the last ACK");
+    assert_eq!(
+        backend_of(&lb, &flow(TCP_ACK | xdplb_tests::packet::TCP_FIN)),
+        first,
+        "the FIN still reaches the flow's backend"
+    );
+    assert_eq!(
+        backend_of(&lb, &flow(TCP_ACK)),
+        first,
+        "so does the last ACK"
+    );
     // The tuple is reused by a new connection: a fresh choice.
-    assert_ne!(backend_of(&lb, &flow(TCP_SYN)), first, "SYN on a closing tuple is a new flow");
+    assert_ne!(
+        backend_of(&lb, &flow(TCP_SYN)),
+        first,
+        "SYN on a closing tuple is a new flow"
+    );
 }
 
 #[test]
@@ -259,5 +452,9 @@ fn idle_udp_flow_expires_after_its_timeout() {
     assert_eq!(backend_of(&lb, &dgram), first, "pinned while active");
     // Idle longer than the 1 s timeout (time must pass; nothing to poll).
     std::thread::sleep(std::time::Duration::from_millis(2100));
-    assert_ne!(backend_of(&lb, &dgram), first, "an expired flow is balanced anew");
+    assert_ne!(
+        backend_of(&lb, &dgram),
+        first,
+        "an expired flow is balanced anew"
+    );
 }
