@@ -199,7 +199,8 @@ fn vary_source(ctx: &XdpContext) -> Option<()> {
 }
 
 /// The live-frames generator: spreads frames over `GenConfig::flows`
-/// (destination, source port) pairs, the source address telling CPUs apart,
+/// (destination, source port, third source address byte) tuples, the last
+/// source address byte telling CPUs apart,
 /// and sends each back out of the interface it was injected on (XDP_TX).
 /// Frames are UDP with checksum 0, so only the IP checksum needs updating.
 #[xdp]
@@ -233,6 +234,8 @@ fn gen(ctx: &XdpContext) -> Option<()> {
     let flow = n % flows;
     let dst = (u32::from_be_bytes(base).wrapping_add(flow % dsts)).to_be_bytes();
     let sport = (10_000 + (flow / dsts) % 50_000) as u16;
+    // Beyond dsts * 50,000 flows, the third source address byte spreads them further.
+    let spread = (flow / dsts / 50_000) as u8;
     // SAFETY: helper without arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() } as u8;
     let p = frame::<FRAME_LEN>(ctx.data(), ctx.data_end())?;
@@ -240,11 +243,12 @@ fn gen(ctx: &XdpContext) -> Option<()> {
     unsafe {
         let f = &mut *p;
         let old_src = [f[IP_SRC + 2], f[IP_SRC + 3]];
-        f[IP_SRC + 3] = 10 + cpu;
+        let new_src = [old_src[0].wrapping_add(spread), 10 + cpu];
+        f[IP_SRC + 2..IP_SRC + 4].copy_from_slice(&new_src);
         f[IP_DST..IP_DST + 4].copy_from_slice(&dst);
         f[L4_SPORT..L4_SPORT + 2].copy_from_slice(&sport.to_be_bytes());
         let mut c = u16::from_be_bytes([f[IP_CHECK], f[IP_CHECK + 1]]);
-        c = csum::replace2(c, old_src, [old_src[0], 10 + cpu]);
+        c = csum::replace2(c, old_src, new_src);
         c = csum::replace4(c, base, dst);
         f[IP_CHECK..IP_CHECK + 2].copy_from_slice(&c.to_be_bytes());
     }

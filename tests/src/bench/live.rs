@@ -35,8 +35,11 @@ use crate::{
 pub struct Opts {
     /// Frames per thread for floors (drop, XDP_TX, redirect).
     pub repeat_floor: u32,
-    /// Frames per thread through the stack (forwarding, xdplb, iptables).
+    /// At most this many frames per thread through the stack (forwarding,
+    /// xdplb, iptables); fewer when `target_s` is reached sooner.
     pub repeat_fwd: u32,
+    /// Seconds each timed blast through the stack should take.
+    pub target_s: f64,
     pub threads: &'static [usize],
     pub services: &'static [u32],
     pub backends_per_service: u32,
@@ -44,6 +47,8 @@ pub struct Opts {
     pub flows: u32,
     /// Also measure kube-proxy-style iptables rules.
     pub iptables: bool,
+    /// Timed blasts per configuration and thread count (median reported).
+    pub rounds: usize,
 }
 
 struct Topo {
@@ -179,8 +184,9 @@ fn attach(progs: &mut BenchProgs, ns: &Netns, prog: &'static str, iface: &str) -
 
 pub fn run(progs: &mut BenchProgs, opts: &Opts, report: &mut Report) -> Result<()> {
     let mut drop_ns: Vec<f64> = Vec::new();
-    let cond = |extra: serde_json::Value, repeat: u32, threads: usize, delivered: f64| {
-        let mut c = json!({"threads": threads, "frames_per_thread": repeat, "frame_bytes": 64, "proto": "udp", "flows_per_thread": opts.flows, "delivered_ratio": (delivered * 1000.0).round() / 1000.0});
+    let cond = |extra: serde_json::Value, repeat: u32, threads: usize, m: &Measured, i: usize| {
+        let mut c = json!({"threads": threads, "frames_per_thread": repeat, "frame_bytes": 64, "proto": "udp", "flows_per_thread": opts.flows,
+            "delivered_ratio": (m.delivered[i] * 1000.0).round() / 1000.0, "rounds": opts.rounds, "max_over_min": (m.spread[i] * 100.0).round() / 100.0});
         if let (Some(m), serde_json::Value::Object(e)) = (c.as_object_mut(), extra) {
             m.extend(e);
         }
@@ -204,13 +210,13 @@ pub fn run(progs: &mut BenchProgs, opts: &Opts, report: &mut Report) -> Result<(
         progs.set_redirect(t.bk0_ifindex)?;
         let frame = t.frame(backend(1));
         progs.set_gen(gen_cfg(opts.flows, 1, backend(1), &frame))?;
-        let m = measure(progs, &t, &frame, opts.threads, repeat, |_, _| Ok(()))?;
+        let m = measure_fixed(progs, &t, &frame, opts, repeat, |_, _| Ok(()))?;
         for (i, &threads) in opts.threads.iter().enumerate() {
             let ns = threads as f64 * 1e9 / m.pps[i];
             if label == "live/drop_baseline" {
                 drop_ns.push(ns);
             }
-            report.add("live", label, m.pps[i] / 1e6, None, "Mpps", cond(json!({"ns_per_packet_per_cpu": round1(ns)}), repeat, threads, m.delivered[i]));
+            report.add("live", label, m.pps[i] / 1e6, None, "Mpps", cond(json!({"ns_per_packet_per_cpu": round1(ns)}), repeat, threads, &m, i));
         }
         progs.detach_all();
         drop(t);
@@ -224,64 +230,89 @@ pub fn run(progs: &mut BenchProgs, opts: &Opts, report: &mut Report) -> Result<(
         attach(progs, &t.sink, "bench_drop", "eth0")?;
         let frame = t.frame(backend(1));
         progs.set_gen(gen_cfg(opts.flows, 10, backend(1), &frame))?;
-        let m = measure(progs, &t, &frame, opts.threads, opts.repeat_fwd, |_, _| Ok(()))?;
+        let m = measure(progs, &t, &frame, opts, true, |_, _| Ok(()))?;
         for (i, &threads) in opts.threads.iter().enumerate() {
             let ns = threads as f64 * 1e9 / m.pps[i];
             fwd_ns.push(ns);
             report.add("live", "live/stack_forward_no_nat", m.pps[i] / 1e6, None, "Mpps",
-                cond(json!({"ns_per_packet_per_cpu": round1(ns), "ns_over_drop": round1(ns - drop_ns[i])}), opts.repeat_fwd, threads, m.delivered[i]));
+                cond(json!({"ns_per_packet_per_cpu": round1(ns), "ns_over_drop": round1(ns - drop_ns[i])}), m.repeat, threads, &m, i));
         }
         progs.detach_all();
     }
 
+    let restore = if which("iptables-legacy-restore") { "iptables-legacy-restore" } else { "iptables-restore" };
     for &n in opts.services {
-        let per = opts.backends_per_service;
-        let mut xdplb_pps = Vec::new();
-        {
-            let t = Topo::new();
-            let mut lb = BenchLb::new(n, per, IPPROTO_UDP, 1 << 20)?;
-            let x = lb.xdp_mut();
-            in_ns(&t.node, || x.attach("up0", XdpMode::Driver)).context("attaching xdp_lb to up0")?;
-            attach(progs, &t.sink, "bench_drop", "eth0")?;
-            let frame = t.frame(vip(1));
-            progs.set_gen(gen_cfg(opts.flows.max(n), n, vip(1), &frame))?;
-            let m = measure(progs, &t, &frame, opts.threads, opts.repeat_fwd, |delivered, _| {
-                let c = lb.counters()?;
-                ensure!(c[counter::NAT_FORWARD as usize] >= delivered, "xdp_lb forwarded {} frames but the sink saw {delivered}: frames took another path", c[counter::NAT_FORWARD as usize]);
-                Ok(())
-            })?;
+        for mix in [Mix::Established, Mix::NewFlows] {
+            let (flows, suffix, what) = match mix {
+                Mix::Established => (opts.flows.max(n), "", "established flows (warmed up)"),
+                Mix::NewFlows => (u32::MAX, "_new_flows", "a new flow every packet"),
+            };
+            let flows_json = if mix == Mix::NewFlows { json!("all distinct") } else { json!(flows) };
+            let per = opts.backends_per_service;
+            let x = xdplb(progs, opts, n, flows, mix)?;
             for (i, &threads) in opts.threads.iter().enumerate() {
-                let ns = threads as f64 * 1e9 / m.pps[i];
-                xdplb_pps.push(m.pps[i]);
-                report.add("live", &format!("live/xdplb_{n}_services"), m.pps[i] / 1e6, None, "Mpps",
-                    cond(json!({"services": n, "backends_per_service": per, "ns_per_packet_per_cpu": round1(ns), "ns_over_drop": round1(ns - drop_ns[i]), "ns_over_stack_forward": round1(ns - fwd_ns[i]), "path": "xdp_lb DNAT + XDP_PASS, kernel forwarding"}),
-                        opts.repeat_fwd, threads, m.delivered[i]));
+                let ns = threads as f64 * 1e9 / x.pps[i];
+                report.add("live", &format!("live/xdplb_{n}_services{suffix}"), x.pps[i] / 1e6, None, "Mpps",
+                    cond(json!({"services": n, "backends_per_service": per, "traffic": what, "flows_per_thread": flows_json, "ns_per_packet_per_cpu": round1(ns), "ns_over_drop": round1(ns - drop_ns[i]), "ns_over_stack_forward": round1(ns - fwd_ns[i]), "path": "xdp_lb DNAT + XDP_PASS, kernel forwarding"}),
+                        x.repeat, threads, &x, i));
             }
-            progs.detach_all();
-            drop(lb);
+            if !opts.iptables {
+                continue;
+            }
+            let (k, load_s) = kube_proxy(progs, opts, n, flows, mix, restore)?;
+            for (i, &threads) in opts.threads.iter().enumerate() {
+                let ns = threads as f64 * 1e9 / k.pps[i];
+                report.add("live", &format!("live/iptables_{n}_services{suffix}"), k.pps[i] / 1e6, None, "Mpps",
+                    cond(json!({"services": n, "backends_per_service": per, "traffic": what, "flows_per_thread": flows_json, "ns_per_packet_per_cpu": round1(ns), "ns_over_drop": round1(ns - drop_ns[i]), "ns_over_stack_forward": round1(ns - fwd_ns[i]), "rules_load_s": round1(load_s), "tool": restore, "path": "XDP_PASS, kube-proxy nat rules (conntrack), kernel forwarding"}),
+                        k.repeat, threads, &k, i));
+                report.add("live", &format!("ratio/xdplb_over_iptables_{n}_services{suffix}"), x.pps[i] / k.pps[i], None, "x",
+                    json!({"services": n, "threads": threads, "traffic": what, "what": "forwarded pps, xdplb / kube-proxy iptables, same path and traffic, same run"}));
+            }
         }
-        if !opts.iptables {
-            continue;
-        }
-        let t = Topo::new();
-        let restore = if which("iptables-legacy-restore") { "iptables-legacy-restore" } else { "iptables-restore" };
-        let load_s = iptables::load(&t.node, restore, &iptables::rules(n, per))?;
-        attach(progs, &t.node, "bench_pass", "up0")?;
-        attach(progs, &t.sink, "bench_drop", "eth0")?;
-        let frame = t.frame(vip(1));
-        progs.set_gen(gen_cfg(opts.flows.max(n), n, vip(1), &frame))?;
-        let m = measure(progs, &t, &frame, opts.threads, opts.repeat_fwd, |_, _| Ok(()))?;
-        for (i, &threads) in opts.threads.iter().enumerate() {
-            let ns = threads as f64 * 1e9 / m.pps[i];
-            report.add("live", &format!("live/iptables_{n}_services"), m.pps[i] / 1e6, None, "Mpps",
-                cond(json!({"services": n, "backends_per_service": per, "ns_per_packet_per_cpu": round1(ns), "ns_over_drop": round1(ns - drop_ns[i]), "ns_over_stack_forward": round1(ns - fwd_ns[i]), "rules_load_s": round1(load_s), "tool": restore, "path": "XDP_PASS, kube-proxy nat rules (conntrack), kernel forwarding"}),
-                    opts.repeat_fwd, threads, m.delivered[i]));
-            report.add("live", &format!("ratio/xdplb_over_iptables_{n}_services"), xdplb_pps[i] / m.pps[i], None, "x",
-                json!({"services": n, "threads": threads, "what": "forwarded pps, xdplb / kube-proxy iptables, same path and traffic"}));
-        }
-        progs.detach_all();
     }
     Ok(())
+}
+
+/// What the generator's flows look like.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mix {
+    /// A fixed set of flows, established by a warm-up before timing.
+    Established,
+    /// Every frame a new 5-tuple: conntrack inserts, kube-proxy's rule walk.
+    NewFlows,
+}
+
+/// xdp_lb on up0 with `n` UDP services; checks that what reached the sink was NATed by it.
+fn xdplb(progs: &mut BenchProgs, opts: &Opts, n: u32, flows: u32, mix: Mix) -> Result<Measured> {
+    let t = Topo::new();
+    let mut lb = BenchLb::new(n, opts.backends_per_service, IPPROTO_UDP, 1 << 20)?;
+    let x = lb.xdp_mut();
+    in_ns(&t.node, || x.attach("up0", XdpMode::Driver)).context("attaching xdp_lb to up0")?;
+    attach(progs, &t.sink, "bench_drop", "eth0")?;
+    let frame = t.frame(vip(1));
+    progs.set_gen(gen_cfg(flows, n, vip(1), &frame))?;
+    let m = measure(progs, &t, &frame, opts, mix == Mix::Established, |delivered, _| {
+        let c = lb.counters()?;
+        let fwd = c[counter::NAT_FORWARD as usize];
+        ensure!(fwd >= delivered, "xdp_lb forwarded {fwd} frames but the sink saw {delivered}: frames took another path");
+        Ok(())
+    });
+    progs.detach_all();
+    m
+}
+
+/// kube-proxy's rules for `n` services in the node; returns the rate and the rule load time.
+fn kube_proxy(progs: &mut BenchProgs, opts: &Opts, n: u32, flows: u32, mix: Mix, restore: &str) -> Result<(Measured, f64)> {
+    let t = Topo::new();
+    let load_s = iptables::load(&t.node, restore, &iptables::rules(n, opts.backends_per_service))?;
+    attach(progs, &t.node, "bench_pass", "up0")?;
+    attach(progs, &t.sink, "bench_drop", "eth0")?;
+    let frame = t.frame(vip(1));
+    progs.set_gen(gen_cfg(flows, n, vip(1), &frame))?;
+    // Only DNATed frames are routed to the sink (VIPs have no route).
+    let m = measure(progs, &t, &frame, opts, mix == Mix::Established, |_, _| Ok(()));
+    progs.detach_all();
+    Ok((m?, load_s))
 }
 
 /// Interface and IP counters of the topology, for `XDPLB_BENCH_DEBUG=1`.
@@ -308,27 +339,50 @@ fn which(tool: &str) -> bool {
     std::process::Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().is_ok_and(|o| o.status.success())
 }
 
-/// Rate and delivered/sent ratio per thread count.
+/// Per thread count: median rate, worst delivered/sent ratio, max/min rate over rounds.
 struct Measured {
+    /// Frames per thread of each timed blast.
+    repeat: u32,
     pps: Vec<f64>,
     delivered: Vec<f64>,
+    spread: Vec<f64>,
 }
 
-/// Warm-up (flows established), then one timed blast per thread count.
-/// `check(delivered, sent)` runs after each timed blast.
-fn measure(progs: &mut BenchProgs, t: &Topo, frame: &[u8], threads: &[usize], repeat: u32, check: impl Fn(u64, u64) -> Result<()>) -> Result<Measured> {
-    blast(progs, t, frame, *threads.iter().max().unwrap_or(&1), (repeat / 4).max(1 << 16))?;
-    let mut out = Measured { pps: Vec::new(), delivered: Vec::new() };
-    for &n in threads {
-        let (got, secs) = blast(progs, t, frame, n, repeat)?;
-        let sent = n as u64 * repeat as u64;
-        if std::env::var_os("XDPLB_BENCH_DEBUG").is_some() {
-            dump(t);
+/// Optional warm-up (so the flows are established), a short probe that
+/// sizes the timed blasts to about `opts.target_s` (at most
+/// `opts.repeat_fwd` frames per thread), then `rounds` timed blasts per thread
+/// count; the rate is their median. `check(delivered, sent)` runs after each.
+fn measure(progs: &mut BenchProgs, t: &Topo, frame: &[u8], opts: &Opts, warm_up: bool, check: impl Fn(u64, u64) -> Result<()>) -> Result<Measured> {
+    if warm_up {
+        blast(progs, t, frame, *opts.threads.iter().max().unwrap_or(&1), 1 << 16)?;
+    }
+    // Two probes: their difference cancels the fixed cost of a call (~20 ms here).
+    let (a, ta) = blast(progs, t, frame, 1, 1 << 12)?;
+    let (b, tb) = blast(progs, t, frame, 1, 1 << 14)?;
+    let rate = if tb > ta && b > a { (b - a) as f64 / (tb - ta) } else { b as f64 / tb };
+    let repeat = ((rate * opts.target_s) as u32).clamp(1 << 12, opts.repeat_fwd);
+    measure_fixed(progs, t, frame, opts, repeat, check)
+}
+
+/// `rounds` timed blasts of `repeat` frames per thread, per thread count.
+fn measure_fixed(progs: &mut BenchProgs, t: &Topo, frame: &[u8], opts: &Opts, repeat: u32, check: impl Fn(u64, u64) -> Result<()>) -> Result<Measured> {
+    let mut out = Measured { repeat, pps: Vec::new(), delivered: Vec::new(), spread: Vec::new() };
+    for &n in opts.threads {
+        let (mut pps, mut delivered) = (Vec::new(), Vec::new());
+        for _ in 0..opts.rounds.max(1) {
+            let (got, secs) = blast(progs, t, frame, n, repeat)?;
+            let sent = n as u64 * repeat as u64;
+            if std::env::var_os("XDPLB_BENCH_DEBUG").is_some() {
+                dump(t);
+            }
+            ensure!(got > 0, "no frame arrived where it was counted ({n} threads, {sent} sent)");
+            check(got, sent)?;
+            pps.push(got as f64 / secs);
+            delivered.push(got as f64 / sent as f64);
         }
-        ensure!(got > 0, "no frame arrived where it was counted ({n} threads, {sent} sent)");
-        check(got, sent)?;
-        out.pps.push(got as f64 / secs);
-        out.delivered.push(got as f64 / sent as f64);
+        out.pps.push(super::stats::median(&pps));
+        out.delivered.push(super::stats::min(&delivered));
+        out.spread.push(pps.iter().copied().fold(0.0, f64::max) / super::stats::min(&pps));
     }
     Ok(out)
 }
