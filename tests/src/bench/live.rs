@@ -106,8 +106,9 @@ impl Topo {
 
     /// The generator's template: UDP, checksum 0, to `dst:80`, 64 bytes.
     fn frame(&self, dst: Ipv4Addr) -> Vec<u8> {
-        let mut f = Frame::new_udp_zero(Ipv4Addr::new(192, 168, 1, 10), 10_000, dst, 80);
-        f.payload = vec![0; 22];
+        let mut f = Frame::udp(Ipv4Addr::new(192, 168, 1, 10), 10_000, dst, 80).payload(&[0; 22]);
+        // No UDP checksum: the generator rewrites ports and addresses per frame.
+        f.l4 = L4::Udp { zero_checksum: true };
         let mut b = f.bytes();
         b[0..6].copy_from_slice(&self.up0_mac);
         b[6..12].copy_from_slice(&self.gen_mac);
@@ -118,17 +119,6 @@ impl Topo {
 
 fn fmt_mac(m: &[u8; 6]) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
-
-trait UdpZero {
-    fn new_udp_zero(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Frame;
-}
-impl UdpZero for Frame {
-    fn new_udp_zero(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Frame {
-        let mut f = Frame::udp(src, sport, dst, dport);
-        f.l4 = L4::Udp { zero_checksum: true };
-        f
-    }
 }
 
 /// `struct xdp_md` as BPF_PROG_TEST_RUN takes it for live frames.

@@ -55,7 +55,7 @@ fn main() -> Result<()> {
 
     let lopts = match mode {
         Mode::Smoke => live::Opts { repeat_floor: 1 << 16, repeat_fwd: 1 << 15, target_s: 0.05, threads: &[1, 2], services: &[10], backends_per_service: 10, flows: 1024, iptables: true, rounds: 1 },
-        Mode::Quick => live::Opts { repeat_floor: 1 << 21, repeat_fwd: 1 << 20, target_s: 0.3, threads: &[1, 2], services: &[1, 1000], backends_per_service: 10, flows: 16_384, iptables: true, rounds: 1 },
+        Mode::Quick => live::Opts { repeat_floor: 1 << 21, repeat_fwd: 1 << 20, target_s: 0.3, threads: &[1, 2], services: &[1, 1000], backends_per_service: 10, flows: 16_384, iptables: true, rounds: 3 },
         Mode::Full => live::Opts { repeat_floor: 1 << 22, repeat_fwd: 1 << 21, target_s: 1.0, threads: &[1, 2], services: &[1, 1000, 10_000], backends_per_service: 10, flows: 16_384, iptables: true, rounds: 3 },
     };
     println!("\n== live forwarding (live-frames generator over veth, 64-byte UDP)");
