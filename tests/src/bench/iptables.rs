@@ -2,7 +2,11 @@
 //! matches each ClusterIP:port and jumps to KUBE-SVC-<hash>, which marks
 //! off-cluster sources for masquerade and picks an endpoint with
 //! `-m statistic --mode random --probability 1/(n-i)`, jumping to
-//! KUBE-SEP-<hash>, which DNATs. Loaded with one `iptables-restore`.
+//! KUBE-SEP-<hash>, which DNATs. Loaded with one `iptables-restore`
+//! (legacy when installed: 10k services load in ~5 s, twice as fast as nft).
+//! Only the nat table is written (no KUBE-FORWARD filter rules). Like
+//! kube-proxy with `--cluster-cidr`, off-cluster clients are masqueraded;
+//! xdplb keeps the client address, so the comparison includes that SNAT.
 use std::{io::Write as _, process::Stdio};
 
 use anyhow::{bail, Context as _, Result};

@@ -11,7 +11,10 @@
 //! reaches it only if it was NATed. On veth the receiver runs on the
 //! sender's CPU, so a rate is generator + node together: figures are also
 //! given as CPU-ns per packet over a drop-only baseline of the same run.
-//! Each configuration gets a fresh topology.
+//! Each configuration gets a fresh topology. Two traffic mixes per service
+//! count: a fixed set of flows, established by a warm-up (conntrack hits for
+//! both xdplb and iptables), and a new 5-tuple every frame (conntrack
+//! inserts; for iptables, the walk of KUBE-SERVICES).
 use std::{net::Ipv4Addr, sync::Barrier, time::Instant};
 
 use anyhow::{ensure, Context as _, Result};
