@@ -44,13 +44,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
         .with_context(|| format!("reading --source file:{}", path.display()))?;
     tracing::debug!(metrics_addr = %args.metrics_addr, "metrics are not served yet");
 
-    let sizes = MapSizes::default();
+    let sizes = MapSizes::from(&args.sizes);
     let mut ebpf = loader::load(&args.pin_path, sizes)?;
+    // Links are pinned next to the maps: the programs stay attached when the
+    // agent stops or crashes, and the next agent replaces them in place.
     for iface in &args.ifaces {
-        loader::attach_uplink(&mut ebpf, iface, args.xdp_mode.into())?;
+        loader::attach_uplink(&mut ebpf, iface, args.xdp_mode.into(), Some(&args.pin_path))?;
         tracing::info!(%iface, mode = ?args.xdp_mode, "attached XDP and tc egress to uplink");
     }
-    let mut pods = PodIfaces::new(args.pod_ifaces.clone());
+    let mut pods = PodIfaces::new(args.pod_ifaces.clone(), args.pin_path.clone());
     pods.scan(&mut ebpf);
 
     let mut dp = Dataplane::open(&args.pin_path)?;

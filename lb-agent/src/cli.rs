@@ -95,6 +95,38 @@ pub struct RunArgs {
     /// Address for Prometheus metrics (not served yet).
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
+    #[command(flatten)]
+    pub sizes: SizeArgs,
+}
+
+/// Map sizes. Changing one on a running node is safe: the next agent
+/// resizes the pinned map live and keeps its entries (established flows).
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Map sizes")]
+pub struct SizeArgs {
+    /// Service frontends (ClusterIP, NodePort per node address, ... per port).
+    #[arg(long, default_value_t = lb_common::maps::default_size::SERVICES)]
+    pub max_services: u32,
+    /// Backends (endpoint address:port pairs) across all services.
+    #[arg(long, default_value_t = lb_common::maps::default_size::BACKENDS)]
+    pub max_backends: u32,
+    /// Slots across all services (one per ready endpoint; a Maglev service
+    /// takes its table size).
+    #[arg(long, default_value_t = lb_common::maps::default_size::SLOTS)]
+    pub max_slots: u32,
+    /// Conntrack entries (two per flow); least recently used flows are
+    /// evicted when full.
+    #[arg(long, default_value_t = lb_common::maps::default_size::CONNTRACK)]
+    pub max_flows: u32,
+    /// ClientIP affinity entries (one per service and client).
+    #[arg(long, default_value_t = lb_common::maps::default_size::AFFINITY)]
+    pub max_affinity: u32,
+}
+
+impl From<&SizeArgs> for lb_agent::loader::MapSizes {
+    fn from(a: &SizeArgs) -> Self {
+        Self { services: a.max_services, backends: a.max_backends, slots: a.max_slots, conntrack: a.max_flows, affinity: a.max_affinity }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

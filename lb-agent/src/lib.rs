@@ -1,6 +1,8 @@
 //! lb-agent: loads xdplb's eBPF programs, keeps their pinned maps in step
 //! with the desired state, and reads them back for operators.
 pub mod dataplane;
+pub mod links;
 pub mod loader;
+pub mod migrate;
 pub mod diff;
 pub mod control;

@@ -3,10 +3,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 use aya::{
-    programs::{tc, SchedClassifier, TcAttachType, Xdp, XdpMode},
+    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use lb_common::maps::{self, default_size, programs};
+
+use crate::{links, migrate};
 
 /// The eBPF object built by build.rs from lb-ebpf.
 pub static BYTECODE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb.o"));
@@ -20,12 +22,13 @@ pub static BENCH_BYTECODE: &[u8] =
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xdplb";
 
 /// Sizes of the maps that scale with the cluster.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapSizes {
     pub services: u32,
     pub backends: u32,
     pub slots: u32,
     pub conntrack: u32,
+    pub affinity: u32,
 }
 
 impl Default for MapSizes {
@@ -35,81 +38,88 @@ impl Default for MapSizes {
             backends: default_size::BACKENDS,
             slots: default_size::SLOTS,
             conntrack: default_size::CONNTRACK,
+            affinity: default_size::AFFINITY,
         }
     }
 }
 
-/// Loads the programs; maps are pinned under `pin_dir` (reusing maps already
-/// pinned there, so a restart keeps every flow).
+/// Loads the programs; maps are pinned under `pin_dir`, reusing maps already
+/// pinned there so a restart keeps every flow.
+///
+/// A pinned map is checked against what this build expects (aya does not):
+/// a different type, key or value size is refused with an explanation; a
+/// different size (e.g. a larger conntrack table) is migrated live: a new map
+/// is created and filled from the old one, the pinned links switch to the new
+/// programs, entries created meanwhile are copied again, and the new map takes
+/// the old one's pin.
 pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf> {
     ensure_bpffs(pin_dir)?;
-    std::fs::create_dir_all(pin_dir).with_context(|| {
-        format!(
-            "creating {} (is bpffs mounted at /sys/fs/bpf?)",
-            pin_dir.display()
-        )
-    })?;
-    let pins: Vec<(&str, PathBuf)> = maps::ALL.iter().map(|n| (*n, pin_dir.join(n))).collect();
+    std::fs::create_dir_all(pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
+    let mut pins = Vec::new();
+    let mut resized = Vec::new();
+    for name in maps::ALL {
+        let path = pin_dir.join(name);
+        match migrate::check_pinned(&path, &migrate::expected(name, sizes))? {
+            migrate::Pinned::Absent | migrate::Pinned::Matches => pins.push((*name, path)),
+            migrate::Pinned::Resize { from } => {
+                tracing::info!(map = name, from, to = migrate::expected(name, sizes).max_entries, "resizing pinned map; flows are kept");
+                pins.push((*name, migrate::next_path(&path)));
+                resized.push(*name);
+            }
+        }
+    }
     let mut loader = EbpfLoader::new();
     for (name, path) in &pins {
         loader.map_pin_path(name, path.as_path());
     }
-    loader
-        .map_max_entries(maps::SERVICES_V4, sizes.services)
-        .map_max_entries(maps::BACKENDS_V4, sizes.backends)
-        .map_max_entries(maps::SERVICE_SLOTS, sizes.slots)
-        .map_max_entries(maps::CONNTRACK_V4, sizes.conntrack)
-        // Indexed by service id (1..=services).
-        .map_max_entries(maps::SERVICE_STATS, sizes.services + 1)
-        .map_max_entries(maps::RR_STATE, sizes.services + 1)
-        // Indexed by backend id (1..=backends).
-        .map_max_entries(maps::BACKEND_LOAD, sizes.backends + 1);
+    for name in maps::ALL {
+        loader.map_max_entries(name, migrate::expected(name, sizes).max_entries);
+    }
     let mut ebpf = loader.load(BYTECODE).context("loading the eBPF object")?;
     let xdp: &mut Xdp = program(&mut ebpf, programs::XDP_LB)?;
     xdp.load().context("verifier rejected xdp_lb")?;
     for name in [programs::TC_INGRESS, programs::TC_EGRESS] {
         let p: &mut SchedClassifier = program(&mut ebpf, name)?;
-        p.load()
-            .with_context(|| format!("verifier rejected {name}"))?;
+        p.load().with_context(|| format!("verifier rejected {name}"))?;
+    }
+    if !resized.is_empty() {
+        migrate::resize(&mut ebpf, pin_dir, &resized)?;
     }
     Ok(ebpf)
 }
 
-fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+pub(crate) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let p = ebpf
-        .program_mut(name)
-        .with_context(|| format!("program {name} missing from the object"))?;
-    p.try_into()
-        .with_context(|| format!("program {name} has an unexpected type"))
+    let p = ebpf.program_mut(name).with_context(|| format!("program {name} missing from the object"))?;
+    p.try_into().with_context(|| format!("program {name} has an unexpected type"))
+}
+
+/// Where the links of `pin_dir`'s programs are pinned.
+pub fn links_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("links")
 }
 
 /// Attaches to an uplink: XDP balances arriving service traffic, tc egress
-/// rewrites replies leaving towards clients.
-pub fn attach_uplink(ebpf: &mut Ebpf, iface: &str, mode: XdpMode) -> Result<()> {
-    let xdp: &mut Xdp = program(ebpf, programs::XDP_LB)?;
-    xdp.attach(iface, mode).with_context(|| {
+/// rewrites replies leaving towards clients. With `pin_dir`, the links are
+/// pinned there (they outlive the agent; a restart replaces the programs in
+/// place) — without, they end with the process.
+pub fn attach_uplink(ebpf: &mut Ebpf, iface: &str, mode: XdpMode, pin_dir: Option<&Path>) -> Result<()> {
+    let links = pin_dir.map(links_dir);
+    links::attach_xdp(ebpf, iface, mode, links.as_deref()).with_context(|| {
         format!("attaching XDP to {iface} in {mode:?} mode (if the driver lacks native XDP, use generic mode)")
     })?;
-    attach_tc(ebpf, iface, programs::TC_EGRESS, TcAttachType::Egress)
+    links::attach_tc(ebpf, iface, programs::TC_EGRESS, TcAttachType::Egress, links.as_deref())
 }
 
 /// Attaches to the host side of a pod's veth: tc ingress balances what the
-/// pod sends, tc egress rewrites replies going back to it.
-pub fn attach_pod_iface(ebpf: &mut Ebpf, iface: &str) -> Result<()> {
-    attach_tc(ebpf, iface, programs::TC_INGRESS, TcAttachType::Ingress)?;
-    attach_tc(ebpf, iface, programs::TC_EGRESS, TcAttachType::Egress)
-}
-
-fn attach_tc(ebpf: &mut Ebpf, iface: &str, name: &str, at: TcAttachType) -> Result<()> {
-    // Needed only for the netlink attach of kernels before 6.6 (TCX needs none).
-    let _ = tc::qdisc_add_clsact(iface);
-    let p: &mut SchedClassifier = program(ebpf, name)?;
-    p.attach(iface, at)
-        .with_context(|| format!("attaching {name} to {iface} ({at:?})"))?;
-    Ok(())
+/// pod sends, tc egress rewrites replies going back to it. `pin_dir` as in
+/// [`attach_uplink`].
+pub fn attach_pod_iface(ebpf: &mut Ebpf, iface: &str, pin_dir: Option<&Path>) -> Result<()> {
+    let links = pin_dir.map(links_dir);
+    links::attach_tc(ebpf, iface, programs::TC_INGRESS, TcAttachType::Ingress, links.as_deref())?;
+    links::attach_tc(ebpf, iface, programs::TC_EGRESS, TcAttachType::Egress, links.as_deref())
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;

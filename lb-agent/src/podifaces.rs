@@ -8,14 +8,17 @@ use lb_agent::loader;
 
 pub struct PodIfaces {
     globs: Vec<String>,
+    /// Where the links are pinned (see `loader::attach_pod_iface`).
+    pin_dir: std::path::PathBuf,
     /// Interfaces attached (or that failed: not retried until they reappear).
     seen: BTreeSet<String>,
 }
 
 impl PodIfaces {
-    pub fn new(globs: Vec<String>) -> Self {
+    pub fn new(globs: Vec<String>, pin_dir: std::path::PathBuf) -> Self {
         Self {
             globs,
+            pin_dir,
             seen: BTreeSet::new(),
         }
     }
@@ -41,7 +44,7 @@ impl PodIfaces {
             if self.seen.contains(&iface) || !self.globs.iter().any(|g| glob_match(g, &iface)) {
                 continue;
             }
-            match loader::attach_pod_iface(ebpf, &iface) {
+            match loader::attach_pod_iface(ebpf, &iface, Some(&self.pin_dir)) {
                 Ok(()) => tracing::info!(%iface, "attached tc to pod interface"),
                 Err(e) => {
                     tracing::warn!(%iface, error = format!("{e:#}"), "attaching to pod interface failed")

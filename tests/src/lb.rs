@@ -38,9 +38,9 @@ impl Lb {
         // Interface names resolve in the calling thread's namespace.
         let ebpf = node.run(move || {
             let mut ebpf = load_at(&dir);
-            loader::attach_uplink(&mut ebpf, &uplink, XdpMode::Driver).unwrap_or_else(|e| panic!("{e:?}"));
+            loader::attach_uplink(&mut ebpf, &uplink, XdpMode::Driver, None).unwrap_or_else(|e| panic!("{e:?}"));
             for p in &pods {
-                loader::attach_pod_iface(&mut ebpf, p).unwrap_or_else(|e| panic!("{e:?}"));
+                loader::attach_pod_iface(&mut ebpf, p, None).unwrap_or_else(|e| panic!("{e:?}"));
             }
             ebpf
         });
@@ -71,7 +71,7 @@ impl Lb {
 
 /// Small maps: tests never need the production sizes.
 pub const TEST_SIZES: loader::MapSizes =
-    loader::MapSizes { services: 1024, backends: 4096, slots: 16384, conntrack: 65536 };
+    loader::MapSizes { services: 1024, backends: 4096, slots: 16384, conntrack: 65536, affinity: 4096 };
 
 fn new_pin_dir() -> PathBuf {
     crate::require_root();

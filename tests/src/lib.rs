@@ -5,6 +5,7 @@
 //! Everything here needs root (CAP_SYS_ADMIN for namespaces, CAP_BPF and
 //! CAP_NET_ADMIN for the programs); [`require_root`] says so plainly.
 pub mod bench;
+pub mod agent;
 pub mod fixture;
 pub mod lb;
 pub mod netns;

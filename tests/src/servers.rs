@@ -138,3 +138,16 @@ impl Conn {
         self.w.peer_addr().unwrap()
     }
 }
+
+/// `n` HTTP GETs over fresh connections from `ns`; tally of answering backends.
+pub fn tally(ns: &crate::netns::Netns, to: SocketAddr, n: usize) -> std::collections::BTreeMap<String, usize> {
+    ns.run(move || {
+        let mut t = std::collections::BTreeMap::new();
+        for i in 0..n {
+            let body = http_get(to).unwrap_or_else(|e| panic!("request {i} to {to}: {e}"));
+            *t.entry(body).or_default() += 1;
+        }
+        t
+    })
+}
+

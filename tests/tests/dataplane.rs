@@ -10,7 +10,7 @@ use std::{
 use lb_common::{algorithm, counter, IPPROTO_TCP, IPPROTO_UDP};
 use xdplb_tests::{
     lb::Lb,
-    servers::{http_get, udp_ask, Conn, Server},
+    servers::{tally, udp_ask, Conn, Server},
     services::{contents, Svc},
     topology::{backend_addr, Topology, NODE_ADDR, POD_ADDR, POD_IFACE, UPLINK},
     wait_for,
@@ -46,18 +46,6 @@ fn web(proto: u8, algo: u8, ids: &[usize]) -> Svc {
         s = s.backend(i as u32 + 1, backend_addr(i), 8080);
     }
     s
-}
-
-/// `n` HTTP GETs over fresh connections from `ns`; tally of answering backends.
-fn tally(ns: &xdplb_tests::netns::Netns, to: SocketAddr, n: usize) -> BTreeMap<String, usize> {
-    ns.run(move || {
-        let mut t = BTreeMap::new();
-        for i in 0..n {
-            let body = http_get(to).unwrap_or_else(|e| panic!("request {i} to {to}: {e}"));
-            *t.entry(body).or_default() += 1;
-        }
-        t
-    })
 }
 
 #[test]

@@ -52,6 +52,7 @@ impl BenchLb {
             backends: total + 16,
             slots: total + 16,
             conntrack,
+            ..loader::MapSizes::default()
         };
         let ebpf = loader::load(&pin_dir, sizes);
         let ebpf = match ebpf {

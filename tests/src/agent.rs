@@ -1,0 +1,309 @@
+//! The real `lb-agent` binary in a node namespace, fed Kubernetes YAML from
+//! a directory of its own; everything it leaves behind is removed on drop.
+//! Also the YAML of the standard test service (`shop/web`).
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use std::net::Ipv4Addr;
+
+use lb_agent::dataplane::Dataplane;
+use lb_common::ServiceKeyV4;
+
+use crate::{
+    netns::Netns,
+    topology::{backend_addr, NODE_ADDR, UPLINK},
+    wait_for,
+};
+
+/// The agent binary, built if needed. A test of another package has no
+/// `CARGO_BIN_EXE_lb-agent`; the binary sits two levels above this test
+/// executable (`target/<profile>/deps/<test>`).
+pub fn agent_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("XDPLB_AGENT_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let target_dir = profile_dir.parent().expect("target dir");
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    // Cheap when the binary is fresh; `cargo test -p xdplb-tests` alone does
+    // not build other packages' binaries.
+    // target/debug belongs to the `dev` profile; others use their own name.
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev",
+        Some(p) => p,
+    };
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "-p",
+            "lb-agent",
+            "--bin",
+            "lb-agent",
+            "--profile",
+            profile,
+        ])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(workspace)
+        .status()
+        .expect("running cargo build for lb-agent");
+    assert!(status.success(), "building lb-agent failed");
+    let bin = profile_dir.join("lb-agent");
+    assert!(bin.exists(), "{} missing after the build", bin.display());
+    bin
+}
+
+/// The agent process and what it leaves behind, removed on drop (also when
+/// an assertion fails).
+pub struct Agent {
+    child: Child,
+    pub pin_dir: PathBuf,
+    pub source_dir: PathBuf,
+    log: PathBuf,
+    /// Arguments after `run` (interfaces, node, ...), kept for restarts.
+    args: Vec<String>,
+}
+
+impl Agent {
+    /// Starts `lb-agent run` inside `node`'s network namespace. `nsenter
+    /// --net` rather than `ip netns exec`: the latter remounts /sys, which
+    /// hides /sys/fs/bpf, and the test must see the agent's pinned maps.
+    pub fn start(node: &Netns, source_dir: &Path) -> Self {
+        Self::start_with(node, source_dir, &[])
+    }
+
+    /// As [`Agent::start`], with more `run` arguments (e.g. map sizes).
+    pub fn start_with(node: &Netns, source_dir: &Path, extra: &[&str]) -> Self {
+        // Named after the objects directory, which is unique per test.
+        let tag = source_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("agent");
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{tag}"));
+        let _ = std::fs::remove_dir_all(&pin_dir);
+        let log = source_dir.with_extension("log");
+        let args = extra.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let child = spawn(node, &pin_dir, source_dir, &log, &args);
+        Self { child, pin_dir, source_dir: source_dir.to_path_buf(), log, args }
+    }
+
+    /// Stops the agent with SIGTERM (as systemd or the kubelet would) and
+    /// starts a new one on the same pinned maps and objects.
+    pub fn restart(&mut self, node: &Netns) {
+        let pid = self.child.id() as libc::pid_t;
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let status = self.child.wait().expect("waiting for lb-agent");
+        assert!(
+            status.success(),
+            "lb-agent did not exit cleanly on SIGTERM ({status}):\n{}",
+            self.log()
+        );
+        self.child = spawn(node, &self.pin_dir, &self.source_dir, &self.log, &self.args);
+    }
+
+    /// Kills the agent with SIGKILL (a crash: nothing runs on the way out).
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a new agent on the same pinned maps and objects, with `extra`
+    /// replacing the extra arguments (e.g. an upgrade with new map sizes).
+    pub fn start_again(&mut self, node: &Netns, extra: &[&str]) {
+        self.assert_dead();
+        self.args = extra.iter().map(|s| s.to_string()).collect();
+        self.child = spawn(node, &self.pin_dir, &self.source_dir, &self.log, &self.args);
+    }
+
+    fn assert_dead(&mut self) {
+        assert!(matches!(self.child.try_wait(), Ok(Some(_))), "the previous agent still runs");
+    }
+
+    /// Waits until the agent has pinned its maps, and opens them.
+    pub fn maps(&mut self) -> Dataplane {
+        let pinned = wait_for(Duration::from_secs(60), || {
+            self.assert_alive();
+            Dataplane::open(&self.pin_dir).is_ok()
+        });
+        assert!(pinned, "the agent pinned no maps within 60 s:\n{}", self.log());
+        Dataplane::open(&self.pin_dir).expect("opening the agent's maps")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The `writes=N` figure of every "synced" line so far.
+    pub fn sync_writes(&self) -> Vec<usize> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("synced"))
+            .filter_map(|l| {
+                l.split("writes=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    }
+
+    pub fn assert_alive(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("lb-agent exited ({status}):\n{}", self.log());
+        }
+    }
+}
+
+fn spawn(node: &Netns, pin_dir: &Path, source_dir: &Path, log: &Path, extra: &[String]) -> Child {
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", node.name()))
+        .arg(agent_binary())
+        .args([
+            "run",
+            "--iface",
+            UPLINK,
+            "--node-name",
+            "node-0",
+            "--node-address",
+            &NODE_ADDR.to_string(),
+        ])
+        .arg("--pin-path")
+        .arg(pin_dir)
+        .arg(format!("--source=file:{}", source_dir.display()))
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        // Appended: a restarted agent's log follows the first one's.
+        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file"))
+        .spawn()
+        .expect("starting lb-agent")
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.source_dir);
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// `shop/web`: ClusterIP 10.96.0.10:80 → 8080, NodePort 30080, round-robin.
+pub const SERVICE: &str = "apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+  annotations:
+    xdplb.io/algorithm: round-robin
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10]
+  ports:
+  - name: http
+    port: 80
+    nodePort: 30080
+    protocol: TCP
+    targetPort: 8080
+  selector:
+    app: web
+";
+
+/// The Node `node-0` at the node address.
+pub const NODE: &str = "apiVersion: v1
+kind: Node
+metadata:
+  name: node-0
+status:
+  addresses:
+  - type: InternalIP
+    address: 192.168.1.1
+";
+
+/// The EndpointSlice of `web` with backends `ids`.
+pub fn slice(ids: &[usize]) -> String {
+    let mut s = String::from(
+        "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-abc12
+  namespace: shop
+  labels:
+    kubernetes.io/service-name: web
+addressType: IPv4
+ports:
+- name: http
+  port: 8080
+  protocol: TCP
+endpoints:
+",
+    );
+    for &i in ids {
+        s += &format!("- addresses: [{}]\n  conditions: {{ready: true, serving: true, terminating: false}}\n  nodeName: node-0\n", backend_addr(i));
+    }
+    s
+}
+
+/// Writes a file the way editors do: a temporary file renamed into place,
+/// so the agent never reads half a file.
+pub fn write(dir: &Path, name: &str, text: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, text).expect("writing YAML");
+    std::fs::rename(&tmp, dir.join(name)).expect("renaming YAML into place");
+}
+
+/// A fresh, unique objects directory with `web` (endpoints `slice_ids`) and
+/// its Node written into it.
+pub fn objects_dir(slice_ids: &[usize]) -> PathBuf {
+    // Tests run in parallel threads of one process: one directory each.
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("xlbt-{}-agent{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    write(&dir, "service.yaml", SERVICE);
+    write(&dir, "node.yaml", NODE);
+    write(&dir, "slice.yaml", &slice(slice_ids));
+    dir
+}
+
+/// The ClusterIP of `shop/web`.
+pub const WEB_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+/// Slot count and backend addresses the agent has programmed for the ClusterIP.
+pub fn programmed(dp: &Dataplane) -> Option<(u32, Vec<Ipv4Addr>)> {
+    let key = ServiceKeyV4 {
+        addr: WEB_CLUSTER_IP.octets(),
+        port: 80u16.to_be_bytes(),
+        proto: 6,
+        scope: 0,
+    };
+    let c = dp.contents().ok()?;
+    let svc = c.services.get(&key)?;
+    let backends = (1..=svc.count)
+        .filter_map(|slot| {
+            c.slots.get(&lb_common::SlotKey {
+                service_id: svc.id,
+                slot,
+            })
+        })
+        .filter_map(|id| c.backends.get(id))
+        .map(|b| Ipv4Addr::from(b.addr))
+        .collect();
+    Some((svc.count, backends))
+}
+
