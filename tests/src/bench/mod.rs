@@ -6,9 +6,11 @@
 //! - [`live`]: forwarding rate with our live-frames generator over 2-queue
 //!   veth pairs, against a drop-only baseline and XDP_TX/redirect floors;
 //! - [`iptables`]: kube-proxy-style iptables NAT rules on the same path;
-//! - [`report`]: the table and the JSON under `target/bench/`.
+//! - [`report`]: the table and the JSON under `target/bench/`;
+//! - [`chart`]: an SVG of rate against service count, xdplb vs iptables.
 //!
 //! Figures are only comparable within one run: the machine is shared.
+pub mod chart;
 pub mod cost;
 pub mod dataplane;
 pub mod iptables;

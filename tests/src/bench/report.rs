@@ -3,11 +3,11 @@
 use std::{path::Path, process::Command};
 
 use anyhow::{Context as _, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 /// One measured (or derived) number.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Figure {
     /// `prog_cost`, `live`, `iptables`, ...
     pub section: String,
@@ -16,7 +16,7 @@ pub struct Figure {
     /// The headline value (a median where rounds were repeated).
     pub value: f64,
     /// Best round, where rounds were repeated.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min: Option<f64>,
     pub unit: String,
     /// Service count, backends, threads, repeat, method, ...
@@ -45,7 +45,8 @@ impl Report {
         s
     }
 
-    /// Writes `<dir>/bench-<unix time>.json` and `<dir>/latest.json`; returns the first path.
+    /// Writes `<dir>/bench-<unix time>.json` and `<dir>/latest.json` (and the
+    /// same `.svg` chart when there are live figures); returns the JSON path.
     pub fn write(&self, dir: &Path, mode: &str, elapsed_s: f64) -> Result<std::path::PathBuf> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
@@ -64,6 +65,10 @@ impl Report {
         let path = dir.join(format!("bench-{now}.json"));
         std::fs::write(&path, &text)?;
         std::fs::write(dir.join("latest.json"), &text)?;
+        if let Some(svg) = super::chart::svg(&self.figures, 1) {
+            std::fs::write(dir.join(format!("bench-{now}.svg")), &svg)?;
+            std::fs::write(dir.join("latest.svg"), &svg)?;
+        }
         Ok(path)
     }
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use xdplb_tests::bench::{cost, live, progs::BenchProgs, report::Report};
+use xdplb_tests::bench::{chart, cost, live, progs::BenchProgs, report::{Figure, Report}};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
@@ -25,7 +25,9 @@ fn main() -> Result<()> {
             "--quick" => mode = Mode::Quick,
             "--smoke" => mode = Mode::Smoke,
             "--out" => out = args.next().map(PathBuf::from).unwrap_or(out),
-            other => bail!("unknown argument {other}; usage: xdplb-bench [--quick|--smoke] [--out DIR]"),
+            // Redraws the chart of an earlier run: `--chart target/bench/bench-<t>.json`.
+            "--chart" => return redraw(&PathBuf::from(args.next().unwrap_or_default())),
+            other => bail!("unknown argument {other}; usage: xdplb-bench [--quick|--smoke] [--out DIR] | --chart RUN.json"),
         }
     }
     xdplb_tests::require_root();
@@ -66,5 +68,15 @@ fn main() -> Result<()> {
     let mode_name = format!("{mode:?}").to_lowercase();
     let path = report.write(&out, &mode_name, elapsed)?;
     println!("wrote {} ({elapsed:.0} s)", path.display());
+    Ok(())
+}
+
+fn redraw(json: &std::path::Path) -> Result<()> {
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json)?)?;
+    let figures: Vec<Figure> = serde_json::from_value(doc["figures"].clone())?;
+    let svg = chart::svg(&figures, 1).ok_or_else(|| anyhow::anyhow!("{} has no live service figures", json.display()))?;
+    let path = json.with_extension("svg");
+    std::fs::write(&path, svg)?;
+    println!("wrote {}", path.display());
     Ok(())
 }
