@@ -26,10 +26,11 @@ pub fn agent_binary() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
+    // Test executables live in target/<profile>/deps, binaries in target/<profile>.
+    let mut profile_dir = exe.parent().expect("target/<profile>");
+    if profile_dir.file_name().is_some_and(|n| n == "deps") {
+        profile_dir = profile_dir.parent().expect("target/<profile>");
+    }
     let target_dir = profile_dir.parent().expect("target dir");
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -3,6 +3,7 @@
 //! it can run on a fresh machine and install that toolchain first.
 mod bench;
 mod provision;
+mod test;
 
 use std::process::Command;
 
@@ -56,15 +57,20 @@ fn main() -> Result<()> {
         }
         Cmd::Test { args } => {
             provision::all()?;
-            // lb-ebpf's pure helpers (checksums) are unit-tested on the host;
-            // the crate is not a default member (see Cargo.toml).
-            cargo(&["test", "-p", "lb-ebpf", "--lib"])?;
-            let mut a = vec!["test", "--workspace", "--exclude", "lb-ebpf"];
+            let mut total = test::Totals::default();
+            // lb-ebpf's pure helpers (checksums, hashes) are unit-tested on
+            // the host; the crate is not a default member (see Cargo.toml).
+            let r1 = test::run(&["test", "-p", "lb-ebpf", "--lib"], &mut total);
+            let mut a = vec!["test", "--workspace", "--exclude", "lb-ebpf", "--no-fail-fast"];
             if !args.is_empty() {
                 a.push("--");
                 a.extend(args.iter().map(String::as_str));
             }
-            cargo(&a)
+            let r2 = test::run(&a, &mut total);
+            // One closing line for the whole suite (cargo's last line is
+            // often a crate with no doc tests: "0 passed").
+            println!("xtask test: {} passed, {} failed, {} ignored", total.passed, total.failed, total.ignored);
+            r1.and(r2)
         }
         Cmd::Bench { quick, smoke, out } => bench::run(quick, smoke, out.as_deref()),
         Cmd::Demo => {

@@ -1,43 +1,58 @@
-//! `cargo xtask demo`: a node namespace with xdplb attached, three backends,
-//! and a client that sends real HTTP to a ClusterIP and to a NodePort,
-//! printing which backend answered each request. Needs root.
-use std::{collections::BTreeMap, net::{Ipv4Addr, SocketAddr}};
+//! `cargo xtask demo`: the real `lb-agent`, fed Kubernetes YAML, balances a
+//! Service in network namespaces: a client sends HTTP to the ClusterIP and
+//! to the NodePort and this prints which backend answered each request; then
+//! an EndpointSlice edit removes a backend, live. Needs root.
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
-use lb_common::{algorithm, counter, IPPROTO_TCP};
+use lb_common::counter;
 use xdplb_tests::{
-    lb::Lb,
+    agent::{objects_dir, programmed, slice, write, Agent, WEB_CLUSTER_IP},
     servers::{http_get, Server},
-    services::{contents, Svc},
     topology::{backend_addr, Topology, NODE_ADDR, UPLINK},
+    wait_for,
 };
 
-const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
-const NODE_PORT: u16 = 30080;
+fn requests(t: &Topology, label: &str, to: SocketAddr, n: usize) {
+    let mut tally = BTreeMap::<String, u32>::new();
+    for i in 1..=n {
+        let body = t.client.run(move || http_get(to)).unwrap_or_else(|e| format!("ERROR {e}"));
+        println!("  {label:9} request {i}: GET http://{to}/ -> answered by {body}");
+        *tally.entry(body).or_default() += 1;
+    }
+    println!("  {label}: {tally:?}\n");
+}
 
 fn main() {
-    println!("xdplb demo: client ns -> node ns (XDP on {UPLINK}) -> 3 backend namespaces");
+    println!("xdplb demo: client ns --> node ns (lb-agent, XDP on {UPLINK}) --> 3 backend namespaces\n");
     let t = Topology::new(3);
-    let _servers: Vec<_> = (0..3).map(|i| Server::start(&t.backends[i], 8080, &format!("backend-{i} ({})", backend_addr(i)))).collect();
-    let mut lb = Lb::attach(&t.node, UPLINK, &[]);
-    let mut svc = Svc::new(1, IPPROTO_TCP, algorithm::RANDOM).frontend(CLUSTER_IP, 80).frontend(NODE_ADDR, NODE_PORT);
-    for i in 0..3 {
-        svc = svc.backend(i as u32 + 1, backend_addr(i), 8080);
+    let _servers: Vec<_> =
+        (0..3).map(|i| Server::start(&t.backends[i], 8080, &format!("backend-{i} ({})", backend_addr(i)))).collect();
+    let dir = objects_dir(&[0, 1, 2]);
+    println!("objects in {} (as `kubectl get svc,endpointslices,nodes -A -o yaml` prints them):", dir.display());
+    println!("  Service shop/web: ClusterIP {WEB_CLUSTER_IP}:80 -> 8080, NodePort {NODE_ADDR}:30080, xdplb.io/algorithm: round-robin");
+    println!("  EndpointSlice shop/web-abc12: 3 ready endpoints\n");
+    let mut agent = Agent::start(&t.node, &dir);
+    let dp = agent.maps();
+    assert!(wait_for(Duration::from_secs(10), || programmed(&dp).is_some_and(|(n, _)| n == 3)), "{}", agent.log());
+    println!("lb-agent programmed the service:");
+    for line in agent.log().lines().filter(|l| l.contains("attached") || l.contains("synced")) {
+        println!("  {}", line.split_once("  ").map_or(line, |(_, r)| r.trim_start()));
     }
-    lb.program(&contents(&[svc]));
-    println!("service default/web: ClusterIP {CLUSTER_IP}:80, NodePort {NODE_ADDR}:{NODE_PORT}, 3 backends on :8080, random\n");
+    println!();
 
-    for (label, to) in [("ClusterIP", SocketAddr::from((CLUSTER_IP, 80))), ("NodePort", SocketAddr::from((NODE_ADDR, NODE_PORT)))] {
-        let mut tally = BTreeMap::<String, u32>::new();
-        for n in 1..=6 {
-            let body = t.client.run(move || http_get(to)).unwrap_or_else(|e| format!("ERROR {e}"));
-            println!("  {label:9} request {n}: GET http://{to}/ answered by {body}");
-            *tally.entry(body).or_default() += 1;
-        }
-        println!("  {label}: {tally:?}\n");
-    }
-    let c = lb.maps.counters().expect("counters");
-    let s = lb.maps.service_stats(1).expect("stats");
-    println!("dataplane counters: {}", counter::LABELS.iter().zip(&c).filter(|(_, v)| **v > 0).map(|(l, v)| format!("{l}={v}")).collect::<Vec<_>>().join(" "));
-    println!("service 1: packets={} bytes={} new_flows={} drops_no_backend={}", s.packets, s.bytes, s.new_flows, s.drops_no_backend);
-    println!("conntrack entries: {}", lb.maps.flows().map(|f| f.len()).unwrap_or(0));
+    requests(&t, "ClusterIP", SocketAddr::from((WEB_CLUSTER_IP, 80)), 6);
+    requests(&t, "NodePort", SocketAddr::from((NODE_ADDR, 30080)), 6);
+
+    println!("editing the EndpointSlice: backend-2 leaves the service");
+    write(&dir, "slice.yaml", &slice(&[0, 1]));
+    assert!(wait_for(Duration::from_secs(10), || programmed(&dp).is_some_and(|(n, _)| n == 2)));
+    requests(&t, "ClusterIP", SocketAddr::from((WEB_CLUSTER_IP, 80)), 6);
+
+    let c = dp.counters().expect("counters");
+    println!(
+        "dataplane counters: {}",
+        counter::LABELS.iter().zip(&c).filter(|(_, v)| **v > 0).map(|(l, v)| format!("{l}={v}")).collect::<Vec<_>>().join(" ")
+    );
+    println!("conntrack entries: {} (two per flow)", dp.flows().map(|f| f.len()).unwrap_or(0));
+    println!("\nthe agent, its pinned maps and the namespaces are removed on exit");
 }
