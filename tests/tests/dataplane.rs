@@ -377,3 +377,26 @@ fn a_full_services_map_is_reported_and_loses_nothing() {
         "the four services are intact"
     );
 }
+
+#[test]
+fn tcp_connection_to_a_removed_backend_is_reset_not_blackholed() {
+    let (t, _s, mut lb) = setup(2);
+    lb.program(&contents(&[web(IPPROTO_TCP, algorithm::RANDOM, &[0, 1])]));
+    let to = SocketAddr::from((CLUSTER_IP, 80));
+    let mut conn = Conn::new(t.client.run(move || TcpStream::connect(to)).expect("connect"));
+    let first = conn.ask().unwrap();
+    let gone: usize = first.trim_start_matches("backend-").parse().unwrap();
+    lb.program(&contents(&[web(IPPROTO_TCP, algorithm::RANDOM, &[1 - gone])]));
+    // The next segment goes to the live backend, which has no such connection
+    // and answers with a reset: the client learns at once.
+    let start = Instant::now();
+    let err = conn.ask().expect_err("the connection cannot continue on another backend");
+    assert!(
+        matches!(err.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::UnexpectedEof),
+        "reset, not a timeout: {err}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(1), "took {:?}", start.elapsed());
+    assert!(lb.counter(counter::REBALANCED) >= 1);
+    // And a new connection simply works.
+    assert_eq!(tally(&t.client, to, 5).len(), 1);
+}
