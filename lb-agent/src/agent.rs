@@ -6,7 +6,10 @@
 //! else touched. The id allocator is seeded from the pinned maps on start,
 //! so a restarted agent adopts the ids already there and its first sync
 //! rewrites nothing that has not changed.
-use std::time::Duration;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Context as _, Result};
 use lb_agent::{
@@ -19,6 +22,7 @@ use lb_agent::{
     dataplane::Dataplane,
     diff::diff,
     loader::{self, MapSizes},
+    ops::{checks, metrics::Metrics, names},
 };
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -42,16 +46,24 @@ pub async fn run(args: RunArgs) -> Result<()> {
     };
     let mut models = file::watch(path.clone())
         .with_context(|| format!("reading --source file:{}", path.display()))?;
-    tracing::debug!(metrics_addr = %args.metrics_addr, "metrics are not served yet");
+    // Served from the start: /healthz answers while loading, /readyz says 503.
+    let metrics = Arc::new(Metrics::new(&args.pin_path));
+    lb_agent::ops::http::serve(args.metrics_addr, metrics.clone()).await?;
+    checks::require(&checks::Inputs {
+        pin_dir: &args.pin_path,
+        ifaces: &args.ifaces,
+        native_xdp: args.xdp_mode == crate::cli::XdpModeArg::Native,
+    })?;
 
     let sizes = MapSizes::from(&args.sizes);
-    let mut ebpf = loader::load(&args.pin_path, sizes)?;
+    let mut ebpf = loader::load(&args.pin_path, sizes).map_err(checks::explain_load_error)?;
     // Links are pinned next to the maps: the programs stay attached when the
     // agent stops or crashes, and the next agent replaces them in place.
     for iface in &args.ifaces {
         loader::attach_uplink(&mut ebpf, iface, args.xdp_mode.into(), Some(&args.pin_path))?;
         tracing::info!(%iface, mode = ?args.xdp_mode, "attached XDP and tc egress to uplink");
     }
+    metrics.set_attached();
     let mut pods = PodIfaces::new(args.pod_ifaces.clone(), args.pin_path.clone());
     pods.scan(&mut ebpf);
 
@@ -67,7 +79,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut ids = Ids::seeded(sizes.services, MAX_BACKEND_ID, &current);
     let cfg = plan_config(&args.inputs);
 
-    let mut synced = sync(&mut dp, &models.borrow_and_update(), &cfg, &mut ids);
+    metrics.source_event();
+    let first = Some(Instant::now());
+    let mut synced = sync(&mut dp, &models.borrow_and_update(), &cfg, &mut ids, &metrics, first);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -75,17 +89,20 @@ pub async fn run(args: RunArgs) -> Result<()> {
         tokio::select! {
             changed = models.changed() => {
                 if changed.is_err() {
+                    metrics.source_down();
                     bail!("the source stopped");
                 }
+                metrics.source_event();
+                let observed = Some(Instant::now());
                 let model = models.borrow_and_update().clone();
-                synced = sync(&mut dp, &model, &cfg, &mut ids);
+                synced = sync(&mut dp, &model, &cfg, &mut ids, &metrics, observed);
             }
             _ = tick.tick() => {
                 pods.scan(&mut ebpf);
                 if !synced {
                     // The last sync failed part-way: try again from what the maps hold.
                     let model = models.borrow().clone();
-                    synced = sync(&mut dp, &model, &cfg, &mut ids);
+                    synced = sync(&mut dp, &model, &cfg, &mut ids, &metrics, None);
                 }
             }
             _ = term.recv() => break,
@@ -101,9 +118,17 @@ pub async fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// One sync; returns whether every write succeeded.
-fn sync(dp: &mut Dataplane, model: &Model, cfg: &PlanConfig, ids: &mut Ids) -> bool {
-    let started = std::time::Instant::now();
+/// One sync; returns whether every write succeeded. `observed` is when the
+/// source's change behind it arrived (None for a retry).
+fn sync(
+    dp: &mut Dataplane,
+    model: &Model,
+    cfg: &PlanConfig,
+    ids: &mut Ids,
+    metrics: &Metrics,
+    observed: Option<Instant>,
+) -> bool {
+    let started = Instant::now();
     let p = plan(model, cfg, ids);
     let result = dp.contents().and_then(|current| {
         let d = diff(&current, &p.contents);
@@ -121,6 +146,11 @@ fn sync(dp: &mut Dataplane, model: &Model, cfg: &PlanConfig, ids: &mut Ids) -> b
                 elapsed_us = started.elapsed().as_micros() as u64,
                 "synced"
             );
+            let names = names::from_plan(&p);
+            if let Err(e) = names::write(metrics.pin_dir(), &names) {
+                tracing::debug!(error = %e, "writing the service names file failed; the CLI shows ids only");
+            }
+            metrics.sync_ok(started.elapsed(), d.len(), observed.map(|t| t.elapsed()), names);
             true
         }
         Err(e) => {
@@ -128,6 +158,7 @@ fn sync(dp: &mut Dataplane, model: &Model, cfg: &PlanConfig, ids: &mut Ids) -> b
                 error = format!("{e:#}"),
                 "sync failed; retrying in a second"
             );
+            metrics.sync_failed(started.elapsed());
             false
         }
     }

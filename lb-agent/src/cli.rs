@@ -38,6 +38,18 @@ pub enum Command {
     /// Load and attach the programs, then keep the pinned maps in step with
     /// the objects until SIGINT/SIGTERM (needs root).
     Run(RunArgs),
+    /// Services in the pinned maps: frontends, algorithm, affinity,
+    /// backends with their state (works with the agent running or stopped).
+    Services(crate::ops_cli::MapsArgs),
+    /// Backends in the pinned maps: address, state, weight, live flows.
+    Backends(crate::ops_cli::MapsArgs),
+    /// Conntrack entries (both directions of each flow), filterable.
+    Conntrack(crate::ops_cli::ConntrackArgs),
+    /// Dataplane counters by reason and per-service statistics.
+    Stats(crate::ops_cli::MapsArgs),
+    /// Check the kernel, privileges, bpffs and interfaces as `run` would,
+    /// and print a report (exit status 1 if a check fails).
+    Doctor(crate::ops_cli::DoctorArgs),
 }
 
 /// What every command needs to compute a plan.
@@ -92,7 +104,7 @@ pub struct RunArgs {
     /// interface, slower).
     #[arg(long, value_enum, default_value_t = XdpModeArg::Native)]
     pub xdp_mode: XdpModeArg,
-    /// Address for Prometheus metrics (not served yet).
+    /// Address of the Prometheus metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,
     #[command(flatten)]

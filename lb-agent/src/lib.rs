@@ -6,3 +6,4 @@ pub mod loader;
 pub mod migrate;
 pub mod diff;
 pub mod control;
+pub mod ops;

@@ -2,6 +2,7 @@
 //! dispatches; each command lives in its own module.
 mod agent;
 mod cli;
+mod ops_cli;
 mod podifaces;
 mod print;
 
@@ -21,6 +22,11 @@ async fn main() -> Result<()> {
     match cli.command {
         Command::Plan(args) => plan_command(args),
         Command::Run(args) => agent::run(args).await,
+        Command::Services(a) => ops_cli::services(a),
+        Command::Backends(a) => ops_cli::backends(a),
+        Command::Conntrack(a) => ops_cli::conntrack(a),
+        Command::Stats(a) => ops_cli::stats(a),
+        Command::Doctor(a) => ops_cli::doctor(a),
     }
 }
 

@@ -1,0 +1,341 @@
+//! Start-up checks: what the kernel and the process must offer before the
+//! agent loads anything, each failure with the fix. `lb-agent run` stops at
+//! the first failure; `lb-agent doctor` runs them all and prints a report.
+//!
+//! The checks read only what the kernel exposes (uname, /proc, statfs) and,
+//! for native XDP, attach a two-instruction program for a moment through a
+//! bpf_link that goes away with its fd: nothing is left behind.
+use std::{
+    ffi::CString,
+    os::fd::{FromRawFd as _, OwnedFd},
+    path::Path,
+};
+
+use serde::Serialize;
+
+/// Oldest kernel we support: BTF-defined maps, bpf_link for XDP (5.9),
+/// `bpf_ktime_get_boot_ns`, and the verifier of the 5.15 LTS.
+pub const MIN_KERNEL: (u32, u32) = (5, 15);
+
+/// The outcome of one check.
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    /// What was found (on success) or what is wrong and how to fix it.
+    pub detail: String,
+}
+
+impl Check {
+    fn pass(name: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self { name: name.into(), ok: true, detail: detail.into() }
+    }
+    fn fail(name: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self { name: name.into(), ok: false, detail: detail.into() }
+    }
+}
+
+/// What to check: the same inputs `run` has.
+pub struct Inputs<'a> {
+    pub pin_dir: &'a Path,
+    pub ifaces: &'a [String],
+    /// Probe native (driver) XDP on each interface; false when the user
+    /// asked for generic mode.
+    pub native_xdp: bool,
+}
+
+/// Every check, in the order a fix is most useful.
+pub fn all(inp: &Inputs) -> Vec<Check> {
+    let mut out = vec![kernel_version(&uname_release()), btf(Path::new("/sys/kernel/btf/vmlinux"))];
+    let caps = privileges(&read_cap_eff());
+    let privileged = caps.ok;
+    out.push(caps);
+    out.push(bpffs(inp.pin_dir, has_cap(&read_cap_eff(), CAP_SYS_ADMIN)));
+    for iface in inp.ifaces {
+        let exists = interface(iface);
+        let ok = exists.ok;
+        out.push(exists);
+        // Probing needs the interface and CAP_NET_ADMIN/CAP_BPF; without
+        // them the earlier lines already say what is wrong.
+        if ok && inp.native_xdp && privileged {
+            out.push(native_xdp(iface));
+        }
+    }
+    out
+}
+
+/// The checks as ✓/✗ lines.
+pub fn report(checks: &[Check]) -> String {
+    let mut s = String::new();
+    for c in checks {
+        s += &format!("{} {:<22} {}\n", if c.ok { "✓" } else { "✗" }, c.name, c.detail);
+    }
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if failed == 0 {
+        s += "all checks passed\n";
+    } else {
+        s += &format!("{failed} check(s) failed\n");
+    }
+    s
+}
+
+/// `run`'s gate: the first failed check as an error.
+pub fn require(inp: &Inputs) -> anyhow::Result<()> {
+    for c in all(inp) {
+        if !c.ok {
+            anyhow::bail!("start-up check \"{}\" failed: {} (`lb-agent doctor` checks everything)", c.name, c.detail);
+        }
+        tracing::debug!(check = %c.name, detail = %c.detail, "start-up check passed");
+    }
+    Ok(())
+}
+
+fn uname_release() -> String {
+    // SAFETY: uname fills the zeroed struct.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return String::new();
+    }
+    // SAFETY: the kernel NUL-terminates `release`.
+    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }.to_string_lossy().into_owned()
+}
+
+/// `major.minor` of a kernel release string ("6.18.0-1-amd64").
+pub fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+pub fn kernel_version(release: &str) -> Check {
+    const NAME: &str = "kernel version";
+    match parse_release(release) {
+        Some(v) if v >= MIN_KERNEL => Check::pass(NAME, format!("{release} (≥ {}.{})", MIN_KERNEL.0, MIN_KERNEL.1)),
+        Some(_) => Check::fail(NAME, format!("{release} is older than {}.{}: upgrade the node's kernel (xdplb needs BTF maps, XDP bpf_links and the 5.15 verifier)", MIN_KERNEL.0, MIN_KERNEL.1)),
+        None => Check::fail(NAME, format!("cannot read the kernel version from {release:?}")),
+    }
+}
+
+pub fn btf(vmlinux: &Path) -> Check {
+    if vmlinux.exists() {
+        Check::pass("kernel BTF", format!("{} present", vmlinux.display()))
+    } else {
+        Check::fail("kernel BTF", format!("{} is missing: use a kernel built with CONFIG_DEBUG_INFO_BTF=y (all major distributions' kernels since 2021 are)", vmlinux.display()))
+    }
+}
+
+pub const CAP_NET_ADMIN: u32 = 12;
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_BPF: u32 = 39;
+
+fn read_cap_eff() -> String {
+    std::fs::read_to_string("/proc/self/status").unwrap_or_default()
+}
+
+/// The CapEff mask of a /proc/<pid>/status text.
+pub fn cap_eff(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    u64::from_str_radix(hex, 16).ok()
+}
+
+fn has_cap(status: &str, cap: u32) -> bool {
+    cap_eff(status).is_some_and(|m| m & (1 << cap) != 0)
+}
+
+/// CAP_BPF (maps and programs), CAP_NET_ADMIN (attaching to interfaces),
+/// CAP_SYS_ADMIN (mounting bpffs, pinning, reading other programs' ids).
+pub fn privileges(status: &str) -> Check {
+    const NAME: &str = "privileges";
+    let Some(mask) = cap_eff(status) else {
+        return Check::fail(NAME, "cannot read CapEff from /proc/self/status");
+    };
+    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_NET_ADMIN, "CAP_NET_ADMIN"), (CAP_SYS_ADMIN, "CAP_SYS_ADMIN")]
+        .into_iter()
+        .filter(|(c, _)| mask & (1 << c) == 0)
+        .map(|(_, n)| n)
+        .collect();
+    if missing.is_empty() {
+        Check::pass(NAME, "CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN effective")
+    } else {
+        Check::fail(NAME, format!("missing {}: run as root, or grant them (Kubernetes: securityContext.capabilities.add [BPF, NET_ADMIN, SYS_ADMIN]; systemd: AmbientCapabilities=)", missing.join(", ")))
+    }
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+fn is_bpffs(p: &Path) -> bool {
+    let Ok(c) = CString::new(p.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: statfs writes into the zeroed struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+/// The pin directory's parent must be a bpffs; `run` mounts one at
+/// /sys/fs/bpf itself (`loader::ensure_bpffs`) when it may.
+pub fn bpffs(pin_dir: &Path, may_mount: bool) -> Check {
+    const NAME: &str = "bpffs";
+    let parent = pin_dir.parent().unwrap_or(Path::new("/"));
+    if is_bpffs(parent) {
+        return Check::pass(NAME, format!("{} is a bpffs", parent.display()));
+    }
+    if parent == Path::new("/sys/fs/bpf") {
+        return if may_mount {
+            Check::pass(NAME, "/sys/fs/bpf is not mounted; `lb-agent run` will mount it (it has CAP_SYS_ADMIN)")
+        } else {
+            Check::fail(NAME, "/sys/fs/bpf is not mounted and this process may not mount it: run `mount -t bpf bpf /sys/fs/bpf` as root (or mount it into the container)")
+        };
+    }
+    Check::fail(NAME, format!("{} is not a bpffs: choose a --pin-path under /sys/fs/bpf, or mount one there (`mount -t bpf bpf {}`)", parent.display(), parent.display()))
+}
+
+fn ifindex(iface: &str) -> u32 {
+    let Ok(c) = CString::new(iface) else { return 0 };
+    // SAFETY: a valid NUL-terminated name.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
+
+pub fn interface(iface: &str) -> Check {
+    let name = format!("interface {iface}");
+    match ifindex(iface) {
+        0 => Check::fail(name, format!("{iface} does not exist in this network namespace: check --iface against `ip -br link`")),
+        i => Check::pass(name, format!("exists (ifindex {i})")),
+    }
+}
+
+// The bpf(2) commands and constants used by the native XDP probe.
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_LINK_CREATE: libc::c_long = 28;
+const BPF_PROG_TYPE_XDP: u32 = 6;
+const BPF_XDP: u32 = 37;
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateAttr {
+    prog_fd: u32,
+    target_ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+    _rest: [u64; 4],
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<OwnedFd> {
+    // SAFETY: `attr` is a valid, fully initialised bpf_attr prefix for `cmd`.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, std::mem::size_of::<T>()) };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: on success these commands return a new fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(rc as i32) })
+}
+
+/// Attaches `r0 = XDP_PASS; exit` in driver mode for a moment: the link is
+/// detached when its fd closes at the end of this function.
+pub fn native_xdp(iface: &str) -> Check {
+    let name = format!("native XDP on {iface}");
+    // mov64 r0, 2 (XDP_PASS); exit
+    let insns: [u64; 2] = [u64::from_le_bytes([0xb7, 0, 0, 0, 2, 0, 0, 0]), u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0])];
+    let license = c"GPL";
+    let load = ProgLoadAttr { prog_type: BPF_PROG_TYPE_XDP, insn_cnt: 2, insns: insns.as_ptr() as u64, license: license.as_ptr() as u64, ..Default::default() };
+    let prog = match bpf(BPF_PROG_LOAD, &load) {
+        Ok(fd) => fd,
+        Err(e) => return Check::fail(name, format!("loading a probe XDP program failed ({e}): see the privileges check")),
+    };
+    use std::os::fd::AsRawFd as _;
+    let link = LinkCreateAttr { prog_fd: prog.as_raw_fd() as u32, target_ifindex: ifindex(iface), attach_type: BPF_XDP, flags: XDP_FLAGS_DRV_MODE, ..Default::default() };
+    match bpf(BPF_LINK_CREATE, &link) {
+        Ok(_link) => Check::pass(name, "supported by the driver"),
+        // An XDP program is attached already (a running or stopped agent's
+        // pinned link, most likely): the driver evidently supports XDP in
+        // the mode it was attached with, which is all we could learn.
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) || e.raw_os_error() == Some(libc::EEXIST) => {
+            Check::pass(name, "not probed: an XDP program is attached already (a running or pinned agent's?)")
+        }
+        Err(e) => Check::fail(name, format!("native XDP is not supported on {iface} ({e}); pass --xdp-mode generic (slower, works on any interface)")),
+    }
+}
+
+/// How many verifier log lines an error shows: the rejection reason is at
+/// the end, and whole logs run to thousands of lines.
+pub const VERIFIER_TAIL_LINES: usize = 20;
+
+/// The last `n` non-empty lines of a verifier log.
+pub fn log_tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Turns a load error that carries a verifier log into one that shows only
+/// the log's tail (aya's own message embeds the whole log); other errors
+/// pass through unchanged.
+pub fn explain_load_error(e: anyhow::Error) -> anyhow::Error {
+    let found = e.chain().find_map(|c| match c.downcast_ref::<aya::programs::ProgramError>() {
+        Some(aya::programs::ProgramError::LoadError { io_error, verifier_log }) => Some((io_error.to_string(), verifier_log.to_string())),
+        _ => None,
+    });
+    let Some((io_error, log)) = found else { return e };
+    // The outermost context names the program ("verifier rejected xdp_lb").
+    let what = e.to_string();
+    anyhow::anyhow!(
+        "{what}: the kernel refused the program ({io_error}); last {VERIFIER_TAIL_LINES} lines of the verifier log:\n{}\n\
+         This build does not fit this kernel: report it with `uname -r` and the lines above",
+        log_tail(&log, VERIFIER_TAIL_LINES)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_kernels_are_refused_with_the_fix() {
+        assert_eq!(parse_release("6.18.0-1-amd64"), Some((6, 18)));
+        assert!(kernel_version("6.18.0-1-amd64").ok);
+        assert!(kernel_version("5.15.0").ok);
+        let c = kernel_version("5.10.0-28-amd64");
+        assert!(!c.ok && c.detail.contains("older than 5.15") && c.detail.contains("upgrade"), "{}", c.detail);
+        assert!(!kernel_version("garbage").ok);
+    }
+
+    #[test]
+    fn missing_btf_is_reported() {
+        let c = btf(Path::new("/nonexistent/vmlinux"));
+        assert!(!c.ok && c.detail.contains("CONFIG_DEBUG_INFO_BTF"), "{}", c.detail);
+    }
+
+    #[test]
+    fn missing_capabilities_are_named() {
+        let all = format!("Name:\tx\nCapEff:\t{:016x}\n", (1u64 << CAP_BPF) | (1 << CAP_NET_ADMIN) | (1 << CAP_SYS_ADMIN));
+        assert!(privileges(&all).ok);
+        let c = privileges("CapEff:\t0000000000001000\n");
+        assert!(!c.ok, "{}", c.detail);
+        assert!(c.detail.contains("missing CAP_BPF, CAP_SYS_ADMIN") && c.detail.contains("run as root"), "{}", c.detail);
+    }
+
+    #[test]
+    fn a_verifier_log_is_cut_to_its_tail() {
+        let log: String = (1..=100).map(|i| format!("{i}: insn\n\n")).collect::<String>() + "R1 invalid mem access 'scalar'\n";
+        let tail = log_tail(&log, 20);
+        assert_eq!(tail.lines().count(), 20);
+        assert!(tail.starts_with("82: insn") && tail.ends_with("invalid mem access 'scalar'"), "{tail}");
+    }
+
+    #[test]
+    fn the_report_marks_each_check() {
+        let r = report(&[Check::pass("a", "fine"), Check::fail("b", "broken: do x")]);
+        assert!(r.contains("✓ a") && r.contains("✗ b") && r.contains("1 check(s) failed"), "{r}");
+    }
+}

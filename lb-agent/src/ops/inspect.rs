@@ -1,0 +1,311 @@
+//! Read-only views of the pinned maps for `lb-agent services | backends |
+//! conntrack | stats`: rows that serialize to JSON, and tables for people.
+//! They open the maps by pin path, so they work whether or not an agent runs.
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use anyhow::Result;
+use lb_common::{
+    algorithm, backend_state, counter, direction, flow_flags, proto_name, service_flags, FlowKeyV4, FlowV4, SlotKey,
+};
+use serde::Serialize;
+
+use super::names::Names;
+use crate::dataplane::Dataplane;
+
+pub fn algorithm_name(a: u8) -> &'static str {
+    match a {
+        algorithm::RANDOM => "random",
+        algorithm::ROUND_ROBIN => "round-robin",
+        algorithm::MAGLEV => "maglev",
+        algorithm::LEAST_CONN => "least-conn",
+        _ => "unknown",
+    }
+}
+
+pub fn state_name(s: u8) -> &'static str {
+    match s {
+        backend_state::ACTIVE => "active",
+        backend_state::TERMINATING => "terminating",
+        _ => "unknown",
+    }
+}
+
+fn sock(addr: [u8; 4], port: [u8; 2]) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::from(addr), u16::from_be_bytes(port))
+}
+
+/// One service id: its frontends and the backends its slots name.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceRow {
+    pub id: u32,
+    /// namespace/name:port when the agent's names file is there.
+    pub name: Option<String>,
+    /// `addr:port/PROTO`, sorted.
+    pub frontends: Vec<String>,
+    pub algorithm: &'static str,
+    /// ClientIP affinity timeout, seconds; 0 = none.
+    pub affinity_timeout_s: u32,
+    /// No ready endpoint: the slots hold terminating ones.
+    pub fallback_terminating: bool,
+    pub slots: u32,
+    pub backends: Vec<ServiceBackend>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceBackend {
+    pub id: u32,
+    /// `addr:port`; None when the slot names a backend id that is not in
+    /// `backends_v4` (the dataplane drops such flows as no-backend).
+    pub addr: Option<SocketAddrV4>,
+    pub state: &'static str,
+    /// How many of the service's slots name it (1 per backend, except in
+    /// Maglev tables).
+    pub slots: u32,
+}
+
+pub fn services(dp: &Dataplane, names: &Names) -> Result<Vec<ServiceRow>> {
+    let c = dp.contents()?;
+    let mut by_id: BTreeMap<u32, ServiceRow> = BTreeMap::new();
+    for (k, v) in &c.services {
+        let row = by_id.entry(v.id).or_insert_with(|| ServiceRow {
+            id: v.id,
+            name: names.get(&v.id).map(|n| n.to_string()),
+            frontends: Vec::new(),
+            algorithm: algorithm_name(v.algorithm),
+            affinity_timeout_s: v.affinity_timeout_s,
+            fallback_terminating: v.flags & service_flags::FALLBACK_TERMINATING != 0,
+            slots: v.count,
+            backends: Vec::new(),
+        });
+        row.frontends.push(k.to_string());
+    }
+    for row in by_id.values_mut() {
+        let mut count: BTreeMap<u32, u32> = BTreeMap::new();
+        for slot in 1..=row.slots {
+            if let Some(id) = c.slots.get(&SlotKey { service_id: row.id, slot }) {
+                *count.entry(*id).or_default() += 1;
+            }
+        }
+        row.backends = count
+            .into_iter()
+            .map(|(id, slots)| {
+                let b = c.backends.get(&id);
+                ServiceBackend {
+                    id,
+                    addr: b.map(|b| sock(b.addr, b.port)),
+                    state: b.map_or("missing", |b| state_name(b.state)),
+                    slots,
+                }
+            })
+            .collect();
+    }
+    Ok(by_id.into_values().collect())
+}
+
+pub fn services_table(rows: &[ServiceRow]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{:<6} {:<32} {:<12} {:<9} FRONTENDS", "ID", "SERVICE", "ALGORITHM", "AFFINITY");
+    for r in rows {
+        let aff = if r.affinity_timeout_s > 0 { format!("{}s", r.affinity_timeout_s) } else { "-".into() };
+        let _ = writeln!(s, "{:<6} {:<32} {:<12} {:<9} {}", r.id, r.name.as_deref().unwrap_or("-"), r.algorithm, aff, r.frontends.join(", "));
+        if r.backends.is_empty() {
+            let _ = writeln!(s, "       (no backend: new connections are dropped)");
+        }
+        for b in &r.backends {
+            let addr = b.addr.map_or("?".into(), |a| a.to_string());
+            let slots = if b.slots == 1 { String::new() } else { format!("  {} slots", b.slots) };
+            let _ = writeln!(s, "       backend {:<6} {:<22} {}{}", b.id, addr, b.state, slots);
+        }
+        if r.fallback_terminating {
+            let _ = writeln!(s, "       (no ready endpoint: using terminating ones)");
+        }
+    }
+    s
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BackendRow {
+    pub id: u32,
+    pub addr: SocketAddrV4,
+    pub state: &'static str,
+    pub weight: u16,
+    /// Live flows, as `backend_load` counts them.
+    pub flows: u64,
+}
+
+pub fn backends(dp: &Dataplane) -> Result<Vec<BackendRow>> {
+    let c = dp.contents()?;
+    c.backends
+        .iter()
+        .map(|(id, b)| {
+            // An id beyond the load array (a smaller map) has no count: 0.
+            let flows = dp.backend_load(*id).unwrap_or(0);
+            Ok(BackendRow { id: *id, addr: sock(b.addr, b.port), state: state_name(b.state), weight: b.weight, flows })
+        })
+        .collect()
+}
+
+pub fn backends_table(rows: &[BackendRow]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{:<8} {:<22} {:<12} {:>6} {:>8}", "ID", "ADDRESS", "STATE", "WEIGHT", "FLOWS");
+    for r in rows {
+        let _ = writeln!(s, "{:<8} {:<22} {:<12} {:>6} {:>8}", r.id, r.addr.to_string(), r.state, r.weight, r.flows);
+    }
+    s
+}
+
+/// One conntrack entry (a flow has two: forward and reply).
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowRow {
+    pub direction: &'static str,
+    pub proto: &'static str,
+    /// The packet this entry matches: source → destination.
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    /// What the rewritten side becomes (forward: the backend; reply: the service).
+    pub nat: SocketAddrV4,
+    pub service_id: u32,
+    pub backend_id: u32,
+    pub age_s: f64,
+    pub idle_s: f64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub flags: Vec<&'static str>,
+}
+
+/// `bpf_ktime_get_ns()`'s clock, to turn entry timestamps into ages.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub fn flow_row(k: &FlowKeyV4, v: &FlowV4, now_ns: u64) -> FlowRow {
+    let mut flags = Vec::new();
+    if v.flags & flow_flags::CLOSING != 0 {
+        flags.push("closing");
+    }
+    if v.flags & flow_flags::SEEN_REPLY != 0 {
+        flags.push("seen-reply");
+    }
+    let secs = |t: u64| now_ns.saturating_sub(t) as f64 / 1e9;
+    FlowRow {
+        direction: if v.direction == direction::REPLY { "reply" } else { "forward" },
+        proto: proto_name(k.proto),
+        src: sock(k.src_addr, k.src_port),
+        dst: sock(k.dst_addr, k.dst_port),
+        nat: sock(v.nat_addr, v.nat_port),
+        service_id: v.service_id,
+        backend_id: v.backend_id,
+        age_s: (secs(v.created_ns) * 10.0).round() / 10.0,
+        idle_s: (secs(v.last_seen_ns) * 10.0).round() / 10.0,
+        packets: v.packets,
+        bytes: v.bytes,
+        flags,
+    }
+}
+
+/// Which entries `lb-agent conntrack` shows.
+#[derive(Clone, Debug, Default)]
+pub struct FlowFilter {
+    pub service: Option<u32>,
+    /// The client: the source of forward entries, the destination of replies.
+    pub client: Option<Ipv4Addr>,
+}
+
+pub fn conntrack(dp: &Dataplane, f: &FlowFilter) -> Result<Vec<FlowRow>> {
+    let now = monotonic_ns();
+    let mut rows: Vec<FlowRow> = dp
+        .flows()?
+        .iter()
+        .filter(|(_, v)| f.service.is_none_or(|s| v.service_id == s))
+        .filter(|(k, v)| {
+            f.client.is_none_or(|c| {
+                let client = if v.direction == direction::REPLY { k.dst_addr } else { k.src_addr };
+                client == c.octets()
+            })
+        })
+        .map(|(k, v)| flow_row(k, v, now))
+        .collect();
+    rows.sort_by(|a, b| (a.service_id, a.direction, a.src, a.dst).cmp(&(b.service_id, b.direction, b.src, b.dst)));
+    Ok(rows)
+}
+
+pub fn conntrack_table(rows: &[FlowRow]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<8} {:<5} {:<22} {:<22} {:<22} {:>5} {:>7} {:>8} {:>8} {:>8} {:>10} FLAGS",
+        "DIR", "PROTO", "SOURCE", "DESTINATION", "NAT", "SVC", "BACKEND", "AGE", "IDLE", "PACKETS", "BYTES"
+    );
+    for r in rows {
+        let _ = writeln!(
+            s,
+            "{:<8} {:<5} {:<22} {:<22} {:<22} {:>5} {:>7} {:>7.1}s {:>7.1}s {:>8} {:>10} {}",
+            r.direction, r.proto, r.src.to_string(), r.dst.to_string(), r.nat.to_string(), r.service_id, r.backend_id, r.age_s, r.idle_s, r.packets, r.bytes,
+            if r.flags.is_empty() { "-".to_string() } else { r.flags.join(",") }
+        );
+    }
+    let _ = writeln!(s, "{} entries ({} flows)", rows.len(), rows.iter().filter(|r| r.direction == "forward").count());
+    s
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Stats {
+    /// Every `lb_common::counter`, by its label, summed over CPUs.
+    pub counters: BTreeMap<&'static str, u64>,
+    pub services: Vec<ServiceStatsRow>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceStatsRow {
+    pub id: u32,
+    pub name: Option<String>,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub drops_no_backend: u64,
+}
+
+pub fn stats(dp: &Dataplane, names: &Names) -> Result<Stats> {
+    let values = dp.counters()?;
+    let counters = counter::LABELS.iter().copied().zip(values).collect();
+    let ids: std::collections::BTreeSet<u32> = dp.contents()?.services.values().map(|v| v.id).collect();
+    let services = ids
+        .into_iter()
+        .map(|id| {
+            let st = dp.service_stats(id)?;
+            Ok(ServiceStatsRow {
+                id,
+                name: names.get(&id).map(|n| n.to_string()),
+                packets: st.packets,
+                bytes: st.bytes,
+                new_flows: st.new_flows,
+                drops_no_backend: st.drops_no_backend,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(Stats { counters, services })
+}
+
+pub fn stats_table(st: &Stats) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "{:<32} {:>14}", "COUNTER", "VALUE");
+    for label in counter::LABELS {
+        let _ = writeln!(s, "{:<32} {:>14}", label, st.counters.get(label).copied().unwrap_or(0));
+    }
+    let _ = writeln!(s, "\n{:<6} {:<32} {:>12} {:>14} {:>10} {:>12}", "ID", "SERVICE", "PACKETS", "BYTES", "NEW FLOWS", "NO BACKEND");
+    for r in &st.services {
+        let _ = writeln!(
+            s,
+            "{:<6} {:<32} {:>12} {:>14} {:>10} {:>12}",
+            r.id, r.name.as_deref().unwrap_or("-"), r.packets, r.bytes, r.new_flows, r.drops_no_backend
+        );
+    }
+    s
+}

@@ -1,0 +1,339 @@
+//! Prometheus metrics in the text exposition format (version 0.0.4), written
+//! by hand: a dozen families do not justify a metrics framework.
+//!
+//! Two kinds of figures: what the agent itself counts (syncs, their
+//! durations, source events), kept in a [`Metrics`] handle the run loop
+//! bumps; and what the dataplane counts, read from the pinned maps at each
+//! scrape, so a scrape always shows the kernel's current numbers and the
+//! agent keeps no copy of them.
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Mutex,
+    },
+    time::{Duration, SystemTime},
+};
+
+use aya::maps::MapInfo;
+use lb_common::{counter, maps};
+
+use super::{inspect, names::Names};
+use crate::dataplane::Dataplane;
+
+/// Buckets of sync durations: a sync is a plan, a map read and a few writes,
+/// normally well under 100 ms.
+const SYNC_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Buckets of network programming latency: kube-proxy's start at 0.25 s
+/// (iptables restores are slow); ours add the sub-second range a map write
+/// lives in, and keep kube-proxy's long tail up to 5 minutes.
+const PROGRAMMING_BUCKETS: &[f64] =
+    &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+
+/// A histogram with fixed buckets.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Per bucket (not cumulative), plus one for +Inf.
+    counts: Vec<u64>,
+    sum: f64,
+}
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self { bounds, counts: vec![0; bounds.len() + 1], sum: 0.0 }
+    }
+
+    pub fn observe(&mut self, v: f64) {
+        let i = self.bounds.iter().position(|b| v <= *b).unwrap_or(self.bounds.len());
+        self.counts[i] += 1;
+        self.sum += v;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// What the agent counts about itself. Shared between the run loop and the
+/// HTTP server (`Arc<Metrics>`).
+#[derive(Debug)]
+pub struct Metrics {
+    pin_dir: PathBuf,
+    syncs: AtomicU64,
+    sync_errors: AtomicU64,
+    writes: AtomicU64,
+    sync_duration: Mutex<Histogram>,
+    programming: Mutex<Histogram>,
+    source_up: AtomicBool,
+    source_events: AtomicU64,
+    /// Unix time in ms of the last event from the source.
+    last_event_ms: AtomicU64,
+    attached: AtomicBool,
+    synced_once: AtomicBool,
+    names: Mutex<Names>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding the lock leaves plain numbers behind: keep going.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Metrics {
+    pub fn new(pin_dir: &Path) -> Self {
+        Self {
+            pin_dir: pin_dir.to_path_buf(),
+            syncs: AtomicU64::new(0),
+            sync_errors: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            sync_duration: Mutex::new(Histogram::new(SYNC_BUCKETS)),
+            programming: Mutex::new(Histogram::new(PROGRAMMING_BUCKETS)),
+            source_up: AtomicBool::new(false),
+            source_events: AtomicU64::new(0),
+            last_event_ms: AtomicU64::new(0),
+            attached: AtomicBool::new(false),
+            synced_once: AtomicBool::new(false),
+            names: Mutex::new(Names::new()),
+        }
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// The source delivered a (new) model.
+    pub fn source_event(&self) {
+        self.source_up.store(true, Ordering::Relaxed);
+        self.source_events.fetch_add(1, Ordering::Relaxed);
+        let ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        self.last_event_ms.store(ms, Ordering::Relaxed);
+    }
+
+    pub fn source_down(&self) {
+        self.source_up.store(false, Ordering::Relaxed);
+    }
+
+    /// Every program is attached to every uplink.
+    pub fn set_attached(&self) {
+        self.attached.store(true, Ordering::Relaxed);
+    }
+
+    /// A sync that wrote `writes` entries; `since_change` is the time from
+    /// the source's change to the end of the write (None for syncs that are
+    /// retries, with no new change behind them).
+    pub fn sync_ok(&self, took: Duration, writes: usize, since_change: Option<Duration>, names: Names) {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(writes as u64, Ordering::Relaxed);
+        lock(&self.sync_duration).observe(took.as_secs_f64());
+        if let Some(d) = since_change {
+            lock(&self.programming).observe(d.as_secs_f64());
+        }
+        *lock(&self.names) = names;
+        self.synced_once.store(true, Ordering::Relaxed);
+    }
+
+    pub fn sync_failed(&self, took: Duration) {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.sync_errors.fetch_add(1, Ordering::Relaxed);
+        lock(&self.sync_duration).observe(took.as_secs_f64());
+    }
+
+    /// Programs attached and the first full sync applied.
+    pub fn ready(&self) -> bool {
+        self.attached.load(Ordering::Relaxed) && self.synced_once.load(Ordering::Relaxed)
+    }
+
+    /// The whole exposition: the agent's own figures, then the dataplane's
+    /// (skipped, with `xdplb_maps_readable 0`, when the maps cannot be read).
+    pub fn render(&self) -> String {
+        let mut w = Writer::default();
+        w.family("xdplb_build_info", "gauge", "Build of the running agent (value 1).");
+        w.sample("xdplb_build_info", &[("version", env!("CARGO_PKG_VERSION")), ("layout_version", &lb_common::LAYOUT_VERSION.to_string())], 1.0);
+        w.gauge("xdplb_ready", "1 when the programs are attached and the first full sync is applied.", self.ready() as u8 as f64);
+        w.counter("xdplb_sync_total", "Syncs (plan, diff, apply) run, including failed ones.", self.syncs.load(Ordering::Relaxed));
+        w.counter("xdplb_sync_errors_total", "Syncs that failed part-way (retried a second later).", self.sync_errors.load(Ordering::Relaxed));
+        w.counter("xdplb_sync_writes_total", "Map entries written or removed by syncs.", self.writes.load(Ordering::Relaxed));
+        w.histogram("xdplb_sync_duration_seconds", "Duration of one sync.", &lock(&self.sync_duration));
+        w.histogram(
+            "kubeproxy_network_programming_duration_seconds",
+            "Time from the source delivering a change of Services or EndpointSlices to its map writes being done (kube-proxy's metric, for the same dashboards).",
+            &lock(&self.programming),
+        );
+        w.gauge("xdplb_source_up", "1 while the object source delivers models.", self.source_up.load(Ordering::Relaxed) as u8 as f64);
+        w.counter("xdplb_source_events_total", "Models delivered by the source.", self.source_events.load(Ordering::Relaxed));
+        w.gauge("xdplb_source_last_event_timestamp_seconds", "Unix time of the last model from the source.", self.last_event_ms.load(Ordering::Relaxed) as f64 / 1000.0);
+
+        let names = lock(&self.names).clone();
+        match Dataplane::open(&self.pin_dir) {
+            Ok(dp) => {
+                w.gauge("xdplb_maps_readable", "1 when the pinned maps could be read for this scrape.", 1.0);
+                dataplane(&mut w, &dp, &self.pin_dir, &names);
+            }
+            Err(e) => {
+                tracing::warn!(error = format!("{e:#}"), "metrics: the pinned maps are not readable");
+                w.gauge("xdplb_maps_readable", "1 when the pinned maps could be read for this scrape.", 0.0);
+            }
+        }
+        w.out
+    }
+}
+
+/// The dataplane's figures, read from the pinned maps now.
+fn dataplane(w: &mut Writer, dp: &Dataplane, pin_dir: &Path, names: &Names) {
+    if let Ok(values) = dp.counters() {
+        w.family("xdplb_dataplane_packets_total", "counter", "Packets by outcome (pass_*, drop_*, nat_*) and events on top of them, summed over CPUs; reason=\"packets\" is every packet.");
+        for (label, v) in counter::LABELS.iter().zip(values) {
+            w.sample("xdplb_dataplane_packets_total", &[("reason", label)], v as f64);
+        }
+    }
+    if let Ok(stats) = inspect::stats(dp, names) {
+        let per_service: [(&str, &str, fn(&inspect::ServiceStatsRow) -> u64); 4] = [
+            ("xdplb_service_packets_total", "Packets forwarded to a backend, per service id.", |r| r.packets),
+            ("xdplb_service_bytes_total", "Bytes forwarded to a backend, per service id.", |r| r.bytes),
+            ("xdplb_service_new_flows_total", "Flows created (conntrack inserts), per service id.", |r| r.new_flows),
+            ("xdplb_service_drops_total", "Packets dropped because the service had no usable backend.", |r| r.drops_no_backend),
+        ];
+        for (name, help, get) in per_service {
+            w.family(name, "counter", help);
+            for r in &stats.services {
+                let id = r.id.to_string();
+                let n = names.get(&r.id).cloned().unwrap_or_default();
+                let mut labels = vec![("service_id", id.as_str()), ("namespace", n.namespace.as_str()), ("name", n.name.as_str()), ("port", n.port.as_str())];
+                if name == "xdplb_service_drops_total" {
+                    labels.push(("reason", "no_backend"));
+                }
+                w.sample(name, &labels, get(r) as f64);
+            }
+        }
+    }
+    if let Ok(rows) = inspect::backends(dp) {
+        w.family("xdplb_backend_flows", "gauge", "Live flows per backend, as the dataplane counts them (backend_load).");
+        for r in rows {
+            w.sample("xdplb_backend_flows", &[("backend_id", &r.id.to_string()), ("backend", &r.addr.to_string()), ("state", r.state)], r.flows as f64);
+        }
+    }
+    let flows = dp.conntrack.keys().filter(|k| k.is_ok()).count();
+    w.gauge("xdplb_conntrack_entries", "Conntrack entries (two per flow: forward and reply).", flows as f64);
+    // Entries of each map whose fill matters; arrays are always full.
+    let counted = [
+        (maps::SERVICES_V4, dp.services.keys().count()),
+        (maps::BACKENDS_V4, dp.backends.keys().count()),
+        (maps::SERVICE_SLOTS, dp.slots.keys().count()),
+        (maps::CONNTRACK_V4, flows),
+        (maps::AFFINITY_V4, dp.affinity.keys().count()),
+    ];
+    w.family("xdplb_map_entries", "gauge", "Entries in a pinned map.");
+    for (m, n) in counted {
+        w.sample("xdplb_map_entries", &[("map", m)], n as f64);
+    }
+    w.family("xdplb_map_max_entries", "gauge", "Capacity of a pinned map.");
+    let max: Vec<(&str, Option<u32>)> = counted.iter().map(|(m, _)| (*m, MapInfo::from_pin(pin_dir.join(m)).ok().map(|i| i.max_entries()))).collect();
+    for (m, cap) in &max {
+        if let Some(cap) = cap {
+            w.sample("xdplb_map_max_entries", &[("map", m)], *cap as f64);
+        }
+    }
+    w.family("xdplb_map_fill_ratio", "gauge", "entries / max_entries of a pinned map (a full LRU map evicts flows; a full hash refuses writes).");
+    for ((m, n), (_, cap)) in counted.iter().zip(&max) {
+        if let Some(cap) = cap.filter(|c| *c > 0) {
+            w.sample("xdplb_map_fill_ratio", &[("map", m)], *n as f64 / cap as f64);
+        }
+    }
+}
+
+/// Writes families and samples in the text format.
+#[derive(Default)]
+struct Writer {
+    out: String,
+}
+
+/// Label values escape backslash, double quote and newline.
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn number(v: f64) -> String {
+    if v.is_infinite() {
+        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
+    } else {
+        format!("{v}")
+    }
+}
+
+impl Writer {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {}", help.replace('\\', "\\\\").replace('\n', "\\n"));
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], v: f64) {
+        self.out += name;
+        if !labels.is_empty() {
+            let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+            let _ = write!(self.out, "{{{}}}", l.join(","));
+        }
+        let _ = writeln!(self.out, " {}", number(v));
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, v: f64) {
+        self.family(name, "gauge", help);
+        self.sample(name, &[], v);
+    }
+
+    fn counter(&mut self, name: &str, help: &str, v: u64) {
+        self.family(name, "counter", help);
+        self.sample(name, &[], v as f64);
+    }
+
+    fn histogram(&mut self, name: &str, help: &str, h: &Histogram) {
+        self.family(name, "histogram", help);
+        let mut cumulative = 0;
+        for (i, b) in h.bounds.iter().enumerate() {
+            cumulative += h.counts[i];
+            self.sample(&format!("{name}_bucket"), &[("le", &number(*b))], cumulative as f64);
+        }
+        self.sample(&format!("{name}_bucket"), &[("le", "+Inf")], h.count() as f64);
+        self.sample(&format!("{name}_sum"), &[], h.sum);
+        self.sample(&format!("{name}_count"), &[], h.count() as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_and_end_in_inf() {
+        let mut w = Writer::default();
+        let mut h = Histogram::new(&[0.1, 1.0]);
+        for v in [0.05, 0.5, 0.7, 3.0] {
+            h.observe(v);
+        }
+        w.histogram("x_seconds", "help", &h);
+        for want in ["# TYPE x_seconds histogram", "x_seconds_bucket{le=\"0.1\"} 1\n", "x_seconds_bucket{le=\"1\"} 3\n", "x_seconds_bucket{le=\"+Inf\"} 4\n", "x_seconds_sum 4.25\n", "x_seconds_count 4\n"] {
+            assert!(w.out.contains(want), "missing {want:?} in\n{}", w.out);
+        }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut w = Writer::default();
+        w.sample("m", &[("a", "q\"b\\n\nx")], 1.0);
+        assert_eq!(w.out, "m{a=\"q\\\"b\\\\n\\nx\"} 1\n");
+    }
+
+    #[test]
+    fn readiness_needs_attach_and_a_sync() {
+        let m = Metrics::new(Path::new("/nonexistent/xdplb"));
+        assert!(!m.ready());
+        m.set_attached();
+        assert!(!m.ready());
+        m.sync_ok(Duration::from_millis(3), 4, Some(Duration::from_millis(5)), Names::new());
+        assert!(m.ready());
+        let text = m.render();
+        for want in ["xdplb_ready 1\n", "xdplb_sync_total 1\n", "xdplb_sync_writes_total 4\n", "kubeproxy_network_programming_duration_seconds_count 1\n", "xdplb_maps_readable 0\n"] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+    }
+}
