@@ -9,6 +9,7 @@ pub mod agent;
 pub mod fixture;
 pub mod lb;
 pub mod netns;
+pub mod ops;
 pub mod packet;
 pub mod servers;
 pub mod services;
