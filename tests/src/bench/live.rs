@@ -234,6 +234,7 @@ pub fn run(progs: &mut BenchProgs, opts: &Opts, report: &mut Report) -> Result<(
     }
 
     let restore = if which("iptables-legacy-restore") { "iptables-legacy-restore" } else { "iptables-restore" };
+    let per = opts.backends_per_service;
     for &n in opts.services {
         for mix in [Mix::Established, Mix::NewFlows] {
             let (flows, suffix, what) = match mix {
@@ -241,25 +242,69 @@ pub fn run(progs: &mut BenchProgs, opts: &Opts, report: &mut Report) -> Result<(
                 Mix::NewFlows => (u32::MAX, "_new_flows", "a new flow every packet"),
             };
             let flows_json = if mix == Mix::NewFlows { json!("all distinct") } else { json!(flows) };
-            let per = opts.backends_per_service;
-            let x = xdplb(progs, opts, n, flows, mix)?;
-            for (i, &threads) in opts.threads.iter().enumerate() {
-                let ns = threads as f64 * 1e9 / x.pps[i];
-                report.add("live", &format!("live/xdplb_{n}_services{suffix}"), x.pps[i] / 1e6, None, "Mpps",
-                    cond(json!({"services": n, "backends_per_service": per, "traffic": what, "flows_per_thread": flows_json, "ns_per_packet_per_cpu": round1(ns), "ns_over_drop": round1(ns - drop_ns[i]), "ns_over_stack_forward": round1(ns - fwd_ns[i]), "path": "xdp_lb DNAT + XDP_PASS, kernel forwarding"}),
-                        x.repeat, threads, &x, i));
+            // The nodes exist at once and are measured round by round in turn,
+            // so a noisy neighbour slows them alike.
+            let plain = Topo::new();
+            attach(progs, &plain.node, "bench_pass", "up0")?;
+            attach(progs, &plain.sink, "bench_drop", "eth0")?;
+            let plain_cfg = gen_cfg(flows, 10, backend(1), &plain.frame(backend(1)));
+
+            let xt = Topo::new();
+            let mut lb = BenchLb::new(n, per, IPPROTO_UDP, 1 << 20)?;
+            let x = lb.xdp_mut();
+            in_ns(&xt.node, || x.attach("up0", XdpMode::Driver)).context("attaching xdp_lb to up0")?;
+            attach(progs, &xt.sink, "bench_drop", "eth0")?;
+            let x_cfg = gen_cfg(flows, n, vip(1), &xt.frame(vip(1)));
+
+            // Only DNATed frames are routed to the sink (VIPs have no route).
+            let kt = if opts.iptables { Some(Topo::new()) } else { None };
+            let mut load_s = 0.0;
+            if let Some(kt) = &kt {
+                load_s = iptables::load(&kt.node, restore, &iptables::rules(n, per))?;
+                attach(progs, &kt.node, "bench_pass", "up0")?;
+                attach(progs, &kt.sink, "bench_drop", "eth0")?;
             }
-            if !opts.iptables {
-                continue;
-            }
-            let (k, load_s) = kube_proxy(progs, opts, n, flows, mix, restore)?;
+            let m = {
+                let lb = &lb;
+                let mut sides = vec![
+                    Side { t: &plain, cfg: plain_cfg, check: Box::new(|_| Ok(())) },
+                    Side {
+                        t: &xt,
+                        cfg: x_cfg,
+                        check: Box::new(move |delivered| {
+                            let fwd = lb.counters()?[counter::NAT_FORWARD as usize];
+                            ensure!(fwd >= delivered, "xdp_lb forwarded {fwd} frames but the sink saw {delivered}: frames took another path");
+                            Ok(())
+                        }),
+                    },
+                ];
+                if let Some(kt) = &kt {
+                    sides.push(Side { t: kt, cfg: gen_cfg(flows, n, vip(1), &kt.frame(vip(1))), check: Box::new(|_| Ok(())) });
+                }
+                measure_interleaved(progs, &sides, opts, mix == Mix::Established)
+            };
+            progs.detach_all();
+            let m = m?;
+            let (f, x, k) = (&m[0], &m[1], m.get(2));
             for (i, &threads) in opts.threads.iter().enumerate() {
-                let ns = threads as f64 * 1e9 / k.pps[i];
-                report.add("live", &format!("live/iptables_{n}_services{suffix}"), k.pps[i] / 1e6, None, "Mpps",
-                    cond(json!({"services": n, "backends_per_service": per, "traffic": what, "flows_per_thread": flows_json, "ns_per_packet_per_cpu": round1(ns), "ns_over_drop": round1(ns - drop_ns[i]), "ns_over_stack_forward": round1(ns - fwd_ns[i]), "rules_load_s": round1(load_s), "tool": restore, "path": "XDP_PASS, kube-proxy nat rules (conntrack), kernel forwarding"}),
-                        k.repeat, threads, &k, i));
-                report.add("live", &format!("ratio/xdplb_over_iptables_{n}_services{suffix}"), x.pps[i] / k.pps[i], None, "x",
-                    json!({"services": n, "threads": threads, "traffic": what, "what": "forwarded pps, xdplb / kube-proxy iptables, same path and traffic, same run"}));
+                let per_cpu = |pps: f64| threads as f64 * 1e9 / pps;
+                let base = |pps: f64| {
+                    json!({"services": n, "backends_per_service": per, "traffic": what, "flows_per_thread": flows_json,
+                        "ns_per_packet_per_cpu": round1(per_cpu(pps)), "ns_over_drop": round1(per_cpu(pps) - drop_ns[i]),
+                        "ns_over_stack_forward": round1(per_cpu(pps) - per_cpu(f.pps[i])), "stack_forward_mpps": (f.pps[i] / 1e4).round() / 100.0})
+                };
+                let mut c = base(x.pps[i]);
+                c["path"] = json!("xdp_lb DNAT + XDP_PASS, kernel forwarding");
+                report.add("live", &format!("live/xdplb_{n}_services{suffix}"), x.pps[i] / 1e6, None, "Mpps", cond(c, x.repeat, threads, x, i));
+                let Some(k) = k else { continue };
+                let mut c = base(k.pps[i]);
+                c["path"] = json!("XDP_PASS, kube-proxy nat rules (conntrack), kernel forwarding");
+                c["rules_load_s"] = json!(round1(load_s));
+                c["tool"] = json!(restore);
+                report.add("live", &format!("live/iptables_{n}_services{suffix}"), k.pps[i] / 1e6, None, "Mpps", cond(c, k.repeat, threads, k, i));
+                let ratios: Vec<f64> = x.rounds[i].iter().zip(&k.rounds[i]).map(|(a, b)| a / b).collect();
+                report.add("live", &format!("ratio/xdplb_over_iptables_{n}_services{suffix}"), super::stats::median(&ratios), Some(super::stats::min(&ratios)), "x",
+                    json!({"services": n, "threads": threads, "traffic": what, "rounds": ratios.len(), "what": "forwarded pps, xdplb / kube-proxy iptables, same path and traffic, measured in alternation; median (min) of per-round ratios"}));
             }
         }
     }
@@ -275,37 +320,44 @@ enum Mix {
     NewFlows,
 }
 
-/// xdp_lb on up0 with `n` UDP services; checks that what reached the sink was NATed by it.
-fn xdplb(progs: &mut BenchProgs, opts: &Opts, n: u32, flows: u32, mix: Mix) -> Result<Measured> {
-    let t = Topo::new();
-    let mut lb = BenchLb::new(n, opts.backends_per_service, IPPROTO_UDP, 1 << 20)?;
-    let x = lb.xdp_mut();
-    in_ns(&t.node, || x.attach("up0", XdpMode::Driver)).context("attaching xdp_lb to up0")?;
-    attach(progs, &t.sink, "bench_drop", "eth0")?;
-    let frame = t.frame(vip(1));
-    progs.set_gen(gen_cfg(flows, n, vip(1), &frame))?;
-    let m = measure(progs, &t, &frame, opts, mix == Mix::Established, |delivered, _| {
-        let c = lb.counters()?;
-        let fwd = c[counter::NAT_FORWARD as usize];
-        ensure!(fwd >= delivered, "xdp_lb forwarded {fwd} frames but the sink saw {delivered}: frames took another path");
-        Ok(())
-    });
-    progs.detach_all();
-    m
+/// A node under load: its topology, what the generator sends it, and a
+/// check run after every timed blast with the frames delivered.
+struct Side<'a> {
+    t: &'a Topo,
+    cfg: GenConfig,
+    check: Box<dyn Fn(u64) -> Result<()> + 'a>,
 }
 
-/// kube-proxy's rules for `n` services in the node; returns the rate and the rule load time.
-fn kube_proxy(progs: &mut BenchProgs, opts: &Opts, n: u32, flows: u32, mix: Mix, restore: &str) -> Result<(Measured, f64)> {
-    let t = Topo::new();
-    let load_s = iptables::load(&t.node, restore, &iptables::rules(n, opts.backends_per_service))?;
-    attach(progs, &t.node, "bench_pass", "up0")?;
-    attach(progs, &t.sink, "bench_drop", "eth0")?;
-    let frame = t.frame(vip(1));
-    progs.set_gen(gen_cfg(flows, n, vip(1), &frame))?;
-    // Only DNATed frames are routed to the sink (VIPs have no route).
-    let m = measure(progs, &t, &frame, opts, mix == Mix::Established, |_, _| Ok(()));
-    progs.detach_all();
-    Ok((m?, load_s))
+/// As [`measure`], for several nodes measured in alternation, round by round.
+fn measure_interleaved(progs: &mut BenchProgs, sides: &[Side], opts: &Opts, warm_up: bool) -> Result<Vec<Measured>> {
+    let mut out = Vec::new();
+    for s in sides {
+        progs.set_gen(s.cfg)?;
+        if warm_up {
+            blast(progs, s.t, &s.cfg.frame, *opts.threads.iter().max().unwrap_or(&1), 1 << 16)?;
+        }
+        let repeat = probe(progs, s.t, &s.cfg.frame, opts)?;
+        out.push(Measured { repeat, pps: Vec::new(), delivered: Vec::new(), spread: Vec::new(), rounds: Vec::new() });
+    }
+    for &n in opts.threads {
+        let mut pps = vec![Vec::new(); sides.len()];
+        let mut delivered = vec![Vec::new(); sides.len()];
+        for _ in 0..opts.rounds.max(1) {
+            for (i, s) in sides.iter().enumerate() {
+                progs.set_gen(s.cfg)?;
+                let (got, secs) = blast(progs, s.t, &s.cfg.frame, n, out[i].repeat)?;
+                let sent = n as u64 * out[i].repeat as u64;
+                ensure!(got > 0, "no frame arrived where it was counted ({n} threads, {sent} sent)");
+                (s.check)(got)?;
+                pps[i].push(got as f64 / secs);
+                delivered[i].push(got as f64 / sent as f64);
+            }
+        }
+        for (i, m) in out.iter_mut().enumerate() {
+            m.push(&pps[i], &delivered[i]);
+        }
+    }
+    Ok(out)
 }
 
 /// Interface and IP counters of the topology, for `XDPLB_BENCH_DEBUG=1`.
@@ -339,27 +391,43 @@ struct Measured {
     pps: Vec<f64>,
     delivered: Vec<f64>,
     spread: Vec<f64>,
+    /// Every round's rate.
+    rounds: Vec<Vec<f64>>,
 }
 
-/// Optional warm-up (so the flows are established), a short probe that
-/// sizes the timed blasts to about `opts.target_s` (at most
-/// `opts.repeat_fwd` frames per thread), then `rounds` timed blasts per thread
-/// count; the rate is their median. `check(delivered, sent)` runs after each.
+impl Measured {
+    /// Adds one thread count's rounds.
+    fn push(&mut self, pps: &[f64], delivered: &[f64]) {
+        self.pps.push(super::stats::median(pps));
+        self.delivered.push(super::stats::min(delivered));
+        self.spread.push(pps.iter().copied().fold(0.0, f64::max) / super::stats::min(pps));
+        self.rounds.push(pps.to_vec());
+    }
+}
+
+/// Optional warm-up (so the flows are established), a probe that sizes the
+/// timed blasts, then `rounds` timed blasts per thread count.
 fn measure(progs: &mut BenchProgs, t: &Topo, frame: &[u8], opts: &Opts, warm_up: bool, check: impl Fn(u64, u64) -> Result<()>) -> Result<Measured> {
     if warm_up {
         blast(progs, t, frame, *opts.threads.iter().max().unwrap_or(&1), 1 << 16)?;
     }
-    // Two probes: their difference cancels the fixed cost of a call (~20 ms here).
+    let repeat = probe(progs, t, frame, opts)?;
+    measure_fixed(progs, t, frame, opts, repeat, check)
+}
+
+/// Frames per thread for a timed blast of about `opts.target_s` (at most
+/// `opts.repeat_fwd`). Two probes: their difference cancels the fixed cost
+/// of a call (~20 ms here).
+fn probe(progs: &mut BenchProgs, t: &Topo, frame: &[u8], opts: &Opts) -> Result<u32> {
     let (a, ta) = blast(progs, t, frame, 1, 1 << 12)?;
     let (b, tb) = blast(progs, t, frame, 1, 1 << 14)?;
     let rate = if tb > ta && b > a { (b - a) as f64 / (tb - ta) } else { b as f64 / tb };
-    let repeat = ((rate * opts.target_s) as u32).clamp(1 << 12, opts.repeat_fwd);
-    measure_fixed(progs, t, frame, opts, repeat, check)
+    Ok(((rate * opts.target_s) as u32).clamp(1 << 12, opts.repeat_fwd))
 }
 
 /// `rounds` timed blasts of `repeat` frames per thread, per thread count.
 fn measure_fixed(progs: &mut BenchProgs, t: &Topo, frame: &[u8], opts: &Opts, repeat: u32, check: impl Fn(u64, u64) -> Result<()>) -> Result<Measured> {
-    let mut out = Measured { repeat, pps: Vec::new(), delivered: Vec::new(), spread: Vec::new() };
+    let mut out = Measured { repeat, pps: Vec::new(), delivered: Vec::new(), spread: Vec::new(), rounds: Vec::new() };
     for &n in opts.threads {
         let (mut pps, mut delivered) = (Vec::new(), Vec::new());
         for _ in 0..opts.rounds.max(1) {
@@ -373,9 +441,7 @@ fn measure_fixed(progs: &mut BenchProgs, t: &Topo, frame: &[u8], opts: &Opts, re
             pps.push(got as f64 / secs);
             delivered.push(got as f64 / sent as f64);
         }
-        out.pps.push(super::stats::median(&pps));
-        out.delivered.push(super::stats::min(&delivered));
-        out.spread.push(pps.iter().copied().fold(0.0, f64::max) / super::stats::min(&pps));
+        out.push(&pps, &delivered);
     }
     Ok(out)
 }
