@@ -83,6 +83,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let first = Some(Instant::now());
     let mut synced = sync(&mut dp, &models.borrow_and_update(), &cfg, &mut ids, &metrics, first);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Least-connections counts flows that idle out or are evicted only here.
+    let mut recount = tokio::time::interval(Duration::from_secs(30));
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     loop {
@@ -96,6 +98,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 let observed = Some(Instant::now());
                 let model = models.borrow_and_update().clone();
                 synced = sync(&mut dp, &model, &cfg, &mut ids, &metrics, observed);
+            }
+            _ = recount.tick() => {
+                match dp.recount_backend_load() {
+                    Ok(n) if n > 0 => tracing::debug!(changed = n, "backend live-flow counts recounted from conntrack"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = format!("{e:#}"), "recounting backend live flows failed"),
+                }
             }
             _ = tick.tick() => {
                 pods.scan(&mut ebpf);

@@ -70,7 +70,7 @@ pub struct PlanInputs {
     #[arg(long = "node-address", value_name = "IP")]
     pub node_addresses: Vec<Ipv4Addr>,
     /// Backend selection for services without an `xdplb.io/algorithm`
-    /// annotation: random or round-robin.
+    /// annotation: random, round-robin, maglev or least-conn.
     #[arg(long, value_name = "ALGORITHM", default_value = "random", value_parser = parse_algorithm_arg)]
     pub default_algorithm: u8,
 }
@@ -161,7 +161,7 @@ fn parse_source(s: &str) -> Result<SourceSpec, String> {
 }
 
 fn parse_algorithm_arg(s: &str) -> Result<u8, String> {
-    parse_algorithm(s).ok_or_else(|| format!("unknown algorithm {s:?}: use random or round-robin"))
+    parse_algorithm(s).ok_or_else(|| format!("unknown algorithm {s:?}: use random, round-robin, maglev or least-conn"))
 }
 
 /// The host name, as kubelet names its Node by default.
@@ -229,7 +229,7 @@ mod tests {
             "--source",
             "file:x",
             "--default-algorithm",
-            "maglev"
+            "fastest"
         ])
         .is_err());
         assert!(

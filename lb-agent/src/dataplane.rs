@@ -129,6 +129,40 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Recounts every backend's live flows from conntrack and writes the
+    /// counts that differ. The dataplane counts flows up on creation and down
+    /// on FIN/RST; flows that end by idling out or by LRU eviction are only
+    /// forgotten here. Returns how many counts changed. (A flow created
+    /// while this runs can be missed until the next recount.)
+    pub fn recount_backend_load(&mut self) -> Result<usize> {
+        let cfg = match self.config.get(&0, 0)? {
+            c if c.layout_version != 0 => c,
+            _ => Config::default(),
+        };
+        let now = monotonic_ns();
+        let mut live = std::collections::BTreeMap::<BackendId, u64>::new();
+        for entry in self.conntrack.iter() {
+            let (k, f) = entry?;
+            if f.direction != lb_common::direction::FORWARD || f.flags & lb_common::flow_flags::CLOSING != 0 {
+                continue;
+            }
+            let timeout = if k.proto == lb_common::IPPROTO_TCP { cfg.tcp_timeout_s } else { cfg.udp_timeout_s };
+            if now.saturating_sub(f.last_seen_ns) <= timeout as u64 * 1_000_000_000 {
+                *live.entry(f.backend_id).or_default() += 1;
+            }
+        }
+        let ids: Vec<BackendId> = self.backends.keys().collect::<Result<_, _>>()?;
+        let mut changed = 0;
+        for id in ids {
+            let want = live.get(&id).copied().unwrap_or(0);
+            if self.backend_load(id)? != want {
+                self.set_backend_load(id, want)?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
     /// The affinity entry of a client, if any.
     pub fn affinity(&self, key: &AffinityKeyV4) -> Result<Option<AffinityV4>> {
         match self.affinity.get(key, 0) {
@@ -166,4 +200,12 @@ fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<()> {
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         other => Ok(other?),
     }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

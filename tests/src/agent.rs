@@ -130,6 +130,11 @@ impl Agent {
         assert!(matches!(self.child.try_wait(), Ok(Some(_))), "the previous agent still runs");
     }
 
+    /// Opens the maps of an agent that has pinned them already.
+    pub fn maps_of(agent: &Agent) -> Dataplane {
+        Dataplane::open(&agent.pin_dir).expect("opening the agent's maps")
+    }
+
     /// Waits until the agent has pinned its maps, and opens them.
     pub fn maps(&mut self) -> Dataplane {
         let pinned = wait_for(Duration::from_secs(60), || {
@@ -202,27 +207,23 @@ impl Drop for Agent {
     }
 }
 
-/// `shop/web`: ClusterIP 10.96.0.10:80 → 8080, NodePort 30080, round-robin.
-pub const SERVICE: &str = "apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: shop
-  annotations:
-    xdplb.io/algorithm: round-robin
-spec:
-  type: NodePort
-  clusterIP: 10.96.0.10
-  clusterIPs: [10.96.0.10]
-  ports:
-  - name: http
-    port: 80
-    nodePort: 30080
-    protocol: TCP
-    targetPort: 8080
-  selector:
-    app: web
-";
+/// `shop/web`: ClusterIP 10.96.0.10:80 → 8080, NodePort 30080, with
+/// `annotations` (key, value) and extra `spec` lines (indented two spaces),
+/// for `proto` (TCP or UDP).
+pub fn web_service(annotations: &[(&str, &str)], proto: &str, spec_extra: &str) -> String {
+    let ann: String = annotations.iter().map(|(k, v)| format!("    {k}: \"{v}\"\n")).collect();
+    let ann = if ann.is_empty() { String::new() } else { format!("  annotations:\n{ann}") };
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\n{ann}spec:\n  type: NodePort\n  \
+         clusterIP: 10.96.0.10\n  clusterIPs: [10.96.0.10]\n  ports:\n  - name: http\n    port: 80\n    nodePort: 30080\n    \
+         protocol: {proto}\n    targetPort: 8080\n  selector:\n    app: web\n{spec_extra}"
+    )
+}
+
+/// The default test service: TCP, round-robin.
+pub fn default_service() -> String {
+    web_service(&[("xdplb.io/algorithm", "round-robin")], "TCP", "")
+}
 
 /// The Node `node-0` at the node address.
 pub const NODE: &str = "apiVersion: v1
@@ -235,9 +236,14 @@ status:
     address: 192.168.1.1
 ";
 
-/// The EndpointSlice of `web` with backends `ids`.
+/// The EndpointSlice of `web` (TCP) with backends `ids`.
 pub fn slice(ids: &[usize]) -> String {
-    let mut s = String::from(
+    slice_for(ids, "TCP")
+}
+
+/// The EndpointSlice of `web` for `proto` with backends `ids`.
+pub fn slice_for(ids: &[usize], proto: &str) -> String {
+    let mut s = format!(
         "apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
@@ -249,7 +255,7 @@ addressType: IPv4
 ports:
 - name: http
   port: 8080
-  protocol: TCP
+  protocol: {proto}
 endpoints:
 ",
     );
@@ -270,15 +276,20 @@ pub fn write(dir: &Path, name: &str, text: &str) {
 /// A fresh, unique objects directory with `web` (endpoints `slice_ids`) and
 /// its Node written into it.
 pub fn objects_dir(slice_ids: &[usize]) -> PathBuf {
+    objects_dir_with(&default_service(), &slice(slice_ids))
+}
+
+/// A fresh, unique objects directory with `service`, `slice` and the Node.
+pub fn objects_dir_with(service: &str, slice: &str) -> PathBuf {
     // Tests run in parallel threads of one process: one directory each.
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("xlbt-{}-agent{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("temp dir");
-    write(&dir, "service.yaml", SERVICE);
+    write(&dir, "service.yaml", service);
     write(&dir, "node.yaml", NODE);
-    write(&dir, "slice.yaml", &slice(slice_ids));
+    write(&dir, "slice.yaml", slice);
     dir
 }
 

@@ -193,3 +193,21 @@ fn affinity_keeps_a_client_on_its_backend_until_timeout_or_removal() {
         "expired affinity"
     );
 }
+
+#[test]
+fn flows_that_idle_out_leave_the_live_count_at_the_recount() {
+    let mut lb = Lb::load();
+    lb.program(&contents(&[svc(algorithm::LEAST_CONN, 2)]));
+    lb.maps.set_config(&lb_common::Config { tcp_timeout_s: 1, ..Default::default() }).unwrap();
+    for i in 0..6u16 {
+        sent_to(&lb, &Frame::tcp(client(9), 8000 + i, VIP, 80, TCP_SYN));
+    }
+    let total = |lb: &Lb| (1..=2).map(|id| lb.maps.backend_load(id).unwrap()).sum::<u64>();
+    assert_eq!(total(&lb), 6);
+    assert_eq!(lb.maps.recount_backend_load().unwrap(), 0, "nothing to correct while the flows live");
+    // Idle past the 1 s timeout (time must pass): no FIN ever came.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(total(&lb), 6, "the dataplane cannot see an idle flow end");
+    assert_eq!(lb.maps.recount_backend_load().unwrap(), 2);
+    assert_eq!(total(&lb), 0, "the agent's recount forgets them");
+}

@@ -24,6 +24,10 @@ use serde::{Deserialize, Serialize};
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Annotation choosing a service's backend selection algorithm.
 pub const ALGORITHM_ANNOTATION: &str = "xdplb.io/algorithm";
+/// Annotation choosing a Maglev service's table size (a prime).
+pub const MAGLEV_SIZE_ANNOTATION: &str = "xdplb.io/maglev-table-size";
+/// Annotation weighting a service's endpoints by address.
+pub const WEIGHTS_ANNOTATION: &str = "xdplb.io/backend-weights";
 /// Endpoints per slice or per service beyond which an object is treated as
 /// hostile (Kubernetes caps a slice at 1000; kube-proxy has no use for more).
 pub const MAX_ENDPOINTS: usize = 10_000;
@@ -124,6 +128,11 @@ pub struct Service {
     pub affinity_timeout_s: u32,
     /// From the `xdplb.io/algorithm` annotation; `None` = the node default.
     pub algorithm: Option<u8>,
+    /// From `xdplb.io/maglev-table-size` (a prime); `None` = the default.
+    pub maglev_table_size: Option<u32>,
+    /// From `xdplb.io/backend-weights` (`10.0.2.11=3,10.0.2.12=1`); an
+    /// endpoint not named weighs 1. Used by Maglev.
+    pub weights: std::collections::BTreeMap<Ipv4Addr, u32>,
 }
 
 /// One entry of an EndpointSlice's `ports` (with a known port number).
@@ -317,6 +326,8 @@ pub fn parse_algorithm(s: &str) -> Option<u8> {
     match s.trim() {
         "random" => Some(algorithm::RANDOM),
         "round-robin" => Some(algorithm::ROUND_ROBIN),
+        "maglev" => Some(algorithm::MAGLEV),
+        "least-conn" => Some(algorithm::LEAST_CONN),
         _ => None,
     }
 }
@@ -326,6 +337,8 @@ pub fn algorithm_name(a: u8) -> &'static str {
     match a {
         algorithm::RANDOM => "random",
         algorithm::ROUND_ROBIN => "round-robin",
+        algorithm::MAGLEV => "maglev",
+        algorithm::LEAST_CONN => "least-conn",
         _ => "unknown",
     }
 }

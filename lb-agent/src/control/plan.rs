@@ -408,6 +408,7 @@ impl Planner<'_> {
                 node_name: c.node_name.clone(),
             });
         }
+        let algorithm = svc.algorithm.unwrap_or(self.cfg.default_algorithm);
         let order = self.ids.slots(service_id, &slot_ids);
         let index: BTreeMap<u32, usize> = backends
             .iter()
@@ -415,18 +416,28 @@ impl Planner<'_> {
             .map(|(i, b)| (b.id, i))
             .collect();
         for (i, bid) in order.iter().enumerate() {
-            let slot = i as u32 + 1;
-            self.plan
-                .contents
-                .slots
-                .insert(SlotKey { service_id, slot }, *bid);
             if let Some(b) = index.get(bid).and_then(|i| backends.get_mut(*i)) {
-                b.slot = Some(slot);
+                b.slot = Some(i as u32 + 1);
+            }
+        }
+        // What new flows choose from: one slot per backend, or the service's
+        // Maglev table (indexed by the flow hash in the dataplane).
+        let slots = if algorithm == lb_common::algorithm::MAGLEV {
+            maglev_table(id, svc, &order, &backends, &index)
+        } else {
+            order.clone()
+        };
+        for (i, bid) in slots.iter().enumerate() {
+            let slot = i as u32 + 1;
+            self.plan.contents.slots.insert(SlotKey { service_id, slot }, *bid);
+        }
+        for b in &backends {
+            if let (Some(w), Some(v)) = (svc.weights.get(&b.addr), self.plan.contents.backends.get_mut(&b.id)) {
+                v.weight = (*w).min(u16::MAX as u32) as u16;
             }
         }
         backends.sort_by_key(|b| (b.slot.is_none(), b.slot, b.addr, b.port));
 
-        let algorithm = svc.algorithm.unwrap_or(self.cfg.default_algorithm);
         let flags = if fallback {
             service_flags::FALLBACK_TERMINATING
         } else {
@@ -434,7 +445,7 @@ impl Planner<'_> {
         };
         let value = ServiceV4 {
             id: service_id,
-            count: order.len() as u32,
+            count: slots.len() as u32,
             algorithm,
             flags,
             _pad: [0; 2],
@@ -456,6 +467,35 @@ impl Planner<'_> {
             local_only,
             backends,
         });
+    }
+}
+
+/// The Maglev table of a service's slotted backends (`order`), keyed by
+/// address:port so every node builds the same table whatever its ids; on an
+/// error (no weight left, a bad size) one slot per backend, with a warning.
+fn maglev_table(
+    id: &ObjectRef,
+    svc: &Service,
+    order: &[u32],
+    backends: &[PlannedBackend],
+    index: &BTreeMap<u32, usize>,
+) -> Vec<u32> {
+    use crate::control::maglev;
+    let members: Vec<maglev::MaglevBackend> = order
+        .iter()
+        .filter_map(|bid| backends.get(*index.get(bid)?))
+        .map(|b| maglev::MaglevBackend::new(b.id, format!("{}:{}", b.addr, b.port), *svc.weights.get(&b.addr).unwrap_or(&1)))
+        .collect();
+    if members.is_empty() {
+        return Vec::new();
+    }
+    let size = svc.maglev_table_size.unwrap_or(maglev::DEFAULT_TABLE_SIZE);
+    match maglev::build(&members, size) {
+        Ok(table) => table,
+        Err(e) => {
+            tracing::warn!(object = %id, error = %e, "building the Maglev table failed; one slot per backend");
+            order.to_vec()
+        }
     }
 }
 

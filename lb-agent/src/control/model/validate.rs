@@ -11,7 +11,7 @@ use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery};
 
 use super::{
     parse_algorithm, Endpoint, Node, ObjectRef, Proto, Service, ServicePort, ServiceType, Slice,
-    SlicePort, ALGORITHM_ANNOTATION, DEFAULT_AFFINITY_TIMEOUT_S, MAX_ENDPOINTS, SERVICE_NAME_LABEL,
+    SlicePort, ALGORITHM_ANNOTATION, MAGLEV_SIZE_ANNOTATION, WEIGHTS_ANNOTATION, DEFAULT_AFFINITY_TIMEOUT_S, MAX_ENDPOINTS, SERVICE_NAME_LABEL,
 };
 
 /// Kubernetes' upper bound for `sessionAffinityConfig.clientIP.timeoutSeconds`.
@@ -185,10 +185,20 @@ fn service(id: &ObjectRef, s: &core::Service) -> Result<Service, String> {
     let algorithm = s.metadata.annotations.as_ref().and_then(|a| a.get(ALGORITHM_ANNOTATION)).and_then(|v| {
         let a = parse_algorithm(v);
         if a.is_none() {
-            tracing::warn!(object = %id, value = %v, "unknown {ALGORITHM_ANNOTATION} (expected random or round-robin); using the default");
+            tracing::warn!(object = %id, value = %v, "unknown {ALGORITHM_ANNOTATION} (expected random, round-robin, maglev or least-conn); using the default");
         }
         a
     });
+
+    let annotation = |k: &str| s.metadata.annotations.as_ref().and_then(|a| a.get(k));
+    let maglev_table_size = annotation(MAGLEV_SIZE_ANNOTATION).and_then(|v| {
+        let size = v.trim().parse::<u32>().ok().filter(|&n| crate::control::maglev::is_prime(n) && n <= crate::control::maglev::MAX_TABLE_SIZE);
+        if size.is_none() {
+            tracing::warn!(object = %id, value = %v, "{MAGLEV_SIZE_ANNOTATION} must be a prime up to {}; using the default", crate::control::maglev::MAX_TABLE_SIZE);
+        }
+        size
+    });
+    let weights = annotation(WEIGHTS_ANNOTATION).map(|v| parse_weights(id, v)).unwrap_or_default();
 
     Ok(Service {
         service_type,
@@ -200,7 +210,26 @@ fn service(id: &ObjectRef, s: &core::Service) -> Result<Service, String> {
         internal_local,
         affinity_timeout_s,
         algorithm,
+        maglev_table_size,
+        weights,
     })
+}
+
+/// `10.0.2.11=3, 10.0.2.12=1`; a bad entry is warned about and left out.
+fn parse_weights(id: &ObjectRef, v: &str) -> std::collections::BTreeMap<Ipv4Addr, u32> {
+    v.split(',')
+        .filter(|e| !e.trim().is_empty())
+        .filter_map(|e| {
+            let parsed = e.split_once('=').and_then(|(a, w)| {
+                let w = w.trim().parse::<u32>().ok().filter(|w| (1..=1000).contains(w))?;
+                Some((a.trim().parse::<Ipv4Addr>().ok()?, w))
+            });
+            if parsed.is_none() {
+                tracing::warn!(object = %id, entry = %e.trim(), "bad {WEIGHTS_ANNOTATION} entry (expected <IPv4>=<1..1000>); ignored");
+            }
+            parsed
+        })
+        .collect()
 }
 
 pub(super) fn validate_slice(id: &ObjectRef, s: &discovery::EndpointSlice) -> Option<Slice> {

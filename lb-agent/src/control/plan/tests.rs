@@ -431,6 +431,8 @@ fn big_model(services: usize, per: usize) -> Model {
                 internal_local: false,
                 affinity_timeout_s: 0,
                 algorithm: None,
+                maglev_table_size: None,
+                weights: Default::default(),
             },
         );
         let endpoints = (0..per)
@@ -527,4 +529,56 @@ fn ten_thousand_services_plan_and_replan_quickly() {
 
 fn ids_big() -> Ids {
     Ids::new(65_536, u32::MAX - 1)
+}
+
+/// The backend addresses of a service's slots, in slot order.
+fn slot_addrs(p: &Plan, addr: [u8; 4]) -> Vec<Ipv4Addr> {
+    let s = p.contents.services[&key(addr, 80, 6)];
+    (1..=s.count)
+        .map(|slot| Ipv4Addr::from(p.contents.backends[&p.contents.slots[&SlotKey { service_id: s.id, slot }]].addr))
+        .collect()
+}
+
+#[test]
+fn maglev_services_get_a_weighted_table_that_every_node_builds_alike() {
+    let text = "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\n  namespace: ns\n  annotations:\n    xdplb.io/algorithm: maglev\n    xdplb.io/maglev-table-size: \"251\"\n    xdplb.io/backend-weights: 10.0.2.11=3, 10.0.2.12=1, bogus\n\
+spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80, protocol: TCP}]}\n---\n\
+apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s-1, namespace: ns, labels: {kubernetes.io/service-name: s}}\n\
+addressType: IPv4\nports: [{name: http, port: 8080, protocol: TCP}]\n\
+endpoints: [{addresses: [10.0.2.11]}, {addresses: [10.0.2.12]}, {addresses: [10.0.2.13]}]\n";
+    let m = model(text);
+    let a = plan(&m, &cfg(), &mut ids());
+    // Another node allocated its ids differently (other backends came first).
+    let mut other_ids = ids();
+    let seed = model(&objects("{clusterIP: 10.96.9.9, ports: [{name: http, port: 80, protocol: TCP}]}", "[{addresses: [10.0.9.1]}, {addresses: [10.0.9.2]}]"));
+    plan(&seed, &cfg(), &mut other_ids);
+    let b = plan(&m, &cfg(), &mut other_ids);
+    let (ta, tb) = (slot_addrs(&a, [10, 96, 0, 10]), slot_addrs(&b, [10, 96, 0, 10]));
+    assert_eq!(ta.len(), 251, "the table fills the slots");
+    assert_eq!(ta, tb, "same table on both nodes, whatever the ids");
+    let share = |addr: [u8; 4]| ta.iter().filter(|a| a.octets() == addr).count() as f64 / 251.0;
+    // Weights 3 : 1 : 1 (the unnamed endpoint weighs 1; the bogus entry is ignored).
+    assert!((share([10, 0, 2, 11]) - 0.6).abs() < 0.05, "{}", share([10, 0, 2, 11]));
+    assert!((share([10, 0, 2, 12]) - 0.2).abs() < 0.05, "{}", share([10, 0, 2, 12]));
+    assert_eq!(svc(&a, "s", "http", Scope::Internal).algorithm, "maglev");
+}
+
+#[test]
+fn removing_a_maglev_backend_rewrites_about_its_share_of_the_table() {
+    let text = |eps: &str| {
+        format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: s\n  namespace: ns\n  annotations: {{xdplb.io/algorithm: maglev}}\n\
+spec: {{clusterIP: 10.96.0.10, ports: [{{name: http, port: 80, protocol: TCP}}]}}\n---\n\
+apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s-1, namespace: ns, labels: {{kubernetes.io/service-name: s}}}}\n\
+addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints: {eps}\n")
+    };
+    let ten: Vec<String> = (1..=10).map(|i| format!("{{addresses: [10.0.2.{i}]}}")).collect();
+    let mut ids = ids();
+    let before = plan(&model(&text(&format!("[{}]", ten.join(",")))), &cfg(), &mut ids);
+    let after = plan(&model(&text(&format!("[{}]", ten[1..].join(",")))), &cfg(), &mut ids);
+    let d = diff(&before.contents, &after.contents);
+    let m = crate::control::maglev::DEFAULT_TABLE_SIZE as f64;
+    let moved = d.slots.upsert.len() as f64 / m;
+    // The removed backend held ~1/10 of the table; Maglev moves little more.
+    assert!(moved > 0.08 && moved < 0.13, "fraction of slots rewritten: {moved:.3}");
+    assert_eq!(d.backends.remove.len(), 1);
 }
