@@ -435,30 +435,19 @@ fn big_model(services: usize, per: usize) -> Model {
                 weights: Default::default(),
             },
         );
-        let endpoints = (0..per)
-            .map(|e| model::Endpoint {
-                addr: Ipv4Addr::from(0x0af4_0000 + (s * per + e) as u32),
-                node_name: None,
-                ready: true,
-                serving: true,
-                terminating: false,
-            })
-            .collect();
-        let ports = vec![model::SlicePort {
-            name: "http".into(),
-            port: 8080,
-            proto: Proto::Tcp,
-        }];
-        m.slices.insert(
-            ObjectRef::new("scale", &format!("svc-{s}-1")),
-            model::Slice {
-                service: id.name.clone(),
-                ports,
-                endpoints,
-            },
-        );
+        let addrs = (0..per).map(|e| Ipv4Addr::from(0x0af4_0000 + (s * per + e) as u32));
+        m.slices.insert(ObjectRef::new("scale", &format!("svc-{s}-1")), ready_slice(&id.name, addrs));
     }
     m
+}
+
+/// A slice of `service` (port `http` 8080/TCP) with ready endpoints `addrs`.
+fn ready_slice(service: &str, addrs: impl Iterator<Item = Ipv4Addr>) -> model::Slice {
+    let endpoints = addrs
+        .map(|addr| model::Endpoint { addr, node_name: None, ready: true, serving: true, terminating: false })
+        .collect();
+    let ports = vec![model::SlicePort { name: "http".into(), port: 8080, proto: Proto::Tcp }];
+    model::Slice { service: service.into(), ports, endpoints }
 }
 
 #[test]
@@ -466,28 +455,8 @@ fn more_than_ten_thousand_endpoints_per_service_are_refused_across_slices() {
     let mut m = big_model(2, 3);
     // Eleven slices of 1000 for svc-0: each slice is legal, the sum is not.
     for k in 0..11u32 {
-        let endpoints = (0..1000u32)
-            .map(|e| model::Endpoint {
-                addr: Ipv4Addr::from(0x0b00_0000 + k * 1000 + e),
-                node_name: None,
-                ready: true,
-                serving: true,
-                terminating: false,
-            })
-            .collect();
-        let ports = vec![model::SlicePort {
-            name: "http".into(),
-            port: 8080,
-            proto: Proto::Tcp,
-        }];
-        m.slices.insert(
-            ObjectRef::new("scale", &format!("svc-0-big-{k}")),
-            model::Slice {
-                service: "svc-0".into(),
-                ports,
-                endpoints,
-            },
-        );
+        let addrs = (0..1000u32).map(|e| Ipv4Addr::from(0x0b00_0000 + k * 1000 + e));
+        m.slices.insert(ObjectRef::new("scale", &format!("svc-0-big-{k}")), ready_slice("svc-0", addrs));
     }
     let p = plan(&m, &cfg(), &mut ids());
     let names: Vec<&str> = p.services.iter().map(|s| s.name.as_str()).collect();
