@@ -16,6 +16,10 @@ use lb_agent::control::{model::parse_algorithm, source::SourceSpec};
 #[derive(Debug, Parser)]
 #[command(name = "lb-agent", version, about, long_about)]
 pub struct Cli {
+    /// Options from a YAML file (`iface: [eth0]`, `max-flows: 2097152`, ...;
+    /// keys are the long option names); the command line's flags win.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub config: Option<std::path::PathBuf>,
     /// Log format on stderr. Verbosity follows RUST_LOG (default: info),
     /// e.g. RUST_LOG=lb_agent=debug.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]

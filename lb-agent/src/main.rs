@@ -2,6 +2,7 @@
 //! dispatches; each command lives in its own module.
 mod agent;
 mod cli;
+mod config;
 mod ops_cli;
 mod podifaces;
 mod print;
@@ -17,7 +18,7 @@ use crate::cli::{Cli, Command, LogFormat, PlanArgs};
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(config::expand(std::env::args_os().collect())?);
     init_logging(cli.log_format);
     match cli.command {
         Command::Plan(args) => plan_command(args),

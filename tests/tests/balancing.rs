@@ -211,3 +211,18 @@ fn flows_that_idle_out_leave_the_live_count_at_the_recount() {
     assert_eq!(lb.maps.recount_backend_load().unwrap(), 2);
     assert_eq!(total(&lb), 0, "the agent's recount forgets them");
 }
+
+#[test]
+fn power_of_two_choices_beats_random_for_large_services() {
+    // 20 backends: above the exact-scan limit, so two random choices.
+    let mut lb = Lb::load();
+    lb.program(&contents(&[svc(algorithm::LEAST_CONN, 20)]));
+    lb.maps.set_backend_load(1, 1000).unwrap();
+    let to_busy = (0..400u16).filter(|i| sent_to(&lb, &Frame::tcp(client(5), 9000 + i, VIP, 80, TCP_SYN)) == 1).count();
+    // Random would send 1/20 (20 of 400) to the busy backend; two choices
+    // pick it only when both land on it (1/400).
+    assert!(to_busy <= 5, "{to_busy} of 400 new flows went to the busy backend");
+    let loads: Vec<u64> = (2..=20).map(|id| lb.maps.backend_load(id).unwrap()).collect();
+    let (min, max) = (loads.iter().min().unwrap(), loads.iter().max().unwrap());
+    assert!(max - min <= 6, "the others stay level: {loads:?}");
+}
