@@ -55,6 +55,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
         native_xdp: args.xdp_mode == crate::cli::XdpModeArg::Native,
     })?;
 
+    if args.xdp_mode == crate::cli::XdpModeArg::Generic {
+        tracing::warn!("XDP in generic mode, as asked (--xdp-mode generic): it runs after the kernel allocates an skb, several times slower than native");
+    }
+
     let sizes = MapSizes::from(&args.sizes);
     let mut ebpf = loader::load(&args.pin_path, sizes).map_err(checks::explain_load_error)?;
     // Links are pinned next to the maps: the programs stay attached when the

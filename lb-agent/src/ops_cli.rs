@@ -55,12 +55,12 @@ fn open(a: &MapsArgs) -> Result<Dataplane> {
 }
 
 fn print<T: Serialize + ?Sized>(json: bool, value: &T, table: impl FnOnce(&T) -> String) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(value)?);
-    } else {
-        print!("{}", table(value));
+    let text = if json { serde_json::to_string_pretty(value)? + "\n" } else { table(value) };
+    // `lb-agent conntrack | head` closes the pipe early: not an error.
+    match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 pub fn services(a: MapsArgs) -> Result<()> {

@@ -9,7 +9,8 @@ use std::{
 
 use anyhow::Result;
 use lb_common::{
-    algorithm, backend_state, counter, direction, flow_flags, proto_name, service_flags, FlowKeyV4, FlowV4, SlotKey,
+    algorithm, backend_state, counter, direction, flow_flags, proto_name, service_flags, Config, FlowKeyV4, FlowV4, SlotKey,
+    IPPROTO_UDP,
 };
 use serde::Serialize;
 
@@ -185,7 +186,10 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-pub fn flow_row(k: &FlowKeyV4, v: &FlowV4, now_ns: u64) -> FlowRow {
+/// A row for one entry. `cfg` gives the timeouts: an entry idle for longer
+/// than its timeout is marked `expired` (the dataplane ignores it and the
+/// LRU map drops it when it needs room; nothing deletes it before).
+pub fn flow_row(k: &FlowKeyV4, v: &FlowV4, now_ns: u64, cfg: &Config) -> FlowRow {
     let mut flags = Vec::new();
     if v.flags & flow_flags::CLOSING != 0 {
         flags.push("closing");
@@ -194,6 +198,16 @@ pub fn flow_row(k: &FlowKeyV4, v: &FlowV4, now_ns: u64) -> FlowRow {
         flags.push("seen-reply");
     }
     let secs = |t: u64| now_ns.saturating_sub(t) as f64 / 1e9;
+    let timeout = if v.flags & flow_flags::CLOSING != 0 {
+        cfg.closing_timeout_s
+    } else if k.proto == IPPROTO_UDP {
+        cfg.udp_timeout_s
+    } else {
+        cfg.tcp_timeout_s
+    };
+    if secs(v.last_seen_ns) > timeout as f64 {
+        flags.push("expired");
+    }
     FlowRow {
         direction: if v.direction == direction::REPLY { "reply" } else { "forward" },
         proto: proto_name(k.proto),
@@ -220,6 +234,9 @@ pub struct FlowFilter {
 
 pub fn conntrack(dp: &Dataplane, f: &FlowFilter) -> Result<Vec<FlowRow>> {
     let now = monotonic_ns();
+    // The agent writes the config on start; maps never run by an agent have
+    // zeros there, so fall back to the defaults.
+    let cfg = dp.config.get(&0, 0).ok().filter(|c| c.layout_version != 0).unwrap_or_default();
     let mut rows: Vec<FlowRow> = dp
         .flows()?
         .iter()
@@ -230,9 +247,11 @@ pub fn conntrack(dp: &Dataplane, f: &FlowFilter) -> Result<Vec<FlowRow>> {
                 client == c.octets()
             })
         })
-        .map(|(k, v)| flow_row(k, v, now))
+        .map(|(k, v)| flow_row(k, v, now, &cfg))
         .collect();
-    rows.sort_by(|a, b| (a.service_id, a.direction, a.src, a.dst).cmp(&(b.service_id, b.direction, b.src, b.dst)));
+    // A flow's two entries side by side: by service, then client, forward first.
+    let client = |r: &FlowRow| if r.direction == "reply" { r.dst } else { r.src };
+    rows.sort_by_key(|r| (r.service_id, client(r), r.direction, r.src, r.dst));
     Ok(rows)
 }
 
@@ -308,4 +327,42 @@ pub fn stats_table(st: &Stats) -> String {
         );
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flow_row_reads_wire_order_fields_and_marks_expiry() {
+        let k = FlowKeyV4 { src_addr: [192, 168, 1, 2], dst_addr: [10, 96, 0, 10], src_port: 40000u16.to_be_bytes(), dst_port: 80u16.to_be_bytes(), proto: 6, _pad: [0; 3] };
+        let s = 1_000_000_000u64;
+        let v = FlowV4 { backend_id: 3, service_id: 7, nat_addr: [10, 0, 2, 11], nat_port: 8080u16.to_be_bytes(), flags: flow_flags::CLOSING, created_ns: 100 * s, last_seen_ns: 120 * s, packets: 6, bytes: 420, ..Default::default() };
+        let cfg = Config::default();
+        let r = flow_row(&k, &v, 125 * s, &cfg);
+        assert_eq!((r.src.to_string(), r.dst.to_string(), r.nat.to_string()), ("192.168.1.2:40000".into(), "10.96.0.10:80".into(), "10.0.2.11:8080".into()));
+        assert_eq!((r.direction, r.proto, r.age_s, r.idle_s), ("forward", "TCP", 25.0, 5.0));
+        assert_eq!(r.flags, ["closing"]);
+        // Idle past the closing timeout (10 s).
+        assert_eq!(flow_row(&k, &v, 131 * s, &cfg).flags, ["closing", "expired"]);
+        let open = FlowV4 { flags: 0, ..v };
+        assert!(flow_row(&k, &open, 131 * s, &cfg).flags.is_empty(), "TCP's timeout is hours");
+    }
+
+    #[test]
+    fn tables_have_one_line_per_backend() {
+        let rows = vec![ServiceRow {
+            id: 5,
+            name: Some("shop/web:http".into()),
+            frontends: vec!["10.96.0.10:80/TCP".into()],
+            algorithm: "maglev",
+            affinity_timeout_s: 0,
+            fallback_terminating: true,
+            slots: 3,
+            backends: vec![ServiceBackend { id: 2, addr: None, state: "missing", slots: 3 }],
+        }];
+        let t = services_table(&rows);
+        assert!(t.contains("backend 2      ?                      missing  3 slots"), "{t}");
+        assert!(t.contains("using terminating ones"), "{t}");
+    }
 }
