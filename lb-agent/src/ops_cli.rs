@@ -51,11 +51,24 @@ pub struct DoctorArgs {
 }
 
 fn open(a: &MapsArgs) -> Result<Dataplane> {
-    Dataplane::open(&a.pin_path).with_context(|| format!("no xdplb maps pinned under {} (pass --pin-path as given to `lb-agent run`)", a.pin_path.display()))
+    Dataplane::open(&a.pin_path).with_context(|| {
+        format!(
+            "no xdplb maps pinned under {} (pass --pin-path as given to `lb-agent run`)",
+            a.pin_path.display()
+        )
+    })
 }
 
-fn print<T: Serialize + ?Sized>(json: bool, value: &T, table: impl FnOnce(&T) -> String) -> Result<()> {
-    let text = if json { serde_json::to_string_pretty(value)? + "\n" } else { table(value) };
+fn print<T: Serialize + ?Sized>(
+    json: bool,
+    value: &T,
+    table: impl FnOnce(&T) -> String,
+) -> Result<()> {
+    let text = if json {
+        serde_json::to_string_pretty(value)? + "\n"
+    } else {
+        table(value)
+    };
     // `lb-agent conntrack | head` closes the pipe early: not an error.
     match std::io::Write::write_all(&mut std::io::stdout().lock(), text.as_bytes()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
@@ -74,7 +87,10 @@ pub fn backends(a: MapsArgs) -> Result<()> {
 }
 
 pub fn conntrack(a: ConntrackArgs) -> Result<()> {
-    let filter = inspect::FlowFilter { service: a.service, client: a.client };
+    let filter = inspect::FlowFilter {
+        service: a.service,
+        client: a.client,
+    };
     let rows = inspect::conntrack(&open(&a.maps)?, &filter)?;
     print(a.maps.json, &rows[..], inspect::conntrack_table)
 }
@@ -86,7 +102,11 @@ pub fn stats(a: MapsArgs) -> Result<()> {
 
 /// Exits non-zero when a check fails.
 pub fn doctor(a: DoctorArgs) -> Result<()> {
-    let inputs = checks::Inputs { pin_dir: &a.pin_path, ifaces: &a.ifaces, native_xdp: a.xdp_mode == crate::cli::XdpModeArg::Native };
+    let inputs = checks::Inputs {
+        pin_dir: &a.pin_path,
+        ifaces: &a.ifaces,
+        native_xdp: a.xdp_mode == crate::cli::XdpModeArg::Native,
+    };
     let results = checks::all(&inputs);
     print(a.json, &results[..], checks::report)?;
     if results.iter().any(|c| !c.ok) {

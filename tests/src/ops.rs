@@ -11,12 +11,19 @@ use crate::netns::Netns;
 
 /// `lb-agent <args>`, run to completion.
 pub fn agent_cmd(args: &[&str]) -> Output {
-    Command::new(crate::agent::agent_binary()).args(args).output().expect("running lb-agent")
+    Command::new(crate::agent::agent_binary())
+        .args(args)
+        .output()
+        .expect("running lb-agent")
 }
 
 /// stdout and stderr of an output, for messages.
 pub fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }
 
 /// One HTTP GET inside `ns`: (status code, body).
@@ -28,8 +35,15 @@ pub fn http_get(ns: &Netns, addr: SocketAddr, path: &str) -> std::io::Result<(u1
         write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n")?;
         let mut resp = String::new();
         s.read_to_string(&mut resp)?;
-        let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let code = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         Ok((code, body))
     })
 }

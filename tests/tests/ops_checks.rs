@@ -27,16 +27,27 @@ fn pin(tag: &str) -> String {
 }
 
 fn sh(script: &str) -> Output {
-    Command::new("sh").args(["-c", script]).output().expect("sh")
+    Command::new("sh")
+        .args(["-c", script])
+        .output()
+        .expect("sh")
 }
 
 /// `lb-agent run` with `args` after a source and a private metrics port;
 /// expected to fail at start-up.
 fn run_fails(prefix: &str, args: &str) -> String {
     let src = objects_dir(&[0]);
-    let out = sh(&format!("{prefix} {} run --source file:{} --node-name node-0 --metrics-addr 127.0.0.1:0 {args}", bin(), src.display()));
+    let out = sh(&format!(
+        "{prefix} {} run --source file:{} --node-name node-0 --metrics-addr 127.0.0.1:0 {args}",
+        bin(),
+        src.display()
+    ));
     let _ = std::fs::remove_dir_all(&src);
-    assert!(!out.status.success(), "run should have failed:\n{}", text(&out));
+    assert!(
+        !out.status.success(),
+        "run should have failed:\n{}",
+        text(&out)
+    );
     text(&out)
 }
 
@@ -54,18 +65,51 @@ fn assert_has(out: &str, want: &[&str]) {
 fn a_missing_interface_is_named() {
     let out = doctor("", "--iface xlbt-nope0");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert_has(&text(&out), &["✓ kernel version", "✓ kernel BTF", "✓ privileges", "✗ interface xlbt-nope0", "does not exist in this network namespace", "1 check(s) failed"]);
-    let err = run_fails("", &format!("--iface xlbt-nope0 --pin-path {}", pin("noiface")));
-    assert_has(&err, &["start-up check \"interface xlbt-nope0\" failed", "does not exist", "lb-agent doctor"]);
-    assert!(!std::path::Path::new(&pin("noiface")).exists(), "nothing pinned before the checks pass");
+    assert_has(
+        &text(&out),
+        &[
+            "✓ kernel version",
+            "✓ kernel BTF",
+            "✓ privileges",
+            "✗ interface xlbt-nope0",
+            "does not exist in this network namespace",
+            "1 check(s) failed",
+        ],
+    );
+    let err = run_fails(
+        "",
+        &format!("--iface xlbt-nope0 --pin-path {}", pin("noiface")),
+    );
+    assert_has(
+        &err,
+        &[
+            "start-up check \"interface xlbt-nope0\" failed",
+            "does not exist",
+            "lb-agent doctor",
+        ],
+    );
+    assert!(
+        !std::path::Path::new(&pin("noiface")).exists(),
+        "nothing pinned before the checks pass"
+    );
 }
 
 #[test]
 fn a_pin_path_off_bpffs_is_refused_with_the_fix() {
     let out = doctor("", "--pin-path /tmp/xlbt-notbpf/maps");
     assert_eq!(out.status.code(), Some(1));
-    assert_has(&text(&out), &["✗ bpffs", "/tmp/xlbt-notbpf is not a bpffs", "choose a --pin-path under /sys/fs/bpf"]);
-    let err = run_fails("", "--iface lo --xdp-mode generic --pin-path /tmp/xlbt-notbpf/maps");
+    assert_has(
+        &text(&out),
+        &[
+            "✗ bpffs",
+            "/tmp/xlbt-notbpf is not a bpffs",
+            "choose a --pin-path under /sys/fs/bpf",
+        ],
+    );
+    let err = run_fails(
+        "",
+        "--iface lo --xdp-mode generic --pin-path /tmp/xlbt-notbpf/maps",
+    );
     assert_has(&err, &["start-up check \"bpffs\" failed", "not a bpffs"]);
 }
 
@@ -73,29 +117,65 @@ fn a_pin_path_off_bpffs_is_refused_with_the_fix() {
 fn an_unmounted_bpffs_is_mounted_by_run_or_reported() {
     // A private mount namespace (unshare -m makes mounts private) where
     // /sys/fs/bpf is unmounted: the host's bpffs is untouched.
-    let out = doctor("unshare -m sh -c 'umount /sys/fs/bpf && exec \"$0\" \"$@\"'", "");
+    let out = doctor(
+        "unshare -m sh -c 'umount /sys/fs/bpf && exec \"$0\" \"$@\"'",
+        "",
+    );
     assert!(out.status.success(), "{}", text(&out));
-    assert_has(&text(&out), &["✓ bpffs", "/sys/fs/bpf is not mounted; `lb-agent run` will mount it"]);
+    assert_has(
+        &text(&out),
+        &[
+            "✓ bpffs",
+            "/sys/fs/bpf is not mounted; `lb-agent run` will mount it",
+        ],
+    );
     // Without CAP_SYS_ADMIN it cannot be mounted: say how.
     let out = doctor("unshare -m sh -c 'umount /sys/fs/bpf && exec setpriv --bounding-set=-sys_admin --inh-caps=-all -- \"$0\" \"$@\"'", "");
     assert_eq!(out.status.code(), Some(1));
-    assert_has(&text(&out), &["✗ bpffs", "may not mount it", "mount -t bpf bpf /sys/fs/bpf"]);
+    assert_has(
+        &text(&out),
+        &[
+            "✗ bpffs",
+            "may not mount it",
+            "mount -t bpf bpf /sys/fs/bpf",
+        ],
+    );
 
     // `run` mounts it and starts (in a private network namespace too, on lo
     // in generic mode). Its bpffs and pins vanish with the namespaces.
     let src = objects_dir(&[0]);
     let log = src.with_extension("log");
     let mut child = Command::new("unshare")
-        .args(["-m", "-n", "sh", "-c", "umount /sys/fs/bpf && ip link set lo up && exec \"$0\" \"$@\""])
+        .args([
+            "-m",
+            "-n",
+            "sh",
+            "-c",
+            "umount /sys/fs/bpf && ip link set lo up && exec \"$0\" \"$@\"",
+        ])
         .arg(agent_binary())
-        .args(["run", "--iface", "lo", "--xdp-mode", "generic", "--pin-path", "/sys/fs/bpf/xdplb", "--node-name", "node-0", "--metrics-addr", "127.0.0.1:0"])
+        .args([
+            "run",
+            "--iface",
+            "lo",
+            "--xdp-mode",
+            "generic",
+            "--pin-path",
+            "/sys/fs/bpf/xdplb",
+            "--node-name",
+            "node-0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
         .arg(format!("--source=file:{}", src.display()))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let read = || std::fs::read_to_string(&log).unwrap_or_default();
-    let synced = wait_for(Duration::from_secs(20), || read().contains("synced") || matches!(child.try_wait(), Ok(Some(_))));
+    let synced = wait_for(Duration::from_secs(20), || {
+        read().contains("synced") || matches!(child.try_wait(), Ok(Some(_)))
+    });
     let _ = child.kill();
     let _ = child.wait();
     let out = read();
@@ -110,11 +190,24 @@ fn missing_capabilities_are_named_with_the_fix() {
     let drop = "setpriv --bounding-set=-bpf,-net_admin,-sys_admin --inh-caps=-all --";
     let out = doctor(drop, "--iface lo");
     assert_eq!(out.status.code(), Some(1));
-    assert_has(&text(&out), &["✗ privileges", "missing CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN", "run as root, or grant them"]);
+    assert_has(
+        &text(&out),
+        &[
+            "✗ privileges",
+            "missing CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN",
+            "run as root, or grant them",
+        ],
+    );
     let out = doctor("setpriv --bounding-set=-net_admin --inh-caps=-all --", "");
     assert_has(&text(&out), &["✗ privileges", "missing CAP_NET_ADMIN:"]);
     let err = run_fails(drop, &format!("--iface lo --pin-path {}", pin("nocaps")));
-    assert_has(&err, &["start-up check \"privileges\" failed", "missing CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN"]);
+    assert_has(
+        &err,
+        &[
+            "start-up check \"privileges\" failed",
+            "missing CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN",
+        ],
+    );
 }
 
 #[test]
@@ -123,24 +216,70 @@ fn no_native_xdp_says_pass_generic_and_generic_is_only_used_when_asked() {
     // the host's lo out of it.
     let out = doctor("unshare -n", "--iface lo");
     assert_eq!(out.status.code(), Some(1));
-    assert_has(&text(&out), &["✗ native XDP on lo", "native XDP is not supported on lo", "pass --xdp-mode generic"]);
+    assert_has(
+        &text(&out),
+        &[
+            "✗ native XDP on lo",
+            "native XDP is not supported on lo",
+            "pass --xdp-mode generic",
+        ],
+    );
     let out = doctor("unshare -n", "--iface lo --xdp-mode generic");
-    assert!(out.status.success(), "generic mode skips the probe: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "generic mode skips the probe: {}",
+        text(&out)
+    );
     assert!(!text(&out).contains("native XDP"), "{}", text(&out));
-    let err = run_fails("unshare -m -n", &format!("--iface lo --pin-path {}", pin("nonative")));
-    assert_has(&err, &["start-up check \"native XDP on lo\" failed", "pass --xdp-mode generic"]);
+    let err = run_fails(
+        "unshare -m -n",
+        &format!("--iface lo --pin-path {}", pin("nonative")),
+    );
+    assert_has(
+        &err,
+        &[
+            "start-up check \"native XDP on lo\" failed",
+            "pass --xdp-mode generic",
+        ],
+    );
 
     // A veth has native XDP: the probe attaches and detaches.
-    let out = doctor("unshare -n sh -c 'ip link add a0 type veth peer name a1 && exec \"$0\" \"$@\"'", "--iface a0");
+    let out = doctor(
+        "unshare -n sh -c 'ip link add a0 type veth peer name a1 && exec \"$0\" \"$@\"'",
+        "--iface a0",
+    );
     assert!(out.status.success(), "{}", text(&out));
-    assert_has(&text(&out), &["✓ native XDP on a0", "supported by the driver", "all checks passed"]);
+    assert_has(
+        &text(&out),
+        &[
+            "✓ native XDP on a0",
+            "supported by the driver",
+            "all checks passed",
+        ],
+    );
 }
 
 #[test]
 fn doctor_json_lists_every_check() {
     let out = doctor("unshare -n", "--iface lo --json");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
-    let names: Vec<&str> = v.as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["kernel version", "kernel BTF", "privileges", "bpffs", "interface lo", "native XDP on lo"]);
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "kernel version",
+            "kernel BTF",
+            "privileges",
+            "bpffs",
+            "interface lo",
+            "native XDP on lo"
+        ]
+    );
     assert_eq!(v[5]["ok"], false);
 }

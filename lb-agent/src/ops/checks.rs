@@ -28,10 +28,18 @@ pub struct Check {
 
 impl Check {
     fn pass(name: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self { name: name.into(), ok: true, detail: detail.into() }
+        Self {
+            name: name.into(),
+            ok: true,
+            detail: detail.into(),
+        }
     }
     fn fail(name: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self { name: name.into(), ok: false, detail: detail.into() }
+        Self {
+            name: name.into(),
+            ok: false,
+            detail: detail.into(),
+        }
     }
 }
 
@@ -46,7 +54,10 @@ pub struct Inputs<'a> {
 
 /// Every check, in the order a fix is most useful.
 pub fn all(inp: &Inputs) -> Vec<Check> {
-    let mut out = vec![kernel_version(&uname_release()), btf(Path::new("/sys/kernel/btf/vmlinux"))];
+    let mut out = vec![
+        kernel_version(&uname_release()),
+        btf(Path::new("/sys/kernel/btf/vmlinux")),
+    ];
     let caps = privileges(&read_cap_eff());
     let privileged = caps.ok;
     out.push(caps);
@@ -68,7 +79,12 @@ pub fn all(inp: &Inputs) -> Vec<Check> {
 pub fn report(checks: &[Check]) -> String {
     let mut s = String::new();
     for c in checks {
-        s += &format!("{} {:<22} {}\n", if c.ok { "✓" } else { "✗" }, c.name, c.detail);
+        s += &format!(
+            "{} {:<22} {}\n",
+            if c.ok { "✓" } else { "✗" },
+            c.name,
+            c.detail
+        );
     }
     let failed = checks.iter().filter(|c| !c.ok).count();
     if failed == 0 {
@@ -83,7 +99,11 @@ pub fn report(checks: &[Check]) -> String {
 pub fn require(inp: &Inputs) -> anyhow::Result<()> {
     for c in all(inp) {
         if !c.ok {
-            anyhow::bail!("start-up check \"{}\" failed: {} (`lb-agent doctor` checks everything)", c.name, c.detail);
+            anyhow::bail!(
+                "start-up check \"{}\" failed: {} (`lb-agent doctor` checks everything)",
+                c.name,
+                c.detail
+            );
         }
         tracing::debug!(check = %c.name, detail = %c.detail, "start-up check passed");
     }
@@ -97,7 +117,9 @@ fn uname_release() -> String {
         return String::new();
     }
     // SAFETY: the kernel NUL-terminates `release`.
-    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }.to_string_lossy().into_owned()
+    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// `major.minor` of a kernel release string ("6.18.0-1-amd64").
@@ -133,7 +155,10 @@ fn read_cap_eff() -> String {
 
 /// The CapEff mask of a /proc/<pid>/status text.
 pub fn cap_eff(status: &str) -> Option<u64> {
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))?
+        .trim();
     u64::from_str_radix(hex, 16).ok()
 }
 
@@ -148,11 +173,15 @@ pub fn privileges(status: &str) -> Check {
     let Some(mask) = cap_eff(status) else {
         return Check::fail(NAME, "cannot read CapEff from /proc/self/status");
     };
-    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_NET_ADMIN, "CAP_NET_ADMIN"), (CAP_SYS_ADMIN, "CAP_SYS_ADMIN")]
-        .into_iter()
-        .filter(|(c, _)| mask & (1 << c) == 0)
-        .map(|(_, n)| n)
-        .collect();
+    let missing: Vec<&str> = [
+        (CAP_BPF, "CAP_BPF"),
+        (CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+        (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+    ]
+    .into_iter()
+    .filter(|(c, _)| mask & (1 << c) == 0)
+    .map(|(_, n)| n)
+    .collect();
     if missing.is_empty() {
         Check::pass(NAME, "CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN effective")
     } else {
@@ -163,7 +192,9 @@ pub fn privileges(status: &str) -> Check {
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 fn is_bpffs(p: &Path) -> bool {
-    let Ok(c) = CString::new(p.as_os_str().as_encoded_bytes()) else { return false };
+    let Ok(c) = CString::new(p.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
     // SAFETY: statfs writes into the zeroed struct.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
@@ -179,7 +210,10 @@ pub fn bpffs(pin_dir: &Path, may_mount: bool) -> Check {
     }
     if parent == Path::new("/sys/fs/bpf") {
         return if may_mount {
-            Check::pass(NAME, "/sys/fs/bpf is not mounted; `lb-agent run` will mount it (it has CAP_SYS_ADMIN)")
+            Check::pass(
+                NAME,
+                "/sys/fs/bpf is not mounted; `lb-agent run` will mount it (it has CAP_SYS_ADMIN)",
+            )
         } else {
             Check::fail(NAME, "/sys/fs/bpf is not mounted and this process may not mount it: run `mount -t bpf bpf /sys/fs/bpf` as root (or mount it into the container)")
         };
@@ -234,7 +268,14 @@ struct LinkCreateAttr {
 
 fn bpf<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<OwnedFd> {
     // SAFETY: `attr` is a valid, fully initialised bpf_attr prefix for `cmd`.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const T, std::mem::size_of::<T>()) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *const T,
+            std::mem::size_of::<T>(),
+        )
+    };
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -247,15 +288,35 @@ fn bpf<T>(cmd: libc::c_long, attr: &T) -> std::io::Result<OwnedFd> {
 pub fn native_xdp(iface: &str) -> Check {
     let name = format!("native XDP on {iface}");
     // mov64 r0, 2 (XDP_PASS); exit
-    let insns: [u64; 2] = [u64::from_le_bytes([0xb7, 0, 0, 0, 2, 0, 0, 0]), u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0])];
+    let insns: [u64; 2] = [
+        u64::from_le_bytes([0xb7, 0, 0, 0, 2, 0, 0, 0]),
+        u64::from_le_bytes([0x95, 0, 0, 0, 0, 0, 0, 0]),
+    ];
     let license = c"GPL";
-    let load = ProgLoadAttr { prog_type: BPF_PROG_TYPE_XDP, insn_cnt: 2, insns: insns.as_ptr() as u64, license: license.as_ptr() as u64, ..Default::default() };
+    let load = ProgLoadAttr {
+        prog_type: BPF_PROG_TYPE_XDP,
+        insn_cnt: 2,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        ..Default::default()
+    };
     let prog = match bpf(BPF_PROG_LOAD, &load) {
         Ok(fd) => fd,
-        Err(e) => return Check::fail(name, format!("loading a probe XDP program failed ({e}): see the privileges check")),
+        Err(e) => {
+            return Check::fail(
+                name,
+                format!("loading a probe XDP program failed ({e}): see the privileges check"),
+            )
+        }
     };
     use std::os::fd::AsRawFd as _;
-    let link = LinkCreateAttr { prog_fd: prog.as_raw_fd() as u32, target_ifindex: ifindex(iface), attach_type: BPF_XDP, flags: XDP_FLAGS_DRV_MODE, ..Default::default() };
+    let link = LinkCreateAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_ifindex: ifindex(iface),
+        attach_type: BPF_XDP,
+        flags: XDP_FLAGS_DRV_MODE,
+        ..Default::default()
+    };
     match bpf(BPF_LINK_CREATE, &link) {
         Ok(_link) => Check::pass(name, "supported by the driver"),
         // An XDP program is attached already (a running or stopped agent's
@@ -282,11 +343,18 @@ pub fn log_tail(log: &str, n: usize) -> String {
 /// the log's tail (aya's own message embeds the whole log); other errors
 /// pass through unchanged.
 pub fn explain_load_error(e: anyhow::Error) -> anyhow::Error {
-    let found = e.chain().find_map(|c| match c.downcast_ref::<aya::programs::ProgramError>() {
-        Some(aya::programs::ProgramError::LoadError { io_error, verifier_log }) => Some((io_error.to_string(), verifier_log.to_string())),
-        _ => None,
-    });
-    let Some((io_error, log)) = found else { return e };
+    let found = e
+        .chain()
+        .find_map(|c| match c.downcast_ref::<aya::programs::ProgramError>() {
+            Some(aya::programs::ProgramError::LoadError {
+                io_error,
+                verifier_log,
+            }) => Some((io_error.to_string(), verifier_log.to_string())),
+            _ => None,
+        });
+    let Some((io_error, log)) = found else {
+        return e;
+    };
     // The outermost context names the program ("verifier rejected xdp_lb").
     let what = e.to_string();
     anyhow::anyhow!(
@@ -306,36 +374,90 @@ mod tests {
         assert!(kernel_version("6.18.0-1-amd64").ok);
         assert!(kernel_version("5.15.0").ok);
         let c = kernel_version("5.10.0-28-amd64");
-        assert!(!c.ok && c.detail.contains("older than 5.15") && c.detail.contains("upgrade"), "{}", c.detail);
+        assert!(
+            !c.ok && c.detail.contains("older than 5.15") && c.detail.contains("upgrade"),
+            "{}",
+            c.detail
+        );
         assert!(!kernel_version("garbage").ok);
     }
 
     #[test]
     fn missing_btf_is_reported() {
         let c = btf(Path::new("/nonexistent/vmlinux"));
-        assert!(!c.ok && c.detail.contains("CONFIG_DEBUG_INFO_BTF"), "{}", c.detail);
+        assert!(
+            !c.ok && c.detail.contains("CONFIG_DEBUG_INFO_BTF"),
+            "{}",
+            c.detail
+        );
     }
 
     #[test]
     fn missing_capabilities_are_named() {
-        let all = format!("Name:\tx\nCapEff:\t{:016x}\n", (1u64 << CAP_BPF) | (1 << CAP_NET_ADMIN) | (1 << CAP_SYS_ADMIN));
+        let all = format!(
+            "Name:\tx\nCapEff:\t{:016x}\n",
+            (1u64 << CAP_BPF) | (1 << CAP_NET_ADMIN) | (1 << CAP_SYS_ADMIN)
+        );
         assert!(privileges(&all).ok);
         let c = privileges("CapEff:\t0000000000001000\n");
         assert!(!c.ok, "{}", c.detail);
-        assert!(c.detail.contains("missing CAP_BPF, CAP_SYS_ADMIN") && c.detail.contains("run as root"), "{}", c.detail);
+        assert!(
+            c.detail.contains("missing CAP_BPF, CAP_SYS_ADMIN") && c.detail.contains("run as root"),
+            "{}",
+            c.detail
+        );
     }
 
     #[test]
     fn a_verifier_log_is_cut_to_its_tail() {
-        let log: String = (1..=100).map(|i| format!("{i}: insn\n\n")).collect::<String>() + "R1 invalid mem access 'scalar'\n";
+        let log: String = (1..=100)
+            .map(|i| format!("{i}: insn\n\n"))
+            .collect::<String>()
+            + "R1 invalid mem access 'scalar'\n";
         let tail = log_tail(&log, 20);
         assert_eq!(tail.lines().count(), 20);
-        assert!(tail.starts_with("82: insn") && tail.ends_with("invalid mem access 'scalar'"), "{tail}");
+        assert!(
+            tail.starts_with("82: insn") && tail.ends_with("invalid mem access 'scalar'"),
+            "{tail}"
+        );
+    }
+
+    #[test]
+    fn a_verifier_rejection_shows_the_program_error_and_the_logs_tail() {
+        let log: String = (0..500).map(|i| format!("{i}: (bf) r{} = r1\n", i % 10)).collect::<String>()
+            + "invalid access to packet, off=34 size=2, R2(id=0,off=34,r=14)\nprocessed 501 insns (limit 1000000)\n";
+        let err = aya::programs::ProgramError::LoadError {
+            io_error: std::io::Error::from_raw_os_error(libc::EACCES),
+            verifier_log: aya_obj::VerifierLog::new(log),
+        };
+        let e = anyhow::Error::new(err).context("verifier rejected xdp_lb");
+        let msg = format!("{:#}", explain_load_error(e));
+        assert!(
+            msg.starts_with(
+                "verifier rejected xdp_lb: the kernel refused the program (Permission denied"
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("last 20 lines of the verifier log:\n482: (bf)"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("invalid access to packet, off=34") && msg.contains("uname -r"),
+            "{msg}"
+        );
+        assert!(!msg.contains("\n481: "), "only the tail: {msg}");
+        // Other errors pass through unchanged.
+        let other = explain_load_error(anyhow::anyhow!("opening pinned map"));
+        assert_eq!(other.to_string(), "opening pinned map");
     }
 
     #[test]
     fn the_report_marks_each_check() {
         let r = report(&[Check::pass("a", "fine"), Check::fail("b", "broken: do x")]);
-        assert!(r.contains("✓ a") && r.contains("✗ b") && r.contains("1 check(s) failed"), "{r}");
+        assert!(
+            r.contains("✓ a") && r.contains("✗ b") && r.contains("1 check(s) failed"),
+            "{r}"
+        );
     }
 }

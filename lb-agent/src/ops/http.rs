@@ -14,9 +14,9 @@ use super::metrics::Metrics;
 /// Binds `addr` now (so a taken port fails start-up with a clear error) and
 /// serves in the background.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("binding the metrics address {addr} (in use? choose another with --metrics-addr)"))?;
+    let listener = TcpListener::bind(addr).await.with_context(|| {
+        format!("binding the metrics address {addr} (in use? choose another with --metrics-addr)")
+    })?;
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     tokio::spawn(async move {
         loop {
@@ -25,7 +25,8 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
                     let m = metrics.clone();
                     tokio::spawn(async move {
                         // A slow or silent client gets 5 s, not a task forever.
-                        let _ = tokio::time::timeout(Duration::from_secs(5), handle(stream, m)).await;
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(5), handle(stream, m)).await;
                     });
                 }
                 Err(e) => {
@@ -53,19 +54,36 @@ async fn handle(mut s: TcpStream, m: Arc<Metrics>) -> std::io::Result<()> {
     }
     let head = String::from_utf8_lossy(&buf);
     let mut parts = head.lines().next().unwrap_or_default().split_whitespace();
-    let (method, target) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
+    let (method, target) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
     let path = target.split('?').next().unwrap_or_default();
     let (status, ctype, body) = match (method, path) {
         ("GET", "/metrics") => {
             // Reading the maps is blocking syscalls (conntrack can be large).
-            let text = tokio::task::spawn_blocking(move || m.render()).await.unwrap_or_default();
+            let text = tokio::task::spawn_blocking(move || m.render())
+                .await
+                .unwrap_or_default();
             ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text)
         }
         ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
         ("GET", "/readyz") if m.ready() => ("200 OK", "text/plain", "ready\n".to_string()),
-        ("GET", "/readyz") => ("503 Service Unavailable", "text/plain", "not ready: programs not attached or first sync not applied\n".to_string()),
-        ("GET", _) => ("404 Not Found", "text/plain", "try /metrics, /healthz or /readyz\n".to_string()),
-        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".to_string()),
+        ("GET", "/readyz") => (
+            "503 Service Unavailable",
+            "text/plain",
+            "not ready: programs not attached or first sync not applied\n".to_string(),
+        ),
+        ("GET", _) => (
+            "404 Not Found",
+            "text/plain",
+            "try /metrics, /healthz or /readyz\n".to_string(),
+        ),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "GET only\n".to_string(),
+        ),
     };
     let resp = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
     s.write_all(resp.as_bytes()).await?;

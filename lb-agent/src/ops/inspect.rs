@@ -9,8 +9,8 @@ use std::{
 
 use anyhow::Result;
 use lb_common::{
-    algorithm, backend_state, counter, direction, flow_flags, proto_name, service_flags, Config, FlowKeyV4, FlowV4, SlotKey,
-    IPPROTO_UDP,
+    algorithm, backend_state, counter, direction, flow_flags, proto_name, service_flags, Config,
+    FlowKeyV4, FlowV4, SlotKey, IPPROTO_UDP,
 };
 use serde::Serialize;
 
@@ -87,7 +87,10 @@ pub fn services(dp: &Dataplane, names: &Names) -> Result<Vec<ServiceRow>> {
     for row in by_id.values_mut() {
         let mut count: BTreeMap<u32, u32> = BTreeMap::new();
         for slot in 1..=row.slots {
-            if let Some(id) = c.slots.get(&SlotKey { service_id: row.id, slot }) {
+            if let Some(id) = c.slots.get(&SlotKey {
+                service_id: row.id,
+                slot,
+            }) {
                 *count.entry(*id).or_default() += 1;
             }
         }
@@ -109,17 +112,41 @@ pub fn services(dp: &Dataplane, names: &Names) -> Result<Vec<ServiceRow>> {
 
 pub fn services_table(rows: &[ServiceRow]) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "{:<6} {:<32} {:<12} {:<9} FRONTENDS", "ID", "SERVICE", "ALGORITHM", "AFFINITY");
+    let _ = writeln!(
+        s,
+        "{:<6} {:<32} {:<12} {:<9} FRONTENDS",
+        "ID", "SERVICE", "ALGORITHM", "AFFINITY"
+    );
     for r in rows {
-        let aff = if r.affinity_timeout_s > 0 { format!("{}s", r.affinity_timeout_s) } else { "-".into() };
-        let _ = writeln!(s, "{:<6} {:<32} {:<12} {:<9} {}", r.id, r.name.as_deref().unwrap_or("-"), r.algorithm, aff, r.frontends.join(", "));
+        let aff = if r.affinity_timeout_s > 0 {
+            format!("{}s", r.affinity_timeout_s)
+        } else {
+            "-".into()
+        };
+        let _ = writeln!(
+            s,
+            "{:<6} {:<32} {:<12} {:<9} {}",
+            r.id,
+            r.name.as_deref().unwrap_or("-"),
+            r.algorithm,
+            aff,
+            r.frontends.join(", ")
+        );
         if r.backends.is_empty() {
             let _ = writeln!(s, "       (no backend: new connections are dropped)");
         }
         for b in &r.backends {
             let addr = b.addr.map_or("?".into(), |a| a.to_string());
-            let slots = if b.slots == 1 { String::new() } else { format!("  {} slots", b.slots) };
-            let _ = writeln!(s, "       backend {:<6} {:<22} {}{}", b.id, addr, b.state, slots);
+            let slots = if b.slots == 1 {
+                String::new()
+            } else {
+                format!("  {} slots", b.slots)
+            };
+            let _ = writeln!(
+                s,
+                "       backend {:<6} {:<22} {}{}",
+                b.id, addr, b.state, slots
+            );
         }
         if r.fallback_terminating {
             let _ = writeln!(s, "       (no ready endpoint: using terminating ones)");
@@ -145,16 +172,34 @@ pub fn backends(dp: &Dataplane) -> Result<Vec<BackendRow>> {
         .map(|(id, b)| {
             // An id beyond the load array (a smaller map) has no count: 0.
             let flows = dp.backend_load(*id).unwrap_or(0);
-            Ok(BackendRow { id: *id, addr: sock(b.addr, b.port), state: state_name(b.state), weight: b.weight, flows })
+            Ok(BackendRow {
+                id: *id,
+                addr: sock(b.addr, b.port),
+                state: state_name(b.state),
+                weight: b.weight,
+                flows,
+            })
         })
         .collect()
 }
 
 pub fn backends_table(rows: &[BackendRow]) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "{:<8} {:<22} {:<12} {:>6} {:>8}", "ID", "ADDRESS", "STATE", "WEIGHT", "FLOWS");
+    let _ = writeln!(
+        s,
+        "{:<8} {:<22} {:<12} {:>6} {:>8}",
+        "ID", "ADDRESS", "STATE", "WEIGHT", "FLOWS"
+    );
     for r in rows {
-        let _ = writeln!(s, "{:<8} {:<22} {:<12} {:>6} {:>8}", r.id, r.addr.to_string(), r.state, r.weight, r.flows);
+        let _ = writeln!(
+            s,
+            "{:<8} {:<22} {:<12} {:>6} {:>8}",
+            r.id,
+            r.addr.to_string(),
+            r.state,
+            r.weight,
+            r.flows
+        );
     }
     s
 }
@@ -180,7 +225,10 @@ pub struct FlowRow {
 
 /// `bpf_ktime_get_ns()`'s clock, to turn entry timestamps into ages.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into `ts`.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -209,7 +257,11 @@ pub fn flow_row(k: &FlowKeyV4, v: &FlowV4, now_ns: u64, cfg: &Config) -> FlowRow
         flags.push("expired");
     }
     FlowRow {
-        direction: if v.direction == direction::REPLY { "reply" } else { "forward" },
+        direction: if v.direction == direction::REPLY {
+            "reply"
+        } else {
+            "forward"
+        },
         proto: proto_name(k.proto),
         src: sock(k.src_addr, k.src_port),
         dst: sock(k.dst_addr, k.dst_port),
@@ -236,14 +288,23 @@ pub fn conntrack(dp: &Dataplane, f: &FlowFilter) -> Result<Vec<FlowRow>> {
     let now = monotonic_ns();
     // The agent writes the config on start; maps never run by an agent have
     // zeros there, so fall back to the defaults.
-    let cfg = dp.config.get(&0, 0).ok().filter(|c| c.layout_version != 0).unwrap_or_default();
+    let cfg = dp
+        .config
+        .get(&0, 0)
+        .ok()
+        .filter(|c| c.layout_version != 0)
+        .unwrap_or_default();
     let mut rows: Vec<FlowRow> = dp
         .flows()?
         .iter()
         .filter(|(_, v)| f.service.is_none_or(|s| v.service_id == s))
         .filter(|(k, v)| {
             f.client.is_none_or(|c| {
-                let client = if v.direction == direction::REPLY { k.dst_addr } else { k.src_addr };
+                let client = if v.direction == direction::REPLY {
+                    k.dst_addr
+                } else {
+                    k.src_addr
+                };
                 client == c.octets()
             })
         })
@@ -260,17 +321,46 @@ pub fn conntrack_table(rows: &[FlowRow]) -> String {
     let _ = writeln!(
         s,
         "{:<8} {:<5} {:<22} {:<22} {:<22} {:>5} {:>7} {:>8} {:>8} {:>8} {:>10} FLAGS",
-        "DIR", "PROTO", "SOURCE", "DESTINATION", "NAT", "SVC", "BACKEND", "AGE", "IDLE", "PACKETS", "BYTES"
+        "DIR",
+        "PROTO",
+        "SOURCE",
+        "DESTINATION",
+        "NAT",
+        "SVC",
+        "BACKEND",
+        "AGE",
+        "IDLE",
+        "PACKETS",
+        "BYTES"
     );
     for r in rows {
         let _ = writeln!(
             s,
             "{:<8} {:<5} {:<22} {:<22} {:<22} {:>5} {:>7} {:>7.1}s {:>7.1}s {:>8} {:>10} {}",
-            r.direction, r.proto, r.src.to_string(), r.dst.to_string(), r.nat.to_string(), r.service_id, r.backend_id, r.age_s, r.idle_s, r.packets, r.bytes,
-            if r.flags.is_empty() { "-".to_string() } else { r.flags.join(",") }
+            r.direction,
+            r.proto,
+            r.src.to_string(),
+            r.dst.to_string(),
+            r.nat.to_string(),
+            r.service_id,
+            r.backend_id,
+            r.age_s,
+            r.idle_s,
+            r.packets,
+            r.bytes,
+            if r.flags.is_empty() {
+                "-".to_string()
+            } else {
+                r.flags.join(",")
+            }
         );
     }
-    let _ = writeln!(s, "{} entries ({} flows)", rows.len(), rows.iter().filter(|r| r.direction == "forward").count());
+    let _ = writeln!(
+        s,
+        "{} entries ({} flows)",
+        rows.len(),
+        rows.iter().filter(|r| r.direction == "forward").count()
+    );
     s
 }
 
@@ -294,7 +384,8 @@ pub struct ServiceStatsRow {
 pub fn stats(dp: &Dataplane, names: &Names) -> Result<Stats> {
     let values = dp.counters()?;
     let counters = counter::LABELS.iter().copied().zip(values).collect();
-    let ids: std::collections::BTreeSet<u32> = dp.contents()?.services.values().map(|v| v.id).collect();
+    let ids: std::collections::BTreeSet<u32> =
+        dp.contents()?.services.values().map(|v| v.id).collect();
     let services = ids
         .into_iter()
         .map(|id| {
@@ -316,14 +407,28 @@ pub fn stats_table(st: &Stats) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{:<32} {:>14}", "COUNTER", "VALUE");
     for label in counter::LABELS {
-        let _ = writeln!(s, "{:<32} {:>14}", label, st.counters.get(label).copied().unwrap_or(0));
+        let _ = writeln!(
+            s,
+            "{:<32} {:>14}",
+            label,
+            st.counters.get(label).copied().unwrap_or(0)
+        );
     }
-    let _ = writeln!(s, "\n{:<6} {:<32} {:>12} {:>14} {:>10} {:>12}", "ID", "SERVICE", "PACKETS", "BYTES", "NEW FLOWS", "NO BACKEND");
+    let _ = writeln!(
+        s,
+        "\n{:<6} {:<32} {:>12} {:>14} {:>10} {:>12}",
+        "ID", "SERVICE", "PACKETS", "BYTES", "NEW FLOWS", "NO BACKEND"
+    );
     for r in &st.services {
         let _ = writeln!(
             s,
             "{:<6} {:<32} {:>12} {:>14} {:>10} {:>12}",
-            r.id, r.name.as_deref().unwrap_or("-"), r.packets, r.bytes, r.new_flows, r.drops_no_backend
+            r.id,
+            r.name.as_deref().unwrap_or("-"),
+            r.packets,
+            r.bytes,
+            r.new_flows,
+            r.drops_no_backend
         );
     }
     s
@@ -335,18 +440,52 @@ mod tests {
 
     #[test]
     fn a_flow_row_reads_wire_order_fields_and_marks_expiry() {
-        let k = FlowKeyV4 { src_addr: [192, 168, 1, 2], dst_addr: [10, 96, 0, 10], src_port: 40000u16.to_be_bytes(), dst_port: 80u16.to_be_bytes(), proto: 6, _pad: [0; 3] };
+        let k = FlowKeyV4 {
+            src_addr: [192, 168, 1, 2],
+            dst_addr: [10, 96, 0, 10],
+            src_port: 40000u16.to_be_bytes(),
+            dst_port: 80u16.to_be_bytes(),
+            proto: 6,
+            _pad: [0; 3],
+        };
         let s = 1_000_000_000u64;
-        let v = FlowV4 { backend_id: 3, service_id: 7, nat_addr: [10, 0, 2, 11], nat_port: 8080u16.to_be_bytes(), flags: flow_flags::CLOSING, created_ns: 100 * s, last_seen_ns: 120 * s, packets: 6, bytes: 420, ..Default::default() };
+        let v = FlowV4 {
+            backend_id: 3,
+            service_id: 7,
+            nat_addr: [10, 0, 2, 11],
+            nat_port: 8080u16.to_be_bytes(),
+            flags: flow_flags::CLOSING,
+            created_ns: 100 * s,
+            last_seen_ns: 120 * s,
+            packets: 6,
+            bytes: 420,
+            ..Default::default()
+        };
         let cfg = Config::default();
         let r = flow_row(&k, &v, 125 * s, &cfg);
-        assert_eq!((r.src.to_string(), r.dst.to_string(), r.nat.to_string()), ("192.168.1.2:40000".into(), "10.96.0.10:80".into(), "10.0.2.11:8080".into()));
-        assert_eq!((r.direction, r.proto, r.age_s, r.idle_s), ("forward", "TCP", 25.0, 5.0));
+        assert_eq!(
+            (r.src.to_string(), r.dst.to_string(), r.nat.to_string()),
+            (
+                "192.168.1.2:40000".into(),
+                "10.96.0.10:80".into(),
+                "10.0.2.11:8080".into()
+            )
+        );
+        assert_eq!(
+            (r.direction, r.proto, r.age_s, r.idle_s),
+            ("forward", "TCP", 25.0, 5.0)
+        );
         assert_eq!(r.flags, ["closing"]);
         // Idle past the closing timeout (10 s).
-        assert_eq!(flow_row(&k, &v, 131 * s, &cfg).flags, ["closing", "expired"]);
+        assert_eq!(
+            flow_row(&k, &v, 131 * s, &cfg).flags,
+            ["closing", "expired"]
+        );
         let open = FlowV4 { flags: 0, ..v };
-        assert!(flow_row(&k, &open, 131 * s, &cfg).flags.is_empty(), "TCP's timeout is hours");
+        assert!(
+            flow_row(&k, &open, 131 * s, &cfg).flags.is_empty(),
+            "TCP's timeout is hours"
+        );
     }
 
     #[test]
@@ -359,10 +498,18 @@ mod tests {
             affinity_timeout_s: 0,
             fallback_terminating: true,
             slots: 3,
-            backends: vec![ServiceBackend { id: 2, addr: None, state: "missing", slots: 3 }],
+            backends: vec![ServiceBackend {
+                id: 2,
+                addr: None,
+                state: "missing",
+                slots: 3,
+            }],
         }];
         let t = services_table(&rows);
-        assert!(t.contains("backend 2      ?                      missing  3 slots"), "{t}");
+        assert!(
+            t.contains("backend 2      ?                      missing  3 slots"),
+            "{t}"
+        );
         assert!(t.contains("using terminating ones"), "{t}");
     }
 }

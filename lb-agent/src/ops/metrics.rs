@@ -24,12 +24,15 @@ use crate::dataplane::Dataplane;
 
 /// Buckets of sync durations: a sync is a plan, a map read and a few writes,
 /// normally well under 100 ms.
-const SYNC_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const SYNC_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 /// Buckets of network programming latency: kube-proxy's start at 0.25 s
 /// (iptables restores are slow); ours add the sub-second range a map write
 /// lives in, and keep kube-proxy's long tail up to 5 minutes.
-const PROGRAMMING_BUCKETS: &[f64] =
-    &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+const PROGRAMMING_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
 
 /// A histogram with fixed buckets.
 #[derive(Debug)]
@@ -42,11 +45,19 @@ pub struct Histogram {
 
 impl Histogram {
     fn new(bounds: &'static [f64]) -> Self {
-        Self { bounds, counts: vec![0; bounds.len() + 1], sum: 0.0 }
+        Self {
+            bounds,
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+        }
     }
 
     pub fn observe(&mut self, v: f64) {
-        let i = self.bounds.iter().position(|b| v <= *b).unwrap_or(self.bounds.len());
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.bounds.len());
         self.counts[i] += 1;
         self.sum += v;
     }
@@ -106,7 +117,10 @@ impl Metrics {
     pub fn source_event(&self) {
         self.source_up.store(true, Ordering::Relaxed);
         self.source_events.fetch_add(1, Ordering::Relaxed);
-        let ms = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let ms = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
         self.last_event_ms.store(ms, Ordering::Relaxed);
     }
 
@@ -122,7 +136,13 @@ impl Metrics {
     /// A sync that wrote `writes` entries; `since_change` is the time from
     /// the source's change to the end of the write (None for syncs that are
     /// retries, with no new change behind them).
-    pub fn sync_ok(&self, took: Duration, writes: usize, since_change: Option<Duration>, names: Names) {
+    pub fn sync_ok(
+        &self,
+        took: Duration,
+        writes: usize,
+        since_change: Option<Duration>,
+        names: Names,
+    ) {
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.writes.fetch_add(writes as u64, Ordering::Relaxed);
         lock(&self.sync_duration).observe(took.as_secs_f64());
@@ -148,31 +168,85 @@ impl Metrics {
     /// (skipped, with `xdplb_maps_readable 0`, when the maps cannot be read).
     pub fn render(&self) -> String {
         let mut w = Writer::default();
-        w.family("xdplb_build_info", "gauge", "Build of the running agent (value 1).");
-        w.sample("xdplb_build_info", &[("version", env!("CARGO_PKG_VERSION")), ("layout_version", &lb_common::LAYOUT_VERSION.to_string())], 1.0);
-        w.gauge("xdplb_ready", "1 when the programs are attached and the first full sync is applied.", self.ready() as u8 as f64);
-        w.counter("xdplb_sync_total", "Syncs (plan, diff, apply) run, including failed ones.", self.syncs.load(Ordering::Relaxed));
-        w.counter("xdplb_sync_errors_total", "Syncs that failed part-way (retried a second later).", self.sync_errors.load(Ordering::Relaxed));
-        w.counter("xdplb_sync_writes_total", "Map entries written or removed by syncs.", self.writes.load(Ordering::Relaxed));
-        w.histogram("xdplb_sync_duration_seconds", "Duration of one sync.", &lock(&self.sync_duration));
+        w.family(
+            "xdplb_build_info",
+            "gauge",
+            "Build of the running agent (value 1).",
+        );
+        w.sample(
+            "xdplb_build_info",
+            &[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("layout_version", &lb_common::LAYOUT_VERSION.to_string()),
+            ],
+            1.0,
+        );
+        w.gauge(
+            "xdplb_ready",
+            "1 when the programs are attached and the first full sync is applied.",
+            self.ready() as u8 as f64,
+        );
+        w.counter(
+            "xdplb_sync_total",
+            "Syncs (plan, diff, apply) run, including failed ones.",
+            self.syncs.load(Ordering::Relaxed),
+        );
+        w.counter(
+            "xdplb_sync_errors_total",
+            "Syncs that failed part-way (retried a second later).",
+            self.sync_errors.load(Ordering::Relaxed),
+        );
+        w.counter(
+            "xdplb_sync_writes_total",
+            "Map entries written or removed by syncs.",
+            self.writes.load(Ordering::Relaxed),
+        );
+        w.histogram(
+            "xdplb_sync_duration_seconds",
+            "Duration of one sync.",
+            &lock(&self.sync_duration),
+        );
         w.histogram(
             "kubeproxy_network_programming_duration_seconds",
             "Time from the source delivering a change of Services or EndpointSlices to its map writes being done (kube-proxy's metric, for the same dashboards).",
             &lock(&self.programming),
         );
-        w.gauge("xdplb_source_up", "1 while the object source delivers models.", self.source_up.load(Ordering::Relaxed) as u8 as f64);
-        w.counter("xdplb_source_events_total", "Models delivered by the source.", self.source_events.load(Ordering::Relaxed));
-        w.gauge("xdplb_source_last_event_timestamp_seconds", "Unix time of the last model from the source.", self.last_event_ms.load(Ordering::Relaxed) as f64 / 1000.0);
+        w.gauge(
+            "xdplb_source_up",
+            "1 while the object source delivers models.",
+            self.source_up.load(Ordering::Relaxed) as u8 as f64,
+        );
+        w.counter(
+            "xdplb_source_events_total",
+            "Models delivered by the source.",
+            self.source_events.load(Ordering::Relaxed),
+        );
+        w.gauge(
+            "xdplb_source_last_event_timestamp_seconds",
+            "Unix time of the last model from the source.",
+            self.last_event_ms.load(Ordering::Relaxed) as f64 / 1000.0,
+        );
 
         let names = lock(&self.names).clone();
         match Dataplane::open(&self.pin_dir) {
             Ok(dp) => {
-                w.gauge("xdplb_maps_readable", "1 when the pinned maps could be read for this scrape.", 1.0);
+                w.gauge(
+                    "xdplb_maps_readable",
+                    "1 when the pinned maps could be read for this scrape.",
+                    1.0,
+                );
                 dataplane(&mut w, &dp, &self.pin_dir, &names);
             }
             Err(e) => {
-                tracing::warn!(error = format!("{e:#}"), "metrics: the pinned maps are not readable");
-                w.gauge("xdplb_maps_readable", "1 when the pinned maps could be read for this scrape.", 0.0);
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "metrics: the pinned maps are not readable"
+                );
+                w.gauge(
+                    "xdplb_maps_readable",
+                    "1 when the pinned maps could be read for this scrape.",
+                    0.0,
+                );
             }
         }
         w.out
@@ -184,22 +258,48 @@ fn dataplane(w: &mut Writer, dp: &Dataplane, pin_dir: &Path, names: &Names) {
     if let Ok(values) = dp.counters() {
         w.family("xdplb_dataplane_packets_total", "counter", "Packets by outcome (pass_*, drop_*, nat_*) and events on top of them, summed over CPUs; reason=\"packets\" is every packet.");
         for (label, v) in counter::LABELS.iter().zip(values) {
-            w.sample("xdplb_dataplane_packets_total", &[("reason", label)], v as f64);
+            w.sample(
+                "xdplb_dataplane_packets_total",
+                &[("reason", label)],
+                v as f64,
+            );
         }
     }
     if let Ok(stats) = inspect::stats(dp, names) {
-        let per_service: [(&str, &str, fn(&inspect::ServiceStatsRow) -> u64); 4] = [
-            ("xdplb_service_packets_total", "Packets forwarded to a backend, per service id.", |r| r.packets),
-            ("xdplb_service_bytes_total", "Bytes forwarded to a backend, per service id.", |r| r.bytes),
-            ("xdplb_service_new_flows_total", "Flows created (conntrack inserts), per service id.", |r| r.new_flows),
-            ("xdplb_service_drops_total", "Packets dropped because the service had no usable backend.", |r| r.drops_no_backend),
+        type Field = fn(&inspect::ServiceStatsRow) -> u64;
+        let per_service: [(&str, &str, Field); 4] = [
+            (
+                "xdplb_service_packets_total",
+                "Packets forwarded to a backend, per service id.",
+                |r| r.packets,
+            ),
+            (
+                "xdplb_service_bytes_total",
+                "Bytes forwarded to a backend, per service id.",
+                |r| r.bytes,
+            ),
+            (
+                "xdplb_service_new_flows_total",
+                "Flows created (conntrack inserts), per service id.",
+                |r| r.new_flows,
+            ),
+            (
+                "xdplb_service_drops_total",
+                "Packets dropped because the service had no usable backend.",
+                |r| r.drops_no_backend,
+            ),
         ];
         for (name, help, get) in per_service {
             w.family(name, "counter", help);
             for r in &stats.services {
                 let id = r.id.to_string();
                 let n = names.get(&r.id).cloned().unwrap_or_default();
-                let mut labels = vec![("service_id", id.as_str()), ("namespace", n.namespace.as_str()), ("name", n.name.as_str()), ("port", n.port.as_str())];
+                let mut labels = vec![
+                    ("service_id", id.as_str()),
+                    ("namespace", n.namespace.as_str()),
+                    ("name", n.name.as_str()),
+                    ("port", n.port.as_str()),
+                ];
                 if name == "xdplb_service_drops_total" {
                     labels.push(("reason", "no_backend"));
                 }
@@ -208,13 +308,29 @@ fn dataplane(w: &mut Writer, dp: &Dataplane, pin_dir: &Path, names: &Names) {
         }
     }
     if let Ok(rows) = inspect::backends(dp) {
-        w.family("xdplb_backend_flows", "gauge", "Live flows per backend, as the dataplane counts them (backend_load).");
+        w.family(
+            "xdplb_backend_flows",
+            "gauge",
+            "Live flows per backend, as the dataplane counts them (backend_load).",
+        );
         for r in rows {
-            w.sample("xdplb_backend_flows", &[("backend_id", &r.id.to_string()), ("backend", &r.addr.to_string()), ("state", r.state)], r.flows as f64);
+            w.sample(
+                "xdplb_backend_flows",
+                &[
+                    ("backend_id", &r.id.to_string()),
+                    ("backend", &r.addr.to_string()),
+                    ("state", r.state),
+                ],
+                r.flows as f64,
+            );
         }
     }
     let flows = dp.conntrack.keys().filter(|k| k.is_ok()).count();
-    w.gauge("xdplb_conntrack_entries", "Conntrack entries (two per flow: forward and reply).", flows as f64);
+    w.gauge(
+        "xdplb_conntrack_entries",
+        "Conntrack entries (two per flow: forward and reply).",
+        flows as f64,
+    );
     // Entries of each map whose fill matters; arrays are always full.
     let counted = [
         (maps::SERVICES_V4, dp.services.keys().count()),
@@ -227,8 +343,22 @@ fn dataplane(w: &mut Writer, dp: &Dataplane, pin_dir: &Path, names: &Names) {
     for (m, n) in counted {
         w.sample("xdplb_map_entries", &[("map", m)], n as f64);
     }
-    w.family("xdplb_map_max_entries", "gauge", "Capacity of a pinned map.");
-    let max: Vec<(&str, Option<u32>)> = counted.iter().map(|(m, _)| (*m, MapInfo::from_pin(pin_dir.join(m)).ok().map(|i| i.max_entries()))).collect();
+    w.family(
+        "xdplb_map_max_entries",
+        "gauge",
+        "Capacity of a pinned map.",
+    );
+    let max: Vec<(&str, Option<u32>)> = counted
+        .iter()
+        .map(|(m, _)| {
+            (
+                *m,
+                MapInfo::from_pin(pin_dir.join(m))
+                    .ok()
+                    .map(|i| i.max_entries()),
+            )
+        })
+        .collect();
     for (m, cap) in &max {
         if let Some(cap) = cap {
             w.sample("xdplb_map_max_entries", &[("map", m)], *cap as f64);
@@ -237,7 +367,11 @@ fn dataplane(w: &mut Writer, dp: &Dataplane, pin_dir: &Path, names: &Names) {
     w.family("xdplb_map_fill_ratio", "gauge", "entries / max_entries of a pinned map (a full LRU map evicts flows; a full hash refuses writes).");
     for ((m, n), (_, cap)) in counted.iter().zip(&max) {
         if let Some(cap) = cap.filter(|c| *c > 0) {
-            w.sample("xdplb_map_fill_ratio", &[("map", m)], *n as f64 / cap as f64);
+            w.sample(
+                "xdplb_map_fill_ratio",
+                &[("map", m)],
+                *n as f64 / cap as f64,
+            );
         }
     }
 }
@@ -250,12 +384,18 @@ struct Writer {
 
 /// Label values escape backslash, double quote and newline.
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 fn number(v: f64) -> String {
     if v.is_infinite() {
-        if v > 0.0 { "+Inf".into() } else { "-Inf".into() }
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
     } else {
         format!("{v}")
     }
@@ -263,14 +403,21 @@ fn number(v: f64) -> String {
 
 impl Writer {
     fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {}", help.replace('\\', "\\\\").replace('\n', "\\n"));
+        let _ = writeln!(
+            self.out,
+            "# HELP {name} {}",
+            help.replace('\\', "\\\\").replace('\n', "\\n")
+        );
         let _ = writeln!(self.out, "# TYPE {name} {kind}");
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], v: f64) {
         self.out += name;
         if !labels.is_empty() {
-            let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", escape(v))).collect();
+            let l: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .collect();
             let _ = write!(self.out, "{{{}}}", l.join(","));
         }
         let _ = writeln!(self.out, " {}", number(v));
@@ -291,9 +438,17 @@ impl Writer {
         let mut cumulative = 0;
         for (i, b) in h.bounds.iter().enumerate() {
             cumulative += h.counts[i];
-            self.sample(&format!("{name}_bucket"), &[("le", &number(*b))], cumulative as f64);
+            self.sample(
+                &format!("{name}_bucket"),
+                &[("le", &number(*b))],
+                cumulative as f64,
+            );
         }
-        self.sample(&format!("{name}_bucket"), &[("le", "+Inf")], h.count() as f64);
+        self.sample(
+            &format!("{name}_bucket"),
+            &[("le", "+Inf")],
+            h.count() as f64,
+        );
         self.sample(&format!("{name}_sum"), &[], h.sum);
         self.sample(&format!("{name}_count"), &[], h.count() as f64);
     }
@@ -311,7 +466,14 @@ mod tests {
             h.observe(v);
         }
         w.histogram("x_seconds", "help", &h);
-        for want in ["# TYPE x_seconds histogram", "x_seconds_bucket{le=\"0.1\"} 1\n", "x_seconds_bucket{le=\"1\"} 3\n", "x_seconds_bucket{le=\"+Inf\"} 4\n", "x_seconds_sum 4.25\n", "x_seconds_count 4\n"] {
+        for want in [
+            "# TYPE x_seconds histogram",
+            "x_seconds_bucket{le=\"0.1\"} 1\n",
+            "x_seconds_bucket{le=\"1\"} 3\n",
+            "x_seconds_bucket{le=\"+Inf\"} 4\n",
+            "x_seconds_sum 4.25\n",
+            "x_seconds_count 4\n",
+        ] {
             assert!(w.out.contains(want), "missing {want:?} in\n{}", w.out);
         }
     }
@@ -329,10 +491,21 @@ mod tests {
         assert!(!m.ready());
         m.set_attached();
         assert!(!m.ready());
-        m.sync_ok(Duration::from_millis(3), 4, Some(Duration::from_millis(5)), Names::new());
+        m.sync_ok(
+            Duration::from_millis(3),
+            4,
+            Some(Duration::from_millis(5)),
+            Names::new(),
+        );
         assert!(m.ready());
         let text = m.render();
-        for want in ["xdplb_ready 1\n", "xdplb_sync_total 1\n", "xdplb_sync_writes_total 4\n", "kubeproxy_network_programming_duration_seconds_count 1\n", "xdplb_maps_readable 0\n"] {
+        for want in [
+            "xdplb_ready 1\n",
+            "xdplb_sync_total 1\n",
+            "xdplb_sync_writes_total 4\n",
+            "kubeproxy_network_programming_duration_seconds_count 1\n",
+            "xdplb_maps_readable 0\n",
+        ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
     }

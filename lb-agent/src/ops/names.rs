@@ -38,14 +38,26 @@ pub type Names = BTreeMap<u32, ServiceName>;
 
 /// Where the names of the maps pinned at `pin_dir` are kept.
 pub fn path(pin_dir: &Path) -> PathBuf {
-    let base = pin_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "xdplb".into());
+    let base = pin_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "xdplb".into());
     Path::new("/run/xdplb").join(format!("{base}.services.json"))
 }
 
 pub fn from_plan(p: &Plan) -> Names {
     p.services
         .iter()
-        .map(|s| (s.id, ServiceName { namespace: s.namespace.clone(), name: s.name.clone(), port: s.port_name.clone() }))
+        .map(|s| {
+            (
+                s.id,
+                ServiceName {
+                    namespace: s.namespace.clone(),
+                    name: s.name.clone(),
+                    port: s.port_name.clone(),
+                },
+            )
+        })
         .collect()
 }
 
@@ -56,12 +68,18 @@ pub fn write(pin_dir: &Path, names: &Names) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     let tmp = p.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(names).map_err(std::io::Error::other)?)?;
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(names).map_err(std::io::Error::other)?,
+    )?;
     std::fs::rename(tmp, p)
 }
 
 /// The names, or none when the file is absent or unreadable (never an error:
 /// names are a convenience).
 pub fn read(pin_dir: &Path) -> Names {
-    std::fs::read(path(pin_dir)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
+    std::fs::read(path(pin_dir))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
 }
