@@ -247,7 +247,8 @@ pub fn run(progs: &mut BenchProgs, opts: &Opts, report: &mut Report) -> Result<(
             let plain = Topo::new();
             attach(progs, &plain.node, "bench_pass", "up0")?;
             attach(progs, &plain.sink, "bench_drop", "eth0")?;
-            let plain_cfg = gen_cfg(flows, 10, backend(1), &plain.frame(backend(1)));
+            // As many distinct destinations as the balanced nodes forward to.
+            let plain_cfg = gen_cfg(flows, n * per, backend(1), &plain.frame(backend(1)));
 
             let xt = Topo::new();
             let mut lb = BenchLb::new(n, per, IPPROTO_UDP, 1 << 20)?;
