@@ -214,7 +214,7 @@ pub fn create(
     }
     let client_port = reply_key.dst_port;
     // The reply entry first: once the forward entry exists, a reply may follow.
-    if conntrack_v4.insert(&reply_key, &reply, 0).is_err() {
+    if conntrack_v4.insert(reply_key, reply, 0).is_err() {
         count(counter::CT_INSERT_FAILED);
     }
     reply.peer_port = client_port;
@@ -232,7 +232,7 @@ pub fn create(
         bytes: p.ip_len as u64,
         ..reply
     };
-    if conntrack_v4.insert(key, &entry, 0).is_err() {
+    if conntrack_v4.insert(key, entry, 0).is_err() {
         count(counter::CT_INSERT_FAILED);
     } else if entry.flags & flow_flags::CLOSING == 0 {
         select::load_change(backend_id, true);
@@ -246,7 +246,7 @@ pub fn create(
 pub fn reply(p: &Packet) -> Option<Rewrite> {
     let key = key_of(p);
     // SAFETY: as in `established`.
-    let entry = unsafe { &mut *conntrack_v4.get_ptr_mut(&key)? };
+    let entry = unsafe { &mut *conntrack_v4.get_ptr_mut(key)? };
     if entry.direction != direction::REPLY {
         return None;
     }

@@ -50,14 +50,14 @@ pub fn pick(svc: &ServiceV4, p: &Packet, now: u64) -> Option<(u32, BackendId)> {
     };
     if svc.affinity_timeout_s != 0 {
         // SAFETY: read-only copy of a program-written value.
-        if let Some(a) = unsafe { affinity_v4.get(&affinity) } {
+        if let Some(a) = unsafe { affinity_v4.get(affinity) } {
             let live = now.wrapping_sub(a.last_used_ns) <= svc.affinity_timeout_s as u64 * NS;
             if live && a.slot <= svc.count && slot_backend(svc.id, a.slot) == Some(a.backend_id) {
                 let kept = AffinityV4 {
                     last_used_ns: now,
                     ..*a
                 };
-                let _ = affinity_v4.insert(&affinity, &kept, 0);
+                let _ = affinity_v4.insert(affinity, kept, 0);
                 return Some((a.slot, a.backend_id));
             }
         }
@@ -75,7 +75,7 @@ pub fn pick(svc: &ServiceV4, p: &Packet, now: u64) -> Option<(u32, BackendId)> {
             slot,
             last_used_ns: now,
         };
-        let _ = affinity_v4.insert(&affinity, &a, 0);
+        let _ = affinity_v4.insert(affinity, a, 0);
     }
     Some((slot, backend_id))
 }

@@ -22,7 +22,7 @@ pub fn balance(p: &Packet, hairpin_ok: bool) -> Result<Option<Rewrite>, Verdict>
         scope: 0,
     };
     // SAFETY: read-only copy of an agent-written value.
-    let svc = match unsafe { services_v4.get(&svc_key) } {
+    let svc = match unsafe { services_v4.get(svc_key) } {
         Some(s) => *s,
         None => return Ok(None),
     };

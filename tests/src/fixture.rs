@@ -106,7 +106,7 @@ pub fn run(ebpf: &aya::Ebpf, case: &Case) -> Result<(), String> {
         return fail(format!("output differs\n{}", hex_diff(&out, &want)));
     }
     if case.output.is_some() {
-        verify_checksums(&out).or_else(|e| fail(e))?;
+        verify_checksums(&out).or_else(fail)?;
     }
     Ok(())
 }

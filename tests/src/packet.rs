@@ -85,7 +85,7 @@ impl Frame {
         f.extend_from_slice(&[0x08, 0x00]);
         let l4 = self.l4_bytes();
         let ihl = 20 + self.ip_options.len();
-        assert!(ihl % 4 == 0 && ihl <= 60, "IP options must pad to 4 bytes");
+        assert!(ihl.is_multiple_of(4) && ihl <= 60, "IP options must pad to 4 bytes");
         let mut ip = vec![0x40 | (ihl / 4) as u8, 0];
         ip.extend_from_slice(&((ihl + l4.len()) as u16).to_be_bytes());
         ip.extend_from_slice(&self.ip_id.to_be_bytes());
