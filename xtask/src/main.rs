@@ -31,6 +31,9 @@ enum Cmd {
     },
     /// Real traffic through a Service VIP in network namespaces (needs root).
     Demo,
+    /// Clippy in two passes: the workspace on stable, lb-ebpf alone on
+    /// nightly for bpfel-unknown-none (it cannot build for the host).
+    Lint,
     /// Per-packet cost, live forwarding rate and kube-proxy comparison, in
     /// one run; a table on stdout, JSON under target/bench/ (needs root).
     Bench {
@@ -73,6 +76,20 @@ fn main() -> Result<()> {
             r1.and(r2)
         }
         Cmd::Bench { quick, smoke, out } => bench::run(quick, smoke, out.as_deref()),
+        Cmd::Lint => {
+            provision::all()?;
+            cargo(&["clippy", "--workspace", "--exclude", "lb-ebpf", "--all-targets", "--", "-D", "warnings"])?;
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("lb-ebpf");
+            let status = Command::new("rustup")
+                .args(["run", "nightly", "cargo", "clippy", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--release", "--", "-D", "warnings"])
+                .current_dir(root)
+                .status()
+                .context("running nightly clippy for lb-ebpf")?;
+            if !status.success() {
+                bail!("clippy on lb-ebpf failed ({status})");
+            }
+            Ok(())
+        }
         Cmd::Demo => {
             provision::all()?;
             cargo(&["run", "--release", "-q", "-p", "xdplb-tests", "--bin", "xdplb-demo"])
