@@ -12,6 +12,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("iptables", "iptables"),
     ("tcpdump", "tcpdump"),
+    ("sysctl", "procps"),
+    ("nsenter", "util-linux"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
