@@ -54,6 +54,12 @@ pub enum Command {
     /// Check the kernel, privileges, bpffs and interfaces as `run` would,
     /// and print a report (exit status 1 if a check fails).
     Doctor(crate::ops_cli::DoctorArgs),
+    /// Install on a plain node: this binary, a systemd unit running `run`
+    /// with the options given, and /etc/xdplb/objects as its file source.
+    Install(crate::install::InstallArgs),
+    /// Remove what `install` wrote, and the pinned maps and links (which
+    /// detaches the programs).
+    Uninstall(crate::install::UninstallArgs),
 }
 
 /// What every command needs to compute a plan.

@@ -156,7 +156,9 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn is_bpffs(p: &Path) -> bool {
+/// Whether `p` is on a bpffs (the pin directory's parent must be; `lb-agent
+/// uninstall` deletes a pin directory only there).
+pub fn is_bpffs(p: &Path) -> bool {
     let Ok(c) = std::ffi::CString::new(p.as_os_str().as_encoded_bytes()) else {
         return false;
     };

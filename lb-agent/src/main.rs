@@ -3,6 +3,7 @@
 mod agent;
 mod cli;
 mod config;
+mod install;
 mod ops_cli;
 mod podifaces;
 mod print;
@@ -28,6 +29,8 @@ async fn main() -> Result<()> {
         Command::Conntrack(a) => ops_cli::conntrack(a),
         Command::Stats(a) => ops_cli::stats(a),
         Command::Doctor(a) => ops_cli::doctor(a),
+        Command::Install(a) => install::install(a),
+        Command::Uninstall(a) => install::uninstall(a),
     }
 }
 
