@@ -58,10 +58,11 @@ pub fn all(inp: &Inputs) -> Vec<Check> {
         kernel_version(&uname_release()),
         btf(Path::new("/sys/kernel/btf/vmlinux")),
     ];
-    let caps = privileges(&read_cap_eff());
+    let status = read_status();
+    let caps = privileges(&status);
     let privileged = caps.ok;
     out.push(caps);
-    out.push(bpffs(inp.pin_dir, has_cap(&read_cap_eff(), CAP_SYS_ADMIN)));
+    out.push(bpffs(inp.pin_dir, has_cap(&status, CAP_SYS_ADMIN)));
     for iface in inp.ifaces {
         let exists = interface(iface);
         let ok = exists.ok;
@@ -149,7 +150,7 @@ pub const CAP_NET_ADMIN: u32 = 12;
 pub const CAP_SYS_ADMIN: u32 = 21;
 pub const CAP_BPF: u32 = 39;
 
-fn read_cap_eff() -> String {
+fn read_status() -> String {
     std::fs::read_to_string("/proc/self/status").unwrap_or_default()
 }
 
