@@ -17,7 +17,7 @@ use lb_agent::{
         ids::Ids,
         model::Model,
         plan::{plan, PlanConfig},
-        source::{file, SourceSpec},
+        source::{file, kube, SourceSpec},
     },
     dataplane::Dataplane,
     diff::diff,
@@ -41,11 +41,6 @@ pub fn plan_config(inputs: &crate::cli::PlanInputs) -> PlanConfig {
 }
 
 pub async fn run(args: RunArgs) -> Result<()> {
-    let SourceSpec::File(path) = &args.inputs.source else {
-        bail!("--source kube is not implemented yet; export the objects with `kubectl get svc,endpointslices,nodes -A -o yaml > objects.yaml` and use --source file:objects.yaml");
-    };
-    let mut models = file::watch(path.clone())
-        .with_context(|| format!("reading --source file:{}", path.display()))?;
     // Served from the start: /healthz answers while loading, /readyz says 503.
     let metrics = Arc::new(Metrics::new(&args.pin_path));
     lb_agent::ops::http::serve(args.metrics_addr, metrics.clone()).await?;
@@ -58,6 +53,22 @@ pub async fn run(args: RunArgs) -> Result<()> {
     if args.xdp_mode == crate::cli::XdpModeArg::Generic {
         tracing::warn!("XDP in generic mode, as asked (--xdp-mode generic): it runs after the kernel allocates an skb, several times slower than native");
     }
+
+    let mut models = match &args.inputs.source {
+        SourceSpec::File(path) => file::watch(path.clone())
+            .with_context(|| format!("reading --source file:{}", path.display()))?,
+        SourceSpec::Kube => {
+            // Returns after the first complete list: the maps are never
+            // synced to a partial (or empty) view of the cluster.
+            let health = Arc::new(kube::SourceHealth::default());
+            kube::start(
+                args.inputs.kubeconfig.as_deref(),
+                &args.inputs.node_name,
+                health,
+            )
+            .await?
+        }
+    };
 
     let sizes = MapSizes::from(&args.sizes);
     let mut ebpf = loader::load(&args.pin_path, sizes).map_err(checks::explain_load_error)?;

@@ -67,9 +67,13 @@ pub enum Command {
 pub struct PlanInputs {
     /// Where the Service, EndpointSlice and Node objects come from:
     /// `file:<path>` (a YAML file or a directory of *.yaml/*.yml, followed
-    /// live) or `kube` (the API server; not implemented yet).
+    /// live) or `kube` (the API server: in a pod its service account,
+    /// else --kubeconfig, KUBECONFIG or ~/.kube/config).
     #[arg(long, value_name = "SOURCE", value_parser = parse_source)]
     pub source: SourceSpec,
+    /// The kubeconfig file for `--source kube`.
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
     /// This node's name: `Local` traffic policies keep endpoints whose
     /// nodeName is this; NodePort addresses come from the Node of this name
     /// unless --node-address is given.

@@ -285,6 +285,41 @@ impl Model {
     }
 }
 
+impl Model {
+    /// Builds a model from typed objects (what the kube source's reflector
+    /// stores hold), through the same validation as the YAML path: an
+    /// invalid object is logged with its `namespace/name` and skipped.
+    pub fn from_objects<'a>(
+        services: impl IntoIterator<Item = &'a core::Service>,
+        slices: impl IntoIterator<Item = &'a discovery::EndpointSlice>,
+        nodes: impl IntoIterator<Item = &'a core::Node>,
+    ) -> Self {
+        let id = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+            ObjectRef::new(
+                m.namespace.as_deref().unwrap_or_default(),
+                m.name.as_deref().unwrap_or_default(),
+            )
+        };
+        let mut model = Model::default();
+        for s in services {
+            let id = id(&s.metadata);
+            if let Some(s) = validate_service(&id, s) {
+                model.services.insert(id, s);
+            }
+        }
+        for s in slices {
+            let id = id(&s.metadata);
+            if let Some(s) = validate_slice(&id, s) {
+                model.slices.insert(id, s);
+            }
+        }
+        for n in nodes {
+            model.nodes.insert(id(&n.metadata).name, node(n));
+        }
+        model
+    }
+}
+
 /// The files `path` stands for: itself, or the YAML files in it.
 pub fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
     let read_err = |source| LoadError::Read {

@@ -4,6 +4,7 @@
 use std::{path::PathBuf, str::FromStr};
 
 pub mod file;
+pub mod kube;
 
 /// A `--source` argument.
 #[derive(Clone, Debug, PartialEq, Eq)]

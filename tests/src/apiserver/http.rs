@@ -1,0 +1,341 @@
+//! The double's HTTP/1.1 side, hand-written on a tokio `TcpListener`: one
+//! request per connection (`Connection: close`, which every client honours),
+//! GET only, no TLS. LIST and GET answer with a `Content-Length` body; a
+//! WATCH answers with chunked JSON lines, one event per chunk, until its
+//! `timeoutSeconds` (ended cleanly with the last chunk), the client leaves,
+//! or a test cuts it (closed without the last chunk, as a network failure
+//! looks to the client).
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
+};
+
+use serde_json::{json, Value};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
+
+use super::state::{Request, Resource, Selector, State};
+
+/// A request head larger than this is refused (kube-rs sends well under 1 KiB).
+const MAX_HEAD: usize = 64 * 1024;
+/// A watch without `timeoutSeconds` ends after this, as the API server's default.
+const DEFAULT_WATCH_TIMEOUT: Duration = Duration::from_secs(1800);
+
+pub(super) fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    // A test that panicked while holding the lock leaves usable state.
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Accepts connections forever, one task each.
+pub(super) async fn serve(listener: TcpListener, state: Arc<Mutex<State>>) {
+    loop {
+        if let Ok((sock, _)) = listener.accept().await {
+            tokio::spawn(connection(sock, state.clone()));
+        }
+    }
+}
+
+/// What a path names.
+enum Route {
+    /// `/version`, `/api`, `/apis`: a fixed body.
+    NonResource(Value),
+    Collection { resource: Resource, namespace: Option<String> },
+    Item { resource: Resource, namespace: String, name: String },
+    NotFound,
+}
+
+fn route(path: &str) -> Route {
+    match path {
+        "/version" => {
+            return Route::NonResource(
+                json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-xdplb-double", "platform": "linux/amd64"}),
+            )
+        }
+        "/api" => return Route::NonResource(json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})),
+        "/apis" => {
+            let gv = json!({"groupVersion": "discovery.k8s.io/v1", "version": "v1"});
+            return Route::NonResource(json!({
+                "kind": "APIGroupList", "apiVersion": "v1",
+                "groups": [{"name": "discovery.k8s.io", "versions": [gv], "preferredVersion": gv}],
+            }));
+        }
+        _ => {}
+    }
+    let (group, rest) = if let Some(r) = path.strip_prefix("/api/v1/") {
+        ("", r)
+    } else if let Some(r) = path.strip_prefix("/apis/discovery.k8s.io/v1/") {
+        ("discovery.k8s.io", r)
+    } else {
+        return Route::NotFound;
+    };
+    let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
+    let (namespace, segs) = match segs.as_slice() {
+        ["namespaces", ns, tail @ ..] if !tail.is_empty() => (Some(ns.to_string()), tail),
+        s => (None, s),
+    };
+    let found = |plural: &str| Resource::from_path(group, plural).filter(|r| r.namespaced() || namespace.is_none());
+    match segs {
+        [plural] => match found(plural) {
+            Some(resource) => Route::Collection { resource, namespace },
+            None => Route::NotFound,
+        },
+        [plural, name] => match found(plural) {
+            Some(resource) => Route::Item { resource, namespace: namespace.unwrap_or_default(), name: name.to_string() },
+            None => Route::NotFound,
+        },
+        _ => Route::NotFound,
+    }
+}
+
+/// `%XX` and `+` decoding of one query component.
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = b
+            .get(i + 1..i + 3)
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
+            .and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
+        match (b[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn query(q: &str) -> HashMap<String, String> {
+    q.split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+/// A Kubernetes `Status` body.
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+async fn connection(mut sock: TcpStream, state: Arc<Mutex<State>>) {
+    let Some(head) = read_head(&mut sock).await else { return };
+    let mut line = head.lines().next().unwrap_or_default().split(' ');
+    let (method, target) = (line.next().unwrap_or_default(), line.next().unwrap_or_default());
+    let (path, q) = target.split_once('?').unwrap_or((target, ""));
+    let q = query(q);
+    let route = route(path);
+    let watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
+    let (verb, group, resource) = match &route {
+        Route::Collection { resource, .. } => {
+            (if watch { "watch" } else { "list" }, resource.group(), resource.plural().to_string())
+        }
+        Route::Item { resource, .. } => ("get", resource.group(), resource.plural().to_string()),
+        _ => ("get", "", path.to_string()),
+    };
+    let mut request = Request {
+        verb: verb.to_string(),
+        group: group.to_string(),
+        resource,
+        resource_version: q.get("resourceVersion").cloned(),
+        field_selector: q.get("fieldSelector").cloned(),
+        status: 200,
+    };
+    // Decide under the lock, write after it: a slow client never blocks a test.
+    let answer = {
+        let mut st = lock(&state);
+        let answer = answer(&mut st, method, route, watch, &q);
+        request.status = match &answer {
+            Answer::Body(code, _) => *code,
+            Answer::Watch(_) | Answer::Gone(_) => 200,
+        };
+        st.requests.push(request);
+        answer
+    };
+    match answer {
+        Answer::Body(code, body) => respond(&mut sock, code, &body).await,
+        Answer::Gone(event) => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let _ = tx.send(event);
+            drop(tx);
+            // The channel ends after the event: the watch is over, cleanly.
+            stream(sock, rx, Duration::ZERO, true).await
+        }
+        Answer::Watch(rx) => {
+            let timeout = q
+                .get("timeoutSeconds")
+                .and_then(|t| t.parse().ok())
+                .map_or(DEFAULT_WATCH_TIMEOUT, Duration::from_secs);
+            stream(sock, rx, timeout, false).await
+        }
+    }
+}
+
+enum Answer {
+    Body(u16, Value),
+    Watch(mpsc::UnboundedReceiver<String>),
+    /// A watch from an expired version: one ERROR event with a 410 Status.
+    Gone(String),
+}
+
+fn answer(st: &mut State, method: &str, route: Route, watch: bool, q: &HashMap<String, String>) -> Answer {
+    if !st.available {
+        // Open watches were cut when the server went down (see ApiServer).
+        return Answer::Body(503, status(503, "ServiceUnavailable", "the API server double is down"));
+    }
+    if method != "GET" {
+        return Answer::Body(405, status(405, "MethodNotAllowed", "the double serves GET only"));
+    }
+    match route {
+        Route::NonResource(body) => Answer::Body(200, body),
+        Route::NotFound => Answer::Body(404, status(404, "NotFound", "the double does not serve this path")),
+        Route::Item { resource, namespace, name } => match st.get(resource, &namespace, &name) {
+            Some(o) => Answer::Body(200, o),
+            None => Answer::Body(404, status(404, "NotFound", &format!("{} {name:?} not found", resource.plural()))),
+        },
+        Route::Collection { resource, namespace } => {
+            let fields = q.get("fieldSelector").map(String::as_str).unwrap_or_default();
+            let selector = match (Selector { namespace, name: None }).with_fields(fields) {
+                Ok(s) => s,
+                Err(e) => return Answer::Body(400, status(400, "BadRequest", &e)),
+            };
+            let from = match q.get("resourceVersion").map(String::as_str) {
+                None | Some("" | "0") => None,
+                Some(v) => match v.parse::<u64>() {
+                    Ok(n) => Some(n),
+                    Err(_) => return Answer::Body(400, status(400, "BadRequest", &format!("invalid resourceVersion {v:?}"))),
+                },
+            };
+            if !watch {
+                let items = st.list(resource, &selector);
+                return Answer::Body(
+                    200,
+                    json!({"kind": format!("{}List", resource.kind()), "apiVersion": resource.api_version(),
+                           "metadata": {"resourceVersion": st.resource_version().to_string()}, "items": items}),
+                );
+            }
+            let bookmarks = matches!(q.get("allowWatchBookmarks").map(String::as_str), Some("true" | "1"));
+            match st.watch(resource, selector, from, bookmarks) {
+                Ok(rx) => Answer::Watch(rx),
+                Err(g) => {
+                    let msg = format!("too old resource version: {} ({})", g.asked, g.oldest);
+                    Answer::Gone(super::state::event_line("ERROR", &status(410, "Expired", &msg)))
+                }
+            }
+        }
+    }
+}
+
+/// Reads up to the blank line that ends a request head; `None` if the
+/// client left first or the head is absurd.
+async fn read_head(sock: &mut TcpStream) -> Option<String> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = sock.read(&mut chunk).await.ok().filter(|&n| n > 0)?;
+        buf.extend_from_slice(&chunk[..n]);
+        if buf.len() > MAX_HEAD {
+            return None;
+        }
+    }
+    Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+fn reason(code: u16) -> &'static str {
+    match code {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        _ => "Service Unavailable",
+    }
+}
+
+async fn respond(sock: &mut TcpStream, code: u16, body: &Value) {
+    let body = body.to_string();
+    let msg = format!(
+        "HTTP/1.1 {code} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        reason(code),
+        body.len()
+    );
+    let _ = sock.write_all(msg.as_bytes()).await;
+    let _ = sock.shutdown().await;
+}
+
+/// Streams events as chunks. The channel closing means the test cut the
+/// watch, unless `ends_cleanly` (a 410 answer, which ends its stream).
+async fn stream(mut sock: TcpStream, mut rx: mpsc::UnboundedReceiver<String>, timeout: Duration, ends_cleanly: bool) {
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
+    if sock.write_all(head.as_bytes()).await.is_err() {
+        return;
+    }
+    let (mut rd, mut wr) = sock.split();
+    let deadline = tokio::time::sleep(if ends_cleanly { DEFAULT_WATCH_TIMEOUT } else { timeout });
+    tokio::pin!(deadline);
+    let mut scratch = [0u8; 256];
+    loop {
+        tokio::select! {
+            line = rx.recv() => match line {
+                Some(line) => {
+                    let chunk = format!("{:x}\r\n{line}\n\r\n", line.len() + 1);
+                    if wr.write_all(chunk.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                None if ends_cleanly => break,
+                // Cut: no last chunk, the client sees the body end early.
+                None => return,
+            },
+            () = &mut deadline => break,
+            // The client hung up (or sent garbage we do not read): done.
+            n = rd.read(&mut scratch) => if matches!(n, Ok(0) | Err(_)) { return },
+        }
+    }
+    let _ = wr.write_all(b"0\r\n\r\n").await;
+    let _ = wr.shutdown().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_route_like_the_api_server() {
+        assert!(matches!(route("/api/v1/services"), Route::Collection { resource: Resource::Services, namespace: None }));
+        assert!(matches!(
+            route("/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices"),
+            Route::Collection { resource: Resource::EndpointSlices, namespace: Some(ref n) } if n == "shop"
+        ));
+        assert!(matches!(route("/api/v1/nodes/node-a"), Route::Item { resource: Resource::Nodes, ref name, .. } if name == "node-a"));
+        assert!(matches!(route("/api/v1/namespaces/x/nodes"), Route::NotFound), "nodes are cluster-scoped");
+        assert!(matches!(route("/api/v1/endpointslices"), Route::NotFound), "wrong group");
+        assert!(matches!(route("/api/v1/secrets"), Route::NotFound));
+        assert!(matches!(route("/version"), Route::NonResource(_)));
+    }
+
+    #[test]
+    fn query_components_are_decoded() {
+        let q = query("&fieldSelector=metadata.name%3Dnode-a&watch=true&x=%zz&y=%4");
+        assert_eq!(q["fieldSelector"], "metadata.name=node-a");
+        assert_eq!(q["watch"], "true");
+        assert_eq!(q["x"], "%zz");
+        assert_eq!(q["y"], "%4");
+    }
+}

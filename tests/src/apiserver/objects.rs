@@ -1,0 +1,46 @@
+//! Objects for the double, shaped like `kubectl get -o json` prints them.
+use std::net::Ipv4Addr;
+
+use serde_json::{json, Value};
+
+/// A ClusterIP Service with one TCP port `http` (`port` → named target port
+/// `http`), balanced round-robin so per-backend counts are exact.
+pub fn service(namespace: &str, name: &str, cluster_ip: Ipv4Addr, port: u16) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"namespace": namespace, "name": name,
+                     "annotations": {"xdplb.io/algorithm": "round-robin"}},
+        "spec": {"type": "ClusterIP", "clusterIP": cluster_ip.to_string(), "clusterIPs": [cluster_ip.to_string()],
+                 "ports": [{"name": "http", "port": port, "protocol": "TCP", "targetPort": "http"}],
+                 "selector": {"app": name}},
+    })
+}
+
+/// An EndpointSlice of `service` with one ready endpoint per address, port
+/// `http` = `port`, on node `node`.
+pub fn slice(namespace: &str, name: &str, service: &str, port: u16, addrs: &[Ipv4Addr], node: &str) -> Value {
+    let endpoints: Vec<Value> = addrs
+        .iter()
+        .map(|a| {
+            json!({"addresses": [a.to_string()], "nodeName": node,
+                   "conditions": {"ready": true, "serving": true, "terminating": false}})
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"namespace": namespace, "name": name,
+                     "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": port, "protocol": "TCP"}],
+        "endpoints": endpoints,
+    })
+}
+
+/// A Node with one InternalIP.
+pub fn node(name: &str, addr: Ipv4Addr) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name},
+        "status": {"addresses": [{"type": "InternalIP", "address": addr.to_string()}]},
+    })
+}
