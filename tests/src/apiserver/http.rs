@@ -43,8 +43,15 @@ pub(super) async fn serve(listener: TcpListener, state: Arc<Mutex<State>>) {
 enum Route {
     /// `/version`, `/api`, `/apis`: a fixed body.
     NonResource(Value),
-    Collection { resource: Resource, namespace: Option<String> },
-    Item { resource: Resource, namespace: String, name: String },
+    Collection {
+        resource: Resource,
+        namespace: Option<String>,
+    },
+    Item {
+        resource: Resource,
+        namespace: String,
+        name: String,
+    },
     NotFound,
 }
 
@@ -55,7 +62,11 @@ fn route(path: &str) -> Route {
                 json!({"major": "1", "minor": "33", "gitVersion": "v1.33.0-xdplb-double", "platform": "linux/amd64"}),
             )
         }
-        "/api" => return Route::NonResource(json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []})),
+        "/api" => {
+            return Route::NonResource(
+                json!({"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}),
+            )
+        }
         "/apis" => {
             let gv = json!({"groupVersion": "discovery.k8s.io/v1", "version": "v1"});
             return Route::NonResource(json!({
@@ -77,14 +88,23 @@ fn route(path: &str) -> Route {
         ["namespaces", ns, tail @ ..] if !tail.is_empty() => (Some(ns.to_string()), tail),
         s => (None, s),
     };
-    let found = |plural: &str| Resource::from_path(group, plural).filter(|r| r.namespaced() || namespace.is_none());
+    let found = |plural: &str| {
+        Resource::from_path(group, plural).filter(|r| r.namespaced() || namespace.is_none())
+    };
     match segs {
         [plural] => match found(plural) {
-            Some(resource) => Route::Collection { resource, namespace },
+            Some(resource) => Route::Collection {
+                resource,
+                namespace,
+            },
             None => Route::NotFound,
         },
         [plural, name] => match found(plural) {
-            Some(resource) => Route::Item { resource, namespace: namespace.unwrap_or_default(), name: name.to_string() },
+            Some(resource) => Route::Item {
+                resource,
+                namespace: namespace.unwrap_or_default(),
+                name: name.to_string(),
+            },
             None => Route::NotFound,
         },
         _ => Route::NotFound,
@@ -136,17 +156,24 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
 }
 
 async fn connection(mut sock: TcpStream, state: Arc<Mutex<State>>) {
-    let Some(head) = read_head(&mut sock).await else { return };
+    let Some(head) = read_head(&mut sock).await else {
+        return;
+    };
     let mut line = head.lines().next().unwrap_or_default().split(' ');
-    let (method, target) = (line.next().unwrap_or_default(), line.next().unwrap_or_default());
+    let (method, target) = (
+        line.next().unwrap_or_default(),
+        line.next().unwrap_or_default(),
+    );
     let (path, q) = target.split_once('?').unwrap_or((target, ""));
     let q = query(q);
     let route = route(path);
     let watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
     let (verb, group, resource) = match &route {
-        Route::Collection { resource, .. } => {
-            (if watch { "watch" } else { "list" }, resource.group(), resource.plural().to_string())
-        }
+        Route::Collection { resource, .. } => (
+            if watch { "watch" } else { "list" },
+            resource.group(),
+            resource.plural().to_string(),
+        ),
         Route::Item { resource, .. } => ("get", resource.group(), resource.plural().to_string()),
         _ => ("get", "", path.to_string()),
     };
@@ -195,24 +222,61 @@ enum Answer {
     Gone(String),
 }
 
-fn answer(st: &mut State, method: &str, route: Route, watch: bool, q: &HashMap<String, String>) -> Answer {
+fn answer(
+    st: &mut State,
+    method: &str,
+    route: Route,
+    watch: bool,
+    q: &HashMap<String, String>,
+) -> Answer {
     if !st.available {
         // Open watches were cut when the server went down (see ApiServer).
-        return Answer::Body(503, status(503, "ServiceUnavailable", "the API server double is down"));
+        return Answer::Body(
+            503,
+            status(503, "ServiceUnavailable", "the API server double is down"),
+        );
     }
     if method != "GET" {
-        return Answer::Body(405, status(405, "MethodNotAllowed", "the double serves GET only"));
+        return Answer::Body(
+            405,
+            status(405, "MethodNotAllowed", "the double serves GET only"),
+        );
     }
     match route {
         Route::NonResource(body) => Answer::Body(200, body),
-        Route::NotFound => Answer::Body(404, status(404, "NotFound", "the double does not serve this path")),
-        Route::Item { resource, namespace, name } => match st.get(resource, &namespace, &name) {
+        Route::NotFound => Answer::Body(
+            404,
+            status(404, "NotFound", "the double does not serve this path"),
+        ),
+        Route::Item {
+            resource,
+            namespace,
+            name,
+        } => match st.get(resource, &namespace, &name) {
             Some(o) => Answer::Body(200, o),
-            None => Answer::Body(404, status(404, "NotFound", &format!("{} {name:?} not found", resource.plural()))),
+            None => Answer::Body(
+                404,
+                status(
+                    404,
+                    "NotFound",
+                    &format!("{} {name:?} not found", resource.plural()),
+                ),
+            ),
         },
-        Route::Collection { resource, namespace } => {
-            let fields = q.get("fieldSelector").map(String::as_str).unwrap_or_default();
-            let selector = match (Selector { namespace, name: None }).with_fields(fields) {
+        Route::Collection {
+            resource,
+            namespace,
+        } => {
+            let fields = q
+                .get("fieldSelector")
+                .map(String::as_str)
+                .unwrap_or_default();
+            let selector = match (Selector {
+                namespace,
+                name: None,
+            })
+            .with_fields(fields)
+            {
                 Ok(s) => s,
                 Err(e) => return Answer::Body(400, status(400, "BadRequest", &e)),
             };
@@ -220,7 +284,12 @@ fn answer(st: &mut State, method: &str, route: Route, watch: bool, q: &HashMap<S
                 None | Some("" | "0") => None,
                 Some(v) => match v.parse::<u64>() {
                     Ok(n) => Some(n),
-                    Err(_) => return Answer::Body(400, status(400, "BadRequest", &format!("invalid resourceVersion {v:?}"))),
+                    Err(_) => {
+                        return Answer::Body(
+                            400,
+                            status(400, "BadRequest", &format!("invalid resourceVersion {v:?}")),
+                        )
+                    }
                 },
             };
             if !watch {
@@ -231,12 +300,18 @@ fn answer(st: &mut State, method: &str, route: Route, watch: bool, q: &HashMap<S
                            "metadata": {"resourceVersion": st.resource_version().to_string()}, "items": items}),
                 );
             }
-            let bookmarks = matches!(q.get("allowWatchBookmarks").map(String::as_str), Some("true" | "1"));
+            let bookmarks = matches!(
+                q.get("allowWatchBookmarks").map(String::as_str),
+                Some("true" | "1")
+            );
             match st.watch(resource, selector, from, bookmarks) {
                 Ok(rx) => Answer::Watch(rx),
                 Err(g) => {
                     let msg = format!("too old resource version: {} ({})", g.asked, g.oldest);
-                    Answer::Gone(super::state::event_line("ERROR", &status(410, "Expired", &msg)))
+                    Answer::Gone(super::state::event_line(
+                        "ERROR",
+                        &status(410, "Expired", &msg),
+                    ))
                 }
             }
         }
@@ -281,13 +356,22 @@ async fn respond(sock: &mut TcpStream, code: u16, body: &Value) {
 
 /// Streams events as chunks. The channel closing means the test cut the
 /// watch, unless `ends_cleanly` (a 410 answer, which ends its stream).
-async fn stream(mut sock: TcpStream, mut rx: mpsc::UnboundedReceiver<String>, timeout: Duration, ends_cleanly: bool) {
+async fn stream(
+    mut sock: TcpStream,
+    mut rx: mpsc::UnboundedReceiver<String>,
+    timeout: Duration,
+    ends_cleanly: bool,
+) {
     let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n";
     if sock.write_all(head.as_bytes()).await.is_err() {
         return;
     }
     let (mut rd, mut wr) = sock.split();
-    let deadline = tokio::time::sleep(if ends_cleanly { DEFAULT_WATCH_TIMEOUT } else { timeout });
+    let deadline = tokio::time::sleep(if ends_cleanly {
+        DEFAULT_WATCH_TIMEOUT
+    } else {
+        timeout
+    });
     tokio::pin!(deadline);
     let mut scratch = [0u8; 256];
     loop {
@@ -318,14 +402,28 @@ mod tests {
 
     #[test]
     fn paths_route_like_the_api_server() {
-        assert!(matches!(route("/api/v1/services"), Route::Collection { resource: Resource::Services, namespace: None }));
+        assert!(matches!(
+            route("/api/v1/services"),
+            Route::Collection {
+                resource: Resource::Services,
+                namespace: None
+            }
+        ));
         assert!(matches!(
             route("/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices"),
             Route::Collection { resource: Resource::EndpointSlices, namespace: Some(ref n) } if n == "shop"
         ));
-        assert!(matches!(route("/api/v1/nodes/node-a"), Route::Item { resource: Resource::Nodes, ref name, .. } if name == "node-a"));
-        assert!(matches!(route("/api/v1/namespaces/x/nodes"), Route::NotFound), "nodes are cluster-scoped");
-        assert!(matches!(route("/api/v1/endpointslices"), Route::NotFound), "wrong group");
+        assert!(
+            matches!(route("/api/v1/nodes/node-a"), Route::Item { resource: Resource::Nodes, ref name, .. } if name == "node-a")
+        );
+        assert!(
+            matches!(route("/api/v1/namespaces/x/nodes"), Route::NotFound),
+            "nodes are cluster-scoped"
+        );
+        assert!(
+            matches!(route("/api/v1/endpointslices"), Route::NotFound),
+            "wrong group"
+        );
         assert!(matches!(route("/api/v1/secrets"), Route::NotFound));
         assert!(matches!(route("/version"), Route::NonResource(_)));
     }

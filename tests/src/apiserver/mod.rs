@@ -32,8 +32,8 @@ mod state;
 #[cfg(test)]
 mod tests;
 
-pub use state::{Request, Resource};
 use state::State;
+pub use state::{Request, Resource};
 
 /// How often open watches get a BOOKMARK (the real server: about a minute).
 pub const BOOKMARK_EVERY: Duration = Duration::from_secs(1);
@@ -49,17 +49,23 @@ pub struct ApiServer {
 impl ApiServer {
     /// Serves on 127.0.0.1 (a free port) in the calling thread's namespace.
     pub fn start() -> Self {
-        Self::serve(std::net::TcpListener::bind("127.0.0.1:0").expect("binding the API server double"))
+        Self::serve(
+            std::net::TcpListener::bind("127.0.0.1:0").expect("binding the API server double"),
+        )
     }
 
     /// Serves on 127.0.0.1 inside `ns`: the listening socket belongs to the
     /// namespace, whichever thread serves it.
     pub fn start_in(ns: &Netns) -> Self {
-        Self::serve(ns.run(|| std::net::TcpListener::bind("127.0.0.1:0").expect("binding the API server double")))
+        Self::serve(ns.run(|| {
+            std::net::TcpListener::bind("127.0.0.1:0").expect("binding the API server double")
+        }))
     }
 
     fn serve(listener: std::net::TcpListener) -> Self {
-        listener.set_nonblocking(true).expect("non-blocking listener");
+        listener
+            .set_nonblocking(true)
+            .expect("non-blocking listener");
         let addr = listener.local_addr().expect("listener address");
         let state = Arc::new(Mutex::new(State::default()));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -72,7 +78,8 @@ impl ApiServer {
                     .build()
                     .expect("a tokio runtime for the API server double");
                 rt.block_on(async move {
-                    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                    let listener =
+                        tokio::net::TcpListener::from_std(listener).expect("tokio listener");
                     tokio::select! {
                         () = http::serve(listener, st.clone()) => {}
                         () = bookmarks(st) => {}
@@ -82,7 +89,12 @@ impl ApiServer {
                 // Dropping the runtime cancels every connection task.
             })
             .expect("starting the API server double");
-        Self { addr, state, stop: Some(stop), thread: Some(thread) }
+        Self {
+            addr,
+            state,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -166,12 +178,20 @@ impl ApiServer {
 
     /// Requests with this verb on this resource plural.
     pub fn count(&self, verb: &str, resource: &str) -> usize {
-        self.st().requests.iter().filter(|r| r.verb == verb && r.resource == resource).count()
+        self.st()
+            .requests
+            .iter()
+            .filter(|r| r.verb == verb && r.resource == resource)
+            .count()
     }
 
     /// The distinct (API group, resource, verb) calls seen.
     pub fn calls(&self) -> BTreeSet<(String, String, String)> {
-        self.st().requests.iter().map(|r| (r.group.clone(), r.resource.clone(), r.verb.clone())).collect()
+        self.st()
+            .requests
+            .iter()
+            .map(|r| (r.group.clone(), r.resource.clone(), r.verb.clone()))
+            .collect()
     }
 }
 

@@ -18,7 +18,14 @@ pub fn service(namespace: &str, name: &str, cluster_ip: Ipv4Addr, port: u16) -> 
 
 /// An EndpointSlice of `service` with one ready endpoint per address, port
 /// `http` = `port`, on node `node`.
-pub fn slice(namespace: &str, name: &str, service: &str, port: u16, addrs: &[Ipv4Addr], node: &str) -> Value {
+pub fn slice(
+    namespace: &str,
+    name: &str,
+    service: &str,
+    port: u16,
+    addrs: &[Ipv4Addr],
+    node: &str,
+) -> Value {
     let endpoints: Vec<Value> = addrs
         .iter()
         .map(|a| {

@@ -17,7 +17,11 @@ pub enum Resource {
 }
 
 impl Resource {
-    pub const ALL: [Resource; 3] = [Resource::Services, Resource::EndpointSlices, Resource::Nodes];
+    pub const ALL: [Resource; 3] = [
+        Resource::Services,
+        Resource::EndpointSlices,
+        Resource::Nodes,
+    ];
 
     /// The API group ("" for core), as RBAC spells it.
     pub fn group(self) -> &'static str {
@@ -51,12 +55,16 @@ impl Resource {
     }
     /// The resource of `(group, plural)`, as found in a request path.
     pub fn from_path(group: &str, plural: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.group() == group && r.plural() == plural)
+        Self::ALL
+            .into_iter()
+            .find(|r| r.group() == group && r.plural() == plural)
     }
     /// The resource of an object, from its `apiVersion` and `kind`.
     pub fn of(obj: &Value) -> Option<Self> {
         let (v, k) = (obj["apiVersion"].as_str()?, obj["kind"].as_str()?);
-        Self::ALL.into_iter().find(|r| r.api_version() == v && r.kind() == k)
+        Self::ALL
+            .into_iter()
+            .find(|r| r.api_version() == v && r.kind() == k)
     }
 }
 
@@ -79,7 +87,9 @@ impl Selector {
     /// `metadata.namespace` equalities, as a server would refuse it.
     pub fn with_fields(mut self, fields: &str) -> Result<Self, String> {
         for term in fields.split(',').filter(|t| !t.is_empty()) {
-            let (k, v) = term.split_once('=').ok_or_else(|| format!("unsupported field selector {term:?}"))?;
+            let (k, v) = term
+                .split_once('=')
+                .ok_or_else(|| format!("unsupported field selector {term:?}"))?;
             let v = v.trim_start_matches('=').to_string();
             match k {
                 "metadata.name" => self.name = Some(v),
@@ -91,7 +101,8 @@ impl Selector {
     }
     pub fn matches(&self, obj: &Value) -> bool {
         let (ns, name) = key(obj);
-        self.namespace.as_ref().is_none_or(|n| *n == ns) && self.name.as_ref().is_none_or(|n| *n == name)
+        self.namespace.as_ref().is_none_or(|n| *n == ns)
+            && self.name.as_ref().is_none_or(|n| *n == name)
     }
 }
 
@@ -170,7 +181,8 @@ impl State {
     /// resourceVersion. Panics on an object of an unknown kind: the caller is
     /// a test.
     pub fn apply(&mut self, mut obj: Value) -> u64 {
-        let resource = Resource::of(&obj).unwrap_or_else(|| panic!("the double does not serve {obj}"));
+        let resource =
+            Resource::of(&obj).unwrap_or_else(|| panic!("the double does not serve {obj}"));
         let k = key(&obj);
         assert!(!k.1.is_empty(), "an object needs metadata.name: {obj}");
         assert_eq!(resource.namespaced(), !k.0.is_empty(), "namespace of {obj}");
@@ -180,8 +192,16 @@ impl State {
         if meta.get("uid").is_none() {
             meta["uid"] = json!(format!("uid-{}-{}-{}", resource.plural(), k.0, k.1));
         }
-        let old = self.objects.entry(resource).or_default().insert(k, obj.clone());
-        self.record(resource, if old.is_some() { "MODIFIED" } else { "ADDED" }, obj);
+        let old = self
+            .objects
+            .entry(resource)
+            .or_default()
+            .insert(k, obj.clone());
+        self.record(
+            resource,
+            if old.is_some() { "MODIFIED" } else { "ADDED" },
+            obj,
+        );
         self.rv
     }
 
@@ -201,8 +221,9 @@ impl State {
     fn record(&mut self, resource: Resource, kind: &str, obj: Value) {
         let line = event_line(kind, &obj);
         // A closed receiver is a watch whose connection ended: forget it.
-        self.watches
-            .retain(|w| w.resource != resource || !w.selector.matches(&obj) || w.tx.send(line.clone()).is_ok());
+        self.watches.retain(|w| {
+            w.resource != resource || !w.selector.matches(&obj) || w.tx.send(line.clone()).is_ok()
+        });
         self.history.push((self.rv, resource, obj, line));
     }
 
@@ -210,12 +231,20 @@ impl State {
     pub fn list(&self, resource: Resource, selector: &Selector) -> Vec<Value> {
         self.objects
             .get(&resource)
-            .map(|m| m.values().filter(|o| selector.matches(o)).cloned().collect())
+            .map(|m| {
+                m.values()
+                    .filter(|o| selector.matches(o))
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
     pub fn get(&self, resource: Resource, namespace: &str, name: &str) -> Option<Value> {
-        self.objects.get(&resource)?.get(&(namespace.to_string(), name.to_string())).cloned()
+        self.objects
+            .get(&resource)?
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
     }
 
     /// Opens a watch from `from` (None: "any", which starts with the current
@@ -235,15 +264,28 @@ impl State {
                     let _ = tx.send(event_line("ADDED", &o));
                 }
             }
-            Some(n) if n < self.compacted => return Err(Gone { asked: n, oldest: self.compacted }),
+            Some(n) if n < self.compacted => {
+                return Err(Gone {
+                    asked: n,
+                    oldest: self.compacted,
+                })
+            }
             Some(n) => {
-                let missed = self.history.iter().filter(|(rv, r, obj, _)| *rv > n && *r == resource && selector.matches(obj));
+                let missed = self
+                    .history
+                    .iter()
+                    .filter(|(rv, r, obj, _)| *rv > n && *r == resource && selector.matches(obj));
                 for (_, _, _, line) in missed {
                     let _ = tx.send(line.clone());
                 }
             }
         }
-        self.watches.push(Watch { resource, selector, bookmarks, tx });
+        self.watches.push(Watch {
+            resource,
+            selector,
+            bookmarks,
+            tx,
+        });
         Ok(rx)
     }
 

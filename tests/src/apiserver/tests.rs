@@ -13,7 +13,11 @@ use super::{objects, ApiServer, Resource};
 fn send(addr: SocketAddr, path: &str) -> BufReader<TcpStream> {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAccept: application/json\r\n\r\n"
+    )
+    .unwrap();
     BufReader::new(s)
 }
 
@@ -23,7 +27,11 @@ fn get(addr: SocketAddr, path: &str) -> (u16, Value) {
     let mut text = String::new();
     r.read_to_string(&mut text).expect("response");
     let (head, body) = text.split_once("\r\n\r\n").expect("a head");
-    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("a status code");
+    let code = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status code");
     (code, serde_json::from_str(body).expect("a JSON body"))
 }
 
@@ -67,14 +75,20 @@ impl Watch {
     }
     fn event(&mut self) -> (String, Value) {
         match self.next() {
-            Next::Event(e) => (e["type"].as_str().unwrap_or_default().to_string(), e["object"].clone()),
+            Next::Event(e) => (
+                e["type"].as_str().unwrap_or_default().to_string(),
+                e["object"].clone(),
+            ),
             other => panic!("expected an event, got {other:?}"),
         }
     }
 }
 
 fn rv(obj: &Value) -> u64 {
-    obj["metadata"]["resourceVersion"].as_str().and_then(|v| v.parse().ok()).expect("a resourceVersion")
+    obj["metadata"]["resourceVersion"]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .expect("a resourceVersion")
 }
 
 const IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
@@ -90,7 +104,10 @@ fn list_then_watch_sees_every_change_in_order() {
     let from = rv(&list);
     assert_eq!(from, api.resource_version());
 
-    let mut w = Watch::open(api.addr(), &format!("/api/v1/services?&watch=true&resourceVersion={from}"));
+    let mut w = Watch::open(
+        api.addr(),
+        &format!("/api/v1/services?&watch=true&resourceVersion={from}"),
+    );
     let mut svc = objects::service("shop", "web", IP, 8080);
     api.apply(svc.clone());
     api.apply(objects::service("other", "db", IP, 5432));
@@ -98,22 +115,41 @@ fn list_then_watch_sees_every_change_in_order() {
     let (t1, o1) = w.event();
     let (t2, o2) = w.event();
     let (t3, o3) = w.event();
-    assert_eq!((t1.as_str(), t2.as_str(), t3.as_str()), ("MODIFIED", "ADDED", "DELETED"));
+    assert_eq!(
+        (t1.as_str(), t2.as_str(), t3.as_str()),
+        ("MODIFIED", "ADDED", "DELETED")
+    );
     assert_eq!(o1["spec"]["ports"][0]["port"], 8080);
-    assert!(rv(&o1) < rv(&o2) && rv(&o2) < rv(&o3), "one global, increasing version");
+    assert!(
+        rv(&o1) < rv(&o2) && rv(&o2) < rv(&o3),
+        "one global, increasing version"
+    );
     assert_eq!(rv(&o3), api.resource_version());
     // Namespaced list and the object path.
     let (_, shop) = get(api.addr(), "/api/v1/namespaces/shop/services");
     assert_eq!(shop["items"].as_array().map(Vec::len), Some(0));
     svc["metadata"]["name"] = "web2".into();
     api.apply(svc);
-    assert_eq!(get(api.addr(), "/api/v1/namespaces/shop/services/web2").0, 200);
-    assert_eq!(get(api.addr(), "/api/v1/namespaces/shop/services/nope").0, 404);
+    assert_eq!(
+        get(api.addr(), "/api/v1/namespaces/shop/services/web2").0,
+        200
+    );
+    assert_eq!(
+        get(api.addr(), "/api/v1/namespaces/shop/services/nope").0,
+        404
+    );
     assert_eq!(get(api.addr(), "/api/v1/secrets").0, 404);
 
     let calls = api.calls();
-    for (verb, resource) in [("list", "services"), ("watch", "services"), ("get", "services")] {
-        assert!(calls.contains(&(String::new(), resource.into(), verb.into())), "{calls:?}");
+    for (verb, resource) in [
+        ("list", "services"),
+        ("watch", "services"),
+        ("get", "services"),
+    ] {
+        assert!(
+            calls.contains(&(String::new(), resource.into(), verb.into())),
+            "{calls:?}"
+        );
     }
     assert_eq!(api.count("watch", "services"), 1);
 }
@@ -123,34 +159,62 @@ fn a_watch_resumes_from_history_and_gets_410_after_compaction() {
     let api = ApiServer::start();
     let first = api.apply(objects::node("node-a", Ipv4Addr::new(192, 168, 1, 1)));
     api.apply(objects::node("node-b", Ipv4Addr::new(192, 168, 1, 2)));
-    api.apply(objects::slice("shop", "web-1", "web", 8080, &[Ipv4Addr::new(10, 0, 2, 11)], "node-a"));
+    api.apply(objects::slice(
+        "shop",
+        "web-1",
+        "web",
+        8080,
+        &[Ipv4Addr::new(10, 0, 2, 11)],
+        "node-a",
+    ));
 
     // Resuming at `first` replays what came after it, for this resource only.
-    let mut w = Watch::open(api.addr(), &format!("/api/v1/nodes?watch=true&resourceVersion={first}"));
+    let mut w = Watch::open(
+        api.addr(),
+        &format!("/api/v1/nodes?watch=true&resourceVersion={first}"),
+    );
     let (t, o) = w.event();
-    assert_eq!((t.as_str(), o["metadata"]["name"].as_str()), ("ADDED", Some("node-b")));
+    assert_eq!(
+        (t.as_str(), o["metadata"]["name"].as_str()),
+        ("ADDED", Some("node-b"))
+    );
 
     // A field selector keeps only node-a.
     let now = api.resource_version();
     let mut only_a = Watch::open(
         api.addr(),
-        &format!("/api/v1/nodes?fieldSelector=metadata.name%3Dnode-a&watch=true&resourceVersion={now}"),
+        &format!(
+            "/api/v1/nodes?fieldSelector=metadata.name%3Dnode-a&watch=true&resourceVersion={now}"
+        ),
     );
     api.apply(objects::node("node-b", Ipv4Addr::new(192, 168, 1, 3)));
     api.apply(objects::node("node-a", Ipv4Addr::new(192, 168, 1, 4)));
     let (_, o) = only_a.event();
     assert_eq!(o["metadata"]["name"], "node-a");
     let (_, o) = w.event();
-    assert_eq!(o["metadata"]["name"], "node-b", "the first watch sees both, in order");
+    assert_eq!(
+        o["metadata"]["name"], "node-b",
+        "the first watch sees both, in order"
+    );
 
     api.compact();
-    let mut gone = Watch::open(api.addr(), &format!("/api/v1/nodes?watch=true&resourceVersion={first}"));
+    let mut gone = Watch::open(
+        api.addr(),
+        &format!("/api/v1/nodes?watch=true&resourceVersion={first}"),
+    );
     let (t, status) = gone.event();
-    assert_eq!((t.as_str(), status["code"].as_u64()), ("ERROR", Some(410)), "{status}");
+    assert_eq!(
+        (t.as_str(), status["code"].as_u64()),
+        ("ERROR", Some(410)),
+        "{status}"
+    );
     assert!(matches!(gone.next(), Next::End), "a 410 ends the watch");
     // From the current version nothing is missing: no 410.
     let now = api.resource_version();
-    let mut ok = Watch::open(api.addr(), &format!("/api/v1/nodes?watch=true&resourceVersion={now}"));
+    let mut ok = Watch::open(
+        api.addr(),
+        &format!("/api/v1/nodes?watch=true&resourceVersion={now}"),
+    );
     api.delete(Resource::Nodes, "", "node-b");
     assert_eq!(ok.event().0, "DELETED");
 }
@@ -163,8 +227,13 @@ fn bookmarks_cuts_timeouts_and_downtime() {
         api.addr(),
         &format!("/apis/discovery.k8s.io/v1/endpointslices?watch=true&resourceVersion={now}&allowWatchBookmarks=true"),
     );
-    let mut without = Watch::open(api.addr(), &format!("/api/v1/services?watch=true&resourceVersion={now}"));
-    assert!(crate::wait_for(Duration::from_secs(3), || api.open_watches() == 2));
+    let mut without = Watch::open(
+        api.addr(),
+        &format!("/api/v1/services?watch=true&resourceVersion={now}"),
+    );
+    assert!(crate::wait_for(Duration::from_secs(3), || api
+        .open_watches()
+        == 2));
     api.apply(objects::service("shop", "web", IP, 80));
     assert_eq!(api.bookmark(), 1, "only the watch that allows bookmarks");
     // The periodic ticker may have sent one first: the last one is ours.
@@ -172,7 +241,10 @@ fn bookmarks_cuts_timeouts_and_downtime() {
     while rv(&o) < api.resource_version() {
         (t, o) = with.event();
     }
-    assert_eq!((t.as_str(), o["kind"].as_str()), ("BOOKMARK", Some("EndpointSlice")));
+    assert_eq!(
+        (t.as_str(), o["kind"].as_str()),
+        ("BOOKMARK", Some("EndpointSlice"))
+    );
     assert_eq!(without.event().0, "ADDED");
 
     assert_eq!(api.drop_watches(), 2);
@@ -185,8 +257,14 @@ fn bookmarks_cuts_timeouts_and_downtime() {
         assert!(matches!(next, Next::Cut), "cut, not ended: {next:?}");
     }
 
-    let mut short = Watch::open(api.addr(), &format!("/api/v1/nodes?watch=true&resourceVersion={now}&timeoutSeconds=1"));
-    assert!(matches!(short.next(), Next::End), "timeoutSeconds ends the watch cleanly");
+    let mut short = Watch::open(
+        api.addr(),
+        &format!("/api/v1/nodes?watch=true&resourceVersion={now}&timeoutSeconds=1"),
+    );
+    assert!(
+        matches!(short.next(), Next::End),
+        "timeoutSeconds ends the watch cleanly"
+    );
 
     api.set_available(false);
     let (code, status) = get(api.addr(), "/api/v1/nodes");

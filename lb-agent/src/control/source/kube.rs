@@ -42,7 +42,11 @@ use crate::control::model::Model;
 /// triple a role conventionally grants (and `kubectl auth can-i` checks).
 pub const KUBE_API_CALLS: &[(&str, &str, &[&str])] = &[
     ("", "services", &["get", "list", "watch"]),
-    ("discovery.k8s.io", "endpointslices", &["get", "list", "watch"]),
+    (
+        "discovery.k8s.io",
+        "endpointslices",
+        &["get", "list", "watch"],
+    ),
     ("", "nodes", &["get", "list", "watch"]),
 ];
 
@@ -224,9 +228,21 @@ pub async fn watch(
     };
     tracing::info!("waiting for the first complete list of Services, EndpointSlices and Nodes");
     let ready = |what| move |_| KubeError::Stopped(what);
-    stores.services.wait_until_ready().await.map_err(ready("Service"))?;
-    stores.slices.wait_until_ready().await.map_err(ready("EndpointSlice"))?;
-    stores.nodes.wait_until_ready().await.map_err(ready("Node"))?;
+    stores
+        .services
+        .wait_until_ready()
+        .await
+        .map_err(ready("Service"))?;
+    stores
+        .slices
+        .wait_until_ready()
+        .await
+        .map_err(ready("EndpointSlice"))?;
+    stores
+        .nodes
+        .wait_until_ready()
+        .await
+        .map_err(ready("Node"))?;
 
     let first = stores.model();
     tracing::info!(
@@ -236,12 +252,24 @@ pub async fn watch(
         "listed the cluster"
     );
     if !node_name.is_empty() && !first.nodes.contains_key(node_name) {
-        tracing::warn!(node = node_name, "no Node of this name: NodePorts get only --node-address addresses");
+        tracing::warn!(
+            node = node_name,
+            "no Node of this name: NodePorts get only --node-address addresses"
+        );
     }
     health.models.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = watch::channel(first);
     tokio::spawn(follow(stores, changed, tx, health));
     Ok(rx)
+}
+
+/// [`client`] then [`watch`]: what `lb-agent run --source kube` does.
+pub async fn start(
+    kubeconfig: Option<&Path>,
+    node_name: &str,
+    health: Arc<SourceHealth>,
+) -> Result<watch::Receiver<Model>, KubeError> {
+    watch(client(kubeconfig).await?, node_name, health).await
 }
 
 /// Runs one resource's watcher into a new store, recording its health and
@@ -254,7 +282,13 @@ fn reflect<K>(
     changed: &Arc<Notify>,
 ) -> Store<K>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: Resource<DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let kind = K::kind(&());
     let (store, writer) = reflector::store();
@@ -280,7 +314,9 @@ where
                             tracing::debug!(%kind, "list complete");
                             changed.notify_one();
                         }
-                        watcher::Event::Apply(_) | watcher::Event::Delete(_) => changed.notify_one(),
+                        watcher::Event::Apply(_) | watcher::Event::Delete(_) => {
+                            changed.notify_one()
+                        }
                     }
                 }
                 Err(e) => {
@@ -313,7 +349,9 @@ async fn follow(
         }
         let start = Instant::now();
         while start.elapsed() < MAX_DELAY
-            && tokio::time::timeout(DEBOUNCE, changed.notified()).await.is_ok()
+            && tokio::time::timeout(DEBOUNCE, changed.notified())
+                .await
+                .is_ok()
         {}
         let model = stores.model();
         // A relist or a status-only update often changes nothing we use:
@@ -327,7 +365,10 @@ async fn follow(
         });
         if sent {
             health.models.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(waited_ms = start.elapsed().as_millis() as u64, "objects changed");
+            tracing::debug!(
+                waited_ms = start.elapsed().as_millis() as u64,
+                "objects changed"
+            );
         }
     }
 }
@@ -359,13 +400,17 @@ mod tests {
             .iter()
             .map(|d| serde_yaml::from_value(d.clone()).expect("service"))
             .collect();
-        let slices: Vec<EndpointSlice> = vec![serde_yaml::from_value(docs[2].clone()).expect("slice")];
+        let slices: Vec<EndpointSlice> =
+            vec![serde_yaml::from_value(docs[2].clone()).expect("slice")];
         let nodes: Vec<Node> = vec![serde_yaml::from_value(docs[3].clone()).expect("node")];
         let typed = Model::from_objects(&services, &slices, &nodes);
         assert_eq!(typed, from_yaml);
         assert_eq!(typed.services.len(), 1, "the invalid Service is skipped");
         assert_eq!(typed.slices.len(), 1);
-        assert_eq!(typed.nodes["node-a"].addresses, [std::net::Ipv4Addr::new(192, 168, 1, 1)]);
+        assert_eq!(
+            typed.nodes["node-a"].addresses,
+            [std::net::Ipv4Addr::new(192, 168, 1, 1)]
+        );
     }
 
     #[test]

@@ -1,0 +1,584 @@
+//! `--source kube` against the API server double (tests/src/apiserver):
+//! first the kube source in process (no root: first complete list, bursts,
+//! cuts, 410, bookmarks), then the real `lb-agent run` binary in a node
+//! namespace, checked with real traffic and the pinned maps (root).
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use lb_agent::{
+    control::{
+        model::{Model, ObjectRef},
+        source::kube::{self, SourceHealth, KUBE_API_CALLS},
+    },
+    dataplane::Dataplane,
+};
+use xdplb_tests::{
+    agent::{agent_binary, programmed, WEB_CLUSTER_IP},
+    apiserver::{objects, ApiServer, Resource},
+    netns::Netns,
+    servers::{tally, Server},
+    topology::{backend_addr, Topology, NODE_ADDR, UPLINK},
+    wait_for,
+};
+
+const NODE: &str = "node-a";
+
+/// A fresh path under the temp dir, unique per test and process.
+fn temp_path(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("xlbt-{}-kube-{tag}", std::process::id()))
+}
+
+/// The objects every test starts from: node-a, and `shop/web`
+/// (10.96.0.10:80 → named port `http` = 8080) with `backends` ready.
+fn web(api: &ApiServer, backends: &[usize]) {
+    api.apply(objects::service("shop", "web", WEB_CLUSTER_IP, 80));
+    web_slice(api, backends);
+}
+
+fn web_slice(api: &ApiServer, backends: &[usize]) {
+    let addrs: Vec<Ipv4Addr> = backends.iter().map(|&i| backend_addr(i)).collect();
+    api.apply(objects::slice("shop", "web-1", "web", 8080, &addrs, NODE));
+}
+
+/// The calls the double saw, all within what the RBAC role grants.
+fn assert_calls_within_rbac(api: &ApiServer) {
+    let allowed: BTreeSet<(String, String, String)> = KUBE_API_CALLS
+        .iter()
+        .flat_map(|(g, r, verbs)| {
+            verbs
+                .iter()
+                .map(move |v| (g.to_string(), r.to_string(), v.to_string()))
+        })
+        .collect();
+    let seen = api.calls();
+    assert!(
+        seen.is_subset(&allowed),
+        "calls outside KUBE_API_CALLS: {:?}",
+        seen.difference(&allowed).collect::<Vec<_>>()
+    );
+}
+
+// ---- The kube source in process -------------------------------------------
+
+/// Polls `cond` every 20 ms (without blocking the runtime) until it holds or
+/// `timeout` passes.
+async fn until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// Endpoint addresses of `shop/web-1` in a model.
+fn endpoints(m: &Model) -> Vec<Ipv4Addr> {
+    m.slices
+        .get(&ObjectRef::new("shop", "web-1"))
+        .map(|s| s.endpoints.iter().map(|e| e.addr).collect())
+        .unwrap_or_default()
+}
+
+/// Waits (up to `timeout`) for a model that satisfies `cond`; returns how
+/// many models arrived until then.
+async fn model_until(
+    rx: &mut tokio::sync::watch::Receiver<Model>,
+    timeout: Duration,
+    cond: impl Fn(&Model) -> bool,
+) -> usize {
+    let mut n = 0;
+    let end = tokio::time::Instant::now() + timeout;
+    while !cond(&rx.borrow_and_update()) {
+        match tokio::time::timeout_at(end, rx.changed()).await {
+            Ok(Ok(())) => n += 1,
+            Ok(Err(_)) => panic!("the kube source stopped"),
+            Err(_) => panic!("no such model within {timeout:?}; last: {:?}", *rx.borrow()),
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_source_sends_nothing_before_a_complete_list_and_one_model_per_burst() {
+    let api = ApiServer::start();
+    api.apply(objects::node(NODE, NODE_ADDR));
+    web(&api, &[0, 1, 2]);
+    let kubeconfig = temp_path("burst");
+    api.write_kubeconfig(&kubeconfig);
+
+    // The API server is down at start (503; kube-client retries those itself,
+    // with backoff): the source sends nothing.
+    api.set_available(false);
+    let health = Arc::new(SourceHealth::default());
+    let (h, kc) = (health.clone(), kubeconfig.clone());
+    let started = tokio::spawn(async move { kube::start(Some(&kc), NODE, h).await });
+    assert!(
+        until(Duration::from_secs(10), || api.count("list", "services")
+            >= 2)
+        .await,
+        "no retry"
+    );
+    assert!(
+        !started.is_finished(),
+        "the source returned without a complete list"
+    );
+    assert_eq!((health.models(), health.synced()), (0, false));
+
+    api.set_available(true);
+    let mut rx = tokio::time::timeout(Duration::from_secs(20), started)
+        .await
+        .expect("the first model within 20 s of the API coming back")
+        .expect("the source task")
+        .expect("the kube source");
+    {
+        let first = rx.borrow_and_update();
+        assert_eq!(first.services.len(), 1);
+        assert_eq!(
+            endpoints(&first),
+            [backend_addr(0), backend_addr(1), backend_addr(2)]
+        );
+        assert_eq!(first.nodes[NODE].addresses, [NODE_ADDR]);
+    }
+    assert!(health.synced() && health.connected());
+    assert_eq!(health.models(), 1);
+
+    // 1,000 new Services at once: one model with all of them.
+    let started = Instant::now();
+    for i in 0..1000u32 {
+        let ip = Ipv4Addr::new(10, 97, (i / 200) as u8, (i % 200 + 1) as u8);
+        api.apply(objects::service("burst", &format!("s{i}"), ip, 80));
+    }
+    let models = model_until(&mut rx, Duration::from_secs(20), |m| {
+        m.services.len() == 1001
+    })
+    .await;
+    let took = started.elapsed();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(600), rx.changed())
+            .await
+            .is_err(),
+        "a model after the burst's"
+    );
+    assert_eq!(models, 1, "1,000 events became {models} models");
+    assert_eq!(health.models(), 2);
+    println!("1,000 Service events → 1 model in {} ms", took.as_millis());
+    assert_calls_within_rbac(&api);
+    let _ = std::fs::remove_file(&kubeconfig);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_source_resumes_after_cuts_uses_bookmarks_and_relists_after_410() {
+    let api = ApiServer::start();
+    let node_rv = api.apply(objects::node(NODE, NODE_ADDR));
+    web(&api, &[0, 1, 2]);
+    let kubeconfig = temp_path("resume");
+    api.write_kubeconfig(&kubeconfig);
+    let health = Arc::new(SourceHealth::default());
+    let mut rx = kube::start(Some(&kubeconfig), NODE, health.clone())
+        .await
+        .expect("the kube source");
+    let lists = api.count("list", "services");
+    assert_eq!(lists, 1);
+    assert!(until(Duration::from_secs(5), || api.open_watches() == 3).await);
+    let node_watch = api
+        .requests()
+        .into_iter()
+        .find(|r| r.verb == "watch" && r.resource == "nodes");
+    assert_eq!(
+        node_watch.and_then(|r| r.field_selector),
+        Some(format!("metadata.name={NODE}")),
+        "only this node is watched"
+    );
+
+    // Cut every watch: the watchers resume from their version, no relist,
+    // and a change made meanwhile arrives.
+    assert_eq!(api.drop_watches(), 3);
+    web_slice(&api, &[0, 1]);
+    model_until(&mut rx, Duration::from_secs(10), |m| {
+        endpoints(m) == [backend_addr(0), backend_addr(1)]
+    })
+    .await;
+    assert!(
+        until(Duration::from_secs(10), || api.open_watches() == 3).await,
+        "no reconnect"
+    );
+    assert_eq!(
+        api.count("list", "services"),
+        lists,
+        "resumed, not relisted"
+    );
+    assert_eq!(health.relists(), 0);
+
+    // Bookmarks move the watchers' version on: after a cut, the Nodes watch
+    // (whose only object is older) resumes from a bookmark's version.
+    let sent = api.bookmarks_sent();
+    assert!(
+        until(Duration::from_secs(5), || api.bookmarks_sent() >= sent + 3).await,
+        "no bookmarks"
+    );
+    api.drop_watches();
+    assert!(
+        until(Duration::from_secs(10), || api.open_watches() == 3).await,
+        "no reconnect"
+    );
+    let resumed = api
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.verb == "watch" && r.resource == "nodes")
+        .and_then(|r| r.resource_version?.parse::<u64>().ok())
+        .expect("a resumed Nodes watch");
+    assert!(
+        resumed > node_rv,
+        "the Nodes watch resumed from {resumed}, not past the bookmark (node at {node_rv})"
+    );
+    assert_eq!(health.relists(), 0);
+
+    // Down, a change, history compacted, up: every watch gets 410 Gone and
+    // relists; the change made meanwhile is in the model.
+    api.set_available(false);
+    web_slice(&api, &[2]);
+    api.compact();
+    api.set_available(true);
+    model_until(&mut rx, Duration::from_secs(20), |m| {
+        endpoints(m) == [backend_addr(2)]
+    })
+    .await;
+    assert!(
+        until(Duration::from_secs(10), || health.relists() >= 3).await,
+        "relists: {}",
+        health.relists()
+    );
+    assert!(api.count("list", "services") > lists);
+    assert!(until(Duration::from_secs(10), || health.connected()).await);
+    assert!(health.services.last_event().is_some());
+    assert_calls_within_rbac(&api);
+    let _ = std::fs::remove_file(&kubeconfig);
+}
+
+// ---- The real agent binary in a node namespace (root) ----------------------
+
+/// `lb-agent run --source kube` inside a node namespace; killed and its pins,
+/// kubeconfig and log removed on drop.
+struct KubeAgent {
+    child: Child,
+    pin_dir: PathBuf,
+    kubeconfig: PathBuf,
+    log: PathBuf,
+    ns: String,
+}
+
+impl KubeAgent {
+    fn start(node: &Netns, api: &ApiServer, tag: &str) -> Self {
+        let base = temp_path(tag);
+        let (kubeconfig, log) = (
+            base.with_extension("kubeconfig"),
+            base.with_extension("log"),
+        );
+        api.write_kubeconfig(&kubeconfig);
+        let pin_dir = PathBuf::from(format!(
+            "/sys/fs/bpf/xlbt-{}-kube-{tag}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&pin_dir);
+        let _ = std::fs::remove_file(&log);
+        let child = spawn(node.name(), &kubeconfig, &pin_dir, &log);
+        Self {
+            child,
+            pin_dir,
+            kubeconfig,
+            log,
+            ns: node.name().to_string(),
+        }
+    }
+
+    /// SIGTERM, a clean exit, and a new agent on the same pins.
+    fn restart_after(&mut self, between: impl FnOnce()) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let status = self.child.wait().expect("waiting for lb-agent");
+        assert!(
+            status.success(),
+            "lb-agent did not exit cleanly ({status}):\n{}",
+            self.log()
+        );
+        between();
+        self.child = spawn(&self.ns, &self.kubeconfig, &self.pin_dir, &self.log);
+    }
+
+    /// Waits until the agent has pinned its maps (after its first complete
+    /// list), and opens them.
+    fn maps(&mut self) -> Dataplane {
+        let pinned = wait_for(Duration::from_secs(60), || {
+            self.assert_alive();
+            Dataplane::open(&self.pin_dir).is_ok()
+        });
+        assert!(
+            pinned,
+            "the agent pinned no maps within 60 s:\n{}",
+            self.log()
+        );
+        Dataplane::open(&self.pin_dir).expect("opening the agent's maps")
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The `writes=N` figure of every "synced" line so far.
+    fn sync_writes(&self) -> Vec<usize> {
+        self.log()
+            .lines()
+            .filter(|l| l.contains("synced"))
+            .filter_map(|l| {
+                l.split("writes=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    }
+
+    fn assert_alive(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("lb-agent exited ({status}):\n{}", self.log());
+        }
+    }
+}
+
+fn spawn(ns: &str, kubeconfig: &Path, pin_dir: &Path, log: &Path) -> Child {
+    // `nsenter --net` keeps /sys/fs/bpf visible (see tests/src/agent.rs).
+    Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .arg(agent_binary())
+        .args([
+            "run",
+            "--source",
+            "kube",
+            "--iface",
+            UPLINK,
+            "--node-name",
+            NODE,
+        ])
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("--pin-path")
+        .arg(pin_dir)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .expect("log file"),
+        )
+        .spawn()
+        .expect("starting lb-agent")
+}
+
+impl Drop for KubeAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_file(&self.kubeconfig);
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Three backends answering on 8080 in a fresh topology.
+fn topology() -> (Topology, Vec<Server>) {
+    let t = Topology::new(3);
+    let servers = (0..3)
+        .map(|i| Server::start(&t.backends[i], 8080, &format!("backend-{i}")))
+        .collect();
+    (t, servers)
+}
+
+/// Waits until the ClusterIP has exactly `backends` programmed.
+fn wait_programmed(agent: &mut KubeAgent, dp: &Dataplane, backends: &[usize]) {
+    let mut want: Vec<Ipv4Addr> = backends.iter().map(|&i| backend_addr(i)).collect();
+    want.sort();
+    let ok = wait_for(Duration::from_secs(20), || {
+        agent.assert_alive();
+        programmed(dp).is_some_and(|(n, mut got)| {
+            got.sort();
+            n as usize == want.len() && got == want
+        })
+    });
+    assert!(
+        ok,
+        "the maps never held {want:?}: {:?}\n{}",
+        programmed(dp),
+        agent.log()
+    );
+}
+
+/// Requests per backend identity, `n` fresh connections to the ClusterIP.
+fn counts(t: &Topology, n: usize) -> Vec<(String, usize)> {
+    tally(&t.client, SocketAddr::from((WEB_CLUSTER_IP, 80)), n)
+        .into_iter()
+        .collect()
+}
+
+fn per(backends: &[(usize, usize)]) -> Vec<(String, usize)> {
+    backends
+        .iter()
+        .map(|&(i, n)| (format!("backend-{i}"), n))
+        .collect()
+}
+
+#[test]
+fn agent_follows_the_api_server_through_edits_cuts_410_and_deletion() {
+    let (t, _servers) = topology();
+    let api = ApiServer::start_in(&t.node);
+    let node_rv = api.apply(objects::node(NODE, NODE_ADDR));
+    let mut agent = KubeAgent::start(&t.node, &api, "follow");
+    let dp = agent.maps();
+    assert!(
+        wait_for(Duration::from_secs(10), || !agent.sync_writes().is_empty()),
+        "{}",
+        agent.log()
+    );
+    assert!(dp.contents().expect("maps").services.is_empty());
+
+    // Create: the ClusterIP reaches all three backends, round-robin.
+    web(&api, &[0, 1, 2]);
+    wait_programmed(&mut agent, &dp, &[0, 1, 2]);
+    assert_eq!(counts(&t, 30), per(&[(0, 10), (1, 10), (2, 10)]));
+
+    // Update the slice: backend-2 gets no new connection.
+    web_slice(&api, &[0, 1]);
+    wait_programmed(&mut agent, &dp, &[0, 1]);
+    assert_eq!(counts(&t, 30), per(&[(0, 15), (1, 15)]));
+
+    // Bookmarks arrive, then every watch is cut: the agent reconnects from
+    // the bookmark's version (no relist) and follows a later change.
+    let sent = api.bookmarks_sent();
+    assert!(
+        wait_for(Duration::from_secs(5), || api.bookmarks_sent() >= sent + 3),
+        "no bookmarks"
+    );
+    let lists = api.count("list", "services");
+    assert_eq!(api.drop_watches(), 3);
+    assert!(
+        wait_for(Duration::from_secs(15), || api.open_watches() == 3),
+        "no reconnect:\n{}",
+        agent.log()
+    );
+    let resumed = api
+        .requests()
+        .into_iter()
+        .rev()
+        .find(|r| r.verb == "watch" && r.resource == "nodes")
+        .and_then(|r| r.resource_version?.parse::<u64>().ok());
+    assert!(
+        resumed.is_some_and(|v| v > node_rv),
+        "Nodes watch resumed from {resumed:?}, node at {node_rv}"
+    );
+    assert_eq!(
+        api.count("list", "services"),
+        lists,
+        "resumed, not relisted"
+    );
+    web_slice(&api, &[0, 1, 2]);
+    wait_programmed(&mut agent, &dp, &[0, 1, 2]);
+    assert_eq!(counts(&t, 30).iter().map(|(_, n)| n).sum::<usize>(), 30);
+
+    // 410: the API goes down, the slice changes, history is compacted; back
+    // up, every watch gets 410 Gone, relists, and the maps match.
+    api.set_available(false);
+    web_slice(&api, &[1]);
+    api.compact();
+    api.set_available(true);
+    wait_programmed(&mut agent, &dp, &[1]);
+    assert!(api.count("list", "services") > lists, "no relist");
+    assert!(agent.log().contains("relisting"), "{}", agent.log());
+    assert_eq!(counts(&t, 6), per(&[(1, 6)]));
+
+    // Delete the Service: its entries leave the maps.
+    assert!(api.delete(Resource::Services, "shop", "web"));
+    let gone = wait_for(Duration::from_secs(20), || {
+        dp.contents()
+            .is_ok_and(|c| c.services.is_empty() && c.slots.is_empty() && c.backends.is_empty())
+    });
+    assert!(
+        gone,
+        "entries left: {:?}\n{}",
+        dp.contents()
+            .map(|c| (c.services.len(), c.slots.len(), c.backends.len()))
+            .ok(),
+        agent.log()
+    );
+    agent.assert_alive();
+    assert_calls_within_rbac(&api);
+    println!(
+        "calls: {:?}; bookmarks sent: {}",
+        api.calls(),
+        api.bookmarks_sent()
+    );
+}
+
+#[test]
+fn a_restarted_kube_agent_waits_for_the_api_and_rewrites_nothing() {
+    let (t, _servers) = topology();
+    let api = ApiServer::start_in(&t.node);
+    api.apply(objects::node(NODE, NODE_ADDR));
+    web(&api, &[0, 1, 2]);
+    let mut agent = KubeAgent::start(&t.node, &api, "restart");
+    let dp = agent.maps();
+    wait_programmed(&mut agent, &dp, &[0, 1, 2]);
+    let contents = dp.contents().expect("maps");
+    let syncs = agent.sync_writes().len();
+
+    // Restart while the API server is down: the new agent must not sync an
+    // empty view (that would delete the service); traffic keeps flowing.
+    agent.restart_after(|| api.set_available(false));
+    let refused = || api.requests().iter().filter(|r| r.status == 503).count();
+    assert!(
+        wait_for(Duration::from_secs(20), || refused() >= 2),
+        "the agent never retried:\n{}",
+        agent.log()
+    );
+    agent.assert_alive();
+    assert_eq!(
+        agent.sync_writes().len(),
+        syncs,
+        "synced without the API:\n{}",
+        agent.log()
+    );
+    assert_eq!(dp.contents().expect("maps"), contents);
+    let during = counts(&t, 9);
+    assert_eq!(
+        (during.len(), during.iter().map(|(_, n)| n).sum::<usize>()),
+        (3, 9),
+        "{during:?}"
+    );
+
+    api.set_available(true);
+    assert!(
+        wait_for(Duration::from_secs(30), || agent.sync_writes().len()
+            > syncs),
+        "no sync after the API came back:\n{}",
+        agent.log()
+    );
+    assert_eq!(
+        agent.sync_writes()[syncs..],
+        [0],
+        "the first sync rewrites nothing:\n{}",
+        agent.log()
+    );
+    assert_eq!(dp.contents().expect("maps"), contents);
+    assert_calls_within_rbac(&api);
+}
