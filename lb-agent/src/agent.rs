@@ -83,7 +83,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     pods.scan(&mut ebpf);
 
     let mut dp = Dataplane::open(&args.pin_path)?;
-    dp.set_config(&lb_common::Config::default())?;
+    let redirect = ifindexes(&args.redirect_ifaces)?;
+    dp.set_redirect_ifaces(&redirect)?;
+    let flags = if redirect.is_empty() { 0 } else { lb_common::config_flags::XDP_REDIRECT };
+    dp.set_config(&lb_common::Config { flags, ..Default::default() })?;
     let current = dp.contents().context("reading the pinned maps")?;
     tracing::info!(
         services = current.services.len(),
@@ -186,4 +189,19 @@ fn sync(
             false
         }
     }
+}
+
+/// The interface indexes of `names` (in this network namespace).
+fn ifindexes(names: &[String]) -> Result<Vec<u32>> {
+    names
+        .iter()
+        .map(|n| {
+            let c = std::ffi::CString::new(n.as_str()).with_context(|| format!("interface name {n:?}"))?;
+            // SAFETY: a valid NUL-terminated name.
+            match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+                0 => bail!("--redirect-iface {n}: no such interface"),
+                i => Ok(i),
+            }
+        })
+        .collect()
 }

@@ -118,6 +118,13 @@ pub struct RunArgs {
     /// interface, slower).
     #[arg(long, value_enum, default_value_t = XdpModeArg::Native)]
     pub xdp_mode: XdpModeArg,
+    /// An egress interface XDP may forward balanced packets to itself (FIB
+    /// lookup + redirect, skipping the kernel's IP forwarding) — only
+    /// interfaces that accept XDP frames: a NIC with native XDP, or a veth
+    /// whose peer runs an XDP program. Other egresses use the kernel's
+    /// forwarding (repeat for several).
+    #[arg(long = "redirect-iface", value_name = "IFACE")]
+    pub redirect_ifaces: Vec<String>,
     /// Address of the Prometheus metrics, /healthz and /readyz.
     #[arg(long, default_value = "127.0.0.1:9464")]
     pub metrics_addr: SocketAddr,

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray};
 use lb_common::{
     maps, AffinityKeyV4, AffinityV4, BackendId, BackendV4, Config, FlowKeyV4, FlowV4, ServiceKeyV4,
     ServiceStats, ServiceV4, SlotKey,
@@ -21,6 +21,7 @@ pub struct Dataplane {
     pub config: Array<MapData, Config>,
     pub affinity: HashMap<MapData, AffinityKeyV4, AffinityV4>,
     pub backend_load: Array<MapData, u64>,
+    pub redirect_ifaces: DevMapHash<MapData>,
 }
 
 fn open<T>(dir: &Path, name: &str) -> Result<T>
@@ -50,6 +51,7 @@ impl Dataplane {
             config: open(dir, maps::CONFIG)?,
             affinity: open(dir, maps::AFFINITY_V4)?,
             backend_load: open(dir, maps::BACKEND_LOAD)?,
+            redirect_ifaces: open(dir, maps::REDIRECT_IFACES)?,
         })
     }
 
@@ -170,6 +172,18 @@ impl Dataplane {
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Makes `ifindexes` the interfaces XDP may redirect to (and only them).
+    pub fn set_redirect_ifaces(&mut self, ifindexes: &[u32]) -> Result<()> {
+        let old: Vec<u32> = self.redirect_ifaces.iter().filter_map(|r| r.ok().map(|(k, _)| k)).collect();
+        for k in old.iter().filter(|k| !ifindexes.contains(k)) {
+            ignore_missing(self.redirect_ifaces.remove(*k))?;
+        }
+        for &i in ifindexes {
+            self.redirect_ifaces.insert(i, i, None, 0).with_context(|| format!("adding ifindex {i} to {}", maps::REDIRECT_IFACES))?;
+        }
+        Ok(())
     }
 
     /// Writes the node-wide config.

@@ -44,6 +44,8 @@ pub fn expected(name: &str, s: MapSizes) -> Spec {
         maps::AFFINITY_V4 => spec(MapType::LruHash, size::<AffinityKeyV4>(), size::<AffinityV4>(), s.affinity),
         // Indexed by backend id (1..=backends).
         maps::BACKEND_LOAD => spec(MapType::Array, 4, 8, s.backends + 1),
+        // bpf_devmap_val: ifindex + program.
+        maps::REDIRECT_IFACES => spec(MapType::DevMapHash, 4, 8, maps::default_size::REDIRECT_IFACES),
         other => unreachable!("map {other} missing from migrate::expected"),
     }
 }

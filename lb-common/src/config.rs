@@ -13,11 +13,22 @@ pub struct Config {
     pub udp_timeout_s: u32,
     /// Timeout of TCP flows after FIN/RST, seconds.
     pub closing_timeout_s: u32,
+    /// Bit set of [`config_flags`].
+    pub flags: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Config>() == 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 24);
+
+/// Node-wide switches (`Config::flags`).
+pub mod config_flags {
+    /// XDP forwards balanced packets itself (FIB lookup + redirect) when the
+    /// egress interface is in `redirect_ifaces`, instead of passing them to
+    /// the kernel's forwarding.
+    pub const XDP_REDIRECT: u32 = 1 << 0;
+}
 
 /// Bumped whenever a map's key, value or meaning changes.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 impl Default for Config {
     fn default() -> Self {
@@ -26,6 +37,8 @@ impl Default for Config {
             tcp_timeout_s: 6 * 3600,
             udp_timeout_s: 60,
             closing_timeout_s: 10,
+            flags: 0,
+            _pad: 0,
         }
     }
 }

@@ -19,6 +19,10 @@ pub const RR_STATE: &str = "rr_state";
 pub const CONFIG: &str = "config";
 /// LRU [`crate::AffinityKeyV4`] → [`crate::AffinityV4`]: ClientIP session affinity.
 pub const AFFINITY_V4: &str = "affinity_v4";
+/// Devmap (hash, ifindex → ifindex) of egress interfaces XDP may redirect
+/// balanced packets to (they accept XDP frames: a NIC, a veth whose peer runs
+/// XDP); any other egress falls back to the kernel's forwarding.
+pub const REDIRECT_IFACES: &str = "redirect_ifaces";
 /// Live flows (`u64`) per backend id: raised on flow creation, lowered on
 /// FIN/RST, recounted from conntrack by the agent (idle expiry, eviction).
 pub const BACKEND_LOAD: &str = "backend_load";
@@ -35,6 +39,7 @@ pub const ALL: &[&str] = &[
     CONFIG,
     AFFINITY_V4,
     BACKEND_LOAD,
+    REDIRECT_IFACES,
 ];
 
 /// Default sizes; the agent can override each at load time.
@@ -44,6 +49,7 @@ pub mod default_size {
     pub const SLOTS: u32 = 1_048_576;
     pub const CONNTRACK: u32 = 1_048_576;
     pub const AFFINITY: u32 = 262_144;
+    pub const REDIRECT_IFACES: u32 = 64;
 }
 
 /// Program names (the function names in lb-ebpf).

@@ -60,6 +60,7 @@ counters! {
     CT_CLASH_UNRESOLVED = 14, "conntrack_clash_unresolved", "Event: no free client port was found for a clashing flow; the older flow's replies are taken over.";
     HAIRPIN = 15, "hairpin", "Event: a hairpin packet (a backend reaching its own service) was sent back to it.";
     RST_SENT = 16, "rst_sent", "Event: a SYN to a service without backends was answered with a TCP reset.";
+    XDP_REDIRECTED = 17, "xdp_redirected", "Event: XDP forwarded a balanced packet itself (FIB lookup + redirect), skipping the kernel's forwarding.";
 }
 
 /// First event counter (see [`counter`]).

@@ -10,6 +10,7 @@
 #![feature(core_intrinsics)]
 
 mod conntrack;
+mod forward;
 mod maps;
 mod nat;
 mod parse;

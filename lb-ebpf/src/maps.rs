@@ -5,7 +5,7 @@
 )]
 //! `lb_common::maps`; the sizes here are defaults the agent overrides.
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
@@ -58,3 +58,7 @@ pub static affinity_v4: LruHashMap<AffinityKeyV4, AffinityV4, { size::AFFINITY a
 /// Live flows per backend id (least-connections, per-backend metrics).
 #[btf_map]
 pub static backend_load: Array<u64, { size::BACKENDS as usize + 1 }> = Array::new();
+
+/// Egress interfaces XDP may redirect to (see `forward.rs`). Written by the agent.
+#[btf_map]
+pub static redirect_ifaces: DevMapHash<{ size::REDIRECT_IFACES as usize }> = DevMapHash::new();

@@ -89,7 +89,7 @@ fn run(ctx: &TcContext, f: impl FnOnce(&TcContext, &Packet) -> Result<Verdict, V
     };
     count(verdict.reason());
     match verdict {
-        Verdict::Pass(_) => TC_ACT_OK,
+        Verdict::Pass(_) | Verdict::Action(..) => TC_ACT_OK,
         Verdict::Drop(_) => TC_ACT_SHOT,
         // A reset is built with its Ethernet addresses already swapped.
         Verdict::Bounce(r) => bounce(ctx, r != counter::DROP_NO_BACKEND),

@@ -13,12 +13,14 @@ pub enum Verdict {
     /// counting `reason`: XDP_TX, or a tc redirect to the same interface
     /// (hairpin flows, resets).
     Bounce(u32),
+    /// Return this XDP action (a redirect), counting `reason` (XDP only).
+    Action(u32, u32),
 }
 
 impl Verdict {
     pub const fn reason(self) -> u32 {
         match self {
-            Verdict::Pass(r) | Verdict::Drop(r) | Verdict::Bounce(r) => r,
+            Verdict::Pass(r) | Verdict::Drop(r) | Verdict::Bounce(r) | Verdict::Action(_, r) => r,
         }
     }
 }

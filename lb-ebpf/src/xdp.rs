@@ -3,6 +3,7 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::counter;
 
 use crate::{
+    forward,
     nat::{self, Side},
     parse, reset, service,
     stats::count,
@@ -20,6 +21,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
         Verdict::Pass(_) => xdp_action::XDP_PASS,
         Verdict::Drop(_) => xdp_action::XDP_DROP,
         Verdict::Bounce(_) => xdp_action::XDP_TX,
+        Verdict::Action(action, _) => action,
     }
 }
 
@@ -36,6 +38,10 @@ fn try_run(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     match balanced {
         Some(rw) => {
             nat::xdp_rewrite(ctx, &p, Side::Dst, &rw)?;
+            if let Some(action) = forward::redirect(ctx, &p, rw.addr) {
+                count(counter::XDP_REDIRECTED);
+                return Ok(Verdict::Action(action, counter::NAT_FORWARD));
+            }
             // The stack routes the rewritten packet to its backend.
             Ok(Verdict::Pass(counter::NAT_FORWARD))
         }

@@ -86,6 +86,12 @@ impl Netns {
         File::open(format!("/run/netns/{}", self.name)).expect("opening the namespace file")
     }
 
+    /// The index of interface `iface` in this namespace.
+    pub fn ifindex(&self, iface: &str) -> u32 {
+        let out = run(self.cmd("cat").arg(format!("/sys/class/net/{iface}/ifindex")));
+        String::from_utf8_lossy(&out.stdout).trim().parse().expect("an ifindex")
+    }
+
     /// Reads a counter of an interface (`rx_packets`, `tx_bytes`, ...).
     pub fn iface_stat(&self, iface: &str, stat: &str) -> u64 {
         let out = run(self.cmd("cat").arg(format!("/sys/class/net/{iface}/statistics/{stat}")));

@@ -400,3 +400,36 @@ fn tcp_connection_to_a_removed_backend_is_reset_not_blackholed() {
     // And a new connection simply works.
     assert_eq!(tally(&t.client, to, 5).len(), 1);
 }
+
+#[test]
+fn xdp_forwards_to_a_redirect_interface_itself_and_falls_back_to_the_kernel_elsewhere() {
+    let (t, _s, mut lb) = setup(1);
+    // A backend on its own routed veth; its end runs XDP (a second, empty
+    // instance), so the node's end can take redirected frames.
+    let direct = xdplb_tests::netns::Netns::new();
+    xdplb_tests::topology::veth(&t.node, "d0", &direct, "eth0");
+    xdplb_tests::topology::addr_up(&t.node, "d0", "10.0.4.1/24");
+    xdplb_tests::topology::addr_up(&direct, "eth0", "10.0.4.2/24");
+    direct.ip(&["route", "add", "default", "via", "10.0.4.1"]);
+    let _peer = Lb::attach(&direct, "eth0", &[]);
+    let _srv = Server::start(&direct, 8080, "direct");
+    let direct_addr = Ipv4Addr::new(10, 0, 4, 2);
+    let svc = Svc::new(1, IPPROTO_TCP, algorithm::RANDOM).frontend(CLUSTER_IP, 80).backend(9, direct_addr, 8080);
+    let bridged = Svc::new(2, IPPROTO_TCP, algorithm::RANDOM).frontend(CLUSTER_IP_2, 80).backend(1, backend_addr(0), 8080);
+    lb.program(&contents(&[svc, bridged]));
+    let d0 = t.node.ifindex("d0");
+    // The kernel resolves a devmap's ifindex in the writer's namespace (the
+    // agent runs in the node's).
+    let dir = lb.pin_dir().to_path_buf();
+    t.node.run(move || lb_agent::dataplane::Dataplane::open(&dir).unwrap().set_redirect_ifaces(&[d0]).unwrap());
+    lb.maps.set_config(&lb_common::Config { flags: lb_common::config_flags::XDP_REDIRECT, ..Default::default() }).unwrap();
+
+    let got = tally(&t.client, SocketAddr::from((CLUSTER_IP, 80)), 20);
+    assert_eq!(got, BTreeMap::from([("direct".to_string(), 20)]));
+    let redirected = lb.counter(counter::XDP_REDIRECTED);
+    assert!(redirected >= 20 * 3, "SYN, ACK, request... forwarded by XDP itself: {redirected}");
+    // A backend behind the bridge (not a redirect interface): the kernel forwards.
+    let got = tally(&t.client, SocketAddr::from((CLUSTER_IP_2, 80)), 10);
+    assert_eq!(got.values().sum::<usize>(), 10);
+    assert_eq!(lb.counter(counter::XDP_REDIRECTED), redirected, "no redirect towards br0");
+}
