@@ -126,7 +126,7 @@ pub struct RunArgs {
     #[arg(long = "redirect-iface", value_name = "IFACE")]
     pub redirect_ifaces: Vec<String>,
     /// Address of the Prometheus metrics, /healthz and /readyz.
-    #[arg(long, default_value = "127.0.0.1:9464")]
+    #[arg(long, default_value = lb_agent::ops::http::DEFAULT_METRICS_ADDR)]
     pub metrics_addr: SocketAddr,
     #[command(flatten)]
     pub sizes: SizeArgs,

@@ -11,6 +11,14 @@ use tokio::{
 
 use super::metrics::Metrics;
 
+/// Where `lb-agent run` serves metrics and probes unless told otherwise
+/// (`--metrics-addr`); the DaemonSet's probes and scrape annotation use its port.
+pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
+/// The paths kubelet probes: alive (the process answers) and ready (attached
+/// and synced at least once).
+pub const HEALTHZ_PATH: &str = "/healthz";
+pub const READYZ_PATH: &str = "/readyz";
+
 /// Binds `addr` now (so a taken port fails start-up with a clear error) and
 /// serves in the background.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
@@ -67,9 +75,9 @@ async fn handle(mut s: TcpStream, m: Arc<Metrics>) -> std::io::Result<()> {
                 .unwrap_or_default();
             ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text)
         }
-        ("GET", "/healthz") => ("200 OK", "text/plain", "ok\n".to_string()),
-        ("GET", "/readyz") if m.ready() => ("200 OK", "text/plain", "ready\n".to_string()),
-        ("GET", "/readyz") => (
+        ("GET", HEALTHZ_PATH) => ("200 OK", "text/plain", "ok\n".to_string()),
+        ("GET", READYZ_PATH) if m.ready() => ("200 OK", "text/plain", "ready\n".to_string()),
+        ("GET", READYZ_PATH) => (
             "503 Service Unavailable",
             "text/plain",
             "not ready: programs not attached or first sync not applied\n".to_string(),
