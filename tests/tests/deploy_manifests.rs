@@ -24,21 +24,6 @@ use k8s_openapi::{
 use serde_json::Value;
 use xdplb_tests::agent::agent_binary;
 
-/// The API calls of `lb-agent run --source kube`: (API group, resource, verb).
-// TODO: use lb_agent::control::source::kube::KUBE_API_CALLS once the kube
-// source lands with it, so the agent and this list cannot drift apart.
-const KUBE_API_CALLS: &[(&str, &str, &str)] = &[
-    ("", "services", "get"),
-    ("", "services", "list"),
-    ("", "services", "watch"),
-    ("discovery.k8s.io", "endpointslices", "get"),
-    ("discovery.k8s.io", "endpointslices", "list"),
-    ("discovery.k8s.io", "endpointslices", "watch"),
-    ("", "nodes", "get"),
-    ("", "nodes", "list"),
-    ("", "nodes", "watch"),
-];
-
 fn deploy_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -200,9 +185,14 @@ fn the_cluster_role_grants_exactly_the_agents_api_calls() {
         .iter()
         .find(|r| r.metadata.name.as_deref() == Some("xdplb"))
         .expect("ClusterRole xdplb");
-    let want: BTreeSet<_> = KUBE_API_CALLS
+    // The agent's own list of its API calls (the kube source's reflectors).
+    let want: BTreeSet<_> = lb_agent::control::source::kube::KUBE_API_CALLS
         .iter()
-        .map(|(g, r, v)| (g.to_string(), r.to_string(), v.to_string()))
+        .flat_map(|(g, r, verbs)| {
+            verbs
+                .iter()
+                .map(move |v| (g.to_string(), r.to_string(), v.to_string()))
+        })
         .collect();
     assert_eq!(grants(agent_role), want);
 
