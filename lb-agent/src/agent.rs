@@ -72,6 +72,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
     let sizes = MapSizes::from(&args.sizes);
     let mut ebpf = loader::load(&args.pin_path, sizes).map_err(checks::explain_load_error)?;
+    forward_kernel_logs(&mut ebpf);
     // Links are pinned next to the maps: the programs stay attached when the
     // agent stops or crashes, and the next agent replaces them in place.
     for iface in &args.ifaces {
@@ -204,4 +205,32 @@ fn ifindexes(names: &[String]) -> Result<Vec<u32>> {
             }
         })
         .collect()
+}
+
+/// Relays the programs' rare-event log lines (aya-log; rate-limited in the
+/// kernel) into this process's log, target `lb_ebpf`.
+fn forward_kernel_logs(ebpf: &mut aya::Ebpf) {
+    let logger = match aya_log::EbpfLogger::init(ebpf) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(error = %e, "kernel-side log events are not available");
+            return;
+        }
+    };
+    // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd
+    // lives, and nothing else closes it.
+    let registered = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let mut fd = match registered.map_err(|e| e.into_parts().1) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(error = %e, "kernel-side log events are not available");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while let Ok(mut guard) = fd.readable_mut().await {
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
 }

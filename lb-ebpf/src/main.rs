@@ -10,6 +10,7 @@
 #![feature(core_intrinsics)]
 
 mod conntrack;
+mod events;
 mod forward;
 mod maps;
 mod nat;

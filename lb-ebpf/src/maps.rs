@@ -62,3 +62,7 @@ pub static backend_load: Array<u64, { size::BACKENDS as usize + 1 }> = Array::ne
 /// Egress interfaces XDP may redirect to (see `forward.rs`). Written by the agent.
 #[btf_map]
 pub static redirect_ifaces: DevMapHash<{ size::REDIRECT_IFACES as usize }> = DevMapHash::new();
+
+/// Per-CPU [pending event, last log time] for rate-limited log lines (events.rs).
+#[btf_map]
+pub static log_state: PerCpuArray<[u64; 2], 1> = PerCpuArray::new();

@@ -1,11 +1,14 @@
 //! Counting: one outcome counter per packet, per-service counters for balanced traffic.
-use lb_common::ServiceStats;
+use lb_common::{counter, ServiceStats};
 
 use crate::maps::{counters, service_stats};
 
 /// Adds one to the per-CPU counter `idx` (`lb_common::counter`).
 #[inline(always)]
 pub fn count(idx: u32) {
+    if idx == counter::CT_INSERT_FAILED || idx == counter::CT_CLASH_UNRESOLVED || idx == counter::DROP_CSUM {
+        crate::events::raise(idx);
+    }
     if let Some(p) = counters.get_ptr_mut(idx) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe { *p += 1 };

@@ -15,7 +15,7 @@ use aya_ebpf::{
 use lb_common::{counter, HAIRPIN_ADDR_V4};
 
 use crate::{
-    conntrack,
+    conntrack, events,
     nat::{self, Side},
     parse::{self, Packet},
     reset, service,
@@ -39,8 +39,12 @@ pub fn ingress(ctx: &TcContext) -> i32 {
             };
         }
         let balanced = match service::balance(p, true) {
-            Err(v) if v.reason() == counter::DROP_NO_BACKEND && reset::wants_reset(p) => {
-                return reset::tc(ctx, p);
+            Err(v) if v.reason() == counter::DROP_NO_BACKEND => {
+                events::no_backend(ctx, p);
+                if reset::wants_reset(p) {
+                    return reset::tc(ctx, p);
+                }
+                return Err(v);
             }
             other => other?,
         };
@@ -88,6 +92,7 @@ fn run(ctx: &TcContext, f: impl FnOnce(&TcContext, &Packet) -> Result<Verdict, V
         Err(v) => Verdict::Pass(v.reason()),
     };
     count(verdict.reason());
+    events::report(ctx);
     match verdict {
         Verdict::Pass(_) | Verdict::Action(..) => TC_ACT_OK,
         Verdict::Drop(_) => TC_ACT_SHOT,

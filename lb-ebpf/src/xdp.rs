@@ -3,7 +3,7 @@ use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::counter;
 
 use crate::{
-    forward,
+    events, forward,
     nat::{self, Side},
     parse, reset, service,
     stats::count,
@@ -17,6 +17,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
         Ok(v) | Err(v) => v,
     };
     count(verdict.reason());
+    events::report(ctx);
     match verdict {
         Verdict::Pass(_) => xdp_action::XDP_PASS,
         Verdict::Drop(_) => xdp_action::XDP_DROP,
@@ -30,8 +31,12 @@ fn try_run(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     let p = parse::parse(ctx.data(), ctx.data_end())?;
     // XDP on an uplink never sees a backend of this node as a client.
     let balanced = match service::balance(&p, false) {
-        Err(v) if v.reason() == counter::DROP_NO_BACKEND && reset::wants_reset(&p) => {
-            return reset::xdp(ctx, &p);
+        Err(v) if v.reason() == counter::DROP_NO_BACKEND => {
+            events::no_backend(ctx, &p);
+            if reset::wants_reset(&p) {
+                return reset::xdp(ctx, &p);
+            }
+            return Err(v);
         }
         other => other?,
     };

@@ -157,3 +157,24 @@ fn hostile_and_broken_files_leave_the_programmed_service_alone() {
     let got = tally(&t.client, SocketAddr::from((WEB_CLUSTER_IP, 80)), 6);
     assert_eq!(got.values().sum::<usize>(), 6, "{got:?}");
 }
+
+#[test]
+fn kernel_events_reach_the_agent_log_rate_limited() {
+    let t = Topology::new(1);
+    let mut agent = xdplb_tests::agent::Agent::start(&t.node, &objects_dir(&[]));
+    let dp = agent.maps();
+    assert!(wait_for(Duration::from_secs(10), || programmed(&dp).is_some()), "{}", agent.log());
+    // XDP_TX (the reset) reaches a veth peer only if it runs XDP too.
+    let _peer = xdplb_tests::lb::Lb::attach(&t.client, "eth0", &[]);
+    // Ten refused connections in a burst: every SYN counted, one log line.
+    let to = SocketAddr::from((WEB_CLUSTER_IP, 80));
+    for _ in 0..10 {
+        let r = t.client.run(move || std::net::TcpStream::connect_timeout(&to, Duration::from_secs(1)));
+        assert!(r.is_err());
+    }
+    let line = "no backend for service 10.96.0.10:80 (proto 6): new flow dropped";
+    assert!(wait_for(Duration::from_secs(5), || agent.log().contains(line)), "the kernel's event reached the log:\n{}", agent.log());
+    let lines = agent.log().matches(line).count();
+    assert!(lines <= 2, "rate-limited to one a second per CPU, got {lines}");
+    assert!(dp.counters().unwrap()[lb_common::counter::DROP_NO_BACKEND as usize] >= 10);
+}
