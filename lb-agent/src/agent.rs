@@ -48,6 +48,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         pin_dir: &args.pin_path,
         ifaces: &args.ifaces,
         native_xdp: args.xdp_mode == crate::cli::XdpModeArg::Native,
+        sizes: MapSizes::from(&args.sizes),
     })?;
 
     if args.xdp_mode == crate::cli::XdpModeArg::Generic {

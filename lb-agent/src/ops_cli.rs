@@ -48,6 +48,10 @@ pub struct DoctorArgs {
     /// Print JSON instead of ✓/✗ lines.
     #[arg(long)]
     pub json: bool,
+    /// The map sizes `run` will be given (pinned maps of other sizes are
+    /// resized, which the report says).
+    #[command(flatten)]
+    pub sizes: crate::cli::SizeArgs,
 }
 
 fn open(a: &MapsArgs) -> Result<Dataplane> {
@@ -106,6 +110,7 @@ pub fn doctor(a: DoctorArgs) -> Result<()> {
         pin_dir: &a.pin_path,
         ifaces: &a.ifaces,
         native_xdp: a.xdp_mode == crate::cli::XdpModeArg::Native,
+        sizes: lb_agent::loader::MapSizes::from(&a.sizes),
     };
     let results = checks::all(&inputs);
     print(a.json, &results[..], checks::report)?;

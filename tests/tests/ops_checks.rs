@@ -277,9 +277,64 @@ fn doctor_json_lists_every_check() {
             "kernel BTF",
             "privileges",
             "bpffs",
+            "pinned maps",
             "interface lo",
             "native XDP on lo"
         ]
     );
-    assert_eq!(v[5]["ok"], false);
+    assert_eq!(v[6]["ok"], false);
+}
+
+#[test]
+fn pinned_maps_of_another_layout_are_reported_and_other_sizes_will_be_resized() {
+    // A conntrack map as an incompatible older agent might have made it.
+    let dir = pin("layout");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new("bpftool")
+        .args(["map", "create", &format!("{dir}/conntrack_v4")])
+        .args([
+            "type",
+            "lru_hash",
+            "key",
+            "16",
+            "value",
+            "8",
+            "entries",
+            "64",
+            "name",
+            "conntrack_v4",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bpftool: {}", text(&out));
+    let out = doctor("", &format!("--pin-path {dir}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_has(
+        &text(&out),
+        &["✗ pinned maps", "another layout", "value 8 B", "uninstall"],
+    );
+
+    // Maps of the test sizes, checked against the default sizes: resized.
+    let lb = xdplb_tests::lb::Lb::load();
+    let out = doctor("", &format!("--pin-path {}", lb.pin_dir().display()));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_has(
+        &text(&out),
+        &[
+            "✓ pinned maps",
+            "10 maps under",
+            "resizes services_v4 1024 → 65536",
+            "conntrack_v4 65536 → 1048576",
+        ],
+    );
+    let out = doctor("", &format!("--pin-path {} --max-services 1024 --max-backends 4096 --max-slots 16384 --max-flows 65536 --max-affinity 4096", lb.pin_dir().display()));
+    assert_has(
+        &text(&out),
+        &[
+            "✓ pinned maps",
+            "10 maps under",
+            "match this build; `run` adopts them",
+        ],
+    );
 }

@@ -161,3 +161,40 @@ fn metrics_follow_the_traffic_sent_and_readyz_turns_200() {
     }
     assert!(synced >= 1, "no JSON sync line:\n{log}");
 }
+
+#[test]
+fn a_failing_sync_keeps_readyz_at_503_and_is_counted() {
+    // Room for one frontend; shop/web has two (ClusterIP and NodePort): the
+    // sync fails on every retry, and the agent must not claim readiness.
+    let t = Topology::new(1);
+    let mut agent = Agent::start_with(
+        &t.node,
+        &objects_dir(&[0]),
+        &["--metrics-addr", METRICS, "--max-services", "1"],
+    );
+    let _dp = agent.maps();
+    let addr: SocketAddr = METRICS.parse().unwrap();
+    let failed = wait_for(Duration::from_secs(15), || {
+        http_get(&t.node, addr, "/metrics").is_ok_and(|(_, m)| {
+            sample(&m, "xdplb_sync_errors_total", &[]).is_some_and(|n| n >= 2.0)
+        })
+    });
+    assert!(failed, "no failed syncs counted:\n{}", agent.log());
+    agent.assert_alive();
+    let (code, body) = http_get(&t.node, addr, "/readyz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("not ready"), "{body}");
+    assert_eq!(http_get(&t.node, addr, "/healthz").unwrap().0, 200);
+    let (_, m) = http_get(&t.node, addr, "/metrics").unwrap();
+    assert_eq!(sample(&m, "xdplb_ready", &[]), Some(0.0));
+    assert_eq!(
+        sample(&m, "xdplb_map_fill_ratio", &["map=\"services_v4\""]),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(
+        agent.log().contains("services_v4 is full"),
+        "{}",
+        agent.log()
+    );
+}

@@ -50,6 +50,9 @@ pub struct Inputs<'a> {
     /// Probe native (driver) XDP on each interface; false when the user
     /// asked for generic mode.
     pub native_xdp: bool,
+    /// Map sizes `run` will use: a pinned map of another size is resized,
+    /// one of another layout is refused.
+    pub sizes: crate::loader::MapSizes,
 }
 
 /// Every check, in the order a fix is most useful.
@@ -63,6 +66,9 @@ pub fn all(inp: &Inputs) -> Vec<Check> {
     let privileged = caps.ok;
     out.push(caps);
     out.push(bpffs(inp.pin_dir, has_cap(&status, CAP_SYS_ADMIN)));
+    if privileged {
+        out.push(pinned_maps(inp.pin_dir, inp.sizes));
+    }
     for iface in inp.ifaces {
         let exists = interface(iface);
         let ok = exists.ok;
@@ -220,6 +226,46 @@ pub fn bpffs(pin_dir: &Path, may_mount: bool) -> Check {
         };
     }
     Check::fail(NAME, format!("{} is not a bpffs: choose a --pin-path under /sys/fs/bpf, or mount one there (`mount -t bpf bpf {}`)", parent.display(), parent.display()))
+}
+
+/// Maps an earlier agent pinned must have this build's layout (the loader
+/// refuses them otherwise; this says so before anything is loaded).
+pub fn pinned_maps(pin_dir: &Path, sizes: crate::loader::MapSizes) -> Check {
+    const NAME: &str = "pinned maps";
+    let (mut found, mut resize) = (0, Vec::new());
+    for name in lb_common::maps::ALL {
+        let want = crate::migrate::expected(name, sizes);
+        match crate::migrate::check_pinned(&pin_dir.join(name), &want) {
+            Ok(crate::migrate::Pinned::Absent) => {}
+            Ok(crate::migrate::Pinned::Matches) => found += 1,
+            Ok(crate::migrate::Pinned::Resize { from }) => {
+                found += 1;
+                resize.push(format!("{name} {from} → {}", want.max_entries));
+            }
+            Err(e) => return Check::fail(NAME, format!("{e:#}")),
+        }
+    }
+    match (found, resize.is_empty()) {
+        (0, _) => Check::pass(
+            NAME,
+            format!("none under {} yet: `run` creates them", pin_dir.display()),
+        ),
+        (n, true) => Check::pass(
+            NAME,
+            format!(
+                "{n} maps under {} match this build; `run` adopts them (flows are kept)",
+                pin_dir.display()
+            ),
+        ),
+        (n, false) => Check::pass(
+            NAME,
+            format!(
+                "{n} maps under {} match this build; `run` resizes {} live (flows are kept)",
+                pin_dir.display(),
+                resize.join(", ")
+            ),
+        ),
+    }
 }
 
 fn ifindex(iface: &str) -> u32 {
