@@ -323,7 +323,7 @@ fn pinned_maps_of_another_layout_are_reported_and_other_sizes_will_be_resized() 
         &text(&out),
         &[
             "✓ pinned maps",
-            "10 maps under",
+            &format!("{} maps under", lb_common::maps::ALL.len()),
             "resizes services_v4 1024 → 65536",
             "conntrack_v4 65536 → 1048576",
         ],
@@ -333,7 +333,7 @@ fn pinned_maps_of_another_layout_are_reported_and_other_sizes_will_be_resized() 
         &text(&out),
         &[
             "✓ pinned maps",
-            "10 maps under",
+            &format!("{} maps under", lb_common::maps::ALL.len()),
             "match this build; `run` adopts them",
         ],
     );
