@@ -1,5 +1,5 @@
-//! Host-side pod interfaces come and go with pods: the agent re-scans
-//! /sys/class/net every second and attaches tc to each new interface whose
+//! Host-side pod interfaces come and go with pods: the agent re-scans the
+//! namespace's interfaces every second and attaches tc to each new one whose
 //! name matches a `--pod-iface` glob.
 use std::collections::BTreeSet;
 
@@ -29,13 +29,10 @@ impl PodIfaces {
         if self.globs.is_empty() {
             return;
         }
-        let present: BTreeSet<String> = match std::fs::read_dir("/sys/class/net") {
-            Ok(d) => d
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect(),
+        let present = match interfaces() {
+            Ok(names) => names,
             Err(e) => {
-                tracing::warn!(error = %e, "listing /sys/class/net failed");
+                tracing::warn!(error = %e, "listing network interfaces failed");
                 return;
             }
         };
@@ -53,6 +50,32 @@ impl PodIfaces {
             self.seen.insert(iface);
         }
     }
+}
+
+/// The interfaces of this process's network namespace. Asked of the
+/// kernel (`if_nameindex`, netlink) rather than read from /sys/class/net,
+/// which lists the namespace that mounted /sys: not ours when the agent
+/// was moved into a namespace with setns (`nsenter --net`) and /sys was not
+/// remounted.
+fn interfaces() -> std::io::Result<BTreeSet<String>> {
+    // SAFETY: if_nameindex returns an array terminated by a zeroed entry,
+    // or null on failure; it is freed below and not used afterwards.
+    let list = unsafe { libc::if_nameindex() };
+    if list.is_null() {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut names = BTreeSet::new();
+    let mut p = list;
+    // SAFETY: walks the array up to its terminating entry (index 0); each
+    // name is a NUL-terminated string owned by the array.
+    unsafe {
+        while (*p).if_index != 0 && !(*p).if_name.is_null() {
+            names.insert(std::ffi::CStr::from_ptr((*p).if_name).to_string_lossy().into_owned());
+            p = p.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    Ok(names)
 }
 
 /// Shell-style match of `*` (any run) and `?` (one character).
@@ -83,5 +106,10 @@ mod tests {
         assert!(!glob_match("veth*", "eth0"));
         assert!(!glob_match("pod?", "pod10"));
         assert!(glob_match("lxc*_h", "lxc12_h"));
+    }
+
+    #[test]
+    fn the_interfaces_of_this_namespace_include_loopback() {
+        assert!(super::interfaces().unwrap().contains("lo"));
     }
 }

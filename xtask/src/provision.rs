@@ -14,6 +14,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("tcpdump", "tcpdump"),
     ("sysctl", "procps"),
     ("nsenter", "util-linux"),
+    ("nginx", "nginx-light"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
