@@ -106,6 +106,15 @@ impl BenchLb {
         }
     }
 
+    /// Lets XDP forward to `ifindex` itself (FIB lookup + redirect), as
+    /// `lb-agent run --redirect-iface` does. Run inside the node's namespace:
+    /// the kernel resolves devmap ifindexes in the writer's.
+    pub fn enable_redirect(&mut self, ifindex: u32) -> Result<()> {
+        self.maps.set_redirect_ifaces(&[ifindex])?;
+        let cfg = lb_common::Config { flags: lb_common::config_flags::XDP_REDIRECT, ..Default::default() };
+        self.maps.set_config(&cfg)
+    }
+
     /// Sum over CPUs of every `lb_common::counter`.
     pub fn counters(&self) -> Result<Vec<u64>> {
         self.maps.counters()

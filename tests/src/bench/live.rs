@@ -257,6 +257,16 @@ pub fn run(progs: &mut BenchProgs, opts: &Opts, report: &mut Report) -> Result<(
             attach(progs, &xt.sink, "bench_drop", "eth0")?;
             let x_cfg = gen_cfg(flows, n, vip(1), &xt.frame(vip(1)));
 
+            // The same, forwarding with XDP itself (FIB lookup + redirect to
+            // bk0, whose peer runs XDP) instead of the kernel's IP forwarding.
+            let rt = Topo::new();
+            let mut rlb = BenchLb::new(n, per, IPPROTO_UDP, 1 << 20)?;
+            let r = rlb.xdp_mut();
+            in_ns(&rt.node, || r.attach("up0", XdpMode::Driver)).context("attaching xdp_lb to up0")?;
+            in_ns(&rt.node, || rlb.enable_redirect(rt.bk0_ifindex)).context("enabling XDP redirect")?;
+            attach(progs, &rt.sink, "bench_drop", "eth0")?;
+            let r_cfg = gen_cfg(flows, n, vip(1), &rt.frame(vip(1)));
+
             // Only DNATed frames are routed to the sink (VIPs have no route).
             let kt = if opts.iptables { Some(Topo::new()) } else { None };
             let mut load_s = 0.0;
@@ -279,6 +289,16 @@ pub fn run(progs: &mut BenchProgs, opts: &Opts, report: &mut Report) -> Result<(
                         }),
                     },
                 ];
+                let rlb = &rlb;
+                sides.push(Side {
+                    t: &rt,
+                    cfg: r_cfg,
+                    check: Box::new(move |delivered| {
+                        let redirected = rlb.counters()?[counter::XDP_REDIRECTED as usize];
+                        ensure!(redirected >= delivered, "xdp_lb redirected {redirected} frames but the sink saw {delivered}: frames took another path");
+                        Ok(())
+                    }),
+                });
                 if let Some(kt) = &kt {
                     sides.push(Side { t: kt, cfg: gen_cfg(flows, n, vip(1), &kt.frame(vip(1))), check: Box::new(|_| Ok(())) });
                 }
@@ -286,7 +306,7 @@ pub fn run(progs: &mut BenchProgs, opts: &Opts, report: &mut Report) -> Result<(
             };
             progs.detach_all();
             let m = m?;
-            let (f, x, k) = (&m[0], &m[1], m.get(2));
+            let (f, x, rd, k) = (&m[0], &m[1], &m[2], m.get(3));
             for (i, &threads) in opts.threads.iter().enumerate() {
                 let per_cpu = |pps: f64| threads as f64 * 1e9 / pps;
                 let base = |pps: f64| {
@@ -297,15 +317,20 @@ pub fn run(progs: &mut BenchProgs, opts: &Opts, report: &mut Report) -> Result<(
                 let mut c = base(x.pps[i]);
                 c["path"] = json!("xdp_lb DNAT + XDP_PASS, kernel forwarding");
                 report.add("live", &format!("live/xdplb_{n}_services{suffix}"), x.pps[i] / 1e6, None, "Mpps", cond(c, x.repeat, threads, x, i));
+                let mut c = base(rd.pps[i]);
+                c["path"] = json!("xdp_lb DNAT + FIB lookup + XDP redirect (--redirect-iface)");
+                report.add("live", &format!("live/xdplb_redirect_{n}_services{suffix}"), rd.pps[i] / 1e6, None, "Mpps", cond(c, rd.repeat, threads, rd, i));
                 let Some(k) = k else { continue };
                 let mut c = base(k.pps[i]);
                 c["path"] = json!("XDP_PASS, kube-proxy nat rules (conntrack), kernel forwarding");
                 c["rules_load_s"] = json!(round1(load_s));
                 c["tool"] = json!(restore);
                 report.add("live", &format!("live/iptables_{n}_services{suffix}"), k.pps[i] / 1e6, None, "Mpps", cond(c, k.repeat, threads, k, i));
-                let ratios: Vec<f64> = x.rounds[i].iter().zip(&k.rounds[i]).map(|(a, b)| a / b).collect();
-                report.add("live", &format!("ratio/xdplb_over_iptables_{n}_services{suffix}"), super::stats::median(&ratios), Some(super::stats::min(&ratios)), "x",
-                    json!({"services": n, "threads": threads, "traffic": what, "rounds": ratios.len(), "what": "forwarded pps, xdplb / kube-proxy iptables, same path and traffic, measured in alternation; median (min) of per-round ratios"}));
+                for (side, name, what_path) in [(x, "xdplb", "same path (kernel forwarding)"), (rd, "xdplb_redirect", "xdplb forwarding with XDP redirect")] {
+                    let ratios: Vec<f64> = side.rounds[i].iter().zip(&k.rounds[i]).map(|(a, b)| a / b).collect();
+                    report.add("live", &format!("ratio/{name}_over_iptables_{n}_services{suffix}"), super::stats::median(&ratios), Some(super::stats::min(&ratios)), "x",
+                        json!({"services": n, "threads": threads, "traffic": what, "rounds": ratios.len(), "what": format!("forwarded pps, {name} / kube-proxy iptables, {what_path}, same traffic, measured in alternation; median (min) of per-round ratios")}));
+                }
             }
         }
     }
