@@ -95,7 +95,8 @@ fn serve_udp(u: UdpSocket, id: &str, stop: &AtomicBool) {
 pub fn http_get(to: SocketAddr) -> std::io::Result<String> {
     let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
     s.set_read_timeout(Some(Duration::from_secs(3)))?;
-    write!(s, "GET / HTTP/1.0\r\nHost: {to}\r\n\r\n")?;
+    // One write, one segment (write! would send each piece separately).
+    s.write_all(format!("GET / HTTP/1.0\r\nHost: {to}\r\n\r\n").as_bytes())?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
     let body = resp.split("\r\n\r\n").nth(1).unwrap_or_default();

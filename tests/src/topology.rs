@@ -51,6 +51,10 @@ impl Topology {
         node.sysctl("net.ipv4.ip_forward", "1");
 
         veth(&node, UPLINK, &client, "eth0");
+        // Replies leave the node with checksums completed in software, so
+        // the client verifies every checksum the reverse NAT produced
+        // (backends send partial checksums; tc must update them correctly).
+        node.cmd("ethtool").args(["-K", UPLINK, "tx", "off"]).output().ok();
         addr_up(&node, UPLINK, "192.168.1.1/24");
         addr_up(&client, "eth0", "192.168.1.2/24");
         client.ip(&["route", "add", "default", "via", "192.168.1.1"]);
