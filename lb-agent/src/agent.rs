@@ -138,11 +138,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
             _ = int.recv() => break,
         }
     }
-    // The links are not pinned yet, so the programs detach when `ebpf` is
-    // dropped with the process; the pinned maps (and so conntrack and the
-    // services) stay for the next agent. Keeping the programs attached across
-    // a restart needs pinned links, a later step.
-    tracing::info!("stopping; programs detach, pinned maps stay");
+    // Links and maps are pinned: the programs keep balancing with the last
+    // maps until the next agent takes over (or `lb-agent uninstall`).
+    tracing::info!("stopping; programs stay attached and maps pinned for the next agent");
     drop(ebpf);
     Ok(())
 }
