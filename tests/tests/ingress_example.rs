@@ -25,7 +25,7 @@ use xdplb_tests::{
     agent::{objects_dir_with, Agent},
     netns::Netns,
     servers::Server,
-    topology::{backend_addr, Topology, POD_ADDR, POD_IFACE},
+    topology::{backend_addr, Topology, CLIENT_ADDR, POD_ADDR, POD_IFACE},
     wait_for,
 };
 
@@ -331,6 +331,18 @@ fn requests_through_the_loadbalancer_vip_reach_the_service_of_their_host() {
             "{host}: both of {svc}'s backends answer: {answered:?}"
         );
     }
+
+    // externalTrafficPolicy: Local, no SNAT: nginx saw the client's address.
+    let access = std::fs::read_to_string(nginx.dir.join("access.log")).unwrap_or_default();
+    assert!(
+        access.lines().count() >= 40,
+        "nginx logged every request:\n{access}"
+    );
+    let client = format!("{} ", CLIENT_ADDR);
+    assert!(
+        access.lines().all(|l| l.starts_with(&client)),
+        "client addresses preserved:\n{access}"
+    );
 
     // Routing is by Host: an unknown one gets nginx's default server.
     let other = t.client.run(move || get(to, "c.example"));
