@@ -215,8 +215,7 @@ Environment=RUST_LOG=info
 CapabilityBoundingSet=CAP_BPF CAP_NET_ADMIN CAP_SYS_ADMIN
 AmbientCapabilities=CAP_BPF CAP_NET_ADMIN CAP_SYS_ADMIN
 NoNewPrivileges=yes
-ProtectHome=yes
-PrivateTmp=yes
+# No ProtectHome/PrivateTmp: a --source under /home or /tmp must stay readable.
 
 [Install]
 WantedBy=multi-user.target
