@@ -10,9 +10,14 @@ mod print;
 
 use std::io::IsTerminal as _;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use clap::Parser as _;
-use lb_agent::control::{ids::Ids, model::Model, plan::plan, source::SourceSpec};
+use lb_agent::control::{
+    ids::Ids,
+    model::Model,
+    plan::plan,
+    source::{kube, SourceSpec},
+};
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command, LogFormat, PlanArgs};
@@ -22,7 +27,7 @@ async fn main() -> Result<()> {
     let cli = Cli::parse_from(config::expand(std::env::args_os().collect())?);
     init_logging(cli.log_format);
     match cli.command {
-        Command::Plan(args) => plan_command(args),
+        Command::Plan(args) => plan_command(args).await,
         Command::Run(args) => agent::run(args).await,
         Command::Services(a) => ops_cli::services(a),
         Command::Backends(a) => ops_cli::backends(a),
@@ -47,12 +52,23 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-fn plan_command(args: PlanArgs) -> Result<()> {
-    let SourceSpec::File(path) = &args.inputs.source else {
-        bail!("--source kube is not implemented yet; use --source file:<path>");
+async fn plan_command(args: PlanArgs) -> Result<()> {
+    let model = match &args.inputs.source {
+        SourceSpec::File(path) => Model::load(path)
+            .with_context(|| format!("reading --source file:{}", path.display()))?,
+        // One complete list of the cluster; the watchers end with the process.
+        SourceSpec::Kube => {
+            let health = std::sync::Arc::new(kube::SourceHealth::default());
+            let models = kube::start(
+                args.inputs.kubeconfig.as_deref(),
+                &args.inputs.node_name,
+                health,
+            )
+            .await?;
+            let model = models.borrow().clone();
+            model
+        }
     };
-    let model =
-        Model::load(path).with_context(|| format!("reading --source file:{}", path.display()))?;
     // A fresh allocator: ids here are what an agent starting on empty maps
     // would use; a running agent's may differ.
     let mut ids = Ids::new(

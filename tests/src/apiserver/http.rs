@@ -236,6 +236,12 @@ fn answer(
             status(503, "ServiceUnavailable", "the API server double is down"),
         );
     }
+    if let Route::Collection { resource, .. } | Route::Item { resource, .. } = &route {
+        if st.forbidden.contains(resource) {
+            let msg = format!("{} is forbidden: the double denies it", resource.plural());
+            return Answer::Body(403, status(403, "Forbidden", &msg));
+        }
+    }
     if method != "GET" {
         return Answer::Body(
             405,
@@ -337,6 +343,7 @@ fn reason(code: u16) -> &'static str {
     match code {
         200 => "OK",
         400 => "Bad Request",
+        403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
         _ => "Service Unavailable",

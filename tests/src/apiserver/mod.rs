@@ -151,6 +151,17 @@ impl ApiServer {
         }
     }
 
+    /// Denies (403 Forbidden) or allows every request on `resource`, as an
+    /// RBAC role without it would.
+    pub fn set_forbidden(&self, resource: Resource, forbidden: bool) {
+        let mut st = self.st();
+        if forbidden {
+            st.forbidden.insert(resource);
+        } else {
+            st.forbidden.remove(&resource);
+        }
+    }
+
     /// Watches currently connected.
     pub fn open_watches(&self) -> usize {
         self.st().open_watches()

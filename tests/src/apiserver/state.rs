@@ -3,7 +3,7 @@
 //! of every request. The HTTP side ([`super::http`]) holds it behind a
 //! mutex for short critical sections, so a mutation and the events it sends
 //! to watches happen atomically, in resourceVersion order.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -149,6 +149,8 @@ pub struct State {
     pub bookmarks_sent: u64,
     /// While false every request gets 503 (an API server that is down).
     pub available: bool,
+    /// Resources whose every request gets 403 (RBAC not granting them).
+    pub forbidden: BTreeSet<Resource>,
 }
 
 impl Default for State {
@@ -163,6 +165,7 @@ impl Default for State {
             requests: Vec::new(),
             bookmarks_sent: 0,
             available: true,
+            forbidden: BTreeSet::new(),
         }
     }
 }

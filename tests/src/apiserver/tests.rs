@@ -266,6 +266,11 @@ fn bookmarks_cuts_timeouts_and_downtime() {
         "timeoutSeconds ends the watch cleanly"
     );
 
+    api.set_forbidden(Resource::Nodes, true);
+    assert_eq!(get(api.addr(), "/api/v1/nodes").0, 403);
+    assert_eq!(get(api.addr(), "/api/v1/services").0, 200);
+    api.set_forbidden(Resource::Nodes, false);
+
     api.set_available(false);
     let (code, status) = get(api.addr(), "/api/v1/nodes");
     assert_eq!((code, status["code"].as_u64()), (503, Some(503)));

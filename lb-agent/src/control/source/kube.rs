@@ -322,9 +322,18 @@ where
                 Err(e) => {
                     h.connected.store(false, Ordering::Relaxed);
                     h.errors.fetch_add(1, Ordering::Relaxed);
-                    // The stream retries by itself after a backoff; a 410
-                    // (expired resource version) is routine and ends in a relist.
-                    tracing::warn!(%kind, error = %e, "watch failed; retrying");
+                    // The stream retries by itself after a backoff.
+                    match status(&e) {
+                        Some(s) if s.is_forbidden() => tracing::error!(
+                            %kind, error = %e,
+                            "forbidden: the agent's service account needs get, list and watch on services, endpointslices.discovery.k8s.io and nodes (a ClusterRole bound to it); retrying"
+                        ),
+                        // An expired resource version: routine, ends in a relist.
+                        Some(s) if s.code == 410 => {
+                            tracing::info!(%kind, "resource version expired (410 Gone)")
+                        }
+                        _ => tracing::warn!(%kind, error = %e, "watch failed; retrying"),
+                    }
                 }
             }
         }
@@ -332,6 +341,17 @@ where
         tracing::error!(%kind, "watch stream ended; this resource is no longer followed");
     });
     store
+}
+
+/// The API server's `Status` behind a watcher error, if it answered one.
+fn status(e: &watcher::Error) -> Option<&kube::core::Status> {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => Some(s),
+        watcher::Error::WatchError(s) => Some(s),
+        _ => None,
+    }
 }
 
 /// Builds and sends a model after every debounced burst of changes, until
