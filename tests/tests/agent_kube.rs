@@ -22,7 +22,7 @@ use xdplb_tests::{
     agent::{agent_binary, programmed, WEB_CLUSTER_IP},
     apiserver::{objects, ApiServer, Resource},
     netns::Netns,
-    servers::{tally, Server},
+    servers::{http_get, tally, Server},
     topology::{backend_addr, Topology, NODE_ADDR, UPLINK},
     wait_for,
 };
@@ -548,6 +548,23 @@ fn agent_follows_the_api_server_through_edits_cuts_410_and_deletion() {
     web(&api, &[0, 1, 2]);
     wait_programmed(&mut agent, &dp, &[0, 1, 2]);
     assert_eq!(counts(&t, 30), per(&[(0, 10), (1, 10), (2, 10)]));
+
+    // As a NodePort: served on the address of the Node object (watched by
+    // name; no --node-address given).
+    let svc = objects::service("shop", "web", WEB_CLUSTER_IP, 80);
+    api.apply(objects::with_node_port(svc, 30080));
+    let node_port = SocketAddr::from((NODE_ADDR, 30080));
+    let served = wait_for(Duration::from_secs(20), || {
+        t.client.run(move || http_get(node_port).is_ok())
+    });
+    assert!(
+        served,
+        "NodePort never served on the Node's address:\n{}",
+        agent.log()
+    );
+    let np = tally(&t.client, node_port, 9);
+    assert_eq!(np.values().sum::<usize>(), 9, "{np:?}");
+    assert_eq!(np.len(), 3, "{np:?}");
 
     // Update the slice: backend-2 gets no new connection.
     web_slice(&api, &[0, 1]);

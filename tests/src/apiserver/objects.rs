@@ -16,6 +16,13 @@ pub fn service(namespace: &str, name: &str, cluster_ip: Ipv4Addr, port: u16) -> 
     })
 }
 
+/// `svc` as a NodePort Service, its port on `node_port` of every node address.
+pub fn with_node_port(mut svc: Value, node_port: u16) -> Value {
+    svc["spec"]["type"] = json!("NodePort");
+    svc["spec"]["ports"][0]["nodePort"] = json!(node_port);
+    svc
+}
+
 /// An EndpointSlice of `service` with one ready endpoint per address, port
 /// `http` = `port`, on node `node`.
 pub fn slice(

@@ -104,7 +104,9 @@ pub struct WatchHealth {
 
 impl WatchHealth {
     /// Whether the last step of the watch succeeded (false from an error
-    /// until the next event).
+    /// until the next event). kube-client retries 429/503/504 answers itself
+    /// (with backoff) before the watcher sees an error, so an API server
+    /// answering 503 still shows as connected meanwhile; `last_event` ages.
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
     }
