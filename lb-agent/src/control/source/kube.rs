@@ -56,18 +56,19 @@ pub const DEBOUNCE: Duration = Duration::from_millis(100);
 /// so a never-quiet cluster still gets its changes programmed.
 pub const MAX_DELAY: Duration = Duration::from_secs(1);
 
-/// Why the kube source could not start.
+/// Why the kube source could not start. The underlying error is the
+/// `source()`, so `anyhow` prints it once, under "Caused by".
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
-    #[error("reading the kubeconfig {path}: {source}")]
+    #[error("reading the kubeconfig {path}")]
     ReadKubeconfig {
         path: String,
         source: kube::config::KubeconfigError,
     },
-    #[error("no Kubernetes configuration found (not in a pod, no KUBECONFIG, no ~/.kube/config); pass --kubeconfig <file>: {0}")]
-    Infer(kube::config::InferConfigError),
-    #[error("building the Kubernetes client: {0}")]
-    Client(kube::Error),
+    #[error("no Kubernetes configuration found (not in a pod, no KUBECONFIG, no ~/.kube/config); pass --kubeconfig <file>")]
+    Infer(#[source] kube::config::InferConfigError),
+    #[error("building the Kubernetes client")]
+    Client(#[source] kube::Error),
     #[error("the {0} watcher stopped before its first complete list")]
     Stopped(&'static str),
 }
