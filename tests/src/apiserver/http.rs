@@ -203,7 +203,7 @@ async fn connection(mut sock: TcpStream, state: Arc<Mutex<State>>) {
             let _ = tx.send(event);
             drop(tx);
             // The channel ends after the event: the watch is over, cleanly.
-            stream(sock, rx, Duration::ZERO, true).await
+            stream(sock, rx, DEFAULT_WATCH_TIMEOUT, true).await
         }
         Answer::Watch(rx) => {
             let timeout = q
@@ -374,11 +374,7 @@ async fn stream(
         return;
     }
     let (mut rd, mut wr) = sock.split();
-    let deadline = tokio::time::sleep(if ends_cleanly {
-        DEFAULT_WATCH_TIMEOUT
-    } else {
-        timeout
-    });
+    let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
     let mut scratch = [0u8; 256];
     loop {
