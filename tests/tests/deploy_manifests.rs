@@ -99,6 +99,10 @@ struct Objects {
     /// Kustomizations and agent configurations: (file, JSON).
     kustomizations: Vec<(PathBuf, Value)>,
     agent_configs: Vec<PathBuf>,
+    deployments: Vec<Deployment>,
+    services: Vec<Service>,
+    ingresses: Vec<Ingress>,
+    ingress_classes: Vec<IngressClass>,
     count: usize,
 }
 
@@ -127,10 +131,10 @@ fn objects() -> Objects {
             Some("Role") => drop(round_trip::<Role>(&file, &v)),
             Some("RoleBinding") => drop(round_trip::<RoleBinding>(&file, &v)),
             Some("ConfigMap") => drop(round_trip::<ConfigMap>(&file, &v)),
-            Some("Deployment") => drop(round_trip::<Deployment>(&file, &v)),
-            Some("Service") => drop(round_trip::<Service>(&file, &v)),
-            Some("Ingress") => drop(round_trip::<Ingress>(&file, &v)),
-            Some("IngressClass") => drop(round_trip::<IngressClass>(&file, &v)),
+            Some("Deployment") => o.deployments.push(round_trip(&file, &v)),
+            Some("Service") => o.services.push(round_trip(&file, &v)),
+            Some("Ingress") => o.ingresses.push(round_trip(&file, &v)),
+            Some("IngressClass") => o.ingress_classes.push(round_trip(&file, &v)),
             Some(k) => panic!(
                 "{}: kind {k} ({api}) is not checked here: add it to this test",
                 file.display()
@@ -563,4 +567,104 @@ fn kustomizations_reference_files_that_exist_and_patches_that_apply() {
             round_trip::<DaemonSet>(file, &patched);
         }
     }
+}
+
+#[test]
+fn the_example_services_select_pods_and_ports_that_exist() {
+    // What a cluster would only reveal at run time: a Service whose selector
+    // matches no pod, a named targetPort no container declares, an Ingress
+    // pointing at a missing Service, port or class.
+    let o = objects();
+    assert!(!o.services.is_empty() && !o.ingresses.is_empty());
+    for svc in &o.services {
+        let (name, ns) = (
+            svc.metadata.name.as_deref().unwrap(),
+            svc.metadata.namespace.as_deref(),
+        );
+        let spec = svc.spec.as_ref().unwrap();
+        let selector = spec.selector.clone().unwrap_or_default();
+        let pods: Vec<_> = o
+            .deployments
+            .iter()
+            .filter(|d| d.metadata.namespace.as_deref() == ns)
+            .filter_map(|d| Some(d.spec.as_ref()?.template.clone()))
+            .filter(|t| {
+                let labels = t
+                    .metadata
+                    .as_ref()
+                    .and_then(|m| m.labels.clone())
+                    .unwrap_or_default();
+                selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+            })
+            .collect();
+        assert!(
+            !selector.is_empty() && !pods.is_empty(),
+            "Service {name} selects no Deployment's pods"
+        );
+        for port in spec.ports.iter().flatten() {
+            if let Some(IntOrString::String(target)) = &port.target_port {
+                for t in &pods {
+                    let declared = t
+                        .spec
+                        .iter()
+                        .flat_map(|s| &s.containers)
+                        .flat_map(|c| c.ports.iter().flatten());
+                    assert!(
+                        declared
+                            .clone()
+                            .any(|p| p.name.as_deref() == Some(target.as_str())),
+                        "Service {name}: targetPort {target} is no container port of its pods"
+                    );
+                }
+            }
+        }
+    }
+    for ing in &o.ingresses {
+        let ns = ing.metadata.namespace.as_deref();
+        let spec = ing.spec.as_ref().unwrap();
+        let class = spec
+            .ingress_class_name
+            .as_deref()
+            .expect("ingressClassName");
+        assert!(
+            o.ingress_classes
+                .iter()
+                .any(|c| c.metadata.name.as_deref() == Some(class)),
+            "no IngressClass {class}"
+        );
+        for rule in spec.rules.iter().flatten() {
+            for path in rule.http.iter().flat_map(|h| &h.paths) {
+                let b = path.backend.service.as_ref().expect("a Service backend");
+                let svc = o
+                    .services
+                    .iter()
+                    .find(|s| {
+                        s.metadata.namespace.as_deref() == ns
+                            && s.metadata.name.as_deref() == Some(b.name.as_str())
+                    })
+                    .unwrap_or_else(|| panic!("Ingress backend {} does not exist", b.name));
+                let number = b
+                    .port
+                    .as_ref()
+                    .and_then(|p| p.number)
+                    .expect("a port number");
+                let ports = svc.spec.as_ref().unwrap().ports.clone().unwrap_or_default();
+                assert!(
+                    ports.iter().any(|p| p.port == number),
+                    "Service {} has no port {number}",
+                    b.name
+                );
+            }
+        }
+    }
+    // The controller's VIP is a LoadBalancer Service: what xdplb balances.
+    let lb = o
+        .services
+        .iter()
+        .filter(|s| s.spec.as_ref().unwrap().type_.as_deref() == Some("LoadBalancer"));
+    assert_eq!(
+        lb.count(),
+        1,
+        "the ingress controller's Service is the one LoadBalancer"
+    );
 }
