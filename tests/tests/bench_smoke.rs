@@ -6,7 +6,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-const UNITS: &[&str] = &["ns/packet", "Mpps", "x"];
+const UNITS: &[&str] = &["ns/packet", "Mpps", "x", "ms", "s", "us", "%", "MiB", "conn/s"];
 
 /// Figures every run must report (at the smoke run's 1 and 10 services).
 const REQUIRED: &[&str] = &[
@@ -23,6 +23,21 @@ const REQUIRED: &[&str] = &[
     "live/xdplb_10_services",
     "live/iptables_10_services",
     "ratio/xdplb_over_iptables_10_services",
+    // Agent, Maglev, balancing spread, TCP connections (at the smoke run's sizes).
+    "agent/cold_program_100_services",
+    "agent/rss_100_services",
+    "agent/endpoint_change_to_map_p50",
+    "agent/endpoint_change_to_map_p99",
+    "maglev/build_100_backends_m16381",
+    "maglev/max_share_over_ideal_n10",
+    "maglev/table_changed_removing_1_of_100",
+    "spread/random_max_over_ideal",
+    "spread/round_robin_max_over_ideal",
+    "spread/least_conn_max_over_ideal",
+    "spread/least_conn_preloaded_backend_share",
+    "conn/via_cluster_ip_rate",
+    "conn/direct_to_backend_p99",
+    "ratio/conn_rate_cluster_ip_over_direct",
 ];
 
 #[test]
@@ -57,6 +72,21 @@ fn bench_smoke_writes_well_formed_json() {
     }
     for want in REQUIRED {
         assert!(figures.iter().any(|f| f["name"] == *want), "figure {want} missing");
+    }
+    // The newer sections state their sizes too.
+    for (section, keys) in [
+        ("agent", &["services", "agent_build"][..]),
+        ("maglev", &["backends", "table_size"][..]),
+        ("balance", &["flows", "backends", "counts"][..]),
+        ("conn", &["backends", "threads", "rounds"][..]),
+    ] {
+        let fs: Vec<_> = figures.iter().filter(|f| f["section"] == section).collect();
+        assert!(!fs.is_empty(), "no {section} figures");
+        for f in fs {
+            for key in keys {
+                assert!(!f["conditions"][*key].is_null(), "{}: condition {key}", f["name"]);
+            }
+        }
     }
     // Per-packet figures state what they were measured at.
     for f in figures.iter().filter(|f| f["section"] == "prog_cost" && f["name"].as_str().unwrap().starts_with("xdp_lb")) {

@@ -10,11 +10,15 @@
 //! - [`chart`]: an SVG of rate against service count, xdplb vs iptables.
 //!
 //! Figures are only comparable within one run: the machine is shared.
+pub mod agent;
 pub mod chart;
+pub mod conn;
 pub mod cost;
 pub mod dataplane;
+pub mod extra;
 pub mod iptables;
 pub mod live;
+pub mod maglev;
 pub mod progs;
 pub mod report;
 pub mod stats;

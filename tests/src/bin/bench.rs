@@ -63,6 +63,8 @@ fn main() -> Result<()> {
     println!("\n== live forwarding (live-frames generator over veth, 64-byte UDP)");
     live::run(&mut progs, &lopts, &mut report)?;
 
+    xdplb_tests::bench::extra::run(&format!("{mode:?}"), &mut report)?;
+
     let elapsed = start.elapsed().as_secs_f64();
     println!("\n{}", report.table());
     let mode_name = format!("{mode:?}").to_lowercase();
