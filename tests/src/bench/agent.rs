@@ -38,7 +38,11 @@ fn objects(services: u32, per: u32) -> String {
              - apiVersion: discovery.k8s.io/v1\n  kind: EndpointSlice\n  metadata: {{name: svc-{s}-1, namespace: scale, labels: {{kubernetes.io/service-name: svc-{s}}}}}\n  addressType: IPv4\n  ports: [{{name: http, port: 8080, protocol: TCP}}]\n  endpoints:\n"
         );
         for e in 0..per {
-            let _ = writeln!(y, "  - addresses: [{}]", Ipv4Addr::from(0x0a80_0000 + s * per + e));
+            let _ = writeln!(
+                y,
+                "  - addresses: [{}]",
+                Ipv4Addr::from(0x0a80_0000 + s * per + e)
+            );
         }
     }
     y
@@ -61,9 +65,23 @@ fn probe_addr(i: usize) -> Ipv4Addr {
 
 /// The probe service's first backend address in the maps (a few lookups).
 fn probe_backend(dp: &lb_agent::dataplane::Dataplane) -> Option<Ipv4Addr> {
-    let key = ServiceKeyV4 { addr: PROBE_VIP.octets(), port: 80u16.to_be_bytes(), proto: 6, scope: 0 };
+    let key = ServiceKeyV4 {
+        addr: PROBE_VIP.octets(),
+        port: 80u16.to_be_bytes(),
+        proto: 6,
+        scope: 0,
+    };
     let svc = dp.services.get(&key, 0).ok()?;
-    let id = dp.slots.get(&SlotKey { service_id: svc.id, slot: 1 }, 0).ok()?;
+    let id = dp
+        .slots
+        .get(
+            &SlotKey {
+                service_id: svc.id,
+                slot: 1,
+            },
+            0,
+        )
+        .ok()?;
     dp.backends.get(&id, 0).ok().map(|b| Ipv4Addr::from(b.addr))
 }
 
@@ -74,15 +92,23 @@ fn agent_pid(pin_dir: &Path) -> Option<u32> {
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
         let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
         let exe = std::fs::read_link(e.path().join("exe")).ok()?;
-        (exe.file_name()? == "lb-agent" && String::from_utf8_lossy(&cmd).contains(&needle)).then_some(pid)
+        (exe.file_name()? == "lb-agent" && String::from_utf8_lossy(&cmd).contains(&needle))
+            .then_some(pid)
     })
 }
 
 /// VmRSS and VmHWM of `pid`, in kB.
 fn memory_kb(pid: u32) -> Result<(u64, u64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |k: &str| s.lines().find_map(|l| l.strip_prefix(k)).and_then(|v| v.trim().trim_end_matches(" kB").parse().ok());
-    Ok((field("VmRSS:").context("VmRSS")?, field("VmHWM:").context("VmHWM")?))
+    let field = |k: &str| {
+        s.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+    };
+    Ok((
+        field("VmRSS:").context("VmRSS")?,
+        field("VmHWM:").context("VmHWM")?,
+    ))
 }
 
 fn pct(sorted: &[f64], p: f64) -> f64 {
@@ -93,7 +119,11 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
     let bin = agent_binary();
     // Later starts must not run `cargo build` again inside the timed span.
     std::env::set_var("XDPLB_AGENT_BIN", &bin);
-    let build = if bin.components().any(|c| c.as_os_str() == "release") { "release" } else { "debug" };
+    let build = if bin.components().any(|c| c.as_os_str() == "release") {
+        "release"
+    } else {
+        "debug"
+    };
     let t = Topology::new(0);
     let dir = std::env::temp_dir().join(format!("xlbb-{}-agent", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -103,7 +133,16 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
     write(&dir, "probe-service.yaml", PROBE_SERVICE);
     write(&dir, "probe-slice.yaml", &probe_slice(probe_addr(0)));
     let endpoints = o.services * o.per_service;
-    let sizes = ["--max-services", "16384", "--max-backends", "131072", "--max-slots", "131072", "--max-flows", "65536"];
+    let sizes = [
+        "--max-services",
+        "16384",
+        "--max-backends",
+        "131072",
+        "--max-slots",
+        "131072",
+        "--max-flows",
+        "65536",
+    ];
 
     let start = Instant::now();
     let mut agent = Agent::start_with(&t.node, &dir, &sizes);
@@ -115,17 +154,39 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
     let cold = start.elapsed().as_secs_f64();
     ensure!(synced, "no sync within 300 s:\n{}", agent.log());
     let c = dp.contents()?;
-    ensure!(c.services.len() as u32 == o.services + 1, "{} services in the maps", c.services.len());
-    ensure!(c.backends.len() as u32 == endpoints + 1, "{} backends in the maps", c.backends.len());
+    ensure!(
+        c.services.len() as u32 == o.services + 1,
+        "{} services in the maps",
+        c.services.len()
+    );
+    ensure!(
+        c.backends.len() as u32 == endpoints + 1,
+        "{} backends in the maps",
+        c.backends.len()
+    );
     let sync_us: f64 = agent
         .log()
         .lines()
         .find(|l| l.contains("synced"))
-        .and_then(|l| l.split("elapsed_us=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .and_then(|l| {
+            l.split("elapsed_us=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
         .unwrap_or(0.0);
     let cond = json!({"services": o.services, "endpoints": endpoints, "agent_build": build, "source": "file (one List YAML)",
                       "measured": "process start -> first synced log line, maps checked"});
-    r.add("agent", &format!("agent/cold_program_{}_services", o.services), cold, None, "s", cond);
+    r.add(
+        "agent",
+        &format!("agent/cold_program_{}_services", o.services),
+        cold,
+        None,
+        "s",
+        cond,
+    );
     r.add(
         "agent",
         &format!("agent/first_sync_{}_services", o.services),
@@ -138,8 +199,22 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
     let pid = agent_pid(&agent.pin_dir).context("finding the agent's pid")?;
     let (rss, hwm) = memory_kb(pid)?;
     let mcond = json!({"services": o.services, "endpoints": endpoints, "agent_build": build, "pid_status": "/proc/<pid>/status"});
-    r.add("agent", &format!("agent/rss_{}_services", o.services), rss as f64 / 1024.0, None, "MiB", mcond.clone());
-    r.add("agent", &format!("agent/peak_rss_{}_services", o.services), hwm as f64 / 1024.0, None, "MiB", mcond);
+    r.add(
+        "agent",
+        &format!("agent/rss_{}_services", o.services),
+        rss as f64 / 1024.0,
+        None,
+        "MiB",
+        mcond.clone(),
+    );
+    r.add(
+        "agent",
+        &format!("agent/peak_rss_{}_services", o.services),
+        hwm as f64 / 1024.0,
+        None,
+        "MiB",
+        mcond,
+    );
 
     // Endpoint change → map write, one change at a time.
     let mut ms = Vec::new();
@@ -155,7 +230,10 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
             }
             if t0.elapsed() > Duration::from_secs(60) {
                 agent.assert_alive();
-                bail!("change {i} ({want}) not in the maps after 60 s:\n{}", agent.log());
+                bail!(
+                    "change {i} ({want}) not in the maps after 60 s:\n{}",
+                    agent.log()
+                );
             }
             std::thread::sleep(Duration::from_micros(250));
         }
@@ -165,8 +243,22 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
     let ccond = json!({"services": o.services + 1, "endpoints": endpoints + 1, "changes": o.changes, "agent_build": build,
                        "measured": "EndpointSlice file renamed into place -> new backend read back from the maps (250 us polls)",
                        "file_source": "polls every 200 ms, 100 ms debounce"});
-    r.add("agent", "agent/endpoint_change_to_map_p50", pct(&ms, 50.0), None, "ms", ccond.clone());
-    r.add("agent", "agent/endpoint_change_to_map_p99", pct(&ms, 99.0), None, "ms", ccond);
+    r.add(
+        "agent",
+        "agent/endpoint_change_to_map_p50",
+        pct(&ms, 50.0),
+        None,
+        "ms",
+        ccond.clone(),
+    );
+    r.add(
+        "agent",
+        "agent/endpoint_change_to_map_p99",
+        pct(&ms, 99.0),
+        None,
+        "ms",
+        ccond,
+    );
     let (rss, hwm) = memory_kb(pid)?;
     r.add(
         "agent",

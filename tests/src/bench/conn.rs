@@ -73,15 +73,23 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 
 pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
     let t = Topology::new(o.backends);
-    let _servers: Vec<_> = (0..o.backends).map(|i| Server::start(&t.backends[i], 8080, &format!("backend-{i}"))).collect();
+    let _servers: Vec<_> = (0..o.backends)
+        .map(|i| Server::start(&t.backends[i], 8080, &format!("backend-{i}")))
+        .collect();
     let mut lb = Lb::attach(&t.node, UPLINK, &[POD_IFACE]);
-    let svc = (0..o.backends).fold(Svc::new(1, IPPROTO_TCP, algorithm::ROUND_ROBIN).frontend(VIP, 80), |s, i| s.backend(i as u32 + 1, backend_addr(i), 8080));
+    let svc = (0..o.backends).fold(
+        Svc::new(1, IPPROTO_TCP, algorithm::ROUND_ROBIN).frontend(VIP, 80),
+        |s, i| s.backend(i as u32 + 1, backend_addr(i), 8080),
+    );
     lb.program(&contents(&[svc]));
-    t.client.sysctl("net.ipv4.ip_local_port_range", "1024 65535");
+    t.client
+        .sysctl("net.ipv4.ip_local_port_range", "1024 65535");
     t.client.sysctl("net.ipv4.tcp_tw_reuse", "1");
 
     let via = vec![SocketAddr::from((VIP, 80))];
-    let direct: Vec<SocketAddr> = (0..o.backends).map(|i| SocketAddr::from((backend_addr(i), 8080))).collect();
+    let direct: Vec<SocketAddr> = (0..o.backends)
+        .map(|i| SocketAddr::from((backend_addr(i), 8080)))
+        .collect();
     // Both paths answer before anything is timed.
     let (v, d) = (via[0], direct.clone());
     t.client.run(move || -> Result<()> {
@@ -112,12 +120,47 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
         let cond = json!({"backends": o.backends, "threads": o.threads, "seconds_per_round": o.seconds, "rounds": o.rounds,
                           "connections": lat.len(), "errors": errors, "request": "connect + HTTP/1.0 GET + read body + close",
                           "lb": if k == 0 { "xdplb XDP (round-robin) + tc egress reverse NAT" } else { "xdplb attached, non-service path" }});
-        r.add("conn", &format!("conn/{}_rate", names[k]), rate[k], Some(stats::min(rates)), "conn/s", cond.clone());
-        r.add("conn", &format!("conn/{}_p50", names[k]), p50[k], None, "us", cond.clone());
-        r.add("conn", &format!("conn/{}_p99", names[k]), pct(lat, 99.0), None, "us", cond);
+        r.add(
+            "conn",
+            &format!("conn/{}_rate", names[k]),
+            rate[k],
+            Some(stats::min(rates)),
+            "conn/s",
+            cond.clone(),
+        );
+        r.add(
+            "conn",
+            &format!("conn/{}_p50", names[k]),
+            p50[k],
+            None,
+            "us",
+            cond.clone(),
+        );
+        r.add(
+            "conn",
+            &format!("conn/{}_p99", names[k]),
+            pct(lat, 99.0),
+            None,
+            "us",
+            cond,
+        );
     }
     let cond = json!({"backends": o.backends, "threads": o.threads, "rounds": o.rounds, "alternated": true});
-    r.add("conn", "ratio/conn_rate_cluster_ip_over_direct", rate[0] / rate[1], None, "x", cond.clone());
-    r.add("conn", "ratio/conn_p50_cluster_ip_over_direct", p50[0] / p50[1], None, "x", cond);
+    r.add(
+        "conn",
+        "ratio/conn_rate_cluster_ip_over_direct",
+        rate[0] / rate[1],
+        None,
+        "x",
+        cond.clone(),
+    );
+    r.add(
+        "conn",
+        "ratio/conn_p50_cluster_ip_over_direct",
+        p50[0] / p50[1],
+        None,
+        "x",
+        cond,
+    );
     Ok(())
 }

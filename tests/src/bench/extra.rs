@@ -8,26 +8,73 @@ use super::{agent, conn, maglev, report::Report};
 pub fn run(mode: &str, report: &mut Report) -> Result<()> {
     let (aopts, mopts, copts) = match mode {
         "Smoke" => (
-            agent::Opts { services: 100, per_service: 10, changes: 3 },
-            maglev::Opts { builds: &[(100, 16381)], build_runs: 3, flows: 1000, backends: 10 },
-            conn::Opts { seconds: 0.3, rounds: 1, threads: 2, backends: 3 },
+            agent::Opts {
+                services: 100,
+                per_service: 10,
+                changes: 3,
+            },
+            maglev::Opts {
+                builds: &[(100, 16381)],
+                build_runs: 3,
+                flows: 1000,
+                backends: 10,
+            },
+            conn::Opts {
+                seconds: 0.3,
+                rounds: 1,
+                threads: 2,
+                backends: 3,
+            },
         ),
         "Quick" => (
-            agent::Opts { services: 1000, per_service: 10, changes: 20 },
-            maglev::Opts { builds: &[(100, 16381), (1000, 16381), (100, 65537), (1000, 65537)], build_runs: 5, flows: 10_000, backends: 10 },
-            conn::Opts { seconds: 1.0, rounds: 2, threads: 2, backends: 3 },
+            agent::Opts {
+                services: 1000,
+                per_service: 10,
+                changes: 20,
+            },
+            maglev::Opts {
+                builds: &[(100, 16381), (1000, 16381), (100, 65537), (1000, 65537)],
+                build_runs: 5,
+                flows: 10_000,
+                backends: 10,
+            },
+            conn::Opts {
+                seconds: 1.0,
+                rounds: 2,
+                threads: 2,
+                backends: 3,
+            },
         ),
         _ => (
-            agent::Opts { services: 10_000, per_service: 10, changes: 60 },
-            maglev::Opts { builds: &[(100, 16381), (1000, 16381), (100, 65537), (1000, 65537)], build_runs: 9, flows: 10_000, backends: 10 },
-            conn::Opts { seconds: 3.0, rounds: 3, threads: 2, backends: 3 },
+            agent::Opts {
+                services: 10_000,
+                per_service: 10,
+                changes: 60,
+            },
+            maglev::Opts {
+                builds: &[(100, 16381), (1000, 16381), (100, 65537), (1000, 65537)],
+                build_runs: 9,
+                flows: 10_000,
+                backends: 10,
+            },
+            conn::Opts {
+                seconds: 3.0,
+                rounds: 3,
+                threads: 2,
+                backends: 3,
+            },
         ),
     };
     println!("\n== Maglev tables and the dataplane's spread of new flows");
     maglev::run(&mopts, report)?;
-    println!("\n== TCP connections: ClusterIP vs direct (Rust client, fresh connection per request)");
+    println!(
+        "\n== TCP connections: ClusterIP vs direct (Rust client, fresh connection per request)"
+    );
     conn::run(&copts, report)?;
-    println!("\n== the real lb-agent ({} services x {} endpoints, file source)", aopts.services, aopts.per_service);
+    println!(
+        "\n== the real lb-agent ({} services x {} endpoints, file source)",
+        aopts.services, aopts.per_service
+    );
     agent::run(&aopts, report)?;
     Ok(())
 }
