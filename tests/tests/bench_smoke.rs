@@ -6,17 +6,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-const UNITS: &[&str] = &[
-    "ns/packet",
-    "Mpps",
-    "x",
-    "ms",
-    "s",
-    "us",
-    "%",
-    "MiB",
-    "conn/s",
-];
+const UNITS: &[&str] = &["ns/packet", "Mpps", "x", "ms", "s", "us", "%", "MiB", "conn/s"];
 
 /// Figures every run must report (at the smoke run's 1 and 10 services).
 const REQUIRED: &[&str] = &[
@@ -59,29 +49,16 @@ fn bench_smoke_writes_well_formed_json() {
         .arg(&dir)
         .output()
         .expect("running xdplb-bench");
-    assert!(
-        out.status.success(),
-        "xdplb-bench --smoke failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "xdplb-bench --smoke failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 
     let text = std::fs::read_to_string(dir.join("latest.json")).expect("latest.json written");
     let _ = std::fs::remove_dir_all(&dir);
     let doc: Value = serde_json::from_str(&text).expect("valid JSON");
     assert_eq!(doc["schema"], "xdplb-bench/1");
     assert_eq!(doc["mode"], "smoke");
-    assert!(
-        doc["kernel"].as_str().is_some_and(|k| !k.is_empty()),
-        "kernel: {}",
-        doc["kernel"]
-    );
+    assert!(doc["kernel"].as_str().is_some_and(|k| !k.is_empty()), "kernel: {}", doc["kernel"]);
     assert!(doc["commit"].is_string(), "commit: {}", doc["commit"]);
-    assert!(
-        doc["machine"]["cpus"].as_u64().is_some_and(|n| n > 0),
-        "machine: {}",
-        doc["machine"]
-    );
+    assert!(doc["machine"]["cpus"].as_u64().is_some_and(|n| n > 0), "machine: {}", doc["machine"]);
 
     let figures = doc["figures"].as_array().expect("figures array");
     for f in figures {
@@ -90,17 +67,11 @@ fn bench_smoke_writes_well_formed_json() {
         let unit = f["unit"].as_str().expect("unit");
         assert!(UNITS.contains(&unit), "{name}: unit {unit}");
         let v = f["value"].as_f64().expect("numeric value");
-        assert!(
-            v.is_finite() && v > 0.0,
-            "{name}: value {v} must be positive"
-        );
+        assert!(v.is_finite() && v > 0.0, "{name}: value {v} must be positive");
         assert!(f["conditions"].is_object(), "{name}: conditions object");
     }
     for want in REQUIRED {
-        assert!(
-            figures.iter().any(|f| f["name"] == *want),
-            "figure {want} missing"
-        );
+        assert!(figures.iter().any(|f| f["name"] == *want), "figure {want} missing");
     }
     // The newer sections state their sizes too.
     for (section, keys) in [
@@ -113,30 +84,14 @@ fn bench_smoke_writes_well_formed_json() {
         assert!(!fs.is_empty(), "no {section} figures");
         for f in fs {
             for key in keys {
-                assert!(
-                    !f["conditions"][*key].is_null(),
-                    "{}: condition {key}",
-                    f["name"]
-                );
+                assert!(!f["conditions"][*key].is_null(), "{}: condition {key}", f["name"]);
             }
         }
     }
     // Per-packet figures state what they were measured at.
-    for f in figures.iter().filter(|f| {
-        f["section"] == "prog_cost" && f["name"].as_str().unwrap().starts_with("xdp_lb")
-    }) {
-        for key in [
-            "services",
-            "backends_per_service",
-            "repeat",
-            "rounds",
-            "floor_ns",
-        ] {
-            assert!(
-                f["conditions"][key].is_number(),
-                "{}: condition {key}",
-                f["name"]
-            );
+    for f in figures.iter().filter(|f| f["section"] == "prog_cost" && f["name"].as_str().unwrap().starts_with("xdp_lb")) {
+        for key in ["services", "backends_per_service", "repeat", "rounds", "floor_ns"] {
+            assert!(f["conditions"][key].is_number(), "{}: condition {key}", f["name"]);
         }
     }
 }
