@@ -5,10 +5,15 @@ use anyhow::Result;
 
 /// Runs the benchmark; `quick` is the one-minute version, `smoke` the
 /// structure check the test suite runs.
-pub fn run(quick: bool, smoke: bool, out: Option<&str>) -> Result<()> {
+pub fn run(quick: bool, smoke: bool, out: Option<&str>, pktgen_vm: bool) -> Result<()> {
     crate::provision::all()?;
+    if pktgen_vm {
+        crate::provision::vm_tools()?;
+    }
     let mut args = vec!["run", "--release", "-q", "-p", "xdplb-tests", "--bin", "xdplb-bench", "--"];
-    if smoke {
+    if pktgen_vm {
+        args.push("--pktgen-vm");
+    } else if smoke {
         args.push("--smoke");
     } else if quick {
         args.push("--quick");

@@ -47,8 +47,28 @@ fn step(what: &str, cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// What `bench --pktgen-vm` needs besides the default tools: QEMU, a static
+/// busybox for the initramfs, cpio to pack it, and apt-get's download (the
+/// kernel package itself is unpacked by the benchmark, not installed).
+const VM_TOOLS: &[(&str, &str)] = &[
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("busybox", "busybox-static"),
+    ("cpio", "cpio"),
+    ("modinfo", "kmod"),
+    ("xz", "xz-utils"),
+];
+
+/// Installs [`VM_TOOLS`] when missing (only for `bench --pktgen-vm`).
+pub fn vm_tools() -> Result<()> {
+    install_missing(VM_TOOLS)
+}
+
 fn system_tools() -> Result<()> {
-    let missing: Vec<&str> = TOOLS
+    install_missing(TOOLS)
+}
+
+fn install_missing(tools: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = tools
         .iter()
         .filter(|(tool, _)| !ok(Command::new("sh").args(["-c", &format!("command -v {tool}")])))
         .map(|(_, pkg)| *pkg)

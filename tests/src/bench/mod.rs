@@ -22,6 +22,7 @@ pub mod maglev;
 pub mod progs;
 pub mod report;
 pub mod stats;
+pub mod vm;
 
 /// Pins the calling thread to `cpu` (None: every CPU).
 pub fn pin(cpu: Option<usize>) {

@@ -19,11 +19,14 @@ enum Mode {
 fn main() -> Result<()> {
     let mut mode = Mode::Full;
     let mut out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    let mut pktgen_vm = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => mode = Mode::Quick,
             "--smoke" => mode = Mode::Smoke,
+            // The pktgen-in-a-VM workflow check alone (opt-in; see bench::vm).
+            "--pktgen-vm" => pktgen_vm = true,
             "--out" => out = args.next().map(PathBuf::from).unwrap_or(out),
             // Redraws the chart of an earlier run: `--chart target/bench/bench-<t>.json`.
             "--chart" => return redraw(&PathBuf::from(args.next().unwrap_or_default())),
@@ -33,6 +36,13 @@ fn main() -> Result<()> {
     xdplb_tests::require_root();
     let start = std::time::Instant::now();
     let mut report = Report::default();
+    if pktgen_vm {
+        xdplb_tests::bench::vm::run(&out, 500_000, &mut report)?;
+        println!("\n{}", report.table());
+        let path = report.write(&out.join("vm"), "pktgen-vm", start.elapsed().as_secs_f64())?;
+        println!("wrote {}", path.display());
+        return Ok(());
+    }
     let mut progs = BenchProgs::load()?;
 
     let copts = match mode {
