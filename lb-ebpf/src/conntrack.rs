@@ -247,10 +247,17 @@ pub fn reply(p: &Packet) -> Option<Rewrite> {
     let key = key_of(p);
     // SAFETY: as in `established`.
     let entry = unsafe { &mut *conntrack_v4.get_ptr_mut(key)? };
-    if entry.direction != direction::REPLY {
+    let now = now();
+    // A stale entry must not capture a new connection that reuses the tuple
+    // (e.g. a client talking to the backend directly from a port it once used
+    // for the service): expired entries and a SYN on a closed flow are not ours.
+    if entry.direction != direction::REPLY
+        || now.wrapping_sub(entry.last_seen_ns) > timeout_ns(entry, p.proto)
+        || (p.tcp_flags & TCP_SYN != 0 && entry.flags & flow_flags::CLOSING != 0)
+    {
         return None;
     }
     entry.flags |= flow_flags::SEEN_REPLY;
-    touch(entry, p, now());
+    touch(entry, p, now);
     Some(Rewrite::of(entry.nat_addr, entry.nat_port, entry))
 }

@@ -458,3 +458,20 @@ fn idle_udp_flow_expires_after_its_timeout() {
         "an expired flow is balanced anew"
     );
 }
+
+#[test]
+fn a_closed_flow_does_not_capture_a_direct_connection_reusing_its_ports() {
+    let mut lb = Lb::load();
+    lb.program(&contents(&services()));
+    // A ClusterIP connection from port 43000, closed by both sides.
+    run(&lb, "xdp_lb", &Frame::tcp(CLIENT, 43000, CLUSTER_IP, 80, TCP_SYN).bytes());
+    let fin = xdplb_tests::packet::TCP_FIN | TCP_ACK;
+    let (_, out) = run(&lb, "tc_egress", &Frame::tcp(B1, 8080, CLIENT, 43000, fin).bytes());
+    assert_eq!(&out[26..30], &CLUSTER_IP.octets(), "the flow's own FIN is still reverse-NATed");
+    run(&lb, "xdp_lb", &Frame::tcp(CLIENT, 43000, CLUSTER_IP, 80, fin).bytes());
+    // The client now dials the backend directly from the same port: the
+    // backend's SYN-ACK must reach it unchanged.
+    let synack = Frame::tcp(B1, 8080, CLIENT, 43000, TCP_SYN | TCP_ACK).bytes();
+    let (rc, out) = run(&lb, "tc_egress", &synack);
+    assert_eq!((rc, out), (0, synack), "passed untouched");
+}

@@ -14,12 +14,16 @@ const SERIES: &[(&str, &str, &str, &str, bool)] = &[
     ("xdplb, established", "live/xdplb_", "_services", "#1f77b4", false),
     ("iptables, established", "live/iptables_", "_services", "#d62728", false),
     ("xdplb, new flows", "live/xdplb_", "_services_new_flows", "#1f77b4", true),
+    ("xdplb + XDP redirect, established", "live/xdplb_redirect_", "_services", "#2ca02c", false),
     ("iptables, new flows", "live/iptables_", "_services_new_flows", "#d62728", true),
 ];
 
+/// One line of the chart: label, colour, dashed, (services, Mpps) points.
+type Series<'a> = (&'a str, &'a str, bool, Vec<(f64, f64)>);
+
 /// The chart, or None when the run has no live service figures.
 pub fn svg(figures: &[Figure], threads: u64) -> Option<String> {
-    let series: Vec<(&str, &str, bool, Vec<(f64, f64)>)> = SERIES
+    let series: Vec<Series> = SERIES
         .iter()
         .map(|&(label, pre, suf, colour, dashed)| {
             let mut pts: Vec<(f64, f64)> = figures
