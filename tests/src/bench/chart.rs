@@ -87,7 +87,7 @@ mod tests {
     fn one_polyline_per_series_with_its_points() {
         let f = [fig("live/xdplb_1_services", 0.7), fig("live/xdplb_1000_services", 0.6), fig("live/iptables_1_services_new_flows", 0.2)];
         let s = svg(&f, 1).unwrap();
-        assert_eq!(s.matches("<polyline").count(), 4);
+        assert_eq!(s.matches("<polyline").count(), 5, "one per series");
         assert_eq!(s.matches("<circle").count(), 3);
         assert!(svg(&f, 2).is_none());
     }
