@@ -151,18 +151,7 @@ impl Agent {
 
     /// The `writes=N` figure of every "synced" line so far.
     pub fn sync_writes(&self) -> Vec<usize> {
-        self.log()
-            .lines()
-            .filter(|l| l.contains("synced"))
-            .filter_map(|l| {
-                l.split("writes=")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .collect()
+        sync_writes(&self.log())
     }
 
     pub fn assert_alive(&mut self) {
@@ -321,3 +310,11 @@ pub fn programmed(dp: &Dataplane) -> Option<(u32, Vec<Ipv4Addr>)> {
     Some((svc.count, backends))
 }
 
+
+/// The `writes=N` figure of every "synced" line of an agent's log.
+pub fn sync_writes(log: &str) -> Vec<usize> {
+    log.lines()
+        .filter(|l| l.contains("synced"))
+        .filter_map(|l| l.split("writes=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect()
+}

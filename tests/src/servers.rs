@@ -90,20 +90,27 @@ fn serve_udp(u: UdpSocket, id: &str, stop: &AtomicBool) {
     }
 }
 
-/// One HTTP GET over a fresh connection from inside the calling thread's
-/// namespace; returns the body (the backend's identity).
-pub fn http_get(to: SocketAddr) -> std::io::Result<String> {
+/// One HTTP/1.0 GET of `path` with `Host: host` over a fresh connection from
+/// inside the calling thread's namespace; returns (status code, body).
+pub fn http_request(to: SocketAddr, host: &str, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
     // One write, one segment (write! would send each piece separately).
-    s.write_all(format!("GET / HTTP/1.0\r\nHost: {to}\r\n\r\n").as_bytes())?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())?;
     let mut resp = String::new();
     s.read_to_string(&mut resp)?;
-    let body = resp.split("\r\n\r\n").nth(1).unwrap_or_default();
-    if !resp.starts_with("HTTP/1.0 200") {
-        return Err(std::io::Error::other(format!("unexpected response {resp:?}")));
+    let code = resp.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((code, body))
+}
+
+/// One HTTP GET over a fresh connection from inside the calling thread's
+/// namespace; returns the body (the backend's identity) of a 200.
+pub fn http_get(to: SocketAddr) -> std::io::Result<String> {
+    match http_request(to, &to.to_string(), "/")? {
+        (200, body) => Ok(body),
+        (code, body) => Err(std::io::Error::other(format!("unexpected response {code} {body:?}"))),
     }
-    Ok(body.to_string())
 }
 
 /// Sends `msg` on `sock` to `to` and waits up to `timeout` for an answer.

@@ -490,18 +490,7 @@ impl KubeAgent {
 
     /// The `writes=N` figure of every "synced" line so far.
     fn sync_writes(&self) -> Vec<usize> {
-        self.log()
-            .lines()
-            .filter(|l| l.contains("synced"))
-            .filter_map(|l| {
-                l.split("writes=")
-                    .nth(1)?
-                    .split_whitespace()
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-            .collect()
+        xdplb_tests::agent::sync_writes(&self.log())
     }
 
     fn assert_alive(&mut self) {

@@ -13,7 +13,6 @@
 //! Needs root and nginx (`cargo xtask provision` installs nginx-light).
 use std::{
     collections::BTreeMap,
-    io::{Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Stdio},
@@ -228,21 +227,7 @@ impl Drop for Nginx {
 
 /// An HTTP/1.0 GET for `host` to `to`; (status code, body).
 fn get(to: SocketAddr, host: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET / HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let code = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((code, body))
+    xdplb_tests::servers::http_request(to, host, "/")
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::Result;
 use lb_common::{
-    algorithm, backend_state, counter, direction, flow_flags, proto_name, service_flags, Config,
+    backend_state, counter, direction, flow_flags, proto_name, service_flags, Config,
     FlowKeyV4, FlowV4, SlotKey, IPPROTO_UDP,
 };
 use serde::Serialize;
@@ -17,15 +17,7 @@ use serde::Serialize;
 use super::names::Names;
 use crate::dataplane::Dataplane;
 
-pub fn algorithm_name(a: u8) -> &'static str {
-    match a {
-        algorithm::RANDOM => "random",
-        algorithm::ROUND_ROBIN => "round-robin",
-        algorithm::MAGLEV => "maglev",
-        algorithm::LEAST_CONN => "least-conn",
-        _ => "unknown",
-    }
-}
+pub use crate::control::model::algorithm_name;
 
 pub fn state_name(s: u8) -> &'static str {
     match s {
