@@ -91,13 +91,17 @@ impl Drop for Lb {
 }
 
 /// Removes pin directories of test processes that are gone.
+/// Also the agents' service-name files of those processes (/run/xdplb).
 fn remove_stale_pins() {
-    let Ok(dir) = std::fs::read_dir("/sys/fs/bpf") else { return };
-    for e in dir.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix("xlbt-").and_then(|r| r.split('-').next()) else { continue };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_dir_all(e.path());
+    for root in ["/sys/fs/bpf", "/run/xdplb"] {
+        let Ok(dir) = std::fs::read_dir(root) else { continue };
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name.strip_prefix("xlbt-").and_then(|r| r.split('-').next()) else { continue };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = std::fs::remove_dir_all(e.path());
+                let _ = std::fs::remove_file(e.path());
+            }
         }
     }
 }
