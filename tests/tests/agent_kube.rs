@@ -3,7 +3,6 @@
 //! cuts, 410, bookmarks), then the real `lb-agent run` binary in a node
 //! namespace, checked with real traffic and the pinned maps (root).
 use std::{
-    collections::BTreeSet,
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -14,7 +13,7 @@ use std::{
 use lb_agent::{
     control::{
         model::{Model, ObjectRef},
-        source::kube::{self, SourceHealth, KUBE_API_CALLS},
+        source::kube::{self, SourceHealth},
     },
     dataplane::Dataplane,
 };
@@ -48,14 +47,7 @@ fn web_slice(api: &ApiServer, backends: &[usize]) {
 
 /// The calls the double saw, all within what the RBAC role grants.
 fn assert_calls_within_rbac(api: &ApiServer) {
-    let allowed: BTreeSet<(String, String, String)> = KUBE_API_CALLS
-        .iter()
-        .flat_map(|(g, r, verbs)| {
-            verbs
-                .iter()
-                .map(move |v| (g.to_string(), r.to_string(), v.to_string()))
-        })
-        .collect();
+    let allowed = lb_agent::control::source::kube::kube_api_call_set();
     let seen = api.calls();
     assert!(
         seen.is_subset(&allowed),

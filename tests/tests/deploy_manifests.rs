@@ -190,14 +190,7 @@ fn the_cluster_role_grants_exactly_the_agents_api_calls() {
         .find(|r| r.metadata.name.as_deref() == Some("xdplb"))
         .expect("ClusterRole xdplb");
     // The agent's own list of its API calls (the kube source's reflectors).
-    let want: BTreeSet<_> = lb_agent::control::source::kube::KUBE_API_CALLS
-        .iter()
-        .flat_map(|(g, r, verbs)| {
-            verbs
-                .iter()
-                .map(move |v| (g.to_string(), r.to_string(), v.to_string()))
-        })
-        .collect();
+    let want = lb_agent::control::source::kube::kube_api_call_set();
     assert_eq!(grants(agent_role), want);
 
     // Bound to the ServiceAccount the DaemonSet runs as, in its namespace.

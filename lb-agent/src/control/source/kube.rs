@@ -50,6 +50,15 @@ pub const KUBE_API_CALLS: &[(&str, &str, &[&str])] = &[
     ("", "nodes", &["get", "list", "watch"]),
 ];
 
+/// [`KUBE_API_CALLS`] as (API group, resource, verb) triples, for comparing
+/// with RBAC rules or with the calls an API server saw.
+pub fn kube_api_call_set() -> std::collections::BTreeSet<(String, String, String)> {
+    KUBE_API_CALLS
+        .iter()
+        .flat_map(|(g, r, verbs)| verbs.iter().map(move |v| (g.to_string(), r.to_string(), v.to_string())))
+        .collect()
+}
+
 /// How long the stores must stay unchanged before a model is built.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 /// A model is built at most this long after the first change of a burst,
