@@ -97,7 +97,9 @@ fn remove_stale_pins() {
         let Ok(dir) = std::fs::read_dir(root) else { continue };
         for e in dir.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(pid) = name.strip_prefix("xlbt-").and_then(|r| r.split('-').next()) else { continue };
+            // xlbt-: tests; xlbb-: the benchmark.
+            let rest = name.strip_prefix("xlbt-").or_else(|| name.strip_prefix("xlbb-"));
+            let Some(pid) = rest.and_then(|r| r.split('-').next()) else { continue };
             if !Path::new(&format!("/proc/{pid}")).exists() {
                 let _ = std::fs::remove_dir_all(e.path());
                 let _ = std::fs::remove_file(e.path());
