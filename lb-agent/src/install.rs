@@ -127,9 +127,7 @@ pub fn uninstall(a: UninstallArgs) -> Result<()> {
         removed.push(a.root.join(CONFIG_DIR).display().to_string());
     }
     // The service names the CLI shows belong to the pinned maps.
-    let names = lb_agent::ops::names::path(&a.pin_path);
-    let _ = std::fs::remove_file(names.with_extension("json.tmp"));
-    let _ = std::fs::remove_file(names);
+    lb_agent::ops::names::remove(&a.pin_path);
     if remove_pins(&a.pin_path)? {
         removed.push(format!(
             "{} (maps unpinned, programs detached)",

@@ -192,9 +192,7 @@ impl Drop for Agent {
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         // The service names file the agent keeps next to (not in) bpffs.
-        let names = lb_agent::ops::names::path(&self.pin_dir);
-        let _ = std::fs::remove_file(names.with_extension("json.tmp"));
-        let _ = std::fs::remove_file(names);
+        lb_agent::ops::names::remove(&self.pin_dir);
         let _ = std::fs::remove_dir_all(&self.source_dir);
         let _ = std::fs::remove_file(&self.log);
     }

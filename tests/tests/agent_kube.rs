@@ -528,7 +528,7 @@ impl Drop for KubeAgent {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.pin_dir);
-        let _ = std::fs::remove_file(lb_agent::ops::names::path(&self.pin_dir));
+        lb_agent::ops::names::remove(&self.pin_dir);
         let _ = std::fs::remove_file(&self.kubeconfig);
         let _ = std::fs::remove_file(&self.log);
     }

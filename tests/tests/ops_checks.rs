@@ -181,9 +181,7 @@ fn an_unmounted_bpffs_is_mounted_by_run_or_reported() {
     let out = read();
     let _ = std::fs::remove_dir_all(&src);
     let _ = std::fs::remove_file(&log);
-    let names = lb_agent::ops::names::path(std::path::Path::new("/sys/fs/bpf/xdplb"));
-    let _ = std::fs::remove_file(names.with_extension("json.tmp"));
-    let _ = std::fs::remove_file(names);
+    lb_agent::ops::names::remove(std::path::Path::new("/sys/fs/bpf/xdplb"));
     assert!(synced, "{out}");
     assert_has(&out, &["mounted bpffs at /sys/fs/bpf", "synced"]);
 }

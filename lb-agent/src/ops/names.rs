@@ -45,6 +45,14 @@ pub fn path(pin_dir: &Path) -> PathBuf {
     Path::new("/run/xdplb").join(format!("{base}.services.json"))
 }
 
+/// Removes the names file of the maps pinned at `pin_dir` (and a
+/// half-written one), e.g. when they are unpinned.
+pub fn remove(pin_dir: &Path) {
+    let p = path(pin_dir);
+    let _ = std::fs::remove_file(p.with_extension("json.tmp"));
+    let _ = std::fs::remove_file(p);
+}
+
 pub fn from_plan(p: &Plan) -> Names {
     p.services
         .iter()
