@@ -5,7 +5,7 @@ use anyhow::Result;
 
 /// Runs the benchmark; `quick` is the one-minute version, `smoke` the
 /// structure check the test suite runs.
-pub fn run(quick: bool, smoke: bool, out: Option<&str>, pktgen_vm: bool) -> Result<()> {
+pub fn run(quick: bool, smoke: bool, out: Option<&str>, only: Option<&str>, pktgen_vm: bool) -> Result<()> {
     crate::provision::all()?;
     if pktgen_vm {
         crate::provision::vm_tools()?;
@@ -17,6 +17,9 @@ pub fn run(quick: bool, smoke: bool, out: Option<&str>, pktgen_vm: bool) -> Resu
         args.push("--smoke");
     } else if quick {
         args.push("--quick");
+    }
+    if let Some(sections) = only {
+        args.extend(["--only", sections]);
     }
     if let Some(dir) = out {
         args.extend(["--out", dir]);

@@ -46,6 +46,10 @@ enum Cmd {
         /// Directory for the JSON (default target/bench).
         #[arg(long)]
         out: Option<String>,
+        /// Only these sections, comma-separated: prog_cost, live, skb,
+        /// maglev, conn, agent (default: all).
+        #[arg(long)]
+        only: Option<String>,
         /// Only the "pktgen in a VM" workflow check: QEMU (TCG) boots a
         /// Debian kernel whose pktgen sends UDP to a VIP through a tap
         /// device running our XDP program (provisions qemu, busybox, cpio).
@@ -80,7 +84,7 @@ fn main() -> Result<()> {
             println!("xtask test: {} passed, {} failed, {} ignored", total.passed, total.failed, total.ignored);
             r1.and(r2)
         }
-        Cmd::Bench { quick, smoke, out, pktgen_vm } => bench::run(quick, smoke, out.as_deref(), pktgen_vm),
+        Cmd::Bench { quick, smoke, out, only, pktgen_vm } => bench::run(quick, smoke, out.as_deref(), only.as_deref(), pktgen_vm),
         Cmd::Lint => {
             provision::all()?;
             cargo(&["clippy", "--workspace", "--exclude", "lb-ebpf", "--all-targets", "--", "-D", "warnings"])?;

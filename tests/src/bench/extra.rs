@@ -3,9 +3,9 @@
 //! a ClusterIP against direct. Sizes per mode (`Smoke`, `Quick`, `Full`).
 use anyhow::Result;
 
-use super::{agent, conn, maglev, report::Report};
+use super::{agent, conn, maglev, report::Report, Sections};
 
-pub fn run(mode: &str, report: &mut Report) -> Result<()> {
+pub fn run(mode: &str, sections: &Sections, report: &mut Report) -> Result<()> {
     let (aopts, mopts, copts) = match mode {
         "Smoke" => (
             agent::Opts {
@@ -65,16 +65,17 @@ pub fn run(mode: &str, report: &mut Report) -> Result<()> {
             },
         ),
     };
-    println!("\n== Maglev tables and the dataplane's spread of new flows");
-    maglev::run(&mopts, report)?;
-    println!(
-        "\n== TCP connections: ClusterIP vs direct (Rust client, fresh connection per request)"
-    );
-    conn::run(&copts, report)?;
-    println!(
-        "\n== the real lb-agent ({} services x {} endpoints, file source)",
-        aopts.services, aopts.per_service
-    );
-    agent::run(&aopts, report)?;
+    if sections.wants("maglev") {
+        println!("\n== Maglev tables and the dataplane's spread of new flows");
+        maglev::run(&mopts, report)?;
+    }
+    if sections.wants("conn") {
+        println!("\n== TCP connections: ClusterIP vs direct (Rust client, fresh connection per request)");
+        conn::run(&copts, report)?;
+    }
+    if sections.wants("agent") {
+        println!("\n== the real lb-agent ({} services x {} endpoints, file source)", aopts.services, aopts.per_service);
+        agent::run(&aopts, report)?;
+    }
     Ok(())
 }

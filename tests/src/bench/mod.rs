@@ -24,6 +24,28 @@ pub mod report;
 pub mod stats;
 pub mod vm;
 
+/// The sections a run measures (`--only prog_cost,live,...`; all by default).
+#[derive(Clone, Debug, Default)]
+pub struct Sections(Option<Vec<String>>);
+
+/// Every section, in the order a run measures them.
+pub const SECTIONS: &[&str] = &["prog_cost", "live", "skb", "maglev", "conn", "agent"];
+
+impl Sections {
+    /// Parses a comma-separated list; unknown names are an error.
+    pub fn parse(list: &str) -> anyhow::Result<Self> {
+        let names: Vec<String> = list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        if let Some(bad) = names.iter().find(|n| !SECTIONS.contains(&n.as_str())) {
+            anyhow::bail!("unknown bench section {bad}; sections: {}", SECTIONS.join(", "));
+        }
+        Ok(Self(Some(names)))
+    }
+
+    pub fn wants(&self, section: &str) -> bool {
+        self.0.as_ref().is_none_or(|names| names.iter().any(|n| n == section))
+    }
+}
+
 /// Pins the calling thread to `cpu` (None: every CPU).
 pub fn pin(cpu: Option<usize>) {
     // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use xdplb_tests::bench::{chart, cost, live, progs::BenchProgs, report::{Figure, Report}};
+use xdplb_tests::bench::{chart, cost, live, progs::BenchProgs, report::{Figure, Report}, Sections};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
@@ -20,6 +20,7 @@ fn main() -> Result<()> {
     let mut mode = Mode::Full;
     let mut out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     let mut pktgen_vm = false;
+    let mut sections = Sections::default();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -27,10 +28,11 @@ fn main() -> Result<()> {
             "--smoke" => mode = Mode::Smoke,
             // The pktgen-in-a-VM workflow check alone (opt-in; see bench::vm).
             "--pktgen-vm" => pktgen_vm = true,
+            "--only" => sections = Sections::parse(&args.next().unwrap_or_default())?,
             "--out" => out = args.next().map(PathBuf::from).unwrap_or(out),
             // Redraws the chart of an earlier run: `--chart target/bench/bench-<t>.json`.
             "--chart" => return redraw(&PathBuf::from(args.next().unwrap_or_default())),
-            other => bail!("unknown argument {other}; usage: xdplb-bench [--quick|--smoke] [--out DIR] | --chart RUN.json"),
+            other => bail!("unknown argument {other}; usage: xdplb-bench [--quick|--smoke] [--only SECTION,...] [--out DIR] | --chart RUN.json"),
         }
     }
     xdplb_tests::require_root();
@@ -56,24 +58,28 @@ fn main() -> Result<()> {
             conntrack: 1 << 20,
         },
     };
-    println!("== per-packet cost (BPF_PROG_TEST_RUN, {:?} mode)", mode);
-    // One CPU for the whole section: the wrapper's flow counter is not per-CPU.
-    xdplb_tests::bench::pin(Some(0));
-    cost::floors(&progs, &copts, &mut report)?;
-    for &(services, per) in copts.configs {
-        cost::config(&mut progs, services, per, &copts, &mut report)?;
+    if sections.wants("prog_cost") {
+        println!("== per-packet cost (BPF_PROG_TEST_RUN, {:?} mode)", mode);
+        // One CPU for the whole section: the wrapper's flow counter is not per-CPU.
+        xdplb_tests::bench::pin(Some(0));
+        cost::floors(&progs, &copts, &mut report)?;
+        for &(services, per) in copts.configs {
+            cost::config(&mut progs, services, per, &copts, &mut report)?;
+        }
+        xdplb_tests::bench::pin(None);
     }
-    xdplb_tests::bench::pin(None);
 
     let lopts = match mode {
         Mode::Smoke => live::Opts { repeat_floor: 1 << 16, repeat_fwd: 1 << 15, target_s: 0.05, threads: &[1, 2], services: &[10], backends_per_service: 10, flows: 1024, iptables: true, rounds: 1 },
         Mode::Quick => live::Opts { repeat_floor: 1 << 21, repeat_fwd: 1 << 20, target_s: 0.3, threads: &[1, 2], services: &[1, 1000], backends_per_service: 10, flows: 16_384, iptables: true, rounds: 3 },
         Mode::Full => live::Opts { repeat_floor: 1 << 22, repeat_fwd: 1 << 21, target_s: 1.0, threads: &[1, 2], services: &[1, 1000, 10_000], backends_per_service: 10, flows: 16_384, iptables: true, rounds: 3 },
     };
-    println!("\n== live forwarding (live-frames generator over veth, 64-byte UDP)");
-    live::run(&mut progs, &lopts, &mut report)?;
+    if sections.wants("live") {
+        println!("\n== live forwarding (live-frames generator over veth, 64-byte UDP)");
+        live::run(&mut progs, &lopts, &mut report)?;
+    }
 
-    xdplb_tests::bench::extra::run(&format!("{mode:?}"), &mut report)?;
+    xdplb_tests::bench::extra::run(&format!("{mode:?}"), &sections, &mut report)?;
 
     let elapsed = start.elapsed().as_secs_f64();
     println!("\n{}", report.table());
