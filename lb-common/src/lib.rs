@@ -15,6 +15,7 @@ pub mod flow;
 pub mod maps;
 pub mod service;
 pub mod stats;
+pub mod traffic;
 
 pub use backend::*;
 pub use config::*;

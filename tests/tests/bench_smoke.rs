@@ -21,8 +21,23 @@ const REQUIRED: &[&str] = &[
     "live/xdp_redirect_floor",
     "live/stack_forward_no_nat",
     "live/xdplb_10_services",
-    "live/iptables_10_services",
+    "live/xdplb_redirect_10_services",
+    "live/xdplb_10_services_new_flows",
+    "live/xdplb_10_services_tcp_ack",
+    "live/xdplb_10_services_tcp_syn_ack",
+    // The kube-proxy comparison, both sides fed skbs by the AF_PACKET sender.
+    "skb/drop_baseline",
+    "skb/stack_forward_no_nat",
+    "skb/xdplb_10_services",
+    "skb/iptables_10_services",
     "ratio/xdplb_over_iptables_10_services",
+    "ratio/xdplb_redirect_over_iptables_10_services",
+    "skb/iptables_10_services_new_flows",
+    "ratio/xdplb_over_iptables_10_services_new_flows",
+    "skb/iptables_10_services_tcp_ack",
+    "ratio/xdplb_over_iptables_10_services_tcp_ack",
+    "skb/iptables_10_services_tcp_syn_ack",
+    "ratio/xdplb_over_iptables_10_services_tcp_syn_ack",
     // Agent, Maglev, balancing spread, TCP connections (at the smoke run's sizes).
     "agent/cold_program_100_services",
     "agent/rss_100_services",
@@ -86,6 +101,15 @@ fn bench_smoke_writes_well_formed_json() {
             for key in keys {
                 assert!(!f["conditions"][*key].is_null(), "{}: condition {key}", f["name"]);
             }
+        }
+    }
+    // Forwarding rates state their sender, thread count and traffic.
+    for f in figures.iter().filter(|f| f["unit"] == "Mpps") {
+        for key in ["threads", "sender", "frame_bytes", "delivered_ratio", "proto"] {
+            assert!(!f["conditions"][key].is_null(), "{}: condition {key}", f["name"]);
+        }
+        if f["name"].as_str().unwrap().contains("_services") {
+            assert!(f["conditions"]["traffic"].is_string(), "{}: condition traffic", f["name"]);
         }
     }
     // Per-packet figures state what they were measured at.

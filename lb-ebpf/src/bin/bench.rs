@@ -8,8 +8,8 @@
 //!   see its own output. The wrappers copy a template frame back into the
 //!   packet on every iteration (and, for the new-flow case, give it a fresh
 //!   source address and port) and tail-call the program under test;
-//! - `bench_gen`: the live-frames generator (XDP_TX of every frame, to a
-//!   spread of service addresses and source ports).
+//! - `bench_gen`: the live-frames generator (XDP_TX of every frame; the
+//!   flows are `lb_common::traffic`'s, shared with the AF_PACKET sender).
 //!
 //! The map value layouts are mirrored in `tests/src/bench/progs.rs`.
 #![no_std]
@@ -24,15 +24,15 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
     EbpfContext as _,
 };
+use lb_common::traffic::{write_flow, TrafficConfig, TRAFFIC_FRAME_LEN};
 use lb_ebpf::csum;
 
 /// Every benchmark frame is 64 bytes (minimum Ethernet frame without FCS + 4).
-const FRAME_LEN: usize = 64;
+const FRAME_LEN: usize = TRAFFIC_FRAME_LEN;
 const IP_PROTO: usize = 14 + 9;
 const IP_CHECK: usize = 14 + 10;
 const IPPROTO_UDP: u8 = 17;
 const IP_SRC: usize = 14 + 12;
-const IP_DST: usize = 14 + 16;
 /// The templates have no IP options.
 const L4_SPORT: usize = 14 + 20;
 
@@ -45,22 +45,6 @@ pub struct Template {
     pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<Template>() == 72);
-
-/// What the generator sends, and how it spreads frames over flows.
-#[repr(C)]
-pub struct GenConfig {
-    /// Distinct (destination, source port) pairs per CPU.
-    pub flows: u32,
-    /// Destinations are `dst_base + 0 .. dst_base + dsts - 1`.
-    pub dsts: u32,
-    /// First destination address, network order.
-    pub dst_base: [u8; 4],
-    /// The frame (UDP, checksum 0, destination `dst_base`), rewritten into
-    /// every packet: live frames are recycled with whatever the receiver
-    /// left in them (a forwarded frame comes back with new MACs and TTL).
-    pub frame: [u8; FRAME_LEN],
-}
-const _: () = assert!(core::mem::size_of::<GenConfig>() == 12 + FRAME_LEN);
 
 /// Template of the wrappers, at index 0. Written by the bench.
 #[btf_map]
@@ -88,7 +72,7 @@ static bench_gen_seq: PerCpuArray<u32, 1> = PerCpuArray::new();
 
 /// Generator settings, at index 0.
 #[btf_map]
-static bench_gen_cfg: Array<GenConfig, 1> = Array::new();
+static bench_gen_cfg: Array<TrafficConfig, 1> = Array::new();
 
 /// Ifindex `bench_redirect` sends to, at index 0.
 #[btf_map]
@@ -198,11 +182,10 @@ fn vary_source(ctx: &XdpContext) -> Option<()> {
     Some(())
 }
 
-/// The live-frames generator: spreads frames over `GenConfig::flows`
-/// (destination, source port, third source address byte) tuples, the last
-/// source address byte telling CPUs apart,
-/// and sends each back out of the interface it was injected on (XDP_TX).
-/// Frames are UDP with checksum 0, so only the IP checksum needs updating.
+/// The live-frames generator: every frame is the next of
+/// `lb_common::traffic` (established flows, and new ones if configured; the
+/// CPU number tells senders apart), sent back out of the interface it was
+/// injected on (XDP_TX).
 #[xdp]
 pub fn bench_gen(ctx: XdpContext) -> u32 {
     match gen(&ctx) {
@@ -217,13 +200,10 @@ fn gen(ctx: &XdpContext) -> Option<()> {
     let seq = bench_gen_seq.get_ptr_mut(0)?;
     // SAFETY: `cfg` points to a map value whose `frame` has FRAME_LEN bytes.
     let template = unsafe { core::ptr::addr_of!((*cfg).frame) };
+    // Live frames are recycled with whatever the receiver left in them (a
+    // forwarded frame comes back with new MACs and TTL): restore first.
     // SAFETY: `template` is readable for FRAME_LEN bytes.
     if unsafe { bpf_xdp_store_bytes(ctx.as_ptr() as _, 0, template as *mut _, FRAME_LEN as u32) } != 0 {
-        return None;
-    }
-    // SAFETY: read of a map value.
-    let (flows, dsts, base) = unsafe { ((*cfg).flows, (*cfg).dsts, (*cfg).dst_base) };
-    if flows == 0 || dsts == 0 {
         return None;
     }
     // SAFETY: per-CPU slot, only this CPU writes it.
@@ -231,27 +211,13 @@ fn gen(ctx: &XdpContext) -> Option<()> {
         *seq = (*seq).wrapping_add(1);
         *seq
     };
-    let flow = n % flows;
-    let dst = (u32::from_be_bytes(base).wrapping_add(flow % dsts)).to_be_bytes();
-    let sport = (10_000 + (flow / dsts) % 50_000) as u16;
-    // Beyond dsts * 50,000 flows, the third source address byte spreads them further.
-    let spread = (flow / dsts / 50_000) as u8;
     // SAFETY: helper without arguments.
-    let cpu = unsafe { bpf_get_smp_processor_id() } as u8;
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    // SAFETY: a map value, read only.
+    let flow = unsafe { &*cfg }.flow(n, cpu)?;
     let p = frame::<FRAME_LEN>(ctx.data(), ctx.data_end())?;
     // SAFETY: `frame` checked that FRAME_LEN bytes are inside the packet.
-    unsafe {
-        let f = &mut *p;
-        let old_src = [f[IP_SRC + 2], f[IP_SRC + 3]];
-        let new_src = [old_src[0].wrapping_add(spread), 10 + cpu];
-        f[IP_SRC + 2..IP_SRC + 4].copy_from_slice(&new_src);
-        f[IP_DST..IP_DST + 4].copy_from_slice(&dst);
-        f[L4_SPORT..L4_SPORT + 2].copy_from_slice(&sport.to_be_bytes());
-        let mut c = u16::from_be_bytes([f[IP_CHECK], f[IP_CHECK + 1]]);
-        c = csum::replace2(c, old_src, new_src);
-        c = csum::replace4(c, base, dst);
-        f[IP_CHECK..IP_CHECK + 2].copy_from_slice(&c.to_be_bytes());
-    }
+    write_flow(unsafe { &mut *p }, &flow);
     Some(())
 }
 

@@ -1,6 +1,7 @@
 //! A small SVG chart of forwarded rate against service count, xdplb and
-//! kube-proxy's iptables rules, both traffic mixes, one thread: the picture
-//! of the `live` section. Hand-written SVG, no dependency.
+//! kube-proxy's iptables rules fed by the same skb-path sender, UDP
+//! established and new flows, one thread: the picture of the `skb`
+//! section. Hand-written SVG, no dependency.
 use super::report::Figure;
 
 const W: f64 = 800.0;
@@ -11,17 +12,17 @@ const RIGHT: f64 = W - 200.0;
 
 /// (label, figure name prefix, suffix, colour, dashed)
 const SERIES: &[(&str, &str, &str, &str, bool)] = &[
-    ("xdplb, established", "live/xdplb_", "_services", "#1f77b4", false),
-    ("iptables, established", "live/iptables_", "_services", "#d62728", false),
-    ("xdplb, new flows", "live/xdplb_", "_services_new_flows", "#1f77b4", true),
-    ("xdplb + XDP redirect, established", "live/xdplb_redirect_", "_services", "#2ca02c", false),
-    ("iptables, new flows", "live/iptables_", "_services_new_flows", "#d62728", true),
+    ("xdplb, established", "skb/xdplb_", "_services", "#1f77b4", false),
+    ("iptables, established", "skb/iptables_", "_services", "#d62728", false),
+    ("xdplb, new flows", "skb/xdplb_", "_services_new_flows", "#1f77b4", true),
+    ("xdplb + XDP redirect, established", "skb/xdplb_redirect_", "_services", "#2ca02c", false),
+    ("iptables, new flows", "skb/iptables_", "_services_new_flows", "#d62728", true),
 ];
 
 /// One line of the chart: label, colour, dashed, (services, Mpps) points.
 type Series<'a> = (&'a str, &'a str, bool, Vec<(f64, f64)>);
 
-/// The chart, or None when the run has no live service figures.
+/// The chart, or None when the run has no skb service figures.
 pub fn svg(figures: &[Figure], threads: u64) -> Option<String> {
     let series: Vec<Series> = SERIES
         .iter()
@@ -47,7 +48,7 @@ pub fn svg(figures: &[Figure], threads: u64) -> Option<String> {
     let x = |n: f64| PAD + (RIGHT - PAD) * n.max(1.0).log10() / xspan;
     let y = |v: f64| H - PAD - (H - 2.0 * PAD) * v / (ymax * 1.1);
     let mut s = format!("<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{H}\" font-family=\"sans-serif\" font-size=\"12\">\n");
-    s += &format!("<text x=\"{PAD}\" y=\"24\" font-size=\"14\">Forwarded Mpps vs services ({threads} thread, 64-byte UDP, same run)</text>\n");
+    s += &format!("<text x=\"{PAD}\" y=\"24\" font-size=\"14\">Forwarded Mpps vs services ({threads} thread, 64-byte UDP, AF_PACKET sender, same run)</text>\n");
     s += &format!("<line x1=\"{PAD}\" y1=\"{b}\" x2=\"{RIGHT}\" y2=\"{b}\" stroke=\"black\"/><line x1=\"{PAD}\" y1=\"{PAD}\" x2=\"{PAD}\" y2=\"{b}\" stroke=\"black\"/>\n", b = H - PAD);
     let mut n = 1.0;
     while n <= xmax * 1.001 {
@@ -80,12 +81,12 @@ mod tests {
     use super::*;
 
     fn fig(name: &str, value: f64) -> Figure {
-        Figure { section: "live".into(), name: name.into(), value, min: None, unit: "Mpps".into(), conditions: json!({"threads": 1}) }
+        Figure { section: "skb".into(), name: name.into(), value, min: None, unit: "Mpps".into(), conditions: json!({"threads": 1}) }
     }
 
     #[test]
     fn one_polyline_per_series_with_its_points() {
-        let f = [fig("live/xdplb_1_services", 0.7), fig("live/xdplb_1000_services", 0.6), fig("live/iptables_1_services_new_flows", 0.2)];
+        let f = [fig("skb/xdplb_1_services", 0.7), fig("skb/xdplb_1000_services", 0.6), fig("skb/iptables_1_services_new_flows", 0.2)];
         let s = svg(&f, 1).unwrap();
         assert_eq!(s.matches("<polyline").count(), 5, "one per series");
         assert_eq!(s.matches("<circle").count(), 3);

@@ -27,9 +27,11 @@ fn hash(kind: &str, id: u32) -> String {
     format!("{h:016X}")
 }
 
-/// The `iptables-restore` input for `services` UDP services with `per`
-/// endpoints each (the same VIPs and backends as the xdplb side).
-pub fn rules(services: u32, per: u32) -> String {
+/// The `iptables-restore` input for `services` services of protocol
+/// `proto` (TCP or UDP) with `per` endpoints each (the same VIPs and
+/// backends as the xdplb side).
+pub fn rules(services: u32, per: u32, proto: u8) -> String {
+    let p = if proto == lb_common::IPPROTO_TCP { "tcp" } else { "udp" };
     let mut chains = String::new();
     let mut rules = String::new();
     for c in ["KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"] {
@@ -44,11 +46,11 @@ pub fn rules(services: u32, per: u32) -> String {
     rules += "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n";
     for id in 1..=services {
         let svc = format!("KUBE-SVC-{}", hash("svc", id));
-        let name = format!("bench/svc-{id}:udp");
+        let name = format!("bench/svc-{id}:{p}");
         let v = vip(id);
         chains += &format!(":{svc} - [0:0]\n");
-        rules += &format!("-A KUBE-SERVICES -d {v}/32 -p udp -m comment --comment \"{name} cluster IP\" -m udp --dport {SVC_PORT} -j {svc}\n");
-        rules += &format!("-A {svc} ! -s {CLUSTER_CIDR} -d {v}/32 -p udp -m comment --comment \"{name} cluster IP\" -m udp --dport {SVC_PORT} -j KUBE-MARK-MASQ\n");
+        rules += &format!("-A KUBE-SERVICES -d {v}/32 -p {p} -m comment --comment \"{name} cluster IP\" -m {p} --dport {SVC_PORT} -j {svc}\n");
+        rules += &format!("-A {svc} ! -s {CLUSTER_CIDR} -d {v}/32 -p {p} -m comment --comment \"{name} cluster IP\" -m {p} --dport {SVC_PORT} -j KUBE-MARK-MASQ\n");
         for i in 0..per {
             let bid = (id - 1) * per + i + 1;
             let sep = format!("KUBE-SEP-{}", hash("sep", bid));
@@ -58,7 +60,7 @@ pub fn rules(services: u32, per: u32) -> String {
             let stat = if left > 1 { format!(" -m statistic --mode random --probability {:.11}", 1.0 / left as f64) } else { String::new() };
             rules += &format!("-A {svc} -m comment --comment \"{name} -> {b}:{BACKEND_PORT}\"{stat} -j {sep}\n");
             rules += &format!("-A {sep} -s {b}/32 -m comment --comment \"{name}\" -j KUBE-MARK-MASQ\n");
-            rules += &format!("-A {sep} -p udp -m comment --comment \"{name}\" -m udp -j DNAT --to-destination {b}:{BACKEND_PORT}\n");
+            rules += &format!("-A {sep} -p {p} -m comment --comment \"{name}\" -m {p} -j DNAT --to-destination {b}:{BACKEND_PORT}\n");
         }
     }
     rules += "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n";
@@ -83,7 +85,7 @@ pub fn load(ns: &Netns, restore: &str, rules: &str) -> Result<f64> {
 mod tests {
     #[test]
     fn rules_have_one_dnat_per_endpoint_and_probabilities_like_kube_proxy() {
-        let r = super::rules(2, 3);
+        let r = super::rules(2, 3, lb_common::IPPROTO_UDP);
         assert_eq!(r.matches("-j DNAT").count(), 6);
         assert!(r.contains("--probability 0.33333333333"));
         assert!(r.contains("--probability 0.50000000000"));

@@ -3,9 +3,11 @@
 //! - [`cost`]: per-packet program cost (BPF_PROG_TEST_RUN through a
 //!   packet-restoring wrapper, minus the wrapper's own cost), against bare
 //!   XDP floors;
-//! - [`live`]: forwarding rate with our live-frames generator over 2-queue
-//!   veth pairs, against a drop-only baseline and XDP_TX/redirect floors;
-//! - [`iptables`]: kube-proxy-style iptables NAT rules on the same path;
+//! - [`live`]: forwarding rate over 2-queue veth pairs ([`topo`]) for UDP and
+//!   TCP SYN/ACK mixes ([`lb_common::traffic`]), from our live-frames
+//!   generator against a drop-only baseline and XDP_TX/redirect floors, and
+//!   from an AF_PACKET sender ([`sender`], the skb path) against
+//!   kube-proxy-style iptables NAT rules ([`iptables`]);
 //! - [`report`]: the table and the JSON under `target/bench/`;
 //! - [`chart`]: an SVG of rate against service count, xdplb vs iptables.
 //!
@@ -19,9 +21,12 @@ pub mod extra;
 pub mod iptables;
 pub mod live;
 pub mod maglev;
+pub mod measure;
 pub mod progs;
 pub mod report;
+pub mod sender;
 pub mod stats;
+pub mod topo;
 pub mod vm;
 
 /// The sections a run measures (`--only prog_cost,live,...`; all by default).

@@ -2,6 +2,7 @@
 //! agent's embedded `BENCH_BYTECODE`, and their maps. The map value layouts
 //! mirror `lb-ebpf/src/bin/bench.rs`.
 use anyhow::{bail, Context as _, Result};
+use lb_common::traffic::TrafficConfig;
 use aya::{
     maps::{Array, MapData, PerCpuArray, PerCpuValues, ProgramArray},
     programs::{xdp::XdpLinkId, Program, ProgramFd, SchedClassifier, Xdp, XdpMode},
@@ -24,20 +25,6 @@ const _: () = assert!(std::mem::size_of::<Template>() == 72);
 // SAFETY: repr(C), no padding (64 + 4 + 4), every bit pattern valid.
 unsafe impl aya::Pod for Template {}
 
-/// Mirror of `GenConfig` in bench.rs.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct GenConfig {
-    pub flows: u32,
-    pub dsts: u32,
-    pub dst_base: [u8; 4],
-    /// Written into every generated packet (destination `dst_base`).
-    pub frame: [u8; FRAME_LEN],
-}
-const _: () = assert!(std::mem::size_of::<GenConfig>() == 12 + FRAME_LEN);
-// SAFETY: repr(C), no padding, every bit pattern valid.
-unsafe impl aya::Pod for GenConfig {}
-
 /// The loaded bench object with its maps taken out (so programs and maps can
 /// be borrowed independently).
 pub struct BenchProgs {
@@ -46,7 +33,7 @@ pub struct BenchProgs {
     xdp_jump: ProgramArray<MapData>,
     tc_jump: ProgramArray<MapData>,
     drops: PerCpuArray<MapData, u64>,
-    gen_cfg: Array<MapData, GenConfig>,
+    gen_cfg: Array<MapData, TrafficConfig>,
     redirect_to: Array<MapData, u32>,
     links: Vec<(&'static str, XdpLinkId)>,
 }
@@ -151,7 +138,8 @@ impl BenchProgs {
         Ok(())
     }
 
-    pub fn set_gen(&mut self, cfg: GenConfig) -> Result<()> {
+    /// What `bench_gen` sends.
+    pub fn set_traffic(&mut self, cfg: TrafficConfig) -> Result<()> {
         self.gen_cfg.set(0, cfg, 0)?;
         Ok(())
     }

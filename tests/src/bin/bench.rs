@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use xdplb_tests::bench::{chart, cost, live, progs::BenchProgs, report::{Figure, Report}, Sections};
+use xdplb_tests::bench::{chart, cost, live, progs::BenchProgs, report::{Figure, Report}, sender::Sender, Sections};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
@@ -70,13 +70,20 @@ fn main() -> Result<()> {
     }
 
     let lopts = match mode {
-        Mode::Smoke => live::Opts { repeat_floor: 1 << 16, repeat_fwd: 1 << 15, target_s: 0.05, threads: &[1, 2], services: &[10], backends_per_service: 10, flows: 1024, iptables: true, rounds: 1 },
-        Mode::Quick => live::Opts { repeat_floor: 1 << 21, repeat_fwd: 1 << 20, target_s: 0.3, threads: &[1, 2], services: &[1, 1000], backends_per_service: 10, flows: 16_384, iptables: true, rounds: 3 },
-        Mode::Full => live::Opts { repeat_floor: 1 << 22, repeat_fwd: 1 << 21, target_s: 1.0, threads: &[1, 2], services: &[1, 1000, 10_000], backends_per_service: 10, flows: 16_384, iptables: true, rounds: 3 },
+        Mode::Smoke => live::Opts { repeat_floor: 1 << 16, repeat_fwd: 1 << 15, target_s: 0.03, threads: &[1, 2], services: &[10], backends_per_service: 10, flows: 1024, mixes: live::MIXES, rounds: 1 },
+        Mode::Quick => live::Opts { repeat_floor: 1 << 20, repeat_fwd: 1 << 20, target_s: 0.15, threads: &[1, 2], services: &[1000], backends_per_service: 10, flows: 16_384, mixes: live::MIXES, rounds: 2 },
+        Mode::Full => live::Opts { repeat_floor: 1 << 22, repeat_fwd: 1 << 21, target_s: 0.5, threads: &[1, 2], services: &[1, 1000, 10_000], backends_per_service: 10, flows: 16_384, mixes: live::MIXES, rounds: 3 },
     };
-    if sections.wants("live") {
-        println!("\n== live forwarding (live-frames generator over veth, 64-byte UDP)");
-        live::run(&mut progs, &lopts, &mut report)?;
+    for (sender, what) in [
+        (Sender::LiveFrames, "live forwarding: live-frames generator over veth, 64-byte UDP and TCP SYN/ACK mixes, against this machine's XDP floors"),
+        (Sender::Skb, "kube-proxy comparison on the skb path: AF_PACKET sender, xdplb vs iptables rules, same mixes"),
+    ] {
+        if sections.wants(sender.section()) {
+            println!("\n== {what}");
+            let t = std::time::Instant::now();
+            live::run(&mut progs, &lopts, sender, &mut report)?;
+            println!("({} section: {:.0} s)", sender.section(), t.elapsed().as_secs_f64());
+        }
     }
 
     xdplb_tests::bench::extra::run(&format!("{mode:?}"), &sections, &mut report)?;
@@ -92,7 +99,7 @@ fn main() -> Result<()> {
 fn redraw(json: &std::path::Path) -> Result<()> {
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json)?)?;
     let figures: Vec<Figure> = serde_json::from_value(doc["figures"].clone())?;
-    let svg = chart::svg(&figures, 1).ok_or_else(|| anyhow::anyhow!("{} has no live service figures", json.display()))?;
+    let svg = chart::svg(&figures, 1).ok_or_else(|| anyhow::anyhow!("{} has no skb service figures", json.display()))?;
     let path = json.with_extension("svg");
     std::fs::write(&path, svg)?;
     println!("wrote {}", path.display());
