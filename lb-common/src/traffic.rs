@@ -60,7 +60,7 @@ impl TrafficConfig {
             return None;
         }
         let base = u32::from_be_bytes(self.dst_base);
-        if self.new_every != 0 && n % self.new_every == 0 {
+        if self.new_every != 0 && n.is_multiple_of(self.new_every) {
             let k = n / self.new_every;
             let rest = k / self.dsts;
             let host = ((rest / 64_000) << 6 | (cpu & 63)) & 0x1_ffff;

@@ -65,8 +65,5 @@ pub fn redirect(ctx: &XdpContext, p: &Packet, dst: [u8; 4]) -> Option<u32> {
         *(data as *mut [u8; 6]) = fib.dmac;
         *((data + 6) as *mut [u8; 6]) = fib.smac;
     }
-    match redirect_ifaces.redirect(fib.ifindex, xdp_action::XDP_PASS as u64) {
-        Ok(action) => Some(action),
-        Err(_) => None,
-    }
+    redirect_ifaces.redirect(fib.ifindex, xdp_action::XDP_PASS as u64).ok()
 }

@@ -141,11 +141,11 @@ pub fn run(progs: &mut BenchProgs, opts: &Opts, sender: Sender, report: &mut Rep
         let traffic = t.traffic(IPPROTO_UDP, backend(1), opts.flows, 1000, 0);
         let m = measure(progs, &[Side::plain(&t, traffic)], &how(None, true))?;
         progs.detach_all();
-        for i in 0..opts.threads.len() {
+        for (i, drop) in drop_ns.iter().enumerate() {
             let ns = ns_per_packet(opts, &m[0], i);
             forward_ns.push(ns);
             report.add(section, &format!("{section}/stack_forward_no_nat"), m[0].pps[i] / 1e6, None, "Mpps",
-                conditions(sender, opts, &m[0], i, json!({"proto": "udp", "destinations": 1000, "ns_per_packet_per_cpu": round1(ns), "ns_over_drop": round1(ns - drop_ns[i])})));
+                conditions(sender, opts, &m[0], i, json!({"proto": "udp", "destinations": 1000, "ns_per_packet_per_cpu": round1(ns), "ns_over_drop": round1(ns - drop)})));
         }
     }
 
