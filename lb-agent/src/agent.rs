@@ -89,6 +89,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     dp.set_redirect_ifaces(&redirect)?;
     let flags = if redirect.is_empty() { 0 } else { lb_common::config_flags::XDP_REDIRECT };
     dp.set_config(&lb_common::Config { flags, ..Default::default() })?;
+    match lb_agent::socklb::apply(&mut ebpf, &mut dp, &args.socket_lb, &args.pin_path)? {
+        Some(cgroup) => tracing::info!(cgroup = %cgroup.display(), "node sockets to services are balanced at connect"),
+        None => tracing::info!("socket balancing off: the node's own connections to services are not balanced"),
+    }
     let current = dp.contents().context("reading the pinned maps")?;
     tracing::info!(
         services = current.services.len(),

@@ -125,6 +125,13 @@ pub struct RunArgs {
     /// forwarding (repeat for several).
     #[arg(long = "redirect-iface", value_name = "IFACE")]
     pub redirect_ifaces: Vec<String>,
+    /// Balance the node's own connections to services at connect()/sendmsg()
+    /// (what kube-proxy's OUTPUT chain does): `auto` attaches socket
+    /// programs to the host's cgroup2 root, a path to that cgroup only,
+    /// `off` not at all. Only sockets of the agent's network namespace (the
+    /// node's) are balanced; pods' traffic is balanced by tc.
+    #[arg(long, value_name = "auto|off|CGROUP", default_value = "auto")]
+    pub socket_lb: lb_agent::socklb::SocketLb,
     /// Address of the Prometheus metrics, /healthz and /readyz.
     #[arg(long, default_value = lb_agent::ops::http::DEFAULT_METRICS_ADDR)]
     pub metrics_addr: SocketAddr,

@@ -22,6 +22,7 @@ pub struct Dataplane {
     pub affinity: HashMap<MapData, AffinityKeyV4, AffinityV4>,
     pub backend_load: Array<MapData, u64>,
     pub redirect_ifaces: DevMapHash<MapData>,
+    pub sock_netns: Array<MapData, u64>,
 }
 
 fn open<T>(dir: &Path, name: &str) -> Result<T>
@@ -52,6 +53,7 @@ impl Dataplane {
             affinity: open(dir, maps::AFFINITY_V4)?,
             backend_load: open(dir, maps::BACKEND_LOAD)?,
             redirect_ifaces: open(dir, maps::REDIRECT_IFACES)?,
+            sock_netns: open(dir, maps::SOCK_NETNS)?,
         })
     }
 
@@ -183,6 +185,12 @@ impl Dataplane {
         for &i in ifindexes {
             self.redirect_ifaces.insert(i, i, None, 0).with_context(|| format!("adding ifindex {i} to {}", maps::REDIRECT_IFACES))?;
         }
+        Ok(())
+    }
+
+    /// Sets the network namespace whose sockets are balanced at connect (0: none).
+    pub fn set_sock_netns(&mut self, cookie: u64) -> Result<()> {
+        self.sock_netns.set(0, cookie, 0).context("writing sock_netns")?;
         Ok(())
     }
 

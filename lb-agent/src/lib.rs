@@ -7,3 +7,4 @@ pub mod migrate;
 pub mod diff;
 pub mod control;
 pub mod ops;
+pub mod socklb;

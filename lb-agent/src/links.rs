@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use aya::{
     programs::{
-        links::{FdLink, PinnedLink},
-        tc, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{CgroupAttachMode, FdLink, PinnedLink},
+        tc, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     Ebpf,
 };
@@ -80,6 +80,33 @@ pub fn attach_tc(ebpf: &mut Ebpf, iface: &str, prog: &str, at: TcAttachType, lin
     Ok(())
 }
 
+/// Attaches the socket programs to the cgroup directory `cgroup` (the cgroup2
+/// root in production: every process of the node), pinned at
+/// `<links>/cgroup@<program>`. cgroup links cannot swap their program, so a
+/// new agent attaches next to the old link and moves its pin over the old
+/// one, which then detaches: for a moment both run, and the second finds a
+/// backend address, not a service, and leaves it alone.
+pub fn attach_cgroup(ebpf: &mut Ebpf, cgroup: &Path, links: Option<&Path>) -> Result<()> {
+    let dir = std::fs::File::open(cgroup).with_context(|| format!("opening the cgroup {}", cgroup.display()))?;
+    for name in programs::SOCK {
+        let p: &mut CgroupSockAddr = program(ebpf, name)?;
+        // With bpf_link (kernel >= 5.7) "Single" means flags 0; a cgroup link
+        // always coexists with others (the kernel rejects ALLOW_MULTI there).
+        let id = p
+            .attach(&dir, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {name} to the cgroup {} (needs cgroup v2 and kernel >= 5.7)", cgroup.display()))?;
+        if let Some(links) = links {
+            let link: FdLink = p.take_link(id)?.try_into().context("cgroup program attached without a bpf_link")?;
+            let pin = pin_path(links, "cgroup", name);
+            let next = crate::migrate::next_path(&pin);
+            let _ = std::fs::remove_file(&next);
+            pin_link(link, &next)?;
+            std::fs::rename(&next, &pin).with_context(|| format!("moving the link pin {} to {}", next.display(), pin.display()))?;
+        }
+    }
+    Ok(())
+}
+
 fn pin_link(link: FdLink, pin: &Path) -> Result<()> {
     if let Some(dir) = pin.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -96,6 +123,10 @@ pub fn relink_all(ebpf: &mut Ebpf, links: &Path) -> Result<()> {
     for entry in dir.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some((_, prog)) = name.rsplit_once('@') else { continue };
+        // Socket programs are re-attached by `attach_cgroup` once loading is done.
+        if programs::SOCK.contains(&prog) {
+            continue;
+        }
         let Some(old) = pinned(&entry.path()) else { continue };
         let r = if prog == programs::XDP_LB {
             let p: &mut Xdp = program(ebpf, prog)?;

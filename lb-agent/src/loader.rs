@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 use aya::{
-    programs::{SchedClassifier, TcAttachType, Xdp, XdpMode},
+    programs::{CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use lb_common::maps::{self, default_size, programs};
@@ -80,6 +80,10 @@ pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf> {
     xdp.load().context("verifier rejected xdp_lb")?;
     for name in [programs::TC_INGRESS, programs::TC_EGRESS] {
         let p: &mut SchedClassifier = program(&mut ebpf, name)?;
+        p.load().with_context(|| format!("verifier rejected {name}"))?;
+    }
+    for name in programs::SOCK {
+        let p: &mut CgroupSockAddr = program(&mut ebpf, name)?;
         p.load().with_context(|| format!("verifier rejected {name}"))?;
     }
     if !resized.is_empty() {

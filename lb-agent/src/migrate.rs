@@ -46,6 +46,8 @@ pub fn expected(name: &str, s: MapSizes) -> Spec {
         maps::BACKEND_LOAD => spec(MapType::Array, 4, 8, s.backends + 1),
         // bpf_devmap_val: ifindex + program.
         maps::REDIRECT_IFACES => spec(MapType::DevMapHash, 4, 8, maps::default_size::REDIRECT_IFACES),
+        maps::SOCK_NETNS => spec(MapType::Array, 4, 8, 1),
+        maps::SOCK_REVNAT_V4 => spec(MapType::LruHash, size::<SockRevKeyV4>(), size::<SockRevV4>(), maps::default_size::SOCK_REVNAT),
         other => unreachable!("map {other} missing from migrate::expected"),
     }
 }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod flow;
 pub mod maps;
 pub mod service;
+pub mod sock;
 pub mod stats;
 pub mod traffic;
 
@@ -21,6 +22,7 @@ pub use backend::*;
 pub use config::*;
 pub use flow::*;
 pub use service::*;
+pub use sock::*;
 pub use stats::*;
 
 /// Implements `aya::Pod` (user side) for map key/value types.

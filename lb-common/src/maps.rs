@@ -26,6 +26,12 @@ pub const REDIRECT_IFACES: &str = "redirect_ifaces";
 /// Live flows (`u64`) per backend id: raised on flow creation, lowered on
 /// FIN/RST, recounted from conntrack by the agent (idle expiry, eviction).
 pub const BACKEND_LOAD: &str = "backend_load";
+/// Array of one `u64`: the network namespace cookie whose sockets are
+/// balanced at connect()/sendmsg() (the node's own; 0 turns it off).
+pub const SOCK_NETNS: &str = "sock_netns";
+/// LRU [`crate::SockRevKeyV4`] → [`crate::SockRevV4`]: the service address a
+/// balanced socket asked for, by socket and backend.
+pub const SOCK_REVNAT_V4: &str = "sock_revnat_v4";
 
 /// Every map the programs own, in the order the agent pins and checks them.
 pub const ALL: &[&str] = &[
@@ -40,6 +46,8 @@ pub const ALL: &[&str] = &[
     AFFINITY_V4,
     BACKEND_LOAD,
     REDIRECT_IFACES,
+    SOCK_NETNS,
+    SOCK_REVNAT_V4,
 ];
 
 /// Default sizes; the agent can override each at load time.
@@ -50,6 +58,7 @@ pub mod default_size {
     pub const CONNTRACK: u32 = 1_048_576;
     pub const AFFINITY: u32 = 262_144;
     pub const REDIRECT_IFACES: u32 = 64;
+    pub const SOCK_REVNAT: u32 = 65_536;
 }
 
 /// Program names (the function names in lb-ebpf).
@@ -60,4 +69,14 @@ pub mod programs {
     pub const TC_INGRESS: &str = "tc_ingress";
     /// tc egress on every attached interface: reverse NAT of replies.
     pub const TC_EGRESS: &str = "tc_egress";
+    /// cgroup connect4: a node socket connecting to a service gets a backend.
+    pub const SOCK_CONNECT4: &str = "sock_connect4";
+    /// cgroup sendmsg4: the same for unconnected UDP sends.
+    pub const SOCK_SENDMSG4: &str = "sock_sendmsg4";
+    /// cgroup recvmsg4: replies from the backend read as from the service.
+    pub const SOCK_RECVMSG4: &str = "sock_recvmsg4";
+    /// cgroup getpeername4: a balanced socket's peer reads as the service.
+    pub const SOCK_GETPEERNAME4: &str = "sock_getpeername4";
+    /// Every socket program, in the order the agent attaches them.
+    pub const SOCK: &[&str] = &[SOCK_CONNECT4, SOCK_SENDMSG4, SOCK_RECVMSG4, SOCK_GETPEERNAME4];
 }

@@ -61,6 +61,8 @@ counters! {
     HAIRPIN = 15, "hairpin", "Event: a hairpin packet (a backend reaching its own service) was sent back to it.";
     RST_SENT = 16, "rst_sent", "Event: a SYN to a service without backends was answered with a TCP reset.";
     XDP_REDIRECTED = 17, "xdp_redirected", "Event: XDP forwarded a balanced packet itself (FIB lookup + redirect), skipping the kernel's forwarding.";
+    SOCK_BALANCED = 18, "sock_balanced", "Event: a node socket's connect() or sendmsg() to a service was pointed at a backend.";
+    SOCK_NO_BACKEND = 19, "sock_no_backend", "Event: a node socket's connect() or sendmsg() to a service without backends was refused.";
 }
 
 /// First event counter (see [`counter`]).

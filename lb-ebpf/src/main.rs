@@ -18,14 +18,15 @@ mod parse;
 mod reset;
 mod select;
 mod service;
+mod sock;
 mod stats;
 mod tc;
 mod verdict;
 mod xdp;
 
 use aya_ebpf::{
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 
 /// XDP on an uplink: balance packets to service addresses, pass the rest.
@@ -44,6 +45,30 @@ pub fn tc_ingress(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn tc_egress(ctx: TcContext) -> i32 {
     tc::egress(&ctx)
+}
+
+/// cgroup connect4: a node socket connecting to a service gets a backend.
+#[cgroup_sock_addr(connect4)]
+pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
+    sock::balance(&ctx)
+}
+
+/// cgroup sendmsg4: the same for unconnected UDP sends.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::balance(&ctx)
+}
+
+/// cgroup recvmsg4: replies from the backend read as from the service.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx)
+}
+
+/// cgroup getpeername4: a balanced socket's peer reads as the service.
+#[cgroup_sock_addr(getpeername4)]
+pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx)
 }
 
 #[cfg(not(test))]

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     counter, maps::default_size as size, AffinityKeyV4, AffinityV4, BackendId, BackendV4, Config,
-    FlowKeyV4, FlowV4, ServiceKeyV4, ServiceStats, ServiceV4, SlotKey,
+    FlowKeyV4, FlowV4, ServiceKeyV4, ServiceStats, ServiceV4, SlotKey, SockRevKeyV4, SockRevV4,
 };
 
 /// (VIP, port, protocol) → service. Written by the agent.
@@ -66,3 +66,13 @@ pub static redirect_ifaces: DevMapHash<{ size::REDIRECT_IFACES as usize }> = Dev
 /// Per-CPU [pending event, last log time] for rate-limited log lines (events.rs).
 #[btf_map]
 pub static log_state: PerCpuArray<[u64; 2], 1> = PerCpuArray::new();
+
+/// Netns cookie of the node's sockets, balanced at connect (0: off). Written by the agent.
+#[btf_map]
+pub static sock_netns: Array<u64, 1> = Array::new();
+
+/// (socket, backend) → the service address it asked for; LRU, as sockets
+/// close without telling us.
+#[btf_map]
+pub static sock_revnat_v4: LruHashMap<SockRevKeyV4, SockRevV4, { size::SOCK_REVNAT as usize }> =
+    LruHashMap::new();

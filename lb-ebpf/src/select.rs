@@ -40,10 +40,31 @@ fn slot_backend(service_id: u32, slot: u32) -> Option<BackendId> {
     unsafe { service_slots.get(SlotKey { service_id, slot }) }.copied()
 }
 
+/// What a new flow's choice depends on besides its service: ClientIP
+/// affinity keys on `src`, Maglev hashes all four.
+pub struct Client {
+    pub src: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+}
+
 /// The slot and backend of a new flow of `p` to `svc` (`svc.count` > 0), or
 /// `None` if the slot is empty (the agent is mid-update; counted as no backend).
 #[inline(always)]
 pub fn pick(svc: &ServiceV4, p: &Packet, now: u64) -> Option<(u32, BackendId)> {
+    let client = Client {
+        src: p.src,
+        sport: p.sport,
+        dport: p.dport,
+        proto: p.proto,
+    };
+    pick_for(svc, &client, now)
+}
+
+/// As [`pick`], for a flow described by its client (a socket has no packet yet).
+#[inline(always)]
+pub fn pick_for(svc: &ServiceV4, p: &Client, now: u64) -> Option<(u32, BackendId)> {
     let affinity = AffinityKeyV4 {
         service_id: svc.id,
         client: p.src,

@@ -177,6 +177,9 @@ fn spawn(node: &Netns, pin_dir: &Path, source_dir: &Path, log: &Path, extra: &[S
         .arg("--pin-path")
         .arg(pin_dir)
         .arg(format!("--source=file:{}", source_dir.display()))
+        // Socket balancing only where a test asks for it (with its own cgroup):
+        // the default (the host's cgroup2 root) would reach every process.
+        .args(if extra.iter().any(|a| a.starts_with("--socket-lb")) { None } else { Some("--socket-lb=off") })
         .args(extra)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())

@@ -413,6 +413,11 @@ fn the_daemon_set_mounts_the_paths_the_agent_uses() {
         "{mount} from the host's {host}, read-only"
     );
 
+    // The socket programs attach to the host's cgroup2 root, not the
+    // container's cgroup namespace view.
+    let (mount, host, _, ro) = mount_covering(ds, "/sys/fs/cgroup").expect("nothing mounts the host's /sys/fs/cgroup");
+    assert!(mount == host && !ro, "{mount} from the host's {host}, writable (attaching needs the directory)");
+
     // --config points into the ConfigMap's mount, at a key the
     // kustomization generates.
     let c = the_container(ds);

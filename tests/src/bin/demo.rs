@@ -1,12 +1,15 @@
 //! `cargo xtask demo`: the real `lb-agent`, fed Kubernetes YAML, balances a
 //! Service in network namespaces: a client sends HTTP to the ClusterIP and
-//! to the NodePort and this prints which backend answered each request; then
-//! an EndpointSlice edit removes a backend, live. Needs root.
+//! to the NodePort, a process on the node itself sends HTTP to the ClusterIP
+//! (balanced at connect() by the socket programs), and this prints which
+//! backend answered each request; then an EndpointSlice edit removes a
+//! backend, live. Needs root.
 use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use lb_common::counter;
 use xdplb_tests::{
     agent::{objects_dir, programmed, slice, write, Agent, WEB_CLUSTER_IP},
+    cgroup::TestCgroup,
     servers::{http_get, Server},
     topology::{backend_addr, Topology, NODE_ADDR, UPLINK},
     wait_for,
@@ -22,6 +25,19 @@ fn requests(t: &Topology, label: &str, to: SocketAddr, n: usize) {
     println!("  {label}: {tally:?}\n");
 }
 
+/// HTTP from a process of the node's namespace (bash's /dev/tcp: a plain
+/// connect()), in the cgroup the socket programs are attached to.
+fn node_requests(t: &Topology, cgroup: &TestCgroup, n: usize) {
+    let script = format!("exec 3<>/dev/tcp/{WEB_CLUSTER_IP}/80 && printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3 && cat <&3");
+    for i in 1..=n {
+        let out = cgroup.run(&t.node, std::path::Path::new("bash"), &["-c", &script]);
+        let reply = String::from_utf8_lossy(&out.stdout);
+        let body = reply.split("\r\n\r\n").nth(1).map_or_else(|| format!("ERROR {}", String::from_utf8_lossy(&out.stderr).trim()), str::to_string);
+        println!("  node      request {i}: GET http://{WEB_CLUSTER_IP}:80/ from a node process -> answered by {body}");
+    }
+    println!();
+}
+
 fn main() {
     println!("xdplb demo: client ns --> node ns (lb-agent, XDP on {UPLINK}) --> 3 backend namespaces\n");
     let t = Topology::new(3);
@@ -31,7 +47,10 @@ fn main() {
     println!("objects in {} (as `kubectl get svc,endpointslices,nodes -A -o yaml` prints them):", dir.display());
     println!("  Service shop/web: ClusterIP {WEB_CLUSTER_IP}:80 -> 8080, NodePort {NODE_ADDR}:30080, xdplb.io/algorithm: round-robin");
     println!("  EndpointSlice shop/web-abc12: 3 ready endpoints\n");
-    let mut agent = Agent::start(&t.node, &dir);
+    // The node's own processes are balanced by socket programs on a cgroup:
+    // here a demo cgroup, so nothing else on this machine is touched.
+    let cgroup = TestCgroup::new();
+    let mut agent = Agent::start_with(&t.node, &dir, &[&format!("--socket-lb={}", cgroup.path.display())]);
     let dp = agent.maps();
     assert!(wait_for(Duration::from_secs(10), || programmed(&dp).is_some_and(|(n, _)| n == 3)), "{}", agent.log());
     println!("lb-agent programmed the service:");
@@ -42,6 +61,7 @@ fn main() {
 
     requests(&t, "ClusterIP", SocketAddr::from((WEB_CLUSTER_IP, 80)), 6);
     requests(&t, "NodePort", SocketAddr::from((NODE_ADDR, 30080)), 6);
+    node_requests(&t, &cgroup, 3);
 
     println!("editing the EndpointSlice: backend-2 leaves the service");
     write(&dir, "slice.yaml", &slice(&[0, 1]));

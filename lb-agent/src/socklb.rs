@@ -1,0 +1,116 @@
+//! Socket-level balancing of the node's own connections (`--socket-lb`):
+//! the cgroup the socket programs attach to, and the network namespace
+//! whose sockets they balance (the agent's own: the node's, as the
+//! DaemonSet runs with hostNetwork). Pods' sockets stay with tc.
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _, Result};
+use aya::Ebpf;
+
+use crate::{dataplane::Dataplane, links, loader::links_dir};
+
+/// What `--socket-lb` asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SocketLb {
+    Off,
+    /// The cgroup2 mount of this host.
+    Auto,
+    Cgroup(PathBuf),
+}
+
+impl std::str::FromStr for SocketLb {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "off" => Self::Off,
+            "auto" => Self::Auto,
+            path if path.starts_with('/') => Self::Cgroup(PathBuf::from(path)),
+            other => return Err(format!("{other}: expected auto, off or an absolute cgroup2 directory")),
+        })
+    }
+}
+
+/// The first cgroup2 mount point in `mounts` (the text of /proc/self/mounts).
+pub fn cgroup2_mount(mounts: &str) -> Option<PathBuf> {
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_, point, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| PathBuf::from(point))
+    })
+}
+
+/// The cookie of the calling thread's network namespace (SO_NETNS_COOKIE,
+/// kernel >= 5.14), the value `bpf_get_netns_cookie` gives the programs.
+pub fn netns_cookie() -> Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: plain syscalls; results checked; `cookie` outlives getsockopt.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            bail!("socket: {}", std::io::Error::last_os_error());
+        }
+        let mut cookie: u64 = 0;
+        let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+        let rc = libc::getsockopt(fd, libc::SOL_SOCKET, SO_NETNS_COOKIE, (&mut cookie as *mut u64).cast(), &mut len);
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if rc != 0 {
+            bail!("reading this network namespace's cookie (SO_NETNS_COOKIE needs kernel >= 5.14): {err}");
+        }
+        Ok(cookie)
+    }
+}
+
+/// Turns socket balancing on (attach to the cgroup, mark this namespace as
+/// the node's) or off (unmark it; remove pinned socket links, which detaches
+/// them). Returns the cgroup attached to.
+pub fn apply(ebpf: &mut Ebpf, dp: &mut Dataplane, want: &SocketLb, pin_dir: &Path) -> Result<Option<PathBuf>> {
+    let cgroup = match want {
+        SocketLb::Off => {
+            dp.set_sock_netns(0)?;
+            remove_links(pin_dir);
+            return Ok(None);
+        }
+        SocketLb::Cgroup(p) => p.clone(),
+        SocketLb::Auto => {
+            let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+            cgroup2_mount(&mounts).context("no cgroup2 file system is mounted: the node's own connections to services cannot be balanced (mount cgroup2, or pass --socket-lb off)")?
+        }
+    };
+    links::attach_cgroup(ebpf, &cgroup, Some(&links_dir(pin_dir)))?;
+    dp.set_sock_netns(netns_cookie()?)?;
+    Ok(Some(cgroup))
+}
+
+fn remove_links(pin_dir: &Path) {
+    for name in lb_common::maps::programs::SOCK {
+        let _ = std::fs::remove_file(links_dir(pin_dir).join(format!("cgroup@{name}")));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_cgroup2_mount_in_hybrid_and_unified_hosts() {
+        let hybrid = "tmpfs /sys/fs/cgroup tmpfs rw 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        assert_eq!(cgroup2_mount(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(cgroup2_mount("cgroup2 /sys/fs/cgroup cgroup2 rw,nsdelegate 0 0\n"), Some(PathBuf::from("/sys/fs/cgroup")));
+        assert_eq!(cgroup2_mount("proc /proc proc rw 0 0\n"), None);
+    }
+
+    #[test]
+    fn parses_the_flag() {
+        assert_eq!("off".parse::<SocketLb>(), Ok(SocketLb::Off));
+        assert_eq!("auto".parse::<SocketLb>(), Ok(SocketLb::Auto));
+        assert_eq!("/sys/fs/cgroup/x".parse::<SocketLb>(), Ok(SocketLb::Cgroup("/sys/fs/cgroup/x".into())));
+        assert!("cgroup".parse::<SocketLb>().is_err());
+    }
+
+    #[test]
+    fn reads_a_netns_cookie() {
+        assert_ne!(netns_cookie().unwrap(), 0);
+    }
+}

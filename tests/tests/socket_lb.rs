@@ -1,0 +1,123 @@
+//! Socket-level balancing of the node's own connections (`--socket-lb`):
+//! real processes in the node's namespace, put into a test cgroup the
+//! agent's socket programs are attached to, reach service backends by the
+//! ClusterIP while seeing the ClusterIP as their peer; other namespaces'
+//! sockets are left to XDP/tc. Needs root (namespaces, cgroups, BPF).
+use std::{collections::BTreeSet, path::Path, time::Duration};
+
+use lb_common::counter;
+use xdplb_tests::{
+    agent::{default_service, objects_dir_with, slice, slice_for, web_service, Agent},
+    cgroup::TestCgroup,
+    servers::Server,
+    topology::Topology,
+    wait_for,
+};
+
+const CLIENT: &str = env!("CARGO_BIN_EXE_xdplb-sock-client");
+const VIP: &str = "10.96.0.10:80";
+
+struct Node {
+    t: Topology,
+    _servers: Vec<Server>,
+    agent: Agent,
+    cgroup: TestCgroup,
+}
+
+/// Three backends, the agent balancing node sockets of a fresh test cgroup.
+fn node(service: &str, slice: &str) -> Node {
+    let t = Topology::new(3);
+    let servers = (0..3).map(|i| Server::start(&t.backends[i], 8080, &format!("backend-{i}"))).collect();
+    let cgroup = TestCgroup::new();
+    let flag = format!("--socket-lb={}", cgroup.path.display());
+    let mut agent = Agent::start_with(&t.node, &objects_dir_with(service, slice), &[&flag]);
+    let dp = agent.maps();
+    assert!(wait_for(Duration::from_secs(10), || dp.contents().is_ok_and(|c| !c.services.is_empty())), "{}", agent.log());
+    Node { t, _servers: servers, agent, cgroup }
+}
+
+impl Node {
+    /// `xdplb-sock-client proto VIP` from the node's namespace in the cgroup:
+    /// Ok((answer, address it came from)) or Err(stderr).
+    fn ask(&self, proto: &str) -> Result<(String, String), String> {
+        let out = self.cgroup.run(&self.t.node, Path::new(CLIENT), &[proto, VIP]);
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let (answer, from) = text.split_once(' ').unwrap_or_else(|| panic!("client printed {text:?}"));
+        Ok((answer.to_string(), from.to_string()))
+    }
+
+    fn counter(&self, which: u32) -> u64 {
+        Agent::maps_of(&self.agent).counters().unwrap()[which as usize]
+    }
+}
+
+#[test]
+fn node_tcp_connections_to_a_cluster_ip_reach_every_backend_and_see_the_cluster_ip() {
+    let n = node(&default_service(), &slice(&[0, 1, 2]));
+    let mut seen = BTreeSet::new();
+    for _ in 0..3 {
+        let (backend, peer) = n.ask("tcp").unwrap_or_else(|e| panic!("connect failed: {e}\n{}", n.agent.log()));
+        assert_eq!(peer, VIP, "getpeername() shows the service, not the backend");
+        seen.insert(backend);
+    }
+    // Round-robin: three connections, three backends.
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(n.counter(counter::SOCK_BALANCED), 3);
+    // Balanced at connect: no packet needed XDP's NAT.
+    assert_eq!(n.counter(counter::NAT_FORWARD), 0);
+}
+
+#[test]
+fn node_udp_datagrams_to_a_cluster_ip_are_answered_from_the_cluster_ip() {
+    let svc = web_service(&[("xdplb.io/algorithm", "round-robin")], "UDP", "");
+    let n = node(&svc, &slice_for(&[0, 1, 2], "UDP"));
+    let mut seen = BTreeSet::new();
+    for _ in 0..3 {
+        let (backend, from) = n.ask("udp").unwrap_or_else(|e| panic!("no answer: {e}\n{}", n.agent.log()));
+        // recvmsg() reports the service as the source: resolvers accept the answer.
+        assert_eq!(from, VIP);
+        seen.insert(backend);
+    }
+    assert_eq!(seen.len(), 3, "{seen:?}");
+}
+
+#[test]
+fn a_node_connect_to_a_service_without_endpoints_fails_at_once() {
+    let n = node(&default_service(), &slice(&[]));
+    let started = std::time::Instant::now();
+    let err = n.ask("tcp").expect_err("no backend to connect to");
+    assert!(err.contains("not permitted"), "connect() is refused (EPERM): {err}");
+    assert!(started.elapsed() < Duration::from_secs(2), "refused, not timed out");
+    assert_eq!(n.counter(counter::SOCK_NO_BACKEND), 1);
+}
+
+#[test]
+fn sockets_of_other_namespaces_are_left_to_xdp_and_an_agent_restart_keeps_balancing() {
+    let mut n = node(&default_service(), &slice(&[0, 1, 2]));
+    // A process of the client's namespace in the same cgroup: its packets
+    // reach the node and XDP balances them, the socket programs stay out.
+    let out = n.cgroup.run(&n.t.client, Path::new(CLIENT), &["tcp", VIP]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(n.counter(counter::SOCK_BALANCED), 0);
+    assert!(n.counter(counter::NAT_FORWARD) > 0, "XDP balanced it");
+
+    // A restart replaces the pinned cgroup links; node sockets still balance.
+    let links = n.agent.pin_dir.join("links/cgroup@sock_connect4");
+    assert!(links.exists(), "the cgroup link is pinned");
+    n.agent.restart(&n.t.node);
+    assert!(wait_for(Duration::from_secs(10), || n.agent.log().matches("node sockets to services are balanced").count() >= 2), "{}", n.agent.log());
+    assert_eq!(n.ask("tcp").map(|(_, peer)| peer), Ok(VIP.to_string()));
+
+    // Turned off: the links are removed (so detached) and node sockets are not balanced.
+    let flag = "--socket-lb=off";
+    n.agent.kill9();
+    n.agent.start_again(&n.t.node, &[flag]);
+    assert!(wait_for(Duration::from_secs(10), || n.agent.log().contains("socket balancing off")), "{}", n.agent.log());
+    assert!(!links.exists());
+    let before = n.counter(counter::SOCK_BALANCED);
+    let _ = n.ask("tcp");
+    assert_eq!(n.counter(counter::SOCK_BALANCED), before);
+}
