@@ -224,7 +224,7 @@ fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<()> {
     }
 }
 
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_coarse_ns`.
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into `ts`.

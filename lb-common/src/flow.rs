@@ -68,9 +68,9 @@ pub struct FlowV4 {
     /// Bit set of [`flow_flags`].
     pub flags: u8,
     pub _pad: [u8; 2],
-    /// `bpf_ktime_get_ns()` at creation.
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC, tick resolution) at creation.
     pub created_ns: u64,
-    /// `bpf_ktime_get_ns()` of the last packet (updated at most once a second).
+    /// The same clock at the last packet (updated at most once a second).
     pub last_seen_ns: u64,
     /// Packets and bytes in this entry's direction.
     pub packets: u64,

@@ -89,7 +89,7 @@ pub struct AffinityV4 {
     /// ...and the slot it was found in: the entry holds only while that slot
     /// still names that backend (a backend that left the service ends it).
     pub slot: u32,
-    /// `bpf_ktime_get_ns()` of the client's last new flow.
+    /// `bpf_ktime_get_coarse_ns()` of the client's last new flow.
     pub last_used_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<AffinityV4>() == 16);

@@ -1,6 +1,6 @@
 //! Conntrack: pins every flow to its backend, and remembers how to rewrite
 //! its replies. Both directions of a flow are entries of one LRU map.
-use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns};
 use lb_common::{
     counter, direction, flow_flags, BackendV4, Config, FlowKeyV4, FlowV4, HAIRPIN_ADDR_V4,
     IPPROTO_TCP,
@@ -42,10 +42,20 @@ impl Rewrite {
     }
 }
 
+/// CLOCK_MONOTONIC at tick resolution (a few ms): every timeout is seconds
+/// long, and reading the coarse clock costs a fraction of the precise one
+/// (~15 ns less per packet here).
 #[inline(always)]
 pub fn now() -> u64 {
     // SAFETY: helper without preconditions.
-    unsafe { bpf_ktime_get_ns() }
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// Time since `t`; 0 if `t` is ahead of `now` (a stamp from a precise clock,
+/// e.g. written by an earlier version, may be up to a tick ahead).
+#[inline(always)]
+pub fn since(now: u64, t: u64) -> u64 {
+    now.saturating_sub(t)
 }
 
 /// The key of the packet's own direction.
@@ -85,7 +95,7 @@ fn touch(entry: &mut FlowV4, p: &Packet, now: u64) {
     // and an occasional lost increment is cheaper than an atomic per packet.
     entry.packets += 1;
     entry.bytes += p.ip_len as u64;
-    if now.wrapping_sub(entry.last_seen_ns) > TOUCH_INTERVAL_NS {
+    if since(now, entry.last_seen_ns) > TOUCH_INTERVAL_NS {
         entry.last_seen_ns = now;
     }
     if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 && entry.flags & flow_flags::CLOSING == 0 {
@@ -107,7 +117,7 @@ pub fn established(key: &FlowKeyV4, p: &Packet, now: u64) -> Option<Rewrite> {
     // SAFETY: the entry stays valid for this program run; races only lose counts.
     let entry = unsafe { &mut *conntrack_v4.get_ptr_mut(key)? };
     if entry.direction != direction::FORWARD
-        || now.wrapping_sub(entry.last_seen_ns) > timeout_ns(entry, p.proto)
+        || since(now, entry.last_seen_ns) > timeout_ns(entry, p.proto)
         || (p.tcp_flags & TCP_SYN != 0 && entry.flags & flow_flags::CLOSING != 0)
     {
         return None;
@@ -134,7 +144,7 @@ fn clashes(key: &FlowKeyV4, want: &FlowV4, now: u64) -> bool {
             (e.nat_addr, e.nat_port, e.peer_addr, e.peer_port)
                 != (want.nat_addr, want.nat_port, want.peer_addr, want.peer_port)
                 && e.flags & flow_flags::CLOSING == 0
-                && now.wrapping_sub(e.last_seen_ns) <= timeout_ns(e, key.proto)
+                && since(now, e.last_seen_ns) <= timeout_ns(e, key.proto)
         }
         None => false,
     }
@@ -252,7 +262,7 @@ pub fn reply(p: &Packet) -> Option<Rewrite> {
     // (e.g. a client talking to the backend directly from a port it once used
     // for the service): expired entries and a SYN on a closed flow are not ours.
     if entry.direction != direction::REPLY
-        || now.wrapping_sub(entry.last_seen_ns) > timeout_ns(entry, p.proto)
+        || since(now, entry.last_seen_ns) > timeout_ns(entry, p.proto)
         || (p.tcp_flags & TCP_SYN != 0 && entry.flags & flow_flags::CLOSING != 0)
     {
         return None;

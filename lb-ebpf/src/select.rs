@@ -72,7 +72,7 @@ pub fn pick_for(svc: &ServiceV4, p: &Client, now: u64) -> Option<(u32, BackendId
     if svc.affinity_timeout_s != 0 {
         // SAFETY: read-only copy of a program-written value.
         if let Some(a) = unsafe { affinity_v4.get(affinity) } {
-            let live = now.wrapping_sub(a.last_used_ns) <= svc.affinity_timeout_s as u64 * NS;
+            let live = crate::conntrack::since(now, a.last_used_ns) <= svc.affinity_timeout_s as u64 * NS;
             if live && a.slot <= svc.count && slot_backend(svc.id, a.slot) == Some(a.backend_id) {
                 let kept = AffinityV4 {
                     last_used_ns: now,

@@ -215,7 +215,8 @@ pub struct FlowRow {
     pub flags: Vec<&'static str>,
 }
 
-/// `bpf_ktime_get_ns()`'s clock, to turn entry timestamps into ages.
+/// The clock of the programs' timestamps (`bpf_ktime_get_coarse_ns` is its
+/// tick-resolution reading), to turn entry timestamps into ages.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
