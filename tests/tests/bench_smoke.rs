@@ -31,6 +31,7 @@ const REQUIRED: &[&str] = &[
     "skb/xdplb_10_services",
     "skb/iptables_10_services",
     "ratio/xdplb_over_iptables_10_services",
+    "ratio/xdplb_redirect_over_iptables_10_services",
     "skb/iptables_10_services_new_flows",
     "ratio/xdplb_over_iptables_10_services_new_flows",
     "skb/iptables_10_services_tcp_ack",

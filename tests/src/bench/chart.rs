@@ -15,6 +15,7 @@ const SERIES: &[(&str, &str, &str, &str, bool)] = &[
     ("xdplb, established", "skb/xdplb_", "_services", "#1f77b4", false),
     ("iptables, established", "skb/iptables_", "_services", "#d62728", false),
     ("xdplb, new flows", "skb/xdplb_", "_services_new_flows", "#1f77b4", true),
+    ("xdplb + XDP redirect, established", "skb/xdplb_redirect_", "_services", "#2ca02c", false),
     ("iptables, new flows", "skb/iptables_", "_services_new_flows", "#d62728", true),
 ];
 
@@ -87,7 +88,7 @@ mod tests {
     fn one_polyline_per_series_with_its_points() {
         let f = [fig("skb/xdplb_1_services", 0.7), fig("skb/xdplb_1000_services", 0.6), fig("skb/iptables_1_services_new_flows", 0.2)];
         let s = svg(&f, 1).unwrap();
-        assert_eq!(s.matches("<polyline").count(), 4, "one per series");
+        assert_eq!(s.matches("<polyline").count(), 5, "one per series");
         assert_eq!(s.matches("<circle").count(), 3);
         assert!(svg(&f, 2).is_none());
     }

@@ -6,7 +6,7 @@
 //!   forwarding, and DNAT + XDP redirect) against the floors of this
 //!   machine: drop-only, a bare XDP_TX, a bare XDP redirect, and the
 //!   kernel forwarding frames that need no NAT.
-//! - `skb` ([`Sender::Skb`]): xdplb against kube-proxy-style iptables rules
+//! - `skb` ([`Sender::Skb`]): both xdplb nodes against kube-proxy-style iptables rules
 //!   ([`super::iptables`]), both fed skbs by the same AF_PACKET sender,
 //!   measured in alternation; ratios per round.
 //!
@@ -179,11 +179,12 @@ pub fn run(progs: &mut BenchProgs, opts: &Opts, sender: Sender, report: &mut Rep
                         }
                         report.add(section, &format!("{section}/{name}_{n}_services{}", mix.suffix), m[k].pps[i] / 1e6, None, "Mpps", conditions(sender, opts, &m[k], i, c));
                     }
-                    if nodes.iptables.is_some() {
-                        let (median, min, rounds) = m[0].ratio(&m[1], i);
-                        report.add(section, &format!("ratio/xdplb_over_iptables_{n}_services{}", mix.suffix), median, Some(min), "x",
+                    let Some(ipt) = m.get(2) else { continue };
+                    for (k, name, path) in [(0, "xdplb", "kernel forwarding after the NAT on both"), (1, "xdplb_redirect", "xdplb forwarding with XDP redirect")] {
+                        let (median, min, rounds) = m[k].ratio(ipt, i);
+                        report.add(section, &format!("ratio/{name}_over_iptables_{n}_services{}", mix.suffix), median, Some(min), "x",
                             json!({"services": n, "threads": opts.threads[i], "traffic": mix.what, "rounds": rounds, "sender": sender.describe(),
-                                "what": "forwarded pps, xdplb / kube-proxy iptables, both fed skbs by the same sender, kernel forwarding after the NAT, same traffic, measured in alternation; median (min) of per-round ratios"}));
+                                "what": format!("forwarded pps, {name} / kube-proxy iptables, both fed skbs by the same sender, {path}, same traffic, measured in alternation; median (min) of per-round ratios")}));
                     }
                 }
             }
@@ -194,12 +195,12 @@ pub fn run(progs: &mut BenchProgs, opts: &Opts, sender: Sender, report: &mut Rep
 }
 
 /// The nodes under comparison at one service count and protocol: xdplb
-/// passing rewritten frames to the kernel's forwarding, then either xdplb
-/// redirecting them itself (`live`) or kube-proxy's iptables rules (`skb`).
-/// The nodes exist at once and are measured round by round in turn.
+/// passing rewritten frames to the kernel's forwarding, xdplb redirecting
+/// them itself, and (`skb` section) kube-proxy's iptables rules. The nodes
+/// exist at once and are measured round by round in turn.
 struct Nodes {
     xdplb: (Topo, BenchLb),
-    redirect: Option<(Topo, BenchLb)>,
+    redirect: (Topo, BenchLb),
     iptables: Option<Topo>,
     rules_load_s: f64,
     restore: &'static str,
@@ -208,35 +209,28 @@ struct Nodes {
 impl Nodes {
     fn new(progs: &mut BenchProgs, n: u32, per: u32, proto: u8, sender: Sender) -> Result<Self> {
         let xdplb = xdplb_node(progs, n, per, proto)?;
+        // FIB lookup + redirect to bk0 (whose peer runs XDP) instead of the
+        // kernel's IP forwarding.
+        let (t, mut lb) = xdplb_node(progs, n, per, proto)?;
+        in_ns(&t.node, || lb.enable_redirect(t.bk0_ifindex)).context("enabling XDP redirect")?;
+        let redirect = (t, lb);
         let restore = if which("iptables-legacy-restore") { "iptables-legacy-restore" } else { "iptables-restore" };
-        let (mut redirect, mut iptables, mut rules_load_s) = (None, None, 0.0);
-        match sender {
-            Sender::LiveFrames => {
-                // FIB lookup + redirect to bk0 (whose peer runs XDP) instead
-                // of the kernel's IP forwarding.
-                let (t, mut lb) = xdplb_node(progs, n, per, proto)?;
-                in_ns(&t.node, || lb.enable_redirect(t.bk0_ifindex)).context("enabling XDP redirect")?;
-                redirect = Some((t, lb));
-            }
-            Sender::Skb => {
-                // Only DNATed frames are routed to the sink (VIPs have no route).
-                let t = Topo::new();
-                rules_load_s = iptables::load(&t.node, restore, &iptables::rules(n, per, proto))?;
-                // The same veth receive path as xdplb's node: XDP runs, passes.
-                attach(progs, &t.node, "bench_pass", "up0")?;
-                attach(progs, &t.sink, "bench_drop", "eth0")?;
-                iptables = Some(t);
-            }
+        let (mut iptables, mut rules_load_s) = (None, 0.0);
+        if sender == Sender::Skb {
+            // Only DNATed frames are routed to the sink (VIPs have no route).
+            let t = Topo::new();
+            rules_load_s = iptables::load(&t.node, restore, &iptables::rules(n, per, proto))?;
+            // The same veth receive path as xdplb's node: XDP runs, passes.
+            attach(progs, &t.node, "bench_pass", "up0")?;
+            attach(progs, &t.sink, "bench_drop", "eth0")?;
+            iptables = Some(t);
         }
         Ok(Self { xdplb, redirect, iptables, rules_load_s, restore })
     }
 
     /// Figure names and paths, in the order of [`Nodes::sides`].
     fn names(&self) -> Vec<(&'static str, &'static str)> {
-        let mut v = vec![("xdplb", "xdp_lb DNAT + XDP_PASS, kernel forwarding")];
-        if self.redirect.is_some() {
-            v.push(("xdplb_redirect", "xdp_lb DNAT + FIB lookup + XDP redirect (--redirect-iface)"));
-        }
+        let mut v = vec![("xdplb", "xdp_lb DNAT + XDP_PASS, kernel forwarding"), ("xdplb_redirect", "xdp_lb DNAT + FIB lookup + XDP redirect (--redirect-iface)")];
         if self.iptables.is_some() {
             v.push(("iptables", "XDP_PASS, kube-proxy nat rules (conntrack), kernel forwarding"));
         }
@@ -246,10 +240,11 @@ impl Nodes {
     fn sides(&self, mix: &Mix, flows: u32, services: u32) -> Vec<Side<'_>> {
         let traffic = |t: &Topo| t.traffic(mix.proto, vip(1), flows, services, mix.new_every);
         let (xt, xlb) = (&self.xdplb.0, &self.xdplb.1);
-        let mut sides = vec![Side { t: xt, traffic: traffic(xt), check: Box::new(move |delivered| forwarded_at_least(xlb, counter::NAT_FORWARD, delivered, "forwarded")) }];
-        if let Some((rt, rlb)) = &self.redirect {
-            sides.push(Side { t: rt, traffic: traffic(rt), check: Box::new(move |delivered| forwarded_at_least(rlb, counter::XDP_REDIRECTED, delivered, "redirected")) });
-        }
+        let (rt, rlb) = (&self.redirect.0, &self.redirect.1);
+        let mut sides = vec![
+            Side { t: xt, traffic: traffic(xt), check: Box::new(move |delivered| forwarded_at_least(xlb, counter::NAT_FORWARD, delivered, "forwarded")) },
+            Side { t: rt, traffic: traffic(rt), check: Box::new(move |delivered| forwarded_at_least(rlb, counter::XDP_REDIRECTED, delivered, "redirected")) },
+        ];
         if let Some(kt) = &self.iptables {
             sides.push(Side::plain(kt, traffic(kt)));
         }
