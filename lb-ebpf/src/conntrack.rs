@@ -275,11 +275,15 @@ pub fn reply(p: &Packet) -> Option<Rewrite> {
     let now = now();
     // A stale entry must not capture a new connection that reuses the tuple
     // (e.g. a client talking to the backend directly from a port it once used
-    // for the service): expired entries and a SYN on a closed flow are not ours.
-    if entry.direction != direction::REPLY
-        || since(now, entry.last_seen_ns) > timeout_ns(entry, p.proto)
-        || (p.tcp_flags & TCP_SYN != 0 && entry.flags & flow_flags::CLOSING != 0)
-    {
+    // for the service): expired entries are not ours, and neither is a
+    // SYN-ACK on a closed flow — had its SYN come through the service, it
+    // would have replaced the entry. That entry is removed, so the rest of
+    // the new connection passes untouched too.
+    if entry.direction != direction::REPLY || since(now, entry.last_seen_ns) > timeout_ns(entry, p.proto) {
+        return None;
+    }
+    if p.tcp_flags & TCP_SYN != 0 && entry.flags & flow_flags::CLOSING != 0 {
+        let _ = conntrack_v4.remove(&key);
         return None;
     }
     entry.flags |= flow_flags::SEEN_REPLY;

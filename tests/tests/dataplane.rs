@@ -10,7 +10,7 @@ use std::{
 use lb_common::{algorithm, counter, IPPROTO_TCP, IPPROTO_UDP};
 use xdplb_tests::{
     lb::Lb,
-    servers::{tally, udp_ask, Conn, Server},
+    servers::{http_get, tally, udp_ask, Conn, Server},
     services::{contents, Svc},
     topology::{backend_addr, Topology, NODE_ADDR, POD_ADDR, POD_IFACE, UPLINK},
     wait_for,
@@ -433,3 +433,20 @@ fn xdp_forwards_to_a_redirect_interface_itself_and_falls_back_to_the_kernel_else
     assert_eq!(got.values().sum::<usize>(), 10);
     assert_eq!(lb.counter(counter::XDP_REDIRECTED), redirected, "no redirect towards br0");
 }
+
+#[test]
+fn a_direct_connection_reusing_a_closed_cluster_ip_connections_port_works() {
+    let (t, _s, mut lb) = setup(1);
+    lb.program(&contents(&[web(IPPROTO_TCP, algorithm::RANDOM, &[0])]));
+    // One ephemeral port: every connection of the client reuses it.
+    t.client.sysctl("net.ipv4.ip_local_port_range", "40000 40000");
+    let (via, direct) = (SocketAddr::from((CLUSTER_IP, 80)), SocketAddr::from((backend_addr(0), 8080)));
+    for round in 0..2 {
+        // The ClusterIP connection leaves closed conntrack entries behind; the
+        // direct one from the same port must not be reverse-NATed by them.
+        assert_eq!(t.client.run(move || http_get(via)).unwrap(), "backend-0", "round {round}, via the ClusterIP");
+        let got = t.client.run(move || http_get(direct));
+        assert_eq!(got.as_deref().ok(), Some("backend-0"), "round {round}, direct: {got:?}");
+    }
+}
+

@@ -474,4 +474,8 @@ fn a_closed_flow_does_not_capture_a_direct_connection_reusing_its_ports() {
     let synack = Frame::tcp(B1, 8080, CLIENT, 43000, TCP_SYN | TCP_ACK).bytes();
     let (rc, out) = run(&lb, "tc_egress", &synack);
     assert_eq!((rc, out), (0, synack), "passed untouched");
+    // So is the rest of that connection: the stale reply entry is gone.
+    let data = Frame::tcp(B1, 8080, CLIENT, 43000, TCP_ACK).payload(b"HTTP/1.0 200 OK\r\n").bytes();
+    let (rc, out) = run(&lb, "tc_egress", &data);
+    assert_eq!((rc, out), (0, data), "data of the direct connection passed untouched");
 }
