@@ -4,10 +4,13 @@
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
-use aya::maps::{Array, DevMapHash, HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{
+    lpm_trie::{Key, LpmTrie},
+    Array, DevMapHash, HashMap, Map, MapData, PerCpuArray,
+};
 use lb_common::{
     maps, AffinityKeyV4, AffinityV4, BackendId, BackendV4, Config, FlowKeyV4, FlowV4, ServiceKeyV4,
-    ServiceStats, ServiceV4, SlotKey,
+    ServiceStats, ServiceV4, SlotKey, SourceRangeV4,
 };
 
 pub struct Dataplane {
@@ -23,6 +26,7 @@ pub struct Dataplane {
     pub backend_load: Array<MapData, u64>,
     pub redirect_ifaces: DevMapHash<MapData>,
     pub sock_netns: Array<MapData, u64>,
+    pub source_ranges: LpmTrie<MapData, SourceRangeV4, u8>,
 }
 
 fn open<T>(dir: &Path, name: &str) -> Result<T>
@@ -54,6 +58,7 @@ impl Dataplane {
             backend_load: open(dir, maps::BACKEND_LOAD)?,
             redirect_ifaces: open(dir, maps::REDIRECT_IFACES)?,
             sock_netns: open(dir, maps::SOCK_NETNS)?,
+            source_ranges: open(dir, maps::SOURCE_RANGES_V4)?,
         })
     }
 
@@ -86,14 +91,26 @@ impl Dataplane {
             services: self.services.iter().collect::<Result<_, _>>()?,
             backends: self.backends.iter().collect::<Result<_, _>>()?,
             slots: self.slots.iter().collect::<Result<_, _>>()?,
+            source_ranges: self
+                .source_ranges
+                .iter()
+                .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
+                .collect::<Result<_, _>>()?,
         })
     }
 
     /// Applies `diff` in an order where no packet meets a dangling reference:
     /// backends, then slots, then services are written; removals go the other
     /// way (services, slots, backends). A service's count shrinks before the
-    /// slots above it go, and grows only after they exist.
+    /// slots above it go, and grows only after they exist. Source ranges are
+    /// added before the services that need them and removed after.
     pub fn apply(&mut self, diff: &crate::diff::Diff) -> Result<()> {
+        for ((len, r), v) in &diff.source_ranges.upsert {
+            let res = self.source_ranges.insert(&Key::new(*len, *r), v, 0);
+            write_result(res, maps::SOURCE_RANGES_V4, || {
+                format!("source range {}/{} of service {}", std::net::Ipv4Addr::from(r.addr), len - 32, u32::from_be_bytes(r.service_id))
+            })?;
+        }
         for (k, v) in &diff.backends.upsert {
             let r = self.backends.insert(k, v, 0);
             write_result(r, maps::BACKENDS_V4, || format!("backend {k}"))?;
@@ -116,6 +133,9 @@ impl Dataplane {
         }
         for k in &diff.backends.remove {
             ignore_missing(self.backends.remove(k))?;
+        }
+        for (len, r) in &diff.source_ranges.remove {
+            ignore_missing(self.source_ranges.remove(&Key::new(*len, *r)))?;
         }
         Ok(())
     }

@@ -1,7 +1,10 @@
 //! Desired map contents, and the minimal set of writes that gets the maps there.
 use std::collections::BTreeMap;
 
-use lb_common::{BackendId, BackendV4, ServiceKeyV4, ServiceV4, SlotKey};
+use lb_common::{BackendId, BackendV4, ServiceKeyV4, ServiceV4, SlotKey, SourceRangeV4};
+
+/// A `source_ranges_v4` key: LPM prefix length and data.
+pub type SourceRangeKey = (u32, SourceRangeV4);
 
 /// What the agent-owned maps contain (or should).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -9,6 +12,8 @@ pub struct MapContents {
     pub services: BTreeMap<ServiceKeyV4, ServiceV4>,
     pub backends: BTreeMap<BackendId, BackendV4>,
     pub slots: BTreeMap<SlotKey, BackendId>,
+    /// Allowed client prefixes per service (value always 1).
+    pub source_ranges: BTreeMap<SourceRangeKey, u8>,
 }
 
 /// Upserts and removals of one map.
@@ -39,11 +44,12 @@ pub struct Diff {
     pub services: Changes<ServiceKeyV4, ServiceV4>,
     pub backends: Changes<BackendId, BackendV4>,
     pub slots: Changes<SlotKey, BackendId>,
+    pub source_ranges: Changes<SourceRangeKey, u8>,
 }
 
 impl Diff {
     pub fn len(&self) -> usize {
-        self.services.len() + self.backends.len() + self.slots.len()
+        self.services.len() + self.backends.len() + self.slots.len() + self.source_ranges.len()
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -70,6 +76,7 @@ pub fn diff(current: &MapContents, desired: &MapContents) -> Diff {
         services: changes(&current.services, &desired.services),
         backends: changes(&current.backends, &desired.backends),
         slots: changes(&current.slots, &desired.slots),
+        source_ranges: changes(&current.source_ranges, &desired.source_ranges),
     }
 }
 

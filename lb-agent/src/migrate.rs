@@ -47,6 +47,8 @@ pub fn expected(name: &str, s: MapSizes) -> Spec {
         // bpf_devmap_val: ifindex + program.
         maps::REDIRECT_IFACES => spec(MapType::DevMapHash, 4, 8, maps::default_size::REDIRECT_IFACES),
         maps::SOCK_NETNS => spec(MapType::Array, 4, 8, 1),
+        // Key: the trie's u32 prefix length, then the data.
+        maps::SOURCE_RANGES_V4 => spec(MapType::LpmTrie, 4 + size::<SourceRangeV4>(), 1, maps::default_size::SOURCE_RANGES),
         maps::SOCK_REVNAT_V4 => spec(MapType::LruHash, size::<SockRevKeyV4>(), size::<SockRevV4>(), maps::default_size::SOCK_REVNAT),
         other => unreachable!("map {other} missing from migrate::expected"),
     }

@@ -26,6 +26,10 @@ pub const REDIRECT_IFACES: &str = "redirect_ifaces";
 /// Live flows (`u64`) per backend id: raised on flow creation, lowered on
 /// FIN/RST, recounted from conntrack by the agent (idle expiry, eviction).
 pub const BACKEND_LOAD: &str = "backend_load";
+/// LPM trie (prefix length, [`crate::SourceRangeV4`]) → `u8` (1): the client
+/// prefixes allowed to open flows to a service whose frontend carries
+/// `service_flags::SOURCE_RANGES` (`loadBalancerSourceRanges`).
+pub const SOURCE_RANGES_V4: &str = "source_ranges_v4";
 /// Array of one `u64`: the network namespace cookie whose sockets are
 /// balanced at connect()/sendmsg() (the node's own; 0 turns it off).
 pub const SOCK_NETNS: &str = "sock_netns";
@@ -48,6 +52,7 @@ pub const ALL: &[&str] = &[
     REDIRECT_IFACES,
     SOCK_NETNS,
     SOCK_REVNAT_V4,
+    SOURCE_RANGES_V4,
 ];
 
 /// Default sizes; the agent can override each at load time.
@@ -59,6 +64,7 @@ pub mod default_size {
     pub const AFFINITY: u32 = 262_144;
     pub const REDIRECT_IFACES: u32 = 64;
     pub const SOCK_REVNAT: u32 = 65_536;
+    pub const SOURCE_RANGES: u32 = 16_384;
 }
 
 /// Program names (the function names in lb-ebpf).

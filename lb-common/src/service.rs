@@ -39,6 +39,9 @@ pub mod algorithm {
 pub mod service_flags {
     /// The backends are serving-but-terminating ones used as a last resort.
     pub const FALLBACK_TERMINATING: u8 = 1 << 0;
+    /// New flows only from clients in the service's `source_ranges_v4`
+    /// (`loadBalancerSourceRanges`); set on LoadBalancer-ingress frontends.
+    pub const SOURCE_RANGES: u8 = 1 << 1;
 }
 
 /// Value of `services_v4`.
@@ -94,7 +97,26 @@ pub struct AffinityV4 {
 }
 const _: () = assert!(core::mem::size_of::<AffinityV4>() == 16);
 
-crate::user_pod!(ServiceKeyV4, ServiceV4, SlotKey, AffinityKeyV4, AffinityV4);
+/// Data of a `source_ranges_v4` key, after the LPM trie's prefix length: a
+/// service id and a client prefix. Both big-endian so the trie matches them
+/// bit by bit: an entry's prefix length is 32 (the whole id) plus the
+/// range's; a lookup uses 64.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
+pub struct SourceRangeV4 {
+    pub service_id: [u8; 4],
+    pub addr: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<SourceRangeV4>() == 8);
+
+impl SourceRangeV4 {
+    /// The prefix length of a range of `bits` bits.
+    pub const fn prefix_len(bits: u8) -> u32 {
+        32 + bits as u32
+    }
+}
+
+crate::user_pod!(ServiceKeyV4, ServiceV4, SlotKey, AffinityKeyV4, AffinityV4, SourceRangeV4);
 
 /// Name of an IP protocol number, for humans.
 pub fn proto_name(proto: u8) -> &'static str {

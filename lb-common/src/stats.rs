@@ -27,8 +27,9 @@ impl core::ops::AddAssign for ServiceStats {
 crate::user_pod!(ServiceStats);
 
 /// Index of the per-CPU `counters` array. `PACKETS` counts every packet;
-/// indexes 1..FIRST_EVENT are outcomes, of which every packet bumps exactly
-/// one; indexes from FIRST_EVENT on are events that come on top of an outcome.
+/// indexes 1..FIRST_EVENT and [`LATE_OUTCOMES`] are outcomes, of which every
+/// packet bumps exactly one ([`is_outcome`]); the others are events that come
+/// on top of an outcome.
 /// Drop and pass reasons are named so they reach metrics.
 macro_rules! counters {
     ($($name:ident = $idx:literal, $label:literal, $doc:literal;)*) => {
@@ -63,7 +64,17 @@ counters! {
     XDP_REDIRECTED = 17, "xdp_redirected", "Event: XDP forwarded a balanced packet itself (FIB lookup + redirect), skipping the kernel's forwarding.";
     SOCK_BALANCED = 18, "sock_balanced", "Event: a node socket's connect() or sendmsg() to a service was pointed at a backend.";
     SOCK_NO_BACKEND = 19, "sock_no_backend", "Event: a node socket's connect() or sendmsg() to a service without backends was refused.";
+    DROP_SOURCE_RANGE = 20, "drop_source_range", "Dropped: a new flow to a LoadBalancer IP from outside its loadBalancerSourceRanges.";
 }
 
 /// First event counter (see [`counter`]).
 pub const FIRST_EVENT: u32 = counter::REBALANCED;
+
+/// Outcomes added after the first events: appended, so earlier indexes keep
+/// their meaning in pinned `counters` maps across upgrades.
+pub const LATE_OUTCOMES: &[u32] = &[counter::DROP_SOURCE_RANGE];
+
+/// Whether counter `idx` is an outcome (every packet bumps exactly one).
+pub fn is_outcome(idx: u32) -> bool {
+    (1..FIRST_EVENT).contains(&idx) || LATE_OUTCOMES.contains(&idx)
+}

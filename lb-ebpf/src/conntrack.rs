@@ -283,7 +283,7 @@ pub fn reply(p: &Packet) -> Option<Rewrite> {
         return None;
     }
     if p.tcp_flags & TCP_SYN != 0 && entry.flags & flow_flags::CLOSING != 0 {
-        let _ = conntrack_v4.remove(&key);
+        let _ = conntrack_v4.remove(key);
         return None;
     }
     entry.flags |= flow_flags::SEEN_REPLY;

@@ -5,12 +5,13 @@
 )]
 //! `lb_common::maps`; the sizes here are defaults the agent overrides.
 use aya_ebpf::{
-    btf_maps::{Array, DevMapHash, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
     counter, maps::default_size as size, AffinityKeyV4, AffinityV4, BackendId, BackendV4, Config,
     FlowKeyV4, FlowV4, ServiceKeyV4, ServiceStats, ServiceV4, SlotKey, SockRevKeyV4, SockRevV4,
+    SourceRangeV4,
 };
 
 /// (VIP, port, protocol) → service. Written by the agent.
@@ -76,3 +77,8 @@ pub static sock_netns: Array<u64, 1> = Array::new();
 #[btf_map]
 pub static sock_revnat_v4: LruHashMap<SockRevKeyV4, SockRevV4, { size::SOCK_REVNAT as usize }> =
     LruHashMap::new();
+
+/// (service, client prefix) allowed to open flows to frontends flagged
+/// `SOURCE_RANGES` (loadBalancerSourceRanges). Written by the agent.
+#[btf_map]
+pub static source_ranges_v4: LpmTrie<SourceRangeV4, u8, { size::SOURCE_RANGES as usize }> = LpmTrie::new();

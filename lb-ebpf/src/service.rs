@@ -1,10 +1,11 @@
 //! The forward path shared by every hook: service lookup, conntrack, backend
 //! selection. Returns where the packet's destination goes; the hook rewrites.
-use lb_common::{counter, ServiceKeyV4};
+use aya_ebpf::btf_maps::lpm_trie::Key;
+use lb_common::{counter, service_flags, ServiceKeyV4, SourceRangeV4};
 
 use crate::{
     conntrack::{self, Rewrite},
-    maps::{backends_v4, services_v4},
+    maps::{backends_v4, services_v4, source_ranges_v4},
     parse::Packet,
     select, stats,
     verdict::Verdict,
@@ -39,6 +40,9 @@ pub fn balance(p: &Packet, hairpin_ok: bool) -> Result<Option<Rewrite>, Verdict>
         stats::service(svc.id, |s| s.drops_no_backend += 1);
         Err(Verdict::Drop(counter::DROP_NO_BACKEND))
     };
+    if svc.flags & service_flags::SOURCE_RANGES != 0 && !source_allowed(svc.id, p.src) {
+        return Err(Verdict::Drop(counter::DROP_SOURCE_RANGE));
+    }
     if svc.count == 0 {
         return no_backend();
     }
@@ -56,4 +60,13 @@ pub fn balance(p: &Packet, hairpin_ok: bool) -> Result<Option<Rewrite>, Verdict>
         s.new_flows += 1;
     });
     Ok(Some(rw))
+}
+
+/// Whether `client` is inside one of the service's source ranges. Checked
+/// for new flows only: an established flow outlives a range's removal, as
+/// with kube-proxy's conntrack.
+#[inline(always)]
+fn source_allowed(service_id: u32, client: [u8; 4]) -> bool {
+    let key = Key::new(64, SourceRangeV4 { service_id: service_id.to_be_bytes(), addr: client });
+    source_ranges_v4.get(&key).is_some()
 }

@@ -106,3 +106,27 @@ fn client_ip_affinity_keeps_a_client_until_its_backend_leaves_or_the_timeout() {
     let after = tally(&t.client, TO, 1);
     assert!(!after.contains_key(&now_on), "expired affinity: {after:?}");
 }
+
+/// `shop/web` as a LoadBalancer at 203.0.113.10 admitting `ranges`.
+fn lb_service(ranges: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\nspec:\n  type: LoadBalancer\n  \
+         clusterIP: 10.96.0.10\n  clusterIPs: [10.96.0.10]\n  loadBalancerSourceRanges: {ranges}\n  ports:\n  - name: http\n    port: 80\n    \
+         nodePort: 30080\n    protocol: TCP\n    targetPort: 8080\n  selector:\n    app: web\nstatus:\n  loadBalancer:\n    ingress:\n    - ip: 203.0.113.10\n"
+    )
+}
+
+#[test]
+fn load_balancer_source_ranges_are_enforced_and_follow_edits() {
+    let lb_ip = SocketAddr::from(([203, 0, 113, 10], 80));
+    // The client is 192.168.1.2: outside 10.0.0.0/8.
+    let (t, _s, agent) = node(&lb_service("[10.0.0.0/8]"), &slice(&[0]));
+    let dial = |to: SocketAddr| t.client.run(move || TcpStream::connect_timeout(&to, Duration::from_millis(700)).map(drop));
+    assert!(dial(lb_ip).is_err(), "a client outside the ranges cannot reach the LoadBalancer IP");
+    assert!(dial(TO).is_ok(), "the ClusterIP is not guarded");
+    let dropped = Agent::maps_of(&agent).counters().unwrap()[lb_common::counter::DROP_SOURCE_RANGE as usize];
+    assert!(dropped >= 1, "counted as drop_source_range");
+    // Admitting the client's network takes effect with the next sync.
+    write(&agent.source_dir, "service.yaml", &lb_service("[10.0.0.0/8, 192.168.1.0/24]"));
+    assert!(wait_for(Duration::from_secs(10), || dial(lb_ip).is_ok()), "{}", agent.log());
+}

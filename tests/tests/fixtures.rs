@@ -7,7 +7,7 @@
 //! checks the file is current (`XDPLB_BLESS=1` rewrites it). Needs root.
 use std::net::Ipv4Addr;
 
-use lb_common::{algorithm, counter, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{algorithm, counter, service_flags, ServiceKeyV4, SourceRangeV4, IPPROTO_TCP, IPPROTO_UDP};
 use xdplb_tests::{
     fixture::{self, Case},
     lb::Lb,
@@ -478,4 +478,38 @@ fn a_closed_flow_does_not_capture_a_direct_connection_reusing_its_ports() {
     let data = Frame::tcp(B1, 8080, CLIENT, 43000, TCP_ACK).payload(b"HTTP/1.0 200 OK\r\n").bytes();
     let (rc, out) = run(&lb, "tc_egress", &data);
     assert_eq!((rc, out), (0, data), "data of the direct connection passed untouched");
+}
+
+#[test]
+fn load_balancer_source_ranges_admit_only_their_clients_to_new_flows() {
+    const LB_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+    let mut lb = Lb::load();
+    let svc = Svc::new(7, IPPROTO_TCP, algorithm::RANDOM).frontend(CLUSTER_IP, 80).frontend(LB_IP, 80).backend(1, B1, 8080);
+    let mut want = contents(&[svc]);
+    let lb_key = ServiceKeyV4 { addr: LB_IP.octets(), port: 80u16.to_be_bytes(), proto: IPPROTO_TCP, scope: 0 };
+    want.services.get_mut(&lb_key).unwrap().flags |= service_flags::SOURCE_RANGES;
+    // 192.168.1.0/24 may; 192.168.2.0/24 is another service's range.
+    for (id, net) in [(7u32, [192, 168, 1, 0]), (8, [192, 168, 2, 0])] {
+        want.source_ranges.insert((SourceRangeV4::prefix_len(24), SourceRangeV4 { service_id: id.to_be_bytes(), addr: net }), 1);
+    }
+    lb.program(&want);
+
+    let (rc, out) = run(&lb, "xdp_lb", &Frame::tcp(CLIENT, 41000, LB_IP, 80, TCP_SYN).bytes());
+    assert_eq!((rc, &out[30..34]), (2, &B1.octets()[..]), "a client inside the range is balanced (XDP_PASS, DNAT)");
+    let outsider = Ipv4Addr::new(192, 168, 2, 9);
+    let (rc, _) = run(&lb, "xdp_lb", &Frame::tcp(outsider, 41000, LB_IP, 80, TCP_SYN).bytes());
+    assert_eq!(rc, 1, "a client outside the range is dropped (XDP_DROP)");
+    assert_eq!(lb.counter(counter::DROP_SOURCE_RANGE), 1);
+    // The ClusterIP frontend of the same service is not guarded.
+    let (rc, out) = run(&lb, "xdp_lb", &Frame::tcp(outsider, 41000, CLUSTER_IP, 80, TCP_SYN).bytes());
+    assert_eq!((rc, &out[30..34]), (2, &B1.octets()[..]));
+    // Ranges guard new flows: the admitted client's flow keeps going after
+    // its range is removed, a new flow from it does not start.
+    let mut narrowed = want.clone();
+    narrowed.source_ranges.retain(|(_, r), _| r.service_id != 7u32.to_be_bytes());
+    lb.program(&narrowed);
+    let (rc, _) = run(&lb, "xdp_lb", &Frame::tcp(CLIENT, 41000, LB_IP, 80, TCP_ACK).bytes());
+    assert_eq!(rc, 2, "established flow kept");
+    let (rc, _) = run(&lb, "xdp_lb", &Frame::tcp(CLIENT, 41001, LB_IP, 80, TCP_SYN).bytes());
+    assert_eq!(rc, 1, "new flow refused");
 }

@@ -119,6 +119,10 @@ pub struct Service {
     pub external_ips: Vec<Ipv4Addr>,
     /// `status.loadBalancer.ingress[].ip` (IPv4).
     pub lb_ips: Vec<Ipv4Addr>,
+    /// `spec.loadBalancerSourceRanges` as IPv4 (network, prefix length):
+    /// `None` = every client; `Some` = only these may reach the
+    /// LoadBalancer IPs (possibly none, when no range was IPv4).
+    pub source_ranges: Option<Vec<(Ipv4Addr, u8)>>,
     pub ports: Vec<ServicePort>,
     /// `externalTrafficPolicy: Local`.
     pub external_local: bool,

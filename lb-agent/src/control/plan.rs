@@ -16,7 +16,7 @@ use std::{
     net::Ipv4Addr,
 };
 
-use lb_common::{backend_state, service_flags, BackendV4, ServiceKeyV4, ServiceV4, SlotKey};
+use lb_common::{backend_state, service_flags, BackendV4, ServiceKeyV4, ServiceV4, SlotKey, SourceRangeV4};
 use serde::Serialize;
 
 use super::{
@@ -451,8 +451,21 @@ impl Planner<'_> {
             _pad: [0; 2],
             affinity_timeout_s: svc.affinity_timeout_s,
         };
-        for k in keys {
-            self.plan.contents.services.insert(k, value);
+        // loadBalancerSourceRanges guard the LoadBalancer IPs only, as in
+        // kube-proxy; the ranges are keyed by service id.
+        let restricted = svc.source_ranges.is_some() && frontends.iter().any(|f| f.kind == FrontendKind::LoadBalancer);
+        for (k, f) in keys.into_iter().zip(&frontends) {
+            let mut v = value;
+            if restricted && f.kind == FrontendKind::LoadBalancer {
+                v.flags |= service_flags::SOURCE_RANGES;
+            }
+            self.plan.contents.services.insert(k, v);
+        }
+        if restricted {
+            for &(net, len) in svc.source_ranges.iter().flatten() {
+                let range = SourceRangeV4 { service_id: service_id.to_be_bytes(), addr: net.octets() };
+                self.plan.contents.source_ranges.insert((SourceRangeV4::prefix_len(len), range), 1);
+            }
         }
         self.plan.services.push(PlannedService {
             namespace: id.namespace.clone(),

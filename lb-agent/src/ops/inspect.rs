@@ -44,6 +44,8 @@ pub struct ServiceRow {
     pub affinity_timeout_s: u32,
     /// No ready endpoint: the slots hold terminating ones.
     pub fallback_terminating: bool,
+    /// `loadBalancerSourceRanges` admitted to its guarded frontends (CIDRs).
+    pub source_ranges: Vec<String>,
     pub slots: u32,
     pub backends: Vec<ServiceBackend>,
 }
@@ -71,6 +73,12 @@ pub fn services(dp: &Dataplane, names: &Names) -> Result<Vec<ServiceRow>> {
             algorithm: algorithm_name(v.algorithm),
             affinity_timeout_s: v.affinity_timeout_s,
             fallback_terminating: v.flags & service_flags::FALLBACK_TERMINATING != 0,
+            source_ranges: c
+                .source_ranges
+                .keys()
+                .filter(|(_, r)| u32::from_be_bytes(r.service_id) == v.id)
+                .map(|(len, r)| format!("{}/{}", Ipv4Addr::from(r.addr), len - 32))
+                .collect(),
             slots: v.count,
             backends: Vec::new(),
         });
@@ -142,6 +150,9 @@ pub fn services_table(rows: &[ServiceRow]) -> String {
         }
         if r.fallback_terminating {
             let _ = writeln!(s, "       (no ready endpoint: using terminating ones)");
+        }
+        if !r.source_ranges.is_empty() {
+            let _ = writeln!(s, "       LoadBalancer IPs admit only {}", r.source_ranges.join(", "));
         }
     }
     s
@@ -490,6 +501,7 @@ mod tests {
             algorithm: "maglev",
             affinity_timeout_s: 0,
             fallback_terminating: true,
+            source_ranges: vec!["10.0.0.0/8".into()],
             slots: 3,
             backends: vec![ServiceBackend {
                 id: 2,
@@ -504,5 +516,6 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("using terminating ones"), "{t}");
+        assert!(t.contains("LoadBalancer IPs admit only 10.0.0.0/8"), "{t}");
     }
 }

@@ -109,13 +109,11 @@ fn service(id: &ObjectRef, s: &core::Service) -> Result<Service, String> {
             .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
             .filter_map(|i| i.ip.as_ref()),
     )?;
-    if spec
+    let source_ranges = spec
         .load_balancer_source_ranges
         .as_ref()
-        .is_some_and(|r| !r.is_empty())
-    {
-        tracing::warn!(object = %id, "loadBalancerSourceRanges are not enforced yet: every client can reach this service's external frontends");
-    }
+        .filter(|r| !r.is_empty())
+        .map(|r| source_ranges(id, r));
 
     let mut ports = Vec::new();
     let mut seen_names = BTreeSet::new();
@@ -205,6 +203,7 @@ fn service(id: &ObjectRef, s: &core::Service) -> Result<Service, String> {
         cluster_ips,
         external_ips,
         lb_ips,
+        source_ranges,
         ports,
         external_local,
         internal_local,
@@ -213,6 +212,33 @@ fn service(id: &ObjectRef, s: &core::Service) -> Result<Service, String> {
         maglev_table_size,
         weights,
     })
+}
+
+/// `loadBalancerSourceRanges`: IPv4 CIDRs as (network, prefix length). An
+/// IPv6 range does not apply to IPv4 frontends; an invalid one (the API
+/// server rejects them) is warned about and left out. Either way the list
+/// still restricts: a client must match one of the ranges that remain.
+fn source_ranges(id: &ObjectRef, ranges: &[String]) -> Vec<(Ipv4Addr, u8)> {
+    let mut out = Vec::new();
+    for r in ranges {
+        let parsed = r.trim().split_once('/').and_then(|(a, len)| Some((a.parse::<IpAddr>().ok()?, len.parse::<u8>().ok()?)));
+        match parsed {
+            Some((IpAddr::V4(a), len)) if len <= 32 => {
+                // The network address: host bits off, as the trie matches bits.
+                let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+                let net = (Ipv4Addr::from(u32::from(a) & mask), len);
+                if !out.contains(&net) {
+                    out.push(net);
+                }
+            }
+            Some((IpAddr::V6(_), len)) if len <= 128 => {}
+            _ => tracing::warn!(object = %id, range = %r, "invalid loadBalancerSourceRanges entry (expected a CIDR); ignored"),
+        }
+    }
+    if out.is_empty() {
+        tracing::warn!(object = %id, "loadBalancerSourceRanges has no IPv4 range: no client can reach the LoadBalancer IPs");
+    }
+    out
 }
 
 /// `10.0.2.11=3, 10.0.2.12=1`; a bad entry is warned about and left out.

@@ -231,6 +231,29 @@ fn external_traffic_policy_local_gets_its_own_id_and_local_endpoints() {
 }
 
 #[test]
+fn load_balancer_source_ranges_guard_only_the_load_balancer_ips() {
+    let spec = "{type: LoadBalancer, clusterIP: 10.96.5.5, externalIPs: [198.51.100.9], \
+                loadBalancerSourceRanges: [192.168.1.77/24, 10.8.0.0/16, '2001:db8::/32', bogus], \
+                ports: [{name: http, port: 80, nodePort: 30080}]}\nstatus: {loadBalancer: {ingress: [{ip: 203.0.113.10}]}}";
+    let p = plan(&model(&objects(spec, TWO_NODES)), &cfg(), &mut ids());
+    let id = svc(&p, "s", "http", Scope::Internal).id;
+    let flags = |k| p.contents.services[&k].flags & service_flags::SOURCE_RANGES;
+    assert_ne!(flags(key([203, 0, 113, 10], 80, 6)), 0, "the LoadBalancer IP is guarded");
+    for open in [key([10, 96, 5, 5], 80, 6), key([192, 168, 1, 1], 30080, 6), key([198, 51, 100, 9], 80, 6)] {
+        assert_eq!(flags(open), 0, "ClusterIP, NodePort and ExternalIP are not");
+    }
+    // Host bits cleared; IPv6 and invalid entries left out.
+    let ranges: Vec<(u32, [u8; 4], [u8; 4])> = p.contents.source_ranges.keys().map(|(len, r)| (*len, r.service_id, r.addr)).collect();
+    assert_eq!(ranges, [(32 + 16, id.to_be_bytes(), [10, 8, 0, 0]), (32 + 24, id.to_be_bytes(), [192, 168, 1, 0])]);
+
+    // Only IPv6 ranges: the LoadBalancer IP is guarded with nothing allowed.
+    let spec = spec.replace("[192.168.1.77/24, 10.8.0.0/16, '2001:db8::/32', bogus]", "['2001:db8::/32']");
+    let p = plan(&model(&objects(&spec, TWO_NODES)), &cfg(), &mut ids());
+    assert_ne!(p.contents.services[&key([203, 0, 113, 10], 80, 6)].flags & service_flags::SOURCE_RANGES, 0);
+    assert!(p.contents.source_ranges.is_empty());
+}
+
+#[test]
 fn internal_traffic_policy_local_narrows_the_cluster_ip() {
     let spec = "{type: NodePort, clusterIP: 10.96.5.5, internalTrafficPolicy: Local, ports: [{name: http, port: 80, nodePort: 30080}]}";
     let p = plan(&model(&objects(spec, TWO_NODES)), &cfg(), &mut ids());
@@ -421,6 +444,7 @@ fn big_model(services: usize, per: usize) -> Model {
                 cluster_ips: vec![Ipv4Addr::from(0x0a60_0000 + s as u32)],
                 external_ips: vec![],
                 lb_ips: vec![],
+                source_ranges: None,
                 ports: vec![ServicePort {
                     name: "http".into(),
                     port: 80,
