@@ -65,7 +65,7 @@ async fn plan_command(args: PlanArgs) -> Result<()> {
                 health,
             )
             .await?;
-            let model = models.borrow().clone();
+            let model = Model::clone(&models.borrow());
             model
         }
     };

@@ -82,7 +82,7 @@ fn endpoints(m: &Model) -> Vec<Ipv4Addr> {
 /// Waits (up to `timeout`) for a model that satisfies `cond`; returns how
 /// many models arrived until then.
 async fn model_until(
-    rx: &mut tokio::sync::watch::Receiver<Model>,
+    rx: &mut tokio::sync::watch::Receiver<Arc<Model>>,
     timeout: Duration,
     cond: impl Fn(&Model) -> bool,
 ) -> usize {

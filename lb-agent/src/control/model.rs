@@ -14,6 +14,7 @@ use std::{
     fmt,
     net::Ipv4Addr,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery};
@@ -177,10 +178,12 @@ pub struct Node {
 }
 
 /// Everything the planner needs, keyed for deterministic iteration.
+/// Objects are shared (`Arc`): a model is copied per change, and its
+/// objects between the file source's per-file models and the merged one.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Model {
-    pub services: BTreeMap<ObjectRef, Service>,
-    pub slices: BTreeMap<ObjectRef, Slice>,
+    pub services: BTreeMap<ObjectRef, Arc<Service>>,
+    pub slices: BTreeMap<ObjectRef, Arc<Slice>>,
     /// By node name.
     pub nodes: BTreeMap<String, Node>,
 }
@@ -201,13 +204,28 @@ impl Model {
     pub fn load(path: &Path) -> Result<Self, LoadError> {
         let mut model = Model::default();
         for file in yaml_files(path)? {
-            let text = std::fs::read_to_string(&file).map_err(|source| LoadError::Read {
-                path: file.clone(),
-                source,
-            })?;
-            model.add_yaml(&text, &file.display().to_string());
+            model.extend(&Model::load_file(&file)?);
         }
         Ok(model)
+    }
+
+    /// The objects of one YAML file.
+    pub fn load_file(file: &Path) -> Result<Self, LoadError> {
+        let text = std::fs::read_to_string(file).map_err(|source| LoadError::Read {
+            path: file.to_path_buf(),
+            source,
+        })?;
+        let mut model = Model::default();
+        model.add_yaml(&text, &file.display().to_string());
+        Ok(model)
+    }
+
+    /// Adds `other`'s objects; one of the same name is replaced (a later
+    /// file wins). The objects themselves are shared, not copied.
+    pub fn extend(&mut self, other: &Model) {
+        self.services.extend(other.services.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.slices.extend(other.slices.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.nodes.extend(other.nodes.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
 
     /// Adds every object of a (multi-document) YAML text; `origin` names the
@@ -255,7 +273,7 @@ impl Model {
             ("v1", "Service") => match serde_yaml::from_value::<core::Service>(v) {
                 Ok(s) => {
                     if let Some(s) = validate_service(&id, &s) {
-                        self.services.insert(id, s);
+                        self.services.insert(id, Arc::new(s));
                     }
                 }
                 Err(e) => {
@@ -266,7 +284,7 @@ impl Model {
                 match serde_yaml::from_value::<discovery::EndpointSlice>(v) {
                     Ok(s) => {
                         if let Some(s) = validate_slice(&id, &s) {
-                            self.slices.insert(id, s);
+                            self.slices.insert(id, Arc::new(s));
                         }
                     }
                     Err(e) => {
@@ -308,13 +326,13 @@ impl Model {
         for s in services {
             let id = id(&s.metadata);
             if let Some(s) = validate_service(&id, s) {
-                model.services.insert(id, s);
+                model.services.insert(id, Arc::new(s));
             }
         }
         for s in slices {
             let id = id(&s.metadata);
             if let Some(s) = validate_slice(&id, s) {
-                model.slices.insert(id, s);
+                model.slices.insert(id, Arc::new(s));
             }
         }
         for n in nodes {

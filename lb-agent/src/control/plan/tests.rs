@@ -361,7 +361,7 @@ fn ids_are_stable_across_plans_and_removing_an_endpoint_is_a_small_diff() {
         .slices
         .get_mut(&ObjectRef::new("shop", "web-x7k2p"))
         .unwrap();
-    slice
+    std::sync::Arc::make_mut(slice)
         .endpoints
         .retain(|e| e.addr != Ipv4Addr::new(10, 244, 9, 99));
     let second = plan(&m2, &cfg(), &mut ids);
@@ -457,10 +457,11 @@ fn big_model(services: usize, per: usize) -> Model {
                 algorithm: None,
                 maglev_table_size: None,
                 weights: Default::default(),
-            },
+            }
+            .into(),
         );
         let addrs = (0..per).map(|e| Ipv4Addr::from(0x0af4_0000 + (s * per + e) as u32));
-        m.slices.insert(ObjectRef::new("scale", &format!("svc-{s}-1")), ready_slice(&id.name, addrs));
+        m.slices.insert(ObjectRef::new("scale", &format!("svc-{s}-1")), ready_slice(&id.name, addrs).into());
     }
     m
 }
@@ -480,7 +481,7 @@ fn more_than_ten_thousand_endpoints_per_service_are_refused_across_slices() {
     // Eleven slices of 1000 for svc-0: each slice is legal, the sum is not.
     for k in 0..11u32 {
         let addrs = (0..1000u32).map(|e| Ipv4Addr::from(0x0b00_0000 + k * 1000 + e));
-        m.slices.insert(ObjectRef::new("scale", &format!("svc-0-big-{k}")), ready_slice("svc-0", addrs));
+        m.slices.insert(ObjectRef::new("scale", &format!("svc-0-big-{k}")), ready_slice("svc-0", addrs).into());
     }
     let p = plan(&m, &cfg(), &mut ids());
     let names: Vec<&str> = p.services.iter().map(|s| s.name.as_str()).collect();

@@ -8,10 +8,16 @@
 //! (`kubectl get ... > dir/x.yaml`, a `cp` of many files) becomes one model.
 //! The watcher is a plain thread: polling is blocking I/O and must not hold
 //! an async worker.
+//!
+//! Only files whose (size, mtime, inode) changed are read and parsed again;
+//! the objects of the others are kept per file, so an edit of one small
+//! file next to a large one costs the small one.
 use std::{
+    collections::BTreeMap,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
-    time::{Duration, SystemTime},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
 };
 
 use tokio::sync::watch;
@@ -23,9 +29,12 @@ pub const POLL: Duration = Duration::from_millis(200);
 /// How long the files must stay unchanged before they are read.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 
+/// What identifies one state of a file: size, mtime, inode.
+type Stamp = (u64, Option<SystemTime>, u64);
+
 /// What identifies one state of the files on disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Snapshot(Vec<(PathBuf, u64, Option<SystemTime>, u64)>);
+struct Snapshot(Vec<(PathBuf, Stamp)>);
 
 fn snapshot(path: &Path) -> Snapshot {
     // An unreadable path is a state too (empty): when it comes back, that is a change.
@@ -35,20 +44,55 @@ fn snapshot(path: &Path) -> Snapshot {
             .into_iter()
             .filter_map(|f| {
                 let m = std::fs::metadata(&f).ok()?;
-                Some((f, m.len(), m.modified().ok(), m.ino()))
+                Some((f, (m.len(), m.modified().ok(), m.ino())))
             })
             .collect(),
     )
 }
 
+/// The objects of each file, with the stamp they were read at.
+#[derive(Default)]
+struct Files {
+    parsed: BTreeMap<PathBuf, (Stamp, Model)>,
+}
+
+impl Files {
+    /// The model of the files in `snap` (taken before reading, so a change
+    /// while reading shows in the next snapshot): files with a new stamp are
+    /// parsed, the others reused, gone ones forgotten. Returns the model and
+    /// how many files were parsed. On an error nothing is lost: the files
+    /// parsed so far are kept for next time.
+    fn load(&mut self, snap: &Snapshot) -> Result<(Model, usize), LoadError> {
+        let mut parsed = 0;
+        // `snap` is in name order (`yaml_files` sorts).
+        self.parsed.retain(|f, _| snap.0.binary_search_by(|(p, _)| p.cmp(f)).is_ok());
+        for (file, stamp) in &snap.0 {
+            if self.parsed.get(file).is_some_and(|(s, _)| s == stamp) {
+                continue;
+            }
+            let m = Model::load_file(file)?;
+            self.parsed.insert(file.clone(), (*stamp, m));
+            parsed += 1;
+        }
+        // In name order, so a later file wins on duplicates (as `Model::load`).
+        let mut model = Model::default();
+        for (_, m) in self.parsed.values() {
+            model.extend(m);
+        }
+        Ok((model, parsed))
+    }
+}
+
 /// Loads `path` once, then follows it: the receiver sees a new model after
 /// every (debounced) change. Fails if the first load fails, so a typo in
 /// `--source` is an error at start rather than an empty cluster.
-pub fn watch(path: PathBuf) -> Result<watch::Receiver<Model>, LoadError> {
-    // Snapshot before loading: an edit in between is then seen as a change.
+pub fn watch(path: PathBuf) -> Result<watch::Receiver<Arc<Model>>, LoadError> {
+    // A missing path is an error here, not an empty snapshot.
+    model::yaml_files(&path)?;
     let mut last = snapshot(&path);
-    let first = Model::load(&path)?;
-    let (tx, rx) = watch::channel(first);
+    let mut files = Files::default();
+    let (first, _) = files.load(&last)?;
+    let (tx, rx) = watch::channel(Arc::new(first));
     let spawned = std::thread::Builder::new().name("file-source".into()).spawn(move || {
         while !tx.is_closed() {
             std::thread::sleep(POLL);
@@ -65,10 +109,11 @@ pub fn watch(path: PathBuf) -> Result<watch::Receiver<Model>, LoadError> {
                 now = again;
             }
             last = now;
-            match Model::load(&path) {
-                Ok(m) => {
-                    tracing::debug!(path = %path.display(), "objects changed");
-                    tx.send_replace(m);
+            let started = Instant::now();
+            match files.load(&last) {
+                Ok((m, parsed)) => {
+                    tracing::debug!(path = %path.display(), parsed_files = parsed, elapsed_us = started.elapsed().as_micros() as u64, "objects changed");
+                    tx.send_replace(Arc::new(m));
                 }
                 // Keep the last good model: a file caught half-written or
                 // briefly removed must not empty the maps.
@@ -143,6 +188,42 @@ mod tests {
             .expect("a removal is a change")
             .unwrap();
         assert_eq!(rx.borrow_and_update().services.len(), 20);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_changed_files_are_parsed_again() {
+        let dir = temp_dir("reparse");
+        std::fs::write(dir.join("a.yaml"), SVC.replace("NAME", "a")).unwrap();
+        std::fs::write(dir.join("b.yaml"), SVC.replace("NAME", "b")).unwrap();
+        let mut files = Files::default();
+        let names = |m: &Model| m.services.keys().map(|k| k.name.clone()).collect::<Vec<_>>();
+        let (m, parsed) = files.load(&snapshot(&dir)).unwrap();
+        assert_eq!((names(&m), parsed), (vec!["a".into(), "b".into()], 2));
+        let (again, parsed) = files.load(&snapshot(&dir)).unwrap();
+        assert_eq!((&again, parsed), (&m, 0), "nothing changed, nothing parsed");
+
+        // b replaced by a rename (a new inode), then a new file that
+        // redefines a: only the changed files are read, and the later file
+        // still wins.
+        let tmp = dir.join("b.tmp");
+        std::fs::write(&tmp, SVC.replace("NAME", "b2")).unwrap();
+        std::fs::rename(&tmp, dir.join("b.yaml")).unwrap();
+        let (m, parsed) = files.load(&snapshot(&dir)).unwrap();
+        assert_eq!((names(&m), parsed), (vec!["a".into(), "b2".into()], 1));
+        std::fs::write(dir.join("c.yaml"), SVC.replace("NAME", "a").replace("10.96.0.1", "10.96.0.3")).unwrap();
+        let (m, parsed) = files.load(&snapshot(&dir)).unwrap();
+        assert_eq!(parsed, 1);
+        let a = &m.services[&crate::control::model::ObjectRef::new("default", "a")];
+        assert_eq!(a.cluster_ips, [std::net::Ipv4Addr::new(10, 96, 0, 3)], "c.yaml comes after a.yaml");
+
+        // A removed file takes its objects along, and a's first definition is back.
+        std::fs::remove_file(dir.join("c.yaml")).unwrap();
+        let (m, parsed) = files.load(&snapshot(&dir)).unwrap();
+        assert_eq!(parsed, 0);
+        let a = &m.services[&crate::control::model::ObjectRef::new("default", "a")];
+        assert_eq!(a.cluster_ips, [std::net::Ipv4Addr::new(10, 96, 0, 1)]);
+        assert_eq!(m, Model::load(&dir).unwrap(), "the same model as a full load");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -214,7 +214,7 @@ pub async fn watch(
     client: Client,
     node_name: &str,
     health: Arc<SourceHealth>,
-) -> Result<watch::Receiver<Model>, KubeError> {
+) -> Result<watch::Receiver<Arc<Model>>, KubeError> {
     let changed = Arc::new(Notify::new());
     let node_cfg = if node_name.is_empty() {
         watcher::Config::default()
@@ -270,7 +270,7 @@ pub async fn watch(
         );
     }
     health.models.fetch_add(1, Ordering::Relaxed);
-    let (tx, rx) = watch::channel(first);
+    let (tx, rx) = watch::channel(Arc::new(first));
     tokio::spawn(follow(stores, changed, tx, health));
     Ok(rx)
 }
@@ -280,7 +280,7 @@ pub async fn start(
     kubeconfig: Option<&Path>,
     node_name: &str,
     health: Arc<SourceHealth>,
-) -> Result<watch::Receiver<Model>, KubeError> {
+) -> Result<watch::Receiver<Arc<Model>>, KubeError> {
     watch(client(kubeconfig).await?, node_name, health).await
 }
 
@@ -371,7 +371,7 @@ fn status(e: &watcher::Error) -> Option<&kube::core::Status> {
 async fn follow(
     stores: Stores,
     changed: Arc<Notify>,
-    tx: watch::Sender<Model>,
+    tx: watch::Sender<Arc<Model>>,
     health: Arc<SourceHealth>,
 ) {
     loop {
@@ -389,10 +389,10 @@ async fn follow(
         // A relist or a status-only update often changes nothing we use:
         // no model, no sync.
         let sent = tx.send_if_modified(|current| {
-            if *current == model {
+            if **current == model {
                 return false;
             }
-            *current = model;
+            *current = Arc::new(model);
             true
         });
         if sent {

@@ -1,6 +1,8 @@
 //! Where the objects come from. Every source delivers whole models through a
 //! `tokio::sync::watch` channel: a consumer that falls behind sees only the
 //! latest model, so a burst of changes costs one plan, not one per change.
+//! Models travel as `Arc<Model>`: the consumer takes one without copying it
+//! and without holding the channel's lock while it works.
 use std::{path::PathBuf, str::FromStr};
 
 pub mod file;
