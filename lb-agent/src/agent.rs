@@ -1,11 +1,12 @@
 //! `lb-agent run`: load, attach, then keep the maps in step with the source.
 //!
-//! Each sync is model → `plan()` → diff against what the maps hold now →
-//! ordered apply. Reading the maps back each time (instead of trusting the
-//! last plan) makes a sync also repair writes that failed or maps someone
-//! else touched. The id allocator is seeded from the pinned maps on start,
-//! so a restarted agent adopts the ids already there and its first sync
-//! rewrites nothing that has not changed.
+//! Each sync is model → `plan()` → diff → ordered apply. The diff is against
+//! what the agent last wrote (`lb_agent::sync`), not a read of the maps: the
+//! maps are read at start, after a failed apply, and every
+//! `--reconcile-interval` to repair what someone else touched. The id
+//! allocator is seeded from the pinned maps on start, so a restarted agent
+//! adopts the ids already there and its first sync rewrites nothing that
+//! has not changed.
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -20,9 +21,9 @@ use lb_agent::{
         source::{file, kube, SourceSpec},
     },
     dataplane::Dataplane,
-    diff::diff,
     loader::{self, MapSizes},
     ops::{checks, metrics::Metrics, names},
+    sync::{Outcome, Syncer},
 };
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -93,6 +94,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         Some(cgroup) => tracing::info!(cgroup = %cgroup.display(), "node sockets to services are balanced at connect"),
         None => tracing::info!("socket balancing off: the node's own connections to services are not balanced"),
     }
+    // Read once here; later syncs diff against what the agent wrote.
     let current = dp.contents().context("reading the pinned maps")?;
     tracing::info!(
         services = current.services.len(),
@@ -100,12 +102,21 @@ pub async fn run(args: RunArgs) -> Result<()> {
         slots = current.slots.len(),
         "pinned maps found"
     );
-    let mut ids = Ids::seeded(sizes.services, MAX_BACKEND_ID, &current);
-    let cfg = plan_config(&args.inputs);
+    let ids = Ids::seeded(sizes.services, MAX_BACKEND_ID, &current);
+    let reconcile_every = (args.reconcile_interval > 0).then(|| Duration::from_secs(args.reconcile_interval));
+    let mut agent = Programmer {
+        dp,
+        syncer: Syncer::new(current, reconcile_every),
+        ids,
+        cfg: plan_config(&args.inputs),
+        metrics: metrics.clone(),
+        names: None,
+    };
 
     metrics.source_event();
     let first = Some(Instant::now());
-    let mut synced = sync(&mut dp, &models.borrow_and_update(), &cfg, &mut ids, &metrics, first);
+    let model = models.borrow_and_update().clone();
+    let mut synced = agent.sync(&model, first);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // Least-connections counts flows that idle out or are evicted only here.
     let mut recount = tokio::time::interval(Duration::from_secs(30));
@@ -120,11 +131,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 }
                 metrics.source_event();
                 let observed = Some(Instant::now());
+                // An Arc: the channel's lock is not held while syncing.
                 let model = models.borrow_and_update().clone();
-                synced = sync(&mut dp, &model, &cfg, &mut ids, &metrics, observed);
+                synced = agent.sync(&model, observed);
             }
             _ = recount.tick() => {
-                match dp.recount_backend_load() {
+                match agent.dp.recount_backend_load() {
                     Ok(n) if n > 0 => tracing::debug!(changed = n, "backend live-flow counts recounted from conntrack"),
                     Ok(_) => {}
                     Err(e) => tracing::warn!(error = format!("{e:#}"), "recounting backend live flows failed"),
@@ -135,7 +147,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 if !synced {
                     // The last sync failed part-way: try again from what the maps hold.
                     let model = models.borrow().clone();
-                    synced = sync(&mut dp, &model, &cfg, &mut ids, &metrics, None);
+                    synced = agent.sync(&model, None);
+                } else if agent.syncer.reconcile_due() {
+                    synced = agent.reconcile();
                 }
             }
             _ = term.recv() => break,
@@ -149,48 +163,89 @@ pub async fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-/// One sync; returns whether every write succeeded. `observed` is when the
-/// source's change behind it arrived (None for a retry).
-fn sync(
-    dp: &mut Dataplane,
-    model: &Model,
-    cfg: &PlanConfig,
-    ids: &mut Ids,
-    metrics: &Metrics,
-    observed: Option<Instant>,
-) -> bool {
-    let started = Instant::now();
-    let p = plan(model, cfg, ids);
-    let result = dp.contents().and_then(|current| {
-        let d = diff(&current, &p.contents);
-        dp.apply(&d).map(|()| d)
-    });
-    match result {
-        Ok(d) => {
-            tracing::info!(
-                writes = d.len(),
-                services = d.services.len(),
-                backends = d.backends.len(),
-                slots = d.slots.len(),
-                service_ids = p.services.len(),
-                frontends = p.contents.services.len(),
-                elapsed_us = started.elapsed().as_micros() as u64,
-                "synced"
-            );
-            let names = names::from_plan(&p);
-            if let Err(e) = names::write(metrics.pin_dir(), &names) {
-                tracing::debug!(error = %e, "writing the service names file failed; the CLI shows ids only");
+/// What keeps the maps in step with the models.
+struct Programmer {
+    dp: Dataplane,
+    syncer: Syncer,
+    ids: Ids,
+    cfg: PlanConfig,
+    metrics: Arc<Metrics>,
+    /// The service names last written: the file is rewritten only when they change.
+    names: Option<Arc<names::Names>>,
+}
+
+impl Programmer {
+    /// One sync; returns whether every write succeeded. `observed` is when
+    /// the source's change behind it arrived (None for a retry).
+    fn sync(&mut self, model: &Model, observed: Option<Instant>) -> bool {
+        let started = Instant::now();
+        let p = plan(model, &self.cfg, &mut self.ids);
+        let plan_time = started.elapsed();
+        let (service_ids, frontends) = (p.services.len(), p.contents.services.len());
+        let names = names::from_plan(&p);
+        match self.syncer.sync(&mut self.dp, p.contents) {
+            Ok(o) => {
+                let d = &o.diff;
+                tracing::info!(
+                    writes = d.len(),
+                    services = d.services.len(),
+                    backends = d.backends.len(),
+                    slots = d.slots.len(),
+                    service_ids,
+                    frontends,
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    plan_us = plan_time.as_micros() as u64,
+                    read_maps = o.read,
+                    read_us = o.read_time.as_micros() as u64,
+                    diff_us = o.diff_time.as_micros() as u64,
+                    apply_us = o.apply_time.as_micros() as u64,
+                    "synced"
+                );
+                if self.names.as_deref() != Some(&names) {
+                    let names = Arc::new(names);
+                    self.metrics.set_names(names.clone());
+                    match names::write(self.metrics.pin_dir(), &names) {
+                        Ok(()) => self.names = Some(names),
+                        Err(e) => tracing::debug!(error = %e, "writing the service names file failed; the CLI shows ids only"),
+                    }
+                }
+                self.metrics.sync_ok(started.elapsed(), d.len(), observed.map(|t| t.elapsed()));
+                true
             }
-            metrics.sync_ok(started.elapsed(), d.len(), observed.map(|t| t.elapsed()), names);
-            true
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "sync failed; retrying in a second from what the maps hold");
+                self.metrics.sync_failed(started.elapsed());
+                false
+            }
         }
-        Err(e) => {
-            tracing::error!(
-                error = format!("{e:#}"),
-                "sync failed; retrying in a second"
-            );
-            metrics.sync_failed(started.elapsed());
-            false
+    }
+
+    /// The periodic read of the maps: repairs what differs from the last
+    /// sync. Returns whether the maps are in step (false: retry the sync).
+    fn reconcile(&mut self) -> bool {
+        let started = Instant::now();
+        match self.syncer.reconcile(&mut self.dp) {
+            Ok(Some(Outcome { diff: d, .. })) if !d.is_empty() => {
+                tracing::warn!(
+                    writes = d.len(),
+                    services = d.services.len(),
+                    backends = d.backends.len(),
+                    slots = d.slots.len(),
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "the maps differed from what the agent wrote (changed by someone else); repaired"
+                );
+                self.metrics.reconcile_repairs(d.len());
+                true
+            }
+            Ok(_) => {
+                tracing::debug!(elapsed_us = started.elapsed().as_micros() as u64, "reconciled: the maps hold what the agent wrote");
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "reconciling the maps failed; retrying in a second");
+                self.metrics.sync_failed(started.elapsed());
+                false
+            }
         }
     }
 }

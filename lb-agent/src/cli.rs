@@ -135,6 +135,12 @@ pub struct RunArgs {
     /// Address of the Prometheus metrics, /healthz and /readyz.
     #[arg(long, default_value = lb_agent::ops::http::DEFAULT_METRICS_ADDR)]
     pub metrics_addr: SocketAddr,
+    /// Seconds between reads of the whole maps to repair entries changed
+    /// outside the agent (by hand, by another writer); 0 = never. Changes
+    /// from the source are applied at once either way, diffed against what
+    /// the agent last wrote.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub reconcile_interval: u64,
     #[command(flatten)]
     pub sizes: SizeArgs,
 }
@@ -246,6 +252,7 @@ mod tests {
         );
         assert_eq!(r.xdp_mode, XdpModeArg::Generic);
         assert_eq!(r.pin_path, PathBuf::from("/sys/fs/bpf/xdplb"));
+        assert_eq!(r.reconcile_interval, 60);
     }
 
     #[test]

@@ -8,3 +8,4 @@ pub mod diff;
 pub mod control;
 pub mod ops;
 pub mod socklb;
+pub mod sync;

@@ -11,7 +11,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Mutex,
+        Arc, Mutex,
     },
     time::{Duration, SystemTime},
 };
@@ -75,6 +75,7 @@ pub struct Metrics {
     syncs: AtomicU64,
     sync_errors: AtomicU64,
     writes: AtomicU64,
+    reconcile_repairs: AtomicU64,
     sync_duration: Mutex<Histogram>,
     programming: Mutex<Histogram>,
     source_up: AtomicBool,
@@ -83,7 +84,7 @@ pub struct Metrics {
     last_event_ms: AtomicU64,
     attached: AtomicBool,
     synced_once: AtomicBool,
-    names: Mutex<Names>,
+    names: Mutex<Arc<Names>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -98,6 +99,7 @@ impl Metrics {
             syncs: AtomicU64::new(0),
             sync_errors: AtomicU64::new(0),
             writes: AtomicU64::new(0),
+            reconcile_repairs: AtomicU64::new(0),
             sync_duration: Mutex::new(Histogram::new(SYNC_BUCKETS)),
             programming: Mutex::new(Histogram::new(PROGRAMMING_BUCKETS)),
             source_up: AtomicBool::new(false),
@@ -105,7 +107,7 @@ impl Metrics {
             last_event_ms: AtomicU64::new(0),
             attached: AtomicBool::new(false),
             synced_once: AtomicBool::new(false),
-            names: Mutex::new(Names::new()),
+            names: Mutex::new(Arc::new(Names::new())),
         }
     }
 
@@ -136,21 +138,24 @@ impl Metrics {
     /// A sync that wrote `writes` entries; `since_change` is the time from
     /// the source's change to the end of the write (None for syncs that are
     /// retries, with no new change behind them).
-    pub fn sync_ok(
-        &self,
-        took: Duration,
-        writes: usize,
-        since_change: Option<Duration>,
-        names: Names,
-    ) {
+    pub fn sync_ok(&self, took: Duration, writes: usize, since_change: Option<Duration>) {
         self.syncs.fetch_add(1, Ordering::Relaxed);
         self.writes.fetch_add(writes as u64, Ordering::Relaxed);
         lock(&self.sync_duration).observe(took.as_secs_f64());
         if let Some(d) = since_change {
             lock(&self.programming).observe(d.as_secs_f64());
         }
-        *lock(&self.names) = names;
         self.synced_once.store(true, Ordering::Relaxed);
+    }
+
+    /// The names of the service ids now in the maps (labels of per-service figures).
+    pub fn set_names(&self, names: Arc<Names>) {
+        *lock(&self.names) = names;
+    }
+
+    /// The periodic reconcile rewrote `writes` entries that differed from the last sync.
+    pub fn reconcile_repairs(&self, writes: usize) {
+        self.reconcile_repairs.fetch_add(writes as u64, Ordering::Relaxed);
     }
 
     pub fn sync_failed(&self, took: Duration) {
@@ -200,6 +205,11 @@ impl Metrics {
             "xdplb_sync_writes_total",
             "Map entries written or removed by syncs.",
             self.writes.load(Ordering::Relaxed),
+        );
+        w.counter(
+            "xdplb_reconcile_repairs_total",
+            "Map entries the periodic reconcile rewrote because they differed from what the agent had written (changed outside the agent).",
+            self.reconcile_repairs.load(Ordering::Relaxed),
         );
         w.histogram(
             "xdplb_sync_duration_seconds",
@@ -491,12 +501,7 @@ mod tests {
         assert!(!m.ready());
         m.set_attached();
         assert!(!m.ready());
-        m.sync_ok(
-            Duration::from_millis(3),
-            4,
-            Some(Duration::from_millis(5)),
-            Names::new(),
-        );
+        m.sync_ok(Duration::from_millis(3), 4, Some(Duration::from_millis(5)));
         assert!(m.ready());
         let text = m.render();
         for want in [

@@ -1,0 +1,224 @@
+//! Bringing the maps to a desired state with only the difference, without
+//! reading them back on every change.
+//!
+//! The [`Syncer`] remembers what the maps hold after each successful apply
+//! and diffs the next desired state against that. It reads the real maps
+//! only when that memory cannot be trusted: at start (a previous agent's
+//! maps are adopted, never flushed), after an apply that failed part-way
+//! (some writes landed, some did not), and on a periodic reconcile, which
+//! repairs entries someone else changed or deleted.
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::{
+    dataplane::Dataplane,
+    diff::{diff, Diff, MapContents},
+};
+
+/// The agent-owned maps, as the syncer needs them (the pinned maps, or a
+/// fake in tests).
+pub trait Maps {
+    /// Everything the maps hold now.
+    fn read(&self) -> Result<MapContents>;
+    /// Applies `d` in dependency order; may fail part-way.
+    fn apply(&mut self, d: &Diff) -> Result<()>;
+}
+
+impl Maps for Dataplane {
+    fn read(&self) -> Result<MapContents> {
+        self.contents()
+    }
+    fn apply(&mut self, d: &Diff) -> Result<()> {
+        Dataplane::apply(self, d)
+    }
+}
+
+/// What one sync or reconcile did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub diff: Diff,
+    /// Whether the real maps were read for it (not only the remembered state).
+    pub read: bool,
+    /// Time spent reading the maps, diffing and applying.
+    pub read_time: Duration,
+    pub diff_time: Duration,
+    pub apply_time: Duration,
+}
+
+pub struct Syncer {
+    /// What the maps hold, as far as the last apply tells; `None` when
+    /// unknown (they are read before the next diff).
+    known: Option<MapContents>,
+    /// When the maps were last read.
+    last_read: Instant,
+    reconcile_every: Option<Duration>,
+}
+
+impl Syncer {
+    /// Starts from `current`, the maps as just read (at start: what a
+    /// previous agent left). `reconcile_every` = None never re-reads them
+    /// unprompted.
+    pub fn new(current: MapContents, reconcile_every: Option<Duration>) -> Self {
+        Self { known: Some(current), last_read: Instant::now(), reconcile_every }
+    }
+
+    /// Whether the periodic re-read is due.
+    pub fn reconcile_due(&self) -> bool {
+        self.reconcile_every.is_some_and(|every| self.last_read.elapsed() >= every)
+    }
+
+    /// Makes the maps hold `desired`, writing only the difference. On an
+    /// error the remembered state is dropped, so the next sync starts from
+    /// what the maps really hold.
+    pub fn sync(&mut self, maps: &mut impl Maps, desired: MapContents) -> Result<Outcome> {
+        let mut out = Outcome::default();
+        let t = Instant::now();
+        let current = match self.known.take() {
+            Some(known) => known,
+            None => {
+                out.read = true;
+                self.last_read = Instant::now();
+                maps.read()?
+            }
+        };
+        out.read_time = t.elapsed();
+        let t = Instant::now();
+        out.diff = diff(&current, &desired);
+        drop(current);
+        out.diff_time = t.elapsed();
+        let t = Instant::now();
+        maps.apply(&out.diff)?;
+        out.apply_time = t.elapsed();
+        self.known = Some(desired);
+        Ok(out)
+    }
+
+    /// Re-reads the maps and rewrites whatever differs from the last
+    /// successful sync (an entry deleted or changed by hand or by another
+    /// writer). Does nothing while the state is unknown: the retry of the
+    /// failed sync reads the maps anyway.
+    pub fn reconcile(&mut self, maps: &mut impl Maps) -> Result<Option<Outcome>> {
+        let Some(desired) = self.known.take() else {
+            return Ok(None);
+        };
+        // Unknown until the re-read and the repair both succeed.
+        self.sync(maps, desired).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::{BackendV4, ServiceKeyV4, ServiceV4, SlotKey};
+
+    use super::*;
+
+    /// Maps in memory whose backend writes can fail.
+    #[derive(Default)]
+    struct Fake {
+        contents: MapContents,
+        /// Fail after this many more backend upserts (None: never).
+        fail_after: Option<usize>,
+    }
+
+    impl Maps for Fake {
+        fn read(&self) -> Result<MapContents> {
+            Ok(self.contents.clone())
+        }
+        fn apply(&mut self, d: &Diff) -> Result<()> {
+            for (k, v) in &d.backends.upsert {
+                if let Some(n) = self.fail_after.as_mut() {
+                    anyhow::ensure!(*n > 0, "backends_v4 is full");
+                    *n -= 1;
+                }
+                self.contents.backends.insert(*k, *v);
+            }
+            for (k, v) in &d.slots.upsert {
+                self.contents.slots.insert(*k, *v);
+            }
+            for (k, v) in &d.services.upsert {
+                self.contents.services.insert(*k, *v);
+            }
+            for k in &d.services.remove {
+                self.contents.services.remove(k);
+            }
+            for k in &d.slots.remove {
+                self.contents.slots.remove(k);
+            }
+            for k in &d.backends.remove {
+                self.contents.backends.remove(k);
+            }
+            Ok(())
+        }
+    }
+
+    /// One service with backends `ids` (addresses 10.0.0.<id>).
+    fn state(ids: &[u32]) -> MapContents {
+        let mut c = MapContents::default();
+        let key = ServiceKeyV4 { addr: [10, 96, 0, 1], port: 80u16.to_be_bytes(), proto: 6, scope: 0 };
+        c.services.insert(key, ServiceV4 { id: 1, count: ids.len() as u32, ..Default::default() });
+        for (i, id) in ids.iter().enumerate() {
+            c.backends.insert(*id, BackendV4 { addr: [10, 0, 0, *id as u8], port: 8080u16.to_be_bytes(), weight: 1, ..Default::default() });
+            c.slots.insert(SlotKey { service_id: 1, slot: i as u32 + 1 }, *id);
+        }
+        c
+    }
+
+    #[test]
+    fn a_sync_diffs_against_the_last_apply_without_reading() {
+        let mut maps = Fake { contents: state(&[1, 2]), ..Default::default() };
+        let mut s = Syncer::new(maps.read().unwrap(), None);
+        let out = s.sync(&mut maps, state(&[1, 2])).unwrap();
+        assert!(out.diff.is_empty() && !out.read, "the adopted maps need no write");
+        let out = s.sync(&mut maps, state(&[1, 2, 3])).unwrap();
+        assert!(!out.read);
+        // backend 3, its slot, the service's count.
+        assert_eq!(out.diff.len(), 3);
+        assert_eq!(maps.contents, state(&[1, 2, 3]));
+    }
+
+    #[test]
+    fn a_failed_apply_is_retried_from_the_real_maps() {
+        let mut maps = Fake { contents: state(&[1]), ..Default::default() };
+        let mut s = Syncer::new(maps.read().unwrap(), None);
+        // Two new backends; the map takes only one of them.
+        maps.fail_after = Some(1);
+        assert!(s.sync(&mut maps, state(&[1, 2, 3])).is_err());
+        assert_eq!(maps.contents.backends.len(), 2, "backend 2 landed before the failure");
+        // The desired state changes back: backend 2, written part-way, must
+        // go, though the last good sync never knew it.
+        maps.fail_after = None;
+        let out = s.sync(&mut maps, state(&[1])).unwrap();
+        assert!(out.read, "the maps are read after a failed apply");
+        assert_eq!(out.diff.backends.remove, vec![2]);
+        assert_eq!(maps.contents, state(&[1]));
+        let out = s.sync(&mut maps, state(&[1])).unwrap();
+        assert!(!out.read && out.diff.is_empty());
+    }
+
+    #[test]
+    fn a_reconcile_repairs_what_someone_else_changed() {
+        let mut maps = Fake::default();
+        let mut s = Syncer::new(MapContents::default(), Some(Duration::ZERO));
+        s.sync(&mut maps, state(&[1, 2])).unwrap();
+        assert!(s.reconcile_due());
+        // Deleted and changed by hand.
+        maps.contents.backends.remove(&2);
+        maps.contents.slots.insert(SlotKey { service_id: 1, slot: 1 }, 9);
+        let out = s.reconcile(&mut maps).unwrap().expect("a reconcile");
+        assert!(out.read);
+        assert_eq!(out.diff.len(), 2, "{:?}", out.diff);
+        assert_eq!(maps.contents, state(&[1, 2]));
+        // Nothing to repair the next time.
+        assert!(s.reconcile(&mut maps).unwrap().expect("a reconcile").diff.is_empty());
+    }
+
+    #[test]
+    fn no_reconcile_without_an_interval_or_while_the_state_is_unknown() {
+        let mut maps = Fake { fail_after: Some(0), ..Default::default() };
+        let mut s = Syncer::new(MapContents::default(), None);
+        assert!(!s.reconcile_due());
+        assert!(s.sync(&mut maps, state(&[1])).is_err());
+        assert!(s.reconcile(&mut maps).unwrap().is_none(), "the retry reads the maps instead");
+    }
+}
