@@ -227,6 +227,10 @@ impl Ids {
     /// keep their slot, newcomers (in the order given) fill holes first, and
     /// a hole left over takes the last slot's backend. Remembered for next time.
     pub fn slots(&mut self, service_id: u32, want: &[BackendId]) -> Vec<BackendId> {
+        // The common re-plan: the same backends in the same slots.
+        if let Some(prev) = self.slot_order.get(&service_id).filter(|p| p.as_slice() == want) {
+            return prev.clone();
+        }
         let wanted: BTreeSet<BackendId> = want.iter().copied().collect();
         let prev = self
             .slot_order
@@ -275,6 +279,19 @@ impl Ids {
     /// Ends a plan: forgets every key not in `services`/`backends` (their
     /// ids become free, to be reused only after a wraparound) and the seeds.
     pub fn retain(&mut self, services: &BTreeSet<ServiceIdKey>, backends: &BTreeSet<BackendIdKey>) {
+        // Every key and slot order of this plan is in the maps below, so
+        // equal sizes mean nothing is stale: the common re-plan skips
+        // hundreds of thousands of lookups.
+        let seeded = !self.service_hints.is_empty() || !self.backend_hints.is_empty();
+        let stale = seeded
+            || self.service_ids.len() != services.len()
+            || self.backend_ids.len() != backends.len()
+            || self.services.used.len() != services.len()
+            || self.backends.used.len() != backends.len()
+            || self.slot_order.len() != services.len();
+        if !stale {
+            return;
+        }
         self.service_ids.retain(|k, _| services.contains(k));
         self.backend_ids.retain(|k, _| backends.contains(k));
         let live_services: BTreeSet<u32> = self.service_ids.values().copied().collect();
@@ -380,6 +397,20 @@ mod tests {
         // New ids continue after the highest seeded one.
         assert_eq!(ids.service(&skey("other"), &[]), Some(8));
         assert_eq!(ids.slots(7, &[42]), vec![42]);
+    }
+
+    #[test]
+    fn a_key_replaced_by_another_is_freed_though_the_count_stays() {
+        let mut ids = Ids::new(10, 100);
+        for k in ["a", "b"] {
+            ids.service(&skey(k), &[]);
+        }
+        ids.retain(&[skey("a"), skey("b")].into(), &BTreeSet::new());
+        // a goes, c comes: two keys before and after.
+        ids.service(&skey("b"), &[]);
+        assert_eq!(ids.service(&skey("c"), &[]), Some(3));
+        ids.retain(&[skey("b"), skey("c")].into(), &BTreeSet::new());
+        assert_eq!(ids.service(&skey("a"), &[]), Some(4), "a was forgotten: a new id");
     }
 
     #[test]
