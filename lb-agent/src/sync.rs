@@ -40,9 +40,11 @@ pub struct Outcome {
     pub diff: Diff,
     /// Whether the real maps were read for it (not only the remembered state).
     pub read: bool,
-    /// Time spent reading the maps, diffing and applying.
+    /// Time spent reading the maps (zero when not read).
     pub read_time: Duration,
+    /// Time spent computing the diff.
     pub diff_time: Duration,
+    /// Time spent writing it.
     pub apply_time: Duration,
 }
 
