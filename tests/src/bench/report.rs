@@ -78,8 +78,38 @@ fn row(f: &Figure) -> String {
         Value::Object(m) => m.iter().map(|(k, v)| format!("{k}={}", v.to_string().trim_matches('"'))).collect::<Vec<_>>().join(" "),
         v => v.to_string(),
     };
-    let min = f.min.map_or(String::new(), |m| format!("{m:.1}"));
-    format!("{:<10} {:<44} {:>12.1} {:>10} {:<10} {}", f.section, f.name, f.value, min, f.unit, cond)
+    let min = f.min.map_or(String::new(), sig3);
+    format!("{:<10} {:<44} {:>12} {:>10} {:<10} {}", f.section, f.name, sig3(f.value), min, f.unit, cond)
+}
+
+/// Three significant digits (integers stay whole): 0.185, 1.32, 863.
+pub fn sig3(x: f64) -> String {
+    match x.abs() {
+        a if a >= 100.0 || a == 0.0 => format!("{x:.0}"),
+        a if a >= 10.0 => format!("{x:.1}"),
+        a if a >= 1.0 => format!("{x:.2}"),
+        _ => format!("{x:.3}"),
+    }
+}
+
+/// Conditions shown in the Markdown table: the ones that tell figures of a
+/// section apart (the long descriptions stay in the JSON).
+const MARKDOWN_CONDITIONS: &[&str] = &[
+    "services", "backends_per_service", "threads", "proto", "rounds", "ns_over_drop", "delivered_ratio", "backends", "table_size", "flows",
+    "endpoints", "changes", "connections", "errors",
+];
+
+/// The figures as a Markdown table, for docs/benchmarks.md.
+pub fn markdown(figures: &[Figure]) -> String {
+    let mut s = String::from("| section | figure | value | min | unit | conditions |\n|---|---|---:|---:|---|---|\n");
+    for f in figures {
+        let cond: Vec<String> = MARKDOWN_CONDITIONS
+            .iter()
+            .filter_map(|k| f.conditions.get(*k).map(|v| format!("{k}={}", v.to_string().trim_matches('"'))))
+            .collect();
+        s += &format!("| {} | `{}` | {} | {} | {} | {} |\n", f.section, f.name, sig3(f.value), f.min.map_or(String::new(), sig3), f.unit, cond.join(", "));
+    }
+    s
 }
 
 fn sh(cmd: &str, args: &[&str]) -> String {
@@ -105,4 +135,24 @@ fn machine() -> Value {
         "mem_kb": mem_kb,
         "arch": std::env::consts::ARCH,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn figures_keep_three_significant_digits() {
+        assert_eq!([sig3(0.1849), sig3(1.324), sig3(13.24), sig3(863.4), sig3(0.0)], ["0.185", "1.32", "13.2", "863", "0"]);
+    }
+
+    #[test]
+    fn markdown_rows_show_the_distinguishing_conditions_only() {
+        let f = Figure { section: "skb".into(), name: "skb/xdplb_10_services".into(), value: 0.1849, min: None, unit: "Mpps".into(),
+            conditions: json!({"services": 10, "threads": 2, "sender": "a long description"}) };
+        let md = markdown(&[f]);
+        assert!(md.ends_with("| skb | `skb/xdplb_10_services` | 0.185 |  | Mpps | services=10, threads=2 |\n"), "{md}");
+    }
 }

@@ -32,7 +32,9 @@ fn main() -> Result<()> {
             "--out" => out = args.next().map(PathBuf::from).unwrap_or(out),
             // Redraws the chart of an earlier run: `--chart target/bench/bench-<t>.json`.
             "--chart" => return redraw(&PathBuf::from(args.next().unwrap_or_default())),
-            other => bail!("unknown argument {other}; usage: xdplb-bench [--quick|--smoke] [--only SECTION,...] [--out DIR] | --chart RUN.json"),
+            // Prints an earlier run as a Markdown table (docs/benchmarks.md).
+            "--markdown" => return print_markdown(&PathBuf::from(args.next().unwrap_or_default())),
+            other => bail!("unknown argument {other}; usage: xdplb-bench [--quick|--smoke] [--only SECTION,...] [--out DIR] | --chart RUN.json | --markdown RUN.json"),
         }
     }
     xdplb_tests::require_root();
@@ -96,9 +98,18 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn redraw(json: &std::path::Path) -> Result<()> {
+fn figures(json: &std::path::Path) -> Result<Vec<Figure>> {
     let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(json)?)?;
-    let figures: Vec<Figure> = serde_json::from_value(doc["figures"].clone())?;
+    Ok(serde_json::from_value(doc["figures"].clone())?)
+}
+
+fn print_markdown(json: &std::path::Path) -> Result<()> {
+    print!("{}", xdplb_tests::bench::report::markdown(&figures(json)?));
+    Ok(())
+}
+
+fn redraw(json: &std::path::Path) -> Result<()> {
+    let figures = figures(json)?;
     let svg = chart::svg(&figures, 1).ok_or_else(|| anyhow::anyhow!("{} has no skb service figures", json.display()))?;
     let path = json.with_extension("svg");
     std::fs::write(&path, svg)?;
