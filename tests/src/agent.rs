@@ -162,25 +162,27 @@ impl Agent {
 }
 
 fn spawn(node: &Netns, pin_dir: &Path, source_dir: &Path, log: &Path, extra: &[String]) -> Child {
+    let mut args: Vec<String> =
+        ["--node-name", "node-0", "--node-address", &NODE_ADDR.to_string()].iter().map(|s| s.to_string()).collect();
+    args.push(format!("--source=file:{}", source_dir.display()));
+    args.extend_from_slice(extra);
+    spawn_run(node.name(), pin_dir, log, &args)
+}
+
+/// `lb-agent run --iface <UPLINK> --pin-path <pin_dir> <args>` in the
+/// namespace `netns`, logging to `log`. `nsenter --net` rather than `ip
+/// netns exec`: the latter remounts /sys, which hides /sys/fs/bpf.
+pub fn spawn_run(netns: &str, pin_dir: &Path, log: &Path, args: &[String]) -> Child {
     Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", node.name()))
+        .arg(format!("--net=/run/netns/{netns}"))
         .arg(agent_binary())
-        .args([
-            "run",
-            "--iface",
-            UPLINK,
-            "--node-name",
-            "node-0",
-            "--node-address",
-            &NODE_ADDR.to_string(),
-        ])
+        .args(["run", "--iface", UPLINK])
         .arg("--pin-path")
         .arg(pin_dir)
-        .arg(format!("--source=file:{}", source_dir.display()))
         // Socket balancing only where a test asks for it (with its own cgroup):
         // the default (the host's cgroup2 root) would reach every process.
-        .args(if extra.iter().any(|a| a.starts_with("--socket-lb")) { None } else { Some("--socket-lb=off") })
-        .args(extra)
+        .args(if args.iter().any(|a| a.starts_with("--socket-lb")) { None } else { Some("--socket-lb=off") })
+        .args(args)
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         // Appended: a restarted agent's log follows the first one's.

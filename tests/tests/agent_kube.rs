@@ -5,7 +5,7 @@
 use std::{
     net::{Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -22,7 +22,7 @@ use xdplb_tests::{
     apiserver::{objects, ApiServer, Resource},
     netns::Netns,
     servers::{http_get, tally, Server},
-    topology::{backend_addr, Topology, NODE_ADDR, UPLINK},
+    topology::{backend_addr, Topology, NODE_ADDR},
     wait_for,
 };
 
@@ -493,34 +493,8 @@ impl KubeAgent {
 }
 
 fn spawn(ns: &str, kubeconfig: &Path, pin_dir: &Path, log: &Path) -> Child {
-    // `nsenter --net` keeps /sys/fs/bpf visible (see tests/src/agent.rs).
-    Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{ns}"))
-        .arg(agent_binary())
-        .args([
-            "run",
-            "--source",
-            "kube",
-            "--iface",
-            UPLINK,
-            "--node-name",
-            NODE,
-        ])
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .arg("--pin-path")
-        .arg(pin_dir)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(log)
-                .expect("log file"),
-        )
-        .spawn()
-        .expect("starting lb-agent")
+    let args = ["--source", "kube", "--node-name", NODE, "--kubeconfig", &kubeconfig.display().to_string()].map(String::from);
+    xdplb_tests::agent::spawn_run(ns, pin_dir, log, &args)
 }
 
 impl Drop for KubeAgent {
