@@ -54,7 +54,7 @@ fn main() {
     let dp = agent.maps();
     assert!(wait_for(Duration::from_secs(10), || programmed(&dp).is_some_and(|(n, _)| n == 3)), "{}", agent.log());
     println!("lb-agent programmed the service:");
-    for line in agent.log().lines().filter(|l| l.contains("attached") || l.contains("synced")) {
+    for line in agent.log().lines().filter(|l| l.contains("attached") || l.contains("balanced at connect") || l.contains("synced")) {
         println!("  {}", line.split_once("  ").map_or(line, |(_, r)| r.trim_start()));
     }
     println!();
