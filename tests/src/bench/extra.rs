@@ -30,7 +30,7 @@ pub fn run(mode: &str, sections: &Sections, report: &mut Report) -> Result<()> {
             agent::Opts {
                 services: 1000,
                 per_service: 10,
-                changes: 20,
+                changes: 10,
             },
             maglev::Opts {
                 builds: &[(100, 16381), (1000, 16381), (100, 65537), (1000, 65537)],

@@ -76,7 +76,9 @@ pub fn measure(progs: &mut BenchProgs, sides: &[Side], how: &How) -> Result<Vec<
     let mut out = Vec::new();
     for s in sides {
         if how.warm_up {
-            blast(how.sender, progs, s.t, &s.traffic, max_threads, 1 << 16)?;
+            // Every established flow twice per thread.
+            let frames = s.traffic.flows.saturating_mul(2).clamp(1 << 12, 1 << 16);
+            blast(how.sender, progs, s.t, &s.traffic, max_threads, frames)?;
         }
         let repeat = match how.fixed_repeat {
             Some(r) => r,
