@@ -127,6 +127,10 @@ pub struct Service {
     pub ports: Vec<ServicePort>,
     /// `externalTrafficPolicy: Local`.
     pub external_local: bool,
+    /// `spec.healthCheckNodePort` (1..=65535), as set; it is served only
+    /// for a LoadBalancer with `externalTrafficPolicy: Local`
+    /// (`plan::health_checks`).
+    pub health_check_node_port: Option<u16>,
     /// `internalTrafficPolicy: Local`.
     pub internal_local: bool,
     /// ClientIP affinity timeout; 0 = no affinity.

@@ -127,13 +127,7 @@ pub fn plan(model: &Model, cfg: &PlanConfig, ids: &mut Ids) -> Plan {
     } else {
         cfg.node_addresses.clone()
     };
-    let mut slices_of: BTreeMap<(&str, &str), Vec<&super::model::Slice>> = BTreeMap::new();
-    for (id, s) in &model.slices {
-        slices_of
-            .entry((id.namespace.as_str(), s.service.as_str()))
-            .or_default()
-            .push(s);
-    }
+    let slices_of = slices_by_service(model);
 
     let mut p = Planner {
         cfg,
@@ -165,6 +159,58 @@ pub fn plan(model: &Model, cfg: &PlanConfig, ids: &mut Ids) -> Plan {
     let (used_services, used_backends) = (p.used_services, p.used_backends);
     p.ids.retain(&used_services, &used_backends);
     p.plan
+}
+
+/// The slices of each service, by (namespace, service name).
+fn slices_by_service(model: &Model) -> BTreeMap<(&str, &str), Vec<&super::model::Slice>> {
+    let mut slices_of: BTreeMap<(&str, &str), Vec<&super::model::Slice>> = BTreeMap::new();
+    for (id, s) in &model.slices {
+        slices_of
+            .entry((id.namespace.as_str(), s.service.as_str()))
+            .or_default()
+            .push(s);
+    }
+    slices_of
+}
+
+/// What a `healthCheckNodePort` reports: the service it belongs to and how
+/// many of its endpoints on this node are ready.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HealthCheck {
+    pub service: ObjectRef,
+    pub local_endpoints: usize,
+}
+
+/// The health-check node ports this node serves, as kube-proxy does: one per
+/// `type: LoadBalancer` service with `externalTrafficPolicy: Local` and a
+/// `healthCheckNodePort`. The count is of distinct addresses of ready
+/// endpoints on `cfg.node_name` across the service's ports (slices merged
+/// as `plan()` merges them): terminating or not-ready endpoints do not
+/// count, so a node left with only terminating ones fails the check and the
+/// load balancer drains it. Two services on one port: the first keeps it.
+pub fn health_checks(model: &Model, cfg: &PlanConfig) -> BTreeMap<u16, HealthCheck> {
+    let mut out: BTreeMap<u16, HealthCheck> = BTreeMap::new();
+    let slices_of = slices_by_service(model);
+    for (id, svc) in &model.services {
+        let Some(port) = svc.health_check_node_port else { continue };
+        if svc.service_type != ServiceType::LoadBalancer || !svc.external_local {
+            continue;
+        }
+        if let Some(first) = out.get(&port) {
+            tracing::warn!(object = %id, port, other = %first.service, "healthCheckNodePort already used by another service; skipped");
+            continue;
+        }
+        let slices = slices_of.get(&(id.namespace.as_str(), id.name.as_str())).map(Vec::as_slice).unwrap_or_default();
+        let local: BTreeSet<Ipv4Addr> = svc
+            .ports
+            .iter()
+            .flat_map(|p| candidates(slices, p))
+            .filter(|c| c.ready && c.node_name.as_deref() == Some(cfg.node_name.as_str()))
+            .map(|c| c.addr)
+            .collect();
+        out.insert(port, HealthCheck { service: id.clone(), local_endpoints: local.len() });
+    }
+    out
 }
 
 /// The endpoints of `port` across `slices`, deduplicated by address and

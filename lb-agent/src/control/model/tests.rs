@@ -212,3 +212,17 @@ fn load_balancer_ips_in_proxy_mode_are_not_captured() {
         [Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(203, 0, 113, 3)]
     );
 }
+
+#[test]
+fn health_check_node_port_is_kept_and_an_invalid_one_ignored_with_the_service() {
+    let svc = |name: &str, hc: &str| {
+        format!("---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns}}\nspec: {{type: LoadBalancer, clusterIP: 10.96.0.1, externalTrafficPolicy: Local, {hc}ports: [{{port: 80, nodePort: 30080}}]}}\n")
+    };
+    let m = parse(&[svc("set", "healthCheckNodePort: 32000, "), svc("unset", ""), svc("zero", "healthCheckNodePort: 0, "), svc("huge", "healthCheckNodePort: 70000, "), svc("negative", "healthCheckNodePort: -5, ")].concat());
+    let hc = |name: &str| m.services[&ObjectRef::new("ns", name)].health_check_node_port;
+    assert_eq!(hc("set"), Some(32000));
+    assert_eq!(m.services.len(), 5, "an invalid port loses the health check, not the service");
+    for name in ["unset", "zero", "huge", "negative"] {
+        assert_eq!(hc(name), None, "{name}");
+    }
+}

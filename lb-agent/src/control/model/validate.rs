@@ -160,6 +160,15 @@ fn service(id: &ObjectRef, s: &core::Service) -> Result<Service, String> {
     };
     let external_local = local("externalTrafficPolicy", &spec.external_traffic_policy);
     let internal_local = local("internalTrafficPolicy", &spec.internal_traffic_policy);
+    // An invalid one (the API server refuses it) only loses the health check,
+    // not the service.
+    let health_check_node_port = spec.health_check_node_port.and_then(|p| {
+        let port = parse_port("healthCheckNodePort", p);
+        if let Err(e) = &port {
+            tracing::warn!(object = %id, reason = %e, "ignoring spec.healthCheckNodePort");
+        }
+        port.ok()
+    });
 
     let affinity_timeout_s = match spec.session_affinity.as_deref() {
         None | Some("None") => 0,
@@ -206,6 +215,7 @@ fn service(id: &ObjectRef, s: &core::Service) -> Result<Service, String> {
         source_ranges,
         ports,
         external_local,
+        health_check_node_port,
         internal_local,
         affinity_timeout_s,
         algorithm,

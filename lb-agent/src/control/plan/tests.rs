@@ -452,6 +452,7 @@ fn big_model(services: usize, per: usize) -> Model {
                     proto: Proto::Tcp,
                 }],
                 external_local: false,
+                health_check_node_port: None,
                 internal_local: false,
                 affinity_timeout_s: 0,
                 algorithm: None,
@@ -575,4 +576,55 @@ addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints
     // The removed backend held ~1/10 of the table; Maglev moves little more.
     assert!(moved > 0.08 && moved < 0.13, "fraction of slots rewritten: {moved:.3}");
     assert_eq!(d.backends.remove.len(), 1);
+}
+
+/// A LoadBalancer `s` (ports http and metrics) whose endpoints are `endpoints`.
+fn lb_objects(policy: &str, extra: &str, endpoints: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: ns}}\nspec: {{type: LoadBalancer, clusterIP: 10.96.5.5, \
+         externalTrafficPolicy: {policy}, {extra}ports: [{{name: http, port: 80, nodePort: 30080}}, {{name: metrics, port: 9090, nodePort: 30090}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s-1, namespace: ns, labels: {{kubernetes.io/service-name: s}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}, {{name: metrics, port: 9090, protocol: TCP}}]\nendpoints: {endpoints}\n"
+    )
+}
+
+#[test]
+fn health_checks_count_this_nodes_ready_endpoints_once_per_address() {
+    let endpoints = "[{addresses: [10.0.0.1], nodeName: node-a}, {addresses: [10.0.0.2], nodeName: node-a}, \
+                     {addresses: [10.0.0.3], nodeName: node-b}, {addresses: [10.0.0.4]}, \
+                     {addresses: [10.0.0.5], nodeName: node-a, conditions: {ready: false}}, \
+                     {addresses: [10.0.0.6], nodeName: node-a, conditions: {ready: false, serving: true, terminating: true}}]";
+    let m = model(&lb_objects("Local", "healthCheckNodePort: 32000, ", endpoints));
+    let hc = health_checks(&m, &cfg());
+    let want = HealthCheck { service: ObjectRef::new("ns", "s"), local_endpoints: 2 };
+    assert_eq!(
+        hc.into_iter().collect::<Vec<_>>(),
+        [(32000, want)],
+        "two ports of one pod are one endpoint; remote, node-less, not-ready and terminating ones do not count"
+    );
+    // Another node sees its own.
+    let other = PlanConfig { node_name: "node-b".into(), ..cfg() };
+    assert_eq!(health_checks(&m, &other)[&32000].local_endpoints, 1);
+    let none = PlanConfig { node_name: "node-c".into(), ..cfg() };
+    assert_eq!(health_checks(&m, &none)[&32000].local_endpoints, 0, "no local endpoint: the port is served, and fails");
+}
+
+#[test]
+fn only_local_load_balancers_with_a_health_check_node_port_get_one() {
+    let eps = "[{addresses: [10.0.0.1], nodeName: node-a}]";
+    assert!(health_checks(&model(&lb_objects("Cluster", "healthCheckNodePort: 32000, ", eps)), &cfg()).is_empty(), "Cluster policy");
+    assert!(health_checks(&model(&lb_objects("Local", "", eps)), &cfg()).is_empty(), "no healthCheckNodePort");
+    let node_port = "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: ns}\nspec: {type: NodePort, clusterIP: 10.96.5.5, \
+                     externalTrafficPolicy: Local, healthCheckNodePort: 32000, ports: [{port: 80, nodePort: 30080}]}\n";
+    assert!(health_checks(&model(node_port), &cfg()).is_empty(), "not a LoadBalancer");
+
+    // Two services on one port: the first (in name order) keeps it.
+    let two = format!(
+        "{}---\n{}",
+        lb_objects("Local", "healthCheckNodePort: 32000, ", eps),
+        lb_objects("Local", "healthCheckNodePort: 32000, ", "[]").replace("name: s,", "name: t,").replace("service-name: s}", "service-name: t}").replace("name: s-1", "name: t-1")
+    );
+    let hc = health_checks(&model(&two), &cfg());
+    assert_eq!(hc.len(), 1);
+    assert_eq!(hc[&32000], HealthCheck { service: ObjectRef::new("ns", "s"), local_endpoints: 1 });
 }

@@ -414,7 +414,8 @@ mod tests {
     #[test]
     fn typed_objects_build_the_same_model_as_yaml() {
         let yaml = "apiVersion: v1\nkind: Service\nmetadata: {namespace: shop, name: web}\n\
-                    spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80, targetPort: 8080}]}\n---\n\
+                    spec: {type: LoadBalancer, externalTrafficPolicy: Local, healthCheckNodePort: 32000, \
+                    clusterIP: 10.96.0.10, ports: [{name: http, port: 80, nodePort: 30080, targetPort: 8080}]}\n---\n\
                     apiVersion: v1\nkind: Service\nmetadata: {namespace: shop, name: evil}\n\
                     spec: {clusterIP: 10.96.0.300, ports: [{port: 80}]}\n---\n\
                     apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
@@ -439,6 +440,8 @@ mod tests {
         assert_eq!(typed, from_yaml);
         assert_eq!(typed.services.len(), 1, "the invalid Service is skipped");
         assert_eq!(typed.slices.len(), 1);
+        let web = &typed.services[&crate::control::model::ObjectRef::new("shop", "web")];
+        assert_eq!(web.health_check_node_port, Some(32000), "the kube source carries the health-check port too");
         assert_eq!(
             typed.nodes["node-a"].addresses,
             [std::net::Ipv4Addr::new(192, 168, 1, 1)]
