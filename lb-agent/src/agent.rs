@@ -17,12 +17,12 @@ use lb_agent::{
     control::{
         ids::Ids,
         model::Model,
-        plan::{plan, PlanConfig},
+        plan::{health_checks, plan, PlanConfig},
         source::{file, kube, SourceSpec},
     },
     dataplane::Dataplane,
     loader::{self, MapSizes},
-    ops::{checks, metrics::Metrics, names},
+    ops::{checks, healthcheck::HealthServer, metrics::Metrics, names},
     sync::{Outcome, Syncer},
 };
 use tokio::signal::unix::{signal, SignalKind};
@@ -111,6 +111,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         cfg: plan_config(&args.inputs),
         metrics: metrics.clone(),
         names: None,
+        health: HealthServer::new(args.health_check_address),
     };
 
     metrics.source_event();
@@ -144,6 +145,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             }
             _ = tick.tick() => {
                 pods.scan(&mut ebpf);
+                agent.health.retry();
                 if !synced {
                     // The last sync failed part-way: try again from what the maps hold.
                     let model = models.borrow().clone();
@@ -172,12 +174,25 @@ struct Programmer {
     metrics: Arc<Metrics>,
     /// The service names last written: the file is rewritten only when they change.
     names: Option<Arc<names::Names>>,
+    /// The healthCheckNodePort listeners, following every model.
+    health: HealthServer,
 }
 
 impl Programmer {
-    /// One sync; returns whether every write succeeded. `observed` is when
-    /// the source's change behind it arrived (None for a retry).
+    /// One sync of the maps, then of the health-check node ports; returns
+    /// whether every map write succeeded. `observed` is when the source's
+    /// change behind it arrived (None for a retry).
     fn sync(&mut self, model: &Model, observed: Option<Instant>) -> bool {
+        let ok = self.sync_maps(model, observed);
+        // The counts follow the model even when a write failed; the failure
+        // shows as `serviceProxyHealthy: false` (503) until a sync applies.
+        self.health.update(health_checks(model, &self.cfg));
+        self.health.set_healthy(ok);
+        ok
+    }
+
+    /// The maps' part of [`Programmer::sync`].
+    fn sync_maps(&mut self, model: &Model, observed: Option<Instant>) -> bool {
         let started = Instant::now();
         let p = plan(model, &self.cfg, &mut self.ids);
         let plan_time = started.elapsed();
@@ -223,6 +238,13 @@ impl Programmer {
     /// The periodic read of the maps: repairs what differs from the last
     /// sync. Returns whether the maps are in step (false: retry the sync).
     fn reconcile(&mut self) -> bool {
+        let ok = self.reconcile_maps();
+        self.health.set_healthy(ok);
+        ok
+    }
+
+    /// The maps' part of [`Programmer::reconcile`].
+    fn reconcile_maps(&mut self) -> bool {
         let started = Instant::now();
         match self.syncer.reconcile(&mut self.dp) {
             Ok(Some(Outcome { diff: d, .. })) if !d.is_empty() => {

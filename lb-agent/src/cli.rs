@@ -135,6 +135,11 @@ pub struct RunArgs {
     /// Address of the Prometheus metrics, /healthz and /readyz.
     #[arg(long, default_value = lb_agent::ops::http::DEFAULT_METRICS_ADDR)]
     pub metrics_addr: SocketAddr,
+    /// Address the healthCheckNodePorts of `externalTrafficPolicy: Local`
+    /// LoadBalancer services are served on (as kube-proxy: 200 when this
+    /// node has a ready endpoint, else 503). Default: every address.
+    #[arg(long, value_name = "IP", default_value_t = lb_agent::ops::healthcheck::DEFAULT_ADDRESS)]
+    pub health_check_address: std::net::IpAddr,
     /// Seconds between reads of the whole maps to repair entries changed
     /// outside the agent (by hand, by another writer); 0 = never. Changes
     /// from the source are applied at once either way, diffed against what
@@ -253,6 +258,7 @@ mod tests {
         assert_eq!(r.xdp_mode, XdpModeArg::Generic);
         assert_eq!(r.pin_path, PathBuf::from("/sys/fs/bpf/xdplb"));
         assert_eq!(r.reconcile_interval, 60);
+        assert!(r.health_check_address.is_unspecified());
     }
 
     #[test]

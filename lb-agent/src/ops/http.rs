@@ -50,7 +50,9 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
 /// Largest request head accepted; probes and scrapes send a few hundred bytes.
 const MAX_HEAD: usize = 8192;
 
-async fn handle(mut s: TcpStream, m: Arc<Metrics>) -> std::io::Result<()> {
+/// Reads a request head (up to [`MAX_HEAD`] bytes): its method and its
+/// path without the query.
+pub(crate) async fn read_request(s: &mut TcpStream) -> std::io::Result<(String, String)> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
@@ -67,7 +69,24 @@ async fn handle(mut s: TcpStream, m: Arc<Metrics>) -> std::io::Result<()> {
         parts.next().unwrap_or_default(),
     );
     let path = target.split('?').next().unwrap_or_default();
-    let (status, ctype, body) = match (method, path) {
+    Ok((method.to_string(), path.to_string()))
+}
+
+/// Writes a whole response (`extra_headers`: complete `Name: value\r\n`
+/// lines) and closes the connection; `send_body: false` for a HEAD request.
+pub(crate) async fn respond(s: &mut TcpStream, status: &str, ctype: &str, extra_headers: &str, body: &str, send_body: bool) -> std::io::Result<()> {
+    let resp = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n{extra_headers}Content-Length: {}\r\nConnection: close\r\n\r\n{}",
+        body.len(),
+        if send_body { body } else { "" }
+    );
+    s.write_all(resp.as_bytes()).await?;
+    s.shutdown().await
+}
+
+async fn handle(mut s: TcpStream, m: Arc<Metrics>) -> std::io::Result<()> {
+    let (method, path) = read_request(&mut s).await?;
+    let (status, ctype, body) = match (method.as_str(), path.as_str()) {
         ("GET", "/metrics") => {
             // Reading the maps is blocking syscalls (conntrack can be large).
             let text = tokio::task::spawn_blocking(move || m.render())
@@ -93,7 +112,5 @@ async fn handle(mut s: TcpStream, m: Arc<Metrics>) -> std::io::Result<()> {
             "GET only\n".to_string(),
         ),
     };
-    let resp = format!("HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-    s.write_all(resp.as_bytes()).await?;
-    s.shutdown().await
+    respond(&mut s, status, ctype, "", &body, true).await
 }
