@@ -29,9 +29,6 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{cli::RunArgs, podifaces::PodIfaces};
 
-/// Backend ids live in a hash map, so any u32 but 0 works; wrapping far
-/// beyond the map size keeps freed ids unused for as long as possible.
-pub const MAX_BACKEND_ID: u32 = u32::MAX - 1;
 
 pub fn plan_config(inputs: &crate::cli::PlanInputs) -> PlanConfig {
     PlanConfig {
@@ -102,7 +99,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
         slots = current.slots.len(),
         "pinned maps found"
     );
-    let ids = Ids::seeded(sizes.services, MAX_BACKEND_ID, &current);
+    let ids = Ids::seeded(sizes.services, sizes.backends, &current);
     let reconcile_every = (args.reconcile_interval > 0).then(|| Duration::from_secs(args.reconcile_interval));
     let mut agent = Programmer {
         dp,

@@ -15,7 +15,9 @@ use lb_common::{
 
 pub struct Dataplane {
     pub services: HashMap<MapData, ServiceKeyV4, ServiceV4>,
-    pub backends: HashMap<MapData, BackendId, BackendV4>,
+    /// Indexed by backend id; an empty slot ([`BackendV4::is_empty`]) holds
+    /// no backend.
+    pub backends: Array<MapData, BackendV4>,
     pub slots: HashMap<MapData, SlotKey, BackendId>,
     /// An LRU hash; aya's `HashMap` handles both hash kinds.
     pub conntrack: HashMap<MapData, FlowKeyV4, FlowV4>,
@@ -78,6 +80,49 @@ impl Dataplane {
         Ok(total)
     }
 
+    /// Every backend (the non-empty slots of `backends_v4`), by id. The
+    /// array is read in batches: one syscall per 64Ki slots, not one per slot.
+    pub fn backends(&self) -> Result<std::collections::BTreeMap<BackendId, BackendV4>> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        const CHUNK: usize = 65_536;
+        let fd = aya::maps::IterableMap::map(&self.backends).fd().as_fd().as_raw_fd() as u32;
+        let mut out = std::collections::BTreeMap::new();
+        let (mut keys, mut values) = (vec![0u32; CHUNK], vec![BackendV4::default(); CHUNK]);
+        let mut cursor = 0u32;
+        let mut first = true;
+        loop {
+            let mut attr = BatchAttr {
+                in_batch: if first { 0 } else { &cursor as *const u32 as u64 },
+                out_batch: &mut cursor as *mut u32 as u64,
+                keys: keys.as_mut_ptr() as u64,
+                values: values.as_mut_ptr() as u64,
+                count: CHUNK as u32,
+                map_fd: fd,
+                elem_flags: 0,
+                flags: 0,
+            };
+            // SAFETY: `attr` is the bpf_attr of BPF_MAP_LOOKUP_BATCH; the
+            // buffers hold `count` keys and values of the map's sizes.
+            let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, core::mem::size_of::<BatchAttr>()) };
+            let err = (rc < 0).then(std::io::Error::last_os_error);
+            if let Some(e) = &err {
+                if e.raw_os_error() != Some(libc::ENOENT) {
+                    return Err(anyhow::anyhow!("reading {}: {e}", maps::BACKENDS_V4));
+                }
+            }
+            for (id, b) in keys.iter().zip(&values).take(attr.count as usize) {
+                if !b.is_empty() {
+                    out.insert(*id, *b);
+                }
+            }
+            // ENOENT: the last batch (possibly partial) has been read.
+            if err.is_some() {
+                return Ok(out);
+            }
+            first = false;
+        }
+    }
+
     /// Every conntrack entry.
     pub fn flows(&self) -> Result<Vec<(FlowKeyV4, FlowV4)>> {
         Ok(self.conntrack.iter().collect::<Result<_, _>>()?)
@@ -89,7 +134,7 @@ impl Dataplane {
     pub fn contents(&self) -> Result<crate::diff::MapContents> {
         Ok(crate::diff::MapContents {
             services: self.services.iter().collect::<Result<_, _>>()?,
-            backends: self.backends.iter().collect::<Result<_, _>>()?,
+            backends: self.backends()?,
             slots: self.slots.iter().collect::<Result<_, _>>()?,
             source_ranges: self
                 .source_ranges
@@ -112,7 +157,11 @@ impl Dataplane {
             })?;
         }
         for (k, v) in &diff.backends.upsert {
-            let r = self.backends.insert(k, v, 0);
+            // Id 0 (no backend) and 0.0.0.0 (an empty slot) are never written.
+            if *k == 0 || v.is_empty() {
+                anyhow::bail!("backend {k} ({v:?}) cannot be written to {}: id 0 and address 0.0.0.0 mean no backend", maps::BACKENDS_V4);
+            }
+            let r = self.backends.set(*k, v, 0);
             write_result(r, maps::BACKENDS_V4, || format!("backend {k}"))?;
         }
         for (k, v) in &diff.slots.upsert {
@@ -132,7 +181,11 @@ impl Dataplane {
             ignore_missing(self.slots.remove(k))?;
         }
         for k in &diff.backends.remove {
-            ignore_missing(self.backends.remove(k))?;
+            // Removing is emptying the slot; an id past the end is already gone.
+            match self.backends.set(*k, BackendV4::EMPTY, 0) {
+                Err(aya::maps::MapError::OutOfBounds { .. }) => {}
+                r => r.with_context(|| format!("emptying backend {k} in {}", maps::BACKENDS_V4))?,
+            }
         }
         for (len, r) in &diff.source_ranges.remove {
             ignore_missing(self.source_ranges.remove(&Key::new(*len, *r)))?;
@@ -175,7 +228,7 @@ impl Dataplane {
                 *live.entry(f.backend_id).or_default() += 1;
             }
         }
-        let ids: Vec<BackendId> = self.backends.keys().collect::<Result<_, _>>()?;
+        let ids: Vec<BackendId> = self.backends()?.into_keys().collect();
         let mut changed = 0;
         for id in ids {
             let want = live.get(&id).copied().unwrap_or(0);
@@ -221,6 +274,21 @@ impl Dataplane {
     }
 }
 
+/// `bpf_attr` of the BPF_MAP_*_BATCH commands.
+#[repr(C)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+const BPF_MAP_LOOKUP_BATCH: i64 = 24;
+
 /// A failed map write as an error that names the map and the entry, and says
 /// what to do when the map is full (the kernel's E2BIG).
 fn write_result(
@@ -229,7 +297,9 @@ fn write_result(
     what: impl FnOnce() -> String,
 ) -> Result<()> {
     let Err(e) = r else { return Ok(()) };
-    let full = matches!(&e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG));
+    // A full hash (the kernel's E2BIG), or an index past an array's end.
+    let full = matches!(&e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG))
+        || matches!(&e, aya::maps::MapError::OutOfBounds { .. });
     if full {
         anyhow::bail!("{map} is full: {} does not fit; raise the map's size (lb-agent run --help, \"map sizes\")", what());
     }

@@ -51,7 +51,8 @@ impl Default for MapSizes {
 /// different size (e.g. a larger conntrack table) is migrated live: a new map
 /// is created and filled from the old one, the pinned links switch to the new
 /// programs, entries created meanwhile are copied again, and the new map takes
-/// the old one's pin.
+/// the old one's pin. A map of an earlier version's layout that this one
+/// knows how to convert (`backends_v4` as a hash) goes the same way.
 pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf> {
     ensure_bpffs(pin_dir)?;
     std::fs::create_dir_all(pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
@@ -63,6 +64,12 @@ pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf> {
             migrate::Pinned::Absent | migrate::Pinned::Matches => pins.push((*name, path)),
             migrate::Pinned::Resize { from } => {
                 tracing::info!(map = name, from, to = migrate::expected(name, sizes).max_entries, "resizing pinned map; flows are kept");
+                pins.push((*name, migrate::next_path(&path)));
+                resized.push(*name);
+            }
+            migrate::Pinned::Convert { from } => {
+                let to = migrate::expected(name, sizes);
+                tracing::info!(map = name, ?from, to = ?to.map_type, max_entries = to.max_entries, "converting pinned map of an earlier version; flows are kept");
                 pins.push((*name, migrate::next_path(&path)));
                 resized.push(*name);
             }

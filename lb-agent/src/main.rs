@@ -71,10 +71,9 @@ async fn plan_command(args: PlanArgs) -> Result<()> {
     };
     // A fresh allocator: ids here are what an agent starting on empty maps
     // would use; a running agent's may differ.
-    let mut ids = Ids::new(
-        lb_agent::loader::MapSizes::default().services,
-        agent::MAX_BACKEND_ID,
-    );
+    let sizes = lb_agent::loader::MapSizes::default();
+    // Backend ids index backends_v4, so they stay within its size.
+    let mut ids = Ids::new(sizes.services, sizes.backends);
     let p = plan(&model, &agent::plan_config(&args.inputs), &mut ids);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&p)?);

@@ -1,5 +1,7 @@
 //! Pinned maps from an earlier agent: checked against this build's layout,
-//! and resized live when only their size differs.
+//! resized live when only their size differs, and converted live from the
+//! layouts of earlier versions this one knows (`backends_v4` was a hash map
+//! before it became an array indexed by backend id).
 use std::{
     os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
@@ -33,7 +35,8 @@ pub fn expected(name: &str, s: MapSizes) -> Spec {
     let spec = |map_type, key_size, value_size, max_entries| Spec { map_type, key_size, value_size, max_entries };
     match name {
         maps::SERVICES_V4 => spec(MapType::Hash, size::<ServiceKeyV4>(), size::<ServiceV4>(), s.services),
-        maps::BACKENDS_V4 => spec(MapType::Hash, size::<BackendId>(), size::<BackendV4>(), s.backends),
+        // Indexed by backend id (1..=backends); an empty slot is no backend.
+        maps::BACKENDS_V4 => spec(MapType::Array, size::<BackendId>(), size::<BackendV4>(), s.backends + 1),
         maps::SERVICE_SLOTS => spec(MapType::Hash, size::<SlotKey>(), size::<BackendId>(), s.slots),
         maps::CONNTRACK_V4 => spec(MapType::LruHash, size::<FlowKeyV4>(), size::<FlowV4>(), s.conntrack),
         // Indexed by service id (1..=services).
@@ -60,6 +63,20 @@ pub enum Pinned {
     Matches,
     /// Same layout, another size: migrate.
     Resize { from: u32 },
+    /// An earlier version's layout this one converts live (copied into a
+    /// new map like a resize): `backends_v4` as a hash map keyed by id.
+    Convert { from: MapType },
+}
+
+/// Whether a map pinned as `got` is an earlier layout that converts into
+/// `want`: a hash of 4-byte keys into an array with the same values (the
+/// keys become indexes; ones past the end are renumbered first, see
+/// [`fit_backend_ids`]).
+fn converts(got: &Spec, want: &Spec) -> bool {
+    got.map_type == MapType::Hash
+        && want.map_type == MapType::Array
+        && (got.key_size, got.value_size) == (4, want.value_size)
+        && want.key_size == 4
 }
 
 pub fn check_pinned(path: &Path, want: &Spec) -> Result<Pinned> {
@@ -73,6 +90,9 @@ pub fn check_pinned(path: &Path, want: &Spec) -> Result<Pinned> {
         value_size: info.value_size(),
         max_entries: info.max_entries(),
     };
+    if converts(&got, want) {
+        return Ok(Pinned::Convert { from: got.map_type });
+    }
     if (got.map_type, got.key_size, got.value_size) != (want.map_type, want.key_size, want.value_size) {
         bail!(
             "the map pinned at {} has another layout ({:?}, key {} B, value {} B) than this agent's ({:?}, key {} B, value {} B): \\
@@ -94,8 +114,19 @@ pub fn next_path(path: &Path) -> PathBuf {
 /// Finishes resizing `names` (their new instances are pinned at
 /// `next_path`): copy, switch the pinned links to the new programs, copy what
 /// arrived meanwhile, move the pins.
+///
+/// Converted maps (a `backends_v4` hash into the array) go the same way.
+/// Before anything is copied, backends whose id the new `backends_v4` cannot
+/// index are given free ids (see [`fit_backend_ids`]).
 pub fn resize(ebpf: &mut Ebpf, pin_dir: &Path, names: &[&str]) -> Result<()> {
     let pairs: Vec<(PathBuf, PathBuf)> = names.iter().map(|n| (pin_dir.join(n), next_path(&pin_dir.join(n)))).collect();
+    if names.contains(&maps::BACKENDS_V4) {
+        let capacity = MapInfo::from_pin(next_path(&pin_dir.join(maps::BACKENDS_V4)))?.max_entries() - 1;
+        let moved = fit_backend_ids(pin_dir, capacity)?;
+        if moved > 0 {
+            tracing::info!(backends = moved, capacity, "renumbered backends whose id is past the end of the new backends_v4");
+        }
+    }
     for (old, new) in &pairs {
         let n = copy(old, new, false)?;
         tracing::info!(map = %old.display(), entries = n, "copied into the resized map");
@@ -137,6 +168,7 @@ fn copy(from: &Path, to: &Path, only_new: bool) -> Result<usize> {
     let (src, dst) = (MapData::from_pin(from)?, MapData::from_pin(to)?);
     let info = MapInfo::from_pin(from)?;
     let per_cpu = matches!(info.map_type()?, MapType::PerCpuArray | MapType::PerCpuHash | MapType::LruPerCpuHash);
+    let dst_type = MapInfo::from_pin(to)?.map_type()?;
     let cpus = if per_cpu { aya::util::nr_cpus().map_err(|(_, e)| e)? } else { 1 };
     let vsize = if per_cpu { (info.value_size() as usize).div_ceil(8) * 8 * cpus } else { info.value_size() as usize };
     let (mut key, mut next, mut value) = (vec![0u8; info.key_size() as usize], vec![0u8; info.key_size() as usize], vec![0u8; vsize]);
@@ -156,11 +188,148 @@ fn copy(from: &Path, to: &Path, only_new: bool) -> Result<usize> {
         if bpf(BPF_MAP_LOOKUP_ELEM, &get).is_err() {
             continue; // deleted (or evicted) while we iterate
         }
-        let flags = if only_new && !matches!(info.map_type()?, MapType::Array | MapType::PerCpuArray) { BPF_NOEXIST } else { 0 };
+        // Arrays refuse BPF_NOEXIST (every index exists): they are overwritten.
+        let flags = if only_new && !matches!(dst_type, MapType::Array | MapType::PerCpuArray) { BPF_NOEXIST } else { 0 };
         let put = ElemAttr { map_fd: dfd, _pad: 0, key: key.as_ptr() as u64, value: value.as_ptr() as u64, flags };
         if bpf(BPF_MAP_UPDATE_ELEM, &put).is_ok() {
             copied += 1;
         }
     }
     Ok(copied)
+}
+
+const BPF_EXIST: u64 = 2;
+
+/// Calls `f` with the map's fd and each (key, value) of the (not per-CPU)
+/// map pinned at `path`.
+fn for_each(path: &Path, mut f: impl FnMut(u32, &[u8], &[u8]) -> Result<()>) -> Result<()> {
+    let map = MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
+    let info = MapInfo::from_pin(path)?;
+    let fd = map.fd().as_fd().as_raw_fd() as u32;
+    let (mut key, mut next) = (vec![0u8; info.key_size() as usize], vec![0u8; info.key_size() as usize]);
+    let mut value = vec![0u8; info.value_size() as usize];
+    let mut first = true;
+    loop {
+        let attr = ElemAttr { map_fd: fd, _pad: 0, key: if first { 0 } else { key.as_ptr() as u64 }, value: next.as_mut_ptr() as u64, flags: 0 };
+        match bpf(BPF_MAP_GET_NEXT_KEY, &attr) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
+            Err(e) => return Err(e).with_context(|| format!("iterating {}", path.display())),
+        }
+        first = false;
+        key.copy_from_slice(&next);
+        let get = ElemAttr { map_fd: fd, _pad: 0, key: key.as_ptr() as u64, value: value.as_mut_ptr() as u64, flags: 0 };
+        if bpf(BPF_MAP_LOOKUP_ELEM, &get).is_ok() {
+            f(fd, &key, &value)?;
+        }
+    }
+}
+
+fn update(fd: u32, key: &[u8], value: &[u8], flags: u64) -> std::io::Result<()> {
+    let put = ElemAttr { map_fd: fd, _pad: 0, key: key.as_ptr() as u64, value: value.as_ptr() as u64, flags };
+    bpf(BPF_MAP_UPDATE_ELEM, &put)
+}
+
+/// Rewrites the values of the map pinned at `path` that `remap` changes
+/// (entries deleted meanwhile stay deleted); returns how many. A value the
+/// programs change at the same moment may lose that change (a packet
+/// count, say): the window is one entry's read and write.
+fn rewrite<T: bytemuck::Pod>(path: &Path, mut remap: impl FnMut(&mut T) -> bool) -> Result<usize> {
+    let mut n = 0;
+    for_each(path, |fd, k, v| {
+        let mut t: T = bytemuck::pod_read_unaligned(v);
+        if remap(&mut t) {
+            match update(fd, k, bytemuck::bytes_of(&t), BPF_EXIST) {
+                Ok(()) => n += 1,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => return Err(e).with_context(|| format!("rewriting an entry of {}", path.display())),
+            }
+        }
+        Ok(())
+    })?;
+    Ok(n)
+}
+
+/// Gives every backend of the pinned `backends_v4` whose id is past
+/// `capacity` (what the new array can index) a free id within it, while the
+/// running programs still use the pinned maps. Earlier agents numbered
+/// backends up to `u32::MAX - 1`, and a smaller array drops the top ids.
+///
+/// The order keeps every packet served: the backend is first written under
+/// its new id as well (the old map then holds it twice), then the slots,
+/// affinity entries and flows that name the old id are rewritten to the new
+/// one, and the flows once more a moment later (a new flow may have picked
+/// the old id just before its slot changed). The old id is left in the old
+/// map, which is dropped after the switch. Returns how many backends moved.
+pub fn fit_backend_ids(pin_dir: &Path, capacity: u32) -> Result<usize> {
+    let path = pin_dir.join(maps::BACKENDS_V4);
+    let mut used = std::collections::BTreeSet::new();
+    let mut past = Vec::new();
+    for_each(&path, |_, k, v| {
+        let id = u32::from_ne_bytes(k[..4].try_into()?);
+        let b: BackendV4 = bytemuck::pod_read_unaligned(v);
+        if !b.is_empty() && (id == 0 || id > capacity) {
+            past.push((id, b));
+        } else if !b.is_empty() {
+            used.insert(id);
+        }
+        Ok(())
+    })?;
+    if past.is_empty() {
+        return Ok(0);
+    }
+    let mut free = (1..=capacity).filter(|id| !used.contains(id));
+    let backends = MapData::from_pin(&path)?;
+    let fd = backends.fd().as_fd().as_raw_fd() as u32;
+    let mut moves = std::collections::BTreeMap::new();
+    for (old, value) in &past {
+        let Some(new) = free.next() else {
+            bail!(
+                "{} holds {} backends, more than the {capacity} the new map can index: raise --max-backends",
+                path.display(), used.len() + past.len()
+            );
+        };
+        update(fd, &new.to_ne_bytes(), bytemuck::bytes_of(value), 0).with_context(|| {
+            format!("writing backend {old} under its new id {new} in {} (if the map is full, raise --max-backends)", path.display())
+        })?;
+        moves.insert(*old, new);
+    }
+    let slots = rewrite::<BackendId>(&pin_dir.join(maps::SERVICE_SLOTS), |id| match moves.get(id) {
+        Some(new) => { *id = *new; true }
+        None => false,
+    })?;
+    let affinity = rewrite::<AffinityV4>(&pin_dir.join(maps::AFFINITY_V4), |a| match moves.get(&a.backend_id) {
+        Some(new) => { a.backend_id = *new; true }
+        None => false,
+    })?;
+    let mut flows = 0;
+    // Live flows per new id: the old id's were never counted (past the end
+    // of backend_load), and a FIN now counts down on the new one.
+    let mut load = std::collections::BTreeMap::<BackendId, u64>::new();
+    for pass in 0..2 {
+        if pass > 0 {
+            // Programs run for microseconds: any that read an old slot value
+            // has created its flow by now.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        flows += rewrite::<FlowV4>(&pin_dir.join(maps::CONNTRACK_V4), |f| match moves.get(&f.backend_id) {
+            Some(new) => {
+                f.backend_id = *new;
+                if f.direction == direction::FORWARD && f.flags & flow_flags::CLOSING == 0 {
+                    *load.entry(*new).or_default() += 1;
+                }
+                true
+            }
+            None => false,
+        })?;
+    }
+    let load_map = MapData::from_pin(pin_dir.join(maps::BACKEND_LOAD))?;
+    let load_fd = load_map.fd().as_fd().as_raw_fd() as u32;
+    for (id, n) in &load {
+        // An id past the end of the old backend_load (a larger new one) is
+        // counted by the agent's recount instead.
+        let _ = update(load_fd, &id.to_ne_bytes(), &n.to_ne_bytes(), 0);
+    }
+    tracing::info!(?moves, slots, affinity, flows, "backend ids renumbered");
+    Ok(moves.len())
 }

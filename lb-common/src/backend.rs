@@ -1,8 +1,9 @@
 //! Backends: where a service's traffic goes.
 use bytemuck::{Pod, Zeroable};
 
-/// Backend id (1-based; 0 means none). Ids are allocated by the agent and
-/// not reused while flows may still name them.
+/// Backend id (1-based; 0 means none): the index of the backend in the
+/// `backends_v4` array, so at most the map's size. Ids are allocated by the
+/// agent and not reused while flows may still name them.
 pub type BackendId = u32;
 
 /// Backend states (`BackendV4::state`).
@@ -14,7 +15,8 @@ pub mod backend_state {
     pub const TERMINATING: u8 = 1;
 }
 
-/// Value of `backends_v4`.
+/// Value of `backends_v4`, an array indexed by backend id: a slot whose
+/// address is 0.0.0.0 (a zeroed entry, [`BackendV4::EMPTY`]) holds no backend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct BackendV4 {
@@ -29,5 +31,17 @@ pub struct BackendV4 {
     pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<BackendV4>() == 12);
+
+impl BackendV4 {
+    /// An unused slot of `backends_v4` (what the array holds until written,
+    /// and what removing a backend writes).
+    pub const EMPTY: Self = Self { addr: [0; 4], port: [0; 2], weight: 0, state: 0, _pad: [0; 3] };
+
+    /// Whether this slot holds no backend (0.0.0.0 is never a backend address).
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.addr == [0; 4]
+    }
+}
 
 crate::user_pod!(BackendV4);

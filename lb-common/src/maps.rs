@@ -3,7 +3,8 @@
 
 /// (VIP, port, protocol) → [`crate::ServiceV4`].
 pub const SERVICES_V4: &str = "services_v4";
-/// [`crate::BackendId`] → [`crate::BackendV4`].
+/// Array indexed by [`crate::BackendId`] → [`crate::BackendV4`]; an empty
+/// slot ([`crate::BackendV4::is_empty`]) holds no backend.
 pub const BACKENDS_V4: &str = "backends_v4";
 /// [`crate::SlotKey`] (service id, slot 1..=count) → [`crate::BackendId`].
 pub const SERVICE_SLOTS: &str = "service_slots";

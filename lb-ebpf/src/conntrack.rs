@@ -132,8 +132,9 @@ pub fn established(key: &FlowKeyV4, p: &Packet, now: u64) -> Option<Rewrite> {
     {
         return None;
     }
-    // SAFETY: read-only copy of an agent-written value.
-    let backend = match unsafe { backends_v4.get(entry.backend_id) } {
+    // An empty slot (address 0.0.0.0) never matches: a flow's backend
+    // address is never 0.0.0.0.
+    let backend = match backends_v4.get(entry.backend_id) {
         Some(b) if b.addr == entry.nat_addr && b.port == entry.nat_port => *b,
         _ => {
             count(counter::REBALANCED);

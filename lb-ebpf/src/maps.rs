@@ -19,9 +19,11 @@ use lb_common::{
 pub static services_v4: HashMap<ServiceKeyV4, ServiceV4, { size::SERVICES as usize }> =
     HashMap::new();
 
-/// Backend id → address, port, state. Written by the agent.
+/// Backend id → address, port, state: an array indexed by id (the lookup on
+/// every established packet is then an index, not a hash), where an empty
+/// slot (address 0.0.0.0) is no backend. Written by the agent.
 #[btf_map]
-pub static backends_v4: HashMap<BackendId, BackendV4, { size::BACKENDS as usize }> = HashMap::new();
+pub static backends_v4: Array<BackendV4, { size::BACKENDS as usize + 1 }> = Array::new();
 
 /// (service id, slot) → backend id: what new flows choose from. Written by the agent.
 #[btf_map]

@@ -49,8 +49,7 @@ pub fn balance(p: &Packet, hairpin_ok: bool) -> Result<Option<Rewrite>, Verdict>
     let Some((_, backend_id)) = select::pick(&svc, p, now) else {
         return no_backend();
     };
-    // SAFETY: read-only copy of an agent-written value.
-    let Some(&backend) = (unsafe { backends_v4.get(backend_id) }) else {
+    let Some(&backend) = backends_v4.get(backend_id).filter(|b| !b.is_empty()) else {
         return no_backend();
     };
     let rw = conntrack::create(&key, p, svc.id, backend_id, &backend, now, hairpin_ok);

@@ -72,8 +72,7 @@ pub fn balance(ctx: &SockAddrContext) -> i32 {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let client = Client { src: [0; 4], sport: (cookie as u16).to_be_bytes(), dport: port, proto };
     let picked = if svc.count == 0 { None } else { select::pick_for(&svc, &client, conntrack::now()) };
-    // SAFETY: read-only copy of an agent-written value.
-    let Some(backend) = picked.and_then(|(_, id)| unsafe { backends_v4.get(id) }.copied()) else {
+    let Some(backend) = picked.and_then(|(_, id)| backends_v4.get(id).copied()).filter(|b| !b.is_empty()) else {
         count(counter::SOCK_NO_BACKEND);
         stats::service(svc.id, |s| s.drops_no_backend += 1);
         return REFUSE;

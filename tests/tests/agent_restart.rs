@@ -136,3 +136,49 @@ fn an_agent_with_a_larger_conntrack_map_takes_over_without_resetting_connections
     threads.into_iter().for_each(|h| h.join().unwrap());
     assert_undisturbed(&seen, 30);
 }
+
+#[test]
+fn an_agent_converts_the_backends_hash_of_an_earlier_version_without_resetting_connections() {
+    use aya::maps::{HashMap, Map, MapData};
+    let (t, _servers) = setup();
+    let mut agent = Agent::start(&t.node, &objects_dir(&[0, 1, 2]));
+    wait_programmed(&mut agent);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (seen, threads) = chat(&t, 10, stop.clone());
+    assert!(wait_for(Duration::from_secs(5), || asked(&seen) >= 100));
+
+    // What an earlier version leaves pinned: backends_v4 as a hash map keyed
+    // by backend id (the attached programs keep the array they were loaded with).
+    agent.kill9();
+    let before = Agent::maps_of(&agent).contents().unwrap();
+    let pin = agent.pin_dir.join("backends_v4");
+    let entries = MapInfo::from_pin(&pin).unwrap().max_entries() - 1;
+    std::fs::remove_file(&pin).unwrap();
+    let out = std::process::Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&pin)
+        .args(["type", "hash", "key", "4", "value", "12", "entries", &entries.to_string(), "name", "backends_v4"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
+    let mut old: HashMap<MapData, u32, lb_common::BackendV4> =
+        HashMap::try_from(Map::from_map_data(MapData::from_pin(&pin).unwrap()).unwrap()).unwrap();
+    for (id, b) in &before.backends {
+        old.insert(id, b, 0).unwrap();
+    }
+    drop(old);
+
+    agent.start_again(&t.node, &[]);
+    wait_programmed(&mut agent);
+    let info = MapInfo::from_pin(&pin).unwrap();
+    assert_eq!((info.map_type().unwrap(), info.max_entries()), (aya::maps::MapType::Array, entries + 1));
+    assert!(agent.log().contains("converting pinned map"), "the log says so\n{}", agent.log());
+    assert!(wait_for(Duration::from_secs(10), || agent.sync_writes().len() >= 2), "the new agent synced\n{}", agent.log());
+    assert_eq!(agent.sync_writes().last(), Some(&0), "the converted map held every backend\n{}", agent.log());
+    assert_eq!(agent.maps().contents().unwrap(), before);
+    let n = asked(&seen);
+    assert!(wait_for(Duration::from_secs(5), || asked(&seen) >= n + 100), "traffic flows on the new map");
+    stop.store(true, Ordering::Relaxed);
+    threads.into_iter().for_each(|h| h.join().unwrap());
+    assert_undisturbed(&seen, 30);
+}

@@ -29,7 +29,7 @@ fn the_periodic_reconcile_repairs_entries_changed_by_hand() {
     // Someone deletes a backend and points a slot elsewhere.
     let (&bid, _) = want.backends.iter().next().expect("a backend");
     let (&slot, _) = want.slots.iter().next().expect("a slot");
-    dp.backends.remove(&bid).expect("deleting a backend by hand");
+    dp.backends.set(bid, lb_common::BackendV4::EMPTY, 0).expect("deleting a backend by hand");
     dp.slots.insert(slot, 999, 0).expect("changing a slot by hand");
     let repaired = wait_for(Duration::from_secs(10), || {
         agent.assert_alive();
@@ -64,10 +64,12 @@ fn without_a_reconcile_edits_still_reach_the_maps_with_only_the_difference() {
 
 #[test]
 fn a_failed_write_is_retried_from_what_the_maps_really_hold() {
-    // Room for four backends: web's three, and one more.
-    let (_t, mut agent, dp) = setup(&["--max-backends", "4", "--reconcile-interval", "0"]);
+    // Room for four slots: web's three, and one more. (Backend ids are
+    // indexes of backends_v4: the plan never hands out one that does not fit.)
+    let (_t, mut agent, dp) = setup(&["--max-slots", "4", "--reconcile-interval", "0"]);
     let before = dp.contents().expect("maps");
-    // Three more backends: one fits, then the map is full and the sync fails.
+    // Three more backends, three more slots: one slot fits, then the map is
+    // full and the sync fails.
     let other = "apiVersion: v1\nkind: Service\nmetadata: {name: other, namespace: shop}\n\
                  spec: {clusterIP: 10.96.0.20, ports: [{name: http, port: 80}]}\n---\n\
                  apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
@@ -75,13 +77,14 @@ fn a_failed_write_is_retried_from_what_the_maps_really_hold() {
                  addressType: IPv4\nports: [{name: http, port: 8080}]\n\
                  endpoints: [{addresses: [10.0.9.1]}, {addresses: [10.0.9.2]}, {addresses: [10.0.9.3]}]\n";
     write(&agent.source_dir, "other.yaml", other);
-    let failed = wait_for(Duration::from_secs(10), || agent.log().contains("backends_v4 is full"));
+    let failed = wait_for(Duration::from_secs(10), || agent.log().contains("service_slots is full"));
     assert!(failed, "the write did not fail as it should:\n{}", agent.log());
-    assert_eq!(dp.contents().expect("maps").backends.len(), 4, "one backend of `other` landed");
+    let half = dp.contents().expect("maps");
+    assert_eq!((half.backends.len(), half.slots.len()), (6, 4), "`other`'s backends and one of its slots landed");
     assert_eq!(programmed(&dp).map(|(n, _)| n), Some(3), "web is untouched");
 
-    // `other` goes again. The backend that landed was never in a successful
-    // sync: only a sync that reads the maps knows to remove it.
+    // `other` goes again. What landed was never in a successful sync: only
+    // a sync that reads the maps knows to remove it.
     std::fs::remove_file(agent.source_dir.join("other.yaml")).expect("removing other.yaml");
     let clean = wait_for(Duration::from_secs(10), || {
         agent.assert_alive();

@@ -119,7 +119,9 @@ pub struct Ids {
 
 impl Ids {
     /// An empty allocator. Service ids index per-service arrays sized
-    /// `max_service_id + 1`, so they must stay within it.
+    /// `max_service_id + 1`, and backend ids the `backends_v4` and
+    /// `backend_load` arrays sized `max_backend_id + 1`, so they must stay
+    /// within them.
     pub fn new(max_service_id: u32, max_backend_id: u32) -> Self {
         Self {
             services: IdSpace::new(max_service_id),

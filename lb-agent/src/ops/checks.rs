@@ -232,7 +232,7 @@ pub fn bpffs(pin_dir: &Path, may_mount: bool) -> Check {
 /// refuses them otherwise; this says so before anything is loaded).
 pub fn pinned_maps(pin_dir: &Path, sizes: crate::loader::MapSizes) -> Check {
     const NAME: &str = "pinned maps";
-    let (mut found, mut resize) = (0, Vec::new());
+    let (mut found, mut resize, mut convert) = (0, Vec::new(), Vec::new());
     for name in lb_common::maps::ALL {
         let want = crate::migrate::expected(name, sizes);
         match crate::migrate::check_pinned(&pin_dir.join(name), &want) {
@@ -242,10 +242,21 @@ pub fn pinned_maps(pin_dir: &Path, sizes: crate::loader::MapSizes) -> Check {
                 found += 1;
                 resize.push(format!("{name} {from} → {}", want.max_entries));
             }
+            Ok(crate::migrate::Pinned::Convert { from }) => {
+                found += 1;
+                convert.push(format!("{name} ({from:?} → {:?} of {})", want.map_type, want.max_entries));
+            }
             Err(e) => return Check::fail(NAME, format!("{e:#}")),
         }
     }
-    match (found, resize.is_empty()) {
+    let mut live = Vec::new();
+    if !resize.is_empty() {
+        live.push(format!("resizes {}", resize.join(", ")));
+    }
+    if !convert.is_empty() {
+        live.push(format!("converts {} from an earlier version", convert.join(", ")));
+    }
+    match (found, live.is_empty()) {
         (0, _) => Check::pass(
             NAME,
             format!("none under {} yet: `run` creates them", pin_dir.display()),
@@ -260,9 +271,9 @@ pub fn pinned_maps(pin_dir: &Path, sizes: crate::loader::MapSizes) -> Check {
         (n, false) => Check::pass(
             NAME,
             format!(
-                "{n} maps under {} match this build; `run` resizes {} live (flows are kept)",
+                "{n} maps under {} match this build; `run` {} live (flows are kept)",
                 pin_dir.display(),
-                resize.join(", ")
+                live.join(" and ")
             ),
         ),
     }

@@ -344,7 +344,7 @@ fn dataplane(w: &mut Writer, dp: &Dataplane, pin_dir: &Path, names: &Names) {
     // Entries of each map whose fill matters; arrays are always full.
     let counted = [
         (maps::SERVICES_V4, dp.services.keys().count()),
-        (maps::BACKENDS_V4, dp.backends.keys().count()),
+        (maps::BACKENDS_V4, dp.backends().map_or(0, |b| b.len())),
         (maps::SERVICE_SLOTS, dp.slots.keys().count()),
         (maps::CONNTRACK_V4, flows),
         (maps::AFFINITY_V4, dp.affinity.keys().count()),
@@ -365,7 +365,8 @@ fn dataplane(w: &mut Writer, dp: &Dataplane, pin_dir: &Path, names: &Names) {
                 *m,
                 MapInfo::from_pin(pin_dir.join(m))
                     .ok()
-                    .map(|i| i.max_entries()),
+                    // backends_v4 is indexed by id from 1: slot 0 holds nothing.
+                    .map(|i| i.max_entries() - u32::from(*m == maps::BACKENDS_V4)),
             )
         })
         .collect();
