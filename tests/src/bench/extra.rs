@@ -65,17 +65,23 @@ pub fn run(mode: &str, sections: &Sections, report: &mut Report) -> Result<()> {
             },
         ),
     };
+    let timed = |name: &str, f: &mut dyn FnMut() -> Result<()>| -> Result<()> {
+        let t = std::time::Instant::now();
+        f()?;
+        println!("({name} section: {:.0} s)", t.elapsed().as_secs_f64());
+        Ok(())
+    };
     if sections.wants("maglev") {
         println!("\n== Maglev tables and the dataplane's spread of new flows");
-        maglev::run(&mopts, report)?;
+        timed("maglev", &mut || maglev::run(&mopts, report))?;
     }
     if sections.wants("conn") {
         println!("\n== TCP connections: ClusterIP vs direct (Rust client, fresh connection per request)");
-        conn::run(&copts, report)?;
+        timed("conn", &mut || conn::run(&copts, report))?;
     }
     if sections.wants("agent") {
         println!("\n== the real lb-agent ({} services x {} endpoints, file source)", aopts.services, aopts.per_service);
-        agent::run(&aopts, report)?;
+        timed("agent", &mut || agent::run(&aopts, report))?;
     }
     Ok(())
 }

@@ -64,11 +64,13 @@ fn main() -> Result<()> {
         println!("== per-packet cost (BPF_PROG_TEST_RUN, {:?} mode)", mode);
         // One CPU for the whole section: the wrapper's flow counter is not per-CPU.
         xdplb_tests::bench::pin(Some(0));
+        let t = std::time::Instant::now();
         cost::floors(&progs, &copts, &mut report)?;
         for &(services, per) in copts.configs {
             cost::config(&mut progs, services, per, &copts, &mut report)?;
         }
         xdplb_tests::bench::pin(None);
+        println!("(prog_cost section: {:.0} s)", t.elapsed().as_secs_f64());
     }
 
     let lopts = match mode {
