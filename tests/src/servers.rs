@@ -48,12 +48,17 @@ impl Server {
 
 fn serve_tcp(l: TcpListener, id: &str, stop: &AtomicBool) {
     while !stop.load(Ordering::Relaxed) {
-        match l.accept() {
-            Ok((s, _)) => {
-                let id = id.to_string();
-                std::thread::spawn(move || handle(s, &id));
-            }
-            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        // Wait for a connection (or the next stop check) in poll(2), so a
+        // connection is accepted the moment it arrives: a sleep between
+        // accept attempts added up to its length to every connection's latency.
+        let mut fd = libc::pollfd { fd: std::os::fd::AsRawFd::as_raw_fd(&l), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd for the duration of the call.
+        if unsafe { libc::poll(&mut fd, 1, POLL.as_millis() as i32) } <= 0 {
+            continue;
+        }
+        while let Ok((s, _)) = l.accept() {
+            let id = id.to_string();
+            std::thread::spawn(move || handle(s, &id));
         }
     }
 }
