@@ -78,14 +78,23 @@ fn wait_programmed(agent: &mut Agent) {
     assert!(ok, "the service never reached the maps\n{}", agent.log());
 }
 
-#[test]
-fn connections_survive_a_sigkill_and_restart_of_the_agent() {
-    let (t, _servers) = setup();
+/// The agent balancing 3 backends, and 10 long-lived connections chatting
+/// through the ClusterIP (at least 100 answers already): the topology,
+/// servers, agent, the chatter's stop flag, what it saw, its threads.
+#[allow(clippy::type_complexity, reason = "a test fixture's parts, destructured at once")]
+fn chatting() -> (Topology, Vec<Server>, Agent, Arc<AtomicBool>, Arc<Mutex<Seen>>, Vec<std::thread::JoinHandle<()>>) {
+    let (t, servers) = setup();
     let mut agent = Agent::start(&t.node, &objects_dir(&[0, 1, 2]));
     wait_programmed(&mut agent);
     let stop = Arc::new(AtomicBool::new(false));
     let (seen, threads) = chat(&t, 10, stop.clone());
     assert!(wait_for(Duration::from_secs(5), || asked(&seen) >= 100));
+    (t, servers, agent, stop, seen, threads)
+}
+
+#[test]
+fn connections_survive_a_sigkill_and_restart_of_the_agent() {
+    let (t, _servers, mut agent, stop, seen, threads) = chatting();
 
     agent.kill9();
     // No agent: the pinned programs and maps keep balancing, new flows too.
@@ -140,12 +149,7 @@ fn an_agent_with_a_larger_conntrack_map_takes_over_without_resetting_connections
 #[test]
 fn an_agent_converts_the_backends_hash_of_an_earlier_version_without_resetting_connections() {
     use aya::maps::{HashMap, Map, MapData};
-    let (t, _servers) = setup();
-    let mut agent = Agent::start(&t.node, &objects_dir(&[0, 1, 2]));
-    wait_programmed(&mut agent);
-    let stop = Arc::new(AtomicBool::new(false));
-    let (seen, threads) = chat(&t, 10, stop.clone());
-    assert!(wait_for(Duration::from_secs(5), || asked(&seen) >= 100));
+    let (t, _servers, mut agent, stop, seen, threads) = chatting();
 
     // What an earlier version leaves pinned: backends_v4 as a hash map keyed
     // by backend id (the attached programs keep the array they were loaded with).
