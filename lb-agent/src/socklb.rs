@@ -64,23 +64,38 @@ pub fn netns_cookie() -> Result<u64> {
 
 /// Turns socket balancing on (attach to the cgroup, mark this namespace as
 /// the node's) or off (unmark it; remove pinned socket links, which detaches
-/// them). Returns the cgroup attached to.
+/// them). Returns the cgroup attached to. With `auto`, a host that cannot
+/// do it (no cgroup2 mount, a kernel without SO_NETNS_COOKIE or cgroup
+/// sock_addr links) gets a warning saying why and runs without it; an
+/// explicit cgroup that cannot be used is an error.
 pub fn apply(ebpf: &mut Ebpf, dp: &mut Dataplane, want: &SocketLb, pin_dir: &Path) -> Result<Option<PathBuf>> {
-    let cgroup = match want {
-        SocketLb::Off => {
-            dp.set_sock_netns(0)?;
-            remove_links(pin_dir);
-            return Ok(None);
-        }
-        SocketLb::Cgroup(p) => p.clone(),
-        SocketLb::Auto => {
-            let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
-            cgroup2_mount(&mounts).context("no cgroup2 file system is mounted: the node's own connections to services cannot be balanced (mount cgroup2, or pass --socket-lb off)")?
-        }
+    let enabled = match want {
+        SocketLb::Off => None,
+        SocketLb::Cgroup(p) => Some(enable(ebpf, dp, p, pin_dir).map(|()| p.clone())),
+        SocketLb::Auto => Some(auto_cgroup().and_then(|p| enable(ebpf, dp, &p, pin_dir).map(|()| p))),
     };
-    links::attach_cgroup(ebpf, &cgroup, Some(&links_dir(pin_dir)))?;
-    dp.set_sock_netns(netns_cookie()?)?;
-    Ok(Some(cgroup))
+    match enabled {
+        Some(Ok(cgroup)) => return Ok(Some(cgroup)),
+        Some(Err(e)) if *want != SocketLb::Auto => return Err(e),
+        Some(Err(e)) => tracing::warn!(error = format!("{e:#}"), "--socket-lb auto: the node's own connections to services cannot be balanced on this host; continuing without"),
+        None => {}
+    }
+    dp.set_sock_netns(0)?;
+    remove_links(pin_dir);
+    Ok(None)
+}
+
+/// The host's cgroup2 mount, for `auto`.
+fn auto_cgroup() -> Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
+    cgroup2_mount(&mounts).context("no cgroup2 file system is mounted (mount cgroup2 to balance them)")
+}
+
+fn enable(ebpf: &mut Ebpf, dp: &mut Dataplane, cgroup: &Path, pin_dir: &Path) -> Result<()> {
+    // The cookie first: a kernel without it gets no links attached.
+    let cookie = netns_cookie()?;
+    links::attach_cgroup(ebpf, cgroup, Some(&links_dir(pin_dir)))?;
+    dp.set_sock_netns(cookie)
 }
 
 fn remove_links(pin_dir: &Path) {

@@ -121,3 +121,36 @@ fn sockets_of_other_namespaces_are_left_to_xdp_and_an_agent_restart_keeps_balanc
     let _ = n.ask("tcp");
     assert_eq!(n.counter(counter::SOCK_BALANCED), before);
 }
+
+#[test]
+fn auto_on_a_host_without_cgroup2_warns_and_balances_packets_without_it() {
+    let t = Topology::new(1);
+    let dir = objects_dir_with(&default_service(), &slice(&[0]));
+    let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/xlbt-{}-sockauto", std::process::id()));
+    let log = std::env::temp_dir().join(format!("xlbt-{}-sockauto.log", std::process::id()));
+    // A private mount namespace whose cgroup2 mounts are gone: a host
+    // without cgroup v2, for this agent only.
+    let hide = r#"awk '$3 == "cgroup2" { print $2 }' /proc/self/mounts | xargs -r -n1 umount -l && exec "$@""#;
+    let mut child = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", hide, "sh", "nsenter"])
+        .arg(format!("--net=/run/netns/{}", t.node.name()))
+        .arg(xdplb_tests::agent::agent_binary())
+        .args(["run", "--iface", "up0", "--node-name", "node-0", "--socket-lb", "auto", "--pin-path"])
+        .arg(&pin_dir)
+        .arg(format!("--source=file:{}", dir.display()))
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("starting lb-agent in a mount namespace");
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let synced = wait_for(Duration::from_secs(20), || text().contains("synced"));
+    let still_running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    let _ = std::fs::remove_dir_all(&dir);
+    let log_text = text();
+    let _ = std::fs::remove_file(&log);
+    assert!(synced && still_running, "the agent runs and programs the maps:\n{log_text}");
+    assert!(log_text.contains("no cgroup2 file system is mounted") && log_text.contains("continuing without"), "{log_text}");
+}
