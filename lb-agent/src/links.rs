@@ -107,6 +107,13 @@ pub fn attach_cgroup(ebpf: &mut Ebpf, cgroup: &Path, links: Option<&Path>) -> Re
     Ok(())
 }
 
+/// Removes the socket programs' pinned cgroup links, which detaches them.
+pub fn remove_cgroup_links(links: &Path) {
+    for name in programs::SOCK {
+        let _ = std::fs::remove_file(pin_path(links, "cgroup", name));
+    }
+}
+
 fn pin_link(link: FdLink, pin: &Path) -> Result<()> {
     if let Some(dir) = pin.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

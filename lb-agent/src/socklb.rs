@@ -81,7 +81,7 @@ pub fn apply(ebpf: &mut Ebpf, dp: &mut Dataplane, want: &SocketLb, pin_dir: &Pat
         None => {}
     }
     dp.set_sock_netns(0)?;
-    remove_links(pin_dir);
+    links::remove_cgroup_links(&links_dir(pin_dir));
     Ok(None)
 }
 
@@ -96,12 +96,6 @@ fn enable(ebpf: &mut Ebpf, dp: &mut Dataplane, cgroup: &Path, pin_dir: &Path) ->
     let cookie = netns_cookie()?;
     links::attach_cgroup(ebpf, cgroup, Some(&links_dir(pin_dir)))?;
     dp.set_sock_netns(cookie)
-}
-
-fn remove_links(pin_dir: &Path) {
-    for name in lb_common::maps::programs::SOCK {
-        let _ = std::fs::remove_file(links_dir(pin_dir).join(format!("cgroup@{name}")));
-    }
 }
 
 #[cfg(test)]

@@ -62,9 +62,7 @@ impl Drop for TestCgroup {
 fn remove_stale(root: &Path) {
     let Ok(dir) = std::fs::read_dir(root) else { return };
     for e in dir.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix("xlbt-").and_then(|r| r.split('-').next()) else { continue };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if crate::netns::owner_gone(&e.file_name().to_string_lossy(), &["xlbt-"]) {
             let _ = std::fs::remove_dir(e.path());
         }
     }

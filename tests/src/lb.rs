@@ -98,9 +98,7 @@ fn remove_stale_pins() {
         for e in dir.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             // xlbt-: tests; xlbb-: the benchmark.
-            let rest = name.strip_prefix("xlbt-").or_else(|| name.strip_prefix("xlbb-"));
-            let Some(pid) = rest.and_then(|r| r.split('-').next()) else { continue };
-            if !Path::new(&format!("/proc/{pid}")).exists() {
+            if crate::netns::owner_gone(&name, &["xlbt-", "xlbb-"]) {
                 let _ = std::fs::remove_dir_all(e.path());
                 let _ = std::fs::remove_file(e.path());
             }

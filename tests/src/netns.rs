@@ -128,13 +128,19 @@ pub fn run(cmd: &mut Command) -> Output {
     out
 }
 
+/// Whether `name` is `<prefix><pid>-...` of a process that no longer
+/// exists: what a test (or the bench) left behind after a SIGKILL.
+pub fn owner_gone(name: &str, prefixes: &[&str]) -> bool {
+    let rest = prefixes.iter().find_map(|p| name.strip_prefix(p));
+    rest.and_then(|r| r.split('-').next()).is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists())
+}
+
 /// Deletes namespaces left by test processes that no longer exist.
 fn remove_stale() {
     let Ok(dir) = std::fs::read_dir("/run/netns") else { return };
     for e in dir.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix(PREFIX).and_then(|r| r.split('-').next()) else { continue };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        if owner_gone(&name, &[PREFIX]) {
             let _ = Command::new("ip").args(["netns", "del", &name]).output();
         }
     }
