@@ -15,7 +15,8 @@ use aya_ebpf::{
 use lb_common::{counter, HAIRPIN_ADDR_V4};
 
 use crate::{
-    conntrack, events,
+    conntrack::{self, Origin},
+    events,
     nat::{self, Side},
     parse::{self, Packet},
     reset, service,
@@ -38,7 +39,7 @@ pub fn ingress(ctx: &TcContext) -> i32 {
                 None => Ok(Verdict::Pass(counter::PASS_NOT_SERVICE)),
             };
         }
-        let balanced = match service::balance(p, true) {
+        let balanced = match service::balance(p, Origin::Pod) {
             Err(v) if v.reason() == counter::DROP_NO_BACKEND => {
                 events::no_backend(ctx, p);
                 if reset::wants_reset(p) {
