@@ -69,6 +69,7 @@ counters! {
     SNAT_NEW = 22, "snat_new", "Event: a new flow to a backend on another node was SNATed to this node's address.";
     CT_HALF_RESTORED = 23, "conntrack_half_restored", "Event: one half of a live flow's conntrack pair had been evicted and was restored from the other.";
     FORWARD_FALLBACK = 24, "forward_fallback", "Event: XDP could not forward a SNATed packet itself (no route or neighbour): passed to the kernel.";
+    ICMP_NAT = 25, "icmp_nat", "Translated: an ICMP error about a NATed flow, rewritten to the packet its receiver sent (path MTU, port unreachable).";
 }
 
 /// First event counter (see [`counter`]).
@@ -76,7 +77,7 @@ pub const FIRST_EVENT: u32 = counter::REBALANCED;
 
 /// Outcomes added after the first events: appended, so earlier indexes keep
 /// their meaning in pinned `counters` maps across upgrades.
-pub const LATE_OUTCOMES: &[u32] = &[counter::DROP_SOURCE_RANGE, counter::DROP_SNAT_EXHAUSTED];
+pub const LATE_OUTCOMES: &[u32] = &[counter::DROP_SOURCE_RANGE, counter::DROP_SNAT_EXHAUSTED, counter::ICMP_NAT];
 
 /// Whether counter `idx` is an outcome (every packet bumps exactly one).
 pub fn is_outcome(idx: u32) -> bool {

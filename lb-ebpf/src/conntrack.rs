@@ -81,6 +81,13 @@ pub fn since(now: u64, t: u64) -> u64 {
     now.saturating_sub(t)
 }
 
+/// A copy of the entry at (src, dst, sport, dport, proto), untouched.
+#[inline(always)]
+pub fn peek(src: [u8; 4], dst: [u8; 4], sport: [u8; 2], dport: [u8; 2], proto: u8) -> Option<FlowV4> {
+    // SAFETY: read-only copy of a program-written value.
+    unsafe { conntrack_v4.get(flow_key(src, dst, sport, dport, proto)) }.copied()
+}
+
 /// The key of the packet's own direction.
 #[inline(always)]
 pub fn key_of(p: &Packet) -> FlowKeyV4 {

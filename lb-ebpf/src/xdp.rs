@@ -1,10 +1,11 @@
 //! The XDP hook on uplinks: parse, balance, rewrite, pass to the stack.
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::counter;
+use lb_ebpf::icmp::IPPROTO_ICMP;
 
 use crate::{
     conntrack::{self, Origin},
-    events, forward,
+    events, forward, icmp_error,
     nat::{self, Side},
     parse::{self, Packet},
     reset, service,
@@ -31,6 +32,12 @@ pub fn run(ctx: &XdpContext) -> u32 {
 #[inline(always)]
 fn try_run(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     let p = parse::parse(ctx.data(), ctx.data_end())?;
+    if p.proto == IPPROTO_ICMP {
+        return Ok(match icmp_error::xdp(ctx)? {
+            Some((t, snat)) => send(ctx, &p, t.outer_src, t.outer_dst, snat, counter::ICMP_NAT),
+            None => Verdict::Pass(counter::PASS_OTHER_L4),
+        });
+    }
     // XDP on an uplink never sees a backend of this node as a client.
     let balanced = match service::balance(&p, Origin::External) {
         Err(v) if v.reason() == counter::DROP_NO_BACKEND => {

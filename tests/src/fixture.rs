@@ -70,13 +70,16 @@ pub fn run_frame(ebpf: &aya::Ebpf, program: &str, frame: &[u8]) -> Result<(u32, 
     run_frame_on(ebpf, program, frame, None)
 }
 
-/// As [`run_frame`], for an XDP program, as if `frame` arrived on
+/// As [`run_frame`]; an XDP program sees `frame` as arriving on
 /// `ingress_ifindex` (an interface of the calling thread's network
-/// namespace, whose routes and neighbours a FIB lookup then sees).
+/// namespace, whose routes and neighbours a FIB lookup then sees; other
+/// programs ignore it).
 pub fn run_frame_on(ebpf: &aya::Ebpf, program: &str, frame: &[u8], ingress_ifindex: Option<u32>) -> Result<(u32, Vec<u8>), String> {
     let mut out = vec![0u8; frame.len() + 256];
     // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
     // rx_queue_index, egress_ifindex; the kernel wants data_end = the frame's length.
+    let xdp = matches!(ebpf.program(program), Some(Program::Xdp(_)));
+    let ingress_ifindex = ingress_ifindex.filter(|_| xdp);
     let ctx: Vec<u8> = ingress_ifindex
         .map(|i| [0u32, frame.len() as u32, 0, i, 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect())
         .unwrap_or_default();

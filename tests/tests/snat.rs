@@ -12,7 +12,7 @@ use xdplb_tests::{
     fixture::{self, run_frame_on, Case},
     lb::{Lb, TEST_SIZES},
     netns::{self, Netns},
-    packet::{verify_checksums, Frame, CLIENT_MAC, NODE_MAC, TCP_ACK, TCP_FIN, TCP_SYN},
+    packet::{icmp_error, verify_checksums, Frame, CLIENT_MAC, NODE_MAC, TCP_ACK, TCP_FIN, TCP_SYN},
     services::{contents, Svc},
     topology::{addr_up, veth},
 };
@@ -30,6 +30,8 @@ const POD_LOCAL: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
 const UNROUTED: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
 const LB_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const SNAT_PORT: u16 = 61000;
+/// A router on the uplink's segment.
+const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 254);
 
 /// An uplink `up0` (NODE, NODE_MAC) in a namespace of its own, with node B
 /// and the client as permanent neighbours.
@@ -71,6 +73,7 @@ fn services() -> Vec<Svc> {
         Svc::new(2, IPPROTO_UDP, lb_common::algorithm::RANDOM).frontend(NODE, 30053).remote_backend(2, POD_B, 5353),
         Svc::new(3, IPPROTO_TCP, lb_common::algorithm::RANDOM).frontend(NODE, 30081).backend(3, POD_LOCAL, 8080),
         Svc::new(4, IPPROTO_TCP, lb_common::algorithm::RANDOM).frontend(NODE, 30082).remote_backend(4, UNROUTED, 8080),
+        Svc::new(5, IPPROTO_UDP, lb_common::algorithm::RANDOM).frontend(NODE, 30054).backend(5, POD_LOCAL, 5353),
     ]
 }
 
@@ -113,6 +116,23 @@ fn cases() -> Vec<Case> {
     let lb_syn = Frame::tcp(CLIENT, 40001, LB_IP, 80, TCP_SYN);
     let local = Frame::tcp(CLIENT, 40002, NODE, 30081, TCP_SYN);
     let stray = from_node_b(Frame::tcp(POD_B, 8080, NODE, SNAT_PORT + 1, TCP_ACK));
+    // ICMP errors: "fragmentation needed, MTU 1400" (type 3 code 4).
+    let mtu = [0, 0, 0x05, 0x78];
+    // A router between the nodes could not forward the SNATed data packet:
+    // the client learns the MTU, about the packet it sent.
+    let snat_ack_out = ends(ack.clone(), (NODE, SNAT_PORT), (POD_B, 8080));
+    let from_router = from_node_b(Frame::tcp(ROUTER, 0, NODE, 0, 0));
+    let to_client = forwarded(Frame::tcp(ROUTER, 0, CLIENT, 0, 0), CLIENT_MAC);
+    // The client's path could not carry a big reply: node B's pod learns it,
+    // about the packet it sent (to node:SNAT port).
+    let reply_out = ends(Frame::tcp(POD_B, 8080, CLIENT, 40000, TCP_ACK).payload(&[7; 64]), (NODE, 30080), (CLIENT, 40000));
+    let reply_sent = Frame::tcp(POD_B, 8080, NODE, SNAT_PORT, TCP_ACK).payload(&[7; 64]);
+    let from_client = Frame::tcp(CLIENT, 0, NODE, 0, 0);
+    let to_pod = forwarded(Frame::tcp(CLIENT, 0, POD_B, 0, 0), NODE_B_MAC);
+    // A backend on this node answers a UDP datagram with port unreachable.
+    let local_udp = Frame::udp(CLIENT, 5001, NODE, 30054).payload(b"ping");
+    let local_udp_in = ends(local_udp.clone(), (CLIENT, 5001), (POD_LOCAL, 5353));
+    let unreach = Frame::tcp(POD_LOCAL, 0, CLIENT, 0, 0);
     vec![
         Case::new(
             "xdp_v4_snat_nodeport_syn_to_remote_backend",
@@ -171,6 +191,46 @@ fn cases() -> Vec<Case> {
             Some(&b(&ends(local.clone(), (CLIENT, 40002), (POD_LOCAL, 8080)))),
         ),
         Case::new(
+            "xdp_v4_icmp_frag_needed_about_snat_packet_to_client",
+            "fragmentation needed from a router between the nodes, quoting node:SNAT port -> pod: sent to the client quoting client -> NodePort; outer, ICMP and quoted checksums valid",
+            "xdp_lb",
+            &icmp_error(&from_router, ROUTER, NODE, 3, 4, mtu, &snat_ack_out),
+            "XDP_TX",
+            Some(&icmp_error(&to_client, ROUTER, CLIENT, 3, 4, mtu, &ack)),
+        ),
+        Case::new(
+            "xdp_v4_icmp_frag_needed_about_reply_to_backend",
+            "fragmentation needed from the client's side, quoting NodePort -> client: sent to the pod on node B quoting pod -> node:SNAT port",
+            "xdp_lb",
+            &icmp_error(&from_client, CLIENT, NODE, 3, 4, mtu, &reply_out),
+            "XDP_TX",
+            Some(&icmp_error(&to_pod, CLIENT, POD_B, 3, 4, mtu, &reply_sent)),
+        ),
+        Case::new(
+            "xdp_v4_local_udp_dnat",
+            "UDP to a NodePort whose backend is on this node (DNAT only)",
+            "xdp_lb",
+            &b(&local_udp),
+            "XDP_PASS",
+            Some(&b(&local_udp_in)),
+        ),
+        Case::new(
+            "tc_egress_v4_icmp_port_unreachable_from_local_backend",
+            "the local backend's port unreachable leaves at tc egress reading as from the NodePort, quoting client -> NodePort",
+            "tc_egress",
+            &icmp_error(&unreach, POD_LOCAL, CLIENT, 3, 3, [0; 4], &local_udp_in),
+            "TC_ACT_OK",
+            Some(&icmp_error(&unreach, NODE, CLIENT, 3, 3, [0; 4], &local_udp)),
+        ),
+        Case::new(
+            "xdp_v4_icmp_about_unknown_flow_passes",
+            "an ICMP error about a flow that is not ours passes unchanged",
+            "xdp_lb",
+            &icmp_error(&from_router, ROUTER, NODE, 3, 4, mtu, &Frame::tcp(NODE, 1234, POD_B, 8080, TCP_ACK)),
+            "XDP_PASS",
+            None,
+        ),
+        Case::new(
             "xdp_v4_snat_port_without_flow_passes",
             "a packet to a SNAT port with no flow behind it is not ours: passed unchanged",
             "xdp_lb",
@@ -213,7 +273,8 @@ fn snat_fixtures() {
     assert_eq!(lb.counter(counter::SNAT_NEW), 2, "the TCP and the UDP flow");
     assert_eq!(lb.counter(counter::DROP_SNAT_EXHAUSTED), 1);
     assert_eq!(lb.maps.snat_exhausted().unwrap(), vec![(1, 1)], "counted against the backend that had no port left");
-    assert_eq!(lb.counter(counter::XDP_REDIRECTED), 5, "every SNAT packet left through XDP");
+    assert_eq!(lb.counter(counter::XDP_REDIRECTED), 7, "every SNAT packet (and ICMP error of a SNAT flow) left through XDP");
+    assert_eq!(lb.counter(counter::ICMP_NAT), 3);
     assert_eq!(lb.counter(counter::FORWARD_FALLBACK), 0);
 }
 
