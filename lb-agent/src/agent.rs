@@ -91,6 +91,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let snat = SnatSettings::from(&args.snat);
     if !snat.off {
         snat::reserve(snat.ports).context("reserving the SNAT ports from the node's ephemeral ports (--snat-ports)")?;
+        for iface in &args.ifaces {
+            snat::accept_own_source(iface)?;
+        }
     }
     match lb_agent::socklb::apply(&mut ebpf, &mut dp, &args.socket_lb, &args.pin_path)? {
         Some(cgroup) => tracing::info!(cgroup = %cgroup.display(), "node sockets to services are balanced at connect"),
