@@ -9,3 +9,4 @@ pub mod control;
 pub mod ops;
 pub mod socklb;
 pub mod sync;
+pub mod tcfilter;

@@ -339,3 +339,14 @@ fn pinned_maps_of_another_layout_are_reported_and_other_sizes_will_be_resized() 
         ],
     );
 }
+
+#[test]
+fn doctor_names_the_tc_attach_path_and_loads_every_program() {
+    let out = doctor("", "");
+    assert!(out.status.success(), "{}", text(&out));
+    // This host's kernel has TCX (6.6+); the --kernels tier sees "netlink" on 6.1.
+    assert_has(
+        &text(&out),
+        &["✓ tc attach", "TCX links", "✓ programs", "this kernel's verifier accepts", "sock_connect4", "tc_egress", "tc_ingress", "xdp_lb"],
+    );
+}
