@@ -419,7 +419,7 @@ pub fn programs() -> Check {
         Ok(e) => e,
         Err(e) => return Check::fail(NAME, format!("the kernel refused the object's maps or BTF: {e}")),
     };
-    let mut loaded = Vec::new();
+    let (mut loaded, mut rejected) = (Vec::new(), Vec::new());
     for (name, prog) in ebpf.programs_mut() {
         let r = match prog {
             aya::programs::Program::Xdp(p) => p.load(),
@@ -427,14 +427,18 @@ pub fn programs() -> Check {
             aya::programs::Program::CgroupSockAddr(p) => p.load(),
             _ => continue,
         };
-        if let Err(e) = r {
-            let e = explain_load_error(anyhow::Error::new(e).context(format!("verifier rejected {name}")));
-            return Check::fail(NAME, format!("{e:#}"));
+        match r {
+            Ok(()) => loaded.push(name.to_string()),
+            Err(e) => rejected.push((name.to_string(), explain_load_error(anyhow::Error::new(e).context(format!("verifier rejected {name}"))))),
         }
-        loaded.push(name.to_string());
     }
     loaded.sort();
-    Check::pass(NAME, format!("this kernel's verifier accepts {} (loaded and dropped)", loaded.join(", ")))
+    rejected.sort_by(|a, b| a.0.cmp(&b.0));
+    if rejected.is_empty() {
+        return Check::pass(NAME, format!("this kernel's verifier accepts {} (loaded and dropped)", loaded.join(", ")));
+    }
+    let names: Vec<&str> = rejected.iter().map(|(n, _)| n.as_str()).collect();
+    Check::fail(NAME, format!("this kernel's verifier rejects {} (accepts {}); {:#}", names.join(", "), loaded.join(", "), rejected[0].1))
 }
 
 /// How many verifier log lines an error shows: the rejection reason is at
