@@ -279,11 +279,14 @@ fn doctor_json_lists_every_check() {
             "privileges",
             "bpffs",
             "pinned maps",
+            "tc attach",
             "interface lo",
-            "native XDP on lo"
+            "native XDP on lo",
+            "programs"
         ]
     );
-    assert_eq!(v[6]["ok"], false);
+    assert_eq!(v[7]["ok"], false);
+    assert_eq!(v[8]["ok"], true, "every program loads on this kernel: {}", v[8]["detail"]);
 }
 
 #[test]
