@@ -3,7 +3,8 @@
 //! `--kernels` tier runs the same path on Debian 12's 6.1 in a VM. The real
 //! agent, real connections: balanced from outside and from a pod, one filter
 //! per hook at every moment sampled across SIGTERM and SIGKILL restarts
-//! (replaced in place: never none, never two), a switch to TCX and back
+//! (replaced in place: never none, never two), also when a map is resized,
+//! a switch to TCX and back
 //! leaves one path only, and uninstall removes the filters. Needs root.
 use std::{
     net::{SocketAddr, TcpStream},
@@ -84,9 +85,12 @@ fn netlink_filters_balance_survive_restarts_in_place_and_are_uninstalled() {
     agent.restart(&t.node);
     let ids = replaced(&t.node, &ids, &mut agent);
     assert_eq!(held.ask().unwrap(), first);
+    // A SIGKILL, and an upgrade that resizes conntrack: the filters are
+    // switched to the new programs while the maps are copied (relink).
     agent.kill9();
-    agent.start_again(&t.node, &args);
+    agent.start_again(&t.node, &[&args[..], &["--max-flows", "131072"]].concat());
     replaced(&t.node, &ids, &mut agent);
+    assert!(agent.log().contains("resizing pinned map"), "{}", agent.log());
     stop.store(true, Ordering::Relaxed);
     let (samples, bad) = sampler.join().unwrap();
     println!("filter samples across 2 restarts: {samples}, not exactly one: {}", bad.len());
