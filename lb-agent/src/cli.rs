@@ -41,7 +41,8 @@ pub enum Command {
     Plan(PlanArgs),
     /// Load and attach the programs, then keep the pinned maps in step with
     /// the objects until SIGINT/SIGTERM (needs root).
-    Run(RunArgs),
+    // Boxed: by far the largest variant.
+    Run(Box<RunArgs>),
     /// Services in the pinned maps: frontends, algorithm, affinity,
     /// backends with their state (works with the agent running or stopped).
     Services(crate::ops_cli::MapsArgs),
