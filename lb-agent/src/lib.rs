@@ -10,3 +10,4 @@ pub mod ops;
 pub mod snat;
 pub mod socklb;
 pub mod sync;
+pub mod tcfilter;
