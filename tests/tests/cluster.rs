@@ -91,12 +91,17 @@ fn cluster_ip_from_a_pod_reaches_pods_on_every_node() {
     wait_everywhere(&mut c, Some(WEB_IP), 80, &all, false);
     let to = SocketAddr::from((WEB_IP, 80));
     let from = pod_addr(1, 0);
+    // The calling pod reaches itself too, hairpinned: it sees the hairpin
+    // address instead of its own.
+    let hairpin = Ipv4Addr::from(lb_common::flow::HAIRPIN_ADDR_V4);
     let t = tcp_requests(c.pod(1, 0), to, 200);
-    assert_served(&t, "TCP", 200, &[1, 2, 3], &[from], &c);
+    assert_served(&t, "TCP", 200, &[1, 2, 3], &[from, hairpin], &c);
     assert_eq!(t.answers.len(), NODES * PODS, "every pod answered: {:?}", t.answers);
+    assert_eq!(t.sources.get(&hairpin), t.answers.get(&pod_identity(1, 0)), "{t:?}");
     let u = udp_requests(c.pod(1, 0), to, 200);
-    assert_served(&u, "UDP", 200, &[1, 2, 3], &[from], &c);
+    assert_served(&u, "UDP", 200, &[1, 2, 3], &[from, hairpin], &c);
     assert_eq!(u.answers.len(), NODES * PODS, "every pod answered: {:?}", u.answers);
+    assert_eq!(u.sources.get(&hairpin), u.answers.get(&pod_identity(1, 0)), "{u:?}");
     eprintln!("ClusterIP from node-1's pod: TCP {:?}, UDP {:?}", t.per_node(), u.per_node());
 }
 
