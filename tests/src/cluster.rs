@@ -119,6 +119,8 @@ enum Objects {
 pub struct Node {
     pub index: usize,
     agent: Option<Child>,
+    /// Sync lines in the (appended) log when the current agent started.
+    syncs_at_start: usize,
     pub pin_dir: PathBuf,
     log: PathBuf,
     /// `lb-agent run` arguments after `--iface` and `--pin-path`.
@@ -204,7 +206,7 @@ impl Cluster {
                 args.extend(source_args.iter().cloned());
                 let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{tag}-node{index}"));
                 let _ = std::fs::remove_dir_all(&pin_dir);
-                Node { index, agent: None, pin_dir, log: base.with_extension(format!("node{index}.log")), args, pods, ns }
+                Node { index, agent: None, syncs_at_start: 0, pin_dir, log: base.with_extension(format!("node{index}.log")), args, pods, ns }
             })
             .collect();
         let mut c = Self { nodes, _servers: servers, objects, client, _peer_xdp: peer_xdp, switch };
@@ -424,6 +426,7 @@ impl Node {
     /// Starts this node's agent (none may run).
     pub fn start_agent(&mut self) {
         assert!(self.agent.is_none(), "node-{}'s agent runs already", self.index);
+        self.syncs_at_start = self.sync_writes().len();
         self.agent = Some(spawn_run_on(self.ns.name(), UPLINK, &self.pin_dir, &self.log, &self.args));
     }
 
@@ -462,20 +465,20 @@ impl Node {
         Dataplane::open(&self.pin_dir).expect("opening the agent's maps")
     }
 
-    /// Waits until the agent has synced its maps with the source once more
-    /// than `before` times.
-    pub fn wait_syncs(&mut self, before: usize) {
+    /// Waits until the agent has pinned its maps and synced them with the
+    /// source since it started.
+    pub fn wait_synced(&mut self) {
+        self.maps();
         let ok = wait_for(Duration::from_secs(60), || {
             self.assert_alive();
-            sync_writes(&self.log()).len() > before
+            self.sync_writes().len() > self.syncs_at_start
         });
         assert!(ok, "node-{}'s agent did not sync within 60 s:\n{}", self.index, self.log());
     }
 
-    /// Waits until the agent has pinned its maps and synced at least once.
-    pub fn wait_synced(&mut self) {
-        self.maps();
-        self.wait_syncs(0);
+    /// The `writes=N` figure of every sync so far, of every agent this node ran.
+    pub fn sync_writes(&self) -> Vec<usize> {
+        sync_writes(&self.log())
     }
 
     pub fn log(&self) -> String {
