@@ -144,6 +144,8 @@ impl Cluster {
     /// `nodes` nodes (≥ 1) with `pods` pods each, agents running and synced.
     pub fn new(nodes: usize, pods: usize, source: Source) -> Self {
         crate::require_root();
+        static STALE: std::sync::Once = std::sync::Once::new();
+        STALE.call_once(remove_stale);
         assert!((1..=200).contains(&nodes) && pods <= 200, "nodes 1..=200, pods ≤ 200");
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let tag = format!("xlbt-{}-cluster{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
@@ -341,6 +343,22 @@ impl Drop for Cluster {
             }
             Objects::File { dir } => {
                 let _ = std::fs::remove_dir_all(dir);
+            }
+        }
+    }
+}
+
+/// Removes what clusters of test processes that are gone (SIGKILLed) left:
+/// pins, the agents' service-name files, kubeconfigs, YAML dirs, logs.
+/// (Their namespaces go with [`Netns`]'s own clean-up.)
+fn remove_stale() {
+    for root in [PathBuf::from("/sys/fs/bpf"), PathBuf::from("/run/xdplb"), std::env::temp_dir()] {
+        let Ok(dir) = std::fs::read_dir(&root) else { continue };
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.contains("-cluster") && crate::netns::owner_gone(&name, &["xlbt-"]) {
+                let _ = std::fs::remove_dir_all(e.path());
+                let _ = std::fs::remove_file(e.path());
             }
         }
     }
