@@ -453,9 +453,8 @@ impl Node {
     pub fn restart_agent_with(&mut self, extra: &[&str]) {
         self.kill_agent();
         self.args.extend(extra.iter().map(|s| s.to_string()));
-        let before = sync_writes(&self.log()).len();
         self.start_agent();
-        self.wait_syncs(before);
+        self.wait_synced();
     }
 
     /// SIGKILL (a crash): the programs stay attached on their pinned links.
