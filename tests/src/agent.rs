@@ -304,7 +304,8 @@ pub fn programmed(dp: &Dataplane) -> Option<(u32, Vec<Ipv4Addr>)> {
 }
 
 /// Slot count and backend addresses programmed for the frontend
-/// `addr:port` of protocol `proto` (6 TCP, 17 UDP).
+/// `addr:port` of protocol `proto` (6 TCP, 17 UDP). Single lookups, not a
+/// read of whole maps: tests poll this while agents work on the same CPUs.
 pub fn programmed_at(dp: &Dataplane, addr: Ipv4Addr, port: u16, proto: u8) -> Option<(u32, Vec<Ipv4Addr>)> {
     let key = ServiceKeyV4 {
         addr: addr.octets(),
@@ -312,21 +313,15 @@ pub fn programmed_at(dp: &Dataplane, addr: Ipv4Addr, port: u16, proto: u8) -> Op
         proto,
         scope: 0,
     };
-    let c = dp.contents().ok()?;
-    let svc = c.services.get(&key)?;
+    let svc = dp.services.get(&key, 0).ok()?;
     let backends = (1..=svc.count)
-        .filter_map(|slot| {
-            c.slots.get(&lb_common::SlotKey {
-                service_id: svc.id,
-                slot,
-            })
-        })
-        .filter_map(|id| c.backends.get(id))
+        .filter_map(|slot| dp.slots.get(&lb_common::SlotKey { service_id: svc.id, slot }, 0).ok())
+        .filter_map(|id| dp.backends.get(&id, 0).ok())
+        .filter(|b| !b.is_empty())
         .map(|b| Ipv4Addr::from(b.addr))
         .collect();
     Some((svc.count, backends))
 }
-
 
 /// The `writes=N` figure of every "synced" line of an agent's log.
 pub fn sync_writes(log: &str) -> Vec<usize> {
