@@ -42,7 +42,21 @@ pub fn agent_binary() -> PathBuf {
         Some("debug") | None => "dev",
         Some(p) => p,
     };
-    let status = Command::new(env!("CARGO"))
+    let mut build = Command::new(env!("CARGO"));
+    // Without the variables cargo set for this test crate: a dependency's
+    // build script that watches one (ring: CARGO_MANIFEST_DIR) would see it
+    // change between this build and a plain `cargo build`, and rebuild
+    // half the dependency tree (~50 s) every time either runs.
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        let set_for_crate = k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_BIN_")
+            || ["CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_CRATE_NAME", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR"].contains(&&*k);
+        if set_for_crate {
+            build.env_remove(&key);
+        }
+    }
+    let status = build
         .args([
             "build",
             "-p",
