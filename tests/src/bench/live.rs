@@ -93,6 +93,33 @@ fn ns_per_packet(opts: &Opts, m: &Measured, i: usize) -> f64 {
     opts.threads[i] as f64 * 1e9 / m.pps[i]
 }
 
+/// Whether this kernel lets this process send live frames
+/// (`BPF_PROG_TEST_RUN` with `BPF_F_TEST_XDP_LIVE_FRAMES`): one frame of
+/// `bench_drop` into a fresh topology's generator interface. `Err` says why
+/// not (seen here: EPERM from a sandbox that withholds a capability), so the
+/// section is skipped with that reason instead of failing the whole run.
+pub fn frames_allowed(progs: &BenchProgs) -> std::result::Result<(), String> {
+    use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
+    let t = Topo::new();
+    let ifindex = t.gen_ifindex;
+    let file = std::fs::File::open(format!("/run/netns/{}", t.gen.name())).map_err(|e| e.to_string())?;
+    let p = progs.xdp("bench_drop");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            crate::netns::enter(&file);
+            let ctx = super::sender::xdp_md(ifindex, 0);
+            let frame = [0u8; super::progs::FRAME_LEN];
+            let opts = TestRunOptions { data_in: Some(&frame), ctx_in: Some(&ctx), repeat: 1, attrs: TestRunAttrs::new().xdp_live_frames(1), ..Default::default() };
+            p.test_run(opts).map(|_| ()).map_err(|e| {
+                let e: anyhow::Error = e.into();
+                format!("the kernel refuses live frames (BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES: {:#})", e)
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| Err("the live-frames probe panicked".into()))
+    })
+}
+
 pub fn run(progs: &mut BenchProgs, opts: &Opts, sender: Sender, report: &mut Report) -> Result<()> {
     let section = sender.section();
     let how = |fixed_repeat: Option<u32>, warm_up: bool| How {

@@ -26,6 +26,8 @@ pub struct Figure {
 #[derive(Default)]
 pub struct Report {
     pub figures: Vec<Figure>,
+    /// Sections this machine could not run, with the reason (in the JSON as `skipped`).
+    pub skipped: Vec<(String, String)>,
 }
 
 impl Report {
@@ -33,6 +35,12 @@ impl Report {
         let f = Figure { section: section.into(), name: name.into(), value, min, unit: unit.into(), conditions };
         println!("{}", row(&f));
         self.figures.push(f);
+    }
+
+    /// Records that `section` could not run here, and why (printed too).
+    pub fn skip(&mut self, section: &str, why: &str) {
+        println!("{section}: SKIPPED: {why}");
+        self.skipped.push((section.into(), why.into()));
     }
 
     /// The whole table, for the end of the run.
@@ -60,6 +68,7 @@ impl Report {
             "commit": sh("git", &["rev-parse", "HEAD"]),
             "dirty": !sh("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty(),
             "figures": self.figures,
+            "skipped": self.skipped.iter().map(|(s, why)| json!({"section": s, "reason": why})).collect::<Vec<_>>(),
         });
         let text = serde_json::to_string_pretty(&doc)? + "\n";
         let path = dir.join(format!("bench-{now}.json"));

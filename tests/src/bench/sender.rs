@@ -98,7 +98,7 @@ pub fn blast(sender: Sender, progs: &mut BenchProgs, t: &Topo, cfg: &TrafficConf
 }
 
 /// `struct xdp_md` as BPF_PROG_TEST_RUN takes it for live frames.
-fn xdp_md(ifindex: u32, queue: u32) -> [u8; 24] {
+pub fn xdp_md(ifindex: u32, queue: u32) -> [u8; 24] {
     let mut b = [0u8; 24];
     b[4..8].copy_from_slice(&(TRAFFIC_FRAME_LEN as u32).to_ne_bytes()); // data_end
     b[12..16].copy_from_slice(&ifindex.to_ne_bytes());

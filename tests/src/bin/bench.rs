@@ -85,6 +85,12 @@ fn main() -> Result<()> {
     ] {
         if sections.wants(sender.section()) {
             println!("\n== {what}");
+            if sender == Sender::LiveFrames {
+                if let Err(why) = live::frames_allowed(&progs) {
+                    report.skip(sender.section(), &why);
+                    continue;
+                }
+            }
             let t = std::time::Instant::now();
             live::run(&mut progs, &lopts, sender, &mut report)?;
             println!("({} section: {:.0} s)", sender.section(), t.elapsed().as_secs_f64());
