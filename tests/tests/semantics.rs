@@ -57,9 +57,10 @@ fn other_proxies_services_are_left_alone_and_not_ready_endpoints_serve_when_publ
     let other = "apiVersion: v1\nkind: Service\nmetadata:\n  name: other\n  namespace: shop\n  labels:\n    \
                  service.kubernetes.io/service-proxy-name: someone-else\nspec:\n  clusterIP: 10.96.0.20\n  ports:\n  \
                  - name: http\n    port: 80\n    targetPort: 8080\n";
+    // The EndpointSlice controller copies the Service's labels to its slices.
     let other_slice = slice_of(&[(0, true, "node-0", "z1")])
         .replace("web-abc12", "other-1")
-        .replace("service-name: web", "service-name: other");
+        .replace("service-name: web\n", "service-name: other\n    service.kubernetes.io/service-proxy-name: someone-else\n");
     let headless = slice_of(&[(0, true, "node-0", "z1")])
         .replace("web-abc12", "web-hl")
         .replace("service-name: web\n", "service-name: web\n    service.kubernetes.io/headless: \"\"\n");
