@@ -126,3 +126,55 @@ fn explain_agrees_with_the_programs_on_every_case() {
     assert_eq!(c.check(Origin::External, &Frame::tcp(OUTSIDER, 44000, LB_IP, 80, TCP_SYN)).0, Action::Drop);
     assert_eq!(c.checked, 2 * (48 + 4 + 5) + 2);
 }
+
+/// `lb-agent explain` on a running agent's maps, for a real connection: it
+/// names the backend that answers, from the conntrack entry, and predicts
+/// the refused and passed cases the client then sees.
+#[test]
+fn explain_names_the_backend_of_a_real_connection() {
+    use std::{net::SocketAddr, time::Duration};
+    use xdplb_tests::{
+        agent::{agent_binary, objects_dir, programmed, Agent, WEB_CLUSTER_IP},
+        servers::{Conn, Server},
+        topology::Topology,
+        wait_for,
+    };
+    let t = Topology::new(2);
+    let _servers: Vec<Server> = (0..2).map(|i| Server::start(&t.backends[i], 8080, &format!("backend-{i}"))).collect();
+    let mut agent = Agent::start(&t.node, &objects_dir(&[0, 1]));
+    let dp = agent.maps();
+    assert!(wait_for(Duration::from_secs(20), || programmed(&dp).is_some_and(|(c, _)| c == 2)), "{}", agent.log());
+    let explain = |args: &[&str]| {
+        let out = std::process::Command::new(agent_binary())
+            .arg("explain")
+            .arg("--pin-path")
+            .arg(&agent.pin_dir)
+            .args(args)
+            .output()
+            .expect("lb-agent explain");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let to = SocketAddr::from((WEB_CLUSTER_IP, 80));
+    let mut conn = t.client.run(move || Conn::new(std::net::TcpStream::connect_timeout(&to, Duration::from_secs(3)).expect("connect")));
+    let who = conn.ask().expect("ask");
+    assert_eq!(conn.peer(), to, "the client sees the ClusterIP as its peer");
+    let sport = {
+        // The client's own port: the conntrack key.
+        let flows = dp.flows().expect("flows");
+        let f = flows.iter().find(|(k, _)| k.dst_addr == WEB_CLUSTER_IP.octets()).expect("a forward flow");
+        u16::from_be_bytes(f.0.src_port)
+    };
+    let text = explain(&["--from", "external", &format!("192.168.1.2:{sport}"), "10.96.0.10:80"]);
+    let backend = format!("10.0.2.{}:8080", 11 + who.trim_start_matches("backend-").parse::<u8>().unwrap());
+    assert!(text.contains(&format!("verdict    DNAT to {backend} (established flow)")), "{who}:\n{text}");
+    assert!(text.contains("shop/web:http"), "the service is named:\n{text}");
+    println!("{text}");
+    let json: serde_json::Value = serde_json::from_str(&explain(&["--json", "--from", "pod", "10.0.3.2:5000", "10.96.0.10:80"])).unwrap();
+    assert_eq!(json["verdict"]["action"], "DNAT");
+    assert_eq!(json["candidates"].as_array().map(|a| a.len()), Some(2));
+    let text = explain(&["--from", "external", "192.168.1.2:5000", "10.96.0.10:81/udp"]);
+    assert!(text.contains("verdict    PASS"), "{text}");
+    println!("{text}");
+    agent.assert_alive();
+}
