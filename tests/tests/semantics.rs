@@ -273,3 +273,44 @@ fn topology_aware_routing_keeps_traffic_in_the_nodes_zone() {
     write(&dir, "node.yaml", &node_in_zone("z9"));
     wait_slots(&mut agent, &[1, 2]);
 }
+
+/// `loadBalancerSourceRanges` containing the node's address admit the
+/// LoadBalancer IPs themselves as sources: objects → plan() → the maps →
+/// a SYN from the LB IP through `xdp_lb`, and explain says the same.
+#[test]
+fn fixture_source_ranges_containing_the_node_admit_the_lb_ip_as_source() {
+    use lb_agent::{
+        control::{ids::Ids, model::Model, plan::{plan, PlanConfig}},
+        explain::{explain, Action, Origin, Query, Snapshot},
+    };
+    use std::net::Ipv4Addr;
+    use xdplb_tests::{fixture::run_frame, lb::Lb, packet::{Frame, TCP_SYN}};
+    let lb_ip = Ipv4Addr::new(203, 0, 113, 10);
+    let verdict = |ranges: &str| {
+        let mut m = Model::default();
+        m.add_yaml(
+            &format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop}}\nspec: {{type: LoadBalancer, clusterIP: 10.96.0.10, \
+                 loadBalancerSourceRanges: [{ranges}], ports: [{{name: http, port: 80, nodePort: 30080}}]}}\n\
+                 status: {{loadBalancer: {{ingress: [{{ip: {lb_ip}}}]}}}}\n---\n{}",
+                slice_of(&[(0, true, "node-0", "z1")])
+            ),
+            "test",
+        );
+        let cfg = PlanConfig { node_name: "node-0".into(), node_addresses: vec![Ipv4Addr::new(192, 168, 1, 1)], default_algorithm: 0 };
+        let p = plan(&m, &cfg, &mut Ids::new(1024, 4096));
+        let mut lb = Lb::load();
+        lb.program(&p.contents);
+        let q = Query { origin: Origin::External, src: lb_ip, sport: Some(41000), dst: lb_ip, dport: 80, proto: 6 };
+        let e = explain(&q, &Snapshot::read(&lb.maps, &q).unwrap(), &Default::default());
+        let frame = Frame::tcp(lb_ip, 41000, lb_ip, 80, TCP_SYN).bytes();
+        let (rc, out) = run_frame(&lb.ebpf, "xdp_lb", &frame).unwrap();
+        (rc, Ipv4Addr::new(out[30], out[31], out[32], out[33]), e.verdict.action, e.source_range)
+    };
+    assert_eq!(
+        verdict("192.168.0.0/16"),
+        (2, backend_addr(0), Action::Dnat, Some("203.0.113.10/32".to_string())),
+        "the range holds the node: the LB IP as source is balanced (XDP_PASS after DNAT)"
+    );
+    assert_eq!(verdict("10.8.0.0/16"), (1, lb_ip, Action::Drop, Some("denied".to_string())), "otherwise dropped (XDP_DROP)");
+}

@@ -357,6 +357,27 @@ impl Planner<'_> {
         }
     }
 
+    /// The LoadBalancer IPs as /32 sources when one of `ranges` contains a
+    /// node address, as kube-proxy admits them: a VIP that is a local
+    /// address on the node loops the node's own requests back with the VIP
+    /// as source, and the ranges that admit the node should admit those.
+    fn lb_ips_as_sources(
+        &self,
+        svc: &Service,
+        mut ranges: impl Iterator<Item = (Ipv4Addr, u8)>,
+    ) -> Vec<(Ipv4Addr, u8)> {
+        let contains = |(net, len): (Ipv4Addr, u8), a: Ipv4Addr| {
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len as u32) };
+            u32::from(a) & mask == u32::from(net)
+        };
+        let admits_node = ranges.any(|r| self.plan.node_addresses.iter().any(|a| contains(r, *a)));
+        if admits_node {
+            svc.lb_ips.iter().map(|ip| (*ip, 32)).collect()
+        } else {
+            Vec::new()
+        }
+    }
+
     /// One service id: `frontends` balanced over `candidates` (only this
     /// node's when `local_only`).
     #[allow(
@@ -543,7 +564,8 @@ impl Planner<'_> {
             self.plan.contents.services.insert(k, v);
         }
         if restricted {
-            for &(net, len) in svc.source_ranges.iter().flatten() {
+            let ranges = svc.source_ranges.iter().flatten().copied();
+            for (net, len) in ranges.clone().chain(self.lb_ips_as_sources(svc, ranges)) {
                 let range = SourceRangeV4 { service_id: service_id.to_be_bytes(), addr: net.octets() };
                 self.plan.contents.source_ranges.insert((SourceRangeV4::prefix_len(len), range), 1);
             }

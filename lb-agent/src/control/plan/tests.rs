@@ -244,7 +244,11 @@ fn load_balancer_source_ranges_guard_only_the_load_balancer_ips() {
     }
     // Host bits cleared; IPv6 and invalid entries left out.
     let ranges: Vec<(u32, [u8; 4], [u8; 4])> = p.contents.source_ranges.keys().map(|(len, r)| (*len, r.service_id, r.addr)).collect();
-    assert_eq!(ranges, [(32 + 16, id.to_be_bytes(), [10, 8, 0, 0]), (32 + 24, id.to_be_bytes(), [192, 168, 1, 0])]);
+    // 192.168.1.0/24 contains the node: the LoadBalancer IP is admitted too.
+    assert_eq!(
+        ranges,
+        [(32 + 16, id.to_be_bytes(), [10, 8, 0, 0]), (32 + 24, id.to_be_bytes(), [192, 168, 1, 0]), (32 + 32, id.to_be_bytes(), [203, 0, 113, 10])]
+    );
 
     // Only IPv6 ranges: the LoadBalancer IP is guarded with nothing allowed.
     let spec = spec.replace("[192.168.1.77/24, 10.8.0.0/16, '2001:db8::/32', bogus]", "['2001:db8::/32']");
@@ -865,4 +869,28 @@ fn local_policy_with_endpoints_only_elsewhere_drops_instead_of_rejecting() {
     // Cluster policy never sets it.
     let p = plan(&model(&objects(&format!("{NODE_PORT_SPEC}}}"), "[{addresses: [10.0.0.2], conditions: {ready: false}}]")), &cfg(), &mut ids());
     assert_eq!(p.contents.services[&key([10, 96, 5, 5], 80, 6)].flags, 0);
+}
+
+/// kube-proxy: when a `loadBalancerSourceRanges` entry contains the node's
+/// IP, the LoadBalancer IPs themselves are admitted as sources (a VIP
+/// looping the node's own traffic back with the VIP as source).
+#[test]
+fn source_ranges_containing_the_node_admit_the_load_balancer_ips() {
+    let spec = |ranges: &str| {
+        format!(
+            "{{type: LoadBalancer, clusterIP: 10.96.5.5, loadBalancerSourceRanges: [{ranges}], \
+             ports: [{{name: http, port: 80, nodePort: 30080}}]}}\nstatus: {{loadBalancer: {{ingress: [{{ip: 203.0.113.10}}, {{ip: 203.0.113.11}}]}}}}"
+        )
+    };
+    let ranges = |ranges: &str| {
+        let p = plan(&model(&objects(&spec(ranges), TWO_NODES)), &cfg(), &mut ids());
+        p.contents.source_ranges.keys().map(|(len, r)| (Ipv4Addr::from(r.addr), len - 32)).collect::<Vec<_>>()
+    };
+    // The node (192.168.1.1) is inside 192.168.0.0/16: both LB IPs admitted.
+    assert_eq!(
+        ranges("192.168.0.0/16, 10.8.0.0/16"),
+        [(Ipv4Addr::new(10, 8, 0, 0), 16), (Ipv4Addr::new(192, 168, 0, 0), 16), (Ipv4Addr::new(203, 0, 113, 10), 32), (Ipv4Addr::new(203, 0, 113, 11), 32)]
+    );
+    // Not inside any range: only the ranges.
+    assert_eq!(ranges("10.8.0.0/16"), [(Ipv4Addr::new(10, 8, 0, 0), 16)]);
 }
