@@ -23,6 +23,7 @@ use lb_agent::{
     dataplane::Dataplane,
     loader::{self, MapSizes},
     ops::{checks, healthcheck::HealthServer, metrics::Metrics, names},
+    snat::{self, SnatSettings},
     sync::{Outcome, Syncer},
 };
 use tokio::signal::unix::{signal, SignalKind};
@@ -87,6 +88,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
     dp.set_redirect_ifaces(&redirect)?;
     let flags = if redirect.is_empty() { 0 } else { lb_common::config_flags::XDP_REDIRECT };
     dp.set_config(&lb_common::Config { flags, ..Default::default() })?;
+    let snat = SnatSettings::from(&args.snat);
+    if !snat.off {
+        snat::reserve(snat.ports).context("reserving the SNAT ports from the node's ephemeral ports (--snat-ports)")?;
+    }
     match lb_agent::socklb::apply(&mut ebpf, &mut dp, &args.socket_lb, &args.pin_path)? {
         Some(cgroup) => tracing::info!(cgroup = %cgroup.display(), "node sockets to services are balanced at connect"),
         None => tracing::info!("socket balancing off: the node's own connections to services are not balanced"),
@@ -109,6 +114,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         metrics: metrics.clone(),
         names: None,
         health: HealthServer::new(args.health_check_address),
+        snat,
+        nat_written: None,
     };
 
     metrics.source_event();
@@ -173,6 +180,9 @@ struct Programmer {
     names: Option<Arc<names::Names>>,
     /// The healthCheckNodePort listeners, following every model.
     health: HealthServer,
+    snat: SnatSettings,
+    /// The SNAT settings last written to the maps.
+    nat_written: Option<lb_common::NatConfig>,
 }
 
 impl Programmer {
@@ -195,6 +205,12 @@ impl Programmer {
         let plan_time = started.elapsed();
         let (service_ids, frontends) = (p.services.len(), p.contents.services.len());
         let names = names::from_plan(&p);
+        // Before the backends: a remote backend is SNATed from its first flow.
+        if let Err(e) = self.sync_nat(&p.node_addresses) {
+            tracing::error!(error = format!("{e:#}"), "writing the SNAT settings failed; retrying in a second");
+            self.metrics.sync_failed(started.elapsed());
+            return false;
+        }
         match self.syncer.sync(&mut self.dp, p.contents) {
             Ok(o) => {
                 let d = &o.diff;
@@ -230,6 +246,23 @@ impl Programmer {
                 false
             }
         }
+    }
+
+    /// Writes the SNAT settings when they change (the node's address may
+    /// come from its Node object, so it can change with the model).
+    fn sync_nat(&mut self, node_addresses: &[std::net::Ipv4Addr]) -> Result<()> {
+        let want = self.snat.config(node_addresses);
+        if self.nat_written == Some(want) {
+            return Ok(());
+        }
+        self.dp.set_nat_config(&want)?;
+        if want.addr_v4 == [0; 4] {
+            tracing::warn!("no SNAT address (no --snat-address, no node address, or --no-snat): flows to backends on other nodes keep the client address, and fail unless those backends route replies through this node");
+        } else {
+            tracing::info!(address = %std::net::Ipv4Addr::from(want.addr_v4), ports = %self.snat.ports, "flows from outside to backends on other nodes are SNATed");
+        }
+        self.nat_written = Some(want);
+        Ok(())
     }
 
     /// The periodic read of the maps: repairs what differs from the last

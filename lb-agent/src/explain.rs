@@ -18,7 +18,7 @@ use std::{
 use anyhow::Result;
 use lb_common::{
     algorithm, backend_state, direction, flow_flags, service_flags, AffinityKeyV4, AffinityV4, BackendId,
-    BackendV4, Config, FlowKeyV4, FlowV4, ServiceKeyV4, ServiceV4, SlotKey, IPPROTO_TCP,
+    BackendV4, Config, FlowKeyV4, FlowV4, NatConfig, ServiceKeyV4, ServiceV4, SlotKey, IPPROTO_TCP,
 };
 use serde::Serialize;
 
@@ -67,6 +67,8 @@ pub struct Snapshot {
     /// The conntrack entry of the query's own direction, if any.
     pub flow: Option<FlowV4>,
     pub affinity: Option<AffinityV4>,
+    /// This node's SNAT address and port range (address 0.0.0.0: off).
+    pub nat: NatConfig,
     /// `bpf_ktime_get_coarse_ns()`'s clock (CLOCK_MONOTONIC) now.
     pub now_ns: u64,
 }
@@ -87,7 +89,8 @@ impl Snapshot {
             }
             _ => None,
         };
-        Ok(Self { contents, config, flow, affinity, now_ns: monotonic_ns() })
+        let nat = dp.nat_config().unwrap_or_default();
+        Ok(Self { contents, config, flow, affinity, nat, now_ns: monotonic_ns() })
     }
 }
 
@@ -110,6 +113,9 @@ pub struct Verdict {
     pub action: Action,
     /// The backend, when the choice is known.
     pub backend: Option<SocketAddrV4>,
+    /// The source the backend sees when it is rewritten (SNAT): this node's
+    /// address and a port (range for a new flow).
+    pub snat: Option<String>,
     pub reason: String,
 }
 
@@ -119,6 +125,8 @@ pub struct Candidate {
     pub id: BackendId,
     pub addr: SocketAddrV4,
     pub state: &'static str,
+    /// On another node (`backend_flags::REMOTE`).
+    pub remote: bool,
     pub weight: u16,
     /// How many of the service's slots name it (its Maglev share).
     pub slots: u32,
@@ -142,6 +150,8 @@ pub struct Established {
     pub backend: SocketAddrV4,
     pub idle_s: u64,
     pub closing: bool,
+    /// The source the backend sees, when the flow is SNATed.
+    pub snat: Option<SocketAddrV4>,
     /// Whether the dataplane still follows it for this packet.
     pub used: bool,
     pub note: String,
@@ -241,7 +251,7 @@ pub fn explain(q: &Query, s: &Snapshot, names: &crate::ops::names::Names) -> Exp
         conntrack: None,
         candidates: Vec::new(),
         selection: None,
-        verdict: Verdict { action: Action::Pass, backend: None, reason: String::new() },
+        verdict: Verdict { action: Action::Pass, backend: None, snat: None, reason: String::new() },
     };
     let Some(svc) = s.contents.services.get(&service_key(q)).copied() else {
         e.notes.push(no_frontend_reason(q, &s.contents));
@@ -271,7 +281,8 @@ pub fn explain(q: &Query, s: &Snapshot, names: &crate::ops::names::Names) -> Exp
         e.conntrack = Some(est);
         if used {
             let b = s.contents.backends[&f.backend_id];
-            e.verdict = Verdict { action: Action::Dnat, backend: Some(backend_addr(&b)), reason: "established flow".into() };
+            let snat = e.conntrack.as_ref().and_then(|c| c.snat).map(|a| a.to_string());
+            e.verdict = Verdict { action: Action::Dnat, backend: Some(backend_addr(&b)), snat, reason: "established flow".into() };
             return e;
         }
     }
@@ -284,6 +295,7 @@ pub fn explain(q: &Query, s: &Snapshot, names: &crate::ops::names::Names) -> Exp
                 e.verdict = Verdict {
                     action: Action::Drop,
                     backend: None,
+                    snat: None,
                     reason: "client outside loadBalancerSourceRanges".into(),
                 };
                 return e;
@@ -298,14 +310,24 @@ pub fn explain(q: &Query, s: &Snapshot, names: &crate::ops::names::Names) -> Exp
                 if hairpin {
                     e.notes.push("the client is its own backend: its source becomes 169.254.42.1 (hairpin)".into());
                 }
-                e.verdict = Verdict { action: Action::Dnat, backend: Some(backend_addr(b)), reason: "new flow".into() };
+                // conntrack::snat_for: an external client's flow to a backend on
+                // another node leaves with this node's address as source.
+                let snat = (q.origin == Origin::External && b.is_remote() && s.nat.addr_v4 != [0; 4]).then(|| {
+                    format!("{}:{}-{}", Ipv4Addr::from(s.nat.addr_v4), s.nat.port_min, s.nat.port_max)
+                });
+                let reason = if snat.is_some() {
+                    "new flow to a backend on another node: SNAT so the reply returns here (refused if no port is free)"
+                } else {
+                    "new flow"
+                };
+                e.verdict = Verdict { action: Action::Dnat, backend: Some(backend_addr(b)), snat, reason: reason.into() };
             }
             None => no_backend(q, &svc, &mut e, "the chosen slot's backend is gone (agent mid-update)"),
         },
         Pick::OneOf(how) => {
             e.selection = Some(how);
             let reason = format!("new flow to one of {} backends", e.candidates.len());
-            e.verdict = Verdict { action: Action::Dnat, backend: None, reason };
+            e.verdict = Verdict { action: Action::Dnat, backend: None, snat: None, reason };
         }
         Pick::Nothing(why) => no_backend(q, &svc, &mut e, why),
     }
@@ -321,11 +343,12 @@ fn no_backend(q: &Query, svc: &ServiceV4, e: &mut Explanation, why: &str) {
         e.notes.push("traffic policy Local: no usable endpoint on this node, some on other nodes".into());
     }
     e.verdict = if q.proto == IPPROTO_TCP && !elsewhere {
-        Verdict { action: Action::Reject, backend: None, reason: format!("{why}: TCP reset") }
+        Verdict { action: Action::Reject, backend: None, snat: None, reason: format!("{why}: TCP reset") }
     } else if elsewhere {
-        Verdict { action: Action::Drop, backend: None, reason: format!("{why}: dropped (kube-proxy drops Local traffic with endpoints only elsewhere)") }
+        let reason = format!("{why}: dropped (kube-proxy drops Local traffic with endpoints only elsewhere)");
+        Verdict { action: Action::Drop, backend: None, snat: None, reason }
     } else {
-        Verdict { action: Action::Drop, backend: None, reason: format!("{why}: dropped") }
+        Verdict { action: Action::Drop, backend: None, snat: None, reason: format!("{why}: dropped") }
     };
 }
 
@@ -337,15 +360,16 @@ fn socket(q: &Query, svc: &ServiceV4, s: &Snapshot, mut e: Explanation) -> Expla
         Pick::Chosen { backend_id, how } if s.contents.backends.contains_key(&backend_id) => {
             e.selection = Some(how);
             let b = s.contents.backends[&backend_id];
-            e.verdict = Verdict { action: Action::Dnat, backend: Some(backend_addr(&b)), reason: "connect() rewritten".into() };
+            e.verdict = Verdict { action: Action::Dnat, backend: Some(backend_addr(&b)), snat: None, reason: "connect() rewritten".into() };
         }
         Pick::OneOf(how) => {
             e.selection = Some(how);
             let reason = format!("connect() rewritten to one of {} backends", e.candidates.len());
-            e.verdict = Verdict { action: Action::Dnat, backend: None, reason };
+            e.verdict = Verdict { action: Action::Dnat, backend: None, snat: None, reason };
         }
         _ => {
-            e.verdict = Verdict { action: Action::Reject, backend: None, reason: "no backend: connect() fails with ECONNREFUSED".into() };
+            let reason = "no backend: connect() fails with ECONNREFUSED".into();
+            e.verdict = Verdict { action: Action::Reject, backend: None, snat: None, reason };
         }
     }
     e
@@ -364,7 +388,7 @@ fn candidates(svc: &ServiceV4, c: &MapContents) -> Vec<Candidate> {
         .filter_map(|(id, slots)| {
             let b = c.backends.get(&id)?;
             let state = if b.state == backend_state::TERMINATING { "terminating" } else { "active" };
-            Some(Candidate { id, addr: backend_addr(b), state, weight: b.weight, slots })
+            Some(Candidate { id, addr: backend_addr(b), state, remote: b.is_remote(), weight: b.weight, slots })
         })
         .collect()
 }
@@ -396,7 +420,9 @@ fn established(q: &Query, f: &FlowV4, s: &Snapshot) -> Established {
     } else {
         (true, "live: packets follow it".into())
     };
-    Established { backend_id: f.backend_id, backend, idle_s: idle / NS, closing, used, note }
+    let snat = (f.flags & flow_flags::SNAT != 0)
+        .then(|| SocketAddrV4::new(Ipv4Addr::from(f.peer_addr), u16::from_be_bytes(f.peer_port)));
+    Established { backend_id: f.backend_id, backend, idle_s: idle / NS, closing, snat, used, note }
 }
 
 /// The range of `service_id` that contains `src` (longest first), if any.
@@ -505,17 +531,30 @@ impl fmt::Display for Explanation {
             writeln!(f, "source     loadBalancerSourceRanges: {r}")?;
         }
         if let Some(c) = &self.conntrack {
-            writeln!(f, "conntrack  backend {} (id {}), idle {} s: {}", c.backend, c.backend_id, c.idle_s, c.note)?;
+            let snat = c.snat.map(|a| format!(", SNAT source {a}")).unwrap_or_default();
+            writeln!(f, "conntrack  backend {} (id {}){snat}, idle {} s: {}", c.backend, c.backend_id, c.idle_s, c.note)?;
         }
         for c in &self.candidates {
-            writeln!(f, "backend    {:<21} id {:<5} {:<11} weight {:<3} slots {}", c.addr.to_string(), c.id, c.state, c.weight, c.slots)?;
+            let place = if c.remote { "remote" } else { "local" };
+            writeln!(
+                f,
+                "backend    {:<21} id {:<5} {:<11} {place:<6} weight {:<3} slots {}",
+                c.addr.to_string(),
+                c.id,
+                c.state,
+                c.weight,
+                c.slots
+            )?;
         }
         if let Some(s) = &self.selection {
             writeln!(f, "selection  {s}")?;
         }
         let v = &self.verdict;
         match (&v.action, v.backend) {
-            (Action::Dnat, Some(b)) => writeln!(f, "verdict    DNAT to {b} ({})", v.reason),
+            (Action::Dnat, Some(b)) => match &v.snat {
+                Some(src) => writeln!(f, "verdict    DNAT to {b}, SNAT to {src} ({})", v.reason),
+                None => writeln!(f, "verdict    DNAT to {b} ({})", v.reason),
+            },
             (a, _) => writeln!(f, "verdict    {} ({})", format!("{a:?}").to_uppercase(), v.reason),
         }
     }
@@ -562,7 +601,7 @@ mod tests {
         c.services.insert(key([10, 96, 0, 12], 80), svc(3, 0, algorithm::RANDOM, service_flags::LOCAL_ELSEWHERE));
         c.services.insert(key([203, 0, 113, 1], 80), svc(4, 1, algorithm::RANDOM, service_flags::SOURCE_RANGES));
         for (id, last) in [(1u32, 11u8), (2, 12)] {
-            c.backends.insert(id, BackendV4 { addr: [10, 0, 2, last], port: 8080u16.to_be_bytes(), weight: 1, state: 0, _pad: [0; 3] });
+            c.backends.insert(id, BackendV4 { addr: [10, 0, 2, last], port: 8080u16.to_be_bytes(), weight: 1, ..Default::default() });
             c.slots.insert(SlotKey { service_id: 1, slot: id }, id);
         }
         c.slots.insert(SlotKey { service_id: 4, slot: 1 }, 2);

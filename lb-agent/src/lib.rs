@@ -8,5 +8,6 @@ pub mod diff;
 pub mod control;
 pub mod explain;
 pub mod ops;
+pub mod snat;
 pub mod socklb;
 pub mod sync;

@@ -2,12 +2,14 @@
 //! against `data_end` so the verifier accepts it and a short packet is a
 //! counted drop, never an out-of-bounds read.
 //!
+//! TCP, UDP and ICMP (whose errors of NATed flows are translated) are parsed.
 //! Handled explicitly: VLAN tags and non-IPv4 frames are passed untouched,
 //! IP options are skipped (IHL), fragments are passed to the stack (only the
 //! first carries ports, so they cannot be balanced per flow here).
 use core::mem::size_of;
 
 use lb_common::{counter, IPPROTO_TCP, IPPROTO_UDP};
+use lb_ebpf::icmp::IPPROTO_ICMP;
 
 use crate::verdict::{Verdict, MALFORMED};
 
@@ -135,6 +137,9 @@ pub fn parse(data: usize, end: usize) -> Result<Packet, Verdict> {
     let (min_l4, tcp) = match l4proto {
         IPPROTO_TCP => (20, true),
         IPPROTO_UDP => (8, false),
+        // ICMP errors of NATed flows are translated (icmp_error.rs); the
+        // "ports" read below are then its type, code and checksum, unused.
+        IPPROTO_ICMP => (8, false),
         _ => return Err(Verdict::Pass(counter::PASS_OTHER_L4)),
     };
     if ihl + min_l4 > ip_len as usize {

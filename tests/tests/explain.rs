@@ -22,6 +22,8 @@ const LB_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
 const OUTSIDER: Ipv4Addr = Ipv4Addr::new(192, 168, 2, 9);
 const POD: Ipv4Addr = Ipv4Addr::new(10, 0, 3, 2);
+const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
+const REMOTE_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
 
 fn backend(i: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 0, 2, 10 + i)
@@ -40,12 +42,14 @@ fn lb() -> Lb {
         Svc::new(4, IPPROTO_TCP, algorithm::RANDOM).frontend(ELSEWHERE_IP, 80),
         Svc::new(5, IPPROTO_UDP, algorithm::RANDOM).frontend(DNS_IP, 53),
         Svc::new(6, IPPROTO_TCP, algorithm::RANDOM).frontend(LB_IP, 80).backend(2, backend(2), 8080),
+        Svc::new(7, IPPROTO_TCP, algorithm::RANDOM).frontend(REMOTE_IP, 80).remote_backend(4, Ipv4Addr::new(10, 0, 9, 5), 8080),
     ]);
     let key = |a: Ipv4Addr| ServiceKeyV4 { addr: a.octets(), port: 80u16.to_be_bytes(), proto: IPPROTO_TCP, scope: 0 };
     want.services.get_mut(&key(ELSEWHERE_IP)).unwrap().flags |= service_flags::LOCAL_ELSEWHERE;
     want.services.get_mut(&key(LB_IP)).unwrap().flags |= service_flags::SOURCE_RANGES;
     want.source_ranges.insert((32 + 24, SourceRangeV4 { service_id: 6u32.to_be_bytes(), addr: [192, 168, 1, 0] }), 1);
     lb.program(&want);
+    lb.maps.set_nat_config(&lb_common::NatConfig { addr_v4: NODE.octets(), port_min: 61000, port_max: 65535 }).unwrap();
     lb
 }
 
@@ -75,6 +79,11 @@ impl Checker {
     /// explanation names no backend (a choice per flow), only the action is
     /// compared and the backend must be one of the candidates.
     fn check(&mut self, origin: Origin, frame: &Frame) -> (Action, Option<SocketAddrV4>) {
+        self.check_full(origin, frame).0
+    }
+
+    /// As [`Checker::check`]; also the explanation and the output frame.
+    fn check_full(&mut self, origin: Origin, frame: &Frame) -> ((Action, Option<SocketAddrV4>), lb_agent::explain::Explanation, Vec<u8>) {
         let program = if origin == Origin::Pod { "tc_ingress" } else { "xdp_lb" };
         let proto = if matches!(frame.l4, xdplb_tests::packet::L4::Udp { .. }) { IPPROTO_UDP } else { IPPROTO_TCP };
         let q = Query { origin, src: frame.src, sport: Some(frame.sport), dst: frame.dst, dport: frame.dport, proto };
@@ -93,7 +102,7 @@ impl Checker {
             }
         }
         self.checked += 1;
-        got
+        (got, e, out)
     }
 }
 
@@ -124,7 +133,19 @@ fn explain_agrees_with_the_programs_on_every_case() {
     }
     assert_eq!(c.check(Origin::External, &Frame::tcp(CLIENT, 44000, LB_IP, 80, TCP_SYN)).0, Action::Dnat);
     assert_eq!(c.check(Origin::External, &Frame::tcp(OUTSIDER, 44000, LB_IP, 80, TCP_SYN)).0, Action::Drop);
-    assert_eq!(c.checked, 2 * (48 + 4 + 5) + 2);
+    // SNAT: an external client's flow to a backend on another node leaves
+    // with this node's address and a port of the range; a pod's does not.
+    let (got, e, out) = c.check_full(Origin::External, &Frame::tcp(CLIENT, 45000, REMOTE_IP, 80, TCP_SYN));
+    assert_eq!((got.0, e.verdict.snat.as_deref()), (Action::Dnat, Some("192.168.1.1:61000-65535")), "{e}");
+    let (src, sport) = (Ipv4Addr::new(out[26], out[27], out[28], out[29]), u16::from_be_bytes([out[34], out[35]]));
+    assert_eq!(src, NODE);
+    assert!((61000..=65535).contains(&sport), "{sport}");
+    // The established flow: explain names the very source port taken.
+    let (_, e, _) = c.check_full(Origin::External, &Frame::tcp(CLIENT, 45000, REMOTE_IP, 80, TCP_ACK));
+    assert_eq!(e.verdict.snat, Some(format!("{NODE}:{sport}")), "{e}");
+    let (_, e, out) = c.check_full(Origin::Pod, &Frame::tcp(POD, 45000, REMOTE_IP, 80, TCP_SYN));
+    assert_eq!((e.verdict.snat, &out[26..30]), (None, &POD.octets()[..]), "a pod's source is kept");
+    assert_eq!(c.checked, 2 * (48 + 4 + 5) + 2 + 3);
 }
 
 /// `lb-agent explain` on a running agent's maps, for a real connection: it
