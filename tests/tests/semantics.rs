@@ -124,7 +124,12 @@ fn switching_session_affinity_applies_to_new_connections_only() {
     assert_ne!(after.keys().next(), pinned.keys().next(), "the lapsed entry no longer pins: {after:?} vs {pinned:?}");
     assert_eq!(conn.ask().expect("established survives"), first);
 
+    let affinity_key = lb_common::AffinityKeyV4 { service_id: id_before[0], client: xdplb_tests::topology::CLIENT_ADDR.octets() };
+    assert!(dp.affinity(&affinity_key).unwrap().is_some(), "the client has an affinity entry");
     set_affinity(&mut agent, &dp, "  sessionAffinity: None\n", 0);
+    // Switched off: the entry is gone, so switching on again starts afresh
+    // (kube-proxy deletes its affinity sets).
+    assert!(wait_for(Duration::from_secs(5), || dp.affinity(&affinity_key).unwrap().is_none()), "{}", agent.log());
     let spread = tally(&t.client, to, 9);
     assert_eq!(spread.values().copied().collect::<Vec<_>>(), [3, 3, 3], "None: round-robin again: {spread:?}");
     assert_eq!(conn.ask().expect("established survives"), first);
