@@ -6,10 +6,11 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use lb_agent::explain::{explain, Action, Origin, Query, Snapshot};
 use lb_common::{algorithm, service_flags, ServiceKeyV4, SourceRangeV4, IPPROTO_TCP, IPPROTO_UDP};
+use xdplb_tests::observe::observed;
 use xdplb_tests::{
     fixture::run_frame,
     lb::Lb,
-    packet::{Frame, TCP_ACK, TCP_RST, TCP_SYN},
+    packet::{Frame, TCP_ACK, TCP_SYN},
     services::{contents, Svc},
 };
 
@@ -51,22 +52,6 @@ fn lb() -> Lb {
     lb.program(&want);
     lb.maps.set_nat_config(&lb_common::NatConfig { addr_v4: NODE.octets(), port_min: 61000, port_max: 65535 }).unwrap();
     lb
-}
-
-/// What a program did with `input`, in explain's terms.
-fn observed(program: &str, rc: u32, input: &[u8], out: &[u8]) -> (Action, Option<SocketAddrV4>) {
-    let dst = |f: &[u8]| SocketAddrV4::new(Ipv4Addr::new(f[30], f[31], f[32], f[33]), u16::from_be_bytes([f[36], f[37]]));
-    let reset = out.len() >= 48 && out[23] == IPPROTO_TCP && out[47] & TCP_RST != 0;
-    // A reset swaps the addresses: not a DNAT.
-    let rewritten = !reset && out.len() >= 38 && dst(out) != dst(input);
-    let action = match (program, rc) {
-        ("xdp_lb", 1) | ("tc_ingress", 2) => Action::Drop,
-        _ if reset => Action::Reject,
-        _ if rewritten => Action::Dnat,
-        ("xdp_lb", 2) | ("tc_ingress", 0) => Action::Pass,
-        _ => panic!("{program} returned {rc} without a reset or a rewrite"),
-    };
-    (action, rewritten.then(|| dst(out)))
 }
 
 struct Checker {
