@@ -91,6 +91,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let snat = SnatSettings::from(&args.snat);
     if !snat.off {
         snat::reserve(snat.ports).context("reserving the SNAT ports from the node's ephemeral ports (--snat-ports)")?;
+        for iface in &args.ifaces {
+            snat::accept_own_source(iface)?;
+        }
     }
     match lb_agent::socklb::apply(&mut ebpf, &mut dp, &args.socket_lb, &args.pin_path)? {
         Some(cgroup) => tracing::info!(cgroup = %cgroup.display(), "node sockets to services are balanced at connect"),
@@ -116,6 +119,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         health: HealthServer::new(args.health_check_address),
         snat,
         nat_written: None,
+        snat_refused: Default::default(),
+        snat_reported: None,
     };
 
     metrics.source_event();
@@ -148,6 +153,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 }
             }
             _ = tick.tick() => {
+                agent.report_snat_exhaustion();
                 pods.scan(&mut ebpf);
                 agent.health.retry();
                 if !synced {
@@ -183,7 +189,13 @@ struct Programmer {
     snat: SnatSettings,
     /// The SNAT settings last written to the maps.
     nat_written: Option<lb_common::NatConfig>,
+    /// Flows refused per backend id for want of a SNAT port, as last reported.
+    snat_refused: std::collections::BTreeMap<u32, u64>,
+    snat_reported: Option<Instant>,
 }
+
+/// SNAT exhaustion is logged at most this often (the metric has every count).
+const SNAT_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 impl Programmer {
     /// One sync of the maps, then of the health-check node ports; returns
@@ -246,6 +258,26 @@ impl Programmer {
                 false
             }
         }
+    }
+
+    /// Logs the backends that refused new flows for want of a SNAT port
+    /// since the last report, at most once per [`SNAT_REPORT_EVERY`].
+    fn report_snat_exhaustion(&mut self) {
+        if self.snat_reported.is_some_and(|t| t.elapsed() < SNAT_REPORT_EVERY) {
+            return;
+        }
+        let Ok(now) = self.dp.snat_exhausted() else { return };
+        if now.iter().any(|(id, n)| self.snat_refused.get(id).copied().unwrap_or(0) < *n) {
+            self.snat_reported = Some(Instant::now());
+        }
+        for &(id, n) in &now {
+            let before = self.snat_refused.get(&id).copied().unwrap_or(0);
+            if n > before {
+                let addr = self.dp.backends.get(&id, 0).map(|b| std::net::Ipv4Addr::from(b.addr)).ok();
+                tracing::warn!(backend_id = id, backend = ?addr, refused = n - before, ports = %self.snat.ports, "new flows to a backend on another node were refused: no free SNAT port towards it (widen --snat-ports)");
+            }
+        }
+        self.snat_refused = now.into_iter().collect();
     }
 
     /// Writes the SNAT settings when they change (the node's address may

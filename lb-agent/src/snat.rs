@@ -88,6 +88,17 @@ fn merged(list: &str, range: PortRange) -> String {
     items.join(",")
 }
 
+/// Lets the kernel forward, from `iface`, a packet whose source is one of
+/// the node's own addresses (`accept_local`): XDP forwards SNATed packets
+/// itself, but hands one to the kernel when it cannot (no neighbour entry
+/// yet for the next hop: the kernel's forwarding then resolves it, and the
+/// flow's next packets go through XDP). Without this the kernel drops them
+/// as martians.
+pub fn accept_own_source(iface: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");
+    std::fs::write(&path, "1").with_context(|| format!("writing 1 to {path}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -173,37 +173,30 @@ pub fn established(key: &FlowKeyV4, p: &Packet, now: u64) -> Option<Rewrite> {
     Some(Rewrite::of(backend.addr, backend.port, entry))
 }
 
-/// The other half of the flow `(key, e)`: the reply entry of a forward one,
-/// or the forward entry of a reply one. Each half holds what the other's key
-/// and rewrite are made of (see [`create`]):
+/// The key of the other half of the flow `(key, e)`: the reply entry of a
+/// forward one, or the forward entry of a reply one. Each half holds what
+/// the other's key and rewrite are made of (see [`create`]):
 /// forward (client → service) ↦ rewrite to (`nat` = backend, `peer`);
 /// reply (backend → `peer`) ↦ rewrite to (`nat` = service, client).
 #[inline(always)]
-fn other_half(key: &FlowKeyV4, e: &FlowV4) -> (FlowKeyV4, FlowV4) {
-    let (other_key, direction) = if e.direction == direction::FORWARD {
-        (flow_key(e.nat_addr, e.peer_addr, e.nat_port, e.peer_port, key.proto), direction::REPLY)
+fn other_key(key: &FlowKeyV4, e: &FlowV4) -> FlowKeyV4 {
+    if e.direction == direction::FORWARD {
+        flow_key(e.nat_addr, e.peer_addr, e.nat_port, e.peer_port, key.proto)
     } else {
-        (flow_key(e.peer_addr, e.nat_addr, e.peer_port, e.nat_port, key.proto), direction::FORWARD)
-    };
-    // FORWARD halves rewrite the destination, REPLY halves the source: the
-    // other half's rewrite is this key's far end, its peer this key's near end.
-    let (nat, peer) = if e.direction == direction::FORWARD {
+        flow_key(e.peer_addr, e.nat_addr, e.peer_port, e.nat_port, key.proto)
+    }
+}
+
+/// The (nat, peer) ends the other half of `(key, e)` holds: FORWARD halves
+/// rewrite the destination, REPLY halves the source, so the other half's
+/// rewrite is this key's far end and its peer this key's near end.
+#[inline(always)]
+fn other_ends(key: &FlowKeyV4, e: &FlowV4) -> (([u8; 4], [u8; 2]), ([u8; 4], [u8; 2])) {
+    if e.direction == direction::FORWARD {
         ((key.dst_addr, key.dst_port), (key.src_addr, key.src_port))
     } else {
         ((key.src_addr, key.src_port), (key.dst_addr, key.dst_port))
-    };
-    let other = FlowV4 {
-        nat_addr: nat.0,
-        nat_port: nat.1,
-        peer_addr: peer.0,
-        peer_port: peer.1,
-        direction,
-        flags: e.flags & flow_flags::SNAT,
-        packets: 0,
-        bytes: 0,
-        ..*e
-    };
-    (other_key, other)
+    }
 }
 
 /// Keeps both halves of a live flow: looking the other half up marks it
@@ -216,23 +209,35 @@ fn other_half(key: &FlowKeyV4, e: &FlowV4) -> (FlowKeyV4, FlowV4) {
 /// timeout (a half that is gone stays gone).
 #[inline(always)]
 fn keep_pair(key: &FlowKeyV4, e: &FlowV4) {
-    let (other_key, want) = other_half(key, e);
+    let other = other_key(key, e);
     let closing = e.flags & flow_flags::CLOSING != 0;
-    match conntrack_v4.get_ptr_mut(&other_key) {
-        // SAFETY: a live entry of this map; racing writers only lose a flag.
-        Some(o) => unsafe {
-            // Only our own other half (the key may have been taken over by
-            // another flow, see `create`).
-            if closing
-                && (*o).flags & flow_flags::CLOSING == 0
-                && ((*o).nat_addr, (*o).nat_port, (*o).peer_addr, (*o).peer_port)
-                    == (want.nat_addr, want.nat_port, want.peer_addr, want.peer_port)
-            {
-                (*o).flags |= flow_flags::CLOSING;
+    match conntrack_v4.get_ptr_mut(&other) {
+        Some(o) if closing => {
+            let (nat, peer) = other_ends(key, e);
+            // SAFETY: a live entry of this map; racing writers only lose a flag.
+            unsafe {
+                // Only our own other half (the key may have been taken over
+                // by another flow, see `create`).
+                if (*o).flags & flow_flags::CLOSING == 0 && ((*o).nat_addr, (*o).nat_port) == nat && ((*o).peer_addr, (*o).peer_port) == peer {
+                    (*o).flags |= flow_flags::CLOSING;
+                }
             }
-        },
+        }
+        Some(_) => {}
         None if !closing => {
-            if conntrack_v4.insert(other_key, want, BPF_NOEXIST as u64).is_ok() {
+            let (nat, peer) = other_ends(key, e);
+            let restored = FlowV4 {
+                nat_addr: nat.0,
+                nat_port: nat.1,
+                peer_addr: peer.0,
+                peer_port: peer.1,
+                direction: if e.direction == direction::FORWARD { direction::REPLY } else { direction::FORWARD },
+                flags: e.flags & flow_flags::SNAT,
+                packets: 0,
+                bytes: 0,
+                ..*e
+            };
+            if conntrack_v4.insert(other, restored, BPF_NOEXIST as u64).is_ok() {
                 count(counter::CT_HALF_RESTORED);
             }
         }

@@ -427,6 +427,16 @@ impl Node {
         self.agent = Some(spawn_run_on(self.ns.name(), UPLINK, &self.pin_dir, &self.log, &self.args));
     }
 
+    /// Stops the agent (SIGKILL) and starts it again with `extra` arguments
+    /// added to the node's own (e.g. `--snat-ports`).
+    pub fn restart_agent_with(&mut self, extra: &[&str]) {
+        self.kill_agent();
+        self.args.extend(extra.iter().map(|s| s.to_string()));
+        let before = sync_writes(&self.log()).len();
+        self.start_agent();
+        self.wait_syncs(before);
+    }
+
     /// SIGKILL (a crash): the programs stay attached on their pinned links.
     pub fn kill_agent(&mut self) {
         if let Some(mut c) = self.agent.take() {

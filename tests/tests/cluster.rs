@@ -141,7 +141,6 @@ fn node_port_with_local_policy_serves_local_pods_and_keeps_the_client_address() 
 }
 
 #[test]
-#[ignore = "needs SNAT (issue 12): remote backends reply past the balancing node"]
 fn node_port_with_cluster_policy_reaches_pods_on_every_node_from_every_node() {
     let mut c = Cluster::new(NODES, PODS, Source::Kube);
     let all = c.all_pods();
@@ -166,6 +165,13 @@ fn node_port_with_cluster_policy_reaches_pods_on_every_node_from_every_node() {
         results.push((i, t, u));
     }
     let tx_errors: u64 = (1..=NODES).map(|i| c.node(i).xdp_tx().1).sum();
+    for i in 1..=NODES {
+        let m = c.node_mut(i).maps();
+        let counts = m.counters().unwrap();
+        let named: Vec<String> = counts.iter().enumerate().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{}={v}", lb_common::counter::LABELS[k])).collect();
+        eprintln!("node-{i} counters: {}", named.join(" "));
+        assert_eq!(counts[lb_common::counter::DROP_SNAT_EXHAUSTED as usize], 0);
+    }
     for (i, t, u) in &results {
         // Local backends see the client, remote ones the balancing node (SNAT).
         let sources = [CLIENT_ADDR, node_addr(*i)];
