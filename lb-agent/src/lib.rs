@@ -11,3 +11,4 @@ pub mod ops;
 pub mod snat;
 pub mod socklb;
 pub mod sync;
+pub mod tcfilter;
