@@ -52,6 +52,10 @@ pub enum Command {
     Conntrack(crate::ops_cli::ConntrackArgs),
     /// Dataplane counters by reason and per-service statistics.
     Stats(crate::ops_cli::MapsArgs),
+    /// What the dataplane does with one packet, from the live maps:
+    /// frontend, service, policy, candidate backends, the pick, conntrack,
+    /// source ranges and the verdict (DNAT, REJECT, DROP or PASS).
+    Explain(crate::explain_cli::ExplainArgs),
     /// Check the kernel, privileges, bpffs and interfaces as `run` would,
     /// and print a report (exit status 1 if a check fails).
     Doctor(crate::ops_cli::DoctorArgs),

@@ -175,9 +175,23 @@ impl Dataplane {
                 format!("slot {} of service {}", k.slot, k.service_id)
             })?;
         }
+        // Services whose ClientIP affinity is switched off: their affinity
+        // entries go, so switching it on again starts afresh, as kube-proxy's
+        // affinity sets (nftables) or recent lists (iptables) are deleted.
+        let mut affinity_off = std::collections::BTreeSet::new();
         for (k, v) in &diff.services.upsert {
+            if v.affinity_timeout_s == 0 {
+                if let Ok(old) = self.services.get(k, 0) {
+                    if old.affinity_timeout_s != 0 && old.id == v.id {
+                        affinity_off.insert(v.id);
+                    }
+                }
+            }
             let r = self.services.insert(k, v, 0);
             write_result(r, maps::SERVICES_V4, || format!("service {k}"))?;
+        }
+        if !affinity_off.is_empty() {
+            self.forget_affinity(&affinity_off)?;
         }
         for k in &diff.services.remove {
             ignore_missing(self.services.remove(k))?;
@@ -196,6 +210,21 @@ impl Dataplane {
             ignore_missing(self.source_ranges.remove(&Key::new(*len, *r)))?;
         }
         Ok(())
+    }
+
+    /// Removes the ClientIP affinity entries of `service_ids`; returns how
+    /// many went.
+    pub fn forget_affinity(&mut self, service_ids: &std::collections::BTreeSet<u32>) -> Result<usize> {
+        let stale: Vec<AffinityKeyV4> = self
+            .affinity
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| service_ids.contains(&k.service_id))
+            .collect();
+        for k in &stale {
+            ignore_missing(self.affinity.remove(k))?;
+        }
+        Ok(stale.len())
     }
 
     /// Live flows of a backend, as the dataplane counts them.

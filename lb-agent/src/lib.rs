@@ -6,6 +6,7 @@ pub mod loader;
 pub mod migrate;
 pub mod diff;
 pub mod control;
+pub mod explain;
 pub mod ops;
 pub mod snat;
 pub mod socklb;

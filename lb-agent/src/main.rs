@@ -3,6 +3,7 @@
 mod agent;
 mod cli;
 mod config;
+mod explain_cli;
 mod install;
 mod ops_cli;
 mod podifaces;
@@ -34,6 +35,7 @@ async fn main() -> Result<()> {
         Command::Conntrack(a) => ops_cli::conntrack(a),
         Command::Stats(a) => ops_cli::stats(a),
         Command::Doctor(a) => ops_cli::doctor(a),
+        Command::Explain(a) => explain_cli::run(a),
         Command::Install(a) => install::install(a),
         Command::Uninstall(a) => install::uninstall(a),
     }

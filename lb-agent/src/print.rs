@@ -38,8 +38,14 @@ pub fn table(plan: &Plan) -> String {
         if s.local_only {
             notes.push("local endpoints only".into());
         }
+        if s.usable_elsewhere {
+            notes.push("none here, some on other nodes: new flows dropped".into());
+        }
         if s.fallback_terminating {
             notes.push("no ready endpoint: using terminating ones".into());
+        }
+        if let Some(t) = &s.topology {
+            notes.push(t.to_string());
         }
         let _ = writeln!(
             out,

@@ -42,6 +42,10 @@ pub mod service_flags {
     /// New flows only from clients in the service's `source_ranges_v4`
     /// (`loadBalancerSourceRanges`); set on LoadBalancer-ingress frontends.
     pub const SOURCE_RANGES: u8 = 1 << 1;
+    /// Traffic policy `Local` with no usable endpoint on this node but some
+    /// elsewhere: a new flow is dropped silently (the client times out),
+    /// not answered with a reset, as kube-proxy does. Set with `count` 0.
+    pub const LOCAL_ELSEWHERE: u8 = 1 << 2;
 }
 
 /// Value of `services_v4`.

@@ -5,10 +5,11 @@ use aya_ebpf::{
     helpers::{bpf_skb_change_tail, bpf_xdp_adjust_tail},
     programs::{TcContext, XdpContext},
 };
-use lb_common::{counter, IPPROTO_TCP};
+use lb_common::{counter, service_flags, ServiceKeyV4, IPPROTO_TCP};
 use lb_ebpf::rst::{reset_for, Syn, RST_LEN};
 
 use crate::{
+    maps::services_v4,
     parse::{Packet, TCP_ACK, TCP_SYN},
     stats::count,
     verdict::{Verdict, MALFORMED},
@@ -16,9 +17,19 @@ use crate::{
 
 /// Whether `p` opens a TCP connection (SYN without ACK): the only packet we
 /// answer with a reset; anything else to a backendless service is dropped.
+/// So is a SYN to a `Local`-policy frontend whose endpoints are all on other
+/// nodes (`LOCAL_ELSEWHERE`): kube-proxy drops it, rejecting only when the
+/// service has no usable endpoint anywhere.
 #[inline(always)]
 pub fn wants_reset(p: &Packet) -> bool {
-    p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+    p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && !local_elsewhere(p)
+}
+
+#[inline(always)]
+fn local_elsewhere(p: &Packet) -> bool {
+    let key = ServiceKeyV4 { addr: p.dst, port: p.dport, proto: p.proto, scope: 0 };
+    // SAFETY: read-only copy of an agent-written value.
+    unsafe { services_v4.get(key) }.is_some_and(|s| s.flags & service_flags::LOCAL_ELSEWHERE != 0)
 }
 
 #[inline(always)]

@@ -12,6 +12,7 @@ pub mod apiserver;
 pub mod fixture;
 pub mod lb;
 pub mod netns;
+pub mod observe;
 pub mod ops;
 pub mod packet;
 pub mod servers;

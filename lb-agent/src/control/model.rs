@@ -29,6 +29,12 @@ pub const ALGORITHM_ANNOTATION: &str = "xdplb.io/algorithm";
 pub const MAGLEV_SIZE_ANNOTATION: &str = "xdplb.io/maglev-table-size";
 /// Annotation weighting a service's endpoints by address.
 pub const WEIGHTS_ANNOTATION: &str = "xdplb.io/backend-weights";
+/// Label of a Service or EndpointSlice owned by another service proxy:
+/// kube-proxy watches only objects without it, and so does the agent.
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// Label the EndpointSlice controller puts on the slices of headless
+/// Services; kube-proxy watches only objects without it.
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 /// Endpoints per slice or per service beyond which an object is treated as
 /// hostile (Kubernetes caps a slice at 1000; kube-proxy has no use for more).
 pub const MAX_ENDPOINTS: usize = 10_000;
@@ -142,6 +148,22 @@ pub struct Service {
     /// From `xdplb.io/backend-weights` (`10.0.2.11=3,10.0.2.12=1`); an
     /// endpoint not named weighs 1. Used by Maglev.
     pub weights: std::collections::BTreeMap<Ipv4Addr, u32>,
+    /// `spec.publishNotReadyAddresses`: every endpoint counts as ready, as
+    /// the EndpointSlice controller would publish it.
+    pub publish_not_ready: bool,
+    /// `spec.trafficDistribution`, when it is one the agent knows.
+    pub traffic_distribution: Option<TrafficDistribution>,
+}
+
+/// `spec.trafficDistribution`: which endpoints a node prefers. kube-proxy
+/// reads only the hints the EndpointSlice controller derives from it; the
+/// planner derives the same hints itself when a slice carries none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum TrafficDistribution {
+    /// `PreferClose` (an alias of `PreferSameZone` since 1.33).
+    PreferClose,
+    PreferSameZone,
+    PreferSameNode,
 }
 
 /// One entry of an EndpointSlice's `ports` (with a known port number).
@@ -164,6 +186,12 @@ pub struct Endpoint {
     pub serving: bool,
     /// Unset means not terminating.
     pub terminating: bool,
+    /// `zone`: where the endpoint runs.
+    pub zone: Option<String>,
+    /// `hints.forZones[].name`: the zones that should use it.
+    pub zone_hints: Vec<String>,
+    /// `hints.forNodes[].name`: the nodes that should use it.
+    pub node_hints: Vec<String>,
 }
 
 /// A validated IPv4 EndpointSlice.
@@ -175,10 +203,15 @@ pub struct Slice {
     pub endpoints: Vec<Endpoint>,
 }
 
-/// A Node's IPv4 InternalIP and ExternalIP addresses.
+/// Label of a Node naming its zone (topology-aware routing).
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+
+/// A Node's IPv4 InternalIP and ExternalIP addresses, and its zone.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Node {
     pub addresses: Vec<Ipv4Addr>,
+    /// Label `topology.kubernetes.io/zone`.
+    pub zone: Option<String>,
 }
 
 /// Everything the planner needs, keyed for deterministic iteration.

@@ -101,6 +101,11 @@ pub struct PlannedService {
     pub fallback_terminating: bool,
     /// Only endpoints on this node (traffic policy `Local`).
     pub local_only: bool,
+    /// `local_only` with no usable endpoint here but some on other nodes:
+    /// new flows are dropped, not refused.
+    pub usable_elsewhere: bool,
+    /// Topology-aware routing, when hints or `trafficDistribution` apply.
+    pub topology: Option<topology::TopologyChoice>,
     pub backends: Vec<PlannedBackend>,
 }
 
@@ -113,6 +118,9 @@ struct Candidate {
     ready: bool,
     serving: bool,
     terminating: bool,
+    zone: Option<String>,
+    zone_hints: Vec<String>,
+    node_hints: Vec<String>,
 }
 
 /// Computes the desired state. Deterministic: the same model, config and
@@ -128,9 +136,11 @@ pub fn plan(model: &Model, cfg: &PlanConfig, ids: &mut Ids) -> Plan {
         cfg.node_addresses.clone()
     };
     let slices_of = slices_by_service(model);
+    let node_zone = model.nodes.get(&cfg.node_name).and_then(|n| n.zone.clone());
 
     let mut p = Planner {
         cfg,
+        node_zone,
         ids,
         plan: Plan {
             node_addresses,
@@ -148,7 +158,7 @@ pub fn plan(model: &Model, cfg: &PlanConfig, ids: &mut Ids) -> Plan {
             .map(Vec::as_slice)
             .unwrap_or_default();
         for port in &svc.ports {
-            let candidates = candidates(slices, port);
+            let candidates = candidates(slices, port, svc.publish_not_ready);
             if candidates.len() > MAX_ENDPOINTS {
                 tracing::warn!(object = %id, port = %port.name, endpoints = candidates.len(), "more than {MAX_ENDPOINTS} endpoints; skipping this port");
                 continue;
@@ -204,7 +214,7 @@ pub fn health_checks(model: &Model, cfg: &PlanConfig) -> BTreeMap<u16, HealthChe
         let local: BTreeSet<Ipv4Addr> = svc
             .ports
             .iter()
-            .flat_map(|p| candidates(slices, p))
+            .flat_map(|p| candidates(slices, p, svc.publish_not_ready))
             .filter(|c| c.ready && c.node_name.as_deref() == Some(cfg.node_name.as_str()))
             .map(|c| c.addr)
             .collect();
@@ -215,8 +225,11 @@ pub fn health_checks(model: &Model, cfg: &PlanConfig) -> BTreeMap<u16, HealthChe
 
 /// The endpoints of `port` across `slices`, deduplicated by address and
 /// port (an endpoint can sit in two slices while they are rebalanced; the
-/// most available view of it wins), in address order.
-fn candidates(slices: &[&super::model::Slice], port: &ServicePort) -> Vec<Candidate> {
+/// most available view of it wins), in address order. `publish_not_ready`
+/// (`spec.publishNotReadyAddresses`) makes every endpoint ready: what the
+/// EndpointSlice controller publishes for such a Service (ready =
+/// publishNotReadyAddresses || pod ready), also for slices written by hand.
+fn candidates(slices: &[&super::model::Slice], port: &ServicePort, publish_not_ready: bool) -> Vec<Candidate> {
     let mut out: BTreeMap<(Ipv4Addr, u16), Candidate> = BTreeMap::new();
     for s in slices {
         // Named targetPorts resolve per slice: each slice says which number
@@ -233,15 +246,21 @@ fn candidates(slices: &[&super::model::Slice], port: &ServicePort) -> Vec<Candid
                 addr: e.addr,
                 port: sp.port,
                 node_name: e.node_name.clone(),
-                ready: e.ready,
-                serving: e.serving,
+                ready: e.ready || publish_not_ready,
+                serving: e.serving || publish_not_ready,
                 terminating: e.terminating,
+                zone: e.zone.clone(),
+                zone_hints: e.zone_hints.clone(),
+                node_hints: e.node_hints.clone(),
             };
             out.entry((e.addr, sp.port))
                 .and_modify(|o| {
                     o.ready |= c.ready;
                     o.serving |= c.serving;
                     o.terminating &= c.terminating;
+                    if o.zone_hints.is_empty() && o.node_hints.is_empty() {
+                        (o.zone_hints, o.node_hints) = (c.zone_hints.clone(), c.node_hints.clone());
+                    }
                 })
                 .or_insert(c);
         }
@@ -251,6 +270,8 @@ fn candidates(slices: &[&super::model::Slice], port: &ServicePort) -> Vec<Candid
 
 struct Planner<'a> {
     cfg: &'a PlanConfig,
+    /// This node's `topology.kubernetes.io/zone`.
+    node_zone: Option<String>,
     ids: &'a mut Ids,
     plan: Plan,
     used_services: BTreeSet<ServiceIdKey>,
@@ -336,6 +357,27 @@ impl Planner<'_> {
         }
     }
 
+    /// The LoadBalancer IPs as /32 sources when one of `ranges` contains a
+    /// node address, as kube-proxy admits them: a VIP that is a local
+    /// address on the node loops the node's own requests back with the VIP
+    /// as source, and the ranges that admit the node should admit those.
+    fn lb_ips_as_sources(
+        &self,
+        svc: &Service,
+        mut ranges: impl Iterator<Item = (Ipv4Addr, u8)>,
+    ) -> Vec<(Ipv4Addr, u8)> {
+        let contains = |(net, len): (Ipv4Addr, u8), a: Ipv4Addr| {
+            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len as u32) };
+            u32::from(a) & mask == u32::from(net)
+        };
+        let admits_node = ranges.any(|r| self.plan.node_addresses.iter().any(|a| contains(r, *a)));
+        if admits_node {
+            svc.lb_ips.iter().map(|ip| (*ip, 32)).collect()
+        } else {
+            Vec::new()
+        }
+    }
+
     /// One service id: `frontends` balanced over `candidates` (only this
     /// node's when `local_only`).
     #[allow(
@@ -381,7 +423,13 @@ impl Planner<'_> {
             .iter()
             .filter(|c| !local_only || c.node_name.as_deref() == Some(self.cfg.node_name.as_str()))
             .collect();
-        let ready: Vec<&Candidate> = eligible.iter().copied().filter(|c| c.ready).collect();
+        let mut ready: Vec<&Candidate> = eligible.iter().copied().filter(|c| c.ready).collect();
+        // Topology narrows Cluster-policy traffic only, as in kube-proxy.
+        let topology = if local_only {
+            None
+        } else {
+            topology::apply(&mut ready, svc.traffic_distribution, &self.cfg.node_name, self.node_zone.as_deref())
+        };
         let (slotted, fallback) = if ready.is_empty() {
             let f: Vec<&Candidate> = eligible
                 .iter()
@@ -492,11 +540,19 @@ impl Planner<'_> {
         }
         backends.sort_by_key(|b| (b.slot.is_none(), b.slot, b.addr, b.port));
 
-        let flags = if fallback {
+        let mut flags = if fallback {
             service_flags::FALLBACK_TERMINATING
         } else {
             0
         };
+        // Local policy, nothing usable here but something elsewhere: drop
+        // (the client times out) rather than reset, as kube-proxy does.
+        let usable_elsewhere = local_only
+            && slotted.is_empty()
+            && candidates.iter().any(|c| c.ready || (c.serving && c.terminating));
+        if usable_elsewhere {
+            flags |= service_flags::LOCAL_ELSEWHERE;
+        }
         let value = ServiceV4 {
             id: service_id,
             count: slots.len() as u32,
@@ -516,7 +572,8 @@ impl Planner<'_> {
             self.plan.contents.services.insert(k, v);
         }
         if restricted {
-            for &(net, len) in svc.source_ranges.iter().flatten() {
+            let ranges = svc.source_ranges.iter().flatten().copied();
+            for (net, len) in ranges.clone().chain(self.lb_ips_as_sources(svc, ranges)) {
                 let range = SourceRangeV4 { service_id: service_id.to_be_bytes(), addr: net.octets() };
                 self.plan.contents.source_ranges.insert((SourceRangeV4::prefix_len(len), range), 1);
             }
@@ -532,6 +589,8 @@ impl Planner<'_> {
             affinity_timeout_s: svc.affinity_timeout_s,
             fallback_terminating: fallback,
             local_only,
+            usable_elsewhere,
+            topology,
             backends,
         });
     }
@@ -574,6 +633,8 @@ fn map_key(f: &Frontend) -> ServiceKeyV4 {
         scope: 0,
     }
 }
+
+pub mod topology;
 
 #[cfg(test)]
 mod tests;

@@ -11,7 +11,7 @@ use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery};
 
 use super::{
     parse_algorithm, Endpoint, Node, ObjectRef, Proto, Service, ServicePort, ServiceType, Slice,
-    SlicePort, ALGORITHM_ANNOTATION, MAGLEV_SIZE_ANNOTATION, WEIGHTS_ANNOTATION, DEFAULT_AFFINITY_TIMEOUT_S, MAX_ENDPOINTS, SERVICE_NAME_LABEL,
+    SlicePort, ALGORITHM_ANNOTATION, MAGLEV_SIZE_ANNOTATION, WEIGHTS_ANNOTATION, DEFAULT_AFFINITY_TIMEOUT_S, HEADLESS_LABEL, MAX_ENDPOINTS, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, TrafficDistribution, ZONE_LABEL,
 };
 
 /// Kubernetes' upper bound for `sessionAffinityConfig.clientIP.timeoutSeconds`.
@@ -61,6 +61,10 @@ fn parse_proto(p: Option<&str>) -> Result<Option<Proto>, String> {
 }
 
 pub(super) fn validate_service(id: &ObjectRef, s: &core::Service) -> Option<Service> {
+    if let Some(why) = not_ours(s.metadata.labels.as_ref()) {
+        log_ignored_once(id, why);
+        return None;
+    }
     match service(id, s) {
         Ok(svc) => Some(svc),
         Err(e) => {
@@ -207,7 +211,21 @@ fn service(id: &ObjectRef, s: &core::Service) -> Result<Service, String> {
     });
     let weights = annotation(WEIGHTS_ANNOTATION).map(|v| parse_weights(id, v)).unwrap_or_default();
 
+    let traffic_distribution = match spec.traffic_distribution.as_deref() {
+        None => None,
+        Some("PreferClose") => Some(TrafficDistribution::PreferClose),
+        Some("PreferSameZone") => Some(TrafficDistribution::PreferSameZone),
+        Some("PreferSameNode") => Some(TrafficDistribution::PreferSameNode),
+        Some(other) => {
+            // kube-proxy ignores values it does not know, as does the agent.
+            tracing::warn!(object = %id, value = other, "unknown spec.trafficDistribution; ignored");
+            None
+        }
+    };
+
     Ok(Service {
+        traffic_distribution,
+        publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
         service_type,
         cluster_ips,
         external_ips,
@@ -222,6 +240,43 @@ fn service(id: &ObjectRef, s: &core::Service) -> Result<Service, String> {
         maglev_table_size,
         weights,
     })
+}
+
+/// Why kube-proxy would not see an object with these labels: its informers
+/// list Services and EndpointSlices with the selector
+/// `!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless`
+/// (any value of either label excludes the object).
+fn not_ours(labels: Option<&std::collections::BTreeMap<String, String>>) -> Option<&'static str> {
+    let labels = labels?;
+    if labels.contains_key(SERVICE_PROXY_NAME_LABEL) {
+        Some("owned by another service proxy (label service.kubernetes.io/service-proxy-name)")
+    } else if labels.contains_key(HEADLESS_LABEL) {
+        Some("headless (label service.kubernetes.io/headless)")
+    } else {
+        None
+    }
+}
+
+/// Logs an ignored object at info level the first time it is seen in this
+/// process (models are rebuilt on every change; one line per object is
+/// enough), at debug level afterwards.
+fn log_ignored_once(id: &ObjectRef, why: &str) {
+    static SEEN: std::sync::Mutex<BTreeSet<ObjectRef>> = std::sync::Mutex::new(BTreeSet::new());
+    let first = match SEEN.lock() {
+        Ok(mut seen) => {
+            // Bounded: a churning cluster cannot grow it without limit.
+            if seen.len() > MAX_ENDPOINTS {
+                seen.clear();
+            }
+            seen.insert(id.clone())
+        }
+        Err(_) => true,
+    };
+    if first {
+        tracing::info!(object = %id, reason = why, "ignored, as kube-proxy ignores it");
+    } else {
+        tracing::debug!(object = %id, reason = why, "ignored, as kube-proxy ignores it");
+    }
 }
 
 /// `loadBalancerSourceRanges`: IPv4 CIDRs as (network, prefix length). An
@@ -269,6 +324,10 @@ fn parse_weights(id: &ObjectRef, v: &str) -> std::collections::BTreeMap<Ipv4Addr
 }
 
 pub(super) fn validate_slice(id: &ObjectRef, s: &discovery::EndpointSlice) -> Option<Slice> {
+    if let Some(why) = not_ours(s.metadata.labels.as_ref()) {
+        log_ignored_once(id, why);
+        return None;
+    }
     let Some(service) = s
         .metadata
         .labels
@@ -343,6 +402,9 @@ fn slice(id: &ObjectRef, service: &str, s: &discovery::EndpointSlice) -> Result<
             ready,
             serving: c.serving.unwrap_or(ready),
             terminating: c.terminating.unwrap_or(false),
+            zone: e.zone.clone().filter(|z| !z.is_empty()),
+            zone_hints: e.hints.iter().flat_map(|h| h.for_zones.iter().flatten()).map(|z| z.name.clone()).collect(),
+            node_hints: e.hints.iter().flat_map(|h| h.for_nodes.iter().flatten()).map(|n| n.name.clone()).collect(),
         });
     }
     Ok(Slice {
@@ -365,5 +427,6 @@ pub(super) fn node(n: &core::Node) -> Node {
             }
             v
         });
-    Node { addresses }
+    let zone = n.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)).filter(|z| !z.is_empty()).cloned();
+    Node { addresses, zone }
 }

@@ -244,7 +244,11 @@ fn load_balancer_source_ranges_guard_only_the_load_balancer_ips() {
     }
     // Host bits cleared; IPv6 and invalid entries left out.
     let ranges: Vec<(u32, [u8; 4], [u8; 4])> = p.contents.source_ranges.keys().map(|(len, r)| (*len, r.service_id, r.addr)).collect();
-    assert_eq!(ranges, [(32 + 16, id.to_be_bytes(), [10, 8, 0, 0]), (32 + 24, id.to_be_bytes(), [192, 168, 1, 0])]);
+    // 192.168.1.0/24 contains the node: the LoadBalancer IP is admitted too.
+    assert_eq!(
+        ranges,
+        [(32 + 16, id.to_be_bytes(), [10, 8, 0, 0]), (32 + 24, id.to_be_bytes(), [192, 168, 1, 0]), (32 + 32, id.to_be_bytes(), [203, 0, 113, 10])]
+    );
 
     // Only IPv6 ranges: the LoadBalancer IP is guarded with nothing allowed.
     let spec = spec.replace("[192.168.1.77/24, 10.8.0.0/16, '2001:db8::/32', bogus]", "['2001:db8::/32']");
@@ -458,6 +462,8 @@ fn big_model(services: usize, per: usize) -> Model {
                 algorithm: None,
                 maglev_table_size: None,
                 weights: Default::default(),
+                publish_not_ready: false,
+                traffic_distribution: None,
             }
             .into(),
         );
@@ -470,7 +476,16 @@ fn big_model(services: usize, per: usize) -> Model {
 /// A slice of `service` (port `http` 8080/TCP) with ready endpoints `addrs`.
 fn ready_slice(service: &str, addrs: impl Iterator<Item = Ipv4Addr>) -> model::Slice {
     let endpoints = addrs
-        .map(|addr| model::Endpoint { addr, node_name: None, ready: true, serving: true, terminating: false })
+        .map(|addr| model::Endpoint {
+            addr,
+            node_name: None,
+            ready: true,
+            serving: true,
+            terminating: false,
+            zone: None,
+            zone_hints: Vec::new(),
+            node_hints: Vec::new(),
+        })
         .collect();
     let ports = vec![model::SlicePort { name: "http".into(), port: 8080, proto: Proto::Tcp }];
     model::Slice { service: service.into(), ports, endpoints }
@@ -627,6 +642,257 @@ fn only_local_load_balancers_with_a_health_check_node_port_get_one() {
     let hc = health_checks(&model(&two), &cfg());
     assert_eq!(hc.len(), 1);
     assert_eq!(hc[&32000], HealthCheck { service: ObjectRef::new("ns", "s"), local_endpoints: 1 });
+}
+
+/// kube-proxy's informers select `!service.kubernetes.io/service-proxy-name,
+/// !service.kubernetes.io/headless` on Services and EndpointSlices alike.
+#[test]
+fn objects_of_another_proxy_or_headless_slices_are_ignored_like_kube_proxy() {
+    let svc_text = |name: &str, ip: &str, labels: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns{labels}}}\n\
+             spec: {{clusterIP: {ip}, ports: [{{name: http, port: 80}}]}}\n---\n"
+        )
+    };
+    let slice_text = |name: &str, svc: &str, addr: &str, extra: &str| {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: ns, \
+             labels: {{kubernetes.io/service-name: {svc}{extra}}}}}\naddressType: IPv4\n\
+             ports: [{{name: http, port: 8080}}]\nendpoints: [{{addresses: [{addr}]}}]\n---\n"
+        )
+    };
+    let text = [
+        svc_text("mine", "10.96.1.1", ""),
+        svc_text("theirs", "10.96.1.2", ", labels: {service.kubernetes.io/service-proxy-name: other}"),
+        svc_text("blank", "10.96.1.3", ", labels: {service.kubernetes.io/service-proxy-name: ''}"),
+        svc_text("hl", "10.96.1.4", ", labels: {service.kubernetes.io/headless: ''}"),
+        slice_text("mine-1", "mine", "10.0.0.1", ""),
+        slice_text("mine-2", "mine", "10.0.0.2", ", service.kubernetes.io/headless: ''"),
+        slice_text("mine-3", "mine", "10.0.0.3", ", service.kubernetes.io/service-proxy-name: other"),
+    ]
+    .concat();
+    let m = model(&text);
+    assert_eq!(m.services.len(), 1, "{:?}", m.services.keys());
+    assert_eq!(m.slices.len(), 1, "{:?}", m.slices.keys());
+    let p = plan(&m, &cfg(), &mut ids());
+    assert_eq!(p.services.len(), 1);
+    assert_eq!(addrs(svc(&p, "mine", "http", Scope::Internal), true), ["10.0.0.1:8080"]);
+    assert_eq!(p.contents.services.keys().copied().collect::<Vec<_>>(), [key([10, 96, 1, 1], 80, 6)]);
+}
+
+#[test]
+fn publish_not_ready_addresses_uses_every_endpoint_as_ready() {
+    let eps = "[{addresses: [10.0.0.1], conditions: {ready: false}}, \
+               {addresses: [10.0.0.2], conditions: {ready: false, serving: false, terminating: true}}, \
+               {addresses: [10.0.0.3], conditions: {ready: true}}]";
+    let plain = plan(&model(&objects(&format!("{NODE_PORT_SPEC}}}"), eps)), &cfg(), &mut ids());
+    let s = svc(&plain, "s", "http", Scope::Internal);
+    assert_eq!(addrs(s, true), ["10.0.0.3:8080"]);
+    let spec = format!("{NODE_PORT_SPEC}, publishNotReadyAddresses: true}}");
+    let p = plan(&model(&objects(&spec, eps)), &cfg(), &mut ids());
+    let s = svc(&p, "s", "http", Scope::Internal);
+    assert_eq!(addrs(s, true), ["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"]);
+    assert!(!s.fallback_terminating);
+    assert_eq!(p.contents.services[&key([10, 96, 5, 5], 80, 6)].count, 3);
+}
+
+/// Switching sessionAffinity or its timeout rewrites only the frontends'
+/// values: same service id, same slots, no backend touched, so established
+/// flows (conntrack names the backend) and the affinity of other services
+/// are left alone.
+#[test]
+fn switching_session_affinity_keeps_the_id_and_rewrites_only_the_frontends() {
+    let eps = "[{addresses: [10.0.0.1]}, {addresses: [10.0.0.2]}]";
+    let specs = [
+        format!("{NODE_PORT_SPEC}}}"),
+        format!("{NODE_PORT_SPEC}, sessionAffinity: ClientIP, sessionAffinityConfig: {{clientIP: {{timeoutSeconds: 60}}}}}}"),
+        format!("{NODE_PORT_SPEC}, sessionAffinity: ClientIP, sessionAffinityConfig: {{clientIP: {{timeoutSeconds: 5}}}}}}"),
+        format!("{NODE_PORT_SPEC}, sessionAffinity: ClientIP}}"),
+        format!("{NODE_PORT_SPEC}, sessionAffinity: None}}"),
+    ];
+    let mut ids = ids();
+    let plans: Vec<Plan> = specs.iter().map(|s| plan(&model(&objects(s, eps)), &cfg(), &mut ids)).collect();
+    let timeouts: Vec<u32> =
+        plans.iter().map(|p| p.contents.services[&key([10, 96, 5, 5], 80, 6)].affinity_timeout_s).collect();
+    assert_eq!(timeouts, [0, 60, 5, model::DEFAULT_AFFINITY_TIMEOUT_S, 0]);
+    for w in plans.windows(2) {
+        let d = diff(&w[0].contents, &w[1].contents);
+        assert_eq!(d.services.upsert.len(), 2, "ClusterIP and NodePort values: {d:?}");
+        assert!(d.services.remove.is_empty() && d.backends.is_empty() && d.slots.is_empty(), "{d:?}");
+        assert_eq!(d.len(), 2);
+        let (a, b) = (svc(&w[0], "s", "http", Scope::Internal), svc(&w[1], "s", "http", Scope::Internal));
+        assert_eq!((a.id, &a.backends), (b.id, &b.backends));
+    }
+}
+
+/// A Service (`spec_extra` inside its spec) with endpoints in zones, and
+/// this node (`node-a`) in `zone` (or unlabelled).
+fn zoned(spec_extra: &str, endpoints: &str, zone: Option<&str>) -> Model {
+    let labels = zone.map(|z| format!(", labels: {{topology.kubernetes.io/zone: {z}}}")).unwrap_or_default();
+    model(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: ns}}\n\
+         spec: {{clusterIP: 10.96.5.5, ports: [{{name: http, port: 80}}]{spec_extra}}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s-1, namespace: ns, labels: {{kubernetes.io/service-name: s}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: {endpoints}\n---\n\
+         apiVersion: v1\nkind: Node\nmetadata: {{name: node-a{labels}}}\nstatus: {{addresses: [{{type: InternalIP, address: 192.168.1.1}}]}}\n"
+    ))
+}
+
+fn ep(addr: &str, node: &str, zone: &str, hints: &str) -> String {
+    format!("{{addresses: [{addr}], nodeName: {node}, zone: {zone}{hints}}}")
+}
+
+fn topo(m: &Model) -> (Vec<String>, Option<topology::TopologyChoice>) {
+    let p = plan(m, &cfg(), &mut ids());
+    let s = svc(&p, "s", "http", Scope::Internal);
+    (addrs(s, true), s.topology.clone())
+}
+
+#[test]
+fn zone_hints_are_used_only_when_every_ready_endpoint_has_one() {
+    let hint = |z: &str| format!(", hints: {{forZones: [{{name: {z}}}]}}");
+    let all = format!(
+        "[{}, {}, {}]",
+        ep("10.0.0.1", "node-a", "a", &hint("a")),
+        ep("10.0.0.2", "node-b", "a", &hint("a")),
+        ep("10.0.0.3", "node-c", "b", &hint("b"))
+    );
+    let (got, t) = topo(&zoned("", &all, Some("a")));
+    assert_eq!(got, ["10.0.0.1:8080", "10.0.0.2:8080"]);
+    let t = t.expect("a choice");
+    assert_eq!((t.mode, t.target.as_deref(), t.hints_from), (Some("PreferSameZone"), Some("a"), "slice"));
+    // Node in zone b: only the b endpoint.
+    assert_eq!(topo(&zoned("", &all, Some("b"))).0, ["10.0.0.3:8080"]);
+    // Node in a zone no endpoint is hinted for, or without a zone: all.
+    let (got, t) = topo(&zoned("", &all, Some("c")));
+    assert_eq!(got.len(), 3);
+    assert_eq!(t.unwrap().note.as_deref(), Some("no endpoint hinted for zone c"));
+    assert_eq!(topo(&zoned("", &all, None)).0.len(), 3);
+    // One ready endpoint without a hint: hints ignored, all endpoints.
+    let partial = format!(
+        "[{}, {}, {}]",
+        ep("10.0.0.1", "node-a", "a", &hint("a")),
+        ep("10.0.0.2", "node-b", "a", ""),
+        ep("10.0.0.3", "node-c", "b", &hint("b"))
+    );
+    let (got, t) = topo(&zoned("", &partial, Some("a")));
+    assert_eq!(got.len(), 3);
+    assert_eq!(t.unwrap().note.as_deref(), Some("an endpoint has no zone hint"));
+    // A not-ready endpoint without a hint does not count.
+    let unready = format!(
+        "[{}, {}, {{addresses: [10.0.0.9], zone: a, conditions: {{ready: false}}}}]",
+        ep("10.0.0.1", "node-a", "a", &hint("a")),
+        ep("10.0.0.3", "node-c", "b", &hint("b"))
+    );
+    assert_eq!(topo(&zoned("", &unready, Some("a"))).0, ["10.0.0.1:8080"]);
+    // No hints, no trafficDistribution: no topology at all.
+    let plain = format!("[{}, {}]", ep("10.0.0.1", "node-a", "a", ""), ep("10.0.0.3", "node-c", "b", ""));
+    assert_eq!(topo(&zoned("", &plain, Some("a"))), (vec!["10.0.0.1:8080".into(), "10.0.0.3:8080".into()], None));
+}
+
+#[test]
+fn traffic_distribution_prefers_the_zone_or_the_node_and_falls_back_to_all() {
+    let eps = format!(
+        "[{}, {}, {}]",
+        ep("10.0.0.1", "node-a", "a", ""),
+        ep("10.0.0.2", "node-b", "a", ""),
+        ep("10.0.0.3", "node-c", "b", "")
+    );
+    for d in ["PreferClose", "PreferSameZone"] {
+        let (got, t) = topo(&zoned(&format!(", trafficDistribution: {d}"), &eps, Some("a")));
+        assert_eq!(got, ["10.0.0.1:8080", "10.0.0.2:8080"], "{d}");
+        let t = t.unwrap();
+        assert_eq!((t.mode, t.hints_from), (Some("PreferSameZone"), "trafficDistribution"));
+        // No endpoint in the node's zone: every endpoint.
+        assert_eq!(topo(&zoned(&format!(", trafficDistribution: {d}"), &eps, Some("z"))).0.len(), 3);
+    }
+    let (got, t) = topo(&zoned(", trafficDistribution: PreferSameNode", &eps, Some("b")));
+    assert_eq!(got, ["10.0.0.1:8080"], "this node's own endpoint");
+    assert_eq!(t.unwrap().target.as_deref(), Some("node-a"));
+    // No endpoint on this node: the zone hints the controller also writes.
+    let elsewhere = format!("[{}, {}]", ep("10.0.0.2", "node-b", "a", ""), ep("10.0.0.3", "node-c", "b", ""));
+    assert_eq!(topo(&zoned(", trafficDistribution: PreferSameNode", &elsewhere, Some("b"))).0, ["10.0.0.3:8080"]);
+    // Slice hints win over the derived ones.
+    let hinted = format!(
+        "[{}, {}]",
+        ep("10.0.0.1", "node-a", "a", ", hints: {forZones: [{name: b}]}"),
+        ep("10.0.0.3", "node-c", "b", ", hints: {forZones: [{name: a}]}")
+    );
+    assert_eq!(topo(&zoned(", trafficDistribution: PreferClose", &hinted, Some("a"))).0, ["10.0.0.3:8080"]);
+    // An unknown value is ignored.
+    assert_eq!(topo(&zoned(", trafficDistribution: Elsewhere", &eps, Some("a"))).1, None);
+}
+
+#[test]
+fn local_policies_ignore_topology_and_the_cluster_scope_keeps_it() {
+    let eps = format!("[{}, {}]", ep("10.0.0.1", "node-a", "b", ""), ep("10.0.0.2", "node-b", "a", ""));
+    let m = zoned(", trafficDistribution: PreferClose, internalTrafficPolicy: Local", &eps, Some("a"));
+    let p = plan(&m, &cfg(), &mut ids());
+    let s = svc(&p, "s", "http", Scope::Internal);
+    assert_eq!((addrs(s, true), s.topology.is_none()), (vec!["10.0.0.1:8080".to_string()], true));
+    let text = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: s, namespace: ns}}\nspec: {{type: NodePort, clusterIP: 10.96.5.5, \
+         externalTrafficPolicy: Local, trafficDistribution: PreferClose, ports: [{{name: http, port: 80, nodePort: 30080}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s-1, namespace: ns, labels: {{kubernetes.io/service-name: s}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: {eps}\n---\n\
+         apiVersion: v1\nkind: Node\nmetadata: {{name: node-a, labels: {{topology.kubernetes.io/zone: a}}}}\n\
+         status: {{addresses: [{{type: InternalIP, address: 192.168.1.1}}]}}\n"
+    );
+    let p = plan(&model(&text), &cfg(), &mut ids());
+    assert_eq!(addrs(svc(&p, "s", "http", Scope::Internal), true), ["10.0.0.2:8080"], "ClusterIP: same zone");
+    assert_eq!(addrs(svc(&p, "s", "http", Scope::External), true), ["10.0.0.1:8080"], "NodePort Local: this node");
+}
+
+/// kube-proxy drops (rather than rejects) traffic of a Local policy when
+/// the usable endpoints are all on other nodes; it rejects only when the
+/// service has none anywhere.
+#[test]
+fn local_policy_with_endpoints_only_elsewhere_drops_instead_of_rejecting() {
+    let spec = "{type: NodePort, clusterIP: 10.96.5.5, internalTrafficPolicy: Local, externalTrafficPolicy: Local, \
+                ports: [{name: http, port: 80, nodePort: 30080}]}";
+    let flags_of = |eps: &str| {
+        let p = plan(&model(&objects(spec, eps)), &cfg(), &mut ids());
+        let s = svc(&p, "s", "http", Scope::Internal);
+        let v = p.contents.services[&key([10, 96, 5, 5], 80, 6)];
+        assert_eq!(v, p.contents.services[&key([192, 168, 1, 1], 30080, 6)]);
+        (v.count, v.flags & service_flags::LOCAL_ELSEWHERE != 0, s.usable_elsewhere)
+    };
+    assert_eq!(flags_of("[{addresses: [10.0.0.2], nodeName: node-b}]"), (0, true, true), "ready elsewhere: drop");
+    assert_eq!(
+        flags_of("[{addresses: [10.0.0.2], nodeName: node-b, conditions: {ready: false, serving: true, terminating: true}}]"),
+        (0, true, true),
+        "serving-terminating elsewhere is usable too"
+    );
+    assert_eq!(flags_of("[{addresses: [10.0.0.2], nodeName: node-b, conditions: {ready: false}}]"), (0, false, false), "nothing usable: reject");
+    assert_eq!(flags_of("[]"), (0, false, false), "no endpoint at all: reject");
+    assert_eq!(flags_of(TWO_NODES), (1, false, false), "a local endpoint: balanced");
+    // Cluster policy never sets it.
+    let p = plan(&model(&objects(&format!("{NODE_PORT_SPEC}}}"), "[{addresses: [10.0.0.2], conditions: {ready: false}}]")), &cfg(), &mut ids());
+    assert_eq!(p.contents.services[&key([10, 96, 5, 5], 80, 6)].flags, 0);
+}
+
+/// kube-proxy: when a `loadBalancerSourceRanges` entry contains the node's
+/// IP, the LoadBalancer IPs themselves are admitted as sources (a VIP
+/// looping the node's own traffic back with the VIP as source).
+#[test]
+fn source_ranges_containing_the_node_admit_the_load_balancer_ips() {
+    let spec = |ranges: &str| {
+        format!(
+            "{{type: LoadBalancer, clusterIP: 10.96.5.5, loadBalancerSourceRanges: [{ranges}], \
+             ports: [{{name: http, port: 80, nodePort: 30080}}]}}\nstatus: {{loadBalancer: {{ingress: [{{ip: 203.0.113.10}}, {{ip: 203.0.113.11}}]}}}}"
+        )
+    };
+    let ranges = |ranges: &str| {
+        let p = plan(&model(&objects(&spec(ranges), TWO_NODES)), &cfg(), &mut ids());
+        p.contents.source_ranges.keys().map(|(len, r)| (Ipv4Addr::from(r.addr), len - 32)).collect::<Vec<_>>()
+    };
+    // The node (192.168.1.1) is inside 192.168.0.0/16: both LB IPs admitted.
+    assert_eq!(
+        ranges("192.168.0.0/16, 10.8.0.0/16"),
+        [(Ipv4Addr::new(10, 8, 0, 0), 16), (Ipv4Addr::new(192, 168, 0, 0), 16), (Ipv4Addr::new(203, 0, 113, 10), 32), (Ipv4Addr::new(203, 0, 113, 11), 32)]
+    );
+    // Not inside any range: only the ranges.
+    assert_eq!(ranges("10.8.0.0/16"), [(Ipv4Addr::new(10, 8, 0, 0), 16)]);
 }
 
 #[test]

@@ -1,0 +1,661 @@
+//! `lb-agent explain`: what the dataplane does with one packet, decided from
+//! the live pinned maps. Each step follows the programs' forward path
+//! (`lb-ebpf` service.rs, select.rs, reset.rs, sock.rs) in order, with the
+//! same flow hash (`lb_ebpf::hash::flow_hash`), so a divergence between
+//! `explain` and real packets is a bug (the tests compare them on the same
+//! maps).
+//!
+//! The packet is the next one of the 5-tuple: a packet of a live flow when
+//! conntrack has one (TCP: not closing), else the first packet of a new
+//! connection (a SYN for TCP). Without a source port, nothing that depends on
+//! it (conntrack, Maglev) can be looked up.
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use anyhow::Result;
+use lb_common::{
+    algorithm, backend_state, direction, flow_flags, service_flags, AffinityKeyV4, AffinityV4, BackendId,
+    BackendV4, Config, FlowKeyV4, FlowV4, NatConfig, ServiceKeyV4, ServiceV4, SlotKey, IPPROTO_TCP,
+};
+use serde::Serialize;
+
+use crate::{control::model::algorithm_name, dataplane::Dataplane, diff::MapContents};
+
+const NS: u64 = 1_000_000_000;
+
+/// Where the packet comes from, which decides the hook that sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// A pod on this node: tc ingress on its interface.
+    Pod,
+    /// Outside the node: XDP on the uplink.
+    External,
+    /// A process of the node itself: the socket balancer at connect().
+    Node,
+}
+
+impl Origin {
+    fn hook(self) -> &'static str {
+        match self {
+            Origin::Pod => "tc ingress on the pod's interface",
+            Origin::External => "XDP on the uplink",
+            Origin::Node => "socket balancer at connect()/sendmsg() (cgroup; only with --socket-lb)",
+        }
+    }
+}
+
+/// The packet to explain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Query {
+    pub origin: Origin,
+    pub src: Ipv4Addr,
+    pub sport: Option<u16>,
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+    pub proto: u8,
+}
+
+/// What `explain` reads from the maps for one query.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub contents: MapContents,
+    pub config: Config,
+    /// The conntrack entry of the query's own direction, if any.
+    pub flow: Option<FlowV4>,
+    pub affinity: Option<AffinityV4>,
+    /// This node's SNAT address and port range (address 0.0.0.0: off).
+    pub nat: NatConfig,
+    /// `bpf_ktime_get_coarse_ns()`'s clock (CLOCK_MONOTONIC) now.
+    pub now_ns: u64,
+}
+
+impl Snapshot {
+    /// Reads what `q` needs from the pinned maps.
+    pub fn read(dp: &Dataplane, q: &Query) -> Result<Self> {
+        let contents = dp.contents()?;
+        let config = dp.config.get(&0, 0).ok().filter(|c| c.layout_version != 0).unwrap_or_default();
+        let flow = match q.sport {
+            Some(sport) => dp.conntrack.get(&flow_key(q, sport), 0).ok(),
+            None => None,
+        };
+        let svc = contents.services.get(&service_key(q));
+        let affinity = match svc {
+            Some(s) if s.affinity_timeout_s != 0 => {
+                dp.affinity(&AffinityKeyV4 { service_id: s.id, client: client_addr(q).octets() })?
+            }
+            _ => None,
+        };
+        let nat = dp.nat_config().unwrap_or_default();
+        Ok(Self { contents, config, flow, affinity, nat, now_ns: monotonic_ns() })
+    }
+}
+
+/// The final action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Action {
+    /// The destination is rewritten to a backend.
+    Dnat,
+    /// Refused: a TCP reset (XDP/tc) or ECONNREFUSED (socket balancer).
+    Reject,
+    /// Dropped silently: the client times out.
+    Drop,
+    /// Not a service packet: the stack gets it untouched.
+    Pass,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Verdict {
+    pub action: Action,
+    /// The backend, when the choice is known.
+    pub backend: Option<SocketAddrV4>,
+    /// The source the backend sees when it is rewritten (SNAT): this node's
+    /// address and a port (range for a new flow).
+    pub snat: Option<String>,
+    pub reason: String,
+}
+
+/// One backend new flows may go to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Candidate {
+    pub id: BackendId,
+    pub addr: SocketAddrV4,
+    pub state: &'static str,
+    /// On another node (`backend_flags::REMOTE`).
+    pub remote: bool,
+    pub weight: u16,
+    /// How many of the service's slots name it (its Maglev share).
+    pub slots: u32,
+}
+
+/// The frontend the packet matched.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Frontend {
+    pub service_id: u32,
+    pub algorithm: &'static str,
+    pub slots: u32,
+    pub affinity_timeout_s: u32,
+    /// Readable service flags.
+    pub flags: Vec<&'static str>,
+}
+
+/// A conntrack entry of the flow.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Established {
+    pub backend_id: BackendId,
+    pub backend: SocketAddrV4,
+    pub idle_s: u64,
+    pub closing: bool,
+    /// The source the backend sees, when the flow is SNATed.
+    pub snat: Option<SocketAddrV4>,
+    /// Whether the dataplane still follows it for this packet.
+    pub used: bool,
+    pub note: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    pub origin: Origin,
+    pub packet: String,
+    pub hook: &'static str,
+    pub frontend: Option<Frontend>,
+    /// The Service behind the id (from the agent's names file), if known.
+    pub service: Option<String>,
+    /// Why no frontend matched, or notes on policy and scope.
+    pub notes: Vec<String>,
+    /// `loadBalancerSourceRanges`: the range that admits the client, or
+    /// `denied`; `None` when the frontend is not guarded.
+    pub source_range: Option<String>,
+    pub conntrack: Option<Established>,
+    pub candidates: Vec<Candidate>,
+    /// How the backend of a new flow is chosen, and what it would be.
+    pub selection: Option<String>,
+    pub verdict: Verdict,
+}
+
+fn service_key(q: &Query) -> ServiceKeyV4 {
+    ServiceKeyV4 { addr: q.dst.octets(), port: q.dport.to_be_bytes(), proto: q.proto, scope: 0 }
+}
+
+fn flow_key(q: &Query, sport: u16) -> FlowKeyV4 {
+    FlowKeyV4 {
+        src_addr: q.src.octets(),
+        dst_addr: q.dst.octets(),
+        src_port: sport.to_be_bytes(),
+        dst_port: q.dport.to_be_bytes(),
+        proto: q.proto,
+        _pad: [0; 3],
+    }
+}
+
+/// The client address selection keys on: a socket has none yet, so the
+/// socket balancer uses 0.0.0.0 (sock.rs).
+fn client_addr(q: &Query) -> Ipv4Addr {
+    if q.origin == Origin::Node {
+        Ipv4Addr::UNSPECIFIED
+    } else {
+        q.src
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_coarse_ns()`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * NS + ts.tv_nsec as u64
+}
+
+pub fn proto_name(p: u8) -> String {
+    match p {
+        6 => "TCP".into(),
+        17 => "UDP".into(),
+        n => format!("proto {n}"),
+    }
+}
+
+fn flag_names(flags: u8) -> Vec<&'static str> {
+    [
+        (service_flags::FALLBACK_TERMINATING, "fallback-terminating"),
+        (service_flags::SOURCE_RANGES, "source-ranges"),
+        (service_flags::LOCAL_ELSEWHERE, "local-elsewhere"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| flags & bit != 0)
+    .map(|(_, name)| name)
+    .collect()
+}
+
+fn backend_addr(b: &BackendV4) -> SocketAddrV4 {
+    SocketAddrV4::new(Ipv4Addr::from(b.addr), u16::from_be_bytes(b.port))
+}
+
+/// Decides what the dataplane does with `q`, from `s`.
+pub fn explain(q: &Query, s: &Snapshot, names: &crate::ops::names::Names) -> Explanation {
+    let packet = match q.sport {
+        Some(p) => format!("{}:{p} -> {}:{}/{}", q.src, q.dst, q.dport, proto_name(q.proto)),
+        None => format!("{} -> {}:{}/{}", q.src, q.dst, q.dport, proto_name(q.proto)),
+    };
+    let mut e = Explanation {
+        origin: q.origin,
+        packet,
+        hook: q.origin.hook(),
+        frontend: None,
+        service: None,
+        notes: Vec::new(),
+        source_range: None,
+        conntrack: None,
+        candidates: Vec::new(),
+        selection: None,
+        verdict: Verdict { action: Action::Pass, backend: None, snat: None, reason: String::new() },
+    };
+    let Some(svc) = s.contents.services.get(&service_key(q)).copied() else {
+        e.notes.push(no_frontend_reason(q, &s.contents));
+        e.verdict.reason = "not a service frontend".into();
+        return e;
+    };
+    e.service = names.get(&svc.id).map(|n| n.to_string());
+    e.frontend = Some(Frontend {
+        service_id: svc.id,
+        algorithm: algorithm_name(svc.algorithm),
+        slots: svc.count,
+        affinity_timeout_s: svc.affinity_timeout_s,
+        flags: flag_names(svc.flags),
+    });
+    e.candidates = candidates(&svc, &s.contents);
+    if svc.flags & service_flags::FALLBACK_TERMINATING != 0 {
+        e.notes.push("no ready endpoint: new flows go to serving-but-terminating ones".into());
+    }
+    if q.origin == Origin::Node {
+        return socket(q, &svc, s, e);
+    }
+
+    // service.rs: an established flow first.
+    if let (Some(f), Some(_)) = (s.flow, q.sport) {
+        let est = established(q, &f, s);
+        let used = est.used;
+        e.conntrack = Some(est);
+        if used {
+            let b = s.contents.backends[&f.backend_id];
+            let snat = e.conntrack.as_ref().and_then(|c| c.snat).map(|a| a.to_string());
+            e.verdict = Verdict { action: Action::Dnat, backend: Some(backend_addr(&b)), snat, reason: "established flow".into() };
+            return e;
+        }
+    }
+    // Source ranges guard new flows.
+    if svc.flags & service_flags::SOURCE_RANGES != 0 {
+        match source_range(svc.id, q.src, &s.contents) {
+            Some(r) => e.source_range = Some(r),
+            None => {
+                e.source_range = Some("denied".into());
+                e.verdict = Verdict {
+                    action: Action::Drop,
+                    backend: None,
+                    snat: None,
+                    reason: "client outside loadBalancerSourceRanges".into(),
+                };
+                return e;
+            }
+        }
+    }
+    match pick(q, &svc, s) {
+        Pick::Chosen { backend_id, how } => match s.contents.backends.get(&backend_id) {
+            Some(b) => {
+                e.selection = Some(how);
+                let hairpin = q.origin == Origin::Pod && b.addr == q.src.octets();
+                if hairpin {
+                    e.notes.push("the client is its own backend: its source becomes 169.254.42.1 (hairpin)".into());
+                }
+                // conntrack::snat_for: an external client's flow to a backend on
+                // another node leaves with this node's address as source.
+                let snat = (q.origin == Origin::External && b.is_remote() && s.nat.addr_v4 != [0; 4]).then(|| {
+                    format!("{}:{}-{}", Ipv4Addr::from(s.nat.addr_v4), s.nat.port_min, s.nat.port_max)
+                });
+                let reason = if snat.is_some() {
+                    "new flow to a backend on another node: SNAT so the reply returns here (refused if no port is free)"
+                } else {
+                    "new flow"
+                };
+                e.verdict = Verdict { action: Action::Dnat, backend: Some(backend_addr(b)), snat, reason: reason.into() };
+            }
+            None => no_backend(q, &svc, &mut e, "the chosen slot's backend is gone (agent mid-update)"),
+        },
+        Pick::OneOf(how) => {
+            e.selection = Some(how);
+            let reason = format!("new flow to one of {} backends", e.candidates.len());
+            e.verdict = Verdict { action: Action::Dnat, backend: None, snat: None, reason };
+        }
+        Pick::Nothing(why) => no_backend(q, &svc, &mut e, why),
+    }
+    e
+}
+
+/// The dataplane's answer to a new flow without a backend (xdp.rs/tc.rs
+/// with reset.rs): a TCP SYN gets a reset, unless the frontend's Local
+/// policy has endpoints elsewhere; anything else is dropped.
+fn no_backend(q: &Query, svc: &ServiceV4, e: &mut Explanation, why: &str) {
+    let elsewhere = svc.flags & service_flags::LOCAL_ELSEWHERE != 0;
+    if elsewhere {
+        e.notes.push("traffic policy Local: no usable endpoint on this node, some on other nodes".into());
+    }
+    e.verdict = if q.proto == IPPROTO_TCP && !elsewhere {
+        Verdict { action: Action::Reject, backend: None, snat: None, reason: format!("{why}: TCP reset") }
+    } else if elsewhere {
+        let reason = format!("{why}: dropped (kube-proxy drops Local traffic with endpoints only elsewhere)");
+        Verdict { action: Action::Drop, backend: None, snat: None, reason }
+    } else {
+        Verdict { action: Action::Drop, backend: None, snat: None, reason: format!("{why}: dropped") }
+    };
+}
+
+/// sock.rs: the socket balancer rewrites connect()'s destination or refuses
+/// it; it sees no conntrack, no source ranges, and no source port.
+fn socket(q: &Query, svc: &ServiceV4, s: &Snapshot, mut e: Explanation) -> Explanation {
+    e.notes.push("host sockets: balanced once at connect(); conntrack and source ranges do not apply".into());
+    match pick(q, svc, s) {
+        Pick::Chosen { backend_id, how } if s.contents.backends.contains_key(&backend_id) => {
+            e.selection = Some(how);
+            let b = s.contents.backends[&backend_id];
+            e.verdict = Verdict { action: Action::Dnat, backend: Some(backend_addr(&b)), snat: None, reason: "connect() rewritten".into() };
+        }
+        Pick::OneOf(how) => {
+            e.selection = Some(how);
+            let reason = format!("connect() rewritten to one of {} backends", e.candidates.len());
+            e.verdict = Verdict { action: Action::Dnat, backend: None, snat: None, reason };
+        }
+        _ => {
+            let reason = "no backend: connect() fails with ECONNREFUSED".into();
+            e.verdict = Verdict { action: Action::Reject, backend: None, snat: None, reason };
+        }
+    }
+    e
+}
+
+/// The backends in the service's slots 1..=count, with their share.
+fn candidates(svc: &ServiceV4, c: &MapContents) -> Vec<Candidate> {
+    let mut share: BTreeMap<BackendId, u32> = BTreeMap::new();
+    for slot in 1..=svc.count {
+        if let Some(id) = c.slots.get(&SlotKey { service_id: svc.id, slot }) {
+            *share.entry(*id).or_default() += 1;
+        }
+    }
+    share
+        .into_iter()
+        .filter_map(|(id, slots)| {
+            let b = c.backends.get(&id)?;
+            let state = if b.state == backend_state::TERMINATING { "terminating" } else { "active" };
+            Some(Candidate { id, addr: backend_addr(b), state, remote: b.is_remote(), weight: b.weight, slots })
+        })
+        .collect()
+}
+
+/// conntrack::established: the entry holds while it is a live forward entry
+/// whose backend is unchanged (a new TCP connection does not reuse a
+/// closing one).
+fn established(q: &Query, f: &FlowV4, s: &Snapshot) -> Established {
+    let idle = s.now_ns.saturating_sub(f.last_seen_ns);
+    let closing = f.flags & flow_flags::CLOSING != 0;
+    let timeout = if closing {
+        s.config.closing_timeout_s
+    } else if q.proto == IPPROTO_TCP {
+        s.config.tcp_timeout_s
+    } else {
+        s.config.udp_timeout_s
+    } as u64
+        * NS;
+    let backend = SocketAddrV4::new(Ipv4Addr::from(f.nat_addr), u16::from_be_bytes(f.nat_port));
+    let same = s.contents.backends.get(&f.backend_id).is_some_and(|b| b.addr == f.nat_addr && b.port == f.nat_port);
+    let (used, note) = if f.direction != direction::FORWARD {
+        (false, "a reply-direction entry".to_string())
+    } else if idle > timeout {
+        (false, "expired: a new flow".into())
+    } else if q.proto == IPPROTO_TCP && closing {
+        (false, "closing: a new SYN starts a new flow".into())
+    } else if !same {
+        (false, "its backend is gone: re-balanced as a new flow".into())
+    } else {
+        (true, "live: packets follow it".into())
+    };
+    let snat = (f.flags & flow_flags::SNAT != 0)
+        .then(|| SocketAddrV4::new(Ipv4Addr::from(f.peer_addr), u16::from_be_bytes(f.peer_port)));
+    Established { backend_id: f.backend_id, backend, idle_s: idle / NS, closing, snat, used, note }
+}
+
+/// The range of `service_id` that contains `src` (longest first), if any.
+fn source_range(service_id: u32, src: Ipv4Addr, c: &MapContents) -> Option<String> {
+    c.source_ranges
+        .keys()
+        .filter(|(_, r)| r.service_id == service_id.to_be_bytes())
+        .filter_map(|(len, r)| {
+            let bits = len.checked_sub(32)?;
+            let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits.min(32)) };
+            (u32::from(src) & mask == u32::from_be_bytes(r.addr)).then_some((bits, Ipv4Addr::from(r.addr)))
+        })
+        .max_by_key(|(bits, _)| *bits)
+        .map(|(bits, net)| format!("{net}/{bits}"))
+}
+
+enum Pick {
+    Chosen { backend_id: BackendId, how: String },
+    OneOf(String),
+    Nothing(&'static str),
+}
+
+/// select::pick_for: affinity first, then the algorithm.
+fn pick(q: &Query, svc: &ServiceV4, s: &Snapshot) -> Pick {
+    if svc.count == 0 {
+        return Pick::Nothing("no backend");
+    }
+    let slot_backend = |slot| s.contents.slots.get(&SlotKey { service_id: svc.id, slot }).copied();
+    if svc.affinity_timeout_s != 0 {
+        if let Some(a) = s.affinity {
+            let idle = s.now_ns.saturating_sub(a.last_used_ns);
+            let live = idle <= svc.affinity_timeout_s as u64 * NS;
+            if live && a.slot <= svc.count && slot_backend(a.slot) == Some(a.backend_id) {
+                let how = format!("ClientIP affinity entry (slot {}, idle {} s of {} s)", a.slot, idle / NS, svc.affinity_timeout_s);
+                return Pick::Chosen { backend_id: a.backend_id, how };
+            }
+        }
+    }
+    let name = algorithm_name(svc.algorithm);
+    // Every slot naming one backend: whatever the algorithm, that one.
+    let first = slot_backend(1);
+    if first.is_some() && (2..=svc.count).all(|slot| slot_backend(slot) == first) {
+        if let Some(backend_id) = first {
+            return Pick::Chosen { backend_id, how: format!("{name}: a single backend") };
+        }
+    }
+    match (svc.algorithm, q.sport) {
+        (algorithm::MAGLEV, Some(sport)) if q.origin != Origin::Node => {
+            let h = lb_ebpf::hash::flow_hash(q.src.octets(), sport.to_be_bytes(), q.dport.to_be_bytes(), q.proto);
+            let slot = h % svc.count + 1;
+            match slot_backend(slot) {
+                Some(backend_id) => Pick::Chosen { backend_id, how: format!("maglev: flow hash {h:#010x} -> slot {slot} of {}", svc.count) },
+                None => Pick::Nothing("empty Maglev slot"),
+            }
+        }
+        (algorithm::MAGLEV, _) => Pick::OneOf("maglev: depends on the source port (give SRC:PORT)".into()),
+        (algorithm::ROUND_ROBIN, _) => Pick::OneOf("round-robin: the next slot in turn".into()),
+        _ => Pick::OneOf(format!("{name}: chosen per flow")),
+    }
+}
+
+/// Why no frontend matched: another port or protocol of a service address,
+/// or an address the maps do not know.
+fn no_frontend_reason(q: &Query, c: &MapContents) -> String {
+    let others: Vec<String> = c
+        .services
+        .keys()
+        .filter(|k| k.addr == q.dst.octets())
+        .map(|k| format!("{}/{}", u16::from_be_bytes(k.port), proto_name(k.proto)))
+        .collect();
+    if others.is_empty() {
+        format!("{} is no service address here: the packet goes to the stack", q.dst)
+    } else {
+        format!(
+            "{} is a service address, but not on {}/{} (it serves {}): the packet goes to the stack",
+            q.dst,
+            q.dport,
+            proto_name(q.proto),
+            others.join(", ")
+        )
+    }
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "packet     {} (from {:?})", self.packet, self.origin)?;
+        writeln!(f, "hook       {}", self.hook)?;
+        match &self.frontend {
+            Some(fe) => {
+                let name = self.service.as_deref().unwrap_or("(name unknown)");
+                write!(f, "frontend   service id {} {name}: {}, {} slots", fe.service_id, fe.algorithm, fe.slots)?;
+                if fe.affinity_timeout_s > 0 {
+                    write!(f, ", ClientIP affinity {}s", fe.affinity_timeout_s)?;
+                }
+                if !fe.flags.is_empty() {
+                    write!(f, ", flags {}", fe.flags.join(","))?;
+                }
+                writeln!(f)?;
+            }
+            None => writeln!(f, "frontend   none")?,
+        }
+        for n in &self.notes {
+            writeln!(f, "note       {n}")?;
+        }
+        if let Some(r) = &self.source_range {
+            writeln!(f, "source     loadBalancerSourceRanges: {r}")?;
+        }
+        if let Some(c) = &self.conntrack {
+            let snat = c.snat.map(|a| format!(", SNAT source {a}")).unwrap_or_default();
+            writeln!(f, "conntrack  backend {} (id {}){snat}, idle {} s: {}", c.backend, c.backend_id, c.idle_s, c.note)?;
+        }
+        for c in &self.candidates {
+            let place = if c.remote { "remote" } else { "local" };
+            writeln!(
+                f,
+                "backend    {:<21} id {:<5} {:<11} {place:<6} weight {:<3} slots {}",
+                c.addr.to_string(),
+                c.id,
+                c.state,
+                c.weight,
+                c.slots
+            )?;
+        }
+        if let Some(s) = &self.selection {
+            writeln!(f, "selection  {s}")?;
+        }
+        let v = &self.verdict;
+        match (&v.action, v.backend) {
+            (Action::Dnat, Some(b)) => match &v.snat {
+                Some(src) => writeln!(f, "verdict    DNAT to {b}, SNAT to {src} ({})", v.reason),
+                None => writeln!(f, "verdict    DNAT to {b} ({})", v.reason),
+            },
+            (a, _) => writeln!(f, "verdict    {} ({})", format!("{a:?}").to_uppercase(), v.reason),
+        }
+    }
+}
+
+/// Parses `ADDR[:PORT]` (source) .
+pub fn parse_source(s: &str) -> Result<(Ipv4Addr, Option<u16>), String> {
+    match s.split_once(':') {
+        Some((a, p)) => Ok((
+            a.parse().map_err(|_| format!("bad source address {a:?}"))?,
+            Some(p.parse().map_err(|_| format!("bad source port {p:?}"))?),
+        )),
+        None => Ok((s.parse().map_err(|_| format!("bad source address {s:?} (expected IPv4[:PORT])"))?, None)),
+    }
+}
+
+/// Parses `ADDR:PORT[/tcp|udp]` (destination; TCP by default).
+pub fn parse_destination(s: &str) -> Result<(Ipv4Addr, u16, u8), String> {
+    let (rest, proto) = match s.rsplit_once('/') {
+        Some((r, p)) => match p.to_ascii_lowercase().as_str() {
+            "tcp" => (r, IPPROTO_TCP),
+            "udp" => (r, lb_common::IPPROTO_UDP),
+            other => return Err(format!("unknown protocol {other:?} (tcp or udp)")),
+        },
+        None => (s, IPPROTO_TCP),
+    };
+    let (a, p) = rest.split_once(':').ok_or_else(|| format!("{s:?}: expected ADDR:PORT[/PROTO]"))?;
+    let addr = a.parse().map_err(|_| format!("bad destination address {a:?}"))?;
+    let port: u16 = p.parse().ok().filter(|p| *p != 0).ok_or_else(|| format!("bad destination port {p:?}"))?;
+    Ok((addr, port, proto))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_common::SourceRangeV4;
+
+    fn snapshot() -> Snapshot {
+        let mut c = MapContents::default();
+        let key = |a: [u8; 4], p: u16| ServiceKeyV4 { addr: a, port: p.to_be_bytes(), proto: 6, scope: 0 };
+        let svc = |id, count, algorithm, flags| ServiceV4 { id, count, algorithm, flags, _pad: [0; 2], affinity_timeout_s: 0 };
+        c.services.insert(key([10, 96, 0, 10], 80), svc(1, 2, algorithm::MAGLEV, 0));
+        c.services.insert(key([10, 96, 0, 11], 80), svc(2, 0, algorithm::RANDOM, 0));
+        c.services.insert(key([10, 96, 0, 12], 80), svc(3, 0, algorithm::RANDOM, service_flags::LOCAL_ELSEWHERE));
+        c.services.insert(key([203, 0, 113, 1], 80), svc(4, 1, algorithm::RANDOM, service_flags::SOURCE_RANGES));
+        for (id, last) in [(1u32, 11u8), (2, 12)] {
+            c.backends.insert(id, BackendV4 { addr: [10, 0, 2, last], port: 8080u16.to_be_bytes(), weight: 1, ..Default::default() });
+            c.slots.insert(SlotKey { service_id: 1, slot: id }, id);
+        }
+        c.slots.insert(SlotKey { service_id: 4, slot: 1 }, 2);
+        c.source_ranges.insert((32 + 24, SourceRangeV4 { service_id: 4u32.to_be_bytes(), addr: [192, 168, 1, 0] }), 1);
+        Snapshot { contents: c, now_ns: 1_000 * NS, ..Default::default() }
+    }
+
+    fn q(src: &str, dst: &str) -> Query {
+        let (src, sport) = parse_source(src).unwrap();
+        let (dst, dport, proto) = parse_destination(dst).unwrap();
+        Query { origin: Origin::External, src, sport, dst, dport, proto }
+    }
+
+    fn verdict(query: Query) -> (Action, Option<String>) {
+        let e = explain(&query, &snapshot(), &Default::default());
+        (e.verdict.action, e.verdict.backend.map(|b| b.to_string()))
+    }
+
+    #[test]
+    fn verdicts_follow_the_forward_path() {
+        // Maglev with a source port: the hash decides, as in select.rs.
+        let h = lb_ebpf::hash::flow_hash([192, 168, 1, 2], 41000u16.to_be_bytes(), 80u16.to_be_bytes(), 6);
+        let want = format!("10.0.2.{}:8080", 10 + h % 2 + 1);
+        assert_eq!(verdict(q("192.168.1.2:41000", "10.96.0.10:80")), (Action::Dnat, Some(want)));
+        assert_eq!(verdict(q("192.168.1.2", "10.96.0.10:80")), (Action::Dnat, None), "no port, no hash");
+        assert_eq!(verdict(q("192.168.1.2:1", "10.96.0.11:80")), (Action::Reject, None));
+        assert_eq!(verdict(q("192.168.1.2:1", "10.96.0.11:80/udp")).0, Action::Pass, "no UDP frontend");
+        assert_eq!(verdict(q("192.168.1.2:1", "10.96.0.12:80")), (Action::Drop, None), "Local, endpoints elsewhere");
+        assert_eq!(verdict(q("192.168.1.2:1", "203.0.113.1:80")), (Action::Dnat, Some("10.0.2.12:8080".into())));
+        assert_eq!(verdict(q("192.168.9.2:1", "203.0.113.1:80")), (Action::Drop, None), "outside the ranges");
+        let e = explain(&q("192.168.1.2:1", "10.96.0.10:81"), &snapshot(), &Default::default());
+        assert_eq!(e.notes, ["10.96.0.10 is a service address, but not on 81/TCP (it serves 80/TCP): the packet goes to the stack"]);
+    }
+
+    #[test]
+    fn a_live_flow_wins_and_a_closing_one_does_not() {
+        let mut s = snapshot();
+        let flow = FlowV4 { backend_id: 2, service_id: 1, nat_addr: [10, 0, 2, 12], nat_port: 8080u16.to_be_bytes(), last_seen_ns: 999 * NS, ..Default::default() };
+        s.flow = Some(flow);
+        let query = q("192.168.1.2:41000", "10.96.0.10:80");
+        let e = explain(&query, &s, &Default::default());
+        assert_eq!((e.verdict.action, e.verdict.backend), (Action::Dnat, Some("10.0.2.12:8080".parse().unwrap())));
+        assert_eq!(e.verdict.reason, "established flow");
+        s.flow = Some(FlowV4 { flags: flow_flags::CLOSING, ..flow });
+        let e = explain(&query, &s, &Default::default());
+        assert_eq!(e.verdict.reason, "new flow");
+        assert!(!e.conntrack.unwrap().used);
+    }
+
+    #[test]
+    fn arguments_parse_or_say_why_not() {
+        assert_eq!(parse_destination("10.96.0.10:53/UDP"), Ok((Ipv4Addr::new(10, 96, 0, 10), 53, 17)));
+        assert!(parse_destination("10.96.0.10").unwrap_err().contains("ADDR:PORT"));
+        assert!(parse_destination("10.96.0.10:80/sctp").unwrap_err().contains("unknown protocol"));
+        assert!(parse_source("nope").is_err());
+    }
+}
