@@ -28,7 +28,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 fn try_run(ctx: &XdpContext) -> Result<Verdict, Verdict> {
-    let p = parse::parse(ctx.data(), ctx.data_end())?;
+    let p = parse::parse(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data())?;
     // XDP on an uplink never sees a backend of this node as a client.
     let balanced = match service::balance(&p, false) {
         Err(v) if v.reason() == counter::DROP_NO_BACKEND => {
