@@ -48,6 +48,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
         native_xdp: args.xdp_mode == crate::cli::XdpModeArg::Native,
         sizes: MapSizes::from(&args.sizes),
     })?;
+    if let Err(e) = lb_agent::pinfs::check(&args.pin_path) {
+        if !args.allow_ephemeral_pins {
+            return Err(e.into());
+        }
+        tracing::warn!("EPHEMERAL PINS (--allow-ephemeral-pins): {e}");
+    }
 
     if args.xdp_mode == crate::cli::XdpModeArg::Generic {
         tracing::warn!("XDP in generic mode, as asked (--xdp-mode generic): it runs after the kernel allocates an skb, several times slower than native");

@@ -146,6 +146,11 @@ pub struct RunArgs {
     /// the agent last wrote.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub reconcile_interval: u64,
+    /// Start even when the pins cannot outlive the agent (a bpffs private to
+    /// its mount namespace, as under `ip netns exec`): every restart then
+    /// detaches the programs and loses every flow. For throwaway tests only.
+    #[arg(long)]
+    pub allow_ephemeral_pins: bool,
     #[command(flatten)]
     pub sizes: SizeArgs,
 }

@@ -7,5 +7,6 @@ pub mod migrate;
 pub mod diff;
 pub mod control;
 pub mod ops;
+pub mod pinfs;
 pub mod socklb;
 pub mod sync;
