@@ -66,6 +66,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             // Returns after the first complete list: the maps are never
             // synced to a partial (or empty) view of the cluster.
             let health = Arc::new(kube::SourceHealth::default());
+            metrics.set_source_health(health.clone(), Duration::from_secs(args.source_stale_after));
             kube::start(
                 args.inputs.kubeconfig.as_deref(),
                 &args.inputs.node_name,

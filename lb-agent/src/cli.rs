@@ -151,6 +151,11 @@ pub struct RunArgs {
     /// detaches the programs and loses every flow. For throwaway tests only.
     #[arg(long)]
     pub allow_ephemeral_pins: bool,
+    /// With `--source kube`: /readyz answers 503 once a watch has gone this
+    /// many seconds without a successful list or watch (the dataplane keeps
+    /// forwarding with the last known state meanwhile).
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    pub source_stale_after: u64,
     #[command(flatten)]
     pub sizes: SizeArgs,
 }
