@@ -116,6 +116,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
         metrics: metrics.clone(),
         names: None,
         health: HealthServer::new(args.health_check_address),
+        capacity: lb_agent::fit::Capacity {
+            services: sizes.services as usize,
+            slots: sizes.slots as usize,
+            source_ranges: lb_common::maps::default_size::SOURCE_RANGES as usize,
+        },
+        rejected: Vec::new(),
     };
 
     metrics.source_event();
@@ -180,6 +186,10 @@ struct Programmer {
     names: Option<Arc<names::Names>>,
     /// The healthCheckNodePort listeners, following every model.
     health: HealthServer,
+    /// What the maps hold, for leaving out services that do not fit.
+    capacity: lb_agent::fit::Capacity,
+    /// The services left out at the last sync (logged when this changes).
+    rejected: Vec<lb_agent::fit::Rejected>,
 }
 
 impl Programmer {
@@ -198,7 +208,17 @@ impl Programmer {
     /// The maps' part of [`Programmer::sync`].
     fn sync_maps(&mut self, model: &Model, observed: Option<Instant>) -> bool {
         let started = Instant::now();
-        let p = plan(model, &self.cfg, &mut self.ids);
+        let mut p = plan(model, &self.cfg, &mut self.ids);
+        let empty = lb_agent::diff::MapContents::default();
+        let rejected = lb_agent::fit::fit(&mut p.contents, self.capacity, self.syncer.known().unwrap_or(&empty));
+        if rejected != self.rejected {
+            for r in &rejected {
+                let name = p.services.iter().find(|s| s.id == r.service_id).map_or_else(String::new, |s| format!("{}/{}:{}", s.namespace, s.name, s.port_name));
+                tracing::error!(service = %name, service_id = r.service_id, map = r.map, need = r.need, free = r.free, "service does not fit in {}: left out of the maps, the others are synced; raise {}", r.map, r.flag);
+            }
+            self.metrics.set_rejected(rejected.len());
+            self.rejected = rejected;
+        }
         let plan_time = started.elapsed();
         let (service_ids, frontends) = (p.services.len(), p.contents.services.len());
         let names = names::from_plan(&p);

@@ -5,6 +5,7 @@ pub mod links;
 pub mod loader;
 pub mod migrate;
 pub mod diff;
+pub mod fit;
 pub mod control;
 pub mod ops;
 pub mod pinfs;

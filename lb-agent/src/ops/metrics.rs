@@ -88,6 +88,8 @@ pub struct Metrics {
     /// The kube source's watches, and how long one may go without a
     /// successful list or watch before the agent reports not ready.
     source_health: Mutex<Option<(Arc<SourceHealth>, Duration)>>,
+    /// Services left out of the maps at the last sync (they do not fit).
+    rejected: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -112,7 +114,13 @@ impl Metrics {
             synced_once: AtomicBool::new(false),
             names: Mutex::new(Arc::new(Names::new())),
             source_health: Mutex::new(None),
+            rejected: AtomicU64::new(0),
         }
+    }
+
+    /// `n` services are left out of the maps because they do not fit.
+    pub fn set_rejected(&self, n: usize) {
+        self.rejected.store(n as u64, Ordering::Relaxed);
     }
 
     /// Reports `health` (watch errors, relists, last success) and makes the
@@ -239,6 +247,11 @@ impl Metrics {
             "xdplb_sync_writes_total",
             "Map entries written or removed by syncs.",
             self.writes.load(Ordering::Relaxed),
+        );
+        w.gauge(
+            "xdplb_services_rejected",
+            "Services (per port) left out of the maps at the last sync because a map is too small for them; the log names each and the flag to raise.",
+            self.rejected.load(Ordering::Relaxed) as f64,
         );
         w.counter(
             "xdplb_reconcile_repairs_total",
