@@ -23,6 +23,7 @@ use lb_agent::{
     dataplane::Dataplane,
     loader::{self, MapSizes},
     ops::{checks, healthcheck::HealthServer, metrics::Metrics, names},
+    snat::{self, SnatSettings},
     sync::{Outcome, Syncer},
 };
 use tokio::signal::unix::{signal, SignalKind};
@@ -94,6 +95,13 @@ pub async fn run(args: RunArgs) -> Result<()> {
     dp.set_redirect_ifaces(&redirect)?;
     let flags = if redirect.is_empty() { 0 } else { lb_common::config_flags::XDP_REDIRECT };
     dp.set_config(&lb_common::Config { flags, ..Default::default() })?;
+    let snat = SnatSettings::from(&args.snat);
+    if !snat.off {
+        snat::reserve(snat.ports).context("reserving the SNAT ports from the node's ephemeral ports (--snat-ports)")?;
+        for iface in &args.ifaces {
+            snat::accept_own_source(iface)?;
+        }
+    }
     match lb_agent::socklb::apply(&mut ebpf, &mut dp, &args.socket_lb, &args.pin_path)? {
         Some(cgroup) => tracing::info!(cgroup = %cgroup.display(), "node sockets to services are balanced at connect"),
         None => tracing::info!("socket balancing off: the node's own connections to services are not balanced"),
@@ -122,6 +130,10 @@ pub async fn run(args: RunArgs) -> Result<()> {
             source_ranges: lb_common::maps::default_size::SOURCE_RANGES as usize,
         },
         rejected: Vec::new(),
+        snat,
+        nat_written: None,
+        snat_refused: Default::default(),
+        snat_reported: None,
     };
 
     metrics.source_event();
@@ -154,6 +166,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 }
             }
             _ = tick.tick() => {
+                agent.report_snat_exhaustion();
                 pods.scan(&mut ebpf);
                 agent.health.retry();
                 if !synced {
@@ -190,7 +203,16 @@ struct Programmer {
     capacity: lb_agent::fit::Capacity,
     /// The services left out at the last sync (logged when this changes).
     rejected: Vec<lb_agent::fit::Rejected>,
+    snat: SnatSettings,
+    /// The SNAT settings last written to the maps.
+    nat_written: Option<lb_common::NatConfig>,
+    /// Flows refused per backend id for want of a SNAT port, as last reported.
+    snat_refused: std::collections::BTreeMap<u32, u64>,
+    snat_reported: Option<Instant>,
 }
+
+/// SNAT exhaustion is logged at most this often (the metric has every count).
+const SNAT_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 impl Programmer {
     /// One sync of the maps, then of the health-check node ports; returns
@@ -222,6 +244,12 @@ impl Programmer {
         let plan_time = started.elapsed();
         let (service_ids, frontends) = (p.services.len(), p.contents.services.len());
         let names = names::from_plan(&p);
+        // Before the backends: a remote backend is SNATed from its first flow.
+        if let Err(e) = self.sync_nat(&p.node_addresses) {
+            tracing::error!(error = format!("{e:#}"), "writing the SNAT settings failed; retrying in a second");
+            self.metrics.sync_failed(started.elapsed());
+            return false;
+        }
         match self.syncer.sync(&mut self.dp, p.contents) {
             Ok(o) => {
                 let d = &o.diff;
@@ -257,6 +285,43 @@ impl Programmer {
                 false
             }
         }
+    }
+
+    /// Logs the backends that refused new flows for want of a SNAT port
+    /// since the last report, at most once per [`SNAT_REPORT_EVERY`].
+    fn report_snat_exhaustion(&mut self) {
+        if self.snat_reported.is_some_and(|t| t.elapsed() < SNAT_REPORT_EVERY) {
+            return;
+        }
+        let Ok(now) = self.dp.snat_exhausted() else { return };
+        if now.iter().any(|(id, n)| self.snat_refused.get(id).copied().unwrap_or(0) < *n) {
+            self.snat_reported = Some(Instant::now());
+        }
+        for &(id, n) in &now {
+            let before = self.snat_refused.get(&id).copied().unwrap_or(0);
+            if n > before {
+                let addr = self.dp.backends.get(&id, 0).map(|b| std::net::Ipv4Addr::from(b.addr)).ok();
+                tracing::warn!(backend_id = id, backend = ?addr, refused = n - before, ports = %self.snat.ports, "new flows to a backend on another node were refused: no free SNAT port towards it (widen --snat-ports)");
+            }
+        }
+        self.snat_refused = now.into_iter().collect();
+    }
+
+    /// Writes the SNAT settings when they change (the node's address may
+    /// come from its Node object, so it can change with the model).
+    fn sync_nat(&mut self, node_addresses: &[std::net::Ipv4Addr]) -> Result<()> {
+        let want = self.snat.config(node_addresses);
+        if self.nat_written == Some(want) {
+            return Ok(());
+        }
+        self.dp.set_nat_config(&want)?;
+        if want.addr_v4 == [0; 4] {
+            tracing::warn!("no SNAT address (no --snat-address, no node address, or --no-snat): flows to backends on other nodes keep the client address, and fail unless those backends route replies through this node");
+        } else {
+            tracing::info!(address = %std::net::Ipv4Addr::from(want.addr_v4), ports = %self.snat.ports, "flows from outside to backends on other nodes are SNATed");
+        }
+        self.nat_written = Some(want);
+        Ok(())
     }
 
     /// The periodic read of the maps: repairs what differs from the last

@@ -40,8 +40,9 @@ pub enum Command {
     /// the kernel (no root needed).
     Plan(PlanArgs),
     /// Load and attach the programs, then keep the pinned maps in step with
-    /// the objects until SIGINT/SIGTERM (needs root).
-    Run(RunArgs),
+    /// the objects until SIGINT/SIGTERM (needs root). Boxed: by far the
+    /// largest arguments.
+    Run(Box<RunArgs>),
     /// Services in the pinned maps: frontends, algorithm, affinity,
     /// backends with their state (works with the agent running or stopped).
     Services(crate::ops_cli::MapsArgs),
@@ -157,7 +158,37 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     pub source_stale_after: u64,
     #[command(flatten)]
+    pub snat: SnatArgs,
+    #[command(flatten)]
     pub sizes: SizeArgs,
+}
+
+/// How external clients' flows to backends on other nodes return here.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Backends on other nodes")]
+pub struct SnatArgs {
+    /// Source address of flows SNATed to backends on other nodes (so their
+    /// replies come back to this node). Default: this node's first NodePort
+    /// address (--node-address, else the Node's InternalIP).
+    #[arg(long, value_name = "IP")]
+    pub snat_address: Option<Ipv4Addr>,
+    /// Source ports of SNATed flows: MIN-MAX. The default lies above Linux's
+    /// ephemeral ports (32768-60999) and the NodePort range; the agent also
+    /// reserves the range from the node's ephemeral ports
+    /// (net.ipv4.ip_local_reserved_ports). Each port serves one flow per
+    /// backend address:port, so the range is per-backend capacity.
+    #[arg(long, value_name = "MIN-MAX", default_value_t = lb_agent::snat::PortRange::default())]
+    pub snat_ports: lb_agent::snat::PortRange,
+    /// Do not SNAT: backends on other nodes see the client address and must
+    /// route their replies through this node themselves.
+    #[arg(long)]
+    pub no_snat: bool,
+}
+
+impl From<&SnatArgs> for lb_agent::snat::SnatSettings {
+    fn from(a: &SnatArgs) -> Self {
+        Self { address: a.snat_address, ports: a.snat_ports, off: a.no_snat }
+    }
 }
 
 /// Map sizes. Changing one on a running node is safe: the next agent

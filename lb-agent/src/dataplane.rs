@@ -9,8 +9,8 @@ use aya::maps::{
     Array, DevMapHash, HashMap, Map, MapData, PerCpuArray,
 };
 use lb_common::{
-    maps, AffinityKeyV4, AffinityV4, BackendId, BackendV4, Config, FlowKeyV4, FlowV4, ServiceKeyV4,
-    ServiceStats, ServiceV4, SlotKey, SourceRangeV4,
+    maps, AffinityKeyV4, AffinityV4, BackendId, BackendV4, Config, FlowKeyV4, FlowV4, NatConfig,
+    ServiceKeyV4, ServiceStats, ServiceV4, SlotKey, SourceRangeV4,
 };
 
 pub struct Dataplane {
@@ -29,6 +29,9 @@ pub struct Dataplane {
     pub redirect_ifaces: DevMapHash<MapData>,
     pub sock_netns: Array<MapData, u64>,
     pub source_ranges: LpmTrie<MapData, SourceRangeV4, u8>,
+    pub nat_config: Array<MapData, NatConfig>,
+    /// Per backend id: new flows refused for want of a SNAT port.
+    pub snat_exhausted: PerCpuArray<MapData, u64>,
 }
 
 fn open<T>(dir: &Path, name: &str) -> Result<T>
@@ -61,6 +64,8 @@ impl Dataplane {
             redirect_ifaces: open(dir, maps::REDIRECT_IFACES)?,
             sock_netns: open(dir, maps::SOCK_NETNS)?,
             source_ranges: open(dir, maps::SOURCE_RANGES_V4)?,
+            nat_config: open(dir, maps::NAT_CONFIG)?,
+            snat_exhausted: open(dir, maps::SNAT_EXHAUSTED)?,
         })
     }
 
@@ -296,6 +301,29 @@ impl Dataplane {
     pub fn set_config(&mut self, cfg: &Config) -> Result<()> {
         self.config.set(0, cfg, 0).context("writing config")?;
         Ok(())
+    }
+
+    /// Sets this node's SNAT address and port range.
+    pub fn set_nat_config(&mut self, nat: &NatConfig) -> Result<()> {
+        self.nat_config.set(0, nat, 0).with_context(|| format!("writing {}", maps::NAT_CONFIG))?;
+        Ok(())
+    }
+
+    /// The SNAT settings the programs use now.
+    pub fn nat_config(&self) -> Result<NatConfig> {
+        Ok(self.nat_config.get(&0, 0)?)
+    }
+
+    /// New flows refused for want of a SNAT port, per backend id (non-zero only).
+    pub fn snat_exhausted(&self) -> Result<Vec<(BackendId, u64)>> {
+        let mut out = Vec::new();
+        for id in 1..self.snat_exhausted.len() {
+            let n: u64 = self.snat_exhausted.get(&id, 0)?.iter().sum();
+            if n > 0 {
+                out.push((id, n));
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -9,5 +9,6 @@ pub mod fit;
 pub mod control;
 pub mod ops;
 pub mod pinfs;
+pub mod snat;
 pub mod socklb;
 pub mod sync;

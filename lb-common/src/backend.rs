@@ -15,6 +15,14 @@ pub mod backend_state {
     pub const TERMINATING: u8 = 1;
 }
 
+/// Backend flags (`BackendV4::flags`).
+pub mod backend_flags {
+    /// The backend is not on this node (another node's pod, an address off
+    /// the cluster): replies from it do not pass this node unless the flow
+    /// is SNATed to this node's address.
+    pub const REMOTE: u8 = 1 << 0;
+}
+
 /// Value of `backends_v4`, an array indexed by backend id: a slot whose
 /// address is 0.0.0.0 (a zeroed entry, [`BackendV4::EMPTY`]) holds no backend.
 #[repr(C)]
@@ -28,19 +36,27 @@ pub struct BackendV4 {
     pub weight: u16,
     /// One of [`backend_state`].
     pub state: u8,
-    pub _pad: [u8; 3],
+    /// Bit set of [`backend_flags`].
+    pub flags: u8,
+    pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<BackendV4>() == 12);
 
 impl BackendV4 {
     /// An unused slot of `backends_v4` (what the array holds until written,
     /// and what removing a backend writes).
-    pub const EMPTY: Self = Self { addr: [0; 4], port: [0; 2], weight: 0, state: 0, _pad: [0; 3] };
+    pub const EMPTY: Self = Self { addr: [0; 4], port: [0; 2], weight: 0, state: 0, flags: 0, _pad: [0; 2] };
 
     /// Whether this slot holds no backend (0.0.0.0 is never a backend address).
     #[inline(always)]
     pub fn is_empty(&self) -> bool {
         self.addr == [0; 4]
+    }
+
+    /// Whether the backend lives on another node.
+    #[inline(always)]
+    pub fn is_remote(&self) -> bool {
+        self.flags & backend_flags::REMOTE != 0
     }
 }
 

@@ -39,6 +39,10 @@ pub mod flow_flags {
     pub const CLOSING: u8 = 1 << 0;
     /// A SYN-ACK or any reply was seen.
     pub const SEEN_REPLY: u8 = 1 << 1;
+    /// The flow's client is replaced by this node's address and a port of
+    /// the SNAT range (its backend is on another node): XDP forwards its
+    /// packets itself, as the kernel drops packets from its own address.
+    pub const SNAT: u8 = 1 << 2;
 }
 
 /// Value of `conntrack_v4`.
@@ -61,7 +65,8 @@ pub struct FlowV4 {
     pub peer_port: [u8; 2],
     /// As `peer_port`, for the client address: it differs from the client's
     /// own only for hairpin flows (a backend reaching its own service), whose
-    /// source becomes [`HAIRPIN_ADDR_V4`].
+    /// source becomes [`HAIRPIN_ADDR_V4`], and for SNAT flows (FORWARD: this
+    /// node's address, see [`crate::NatConfig`]).
     pub peer_addr: [u8; 4],
     /// One of [`direction`].
     pub direction: u8,

@@ -37,6 +37,11 @@ pub const SOCK_NETNS: &str = "sock_netns";
 /// LRU [`crate::SockRevKeyV4`] → [`crate::SockRevV4`]: the service address a
 /// balanced socket asked for, by socket and backend.
 pub const SOCK_REVNAT_V4: &str = "sock_revnat_v4";
+/// [`crate::NatConfig`] at index 0: this node's SNAT address and port range.
+pub const NAT_CONFIG: &str = "nat_config";
+/// Per-CPU `u64` per backend id: new flows refused for want of a free SNAT
+/// port towards that backend.
+pub const SNAT_EXHAUSTED: &str = "snat_exhausted";
 
 /// Every map the programs own, in the order the agent pins and checks them.
 pub const ALL: &[&str] = &[
@@ -54,6 +59,8 @@ pub const ALL: &[&str] = &[
     SOCK_NETNS,
     SOCK_REVNAT_V4,
     SOURCE_RANGES_V4,
+    NAT_CONFIG,
+    SNAT_EXHAUSTED,
 ];
 
 /// Default sizes; the agent can override each at load time.

@@ -65,6 +65,11 @@ counters! {
     SOCK_BALANCED = 18, "sock_balanced", "Event: a node socket's connect() or sendmsg() to a service was pointed at a backend.";
     SOCK_NO_BACKEND = 19, "sock_no_backend", "Event: a node socket's connect() or sendmsg() to a service without backends was refused.";
     DROP_SOURCE_RANGE = 20, "drop_source_range", "Dropped: a new flow to a LoadBalancer IP from outside its loadBalancerSourceRanges.";
+    DROP_SNAT_EXHAUSTED = 21, "drop_snat_exhausted", "Dropped: a new flow to a backend on another node found no free SNAT port towards that backend.";
+    SNAT_NEW = 22, "snat_new", "Event: a new flow to a backend on another node was SNATed to this node's address.";
+    CT_HALF_RESTORED = 23, "conntrack_half_restored", "Event: one half of a live flow's conntrack pair had been evicted and was restored from the other.";
+    FORWARD_FALLBACK = 24, "forward_fallback", "Event: XDP could not forward a SNATed packet itself (no route or neighbour): passed to the kernel.";
+    ICMP_NAT = 25, "icmp_nat", "Translated: an ICMP error about a NATed flow, rewritten to the packet its receiver sent (path MTU, port unreachable).";
 }
 
 /// First event counter (see [`counter`]).
@@ -72,7 +77,7 @@ pub const FIRST_EVENT: u32 = counter::REBALANCED;
 
 /// Outcomes added after the first events: appended, so earlier indexes keep
 /// their meaning in pinned `counters` maps across upgrades.
-pub const LATE_OUTCOMES: &[u32] = &[counter::DROP_SOURCE_RANGE];
+pub const LATE_OUTCOMES: &[u32] = &[counter::DROP_SOURCE_RANGE, counter::DROP_SNAT_EXHAUSTED, counter::ICMP_NAT];
 
 /// Whether counter `idx` is an outcome (every packet bumps exactly one).
 pub fn is_outcome(idx: u32) -> bool {

@@ -5,16 +5,31 @@ use aya_ebpf::{
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
 };
 use lb_common::{
-    counter, direction, flow_flags, BackendV4, Config, FlowKeyV4, FlowV4, HAIRPIN_ADDR_V4,
-    IPPROTO_TCP,
+    counter, direction, flow_flags, BackendV4, Config, FlowKeyV4, FlowV4, NatConfig,
+    HAIRPIN_ADDR_V4, IPPROTO_TCP,
 };
 
 use crate::{
-    maps::{backends_v4, config, conntrack_v4},
+    maps::{backends_v4, config, conntrack_v4, nat_config, snat_exhausted},
     parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN},
     select,
     stats::count,
+    verdict::Verdict,
 };
+
+/// Where a new flow's packet entered the node: it decides what may be done
+/// to its client end.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// An uplink (XDP): the client is outside the node, and its address may
+    /// not route back through this node, so a flow to a backend on another
+    /// node is SNATed to this node's address.
+    External,
+    /// A pod's interface (tc ingress): the client's address routes back
+    /// through this node, so it is kept; a client chosen as its own backend
+    /// becomes a hairpin flow (the hook can send the packet back).
+    Pod,
+}
 
 const NS: u64 = 1_000_000_000;
 /// `last_seen_ns` is refreshed at most this often, to keep writes to a shared
@@ -23,14 +38,18 @@ const TOUCH_INTERVAL_NS: u64 = NS;
 
 /// Where a packet is rewritten to: the service or backend end (`addr`,
 /// `port`) and the client end on the far side (`peer_addr`, `peer_port`;
-/// equal to the packet's own unless the flow's client port was remapped or
-/// the flow is a hairpin).
+/// equal to the packet's own unless the flow's client port was remapped, the
+/// flow is a hairpin or it is SNATed).
 #[derive(Clone, Copy)]
 pub struct Rewrite {
     pub addr: [u8; 4],
     pub port: [u8; 2],
     pub peer_addr: [u8; 4],
     pub peer_port: [u8; 2],
+    /// A SNAT flow: one end of the rewritten packet is this node's own
+    /// address (or a service address of it), which the kernel's forwarding
+    /// drops as martian, so the hook must forward the packet itself.
+    pub snat: bool,
 }
 
 impl Rewrite {
@@ -41,6 +60,7 @@ impl Rewrite {
             port,
             peer_addr: e.peer_addr,
             peer_port: e.peer_port,
+            snat: e.flags & flow_flags::SNAT != 0,
         }
     }
 }
@@ -59,6 +79,13 @@ pub fn now() -> u64 {
 #[inline(always)]
 pub fn since(now: u64, t: u64) -> u64 {
     now.saturating_sub(t)
+}
+
+/// A copy of the entry at (src, dst, sport, dport, proto), untouched.
+#[inline(always)]
+pub fn peek(src: [u8; 4], dst: [u8; 4], sport: [u8; 2], dport: [u8; 2], proto: u8) -> Option<FlowV4> {
+    // SAFETY: read-only copy of a program-written value.
+    unsafe { conntrack_v4.get(flow_key(src, dst, sport, dport, proto)) }.copied()
 }
 
 /// The key of the packet's own direction.
@@ -142,7 +169,80 @@ pub fn established(key: &FlowKeyV4, p: &Packet, now: u64) -> Option<Rewrite> {
         }
     };
     touch(entry, p, now);
+    keep_pair(key, entry);
     Some(Rewrite::of(backend.addr, backend.port, entry))
+}
+
+/// The key of the other half of the flow `(key, e)`: the reply entry of a
+/// forward one, or the forward entry of a reply one. Each half holds what
+/// the other's key and rewrite are made of (see [`create`]):
+/// forward (client → service) ↦ rewrite to (`nat` = backend, `peer`);
+/// reply (backend → `peer`) ↦ rewrite to (`nat` = service, client).
+#[inline(always)]
+fn other_key(key: &FlowKeyV4, e: &FlowV4) -> FlowKeyV4 {
+    if e.direction == direction::FORWARD {
+        flow_key(e.nat_addr, e.peer_addr, e.nat_port, e.peer_port, key.proto)
+    } else {
+        flow_key(e.peer_addr, e.nat_addr, e.peer_port, e.nat_port, key.proto)
+    }
+}
+
+/// The (nat, peer) ends the other half of `(key, e)` holds: FORWARD halves
+/// rewrite the destination, REPLY halves the source, so the other half's
+/// rewrite is this key's far end and its peer this key's near end.
+#[inline(always)]
+fn other_ends(key: &FlowKeyV4, e: &FlowV4) -> (([u8; 4], [u8; 2]), ([u8; 4], [u8; 2])) {
+    if e.direction == direction::FORWARD {
+        ((key.dst_addr, key.dst_port), (key.src_addr, key.src_port))
+    } else {
+        ((key.src_addr, key.src_port), (key.dst_addr, key.dst_port))
+    }
+}
+
+/// Keeps both halves of a live flow: looking the other half up marks it
+/// recently used (so the LRU evicts a flow's halves together, not one), and
+/// a half the LRU took anyway is restored from this one, which holds all
+/// of it. A flow with one half would lose its replies (or, worse, have its
+/// next packet balanced anew), as Cilium's users saw (cilium#29305, #34833).
+/// A closing flow closes as a whole: its other half is marked closing too,
+/// so both expire together and a SNAT port is free again after the closing
+/// timeout (a half that is gone stays gone).
+#[inline(always)]
+fn keep_pair(key: &FlowKeyV4, e: &FlowV4) {
+    let other = other_key(key, e);
+    let closing = e.flags & flow_flags::CLOSING != 0;
+    match conntrack_v4.get_ptr_mut(&other) {
+        Some(o) if closing => {
+            let (nat, peer) = other_ends(key, e);
+            // SAFETY: a live entry of this map; racing writers only lose a flag.
+            unsafe {
+                // Only our own other half (the key may have been taken over
+                // by another flow, see `create`).
+                if (*o).flags & flow_flags::CLOSING == 0 && ((*o).nat_addr, (*o).nat_port) == nat && ((*o).peer_addr, (*o).peer_port) == peer {
+                    (*o).flags |= flow_flags::CLOSING;
+                }
+            }
+        }
+        Some(_) => {}
+        None if !closing => {
+            let (nat, peer) = other_ends(key, e);
+            let restored = FlowV4 {
+                nat_addr: nat.0,
+                nat_port: nat.1,
+                peer_addr: peer.0,
+                peer_port: peer.1,
+                direction: if e.direction == direction::FORWARD { direction::REPLY } else { direction::FORWARD },
+                flags: e.flags & flow_flags::SNAT,
+                packets: 0,
+                bytes: 0,
+                ..*e
+            };
+            if conntrack_v4.insert(other, restored, BPF_NOEXIST as u64).is_ok() {
+                count(counter::CT_HALF_RESTORED);
+            }
+        }
+        None => {}
+    }
 }
 
 /// Whether `key` (a reply key) belongs to a live flow other than the one
@@ -186,9 +286,49 @@ fn remap(reply_key: &mut FlowKeyV4, reply: &FlowV4, now: u64) {
     });
 }
 
+/// Random SNAT ports tried for a new flow before it is refused: the range
+/// is shared by every flow to the same backend (address, port, protocol),
+/// so a try fails only when that port is live towards that backend.
+const SNAT_TRIES: u32 = 16;
+
+/// Inserts the reply entry of a new SNAT flow under a free port of the
+/// range (its key's destination port); `false` if none of [`SNAT_TRIES`]
+/// random ports was free. A port held by a dead flow (expired, closing)
+/// is taken over.
+#[inline(always)]
+fn snat_insert(reply_key: &mut FlowKeyV4, reply: &FlowV4, nat: &NatConfig, now: u64) -> bool {
+    let span = (nat.port_max.wrapping_sub(nat.port_min)) as u32 + 1;
+    for _ in 0..SNAT_TRIES {
+        // SAFETY: helper without preconditions.
+        let port = nat.port_min.wrapping_add((unsafe { bpf_get_prandom_u32() } % span) as u16);
+        reply_key.dst_port = port.to_be_bytes();
+        if conntrack_v4.insert(&*reply_key, reply, BPF_NOEXIST as u64).is_ok()
+            || (!clashes(reply_key, reply, now) && conntrack_v4.insert(&*reply_key, reply, 0).is_ok())
+        {
+            return true;
+        }
+    }
+    false
+}
+
+/// This node's SNAT settings when a new flow of `origin` to `backend` must
+/// be SNATed: an external client's flow to a backend on another node, with
+/// SNAT configured.
+#[inline(always)]
+fn snat_for(origin: Origin, backend: &BackendV4) -> Option<NatConfig> {
+    if origin != Origin::External || !backend.is_remote() {
+        return None;
+    }
+    match nat_config.get(0) {
+        Some(n) if n.addr_v4 != [0; 4] => Some(*n),
+        _ => None,
+    }
+}
+
 /// Creates both entries of a new flow of `p` to `backend`; returns the
 /// rewrite for the packet. A failed insert is counted; the packet is still
-/// forwarded.
+/// forwarded. A SNAT flow without a free port is refused (`Err`): its
+/// packet must not leave with a source that the reply could not find.
 ///
 /// The reply entry is keyed by what the backend sends back (backend:port →
 /// client:port). Two frontends of one backend (a ClusterIP and a NodePort,
@@ -196,9 +336,9 @@ fn remap(reply_key: &mut FlowKeyV4, reply: &FlowV4, now: u64) {
 /// backend could not tell the flows apart either: the newer flow then gets
 /// another client port (like netfilter's NAT clash resolution).
 ///
-/// `hairpin_ok`: the hook can send a packet back where it came from, so a
-/// client that is chosen as its own backend is given [`HAIRPIN_ADDR_V4`] as
-/// source instead of being refused by its own stack.
+/// The client end the backend sees: the client itself; for a SNAT flow
+/// (see [`Origin::External`]) this node's address and a port of the SNAT
+/// range; for a hairpin (see [`Origin::Pod`]) [`HAIRPIN_ADDR_V4`].
 #[inline(always)]
 pub fn create(
     key: &FlowKeyV4,
@@ -207,13 +347,15 @@ pub fn create(
     backend_id: u32,
     backend: &BackendV4,
     now: u64,
-    hairpin_ok: bool,
-) -> Rewrite {
-    let client_addr = if hairpin_ok && backend.addr == p.src {
-        HAIRPIN_ADDR_V4
-    } else {
-        p.src
+    origin: Origin,
+) -> Result<Rewrite, Verdict> {
+    let snat = snat_for(origin, backend);
+    let client_addr = match snat {
+        Some(n) => n.addr_v4,
+        None if origin == Origin::Pod && backend.addr == p.src => HAIRPIN_ADDR_V4,
+        None => p.src,
     };
+    let flags = if snat.is_some() { flow_flags::SNAT } else { 0 };
     let mut reply_key = flow_key(backend.addr, client_addr, backend.port, p.sport, p.proto);
     let mut reply = FlowV4 {
         backend_id,
@@ -223,7 +365,7 @@ pub fn create(
         peer_addr: p.src,
         peer_port: p.sport,
         direction: direction::REPLY,
-        flags: 0,
+        flags,
         _pad: [0; 2],
         created_ns: now,
         last_seen_ns: now,
@@ -231,9 +373,19 @@ pub fn create(
         bytes: 0,
     };
     // The reply entry first: once the forward entry exists, a reply may follow.
-    // Usually its key is free: the insert that must not replace anything is
-    // then the whole job (no lookup first); a key that is taken is looked at.
-    if conntrack_v4.insert(reply_key, reply, BPF_NOEXIST as u64).is_err() {
+    if let Some(n) = snat {
+        if !snat_insert(&mut reply_key, &reply, &n, now) {
+            if let Some(c) = snat_exhausted.get_ptr_mut(backend_id) {
+                // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+                unsafe { *c += 1 };
+            }
+            return Err(Verdict::Drop(counter::DROP_SNAT_EXHAUSTED));
+        }
+        count(counter::SNAT_NEW);
+    } else if conntrack_v4.insert(reply_key, reply, BPF_NOEXIST as u64).is_err() {
+        // Usually the key is free: the insert that must not replace anything
+        // is then the whole job (no lookup first); a key that is taken is
+        // looked at.
         if clashes(&reply_key, &reply, now) {
             remap(&mut reply_key, &reply, now);
         }
@@ -249,11 +401,12 @@ pub fn create(
         nat_addr: backend.addr,
         nat_port: backend.port,
         direction: direction::FORWARD,
-        flags: if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-            flow_flags::CLOSING
-        } else {
-            0
-        },
+        flags: flags
+            | if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+                flow_flags::CLOSING
+            } else {
+                0
+            },
         packets: 1,
         bytes: p.ip_len as u64,
         ..reply
@@ -263,7 +416,18 @@ pub fn create(
     } else if entry.flags & flow_flags::CLOSING == 0 {
         select::load_change(backend_id, true);
     }
-    Rewrite::of(backend.addr, backend.port, &entry)
+    Ok(Rewrite::of(backend.addr, backend.port, &entry))
+}
+
+/// Whether `p` may be the reply of a SNAT flow: addressed to this node's
+/// SNAT address at a port of its range. Only those are looked up in
+/// conntrack at the uplink, so other traffic to the node pays no lookup.
+#[inline(always)]
+pub fn maybe_snat_reply(p: &Packet) -> bool {
+    match nat_config.get(0) {
+        Some(n) => n.addr_v4 == p.dst && n.addr_v4 != [0; 4] && n.in_range(u16::from_be_bytes(p.dport)),
+        None => false,
+    }
 }
 
 /// The rewrite of a reply packet (backend → client) back to the service
@@ -289,5 +453,6 @@ pub fn reply(p: &Packet) -> Option<Rewrite> {
     }
     entry.flags |= flow_flags::SEEN_REPLY;
     touch(entry, p, now);
+    keep_pair(&key, entry);
     Some(Rewrite::of(entry.nat_addr, entry.nat_port, entry))
 }

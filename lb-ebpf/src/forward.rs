@@ -8,7 +8,7 @@
 //! goes to the kernel unchanged, which knows how to handle it.
 use aya_ebpf::{
     bindings::{bpf_fib_lookup as FibParams, xdp_action},
-    helpers::bpf_fib_lookup,
+    helpers::{bpf_fib_lookup, bpf_redirect},
     programs::XdpContext,
     EbpfContext as _,
 };
@@ -24,13 +24,20 @@ const AF_INET: u8 = 2;
 const FIB_SUCCESS: i64 = 0;
 const IP_TTL: usize = 8;
 
-/// Redirects the (already rewritten) packet to its next hop when allowed;
-/// `None`: pass it to the kernel.
+/// Forwards the (already rewritten) packet from `src` to `dst` to its next
+/// hop ourselves when allowed; `None`: pass it to the kernel.
+///
+/// `must`: the packet carries one of this node's own addresses as source (a
+/// SNAT flow, or a SNAT reply from a node-address service), which the
+/// kernel's forwarding would drop as martian: it goes out of whatever
+/// interface the route names (XDP_TX back out of the uplink, the devmap, or
+/// a plain redirect). Otherwise the fast path is opt-in (`XDP_REDIRECT` and
+/// an egress in `redirect_ifaces`).
 #[inline(always)]
-pub fn redirect(ctx: &XdpContext, p: &Packet, dst: [u8; 4]) -> Option<u32> {
-    match config.get(0) {
-        Some(c) if c.flags & config_flags::XDP_REDIRECT != 0 => {}
-        _ => return None,
+pub fn route(ctx: &XdpContext, p: &Packet, src: [u8; 4], dst: [u8; 4], must: bool) -> Option<u32> {
+    let cfg_redirect = matches!(config.get(0), Some(c) if c.flags & config_flags::XDP_REDIRECT != 0);
+    if !must && !cfg_redirect {
+        return None;
     }
     // SAFETY: a zeroed bpf_fib_lookup is a valid input before we fill it.
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
@@ -40,14 +47,26 @@ pub fn redirect(ctx: &XdpContext, p: &Packet, dst: [u8; 4]) -> Option<u32> {
     fib.dport = u16::from_ne_bytes(p.dport);
     fib.__bindgen_anon_1.tot_len = p.ip_len;
     // SAFETY: reading the context's ingress interface.
-    fib.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(p.src);
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    fib.ifindex = ingress;
+    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
     fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
     // SAFETY: the helper reads and writes `fib` only.
     let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut fib, core::mem::size_of::<FibParams>() as i32, 0) };
-    if rc != FIB_SUCCESS || redirect_ifaces.get_ifindex(fib.ifindex).is_none() {
+    if rc != FIB_SUCCESS {
         return None;
     }
+    // How it leaves, decided before the frame is touched.
+    let devmap = redirect_ifaces.get_ifindex(fib.ifindex).is_some();
+    let out = if fib.ifindex == ingress && must {
+        Out::Tx
+    } else if devmap && cfg_redirect {
+        Out::Devmap
+    } else if must {
+        Out::Redirect
+    } else {
+        return None;
+    };
     let (data, end) = (ctx.data(), ctx.data_end());
     if data + ETH_LEN + 20 > end {
         return None;
@@ -65,5 +84,20 @@ pub fn redirect(ctx: &XdpContext, p: &Packet, dst: [u8; 4]) -> Option<u32> {
         *(data as *mut [u8; 6]) = fib.dmac;
         *((data + 6) as *mut [u8; 6]) = fib.smac;
     }
-    redirect_ifaces.redirect(fib.ifindex, xdp_action::XDP_PASS as u64).ok()
+    match out {
+        Out::Tx => Some(xdp_action::XDP_TX),
+        Out::Devmap => redirect_ifaces.redirect(fib.ifindex, xdp_action::XDP_PASS as u64).ok(),
+        // SAFETY: plain helper call; flags 0 = egress of `fib.ifindex`.
+        Out::Redirect => Some(unsafe { bpf_redirect(fib.ifindex, 0) } as u32),
+    }
+}
+
+/// How a forwarded frame leaves.
+enum Out {
+    /// Back out of the interface it came in on.
+    Tx,
+    /// Through `redirect_ifaces` (bulked, to an interface that takes XDP frames).
+    Devmap,
+    /// Through `bpf_redirect` (any interface whose driver takes XDP frames).
+    Redirect,
 }

@@ -5,4 +5,5 @@
 
 pub mod csum;
 pub mod hash;
+pub mod icmp;
 pub mod rst;

@@ -12,6 +12,7 @@
 mod conntrack;
 mod events;
 mod forward;
+mod icmp_error;
 mod maps;
 mod nat;
 mod parse;

@@ -10,7 +10,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     counter, maps::default_size as size, AffinityKeyV4, AffinityV4, BackendId, BackendV4, Config,
-    FlowKeyV4, FlowV4, ServiceKeyV4, ServiceStats, ServiceV4, SlotKey, SockRevKeyV4, SockRevV4,
+    FlowKeyV4, FlowV4, NatConfig, ServiceKeyV4, ServiceStats, ServiceV4, SlotKey, SockRevKeyV4, SockRevV4,
     SourceRangeV4,
 };
 
@@ -84,3 +84,12 @@ pub static sock_revnat_v4: LruHashMap<SockRevKeyV4, SockRevV4, { size::SOCK_REVN
 /// `SOURCE_RANGES` (loadBalancerSourceRanges). Written by the agent.
 #[btf_map]
 pub static source_ranges_v4: LpmTrie<SourceRangeV4, u8, { size::SOURCE_RANGES as usize }> = LpmTrie::new();
+
+/// This node's SNAT address and port range at index 0 (see `lb_common::nat`).
+/// Written by the agent.
+#[btf_map]
+pub static nat_config: Array<NatConfig, 1> = Array::new();
+
+/// Per-CPU, backend id → new flows refused for want of a free SNAT port.
+#[btf_map]
+pub static snat_exhausted: PerCpuArray<u64, { size::BACKENDS as usize + 1 }> = PerCpuArray::new();

@@ -2,6 +2,7 @@
 //! against `data_end` so the verifier accepts it and a short packet is a
 //! counted drop, never an out-of-bounds read.
 //!
+//! TCP, UDP and ICMP (whose errors of NATed flows are translated) are parsed.
 //! Handled explicitly: VLAN tags and non-IPv4 frames are passed untouched,
 //! IP options are skipped (IHL), fragments are passed to the stack (only the
 //! first carries ports, so they cannot be balanced per flow here).
@@ -24,6 +25,7 @@
 use core::mem::size_of;
 
 use lb_common::{counter, IPPROTO_TCP, IPPROTO_UDP};
+use lb_ebpf::icmp::IPPROTO_ICMP;
 
 use crate::verdict::{Verdict, MALFORMED};
 
@@ -148,9 +150,12 @@ pub fn parse(data: usize, end: usize, frame_len: usize) -> Result<Packet, Verdic
         return Err(Verdict::Pass(counter::PASS_FRAGMENT));
     }
     let l4 = ETH_LEN + ihl;
-    let (min_l4, tcp) = match l4proto {
-        IPPROTO_TCP => (20, true),
-        IPPROTO_UDP => (8, false),
+    let min_l4 = match l4proto {
+        IPPROTO_TCP => 20,
+        IPPROTO_UDP => 8,
+        // ICMP errors of NATed flows are translated (icmp_error.rs); the
+        // "ports" read below are then its type, code and checksum, unused.
+        IPPROTO_ICMP => 8,
         _ => return Err(Verdict::Pass(counter::PASS_OTHER_L4)),
     };
     if ihl + min_l4 > ip_len as usize {
@@ -160,7 +165,7 @@ pub fn parse(data: usize, end: usize, frame_len: usize) -> Result<Packet, Verdic
     // The rest of the L4 header must be inside the IPv4 packet, which the
     // check above put inside the frame.
     let l4_room = ip_len as usize - ihl;
-    let tcp_flags = if tcp {
+    let tcp_flags = if l4proto == IPPROTO_TCP {
         // Data offset (high nibble) and flags.
         let off_flags: *const [u8; 2] = ptr_at(data, end, l4 + 12)?;
         let [off, flags] = unsafe { *off_flags };
@@ -169,12 +174,14 @@ pub fn parse(data: usize, end: usize, frame_len: usize) -> Result<Packet, Verdic
             return Err(MALFORMED);
         }
         flags
-    } else {
+    } else if l4proto == IPPROTO_UDP {
         let udp_len: *const [u8; 2] = ptr_at(data, end, l4 + 4)?;
         let udp_len = u16::from_be_bytes(unsafe { *udp_len }) as usize;
         if udp_len < 8 || udp_len > l4_room {
             return Err(MALFORMED);
         }
+        0
+    } else {
         0
     };
     let (sport, dport) = unsafe { ((*ports).sport, (*ports).dport) };

@@ -4,7 +4,7 @@ use aya_ebpf::btf_maps::lpm_trie::Key;
 use lb_common::{counter, service_flags, ServiceKeyV4, SourceRangeV4};
 
 use crate::{
-    conntrack::{self, Rewrite},
+    conntrack::{self, Origin, Rewrite},
     maps::{backends_v4, services_v4, source_ranges_v4},
     parse::Packet,
     select, stats,
@@ -12,10 +12,10 @@ use crate::{
 };
 
 /// `Ok(None)`: not a service packet. `Ok(Some(rw))`: rewrite the destination
-/// to `rw`. `Err`: drop (the reason is counted by the caller). `hairpin_ok`:
-/// see `conntrack::create`.
+/// to `rw`. `Err`: drop (the reason is counted by the caller). `origin`:
+/// where the packet entered (see [`Origin`]).
 #[inline(always)]
-pub fn balance(p: &Packet, hairpin_ok: bool) -> Result<Option<Rewrite>, Verdict> {
+pub fn balance(p: &Packet, origin: Origin) -> Result<Option<Rewrite>, Verdict> {
     let svc_key = ServiceKeyV4 {
         addr: p.dst,
         port: p.dport,
@@ -52,7 +52,7 @@ pub fn balance(p: &Packet, hairpin_ok: bool) -> Result<Option<Rewrite>, Verdict>
     let Some(&backend) = backends_v4.get(backend_id).filter(|b| !b.is_empty()) else {
         return no_backend();
     };
-    let rw = conntrack::create(&key, p, svc.id, backend_id, &backend, now, hairpin_ok);
+    let rw = conntrack::create(&key, p, svc.id, backend_id, &backend, now, origin)?;
     stats::service(svc.id, |s| {
         s.packets += 1;
         s.bytes += p.ip_len as u64;

@@ -13,9 +13,11 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_common::{counter, HAIRPIN_ADDR_V4};
+use lb_ebpf::icmp::IPPROTO_ICMP;
 
 use crate::{
-    conntrack, events,
+    conntrack::{self, Origin},
+    events, icmp_error,
     nat::{self, Side},
     parse::{self, Packet},
     reset, service,
@@ -30,6 +32,9 @@ const HEADERS_MAX: u32 = 14 + 60 + 20;
 #[inline(always)]
 pub fn ingress(ctx: &TcContext) -> i32 {
     run(ctx, |ctx, p| {
+        if p.proto == IPPROTO_ICMP {
+            return Ok(Verdict::Pass(counter::PASS_OTHER_L4));
+        }
         if p.dst == HAIRPIN_ADDR_V4 {
             return match conntrack::reply(p) {
                 Some(rw) => {
@@ -39,7 +44,7 @@ pub fn ingress(ctx: &TcContext) -> i32 {
                 None => Ok(Verdict::Pass(counter::PASS_NOT_SERVICE)),
             };
         }
-        let balanced = match service::balance(p, true) {
+        let balanced = match service::balance(p, Origin::Pod) {
             Err(v) if v.reason() == counter::DROP_NO_BACKEND => {
                 events::no_backend(ctx, p);
                 if reset::wants_reset(p) {
@@ -64,12 +69,17 @@ pub fn ingress(ctx: &TcContext) -> i32 {
 
 #[inline(always)]
 pub fn egress(ctx: &TcContext) -> i32 {
-    run(ctx, |ctx, p| match conntrack::reply(p) {
-        Some(rw) => {
-            nat::tc_rewrite(ctx, p, Side::Src, &rw)?;
-            Ok(Verdict::Pass(counter::NAT_REPLY))
+    run(ctx, |ctx, p| {
+        if p.proto == IPPROTO_ICMP {
+            return icmp_error::tc(ctx);
         }
-        None => Ok(Verdict::Pass(counter::PASS_NOT_SERVICE)),
+        match conntrack::reply(p) {
+            Some(rw) => {
+                nat::tc_rewrite(ctx, p, Side::Src, &rw)?;
+                Ok(Verdict::Pass(counter::NAT_REPLY))
+            }
+            None => Ok(Verdict::Pass(counter::PASS_NOT_SERVICE)),
+        }
     })
 }
 

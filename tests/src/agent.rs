@@ -170,13 +170,19 @@ fn spawn(node: &Netns, pin_dir: &Path, source_dir: &Path, log: &Path, extra: &[S
 }
 
 /// `lb-agent run --iface <UPLINK> --pin-path <pin_dir> <args>` in the
+/// namespace `netns`, logging to `log`.
+pub fn spawn_run(netns: &str, pin_dir: &Path, log: &Path, args: &[String]) -> Child {
+    spawn_run_on(netns, UPLINK, pin_dir, log, args)
+}
+
+/// `lb-agent run --iface <iface> --pin-path <pin_dir> <args>` in the
 /// namespace `netns`, logging to `log`. `nsenter --net` rather than `ip
 /// netns exec`: the latter remounts /sys, which hides /sys/fs/bpf.
-pub fn spawn_run(netns: &str, pin_dir: &Path, log: &Path, args: &[String]) -> Child {
+pub fn spawn_run_on(netns: &str, iface: &str, pin_dir: &Path, log: &Path, args: &[String]) -> Child {
     Command::new("nsenter")
         .arg(format!("--net=/run/netns/{netns}"))
         .arg(agent_binary())
-        .args(["run", "--iface", UPLINK])
+        .args(["run", "--iface", iface])
         .arg("--pin-path")
         .arg(pin_dir)
         // Socket balancing only where a test asks for it (with its own cgroup):
@@ -294,10 +300,16 @@ pub const WEB_CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 
 /// Slot count and backend addresses the agent has programmed for the ClusterIP.
 pub fn programmed(dp: &Dataplane) -> Option<(u32, Vec<Ipv4Addr>)> {
+    programmed_at(dp, WEB_CLUSTER_IP, 80, 6)
+}
+
+/// Slot count and backend addresses programmed for the frontend
+/// `addr:port` of protocol `proto` (6 TCP, 17 UDP).
+pub fn programmed_at(dp: &Dataplane, addr: Ipv4Addr, port: u16, proto: u8) -> Option<(u32, Vec<Ipv4Addr>)> {
     let key = ServiceKeyV4 {
-        addr: WEB_CLUSTER_IP.octets(),
-        port: 80u16.to_be_bytes(),
-        proto: 6,
+        addr: addr.octets(),
+        port: port.to_be_bytes(),
+        proto,
         scope: 0,
     };
     let c = dp.contents().ok()?;

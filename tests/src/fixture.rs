@@ -67,10 +67,26 @@ fn verdict_name(program: &str, rc: u32) -> String {
 /// Runs `frame` once through `program`; returns the return value and the
 /// output frame.
 pub fn run_frame(ebpf: &aya::Ebpf, program: &str, frame: &[u8]) -> Result<(u32, Vec<u8>), String> {
+    run_frame_on(ebpf, program, frame, None)
+}
+
+/// As [`run_frame`]; an XDP program sees `frame` as arriving on
+/// `ingress_ifindex` (an interface of the calling thread's network
+/// namespace, whose routes and neighbours a FIB lookup then sees; other
+/// programs ignore it).
+pub fn run_frame_on(ebpf: &aya::Ebpf, program: &str, frame: &[u8], ingress_ifindex: Option<u32>) -> Result<(u32, Vec<u8>), String> {
     let mut out = vec![0u8; frame.len() + 256];
+    // struct xdp_md: data, data_end, data_meta, ingress_ifindex,
+    // rx_queue_index, egress_ifindex; the kernel wants data_end = the frame's length.
+    let xdp = matches!(ebpf.program(program), Some(Program::Xdp(_)));
+    let ingress_ifindex = ingress_ifindex.filter(|_| xdp);
+    let ctx: Vec<u8> = ingress_ifindex
+        .map(|i| [0u32, frame.len() as u32, 0, i, 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect())
+        .unwrap_or_default();
     let opts = TestRunOptions {
         data_in: Some(frame),
         data_out: Some(&mut out),
+        ctx_in: ingress_ifindex.map(|_| ctx.as_slice()),
         ..Default::default()
     };
     let res = match ebpf.program(program) {
@@ -85,9 +101,14 @@ pub fn run_frame(ebpf: &aya::Ebpf, program: &str, frame: &[u8]) -> Result<(u32, 
 
 /// Runs one case; `Err` holds a description with a hex diff.
 pub fn run(ebpf: &aya::Ebpf, case: &Case) -> Result<(), String> {
+    run_on(ebpf, case, None)
+}
+
+/// As [`run`], with the frame arriving on `ingress_ifindex` (see [`run_frame_on`]).
+pub fn run_on(ebpf: &aya::Ebpf, case: &Case, ingress_ifindex: Option<u32>) -> Result<(), String> {
     let input = from_hex(&case.input);
     let (rc, out) =
-        run_frame(ebpf, &case.program, &input).map_err(|e| format!("{}: {e}", case.name))?;
+        run_frame_on(ebpf, &case.program, &input, ingress_ifindex).map_err(|e| format!("{}: {e}", case.name))?;
     let got = verdict_name(&case.program, rc);
     let fail = |what: String| {
         Err(format!(

@@ -6,6 +6,7 @@
 //! CAP_NET_ADMIN for the programs); [`require_root`] says so plainly.
 pub mod bench;
 pub mod cgroup;
+pub mod cluster;
 pub mod agent;
 pub mod apiserver;
 pub mod fixture;

@@ -139,8 +139,34 @@ impl Frame {
     }
 }
 
+/// An ICMP error frame (`typ`, `code`, 4 bytes of `rest`, e.g. the MTU of
+/// "fragmentation needed") from `src` to `dst` quoting the IPv4 packet of
+/// `quoted` whole, with every checksum computed from scratch; the MACs and
+/// TTL are `like`'s.
+pub fn icmp_error(like: &Frame, src: Ipv4Addr, dst: Ipv4Addr, typ: u8, code: u8, rest: [u8; 4], quoted: &Frame) -> Vec<u8> {
+    let mut icmp = vec![typ, code, 0, 0];
+    icmp.extend_from_slice(&rest);
+    icmp.extend_from_slice(&quoted.bytes()[14..]);
+    let c = checksum(&icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut f = like.dst_mac.to_vec();
+    f.extend_from_slice(&like.src_mac);
+    f.extend_from_slice(&[0x08, 0x00]);
+    let mut ip = vec![0x45, 0];
+    ip.extend_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&[0, 0, 0, 0, like.ttl, 1, 0, 0]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&icmp);
+    f
+}
+
 /// Checks the IPv4 header checksum and the TCP/UDP checksum of an untagged
-/// IPv4 frame by full recomputation. Returns a description of what is wrong.
+/// IPv4 frame by full recomputation (for an ICMP error: the ICMP checksum and
+/// the quoted packet's). Returns a description of what is wrong.
 pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     let ip = frame.get(14..).ok_or("no IPv4 header")?;
     let ihl = ((ip[0] & 0x0f) as usize) * 4;
@@ -151,6 +177,15 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     let seg = &ip[ihl..tot];
     let (src, dst) = (ip[12..16].try_into().unwrap(), ip[16..20].try_into().unwrap());
     let proto = ip[9];
+    if proto == 1 {
+        if checksum(seg) != 0 {
+            return Err("bad ICMP checksum".into());
+        }
+        // The quote: an IPv4 packet behind the 8-byte ICMP header.
+        let mut quoted = frame[..14].to_vec();
+        quoted.extend_from_slice(&seg[8..]);
+        return verify_checksums(&quoted).map_err(|e| format!("quoted packet: {e}"));
+    }
     if proto == 17 && seg[6..8] == [0, 0] {
         return Ok(()); // UDP without checksum
     }

@@ -2,6 +2,9 @@
 //! TCP — an HTTP GET gets `HTTP/1.0 200` with the identity as body; any other
 //! line gets the identity back on the same connection (long-lived clients);
 //! UDP — every datagram is answered with the identity.
+//! A GET of [`PEER_PATH`] or the datagram [`PEER_PATH`] gets
+//! `<identity> <client ip:port>` instead: the address the server saw, so a
+//! test can check a client address was preserved (or SNATed).
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -26,6 +29,9 @@ impl Drop for Server {
 }
 
 const POLL: Duration = Duration::from_millis(50);
+
+/// The request (HTTP path, or whole datagram) answered with the peer address too.
+pub const PEER_PATH: &str = "/peer";
 
 impl Server {
     /// TCP and UDP on `port` in `ns`, answering `identity`.
@@ -66,6 +72,7 @@ fn serve_tcp(l: TcpListener, id: &str, stop: &AtomicBool) {
 fn handle(s: TcpStream, id: &str) {
     s.set_nonblocking(false).ok();
     s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let mut w = s.try_clone().unwrap();
     let mut r = BufReader::new(s);
     let mut line = String::new();
@@ -76,7 +83,11 @@ fn handle(s: TcpStream, id: &str) {
             while r.read_line(&mut h).unwrap_or(0) > 0 && h != "\r\n" {
                 h.clear();
             }
-            let _ = write!(w, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{id}", id.len());
+            let body = match line.split_whitespace().nth(1) {
+                Some(PEER_PATH) => format!("{id} {peer}"),
+                _ => id.to_string(),
+            };
+            let _ = write!(w, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
             return;
         }
         if w.write_all(format!("{id}\n").as_bytes()).is_err() {
@@ -89,8 +100,12 @@ fn handle(s: TcpStream, id: &str) {
 fn serve_udp(u: UdpSocket, id: &str, stop: &AtomicBool) {
     let mut buf = [0u8; 2048];
     while !stop.load(Ordering::Relaxed) {
-        if let Ok((_, from)) = u.recv_from(&mut buf) {
-            let _ = u.send_to(id.as_bytes(), from);
+        if let Ok((n, from)) = u.recv_from(&mut buf) {
+            let _ = if &buf[..n] == PEER_PATH.as_bytes() {
+                u.send_to(format!("{id} {from}").as_bytes(), from)
+            } else {
+                u.send_to(id.as_bytes(), from)
+            };
         }
     }
 }
@@ -98,8 +113,19 @@ fn serve_udp(u: UdpSocket, id: &str, stop: &AtomicBool) {
 /// One HTTP/1.0 GET of `path` with `Host: host` over a fresh connection from
 /// inside the calling thread's namespace; returns (status code, body).
 pub fn http_request(to: SocketAddr, host: &str, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    http_request_within(to, host, path, Duration::from_secs(3), Duration::from_secs(10))
+}
+
+/// [`http_request`] with its connect and read timeouts given.
+pub fn http_request_within(
+    to: SocketAddr,
+    host: &str,
+    path: &str,
+    connect: Duration,
+    read: Duration,
+) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&to, connect)?;
+    s.set_read_timeout(Some(read))?;
     // One write, one segment (write! would send each piece separately).
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())?;
     let mut resp = String::new();

@@ -18,6 +18,8 @@ pub struct Svc {
     /// Slot contents when not one slot per backend (a Maglev table).
     pub table: Option<Vec<u32>>,
     pub affinity_timeout_s: u32,
+    /// Ids of backends on another node (`backend_flags::REMOTE`).
+    pub remote: Vec<u32>,
 }
 
 impl Svc {
@@ -30,6 +32,7 @@ impl Svc {
             backends: Vec::new(),
             table: None,
             affinity_timeout_s: 0,
+            remote: Vec::new(),
         }
     }
     pub fn frontend(mut self, addr: Ipv4Addr, port: u16) -> Self {
@@ -39,6 +42,11 @@ impl Svc {
     pub fn backend(mut self, id: u32, addr: Ipv4Addr, port: u16) -> Self {
         self.backends.push((id, addr, port));
         self
+    }
+    /// A backend on another node.
+    pub fn remote_backend(mut self, id: u32, addr: Ipv4Addr, port: u16) -> Self {
+        self.remote.push(id);
+        self.backend(id, addr, port)
     }
     pub fn table(mut self, table: Vec<u32>) -> Self {
         self.table = Some(table);
@@ -83,6 +91,7 @@ pub fn contents(svcs: &[Svc]) -> MapContents {
                     addr: addr.octets(),
                     port: port.to_be_bytes(),
                     weight: 1,
+                    flags: if s.remote.contains(id) { lb_common::backend_flags::REMOTE } else { 0 },
                     ..Default::default()
                 },
             );

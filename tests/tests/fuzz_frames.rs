@@ -94,6 +94,9 @@ fn classify(f: &[u8]) -> Class {
                 Class::Valid
             }
         }
+        // ICMP: an error about a NATed flow is translated, others pass.
+        1 if l4.len() < 8 => Class::Malformed,
+        1 => Class::Valid,
         _ => Class::Other,
     }
 }

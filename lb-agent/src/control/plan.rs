@@ -16,7 +16,7 @@ use std::{
     net::Ipv4Addr,
 };
 
-use lb_common::{backend_state, service_flags, BackendV4, ServiceKeyV4, ServiceV4, SlotKey, SourceRangeV4};
+use lb_common::{backend_flags, backend_state, service_flags, BackendV4, ServiceKeyV4, ServiceV4, SlotKey, SourceRangeV4};
 use serde::Serialize;
 
 use super::{
@@ -424,12 +424,20 @@ impl Planner<'_> {
             } else {
                 backend_state::ACTIVE
             };
+            // Not on this node (or on no known node, e.g. an address off the
+            // cluster): its replies do not pass here unless SNATed.
+            let flags = if c.node_name.as_deref() == Some(self.cfg.node_name.as_str()) {
+                0
+            } else {
+                backend_flags::REMOTE
+            };
             let value = BackendV4 {
                 addr: c.addr.octets(),
                 port: c.port.to_be_bytes(),
                 weight: 1,
                 state,
-                _pad: [0; 3],
+                flags,
+                _pad: [0; 2],
             };
             // A backend shared by services is one entry; "active" wins if views differ.
             self.plan

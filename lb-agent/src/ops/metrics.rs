@@ -387,6 +387,17 @@ fn dataplane(w: &mut Writer, dp: &Dataplane, pin_dir: &Path, names: &Names) {
             );
         }
     }
+    if let Ok(rows) = dp.snat_exhausted() {
+        w.family(
+            "xdplb_snat_port_exhausted_total",
+            "counter",
+            "New flows to a backend on another node refused because no SNAT port towards that backend was free (raise --snat-ports).",
+        );
+        for (id, n) in rows {
+            let addr = dp.backends.get(&id, 0).map(|b| std::net::Ipv4Addr::from(b.addr).to_string()).unwrap_or_default();
+            w.sample("xdplb_snat_port_exhausted_total", &[("backend_id", &id.to_string()), ("backend", &addr)], n as f64);
+        }
+    }
     let flows = dp.conntrack.keys().filter(|k| k.is_ok()).count();
     w.gauge(
         "xdplb_conntrack_entries",

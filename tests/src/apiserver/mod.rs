@@ -13,7 +13,9 @@
 //!
 //! It runs on a thread of its own with a current-thread tokio runtime, so
 //! tests stay synchronous; [`ApiServer::start_in`] binds inside a network
-//! namespace, where an agent in that namespace can reach it on 127.0.0.1.
+//! namespace, where an agent in that namespace can reach it on 127.0.0.1;
+//! [`ApiServer::start_on`] binds a given address in a namespace (the test
+//! cluster's bridge, reached by every node).
 use std::{
     collections::BTreeSet,
     net::SocketAddr,
@@ -59,6 +61,14 @@ impl ApiServer {
     pub fn start_in(ns: &Netns) -> Self {
         Self::serve(ns.run(|| {
             std::net::TcpListener::bind("127.0.0.1:0").expect("binding the API server double")
+        }))
+    }
+
+    /// Serves on `addr` (port 0: a free one) inside `ns`, e.g. an address
+    /// on a bridge that several node namespaces reach (tests/src/cluster.rs).
+    pub fn start_on(ns: &Netns, addr: std::net::Ipv4Addr) -> Self {
+        Self::serve(ns.run(move || {
+            std::net::TcpListener::bind((addr, 0)).expect("binding the API server double")
         }))
     }
 

@@ -628,3 +628,24 @@ fn only_local_load_balancers_with_a_health_check_node_port_get_one() {
     assert_eq!(hc.len(), 1);
     assert_eq!(hc[&32000], HealthCheck { service: ObjectRef::new("ns", "s"), local_endpoints: 1 });
 }
+
+#[test]
+fn backends_on_other_nodes_or_on_none_are_marked_remote() {
+    let eps = "[{addresses: [10.244.1.5], nodeName: node-a}, {addresses: [10.244.2.5], nodeName: node-b}, {addresses: [172.16.0.9]}]";
+    let p = plan(&model(&objects(&format!("{NODE_PORT_SPEC}}}"), eps)), &cfg(), &mut ids());
+    let remote: BTreeMap<Ipv4Addr, bool> = p
+        .contents
+        .backends
+        .values()
+        .map(|b| (Ipv4Addr::from(b.addr), b.is_remote()))
+        .collect();
+    assert_eq!(
+        remote,
+        BTreeMap::from([
+            (Ipv4Addr::new(10, 244, 1, 5), false),
+            (Ipv4Addr::new(10, 244, 2, 5), true),
+            (Ipv4Addr::new(172, 16, 0, 9), true),
+        ]),
+        "only endpoints whose nodeName is this node are local"
+    );
+}

@@ -1,0 +1,135 @@
+//! This node's SNAT settings: which address and ports flows to backends on
+//! other nodes take as their source (see `lb_common::nat` for why), and
+//! keeping the node's own sockets off those ports.
+use std::{net::Ipv4Addr, str::FromStr};
+
+use anyhow::{Context as _, Result};
+use lb_common::{NatConfig, DEFAULT_SNAT_PORTS};
+
+/// An inclusive port range, `MIN-MAX` on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl Default for PortRange {
+    fn default() -> Self {
+        Self { min: DEFAULT_SNAT_PORTS.0, max: DEFAULT_SNAT_PORTS.1 }
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.min, self.max)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, b) = s.split_once('-').ok_or_else(|| format!("{s:?}: expected MIN-MAX, e.g. 61000-65535"))?;
+        let port = |t: &str| t.trim().parse::<u16>().map_err(|_| format!("{t:?} is not a port (1-65535)"));
+        let (min, max) = (port(a)?, port(b)?);
+        if min == 0 || min > max {
+            return Err(format!("{s:?}: expected 1 <= MIN <= MAX <= 65535"));
+        }
+        Ok(Self { min, max })
+    }
+}
+
+/// What the operator asked for.
+#[derive(Clone, Debug, Default)]
+pub struct SnatSettings {
+    /// `None`: the node's first IPv4 NodePort address.
+    pub address: Option<Ipv4Addr>,
+    pub ports: PortRange,
+    /// SNAT off: remote backends see the client address (they must route
+    /// replies back through the balancing node).
+    pub off: bool,
+}
+
+impl SnatSettings {
+    /// The `nat_config` value for a node whose NodePort addresses are
+    /// `node_addresses`: SNAT is off without an address to use.
+    pub fn config(&self, node_addresses: &[Ipv4Addr]) -> NatConfig {
+        let addr = if self.off { None } else { self.address.or_else(|| node_addresses.first().copied()) };
+        match addr {
+            Some(a) if !a.is_unspecified() => NatConfig { addr_v4: a.octets(), port_min: self.ports.min, port_max: self.ports.max },
+            _ => NatConfig::default(),
+        }
+    }
+}
+
+const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+
+/// Adds `range` to the node's reserved ports (`ip_local_reserved_ports`, of
+/// the agent's network namespace), so that no socket of the node is given a
+/// SNAT port as its ephemeral port, whatever `ip_local_port_range` says.
+/// Existing reservations are kept.
+pub fn reserve(range: PortRange) -> Result<()> {
+    let now = std::fs::read_to_string(RESERVED_PORTS).with_context(|| format!("reading {RESERVED_PORTS}"))?;
+    let want = merged(now.trim(), range);
+    if want != now.trim() {
+        std::fs::write(RESERVED_PORTS, &want).with_context(|| format!("writing {want:?} to {RESERVED_PORTS}"))?;
+    }
+    Ok(())
+}
+
+/// The reserved-ports list `list` with `range` in it (unchanged if present).
+fn merged(list: &str, range: PortRange) -> String {
+    let ours = if range.min == range.max { range.min.to_string() } else { range.to_string() };
+    let mut items: Vec<&str> = list.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    if items.contains(&ours.as_str()) {
+        return items.join(",");
+    }
+    items.push(&ours);
+    items.join(",")
+}
+
+/// Lets the kernel forward, from `iface`, a packet whose source is one of
+/// the node's own addresses (`accept_local`): XDP forwards SNATed packets
+/// itself, but hands one to the kernel when it cannot (no neighbour entry
+/// yet for the next hop: the kernel's forwarding then resolves it, and the
+/// flow's next packets go through XDP). Without this the kernel drops them
+/// as martians.
+pub fn accept_own_source(iface: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");
+    std::fs::write(&path, "1").with_context(|| format!("writing 1 to {path}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_ranges_parse_and_reject_nonsense() {
+        assert_eq!("61000-65535".parse::<PortRange>(), Ok(PortRange { min: 61000, max: 65535 }));
+        assert_eq!("7-7".parse::<PortRange>(), Ok(PortRange { min: 7, max: 7 }));
+        for bad in ["", "5", "0-10", "10-5", "1-70000", "a-b"] {
+            assert!(bad.parse::<PortRange>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn the_address_defaults_to_the_first_node_address_and_can_be_off() {
+        let nodes = [Ipv4Addr::new(192, 168, 50, 11), Ipv4Addr::new(10, 0, 0, 1)];
+        let s = SnatSettings::default();
+        let c = s.config(&nodes);
+        assert_eq!((c.addr_v4, c.port_min, c.port_max), ([192, 168, 50, 11], 61000, 65535));
+        let s = SnatSettings { address: Some(Ipv4Addr::new(10, 9, 9, 9)), ..Default::default() };
+        assert_eq!(s.config(&nodes).addr_v4, [10, 9, 9, 9]);
+        assert_eq!(SnatSettings { off: true, ..Default::default() }.config(&nodes), NatConfig::default());
+        assert_eq!(SnatSettings::default().config(&[]), NatConfig::default());
+    }
+
+    #[test]
+    fn reserving_keeps_other_reservations_and_adds_ours_once() {
+        let r = PortRange { min: 61000, max: 65535 };
+        assert_eq!(merged("", r), "61000-65535");
+        assert_eq!(merged("8080,9000-9100", r), "8080,9000-9100,61000-65535");
+        assert_eq!(merged("61000-65535", r), "61000-65535");
+        assert_eq!(merged("5", PortRange { min: 7, max: 7 }), "5,7");
+    }
+}
