@@ -314,10 +314,13 @@ impl Dataplane {
         Ok(self.nat_config.get(&0, 0)?)
     }
 
-    /// New flows refused for want of a SNAT port, per backend id (non-zero only).
+    /// New flows refused for want of a SNAT port, per backend id in the map
+    /// (non-zero only).
     pub fn snat_exhausted(&self) -> Result<Vec<(BackendId, u64)>> {
         let mut out = Vec::new();
-        for id in 1..self.snat_exhausted.len() {
+        // Only the ids that hold a backend: one lookup per id of the whole
+        // array (262,144 by default) made a /metrics scrape take seconds.
+        for id in self.backends()?.into_keys() {
             let n: u64 = self.snat_exhausted.get(&id, 0)?.iter().sum();
             if n > 0 {
                 out.push((id, n));
