@@ -77,6 +77,15 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
     };
 
+    let (probed, why) = lb_agent::links::probe_tc_path();
+    let tc = lb_agent::links::choose_tc_path(args.tc_attach.forced());
+    match tc {
+        lb_agent::links::TcPath::Tcx => tracing::info!(reason = %why, forced = (tc != probed), "tc programs attach through TCX links, pinned under <pin-path>/links"),
+        lb_agent::links::TcPath::Netlink => tracing::info!(
+            reason = %why, forced = (tc != probed), priority = lb_agent::links::TC_PRIORITY, handle = format!("{:#x}", lb_agent::links::TC_HANDLE),
+            "tc programs attach as netlink cls_bpf filters on the clsact qdisc (they stay attached without the agent)"
+        ),
+    }
     let sizes = MapSizes::from(&args.sizes);
     let mut ebpf = loader::load(&args.pin_path, sizes).map_err(checks::explain_load_error)?;
     forward_kernel_logs(&mut ebpf);

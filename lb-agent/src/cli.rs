@@ -40,8 +40,8 @@ pub enum Command {
     /// the kernel (no root needed).
     Plan(PlanArgs),
     /// Load and attach the programs, then keep the pinned maps in step with
-    /// the objects until SIGINT/SIGTERM (needs root). Boxed: by far the
-    /// largest arguments.
+    /// the objects until SIGINT/SIGTERM (needs root).
+    // Boxed: by far the largest variant.
     Run(Box<RunArgs>),
     /// Services in the pinned maps: frontends, algorithm, affinity,
     /// backends with their state (works with the agent running or stopped).
@@ -119,6 +119,11 @@ pub struct RunArgs {
     /// interface, slower).
     #[arg(long, value_enum, default_value_t = XdpModeArg::Native)]
     pub xdp_mode: XdpModeArg,
+    /// How tc programs attach: `auto` asks the kernel (TCX links where it
+    /// has them, 6.6+; netlink cls_bpf filters on older kernels), `tcx` or
+    /// `netlink` force one (netlink works on every supported kernel).
+    #[arg(long, value_enum, default_value_t = TcAttachArg::Auto)]
+    pub tc_attach: TcAttachArg,
     /// An egress interface XDP may forward balanced packets to itself (FIB
     /// lookup + redirect, skipping the kernel's IP forwarding) — only
     /// interfaces that accept XDP frames: a NIC with native XDP, or a veth
@@ -225,6 +230,24 @@ impl From<&SizeArgs> for lb_agent::loader::MapSizes {
 pub enum XdpModeArg {
     Native,
     Generic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TcAttachArg {
+    Auto,
+    Tcx,
+    Netlink,
+}
+
+impl TcAttachArg {
+    /// The path forced, if any.
+    pub fn forced(self) -> Option<lb_agent::links::TcPath> {
+        match self {
+            Self::Auto => None,
+            Self::Tcx => Some(lb_agent::links::TcPath::Tcx),
+            Self::Netlink => Some(lb_agent::links::TcPath::Netlink),
+        }
+    }
 }
 
 impl From<XdpModeArg> for aya::programs::XdpMode {

@@ -2,8 +2,8 @@
 //! without Kubernetes (labs, the benchmark VM). Install copies this binary,
 //! writes a systemd unit whose ExecStart is `lb-agent run` with the options
 //! given, and makes the objects directory the file source follows. Uninstall
-//! removes the same files and the pinned maps and links, which detaches the
-//! programs: the node is left as it was.
+//! removes the same files, the pinned maps and links and the netlink tc
+//! filters, which detaches the programs: the node is left as it was.
 //!
 //! Both work under `--root DIR` (an image being built, a test's temporary
 //! directory); only the pinned objects are always the live kernel's.
@@ -128,6 +128,12 @@ pub fn uninstall(a: UninstallArgs) -> Result<()> {
     }
     // The service names the CLI shows belong to the pinned maps.
     lb_agent::ops::names::remove(&a.pin_path);
+    // Netlink tc filters (kernels without TCX) have no pins: they are found
+    // on this namespace's interfaces by their priority, handle and name.
+    let filters = lb_agent::links::remove_netlink_filters().context("removing xdplb's tc filters")?;
+    if filters > 0 {
+        removed.push(format!("{filters} tc filter(s) of xdplb (programs detached)"));
+    }
     if remove_pins(&a.pin_path)? {
         removed.push(format!(
             "{} (maps unpinned, programs detached)",

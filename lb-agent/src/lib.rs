@@ -12,3 +12,4 @@ pub mod pinfs;
 pub mod snat;
 pub mod socklb;
 pub mod sync;
+pub mod tcfilter;

@@ -4,13 +4,19 @@
 //! restart, an upgrade), and a new agent swaps its program in atomically
 //! (`bpf_link_update`) instead of detaching and attaching — no packet meets
 //! an interface without a program. Removing the pin detaches.
+//!
+//! tc has two paths ([`TcPath`]): TCX links (kernel 6.6+), pinned like the
+//! others, or, on older kernels, a cls_bpf filter on the clsact qdisc at a
+//! fixed priority and handle. Such a filter outlives the agent by itself;
+//! the next agent finds it there and replaces its program in place.
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 use aya::{
     programs::{
         links::{CgroupAttachMode, FdLink, PinnedLink},
-        tc, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcHandle},
+        CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
     },
     Ebpf,
 };
@@ -58,7 +64,113 @@ pub fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpMode, links: Option<&Pa
     Ok(())
 }
 
+/// How tc programs attach on this kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcPath {
+    /// TCX bpf_links (kernel >= 6.6), pinned under the links directory.
+    Tcx,
+    /// A cls_bpf filter on the clsact qdisc, direct-action, at
+    /// [`TC_PRIORITY`]/[`TC_HANDLE`]: the filter outlives the agent by itself.
+    Netlink,
+}
+
+/// Our netlink filters' priority: 1, the first filter to run, as TCX
+/// programs run before every netlink filter.
+pub const TC_PRIORITY: u16 = 1;
+/// Our netlink filters' handle ("LB"): with the priority, what identifies
+/// them (together with their program name) on restart and uninstall.
+pub const TC_HANDLE: u32 = 0x4c42;
+
+/// The tc programs (the names our filters carry).
+const TC_PROGRAMS: &[&str] = &[programs::TC_INGRESS, programs::TC_EGRESS];
+
+const CLSACT_INGRESS: u32 = 0xffff_fff2;
+const CLSACT_EGRESS: u32 = 0xffff_fff3;
+
+static TC_PATH: std::sync::OnceLock<TcPath> = std::sync::OnceLock::new();
+
+/// Fixes the tc attach path for this process: `forced`, or what the kernel
+/// offers (see [`probe_tc_path`]). The first call decides; returns the path.
+pub fn choose_tc_path(forced: Option<TcPath>) -> TcPath {
+    *TC_PATH.get_or_init(|| forced.unwrap_or_else(|| probe_tc_path().0))
+}
+
+/// The tc attach path of this process (probed on first use).
+pub fn tc_path() -> TcPath {
+    choose_tc_path(None)
+}
+
+/// Whether the kernel has TCX, by asking it: a BPF_PROG_QUERY for the TCX
+/// ingress hook of loopback succeeds on kernels with TCX (6.6+) and fails
+/// with EINVAL on older ones, which do not know the attach type. Nothing is
+/// attached. Returns the path and why.
+pub fn probe_tc_path() -> (TcPath, String) {
+    match SchedClassifier::query_tcx("lo", TcAttachType::Ingress) {
+        Ok(_) => (TcPath::Tcx, "the kernel has TCX (BPF_PROG_QUERY on a TCX hook answered)".into()),
+        Err(aya::programs::ProgramError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EINVAL) => {
+            (TcPath::Netlink, "the kernel has no TCX (needs 6.6; BPF_PROG_QUERY on a TCX hook: EINVAL)".into())
+        }
+        // Could not ask (no privileges, no loopback): go by the version.
+        Err(e) if aya::util::KernelVersion::current().is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0)) => (TcPath::Tcx, format!("kernel >= 6.6 (the TCX probe failed: {e})")),
+        Err(e) => (TcPath::Netlink, format!("kernel < 6.6 (the TCX probe failed: {e})")),
+    }
+}
+
+fn parent(at: TcAttachType) -> u32 {
+    match at {
+        TcAttachType::Ingress => CLSACT_INGRESS,
+        TcAttachType::Egress => CLSACT_EGRESS,
+        TcAttachType::Custom(p) => p,
+    }
+}
+
+fn ifindex(iface: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(iface).with_context(|| format!("interface name {iface:?}"))?;
+    // SAFETY: a valid NUL-terminated name.
+    match unsafe { libc::if_nametoindex(c.as_ptr()) } {
+        0 => anyhow::bail!("interface {iface} does not exist"),
+        i => Ok(i),
+    }
+}
+
+/// Our netlink filter on `iface`'s `at` hook: the one at our priority and
+/// handle. Returns its program name; an error when that place is held by a
+/// filter that is not one of ours.
+fn our_filter(ifindex: u32, iface: &str, at: TcAttachType) -> Result<Option<String>> {
+    let filters = crate::tcfilter::list(ifindex, parent(at)).with_context(|| format!("listing the tc filters of {iface} ({at:?})"))?;
+    let Some(f) = filters.into_iter().find(|f| f.priority == TC_PRIORITY && f.handle == TC_HANDLE) else { return Ok(None) };
+    match f.name {
+        Some(n) if f.kind == "bpf" && TC_PROGRAMS.contains(&n.as_str()) => Ok(Some(n)),
+        other => anyhow::bail!(
+            "the tc filter at priority {TC_PRIORITY} handle {TC_HANDLE:#x} on {iface} ({at:?}) is not xdplb's ({} {:?}): remove it (`tc filter del dev {iface} {} pref {TC_PRIORITY}`)",
+            f.kind, other, if at == TcAttachType::Ingress { "ingress" } else { "egress" }
+        ),
+    }
+}
+
 pub fn attach_tc(ebpf: &mut Ebpf, iface: &str, prog: &str, at: TcAttachType, links: Option<&Path>) -> Result<()> {
+    match tc_path() {
+        TcPath::Tcx => attach_tcx(ebpf, iface, prog, at, links)?,
+        TcPath::Netlink => attach_netlink(ebpf, iface, prog, at, links.is_some())?,
+    }
+    // One path only: a leftover of the other one (the agent was run with
+    // another --tc-attach) would run the program twice.
+    if let Some(links) = links {
+        match tc_path() {
+            TcPath::Tcx => {
+                if let Err(e) = remove_filter(iface, at) {
+                    tracing::warn!(%iface, error = format!("{e:#}"), "could not check for a netlink tc filter of an earlier agent");
+                }
+            }
+            TcPath::Netlink => {
+                let _ = std::fs::remove_file(pin_path(links, iface, prog));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn attach_tcx(ebpf: &mut Ebpf, iface: &str, prog: &str, at: TcAttachType, links: Option<&Path>) -> Result<()> {
     let p: &mut SchedClassifier = program(ebpf, prog)?;
     let pin = links.map(|l| pin_path(l, iface, prog));
     if let Some(old) = pin.as_deref().and_then(pinned) {
@@ -70,14 +182,80 @@ pub fn attach_tc(ebpf: &mut Ebpf, iface: &str, prog: &str, at: TcAttachType, lin
             }
         }
     }
-    // Needed only for the netlink attach of kernels before 6.6 (TCX needs none).
-    let _ = tc::qdisc_add_clsact(iface);
-    let id = p.attach(iface, at).with_context(|| format!("attaching {prog} to {iface} ({at:?})"))?;
+    let id = p
+        .attach_with_options(iface, at, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .with_context(|| format!("attaching {prog} to {iface} ({at:?}) through TCX (needs kernel >= 6.6: use --tc-attach auto or netlink)"))?;
     if let Some(pin) = pin {
-        let link: FdLink = p.take_link(id)?.try_into().context("tc attached without a bpf_link (TCX needs kernel >= 6.6)")?;
+        let link: FdLink = p.take_link(id)?.try_into().context("tc attached without a bpf_link")?;
         pin_link(link, &pin)?;
     }
     Ok(())
+}
+
+/// Attaches through a cls_bpf filter at our priority and handle. An existing
+/// filter of ours there is replaced in place (cls_bpf swaps the program
+/// atomically: no packet meets the hook without one, and there is never a
+/// second copy); otherwise one is created. With `persist`, the filter is left
+/// attached when this process ends (the kernel keeps it; no pin is needed).
+fn attach_netlink(ebpf: &mut Ebpf, iface: &str, prog: &str, at: TcAttachType, persist: bool) -> Result<()> {
+    let index = ifindex(iface)?;
+    // The hook the filters hang on; already there after the first attach.
+    match tc::qdisc_add_clsact(iface) {
+        Ok(()) => {}
+        Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(e).with_context(|| format!("adding the clsact qdisc to {iface} (needs sch_ingress)")),
+    }
+    let existing = our_filter(index, iface, at)?;
+    let p: &mut SchedClassifier = program(ebpf, prog)?;
+    let id = match existing {
+        Some(_) => {
+            let link = SchedClassifierLink::attached(iface, at, TC_PRIORITY, TcHandle::from(TC_HANDLE), None)?;
+            p.attach_to_link(link).with_context(|| format!("replacing the tc filter of {iface} ({at:?}) with {prog}"))?
+        }
+        None => {
+            let opts = NlOptions { priority: TC_PRIORITY, handle: TcHandle::from(TC_HANDLE), classid: None };
+            p.attach_with_options(iface, at, TcAttachOptions::Netlink(opts))
+                .with_context(|| format!("attaching {prog} to {iface} ({at:?}) as a tc filter (needs cls_bpf)"))?
+        }
+    };
+    if persist {
+        // aya deletes the filter when its link is dropped; ours must stay.
+        std::mem::forget(p.take_link(id)?);
+    }
+    Ok(())
+}
+
+/// Deletes our netlink filter on `iface`'s `at` hook, if there is one.
+fn remove_filter(iface: &str, at: TcAttachType) -> Result<()> {
+    if our_filter(ifindex(iface)?, iface, at)?.is_some() {
+        // Dropping an aya tc link deletes its filter.
+        drop(SchedClassifierLink::attached(iface, at, TC_PRIORITY, TcHandle::from(TC_HANDLE), None)?);
+    }
+    Ok(())
+}
+
+/// Our netlink filters in this network namespace: (interface, hook, program).
+pub fn netlink_filters() -> Result<Vec<(String, TcAttachType, String)>> {
+    let mut out = Vec::new();
+    for (index, iface) in crate::tcfilter::interfaces().context("listing network interfaces")? {
+        for at in [TcAttachType::Ingress, TcAttachType::Egress] {
+            // Someone else's filter at our place is not ours to list.
+            if let Ok(Some(prog)) = our_filter(index, &iface, at) {
+                out.push((iface.clone(), at, prog));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes every netlink filter of ours in this network namespace (what
+/// `uninstall` does for them; TCX links go with their pins). Returns how many.
+pub fn remove_netlink_filters() -> Result<usize> {
+    let found = netlink_filters()?;
+    for (iface, at, _) in &found {
+        remove_filter(iface, *at)?;
+    }
+    Ok(found.len())
 }
 
 /// Attaches the socket programs to the cgroup directory `cgroup` (the cgroup2
@@ -126,8 +304,7 @@ fn pin_link(link: FdLink, pin: &Path) -> Result<()> {
 /// same name (used when maps move to new instances: the old programs must stop
 /// writing the old maps).
 pub fn relink_all(ebpf: &mut Ebpf, links: &Path) -> Result<()> {
-    let Ok(dir) = std::fs::read_dir(links) else { return Ok(()) };
-    for entry in dir.flatten() {
+    for entry in std::fs::read_dir(links).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some((_, prog)) = name.rsplit_once('@') else { continue };
         // Socket programs are re-attached by `attach_cgroup` once loading is done.
@@ -143,6 +320,10 @@ pub fn relink_all(ebpf: &mut Ebpf, links: &Path) -> Result<()> {
             p.attach_to_link(old.try_into()?).map(drop)
         };
         r.with_context(|| format!("switching the link {name} to the new program"))?;
+    }
+    // Netlink filters have no pins: found on the interfaces, replaced in place.
+    for (iface, at, prog) in netlink_filters()? {
+        attach_netlink(ebpf, &iface, &prog, at, true).with_context(|| format!("switching the tc filter of {iface} to the new {prog}"))?;
     }
     Ok(())
 }

@@ -112,7 +112,11 @@ pub fn doctor(a: DoctorArgs) -> Result<()> {
         native_xdp: a.xdp_mode == crate::cli::XdpModeArg::Native,
         sizes: lb_agent::loader::MapSizes::from(&a.sizes),
     };
-    let results = checks::all(&inputs);
+    let mut results = checks::all(&inputs);
+    // Only with the privileges to load programs (else that line says why).
+    if results.iter().any(|c| c.name == "privileges" && c.ok) {
+        results.push(checks::programs());
+    }
     print(a.json, &results[..], checks::report)?;
     if results.iter().any(|c| !c.ok) {
         std::process::exit(1);

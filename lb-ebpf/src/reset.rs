@@ -70,7 +70,13 @@ pub fn xdp(ctx: &XdpContext, p: &Packet) -> Result<Verdict, Verdict> {
 /// Turns the SYN in a socket buffer into its reset (then back out of the
 /// interface). The checksums are complete; on a veth (pods) a partial
 /// checksum state left on the buffer is trusted by the receiver as is.
-#[inline(always)]
+///
+/// Out of line (a BPF-to-BPF call): inlined into `tc_ingress`, 6.1's
+/// verifier followed a path LLVM knows is impossible, on which a register
+/// holding the SYN's MAC bytes held a map value pointer instead, and refused
+/// the frame's construction ("invalid size of register spill"). As its own
+/// function it is verified from its arguments alone.
+#[inline(never)]
 pub fn tc(ctx: &TcContext, p: &Packet) -> Result<Verdict, Verdict> {
     let (Ok(macs), Ok(seq)) = (ctx.load::<[u8; 12]>(0), ctx.load::<[u8; 4]>(p.l4 + 4)) else {
         return Err(MALFORMED);

@@ -16,7 +16,9 @@ pub mod ops;
 pub mod packet;
 pub mod servers;
 pub mod services;
+pub mod tc;
 pub mod topology;
+pub mod vm;
 
 /// Panics with a clear message unless the process runs as root.
 pub fn require_root() {

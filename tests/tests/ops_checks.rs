@@ -279,11 +279,14 @@ fn doctor_json_lists_every_check() {
             "privileges",
             "bpffs",
             "pinned maps",
+            "tc attach",
             "interface lo",
-            "native XDP on lo"
+            "native XDP on lo",
+            "programs"
         ]
     );
-    assert_eq!(v[6]["ok"], false);
+    assert_eq!(v[7]["ok"], false);
+    assert_eq!(v[8]["ok"], true, "every program loads on this kernel: {}", v[8]["detail"]);
 }
 
 #[test]
@@ -337,5 +340,16 @@ fn pinned_maps_of_another_layout_are_reported_and_other_sizes_will_be_resized() 
             &format!("{} maps under", lb_common::maps::ALL.len()),
             "match this build; `run` adopts them",
         ],
+    );
+}
+
+#[test]
+fn doctor_names_the_tc_attach_path_and_loads_every_program() {
+    let out = doctor("", "");
+    assert!(out.status.success(), "{}", text(&out));
+    // This host's kernel has TCX (6.6+); the --kernels tier sees "netlink" on 6.1.
+    assert_has(
+        &text(&out),
+        &["✓ tc attach", "TCX links", "✓ programs", "this kernel's verifier accepts", "sock_connect4", "tc_egress", "tc_ingress", "xdp_lb"],
     );
 }

@@ -25,6 +25,11 @@ enum Cmd {
     Build,
     /// Run the whole test suite: unit, packet fixtures, network namespaces (needs root).
     Test {
+        /// Instead: the kernels tier. Boots Debian 12's kernel (6.1, no TCX)
+        /// in QEMU and runs the agent and real traffic inside it
+        /// (tests/tests/kernels.rs; provisions qemu, busybox, cpio; a few minutes).
+        #[arg(long)]
+        kernels: bool,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
@@ -67,7 +72,17 @@ fn main() -> Result<()> {
             println!("built target/release/lb-agent");
             Ok(())
         }
-        Cmd::Test { args } => {
+        Cmd::Test { kernels: true, args } => {
+            provision::all()?;
+            provision::vm_tools()?;
+            let mut total = test::Totals::default();
+            let mut a = vec!["test", "-p", "xdplb-tests", "--test", "kernels", "--", "--ignored", "--nocapture"];
+            a.extend(args.iter().map(String::as_str));
+            let r = test::run(&a, &mut total);
+            println!("xtask test --kernels: {} passed, {} failed", total.passed, total.failed);
+            r
+        }
+        Cmd::Test { kernels: false, args } => {
             provision::all()?;
             let mut total = test::Totals::default();
             // lb-ebpf's pure helpers (checksums, hashes) are unit-tested on

@@ -47,9 +47,9 @@ fn step(what: &str, cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// What `bench --pktgen-vm` needs besides the default tools: QEMU, a static
-/// busybox for the initramfs, cpio to pack it, and apt-get's download (the
-/// kernel package itself is unpacked by the benchmark, not installed).
+/// What `bench --pktgen-vm` and `test --kernels` need besides the default
+/// tools: QEMU, a static busybox for the initramfs, cpio to pack it, and
+/// apt-get's download (the kernel package itself is unpacked, not installed).
 const VM_TOOLS: &[(&str, &str)] = &[
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("busybox", "busybox-static"),
@@ -58,7 +58,7 @@ const VM_TOOLS: &[(&str, &str)] = &[
     ("xz", "xz-utils"),
 ];
 
-/// Installs [`VM_TOOLS`] when missing (only for `bench --pktgen-vm`).
+/// Installs [`VM_TOOLS`] when missing (only for the VM bench and test tier).
 pub fn vm_tools() -> Result<()> {
     install_missing(VM_TOOLS)
 }

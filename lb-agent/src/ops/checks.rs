@@ -68,6 +68,7 @@ pub fn all(inp: &Inputs) -> Vec<Check> {
     out.push(bpffs(inp.pin_dir, has_cap(&status, CAP_SYS_ADMIN)));
     if privileged {
         out.push(pinned_maps(inp.pin_dir, inp.sizes));
+        out.push(tc_attach());
     }
     for iface in inp.ifaces {
         let exists = interface(iface);
@@ -385,6 +386,59 @@ pub fn native_xdp(iface: &str) -> Check {
         }
         Err(e) => Check::fail(name, format!("native XDP is not supported on {iface} ({e}); pass --xdp-mode generic (slower, works on any interface)")),
     }
+}
+
+/// Which way tc programs attach here (probed: see `links::probe_tc_path`).
+pub fn tc_attach() -> Check {
+    use crate::links::{probe_tc_path, TcPath, TC_HANDLE, TC_PRIORITY};
+    let (path, why) = probe_tc_path();
+    Check::pass(
+        "tc attach",
+        match path {
+            TcPath::Tcx => format!("TCX links, pinned under <pin-path>/links: {why}"),
+            TcPath::Netlink => format!(
+                "netlink: cls_bpf filters (direct-action) on the clsact qdisc, priority {TC_PRIORITY} handle {TC_HANDLE:#x}; \
+                 they stay attached without the agent and are replaced in place on restart: {why}"
+            ),
+        },
+    )
+}
+
+/// Loads every program of the embedded object into this kernel's verifier,
+/// with small private maps, then drops them: nothing is pinned or attached.
+/// The one true answer to "do the programs run on this kernel"
+/// (`lb-agent doctor` only; `run` loads them for real anyway).
+pub fn programs() -> Check {
+    const NAME: &str = "programs";
+    let sizes = crate::loader::MapSizes { services: 64, backends: 64, slots: 64, conntrack: 1024, affinity: 64 };
+    let mut loader = aya::EbpfLoader::new();
+    for name in lb_common::maps::ALL {
+        loader.map_max_entries(name, crate::migrate::expected(name, sizes).max_entries);
+    }
+    let mut ebpf = match loader.load(crate::loader::BYTECODE) {
+        Ok(e) => e,
+        Err(e) => return Check::fail(NAME, format!("the kernel refused the object's maps or BTF: {e}")),
+    };
+    let (mut loaded, mut rejected) = (Vec::new(), Vec::new());
+    for (name, prog) in ebpf.programs_mut() {
+        let r = match prog {
+            aya::programs::Program::Xdp(p) => p.load(),
+            aya::programs::Program::SchedClassifier(p) => p.load(),
+            aya::programs::Program::CgroupSockAddr(p) => p.load(),
+            _ => continue,
+        };
+        match r {
+            Ok(()) => loaded.push(name.to_string()),
+            Err(e) => rejected.push((name.to_string(), explain_load_error(anyhow::Error::new(e).context(format!("verifier rejected {name}"))))),
+        }
+    }
+    loaded.sort();
+    rejected.sort_by(|a, b| a.0.cmp(&b.0));
+    if rejected.is_empty() {
+        return Check::pass(NAME, format!("this kernel's verifier accepts {} (loaded and dropped)", loaded.join(", ")));
+    }
+    let names: Vec<&str> = rejected.iter().map(|(n, _)| n.as_str()).collect();
+    Check::fail(NAME, format!("this kernel's verifier rejects {} (accepts {}); {:#}", names.join(", "), loaded.join(", "), rejected[0].1))
 }
 
 /// How many verifier log lines an error shows: the rejection reason is at

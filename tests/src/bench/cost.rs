@@ -57,8 +57,13 @@ struct Run {
 }
 
 fn run(f: impl FnOnce(TestRunOptions) -> Result<TestRunResult, ProgramError>, input: &[u8], repeat: u32) -> Result<Run> {
+    run_ctx(f, input, repeat, None)
+}
+
+/// As [`run`], with a context (an XDP frame's `xdp_md`, e.g. its ingress interface).
+fn run_ctx(f: impl FnOnce(TestRunOptions) -> Result<TestRunResult, ProgramError>, input: &[u8], repeat: u32, ctx: Option<&[u8]>) -> Result<Run> {
     let mut out = vec![0u8; input.len() + 256];
-    let r = f(TestRunOptions { data_in: Some(input), data_out: Some(&mut out), repeat, ..Default::default() })
+    let r = f(TestRunOptions { data_in: Some(input), data_out: Some(&mut out), ctx_in: ctx, repeat, ..Default::default() })
         .context("BPF_PROG_TEST_RUN")?;
     out.truncate(r.data_size_out as usize);
     Ok(Run { ret: r.return_value, out, ns: r.duration.as_nanos() as f64 })
@@ -222,5 +227,105 @@ fn check(name: &str, c: &Check, r: &Run, n: u64, before: &(Vec<u64>, u64), after
     }
     let d = after.1 - before.1;
     ensure!(d == c.new_flows * n, "{name}: {d} new flows in {n} iterations, expected {}", c.new_flows * n);
+    Ok(())
+}
+
+/// The uplink the SNAT cases' frames arrive on (the FIB lookups of SNAT
+/// forwarding need a real one): `up0` 192.168.1.1 in a namespace of its
+/// own, backends (10.128.0.0/12) via node 192.168.1.3, clients
+/// (172.16.0.0/12) via 192.168.1.2, both permanent neighbours.
+const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
+
+fn snat_uplink() -> Result<(crate::netns::Netns, crate::netns::Netns, u32)> {
+    use crate::topology::{addr_up, veth};
+    let (node, wire) = (crate::netns::Netns::new(), crate::netns::Netns::new());
+    node.sysctl("net.ipv4.ip_forward", "1");
+    veth(&node, "up0", &wire, "eth0");
+    addr_up(&node, "up0", "192.168.1.1/24");
+    wire.ip(&["link", "set", "eth0", "up"]);
+    for (net, via, mac) in [("10.128.0.0/12", "192.168.1.3", "02:00:00:00:00:03"), ("172.16.0.0/12", "192.168.1.2", "02:00:00:00:00:01")] {
+        node.ip(&["neigh", "replace", via, "lladdr", mac, "dev", "up0", "nud", "permanent"]);
+        node.ip(&["route", "add", net, "via", via]);
+    }
+    let ifindex = node.ifindex("up0");
+    Ok((node, wire, ifindex))
+}
+
+/// SNAT's per-packet cost (1 service, `per` backends on another node),
+/// beside the plain DNAT figures of the same run: a new flow (port
+/// allocation + two inserts + XDP forwarding), an established flow (both
+/// halves looked up + forwarding), a reply at XDP (un-SNAT + forwarding).
+/// Forwarding here is the FIB lookup and XDP_TX, which the plain figures
+/// (XDP_PASS to the kernel) do not include. Runs on a thread of its own,
+/// inside the uplink's namespace.
+pub fn snat(progs: &mut BenchProgs, per: u32, opts: &Opts, report: &mut Report) -> Result<()> {
+    let (node, _wire, ifindex) = snat_uplink()?;
+    let file = std::fs::File::open(format!("/run/netns/{}", node.name()))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            crate::netns::enter(&file);
+            super::pin(Some(0));
+            snat_cases(progs, per, ifindex, opts, report)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the SNAT cost thread panicked"))?
+    })
+}
+
+fn snat_cases(progs: &mut BenchProgs, per: u32, ifindex: u32, opts: &Opts, report: &mut Report) -> Result<()> {
+    const XDP_TX: u32 = 3;
+    let mut lb = BenchLb::with_backends(1, per, lb_common::IPPROTO_TCP, opts.conntrack, true)?;
+    // The whole port space, so the new-flow runs (hundreds of thousands of
+    // flows to `per` backends) do not run out of ports.
+    lb.maps.set_nat_config(&lb_common::NatConfig { addr_v4: NODE.octets(), port_min: 1024, port_max: 65535 })?;
+    let ctx: Vec<u8> = [0u32, super::progs::FRAME_LEN as u32, 0, ifindex, 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let vip_t = vip(1);
+    let est = tcp(CLIENT, CLIENT_PORT, vip_t, SVC_PORT, TCP_ACK);
+    let first = run_ctx(|o| lb.xdp().test_run(o), &est, 1, Some(&ctx))?;
+    let (be, be_port) = dst_of(&first.out);
+    let (snat_addr, snat_port) = src_of(&first.out);
+    ensure!(first.ret == XDP_TX && snat_addr == NODE && be_port == BACKEND_PORT, "the first packet of a SNAT flow was not SNATed and sent: verdict {}, {snat_addr}:{snat_port} -> {be}:{be_port}", first.ret);
+    let syn = tcp(NEW_CLIENTS, CLIENT_PORT, vip_t, SVC_PORT, TCP_SYN);
+    let reply = tcp(be, BACKEND_PORT, NODE, snat_port, TCP_ACK);
+    let to_be = move |out: &[u8]| -> Result<()> {
+        ensure!(dst_of(out) == (be, BACKEND_PORT) && src_of(out) == (NODE, snat_port), "established SNAT flow left as {:?} -> {:?}", src_of(out), dst_of(out));
+        verify_checksums(out).map_err(anyhow::Error::msg)
+    };
+    let to_any = |out: &[u8]| -> Result<()> {
+        ensure!(src_of(out).0 == NODE && dst_of(out).1 == BACKEND_PORT, "new SNAT flow left as {:?} -> {:?}", src_of(out), dst_of(out));
+        verify_checksums(out).map_err(anyhow::Error::msg)
+    };
+    let to_client = move |out: &[u8]| -> Result<()> {
+        ensure!(src_of(out) == (vip_t, SVC_PORT) && dst_of(out) == (CLIENT, CLIENT_PORT), "SNAT reply left as {:?} -> {:?}", src_of(out), dst_of(out));
+        verify_checksums(out).map_err(anyhow::Error::msg)
+    };
+    let xdp_fd = lb.xdp().fd()?.try_clone()?;
+    let pass_fd = progs.xdp("bench_pass").fd()?.try_clone()?;
+    let cases: [(&str, &[u8], bool, u32, Check); 3] = [
+        ("xdp_lb/snat_established", &est, false, opts.repeat, Check { ret: XDP_TX, out: &to_be, counters: &[(counter::NAT_FORWARD, 1), (counter::XDP_REDIRECTED, 1)], new_flows: 0 }),
+        ("xdp_lb/snat_new_flow", &syn, true, opts.repeat_new, Check { ret: XDP_TX, out: &to_any, counters: &[(counter::SNAT_NEW, 1), (counter::XDP_REDIRECTED, 1)], new_flows: 1 }),
+        ("xdp_lb/snat_reply", &reply, false, opts.repeat, Check { ret: XDP_TX, out: &to_client, counters: &[(counter::NAT_REPLY, 1), (counter::XDP_REDIRECTED, 1)], new_flows: 0 }),
+    ];
+    for (name, frame, vary, repeat, check_want) in &cases {
+        progs.set_template(frame, *vary)?;
+        let (mut net, mut raw, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..opts.rounds {
+            progs.jump_xdp(&pass_fd)?;
+            let f = run_ctx(|o| progs.xdp("bench_wrap_xdp").test_run(o), frame, *repeat, Some(&ctx))?;
+            ensure!(f.ret == XDP_PASS, "{name}: the wrapper floor returned {}", f.ret);
+            progs.jump_xdp(&xdp_fd)?;
+            let before = (lb.counters()?, lb.maps.service_stats(1)?.new_flows);
+            let r = run_ctx(|o| progs.xdp("bench_wrap_xdp").test_run(o), frame, *repeat, Some(&ctx))?;
+            let after = (lb.counters()?, lb.maps.service_stats(1)?.new_flows);
+            check(name, check_want, &r, *repeat as u64, &before, &after)?;
+            net.push(r.ns - f.ns);
+            raw.push(r.ns);
+            floor.push(f.ns);
+        }
+        let cnd = json!({"services": 1, "backends_per_service": per, "repeat": repeat, "rounds": opts.rounds, "proto": "tcp", "frame_bytes": 64,
+            "floor_ns": stats::median(&floor), "raw_ns": stats::median(&raw),
+            "method": "xdp wrapper (restore + tail call) minus wrapper floor; frames arrive on a real uplink (FIB lookup + XDP_TX included)"});
+        report.add("prog_cost", name, stats::median(&net), Some(stats::min(&raw) - stats::min(&floor)), "ns/packet", cnd);
+    }
     Ok(())
 }

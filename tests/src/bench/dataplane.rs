@@ -44,6 +44,13 @@ impl BenchLb {
     /// backends each (service ids 1..=services, VIP [`vip`], backends
     /// [`backend`]), all `proto`, random selection; conntrack of `conntrack` entries.
     pub fn new(services: u32, per_service: u32, proto: u8, conntrack: u32) -> Result<Self> {
+        Self::with_backends(services, per_service, proto, conntrack, false)
+    }
+
+    /// As [`BenchLb::new`]; `remote`: every backend is on another node
+    /// (`backend_flags::REMOTE`), so external flows are SNATed once
+    /// `nat_config` is set.
+    pub fn with_backends(services: u32, per_service: u32, proto: u8, conntrack: u32, remote: bool) -> Result<Self> {
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/xlbt-{}-bench-{n}", std::process::id()));
         let total = services * per_service;
@@ -69,7 +76,7 @@ impl BenchLb {
                 let mut s = Svc::new(id, proto, algorithm::RANDOM).frontend(vip(id), SVC_PORT);
                 for b in 0..per_service {
                     let bid = (id - 1) * per_service + b + 1;
-                    s = s.backend(bid, backend(bid), BACKEND_PORT);
+                    s = if remote { s.remote_backend(bid, backend(bid), BACKEND_PORT) } else { s.backend(bid, backend(bid), BACKEND_PORT) };
                 }
                 s
             })

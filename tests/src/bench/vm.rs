@@ -9,11 +9,10 @@
 //! kernel forwarded to the backend.
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{bail, ensure, Context as _, Result};
+use anyhow::{Context as _, Result};
 use lb_common::{counter, IPPROTO_UDP};
 use serde_json::json;
 
@@ -22,6 +21,7 @@ use crate::{
     lb::Lb,
     netns::Netns,
     services::{contents, Svc},
+    vm,
 };
 
 const TAP: &str = "xlbtap0";
@@ -29,133 +29,12 @@ const TAP_MAC: &str = "02:00:00:00:07:01";
 const VIP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 96, 0, 10);
 const BACKEND: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 9, 2);
 
-fn sh(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// The unpacked kernel package under `dir`: (vmlinuz, modules dir).
-fn kernel(dir: &Path) -> Result<(PathBuf, PathBuf)> {
-    let root = dir.join("root");
-    if !root.join("boot").exists() {
-        std::fs::create_dir_all(dir)?;
-        // linux-image-amd64 is a metapackage: the image is its dependency.
-        let deps = sh(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
-        let pkg = deps
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("Depends: "))
-            .find(|p| p.starts_with("linux-image-"))
-            .context("no linux-image-* dependency of linux-image-amd64")?
-            .to_string();
-        eprintln!("vm: apt-get download {pkg}");
-        sh(Command::new("apt-get")
-            .args(["download", &pkg])
-            .current_dir(dir))?;
-        let deb = std::fs::read_dir(dir)?
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| p.extension().is_some_and(|x| x == "deb"))
-            .context("downloaded .deb")?;
-        sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
-    }
-    let vmlinuz = std::fs::read_dir(root.join("boot"))?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-        })
-        .context("no vmlinuz in the package")?;
-    let ver = vmlinuz
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .trim_start_matches("vmlinuz-")
-        .to_string();
-    Ok((vmlinuz, root.join("lib/modules").join(ver)))
-}
-
-/// `name`'s module file and those of its dependencies, dependencies first.
-fn with_deps(modules: &Path, name: &str, out: &mut Vec<PathBuf>) -> Result<()> {
-    let file = find_module(modules, name)?;
-    let Some(file) = file else { return Ok(()) }; // built in
-    if out.contains(&file) {
-        return Ok(());
-    }
-    let deps = sh(Command::new("modinfo").args(["-F", "depends"]).arg(&file))?;
-    for d in deps.trim().split(',').filter(|d| !d.is_empty()) {
-        with_deps(modules, d, out)?;
-    }
-    out.push(file);
-    Ok(())
-}
-
-fn find_module(modules: &Path, name: &str) -> Result<Option<PathBuf>> {
-    let want: Vec<String> = [name.to_string(), name.replace('_', "-")]
-        .into_iter()
-        .collect();
-    let mut stack = vec![modules.join("kernel")];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d)?.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Some(f) = p.file_name().and_then(|f| f.to_str()) {
-                let stem = f.split(".ko").next().unwrap_or("");
-                if f.contains(".ko") && want.iter().any(|w| w == stem) {
-                    return Ok(Some(p));
-                }
-            }
-        }
-    }
-    Ok(None)
-}
-
-/// A gzip'd newc cpio with busybox, the modules (decompressed) and /init.
+/// The pktgen initramfs: /init loads virtio-net and pktgen and sends
+/// `count` UDP frames to the VIP.
 fn initramfs(dir: &Path, modules: &Path, count: u64) -> Result<PathBuf> {
-    let tree = dir.join("initramfs");
-    let _ = std::fs::remove_dir_all(&tree);
-    for d in ["bin", "proc", "sys", "dev", "m"] {
-        std::fs::create_dir_all(tree.join(d))?;
-    }
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .context("busybox-static not installed")?;
-    std::fs::copy(busybox, tree.join("bin/busybox"))?;
-    let mut files = Vec::new();
-    for m in ["virtio_pci", "virtio_net", "pktgen"] {
-        with_deps(modules, m, &mut files)?;
-    }
-    let mut names = Vec::new();
-    for f in &files {
-        let fname = f.file_name().unwrap().to_string_lossy().to_string();
-        let plain = fname.split(".ko").next().unwrap().to_string() + ".ko";
-        let dst = tree.join("m").join(&plain);
-        if fname.ends_with(".xz") {
-            let out = sh(Command::new("sh").arg("-c").arg(format!(
-                "xz -dc '{}' > '{}'",
-                f.display(),
-                dst.display()
-            )));
-            out?;
-        } else if fname.ends_with(".zst") {
-            sh(Command::new("sh").arg("-c").arg(format!(
-                "zstd -qdc '{}' > '{}'",
-                f.display(),
-                dst.display()
-            )))?;
-        } else {
-            std::fs::copy(f, &dst)?;
-        }
-        names.push(plain);
-    }
     let init = format!(
-        "#!/bin/busybox sh\n/bin/busybox --install -s /bin\nmount -t proc proc /proc\nmount -t sysfs sys /sys\n\
-         for m in {mods}; do insmod /m/$m || echo \"insmod $m failed\"; done\n\
+        "/bin/busybox --install -s /bin\nmount -t proc proc /proc\nmount -t sysfs sys /sys\n\
+         for m in $MODULES; do insmod /m/$m || echo \"insmod $m failed\"; done\n\
          ip link set eth0 up\nip addr add 192.168.7.2/24 dev eth0\nsleep 1\n\
          echo 'add_device eth0' > /proc/net/pktgen/kpktgend_0\n\
          c=/proc/net/pktgen/eth0\n\
@@ -163,25 +42,13 @@ fn initramfs(dir: &Path, modules: &Path, count: u64) -> Result<PathBuf> {
          'udp_src_min 1024' 'udp_src_max 65000' 'flag UDPSRC_RND' 'src_min 192.168.7.2' 'src_max 192.168.7.2'; do echo \"$l\" > $c; done\n\
          echo XDPLB-PKTGEN-START\necho start > /proc/net/pktgen/pgctrl\n\
          echo XDPLB-PKTGEN-RESULT; cat $c\necho XDPLB-PKTGEN-END\npoweroff -f\n",
-        mods = names.join(" "),
     );
-    std::fs::write(tree.join("init"), init)?;
-    std::fs::set_permissions(
-        tree.join("init"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )?;
-    let img = dir.join("initramfs.cpio.gz");
-    sh(Command::new("sh").arg("-c").arg(format!(
-        "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
-        tree.display(),
-        img.display()
-    )))?;
-    Ok(img)
+    vm::initramfs(dir, modules, &["virtio_pci", "virtio_net", "pktgen"], &init)
 }
 
 pub fn run(out_dir: &Path, count: u64, r: &mut Report) -> Result<()> {
     let dir = out_dir.join("vm");
-    let (vmlinuz, modules) = kernel(&dir)?;
+    let (vmlinuz, modules) = vm::kernel(&dir, &vm::default_kernel_package()?)?;
     let img = initramfs(&dir, &modules, count)?;
 
     let ns = Netns::new();
@@ -206,55 +73,26 @@ pub fn run(out_dir: &Path, count: u64, r: &mut Report) -> Result<()> {
     .backend(1, BACKEND, 8080)]));
 
     let log = dir.join("qemu.log");
-    let start = Instant::now();
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", ns.name()))
-        .args([
-            "qemu-system-x86_64",
-            "-accel",
-            "tcg",
-            "-m",
-            "512",
-            "-smp",
-            "1",
-            "-nographic",
-            "-no-reboot",
-            "-kernel",
-        ])
-        .arg(&vmlinuz)
-        .arg("-initrd")
-        .arg(&img)
-        .args(["-append", "console=ttyS0 panic=-1 quiet"])
-        .args([
+    let boot = vm::Boot {
+        vmlinuz: &vmlinuz,
+        initrd: &img,
+        mem_mb: 512,
+        cpus: 1,
+        extra: [
+            "-append",
+            "console=ttyS0 panic=-1 quiet",
             "-netdev",
             &format!("tap,id=n0,ifname={TAP},script=no,downscript=no"),
             "-device",
             "virtio-net-pci,netdev=n0,mac=52:54:00:00:07:02",
-        ])
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&log)?)
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting qemu-system-x86_64 (provisioned by `cargo xtask bench --pktgen-vm`)")?;
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let status = loop {
-        if let Some(s) = child.try_wait()? {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("the VM did not finish within 300 s; see {}", log.display());
-        }
-        std::thread::sleep(Duration::from_millis(100));
+        ]
+        .map(String::from)
+        .to_vec(),
+        wrap: vec!["nsenter".into(), format!("--net=/run/netns/{}", ns.name())],
+        timeout: Duration::from_secs(300),
     };
-    let wall = start.elapsed().as_secs_f64();
-    let text = std::fs::read_to_string(&log)?;
-    ensure!(
-        status.success(),
-        "qemu failed ({status}); see {}",
-        log.display()
-    );
+    let (text, wall) = vm::boot(&boot, &log)?;
+    let wall = wall.as_secs_f64();
     let (pps, sent, usec) = parse_pktgen(&text).with_context(|| {
         let tail: Vec<&str> = text.lines().rev().take(30).collect();
         format!(
@@ -356,27 +194,5 @@ mod tests {
             None
         );
     }
-
-    #[test]
-    fn modules_are_found_by_name_with_dashes_or_underscores_and_compressed() {
-        let dir = std::env::temp_dir().join(format!("xlbb-{}-mods", std::process::id()));
-        let k = dir.join("kernel/drivers/net");
-        std::fs::create_dir_all(&k).unwrap();
-        std::fs::write(k.join("virtio_net.ko.xz"), b"").unwrap();
-        std::fs::write(k.join("net-failover.ko"), b"").unwrap();
-        assert_eq!(
-            super::find_module(&dir, "virtio_net").unwrap(),
-            Some(k.join("virtio_net.ko.xz"))
-        );
-        assert_eq!(
-            super::find_module(&dir, "net_failover").unwrap(),
-            Some(k.join("net-failover.ko"))
-        );
-        assert_eq!(
-            super::find_module(&dir, "virtio").unwrap(),
-            None,
-            "virtio_net is not virtio"
-        );
-        let _ = std::fs::remove_dir_all(&dir);
-    }
 }
+

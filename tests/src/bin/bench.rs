@@ -69,6 +69,7 @@ fn main() -> Result<()> {
         for &(services, per) in copts.configs {
             cost::config(&mut progs, services, per, &copts, &mut report)?;
         }
+        cost::snat(&mut progs, 10, &copts, &mut report)?;
         xdplb_tests::bench::pin(None);
         println!("(prog_cost section: {:.0} s)", t.elapsed().as_secs_f64());
     }

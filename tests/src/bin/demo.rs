@@ -3,13 +3,19 @@
 //! to the NodePort, a process on the node itself sends HTTP to the ClusterIP
 //! (balanced at connect() by the socket programs), and this prints which
 //! backend answered each request; then an EndpointSlice edit removes a
-//! backend, live. Needs root.
-use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+//! backend, live. Last, two nodes with an agent each: requests reach a pod
+//! on the other node through a NodePort and through a ClusterIP. Needs root.
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr},
+    time::Duration,
+};
 
 use lb_common::counter;
 use xdplb_tests::{
     agent::{objects_dir, programmed, slice, write, Agent, WEB_CLUSTER_IP},
     cgroup::TestCgroup,
+    cluster::{node_addr, tcp_requests, Cluster, ServiceDef, Source, Tally, TCP},
     servers::{http_get, Server},
     topology::{backend_addr, Topology, NODE_ADDR, UPLINK},
     wait_for,
@@ -74,5 +80,28 @@ fn main() {
         counter::LABELS.iter().zip(&c).filter(|(_, v)| **v > 0).map(|(l, v)| format!("{l}={v}")).collect::<Vec<_>>().join(" ")
     );
     println!("conntrack entries: {} (two per flow)", dp.flows().map(|f| f.len()).unwrap_or(0));
-    println!("\nthe agent, its pinned maps and the namespaces are removed on exit");
+    drop(agent);
+    multi_node();
+    println!("\nthe agents, their pinned maps and the namespaces are removed on exit");
+}
+
+/// Two nodes on one L2 segment, each with its own agent and pods; the
+/// service's pods are all on node-2, and requests arrive at node-1.
+fn multi_node() {
+    println!("\nmulti-node: client ns --> bridge --> node-1, node-2 (an lb-agent each) --> 2 pods each");
+    let mut c = Cluster::new(2, 2, Source::File);
+    let web = Ipv4Addr::new(10, 96, 0, 20);
+    let on_node_2 = [(2, 0), (2, 1)];
+    c.publish(&ServiceDef::new("web2", web).node_port(30090), &on_node_2);
+    c.wait_backends(1, node_addr(1), 30090, TCP, &on_node_2);
+    c.wait_backends(1, web, 80, TCP, &on_node_2);
+    println!("  Service demo/web2: ClusterIP {web}:80, NodePort 30090, endpoints: 2 pods on node-2 only\n");
+    let show = |label: &str, t: &Tally| {
+        println!("  {label}: {} ok, {} failed; answered by {:?}; the pods saw the client as {:?}", t.ok(), t.failed(), t.answers, t.sources);
+    };
+    let np = tcp_requests(&c.client, SocketAddr::from((node_addr(1), 30090)), 6);
+    show(&format!("NodePort  {}:30090 from the outside client", node_addr(1)), &np);
+    let cip = tcp_requests(c.pod(1, 0), SocketAddr::from((web, 80)), 6);
+    show(&format!("ClusterIP {web}:80 from pod-0 on node-1"), &cip);
+    println!("  (the outside client's flows are SNATed to node-1's address so the replies come back through it; the pod's keep its own address)");
 }

@@ -1,0 +1,222 @@
+//! Booting a Debian kernel in QEMU: the kernel package downloaded with
+//! `apt-get download` and unpacked (never installed), a busybox initramfs
+//! with the modules it needs, QEMU under TCG (this host's /dev/kvm is a
+//! paravirtual kind a stock kernel cannot use). Used by the pktgen bench
+//! (`bench::vm`) and the `--kernels` test tier (tests/tests/kernels.rs).
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+pub fn sh(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The image package `linux-image-amd64` (a metapackage) depends on: the
+/// distribution's current kernel.
+pub fn default_kernel_package() -> Result<String> {
+    let deps = sh(Command::new("apt-cache").args(["depends", "linux-image-amd64"]))?;
+    deps.lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-"))
+        .map(str::to_string)
+        .context("no linux-image-* dependency of linux-image-amd64")
+}
+
+/// The newest `linux-image-<series>.0-N-amd64` apt knows (e.g. series "6.1":
+/// Debian 12's kernel, whichever suites the host has besides).
+pub fn kernel_package(series: &str) -> Result<String> {
+    let prefix = format!("linux-image-{series}.0-");
+    // The metapackage's choice first, when it is of that series.
+    if let Ok(p) = default_kernel_package() {
+        if p.starts_with(&prefix) && p.ends_with("-amd64") {
+            return Ok(p);
+        }
+    }
+    let pattern = format!("^linux-image-{}\\.0-[0-9]+-amd64$", series.replace('.', "\\."));
+    let found = sh(Command::new("apt-cache").args(["search", "--names-only", &pattern]))?;
+    found
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .max_by_key(|p| p.trim_start_matches(&prefix).trim_end_matches("-amd64").parse::<u32>().unwrap_or(0))
+        .map(str::to_string)
+        .with_context(|| format!("apt knows no {prefix}N-amd64 package (apt-get update? a Debian 12 source?)"))
+}
+
+/// Package `pkg` unpacked under `dir` (downloaded on first use): (vmlinuz,
+/// modules dir).
+pub fn kernel(dir: &Path, pkg: &str) -> Result<(PathBuf, PathBuf)> {
+    let root = dir.join("root");
+    if !root.join("boot").exists() {
+        std::fs::create_dir_all(dir)?;
+        eprintln!("vm: apt-get download {pkg}");
+        sh(Command::new("apt-get").args(["download", pkg]).current_dir(dir))?;
+        let deb = std::fs::read_dir(dir)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "deb"))
+            .context("downloaded .deb")?;
+        sh(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+        let _ = std::fs::remove_file(&deb);
+    }
+    let vmlinuz = std::fs::read_dir(root.join("boot"))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .context("no vmlinuz in the package")?;
+    let ver = vmlinuz.file_name().unwrap().to_string_lossy().trim_start_matches("vmlinuz-").to_string();
+    Ok((vmlinuz, root.join("lib/modules").join(ver)))
+}
+
+/// `name`'s module file and those of its dependencies, dependencies first.
+pub fn with_deps(modules: &Path, name: &str, out: &mut Vec<PathBuf>) -> Result<()> {
+    let file = find_module(modules, name)?;
+    let Some(file) = file else { return Ok(()) }; // built in
+    if out.contains(&file) {
+        return Ok(());
+    }
+    let deps = sh(Command::new("modinfo").args(["-F", "depends"]).arg(&file))?;
+    for d in deps.trim().split(',').filter(|d| !d.is_empty()) {
+        with_deps(modules, d, out)?;
+    }
+    out.push(file);
+    Ok(())
+}
+
+pub fn find_module(modules: &Path, name: &str) -> Result<Option<PathBuf>> {
+    let want: Vec<String> = [name.to_string(), name.replace('_', "-")].into_iter().collect();
+    let mut stack = vec![modules.join("kernel")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)?.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Some(f) = p.file_name().and_then(|f| f.to_str()) {
+                let stem = f.split(".ko").next().unwrap_or("");
+                if f.contains(".ko") && want.iter().any(|w| w == stem) {
+                    return Ok(Some(p));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// A gzip'd newc cpio at `dir`/initramfs.cpio.gz with busybox, the modules
+/// `mods` and their dependencies (decompressed, under /m) and `init` as
+/// /init. `init` finds the modules, in load order, in `$MODULES`.
+pub fn initramfs(dir: &Path, modules: &Path, mods: &[&str], init: &str) -> Result<PathBuf> {
+    let tree = dir.join("initramfs");
+    let _ = std::fs::remove_dir_all(&tree);
+    for d in ["bin", "proc", "sys", "dev", "m", "host"] {
+        std::fs::create_dir_all(tree.join(d))?;
+    }
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .context("busybox-static not installed")?;
+    std::fs::copy(busybox, tree.join("bin/busybox"))?;
+    let mut files = Vec::new();
+    for m in mods {
+        with_deps(modules, m, &mut files)?;
+    }
+    let mut names = Vec::new();
+    for f in &files {
+        let fname = f.file_name().unwrap().to_string_lossy().to_string();
+        let plain = fname.split(".ko").next().unwrap().to_string() + ".ko";
+        let dst = tree.join("m").join(&plain);
+        if fname.ends_with(".xz") {
+            sh(Command::new("sh").arg("-c").arg(format!("xz -dc '{}' > '{}'", f.display(), dst.display())))?;
+        } else if fname.ends_with(".zst") {
+            sh(Command::new("sh").arg("-c").arg(format!("zstd -qdc '{}' > '{}'", f.display(), dst.display())))?;
+        } else {
+            std::fs::copy(f, &dst)?;
+        }
+        names.push(plain);
+    }
+    let init = format!("#!/bin/busybox sh\nMODULES='{}'\n{init}", names.join(" "));
+    std::fs::write(tree.join("init"), init)?;
+    std::fs::set_permissions(tree.join("init"), std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let img = dir.join("initramfs.cpio.gz");
+    sh(Command::new("sh").arg("-c").arg(format!(
+        "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
+        tree.display(),
+        img.display()
+    )))?;
+    Ok(img)
+}
+
+/// How to boot: kernel, initramfs, memory, CPUs, extra QEMU arguments.
+pub struct Boot<'a> {
+    pub vmlinuz: &'a Path,
+    pub initrd: &'a Path,
+    pub mem_mb: u32,
+    pub cpus: u32,
+    pub extra: Vec<String>,
+    /// A command that wraps QEMU (e.g. nsenter into a namespace).
+    pub wrap: Vec<String>,
+    pub timeout: Duration,
+}
+
+/// Boots and waits for the guest to power off; the console goes to `log`.
+/// Returns the console text and the wall time.
+pub fn boot(b: &Boot, log: &Path) -> Result<(String, Duration)> {
+    let start = Instant::now();
+    let (prog, pre) = match b.wrap.split_first() {
+        Some((p, rest)) => (p.as_str(), rest.iter().map(String::as_str).chain(["qemu-system-x86_64"]).collect::<Vec<_>>()),
+        None => ("qemu-system-x86_64", vec![]),
+    };
+    let mut child = Command::new(prog)
+        .args(pre)
+        .args(["-accel", "tcg", "-m", &b.mem_mb.to_string(), "-smp", &b.cpus.to_string()])
+        .args(["-nographic", "-no-reboot", "-kernel"])
+        .arg(b.vmlinuz)
+        .arg("-initrd")
+        .arg(b.initrd)
+        .args(&b.extra)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(log)?)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting qemu-system-x86_64 (apt-get install qemu-system-x86; `cargo xtask` provisions it)")?;
+    let deadline = start + b.timeout;
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the VM did not finish within {:?}; see {}", b.timeout, log.display());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let text = std::fs::read_to_string(log)?;
+    if !status.success() {
+        bail!("qemu failed ({status}); see {}", log.display());
+    }
+    Ok((text, start.elapsed()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn modules_are_found_by_name_with_dashes_or_underscores_and_compressed() {
+        let dir = std::env::temp_dir().join(format!("xlbb-{}-mods", std::process::id()));
+        let k = dir.join("kernel/drivers/net");
+        std::fs::create_dir_all(&k).unwrap();
+        std::fs::write(k.join("virtio_net.ko.xz"), b"").unwrap();
+        std::fs::write(k.join("net-failover.ko"), b"").unwrap();
+        assert_eq!(super::find_module(&dir, "virtio_net").unwrap(), Some(k.join("virtio_net.ko.xz")));
+        assert_eq!(super::find_module(&dir, "net_failover").unwrap(), Some(k.join("net-failover.ko")));
+        assert_eq!(super::find_module(&dir, "virtio").unwrap(), None, "virtio_net is not virtio");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,89 @@
+//! The `--kernels` tier (`cargo xtask test --kernels`): the real agent and
+//! real traffic on the kernels production nodes run, not only this host's.
+//! Debian 12's kernel (6.1: no TCX, so tc attaches through netlink) comes
+//! from Debian's own package (`apt-get download`, unpacked under
+//! target/kernels/, never installed) and boots in QEMU under TCG with a
+//! busybox initramfs. The guest mounts this host's root read-only over 9p
+//! and runs `xdplb-vm-guest` (tests/src/bin/vm_guest.rs) from it, which
+//! checks balancing, restarts, doctor and uninstall inside the VM.
+//!
+//! Ignored in the default suite (a VM boot takes minutes under TCG); the
+//! tier runs it. Debian has no 5.15 kernel package (bullseye has 5.10,
+//! bookworm 6.1), so 5.15 is not booted here.
+use std::{path::PathBuf, time::Duration};
+
+use xdplb_tests::{agent::agent_binary, vm};
+
+/// Modules the guest needs that Debian builds as modules: virtio and 9p for
+/// the host's files, veth and bridge for the topology, clsact and cls_bpf
+/// for the netlink tc path.
+const MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "veth", "bridge", "sch_ingress", "cls_bpf"];
+
+fn out_dir() -> PathBuf {
+    // target/<profile>/deps/<this test> → target/kernels
+    let exe = std::env::current_exe().unwrap();
+    exe.ancestors().nth(3).expect("target dir").join("kernels")
+}
+
+/// /init: modules, the host's root over 9p with the guest's own /proc,
+/// /sys, /dev, bpffs, cgroup2 and writable /tmp and /run, then the
+/// scenario in a chroot of it; its exit status is printed, then power off.
+fn init_script(guest: &str, agent: &str) -> String {
+    format!(
+        "/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+for m in $MODULES; do insmod /m/$m || echo \"insmod $m failed\"; done
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose hostroot /host || echo XDPLB-VM-NO-9P
+mount -t proc proc /host/proc; mount -t sysfs sys /host/sys; mount -t devtmpfs dev /host/dev
+mount -t tmpfs -o mode=1777 tmp /host/tmp; mount -t tmpfs run /host/run
+mount -t bpf bpf /host/sys/fs/bpf; mount -t cgroup2 cgroup2 /host/sys/fs/cgroup
+echo XDPLB-VM-START
+chroot /host /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/tmp TMPDIR=/tmp \
+ RUST_BACKTRACE=1 XDPLB_AGENT_BIN={agent} {guest}
+echo XDPLB-VM-EXIT $?
+poweroff -f
+"
+    )
+}
+
+#[test]
+#[ignore = "boots Debian 12's kernel in QEMU: cargo xtask test --kernels"]
+fn debian_12_kernel_6_1_balances_restarts_and_uninstalls_through_netlink_tc() {
+    xdplb_tests::require_root();
+    let dir = out_dir().join("debian-12");
+    let pkg = vm::kernel_package("6.1").expect("finding Debian 12's kernel package");
+    let (vmlinuz, modules) = vm::kernel(&dir, &pkg).expect("unpacking the kernel package");
+    let agent = agent_binary();
+    let guest = env!("CARGO_BIN_EXE_xdplb-vm-guest");
+    let init = init_script(guest, &agent.display().to_string());
+    let img = vm::initramfs(&dir, &modules, MODULES, &init).expect("building the initramfs");
+    let log = dir.join("console.log");
+    let boot = vm::Boot {
+        vmlinuz: &vmlinuz,
+        initrd: &img,
+        mem_mb: 1024,
+        cpus: 2,
+        extra: [
+            "-append",
+            "console=ttyS0 panic=-1 quiet",
+            "-nic",
+            "none",
+            "-virtfs",
+            "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        ]
+        .map(String::from)
+        .to_vec(),
+        wrap: vec![],
+        timeout: Duration::from_secs(600),
+    };
+    eprintln!("kernels: booting {pkg} (console: {})", log.display());
+    let (console, wall) = vm::boot(&boot, &log).expect("booting the VM");
+    let run: String = console.split("XDPLB-VM-START").nth(1).unwrap_or(&console).to_string();
+    println!("{run}");
+    println!("XDPLB-FIGURE vm_wall_s {}", wall.as_secs());
+    let insmod_failed = console.lines().any(|l| l.starts_with("insmod ") && l.trim_end().ends_with("failed"));
+    assert!(!console.contains("XDPLB-VM-NO-9P") && !insmod_failed, "the guest set-up failed:\n{console}");
+    assert!(run.contains("XDPLB-VM-EXIT 0") && run.contains("XDPLB-GUEST-OK"), "the scenario failed in the VM ({pkg}):\n{run}");
+    assert!(run.contains("XDPLB-FIGURE kernel 6.1."), "the guest ran another kernel:\n{run}");
+    assert!(run.contains("XDPLB-FIGURE tc_attach netlink"), "6.1 has no TCX: tc must attach through netlink:\n{run}");
+}
