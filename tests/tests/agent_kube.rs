@@ -139,7 +139,8 @@ async fn kube_source_sends_nothing_before_a_complete_list_and_one_model_per_burs
         );
         assert_eq!(first.nodes[NODE].addresses, [NODE_ADDR]);
     }
-    assert!(health.synced() && health.connected());
+    // The store is ready a moment before the watch task records InitDone.
+    assert!(until(Duration::from_secs(5), || health.synced() && health.connected()).await);
     assert_eq!(health.models(), 1);
 
     // 1,000 new Services at once: one model with all of them.

@@ -508,10 +508,12 @@ async fn follow(
                 return false;
             }
             *current = Arc::new(model);
+            // Counted before the receiver is woken: whoever sees the model
+            // sees the count too.
+            health.models.fetch_add(1, Ordering::Relaxed);
             true
         });
         if sent {
-            health.models.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
                 waited_ms = start.elapsed().as_millis() as u64,
                 "objects changed"
