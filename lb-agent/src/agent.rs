@@ -302,6 +302,11 @@ impl Programmer {
         if self.snat_reported.is_some_and(|t| t.elapsed() < SNAT_REPORT_EVERY) {
             return;
         }
+        // Cheap when nothing was refused since the last look: one per-CPU counter.
+        let total: u64 = self.dp.counters.get(&lb_common::counter::DROP_SNAT_EXHAUSTED, 0).map(|v| v.iter().sum()).unwrap_or(0);
+        if total == self.snat_refused.values().sum::<u64>() {
+            return;
+        }
         let Ok(now) = self.dp.snat_exhausted() else { return };
         if now.iter().any(|(id, n)| self.snat_refused.get(id).copied().unwrap_or(0) < *n) {
             self.snat_reported = Some(Instant::now());

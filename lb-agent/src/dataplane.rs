@@ -314,13 +314,17 @@ impl Dataplane {
         Ok(self.nat_config.get(&0, 0)?)
     }
 
-    /// New flows refused for want of a SNAT port, per backend id in the map
-    /// (non-zero only).
+    /// New flows refused for want of a SNAT port, per backend id (non-zero
+    /// only). The per-backend array is walked only when the node-wide
+    /// counter says something was refused at all (a walk is one syscall
+    /// per backend slot).
     pub fn snat_exhausted(&self) -> Result<Vec<(BackendId, u64)>> {
         let mut out = Vec::new();
-        // Only the ids that hold a backend: one lookup per id of the whole
-        // array (262,144 by default) made a /metrics scrape take seconds.
-        for id in self.backends()?.into_keys() {
+        let total: u64 = self.counters.get(&lb_common::counter::DROP_SNAT_EXHAUSTED, 0)?.iter().sum();
+        if total == 0 {
+            return Ok(out);
+        }
+        for id in 1..self.snat_exhausted.len() {
             let n: u64 = self.snat_exhausted.get(&id, 0)?.iter().sum();
             if n > 0 {
                 out.push((id, n));

@@ -190,8 +190,11 @@ fn other_key(key: &FlowKeyV4, e: &FlowV4) -> FlowKeyV4 {
 /// The (nat, peer) ends the other half of `(key, e)` holds: FORWARD halves
 /// rewrite the destination, REPLY halves the source, so the other half's
 /// rewrite is this key's far end and its peer this key's near end.
+/// An address and port, network order.
+type AddrPort = ([u8; 4], [u8; 2]);
+
 #[inline(always)]
-fn other_ends(key: &FlowKeyV4, e: &FlowV4) -> (([u8; 4], [u8; 2]), ([u8; 4], [u8; 2])) {
+fn other_ends(key: &FlowKeyV4, e: &FlowV4) -> (AddrPort, AddrPort) {
     if e.direction == direction::FORWARD {
         ((key.dst_addr, key.dst_port), (key.src_addr, key.src_port))
     } else {
@@ -211,7 +214,7 @@ fn other_ends(key: &FlowKeyV4, e: &FlowV4) -> (([u8; 4], [u8; 2]), ([u8; 4], [u8
 fn keep_pair(key: &FlowKeyV4, e: &FlowV4) {
     let other = other_key(key, e);
     let closing = e.flags & flow_flags::CLOSING != 0;
-    match conntrack_v4.get_ptr_mut(&other) {
+    match conntrack_v4.get_ptr_mut(other) {
         Some(o) if closing => {
             let (nat, peer) = other_ends(key, e);
             // SAFETY: a live entry of this map; racing writers only lose a flag.
@@ -302,8 +305,8 @@ fn snat_insert(reply_key: &mut FlowKeyV4, reply: &FlowV4, nat: &NatConfig, now: 
         // SAFETY: helper without preconditions.
         let port = nat.port_min.wrapping_add((unsafe { bpf_get_prandom_u32() } % span) as u16);
         reply_key.dst_port = port.to_be_bytes();
-        if conntrack_v4.insert(&*reply_key, reply, BPF_NOEXIST as u64).is_ok()
-            || (!clashes(reply_key, reply, now) && conntrack_v4.insert(&*reply_key, reply, 0).is_ok())
+        if conntrack_v4.insert(*reply_key, reply, BPF_NOEXIST as u64).is_ok()
+            || (!clashes(reply_key, reply, now) && conntrack_v4.insert(*reply_key, reply, 0).is_ok())
         {
             return true;
         }

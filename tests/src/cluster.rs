@@ -119,6 +119,8 @@ enum Objects {
 pub struct Node {
     pub index: usize,
     agent: Option<Child>,
+    /// Sync lines in the (appended) log when the current agent started.
+    syncs_at_start: usize,
     pub pin_dir: PathBuf,
     log: PathBuf,
     /// `lb-agent run` arguments after `--iface` and `--pin-path`.
@@ -142,6 +144,8 @@ impl Cluster {
     /// `nodes` nodes (≥ 1) with `pods` pods each, agents running and synced.
     pub fn new(nodes: usize, pods: usize, source: Source) -> Self {
         crate::require_root();
+        static STALE: std::sync::Once = std::sync::Once::new();
+        STALE.call_once(remove_stale);
         assert!((1..=200).contains(&nodes) && pods <= 200, "nodes 1..=200, pods ≤ 200");
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let tag = format!("xlbt-{}-cluster{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
@@ -204,7 +208,7 @@ impl Cluster {
                 args.extend(source_args.iter().cloned());
                 let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{tag}-node{index}"));
                 let _ = std::fs::remove_dir_all(&pin_dir);
-                Node { index, agent: None, pin_dir, log: base.with_extension(format!("node{index}.log")), args, pods, ns }
+                Node { index, agent: None, syncs_at_start: 0, pin_dir, log: base.with_extension(format!("node{index}.log")), args, pods, ns }
             })
             .collect();
         let mut c = Self { nodes, _servers: servers, objects, client, _peer_xdp: peer_xdp, switch };
@@ -344,6 +348,22 @@ impl Drop for Cluster {
     }
 }
 
+/// Removes what clusters of test processes that are gone (SIGKILLed) left:
+/// pins, the agents' service-name files, kubeconfigs, YAML dirs, logs.
+/// (Their namespaces go with [`Netns`]'s own clean-up.)
+fn remove_stale() {
+    for root in [PathBuf::from("/sys/fs/bpf"), PathBuf::from("/run/xdplb"), std::env::temp_dir()] {
+        let Ok(dir) = std::fs::read_dir(&root) else { continue };
+        for e in dir.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.contains("-cluster") && crate::netns::owner_gone(&name, &["xlbt-"]) {
+                let _ = std::fs::remove_dir_all(e.path());
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
 /// Node `i`'s namespace and pods, wired to the switch.
 fn build_node(i: usize, pods: usize, switch: &Netns) -> (Netns, Vec<Netns>) {
     let ns = Netns::new();
@@ -424,6 +444,7 @@ impl Node {
     /// Starts this node's agent (none may run).
     pub fn start_agent(&mut self) {
         assert!(self.agent.is_none(), "node-{}'s agent runs already", self.index);
+        self.syncs_at_start = self.sync_writes().len();
         self.agent = Some(spawn_run_on(self.ns.name(), UPLINK, &self.pin_dir, &self.log, &self.args));
     }
 
@@ -432,9 +453,8 @@ impl Node {
     pub fn restart_agent_with(&mut self, extra: &[&str]) {
         self.kill_agent();
         self.args.extend(extra.iter().map(|s| s.to_string()));
-        let before = sync_writes(&self.log()).len();
         self.start_agent();
-        self.wait_syncs(before);
+        self.wait_synced();
     }
 
     /// SIGKILL (a crash): the programs stay attached on their pinned links.
@@ -472,20 +492,20 @@ impl Node {
         Dataplane::open(&self.pin_dir).expect("opening the agent's maps")
     }
 
-    /// Waits until the agent has synced its maps with the source once more
-    /// than `before` times.
-    pub fn wait_syncs(&mut self, before: usize) {
+    /// Waits until the agent has pinned its maps and synced them with the
+    /// source since it started.
+    pub fn wait_synced(&mut self) {
+        self.maps();
         let ok = wait_for(Duration::from_secs(60), || {
             self.assert_alive();
-            sync_writes(&self.log()).len() > before
+            self.sync_writes().len() > self.syncs_at_start
         });
         assert!(ok, "node-{}'s agent did not sync within 60 s:\n{}", self.index, self.log());
     }
 
-    /// Waits until the agent has pinned its maps and synced at least once.
-    pub fn wait_synced(&mut self) {
-        self.maps();
-        self.wait_syncs(0);
+    /// The `writes=N` figure of every sync so far, of every agent this node ran.
+    pub fn sync_writes(&self) -> Vec<usize> {
+        sync_writes(&self.log())
     }
 
     pub fn log(&self) -> String {

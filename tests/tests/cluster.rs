@@ -91,12 +91,17 @@ fn cluster_ip_from_a_pod_reaches_pods_on_every_node() {
     wait_everywhere(&mut c, Some(WEB_IP), 80, &all, false);
     let to = SocketAddr::from((WEB_IP, 80));
     let from = pod_addr(1, 0);
+    // The calling pod reaches itself too, hairpinned: it sees the hairpin
+    // address instead of its own.
+    let hairpin = Ipv4Addr::from(lb_common::flow::HAIRPIN_ADDR_V4);
     let t = tcp_requests(c.pod(1, 0), to, 200);
-    assert_served(&t, "TCP", 200, &[1, 2, 3], &[from], &c);
+    assert_served(&t, "TCP", 200, &[1, 2, 3], &[from, hairpin], &c);
     assert_eq!(t.answers.len(), NODES * PODS, "every pod answered: {:?}", t.answers);
+    assert_eq!(t.sources.get(&hairpin), t.answers.get(&pod_identity(1, 0)), "{t:?}");
     let u = udp_requests(c.pod(1, 0), to, 200);
-    assert_served(&u, "UDP", 200, &[1, 2, 3], &[from], &c);
+    assert_served(&u, "UDP", 200, &[1, 2, 3], &[from, hairpin], &c);
     assert_eq!(u.answers.len(), NODES * PODS, "every pod answered: {:?}", u.answers);
+    assert_eq!(u.sources.get(&hairpin), u.answers.get(&pod_identity(1, 0)), "{u:?}");
     eprintln!("ClusterIP from node-1's pod: TCP {:?}, UDP {:?}", t.per_node(), u.per_node());
 }
 
@@ -127,6 +132,7 @@ fn node_port_with_local_policy_serves_local_pods_and_keeps_the_client_address() 
     let (tx1, err1) = c.node(3).xdp_tx();
     assert!(tx1 - tx0 >= 20, "XDP_TX frames {tx0} -> {tx1}");
     assert_eq!((err0, err1), (0, 0), "xdp_tx_errors");
+    eprintln!("node-3: {} resets by XDP_TX, {err1} xdp_tx_errors", tx1 - tx0);
 
     // The ExternalIP follows the client's route: to node 1, then node 2.
     let to = SocketAddr::from((EXTERNAL_IP, 80));
@@ -202,10 +208,18 @@ fn a_node_fails_and_comes_back() {
     let cut = tcp_requests(c.pod(1, 0), SocketAddr::from((pod_addr(2, 0), POD_PORT)), 3);
     assert_eq!(cut.failed(), 3, "{cut:?}");
 
-    // Back: uplink up, routes restored, a new agent adopts the pinned maps.
+    for i in [1, 3] {
+        c.node_mut(i).assert_alive();
+    }
+
+    // Back: uplink up, routes restored, a new agent adopts the pinned maps
+    // (its first sync writes nothing: nothing changed meanwhile).
     c.uplink_up(2);
+    let syncs = c.node(2).sync_writes().len();
     c.node_mut(2).start_agent();
     c.node_mut(2).wait_synced();
+    let writes = c.node(2).sync_writes();
+    assert_eq!((writes.len() > syncs, writes.last()), (true, Some(&0)), "{}", c.node(2).log());
     c.wait_backends(2, node_addr(2), NODE_PORT, TCP, &on(2));
     let t = tcp_requests(&c.client, node2, 100);
     assert_served(&t, "TCP to node-2 back", 100, &[2], &[CLIENT_ADDR], &c);

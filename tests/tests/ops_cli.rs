@@ -387,7 +387,7 @@ fn bpftool_dumps_show_named_fields() {
         .expect("backend 3")["formatted"]["value"];
     assert_eq!(
         fields(b),
-        ["_pad", "addr", "port", "state", "weight"],
+        ["_pad", "addr", "flags", "port", "state", "weight"],
         "{b}"
     );
     assert_eq!(b["addr"], serde_json::json!([10, 0, 2, 11]));
