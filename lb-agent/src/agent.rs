@@ -49,6 +49,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
         native_xdp: args.xdp_mode == crate::cli::XdpModeArg::Native,
         sizes: MapSizes::from(&args.sizes),
     })?;
+    if let Err(e) = lb_agent::pinfs::check(&args.pin_path) {
+        if !args.allow_ephemeral_pins {
+            return Err(e.into());
+        }
+        tracing::warn!("EPHEMERAL PINS (--allow-ephemeral-pins): {e}");
+    }
 
     if args.xdp_mode == crate::cli::XdpModeArg::Generic {
         tracing::warn!("XDP in generic mode, as asked (--xdp-mode generic): it runs after the kernel allocates an skb, several times slower than native");
@@ -61,6 +67,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             // Returns after the first complete list: the maps are never
             // synced to a partial (or empty) view of the cluster.
             let health = Arc::new(kube::SourceHealth::default());
+            metrics.set_source_health(health.clone(), Duration::from_secs(args.source_stale_after));
             kube::start(
                 args.inputs.kubeconfig.as_deref(),
                 &args.inputs.node_name,
@@ -126,6 +133,12 @@ pub async fn run(args: RunArgs) -> Result<()> {
         metrics: metrics.clone(),
         names: None,
         health: HealthServer::new(args.health_check_address),
+        capacity: lb_agent::fit::Capacity {
+            services: sizes.services as usize,
+            slots: sizes.slots as usize,
+            source_ranges: lb_common::maps::default_size::SOURCE_RANGES as usize,
+        },
+        rejected: Vec::new(),
         snat,
         nat_written: None,
         snat_refused: Default::default(),
@@ -195,6 +208,10 @@ struct Programmer {
     names: Option<Arc<names::Names>>,
     /// The healthCheckNodePort listeners, following every model.
     health: HealthServer,
+    /// What the maps hold, for leaving out services that do not fit.
+    capacity: lb_agent::fit::Capacity,
+    /// The services left out at the last sync (logged when this changes).
+    rejected: Vec<lb_agent::fit::Rejected>,
     snat: SnatSettings,
     /// The SNAT settings last written to the maps.
     nat_written: Option<lb_common::NatConfig>,
@@ -222,7 +239,17 @@ impl Programmer {
     /// The maps' part of [`Programmer::sync`].
     fn sync_maps(&mut self, model: &Model, observed: Option<Instant>) -> bool {
         let started = Instant::now();
-        let p = plan(model, &self.cfg, &mut self.ids);
+        let mut p = plan(model, &self.cfg, &mut self.ids);
+        let empty = lb_agent::diff::MapContents::default();
+        let rejected = lb_agent::fit::fit(&mut p.contents, self.capacity, self.syncer.known().unwrap_or(&empty));
+        if rejected != self.rejected {
+            for r in &rejected {
+                let name = p.services.iter().find(|s| s.id == r.service_id).map_or_else(String::new, |s| format!("{}/{}:{}", s.namespace, s.name, s.port_name));
+                tracing::error!(service = %name, service_id = r.service_id, map = r.map, need = r.need, free = r.free, "service does not fit in {}: left out of the maps, the others are synced; raise {}", r.map, r.flag);
+            }
+            self.metrics.set_rejected(rejected.len());
+            self.rejected = rejected;
+        }
         let plan_time = started.elapsed();
         let (service_ids, frontends) = (p.services.len(), p.contents.services.len());
         let names = names::from_plan(&p);

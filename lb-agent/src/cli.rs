@@ -156,6 +156,16 @@ pub struct RunArgs {
     /// the agent last wrote.
     #[arg(long, value_name = "SECONDS", default_value_t = 60)]
     pub reconcile_interval: u64,
+    /// Start even when the pins cannot outlive the agent (a bpffs private to
+    /// its mount namespace, as under `ip netns exec`): every restart then
+    /// detaches the programs and loses every flow. For throwaway tests only.
+    #[arg(long)]
+    pub allow_ephemeral_pins: bool,
+    /// With `--source kube`: /readyz answers 503 once a watch has gone this
+    /// many seconds without a successful list or watch (the dataplane keeps
+    /// forwarding with the last known state meanwhile).
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    pub source_stale_after: u64,
     #[command(flatten)]
     pub snat: SnatArgs,
     #[command(flatten)]

@@ -149,12 +149,39 @@ impl Dataplane {
         })
     }
 
-    /// Applies `diff` in an order where no packet meets a dangling reference:
-    /// backends, then slots, then services are written; removals go the other
-    /// way (services, slots, backends). A service's count shrinks before the
-    /// slots above it go, and grows only after they exist. Source ranges are
-    /// added before the services that need them and removed after.
+    /// Applies `diff` in an order where no packet meets a dangling reference,
+    /// and where removals free their space before upserts need it (a full
+    /// map must not block the removals that would make room):
+    /// 1. removed frontends go, then the slots and source ranges of service
+    ///    ids no frontend refers to any more (checked against the maps);
+    /// 2. upserts: source ranges, backends, slots, then services — a
+    ///    service's count grows only after its slots exist;
+    /// 3. the other removals: slots (above a shrunk count, now unread),
+    ///    backends (no slot points to them any more), source ranges.
     pub fn apply(&mut self, diff: &crate::diff::Diff) -> Result<()> {
+        for k in &diff.services.remove {
+            ignore_missing(self.services.remove(k))?;
+        }
+        // Ids a frontend still refers to: as the upserts will leave them, and
+        // as the maps hold them until those upserts (only these may differ;
+        // an unchanged frontend reads no slot that is being removed).
+        let mut referenced: std::collections::BTreeSet<u32> = diff.services.upsert.iter().map(|(_, v)| v.id).collect();
+        if !diff.slots.remove.is_empty() || !diff.source_ranges.remove.is_empty() {
+            for (k, _) in &diff.services.upsert {
+                if let Ok(v) = self.services.get(k, 0) {
+                    referenced.insert(v.id);
+                }
+            }
+        }
+        let early_slot = |k: &SlotKey| !referenced.contains(&k.service_id);
+        let early_range = |r: &SourceRangeV4| !referenced.contains(&u32::from_be_bytes(r.service_id));
+        for k in diff.slots.remove.iter().filter(|k| early_slot(k)) {
+            ignore_missing(self.slots.remove(k))?;
+        }
+        for (len, r) in diff.source_ranges.remove.iter().filter(|(_, r)| early_range(r)) {
+            ignore_missing(self.source_ranges.remove(&Key::new(*len, *r)))?;
+        }
+
         for ((len, r), v) in &diff.source_ranges.upsert {
             let res = self.source_ranges.insert(&Key::new(*len, *r), v, 0);
             write_result(res, maps::SOURCE_RANGES_V4, || {
@@ -193,10 +220,8 @@ impl Dataplane {
         if !affinity_off.is_empty() {
             self.forget_affinity(&affinity_off)?;
         }
-        for k in &diff.services.remove {
-            ignore_missing(self.services.remove(k))?;
-        }
-        for k in &diff.slots.remove {
+
+        for k in diff.slots.remove.iter().filter(|k| !early_slot(k)) {
             ignore_missing(self.slots.remove(k))?;
         }
         for k in &diff.backends.remove {
@@ -206,7 +231,7 @@ impl Dataplane {
                 r => r.with_context(|| format!("emptying backend {k} in {}", maps::BACKENDS_V4))?,
             }
         }
-        for (len, r) in &diff.source_ranges.remove {
+        for (len, r) in diff.source_ranges.remove.iter().filter(|(_, r)| !early_range(r)) {
             ignore_missing(self.source_ranges.remove(&Key::new(*len, *r)))?;
         }
         Ok(())
@@ -365,9 +390,21 @@ fn write_result(
     let full = matches!(&e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG))
         || matches!(&e, aya::maps::MapError::OutOfBounds { .. });
     if full {
-        anyhow::bail!("{map} is full: {} does not fit; raise the map's size (lb-agent run --help, \"map sizes\")", what());
+        anyhow::bail!("{map} is full: {} does not fit; raise {}", what(), size_flag(map));
     }
     Err(anyhow::Error::new(e).context(format!("writing {} to {map}", what())))
+}
+
+/// The `lb-agent run` flag that sizes `map`, for error messages.
+pub fn size_flag(map: &str) -> &'static str {
+    match map {
+        maps::SERVICES_V4 => "--max-services",
+        maps::BACKENDS_V4 => "--max-backends",
+        maps::SERVICE_SLOTS => "--max-slots",
+        maps::CONNTRACK_V4 => "--max-flows",
+        maps::AFFINITY_V4 => "--max-affinity",
+        _ => "the map's size (it has no flag yet: lb_common::maps::default_size)",
+    }
 }
 
 /// A removal of a key that is already gone is a success.

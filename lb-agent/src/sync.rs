@@ -65,6 +65,11 @@ impl Syncer {
         Self { known: Some(current), last_read: Instant::now(), reconcile_every }
     }
 
+    /// What the maps hold as of the last successful apply (None: unknown).
+    pub fn known(&self) -> Option<&MapContents> {
+        self.known.as_ref()
+    }
+
     /// Whether the periodic re-read is due.
     pub fn reconcile_due(&self) -> bool {
         self.reconcile_every.is_some_and(|every| self.last_read.elapsed() >= every)

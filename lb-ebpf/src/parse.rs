@@ -6,6 +6,22 @@
 //! Handled explicitly: VLAN tags and non-IPv4 frames are passed untouched,
 //! IP options are skipped (IHL), fragments are passed to the stack (only the
 //! first carries ports, so they cannot be balanced per flow here).
+//!
+//! A packet is balanced only when its headers are consistent, checked before
+//! any rewrite or state: the IPv4 total length fits in the frame (a padded
+//! frame, total length < frame, is fine), and the whole L4 header is inside
+//! the IPv4 packet — TCP: data offset ≥ 5 and header with options within the
+//! total length; UDP: 8 bytes and a UDP length between 8 and what the IPv4
+//! packet holds (what the kernel's own `udp_rcv` accepts). Anything else is
+//! `MALFORMED`.
+//!
+//! `frame_len` is the length of the whole packet and `end` the end of what is
+//! directly readable. In XDP they are the same. In tc `frame_len` is
+//! `skb->len` and `[data, end)` only the linear part: the length checks are
+//! arithmetic on the header fields against `frame_len`, and only the bytes we
+//! read or rewrite (ports, flags, checksums: the first 20 TCP / 8 UDP bytes)
+//! must be linear, which tc makes sure of by pulling them (`tc.rs`). TCP
+//! options are never read, so they need not be linear.
 use core::mem::size_of;
 
 use lb_common::{counter, IPPROTO_TCP, IPPROTO_UDP};
@@ -98,9 +114,10 @@ fn ptr_at<T>(data: usize, end: usize, off: usize) -> Result<*const T, Verdict> {
     Ok((data + off) as *const T)
 }
 
-/// Parses the frame in `[data, end)`.
+/// Parses the frame starting at `data`, `frame_len` bytes long, of which
+/// `[data, end)` is directly readable (see the module doc).
 #[inline(always)]
-pub fn parse(data: usize, end: usize) -> Result<Packet, Verdict> {
+pub fn parse(data: usize, end: usize, frame_len: usize) -> Result<Packet, Verdict> {
     // SAFETY (all derefs below): `ptr_at` checked the whole struct is inside the frame.
     let eth: *const EthHdr = ptr_at(data, end, 0)?;
     let proto = unsafe { (*eth).proto };
@@ -124,9 +141,8 @@ pub fn parse(data: usize, end: usize) -> Result<Packet, Verdict> {
     };
     let ihl = ((vihl & 0x0f) as usize) * 4;
     let ip_len = u16::from_be_bytes(tot_len);
-    // `ip_len` is not checked against `end`: in tc, `end` is only the linear
-    // part of the buffer, and every access below is bounds-checked anyway.
-    if vihl >> 4 != 4 || ihl < 20 || (ip_len as usize) < ihl {
+    // Against `frame_len`, not `end`: in tc `end` is only the linear part.
+    if vihl >> 4 != 4 || ihl < 20 || (ip_len as usize) < ihl || ETH_LEN + ip_len as usize > frame_len {
         return Err(MALFORMED);
     }
     // More-fragments set or a non-zero offset.
@@ -134,21 +150,37 @@ pub fn parse(data: usize, end: usize) -> Result<Packet, Verdict> {
         return Err(Verdict::Pass(counter::PASS_FRAGMENT));
     }
     let l4 = ETH_LEN + ihl;
-    let (min_l4, tcp) = match l4proto {
-        IPPROTO_TCP => (20, true),
-        IPPROTO_UDP => (8, false),
+    let min_l4 = match l4proto {
+        IPPROTO_TCP => 20,
+        IPPROTO_UDP => 8,
         // ICMP errors of NATed flows are translated (icmp_error.rs); the
         // "ports" read below are then its type, code and checksum, unused.
-        IPPROTO_ICMP => (8, false),
+        IPPROTO_ICMP => 8,
         _ => return Err(Verdict::Pass(counter::PASS_OTHER_L4)),
     };
     if ihl + min_l4 > ip_len as usize {
         return Err(MALFORMED);
     }
     let ports: *const L4Ports = ptr_at(data, end, l4)?;
-    let tcp_flags = if tcp {
-        let flags: *const u8 = ptr_at(data, end, l4 + 13)?;
-        unsafe { *flags }
+    // The rest of the L4 header must be inside the IPv4 packet, which the
+    // check above put inside the frame.
+    let l4_room = ip_len as usize - ihl;
+    let tcp_flags = if l4proto == IPPROTO_TCP {
+        // Data offset (high nibble) and flags.
+        let off_flags: *const [u8; 2] = ptr_at(data, end, l4 + 12)?;
+        let [off, flags] = unsafe { *off_flags };
+        let doff = ((off >> 4) as usize) * 4;
+        if doff < 20 || doff > l4_room {
+            return Err(MALFORMED);
+        }
+        flags
+    } else if l4proto == IPPROTO_UDP {
+        let udp_len: *const [u8; 2] = ptr_at(data, end, l4 + 4)?;
+        let udp_len = u16::from_be_bytes(unsafe { *udp_len }) as usize;
+        if udp_len < 8 || udp_len > l4_room {
+            return Err(MALFORMED);
+        }
+        0
     } else {
         0
     };

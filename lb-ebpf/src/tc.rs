@@ -25,7 +25,8 @@ use crate::{
     verdict::Verdict,
 };
 
-/// Longest header chain we read: Ethernet + IPv4 with options + TCP.
+/// Longest header chain we read or rewrite: Ethernet + IPv4 with options +
+/// the fixed TCP header (TCP options are length-checked, never read).
 const HEADERS_MAX: u32 = 14 + 60 + 20;
 
 #[inline(always)]
@@ -86,7 +87,9 @@ pub fn egress(ctx: &TcContext) -> i32 {
 fn run(ctx: &TcContext, f: impl FnOnce(&TcContext, &Packet) -> Result<Verdict, Verdict>) -> i32 {
     count(counter::PACKETS);
     // Make the headers linear so direct packet access can see them; a shorter
-    // packet is pulled whole.
+    // packet is pulled whole. The buffer may be non-linear beyond: parse
+    // checks lengths against `skb->len`, not the linear end. A failed pull
+    // leaves the headers short of `data_end`: a counted malformed pass.
     let want = if ctx.len() < HEADERS_MAX {
         ctx.len()
     } else {
@@ -95,7 +98,7 @@ fn run(ctx: &TcContext, f: impl FnOnce(&TcContext, &Packet) -> Result<Verdict, V
     if (ctx.data_end() - ctx.data()) < want as usize {
         let _ = ctx.pull_data(want);
     }
-    let verdict = match parse::parse(ctx.data(), ctx.data_end()) {
+    let verdict = match parse::parse(ctx.data(), ctx.data_end(), ctx.len() as usize) {
         Ok(p) => match f(ctx, &p) {
             Ok(v) | Err(v) => v,
         },

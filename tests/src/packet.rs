@@ -195,6 +195,15 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
+/// Recomputes the IPv4 header checksum of an untagged IPv4 frame after its
+/// header was edited by hand (so a test's frame has exactly one defect).
+pub fn fix_ip_checksum(frame: &mut [u8]) {
+    let ihl = ((frame[14] & 0x0f) as usize) * 4;
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let c = checksum(&frame[14..14 + ihl]);
+    frame[24..26].copy_from_slice(&c.to_be_bytes());
+}
+
 /// A side-by-side hex diff of two frames, for failure messages.
 pub fn hex_diff(got: &[u8], want: &[u8]) -> String {
     let mut out = String::from("offset  got                                              want\n");

@@ -139,7 +139,8 @@ async fn kube_source_sends_nothing_before_a_complete_list_and_one_model_per_burs
         );
         assert_eq!(first.nodes[NODE].addresses, [NODE_ADDR]);
     }
-    assert!(health.synced() && health.connected());
+    // The store is ready a moment before the watch task records InitDone.
+    assert!(until(Duration::from_secs(5), || health.synced() && health.connected()).await);
     assert_eq!(health.models(), 1);
 
     // 1,000 new Services at once: one model with all of them.
@@ -256,7 +257,12 @@ async fn kube_source_resumes_after_cuts_uses_bookmarks_and_relists_after_410() {
         "every resource relists (some may still be in kube-client's 503 retries): {}",
         health.relists()
     );
-    assert!(api.count("list", "services") > lists);
+    // The watcher counts a relist (Event::Init) before it sends the list
+    // request: wait for the request rather than assume it went out.
+    assert!(
+        until(Duration::from_secs(20), || api.count("list", "services") > lists).await,
+        "no relist request for services"
+    );
     assert!(until(Duration::from_secs(10), || health.connected()).await);
     assert!(health.services.last_event().is_some());
     assert_calls_within_rbac(&api);
@@ -289,7 +295,12 @@ async fn kube_source_sends_nothing_while_one_resource_is_forbidden() {
     );
     assert!(!started.is_finished(), "a model without Nodes");
     assert_eq!((health.models(), health.nodes.synced()), (0, false));
-    assert!(health.nodes.errors() >= 2 && !health.nodes.connected());
+    // The server counts a denial before the client has taken it in.
+    assert!(
+        until(Duration::from_secs(10), || health.nodes.errors() >= 2 && !health.nodes.connected()).await,
+        "denials not counted as errors: {}",
+        health.nodes.errors()
+    );
 
     api.set_forbidden(Resource::Nodes, false);
     let rx = tokio::time::timeout(Duration::from_secs(30), started)
@@ -419,10 +430,16 @@ struct KubeAgent {
     kubeconfig: PathBuf,
     log: PathBuf,
     ns: String,
+    extra: Vec<String>,
 }
 
 impl KubeAgent {
     fn start(node: &Netns, api: &ApiServer, tag: &str) -> Self {
+        Self::start_with(node, api, tag, &[])
+    }
+
+    /// As [`KubeAgent::start`], with more `run` arguments.
+    fn start_with(node: &Netns, api: &ApiServer, tag: &str, extra: &[&str]) -> Self {
         let base = temp_path(tag);
         let (kubeconfig, log) = (
             base.with_extension("kubeconfig"),
@@ -435,13 +452,15 @@ impl KubeAgent {
         ));
         let _ = std::fs::remove_dir_all(&pin_dir);
         let _ = std::fs::remove_file(&log);
-        let child = spawn(node.name(), &kubeconfig, &pin_dir, &log);
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let child = spawn(node.name(), &kubeconfig, &pin_dir, &log, &extra);
         Self {
             child,
             pin_dir,
             kubeconfig,
             log,
             ns: node.name().to_string(),
+            extra,
         }
     }
 
@@ -456,7 +475,7 @@ impl KubeAgent {
             self.log()
         );
         between();
-        self.child = spawn(&self.ns, &self.kubeconfig, &self.pin_dir, &self.log);
+        self.child = spawn(&self.ns, &self.kubeconfig, &self.pin_dir, &self.log, &self.extra);
     }
 
     /// Waits until the agent has pinned its maps (after its first complete
@@ -492,8 +511,9 @@ impl KubeAgent {
     }
 }
 
-fn spawn(ns: &str, kubeconfig: &Path, pin_dir: &Path, log: &Path) -> Child {
-    let args = ["--source", "kube", "--node-name", NODE, "--kubeconfig", &kubeconfig.display().to_string()].map(String::from);
+fn spawn(ns: &str, kubeconfig: &Path, pin_dir: &Path, log: &Path, extra: &[String]) -> Child {
+    let mut args = ["--source", "kube", "--node-name", NODE, "--kubeconfig", &kubeconfig.display().to_string()].map(String::from).to_vec();
+    args.extend_from_slice(extra);
     xdplb_tests::agent::spawn_run(ns, pin_dir, log, &args)
 }
 
@@ -719,4 +739,61 @@ fn a_restarted_kube_agent_waits_for_the_api_and_rewrites_nothing() {
     );
     assert_eq!(dp.contents().expect("maps"), contents);
     assert_calls_within_rbac(&api);
+}
+
+#[test]
+fn readyz_turns_503_while_the_api_server_is_down_past_source_stale_after_and_traffic_flows() {
+    use xdplb_tests::ops::{http_get, sample};
+    let (t, _servers) = topology();
+    let api = ApiServer::start_in(&t.node);
+    api.apply(objects::node(NODE, NODE_ADDR));
+    web(&api, &[0, 1, 2]);
+    let mut agent = KubeAgent::start_with(&t.node, &api, "stale", &["--source-stale-after", "3"]);
+    let dp = agent.maps();
+    wait_programmed(&mut agent, &dp, &[0, 1, 2]);
+    let addr: SocketAddr = lb_agent::ops::http::DEFAULT_METRICS_ADDR.parse().unwrap();
+    let get = |path: &str| http_get(&t.node, addr, path).unwrap_or((0, String::new()));
+    assert!(wait_for(Duration::from_secs(20), || get("/readyz").0 == 200), "never ready:\n{}", agent.log());
+    let metrics = get("/metrics").1;
+    assert_eq!(sample(&metrics, "xdplb_source_connected", &["resource=\"services\""]), Some(1.0), "{metrics}");
+    assert_eq!(sample(&metrics, "xdplb_source_stale", &[]), Some(0.0));
+
+    // Down: watches cut, every call answered 503. After 3 s without a
+    // successful list/watch the agent says not ready; it still forwards.
+    let down_at = Instant::now();
+    api.set_available(false);
+    let mut last = (0, String::new());
+    let unready = wait_for(Duration::from_secs(60), || {
+        agent.assert_alive();
+        last = get("/readyz");
+        last.0 == 503
+    });
+    assert!(unready, "still ready with the API down: {last:?}\n{}", agent.log());
+    let took = down_at.elapsed();
+    assert!(last.1.contains("--source-stale-after") && last.1.contains("no successful list or watch"), "{last:?}");
+    let metrics = get("/metrics").1;
+    assert_eq!(sample(&metrics, "xdplb_source_stale", &[]), Some(1.0), "{metrics}");
+    assert_eq!(sample(&metrics, "xdplb_ready", &[]), Some(0.0));
+    // kube-client retries 503s for minutes before the watcher sees an
+    // error: the count may still be 0, the staleness above does not wait.
+    let errors = sample(&metrics, "xdplb_source_watch_errors_total", &["resource=\"services\""]).expect("watch errors exported");
+    assert_eq!(sample(&metrics, "xdplb_source_connected", &["resource=\"services\""]), Some(0.0), "{metrics}");
+    let stale_since = sample(&metrics, "xdplb_source_last_success_timestamp_seconds", &["resource=\"services\""]).unwrap_or(0.0);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    assert!(stale_since > 0.0 && now - stale_since >= 3.0, "last success {stale_since}, now {now}");
+    let during = counts(&t, 9);
+    assert_eq!(during.iter().map(|(_, n)| n).sum::<usize>(), 9, "forwarding goes on while not ready: {during:?}");
+
+    // Back: the watches resume (no change, so no event); their successful
+    // answers make the agent ready again.
+    api.set_available(true);
+    let ready = wait_for(Duration::from_secs(60), || {
+        last = get("/readyz");
+        last.0 == 200
+    });
+    assert!(ready, "not ready again after the API came back: {last:?}\n{}", agent.log());
+    let metrics = get("/metrics").1;
+    assert_eq!(sample(&metrics, "xdplb_source_stale", &[]), Some(0.0), "{metrics}");
+    assert_eq!(sample(&metrics, "xdplb_source_connected", &["resource=\"nodes\""]), Some(1.0), "{metrics}");
+    println!("readyz went 503 {:.1} s after the API server went down (--source-stale-after 3); {errors} services watch errors", took.as_secs_f64());
 }

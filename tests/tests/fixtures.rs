@@ -11,7 +11,7 @@ use lb_common::{algorithm, counter, service_flags, ServiceKeyV4, SourceRangeV4, 
 use xdplb_tests::{
     fixture::{self, Case},
     lb::Lb,
-    packet::verify_checksums,
+    packet::{fix_ip_checksum, verify_checksums},
     packet::{Frame, L4, TCP_ACK, TCP_PSH, TCP_SYN},
     services::{contents, Svc},
 };
@@ -65,6 +65,55 @@ fn case(
     output: Option<&[u8]>,
 ) -> Case {
     Case::new(name, desc, prog, input, expect, output)
+}
+
+/// `frame` edited by `f`, with its IPv4 header checksum made valid again.
+fn edited(frame: &[u8], f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    f(&mut out);
+    fix_ip_checksum(&mut out);
+    out
+}
+
+/// Sets the IPv4 total length of an untagged frame.
+fn set_ip_len(f: &mut [u8], len: usize) {
+    f[16..18].copy_from_slice(&(len as u16).to_be_bytes());
+}
+
+/// Malformed frames: each must be dropped (XDP) or passed (tc) unchanged,
+/// creating no flow and no statistics. Run after the story above; the test
+/// checks the counters did not move for them.
+fn malformed_cases() -> Vec<Case> {
+    let syn = Frame::tcp(CLIENT, 40500, CLUSTER_IP, 80, TCP_SYN).bytes();
+    let pod_syn = Frame::tcp(POD, 50500, CLUSTER_IP, 80, TCP_SYN).bytes();
+    let dns = Frame::udp(CLIENT, 5600, DNS_IP, 53).payload(b"\x12\x34query").bytes();
+    let beyond = |f: &[u8]| edited(f, |f| {
+        let claimed = f.len() - 14 + 20;
+        set_ip_len(f, claimed)
+    });
+    // The case: a 19-byte TCP header, the total length claiming 20.
+    let tcp19 = edited(&syn, |f| f.truncate(14 + 20 + 19));
+    let doff4 = edited(&syn, |f| f[14 + 20 + 12] = 0x40);
+    // Data offset 6 (options), but the packet ends after 20 TCP bytes.
+    let doff6 = edited(&syn, |f| f[14 + 20 + 12] = 0x60);
+    let udp_long = edited(&dns, |f| f[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&30u16.to_be_bytes()));
+    let udp_short = edited(&dns, |f| f[14 + 20 + 4..14 + 20 + 6].copy_from_slice(&7u16.to_be_bytes()));
+    let m = |name: &str, desc: &str, prog: &str, input: &[u8]| {
+        let expect = if prog == "xdp_lb" { "XDP_DROP" } else { "TC_ACT_OK" };
+        case(name, desc, prog, input, expect, None)
+    };
+    vec![
+        m("xdp_v4_total_length_beyond_frame_drops", "IPv4 total length 20 bytes beyond the frame", "xdp_lb", &beyond(&syn)),
+        m("xdp_v4_tcp_header_cut_short_drops", "19 bytes of TCP header, total length claiming more", "xdp_lb", &tcp19),
+        m("xdp_v4_tcp_data_offset_below_5_drops", "TCP data offset 4 (16 bytes) is malformed", "xdp_lb", &doff4),
+        m("xdp_v4_tcp_options_beyond_packet_drops", "TCP data offset 6, but the packet ends after 20 TCP bytes", "xdp_lb", &doff6),
+        m("xdp_v4_udp_length_beyond_packet_drops", "UDP length 30 in a 21-byte UDP packet", "xdp_lb", &udp_long),
+        m("xdp_v4_udp_length_below_8_drops", "UDP length 7", "xdp_lb", &udp_short),
+        m("tc_ingress_v4_total_length_beyond_frame_passes", "tc: total length beyond skb->len is passed unchanged, not balanced", "tc_ingress", &beyond(&pod_syn)),
+        m("tc_ingress_v4_tcp_data_offset_below_5_passes", "tc: TCP data offset 4 is passed unchanged", "tc_ingress", &edited(&pod_syn, |f| f[14 + 20 + 12] = 0x40)),
+        m("tc_ingress_v4_udp_length_inconsistent_passes", "tc: UDP length beyond the packet is passed unchanged", "tc_ingress", &udp_long),
+        m("tc_egress_v4_total_length_beyond_frame_passes", "tc egress: a malformed reply is not reverse-NATed", "tc_egress", &beyond(&Frame::tcp(B1, 8080, CLIENT, 40000, TCP_ACK).bytes())),
+    ]
 }
 
 fn cases() -> Vec<Case> {
@@ -282,7 +331,18 @@ fn cases() -> Vec<Case> {
             "XDP_DROP",
             None,
         ),
+        case(
+            "xdp_v4_padded_frame_dnat",
+            "a frame longer than its IPv4 total length (Ethernet padding) is balanced, the padding kept",
+            "xdp_lb",
+            &[b(&dns), vec![0; 12]].concat(),
+            "XDP_PASS",
+            Some(&[b(&with_dst(dns.clone(), B2, 5353)), vec![0; 12]].concat()),
+        ),
     ]
+    .into_iter()
+    .chain(malformed_cases())
+    .collect()
 }
 
 #[test]
@@ -318,7 +378,12 @@ fn ipv4_service_fixtures() {
     // drops were counted under their reasons.
     assert_eq!(lb.counter(counter::DROP_NO_BACKEND), 3);
     assert_eq!(lb.counter(counter::RST_SENT), 2);
-    assert_eq!(lb.counter(counter::DROP_MALFORMED), 4);
+    // 4 in the story, 10 malformed cases (none of which made state: the
+    // flow and packet figures below are the story's own).
+    assert_eq!(lb.counter(counter::DROP_MALFORMED), 4 + malformed_cases().len() as u64);
+    // Two entries (forward, reply) per flow: 3 to the ClusterIP, 1 NodePort, 2 DNS.
+    assert_eq!(lb.maps.flows().unwrap().len(), 2 * 6);
+    assert_eq!(lb.maps.service_stats(3).unwrap().new_flows, 2, "no flow from a malformed UDP frame");
     assert_eq!(lb.maps.service_stats(4).unwrap().drops_no_backend, 3);
     assert_eq!(
         lb.maps.service_stats(1).unwrap().new_flows,

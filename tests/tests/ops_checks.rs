@@ -142,7 +142,8 @@ fn an_unmounted_bpffs_is_mounted_by_run_or_reported() {
     );
 
     // `run` mounts it and starts (in a private network namespace too, on lo
-    // in generic mode). Its bpffs and pins vanish with the namespaces.
+    // in generic mode). Its bpffs and pins vanish with the namespaces: it
+    // must be allowed to (agent_netns_pins checks it refuses otherwise).
     let src = objects_dir(&[0]);
     let log = src.with_extension("log");
     let mut child = Command::new("unshare")
@@ -166,6 +167,7 @@ fn an_unmounted_bpffs_is_mounted_by_run_or_reported() {
             "node-0",
             "--metrics-addr",
             "127.0.0.1:0",
+            "--allow-ephemeral-pins",
         ])
         .arg(format!("--source=file:{}", src.display()))
         .stdout(Stdio::null())

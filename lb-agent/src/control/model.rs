@@ -301,10 +301,14 @@ impl Model {
                     serde_yaml::Value::Mapping(mut m) => m.remove("items"),
                     _ => None,
                 };
-                if let Some(serde_yaml::Value::Sequence(items)) = items {
-                    for item in items {
-                        self.add_value(item, origin);
+                match items {
+                    Some(serde_yaml::Value::Sequence(items)) => {
+                        for item in items {
+                            self.add_value(item, origin);
+                        }
                     }
+                    None | Some(serde_yaml::Value::Null) => {}
+                    Some(_) => tracing::warn!(object = %id, %kind, %origin, "skipping a list whose items are not a sequence"),
                 }
             }
             ("v1", "Service") => match serde_yaml::from_value::<core::Service>(v) {
@@ -331,7 +335,7 @@ impl Model {
             }
             ("v1", "Node") => match serde_yaml::from_value::<core::Node>(v) {
                 Ok(n) => {
-                    self.nodes.insert(id.name.clone(), node(&n));
+                    self.nodes.insert(id.name.clone(), node(&id, &n));
                 }
                 Err(e) => {
                     tracing::warn!(object = %id, %origin, error = %e, "skipping malformed Node")
@@ -373,7 +377,9 @@ impl Model {
             }
         }
         for n in nodes {
-            model.nodes.insert(id(&n.metadata).name, node(n));
+            let id = id(&n.metadata);
+            let node = node(&id, n);
+            model.nodes.insert(id.name, node);
         }
         model
     }

@@ -95,12 +95,10 @@ async fn handle(mut s: TcpStream, m: Arc<Metrics>) -> std::io::Result<()> {
             ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text)
         }
         ("GET", HEALTHZ_PATH) => ("200 OK", "text/plain", "ok\n".to_string()),
-        ("GET", READYZ_PATH) if m.ready() => ("200 OK", "text/plain", "ready\n".to_string()),
-        ("GET", READYZ_PATH) => (
-            "503 Service Unavailable",
-            "text/plain",
-            "not ready: programs not attached or first sync not applied\n".to_string(),
-        ),
+        ("GET", READYZ_PATH) => match m.not_ready_reason() {
+            None => ("200 OK", "text/plain", "ready\n".to_string()),
+            Some(why) => ("503 Service Unavailable", "text/plain", format!("not ready: {why}\n")),
+        },
         ("GET", _) => (
             "404 Not Found",
             "text/plain",

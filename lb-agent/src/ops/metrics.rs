@@ -20,7 +20,7 @@ use aya::maps::MapInfo;
 use lb_common::{counter, maps};
 
 use super::{inspect, names::Names};
-use crate::dataplane::Dataplane;
+use crate::{control::source::kube::SourceHealth, dataplane::Dataplane};
 
 /// Buckets of sync durations: a sync is a plan, a map read and a few writes,
 /// normally well under 100 ms.
@@ -85,6 +85,11 @@ pub struct Metrics {
     attached: AtomicBool,
     synced_once: AtomicBool,
     names: Mutex<Arc<Names>>,
+    /// The kube source's watches, and how long one may go without a
+    /// successful list or watch before the agent reports not ready.
+    source_health: Mutex<Option<(Arc<SourceHealth>, Duration)>>,
+    /// Services left out of the maps at the last sync (they do not fit).
+    rejected: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -108,7 +113,43 @@ impl Metrics {
             attached: AtomicBool::new(false),
             synced_once: AtomicBool::new(false),
             names: Mutex::new(Arc::new(Names::new())),
+            source_health: Mutex::new(None),
+            rejected: AtomicU64::new(0),
         }
+    }
+
+    /// `n` services are left out of the maps because they do not fit.
+    pub fn set_rejected(&self, n: usize) {
+        self.rejected.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// Reports `health` (watch errors, relists, last success) and makes the
+    /// agent not ready while a watch has gone `stale_after` without success.
+    pub fn set_source_health(&self, health: Arc<SourceHealth>, stale_after: Duration) {
+        *lock(&self.source_health) = Some((health, stale_after));
+    }
+
+    /// How long the source has gone without a successful list or watch, when
+    /// that is longer than allowed.
+    pub fn source_stale(&self) -> Option<Duration> {
+        let guard = lock(&self.source_health);
+        let (h, after) = guard.as_ref()?;
+        let stale = h.stale_for();
+        (stale > *after).then_some(stale)
+    }
+
+    /// Why the agent is not ready, if it is not.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if !self.attached.load(Ordering::Relaxed) || !self.synced_once.load(Ordering::Relaxed) {
+            return Some("programs not attached or first sync not applied".into());
+        }
+        let stale = self.source_stale()?;
+        let after = lock(&self.source_health).as_ref().map_or(Duration::ZERO, |(_, a)| *a);
+        Some(if stale == Duration::MAX {
+            format!("the Kubernetes source has had no successful list or watch (allowed: {} s, --source-stale-after); the dataplane keeps forwarding with the last state", after.as_secs())
+        } else {
+            format!("the Kubernetes source has had no successful list or watch for {} s (allowed: {} s, --source-stale-after); the dataplane keeps forwarding with the last state", stale.as_secs(), after.as_secs())
+        })
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -164,9 +205,10 @@ impl Metrics {
         lock(&self.sync_duration).observe(took.as_secs_f64());
     }
 
-    /// Programs attached and the first full sync applied.
+    /// Programs attached, the first full sync applied, and the source not
+    /// stale (see [`Metrics::set_source_health`]).
     pub fn ready(&self) -> bool {
-        self.attached.load(Ordering::Relaxed) && self.synced_once.load(Ordering::Relaxed)
+        self.not_ready_reason().is_none()
     }
 
     /// The whole exposition: the agent's own figures, then the dataplane's
@@ -188,7 +230,7 @@ impl Metrics {
         );
         w.gauge(
             "xdplb_ready",
-            "1 when the programs are attached and the first full sync is applied.",
+            "1 when the programs are attached, the first full sync is applied and the source is not stale (/readyz 200).",
             self.ready() as u8 as f64,
         );
         w.counter(
@@ -205,6 +247,11 @@ impl Metrics {
             "xdplb_sync_writes_total",
             "Map entries written or removed by syncs.",
             self.writes.load(Ordering::Relaxed),
+        );
+        w.gauge(
+            "xdplb_services_rejected",
+            "Services (per port) left out of the maps at the last sync because a map is too small for them; the log names each and the flag to raise.",
+            self.rejected.load(Ordering::Relaxed) as f64,
         );
         w.counter(
             "xdplb_reconcile_repairs_total",
@@ -236,6 +283,11 @@ impl Metrics {
             "Unix time of the last model from the source.",
             self.last_event_ms.load(Ordering::Relaxed) as f64 / 1000.0,
         );
+        // Cloned out first: `source_stale` takes the lock again.
+        let health = lock(&self.source_health).clone();
+        if let Some((h, _)) = health {
+            source_health(&mut w, &h, self.source_stale().is_some());
+        }
 
         let names = lock(&self.names).clone();
         match Dataplane::open(&self.pin_dir) {
@@ -476,6 +528,23 @@ impl Writer {
     }
 }
 
+/// The kube source's watches, per resource.
+fn source_health(w: &mut Writer, h: &SourceHealth, stale: bool) {
+    let per = |w: &mut Writer, name: &str, kind: &str, help: &str, f: &dyn Fn(&crate::control::source::kube::WatchHealth) -> f64| {
+        w.family(name, kind, help);
+        for (resource, wh) in h.by_resource() {
+            w.sample(name, &[("resource", resource)], f(wh));
+        }
+    };
+    per(w, "xdplb_source_watch_errors_total", "counter", "Failed list/watch calls and error events of the Kubernetes source, per resource (each retried after a backoff).", &|h| h.errors() as f64);
+    per(w, "xdplb_source_relists_total", "counter", "Relists of the Kubernetes source after the first list, per resource (410 Gone, or a watch that could not resume).", &|h| h.relists() as f64);
+    per(w, "xdplb_source_connected", "gauge", "1 while the resource's watch is up (its last call succeeded, none is waiting for an answer).", &|h| h.healthy() as u8 as f64);
+    per(w, "xdplb_source_last_success_timestamp_seconds", "gauge", "Unix time the resource's list/watch last succeeded (now while connected; 0 before the first).", &|h| {
+        h.last_success().and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok()).map_or(0.0, |d| d.as_secs_f64())
+    });
+    w.gauge("xdplb_source_stale", "1 when a watch has gone longer than --source-stale-after without success (the agent reports not ready; forwarding goes on).", stale as u8 as f64);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -522,6 +591,28 @@ mod tests {
             "xdplb_sync_writes_total 4\n",
             "kubeproxy_network_programming_duration_seconds_count 1\n",
             "xdplb_maps_readable 0\n",
+        ] {
+            assert!(text.contains(want), "missing {want:?} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_source_without_a_successful_watch_makes_the_agent_unready_and_shows_in_metrics() {
+        let m = Metrics::new(Path::new("/nonexistent/xdplb"));
+        m.set_attached();
+        m.sync_ok(Duration::from_millis(3), 1, None);
+        assert!(m.ready(), "the file source has no watch to go stale");
+        m.set_source_health(Arc::new(SourceHealth::default()), Duration::from_secs(120));
+        let why = m.not_ready_reason().expect("never listed: stale");
+        assert!(why.contains("--source-stale-after") && why.contains("120 s"), "{why}");
+        let text = m.render();
+        for want in [
+            "xdplb_ready 0\n",
+            "xdplb_source_stale 1\n",
+            "xdplb_source_watch_errors_total{resource=\"services\"} 0\n",
+            "xdplb_source_relists_total{resource=\"endpointslices\"} 0\n",
+            "xdplb_source_connected{resource=\"nodes\"} 0\n",
+            "xdplb_source_last_success_timestamp_seconds{resource=\"nodes\"} 0\n",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }

@@ -165,7 +165,82 @@ fn hostile_objects_are_skipped_and_the_rest_kept() {
         "the SCTP port is skipped, the service kept"
     );
     let slices: Vec<String> = m.slices.keys().map(|k| k.name.clone()).collect();
-    assert_eq!(slices, ["good-1"]);
+    // A slice whose only endpoint is bad is kept, empty: its endpoint alone is skipped.
+    assert_eq!(slices, ["bad-addr", "good-1", "v6-in-v4"]);
+    assert!(m.slices[&ObjectRef::new("ns", "bad-addr")].endpoints.is_empty());
+    assert!(m.slices[&ObjectRef::new("ns", "v6-in-v4")].endpoints.is_empty());
+}
+
+/// Runs `f` with every log line (debug and up) captured; returns them.
+fn logs_of<R>(f: impl FnOnce() -> R) -> (R, String) {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let sub = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let r = tracing::subscriber::with_default(sub, f);
+    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    (r, text)
+}
+
+#[test]
+fn one_bad_endpoint_is_skipped_and_named_the_rest_of_its_slice_kept() {
+    let yaml = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+        metadata: {name: web-abc, namespace: shop, labels: {kubernetes.io/service-name: web}}\n\
+        addressType: IPv4\n\
+        endpoints: [{addresses: [10.0.0.1]}, {addresses: []}, {addresses: [not-an-ip]}, {addresses: ['fd00::7']}, {addresses: [10.0.0.2], conditions: {ready: false}}]\n\
+        ports: [{port: 8080}]\n";
+    let (m, logs) = logs_of(|| parse(yaml));
+    let e = &m.slices[&ObjectRef::new("shop", "web-abc")].endpoints;
+    let kept: Vec<(Ipv4Addr, bool)> = e.iter().map(|e| (e.addr, e.ready)).collect();
+    assert_eq!(kept, [(Ipv4Addr::new(10, 0, 0, 1), true), (Ipv4Addr::new(10, 0, 0, 2), false)]);
+    let skipped: Vec<&str> = logs.lines().filter(|l| l.contains("skipping an invalid endpoint")).collect();
+    assert_eq!(skipped.len(), 3, "one warning per bad endpoint:\n{logs}");
+    for (line, (index, reason)) in skipped.iter().zip([(1, "no address"), (2, "invalid IP address \"not-an-ip\""), (3, "IPv6 address")]) {
+        assert!(line.contains("WARN") && line.contains("shop/web-abc") && line.contains(&format!("endpoint={index}")) && line.contains(reason), "{line}");
+    }
+    // The typed path (the kube source) gives the same.
+    let slice: discovery::EndpointSlice = serde_yaml::from_str(yaml).unwrap();
+    let (m, logs) = logs_of(|| Model::from_objects([], [&slice], []));
+    assert_eq!(m.slices[&ObjectRef::new("shop", "web-abc")].endpoints.len(), 2);
+    assert_eq!(logs.matches("shop/web-abc").count(), 3, "{logs}");
+}
+
+#[test]
+fn every_skipped_part_is_logged_with_its_object() {
+    let text = "---\napiVersion: v1\nkind: Node\nmetadata: {name: node-x}\nstatus: {addresses: [{type: InternalIP, address: 10.1.0.1}, {type: InternalIP, address: bogus}, {type: InternalIP, address: 'fd00::1'}]}\n\
+        ---\napiVersion: v1\nkind: Service\nmetadata: {name: dual, namespace: ns}\nspec: {clusterIPs: [10.96.0.5, 'fd00::5'], ports: [{port: 80}], loadBalancerSourceRanges: [10.0.0.0/8, 'fd00::/64', nonsense]}\n\
+        ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: dual-1, namespace: ns, labels: {kubernetes.io/service-name: dual}}\naddressType: IPv4\nendpoints: [{addresses: [10.0.0.1]}]\nports: [{name: any}, {name: p, port: 80}]\n\
+        ---\napiVersion: v1\nkind: List\nmetadata: {name: odd}\nitems: 7\n";
+    let (m, logs) = logs_of(|| parse(text));
+    assert_eq!(m.nodes["node-x"].addresses, [Ipv4Addr::new(10, 1, 0, 1)]);
+    assert_eq!(m.services[&ObjectRef::new("ns", "dual")].cluster_ips, [Ipv4Addr::new(10, 96, 0, 5)]);
+    assert_eq!(m.slices[&ObjectRef::new("ns", "dual-1")].ports.len(), 1);
+    for (object, what) in [
+        ("node-x", "bogus"),
+        ("node-x", "fd00::1"),
+        ("ns/dual", "fd00::5"),
+        ("ns/dual", "fd00::/64"),
+        ("ns/dual", "nonsense"),
+        ("ns/dual-1", "port=any"),
+        ("odd", "not a sequence"),
+    ] {
+        assert!(logs.lines().any(|l| l.contains(object) && l.contains(what)), "no log line naming {object} and {what}:\n{logs}");
+    }
 }
 
 #[test]

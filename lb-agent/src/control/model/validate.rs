@@ -1,7 +1,10 @@
 //! Validation: one Kubernetes object in, a well-formed IPv4 model object
-//! out, or the reason it is refused (the caller logs it with the object's
-//! `namespace/name` and skips it). IPv6 parts of dual-stack objects are left
-//! out quietly: they are valid, just not balanced yet.
+//! out, or the reason it is refused (logged with the object's
+//! `namespace/name`, the object skipped). A bad part that does not make the
+//! whole object meaningless (one endpoint of a slice, one address of a Node,
+//! an invalid source range) is skipped alone, with a warning naming the
+//! object and the part. Nothing is left out without a log line: IPv6 parts
+//! of dual-stack objects (valid, just not balanced yet) at debug level.
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr},
@@ -29,6 +32,7 @@ fn parse_ip(s: &str) -> Result<Option<Ipv4Addr>, String> {
 
 /// Parses a list of addresses, keeping IPv4 ones (deduplicated, in order).
 fn parse_ips<'a>(
+    id: &ObjectRef,
     what: &str,
     list: impl IntoIterator<Item = &'a String>,
 ) -> Result<Vec<Ipv4Addr>, String> {
@@ -36,7 +40,8 @@ fn parse_ips<'a>(
     for s in list {
         match parse_ip(s) {
             Ok(Some(a)) if !out.contains(&a) => out.push(a),
-            Ok(_) => {}
+            Ok(Some(_)) => {}
+            Ok(None) => tracing::debug!(object = %id, address = %s, "{what}: IPv6 is not balanced yet; skipping this address"),
             Err(e) => return Err(format!("{what}: {e}")),
         }
     }
@@ -96,8 +101,8 @@ fn service(id: &ObjectRef, s: &core::Service) -> Result<Service, String> {
         .iter()
         .filter(|s| s.as_str() != "None")
         .collect();
-    let cluster_ips = parse_ips("spec.clusterIPs", cluster_ip_strings)?;
-    let external_ips = parse_ips("spec.externalIPs", spec.external_ips.iter().flatten())?;
+    let cluster_ips = parse_ips(id, "spec.clusterIPs", cluster_ip_strings)?;
+    let external_ips = parse_ips(id, "spec.externalIPs", spec.external_ips.iter().flatten())?;
     let ingress = s
         .status
         .as_ref()
@@ -106,6 +111,7 @@ fn service(id: &ObjectRef, s: &core::Service) -> Result<Service, String> {
     // `ipMode: Proxy` means the load balancer proxies to the NodePorts
     // itself: kube-proxy does not capture its IP, and neither do we.
     let lb_ips = parse_ips(
+        id,
         "status.loadBalancer.ingress",
         ingress
             .into_iter()
@@ -296,7 +302,9 @@ fn source_ranges(id: &ObjectRef, ranges: &[String]) -> Vec<(Ipv4Addr, u8)> {
                     out.push(net);
                 }
             }
-            Some((IpAddr::V6(_), len)) if len <= 128 => {}
+            Some((IpAddr::V6(_), len)) if len <= 128 => {
+                tracing::debug!(object = %id, range = %r, "IPv6 loadBalancerSourceRanges entry: IPv6 is not balanced yet; skipped")
+            }
             _ => tracing::warn!(object = %id, range = %r, "invalid loadBalancerSourceRanges entry (expected a CIDR); ignored"),
         }
     }
@@ -377,6 +385,7 @@ fn slice(id: &ObjectRef, service: &str, s: &discovery::EndpointSlice) -> Result<
         }
         // An unset port means "not restricted"; kube-proxy cannot use it either.
         let (Some(port), Some(proto)) = (p.port, proto) else {
+            tracing::debug!(object = %id, port = %name, "EndpointSlice port without a number, or SCTP: not balanced; skipped");
             continue;
         };
         ports.push(SlicePort {
@@ -386,13 +395,14 @@ fn slice(id: &ObjectRef, service: &str, s: &discovery::EndpointSlice) -> Result<
         });
     }
     let mut endpoints = Vec::new();
-    for e in &s.endpoints {
-        let Some(first) = e.addresses.first() else {
-            return Err("an endpoint has no address".into());
-        };
-        let addr = match parse_ip(first)? {
-            Some(a) => a,
-            None => return Err(format!("IPv6 address {first:?} in an IPv4 slice")),
+    for (i, e) in s.endpoints.iter().enumerate() {
+        // One bad endpoint is skipped alone: the others still serve.
+        let addr = match endpoint_addr(e) {
+            Ok(a) => a,
+            Err(reason) => {
+                tracing::warn!(object = %id, endpoint = i, %reason, "skipping an invalid endpoint of an EndpointSlice; the others are kept");
+                continue;
+            }
         };
         let c = e.conditions.clone().unwrap_or_default();
         let ready = c.ready.unwrap_or(true);
@@ -414,19 +424,32 @@ fn slice(id: &ObjectRef, service: &str, s: &discovery::EndpointSlice) -> Result<
     })
 }
 
-pub(super) fn node(n: &core::Node) -> Node {
+/// The IPv4 address of an endpoint of an IPv4 slice (its first address:
+/// the API allows exactly one).
+fn endpoint_addr(e: &discovery::Endpoint) -> Result<Ipv4Addr, String> {
+    let Some(first) = e.addresses.first() else {
+        return Err("the endpoint has no address".into());
+    };
+    match parse_ip(first)? {
+        Some(a) => Ok(a),
+        None => Err(format!("IPv6 address {first:?} in an IPv4 slice")),
+    }
+}
+
+pub(super) fn node(id: &ObjectRef, n: &core::Node) -> Node {
     let addrs = n.status.as_ref().and_then(|s| s.addresses.as_ref());
-    let addresses = addrs
-        .into_iter()
-        .flatten()
-        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
-        .filter_map(|a| parse_ip(&a.address).ok().flatten())
-        .fold(Vec::new(), |mut v, a| {
-            if !v.contains(&a) {
-                v.push(a);
-            }
-            v
-        });
+    let mut addresses = Vec::new();
+    for a in addrs.into_iter().flatten() {
+        if a.type_ != "InternalIP" && a.type_ != "ExternalIP" {
+            continue; // Hostname, InternalDNS, ...: not addresses we serve on
+        }
+        match parse_ip(&a.address) {
+            Ok(Some(a)) if !addresses.contains(&a) => addresses.push(a),
+            Ok(Some(_)) => {}
+            Ok(None) => tracing::debug!(object = %id, address = %a.address, "Node IPv6 address: not balanced yet; skipped"),
+            Err(reason) => tracing::warn!(object = %id, %reason, "skipping an invalid Node address; the others are kept"),
+        }
+    }
     let zone = n.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)).filter(|z| !z.is_empty()).cloned();
     Node { addresses, zone }
 }

@@ -84,7 +84,10 @@ pub enum KubeError {
 
 /// A client from `kubeconfig` if given, else inferred the usual way
 /// (KUBECONFIG or ~/.kube/config, then the in-cluster service account).
-pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
+/// Every successful answer to a list or watch marks its resource healthy in
+/// `health`: a watch resumed after an outage sends no event until something
+/// changes, but its answer shows the API server is back.
+pub async fn client(kubeconfig: Option<&Path>, health: Arc<SourceHealth>) -> Result<Client, KubeError> {
     let config = match kubeconfig {
         Some(path) => {
             let read_err = |source| KubeError::ReadKubeconfig {
@@ -99,7 +102,49 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
         None => kube::Config::infer().await.map_err(KubeError::Infer)?,
     };
     tracing::info!(server = %config.cluster_url, "connecting to the Kubernetes API");
-    Client::try_from(config).map_err(KubeError::Client)
+    let builder = kube::client::ClientBuilder::try_from(config).map_err(KubeError::Client)?;
+    Ok(builder.with_layer(&tower::layer::layer_fn(move |inner| Observe { inner, health: health.clone() })).build())
+}
+
+/// The client's middleware that records successful answers in [`SourceHealth`].
+#[derive(Clone)]
+struct Observe<S> {
+    inner: S,
+    health: Arc<SourceHealth>,
+}
+
+impl<S, B> tower::Service<http::Request<kube::client::Body>> for Observe<S>
+where
+    S: tower::Service<http::Request<kube::client::Body>, Response = http::Response<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<S::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<kube::client::Body>) -> Self::Future {
+        let health = self.health.clone();
+        let path = req.uri().path().to_string();
+        if let Some(h) = health.for_path(&path) {
+            h.request_started();
+        }
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            let r = answer.await;
+            if let Ok(resp) = &r {
+                if resp.status().is_success() {
+                    if let Some(h) = health.for_path(&path) {
+                        h.ok();
+                    }
+                }
+            }
+            r
+        })
+    }
 }
 
 /// The state of one resource's watch, for metrics and health checks.
@@ -108,8 +153,19 @@ pub struct WatchHealth {
     connected: AtomicBool,
     synced: AtomicBool,
     last_event_ms: AtomicU64,
+    /// Unix ms the watch was last known good: a successful list or watch
+    /// response, an event, or the moment it broke (it was fine until then).
+    last_ok_ms: AtomicU64,
+    /// Unix ms since which a list or watch request has been waiting for a
+    /// successful answer (0: none waiting). kube-client retries 503s for
+    /// minutes before the watcher sees an error; this shows it at once.
+    waiting_since_ms: AtomicU64,
     lists: AtomicU64,
     errors: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl WatchHealth {
@@ -141,12 +197,57 @@ impl WatchHealth {
         self.errors.load(Ordering::Relaxed)
     }
 
+    /// When the watch was last known good: now while connected, else the
+    /// last success (None before the first).
+    pub fn last_success(&self) -> Option<SystemTime> {
+        if self.healthy() {
+            return Some(SystemTime::now());
+        }
+        // Waiting: the previous call or stream was fine until the new request.
+        let ms = match self.waiting_since_ms.load(Ordering::Relaxed) {
+            0 => self.last_ok_ms.load(Ordering::Relaxed),
+            waiting => waiting,
+        };
+        (ms != 0).then(|| UNIX_EPOCH + Duration::from_millis(ms))
+    }
+
+    /// Connected and no request waiting for an answer.
+    pub fn healthy(&self) -> bool {
+        self.connected() && self.waiting_since_ms.load(Ordering::Relaxed) == 0
+    }
+
+    /// How long the watch has gone without success (zero while healthy).
+    pub fn stale_for(&self) -> Duration {
+        if self.healthy() {
+            return Duration::ZERO;
+        }
+        self.last_success()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .unwrap_or(Duration::MAX)
+    }
+
+    /// A list or watch request went out (the earliest unanswered one counts).
+    fn request_started(&self) {
+        let _ = self.waiting_since_ms.compare_exchange(0, now_ms(), Ordering::Relaxed, Ordering::Relaxed);
+    }
+
     fn event(&self) {
+        self.ok();
+        self.last_event_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// A successful API answer (list, watch start) or event: connected.
+    fn ok(&self) {
         self.connected.store(true, Ordering::Relaxed);
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        self.last_event_ms.store(ms, Ordering::Relaxed);
+        self.last_ok_ms.store(now_ms(), Ordering::Relaxed);
+        self.waiting_since_ms.store(0, Ordering::Relaxed);
+    }
+
+    fn failed(&self) {
+        if self.connected.swap(false, Ordering::Relaxed) {
+            self.last_ok_ms.store(now_ms(), Ordering::Relaxed);
+        }
+        self.errors.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -172,6 +273,21 @@ impl SourceHealth {
     /// Relists across the three resources.
     pub fn relists(&self) -> u64 {
         self.watches().iter().map(|w| w.relists()).sum()
+    }
+    /// The longest time any resource has gone without a successful list or
+    /// watch (zero while all are connected).
+    pub fn stale_for(&self) -> Duration {
+        self.watches().iter().map(|w| w.stale_for()).max().unwrap_or_default()
+    }
+    /// Each resource's name (as the API spells it) and health.
+    pub fn by_resource(&self) -> [(&'static str, &WatchHealth); 3] {
+        [("services", &self.services), ("endpointslices", &self.endpoint_slices), ("nodes", &self.nodes)]
+    }
+    /// The health of the resource an API path is about
+    /// (`/api/v1/services`, `/apis/discovery.k8s.io/v1/endpointslices`, ...).
+    fn for_path(&self, path: &str) -> Option<&WatchHealth> {
+        let last = path.rsplit('/').next()?;
+        self.by_resource().into_iter().find(|(r, _)| *r == last).map(|(_, h)| h)
     }
     /// Models sent, the first complete one included.
     pub fn models(&self) -> u64 {
@@ -281,7 +397,7 @@ pub async fn start(
     node_name: &str,
     health: Arc<SourceHealth>,
 ) -> Result<watch::Receiver<Arc<Model>>, KubeError> {
-    watch(client(kubeconfig).await?, node_name, health).await
+    watch(client(kubeconfig, health.clone()).await?, node_name, health).await
 }
 
 /// Runs one resource's watcher into a new store, recording its health and
@@ -332,8 +448,7 @@ where
                     }
                 }
                 Err(e) => {
-                    h.connected.store(false, Ordering::Relaxed);
-                    h.errors.fetch_add(1, Ordering::Relaxed);
+                    h.failed();
                     // The stream retries by itself after a backoff.
                     match status(&e) {
                         Some(s) if s.is_forbidden() => tracing::error!(
@@ -393,10 +508,12 @@ async fn follow(
                 return false;
             }
             *current = Arc::new(model);
+            // Counted before the receiver is woken: whoever sees the model
+            // sees the count too.
+            health.models.fetch_add(1, Ordering::Relaxed);
             true
         });
         if sent {
-            health.models.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(
                 waited_ms = start.elapsed().as_millis() as u64,
                 "objects changed"
@@ -461,5 +578,37 @@ mod tests {
         assert!(h.synced() && h.connected());
         assert_eq!(h.relists(), 1);
         assert!(h.nodes.last_event().is_some());
+    }
+
+    #[test]
+    fn a_watch_is_stale_from_its_last_success_and_fresh_again_on_an_answer() {
+        let h = SourceHealth::default();
+        assert_eq!(h.stale_for(), Duration::MAX, "never succeeded");
+        for w in h.watches() {
+            w.ok();
+        }
+        assert_eq!(h.stale_for(), Duration::ZERO);
+        // The watch breaks: stale from that moment, not from its last event.
+        h.nodes.failed();
+        h.nodes.failed();
+        assert_eq!(h.nodes.errors(), 2);
+        std::thread::sleep(Duration::from_millis(50));
+        let stale = h.stale_for();
+        assert!(stale >= Duration::from_millis(50) && stale < Duration::from_secs(5), "{stale:?}");
+        assert!(h.nodes.last_success().is_some() && !h.nodes.connected());
+        // Any successful answer about nodes (a resumed watch) ends it.
+        h.for_path("/api/v1/nodes").unwrap().ok();
+        assert_eq!(h.stale_for(), Duration::ZERO);
+        // A request left unanswered (kube-client retrying 503s) is stale
+        // from when it went out, though the watcher saw no error yet.
+        h.services.request_started();
+        std::thread::sleep(Duration::from_millis(20));
+        h.services.request_started();
+        assert!(h.services.connected() && !h.services.healthy());
+        assert!(h.stale_for() >= Duration::from_millis(20), "from the first unanswered request");
+        h.services.ok();
+        assert_eq!(h.stale_for(), Duration::ZERO);
+        assert!(std::ptr::eq(h.for_path("/apis/discovery.k8s.io/v1/endpointslices").unwrap(), &h.endpoint_slices));
+        assert!(h.for_path("/api/v1/pods").is_none());
     }
 }
