@@ -14,7 +14,11 @@ use aya_ebpf::programs::{TcContext, XdpContext};
 use lb_common::{counter, direction, flow_flags, FlowV4};
 use lb_ebpf::icmp::{self, End, Quote, Translation, BLOCK, INNER_L4, TCP_CHECK};
 
-use crate::{conntrack, parse::ETH_LEN, verdict::Verdict};
+use crate::{
+    conntrack,
+    parse::{Packet, ETH_LEN},
+    verdict::Verdict,
+};
 
 const NOT_OURS: Verdict = Verdict::Pass(counter::PASS_OTHER_L4);
 
@@ -45,10 +49,11 @@ fn translation(q: &Quote) -> Option<(Translation, bool)> {
 /// The verdict for an ICMP packet at XDP: `Ok(None)` to pass it as it is,
 /// `Ok(Some((t, snat)))` after it was translated in place to `t`.
 #[inline(always)]
-pub fn xdp(ctx: &XdpContext) -> Result<Option<(Translation, bool)>, Verdict> {
+pub fn xdp(ctx: &XdpContext, p: &Packet) -> Result<Option<(Translation, bool)>, Verdict> {
     let (data, end) = (ctx.data(), ctx.data_end());
     let at = data + ETH_LEN;
-    if at + BLOCK > end {
+    // The block must be the packet's, not Ethernet padding after it.
+    if at + BLOCK > end || (p.ip_len as usize) < BLOCK {
         return Ok(None);
     }
     // Rewritten in place: a copy on the stack would not fit the XDP
@@ -71,7 +76,10 @@ pub fn xdp(ctx: &XdpContext) -> Result<Option<(Translation, bool)>, Verdict> {
 /// An ICMP packet leaving at tc egress: an error from a backend on this
 /// node (or a router) to a client is translated; anything else passes.
 #[inline(always)]
-pub fn tc(ctx: &TcContext) -> Result<Verdict, Verdict> {
+pub fn tc(ctx: &TcContext, p: &Packet) -> Result<Verdict, Verdict> {
+    if (p.ip_len as usize) < BLOCK {
+        return Ok(NOT_OURS);
+    }
     let Ok(mut block) = ctx.load::<[u8; BLOCK]>(ETH_LEN) else { return Ok(NOT_OURS) };
     let Some(q) = icmp::quote(&block) else { return Ok(NOT_OURS) };
     let Some((t, _)) = translation(&q) else { return Ok(NOT_OURS) };

@@ -71,7 +71,7 @@ pub fn ingress(ctx: &TcContext) -> i32 {
 pub fn egress(ctx: &TcContext) -> i32 {
     run(ctx, |ctx, p| {
         if p.proto == IPPROTO_ICMP {
-            return icmp_error::tc(ctx);
+            return icmp_error::tc(ctx, p);
         }
         match conntrack::reply(p) {
             Some(rw) => {

@@ -33,7 +33,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
 fn try_run(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     let p = parse::parse(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data())?;
     if p.proto == IPPROTO_ICMP {
-        return Ok(match icmp_error::xdp(ctx)? {
+        return Ok(match icmp_error::xdp(ctx, &p)? {
             Some((t, snat)) => send(ctx, &p, t.outer_src, t.outer_dst, snat, counter::ICMP_NAT),
             None => Verdict::Pass(counter::PASS_OTHER_L4),
         });
