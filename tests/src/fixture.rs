@@ -148,3 +148,18 @@ pub fn store(file: &str, cases: &[Case]) {
         .join(file);
     std::fs::write(&path, serde_json::to_string_pretty(cases).unwrap() + "\n").unwrap();
 }
+
+/// The addresses of the IPv4 service story (tests/fixtures/ipv4_services.json),
+/// shared by its fixtures and the fuzzer that mutates them.
+pub mod story {
+    use std::net::Ipv4Addr;
+
+    pub const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
+    pub const POD: Ipv4Addr = Ipv4Addr::new(10, 0, 3, 2);
+    pub const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
+    pub const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+    pub const DNS_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 53);
+    pub const EMPTY_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 99);
+    pub const B1: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 11);
+    pub const B2: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 12);
+}

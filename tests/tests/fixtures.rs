@@ -17,14 +17,7 @@ use xdplb_tests::{
 };
 
 const FILE: &str = "ipv4_services.json";
-const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
-const POD: Ipv4Addr = Ipv4Addr::new(10, 0, 3, 2);
-const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
-const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
-const DNS_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 53);
-const EMPTY_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 99);
-const B1: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 11);
-const B2: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 12);
+use xdplb_tests::fixture::story::{B1, B2, CLIENT, CLUSTER_IP, DNS_IP, EMPTY_IP, NODE, POD};
 
 /// The services every case runs against: one backend each, so selection is
 /// deterministic.

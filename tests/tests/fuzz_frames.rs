@@ -12,7 +12,7 @@
 //! a test run of one frame costs ~3 µs here); the `#[ignore]`d soak runs
 //! 10,000,000 (`cargo test -p xdplb-tests --test fuzz_frames -- --ignored`).
 //! Needs root.
-use std::{net::Ipv4Addr, time::Instant};
+use std::time::Instant;
 
 use lb_common::{algorithm, counter, is_outcome, IPPROTO_TCP, IPPROTO_UDP};
 use xdplb_tests::{
@@ -22,14 +22,7 @@ use xdplb_tests::{
     services::{contents, Svc},
 };
 
-const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
-const POD: Ipv4Addr = Ipv4Addr::new(10, 0, 3, 2);
-const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
-const CLUSTER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
-const DNS_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 53);
-const EMPTY_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 99);
-const B1: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 11);
-const B2: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 12);
+use xdplb_tests::fixture::story::{B1, B2, CLIENT, CLUSTER_IP, DNS_IP, EMPTY_IP, NODE, POD};
 const PROGRAMS: [&str; 3] = ["xdp_lb", "tc_ingress", "tc_egress"];
 
 /// The services of `fixtures.rs`, so its inputs hit services here too.
