@@ -168,3 +168,39 @@ fn a_full_size_download_through_a_nodeport_finds_the_smaller_path_mtu() {
     assert!(!who.starts_with("node-1/"), "served by a pod on another node: {who}");
     assert!(icmp >= 1, "the router's fragmentation-needed reached the pod through node-1's translation");
 }
+
+/// hostNetwork backends: endpoints that are node addresses, one on this node
+/// and one on another. The remote one is SNATed like a pod; the local one
+/// keeps the client address. Real servers in the node namespaces, on
+/// POD_PORT, TCP through the NodePort of node 1.
+#[test]
+fn host_network_backends_on_this_and_another_node_are_reached() {
+    use xdplb_tests::{cluster::{node_name, tcp_requests, POD_PORT, CLIENT_ADDR}, servers::Server};
+    let mut c = Cluster::new(2, 0, Source::Kube);
+    let _servers: Vec<Server> = (1..=2).map(|i| Server::start(&c.node(i).ns, POD_PORT, &format!("node-{i}/host"))).collect();
+    let svc = ServiceDef::new("hostnet", WEB_IP).node_port(NODE_PORT);
+    c.apply(svc.object());
+    let mut slice = svc.slice(&[]);
+    slice["endpoints"] = serde_json::json!((1..=2)
+        .map(|i| serde_json::json!({"addresses": [node_addr(i).to_string()], "nodeName": node_name(i),
+                                    "conditions": {"ready": true, "serving": true, "terminating": false}}))
+        .collect::<Vec<_>>());
+    c.apply(slice);
+    let want = [node_addr(1), node_addr(2)];
+    assert!(
+        xdplb_tests::wait_for(Duration::from_secs(30), || c.node(1).programmed(node_addr(1), NODE_PORT, 6).is_some_and(|(_, b)| b.len() == 2)),
+        "node-1 never programmed both host backends: {:?}\n{}",
+        c.node(1).programmed(node_addr(1), NODE_PORT, 6),
+        c.logs()
+    );
+    let t = tcp_requests(&c.client, SocketAddr::from((node_addr(1), NODE_PORT)), 100);
+    println!("hostNetwork backends through node-1's NodePort: {t:?}");
+    assert_eq!((t.ok(), t.failed()), (100, 0), "{t:?}\n{}", c.logs());
+    assert!(t.answers.get("node-1/host").is_some_and(|&n| n > 0) && t.answers.get("node-2/host").is_some_and(|&n| n > 0), "{t:?}");
+    // The local host backend saw the client; the remote one node 1 (SNAT).
+    assert_eq!(t.sources.keys().copied().collect::<Vec<_>>(), {
+        let mut v = vec![CLIENT_ADDR, want[0]];
+        v.sort();
+        v
+    }, "{t:?}");
+}
