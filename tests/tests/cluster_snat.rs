@@ -176,7 +176,7 @@ fn a_full_size_download_through_a_nodeport_finds_the_smaller_path_mtu() {
 #[test]
 fn host_network_backends_on_this_and_another_node_are_reached() {
     use xdplb_tests::{cluster::{node_name, tcp_requests, POD_PORT, CLIENT_ADDR}, servers::Server};
-    let mut c = Cluster::new(2, 0, Source::Kube);
+    let c = Cluster::new(2, 0, Source::Kube);
     let _servers: Vec<Server> = (1..=2).map(|i| Server::start(&c.node(i).ns, POD_PORT, &format!("node-{i}/host"))).collect();
     let svc = ServiceDef::new("hostnet", WEB_IP).node_port(NODE_PORT);
     c.apply(svc.object());
