@@ -126,21 +126,31 @@ fn timeout_ns(entry: &FlowV4, proto: u8) -> u64 {
 }
 
 /// Records a packet on `entry`: counters, last-seen time, TCP teardown.
+///
+/// Returns whether the flow's other half is due a look ([`keep_pair`]): on
+/// every packet of a SNAT flow, whose replies cannot be found without it;
+/// for others when the entry's time is refreshed (at most once a second) and
+/// when the flow starts closing. Every packet would cost ~35 ns on the
+/// established path (measured A/B, `prog_cost`).
 #[inline(always)]
-fn touch(entry: &mut FlowV4, p: &Packet, now: u64) {
+fn touch(entry: &mut FlowV4, p: &Packet, now: u64) -> bool {
     // Plain adds: a flow is steered to one CPU by RSS, so these rarely race,
     // and an occasional lost increment is cheaper than an atomic per packet.
     entry.packets += 1;
     entry.bytes += p.ip_len as u64;
+    let mut due = entry.flags & flow_flags::SNAT != 0;
     if since(now, entry.last_seen_ns) > TOUCH_INTERVAL_NS {
         entry.last_seen_ns = now;
+        due = true;
     }
     if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 && entry.flags & flow_flags::CLOSING == 0 {
         entry.flags |= flow_flags::CLOSING;
+        due = true;
         if entry.direction == direction::FORWARD {
             select::load_change(entry.backend_id, false);
         }
     }
+    due
 }
 
 /// The backend an existing forward flow is pinned to, if the flow is live and
@@ -168,8 +178,9 @@ pub fn established(key: &FlowKeyV4, p: &Packet, now: u64) -> Option<Rewrite> {
             return None;
         }
     };
-    touch(entry, p, now);
-    keep_pair(key, entry);
+    if touch(entry, p, now) {
+        keep_pair(key, entry);
+    }
     Some(Rewrite::of(backend.addr, backend.port, entry))
 }
 
@@ -455,7 +466,8 @@ pub fn reply(p: &Packet) -> Option<Rewrite> {
         return None;
     }
     entry.flags |= flow_flags::SEEN_REPLY;
-    touch(entry, p, now);
-    keep_pair(&key, entry);
+    if touch(entry, p, now) {
+        keep_pair(&key, entry);
+    }
     Some(Rewrite::of(entry.nat_addr, entry.nat_port, entry))
 }
