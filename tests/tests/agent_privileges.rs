@@ -16,8 +16,10 @@ use xdplb_tests::{
 
 const TO: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(WEB_CLUSTER_IP), 80);
 
-/// (tid, CapEff, CapPrm, CapBnd, CapInh, CapAmb, NoNewPrivs) of every thread.
-fn threads(pid: u32) -> Vec<(String, [Option<u64>; 3], String, String, String)> {
+/// One thread's tid, [CapEff, CapPrm, CapBnd], CapInh, CapAmb, NoNewPrivs.
+type Thread = (String, [Option<u64>; 3], String, String, String);
+
+fn threads(pid: u32) -> Vec<Thread> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(format!("/proc/{pid}/task")).expect("task dir").flatten() {
         let Ok(status) = std::fs::read_to_string(e.path().join("status")) else { continue };
