@@ -4,7 +4,8 @@
 //! UDP — every datagram is answered with the identity.
 //! A GET of [`PEER_PATH`] or the datagram [`PEER_PATH`] gets
 //! `<identity> <client ip:port>` instead: the address the server saw, so a
-//! test can check a client address was preserved (or SNATed).
+//! test can check a client address was preserved (or SNATed). A GET of
+//! `/bulk/<n>` ([`BULK_PATH`]) gets the identity line and `n` more bytes.
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -32,6 +33,8 @@ const POLL: Duration = Duration::from_millis(50);
 
 /// The request (HTTP path, or whole datagram) answered with the peer address too.
 pub const PEER_PATH: &str = "/peer";
+/// `GET /bulk/<n>`: the identity line, then `n` bytes of `i % 251`.
+pub const BULK_PATH: &str = "/bulk/";
 
 impl Server {
     /// TCP and UDP on `port` in `ns`, answering `identity`.
@@ -83,8 +86,18 @@ fn handle(s: TcpStream, id: &str) {
             while r.read_line(&mut h).unwrap_or(0) > 0 && h != "\r\n" {
                 h.clear();
             }
-            let body = match line.split_whitespace().nth(1) {
-                Some(PEER_PATH) => format!("{id} {peer}"),
+            let path = line.split_whitespace().nth(1).unwrap_or("");
+            if let Some(n) = path.strip_prefix(BULK_PATH).and_then(|n| n.parse::<usize>().ok()) {
+                // `n` bytes of a repeating pattern after the identity line:
+                // full-size segments for path MTU tests.
+                let pattern: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+                let head = format!("{id}\n");
+                let _ = write!(w, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{head}", head.len() + n);
+                let _ = w.write_all(&pattern);
+                return;
+            }
+            let body = match path {
+                PEER_PATH => format!("{id} {peer}"),
                 _ => id.to_string(),
             };
             let _ = write!(w, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());

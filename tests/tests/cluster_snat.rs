@@ -112,3 +112,95 @@ fn an_exhausted_snat_range_refuses_new_flows_counts_them_and_spares_the_live_one
         c.node(1).log()
     );
 }
+
+/// A path MTU smaller than the nodes' on the way back to the client: a
+/// client behind a router whose link to it carries 1,400 bytes, the nodes'
+/// network 1,500. The pod's full-size segments (SNATed back through node 1)
+/// make the router answer "fragmentation needed" to the NodePort address;
+/// node 1 translates it for the pod on node 2 (quoting what the pod sent),
+/// the pod lowers its segment size, and a 1 MB download completes.
+#[test]
+fn a_full_size_download_through_a_nodeport_finds_the_smaller_path_mtu() {
+    use xdplb_tests::{
+        netns::Netns,
+        topology::{addr_up, veth},
+    };
+    let mut c = cluster();
+    let (router, far) = (Netns::new(), Netns::new());
+    veth(&router, "eth0", &c.switch, "r0");
+    c.switch.ip(&["link", "set", "r0", "master", "br0", "up"]);
+    addr_up(&router, "eth0", "192.168.50.3/24");
+    router.sysctl("net.ipv4.ip_forward", "1");
+    veth(&router, "eth1", &far, "eth0");
+    router.ip(&["link", "set", "eth1", "mtu", "1400"]);
+    addr_up(&router, "eth1", "192.168.60.1/24");
+    addr_up(&far, "eth0", "192.168.60.2/24");
+    far.ip(&["route", "add", "default", "via", "192.168.60.1"]);
+    // Frames from a wire carry complete checksums, as XDP expects.
+    for (ns, dev) in [(&far, "eth0"), (&router, "eth0"), (&router, "eth1"), (&c.switch, "r0")] {
+        ns.cmd("ethtool").args(["-K", dev, "tx", "off"]).output().ok();
+    }
+    for i in 1..=3 {
+        c.node(i).ns.ip(&["route", "add", "192.168.60.0/24", "via", "192.168.50.3"]);
+    }
+    const SIZE: usize = 1 << 20;
+    let to = SocketAddr::from((node_addr(1), NODE_PORT));
+    let got = far.run(move || -> std::io::Result<(String, usize, bool)> {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        s.write_all(format!("GET /bulk/{SIZE} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())?;
+        let mut all = Vec::new();
+        s.read_to_end(&mut all)?;
+        let at = all.windows(4).position(|w| w == b"\r\n\r\n").map_or(all.len(), |p| p + 4);
+        let body = &all[at..];
+        let nl = body.iter().position(|&b| b == b'\n').unwrap_or(0);
+        let data = &body[nl + 1..];
+        let intact = data.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8);
+        Ok((String::from_utf8_lossy(&body[..nl]).into_owned(), data.len(), intact))
+    });
+    let dp = c.node_mut(1).maps();
+    let counts = dp.counters().unwrap();
+    let icmp = counts[counter::ICMP_NAT as usize];
+    let (who, len, intact) = got.unwrap_or_else(|e| panic!("the download failed: {e}; icmp_nat={icmp}\n{}", c.logs()));
+    println!("1 MB download through node-1's NodePort from behind a 1,400-byte link: {len} bytes from {who}, intact {intact}; node-1 translated {icmp} ICMP errors");
+    assert_eq!((len, intact), (SIZE, true));
+    assert!(!who.starts_with("node-1/"), "served by a pod on another node: {who}");
+    assert!(icmp >= 1, "the router's fragmentation-needed reached the pod through node-1's translation");
+}
+
+/// hostNetwork backends: endpoints that are node addresses, one on this node
+/// and one on another. The remote one is SNATed like a pod; the local one
+/// keeps the client address. Real servers in the node namespaces, on
+/// POD_PORT, TCP through the NodePort of node 1.
+#[test]
+fn host_network_backends_on_this_and_another_node_are_reached() {
+    use xdplb_tests::{cluster::{node_name, tcp_requests, POD_PORT, CLIENT_ADDR}, servers::Server};
+    let c = Cluster::new(2, 0, Source::Kube);
+    let _servers: Vec<Server> = (1..=2).map(|i| Server::start(&c.node(i).ns, POD_PORT, &format!("node-{i}/host"))).collect();
+    let svc = ServiceDef::new("hostnet", WEB_IP).node_port(NODE_PORT);
+    c.apply(svc.object());
+    let mut slice = svc.slice(&[]);
+    slice["endpoints"] = serde_json::json!((1..=2)
+        .map(|i| serde_json::json!({"addresses": [node_addr(i).to_string()], "nodeName": node_name(i),
+                                    "conditions": {"ready": true, "serving": true, "terminating": false}}))
+        .collect::<Vec<_>>());
+    c.apply(slice);
+    let want = [node_addr(1), node_addr(2)];
+    assert!(
+        xdplb_tests::wait_for(Duration::from_secs(30), || c.node(1).programmed(node_addr(1), NODE_PORT, 6).is_some_and(|(_, b)| b.len() == 2)),
+        "node-1 never programmed both host backends: {:?}\n{}",
+        c.node(1).programmed(node_addr(1), NODE_PORT, 6),
+        c.logs()
+    );
+    let t = tcp_requests(&c.client, SocketAddr::from((node_addr(1), NODE_PORT)), 100);
+    println!("hostNetwork backends through node-1's NodePort: {t:?}");
+    assert_eq!((t.ok(), t.failed()), (100, 0), "{t:?}\n{}", c.logs());
+    assert!(t.answers.get("node-1/host").is_some_and(|&n| n > 0) && t.answers.get("node-2/host").is_some_and(|&n| n > 0), "{t:?}");
+    // The local host backend saw the client; the remote one node 1 (SNAT).
+    assert_eq!(t.sources.keys().copied().collect::<Vec<_>>(), {
+        let mut v = vec![CLIENT_ADDR, want[0]];
+        v.sort();
+        v
+    }, "{t:?}");
+}
