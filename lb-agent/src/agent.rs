@@ -149,6 +149,11 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let first = Some(Instant::now());
     let model = models.borrow_and_update().clone();
     let mut synced = agent.sync(&model, first);
+    // Everything is loaded, pinned and attached (sysctls written): keep only
+    // what later syncs and pod-interface attaches use.
+    let bounding = lb_agent::privs::drop_to_kept().context("dropping the capabilities no longer needed")?;
+    let kept: Vec<&str> = lb_agent::privs::KEPT.iter().map(|(_, n)| *n).collect();
+    tracing::info!(kept = kept.join(","), bounding_set_too = bounding, "dropped every other capability (no_new_privs set)");
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // Least-connections counts flows that idle out or are evicted only here.
     let mut recount = tokio::time::interval(Duration::from_secs(30));

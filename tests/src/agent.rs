@@ -159,6 +159,11 @@ impl Agent {
         Dataplane::open(&self.pin_dir).expect("opening the agent's maps")
     }
 
+    /// The agent's process id (`nsenter` execs the agent: the same process).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
