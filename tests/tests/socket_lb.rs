@@ -148,6 +148,7 @@ fn auto_on_a_host_without_cgroup2_warns_and_balances_packets_without_it() {
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&pin_dir);
+    lb_agent::ops::names::remove(&pin_dir);
     let _ = std::fs::remove_dir_all(&dir);
     let log_text = text();
     let _ = std::fs::remove_file(&log);
