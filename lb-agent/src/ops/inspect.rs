@@ -249,6 +249,9 @@ pub fn flow_row(k: &FlowKeyV4, v: &FlowV4, now_ns: u64, cfg: &Config) -> FlowRow
     if v.flags & flow_flags::SEEN_REPLY != 0 {
         flags.push("seen-reply");
     }
+    if v.flags & flow_flags::SNAT != 0 {
+        flags.push("snat");
+    }
     let secs = |t: u64| now_ns.saturating_sub(t) as f64 / 1e9;
     let timeout = if v.flags & flow_flags::CLOSING != 0 {
         cfg.closing_timeout_s
@@ -490,6 +493,8 @@ mod tests {
             flow_row(&k, &open, 131 * s, &cfg).flags.is_empty(),
             "TCP's timeout is hours"
         );
+        let snat = FlowV4 { flags: flow_flags::SNAT | flow_flags::SEEN_REPLY, ..v };
+        assert_eq!(flow_row(&k, &snat, 131 * s, &cfg).flags, ["seen-reply", "snat"]);
     }
 
     #[test]
