@@ -308,17 +308,15 @@ impl Programmer {
             return;
         }
         // Cheap when nothing was refused since the last look: one per-CPU counter.
-        let total: u64 = self.dp.counters.get(&lb_common::counter::DROP_SNAT_EXHAUSTED, 0).map(|v| v.iter().sum()).unwrap_or(0);
+        let total = self.dp.counter(lb_common::counter::DROP_SNAT_EXHAUSTED).unwrap_or(0);
         if total == self.snat_refused.values().sum::<u64>() {
             return;
         }
         let Ok(now) = self.dp.snat_exhausted() else { return };
-        if now.iter().any(|(id, n)| self.snat_refused.get(id).copied().unwrap_or(0) < *n) {
-            self.snat_reported = Some(Instant::now());
-        }
         for &(id, n) in &now {
             let before = self.snat_refused.get(&id).copied().unwrap_or(0);
             if n > before {
+                self.snat_reported = Some(Instant::now());
                 let addr = self.dp.backends.get(&id, 0).map(|b| std::net::Ipv4Addr::from(b.addr)).ok();
                 tracing::warn!(backend_id = id, backend = ?addr, refused = n - before, ports = %self.snat.ports, "new flows to a backend on another node were refused: no free SNAT port towards it (widen --snat-ports)");
             }

@@ -71,9 +71,12 @@ impl Dataplane {
 
     /// The per-CPU counters of `lb_common::counter`, summed over CPUs.
     pub fn counters(&self) -> Result<Vec<u64>> {
-        (0..lb_common::counter::COUNT)
-            .map(|i| Ok(self.counters.get(&i, 0)?.iter().sum()))
-            .collect()
+        (0..lb_common::counter::COUNT).map(|i| self.counter(i)).collect()
+    }
+
+    /// One per-CPU counter of `lb_common::counter`, summed over CPUs.
+    pub fn counter(&self, idx: u32) -> Result<u64> {
+        Ok(self.counters.get(&idx, 0)?.iter().sum())
     }
 
     /// The stats of `service_id`, summed over CPUs.
@@ -349,8 +352,7 @@ impl Dataplane {
     /// per backend slot).
     pub fn snat_exhausted(&self) -> Result<Vec<(BackendId, u64)>> {
         let mut out = Vec::new();
-        let total: u64 = self.counters.get(&lb_common::counter::DROP_SNAT_EXHAUSTED, 0)?.iter().sum();
-        if total == 0 {
+        if self.counter(lb_common::counter::DROP_SNAT_EXHAUSTED)? == 0 {
             return Ok(out);
         }
         for id in 1..self.snat_exhausted.len() {

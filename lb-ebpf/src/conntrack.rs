@@ -198,12 +198,12 @@ fn other_key(key: &FlowKeyV4, e: &FlowV4) -> FlowKeyV4 {
     }
 }
 
-/// The (nat, peer) ends the other half of `(key, e)` holds: FORWARD halves
-/// rewrite the destination, REPLY halves the source, so the other half's
-/// rewrite is this key's far end and its peer this key's near end.
 /// An address and port, network order.
 type AddrPort = ([u8; 4], [u8; 2]);
 
+/// The (nat, peer) ends the other half of `(key, e)` holds: FORWARD halves
+/// rewrite the destination, REPLY halves the source, so the other half's
+/// rewrite is this key's far end and its peer this key's near end.
 #[inline(always)]
 fn other_ends(key: &FlowKeyV4, e: &FlowV4) -> (AddrPort, AddrPort) {
     if e.direction == direction::FORWARD {
