@@ -52,6 +52,9 @@ pub enum Command {
     Conntrack(crate::ops_cli::ConntrackArgs),
     /// Dataplane counters by reason and per-service statistics.
     Stats(crate::ops_cli::MapsArgs),
+    /// The busiest services by packets, new flows and drops, refreshed
+    /// every second (q quits); `--once --json` prints one sample.
+    Top(crate::top::TopArgs),
     /// What the dataplane does with one packet, from the live maps:
     /// frontend, service, policy, candidate backends, the pick, conntrack,
     /// source ranges and the verdict (DNAT, REJECT, DROP or PASS).

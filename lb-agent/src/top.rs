@@ -1,0 +1,132 @@
+//! `lb-agent top`: the busiest services by packets, new flows or drops,
+//! refreshed every second on the terminal's alternate screen (q quits), or
+//! one sample with `--once` (JSON with `--json`) for scripts. Rates come from
+//! two readings of the per-CPU stats maps ([`lb_agent::ops::top`]).
+use std::{
+    io::Write as _,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Args, ValueEnum};
+use crossterm::{
+    cursor,
+    event::{self, Event, KeyCode, KeyEventKind, KeyModifiers},
+    execute, queue, terminal,
+};
+use lb_agent::{
+    dataplane::Dataplane,
+    ops::{
+        names,
+        top::{rates, table, Sample, SortBy},
+    },
+};
+
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Directory of the pinned maps (as given to `lb-agent run`).
+    #[arg(long, default_value = lb_agent::loader::DEFAULT_PIN_DIR)]
+    pub pin_path: PathBuf,
+    /// Seconds between readings (rates are averaged over it).
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0, value_parser = parse_interval)]
+    pub interval: f64,
+    /// Print one sample (two readings one interval apart) and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// With --once: print JSON instead of a table.
+    #[arg(long, requires = "once")]
+    pub json: bool,
+    /// Rank services by packets, new flows or drops.
+    #[arg(long, value_enum, default_value_t = SortArg::Packets)]
+    pub sort: SortArg,
+    /// Services shown (the terminal's height also limits the live view).
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SortArg {
+    Packets,
+    NewFlows,
+    Drops,
+}
+
+impl From<SortArg> for SortBy {
+    fn from(s: SortArg) -> Self {
+        match s {
+            SortArg::Packets => SortBy::Packets,
+            SortArg::NewFlows => SortBy::NewFlows,
+            SortArg::Drops => SortBy::Drops,
+        }
+    }
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?}: give seconds between 0.1 and 3600")),
+    }
+}
+
+fn open(a: &TopArgs) -> Result<Dataplane> {
+    Dataplane::open(&a.pin_path).with_context(|| {
+        format!("no xdplb maps pinned under {} (pass --pin-path as given to `lb-agent run`)", a.pin_path.display())
+    })
+}
+
+pub fn run(a: TopArgs) -> Result<()> {
+    let dp = open(&a)?;
+    let interval = Duration::from_secs_f64(a.interval);
+    if a.once {
+        let first = Sample::read(&dp)?;
+        std::thread::sleep(interval);
+        let r = rates(&first, &Sample::read(&dp)?, &names::read(&a.pin_path), a.sort.into());
+        let text = if a.json { serde_json::to_string_pretty(&r)? + "\n" } else { table(&r, a.limit) };
+        std::io::stdout().write_all(text.as_bytes())?;
+        return Ok(());
+    }
+    if !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        bail!("the live view needs a terminal; use `lb-agent top --once [--json]` in scripts");
+    }
+    terminal::enable_raw_mode().context("switching the terminal to raw mode")?;
+    let mut out = std::io::stdout();
+    execute!(out, terminal::EnterAlternateScreen, cursor::Hide)?;
+    let result = live(&dp, &a, interval);
+    // Restore the terminal whatever happened.
+    let _ = execute!(out, cursor::Show, terminal::LeaveAlternateScreen);
+    let _ = terminal::disable_raw_mode();
+    result
+}
+
+/// Redraws every `interval` until q, Esc or Ctrl-C.
+fn live(dp: &Dataplane, a: &TopArgs, interval: Duration) -> Result<()> {
+    let mut out = std::io::stdout();
+    let mut prev = Sample::read(dp)?;
+    let mut next = Instant::now() + interval;
+    let mut screen = format!("lb-agent top — {}   (q quits)\r\n\r\nreading…", a.pin_path.display());
+    loop {
+        queue!(out, cursor::MoveTo(0, 0), terminal::Clear(terminal::ClearType::All))?;
+        out.write_all(screen.as_bytes())?;
+        out.flush()?;
+        // Keys until the next reading.
+        while let Some(left) = next.checked_duration_since(Instant::now()) {
+            if event::poll(left)? {
+                if let Event::Key(k) = event::read()? {
+                    let ctrl_c = k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL);
+                    if k.kind == KeyEventKind::Press && (matches!(k.code, KeyCode::Char('q') | KeyCode::Esc) || ctrl_c) {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        next += interval;
+        let cur = Sample::read(dp)?;
+        let r = rates(&prev, &cur, &names::read(&a.pin_path), a.sort.into());
+        prev = cur;
+        let rows = terminal::size().map_or(a.limit, |(_, h)| (h as usize).saturating_sub(8 + r.drops.len()));
+        let header = format!("lb-agent top — {}   every {:.1} s, by {:?}   (q quits)\n\n", a.pin_path.display(), a.interval, a.sort);
+        // Raw mode: lines need a carriage return too.
+        screen = (header + &table(&r, a.limit.min(rows.max(1)))).replace('\n', "\r\n");
+    }
+}
