@@ -19,6 +19,7 @@ pub mod servers;
 pub mod services;
 pub mod tc;
 pub mod topology;
+pub mod traffic;
 pub mod vm;
 
 /// Panics with a clear message unless the process runs as root.

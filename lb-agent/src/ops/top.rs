@@ -142,9 +142,10 @@ pub fn rates(prev: &Sample, cur: &Sample, names: &Names, sort: SortBy) -> Rates 
         interval_s: secs,
         total: Totals {
             packets_per_s: counter_rate(counter::PACKETS as usize),
-            forwarded_per_s: services.iter().map(|s| s.packets_per_s).sum(),
-            new_flows_per_s: services.iter().map(|s| s.new_flows_per_s).sum(),
-            drops_per_s: drops.iter().map(|d| d.per_s).sum(),
+            forwarded_per_s: services.iter().fold(0.0, |a, s| a + s.packets_per_s),
+            new_flows_per_s: services.iter().fold(0.0, |a, s| a + s.new_flows_per_s),
+            // fold from 0.0: an empty f64 sum is -0.0, shown as "-0".
+            drops_per_s: drops.iter().fold(0.0, |a, d| a + d.per_s),
         },
         services,
         drops,
@@ -240,6 +241,7 @@ mod tests {
         assert_eq!(r.services[2].packets_per_s, 25.0);
         assert_eq!(r.total.forwarded_per_s, 300.0 + 100.0 + 25.0);
         assert_eq!(r.drops.len(), 1);
+        assert!(rates(&a, &a, &names, SortBy::Packets).total.drops_per_s.is_sign_positive());
         assert_eq!((r.drops[0].reason, r.drops[0].per_s), ("drop_malformed", 20.0));
         let by_flows = rates(&a, &b, &names, SortBy::NewFlows);
         assert_eq!(by_flows.services[0].id, 3);
