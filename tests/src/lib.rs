@@ -15,6 +15,7 @@ pub mod netns;
 pub mod observe;
 pub mod ops;
 pub mod packet;
+pub mod prometheus;
 pub mod servers;
 pub mod services;
 pub mod tc;

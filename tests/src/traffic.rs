@@ -36,13 +36,19 @@ impl UdpFlows {
     /// Sends `per_s` 64-byte datagrams a second from `ns` to `to`, each from
     /// a new source port, paced on the clock (a late tick sends what it owes).
     pub fn start(ns: &Netns, to: SocketAddr, per_s: u32) -> Self {
+        Self::start_at(ns, to, per_s, FIRST_PORT)
+    }
+
+    /// As [`UdpFlows::start`], with source ports from `first_port` up (two
+    /// senders in one namespace need ranges of their own).
+    pub fn start_at(ns: &Netns, to: SocketAddr, per_s: u32, first_port: u16) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let log = Arc::new(Mutex::new(vec![(unix_ms(), 0)]));
         let (st, lg) = (stop.clone(), log.clone());
         let thread = ns.spawn(move || {
             let start = Instant::now();
             let mut sent = 0u64;
-            let mut port = FIRST_PORT;
+            let mut port = first_port;
             while !st.load(Ordering::Relaxed) {
                 let owed = (start.elapsed().as_secs_f64() * per_s as f64) as u64;
                 while sent < owed && port < u16::MAX {
