@@ -1,5 +1,6 @@
 //! `lb-agent top`: the busiest services by packets, new flows or drops,
-//! refreshed every second on the terminal's alternate screen (q quits), or
+//! refreshed every second on the terminal's alternate screen (p, n, d
+//! re-rank; q quits), or
 //! one sample with `--once` (JSON with `--json`) for scripts. Rates come from
 //! two readings of the per-CPU stats maps ([`lb_agent::ops::top`]).
 use std::{
@@ -19,7 +20,7 @@ use lb_agent::{
     dataplane::Dataplane,
     ops::{
         names,
-        top::{rates, table, Sample, SortBy},
+        top::{rates, sort_services, table, Rates, Sample, SortBy},
     },
 };
 
@@ -99,34 +100,71 @@ pub fn run(a: TopArgs) -> Result<()> {
     result
 }
 
-/// Redraws every `interval` until q, Esc or Ctrl-C.
+/// Redraws every `interval` until q, Esc or Ctrl-C; p, n and d re-rank by
+/// packets, new flows and drops at once.
 fn live(dp: &Dataplane, a: &TopArgs, interval: Duration) -> Result<()> {
     let mut out = std::io::stdout();
+    let mut sort: SortBy = a.sort.into();
     let mut prev = Sample::read(dp)?;
     let mut next = Instant::now() + interval;
-    let mut screen = format!("lb-agent top — {}   (q quits)\r\n\r\nreading…", a.pin_path.display());
+    let mut last: Option<Rates> = None;
     loop {
+        let screen = match &last {
+            Some(r) => {
+                let rows = terminal::size().map_or(a.limit, |(_, h)| (h as usize).saturating_sub(8 + r.drops.len()));
+                let header = format!(
+                    "lb-agent top — {}   every {:.1} s, by {}   (p/n/d sort, q quits)\n\n",
+                    a.pin_path.display(),
+                    a.interval,
+                    sort_name(sort)
+                );
+                header + &table(r, a.limit.min(rows.max(1)))
+            }
+            None => format!("lb-agent top — {}   (q quits)\n\nreading…", a.pin_path.display()),
+        };
         queue!(out, cursor::MoveTo(0, 0), terminal::Clear(terminal::ClearType::All))?;
-        out.write_all(screen.as_bytes())?;
+        // Raw mode: lines need a carriage return too.
+        out.write_all(screen.replace('\n', "\r\n").as_bytes())?;
         out.flush()?;
         // Keys until the next reading.
+        let mut resorted = false;
         while let Some(left) = next.checked_duration_since(Instant::now()) {
-            if event::poll(left)? {
-                if let Event::Key(k) = event::read()? {
-                    let ctrl_c = k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL);
-                    if k.kind == KeyEventKind::Press && (matches!(k.code, KeyCode::Char('q') | KeyCode::Esc) || ctrl_c) {
-                        return Ok(());
-                    }
-                }
+            if !event::poll(left)? {
+                continue;
             }
+            let Event::Key(k) = event::read()? else { continue };
+            if k.kind != KeyEventKind::Press {
+                continue;
+            }
+            let ctrl_c = k.code == KeyCode::Char('c') && k.modifiers.contains(KeyModifiers::CONTROL);
+            match k.code {
+                _ if ctrl_c => return Ok(()),
+                KeyCode::Char('q') | KeyCode::Esc => return Ok(()),
+                KeyCode::Char('p') => sort = SortBy::Packets,
+                KeyCode::Char('n') => sort = SortBy::NewFlows,
+                KeyCode::Char('d') => sort = SortBy::Drops,
+                _ => continue,
+            }
+            if let Some(r) = &mut last {
+                sort_services(&mut r.services, sort);
+            }
+            resorted = true;
+            break;
+        }
+        if resorted {
+            continue;
         }
         next += interval;
         let cur = Sample::read(dp)?;
-        let r = rates(&prev, &cur, &names::read(&a.pin_path), a.sort.into());
+        last = Some(rates(&prev, &cur, &names::read(&a.pin_path), sort));
         prev = cur;
-        let rows = terminal::size().map_or(a.limit, |(_, h)| (h as usize).saturating_sub(8 + r.drops.len()));
-        let header = format!("lb-agent top — {}   every {:.1} s, by {:?}   (q quits)\n\n", a.pin_path.display(), a.interval, a.sort);
-        // Raw mode: lines need a carriage return too.
-        screen = (header + &table(&r, a.limit.min(rows.max(1)))).replace('\n', "\r\n");
+    }
+}
+
+fn sort_name(s: SortBy) -> &'static str {
+    match s {
+        SortBy::Packets => "packets",
+        SortBy::NewFlows => "new flows",
+        SortBy::Drops => "drops",
     }
 }

@@ -2,11 +2,11 @@
 //! a known rate (each datagram a new flow): `--once --json` reports the
 //! service's packets and new flows per second within 10 % of what was sent
 //! in its window; the live view, run in tmux, shows the service with a
-//! non-zero rate and quits on q. Needs root and tmux.
+//! non-zero rate, re-ranks on n and quits on q. Needs root and tmux.
 use std::{
     net::SocketAddr,
     process::Command,
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use xdplb_tests::{
@@ -100,7 +100,7 @@ impl Drop for Tmux {
 fn the_live_view_in_a_terminal_shows_the_service_and_its_rate_and_quits_on_q() {
     let t = Topology::new(2);
     let agent = udp_agent(&t);
-    let _flows = UdpFlows::start(&t.client, SocketAddr::from((WEB_CLUSTER_IP, 80)), RATE);
+    let flows = UdpFlows::start(&t.client, SocketAddr::from((WEB_CLUSTER_IP, 80)), RATE);
     let tmux = Tmux(format!("xdplb-top-{}", std::process::id()));
     let cmd = format!("{} top --pin-path {}", agent_binary().display(), agent.pin_dir.display());
     let out = tmux.cmd(&["new-session", "-d", "-s", "top", "-x", "120", "-y", "30", &cmd]);
@@ -119,8 +119,19 @@ fn the_live_view_in_a_terminal_shows_the_service_and_its_rate_and_quits_on_q() {
     assert!(seen, "no non-zero rate for {SERVICE} on the screen:\n{screen}");
     println!("{screen}");
     assert!(screen.contains("PKTS/S") && screen.contains("q quits"), "{screen}");
+    // The screen's rate is over some second of the last two; loose bounds
+    // around what was sent then.
     let pkts = row(&screen).unwrap();
-    assert!(pkts > RATE as f64 * 0.5 && pkts < RATE as f64 * 1.5, "{pkts} packets/s on screen, {RATE}/s sent:\n{screen}");
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let sent = flows.rate_between(now - 1000, now);
+    assert!(pkts > sent * 0.5 && pkts < sent * 1.5, "{pkts} packets/s on screen, {sent:.0}/s sent:\n{screen}");
+
+    // n re-ranks by new flows at once.
+    assert!(screen.contains("by packets"), "{screen}");
+    assert!(tmux.cmd(&["send-keys", "-t", "top", "n"]).status.success());
+    let capture = || String::from_utf8_lossy(&tmux.cmd(&["capture-pane", "-p", "-t", "top"]).stdout).into_owned();
+    let resorted = wait_for(Duration::from_secs(5), || capture().contains("by new flows"));
+    assert!(resorted, "n did not re-rank:\n{}", capture());
 
     let out = tmux.cmd(&["send-keys", "-t", "top", "q"]);
     assert!(out.status.success(), "{}", text(&out));

@@ -121,12 +121,7 @@ pub fn rates(prev: &Sample, cur: &Sample, names: &Names, sort: SortBy) -> Rates 
             }
         })
         .collect();
-    let key = |r: &ServiceRate| match sort {
-        SortBy::Packets => r.packets_per_s,
-        SortBy::NewFlows => r.new_flows_per_s,
-        SortBy::Drops => r.drops_per_s,
-    };
-    services.sort_by(|a, b| key(b).total_cmp(&key(a)).then(a.id.cmp(&b.id)));
+    sort_services(&mut services, sort);
     let counter_rate = |i: usize| per_s(cur.counters.get(i).copied().unwrap_or(0), prev.counters.get(i).copied().unwrap_or(0));
     let mut drops: Vec<DropRate> = counter::LABELS
         .iter()
@@ -150,6 +145,16 @@ pub fn rates(prev: &Sample, cur: &Sample, names: &Names, sort: SortBy) -> Rates 
         services,
         drops,
     }
+}
+
+/// Busiest first by `by`; ties by id.
+pub fn sort_services(services: &mut [ServiceRate], by: SortBy) {
+    let key = |r: &ServiceRate| match by {
+        SortBy::Packets => r.packets_per_s,
+        SortBy::NewFlows => r.new_flows_per_s,
+        SortBy::Drops => r.drops_per_s,
+    };
+    services.sort_by(|a, b| key(b).total_cmp(&key(a)).then(a.id.cmp(&b.id)));
 }
 
 /// A rate for people: 1234.5 → "1.2k".
