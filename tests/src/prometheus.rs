@@ -52,7 +52,11 @@ impl Prometheus {
             .spawn()
             .expect("starting prometheus (Debian package prometheus; cargo xtask provisions it)");
         let p = Self { child, dir, ns: ns.name().to_string() };
-        let up = wait_for(Duration::from_secs(30), || p.get("/-/ready", &[]).is_some());
+        let up = wait_for(Duration::from_secs(30), || {
+            // Not at wait_for's 20 ms: each try is a curl process.
+            std::thread::sleep(Duration::from_millis(200));
+            p.get("/-/ready", &[]).is_some()
+        });
         assert!(up, "prometheus did not get ready:\n{}", p.log());
         p
     }

@@ -73,10 +73,22 @@ fn now() -> f64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
+/// Polls `cond` every 250 ms for up to `secs` seconds: each poll runs curl,
+/// which at wait_for's 20 ms would take the CPU from the traffic sender.
+fn poll(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let mut first = true;
+    wait_for(Duration::from_secs(secs), || {
+        if !std::mem::take(&mut first) {
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        cond()
+    })
+}
+
 /// Waits until `q` returns at least one sample with a finite value.
 fn has_data(p: &Prometheus, q: &str) -> Option<Vec<Value>> {
     let mut last = Vec::new();
-    let ok = wait_for(Duration::from_secs(30), || {
+    let ok = poll(30, || {
         last = p.query(q);
         last.iter().any(|s| value(s).is_finite())
     });
@@ -94,7 +106,7 @@ fn a_real_prometheus_fires_map_full_and_every_rule_and_panel_has_data() {
     assert!(ok, "the service never reached the maps:\n{}", agent.log());
 
     let prom = Prometheus::start(&t.node, METRICS, NODE, &test_rules());
-    let up = wait_for(Duration::from_secs(30), || prom.query("up{job=\"xdplb\"} == 1").len() == 1);
+    let up = poll(30, || prom.query("up{job=\"xdplb\"} == 1").len() == 1);
     assert!(up, "the agent is not scraped: {:?}\n{}", prom.query("up"), prom.log());
 
     let web = UdpFlows::start(&t.client, SocketAddr::from((WEB_CLUSTER_IP, 80)), RATE);
@@ -109,7 +121,7 @@ fn a_real_prometheus_fires_map_full_and_every_rule_and_panel_has_data() {
 
     // The map fills; the alert fires.
     let mut alerts = Vec::new();
-    let fired = wait_for(Duration::from_secs(90), || {
+    let fired = poll(90, || {
         alerts = prom.alerts();
         alerts.iter().any(|a| a["labels"]["alertname"] == "XdplbMapNearlyFull" && a["labels"]["map"] == "conntrack_v4" && a["state"] == "firing")
     });
