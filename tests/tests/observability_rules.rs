@@ -3,7 +3,8 @@
 //! unit tests (tests/observability/rules_test.yaml) pass, every alert has a
 //! test that fires it and one where it stays quiet, an operator-facing
 //! summary and description, and a runbook section in docs/operations.md;
-//! the PrometheusRule manifest carries exactly the same groups.
+//! the PrometheusRule manifest carries exactly the same groups; the Grafana
+//! dashboard has its variables and reads the recording rules.
 use std::{
     collections::BTreeSet,
     path::{Path, PathBuf},
@@ -151,4 +152,47 @@ fn the_prometheus_rule_manifest_carries_the_same_rules() {
     let manifest: Value = serde_yaml::from_str(&got).unwrap();
     assert_eq!(manifest["spec"]["groups"], yaml(&rules_path())["groups"]);
     assert_eq!(manifest["kind"], "PrometheusRule");
+}
+
+#[test]
+fn the_dashboard_is_importable_with_datasource_node_and_service_variables() {
+    let path = root().join("deploy/observability/dashboard.json");
+    let d: serde_json::Value = serde_json::from_str(&read(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(d["uid"], "xdplb");
+    let vars: Vec<&serde_json::Value> = d["templating"]["list"].as_array().unwrap().iter().collect();
+    let var = |name: &str| vars.iter().find(|v| v["name"] == name).copied().unwrap_or_else(|| panic!("no variable {name}"));
+    assert_eq!(var("datasource")["type"], "datasource");
+    assert_eq!(var("datasource")["query"], "prometheus");
+    for v in ["node", "namespace", "service"] {
+        assert_eq!(var(v)["type"], "query", "{v}");
+        assert_eq!(var(v)["datasource"]["uid"], "${datasource}", "{v}");
+    }
+    let mut ids = BTreeSet::new();
+    let mut metrics = 0;
+    for p in d["panels"].as_array().unwrap() {
+        assert!(ids.insert(p["id"].as_u64().unwrap()), "duplicate panel id {}", p["id"]);
+        if p["type"] == "row" {
+            continue;
+        }
+        let title = p["title"].as_str().unwrap();
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}: not on the datasource variable");
+        assert!(p["description"].as_str().is_some_and(|s| s.len() > 20), "{title}: no description");
+        for t in p["targets"].as_array().unwrap() {
+            let e = t["expr"].as_str().unwrap();
+            assert!(e.contains("$node"), "{title}: {e} ignores the node selector");
+            metrics += 1;
+        }
+    }
+    // The per-service panels read the recording rules and honour the service selector.
+    let rules = read(&rules_path());
+    let mut per_service = 0;
+    for p in d["panels"].as_array().unwrap().iter().filter(|p| p["type"] != "row").filter(|p| p["title"].as_str().is_some_and(|t| t.contains("per service") || t.contains("services)"))) {
+        let e = p["targets"][0]["expr"].as_str().unwrap();
+        assert!(e.contains("$service") && e.contains("$namespace"), "{}: {e}", p["title"]);
+        let record = e.split("service:").nth(1).and_then(|r| r.split('{').next()).unwrap_or_else(|| panic!("{}: not on a recording rule: {e}", p["title"]));
+        assert!(rules.contains(&format!("record: service:{record}")), "{}: service:{record} is not recorded", p["title"]);
+        per_service += 1;
+    }
+    assert_eq!(per_service, 4, "the per-service panels: packets, new flows, bytes, drops");
+    assert!(metrics >= 15, "{metrics} expressions");
 }
