@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::Result;
 use lb_common::{
-    algorithm, backend_state, direction, flow_flags, service_flags, AffinityKeyV4, AffinityV4, BackendId,
+    algorithm, backend_state, direction, flow_flags, scope, service_flags, AffinityKeyV4, AffinityV4, BackendId,
     BackendV4, Config, FlowKeyV4, FlowV4, NatConfig, ServiceKeyV4, ServiceV4, SlotKey, IPPROTO_TCP,
 };
 use serde::Serialize;
@@ -82,7 +82,7 @@ impl Snapshot {
             Some(sport) => dp.conntrack.get(&flow_key(q, sport), 0).ok(),
             None => None,
         };
-        let svc = contents.services.get(&service_key(q));
+        let svc = lookup_service(q, &contents);
         let affinity = match svc {
             Some(s) if s.affinity_timeout_s != 0 => {
                 dp.affinity(&AffinityKeyV4 { service_id: s.id, client: client_addr(q).octets() })?
@@ -178,7 +178,20 @@ pub struct Explanation {
 }
 
 fn service_key(q: &Query) -> ServiceKeyV4 {
-    ServiceKeyV4 { addr: q.dst.octets(), port: q.dport.to_be_bytes(), proto: q.proto, scope: 0 }
+    ServiceKeyV4 { addr: q.dst.octets(), port: q.dport.to_be_bytes(), proto: q.proto, scope: scope::ANY }
+}
+
+/// The entry the dataplane uses for `q` (lb-ebpf `service::lookup`): pods
+/// and the node take an `IN_CLUSTER_ALT` frontend's in-cluster entry.
+fn lookup_service(q: &Query, c: &MapContents) -> Option<ServiceV4> {
+    let svc = *c.services.get(&service_key(q))?;
+    if q.origin != Origin::External && svc.flags & service_flags::IN_CLUSTER_ALT != 0 {
+        let alt = ServiceKeyV4 { scope: scope::IN_CLUSTER, ..service_key(q) };
+        if let Some(a) = c.services.get(&alt) {
+            return Some(*a);
+        }
+    }
+    Some(svc)
 }
 
 fn flow_key(q: &Query, sport: u16) -> FlowKeyV4 {
@@ -223,6 +236,7 @@ fn flag_names(flags: u8) -> Vec<&'static str> {
         (service_flags::FALLBACK_TERMINATING, "fallback-terminating"),
         (service_flags::SOURCE_RANGES, "source-ranges"),
         (service_flags::LOCAL_ELSEWHERE, "local-elsewhere"),
+        (service_flags::IN_CLUSTER_ALT, "in-cluster-alt"),
     ]
     .into_iter()
     .filter(|(bit, _)| flags & bit != 0)
@@ -253,7 +267,7 @@ pub fn explain(q: &Query, s: &Snapshot, names: &crate::ops::names::Names) -> Exp
         selection: None,
         verdict: Verdict { action: Action::Pass, backend: None, snat: None, reason: String::new() },
     };
-    let Some(svc) = s.contents.services.get(&service_key(q)).copied() else {
+    let Some(svc) = lookup_service(q, &s.contents) else {
         e.notes.push(no_frontend_reason(q, &s.contents));
         e.verdict.reason = "not a service frontend".into();
         return e;

@@ -13,10 +13,21 @@ pub struct ServiceKeyV4 {
     pub port: [u8; 2],
     /// IP protocol number ([`IPPROTO_TCP`] or [`IPPROTO_UDP`]).
     pub proto: u8,
-    /// Reserved for a future scope (e.g. internal vs external); zero.
+    /// Which sources the entry is for: [`scope::ANY`], or [`scope::IN_CLUSTER`]
+    /// for the alternative entry of a frontend flagged
+    /// [`service_flags::IN_CLUSTER_ALT`].
     pub scope: u8,
 }
 const _: () = assert!(core::mem::size_of::<ServiceKeyV4>() == 8);
+
+/// Values of `ServiceKeyV4::scope`.
+pub mod scope {
+    /// The entry every source looks up first.
+    pub const ANY: u8 = 0;
+    /// The entry pods and node processes use instead, for a frontend whose
+    /// entry for everyone else carries `IN_CLUSTER_ALT`.
+    pub const IN_CLUSTER: u8 = 1;
+}
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -46,6 +57,13 @@ pub mod service_flags {
     /// elsewhere: a new flow is dropped silently (the client times out),
     /// not answered with a reset, as kube-proxy does. Set with `count` 0.
     pub const LOCAL_ELSEWHERE: u8 = 1 << 2;
+    /// An external frontend (NodePort, LoadBalancer IP, ExternalIP) of an
+    /// `externalTrafficPolicy: Local` Service: traffic from inside the
+    /// cluster (a pod, the node) goes to the same key with scope
+    /// [`super::scope::IN_CLUSTER`], which balances over every usable
+    /// endpoint, as kube-proxy's short-circuit does. External traffic keeps
+    /// this entry's local endpoints.
+    pub const IN_CLUSTER_ALT: u8 = 1 << 3;
 }
 
 /// Value of `services_v4`.
@@ -139,6 +157,10 @@ impl core::fmt::Display for ServiceKeyV4 {
             "{a}.{b}.{c}.{d}:{}/{}",
             u16::from_be_bytes(self.port),
             proto_name(self.proto)
-        )
+        )?;
+        if self.scope == scope::IN_CLUSTER {
+            f.write_str(" (from pods and the node)")?;
+        }
+        Ok(())
     }
 }

@@ -5,12 +5,13 @@ use aya_ebpf::{
     helpers::{bpf_skb_change_tail, bpf_xdp_adjust_tail},
     programs::{TcContext, XdpContext},
 };
-use lb_common::{counter, service_flags, ServiceKeyV4, IPPROTO_TCP};
+use lb_common::{counter, service_flags, IPPROTO_TCP};
 use lb_ebpf::rst::{reset_for, Syn, RST_LEN};
 
 use crate::{
-    maps::services_v4,
+    conntrack::Origin,
     parse::{Packet, TCP_ACK, TCP_SYN},
+    service,
     stats::count,
     verdict::{Verdict, MALFORMED},
 };
@@ -21,15 +22,14 @@ use crate::{
 /// nodes (`LOCAL_ELSEWHERE`): kube-proxy drops it, rejecting only when the
 /// service has no usable endpoint anywhere.
 #[inline(always)]
-pub fn wants_reset(p: &Packet) -> bool {
-    p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && !local_elsewhere(p)
+pub fn wants_reset(p: &Packet, origin: Origin) -> bool {
+    p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && !local_elsewhere(p, origin)
 }
 
 #[inline(always)]
-fn local_elsewhere(p: &Packet) -> bool {
-    let key = ServiceKeyV4 { addr: p.dst, port: p.dport, proto: p.proto, scope: 0 };
-    // SAFETY: read-only copy of an agent-written value.
-    unsafe { services_v4.get(key) }.is_some_and(|s| s.flags & service_flags::LOCAL_ELSEWHERE != 0)
+fn local_elsewhere(p: &Packet, origin: Origin) -> bool {
+    service::lookup(p.dst, p.dport, p.proto, origin == Origin::Pod)
+        .is_some_and(|s| s.flags & service_flags::LOCAL_ELSEWHERE != 0)
 }
 
 #[inline(always)]

@@ -14,12 +14,13 @@ use aya_ebpf::{
     programs::SockAddrContext,
     EbpfContext as _,
 };
-use lb_common::{counter, ServiceKeyV4, SockRevKeyV4, SockRevV4, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{counter, SockRevKeyV4, SockRevV4, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
     conntrack,
-    maps::{backends_v4, services_v4, sock_netns, sock_revnat_v4},
+    maps::{backends_v4, sock_netns, sock_revnat_v4},
     select::{self, Client},
+    service,
     stats::{self, count},
 };
 
@@ -65,9 +66,7 @@ pub fn balance(ctx: &SockAddrContext) -> i32 {
         return ALLOW;
     }
     let (addr, port) = destination(ctx);
-    let key = ServiceKeyV4 { addr, port, proto, scope: 0 };
-    // SAFETY: read-only copy of an agent-written value.
-    let Some(&svc) = (unsafe { services_v4.get(key) }) else { return ALLOW };
+    let Some(svc) = service::lookup(addr, port, proto, true) else { return ALLOW };
     // SAFETY: helper taking the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let client = Client { src: [0; 4], sport: (cookie as u16).to_be_bytes(), dport: port, proto };

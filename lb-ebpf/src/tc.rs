@@ -47,7 +47,7 @@ pub fn ingress(ctx: &TcContext) -> i32 {
         let balanced = match service::balance(p, Origin::Pod) {
             Err(v) if v.reason() == counter::DROP_NO_BACKEND => {
                 events::no_backend(ctx, p);
-                if reset::wants_reset(p) {
+                if reset::wants_reset(p, Origin::Pod) {
                     return reset::tc(ctx, p);
                 }
                 return Err(v);

@@ -42,7 +42,7 @@ fn try_run(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     let balanced = match service::balance(&p, Origin::External) {
         Err(v) if v.reason() == counter::DROP_NO_BACKEND => {
             events::no_backend(ctx, &p);
-            if reset::wants_reset(&p) {
+            if reset::wants_reset(&p, Origin::External) {
                 return reset::xdp(ctx, &p);
             }
             return Err(v);

@@ -180,5 +180,5 @@ fn kube_proxy_conformance_table() {
         assert!(r.kube_proxy.as_deref().is_none_or(|k| action(k) != action(&r.expect)), "{}", r.name);
     }
     let differences = rows.iter().filter(|r| r.difference.is_some()).count();
-    assert_eq!(differences, 3, "known differences from kube-proxy");
+    assert_eq!(differences, 2, "known differences from kube-proxy");
 }

@@ -35,6 +35,11 @@ pub enum Scope {
     /// The external frontends (NodePort, LoadBalancer, ExternalIPs) when
     /// their traffic policy differs from the internal one.
     External,
+    /// The external frontends as reached from inside the cluster, when both
+    /// traffic policies are `Local`: kube-proxy sends that traffic to every
+    /// usable endpoint (with `internalTrafficPolicy: Cluster` the
+    /// `Internal` id serves it instead).
+    InCluster,
 }
 
 /// What a service id stands for.

@@ -64,6 +64,11 @@ pub struct Frontend {
     pub port: u16,
     pub proto: Proto,
     pub kind: FrontendKind,
+    /// The entry for traffic from pods and the node only (map scope
+    /// `IN_CLUSTER`): an external frontend of an `externalTrafficPolicy:
+    /// Local` Service, which kube-proxy short-circuits to every endpoint.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub in_cluster: bool,
 }
 
 /// Whether a backend takes new flows.
@@ -291,6 +296,7 @@ impl Planner<'_> {
             port: port_no,
             proto: port.proto,
             kind,
+            in_cluster: false,
         };
         let internal: Vec<Frontend> = svc
             .cluster_ips
@@ -324,6 +330,14 @@ impl Planner<'_> {
                 .map(|a| fe(*a, port.port, FrontendKind::ExternalIP)),
         );
 
+        // `externalTrafficPolicy: Local` applies to traffic from outside
+        // only: pods and the node reach the external frontends through
+        // entries of their own, over every usable endpoint.
+        let in_cluster: Vec<Frontend> = if svc.external_local {
+            external.iter().map(|f| Frontend { in_cluster: true, ..f.clone() }).collect()
+        } else {
+            Vec::new()
+        };
         if svc.internal_local == svc.external_local {
             let all = internal.into_iter().chain(external).collect();
             self.group(
@@ -335,7 +349,11 @@ impl Planner<'_> {
                 svc.internal_local,
                 candidates,
             );
+            if !in_cluster.is_empty() {
+                self.group(id, svc, port, Scope::InCluster, in_cluster, false, candidates);
+            }
         } else {
+            let internal = internal.into_iter().chain(in_cluster).collect();
             self.group(
                 id,
                 svc,
@@ -569,6 +587,9 @@ impl Planner<'_> {
             if restricted && f.kind == FrontendKind::LoadBalancer {
                 v.flags |= service_flags::SOURCE_RANGES;
             }
+            if svc.external_local && f.kind != FrontendKind::ClusterIP && !f.in_cluster {
+                v.flags |= service_flags::IN_CLUSTER_ALT;
+            }
             self.plan.contents.services.insert(k, v);
         }
         if restricted {
@@ -630,7 +651,7 @@ fn map_key(f: &Frontend) -> ServiceKeyV4 {
         addr: f.addr.octets(),
         port: f.port.to_be_bytes(),
         proto: f.proto.number(),
-        scope: 0,
+        scope: if f.in_cluster { lb_common::scope::IN_CLUSTER } else { lb_common::scope::ANY },
     }
 }
 

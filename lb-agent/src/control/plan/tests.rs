@@ -231,6 +231,45 @@ fn external_traffic_policy_local_gets_its_own_id_and_local_endpoints() {
 }
 
 #[test]
+fn external_traffic_policy_local_is_short_circuited_for_traffic_from_inside() {
+    // kube-proxy applies `externalTrafficPolicy: Local` to traffic from
+    // outside only: a pod or the node reaching a NodePort, LoadBalancer IP
+    // or ExternalIP goes to every usable endpoint.
+    let spec = "{type: LoadBalancer, clusterIP: 10.96.5.5, externalTrafficPolicy: Local, externalIPs: [198.51.100.9], \
+                ports: [{name: http, port: 80, nodePort: 30080}]}\nstatus: {loadBalancer: {ingress: [{ip: 203.0.113.10}]}}";
+    let p = plan(&model(&objects(spec, TWO_NODES)), &cfg(), &mut ids());
+    let (int, ext) = (svc(&p, "s", "http", Scope::Internal), svc(&p, "s", "http", Scope::External));
+    for (addr, port) in [([192, 168, 1, 1], 30080), ([203, 0, 113, 10], 80), ([198, 51, 100, 9], 80)] {
+        let outside = p.contents.services[&key(addr, port, 6)];
+        assert_eq!((outside.id, outside.count), (ext.id, 1), "outside: this node's endpoint");
+        assert_ne!(outside.flags & service_flags::IN_CLUSTER_ALT, 0);
+        let inside = p.contents.services[&ServiceKeyV4 { scope: lb_common::scope::IN_CLUSTER, ..key(addr, port, 6) }];
+        assert_eq!((inside.id, inside.count), (int.id, 3), "inside: every endpoint");
+        assert_eq!(inside.flags & service_flags::IN_CLUSTER_ALT, 0);
+    }
+    let cip = p.contents.services[&key([10, 96, 5, 5], 80, 6)];
+    assert_eq!(cip.flags & service_flags::IN_CLUSTER_ALT, 0, "a ClusterIP needs no alternative");
+    assert_eq!(int.frontends.iter().filter(|f| f.in_cluster).count(), 3);
+
+    // Both policies Local: the in-cluster entries get an id of their own.
+    let spec = "{type: NodePort, clusterIP: 10.96.5.5, externalTrafficPolicy: Local, internalTrafficPolicy: Local, \
+                ports: [{name: http, port: 80, nodePort: 30080}]}";
+    let p = plan(&model(&objects(spec, TWO_NODES)), &cfg(), &mut ids());
+    let local = svc(&p, "s", "http", Scope::Internal);
+    let inside = svc(&p, "s", "http", Scope::InCluster);
+    assert_eq!(addrs(local, true), ["10.0.0.1:8080"]);
+    assert_eq!(addrs(inside, true).len(), 3);
+    let alt = p.contents.services[&ServiceKeyV4 { scope: lb_common::scope::IN_CLUSTER, ..key([192, 168, 1, 1], 30080, 6) }];
+    assert_eq!(alt.id, inside.id);
+    assert_eq!(p.contents.services[&key([192, 168, 1, 1], 30080, 6)].id, local.id);
+
+    // Cluster policy: one entry per frontend, no alternative.
+    let p = plan(&model(&objects(&format!("{NODE_PORT_SPEC}}}"), TWO_NODES)), &cfg(), &mut ids());
+    assert!(p.contents.services.keys().all(|k| k.scope == lb_common::scope::ANY));
+    assert!(p.contents.services.values().all(|v| v.flags & service_flags::IN_CLUSTER_ALT == 0));
+}
+
+#[test]
 fn load_balancer_source_ranges_guard_only_the_load_balancer_ips() {
     let spec = "{type: LoadBalancer, clusterIP: 10.96.5.5, externalIPs: [198.51.100.9], \
                 loadBalancerSourceRanges: [192.168.1.77/24, 10.8.0.0/16, '2001:db8::/32', bogus], \
@@ -266,10 +305,11 @@ fn internal_traffic_policy_local_narrows_the_cluster_ip() {
         ["10.0.0.1:8080"]
     );
     assert_eq!(addrs(svc(&p, "s", "http", Scope::External), true).len(), 3);
-    // Both Local: one id again, local endpoints everywhere.
+    // Both Local: one id again for both sets of frontends, local endpoints
+    // (plus the in-cluster entries of the NodePort, which are Cluster).
     let spec = "{type: NodePort, clusterIP: 10.96.5.5, internalTrafficPolicy: Local, externalTrafficPolicy: Local, ports: [{name: http, port: 80, nodePort: 30080}]}";
     let p = plan(&model(&objects(spec, TWO_NODES)), &cfg(), &mut ids());
-    assert_eq!(p.services.len(), 1);
+    assert_eq!(p.services.iter().filter(|s| s.scope != Scope::InCluster).count(), 1);
     assert_eq!(
         p.contents.services[&key([192, 168, 1, 1], 30080, 6)].count,
         1
@@ -854,7 +894,8 @@ fn local_policy_with_endpoints_only_elsewhere_drops_instead_of_rejecting() {
         let p = plan(&model(&objects(spec, eps)), &cfg(), &mut ids());
         let s = svc(&p, "s", "http", Scope::Internal);
         let v = p.contents.services[&key([10, 96, 5, 5], 80, 6)];
-        assert_eq!(v, p.contents.services[&key([192, 168, 1, 1], 30080, 6)]);
+        let from_outside = p.contents.services[&key([192, 168, 1, 1], 30080, 6)];
+        assert_eq!(v, ServiceV4 { flags: from_outside.flags & !service_flags::IN_CLUSTER_ALT, ..from_outside });
         (v.count, v.flags & service_flags::LOCAL_ELSEWHERE != 0, s.usable_elsewhere)
     };
     assert_eq!(flags_of("[{addresses: [10.0.0.2], nodeName: node-b}]"), (0, true, true), "ready elsewhere: drop");
