@@ -135,7 +135,7 @@ fn a_real_prometheus_fires_map_full_and_every_rule_and_panel_has_data() {
     assert_eq!(a["labels"]["severity"], "warning");
     assert!(a["annotations"]["summary"].as_str().unwrap().contains("conntrack_v4 on node-0"), "{a:#}");
     // Nothing wrong with the agent itself.
-    for quiet in ["XdplbAgentDown", "XdplbAgentNotReady", "XdplbMapsUnreadable", "XdplbSyncsFailing", "XdplbServicesRejected"] {
+    for quiet in ["XdplbAgentsAbsent", "XdplbAgentDown", "XdplbAgentNotReady", "XdplbMapsUnreadable", "XdplbSyncsFailing", "XdplbServicesRejected"] {
         assert!(!names(&alerts, "firing").contains(&quiet.to_string()), "{quiet} fires: {alerts:#?}");
     }
 
