@@ -154,7 +154,8 @@ fn live(dp: &Dataplane, a: &TopArgs, interval: Duration) -> Result<()> {
         if resorted {
             continue;
         }
-        next += interval;
+        // After a stall, the next reading is one interval from now, not a burst.
+        next = (next + interval).max(Instant::now());
         let cur = Sample::read(dp)?;
         last = Some(rates(&prev, &cur, &names::read(&a.pin_path), sort));
         prev = cur;
