@@ -20,6 +20,21 @@ pub struct ServiceKeyV4 {
 }
 const _: () = assert!(core::mem::size_of::<ServiceKeyV4>() == 8);
 
+impl ServiceKeyV4 {
+    /// The address entry of a ClusterIP: port 0 and protocol 0, which no
+    /// frontend has. Its value has id 0 (no service), no slots and the flag
+    /// [`service_flags::UNSERVED_REFUSED`]; it is looked up only when no
+    /// frontend matched.
+    pub const fn address(addr: [u8; 4]) -> Self {
+        Self { addr, port: [0; 2], proto: 0, scope: scope::ANY }
+    }
+
+    /// Whether this is an [`address`](Self::address) entry, not a frontend.
+    pub const fn is_address(&self) -> bool {
+        self.proto == 0
+    }
+}
+
 /// Values of `ServiceKeyV4::scope`.
 pub mod scope {
     /// The entry every source looks up first.
@@ -64,6 +79,11 @@ pub mod service_flags {
     /// endpoint, as kube-proxy's short-circuit does. External traffic keeps
     /// this entry's local endpoints.
     pub const IN_CLUSTER_ALT: u8 = 1 << 3;
+    /// The address entry of a ClusterIP ([`ServiceKeyV4::address`]): a packet
+    /// from a pod or the node to a port or protocol the address does not
+    /// serve is refused (TCP reset, ICMP port unreachable), as kube-proxy's
+    /// nftables mode does, instead of leaking to the node's routing.
+    pub const UNSERVED_REFUSED: u8 = 1 << 4;
 }
 
 /// Value of `services_v4`.
@@ -135,6 +155,14 @@ impl SourceRangeV4 {
     /// The prefix length of a range of `bits` bits.
     pub const fn prefix_len(bits: u8) -> u32 {
         32 + bits as u32
+    }
+
+    /// A service CIDR (`--service-cidr`, ServiceCIDR objects): kept under
+    /// service id 0, which no service has. A packet from a pod or the node
+    /// to an address inside it that has no frontend and no address entry is
+    /// dropped, as kube-proxy's nftables mode does.
+    pub const fn service_cidr(addr: [u8; 4]) -> Self {
+        Self { service_id: [0; 4], addr }
     }
 }
 

@@ -27,7 +27,7 @@ pub fn wants_reset(p: &Packet, origin: Origin) -> bool {
 }
 
 #[inline(always)]
-fn local_elsewhere(p: &Packet, origin: Origin) -> bool {
+pub fn local_elsewhere(p: &Packet, origin: Origin) -> bool {
     service::lookup(p.dst, p.dport, p.proto, origin == Origin::Pod)
         .is_some_and(|s| s.flags & service_flags::LOCAL_ELSEWHERE != 0)
 }
@@ -75,7 +75,7 @@ pub fn xdp(ctx: &XdpContext, p: &Packet) -> Result<Verdict, Verdict> {
     // SAFETY: bounds-checked above.
     unsafe { *(data as *mut [u8; RST_LEN]) = frame };
     count(counter::RST_SENT);
-    Ok(Verdict::Bounce(counter::DROP_NO_BACKEND))
+    Ok(Verdict::Reply(counter::DROP_NO_BACKEND))
 }
 
 /// Turns the SYN in a socket buffer into its reset (then back out of the
@@ -88,7 +88,7 @@ pub fn xdp(ctx: &XdpContext, p: &Packet) -> Result<Verdict, Verdict> {
 /// the frame's construction ("invalid size of register spill"). As its own
 /// function it is verified from its arguments alone.
 #[inline(never)]
-pub fn tc(ctx: &TcContext, p: &Packet) -> Result<Verdict, Verdict> {
+pub fn tc(ctx: &TcContext, p: &Packet, reason: u32) -> Result<Verdict, Verdict> {
     let (Ok(macs), Ok(seq)) = (ctx.load::<[u8; 12]>(0), ctx.load::<[u8; 4]>(p.l4 + 4)) else {
         return Err(MALFORMED);
     };
@@ -99,5 +99,5 @@ pub fn tc(ctx: &TcContext, p: &Packet) -> Result<Verdict, Verdict> {
     }
     ctx.store(0, &frame, 0).map_err(|_| MALFORMED)?;
     count(counter::RST_SENT);
-    Ok(Verdict::Bounce(counter::DROP_NO_BACKEND))
+    Ok(Verdict::Reply(reason))
 }

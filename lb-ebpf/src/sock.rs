@@ -21,6 +21,7 @@ use crate::{
     maps::{backends_v4, sock_netns, sock_revnat_v4},
     select::{self, Client},
     service,
+    unserved,
     stats::{self, count},
 };
 
@@ -66,7 +67,15 @@ pub fn balance(ctx: &SockAddrContext) -> i32 {
         return ALLOW;
     }
     let (addr, port) = destination(ctx);
-    let Some(svc) = service::lookup(addr, port, proto, true) else { return ALLOW };
+    let Some(svc) = service::lookup(addr, port, proto, true) else {
+        // A ClusterIP's unserved port, an unallocated service address:
+        // refused at once rather than sent off to the node's routing.
+        if unserved::check(addr).is_some() {
+            count(counter::SOCK_NO_BACKEND);
+            return REFUSE;
+        }
+        return ALLOW;
+    };
     // SAFETY: helper taking the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let client = Client { src: [0; 4], sport: (cookie as u16).to_be_bytes(), dport: port, proto };

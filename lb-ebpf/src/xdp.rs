@@ -24,7 +24,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
     match verdict {
         Verdict::Pass(_) => xdp_action::XDP_PASS,
         Verdict::Drop(_) => xdp_action::XDP_DROP,
-        Verdict::Bounce(_) => xdp_action::XDP_TX,
+        Verdict::Bounce(_) | Verdict::Reply(_) => xdp_action::XDP_TX,
         Verdict::Action(action, _) => action,
     }
 }

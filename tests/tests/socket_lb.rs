@@ -107,6 +107,29 @@ fn a_node_process_reaches_a_local_policy_node_port_with_endpoints_only_elsewhere
     assert_eq!((n.counter(counter::SOCK_BALANCED), n.counter(counter::SOCK_NO_BACKEND)), (3, 0));
 }
 
+/// A ClusterIP's unserved port, and an unallocated address of the service
+/// CIDR, are refused at connect() (kube-proxy rejects the first and drops
+/// the second; a socket gets its answer at once either way).
+#[test]
+fn a_node_connect_to_an_unserved_cluster_ip_port_or_unallocated_service_address_is_refused() {
+    let svc = web_service(&[("xdplb.io/algorithm", "round-robin")], "TCP", "");
+    let t = Topology::new(1);
+    let _server = Server::start(&t.backends[0], 8080, "backend-0");
+    let cgroup = TestCgroup::new();
+    let flag = format!("--socket-lb={}", cgroup.path.display());
+    let mut agent = Agent::start_with(&t.node, &objects_dir_with(&svc, &slice(&[0])), &[&flag, "--service-cidr=10.96.0.0/12"]);
+    let dp = agent.maps();
+    assert!(wait_for(Duration::from_secs(10), || dp.contents().is_ok_and(|c| !c.services.is_empty())), "{}", agent.log());
+    let n = Node { t, _servers: Vec::new(), agent, cgroup };
+    assert!(n.ask_at("tcp", VIP).is_ok(), "the served port");
+    for to in ["10.96.0.10:81", "10.96.0.99:80"] {
+        let err = n.ask_at("tcp", to).expect_err(to);
+        assert!(err.contains("not permitted"), "{to}: connect() is refused (EPERM): {err}");
+    }
+    assert!(n.ask_at("tcp", "10.200.0.1:80").is_err_and(|e| !e.contains("not permitted")), "outside the service CIDR: routed as usual");
+    assert_eq!(n.counter(counter::SOCK_NO_BACKEND), 2);
+}
+
 #[test]
 fn a_node_connect_to_a_service_without_endpoints_fails_at_once() {
     let n = node(&default_service(), &slice(&[]));

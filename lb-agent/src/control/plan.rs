@@ -37,6 +37,9 @@ pub struct PlanConfig {
     pub node_addresses: Vec<Ipv4Addr>,
     /// Algorithm of services without an `xdplb.io/algorithm` annotation.
     pub default_algorithm: u8,
+    /// Service CIDRs given by flag (`--service-cidr`), beside those of
+    /// ServiceCIDR objects in the model.
+    pub service_cidrs: Vec<super::model::cidr::Cidr>,
 }
 
 /// The desired state: what goes into the maps, and why.
@@ -162,6 +165,13 @@ pub fn plan(model: &Model, cfg: &PlanConfig, ids: &mut Ids) -> Plan {
             .get(&(id.namespace.as_str(), id.name.as_str()))
             .map(Vec::as_slice)
             .unwrap_or_default();
+        // Every ClusterIP refuses the ports and protocols it does not serve.
+        if !svc.ports.is_empty() {
+            for ip in &svc.cluster_ips {
+                let refused = ServiceV4 { flags: service_flags::UNSERVED_REFUSED, ..Default::default() };
+                p.plan.contents.services.insert(ServiceKeyV4::address(ip.octets()), refused);
+            }
+        }
         for port in &svc.ports {
             let candidates = candidates(slices, port, svc.publish_not_ready);
             if candidates.len() > MAX_ENDPOINTS {
@@ -170,6 +180,11 @@ pub fn plan(model: &Model, cfg: &PlanConfig, ids: &mut Ids) -> Plan {
             }
             p.port(id, svc, port, &candidates);
         }
+    }
+    // Service CIDRs: addresses inside without a Service are dropped.
+    for (net, len) in cfg.service_cidrs.iter().chain(model.service_cidrs.values().flatten()) {
+        let key = (SourceRangeV4::prefix_len(*len), SourceRangeV4::service_cidr(net.octets()));
+        p.plan.contents.source_ranges.insert(key, 1);
     }
     let (used_services, used_backends) = (p.used_services, p.used_backends);
     p.ids.retain(&used_services, &used_backends);

@@ -13,6 +13,7 @@ fn cfg() -> PlanConfig {
         node_name: "node-a".into(),
         node_addresses: Vec::new(),
         default_algorithm: algorithm::RANDOM,
+        service_cidrs: Vec::new(),
     }
 }
 
@@ -120,10 +121,11 @@ fn the_cluster_fixture_plans_like_kube_proxy() {
     assert_eq!(p.contents.services[&key([10, 96, 0, 53], 9153, 6)].count, 2);
     assert_eq!(p.contents.services[&key([10, 96, 0, 1], 443, 6)].count, 1);
 
-    // 4 ClusterIP frontends + 1 NodePort, 5 service ids; ids 1-based, never 0.
-    assert_eq!(p.contents.services.len(), 6);
+    // 4 ClusterIP frontends + 1 NodePort, 5 service ids; ids 1-based, never 0
+    // (0 is the address entries': one per ClusterIP).
+    assert_eq!(p.contents.services.keys().filter(|k| !k.is_address()).count(), 6);
     assert_eq!(p.services.len(), 5);
-    assert!(p.contents.services.values().all(|s| s.id > 0));
+    assert!(p.contents.services.iter().all(|(k, s)| (s.id > 0) != k.is_address()));
     assert!(p.contents.backends.keys().all(|b| *b > 0));
     // Every slot names a backend that exists.
     for (k, b) in &p.contents.slots {
@@ -270,6 +272,29 @@ fn external_traffic_policy_local_is_short_circuited_for_traffic_from_inside() {
 }
 
 #[test]
+fn cluster_ips_refuse_unserved_ports_and_service_cidrs_are_planned() {
+    let text = format!(
+        "{}---\napiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {{name: kubernetes}}\n\
+         spec: {{cidrs: [10.96.0.0/12, 'fd00:10:96::/108']}}\n---\n\
+         apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {{name: bad}}\nspec: {{cidrs: [banana]}}\n",
+        objects(&format!("{NODE_PORT_SPEC}}}"), TWO_NODES)
+    );
+    let c = PlanConfig { service_cidrs: vec![(Ipv4Addr::new(172, 30, 0, 0), 16)], ..cfg() };
+    let p = plan(&model(&text), &c, &mut ids());
+    let entry = p.contents.services[&ServiceKeyV4::address([10, 96, 5, 5])];
+    assert_eq!((entry.id, entry.count, entry.flags), (0, 0, service_flags::UNSERVED_REFUSED));
+    assert_eq!(p.contents.services.keys().filter(|k| k.is_address()).count(), 1, "one per ClusterIP, none for node addresses");
+    let cidrs: Vec<(u32, [u8; 4])> =
+        p.contents.source_ranges.keys().filter(|(_, r)| r.service_id == [0; 4]).map(|(len, r)| (*len, r.addr)).collect();
+    assert_eq!(cidrs, [(32 + 12, [10, 96, 0, 0]), (32 + 16, [172, 30, 0, 0])], "flag and object, IPv6 and invalid left out");
+    // Address entries never take a service id, and re-planning from the
+    // maps (a restarted agent) keeps every id.
+    assert!(p.services.iter().all(|s| s.id != 0));
+    let again = plan(&model(&text), &c, &mut Ids::seeded(1024, 1 << 20, &p.contents));
+    assert_eq!(diff(&p.contents, &again.contents).len(), 0);
+}
+
+#[test]
 fn load_balancer_source_ranges_guard_only_the_load_balancer_ips() {
     let spec = "{type: LoadBalancer, clusterIP: 10.96.5.5, externalIPs: [198.51.100.9], \
                 loadBalancerSourceRanges: [192.168.1.77/24, 10.8.0.0/16, '2001:db8::/32', bogus], \
@@ -326,7 +351,7 @@ fn cluster_ip_services_ignore_node_ports_and_headless_or_external_name_get_nothi
     assert_eq!(names, ["c"]);
     assert_eq!(
         p.contents.services.keys().copied().collect::<Vec<_>>(),
-        [key([10, 96, 7, 7], 80, 6)]
+        [ServiceKeyV4::address([10, 96, 7, 7]), key([10, 96, 7, 7], 80, 6)]
     );
 }
 
@@ -554,11 +579,13 @@ fn ten_thousand_services_plan_and_replan_quickly() {
     let t_first = start.elapsed();
     assert_eq!(
         (
-            first.contents.services.len(),
+            first.contents.services.keys().filter(|k| !k.is_address()).count(),
+            first.contents.services.keys().filter(|k| k.is_address()).count(),
             first.contents.backends.len(),
             first.contents.slots.len()
         ),
-        (10_000, 100_000, 100_000)
+        (10_000, 10_000, 100_000, 100_000),
+        "frontends, ClusterIP address entries, backends, slots"
     );
     let start = std::time::Instant::now();
     let again = plan(&m, &cfg(), &mut ids);
@@ -717,7 +744,7 @@ fn objects_of_another_proxy_or_headless_slices_are_ignored_like_kube_proxy() {
     let p = plan(&m, &cfg(), &mut ids());
     assert_eq!(p.services.len(), 1);
     assert_eq!(addrs(svc(&p, "mine", "http", Scope::Internal), true), ["10.0.0.1:8080"]);
-    assert_eq!(p.contents.services.keys().copied().collect::<Vec<_>>(), [key([10, 96, 1, 1], 80, 6)]);
+    assert_eq!(p.contents.services.keys().copied().collect::<Vec<_>>(), [ServiceKeyV4::address([10, 96, 1, 1]), key([10, 96, 1, 1], 80, 6)]);
 }
 
 #[test]
