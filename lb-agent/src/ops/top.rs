@@ -40,7 +40,9 @@ impl Sample {
     /// Reads the maps now.
     pub fn read(dp: &Dataplane) -> Result<Self> {
         let ids: BTreeSet<u32> = dp.services.iter().map(|r| r.map(|(_, v)| v.id)).collect::<Result<_, _>>()?;
-        let services = ids.into_iter().map(|id| Ok((id, dp.service_stats(id)?))).collect::<Result<_>>()?;
+        // Id 0 is no service: the address entries that refuse unserved ports.
+        let ids = ids.into_iter().filter(|id| *id != 0);
+        let services = ids.map(|id| Ok((id, dp.service_stats(id)?))).collect::<Result<_>>()?;
         Ok(Self { at: Instant::now(), unix_ms: unix_ms(), services, counters: dp.counters()? })
     }
 }
