@@ -21,8 +21,9 @@ use lb_agent::{
         source::{file, kube, SourceSpec},
     },
     dataplane::Dataplane,
-    loader::{self, MapSizes},
+    loader,
     ops::{checks, healthcheck::HealthServer, metrics::Metrics, names},
+    pins::MapSizes,
     snat::{self, SnatSettings},
     sync::{Outcome, Syncer},
 };

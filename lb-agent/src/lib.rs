@@ -10,6 +10,7 @@ pub mod control;
 pub mod explain;
 pub mod ops;
 pub mod pinfs;
+pub mod pins;
 pub mod privs;
 pub mod snat;
 pub mod socklb;

@@ -14,7 +14,7 @@ use aya::{
 };
 use lb_common::{maps, *};
 
-use crate::loader::{links_dir, MapSizes};
+use crate::pins::{links_dir, next_path, MapSizes};
 
 /// What this build expects of a map.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -104,14 +104,6 @@ pub fn check_pinned(path: &Path, want: &Spec) -> Result<Pinned> {
         );
     }
     Ok(if got.max_entries == want.max_entries { Pinned::Matches } else { Pinned::Resize { from: got.max_entries } })
-}
-
-/// Where a resized map is pinned until it replaces the old one (bpffs
-/// refuses names with a dot).
-pub fn next_path(path: &Path) -> PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push("_next");
-    PathBuf::from(p)
 }
 
 /// Finishes resizing `names` (their new instances are pinned at

@@ -2,6 +2,7 @@
 //! benchmarks xdplb. It depends on nothing that needs the eBPF toolchain, so
 //! it can run on a fresh machine and install that toolchain first.
 mod bench;
+mod cycles;
 mod provision;
 mod test;
 
@@ -36,8 +37,9 @@ enum Cmd {
     },
     /// Real traffic through a Service VIP in network namespaces (needs root).
     Demo,
-    /// Clippy in two passes: the workspace on stable, lb-ebpf alone on
-    /// nightly for bpfel-unknown-none (it cannot build for the host).
+    /// Module cycles (xtask/src/cycles.rs), then clippy in two passes: the
+    /// workspace on stable, lb-ebpf alone on nightly for bpfel-unknown-none
+    /// (it cannot build for the host).
     Lint,
     /// Per-packet cost, live forwarding rate and kube-proxy comparison, in
     /// one run; a table on stdout, JSON under target/bench/ (needs root).
@@ -101,6 +103,7 @@ fn main() -> Result<()> {
         }
         Cmd::Bench { quick, smoke, out, only, pktgen_vm } => bench::run(quick, smoke, out.as_deref(), only.as_deref(), pktgen_vm),
         Cmd::Lint => {
+            cycles::check(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap())?;
             provision::all()?;
             cargo(&["clippy", "--workspace", "--exclude", "lb-ebpf", "--all-targets", "--", "-D", "warnings"])?;
             let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("lb-ebpf");

@@ -52,7 +52,7 @@ pub struct Inputs<'a> {
     pub native_xdp: bool,
     /// Map sizes `run` will use: a pinned map of another size is resized,
     /// one of another layout is refused.
-    pub sizes: crate::loader::MapSizes,
+    pub sizes: crate::pins::MapSizes,
 }
 
 /// Every check, in the order a fix is most useful.
@@ -231,7 +231,7 @@ pub fn bpffs(pin_dir: &Path, may_mount: bool) -> Check {
 
 /// Maps an earlier agent pinned must have this build's layout (the loader
 /// refuses them otherwise; this says so before anything is loaded).
-pub fn pinned_maps(pin_dir: &Path, sizes: crate::loader::MapSizes) -> Check {
+pub fn pinned_maps(pin_dir: &Path, sizes: crate::pins::MapSizes) -> Check {
     const NAME: &str = "pinned maps";
     let (mut found, mut resize, mut convert) = (0, Vec::new(), Vec::new());
     for name in lb_common::maps::ALL {
@@ -410,7 +410,7 @@ pub fn tc_attach() -> Check {
 /// (`lb-agent doctor` only; `run` loads them for real anyway).
 pub fn programs() -> Check {
     const NAME: &str = "programs";
-    let sizes = crate::loader::MapSizes { services: 64, backends: 64, slots: 64, conntrack: 1024, affinity: 64 };
+    let sizes = crate::pins::MapSizes { services: 64, backends: 64, slots: 64, conntrack: 1024, affinity: 64 };
     let mut loader = aya::EbpfLoader::new();
     for name in lb_common::maps::ALL {
         loader.map_max_entries(name, crate::migrate::expected(name, sizes).max_entries);
