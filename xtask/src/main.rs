@@ -108,7 +108,7 @@ fn main() -> Result<()> {
             cargo(&["clippy", "--workspace", "--exclude", "lb-ebpf", "--all-targets", "--", "-D", "warnings"])?;
             let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("lb-ebpf");
             let status = Command::new("rustup")
-                .args(["run", "nightly", "cargo", "clippy", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--release", "--", "-D", "warnings"])
+                .args(["run", &provision::ebpf_toolchain()?, "cargo", "clippy", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--release", "--", "-D", "warnings"])
                 .current_dir(root)
                 .status()
                 .context("running nightly clippy for lb-ebpf")?;
