@@ -5,6 +5,7 @@ mod bench;
 mod cycles;
 mod provision;
 mod test;
+mod unused;
 
 use std::process::Command;
 
@@ -37,7 +38,8 @@ enum Cmd {
     },
     /// Real traffic through a Service VIP in network namespaces (needs root).
     Demo,
-    /// Module cycles (xtask/src/cycles.rs), then clippy in two passes: the
+    /// Module cycles (xtask/src/cycles.rs), unused dependencies
+    /// (cargo-machete, xtask/src/unused.rs), then clippy in two passes: the
     /// workspace on stable, lb-ebpf alone on nightly for bpfel-unknown-none
     /// (it cannot build for the host).
     Lint,
@@ -103,8 +105,11 @@ fn main() -> Result<()> {
         }
         Cmd::Bench { quick, smoke, out, only, pktgen_vm } => bench::run(quick, smoke, out.as_deref(), only.as_deref(), pktgen_vm),
         Cmd::Lint => {
-            cycles::check(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap())?;
+            let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+            cycles::check(workspace)?;
             provision::all()?;
+            provision::lint_tools()?;
+            unused::check(workspace)?;
             cargo(&["clippy", "--workspace", "--exclude", "lb-ebpf", "--all-targets", "--", "-D", "warnings"])?;
             let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("lb-ebpf");
             let status = Command::new("rustup")

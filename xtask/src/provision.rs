@@ -18,12 +18,26 @@ const TOOLS: &[(&str, &str)] = &[
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Finds dependencies no source file uses (`cargo xtask lint`).
+const CARGO_MACHETE_VERSION: &str = "0.9.2";
 
 pub fn all() -> Result<()> {
     system_tools()?;
     nightly()?;
     bpf_linker()?;
     Ok(())
+}
+
+/// What only `cargo xtask lint` needs: cargo-machete.
+pub fn lint_tools() -> Result<()> {
+    let have = stdout(Command::new("cargo-machete").arg("--version")).unwrap_or_default();
+    if have.contains(CARGO_MACHETE_VERSION) {
+        return Ok(());
+    }
+    step(
+        &format!("installing cargo-machete {CARGO_MACHETE_VERSION}"),
+        Command::new("cargo").args(["install", "cargo-machete", "--locked", "--version", CARGO_MACHETE_VERSION]),
+    )
 }
 
 fn ok(cmd: &mut Command) -> bool {
