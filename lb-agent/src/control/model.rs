@@ -345,7 +345,7 @@ impl Model {
                 }
             },
             ("networking.k8s.io/v1", "ServiceCIDR") => {
-                match serde_yaml::from_value::<k8s_openapi::api::networking::v1::ServiceCIDR>(v) {
+                match serde_norway::from_value::<k8s_openapi::api::networking::v1::ServiceCIDR>(v) {
                     Ok(c) => {
                         let cidrs = c.spec.and_then(|s| s.cidrs).unwrap_or_default();
                         self.service_cidrs.insert(id.name.clone(), cidr::of_object(&id.name, &cidrs));
