@@ -206,6 +206,7 @@ pub fn replan(model: &Model, cfg: &PlanConfig, prev: &Ids) -> Planned {
             p.port(id, svc, port, &candidates);
         }
     }
+    p.plan.contents.retain_served_addresses();
     // Service CIDRs: addresses inside without a Service are dropped.
     for (net, len) in cfg.service_cidrs.iter().chain(model.service_cidrs.values().flatten()) {
         let key = (SourceRangeV4::prefix_len(*len), SourceRangeV4::service_cidr(net.octets()));
