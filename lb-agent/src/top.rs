@@ -1,16 +1,14 @@
 //! `lb-agent top`: the busiest services by packets, new flows or drops,
 //! refreshed every second on the terminal's alternate screen (p, n, d
-//! re-rank; q quits), or
-//! one sample with `--once` (JSON with `--json`) for scripts. Rates come from
-//! two readings of the per-CPU stats maps ([`lb_agent::ops::top`]).
+//! re-rank; q quits), or one sample with `--once` (JSON with `--json`) for
+//! scripts. Rates come from two readings of the per-CPU stats maps
+//! ([`lb_agent::ops::top`]); the arguments live in cli.rs.
 use std::{
     io::Write as _,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
-use clap::{Args, ValueEnum};
 use crossterm::{
     cursor,
     event::{self, Event, KeyCode, KeyEventKind, KeyModifiers},
@@ -24,34 +22,7 @@ use lb_agent::{
     },
 };
 
-#[derive(Debug, Args)]
-pub struct TopArgs {
-    /// Directory of the pinned maps (as given to `lb-agent run`).
-    #[arg(long, default_value = lb_agent::loader::DEFAULT_PIN_DIR)]
-    pub pin_path: PathBuf,
-    /// Seconds between readings (rates are averaged over it).
-    #[arg(long, value_name = "SECONDS", default_value_t = 1.0, value_parser = parse_interval)]
-    pub interval: f64,
-    /// Print one sample (two readings one interval apart) and exit.
-    #[arg(long)]
-    pub once: bool,
-    /// With --once: print JSON instead of a table.
-    #[arg(long, requires = "once")]
-    pub json: bool,
-    /// Rank services by packets, new flows or drops.
-    #[arg(long, value_enum, default_value_t = SortArg::Packets)]
-    pub sort: SortArg,
-    /// Services shown (the terminal's height also limits the live view).
-    #[arg(long, default_value_t = 20)]
-    pub limit: usize,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum SortArg {
-    Packets,
-    NewFlows,
-    Drops,
-}
+use crate::cli::{SortArg, TopArgs};
 
 impl From<SortArg> for SortBy {
     fn from(s: SortArg) -> Self {
@@ -60,13 +31,6 @@ impl From<SortArg> for SortBy {
             SortArg::NewFlows => SortBy::NewFlows,
             SortArg::Drops => SortBy::Drops,
         }
-    }
-}
-
-fn parse_interval(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(v),
-        _ => Err(format!("{s:?}: give seconds between 0.1 and 3600")),
     }
 }
 

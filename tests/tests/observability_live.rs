@@ -157,7 +157,7 @@ fn a_real_prometheus_fires_map_full_and_every_rule_and_panel_has_data() {
     assert!(value(&drops[0]) > 5.0, "shop/api's drops: {drops:?}");
 
     // Every recording rule returns data.
-    let rules: serde_yaml::Value = serde_yaml::from_str(&test_rules()).unwrap();
+    let rules: serde_norway::Value = serde_norway::from_str(&test_rules()).unwrap();
     let mut recorded = 0;
     for g in rules["groups"].as_sequence().unwrap() {
         for r in g["rules"].as_sequence().unwrap() {

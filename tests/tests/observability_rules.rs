@@ -11,7 +11,7 @@ use std::{
     process::Command,
 };
 
-use serde_yaml::Value;
+use serde_norway::Value;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
@@ -26,7 +26,7 @@ fn read(p: &Path) -> String {
 }
 
 fn yaml(p: &Path) -> Value {
-    serde_yaml::from_str(&read(p)).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+    serde_norway::from_str(&read(p)).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
 /// `promtool <args>`: (success, stdout + stderr).
@@ -149,7 +149,7 @@ fn the_prometheus_rule_manifest_carries_the_same_rules() {
     let got = read(&path);
     assert!(got == want, "{} is not generated from rules.yaml: rerun with XDPLB_BLESS=1", path.display());
     // And the two parse to the same groups.
-    let manifest: Value = serde_yaml::from_str(&got).unwrap();
+    let manifest: Value = serde_norway::from_str(&got).unwrap();
     assert_eq!(manifest["spec"]["groups"], yaml(&rules_path())["groups"]);
     assert_eq!(manifest["kind"], "PrometheusRule");
 }
