@@ -170,6 +170,8 @@ pub struct RunArgs {
     pub snat: SnatArgs,
     #[command(flatten)]
     pub sizes: SizeArgs,
+    #[command(flatten)]
+    pub lb: lb_agent::lbip::args::LbArgs,
 }
 
 /// How external clients' flows to backends on other nodes return here.
