@@ -89,7 +89,10 @@ pub fn follow_pools(client: Client, config: Vec<Pool>, tx: watch::Sender<Arc<Poo
             changed.notified().await;
             let mut objects = Vec::new();
             let mut errors = Vec::new();
-            for o in store.state() {
+            let mut state = store.state();
+            // Oldest first: a new pool overlapping an existing one is refused, not the existing one.
+            state.sort_by_key(|o| (o.metadata.creation_timestamp.as_ref().map(|t| t.0), o.name_any()));
+            for o in state {
                 let name = o.name_any();
                 match serde_json::from_value::<PoolSpec>(o.data.get("spec").cloned().unwrap_or_default()) {
                     Ok(spec) => objects.push((name, spec)),

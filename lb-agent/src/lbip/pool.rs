@@ -293,7 +293,7 @@ pub struct Pools {
 
 impl Pools {
     /// Adds `p` unless its name is taken or it overlaps a pool already in;
-    /// the first comer wins (config pools go first, then objects by name).
+    /// the first comer wins (config pools go first, then objects, oldest first).
     pub fn add(&mut self, p: Pool) -> Result<(), PoolError> {
         if let Some(o) = self.pools.get(&p.name) {
             return Err(PoolError::Overlap { pool: p.name.clone(), entry: "(the name)".into(), other: format!("a pool of the same name from {:?}", o.origin) });
@@ -314,8 +314,10 @@ impl Pools {
         self.pools.values().find(|p| p.contains(a))
     }
 
-    /// The pools of the configuration and of the objects `(name, spec)`:
-    /// each invalid one is left out with its error, the rest are used.
+    /// The pools of the configuration and of the objects `(name, spec)`, in
+    /// that order (objects oldest first: a new pool that overlaps an
+    /// existing one is the one refused): each invalid one is left out with
+    /// its error, the rest are used.
     pub fn build(config: &[Pool], objects: &[(String, PoolSpec)]) -> (Self, Vec<PoolError>) {
         let mut pools = Pools::default();
         let mut errors = Vec::new();
@@ -324,8 +326,6 @@ impl Pools {
                 errors.push(e);
             }
         }
-        let mut objects: Vec<&(String, PoolSpec)> = objects.iter().collect();
-        objects.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, spec) in objects {
             if let Err(e) = pool(name, spec, Origin::Resource).and_then(|p| pools.add(p)) {
                 errors.push(e);

@@ -236,6 +236,16 @@ impl State {
         self.rv += 1;
         let meta = &mut obj["metadata"];
         meta["resourceVersion"] = json!(self.rv.to_string());
+        let kept = self.objects.get(&resource).and_then(|m| m.get(&k)).map(|o| o["metadata"]["creationTimestamp"].clone());
+        if let Some(t) = kept.filter(|t| t.is_string() && meta.get("creationTimestamp").is_none()) {
+            meta["creationTimestamp"] = t;
+        }
+        if meta.get("creationTimestamp").is_none() {
+            // Ordered as the objects were created (the allocator and the
+            // pools go by age); one a second from the start of 2000.
+            let t = self.rv;
+            meta["creationTimestamp"] = json!(format!("2000-01-{:02}T{:02}:{:02}:{:02}Z", 1 + t / 86_400 % 28, t / 3600 % 24, t / 60 % 60, t % 60));
+        }
         if meta.get("uid").is_none() {
             meta["uid"] = json!(format!("uid-{}-{}-{}", resource.plural(), k.0, k.1));
         }
@@ -278,7 +288,10 @@ impl State {
 
     /// PUT: replaces an object; 409 when the body's resourceVersion is not
     /// the stored one (optimistic concurrency), 404 when it does not exist.
-    pub fn replace(&mut self, resource: Resource, namespace: &str, name: &str, obj: Value) -> Result<Value, Refused> {
+    pub fn replace(&mut self, resource: Resource, namespace: &str, name: &str, mut obj: Value) -> Result<Value, Refused> {
+        if resource.namespaced() {
+            obj["metadata"]["namespace"] = json!(namespace);
+        }
         let Some(old) = self.get(resource, namespace, name) else {
             return Err((404, "NotFound", format!("{} {name:?} not found", resource.plural())));
         };
