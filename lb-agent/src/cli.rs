@@ -56,6 +56,9 @@ pub enum Command {
     /// frontend, service, policy, candidate backends, the pick, conntrack,
     /// source ranges and the verdict (DNAT, REJECT, DROP or PASS).
     Explain(crate::explain_cli::ExplainArgs),
+    /// LoadBalancer address pools (allocated/free), and the node answering
+    /// for each address, as this node's agent last saw them.
+    LbAddresses(crate::ops_cli::MapsArgs),
     /// Check the kernel, privileges, bpffs and interfaces as `run` would,
     /// and print a report (exit status 1 if a check fails).
     Doctor(crate::ops_cli::DoctorArgs),

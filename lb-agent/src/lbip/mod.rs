@@ -18,6 +18,7 @@ pub mod controller;
 pub mod leader;
 pub mod members;
 pub mod pool;
+pub mod print;
 
 use std::{
     collections::BTreeMap,
@@ -35,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::{control::model::Model, ops::metrics::Metrics};
-use pool::{Family, Pool, Pools};
+use pool::{Pool, Pools};
 
 /// What `lb-agent run` asks of this module.
 #[derive(Clone, Debug)]
@@ -303,6 +304,3 @@ pub fn read_status(pin_dir: &Path) -> std::io::Result<View> {
     let text = std::fs::read(status_path(pin_dir))?;
     serde_json::from_slice(&text).map_err(std::io::Error::other)
 }
-
-/// Families the CLI prints, in this order.
-pub const FAMILIES: [Family; 2] = [Family::V4, Family::V6];
