@@ -81,7 +81,8 @@ impl Members {
     }
 
     /// Whether this agent has listened long enough to know who is alive
-    /// (before that, it would think itself alone and claim everything).
+    /// (before that, it would think itself alone and claim everything). It
+    /// heartbeats only from then on.
     pub fn settled(&self) -> bool {
         self.started.elapsed() >= self.timings.dead_after + self.timings.every
     }
@@ -101,6 +102,11 @@ impl Members {
 
     fn send(&self, sock: UdpSocket) {
         let msg = format!("{MAGIC}{}", self.me);
+        // Silent until settled: a starting agent becomes a candidate for
+        // the others only once it can answer, so no address waits on it.
+        while !self.settled() {
+            std::thread::sleep(self.timings.every);
+        }
         loop {
             let peers: Vec<IpAddr> = lock(&self.state).peers.values().copied().collect();
             for p in peers {
