@@ -125,6 +125,13 @@ fn a_client_on_the_segment_reaches_the_pool_address_and_another_node_takes_over_
         assert_eq!(answered, i == owner, "ARP replies per node before {before:?} after {after:?}: only node-{owner} answers\n{views:#?}\n{}\n{}", c.client.ip(&["neigh"]), c.logs());
     }
 
+    // The operator's view on a non-owner node: pools and owners.
+    let other = if owner == 1 { 2 } else { 1 };
+    let out = xdplb_tests::netns::run(std::process::Command::new(xdplb_tests::agent::agent_binary()).args(["lb-addresses", "--pin-path"]).arg(&c.node(other).pin_dir));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains(&format!("{addr:<18} lan              {want}")), "{table}");
+    assert!(table.lines().any(|l| l.starts_with("lan ") && l.contains("IPv4") && l.split_whitespace().nth(2) == Some("2") && l.split_whitespace().nth(3) == Some("4")), "2 allocated, 4 free: {table}");
+
     // The owner's uplink goes down and its agent dies. Failover is when the
     // client's neighbour entry for the address names the next owner (its
     // gratuitous ARP arrived). (A request may succeed earlier: with the
