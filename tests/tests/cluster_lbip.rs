@@ -14,7 +14,9 @@ use lb_agent::lbip::{announce, read_status};
 use serde_json::{json, Value};
 use xdplb_tests::{
     apiserver::Resource,
-    cluster::{node_name, tcp_requests, udp_requests, Cluster, ServiceDef, Source, NAMESPACE, UPLINK},
+    cluster::{
+        node_name, tcp_requests, udp_requests, Cluster, ServiceDef, Source, NAMESPACE, UPLINK,
+    },
     netns::Netns,
     servers::PEER_PATH,
     wait_for,
@@ -34,13 +36,20 @@ fn lb_object(def: &ServiceDef) -> Value {
 /// The Service's first status address.
 fn lb_ip(c: &Cluster, name: &str) -> Option<Ipv4Addr> {
     let s = c.api()?.get(Resource::Services, NAMESPACE, name)?;
-    s["status"]["loadBalancer"]["ingress"][0]["ip"].as_str()?.parse().ok()
+    s["status"]["loadBalancer"]["ingress"][0]["ip"]
+        .as_str()?
+        .parse()
+        .ok()
 }
 
 /// The owner of `addr` as node `i`'s agent reports it.
 fn owner_seen_by(c: &Cluster, i: usize, addr: Ipv4Addr) -> Option<String> {
     let v = read_status(&c.node(i).pin_dir).ok()?;
-    v.addresses.iter().find(|a| a.address == addr.to_string())?.owner.clone()
+    v.addresses
+        .iter()
+        .find(|a| a.address == addr.to_string())?
+        .owner
+        .clone()
 }
 
 fn arp_replies(c: &Cluster, i: usize) -> u64 {
@@ -48,13 +57,22 @@ fn arp_replies(c: &Cluster, i: usize) -> u64 {
 }
 
 fn mac(ns: &Netns, iface: &str) -> String {
-    let out: Value = serde_json::from_str(&ns.ip(&["-j", "link", "show", iface])).expect("ip -j link");
+    let out: Value =
+        serde_json::from_str(&ns.ip(&["-j", "link", "show", iface])).expect("ip -j link");
     out[0]["address"].as_str().unwrap_or_default().to_string()
 }
 
 /// The client's neighbour entry for `addr` (its MAC), if any.
 fn neighbour(c: &Cluster, addr: Ipv4Addr) -> Option<String> {
-    let out: Value = serde_json::from_str(&c.client.ip(&["-j", "neigh", "show", &addr.to_string(), "dev", UPLINK])).ok()?;
+    let out: Value = serde_json::from_str(&c.client.ip(&[
+        "-j",
+        "neigh",
+        "show",
+        &addr.to_string(),
+        "dev",
+        UPLINK,
+    ]))
+    .ok()?;
     out[0]["lladdr"].as_str().map(String::from)
 }
 
@@ -81,15 +99,28 @@ fn a_client_on_the_segment_reaches_the_pool_address_and_another_node_takes_over_
     c.apply(lb_object(&web));
     c.apply(web.slice(&all));
     // Local: only node-2 has an endpoint, so only node-2 may answer.
-    let local = ServiceDef::new("local", Ipv4Addr::new(10, 96, 0, 11)).node_port(30081).local();
+    let local = ServiceDef::new("local", Ipv4Addr::new(10, 96, 0, 11))
+        .node_port(30081)
+        .local();
     c.apply(lb_object(&local));
     c.apply(local.slice(&[(2, 0)]));
 
-    assert!(wait_for(Duration::from_secs(30), || lb_ip(&c, "web").is_some() && lb_ip(&c, "local").is_some()), "no address allocated:\n{}", c.logs());
+    assert!(
+        wait_for(Duration::from_secs(30), || lb_ip(&c, "web").is_some()
+            && lb_ip(&c, "local").is_some()),
+        "no address allocated:\n{}",
+        c.logs()
+    );
     let (addr, local_addr) = (lb_ip(&c, "web").unwrap(), lb_ip(&c, "local").unwrap());
-    assert_eq!(addr, Ipv4Addr::new(192, 168, 50, 201), "the lowest usable address of the pool");
+    assert_eq!(
+        addr,
+        Ipv4Addr::new(192, 168, 50, 201),
+        "the lowest usable address of the pool"
+    );
     assert_eq!(local_addr, Ipv4Addr::new(192, 168, 50, 202));
-    let leaders = (1..=NODES).filter(|&i| read_status(&c.node(i).pin_dir).is_ok_and(|v| v.leader)).count();
+    let leaders = (1..=NODES)
+        .filter(|&i| read_status(&c.node(i).pin_dir).is_ok_and(|v| v.leader))
+        .count();
     assert_eq!(leaders, 1, "exactly one allocator");
 
     // Every node programs the address and agrees on its owner: the first in rank.
@@ -99,38 +130,85 @@ fn a_client_on_the_segment_reaches_the_pool_address_and_another_node_takes_over_
         for proto in [xdplb_tests::cluster::TCP, xdplb_tests::cluster::UDP] {
             c.wait_backends(i, addr, 80, proto, &all);
         }
-        let agreed = wait_for(Duration::from_secs(10), || owner_seen_by(&c, i, addr).as_ref() == Some(&want) && owner_seen_by(&c, i, local_addr).as_deref() == Some("node-2"));
-        assert!(agreed, "node-{i} sees owner {:?} of {addr} (want {want}) and {:?} of {local_addr}:\n{}", owner_seen_by(&c, i, addr), owner_seen_by(&c, i, local_addr), c.logs());
+        let agreed = wait_for(Duration::from_secs(10), || {
+            owner_seen_by(&c, i, addr).as_ref() == Some(&want)
+                && owner_seen_by(&c, i, local_addr).as_deref() == Some("node-2")
+        });
+        assert!(
+            agreed,
+            "node-{i} sees owner {:?} of {addr} (want {want}) and {:?} of {local_addr}:\n{}",
+            owner_seen_by(&c, i, addr),
+            owner_seen_by(&c, i, local_addr),
+            c.logs()
+        );
     }
     let owner: usize = want.trim_start_matches("node-").parse().unwrap();
 
     // The client knows only the address: ARP, then TCP and UDP. (It may
     // have learned the owner from the takeover's gratuitous ARP: forget it,
     // so that it asks.)
-    let _ = xdplb_tests::netns::run(c.client.cmd("ip").args(["neigh", "flush", "to", &addr.to_string(), "dev", UPLINK]));
+    let _ = xdplb_tests::netns::run(c.client.cmd("ip").args([
+        "neigh",
+        "flush",
+        "to",
+        &addr.to_string(),
+        "dev",
+        UPLINK,
+    ]));
     assert_eq!(neighbour(&c, addr), None);
     let before: Vec<u64> = (1..=NODES).map(|i| arp_replies(&c, i)).collect();
     let to = SocketAddr::from((addr, 80));
     let t = tcp_requests(&c.client, to, 30);
-    assert_eq!((t.ok(), t.failed()), (30, 0), "TCP to {to}: {t:?}\n{}", c.logs());
+    assert_eq!(
+        (t.ok(), t.failed()),
+        (30, 0),
+        "TCP to {to}: {t:?}\n{}",
+        c.logs()
+    );
     let u = udp_requests(&c.client, to, 30);
-    assert_eq!((u.ok(), u.failed()), (30, 0), "UDP to {to}: {u:?}\n{}", c.logs());
-    assert_eq!(neighbour(&c, addr), Some(mac(&c.node(owner).ns, UPLINK)), "the client resolved {addr} to the owner's MAC");
+    assert_eq!(
+        (u.ok(), u.failed()),
+        (30, 0),
+        "UDP to {to}: {u:?}\n{}",
+        c.logs()
+    );
+    assert_eq!(
+        neighbour(&c, addr),
+        Some(mac(&c.node(owner).ns, UPLINK)),
+        "the client resolved {addr} to the owner's MAC"
+    );
     // The counters reach the status files within a tick.
-    wait_for(Duration::from_secs(2), || arp_replies(&c, owner) > before[owner - 1]);
+    wait_for(Duration::from_secs(2), || {
+        arp_replies(&c, owner) > before[owner - 1]
+    });
     let after: Vec<u64> = (1..=NODES).map(|i| arp_replies(&c, i)).collect();
     for i in 1..=NODES {
         let answered = after[i - 1] > before[i - 1];
-        let views: Vec<_> = (1..=NODES).map(|i| read_status(&c.node(i).pin_dir)).collect();
+        let views: Vec<_> = (1..=NODES)
+            .map(|i| read_status(&c.node(i).pin_dir))
+            .collect();
         assert_eq!(answered, i == owner, "ARP replies per node before {before:?} after {after:?}: only node-{owner} answers\n{views:#?}\n{}\n{}", c.client.ip(&["neigh"]), c.logs());
     }
 
     // The operator's view on a non-owner node: pools and owners.
     let other = if owner == 1 { 2 } else { 1 };
-    let out = xdplb_tests::netns::run(std::process::Command::new(xdplb_tests::agent::agent_binary()).args(["lb-addresses", "--pin-path"]).arg(&c.node(other).pin_dir));
+    let out = xdplb_tests::netns::run(
+        std::process::Command::new(xdplb_tests::agent::agent_binary())
+            .args(["lb-addresses", "--pin-path"])
+            .arg(&c.node(other).pin_dir),
+    );
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.contains(&format!("{addr:<18} lan              {want}")), "{table}");
-    assert!(table.lines().any(|l| l.starts_with("lan ") && l.contains("IPv4") && l.split_whitespace().nth(2) == Some("2") && l.split_whitespace().nth(3) == Some("4")), "2 allocated, 4 free: {table}");
+    assert!(
+        table.contains(&format!("{addr:<18} lan              {want}")),
+        "{table}"
+    );
+    assert!(
+        table.lines().any(|l| l.starts_with("lan ")
+            && l.contains("IPv4")
+            && l.split_whitespace().nth(2) == Some("2")
+            && l.split_whitespace().nth(3) == Some("4")),
+        "2 allocated, 4 free: {table}"
+    );
 
     // The owner's uplink goes down and its agent dies. Failover is when the
     // client's neighbour entry for the address names the next owner (its
@@ -144,9 +222,16 @@ fn a_client_on_the_segment_reaches_the_pool_address_and_another_node_takes_over_
     c.uplink_down(owner);
     c.node_mut(owner).kill_agent();
     let down = Instant::now();
-    let moved = wait_for(Duration::from_secs(15), || neighbour(&c, addr).as_ref() == Some(&next_mac));
+    let moved = wait_for(Duration::from_secs(15), || {
+        neighbour(&c, addr).as_ref() == Some(&next_mac)
+    });
     let failover = down.elapsed();
-    assert!(moved, "the client never moved {addr} to node-{next_i} ({next_mac}): {:?}\n{}", neighbour(&c, addr), c.logs());
+    assert!(
+        moved,
+        "the client never moved {addr} to node-{next_i} ({next_mac}): {:?}\n{}",
+        neighbour(&c, addr),
+        c.logs()
+    );
     let mut probes = 0;
     while !udp_once(&c, to) {
         probes += 1;
@@ -154,12 +239,27 @@ fn a_client_on_the_segment_reaches_the_pool_address_and_another_node_takes_over_
     }
     let answered = down.elapsed();
     println!("failover: node-{owner} down -> node-{next_i} owns {addr} (client's neighbour entry moved) after {failover:?}; first UDP answer through it at {answered:?} (heartbeats every 200 ms, dead after 1 s, 100 ms announce tick)");
-    assert!(c.node(next_i).log().contains("took over LoadBalancer address"), "{}", c.node(next_i).log());
+    assert!(
+        c.node(next_i)
+            .log()
+            .contains("took over LoadBalancer address"),
+        "{}",
+        c.node(next_i).log()
+    );
     let t = tcp_requests(&c.client, to, 10);
     let u = udp_requests(&c.client, to, 10);
     // The dead node's pod no longer answers: requests balanced to it fail, the others succeed.
-    assert!(t.ok() > 0 && u.ok() > 0, "after failover: TCP {t:?} UDP {u:?}");
-    assert!(failover < Duration::from_secs(2), "failover took {failover:?} (design bound 2 s)\n{}", c.logs());
-    let failovers = read_status(&c.node(next_i).pin_dir).map(|v| v.failovers).unwrap_or(0);
+    assert!(
+        t.ok() > 0 && u.ok() > 0,
+        "after failover: TCP {t:?} UDP {u:?}"
+    );
+    assert!(
+        failover < Duration::from_secs(2),
+        "failover took {failover:?} (design bound 2 s)\n{}",
+        c.logs()
+    );
+    let failovers = read_status(&c.node(next_i).pin_dir)
+        .map(|v| v.failovers)
+        .unwrap_or(0);
     assert!(failovers >= 1, "node-{next_i} counts its takeover");
 }

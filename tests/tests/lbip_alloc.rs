@@ -44,14 +44,28 @@ fn pool(name: &str, spec: Value) -> Value {
 
 /// The IPs in a Service's status.
 fn ingress(api: &ApiServer, name: &str) -> Vec<String> {
-    let s = api.get(Resource::Services, NS, name).unwrap_or_else(|| panic!("no Service {name}"));
-    s["status"]["loadBalancer"]["ingress"].as_array().into_iter().flatten().filter_map(|i| i["ip"].as_str().map(String::from)).collect()
+    let s = api
+        .get(Resource::Services, NS, name)
+        .unwrap_or_else(|| panic!("no Service {name}"));
+    s["status"]["loadBalancer"]["ingress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["ip"].as_str().map(String::from))
+        .collect()
 }
 
 fn condition(api: &ApiServer, name: &str) -> Option<(String, String)> {
     let s = api.get(Resource::Services, NS, name)?;
-    let c = s["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == alloc::CONDITION)?.clone();
-    Some((c["status"].as_str()?.to_string(), c["reason"].as_str()?.to_string()))
+    let c = s["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == alloc::CONDITION)?
+        .clone();
+    Some((
+        c["status"].as_str()?.to_string(),
+        c["reason"].as_str()?.to_string(),
+    ))
 }
 
 fn wait(what: &str, api: &ApiServer, mut ok: impl FnMut() -> bool) {
@@ -62,8 +76,23 @@ fn wait(what: &str, api: &ApiServer, mut ok: impl FnMut() -> bool) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let svcs: Vec<(String, Value)> = api.list(Resource::Services).iter().map(|s| (s["metadata"]["name"].as_str().unwrap_or("").to_string(), s["status"].clone())).collect();
-    panic!("{what}: not within 30 s; services: {svcs:#?}\nevents: {:#?}", api.list(Resource::Events).iter().map(|e| (e["reason"].clone(), e["message"].clone())).collect::<Vec<_>>());
+    let svcs: Vec<(String, Value)> = api
+        .list(Resource::Services)
+        .iter()
+        .map(|s| {
+            (
+                s["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                s["status"].clone(),
+            )
+        })
+        .collect();
+    panic!(
+        "{what}: not within 30 s; services: {svcs:#?}\nevents: {:#?}",
+        api.list(Resource::Events)
+            .iter()
+            .map(|e| (e["reason"].clone(), e["message"].clone()))
+            .collect::<Vec<_>>()
+    );
 }
 
 /// Every address held by at most one Service, unless sharing is allowed.
@@ -71,9 +100,18 @@ fn assert_no_double(api: &ApiServer) {
     let mut by: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for s in api.list(Resource::Services) {
         let name = s["metadata"]["name"].as_str().unwrap_or("").to_string();
-        let key = s["metadata"]["annotations"][alloc::SHARE_ANNOTATION].as_str().unwrap_or("").to_string();
-        for i in s["status"]["loadBalancer"]["ingress"].as_array().into_iter().flatten() {
-            by.entry(i["ip"].as_str().unwrap_or("").to_string()).or_default().push(format!("{name}[{key}]"));
+        let key = s["metadata"]["annotations"][alloc::SHARE_ANNOTATION]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        for i in s["status"]["loadBalancer"]["ingress"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            by.entry(i["ip"].as_str().unwrap_or("").to_string())
+                .or_default()
+                .push(format!("{name}[{key}]"));
         }
     }
     for (a, holders) in by {
@@ -90,18 +128,36 @@ struct Allocator {
 
 impl Allocator {
     fn start(api: &ApiServer, identity: &str, kubeconfig: &std::path::Path) -> Self {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
         let status = Arc::new(Status::default());
-        let (st, id, path) = (status.clone(), identity.to_string(), kubeconfig.to_path_buf());
+        let (st, id, path) = (
+            status.clone(),
+            identity.to_string(),
+            kubeconfig.to_path_buf(),
+        );
         let _ = api;
         rt.spawn(async move {
-            let client = lb_agent::control::source::kube::client(Some(&path), Arc::default()).await.expect("a client");
+            let client = lb_agent::control::source::kube::client(Some(&path), Arc::default())
+                .await
+                .expect("a client");
             let (tx, rx) = tokio::sync::watch::channel(Arc::new(Pools::default()));
             controller::follow_pools(client.clone(), Vec::new(), tx);
-            let election = controller::Election { namespace: "xdplb-system".into(), name: "xdplb-lb-allocator".into(), identity: id, timings: Timings::for_duration(Duration::from_secs(2)) };
+            let election = controller::Election {
+                namespace: "xdplb-system".into(),
+                name: "xdplb-lb-allocator".into(),
+                identity: id,
+                timings: Timings::for_duration(Duration::from_secs(2)),
+            };
             controller::allocate(client, election, alloc::Config::default(), rx, st).await;
         });
-        Self { rt: Some(rt), status }
+        Self {
+            rt: Some(rt),
+            status,
+        }
     }
 
     fn leader(&self) -> bool {
@@ -124,10 +180,17 @@ impl Drop for Allocator {
 #[test]
 fn the_leader_allocates_from_pools_and_reports_conflicts_and_exhaustion() {
     let api = ApiServer::start();
-    let kubeconfig = std::env::temp_dir().join(format!("xlbt-{}-lbip-alloc.kubeconfig", std::process::id()));
+    let kubeconfig =
+        std::env::temp_dir().join(format!("xlbt-{}-lbip-alloc.kubeconfig", std::process::id()));
     api.write_kubeconfig(&kubeconfig);
-    api.apply(pool("lan", json!({"addresses": ["192.0.2.0/29", "fd00:2::/126"]})));
-    api.apply(pool("edge", json!({"addresses": ["198.51.100.10-198.51.100.11"], "autoAssign": false})));
+    api.apply(pool(
+        "lan",
+        json!({"addresses": ["192.0.2.0/29", "fd00:2::/126"]}),
+    ));
+    api.apply(pool(
+        "edge",
+        json!({"addresses": ["198.51.100.10-198.51.100.11"], "autoAssign": false}),
+    ));
     // Invalid: overlaps lan. Refused by name, the others are used.
     api.apply(pool("bad", json!({"addresses": ["192.0.2.4/30"]})));
 
@@ -135,67 +198,159 @@ fn the_leader_allocates_from_pools_and_reports_conflicts_and_exhaustion() {
     wait("node-a leads", &api, || a.leader());
 
     api.apply(lb_service("web", json!({})));
-    api.apply(lb_service("asked", json!({"spec": {"loadBalancerIP": "192.0.2.5"}})));
-    api.apply(lb_service("dual", json!({"spec": {"ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "RequireDualStack"}})));
-    api.apply(lb_service("theirs", json!({"spec": {"loadBalancerClass": "metallb.io/metallb"}})));
-    api.apply(lb_service("pinned", json!({"metadata": {"annotations": {alloc::POOL_ANNOTATION: "edge"}}})));
+    api.apply(lb_service(
+        "asked",
+        json!({"spec": {"loadBalancerIP": "192.0.2.5"}}),
+    ));
+    api.apply(lb_service(
+        "dual",
+        json!({"spec": {"ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "RequireDualStack"}}),
+    ));
+    api.apply(lb_service(
+        "theirs",
+        json!({"spec": {"loadBalancerClass": "metallb.io/metallb"}}),
+    ));
+    api.apply(lb_service(
+        "pinned",
+        json!({"metadata": {"annotations": {alloc::POOL_ANNOTATION: "edge"}}}),
+    ));
     api.apply(lb_service("dns-tcp", json!({"metadata": {"annotations": {alloc::SHARE_ANNOTATION: "dns"}}, "spec": {"ports": [{"name": "dns", "port": 53, "protocol": "TCP"}]}})));
     api.apply(lb_service("dns-udp", json!({"metadata": {"annotations": {alloc::SHARE_ANNOTATION: "dns"}}, "spec": {"ports": [{"name": "dns", "port": 53, "protocol": "UDP"}]}})));
-    api.apply(lb_service("clash", json!({"metadata": {"annotations": {alloc::IPS_ANNOTATION: "192.0.2.5"}}})));
+    api.apply(lb_service(
+        "clash",
+        json!({"metadata": {"annotations": {alloc::IPS_ANNOTATION: "192.0.2.5"}}}),
+    ));
 
     wait("every served Service has its addresses", &api, || {
-        ingress(&api, "web").len() == 1 && ingress(&api, "dual").len() == 2 && ingress(&api, "dns-udp").len() == 1 && condition(&api, "clash").is_some() && ingress(&api, "pinned").len() == 1 && ingress(&api, "asked").len() == 1
+        ingress(&api, "web").len() == 1
+            && ingress(&api, "dual").len() == 2
+            && ingress(&api, "dns-udp").len() == 1
+            && condition(&api, "clash").is_some()
+            && ingress(&api, "pinned").len() == 1
+            && ingress(&api, "asked").len() == 1
     });
-    assert_eq!(ingress(&api, "asked"), ["192.0.2.5"], "spec.loadBalancerIP honoured");
-    assert_eq!(ingress(&api, "pinned"), ["198.51.100.10"], "the annotated pool, though not auto-assign");
+    assert_eq!(
+        ingress(&api, "asked"),
+        ["192.0.2.5"],
+        "spec.loadBalancerIP honoured"
+    );
+    assert_eq!(
+        ingress(&api, "pinned"),
+        ["198.51.100.10"],
+        "the annotated pool, though not auto-assign"
+    );
     let dual = ingress(&api, "dual");
-    assert!(dual[0].starts_with("192.0.2.") && dual[1].starts_with("fd00:2::"), "one per family, in ipFamilies order: {dual:?}");
-    assert_eq!(ingress(&api, "dns-tcp"), ingress(&api, "dns-udp"), "shared: same key, disjoint ports");
-    assert!(ingress(&api, "theirs").is_empty() && condition(&api, "theirs").is_none(), "another class: untouched");
+    assert!(
+        dual[0].starts_with("192.0.2.") && dual[1].starts_with("fd00:2::"),
+        "one per family, in ipFamilies order: {dual:?}"
+    );
+    assert_eq!(
+        ingress(&api, "dns-tcp"),
+        ingress(&api, "dns-udp"),
+        "shared: same key, disjoint ports"
+    );
+    assert!(
+        ingress(&api, "theirs").is_empty() && condition(&api, "theirs").is_none(),
+        "another class: untouched"
+    );
     assert!(ingress(&api, "clash").is_empty());
-    assert_eq!(condition(&api, "clash"), Some(("False".into(), "AddressInUse".into())));
-    assert_eq!(condition(&api, "web"), Some(("True".into(), "Allocated".into())));
+    assert_eq!(
+        condition(&api, "clash"),
+        Some(("False".into(), "AddressInUse".into()))
+    );
+    assert_eq!(
+        condition(&api, "web"),
+        Some(("True".into(), "Allocated".into()))
+    );
     assert_no_double(&api);
 
     // lan has 6 IPv4 addresses: web, asked, dual, dns = 4 held; two more fit, the third does not.
     for n in ["more-1", "more-2", "more-3"] {
         api.apply(lb_service(n, json!({})));
     }
-    wait("exhaustion reported", &api, || condition(&api, "more-3").is_some_and(|c| c.1 == "PoolExhausted"));
-    assert_eq!((ingress(&api, "more-1").len(), ingress(&api, "more-2").len(), ingress(&api, "more-3").len()), (1, 1, 0));
+    wait("exhaustion reported", &api, || {
+        condition(&api, "more-3").is_some_and(|c| c.1 == "PoolExhausted")
+    });
+    assert_eq!(
+        (
+            ingress(&api, "more-1").len(),
+            ingress(&api, "more-2").len(),
+            ingress(&api, "more-3").len()
+        ),
+        (1, 1, 0)
+    );
     let events = api.list(Resource::Events);
-    let reasons: Vec<(&str, &str)> = events.iter().map(|e| (e["involvedObject"]["name"].as_str().unwrap_or(""), e["reason"].as_str().unwrap_or(""))).collect();
+    let reasons: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["involvedObject"]["name"].as_str().unwrap_or(""),
+                e["reason"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
     assert!(reasons.contains(&("clash", "AddressInUse")), "{reasons:?}");
-    assert!(reasons.contains(&("more-3", "PoolExhausted")), "{reasons:?}");
-    assert!(reasons.contains(&("web", "AddressAllocated")), "{reasons:?}");
-    assert!(events.iter().all(|e| e["type"] == "Warning" || e["type"] == "Normal"));
+    assert!(
+        reasons.contains(&("more-3", "PoolExhausted")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.contains(&("web", "AddressAllocated")),
+        "{reasons:?}"
+    );
+    assert!(events
+        .iter()
+        .all(|e| e["type"] == "Warning" || e["type"] == "Normal"));
 
     // Release: web becomes a ClusterIP Service; its address goes to more-3.
     let web_ip = ingress(&api, "web");
     let mut web = api.get(Resource::Services, NS, "web").unwrap();
     web["spec"]["type"] = json!("ClusterIP");
     api.apply(web);
-    wait("web released, more-3 served", &api, || ingress(&api, "web").is_empty() && ingress(&api, "more-3") == web_ip);
+    wait("web released, more-3 served", &api, || {
+        ingress(&api, "web").is_empty() && ingress(&api, "more-3") == web_ip
+    });
     // Delete: its address is free again for the next.
     let more1 = ingress(&api, "more-1");
     assert!(api.delete(Resource::Services, NS, "more-1"));
     api.apply(lb_service("late", json!({})));
-    wait("late gets more-1's address", &api, || ingress(&api, "late") == more1);
+    wait("late gets more-1's address", &api, || {
+        ingress(&api, "late") == more1
+    });
     assert_no_double(&api);
 
-    let allowed: std::collections::BTreeSet<_> = lb_agent::control::source::kube::kube_api_call_set()
+    let allowed: std::collections::BTreeSet<_> =
+        lb_agent::control::source::kube::kube_api_call_set()
+            .into_iter()
+            .chain(
+                lb_agent::control::source::kube::LEASE_API_CALLS
+                    .iter()
+                    .flat_map(|(g, r, vs)| {
+                        vs.iter()
+                            .map(move |v| (g.to_string(), r.to_string(), v.to_string()))
+                    }),
+            )
+            .collect();
+    let seen: std::collections::BTreeSet<_> = api
+        .calls()
         .into_iter()
-        .chain(lb_agent::control::source::kube::LEASE_API_CALLS.iter().flat_map(|(g, r, vs)| vs.iter().map(move |v| (g.to_string(), r.to_string(), v.to_string()))))
+        .filter(|(_, r, _)| !r.starts_with('/'))
         .collect();
-    let seen: std::collections::BTreeSet<_> = api.calls().into_iter().filter(|(_, r, _)| !r.starts_with('/')).collect();
-    assert!(seen.is_subset(&allowed), "calls outside RBAC: {:?}", seen.difference(&allowed).collect::<Vec<_>>());
+    assert!(
+        seen.is_subset(&allowed),
+        "calls outside RBAC: {:?}",
+        seen.difference(&allowed).collect::<Vec<_>>()
+    );
     let _ = std::fs::remove_file(&kubeconfig);
 }
 
 #[test]
 fn a_new_leader_takes_over_and_never_hands_out_an_address_twice() {
     let api = ApiServer::start();
-    let kubeconfig = std::env::temp_dir().join(format!("xlbt-{}-lbip-leader.kubeconfig", std::process::id()));
+    let kubeconfig = std::env::temp_dir().join(format!(
+        "xlbt-{}-lbip-leader.kubeconfig",
+        std::process::id()
+    ));
     api.write_kubeconfig(&kubeconfig);
     api.apply(pool("lan", json!({"addresses": ["192.0.2.0/28"]})));
     let mut a = Allocator::start(&api, "node-a", &kubeconfig);
@@ -204,7 +359,9 @@ fn a_new_leader_takes_over_and_never_hands_out_an_address_twice() {
     for i in 0..5 {
         api.apply(lb_service(&format!("s{i}"), json!({})));
     }
-    wait("five allocated", &api, || (0..5).all(|i| ingress(&api, &format!("s{i}")).len() == 1));
+    wait("five allocated", &api, || {
+        (0..5).all(|i| ingress(&api, &format!("s{i}")).len() == 1)
+    });
     assert!(a.leader() && !b.leader(), "one leader at a time");
     assert_no_double(&api);
 
@@ -217,13 +374,20 @@ fn a_new_leader_takes_over_and_never_hands_out_an_address_twice() {
     }
     wait("node-b leads", &api, || b.leader());
     let took = killed.elapsed();
-    wait("node-b allocated the new ones", &api, || (5..10).all(|i| ingress(&api, &format!("s{i}")).len() == 1));
+    wait("node-b allocated the new ones", &api, || {
+        (5..10).all(|i| ingress(&api, &format!("s{i}")).len() == 1)
+    });
     assert_no_double(&api);
-    let lease = api.get(Resource::Leases, "xdplb-system", "xdplb-lb-allocator").expect("the Lease");
+    let lease = api
+        .get(Resource::Leases, "xdplb-system", "xdplb-lb-allocator")
+        .expect("the Lease");
     assert_eq!(lease["spec"]["holderIdentity"], "node-b");
     assert!(lease["spec"]["leaseTransitions"].as_i64() >= Some(1));
     // Took over after the 2 s lease expired, not before.
-    assert!(took >= Duration::from_millis(1900), "took over after {took:?}, before the lease expired");
+    assert!(
+        took >= Duration::from_millis(1900),
+        "took over after {took:?}, before the lease expired"
+    );
     println!("allocator lease: node-b took over {took:?} after node-a was killed (lease 2 s)");
     let _ = std::fs::remove_file(&kubeconfig);
 }

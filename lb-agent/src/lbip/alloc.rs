@@ -58,7 +58,10 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Self { class: DEFAULT_CLASS.into(), default_class: true }
+        Self {
+            class: DEFAULT_CLASS.into(),
+            default_class: true,
+        }
     }
 }
 
@@ -98,7 +101,11 @@ impl SvcView {
         let ann = m.annotations.clone().unwrap_or_default();
         let mut requested = Vec::new();
         let mut bad_request = None;
-        let texts = spec.load_balancer_ip.iter().chain(ann.get(IPS_ANNOTATION)).flat_map(|t| t.split(','));
+        let texts = spec
+            .load_balancer_ip
+            .iter()
+            .chain(ann.get(IPS_ANNOTATION))
+            .flat_map(|t| t.split(','));
         for t in texts.map(str::trim).filter(|t| !t.is_empty()) {
             match t.parse::<IpAddr>() {
                 Ok(a) if !requested.contains(&a) => requested.push(a),
@@ -128,10 +135,22 @@ impl SvcView {
             .iter()
             .filter_map(|i| i.ip.as_deref()?.parse().ok())
             .collect();
-        let condition = status.conditions.unwrap_or_default().into_iter().find(|c| c.type_ == CONDITION).map(|c| (c.status == "True", c.reason));
+        let condition = status
+            .conditions
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == CONDITION)
+            .map(|c| (c.status == "True", c.reason));
         Self {
-            id: ObjectRef::new(m.namespace.as_deref().unwrap_or_default(), m.name.as_deref().unwrap_or_default()),
-            created: m.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_default(),
+            id: ObjectRef::new(
+                m.namespace.as_deref().unwrap_or_default(),
+                m.name.as_deref().unwrap_or_default(),
+            ),
+            created: m
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.to_string())
+                .unwrap_or_default(),
             load_balancer: spec.type_.as_deref() == Some("LoadBalancer"),
             class: spec.load_balancer_class.clone(),
             labels: m.labels.clone().unwrap_or_default(),
@@ -141,7 +160,17 @@ impl SvcView {
             families,
             require_all: spec.ip_family_policy.as_deref() == Some("RequireDualStack"),
             share_key: ann.get(SHARE_ANNOTATION).cloned().filter(|k| !k.is_empty()),
-            ports: spec.ports.iter().flatten().map(|p| (p.protocol.clone().unwrap_or_else(|| "TCP".into()), p.port as u16)).collect(),
+            ports: spec
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| {
+                    (
+                        p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                        p.port as u16,
+                    )
+                })
+                .collect(),
             ingress,
             condition,
         }
@@ -173,9 +202,15 @@ type Holders = BTreeMap<IpAddr, Vec<usize>>;
 
 /// The changes that bring every Service's status to its allocation.
 pub fn allocate(services: &[SvcView], pools: &Pools, cfg: &Config) -> Vec<Change> {
-    let ours = |s: &SvcView| s.load_balancer && (s.class.as_deref() == Some(cfg.class.as_str()) || (s.class.is_none() && cfg.default_class));
+    let ours = |s: &SvcView| {
+        s.load_balancer
+            && (s.class.as_deref() == Some(cfg.class.as_str())
+                || (s.class.is_none() && cfg.default_class))
+    };
     let mut order: Vec<usize> = (0..services.len()).collect();
-    order.sort_by(|&a, &b| (&services[a].created, &services[a].id).cmp(&(&services[b].created, &services[b].id)));
+    order.sort_by(|&a, &b| {
+        (&services[a].created, &services[a].id).cmp(&(&services[b].created, &services[b].id))
+    });
 
     let mut held: Holders = BTreeMap::new();
     // Addresses of Services of another class stay theirs.
@@ -200,7 +235,9 @@ pub fn allocate(services: &[SvcView], pools: &Pools, cfg: &Config) -> Vec<Change
             let fits = s.families.contains(&fam)
                 && !kept.iter().any(|k| Family::of(*k) == fam)
                 && (s.requested.is_empty() || s.requested.contains(&a))
-                && pools.pool_of(a).is_some_and(|p| may_use(s, p, !s.requested.is_empty()));
+                && pools
+                    .pool_of(a)
+                    .is_some_and(|p| may_use(s, p, !s.requested.is_empty()));
             if !fits {
                 continue;
             }
@@ -216,10 +253,15 @@ pub fn allocate(services: &[SvcView], pools: &Pools, cfg: &Config) -> Vec<Change
     }
     // Pass 2: the missing families, oldest first.
     for &i in &order {
-        let Some((kept, problem)) = want.get_mut(&i) else { continue };
+        let Some((kept, problem)) = want.get_mut(&i) else {
+            continue;
+        };
         let s = &services[i];
         if let Some(bad) = &s.bad_request {
-            *problem = Some(Problem { reason: "InvalidRequest", message: format!("requested address {bad:?} is not an IP address") });
+            *problem = Some(Problem {
+                reason: "InvalidRequest",
+                message: format!("requested address {bad:?} is not an IP address"),
+            });
         }
         for (n, &fam) in s.families.iter().enumerate() {
             if kept.iter().any(|a| Family::of(*a) == fam) {
@@ -253,13 +295,28 @@ pub fn allocate(services: &[SvcView], pools: &Pools, cfg: &Config) -> Vec<Change
                     None => Some((true, "Allocated".to_string())),
                 };
                 if ingress != s.ingress || cond != s.condition {
-                    changes.push(Change { service: s.id.clone(), ingress, problem, served: true });
+                    changes.push(Change {
+                        service: s.id.clone(),
+                        ingress,
+                        problem,
+                        served: true,
+                    });
                 }
             }
             None if !s.load_balancer && s.ingress.iter().any(|a| pools.pool_of(*a).is_some()) => {
                 // A type change: what we handed out goes back to the pool.
-                let ingress = s.ingress.iter().copied().filter(|a| pools.pool_of(*a).is_none()).collect();
-                changes.push(Change { service: s.id.clone(), ingress, problem: None, served: false });
+                let ingress = s
+                    .ingress
+                    .iter()
+                    .copied()
+                    .filter(|a| pools.pool_of(*a).is_none())
+                    .collect();
+                changes.push(Change {
+                    service: s.id.clone(),
+                    ingress,
+                    problem: None,
+                    served: false,
+                });
             }
             None => {}
         }
@@ -274,15 +331,25 @@ pub fn allocate(services: &[SvcView], pools: &Pools, cfg: &Config) -> Vec<Change
 fn releases_first(services: &[SvcView], changes: Vec<Change>) -> Vec<Change> {
     let (mut releases, mut grants) = (Vec::new(), Vec::new());
     for c in changes {
-        let Some(s) = services.iter().find(|s| s.id == c.service) else { continue };
-        let kept: Vec<IpAddr> = s.ingress.iter().copied().filter(|a| c.ingress.contains(a)).collect();
+        let Some(s) = services.iter().find(|s| s.id == c.service) else {
+            continue;
+        };
+        let kept: Vec<IpAddr> = s
+            .ingress
+            .iter()
+            .copied()
+            .filter(|a| c.ingress.contains(a))
+            .collect();
         if kept == c.ingress {
             // Nothing new: a release, or only the condition.
             releases.push(c);
             continue;
         }
         if kept.len() < s.ingress.len() {
-            releases.push(Change { ingress: kept, ..c.clone() });
+            releases.push(Change {
+                ingress: kept,
+                ..c.clone()
+            });
         }
         grants.push(c);
     }
@@ -305,7 +372,8 @@ fn may_use(s: &SvcView, p: &Pool, requested: bool) -> bool {
 fn shares_with(services: &[SvcView], held: &Holders, s: &SvcView, a: IpAddr) -> Result<(), usize> {
     for &h in held.get(&a).into_iter().flatten() {
         let o = &services[h];
-        let compatible = s.share_key.is_some() && s.share_key == o.share_key && s.ports.is_disjoint(&o.ports);
+        let compatible =
+            s.share_key.is_some() && s.share_key == o.share_key && s.ports.is_disjoint(&o.ports);
         if !compatible {
             return Err(h);
         }
@@ -318,30 +386,75 @@ fn in_use(a: IpAddr, _holder: usize) -> Problem {
 }
 
 /// An address of `fam` for `s`, or why there is none.
-fn fill(services: &[SvcView], pools: &Pools, held: &Holders, s: &SvcView, fam: Family) -> Result<IpAddr, Problem> {
-    let asked: Vec<IpAddr> = s.requested.iter().copied().filter(|a| Family::of(*a) == fam).collect();
+fn fill(
+    services: &[SvcView],
+    pools: &Pools,
+    held: &Holders,
+    s: &SvcView,
+    fam: Family,
+) -> Result<IpAddr, Problem> {
+    let asked: Vec<IpAddr> = s
+        .requested
+        .iter()
+        .copied()
+        .filter(|a| Family::of(*a) == fam)
+        .collect();
     if !s.requested.is_empty() {
         let Some(&a) = asked.first() else {
-            return Err(Problem { reason: "NoAddressForFamily", message: format!("the requested addresses have no {} address", fam.as_str()) });
+            return Err(Problem {
+                reason: "NoAddressForFamily",
+                message: format!("the requested addresses have no {} address", fam.as_str()),
+            });
         };
         match pools.pool_of(a) {
             Some(p) if may_use(s, p, true) => {}
-            Some(p) => return Err(Problem { reason: "AddressNotAllowed", message: format!("{a} is in pool {:?}, whose selector or name does not admit this Service", p.name) }),
-            None => return Err(Problem { reason: "AddressNotInPool", message: format!("{a} is in no address pool") }),
+            Some(p) => {
+                return Err(Problem {
+                    reason: "AddressNotAllowed",
+                    message: format!(
+                        "{a} is in pool {:?}, whose selector or name does not admit this Service",
+                        p.name
+                    ),
+                })
+            }
+            None => {
+                return Err(Problem {
+                    reason: "AddressNotInPool",
+                    message: format!("{a} is in no address pool"),
+                })
+            }
         }
-        return shares_with(services, held, s, a).map(|()| a).map_err(|h| in_use(a, h));
+        return shares_with(services, held, s, a)
+            .map(|()| a)
+            .map_err(|h| in_use(a, h));
     }
-    let candidates: Vec<&Pool> = pools.pools.values().filter(|p| may_use(s, p, false) && p.size(fam) > 0).collect();
+    let candidates: Vec<&Pool> = pools
+        .pools
+        .values()
+        .filter(|p| may_use(s, p, false) && p.size(fam) > 0)
+        .collect();
     if candidates.is_empty() {
         let why = match &s.pool {
-            Some(n) if !pools.pools.contains_key(n) => format!("pool {n:?} (annotation {POOL_ANNOTATION}) does not exist"),
-            _ => format!("no auto-assign pool with {} addresses selects this Service", fam.as_str()),
+            Some(n) if !pools.pools.contains_key(n) => {
+                format!("pool {n:?} (annotation {POOL_ANNOTATION}) does not exist")
+            }
+            _ => format!(
+                "no auto-assign pool with {} addresses selects this Service",
+                fam.as_str()
+            ),
         };
-        return Err(Problem { reason: "NoPool", message: why });
+        return Err(Problem {
+            reason: "NoPool",
+            message: why,
+        });
     }
     // Sharing first: an address held under the same key with disjoint ports.
     if s.share_key.is_some() {
-        let shared = held.keys().copied().find(|&a| Family::of(a) == fam && candidates.iter().any(|p| p.contains(a)) && shares_with(services, held, s, a).is_ok());
+        let shared = held.keys().copied().find(|&a| {
+            Family::of(a) == fam
+                && candidates.iter().any(|p| p.contains(a))
+                && shares_with(services, held, s, a).is_ok()
+        });
         if let Some(a) = shared {
             return Ok(a);
         }
@@ -350,7 +463,12 @@ fn fill(services: &[SvcView], pools: &Pools, held: &Holders, s: &SvcView, fam: F
         for r in p.ranges.iter().filter(|r| r.family == fam) {
             // The held addresses of the range in order: the first gap is the lowest free.
             let (mut next, mut full) = (r.first, false);
-            for n in held.keys().map(|a| to_int(*a)).filter(|(f, n)| *f == fam && (r.first..=r.last).contains(n)).map(|(_, n)| n) {
+            for n in held
+                .keys()
+                .map(|a| to_int(*a))
+                .filter(|(f, n)| *f == fam && (r.first..=r.last).contains(n))
+                .map(|(_, n)| n)
+            {
                 if n > next {
                     break;
                 }
@@ -366,12 +484,23 @@ fn fill(services: &[SvcView], pools: &Pools, held: &Holders, s: &SvcView, fam: F
         }
     }
     let names: Vec<&str> = candidates.iter().map(|p| p.name.as_str()).collect();
-    Err(Problem { reason: "PoolExhausted", message: format!("no free {} address in pool(s) {}", fam.as_str(), names.join(", ")) })
+    Err(Problem {
+        reason: "PoolExhausted",
+        message: format!(
+            "no free {} address in pool(s) {}",
+            fam.as_str(),
+            names.join(", ")
+        ),
+    })
 }
 
 /// Allocated and free addresses per (pool, family), for the metrics.
 pub fn usage(services: &[SvcView], pools: &Pools) -> BTreeMap<(String, Family), (u128, u128)> {
-    let held: BTreeSet<IpAddr> = services.iter().filter(|s| s.load_balancer).flat_map(|s| s.ingress.iter().copied()).collect();
+    let held: BTreeSet<IpAddr> = services
+        .iter()
+        .filter(|s| s.load_balancer)
+        .flat_map(|s| s.ingress.iter().copied())
+        .collect();
     let mut out = BTreeMap::new();
     for p in pools.pools.values() {
         for fam in [Family::V4, Family::V6] {
@@ -379,7 +508,10 @@ pub fn usage(services: &[SvcView], pools: &Pools) -> BTreeMap<(String, Family), 
             if size == 0 {
                 continue;
             }
-            let used = held.iter().filter(|a| p.contains(**a) && Family::of(**a) == fam).count() as u128;
+            let used = held
+                .iter()
+                .filter(|a| p.contains(**a) && Family::of(**a) == fam)
+                .count() as u128;
             out.insert((p.name.clone(), fam), (used, size - used));
         }
     }

@@ -27,7 +27,11 @@ use crate::control::model::{Model, ObjectRef};
 /// versions and architectures: every agent must compute the same.
 pub fn rank(node: &str, addr: IpAddr) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in node.bytes().chain(*b"#").chain(addr.to_string().into_bytes()) {
+    for b in node
+        .bytes()
+        .chain(*b"#")
+        .chain(addr.to_string().into_bytes())
+    {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -38,8 +42,13 @@ pub fn rank(node: &str, addr: IpAddr) -> u64 {
 }
 
 /// The owner among `candidates` (ties by name, for determinism).
-pub fn owner<'a>(addr: IpAddr, candidates: impl IntoIterator<Item = &'a String>) -> Option<&'a String> {
-    candidates.into_iter().min_by_key(|n| (rank(n, addr), n.as_str()))
+pub fn owner<'a>(
+    addr: IpAddr,
+    candidates: impl IntoIterator<Item = &'a String>,
+) -> Option<&'a String> {
+    candidates
+        .into_iter()
+        .min_by_key(|n| (rank(n, addr), n.as_str()))
 }
 
 /// One announced address: the Services on it and who answers for it.
@@ -55,11 +64,16 @@ pub struct Announced {
 /// The owner of every pool address in the model's LoadBalancer IPs.
 pub fn owners(model: &Model, pools: &Pools, live: &[String]) -> BTreeMap<Ipv4Addr, Announced> {
     // Per address: the Services, whether any is Cluster, the nodes with local endpoints.
-    let mut per: BTreeMap<Ipv4Addr, (String, Vec<String>, bool, BTreeSet<String>)> = BTreeMap::new();
+    let mut per: BTreeMap<Ipv4Addr, (String, Vec<String>, bool, BTreeSet<String>)> =
+        BTreeMap::new();
     for (id, svc) in &model.services {
         for &a in &svc.lb_ips {
-            let Some(pool) = pools.pool_of(IpAddr::V4(a)) else { continue };
-            let e = per.entry(a).or_insert_with(|| (pool.name.clone(), Vec::new(), false, BTreeSet::new()));
+            let Some(pool) = pools.pool_of(IpAddr::V4(a)) else {
+                continue;
+            };
+            let e = per
+                .entry(a)
+                .or_insert_with(|| (pool.name.clone(), Vec::new(), false, BTreeSet::new()));
             e.1.push(id.to_string());
             if svc.external_local {
                 e.3.extend(local_nodes(model, id, svc.publish_not_ready));
@@ -72,7 +86,15 @@ pub fn owners(model: &Model, pools: &Pools, live: &[String]) -> BTreeMap<Ipv4Add
         .map(|(a, (pool, services, any_cluster, local))| {
             let candidates = live.iter().filter(|n| any_cluster || local.contains(*n));
             let owner = owner(IpAddr::V4(a), candidates).cloned();
-            (a, Announced { address: a, pool, services, owner })
+            (
+                a,
+                Announced {
+                    address: a,
+                    pool,
+                    services,
+                    owner,
+                },
+            )
         })
         .collect()
 }
@@ -111,7 +133,12 @@ pub struct Announcer {
 impl Announcer {
     /// `sock`: None to compute owners without answering (no interface).
     pub fn new(me: &str, sock: Option<ArpSocket>) -> Self {
-        Self { me: me.into(), owned: Owned::default(), sock, last: BTreeMap::new() }
+        Self {
+            me: me.into(),
+            owned: Owned::default(),
+            sock,
+            last: BTreeMap::new(),
+        }
     }
 
     pub fn owned(&self) -> Owned {
@@ -123,7 +150,11 @@ impl Announcer {
     /// [`Announcer::repeat`]); returns what changed here.
     pub fn update(&mut self, owners: &BTreeMap<Ipv4Addr, Announced>) -> Step {
         let mut step = Step::default();
-        let mine: BTreeSet<Ipv4Addr> = owners.values().filter(|a| a.owner.as_deref() == Some(self.me.as_str())).map(|a| a.address).collect();
+        let mine: BTreeSet<Ipv4Addr> = owners
+            .values()
+            .filter(|a| a.owner.as_deref() == Some(self.me.as_str()))
+            .map(|a| a.address)
+            .collect();
         let before = self.owned.read().unwrap_or_else(|e| e.into_inner()).clone();
         for &a in mine.difference(&before) {
             let previous = self.last.get(&a).cloned().flatten();
@@ -161,16 +192,25 @@ pub fn respond(sock: ArpSocket, owned: Owned, replies: Arc<std::sync::atomic::At
                 return;
             }
         };
-        let Some(req) = arp::parse_request(&buf[..n]) else { continue };
+        let Some(req) = arp::parse_request(&buf[..n]) else {
+            continue;
+        };
         // A gratuitous ARP (ours or another node's) is not a question.
-        if req.sender_ip == req.target_ip || !owned.read().unwrap_or_else(|e| e.into_inner()).contains(&req.target_ip) {
+        if req.sender_ip == req.target_ip
+            || !owned
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&req.target_ip)
+        {
             continue;
         }
         match sock.send(&arp::reply(sock.mac, &req)) {
             Ok(()) => {
                 replies.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
-            Err(e) => tracing::debug!(address = %req.target_ip, error = %e, "sending an ARP reply failed"),
+            Err(e) => {
+                tracing::debug!(address = %req.target_ip, error = %e, "sending an ARP reply failed")
+            }
         }
     }
 }
@@ -231,10 +271,18 @@ endpoints:
         // The same answer from any order of the live list.
         let mut rev = all.clone();
         rev.reverse();
-        assert_eq!(owners(&m, &pools, &rev)[&Ipv4Addr::new(192, 168, 50, 201)].owner.as_ref(), Some(&web));
+        assert_eq!(
+            owners(&m, &pools, &rev)[&Ipv4Addr::new(192, 168, 50, 201)]
+                .owner
+                .as_ref(),
+            Some(&web)
+        );
         // The owner dies: the next in rank, never the dead one.
         let rest: Vec<String> = all.iter().filter(|n| **n != web).cloned().collect();
-        let next = owners(&m, &pools, &rest)[&Ipv4Addr::new(192, 168, 50, 201)].owner.clone().unwrap();
+        let next = owners(&m, &pools, &rest)[&Ipv4Addr::new(192, 168, 50, 201)]
+            .owner
+            .clone()
+            .unwrap();
         let mut ranked = all.clone();
         ranked.sort_by_key(|n| rank(n, "192.168.50.201".parse().unwrap()));
         assert_eq!((ranked[0].clone(), ranked[1].clone()), (web, next));
@@ -245,9 +293,16 @@ endpoints:
         let m = model(SERVICES);
         let (pools, _) = Pools::build(&[parse_flag("lan=192.168.50.200/29").unwrap()], &[]);
         let o = owners(&m, &pools, &nodes(&["node-1", "node-2", "node-3"]));
-        assert_eq!(o[&Ipv4Addr::new(192, 168, 50, 202)].owner.as_deref(), Some("node-2"));
+        assert_eq!(
+            o[&Ipv4Addr::new(192, 168, 50, 202)].owner.as_deref(),
+            Some("node-2")
+        );
         let o = owners(&m, &pools, &nodes(&["node-1", "node-3"]));
-        assert_eq!(o[&Ipv4Addr::new(192, 168, 50, 202)].owner, None, "node-3's endpoint is not ready");
+        assert_eq!(
+            o[&Ipv4Addr::new(192, 168, 50, 202)].owner,
+            None,
+            "node-3's endpoint is not ready"
+        );
     }
 
     #[test]
@@ -255,7 +310,12 @@ endpoints:
         let all = nodes(&["node-1", "node-2", "node-3"]);
         let mut per: BTreeMap<String, usize> = BTreeMap::new();
         for i in 1..=240u8 {
-            *per.entry(owner(IpAddr::V4(Ipv4Addr::new(10, 0, 0, i)), &all).unwrap().clone()).or_default() += 1;
+            *per.entry(
+                owner(IpAddr::V4(Ipv4Addr::new(10, 0, 0, i)), &all)
+                    .unwrap()
+                    .clone(),
+            )
+            .or_default() += 1;
         }
         assert_eq!(per.len(), 3);
         assert!(per.values().all(|&n| n > 40), "{per:?}");
@@ -265,13 +325,25 @@ endpoints:
     fn takeovers_name_the_previous_owner() {
         let mut a = Announcer::new("node-2", None);
         let ann = |owner: &str| {
-            let x = Announced { address: Ipv4Addr::new(10, 0, 0, 1), pool: "p".into(), services: vec![], owner: Some(owner.into()) };
+            let x = Announced {
+                address: Ipv4Addr::new(10, 0, 0, 1),
+                pool: "p".into(),
+                services: vec![],
+                owner: Some(owner.into()),
+            };
             BTreeMap::from([(x.address, x)])
         };
         assert_eq!(a.update(&ann("node-1")), Step::default());
         let s = a.update(&ann("node-2"));
-        assert_eq!(s.taken, [(Ipv4Addr::new(10, 0, 0, 1), Some("node-1".to_string()))]);
-        assert!(a.owned().read().unwrap().contains(&Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(
+            s.taken,
+            [(Ipv4Addr::new(10, 0, 0, 1), Some("node-1".to_string()))]
+        );
+        assert!(a
+            .owned()
+            .read()
+            .unwrap()
+            .contains(&Ipv4Addr::new(10, 0, 0, 1)));
         let s = a.update(&ann("node-3"));
         assert_eq!(s.released, [Ipv4Addr::new(10, 0, 0, 1)]);
     }

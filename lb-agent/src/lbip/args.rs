@@ -71,16 +71,28 @@ impl LbArgs {
         Settings {
             node_name: node_name.to_string(),
             pools: self.lb_pools.clone(),
-            alloc: alloc::Config { class: self.lb_class.clone(), default_class: !self.lb_not_default },
+            alloc: alloc::Config {
+                class: self.lb_class.clone(),
+                default_class: !self.lb_not_default,
+            },
             election: kube.then(|| Election {
                 namespace: self.lb_lease_namespace.clone(),
                 name: LEASE_NAME.into(),
                 identity: node_name.to_string(),
                 timings: leader::Timings::for_duration(Duration::from_secs(self.lb_lease_duration)),
             }),
-            announce_iface: if self.lb_no_announce { None } else { self.lb_announce_iface.clone().or_else(|| ifaces.first().cloned()) },
+            announce_iface: if self.lb_no_announce {
+                None
+            } else {
+                self.lb_announce_iface
+                    .clone()
+                    .or_else(|| ifaces.first().cloned())
+            },
             heartbeat_port: self.lb_heartbeat_port,
-            heartbeat: members::Timings { every, dead_after: every * 5 },
+            heartbeat: members::Timings {
+                every,
+                dead_after: every * 5,
+            },
         }
     }
 }

@@ -33,15 +33,27 @@ pub fn parse_request(frame: &[u8]) -> Option<Request> {
     let f = frame.get(..FRAME_LEN)?;
     let be16 = |i: usize| u16::from_be_bytes([f[i], f[i + 1]]);
     let ip = |i: usize| Ipv4Addr::new(f[i], f[i + 1], f[i + 2], f[i + 3]);
-    let arp_ipv4 = be16(12) == ETH_P_ARP && be16(14) == 1 && be16(16) == 0x0800 && f[18] == 6 && f[19] == 4;
+    let arp_ipv4 =
+        be16(12) == ETH_P_ARP && be16(14) == 1 && be16(16) == 0x0800 && f[18] == 6 && f[19] == 4;
     if !arp_ipv4 || be16(20) != ARP_REQUEST {
         return None;
     }
-    Some(Request { sender_mac: f[22..28].try_into().ok()?, sender_ip: ip(28), target_ip: ip(38) })
+    Some(Request {
+        sender_mac: f[22..28].try_into().ok()?,
+        sender_ip: ip(28),
+        target_ip: ip(38),
+    })
 }
 
 /// An ARP frame: Ethernet to `dst`, ARP `op` from (`sha`, `spa`) to (`tha`, `tpa`).
-fn frame(dst: [u8; 6], op: u16, sha: [u8; 6], spa: Ipv4Addr, tha: [u8; 6], tpa: Ipv4Addr) -> [u8; FRAME_LEN] {
+fn frame(
+    dst: [u8; 6],
+    op: u16,
+    sha: [u8; 6],
+    spa: Ipv4Addr,
+    tha: [u8; 6],
+    tpa: Ipv4Addr,
+) -> [u8; FRAME_LEN] {
     let mut f = [0u8; FRAME_LEN];
     f[0..6].copy_from_slice(&dst);
     f[6..12].copy_from_slice(&sha);
@@ -60,7 +72,14 @@ fn frame(dst: [u8; 6], op: u16, sha: [u8; 6], spa: Ipv4Addr, tha: [u8; 6], tpa: 
 
 /// The reply to `req` saying `req.target_ip` is at `mac`.
 pub fn reply(mac: [u8; 6], req: &Request) -> [u8; FRAME_LEN] {
-    frame(req.sender_mac, ARP_REPLY, mac, req.target_ip, req.sender_mac, req.sender_ip)
+    frame(
+        req.sender_mac,
+        ARP_REPLY,
+        mac,
+        req.target_ip,
+        req.sender_mac,
+        req.sender_ip,
+    )
 }
 
 /// A gratuitous ARP (a broadcast request for `addr` from `addr`): every
@@ -89,7 +108,13 @@ impl ArpSocket {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: plain socket(2); the fd is owned right below.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, ETH_P_ARP.to_be() as i32) };
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                ETH_P_ARP.to_be() as i32,
+            )
+        };
         if raw < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -101,7 +126,13 @@ impl ArpSocket {
         sll.sll_protocol = ETH_P_ARP.to_be();
         sll.sll_ifindex = ifindex;
         // SAFETY: a valid sockaddr_ll of the size given.
-        let rc = unsafe { libc::bind(fd.as_raw_fd(), &sll as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32) };
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sll as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
         if rc < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -130,7 +161,14 @@ impl ArpSocket {
         sll.sll_addr[..6].copy_from_slice(&frame[..6]);
         // SAFETY: `frame` is valid for reads of its length; `sll` as in `open`.
         let n = unsafe {
-            libc::sendto(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0, &sll as *const _ as *const libc::sockaddr, std::mem::size_of::<libc::sockaddr_ll>() as u32)
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                &sll as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
         };
         if n < 0 {
             return Err(io::Error::last_os_error());
@@ -140,7 +178,11 @@ impl ArpSocket {
 
     /// Another handle on the same socket (one thread reads, others send).
     pub fn try_clone(&self) -> io::Result<Self> {
-        Ok(Self { fd: self.fd.try_clone()?, ifindex: self.ifindex, mac: self.mac })
+        Ok(Self {
+            fd: self.fd.try_clone()?,
+            ifindex: self.ifindex,
+            mac: self.mac,
+        })
     }
 }
 
@@ -177,9 +219,23 @@ mod tests {
 
     #[test]
     fn a_request_is_parsed_and_answered() {
-        let ask = frame(BROADCAST, ARP_REQUEST, CLIENT, Ipv4Addr::new(192, 168, 50, 2), [0; 6], Ipv4Addr::new(192, 168, 50, 201));
+        let ask = frame(
+            BROADCAST,
+            ARP_REQUEST,
+            CLIENT,
+            Ipv4Addr::new(192, 168, 50, 2),
+            [0; 6],
+            Ipv4Addr::new(192, 168, 50, 201),
+        );
         let req = parse_request(&ask).unwrap();
-        assert_eq!(req, Request { sender_mac: CLIENT, sender_ip: Ipv4Addr::new(192, 168, 50, 2), target_ip: Ipv4Addr::new(192, 168, 50, 201) });
+        assert_eq!(
+            req,
+            Request {
+                sender_mac: CLIENT,
+                sender_ip: Ipv4Addr::new(192, 168, 50, 2),
+                target_ip: Ipv4Addr::new(192, 168, 50, 201)
+            }
+        );
         let r = reply(MAC, &req);
         assert_eq!(&r[0..6], &CLIENT, "unicast back");
         assert_eq!(&r[20..22], &[0, 2], "a reply");
@@ -195,6 +251,9 @@ mod tests {
         let g = gratuitous(MAC, Ipv4Addr::new(10, 0, 0, 7));
         assert_eq!(&g[0..6], &BROADCAST);
         let req = parse_request(&g).unwrap();
-        assert_eq!((req.sender_ip, req.target_ip, req.sender_mac), (Ipv4Addr::new(10, 0, 0, 7), Ipv4Addr::new(10, 0, 0, 7), MAC));
+        assert_eq!(
+            (req.sender_ip, req.target_ip, req.sender_mac),
+            (Ipv4Addr::new(10, 0, 0, 7), Ipv4Addr::new(10, 0, 0, 7), MAC)
+        );
     }
 }

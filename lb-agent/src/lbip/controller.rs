@@ -47,18 +47,32 @@ pub fn pool_resource() -> ApiResource {
 
 /// Follows a resource into a store, poking `changed` on every change; logs
 /// errors (the watcher retries by itself) at most once per kind of error.
-fn follow<K>(api: Api<K>, writer: reflector::store::Writer<K>, changed: Arc<Notify>, what: &'static str)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+fn follow<K>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    changed: Arc<Notify>,
+    what: &'static str,
+) where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
     K::DynamicType: Clone + Eq + std::hash::Hash + Send + Sync,
 {
-    let stream = watcher(api, watcher::Config::default()).default_backoff().reflect(writer);
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer);
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         let mut last_error = String::new();
         while let Some(step) = stream.next().await {
             match step {
-                Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_)) => {
+                Ok(
+                    watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_),
+                ) => {
                     last_error.clear();
                     changed.notify_one();
                 }
@@ -82,7 +96,12 @@ pub fn follow_pools(client: Client, config: Vec<Pool>, tx: watch::Sender<Arc<Poo
     let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
     let store = writer.as_reader();
     let changed = Arc::new(Notify::new());
-    follow(Api::<DynamicObject>::all_with(client, &ar), writer, changed.clone(), "LoadBalancerPool");
+    follow(
+        Api::<DynamicObject>::all_with(client, &ar),
+        writer,
+        changed.clone(),
+        "LoadBalancerPool",
+    );
     tokio::spawn(async move {
         let mut reported = BTreeSet::new();
         loop {
@@ -91,10 +110,17 @@ pub fn follow_pools(client: Client, config: Vec<Pool>, tx: watch::Sender<Arc<Poo
             let mut errors = Vec::new();
             let mut state = store.state();
             // Oldest first: a new pool overlapping an existing one is refused, not the existing one.
-            state.sort_by_key(|o| (o.metadata.creation_timestamp.as_ref().map(|t| t.0), o.name_any()));
+            state.sort_by_key(|o| {
+                (
+                    o.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                    o.name_any(),
+                )
+            });
             for o in state {
                 let name = o.name_any();
-                match serde_json::from_value::<PoolSpec>(o.data.get("spec").cloned().unwrap_or_default()) {
+                match serde_json::from_value::<PoolSpec>(
+                    o.data.get("spec").cloned().unwrap_or_default(),
+                ) {
                     Ok(spec) => objects.push((name, spec)),
                     Err(e) => errors.push(format!("LoadBalancerPool {name:?}: invalid spec: {e}")),
                 }
@@ -126,7 +152,11 @@ pub fn follow_nodes(client: Client, tx: watch::Sender<BTreeMap<String, IpAddr>>)
     tokio::spawn(async move {
         loop {
             changed.notified().await;
-            let peers: BTreeMap<String, IpAddr> = store.state().iter().filter_map(|n| Some((n.name_any(), node_address(n)?))).collect();
+            let peers: BTreeMap<String, IpAddr> = store
+                .state()
+                .iter()
+                .filter_map(|n| Some((n.name_any(), node_address(n)?)))
+                .collect();
             tx.send_if_modified(|old| std::mem::replace(old, peers.clone()) != peers);
         }
     });
@@ -134,7 +164,12 @@ pub fn follow_nodes(client: Client, tx: watch::Sender<BTreeMap<String, IpAddr>>)
 
 fn node_address(n: &Node) -> Option<IpAddr> {
     let addrs = n.status.as_ref()?.addresses.as_ref()?;
-    ["InternalIP", "ExternalIP"].iter().find_map(|t| addrs.iter().filter(|a| a.type_ == *t).find_map(|a| a.address.parse().ok()))
+    ["InternalIP", "ExternalIP"].iter().find_map(|t| {
+        addrs
+            .iter()
+            .filter(|a| a.type_ == *t)
+            .find_map(|a| a.address.parse().ok())
+    })
 }
 
 /// Where the allocator's lease lives, and who this agent is.
@@ -147,8 +182,20 @@ pub struct Election {
 }
 
 /// Runs the election forever; allocates while leader.
-pub async fn allocate(client: Client, election: Election, cfg: alloc::Config, mut pools: watch::Receiver<Arc<Pools>>, status: Arc<Status>) {
-    let mut elector = Elector::new(client.clone(), &election.namespace, &election.name, &election.identity, election.timings);
+pub async fn allocate(
+    client: Client,
+    election: Election,
+    cfg: alloc::Config,
+    mut pools: watch::Receiver<Arc<Pools>>,
+    status: Arc<Status>,
+) {
+    let mut elector = Elector::new(
+        client.clone(),
+        &election.namespace,
+        &election.name,
+        &election.identity,
+        election.timings,
+    );
     let retry = elector.timings().retry;
     let changed = Arc::new(Notify::new());
     let mut services: Option<reflector::Store<Service>> = None;
@@ -165,15 +212,30 @@ pub async fn allocate(client: Client, election: Election, cfg: alloc::Config, mu
         let leader = elector.is_leader();
         status.set_leader(leader, elector.holder());
         if leader != was_leader {
-            tracing::info!(leader, holder = elector.holder(), "allocator lease {}", if leader { "won: this agent allocates LoadBalancer addresses" } else { "not held" });
+            tracing::info!(
+                leader,
+                holder = elector.holder(),
+                "allocator lease {}",
+                if leader {
+                    "won: this agent allocates LoadBalancer addresses"
+                } else {
+                    "not held"
+                }
+            );
             was_leader = leader;
         }
         match (leader, &services) {
             (true, None) => {
                 // A fresh list: what the previous leader wrote is in it.
                 let (store, writer) = reflector::store::<Service>();
-                follow(Api::<Service>::all(client.clone()), writer, changed.clone(), "Service (allocator)");
-                let ready = tokio::time::timeout(Duration::from_secs(30), store.wait_until_ready()).await;
+                follow(
+                    Api::<Service>::all(client.clone()),
+                    writer,
+                    changed.clone(),
+                    "Service (allocator)",
+                );
+                let ready =
+                    tokio::time::timeout(Duration::from_secs(30), store.wait_until_ready()).await;
                 if matches!(ready, Ok(Ok(()))) {
                     services = Some(store);
                     overlay.clear();
@@ -185,7 +247,15 @@ pub async fn allocate(client: Client, election: Election, cfg: alloc::Config, mu
         }
         if let (true, Some(store)) = (leader, &services) {
             let pools = pools.borrow_and_update().clone();
-            round(&client, store, &pools, &cfg, &mut overlay, &election.identity).await;
+            round(
+                &client,
+                store,
+                &pools,
+                &cfg,
+                &mut overlay,
+                &election.identity,
+            )
+            .await;
         }
         tokio::select! {
             _ = tokio::time::sleep(retry) => {}
@@ -196,10 +266,20 @@ pub async fn allocate(client: Client, election: Election, cfg: alloc::Config, mu
 }
 
 /// One allocation round from the cache (with our own writes overlaid).
-async fn round(client: &Client, store: &reflector::Store<Service>, pools: &Pools, cfg: &alloc::Config, overlay: &mut BTreeMap<ObjectRef, (String, Service)>, me: &str) {
+async fn round(
+    client: &Client,
+    store: &reflector::Store<Service>,
+    pools: &Pools,
+    cfg: &alloc::Config,
+    overlay: &mut BTreeMap<ObjectRef, (String, Service)>,
+    me: &str,
+) {
     let mut current: BTreeMap<ObjectRef, Service> = BTreeMap::new();
     for s in store.state() {
-        let id = ObjectRef::new(s.metadata.namespace.as_deref().unwrap_or_default(), &s.name_any());
+        let id = ObjectRef::new(
+            s.metadata.namespace.as_deref().unwrap_or_default(),
+            &s.name_any(),
+        );
         let rv = s.metadata.resource_version.clone().unwrap_or_default();
         let svc = match overlay.get(&id) {
             Some((before, written)) if *before == rv => written.clone(),
@@ -213,12 +293,25 @@ async fn round(client: &Client, store: &reflector::Store<Service>, pools: &Pools
     overlay.retain(|id, _| current.contains_key(id));
     let views: Vec<SvcView> = current.values().map(SvcView::of).collect();
     let changes = alloc::allocate(&views, pools, cfg);
-    let last: BTreeMap<&ObjectRef, usize> = changes.iter().enumerate().map(|(i, c)| (&c.service, i)).collect();
+    let last: BTreeMap<&ObjectRef, usize> = changes
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (&c.service, i))
+        .collect();
     for (i, c) in changes.iter().enumerate() {
-        let Some(svc) = current.get(&c.service).cloned() else { continue };
+        let Some(svc) = current.get(&c.service).cloned() else {
+            continue;
+        };
         let before = svc.metadata.resource_version.clone().unwrap_or_default();
         let api: Api<Service> = Api::namespaced(client.clone(), &c.service.namespace);
-        match api.patch_status(&c.service.name, &PatchParams::default(), &Patch::Merge(patch(&svc, c))).await {
+        match api
+            .patch_status(
+                &c.service.name,
+                &PatchParams::default(),
+                &Patch::Merge(patch(&svc, c)),
+            )
+            .await
+        {
             Ok(written) => {
                 tracing::info!(service = %c.service, ingress = ?c.ingress, problem = ?c.problem.as_ref().map(|p| p.reason), "LoadBalancer status written");
                 overlay.insert(c.service.clone(), (before, written.clone()));
@@ -239,17 +332,42 @@ async fn round(client: &Client, store: &reflector::Store<Service>, pools: &Pools
 /// The merge patch of `c` on `svc`: the ingress list, our condition among
 /// the others, and the resourceVersion read as a precondition.
 fn patch(svc: &Service, c: &Change) -> serde_json::Value {
-    let ingress: Vec<_> = c.ingress.iter().map(|a| json!({"ip": a.to_string(), "ipMode": "VIP"})).collect();
-    let old = svc.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
-    let mut conditions: Vec<serde_json::Value> = old.iter().filter(|x| x.type_ != alloc::CONDITION).map(|x| serde_json::to_value(x).unwrap_or_default()).collect();
+    let ingress: Vec<_> = c
+        .ingress
+        .iter()
+        .map(|a| json!({"ip": a.to_string(), "ipMode": "VIP"}))
+        .collect();
+    let old = svc
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let mut conditions: Vec<serde_json::Value> = old
+        .iter()
+        .filter(|x| x.type_ != alloc::CONDITION)
+        .map(|x| serde_json::to_value(x).unwrap_or_default())
+        .collect();
     if c.served {
         let (state, reason, message) = match &c.problem {
             Some(p) => ("False", p.reason, p.message.clone()),
-            None => ("True", "Allocated", format!("addresses {}", c.ingress.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "))),
+            None => (
+                "True",
+                "Allocated",
+                format!(
+                    "addresses {}",
+                    c.ingress
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ),
         };
         let prev = old.iter().find(|x| x.type_ == alloc::CONDITION);
         let since = match prev {
-            Some(p) if p.status == state => serde_json::to_value(&p.last_transition_time).unwrap_or_default(),
+            Some(p) if p.status == state => {
+                serde_json::to_value(&p.last_transition_time).unwrap_or_default()
+            }
             _ => json!(k8s_openapi::jiff::Timestamp::now().to_string()),
         };
         conditions.push(json!({"type": alloc::CONDITION, "status": state, "reason": reason, "message": message,
@@ -266,8 +384,23 @@ fn patch(svc: &Service, c: &Change) -> serde_json::Value {
 async fn event(client: &Client, svc: &Service, c: &Change, me: &str) {
     let (kind, reason, message) = match (&c.problem, c.served) {
         (Some(p), _) => ("Warning", p.reason.to_string(), p.message.clone()),
-        (None, true) => ("Normal", "AddressAllocated".to_string(), format!("LoadBalancer addresses: {}", c.ingress.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "))),
-        (None, false) => ("Normal", "AddressReleased".to_string(), "not a LoadBalancer Service any more: its pool addresses are released".to_string()),
+        (None, true) => (
+            "Normal",
+            "AddressAllocated".to_string(),
+            format!(
+                "LoadBalancer addresses: {}",
+                c.ingress
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ),
+        (None, false) => (
+            "Normal",
+            "AddressReleased".to_string(),
+            "not a LoadBalancer Service any more: its pool addresses are released".to_string(),
+        ),
     };
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
     let ev = json!({
@@ -280,7 +413,9 @@ async fn event(client: &Client, svc: &Service, c: &Change, me: &str) {
         "source": {"component": "xdplb-allocator", "host": me},
         "reportingComponent": "xdplb.io/allocator", "reportingInstance": me,
     });
-    let Ok(ev) = serde_json::from_value::<Event>(ev) else { return };
+    let Ok(ev) = serde_json::from_value::<Event>(ev) else {
+        return;
+    };
     let api: Api<Event> = Api::namespaced(client.clone(), &c.service.namespace);
     if let Err(e) = api.create(&PostParams::default(), &ev).await {
         tracing::debug!(service = %c.service, error = %e, "creating an Event failed");

@@ -30,7 +30,11 @@ pub struct Timings {
 impl Timings {
     /// client-go's defaults scaled to `duration`: deadline 2/3, retry 2/15.
     pub fn for_duration(duration: Duration) -> Self {
-        Self { duration, renew_deadline: duration * 2 / 3, retry: (duration * 2 / 15).max(Duration::from_millis(200)) }
+        Self {
+            duration,
+            renew_deadline: duration * 2 / 3,
+            retry: (duration * 2 / 15).max(Duration::from_millis(200)),
+        }
     }
 }
 
@@ -53,13 +57,27 @@ pub struct Elector {
 }
 
 impl Elector {
-    pub fn new(client: Client, namespace: &str, name: &str, identity: &str, timings: Timings) -> Self {
-        Self { api: Api::namespaced(client, namespace), name: name.into(), identity: identity.into(), timings, observed: None, renewed: None }
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        timings: Timings,
+    ) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            name: name.into(),
+            identity: identity.into(),
+            timings,
+            observed: None,
+            renewed: None,
+        }
     }
 
     /// Whether this agent may act as leader now.
     pub fn is_leader(&self) -> bool {
-        self.renewed.is_some_and(|t| t.elapsed() < self.timings.renew_deadline)
+        self.renewed
+            .is_some_and(|t| t.elapsed() < self.timings.renew_deadline)
     }
 
     /// The holder last seen ("" for none).
@@ -87,14 +105,26 @@ impl Elector {
             }
             Some(l) => l,
         };
-        let rv = current.metadata.resource_version.clone().unwrap_or_default();
+        let rv = current
+            .metadata
+            .resource_version
+            .clone()
+            .unwrap_or_default();
         let spec = current.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().unwrap_or_default();
-        if self.observed.as_ref().is_none_or(|(seen, _, _)| *seen != rv) {
+        if self
+            .observed
+            .as_ref()
+            .is_none_or(|(seen, _, _)| *seen != rv)
+        {
             self.observed = Some((rv.clone(), holder.clone(), now));
         }
         let seen_at = self.observed.as_ref().map_or(now, |(_, _, t)| *t);
-        let duration = spec.lease_duration_seconds.map_or(self.timings.duration, |s| Duration::from_secs(s.max(1) as u64));
+        let duration = spec
+            .lease_duration_seconds
+            .map_or(self.timings.duration, |s| {
+                Duration::from_secs(s.max(1) as u64)
+            });
         let mine = holder == self.identity;
         let expired = holder.is_empty() || now.duration_since(seen_at) >= duration;
         if !mine && !expired {
@@ -102,9 +132,20 @@ impl Elector {
             return Ok(false);
         }
         let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!mine);
-        let mut lease = self.record(if mine { spec.acquire_time.clone() } else { None }, transitions);
+        let mut lease = self.record(
+            if mine {
+                spec.acquire_time.clone()
+            } else {
+                None
+            },
+            transitions,
+        );
         lease.metadata.resource_version = Some(rv);
-        match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+        {
             Ok(l) => {
                 if !mine {
                     tracing::info!(lease = %self.name, previous = %holder, "took over the allocator lease");
@@ -131,7 +172,10 @@ impl Elector {
     fn record(&self, acquired: Option<MicroTime>, transitions: i32) -> Lease {
         let now = MicroTime(Timestamp::now());
         Lease {
-            metadata: ObjectMeta { name: Some(self.name.clone()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                ..Default::default()
+            },
             spec: Some(LeaseSpec {
                 holder_identity: Some(self.identity.clone()),
                 lease_duration_seconds: Some(self.timings.duration.as_secs().max(1) as i32),

@@ -29,7 +29,10 @@ impl Default for Timings {
     /// 5 heartbeats per dead interval: a node is dead after 1 s, four lost
     /// datagrams in a row are tolerated.
     fn default() -> Self {
-        Self { every: Duration::from_millis(200), dead_after: Duration::from_millis(1000) }
+        Self {
+            every: Duration::from_millis(200),
+            dead_after: Duration::from_millis(1000),
+        }
     }
 }
 
@@ -64,12 +67,22 @@ impl Members {
     /// Binds the heartbeat port and starts the sender and receiver threads.
     pub fn start(me: &str, port: u16, timings: Timings) -> std::io::Result<Self> {
         let sock = UdpSocket::bind(("0.0.0.0", port))?;
-        let m = Self { me: me.into(), timings, port, started: Instant::now(), state: Arc::default() };
+        let m = Self {
+            me: me.into(),
+            timings,
+            port,
+            started: Instant::now(),
+            state: Arc::default(),
+        };
         let (rx, tx) = (sock.try_clone()?, sock);
         let recv = m.clone();
-        std::thread::Builder::new().name("lbip-heartbeat-rx".into()).spawn(move || recv.receive(rx))?;
+        std::thread::Builder::new()
+            .name("lbip-heartbeat-rx".into())
+            .spawn(move || recv.receive(rx))?;
         let send = m.clone();
-        std::thread::Builder::new().name("lbip-heartbeat-tx".into()).spawn(move || send.send(tx))?;
+        std::thread::Builder::new()
+            .name("lbip-heartbeat-tx".into())
+            .spawn(move || send.send(tx))?;
         Ok(m)
     }
 
@@ -90,7 +103,12 @@ impl Members {
     /// The live nodes, this one included, by name.
     pub fn live(&self) -> Vec<String> {
         let st = lock(&self.state);
-        let mut out: Vec<String> = st.heard.iter().filter(|(n, t)| st.peers.contains_key(*n) && t.elapsed() < self.timings.dead_after).map(|(n, _)| n.clone()).collect();
+        let mut out: Vec<String> = st
+            .heard
+            .iter()
+            .filter(|(n, t)| st.peers.contains_key(*n) && t.elapsed() < self.timings.dead_after)
+            .map(|(n, _)| n.clone())
+            .collect();
         out.push(self.me.clone());
         out.sort();
         out
@@ -120,8 +138,15 @@ impl Members {
     fn receive(&self, sock: UdpSocket) {
         let mut buf = [0u8; 300];
         loop {
-            let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
-            let Some(name) = std::str::from_utf8(&buf[..n]).ok().and_then(|s| s.strip_prefix(MAGIC)) else { continue };
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            let Some(name) = std::str::from_utf8(&buf[..n])
+                .ok()
+                .and_then(|s| s.strip_prefix(MAGIC))
+            else {
+                continue;
+            };
             let mut st = lock(&self.state);
             // Only from the node's own address: a stray sender cannot keep a dead node alive.
             if st.peers.get(name) == Some(&from.ip()) {

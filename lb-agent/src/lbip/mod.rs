@@ -119,14 +119,26 @@ impl Status {
         out.push_str("# HELP xdplb_lb_pool_addresses LoadBalancer pool addresses by state (allocated: in some Service's status.loadBalancer.ingress).\n# TYPE xdplb_lb_pool_addresses gauge\n");
         for p in &v.pools {
             for (state, n) in [("allocated", p.allocated), ("free", p.free)] {
-                let _ = writeln!(out, "xdplb_lb_pool_addresses{{pool=\"{}\",family=\"{}\",state=\"{state}\"}} {n}", esc(&p.pool), p.family);
+                let _ = writeln!(
+                    out,
+                    "xdplb_lb_pool_addresses{{pool=\"{}\",family=\"{}\",state=\"{state}\"}} {n}",
+                    esc(&p.pool),
+                    p.family
+                );
             }
         }
         out.push_str("# HELP xdplb_lb_address_failovers_total LoadBalancer addresses this node took over from another node.\n# TYPE xdplb_lb_address_failovers_total counter\n");
         let _ = writeln!(out, "xdplb_lb_address_failovers_total {}", v.failovers);
         out.push_str("# HELP xdplb_lb_address_owner The node answering ARP for each LoadBalancer address (value 1; owner=\"\" when none may).\n# TYPE xdplb_lb_address_owner gauge\n");
         for a in &v.addresses {
-            let _ = writeln!(out, "xdplb_lb_address_owner{{address=\"{}\",pool=\"{}\",owner=\"{}\",mine=\"{}\"}} 1", a.address, esc(&a.pool), esc(a.owner.as_deref().unwrap_or("")), a.owner.as_deref() == Some(v.node.as_str()));
+            let _ = writeln!(
+                out,
+                "xdplb_lb_address_owner{{address=\"{}\",pool=\"{}\",owner=\"{}\",mine=\"{}\"}} 1",
+                a.address,
+                esc(&a.pool),
+                esc(a.owner.as_deref().unwrap_or("")),
+                a.owner.as_deref() == Some(v.node.as_str())
+            );
         }
         out.push_str("# HELP xdplb_lb_arp_replies_total ARP replies this node sent for LoadBalancer addresses.\n# TYPE xdplb_lb_arp_replies_total counter\n");
         let _ = writeln!(out, "xdplb_lb_arp_replies_total {}", v.arp_replies);
@@ -139,7 +151,10 @@ impl Status {
 /// Where the status of the agent with maps at `pin_dir` is written.
 pub fn status_path(pin_dir: &Path) -> PathBuf {
     let names = crate::ops::names::path(pin_dir);
-    names.with_file_name(names.file_name().map_or_else(|| "xdplb.lb.json".into(), |n| n.to_string_lossy().replace(".services.json", ".lb.json")))
+    names.with_file_name(names.file_name().map_or_else(
+        || "xdplb.lb.json".into(),
+        |n| n.to_string_lossy().replace(".services.json", ".lb.json"),
+    ))
 }
 
 /// Pool usage from the model (IPv4: the model's LoadBalancer IPs).
@@ -147,18 +162,34 @@ fn pool_rows(model: &Model, pools: &Pools) -> Vec<PoolRow> {
     let views: Vec<alloc::SvcView> = model
         .services
         .iter()
-        .map(|(id, s)| alloc::SvcView { id: id.clone(), load_balancer: true, ingress: s.lb_ips.iter().map(|a| IpAddr::V4(*a)).collect(), ..Default::default() })
+        .map(|(id, s)| alloc::SvcView {
+            id: id.clone(),
+            load_balancer: true,
+            ingress: s.lb_ips.iter().map(|a| IpAddr::V4(*a)).collect(),
+            ..Default::default()
+        })
         .collect();
     alloc::usage(&views, pools)
         .into_iter()
-        .map(|((pool, fam), (used, free))| PoolRow { pool, family: fam.as_str().into(), allocated: used.min(u64::MAX as u128) as u64, free: free.min(u64::MAX as u128) as u64 })
+        .map(|((pool, fam), (used, free))| PoolRow {
+            pool,
+            family: fam.as_str().into(),
+            allocated: used.min(u64::MAX as u128) as u64,
+            free: free.min(u64::MAX as u128) as u64,
+        })
         .collect()
 }
 
 /// Starts what `settings` asks for. Must run before the agent drops its
 /// capabilities (the ARP socket needs CAP_NET_RAW to open). Returns None
 /// when there is nothing to do (no pools and no API).
-pub fn start(settings: Settings, client: Option<kube::Client>, models: watch::Receiver<Arc<Model>>, metrics: Arc<Metrics>, pin_dir: &Path) -> anyhow::Result<Option<Arc<Status>>> {
+pub fn start(
+    settings: Settings,
+    client: Option<kube::Client>,
+    models: watch::Receiver<Arc<Model>>,
+    metrics: Arc<Metrics>,
+    pin_dir: &Path,
+) -> anyhow::Result<Option<Arc<Status>>> {
     use anyhow::Context as _;
     if settings.pools.is_empty() && client.is_none() {
         return Ok(None);
@@ -174,14 +205,25 @@ pub fn start(settings: Settings, client: Option<kube::Client>, models: watch::Re
         controller::follow_pools(client.clone(), settings.pools.clone(), pools_tx);
         controller::follow_nodes(client.clone(), peers_tx);
         if let Some(election) = settings.election.clone() {
-            tokio::spawn(controller::allocate(client.clone(), election, settings.alloc.clone(), pools_rx.clone(), status.clone()));
+            tokio::spawn(controller::allocate(
+                client.clone(),
+                election,
+                settings.alloc.clone(),
+                pools_rx.clone(),
+                status.clone(),
+            ));
         }
     } else {
         // The file source lists every Node: the peers come from the model.
         let mut models = models.clone();
         tokio::spawn(async move {
             loop {
-                let peers: BTreeMap<String, IpAddr> = models.borrow_and_update().nodes.iter().filter_map(|(n, node)| Some((n.clone(), IpAddr::V4(*node.addresses.first()?)))).collect();
+                let peers: BTreeMap<String, IpAddr> = models
+                    .borrow_and_update()
+                    .nodes
+                    .iter()
+                    .filter_map(|(n, node)| Some((n.clone(), IpAddr::V4(*node.addresses.first()?))))
+                    .collect();
                 peers_tx.send_if_modified(|old| std::mem::replace(old, peers.clone()) != peers);
                 if models.changed().await.is_err() {
                     return;
@@ -203,20 +245,42 @@ pub fn start(settings: Settings, client: Option<kube::Client>, models: watch::Re
                     }
                 })
                 .context("starting the ARP responder")?;
-            let members = members::Members::start(&settings.node_name, settings.heartbeat_port, settings.heartbeat)
-                .with_context(|| format!("binding the heartbeat port {} (--lb-heartbeat-port)", settings.heartbeat_port))?;
+            let members = members::Members::start(
+                &settings.node_name,
+                settings.heartbeat_port,
+                settings.heartbeat,
+            )
+            .with_context(|| {
+                format!(
+                    "binding the heartbeat port {} (--lb-heartbeat-port)",
+                    settings.heartbeat_port
+                )
+            })?;
             tracing::info!(%iface, heartbeat_port = settings.heartbeat_port, every_ms = settings.heartbeat.every.as_millis() as u64, dead_after_ms = settings.heartbeat.dead_after.as_millis() as u64, "LoadBalancer addresses are announced by ARP from this node when it owns them");
             (Some((sock, owned_tx)), Some(members))
         }
         None => (None, None),
     };
-    tokio::spawn(announce_loop(settings.node_name.clone(), sock, members, models, pools_rx, peers_rx, status.clone(), metrics, status_path(pin_dir)));
+    tokio::spawn(announce_loop(
+        settings.node_name.clone(),
+        sock,
+        members,
+        models,
+        pools_rx,
+        peers_rx,
+        status.clone(),
+        metrics,
+        status_path(pin_dir),
+    ));
     Ok(Some(status))
 }
 
 /// Every 100 ms: owners from the model, pools and live nodes; takeovers
 /// announced; status, metrics and the status file refreshed.
-#[allow(clippy::too_many_arguments, reason = "the loop's inputs, each from a different source")]
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the loop's inputs, each from a different source"
+)]
 async fn announce_loop(
     me: String,
     sock: Option<(arp::ArpSocket, std::sync::mpsc::Sender<announce::Owned>)>,
@@ -270,7 +334,12 @@ async fn announce_loop(
                 // A second gratuitous ARP, in case the first was lost.
                 regarp.retain(|(addr, at)| {
                     let due = at.elapsed() >= Duration::from_millis(500);
-                    if due && a.owned().read().unwrap_or_else(|e| e.into_inner()).contains(addr) {
+                    if due
+                        && a.owned()
+                            .read()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .contains(addr)
+                    {
                         a.garp(*addr);
                     }
                     !due
@@ -280,7 +349,15 @@ async fn announce_loop(
         let view = View {
             node: me.clone(),
             pools: pool_rows(&model, &pools),
-            addresses: owners.values().map(|a| AddressRow { address: a.address.to_string(), pool: a.pool.clone(), services: a.services.clone(), owner: a.owner.clone() }).collect(),
+            addresses: owners
+                .values()
+                .map(|a| AddressRow {
+                    address: a.address.to_string(),
+                    pool: a.pool.clone(),
+                    services: a.services.clone(),
+                    owner: a.owner.clone(),
+                })
+                .collect(),
             live_nodes: live,
             ..Default::default()
         };
@@ -290,7 +367,9 @@ async fn announce_loop(
         if written.as_ref() != Some(&full) {
             if let Ok(json) = serde_json::to_vec_pretty(&full) {
                 let tmp = path.with_extension("tmp");
-                let ok = std::fs::create_dir_all(path.parent().unwrap_or(Path::new("/"))).is_ok() && std::fs::write(&tmp, json).is_ok() && std::fs::rename(&tmp, &path).is_ok();
+                let ok = std::fs::create_dir_all(path.parent().unwrap_or(Path::new("/"))).is_ok()
+                    && std::fs::write(&tmp, json).is_ok()
+                    && std::fs::rename(&tmp, &path).is_ok();
                 if ok {
                     written = Some(full);
                 }

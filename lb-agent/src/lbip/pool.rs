@@ -73,7 +73,12 @@ impl Range {
 
 impl fmt::Display for Range {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}", from_int(self.family, self.first), from_int(self.family, self.last))
+        write!(
+            f,
+            "{}-{}",
+            from_int(self.family, self.first),
+            from_int(self.family, self.last)
+        )
     }
 }
 
@@ -123,7 +128,11 @@ impl Pool {
     }
     /// Addresses of `family` in the pool.
     pub fn size(&self, family: Family) -> u128 {
-        self.ranges.iter().filter(|r| r.family == family).map(Range::len).fold(0, u128::saturating_add)
+        self.ranges
+            .iter()
+            .filter(|r| r.family == family)
+            .map(Range::len)
+            .fold(0, u128::saturating_add)
     }
     /// Whether a Service with `labels` may use the pool.
     pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
@@ -161,7 +170,11 @@ pub enum PoolError {
     #[error("pool {pool:?}: {entry:?} is neither a CIDR (10.0.0.0/24) nor a range (10.0.0.10-10.0.0.20)")]
     Syntax { pool: String, entry: String },
     #[error("pool {pool:?}: {entry:?} has host bits set; the network is {network}")]
-    HostBits { pool: String, entry: String, network: String },
+    HostBits {
+        pool: String,
+        entry: String,
+        network: String,
+    },
     #[error("pool {pool:?}: range {entry:?} mixes IPv4 and IPv6")]
     FamilyMismatch { pool: String, entry: String },
     #[error("pool {pool:?}: range {entry:?} ends before it starts")]
@@ -169,9 +182,18 @@ pub enum PoolError {
     #[error("pool {pool:?}: {entry:?} holds no usable address (a /31 or /32, /127 or /128, without its network and broadcast address?)")]
     NoUsable { pool: String, entry: String },
     #[error("pool {pool:?}: {entry:?} contains {addr}, which no host may use ({why})")]
-    Reserved { pool: String, entry: String, addr: IpAddr, why: &'static str },
+    Reserved {
+        pool: String,
+        entry: String,
+        addr: IpAddr,
+        why: &'static str,
+    },
     #[error("pool {pool:?}: {entry:?} overlaps {other}")]
-    Overlap { pool: String, entry: String, other: String },
+    Overlap {
+        pool: String,
+        entry: String,
+        other: String,
+    },
     #[error("pool name {0:?} is not a DNS label (lower-case letters, digits and '-', at most 63)")]
     Name(String),
     #[error("--lb-pool {0:?}: expected NAME=ADDRS (ADDRS a comma-separated list of CIDRs and ranges), optionally NAME:manual=ADDRS for a pool without auto-assign")]
@@ -182,7 +204,9 @@ pub enum PoolError {
 pub fn pool(name: &str, spec: &PoolSpec, origin: Origin) -> Result<Pool, PoolError> {
     let dns_label = !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
         && !name.starts_with('-')
         && !name.ends_with('-');
     if !dns_label {
@@ -195,7 +219,11 @@ pub fn pool(name: &str, spec: &PoolSpec, origin: Origin) -> Result<Pool, PoolErr
     for entry in &spec.addresses {
         let r = parse_entry(name, entry.trim())?;
         if let Some((_, other)) = ranges.iter().find(|(o, _)| o.overlaps(&r)) {
-            return Err(PoolError::Overlap { pool: name.into(), entry: entry.clone(), other: format!("{other:?} of the same pool") });
+            return Err(PoolError::Overlap {
+                pool: name.into(),
+                entry: entry.clone(),
+                other: format!("{other:?} of the same pool"),
+            });
         }
         ranges.push((r, entry.clone()));
     }
@@ -205,23 +233,43 @@ pub fn pool(name: &str, spec: &PoolSpec, origin: Origin) -> Result<Pool, PoolErr
         name: name.to_string(),
         ranges,
         auto_assign: spec.auto_assign.unwrap_or(true),
-        selector: spec.service_selector.clone().unwrap_or_default().match_labels,
+        selector: spec
+            .service_selector
+            .clone()
+            .unwrap_or_default()
+            .match_labels,
         origin,
     })
 }
 
 /// One CIDR or range.
 fn parse_entry(pool: &str, entry: &str) -> Result<Range, PoolError> {
-    let syntax = || PoolError::Syntax { pool: pool.into(), entry: entry.into() };
+    let syntax = || PoolError::Syntax {
+        pool: pool.into(),
+        entry: entry.into(),
+    };
     let range = if let Some((net, len)) = entry.split_once('/') {
         let addr: IpAddr = net.trim().parse().map_err(|_| syntax())?;
         let (family, n) = to_int(addr);
         let bits = if family == Family::V4 { 32 } else { 128 };
-        let len: u32 = len.trim().parse().ok().filter(|l| *l <= bits).ok_or_else(syntax)?;
-        let host = if len == bits { 0 } else { (1u128 << (bits - len)) - 1 };
+        let len: u32 = len
+            .trim()
+            .parse()
+            .ok()
+            .filter(|l| *l <= bits)
+            .ok_or_else(syntax)?;
+        let host = if len == bits {
+            0
+        } else {
+            (1u128 << (bits - len)) - 1
+        };
         if n & host != 0 {
             let network = format!("{}/{len}", from_int(family, n & !host));
-            return Err(PoolError::HostBits { pool: pool.into(), entry: entry.into(), network });
+            return Err(PoolError::HostBits {
+                pool: pool.into(),
+                entry: entry.into(),
+                network,
+            });
         }
         let (mut first, mut last) = (n, n | host);
         // An IPv4 subnet's network and broadcast addresses answer for the
@@ -235,32 +283,62 @@ fn parse_entry(pool: &str, entry: &str) -> Result<Range, PoolError> {
             first += 1;
         }
         if first > last {
-            return Err(PoolError::NoUsable { pool: pool.into(), entry: entry.into() });
+            return Err(PoolError::NoUsable {
+                pool: pool.into(),
+                entry: entry.into(),
+            });
         }
-        Range { family, first, last }
+        Range {
+            family,
+            first,
+            last,
+        }
     } else if let Some((a, b)) = entry.split_once('-') {
         let a: IpAddr = a.trim().parse().map_err(|_| syntax())?;
         let b: IpAddr = b.trim().parse().map_err(|_| syntax())?;
         let ((fa, na), (fb, nb)) = (to_int(a), to_int(b));
         if fa != fb {
-            return Err(PoolError::FamilyMismatch { pool: pool.into(), entry: entry.into() });
+            return Err(PoolError::FamilyMismatch {
+                pool: pool.into(),
+                entry: entry.into(),
+            });
         }
         if na > nb {
-            return Err(PoolError::Reversed { pool: pool.into(), entry: entry.into() });
+            return Err(PoolError::Reversed {
+                pool: pool.into(),
+                entry: entry.into(),
+            });
         }
-        Range { family: fa, first: na, last: nb }
+        Range {
+            family: fa,
+            first: na,
+            last: nb,
+        }
     } else {
         let a: IpAddr = entry.parse().map_err(|_| syntax())?;
         let (family, n) = to_int(a);
-        Range { family, first: n, last: n }
+        Range {
+            family,
+            first: n,
+            last: n,
+        }
     };
     // Checking both ends and the special blocks' edges covers every
     // reserved address inside the range too.
     for (first, last, why) in reserved(range.family) {
-        let special = Range { family: range.family, first, last };
+        let special = Range {
+            family: range.family,
+            first,
+            last,
+        };
         if special.overlaps(&range) {
             let addr = from_int(range.family, range.first.max(first));
-            return Err(PoolError::Reserved { pool: pool.into(), entry: entry.into(), addr, why });
+            return Err(PoolError::Reserved {
+                pool: pool.into(),
+                entry: entry.into(),
+                addr,
+                why,
+            });
         }
     }
     Ok(range)
@@ -274,12 +352,20 @@ fn reserved(family: Family) -> Vec<(u128, u128, &'static str)> {
             (v4([0, 0, 0, 0]), v4([0, 255, 255, 255]), "\"this network\""),
             (v4([127, 0, 0, 0]), v4([127, 255, 255, 255]), "loopback"),
             (v4([224, 0, 0, 0]), v4([239, 255, 255, 255]), "multicast"),
-            (v4([255, 255, 255, 255]), v4([255, 255, 255, 255]), "broadcast"),
+            (
+                v4([255, 255, 255, 255]),
+                v4([255, 255, 255, 255]),
+                "broadcast",
+            ),
         ],
         Family::V6 => vec![
             (0, 0, "unspecified"),
             (1, 1, "loopback"),
-            (u128::from(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0)), u128::MAX, "multicast"),
+            (
+                u128::from(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0)),
+                u128::MAX,
+                "multicast",
+            ),
         ],
     }
 }
@@ -296,12 +382,20 @@ impl Pools {
     /// the first comer wins (config pools go first, then objects, oldest first).
     pub fn add(&mut self, p: Pool) -> Result<(), PoolError> {
         if let Some(o) = self.pools.get(&p.name) {
-            return Err(PoolError::Overlap { pool: p.name.clone(), entry: "(the name)".into(), other: format!("a pool of the same name from {:?}", o.origin) });
+            return Err(PoolError::Overlap {
+                pool: p.name.clone(),
+                entry: "(the name)".into(),
+                other: format!("a pool of the same name from {:?}", o.origin),
+            });
         }
         for o in self.pools.values() {
             for r in &p.ranges {
                 if let Some(x) = o.ranges.iter().find(|x| x.overlaps(r)) {
-                    return Err(PoolError::Overlap { pool: p.name.clone(), entry: r.to_string(), other: format!("{x} of pool {:?}", o.name) });
+                    return Err(PoolError::Overlap {
+                        pool: p.name.clone(),
+                        entry: r.to_string(),
+                        other: format!("{x} of pool {:?}", o.name),
+                    });
                 }
             }
         }
@@ -343,8 +437,17 @@ pub fn parse_flag(s: &str) -> Result<Pool, PoolError> {
         Some((n, "manual")) => (n, false),
         Some(_) => return Err(PoolError::Flag(s.into())),
     };
-    let addresses: Vec<String> = addrs.split(',').map(str::trim).filter(|a| !a.is_empty()).map(String::from).collect();
-    let spec = PoolSpec { addresses, auto_assign: Some(auto), service_selector: None };
+    let addresses: Vec<String> = addrs
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .map(String::from)
+        .collect();
+    let spec = PoolSpec {
+        addresses,
+        auto_assign: Some(auto),
+        service_selector: None,
+    };
     pool(name.trim(), &spec, Origin::Config)
 }
 
@@ -353,7 +456,10 @@ mod tests {
     use super::*;
 
     fn spec(a: &[&str]) -> PoolSpec {
-        PoolSpec { addresses: a.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+        PoolSpec {
+            addresses: a.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -370,7 +476,12 @@ mod tests {
 
     #[test]
     fn ranges_and_single_addresses_parse() {
-        let p = pool("a", &spec(&["10.1.0.30-10.1.0.39", "10.1.0.50", " fd00::5 - fd00::9 "]), Origin::Config).unwrap();
+        let p = pool(
+            "a",
+            &spec(&["10.1.0.30-10.1.0.39", "10.1.0.50", " fd00::5 - fd00::9 "]),
+            Origin::Config,
+        )
+        .unwrap();
         assert_eq!(p.size(Family::V4), 11);
         assert_eq!(p.size(Family::V6), 5);
         assert!(p.contains("10.1.0.35".parse().unwrap()));
@@ -381,33 +492,52 @@ mod tests {
     #[test]
     fn bad_pools_get_errors_that_say_what_is_wrong() {
         let err = |a: &[&str]| pool("p", &spec(a), Origin::Config).unwrap_err().to_string();
-        assert_eq!(err(&["10.0.0.5/24"]), "pool \"p\": \"10.0.0.5/24\" has host bits set; the network is 10.0.0.0/24");
-        assert_eq!(err(&["10.0.0.1-fd00::1"]), "pool \"p\": range \"10.0.0.1-fd00::1\" mixes IPv4 and IPv6");
+        assert_eq!(
+            err(&["10.0.0.5/24"]),
+            "pool \"p\": \"10.0.0.5/24\" has host bits set; the network is 10.0.0.0/24"
+        );
+        assert_eq!(
+            err(&["10.0.0.1-fd00::1"]),
+            "pool \"p\": range \"10.0.0.1-fd00::1\" mixes IPv4 and IPv6"
+        );
         assert!(err(&["10.0.0.9-10.0.0.1"]).contains("ends before it starts"));
         assert!(err(&["10.0.0.0/24", "10.0.0.128/25"]).contains("overlaps \"10.0.0.0/24\""));
         assert!(err(&["224.0.0.0/24"]).contains("multicast"));
-        assert!(err(&["126.255.255.250-127.0.0.2"]).contains("contains 127.0.0.0, which no host may use (loopback)"));
+        assert!(err(&["126.255.255.250-127.0.0.2"])
+            .contains("contains 127.0.0.0, which no host may use (loopback)"));
         assert!(err(&["255.255.255.255"]).contains("broadcast"));
         assert!(err(&["10.0.0.0/33"]).contains("neither a CIDR"));
         assert!(err(&["banana"]).contains("neither a CIDR"));
         assert!(err(&[]).contains("no addresses"));
-        assert!(pool("Bad_Name", &spec(&["10.0.0.1"]), Origin::Config).unwrap_err().to_string().contains("DNS label"));
+        assert!(pool("Bad_Name", &spec(&["10.0.0.1"]), Origin::Config)
+            .unwrap_err()
+            .to_string()
+            .contains("DNS label"));
     }
 
     #[test]
     fn pools_that_overlap_each_other_are_refused_by_name() {
         let a = parse_flag("a=10.0.0.0/28").unwrap();
-        let objects = vec![("b".to_string(), spec(&["10.0.0.8-10.0.0.20"])), ("c".to_string(), spec(&["10.0.1.0/28"]))];
+        let objects = vec![
+            ("b".to_string(), spec(&["10.0.0.8-10.0.0.20"])),
+            ("c".to_string(), spec(&["10.0.1.0/28"])),
+        ];
         let (pools, errors) = Pools::build(&[a], &objects);
         assert_eq!(pools.pools.keys().collect::<Vec<_>>(), ["a", "c"]);
         assert_eq!(errors.len(), 1);
-        assert_eq!(errors[0].to_string(), "pool \"b\": \"10.0.0.8-10.0.0.20\" overlaps 10.0.0.1-10.0.0.14 of pool \"a\"");
+        assert_eq!(
+            errors[0].to_string(),
+            "pool \"b\": \"10.0.0.8-10.0.0.20\" overlaps 10.0.0.1-10.0.0.14 of pool \"a\""
+        );
     }
 
     #[test]
     fn the_flag_parses() {
         let p = parse_flag("edge:manual=192.168.1.10-192.168.1.20, fd00::/124").unwrap();
-        assert_eq!((p.name.as_str(), p.auto_assign, p.origin), ("edge", false, Origin::Config));
+        assert_eq!(
+            (p.name.as_str(), p.auto_assign, p.origin),
+            ("edge", false, Origin::Config)
+        );
         assert_eq!(p.ranges.len(), 2);
         assert!(parse_flag("nopool").is_err());
         assert!(parse_flag("x:auto=10.0.0.1").is_err());
@@ -417,11 +547,15 @@ mod tests {
     fn the_resource_spec_reads_camel_case_and_refuses_unknown_fields() {
         let s: PoolSpec = serde_json::from_value(serde_json::json!({
             "addresses": ["10.0.0.0/30"], "autoAssign": false,
-            "serviceSelector": {"matchLabels": {"tier": "edge"}}})).unwrap();
+            "serviceSelector": {"matchLabels": {"tier": "edge"}}}))
+        .unwrap();
         let p = pool("x", &s, Origin::Resource).unwrap();
         assert!(!p.auto_assign);
         assert!(p.selects(&[("tier".to_string(), "edge".to_string())].into()));
         assert!(!p.selects(&BTreeMap::new()));
-        assert!(serde_json::from_value::<PoolSpec>(serde_json::json!({"addresses": [], "cidrs": []})).is_err());
+        assert!(serde_json::from_value::<PoolSpec>(
+            serde_json::json!({"addresses": [], "cidrs": []})
+        )
+        .is_err());
     }
 }

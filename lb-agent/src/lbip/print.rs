@@ -7,20 +7,60 @@ use super::View;
 /// The view as a table.
 pub fn table(v: &View) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "node {}  allocator: {}  live nodes: {}", v.node, if v.leader { "this agent (lease holder)".to_string() } else { format!("{} (lease holder)", if v.lease_holder.is_empty() { "none seen" } else { &v.lease_holder }) }, v.live_nodes.join(", "));
-    let _ = writeln!(out, "failovers taken by this node: {}  ARP replies sent: {}", v.failovers, v.arp_replies);
-    let _ = writeln!(out, "\n{:<20} {:<6} {:>10} {:>10}", "POOL", "FAMILY", "ALLOCATED", "FREE");
+    let _ = writeln!(
+        out,
+        "node {}  allocator: {}  live nodes: {}",
+        v.node,
+        if v.leader {
+            "this agent (lease holder)".to_string()
+        } else {
+            format!(
+                "{} (lease holder)",
+                if v.lease_holder.is_empty() {
+                    "none seen"
+                } else {
+                    &v.lease_holder
+                }
+            )
+        },
+        v.live_nodes.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "failovers taken by this node: {}  ARP replies sent: {}",
+        v.failovers, v.arp_replies
+    );
+    let _ = writeln!(
+        out,
+        "\n{:<20} {:<6} {:>10} {:>10}",
+        "POOL", "FAMILY", "ALLOCATED", "FREE"
+    );
     for p in &v.pools {
-        let _ = writeln!(out, "{:<20} {:<6} {:>10} {:>10}", p.pool, p.family, p.allocated, p.free);
+        let _ = writeln!(
+            out,
+            "{:<20} {:<6} {:>10} {:>10}",
+            p.pool, p.family, p.allocated, p.free
+        );
     }
-    let _ = writeln!(out, "\n{:<18} {:<16} {:<14} SERVICES", "ADDRESS", "POOL", "OWNER");
+    let _ = writeln!(
+        out,
+        "\n{:<18} {:<16} {:<14} SERVICES",
+        "ADDRESS", "POOL", "OWNER"
+    );
     for a in &v.addresses {
         let owner = match a.owner.as_deref() {
             Some(o) if o == v.node => format!("{o} (here)"),
             Some(o) => o.to_string(),
             None => "none".into(),
         };
-        let _ = writeln!(out, "{:<18} {:<16} {:<14} {}", a.address, a.pool, owner, a.services.join(", "));
+        let _ = writeln!(
+            out,
+            "{:<18} {:<16} {:<14} {}",
+            a.address,
+            a.pool,
+            owner,
+            a.services.join(", ")
+        );
     }
     out
 }
@@ -36,16 +76,32 @@ mod tests {
             node: "node-2".into(),
             leader: false,
             lease_holder: "node-1".into(),
-            pools: vec![PoolRow { pool: "lan".into(), family: "IPv4".into(), allocated: 2, free: 4 }],
-            addresses: vec![AddressRow { address: "192.168.50.201".into(), pool: "lan".into(), services: vec!["demo/web".into()], owner: Some("node-2".into()) }],
+            pools: vec![PoolRow {
+                pool: "lan".into(),
+                family: "IPv4".into(),
+                allocated: 2,
+                free: 4,
+            }],
+            addresses: vec![AddressRow {
+                address: "192.168.50.201".into(),
+                pool: "lan".into(),
+                services: vec!["demo/web".into()],
+                owner: Some("node-2".into()),
+            }],
             failovers: 1,
             arp_replies: 7,
             live_nodes: vec!["node-1".into(), "node-2".into()],
         };
         let t = table(&v);
         assert!(t.contains("node-1 (lease holder)"), "{t}");
-        assert!(t.contains("lan                  IPv4            2          4"), "{t}");
-        assert!(t.contains("192.168.50.201     lan              node-2 (here)  demo/web"), "{t}");
+        assert!(
+            t.contains("lan                  IPv4            2          4"),
+            "{t}"
+        );
+        assert!(
+            t.contains("192.168.50.201     lan              node-2 (here)  demo/web"),
+            "{t}"
+        );
         let s = Status::default();
         *s.view.lock().unwrap() = v;
         s.failovers.store(1, std::sync::atomic::Ordering::Relaxed);

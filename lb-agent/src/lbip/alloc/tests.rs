@@ -6,7 +6,13 @@ use super::*;
 use crate::lbip::pool::{parse_flag, Pools};
 
 fn pools(flags: &[&str]) -> Pools {
-    let (p, errors) = Pools::build(&flags.iter().map(|f| parse_flag(f).unwrap()).collect::<Vec<_>>(), &[]);
+    let (p, errors) = Pools::build(
+        &flags
+            .iter()
+            .map(|f| parse_flag(f).unwrap())
+            .collect::<Vec<_>>(),
+        &[],
+    );
     assert!(errors.is_empty(), "{errors:?}");
     p
 }
@@ -24,7 +30,10 @@ fn svc(name: &str, created: &str) -> SvcView {
 
 /// The last change for Service `name` (a release may come before it).
 fn of<'a>(c: &'a [Change], name: &str) -> &'a Change {
-    c.iter().rev().find(|c| c.service.name == name).unwrap_or_else(|| panic!("no change for {name}: {c:?}"))
+    c.iter()
+        .rev()
+        .find(|c| c.service.name == name)
+        .unwrap_or_else(|| panic!("no change for {name}: {c:?}"))
 }
 
 fn ip(s: &str) -> IpAddr {
@@ -48,9 +57,15 @@ fn services_get_the_lowest_free_addresses_and_keep_them() {
     let p = pools(&["a=10.0.0.0/29"]);
     let mut s = vec![svc("one", "1"), svc("two", "2")];
     let c = allocate(&s, &p, &Config::default());
-    assert_eq!(c.iter().map(|c| c.ingress.clone()).collect::<Vec<_>>(), [vec![ip("10.0.0.1")], vec![ip("10.0.0.2")]]);
+    assert_eq!(
+        c.iter().map(|c| c.ingress.clone()).collect::<Vec<_>>(),
+        [vec![ip("10.0.0.1")], vec![ip("10.0.0.2")]]
+    );
     apply(&mut s, &c);
-    assert!(allocate(&s, &p, &Config::default()).is_empty(), "a fixed point");
+    assert!(
+        allocate(&s, &p, &Config::default()).is_empty(),
+        "a fixed point"
+    );
     // Deleting the first frees its address for the next newcomer.
     s.remove(0);
     s.push(svc("three", "3"));
@@ -72,8 +87,14 @@ fn a_requested_address_is_honoured_and_a_taken_one_is_a_conflict() {
     assert_eq!(of(&c, "one").ingress, [ip("10.0.0.5")]);
     assert!(of(&c, "one").problem.is_none());
     assert!(of(&c, "two").ingress.is_empty());
-    assert_eq!(of(&c, "two").problem.as_ref().unwrap().reason, "AddressInUse");
-    assert_eq!(of(&c, "out").problem.as_ref().unwrap().reason, "AddressNotInPool");
+    assert_eq!(
+        of(&c, "two").problem.as_ref().unwrap().reason,
+        "AddressInUse"
+    );
+    assert_eq!(
+        of(&c, "out").problem.as_ref().unwrap().reason,
+        "AddressNotInPool"
+    );
 }
 
 #[test]
@@ -92,7 +113,10 @@ fn dual_stack_gets_one_address_per_family() {
     s.families = vec![Family::V4, Family::V6];
     s.require_all = false;
     let c = allocate(&[s], &v4, &Config::default());
-    assert_eq!((c[0].ingress.clone(), c[0].problem.clone()), (vec![ip("10.0.0.1")], None));
+    assert_eq!(
+        (c[0].ingress.clone(), c[0].problem.clone()),
+        (vec![ip("10.0.0.1")], None)
+    );
 }
 
 #[test]
@@ -105,8 +129,14 @@ fn other_classes_are_left_alone_and_the_default_is_configurable() {
     let unset = svc("unset", "3");
     let s = [theirs, ours, unset];
     let names = |c: Vec<Change>| c.into_iter().map(|c| c.service.name).collect::<Vec<_>>();
-    assert_eq!(names(allocate(&s, &p, &Config::default())), ["ours", "unset"]);
-    let only_class = Config { default_class: false, ..Config::default() };
+    assert_eq!(
+        names(allocate(&s, &p, &Config::default())),
+        ["ours", "unset"]
+    );
+    let only_class = Config {
+        default_class: false,
+        ..Config::default()
+    };
     assert_eq!(names(allocate(&s, &p, &only_class)), ["ours"]);
 }
 
@@ -125,7 +155,11 @@ fn sharing_needs_the_same_key_and_disjoint_ports() {
     let c = allocate(&[dns_tcp, dns_udp, clash], &p, &Config::default());
     assert_eq!(c[0].ingress, [ip("10.0.0.1")]);
     assert_eq!(c[1].ingress, [ip("10.0.0.1")], "shared");
-    assert_eq!(c[2].ingress, [ip("10.0.0.2")], "same ports: an address of its own");
+    assert_eq!(
+        c[2].ingress,
+        [ip("10.0.0.2")],
+        "same ports: an address of its own"
+    );
 }
 
 #[test]
@@ -133,8 +167,16 @@ fn an_exhausted_pool_is_reported() {
     let p = pools(&["a=10.0.0.1-10.0.0.2"]);
     let s = [svc("a", "1"), svc("b", "2"), svc("c", "3")];
     let c = allocate(&s, &p, &Config::default());
-    assert_eq!(of(&c, "c").problem.as_ref().unwrap().reason, "PoolExhausted");
-    assert!(of(&c, "c").problem.as_ref().unwrap().message.contains("pool(s) a"));
+    assert_eq!(
+        of(&c, "c").problem.as_ref().unwrap().reason,
+        "PoolExhausted"
+    );
+    assert!(of(&c, "c")
+        .problem
+        .as_ref()
+        .unwrap()
+        .message
+        .contains("pool(s) a"));
 }
 
 #[test]
@@ -167,12 +209,26 @@ fn a_type_change_releases_and_an_older_holder_wins_a_duplicate() {
     let mut young = svc("young", "3");
     young.ingress = vec![ip("10.0.0.3")];
     let c = allocate(&[gone, old, young], &p, &Config::default());
-    assert_eq!((of(&c, "gone").ingress.clone(), of(&c, "gone").served), (vec![ip("192.0.2.9")], false));
+    assert_eq!(
+        (of(&c, "gone").ingress.clone(), of(&c, "gone").served),
+        (vec![ip("192.0.2.9")], false)
+    );
     assert_eq!(of(&c, "old").ingress, [ip("10.0.0.3")]);
     assert_eq!(of(&c, "young").ingress, [ip("10.0.0.1")]);
     // Releases first: `young` gives up 10.0.0.3 before it takes 10.0.0.1.
-    let names: Vec<(&str, Vec<IpAddr>)> = c.iter().map(|c| (c.service.name.as_str(), c.ingress.clone())).collect();
-    assert_eq!(names, [("gone", vec![ip("192.0.2.9")]), ("old", vec![ip("10.0.0.3")]), ("young", vec![]), ("young", vec![ip("10.0.0.1")])]);
+    let names: Vec<(&str, Vec<IpAddr>)> = c
+        .iter()
+        .map(|c| (c.service.name.as_str(), c.ingress.clone()))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("gone", vec![ip("192.0.2.9")]),
+            ("old", vec![ip("10.0.0.3")]),
+            ("young", vec![]),
+            ("young", vec![ip("10.0.0.1")])
+        ]
+    );
 }
 
 /// A small deterministic generator (xorshift64*): no dependency, a seed per case.
@@ -200,8 +256,14 @@ fn assert_no_double(s: &[SvcView], step: usize, seed: u64) {
     for (a, holders) in by_addr {
         for (i, x) in holders.iter().enumerate() {
             for y in &holders[i + 1..] {
-                let ok = x.share_key.is_some() && x.share_key == y.share_key && x.ports.is_disjoint(&y.ports);
-                assert!(ok, "seed {seed} step {step}: {a} held by {} and {}", x.id, y.id);
+                let ok = x.share_key.is_some()
+                    && x.share_key == y.share_key
+                    && x.ports.is_disjoint(&y.ports);
+                assert!(
+                    ok,
+                    "seed {seed} step {step}: {a} held by {} and {}",
+                    x.id, y.id
+                );
             }
         }
     }
@@ -227,13 +289,18 @@ fn no_address_is_ever_held_twice_over_random_histories() {
                     };
                     v.require_all = rng.below(2) == 0;
                     if rng.below(4) == 0 {
-                        let a = ["10.0.0.3", "10.0.0.7", "10.0.1.1", "fd00::2", "192.0.2.1"][rng.below(5) as usize];
+                        let a = ["10.0.0.3", "10.0.0.7", "10.0.1.1", "fd00::2", "192.0.2.1"]
+                            [rng.below(5) as usize];
                         v.requested = vec![ip(a)];
                     }
                     if rng.below(3) == 0 {
                         v.share_key = Some(["k1", "k2"][rng.below(2) as usize].into());
                     }
-                    v.ports = [(["TCP", "UDP"][rng.below(2) as usize].to_string(), 80 + rng.below(3) as u16)].into();
+                    v.ports = [(
+                        ["TCP", "UDP"][rng.below(2) as usize].to_string(),
+                        80 + rng.below(3) as u16,
+                    )]
+                    .into();
                     if rng.below(8) == 0 {
                         v.class = Some("other".into());
                     }
@@ -254,7 +321,11 @@ fn no_address_is_ever_held_twice_over_random_histories() {
                     // A leader applies its changes, or dies after some of them
                     // (the next round starts from the statuses, nothing else).
                     let changes = allocate(&s, &p, &cfg);
-                    let applied = if rng.below(3) == 0 { rng.below(changes.len() as u64 + 1) as usize } else { changes.len() };
+                    let applied = if rng.below(3) == 0 {
+                        rng.below(changes.len() as u64 + 1) as usize
+                    } else {
+                        changes.len()
+                    };
                     apply(&mut s, &changes[..applied]);
                     assert_no_double(&s, step, seed);
                 }
@@ -263,10 +334,17 @@ fn no_address_is_ever_held_twice_over_random_histories() {
         let changes = allocate(&s, &p, &cfg);
         apply(&mut s, &changes);
         assert_no_double(&s, 999, seed);
-        assert!(allocate(&s, &p, &cfg).is_empty(), "seed {seed}: not a fixed point after a full application");
+        assert!(
+            allocate(&s, &p, &cfg).is_empty(),
+            "seed {seed}: not a fixed point after a full application"
+        );
         for v in &s {
             for a in &v.ingress {
-                assert!(p.pool_of(*a).is_some() || !v.load_balancer, "seed {seed}: {a} of {} outside every pool", v.id);
+                assert!(
+                    p.pool_of(*a).is_some() || !v.load_balancer,
+                    "seed {seed}: {a} of {} outside every pool",
+                    v.id
+                );
             }
         }
     }
