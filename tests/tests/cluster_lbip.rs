@@ -190,6 +190,16 @@ fn a_client_on_the_segment_reaches_the_pool_address_and_another_node_takes_over_
         assert_eq!(answered, i == owner, "ARP replies per node before {before:?} after {after:?}: only node-{owner} answers\n{views:#?}\n{}\n{}", c.client.ip(&["neigh"]), c.logs());
     }
 
+    // Local: the endpoint moves from node-2 to node-3, and so does the address.
+    let local_to = SocketAddr::from((local_addr, 80));
+    assert!(wait_for(Duration::from_secs(10), || udp_once(&c, local_to)), "the Local address is not served:\n{}", c.logs());
+    assert_eq!(neighbour(&c, local_addr), Some(mac(&c.node(2).ns, UPLINK)));
+    c.apply(local.slice(&[(3, 0)]));
+    let node3 = mac(&c.node(3).ns, UPLINK);
+    let moved = wait_for(Duration::from_secs(15), || neighbour(&c, local_addr).as_ref() == Some(&node3));
+    assert!(moved, "{local_addr} did not move to node-3 with its endpoint: {:?}\n{}", owner_seen_by(&c, 1, local_addr), c.logs());
+    assert!(wait_for(Duration::from_secs(10), || udp_once(&c, local_to)), "the Local address is not served from node-3:\n{}", c.logs());
+
     // The operator's view on a non-owner node: pools and owners.
     let other = if owner == 1 { 2 } else { 1 };
     let out = xdplb_tests::netns::run(

@@ -47,12 +47,14 @@ pub fn pool_resource() -> ApiResource {
 
 /// Follows a resource into a store, poking `changed` on every change; logs
 /// errors (the watcher retries by itself) at most once per kind of error.
+/// The task runs until aborted through the handle returned.
 fn follow<K>(
     api: Api<K>,
     writer: reflector::store::Writer<K>,
     changed: Arc<Notify>,
     what: &'static str,
-) where
+) -> tokio::task::JoinHandle<()>
+where
     K: kube::Resource
         + Clone
         + serde::de::DeserializeOwned
@@ -86,7 +88,7 @@ fn follow<K>(
                 }
             }
         }
-    });
+    })
 }
 
 /// Follows the pools: `config` and the `LoadBalancerPool` objects, merged
@@ -96,7 +98,8 @@ pub fn follow_pools(client: Client, config: Vec<Pool>, tx: watch::Sender<Arc<Poo
     let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
     let store = writer.as_reader();
     let changed = Arc::new(Notify::new());
-    follow(
+    // Runs for the agent's life.
+    let _ = follow(
         Api::<DynamicObject>::all_with(client, &ar),
         writer,
         changed.clone(),
@@ -148,7 +151,7 @@ pub fn follow_pools(client: Client, config: Vec<Pool>, tx: watch::Sender<Arc<Poo
 pub fn follow_nodes(client: Client, tx: watch::Sender<BTreeMap<String, IpAddr>>) {
     let (store, writer) = reflector::store::<Node>();
     let changed = Arc::new(Notify::new());
-    follow(Api::<Node>::all(client), writer, changed.clone(), "Node");
+    let _ = follow(Api::<Node>::all(client), writer, changed.clone(), "Node");
     tokio::spawn(async move {
         loop {
             changed.notified().await;
@@ -198,7 +201,8 @@ pub async fn allocate(
     );
     let retry = elector.timings().retry;
     let changed = Arc::new(Notify::new());
-    let mut services: Option<reflector::Store<Service>> = None;
+    // The Services' store and its watch, while leader.
+    let mut services: Option<(reflector::Store<Service>, tokio::task::JoinHandle<()>)> = None;
     let mut overlay: BTreeMap<ObjectRef, (String, Service)> = BTreeMap::new();
     let mut last_step: Option<Instant> = None;
     let mut was_leader = false;
@@ -228,7 +232,7 @@ pub async fn allocate(
             (true, None) => {
                 // A fresh list: what the previous leader wrote is in it.
                 let (store, writer) = reflector::store::<Service>();
-                follow(
+                let task = follow(
                     Api::<Service>::all(client.clone()),
                     writer,
                     changed.clone(),
@@ -237,15 +241,21 @@ pub async fn allocate(
                 let ready =
                     tokio::time::timeout(Duration::from_secs(30), store.wait_until_ready()).await;
                 if matches!(ready, Ok(Ok(()))) {
-                    services = Some(store);
+                    services = Some((store, task));
                     overlay.clear();
+                } else {
+                    task.abort();
                 }
             }
-            // The watch task ends with the runtime; a lost lease stops acting here.
-            (false, Some(_)) => services = None,
+            // A lost lease: stop acting, and stop watching (a next win relists).
+            (false, Some(_)) => {
+                if let Some((_, task)) = services.take() {
+                    task.abort();
+                }
+            }
             _ => {}
         }
-        if let (true, Some(store)) = (leader, &services) {
+        if let (true, Some((store, _))) = (leader, &services) {
             let pools = pools.borrow_and_update().clone();
             round(
                 &client,
