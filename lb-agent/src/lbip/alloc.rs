@@ -246,7 +246,7 @@ pub fn allocate(services: &[SvcView], pools: &Pools, cfg: &Config) -> Vec<Change
                     kept.push(a);
                     held.entry(a).or_default().push(i);
                 }
-                Err(other) => problem = Some(in_use(a, other)),
+                Err(other) => problem = Some(in_use(services, a, other)),
             }
         }
         want.insert(i, (kept, problem));
@@ -381,8 +381,12 @@ fn shares_with(services: &[SvcView], held: &Holders, s: &SvcView, a: IpAddr) -> 
     Ok(())
 }
 
-fn in_use(a: IpAddr, _holder: usize) -> Problem {
-    Problem { reason: "AddressInUse", message: format!("{a} is held by another Service (share it with the same {SHARE_ANNOTATION} key and disjoint ports)") }
+/// `a` is held by `holder`, which excludes the Service asking.
+fn in_use(services: &[SvcView], a: IpAddr, holder: usize) -> Problem {
+    let by = services
+        .get(holder)
+        .map_or_else(String::new, |h| h.id.to_string());
+    Problem { reason: "AddressInUse", message: format!("{a} is held by Service {by} (to share it, give both the same {SHARE_ANNOTATION} key and disjoint ports)") }
 }
 
 /// An address of `fam` for `s`, or why there is none.
@@ -426,7 +430,7 @@ fn fill(
         }
         return shares_with(services, held, s, a)
             .map(|()| a)
-            .map_err(|h| in_use(a, h));
+            .map_err(|h| in_use(services, a, h));
     }
     let candidates: Vec<&Pool> = pools
         .pools

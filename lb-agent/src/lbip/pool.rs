@@ -63,6 +63,8 @@ impl Range {
     pub fn len(&self) -> u128 {
         (self.last - self.first).saturating_add(1)
     }
+    /// Never: a range holds at least its first address (for clippy's
+    /// `len_without_is_empty`).
     pub fn is_empty(&self) -> bool {
         false
     }
@@ -194,6 +196,8 @@ pub enum PoolError {
         entry: String,
         other: String,
     },
+    #[error("pool {pool:?} is defined twice (the one from {other:?} is used)")]
+    Duplicate { pool: String, other: Origin },
     #[error("pool name {0:?} is not a DNS label (lower-case letters, digits and '-', at most 63)")]
     Name(String),
     #[error("--lb-pool {0:?}: expected NAME=ADDRS (ADDRS a comma-separated list of CIDRs and ranges), optionally NAME:manual=ADDRS for a pool without auto-assign")]
@@ -382,10 +386,9 @@ impl Pools {
     /// the first comer wins (config pools go first, then objects, oldest first).
     pub fn add(&mut self, p: Pool) -> Result<(), PoolError> {
         if let Some(o) = self.pools.get(&p.name) {
-            return Err(PoolError::Overlap {
+            return Err(PoolError::Duplicate {
                 pool: p.name.clone(),
-                entry: "(the name)".into(),
-                other: format!("a pool of the same name from {:?}", o.origin),
+                other: o.origin,
             });
         }
         for o in self.pools.values() {
@@ -525,6 +528,17 @@ mod tests {
         let (pools, errors) = Pools::build(&[a], &objects);
         assert_eq!(pools.pools.keys().collect::<Vec<_>>(), ["a", "c"]);
         assert_eq!(errors.len(), 1);
+        let (_, dup) = Pools::build(
+            &[
+                parse_flag("a=10.9.0.1").unwrap(),
+                parse_flag("a=10.9.0.2").unwrap(),
+            ],
+            &[],
+        );
+        assert_eq!(
+            dup[0].to_string(),
+            "pool \"a\" is defined twice (the one from Config is used)"
+        );
         assert_eq!(
             errors[0].to_string(),
             "pool \"b\": \"10.0.0.8-10.0.0.20\" overlaps 10.0.0.1-10.0.0.14 of pool \"a\""

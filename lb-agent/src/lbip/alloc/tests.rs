@@ -91,6 +91,16 @@ fn a_requested_address_is_honoured_and_a_taken_one_is_a_conflict() {
         of(&c, "two").problem.as_ref().unwrap().reason,
         "AddressInUse"
     );
+    assert!(
+        of(&c, "two")
+            .problem
+            .as_ref()
+            .unwrap()
+            .message
+            .starts_with("10.0.0.5 is held by Service default/one"),
+        "{:?}",
+        of(&c, "two").problem
+    );
     assert_eq!(
         of(&c, "out").problem.as_ref().unwrap().reason,
         "AddressNotInPool"
