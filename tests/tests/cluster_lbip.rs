@@ -4,7 +4,9 @@
 //! node answers ARP for the address, and a client on the L2 segment that
 //! knows nothing but the address reaches the Service over TCP and UDP.
 //! Then the owner's uplink goes down and its agent is killed: another node
-//! answers within 2 s (measured, printed). Needs root.
+//! answers within 2 s (measured, printed); the node comes back, its agent
+//! restarts, and the address returns to it with no request failing. Needs
+//! root.
 use std::{
     net::{Ipv4Addr, SocketAddr, UdpSocket},
     time::{Duration, Instant},
@@ -272,4 +274,29 @@ fn a_client_on_the_segment_reaches_the_pool_address_and_another_node_takes_over_
         .map(|v| v.failovers)
         .unwrap_or(0);
     assert!(failovers >= 1, "node-{next_i} counts its takeover");
+
+    // The node comes back and its agent restarts: the address returns to
+    // it (first in rank) once it has settled, and no request fails meanwhile
+    // (both nodes' XDP balance the address while clients move).
+    c.uplink_up(owner);
+    let healed = wait_for(Duration::from_secs(15), || udp_requests(&c.client, to, 6).ok() == 6);
+    assert!(healed, "node-{owner}'s pod unreachable after its uplink came back:\n{}", c.logs());
+    let owner_mac = mac(&c.node(owner).ns, UPLINK);
+    c.node_mut(owner).start_agent();
+    let back = Instant::now();
+    let mut sent = 0;
+    let mut failed = 0;
+    while back.elapsed() < Duration::from_secs(30) && neighbour(&c, addr).as_ref() != Some(&owner_mac) {
+        let t = udp_requests(&c.client, to, 1);
+        sent += 1;
+        failed += t.failed();
+    }
+    assert_eq!(neighbour(&c, addr), Some(owner_mac), "{addr} never returned to node-{owner}:\n{}", c.logs());
+    for _ in 0..10 {
+        let t = udp_requests(&c.client, to, 1);
+        sent += 1;
+        failed += t.failed();
+    }
+    println!("return: node-{owner} answers for {addr} again {:?} after its agent started; {sent} UDP requests meanwhile, {failed} failed", back.elapsed());
+    assert_eq!(failed, 0, "requests failed while {addr} moved back to node-{owner}\n{}", c.logs());
 }
