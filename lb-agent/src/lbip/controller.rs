@@ -98,13 +98,13 @@ pub fn follow_pools(client: Client, config: Vec<Pool>, tx: watch::Sender<Arc<Poo
     let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
     let store = writer.as_reader();
     let changed = Arc::new(Notify::new());
-    // Runs for the agent's life.
-    let _ = follow(
+    // Runs for the agent's life: the handle is not needed.
+    drop(follow(
         Api::<DynamicObject>::all_with(client, &ar),
         writer,
         changed.clone(),
         "LoadBalancerPool",
-    );
+    ));
     tokio::spawn(async move {
         let mut reported = BTreeSet::new();
         loop {
@@ -151,7 +151,7 @@ pub fn follow_pools(client: Client, config: Vec<Pool>, tx: watch::Sender<Arc<Poo
 pub fn follow_nodes(client: Client, tx: watch::Sender<BTreeMap<String, IpAddr>>) {
     let (store, writer) = reflector::store::<Node>();
     let changed = Arc::new(Notify::new());
-    let _ = follow(Api::<Node>::all(client), writer, changed.clone(), "Node");
+    drop(follow(Api::<Node>::all(client), writer, changed.clone(), "Node"));
     tokio::spawn(async move {
         loop {
             changed.notified().await;
