@@ -145,14 +145,16 @@ impl Allocator {
                 .await
                 .expect("a client");
             let (tx, rx) = tokio::sync::watch::channel(Arc::new(Pools::default()));
-            controller::follow_pools(client.clone(), Vec::new(), tx);
+            let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
+            controller::follow_pools(client.clone(), Vec::new(), tx, ready_tx);
             let election = controller::Election {
                 namespace: "xdplb-system".into(),
                 name: "xdplb-lb-allocator".into(),
                 identity: id,
                 timings: Timings::for_duration(Duration::from_secs(2)),
             };
-            controller::allocate(client, election, alloc::Config::default(), rx, st).await;
+            controller::allocate(client, election, alloc::Config::default(), rx, ready_rx, st)
+                .await;
         });
         Self {
             rt: Some(rt),
@@ -353,6 +355,11 @@ fn a_new_leader_takes_over_and_never_hands_out_an_address_twice() {
     ));
     api.write_kubeconfig(&kubeconfig);
     api.apply(pool("lan", json!({"addresses": ["192.0.2.0/28"]})));
+    // Allocated before this agent ever ran (its status is the record): kept,
+    // even though the pools arrive only after the agent starts.
+    let mut early = lb_service("early", json!({}));
+    early["status"] = json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.9"}]}});
+    api.apply(early);
     let mut a = Allocator::start(&api, "node-a", &kubeconfig);
     wait("node-a leads", &api, || a.leader());
     let b = Allocator::start(&api, "node-b", &kubeconfig);
@@ -363,6 +370,11 @@ fn a_new_leader_takes_over_and_never_hands_out_an_address_twice() {
         (0..5).all(|i| ingress(&api, &format!("s{i}")).len() == 1)
     });
     assert!(a.leader() && !b.leader(), "one leader at a time");
+    assert_eq!(
+        ingress(&api, "early"),
+        ["192.0.2.9"],
+        "an address from the record is kept"
+    );
     assert_no_double(&api);
 
     // The leader dies (its Lease is left as it was); services keep coming.

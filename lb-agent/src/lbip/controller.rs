@@ -93,22 +93,37 @@ where
 
 /// Follows the pools: `config` and the `LoadBalancerPool` objects, merged
 /// and validated, into `tx` (each invalid pool logged once and left out).
-pub fn follow_pools(client: Client, config: Vec<Pool>, tx: watch::Sender<Arc<Pools>>) {
+/// `ready` turns true once the objects have been listed (or the CRD is
+/// found absent): until then `tx` holds the configured pools only, and an
+/// allocator acting on them would release every address of the others.
+pub fn follow_pools(
+    client: Client,
+    config: Vec<Pool>,
+    tx: watch::Sender<Arc<Pools>>,
+    ready: watch::Sender<bool>,
+) {
     let ar = pool_resource();
     let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
     let store = writer.as_reader();
     let changed = Arc::new(Notify::new());
-    // Runs for the agent's life: the handle is not needed.
-    drop(follow(
-        Api::<DynamicObject>::all_with(client, &ar),
-        writer,
-        changed.clone(),
-        "LoadBalancerPool",
-    ));
+    let api = Api::<DynamicObject>::all_with(client, &ar);
     tokio::spawn(async move {
+        // One probe: without the CRD, the configured pools are all there is.
+        match api.list(&kube::api::ListParams::default().limit(1)).await {
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                tracing::warn!("the LoadBalancerPool CRD is not installed (deploy/kustomize/base/crd.yaml): only --lb-pool pools are used; restart the agents after installing it");
+                ready.send_replace(true);
+                return;
+            }
+            _ => {}
+        }
+        // Runs for the agent's life: the handle is not needed.
+        drop(follow(api, writer, changed.clone(), "LoadBalancerPool"));
+        if store.wait_until_ready().await.is_err() {
+            return;
+        }
         let mut reported = BTreeSet::new();
         loop {
-            changed.notified().await;
             let mut objects = Vec::new();
             let mut errors = Vec::new();
             let mut state = store.state();
@@ -143,6 +158,8 @@ pub fn follow_pools(client: Client, config: Vec<Pool>, tx: watch::Sender<Arc<Poo
                 }
                 changed
             });
+            ready.send_replace(true);
+            changed.notified().await;
         }
     });
 }
@@ -151,7 +168,12 @@ pub fn follow_pools(client: Client, config: Vec<Pool>, tx: watch::Sender<Arc<Poo
 pub fn follow_nodes(client: Client, tx: watch::Sender<BTreeMap<String, IpAddr>>) {
     let (store, writer) = reflector::store::<Node>();
     let changed = Arc::new(Notify::new());
-    drop(follow(Api::<Node>::all(client), writer, changed.clone(), "Node"));
+    drop(follow(
+        Api::<Node>::all(client),
+        writer,
+        changed.clone(),
+        "Node",
+    ));
     tokio::spawn(async move {
         loop {
             changed.notified().await;
@@ -190,8 +212,13 @@ pub async fn allocate(
     election: Election,
     cfg: alloc::Config,
     mut pools: watch::Receiver<Arc<Pools>>,
+    mut pools_ready: watch::Receiver<bool>,
     status: Arc<Status>,
 ) {
+    // Never allocate from a partial view of the pools.
+    if pools_ready.wait_for(|r| *r).await.is_err() {
+        return;
+    }
     let mut elector = Elector::new(
         client.clone(),
         &election.namespace,

@@ -202,7 +202,8 @@ pub fn start(
     let (pools_tx, pools_rx) = watch::channel(Arc::new(config_pools));
     let (peers_tx, peers_rx) = watch::channel(BTreeMap::new());
     if let Some(client) = &client {
-        controller::follow_pools(client.clone(), settings.pools.clone(), pools_tx);
+        let (ready_tx, ready_rx) = watch::channel(false);
+        controller::follow_pools(client.clone(), settings.pools.clone(), pools_tx, ready_tx);
         controller::follow_nodes(client.clone(), peers_tx);
         if let Some(election) = settings.election.clone() {
             tokio::spawn(controller::allocate(
@@ -210,6 +211,7 @@ pub fn start(
                 election,
                 settings.alloc.clone(),
                 pools_rx.clone(),
+                ready_rx,
                 status.clone(),
             ));
         }
