@@ -231,6 +231,7 @@ fn a_client_on_the_segment_reaches_the_pool_address_and_another_node_takes_over_
     let next = announce::owner(addr.into(), &rest).unwrap().clone();
     let next_i: usize = next.trim_start_matches("node-").parse().unwrap();
     let next_mac = mac(&c.node(next_i).ns, UPLINK);
+    let api_before = c.api().map_or(0, |a| a.requests().len());
     c.uplink_down(owner);
     c.node_mut(owner).kill_agent();
     let down = Instant::now();
@@ -250,6 +251,10 @@ fn a_client_on_the_segment_reaches_the_pool_address_and_another_node_takes_over_
         assert!(probes < 100, "no UDP answer after the move:\n{}", c.logs());
     }
     let answered = down.elapsed();
+    // The failover itself costs the API nothing: only the allocator's Lease
+    // renewals and the followers' reads of it (every 2 s) go on meanwhile.
+    let api_calls = c.api().map_or(0, |a| a.requests().len()) - api_before;
+    println!("API requests from all agents during the failover ({answered:?}): {api_calls} (per-node Leases renewed every 0.5 s for the same bound: ~{} writes)", (NODES as f64 * 2.0 * answered.as_secs_f64()).round());
     println!("failover: node-{owner} down -> node-{next_i} owns {addr} (client's neighbour entry moved) after {failover:?}; first UDP answer through it at {answered:?} (heartbeats every 200 ms, dead after 1 s, 100 ms announce tick)");
     assert!(
         c.node(next_i)
