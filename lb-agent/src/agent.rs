@@ -268,7 +268,10 @@ impl Programmer {
         let rejected = lb_agent::fit::fit(&mut p.contents, self.capacity, self.syncer.known().unwrap_or(&empty));
         if rejected != self.rejected {
             for r in &rejected {
-                let name = p.services.iter().find(|s| s.id == r.service_id).map_or_else(String::new, |s| format!("{}/{}:{}", s.namespace, s.name, s.port_name));
+                let name = match r.service_id {
+                    0 => "ClusterIP address entries and service CIDRs (unserved ports and unallocated addresses are not refused)".to_string(),
+                    id => p.services.iter().find(|s| s.id == id).map_or_else(String::new, |s| format!("{}/{}:{}", s.namespace, s.name, s.port_name)),
+                };
                 tracing::error!(service = %name, service_id = r.service_id, map = r.map, need = r.need, free = r.free, "service does not fit in {}: left out of the maps, the others are synced; raise {}", r.map, r.flag);
             }
             self.metrics.set_rejected(rejected.len());

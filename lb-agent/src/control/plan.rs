@@ -181,6 +181,7 @@ pub fn plan(model: &Model, cfg: &PlanConfig, ids: &mut Ids) -> Plan {
             p.port(id, svc, port, &candidates);
         }
     }
+    p.plan.contents.retain_served_addresses();
     // Service CIDRs: addresses inside without a Service are dropped.
     for (net, len) in cfg.service_cidrs.iter().chain(model.service_cidrs.values().flatten()) {
         let key = (SourceRangeV4::prefix_len(*len), SourceRangeV4::service_cidr(net.octets()));
