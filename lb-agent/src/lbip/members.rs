@@ -47,6 +47,8 @@ struct State {
     /// Node name → its address (every node but this one).
     peers: BTreeMap<String, IpAddr>,
     heard: BTreeMap<String, Instant>,
+    /// Nodes whose heartbeats came from another address (warned once).
+    odd_source: std::collections::BTreeSet<String>,
 }
 
 /// The heartbeat sender/receiver of one agent.
@@ -148,10 +150,65 @@ impl Members {
                 continue;
             };
             let mut st = lock(&self.state);
-            // Only from the node's own address: a stray sender cannot keep a dead node alive.
-            if st.peers.get(name) == Some(&from.ip()) {
-                st.heard.insert(name.to_string(), Instant::now());
+            let Some(&addr) = st.peers.get(name) else {
+                continue;
+            };
+            // From another of the node's addresses (a multi-homed node whose
+            // route to us has another source): still that node, but said once,
+            // since a stray sender could keep a dead node alive this way.
+            if addr != from.ip() && !st.odd_source.contains(name) {
+                tracing::warn!(node = name, expected = %addr, from = %from.ip(), "heartbeat from an address that is not the Node's first InternalIP; accepted");
+                st.odd_source.insert(name.to_string());
             }
+            st.heard.insert(name.to_string(), Instant::now());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_is_live_while_its_heartbeats_arrive_and_dead_after() {
+        // A free port for this test (bound by Members right after).
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let t = Timings {
+            every: Duration::from_millis(20),
+            dead_after: Duration::from_millis(200),
+        };
+        let m = Members::start("node-a", port, t).unwrap();
+        m.set_peers(
+            [
+                ("node-a".to_string(), "127.0.0.9".parse().unwrap()),
+                ("node-b".to_string(), "127.0.0.1".parse().unwrap()),
+            ]
+            .into(),
+        );
+        assert_eq!(m.live(), ["node-a"], "itself only, before any heartbeat");
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let beat = |name: &str| {
+            peer.send_to(format!("{MAGIC}{name}").as_bytes(), ("127.0.0.1", port))
+                .unwrap()
+        };
+        beat("node-b");
+        beat("node-c"); // not a Node: ignored
+        let seen = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(5));
+            m.live() == ["node-a", "node-b"]
+        });
+        assert!(seen, "{:?}", m.live());
+        std::thread::sleep(t.dead_after + Duration::from_millis(50));
+        assert_eq!(
+            m.live(),
+            ["node-a"],
+            "dead after {:?} without a heartbeat",
+            t.dead_after
+        );
+        assert!(m.settled());
     }
 }
