@@ -74,7 +74,7 @@ async fn plan_command(args: PlanArgs) -> Result<()> {
     };
     // A fresh allocator: ids here are what an agent starting on empty maps
     // would use; a running agent's may differ.
-    let sizes = lb_agent::loader::MapSizes::default();
+    let sizes = lb_agent::pins::MapSizes::default();
     // Backend ids index backends_v4, so they stay within its size.
     let mut ids = Ids::new(sizes.services, sizes.backends);
     let p = plan(&model, &agent::plan_config(&args.inputs), &mut ids);
@@ -87,7 +87,7 @@ async fn plan_command(args: PlanArgs) -> Result<()> {
 }
 
 /// `lb-agent lb-addresses`: the status file of the agent with these maps.
-fn lb_addresses(a: ops_cli::MapsArgs) -> Result<()> {
+fn lb_addresses(a: cli::MapsArgs) -> Result<()> {
     let path = lb_agent::lbip::status_path(&a.pin_path);
     let view = lb_agent::lbip::read_status(&a.pin_path)
         .with_context(|| format!("reading {} (is `lb-agent run` running with --lb-addresses or --lb-pool, and --pin-path as given to it?)", path.display()))?;
