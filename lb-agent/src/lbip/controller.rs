@@ -197,6 +197,9 @@ fn node_address(n: &Node) -> Option<IpAddr> {
     })
 }
 
+/// The name of the allocator's Lease.
+pub const LEASE_NAME: &str = "xdplb-lb-allocator";
+
 /// Where the allocator's lease lives, and who this agent is.
 #[derive(Clone, Debug)]
 pub struct Election {

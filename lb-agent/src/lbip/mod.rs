@@ -12,7 +12,6 @@
 //! them out and makes one node answer for each.
 pub mod alloc;
 pub mod announce;
-pub mod args;
 pub mod arp;
 pub mod controller;
 pub mod leader;
