@@ -79,6 +79,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         }
     };
 
+    start_lb(&args, &models, &metrics).await?;
+
     let (probed, why) = lb_agent::links::probe_tc_path();
     let tc = lb_agent::links::choose_tc_path(args.tc_attach.forced());
     match tc {
@@ -203,6 +205,22 @@ pub async fn run(args: RunArgs) -> Result<()> {
     // maps until the next agent takes over (or `lb-agent uninstall`).
     tracing::info!("stopping; programs stay attached and maps pinned for the next agent");
     drop(ebpf);
+    Ok(())
+}
+
+/// LoadBalancer addresses (`lb_agent::lbip`), if asked: before the
+/// capability drop, which the ARP socket needs not to have happened yet.
+async fn start_lb(args: &RunArgs, models: &tokio::sync::watch::Receiver<Arc<Model>>, metrics: &Arc<Metrics>) -> Result<()> {
+    if !args.lb.enabled() {
+        return Ok(());
+    }
+    let from_api = matches!(args.inputs.source, SourceSpec::Kube);
+    let client = match from_api {
+        true => Some(kube::client(args.inputs.kubeconfig.as_deref(), Arc::default()).await?),
+        false => None,
+    };
+    let settings = args.lb.settings(&args.inputs.node_name, &args.ifaces, from_api);
+    lb_agent::lbip::start(settings, client, models.clone(), metrics.clone(), &args.pin_path)?;
     Ok(())
 }
 

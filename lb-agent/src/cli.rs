@@ -59,6 +59,9 @@ pub enum Command {
     /// frontend, service, policy, candidate backends, the pick, conntrack,
     /// source ranges and the verdict (DNAT, REJECT, DROP or PASS).
     Explain(ExplainArgs),
+    /// LoadBalancer address pools (allocated/free), and the node answering
+    /// for each address, as this node's agent last saw them.
+    LbAddresses(MapsArgs),
     /// Check the kernel, privileges, bpffs and interfaces as `run` would,
     /// and print a report (exit status 1 if a check fails).
     Doctor(DoctorArgs),
@@ -184,6 +187,97 @@ pub struct RunArgs {
     pub snat: SnatArgs,
     #[command(flatten)]
     pub sizes: SizeArgs,
+    #[command(flatten)]
+    pub lb: LbArgs,
+}
+
+/// LoadBalancer addresses: pools, allocation, announcement (`lb_agent::lbip`).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "LoadBalancer addresses (pools, allocation, ARP)")]
+pub struct LbArgs {
+    /// Hand out and announce LoadBalancer addresses: pools from
+    /// `LoadBalancerPool` objects (and --lb-pool), one agent allocates
+    /// (a Lease), the owner node of each address answers ARP for it.
+    /// Implied by --lb-pool.
+    #[arg(long)]
+    pub lb_addresses: bool,
+    /// An address pool: NAME=ADDRS, ADDRS a comma-separated list of CIDRs
+    /// and ranges of either family (`lan=192.168.1.240/28,fd00::/120`);
+    /// NAME:manual=ADDRS for a pool only used on request (repeat for several).
+    #[arg(long = "lb-pool", value_name = "NAME=ADDRS", value_parser = parse_pool)]
+    pub lb_pools: Vec<lb_agent::lbip::pool::Pool>,
+    /// The `loadBalancerClass` served.
+    #[arg(long, value_name = "CLASS", default_value = lb_agent::lbip::alloc::DEFAULT_CLASS)]
+    pub lb_class: String,
+    /// Leave Services without a `loadBalancerClass` alone (another load
+    /// balancer is the cluster's default).
+    #[arg(long)]
+    pub lb_not_default: bool,
+    /// Interface ARP for LoadBalancer addresses is answered on. Default:
+    /// the first --iface.
+    #[arg(long, value_name = "IFACE")]
+    pub lb_announce_iface: Option<String>,
+    /// Do not answer ARP (an upstream router or BGP speaker routes the
+    /// addresses to the nodes).
+    #[arg(long)]
+    pub lb_no_announce: bool,
+    /// UDP port of the heartbeats between agents (node addresses).
+    #[arg(long, value_name = "PORT", default_value_t = lb_agent::lbip::members::DEFAULT_PORT)]
+    pub lb_heartbeat_port: u16,
+    /// Milliseconds between heartbeats; a node is dead after 5 missed.
+    /// Failover takes up to 5 heartbeats plus 100 ms.
+    #[arg(long, value_name = "MS", default_value_t = 200, value_parser = clap::value_parser!(u64).range(20..=10_000))]
+    pub lb_heartbeat_ms: u64,
+    /// Namespace of the allocator's Lease (default: the pod's, POD_NAMESPACE).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "xdplb-system")]
+    pub lb_lease_namespace: String,
+    /// Seconds a Lease not renewed stays its holder's: how long allocation
+    /// pauses when the allocating agent dies (announcement does not pause).
+    #[arg(long, value_name = "SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..=600))]
+    pub lb_lease_duration: u64,
+}
+
+fn parse_pool(s: &str) -> Result<lb_agent::lbip::pool::Pool, String> {
+    lb_agent::lbip::pool::parse_flag(s).map_err(|e| e.to_string())
+}
+
+impl LbArgs {
+    /// Whether anything is asked.
+    pub fn enabled(&self) -> bool {
+        self.lb_addresses || !self.lb_pools.is_empty()
+    }
+
+    /// The settings for node `node_name` with uplinks `ifaces`; `kube`:
+    /// whether the API is the source (the only way to allocate).
+    pub fn settings(&self, node_name: &str, ifaces: &[String], kube: bool) -> lb_agent::lbip::Settings {
+        let every = std::time::Duration::from_millis(self.lb_heartbeat_ms);
+        lb_agent::lbip::Settings {
+            node_name: node_name.to_string(),
+            pools: self.lb_pools.clone(),
+            alloc: lb_agent::lbip::alloc::Config {
+                class: self.lb_class.clone(),
+                default_class: !self.lb_not_default,
+            },
+            election: kube.then(|| lb_agent::lbip::controller::Election {
+                namespace: self.lb_lease_namespace.clone(),
+                name: lb_agent::lbip::controller::LEASE_NAME.into(),
+                identity: node_name.to_string(),
+                timings: lb_agent::lbip::leader::Timings::for_duration(std::time::Duration::from_secs(self.lb_lease_duration)),
+            }),
+            announce_iface: if self.lb_no_announce {
+                None
+            } else {
+                self.lb_announce_iface
+                    .clone()
+                    .or_else(|| ifaces.first().cloned())
+            },
+            heartbeat_port: self.lb_heartbeat_port,
+            heartbeat: lb_agent::lbip::members::Timings {
+                every,
+                dead_after: every * 5,
+            },
+        }
+    }
 }
 
 /// How external clients' flows to backends on other nodes return here.
@@ -483,6 +577,20 @@ mod tests {
         assert_eq!(r.pin_path, PathBuf::from("/sys/fs/bpf/xdplb"));
         assert_eq!(r.reconcile_interval, 60);
         assert!(r.health_check_address.is_unspecified());
+    }
+
+    #[test]
+    fn load_balancer_address_options_make_settings() {
+        let cli = Cli::parse_from(["lb-agent", "run", "--source", "kube", "--iface", "eth0", "--node-name", "n1", "--lb-pool", "lan=192.168.1.240/28", "--lb-heartbeat-ms", "100"]);
+        let Command::Run(r) = cli.command else { panic!("not run") };
+        assert!(r.lb.enabled(), "--lb-pool implies --lb-addresses");
+        let s = r.lb.settings("n1", &r.ifaces, true);
+        assert_eq!(s.pools.len(), 1);
+        assert_eq!(s.announce_iface.as_deref(), Some("eth0"));
+        assert_eq!(s.heartbeat.dead_after, std::time::Duration::from_millis(500));
+        assert_eq!(s.election.map(|e| (e.identity, e.name)), Some(("n1".to_string(), "xdplb-lb-allocator".to_string())));
+        let bad = Cli::try_parse_from(["lb-agent", "run", "--source", "kube", "--iface", "eth0", "--lb-pool", "lan=10.0.0.5/24"]).unwrap_err();
+        assert!(bad.to_string().contains("host bits set; the network is 10.0.0.0/24"), "{bad}");
     }
 
     #[test]

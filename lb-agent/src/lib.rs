@@ -7,6 +7,7 @@ pub mod loader;
 pub mod migrate;
 pub mod diff;
 pub mod fit;
+pub mod lbip;
 pub mod control;
 pub mod explain;
 pub mod ops;

@@ -37,6 +37,7 @@ async fn main() -> Result<()> {
         Command::Stats(a) => ops_cli::stats(a),
         Command::Top(a) => top::run(a),
         Command::Doctor(a) => ops_cli::doctor(a),
+        Command::LbAddresses(a) => lb_addresses(a),
         Command::Explain(a) => explain_cli::run(a),
         Command::Install(a) => install::install(a),
         Command::Uninstall(a) => install::uninstall(a),
@@ -83,6 +84,19 @@ async fn plan_command(args: PlanArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&p)?);
     } else {
         print!("{}", print::table(&p));
+    }
+    Ok(())
+}
+
+/// `lb-agent lb-addresses`: the status file of the agent with these maps.
+fn lb_addresses(a: cli::MapsArgs) -> Result<()> {
+    let path = lb_agent::lbip::status_path(&a.pin_path);
+    let view = lb_agent::lbip::read_status(&a.pin_path)
+        .with_context(|| format!("reading {} (is `lb-agent run` running with --lb-addresses or --lb-pool, and --pin-path as given to it?)", path.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        print!("{}", lb_agent::lbip::print::table(&view));
     }
     Ok(())
 }

@@ -143,6 +143,11 @@ pub struct Cluster {
 impl Cluster {
     /// `nodes` nodes (≥ 1) with `pods` pods each, agents running and synced.
     pub fn new(nodes: usize, pods: usize, source: Source) -> Self {
+        Self::with_agent_args(nodes, pods, source, &[])
+    }
+
+    /// As [`Cluster::new`], every agent started with `extra` arguments too.
+    pub fn with_agent_args(nodes: usize, pods: usize, source: Source, extra: &[&str]) -> Self {
         crate::require_root();
         static STALE: std::sync::Once = std::sync::Once::new();
         STALE.call_once(remove_stale);
@@ -206,6 +211,7 @@ impl Cluster {
                     .map(String::from)
                     .to_vec();
                 args.extend(source_args.iter().cloned());
+                args.extend(extra.iter().map(|a| a.to_string()));
                 let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{tag}-node{index}"));
                 let _ = std::fs::remove_dir_all(&pin_dir);
                 Node { index, agent: None, syncs_at_start: 0, pin_dir, log: base.with_extension(format!("node{index}.log")), args, pods, ns }
@@ -538,6 +544,7 @@ impl Drop for Node {
         self.kill_agent();
         let _ = std::fs::remove_dir_all(&self.pin_dir);
         lb_agent::ops::names::remove(&self.pin_dir);
+        let _ = std::fs::remove_file(lb_agent::lbip::status_path(&self.pin_dir));
         let _ = std::fs::remove_file(&self.log);
     }
 }

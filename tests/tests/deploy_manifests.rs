@@ -13,6 +13,7 @@ use std::{
 };
 
 use k8s_openapi::{
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
     api::{
         apps::v1::{DaemonSet, Deployment},
         core::v1::{ConfigMap, Container, Namespace, Service, ServiceAccount},
@@ -95,6 +96,8 @@ struct Objects {
     service_accounts: Vec<ServiceAccount>,
     cluster_roles: Vec<ClusterRole>,
     cluster_role_bindings: Vec<ClusterRoleBinding>,
+    roles: Vec<Role>,
+    crds: Vec<CustomResourceDefinition>,
     daemon_sets: Vec<(PathBuf, DaemonSet)>,
     /// Kustomizations and agent configurations: (file, JSON).
     kustomizations: Vec<(PathBuf, Value)>,
@@ -136,7 +139,8 @@ fn objects() -> Objects {
             Some("ClusterRole") => o.cluster_roles.push(round_trip(&file, &v)),
             Some("ClusterRoleBinding") => o.cluster_role_bindings.push(round_trip(&file, &v)),
             Some("DaemonSet") => o.daemon_sets.push((file.clone(), round_trip(&file, &v))),
-            Some("Role") => drop(round_trip::<Role>(&file, &v)),
+            Some("Role") => o.roles.push(round_trip::<Role>(&file, &v)),
+            Some("CustomResourceDefinition") => o.crds.push(round_trip::<CustomResourceDefinition>(&file, &v)),
             Some("RoleBinding") => drop(round_trip::<RoleBinding>(&file, &v)),
             Some("ConfigMap") => drop(round_trip::<ConfigMap>(&file, &v)),
             Some("Deployment") => o.deployments.push(round_trip(&file, &v)),
@@ -347,10 +351,11 @@ fn the_daemon_set_runs_on_every_node_with_capabilities_not_privileged() {
     assert_ne!(sc.privileged, Some(true));
     let caps = sc.capabilities.as_ref().expect("capabilities");
     assert_eq!(caps.drop.as_deref(), Some(&["ALL".to_string()][..]));
-    // The three `lb-agent doctor` checks for (ops::checks::privileges).
+    // The three `lb-agent doctor` checks for (ops::checks::privileges),
+    // and NET_RAW for the ARP socket of LoadBalancer addresses (lbip).
     let mut add = caps.add.clone().unwrap_or_default();
     add.sort();
-    assert_eq!(add, ["BPF", "NET_ADMIN", "SYS_ADMIN"]);
+    assert_eq!(add, ["BPF", "NET_ADMIN", "NET_RAW", "SYS_ADMIN"]);
     let res = c.resources.as_ref().expect("resources");
     assert!(res
         .requests
@@ -694,4 +699,46 @@ fn the_pod_monitor_scrapes_the_agents_metrics_port_as_job_xdplb_per_node() {
     let relabel = ep["relabelings"].as_array().unwrap();
     assert!(relabel.iter().any(|r| r["targetLabel"] == "job" && r["replacement"] == "xdplb"), "{relabel:?}");
     assert!(relabel.iter().any(|r| r["targetLabel"] == "instance" && r["sourceLabels"][0] == "__meta_kubernetes_pod_node_name"), "{relabel:?}");
+}
+
+#[test]
+fn the_lease_role_grants_exactly_the_allocators_lease_calls_in_its_namespace() {
+    let o = objects();
+    let role = o.roles.iter().find(|r| r.metadata.name.as_deref() == Some("xdplb-leader")).expect("Role xdplb-leader");
+    assert_eq!(role.metadata.namespace.as_deref(), Some("xdplb-system"));
+    let mut got = BTreeSet::new();
+    for rule in role.rules.iter().flatten() {
+        for g in rule.api_groups.iter().flatten() {
+            for r in rule.resources.iter().flatten() {
+                for v in &rule.verbs {
+                    got.insert((g.clone(), r.clone(), v.clone()));
+                }
+            }
+        }
+    }
+    let want: BTreeSet<(String, String, String)> = lb_agent::control::source::kube::LEASE_API_CALLS
+        .iter()
+        .flat_map(|(g, r, vs)| vs.iter().map(move |v| (g.to_string(), r.to_string(), v.to_string())))
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn the_pool_crd_matches_what_the_agent_reads() {
+    let o = objects();
+    let crd = o.crds.iter().find(|c| c.metadata.name.as_deref() == Some("loadbalancerpools.xdplb.io")).expect("the LoadBalancerPool CRD");
+    let ar = lb_agent::lbip::controller::pool_resource();
+    assert_eq!((crd.spec.group.as_str(), crd.spec.names.kind.as_str(), crd.spec.names.plural.as_str()), (ar.group.as_str(), ar.kind.as_str(), ar.plural.as_str()));
+    assert_eq!(crd.spec.scope, "Cluster");
+    let v = &crd.spec.versions[0];
+    assert_eq!(v.name, ar.version);
+    // Every property of the schema's spec is a field the agent parses.
+    let schema = serde_json::to_value(&v.schema).unwrap();
+    let props = schema.pointer("/openAPIV3Schema/properties/spec/properties").and_then(Value::as_object).expect("spec properties");
+    let mut example = serde_json::Map::new();
+    for k in props.keys() {
+        example.insert(k.clone(), match k.as_str() { "addresses" => serde_json::json!(["10.0.0.0/30"]), "autoAssign" => serde_json::json!(true), _ => serde_json::json!({"matchLabels": {"a": "b"}}) });
+    }
+    let spec: lb_agent::lbip::pool::PoolSpec = serde_json::from_value(Value::Object(example)).expect("the schema's fields parse");
+    assert!(lb_agent::lbip::pool::pool("x", &spec, lb_agent::lbip::pool::Origin::Resource).is_ok());
 }

@@ -90,6 +90,8 @@ pub struct Metrics {
     source_health: Mutex<Option<(Arc<SourceHealth>, Duration)>>,
     /// Services left out of the maps at the last sync (they do not fit).
     rejected: AtomicU64,
+    /// Families rendered elsewhere (LoadBalancer addresses, `lbip`), appended as is.
+    extra: Mutex<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -115,7 +117,14 @@ impl Metrics {
             names: Mutex::new(Arc::new(Names::new())),
             source_health: Mutex::new(None),
             rejected: AtomicU64::new(0),
+            extra: Mutex::new(String::new()),
         }
+    }
+
+    /// Sets the text appended to the exposition (complete families, with
+    /// HELP and TYPE lines), e.g. the LoadBalancer address metrics.
+    pub fn set_extra(&self, text: String) {
+        *lock(&self.extra) = text;
     }
 
     /// `n` services are left out of the maps because they do not fit.
@@ -311,6 +320,7 @@ impl Metrics {
                 );
             }
         }
+        w.out.push_str(&lock(&self.extra));
         w.out
     }
 }

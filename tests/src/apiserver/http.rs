@@ -1,6 +1,8 @@
 //! The double's HTTP/1.1 side, hand-written on a tokio `TcpListener`: one
 //! request per connection (`Connection: close`, which every client honours),
-//! GET only, no TLS. LIST and GET answer with a `Content-Length` body; a
+//! no TLS. GET (get, list, watch) on every resource; POST (create) and PUT
+//! (update, with resourceVersion checks) of Leases and Events; PATCH (merge
+//! patch) of a Service's `status` subresource. LIST and GET answer with a `Content-Length` body; a
 //! WATCH answers with chunked JSON lines, one event per chunk, until its
 //! `timeoutSeconds` (ended cleanly with the last chunk), the client leaves,
 //! or a test cuts it (closed without the last chunk, as a network failure
@@ -51,6 +53,8 @@ enum Route {
         resource: Resource,
         namespace: String,
         name: String,
+        /// `status` for the subresource.
+        status: bool,
     },
     NotFound,
 }
@@ -68,11 +72,14 @@ fn route(path: &str) -> Route {
             )
         }
         "/apis" => {
-            let gv = json!({"groupVersion": "discovery.k8s.io/v1", "version": "v1"});
-            return Route::NonResource(json!({
-                "kind": "APIGroupList", "apiVersion": "v1",
-                "groups": [{"name": "discovery.k8s.io", "versions": [gv], "preferredVersion": gv}],
-            }));
+            let groups: Vec<Value> = [("discovery.k8s.io", "v1"), ("coordination.k8s.io", "v1"), ("xdplb.io", "v1alpha1")]
+                .iter()
+                .map(|(g, v)| {
+                    let gv = json!({"groupVersion": format!("{g}/{v}"), "version": v});
+                    json!({"name": g, "versions": [gv], "preferredVersion": gv})
+                })
+                .collect();
+            return Route::NonResource(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}));
         }
         _ => {}
     }
@@ -80,6 +87,10 @@ fn route(path: &str) -> Route {
         ("", r)
     } else if let Some(r) = path.strip_prefix("/apis/discovery.k8s.io/v1/") {
         ("discovery.k8s.io", r)
+    } else if let Some(r) = path.strip_prefix("/apis/coordination.k8s.io/v1/") {
+        ("coordination.k8s.io", r)
+    } else if let Some(r) = path.strip_prefix("/apis/xdplb.io/v1alpha1/") {
+        ("xdplb.io", r)
     } else {
         return Route::NotFound;
     };
@@ -104,6 +115,16 @@ fn route(path: &str) -> Route {
                 resource,
                 namespace: namespace.unwrap_or_default(),
                 name: name.to_string(),
+                status: false,
+            },
+            None => Route::NotFound,
+        },
+        [plural, name, "status"] => match found(plural) {
+            Some(resource) => Route::Item {
+                resource,
+                namespace: namespace.unwrap_or_default(),
+                name: name.to_string(),
+                status: true,
             },
             None => Route::NotFound,
         },
@@ -156,7 +177,7 @@ fn status(code: u16, reason: &str, message: &str) -> Value {
 }
 
 async fn connection(mut sock: TcpStream, state: Arc<Mutex<State>>) {
-    let Some(head) = read_head(&mut sock).await else {
+    let Some((head, body)) = read_request(&mut sock).await else {
         return;
     };
     let mut line = head.lines().next().unwrap_or_default().split(' ');
@@ -170,11 +191,23 @@ async fn connection(mut sock: TcpStream, state: Arc<Mutex<State>>) {
     let watch = matches!(q.get("watch").map(String::as_str), Some("true" | "1"));
     let (verb, group, resource) = match &route {
         Route::Collection { resource, .. } => (
-            if watch { "watch" } else { "list" },
+            match method {
+                "POST" => "create",
+                _ if watch => "watch",
+                _ => "list",
+            },
             resource.group(),
             resource.plural().to_string(),
         ),
-        Route::Item { resource, .. } => ("get", resource.group(), resource.plural().to_string()),
+        Route::Item { resource, status, .. } => (
+            match method {
+                "PUT" => "update",
+                "PATCH" => "patch",
+                _ => "get",
+            },
+            resource.group(),
+            if *status { format!("{}/status", resource.plural()) } else { resource.plural().to_string() },
+        ),
         _ => ("get", "", path.to_string()),
     };
     let mut request = Request {
@@ -188,7 +221,7 @@ async fn connection(mut sock: TcpStream, state: Arc<Mutex<State>>) {
     // Decide under the lock, write after it: a slow client never blocks a test.
     let answer = {
         let mut st = lock(&state);
-        let answer = answer(&mut st, method, route, watch, &q);
+        let answer = answer(&mut st, method, route, watch, &q, &body);
         request.status = match &answer {
             Answer::Body(code, _) => *code,
             Answer::Watch(_) | Answer::Gone(_) => 200,
@@ -215,6 +248,29 @@ async fn connection(mut sock: TcpStream, state: Arc<Mutex<State>>) {
     }
 }
 
+/// The answer to a write (POST, PUT, PATCH), done on `st`.
+fn write(st: &mut State, method: &str, route: Route, body: &[u8]) -> Answer {
+    let Ok(obj) = serde_json::from_slice::<Value>(body) else {
+        return Answer::Body(400, status(400, "BadRequest", "the body is not JSON"));
+    };
+    let done = match (method, route) {
+        ("POST", Route::Collection { resource: resource @ (Resource::Leases | Resource::Events), namespace }) => {
+            st.create(resource, namespace.as_deref().unwrap_or_default(), obj).map(|o| (201, o))
+        }
+        ("PUT", Route::Item { resource: resource @ Resource::Leases, namespace, name, status: false }) => {
+            st.replace(resource, &namespace, &name, obj).map(|o| (200, o))
+        }
+        ("PATCH", Route::Item { resource: resource @ Resource::Services, namespace, name, status: true }) => {
+            st.patch_status(resource, &namespace, &name, &obj).map(|o| (200, o))
+        }
+        _ => Err((405, "MethodNotAllowed", "the double does not serve this write".to_string())),
+    };
+    match done {
+        Ok((code, o)) => Answer::Body(code, o),
+        Err((code, reason, msg)) => Answer::Body(code, status(code, reason, &msg)),
+    }
+}
+
 enum Answer {
     Body(u16, Value),
     Watch(mpsc::UnboundedReceiver<String>),
@@ -228,6 +284,7 @@ fn answer(
     route: Route,
     watch: bool,
     q: &HashMap<String, String>,
+    body: &[u8],
 ) -> Answer {
     if !st.available {
         // Open watches were cut when the server went down (see ApiServer).
@@ -242,10 +299,13 @@ fn answer(
             return Answer::Body(403, status(403, "Forbidden", &msg));
         }
     }
+    if matches!(method, "POST" | "PUT" | "PATCH") {
+        return write(st, method, route, body);
+    }
     if method != "GET" {
         return Answer::Body(
             405,
-            status(405, "MethodNotAllowed", "the double serves GET only"),
+            status(405, "MethodNotAllowed", "the double serves GET, POST, PUT and PATCH only"),
         );
     }
     match route {
@@ -258,6 +318,7 @@ fn answer(
             resource,
             namespace,
             name,
+            ..
         } => match st.get(resource, &namespace, &name) {
             Some(o) => Answer::Body(200, o),
             None => Answer::Body(
@@ -324,28 +385,51 @@ fn answer(
     }
 }
 
-/// Reads up to the blank line that ends a request head; `None` if the
-/// client left first or the head is absurd.
-async fn read_head(sock: &mut TcpStream) -> Option<String> {
+/// Reads a request: its head (up to the blank line) and its body
+/// (`Content-Length` bytes); `None` if the client left first or the request
+/// is absurd.
+async fn read_request(sock: &mut TcpStream) -> Option<(String, Vec<u8>)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
         let n = sock.read(&mut chunk).await.ok().filter(|&n| n > 0)?;
         buf.extend_from_slice(&chunk[..n]);
         if buf.len() > MAX_HEAD {
             return None;
         }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let length = head
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    if length > MAX_HEAD {
+        return None;
     }
-    Some(String::from_utf8_lossy(&buf).into_owned())
+    let mut body = buf.split_off(end);
+    while body.len() < length {
+        let n = sock.read(&mut chunk).await.ok().filter(|&n| n > 0)?;
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(length);
+    Some((head, body))
 }
 
 fn reason(code: u16) -> &'static str {
     match code {
         200 => "OK",
+        201 => "Created",
         400 => "Bad Request",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
+        422 => "Unprocessable Entity",
         _ => "Service Unavailable",
     }
 }

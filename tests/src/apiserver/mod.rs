@@ -3,7 +3,10 @@
 //! binary) to run against it unchanged.
 //!
 //! It serves LIST, WATCH and GET of Services, EndpointSlices
-//! (discovery.k8s.io/v1) and Nodes, cluster-wide and namespaced, with one
+//! (discovery.k8s.io/v1), Nodes, Leases (coordination.k8s.io/v1), Events
+//! and LoadBalancerPools (xdplb.io/v1alpha1), cluster-wide and namespaced;
+//! POST of Leases and Events, PUT of Leases (409 on a stale
+//! resourceVersion), and merge-PATCH of a Service's status; with one
 //! global resourceVersion, retained history (a watch resumes where it left
 //! off), periodic BOOKMARKs, `410 Gone` for a watch older than the history,
 //! and `/version`, `/api`, `/apis`. A test drives it through methods, not
@@ -133,6 +136,16 @@ impl ApiServer {
     /// resource); returns the new resourceVersion.
     pub fn apply(&self, obj: Value) -> u64 {
         self.st().apply(obj)
+    }
+
+    /// The objects of `resource` (every namespace), in namespace/name order.
+    pub fn list(&self, resource: Resource) -> Vec<Value> {
+        self.st().list(resource, &state::Selector::default())
+    }
+
+    /// One object.
+    pub fn get(&self, resource: Resource, namespace: &str, name: &str) -> Option<Value> {
+        self.st().get(resource, namespace, name)
     }
 
     /// Deletes an object; returns whether it existed.

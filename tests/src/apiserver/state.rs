@@ -14,19 +14,30 @@ pub enum Resource {
     Services,
     EndpointSlices,
     Nodes,
+    /// coordination.k8s.io/v1 (leader election).
+    Leases,
+    /// core v1 Events (written by the allocator).
+    Events,
+    /// xdplb.io/v1alpha1, cluster-scoped (the CRD).
+    LoadBalancerPools,
 }
 
 impl Resource {
-    pub const ALL: [Resource; 3] = [
+    pub const ALL: [Resource; 6] = [
         Resource::Services,
         Resource::EndpointSlices,
         Resource::Nodes,
+        Resource::Leases,
+        Resource::Events,
+        Resource::LoadBalancerPools,
     ];
 
     /// The API group ("" for core), as RBAC spells it.
     pub fn group(self) -> &'static str {
         match self {
             Resource::EndpointSlices => "discovery.k8s.io",
+            Resource::Leases => "coordination.k8s.io",
+            Resource::LoadBalancerPools => "xdplb.io",
             _ => "",
         }
     }
@@ -35,11 +46,16 @@ impl Resource {
             Resource::Services => "services",
             Resource::EndpointSlices => "endpointslices",
             Resource::Nodes => "nodes",
+            Resource::Leases => "leases",
+            Resource::Events => "events",
+            Resource::LoadBalancerPools => "loadbalancerpools",
         }
     }
     pub fn api_version(self) -> &'static str {
         match self {
             Resource::EndpointSlices => "discovery.k8s.io/v1",
+            Resource::Leases => "coordination.k8s.io/v1",
+            Resource::LoadBalancerPools => "xdplb.io/v1alpha1",
             _ => "v1",
         }
     }
@@ -48,10 +64,13 @@ impl Resource {
             Resource::Services => "Service",
             Resource::EndpointSlices => "EndpointSlice",
             Resource::Nodes => "Node",
+            Resource::Leases => "Lease",
+            Resource::Events => "Event",
+            Resource::LoadBalancerPools => "LoadBalancerPool",
         }
     }
     pub fn namespaced(self) -> bool {
-        self != Resource::Nodes
+        !matches!(self, Resource::Nodes | Resource::LoadBalancerPools)
     }
     /// The resource of `(group, plural)`, as found in a request path.
     pub fn from_path(group: &str, plural: &str) -> Option<Self> {
@@ -65,6 +84,29 @@ impl Resource {
         Self::ALL
             .into_iter()
             .find(|r| r.api_version() == v && r.kind() == k)
+    }
+}
+
+/// Why a write was refused: (HTTP code, reason, message).
+pub type Refused = (u16, &'static str, String);
+
+/// RFC 7386 JSON merge patch of `target` by `patch`.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            let t = target.as_object_mut().expect("an object");
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        _ => *target = patch.clone(),
     }
 }
 
@@ -109,11 +151,13 @@ impl Selector {
 /// One request as the double saw it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
-    /// `get`, `list` or `watch` (RBAC verbs); `get` also for non-resource paths.
+    /// `get`, `list`, `watch`, `create`, `update` or `patch` (RBAC verbs);
+    /// `get` also for non-resource paths.
     pub verb: String,
     /// API group of the resource ("" for core and for non-resource paths).
     pub group: String,
-    /// Resource plural, or the path for non-resource requests (`/version`).
+    /// Resource plural (`services/status` for the subresource), or the path
+    /// for non-resource requests (`/version`).
     pub resource: String,
     /// The `resourceVersion` query parameter, if any.
     pub resource_version: Option<String>,
@@ -192,6 +236,16 @@ impl State {
         self.rv += 1;
         let meta = &mut obj["metadata"];
         meta["resourceVersion"] = json!(self.rv.to_string());
+        let kept = self.objects.get(&resource).and_then(|m| m.get(&k)).map(|o| o["metadata"]["creationTimestamp"].clone());
+        if let Some(t) = kept.filter(|t| t.is_string() && meta.get("creationTimestamp").is_none()) {
+            meta["creationTimestamp"] = t;
+        }
+        if meta.get("creationTimestamp").is_none() {
+            // Ordered as the objects were created (the allocator and the
+            // pools go by age); one a second from the start of 2000.
+            let t = self.rv;
+            meta["creationTimestamp"] = json!(format!("2000-01-{:02}T{:02}:{:02}:{:02}Z", 1 + t / 86_400 % 28, t / 3600 % 24, t / 60 % 60, t % 60));
+        }
         if meta.get("uid").is_none() {
             meta["uid"] = json!(format!("uid-{}-{}-{}", resource.plural(), k.0, k.1));
         }
@@ -206,6 +260,70 @@ impl State {
             obj,
         );
         self.rv
+    }
+
+    /// POST: creates an object in `namespace`; 409 if it exists. A
+    /// `generateName` without a name gets a unique name.
+    pub fn create(&mut self, resource: Resource, namespace: &str, mut obj: Value) -> Result<Value, Refused> {
+        if Resource::of(&obj) != Some(resource) {
+            return Err((400, "BadRequest", format!("the body is not a {}", resource.kind())));
+        }
+        if resource.namespaced() {
+            obj["metadata"]["namespace"] = json!(namespace);
+        }
+        if obj["metadata"]["name"].as_str().unwrap_or_default().is_empty() {
+            let prefix = obj["metadata"]["generateName"].as_str().unwrap_or_default().to_string();
+            if prefix.is_empty() {
+                return Err((422, "Invalid", "metadata.name or generateName is required".into()));
+            }
+            obj["metadata"]["name"] = json!(format!("{prefix}{}", self.rv + 1));
+        }
+        let (ns, name) = key(&obj);
+        if self.get(resource, &ns, &name).is_some() {
+            return Err((409, "AlreadyExists", format!("{} {name:?} already exists", resource.plural())));
+        }
+        self.apply(obj.clone());
+        Ok(self.get(resource, &ns, &name).expect("just created"))
+    }
+
+    /// PUT: replaces an object; 409 when the body's resourceVersion is not
+    /// the stored one (optimistic concurrency), 404 when it does not exist.
+    pub fn replace(&mut self, resource: Resource, namespace: &str, name: &str, mut obj: Value) -> Result<Value, Refused> {
+        if resource.namespaced() {
+            obj["metadata"]["namespace"] = json!(namespace);
+        }
+        let Some(old) = self.get(resource, namespace, name) else {
+            return Err((404, "NotFound", format!("{} {name:?} not found", resource.plural())));
+        };
+        if Resource::of(&obj) != Some(resource) || key(&obj).1 != name {
+            return Err((400, "BadRequest", format!("the body is not {} {name:?}", resource.kind())));
+        }
+        let sent = obj["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+        let stored = old["metadata"]["resourceVersion"].as_str().unwrap_or_default();
+        if sent.is_empty() || sent != stored {
+            let msg = format!("Operation cannot be fulfilled on {} {name:?}: the object has been modified; please apply your changes to the latest version and try again", resource.plural());
+            return Err((409, "Conflict", msg));
+        }
+        self.apply(obj);
+        Ok(self.get(resource, namespace, name).expect("just replaced"))
+    }
+
+    /// PATCH of the `status` subresource (merge patch): only `status`
+    /// changes; a `metadata.resourceVersion` in the patch is a precondition.
+    pub fn patch_status(&mut self, resource: Resource, namespace: &str, name: &str, patch: &Value) -> Result<Value, Refused> {
+        let Some(mut obj) = self.get(resource, namespace, name) else {
+            return Err((404, "NotFound", format!("{} {name:?} not found", resource.plural())));
+        };
+        if let Some(rv) = patch["metadata"]["resourceVersion"].as_str() {
+            if obj["metadata"]["resourceVersion"].as_str() != Some(rv) {
+                return Err((409, "Conflict", format!("{} {name:?} has been modified", resource.plural())));
+            }
+        }
+        if let Some(status) = patch.get("status") {
+            merge_patch(&mut obj["status"], status);
+        }
+        self.apply(obj);
+        Ok(self.get(resource, namespace, name).expect("just patched"))
     }
 
     /// Deletes an object; returns whether it existed.

@@ -278,3 +278,56 @@ fn bookmarks_cuts_timeouts_and_downtime() {
     assert_eq!(get(api.addr(), "/api/v1/nodes").0, 200);
     assert_eq!(get(api.addr(), "/version").0, 200);
 }
+
+/// A request with a JSON body: (status, JSON body).
+fn send_body(addr: SocketAddr, method: &str, path: &str, body: &Value) -> (u16, Value) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let body = body.to_string();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let mut text = String::new();
+    BufReader::new(s).read_to_string(&mut text).expect("response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+    let code = head.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("a status code");
+    (code, serde_json::from_str(body).expect("a JSON body"))
+}
+
+#[test]
+fn leases_are_replaced_only_from_their_current_version() {
+    let api = ApiServer::start();
+    let path = "/apis/coordination.k8s.io/v1/namespaces/kube-system/leases";
+    let lease = serde_json::json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "xdplb"}, "spec": {"holderIdentity": "a"}});
+    let (code, created) = send_body(api.addr(), "POST", path, &lease);
+    assert_eq!(code, 201, "{created}");
+    assert_eq!(send_body(api.addr(), "POST", path, &lease).0, 409, "exists");
+    let mut mine = created.clone();
+    mine["spec"]["holderIdentity"] = "b".into();
+    let (code, replaced) = send_body(api.addr(), "PUT", &format!("{path}/xdplb"), &mine);
+    assert_eq!(code, 200, "{replaced}");
+    // The same old version again: someone else wrote in between.
+    let (code, body) = send_body(api.addr(), "PUT", &format!("{path}/xdplb"), &mine);
+    assert_eq!((code, body["reason"].as_str()), (409, Some("Conflict")));
+    assert_eq!(get(api.addr(), &format!("{path}/xdplb")).1["spec"]["holderIdentity"], "b");
+    assert!(api.calls().contains(&("coordination.k8s.io".into(), "leases".into(), "update".into())));
+}
+
+#[test]
+fn a_service_status_is_merge_patched_and_events_are_created() {
+    let api = ApiServer::start();
+    api.apply(objects::service("shop", "web", Ipv4Addr::new(10, 96, 0, 1), 80));
+    let patch = serde_json::json!({"status": {"loadBalancer": {"ingress": [{"ip": "192.0.2.1"}]}}});
+    let (code, svc) = send_body(api.addr(), "PATCH", "/api/v1/namespaces/shop/services/web/status", &patch);
+    assert_eq!(code, 200, "{svc}");
+    assert_eq!(svc["status"]["loadBalancer"]["ingress"][0]["ip"], "192.0.2.1");
+    assert_eq!(svc["spec"]["clusterIP"], "10.96.0.1", "the rest stays");
+    assert_eq!(send_body(api.addr(), "PATCH", "/api/v1/namespaces/shop/services/nope/status", &patch).0, 404);
+    let ev = serde_json::json!({"apiVersion": "v1", "kind": "Event", "metadata": {"generateName": "web."},
+        "reason": "PoolExhausted", "involvedObject": {"kind": "Service", "name": "web", "namespace": "shop"}});
+    let (code, ev) = send_body(api.addr(), "POST", "/api/v1/namespaces/shop/events", &ev);
+    assert_eq!(code, 201, "{ev}");
+    assert_eq!(api.list(Resource::Events).len(), 1);
+    assert!(api.calls().contains(&("".into(), "services/status".into(), "patch".into())));
+    let pools = get(api.addr(), "/apis/xdplb.io/v1alpha1/loadbalancerpools");
+    assert_eq!((pools.0, pools.1["kind"].as_str()), (200, Some("LoadBalancerPoolList")));
+}

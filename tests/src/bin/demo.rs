@@ -4,7 +4,9 @@
 //! (balanced at connect() by the socket programs), and this prints which
 //! backend answered each request; then an EndpointSlice edit removes a
 //! backend, live. Last, two nodes with an agent each: requests reach a pod
-//! on the other node through a NodePort and through a ClusterIP. Needs root.
+//! on the other node through a NodePort and through a ClusterIP; then a
+//! LoadBalancer Service gets its address from a pool, and a client on the
+//! segment reaches it by ARP alone. Needs root.
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
@@ -82,6 +84,7 @@ fn main() {
     println!("conntrack entries: {} (two per flow)", dp.flows().map(|f| f.len()).unwrap_or(0));
     drop(agent);
     multi_node();
+    load_balancer();
     println!("\nthe agents, their pinned maps and the namespaces are removed on exit");
 }
 
@@ -104,4 +107,42 @@ fn multi_node() {
     let cip = tcp_requests(c.pod(1, 0), SocketAddr::from((web, 80)), 6);
     show(&format!("ClusterIP {web}:80 from pod-0 on node-1"), &cip);
     println!("  (the outside client's flows are SNATed to node-1's address so the replies come back through it; the pod's keep its own address)");
+}
+
+/// Two nodes with `--lb-pool`: the elected agent gives a LoadBalancer
+/// Service an address from the pool, its owner node answers ARP for it.
+fn load_balancer() {
+    println!("\nLoadBalancer: node-1, node-2 with `--lb-pool lan=192.168.50.200/29`, the API server double as the cluster");
+    let c = Cluster::with_agent_args(2, 1, Source::Kube, &["--lb-pool", "lan=192.168.50.200/29"]);
+    let def = ServiceDef::new("shop", Ipv4Addr::new(10, 96, 0, 30)).node_port(30100);
+    let mut svc = def.object();
+    svc["spec"]["type"] = serde_json::json!("LoadBalancer");
+    c.apply(svc);
+    c.apply(def.slice(&c.all_pods()));
+    let api = c.api().expect("the API server double");
+    let lb_ip = || -> Option<Ipv4Addr> {
+        let s = api.get(xdplb_tests::apiserver::Resource::Services, xdplb_tests::cluster::NAMESPACE, "shop")?;
+        s["status"]["loadBalancer"]["ingress"][0]["ip"].as_str()?.parse().ok()
+    };
+    assert!(wait_for(Duration::from_secs(30), || lb_ip().is_some()), "no address allocated:\n{}", c.logs());
+    let addr = lb_ip().expect("an address");
+    println!("  Service demo/shop (type LoadBalancer, no address asked): status.loadBalancer.ingress = {addr}, from pool lan");
+    let owner = || (1..=2).find_map(|i| {
+        let v = lb_agent::lbip::read_status(&c.node(i).pin_dir).ok()?;
+        v.addresses.iter().find(|a| a.address == addr.to_string())?.owner.clone()
+    });
+    assert!(wait_for(Duration::from_secs(10), || owner().is_some()), "no owner:\n{}", c.logs());
+    println!("  the node answering ARP for {addr}: {} (chosen by every agent alike: rank of hash(node, address) among live nodes)", owner().unwrap_or_default());
+    let mut answered = false;
+    for _ in 0..50 {
+        let t = tcp_requests(&c.client, SocketAddr::from((addr, 80)), 6);
+        if t.ok() == 6 {
+            println!("  http://{addr}/ from the client, which has no route but its /24: {} ok; answered by {:?}", t.ok(), t.answers);
+            answered = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(answered, "the client never reached {addr}:\n{}", c.logs());
+    println!("  (`lb-agent lb-addresses` prints the pools and owners; see deploy/README.md to replace MetalLB)");
 }

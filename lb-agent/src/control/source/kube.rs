@@ -48,7 +48,16 @@ pub const KUBE_API_CALLS: &[(&str, &str, &[&str])] = &[
         &["get", "list", "watch"],
     ),
     ("", "nodes", &["get", "list", "watch"]),
+    // LoadBalancer addresses (`lbip`, with --lb-addresses): the allocator
+    // writes Services' status and Events; every agent follows the pools.
+    ("", "services/status", &["patch"]),
+    ("", "events", &["create"]),
+    ("xdplb.io", "loadbalancerpools", &["get", "list", "watch"]),
 ];
+
+/// The allocator's Lease calls, granted by a Role in the agent's namespace
+/// only (not cluster-wide): (API group, resource, verbs).
+pub const LEASE_API_CALLS: &[(&str, &str, &[&str])] = &[("coordination.k8s.io", "leases", &["get", "create", "update"])];
 
 /// [`KUBE_API_CALLS`] as (API group, resource, verb) triples, for comparing
 /// with RBAC rules or with the calls an API server saw.
