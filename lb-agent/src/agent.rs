@@ -282,6 +282,11 @@ impl Programmer {
                     apply_us = o.apply_time.as_micros() as u64,
                     "synced"
                 );
+                match lb_agent::ctclean::clean(&mut self.dp, &lb_agent::ctclean::touched(d)) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(flows = n, "removed the conntrack entries of removed backends"),
+                    Err(e) => tracing::warn!(error = format!("{e:#}"), "removing the conntrack entries of removed backends failed"),
+                }
                 if self.names.as_deref() != Some(&names) {
                     let names = Arc::new(names);
                     self.metrics.set_names(names.clone());

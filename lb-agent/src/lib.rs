@@ -7,6 +7,7 @@ pub mod migrate;
 pub mod diff;
 pub mod fit;
 pub mod control;
+pub mod ctclean;
 pub mod explain;
 pub mod ops;
 pub mod pinfs;

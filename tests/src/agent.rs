@@ -183,7 +183,10 @@ impl Agent {
 fn spawn(node: &Netns, pin_dir: &Path, source_dir: &Path, log: &Path, extra: &[String]) -> Child {
     let mut args: Vec<String> =
         ["--node-name", "node-0", "--node-address", &NODE_ADDR.to_string()].iter().map(|s| s.to_string()).collect();
-    args.push(format!("--source=file:{}", source_dir.display()));
+    // A test may bring its own source (e.g. `--source kube` and a kubeconfig).
+    if !extra.iter().any(|a| a.starts_with("--source")) {
+        args.push(format!("--source=file:{}", source_dir.display()));
+    }
     args.extend_from_slice(extra);
     spawn_run(node.name(), pin_dir, log, &args)
 }

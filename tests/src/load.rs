@@ -39,10 +39,14 @@ pub struct Seen {
     pub long_udp: Vec<Vec<String>>,
     /// Failures of the long-lived connections (a TCP one stops at its first).
     pub long_failures: Vec<Failure>,
+    /// The long-lived TCP connections that failed (indexes into `long_tcp`).
+    pub long_tcp_failed: Vec<usize>,
     /// New connections / flows answered, and those that failed.
     pub new_tcp_ok: usize,
     pub new_udp_ok: usize,
     pub new_failures: Vec<Failure>,
+    /// Every answer: when its request was sent, and the backend that answered.
+    pub answers: Vec<(Instant, String)>,
 }
 
 impl Seen {
@@ -91,11 +95,18 @@ impl Load {
             let (seen, stop) = (seen.clone(), stop.clone());
             threads.push(std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
                     match conn.ask() {
-                        Ok(id) => seen.lock().unwrap().long_tcp[i].push(id),
+                        Ok(id) => {
+                            let mut s = seen.lock().unwrap();
+                            s.answers.push((sent, id.clone()));
+                            s.long_tcp[i].push(id);
+                        }
                         Err(e) => {
                             let what = format!("tcp connection {i}: {e}");
-                            seen.lock().unwrap().long_failures.push(Failure { at: Instant::now(), what });
+                            let mut s = seen.lock().unwrap();
+                            s.long_failures.push(Failure { at: Instant::now(), what });
+                            s.long_tcp_failed.push(i);
                             return;
                         }
                     }
@@ -108,8 +119,13 @@ impl Load {
             let (seen, stop) = (seen.clone(), stop.clone());
             threads.push(std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
                     match udp_ask(&sock, udp, b"who", Duration::from_secs(3)) {
-                        Ok((id, _)) => seen.lock().unwrap().long_udp[i].push(id),
+                        Ok((id, _)) => {
+                            let mut s = seen.lock().unwrap();
+                            s.answers.push((sent, id.clone()));
+                            s.long_udp[i].push(id);
+                        }
                         Err(e) => {
                             let what = format!("udp flow {i}: {e}");
                             seen.lock().unwrap().long_failures.push(Failure { at: Instant::now(), what });
@@ -121,18 +137,30 @@ impl Load {
         }
         let (s, st) = (seen.clone(), stop.clone());
         threads.push(client.spawn(move || {
-            paced(&st, || match http_request_within(tcp, "load", "/", Duration::from_secs(3), Duration::from_secs(5)) {
-                Ok((200, _)) => s.lock().unwrap().new_tcp_ok += 1,
-                r => s.lock().unwrap().new_failures.push(Failure { at: Instant::now(), what: format!("new tcp: {r:?}") }),
+            paced(&st, || {
+                let sent = Instant::now();
+                match http_request_within(tcp, "load", "/", Duration::from_secs(3), Duration::from_secs(5)) {
+                    Ok((200, id)) => {
+                        let mut s = s.lock().unwrap();
+                        s.new_tcp_ok += 1;
+                        s.answers.push((sent, id));
+                    }
+                    r => s.lock().unwrap().new_failures.push(Failure { at: Instant::now(), what: format!("new tcp: {r:?}") }),
+                }
             })
         }));
         let (s, st) = (seen.clone(), stop.clone());
         threads.push(client.spawn(move || {
             paced(&st, || {
                 // A fresh socket: a fresh source port, so a new flow each time.
+                let sent = Instant::now();
                 let r = UdpSocket::bind("0.0.0.0:0").and_then(|sock| udp_ask(&sock, udp, b"who", Duration::from_secs(3)));
                 match r {
-                    Ok(_) => s.lock().unwrap().new_udp_ok += 1,
+                    Ok((id, _)) => {
+                        let mut s = s.lock().unwrap();
+                        s.new_udp_ok += 1;
+                        s.answers.push((sent, id));
+                    }
                     Err(e) => s.lock().unwrap().new_failures.push(Failure { at: Instant::now(), what: format!("new udp: {e}") }),
                 }
             })

@@ -34,6 +34,10 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// The long variants of the reliability tests (needs root, ~7 min):
+    /// backend churn for a minute (tests/tests/backend_churn.rs) and a
+    /// 5-minute API server outage (tests/tests/api_faults.rs).
+    Soak,
     /// Real traffic through a Service VIP in network namespaces (needs root).
     Demo,
     /// Clippy in two passes: the workspace on stable, lb-ebpf alone on
@@ -98,6 +102,13 @@ fn main() -> Result<()> {
             // often a crate with no doc tests: "0 passed").
             println!("xtask test: {} passed, {} failed, {} ignored", total.passed, total.failed, total.ignored);
             r1.and(r2)
+        }
+        Cmd::Soak => {
+            provision::all()?;
+            let mut total = test::Totals::default();
+            let r = test::soak(&mut total);
+            println!("xtask soak: {} passed, {} failed", total.passed, total.failed);
+            r
         }
         Cmd::Bench { quick, smoke, out, only, pktgen_vm } => bench::run(quick, smoke, out.as_deref(), only.as_deref(), pktgen_vm),
         Cmd::Lint => {

@@ -34,9 +34,15 @@ impl Totals {
 /// Runs `cargo <args>` from the workspace root, passing its output through
 /// and counting the summary lines into `totals`.
 pub fn run(args: &[&str], totals: &mut Totals) -> Result<()> {
+    run_with(args, &[], totals)
+}
+
+/// [`run`] with environment variables set for cargo and the tests.
+pub fn run_with(args: &[&str], env: &[(&str, &str)], totals: &mut Totals) -> Result<()> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let mut child = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(root)
         .stdout(Stdio::piped())
         .spawn()
@@ -52,6 +58,21 @@ pub fn run(args: &[&str], totals: &mut Totals) -> Result<()> {
         bail!("cargo {} failed ({status})", args.join(" "));
     }
     Ok(())
+}
+
+/// The long variants of the reliability tests, one after the other, each
+/// stretched by the variable its test reads.
+pub fn soak(totals: &mut Totals) -> Result<()> {
+    let runs: [(&str, &str, &str, &str); 2] = [
+        ("backend_churn", "backends_churning_every_100ms", "XDPLB_CHURN_SECS", "60"),
+        ("api_faults", "an_api_server_outage", "XDPLB_OUTAGE_SECS", "300"),
+    ];
+    let mut result = Ok(());
+    for (file, filter, var, value) in runs {
+        let r = run_with(&["test", "-p", "xdplb-tests", "--test", file, "--", filter, "--nocapture"], &[(var, value)], totals);
+        result = result.and(r);
+    }
+    result
 }
 
 #[cfg(test)]
