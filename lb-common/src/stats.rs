@@ -70,6 +70,18 @@ counters! {
     CT_HALF_RESTORED = 23, "conntrack_half_restored", "Event: one half of a live flow's conntrack pair had been evicted and was restored from the other.";
     FORWARD_FALLBACK = 24, "forward_fallback", "Event: XDP could not forward a SNATed packet itself (no route or neighbour): passed to the kernel.";
     ICMP_NAT = 25, "icmp_nat", "Translated: an ICMP error about a NATed flow, rewritten to the packet its receiver sent (path MTU, port unreachable).";
+    // 26-33: reserved for the dsr and lead branches of this round (the merge
+    // replaces these placeholders with their counters; indexes must stay dense).
+    RESERVED_26 = 26, "reserved_26", "Reserved (not counted yet).";
+    RESERVED_27 = 27, "reserved_27", "Reserved (not counted yet).";
+    RESERVED_28 = 28, "reserved_28", "Reserved (not counted yet).";
+    RESERVED_29 = 29, "reserved_29", "Reserved (not counted yet).";
+    RESERVED_30 = 30, "reserved_30", "Reserved (not counted yet).";
+    RESERVED_31 = 31, "reserved_31", "Reserved (not counted yet).";
+    RESERVED_32 = 32, "reserved_32", "Reserved (not counted yet).";
+    RESERVED_33 = 33, "reserved_33", "Reserved (not counted yet).";
+    CT_CONFIRMED = 34, "conntrack_confirmed", "Event: a flow's backend answered a second time: the flow is confirmed and saved in conntrack_confirmed_v4, which new flows cannot evict.";
+    CT_CONFIRMED_RESTORED = 35, "conntrack_confirmed_restored", "Event: a confirmed flow evicted from conntrack_v4 (a flood of new flows) was restored from conntrack_confirmed_v4.";
 }
 
 /// First event counter (see [`counter`]).

@@ -34,7 +34,7 @@ pub enum Origin {
 const NS: u64 = 1_000_000_000;
 /// `last_seen_ns` is refreshed at most this often, to keep writes to a shared
 /// entry rare.
-const TOUCH_INTERVAL_NS: u64 = NS;
+pub(crate) const TOUCH_INTERVAL_NS: u64 = NS;
 
 /// Where a packet is rewritten to: the service or backend end (`addr`,
 /// `port`) and the client end on the far side (`peer_addr`, `peer_port`;
@@ -161,8 +161,9 @@ fn touch(entry: &mut FlowV4, p: &Packet, now: u64) -> bool {
 /// re-balanced: the stale-conntrack blackhole of kube-proxy does not exist here).
 #[inline(always)]
 pub fn established(key: &FlowKeyV4, p: &Packet, now: u64) -> Option<Rewrite> {
+    // A confirmed flow a flood evicted is restored (see `confirmed`).
     // SAFETY: the entry stays valid for this program run; races only lose counts.
-    let entry = unsafe { &mut *conntrack_v4.get_ptr_mut(key)? };
+    let entry = unsafe { &mut *conntrack_v4.get_ptr_mut(key).or_else(|| crate::confirmed::restore(key, p, now))? };
     if entry.direction != direction::FORWARD
         || since(now, entry.last_seen_ns) > timeout_ns(entry, p.proto)
         || (p.tcp_flags & TCP_SYN != 0 && entry.flags & flow_flags::CLOSING != 0)
@@ -234,6 +235,7 @@ fn keep_pair(key: &FlowKeyV4, e: &FlowV4) {
                 // by another flow, see `create`).
                 if (*o).flags & flow_flags::CLOSING == 0 && ((*o).nat_addr, (*o).nat_port) == nat && ((*o).peer_addr, (*o).peer_port) == peer {
                     (*o).flags |= flow_flags::CLOSING;
+                    crate::confirmed::forget(key, &other);
                 }
             }
         }
@@ -449,9 +451,10 @@ pub fn maybe_snat_reply(p: &Packet) -> bool {
 #[inline(always)]
 pub fn reply(p: &Packet) -> Option<Rewrite> {
     let key = key_of(p);
-    // SAFETY: as in `established`.
-    let entry = unsafe { &mut *conntrack_v4.get_ptr_mut(key)? };
     let now = now();
+    // A confirmed flow's reply half a flood evicted is restored (see `confirmed`).
+    // SAFETY: as in `established`.
+    let entry = unsafe { &mut *conntrack_v4.get_ptr_mut(key).or_else(|| crate::confirmed::restore(&key, p, now))? };
     // A stale entry must not capture a new connection that reuses the tuple
     // (e.g. a client talking to the backend directly from a port it once used
     // for the service): expired entries are not ours, and neither is a
@@ -465,9 +468,14 @@ pub fn reply(p: &Packet) -> Option<Rewrite> {
         let _ = conntrack_v4.remove(key);
         return None;
     }
+    let seen = entry.flags & flow_flags::SEEN_REPLY != 0;
     entry.flags |= flow_flags::SEEN_REPLY;
-    if touch(entry, p, now) {
+    let due = touch(entry, p, now);
+    if due {
         keep_pair(&key, entry);
+    }
+    if seen {
+        crate::confirmed::on_reply(&key, entry, &other_key(&key, entry), due);
     }
     Some(Rewrite::of(entry.nat_addr, entry.nat_port, entry))
 }

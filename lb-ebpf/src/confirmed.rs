@@ -1,0 +1,89 @@
+//! Confirmed flows survive a flood of new ones. `conntrack_v4` is one LRU
+//! for every flow, so a burst of new flows (a scan, a SYN or UDP flood:
+//! 100× the table at ~40k flows/s) evicts established flows along with
+//! everything else: their next packet is balanced anew, their replies leave
+//! un-NATed, and the connection is reset.
+//!
+//! Policy (as netfilter's "assured" entries and Katran's flood mode): a
+//! flow whose backend has answered twice is *confirmed*, and both its
+//! halves are copied into a second LRU, `conntrack_confirmed_v4`, which
+//! only confirmed flows enter. A flood of one-packet (or one-answer) flows
+//! never reaches it. A packet of a flow that finds no entry in
+//! `conntrack_v4` looks there before it is balanced anew (forward) or
+//! passed as not ours (reply), and the half is put back. The copies are
+//! refreshed about once a second while the flow lives (their LRU position),
+//! and dropped when the flow closes.
+use aya_ebpf::{btf_maps::LruHashMap, macros::btf_map};
+use lb_common::{counter, direction, flow_flags, maps::default_size as size, FlowKeyV4, FlowV4};
+
+use crate::{
+    maps::conntrack_v4,
+    parse::{Packet, TCP_SYN},
+    stats::count,
+};
+
+/// Both halves of every confirmed flow, keyed as in `conntrack_v4`. A
+/// quarter of its size (the agent sets both from `--max-flows`).
+#[allow(non_upper_case_globals, reason = "named as the pinned map bpftool shows")]
+#[btf_map]
+pub static conntrack_confirmed_v4: LruHashMap<FlowKeyV4, FlowV4, { size::CONNTRACK as usize / 4 }> = LruHashMap::new();
+
+/// Called on every reply packet after the first (`reply` is the reply half
+/// at `reply_key`, `forward` the forward half's key; `due`: the reply half's
+/// time was just refreshed): confirms the flow on its second reply, and
+/// keeps the copies' LRU positions fresh afterwards.
+#[inline(always)]
+pub fn on_reply(reply_key: &FlowKeyV4, reply: &mut FlowV4, forward: &FlowKeyV4, due: bool) {
+    if reply.flags & flow_flags::CONFIRMED == 0 {
+        reply.flags |= flow_flags::CONFIRMED;
+        if save(forward) && conntrack_confirmed_v4.insert(reply_key, &*reply, 0).is_ok() {
+            count(counter::CT_CONFIRMED);
+        }
+    } else if due && (conntrack_confirmed_v4.get_ptr(forward).is_none() || conntrack_confirmed_v4.get_ptr(reply_key).is_none()) {
+        // Evicted from the confirmed table too (more live confirmed flows
+        // than it holds): saved again while the flow is alive.
+        if save(forward) {
+            let _ = conntrack_confirmed_v4.insert(reply_key, &*reply, 0);
+        }
+    }
+}
+
+/// Copies the live forward half at `forward` into the confirmed table.
+#[inline(always)]
+fn save(forward: &FlowKeyV4) -> bool {
+    // SAFETY: a program-written value, only read (the helper copies it).
+    match unsafe { conntrack_v4.get(forward) } {
+        Some(e) if e.direction == direction::FORWARD && e.flags & flow_flags::CLOSING == 0 => {
+            conntrack_confirmed_v4.insert(forward, e, 0).is_ok()
+        }
+        _ => false,
+    }
+}
+
+/// A flow that closes (FIN or RST) is confirmed no longer: both halves go.
+#[inline(always)]
+pub fn forget(key: &FlowKeyV4, other: &FlowKeyV4) {
+    let _ = conntrack_confirmed_v4.remove(key);
+    let _ = conntrack_confirmed_v4.remove(other);
+}
+
+/// On a packet that found no entry at `key` in `conntrack_v4`: puts the
+/// half of a confirmed flow back and returns it. Its time is set just past
+/// the touch interval, so the packet's own touch refreshes it and restores
+/// the other half if that is gone too (`keep_pair`). A SYN (or SYN-ACK)
+/// opens a new connection on the tuple: never restored.
+#[inline(always)]
+pub fn restore(key: &FlowKeyV4, p: &Packet, now: u64) -> Option<*mut FlowV4> {
+    if p.tcp_flags & TCP_SYN != 0 {
+        return None;
+    }
+    let saved = conntrack_confirmed_v4.get_ptr(key)?;
+    // SAFETY: a live value of the confirmed map, copied by the helper (no
+    // copy on this program's small stack).
+    conntrack_v4.insert(key, unsafe { &*saved }, 0).ok()?;
+    let e = conntrack_v4.get_ptr_mut(key)?;
+    // SAFETY: the entry just inserted; valid for this program run.
+    unsafe { (*e).last_seen_ns = now.saturating_sub(crate::conntrack::TOUCH_INTERVAL_NS + 1) };
+    count(counter::CT_CONFIRMED_RESTORED);
+    Some(e)
+}
