@@ -282,7 +282,7 @@ impl Programmer {
                     apply_us = o.apply_time.as_micros() as u64,
                     "synced"
                 );
-                match lb_agent::ctclean::clean(&mut self.dp, &lb_agent::ctclean::touched(d)) {
+                match lb_agent::ctclean::clean(&mut self.dp, self.metrics.pin_dir(), &lb_agent::ctclean::touched(d)) {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(flows = n, "removed the conntrack entries of removed backends"),
                     Err(e) => tracing::warn!(error = format!("{e:#}"), "removing the conntrack entries of removed backends failed"),

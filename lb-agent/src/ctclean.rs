@@ -4,10 +4,11 @@
 //! its entries would stay until they idle out or the LRU evicts them, taking
 //! room from live flows and keeping the reply half that rewrites a stale
 //! backend's packets; a sync that removes backends deletes them at once.
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, path::Path};
 
 use anyhow::Result;
-use lb_common::{direction, BackendId, FlowKeyV4, FlowV4};
+use aya::maps::{Array, HashMap, Map, MapData};
+use lb_common::{direction, maps, BackendId, BackendV4, FlowKeyV4, FlowV4};
 
 use crate::{dataplane::Dataplane, diff::Diff};
 
@@ -28,29 +29,34 @@ fn backend_end(key: &FlowKeyV4, e: &FlowV4) -> ([u8; 4], [u8; 2]) {
 }
 
 /// Deletes every conntrack entry of a backend id in `ids` whose backend is
-/// no longer the one the maps hold under that id; returns how many.
-pub fn clean(dp: &mut Dataplane, ids: &BTreeSet<BackendId>) -> Result<usize> {
+/// no longer the one the maps hold under that id, in `conntrack_v4` and in
+/// the confirmed flows' copies under `pin_dir`; returns how many.
+pub fn clean(dp: &mut Dataplane, pin_dir: &Path, ids: &BTreeSet<BackendId>) -> Result<usize> {
     if ids.is_empty() {
         return Ok(0);
     }
-    let stale: Vec<FlowKeyV4> = dp
-        .flows()?
-        .into_iter()
+    let mut removed = clean_map(&mut dp.conntrack, &dp.backends, ids)?;
+    // Absent when pinned by an agent that predates it.
+    if let Ok(data) = MapData::from_pin(pin_dir.join(maps::CONNTRACK_CONFIRMED_V4)) {
+        let mut confirmed: HashMap<MapData, FlowKeyV4, FlowV4> = HashMap::try_from(Map::LruHashMap(data))?;
+        removed += clean_map(&mut confirmed, &dp.backends, ids)?;
+    }
+    Ok(removed)
+}
+
+fn clean_map(map: &mut HashMap<MapData, FlowKeyV4, FlowV4>, backends: &Array<MapData, BackendV4>, ids: &BTreeSet<BackendId>) -> Result<usize> {
+    let stale: Vec<FlowKeyV4> = map
+        .iter()
+        .filter_map(Result::ok)
         .filter(|(k, e)| {
             ids.contains(&e.backend_id)
-                && match dp.backends.get(&e.backend_id, 0) {
+                && match backends.get(&e.backend_id, 0) {
                     Ok(b) => b.is_empty() || (b.addr, b.port) != backend_end(k, e),
                     Err(_) => true,
                 }
         })
         .map(|(k, _)| k)
         .collect();
-    let mut removed = 0;
-    for k in &stale {
-        // Gone already (idled out, evicted): nothing to do.
-        if dp.conntrack.remove(k).is_ok() {
-            removed += 1;
-        }
-    }
-    Ok(removed)
+    // An entry gone already (idled out, evicted) is not counted.
+    Ok(stale.iter().filter(|k| map.remove(k).is_ok()).count())
 }

@@ -17,7 +17,7 @@ use aya_ebpf::{btf_maps::LruHashMap, macros::btf_map};
 use lb_common::{counter, direction, flow_flags, maps::default_size as size, FlowKeyV4, FlowV4};
 
 use crate::{
-    maps::conntrack_v4,
+    maps::{backends_v4, conntrack_v4},
     parse::{Packet, TCP_SYN},
     stats::count,
 };
@@ -78,8 +78,18 @@ pub fn restore(key: &FlowKeyV4, p: &Packet, now: u64) -> Option<*mut FlowV4> {
         return None;
     }
     let saved = conntrack_confirmed_v4.get_ptr(key)?;
-    // SAFETY: a live value of the confirmed map, copied by the helper (no
-    // copy on this program's small stack).
+    // SAFETY: a live value of the confirmed map, read in place (no copy on
+    // this program's small stack).
+    let (id, end) = unsafe {
+        let s = &*saved;
+        (s.backend_id, if s.direction == direction::FORWARD { (s.nat_addr, s.nat_port) } else { (key.src_addr, key.src_port) })
+    };
+    // A flow whose backend is gone (or has another address) stays gone.
+    if !backends_v4.get(id).is_some_and(|b| (b.addr, b.port) == end) {
+        let _ = conntrack_confirmed_v4.remove(key);
+        return None;
+    }
+    // SAFETY: as above; the helper copies the value.
     conntrack_v4.insert(key, unsafe { &*saved }, 0).ok()?;
     let e = conntrack_v4.get_ptr_mut(key)?;
     // SAFETY: the entry just inserted; valid for this program run.

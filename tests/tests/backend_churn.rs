@@ -4,7 +4,6 @@
 //! the Kubernetes e2e UDP conntrack cases. Needs root.
 use std::{
     net::{Ipv4Addr, SocketAddr, UdpSocket},
-    path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -14,10 +13,13 @@ use std::{
 
 use lb_agent::dataplane::Dataplane;
 use lb_common::direction;
-use serde_json::{json, Value};
+use serde_json::Value;
 use xdplb_tests::{
     agent::{programmed_at, Agent, WEB_CLUSTER_IP},
-    apiserver::{objects, ApiServer},
+    apiserver::{
+        objects::{self, Cond},
+        ApiServer,
+    },
     load::Load,
     servers::{udp_ask, Server},
     topology::{backend_addr, Topology, NODE_ADDR},
@@ -26,49 +28,12 @@ use xdplb_tests::{
 
 const NODE: &str = "node-0";
 
-/// `shop/web`: a TCP and a UDP port, both 80 → 8080, round-robin.
 fn service() -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"namespace": "shop", "name": "web", "annotations": {"xdplb.io/algorithm": "round-robin"}},
-        "spec": {"type": "ClusterIP", "clusterIP": WEB_CLUSTER_IP.to_string(), "clusterIPs": [WEB_CLUSTER_IP.to_string()],
-                 "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080},
-                           {"name": "dns", "port": 80, "protocol": "UDP", "targetPort": 8080}],
-                 "selector": {"app": "web"}},
-    })
+    objects::web_tcp_udp(WEB_CLUSTER_IP)
 }
 
-/// An endpoint's conditions, as the EndpointSlice controller writes them.
-#[derive(Clone, Copy, PartialEq)]
-enum Cond {
-    Ready,
-    /// Its pod is shutting down: serving, not ready, terminating.
-    Terminating,
-    /// Not ready yet (readiness probe not passed).
-    Unready,
-}
-
-/// The EndpointSlice of `web` with `eps` (backend index, conditions).
 fn slice(eps: &[(usize, Cond)]) -> Value {
-    let endpoints: Vec<Value> = eps
-        .iter()
-        .map(|&(i, c)| {
-            let (ready, serving, terminating) = match c {
-                Cond::Ready => (true, true, false),
-                Cond::Terminating => (false, true, true),
-                Cond::Unready => (false, false, false),
-            };
-            json!({"addresses": [backend_addr(i).to_string()], "nodeName": NODE,
-                   "conditions": {"ready": ready, "serving": serving, "terminating": terminating}})
-        })
-        .collect();
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {"namespace": "shop", "name": "web-1", "labels": {"kubernetes.io/service-name": "web"}},
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 8080, "protocol": "UDP"}],
-        "endpoints": endpoints,
-    })
+    objects::web_slice(&eps.iter().map(|&(i, c)| (backend_addr(i), c)).collect::<Vec<_>>(), NODE)
 }
 
 fn ready(ids: &[usize]) -> Value {
@@ -84,12 +49,7 @@ fn setup(n: usize, first: Value) -> (Topology, Vec<Option<Server>>, ApiServer, A
     api.apply(objects::node(NODE, NODE_ADDR));
     api.apply(service());
     api.apply(first);
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!("xlbt-{}-churn{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig: PathBuf = dir.join("kubeconfig");
-    api.write_kubeconfig(&kubeconfig);
-    let mut agent = Agent::start_with(&t.node, &dir, &["--source", "kube", "--kubeconfig", kubeconfig.to_str().unwrap()]);
+    let mut agent = Agent::start_kube(&t.node, &api, &[]);
     let dp = agent.maps();
     (t, servers, api, agent, dp)
 }
