@@ -115,6 +115,30 @@ fn service() -> impl Strategy<Value = Value> {
         })
 }
 
+/// A Service that validation keeps (mostly): valid names and 1-4 valid
+/// ports named p0.., hostile values left in addresses and annotations.
+fn sane_service() -> impl Strategy<Value = Value> {
+    (
+        "[a-z][a-z0-9-]{0,8}",
+        prop::collection::vec((1u16..=65535, prop_oneof![Just("TCP"), Just("UDP")], 1u16..=65535), 1..4),
+        prop_oneof![3 => (1u8..=254).prop_map(|a| format!("10.96.0.{a}")), 1 => addr()],
+        prop::collection::vec(addr(), 0..2),
+        prop_oneof![Just("round-robin"), Just("maglev"), Just("least-conn"), Just("random"), Just("bogus")],
+    )
+        .prop_map(|(n, ports, cip, ext, alg)| {
+            let ports: Vec<Value> = ports
+                .iter()
+                .enumerate()
+                .map(|(i, (p, pr, t))| json!({"name": format!("p{i}"), "port": p, "protocol": pr, "targetPort": t}))
+                .collect();
+            json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"namespace": "shop", "name": n, "annotations": {"xdplb.io/algorithm": alg}},
+                "spec": {"type": "ClusterIP", "clusterIP": cip, "clusterIPs": [cip], "externalIPs": ext, "ports": ports},
+            })
+        })
+}
+
 fn endpoint() -> impl Strategy<Value = Value> {
     (
         prop::collection::vec(addr(), 0..3),
@@ -176,8 +200,10 @@ fn object_ref(v: &Value) -> ObjectRef {
     ObjectRef::new(v["metadata"]["namespace"].as_str().unwrap_or_default(), v["metadata"]["name"].as_str().unwrap_or_default())
 }
 
-/// Decodes, validates and plans `objects`; checks the properties.
-fn check(services: &[Value], slices: &[Value], nodes: &[Value]) -> Result<(), TestCaseError> {
+/// Decodes, validates and plans `objects`; checks the properties. Returns
+/// (objects left out, backends planned).
+fn check(services: &[Value], slices: &[Value], nodes: &[Value]) -> Result<(usize, usize), TestCaseError> {
+    let mut left_out = 0;
     let all: Vec<&Value> = services.iter().chain(slices).chain(nodes).collect();
     let text: String = all.iter().map(|v| format!("---\n{}", serde_yaml::to_string(v).unwrap())).collect();
     let (model, log) = logged(|| {
@@ -191,6 +217,7 @@ fn check(services: &[Value], slices: &[Value], nodes: &[Value]) -> Result<(), Te
         let id = object_ref(v);
         let last = services.iter().rev().find(|o| object_ref(o) == id).unwrap();
         if std::ptr::eq(last, v) && !model.services.contains_key(&id) {
+            left_out += 1;
             prop_assert!(log.contains(&format!("object={id}")), "Service {id} left out silently:\n{log}");
         }
     }
@@ -198,6 +225,7 @@ fn check(services: &[Value], slices: &[Value], nodes: &[Value]) -> Result<(), Te
         let id = object_ref(v);
         let last = slices.iter().rev().find(|o| object_ref(o) == id).unwrap();
         if std::ptr::eq(last, v) && !model.slices.contains_key(&id) {
+            left_out += 1;
             prop_assert!(log.contains(&format!("object={id}")), "EndpointSlice {id} left out silently:\n{log}");
         }
     }
@@ -214,36 +242,79 @@ fn check(services: &[Value], slices: &[Value], nodes: &[Value]) -> Result<(), Te
         prop_assert!(ok.contains(&end), "backend {end:?} is not a ready endpoint of the input");
         prop_assert!(p.contents.services.values().any(|s| s.id == key.service_id), "slot of service id {} without a frontend", key.service_id);
     }
-    Ok(())
+    Ok((left_out, p.contents.slots.len()))
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+/// What the checks covered, for the figures each test prints.
+#[derive(Default)]
+struct Covered {
+    cases: usize,
+    objects: usize,
+    left_out: usize,
+    planned_backends: usize,
+    cases_with_slots: usize,
+}
 
-    #[test]
-    fn arbitrary_objects_never_panic_are_named_when_left_out_and_plan_only_to_ready_endpoints(
-        services in prop::collection::vec(service(), 0..4),
-        slices in prop::collection::vec(slice(), 0..5),
-        nodes in prop::collection::vec(node(), 0..3),
-    ) {
-        check(&services, &slices, &nodes)?;
+/// Runs `cases` generated cases of `strategy` through [`check`].
+fn run<S: Strategy>(what: &str, cases: u32, strategy: S, split: impl Fn(S::Value) -> (Vec<Value>, Vec<Value>, Vec<Value>)) -> Covered {
+    let covered = std::cell::RefCell::new(Covered::default());
+    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() });
+    let result = runner.run(&strategy, |v| {
+        let (services, slices, nodes) = split(v);
+        let got = check(&services, &slices, &nodes)?;
+        let mut c = covered.borrow_mut();
+        c.cases += 1;
+        c.objects += services.len() + slices.len() + nodes.len();
+        c.left_out += got.0;
+        c.planned_backends += got.1;
+        c.cases_with_slots += usize::from(got.1 > 0);
+        Ok(())
+    });
+    let c = covered.into_inner();
+    println!(
+        "props {what}: {} cases, {} objects ({} left out, each named), {} slots checked against the endpoints ({} cases with slots)",
+        c.cases, c.objects, c.left_out, c.planned_backends, c.cases_with_slots
+    );
+    if let Err(e) = result {
+        panic!("{e}");
     }
+    c
+}
 
-    /// Slices that do belong to the generated Services (same namespace,
-    /// label naming them): the path where plan() really builds backends.
-    #[test]
-    fn matching_services_and_slices_plan_only_to_ready_endpoints(
-        svc in service(),
-        slices in prop::collection::vec(slice(), 1..4),
-    ) {
-        let (ns, n) = (svc["metadata"]["namespace"].clone(), svc["metadata"]["name"].clone());
-        let slices: Vec<Value> = slices.into_iter().map(|mut s| {
-            s["metadata"]["namespace"] = ns.clone();
-            s["metadata"]["labels"]["kubernetes.io/service-name"] = n.clone();
-            s
-        }).collect();
-        check(&[svc], &slices, &[])?;
-    }
+#[test]
+fn arbitrary_objects_never_panic_are_named_when_left_out_and_plan_only_to_ready_endpoints() {
+    let objects = (prop::collection::vec(service(), 0..4), prop::collection::vec(slice(), 0..5), prop::collection::vec(node(), 0..3));
+    let c = run("arbitrary", 256, objects, |(a, b, c)| (a, b, c));
+    assert!(c.left_out > 0, "hostile objects were generated");
+}
+
+/// Slices that do belong to the generated Service (same namespace, label
+/// naming it): the path where plan() really builds backends.
+#[test]
+fn matching_services_and_slices_plan_only_to_ready_endpoints() {
+    let objects = (sane_service(), prop::collection::vec(slice(), 1..4));
+    let c = run("matching", 256, objects, |(svc, slices)| {
+        let n = svc["metadata"]["name"].clone();
+        // The slice ports of the Service's ports (name, target port, protocol).
+        let ports: Vec<Value> = svc["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| json!({"name": p["name"], "port": p["targetPort"], "protocol": p["protocol"]}))
+            .collect();
+        let slices = slices
+            .into_iter()
+            .map(|mut s| {
+                s["metadata"]["namespace"] = json!("shop");
+                s["metadata"]["labels"]["kubernetes.io/service-name"] = n.clone();
+                s["addressType"] = json!("IPv4");
+                s["ports"] = json!(ports);
+                s
+            })
+            .collect();
+        (vec![svc], slices, vec![])
+    });
+    assert!(c.cases_with_slots * 10 >= c.cases, "plan() built backends in at least a tenth of the cases");
 }
 
 #[test]
