@@ -97,7 +97,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     metrics.set_attached();
     let mut pods = PodIfaces::new(args.pod_ifaces.clone(), args.pin_path.clone());
-    pods.scan(&mut ebpf);
+    pods.scan(&mut ebpf, "start");
 
     let mut dp = Dataplane::open(&args.pin_path)?;
     let redirect = ifindexes(&args.redirect_ifaces)?;
@@ -181,7 +181,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             }
             _ = tick.tick() => {
                 agent.report_snat_exhaustion();
-                pods.scan(&mut ebpf);
+                pods.scan(&mut ebpf, "periodic scan");
                 agent.health.retry();
                 if !synced {
                     // The last sync failed part-way: try again from what the maps hold.
@@ -191,6 +191,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
                     synced = agent.reconcile();
                 }
             }
+            () = pods.link_event() => pods.scan(&mut ebpf, "link event"),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
