@@ -30,6 +30,10 @@ enum Cmd {
         /// (tests/tests/kernels.rs; provisions qemu, busybox, cpio; a few minutes).
         #[arg(long)]
         kernels: bool,
+        /// Run the suite beside `stress-ng` keeping every CPU busy (a CI
+        /// machine under load), to find tests that fail only then.
+        #[arg(long)]
+        under_load: bool,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
@@ -76,7 +80,7 @@ fn main() -> Result<()> {
             println!("built target/release/lb-agent");
             Ok(())
         }
-        Cmd::Test { kernels: true, args } => {
+        Cmd::Test { kernels: true, args, .. } => {
             provision::all()?;
             provision::vm_tools()?;
             let mut total = test::Totals::default();
@@ -86,8 +90,14 @@ fn main() -> Result<()> {
             println!("xtask test --kernels: {} passed, {} failed", total.passed, total.failed);
             r
         }
-        Cmd::Test { kernels: false, args } => {
+        Cmd::Test { kernels: false, under_load, args } => {
             provision::all()?;
+            let _load = if under_load {
+                provision::stress_tools()?;
+                Some(test::CpuLoad::start()?)
+            } else {
+                None
+            };
             let mut total = test::Totals::default();
             // lb-ebpf's pure helpers (checksums, hashes) are unit-tested on
             // the host; the crate is not a default member (see Cargo.toml).

@@ -60,6 +60,31 @@ pub fn run_with(args: &[&str], env: &[(&str, &str)], totals: &mut Totals) -> Res
     Ok(())
 }
 
+/// `stress-ng` keeping every CPU busy at a low priority while it lives
+/// (stopped on drop).
+pub struct CpuLoad(std::process::Child);
+
+impl CpuLoad {
+    pub fn start() -> Result<Self> {
+        // nice 10 (workers inherit it): the tests still make progress.
+        let child = Command::new("nice")
+            .args(["-n", "10", "stress-ng", "--cpu", "0", "--cpu-load", "100", "--timeout", "3h", "--quiet"])
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting stress-ng")?;
+        eprintln!("xtask: stress-ng (pid {}) keeps every CPU busy during the run", child.id());
+        Ok(Self(child))
+    }
+}
+
+impl Drop for CpuLoad {
+    fn drop(&mut self) {
+        // SIGTERM: stress-ng stops its workers itself (SIGKILL would orphan them).
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = self.0.wait();
+    }
+}
+
 /// The long variants of the reliability tests, one after the other, each
 /// stretched by the variable its test reads.
 pub fn soak(totals: &mut Totals) -> Result<()> {
