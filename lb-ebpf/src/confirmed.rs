@@ -13,6 +13,10 @@
 //! passed as not ours (reply), and the half is put back. The copies are
 //! refreshed about once a second while the flow lives (their LRU position),
 //! and dropped when the flow closes.
+//!
+//! Cost: one more hash lookup for a packet that misses `conntrack_v4` (a
+//! new flow; at tc egress, any packet that is not a reply of ours), and two
+//! inserts once per confirmed flow. Established packets pay nothing more.
 use aya_ebpf::{btf_maps::LruHashMap, macros::btf_map};
 use lb_common::{counter, direction, flow_flags, maps::default_size as size, FlowKeyV4, FlowV4};
 
@@ -73,7 +77,7 @@ pub fn forget(key: &FlowKeyV4, other: &FlowKeyV4) {
 /// the other half if that is gone too (`keep_pair`). A SYN (or SYN-ACK)
 /// opens a new connection on the tuple: never restored.
 #[inline(always)]
-pub fn restore(key: &FlowKeyV4, p: &Packet, now: u64) -> Option<*mut FlowV4> {
+pub fn restore(key: &FlowKeyV4, p: &Packet) -> Option<*mut FlowV4> {
     if p.tcp_flags & TCP_SYN != 0 {
         return None;
     }
@@ -93,7 +97,7 @@ pub fn restore(key: &FlowKeyV4, p: &Packet, now: u64) -> Option<*mut FlowV4> {
     conntrack_v4.insert(key, unsafe { &*saved }, 0).ok()?;
     let e = conntrack_v4.get_ptr_mut(key)?;
     // SAFETY: the entry just inserted; valid for this program run.
-    unsafe { (*e).last_seen_ns = now.saturating_sub(crate::conntrack::TOUCH_INTERVAL_NS + 1) };
+    unsafe { (*e).last_seen_ns = crate::conntrack::now().saturating_sub(crate::conntrack::TOUCH_INTERVAL_NS + 1) };
     count(counter::CT_CONFIRMED_RESTORED);
     Some(e)
 }

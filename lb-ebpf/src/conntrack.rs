@@ -163,7 +163,7 @@ fn touch(entry: &mut FlowV4, p: &Packet, now: u64) -> bool {
 pub fn established(key: &FlowKeyV4, p: &Packet, now: u64) -> Option<Rewrite> {
     // A confirmed flow a flood evicted is restored (see `confirmed`).
     // SAFETY: the entry stays valid for this program run; races only lose counts.
-    let entry = unsafe { &mut *conntrack_v4.get_ptr_mut(key).or_else(|| crate::confirmed::restore(key, p, now))? };
+    let entry = unsafe { &mut *conntrack_v4.get_ptr_mut(key).or_else(|| crate::confirmed::restore(key, p))? };
     if entry.direction != direction::FORWARD
         || since(now, entry.last_seen_ns) > timeout_ns(entry, p.proto)
         || (p.tcp_flags & TCP_SYN != 0 && entry.flags & flow_flags::CLOSING != 0)
@@ -451,10 +451,10 @@ pub fn maybe_snat_reply(p: &Packet) -> bool {
 #[inline(always)]
 pub fn reply(p: &Packet) -> Option<Rewrite> {
     let key = key_of(p);
-    let now = now();
     // A confirmed flow's reply half a flood evicted is restored (see `confirmed`).
     // SAFETY: as in `established`.
-    let entry = unsafe { &mut *conntrack_v4.get_ptr_mut(key).or_else(|| crate::confirmed::restore(&key, p, now))? };
+    let entry = unsafe { &mut *conntrack_v4.get_ptr_mut(key).or_else(|| crate::confirmed::restore(&key, p))? };
+    let now = now();
     // A stale entry must not capture a new connection that reuses the tuple
     // (e.g. a client talking to the backend directly from a port it once used
     // for the service): expired entries are not ours, and neither is a
