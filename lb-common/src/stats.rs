@@ -35,10 +35,19 @@ macro_rules! counters {
     ($($name:ident = $idx:literal, $label:literal, $doc:literal;)*) => {
         pub mod counter {
             $( #[doc = $doc] pub const $name: u32 = $idx; )*
-            /// Number of counters (size of the `counters` array).
-            pub const COUNT: u32 = 0 $( + { let _ = $idx; 1 } )*;
-            /// Metric label of each counter, by index.
-            pub const LABELS: &[&str] = &[$($label),*];
+            /// Size of the `counters` array: the highest index + 1 (indexes
+            /// are reserved in ranges by feature, so some may be unused).
+            pub const COUNT: u32 = {
+                let mut max = 0;
+                $( if $idx + 1 > max { max = $idx + 1; } )*
+                max
+            };
+            /// Metric label of each counter, by index; "" for an unused index.
+            pub const LABELS: [&str; COUNT as usize] = {
+                let mut labels = [""; COUNT as usize];
+                $( labels[$idx as usize] = $label; )*
+                labels
+            };
         }
     };
 }
@@ -63,23 +72,16 @@ counters! {
     RST_SENT = 16, "rst_sent", "Event: a SYN to a service without backends was answered with a TCP reset.";
     XDP_REDIRECTED = 17, "xdp_redirected", "Event: XDP forwarded a balanced packet itself (FIB lookup + redirect), skipping the kernel's forwarding.";
     SOCK_BALANCED = 18, "sock_balanced", "Event: a node socket's connect() or sendmsg() to a service was pointed at a backend.";
-    SOCK_NO_BACKEND = 19, "sock_no_backend", "Event: a node socket's connect() or sendmsg() to a service without backends was refused.";
+    SOCK_NO_BACKEND = 19, "sock_no_backend", "Event: a node socket's connect() or sendmsg() to a service without backends, a port a ClusterIP does not serve or an unallocated service-CIDR address was refused.";
     DROP_SOURCE_RANGE = 20, "drop_source_range", "Dropped: a new flow to a LoadBalancer IP from outside its loadBalancerSourceRanges.";
     DROP_SNAT_EXHAUSTED = 21, "drop_snat_exhausted", "Dropped: a new flow to a backend on another node found no free SNAT port towards that backend.";
     SNAT_NEW = 22, "snat_new", "Event: a new flow to a backend on another node was SNATed to this node's address.";
     CT_HALF_RESTORED = 23, "conntrack_half_restored", "Event: one half of a live flow's conntrack pair had been evicted and was restored from the other.";
     FORWARD_FALLBACK = 24, "forward_fallback", "Event: XDP could not forward a SNATed packet itself (no route or neighbour): passed to the kernel.";
     ICMP_NAT = 25, "icmp_nat", "Translated: an ICMP error about a NATed flow, rewritten to the packet its receiver sent (path MTU, port unreachable).";
-    // 26-33: reserved for the dsr and lead branches of this round (the merge
-    // replaces these placeholders with their counters; indexes must stay dense).
-    RESERVED_26 = 26, "reserved_26", "Reserved (not counted yet).";
-    RESERVED_27 = 27, "reserved_27", "Reserved (not counted yet).";
-    RESERVED_28 = 28, "reserved_28", "Reserved (not counted yet).";
-    RESERVED_29 = 29, "reserved_29", "Reserved (not counted yet).";
-    RESERVED_30 = 30, "reserved_30", "Reserved (not counted yet).";
-    RESERVED_31 = 31, "reserved_31", "Reserved (not counted yet).";
-    RESERVED_32 = 32, "reserved_32", "Reserved (not counted yet).";
-    RESERVED_33 = 33, "reserved_33", "Reserved (not counted yet).";
+    DROP_UNSERVED = 30, "drop_unserved_port", "Refused: a ClusterIP on a port or protocol it does not serve (a TCP SYN gets a reset, UDP a port unreachable).";
+    DROP_SERVICE_CIDR = 31, "drop_service_cidr", "Dropped: an address of the service CIDR that no Service has.";
+    UNREACH_SENT = 32, "icmp_unreachable_sent", "Event: a UDP datagram to a service port without backends, or one a ClusterIP does not serve, was answered with ICMP port unreachable.";
     CT_CONFIRMED = 34, "conntrack_confirmed", "Event: a flow's backend answered a second time: the flow is confirmed and saved in conntrack_confirmed_v4, which new flows cannot evict.";
     CT_CONFIRMED_RESTORED = 35, "conntrack_confirmed_restored", "Event: a confirmed flow evicted from conntrack_v4 (a flood of new flows) was restored from conntrack_confirmed_v4.";
 }
@@ -89,7 +91,8 @@ pub const FIRST_EVENT: u32 = counter::REBALANCED;
 
 /// Outcomes added after the first events: appended, so earlier indexes keep
 /// their meaning in pinned `counters` maps across upgrades.
-pub const LATE_OUTCOMES: &[u32] = &[counter::DROP_SOURCE_RANGE, counter::DROP_SNAT_EXHAUSTED, counter::ICMP_NAT];
+pub const LATE_OUTCOMES: &[u32] =
+    &[counter::DROP_SOURCE_RANGE, counter::DROP_SNAT_EXHAUSTED, counter::ICMP_NAT, counter::DROP_UNSERVED, counter::DROP_SERVICE_CIDR];
 
 /// Whether counter `idx` is an outcome (every packet bumps exactly one).
 pub fn is_outcome(idx: u32) -> bool {

@@ -17,12 +17,14 @@ mod icmp_error;
 mod maps;
 mod nat;
 mod parse;
+mod refuse;
 mod reset;
 mod select;
 mod service;
 mod sock;
 mod stats;
 mod tc;
+mod unserved;
 mod verdict;
 mod xdp;
 
