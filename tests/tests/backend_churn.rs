@@ -144,7 +144,7 @@ fn backends_churning_every_100ms_reset_no_survivor_and_get_no_packet_once_remove
 
     let survivor_ids: Vec<String> = SURVIVORS.iter().map(|&i| identity(i)).collect();
     let on_survivor = |a: &Vec<String>| a.first().is_some_and(|id| survivor_ids.contains(id));
-    let tcp_survivor_failed: Vec<usize> = seen.long_tcp_failed.iter().copied().filter(|&i| !seen.long_tcp[i].first().is_some_and(|id| !survivor_ids.contains(id))).collect();
+    let tcp_survivor_failed: Vec<usize> = seen.long_tcp_failed.iter().copied().filter(|&i| seen.long_tcp[i].first().is_none_or(|id| survivor_ids.contains(id))).collect();
     let tcp_churner_failed = seen.long_tcp_failed.len() - tcp_survivor_failed.len();
     let udp_survivor_moved = seen.long_udp.iter().filter(|a| on_survivor(a) && a.iter().any(|id| *id != a[0])).count();
     let late: Vec<(String, Duration)> = seen
@@ -226,8 +226,11 @@ fn a_rolling_update_fails_no_request_of_a_client_that_does_not_retry() {
     assert!(after.iter().all(|id| ["backend-3", "backend-4", "backend-5"].contains(&id.as_str())), "{after:?}");
 }
 
+/// When an answer came, and from which backend.
+type Answers = Arc<Mutex<Vec<(Instant, String)>>>;
+
 /// One UDP socket (one flow) sending every 50 ms; what answered, and when.
-fn udp_client(t: &Topology, stop: Arc<AtomicBool>) -> (Arc<Mutex<Vec<(Instant, String)>>>, std::thread::JoinHandle<()>) {
+fn udp_client(t: &Topology, stop: Arc<AtomicBool>) -> (Answers, std::thread::JoinHandle<()>) {
     let sock = t.client.run(|| UdpSocket::bind("0.0.0.0:0")).unwrap();
     let got = Arc::new(Mutex::new(Vec::new()));
     let g = got.clone();

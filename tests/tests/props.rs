@@ -229,7 +229,7 @@ fn check(services: &[Value], slices: &[Value], nodes: &[Value]) -> Result<(usize
             prop_assert!(log.contains(&format!("object={id}")), "EndpointSlice {id} left out silently:\n{log}");
         }
     }
-    let cfg = PlanConfig { node_name: "node-0".into(), node_addresses: vec![], default_algorithm: parse_algorithm("round-robin").unwrap() };
+    let cfg = PlanConfig { node_name: "node-0".into(), default_algorithm: parse_algorithm("round-robin").unwrap(), ..PlanConfig::default() };
     let mut ids = Ids::new(65_536, 262_144);
     let p = plan(&model, &cfg, &mut ids);
     // Nothing written leads anywhere but to a ready or serving endpoint.
