@@ -32,18 +32,22 @@ use crate::{
 #[btf_map]
 pub static conntrack_confirmed_v4: LruHashMap<FlowKeyV4, FlowV4, { size::CONNTRACK as usize / 4 }> = LruHashMap::new();
 
-/// Called on every reply packet after the first (`reply` is the reply half
-/// at `reply_key`, `forward` the forward half's key; `due`: the reply half's
-/// time was just refreshed): confirms the flow on its second reply, and
-/// keeps the copies' LRU positions fresh afterwards.
-#[inline(always)]
-pub fn on_reply(reply_key: &FlowKeyV4, reply: &mut FlowV4, forward: &FlowKeyV4, due: bool) {
+/// Called on a flow's second reply (`reply` is the reply half at
+/// `reply_key`) to confirm it, and afterwards about once a second (when the
+/// half's time is refreshed) to keep the copies' LRU positions fresh.
+// Not inlined: a call of its own keeps its locals off the
+// frame of the programs that inline conntrack, whose combined stack must
+// stay within the verifier's 512 bytes.
+#[inline(never)]
+pub fn on_reply(reply_key: &FlowKeyV4, reply: &mut FlowV4) {
+    // The forward key is built here, on this call's own stack.
+    let forward = &crate::conntrack::other_key(reply_key, reply);
     if reply.flags & flow_flags::CONFIRMED == 0 {
         reply.flags |= flow_flags::CONFIRMED;
         if save(forward) && conntrack_confirmed_v4.insert(reply_key, &*reply, 0).is_ok() {
             count(counter::CT_CONFIRMED);
         }
-    } else if due && (conntrack_confirmed_v4.get_ptr(forward).is_none() || conntrack_confirmed_v4.get_ptr(reply_key).is_none()) {
+    } else if (conntrack_confirmed_v4.get_ptr(forward).is_none() || conntrack_confirmed_v4.get_ptr(reply_key).is_none()) {
         // Evicted from the confirmed table too (more live confirmed flows
         // than it holds): saved again while the flow is alive.
         if save(forward) {
@@ -81,20 +85,21 @@ pub fn restore(key: &FlowKeyV4, p: &Packet) -> Option<*mut FlowV4> {
     if p.tcp_flags & TCP_SYN != 0 {
         return None;
     }
-    let saved = conntrack_confirmed_v4.get_ptr(key)?;
     // SAFETY: a live value of the confirmed map, read in place (no copy on
-    // this program's small stack).
-    let (id, end) = unsafe {
-        let s = &*saved;
-        (s.backend_id, if s.direction == direction::FORWARD { (s.nat_addr, s.nat_port) } else { (key.src_addr, key.src_port) })
-    };
+    // the small stack this call shares with its callers).
+    let saved = unsafe { &*conntrack_confirmed_v4.get_ptr(key)? };
     // A flow whose backend is gone (or has another address) stays gone.
-    if !backends_v4.get(id).is_some_and(|b| (b.addr, b.port) == end) {
+    let live = match backends_v4.get(saved.backend_id) {
+        Some(b) if saved.direction == direction::FORWARD => b.addr == saved.nat_addr && b.port == saved.nat_port,
+        Some(b) => b.addr == key.src_addr && b.port == key.src_port,
+        None => false,
+    };
+    if !live {
         let _ = conntrack_confirmed_v4.remove(key);
         return None;
     }
-    // SAFETY: as above; the helper copies the value.
-    conntrack_v4.insert(key, unsafe { &*saved }, 0).ok()?;
+    // The helper copies the value.
+    conntrack_v4.insert(key, saved, 0).ok()?;
     let e = conntrack_v4.get_ptr_mut(key)?;
     // SAFETY: the entry just inserted; valid for this program run.
     unsafe { (*e).last_seen_ns = crate::conntrack::now().saturating_sub(crate::conntrack::TOUCH_INTERVAL_NS + 1) };

@@ -191,7 +191,7 @@ pub fn established(key: &FlowKeyV4, p: &Packet, now: u64) -> Option<Rewrite> {
 /// forward (client → service) ↦ rewrite to (`nat` = backend, `peer`);
 /// reply (backend → `peer`) ↦ rewrite to (`nat` = service, client).
 #[inline(always)]
-fn other_key(key: &FlowKeyV4, e: &FlowV4) -> FlowKeyV4 {
+pub(crate) fn other_key(key: &FlowKeyV4, e: &FlowV4) -> FlowKeyV4 {
     if e.direction == direction::FORWARD {
         flow_key(e.nat_addr, e.peer_addr, e.nat_port, e.peer_port, key.proto)
     } else {
@@ -468,14 +468,16 @@ pub fn reply(p: &Packet) -> Option<Rewrite> {
         let _ = conntrack_v4.remove(key);
         return None;
     }
-    let seen = entry.flags & flow_flags::SEEN_REPLY != 0;
-    entry.flags |= flow_flags::SEEN_REPLY;
-    let due = touch(entry, p, now);
-    if due {
-        keep_pair(&key, entry);
+    // A second reply confirms the flow; a confirmed one's copies are
+    // refreshed when its time is (see `confirmed`). Decided before `touch`,
+    // so nothing stays live across it (the stack is at its limit).
+    let f = entry.flags;
+    if f & flow_flags::SEEN_REPLY != 0 && (f & flow_flags::CONFIRMED == 0 || since(now, entry.last_seen_ns) > TOUCH_INTERVAL_NS) {
+        crate::confirmed::on_reply(&key, entry);
     }
-    if seen {
-        crate::confirmed::on_reply(&key, entry, &other_key(&key, entry), due);
+    entry.flags |= flow_flags::SEEN_REPLY;
+    if touch(entry, p, now) {
+        keep_pair(&key, entry);
     }
     Some(Rewrite::of(entry.nat_addr, entry.nat_port, entry))
 }
