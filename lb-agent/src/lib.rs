@@ -1,5 +1,6 @@
 //! lb-agent: loads xdplb's eBPF programs, keeps their pinned maps in step
 //! with the desired state, and reads them back for operators.
+pub mod bpfsys;
 pub mod dataplane;
 pub mod links;
 pub mod linkwatch;
@@ -12,6 +13,7 @@ pub mod ctclean;
 pub mod explain;
 pub mod ops;
 pub mod pinfs;
+pub mod pins;
 pub mod privs;
 pub mod snat;
 pub mod socklb;

@@ -205,7 +205,7 @@ fn object_ref(v: &Value) -> ObjectRef {
 fn check(services: &[Value], slices: &[Value], nodes: &[Value]) -> Result<(usize, usize), TestCaseError> {
     let mut left_out = 0;
     let all: Vec<&Value> = services.iter().chain(slices).chain(nodes).collect();
-    let text: String = all.iter().map(|v| format!("---\n{}", serde_yaml::to_string(v).unwrap())).collect();
+    let text: String = all.iter().map(|v| format!("---\n{}", serde_norway::to_string(v).unwrap())).collect();
     let (model, log) = logged(|| {
         let mut m = Model::default();
         m.add_yaml(&text, "props");
@@ -330,7 +330,7 @@ fn a_slice_of_10000_endpoints_and_one_too_many_are_handled() {
     };
     let (big, over) = (slice(10_000, "web-big"), slice(10_001, "web-over"));
     check(std::slice::from_ref(&svc), &[big.clone(), over.clone()], &[]).unwrap();
-    let text = [&svc, &big, &over].iter().map(|v| format!("---\n{}", serde_yaml::to_string(v).unwrap())).collect::<String>();
+    let text = [&svc, &big, &over].iter().map(|v| format!("---\n{}", serde_norway::to_string(v).unwrap())).collect::<String>();
     let (model, log) = logged(|| {
         let mut m = Model::default();
         m.add_yaml(&text, "props");
