@@ -40,7 +40,12 @@ fn logged<T>(f: impl FnOnce() -> T) -> (T, String) {
         .with_ansi(false)
         .with_writer(move || w.clone())
         .finish();
-    let out = tracing::subscriber::with_default(sub, f);
+    // A callsite first hit by another thread without a subscriber caches
+    // "never"; rebuilt here, it counts this subscriber.
+    let out = tracing::subscriber::with_default(sub, || {
+        tracing::callsite::rebuild_interest_cache();
+        f()
+    });
     let text = String::from_utf8_lossy(&buf.0.lock().unwrap()).into_owned();
     (out, text)
 }
