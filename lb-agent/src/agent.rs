@@ -101,7 +101,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
     metrics.set_attached();
     let mut pods = PodIfaces::new(args.pod_ifaces.clone(), args.pin_path.clone());
-    pods.scan(&mut ebpf);
+    pods.scan(&mut ebpf, "start");
 
     let mut dp = Dataplane::open(&args.pin_path)?;
     let redirect = ifindexes(&args.redirect_ifaces)?;
@@ -187,7 +187,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
             }
             _ = tick.tick() => {
                 agent.report_snat_exhaustion();
-                pods.scan(&mut ebpf);
+                pods.scan(&mut ebpf, "periodic scan");
                 agent.health.retry();
                 if !synced {
                     // The last sync failed part-way: try again from what the maps hold.
@@ -197,6 +197,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
                     synced = agent.reconcile();
                 }
             }
+            () = pods.link_event() => pods.scan(&mut ebpf, "link event"),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -327,6 +328,11 @@ impl Programmer {
                     warnings_total = self.warnings_total,
                     "synced"
                 );
+                match lb_agent::ctclean::clean(&mut self.dp, self.metrics.pin_dir(), &lb_agent::ctclean::touched(d)) {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(flows = n, "removed the conntrack entries of removed backends"),
+                    Err(e) => tracing::warn!(error = format!("{e:#}"), "removing the conntrack entries of removed backends failed"),
+                }
                 if self.names.as_deref() != Some(&names) {
                     let names = Arc::new(names);
                     self.metrics.set_names(names.clone());

@@ -3,12 +3,14 @@
 pub mod bpfsys;
 pub mod dataplane;
 pub mod links;
+pub mod linkwatch;
 pub mod loader;
 pub mod migrate;
 pub mod diff;
 pub mod fit;
 pub mod lbip;
 pub mod control;
+pub mod ctclean;
 pub mod explain;
 pub mod ops;
 pub mod pinfs;

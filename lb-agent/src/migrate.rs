@@ -42,6 +42,8 @@ pub fn expected(name: &str, s: MapSizes) -> Spec {
         maps::BACKENDS_V4 => spec(MapType::Array, size::<BackendId>(), size::<BackendV4>(), s.backends + 1),
         maps::SERVICE_SLOTS => spec(MapType::Hash, size::<SlotKey>(), size::<BackendId>(), s.slots),
         maps::CONNTRACK_V4 => spec(MapType::LruHash, size::<FlowKeyV4>(), size::<FlowV4>(), s.conntrack),
+        // Forward halves of confirmed flows only (a quarter of the table).
+        maps::CONNTRACK_CONFIRMED_V4 => spec(MapType::LruHash, size::<FlowKeyV4>(), size::<FlowV4>(), (s.conntrack / 4).max(1)),
         // Indexed by service id (1..=services).
         maps::SERVICE_STATS => spec(MapType::PerCpuArray, 4, size::<ServiceStats>(), s.services + 1),
         maps::COUNTERS => spec(MapType::PerCpuArray, 4, 8, counter::COUNT),

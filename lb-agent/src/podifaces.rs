@@ -1,31 +1,56 @@
-//! Host-side pod interfaces come and go with pods: the agent re-scans the
-//! namespace's interfaces every second and attaches tc to each new one whose
-//! name matches a `--pod-iface` glob.
-use std::collections::BTreeSet;
+//! Host-side pod interfaces come and go with pods: the agent attaches tc to
+//! each new one whose name matches a `--pod-iface` glob the moment a
+//! netlink link event announces it (and re-scans every second besides),
+//! retries an attach that failed at every scan, and removes the link pins
+//! of interfaces that vanished.
+use std::collections::{BTreeMap, BTreeSet};
 
 use aya::Ebpf;
-use lb_agent::loader;
+use lb_agent::{linkwatch::LinkEvents, loader};
 
 pub struct PodIfaces {
     globs: Vec<String>,
     /// Where the links are pinned (see `loader::attach_pod_iface`).
     pin_dir: std::path::PathBuf,
-    /// Interfaces attached (or that failed: not retried until they reappear).
-    seen: BTreeSet<String>,
+    /// Interfaces attached.
+    attached: BTreeSet<String>,
+    /// Interfaces whose attach failed, with the attempts so far: retried at
+    /// every scan while they exist.
+    failed: BTreeMap<String, u32>,
+    /// Link events; None without globs or when netlink refused (then the
+    /// periodic scan alone finds interfaces).
+    events: Option<LinkEvents>,
 }
 
 impl PodIfaces {
     pub fn new(globs: Vec<String>, pin_dir: std::path::PathBuf) -> Self {
-        Self {
-            globs,
-            pin_dir,
-            seen: BTreeSet::new(),
+        let events = if globs.is_empty() {
+            None
+        } else {
+            LinkEvents::new()
+                .map_err(|e| tracing::warn!(error = %e, "subscribing to link events failed; pod interfaces are found by the scan every second"))
+                .ok()
+        };
+        Self { globs, pin_dir, attached: BTreeSet::new(), failed: BTreeMap::new(), events }
+    }
+
+    /// Waits for the next link event (forever without a subscription).
+    pub async fn link_event(&mut self) {
+        match self.events.as_mut() {
+            Some(ev) => {
+                if let Err(e) = ev.changed().await {
+                    tracing::warn!(error = %e, "reading link events failed; pod interfaces are found by the scan every second");
+                    self.events = None;
+                }
+            }
+            None => std::future::pending().await,
         }
     }
 
-    /// Attaches to matching interfaces not seen before; forgets vanished ones
-    /// so a re-created interface of the same name is attached again.
-    pub fn scan(&mut self, ebpf: &mut Ebpf) {
+    /// Attaches to matching interfaces not attached yet (`trigger` says why
+    /// the scan runs, for the log); forgets vanished ones, so a re-created
+    /// interface of the same name is attached again, and removes their pins.
+    pub fn scan(&mut self, ebpf: &mut Ebpf, trigger: &str) {
         if self.globs.is_empty() {
             return;
         }
@@ -36,18 +61,46 @@ impl PodIfaces {
                 return;
             }
         };
-        self.seen.retain(|i| present.contains(i));
+        self.attached.retain(|i| present.contains(i));
+        self.failed.retain(|i, _| present.contains(i));
+        self.remove_vanished_pins(&present);
         for iface in present {
-            if self.seen.contains(&iface) || !self.globs.iter().any(|g| glob_match(g, &iface)) {
+            if self.attached.contains(&iface) || !self.globs.iter().any(|g| glob_match(g, &iface)) {
                 continue;
             }
             match loader::attach_pod_iface(ebpf, &iface, Some(&self.pin_dir)) {
-                Ok(()) => tracing::info!(%iface, "attached tc to pod interface"),
+                Ok(()) => {
+                    let attempts = self.failed.remove(&iface).map_or(1, |n| n + 1);
+                    tracing::info!(%iface, trigger, attempts, "attached tc to pod interface");
+                    self.attached.insert(iface);
+                }
                 Err(e) => {
-                    tracing::warn!(%iface, error = format!("{e:#}"), "attaching to pod interface failed")
+                    let n = self.failed.entry(iface.clone()).or_insert(0);
+                    *n += 1;
+                    // Logged at the first failure and then ever more rarely.
+                    if n.is_power_of_two() {
+                        tracing::warn!(%iface, attempts = *n, error = format!("{e:#}"), "attaching to pod interface failed; retrying every second");
+                    }
                 }
             }
-            self.seen.insert(iface);
+        }
+    }
+
+    /// Removes the link pins (`<iface>@<program>`) of pod interfaces that
+    /// no longer exist: the links are dead, and a later relink of every pin
+    /// (a map resize) must not trip over them.
+    fn remove_vanished_pins(&self, present: &BTreeSet<String>) {
+        let dir = lb_agent::pins::links_dir(&self.pin_dir);
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some((iface, _)) = name.rsplit_once('@') else { continue };
+            if present.contains(iface) || !self.globs.iter().any(|g| glob_match(g, iface)) {
+                continue;
+            }
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(%iface, pin = %name, "removed the link pin of a vanished pod interface"),
+                Err(e) => tracing::warn!(%iface, pin = %name, error = %e, "removing the link pin of a vanished pod interface failed"),
+            }
         }
     }
 }

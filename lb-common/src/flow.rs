@@ -43,6 +43,10 @@ pub mod flow_flags {
     /// the SNAT range (its backend is on another node): XDP forwards its
     /// packets itself, as the kernel drops packets from its own address.
     pub const SNAT: u8 = 1 << 2;
+    /// On a reply half: the backend answered at least twice, so the flow is
+    /// saved in `conntrack_confirmed_v4` (see lb-ebpf's `confirmed`). A high
+    /// bit, clear of the flags other branches add after bit 2.
+    pub const CONFIRMED: u8 = 1 << 6;
 }
 
 /// Value of `conntrack_v4`.

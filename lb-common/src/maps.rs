@@ -43,6 +43,12 @@ pub const NAT_CONFIG: &str = "nat_config";
 /// port towards that backend.
 pub const SNAT_EXHAUSTED: &str = "snat_exhausted";
 
+/// LRU [`crate::FlowKeyV4`] → [`crate::FlowV4`]: the forward half of every
+/// confirmed flow (its backend answered twice), from which a half evicted
+/// from [`CONNTRACK_V4`] by a flood of new flows is restored. A quarter of
+/// `--max-flows` entries.
+pub const CONNTRACK_CONFIRMED_V4: &str = "conntrack_confirmed_v4";
+
 /// Every map the programs own, in the order the agent pins and checks them.
 pub const ALL: &[&str] = &[
     SERVICES_V4,
@@ -61,6 +67,7 @@ pub const ALL: &[&str] = &[
     SOURCE_RANGES_V4,
     NAT_CONFIG,
     SNAT_EXHAUSTED,
+    CONNTRACK_CONFIRMED_V4,
 ];
 
 /// Default sizes; the agent can override each at load time.

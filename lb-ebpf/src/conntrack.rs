@@ -34,7 +34,7 @@ pub enum Origin {
 const NS: u64 = 1_000_000_000;
 /// `last_seen_ns` is refreshed at most this often, to keep writes to a shared
 /// entry rare.
-const TOUCH_INTERVAL_NS: u64 = NS;
+pub(crate) const TOUCH_INTERVAL_NS: u64 = NS;
 
 /// Where a packet is rewritten to: the service or backend end (`addr`,
 /// `port`) and the client end on the far side (`peer_addr`, `peer_port`;
@@ -161,8 +161,9 @@ fn touch(entry: &mut FlowV4, p: &Packet, now: u64) -> bool {
 /// re-balanced: the stale-conntrack blackhole of kube-proxy does not exist here).
 #[inline(always)]
 pub fn established(key: &FlowKeyV4, p: &Packet, now: u64) -> Option<Rewrite> {
+    // A confirmed flow a flood evicted is restored (see `confirmed`).
     // SAFETY: the entry stays valid for this program run; races only lose counts.
-    let entry = unsafe { &mut *conntrack_v4.get_ptr_mut(key)? };
+    let entry = unsafe { &mut *conntrack_v4.get_ptr_mut(key).or_else(|| crate::confirmed::restore(key, p))? };
     if entry.direction != direction::FORWARD
         || since(now, entry.last_seen_ns) > timeout_ns(entry, p.proto)
         || (p.tcp_flags & TCP_SYN != 0 && entry.flags & flow_flags::CLOSING != 0)
@@ -190,7 +191,7 @@ pub fn established(key: &FlowKeyV4, p: &Packet, now: u64) -> Option<Rewrite> {
 /// forward (client → service) ↦ rewrite to (`nat` = backend, `peer`);
 /// reply (backend → `peer`) ↦ rewrite to (`nat` = service, client).
 #[inline(always)]
-fn other_key(key: &FlowKeyV4, e: &FlowV4) -> FlowKeyV4 {
+pub(crate) fn other_key(key: &FlowKeyV4, e: &FlowV4) -> FlowKeyV4 {
     if e.direction == direction::FORWARD {
         flow_key(e.nat_addr, e.peer_addr, e.nat_port, e.peer_port, key.proto)
     } else {
@@ -234,6 +235,7 @@ fn keep_pair(key: &FlowKeyV4, e: &FlowV4) {
                 // by another flow, see `create`).
                 if (*o).flags & flow_flags::CLOSING == 0 && ((*o).nat_addr, (*o).nat_port) == nat && ((*o).peer_addr, (*o).peer_port) == peer {
                     (*o).flags |= flow_flags::CLOSING;
+                    crate::confirmed::forget(key, &other);
                 }
             }
         }
@@ -449,8 +451,9 @@ pub fn maybe_snat_reply(p: &Packet) -> bool {
 #[inline(always)]
 pub fn reply(p: &Packet) -> Option<Rewrite> {
     let key = key_of(p);
+    // A confirmed flow's reply half a flood evicted is restored (see `confirmed`).
     // SAFETY: as in `established`.
-    let entry = unsafe { &mut *conntrack_v4.get_ptr_mut(key)? };
+    let entry = unsafe { &mut *conntrack_v4.get_ptr_mut(key).or_else(|| crate::confirmed::restore(&key, p))? };
     let now = now();
     // A stale entry must not capture a new connection that reuses the tuple
     // (e.g. a client talking to the backend directly from a port it once used
@@ -464,6 +467,13 @@ pub fn reply(p: &Packet) -> Option<Rewrite> {
     if p.tcp_flags & TCP_SYN != 0 && entry.flags & flow_flags::CLOSING != 0 {
         let _ = conntrack_v4.remove(key);
         return None;
+    }
+    // A second reply confirms the flow; a confirmed one's copies are
+    // refreshed when its time is (see `confirmed`). Decided before `touch`,
+    // so nothing stays live across it (the stack is at its limit).
+    let f = entry.flags;
+    if f & flow_flags::SEEN_REPLY != 0 && (f & flow_flags::CONFIRMED == 0 || since(now, entry.last_seen_ns) > TOUCH_INTERVAL_NS) {
+        crate::confirmed::on_reply(&key, entry);
     }
     entry.flags |= flow_flags::SEEN_REPLY;
     if touch(entry, p, now) {

@@ -9,6 +9,7 @@
 )]
 #![feature(core_intrinsics)]
 
+mod confirmed;
 mod conntrack;
 mod events;
 mod forward;

@@ -111,6 +111,23 @@ impl Agent {
         Self { child, pin_dir, source_dir: source_dir.to_path_buf(), log, args }
     }
 
+    /// Starts `lb-agent run --source kube` inside `node`'s namespace,
+    /// following the API server double `api` (its kubeconfig in a fresh
+    /// directory, removed on drop like an objects directory).
+    pub fn start_kube(node: &Netns, api: &crate::apiserver::ApiServer, extra: &[&str]) -> Self {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("xlbt-{}-kubeagent{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let kubeconfig = dir.join("kubeconfig");
+        api.write_kubeconfig(&kubeconfig);
+        let kc = kubeconfig.display().to_string();
+        let mut args = vec!["--source", "kube", "--kubeconfig", &kc];
+        args.extend_from_slice(extra);
+        Self::start_with(node, &dir, &args)
+    }
+
     /// Stops the agent with SIGTERM (as systemd or the kubelet would) and
     /// starts a new one on the same pinned maps and objects.
     pub fn restart(&mut self, node: &Netns) {
@@ -183,7 +200,10 @@ impl Agent {
 fn spawn(node: &Netns, pin_dir: &Path, source_dir: &Path, log: &Path, extra: &[String]) -> Child {
     let mut args: Vec<String> =
         ["--node-name", "node-0", "--node-address", &NODE_ADDR.to_string()].iter().map(|s| s.to_string()).collect();
-    args.push(format!("--source=file:{}", source_dir.display()));
+    // A test may bring its own source (e.g. `--source kube` and a kubeconfig).
+    if !extra.iter().any(|a| a.starts_with("--source")) {
+        args.push(format!("--source=file:{}", source_dir.display()));
+    }
     args.extend_from_slice(extra);
     spawn_run(node.name(), pin_dir, log, &args)
 }

@@ -11,6 +11,7 @@ pub mod agent;
 pub mod apiserver;
 pub mod fixture;
 pub mod lb;
+pub mod load;
 pub mod netns;
 pub mod observe;
 pub mod ops;

@@ -32,10 +32,18 @@ enum Cmd {
         /// (tests/tests/kernels.rs; provisions qemu, busybox, cpio; a few minutes).
         #[arg(long)]
         kernels: bool,
+        /// Run the suite beside `stress-ng` keeping every CPU busy (a CI
+        /// machine under load), to find tests that fail only then.
+        #[arg(long)]
+        under_load: bool,
         /// Extra arguments for `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// The long variants of the reliability tests (needs root, ~7 min):
+    /// backend churn for a minute (tests/tests/backend_churn.rs) and a
+    /// 5-minute API server outage (tests/tests/api_faults.rs).
+    Soak,
     /// Real traffic through a Service VIP in network namespaces (needs root).
     Demo,
     /// Module cycles (xtask/src/cycles.rs), unused dependencies
@@ -76,7 +84,7 @@ fn main() -> Result<()> {
             println!("built target/release/lb-agent");
             Ok(())
         }
-        Cmd::Test { kernels: true, args } => {
+        Cmd::Test { kernels: true, args, .. } => {
             provision::all()?;
             provision::vm_tools()?;
             let mut total = test::Totals::default();
@@ -86,8 +94,14 @@ fn main() -> Result<()> {
             println!("xtask test --kernels: {} passed, {} failed", total.passed, total.failed);
             r
         }
-        Cmd::Test { kernels: false, args } => {
+        Cmd::Test { kernels: false, under_load, args } => {
             provision::all()?;
+            let _load = if under_load {
+                provision::stress_tools()?;
+                Some(test::CpuLoad::start()?)
+            } else {
+                None
+            };
             let mut total = test::Totals::default();
             // lb-ebpf's pure helpers (checksums, hashes) are unit-tested on
             // the host; the crate is not a default member (see Cargo.toml).
@@ -102,6 +116,13 @@ fn main() -> Result<()> {
             // often a crate with no doc tests: "0 passed").
             println!("xtask test: {} passed, {} failed, {} ignored", total.passed, total.failed, total.ignored);
             r1.and(r2)
+        }
+        Cmd::Soak => {
+            provision::all()?;
+            let mut total = test::Totals::default();
+            let r = test::soak(&mut total);
+            println!("xtask soak: {} passed, {} failed", total.passed, total.failed);
+            r
         }
         Cmd::Bench { quick, smoke, out, only, pktgen_vm } => bench::run(quick, smoke, out.as_deref(), only.as_deref(), pktgen_vm),
         Cmd::Lint => {

@@ -82,6 +82,11 @@ pub fn vm_tools() -> Result<()> {
     install_missing(VM_TOOLS)
 }
 
+/// Installs stress-ng when missing (only for `test --under-load`).
+pub fn stress_tools() -> Result<()> {
+    install_missing(&[("stress-ng", "stress-ng")])
+}
+
 fn system_tools() -> Result<()> {
     install_missing(TOOLS)
 }

@@ -420,6 +420,7 @@ fn dataplane(w: &mut Writer, dp: &Dataplane, pin_dir: &Path, names: &Names) {
         (maps::BACKENDS_V4, dp.backends().map_or(0, |b| b.len())),
         (maps::SERVICE_SLOTS, dp.slots.keys().count()),
         (maps::CONNTRACK_V4, flows),
+        (maps::CONNTRACK_CONFIRMED_V4, entries_at(&pin_dir.join(maps::CONNTRACK_CONFIRMED_V4))),
         (maps::AFFINITY_V4, dp.affinity.keys().count()),
         (maps::SOCK_REVNAT_V4, sock_revnat_entries(pin_dir)),
     ];
@@ -567,6 +568,16 @@ fn source_health(w: &mut Writer, h: &SourceHealth, stale: bool) {
     w.gauge("xdplb_source_stale", "1 when a watch has gone longer than --source-stale-after without success (the agent reports not ready; forwarding goes on).", stale as u8 as f64);
 }
 
+/// Entries of the pinned hash (or LRU hash) map at `path` (0 if it cannot
+/// be opened, e.g. pinned by an older agent without it).
+fn entries_at(path: &Path) -> usize {
+    let Ok(data) = aya::maps::MapData::from_pin(path) else { return 0 };
+    let Ok(map) = aya::maps::HashMap::<_, lb_common::FlowKeyV4, lb_common::FlowV4>::try_from(aya::maps::Map::LruHashMap(data)) else {
+        return 0;
+    };
+    map.keys().filter(Result::is_ok).count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -640,3 +651,4 @@ mod tests {
         }
     }
 }
+

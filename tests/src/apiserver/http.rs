@@ -227,9 +227,14 @@ async fn connection(mut sock: TcpStream, state: Arc<Mutex<State>>) {
             Answer::Watch(_) | Answer::Gone(_) => 200,
         };
         st.requests.push(request);
-        answer
+        (answer, st.delay, st.truncate)
     };
+    let (answer, delay, truncate) = answer;
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
     match answer {
+        Answer::Body(code, body) if truncate => respond_truncated(&mut sock, code, &body).await,
         Answer::Body(code, body) => respond(&mut sock, code, &body).await,
         Answer::Gone(event) => {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -442,6 +447,20 @@ async fn respond(sock: &mut TcpStream, code: u16, body: &Value) {
         body.len()
     );
     let _ = sock.write_all(msg.as_bytes()).await;
+    let _ = sock.shutdown().await;
+}
+
+/// As [`respond`], but only half the body is sent before the connection
+/// closes: the client sees a truncated response.
+async fn respond_truncated(sock: &mut TcpStream, code: u16, body: &Value) {
+    let body = body.to_string();
+    let head = format!(
+        "HTTP/1.1 {code} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        reason(code),
+        body.len(),
+    );
+    let _ = sock.write_all(head.as_bytes()).await;
+    let _ = sock.write_all(&body.as_bytes()[..body.len() / 2]).await;
     let _ = sock.shutdown().await;
 }
 

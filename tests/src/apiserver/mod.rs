@@ -174,6 +174,16 @@ impl ApiServer {
         }
     }
 
+    /// Delays every answer by `d` (zero: answer at once).
+    pub fn set_delay(&self, d: Duration) {
+        self.st().delay = d;
+    }
+
+    /// Cuts every list and get answer off halfway (`on`), or stops doing so.
+    pub fn set_truncate(&self, on: bool) {
+        self.st().truncate = on;
+    }
+
     /// Denies (403 Forbidden) or allows every request on `resource`, as an
     /// RBAC role without it would.
     pub fn set_forbidden(&self, resource: Resource, forbidden: bool) {

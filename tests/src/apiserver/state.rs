@@ -195,6 +195,11 @@ pub struct State {
     pub available: bool,
     /// Resources whose every request gets 403 (RBAC not granting them).
     pub forbidden: BTreeSet<Resource>,
+    /// Every answer waits this long first (a slow, overloaded server).
+    pub delay: std::time::Duration,
+    /// While true, list and get answers are cut off halfway (the length
+    /// header promises the whole body) and the connection closed.
+    pub truncate: bool,
 }
 
 impl Default for State {
@@ -210,6 +215,8 @@ impl Default for State {
             bookmarks_sent: 0,
             available: true,
             forbidden: BTreeSet::new(),
+            delay: std::time::Duration::ZERO,
+            truncate: false,
         }
     }
 }

@@ -192,7 +192,12 @@ fn logs_of<R>(f: impl FnOnce() -> R) -> (R, String) {
         .with_ansi(false)
         .with_writer(move || writer.clone())
         .finish();
-    let r = tracing::subscriber::with_default(sub, f);
+    // A callsite first hit by a parallel test without a subscriber caches
+    // "never"; rebuilt here, it counts this subscriber (flaked 1 in 3).
+    let r = tracing::subscriber::with_default(sub, || {
+        tracing::callsite::rebuild_interest_cache();
+        f()
+    });
     let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
     (r, text)
 }

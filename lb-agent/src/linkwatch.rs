@@ -1,0 +1,76 @@
+//! Link events of this network namespace (netlink `RTMGRP_LINK`): a new or
+//! vanished interface wakes the agent at once, so a new pod's interface is
+//! attached before its first packets instead of at the next periodic scan.
+//! The messages themselves are not parsed: any link event means "scan again".
+use std::{
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
+
+use tokio::io::unix::AsyncFd;
+
+/// A netlink socket subscribed to link events.
+pub struct LinkEvents {
+    fd: AsyncFd<OwnedFd>,
+}
+
+impl LinkEvents {
+    /// Subscribes to the link events of the calling thread's network namespace.
+    pub fn new() -> io::Result<Self> {
+        // SAFETY: plain socket(2); the result is checked before use.
+        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE) };
+        if raw < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `raw` is a fresh descriptor owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sockaddr_nl is plain data; all-zero is valid (pid 0: the kernel assigns one).
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        addr.nl_groups = libc::RTMGRP_LINK as u32;
+        // SAFETY: a valid sockaddr_nl of the size given, on our socket.
+        let rc = unsafe {
+            libc::bind(fd.as_raw_fd(), std::ptr::addr_of!(addr).cast(), std::mem::size_of::<libc::sockaddr_nl>() as u32)
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: an OwnedFd: the descriptor stays open and the same until
+        // the AsyncFd (its owner) is dropped.
+        let fd = unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }?;
+        Ok(Self { fd })
+    }
+
+    /// Waits for the next link event(s); drains every message queued so a
+    /// burst (a veth pair: two links, several changes each) wakes once.
+    pub async fn changed(&mut self) -> io::Result<()> {
+        loop {
+            let mut guard = self.fd.readable().await?;
+            let mut got = false;
+            let mut buf = [0u8; 8192];
+            loop {
+                // SAFETY: recv(2) into a buffer of the length given.
+                let n = unsafe { libc::recv(self.fd.get_ref().as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+                if n > 0 {
+                    got = true;
+                    continue;
+                }
+                let e = io::Error::last_os_error();
+                match e.raw_os_error() {
+                    Some(libc::EAGAIN) => {
+                        guard.clear_ready();
+                        break;
+                    }
+                    // Events were lost (the queue overflowed): a scan finds them.
+                    Some(libc::ENOBUFS) => got = true,
+                    Some(libc::EINTR) => {}
+                    _ if n == 0 => break,
+                    _ => return Err(e),
+                }
+            }
+            if got {
+                return Ok(());
+            }
+        }
+    }
+}
