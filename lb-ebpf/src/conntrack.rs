@@ -1,18 +1,16 @@
 //! Conntrack: pins every flow to its backend, and remembers how to rewrite
 //! its replies. Both directions of a flow are entries of one LRU map.
-use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
-};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
 use lb_common::{
     counter, direction, flow_flags, BackendV4, Config, FlowKeyV4, FlowV4, NatConfig,
     HAIRPIN_ADDR_V4, IPPROTO_TCP,
 };
 
 use crate::{
+    clock::{now, since, NS},
+    load,
     maps::{backends_v4, config, conntrack_v4, nat_config, snat_exhausted},
     parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN},
-    select,
     stats::count,
     verdict::Verdict,
 };
@@ -31,7 +29,6 @@ pub enum Origin {
     Pod,
 }
 
-const NS: u64 = 1_000_000_000;
 /// `last_seen_ns` is refreshed at most this often, to keep writes to a shared
 /// entry rare.
 const TOUCH_INTERVAL_NS: u64 = NS;
@@ -63,22 +60,6 @@ impl Rewrite {
             snat: e.flags & flow_flags::SNAT != 0,
         }
     }
-}
-
-/// CLOCK_MONOTONIC at tick resolution (a few ms): every timeout is seconds
-/// long, and reading the coarse clock costs a fraction of the precise one
-/// (~15 ns less per packet here).
-#[inline(always)]
-pub fn now() -> u64 {
-    // SAFETY: helper without preconditions.
-    unsafe { bpf_ktime_get_coarse_ns() }
-}
-
-/// Time since `t`; 0 if `t` is ahead of `now` (a stamp from a precise clock,
-/// e.g. written by an earlier version, may be up to a tick ahead).
-#[inline(always)]
-pub fn since(now: u64, t: u64) -> u64 {
-    now.saturating_sub(t)
 }
 
 /// A copy of the entry at (src, dst, sport, dport, proto), untouched.
@@ -147,7 +128,7 @@ fn touch(entry: &mut FlowV4, p: &Packet, now: u64) -> bool {
         entry.flags |= flow_flags::CLOSING;
         due = true;
         if entry.direction == direction::FORWARD {
-            select::load_change(entry.backend_id, false);
+            load::change(entry.backend_id, false);
         }
     }
     due
@@ -428,7 +409,7 @@ pub fn create(
     if conntrack_v4.insert(key, entry, 0).is_err() {
         count(counter::CT_INSERT_FAILED);
     } else if entry.flags & flow_flags::CLOSING == 0 {
-        select::load_change(backend_id, true);
+        load::change(backend_id, true);
     }
     Ok(Rewrite::of(backend.addr, backend.port, &entry))
 }

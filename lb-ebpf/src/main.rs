@@ -9,10 +9,12 @@
 )]
 #![feature(core_intrinsics)]
 
+mod clock;
 mod conntrack;
 mod events;
 mod forward;
 mod icmp_error;
+mod load;
 mod maps;
 mod nat;
 mod parse;

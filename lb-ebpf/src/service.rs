@@ -4,6 +4,7 @@ use aya_ebpf::btf_maps::lpm_trie::Key;
 use lb_common::{counter, service_flags, ServiceKeyV4, SourceRangeV4};
 
 use crate::{
+    clock,
     conntrack::{self, Origin, Rewrite},
     maps::{backends_v4, services_v4, source_ranges_v4},
     parse::Packet,
@@ -27,7 +28,7 @@ pub fn balance(p: &Packet, origin: Origin) -> Result<Option<Rewrite>, Verdict> {
         Some(s) => *s,
         None => return Ok(None),
     };
-    let now = conntrack::now();
+    let now = clock::now();
     let key = conntrack::key_of(p);
     if let Some(rw) = conntrack::established(&key, p, now) {
         stats::service(svc.id, |s| {
