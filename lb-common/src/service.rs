@@ -46,6 +46,14 @@ pub mod service_flags {
     /// elsewhere: a new flow is dropped silently (the client times out),
     /// not answered with a reset, as kube-proxy does. Set with `count` 0.
     pub const LOCAL_ELSEWHERE: u8 = 1 << 2;
+    /// The service sets its own mode for external flows to backends on
+    /// other nodes (annotation `xdplb.io/lb-mode`), overriding the node's:
+    /// DSR for the protocols flagged below, SNAT for the others.
+    pub const LB_MODE: u8 = 1 << 3;
+    /// With [`LB_MODE`]: TCP flows use DSR.
+    pub const DSR_TCP: u8 = 1 << 4;
+    /// With [`LB_MODE`]: UDP flows use DSR.
+    pub const DSR_UDP: u8 = 1 << 5;
 }
 
 /// Value of `services_v4`.

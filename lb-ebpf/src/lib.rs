@@ -7,3 +7,4 @@ pub mod csum;
 pub mod hash;
 pub mod icmp;
 pub mod rst;
+pub mod too_big;

@@ -11,11 +11,13 @@
 
 mod clock;
 mod conntrack;
+mod dsr;
 mod events;
 mod forward;
 mod icmp_error;
 mod load;
 mod maps;
+mod mode;
 mod nat;
 mod parse;
 mod reset;
