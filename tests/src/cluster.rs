@@ -143,6 +143,12 @@ pub struct Cluster {
 impl Cluster {
     /// `nodes` nodes (≥ 1) with `pods` pods each, agents running and synced.
     pub fn new(nodes: usize, pods: usize, source: Source) -> Self {
+        Self::with_agent_args(nodes, pods, source, &[])
+    }
+
+    /// As [`Cluster::new`], every agent run with `extra` arguments too
+    /// (e.g. `--lb-mode dsr`).
+    pub fn with_agent_args(nodes: usize, pods: usize, source: Source, extra: &[&str]) -> Self {
         crate::require_root();
         static STALE: std::sync::Once = std::sync::Once::new();
         STALE.call_once(remove_stale);
@@ -206,6 +212,7 @@ impl Cluster {
                     .map(String::from)
                     .to_vec();
                 args.extend(source_args.iter().cloned());
+                args.extend(extra.iter().map(|a| a.to_string()));
                 let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{tag}-node{index}"));
                 let _ = std::fs::remove_dir_all(&pin_dir);
                 Node { index, agent: None, syncs_at_start: 0, pin_dir, log: base.with_extension(format!("node{index}.log")), args, pods, ns }
@@ -543,7 +550,7 @@ impl Drop for Node {
 }
 
 /// A Service with one TCP and one UDP port (`tcp`, `udp`) on the same
-/// number, both to [`POD_PORT`], balanced round-robin.
+/// number, both to [`POD_PORT`], balanced round-robin unless told otherwise.
 #[derive(Clone, Debug)]
 pub struct ServiceDef {
     pub name: String,
@@ -553,12 +560,36 @@ pub struct ServiceDef {
     pub external_ips: Vec<Ipv4Addr>,
     /// `externalTrafficPolicy: Local`.
     pub local: bool,
+    /// `xdplb.io/algorithm`.
+    pub algorithm: String,
+    /// More annotations (e.g. `xdplb.io/lb-mode`).
+    pub annotations: Vec<(String, String)>,
 }
 
 impl ServiceDef {
     /// A ClusterIP service on port 80.
     pub fn new(name: &str, cluster_ip: Ipv4Addr) -> Self {
-        Self { name: name.into(), cluster_ip, port: 80, node_port: None, external_ips: Vec::new(), local: false }
+        Self {
+            name: name.into(),
+            cluster_ip,
+            port: 80,
+            node_port: None,
+            external_ips: Vec::new(),
+            local: false,
+            algorithm: "round-robin".into(),
+            annotations: Vec::new(),
+        }
+    }
+
+    /// Balanced with `algorithm` (`xdplb.io/algorithm`) instead of round-robin.
+    pub fn algorithm(mut self, algorithm: &str) -> Self {
+        self.algorithm = algorithm.into();
+        self
+    }
+
+    pub fn annotation(mut self, key: &str, value: &str) -> Self {
+        self.annotations.push((key.into(), value.into()));
+        self
     }
 
     /// As a NodePort service on `port` (TCP and UDP).
@@ -600,10 +631,13 @@ impl ServiceDef {
         if self.node_port.is_some() || !self.external_ips.is_empty() {
             spec["externalTrafficPolicy"] = json!(if self.local { "Local" } else { "Cluster" });
         }
+        let mut annotations = json!({"xdplb.io/algorithm": self.algorithm});
+        for (k, v) in &self.annotations {
+            annotations[k] = json!(v);
+        }
         json!({
             "apiVersion": "v1", "kind": "Service",
-            "metadata": {"namespace": NAMESPACE, "name": self.name,
-                         "annotations": {"xdplb.io/algorithm": "round-robin"}},
+            "metadata": {"namespace": NAMESPACE, "name": self.name, "annotations": annotations},
             "spec": spec,
         })
     }

@@ -1,0 +1,270 @@
+//! DSR and hybrid across nodes in the cluster harness (tests/src/cluster.rs):
+//! real agents on three nodes run with `--lb-mode dsr` or `hybrid`, real TCP
+//! and UDP between the outside client and pods on every node. What is
+//! checked: every node's frontends reach every node's pods; pods see the
+//! client's own address; the client's sockets (TCP, connected UDP) accept
+//! the replies, which come from the service address straight from the
+//! backend's node; flows survive a SIGKILL of the agents; path MTU works;
+//! a connection survives its ingress moving to another node (Maglev).
+//! Needs root.
+use std::{
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use lb_common::counter;
+use xdplb_tests::{
+    cluster::{node_addr, pod_addr, tcp_requests, udp_requests, Cluster, ServiceDef, Source, Tally, CLIENT_ADDR, TCP, UDP},
+    servers::Conn,
+    wait_for,
+};
+
+const NODES: usize = 3;
+const WEB_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const NODE_PORT: u16 = 30080;
+const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+
+fn cluster(mode: &str, svc: &ServiceDef, endpoints: impl Fn(&Cluster) -> Vec<(usize, usize)>) -> Cluster {
+    let c = Cluster::with_agent_args(NODES, 2, Source::Kube, &["--lb-mode", mode]);
+    let eps = endpoints(&c);
+    c.publish(svc, &eps);
+    // The distinct backends, not the slots: a Maglev table has thousands.
+    let mut want: Vec<Ipv4Addr> = eps.iter().map(|&(n, p)| pod_addr(n, p)).collect();
+    want.sort();
+    for i in 1..=NODES {
+        for proto in [TCP, UDP] {
+            for (addr, port) in std::iter::once((node_addr(i), NODE_PORT)).chain(svc.external_ips.iter().map(|a| (*a, 80))) {
+                let held = || {
+                    let mut got = c.node(i).programmed(addr, port, proto).map(|(_, b)| b).unwrap_or_default();
+                    got.sort();
+                    got.dedup();
+                    got
+                };
+                assert!(wait_for(Duration::from_secs(30), || held() == want), "node-{i} never held {want:?} for {addr}:{port}/{proto}: {:?}\n{}", held(), c.logs());
+            }
+        }
+    }
+    c
+}
+
+fn all(c: &Cluster) -> Vec<(usize, usize)> {
+    c.all_pods()
+}
+
+/// Asserts `n` answers, no failure, a share for every node's pods, and
+/// every client address the pods saw one of `sources`.
+fn assert_served(t: &Tally, what: &str, n: usize, sources: &[Ipv4Addr], c: &Cluster) {
+    assert_eq!((t.ok(), t.failed()), (n, 0), "{what}: {t:?}\n{}", c.logs());
+    let per_node = t.per_node();
+    assert_eq!(per_node.keys().copied().collect::<Vec<_>>(), (1..=NODES).collect::<Vec<_>>(), "{what}: answers per node {per_node:?}");
+    assert!(per_node.values().all(|&k| k > 0), "{what}: {per_node:?}");
+    assert_eq!(t.sources.values().sum::<usize>(), n, "{what}: sources {:?}", t.sources);
+    assert!(t.sources.keys().all(|s| sources.contains(s)), "{what}: sources {:?}, want {sources:?}", t.sources);
+}
+
+fn counters(c: &mut Cluster, i: usize) -> Vec<u64> {
+    c.node_mut(i).maps().counters().unwrap()
+}
+
+fn named(counts: &[u64]) -> String {
+    counts.iter().enumerate().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{}={v}", counter::LABELS[k])).collect::<Vec<_>>().join(" ")
+}
+
+/// Every node's NodePort and the ExternalIP through every node, TCP and
+/// UDP, 200 each: in `dsr` pods see the client for both; in `hybrid` for
+/// TCP, and UDP to a pod on another node is SNATed.
+fn every_frontend_through_every_node(mode: &str) {
+    let svc = ServiceDef::new("web", WEB_IP).node_port(NODE_PORT).external_ip(EXTERNAL_IP);
+    let mut c = cluster(mode, &svc, all);
+    for i in 1..=NODES {
+        let to = SocketAddr::from((node_addr(i), NODE_PORT));
+        let t = tcp_requests(&c.client, to, 200);
+        let u = udp_requests(&c.client, to, 200);
+        c.route_service(EXTERNAL_IP, i);
+        let ext = SocketAddr::from((EXTERNAL_IP, 80));
+        let te = tcp_requests(&c.client, ext, 100);
+        let ue = udp_requests(&c.client, ext, 100);
+        eprintln!("{mode} node-{i}: NodePort TCP {:?} {:?}, UDP {:?} {:?}; ExternalIP TCP {:?}, UDP {:?}", t.per_node(), t.sources, u.per_node(), u.sources, te.per_node(), ue.per_node());
+        let udp_sources: &[Ipv4Addr] = if mode == "dsr" { &[CLIENT_ADDR] } else { &[CLIENT_ADDR, node_addr(i)] };
+        assert_served(&t, &format!("{mode}: TCP to node-{i}'s NodePort"), 200, &[CLIENT_ADDR], &c);
+        assert_served(&u, &format!("{mode}: UDP to node-{i}'s NodePort"), 200, udp_sources, &c);
+        assert_served(&te, &format!("{mode}: TCP to the ExternalIP via node-{i}"), 100, &[CLIENT_ADDR], &c);
+        assert_served(&ue, &format!("{mode}: UDP to the ExternalIP via node-{i}"), 100, udp_sources, &c);
+        if mode == "hybrid" {
+            assert!(u.sources.get(&node_addr(i)).is_some_and(|&k| k > 0), "hybrid: UDP to other nodes' pods SNATed: {:?}", u.sources);
+        }
+    }
+    let mut totals = vec![0u64; counter::COUNT as usize];
+    for i in 1..=NODES {
+        let counts = counters(&mut c, i);
+        eprintln!("{mode} node-{i} counters: {}", named(&counts));
+        assert!(counts[counter::DSR_FORWARD as usize] > 0 && counts[counter::DSR_DECAP as usize] > 0, "node-{i} both sent and received DSR");
+        assert!(counts[counter::DSR_MSS_CLAMPED as usize] > 0, "node-{i} lowered its pods' SYN-ACK MSS");
+        for (t, v) in totals.iter_mut().zip(counts) {
+            *t += v;
+        }
+    }
+    let snat = totals[counter::SNAT_NEW as usize];
+    if mode == "dsr" {
+        assert_eq!(snat, 0, "dsr: nothing SNATed");
+    } else {
+        assert!(snat > 0, "hybrid: UDP SNATed");
+    }
+    // XDP forwards every DSR packet itself but a node's first towards a
+    // node whose neighbour entry does not exist yet: the kernel resolves it.
+    let fallback = totals[counter::FORWARD_FALLBACK as usize];
+    assert!(fallback <= (NODES * (NODES - 1)) as u64, "{fallback} DSR packets left through the kernel");
+    assert_eq!((1..=NODES).map(|i| c.node(i).xdp_tx().1).sum::<u64>(), 0, "xdp_tx_errors");
+}
+
+#[test]
+fn dsr_every_frontend_reaches_every_node_and_pods_see_the_client() {
+    every_frontend_through_every_node("dsr");
+}
+
+#[test]
+fn hybrid_tcp_keeps_the_client_and_udp_is_snated() {
+    every_frontend_through_every_node("hybrid");
+}
+
+fn connect(c: &Cluster, to: SocketAddr, n: usize) -> Vec<Conn> {
+    c.client.run(move || (0..n).map(|_| Conn::new(TcpStream::connect_timeout(&to, Duration::from_secs(2)).expect("connecting"))).collect())
+}
+
+/// Asks every connection `rounds` times; returns (answers, failures), and
+/// checks each answer came from the pod the connection was first given.
+fn chat(conns: &mut [Conn], first: &mut Vec<String>, rounds: usize) -> (usize, usize) {
+    let (mut ok, mut failed) = (0, 0);
+    for _ in 0..rounds {
+        for (i, conn) in conns.iter_mut().enumerate() {
+            match conn.ask() {
+                Ok(who) => {
+                    if first.len() <= i {
+                        first.push(who.clone());
+                    }
+                    assert_eq!(who, first[i], "connection {i} moved to another backend");
+                    ok += 1;
+                }
+                Err(_) => failed += 1,
+            }
+        }
+    }
+    (ok, failed)
+}
+
+#[test]
+fn dsr_flows_survive_a_sigkill_of_the_agent_on_the_balancing_and_the_backend_node() {
+    // Pods on nodes 2 and 3 only: every flow through node 1 is DSR.
+    let svc = ServiceDef::new("web", WEB_IP).node_port(NODE_PORT);
+    let mut c = cluster("dsr", &svc, |c| c.all_pods().into_iter().filter(|&(n, _)| n != 1).collect());
+    let mut conns = connect(&c, SocketAddr::from((node_addr(1), NODE_PORT)), 10);
+    let mut first = Vec::new();
+    let before = chat(&mut conns, &mut first, 3);
+    assert!(first.iter().all(|who| !who.starts_with("node-1/")), "only remote pods serve: {first:?}");
+    c.node_mut(1).kill_agent();
+    let during = chat(&mut conns, &mut first, 3);
+    c.node_mut(2).kill_agent();
+    c.node_mut(3).kill_agent();
+    let all_down = chat(&mut conns, &mut first, 3);
+    for i in 1..=NODES {
+        c.node_mut(i).start_agent();
+        c.node_mut(i).wait_synced();
+    }
+    let after = chat(&mut conns, &mut first, 3);
+    let fresh = tcp_requests(&c.client, SocketAddr::from((node_addr(1), NODE_PORT)), 50);
+    println!(
+        "10 DSR connections: before {before:?}, node-1 agent killed {during:?}, backend nodes' agents killed too {all_down:?}, all restarted {after:?} (answers, failures); 50 new connections after: {} ok, {} failed, sources {:?}",
+        fresh.ok(),
+        fresh.failed(),
+        fresh.sources
+    );
+    for (what, r) in [("before", before), ("during", during), ("all down", all_down), ("after", after)] {
+        assert_eq!(r, (30, 0), "{what}\n{}", c.logs());
+    }
+    assert_eq!((fresh.ok(), fresh.failed()), (50, 0), "{}", c.logs());
+    assert_eq!(fresh.sources.keys().copied().collect::<Vec<_>>(), vec![CLIENT_ADDR]);
+}
+
+/// The client's route to the ExternalIP moves from node 1 to node 2 to node
+/// 3 mid-connection (an ECMP rehash, a drained node): no node but the first
+/// has any state of these flows, yet each picks the same backend (Maglev
+/// hashes the flow, not the node), so every chatting connection goes on.
+#[test]
+fn maglev_across_an_ingress_change_keeps_dsr_connections() {
+    let svc = ServiceDef::new("web", WEB_IP).node_port(NODE_PORT).external_ip(EXTERNAL_IP).algorithm("maglev")
+        // A small prime table: every node writes it in a moment.
+        .annotation("xdplb.io/maglev-table-size", "251");
+    let c = cluster("dsr", &svc, all);
+    c.route_service(EXTERNAL_IP, 1);
+    let mut conns = connect(&c, SocketAddr::from((EXTERNAL_IP, 80)), 20);
+    let mut first = Vec::new();
+    let mut rounds = vec![("via node-1", chat(&mut conns, &mut first, 3))];
+    for i in [2, 3, 1] {
+        c.route_service(EXTERNAL_IP, i);
+        // The client's neighbour entry for the new next hop exists (same segment).
+        rounds.push((["", "via node-1 again", "via node-2", "via node-3"][i], chat(&mut conns, &mut first, 3)));
+    }
+    let mut per_node = std::collections::BTreeMap::new();
+    for who in &first {
+        *per_node.entry(who.split('/').next().unwrap_or("").to_string()).or_insert(0) += 1;
+    }
+    println!("20 connections to the ExternalIP while its route moved node-1 → 2 → 3 → 1: {rounds:?} (answers, failures); backends per node {per_node:?}");
+    for (what, r) in &rounds {
+        assert_eq!(*r, (60, 0), "{what}\n{}", c.logs());
+    }
+    assert!(per_node.len() >= 2, "the connections spread over nodes: {per_node:?}");
+}
+
+/// A client behind a router whose link to it carries 1,400 bytes: the
+/// pod's full-size segments leave its own node for the client (DSR), from
+/// the NodePort address; the router's "fragmentation needed" goes to that
+/// address, node 1, which translates it for the pod on the other node.
+#[test]
+fn a_full_size_download_through_dsr_finds_the_smaller_path_mtu() {
+    use xdplb_tests::{
+        netns::Netns,
+        topology::{addr_up, veth},
+    };
+    let svc = ServiceDef::new("web", WEB_IP).node_port(NODE_PORT);
+    let mut c = cluster("dsr", &svc, |c| c.all_pods().into_iter().filter(|&(n, _)| n != 1).collect());
+    let (router, far) = (Netns::new(), Netns::new());
+    veth(&router, "eth0", &c.switch, "r0");
+    c.switch.ip(&["link", "set", "r0", "master", "br0", "up"]);
+    addr_up(&router, "eth0", "192.168.50.3/24");
+    router.sysctl("net.ipv4.ip_forward", "1");
+    veth(&router, "eth1", &far, "eth0");
+    router.ip(&["link", "set", "eth1", "mtu", "1400"]);
+    addr_up(&router, "eth1", "192.168.60.1/24");
+    addr_up(&far, "eth0", "192.168.60.2/24");
+    far.ip(&["route", "add", "default", "via", "192.168.60.1"]);
+    for (ns, dev) in [(&far, "eth0"), (&router, "eth0"), (&router, "eth1"), (&c.switch, "r0")] {
+        ns.cmd("ethtool").args(["-K", dev, "tx", "off"]).output().ok();
+    }
+    for i in 1..=NODES {
+        c.node(i).ns.ip(&["route", "add", "192.168.60.0/24", "via", "192.168.50.3"]);
+    }
+    const SIZE: usize = 1 << 20;
+    let to = SocketAddr::from((node_addr(1), NODE_PORT));
+    let got = far.run(move || -> std::io::Result<(String, usize, bool)> {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        s.write_all(format!("GET /bulk/{SIZE} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())?;
+        let mut all = Vec::new();
+        s.read_to_end(&mut all)?;
+        let at = all.windows(4).position(|w| w == b"\r\n\r\n").map_or(all.len(), |p| p + 4);
+        let body = &all[at..];
+        let nl = body.iter().position(|&b| b == b'\n').unwrap_or(0);
+        let data = &body[nl + 1..];
+        let intact = data.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8);
+        Ok((String::from_utf8_lossy(&body[..nl]).into_owned(), data.len(), intact))
+    });
+    let counts = counters(&mut c, 1);
+    let icmp = counts[counter::ICMP_NAT as usize];
+    let (who, len, intact) = got.unwrap_or_else(|e| panic!("the download failed: {e}; node-1 counters {}\n{}", named(&counts), c.logs()));
+    println!("1 MB download through node-1's NodePort (DSR) from behind a 1,400-byte link: {len} bytes from {who}, intact {intact}; node-1 translated {icmp} ICMP errors; node-1 counters {}", named(&counts));
+    assert_eq!((len, intact), (SIZE, true));
+    assert!(!who.starts_with("node-1/"), "served by a pod on another node: {who}");
+    assert!(icmp >= 1, "the router's fragmentation-needed reached the pod through node-1's translation");
+    assert!(counts[counter::DSR_FORWARD as usize] > 0);
+}
