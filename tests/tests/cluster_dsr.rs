@@ -268,3 +268,72 @@ fn a_full_size_download_through_dsr_finds_the_smaller_path_mtu() {
     assert!(icmp >= 1, "the router's fragmentation-needed reached the pod through node-1's translation");
     assert!(counts[counter::DSR_FORWARD as usize] > 0);
 }
+
+/// New flows at ten times the conntrack table's size (1,024 entries per
+/// node) into every node, while 20 long-lived connections keep chatting:
+/// 10 through node 1 (SNAT mode: SNATed to the pods on node 3) and 10
+/// through node 2 (DSR mode: to the same pods with the option). Not one
+/// answer lost or moved: SNAT flows keep both halves (every packet looks at
+/// the other), a DSR flow's forward half is looked up on every packet and
+/// its reply half rebuilt by every packet on the backend's node, and a
+/// Maglev service would pick the same backend anyway.
+#[test]
+fn a_flood_of_ten_times_the_table_spares_20_live_snat_and_dsr_connections() {
+    const TABLE: usize = 1024;
+    let svc = ServiceDef::new("web", WEB_IP).node_port(NODE_PORT).algorithm("maglev").annotation("xdplb.io/maglev-table-size", "251");
+    let mut c = Cluster::with_agent_args(NODES, 2, Source::Kube, &["--max-flows", &TABLE.to_string()]);
+    c.node_mut(2).restart_agent_with(&["--lb-mode", "dsr"]);
+    let web = [(3, 0), (3, 1)];
+    c.publish(&svc, &web);
+    // The flood's service: local pods only, so each node's flood flows stay on it.
+    let flood = ServiceDef::new("flood", Ipv4Addr::new(10, 96, 0, 20)).node_port(30090).local();
+    c.publish(&flood, &c.all_pods());
+    let want: Vec<Ipv4Addr> = web.iter().map(|&(n, p)| pod_addr(n, p)).collect();
+    for i in 1..=NODES {
+        let held = || {
+            let mut got = c.node(i).programmed(node_addr(i), NODE_PORT, TCP).map(|(_, b)| b).unwrap_or_default();
+            got.sort();
+            got.dedup();
+            got
+        };
+        assert!(wait_for(Duration::from_secs(30), || held() == want), "node-{i}: {:?}", held());
+        assert!(wait_for(Duration::from_secs(30), || c.node(i).programmed(node_addr(i), 30090, UDP).is_some_and(|(n, _)| n == 2)), "node-{i} flood service");
+    }
+    let mut conns = connect(&c, SocketAddr::from((node_addr(1), NODE_PORT)), 10);
+    conns.extend(connect(&c, SocketAddr::from((node_addr(2), NODE_PORT)), 10));
+    let mut first = Vec::new();
+    let mut live = chat(&mut conns, &mut first, 1);
+    // 10 x TABLE new UDP flows into each node, a round of chat every 64.
+    let flows = 10 * TABLE;
+    let mut sent = 0usize;
+    for batch in 0..flows / 64 {
+        let base = 20000 + (batch * 64) as u16;
+        sent += c.client.run(move || {
+            let mut n = 0;
+            for port in base..base + 64 {
+                let Ok(s) = std::net::UdpSocket::bind(("0.0.0.0", port)) else { continue };
+                for i in 1..=NODES {
+                    if s.send_to(b"x", SocketAddr::from((node_addr(i), 30090))).is_ok() {
+                        n += 1;
+                    }
+                }
+            }
+            n
+        });
+        let r = chat(&mut conns, &mut first, 1);
+        live = (live.0 + r.0, live.1 + r.1);
+    }
+    let counts: Vec<Vec<u64>> = (1..=NODES).map(|i| counters(&mut c, i)).collect();
+    println!(
+        "flood: {sent} new UDP flows ({} per node, table {TABLE}); 20 live connections (10 SNAT via node-1, 10 DSR via node-2): {live:?} (answers, failures); halves restored per node {:?}, snat_new {:?}, dsr_forward {:?}",
+        sent / NODES,
+        counts.iter().map(|k| k[counter::CT_HALF_RESTORED as usize]).collect::<Vec<_>>(),
+        counts.iter().map(|k| k[counter::SNAT_NEW as usize]).collect::<Vec<_>>(),
+        counts.iter().map(|k| k[counter::DSR_FORWARD as usize]).collect::<Vec<_>>(),
+    );
+    assert!(sent >= 3 * flows * 99 / 100, "the flood was sent: {sent}");
+    assert_eq!(live, (20 * (1 + flows / 64), 0), "{}", c.logs());
+    assert!(first.iter().all(|w| w.starts_with("node-3/")), "{first:?}");
+    assert_eq!(counts[0][counter::SNAT_NEW as usize], 10, "node 1 SNATed its 10 connections once each");
+    assert!(counts[1][counter::DSR_FORWARD as usize] > 0 && counts[1][counter::SNAT_NEW as usize] == 0, "node 2 used DSR");
+}
