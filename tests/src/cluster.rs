@@ -558,6 +558,8 @@ pub struct ServiceDef {
     pub port: u16,
     pub node_port: Option<u16>,
     pub external_ips: Vec<Ipv4Addr>,
+    /// `type: LoadBalancer` with this ingress IP in its status.
+    pub lb_ip: Option<Ipv4Addr>,
     /// `externalTrafficPolicy: Local`.
     pub local: bool,
     /// `xdplb.io/algorithm`.
@@ -575,6 +577,7 @@ impl ServiceDef {
             port: 80,
             node_port: None,
             external_ips: Vec::new(),
+            lb_ip: None,
             local: false,
             algorithm: "round-robin".into(),
             annotations: Vec::new(),
@@ -603,6 +606,13 @@ impl ServiceDef {
         self
     }
 
+    /// As a LoadBalancer whose status names `addr` as its ingress IP (node
+    /// ports are allocated as for a NodePort: set one with [`Self::node_port`]).
+    pub fn load_balancer(mut self, addr: Ipv4Addr) -> Self {
+        self.lb_ip = Some(addr);
+        self
+    }
+
     /// `externalTrafficPolicy: Local`.
     pub fn local(mut self) -> Self {
         self.local = true;
@@ -621,25 +631,29 @@ impl ServiceDef {
             })
             .collect();
         let mut spec = json!({
-            "type": if self.node_port.is_some() { "NodePort" } else { "ClusterIP" },
+            "type": if self.lb_ip.is_some() { "LoadBalancer" } else if self.node_port.is_some() { "NodePort" } else { "ClusterIP" },
             "clusterIP": self.cluster_ip.to_string(), "clusterIPs": [self.cluster_ip.to_string()],
             "ports": ports, "selector": {"app": self.name},
         });
         if !self.external_ips.is_empty() {
             spec["externalIPs"] = json!(self.external_ips.iter().map(|a| a.to_string()).collect::<Vec<_>>());
         }
-        if self.node_port.is_some() || !self.external_ips.is_empty() {
+        if self.node_port.is_some() || !self.external_ips.is_empty() || self.lb_ip.is_some() {
             spec["externalTrafficPolicy"] = json!(if self.local { "Local" } else { "Cluster" });
         }
         let mut annotations = json!({"xdplb.io/algorithm": self.algorithm});
         for (k, v) in &self.annotations {
             annotations[k] = json!(v);
         }
-        json!({
+        let mut svc = json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"namespace": NAMESPACE, "name": self.name, "annotations": annotations},
             "spec": spec,
-        })
+        });
+        if let Some(ip) = self.lb_ip {
+            svc["status"] = json!({"loadBalancer": {"ingress": [{"ip": ip.to_string()}]}});
+        }
+        svc
     }
 
     /// The service's EndpointSlice: pods `endpoints` (node, pod), ready,

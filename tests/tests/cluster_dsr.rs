@@ -23,6 +23,7 @@ const NODES: usize = 3;
 const WEB_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const NODE_PORT: u16 = 30080;
 const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+const LB_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
 
 fn cluster(mode: &str, svc: &ServiceDef, endpoints: impl Fn(&Cluster) -> Vec<(usize, usize)>) -> Cluster {
     let c = Cluster::with_agent_args(NODES, 2, Source::Kube, &["--lb-mode", mode]);
@@ -33,7 +34,8 @@ fn cluster(mode: &str, svc: &ServiceDef, endpoints: impl Fn(&Cluster) -> Vec<(us
     want.sort();
     for i in 1..=NODES {
         for proto in [TCP, UDP] {
-            for (addr, port) in std::iter::once((node_addr(i), NODE_PORT)).chain(svc.external_ips.iter().map(|a| (*a, 80))) {
+            let vips = svc.external_ips.iter().chain(&svc.lb_ip).chain(std::iter::once(&svc.cluster_ip));
+            for (addr, port) in std::iter::once((node_addr(i), NODE_PORT)).chain(vips.map(|a| (*a, 80))) {
                 let held = || {
                     let mut got = c.node(i).programmed(addr, port, proto).map(|(_, b)| b).unwrap_or_default();
                     got.sort();
@@ -70,29 +72,37 @@ fn named(counts: &[u64]) -> String {
     counts.iter().enumerate().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{}={v}", counter::LABELS[k])).collect::<Vec<_>>().join(" ")
 }
 
-/// Every node's NodePort and the ExternalIP through every node, TCP and
-/// UDP, 200 each: in `dsr` pods see the client for both; in `hybrid` for
-/// TCP, and UDP to a pod on another node is SNATed.
+/// Every external frontend through every node — the node's NodePort, the
+/// ExternalIP and the LoadBalancer IP routed to it — TCP and UDP, 200 each:
+/// in `dsr` pods see the client for both; in `hybrid` for TCP, and UDP to
+/// a pod on another node is SNATed. The ClusterIP from a pod on every node,
+/// which no mode changes (the pod's address routes back through its node).
 fn every_frontend_through_every_node(mode: &str) {
-    let svc = ServiceDef::new("web", WEB_IP).node_port(NODE_PORT).external_ip(EXTERNAL_IP);
+    let svc = ServiceDef::new("web", WEB_IP).node_port(NODE_PORT).external_ip(EXTERNAL_IP).load_balancer(LB_IP);
     let mut c = cluster(mode, &svc, all);
     for i in 1..=NODES {
-        let to = SocketAddr::from((node_addr(i), NODE_PORT));
-        let t = tcp_requests(&c.client, to, 200);
-        let u = udp_requests(&c.client, to, 200);
         c.route_service(EXTERNAL_IP, i);
-        let ext = SocketAddr::from((EXTERNAL_IP, 80));
-        let te = tcp_requests(&c.client, ext, 100);
-        let ue = udp_requests(&c.client, ext, 100);
-        eprintln!("{mode} node-{i}: NodePort TCP {:?} {:?}, UDP {:?} {:?}; ExternalIP TCP {:?}, UDP {:?}", t.per_node(), t.sources, u.per_node(), u.sources, te.per_node(), ue.per_node());
+        c.route_service(LB_IP, i);
         let udp_sources: &[Ipv4Addr] = if mode == "dsr" { &[CLIENT_ADDR] } else { &[CLIENT_ADDR, node_addr(i)] };
-        assert_served(&t, &format!("{mode}: TCP to node-{i}'s NodePort"), 200, &[CLIENT_ADDR], &c);
-        assert_served(&u, &format!("{mode}: UDP to node-{i}'s NodePort"), 200, udp_sources, &c);
-        assert_served(&te, &format!("{mode}: TCP to the ExternalIP via node-{i}"), 100, &[CLIENT_ADDR], &c);
-        assert_served(&ue, &format!("{mode}: UDP to the ExternalIP via node-{i}"), 100, udp_sources, &c);
-        if mode == "hybrid" {
-            assert!(u.sources.get(&node_addr(i)).is_some_and(|&k| k > 0), "hybrid: UDP to other nodes' pods SNATed: {:?}", u.sources);
+        for (what, addr, port) in [("NodePort", node_addr(i), NODE_PORT), ("ExternalIP", EXTERNAL_IP, 80), ("LoadBalancer IP", LB_IP, 80)] {
+            let to = SocketAddr::from((addr, port));
+            let t = tcp_requests(&c.client, to, 200);
+            let u = udp_requests(&c.client, to, 200);
+            eprintln!("{mode} {what} via node-{i}: TCP {:?} {:?}, UDP {:?} {:?}", t.per_node(), t.sources, u.per_node(), u.sources);
+            assert_served(&t, &format!("{mode}: TCP to the {what} via node-{i}"), 200, &[CLIENT_ADDR], &c);
+            assert_served(&u, &format!("{mode}: UDP to the {what} via node-{i}"), 200, udp_sources, &c);
+            if mode == "hybrid" {
+                assert!(u.sources.get(&node_addr(i)).is_some_and(|&k| k > 0), "hybrid: UDP to other nodes' pods SNATed: {:?}", u.sources);
+            }
         }
+        let hairpin = Ipv4Addr::from(lb_common::flow::HAIRPIN_ADDR_V4);
+        let from = [pod_addr(i, 0), hairpin];
+        let to = SocketAddr::from((WEB_IP, 80));
+        let t = tcp_requests(c.pod(i, 0), to, 200);
+        let u = udp_requests(c.pod(i, 0), to, 200);
+        eprintln!("{mode} ClusterIP from node-{i}'s pod: TCP {:?}, UDP {:?}", t.per_node(), u.per_node());
+        assert_served(&t, &format!("{mode}: TCP to the ClusterIP from node-{i}'s pod"), 200, &from, &c);
+        assert_served(&u, &format!("{mode}: UDP to the ClusterIP from node-{i}'s pod"), 200, &from, &c);
     }
     let mut totals = vec![0u64; counter::COUNT as usize];
     for i in 1..=NODES {
