@@ -223,6 +223,9 @@ fn flag_names(flags: u8) -> Vec<&'static str> {
         (service_flags::FALLBACK_TERMINATING, "fallback-terminating"),
         (service_flags::SOURCE_RANGES, "source-ranges"),
         (service_flags::LOCAL_ELSEWHERE, "local-elsewhere"),
+        (service_flags::LB_MODE, "own-lb-mode"),
+        (service_flags::DSR_TCP, "dsr-tcp"),
+        (service_flags::DSR_UDP, "dsr-udp"),
     ]
     .into_iter()
     .filter(|(bit, _)| flags & bit != 0)

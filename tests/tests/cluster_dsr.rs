@@ -347,3 +347,55 @@ fn a_flood_of_ten_times_the_table_spares_20_live_snat_and_dsr_connections() {
     assert_eq!(counts[0][counter::SNAT_NEW as usize], 10, "node 1 SNATed its 10 connections once each");
     assert!(counts[1][counter::DSR_FORWARD as usize] > 0 && counts[1][counter::SNAT_NEW as usize] == 0, "node 2 used DSR");
 }
+
+/// The option's 8 bytes on the way in. TCP: a 1 MB upload of full-size
+/// segments through node 1's NodePort to a pod on node 2 completes, because
+/// node 2 lowered the SYN-ACK's MSS by 8 (no "fragmentation needed" was
+/// needed). UDP has no MSS: a 1,500-byte DF datagram is answered by node 1
+/// with "fragmentation needed" (MTU 1,492), the client's kernel caches that
+/// path MTU, and a datagram that fits is answered by the pod.
+#[test]
+fn the_options_bytes_are_made_room_for_by_mss_clamp_and_fragmentation_needed() {
+    let svc = ServiceDef::new("web", WEB_IP).node_port(NODE_PORT);
+    let mut c = cluster("dsr", &svc, |_| vec![(2, 0)]);
+    let to = SocketAddr::from((node_addr(1), NODE_PORT));
+    const SIZE: usize = 1 << 20;
+    let up = c.client.run(move || -> std::io::Result<String> {
+        use std::io::{BufRead, BufReader, Write};
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let mut line = vec![b'u'; SIZE];
+        line.push(b'\n');
+        s.write_all(&line)?;
+        let mut answer = String::new();
+        BufReader::new(s).read_line(&mut answer)?;
+        Ok(answer.trim_end().to_string())
+    });
+    let n1 = counters(&mut c, 1);
+    let n2 = counters(&mut c, 2);
+    let who = up.unwrap_or_else(|e| panic!("the upload failed: {e}; node-1 {}; node-2 {}", named(&n1), named(&n2)));
+    println!("1 MB upload through node-1 to node-2's pod: answered by {who}; node-1 dsr_forward={} dsr_frag_needed={}; node-2 dsr_decap={} dsr_mss_clamped={}",
+        n1[counter::DSR_FORWARD as usize], n1[counter::DSR_FRAG_NEEDED as usize], n2[counter::DSR_DECAP as usize], n2[counter::DSR_MSS_CLAMPED as usize]);
+    assert_eq!(who, "node-2/pod-0");
+    assert!(n1[counter::DSR_FORWARD as usize] > SIZE as u64 / 1460, "the upload went through with the option");
+    assert_eq!(n1[counter::DSR_FRAG_NEEDED as usize], 0, "the clamped MSS made every segment fit");
+    assert_eq!(n2[counter::DSR_MSS_CLAMPED as usize], 1);
+
+    let (first, second) = c.client.run(move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.connect(to).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        let mut buf = [0u8; 2048];
+        // 1,472 bytes of payload: a 1,500-byte packet, DF (Linux's default for UDP).
+        let first = s.send(&[b'x'; 1472]).and_then(|_| s.recv(&mut buf)).map(|n| n > 0);
+        let second = s.send(&[b'y'; 1464]).and_then(|_| s.recv(&mut buf)).map(|n| String::from_utf8_lossy(&buf[..n]).into_owned());
+        (first.map_err(|e| e.kind()), second.map_err(|e| e.kind()))
+    });
+    let route = String::from_utf8_lossy(&xdplb_tests::netns::run(c.client.cmd("ip").args(["route", "get", &node_addr(1).to_string()])).stdout).into_owned();
+    let frag = counters(&mut c, 1)[counter::DSR_FRAG_NEEDED as usize];
+    println!("UDP: 1,500-byte DF datagram -> {first:?}; node-1 dsr_frag_needed={frag}; client route: {}; 1,492-byte datagram -> {second:?}", route.trim());
+    assert!(first.is_err(), "the datagram that cannot fit was not delivered");
+    assert_eq!(frag, 1);
+    assert!(route.contains("mtu 1492"), "the client learnt the path MTU: {route}");
+    assert_eq!(second, Ok("node-2/pod-0".to_string()));
+}
