@@ -36,6 +36,7 @@ pub fn plan_config(inputs: &crate::cli::PlanInputs) -> PlanConfig {
         node_name: inputs.node_name.clone(),
         node_addresses: inputs.node_addresses.clone(),
         default_algorithm: inputs.default_algorithm,
+        service_cidrs: inputs.service_cidrs.iter().flatten().copied().collect(),
     }
 }
 

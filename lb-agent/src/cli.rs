@@ -92,6 +92,17 @@ pub struct PlanInputs {
     /// annotation: random, round-robin, maglev or least-conn.
     #[arg(long, value_name = "ALGORITHM", default_value = "random", value_parser = parse_algorithm_arg)]
     pub default_algorithm: u8,
+    /// A range ClusterIPs are allocated from, as kube-apiserver's
+    /// --service-cluster-ip-range (repeat for several; IPv6 ones are
+    /// accepted and ignored). Pods and the node get nothing from an address
+    /// inside that no Service has: dropped, not routed. ServiceCIDR objects
+    /// of the source add to these.
+    #[arg(long = "service-cidr", value_name = "CIDR", value_parser = parse_service_cidr)]
+    pub service_cidrs: Vec<Option<lb_agent::control::model::cidr::Cidr>>,
+}
+
+fn parse_service_cidr(s: &str) -> Result<Option<lb_agent::control::model::cidr::Cidr>, String> {
+    lb_agent::control::model::cidr::parse(s)
 }
 
 #[derive(Debug, Args)]

@@ -17,8 +17,8 @@ use std::{
 
 use anyhow::Result;
 use lb_common::{
-    algorithm, backend_state, direction, flow_flags, service_flags, AffinityKeyV4, AffinityV4, BackendId,
-    BackendV4, Config, FlowKeyV4, FlowV4, NatConfig, ServiceKeyV4, ServiceV4, SlotKey, IPPROTO_TCP,
+    algorithm, backend_state, direction, flow_flags, scope, service_flags, AffinityKeyV4, AffinityV4, BackendId,
+    BackendV4, Config, FlowKeyV4, FlowV4, NatConfig, ServiceKeyV4, ServiceV4, SlotKey, IPPROTO_TCP, IPPROTO_UDP,
 };
 use serde::Serialize;
 
@@ -82,7 +82,7 @@ impl Snapshot {
             Some(sport) => dp.conntrack.get(&flow_key(q, sport), 0).ok(),
             None => None,
         };
-        let svc = contents.services.get(&service_key(q));
+        let svc = lookup_service(q, &contents);
         let affinity = match svc {
             Some(s) if s.affinity_timeout_s != 0 => {
                 dp.affinity(&AffinityKeyV4 { service_id: s.id, client: client_addr(q).octets() })?
@@ -178,7 +178,20 @@ pub struct Explanation {
 }
 
 fn service_key(q: &Query) -> ServiceKeyV4 {
-    ServiceKeyV4 { addr: q.dst.octets(), port: q.dport.to_be_bytes(), proto: q.proto, scope: 0 }
+    ServiceKeyV4 { addr: q.dst.octets(), port: q.dport.to_be_bytes(), proto: q.proto, scope: scope::ANY }
+}
+
+/// The entry the dataplane uses for `q` (lb-ebpf `service::lookup`): pods
+/// and the node take an `IN_CLUSTER_ALT` frontend's in-cluster entry.
+fn lookup_service(q: &Query, c: &MapContents) -> Option<ServiceV4> {
+    let svc = *c.services.get(&service_key(q))?;
+    if q.origin != Origin::External && svc.flags & service_flags::IN_CLUSTER_ALT != 0 {
+        let alt = ServiceKeyV4 { scope: scope::IN_CLUSTER, ..service_key(q) };
+        if let Some(a) = c.services.get(&alt) {
+            return Some(*a);
+        }
+    }
+    Some(svc)
 }
 
 fn flow_key(q: &Query, sport: u16) -> FlowKeyV4 {
@@ -223,6 +236,7 @@ fn flag_names(flags: u8) -> Vec<&'static str> {
         (service_flags::FALLBACK_TERMINATING, "fallback-terminating"),
         (service_flags::SOURCE_RANGES, "source-ranges"),
         (service_flags::LOCAL_ELSEWHERE, "local-elsewhere"),
+        (service_flags::IN_CLUSTER_ALT, "in-cluster-alt"),
         (service_flags::LB_MODE, "own-lb-mode"),
         (service_flags::DSR_TCP, "dsr-tcp"),
         (service_flags::DSR_UDP, "dsr-udp"),
@@ -256,7 +270,11 @@ pub fn explain(q: &Query, s: &Snapshot, names: &crate::ops::names::Names) -> Exp
         selection: None,
         verdict: Verdict { action: Action::Pass, backend: None, snat: None, reason: String::new() },
     };
-    let Some(svc) = s.contents.services.get(&service_key(q)).copied() else {
+    let Some(svc) = lookup_service(q, &s.contents) else {
+        if let Some(v) = unserved(q, &s.contents) {
+            e.verdict = v;
+            return e;
+        }
         e.notes.push(no_frontend_reason(q, &s.contents));
         e.verdict.reason = "not a service frontend".into();
         return e;
@@ -338,8 +356,9 @@ pub fn explain(q: &Query, s: &Snapshot, names: &crate::ops::names::Names) -> Exp
 }
 
 /// The dataplane's answer to a new flow without a backend (xdp.rs/tc.rs
-/// with reset.rs): a TCP SYN gets a reset, unless the frontend's Local
-/// policy has endpoints elsewhere; anything else is dropped.
+/// with refuse.rs): a TCP SYN gets a reset, and from a pod a UDP datagram
+/// an ICMP port unreachable, unless the frontend's Local policy has
+/// endpoints elsewhere; anything else is dropped.
 fn no_backend(q: &Query, svc: &ServiceV4, e: &mut Explanation, why: &str) {
     let elsewhere = svc.flags & service_flags::LOCAL_ELSEWHERE != 0;
     if elsewhere {
@@ -347,6 +366,8 @@ fn no_backend(q: &Query, svc: &ServiceV4, e: &mut Explanation, why: &str) {
     }
     e.verdict = if q.proto == IPPROTO_TCP && !elsewhere {
         Verdict { action: Action::Reject, backend: None, snat: None, reason: format!("{why}: TCP reset") }
+    } else if q.proto == IPPROTO_UDP && !elsewhere && q.origin == Origin::Pod {
+        Verdict { action: Action::Reject, backend: None, snat: None, reason: format!("{why}: ICMP port unreachable") }
     } else if elsewhere {
         let reason = format!("{why}: dropped (kube-proxy drops Local traffic with endpoints only elsewhere)");
         Verdict { action: Action::Drop, backend: None, snat: None, reason }
@@ -487,13 +508,49 @@ fn pick(q: &Query, svc: &ServiceV4, s: &Snapshot) -> Pick {
     }
 }
 
+/// lb-ebpf `unserved.rs`, for pods and node sockets only: a ClusterIP's
+/// unserved port is refused, an unallocated service-CIDR address dropped
+/// (the socket balancer refuses both).
+fn unserved(q: &Query, c: &MapContents) -> Option<Verdict> {
+    if q.origin == Origin::External {
+        return None;
+    }
+    let refused = c.services.get(&ServiceKeyV4::address(q.dst.octets())).is_some_and(|v| v.flags & service_flags::UNSERVED_REFUSED != 0);
+    let in_cidr = || {
+        c.source_ranges.keys().any(|(len, r)| {
+            let bits = len - 32;
+            let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+            r.service_id == [0; 4] && u32::from(q.dst) & mask == u32::from_be_bytes(r.addr)
+        })
+    };
+    let (action, reason) = if refused {
+        let how = match (q.origin, q.proto) {
+            (Origin::Node, _) => "connect() refused (EPERM)",
+            (_, IPPROTO_TCP) => "TCP reset",
+            (_, IPPROTO_UDP) => "ICMP port unreachable",
+            _ => "dropped",
+        };
+        let action = if how == "dropped" { Action::Drop } else { Action::Reject };
+        (action, format!("{} is a ClusterIP that does not serve {}/{}: {how}", q.dst, q.dport, proto_name(q.proto)))
+    } else if in_cidr() {
+        if q.origin == Origin::Node {
+            (Action::Reject, format!("{} is inside the service CIDR but no Service has it: connect() refused (EPERM)", q.dst))
+        } else {
+            (Action::Drop, format!("{} is inside the service CIDR but no Service has it: dropped", q.dst))
+        }
+    } else {
+        return None;
+    };
+    Some(Verdict { action, backend: None, snat: None, reason })
+}
+
 /// Why no frontend matched: another port or protocol of a service address,
 /// or an address the maps do not know.
 fn no_frontend_reason(q: &Query, c: &MapContents) -> String {
     let others: Vec<String> = c
         .services
         .keys()
-        .filter(|k| k.addr == q.dst.octets())
+        .filter(|k| k.addr == q.dst.octets() && !k.is_address())
         .map(|k| format!("{}/{}", u16::from_be_bytes(k.port), proto_name(k.proto)))
         .collect();
     if others.is_empty() {

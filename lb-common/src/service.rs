@@ -13,10 +13,36 @@ pub struct ServiceKeyV4 {
     pub port: [u8; 2],
     /// IP protocol number ([`IPPROTO_TCP`] or [`IPPROTO_UDP`]).
     pub proto: u8,
-    /// Reserved for a future scope (e.g. internal vs external); zero.
+    /// Which sources the entry is for: [`scope::ANY`], or [`scope::IN_CLUSTER`]
+    /// for the alternative entry of a frontend flagged
+    /// [`service_flags::IN_CLUSTER_ALT`].
     pub scope: u8,
 }
 const _: () = assert!(core::mem::size_of::<ServiceKeyV4>() == 8);
+
+impl ServiceKeyV4 {
+    /// The address entry of a ClusterIP: port 0 and protocol 0, which no
+    /// frontend has. Its value has id 0 (no service), no slots and the flag
+    /// [`service_flags::UNSERVED_REFUSED`]; it is looked up only when no
+    /// frontend matched.
+    pub const fn address(addr: [u8; 4]) -> Self {
+        Self { addr, port: [0; 2], proto: 0, scope: scope::ANY }
+    }
+
+    /// Whether this is an [`address`](Self::address) entry, not a frontend.
+    pub const fn is_address(&self) -> bool {
+        self.proto == 0
+    }
+}
+
+/// Values of `ServiceKeyV4::scope`.
+pub mod scope {
+    /// The entry every source looks up first.
+    pub const ANY: u8 = 0;
+    /// The entry pods and node processes use instead, for a frontend whose
+    /// entry for everyone else carries `IN_CLUSTER_ALT`.
+    pub const IN_CLUSTER: u8 = 1;
+}
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
@@ -46,14 +72,26 @@ pub mod service_flags {
     /// elsewhere: a new flow is dropped silently (the client times out),
     /// not answered with a reset, as kube-proxy does. Set with `count` 0.
     pub const LOCAL_ELSEWHERE: u8 = 1 << 2;
+    /// An external frontend (NodePort, LoadBalancer IP, ExternalIP) of an
+    /// `externalTrafficPolicy: Local` Service: traffic from inside the
+    /// cluster (a pod, the node) goes to the same key with scope
+    /// [`super::scope::IN_CLUSTER`], which balances over every usable
+    /// endpoint, as kube-proxy's short-circuit does. External traffic keeps
+    /// this entry's local endpoints.
+    pub const IN_CLUSTER_ALT: u8 = 1 << 3;
+    /// The address entry of a ClusterIP ([`ServiceKeyV4::address`]): a packet
+    /// from a pod or the node to a port or protocol the address does not
+    /// serve is refused (TCP reset, ICMP port unreachable), as kube-proxy's
+    /// nftables mode does, instead of leaking to the node's routing.
+    pub const UNSERVED_REFUSED: u8 = 1 << 4;
     /// The service sets its own mode for external flows to backends on
     /// other nodes (annotation `xdplb.io/lb-mode`), overriding the node's:
     /// DSR for the protocols flagged below, SNAT for the others.
-    pub const LB_MODE: u8 = 1 << 3;
+    pub const LB_MODE: u8 = 1 << 5;
     /// With [`LB_MODE`]: TCP flows use DSR.
-    pub const DSR_TCP: u8 = 1 << 4;
+    pub const DSR_TCP: u8 = 1 << 6;
     /// With [`LB_MODE`]: UDP flows use DSR.
-    pub const DSR_UDP: u8 = 1 << 5;
+    pub const DSR_UDP: u8 = 1 << 7;
 }
 
 /// Value of `services_v4`.
@@ -126,6 +164,14 @@ impl SourceRangeV4 {
     pub const fn prefix_len(bits: u8) -> u32 {
         32 + bits as u32
     }
+
+    /// A service CIDR (`--service-cidr`, ServiceCIDR objects): kept under
+    /// service id 0, which no service has. A packet from a pod or the node
+    /// to an address inside it that has no frontend and no address entry is
+    /// dropped, as kube-proxy's nftables mode does.
+    pub const fn service_cidr(addr: [u8; 4]) -> Self {
+        Self { service_id: [0; 4], addr }
+    }
 }
 
 crate::user_pod!(ServiceKeyV4, ServiceV4, SlotKey, AffinityKeyV4, AffinityV4, SourceRangeV4);
@@ -147,6 +193,10 @@ impl core::fmt::Display for ServiceKeyV4 {
             "{a}.{b}.{c}.{d}:{}/{}",
             u16::from_be_bytes(self.port),
             proto_name(self.proto)
-        )
+        )?;
+        if self.scope == scope::IN_CLUSTER {
+            f.write_str(" (from pods and the node)")?;
+        }
+        Ok(())
     }
 }

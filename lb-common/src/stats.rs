@@ -35,10 +35,19 @@ macro_rules! counters {
     ($($name:ident = $idx:literal, $label:literal, $doc:literal;)*) => {
         pub mod counter {
             $( #[doc = $doc] pub const $name: u32 = $idx; )*
-            /// Number of counters (size of the `counters` array).
-            pub const COUNT: u32 = 0 $( + { let _ = $idx; 1 } )*;
-            /// Metric label of each counter, by index.
-            pub const LABELS: &[&str] = &[$($label),*];
+            /// Size of the `counters` array: the highest index + 1 (indexes
+            /// are reserved in ranges by feature, so some may be unused).
+            pub const COUNT: u32 = {
+                let mut max = 0;
+                $( if $idx + 1 > max { max = $idx + 1; } )*
+                max
+            };
+            /// Metric label of each counter, by index; "" for an unused index.
+            pub const LABELS: [&str; COUNT as usize] = {
+                let mut labels = [""; COUNT as usize];
+                $( labels[$idx as usize] = $label; )*
+                labels
+            };
         }
     };
 }
@@ -63,7 +72,7 @@ counters! {
     RST_SENT = 16, "rst_sent", "Event: a SYN to a service without backends was answered with a TCP reset.";
     XDP_REDIRECTED = 17, "xdp_redirected", "Event: XDP forwarded a balanced packet itself (FIB lookup + redirect), skipping the kernel's forwarding.";
     SOCK_BALANCED = 18, "sock_balanced", "Event: a node socket's connect() or sendmsg() to a service was pointed at a backend.";
-    SOCK_NO_BACKEND = 19, "sock_no_backend", "Event: a node socket's connect() or sendmsg() to a service without backends was refused.";
+    SOCK_NO_BACKEND = 19, "sock_no_backend", "Event: a node socket's connect() or sendmsg() to a service without backends, a port a ClusterIP does not serve or an unallocated service-CIDR address was refused.";
     DROP_SOURCE_RANGE = 20, "drop_source_range", "Dropped: a new flow to a LoadBalancer IP from outside its loadBalancerSourceRanges.";
     DROP_SNAT_EXHAUSTED = 21, "drop_snat_exhausted", "Dropped: a new flow to a backend on another node found no free SNAT port towards that backend.";
     SNAT_NEW = 22, "snat_new", "Event: a new flow to a backend on another node was SNATed to this node's address.";
@@ -74,6 +83,9 @@ counters! {
     DSR_DECAP = 27, "dsr_decap", "Received for a local backend with a DSR option: the reply state was recorded, the option taken off, the packet passed on.";
     DSR_FRAG_NEEDED = 28, "dsr_frag_needed", "Answered: a DF packet that no longer fits its egress with the DSR option got an ICMP fragmentation-needed carrying the reduced MTU.";
     DSR_MSS_CLAMPED = 29, "dsr_mss_clamped", "Event: the MSS of a DSR flow's SYN-ACK was lowered by the DSR option's size.";
+    DROP_UNSERVED = 30, "drop_unserved_port", "Refused: a ClusterIP on a port or protocol it does not serve (a TCP SYN gets a reset, UDP a port unreachable).";
+    DROP_SERVICE_CIDR = 31, "drop_service_cidr", "Dropped: an address of the service CIDR that no Service has.";
+    UNREACH_SENT = 32, "icmp_unreachable_sent", "Event: a UDP datagram to a service port without backends, or one a ClusterIP does not serve, was answered with ICMP port unreachable.";
 }
 
 /// First event counter (see [`counter`]).
@@ -88,6 +100,8 @@ pub const LATE_OUTCOMES: &[u32] = &[
     counter::DSR_FORWARD,
     counter::DSR_DECAP,
     counter::DSR_FRAG_NEEDED,
+    counter::DROP_UNSERVED,
+    counter::DROP_SERVICE_CIDR,
 ];
 
 /// Whether counter `idx` is an outcome (every packet bumps exactly one).

@@ -8,3 +8,4 @@ pub mod hash;
 pub mod icmp;
 pub mod rst;
 pub mod too_big;
+pub mod unreach;

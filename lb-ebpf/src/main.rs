@@ -20,12 +20,14 @@ mod maps;
 mod mode;
 mod nat;
 mod parse;
+mod refuse;
 mod reset;
 mod select;
 mod service;
 mod sock;
 mod stats;
 mod tc;
+mod unserved;
 mod verdict;
 mod xdp;
 

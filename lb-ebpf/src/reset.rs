@@ -5,12 +5,13 @@ use aya_ebpf::{
     helpers::{bpf_skb_change_tail, bpf_xdp_adjust_tail},
     programs::{TcContext, XdpContext},
 };
-use lb_common::{counter, service_flags, ServiceKeyV4, IPPROTO_TCP};
+use lb_common::{counter, service_flags, IPPROTO_TCP};
 use lb_ebpf::rst::{reset_for, Syn, RST_LEN};
 
 use crate::{
-    maps::services_v4,
+    conntrack::Origin,
     parse::{Packet, TCP_ACK, TCP_SYN},
+    service,
     stats::count,
     verdict::{Verdict, MALFORMED},
 };
@@ -21,15 +22,14 @@ use crate::{
 /// nodes (`LOCAL_ELSEWHERE`): kube-proxy drops it, rejecting only when the
 /// service has no usable endpoint anywhere.
 #[inline(always)]
-pub fn wants_reset(p: &Packet) -> bool {
-    p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && !local_elsewhere(p)
+pub fn wants_reset(p: &Packet, origin: Origin) -> bool {
+    p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && !local_elsewhere(p, origin)
 }
 
 #[inline(always)]
-fn local_elsewhere(p: &Packet) -> bool {
-    let key = ServiceKeyV4 { addr: p.dst, port: p.dport, proto: p.proto, scope: 0 };
-    // SAFETY: read-only copy of an agent-written value.
-    unsafe { services_v4.get(key) }.is_some_and(|s| s.flags & service_flags::LOCAL_ELSEWHERE != 0)
+pub fn local_elsewhere(p: &Packet, origin: Origin) -> bool {
+    service::lookup(p.dst, p.dport, p.proto, origin == Origin::Pod)
+        .is_some_and(|s| s.flags & service_flags::LOCAL_ELSEWHERE != 0)
 }
 
 #[inline(always)]
@@ -75,7 +75,7 @@ pub fn xdp(ctx: &XdpContext, p: &Packet) -> Result<Verdict, Verdict> {
     // SAFETY: bounds-checked above.
     unsafe { *(data as *mut [u8; RST_LEN]) = frame };
     count(counter::RST_SENT);
-    Ok(Verdict::Bounce(counter::DROP_NO_BACKEND))
+    Ok(Verdict::Reply(counter::DROP_NO_BACKEND))
 }
 
 /// Turns the SYN in a socket buffer into its reset (then back out of the
@@ -88,7 +88,7 @@ pub fn xdp(ctx: &XdpContext, p: &Packet) -> Result<Verdict, Verdict> {
 /// the frame's construction ("invalid size of register spill"). As its own
 /// function it is verified from its arguments alone.
 #[inline(never)]
-pub fn tc(ctx: &TcContext, p: &Packet) -> Result<Verdict, Verdict> {
+pub fn tc(ctx: &TcContext, p: &Packet, reason: u32) -> Result<Verdict, Verdict> {
     let (Ok(macs), Ok(seq)) = (ctx.load::<[u8; 12]>(0), ctx.load::<[u8; 4]>(p.l4 + 4)) else {
         return Err(MALFORMED);
     };
@@ -99,5 +99,5 @@ pub fn tc(ctx: &TcContext, p: &Packet) -> Result<Verdict, Verdict> {
     }
     ctx.store(0, &frame, 0).map_err(|_| MALFORMED)?;
     count(counter::RST_SENT);
-    Ok(Verdict::Bounce(counter::DROP_NO_BACKEND))
+    Ok(Verdict::Reply(reason))
 }

@@ -1,7 +1,7 @@
 //! The forward path shared by every hook: service lookup, conntrack, backend
 //! selection. Returns where the packet's destination goes; the hook rewrites.
 use aya_ebpf::btf_maps::lpm_trie::Key;
-use lb_common::{counter, service_flags, ServiceKeyV4, SourceRangeV4};
+use lb_common::{counter, scope, service_flags, ServiceKeyV4, ServiceV4, SourceRangeV4};
 
 use crate::{
     clock,
@@ -18,16 +18,8 @@ use crate::{
 /// where the packet entered (see [`Origin`]).
 #[inline(always)]
 pub fn balance(p: &Packet, origin: Origin) -> Result<Option<Rewrite>, Verdict> {
-    let svc_key = ServiceKeyV4 {
-        addr: p.dst,
-        port: p.dport,
-        proto: p.proto,
-        scope: 0,
-    };
-    // SAFETY: read-only copy of an agent-written value.
-    let svc = match unsafe { services_v4.get(svc_key) } {
-        Some(s) => *s,
-        None => return Ok(None),
+    let Some(svc) = lookup(p.dst, p.dport, p.proto, origin == Origin::Pod) else {
+        return Ok(None);
     };
     let now = clock::now();
     let key = conntrack::key_of(p);
@@ -62,6 +54,24 @@ pub fn balance(p: &Packet, origin: Origin) -> Result<Option<Rewrite>, Verdict> {
         s.new_flows += 1;
     });
     Ok(Some(rw))
+}
+
+/// The service reached at `addr:port/proto`. `in_cluster`: the source is a
+/// pod or the node, which an `externalTrafficPolicy: Local` frontend sends
+/// to every usable endpoint (its `IN_CLUSTER_ALT` entry), as kube-proxy does.
+#[inline(always)]
+pub fn lookup(addr: [u8; 4], port: [u8; 2], proto: u8, in_cluster: bool) -> Option<ServiceV4> {
+    let mut key = ServiceKeyV4 { addr, port, proto, scope: scope::ANY };
+    // SAFETY: read-only copy of an agent-written value.
+    let svc = *unsafe { services_v4.get(key) }?;
+    if in_cluster && svc.flags & service_flags::IN_CLUSTER_ALT != 0 {
+        key.scope = scope::IN_CLUSTER;
+        // SAFETY: as above.
+        if let Some(alt) = unsafe { services_v4.get(key) } {
+            return Some(*alt);
+        }
+    }
+    Some(svc)
 }
 
 /// Whether `client` is inside one of the service's source ranges. Checked

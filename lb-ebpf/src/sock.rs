@@ -14,12 +14,14 @@ use aya_ebpf::{
     programs::SockAddrContext,
     EbpfContext as _,
 };
-use lb_common::{counter, ServiceKeyV4, SockRevKeyV4, SockRevV4, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{counter, SockRevKeyV4, SockRevV4, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
     clock,
-    maps::{backends_v4, services_v4, sock_netns, sock_revnat_v4},
+    maps::{backends_v4, sock_netns, sock_revnat_v4},
     select::{self, Client},
+    service,
+    unserved,
     stats::{self, count},
 };
 
@@ -65,9 +67,15 @@ pub fn balance(ctx: &SockAddrContext) -> i32 {
         return ALLOW;
     }
     let (addr, port) = destination(ctx);
-    let key = ServiceKeyV4 { addr, port, proto, scope: 0 };
-    // SAFETY: read-only copy of an agent-written value.
-    let Some(&svc) = (unsafe { services_v4.get(key) }) else { return ALLOW };
+    let Some(svc) = service::lookup(addr, port, proto, true) else {
+        // A ClusterIP's unserved port, an unallocated service address:
+        // refused at once rather than sent off to the node's routing.
+        if unserved::check(addr).is_some() {
+            count(counter::SOCK_NO_BACKEND);
+            return REFUSE;
+        }
+        return ALLOW;
+    };
     // SAFETY: helper taking the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let client = Client { src: [0; 4], sport: (cookie as u16).to_be_bytes(), dport: port, proto };

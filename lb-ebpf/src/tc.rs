@@ -20,8 +20,9 @@ use crate::{
     dsr, events, icmp_error,
     nat::{self, Side},
     parse::{self, Packet},
-    reset, service,
+    refuse, reset, service,
     stats::count,
+    unserved::{self, Unserved},
     verdict::Verdict,
 };
 
@@ -47,10 +48,11 @@ pub fn ingress(ctx: &TcContext) -> i32 {
         let balanced = match service::balance(p, Origin::Pod) {
             Err(v) if v.reason() == counter::DROP_NO_BACKEND => {
                 events::no_backend(ctx, p);
-                if reset::wants_reset(p) {
-                    return reset::tc(ctx, p);
+                // Local policy with endpoints elsewhere: dropped, not refused.
+                if reset::local_elsewhere(p, Origin::Pod) {
+                    return Err(v);
                 }
-                return Err(v);
+                return refuse::tc(ctx, p, counter::DROP_NO_BACKEND);
             }
             other => other?,
         };
@@ -62,7 +64,11 @@ pub fn ingress(ctx: &TcContext) -> i32 {
                 }
                 Ok(Verdict::Pass(counter::NAT_FORWARD))
             }
-            None => Ok(Verdict::Pass(counter::PASS_NOT_SERVICE)),
+            None => match unserved::check(p.dst) {
+                Some(Unserved::Refused) => refuse::tc(ctx, p, counter::DROP_UNSERVED),
+                Some(Unserved::Dropped) => Err(Verdict::Drop(counter::DROP_SERVICE_CIDR)),
+                None => Ok(Verdict::Pass(counter::PASS_NOT_SERVICE)),
+            },
         }
     })
 }
@@ -112,8 +118,9 @@ fn run(ctx: &TcContext, f: impl FnOnce(&TcContext, &Packet) -> Result<Verdict, V
     match verdict {
         Verdict::Pass(_) | Verdict::Action(..) => TC_ACT_OK,
         Verdict::Drop(_) => TC_ACT_SHOT,
-        // A reset is built with its Ethernet addresses already swapped.
-        Verdict::Bounce(r) => bounce(ctx, r != counter::DROP_NO_BACKEND),
+        Verdict::Bounce(_) => bounce(ctx, true),
+        // An answer is built with its Ethernet addresses already swapped.
+        Verdict::Reply(_) => bounce(ctx, false),
     }
 }
 

@@ -13,6 +13,10 @@ pub enum Verdict {
     /// counting `reason`: XDP_TX, or a tc redirect to the same interface
     /// (hairpin flows, resets).
     Bounce(u32),
+    /// The packet was rebuilt whole as an answer addressed back to its
+    /// sender (a reset, an ICMP error): send it out of the interface it came
+    /// in on as it is, counting `reason`.
+    Reply(u32),
     /// Return this XDP action (a redirect), counting `reason` (XDP only).
     Action(u32, u32),
 }
@@ -20,7 +24,7 @@ pub enum Verdict {
 impl Verdict {
     pub const fn reason(self) -> u32 {
         match self {
-            Verdict::Pass(r) | Verdict::Drop(r) | Verdict::Bounce(r) | Verdict::Action(_, r) => r,
+            Verdict::Pass(r) | Verdict::Drop(r) | Verdict::Bounce(r) | Verdict::Reply(r) | Verdict::Action(_, r) => r,
         }
     }
 }

@@ -24,7 +24,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
     match verdict {
         Verdict::Pass(_) => xdp_action::XDP_PASS,
         Verdict::Drop(_) => xdp_action::XDP_DROP,
-        Verdict::Bounce(_) => xdp_action::XDP_TX,
+        Verdict::Bounce(_) | Verdict::Reply(_) => xdp_action::XDP_TX,
         Verdict::Action(action, _) => action,
     }
 }
@@ -46,7 +46,7 @@ fn try_run(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     let balanced = match service::balance(&p, Origin::External) {
         Err(v) if v.reason() == counter::DROP_NO_BACKEND => {
             events::no_backend(ctx, &p);
-            if reset::wants_reset(&p) {
+            if reset::wants_reset(&p, Origin::External) {
                 return reset::xdp(ctx, &p);
             }
             return Err(v);

@@ -135,6 +135,18 @@ fn node_port_with_local_policy_serves_local_pods_and_keeps_the_client_address() 
     assert_eq!((err0, err1), (0, 0), "xdp_tx_errors");
     eprintln!("node-3: {} resets by XDP_TX, {err1} xdp_tx_errors", tx1 - tx0);
 
+    // From inside the cluster the Local policy does not apply (kube-proxy's
+    // short-circuit): node 3's pod reaches the NodePort and the ExternalIP
+    // through node 3, served by every pod of nodes 1 and 2. (Node processes:
+    // tests/tests/socket_lb.rs.)
+    let pod = pod_addr(3, 0);
+    for to in [SocketAddr::from((node_addr(3), NODE_PORT)), SocketAddr::from((EXTERNAL_IP, 80))] {
+        let t = tcp_requests(c.pod(3, 0), to, 100);
+        assert_served(&t, &format!("TCP from node-3's pod to {to}"), 100, &[1, 2], &[pod], &c);
+        let u = udp_requests(c.pod(3, 0), to, 100);
+        assert_served(&u, &format!("UDP from node-3's pod to {to}"), 100, &[1, 2], &[pod], &c);
+    }
+
     // The ExternalIP follows the client's route: to node 1, then node 2.
     let to = SocketAddr::from((EXTERNAL_IP, 80));
     for i in [1, 2] {

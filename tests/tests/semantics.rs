@@ -2,7 +2,10 @@
 //! (file source) and real TCP clients in a node topology: what a client sees
 //! for labels, publishNotReadyAddresses, affinity changes, topology and the
 //! Local policies. Needs root.
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    time::Duration,
+};
 
 use lb_agent::dataplane::Dataplane;
 use xdplb_tests::{
@@ -305,7 +308,7 @@ fn fixture_source_ranges_containing_the_node_admit_the_lb_ip_as_source() {
             ),
             "test",
         );
-        let cfg = PlanConfig { node_name: "node-0".into(), node_addresses: vec![Ipv4Addr::new(192, 168, 1, 1)], default_algorithm: 0 };
+        let cfg = PlanConfig { node_name: "node-0".into(), node_addresses: vec![Ipv4Addr::new(192, 168, 1, 1)], default_algorithm: 0, service_cidrs: Vec::new() };
         let p = plan(&m, &cfg, &mut Ids::new(1024, 4096));
         let mut lb = Lb::load();
         lb.program(&p.contents);
@@ -321,4 +324,52 @@ fn fixture_source_ranges_containing_the_node_admit_the_lb_ip_as_source() {
         "the range holds the node: the LB IP as source is balanced (XDP_PASS after DNAT)"
     );
     assert_eq!(verdict("10.8.0.0/16"), (1, lb_ip, Action::Drop, Some("denied".to_string())), "otherwise dropped (XDP_DROP)");
+}
+
+/// kube-proxy's nftables mode refuses what a ClusterIP does not serve and
+/// drops unallocated addresses of the service CIDR. From a real pod: a TCP
+/// connect to an unserved port is refused (reset), a connected UDP socket
+/// gets ECONNREFUSED (ICMP port unreachable), UDP to the TCP-only port too,
+/// and a connect to an unallocated service address times out.
+#[test]
+fn unserved_cluster_ip_ports_are_refused_and_unallocated_service_addresses_dropped() {
+    let t = Topology::new(1);
+    let _server = Server::start(&t.backends[0], 8080, "backend-0");
+    let mut agent = Agent::start_with(
+        &t.node,
+        &objects_dir_with(&web_service(RR, "TCP", ""), &slice_of(&[(0, true, "node-0", "z1")])),
+        &["--pod-iface=pod*", "--service-cidr=10.96.0.0/12", "--service-cidr=fd00:10:96::/108"],
+    );
+    let dp = agent.maps();
+    assert!(wait_for(Duration::from_secs(20), || programmed(&dp).is_some_and(|(c, _)| c == 1)), "{}", agent.log());
+    let tcp = |to: SocketAddr| {
+        t.pod.run(move || std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)).map(|_| ()).map_err(|e| e.kind()))
+    };
+    let udp = |to: SocketAddr| {
+        t.pod.run(move || {
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            s.connect(to).unwrap();
+            s.send(b"hello").unwrap();
+            s.recv(&mut [0u8; 64]).map(|_| ()).map_err(|e| e.kind())
+        })
+    };
+    let counter = |c| dp.counters().unwrap()[c as usize];
+    use lb_common::counter;
+    use std::io::ErrorKind::{ConnectionRefused, TimedOut, WouldBlock};
+
+    // The pod interface is attached when the agent sees it (within a second).
+    let served = wait_for(Duration::from_secs(10), || tcp(SocketAddr::from((WEB_CLUSTER_IP, 80))).is_ok());
+    assert!(served, "the served port works from the pod\n{}", agent.log());
+    assert_eq!(tcp(SocketAddr::from((WEB_CLUSTER_IP, 81))), Err(ConnectionRefused), "unserved TCP port: reset");
+    assert_eq!(udp(SocketAddr::from((WEB_CLUSTER_IP, 53))), Err(ConnectionRefused), "unserved UDP port: port unreachable");
+    assert_eq!(udp(SocketAddr::from((WEB_CLUSTER_IP, 80))), Err(ConnectionRefused), "UDP to a TCP-only port");
+    assert_eq!(counter(counter::DROP_UNSERVED), 3, "{}", agent.log());
+    assert_eq!((counter(counter::RST_SENT), counter(counter::UNREACH_SENT)), (1, 2));
+
+    let unallocated = Ipv4Addr::new(10, 96, 0, 99);
+    assert_eq!(tcp(SocketAddr::from((unallocated, 80))), Err(TimedOut), "unallocated service address: dropped");
+    assert!(matches!(udp(SocketAddr::from((unallocated, 53))), Err(WouldBlock | TimedOut)), "no answer");
+    assert!(counter(counter::DROP_SERVICE_CIDR) >= 2, "SYN (and retries) and the datagram");
+    agent.assert_alive();
 }

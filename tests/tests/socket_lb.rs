@@ -40,7 +40,12 @@ impl Node {
     /// `xdplb-sock-client proto VIP` from the node's namespace in the cgroup:
     /// Ok((answer, address it came from)) or Err(stderr).
     fn ask(&self, proto: &str) -> Result<(String, String), String> {
-        let out = self.cgroup.run(&self.t.node, Path::new(CLIENT), &[proto, VIP]);
+        self.ask_at(proto, VIP)
+    }
+
+    /// As [`Node::ask`], to `to` (`addr:port`).
+    fn ask_at(&self, proto: &str, to: &str) -> Result<(String, String), String> {
+        let out = self.cgroup.run(&self.t.node, Path::new(CLIENT), &[proto, to]);
         if !out.status.success() {
             return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
         }
@@ -82,6 +87,47 @@ fn node_udp_datagrams_to_a_cluster_ip_are_answered_from_the_cluster_ip() {
         seen.insert(backend);
     }
     assert_eq!(seen.len(), 3, "{seen:?}");
+}
+
+/// kube-proxy applies `externalTrafficPolicy: Local` to traffic from
+/// outside only: the node's own connection to a NodePort whose endpoints
+/// are all on other nodes is balanced over them, not refused.
+#[test]
+fn a_node_process_reaches_a_local_policy_node_port_with_endpoints_only_elsewhere() {
+    let svc = web_service(&[("xdplb.io/algorithm", "round-robin")], "TCP", "  externalTrafficPolicy: Local\n");
+    let n = node(&svc, &slice(&[0, 1, 2]).replace("nodeName: node-0", "nodeName: node-1"));
+    let node_port = "192.168.1.1:30080";
+    let mut seen = BTreeSet::new();
+    for _ in 0..3 {
+        let (backend, peer) = n.ask_at("tcp", node_port).unwrap_or_else(|e| panic!("connect failed: {e}\n{}", n.agent.log()));
+        assert_eq!(peer, node_port);
+        seen.insert(backend);
+    }
+    assert_eq!(seen.len(), 3, "every endpoint, wherever it runs: {seen:?}");
+    assert_eq!((n.counter(counter::SOCK_BALANCED), n.counter(counter::SOCK_NO_BACKEND)), (3, 0));
+}
+
+/// A ClusterIP's unserved port, and an unallocated address of the service
+/// CIDR, are refused at connect() (kube-proxy rejects the first and drops
+/// the second; a socket gets its answer at once either way).
+#[test]
+fn a_node_connect_to_an_unserved_cluster_ip_port_or_unallocated_service_address_is_refused() {
+    let svc = web_service(&[("xdplb.io/algorithm", "round-robin")], "TCP", "");
+    let t = Topology::new(1);
+    let _server = Server::start(&t.backends[0], 8080, "backend-0");
+    let cgroup = TestCgroup::new();
+    let flag = format!("--socket-lb={}", cgroup.path.display());
+    let mut agent = Agent::start_with(&t.node, &objects_dir_with(&svc, &slice(&[0])), &[&flag, "--service-cidr=10.96.0.0/12"]);
+    let dp = agent.maps();
+    assert!(wait_for(Duration::from_secs(10), || dp.contents().is_ok_and(|c| !c.services.is_empty())), "{}", agent.log());
+    let n = Node { t, _servers: Vec::new(), agent, cgroup };
+    assert!(n.ask_at("tcp", VIP).is_ok(), "the served port");
+    for to in ["10.96.0.10:81", "10.96.0.99:80"] {
+        let err = n.ask_at("tcp", to).expect_err(to);
+        assert!(err.contains("not permitted"), "{to}: connect() is refused (EPERM): {err}");
+    }
+    assert!(n.ask_at("tcp", "10.200.0.1:80").is_err_and(|e| !e.contains("not permitted")), "outside the service CIDR: routed as usual");
+    assert_eq!(n.counter(counter::SOCK_NO_BACKEND), 2);
 }
 
 #[test]

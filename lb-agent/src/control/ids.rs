@@ -35,6 +35,11 @@ pub enum Scope {
     /// The external frontends (NodePort, LoadBalancer, ExternalIPs) when
     /// their traffic policy differs from the internal one.
     External,
+    /// The external frontends as reached from inside the cluster, when both
+    /// traffic policies are `Local`: kube-proxy sends that traffic to every
+    /// usable endpoint (with `internalTrafficPolicy: Cluster` the
+    /// `Internal` id serves it instead).
+    InCluster,
 }
 
 /// What a service id stands for.
@@ -143,7 +148,7 @@ impl Ids {
     pub fn seeded(max_service_id: u32, max_backend_id: u32, current: &MapContents) -> Self {
         let mut ids = Self::new(max_service_id, max_backend_id);
         let mut proto_of_service = BTreeMap::new();
-        for (key, svc) in &current.services {
+        for (key, svc) in current.services.iter().filter(|(k, _)| !k.is_address()) {
             ids.service_hints.insert(*key, svc.id);
             if ids.services.claim(svc.id) {
                 ids.unclaimed_services.insert(svc.id);

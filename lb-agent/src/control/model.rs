@@ -227,6 +227,8 @@ pub struct Model {
     pub slices: BTreeMap<ObjectRef, Arc<Slice>>,
     /// By node name.
     pub nodes: BTreeMap<String, Node>,
+    /// The IPv4 CIDRs of each ServiceCIDR object, by name.
+    pub service_cidrs: BTreeMap<String, Vec<cidr::Cidr>>,
 }
 
 /// Why a file could not be read at all (objects inside are never errors).
@@ -267,6 +269,7 @@ impl Model {
         self.services.extend(other.services.iter().map(|(k, v)| (k.clone(), v.clone())));
         self.slices.extend(other.slices.iter().map(|(k, v)| (k.clone(), v.clone())));
         self.nodes.extend(other.nodes.iter().map(|(k, v)| (k.clone(), v.clone())));
+        self.service_cidrs.extend(other.service_cidrs.iter().map(|(k, v)| (k.clone(), v.clone())));
     }
 
     /// Adds every object of a (multi-document) YAML text; `origin` names the
@@ -345,6 +348,15 @@ impl Model {
                     tracing::warn!(object = %id, %origin, error = %e, "skipping malformed Node")
                 }
             },
+            ("networking.k8s.io/v1", "ServiceCIDR") => {
+                match serde_yaml::from_value::<k8s_openapi::api::networking::v1::ServiceCIDR>(v) {
+                    Ok(c) => {
+                        let cidrs = c.spec.and_then(|s| s.cidrs).unwrap_or_default();
+                        self.service_cidrs.insert(id.name.clone(), cidr::of_object(&id.name, &cidrs));
+                    }
+                    Err(e) => tracing::warn!(object = %id, %origin, error = %e, "skipping malformed ServiceCIDR"),
+                }
+            }
             _ => {
                 tracing::debug!(object = %id, %api_version, %kind, %origin, "skipping an object of a kind the agent does not use")
             }
@@ -447,6 +459,7 @@ pub fn algorithm_name(a: u8) -> &'static str {
     }
 }
 
+pub mod cidr;
 mod validate;
 use validate::{node, validate_service, validate_slice};
 

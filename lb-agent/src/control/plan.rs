@@ -37,6 +37,9 @@ pub struct PlanConfig {
     pub node_addresses: Vec<Ipv4Addr>,
     /// Algorithm of services without an `xdplb.io/algorithm` annotation.
     pub default_algorithm: u8,
+    /// Service CIDRs given by flag (`--service-cidr`), beside those of
+    /// ServiceCIDR objects in the model.
+    pub service_cidrs: Vec<super::model::cidr::Cidr>,
 }
 
 /// The desired state: what goes into the maps, and why.
@@ -64,6 +67,11 @@ pub struct Frontend {
     pub port: u16,
     pub proto: Proto,
     pub kind: FrontendKind,
+    /// The entry for traffic from pods and the node only (map scope
+    /// `IN_CLUSTER`): an external frontend of an `externalTrafficPolicy:
+    /// Local` Service, which kube-proxy short-circuits to every endpoint.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub in_cluster: bool,
 }
 
 /// Whether a backend takes new flows.
@@ -157,6 +165,13 @@ pub fn plan(model: &Model, cfg: &PlanConfig, ids: &mut Ids) -> Plan {
             .get(&(id.namespace.as_str(), id.name.as_str()))
             .map(Vec::as_slice)
             .unwrap_or_default();
+        // Every ClusterIP refuses the ports and protocols it does not serve.
+        if !svc.ports.is_empty() {
+            for ip in &svc.cluster_ips {
+                let refused = ServiceV4 { flags: service_flags::UNSERVED_REFUSED, ..Default::default() };
+                p.plan.contents.services.insert(ServiceKeyV4::address(ip.octets()), refused);
+            }
+        }
         for port in &svc.ports {
             let candidates = candidates(slices, port, svc.publish_not_ready);
             if candidates.len() > MAX_ENDPOINTS {
@@ -165,6 +180,11 @@ pub fn plan(model: &Model, cfg: &PlanConfig, ids: &mut Ids) -> Plan {
             }
             p.port(id, svc, port, &candidates);
         }
+    }
+    // Service CIDRs: addresses inside without a Service are dropped.
+    for (net, len) in cfg.service_cidrs.iter().chain(model.service_cidrs.values().flatten()) {
+        let key = (SourceRangeV4::prefix_len(*len), SourceRangeV4::service_cidr(net.octets()));
+        p.plan.contents.source_ranges.insert(key, 1);
     }
     let (used_services, used_backends) = (p.used_services, p.used_backends);
     p.ids.retain(&used_services, &used_backends);
@@ -291,6 +311,7 @@ impl Planner<'_> {
             port: port_no,
             proto: port.proto,
             kind,
+            in_cluster: false,
         };
         let internal: Vec<Frontend> = svc
             .cluster_ips
@@ -324,6 +345,14 @@ impl Planner<'_> {
                 .map(|a| fe(*a, port.port, FrontendKind::ExternalIP)),
         );
 
+        // `externalTrafficPolicy: Local` applies to traffic from outside
+        // only: pods and the node reach the external frontends through
+        // entries of their own, over every usable endpoint.
+        let in_cluster: Vec<Frontend> = if svc.external_local {
+            external.iter().map(|f| Frontend { in_cluster: true, ..f.clone() }).collect()
+        } else {
+            Vec::new()
+        };
         if svc.internal_local == svc.external_local {
             let all = internal.into_iter().chain(external).collect();
             self.group(
@@ -335,7 +364,11 @@ impl Planner<'_> {
                 svc.internal_local,
                 candidates,
             );
+            if !in_cluster.is_empty() {
+                self.group(id, svc, port, Scope::InCluster, in_cluster, false, candidates);
+            }
         } else {
+            let internal = internal.into_iter().chain(in_cluster).collect();
             self.group(
                 id,
                 svc,
@@ -572,6 +605,9 @@ impl Planner<'_> {
             if restricted && f.kind == FrontendKind::LoadBalancer {
                 v.flags |= service_flags::SOURCE_RANGES;
             }
+            if svc.external_local && f.kind != FrontendKind::ClusterIP && !f.in_cluster {
+                v.flags |= service_flags::IN_CLUSTER_ALT;
+            }
             self.plan.contents.services.insert(k, v);
         }
         if restricted {
@@ -633,7 +669,7 @@ fn map_key(f: &Frontend) -> ServiceKeyV4 {
         addr: f.addr.octets(),
         port: f.port.to_be_bytes(),
         proto: f.proto.number(),
-        scope: 0,
+        scope: if f.in_cluster { lb_common::scope::IN_CLUSTER } else { lb_common::scope::ANY },
     }
 }
 

@@ -65,7 +65,7 @@ pub struct ServiceBackend {
 pub fn services(dp: &Dataplane, names: &Names) -> Result<Vec<ServiceRow>> {
     let c = dp.contents()?;
     let mut by_id: BTreeMap<u32, ServiceRow> = BTreeMap::new();
-    for (k, v) in &c.services {
+    for (k, v) in c.services.iter().filter(|(k, _)| !k.is_address()) {
         let row = by_id.entry(v.id).or_insert_with(|| ServiceRow {
             id: v.id,
             name: names.get(&v.id).map(|n| n.to_string()),
@@ -393,9 +393,9 @@ pub struct ServiceStatsRow {
 
 pub fn stats(dp: &Dataplane, names: &Names) -> Result<Stats> {
     let values = dp.counters()?;
-    let counters = counter::LABELS.iter().copied().zip(values).collect();
+    let counters = counter::LABELS.iter().copied().zip(values).filter(|(l, _)| !l.is_empty()).collect();
     let ids: std::collections::BTreeSet<u32> =
-        dp.contents()?.services.values().map(|v| v.id).collect();
+        dp.contents()?.services.values().map(|v| v.id).filter(|id| *id != 0).collect();
     let services = ids
         .into_iter()
         .map(|id| {
@@ -416,7 +416,7 @@ pub fn stats(dp: &Dataplane, names: &Names) -> Result<Stats> {
 pub fn stats_table(st: &Stats) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "{:<32} {:>14}", "COUNTER", "VALUE");
-    for label in counter::LABELS {
+    for label in counter::LABELS.iter().filter(|l| !l.is_empty()) {
         let _ = writeln!(
             s,
             "{:<32} {:>14}",

@@ -319,7 +319,7 @@ impl Metrics {
 fn dataplane(w: &mut Writer, dp: &Dataplane, pin_dir: &Path, names: &Names) {
     if let Ok(values) = dp.counters() {
         w.family("xdplb_dataplane_packets_total", "counter", "Packets by outcome (pass_*, drop_*, nat_*) and events on top of them, summed over CPUs; reason=\"packets\" is every packet.");
-        for (label, v) in counter::LABELS.iter().zip(values) {
+        for (label, v) in counter::LABELS.iter().zip(values).filter(|(l, _)| !l.is_empty()) {
             w.sample(
                 "xdplb_dataplane_packets_total",
                 &[("reason", label)],

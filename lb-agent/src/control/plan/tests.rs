@@ -13,6 +13,7 @@ fn cfg() -> PlanConfig {
         node_name: "node-a".into(),
         node_addresses: Vec::new(),
         default_algorithm: algorithm::RANDOM,
+        service_cidrs: Vec::new(),
     }
 }
 
@@ -120,10 +121,11 @@ fn the_cluster_fixture_plans_like_kube_proxy() {
     assert_eq!(p.contents.services[&key([10, 96, 0, 53], 9153, 6)].count, 2);
     assert_eq!(p.contents.services[&key([10, 96, 0, 1], 443, 6)].count, 1);
 
-    // 4 ClusterIP frontends + 1 NodePort, 5 service ids; ids 1-based, never 0.
-    assert_eq!(p.contents.services.len(), 6);
+    // 4 ClusterIP frontends + 1 NodePort, 5 service ids; ids 1-based, never 0
+    // (0 is the address entries': one per ClusterIP).
+    assert_eq!(p.contents.services.keys().filter(|k| !k.is_address()).count(), 6);
     assert_eq!(p.services.len(), 5);
-    assert!(p.contents.services.values().all(|s| s.id > 0));
+    assert!(p.contents.services.iter().all(|(k, s)| (s.id > 0) != k.is_address()));
     assert!(p.contents.backends.keys().all(|b| *b > 0));
     // Every slot names a backend that exists.
     for (k, b) in &p.contents.slots {
@@ -231,6 +233,68 @@ fn external_traffic_policy_local_gets_its_own_id_and_local_endpoints() {
 }
 
 #[test]
+fn external_traffic_policy_local_is_short_circuited_for_traffic_from_inside() {
+    // kube-proxy applies `externalTrafficPolicy: Local` to traffic from
+    // outside only: a pod or the node reaching a NodePort, LoadBalancer IP
+    // or ExternalIP goes to every usable endpoint.
+    let spec = "{type: LoadBalancer, clusterIP: 10.96.5.5, externalTrafficPolicy: Local, externalIPs: [198.51.100.9], \
+                ports: [{name: http, port: 80, nodePort: 30080}]}\nstatus: {loadBalancer: {ingress: [{ip: 203.0.113.10}]}}";
+    let p = plan(&model(&objects(spec, TWO_NODES)), &cfg(), &mut ids());
+    let (int, ext) = (svc(&p, "s", "http", Scope::Internal), svc(&p, "s", "http", Scope::External));
+    for (addr, port) in [([192, 168, 1, 1], 30080), ([203, 0, 113, 10], 80), ([198, 51, 100, 9], 80)] {
+        let outside = p.contents.services[&key(addr, port, 6)];
+        assert_eq!((outside.id, outside.count), (ext.id, 1), "outside: this node's endpoint");
+        assert_ne!(outside.flags & service_flags::IN_CLUSTER_ALT, 0);
+        let inside = p.contents.services[&ServiceKeyV4 { scope: lb_common::scope::IN_CLUSTER, ..key(addr, port, 6) }];
+        assert_eq!((inside.id, inside.count), (int.id, 3), "inside: every endpoint");
+        assert_eq!(inside.flags & service_flags::IN_CLUSTER_ALT, 0);
+    }
+    let cip = p.contents.services[&key([10, 96, 5, 5], 80, 6)];
+    assert_eq!(cip.flags & service_flags::IN_CLUSTER_ALT, 0, "a ClusterIP needs no alternative");
+    assert_eq!(int.frontends.iter().filter(|f| f.in_cluster).count(), 3);
+
+    // Both policies Local: the in-cluster entries get an id of their own.
+    let spec = "{type: NodePort, clusterIP: 10.96.5.5, externalTrafficPolicy: Local, internalTrafficPolicy: Local, \
+                ports: [{name: http, port: 80, nodePort: 30080}]}";
+    let p = plan(&model(&objects(spec, TWO_NODES)), &cfg(), &mut ids());
+    let local = svc(&p, "s", "http", Scope::Internal);
+    let inside = svc(&p, "s", "http", Scope::InCluster);
+    assert_eq!(addrs(local, true), ["10.0.0.1:8080"]);
+    assert_eq!(addrs(inside, true).len(), 3);
+    let alt = p.contents.services[&ServiceKeyV4 { scope: lb_common::scope::IN_CLUSTER, ..key([192, 168, 1, 1], 30080, 6) }];
+    assert_eq!(alt.id, inside.id);
+    assert_eq!(p.contents.services[&key([192, 168, 1, 1], 30080, 6)].id, local.id);
+
+    // Cluster policy: one entry per frontend, no alternative.
+    let p = plan(&model(&objects(&format!("{NODE_PORT_SPEC}}}"), TWO_NODES)), &cfg(), &mut ids());
+    assert!(p.contents.services.keys().all(|k| k.scope == lb_common::scope::ANY));
+    assert!(p.contents.services.values().all(|v| v.flags & service_flags::IN_CLUSTER_ALT == 0));
+}
+
+#[test]
+fn cluster_ips_refuse_unserved_ports_and_service_cidrs_are_planned() {
+    let text = format!(
+        "{}---\napiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {{name: kubernetes}}\n\
+         spec: {{cidrs: [10.96.0.0/12, 'fd00:10:96::/108']}}\n---\n\
+         apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {{name: bad}}\nspec: {{cidrs: [banana]}}\n",
+        objects(&format!("{NODE_PORT_SPEC}}}"), TWO_NODES)
+    );
+    let c = PlanConfig { service_cidrs: vec![(Ipv4Addr::new(172, 30, 0, 0), 16)], ..cfg() };
+    let p = plan(&model(&text), &c, &mut ids());
+    let entry = p.contents.services[&ServiceKeyV4::address([10, 96, 5, 5])];
+    assert_eq!((entry.id, entry.count, entry.flags), (0, 0, service_flags::UNSERVED_REFUSED));
+    assert_eq!(p.contents.services.keys().filter(|k| k.is_address()).count(), 1, "one per ClusterIP, none for node addresses");
+    let cidrs: Vec<(u32, [u8; 4])> =
+        p.contents.source_ranges.keys().filter(|(_, r)| r.service_id == [0; 4]).map(|(len, r)| (*len, r.addr)).collect();
+    assert_eq!(cidrs, [(32 + 12, [10, 96, 0, 0]), (32 + 16, [172, 30, 0, 0])], "flag and object, IPv6 and invalid left out");
+    // Address entries never take a service id, and re-planning from the
+    // maps (a restarted agent) keeps every id.
+    assert!(p.services.iter().all(|s| s.id != 0));
+    let again = plan(&model(&text), &c, &mut Ids::seeded(1024, 1 << 20, &p.contents));
+    assert_eq!(diff(&p.contents, &again.contents).len(), 0);
+}
+
+#[test]
 fn load_balancer_source_ranges_guard_only_the_load_balancer_ips() {
     let spec = "{type: LoadBalancer, clusterIP: 10.96.5.5, externalIPs: [198.51.100.9], \
                 loadBalancerSourceRanges: [192.168.1.77/24, 10.8.0.0/16, '2001:db8::/32', bogus], \
@@ -266,10 +330,11 @@ fn internal_traffic_policy_local_narrows_the_cluster_ip() {
         ["10.0.0.1:8080"]
     );
     assert_eq!(addrs(svc(&p, "s", "http", Scope::External), true).len(), 3);
-    // Both Local: one id again, local endpoints everywhere.
+    // Both Local: one id again for both sets of frontends, local endpoints
+    // (plus the in-cluster entries of the NodePort, which are Cluster).
     let spec = "{type: NodePort, clusterIP: 10.96.5.5, internalTrafficPolicy: Local, externalTrafficPolicy: Local, ports: [{name: http, port: 80, nodePort: 30080}]}";
     let p = plan(&model(&objects(spec, TWO_NODES)), &cfg(), &mut ids());
-    assert_eq!(p.services.len(), 1);
+    assert_eq!(p.services.iter().filter(|s| s.scope != Scope::InCluster).count(), 1);
     assert_eq!(
         p.contents.services[&key([192, 168, 1, 1], 30080, 6)].count,
         1
@@ -286,7 +351,7 @@ fn cluster_ip_services_ignore_node_ports_and_headless_or_external_name_get_nothi
     assert_eq!(names, ["c"]);
     assert_eq!(
         p.contents.services.keys().copied().collect::<Vec<_>>(),
-        [key([10, 96, 7, 7], 80, 6)]
+        [ServiceKeyV4::address([10, 96, 7, 7]), key([10, 96, 7, 7], 80, 6)]
     );
 }
 
@@ -515,11 +580,13 @@ fn ten_thousand_services_plan_and_replan_quickly() {
     let t_first = start.elapsed();
     assert_eq!(
         (
-            first.contents.services.len(),
+            first.contents.services.keys().filter(|k| !k.is_address()).count(),
+            first.contents.services.keys().filter(|k| k.is_address()).count(),
             first.contents.backends.len(),
             first.contents.slots.len()
         ),
-        (10_000, 100_000, 100_000)
+        (10_000, 10_000, 100_000, 100_000),
+        "frontends, ClusterIP address entries, backends, slots"
     );
     let start = std::time::Instant::now();
     let again = plan(&m, &cfg(), &mut ids);
@@ -678,7 +745,7 @@ fn objects_of_another_proxy_or_headless_slices_are_ignored_like_kube_proxy() {
     let p = plan(&m, &cfg(), &mut ids());
     assert_eq!(p.services.len(), 1);
     assert_eq!(addrs(svc(&p, "mine", "http", Scope::Internal), true), ["10.0.0.1:8080"]);
-    assert_eq!(p.contents.services.keys().copied().collect::<Vec<_>>(), [key([10, 96, 1, 1], 80, 6)]);
+    assert_eq!(p.contents.services.keys().copied().collect::<Vec<_>>(), [ServiceKeyV4::address([10, 96, 1, 1]), key([10, 96, 1, 1], 80, 6)]);
 }
 
 #[test]
@@ -855,7 +922,8 @@ fn local_policy_with_endpoints_only_elsewhere_drops_instead_of_rejecting() {
         let p = plan(&model(&objects(spec, eps)), &cfg(), &mut ids());
         let s = svc(&p, "s", "http", Scope::Internal);
         let v = p.contents.services[&key([10, 96, 5, 5], 80, 6)];
-        assert_eq!(v, p.contents.services[&key([192, 168, 1, 1], 30080, 6)]);
+        let from_outside = p.contents.services[&key([192, 168, 1, 1], 30080, 6)];
+        assert_eq!(v, ServiceV4 { flags: from_outside.flags & !service_flags::IN_CLUSTER_ALT, ..from_outside });
         (v.count, v.flags & service_flags::LOCAL_ELSEWHERE != 0, s.usable_elsewhere)
     };
     assert_eq!(flags_of("[{addresses: [10.0.0.2], nodeName: node-b}]"), (0, true, true), "ready elsewhere: drop");

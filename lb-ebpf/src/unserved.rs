@@ -1,0 +1,29 @@
+//! Destinations that look like services but are none: a ClusterIP on a port
+//! or protocol it does not serve (refused), and an address of the service
+//! CIDR that no Service has (dropped), as kube-proxy's nftables mode does,
+//! so neither leaks to the node's routing. Checked for pods (tc ingress) and
+//! node sockets only, after the frontend lookup missed: XDP on an uplink
+//! keeps its non-service path at one lookup.
+use aya_ebpf::btf_maps::lpm_trie::Key;
+use lb_common::{service_flags, ServiceKeyV4, SourceRangeV4};
+
+use crate::maps::{services_v4, source_ranges_v4};
+
+pub enum Unserved {
+    /// A ClusterIP, but not on this port or protocol.
+    Refused,
+    /// Inside a service CIDR, and no Service has the address.
+    Dropped,
+}
+
+#[inline(always)]
+pub fn check(dst: [u8; 4]) -> Option<Unserved> {
+    // SAFETY: read-only copy of an agent-written value.
+    if unsafe { services_v4.get(ServiceKeyV4::address(dst)) }
+        .is_some_and(|s| s.flags & service_flags::UNSERVED_REFUSED != 0)
+    {
+        return Some(Unserved::Refused);
+    }
+    let key = Key::new(64, SourceRangeV4::service_cidr(dst));
+    source_ranges_v4.get(&key).map(|_| Unserved::Dropped)
+}
