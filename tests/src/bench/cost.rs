@@ -349,6 +349,9 @@ pub fn dsr(progs: &mut BenchProgs, per: u32, opts: &Opts, report: &mut Report) -
     })
 }
 
+/// (name, frame, vary the source, tc rather than XDP, repeat, what to check).
+type DsrCase<'a> = (&'a str, &'a [u8], bool, bool, u32, Check<'a>);
+
 fn dsr_cases(progs: &mut BenchProgs, per: u32, ifindex: u32, opts: &Opts, report: &mut Report) -> Result<()> {
     use lb_common::dsr::{OPT_LEN, OPT_TYPE};
     const XDP_TX: u32 = 3;
@@ -388,7 +391,7 @@ fn dsr_cases(progs: &mut BenchProgs, per: u32, ifindex: u32, opts: &Opts, report
     let tc_fd = lb.tc_egress().fd()?.try_clone()?;
     let pass_fd = progs.xdp("bench_pass").fd()?.try_clone()?;
     let tc_pass_fd = progs.tc("bench_tc_ok").fd()?.try_clone()?;
-    let cases: [(&str, &[u8], bool, bool, u32, Check); 4] = [
+    let cases: [DsrCase; 4] = [
         ("xdp_lb/dsr_established", &est, false, false, opts.repeat, Check { ret: XDP_TX, out: &to_be, counters: &[(counter::DSR_FORWARD, 1), (counter::XDP_REDIRECTED, 1)], new_flows: 0 }),
         ("xdp_lb/dsr_new_flow", &tcp(NEW_CLIENTS, CLIENT_PORT, vip_t, SVC_PORT, TCP_SYN), true, false, opts.repeat_new, Check { ret: XDP_TX, out: &to_any, counters: &[(counter::DSR_FORWARD, 1), (counter::XDP_REDIRECTED, 1)], new_flows: 1 }),
         ("xdp_lb/dsr_decap", &inbound, false, false, opts.repeat, Check { ret: XDP_PASS, out: &decapped, counters: &[(counter::DSR_DECAP, 1)], new_flows: 0 }),
