@@ -399,3 +399,61 @@ fn the_options_bytes_are_made_room_for_by_mss_clamp_and_fragmentation_needed() {
     assert!(route.contains("mtu 1492"), "the client learnt the path MTU: {route}");
     assert_eq!(second, Ok("node-2/pod-0".to_string()));
 }
+
+/// Nodes in the default `snat` mode; one Service says `xdplb.io/lb-mode:
+/// dsr`, one says nothing, and one has hostNetwork backends (node
+/// addresses) and says `dsr`. Through node 1, to backends on nodes 2 and 3:
+/// the annotated Services' backends see the client, the other one node 1.
+#[test]
+fn a_service_annotated_dsr_uses_it_on_snat_nodes_also_to_host_network_backends() {
+    use xdplb_tests::{
+        cluster::{node_name, POD_PORT},
+        servers::Server,
+    };
+    let mut c = Cluster::new(NODES, 1, Source::Kube);
+    let remote = [(2, 0), (3, 0)];
+    let dsr = ServiceDef::new("direct", WEB_IP).node_port(NODE_PORT).annotation("xdplb.io/lb-mode", "dsr");
+    let plain = ServiceDef::new("plain", Ipv4Addr::new(10, 96, 0, 11)).node_port(30081);
+    c.publish(&dsr, &remote);
+    c.publish(&plain, &remote);
+    // hostNetwork backends: servers in the namespaces of nodes 2 and 3.
+    let _host: Vec<Server> = (2..=3).map(|i| Server::start(&c.node(i).ns, POD_PORT, &format!("node-{i}/host"))).collect();
+    let host = ServiceDef::new("hostnet", Ipv4Addr::new(10, 96, 0, 12)).node_port(30082).annotation("xdplb.io/lb-mode", "dsr");
+    c.apply(host.object());
+    let mut slice = host.slice(&[]);
+    slice["endpoints"] = serde_json::json!((2..=3)
+        .map(|i| serde_json::json!({"addresses": [node_addr(i).to_string()], "nodeName": node_name(i),
+                                    "conditions": {"ready": true, "serving": true, "terminating": false}}))
+        .collect::<Vec<_>>());
+    c.apply(slice);
+    for (port, n) in [(NODE_PORT, 2), (30081, 2), (30082, 2)] {
+        for proto in [TCP, UDP] {
+            assert!(
+                wait_for(Duration::from_secs(30), || c.node(1).programmed(node_addr(1), port, proto).is_some_and(|(k, _)| k == n)),
+                "node-1 never programmed :{port}/{proto}\n{}",
+                c.logs()
+            );
+        }
+    }
+    let mut results = Vec::new();
+    for (what, port, sources) in [("dsr", NODE_PORT, [CLIENT_ADDR]), ("snat", 30081, [node_addr(1)]), ("dsr, hostNetwork", 30082, [CLIENT_ADDR])] {
+        let to = SocketAddr::from((node_addr(1), port));
+        let t = tcp_requests(&c.client, to, 200);
+        let u = udp_requests(&c.client, to, 200);
+        println!("{what} Service through node-1: TCP {:?} from {:?}; UDP {:?} from {:?}", t.answers, t.sources, u.answers, u.sources);
+        results.push((what, t, u, sources));
+    }
+    for (what, t, u, sources) in &results {
+        for (proto, r) in [("TCP", t), ("UDP", u)] {
+            assert_eq!((r.ok(), r.failed()), (200, 0), "{what} {proto}: {r:?}\n{}", c.logs());
+            assert_eq!(r.answers.len(), 2, "{what} {proto}: both backends answered: {:?}", r.answers);
+            assert_eq!(r.sources.keys().copied().collect::<Vec<_>>(), sources.to_vec(), "{what} {proto}: what the backends saw");
+        }
+    }
+    let n1 = counters(&mut c, 1);
+    // At most the plain Service's 400 flows (a client port the kernel hands
+    // out again within the UDP timeout continues its flow).
+    let snat = n1[counter::SNAT_NEW as usize];
+    assert!((390..=400).contains(&snat), "only the plain Service's flows were SNATed: {snat}");
+    assert!(n1[counter::DSR_FORWARD as usize] >= 800, "the annotated ones' 800 flows went with DSR");
+}
