@@ -457,3 +457,35 @@ fn a_service_annotated_dsr_uses_it_on_snat_nodes_also_to_host_network_backends()
     assert!((390..=400).contains(&snat), "only the plain Service's flows were SNATed: {snat}");
     assert!(n1[counter::DSR_FORWARD as usize] >= 800, "the annotated ones' 800 flows went with DSR");
 }
+
+/// The ClusterIP from a node process (socket balancing, in a test cgroup
+/// the agent of node 1 attaches to), on nodes in `dsr` mode, which does not
+/// change it: 200 TCP and 200 UDP requests reach pods on every node, and the
+/// application sees the ClusterIP as its peer.
+#[test]
+fn cluster_ip_from_a_node_process_reaches_pods_on_every_node() {
+    use std::{collections::BTreeMap, path::Path};
+    let svc = ServiceDef::new("web", WEB_IP).node_port(NODE_PORT);
+    let mut c = cluster("dsr", &svc, all);
+    let cgroup = xdplb_tests::cgroup::TestCgroup::new();
+    c.node_mut(1).restart_agent_with(&[&format!("--socket-lb={}", cgroup.path.display())]);
+    let to = format!("{WEB_IP}:80");
+    for proto in ["tcp", "udp"] {
+        let (mut per_node, mut peers, mut failed) = (BTreeMap::<String, usize>::new(), BTreeMap::<String, usize>::new(), Vec::new());
+        for _ in 0..200 {
+            let out = cgroup.run(&c.node(1).ns, Path::new(env!("CARGO_BIN_EXE_xdplb-sock-client")), &[proto, &to]);
+            let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            match text.split_once(' ') {
+                Some((who, from)) if out.status.success() => {
+                    *per_node.entry(who.split('/').next().unwrap_or("").to_string()).or_default() += 1;
+                    *peers.entry(from.to_string()).or_default() += 1;
+                }
+                _ => failed.push(String::from_utf8_lossy(&out.stderr).trim().to_string()),
+            }
+        }
+        println!("{proto} to the ClusterIP from a node-1 process: answers per node {per_node:?}, peer seen {peers:?}, {} failed", failed.len());
+        assert!(failed.is_empty(), "{proto}: {failed:?}\n{}", c.node(1).log());
+        assert_eq!(per_node.keys().cloned().collect::<Vec<_>>(), ["node-1", "node-2", "node-3"], "{proto}: {per_node:?}");
+        assert_eq!(peers.keys().cloned().collect::<Vec<_>>(), [to.clone()], "{proto}: the application sees the ClusterIP");
+    }
+}
