@@ -75,7 +75,7 @@ fn named(counts: &[u64]) -> String {
 /// Every external frontend through every node — the node's NodePort, the
 /// ExternalIP and the LoadBalancer IP routed to it — TCP and UDP, 200 each:
 /// in `dsr` pods see the client for both; in `hybrid` for TCP, and UDP to
-/// a pod on another node is SNATed. The ClusterIP from a pod on every node,
+/// a pod on another node is SNATed; in `snat` both are. The ClusterIP from a pod on every node,
 /// which no mode changes (the pod's address routes back through its node).
 fn every_frontend_through_every_node(mode: &str) {
     let svc = ServiceDef::new("web", WEB_IP).node_port(NODE_PORT).external_ip(EXTERNAL_IP).load_balancer(LB_IP);
@@ -83,16 +83,19 @@ fn every_frontend_through_every_node(mode: &str) {
     for i in 1..=NODES {
         c.route_service(EXTERNAL_IP, i);
         c.route_service(LB_IP, i);
-        let udp_sources: &[Ipv4Addr] = if mode == "dsr" { &[CLIENT_ADDR] } else { &[CLIENT_ADDR, node_addr(i)] };
+        // Remote pods see node i (SNAT) or the client (DSR); local pods the client.
+        let snated: &[Ipv4Addr] = &[CLIENT_ADDR, node_addr(i)];
+        let tcp_sources: &[Ipv4Addr] = if mode == "snat" { snated } else { &[CLIENT_ADDR] };
+        let udp_sources: &[Ipv4Addr] = if mode == "dsr" { &[CLIENT_ADDR] } else { snated };
         for (what, addr, port) in [("NodePort", node_addr(i), NODE_PORT), ("ExternalIP", EXTERNAL_IP, 80), ("LoadBalancer IP", LB_IP, 80)] {
             let to = SocketAddr::from((addr, port));
             let t = tcp_requests(&c.client, to, 200);
             let u = udp_requests(&c.client, to, 200);
             eprintln!("{mode} {what} via node-{i}: TCP {:?} {:?}, UDP {:?} {:?}", t.per_node(), t.sources, u.per_node(), u.sources);
-            assert_served(&t, &format!("{mode}: TCP to the {what} via node-{i}"), 200, &[CLIENT_ADDR], &c);
+            assert_served(&t, &format!("{mode}: TCP to the {what} via node-{i}"), 200, tcp_sources, &c);
             assert_served(&u, &format!("{mode}: UDP to the {what} via node-{i}"), 200, udp_sources, &c);
-            if mode == "hybrid" {
-                assert!(u.sources.get(&node_addr(i)).is_some_and(|&k| k > 0), "hybrid: UDP to other nodes' pods SNATed: {:?}", u.sources);
+            if mode != "dsr" {
+                assert!(u.sources.get(&node_addr(i)).is_some_and(|&k| k > 0), "{mode}: UDP to other nodes' pods SNATed: {:?}", u.sources);
             }
         }
         let hairpin = Ipv4Addr::from(lb_common::flow::HAIRPIN_ADDR_V4);
@@ -108,8 +111,12 @@ fn every_frontend_through_every_node(mode: &str) {
     for i in 1..=NODES {
         let counts = counters(&mut c, i);
         eprintln!("{mode} node-{i} counters: {}", named(&counts));
-        assert!(counts[counter::DSR_FORWARD as usize] > 0 && counts[counter::DSR_DECAP as usize] > 0, "node-{i} both sent and received DSR");
-        assert!(counts[counter::DSR_MSS_CLAMPED as usize] > 0, "node-{i} lowered its pods' SYN-ACK MSS");
+        let dsr = [counter::DSR_FORWARD, counter::DSR_DECAP, counter::DSR_MSS_CLAMPED].map(|k| counts[k as usize]);
+        if mode == "snat" {
+            assert_eq!(dsr, [0; 3], "snat: no DSR on node-{i}");
+        } else {
+            assert!(dsr.iter().all(|&k| k > 0), "node-{i} sent and received DSR and lowered its pods' SYN-ACK MSS: {dsr:?}");
+        }
         for (t, v) in totals.iter_mut().zip(counts) {
             *t += v;
         }
@@ -125,6 +132,11 @@ fn every_frontend_through_every_node(mode: &str) {
     let fallback = totals[counter::FORWARD_FALLBACK as usize];
     assert!(fallback <= (NODES * (NODES - 1)) as u64, "{fallback} DSR packets left through the kernel");
     assert_eq!((1..=NODES).map(|i| c.node(i).xdp_tx().1).sum::<u64>(), 0, "xdp_tx_errors");
+}
+
+#[test]
+fn snat_every_frontend_reaches_every_node() {
+    every_frontend_through_every_node("snat");
 }
 
 #[test]
