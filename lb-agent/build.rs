@@ -8,13 +8,13 @@
 use std::{env, path::PathBuf, process::Command};
 
 const TARGET: &str = "bpfel-unknown-none";
-const HINT: &str = "the eBPF toolchain is missing: run `cargo xtask build` once (it installs nightly rust-src and bpf-linker)";
+const HINT: &str = "the eBPF toolchain is missing: run `cargo xtask build` once (it installs the pinned nightly of lb-ebpf/rust-toolchain.toml and bpf-linker)";
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest.parent().unwrap().to_path_buf();
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
-    for p in ["lb-ebpf/src", "lb-ebpf/Cargo.toml", "lb-common/src"] {
+    for p in ["lb-ebpf/src", "lb-ebpf/Cargo.toml", "lb-ebpf/rust-toolchain.toml", "lb-common/src"] {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
     println!("cargo:rerun-if-env-changed=XDPLB_EBPF_OBJECT");
@@ -28,8 +28,9 @@ fn main() {
         fail(HINT);
     }
     let target_dir = root.join("target").join("ebpf");
+    let toolchain = ebpf_toolchain(&root);
     let mut cmd = Command::new("rustup");
-    cmd.args(["run", "nightly", "cargo", "build", "--package", "lb-ebpf", "--bins", "--release"])
+    cmd.args(["run", &toolchain, "cargo", "build", "--package", "lb-ebpf", "--bins", "--release"])
         .args(["--target", TARGET, "-Z", "build-std=core"])
         .arg("--target-dir")
         .arg(&target_dir)
@@ -65,6 +66,18 @@ fn main() {
         std::fs::copy(&obj, out.join(format!("{bin}.o")))
             .unwrap_or_else(|e| fail(&format!("{}: {e}", obj.display())));
     }
+}
+
+/// The pinned nightly: `channel` in lb-ebpf/rust-toolchain.toml.
+fn ebpf_toolchain(root: &std::path::Path) -> String {
+    let path = root.join("lb-ebpf/rust-toolchain.toml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| fail(&format!("{}: {e}", path.display())));
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("channel"))
+        .filter_map(|r| r.trim().strip_prefix('='))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .next()
+        .unwrap_or_else(|| fail(&format!("no channel in {}", path.display())))
 }
 
 fn fail(msg: &str) -> ! {

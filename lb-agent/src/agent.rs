@@ -17,12 +17,13 @@ use lb_agent::{
     control::{
         ids::Ids,
         model::Model,
-        plan::{health_checks, plan, PlanConfig},
+        plan::{health_checks, replan, PlanConfig, Warning},
         source::{file, kube, SourceSpec},
     },
     dataplane::Dataplane,
-    loader::{self, MapSizes},
+    loader,
     ops::{checks, healthcheck::HealthServer, metrics::Metrics, names},
+    pins::MapSizes,
     snat::{self, SnatSettings},
     sync::{Outcome, Syncer},
 };
@@ -144,6 +145,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         snat,
         nat_written: None,
         snat_refused: Default::default(),
+        warned: Default::default(),
+        warnings_total: 0,
         snat_reported: None,
     };
 
@@ -225,6 +228,11 @@ struct Programmer {
     /// Flows refused per backend id for want of a SNAT port, as last reported.
     snat_refused: std::collections::BTreeMap<u32, u64>,
     snat_reported: Option<Instant>,
+    /// The plan's warnings at the last sync: each is logged when it first
+    /// appears, not on every re-plan.
+    warned: std::collections::BTreeSet<Warning>,
+    /// Warnings logged since start.
+    warnings_total: u64,
 }
 
 /// SNAT exhaustion is logged at most this often (the metric has every count).
@@ -243,15 +251,31 @@ impl Programmer {
         ok
     }
 
+    /// Logs the warnings that were not there at the last sync, and counts them.
+    fn report_warnings(&mut self, warnings: Vec<Warning>) {
+        let now: std::collections::BTreeSet<Warning> = warnings.into_iter().collect();
+        for w in now.difference(&self.warned) {
+            tracing::warn!(object = %w.object, "{}", w.message);
+            self.warnings_total += 1;
+        }
+        self.warned = now;
+    }
+
     /// The maps' part of [`Programmer::sync`].
     fn sync_maps(&mut self, model: &Model, observed: Option<Instant>) -> bool {
         let started = Instant::now();
-        let mut p = plan(model, &self.cfg, &mut self.ids);
+        let next = replan(model, &self.cfg, &self.ids);
+        self.ids = next.ids;
+        self.report_warnings(next.warnings);
+        let mut p = next.plan;
         let empty = lb_agent::diff::MapContents::default();
         let rejected = lb_agent::fit::fit(&mut p.contents, self.capacity, self.syncer.known().unwrap_or(&empty));
         if rejected != self.rejected {
             for r in &rejected {
-                let name = p.services.iter().find(|s| s.id == r.service_id).map_or_else(String::new, |s| format!("{}/{}:{}", s.namespace, s.name, s.port_name));
+                let name = match r.service_id {
+                    0 => "ClusterIP address entries and service CIDRs (unserved ports and unallocated addresses are not refused)".to_string(),
+                    id => p.services.iter().find(|s| s.id == id).map_or_else(String::new, |s| format!("{}/{}:{}", s.namespace, s.name, s.port_name)),
+                };
                 tracing::error!(service = %name, service_id = r.service_id, map = r.map, need = r.need, free = r.free, "service does not fit in {}: left out of the maps, the others are synced; raise {}", r.map, r.flag);
             }
             self.metrics.set_rejected(rejected.len());
@@ -282,6 +306,8 @@ impl Programmer {
                     read_us = o.read_time.as_micros() as u64,
                     diff_us = o.diff_time.as_micros() as u64,
                     apply_us = o.apply_time.as_micros() as u64,
+                    warnings = self.warned.len(),
+                    warnings_total = self.warnings_total,
                     "synced"
                 );
                 if self.names.as_deref() != Some(&names) {

@@ -45,26 +45,26 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Services in the pinned maps: frontends, algorithm, affinity,
     /// backends with their state (works with the agent running or stopped).
-    Services(crate::ops_cli::MapsArgs),
+    Services(MapsArgs),
     /// Backends in the pinned maps: address, state, weight, live flows.
-    Backends(crate::ops_cli::MapsArgs),
+    Backends(MapsArgs),
     /// Conntrack entries (both directions of each flow), filterable.
-    Conntrack(crate::ops_cli::ConntrackArgs),
+    Conntrack(ConntrackArgs),
     /// Dataplane counters by reason and per-service statistics.
-    Stats(crate::ops_cli::MapsArgs),
+    Stats(MapsArgs),
     /// What the dataplane does with one packet, from the live maps:
     /// frontend, service, policy, candidate backends, the pick, conntrack,
     /// source ranges and the verdict (DNAT, REJECT, DROP or PASS).
-    Explain(crate::explain_cli::ExplainArgs),
+    Explain(ExplainArgs),
     /// Check the kernel, privileges, bpffs and interfaces as `run` would,
     /// and print a report (exit status 1 if a check fails).
-    Doctor(crate::ops_cli::DoctorArgs),
+    Doctor(DoctorArgs),
     /// Install on a plain node: this binary, a systemd unit running `run`
     /// with the options given, and /etc/xdplb/objects as its file source.
-    Install(crate::install::InstallArgs),
+    Install(InstallArgs),
     /// Remove what `install` wrote, and the pinned maps and links (which
     /// detaches the programs).
-    Uninstall(crate::install::UninstallArgs),
+    Uninstall(UninstallArgs),
 }
 
 /// What every command needs to compute a plan.
@@ -124,11 +124,11 @@ pub struct RunArgs {
     pub ifaces: Vec<String>,
     /// Glob (`*`, `?`) of host-side pod interfaces, e.g. 'veth*' or 'cali*':
     /// tc balances what pods send. Checked every second for new interfaces.
-    #[arg(long = "pod-iface", value_name = "GLOB")]
+    #[arg(long = "pod-iface", value_name = "GLOB", value_parser = crate::podifaces::check_glob)]
     pub pod_ifaces: Vec<String>,
     /// Directory of the pinned maps; maps already there are reused, so a
     /// restart keeps every established flow.
-    #[arg(long, default_value = lb_agent::loader::DEFAULT_PIN_DIR)]
+    #[arg(long, default_value = lb_agent::pins::DEFAULT_PIN_DIR)]
     pub pin_path: PathBuf,
     /// XDP attach mode: native (in the driver; fastest) or generic (any
     /// interface, slower).
@@ -242,7 +242,7 @@ pub struct SizeArgs {
     pub max_affinity: u32,
 }
 
-impl From<&SizeArgs> for lb_agent::loader::MapSizes {
+impl From<&SizeArgs> for lb_agent::pins::MapSizes {
     fn from(a: &SizeArgs) -> Self {
         Self { services: a.max_services, backends: a.max_backends, slots: a.max_slots, conntrack: a.max_flows, affinity: a.max_affinity }
     }
@@ -279,6 +279,111 @@ impl From<XdpModeArg> for aya::programs::XdpMode {
             XdpModeArg::Generic => aya::programs::XdpMode::Skb,
         }
     }
+}
+
+// The operators' commands (ops_cli.rs, explain_cli.rs, install.rs).
+
+/// Where the maps are, and how to print them.
+#[derive(Debug, Args)]
+pub struct MapsArgs {
+    /// Directory of the pinned maps (as given to `lb-agent run`).
+    #[arg(long, default_value = lb_agent::pins::DEFAULT_PIN_DIR)]
+    pub pin_path: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConntrackArgs {
+    #[command(flatten)]
+    pub maps: MapsArgs,
+    /// Only flows of this service id (see `lb-agent services`).
+    #[arg(long, value_name = "ID")]
+    pub service: Option<u32>,
+    /// Only flows of this client address (both directions).
+    #[arg(long, value_name = "IP")]
+    pub client: Option<Ipv4Addr>,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Directory the maps are (to be) pinned in.
+    #[arg(long, default_value = lb_agent::pins::DEFAULT_PIN_DIR)]
+    pub pin_path: PathBuf,
+    /// Uplink interface to check (repeat for several).
+    #[arg(long = "iface", value_name = "IFACE")]
+    pub ifaces: Vec<String>,
+    /// The XDP mode `run` will use: with generic, native XDP is not probed.
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Native)]
+    pub xdp_mode: XdpModeArg,
+    /// Print JSON instead of ✓/✗ lines.
+    #[arg(long)]
+    pub json: bool,
+    /// The map sizes `run` will be given (pinned maps of other sizes are
+    /// resized, which the report says).
+    #[command(flatten)]
+    pub sizes: SizeArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OriginArg {
+    /// A pod on this node (tc on its interface).
+    Pod,
+    /// A client outside the node (XDP on the uplink).
+    External,
+    /// A process of the node (the socket balancer).
+    Node,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// Where the packet comes from.
+    #[arg(long = "from", value_enum)]
+    pub origin: OriginArg,
+    /// Source: IPv4[:PORT] (the port is needed for conntrack and Maglev).
+    #[arg(value_name = "SRC", value_parser = lb_agent::explain::parse_source)]
+    pub src: (Ipv4Addr, Option<u16>),
+    /// Destination: IPv4:PORT[/tcp|udp] (TCP by default).
+    #[arg(value_name = "DST:PORT[/PROTO]", value_parser = lb_agent::explain::parse_destination)]
+    pub dst: (Ipv4Addr, u16, u8),
+    /// Directory of the pinned maps (as given to `lb-agent run`).
+    #[arg(long, default_value = lb_agent::pins::DEFAULT_PIN_DIR)]
+    pub pin_path: PathBuf,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// Root of the file system to install into (an image, a chroot).
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
+    /// The options of `lb-agent run` for the unit (`--iface eth0
+    /// --node-address 192.168.1.1 ...`), checked as `run` checks them.
+    /// `--source` defaults to file:/etc/xdplb/objects. Put `--root` first.
+    #[arg(
+        value_name = "RUN OPTIONS",
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        required = true
+    )]
+    pub run: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UninstallArgs {
+    /// Root of the file system the install went into.
+    #[arg(long, default_value = "/")]
+    pub root: PathBuf,
+    /// Directory of the pinned maps and links to remove (as given to `run`);
+    /// on the live kernel, whatever --root says.
+    #[arg(long, default_value = lb_agent::pins::DEFAULT_PIN_DIR)]
+    pub pin_path: PathBuf,
+    /// Keep /etc/xdplb (configuration and objects).
+    #[arg(long)]
+    pub keep_config: bool,
 }
 
 fn parse_source(s: &str) -> Result<SourceSpec, String> {

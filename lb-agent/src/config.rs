@@ -40,24 +40,24 @@ pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>> {
 /// The options in `file` as command-line arguments.
 fn options(file: &Path) -> Result<Vec<OsString>> {
     let text = std::fs::read_to_string(file).with_context(|| format!("reading --config {}", file.display()))?;
-    let map: serde_yaml::Mapping = serde_yaml::from_str(&text).with_context(|| format!("{}: expected a YAML mapping of option names to values", file.display()))?;
+    let map: serde_norway::Mapping = serde_norway::from_str(&text).with_context(|| format!("{}: expected a YAML mapping of option names to values", file.display()))?;
     let mut args = Vec::new();
     for (k, v) in map {
         let Some(key) = k.as_str() else { bail!("{}: option names must be strings, got {k:?}", file.display()) };
         let flag = OsString::from(format!("--{key}"));
         let values = match v {
-            serde_yaml::Value::Sequence(items) => items,
-            serde_yaml::Value::Bool(true) => {
+            serde_norway::Value::Sequence(items) => items,
+            serde_norway::Value::Bool(true) => {
                 args.push(flag);
                 continue;
             }
-            serde_yaml::Value::Bool(false) | serde_yaml::Value::Null => continue,
+            serde_norway::Value::Bool(false) | serde_norway::Value::Null => continue,
             one => vec![one],
         };
         for v in values {
             let text = match v {
-                serde_yaml::Value::String(s) => s,
-                serde_yaml::Value::Number(n) => n.to_string(),
+                serde_norway::Value::String(s) => s,
+                serde_norway::Value::Number(n) => n.to_string(),
                 other => bail!("{}: {key}: expected a string, number or list, got {other:?}", file.display()),
             };
             args.push(flag.clone());

@@ -1,7 +1,10 @@
 //! Typed access to the pinned maps: what the agent writes, and what the CLI,
 //! metrics and tests read. Opening by pin path works whether or not an agent
 //! is running.
-use std::path::Path;
+use std::{
+    os::fd::{AsFd as _, BorrowedFd},
+    path::Path,
+};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{
@@ -12,6 +15,8 @@ use lb_common::{
     maps, AffinityKeyV4, AffinityV4, BackendId, BackendV4, Config, FlowKeyV4, FlowV4, NatConfig,
     ServiceKeyV4, ServiceStats, ServiceV4, SlotKey, SourceRangeV4,
 };
+
+use crate::bpfsys;
 
 pub struct Dataplane {
     pub services: HashMap<MapData, ServiceKeyV4, ServiceV4>,
@@ -32,6 +37,11 @@ pub struct Dataplane {
     pub nat_config: Array<MapData, NatConfig>,
     /// Per backend id: new flows refused for want of a SNAT port.
     pub snat_exhausted: PerCpuArray<MapData, u64>,
+}
+
+/// The fd of an opened map, for [`bpfsys`] calls.
+fn fd<M: aya::maps::IterableMap<K, V>, K: aya::Pod, V>(map: &M) -> BorrowedFd<'_> {
+    map.map().fd().as_fd()
 }
 
 fn open<T>(dir: &Path, name: &str) -> Result<T>
@@ -88,52 +98,25 @@ impl Dataplane {
         Ok(total)
     }
 
-    /// Every backend (the non-empty slots of `backends_v4`), by id. The
-    /// array is read in batches: one syscall per 64Ki slots, not one per slot.
+    /// Every backend (the non-empty slots of `backends_v4`), by id, read in
+    /// batches (a few syscalls for the whole array).
     pub fn backends(&self) -> Result<std::collections::BTreeMap<BackendId, BackendV4>> {
-        use std::os::fd::{AsFd as _, AsRawFd as _};
-        const CHUNK: usize = 65_536;
-        let fd = aya::maps::IterableMap::map(&self.backends).fd().as_fd().as_raw_fd() as u32;
         let mut out = std::collections::BTreeMap::new();
-        let (mut keys, mut values) = (vec![0u32; CHUNK], vec![BackendV4::default(); CHUNK]);
-        let mut cursor = 0u32;
-        let mut first = true;
-        loop {
-            let mut attr = BatchAttr {
-                in_batch: if first { 0 } else { &cursor as *const u32 as u64 },
-                out_batch: &mut cursor as *mut u32 as u64,
-                keys: keys.as_mut_ptr() as u64,
-                values: values.as_mut_ptr() as u64,
-                count: CHUNK as u32,
-                map_fd: fd,
-                elem_flags: 0,
-                flags: 0,
-            };
-            // SAFETY: `attr` is the bpf_attr of BPF_MAP_LOOKUP_BATCH; the
-            // buffers hold `count` keys and values of the map's sizes.
-            let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_LOOKUP_BATCH, &mut attr as *mut BatchAttr, core::mem::size_of::<BatchAttr>()) };
-            let err = (rc < 0).then(std::io::Error::last_os_error);
-            if let Some(e) = &err {
-                if e.raw_os_error() != Some(libc::ENOENT) {
-                    return Err(anyhow::anyhow!("reading {}: {e}", maps::BACKENDS_V4));
-                }
+        bpfsys::for_each_batch(fd(&self.backends), |id: &BackendId, b: &BackendV4| {
+            if !b.is_empty() {
+                out.insert(*id, *b);
             }
-            for (id, b) in keys.iter().zip(&values).take(attr.count as usize) {
-                if !b.is_empty() {
-                    out.insert(*id, *b);
-                }
-            }
-            // ENOENT: the last batch (possibly partial) has been read.
-            if err.is_some() {
-                return Ok(out);
-            }
-            first = false;
-        }
+        })
+        .with_context(|| format!("reading {}", maps::BACKENDS_V4))?;
+        Ok(out)
     }
 
-    /// Every conntrack entry.
+    /// Every conntrack entry, read in batches.
     pub fn flows(&self) -> Result<Vec<(FlowKeyV4, FlowV4)>> {
-        Ok(self.conntrack.iter().collect::<Result<_, _>>()?)
+        let mut out = Vec::new();
+        bpfsys::for_each_batch(fd(&self.conntrack), |k: &FlowKeyV4, f: &FlowV4| out.push((*k, *f)))
+            .with_context(|| format!("reading {}", maps::CONNTRACK_V4))?;
+        Ok(out)
     }
 }
 
@@ -280,8 +263,7 @@ impl Dataplane {
         };
         let now = monotonic_ns();
         let mut live = std::collections::BTreeMap::<BackendId, u64>::new();
-        for entry in self.conntrack.iter() {
-            let (k, f) = entry?;
+        for (k, f) in self.flows()? {
             if f.direction != lb_common::direction::FORWARD || f.flags & lb_common::flow_flags::CLOSING != 0 {
                 continue;
             }
@@ -290,11 +272,16 @@ impl Dataplane {
                 *live.entry(f.backend_id).or_default() += 1;
             }
         }
+        let mut counted = std::collections::BTreeMap::<BackendId, u64>::new();
+        bpfsys::for_each_batch(fd(&self.backend_load), |id: &BackendId, n: &u64| {
+            counted.insert(*id, *n);
+        })
+        .with_context(|| format!("reading {}", maps::BACKEND_LOAD))?;
         let ids: Vec<BackendId> = self.backends()?.into_keys().collect();
         let mut changed = 0;
         for id in ids {
             let want = live.get(&id).copied().unwrap_or(0);
-            if self.backend_load(id)? != want {
+            if counted.get(&id).copied().unwrap_or(0) != want {
                 self.set_backend_load(id, want)?;
                 changed += 1;
             }
@@ -364,21 +351,6 @@ impl Dataplane {
         Ok(out)
     }
 }
-
-/// `bpf_attr` of the BPF_MAP_*_BATCH commands.
-#[repr(C)]
-struct BatchAttr {
-    in_batch: u64,
-    out_batch: u64,
-    keys: u64,
-    values: u64,
-    count: u32,
-    map_fd: u32,
-    elem_flags: u64,
-    flags: u64,
-}
-
-const BPF_MAP_LOOKUP_BATCH: i64 = 24;
 
 /// A failed map write as an error that names the map and the entry, and says
 /// what to do when the map is full (the kernel's E2BIG).

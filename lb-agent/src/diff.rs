@@ -16,6 +16,17 @@ pub struct MapContents {
     pub source_ranges: BTreeMap<SourceRangeKey, u8>,
 }
 
+impl MapContents {
+    /// Drops the ClusterIP address entries of addresses left without any
+    /// frontend (a service skipped or not fitting), which would otherwise
+    /// refuse the ports the Service does serve.
+    pub fn retain_served_addresses(&mut self) {
+        let served: std::collections::BTreeSet<[u8; 4]> =
+            self.services.keys().filter(|k| !k.is_address()).map(|k| k.addr).collect();
+        self.services.retain(|k, _| !k.is_address() || served.contains(&k.addr));
+    }
+}
+
 /// Upserts and removals of one map.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Changes<K, V> {

@@ -58,7 +58,9 @@ pub fn fit(want: &mut MapContents, cap: Capacity, current: &MapContents) -> Vec<
     }
     let programmed: BTreeSet<u32> = current.services.values().map(|v| v.id).collect();
     let mut order: Vec<u32> = need.keys().copied().collect();
-    order.sort_by_key(|id| (!programmed.contains(id), *id));
+    // Id 0 holds the ClusterIP address entries and the service CIDRs: they
+    // only refine what happens to non-service packets, so they go last.
+    order.sort_by_key(|id| (*id == 0, !programmed.contains(id), *id));
 
     let mut used = Need::default();
     let mut rejected = Vec::new();
@@ -90,6 +92,7 @@ pub fn fit(want: &mut MapContents, cap: Capacity, current: &MapContents) -> Vec<
     want.services.retain(|_, v| !out.contains(&v.id));
     want.slots.retain(|k, _| !out.contains(&k.service_id));
     want.source_ranges.retain(|(_, r), _| !out.contains(&u32::from_be_bytes(r.service_id)));
+    want.retain_served_addresses();
     // Backends only the rejected services used.
     let used_backends: BTreeSet<u32> = want.slots.values().copied().collect();
     want.backends.retain(|id, _| used_backends.contains(id));
@@ -147,5 +150,33 @@ mod tests {
         let rejected = fit(&mut want, CAP, &current);
         assert_eq!(rejected.iter().map(|r| (r.service_id, r.free)).collect::<Vec<_>>(), [(2, 24)], "the new one goes, not the programmed one");
         assert_eq!(want, current);
+    }
+
+    #[test]
+    fn clusterip_address_entries_go_last() {
+        let mut want = MapContents::default();
+        add(&mut want, 1, 2);
+        for a in 0..16u8 {
+            let refused = ServiceV4 { flags: lb_common::service_flags::UNSERVED_REFUSED, ..Default::default() };
+            want.services.insert(ServiceKeyV4::address([10, 96, 1, a]), refused);
+        }
+        let current = want.clone();
+        let rejected = fit(&mut want, CAP, &current);
+        assert_eq!(rejected.iter().map(|r| (r.service_id, r.map)).collect::<Vec<_>>(), [(0, maps::SERVICES_V4)]);
+        assert_eq!(want.services.len(), 1, "the service keeps its frontend");
+    }
+
+    #[test]
+    fn a_cluster_ip_left_out_takes_its_address_entry_along() {
+        let mut want = MapContents::default();
+        add(&mut want, 1, 70); // too many slots
+        add(&mut want, 2, 2);
+        let refused = ServiceV4 { flags: lb_common::service_flags::UNSERVED_REFUSED, ..Default::default() };
+        for a in [1, 2] {
+            want.services.insert(ServiceKeyV4::address([10, 96, 0, a]), refused);
+        }
+        fit(&mut want, CAP, &MapContents::default());
+        let addresses: Vec<[u8; 4]> = want.services.keys().filter(|k| k.is_address()).map(|k| k.addr).collect();
+        assert_eq!(addresses, [[10, 96, 0, 2]], "10.96.0.1's frontend is gone: its other ports must not be refused");
     }
 }

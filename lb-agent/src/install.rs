@@ -14,9 +14,9 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
-use clap::{Args, Parser as _};
+use clap::Parser as _;
 
-use crate::cli::{Cli, Command as CliCommand};
+use crate::cli::{Cli, Command as CliCommand, InstallArgs, UninstallArgs};
 
 /// Where each installed file goes, relative to `--root`.
 pub const BIN_PATH: &str = "usr/local/bin/lb-agent";
@@ -27,37 +27,6 @@ pub const CONFIG_DIR: &str = "etc/xdplb";
 pub const DEFAULT_SOURCE: &str = "file:/etc/xdplb/objects";
 /// The unit's name, as `systemctl` spells it.
 pub const UNIT: &str = "xdplb.service";
-
-#[derive(Debug, Args)]
-pub struct InstallArgs {
-    /// Root of the file system to install into (an image, a chroot).
-    #[arg(long, default_value = "/")]
-    pub root: PathBuf,
-    /// The options of `lb-agent run` for the unit (`--iface eth0
-    /// --node-address 192.168.1.1 ...`), checked as `run` checks them.
-    /// `--source` defaults to file:/etc/xdplb/objects. Put `--root` first.
-    #[arg(
-        value_name = "RUN OPTIONS",
-        trailing_var_arg = true,
-        allow_hyphen_values = true,
-        required = true
-    )]
-    pub run: Vec<String>,
-}
-
-#[derive(Debug, Args)]
-pub struct UninstallArgs {
-    /// Root of the file system the install went into.
-    #[arg(long, default_value = "/")]
-    pub root: PathBuf,
-    /// Directory of the pinned maps and links to remove (as given to `run`);
-    /// on the live kernel, whatever --root says.
-    #[arg(long, default_value = lb_agent::loader::DEFAULT_PIN_DIR)]
-    pub pin_path: PathBuf,
-    /// Keep /etc/xdplb (configuration and objects).
-    #[arg(long)]
-    pub keep_config: bool,
-}
 
 pub fn install(a: InstallArgs) -> Result<()> {
     let run = run_options(&a.run)?;
@@ -320,7 +289,7 @@ fn remove_pins(pin_dir: &Path) -> Result<bool> {
             pin_dir.display()
         );
     }
-    remove_if_present(&lb_agent::loader::links_dir(pin_dir), true)?;
+    remove_if_present(&lb_agent::pins::links_dir(pin_dir), true)?;
     remove_if_present(pin_dir, true)
 }
 

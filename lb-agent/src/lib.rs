@@ -1,5 +1,6 @@
 //! lb-agent: loads xdplb's eBPF programs, keeps their pinned maps in step
 //! with the desired state, and reads them back for operators.
+pub mod bpfsys;
 pub mod dataplane;
 pub mod lbmode;
 pub mod links;
@@ -11,6 +12,7 @@ pub mod control;
 pub mod explain;
 pub mod ops;
 pub mod pinfs;
+pub mod pins;
 pub mod privs;
 pub mod snat;
 pub mod socklb;

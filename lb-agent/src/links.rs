@@ -22,7 +22,7 @@ use aya::{
 };
 use lb_common::maps::programs;
 
-use crate::loader::program;
+use crate::pins::{next_path, program};
 
 fn pin_path(links: &Path, iface: &str, prog: &str) -> PathBuf {
     links.join(format!("{iface}@{prog}"))
@@ -276,7 +276,7 @@ pub fn attach_cgroup(ebpf: &mut Ebpf, cgroup: &Path, links: Option<&Path>) -> Re
         if let Some(links) = links {
             let link: FdLink = p.take_link(id)?.try_into().context("cgroup program attached without a bpf_link")?;
             let pin = pin_path(links, "cgroup", name);
-            let next = crate::migrate::next_path(&pin);
+            let next = next_path(&pin);
             let _ = std::fs::remove_file(&next);
             pin_link(link, &next)?;
             std::fs::rename(&next, &pin).with_context(|| format!("moving the link pin {} to {}", next.display(), pin.display()))?;

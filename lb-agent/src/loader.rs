@@ -1,14 +1,17 @@
 //! Loading the embedded eBPF object, pinning its maps, attaching programs.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use aya::{
     programs::{CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use lb_common::maps::{self, default_size, programs};
+use lb_common::maps::{self, programs};
 
-use crate::{links, migrate};
+use crate::{
+    links, migrate,
+    pins::{links_dir, next_path, program},
+};
 
 /// The eBPF object built by build.rs from lb-ebpf.
 pub static BYTECODE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb.o"));
@@ -18,30 +21,8 @@ pub static BYTECODE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR")
 pub static BENCH_BYTECODE: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/bench.o"));
 
-/// Default directory of the pinned maps.
-pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xdplb";
-
-/// Sizes of the maps that scale with the cluster.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MapSizes {
-    pub services: u32,
-    pub backends: u32,
-    pub slots: u32,
-    pub conntrack: u32,
-    pub affinity: u32,
-}
-
-impl Default for MapSizes {
-    fn default() -> Self {
-        Self {
-            services: default_size::SERVICES,
-            backends: default_size::BACKENDS,
-            slots: default_size::SLOTS,
-            conntrack: default_size::CONNTRACK,
-            affinity: default_size::AFFINITY,
-        }
-    }
-}
+// Where they were before `pins` existed; callers may name them either way.
+pub use crate::pins::{MapSizes, DEFAULT_PIN_DIR};
 
 /// Loads the programs; maps are pinned under `pin_dir`, reusing maps already
 /// pinned there so a restart keeps every flow.
@@ -64,13 +45,13 @@ pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf> {
             migrate::Pinned::Absent | migrate::Pinned::Matches => pins.push((*name, path)),
             migrate::Pinned::Resize { from } => {
                 tracing::info!(map = name, from, to = migrate::expected(name, sizes).max_entries, "resizing pinned map; flows are kept");
-                pins.push((*name, migrate::next_path(&path)));
+                pins.push((*name, next_path(&path)));
                 resized.push(*name);
             }
             migrate::Pinned::Convert { from } => {
                 let to = migrate::expected(name, sizes);
                 tracing::info!(map = name, ?from, to = ?to.map_type, max_entries = to.max_entries, "converting pinned map of an earlier version; flows are kept");
-                pins.push((*name, migrate::next_path(&path)));
+                pins.push((*name, next_path(&path)));
                 resized.push(*name);
             }
         }
@@ -97,19 +78,6 @@ pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf> {
         migrate::resize(&mut ebpf, pin_dir, &resized)?;
     }
     Ok(ebpf)
-}
-
-pub(crate) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
-where
-    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
-{
-    let p = ebpf.program_mut(name).with_context(|| format!("program {name} missing from the object"))?;
-    p.try_into().with_context(|| format!("program {name} has an unexpected type"))
-}
-
-/// Where the links of `pin_dir`'s programs are pinned.
-pub fn links_dir(pin_dir: &Path) -> PathBuf {
-    pin_dir.join("links")
 }
 
 /// Attaches to an uplink: XDP balances arriving service traffic, tc egress

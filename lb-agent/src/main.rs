@@ -73,7 +73,7 @@ async fn plan_command(args: PlanArgs) -> Result<()> {
     };
     // A fresh allocator: ids here are what an agent starting on empty maps
     // would use; a running agent's may differ.
-    let sizes = lb_agent::loader::MapSizes::default();
+    let sizes = lb_agent::pins::MapSizes::default();
     // Backend ids index backends_v4, so they stay within its size.
     let mut ids = Ids::new(sizes.services, sizes.backends);
     let p = plan(&model, &agent::plan_config(&args.inputs), &mut ids);

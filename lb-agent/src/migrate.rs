@@ -3,7 +3,7 @@
 //! layouts of earlier versions this one knows (`backends_v4` was a hash map
 //! before it became an array indexed by backend id).
 use std::{
-    os::fd::{AsFd, AsRawFd},
+    os::fd::{AsFd as _, BorrowedFd},
     path::{Path, PathBuf},
 };
 
@@ -14,7 +14,10 @@ use aya::{
 };
 use lb_common::{maps, *};
 
-use crate::loader::{links_dir, MapSizes};
+use crate::{
+    bpfsys,
+    pins::{links_dir, next_path, MapSizes},
+};
 
 /// What this build expects of a map.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -106,14 +109,6 @@ pub fn check_pinned(path: &Path, want: &Spec) -> Result<Pinned> {
     Ok(if got.max_entries == want.max_entries { Pinned::Matches } else { Pinned::Resize { from: got.max_entries } })
 }
 
-/// Where a resized map is pinned until it replaces the old one (bpffs
-/// refuses names with a dot).
-pub fn next_path(path: &Path) -> PathBuf {
-    let mut p = path.as_os_str().to_owned();
-    p.push("_next");
-    PathBuf::from(p)
-}
-
 /// Finishes resizing `names` (their new instances are pinned at
 /// `next_path`): copy, switch the pinned links to the new programs, copy what
 /// arrived meanwhile, move the pins.
@@ -143,26 +138,6 @@ pub fn resize(ebpf: &mut Ebpf, pin_dir: &Path, names: &[&str]) -> Result<()> {
     Ok(())
 }
 
-#[repr(C)]
-struct ElemAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
-
-const BPF_MAP_LOOKUP_ELEM: i64 = 1;
-const BPF_MAP_UPDATE_ELEM: i64 = 2;
-const BPF_MAP_GET_NEXT_KEY: i64 = 4;
-const BPF_NOEXIST: u64 = 1;
-
-fn bpf(cmd: i64, attr: &ElemAttr) -> std::io::Result<()> {
-    // SAFETY: `attr` is a valid bpf_attr prefix for the element commands.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const ElemAttr, core::mem::size_of::<ElemAttr>()) };
-    if rc < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
-}
-
 /// Copies every entry of the map pinned at `from` into the one at `to` (same
 /// layout); with `only_new`, entries `to` already has are left alone. Keys
 /// `to` cannot hold (a smaller array, a full hash) are skipped. Returns how
@@ -175,62 +150,41 @@ fn copy(from: &Path, to: &Path, only_new: bool) -> Result<usize> {
     let cpus = if per_cpu { aya::util::nr_cpus().map_err(|(_, e)| e)? } else { 1 };
     let vsize = if per_cpu { (info.value_size() as usize).div_ceil(8) * 8 * cpus } else { info.value_size() as usize };
     let (mut key, mut next, mut value) = (vec![0u8; info.key_size() as usize], vec![0u8; info.key_size() as usize], vec![0u8; vsize]);
-    let (sfd, dfd) = (src.fd().as_fd().as_raw_fd() as u32, dst.fd().as_fd().as_raw_fd() as u32);
+    let (sfd, dfd) = (src.fd().as_fd(), dst.fd().as_fd());
     let mut first = true;
     let mut copied = 0;
-    loop {
-        let attr = ElemAttr { map_fd: sfd, _pad: 0, key: if first { 0 } else { key.as_ptr() as u64 }, value: next.as_mut_ptr() as u64, flags: 0 };
-        match bpf(BPF_MAP_GET_NEXT_KEY, &attr) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
-            Err(e) => return Err(e).context("iterating a pinned map"),
-        }
+    while bpfsys::next_key(sfd, (!first).then_some(&key[..]), &mut next).context("iterating a pinned map")? {
         first = false;
         key.copy_from_slice(&next);
-        let get = ElemAttr { map_fd: sfd, _pad: 0, key: key.as_ptr() as u64, value: value.as_mut_ptr() as u64, flags: 0 };
-        if bpf(BPF_MAP_LOOKUP_ELEM, &get).is_err() {
+        if !bpfsys::lookup(sfd, &key, &mut value).unwrap_or(false) {
             continue; // deleted (or evicted) while we iterate
         }
         // Arrays refuse BPF_NOEXIST (every index exists): they are overwritten.
-        let flags = if only_new && !matches!(dst_type, MapType::Array | MapType::PerCpuArray) { BPF_NOEXIST } else { 0 };
-        let put = ElemAttr { map_fd: dfd, _pad: 0, key: key.as_ptr() as u64, value: value.as_ptr() as u64, flags };
-        if bpf(BPF_MAP_UPDATE_ELEM, &put).is_ok() {
+        let flags = if only_new && !matches!(dst_type, MapType::Array | MapType::PerCpuArray) { bpfsys::BPF_NOEXIST } else { 0 };
+        if bpfsys::update(dfd, &key, &value, flags).is_ok() {
             copied += 1;
         }
     }
     Ok(copied)
 }
 
-const BPF_EXIST: u64 = 2;
-
 /// Calls `f` with the map's fd and each (key, value) of the (not per-CPU)
 /// map pinned at `path`.
-fn for_each(path: &Path, mut f: impl FnMut(u32, &[u8], &[u8]) -> Result<()>) -> Result<()> {
+fn for_each(path: &Path, mut f: impl FnMut(BorrowedFd<'_>, &[u8], &[u8]) -> Result<()>) -> Result<()> {
     let map = MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
     let info = MapInfo::from_pin(path)?;
-    let fd = map.fd().as_fd().as_raw_fd() as u32;
+    let fd = map.fd().as_fd();
     let (mut key, mut next) = (vec![0u8; info.key_size() as usize], vec![0u8; info.key_size() as usize]);
     let mut value = vec![0u8; info.value_size() as usize];
     let mut first = true;
-    loop {
-        let attr = ElemAttr { map_fd: fd, _pad: 0, key: if first { 0 } else { key.as_ptr() as u64 }, value: next.as_mut_ptr() as u64, flags: 0 };
-        match bpf(BPF_MAP_GET_NEXT_KEY, &attr) {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(()),
-            Err(e) => return Err(e).with_context(|| format!("iterating {}", path.display())),
-        }
+    while bpfsys::next_key(fd, (!first).then_some(&key[..]), &mut next).with_context(|| format!("iterating {}", path.display()))? {
         first = false;
         key.copy_from_slice(&next);
-        let get = ElemAttr { map_fd: fd, _pad: 0, key: key.as_ptr() as u64, value: value.as_mut_ptr() as u64, flags: 0 };
-        if bpf(BPF_MAP_LOOKUP_ELEM, &get).is_ok() {
+        if bpfsys::lookup(fd, &key, &mut value).unwrap_or(false) {
             f(fd, &key, &value)?;
         }
     }
-}
-
-fn update(fd: u32, key: &[u8], value: &[u8], flags: u64) -> std::io::Result<()> {
-    let put = ElemAttr { map_fd: fd, _pad: 0, key: key.as_ptr() as u64, value: value.as_ptr() as u64, flags };
-    bpf(BPF_MAP_UPDATE_ELEM, &put)
+    Ok(())
 }
 
 /// Rewrites the values of the map pinned at `path` that `remap` changes
@@ -242,7 +196,7 @@ fn rewrite<T: bytemuck::Pod>(path: &Path, mut remap: impl FnMut(&mut T) -> bool)
     for_each(path, |fd, k, v| {
         let mut t: T = bytemuck::pod_read_unaligned(v);
         if remap(&mut t) {
-            match update(fd, k, bytemuck::bytes_of(&t), BPF_EXIST) {
+            match bpfsys::update(fd, k, bytemuck::bytes_of(&t), bpfsys::BPF_EXIST) {
                 Ok(()) => n += 1,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
                 Err(e) => return Err(e).with_context(|| format!("rewriting an entry of {}", path.display())),
@@ -283,7 +237,7 @@ pub fn fit_backend_ids(pin_dir: &Path, capacity: u32) -> Result<usize> {
     }
     let mut free = (1..=capacity).filter(|id| !used.contains(id));
     let backends = MapData::from_pin(&path)?;
-    let fd = backends.fd().as_fd().as_raw_fd() as u32;
+    let fd = backends.fd().as_fd();
     let mut moves = std::collections::BTreeMap::new();
     for (old, value) in &past {
         let Some(new) = free.next() else {
@@ -292,7 +246,7 @@ pub fn fit_backend_ids(pin_dir: &Path, capacity: u32) -> Result<usize> {
                 path.display(), used.len() + past.len()
             );
         };
-        update(fd, &new.to_ne_bytes(), bytemuck::bytes_of(value), 0).with_context(|| {
+        bpfsys::update(fd, &new.to_ne_bytes(), bytemuck::bytes_of(value), 0).with_context(|| {
             format!("writing backend {old} under its new id {new} in {} (if the map is full, raise --max-backends)", path.display())
         })?;
         moves.insert(*old, new);
@@ -327,11 +281,11 @@ pub fn fit_backend_ids(pin_dir: &Path, capacity: u32) -> Result<usize> {
         })?;
     }
     let load_map = MapData::from_pin(pin_dir.join(maps::BACKEND_LOAD))?;
-    let load_fd = load_map.fd().as_fd().as_raw_fd() as u32;
+    let load_fd = load_map.fd().as_fd();
     for (id, n) in &load {
         // An id past the end of the old backend_load (a larger new one) is
         // counted by the agent's recount instead.
-        let _ = update(load_fd, &id.to_ne_bytes(), &n.to_ne_bytes(), 0);
+        let _ = bpfsys::update(load_fd, &id.to_ne_bytes(), &n.to_ne_bytes(), 0);
     }
     tracing::info!(?moves, slots, affinity, flows, "backend ids renumbered");
     Ok(moves.len())

@@ -78,19 +78,16 @@ fn interfaces() -> std::io::Result<BTreeSet<String>> {
     Ok(names)
 }
 
-/// Shell-style match of `*` (any run) and `?` (one character).
+/// Shell-style match (`*` any run, `?` one character, `[...]` a class); a
+/// pattern that does not parse matches nothing (`run` refuses it up front,
+/// see [`check_glob`]).
 pub fn glob_match(pattern: &str, name: &str) -> bool {
-    fn go(p: &[char], n: &[char]) -> bool {
-        match (p.first(), n.first()) {
-            (None, None) => true,
-            (Some('*'), _) => go(&p[1..], n) || (!n.is_empty() && go(p, &n[1..])),
-            (Some('?'), Some(_)) => go(&p[1..], &n[1..]),
-            (Some(a), Some(b)) if a == b => go(&p[1..], &n[1..]),
-            _ => false,
-        }
-    }
-    let (p, n): (Vec<char>, Vec<char>) = (pattern.chars().collect(), name.chars().collect());
-    go(&p, &n)
+    glob::Pattern::new(pattern).is_ok_and(|p| p.matches(name))
+}
+
+/// A `--pod-iface` glob, or why it is not one.
+pub fn check_glob(pattern: &str) -> Result<String, String> {
+    glob::Pattern::new(pattern).map(|_| pattern.to_string()).map_err(|e| format!("not a glob ({e}): use *, ? and [...] as in a shell"))
 }
 
 #[cfg(test)]
@@ -106,6 +103,14 @@ mod tests {
         assert!(!glob_match("veth*", "eth0"));
         assert!(!glob_match("pod?", "pod10"));
         assert!(glob_match("lxc*_h", "lxc12_h"));
+    }
+
+    #[test]
+    fn a_pattern_that_is_no_glob_is_refused_up_front() {
+        let e = super::check_glob("veth[").unwrap_err();
+        assert!(e.contains("not a glob"), "{e}");
+        assert_eq!(super::check_glob("veth*").as_deref(), Ok("veth*"));
+        assert!(!glob_match("veth[", "veth["), "never matches: `run` refused it");
     }
 
     #[test]

@@ -21,7 +21,7 @@ pub fn table(plan: &Plan) -> String {
         out,
         "{} service ids, {} frontends, {} backends, {} slots\n",
         plan.services.len(),
-        plan.contents.services.len(),
+        plan.contents.services.keys().filter(|k| !k.is_address()).count(),
         plan.contents.backends.len(),
         plan.contents.slots.len()
     );

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context as _, Result};
 use aya::Ebpf;
 
-use crate::{dataplane::Dataplane, links, loader::links_dir};
+use crate::{dataplane::Dataplane, links, pins::links_dir};
 
 /// What `--socket-lb` asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]

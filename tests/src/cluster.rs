@@ -258,7 +258,7 @@ impl Cluster {
                 api.apply(obj);
             }
             Objects::File { dir } => {
-                let yaml = serde_yaml::to_string(&obj).expect("an object as YAML");
+                let yaml = serde_norway::to_string(&obj).expect("an object as YAML");
                 crate::agent::write(dir, &file_name(&obj), &yaml);
             }
         }

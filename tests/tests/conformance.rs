@@ -29,7 +29,7 @@ struct Row {
     #[serde(default, rename = "type")]
     service_type: Option<String>,
     #[serde(default)]
-    spec: serde_yaml::Mapping,
+    spec: serde_norway::Mapping,
     #[serde(default)]
     node_zone: Option<String>,
     #[serde(default)]
@@ -74,16 +74,16 @@ fn ep_addr(i: usize, ep: &Ep) -> Ipv4Addr {
 /// The row's Service, EndpointSlice and Node as YAML.
 fn objects(r: &Row) -> String {
     let proto = r.proto.as_deref().unwrap_or("TCP");
-    let mut spec = serde_yaml::Mapping::new();
+    let mut spec = serde_norway::Mapping::new();
     spec.insert("type".into(), r.service_type.as_deref().unwrap_or("ClusterIP").into());
     spec.insert("clusterIP".into(), CLUSTER_IP.to_string().into());
-    let port: serde_yaml::Value =
-        serde_yaml::from_str(&format!("{{name: http, port: 80, nodePort: 30080, protocol: {proto}}}")).unwrap();
-    spec.insert("ports".into(), serde_yaml::Value::Sequence(vec![port]));
+    let port: serde_norway::Value =
+        serde_norway::from_str(&format!("{{name: http, port: 80, nodePort: 30080, protocol: {proto}}}")).unwrap();
+    spec.insert("ports".into(), serde_norway::Value::Sequence(vec![port]));
     for (k, v) in &r.spec {
         spec.insert(k.clone(), v.clone());
     }
-    let spec = serde_yaml::to_string(&spec).unwrap().replace('\n', "\n  ");
+    let spec = serde_norway::to_string(&spec).unwrap().replace('\n', "\n  ");
     let mut eps = String::new();
     for (i, ep) in r.endpoints.iter().enumerate() {
         let cond = match ep.state.as_str() {
@@ -177,7 +177,7 @@ fn run(r: &Row) -> Result<(), String> {
 #[test]
 fn kube_proxy_conformance_table() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/conformance.yaml");
-    let rows: Vec<Row> = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let rows: Vec<Row> = serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert!(rows.len() >= 20, "{} rows", rows.len());
     let failures: Vec<String> = rows.iter().filter_map(|r| run(r).err().map(|e| format!("{}: {e}", r.name))).collect();
     assert!(failures.is_empty(), "{} of {} rows failed:\n{}", failures.len(), rows.len(), failures.join("\n\n"));

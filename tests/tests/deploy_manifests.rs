@@ -50,8 +50,8 @@ fn documents() -> Vec<(PathBuf, Value)> {
     let mut docs = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
-        for d in serde_yaml::Deserializer::from_str(&text) {
-            let v: serde_yaml::Value = serde::Deserialize::deserialize(d)
+        for d in serde_norway::Deserializer::from_str(&text) {
+            let v: serde_norway::Value = serde::Deserialize::deserialize(d)
                 .unwrap_or_else(|e| panic!("{}: invalid YAML: {e}", f.display()));
             if v.is_null() {
                 continue;
@@ -296,8 +296,8 @@ fn the_daemon_set_probes_the_agents_endpoints_on_its_metrics_port() {
     // Kubelet and Prometheus come from outside the process: every agent
     // configuration serves on all addresses, at the default port.
     for f in &o.agent_configs {
-        let cfg: BTreeMap<String, serde_yaml::Value> =
-            serde_yaml::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
+        let cfg: BTreeMap<String, serde_norway::Value> =
+            serde_norway::from_str(&std::fs::read_to_string(f).unwrap()).unwrap();
         let addr: std::net::SocketAddr = cfg["metrics-addr"]
             .as_str()
             .expect("metrics-addr")
@@ -559,7 +559,7 @@ fn kustomizations_reference_files_that_exist_and_patches_that_apply() {
                 "{}: only DaemonSet patches are checked",
                 file.display()
             );
-            let ops: Vec<Value> = serde_yaml::from_str(p["patch"].as_str().unwrap()).unwrap();
+            let ops: Vec<Value> = serde_norway::from_str(p["patch"].as_str().unwrap()).unwrap();
             let mut patched = base_ds.clone();
             apply(&mut patched, &ops, file);
             round_trip::<DaemonSet>(file, &patched);

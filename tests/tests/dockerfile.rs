@@ -109,16 +109,16 @@ fn the_builder_runs_the_commands_ci_runs() {
         });
         assert!(!direct, "a build step that bypasses xtask: {r}");
     }
-    // xtask provisions the toolchain named `nightly`; the image installs that name.
+    // xtask provisions the nightly pinned in lb-ebpf/rust-toolchain.toml;
+    // the image installs no other.
     let provision = std::fs::read_to_string(repo().join("xtask/src/provision.rs")).unwrap();
     assert!(
-        provision.contains("\"--toolchain\", \"nightly\""),
-        "xtask's toolchain name changed"
+        provision.contains("lb-ebpf/rust-toolchain.toml") && provision.contains("\"toolchain\", \"install\""),
+        "xtask no longer installs the pinned toolchain"
     );
     assert!(
-        runs.iter()
-            .any(|r| r.starts_with("rustup toolchain install nightly")),
-        "the builder installs the nightly xtask uses: {runs:?}"
+        !runs.iter().any(|r| r.contains("rustup toolchain install nightly")),
+        "the builder installs a nightly besides the pinned one: {runs:?}"
     );
     // `cargo xtask build` is `provision` + a release build of lb-agent.
     let xtask = std::fs::read_to_string(repo().join("xtask/src/main.rs")).unwrap();

@@ -49,6 +49,10 @@ fn lb() -> Lb {
     want.services.get_mut(&key(ELSEWHERE_IP)).unwrap().flags |= service_flags::LOCAL_ELSEWHERE;
     want.services.get_mut(&key(LB_IP)).unwrap().flags |= service_flags::SOURCE_RANGES;
     want.source_ranges.insert((32 + 24, SourceRangeV4 { service_id: 6u32.to_be_bytes(), addr: [192, 168, 1, 0] }), 1);
+    // The ClusterIP refuses its other ports; 10.96.0.0/24 is a service CIDR.
+    let refused = lb_common::ServiceV4 { flags: service_flags::UNSERVED_REFUSED, ..Default::default() };
+    want.services.insert(ServiceKeyV4::address(CLUSTER_IP.octets()), refused);
+    want.source_ranges.insert((32 + 24, SourceRangeV4::service_cidr([10, 96, 0, 0])), 1);
     lb.program(&want);
     lb.maps.set_nat_config(&lb_common::NatConfig { addr_v4: NODE.octets(), port_min: 61000, port_max: 65535 }).unwrap();
     lb
@@ -112,9 +116,15 @@ fn explain_agrees_with_the_programs_on_every_case() {
         }
         assert_eq!(c.check(origin, &Frame::tcp(src, 43000, EMPTY_IP, 80, TCP_SYN)).0, Action::Reject);
         assert_eq!(c.check(origin, &Frame::tcp(src, 43000, ELSEWHERE_IP, 80, TCP_SYN)).0, Action::Drop);
-        assert_eq!(c.check(origin, &Frame::udp(src, 43000, DNS_IP, 53)).0, Action::Drop);
-        assert_eq!(c.check(origin, &Frame::tcp(src, 43000, CLUSTER_IP, 81, TCP_SYN)).0, Action::Pass);
-        assert_eq!(c.check(origin, &Frame::udp(src, 43000, CLUSTER_IP, 80)).0, Action::Pass);
+        // From a pod, what kube-proxy rejects gets an answer (ICMP port
+        // unreachable, a reset); XDP on the uplink leaves it to the stack.
+        let (refused, unserved) = if origin == Origin::Pod { (Action::Reject, Action::Reject) } else { (Action::Drop, Action::Pass) };
+        assert_eq!(c.check(origin, &Frame::udp(src, 43000, DNS_IP, 53)).0, refused, "UDP to a service without backends");
+        assert_eq!(c.check(origin, &Frame::tcp(src, 43000, CLUSTER_IP, 81, TCP_SYN)).0, unserved, "a ClusterIP's unserved port");
+        assert_eq!(c.check(origin, &Frame::udp(src, 43000, CLUSTER_IP, 80)).0, unserved, "a ClusterIP's unserved protocol");
+        let unallocated = if origin == Origin::Pod { Action::Drop } else { Action::Pass };
+        assert_eq!(c.check(origin, &Frame::tcp(src, 43000, Ipv4Addr::new(10, 96, 0, 77), 80, TCP_SYN)).0, unallocated, "service CIDR");
+        assert_eq!(c.check(origin, &Frame::tcp(src, 43000, Ipv4Addr::new(10, 97, 0, 77), 80, TCP_SYN)).0, Action::Pass, "outside it");
     }
     assert_eq!(c.check(Origin::External, &Frame::tcp(CLIENT, 44000, LB_IP, 80, TCP_SYN)).0, Action::Dnat);
     assert_eq!(c.check(Origin::External, &Frame::tcp(OUTSIDER, 44000, LB_IP, 80, TCP_SYN)).0, Action::Drop);
@@ -130,7 +140,7 @@ fn explain_agrees_with_the_programs_on_every_case() {
     assert_eq!(e.verdict.snat, Some(format!("{NODE}:{sport}")), "{e}");
     let (_, e, out) = c.check_full(Origin::Pod, &Frame::tcp(POD, 45000, REMOTE_IP, 80, TCP_SYN));
     assert_eq!((e.verdict.snat, &out[26..30]), (None, &POD.octets()[..]), "a pod's source is kept");
-    assert_eq!(c.checked, 2 * (48 + 4 + 5) + 2 + 3);
+    assert_eq!(c.checked, 2 * (48 + 4 + 7) + 2 + 3);
 }
 
 /// `lb-agent explain` on a running agent's maps, for a real connection: it

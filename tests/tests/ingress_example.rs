@@ -48,10 +48,10 @@ fn example_dir() -> PathBuf {
 fn example_routes() -> Vec<(String, String, i32)> {
     let text = std::fs::read_to_string(example_dir().join("ingress.yaml"))
         .expect("the example's ingress.yaml");
-    let ingress: Ingress = serde_yaml::Deserializer::from_str(&text)
+    let ingress: Ingress = serde_norway::Deserializer::from_str(&text)
         .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .find_map(|v: serde_yaml::Value| {
-            (v["kind"] == "Ingress").then(|| serde_yaml::from_value(v).expect("a valid Ingress"))
+        .find_map(|v: serde_norway::Value| {
+            (v["kind"] == "Ingress").then(|| serde_norway::from_value(v).expect("a valid Ingress"))
         })
         .expect("an Ingress in ingress.yaml");
     let ann = ingress.metadata.annotations.unwrap_or_default();

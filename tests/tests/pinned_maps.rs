@@ -88,7 +88,7 @@ fn a_backends_hash_of_an_earlier_version_becomes_the_array_with_its_flows() {
     let ebpf = loader::load(&dir, TEST_SIZES).expect("converting load");
     let info = MapInfo::from_pin(&pin).unwrap();
     assert_eq!((info.map_type().unwrap(), info.max_entries()), (aya::maps::MapType::Array, TEST_SIZES.backends + 1));
-    assert!(!migrate::next_path(&pin).exists(), "the new map took the pin");
+    assert!(!lb_agent::pins::next_path(&pin).exists(), "the new map took the pin");
     let dp = Dataplane::open(&dir).expect("the maps open with this version's types");
     let c = dp.contents().unwrap();
     assert_eq!(c.backends.len(), 2, "{:?}", c.backends);

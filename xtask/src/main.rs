@@ -2,8 +2,10 @@
 //! benchmarks xdplb. It depends on nothing that needs the eBPF toolchain, so
 //! it can run on a fresh machine and install that toolchain first.
 mod bench;
+mod cycles;
 mod provision;
 mod test;
+mod unused;
 
 use std::process::Command;
 
@@ -36,8 +38,10 @@ enum Cmd {
     },
     /// Real traffic through a Service VIP in network namespaces (needs root).
     Demo,
-    /// Clippy in two passes: the workspace on stable, lb-ebpf alone on
-    /// nightly for bpfel-unknown-none (it cannot build for the host).
+    /// Module cycles (xtask/src/cycles.rs), unused dependencies
+    /// (cargo-machete, xtask/src/unused.rs), then clippy in two passes: the
+    /// workspace on stable, lb-ebpf alone on nightly for bpfel-unknown-none
+    /// (it cannot build for the host).
     Lint,
     /// Per-packet cost, live forwarding rate and kube-proxy comparison, in
     /// one run; a table on stdout, JSON under target/bench/ (needs root).
@@ -101,11 +105,15 @@ fn main() -> Result<()> {
         }
         Cmd::Bench { quick, smoke, out, only, pktgen_vm } => bench::run(quick, smoke, out.as_deref(), only.as_deref(), pktgen_vm),
         Cmd::Lint => {
+            let workspace = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+            cycles::check(workspace)?;
             provision::all()?;
+            provision::lint_tools()?;
+            unused::check(workspace)?;
             cargo(&["clippy", "--workspace", "--exclude", "lb-ebpf", "--all-targets", "--", "-D", "warnings"])?;
             let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("lb-ebpf");
             let status = Command::new("rustup")
-                .args(["run", "nightly", "cargo", "clippy", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--release", "--", "-D", "warnings"])
+                .args(["run", &provision::ebpf_toolchain()?, "cargo", "clippy", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--release", "--", "-D", "warnings"])
                 .current_dir(root)
                 .status()
                 .context("running nightly clippy for lb-ebpf")?;

@@ -18,12 +18,26 @@ const TOOLS: &[(&str, &str)] = &[
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// Finds dependencies no source file uses (`cargo xtask lint`).
+const CARGO_MACHETE_VERSION: &str = "0.9.2";
 
 pub fn all() -> Result<()> {
     system_tools()?;
-    rust_src()?;
+    nightly()?;
     bpf_linker()?;
     Ok(())
+}
+
+/// What only `cargo xtask lint` needs: cargo-machete.
+pub fn lint_tools() -> Result<()> {
+    let have = stdout(Command::new("cargo-machete").arg("--version")).unwrap_or_default();
+    if have.contains(CARGO_MACHETE_VERSION) {
+        return Ok(());
+    }
+    step(
+        &format!("installing cargo-machete {CARGO_MACHETE_VERSION}"),
+        Command::new("cargo").args(["install", "cargo-machete", "--locked", "--version", CARGO_MACHETE_VERSION]),
+    )
 }
 
 fn ok(cmd: &mut Command) -> bool {
@@ -93,18 +107,35 @@ extern "C" {
     fn libc_geteuid() -> u32;
 }
 
-fn rust_src() -> Result<()> {
-    let installed = stdout(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
-        .context("the nightly toolchain is needed for the eBPF crate: rustup toolchain install nightly")?;
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
+/// The pinned nightly that builds lb-ebpf: `channel` in
+/// lb-ebpf/rust-toolchain.toml (lb-agent's build.rs reads the same line).
+pub fn ebpf_toolchain() -> Result<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("lb-ebpf/rust-toolchain.toml");
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("channel"))
+        .filter_map(|r| r.trim().strip_prefix('='))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .next()
+        .with_context(|| format!("no channel in {}", path.display()))
+}
+
+/// Installs the pinned nightly with rust-src (build-std) and clippy (lint).
+fn nightly() -> Result<()> {
+    let toolchain = ebpf_toolchain()?;
+    let installed = stdout(Command::new("rustup").args(["component", "list", "--toolchain", &toolchain, "--installed"])).unwrap_or_default();
+    if ["rust-src", "clippy"].iter().all(|c| installed.lines().any(|l| l.starts_with(c))) {
         return Ok(());
     }
-    step("adding rust-src to nightly", Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    step(
+        &format!("installing {toolchain} with rust-src and clippy (the eBPF crate's nightly)"),
+        Command::new("rustup").args(["toolchain", "install", &toolchain, "--profile", "minimal", "--component", "rust-src", "--component", "clippy"]),
+    )
 }
 
 /// The libLLVM shared object of the nightly toolchain (bpf-linker must use the same LLVM).
 fn nightly_llvm() -> Result<PathBuf> {
-    let sysroot = stdout(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))?;
+    let sysroot = stdout(Command::new("rustc").arg(format!("+{}", ebpf_toolchain()?)).args(["--print", "sysroot"]))?;
     let lib = PathBuf::from(sysroot.trim()).join("lib");
     std::fs::read_dir(&lib)?
         .flatten()

@@ -243,49 +243,10 @@ pub fn shares(table: &[u32]) -> BTreeMap<u32, f64> {
 const OFFSET_KEY: (u64, u64) = (0x7864_706c_625f_6f66, 0x6673_6574_5f6d_6167); // "xdplb_offset_mag"
 const SKIP_KEY: (u64, u64) = (0x7864_706c_625f_736b, 0x6970_5f5f_6d61_6776); // "xdplb_skip__magv"
 
-/// SipHash-2-4 (Aumasson & Bernstein), 64-bit output, as in the reference
-/// implementation.
+/// SipHash-2-4 (Aumasson & Bernstein), 64-bit output, of `data` alone (no
+/// length prefix, unlike hashing a slice through `Hash`).
 fn siphash24(key: (u64, u64), data: &[u8]) -> u64 {
-    let mut v = [
-        key.0 ^ 0x736f_6d65_7073_6575,
-        key.1 ^ 0x646f_7261_6e64_6f6d,
-        key.0 ^ 0x6c79_6765_6e65_7261,
-        key.1 ^ 0x7465_6462_7974_6573,
-    ];
-    fn round(v: &mut [u64; 4]) {
-        v[0] = v[0].wrapping_add(v[1]);
-        v[1] = v[1].rotate_left(13) ^ v[0];
-        v[0] = v[0].rotate_left(32);
-        v[2] = v[2].wrapping_add(v[3]);
-        v[3] = v[3].rotate_left(16) ^ v[2];
-        v[0] = v[0].wrapping_add(v[3]);
-        v[3] = v[3].rotate_left(21) ^ v[0];
-        v[2] = v[2].wrapping_add(v[1]);
-        v[1] = v[1].rotate_left(17) ^ v[2];
-        v[2] = v[2].rotate_left(32);
-    }
-    let mut compress = |word: u64| {
-        v[3] ^= word;
-        round(&mut v);
-        round(&mut v);
-        v[0] ^= word;
-    };
-    let mut chunks = data.chunks_exact(8);
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        compress(u64::from_le_bytes(word));
-    }
-    // Last word: the leftover bytes, zero-padded, length mod 256 on top.
-    let mut last = [0u8; 8];
-    last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-    last[7] = data.len() as u8;
-    compress(u64::from_le_bytes(last));
-    v[2] ^= 0xff;
-    for _ in 0..4 {
-        round(&mut v);
-    }
-    v[0] ^ v[1] ^ v[2] ^ v[3]
+    siphasher::sip::SipHasher24::new_with_keys(key.0, key.1).hash(data)
 }
 
 #[cfg(test)]

@@ -275,8 +275,8 @@ impl Model {
     /// Adds every object of a (multi-document) YAML text; `origin` names the
     /// text in logs.
     pub fn add_yaml(&mut self, text: &str, origin: &str) {
-        for doc in serde_yaml::Deserializer::from_str(text) {
-            match serde_yaml::Value::deserialize(doc) {
+        for doc in serde_norway::Deserializer::from_str(text) {
+            match serde_norway::Value::deserialize(doc) {
                 Ok(v) => self.add_value(v, origin),
                 Err(e) => {
                     // A syntax error ends the stream: keep what came before it.
@@ -287,7 +287,7 @@ impl Model {
         }
     }
 
-    fn add_value(&mut self, v: serde_yaml::Value, origin: &str) {
+    fn add_value(&mut self, v: serde_norway::Value, origin: &str) {
         if v.is_null() {
             return; // an empty document (`---` at the end)
         }
@@ -305,20 +305,20 @@ impl Model {
         match (api_version.as_str(), kind.as_str()) {
             (_, "List") | (_, "ServiceList") | (_, "EndpointSliceList") | (_, "NodeList") => {
                 let items = match v {
-                    serde_yaml::Value::Mapping(mut m) => m.remove("items"),
+                    serde_norway::Value::Mapping(mut m) => m.remove("items"),
                     _ => None,
                 };
                 match items {
-                    Some(serde_yaml::Value::Sequence(items)) => {
+                    Some(serde_norway::Value::Sequence(items)) => {
                         for item in items {
                             self.add_value(item, origin);
                         }
                     }
-                    None | Some(serde_yaml::Value::Null) => {}
+                    None | Some(serde_norway::Value::Null) => {}
                     Some(_) => tracing::warn!(object = %id, %kind, %origin, "skipping a list whose items are not a sequence"),
                 }
             }
-            ("v1", "Service") => match serde_yaml::from_value::<core::Service>(v) {
+            ("v1", "Service") => match serde_norway::from_value::<core::Service>(v) {
                 Ok(s) => {
                     if let Some(s) = validate_service(&id, &s) {
                         self.services.insert(id, Arc::new(s));
@@ -329,7 +329,7 @@ impl Model {
                 }
             },
             ("discovery.k8s.io/v1", "EndpointSlice") => {
-                match serde_yaml::from_value::<discovery::EndpointSlice>(v) {
+                match serde_norway::from_value::<discovery::EndpointSlice>(v) {
                     Ok(s) => {
                         if let Some(s) = validate_slice(&id, &s) {
                             self.slices.insert(id, Arc::new(s));
@@ -340,7 +340,7 @@ impl Model {
                     }
                 }
             }
-            ("v1", "Node") => match serde_yaml::from_value::<core::Node>(v) {
+            ("v1", "Node") => match serde_norway::from_value::<core::Node>(v) {
                 Ok(n) => {
                     self.nodes.insert(id.name.clone(), node(&id, &n));
                 }
@@ -349,7 +349,7 @@ impl Model {
                 }
             },
             ("networking.k8s.io/v1", "ServiceCIDR") => {
-                match serde_yaml::from_value::<k8s_openapi::api::networking::v1::ServiceCIDR>(v) {
+                match serde_norway::from_value::<k8s_openapi::api::networking::v1::ServiceCIDR>(v) {
                     Ok(c) => {
                         let cidrs = c.spec.and_then(|s| s.cidrs).unwrap_or_default();
                         self.service_cidrs.insert(id.name.clone(), cidr::of_object(&id.name, &cidrs));
@@ -423,7 +423,7 @@ pub fn yaml_files(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
 }
 
 /// `namespace/name` from raw metadata, for logs even when the object is malformed.
-fn object_ref(v: &serde_yaml::Value) -> ObjectRef {
+fn object_ref(v: &serde_norway::Value) -> ObjectRef {
     let meta = v.get("metadata");
     let field = |f: &str| {
         meta.and_then(|m| m.get(f))

@@ -131,9 +131,32 @@ struct Candidate {
     node_hints: Vec<String>,
 }
 
-/// Computes the desired state. Deterministic: the same model, config and
-/// allocator state give the same plan (and the same allocator state after).
-pub fn plan(model: &Model, cfg: &PlanConfig, ids: &mut Ids) -> Plan {
+/// Something of the objects the plan had to leave out or work around, for
+/// the caller to report (once: a re-plan of the same objects repeats it).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Warning {
+    pub object: ObjectRef,
+    pub message: String,
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.object, self.message)
+    }
+}
+
+/// What [`replan`] returns: the plan, the id assignment it used (the next
+/// plan's `prev`), and what it had to leave out.
+#[derive(Debug)]
+pub struct Planned {
+    pub plan: Plan,
+    pub ids: Ids,
+    pub warnings: Vec<Warning>,
+}
+
+/// Computes the desired state from the objects and the previous id
+/// assignment, without side effects: the same inputs give the same output.
+pub fn replan(model: &Model, cfg: &PlanConfig, prev: &Ids) -> Planned {
     let node_addresses = if cfg.node_addresses.is_empty() {
         model
             .nodes
@@ -146,16 +169,18 @@ pub fn plan(model: &Model, cfg: &PlanConfig, ids: &mut Ids) -> Plan {
     let slices_of = slices_by_service(model);
     let node_zone = model.nodes.get(&cfg.node_name).and_then(|n| n.zone.clone());
 
+    let mut ids = prev.clone();
     let mut p = Planner {
         cfg,
         node_zone,
-        ids,
+        ids: &mut ids,
         plan: Plan {
             node_addresses,
             ..Default::default()
         },
         used_services: BTreeSet::new(),
         used_backends: BTreeSet::new(),
+        warnings: Vec::new(),
     };
     for (id, svc) in &model.services {
         if svc.service_type == ServiceType::ExternalName {
@@ -175,20 +200,33 @@ pub fn plan(model: &Model, cfg: &PlanConfig, ids: &mut Ids) -> Plan {
         for port in &svc.ports {
             let candidates = candidates(slices, port, svc.publish_not_ready);
             if candidates.len() > MAX_ENDPOINTS {
-                tracing::warn!(object = %id, port = %port.name, endpoints = candidates.len(), "more than {MAX_ENDPOINTS} endpoints; skipping this port");
+                p.warn(id, format!("port {}: {} endpoints, more than {MAX_ENDPOINTS}; skipping this port", port.name, candidates.len()));
                 continue;
             }
             p.port(id, svc, port, &candidates);
         }
     }
+    p.plan.contents.retain_served_addresses();
     // Service CIDRs: addresses inside without a Service are dropped.
     for (net, len) in cfg.service_cidrs.iter().chain(model.service_cidrs.values().flatten()) {
         let key = (SourceRangeV4::prefix_len(*len), SourceRangeV4::service_cidr(net.octets()));
         p.plan.contents.source_ranges.insert(key, 1);
     }
     let (used_services, used_backends) = (p.used_services, p.used_backends);
-    p.ids.retain(&used_services, &used_backends);
-    p.plan
+    let (plan, warnings) = (p.plan, p.warnings);
+    ids.retain(&used_services, &used_backends);
+    Planned { plan, ids, warnings }
+}
+
+/// [`replan`] for callers that keep the ids in place and have no use for
+/// the warnings beyond a log line each (the `plan` command, tests).
+pub fn plan(model: &Model, cfg: &PlanConfig, ids: &mut Ids) -> Plan {
+    let next = replan(model, cfg, ids);
+    *ids = next.ids;
+    for w in &next.warnings {
+        tracing::warn!(object = %w.object, "{}", w.message);
+    }
+    next.plan
 }
 
 /// The slices of each service, by (namespace, service name).
@@ -296,9 +334,14 @@ struct Planner<'a> {
     plan: Plan,
     used_services: BTreeSet<ServiceIdKey>,
     used_backends: BTreeSet<BackendIdKey>,
+    warnings: Vec<Warning>,
 }
 
 impl Planner<'_> {
+    fn warn(&mut self, object: &ObjectRef, message: String) {
+        self.warnings.push(Warning { object: object.clone(), message });
+    }
+
     fn port(
         &mut self,
         id: &ObjectRef,
@@ -423,19 +466,18 @@ impl Planner<'_> {
         svc: &Service,
         port: &ServicePort,
         scope: Scope,
-        mut frontends: Vec<Frontend>,
+        frontends: Vec<Frontend>,
         local_only: bool,
         candidates: &[Candidate],
     ) {
         // A frontend already taken (two services claiming one address:port)
         // stays with the first; the map can hold only one.
-        frontends.retain(|f| {
-            let taken = self.plan.contents.services.contains_key(&map_key(f));
-            if taken {
-                tracing::warn!(object = %id, frontend = %format!("{}:{}/{}", f.addr, f.port, f.proto.as_str()), "frontend already used by another service; skipped");
-            }
-            !taken
-        });
+        let (kept, taken): (Vec<Frontend>, Vec<Frontend>) =
+            frontends.into_iter().partition(|f| !self.plan.contents.services.contains_key(&map_key(f)));
+        for f in &taken {
+            self.warn(id, format!("frontend {}:{}/{} already used by another service; skipped", f.addr, f.port, f.proto.as_str()));
+        }
+        let frontends = kept;
         if frontends.is_empty() {
             return;
         }
@@ -447,7 +489,7 @@ impl Planner<'_> {
             scope,
         };
         let Some(service_id) = self.ids.service(&key, &keys) else {
-            tracing::warn!(object = %id, port = %port.name, "no free service id (raise the services map size); skipped");
+            self.warn(id, format!("port {}: no free service id (raise the services map size); skipped", port.name));
             return;
         };
         self.used_services.insert(key);
@@ -496,7 +538,7 @@ impl Planner<'_> {
                 proto: port.proto,
             };
             let Some(bid) = self.ids.backend(bkey) else {
-                tracing::warn!(object = %id, backend = %format!("{}:{}", c.addr, c.port), "no free backend id; skipped");
+                self.warn(id, format!("backend {}:{}: no free backend id; skipped", c.addr, c.port));
                 continue;
             };
             self.used_backends.insert(bkey);
@@ -558,7 +600,7 @@ impl Planner<'_> {
         // What new flows choose from: one slot per backend, or the service's
         // Maglev table (indexed by the flow hash in the dataplane).
         let slots = if algorithm == lb_common::algorithm::MAGLEV {
-            maglev_table(id, svc, &order, &backends, &index)
+            maglev_table(id, svc, &order, &backends, &index, &mut self.warnings)
         } else {
             order.clone()
         };
@@ -644,6 +686,7 @@ fn maglev_table(
     order: &[u32],
     backends: &[PlannedBackend],
     index: &BTreeMap<u32, usize>,
+    warnings: &mut Vec<Warning>,
 ) -> Vec<u32> {
     use crate::control::maglev;
     let members: Vec<maglev::MaglevBackend> = order
@@ -658,7 +701,7 @@ fn maglev_table(
     match maglev::build(&members, size) {
         Ok(table) => table,
         Err(e) => {
-            tracing::warn!(object = %id, error = %e, "building the Maglev table failed; one slot per backend");
+            warnings.push(Warning { object: id.clone(), message: format!("building the Maglev table failed ({e}); one slot per backend") });
             order.to_vec()
         }
     }

@@ -11,11 +11,12 @@ use std::{
     path::Path,
 };
 
+use aya::util::KernelVersion;
 use serde::Serialize;
 
 /// Oldest kernel we support: BTF-defined maps, bpf_link for XDP (5.9),
 /// `bpf_ktime_get_boot_ns`, and the verifier of the 5.15 LTS.
-pub const MIN_KERNEL: (u32, u32) = (5, 15);
+pub const MIN_KERNEL: (u8, u8) = (5, 15);
 
 /// The outcome of one check.
 #[derive(Clone, Debug, Serialize)]
@@ -52,13 +53,13 @@ pub struct Inputs<'a> {
     pub native_xdp: bool,
     /// Map sizes `run` will use: a pinned map of another size is resized,
     /// one of another layout is refused.
-    pub sizes: crate::loader::MapSizes,
+    pub sizes: crate::pins::MapSizes,
 }
 
 /// Every check, in the order a fix is most useful.
 pub fn all(inp: &Inputs) -> Vec<Check> {
     let mut out = vec![
-        kernel_version(&uname_release()),
+        kernel_version(KernelVersion::current().map_err(|e| e.to_string())),
         btf(Path::new("/sys/kernel/btf/vmlinux")),
     ];
     let status = read_status();
@@ -118,30 +119,15 @@ pub fn require(inp: &Inputs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn uname_release() -> String {
-    // SAFETY: uname fills the zeroed struct.
-    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
-    if unsafe { libc::uname(&mut u) } != 0 {
-        return String::new();
-    }
-    // SAFETY: the kernel NUL-terminates `release`.
-    unsafe { std::ffi::CStr::from_ptr(u.release.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// `major.minor` of a kernel release string ("6.18.0-1-amd64").
-pub fn parse_release(release: &str) -> Option<(u32, u32)> {
-    let mut it = release.split(|c: char| !c.is_ascii_digit());
-    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
-}
-
-pub fn kernel_version(release: &str) -> Check {
+/// The running kernel (aya reads it as the loader does, Ubuntu's and
+/// Debian's version strings included) against [`MIN_KERNEL`].
+pub fn kernel_version(current: Result<KernelVersion, String>) -> Check {
     const NAME: &str = "kernel version";
-    match parse_release(release) {
-        Some(v) if v >= MIN_KERNEL => Check::pass(NAME, format!("{release} (≥ {}.{})", MIN_KERNEL.0, MIN_KERNEL.1)),
-        Some(_) => Check::fail(NAME, format!("{release} is older than {}.{}: upgrade the node's kernel (xdplb needs BTF maps, XDP bpf_links and the 5.15 verifier)", MIN_KERNEL.0, MIN_KERNEL.1)),
-        None => Check::fail(NAME, format!("cannot read the kernel version from {release:?}")),
+    let min = KernelVersion::new(MIN_KERNEL.0, MIN_KERNEL.1, 0);
+    match current {
+        Ok(v) if v >= min => Check::pass(NAME, format!("{v} (≥ {}.{})", MIN_KERNEL.0, MIN_KERNEL.1)),
+        Ok(v) => Check::fail(NAME, format!("{v} is older than {}.{}: upgrade the node's kernel (xdplb needs BTF maps, XDP bpf_links and the 5.15 verifier)", MIN_KERNEL.0, MIN_KERNEL.1)),
+        Err(e) => Check::fail(NAME, format!("cannot read the kernel version: {e}")),
     }
 }
 
@@ -231,7 +217,7 @@ pub fn bpffs(pin_dir: &Path, may_mount: bool) -> Check {
 
 /// Maps an earlier agent pinned must have this build's layout (the loader
 /// refuses them otherwise; this says so before anything is loaded).
-pub fn pinned_maps(pin_dir: &Path, sizes: crate::loader::MapSizes) -> Check {
+pub fn pinned_maps(pin_dir: &Path, sizes: crate::pins::MapSizes) -> Check {
     const NAME: &str = "pinned maps";
     let (mut found, mut resize, mut convert) = (0, Vec::new(), Vec::new());
     for name in lb_common::maps::ALL {
@@ -410,7 +396,7 @@ pub fn tc_attach() -> Check {
 /// (`lb-agent doctor` only; `run` loads them for real anyway).
 pub fn programs() -> Check {
     const NAME: &str = "programs";
-    let sizes = crate::loader::MapSizes { services: 64, backends: 64, slots: 64, conntrack: 1024, affinity: 64 };
+    let sizes = crate::pins::MapSizes { services: 64, backends: 64, slots: 64, conntrack: 1024, affinity: 64 };
     let mut loader = aya::EbpfLoader::new();
     for name in lb_common::maps::ALL {
         loader.map_max_entries(name, crate::migrate::expected(name, sizes).max_entries);
@@ -482,16 +468,16 @@ mod tests {
 
     #[test]
     fn old_kernels_are_refused_with_the_fix() {
-        assert_eq!(parse_release("6.18.0-1-amd64"), Some((6, 18)));
-        assert!(kernel_version("6.18.0-1-amd64").ok);
-        assert!(kernel_version("5.15.0").ok);
-        let c = kernel_version("5.10.0-28-amd64");
+        assert!(kernel_version(Ok(KernelVersion::new(6, 18, 0))).ok);
+        assert!(kernel_version(Ok(KernelVersion::new(5, 15, 0))).ok);
+        let c = kernel_version(Ok(KernelVersion::new(5, 10, 28)));
         assert!(
             !c.ok && c.detail.contains("older than 5.15") && c.detail.contains("upgrade"),
             "{}",
             c.detail
         );
-        assert!(!kernel_version("garbage").ok);
+        assert!(!kernel_version(Err("failed to parse kernel version".into())).ok);
+        assert!(kernel_version(KernelVersion::current().map_err(|e| e.to_string())).ok, "this machine's kernel");
     }
 
     #[test]

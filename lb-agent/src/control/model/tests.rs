@@ -214,7 +214,7 @@ fn one_bad_endpoint_is_skipped_and_named_the_rest_of_its_slice_kept() {
         assert!(line.contains("WARN") && line.contains("shop/web-abc") && line.contains(&format!("endpoint={index}")) && line.contains(reason), "{line}");
     }
     // The typed path (the kube source) gives the same.
-    let slice: discovery::EndpointSlice = serde_yaml::from_str(yaml).unwrap();
+    let slice: discovery::EndpointSlice = serde_norway::from_str(yaml).unwrap();
     let (m, logs) = logs_of(|| Model::from_objects([], [&slice], []));
     assert_eq!(m.slices[&ObjectRef::new("shop", "web-abc")].endpoints.len(), 2);
     assert_eq!(logs.matches("shop/web-abc").count(), 3, "{logs}");

@@ -3,8 +3,11 @@
 //! `namespace/name`, the object skipped). A bad part that does not make the
 //! whole object meaningless (one endpoint of a slice, one address of a Node,
 //! an invalid source range) is skipped alone, with a warning naming the
-//! object and the part. Nothing is left out without a log line: IPv6 parts
-//! of dual-stack objects (valid, just not balanced yet) at debug level.
+//! object and the part. Nothing is left out without a log line at the
+//! default level: IPv6 parts of dual-stack objects and SCTP ports (valid,
+//! just not balanced yet) at info; what kube-proxy ignores too at info the
+//! first time (a headless Service) or at debug (a slice without its service
+//! label).
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr},
@@ -41,7 +44,7 @@ fn parse_ips<'a>(
         match parse_ip(s) {
             Ok(Some(a)) if !out.contains(&a) => out.push(a),
             Ok(Some(_)) => {}
-            Ok(None) => tracing::debug!(object = %id, address = %s, "{what}: IPv6 is not balanced yet; skipping this address"),
+            Ok(None) => tracing::info!(object = %id, address = %s, "{what}: IPv6 is not balanced yet; skipping this address"),
             Err(e) => return Err(format!("{what}: {e}")),
         }
     }
@@ -311,7 +314,7 @@ fn source_ranges(id: &ObjectRef, ranges: &[String]) -> Vec<(Ipv4Addr, u8)> {
                 }
             }
             Some((IpAddr::V6(_), len)) if len <= 128 => {
-                tracing::debug!(object = %id, range = %r, "IPv6 loadBalancerSourceRanges entry: IPv6 is not balanced yet; skipped")
+                tracing::info!(object = %id, range = %r, "IPv6 loadBalancerSourceRanges entry: IPv6 is not balanced yet; skipped")
             }
             _ => tracing::warn!(object = %id, range = %r, "invalid loadBalancerSourceRanges entry (expected a CIDR); ignored"),
         }
@@ -356,7 +359,7 @@ pub(super) fn validate_slice(id: &ObjectRef, s: &discovery::EndpointSlice) -> Op
     match s.address_type.as_str() {
         "IPv4" => {}
         "IPv6" | "FQDN" => {
-            tracing::debug!(object = %id, address_type = %s.address_type, "only IPv4 EndpointSlices are balanced; ignored");
+            tracing::info!(object = %id, address_type = %s.address_type, "only IPv4 EndpointSlices are balanced; ignored");
             return None;
         }
         other => {
@@ -393,7 +396,7 @@ fn slice(id: &ObjectRef, service: &str, s: &discovery::EndpointSlice) -> Result<
         }
         // An unset port means "not restricted"; kube-proxy cannot use it either.
         let (Some(port), Some(proto)) = (p.port, proto) else {
-            tracing::debug!(object = %id, port = %name, "EndpointSlice port without a number, or SCTP: not balanced; skipped");
+            tracing::info!(object = %id, port = %name, "EndpointSlice port without a number, or SCTP: not balanced; skipped");
             continue;
         };
         ports.push(SlicePort {
@@ -454,7 +457,7 @@ pub(super) fn node(id: &ObjectRef, n: &core::Node) -> Node {
         match parse_ip(&a.address) {
             Ok(Some(a)) if !addresses.contains(&a) => addresses.push(a),
             Ok(Some(_)) => {}
-            Ok(None) => tracing::debug!(object = %id, address = %a.address, "Node IPv6 address: not balanced yet; skipped"),
+            Ok(None) => tracing::info!(object = %id, address = %a.address, "Node IPv6 address: not balanced yet; skipped"),
             Err(reason) => tracing::warn!(object = %id, %reason, "skipping an invalid Node address; the others are kept"),
         }
     }

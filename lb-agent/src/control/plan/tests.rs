@@ -1001,3 +1001,43 @@ addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints
     // Unknown: logged, the node's mode applies.
     assert_eq!(flags("tunnel"), 0);
 }
+
+/// `replan` is a function of its inputs: it leaves the previous ids alone,
+/// returns the next ones, and returns what it skipped instead of logging it
+/// (the agent logs each warning once, not on every re-plan).
+#[test]
+fn replan_takes_the_previous_ids_and_returns_the_next_with_its_warnings() {
+    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: ns}\nspec: {clusterIP: 10.96.5.5, ports: [{name: http, port: 80}]}\n---\n\
+                apiVersion: v1\nkind: Service\nmetadata: {name: b, namespace: ns}\nspec: {clusterIP: 10.96.5.6, externalIPs: [10.96.5.5], ports: [{name: http, port: 80}]}\n";
+    let m = model(text);
+    let prev = ids();
+    let first = replan(&m, &cfg(), &prev);
+    assert_eq!(prev, ids(), "the previous assignment is not touched");
+    assert_ne!(first.ids, prev, "the new one holds the services' ids");
+    assert_eq!(first.warnings.len(), 1, "{:?}", first.warnings);
+    let w = &first.warnings[0];
+    assert_eq!(w.object, ObjectRef::new("ns", "b"));
+    assert!(w.message.contains("10.96.5.5:80") && w.message.contains("already used"), "{w}");
+
+    // Same inputs, same outputs; and the next plan from the returned ids
+    // keeps every id (and the same warning, which the caller already logged).
+    let again = replan(&m, &cfg(), &prev);
+    assert_eq!((&again.plan, &again.ids, &again.warnings), (&first.plan, &first.ids, &first.warnings));
+    let next = replan(&m, &cfg(), &first.ids);
+    assert_eq!(next.plan, first.plan);
+    assert_eq!(next.ids, first.ids);
+    assert_eq!(next.warnings, first.warnings);
+
+    // The in-place wrapper is the same computation.
+    let mut in_place = ids();
+    assert_eq!(plan(&m, &cfg(), &mut in_place), first.plan);
+    assert_eq!(in_place, first.ids);
+
+    // A full id space is a warning naming the service left out, not a log line.
+    let full = replan(&m, &cfg(), &Ids::new(1, 1 << 20));
+    assert!(
+        full.warnings.iter().any(|w| w.object == ObjectRef::new("ns", "b") && w.message.contains("no free service id")),
+        "{:?}",
+        full.warnings
+    );
+}

@@ -543,16 +543,16 @@ mod tests {
                     status: {addresses: [{type: InternalIP, address: 192.168.1.1}]}\n";
         let mut from_yaml = Model::default();
         from_yaml.add_yaml(yaml, "test");
-        let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(yaml)
+        let docs: Vec<serde_norway::Value> = serde_norway::Deserializer::from_str(yaml)
             .map(|d| serde::Deserialize::deserialize(d).expect("yaml"))
             .collect();
         let services: Vec<Service> = docs[..2]
             .iter()
-            .map(|d| serde_yaml::from_value(d.clone()).expect("service"))
+            .map(|d| serde_norway::from_value(d.clone()).expect("service"))
             .collect();
         let slices: Vec<EndpointSlice> =
-            vec![serde_yaml::from_value(docs[2].clone()).expect("slice")];
-        let nodes: Vec<Node> = vec![serde_yaml::from_value(docs[3].clone()).expect("node")];
+            vec![serde_norway::from_value(docs[2].clone()).expect("slice")];
+        let nodes: Vec<Node> = vec![serde_norway::from_value(docs[3].clone()).expect("node")];
         let typed = Model::from_objects(&services, &slices, &nodes);
         assert_eq!(typed, from_yaml);
         assert_eq!(typed.services.len(), 1, "the invalid Service is skipped");

@@ -1,0 +1,56 @@
+//! Where the agent's kernel objects live and how they are found: the pin
+//! directory and its layout (maps, links, a resized map's temporary pin), the
+//! sizes of the maps that scale with the cluster, and program lookup in a
+//! loaded object. A leaf: the loader, link and migration modules all use it.
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use aya::Ebpf;
+use lb_common::maps::default_size;
+
+/// Default directory of the pinned maps.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/xdplb";
+
+/// Sizes of the maps that scale with the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapSizes {
+    pub services: u32,
+    pub backends: u32,
+    pub slots: u32,
+    pub conntrack: u32,
+    pub affinity: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        Self {
+            services: default_size::SERVICES,
+            backends: default_size::BACKENDS,
+            slots: default_size::SLOTS,
+            conntrack: default_size::CONNTRACK,
+            affinity: default_size::AFFINITY,
+        }
+    }
+}
+
+/// Where the links of `pin_dir`'s programs are pinned.
+pub fn links_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join("links")
+}
+
+/// Where a resized map is pinned until it replaces the old one (bpffs
+/// refuses names with a dot).
+pub fn next_path(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push("_next");
+    PathBuf::from(p)
+}
+
+/// The program `name` of a loaded object, as its type `T`.
+pub(crate) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let p = ebpf.program_mut(name).with_context(|| format!("program {name} missing from the object"))?;
+    p.try_into().with_context(|| format!("program {name} has an unexpected type"))
+}
