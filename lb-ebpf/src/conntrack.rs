@@ -2,7 +2,7 @@
 //! its replies. Both directions of a flow are entries of one LRU map.
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
 use lb_common::{
-    counter, direction, flow_flags, BackendV4, Config, FlowKeyV4, FlowV4, NatConfig,
+    counter, direction, flow_flags, BackendV4, Config, FlowKeyV4, FlowV4, NatConfig, ServiceV4,
     HAIRPIN_ADDR_V4, IPPROTO_TCP,
 };
 
@@ -10,6 +10,7 @@ use crate::{
     clock::{now, since, NS},
     load,
     maps::{backends_v4, config, conntrack_v4, nat_config, snat_exhausted},
+    mode,
     parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN},
     stats::count,
     verdict::Verdict,
@@ -369,8 +370,8 @@ fn snat_for(origin: Origin, backend: &BackendV4) -> Option<NatConfig> {
 /// backend could not tell the flows apart either: the newer flow then gets
 /// another client port (like netfilter's NAT clash resolution).
 ///
-/// `dsr` (decided by the caller for an external flow to a backend on
-/// another node, see `mode.rs`): the flow keeps the client's address, and
+/// A DSR flow (an external flow to a backend on another node whose mode
+/// says so, see `mode.rs`) keeps the client's address, and
 /// only its forward half is created here; the backend's node makes the
 /// reply half from the packets' DSR option ([`record_dsr_reply`]).
 ///
@@ -381,13 +382,14 @@ fn snat_for(origin: Origin, backend: &BackendV4) -> Option<NatConfig> {
 pub fn create(
     key: &FlowKeyV4,
     p: &Packet,
-    service_id: u32,
+    svc: &ServiceV4,
     backend_id: u32,
     backend: &BackendV4,
     now: u64,
     origin: Origin,
-    dsr: bool,
 ) -> Result<Rewrite, Verdict> {
+    let service_id = svc.id;
+    let dsr = origin == Origin::External && backend.is_remote() && mode::dsr(svc.flags, p.proto);
     let snat = if dsr { None } else { snat_for(origin, backend) };
     let client_addr = match snat {
         Some(n) => n.addr_v4,

@@ -7,7 +7,6 @@ use crate::{
     clock,
     conntrack::{self, Origin, Rewrite},
     maps::{backends_v4, services_v4, source_ranges_v4},
-    mode,
     parse::Packet,
     select, stats,
     verdict::Verdict,
@@ -46,8 +45,7 @@ pub fn balance(p: &Packet, origin: Origin) -> Result<Option<Rewrite>, Verdict> {
     let Some(&backend) = backends_v4.get(backend_id).filter(|b| !b.is_empty()) else {
         return no_backend();
     };
-    let dsr = origin == Origin::External && backend.is_remote() && mode::dsr(svc.flags, p.proto);
-    let rw = conntrack::create(&key, p, svc.id, backend_id, &backend, now, origin, dsr)?;
+    let rw = conntrack::create(&key, p, &svc, backend_id, &backend, now, origin)?;
     stats::service(svc.id, |s| {
         s.packets += 1;
         s.bytes += p.ip_len as u64;
