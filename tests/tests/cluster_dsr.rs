@@ -467,11 +467,13 @@ fn a_service_annotated_dsr_uses_it_on_snat_nodes_also_to_host_network_backends()
         }
     }
     let n1 = counters(&mut c, 1);
-    // At most the plain Service's 400 flows (a client port the kernel hands
-    // out again within the UDP timeout continues its flow).
+    // About the plain Service's 400 flows: a client port reused within the
+    // UDP timeout continues its flow, a TCP port reused after a close makes
+    // a new one; the annotated Services' 400 + 400 (checked exactly above
+    // by what their backends saw) are not among them.
     let snat = n1[counter::SNAT_NEW as usize];
     println!("node-1: snat_new={snat} dsr_forward={}", n1[counter::DSR_FORWARD as usize]);
-    assert!((1..=400).contains(&snat), "only the plain Service's flows were SNATed: {snat}");
+    assert!((380..=420).contains(&snat), "only the plain Service's flows were SNATed: {snat}");
     assert!(n1[counter::DSR_FORWARD as usize] >= 800, "the annotated ones' 800 flows went with DSR");
 }
 
