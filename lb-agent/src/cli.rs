@@ -52,6 +52,9 @@ pub enum Command {
     Conntrack(ConntrackArgs),
     /// Dataplane counters by reason and per-service statistics.
     Stats(MapsArgs),
+    /// The busiest services by packets, new flows and drops, refreshed
+    /// every second (q quits); `--once --json` prints one sample.
+    Top(TopArgs),
     /// What the dataplane does with one packet, from the live maps:
     /// frontend, service, policy, candidate backends, the pick, conntrack,
     /// source ranges and the verdict (DNAT, REJECT, DROP or PASS).
@@ -324,6 +327,43 @@ pub struct DoctorArgs {
     /// resized, which the report says).
     #[command(flatten)]
     pub sizes: SizeArgs,
+}
+
+/// `lb-agent top` (top.rs).
+#[derive(Debug, Args)]
+pub struct TopArgs {
+    /// Directory of the pinned maps (as given to `lb-agent run`).
+    #[arg(long, default_value = lb_agent::pins::DEFAULT_PIN_DIR)]
+    pub pin_path: PathBuf,
+    /// Seconds between readings (rates are averaged over it).
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0, value_parser = parse_interval)]
+    pub interval: f64,
+    /// Print one sample (two readings one interval apart) and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// With --once: print JSON instead of a table.
+    #[arg(long, requires = "once")]
+    pub json: bool,
+    /// Rank services by packets, new flows or drops.
+    #[arg(long, value_enum, default_value_t = SortArg::Packets)]
+    pub sort: SortArg,
+    /// Services shown (the terminal's height also limits the live view).
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SortArg {
+    Packets,
+    NewFlows,
+    Drops,
+}
+
+fn parse_interval(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.1..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?}: give seconds between 0.1 and 3600")),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -8,6 +8,7 @@ mod install;
 mod ops_cli;
 mod podifaces;
 mod print;
+mod top;
 
 use std::io::IsTerminal as _;
 
@@ -34,6 +35,7 @@ async fn main() -> Result<()> {
         Command::Backends(a) => ops_cli::backends(a),
         Command::Conntrack(a) => ops_cli::conntrack(a),
         Command::Stats(a) => ops_cli::stats(a),
+        Command::Top(a) => top::run(a),
         Command::Doctor(a) => ops_cli::doctor(a),
         Command::Explain(a) => explain_cli::run(a),
         Command::Install(a) => install::install(a),

@@ -29,12 +29,16 @@ pub fn add_bytes(mut sum: u32, bytes: &[u8]) -> u32 {
 }
 
 /// The checksum of `bytes`: the complement of their one's complement sum.
+/// Inlined: as a BPF subprogram its frame would lengthen the reset's call
+/// chain past 6.1's 512-byte limit (frames rounded to 32 bytes).
+#[inline(always)]
 pub fn checksum(bytes: &[u8]) -> u16 {
     !fold(add_bytes(0, bytes))
 }
 
 /// The TCP/UDP checksum of a segment over the IPv4 pseudo header.
 /// `segment` is the whole L4 header and payload with its checksum field zeroed.
+#[inline(always)]
 pub fn l4_checksum_v4(src: [u8; 4], dst: [u8; 4], proto: u8, segment: &[u8]) -> u16 {
     let mut sum = add_bytes(0, &src);
     sum = add_bytes(sum, &dst);

@@ -32,8 +32,9 @@ pub fn tc(ctx: &TcContext, p: &Packet, reason: u32) -> Result<Verdict, Verdict> 
 /// Turns the datagram in a socket buffer into its port unreachable: room
 /// for the new headers is made after the Ethernet header, which moves the
 /// datagram's headers into the quote's place, and the payload is cut.
-/// Datagrams with IPv4 options are dropped.
-#[inline(always)]
+/// Datagrams with IPv4 options are dropped. Out of line, as `reset::tc`,
+/// so its few locals stay out of `tc_ingress`'s frame.
+#[inline(never)]
 fn unreachable(ctx: &TcContext, p: &Packet, reason: u32) -> Result<Verdict, Verdict> {
     if p.l4 != 14 + 20 {
         return Err(Verdict::Drop(reason));

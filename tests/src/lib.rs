@@ -15,10 +15,12 @@ pub mod netns;
 pub mod observe;
 pub mod ops;
 pub mod packet;
+pub mod prometheus;
 pub mod servers;
 pub mod services;
 pub mod tc;
 pub mod topology;
+pub mod traffic;
 pub mod vm;
 
 /// Panics with a clear message unless the process runs as root.

@@ -103,6 +103,7 @@ struct Objects {
     services: Vec<Service>,
     ingresses: Vec<Ingress>,
     ingress_classes: Vec<IngressClass>,
+    pod_monitors: Vec<Value>,
     count: usize,
 }
 
@@ -119,10 +120,17 @@ fn objects() -> Objects {
             None if file.file_name().is_some_and(|n| n == "config.yaml") => {
                 o.agent_configs.push(file)
             }
+            // Prometheus rules (deploy/observability): observability_rules.rs checks them.
+            None if file.file_name().is_some_and(|n| n == "rules.yaml") => {}
             None => panic!("{}: a document without `kind`", file.display()),
-            Some("Kustomization") if api.starts_with("kustomize.config.k8s.io/") => {
+            Some("Kustomization" | "Component") if api.starts_with("kustomize.config.k8s.io/") => {
                 o.kustomizations.push((file, v))
             }
+            // The Prometheus Operator's kinds (deploy/observability): no
+            // k8s-openapi types; observability_rules.rs checks the rules and
+            // the pod monitor is checked against the DaemonSet below.
+            Some("PrometheusRule") if api == "monitoring.coreos.com/v1" => {}
+            Some("PodMonitor") if api == "monitoring.coreos.com/v1" => o.pod_monitors.push(v),
             Some("Namespace") => o.namespaces.push(round_trip(&file, &v)),
             Some("ServiceAccount") => o.service_accounts.push(round_trip(&file, &v)),
             Some("ClusterRole") => o.cluster_roles.push(round_trip(&file, &v)),
@@ -533,6 +541,7 @@ fn kustomizations_reference_files_that_exist_and_patches_that_apply() {
         let mut refs: Vec<&str> = k["resources"]
             .as_array()
             .into_iter()
+            .chain(k["components"].as_array())
             .flatten()
             .filter_map(Value::as_str)
             .collect();
@@ -665,4 +674,24 @@ fn the_example_services_select_pods_and_ports_that_exist() {
         1,
         "the ingress controller's Service is the one LoadBalancer"
     );
+}
+
+#[test]
+fn the_pod_monitor_scrapes_the_agents_metrics_port_as_job_xdplb_per_node() {
+    let o = objects();
+    let (_, ds) = &o.daemon_sets[0];
+    let pod_labels = ds.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.clone().unwrap();
+    let ports: Vec<String> = the_container(ds).ports.iter().flatten().filter_map(|p| p.name.clone()).collect();
+    assert_eq!(o.pod_monitors.len(), 1);
+    let pm = &o.pod_monitors[0];
+    for (k, v) in pm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(pod_labels.get(k).map(String::as_str), v.as_str(), "the PodMonitor selects {k}={v}: no agent pod has it");
+    }
+    let ep = &pm["spec"]["podMetricsEndpoints"][0];
+    assert!(ports.contains(&ep["port"].as_str().unwrap().to_string()), "port {} not in {ports:?}", ep["port"]);
+    assert_eq!(ep["path"], "/metrics");
+    // The rules and the dashboard select job="xdplb" and a node per instance.
+    let relabel = ep["relabelings"].as_array().unwrap();
+    assert!(relabel.iter().any(|r| r["targetLabel"] == "job" && r["replacement"] == "xdplb"), "{relabel:?}");
+    assert!(relabel.iter().any(|r| r["targetLabel"] == "instance" && r["sourceLabels"][0] == "__meta_kubernetes_pod_node_name"), "{relabel:?}");
 }

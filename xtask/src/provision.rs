@@ -15,6 +15,11 @@ const TOOLS: &[(&str, &str)] = &[
     ("sysctl", "procps"),
     ("nsenter", "util-linux"),
     ("nginx", "nginx-light"),
+    // The observability tests: promtool over the rules, a real Prometheus
+    // scraping an agent, and `lb-agent top` driven in a terminal.
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
+    ("tmux", "tmux"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -411,6 +411,7 @@ fn dataplane(w: &mut Writer, dp: &Dataplane, pin_dir: &Path, names: &Names) {
         (maps::SERVICE_SLOTS, dp.slots.keys().count()),
         (maps::CONNTRACK_V4, flows),
         (maps::AFFINITY_V4, dp.affinity.keys().count()),
+        (maps::SOCK_REVNAT_V4, sock_revnat_entries(pin_dir)),
     ];
     w.family("xdplb_map_entries", "gauge", "Entries in a pinned map.");
     for (m, n) in counted {
@@ -448,6 +449,17 @@ fn dataplane(w: &mut Writer, dp: &Dataplane, pin_dir: &Path, names: &Names) {
             );
         }
     }
+}
+
+/// Entries of `sock_revnat_v4`, the socket balancer's reverse NAT (an LRU:
+/// when full, its oldest entries are evicted). Opened here: only the
+/// metrics read it.
+fn sock_revnat_entries(pin_dir: &Path) -> usize {
+    let Ok(data) = aya::maps::MapData::from_pin(pin_dir.join(maps::SOCK_REVNAT_V4)) else { return 0 };
+    let map = aya::maps::Map::from_map_data(data).ok().and_then(|m| {
+        aya::maps::HashMap::<_, lb_common::SockRevKeyV4, lb_common::SockRevV4>::try_from(m).ok()
+    });
+    map.map_or(0, |m| m.keys().filter(|k| k.is_ok()).count())
 }
 
 /// Writes families and samples in the text format.

@@ -8,3 +8,4 @@ pub mod http;
 pub mod inspect;
 pub mod metrics;
 pub mod names;
+pub mod top;
