@@ -106,8 +106,9 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut dp = Dataplane::open(&args.pin_path)?;
     let redirect = ifindexes(&args.redirect_ifaces)?;
     dp.set_redirect_ifaces(&redirect)?;
-    let flags = if redirect.is_empty() { 0 } else { lb_common::config_flags::XDP_REDIRECT };
+    let flags = if redirect.is_empty() { 0 } else { lb_common::config_flags::XDP_REDIRECT } | args.snat.lb_mode.config_flags();
     dp.set_config(&lb_common::Config { flags, ..Default::default() })?;
+    tracing::info!(mode = %args.snat.lb_mode, "load-balancing mode of external flows to backends on other nodes (--lb-mode; a Service's xdplb.io/lb-mode wins)");
     let snat = SnatSettings::from(&args.snat);
     if !snat.off {
         snat::reserve(snat.ports).context("reserving the SNAT ports from the node's ephemeral ports (--snat-ports)")?;

@@ -300,6 +300,13 @@ pub struct SnatArgs {
     /// route their replies through this node themselves.
     #[arg(long)]
     pub no_snat: bool,
+    /// How external clients' flows reach backends on other nodes: snat
+    /// (replies return through this node), dsr (the client address is kept
+    /// and the backend's node answers directly; every node must run it),
+    /// hybrid (DSR for TCP, SNAT for UDP). A Service may choose its own
+    /// with the annotation xdplb.io/lb-mode.
+    #[arg(long, value_name = "MODE", default_value_t = lb_agent::lbmode::LbMode::default())]
+    pub lb_mode: lb_agent::lbmode::LbMode,
 }
 
 impl From<&SnatArgs> for lb_agent::snat::SnatSettings {

@@ -237,6 +237,9 @@ fn flag_names(flags: u8) -> Vec<&'static str> {
         (service_flags::SOURCE_RANGES, "source-ranges"),
         (service_flags::LOCAL_ELSEWHERE, "local-elsewhere"),
         (service_flags::IN_CLUSTER_ALT, "in-cluster-alt"),
+        (service_flags::LB_MODE, "own-lb-mode"),
+        (service_flags::DSR_TCP, "dsr-tcp"),
+        (service_flags::DSR_UDP, "dsr-udp"),
     ]
     .into_iter()
     .filter(|(bit, _)| flags & bit != 0)
@@ -330,10 +333,15 @@ pub fn explain(q: &Query, s: &Snapshot, names: &crate::ops::names::Names) -> Exp
                 }
                 // conntrack::snat_for: an external client's flow to a backend on
                 // another node leaves with this node's address as source.
-                let snat = (q.origin == Origin::External && b.is_remote() && s.nat.addr_v4 != [0; 4]).then(|| {
+                // Unless it goes with DSR (mode.rs): the client is kept.
+                let remote = q.origin == Origin::External && b.is_remote();
+                let dsr = remote && lb_common::dsr::uses_dsr(svc.flags, s.config.flags, q.proto);
+                let snat = (remote && !dsr && s.nat.addr_v4 != [0; 4]).then(|| {
                     format!("{}:{}-{}", Ipv4Addr::from(s.nat.addr_v4), s.nat.port_min, s.nat.port_max)
                 });
-                let reason = if snat.is_some() {
+                let reason = if dsr {
+                    "new flow to a backend on another node: DSR (the client address kept, the service in an IPv4 option; the backend's node answers the client)"
+                } else if snat.is_some() {
                     "new flow to a backend on another node: SNAT so the reply returns here (refused if no port is free)"
                 } else {
                     "new flow"
@@ -706,6 +714,27 @@ mod tests {
         let e = explain(&query, &s, &Default::default());
         assert_eq!(e.verdict.reason, "new flow");
         assert!(!e.conntrack.unwrap().used);
+    }
+
+    #[test]
+    fn a_remote_backend_is_snated_or_reached_with_dsr_as_the_modes_say() {
+        let mut s = snapshot();
+        for b in s.contents.backends.values_mut() {
+            b.flags = lb_common::backend_flags::REMOTE;
+        }
+        s.nat = NatConfig { addr_v4: [192, 168, 1, 1], port_min: 61000, port_max: 65535 };
+        let query = q("192.168.1.2:41000", "10.96.0.10:80");
+        let e = explain(&query, &s, &Default::default());
+        assert_eq!(e.verdict.snat.as_deref(), Some("192.168.1.1:61000-65535"));
+        s.config.flags = lb_common::config_flags::DSR_TCP;
+        let e = explain(&query, &s, &Default::default());
+        assert_eq!(e.verdict.snat, None);
+        assert!(e.verdict.reason.contains("DSR"), "{}", e.verdict.reason);
+        // A service that chose snat for itself overrides the node's dsr.
+        for v in s.contents.services.values_mut() {
+            v.flags |= service_flags::LB_MODE;
+        }
+        assert!(explain(&query, &s, &Default::default()).verdict.snat.is_some());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! with the desired state, and reads them back for operators.
 pub mod bpfsys;
 pub mod dataplane;
+pub mod lbmode;
 pub mod links;
 pub mod linkwatch;
 pub mod loader;

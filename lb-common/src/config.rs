@@ -25,6 +25,11 @@ pub mod config_flags {
     /// egress interface is in `redirect_ifaces`, instead of passing them to
     /// the kernel's forwarding.
     pub const XDP_REDIRECT: u32 = 1 << 0;
+    /// External TCP flows to backends on other nodes use DSR, not SNAT
+    /// (`--lb-mode dsr` or `hybrid`).
+    pub const DSR_TCP: u32 = 1 << 1;
+    /// The same for UDP (`--lb-mode dsr`).
+    pub const DSR_UDP: u32 = 1 << 2;
 }
 
 /// Bumped whenever a map's key, value or meaning changes.

@@ -43,6 +43,11 @@ pub mod flow_flags {
     /// the SNAT range (its backend is on another node): XDP forwards its
     /// packets itself, as the kernel drops packets from its own address.
     pub const SNAT: u8 = 1 << 2;
+    /// A DSR flow (see [`crate::dsr`]): on the balancing node a FORWARD
+    /// entry alone (replies never pass it), on the backend's node a REPLY
+    /// entry alone (made from the packets' option). Neither has the other
+    /// half on its node, so none is restored.
+    pub const DSR: u8 = 1 << 3;
     /// On a reply half: the backend answered at least twice, so the flow is
     /// saved in `conntrack_confirmed_v4` (see lb-ebpf's `confirmed`). A high
     /// bit, clear of the flags other branches add after bit 2.

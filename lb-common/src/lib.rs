@@ -11,6 +11,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod dsr;
 pub mod flow;
 pub mod maps;
 pub mod nat;

@@ -84,6 +84,14 @@ pub mod service_flags {
     /// serve is refused (TCP reset, ICMP port unreachable), as kube-proxy's
     /// nftables mode does, instead of leaking to the node's routing.
     pub const UNSERVED_REFUSED: u8 = 1 << 4;
+    /// The service sets its own mode for external flows to backends on
+    /// other nodes (annotation `xdplb.io/lb-mode`), overriding the node's:
+    /// DSR for the protocols flagged below, SNAT for the others.
+    pub const LB_MODE: u8 = 1 << 5;
+    /// With [`LB_MODE`]: TCP flows use DSR.
+    pub const DSR_TCP: u8 = 1 << 6;
+    /// With [`LB_MODE`]: UDP flows use DSR.
+    pub const DSR_UDP: u8 = 1 << 7;
 }
 
 /// Value of `services_v4`.

@@ -79,6 +79,10 @@ counters! {
     CT_HALF_RESTORED = 23, "conntrack_half_restored", "Event: one half of a live flow's conntrack pair had been evicted and was restored from the other.";
     FORWARD_FALLBACK = 24, "forward_fallback", "Event: XDP could not forward a SNATed packet itself (no route or neighbour): passed to the kernel.";
     ICMP_NAT = 25, "icmp_nat", "Translated: an ICMP error about a NATed flow, rewritten to the packet its receiver sent (path MTU, port unreachable).";
+    DSR_FORWARD = 26, "dsr_forward", "Forwarded to a backend on another node with DSR: destination rewritten, the service address carried in an IPv4 option, the client address kept.";
+    DSR_DECAP = 27, "dsr_decap", "Received for a local backend with a DSR option: the reply state was recorded, the option taken off, the packet passed on.";
+    DSR_FRAG_NEEDED = 28, "dsr_frag_needed", "Answered: a DF packet that no longer fits its egress with the DSR option got an ICMP fragmentation-needed carrying the reduced MTU.";
+    DSR_MSS_CLAMPED = 29, "dsr_mss_clamped", "Event: the MSS of a DSR flow's SYN-ACK was lowered by the DSR option's size.";
     DROP_UNSERVED = 30, "drop_unserved_port", "Refused: a ClusterIP on a port or protocol it does not serve (a TCP SYN gets a reset, UDP a port unreachable).";
     DROP_SERVICE_CIDR = 31, "drop_service_cidr", "Dropped: an address of the service CIDR that no Service has.";
     UNREACH_SENT = 32, "icmp_unreachable_sent", "Event: a UDP datagram to a service port without backends, or one a ClusterIP does not serve, was answered with ICMP port unreachable.";
@@ -91,8 +95,16 @@ pub const FIRST_EVENT: u32 = counter::REBALANCED;
 
 /// Outcomes added after the first events: appended, so earlier indexes keep
 /// their meaning in pinned `counters` maps across upgrades.
-pub const LATE_OUTCOMES: &[u32] =
-    &[counter::DROP_SOURCE_RANGE, counter::DROP_SNAT_EXHAUSTED, counter::ICMP_NAT, counter::DROP_UNSERVED, counter::DROP_SERVICE_CIDR];
+pub const LATE_OUTCOMES: &[u32] = &[
+    counter::DROP_SOURCE_RANGE,
+    counter::DROP_SNAT_EXHAUSTED,
+    counter::ICMP_NAT,
+    counter::DSR_FORWARD,
+    counter::DSR_DECAP,
+    counter::DSR_FRAG_NEEDED,
+    counter::DROP_UNSERVED,
+    counter::DROP_SERVICE_CIDR,
+];
 
 /// Whether counter `idx` is an outcome (every packet bumps exactly one).
 pub fn is_outcome(idx: u32) -> bool {

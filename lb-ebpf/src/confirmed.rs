@@ -47,7 +47,7 @@ pub fn on_reply(reply_key: &FlowKeyV4, reply: &mut FlowV4) {
         if save(forward) && conntrack_confirmed_v4.insert(reply_key, &*reply, 0).is_ok() {
             count(counter::CT_CONFIRMED);
         }
-    } else if (conntrack_confirmed_v4.get_ptr(forward).is_none() || conntrack_confirmed_v4.get_ptr(reply_key).is_none()) {
+    } else if conntrack_confirmed_v4.get_ptr(forward).is_none() || conntrack_confirmed_v4.get_ptr(reply_key).is_none() {
         // Evicted from the confirmed table too (more live confirmed flows
         // than it holds): saved again while the flow is alive.
         if save(forward) {
@@ -102,7 +102,7 @@ pub fn restore(key: &FlowKeyV4, p: &Packet) -> Option<*mut FlowV4> {
     conntrack_v4.insert(key, saved, 0).ok()?;
     let e = conntrack_v4.get_ptr_mut(key)?;
     // SAFETY: the entry just inserted; valid for this program run.
-    unsafe { (*e).last_seen_ns = crate::conntrack::now().saturating_sub(crate::conntrack::TOUCH_INTERVAL_NS + 1) };
+    unsafe { (*e).last_seen_ns = crate::clock::now().saturating_sub(crate::conntrack::TOUCH_INTERVAL_NS + 1) };
     count(counter::CT_CONFIRMED_RESTORED);
     Some(e)
 }

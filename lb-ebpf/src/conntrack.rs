@@ -1,18 +1,17 @@
 //! Conntrack: pins every flow to its backend, and remembers how to rewrite
 //! its replies. Both directions of a flow are entries of one LRU map.
-use aya_ebpf::{
-    bindings::BPF_NOEXIST,
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
-};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
 use lb_common::{
-    counter, direction, flow_flags, BackendV4, Config, FlowKeyV4, FlowV4, NatConfig,
+    counter, direction, flow_flags, BackendV4, Config, FlowKeyV4, FlowV4, NatConfig, ServiceV4,
     HAIRPIN_ADDR_V4, IPPROTO_TCP,
 };
 
 use crate::{
+    clock::{now, since, NS},
+    load,
     maps::{backends_v4, config, conntrack_v4, nat_config, snat_exhausted},
+    mode,
     parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN},
-    select,
     stats::count,
     verdict::Verdict,
 };
@@ -31,7 +30,6 @@ pub enum Origin {
     Pod,
 }
 
-const NS: u64 = 1_000_000_000;
 /// `last_seen_ns` is refreshed at most this often, to keep writes to a shared
 /// entry rare.
 pub(crate) const TOUCH_INTERVAL_NS: u64 = NS;
@@ -46,10 +44,38 @@ pub struct Rewrite {
     pub port: [u8; 2],
     pub peer_addr: [u8; 4],
     pub peer_port: [u8; 2],
+    /// How the flow reaches a backend on another node, if it does.
+    pub kind: Kind,
+}
+
+/// What a flow's packets need besides the rewrite. One field, not two
+/// flags: a second `bool` in `Rewrite` changed the layout of the results
+/// carrying it, and LLVM then stored an unset register as their padding
+/// on an error path, which the verifier refuses ("R1 !read_ok").
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Nothing more.
+    Plain,
     /// A SNAT flow: one end of the rewritten packet is this node's own
     /// address (or a service address of it), which the kernel's forwarding
     /// drops as martian, so the hook must forward the packet itself.
-    pub snat: bool,
+    Snat,
+    /// A DSR flow: the packet leaves with the service address in an IPv4
+    /// option (forward half), or its reply's SYN-ACK gets its MSS lowered
+    /// (reply half); see `dsr.rs`.
+    Dsr,
+}
+
+impl Rewrite {
+    #[inline(always)]
+    pub fn snat(&self) -> bool {
+        self.kind == Kind::Snat
+    }
+
+    #[inline(always)]
+    pub fn dsr(&self) -> bool {
+        self.kind == Kind::Dsr
+    }
 }
 
 impl Rewrite {
@@ -60,25 +86,15 @@ impl Rewrite {
             port,
             peer_addr: e.peer_addr,
             peer_port: e.peer_port,
-            snat: e.flags & flow_flags::SNAT != 0,
+            kind: if e.flags & flow_flags::SNAT != 0 {
+                Kind::Snat
+            } else if e.flags & flow_flags::DSR != 0 {
+                Kind::Dsr
+            } else {
+                Kind::Plain
+            },
         }
     }
-}
-
-/// CLOCK_MONOTONIC at tick resolution (a few ms): every timeout is seconds
-/// long, and reading the coarse clock costs a fraction of the precise one
-/// (~15 ns less per packet here).
-#[inline(always)]
-pub fn now() -> u64 {
-    // SAFETY: helper without preconditions.
-    unsafe { bpf_ktime_get_coarse_ns() }
-}
-
-/// Time since `t`; 0 if `t` is ahead of `now` (a stamp from a precise clock,
-/// e.g. written by an earlier version, may be up to a tick ahead).
-#[inline(always)]
-pub fn since(now: u64, t: u64) -> u64 {
-    now.saturating_sub(t)
 }
 
 /// A copy of the entry at (src, dst, sport, dport, proto), untouched.
@@ -147,7 +163,7 @@ fn touch(entry: &mut FlowV4, p: &Packet, now: u64) -> bool {
         entry.flags |= flow_flags::CLOSING;
         due = true;
         if entry.direction == direction::FORWARD {
-            select::load_change(entry.backend_id, false);
+            load::change(entry.backend_id, false);
         }
     }
     due
@@ -224,6 +240,10 @@ fn other_ends(key: &FlowKeyV4, e: &FlowV4) -> (AddrPort, AddrPort) {
 /// timeout (a half that is gone stays gone).
 #[inline(always)]
 fn keep_pair(key: &FlowKeyV4, e: &FlowV4) {
+    // A DSR flow's other half lives on the other node (or nowhere).
+    if e.flags & flow_flags::DSR != 0 {
+        return;
+    }
     let other = other_key(key, e);
     let closing = e.flags & flow_flags::CLOSING != 0;
     match conntrack_v4.get_ptr_mut(other) {
@@ -352,6 +372,11 @@ fn snat_for(origin: Origin, backend: &BackendV4) -> Option<NatConfig> {
 /// backend could not tell the flows apart either: the newer flow then gets
 /// another client port (like netfilter's NAT clash resolution).
 ///
+/// A DSR flow (an external flow to a backend on another node whose mode
+/// says so, see `mode.rs`) keeps the client's address, and
+/// only its forward half is created here; the backend's node makes the
+/// reply half from the packets' DSR option ([`record_dsr_reply`]).
+///
 /// The client end the backend sees: the client itself; for a SNAT flow
 /// (see [`Origin::External`]) this node's address and a port of the SNAT
 /// range; for a hairpin (see [`Origin::Pod`]) [`HAIRPIN_ADDR_V4`].
@@ -359,19 +384,27 @@ fn snat_for(origin: Origin, backend: &BackendV4) -> Option<NatConfig> {
 pub fn create(
     key: &FlowKeyV4,
     p: &Packet,
-    service_id: u32,
+    svc: &ServiceV4,
     backend_id: u32,
     backend: &BackendV4,
     now: u64,
     origin: Origin,
 ) -> Result<Rewrite, Verdict> {
-    let snat = snat_for(origin, backend);
+    let service_id = svc.id;
+    let dsr = origin == Origin::External && backend.is_remote() && mode::dsr(svc.flags, p.proto);
+    let snat = if dsr { None } else { snat_for(origin, backend) };
     let client_addr = match snat {
         Some(n) => n.addr_v4,
         None if origin == Origin::Pod && backend.addr == p.src => HAIRPIN_ADDR_V4,
         None => p.src,
     };
-    let flags = if snat.is_some() { flow_flags::SNAT } else { 0 };
+    let flags = if dsr {
+        flow_flags::DSR
+    } else if snat.is_some() {
+        flow_flags::SNAT
+    } else {
+        0
+    };
     let mut reply_key = flow_key(backend.addr, client_addr, backend.port, p.sport, p.proto);
     let mut reply = FlowV4 {
         backend_id,
@@ -389,7 +422,9 @@ pub fn create(
         bytes: 0,
     };
     // The reply entry first: once the forward entry exists, a reply may follow.
-    if let Some(n) = snat {
+    if dsr {
+        // Replies never come back through this node.
+    } else if let Some(n) = snat {
         if !snat_insert(&mut reply_key, &reply, &n, now) {
             if let Some(c) = snat_exhausted.get_ptr_mut(backend_id) {
                 // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
@@ -430,7 +465,7 @@ pub fn create(
     if conntrack_v4.insert(key, entry, 0).is_err() {
         count(counter::CT_INSERT_FAILED);
     } else if entry.flags & flow_flags::CLOSING == 0 {
-        select::load_change(backend_id, true);
+        load::change(backend_id, true);
     }
     Ok(Rewrite::of(backend.addr, backend.port, &entry))
 }
@@ -480,4 +515,53 @@ pub fn reply(p: &Packet) -> Option<Rewrite> {
         keep_pair(&key, entry);
     }
     Some(Rewrite::of(entry.nat_addr, entry.nat_port, entry))
+}
+
+/// Records (or refreshes) the reply half of a DSR flow on the backend's
+/// node, from a packet `p` (client → local backend) whose option named the
+/// service `svc_addr:svc_port`: the backend's replies (backend → client) are
+/// then rewritten to come from the service, at tc egress ([`reply`]).
+///
+/// Written only when missing, different (another service, a new connection
+/// on a closed one's tuple) or due a time refresh, so the established path
+/// costs one lookup. A FIN or RST from the client starts the closing timeout.
+#[inline(always)]
+pub fn record_dsr_reply(p: &Packet, svc_addr: [u8; 4], svc_port: [u8; 2], now: u64) {
+    let key = flow_key(p.dst, p.src, p.dport, p.sport, p.proto);
+    let closing = p.tcp_flags & (TCP_FIN | TCP_RST) != 0;
+    if let Some(e) = conntrack_v4.get_ptr_mut(key) {
+        // SAFETY: a live entry of this map; racing writers only lose a refresh.
+        let e = unsafe { &mut *e };
+        let same = e.direction == direction::REPLY
+            && e.flags & flow_flags::DSR != 0
+            && (e.nat_addr, e.nat_port) == (svc_addr, svc_port)
+            && !(p.tcp_flags & TCP_SYN != 0 && e.flags & flow_flags::CLOSING != 0);
+        if same {
+            if since(now, e.last_seen_ns) > TOUCH_INTERVAL_NS {
+                e.last_seen_ns = now;
+            }
+            if closing {
+                e.flags |= flow_flags::CLOSING;
+            }
+            return;
+        }
+    }
+    let reply = FlowV4 {
+        backend_id: 0,
+        service_id: 0,
+        nat_addr: svc_addr,
+        nat_port: svc_port,
+        peer_addr: p.src,
+        peer_port: p.sport,
+        direction: direction::REPLY,
+        flags: flow_flags::DSR | if closing { flow_flags::CLOSING } else { 0 },
+        _pad: [0; 2],
+        created_ns: now,
+        last_seen_ns: now,
+        packets: 0,
+        bytes: 0,
+    };
+    if conntrack_v4.insert(key, reply, 0).is_err() {
+        count(counter::CT_INSERT_FAILED);
+    }
 }

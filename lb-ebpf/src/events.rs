@@ -8,9 +8,11 @@ use aya_ebpf::EbpfContext;
 use aya_log_ebpf::warn;
 use lb_common::counter;
 
-use crate::{conntrack::now, maps::log_state, parse::Packet};
-
-const NS: u64 = 1_000_000_000;
+use crate::{
+    clock::{now, NS},
+    maps::log_state,
+    parse::Packet,
+};
 
 /// Notes `event` (a `counter` index) for the hook to report when it is done.
 #[inline(always)]

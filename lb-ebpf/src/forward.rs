@@ -7,11 +7,12 @@
 //! neighbour entry yet, TTL expiring, an egress that cannot take XDP frames —
 //! goes to the kernel unchanged, which knows how to handle it.
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup as FibParams, xdp_action},
+    bindings::xdp_action,
     helpers::{bpf_fib_lookup, bpf_redirect},
     programs::XdpContext,
     EbpfContext as _,
 };
+pub use aya_ebpf::bindings::bpf_fib_lookup as FibParams;
 use lb_common::config_flags;
 use lb_ebpf::csum;
 
@@ -22,6 +23,8 @@ use crate::{
 
 const AF_INET: u8 = 2;
 const FIB_SUCCESS: i64 = 0;
+/// `BPF_FIB_LKUP_RET_FRAG_NEEDED`.
+const FIB_FRAG_NEEDED: i64 = 8;
 const IP_TTL: usize = 8;
 
 /// Forwards the (already rewritten) packet from `src` to `dst` to its next
@@ -35,27 +38,65 @@ const IP_TTL: usize = 8;
 /// an egress in `redirect_ifaces`).
 #[inline(always)]
 pub fn route(ctx: &XdpContext, p: &Packet, src: [u8; 4], dst: [u8; 4], must: bool) -> Option<u32> {
-    let cfg_redirect = matches!(config.get(0), Some(c) if c.flags & config_flags::XDP_REDIRECT != 0);
-    if !must && !cfg_redirect {
+    if !must && !redirect_configured() {
         return None;
     }
-    // SAFETY: a zeroed bpf_fib_lookup is a valid input before we fill it.
+    // SAFETY: a zeroed bpf_fib_lookup is a valid input before it is filled.
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    match lookup(ctx, p, src, dst, 0, &mut fib) {
+        Lookup::Found => apply(ctx, &fib, must),
+        _ => None,
+    }
+}
+
+/// The outcome of a FIB lookup for a packet.
+pub enum Lookup {
+    /// A route and a neighbour: the packet can be forwarded ([`apply`]).
+    Found,
+    /// The egress MTU (carried) is smaller than the packet plus `extra`.
+    FragNeeded(u16),
+    /// No route, no neighbour entry yet, or the lookup failed: the kernel knows.
+    Kernel,
+}
+
+/// Whether the agent turned on the XDP forwarding fast path.
+#[inline(always)]
+fn redirect_configured() -> bool {
+    matches!(config.get(0), Some(c) if c.flags & config_flags::XDP_REDIRECT != 0)
+}
+
+/// Looks up how the packet from `src` to `dst` leaves, as if it were
+/// `extra` bytes longer (what an encapsulation will add): the MTU check is
+/// the helper's, against the egress route's MTU.
+#[inline(always)]
+pub fn lookup(ctx: &XdpContext, p: &Packet, src: [u8; 4], dst: [u8; 4], extra: u16, fib: &mut FibParams) -> Lookup {
     fib.family = AF_INET;
     fib.l4_protocol = p.proto;
     fib.sport = u16::from_ne_bytes(p.sport);
     fib.dport = u16::from_ne_bytes(p.dport);
-    fib.__bindgen_anon_1.tot_len = p.ip_len;
+    fib.__bindgen_anon_1.tot_len = p.ip_len + extra;
     // SAFETY: reading the context's ingress interface.
-    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
-    fib.ifindex = ingress;
+    fib.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
     fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
     // SAFETY: the helper reads and writes `fib` only.
-    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), &mut fib, core::mem::size_of::<FibParams>() as i32, 0) };
-    if rc != FIB_SUCCESS {
-        return None;
+    let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), fib, core::mem::size_of::<FibParams>() as i32, 0) };
+    match rc {
+        FIB_SUCCESS => Lookup::Found,
+        // SAFETY: on FRAG_NEEDED the helper wrote the MTU over `tot_len` (a union).
+        FIB_FRAG_NEEDED => Lookup::FragNeeded(unsafe { fib.__bindgen_anon_1.mtu_result }),
+        _ => Lookup::Kernel,
     }
+}
+
+/// Sends the frame to the next hop `fib` names: decrements the TTL, sets the
+/// MACs and picks how it leaves (see [`route`] for `must`). `None` before
+/// the frame is touched: pass it to the kernel.
+#[inline(always)]
+pub fn apply(ctx: &XdpContext, fib: &FibParams, must: bool) -> Option<u32> {
+    let cfg_redirect = redirect_configured();
+    // SAFETY: reading the context's ingress interface.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     // How it leaves, decided before the frame is touched.
     let devmap = redirect_ifaces.get_ifindex(fib.ifindex).is_some();
     let out = if fib.ifindex == ingress && must {

@@ -7,4 +7,5 @@ pub mod csum;
 pub mod hash;
 pub mod icmp;
 pub mod rst;
+pub mod too_big;
 pub mod unreach;

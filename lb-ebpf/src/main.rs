@@ -9,12 +9,16 @@
 )]
 #![feature(core_intrinsics)]
 
+mod clock;
 mod confirmed;
 mod conntrack;
+mod dsr;
 mod events;
 mod forward;
 mod icmp_error;
+mod load;
 mod maps;
+mod mode;
 mod nat;
 mod parse;
 mod refuse;

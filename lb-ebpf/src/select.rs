@@ -2,31 +2,16 @@
 //! service and packet in, a slot (1..=count) out; the agent fills the slots
 //! (for Maglev, with the service's lookup table). ClientIP affinity sits in
 //! front of all of them.
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
-
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use lb_common::{algorithm, AffinityKeyV4, AffinityV4, BackendId, ServiceV4, SlotKey};
 use lb_ebpf::hash::flow_hash;
 
 use crate::{
-    maps::{affinity_v4, backend_load, rr_state, service_slots},
+    clock::{since, NS},
+    load::{self, atomic_add},
+    maps::{affinity_v4, rr_state, service_slots},
     parse::Packet,
 };
-
-const NS: u64 = 1_000_000_000;
-
-/// Adds `v` to the u64 behind `p` atomically; returns the previous value.
-///
-/// `AtomicU64::fetch_add` is missing on the bpf target (no CAS); the
-/// intrinsic lowers to BPF's atomic fetch-add. It must be SeqCst: with
-/// Relaxed, LLVM's BPF backend emits the legacy XADD, which returns nothing,
-/// and the "old value" read back is garbage (caught by the
-/// `round_robin_takes_slots_in_turn` test).
-#[inline(always)]
-pub fn atomic_add(p: *mut u64, v: u64) -> u64 {
-    // SAFETY: `p` points at a live, 8-byte aligned map value.
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(p, v) }
-}
 
 #[inline(always)]
 fn random() -> u32 {
@@ -72,7 +57,7 @@ pub fn pick_for(svc: &ServiceV4, p: &Client, now: u64) -> Option<(u32, BackendId
     if svc.affinity_timeout_s != 0 {
         // SAFETY: read-only copy of a program-written value.
         if let Some(a) = unsafe { affinity_v4.get(affinity) } {
-            let live = crate::conntrack::since(now, a.last_used_ns) <= svc.affinity_timeout_s as u64 * NS;
+            let live = since(now, a.last_used_ns) <= svc.affinity_timeout_s as u64 * NS;
             if live && a.slot <= svc.count && slot_backend(svc.id, a.slot) == Some(a.backend_id) {
                 let kept = AffinityV4 {
                     last_used_ns: now,
@@ -121,8 +106,8 @@ const SCAN_MAX: u32 = 16;
 /// better of two random slots (power of two choices: nearly as good, O(1)).
 #[inline(always)]
 fn least_loaded(svc: &ServiceV4) -> u32 {
-    let load = |slot| match slot_backend(svc.id, slot).and_then(|id| backend_load.get(id)) {
-        Some(l) => *l,
+    let load = |slot| match slot_backend(svc.id, slot) {
+        Some(id) => load::of(id),
         None => u64::MAX,
     };
     let start = random() % svc.count;
@@ -142,12 +127,4 @@ fn least_loaded(svc: &ServiceV4) -> u32 {
         }
     }
     best
-}
-
-/// Records a flow's start (+1) or end (-1) on its backend's live count.
-#[inline(always)]
-pub fn load_change(backend_id: BackendId, up: bool) {
-    if let Some(p) = backend_load.get_ptr_mut(backend_id) {
-        atomic_add(p, if up { 1 } else { u64::MAX });
-    }
 }

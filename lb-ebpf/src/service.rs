@@ -4,6 +4,7 @@ use aya_ebpf::btf_maps::lpm_trie::Key;
 use lb_common::{counter, scope, service_flags, ServiceKeyV4, ServiceV4, SourceRangeV4};
 
 use crate::{
+    clock,
     conntrack::{self, Origin, Rewrite},
     maps::{backends_v4, services_v4, source_ranges_v4},
     parse::Packet,
@@ -19,7 +20,7 @@ pub fn balance(p: &Packet, origin: Origin) -> Result<Option<Rewrite>, Verdict> {
     let Some(svc) = lookup(p.dst, p.dport, p.proto, origin == Origin::Pod) else {
         return Ok(None);
     };
-    let now = conntrack::now();
+    let now = clock::now();
     let key = conntrack::key_of(p);
     if let Some(rw) = conntrack::established(&key, p, now) {
         stats::service(svc.id, |s| {
@@ -44,7 +45,7 @@ pub fn balance(p: &Packet, origin: Origin) -> Result<Option<Rewrite>, Verdict> {
     let Some(&backend) = backends_v4.get(backend_id).filter(|b| !b.is_empty()) else {
         return no_backend();
     };
-    let rw = conntrack::create(&key, p, svc.id, backend_id, &backend, now, origin)?;
+    let rw = conntrack::create(&key, p, &svc, backend_id, &backend, now, origin)?;
     stats::service(svc.id, |s| {
         s.packets += 1;
         s.bytes += p.ip_len as u64;

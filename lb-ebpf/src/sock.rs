@@ -17,7 +17,7 @@ use aya_ebpf::{
 use lb_common::{counter, SockRevKeyV4, SockRevV4, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
-    conntrack,
+    clock,
     maps::{backends_v4, sock_netns, sock_revnat_v4},
     select::{self, Client},
     service,
@@ -79,7 +79,7 @@ pub fn balance(ctx: &SockAddrContext) -> i32 {
     // SAFETY: helper taking the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let client = Client { src: [0; 4], sport: (cookie as u16).to_be_bytes(), dport: port, proto };
-    let picked = if svc.count == 0 { None } else { select::pick_for(&svc, &client, conntrack::now()) };
+    let picked = if svc.count == 0 { None } else { select::pick_for(&svc, &client, clock::now()) };
     let Some(backend) = picked.and_then(|(_, id)| backends_v4.get(id).copied()).filter(|b| !b.is_empty()) else {
         count(counter::SOCK_NO_BACKEND);
         stats::service(svc.id, |s| s.drops_no_backend += 1);

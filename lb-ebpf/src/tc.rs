@@ -17,7 +17,7 @@ use lb_ebpf::icmp::IPPROTO_ICMP;
 
 use crate::{
     conntrack::{self, Origin},
-    events, icmp_error,
+    dsr, events, icmp_error,
     nat::{self, Side},
     parse::{self, Packet},
     refuse, reset, service,
@@ -82,6 +82,9 @@ pub fn egress(ctx: &TcContext) -> i32 {
         match conntrack::reply(p) {
             Some(rw) => {
                 nat::tc_rewrite(ctx, p, Side::Src, &rw)?;
+                if rw.dsr() {
+                    dsr::tc_clamp_mss(ctx, p)?;
+                }
                 Ok(Verdict::Pass(counter::NAT_REPLY))
             }
             None => Ok(Verdict::Pass(counter::PASS_NOT_SERVICE)),

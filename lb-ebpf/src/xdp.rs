@@ -5,7 +5,7 @@ use lb_ebpf::icmp::IPPROTO_ICMP;
 
 use crate::{
     conntrack::{self, Origin},
-    events, forward, icmp_error,
+    dsr, events, forward, icmp_error,
     nat::{self, Side},
     parse::{self, Packet},
     reset, service,
@@ -38,6 +38,10 @@ fn try_run(ctx: &XdpContext) -> Result<Verdict, Verdict> {
             None => Verdict::Pass(counter::PASS_OTHER_L4),
         });
     }
+    // Sent here by a balancing node with DSR, for a backend of this node.
+    if let Some(q) = dsr::xdp_decap(ctx, &p)? {
+        return Ok(send(ctx, &q, q.src, q.dst, false, counter::DSR_DECAP));
+    }
     // XDP on an uplink never sees a backend of this node as a client.
     let balanced = match service::balance(&p, Origin::External) {
         Err(v) if v.reason() == counter::DROP_NO_BACKEND => {
@@ -50,8 +54,11 @@ fn try_run(ctx: &XdpContext) -> Result<Verdict, Verdict> {
         other => other?,
     };
     if let Some(rw) = balanced {
+        if rw.dsr() {
+            return dsr::xdp_forward(ctx, &p, &rw);
+        }
         nat::xdp_rewrite(ctx, &p, Side::Dst, &rw)?;
-        return Ok(send(ctx, &p, rw.peer_addr, rw.addr, rw.snat, counter::NAT_FORWARD));
+        return Ok(send(ctx, &p, rw.peer_addr, rw.addr, rw.snat(), counter::NAT_FORWARD));
     }
     // The reply of a flow SNATed to a backend on another node comes back to
     // this node's address: rewrite it back to service → client, and send it

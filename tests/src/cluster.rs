@@ -146,7 +146,8 @@ impl Cluster {
         Self::with_agent_args(nodes, pods, source, &[])
     }
 
-    /// As [`Cluster::new`], every agent started with `extra` arguments too.
+    /// As [`Cluster::new`], every agent run with `extra` arguments too
+    /// (e.g. `--lb-mode dsr`).
     pub fn with_agent_args(nodes: usize, pods: usize, source: Source, extra: &[&str]) -> Self {
         crate::require_root();
         static STALE: std::sync::Once = std::sync::Once::new();
@@ -550,7 +551,7 @@ impl Drop for Node {
 }
 
 /// A Service with one TCP and one UDP port (`tcp`, `udp`) on the same
-/// number, both to [`POD_PORT`], balanced round-robin.
+/// number, both to [`POD_PORT`], balanced round-robin unless told otherwise.
 #[derive(Clone, Debug)]
 pub struct ServiceDef {
     pub name: String,
@@ -558,14 +559,41 @@ pub struct ServiceDef {
     pub port: u16,
     pub node_port: Option<u16>,
     pub external_ips: Vec<Ipv4Addr>,
+    /// `type: LoadBalancer` with this ingress IP in its status.
+    pub lb_ip: Option<Ipv4Addr>,
     /// `externalTrafficPolicy: Local`.
     pub local: bool,
+    /// `xdplb.io/algorithm`.
+    pub algorithm: String,
+    /// More annotations (e.g. `xdplb.io/lb-mode`).
+    pub annotations: Vec<(String, String)>,
 }
 
 impl ServiceDef {
     /// A ClusterIP service on port 80.
     pub fn new(name: &str, cluster_ip: Ipv4Addr) -> Self {
-        Self { name: name.into(), cluster_ip, port: 80, node_port: None, external_ips: Vec::new(), local: false }
+        Self {
+            name: name.into(),
+            cluster_ip,
+            port: 80,
+            node_port: None,
+            external_ips: Vec::new(),
+            lb_ip: None,
+            local: false,
+            algorithm: "round-robin".into(),
+            annotations: Vec::new(),
+        }
+    }
+
+    /// Balanced with `algorithm` (`xdplb.io/algorithm`) instead of round-robin.
+    pub fn algorithm(mut self, algorithm: &str) -> Self {
+        self.algorithm = algorithm.into();
+        self
+    }
+
+    pub fn annotation(mut self, key: &str, value: &str) -> Self {
+        self.annotations.push((key.into(), value.into()));
+        self
     }
 
     /// As a NodePort service on `port` (TCP and UDP).
@@ -576,6 +604,13 @@ impl ServiceDef {
 
     pub fn external_ip(mut self, addr: Ipv4Addr) -> Self {
         self.external_ips.push(addr);
+        self
+    }
+
+    /// As a LoadBalancer whose status names `addr` as its ingress IP (node
+    /// ports are allocated as for a NodePort: set one with [`Self::node_port`]).
+    pub fn load_balancer(mut self, addr: Ipv4Addr) -> Self {
+        self.lb_ip = Some(addr);
         self
     }
 
@@ -597,22 +632,29 @@ impl ServiceDef {
             })
             .collect();
         let mut spec = json!({
-            "type": if self.node_port.is_some() { "NodePort" } else { "ClusterIP" },
+            "type": if self.lb_ip.is_some() { "LoadBalancer" } else if self.node_port.is_some() { "NodePort" } else { "ClusterIP" },
             "clusterIP": self.cluster_ip.to_string(), "clusterIPs": [self.cluster_ip.to_string()],
             "ports": ports, "selector": {"app": self.name},
         });
         if !self.external_ips.is_empty() {
             spec["externalIPs"] = json!(self.external_ips.iter().map(|a| a.to_string()).collect::<Vec<_>>());
         }
-        if self.node_port.is_some() || !self.external_ips.is_empty() {
+        if self.node_port.is_some() || !self.external_ips.is_empty() || self.lb_ip.is_some() {
             spec["externalTrafficPolicy"] = json!(if self.local { "Local" } else { "Cluster" });
         }
-        json!({
+        let mut annotations = json!({"xdplb.io/algorithm": self.algorithm});
+        for (k, v) in &self.annotations {
+            annotations[k] = json!(v);
+        }
+        let mut svc = json!({
             "apiVersion": "v1", "kind": "Service",
-            "metadata": {"namespace": NAMESPACE, "name": self.name,
-                         "annotations": {"xdplb.io/algorithm": "round-robin"}},
+            "metadata": {"namespace": NAMESPACE, "name": self.name, "annotations": annotations},
             "spec": spec,
-        })
+        });
+        if let Some(ip) = self.lb_ip {
+            svc["status"] = json!({"loadBalancer": {"ingress": [{"ip": ip.to_string()}]}});
+        }
+        svc
     }
 
     /// The service's EndpointSlice: pods `endpoints` (node, pod), ready,

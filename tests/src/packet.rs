@@ -181,9 +181,18 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
         if checksum(seg) != 0 {
             return Err("bad ICMP checksum".into());
         }
-        // The quote: an IPv4 packet behind the 8-byte ICMP header.
+        // The quote: an IPv4 packet behind the 8-byte ICMP header. A quote
+        // cut short (RFC 792's header + 8 bytes) has only its header checked.
+        let q = &seg[8..];
+        let q_ihl = ((q.first().ok_or("empty quote")? & 0x0f) as usize) * 4;
+        if q.len() < q_ihl || u16::from_be_bytes([q[2], q[3]]) as usize > q.len() {
+            return match q.get(..q_ihl) {
+                Some(h) if checksum(h) == 0 => Ok(()),
+                _ => Err("quoted packet: bad or cut IPv4 header".into()),
+            };
+        }
         let mut quoted = frame[..14].to_vec();
-        quoted.extend_from_slice(&seg[8..]);
+        quoted.extend_from_slice(q);
         return verify_checksums(&quoted).map_err(|e| format!("quoted packet: {e}"));
     }
     if proto == 17 && seg[6..8] == [0, 0] {

@@ -27,6 +27,8 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const ALGORITHM_ANNOTATION: &str = "xdplb.io/algorithm";
 /// Annotation choosing a Maglev service's table size (a prime).
 pub const MAGLEV_SIZE_ANNOTATION: &str = "xdplb.io/maglev-table-size";
+/// Annotation choosing a service's own `--lb-mode` (snat, dsr, hybrid).
+pub const LB_MODE_ANNOTATION: &str = "xdplb.io/lb-mode";
 /// Annotation weighting a service's endpoints by address.
 pub const WEIGHTS_ANNOTATION: &str = "xdplb.io/backend-weights";
 /// Label of a Service or EndpointSlice owned by another service proxy:
@@ -145,6 +147,8 @@ pub struct Service {
     pub algorithm: Option<u8>,
     /// From `xdplb.io/maglev-table-size` (a prime); `None` = the default.
     pub maglev_table_size: Option<u32>,
+    /// From `xdplb.io/lb-mode`; `None` = the node's `--lb-mode`.
+    pub lb_mode: Option<crate::lbmode::LbMode>,
     /// From `xdplb.io/backend-weights` (`10.0.2.11=3,10.0.2.12=1`); an
     /// endpoint not named weighs 1. Used by Maglev.
     pub weights: std::collections::BTreeMap<Ipv4Addr, u32>,

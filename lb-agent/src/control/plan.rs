@@ -628,6 +628,9 @@ impl Planner<'_> {
         if usable_elsewhere {
             flags |= service_flags::LOCAL_ELSEWHERE;
         }
+        if let Some(mode) = svc.lb_mode {
+            flags |= mode.service_flags();
+        }
         let value = ServiceV4 {
             id: service_id,
             count: slots.len() as u32,

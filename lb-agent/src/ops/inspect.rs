@@ -252,6 +252,9 @@ pub fn flow_row(k: &FlowKeyV4, v: &FlowV4, now_ns: u64, cfg: &Config) -> FlowRow
     if v.flags & flow_flags::SNAT != 0 {
         flags.push("snat");
     }
+    if v.flags & flow_flags::DSR != 0 {
+        flags.push("dsr");
+    }
     let secs = |t: u64| now_ns.saturating_sub(t) as f64 / 1e9;
     let timeout = if v.flags & flow_flags::CLOSING != 0 {
         cfg.closing_timeout_s
@@ -495,6 +498,8 @@ mod tests {
         );
         let snat = FlowV4 { flags: flow_flags::SNAT | flow_flags::SEEN_REPLY, ..v };
         assert_eq!(flow_row(&k, &snat, 131 * s, &cfg).flags, ["seen-reply", "snat"]);
+        let dsr = FlowV4 { flags: flow_flags::DSR, ..v };
+        assert_eq!(flow_row(&k, &dsr, 131 * s, &cfg).flags, ["dsr"]);
     }
 
     #[test]

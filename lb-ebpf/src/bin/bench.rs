@@ -19,7 +19,7 @@
 use aya_ebpf::{
     bindings::{xdp_action, TC_ACT_OK, TC_ACT_SHOT},
     btf_maps::{Array, PerCpuArray, ProgramArray},
-    helpers::{bpf_get_smp_processor_id, bpf_redirect, bpf_skb_store_bytes, bpf_xdp_store_bytes},
+    helpers::{bpf_get_smp_processor_id, bpf_redirect, bpf_skb_store_bytes, bpf_xdp_adjust_head, bpf_xdp_store_bytes},
     macros::{btf_map, classifier, xdp},
     programs::{TcContext, XdpContext},
     EbpfContext as _,
@@ -123,6 +123,13 @@ pub fn bench_tc_ok(_ctx: TcContext) -> i32 {
 #[xdp]
 pub fn bench_wrap_xdp(ctx: XdpContext) -> u32 {
     let Some(t) = bench_template.get_ptr(0) else { return xdp_action::XDP_ABORTED };
+    // A program that added or took off header bytes (DSR's IPv4 option)
+    // left the frame longer or shorter: the frame starts where it did.
+    let len = (ctx.data_end() - ctx.data()) as i32;
+    // SAFETY: plain helper call on this program's context.
+    if len != FRAME_LEN as i32 && unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as _, len - FRAME_LEN as i32) } != 0 {
+        return xdp_action::XDP_ABORTED;
+    }
     // SAFETY: `t` points to a map value of FRAME_LEN bytes and more.
     if unsafe { bpf_xdp_store_bytes(ctx.as_ptr() as _, 0, t as *mut _, FRAME_LEN as u32) } != 0 {
         return xdp_action::XDP_ABORTED;

@@ -329,3 +329,105 @@ fn snat_cases(progs: &mut BenchProgs, per: u32, ifindex: u32, opts: &Opts, repor
     }
     Ok(())
 }
+
+/// DSR's per-packet cost (1 service, `per` backends on another node), in
+/// the SNAT cases' setting: on the balancing node an established flow and a
+/// new one (rewrite + the option + FIB lookup with the MTU check + XDP_TX);
+/// on the backend's node the option taken off (the reply half looked up or
+/// written + XDP_PASS) and the pod's reply rewritten at tc egress.
+pub fn dsr(progs: &mut BenchProgs, per: u32, opts: &Opts, report: &mut Report) -> Result<()> {
+    let (node, _wire, ifindex) = snat_uplink()?;
+    let file = std::fs::File::open(format!("/run/netns/{}", node.name()))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            crate::netns::enter(&file);
+            super::pin(Some(0));
+            dsr_cases(progs, per, ifindex, opts, report)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the DSR cost thread panicked"))?
+    })
+}
+
+/// (name, frame, vary the source, tc rather than XDP, repeat, what to check).
+type DsrCase<'a> = (&'a str, &'a [u8], bool, bool, u32, Check<'a>);
+
+fn dsr_cases(progs: &mut BenchProgs, per: u32, ifindex: u32, opts: &Opts, report: &mut Report) -> Result<()> {
+    use lb_common::dsr::{OPT_LEN, OPT_TYPE};
+    const XDP_TX: u32 = 3;
+    let mut lb = BenchLb::with_backends(1, per, lb_common::IPPROTO_TCP, opts.conntrack, true)?;
+    let flags = lb_common::config_flags::DSR_TCP | lb_common::config_flags::DSR_UDP;
+    lb.maps.set_config(&lb_common::Config { flags, ..Default::default() })?;
+    let ctx: Vec<u8> = [0u32, super::progs::FRAME_LEN as u32, 0, ifindex, 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let vip_t = vip(1);
+    let est = tcp(CLIENT, CLIENT_PORT, vip_t, SVC_PORT, TCP_ACK);
+    let first = run_ctx(|o| lb.xdp().test_run(o), &est, 1, Some(&ctx))?;
+    // With the option the ports sit 8 bytes further.
+    let be = Ipv4Addr::new(first.out[30], first.out[31], first.out[32], first.out[33]);
+    ensure!(first.ret == XDP_TX && first.out[14] == 0x47 && first.out[34] == OPT_TYPE, "the first packet of a DSR flow was not sent with the option: verdict {}", first.ret);
+    let with_opt = |out: &[u8], src: Ipv4Addr| -> Result<()> {
+        ensure!(out.len() == super::progs::FRAME_LEN + OPT_LEN && out[14] == 0x47 && out[34..36] == [OPT_TYPE, OPT_LEN as u8], "DSR packet left without the option");
+        ensure!(out[26..30] == src.octets() && out[30..34] == be.octets() || src != CLIENT, "DSR packet left as {:?} -> {:?}", &out[26..30], &out[30..34]);
+        verify_checksums(out).map_err(anyhow::Error::msg)
+    };
+    let to_be = move |out: &[u8]| with_opt(out, CLIENT);
+    let to_any = move |out: &[u8]| with_opt(out, NEW_CLIENTS);
+    // What node B's balancer sent this node for a backend here: 64 bytes
+    // with the option (2 bytes of payload).
+    let mut inbound = Frame::tcp(CLIENT, CLIENT_PORT + 1, be, BACKEND_PORT, TCP_ACK).payload(&[0; 2]);
+    inbound.ip_options = [&[OPT_TYPE, OPT_LEN as u8][..], &SVC_PORT.to_be_bytes(), &vip_t.octets()].concat();
+    let inbound = inbound.bytes();
+    ensure!(inbound.len() == super::progs::FRAME_LEN);
+    let decapped = move |out: &[u8]| -> Result<()> {
+        ensure!(out.len() == super::progs::FRAME_LEN - OPT_LEN && out[14] == 0x45, "the option was not taken off");
+        verify_checksums(out).map_err(anyhow::Error::msg)
+    };
+    let reply = tcp(be, BACKEND_PORT, CLIENT, CLIENT_PORT + 1, TCP_ACK);
+    let to_client = move |out: &[u8]| -> Result<()> {
+        ensure!(src_of(out) == (vip_t, SVC_PORT) && dst_of(out) == (CLIENT, CLIENT_PORT + 1), "DSR reply left as {:?} -> {:?}", src_of(out), dst_of(out));
+        verify_checksums(out).map_err(anyhow::Error::msg)
+    };
+    let xdp_fd = lb.xdp().fd()?.try_clone()?;
+    let tc_fd = lb.tc_egress().fd()?.try_clone()?;
+    let pass_fd = progs.xdp("bench_pass").fd()?.try_clone()?;
+    let tc_pass_fd = progs.tc("bench_tc_ok").fd()?.try_clone()?;
+    let cases: [DsrCase; 4] = [
+        ("xdp_lb/dsr_established", &est, false, false, opts.repeat, Check { ret: XDP_TX, out: &to_be, counters: &[(counter::DSR_FORWARD, 1), (counter::XDP_REDIRECTED, 1)], new_flows: 0 }),
+        ("xdp_lb/dsr_new_flow", &tcp(NEW_CLIENTS, CLIENT_PORT, vip_t, SVC_PORT, TCP_SYN), true, false, opts.repeat_new, Check { ret: XDP_TX, out: &to_any, counters: &[(counter::DSR_FORWARD, 1), (counter::XDP_REDIRECTED, 1)], new_flows: 1 }),
+        ("xdp_lb/dsr_decap", &inbound, false, false, opts.repeat, Check { ret: XDP_PASS, out: &decapped, counters: &[(counter::DSR_DECAP, 1)], new_flows: 0 }),
+        ("tc_egress/dsr_reply", &reply, false, true, opts.repeat, Check { ret: TC_ACT_OK, out: &to_client, counters: &[(counter::NAT_REPLY, 1)], new_flows: 0 }),
+    ];
+    for (name, frame, vary, tc, repeat, check_want) in &cases {
+        progs.set_template(frame, *vary)?;
+        let (mut net, mut raw, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..opts.rounds {
+            let (f, r, before, after);
+            if *tc {
+                progs.jump_tc(&tc_pass_fd)?;
+                f = wrapped(progs, true, frame, *repeat)?;
+                ensure!(f.ret == TC_ACT_OK, "{name}: the wrapper floor returned {}", f.ret);
+                progs.jump_tc(&tc_fd)?;
+                before = (lb.counters()?, lb.maps.service_stats(1)?.new_flows);
+                r = wrapped(progs, true, frame, *repeat)?;
+                after = (lb.counters()?, lb.maps.service_stats(1)?.new_flows);
+            } else {
+                progs.jump_xdp(&pass_fd)?;
+                f = run_ctx(|o| progs.xdp("bench_wrap_xdp").test_run(o), frame, *repeat, Some(&ctx))?;
+                ensure!(f.ret == XDP_PASS, "{name}: the wrapper floor returned {}", f.ret);
+                progs.jump_xdp(&xdp_fd)?;
+                before = (lb.counters()?, lb.maps.service_stats(1)?.new_flows);
+                r = run_ctx(|o| progs.xdp("bench_wrap_xdp").test_run(o), frame, *repeat, Some(&ctx))?;
+                after = (lb.counters()?, lb.maps.service_stats(1)?.new_flows);
+            }
+            check(name, check_want, &r, *repeat as u64, &before, &after)?;
+            net.push(r.ns - f.ns);
+            raw.push(r.ns);
+            floor.push(f.ns);
+        }
+        let cnd = json!({"services": 1, "backends_per_service": per, "repeat": repeat, "rounds": opts.rounds, "proto": "tcp", "frame_bytes": 64,
+            "floor_ns": stats::median(&floor), "raw_ns": stats::median(&raw),
+            "method": "wrapper (restore + tail call) minus wrapper floor; XDP frames arrive on a real uplink (FIB lookup with the MTU check + XDP_TX included)"});
+        report.add("prog_cost", name, stats::median(&net), Some(stats::min(&raw) - stats::min(&floor)), "ns/packet", cnd);
+    }
+    Ok(())
+}

@@ -34,7 +34,7 @@ pub mod vm;
 pub struct Sections(Option<Vec<String>>);
 
 /// Every section, in the order a run measures them.
-pub const SECTIONS: &[&str] = &["prog_cost", "live", "skb", "maglev", "conn", "agent"];
+pub const SECTIONS: &[&str] = &["prog_cost", "dsr_cost", "live", "skb", "maglev", "conn", "agent"];
 
 impl Sections {
     /// Parses a comma-separated list; unknown names are an error.

@@ -73,6 +73,14 @@ fn main() -> Result<()> {
         xdplb_tests::bench::pin(None);
         println!("(prog_cost section: {:.0} s)", t.elapsed().as_secs_f64());
     }
+    if sections.wants("dsr_cost") {
+        println!("== per-packet cost of DSR (BPF_PROG_TEST_RUN, {:?} mode)", mode);
+        xdplb_tests::bench::pin(Some(0));
+        let t = std::time::Instant::now();
+        cost::dsr(&mut progs, 10, &copts, &mut report)?;
+        xdplb_tests::bench::pin(None);
+        println!("(dsr_cost section: {:.0} s)", t.elapsed().as_secs_f64());
+    }
 
     let lopts = match mode {
         Mode::Smoke => live::Opts { repeat_floor: 1 << 16, repeat_fwd: 1 << 15, target_s: 0.03, threads: &[1, 2], services: &[10], backends_per_service: 10, flows: 1024, mixes: live::MIXES, rounds: 1 },

@@ -107,6 +107,21 @@ fn multi_node() {
     let cip = tcp_requests(c.pod(1, 0), SocketAddr::from((web, 80)), 6);
     show(&format!("ClusterIP {web}:80 from pod-0 on node-1"), &cip);
     println!("  (the outside client's flows are SNATed to node-1's address so the replies come back through it; the pod's keep its own address)");
+    // The same Service with DSR (`xdplb.io/lb-mode: dsr`; `--lb-mode dsr`
+    // does it for every Service): node-1 keeps the client's address and
+    // node-2 answers the client itself, from the NodePort address.
+    c.publish(&ServiceDef::new("web2", web).node_port(30090).annotation("xdplb.io/lb-mode", "dsr"), &on_node_2);
+    let dsr_on = || {
+        lb_agent::dataplane::Dataplane::open(&c.node(1).pin_dir)
+            .is_ok_and(|dp| dp.contents().is_ok_and(|m| m.services.values().any(|v| v.flags & lb_common::service_flags::DSR_TCP != 0)))
+    };
+    if !xdplb_tests::wait_for(std::time::Duration::from_secs(30), dsr_on) {
+        println!("  (node-1 did not pick up the lb-mode annotation in 30 s)");
+        return;
+    }
+    let np = tcp_requests(&c.client, SocketAddr::from((node_addr(1), 30090)), 6);
+    show(&format!("NodePort  {}:30090 from the outside client, DSR", node_addr(1)), &np);
+    println!("  (with DSR node-1 forwards the client's packets to node-2 with the NodePort in an IPv4 option; the pods see the client and their replies leave node-2 straight to it)");
 }
 
 /// Two nodes with `--lb-pool`: the elected agent gives a LoadBalancer

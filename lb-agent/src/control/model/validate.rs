@@ -17,7 +17,7 @@ use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery};
 
 use super::{
     parse_algorithm, Endpoint, Node, ObjectRef, Proto, Service, ServicePort, ServiceType, Slice,
-    SlicePort, ALGORITHM_ANNOTATION, MAGLEV_SIZE_ANNOTATION, WEIGHTS_ANNOTATION, DEFAULT_AFFINITY_TIMEOUT_S, HEADLESS_LABEL, MAX_ENDPOINTS, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, TrafficDistribution, ZONE_LABEL,
+    SlicePort, ALGORITHM_ANNOTATION, LB_MODE_ANNOTATION, MAGLEV_SIZE_ANNOTATION, WEIGHTS_ANNOTATION, DEFAULT_AFFINITY_TIMEOUT_S, HEADLESS_LABEL, MAX_ENDPOINTS, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, TrafficDistribution, ZONE_LABEL,
 };
 
 /// Kubernetes' upper bound for `sessionAffinityConfig.clientIP.timeoutSeconds`.
@@ -218,6 +218,13 @@ fn service(id: &ObjectRef, s: &core::Service) -> Result<Service, String> {
         }
         size
     });
+    let lb_mode = annotation(LB_MODE_ANNOTATION).and_then(|v| match v.trim().parse::<crate::lbmode::LbMode>() {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!(object = %id, "{LB_MODE_ANNOTATION}: {e}; using the node's --lb-mode");
+            None
+        }
+    });
     let weights = annotation(WEIGHTS_ANNOTATION).map(|v| parse_weights(id, v)).unwrap_or_default();
 
     let traffic_distribution = match spec.traffic_distribution.as_deref() {
@@ -247,6 +254,7 @@ fn service(id: &ObjectRef, s: &core::Service) -> Result<Service, String> {
         affinity_timeout_s,
         algorithm,
         maglev_table_size,
+        lb_mode,
         weights,
     })
 }

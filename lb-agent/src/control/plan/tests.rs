@@ -526,6 +526,7 @@ fn big_model(services: usize, per: usize) -> Model {
                 affinity_timeout_s: 0,
                 algorithm: None,
                 maglev_table_size: None,
+                lb_mode: None,
                 weights: Default::default(),
                 publish_not_ready: false,
                 traffic_distribution: None,
@@ -982,6 +983,23 @@ fn backends_on_other_nodes_or_on_none_are_marked_remote() {
         ]),
         "only endpoints whose nodeName is this node are local"
     );
+}
+
+#[test]
+fn a_service_may_choose_its_own_lb_mode() {
+    let text = |mode: &str| {
+        format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: s\n  namespace: ns\n  annotations: {{xdplb.io/lb-mode: {mode}}}\n\
+spec: {{clusterIP: 10.96.0.10, ports: [{{name: http, port: 80, protocol: TCP}}]}}\n---\n\
+apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s-1, namespace: ns, labels: {{kubernetes.io/service-name: s}}}}\n\
+addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints: [{{addresses: [10.0.2.11]}}]\n")
+    };
+    let mode_bits = service_flags::LB_MODE | service_flags::DSR_TCP | service_flags::DSR_UDP;
+    let flags = |mode: &str| plan(&model(&text(mode)), &cfg(), &mut ids()).contents.services[&key([10, 96, 0, 10], 80, 6)].flags & mode_bits;
+    assert_eq!(flags("dsr"), mode_bits);
+    assert_eq!(flags("hybrid"), service_flags::LB_MODE | service_flags::DSR_TCP);
+    assert_eq!(flags("snat"), service_flags::LB_MODE);
+    // Unknown: logged, the node's mode applies.
+    assert_eq!(flags("tunnel"), 0);
 }
 
 /// `replan` is a function of its inputs: it leaves the previous ids alone,
