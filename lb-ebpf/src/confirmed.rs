@@ -41,17 +41,17 @@ pub static conntrack_confirmed_v4: LruHashMap<FlowKeyV4, FlowV4, { size::CONNTRA
 #[inline(never)]
 pub fn on_reply(reply_key: &FlowKeyV4, reply: &mut FlowV4) {
     // The forward key is built here, on this call's own stack.
-    let forward = &crate::conntrack::other_key(reply_key, reply);
+    let forward = &crate::flowkey::other_key(reply_key, reply);
     if reply.flags & flow_flags::CONFIRMED == 0 {
         reply.flags |= flow_flags::CONFIRMED;
-        if save(forward) && conntrack_confirmed_v4.insert(reply_key, &*reply, 0).is_ok() {
+        if save(forward) && conntrack_confirmed_v4.insert(reply_key, *reply, 0).is_ok() {
             count(counter::CT_CONFIRMED);
         }
     } else if conntrack_confirmed_v4.get_ptr(forward).is_none() || conntrack_confirmed_v4.get_ptr(reply_key).is_none() {
         // Evicted from the confirmed table too (more live confirmed flows
         // than it holds): saved again while the flow is alive.
         if save(forward) {
-            let _ = conntrack_confirmed_v4.insert(reply_key, &*reply, 0);
+            let _ = conntrack_confirmed_v4.insert(reply_key, *reply, 0);
         }
     }
 }
@@ -102,7 +102,7 @@ pub fn restore(key: &FlowKeyV4, p: &Packet) -> Option<*mut FlowV4> {
     conntrack_v4.insert(key, saved, 0).ok()?;
     let e = conntrack_v4.get_ptr_mut(key)?;
     // SAFETY: the entry just inserted; valid for this program run.
-    unsafe { (*e).last_seen_ns = crate::clock::now().saturating_sub(crate::conntrack::TOUCH_INTERVAL_NS + 1) };
+    unsafe { (*e).last_seen_ns = crate::clock::now().saturating_sub(crate::flowkey::TOUCH_INTERVAL_NS + 1) };
     count(counter::CT_CONFIRMED_RESTORED);
     Some(e)
 }

@@ -8,6 +8,7 @@ use lb_common::{
 
 use crate::{
     clock::{now, since, NS},
+    flowkey::{flow_key, other_key, TOUCH_INTERVAL_NS},
     load,
     maps::{backends_v4, config, conntrack_v4, nat_config, snat_exhausted},
     mode,
@@ -30,9 +31,6 @@ pub enum Origin {
     Pod,
 }
 
-/// `last_seen_ns` is refreshed at most this often, to keep writes to a shared
-/// entry rare.
-pub(crate) const TOUCH_INTERVAL_NS: u64 = NS;
 
 /// Where a packet is rewritten to: the service or backend end (`addr`,
 /// `port`) and the client end on the far side (`peer_addr`, `peer_port`;
@@ -108,20 +106,6 @@ pub fn peek(src: [u8; 4], dst: [u8; 4], sport: [u8; 2], dport: [u8; 2], proto: u
 #[inline(always)]
 pub fn key_of(p: &Packet) -> FlowKeyV4 {
     flow_key(p.src, p.dst, p.sport, p.dport, p.proto)
-}
-
-#[inline(always)]
-fn flow_key(src: [u8; 4], dst: [u8; 4], sport: [u8; 2], dport: [u8; 2], proto: u8) -> FlowKeyV4 {
-    // Built as four words: a struct literal zeroes `_pad` with a call to
-    // memset (~7 ns per key on the established path).
-    let words = [
-        u32::from_ne_bytes(src),
-        u32::from_ne_bytes(dst),
-        u32::from_ne_bytes([sport[0], sport[1], dport[0], dport[1]]),
-        u32::from_ne_bytes([proto, 0, 0, 0]),
-    ];
-    // SAFETY: `FlowKeyV4` is 16 bytes of plain integers (`Pod`), laid out as these words.
-    unsafe { core::mem::transmute::<[u32; 4], FlowKeyV4>(words) }
 }
 
 /// Idle timeout of `entry`, from the agent's config (defaults until it is written).
@@ -201,19 +185,6 @@ pub fn established(key: &FlowKeyV4, p: &Packet, now: u64) -> Option<Rewrite> {
     Some(Rewrite::of(backend.addr, backend.port, entry))
 }
 
-/// The key of the other half of the flow `(key, e)`: the reply entry of a
-/// forward one, or the forward entry of a reply one. Each half holds what
-/// the other's key and rewrite are made of (see [`create`]):
-/// forward (client → service) ↦ rewrite to (`nat` = backend, `peer`);
-/// reply (backend → `peer`) ↦ rewrite to (`nat` = service, client).
-#[inline(always)]
-pub(crate) fn other_key(key: &FlowKeyV4, e: &FlowV4) -> FlowKeyV4 {
-    if e.direction == direction::FORWARD {
-        flow_key(e.nat_addr, e.peer_addr, e.nat_port, e.peer_port, key.proto)
-    } else {
-        flow_key(e.peer_addr, e.nat_addr, e.peer_port, e.nat_port, key.proto)
-    }
-}
 
 /// An address and port, network order.
 type AddrPort = ([u8; 4], [u8; 2]);

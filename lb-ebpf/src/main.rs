@@ -14,6 +14,7 @@ mod confirmed;
 mod conntrack;
 mod dsr;
 mod events;
+mod flowkey;
 mod forward;
 mod icmp_error;
 mod load;
