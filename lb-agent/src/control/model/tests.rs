@@ -171,35 +171,39 @@ fn hostile_objects_are_skipped_and_the_rest_kept() {
     assert!(m.slices[&ObjectRef::new("ns", "v6-in-v4")].endpoints.is_empty());
 }
 
-/// Runs `f` with every log line (debug and up) captured; returns them.
+/// Runs `f` and returns what it logged on this thread.
+///
+/// One global subscriber, installed once, writes into a per-thread buffer.
+/// Scoped subscribers (`with_default`) race with tests on other threads over
+/// tracing's global callsite-interest cache, which dropped lines (1 run in 3).
 fn logs_of<R>(f: impl FnOnce() -> R) -> (R, String) {
-    use std::sync::{Arc, Mutex};
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Buf {
+    use std::cell::RefCell;
+    thread_local! {
+        static CAPTURE: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+    }
+    struct ThreadBuf;
+    impl std::io::Write for ThreadBuf {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
+            CAPTURE.with(|c| c.borrow_mut().as_mut().map(|buf| buf.extend_from_slice(b)));
             Ok(b.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
     }
-    let buf = Buf::default();
-    let writer = buf.clone();
-    let sub = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    // A callsite first hit by a parallel test without a subscriber caches
-    // "never"; rebuilt here, it counts this subscriber (flaked 1 in 3).
-    let r = tracing::subscriber::with_default(sub, || {
-        tracing::callsite::rebuild_interest_cache();
-        f()
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let sub = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(|| ThreadBuf)
+            .finish();
+        tracing::subscriber::set_global_default(sub).expect("no other global subscriber in unit tests");
     });
-    let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
-    (r, text)
+    CAPTURE.with(|c| *c.borrow_mut() = Some(Vec::new()));
+    let r = f();
+    let bytes = CAPTURE.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    (r, String::from_utf8(bytes).unwrap())
 }
 
 #[test]
