@@ -430,10 +430,8 @@ fn established(q: &Query, f: &FlowV4, s: &Snapshot) -> Established {
     let closing = f.flags & flow_flags::CLOSING != 0;
     let timeout = if closing {
         s.config.closing_timeout_s
-    } else if q.proto == IPPROTO_TCP {
-        s.config.tcp_timeout_s
     } else {
-        s.config.udp_timeout_s
+        s.config.idle_timeout_s(q.proto)
     } as u64
         * NS;
     let backend = SocketAddrV4::new(Ipv4Addr::from(f.nat_addr), u16::from_be_bytes(f.nat_port));

@@ -3,7 +3,7 @@
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
 use lb_common::{
     counter, direction, flow_flags, BackendV4, Config, FlowKeyV4, FlowV4, NatConfig, ServiceV4,
-    HAIRPIN_ADDR_V4, IPPROTO_TCP,
+    HAIRPIN_ADDR_V4,
 };
 
 use crate::{
@@ -117,10 +117,8 @@ fn timeout_ns(entry: &FlowV4, proto: u8) -> u64 {
     };
     let s = if entry.flags & flow_flags::CLOSING != 0 {
         cfg.closing_timeout_s
-    } else if proto == IPPROTO_TCP {
-        cfg.tcp_timeout_s
     } else {
-        cfg.udp_timeout_s
+        cfg.idle_timeout_s(proto)
     };
     s as u64 * NS
 }
