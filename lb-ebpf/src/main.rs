@@ -24,6 +24,7 @@ mod nat;
 mod parse;
 mod refuse;
 mod reset;
+mod sctp_nat;
 mod select;
 mod service;
 mod sock;

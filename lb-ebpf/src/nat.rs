@@ -10,11 +10,15 @@
 //! tc sees socket buffers whose L4 checksum may be a partial one (checksum
 //! offload, e.g. on a pod's veth): there the kernel helpers update it, as they
 //! know the buffer's checksum state.
+//!
+//! SCTP has no Internet checksum and no pseudo header: its ports are
+//! rewritten as UDP's are, and when they change its CRC32c is updated after
+//! the store (`sctp_nat.rs`). A rewrite of the addresses alone needs none.
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     programs::{TcContext, XdpContext},
 };
-use lb_common::IPPROTO_UDP;
+use lb_common::{IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 use lb_ebpf::csum;
 
 use crate::{
@@ -73,7 +77,8 @@ pub fn xdp_rewrite(ctx: &XdpContext, p: &Packet, side: Side, rw: &Rewrite) -> Re
     // it, but the verifier cannot relate the two pointers.
     let ip = core::hint::black_box(data + ETH_LEN);
     let l4 = data + p.l4;
-    let udp = p.proto == IPPROTO_UDP;
+    // UDP's 8-byte header bounds SCTP's rewrite too (ports, no checksum).
+    let udp = p.proto != IPPROTO_TCP;
     let check_off = if udp { UDP_CHECK } else { TCP_CHECK };
     // The L4 checksum is bounds-checked at the very address that is read
     // and written (`black_box` keeps it one value): 6.1's verifier loses the
@@ -95,7 +100,8 @@ pub fn xdp_rewrite(ctx: &XdpContext, p: &Packet, side: Side, rw: &Rewrite) -> Re
         let mut ipc = u16::from_be_bytes(*ip_check);
         let mut c = u16::from_be_bytes(*l4_check);
         // UDP checksum 0: the sender did not compute one; leave it absent.
-        let l4_sum = !(udp && c == 0);
+        // SCTP has none (its CRC is updated below).
+        let l4_sum = p.proto == IPPROTO_TCP || (p.proto == IPPROTO_UDP && c != 0);
         for (e, addr, port) in [(this, rw.addr, rw.port), (peer, rw.peer_addr, rw.peer_port)] {
             if e.addr != addr {
                 *a4(e.addr_off) = addr;
@@ -111,6 +117,9 @@ pub fn xdp_rewrite(ctx: &XdpContext, p: &Packet, side: Side, rw: &Rewrite) -> Re
         if l4_sum {
             *l4_check = if udp { csum::udp_mangled(c) } else { c }.to_be_bytes();
         }
+    }
+    if p.proto == IPPROTO_SCTP && (this.port != rw.port || peer.port != rw.peer_port) && !crate::sctp_nat::xdp_crc(ctx, p) {
+        return Err(MALFORMED);
     }
     Ok(())
 }
@@ -132,6 +141,8 @@ pub fn tc_rewrite(ctx: &TcContext, p: &Packet, side: Side, rw: &Rewrite) -> Resu
         0
     };
     let failed = |_| Verdict::Drop(lb_common::counter::DROP_CSUM);
+    // SCTP: no L4 checksum helper (see the module doc).
+    let inet = p.proto != IPPROTO_SCTP;
     let (data, end) = (ctx.data(), ctx.data_end());
     if data + ETH_LEN + 20 > end {
         return Err(MALFORMED);
@@ -154,8 +165,10 @@ pub fn tc_rewrite(ctx: &TcContext, p: &Packet, side: Side, rw: &Rewrite) -> Resu
                 u32::from_ne_bytes(e.addr) as u64,
                 u32::from_ne_bytes(addr) as u64,
             );
-            ctx.l4_csum_replace(l4_check, old, new, BPF_F_PSEUDO_HDR as u64 | mangled | 4)
-                .map_err(failed)?;
+            if inet {
+                ctx.l4_csum_replace(l4_check, old, new, BPF_F_PSEUDO_HDR as u64 | mangled | 4)
+                    .map_err(failed)?;
+            }
         }
         if e.port != port {
             ports_changed = true;
@@ -163,8 +176,10 @@ pub fn tc_rewrite(ctx: &TcContext, p: &Packet, side: Side, rw: &Rewrite) -> Resu
                 u16::from_ne_bytes(e.port) as u64,
                 u16::from_ne_bytes(port) as u64,
             );
-            ctx.l4_csum_replace(l4_check, old, new, mangled | 2)
-                .map_err(failed)?;
+            if inet {
+                ctx.l4_csum_replace(l4_check, old, new, mangled | 2)
+                    .map_err(failed)?;
+            }
         }
     }
     if addrs_changed {
@@ -177,6 +192,9 @@ pub fn tc_rewrite(ctx: &TcContext, p: &Packet, side: Side, rw: &Rewrite) -> Resu
     if ports_changed {
         let block = [ports[0][0], ports[0][1], ports[1][0], ports[1][1]];
         ctx.store(p.l4 + L4_SPORT, &block, 0).map_err(failed)?;
+        if !inet && !crate::sctp_nat::tc_crc(ctx, p) {
+            return Err(Verdict::Drop(lb_common::counter::DROP_CSUM));
+        }
     }
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! against `data_end` so the verifier accepts it and a short packet is a
 //! counted drop, never an out-of-bounds read.
 //!
-//! TCP, UDP and ICMP (whose errors of NATed flows are translated) are parsed.
+//! TCP, UDP, SCTP and ICMP (whose errors of NATed flows are translated) are
+//! parsed.
 //! Handled explicitly: VLAN tags and non-IPv4 frames are passed untouched,
 //! IP options are skipped (IHL), fragments are passed to the stack (only the
 //! first carries ports, so they cannot be balanced per flow here).
@@ -12,8 +13,14 @@
 //! frame, total length < frame, is fine), and the whole L4 header is inside
 //! the IPv4 packet — TCP: data offset ≥ 5 and header with options within the
 //! total length; UDP: 8 bytes and a UDP length between 8 and what the IPv4
-//! packet holds (what the kernel's own `udp_rcv` accepts). Anything else is
-//! `MALFORMED`.
+//! packet holds (what the kernel's own `udp_rcv` accepts); SCTP: the
+//! 12-byte common header and one chunk header. Anything else is `MALFORMED`.
+//!
+//! SCTP has its ports where TCP and UDP have them. Its first chunk stands in
+//! for TCP's flags, so conntrack opens and closes SCTP flows the same way:
+//! INIT is a SYN, ABORT a RST, SHUTDOWN COMPLETE a FIN (INIT and SHUTDOWN
+//! COMPLETE are never bundled; an ABORT bundled after other chunks is not
+//! seen, and the flow then ends by its idle timeout).
 //!
 //! `frame_len` is the length of the whole packet and `end` the end of what is
 //! directly readable. In XDP they are the same. In tc `frame_len` is
@@ -24,8 +31,8 @@
 //! options are never read, so they need not be linear.
 use core::mem::size_of;
 
-use lb_common::{counter, IPPROTO_TCP, IPPROTO_UDP};
-use lb_ebpf::icmp::IPPROTO_ICMP;
+use lb_common::{counter, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
+use lb_ebpf::{icmp::IPPROTO_ICMP, sctp};
 
 use crate::verdict::{Verdict, MALFORMED};
 
@@ -87,7 +94,8 @@ pub struct Packet {
     pub dst: [u8; 4],
     pub sport: [u8; 2],
     pub dport: [u8; 2],
-    /// TCP flags byte; 0 for UDP.
+    /// TCP flags byte; for SCTP the flags its first chunk stands for (see
+    /// the module doc); 0 for UDP.
     pub tcp_flags: u8,
     /// IPv4 total length (bytes counted per flow and service).
     pub ip_len: u16,
@@ -153,6 +161,7 @@ pub fn parse(data: usize, end: usize, frame_len: usize) -> Result<Packet, Verdic
     let min_l4 = match l4proto {
         IPPROTO_TCP => 20,
         IPPROTO_UDP => 8,
+        IPPROTO_SCTP => sctp::COMMON_LEN + sctp::CHUNK_HDR_LEN,
         // ICMP errors of NATed flows are translated (icmp_error.rs); the
         // "ports" read below are then its type, code and checksum, unused.
         IPPROTO_ICMP => 8,
@@ -181,6 +190,15 @@ pub fn parse(data: usize, end: usize, frame_len: usize) -> Result<Packet, Verdic
             return Err(MALFORMED);
         }
         0
+    } else if l4proto == IPPROTO_SCTP {
+        // Inside the packet by the length check above.
+        let chunk: *const u8 = ptr_at(data, end, l4 + sctp::COMMON_LEN)?;
+        match unsafe { *chunk } {
+            sctp::CHUNK_INIT => TCP_SYN,
+            sctp::CHUNK_ABORT => TCP_RST,
+            sctp::CHUNK_SHUTDOWN_COMPLETE => TCP_FIN,
+            _ => 0,
+        }
     } else {
         0
     };

@@ -10,7 +10,7 @@ use std::{
 use anyhow::Result;
 use lb_common::{
     backend_state, counter, direction, flow_flags, proto_name, service_flags, Config,
-    FlowKeyV4, FlowV4, SlotKey, IPPROTO_UDP,
+    FlowKeyV4, FlowV4, SlotKey,
 };
 use serde::Serialize;
 

@@ -1,0 +1,93 @@
+//! SCTP's CRC32c after a NAT rewrite (the math is `lb_ebpf::sctp`).
+//!
+//! `nat.rs` rewrites an SCTP packet's addresses and ports as for UDP, minus
+//! the Internet checksum (SCTP has none and no pseudo header: a rewrite of
+//! the addresses alone, DNAT to a backend on the service's port, needs no
+//! checksum work). When a port changed, the hook calls here, after the
+//! ports were written, to update the CRC field from the old ports and the
+//! new ones in place.
+//!
+//! Checksum state:
+//! - XDP sees frames as they came off a wire: their CRC is complete and is
+//!   always updated (as for TCP and UDP, XDP expects complete checksums).
+//! - tc sees socket buffers, whose state (`ip_summed`) a program cannot
+//!   read. An SCTP socket sending through a device with SCTP CRC offload
+//!   (`NETIF_F_SCTP_CRC`: veth, so every pod) leaves the field zero and
+//!   marks the buffer `CHECKSUM_PARTIAL` + `csum_not_inet`, with
+//!   `csum_start` at the SCTP header (`sctp_packet_pack`). The CRC is then
+//!   computed at the last moment over the bytes as they are: by the egress
+//!   NIC, or by `skb_crc32c_csum_help` when the egress device lacks the
+//!   offload (`validate_xmit_skb` → `skb_csum_hwoffload_help`); a local
+//!   receiver of a partial buffer (veth to a pod) trusts it unchecked
+//!   (`skb_csum_unnecessary` in `sctp_rcv`). That computation covers the
+//!   field as it stands, so it must stay zero: a zero field is left alone
+//!   (`SCTP_CRC_OFFLOADED`), any other is updated (`SCTP_CRC_UPDATED`). A
+//!   complete CRC that happens to be zero (one packet in 2^32) is left
+//!   unchanged too, so that packet arrives with a wrong CRC and is dropped
+//!   by its receiver, as a corrupt packet would be, and retransmitted.
+//!
+//! A CRC that was wrong before stays exactly as wrong after the update:
+//! nothing here validates it; the receiving endpoint does.
+//!
+//! Out of line (BPF-to-BPF calls): the 16 multiplications are straight-line
+//! register arithmetic that would otherwise be inlined at every rewrite
+//! site, and `tc_ingress` / `xdp_lb` have no stack to spare. These
+//! functions keep their few locals in registers; their frames add to the
+//! call chain, not to the hooks' own frames.
+use aya_ebpf::programs::{TcContext, XdpContext};
+use lb_common::counter;
+use lb_ebpf::sctp::{field_after_ports, CHECKSUM_OFF};
+
+use crate::{
+    parse::{Packet, ETH_LEN},
+    stats::count,
+};
+
+/// Length of the SCTP packet (common header and chunks).
+#[inline(always)]
+fn sctp_len(p: &Packet) -> u16 {
+    p.ip_len.wrapping_sub((p.l4 - ETH_LEN) as u16)
+}
+
+/// The ports as they were before the rewrite, in wire order.
+#[inline(always)]
+fn old_ports(p: &Packet) -> [u8; 4] {
+    [p.sport[0], p.sport[1], p.dport[0], p.dport[1]]
+}
+
+/// XDP: updates the CRC of the packet whose ports were just rewritten.
+/// `false` if the header is not inside the frame (parse made sure it is).
+#[inline(never)]
+pub fn xdp_crc(ctx: &XdpContext, p: &Packet) -> bool {
+    let (l4, end) = (ctx.data() + p.l4, ctx.data_end());
+    if l4 + CHECKSUM_OFF + 4 > end {
+        return false;
+    }
+    // SAFETY: the common header (ports .. checksum) was bounds-checked above.
+    unsafe {
+        let new = *(l4 as *const [u8; 4]);
+        let field = (l4 + CHECKSUM_OFF) as *mut [u8; 4];
+        *field = field_after_ports(*field, old_ports(p), new, sctp_len(p));
+    }
+    count(counter::SCTP_CRC_UPDATED);
+    true
+}
+
+/// tc: the same in a socket buffer, where a zero field means the CRC is
+/// still to be computed (see the module doc) and is left alone.
+#[inline(never)]
+pub fn tc_crc(ctx: &TcContext, p: &Packet) -> bool {
+    let (Ok(new), Ok(field)) = (ctx.load::<[u8; 4]>(p.l4), ctx.load::<[u8; 4]>(p.l4 + CHECKSUM_OFF)) else {
+        return false;
+    };
+    if field == [0; 4] {
+        count(counter::SCTP_CRC_OFFLOADED);
+        return true;
+    }
+    let updated = field_after_ports(field, old_ports(p), new, sctp_len(p));
+    if ctx.store(p.l4 + CHECKSUM_OFF, &updated, 0).is_err() {
+        return false;
+    }
+    count(counter::SCTP_CRC_UPDATED);
+    true
+}
