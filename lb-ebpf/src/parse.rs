@@ -193,12 +193,7 @@ pub fn parse(data: usize, end: usize, frame_len: usize) -> Result<Packet, Verdic
     } else if l4proto == IPPROTO_SCTP {
         // Inside the packet by the length check above.
         let chunk: *const u8 = ptr_at(data, end, l4 + sctp::COMMON_LEN)?;
-        match unsafe { *chunk } {
-            sctp::CHUNK_INIT => TCP_SYN,
-            sctp::CHUNK_ABORT => TCP_RST,
-            sctp::CHUNK_SHUTDOWN_COMPLETE => TCP_FIN,
-            _ => 0,
-        }
+        sctp::chunk_flags(unsafe { *chunk })
     } else {
         0
     };

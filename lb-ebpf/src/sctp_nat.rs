@@ -29,14 +29,15 @@
 //! A CRC that was wrong before stays exactly as wrong after the update:
 //! nothing here validates it; the receiving endpoint does.
 //!
-//! Out of line (BPF-to-BPF calls): the 16 multiplications are straight-line
-//! register arithmetic that would otherwise be inlined at every rewrite
-//! site, and `tc_ingress` / `xdp_lb` have no stack to spare. These
-//! functions keep their few locals in registers; their frames add to the
-//! call chain, not to the hooks' own frames.
+//! The arithmetic is out of line ([`crc_update`], a BPF-to-BPF call taking
+//! and returning plain numbers): its 16 multiplications would otherwise be
+//! inlined at every rewrite site, and `tc_ingress` / `xdp_lb` have no stack
+//! to spare; it needs no stack of its own. The packet accesses stay inline:
+//! a packet pointer passed to a subprogram lost its type on the way (LLVM
+//! passed `data` as a 32-bit number; "R1 invalid mem access 'scalar'").
 use aya_ebpf::programs::{TcContext, XdpContext};
 use lb_common::counter;
-use lb_ebpf::sctp::{field_after_ports, CHECKSUM_OFF};
+use lb_ebpf::sctp::CHECKSUM_OFF;
 
 use crate::{
     parse::{Packet, ETH_LEN},
@@ -55,9 +56,22 @@ fn old_ports(p: &Packet) -> [u8; 4] {
     [p.sport[0], p.sport[1], p.dport[0], p.dport[1]]
 }
 
+/// The CRC field (as a little-endian number) after the ports changed from
+/// `old` to `new` (wire order, as little-endian numbers) in an SCTP packet
+/// of `len` bytes. Scalars in, scalar out: see the module doc.
+#[inline(never)]
+fn crc_update(field: u32, old: u32, new: u32, len: u32) -> u32 {
+    lb_ebpf::sctp::crc_after_ports(field, old.to_le_bytes(), new.to_le_bytes(), len as u16)
+}
+
+#[inline(always)]
+fn updated(field: [u8; 4], old: [u8; 4], new: [u8; 4], len: u16) -> [u8; 4] {
+    crc_update(u32::from_le_bytes(field), u32::from_le_bytes(old), u32::from_le_bytes(new), len as u32).to_le_bytes()
+}
+
 /// XDP: updates the CRC of the packet whose ports were just rewritten.
 /// `false` if the header is not inside the frame (parse made sure it is).
-#[inline(never)]
+#[inline(always)]
 pub fn xdp_crc(ctx: &XdpContext, p: &Packet) -> bool {
     let (l4, end) = (ctx.data() + p.l4, ctx.data_end());
     if l4 + CHECKSUM_OFF + 4 > end {
@@ -67,7 +81,7 @@ pub fn xdp_crc(ctx: &XdpContext, p: &Packet) -> bool {
     unsafe {
         let new = *(l4 as *const [u8; 4]);
         let field = (l4 + CHECKSUM_OFF) as *mut [u8; 4];
-        *field = field_after_ports(*field, old_ports(p), new, sctp_len(p));
+        *field = updated(*field, old_ports(p), new, sctp_len(p));
     }
     count(counter::SCTP_CRC_UPDATED);
     true
@@ -75,7 +89,7 @@ pub fn xdp_crc(ctx: &XdpContext, p: &Packet) -> bool {
 
 /// tc: the same in a socket buffer, where a zero field means the CRC is
 /// still to be computed (see the module doc) and is left alone.
-#[inline(never)]
+#[inline(always)]
 pub fn tc_crc(ctx: &TcContext, p: &Packet) -> bool {
     let (Ok(new), Ok(field)) = (ctx.load::<[u8; 4]>(p.l4), ctx.load::<[u8; 4]>(p.l4 + CHECKSUM_OFF)) else {
         return false;
@@ -84,8 +98,8 @@ pub fn tc_crc(ctx: &TcContext, p: &Packet) -> bool {
         count(counter::SCTP_CRC_OFFLOADED);
         return true;
     }
-    let updated = field_after_ports(field, old_ports(p), new, sctp_len(p));
-    if ctx.store(p.l4 + CHECKSUM_OFF, &updated, 0).is_err() {
+    let crc = updated(field, old_ports(p), new, sctp_len(p));
+    if ctx.store(p.l4 + CHECKSUM_OFF, &crc, 0).is_err() {
         return false;
     }
     count(counter::SCTP_CRC_UPDATED);

@@ -167,6 +167,8 @@ impl Frame {
                 s.extend_from_slice(&[0, 0]);
                 6
             }
+            // Built below: no Internet checksum.
+            L4::Sctp { .. } => 8,
         };
         if let L4::Sctp { vtag, chunk, crc } = self.l4 {
             s.extend_from_slice(&vtag.to_be_bytes());
