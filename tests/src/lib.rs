@@ -18,6 +18,7 @@ pub mod ops;
 pub mod packet;
 pub mod prometheus;
 pub mod servers;
+pub mod sctp;
 pub mod services;
 pub mod tc;
 pub mod topology;
