@@ -28,7 +28,8 @@
 //! arithmetic on the header fields against `frame_len`, and only the bytes we
 //! read or rewrite (ports, flags, checksums: the first 20 TCP / 8 UDP bytes)
 //! must be linear, which tc makes sure of by pulling them (`tc.rs`). TCP
-//! options are never read, so they need not be linear.
+//! options are never read, so they need not be linear; nor is an SCTP
+//! packet's first chunk always (only its common header is).
 use core::mem::size_of;
 
 use lb_common::{counter, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
@@ -191,9 +192,16 @@ pub fn parse(data: usize, end: usize, frame_len: usize) -> Result<Packet, Verdic
         }
         0
     } else if l4proto == IPPROTO_SCTP {
-        // Inside the packet by the length check above.
-        let chunk: *const u8 = ptr_at(data, end, l4 + sctp::COMMON_LEN)?;
-        sctp::chunk_flags(unsafe { *chunk })
+        // Inside the packet by the length check above, but in tc not
+        // always linear: an SCTP GSO buffer's head ends with the common
+        // header (see tc.rs). Its first chunk is then DATA: no flags.
+        let chunk = data + l4 + sctp::COMMON_LEN;
+        if chunk < end {
+            // SAFETY: `chunk` was bounds-checked against `data_end` above.
+            sctp::chunk_flags(unsafe { *(chunk as *const u8) })
+        } else {
+            0
+        }
     } else {
         0
     };
