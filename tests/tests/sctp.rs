@@ -11,16 +11,19 @@
 //! CRC is offloaded (field zero: left zero for the kernel to compute) or
 //! complete (updated); a corrupt CRC, updated by the same delta so it stays
 //! exactly as corrupt; truncated headers; a service without backends.
-//! Then the lifecycle: INIT is SCTP's SYN, ABORT its RST. Needs root.
+//! Then the lifecycle: INIT is SCTP's SYN, ABORT its RST; and a pod on
+//! another node: SNAT (never DSR), the CRC updated both ways. Needs root.
 use std::net::Ipv4Addr;
 
-use lb_common::{algorithm, counter, IPPROTO_SCTP};
+use lb_common::{algorithm, config_flags, counter, Config, NatConfig, IPPROTO_SCTP};
 use lb_ebpf::csum::checksum;
 use xdplb_tests::{
     fixture::{self, story::*, Case},
     lb::Lb,
-    packet::{sctp_crc, Frame, SctpCrc, L4, SCTP_ABORT, SCTP_DATA, SCTP_INIT, SCTP_INIT_ACK},
+    netns::{self, Netns},
+    packet::{sctp_crc, Frame, SctpCrc, CLIENT_MAC, L4, NODE_MAC, SCTP_ABORT, SCTP_DATA, SCTP_INIT, SCTP_INIT_ACK},
     services::{contents, Svc},
+    topology::{addr_up, veth},
 };
 
 const FILE: &str = "sctp.json";
@@ -234,4 +237,76 @@ fn an_init_after_abort_starts_a_new_association_but_a_retransmitted_init_does_no
     let flows = lb.maps.flows().unwrap();
     assert!(flows.iter().all(|(k, _)| k.proto == IPPROTO_SCTP), "conntrack keys carry protocol 132");
     assert_eq!(lb.maps.service_stats(1).unwrap().new_flows, 2);
+}
+
+/// Node B and a pod on it (10.244.2.0/24 is routed via node B).
+const NODE_B: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 3);
+const NODE_B_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
+const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 10);
+const SNAT_PORT: u16 = 61000;
+
+/// An uplink `up0` (NODE, NODE_MAC) in a namespace of its own, with node B
+/// and the client as permanent neighbours, so the XDP program's FIB lookup
+/// (and so its output MACs and verdict) is deterministic; the test thread
+/// enters it.
+struct Uplink {
+    _node: Netns,
+    _wire: Netns,
+    ifindex: u32,
+}
+
+impl Uplink {
+    fn enter() -> Self {
+        let (node, wire) = (Netns::new(), Netns::new());
+        node.sysctl("net.ipv4.ip_forward", "1");
+        veth(&node, "up0", &wire, "eth0");
+        let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        node.ip(&["link", "set", "up0", "address", &mac(NODE_MAC)]);
+        addr_up(&node, "up0", "192.168.1.1/24");
+        wire.ip(&["link", "set", "eth0", "up"]);
+        node.ip(&["route", "add", "10.244.2.0/24", "via", &NODE_B.to_string()]);
+        for (addr, m) in [(NODE_B, NODE_B_MAC), (CLIENT, CLIENT_MAC)] {
+            node.ip(&["neigh", "replace", &addr.to_string(), "lladdr", &mac(m), "dev", "up0", "nud", "permanent"]);
+        }
+        let ifindex = node.ifindex("up0");
+        let f = std::fs::File::open(format!("/run/netns/{}", node.name())).expect("namespace file");
+        netns::enter(&f);
+        Self { _node: node, _wire: wire, ifindex }
+    }
+}
+
+/// `f` as XDP forwards it out of the uplink: TTL one less, MACs set.
+fn forwarded(mut f: Frame, to: [u8; 6]) -> Frame {
+    f.ttl -= 1;
+    (f.src_mac, f.dst_mac) = (NODE_MAC, to);
+    f
+}
+
+#[test]
+fn sctp_to_a_pod_on_another_node_is_snated_never_dsr_with_its_crc_updated_both_ways() {
+    let up = Uplink::enter();
+    let mut lb = Lb::load();
+    lb.program(&contents(&[Svc::new(1, IPPROTO_SCTP, algorithm::RANDOM).frontend(NODE, NODE_PORT).remote_backend(1, POD_B, TARGET_PORT)]));
+    lb.maps.set_nat_config(&NatConfig { addr_v4: NODE.octets(), port_min: SNAT_PORT, port_max: SNAT_PORT }).unwrap();
+    // DSR for TCP and UDP: SCTP still takes SNAT.
+    lb.maps.set_config(&Config { flags: config_flags::DSR_TCP | config_flags::DSR_UDP, ..Default::default() }).unwrap();
+    let xdp = |f: &Frame| fixture::run_frame_on(&lb.ebpf, "xdp_lb", &f.bytes(), Some(up.ifindex)).unwrap();
+    const XDP_TX: u32 = 3;
+
+    let init = init(CLIENT, 5000, NODE, NODE_PORT);
+    let (rc, out) = xdp(&init);
+    let want = forwarded(to(from(init.clone(), NODE, SNAT_PORT), POD_B, TARGET_PORT), NODE_B_MAC).bytes();
+    assert_eq!((rc, &out), (XDP_TX, &want), "SNAT: source node:61000, destination the pod\n{}", xdplb_tests::packet::hex_diff(&out, &want));
+    xdplb_tests::packet::verify_checksums(&out).unwrap();
+
+    let mut ack = Frame::sctp(POD_B, TARGET_PORT, NODE, SNAT_PORT, 0x0c11_e4a7, SCTP_INIT_ACK).payload(&init_value(0x5e4e_7a90));
+    (ack.src_mac, ack.dst_mac) = (NODE_B_MAC, NODE_MAC);
+    let (rc, out) = xdp(&ack);
+    let want = forwarded(to(from(ack.clone(), NODE, NODE_PORT), CLIENT, 5000), CLIENT_MAC).bytes();
+    assert_eq!((rc, &out), (XDP_TX, &want), "the reply back to the client from the NodePort\n{}", xdplb_tests::packet::hex_diff(&out, &want));
+    xdplb_tests::packet::verify_checksums(&out).unwrap();
+
+    assert_eq!((lb.counter(counter::SNAT_NEW), lb.counter(counter::DSR_FORWARD)), (1, 0));
+    assert_eq!(lb.counter(counter::SCTP_CRC_UPDATED), 2, "both ways");
+    assert!(!lb_common::dsr::uses_dsr(0, config_flags::DSR_TCP | config_flags::DSR_UDP, IPPROTO_SCTP), "explain decides the same");
 }
