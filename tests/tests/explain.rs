@@ -225,5 +225,5 @@ fn explain_agrees_with_the_programs_on_sctp() {
     }
     let (got, e, _) = c.check_full(Origin::External, &chunk(CLIENT, 46200, REMOTE_IP, SCTP_INIT));
     assert_eq!((got.0, e.verdict.snat.as_deref()), (Action::Dnat, Some("192.168.1.1:61000-65535")), "{e}");
-    assert_eq!(c.checked, 21);
+    assert_eq!(c.checked, 19);
 }
