@@ -292,7 +292,8 @@ pub fn respond(sock: LinkSocket, proto: Proto, owned: Owned, replies: Arc<Atomic
             continue;
         };
         if dad && dad_seen.insert(addr) {
-            tracing::warn!(address = %addr, from = ?&buf[6..12], "a host on the segment probes (DAD) for a LoadBalancer address this node owns: answered, so that it does not take it");
+            let from: Vec<String> = buf[6..12].iter().map(|b| format!("{b:02x}")).collect();
+            tracing::warn!(address = %addr, from = %from.join(":"), "a host on the segment probes (DAD) for a LoadBalancer address this node owns: answered, so that it does not take it");
         }
         match sock.send(&answer) {
             Ok(()) => {
@@ -440,5 +441,66 @@ endpoints:
             .contains(&ip4(10, 0, 0, 1)));
         let s = a.update(&ann("node-3"));
         assert_eq!(s.released, [ip4(10, 0, 0, 1)]);
+    }
+
+    #[test]
+    fn ipv6_addresses_get_owners_and_are_answered_by_ndp_alone() {
+        let m = model(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {namespace: demo, name: dual}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.12
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: RequireDualStack
+  ports: [{name: http, port: 80, protocol: TCP, nodePort: 30082}]
+status: {loadBalancer: {ingress: [{ip: 192.168.50.201}, {ip: 'fd00:50::201'}]}}
+"#,
+        );
+        let (pools, errors) = Pools::build(
+            &[parse_flag("lan=192.168.50.200/29,fd00:50::200/125").unwrap()],
+            &[],
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let all = nodes(&["node-1", "node-2", "node-3"]);
+        let v6: IpAddr = "fd00:50::201".parse().unwrap();
+        let o = owners(&m, &pools, &all);
+        assert_eq!(o.len(), 2, "{o:?}");
+        assert_eq!(o[&v6].owner.as_ref(), owner(v6, &all));
+        assert_eq!(o[&v6].services, ["demo/dual"]);
+
+        use crate::lbip::ndp::tests::{hex, DAD, DAD_NA, NA, NS};
+        let mac = [2, 0, 0, 0, 0, 1];
+        let owned = BTreeSet::from([v6]);
+        assert_eq!(
+            Proto::Ndp.answer(mac, &hex(NS), &owned),
+            Some((v6, false, hex(NA)))
+        );
+        assert_eq!(
+            Proto::Ndp.answer(mac, &hex(DAD), &owned),
+            Some((v6, true, hex(DAD_NA)))
+        );
+        assert_eq!(
+            Proto::Ndp.answer(mac, &hex(NS), &BTreeSet::new()),
+            None,
+            "not owned: not answered"
+        );
+        assert_eq!(
+            Proto::Arp.answer(mac, &hex(NS), &owned),
+            None,
+            "each protocol its own frames"
+        );
+        // ARP: a question for an owned address is answered, a gratuitous one is not.
+        let v4 = ip4(10, 0, 0, 7);
+        let owned = BTreeSet::from([v4]);
+        let g = arp::gratuitous([2, 0, 0, 0, 0, 9], "10.0.0.7".parse().unwrap());
+        assert_eq!(Proto::Arp.answer(mac, &g, &owned), None);
+        assert_eq!(
+            Proto::announcement(mac, v4),
+            arp::gratuitous(mac, "10.0.0.7".parse().unwrap()).to_vec()
+        );
+        assert_eq!(Proto::announcement(mac, v6), hex(DAD_NA), "the unsolicited NA");
     }
 }

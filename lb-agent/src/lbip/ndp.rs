@@ -251,13 +251,13 @@ impl Default for Groups {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Frames the Linux kernel (6.18) sent between two namespaces on a
     /// veth pair, captured with `tcpdump -xx`: node A (02:00:00:00:00:01)
     /// holds fd00:50::201, client B (02:00:00:00:00:09) fd00:50::2.
-    fn hex(s: &str) -> Vec<u8> {
+    pub(crate) fn hex(s: &str) -> Vec<u8> {
         let digits: Vec<u8> = s.bytes().filter(u8::is_ascii_hexdigit).collect();
         digits
             .chunks(2)
@@ -265,19 +265,19 @@ mod tests {
             .collect()
     }
     /// B asks who has fd00:50::201.
-    const NS: &str = "3333 ff00 0201 0200 0000 0009 86dd 6000 0000 0020 3aff fd00 0050 0000 0000 0000
+    pub(crate) const NS: &str = "3333 ff00 0201 0200 0000 0009 86dd 6000 0000 0020 3aff fd00 0050 0000 0000 0000
         0000 0000 0002 ff02 0000 0000 0000 0000 0001 ff00 0201 8700 78f0 0000 0000 fd00
         0050 0000 0000 0000 0000 0000 0201 0101 0200 0000 0009";
     /// A's answer: unicast, S and O, target link-layer option.
-    const NA: &str = "0200 0000 0009 0200 0000 0001 86dd 6000 0000 0020 3aff fd00 0050 0000 0000 0000
+    pub(crate) const NA: &str = "0200 0000 0009 0200 0000 0001 86dd 6000 0000 0020 3aff fd00 0050 0000 0000 0000
         0000 0000 0201 fd00 0050 0000 0000 0000 0000 0000 0002 8800 17ac 6000 0000 fd00
         0050 0000 0000 0000 0000 0000 0201 0201 0200 0000 0001";
     /// B probes (DAD, with an RFC 7527 nonce option) for A's address.
-    const DAD: &str = "3333 ff00 0201 0200 0000 0009 86dd 6000 0000 0020 3aff 0000 0000 0000 0000 0000
+    pub(crate) const DAD: &str = "3333 ff00 0201 0200 0000 0009 86dd 6000 0000 0020 3aff 0000 0000 0000 0000 0000
         0000 0000 0000 ff02 0000 0000 0000 0000 0001 ff00 0201 8700 fb1b 0000 0000 fd00
         0050 0000 0000 0000 0000 0000 0201 0e01 8904 11c9 d562";
     /// A defends it: to all-nodes, O only.
-    const DAD_NA: &str = "3333 0000 0001 0200 0000 0001 86dd 6000 0000 0020 3aff fd00 0050 0000 0000 0000
+    pub(crate) const DAD_NA: &str = "3333 0000 0001 0200 0000 0001 86dd 6000 0000 0020 3aff fd00 0050 0000 0000 0000
         0000 0000 0201 ff02 0000 0000 0000 0000 0000 0000 0001 8800 55fb 2000 0000 fd00
         0050 0000 0000 0000 0000 0000 0201 0201 0200 0000 0001";
     /// A's unsolicited advertisement of its link-local address (ndisc_notify).
