@@ -68,8 +68,7 @@ pub struct Announced {
 /// The owner of every pool address in the model's LoadBalancer IPs.
 pub fn owners(model: &Model, pools: &Pools, live: &[String]) -> BTreeMap<IpAddr, Announced> {
     // Per address: the Services, whether any is Cluster, the nodes with local endpoints.
-    let mut per: BTreeMap<IpAddr, (String, Vec<String>, bool, BTreeSet<String>)> =
-        BTreeMap::new();
+    let mut per: BTreeMap<IpAddr, (String, Vec<String>, bool, BTreeSet<String>)> = BTreeMap::new();
     for (id, svc) in &model.services {
         let v4 = svc.lb_ips.iter().map(|a| IpAddr::V4(*a));
         for a in v4.chain(svc.lb_ips_v6.iter().map(|a| IpAddr::V6(*a))) {
@@ -168,8 +167,8 @@ impl Proto {
             Self::Arp => {
                 let req = arp::parse_request(frame)?;
                 // A gratuitous ARP (ours or another node's) is not a question.
-                let ours = req.sender_ip != req.target_ip
-                    && owned.contains(&IpAddr::V4(req.target_ip));
+                let ours =
+                    req.sender_ip != req.target_ip && owned.contains(&IpAddr::V4(req.target_ip));
                 ours.then(|| (req.target_ip.into(), false, arp::reply(mac, &req).to_vec()))
             }
             Self::Ndp => {
@@ -388,10 +387,7 @@ endpoints:
         let m = model(SERVICES);
         let (pools, _) = Pools::build(&[parse_flag("lan=192.168.50.200/29").unwrap()], &[]);
         let o = owners(&m, &pools, &nodes(&["node-1", "node-2", "node-3"]));
-        assert_eq!(
-            o[&ip4(192, 168, 50, 202)].owner.as_deref(),
-            Some("node-2")
-        );
+        assert_eq!(o[&ip4(192, 168, 50, 202)].owner.as_deref(), Some("node-2"));
         let o = owners(&m, &pools, &nodes(&["node-1", "node-3"]));
         assert_eq!(
             o[&ip4(192, 168, 50, 202)].owner,
@@ -405,12 +401,8 @@ endpoints:
         let all = nodes(&["node-1", "node-2", "node-3"]);
         let mut per: BTreeMap<String, usize> = BTreeMap::new();
         for i in 1..=240u8 {
-            *per.entry(
-                owner(ip4(10, 0, 0, i), &all)
-                    .unwrap()
-                    .clone(),
-            )
-            .or_default() += 1;
+            *per.entry(owner(ip4(10, 0, 0, i), &all).unwrap().clone())
+                .or_default() += 1;
         }
         assert_eq!(per.len(), 3);
         assert!(per.values().all(|&n| n > 40), "{per:?}");
@@ -430,15 +422,8 @@ endpoints:
         };
         assert_eq!(a.update(&ann("node-1")), Step::default());
         let s = a.update(&ann("node-2"));
-        assert_eq!(
-            s.taken,
-            [(ip4(10, 0, 0, 1), Some("node-1".to_string()))]
-        );
-        assert!(a
-            .owned()
-            .read()
-            .unwrap()
-            .contains(&ip4(10, 0, 0, 1)));
+        assert_eq!(s.taken, [(ip4(10, 0, 0, 1), Some("node-1".to_string()))]);
+        assert!(a.owned().read().unwrap().contains(&ip4(10, 0, 0, 1)));
         let s = a.update(&ann("node-3"));
         assert_eq!(s.released, [ip4(10, 0, 0, 1)]);
     }
@@ -501,6 +486,10 @@ status: {loadBalancer: {ingress: [{ip: 192.168.50.201}, {ip: 'fd00:50::201'}]}}
             Proto::announcement(mac, v4),
             arp::gratuitous(mac, "10.0.0.7".parse().unwrap()).to_vec()
         );
-        assert_eq!(Proto::announcement(mac, v6), hex(DAD_NA), "the unsolicited NA");
+        assert_eq!(
+            Proto::announcement(mac, v6),
+            hex(DAD_NA),
+            "the unsolicited NA"
+        );
     }
 }

@@ -265,23 +265,28 @@ pub(crate) mod tests {
             .collect()
     }
     /// B asks who has fd00:50::201.
-    pub(crate) const NS: &str = "3333 ff00 0201 0200 0000 0009 86dd 6000 0000 0020 3aff fd00 0050 0000 0000 0000
+    pub(crate) const NS: &str =
+        "3333 ff00 0201 0200 0000 0009 86dd 6000 0000 0020 3aff fd00 0050 0000 0000 0000
         0000 0000 0002 ff02 0000 0000 0000 0000 0001 ff00 0201 8700 78f0 0000 0000 fd00
         0050 0000 0000 0000 0000 0000 0201 0101 0200 0000 0009";
     /// A's answer: unicast, S and O, target link-layer option.
-    pub(crate) const NA: &str = "0200 0000 0009 0200 0000 0001 86dd 6000 0000 0020 3aff fd00 0050 0000 0000 0000
+    pub(crate) const NA: &str =
+        "0200 0000 0009 0200 0000 0001 86dd 6000 0000 0020 3aff fd00 0050 0000 0000 0000
         0000 0000 0201 fd00 0050 0000 0000 0000 0000 0000 0002 8800 17ac 6000 0000 fd00
         0050 0000 0000 0000 0000 0000 0201 0201 0200 0000 0001";
     /// B probes (DAD, with an RFC 7527 nonce option) for A's address.
-    pub(crate) const DAD: &str = "3333 ff00 0201 0200 0000 0009 86dd 6000 0000 0020 3aff 0000 0000 0000 0000 0000
+    pub(crate) const DAD: &str =
+        "3333 ff00 0201 0200 0000 0009 86dd 6000 0000 0020 3aff 0000 0000 0000 0000 0000
         0000 0000 0000 ff02 0000 0000 0000 0000 0001 ff00 0201 8700 fb1b 0000 0000 fd00
         0050 0000 0000 0000 0000 0000 0201 0e01 8904 11c9 d562";
     /// A defends it: to all-nodes, O only.
-    pub(crate) const DAD_NA: &str = "3333 0000 0001 0200 0000 0001 86dd 6000 0000 0020 3aff fd00 0050 0000 0000 0000
+    pub(crate) const DAD_NA: &str =
+        "3333 0000 0001 0200 0000 0001 86dd 6000 0000 0020 3aff fd00 0050 0000 0000 0000
         0000 0000 0201 ff02 0000 0000 0000 0000 0000 0000 0001 8800 55fb 2000 0000 fd00
         0050 0000 0000 0000 0000 0000 0201 0201 0200 0000 0001";
     /// A's unsolicited advertisement of its link-local address (ndisc_notify).
-    const UNSOLICITED: &str = "3333 0000 0001 0200 0000 0001 86dd 6000 0000 0020 3aff fe80 0000 0000 0000 0000
+    const UNSOLICITED: &str =
+        "3333 0000 0001 0200 0000 0001 86dd 6000 0000 0020 3aff fe80 0000 0000 0000 0000
         00ff fe00 0001 ff02 0000 0000 0000 0000 0000 0000 0001 8800 599b 2000 0000 fe80
         0000 0000 0000 0000 00ff fe00 0001 0201 0200 0000 0001";
     const A: [u8; 6] = [2, 0, 0, 0, 0, 1];
@@ -319,7 +324,11 @@ pub(crate) mod tests {
     fn an_unsolicited_advertisement_matches_the_kernels() {
         let ll: Ipv6Addr = "fe80::ff:fe00:1".parse().unwrap();
         assert_eq!(unsolicited(A, ll), hex(UNSOLICITED));
-        assert_eq!(unsolicited(A, LB), hex(DAD_NA), "the same message for the LB address");
+        assert_eq!(
+            unsolicited(A, LB),
+            hex(DAD_NA),
+            "the same message for the LB address"
+        );
     }
 
     #[test]
@@ -357,7 +366,11 @@ pub(crate) mod tests {
         let g = solicited_node(LB);
         assert_eq!(g, "ff02::1:ff00:201".parse::<Ipv6Addr>().unwrap());
         assert_eq!(multicast_mac(g), [0x33, 0x33, 0xff, 0x00, 0x02, 0x01]);
-        assert_eq!(&hex(NS)[..6], &multicast_mac(g), "where the kernel sent its solicitation");
+        assert_eq!(
+            &hex(NS)[..6],
+            &multicast_mac(g),
+            "where the kernel sent its solicitation"
+        );
     }
 
     /// The socket filter, run by the kernel on real frames (a test run of
@@ -398,13 +411,22 @@ pub(crate) mod tests {
         loop {
             // SAFETY: `buf` is valid for writes of its length.
             let n = unsafe {
-                libc::recv(rx.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
+                libc::recv(
+                    rx.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
             };
             if n <= 0 {
                 break;
             }
             got.push(buf[..n as usize].to_vec());
         }
-        assert_eq!(got, [hex(DAD), hex(NS)], "the advertisement and the ARP are filtered out");
+        assert_eq!(
+            got,
+            [hex(DAD), hex(NS)],
+            "the advertisement and the ARP are filtered out"
+        );
     }
 }

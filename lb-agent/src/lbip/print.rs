@@ -95,7 +95,10 @@ mod tests {
         };
         let t = table(&v);
         assert!(t.contains("node-1 (lease holder)"), "{t}");
-        assert!(t.contains("ARP replies sent: 7  NDP advertisements sent: 3"), "{t}");
+        assert!(
+            t.contains("ARP replies sent: 7  NDP advertisements sent: 3"),
+            "{t}"
+        );
         assert!(
             t.contains("lan                  IPv4            2          4"),
             "{t}"
