@@ -3,6 +3,7 @@
 //! segment): a dual-stack Service gets an IPv6 address from a pool, every
 //! node agrees on its owner, the owner alone joins the address's
 //! solicited-node group and answers the client's solicitation with its MAC.
+//! An IPv6-only Service's address is allocated and answered the same way.
 //! Then the owner's uplink goes down and its agent is killed: the next node
 //! in rank sends an unsolicited advertisement and the client's neighbour
 //! entry moves to it within 2 s (measured, printed). Last, a host that
@@ -138,6 +139,34 @@ fn the_owner_answers_neighbour_solicitations_and_the_next_node_takes_over_within
             "advertisements per node before {before:?} after {after:?}: only node-{owner} answers"
         );
     }
+
+    // A single-stack IPv6 Service: its address from the same pool, its own
+    // owner (first in rank for that address), resolved the same way.
+    let only = ServiceDef::new("v6only", Ipv4Addr::new(10, 96, 0, 11)).node_port(30081);
+    let mut obj = only.object();
+    obj["spec"]["type"] = json!("LoadBalancer");
+    obj["spec"]["clusterIP"] = json!("fd00:96::11");
+    obj["spec"]["clusterIPs"] = json!(["fd00:96::11"]);
+    obj["spec"]["ipFamilies"] = json!(["IPv6"]);
+    obj["spec"]["ipFamilyPolicy"] = json!("SingleStack");
+    c.apply(obj);
+    assert!(wait_for(Duration::from_secs(30), || !ingress(&c, "v6only").is_empty()), "no IPv6 allocation:\n{}", c.logs());
+    let IpAddr::V6(only_addr) = ingress(&c, "v6only")[0] else {
+        panic!("an IPv6-only Service got {:?}", ingress(&c, "v6only"))
+    };
+    let only_owner = announce::owner(only_addr.into(), &names).unwrap().clone();
+    let only_i: usize = only_owner.trim_start_matches("node-").parse().unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || (1..=NODES).all(|i| owner_seen_by(&c, i, only_addr).as_ref() == Some(&only_owner))),
+        "the nodes do not agree that {only_owner} owns {only_addr}"
+    );
+    let resolved = wait_for(Duration::from_secs(10), || {
+        poke(&c, only_addr);
+        neighbour(&c, only_addr).is_some()
+    });
+    assert!(resolved, "the client never resolved {only_addr}");
+    assert_eq!(neighbour(&c, only_addr), Some(mac(&c.node(only_i).ns)), "{only_addr} resolves to {only_owner}'s MAC");
+    println!("IPv6-only Service: {only_addr}, owned by {only_owner}; dual-stack: {addr}, owned by {want}");
 
     // The owner's uplink goes down and its agent dies: the next in rank
     // advertises (unsolicited, override) and the client's entry moves.
