@@ -7,7 +7,8 @@
 //! Then the owner's uplink goes down and its agent is killed: the next node
 //! in rank sends an unsolicited advertisement and the client's neighbour
 //! entry moves to it within 2 s (measured, printed). Last, a host that
-//! tries to configure the address itself (DAD) finds it taken. The
+//! tries to configure the address itself (DAD) finds it taken, and the
+//! address returns to the first node when it comes back. The
 //! dataplane does not balance IPv6 yet: this proves the announcement, not
 //! the service. Needs root.
 use std::{
@@ -190,7 +191,7 @@ fn the_owner_answers_neighbour_solicitations_and_the_next_node_takes_over_within
         poke(&c, addr);
         neighbour(&c, addr).is_some()
     });
-    assert!(resolved && neighbour(&c, addr) == Some(next_mac), "fresh resolution after failover: {:?}", neighbour(&c, addr));
+    assert!(resolved && neighbour(&c, addr).as_ref() == Some(&next_mac), "fresh resolution after failover: {:?}", neighbour(&c, addr));
 
     // A host that tries to take the address (DAD probe, RFC 4862) is told
     // it is in use; the address stays with its owner.
@@ -201,7 +202,36 @@ fn the_owner_answers_neighbour_solicitations_and_the_next_node_takes_over_within
     });
     assert!(refused, "the client's DAD for {addr} succeeded:\n{}", c.client.ip(&["-6", "addr", "show", "dev", UPLINK]));
     c.client.ip(&["-6", "addr", "del", &format!("{addr}/128"), "dev", UPLINK]);
-    assert!(ndp_replies(&c, next_i) > probes_before || wait_for(Duration::from_secs(2), || ndp_replies(&c, next_i) > probes_before));
+    assert!(wait_for(Duration::from_secs(2), || ndp_replies(&c, next_i) > probes_before), "the probe was answered");
     assert!(c.node(next_i).log().contains("probes (DAD)"), "{}", c.node(next_i).log());
-    assert_eq!(owner_seen_by(&c, next_i, addr), Some(next), "the address stays where it was");
+    assert_eq!(owner_seen_by(&c, next_i, addr), Some(next.clone()), "the address stays where it was");
+
+    // The first node comes back: the address returns to it (first in
+    // rank), announced; the interim owner leaves the group and stops answering.
+    let _ = xdplb_tests::netns::run(c.client.cmd("ip").args(["-6", "neigh", "flush", "to", &addr.to_string(), "dev", UPLINK]));
+    assert!(wait_for(Duration::from_secs(10), || {
+        poke(&c, addr);
+        neighbour(&c, addr).as_ref() == Some(&next_mac)
+    }));
+    c.uplink_up(owner);
+    c.node_mut(owner).start_agent();
+    let back = Instant::now();
+    let returned = wait_for(Duration::from_secs(30), || neighbour(&c, addr).as_ref() == Some(&owner_mac));
+    assert!(returned, "{addr} never returned to node-{owner}: {:?}\n{}", neighbour(&c, addr), c.logs());
+    println!("return: the client's entry for {addr} names node-{owner} again {:?} after its agent started (unsolicited NA)", back.elapsed());
+    assert!(
+        wait_for(Duration::from_secs(5), || !groups(&c.node(next_i).ns).contains(&group)),
+        "node-{next_i} still listens to {group} after handing {addr} back:\n{}",
+        groups(&c.node(next_i).ns)
+    );
+    assert!(groups(&c.node(owner).ns).contains(&group));
+    let before = ndp_replies(&c, next_i);
+    let _ = xdplb_tests::netns::run(c.client.cmd("ip").args(["-6", "neigh", "flush", "to", &addr.to_string(), "dev", UPLINK]));
+    assert!(wait_for(Duration::from_secs(10), || {
+        poke(&c, addr);
+        neighbour(&c, addr).is_some()
+    }));
+    assert_eq!(neighbour(&c, addr), Some(owner_mac), "resolved to node-{owner} again");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ndp_replies(&c, next_i), before, "node-{next_i} no longer answers for {addr}");
 }
