@@ -48,7 +48,9 @@ pub const CHUNK_SHUTDOWN_COMPLETE: u8 = 14;
 
 /// TCP's flags (FIN 1, SYN 2, RST 4) by chunk type, 4 bits per type 0..15:
 /// INIT (1) is a SYN, ABORT (6) a RST, SHUTDOWN COMPLETE (14) a FIN.
-const FLAGS_BY_CHUNK: u64 = (2 << (4 * CHUNK_INIT as u64)) | (4 << (4 * CHUNK_ABORT as u64)) | (1 << (4 * CHUNK_SHUTDOWN_COMPLETE as u64));
+const FLAGS_BY_CHUNK: u64 = (2 << (4 * CHUNK_INIT as u64))
+    | (4 << (4 * CHUNK_ABORT as u64))
+    | (1 << (4 * CHUNK_SHUTDOWN_COMPLETE as u64));
 
 /// The TCP flags a packet whose first chunk is of type `chunk` stands for
 /// (0 for every other type, including all above 15). Arithmetic, not a
@@ -199,7 +201,11 @@ mod tests {
         // x^(8n) by repeated multiplication by x, independently of the tables.
         let mut p = ONE;
         for n in 0..70_000usize {
-            let got = if n < SHORT { X8N[n] } else { mul(X8N[n % SHORT], X8N_HI[(n / SHORT) % 32]) };
+            let got = if n < SHORT {
+                X8N[n]
+            } else {
+                mul(X8N[n % SHORT], X8N_HI[(n / SHORT) % 32])
+            };
             if n < 65_536 {
                 assert_eq!(got, p, "x^(8*{n})");
             }
@@ -216,7 +222,11 @@ mod tests {
             assert_eq!(mul(ONE, a), a);
             assert_eq!(mul(a, ONE >> 1), times_x(a), "x is bit 30 reflected");
         }
-        assert_eq!(mul(0x1234_5678, 0x9abc_def0), mul(0x9abc_def0, 0x1234_5678), "commutative");
+        assert_eq!(
+            mul(0x1234_5678, 0x9abc_def0),
+            mul(0x9abc_def0, 0x1234_5678),
+            "commutative"
+        );
     }
 
     #[test]
@@ -224,13 +234,18 @@ mod tests {
         // RFC 3720 B.4 / the CRC catalogue's check value for "123456789".
         assert_eq!(CASTAGNOLI.checksum(b"123456789"), 0xe306_9283);
         // 32 bytes of zeros (RFC 3720 B.4): aa 36 91 8a.
-        assert_eq!(CASTAGNOLI.checksum(&[0u8; 32]).to_le_bytes(), [0xaa, 0x36, 0x91, 0x8a]);
+        assert_eq!(
+            CASTAGNOLI.checksum(&[0u8; 32]).to_le_bytes(),
+            [0xaa, 0x36, 0x91, 0x8a]
+        );
     }
 
     #[test]
     fn port_rewrite_matches_a_full_recompute_over_random_packets_and_lengths() {
         let mut rng = Rng(0x5c7b_0001);
-        let mut lens: Vec<usize> = vec![12, 13, 15, 16, 17, 28, 64, 255, 256, 257, 1480, 1500, 4096, 9000, 32768, 65515];
+        let mut lens: Vec<usize> = vec![
+            12, 13, 15, 16, 17, 28, 64, 255, 256, 257, 1480, 1500, 4096, 9000, 32768, 65515,
+        ];
         lens.extend((0..300).map(|_| 12 + (rng.next() % 2000) as usize));
         lens.extend((0..40).map(|_| 12 + (rng.next() % 65_503) as usize));
         for len in lens {
@@ -261,7 +276,11 @@ mod tests {
             p[bit / 8] ^= 1 << (bit % 8);
             let old = [pkt[0], pkt[1], pkt[2], pkt[3]];
             let new = [p[0], p[1], p[2], p[3]];
-            assert_eq!(field_after_ports(field, old, new, 100), reference(&p), "bit {bit}");
+            assert_eq!(
+                field_after_ports(field, old, new, 100),
+                reference(&p),
+                "bit {bit}"
+            );
         }
     }
 

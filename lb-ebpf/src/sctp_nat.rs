@@ -66,7 +66,13 @@ fn crc_update(field: u32, old: u32, new: u32, len: u32) -> u32 {
 
 #[inline(always)]
 fn updated(field: [u8; 4], old: [u8; 4], new: [u8; 4], len: u16) -> [u8; 4] {
-    crc_update(u32::from_le_bytes(field), u32::from_le_bytes(old), u32::from_le_bytes(new), len as u32).to_le_bytes()
+    crc_update(
+        u32::from_le_bytes(field),
+        u32::from_le_bytes(old),
+        u32::from_le_bytes(new),
+        len as u32,
+    )
+    .to_le_bytes()
 }
 
 /// XDP: updates the CRC of the packet whose ports were just rewritten.
@@ -91,7 +97,10 @@ pub fn xdp_crc(ctx: &XdpContext, p: &Packet) -> bool {
 /// still to be computed (see the module doc) and is left alone.
 #[inline(always)]
 pub fn tc_crc(ctx: &TcContext, p: &Packet) -> bool {
-    let (Ok(new), Ok(field)) = (ctx.load::<[u8; 4]>(p.l4), ctx.load::<[u8; 4]>(p.l4 + CHECKSUM_OFF)) else {
+    let (Ok(new), Ok(field)) = (
+        ctx.load::<[u8; 4]>(p.l4),
+        ctx.load::<[u8; 4]>(p.l4 + CHECKSUM_OFF),
+    ) else {
         return false;
     };
     if field == [0; 4] {

@@ -27,7 +27,13 @@ fn check(rc: libc::c_int) -> io::Result<()> {
 
 fn socket() -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; no pointers.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, libc::IPPROTO_SCTP) };
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_SCTP,
+        )
+    };
     check(fd)?;
     // SAFETY: `fd` is a socket just made, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -37,7 +43,9 @@ fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: a.port().to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(a.ip().octets()),
+        },
         sin_zero: [0; 8],
     }
 }
@@ -56,8 +64,18 @@ pub fn listen(port: u16) -> io::Result<TcpListener> {
     let addr = sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
     // SAFETY: valid fd, pointers to locals of the sizes passed.
     unsafe {
-        check(libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, (&one as *const libc::c_int).cast(), 4))?;
-        check(libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_in).cast(), SIN_LEN))?;
+        check(libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            4,
+        ))?;
+        check(libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_in).cast(),
+            SIN_LEN,
+        ))?;
         check(libc::listen(fd.as_raw_fd(), 128))?;
     }
     Ok(TcpListener::from(fd))
@@ -69,14 +87,31 @@ pub fn listen(port: u16) -> io::Result<TcpListener> {
 /// by the send timeout).
 pub fn connect(from: Ipv4Addr, to: SocketAddrV4, timeout: Duration) -> io::Result<TcpStream> {
     let fd = socket()?;
-    let tv = libc::timeval { tv_sec: timeout.as_secs() as libc::time_t, tv_usec: 0 };
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: 0,
+    };
     let (local, remote) = (sockaddr(SocketAddrV4::new(from, 0)), sockaddr(to));
     let tv_len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
     // SAFETY: valid fd, pointers to locals of the sizes passed.
     unsafe {
-        check(libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDTIMEO, (&tv as *const libc::timeval).cast(), tv_len))?;
-        check(libc::bind(fd.as_raw_fd(), (&local as *const libc::sockaddr_in).cast(), SIN_LEN))?;
-        check(libc::connect(fd.as_raw_fd(), (&remote as *const libc::sockaddr_in).cast(), SIN_LEN))?;
+        check(libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            tv_len,
+        ))?;
+        check(libc::bind(
+            fd.as_raw_fd(),
+            (&local as *const libc::sockaddr_in).cast(),
+            SIN_LEN,
+        ))?;
+        check(libc::connect(
+            fd.as_raw_fd(),
+            (&remote as *const libc::sockaddr_in).cast(),
+            SIN_LEN,
+        ))?;
     }
     let s = TcpStream::from(fd);
     s.set_read_timeout(Some(timeout))?;
@@ -91,7 +126,9 @@ pub struct Echo {
 
 impl Echo {
     pub fn start(ns: &Netns, port: u16, identity: &str) -> Self {
-        let l = ns.run(move || listen(port)).expect("SCTP listener (is sctp.ko loaded?)");
+        let l = ns
+            .run(move || listen(port))
+            .expect("SCTP listener (is sctp.ko loaded?)");
         l.set_nonblocking(true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let (st, id) = (stop.clone(), identity.to_string());
@@ -130,7 +167,11 @@ fn echo(mut c: TcpStream, id: &str, stop: &AtomicBool) {
                     return;
                 }
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => return,
         }
     }
@@ -146,20 +187,34 @@ pub fn ask(s: &mut TcpStream, msg: &[u8]) -> io::Result<String> {
     while !(got.len() > msg.len() && got.ends_with(msg)) {
         let n = s.read(&mut buf)?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "association closed"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "association closed",
+            ));
         }
         got.extend_from_slice(&buf[..n]);
     }
     let id = &got[..got.len() - msg.len()];
     id.strip_suffix(b":")
         .map(|i| String::from_utf8_lossy(i).into_owned())
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("unexpected answer {:?}", String::from_utf8_lossy(&got))))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unexpected answer {:?}", String::from_utf8_lossy(&got)),
+            )
+        })
 }
 
 /// The Service `shop/diameter`: SCTP, ClusterIP `ip:port` and NodePort
 /// `node_port`, target port `target`, round-robin; and its EndpointSlice
 /// with `backends` on node-0.
-pub fn service_yaml(ip: Ipv4Addr, port: u16, node_port: u16, target: u16, backends: &[Ipv4Addr]) -> String {
+pub fn service_yaml(
+    ip: Ipv4Addr,
+    port: u16,
+    node_port: u16,
+    target: u16,
+    backends: &[Ipv4Addr],
+) -> String {
     let mut s = format!(
         "apiVersion: v1
 kind: Service

@@ -21,7 +21,10 @@ use xdplb_tests::{
     fixture::{self, story::*, Case},
     lb::Lb,
     netns::{self, Netns},
-    packet::{sctp_crc, Frame, SctpCrc, CLIENT_MAC, L4, NODE_MAC, SCTP_ABORT, SCTP_DATA, SCTP_INIT, SCTP_INIT_ACK},
+    packet::{
+        sctp_crc, Frame, SctpCrc, CLIENT_MAC, L4, NODE_MAC, SCTP_ABORT, SCTP_DATA, SCTP_INIT,
+        SCTP_INIT_ACK,
+    },
     services::{contents, Svc},
     topology::{addr_up, veth},
 };
@@ -36,9 +39,15 @@ const SAME_PORT: u16 = 2905;
 
 fn services() -> Vec<Svc> {
     vec![
-        Svc::new(1, IPPROTO_SCTP, algorithm::ROUND_ROBIN).frontend(CLUSTER_IP, SVC_PORT).backend(1, B1, TARGET_PORT),
-        Svc::new(2, IPPROTO_SCTP, algorithm::RANDOM).frontend(NODE, NODE_PORT).backend(1, B1, TARGET_PORT),
-        Svc::new(3, IPPROTO_SCTP, algorithm::RANDOM).frontend(DNS_IP, SAME_PORT).backend(2, B2, SAME_PORT),
+        Svc::new(1, IPPROTO_SCTP, algorithm::ROUND_ROBIN)
+            .frontend(CLUSTER_IP, SVC_PORT)
+            .backend(1, B1, TARGET_PORT),
+        Svc::new(2, IPPROTO_SCTP, algorithm::RANDOM)
+            .frontend(NODE, NODE_PORT)
+            .backend(1, B1, TARGET_PORT),
+        Svc::new(3, IPPROTO_SCTP, algorithm::RANDOM)
+            .frontend(DNS_IP, SAME_PORT)
+            .backend(2, B2, SAME_PORT),
         Svc::new(4, IPPROTO_SCTP, algorithm::RANDOM).frontend(EMPTY_IP, SVC_PORT),
     ]
 }
@@ -65,7 +74,8 @@ fn init(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Frame {
 }
 
 fn data(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, text: &[u8]) -> Frame {
-    Frame::sctp(src, sport, dst, dport, 0x5e4e_7a90, SCTP_DATA).payload(&data_value(0x1000_0000, text))
+    Frame::sctp(src, sport, dst, dport, 0x5e4e_7a90, SCTP_DATA)
+        .payload(&data_value(0x1000_0000, text))
 }
 
 fn with_crc(mut f: Frame, crc: SctpCrc) -> Frame {
@@ -117,15 +127,23 @@ fn cases() -> Vec<Case> {
     let b = |f: &Frame| f.bytes();
     let c_init = init(CLIENT, 5000, CLUSTER_IP, SVC_PORT);
     let c_data = data(CLIENT, 5000, CLUSTER_IP, SVC_PORT, b"CER");
-    let init_ack = Frame::sctp(B1, TARGET_PORT, CLIENT, 5000, 0x0c11_e4a7, SCTP_INIT_ACK).payload(&init_value(0x5e4e_7a90));
+    let init_ack = Frame::sctp(B1, TARGET_PORT, CLIENT, 5000, 0x0c11_e4a7, SCTP_INIT_ACK)
+        .payload(&init_value(0x5e4e_7a90));
     let np_init = init(CLIENT, 5001, NODE, NODE_PORT);
     let np_reply = data(B1, TARGET_PORT, CLIENT, 5001, b"CEA");
     let same = data(CLIENT, 5003, DNS_IP, SAME_PORT, b"ASPUP");
     let pod_init = with_crc(init(POD, 6000, CLUSTER_IP, SVC_PORT), SctpCrc::Offloaded);
-    let pod_reply = with_crc(Frame::sctp(B1, TARGET_PORT, POD, 6000, 0x0c11_e4a7, SCTP_INIT_ACK).payload(&init_value(1)), SctpCrc::Offloaded);
+    let pod_reply = with_crc(
+        Frame::sctp(B1, TARGET_PORT, POD, 6000, 0x0c11_e4a7, SCTP_INIT_ACK).payload(&init_value(1)),
+        SctpCrc::Offloaded,
+    );
     let pod_data = data(POD, 6001, CLUSTER_IP, SVC_PORT, b"complete");
-    let corrupt = with_crc(data(CLIENT, 5002, CLUSTER_IP, SVC_PORT, b"bit flip"), SctpCrc::Corrupt(0x0001_0000));
-    let cut = |f: &Frame, sctp_len: usize| ip_len(b(f)[..14 + 20 + sctp_len].to_vec(), 20 + sctp_len);
+    let corrupt = with_crc(
+        data(CLIENT, 5002, CLUSTER_IP, SVC_PORT, b"bit flip"),
+        SctpCrc::Corrupt(0x0001_0000),
+    );
+    let cut =
+        |f: &Frame, sctp_len: usize| ip_len(b(f)[..14 + 20 + sctp_len].to_vec(), 20 + sctp_len);
     let empty = init(POD, 6002, EMPTY_IP, SVC_PORT);
     let c = Case::new;
     vec![
@@ -153,7 +171,11 @@ fn fixture_file_is_current() {
     if std::env::var_os("XDPLB_BLESS").is_some() {
         fixture::store(FILE, &want);
     }
-    assert_eq!(fixture::load(FILE), want, "tests/fixtures/{FILE} is stale: rerun with XDPLB_BLESS=1");
+    assert_eq!(
+        fixture::load(FILE),
+        want,
+        "tests/fixtures/{FILE} is stale: rerun with XDPLB_BLESS=1"
+    );
 }
 
 /// The expected frames say what the cases claim about the CRC field.
@@ -161,8 +183,14 @@ fn fixture_file_is_current() {
 fn the_expected_crcs_are_what_the_cases_claim() {
     let file = fixture::load(FILE);
     let get = |name: &str| {
-        let c = file.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no case {name}"));
-        let (i, o) = (xdplb_tests::packet::from_hex(&c.input), xdplb_tests::packet::from_hex(c.output.as_deref().unwrap()));
+        let c = file
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no case {name}"));
+        let (i, o) = (
+            xdplb_tests::packet::from_hex(&c.input),
+            xdplb_tests::packet::from_hex(c.output.as_deref().unwrap()),
+        );
         let crc = |f: &[u8]| f[14 + 20 + 8..14 + 20 + 12].to_vec();
         (crc(&i), crc(&o), o)
     };
@@ -174,7 +202,11 @@ fn the_expected_crcs_are_what_the_cases_claim() {
     assert_eq!((i, o), (vec![0; 4], vec![0; 4]));
     let (_, o, frame) = get("xdp_v4_sctp_bad_crc_stays_bad");
     let good = u32::from_le_bytes(sctp_crc(&frame[34..]));
-    assert_eq!(u32::from_le_bytes(o.try_into().unwrap()) ^ good, 0x0001_0000, "the same bit still flipped");
+    assert_eq!(
+        u32::from_le_bytes(o.try_into().unwrap()) ^ good,
+        0x0001_0000,
+        "the same bit still flipped"
+    );
 }
 
 #[test]
@@ -188,14 +220,31 @@ fn sctp_fixtures() {
             if c.name.contains("bad_crc") {
                 // `fixture::run` verifies every output's checksums; this one
                 // must stay corrupt, so compare the bytes alone.
-                let (rc, out) = fixture::run_frame(&lb.ebpf, &c.program, &xdplb_tests::packet::from_hex(&c.input)).unwrap();
+                let (rc, out) = fixture::run_frame(
+                    &lb.ebpf,
+                    &c.program,
+                    &xdplb_tests::packet::from_hex(&c.input),
+                )
+                .unwrap();
                 let want = xdplb_tests::packet::from_hex(c.output.as_deref().unwrap());
-                return (rc != 2 || out != want).then(|| format!("{}: rc {rc}\n{}", c.name, xdplb_tests::packet::hex_diff(&out, &want)));
+                return (rc != 2 || out != want).then(|| {
+                    format!(
+                        "{}: rc {rc}\n{}",
+                        c.name,
+                        xdplb_tests::packet::hex_diff(&out, &want)
+                    )
+                });
             }
             fixture::run(&lb.ebpf, c).err()
         })
         .collect();
-    assert!(failures.is_empty(), "{} of {} fixtures failed:\n{}", failures.len(), file.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures failed:\n{}",
+        failures.len(),
+        file.len(),
+        failures.join("\n")
+    );
     // Port changes with a complete CRC: client INIT, DATA, INIT ACK, NodePort
     // INIT and reply, the pod's complete DATA, the corrupt one. Offloaded:
     // the pod's INIT and its INIT ACK.
@@ -203,7 +252,11 @@ fn sctp_fixtures() {
     assert_eq!(lb.counter(counter::SCTP_CRC_OFFLOADED), 2);
     assert_eq!(lb.counter(counter::DROP_MALFORMED), 3);
     assert_eq!(lb.counter(counter::UNREACH_SENT), 1);
-    assert_eq!(lb.maps.service_stats(1).unwrap().new_flows, 4, "client, pod, pod DATA, corrupt");
+    assert_eq!(
+        lb.maps.service_stats(1).unwrap().new_flows,
+        4,
+        "client, pod, pod DATA, corrupt"
+    );
     assert_eq!(lb.maps.service_stats(4).unwrap().drops_no_backend, 2);
 }
 
@@ -227,15 +280,31 @@ fn backend_of(lb: &Lb, f: &Frame) -> u8 {
 #[test]
 fn an_init_after_abort_starts_a_new_association_but_a_retransmitted_init_does_not() {
     let lb = lifecycle_lb();
-    let chunk = |t: u8| Frame::sctp(CLIENT, 7000, CLUSTER_IP, SVC_PORT, 0x1111_2222, t).payload(&init_value(9));
+    let chunk = |t: u8| {
+        Frame::sctp(CLIENT, 7000, CLUSTER_IP, SVC_PORT, 0x1111_2222, t).payload(&init_value(9))
+    };
     let first = backend_of(&lb, &chunk(SCTP_INIT));
-    assert_eq!(backend_of(&lb, &chunk(SCTP_INIT)), first, "a retransmitted INIT stays");
+    assert_eq!(
+        backend_of(&lb, &chunk(SCTP_INIT)),
+        first,
+        "a retransmitted INIT stays"
+    );
     assert_eq!(backend_of(&lb, &chunk(SCTP_DATA)), first);
-    assert_eq!(backend_of(&lb, &chunk(SCTP_ABORT)), first, "the ABORT still reaches the association's backend");
+    assert_eq!(
+        backend_of(&lb, &chunk(SCTP_ABORT)),
+        first,
+        "the ABORT still reaches the association's backend"
+    );
     let next = backend_of(&lb, &chunk(SCTP_INIT));
-    assert_ne!(next, first, "an INIT on an aborted association's tuple is a new flow (round-robin moves on)");
+    assert_ne!(
+        next, first,
+        "an INIT on an aborted association's tuple is a new flow (round-robin moves on)"
+    );
     let flows = lb.maps.flows().unwrap();
-    assert!(flows.iter().all(|(k, _)| k.proto == IPPROTO_SCTP), "conntrack keys carry protocol 132");
+    assert!(
+        flows.iter().all(|(k, _)| k.proto == IPPROTO_SCTP),
+        "conntrack keys carry protocol 132"
+    );
     assert_eq!(lb.maps.service_stats(1).unwrap().new_flows, 2);
 }
 
@@ -260,18 +329,37 @@ impl Uplink {
         let (node, wire) = (Netns::new(), Netns::new());
         node.sysctl("net.ipv4.ip_forward", "1");
         veth(&node, "up0", &wire, "eth0");
-        let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+        let mac = |m: [u8; 6]| {
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        };
         node.ip(&["link", "set", "up0", "address", &mac(NODE_MAC)]);
         addr_up(&node, "up0", "192.168.1.1/24");
         wire.ip(&["link", "set", "eth0", "up"]);
         node.ip(&["route", "add", "10.244.2.0/24", "via", &NODE_B.to_string()]);
         for (addr, m) in [(NODE_B, NODE_B_MAC), (CLIENT, CLIENT_MAC)] {
-            node.ip(&["neigh", "replace", &addr.to_string(), "lladdr", &mac(m), "dev", "up0", "nud", "permanent"]);
+            node.ip(&[
+                "neigh",
+                "replace",
+                &addr.to_string(),
+                "lladdr",
+                &mac(m),
+                "dev",
+                "up0",
+                "nud",
+                "permanent",
+            ]);
         }
         let ifindex = node.ifindex("up0");
         let f = std::fs::File::open(format!("/run/netns/{}", node.name())).expect("namespace file");
         netns::enter(&f);
-        Self { _node: node, _wire: wire, ifindex }
+        Self {
+            _node: node,
+            _wire: wire,
+            ifindex,
+        }
     }
 }
 
@@ -286,27 +374,81 @@ fn forwarded(mut f: Frame, to: [u8; 6]) -> Frame {
 fn sctp_to_a_pod_on_another_node_is_snated_never_dsr_with_its_crc_updated_both_ways() {
     let up = Uplink::enter();
     let mut lb = Lb::load();
-    lb.program(&contents(&[Svc::new(1, IPPROTO_SCTP, algorithm::RANDOM).frontend(NODE, NODE_PORT).remote_backend(1, POD_B, TARGET_PORT)]));
-    lb.maps.set_nat_config(&NatConfig { addr_v4: NODE.octets(), port_min: SNAT_PORT, port_max: SNAT_PORT }).unwrap();
+    lb.program(&contents(&[Svc::new(1, IPPROTO_SCTP, algorithm::RANDOM)
+        .frontend(NODE, NODE_PORT)
+        .remote_backend(1, POD_B, TARGET_PORT)]));
+    lb.maps
+        .set_nat_config(&NatConfig {
+            addr_v4: NODE.octets(),
+            port_min: SNAT_PORT,
+            port_max: SNAT_PORT,
+        })
+        .unwrap();
     // DSR for TCP and UDP: SCTP still takes SNAT.
-    lb.maps.set_config(&Config { flags: config_flags::DSR_TCP | config_flags::DSR_UDP, ..Default::default() }).unwrap();
-    let xdp = |f: &Frame| fixture::run_frame_on(&lb.ebpf, "xdp_lb", &f.bytes(), Some(up.ifindex)).unwrap();
+    lb.maps
+        .set_config(&Config {
+            flags: config_flags::DSR_TCP | config_flags::DSR_UDP,
+            ..Default::default()
+        })
+        .unwrap();
+    let xdp = |f: &Frame| {
+        fixture::run_frame_on(&lb.ebpf, "xdp_lb", &f.bytes(), Some(up.ifindex)).unwrap()
+    };
     const XDP_TX: u32 = 3;
 
     let init = init(CLIENT, 5000, NODE, NODE_PORT);
     let (rc, out) = xdp(&init);
-    let want = forwarded(to(from(init.clone(), NODE, SNAT_PORT), POD_B, TARGET_PORT), NODE_B_MAC).bytes();
-    assert_eq!((rc, &out), (XDP_TX, &want), "SNAT: source node:61000, destination the pod\n{}", xdplb_tests::packet::hex_diff(&out, &want));
+    let want = forwarded(
+        to(from(init.clone(), NODE, SNAT_PORT), POD_B, TARGET_PORT),
+        NODE_B_MAC,
+    )
+    .bytes();
+    assert_eq!(
+        (rc, &out),
+        (XDP_TX, &want),
+        "SNAT: source node:61000, destination the pod\n{}",
+        xdplb_tests::packet::hex_diff(&out, &want)
+    );
     xdplb_tests::packet::verify_checksums(&out).unwrap();
 
-    let mut ack = Frame::sctp(POD_B, TARGET_PORT, NODE, SNAT_PORT, 0x0c11_e4a7, SCTP_INIT_ACK).payload(&init_value(0x5e4e_7a90));
+    let mut ack = Frame::sctp(
+        POD_B,
+        TARGET_PORT,
+        NODE,
+        SNAT_PORT,
+        0x0c11_e4a7,
+        SCTP_INIT_ACK,
+    )
+    .payload(&init_value(0x5e4e_7a90));
     (ack.src_mac, ack.dst_mac) = (NODE_B_MAC, NODE_MAC);
     let (rc, out) = xdp(&ack);
-    let want = forwarded(to(from(ack.clone(), NODE, NODE_PORT), CLIENT, 5000), CLIENT_MAC).bytes();
-    assert_eq!((rc, &out), (XDP_TX, &want), "the reply back to the client from the NodePort\n{}", xdplb_tests::packet::hex_diff(&out, &want));
+    let want = forwarded(
+        to(from(ack.clone(), NODE, NODE_PORT), CLIENT, 5000),
+        CLIENT_MAC,
+    )
+    .bytes();
+    assert_eq!(
+        (rc, &out),
+        (XDP_TX, &want),
+        "the reply back to the client from the NodePort\n{}",
+        xdplb_tests::packet::hex_diff(&out, &want)
+    );
     xdplb_tests::packet::verify_checksums(&out).unwrap();
 
-    assert_eq!((lb.counter(counter::SNAT_NEW), lb.counter(counter::DSR_FORWARD)), (1, 0));
+    assert_eq!(
+        (
+            lb.counter(counter::SNAT_NEW),
+            lb.counter(counter::DSR_FORWARD)
+        ),
+        (1, 0)
+    );
     assert_eq!(lb.counter(counter::SCTP_CRC_UPDATED), 2, "both ways");
-    assert!(!lb_common::dsr::uses_dsr(0, config_flags::DSR_TCP | config_flags::DSR_UDP, IPPROTO_SCTP), "explain decides the same");
+    assert!(
+        !lb_common::dsr::uses_dsr(
+            0,
+            config_flags::DSR_TCP | config_flags::DSR_UDP,
+            IPPROTO_SCTP
+        ),
+        "explain decides the same"
+    );
 }
