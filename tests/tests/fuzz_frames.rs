@@ -14,7 +14,7 @@
 //! Needs root.
 use std::time::Instant;
 
-use lb_common::{algorithm, counter, is_outcome, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{algorithm, counter, is_outcome, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 use xdplb_tests::{
     fixture,
     lb::Lb,
@@ -25,13 +25,16 @@ use xdplb_tests::{
 use xdplb_tests::fixture::story::{B1, B2, CLIENT, CLUSTER_IP, DNS_IP, EMPTY_IP, NODE, POD};
 const PROGRAMS: [&str; 3] = ["xdp_lb", "tc_ingress", "tc_egress"];
 
-/// The services of `fixtures.rs`, so its inputs hit services here too.
+/// The services of `fixtures.rs` (and SCTP ones of `sctp.rs`), so their
+/// inputs hit services here too.
 fn services() -> Vec<Svc> {
     vec![
         Svc::new(1, IPPROTO_TCP, algorithm::ROUND_ROBIN).frontend(CLUSTER_IP, 80).backend(1, B1, 8080),
         Svc::new(2, IPPROTO_TCP, algorithm::RANDOM).frontend(NODE, 30080).backend(1, B1, 8080),
         Svc::new(3, IPPROTO_UDP, algorithm::LEAST_CONN).frontend(DNS_IP, 53).backend(2, B2, 5353),
         Svc::new(4, IPPROTO_TCP, algorithm::RANDOM).frontend(EMPTY_IP, 80),
+        // sctp.json's ClusterIP and NodePort (a port change: CRC updates).
+        Svc::new(5, IPPROTO_SCTP, algorithm::ROUND_ROBIN).frontend(CLUSTER_IP, 3868).frontend(NODE, 30868).backend(3, B1, 3869),
     ]
 }
 
@@ -42,7 +45,7 @@ enum Class {
     Malformed,
     /// Not for balancing (VLAN, not IPv4, fragment, other L4): passed unchanged.
     Other,
-    /// A well-formed IPv4 TCP/UDP packet: may be balanced.
+    /// A well-formed IPv4 TCP/UDP/SCTP packet: may be balanced.
     Valid,
 }
 
@@ -78,6 +81,9 @@ fn classify(f: &[u8]) -> Class {
                 Class::Valid
             }
         }
+        // SCTP: the common header and one chunk header.
+        132 if l4.len() < 16 => Class::Malformed,
+        132 => Class::Valid,
         17 if l4.len() < 8 => Class::Malformed,
         17 => {
             let len = u16::from_be_bytes([l4[4], l4[5]]) as usize;
@@ -115,7 +121,11 @@ impl Rng {
 
 /// Valid frames to start from: the fixture inputs and flows of every kind.
 fn seeds() -> Vec<Vec<u8>> {
-    let mut out: Vec<Vec<u8>> = fixture::load("ipv4_services.json").iter().map(|c| xdplb_tests::packet::from_hex(&c.input)).collect();
+    let mut out: Vec<Vec<u8>> = ["ipv4_services.json", "sctp.json"]
+        .iter()
+        .flat_map(|file| fixture::load(file))
+        .map(|c| xdplb_tests::packet::from_hex(&c.input))
+        .collect();
     let mut opts = Frame::tcp(CLIENT, 40001, CLUSTER_IP, 80, TCP_SYN);
     opts.ip_options = vec![0x01; 8];
     let mut vlan = Frame::udp(CLIENT, 5000, DNS_IP, 53).payload(b"q");
@@ -355,7 +365,7 @@ fn fuzz(n: usize) {
     let outcomes: u64 = (0..counter::COUNT).filter(|&i| is_outcome(i)).map(|i| counters[i as usize]).sum();
     let flows = lb.maps.flows().unwrap().len() as u64;
     let (mut new_flows, mut svc_packets) = (0, 0);
-    for id in 1..=4 {
+    for id in 1..=5 {
         let s = lb.maps.service_stats(id).unwrap();
         new_flows += s.new_flows;
         svc_packets += s.packets;
