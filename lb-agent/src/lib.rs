@@ -8,6 +8,7 @@ pub mod linkwatch;
 pub mod loader;
 pub mod migrate;
 pub mod diff;
+pub mod error;
 pub mod fit;
 pub mod lbip;
 pub mod control;

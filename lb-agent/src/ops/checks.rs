@@ -105,14 +105,10 @@ pub fn report(checks: &[Check]) -> String {
 }
 
 /// `run`'s gate: the first failed check as an error.
-pub fn require(inp: &Inputs) -> anyhow::Result<()> {
+pub fn require(inp: &Inputs) -> Result<(), crate::error::RunError> {
     for c in all(inp) {
         if !c.ok {
-            anyhow::bail!(
-                "start-up check \"{}\" failed: {} (`lb-agent doctor` checks everything)",
-                c.name,
-                c.detail
-            );
+            return Err(crate::error::RunError::Check { check: c.name, detail: c.detail });
         }
         tracing::debug!(check = %c.name, detail = %c.detail, "start-up check passed");
     }
