@@ -29,7 +29,9 @@ use lb_agent::{
 };
 use tokio::signal::unix::SignalKind;
 
-use crate::{cli::RunArgs, podifaces::PodIfaces};
+use lb_agent::podifaces::PodIfaces;
+
+use crate::cli::RunArgs;
 
 
 pub fn plan_config(inputs: &crate::cli::PlanInputs) -> PlanConfig {

@@ -17,6 +17,7 @@ pub mod explain;
 pub mod ops;
 pub mod pinfs;
 pub mod pins;
+pub mod podifaces;
 pub mod privs;
 pub mod snat;
 pub mod socklb;

@@ -6,7 +6,6 @@ mod config;
 mod explain_cli;
 mod install;
 mod ops_cli;
-mod podifaces;
 mod print;
 mod top;
 

@@ -119,12 +119,12 @@ impl BenchLb {
     pub fn enable_redirect(&mut self, ifindex: u32) -> Result<()> {
         self.maps.set_redirect_ifaces(&[ifindex])?;
         let cfg = lb_common::Config { flags: lb_common::config_flags::XDP_REDIRECT, ..Default::default() };
-        self.maps.set_config(&cfg)
+        Ok(self.maps.set_config(&cfg)?)
     }
 
     /// Sum over CPUs of every `lb_common::counter`.
     pub fn counters(&self) -> Result<Vec<u64>> {
-        self.maps.counters()
+        Ok(self.maps.counters()?)
     }
 }
 
