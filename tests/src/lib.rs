@@ -22,6 +22,7 @@ pub mod services;
 pub mod tc;
 pub mod topology;
 pub mod traffic;
+pub mod uplink;
 pub mod vm;
 
 /// Panics with a clear message unless the process runs as root.
