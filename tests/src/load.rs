@@ -15,10 +15,10 @@ use std::{
 };
 
 use crate::{
-    agent::{objects_dir_with, programmed_at, Agent, WEB_CLUSTER_IP},
+    agent::{objects_dir_with, programmed_at, slice_ports, Agent, WEB_CLUSTER_IP},
     netns::Netns,
     servers::{http_request_within, udp_ask, Conn, Server},
-    topology::{backend_addr, Topology},
+    topology::Topology,
     wait_for,
 };
 
@@ -241,29 +241,7 @@ spec:
 
 /// The EndpointSlice of [`TCP_UDP_SERVICE`]: `n` ready backends on node-0.
 pub fn tcp_udp_slice(n: usize) -> String {
-    let mut s = String::from(
-        "apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-abc12
-  namespace: shop
-  labels:
-    kubernetes.io/service-name: web
-addressType: IPv4
-ports:
-- name: http
-  port: 8080
-  protocol: TCP
-- name: dns
-  port: 8080
-  protocol: UDP
-endpoints:
-",
-    );
-    for i in 0..n {
-        s += &format!("- addresses: [{}]\n  conditions: {{ready: true}}\n  nodeName: node-0\n", backend_addr(i));
-    }
-    s
+    slice_ports(&(0..n).collect::<Vec<_>>(), &[("http", "TCP"), ("dns", "UDP")])
 }
 
 /// What the tests under load start from: three backends serving on 8080,
