@@ -109,7 +109,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let mut pods = PodIfaces::new(args.pod_ifaces.clone(), args.pin_path.clone());
     pods.scan(&mut ebpf, "start");
 
-    let maps = |step| move |source| RunError::Maps { step, source };
+    let maps = |step| move |source| RunError::Maps { step, source: Box::new(source) };
     let mut dp = Dataplane::open(&args.pin_path).map_err(maps("opening the pinned maps"))?;
     dp.set_redirect_ifaces(&redirect).map_err(maps("writing the --redirect-iface interfaces"))?;
     let flags = if redirect.is_empty() { 0 } else { lb_common::config_flags::XDP_REDIRECT } | args.snat.lb_mode.config_flags();

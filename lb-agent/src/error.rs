@@ -56,8 +56,9 @@ pub enum RunError {
     #[error("{step}")]
     Maps {
         step: &'static str,
+        /// Boxed: aya's map errors are large, and every `run` result carries this.
         #[source]
-        source: dataplane::Error,
+        source: Box<dataplane::Error>,
     },
     #[error("reserving the SNAT ports from the node's ephemeral ports (change --snat-ports, or pass --no-snat)")]
     SnatPorts(#[source] Cause),
@@ -128,7 +129,7 @@ mod tests {
     fn a_full_map_names_its_flag_in_the_chain() {
         let e = RunError::Maps {
             step: "writing the redirect interfaces",
-            source: dataplane::Error::Full { map: lb_common::maps::SERVICES_V4, what: "service 1".into(), flag: "--max-services" },
+            source: Box::new(dataplane::Error::Full { map: lb_common::maps::SERVICES_V4, what: "service 1".into(), flag: "--max-services" }),
         };
         let want = "writing the redirect interfaces: services_v4 is full: service 1 does not fit; raise --max-services";
         assert_eq!(chain(&e), want);
