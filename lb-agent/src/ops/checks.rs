@@ -229,7 +229,7 @@ pub fn pinned_maps(pin_dir: &Path, sizes: crate::pins::MapSizes) -> Check {
                 found += 1;
                 convert.push(format!("{name} ({from:?} → {:?} of {})", want.map_type, want.max_entries));
             }
-            Err(e) => return Check::fail(NAME, format!("{e:#}")),
+            Err(e) => return Check::fail(NAME, crate::error::chain(&e)),
         }
     }
     let mut live = Vec::new();

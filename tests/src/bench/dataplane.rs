@@ -66,7 +66,7 @@ impl BenchLb {
             Ok(e) => e,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&pin_dir);
-                return Err(e.context("loading xdplb for the bench"));
+                return Err(anyhow::Error::new(e).context("loading xdplb for the bench"));
             }
         };
         let maps = Dataplane::open(&pin_dir)?;
