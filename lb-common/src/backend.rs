@@ -1,5 +1,7 @@
 //! Backends: where a service's traffic goes.
-use bytemuck::{Pod, Zeroable};
+use bytemuck::Zeroable;
+
+use crate::{Addr, Addr4, Addr6};
 
 /// Backend id (1-based; 0 means none): the index of the backend in the
 /// `backends_v4` array, so at most the map's size. Ids are allocated by the
@@ -26,10 +28,10 @@ pub mod backend_flags {
 /// Value of `backends_v4`, an array indexed by backend id: a slot whose
 /// address is 0.0.0.0 (a zeroed entry, [`BackendV4::EMPTY`]) holds no backend.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct BackendV4 {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Zeroable)]
+pub struct Backend<A> {
     /// Backend address, network order.
-    pub addr: [u8; 4],
+    pub addr: A,
     /// Backend port, network order.
     pub port: [u8; 2],
     /// Relative weight (for weighted algorithms); 1 when unweighted.
@@ -40,17 +42,18 @@ pub struct BackendV4 {
     pub flags: u8,
     pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<BackendV4>() == 12);
+pub type BackendV4 = Backend<Addr4>;
+pub type BackendV6 = Backend<Addr6>;
 
-impl BackendV4 {
+impl<A: Addr> Backend<A> {
     /// An unused slot of `backends_v4` (what the array holds until written,
     /// and what removing a backend writes).
-    pub const EMPTY: Self = Self { addr: [0; 4], port: [0; 2], weight: 0, state: 0, flags: 0, _pad: [0; 2] };
+    pub const EMPTY: Self = Self { addr: A::ZERO, port: [0; 2], weight: 0, state: 0, flags: 0, _pad: [0; 2] };
 
     /// Whether this slot holds no backend (0.0.0.0 is never a backend address).
     #[inline(always)]
     pub fn is_empty(&self) -> bool {
-        self.addr == [0; 4]
+        self.addr == A::ZERO
     }
 
     /// Whether the backend lives on another node.
@@ -60,4 +63,6 @@ impl BackendV4 {
     }
 }
 
-crate::user_pod!(BackendV4);
+crate::family::pod_per_family! {
+    Backend: 12, 24;
+}

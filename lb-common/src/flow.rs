@@ -1,23 +1,26 @@
 //! Conntrack: both directions of every balanced flow.
-use bytemuck::{Pod, Zeroable};
+use bytemuck::Zeroable;
 
-/// Key of `conntrack_v4`: a 5-tuple as it appears on the wire.
+use crate::{Addr4, Addr6};
+
+/// Key of `conntrack_v4` / `conntrack_v6`: a 5-tuple as it appears on the wire.
 ///
 /// A flow has two entries: the forward one keyed by what the client sent
 /// (client → VIP:port) and the reply one keyed by what the backend sends
 /// (backend:port → client). Keying the reply by the full backend 5-tuple is what
 /// keeps two services that share a backend apart.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct FlowKeyV4 {
-    pub src_addr: [u8; 4],
-    pub dst_addr: [u8; 4],
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Zeroable)]
+pub struct FlowKey<A> {
+    pub src_addr: A,
+    pub dst_addr: A,
     pub src_port: [u8; 2],
     pub dst_port: [u8; 2],
     pub proto: u8,
     pub _pad: [u8; 3],
 }
-const _: () = assert!(core::mem::size_of::<FlowKeyV4>() == 16);
+pub type FlowKeyV4 = FlowKey<Addr4>;
+pub type FlowKeyV6 = FlowKey<Addr6>;
 
 /// Source address of hairpin flows as their backend sees them: a backend
 /// that reaches its own service and is chosen itself would otherwise get a
@@ -54,17 +57,17 @@ pub mod flow_flags {
     pub const CONFIRMED: u8 = 1 << 6;
 }
 
-/// Value of `conntrack_v4`.
+/// Value of `conntrack_v4` / `conntrack_v6`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct FlowV4 {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Zeroable)]
+pub struct Flow<A> {
     /// Backend the flow is pinned to.
     pub backend_id: u32,
     /// Service the flow was balanced by.
     pub service_id: u32,
     /// FORWARD: the backend address; REPLY: the service address (both network
     /// order): what the address is rewritten to.
-    pub nat_addr: [u8; 4],
+    pub nat_addr: A,
     /// As `nat_addr`, for the port.
     pub nat_port: [u8; 2],
     /// The client's port on the other side of the rewrite. FORWARD: the port
@@ -76,7 +79,7 @@ pub struct FlowV4 {
     /// own only for hairpin flows (a backend reaching its own service), whose
     /// source becomes [`HAIRPIN_ADDR_V4`], and for SNAT flows (FORWARD: this
     /// node's address, see [`crate::NatConfig`]).
-    pub peer_addr: [u8; 4],
+    pub peer_addr: A,
     /// One of [`direction`].
     pub direction: u8,
     /// Bit set of [`flow_flags`].
@@ -90,6 +93,10 @@ pub struct FlowV4 {
     pub packets: u64,
     pub bytes: u64,
 }
-const _: () = assert!(core::mem::size_of::<FlowV4>() == 56);
+pub type FlowV4 = Flow<Addr4>;
+pub type FlowV6 = Flow<Addr6>;
 
-crate::user_pod!(FlowKeyV4, FlowV4);
+crate::family::pod_per_family! {
+    FlowKey: 16, 40;
+    Flow: 56, 80;
+}

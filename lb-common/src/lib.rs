@@ -12,6 +12,7 @@
 pub mod backend;
 pub mod config;
 pub mod dsr;
+pub mod family;
 pub mod flow;
 pub mod maps;
 pub mod nat;
@@ -22,6 +23,7 @@ pub mod traffic;
 
 pub use backend::*;
 pub use config::*;
+pub use family::{Addr, Addr4, Addr6};
 pub use flow::*;
 pub use nat::*;
 pub use service::*;

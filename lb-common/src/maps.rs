@@ -49,6 +49,20 @@ pub const SNAT_EXHAUSTED: &str = "snat_exhausted";
 /// `--max-flows` entries.
 pub const CONNTRACK_CONFIRMED_V4: &str = "conntrack_confirmed_v4";
 
+/// IPv6 instances of the per-family maps above: same roles, keys and values
+/// over [`crate::Addr6`]. Service ids and backend ids are one space across
+/// both families (a dual-stack Service has one id per family; a backend id
+/// indexes `backends_v4` or `backends_v6` by its service's family), so
+/// `service_slots`, `service_stats`, `rr_state`, `backend_load` and
+/// `snat_exhausted` are shared.
+pub const SERVICES_V6: &str = "services_v6";
+pub const BACKENDS_V6: &str = "backends_v6";
+pub const CONNTRACK_V6: &str = "conntrack_v6";
+pub const AFFINITY_V6: &str = "affinity_v6";
+pub const SOURCE_RANGES_V6: &str = "source_ranges_v6";
+pub const SOCK_REVNAT_V6: &str = "sock_revnat_v6";
+pub const CONNTRACK_CONFIRMED_V6: &str = "conntrack_confirmed_v6";
+
 /// Every map the programs own, in the order the agent pins and checks them.
 pub const ALL: &[&str] = &[
     SERVICES_V4,

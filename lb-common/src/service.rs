@@ -1,14 +1,16 @@
 //! Service lookup: how a packet's destination becomes a service.
 use bytemuck::{Pod, Zeroable};
 
-/// Key of `services_v4`: one entry per way a service is reached (ClusterIP,
-/// each node address for a NodePort, each LoadBalancer ingress IP, each
-/// ExternalIP), per port and protocol.
+use crate::{Addr, Addr4, Addr6};
+
+/// Key of `services_v4` / `services_v6`: one entry per way a service is
+/// reached (ClusterIP, each node address for a NodePort, each LoadBalancer
+/// ingress IP, each ExternalIP), per port and protocol.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
-pub struct ServiceKeyV4 {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Zeroable)]
+pub struct ServiceKey<A> {
     /// Destination address, network order.
-    pub addr: [u8; 4],
+    pub addr: A,
     /// Destination port, network order.
     pub port: [u8; 2],
     /// IP protocol number ([`IPPROTO_TCP`] or [`IPPROTO_UDP`]).
@@ -18,14 +20,15 @@ pub struct ServiceKeyV4 {
     /// [`service_flags::IN_CLUSTER_ALT`].
     pub scope: u8,
 }
-const _: () = assert!(core::mem::size_of::<ServiceKeyV4>() == 8);
+pub type ServiceKeyV4 = ServiceKey<Addr4>;
+pub type ServiceKeyV6 = ServiceKey<Addr6>;
 
-impl ServiceKeyV4 {
+impl<A: Addr> ServiceKey<A> {
     /// The address entry of a ClusterIP: port 0 and protocol 0, which no
     /// frontend has. Its value has id 0 (no service), no slots and the flag
     /// [`service_flags::UNSERVED_REFUSED`]; it is looked up only when no
     /// frontend matched.
-    pub const fn address(addr: [u8; 4]) -> Self {
+    pub const fn address(addr: A) -> Self {
         Self { addr, port: [0; 2], proto: 0, scope: scope::ANY }
     }
 
@@ -123,15 +126,17 @@ pub struct SlotKey {
 }
 const _: () = assert!(core::mem::size_of::<SlotKey>() == 8);
 
-/// Key of `affinity_v4`: ClientIP session affinity, per service and client.
+/// Key of `affinity_v4` / `affinity_v6`: ClientIP session affinity, per
+/// service and client.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct AffinityKeyV4 {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Zeroable)]
+pub struct AffinityKey<A> {
     pub service_id: u32,
     /// Client address, network order.
-    pub client: [u8; 4],
+    pub client: A,
 }
-const _: () = assert!(core::mem::size_of::<AffinityKeyV4>() == 8);
+pub type AffinityKeyV4 = AffinityKey<Addr4>;
+pub type AffinityKeyV6 = AffinityKey<Addr6>;
 
 /// Value of `affinity_v4`.
 #[repr(C)]
@@ -152,14 +157,15 @@ const _: () = assert!(core::mem::size_of::<AffinityV4>() == 16);
 /// bit by bit: an entry's prefix length is 32 (the whole id) plus the
 /// range's; a lookup uses 64.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Pod, Zeroable)]
-pub struct SourceRangeV4 {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Zeroable)]
+pub struct SourceRange<A> {
     pub service_id: [u8; 4],
-    pub addr: [u8; 4],
+    pub addr: A,
 }
-const _: () = assert!(core::mem::size_of::<SourceRangeV4>() == 8);
+pub type SourceRangeV4 = SourceRange<Addr4>;
+pub type SourceRangeV6 = SourceRange<Addr6>;
 
-impl SourceRangeV4 {
+impl<A: Addr> SourceRange<A> {
     /// The prefix length of a range of `bits` bits.
     pub const fn prefix_len(bits: u8) -> u32 {
         32 + bits as u32
@@ -169,12 +175,17 @@ impl SourceRangeV4 {
     /// service id 0, which no service has. A packet from a pod or the node
     /// to an address inside it that has no frontend and no address entry is
     /// dropped, as kube-proxy's nftables mode does.
-    pub const fn service_cidr(addr: [u8; 4]) -> Self {
+    pub const fn service_cidr(addr: A) -> Self {
         Self { service_id: [0; 4], addr }
     }
 }
 
-crate::user_pod!(ServiceKeyV4, ServiceV4, SlotKey, AffinityKeyV4, AffinityV4, SourceRangeV4);
+crate::user_pod!(ServiceV4, SlotKey, AffinityV4);
+crate::family::pod_per_family! {
+    ServiceKey: 8, 20;
+    AffinityKey: 8, 20;
+    SourceRange: 8, 20;
+}
 
 /// Name of an IP protocol number, for humans.
 pub fn proto_name(proto: u8) -> &'static str {
@@ -185,15 +196,14 @@ pub fn proto_name(proto: u8) -> &'static str {
     }
 }
 
-impl core::fmt::Display for ServiceKeyV4 {
+impl<A: Addr> core::fmt::Display for ServiceKey<A> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        let [a, b, c, d] = self.addr;
-        write!(
-            f,
-            "{a}.{b}.{c}.{d}:{}/{}",
-            u16::from_be_bytes(self.port),
-            proto_name(self.proto)
-        )?;
+        let port = u16::from_be_bytes(self.port);
+        let proto = proto_name(self.proto);
+        match self.addr.to_ip() {
+            core::net::IpAddr::V4(a) => write!(f, "{a}:{port}/{proto}")?,
+            core::net::IpAddr::V6(a) => write!(f, "[{a}]:{port}/{proto}")?,
+        }
         if self.scope == scope::IN_CLUSTER {
             f.write_str(" (from pods and the node)")?;
         }

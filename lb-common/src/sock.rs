@@ -1,28 +1,36 @@
 //! Socket-level balancing of the node's own connections (cgroup
 //! connect4/sendmsg4/recvmsg4/getpeername4 programs).
-use bytemuck::{Pod, Zeroable};
+use bytemuck::Zeroable;
+
+use crate::{Addr4, Addr6};
 
 /// Key of `sock_revnat_v4`: a socket and the backend it was pointed at.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
-pub struct SockRevKeyV4 {
-    /// The kernel's socket cookie (`bpf_get_socket_cookie`).
-    pub cookie: u64,
-    pub backend_addr: [u8; 4],
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Zeroable)]
+pub struct SockRevKey<A> {
+    /// The kernel's socket cookie (`bpf_get_socket_cookie`), native byte
+    /// order; bytes, not `u64`, so the IPv6 instance has no tail padding.
+    pub cookie: [u8; 8],
+    pub backend_addr: A,
     pub backend_port: [u8; 2],
     pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<SockRevKeyV4>() == 16);
+pub type SockRevKeyV4 = SockRevKey<Addr4>;
+pub type SockRevKeyV6 = SockRevKey<Addr6>;
 
 /// Value of `sock_revnat_v4`: the service address the application asked
 /// for, shown back to it by getpeername() and recvmsg().
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct SockRevV4 {
-    pub addr: [u8; 4],
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Zeroable)]
+pub struct SockRev<A> {
+    pub addr: A,
     pub port: [u8; 2],
     pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<SockRevV4>() == 8);
+pub type SockRevV4 = SockRev<Addr4>;
+pub type SockRevV6 = SockRev<Addr6>;
 
-crate::user_pod!(SockRevKeyV4, SockRevV4);
+crate::family::pod_per_family! {
+    SockRevKey: 16, 28;
+    SockRev: 8, 20;
+}

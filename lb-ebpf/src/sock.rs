@@ -85,7 +85,7 @@ pub fn balance(ctx: &SockAddrContext) -> i32 {
         stats::service(svc.id, |s| s.drops_no_backend += 1);
         return REFUSE;
     };
-    let rev_key = SockRevKeyV4 { cookie, backend_addr: backend.addr, backend_port: backend.port, _pad: [0; 2] };
+    let rev_key = SockRevKeyV4 { cookie: cookie.to_ne_bytes(), backend_addr: backend.addr, backend_port: backend.port, _pad: [0; 2] };
     // A full LRU evicts the oldest socket's entry: that socket would then
     // see the backend's address in getpeername(), nothing worse.
     let _ = sock_revnat_v4.insert(rev_key, SockRevV4 { addr, port, _pad: [0; 2] }, 0);
@@ -105,7 +105,7 @@ pub fn reverse(ctx: &SockAddrContext) -> i32 {
     let (backend_addr, backend_port) = destination(ctx);
     // SAFETY: helper taking the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let key = SockRevKeyV4 { cookie, backend_addr, backend_port, _pad: [0; 2] };
+    let key = SockRevKeyV4 { cookie: cookie.to_ne_bytes(), backend_addr, backend_port, _pad: [0; 2] };
     // SAFETY: read-only copy of a program-written value.
     if let Some(&rev) = unsafe { sock_revnat_v4.get(key) } {
         set_destination(ctx, rev.addr, rev.port);

@@ -128,6 +128,9 @@ pub struct Service {
     pub external_ips: Vec<Ipv4Addr>,
     /// `status.loadBalancer.ingress[].ip` (IPv4).
     pub lb_ips: Vec<Ipv4Addr>,
+    /// Its IPv6 addresses: not balanced yet, but announced (NDP) by
+    /// `lbip` when they come from a pool.
+    pub lb_ips_v6: Vec<std::net::Ipv6Addr>,
     /// `spec.loadBalancerSourceRanges` as IPv4 (network, prefix length):
     /// `None` = every client; `Some` = only these may reach the
     /// LoadBalancer IPs (possibly none, when no range was IPv4).

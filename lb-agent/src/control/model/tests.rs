@@ -289,12 +289,15 @@ fn a_directory_loads_its_yaml_files_in_name_order() {
 fn load_balancer_ips_in_proxy_mode_are_not_captured() {
     let m = parse(
         "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: ns}\nspec: {type: LoadBalancer, clusterIP: 10.96.1.1, ports: [{port: 80, nodePort: 30001}]}\n\
-         status: {loadBalancer: {ingress: [{ip: 203.0.113.1, ipMode: VIP}, {ip: 203.0.113.2, ipMode: Proxy}, {ip: 203.0.113.3}, {hostname: lb.example.com}]}}\n",
+         status: {loadBalancer: {ingress: [{ip: 203.0.113.1, ipMode: VIP}, {ip: 203.0.113.2, ipMode: Proxy}, {ip: 203.0.113.3}, {hostname: lb.example.com}, {ip: 'fd00::1'}, {ip: 'fd00::2', ipMode: Proxy}, {ip: 'fd00::1'}]}}\n",
     );
+    let svc = &m.services[&ObjectRef::new("ns", "a")];
     assert_eq!(
-        m.services[&ObjectRef::new("ns", "a")].lb_ips,
+        svc.lb_ips,
         [Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(203, 0, 113, 3)]
     );
+    // IPv6 ones are kept apart (announced, not balanced yet), once each.
+    assert_eq!(svc.lb_ips_v6, ["fd00::1".parse::<std::net::Ipv6Addr>().unwrap()]);
 }
 
 #[test]

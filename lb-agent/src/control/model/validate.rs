@@ -113,15 +113,18 @@ fn service(id: &ObjectRef, s: &core::Service) -> Result<Service, String> {
         .and_then(|lb| lb.ingress.as_ref());
     // `ipMode: Proxy` means the load balancer proxies to the NodePorts
     // itself: kube-proxy does not capture its IP, and neither do we.
-    let lb_ips = parse_ips(
-        id,
-        "status.loadBalancer.ingress",
-        ingress
-            .into_iter()
-            .flatten()
-            .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
-            .filter_map(|i| i.ip.as_ref()),
-    )?;
+    let lb_strings = ingress
+        .into_iter()
+        .flatten()
+        .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+        .filter_map(|i| i.ip.as_ref());
+    let lb_ips = parse_ips(id, "status.loadBalancer.ingress", lb_strings.clone())?;
+    let mut lb_ips_v6 = Vec::new();
+    for a in lb_strings.filter_map(|s| s.trim().parse::<std::net::Ipv6Addr>().ok()) {
+        if !lb_ips_v6.contains(&a) {
+            lb_ips_v6.push(a);
+        }
+    }
     let source_ranges = spec
         .load_balancer_source_ranges
         .as_ref()
@@ -246,6 +249,7 @@ fn service(id: &ObjectRef, s: &core::Service) -> Result<Service, String> {
         cluster_ips,
         external_ips,
         lb_ips,
+        lb_ips_v6,
         source_ranges,
         ports,
         external_local,
