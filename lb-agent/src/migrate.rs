@@ -52,7 +52,7 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("switching the pinned links to the programs of the resized maps")]
-    Relink(#[source] crate::error::Cause),
+    Relink(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
