@@ -195,6 +195,12 @@ fn the_owner_answers_neighbour_solicitations_and_the_next_node_takes_over_within
 
     // A host that tries to take the address (DAD probe, RFC 4862) is told
     // it is in use; the address stays with its owner.
+    // No neighbour entry first, and the owner's second announcement (500 ms
+    // after it took over) past: a reachability probe's answer or that
+    // unsolicited NA alone would fail the client's DAD, sometimes before
+    // its DAD probe is even sent.
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = xdplb_tests::netns::run(c.client.cmd("ip").args(["-6", "neigh", "flush", "to", &addr.to_string(), "dev", UPLINK]));
     let probes_before = ndp_replies(&c, next_i);
     c.client.ip(&["-6", "addr", "add", &format!("{addr}/128"), "dev", UPLINK]);
     let refused = wait_for(Duration::from_secs(10), || {
@@ -203,7 +209,7 @@ fn the_owner_answers_neighbour_solicitations_and_the_next_node_takes_over_within
     assert!(refused, "the client's DAD for {addr} succeeded:\n{}", c.client.ip(&["-6", "addr", "show", "dev", UPLINK]));
     c.client.ip(&["-6", "addr", "del", &format!("{addr}/128"), "dev", UPLINK]);
     assert!(wait_for(Duration::from_secs(2), || ndp_replies(&c, next_i) > probes_before), "the probe was answered");
-    assert!(c.node(next_i).log().contains("probes (DAD)"), "{}", c.node(next_i).log());
+    assert!(wait_for(Duration::from_secs(10), || c.node(next_i).log().contains("probes (DAD)")), "{}", c.node(next_i).log());
     assert_eq!(owner_seen_by(&c, next_i, addr), Some(next.clone()), "the address stays where it was");
 
     // The first node comes back: the address returns to it (first in
