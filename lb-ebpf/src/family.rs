@@ -292,3 +292,19 @@ fn parse6_call(data: usize, end: usize, frame_len: usize, out: &mut Packet<[u8; 
 fn fold6(a: &[u8; 16]) -> u32 {
     u32::from_ne_bytes(lb_ebpf::hash::fold(a))
 }
+
+/// Whether two addresses are equal, compared 32 bits at a time: `==` on two
+/// `[u8; 16]` values may become a 128-bit compare, on which LLVM's BPF
+/// backend crashes ("Post-RA pseudo instruction expansion").
+#[inline(always)]
+pub fn same<A: Addr>(a: &A, b: &A) -> bool {
+    let (a, b) = (a.octets(), b.octets());
+    let mut i = 0;
+    while i + 4 <= a.len() && i + 4 <= b.len() {
+        if a[i..i + 4] != b[i..i + 4] {
+            return false;
+        }
+        i += 4;
+    }
+    true
+}
