@@ -245,19 +245,21 @@ fn keep_pair_inline<F: Family>(key: &FlowKey<F::Addr>, e: &Flow<F::Addr>) {
         }
         Some(_) => {}
         None if !closing => {
+            // Built in this CPU's slot (see `create`), not on the stack.
+            let Some(slot) = F::scratch().get_ptr_mut(0) else { return };
+            // SAFETY: this CPU's slot, used by this program run alone.
+            let restored = unsafe { &mut *slot };
             let (nat, peer) = other_ends(key, e);
-            let restored = Flow {
-                nat_addr: nat.0,
-                nat_port: nat.1,
-                peer_addr: peer.0,
-                peer_port: peer.1,
-                direction: if e.direction == direction::FORWARD { direction::REPLY } else { direction::FORWARD },
-                flags: e.flags & flow_flags::SNAT,
-                packets: 0,
-                bytes: 0,
-                ..*e
-            };
-            if F::conntrack().insert(&other, &restored, BPF_NOEXIST as u64).is_ok() {
+            *restored = *e;
+            restored.nat_addr = nat.0;
+            restored.nat_port = nat.1;
+            restored.peer_addr = peer.0;
+            restored.peer_port = peer.1;
+            restored.direction = if e.direction == direction::FORWARD { direction::REPLY } else { direction::FORWARD };
+            restored.flags = e.flags & flow_flags::SNAT;
+            restored.packets = 0;
+            restored.bytes = 0;
+            if F::conntrack().insert(&other, &*restored, BPF_NOEXIST as u64).is_ok() {
                 count(counter::CT_HALF_RESTORED);
             }
         }
