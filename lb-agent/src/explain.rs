@@ -18,7 +18,7 @@ use std::{
 use anyhow::Result;
 use lb_common::{
     algorithm, backend_state, direction, flow_flags, scope, service_flags, AffinityKeyV4, AffinityV4, BackendId,
-    BackendV4, Config, FlowKeyV4, FlowV4, NatConfig, ServiceKeyV4, ServiceV4, SlotKey, IPPROTO_TCP, IPPROTO_UDP,
+    BackendV4, Config, FlowKeyV4, FlowV4, NatConfig, ServiceKeyV4, ServiceV4, SlotKey, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
 };
 use serde::Serialize;
 
@@ -362,7 +362,7 @@ pub fn explain(q: &Query, s: &Snapshot, names: &crate::ops::names::Names) -> Exp
 
 /// The dataplane's answer to a new flow without a backend (xdp.rs/tc.rs
 /// with refuse.rs): a TCP SYN gets a reset, and from a pod a UDP datagram
-/// an ICMP port unreachable, unless the frontend's Local policy has
+/// or an SCTP packet an ICMP port unreachable, unless the frontend's Local policy has
 /// endpoints elsewhere; anything else is dropped.
 fn no_backend(q: &Query, svc: &ServiceV4, e: &mut Explanation, why: &str) {
     let elsewhere = svc.flags & service_flags::LOCAL_ELSEWHERE != 0;
@@ -371,7 +371,7 @@ fn no_backend(q: &Query, svc: &ServiceV4, e: &mut Explanation, why: &str) {
     }
     e.verdict = if q.proto == IPPROTO_TCP && !elsewhere {
         Verdict { action: Action::Reject, backend: None, snat: None, reason: format!("{why}: TCP reset") }
-    } else if q.proto == IPPROTO_UDP && !elsewhere && q.origin == Origin::Pod {
+    } else if (q.proto == IPPROTO_UDP || q.proto == IPPROTO_SCTP) && !elsewhere && q.origin == Origin::Pod {
         Verdict { action: Action::Reject, backend: None, snat: None, reason: format!("{why}: ICMP port unreachable") }
     } else if elsewhere {
         let reason = format!("{why}: dropped (kube-proxy drops Local traffic with endpoints only elsewhere)");
@@ -430,10 +430,8 @@ fn established(q: &Query, f: &FlowV4, s: &Snapshot) -> Established {
     let closing = f.flags & flow_flags::CLOSING != 0;
     let timeout = if closing {
         s.config.closing_timeout_s
-    } else if q.proto == IPPROTO_TCP {
-        s.config.tcp_timeout_s
     } else {
-        s.config.udp_timeout_s
+        s.config.idle_timeout_s(q.proto)
     } as u64
         * NS;
     let backend = SocketAddrV4::new(Ipv4Addr::from(f.nat_addr), u16::from_be_bytes(f.nat_port));
@@ -442,8 +440,8 @@ fn established(q: &Query, f: &FlowV4, s: &Snapshot) -> Established {
         (false, "a reply-direction entry".to_string())
     } else if idle > timeout {
         (false, "expired: a new flow".into())
-    } else if q.proto == IPPROTO_TCP && closing {
-        (false, "closing: a new SYN starts a new flow".into())
+    } else if q.proto != IPPROTO_UDP && closing {
+        (false, "closing: a new SYN (SCTP: INIT) starts a new flow".into())
     } else if !same {
         (false, "its backend is gone: re-balanced as a new flow".into())
     } else {
@@ -532,7 +530,7 @@ fn unserved(q: &Query, c: &MapContents) -> Option<Verdict> {
         let how = match (q.origin, q.proto) {
             (Origin::Node, _) => "connect() refused (EPERM)",
             (_, IPPROTO_TCP) => "TCP reset",
-            (_, IPPROTO_UDP) => "ICMP port unreachable",
+            (_, IPPROTO_UDP | IPPROTO_SCTP) => "ICMP port unreachable",
             _ => "dropped",
         };
         let action = if how == "dropped" { Action::Drop } else { Action::Reject };
@@ -636,13 +634,14 @@ pub fn parse_source(s: &str) -> Result<(Ipv4Addr, Option<u16>), String> {
     }
 }
 
-/// Parses `ADDR:PORT[/tcp|udp]` (destination; TCP by default).
+/// Parses `ADDR:PORT[/tcp|udp|sctp]` (destination; TCP by default).
 pub fn parse_destination(s: &str) -> Result<(Ipv4Addr, u16, u8), String> {
     let (rest, proto) = match s.rsplit_once('/') {
         Some((r, p)) => match p.to_ascii_lowercase().as_str() {
             "tcp" => (r, IPPROTO_TCP),
             "udp" => (r, lb_common::IPPROTO_UDP),
-            other => return Err(format!("unknown protocol {other:?} (tcp or udp)")),
+            "sctp" => (r, IPPROTO_SCTP),
+            other => return Err(format!("unknown protocol {other:?} (tcp, udp or sctp)")),
         },
         None => (s, IPPROTO_TCP),
     };
@@ -741,7 +740,8 @@ mod tests {
     fn arguments_parse_or_say_why_not() {
         assert_eq!(parse_destination("10.96.0.10:53/UDP"), Ok((Ipv4Addr::new(10, 96, 0, 10), 53, 17)));
         assert!(parse_destination("10.96.0.10").unwrap_err().contains("ADDR:PORT"));
-        assert!(parse_destination("10.96.0.10:80/sctp").unwrap_err().contains("unknown protocol"));
+        assert_eq!(parse_destination("10.96.0.10:3868/sctp"), Ok((Ipv4Addr::new(10, 96, 0, 10), 3868, 132)));
+        assert!(parse_destination("10.96.0.10:80/dccp").unwrap_err().contains("unknown protocol"));
         assert!(parse_source("nope").is_err());
     }
 }

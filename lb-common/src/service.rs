@@ -9,12 +9,12 @@ use crate::{Addr, Addr4, Addr6};
 /// (no padding) so the BPF backend copies it in words.
 #[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Zeroable)]
-pub struct ServiceKey<A: Addr> {
+pub struct ServiceKey<A> {
     /// Destination address, network order.
     pub addr: A,
     /// Destination port, network order.
     pub port: [u8; 2],
-    /// IP protocol number ([`IPPROTO_TCP`] or [`IPPROTO_UDP`]).
+    /// IP protocol number ([`IPPROTO_TCP`], [`IPPROTO_UDP`] or [`IPPROTO_SCTP`]).
     pub proto: u8,
     /// Which sources the entry is for: [`scope::ANY`], or [`scope::IN_CLUSTER`]
     /// for the alternative entry of a frontend flagged
@@ -50,6 +50,9 @@ pub mod scope {
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+/// SCTP: ports where TCP and UDP have them, a CRC32c over the whole packet
+/// instead of the Internet checksum (see `lb_ebpf::sctp`).
+pub const IPPROTO_SCTP: u8 = 132;
 
 /// Backend selection algorithm of a service (`ServiceV4::algorithm`).
 pub mod algorithm {
@@ -134,7 +137,7 @@ const _: () = assert!(core::mem::size_of::<SlotKey>() == 8);
 /// service and client.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Zeroable)]
-pub struct AffinityKey<A: Addr> {
+pub struct AffinityKey<A> {
     pub service_id: u32,
     /// Client address, network order.
     pub client: A,
@@ -162,7 +165,7 @@ const _: () = assert!(core::mem::size_of::<AffinityV4>() == 16);
 /// range's; a lookup uses 64.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Zeroable)]
-pub struct SourceRange<A: Addr> {
+pub struct SourceRange<A> {
     pub service_id: [u8; 4],
     pub addr: A,
 }
@@ -196,6 +199,7 @@ pub fn proto_name(proto: u8) -> &'static str {
     match proto {
         IPPROTO_TCP => "TCP",
         IPPROTO_UDP => "UDP",
+        IPPROTO_SCTP => "SCTP",
         _ => "?",
     }
 }

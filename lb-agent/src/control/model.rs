@@ -18,7 +18,7 @@ use std::{
 };
 
 use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery};
-use lb_common::{algorithm, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{algorithm, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 use serde::{Deserialize, Serialize};
 
 /// Label that joins an EndpointSlice to its Service (same namespace).
@@ -69,12 +69,13 @@ impl fmt::Display for ObjectRef {
     }
 }
 
-/// L4 protocol of a port (SCTP is not balanced yet).
+/// L4 protocol of a port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Proto {
     Tcp,
     Udp,
+    Sctp,
 }
 
 impl Proto {
@@ -83,12 +84,14 @@ impl Proto {
         match self {
             Proto::Tcp => IPPROTO_TCP,
             Proto::Udp => IPPROTO_UDP,
+            Proto::Sctp => IPPROTO_SCTP,
         }
     }
     pub fn from_number(n: u8) -> Option<Self> {
         match n {
             IPPROTO_TCP => Some(Proto::Tcp),
             IPPROTO_UDP => Some(Proto::Udp),
+            IPPROTO_SCTP => Some(Proto::Sctp),
             _ => None,
         }
     }
@@ -96,6 +99,7 @@ impl Proto {
         match self {
             Proto::Tcp => "TCP",
             Proto::Udp => "UDP",
+            Proto::Sctp => "SCTP",
         }
     }
 }
@@ -128,6 +132,9 @@ pub struct Service {
     pub external_ips: Vec<Ipv4Addr>,
     /// `status.loadBalancer.ingress[].ip` (IPv4).
     pub lb_ips: Vec<Ipv4Addr>,
+    /// Its IPv6 addresses: not balanced yet, but announced (NDP) by
+    /// `lbip` when they come from a pool.
+    pub lb_ips_v6: Vec<std::net::Ipv6Addr>,
     /// `spec.loadBalancerSourceRanges` as IPv4 (network, prefix length):
     /// `None` = every client; `Some` = only these may reach the
     /// LoadBalancer IPs (possibly none, when no range was IPv4).

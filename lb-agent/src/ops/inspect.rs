@@ -10,7 +10,7 @@ use std::{
 use anyhow::Result;
 use lb_common::{
     backend_state, counter, direction, flow_flags, proto_name, service_flags, Config,
-    FlowKeyV4, FlowV4, SlotKey, IPPROTO_UDP,
+    FlowKeyV4, FlowV4, SlotKey,
 };
 use serde::Serialize;
 
@@ -258,10 +258,8 @@ pub fn flow_row(k: &FlowKeyV4, v: &FlowV4, now_ns: u64, cfg: &Config) -> FlowRow
     let secs = |t: u64| now_ns.saturating_sub(t) as f64 / 1e9;
     let timeout = if v.flags & flow_flags::CLOSING != 0 {
         cfg.closing_timeout_s
-    } else if k.proto == IPPROTO_UDP {
-        cfg.udp_timeout_s
     } else {
-        cfg.tcp_timeout_s
+        cfg.idle_timeout_s(k.proto)
     };
     if secs(v.last_seen_ns) > timeout as f64 {
         flags.push("expired");

@@ -159,11 +159,8 @@ fn hostile_objects_are_skipped_and_the_rest_kept() {
     let m = parse(&text);
     let names: Vec<String> = m.services.keys().map(|k| k.name.clone()).collect();
     assert_eq!(names, ["good"]);
-    assert_eq!(
-        m.services[&ObjectRef::new("ns", "good")].ports.len(),
-        1,
-        "the SCTP port is skipped, the service kept"
-    );
+    let good: Vec<(u16, Proto)> = m.services[&ObjectRef::new("ns", "good")].ports.iter().map(|p| (p.port, p.proto)).collect();
+    assert_eq!(good, [(80, Proto::Tcp), (90, Proto::Sctp)], "SCTP ports are balanced like TCP and UDP ones");
     let slices: Vec<String> = m.slices.keys().map(|k| k.name.clone()).collect();
     // A slice whose only endpoint is bad is kept, empty: its endpoint alone is skipped.
     assert_eq!(slices, ["bad-addr", "good-1", "v6-in-v4"]);
@@ -289,12 +286,15 @@ fn a_directory_loads_its_yaml_files_in_name_order() {
 fn load_balancer_ips_in_proxy_mode_are_not_captured() {
     let m = parse(
         "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: ns}\nspec: {type: LoadBalancer, clusterIP: 10.96.1.1, ports: [{port: 80, nodePort: 30001}]}\n\
-         status: {loadBalancer: {ingress: [{ip: 203.0.113.1, ipMode: VIP}, {ip: 203.0.113.2, ipMode: Proxy}, {ip: 203.0.113.3}, {hostname: lb.example.com}]}}\n",
+         status: {loadBalancer: {ingress: [{ip: 203.0.113.1, ipMode: VIP}, {ip: 203.0.113.2, ipMode: Proxy}, {ip: 203.0.113.3}, {hostname: lb.example.com}, {ip: 'fd00::1'}, {ip: 'fd00::2', ipMode: Proxy}, {ip: 'fd00::1'}]}}\n",
     );
+    let svc = &m.services[&ObjectRef::new("ns", "a")];
     assert_eq!(
-        m.services[&ObjectRef::new("ns", "a")].lb_ips,
+        svc.lb_ips,
         [Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(203, 0, 113, 3)]
     );
+    // IPv6 ones are kept apart (announced, not balanced yet), once each.
+    assert_eq!(svc.lb_ips_v6, ["fd00::1".parse::<std::net::Ipv6Addr>().unwrap()]);
 }
 
 #[test]

@@ -4,8 +4,8 @@
 //! whole object meaningless (one endpoint of a slice, one address of a Node,
 //! an invalid source range) is skipped alone, with a warning naming the
 //! object and the part. Nothing is left out without a log line at the
-//! default level: IPv6 parts of dual-stack objects and SCTP ports (valid,
-//! just not balanced yet) at info; what kube-proxy ignores too at info the
+//! default level: IPv6 parts of dual-stack objects at info; what kube-proxy
+//! ignores too at info the
 //! first time (a headless Service) or at debug (a slice without its service
 //! label).
 use std::{
@@ -58,12 +58,13 @@ fn parse_port(what: &str, p: i32) -> Result<u16, String> {
     }
 }
 
-/// `Ok(Some)` TCP/UDP, `Ok(None)` SCTP (valid, not balanced yet), `Err` unknown.
-fn parse_proto(p: Option<&str>) -> Result<Option<Proto>, String> {
+/// The protocol of a port (TCP when unset, as the API server defaults it);
+/// `Err` for anything but TCP, UDP and SCTP (case matters, as in the API).
+fn parse_proto(p: Option<&str>) -> Result<Proto, String> {
     match p.unwrap_or("TCP") {
-        "TCP" => Ok(Some(Proto::Tcp)),
-        "UDP" => Ok(Some(Proto::Udp)),
-        "SCTP" => Ok(None),
+        "TCP" => Ok(Proto::Tcp),
+        "UDP" => Ok(Proto::Udp),
+        "SCTP" => Ok(Proto::Sctp),
         other => Err(format!("unknown protocol {other:?}")),
     }
 }
@@ -113,15 +114,18 @@ fn service(id: &ObjectRef, s: &core::Service) -> Result<Service, String> {
         .and_then(|lb| lb.ingress.as_ref());
     // `ipMode: Proxy` means the load balancer proxies to the NodePorts
     // itself: kube-proxy does not capture its IP, and neither do we.
-    let lb_ips = parse_ips(
-        id,
-        "status.loadBalancer.ingress",
-        ingress
-            .into_iter()
-            .flatten()
-            .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
-            .filter_map(|i| i.ip.as_ref()),
-    )?;
+    let lb_strings = ingress
+        .into_iter()
+        .flatten()
+        .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+        .filter_map(|i| i.ip.as_ref());
+    let lb_ips = parse_ips(id, "status.loadBalancer.ingress", lb_strings.clone())?;
+    let mut lb_ips_v6 = Vec::new();
+    for a in lb_strings.filter_map(|s| s.trim().parse::<std::net::Ipv6Addr>().ok()) {
+        if !lb_ips_v6.contains(&a) {
+            lb_ips_v6.push(a);
+        }
+    }
     let source_ranges = spec
         .load_balancer_source_ranges
         .as_ref()
@@ -150,17 +154,12 @@ fn service(id: &ObjectRef, s: &core::Service) -> Result<Service, String> {
                 return Err(format!("duplicate nodePort {n}/{proto_name}"));
             }
         }
-        match parse_proto(p.protocol.as_deref())? {
-            Some(proto) => ports.push(ServicePort {
-                name,
-                port,
-                node_port,
-                proto,
-            }),
-            None => {
-                tracing::warn!(object = %id, port, "SCTP is not balanced yet; skipping this port")
-            }
-        }
+        ports.push(ServicePort {
+            name,
+            port,
+            node_port,
+            proto: parse_proto(p.protocol.as_deref())?,
+        });
     }
 
     let local = |what: &str, v: &Option<String>| match v.as_deref() {
@@ -246,6 +245,7 @@ fn service(id: &ObjectRef, s: &core::Service) -> Result<Service, String> {
         cluster_ips,
         external_ips,
         lb_ips,
+        lb_ips_v6,
         source_ranges,
         ports,
         external_local,
@@ -395,8 +395,8 @@ fn slice(id: &ObjectRef, service: &str, s: &discovery::EndpointSlice) -> Result<
             return Err(format!("duplicate port name {name:?}"));
         }
         // An unset port means "not restricted"; kube-proxy cannot use it either.
-        let (Some(port), Some(proto)) = (p.port, proto) else {
-            tracing::info!(object = %id, port = %name, "EndpointSlice port without a number, or SCTP: not balanced; skipped");
+        let Some(port) = p.port else {
+            tracing::info!(object = %id, port = %name, "EndpointSlice port without a number: not balanced; skipped");
             continue;
         };
         ports.push(SlicePort {
