@@ -9,10 +9,9 @@
 //! repairs entries someone else changed or deleted.
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
 
 use crate::{
-    dataplane::Dataplane,
+    dataplane::{Dataplane, Result},
     diff::{diff, Diff, MapContents},
 };
 
@@ -135,7 +134,9 @@ mod tests {
         fn apply(&mut self, d: &Diff) -> Result<()> {
             for (k, v) in &d.backends.upsert {
                 if let Some(n) = self.fail_after.as_mut() {
-                    anyhow::ensure!(*n > 0, "backends_v4 is full");
+                    if *n == 0 {
+                        return Err(crate::dataplane::Error::Full { map: "backends_v4", what: format!("backend {k}"), flag: "--max-backends" });
+                    }
                     *n -= 1;
                 }
                 self.contents.backends.insert(*k, *v);

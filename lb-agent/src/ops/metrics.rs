@@ -408,7 +408,9 @@ fn dataplane(w: &mut Writer, dp: &Dataplane, pin_dir: &Path, names: &Names) {
             w.sample("xdplb_snat_port_exhausted_total", &[("backend_id", &id.to_string()), ("backend", &addr)], n as f64);
         }
     }
-    let flows = dp.conntrack.keys().filter(|k| k.is_ok()).count();
+    // Counted in batches: a scrape of a million flows is a few hundred
+    // syscalls, not a million.
+    let flows = Dataplane::count(&dp.conntrack, maps::CONNTRACK_V4).unwrap_or(0);
     w.gauge(
         "xdplb_conntrack_entries",
         "Conntrack entries (two per flow: forward and reply).",
@@ -416,13 +418,13 @@ fn dataplane(w: &mut Writer, dp: &Dataplane, pin_dir: &Path, names: &Names) {
     );
     // Entries of each map whose fill matters; arrays are always full.
     let counted = [
-        (maps::SERVICES_V4, dp.services.keys().count()),
+        (maps::SERVICES_V4, Dataplane::count(&dp.services, maps::SERVICES_V4).unwrap_or(0)),
         (maps::BACKENDS_V4, dp.backends().map_or(0, |b| b.len())),
-        (maps::SERVICE_SLOTS, dp.slots.keys().count()),
+        (maps::SERVICE_SLOTS, Dataplane::count(&dp.slots, maps::SERVICE_SLOTS).unwrap_or(0)),
         (maps::CONNTRACK_V4, flows),
-        (maps::CONNTRACK_CONFIRMED_V4, entries_at(&pin_dir.join(maps::CONNTRACK_CONFIRMED_V4))),
-        (maps::AFFINITY_V4, dp.affinity.keys().count()),
-        (maps::SOCK_REVNAT_V4, sock_revnat_entries(pin_dir)),
+        (maps::CONNTRACK_CONFIRMED_V4, entries_at::<lb_common::FlowKeyV4, lb_common::FlowV4>(&pin_dir.join(maps::CONNTRACK_CONFIRMED_V4))),
+        (maps::AFFINITY_V4, Dataplane::count(&dp.affinity, maps::AFFINITY_V4).unwrap_or(0)),
+        (maps::SOCK_REVNAT_V4, entries_at::<lb_common::SockRevKeyV4, lb_common::SockRevV4>(&pin_dir.join(maps::SOCK_REVNAT_V4))),
     ];
     w.family("xdplb_map_entries", "gauge", "Entries in a pinned map.");
     for (m, n) in counted {
@@ -460,17 +462,6 @@ fn dataplane(w: &mut Writer, dp: &Dataplane, pin_dir: &Path, names: &Names) {
             );
         }
     }
-}
-
-/// Entries of `sock_revnat_v4`, the socket balancer's reverse NAT (an LRU:
-/// when full, its oldest entries are evicted). Opened here: only the
-/// metrics read it.
-fn sock_revnat_entries(pin_dir: &Path) -> usize {
-    let Ok(data) = aya::maps::MapData::from_pin(pin_dir.join(maps::SOCK_REVNAT_V4)) else { return 0 };
-    let map = aya::maps::Map::from_map_data(data).ok().and_then(|m| {
-        aya::maps::HashMap::<_, lb_common::SockRevKeyV4, lb_common::SockRevV4>::try_from(m).ok()
-    });
-    map.map_or(0, |m| m.keys().filter(|k| k.is_ok()).count())
 }
 
 /// Writes families and samples in the text format.
@@ -568,14 +559,15 @@ fn source_health(w: &mut Writer, h: &SourceHealth, stale: bool) {
     w.gauge("xdplb_source_stale", "1 when a watch has gone longer than --source-stale-after without success (the agent reports not ready; forwarding goes on).", stale as u8 as f64);
 }
 
-/// Entries of the pinned hash (or LRU hash) map at `path` (0 if it cannot
-/// be opened, e.g. pinned by an older agent without it).
-fn entries_at(path: &Path) -> usize {
+/// Entries of the pinned hash (or LRU hash) map at `path` with keys `K`
+/// and values `V`, counted in batches (0 if it cannot be opened, e.g.
+/// pinned by an older agent without it). `sock_revnat_v4` (the socket
+/// balancer's reverse NAT) and `conntrack_confirmed_v4` are opened here:
+/// only the metrics read them.
+fn entries_at<K: bytemuck::Pod, V: bytemuck::Pod>(path: &Path) -> usize {
+    use std::os::fd::AsFd as _;
     let Ok(data) = aya::maps::MapData::from_pin(path) else { return 0 };
-    let Ok(map) = aya::maps::HashMap::<_, lb_common::FlowKeyV4, lb_common::FlowV4>::try_from(aya::maps::Map::LruHashMap(data)) else {
-        return 0;
-    };
-    map.keys().filter(Result::is_ok).count()
+    crate::bpfsys::count::<K, V>(data.fd().as_fd()).unwrap_or(0)
 }
 
 #[cfg(test)]
