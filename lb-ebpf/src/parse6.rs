@@ -44,23 +44,16 @@ pub const EXT_MAX: usize = 4;
 const NDP_FIRST: u8 = 133;
 const NDP_LAST: u8 = 137;
 
-#[repr(C)]
-struct Ipv6Hdr {
-    vtc_flow: [u8; 4],
-    payload_len: [u8; 2],
-    next_hdr: u8,
-    hop_limit: u8,
-    src: [u8; 16],
-    dst: [u8; 16],
-}
-
 /// Parses an IPv6 frame (see `parse::parse` for `data`, `end`, `frame_len`).
 #[inline(always)]
 pub fn parse(data: usize, end: usize, frame_len: usize) -> Result<Packet<[u8; 16]>, Verdict> {
     ethertype(data, end, ETH_P_IPV6)?;
-    let ip: *const Ipv6Hdr = ptr_at(data, end, ETH_LEN)?;
-    // SAFETY: `ptr_at` checked the whole header is inside the frame.
-    let (vtc, plen, mut next) = unsafe { ((*ip).vtc_flow[0], (*ip).payload_len, (*ip).next_hdr) };
+    // Version, traffic class and flow label; payload length; next header;
+    // hop limit.
+    let head: *const [u8; 8] = ptr_at(data, end, ETH_LEN)?;
+    // SAFETY: `ptr_at` checked the 8 bytes are inside the frame.
+    let [vtc, _, _, _, plen_hi, plen_lo, mut next, _] = unsafe { *head };
+    let plen = [plen_hi, plen_lo];
     let plen = u16::from_be_bytes(plen) as usize;
     // Against `frame_len`, not `end`: in tc `end` is only the linear part.
     if vtc >> 4 != 6 || ETH_LEN + IP6_LEN + plen > frame_len {
@@ -129,8 +122,8 @@ pub fn parse(data: usize, end: usize, frame_len: usize) -> Result<Packet<[u8; 16
     }
     // The addresses last: read early, their 32 bytes would be carried
     // through every path of the walk.
-    let ip: *const Ipv6Hdr = ptr_at(data, end, ETH_LEN)?;
-    // SAFETY: `ptr_at` checked the whole header is inside the frame.
-    let (src, dst) = unsafe { ((*ip).src, (*ip).dst) };
+    let addrs: *const [[u8; 16]; 2] = ptr_at(data, end, ETH_LEN + IP6_SRC)?;
+    // SAFETY: `ptr_at` checked both addresses are inside the frame.
+    let [src, dst] = unsafe { *addrs };
     Ok(Packet { l4, proto: next, src, dst, sport, dport, tcp_flags, ip_len: (IP6_LEN + plen) as u16 })
 }
