@@ -3,6 +3,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use aya::{
+    maps::ProgramArray,
     programs::{CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
@@ -34,6 +35,13 @@ pub enum Error {
     Object(#[source] aya::EbpfError),
     #[error(transparent)]
     Program(#[from] ProgramLookupError),
+    /// A hook's program array for its IPv6 instance (missing, or not filled).
+    #[error("filling the program array {array} with the hook's IPv6 instance")]
+    FamilyArray {
+        array: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
     #[error("verifier rejected {program}")]
     Verifier {
         program: &'static str,
@@ -104,10 +112,34 @@ pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf, Error> {
         let p: &mut CgroupSockAddr = program(&mut ebpf, name)?;
         p.load().map_err(verifier(name))?;
     }
+    load_v6(&mut ebpf)?;
     if !resized.is_empty() {
         migrate::resize(&mut ebpf, pin_dir, &resized)?;
     }
     Ok(ebpf)
+}
+
+/// Loads the hooks' IPv6 instances and puts each in the program array its
+/// IPv4 hook tail-calls for IPv6 frames (the array may be a pinned one of
+/// the previous agent: its entry is replaced, so IPv6 runs the new code).
+fn load_v6(ebpf: &mut Ebpf) -> Result<(), Error> {
+    let verifier = |program| move |source| Error::Verifier { program, source };
+    let xdp: &mut Xdp = program(ebpf, programs::XDP_LB_V6)?;
+    xdp.load().map_err(verifier(programs::XDP_LB_V6))?;
+    let fd = |p: &aya::programs::ProgramFd| p.try_clone();
+    let xdp_fd = xdp.fd().map_err(verifier(programs::XDP_LB_V6)).and_then(|f| fd(f).map_err(|e| verifier(programs::XDP_LB_V6)(e.into())))?;
+    let mut fds = vec![(maps::FAMILY_XDP, xdp_fd)];
+    for &(name, array) in programs::TC_V6 {
+        let p: &mut SchedClassifier = program(ebpf, name)?;
+        p.load().map_err(verifier(name))?;
+        fds.push((array, p.fd().map_err(verifier(name)).and_then(|f| fd(f).map_err(|e| verifier(name)(e.into())))?));
+    }
+    for (array, fd) in fds {
+        let map = ebpf.map_mut(array).ok_or(Error::FamilyArray { array, source: aya::maps::MapError::InvalidName { name: array.into() } })?;
+        let mut progs = ProgramArray::try_from(map).map_err(|source| Error::FamilyArray { array, source })?;
+        progs.set(0, &fd, 0).map_err(|source| Error::FamilyArray { array, source })?;
+    }
+    Ok(())
 }
 
 /// Attaches to an uplink: XDP balances arriving service traffic, tc egress

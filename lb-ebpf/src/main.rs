@@ -8,12 +8,17 @@
     reason = "core_intrinsics is the only atomic fetch-add on bpf"
 )]
 #![feature(core_intrinsics)]
+#![allow(
+    clippy::needless_borrows_for_generic_args,
+    reason = "map keys and values go to the helpers by reference on purpose: by value each is copied onto the 512-byte stack first (IPv6 flows are 80 bytes)"
+)]
 
 mod clock;
 mod confirmed;
 mod conntrack;
 mod dsr;
 mod events;
+mod family;
 mod flowkey;
 mod forward;
 mod icmp_error;
@@ -22,6 +27,7 @@ mod maps;
 mod mode;
 mod nat;
 mod parse;
+mod parse6;
 mod refuse;
 mod reset;
 mod sctp_nat;
@@ -38,23 +44,47 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
+use family::V6;
+use lb_common::counter;
 
 /// XDP on an uplink: balance packets to service addresses, pass the rest.
+/// IPv6 frames are tail-called to `xdp_lb_v6`.
 #[xdp]
 pub fn xdp_lb(ctx: XdpContext) -> u32 {
-    xdp::run(&ctx)
+    xdp::dispatch(&ctx)
 }
 
 /// tc ingress on host-side pod interfaces: balance east-west service traffic.
 #[classifier]
 pub fn tc_ingress(ctx: TcContext) -> i32 {
-    tc::ingress(&ctx)
+    tc::ingress_v4(&ctx)
 }
 
 /// tc egress on every attached interface: reverse NAT of replies.
 #[classifier]
 pub fn tc_egress(ctx: TcContext) -> i32 {
-    tc::egress(&ctx)
+    tc::egress_v4(&ctx)
+}
+
+/// `xdp_lb` for IPv6 frames (tail-called; the same path, over IPv6).
+#[xdp]
+pub fn xdp_lb_v6(ctx: XdpContext) -> u32 {
+    stats::count(counter::IPV6);
+    xdp::run::<V6>(&ctx)
+}
+
+/// `tc_ingress` for IPv6 frames (tail-called).
+#[classifier]
+pub fn tc_ingress_v6(ctx: TcContext) -> i32 {
+    stats::count(counter::IPV6);
+    tc::ingress::<V6>(&ctx)
+}
+
+/// `tc_egress` for IPv6 frames (tail-called).
+#[classifier]
+pub fn tc_egress_v6(ctx: TcContext) -> i32 {
+    stats::count(counter::IPV6);
+    tc::egress::<V6>(&ctx)
 }
 
 /// cgroup connect4: a node socket connecting to a service gets a backend.

@@ -46,13 +46,13 @@ use crate::{
 
 /// Length of the SCTP packet (common header and chunks).
 #[inline(always)]
-fn sctp_len(p: &Packet) -> u16 {
+fn sctp_len<A>(p: &Packet<A>) -> u16 {
     p.ip_len.wrapping_sub((p.l4 - ETH_LEN) as u16)
 }
 
 /// The ports as they were before the rewrite, in wire order.
 #[inline(always)]
-fn old_ports(p: &Packet) -> [u8; 4] {
+fn old_ports<A>(p: &Packet<A>) -> [u8; 4] {
     [p.sport[0], p.sport[1], p.dport[0], p.dport[1]]
 }
 
@@ -78,7 +78,7 @@ fn updated(field: [u8; 4], old: [u8; 4], new: [u8; 4], len: u16) -> [u8; 4] {
 /// XDP: updates the CRC of the packet whose ports were just rewritten.
 /// `false` if the header is not inside the frame (parse made sure it is).
 #[inline(always)]
-pub fn xdp_crc(ctx: &XdpContext, p: &Packet) -> bool {
+pub fn xdp_crc<A>(ctx: &XdpContext, p: &Packet<A>) -> bool {
     let (l4, end) = (ctx.data() + p.l4, ctx.data_end());
     if l4 + CHECKSUM_OFF + 4 > end {
         return false;
@@ -96,7 +96,7 @@ pub fn xdp_crc(ctx: &XdpContext, p: &Packet) -> bool {
 /// tc: the same in a socket buffer, where a zero field means the CRC is
 /// still to be computed (see the module doc) and is left alone.
 #[inline(always)]
-pub fn tc_crc(ctx: &TcContext, p: &Packet) -> bool {
+pub fn tc_crc<A>(ctx: &TcContext, p: &Packet<A>) -> bool {
     let (Ok(new), Ok(field)) = (
         ctx.load::<[u8; 4]>(p.l4),
         ctx.load::<[u8; 4]>(p.l4 + CHECKSUM_OFF),

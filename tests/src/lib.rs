@@ -18,6 +18,7 @@ pub mod netns;
 pub mod observe;
 pub mod ops;
 pub mod packet;
+pub mod packet6;
 pub mod pathmtu;
 pub mod prometheus;
 pub mod servers;
