@@ -92,23 +92,29 @@ pub struct PlanInputs {
     pub node_name: String,
     /// An address NodePorts are served on (repeat for several). Default: the
     /// InternalIP/ExternalIP addresses of the Node named --node-name.
-    #[arg(long = "node-address", value_name = "IP")]
-    pub node_addresses: Vec<Ipv4Addr>,
+    /// Either family; an IPv4-mapped IPv6 address is its IPv4 address, a
+    /// link-local one is refused.
+    #[arg(long = "node-address", value_name = "IP", value_parser = parse_node_address)]
+    pub node_addresses: Vec<std::net::IpAddr>,
     /// Backend selection for services without an `xdplb.io/algorithm`
     /// annotation: random, round-robin, maglev or least-conn.
     #[arg(long, value_name = "ALGORITHM", default_value = "random", value_parser = parse_algorithm_arg)]
     pub default_algorithm: u8,
     /// A range ClusterIPs are allocated from, as kube-apiserver's
-    /// --service-cluster-ip-range (repeat for several; IPv6 ones are
-    /// accepted and ignored). Pods and the node get nothing from an address
+    /// --service-cluster-ip-range (repeat for several; either family).
+    /// Pods and the node get nothing from an address
     /// inside that no Service has: dropped, not routed. ServiceCIDR objects
     /// of the source add to these.
     #[arg(long = "service-cidr", value_name = "CIDR", value_parser = parse_service_cidr)]
-    pub service_cidrs: Vec<Option<lb_agent::control::model::cidr::Cidr>>,
+    pub service_cidrs: Vec<lb_agent::control::model::cidr::Cidr>,
 }
 
-fn parse_service_cidr(s: &str) -> Result<Option<lb_agent::control::model::cidr::Cidr>, String> {
+fn parse_service_cidr(s: &str) -> Result<lb_agent::control::model::cidr::Cidr, String> {
     lb_agent::control::model::cidr::parse(s)
+}
+
+fn parse_node_address(s: &str) -> Result<std::net::IpAddr, String> {
+    lb_agent::control::model::ip::read(s).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -398,9 +404,9 @@ pub struct ConntrackArgs {
     /// Only flows of this service id (see `lb-agent services`).
     #[arg(long, value_name = "ID")]
     pub service: Option<u32>,
-    /// Only flows of this client address (both directions).
+    /// Only flows of this client address (both directions; either family).
     #[arg(long, value_name = "IP")]
-    pub client: Option<Ipv4Addr>,
+    pub client: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -575,7 +581,7 @@ mod tests {
             panic!("not run")
         };
         assert_eq!(r.ifaces, ["eth0", "eth1"]);
-        assert_eq!(r.inputs.node_addresses, [Ipv4Addr::new(10, 0, 0, 1)]);
+        assert_eq!(r.inputs.node_addresses, [std::net::IpAddr::from(Ipv4Addr::new(10, 0, 0, 1))]);
         assert_eq!(
             r.inputs.default_algorithm,
             lb_common::algorithm::ROUND_ROBIN

@@ -79,7 +79,7 @@ impl Snapshot {
         let contents = dp.contents()?;
         let config = dp.config.get(&0, 0).ok().filter(|c| c.layout_version != 0).unwrap_or_default();
         let flow = match q.sport {
-            Some(sport) => dp.conntrack.get(&flow_key(q, sport), 0).ok(),
+            Some(sport) => dp.v4.conntrack.get(&flow_key(q, sport), 0).ok(),
             None => None,
         };
         let svc = lookup_service(q, &contents);

@@ -1,7 +1,10 @@
 //! `lb-agent plan` output: a table for people, JSON for programs.
 use std::fmt::Write as _;
 
-use lb_agent::control::plan::{BackendState, Plan};
+use lb_agent::{
+    control::plan::{BackendState, Plan},
+    family::socket,
+};
 
 /// The plan as text: one block per service id, its frontends, then its
 /// backends (slotted ones first).
@@ -21,9 +24,10 @@ pub fn table(plan: &Plan) -> String {
         out,
         "{} service ids, {} frontends, {} backends, {} slots\n",
         plan.services.len(),
-        plan.contents.services.keys().filter(|k| !k.is_address()).count(),
-        plan.contents.backends.len(),
-        plan.contents.slots.len()
+        plan.contents.services.keys().filter(|k| !k.is_address()).count()
+            + plan.contents_v6.services.keys().filter(|k| !k.is_address()).count(),
+        plan.contents.backends.len() + plan.contents_v6.backends.len(),
+        plan.contents.slots.len() + plan.contents_v6.slots.len()
     );
     for s in &plan.services {
         let port = if s.port_name.is_empty() {
@@ -60,7 +64,7 @@ pub fn table(plan: &Plan) -> String {
             let _ = writeln!(
                 out,
                 "  frontend  {:<24} {:?}",
-                format!("{}:{}/{}", f.addr, f.port, f.proto.as_str()),
+                format!("{}/{}", socket(f.addr, f.port), f.proto.as_str()),
                 f.kind
             );
         }
@@ -78,7 +82,7 @@ pub fn table(plan: &Plan) -> String {
             let _ = writeln!(
                 out,
                 "  backend   {:<24} {:<12} {:<20} id {:<6} {}",
-                format!("{}:{}", b.addr, b.port),
+                socket(b.addr, b.port),
                 state,
                 slot,
                 b.id,

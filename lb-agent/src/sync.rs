@@ -7,37 +7,40 @@
 //! maps are adopted, never flushed), after an apply that failed part-way
 //! (some writes landed, some did not), and on a periodic reconcile, which
 //! repairs entries someone else changed or deleted.
+//!
+//! One syncer per address family, the same generic code for both.
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use lb_common::{Addr, Addr4};
 
 use crate::{
-    dataplane::Dataplane,
+    dataplane::{Dataplane, MapFamily},
     diff::{diff, Diff, MapContents},
 };
 
-/// The agent-owned maps, as the syncer needs them (the pinned maps, or a
-/// fake in tests).
-pub trait Maps {
+/// One family's agent-owned maps, as the syncer needs them (the pinned
+/// maps, or a fake in tests).
+pub trait Maps<A: Addr = Addr4> {
     /// Everything the maps hold now.
-    fn read(&self) -> Result<MapContents>;
+    fn read(&self) -> Result<MapContents<A>>;
     /// Applies `d` in dependency order; may fail part-way.
-    fn apply(&mut self, d: &Diff) -> Result<()>;
+    fn apply(&mut self, d: &Diff<A>) -> Result<()>;
 }
 
-impl Maps for Dataplane {
-    fn read(&self) -> Result<MapContents> {
-        self.contents()
+impl<A: MapFamily> Maps<A> for Dataplane {
+    fn read(&self) -> Result<MapContents<A>> {
+        self.family_contents()
     }
-    fn apply(&mut self, d: &Diff) -> Result<()> {
+    fn apply(&mut self, d: &Diff<A>) -> Result<()> {
         Dataplane::apply(self, d)
     }
 }
 
 /// What one sync or reconcile did.
 #[derive(Debug, Default)]
-pub struct Outcome {
-    pub diff: Diff,
+pub struct Outcome<A: Addr = Addr4> {
+    pub diff: Diff<A>,
     /// Whether the real maps were read for it (not only the remembered state).
     pub read: bool,
     /// Time spent reading the maps (zero when not read).
@@ -48,25 +51,25 @@ pub struct Outcome {
     pub apply_time: Duration,
 }
 
-pub struct Syncer {
+pub struct Syncer<A: Addr = Addr4> {
     /// What the maps hold, as far as the last apply tells; `None` when
     /// unknown (they are read before the next diff).
-    known: Option<MapContents>,
+    known: Option<MapContents<A>>,
     /// When the maps were last read.
     last_read: Instant,
     reconcile_every: Option<Duration>,
 }
 
-impl Syncer {
+impl<A: Addr> Syncer<A> {
     /// Starts from `current`, the maps as just read (at start: what a
     /// previous agent left). `reconcile_every` = None never re-reads them
     /// unprompted.
-    pub fn new(current: MapContents, reconcile_every: Option<Duration>) -> Self {
+    pub fn new(current: MapContents<A>, reconcile_every: Option<Duration>) -> Self {
         Self { known: Some(current), last_read: Instant::now(), reconcile_every }
     }
 
     /// What the maps hold as of the last successful apply (None: unknown).
-    pub fn known(&self) -> Option<&MapContents> {
+    pub fn known(&self) -> Option<&MapContents<A>> {
         self.known.as_ref()
     }
 
@@ -78,7 +81,7 @@ impl Syncer {
     /// Makes the maps hold `desired`, writing only the difference. On an
     /// error the remembered state is dropped, so the next sync starts from
     /// what the maps really hold.
-    pub fn sync(&mut self, maps: &mut impl Maps, desired: MapContents) -> Result<Outcome> {
+    pub fn sync(&mut self, maps: &mut impl Maps<A>, desired: MapContents<A>) -> Result<Outcome<A>> {
         let mut out = Outcome::default();
         let t = Instant::now();
         let current = match self.known.take() {
@@ -105,7 +108,7 @@ impl Syncer {
     /// successful sync (an entry deleted or changed by hand or by another
     /// writer). Does nothing while the state is unknown: the retry of the
     /// failed sync reads the maps anyway.
-    pub fn reconcile(&mut self, maps: &mut impl Maps) -> Result<Option<Outcome>> {
+    pub fn reconcile(&mut self, maps: &mut impl Maps<A>) -> Result<Option<Outcome<A>>> {
         let Some(desired) = self.known.take() else {
             return Ok(None);
         };

@@ -67,7 +67,11 @@ pub fn owners(model: &Model, pools: &Pools, live: &[String]) -> BTreeMap<Ipv4Add
     let mut per: BTreeMap<Ipv4Addr, (String, Vec<String>, bool, BTreeSet<String>)> =
         BTreeMap::new();
     for (id, svc) in &model.services {
-        for &a in &svc.lb_ips {
+        // ARP announces IPv4 addresses only.
+        for a in svc.lb_ips.iter().filter_map(|a| match a {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(_) => None,
+        }) {
             let Some(pool) = pools.pool_of(IpAddr::V4(a)) else {
                 continue;
             };

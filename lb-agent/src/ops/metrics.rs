@@ -404,11 +404,13 @@ fn dataplane(w: &mut Writer, dp: &Dataplane, pin_dir: &Path, names: &Names) {
             "New flows to a backend on another node refused because no SNAT port towards that backend was free (raise --snat-ports).",
         );
         for (id, n) in rows {
-            let addr = dp.backends.get(&id, 0).map(|b| std::net::Ipv4Addr::from(b.addr).to_string()).unwrap_or_default();
+            let addr = super::inspect::backend_addr(dp, id).map(|a| a.to_string()).unwrap_or_default();
             w.sample("xdplb_snat_port_exhausted_total", &[("backend_id", &id.to_string()), ("backend", &addr)], n as f64);
         }
     }
-    let flows = dp.conntrack.keys().filter(|k| k.is_ok()).count();
+    let flows_v4 = dp.v4.conntrack.keys().filter(|k| k.is_ok()).count();
+    let flows_v6 = dp.v6.as_ref().map_or(0, |v6| v6.conntrack.keys().filter(|k| k.is_ok()).count());
+    let flows = flows_v4 + flows_v6;
     w.gauge(
         "xdplb_conntrack_entries",
         "Conntrack entries (two per flow: forward and reply).",
@@ -416,12 +418,16 @@ fn dataplane(w: &mut Writer, dp: &Dataplane, pin_dir: &Path, names: &Names) {
     );
     // Entries of each map whose fill matters; arrays are always full.
     let counted = [
-        (maps::SERVICES_V4, dp.services.keys().count()),
-        (maps::BACKENDS_V4, dp.backends().map_or(0, |b| b.len())),
+        (maps::SERVICES_V4, dp.v4.services.keys().count()),
+        (maps::BACKENDS_V4, dp.v4.backends().map_or(0, |b| b.len())),
+        (maps::SERVICES_V6, dp.v6.as_ref().map_or(0, |v6| v6.services.keys().count())),
+        (maps::BACKENDS_V6, dp.v6.as_ref().map_or(0, |v6| v6.backends().map_or(0, |b| b.len()))),
         (maps::SERVICE_SLOTS, dp.slots.keys().count()),
-        (maps::CONNTRACK_V4, flows),
+        (maps::CONNTRACK_V4, flows_v4),
+        (maps::CONNTRACK_V6, flows_v6),
         (maps::CONNTRACK_CONFIRMED_V4, entries_at(&pin_dir.join(maps::CONNTRACK_CONFIRMED_V4))),
-        (maps::AFFINITY_V4, dp.affinity.keys().count()),
+        (maps::AFFINITY_V4, dp.v4.affinity.keys().count()),
+        (maps::AFFINITY_V6, dp.v6.as_ref().map_or(0, |v6| v6.affinity.keys().count())),
         (maps::SOCK_REVNAT_V4, sock_revnat_entries(pin_dir)),
     ];
     w.family("xdplb_map_entries", "gauge", "Entries in a pinned map.");
