@@ -124,7 +124,7 @@ fn run(r: &Row) -> Result<(), String> {
     if m.services.len() != 1 {
         return Err(format!("the row's Service did not validate:\n{}", objects(r)));
     }
-    let cfg = PlanConfig { node_name: "node-0".into(), node_addresses: Vec::new(), default_algorithm: lb_common::algorithm::RANDOM, service_cidrs: vec![(Ipv4Addr::new(10, 96, 0, 0), 12)] };
+    let cfg = PlanConfig { node_name: "node-0".into(), node_addresses: Vec::new(), default_algorithm: lb_common::algorithm::RANDOM, service_cidrs: vec![(Ipv4Addr::new(10, 96, 0, 0).into(), 12)] };
     let p = plan(&m, &cfg, &mut Ids::new(1024, 4096));
     let mut lb = Lb::load();
     lb.program(&p.contents);

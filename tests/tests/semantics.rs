@@ -309,7 +309,7 @@ fn fixture_source_ranges_containing_the_node_admit_the_lb_ip_as_source() {
             ),
             "test",
         );
-        let cfg = PlanConfig { node_name: "node-0".into(), node_addresses: vec![Ipv4Addr::new(192, 168, 1, 1)], default_algorithm: 0, service_cidrs: Vec::new() };
+        let cfg = PlanConfig { node_name: "node-0".into(), node_addresses: vec![Ipv4Addr::new(192, 168, 1, 1).into()], default_algorithm: 0, service_cidrs: Vec::new() };
         let p = plan(&m, &cfg, &mut Ids::new(1024, 4096));
         let mut lb = Lb::load();
         lb.program(&p.contents);
