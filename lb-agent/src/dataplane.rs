@@ -98,11 +98,11 @@ impl<A: MapFamily> FamilyMaps<A> {
     /// Opens family `A`'s maps pinned under `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
         Ok(Self {
-            services: open(dir, A::SERVICES)?,
-            backends: open(dir, A::BACKENDS)?,
-            conntrack: open(dir, A::CONNTRACK)?,
-            affinity: open(dir, A::AFFINITY)?,
-            source_ranges: open(dir, A::SOURCE_RANGES)?,
+            services: open(dir, A::MAPS.services)?,
+            backends: open(dir, A::MAPS.backends)?,
+            conntrack: open(dir, A::MAPS.conntrack)?,
+            affinity: open(dir, A::MAPS.affinity)?,
+            source_ranges: open(dir, A::MAPS.source_ranges)?,
         })
     }
 
@@ -115,7 +115,7 @@ impl<A: MapFamily> FamilyMaps<A> {
                 out.insert(*id, *b);
             }
         })
-        .with_context(|| format!("reading {}", A::BACKENDS))?;
+        .with_context(|| format!("reading {}", A::MAPS.backends))?;
         Ok(out)
     }
 
@@ -123,7 +123,7 @@ impl<A: MapFamily> FamilyMaps<A> {
     pub fn flows(&self) -> Result<Vec<(FlowKey<A>, Flow<A>)>> {
         let mut out = Vec::new();
         bpfsys::for_each_batch(fd(&self.conntrack), |k: &FlowKey<A>, f: &Flow<A>| out.push((*k, *f)))
-            .with_context(|| format!("reading {}", A::CONNTRACK))?;
+            .with_context(|| format!("reading {}", A::MAPS.conntrack))?;
         Ok(out)
     }
 
@@ -303,17 +303,17 @@ impl Dataplane {
 
         for ((len, r), v) in &diff.source_ranges.upsert {
             let res = fm.source_ranges.insert(&Key::new(*len, *r), v, 0);
-            write_result(res, A::SOURCE_RANGES, || {
+            write_result(res, A::MAPS.source_ranges, || {
                 format!("source range {}/{} of service {}", r.addr.to_ip(), len - 32, u32::from_be_bytes(r.service_id))
             })?;
         }
         for (k, v) in &diff.backends.upsert {
             // Id 0 (no backend) and 0.0.0.0 (an empty slot) are never written.
             if *k == 0 || v.is_empty() {
-                anyhow::bail!("backend {k} ({v:?}) cannot be written to {}: id 0 and the zero address mean no backend", A::BACKENDS);
+                anyhow::bail!("backend {k} ({v:?}) cannot be written to {}: id 0 and the zero address mean no backend", A::MAPS.backends);
             }
             let r = fm.backends.set(*k, v, 0);
-            write_result(r, A::BACKENDS, || format!("backend {k}"))?;
+            write_result(r, A::MAPS.backends, || format!("backend {k}"))?;
         }
         for (k, v) in &diff.slots.upsert {
             let r = slots.insert(k, v, 0);
@@ -334,7 +334,7 @@ impl Dataplane {
                 }
             }
             let r = fm.services.insert(k, v, 0);
-            write_result(r, A::SERVICES, || format!("service {k}"))?;
+            write_result(r, A::MAPS.services, || format!("service {k}"))?;
         }
         if !affinity_off.is_empty() {
             fm.forget_affinity(&affinity_off)?;
@@ -347,7 +347,7 @@ impl Dataplane {
             // Removing is emptying the slot; an id past the end is already gone.
             match fm.backends.set(*k, Backend::<A>::EMPTY, 0) {
                 Err(aya::maps::MapError::OutOfBounds { .. }) => {}
-                r => r.with_context(|| format!("emptying backend {k} in {}", A::BACKENDS))?,
+                r => r.with_context(|| format!("emptying backend {k} in {}", A::MAPS.backends))?,
             }
         }
         for (len, r) in diff.source_ranges.remove.iter().filter(|(_, r)| !early_range(r)) {

@@ -4,7 +4,7 @@
 //! nothing is written twice.
 use std::net::IpAddr;
 
-use lb_common::{Addr, Addr4, Addr6};
+use lb_common::{maps, Addr, Addr4, Addr6};
 use serde::Serialize;
 
 /// An address family, as Kubernetes names them (`ipFamilies`, `addressType`).
@@ -59,48 +59,43 @@ impl std::str::FromStr for IpFamily {
     }
 }
 
+/// The names of one family's instances of the per-family maps.
+#[derive(Clone, Copy, Debug)]
+pub struct MapNames {
+    pub services: &'static str,
+    pub backends: &'static str,
+    pub source_ranges: &'static str,
+    pub conntrack: &'static str,
+    pub affinity: &'static str,
+}
+
 /// A map address type the agent plans and writes for: the link between a
 /// std address and the wire-order bytes of one family's maps.
 pub trait Family: Addr + Send + Sync + 'static {
     const FAMILY: IpFamily;
-    /// The map names of this family's instances.
-    const SERVICES: &'static str;
-    const BACKENDS: &'static str;
-    const SOURCE_RANGES: &'static str;
-    const CONNTRACK: &'static str;
-    const AFFINITY: &'static str;
+    const MAPS: MapNames;
+
     /// The address in this family's wire order; `None` for the other family.
-    fn from_ip(ip: IpAddr) -> Option<Self>;
+    fn from_ip(ip: IpAddr) -> Option<Self> {
+        let v6 = match ip {
+            IpAddr::V4(a) => a.to_ipv6_mapped(),
+            IpAddr::V6(a) => a,
+        }
+        .octets();
+        // An IPv4 address is the last 4 bytes of its mapped form.
+        let bytes = if Self::FAMILY == IpFamily::IPv4 { &v6[12..] } else { &v6[..] };
+        (IpFamily::of(ip) == Self::FAMILY).then(|| bytemuck::pod_read_unaligned(bytes))
+    }
 }
 
 impl Family for Addr4 {
     const FAMILY: IpFamily = IpFamily::IPv4;
-    const SERVICES: &'static str = lb_common::maps::SERVICES_V4;
-    const BACKENDS: &'static str = lb_common::maps::BACKENDS_V4;
-    const SOURCE_RANGES: &'static str = lb_common::maps::SOURCE_RANGES_V4;
-    const CONNTRACK: &'static str = lb_common::maps::CONNTRACK_V4;
-    const AFFINITY: &'static str = lb_common::maps::AFFINITY_V4;
-    fn from_ip(ip: IpAddr) -> Option<Self> {
-        match ip {
-            IpAddr::V4(a) => Some(a.octets()),
-            IpAddr::V6(_) => None,
-        }
-    }
+    const MAPS: MapNames = MapNames { services: maps::SERVICES_V4, backends: maps::BACKENDS_V4, source_ranges: maps::SOURCE_RANGES_V4, conntrack: maps::CONNTRACK_V4, affinity: maps::AFFINITY_V4 };
 }
 
 impl Family for Addr6 {
     const FAMILY: IpFamily = IpFamily::IPv6;
-    const SERVICES: &'static str = lb_common::maps::SERVICES_V6;
-    const BACKENDS: &'static str = lb_common::maps::BACKENDS_V6;
-    const SOURCE_RANGES: &'static str = lb_common::maps::SOURCE_RANGES_V6;
-    const CONNTRACK: &'static str = lb_common::maps::CONNTRACK_V6;
-    const AFFINITY: &'static str = lb_common::maps::AFFINITY_V6;
-    fn from_ip(ip: IpAddr) -> Option<Self> {
-        match ip {
-            IpAddr::V6(a) => Some(a.octets()),
-            IpAddr::V4(_) => None,
-        }
-    }
+    const MAPS: MapNames = MapNames { services: maps::SERVICES_V6, backends: maps::BACKENDS_V6, source_ranges: maps::SOURCE_RANGES_V6, conntrack: maps::CONNTRACK_V6, affinity: maps::AFFINITY_V6 };
 }
 
 /// `addr:port` as people write it: `10.0.0.1:80`, `[fd00::1]:80`.

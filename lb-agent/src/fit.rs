@@ -71,9 +71,9 @@ pub fn fit<A: Family>(want: &mut MapContents<A>, cap: Capacity, current: &MapCon
     for id in order {
         let n = need[&id];
         let over = [
-            (n.services, used.services, cap.services, A::SERVICES),
+            (n.services, used.services, cap.services, A::MAPS.services),
             (n.slots, used.slots, cap.slots, maps::SERVICE_SLOTS),
-            (n.source_ranges, used.source_ranges, cap.source_ranges, A::SOURCE_RANGES),
+            (n.source_ranges, used.source_ranges, cap.source_ranges, A::MAPS.source_ranges),
         ]
         .into_iter()
         .find(|(need, used, cap, _)| used + need > *cap);

@@ -317,7 +317,7 @@ fn health_check_node_port_is_kept_and_an_invalid_one_ignored_with_the_service() 
 /// against the policy and `ipFamilies`.
 #[test]
 fn ip_family_policies_and_families() {
-    let svc = |name: &str, spec: &str| format!("---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: ns}}\nspec: {spec}\n");
+    let svc = |name: &str, spec: &str| document("v1", "Service", name, "", &format!("spec: {spec}"));
     let text = [
         svc("single-v6", "{ipFamilyPolicy: SingleStack, ipFamilies: [IPv6], clusterIPs: ['fd00::1'], externalIPs: ['fd00::e', 192.0.2.1], ports: [{port: 80}]}"),
         svc("prefer", "{ipFamilyPolicy: PreferDualStack, ipFamilies: [IPv4, IPv6], clusterIPs: [10.96.0.2, 'fd00::2'], ports: [{port: 80}]}"),
@@ -359,12 +359,10 @@ fn ip_family_policies_and_families() {
 /// IPv6 slices feed IPv6 only; an FQDN slice is ignored with a log line.
 #[test]
 fn slices_of_each_family_and_fqdn() {
-    let slice = |name: &str, body: &str| format!("---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: ns, labels: {{kubernetes.io/service-name: a}}}}\n{body}\n");
-    let text = [
-        slice("v6", "addressType: IPv6\nendpoints: [{addresses: ['fd00::10']}, {addresses: [10.0.0.1]}, {addresses: ['fe80::10']}, {addresses: ['::ffff:10.0.0.2']}]\nports: [{port: 80}]"),
-        slice("fqdn", "addressType: FQDN\nendpoints: [{addresses: [example.com]}]\nports: [{port: 80}]"),
-    ]
-    .concat();
+    const LABELS: &str = ", labels: {kubernetes.io/service-name: a}";
+    let v6 = "addressType: IPv6\nendpoints: [{addresses: ['fd00::10']}, {addresses: [10.0.0.1]}, {addresses: ['fe80::10']}, {addresses: ['::ffff:10.0.0.2']}]\nports: [{port: 80}]";
+    let fqdn = "addressType: FQDN\nendpoints: [{addresses: [example.com]}]\nports: [{port: 80}]";
+    let text = document("discovery.k8s.io/v1", "EndpointSlice", "v6", LABELS, v6) + &document("discovery.k8s.io/v1", "EndpointSlice", "fqdn", LABELS, fqdn);
     let (m, logs) = logs_of(|| parse(&text));
     let v6 = &m.slices[&ObjectRef::new("ns", "v6")];
     assert_eq!(v6.family, IpFamily::IPv6);
@@ -373,4 +371,10 @@ fn slices_of_each_family_and_fqdn() {
     assert!(logs.contains("IPv4 address \"::ffff:10.0.0.2\" in an IPv6 slice"), "{logs}");
     assert!(!m.slices.contains_key(&ObjectRef::new("ns", "fqdn")));
     assert!(logs.lines().any(|l| l.contains("ns/fqdn") && l.contains("FQDN")), "{logs}");
+}
+
+/// One YAML document: an object of `kind` named `ns/name`, with `more`
+/// metadata and `body`.
+fn document(api_version: &str, kind: &str, name: &str, more: &str, body: &str) -> String {
+    format!("---\napiVersion: {api_version}\nkind: {kind}\nmetadata: {{name: {name}, namespace: ns{more}}}\n{body}\n")
 }
