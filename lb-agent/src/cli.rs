@@ -481,12 +481,14 @@ pub struct ExplainArgs {
     /// Where the packet comes from.
     #[arg(long = "from", value_enum)]
     pub origin: OriginArg,
-    /// Source: IPv4[:PORT] (the port is needed for conntrack and Maglev).
+    /// Source: IP[:PORT] (the port is needed for conntrack and Maglev;
+    /// IPv6 with a port in brackets: [fd00::1]:40000).
     #[arg(value_name = "SRC", value_parser = lb_agent::explain::parse_source)]
-    pub src: (Ipv4Addr, Option<u16>),
-    /// Destination: IPv4:PORT[/tcp|udp] (TCP by default).
+    pub src: (std::net::IpAddr, Option<u16>),
+    /// Destination: IP:PORT[/tcp|udp] (TCP by default; IPv6 in brackets:
+    /// [fd00::1]:80/udp).
     #[arg(value_name = "DST:PORT[/PROTO]", value_parser = lb_agent::explain::parse_destination)]
-    pub dst: (Ipv4Addr, u16, u8),
+    pub dst: (std::net::IpAddr, u16, u8),
     /// Directory of the pinned maps (as given to `lb-agent run`).
     #[arg(long, default_value = lb_agent::pins::DEFAULT_PIN_DIR)]
     pub pin_path: PathBuf,
