@@ -273,7 +273,9 @@ impl Dataplane {
     pub fn apply<A: MapFamily>(&mut self, diff: &crate::diff::Diff<A>) -> Result<()> {
         let (family, slots) = A::split(self);
         let Some(fm) = family else {
-            if !diff.is_empty() {
+            // Once per process: every sync with IPv6 Services would repeat it.
+            static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if !diff.is_empty() && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
                 tracing::warn!(writes = diff.len(), "the loaded programs have no {} maps: {} frontends are not programmed (an lb-ebpf with them is needed)", A::FAMILY, A::FAMILY);
             }
             return Ok(());

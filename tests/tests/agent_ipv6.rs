@@ -64,8 +64,8 @@ fn node(service: &str, slices: &str) -> Node {
     t.add_ipv6();
     let servers = (0..3).map(|i| Server::start_dual(&t.backends[i], 8080, &format!("backend-{i}"))).collect();
     let dir = xdplb_tests::agent::objects_dir_with(service, slices);
-    let agent = Agent::start_with(&t.node, &dir, &["--node-address", &NODE_ADDR6.to_string()]);
-    let dp = Agent::maps_of(&agent);
+    let mut agent = Agent::start_with(&t.node, &dir, &["--node-address", &NODE_ADDR6.to_string()]);
+    let dp = agent.maps();
     let ready = wait_for(Duration::from_secs(10), || {
         dp.family_contents::<lb_common::Addr6>().is_ok_and(|c| c.services.values().any(|v| v.count > 0))
             && dp.contents().is_ok_and(|c| c.services.values().any(|v| v.count > 0))
