@@ -53,10 +53,11 @@ pub fn table(plan: &Plan) -> String {
         }
         let _ = writeln!(
             out,
-            "{}/{} port {} ({:?}; {})",
+            "{}/{} port {} {} ({:?}; {})",
             s.namespace,
             s.name,
             port,
+            s.family,
             s.scope,
             notes.join(", ")
         );
@@ -112,9 +113,9 @@ mod tests {
         };
         let text = super::table(&plan(&m, &cfg, &mut Ids::new(100, 1000)));
         for want in [
-            "node addresses (NodePorts): 192.168.1.1",
+            "node addresses (NodePorts): 192.168.1.1, fd00::1",
             "5 service ids, 6 frontends, 10 backends, 9 slots",
-            "shop/web port http (Internal; id 5, round-robin, ClientIP affinity 600s)",
+            "shop/web port http IPv4 (Internal; id 5, round-robin, ClientIP affinity 600s)",
             "  frontend  192.168.1.1:30080/TCP    NodePort",
             "10.244.1.11:8080         terminating  existing flows only",
         ] {
