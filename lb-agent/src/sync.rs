@@ -119,23 +119,24 @@ impl<A: Addr> Syncer<A> {
 
 #[cfg(test)]
 mod tests {
-    use lb_common::{BackendV4, ServiceKeyV4, ServiceV4, SlotKey};
+    use lb_common::{Addr6, Backend, ServiceKey, ServiceV4, SlotKey};
 
     use super::*;
+    use crate::family::{Family, IpFamily};
 
-    /// Maps in memory whose backend writes can fail.
+    /// One family's maps in memory, whose backend writes can fail.
     #[derive(Default)]
-    struct Fake {
-        contents: MapContents,
+    struct Fake<A: Addr = Addr4> {
+        contents: MapContents<A>,
         /// Fail after this many more backend upserts (None: never).
         fail_after: Option<usize>,
     }
 
-    impl Maps for Fake {
-        fn read(&self) -> Result<MapContents> {
+    impl<A: Addr> Maps<A> for Fake<A> {
+        fn read(&self) -> Result<MapContents<A>> {
             Ok(self.contents.clone())
         }
-        fn apply(&mut self, d: &Diff) -> Result<()> {
+        fn apply(&mut self, d: &Diff<A>) -> Result<()> {
             for (k, v) in &d.backends.upsert {
                 if let Some(n) = self.fail_after.as_mut() {
                     anyhow::ensure!(*n > 0, "backends_v4 is full");
@@ -164,14 +165,37 @@ mod tests {
 
     /// One service with backends `ids` (addresses 10.0.0.<id>).
     fn state(ids: &[u32]) -> MapContents {
+        state_of(ids)
+    }
+
+    /// [`state`] in family `A` (IPv6: fd00::<id>).
+    fn state_of<A: Family>(ids: &[u32]) -> MapContents<A> {
+        let addr = |last: u8| match A::FAMILY {
+            IpFamily::IPv4 => A::from_ip(std::net::Ipv4Addr::new(10, 0, 0, last).into()),
+            IpFamily::IPv6 => A::from_ip(std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, last.into()).into()),
+        };
         let mut c = MapContents::default();
-        let key = ServiceKeyV4 { addr: [10, 96, 0, 1], port: 80u16.to_be_bytes(), proto: 6, scope: 0 };
+        let key = ServiceKey { addr: addr(1).unwrap(), port: 80u16.to_be_bytes(), proto: 6, scope: 0 };
         c.services.insert(key, ServiceV4 { id: 1, count: ids.len() as u32, ..Default::default() });
         for (i, id) in ids.iter().enumerate() {
-            c.backends.insert(*id, BackendV4 { addr: [10, 0, 0, *id as u8], port: 8080u16.to_be_bytes(), weight: 1, ..Default::default() });
+            c.backends.insert(*id, Backend { addr: addr(*id as u8).unwrap(), port: 8080u16.to_be_bytes(), weight: 1, ..Default::default() });
             c.slots.insert(SlotKey { service_id: 1, slot: i as u32 + 1 }, *id);
         }
         c
+    }
+
+    /// The IPv6 family's syncer works as IPv4's: the same generic code.
+    #[test]
+    fn an_ipv6_syncer_writes_only_the_difference_too() {
+        let mut maps = Fake::<Addr6>::default();
+        let mut s = Syncer::new(MapContents::default(), None);
+        let out = s.sync(&mut maps, state_of(&[1, 2])).unwrap();
+        assert_eq!(out.diff.len(), 5, "a frontend, two backends, two slots");
+        let out = s.sync(&mut maps, state_of(&[1, 2, 3])).unwrap();
+        assert!(!out.read);
+        assert_eq!(out.diff.len(), 3, "backend 3, its slot, the service's count");
+        assert_eq!(maps.contents, state_of::<Addr6>(&[1, 2, 3]));
+        assert_eq!(maps.contents.backends[&3].addr.to_ip(), "fd00::3".parse::<std::net::IpAddr>().unwrap());
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::{
 };
 
 use aya::maps::MapInfo;
-use lb_common::{counter, maps};
+use lb_common::{counter, maps, FlowKeyV4, FlowKeyV6, FlowV4, FlowV6, SockRevKeyV4, SockRevKeyV6, SockRevV4, SockRevV6};
 
 use super::{inspect, names::Names};
 use crate::{control::source::kube::SourceHealth, dataplane::Dataplane};
@@ -425,10 +425,12 @@ fn dataplane(w: &mut Writer, dp: &Dataplane, pin_dir: &Path, names: &Names) {
         (maps::SERVICE_SLOTS, dp.slots.keys().count()),
         (maps::CONNTRACK_V4, flows_v4),
         (maps::CONNTRACK_V6, flows_v6),
-        (maps::CONNTRACK_CONFIRMED_V4, entries_at(&pin_dir.join(maps::CONNTRACK_CONFIRMED_V4))),
+        (maps::CONNTRACK_CONFIRMED_V4, entries_at::<FlowKeyV4, FlowV4>(&pin_dir.join(maps::CONNTRACK_CONFIRMED_V4))),
+        (maps::CONNTRACK_CONFIRMED_V6, entries_at::<FlowKeyV6, FlowV6>(&pin_dir.join(maps::CONNTRACK_CONFIRMED_V6))),
         (maps::AFFINITY_V4, dp.v4.affinity.keys().count()),
         (maps::AFFINITY_V6, dp.v6.as_ref().map_or(0, |v6| v6.affinity.keys().count())),
-        (maps::SOCK_REVNAT_V4, sock_revnat_entries(pin_dir)),
+        (maps::SOCK_REVNAT_V4, entries_at::<SockRevKeyV4, SockRevV4>(&pin_dir.join(maps::SOCK_REVNAT_V4))),
+        (maps::SOCK_REVNAT_V6, entries_at::<SockRevKeyV6, SockRevV6>(&pin_dir.join(maps::SOCK_REVNAT_V6))),
     ];
     w.family("xdplb_map_entries", "gauge", "Entries in a pinned map.");
     for (m, n) in counted {
@@ -446,8 +448,8 @@ fn dataplane(w: &mut Writer, dp: &Dataplane, pin_dir: &Path, names: &Names) {
                 *m,
                 MapInfo::from_pin(pin_dir.join(m))
                     .ok()
-                    // backends_v4 is indexed by id from 1: slot 0 holds nothing.
-                    .map(|i| i.max_entries() - u32::from(*m == maps::BACKENDS_V4)),
+                    // backends_v4/_v6 are indexed by id from 1: slot 0 holds nothing.
+                    .map(|i| i.max_entries() - u32::from(*m == maps::BACKENDS_V4 || *m == maps::BACKENDS_V6)),
             )
         })
         .collect();
@@ -466,17 +468,6 @@ fn dataplane(w: &mut Writer, dp: &Dataplane, pin_dir: &Path, names: &Names) {
             );
         }
     }
-}
-
-/// Entries of `sock_revnat_v4`, the socket balancer's reverse NAT (an LRU:
-/// when full, its oldest entries are evicted). Opened here: only the
-/// metrics read it.
-fn sock_revnat_entries(pin_dir: &Path) -> usize {
-    let Ok(data) = aya::maps::MapData::from_pin(pin_dir.join(maps::SOCK_REVNAT_V4)) else { return 0 };
-    let map = aya::maps::Map::from_map_data(data).ok().and_then(|m| {
-        aya::maps::HashMap::<_, lb_common::SockRevKeyV4, lb_common::SockRevV4>::try_from(m).ok()
-    });
-    map.map_or(0, |m| m.keys().filter(|k| k.is_ok()).count())
 }
 
 /// Writes families and samples in the text format.
@@ -576,12 +567,10 @@ fn source_health(w: &mut Writer, h: &SourceHealth, stale: bool) {
 
 /// Entries of the pinned hash (or LRU hash) map at `path` (0 if it cannot
 /// be opened, e.g. pinned by an older agent without it).
-fn entries_at(path: &Path) -> usize {
+fn entries_at<K: aya::Pod, V: aya::Pod>(path: &Path) -> usize {
     let Ok(data) = aya::maps::MapData::from_pin(path) else { return 0 };
-    let Ok(map) = aya::maps::HashMap::<_, lb_common::FlowKeyV4, lb_common::FlowV4>::try_from(aya::maps::Map::LruHashMap(data)) else {
-        return 0;
-    };
-    map.keys().filter(Result::is_ok).count()
+    let map = aya::maps::Map::from_map_data(data).ok().and_then(|m| aya::maps::HashMap::<_, K, V>::try_from(m).ok());
+    map.map_or(0, |m| m.keys().filter(Result::is_ok).count())
 }
 
 #[cfg(test)]
