@@ -219,7 +219,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
 }
 
 /// LoadBalancer addresses (`lb_agent::lbip`), if asked: before the
-/// capability drop, which the ARP socket needs not to have happened yet.
+/// capability drop, which the ARP and NDP sockets need not to have happened yet.
 async fn start_lb(args: &RunArgs, models: &tokio::sync::watch::Receiver<Arc<Model>>, metrics: &Arc<Metrics>) -> Result<()> {
     if !args.lb.enabled() {
         return Ok(());

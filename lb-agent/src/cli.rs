@@ -199,11 +199,12 @@ pub struct RunArgs {
 
 /// LoadBalancer addresses: pools, allocation, announcement (`lb_agent::lbip`).
 #[derive(Debug, Clone, Args)]
-#[command(next_help_heading = "LoadBalancer addresses (pools, allocation, ARP)")]
+#[command(next_help_heading = "LoadBalancer addresses (pools, allocation, ARP/NDP)")]
 pub struct LbArgs {
     /// Hand out and announce LoadBalancer addresses: pools from
     /// `LoadBalancerPool` objects (and --lb-pool), one agent allocates
-    /// (a Lease), the owner node of each address answers ARP for it.
+    /// (a Lease), the owner node of each address answers ARP (IPv4) or
+    /// NDP (IPv6) for it.
     /// Implied by --lb-pool.
     #[arg(long)]
     pub lb_addresses: bool,
@@ -219,11 +220,11 @@ pub struct LbArgs {
     /// balancer is the cluster's default).
     #[arg(long)]
     pub lb_not_default: bool,
-    /// Interface ARP for LoadBalancer addresses is answered on. Default:
+    /// Interface ARP and NDP for LoadBalancer addresses are answered on. Default:
     /// the first --iface.
     #[arg(long, value_name = "IFACE")]
     pub lb_announce_iface: Option<String>,
-    /// Do not answer ARP (an upstream router or BGP speaker routes the
+    /// Do not answer ARP or NDP (an upstream router or BGP speaker routes the
     /// addresses to the nodes).
     #[arg(long)]
     pub lb_no_announce: bool,

@@ -29,7 +29,7 @@ pub mod backend_flags {
 /// address is 0.0.0.0 (a zeroed entry, [`BackendV4::EMPTY`]) holds no backend.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Zeroable)]
-pub struct Backend<A: Addr> {
+pub struct Backend<A> {
     /// Backend address, network order.
     pub addr: A,
     /// Backend port, network order.

@@ -1,7 +1,7 @@
 //! Conntrack: both directions of every balanced flow.
 use bytemuck::Zeroable;
 
-use crate::{Addr, Addr4, Addr6};
+use crate::{Addr4, Addr6};
 
 /// Key of `conntrack_v4` / `conntrack_v6`: a 5-tuple as it appears on the wire.
 ///
@@ -11,7 +11,7 @@ use crate::{Addr, Addr4, Addr6};
 /// keeps two services that share a backend apart.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Zeroable)]
-pub struct FlowKey<A: Addr> {
+pub struct FlowKey<A> {
     pub src_addr: A,
     pub dst_addr: A,
     pub src_port: [u8; 2],
@@ -60,7 +60,7 @@ pub mod flow_flags {
 /// Value of `conntrack_v4` / `conntrack_v6`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Zeroable)]
-pub struct Flow<A: Addr> {
+pub struct Flow<A> {
     /// Backend the flow is pinned to.
     pub backend_id: u32,
     /// Service the flow was balanced by.

@@ -8,7 +8,7 @@ use crate::{Addr, Addr4, Addr6};
 /// ingress IP, each ExternalIP), per port and protocol.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Zeroable)]
-pub struct ServiceKey<A: Addr> {
+pub struct ServiceKey<A> {
     /// Destination address, network order.
     pub addr: A,
     /// Destination port, network order.
@@ -130,7 +130,7 @@ const _: () = assert!(core::mem::size_of::<SlotKey>() == 8);
 /// service and client.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Zeroable)]
-pub struct AffinityKey<A: Addr> {
+pub struct AffinityKey<A> {
     pub service_id: u32,
     /// Client address, network order.
     pub client: A,
@@ -158,7 +158,7 @@ const _: () = assert!(core::mem::size_of::<AffinityV4>() == 16);
 /// range's; a lookup uses 64.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Zeroable)]
-pub struct SourceRange<A: Addr> {
+pub struct SourceRange<A> {
     pub service_id: [u8; 4],
     pub addr: A,
 }

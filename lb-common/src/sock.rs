@@ -2,12 +2,12 @@
 //! connect4/sendmsg4/recvmsg4/getpeername4 programs).
 use bytemuck::Zeroable;
 
-use crate::{Addr, Addr4, Addr6};
+use crate::{Addr4, Addr6};
 
 /// Key of `sock_revnat_v4`: a socket and the backend it was pointed at.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Zeroable)]
-pub struct SockRevKey<A: Addr> {
+pub struct SockRevKey<A> {
     /// The kernel's socket cookie (`bpf_get_socket_cookie`), native byte
     /// order; bytes, not `u64`, so the IPv6 instance has no tail padding.
     pub cookie: [u8; 8],
@@ -22,7 +22,7 @@ pub type SockRevKeyV6 = SockRevKey<Addr6>;
 /// for, shown back to it by getpeername() and recvmsg().
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Zeroable)]
-pub struct SockRev<A: Addr> {
+pub struct SockRev<A> {
     pub addr: A,
     pub port: [u8; 2],
     pub _pad: [u8; 2],

@@ -35,7 +35,7 @@
 //! pins, namespaces, kubeconfig, YAML, logs) goes on drop, also on panic.
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     path::PathBuf,
     process::Child,
     sync::{
@@ -85,6 +85,16 @@ pub fn node_name(i: usize) -> String {
 /// Node `i`'s uplink address, 192.168.50.(10+i).
 pub fn node_addr(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(192, 168, 50, 10 + i as u8)
+}
+
+/// The segment's IPv6 prefix (/64), given by [`Cluster::enable_ipv6`]:
+/// the bridge is ::1, the client ::2, node `i` [`node_addr6`].
+pub const PREFIX6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 0);
+pub const CLIENT_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 2);
+
+/// Node `i`'s IPv6 uplink address, fd00:50::1i (hex, as the IPv4 one reads).
+pub fn node_addr6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 0x10 + i as u16)
 }
 
 pub fn pod_cidr(i: usize) -> String {
@@ -317,6 +327,20 @@ impl Cluster {
     /// a node, or moving it to another.
     pub fn route_service(&self, addr: Ipv4Addr, i: usize) {
         self.client.ip(&["route", "replace", &format!("{addr}/32"), "via", &node_addr(i).to_string()]);
+    }
+
+    /// Gives the bridge, the client and every node an address of
+    /// [`PREFIX6`] (no DAD: usable at once). Optional: clusters are IPv4
+    /// only unless a test asks.
+    pub fn enable_ipv6(&self) {
+        let add = |ns: &Netns, dev: &str, a: Ipv6Addr| {
+            ns.ip(&["-6", "addr", "add", &format!("{a}/64"), "dev", dev, "nodad"]);
+        };
+        add(&self.switch, "br0", Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 1));
+        add(&self.client, UPLINK, CLIENT_ADDR6);
+        for n in &self.nodes {
+            add(&n.ns, UPLINK, node_addr6(n.index));
+        }
     }
 
     /// Takes node `i`'s uplink down (the kernel drops its routes through it).

@@ -16,6 +16,7 @@ const REQUIRED: &[&str] = &[
     "xdp_lb/established",
     "xdp_lb/new_flow",
     "tc_egress/reply",
+    "tc_egress/not_reply",
     "live/drop_baseline",
     "live/xdp_tx_floor",
     "live/xdp_redirect_floor",

@@ -135,8 +135,13 @@ pub struct Service {
     pub cluster_ips: Vec<IpAddr>,
     /// Of the Service's families only, as every address list below.
     pub external_ips: Vec<IpAddr>,
-    /// `status.loadBalancer.ingress[].ip`.
+    /// `status.loadBalancer.ingress[].ip` of the Service's families: the
+    /// LoadBalancer frontends.
     pub lb_ips: Vec<IpAddr>,
+    /// Every `status.loadBalancer.ingress[].ip` (both families, `ipMode:
+    /// Proxy` left out): what `lbip` announces (ARP, NDP) and counts
+    /// against its pools, served or not.
+    pub lb_ingress: Vec<IpAddr>,
     /// `spec.loadBalancerSourceRanges` of both families: `None` = every
     /// client; `Some` = only these may reach the LoadBalancer IPs, each
     /// family's IPs from that family's ranges (possibly none).

@@ -1,19 +1,10 @@
-//! ARP on the uplink through an AF_PACKET socket: the requests for the
-//! addresses this node owns are answered with the uplink's MAC, and a
-//! gratuitous ARP announces an address taken over.
-//!
-//! Why a raw socket and not XDP: ARP is a handful of packets per second,
-//! the socket sees a copy of each after XDP passes it, and it needs no
-//! change to the dataplane (whose XDP program passes everything not IPv4
-//! already). An XDP responder would save nothing measurable and would tie
-//! the announcement to the program's release cycle.
-use std::{
-    io,
-    net::Ipv4Addr,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-};
+//! ARP frames for the IPv4 LoadBalancer addresses this node owns: requests
+//! parsed, replies with the uplink's MAC, and the gratuitous ARP that
+//! announces an address taken over (sent and received through
+//! [`super::link`]).
+use std::net::Ipv4Addr;
 
-const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_ARP: u16 = 0x0806;
 const ARP_REQUEST: u16 = 1;
 const ARP_REPLY: u16 = 2;
 /// Ethernet header (14) + ARP for IPv4 over Ethernet (28).
@@ -87,127 +78,6 @@ pub fn reply(mac: [u8; 6], req: &Request) -> [u8; FRAME_LEN] {
 /// `mac` (Linux accepts it over the entry's locktime).
 pub fn gratuitous(mac: [u8; 6], addr: Ipv4Addr) -> [u8; FRAME_LEN] {
     frame(BROADCAST, ARP_REQUEST, mac, addr, [0; 6], addr)
-}
-
-/// An AF_PACKET socket receiving the ARP frames of one interface.
-#[derive(Debug)]
-pub struct ArpSocket {
-    fd: OwnedFd,
-    ifindex: i32,
-    pub mac: [u8; 6],
-}
-
-impl ArpSocket {
-    /// Opens it on `iface` (needs CAP_NET_RAW: done before the agent drops
-    /// its capabilities; the open socket keeps working after).
-    pub fn open(iface: &str) -> io::Result<Self> {
-        let name = std::ffi::CString::new(iface).map_err(io::Error::other)?;
-        // SAFETY: a valid NUL-terminated name.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
-        if ifindex == 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: plain socket(2); the fd is owned right below.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                ETH_P_ARP.to_be() as i32,
-            )
-        };
-        if raw < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `raw` is a fresh descriptor nobody else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: sockaddr_ll is plain data; zero is a valid start.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = ETH_P_ARP.to_be();
-        sll.sll_ifindex = ifindex;
-        // SAFETY: a valid sockaddr_ll of the size given.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                &sll as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if rc < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mac = hw_addr(&fd, &name)?;
-        Ok(Self { fd, ifindex, mac })
-    }
-
-    /// The next frame (blocking).
-    pub fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        // SAFETY: `buf` is valid for writes of its length.
-        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
-    }
-
-    /// Sends a whole Ethernet frame out of the interface.
-    pub fn send(&self, frame: &[u8; FRAME_LEN]) -> io::Result<()> {
-        // SAFETY: as in `open`.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = ETH_P_ARP.to_be();
-        sll.sll_ifindex = self.ifindex;
-        sll.sll_halen = 6;
-        sll.sll_addr[..6].copy_from_slice(&frame[..6]);
-        // SAFETY: `frame` is valid for reads of its length; `sll` as in `open`.
-        let n = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                &sll as *const _ as *const libc::sockaddr,
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Another handle on the same socket (one thread reads, others send).
-    pub fn try_clone(&self) -> io::Result<Self> {
-        Ok(Self {
-            fd: self.fd.try_clone()?,
-            ifindex: self.ifindex,
-            mac: self.mac,
-        })
-    }
-}
-
-/// The interface's MAC address (SIOCGIFHWADDR, in the socket's namespace).
-fn hw_addr(fd: &OwnedFd, name: &std::ffi::CStr) -> io::Result<[u8; 6]> {
-    // SAFETY: ifreq is plain data; zero is a valid start.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    let bytes = name.to_bytes();
-    if bytes.len() >= req.ifr_name.len() {
-        return Err(io::Error::other("interface name too long"));
-    }
-    for (d, s) in req.ifr_name.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    // SAFETY: SIOCGIFHWADDR fills `req`, valid for its size.
-    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: after SIOCGIFHWADDR the union holds `ifru_hwaddr`.
-    let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
-    let mut mac = [0u8; 6];
-    for (d, s) in mac.iter_mut().zip(sa.sa_data.iter()) {
-        *d = *s as u8;
-    }
-    Ok(mac)
 }
 
 #[cfg(test)]

@@ -2,12 +2,13 @@
 //! (`pool`), their allocation to Services (`alloc`, pure), the one agent
 //! that allocates (`leader`, a coordination.k8s.io Lease; `controller`, the
 //! Kubernetes side), which nodes are alive (`members`, UDP heartbeats), and
-//! which node answers ARP for each address (`announce`, `arp`).
+//! which node answers for each address (`announce`) with ARP (`arp`) or
+//! Neighbour Discovery (`ndp`) through packet sockets (`link`).
 //!
 //! [`start`] wires them into `lb-agent run`: pools from `--lb-pool` and the
 //! `LoadBalancerPool` objects; with `--source kube` the election and the
-//! allocator; with an announce interface, the heartbeats and the ARP
-//! responder. Addresses are balanced by the dataplane like any other
+//! allocator; with an announce interface, the heartbeats and the ARP and
+//! NDP responders. Addresses are balanced by the dataplane like any other
 //! `status.loadBalancer.ingress` (from the model); this module only hands
 //! them out and makes one node answer for each.
 pub mod alloc;
@@ -15,14 +16,16 @@ pub mod announce;
 pub mod arp;
 pub mod controller;
 pub mod leader;
+pub mod link;
 pub mod members;
+pub mod ndp;
 pub mod pool;
 pub mod print;
 
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -46,7 +49,7 @@ pub struct Settings {
     pub alloc: alloc::Config,
     /// The election (None: this agent never allocates).
     pub election: Option<controller::Election>,
-    /// The interface ARP is answered on (None: no announcement).
+    /// The interface ARP and NDP are answered on (None: no announcement).
     pub announce_iface: Option<String>,
     pub heartbeat_port: u16,
     pub heartbeat: members::Timings,
@@ -59,6 +62,7 @@ pub struct Status {
     holder: Mutex<String>,
     failovers: AtomicU64,
     arp_replies: Arc<AtomicU64>,
+    ndp_replies: Arc<AtomicU64>,
     view: Mutex<View>,
 }
 
@@ -72,6 +76,9 @@ pub struct View {
     pub addresses: Vec<AddressRow>,
     pub failovers: u64,
     pub arp_replies: u64,
+    /// Neighbour Advertisements sent in answer to solicitations.
+    #[serde(default)]
+    pub ndp_replies: u64,
     pub live_nodes: Vec<String>,
 }
 
@@ -107,6 +114,7 @@ impl Status {
         v.lease_holder = lock(&self.holder).clone();
         v.failovers = self.failovers.load(Ordering::Relaxed);
         v.arp_replies = self.arp_replies.load(Ordering::Relaxed);
+        v.ndp_replies = self.ndp_replies.load(Ordering::Relaxed);
         v
     }
 
@@ -128,7 +136,7 @@ impl Status {
         }
         out.push_str("# HELP xdplb_lb_address_failovers_total LoadBalancer addresses this node took over from another node.\n# TYPE xdplb_lb_address_failovers_total counter\n");
         let _ = writeln!(out, "xdplb_lb_address_failovers_total {}", v.failovers);
-        out.push_str("# HELP xdplb_lb_address_owner The node answering ARP for each LoadBalancer address (value 1; owner=\"\" when none may).\n# TYPE xdplb_lb_address_owner gauge\n");
+        out.push_str("# HELP xdplb_lb_address_owner The node answering ARP/NDP for each LoadBalancer address (value 1; owner=\"\" when none may).\n# TYPE xdplb_lb_address_owner gauge\n");
         for a in &v.addresses {
             let _ = writeln!(
                 out,
@@ -141,6 +149,8 @@ impl Status {
         }
         out.push_str("# HELP xdplb_lb_arp_replies_total ARP replies this node sent for LoadBalancer addresses.\n# TYPE xdplb_lb_arp_replies_total counter\n");
         let _ = writeln!(out, "xdplb_lb_arp_replies_total {}", v.arp_replies);
+        out.push_str("# HELP xdplb_lb_ndp_replies_total Neighbour Advertisements this node sent in answer to solicitations for LoadBalancer addresses.\n# TYPE xdplb_lb_ndp_replies_total counter\n");
+        let _ = writeln!(out, "xdplb_lb_ndp_replies_total {}", v.ndp_replies);
         out.push_str("# HELP xdplb_lb_allocator_leader 1 while this agent holds the allocator lease.\n# TYPE xdplb_lb_allocator_leader gauge\n");
         let _ = writeln!(out, "xdplb_lb_allocator_leader {}", u8::from(v.leader));
         out
@@ -156,7 +166,7 @@ pub fn status_path(pin_dir: &Path) -> PathBuf {
     ))
 }
 
-/// Pool usage from the model (IPv4: the model's LoadBalancer IPs).
+/// Pool usage from the model's LoadBalancer IPs.
 fn pool_rows(model: &Model, pools: &Pools) -> Vec<PoolRow> {
     let views: Vec<alloc::SvcView> = model
         .services
@@ -164,7 +174,7 @@ fn pool_rows(model: &Model, pools: &Pools) -> Vec<PoolRow> {
         .map(|(id, s)| alloc::SvcView {
             id: id.clone(),
             load_balancer: true,
-            ingress: s.lb_ips.clone(),
+            ingress: s.lb_ingress.clone(),
             ..Default::default()
         })
         .collect();
@@ -232,20 +242,21 @@ pub fn start(
             }
         });
     }
-    let (sock, members) = match &settings.announce_iface {
+    let (link, members) = match &settings.announce_iface {
         Some(iface) => {
-            let sock = arp::ArpSocket::open(iface).with_context(|| format!("opening an ARP socket on {iface} (needs CAP_NET_RAW) for LoadBalancer addresses"))?;
-            let responder = sock.try_clone().context("duplicating the ARP socket")?;
-            let (owned_tx, owned_rx) = std::sync::mpsc::channel();
-            let replies = status.arp_replies.clone();
-            std::thread::Builder::new()
-                .name("lbip-arp".into())
-                .spawn(move || {
-                    if let Ok(owned) = owned_rx.recv() {
-                        announce::respond(responder, owned, replies)
-                    }
-                })
-                .context("starting the ARP responder")?;
+            let link = announce::Link::open(iface).with_context(|| format!("opening packet sockets on {iface} (needs CAP_NET_RAW) for LoadBalancer addresses"))?;
+            let owned = announce::Owned::default();
+            for (proto, sock, replies) in [
+                (announce::Proto::Arp, &link.arp, &status.arp_replies),
+                (announce::Proto::Ndp, &link.ndp, &status.ndp_replies),
+            ] {
+                let sock = sock.try_clone().context("duplicating a packet socket")?;
+                let (owned, replies) = (owned.clone(), replies.clone());
+                std::thread::Builder::new()
+                    .name(format!("lbip-{}", proto.name().to_lowercase()))
+                    .spawn(move || announce::respond(sock, proto, owned, replies))
+                    .with_context(|| format!("starting the {} responder", proto.name()))?;
+            }
             let members = members::Members::start(
                 &settings.node_name,
                 settings.heartbeat_port,
@@ -257,14 +268,14 @@ pub fn start(
                     settings.heartbeat_port
                 )
             })?;
-            tracing::info!(%iface, heartbeat_port = settings.heartbeat_port, every_ms = settings.heartbeat.every.as_millis() as u64, dead_after_ms = settings.heartbeat.dead_after.as_millis() as u64, "LoadBalancer addresses are announced by ARP from this node when it owns them");
-            (Some((sock, owned_tx)), Some(members))
+            tracing::info!(%iface, heartbeat_port = settings.heartbeat_port, every_ms = settings.heartbeat.every.as_millis() as u64, dead_after_ms = settings.heartbeat.dead_after.as_millis() as u64, "LoadBalancer addresses are announced by ARP (IPv4) and NDP (IPv6) from this node when it owns them");
+            (Some((link, owned)), Some(members))
         }
         None => (None, None),
     };
     tokio::spawn(announce_loop(
         settings.node_name.clone(),
-        sock,
+        link,
         members,
         models,
         pools_rx,
@@ -284,7 +295,7 @@ pub fn start(
 )]
 async fn announce_loop(
     me: String,
-    sock: Option<(arp::ArpSocket, std::sync::mpsc::Sender<announce::Owned>)>,
+    link: Option<(announce::Link, announce::Owned)>,
     members: Option<members::Members>,
     models: watch::Receiver<Arc<Model>>,
     pools: watch::Receiver<Arc<Pools>>,
@@ -293,16 +304,9 @@ async fn announce_loop(
     metrics: Arc<Metrics>,
     path: PathBuf,
 ) {
-    let mut announcer = match sock {
-        Some((s, owned_tx)) => {
-            let a = announce::Announcer::new(&me, Some(s));
-            let _ = owned_tx.send(a.owned());
-            Some(a)
-        }
-        None => None,
-    };
+    let mut announcer = link.map(|(l, owned)| announce::Announcer::new(&me, Some(l), owned));
     let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut regarp: Vec<(Ipv4Addr, Instant)> = Vec::new();
+    let mut regarp: Vec<(IpAddr, Instant)> = Vec::new();
     let mut written = None;
     loop {
         tick.tick().await;
@@ -326,13 +330,13 @@ async fn announce_loop(
                     if previous.is_some() {
                         status.failovers.fetch_add(1, Ordering::Relaxed);
                     }
-                    tracing::info!(address = %addr, previous = previous.as_deref().unwrap_or("none"), live = ?live, "took over LoadBalancer address: answering ARP, gratuitous ARP sent");
+                    tracing::info!(address = %addr, previous = previous.as_deref().unwrap_or("none"), live = ?live, "took over LoadBalancer address: answering ARP/NDP, announced (gratuitous ARP or unsolicited NA)");
                     regarp.push((*addr, Instant::now()));
                 }
                 for addr in &step.released {
                     tracing::info!(address = %addr, "LoadBalancer address handed to another node");
                 }
-                // A second gratuitous ARP, in case the first was lost.
+                // A second announcement, in case the first was lost.
                 regarp.retain(|(addr, at)| {
                     let due = at.elapsed() >= Duration::from_millis(500);
                     if due
@@ -341,7 +345,7 @@ async fn announce_loop(
                             .unwrap_or_else(|e| e.into_inner())
                             .contains(addr)
                     {
-                        a.garp(*addr);
+                        a.announce(*addr);
                     }
                     !due
                 });

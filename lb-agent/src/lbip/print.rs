@@ -27,8 +27,8 @@ pub fn table(v: &View) -> String {
     );
     let _ = writeln!(
         out,
-        "failovers taken by this node: {}  ARP replies sent: {}",
-        v.failovers, v.arp_replies
+        "failovers taken by this node: {}  ARP replies sent: {}  NDP advertisements sent: {}",
+        v.failovers, v.arp_replies, v.ndp_replies
     );
     let _ = writeln!(
         out,
@@ -90,10 +90,15 @@ mod tests {
             }],
             failovers: 1,
             arp_replies: 7,
+            ndp_replies: 3,
             live_nodes: vec!["node-1".into(), "node-2".into()],
         };
         let t = table(&v);
         assert!(t.contains("node-1 (lease holder)"), "{t}");
+        assert!(
+            t.contains("ARP replies sent: 7  NDP advertisements sent: 3"),
+            "{t}"
+        );
         assert!(
             t.contains("lan                  IPv4            2          4"),
             "{t}"
@@ -113,6 +118,7 @@ mod tests {
             "xdplb_lb_address_owner{address=\"192.168.50.201\",pool=\"lan\",owner=\"node-2\",mine=\"true\"} 1",
             "# TYPE xdplb_lb_pool_addresses gauge",
             "# TYPE xdplb_lb_address_failovers_total counter",
+            "# TYPE xdplb_lb_ndp_replies_total counter",
         ] {
             assert!(m.lines().any(|l| l == line), "{line} not in\n{m}");
         }

@@ -290,12 +290,16 @@ fn a_directory_loads_its_yaml_files_in_name_order() {
 fn load_balancer_ips_in_proxy_mode_are_not_captured() {
     let m = parse(
         "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: ns}\nspec: {type: LoadBalancer, clusterIP: 10.96.1.1, ports: [{port: 80, nodePort: 30001}]}\n\
-         status: {loadBalancer: {ingress: [{ip: 203.0.113.1, ipMode: VIP}, {ip: 203.0.113.2, ipMode: Proxy}, {ip: 203.0.113.3}, {hostname: lb.example.com}]}}\n",
+         status: {loadBalancer: {ingress: [{ip: 203.0.113.1, ipMode: VIP}, {ip: 203.0.113.2, ipMode: Proxy}, {ip: 203.0.113.3}, {hostname: lb.example.com}, {ip: 'fd00::1'}, {ip: 'fd00::2', ipMode: Proxy}, {ip: 'fd00::1'}]}}\n",
     );
+    let svc = &m.services[&ObjectRef::new("ns", "a")];
     assert_eq!(
-        m.services[&ObjectRef::new("ns", "a")].lb_ips,
-        [ip("203.0.113.1"), ip("203.0.113.3")]
+        svc.lb_ips,
+        [ip("203.0.113.1"), ip("203.0.113.3")],
+        "an IPv4 Service serves its IPv4 LoadBalancer IPs"
     );
+    // Every family's is kept for announcing (lbip), once each.
+    assert_eq!(svc.lb_ingress, [ip("203.0.113.1"), ip("203.0.113.3"), ip("fd00::1")]);
 }
 
 #[test]

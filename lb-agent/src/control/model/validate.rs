@@ -174,7 +174,7 @@ fn service(id: &ObjectRef, s: &core::Service) -> Result<Service, String> {
         .and_then(|lb| lb.ingress.as_ref());
     // `ipMode: Proxy` means the load balancer proxies to the NodePorts
     // itself: kube-proxy does not capture its IP, and neither do we.
-    let lb_ips = parse_ips(
+    let lb_ingress = parse_ips(
         id,
         "status.loadBalancer.ingress",
         ingress
@@ -183,7 +183,7 @@ fn service(id: &ObjectRef, s: &core::Service) -> Result<Service, String> {
             .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
             .filter_map(|i| i.ip.as_ref()),
     )?;
-    let lb_ips = of_families(id, "status.loadBalancer.ingress", &families, lb_ips);
+    let lb_ips = of_families(id, "status.loadBalancer.ingress", &families, lb_ingress.clone());
     let source_ranges = spec
         .load_balancer_source_ranges
         .as_ref()
@@ -309,6 +309,7 @@ fn service(id: &ObjectRef, s: &core::Service) -> Result<Service, String> {
         cluster_ips,
         external_ips,
         lb_ips,
+        lb_ingress,
         source_ranges,
         ports,
         external_local,

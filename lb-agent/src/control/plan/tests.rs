@@ -518,6 +518,7 @@ fn big_model(services: usize, per: usize) -> Model {
                 cluster_ips: vec![Ipv4Addr::from(0x0a60_0000 + s as u32).into()],
                 external_ips: vec![],
                 lb_ips: vec![],
+                lb_ingress: vec![],
                 source_ranges: None,
                 ports: vec![ServicePort {
                     name: "http".into(),
