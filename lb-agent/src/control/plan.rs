@@ -367,6 +367,9 @@ impl PlanFamily for Addr6 {
     }
 }
 
+/// A frontend with its map key.
+type Keyed<A> = (ServiceKey<A>, Frontend);
+
 /// Whether `ip` is of family `A`.
 fn is<A: Family>(ip: &IpAddr) -> bool {
     IpFamily::of(*ip) == A::FAMILY
@@ -536,7 +539,7 @@ impl Planner<'_> {
     ) {
         // A frontend already taken (two services claiming one address:port)
         // stays with the first; the map can hold only one.
-        let (kept, taken): (Vec<(ServiceKey<A>, Frontend)>, Vec<(ServiceKey<A>, Frontend)>) = frontends
+        let (kept, taken): (Vec<Keyed<A>>, Vec<Keyed<A>>) = frontends
             .into_iter()
             .filter_map(|f| Some((map_key::<A>(&f)?, f)))
             .partition(|(k, _)| !self.contents::<A>().services.contains_key(k));

@@ -66,7 +66,7 @@ fn objects(spec: &str, eps_v4: &str, eps_v6: &str) -> String {
 const EPS_V4: &str = "[{addresses: [10.244.1.5], nodeName: node-a}, {addresses: [10.244.1.6], nodeName: node-a}]";
 const EPS_V6: &str = "[{addresses: ['fd00:244::5'], nodeName: node-a}, {addresses: ['fd00:244::6'], nodeName: node-a}, {addresses: ['fd00:244::7'], nodeName: node-b}]";
 
-fn planned<'a>(p: &'a Plan, family: IpFamily) -> &'a PlannedService {
+fn planned(p: &Plan, family: IpFamily) -> &PlannedService {
     p.services.iter().find(|s| s.family == family).unwrap_or_else(|| panic!("no {family} service id in {:#?}", p.services))
 }
 
