@@ -344,11 +344,26 @@ pub struct SizeArgs {
     /// ClientIP affinity entries (one per service and client).
     #[arg(long, default_value_t = lb_common::maps::default_size::AFFINITY)]
     pub max_affinity: u32,
+    /// IPv6 conntrack entries (two per flow), apart from IPv4's: LRU maps
+    /// preallocate every entry (~190 bytes each for IPv6).
+    #[arg(long, default_value_t = lb_common::maps::default_size::CONNTRACK_V6)]
+    pub max_flows_v6: u32,
+    /// IPv6 ClientIP affinity entries.
+    #[arg(long, default_value_t = lb_common::maps::default_size::AFFINITY_V6)]
+    pub max_affinity_v6: u32,
 }
 
 impl From<&SizeArgs> for lb_agent::pins::MapSizes {
     fn from(a: &SizeArgs) -> Self {
-        Self { services: a.max_services, backends: a.max_backends, slots: a.max_slots, conntrack: a.max_flows, affinity: a.max_affinity }
+        Self {
+            services: a.max_services,
+            backends: a.max_backends,
+            slots: a.max_slots,
+            conntrack: a.max_flows,
+            affinity: a.max_affinity,
+            conntrack_v6: a.max_flows_v6,
+            affinity_v6: a.max_affinity_v6,
+        }
     }
 }
 

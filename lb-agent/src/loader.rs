@@ -3,6 +3,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use aya::{
+    maps::ProgramArray,
     programs::{CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
@@ -74,10 +75,32 @@ pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf> {
         let p: &mut CgroupSockAddr = program(&mut ebpf, name)?;
         p.load().with_context(|| format!("verifier rejected {name}"))?;
     }
+    load_v6(&mut ebpf)?;
     if !resized.is_empty() {
         migrate::resize(&mut ebpf, pin_dir, &resized)?;
     }
     Ok(ebpf)
+}
+
+/// Loads the hooks' IPv6 instances and puts each in the program array its
+/// IPv4 hook tail-calls for IPv6 frames (the array may be a pinned one of
+/// the previous agent: its entry is replaced, so IPv6 runs the new code).
+fn load_v6(ebpf: &mut Ebpf) -> Result<()> {
+    let xdp: &mut Xdp = program(ebpf, programs::XDP_LB_V6)?;
+    xdp.load().with_context(|| format!("verifier rejected {}", programs::XDP_LB_V6))?;
+    let xdp_fd = xdp.fd()?.try_clone()?;
+    let mut fds = vec![(maps::FAMILY_XDP, xdp_fd)];
+    for (name, array) in programs::TC_V6 {
+        let p: &mut SchedClassifier = program(ebpf, name)?;
+        p.load().with_context(|| format!("verifier rejected {name}"))?;
+        fds.push((array, p.fd()?.try_clone()?));
+    }
+    for (array, fd) in fds {
+        let map = ebpf.map_mut(array).with_context(|| format!("map {array} missing from the object"))?;
+        let mut progs = ProgramArray::try_from(map).with_context(|| format!("{array}: unexpected map type"))?;
+        progs.set(0, &fd, 0).with_context(|| format!("filling {array}"))?;
+    }
+    Ok(())
 }
 
 /// Attaches to an uplink: XDP balances arriving service traffic, tc egress

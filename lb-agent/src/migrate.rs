@@ -61,6 +61,16 @@ pub fn expected(name: &str, s: MapSizes) -> Spec {
         maps::NAT_CONFIG => spec(MapType::Array, 4, size::<NatConfig>(), 1),
         // Indexed by backend id (1..=backends).
         maps::SNAT_EXHAUSTED => spec(MapType::PerCpuArray, 4, 8, s.backends + 1),
+        // The IPv6 instances: the same roles and sizes (conntrack and
+        // affinity sized on their own), keys and values over 16-byte addresses.
+        maps::SERVICES_V6 => spec(MapType::Hash, size::<ServiceKeyV6>(), size::<Service>(), s.services),
+        maps::BACKENDS_V6 => spec(MapType::Array, size::<BackendId>(), size::<BackendV6>(), s.backends + 1),
+        maps::CONNTRACK_V6 => spec(MapType::LruHash, size::<FlowKeyV6>(), size::<FlowV6>(), s.conntrack_v6),
+        maps::CONNTRACK_CONFIRMED_V6 => spec(MapType::LruHash, size::<FlowKeyV6>(), size::<FlowV6>(), (s.conntrack_v6 / 4).max(1)),
+        maps::AFFINITY_V6 => spec(MapType::LruHash, size::<AffinityKeyV6>(), size::<AffinityV4>(), s.affinity_v6),
+        maps::SOURCE_RANGES_V6 => spec(MapType::LpmTrie, 4 + size::<SourceRangeV6>(), 1, maps::default_size::SOURCE_RANGES),
+        // Index 0: the hook's IPv6 instance, tail-called (program fds).
+        maps::FAMILY_XDP | maps::FAMILY_TC_INGRESS | maps::FAMILY_TC_EGRESS => spec(MapType::ProgramArray, 4, 4, 1),
         other => unreachable!("map {other} missing from migrate::expected"),
     }
 }

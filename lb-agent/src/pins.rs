@@ -19,6 +19,10 @@ pub struct MapSizes {
     pub slots: u32,
     pub conntrack: u32,
     pub affinity: u32,
+    /// The IPv6 instances of conntrack and affinity (LRU maps preallocate
+    /// every entry, and most clusters carry less IPv6: sized on their own).
+    pub conntrack_v6: u32,
+    pub affinity_v6: u32,
 }
 
 impl Default for MapSizes {
@@ -29,6 +33,8 @@ impl Default for MapSizes {
             slots: default_size::SLOTS,
             conntrack: default_size::CONNTRACK,
             affinity: default_size::AFFINITY,
+            conntrack_v6: default_size::CONNTRACK_V6,
+            affinity_v6: default_size::AFFINITY_V6,
         }
     }
 }

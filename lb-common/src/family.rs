@@ -17,6 +17,8 @@ pub trait Addr:
     const ZERO: Self;
     /// For humans (and `Display` of the map types).
     fn to_ip(self) -> core::net::IpAddr;
+    /// The address's bytes, network order (checksum arithmetic walks them).
+    fn octets(&self) -> &[u8];
 }
 
 impl Addr for [u8; 4] {
@@ -25,6 +27,9 @@ impl Addr for [u8; 4] {
     fn to_ip(self) -> core::net::IpAddr {
         core::net::IpAddr::V4(self.into())
     }
+    fn octets(&self) -> &[u8] {
+        self
+    }
 }
 
 impl Addr for [u8; 16] {
@@ -32,6 +37,9 @@ impl Addr for [u8; 16] {
     const ZERO: Self = [0; 16];
     fn to_ip(self) -> core::net::IpAddr {
         core::net::IpAddr::V6(self.into())
+    }
+    fn octets(&self) -> &[u8] {
+        self
     }
 }
 

@@ -9,7 +9,10 @@ use crate::{Addr4, Addr6};
 /// (client → VIP:port) and the reply one keyed by what the backend sends
 /// (backend:port → client). Keying the reply by the full backend 5-tuple is what
 /// keeps two services that share a backend apart.
-#[repr(C)]
+///
+/// 8-byte aligned (no padding: the sizes are multiples of 8) so the BPF
+/// backend copies a key in words, not bytes.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Zeroable)]
 pub struct FlowKey<A> {
     pub src_addr: A,
@@ -27,6 +30,11 @@ pub type FlowKeyV6 = FlowKey<Addr6>;
 /// packet from its own address, which Linux drops as martian. Link-local, never
 /// routed off the node (Cilium uses the same address for the same purpose).
 pub const HAIRPIN_ADDR_V4: [u8; 4] = [169, 254, 42, 1];
+/// As [`HAIRPIN_ADDR_V4`], for IPv6: `fd00:7864:706c:6200::a9fe:2a01`, a
+/// unique-local address no node or pod has. Not link-local: a pod would
+/// look a link-local source up with neighbour discovery on its link and
+/// find nobody, where an off-link one goes to its default gateway, this node.
+pub const HAIRPIN_ADDR_V6: [u8; 16] = [0xfd, 0x00, 0x78, 0x64, 0x70, 0x6c, 0x62, 0x00, 0, 0, 0, 0, 0xa9, 0xfe, 0x2a, 0x01];
 
 /// Direction of a conntrack entry (`FlowV4::direction`).
 pub mod direction {

@@ -63,6 +63,15 @@ pub const SOURCE_RANGES_V6: &str = "source_ranges_v6";
 pub const SOCK_REVNAT_V6: &str = "sock_revnat_v6";
 pub const CONNTRACK_CONFIRMED_V6: &str = "conntrack_confirmed_v6";
 
+/// Program arrays (index 0: the IPv6 instance of the hook) that `xdp_lb`,
+/// `tc_ingress` and `tc_egress` tail-call for IPv6 frames: each family's
+/// monomorphised instance is a program of its own, with its own 512 bytes
+/// of stack. Filled by the agent at load; pinned, as their entries would
+/// be cleared once no process nor pin held them.
+pub const FAMILY_XDP: &str = "family_xdp";
+pub const FAMILY_TC_INGRESS: &str = "family_tc_ingress";
+pub const FAMILY_TC_EGRESS: &str = "family_tc_egress";
+
 /// Every map the programs own, in the order the agent pins and checks them.
 pub const ALL: &[&str] = &[
     SERVICES_V4,
@@ -82,6 +91,15 @@ pub const ALL: &[&str] = &[
     NAT_CONFIG,
     SNAT_EXHAUSTED,
     CONNTRACK_CONFIRMED_V4,
+    SERVICES_V6,
+    BACKENDS_V6,
+    CONNTRACK_V6,
+    AFFINITY_V6,
+    SOURCE_RANGES_V6,
+    CONNTRACK_CONFIRMED_V6,
+    FAMILY_XDP,
+    FAMILY_TC_INGRESS,
+    FAMILY_TC_EGRESS,
 ];
 
 /// Default sizes; the agent can override each at load time.
@@ -90,7 +108,14 @@ pub mod default_size {
     pub const BACKENDS: u32 = 262_144;
     pub const SLOTS: u32 = 1_048_576;
     pub const CONNTRACK: u32 = 1_048_576;
+    /// IPv6 conntrack: a quarter of IPv4's. LRU maps preallocate every
+    /// entry, and a v6 pair is 120 bytes of key and value (v4: 72), so the
+    /// IPv4 default would pin ~170 MB more on every node for a family most
+    /// clusters use little; `--max-flows-v6` raises it.
+    pub const CONNTRACK_V6: u32 = 262_144;
     pub const AFFINITY: u32 = 262_144;
+    /// IPv6 affinity, a quarter of IPv4's for the same reason (`--max-affinity-v6`).
+    pub const AFFINITY_V6: u32 = 65_536;
     pub const REDIRECT_IFACES: u32 = 64;
     pub const SOCK_REVNAT: u32 = 65_536;
     pub const SOURCE_RANGES: u32 = 16_384;
@@ -112,6 +137,14 @@ pub mod programs {
     pub const SOCK_RECVMSG4: &str = "sock_recvmsg4";
     /// cgroup getpeername4: a balanced socket's peer reads as the service.
     pub const SOCK_GETPEERNAME4: &str = "sock_getpeername4";
+    /// The IPv6 instances of the three hooks, tail-called by them for IPv6
+    /// frames (see [`super::FAMILY_XDP`]); loaded, never attached.
+    pub const XDP_LB_V6: &str = "xdp_lb_v6";
+    pub const TC_INGRESS_V6: &str = "tc_ingress_v6";
+    pub const TC_EGRESS_V6: &str = "tc_egress_v6";
+    /// The tc IPv6 instances, each with the program array its hook
+    /// tail-calls.
+    pub const TC_V6: &[(&str, &str)] = &[(TC_EGRESS_V6, super::FAMILY_TC_EGRESS)];
     /// Every socket program, in the order the agent attaches them.
     pub const SOCK: &[&str] = &[SOCK_CONNECT4, SOCK_SENDMSG4, SOCK_RECVMSG4, SOCK_GETPEERNAME4];
 }

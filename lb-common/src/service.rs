@@ -5,8 +5,9 @@ use crate::{Addr, Addr4, Addr6};
 
 /// Key of `services_v4` / `services_v6`: one entry per way a service is
 /// reached (ClusterIP, each node address for a NodePort, each LoadBalancer
-/// ingress IP, each ExternalIP), per port and protocol.
-#[repr(C)]
+/// ingress IP, each ExternalIP), per port and protocol. 4-byte aligned
+/// (no padding) so the BPF backend copies it in words.
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Zeroable)]
 pub struct ServiceKey<A> {
     /// Destination address, network order.
@@ -97,10 +98,11 @@ pub mod service_flags {
     pub const DSR_UDP: u8 = 1 << 7;
 }
 
-/// Value of `services_v4`.
+/// Value of `services_v4` and `services_v6` (family-free: ids, slots and
+/// flags are one space across both families).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct ServiceV4 {
+pub struct Service {
     /// Service id (1-based; 0 means none). Index into `service_stats` and
     /// `rr_state`, first half of the `service_slots` key.
     pub id: u32,
@@ -114,7 +116,9 @@ pub struct ServiceV4 {
     /// ClientIP session affinity timeout in seconds; 0 = no affinity.
     pub affinity_timeout_s: u32,
 }
-const _: () = assert!(core::mem::size_of::<ServiceV4>() == 16);
+const _: () = assert!(core::mem::size_of::<Service>() == 16);
+/// The name [`Service`] had while only IPv4 was balanced.
+pub type ServiceV4 = Service;
 
 /// Key of `service_slots`.
 #[repr(C)]
@@ -180,7 +184,7 @@ impl<A: Addr> SourceRange<A> {
     }
 }
 
-crate::user_pod!(ServiceV4, SlotKey, AffinityV4);
+crate::user_pod!(Service, SlotKey, AffinityV4);
 crate::family::pod_per_family! {
     ServiceKey: 8, 20;
     AffinityKey: 8, 20;

@@ -54,7 +54,7 @@ macro_rules! counters {
 
 counters! {
     PACKETS = 0, "packets", "Every packet the programs saw.";
-    PASS_NOT_IP = 1, "pass_not_ipv4", "Passed: not IPv4 (ARP, IPv6, ...).";
+    PASS_NOT_IP = 1, "pass_not_ipv4", "Passed: neither IPv4 nor IPv6 (ARP, ...).";
     PASS_VLAN = 2, "pass_vlan", "Passed: VLAN-tagged, handed to the stack unchanged.";
     PASS_NOT_SERVICE = 3, "pass_not_service", "Passed: IPv4 but no service matches.";
     PASS_FRAGMENT = 4, "pass_fragment", "Passed: an IP fragment (handed to the stack).";
@@ -88,6 +88,10 @@ counters! {
     UNREACH_SENT = 32, "icmp_unreachable_sent", "Event: a UDP datagram to a service port without backends, or one a ClusterIP does not serve, was answered with ICMP port unreachable.";
     CT_CONFIRMED = 34, "conntrack_confirmed", "Event: a flow's backend answered a second time: the flow is confirmed and saved in conntrack_confirmed_v4, which new flows cannot evict.";
     CT_CONFIRMED_RESTORED = 35, "conntrack_confirmed_restored", "Event: a confirmed flow evicted from conntrack_v4 (a flood of new flows) was restored from conntrack_confirmed_v4.";
+    PASS_V6_EXT_CHAIN = 38, "pass_ipv6_ext_chain", "Passed: an IPv6 packet whose extension header chain is longer than the programs walk (4 headers), handed to the stack untouched.";
+    PASS_NDP = 39, "pass_icmpv6_ndp", "Passed: an ICMPv6 router or neighbour discovery message (types 133-137), never touched.";
+    DROP_UDP6_NO_CHECKSUM = 40, "drop_udp6_zero_checksum", "Dropped (XDP) or passed (tc): UDP over IPv6 with checksum 0, which IPv6 forbids (RFC 8200 8.1).";
+    IPV6 = 41, "ipv6_packets", "Event: an IPv6 packet (counted on top of its outcome).";
 }
 
 /// First event counter (see [`counter`]).
@@ -104,6 +108,9 @@ pub const LATE_OUTCOMES: &[u32] = &[
     counter::DSR_FRAG_NEEDED,
     counter::DROP_UNSERVED,
     counter::DROP_SERVICE_CIDR,
+    counter::PASS_V6_EXT_CHAIN,
+    counter::PASS_NDP,
+    counter::DROP_UDP6_NO_CHECKSUM,
 ];
 
 /// Whether counter `idx` is an outcome (every packet bumps exactly one).

@@ -9,7 +9,7 @@
 //! halves are copied into a second LRU, `conntrack_confirmed_v4`, which
 //! only confirmed flows enter. A flood of one-packet (or one-answer) flows
 //! never reaches it. A packet of a flow that finds no entry in
-//! `conntrack_v4` looks there before it is balanced anew (forward) or
+//! `conntrack_v4` (`_v6`) looks there before it is balanced anew (forward) or
 //! passed as not ours (reply), and the half is put back. The copies are
 //! refreshed about once a second while the flow lives (their LRU position),
 //! and dropped when the flow closes.
@@ -17,20 +17,13 @@
 //! Cost: one more hash lookup for a packet that misses `conntrack_v4` (a
 //! new flow; at tc egress, any packet that is not a reply of ours), and two
 //! inserts once per confirmed flow. Established packets pay nothing more.
-use aya_ebpf::{btf_maps::LruHashMap, macros::btf_map};
-use lb_common::{counter, direction, flow_flags, maps::default_size as size, FlowKeyV4, FlowV4};
+use lb_common::{counter, direction, flow_flags, Flow, FlowKey};
 
 use crate::{
-    maps::{backends_v4, conntrack_v4},
+    family::Family,
     parse::{Packet, TCP_SYN},
     stats::count,
 };
-
-/// Both halves of every confirmed flow, keyed as in `conntrack_v4`. A
-/// quarter of its size (the agent sets both from `--max-flows`).
-#[allow(non_upper_case_globals, reason = "named as the pinned map bpftool shows")]
-#[btf_map]
-pub static conntrack_confirmed_v4: LruHashMap<FlowKeyV4, FlowV4, { size::CONNTRACK as usize / 4 }> = LruHashMap::new();
 
 /// Called on a flow's second reply (`reply` is the reply half at
 /// `reply_key`) to confirm it, and afterwards about once a second (when the
@@ -38,30 +31,31 @@ pub static conntrack_confirmed_v4: LruHashMap<FlowKeyV4, FlowV4, { size::CONNTRA
 // Inlined: as a call of its own it made xdp_lb's call chain 528 bytes
 // (over the verifier's 512) once DSR grew the XDP frame to 440.
 #[inline(always)]
-pub fn on_reply(reply_key: &FlowKeyV4, reply: &mut FlowV4) {
+pub fn on_reply<F: Family>(reply_key: &FlowKey<F::Addr>, reply: &mut Flow<F::Addr>) {
     // The forward key is built here, on this call's own stack.
-    let forward = &crate::flowkey::other_key(reply_key, reply);
+    let forward = &crate::flowkey::other_key::<F>(reply_key, reply);
     if reply.flags & flow_flags::CONFIRMED == 0 {
         reply.flags |= flow_flags::CONFIRMED;
-        if save(forward) && conntrack_confirmed_v4.insert(reply_key, *reply, 0).is_ok() {
+        // From the map value itself: a copy would take the stack IPv6 lacks.
+        if save::<F>(forward) && F::confirmed().insert(reply_key, &*reply, 0).is_ok() {
             count(counter::CT_CONFIRMED);
         }
-    } else if conntrack_confirmed_v4.get_ptr(forward).is_none() || conntrack_confirmed_v4.get_ptr(reply_key).is_none() {
+    } else if F::confirmed().get_ptr(forward).is_none() || F::confirmed().get_ptr(reply_key).is_none() {
         // Evicted from the confirmed table too (more live confirmed flows
         // than it holds): saved again while the flow is alive.
-        if save(forward) {
-            let _ = conntrack_confirmed_v4.insert(reply_key, *reply, 0);
+        if save::<F>(forward) {
+            let _ = F::confirmed().insert(reply_key, &*reply, 0);
         }
     }
 }
 
 /// Copies the live forward half at `forward` into the confirmed table.
 #[inline(always)]
-fn save(forward: &FlowKeyV4) -> bool {
+fn save<F: Family>(forward: &FlowKey<F::Addr>) -> bool {
     // SAFETY: a program-written value, only read (the helper copies it).
-    match unsafe { conntrack_v4.get(forward) } {
+    match unsafe { F::conntrack().get(forward) } {
         Some(e) if e.direction == direction::FORWARD && e.flags & flow_flags::CLOSING == 0 => {
-            conntrack_confirmed_v4.insert(forward, e, 0).is_ok()
+            F::confirmed().insert(forward, e, 0).is_ok()
         }
         _ => false,
     }
@@ -69,37 +63,37 @@ fn save(forward: &FlowKeyV4) -> bool {
 
 /// A flow that closes (FIN or RST) is confirmed no longer: both halves go.
 #[inline(always)]
-pub fn forget(key: &FlowKeyV4, other: &FlowKeyV4) {
-    let _ = conntrack_confirmed_v4.remove(key);
-    let _ = conntrack_confirmed_v4.remove(other);
+pub fn forget<F: Family>(key: &FlowKey<F::Addr>, other: &FlowKey<F::Addr>) {
+    let _ = F::confirmed().remove(key);
+    let _ = F::confirmed().remove(other);
 }
 
-/// On a packet that found no entry at `key` in `conntrack_v4`: puts the
-/// half of a confirmed flow back and returns it. Its time is set just past
+/// On a packet that found no entry at `key` in conntrack: puts the half of
+/// a confirmed flow back and returns it. Its time is set just past
 /// the touch interval, so the packet's own touch refreshes it and restores
 /// the other half if that is gone too (`keep_pair`). A SYN (or SYN-ACK)
 /// opens a new connection on the tuple: never restored.
 #[inline(always)]
-pub fn restore(key: &FlowKeyV4, p: &Packet) -> Option<*mut FlowV4> {
+pub fn restore<F: Family>(key: &FlowKey<F::Addr>, p: &Packet<F::Addr>) -> Option<*mut Flow<F::Addr>> {
     if p.tcp_flags & TCP_SYN != 0 {
         return None;
     }
     // SAFETY: a live value of the confirmed map, read in place (no copy on
     // the small stack this call shares with its callers).
-    let saved = unsafe { &*conntrack_confirmed_v4.get_ptr(key)? };
+    let saved = unsafe { &*F::confirmed().get_ptr(key)? };
     // A flow whose backend is gone (or has another address) stays gone.
-    let live = match backends_v4.get(saved.backend_id) {
+    let live = match F::backends().get(saved.backend_id) {
         Some(b) if saved.direction == direction::FORWARD => b.addr == saved.nat_addr && b.port == saved.nat_port,
         Some(b) => b.addr == key.src_addr && b.port == key.src_port,
         None => false,
     };
     if !live {
-        let _ = conntrack_confirmed_v4.remove(key);
+        let _ = F::confirmed().remove(key);
         return None;
     }
     // The helper copies the value.
-    conntrack_v4.insert(key, saved, 0).ok()?;
-    let e = conntrack_v4.get_ptr_mut(key)?;
+    F::conntrack().insert(key, saved, 0).ok()?;
+    let e = F::conntrack().get_ptr_mut(key)?;
     // SAFETY: the entry just inserted; valid for this program run.
     unsafe { (*e).last_seen_ns = crate::clock::now().saturating_sub(crate::flowkey::TOUCH_INTERVAL_NS + 1) };
     count(counter::CT_CONFIRMED_RESTORED);

@@ -1,16 +1,14 @@
 //! Conntrack: pins every flow to its backend, and remembers how to rewrite
 //! its replies. Both directions of a flow are entries of one LRU map.
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
-use lb_common::{
-    counter, direction, flow_flags, BackendV4, Config, FlowKeyV4, FlowV4, NatConfig, ServiceV4,
-    HAIRPIN_ADDR_V4, IPPROTO_TCP,
-};
+use lb_common::{counter, direction, flow_flags, Addr, Backend, Config, Flow, FlowKey, NatConfig, Service, IPPROTO_TCP};
 
 use crate::{
     clock::{now, since, NS},
-    flowkey::{flow_key, other_key, TOUCH_INTERVAL_NS},
+    family::Family,
+    flowkey::{other_key, TOUCH_INTERVAL_NS},
     load,
-    maps::{backends_v4, config, conntrack_v4, nat_config, snat_exhausted},
+    maps::{config, nat_config, snat_exhausted},
     mode,
     parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN},
     stats::count,
@@ -37,10 +35,10 @@ pub enum Origin {
 /// equal to the packet's own unless the flow's client port was remapped, the
 /// flow is a hairpin or it is SNATed).
 #[derive(Clone, Copy)]
-pub struct Rewrite {
-    pub addr: [u8; 4],
+pub struct Rewrite<A = [u8; 4]> {
+    pub addr: A,
     pub port: [u8; 2],
-    pub peer_addr: [u8; 4],
+    pub peer_addr: A,
     pub peer_port: [u8; 2],
     /// How the flow reaches a backend on another node, if it does.
     pub kind: Kind,
@@ -64,7 +62,7 @@ pub enum Kind {
     Dsr,
 }
 
-impl Rewrite {
+impl<A> Rewrite<A> {
     #[inline(always)]
     pub fn snat(&self) -> bool {
         self.kind == Kind::Snat
@@ -76,9 +74,9 @@ impl Rewrite {
     }
 }
 
-impl Rewrite {
+impl<A: Addr> Rewrite<A> {
     #[inline(always)]
-    fn of(addr: [u8; 4], port: [u8; 2], e: &FlowV4) -> Self {
+    fn of(addr: A, port: [u8; 2], e: &Flow<A>) -> Self {
         Self {
             addr,
             port,
@@ -97,20 +95,20 @@ impl Rewrite {
 
 /// A copy of the entry at (src, dst, sport, dport, proto), untouched.
 #[inline(always)]
-pub fn peek(src: [u8; 4], dst: [u8; 4], sport: [u8; 2], dport: [u8; 2], proto: u8) -> Option<FlowV4> {
+pub fn peek<F: Family>(src: F::Addr, dst: F::Addr, sport: [u8; 2], dport: [u8; 2], proto: u8) -> Option<Flow<F::Addr>> {
     // SAFETY: read-only copy of a program-written value.
-    unsafe { conntrack_v4.get(flow_key(src, dst, sport, dport, proto)) }.copied()
+    unsafe { F::conntrack().get(F::flow_key(src, dst, sport, dport, proto)) }.copied()
 }
 
 /// The key of the packet's own direction.
 #[inline(always)]
-pub fn key_of(p: &Packet) -> FlowKeyV4 {
-    flow_key(p.src, p.dst, p.sport, p.dport, p.proto)
+pub fn key_of<F: Family>(p: &Packet<F::Addr>) -> FlowKey<F::Addr> {
+    F::flow_key(p.src, p.dst, p.sport, p.dport, p.proto)
 }
 
 /// Idle timeout of `entry`, from the agent's config (defaults until it is written).
 #[inline(always)]
-fn timeout_ns(entry: &FlowV4, proto: u8) -> u64 {
+fn timeout_ns<A: Addr>(entry: &Flow<A>, proto: u8) -> u64 {
     let cfg = match config.get(0) {
         Some(c) if c.layout_version != 0 => *c,
         _ => Config::default(),
@@ -133,7 +131,7 @@ fn timeout_ns(entry: &FlowV4, proto: u8) -> u64 {
 /// when the flow starts closing. Every packet would cost ~35 ns on the
 /// established path (measured A/B, `prog_cost`).
 #[inline(always)]
-fn touch(entry: &mut FlowV4, p: &Packet, now: u64) -> bool {
+fn touch<A: Addr>(entry: &mut Flow<A>, p: &Packet<A>, now: u64) -> bool {
     // Plain adds: a flow is steered to one CPU by RSS, so these rarely race,
     // and an occasional lost increment is cheaper than an atomic per packet.
     entry.packets += 1;
@@ -160,10 +158,10 @@ fn touch(entry: &mut FlowV4, p: &Packet, now: u64) -> bool {
 /// closed connection's tuple, or a backend that is gone (counted as
 /// re-balanced: the stale-conntrack blackhole of kube-proxy does not exist here).
 #[inline(always)]
-pub fn established(key: &FlowKeyV4, p: &Packet, now: u64) -> Option<Rewrite> {
+pub fn established<F: Family>(key: &FlowKey<F::Addr>, p: &Packet<F::Addr>, now: u64) -> Option<Rewrite<F::Addr>> {
     // A confirmed flow a flood evicted is restored (see `confirmed`).
     // SAFETY: the entry stays valid for this program run; races only lose counts.
-    let entry = unsafe { &mut *conntrack_v4.get_ptr_mut(key).or_else(|| crate::confirmed::restore(key, p))? };
+    let entry = unsafe { &mut *F::conntrack().get_ptr_mut(key).or_else(|| crate::confirmed::restore::<F>(key, p))? };
     if entry.direction != direction::FORWARD
         || since(now, entry.last_seen_ns) > timeout_ns(entry, p.proto)
         || (p.tcp_flags & TCP_SYN != 0 && entry.flags & flow_flags::CLOSING != 0)
@@ -172,7 +170,7 @@ pub fn established(key: &FlowKeyV4, p: &Packet, now: u64) -> Option<Rewrite> {
     }
     // An empty slot (address 0.0.0.0) never matches: a flow's backend
     // address is never 0.0.0.0.
-    let backend = match backends_v4.get(entry.backend_id) {
+    let backend = match F::backends().get(entry.backend_id) {
         Some(b) if b.addr == entry.nat_addr && b.port == entry.nat_port => *b,
         _ => {
             count(counter::REBALANCED);
@@ -180,20 +178,20 @@ pub fn established(key: &FlowKeyV4, p: &Packet, now: u64) -> Option<Rewrite> {
         }
     };
     if touch(entry, p, now) {
-        keep_pair(key, entry);
+        keep_pair::<F>(key, entry);
     }
     Some(Rewrite::of(backend.addr, backend.port, entry))
 }
 
 
 /// An address and port, network order.
-type AddrPort = ([u8; 4], [u8; 2]);
+type AddrPort<A> = (A, [u8; 2]);
 
 /// The (nat, peer) ends the other half of `(key, e)` holds: FORWARD halves
 /// rewrite the destination, REPLY halves the source, so the other half's
 /// rewrite is this key's far end and its peer this key's near end.
 #[inline(always)]
-fn other_ends(key: &FlowKeyV4, e: &FlowV4) -> (AddrPort, AddrPort) {
+fn other_ends<A: Addr>(key: &FlowKey<A>, e: &Flow<A>) -> (AddrPort<A>, AddrPort<A>) {
     if e.direction == direction::FORWARD {
         ((key.dst_addr, key.dst_port), (key.src_addr, key.src_port))
     } else {
@@ -210,14 +208,29 @@ fn other_ends(key: &FlowKeyV4, e: &FlowV4) -> (AddrPort, AddrPort) {
 /// so both expire together and a SNAT port is free again after the closing
 /// timeout (a half that is gone stays gone).
 #[inline(always)]
-fn keep_pair(key: &FlowKeyV4, e: &FlowV4) {
+fn keep_pair<F: Family>(key: &FlowKey<F::Addr>, e: &Flow<F::Addr>) {
+    if F::SPLIT {
+        keep_pair_call::<F>(key, e)
+    } else {
+        keep_pair_inline::<F>(key, e)
+    }
+}
+
+/// [`keep_pair`] with a frame of its own (see `Family::SPLIT`).
+#[inline(never)]
+fn keep_pair_call<F: Family>(key: &FlowKey<F::Addr>, e: &Flow<F::Addr>) {
+    keep_pair_inline::<F>(key, e)
+}
+
+#[inline(always)]
+fn keep_pair_inline<F: Family>(key: &FlowKey<F::Addr>, e: &Flow<F::Addr>) {
     // A DSR flow's other half lives on the other node (or nowhere).
     if e.flags & flow_flags::DSR != 0 {
         return;
     }
-    let other = other_key(key, e);
+    let other = other_key::<F>(key, e);
     let closing = e.flags & flow_flags::CLOSING != 0;
-    match conntrack_v4.get_ptr_mut(other) {
+    match F::conntrack().get_ptr_mut(&other) {
         Some(o) if closing => {
             let (nat, peer) = other_ends(key, e);
             // SAFETY: a live entry of this map; racing writers only lose a flag.
@@ -226,14 +239,14 @@ fn keep_pair(key: &FlowKeyV4, e: &FlowV4) {
                 // by another flow, see `create`).
                 if (*o).flags & flow_flags::CLOSING == 0 && ((*o).nat_addr, (*o).nat_port) == nat && ((*o).peer_addr, (*o).peer_port) == peer {
                     (*o).flags |= flow_flags::CLOSING;
-                    crate::confirmed::forget(key, &other);
+                    crate::confirmed::forget::<F>(key, &other);
                 }
             }
         }
         Some(_) => {}
         None if !closing => {
             let (nat, peer) = other_ends(key, e);
-            let restored = FlowV4 {
+            let restored = Flow {
                 nat_addr: nat.0,
                 nat_port: nat.1,
                 peer_addr: peer.0,
@@ -244,7 +257,7 @@ fn keep_pair(key: &FlowKeyV4, e: &FlowV4) {
                 bytes: 0,
                 ..*e
             };
-            if conntrack_v4.insert(other, restored, BPF_NOEXIST as u64).is_ok() {
+            if F::conntrack().insert(&other, &restored, BPF_NOEXIST as u64).is_ok() {
                 count(counter::CT_HALF_RESTORED);
             }
         }
@@ -255,9 +268,9 @@ fn keep_pair(key: &FlowKeyV4, e: &FlowV4) {
 /// Whether `key` (a reply key) belongs to a live flow other than the one
 /// described by `want`: then a new flow must not take it over.
 #[inline(always)]
-fn clashes(key: &FlowKeyV4, want: &FlowV4, now: u64) -> bool {
+fn clashes<F: Family>(key: &FlowKey<F::Addr>, want: &Flow<F::Addr>, now: u64) -> bool {
     // SAFETY: read-only look at a program-written entry.
-    match unsafe { conntrack_v4.get(key) } {
+    match unsafe { F::conntrack().get(key) } {
         Some(e) => {
             (e.nat_addr, e.nat_port, e.peer_addr, e.peer_port)
                 != (want.nat_addr, want.nat_port, want.peer_addr, want.peer_port)
@@ -274,14 +287,14 @@ const REMAP_TRIES: u32 = 4;
 /// Gives a clashing reply key another client port (up to [`REMAP_TRIES`]
 /// tries); counts whether one was found.
 #[inline(always)]
-fn remap(reply_key: &mut FlowKeyV4, reply: &FlowV4, now: u64) {
+fn remap<F: Family>(reply_key: &mut FlowKey<F::Addr>, reply: &Flow<F::Addr>, now: u64) {
     let mut tries = 0;
     while tries < REMAP_TRIES {
         // An ephemeral port (32768..=61000), as a client stack would pick.
         // SAFETY: helper without preconditions.
         let port = 32768 + (unsafe { bpf_get_prandom_u32() } % 28232) as u16;
         reply_key.dst_port = port.to_be_bytes();
-        if !clashes(reply_key, reply, now) {
+        if !clashes::<F>(reply_key, reply, now) {
             break;
         }
         tries += 1;
@@ -303,14 +316,14 @@ const SNAT_TRIES: u32 = 16;
 /// random ports was free. A port held by a dead flow (expired, closing)
 /// is taken over.
 #[inline(always)]
-fn snat_insert(reply_key: &mut FlowKeyV4, reply: &FlowV4, nat: &NatConfig, now: u64) -> bool {
+fn snat_insert<F: Family>(reply_key: &mut FlowKey<F::Addr>, reply: &Flow<F::Addr>, nat: &NatConfig, now: u64) -> bool {
     let span = (nat.port_max.wrapping_sub(nat.port_min)) as u32 + 1;
     for _ in 0..SNAT_TRIES {
         // SAFETY: helper without preconditions.
         let port = nat.port_min.wrapping_add((unsafe { bpf_get_prandom_u32() } % span) as u16);
         reply_key.dst_port = port.to_be_bytes();
-        if conntrack_v4.insert(*reply_key, reply, BPF_NOEXIST as u64).is_ok()
-            || (!clashes(reply_key, reply, now) && conntrack_v4.insert(*reply_key, reply, 0).is_ok())
+        if F::conntrack().insert(&*reply_key, reply, BPF_NOEXIST as u64).is_ok()
+            || (!clashes::<F>(reply_key, reply, now) && F::conntrack().insert(&*reply_key, reply, 0).is_ok())
         {
             return true;
         }
@@ -318,18 +331,16 @@ fn snat_insert(reply_key: &mut FlowKeyV4, reply: &FlowV4, nat: &NatConfig, now: 
     false
 }
 
-/// This node's SNAT settings when a new flow of `origin` to `backend` must
-/// be SNATed: an external client's flow to a backend on another node, with
-/// SNAT configured.
+/// This node's SNAT settings and address when a new flow of `origin` to
+/// `backend` must be SNATed: an external client's flow to a backend on
+/// another node, with SNAT configured for the family.
 #[inline(always)]
-fn snat_for(origin: Origin, backend: &BackendV4) -> Option<NatConfig> {
+fn snat_for<F: Family>(origin: Origin, backend: &Backend<F::Addr>) -> Option<(NatConfig, F::Addr)> {
     if origin != Origin::External || !backend.is_remote() {
         return None;
     }
-    match nat_config.get(0) {
-        Some(n) if n.addr_v4 != [0; 4] => Some(*n),
-        _ => None,
-    }
+    let n = nat_config.get(0)?;
+    Some((*n, F::snat_addr(n)?))
 }
 
 /// Creates both entries of a new flow of `p` to `backend`; returns the
@@ -350,23 +361,70 @@ fn snat_for(origin: Origin, backend: &BackendV4) -> Option<NatConfig> {
 ///
 /// The client end the backend sees: the client itself; for a SNAT flow
 /// (see [`Origin::External`]) this node's address and a port of the SNAT
-/// range; for a hairpin (see [`Origin::Pod`]) [`HAIRPIN_ADDR_V4`].
+/// range; for a hairpin (see [`Origin::Pod`]) the family's hairpin address.
 #[inline(always)]
-pub fn create(
-    key: &FlowKeyV4,
-    p: &Packet,
-    svc: &ServiceV4,
+pub fn create<F: Family>(
+    key: &FlowKey<F::Addr>,
+    p: &Packet<F::Addr>,
+    svc: &Service,
     backend_id: u32,
-    backend: &BackendV4,
+    backend: &Backend<F::Addr>,
     now: u64,
     origin: Origin,
-) -> Result<Rewrite, Verdict> {
+) -> Result<Rewrite<F::Addr>, Verdict> {
+    if F::SPLIT {
+        return match create_call::<F>(&NewFlow { key, p, svc, backend, now }, backend_id, origin) {
+            // The forward half it made is still in this CPU's slot.
+            // SAFETY: this CPU's slot, used by this program run alone.
+            0 => match F::scratch().get_ptr(0) {
+                Some(e) => Ok(Rewrite::of(backend.addr, backend.port, unsafe { &*e })),
+                None => Err(Verdict::Drop(counter::CT_INSERT_FAILED)),
+            },
+            reason => Err(Verdict::Drop(reason)),
+        };
+    } else {
+        create_inline::<F>(key, p, svc, backend_id, backend, now, origin)
+    }
+}
+
+/// What [`create_call`] takes by reference (a BPF call has 5 arguments).
+struct NewFlow<'a, A: Addr> {
+    key: &'a FlowKey<A>,
+    p: &'a Packet<A>,
+    svc: &'a Service,
+    backend: &'a Backend<A>,
+    now: u64,
+}
+
+/// [`create`] with a frame of its own (see `Family::SPLIT`): returns 0 (the
+/// forward half stays in `Family::scratch` for the caller's rewrite), or the
+/// reason the flow is dropped. (A subprogram returning the `Result` would
+/// put an enum in its BTF that the kernel refuses: a union member at a
+/// non-zero offset.)
+#[inline(never)]
+fn create_call<F: Family>(n: &NewFlow<F::Addr>, backend_id: u32, origin: Origin) -> u32 {
+    match create_inline::<F>(n.key, n.p, n.svc, backend_id, n.backend, n.now, origin) {
+        Ok(_) => 0,
+        Err(v) => v.reason(),
+    }
+}
+
+#[inline(always)]
+fn create_inline<F: Family>(
+    key: &FlowKey<F::Addr>,
+    p: &Packet<F::Addr>,
+    svc: &Service,
+    backend_id: u32,
+    backend: &Backend<F::Addr>,
+    now: u64,
+    origin: Origin,
+) -> Result<Rewrite<F::Addr>, Verdict> {
     let service_id = svc.id;
-    let dsr = origin == Origin::External && backend.is_remote() && mode::dsr(svc.flags, p.proto);
-    let snat = if dsr { None } else { snat_for(origin, backend) };
+    let dsr = F::DSR && origin == Origin::External && backend.is_remote() && mode::dsr(svc.flags, p.proto);
+    let snat = if dsr { None } else { snat_for::<F>(origin, backend) };
     let client_addr = match snat {
-        Some(n) => n.addr_v4,
-        None if origin == Origin::Pod && backend.addr == p.src => HAIRPIN_ADDR_V4,
+        Some((_, a)) => a,
+        None if origin == Origin::Pod && backend.addr == p.src => F::hairpin(),
         None => p.src,
     };
     let flags = if dsr {
@@ -376,27 +434,32 @@ pub fn create(
     } else {
         0
     };
-    let mut reply_key = flow_key(backend.addr, client_addr, backend.port, p.sport, p.proto);
-    let mut reply = FlowV4 {
-        backend_id,
-        service_id,
-        nat_addr: p.dst,
-        nat_port: p.dport,
-        peer_addr: p.src,
-        peer_port: p.sport,
-        direction: direction::REPLY,
-        flags,
-        _pad: [0; 2],
-        created_ns: now,
-        last_seen_ns: now,
-        packets: 0,
-        bytes: 0,
+    let mut reply_key = F::flow_key(backend.addr, client_addr, backend.port, p.sport, p.proto);
+    // Both halves are built in a per-CPU slot, not on the stack (an IPv6
+    // flow is 80 bytes; the hooks' frames have no room for one).
+    let Some(slot) = F::scratch().get_ptr_mut(0) else {
+        return Err(Verdict::Drop(counter::CT_INSERT_FAILED));
     };
+    // SAFETY: this CPU's slot, used by this program run alone.
+    let reply = unsafe { &mut *slot };
+    reply.backend_id = backend_id;
+    reply.service_id = service_id;
+    reply.nat_addr = p.dst;
+    reply.nat_port = p.dport;
+    reply.peer_addr = p.src;
+    reply.peer_port = p.sport;
+    reply.direction = direction::REPLY;
+    reply.flags = flags;
+    reply._pad = [0; 2];
+    reply.created_ns = now;
+    reply.last_seen_ns = now;
+    reply.packets = 0;
+    reply.bytes = 0;
     // The reply entry first: once the forward entry exists, a reply may follow.
     if dsr {
         // Replies never come back through this node.
-    } else if let Some(n) = snat {
-        if !snat_insert(&mut reply_key, &reply, &n, now) {
+    } else if let Some((n, _)) = snat {
+        if !snat_insert::<F>(&mut reply_key, reply, &n, now) {
             if let Some(c) = snat_exhausted.get_ptr_mut(backend_id) {
                 // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
                 unsafe { *c += 1 };
@@ -404,50 +467,48 @@ pub fn create(
             return Err(Verdict::Drop(counter::DROP_SNAT_EXHAUSTED));
         }
         count(counter::SNAT_NEW);
-    } else if conntrack_v4.insert(reply_key, reply, BPF_NOEXIST as u64).is_err() {
+    } else if F::conntrack().insert(&reply_key, &*reply, BPF_NOEXIST as u64).is_err() {
         // Usually the key is free: the insert that must not replace anything
         // is then the whole job (no lookup first); a key that is taken is
         // looked at.
-        if clashes(&reply_key, &reply, now) {
-            remap(&mut reply_key, &reply, now);
+        if clashes::<F>(&reply_key, reply, now) {
+            remap::<F>(&mut reply_key, reply, now);
         }
         // A stale entry or our own flow's is replaced.
-        if conntrack_v4.insert(reply_key, reply, 0).is_err() {
+        if F::conntrack().insert(&reply_key, &*reply, 0).is_err() {
             count(counter::CT_INSERT_FAILED);
         }
     }
-    let client_port = reply_key.dst_port;
-    reply.peer_port = client_port;
-    reply.peer_addr = client_addr;
-    let entry = FlowV4 {
-        nat_addr: backend.addr,
-        nat_port: backend.port,
-        direction: direction::FORWARD,
-        flags: flags
-            | if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-                flow_flags::CLOSING
-            } else {
-                0
-            },
-        packets: 1,
-        bytes: p.ip_len as u64,
-        ..reply
-    };
-    if conntrack_v4.insert(key, entry, 0).is_err() {
+    // The forward half: the same slot, turned around.
+    let entry = reply;
+    entry.peer_port = reply_key.dst_port;
+    entry.peer_addr = client_addr;
+    entry.nat_addr = backend.addr;
+    entry.nat_port = backend.port;
+    entry.direction = direction::FORWARD;
+    entry.flags = flags
+        | if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
+            flow_flags::CLOSING
+        } else {
+            0
+        };
+    entry.packets = 1;
+    entry.bytes = p.ip_len as u64;
+    if F::conntrack().insert(key, &*entry, 0).is_err() {
         count(counter::CT_INSERT_FAILED);
     } else if entry.flags & flow_flags::CLOSING == 0 {
         load::change(backend_id, true);
     }
-    Ok(Rewrite::of(backend.addr, backend.port, &entry))
+    Ok(Rewrite::of(backend.addr, backend.port, entry))
 }
 
 /// Whether `p` may be the reply of a SNAT flow: addressed to this node's
 /// SNAT address at a port of its range. Only those are looked up in
 /// conntrack at the uplink, so other traffic to the node pays no lookup.
 #[inline(always)]
-pub fn maybe_snat_reply(p: &Packet) -> bool {
+pub fn maybe_snat_reply<F: Family>(p: &Packet<F::Addr>) -> bool {
     match nat_config.get(0) {
-        Some(n) => n.addr_v4 == p.dst && n.addr_v4 != [0; 4] && n.in_range(u16::from_be_bytes(p.dport)),
+        Some(n) => F::snat_addr(n) == Some(p.dst) && n.in_range(u16::from_be_bytes(p.dport)),
         None => false,
     }
 }
@@ -455,11 +516,11 @@ pub fn maybe_snat_reply(p: &Packet) -> bool {
 /// The rewrite of a reply packet (backend → client) back to the service
 /// address the client dialed, if `p` is the reply direction of a known flow.
 #[inline(always)]
-pub fn reply(p: &Packet) -> Option<Rewrite> {
-    let key = key_of(p);
+pub fn reply<F: Family>(p: &Packet<F::Addr>) -> Option<Rewrite<F::Addr>> {
+    let key = key_of::<F>(p);
     // A confirmed flow's reply half a flood evicted is restored (see `confirmed`).
     // SAFETY: as in `established`.
-    let entry = unsafe { &mut *conntrack_v4.get_ptr_mut(key).or_else(|| crate::confirmed::restore(&key, p))? };
+    let entry = unsafe { &mut *F::conntrack().get_ptr_mut(&key).or_else(|| crate::confirmed::restore::<F>(&key, p))? };
     let now = now();
     // A stale entry must not capture a new connection that reuses the tuple
     // (e.g. a client talking to the backend directly from a port it once used
@@ -471,7 +532,7 @@ pub fn reply(p: &Packet) -> Option<Rewrite> {
         return None;
     }
     if p.tcp_flags & TCP_SYN != 0 && entry.flags & flow_flags::CLOSING != 0 {
-        let _ = conntrack_v4.remove(key);
+        let _ = F::conntrack().remove(&key);
         return None;
     }
     // A second reply confirms the flow; a confirmed one's copies are
@@ -479,13 +540,23 @@ pub fn reply(p: &Packet) -> Option<Rewrite> {
     // so nothing stays live across it (the stack is at its limit).
     let f = entry.flags;
     if f & flow_flags::SEEN_REPLY != 0 && (f & flow_flags::CONFIRMED == 0 || since(now, entry.last_seen_ns) > TOUCH_INTERVAL_NS) {
-        crate::confirmed::on_reply(&key, entry);
+        if F::SPLIT {
+            on_reply_call::<F>(&key, entry);
+        } else {
+            crate::confirmed::on_reply::<F>(&key, entry);
+        }
     }
     entry.flags |= flow_flags::SEEN_REPLY;
     if touch(entry, p, now) {
-        keep_pair(&key, entry);
+        keep_pair::<F>(&key, entry);
     }
     Some(Rewrite::of(entry.nat_addr, entry.nat_port, entry))
+}
+
+/// `confirmed::on_reply` with a frame of its own (see `Family::SPLIT`).
+#[inline(never)]
+fn on_reply_call<F: Family>(key: &FlowKey<F::Addr>, entry: &mut Flow<F::Addr>) {
+    crate::confirmed::on_reply::<F>(key, entry)
 }
 
 /// Records (or refreshes) the reply half of a DSR flow on the backend's
@@ -497,10 +568,10 @@ pub fn reply(p: &Packet) -> Option<Rewrite> {
 /// on a closed one's tuple) or due a time refresh, so the established path
 /// costs one lookup. A FIN or RST from the client starts the closing timeout.
 #[inline(always)]
-pub fn record_dsr_reply(p: &Packet, svc_addr: [u8; 4], svc_port: [u8; 2], now: u64) {
-    let key = flow_key(p.dst, p.src, p.dport, p.sport, p.proto);
+pub fn record_dsr_reply<F: Family>(p: &Packet<F::Addr>, svc_addr: F::Addr, svc_port: [u8; 2], now: u64) {
+    let key = F::flow_key(p.dst, p.src, p.dport, p.sport, p.proto);
     let closing = p.tcp_flags & (TCP_FIN | TCP_RST) != 0;
-    if let Some(e) = conntrack_v4.get_ptr_mut(key) {
+    if let Some(e) = F::conntrack().get_ptr_mut(&key) {
         // SAFETY: a live entry of this map; racing writers only lose a refresh.
         let e = unsafe { &mut *e };
         let same = e.direction == direction::REPLY
@@ -517,7 +588,7 @@ pub fn record_dsr_reply(p: &Packet, svc_addr: [u8; 4], svc_port: [u8; 2], now: u
             return;
         }
     }
-    let reply = FlowV4 {
+    let reply = Flow {
         backend_id: 0,
         service_id: 0,
         nat_addr: svc_addr,
@@ -532,7 +603,7 @@ pub fn record_dsr_reply(p: &Packet, svc_addr: [u8; 4], svc_port: [u8; 2], now: u
         packets: 0,
         bytes: 0,
     };
-    if conntrack_v4.insert(key, reply, 0).is_err() {
+    if F::conntrack().insert(&key, &reply, 0).is_err() {
         count(counter::CT_INSERT_FAILED);
     }
 }

@@ -40,8 +40,16 @@ pub fn checksum(bytes: &[u8]) -> u16 {
 /// `segment` is the whole L4 header and payload with its checksum field zeroed.
 #[inline(always)]
 pub fn l4_checksum_v4(src: [u8; 4], dst: [u8; 4], proto: u8, segment: &[u8]) -> u16 {
-    let mut sum = add_bytes(0, &src);
-    sum = add_bytes(sum, &dst);
+    l4_checksum(&src, &dst, proto, segment)
+}
+
+/// The TCP/UDP (ICMPv6) checksum of a segment over the pseudo header of
+/// either family: the addresses (4 or 16 bytes each), the protocol and the
+/// segment's length (RFC 768, RFC 8200 8.1). `segment` as in [`l4_checksum_v4`].
+#[inline(always)]
+pub fn l4_checksum(src: &[u8], dst: &[u8], proto: u8, segment: &[u8]) -> u16 {
+    let mut sum = add_bytes(0, src);
+    sum = add_bytes(sum, dst);
     sum += proto as u32;
     sum += segment.len() as u32;
     sum = add_bytes(sum, segment);
@@ -58,6 +66,18 @@ pub fn replace4(check: u16, old: [u8; 4], new: [u8; 4]) -> u16 {
     sum += u16::from_be_bytes([new[0], new[1]]) as u32;
     sum += u16::from_be_bytes([new[2], new[3]]) as u32;
     !fold(sum)
+}
+
+/// As [`replace4`], for an address of either family (`old` and `new` of
+/// equal length, a multiple of 4): one 32-bit word at a time.
+#[inline(always)]
+pub fn replace_addr(mut check: u16, old: &[u8], new: &[u8]) -> u16 {
+    let mut i = 0;
+    while i + 4 <= old.len() && i + 4 <= new.len() {
+        check = replace4(check, [old[i], old[i + 1], old[i + 2], old[i + 3]], [new[i], new[i + 1], new[i + 2], new[i + 3]]);
+        i += 4;
+    }
+    check
 }
 
 /// As [`replace4`], for a 16-bit field.
@@ -137,6 +157,15 @@ mod tests {
         let c = l4_checksum_v4(src, dst, 17, &seg);
         seg[6..8].copy_from_slice(&c.to_be_bytes());
         assert_eq!(l4_checksum_v4(src, dst, 17, &seg), 0);
+    }
+
+    #[test]
+    fn replace_addr_of_an_ipv6_address_matches_full_recompute() {
+        let seg = [0x30u8, 0x39, 0x00, 0x50, 0x00, 0x0c, 0x00, 0x00, b'p', b'i', b'n', b'g'];
+        let (src, dst) = ([0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2], [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10]);
+        let new = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x2, 0x11];
+        let check = l4_checksum(&src, &dst, 17, &seg);
+        assert_eq!(replace_addr(check, &dst, &new), l4_checksum(&src, &new, 17, &seg));
     }
 
     #[test]

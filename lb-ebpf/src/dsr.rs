@@ -27,6 +27,7 @@ use lb_ebpf::{csum, too_big};
 use crate::{
     clock,
     conntrack::{self, Rewrite},
+    family::V4,
     forward::{self, FibParams, Lookup},
     nat::{self, Side},
     parse::{Packet, ETH_LEN, IP_CHECK, TCP_SYN},
@@ -53,7 +54,7 @@ pub fn xdp_forward(ctx: &XdpContext, p: &Packet, rw: &Rewrite) -> Result<Verdict
     }
     // SAFETY: a zeroed bpf_fib_lookup is a valid input before it is filled.
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
-    let how = forward::lookup(ctx, p, p.src, rw.addr, OPT_LEN as u16, &mut fib);
+    let how = forward::lookup::<V4>(ctx, p, p.src, rw.addr, OPT_LEN as u16, &mut fib);
     if let Lookup::FragNeeded(mtu) = how {
         if dont_fragment(ctx) {
             return frag_needed(ctx, mtu.saturating_sub(OPT_LEN as u16));
@@ -61,10 +62,10 @@ pub fn xdp_forward(ctx: &XdpContext, p: &Packet, rw: &Rewrite) -> Result<Verdict
     }
     // The service end, as the client sent it, rides along.
     let (svc_addr, svc_port) = (p.dst, p.dport);
-    nat::xdp_rewrite(ctx, p, Side::Dst, rw)?;
+    nat::xdp_rewrite::<V4>(ctx, p, Side::Dst, rw)?;
     add_option(ctx, svc_addr, svc_port)?;
     if let Lookup::Found = how {
-        if let Some(action) = forward::apply(ctx, &fib, true) {
+        if let Some(action) = forward::apply::<V4>(ctx, &fib, true) {
             count(counter::XDP_REDIRECTED);
             return Ok(Verdict::Action(action, counter::DSR_FORWARD));
         }
@@ -170,7 +171,7 @@ pub fn xdp_decap(ctx: &XdpContext, p: &Packet) -> Result<Option<Packet>, Verdict
     if opt[0] != OPT_TYPE || opt[1] != OPT_LEN as u8 {
         return Ok(None);
     }
-    conntrack::record_dsr_reply(p, [opt[4], opt[5], opt[6], opt[7]], [opt[2], opt[3]], clock::now());
+    conntrack::record_dsr_reply::<V4>(p, [opt[4], opt[5], opt[6], opt[7]], [opt[2], opt[3]], clock::now());
     let ip = ETH_LEN;
     let len = u16::from_be_bytes([hdr[ip + 2], hdr[ip + 3]]);
     let mut c = u16::from_be_bytes([hdr[ip + IP_CHECK], hdr[ip + IP_CHECK + 1]]);

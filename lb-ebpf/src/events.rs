@@ -5,7 +5,10 @@
 //! cannot flood the log or slow the fast path (the common path only reads one
 //! per-CPU word).
 use aya_ebpf::EbpfContext;
-use aya_log_ebpf::warn;
+use aya_log_ebpf::{
+    macro_support::{Argument, IpFormatter},
+    warn,
+};
 use lb_common::counter;
 
 use crate::{
@@ -40,7 +43,7 @@ fn allowed() -> bool {
 
 /// A service without backends was asked for a new flow.
 #[inline(always)]
-pub fn no_backend<C: EbpfContext>(ctx: &C, p: &Packet) {
+pub fn no_backend<C: EbpfContext, A: Copy + IpFormatter + Argument>(ctx: &C, p: &Packet<A>) {
     if allowed() {
         warn!(ctx, "no backend for service {:i}:{} (proto {}): new flow dropped", p.dst, u16::from_be_bytes(p.dport), p.proto);
     }

@@ -17,15 +17,14 @@ use lb_common::config_flags;
 use lb_ebpf::csum;
 
 use crate::{
+    family::Family,
     maps::{config, redirect_ifaces},
-    parse::{Packet, ETH_LEN, IP_CHECK},
+    parse::{Packet, ETH_LEN},
 };
 
-const AF_INET: u8 = 2;
 const FIB_SUCCESS: i64 = 0;
 /// `BPF_FIB_LKUP_RET_FRAG_NEEDED`.
 const FIB_FRAG_NEEDED: i64 = 8;
-const IP_TTL: usize = 8;
 
 /// Forwards the (already rewritten) packet from `src` to `dst` to its next
 /// hop ourselves when allowed; `None`: pass it to the kernel.
@@ -37,14 +36,29 @@ const IP_TTL: usize = 8;
 /// a plain redirect). Otherwise the fast path is opt-in (`XDP_REDIRECT` and
 /// an egress in `redirect_ifaces`).
 #[inline(always)]
-pub fn route(ctx: &XdpContext, p: &Packet, src: [u8; 4], dst: [u8; 4], must: bool) -> Option<u32> {
+pub fn route<F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>, src: F::Addr, dst: F::Addr, must: bool) -> Option<u32> {
     if !must && !redirect_configured() {
         return None;
     }
+    if F::SPLIT {
+        route_call::<F>(ctx, p, &[src, dst], must)
+    } else {
+        route_inline::<F>(ctx, p, src, dst, must)
+    }
+}
+
+/// [`route`] with a frame of its own (see `Family::SPLIT`).
+#[inline(never)]
+fn route_call<F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>, ends: &[F::Addr; 2], must: bool) -> Option<u32> {
+    route_inline::<F>(ctx, p, ends[0], ends[1], must)
+}
+
+#[inline(always)]
+fn route_inline<F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>, src: F::Addr, dst: F::Addr, must: bool) -> Option<u32> {
     // SAFETY: a zeroed bpf_fib_lookup is a valid input before it is filled.
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
-    match lookup(ctx, p, src, dst, 0, &mut fib) {
-        Lookup::Found => apply(ctx, &fib, must),
+    match lookup::<F>(ctx, p, src, dst, 0, &mut fib) {
+        Lookup::Found => apply::<F>(ctx, &fib, must),
         _ => None,
     }
 }
@@ -69,16 +83,14 @@ fn redirect_configured() -> bool {
 /// `extra` bytes longer (what an encapsulation will add): the MTU check is
 /// the helper's, against the egress route's MTU.
 #[inline(always)]
-pub fn lookup(ctx: &XdpContext, p: &Packet, src: [u8; 4], dst: [u8; 4], extra: u16, fib: &mut FibParams) -> Lookup {
-    fib.family = AF_INET;
+pub fn lookup<F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>, src: F::Addr, dst: F::Addr, extra: u16, fib: &mut FibParams) -> Lookup {
+    F::fib_addrs(fib, &src, &dst);
     fib.l4_protocol = p.proto;
     fib.sport = u16::from_ne_bytes(p.sport);
     fib.dport = u16::from_ne_bytes(p.dport);
     fib.__bindgen_anon_1.tot_len = p.ip_len + extra;
     // SAFETY: reading the context's ingress interface.
     fib.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    fib.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
-    fib.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
     // SAFETY: the helper reads and writes `fib` only.
     let rc = unsafe { bpf_fib_lookup(ctx.as_ptr(), fib, core::mem::size_of::<FibParams>() as i32, 0) };
     match rc {
@@ -89,11 +101,11 @@ pub fn lookup(ctx: &XdpContext, p: &Packet, src: [u8; 4], dst: [u8; 4], extra: u
     }
 }
 
-/// Sends the frame to the next hop `fib` names: decrements the TTL, sets the
-/// MACs and picks how it leaves (see [`route`] for `must`). `None` before
-/// the frame is touched: pass it to the kernel.
+/// Sends the frame to the next hop `fib` names: decrements the TTL (hop
+/// limit), sets the MACs and picks how it leaves (see [`route`] for
+/// `must`). `None` before the frame is touched: pass it to the kernel.
 #[inline(always)]
-pub fn apply(ctx: &XdpContext, fib: &FibParams, must: bool) -> Option<u32> {
+pub fn apply<F: Family>(ctx: &XdpContext, fib: &FibParams, must: bool) -> Option<u32> {
     let cfg_redirect = redirect_configured();
     // SAFETY: reading the context's ingress interface.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
@@ -109,19 +121,24 @@ pub fn apply(ctx: &XdpContext, fib: &FibParams, must: bool) -> Option<u32> {
         return None;
     };
     let (data, end) = (ctx.data(), ctx.data_end());
-    if data + ETH_LEN + 20 > end {
+    if data + ETH_LEN + F::IP_HDR > end {
         return None;
     }
-    // SAFETY: Ethernet and the fixed IPv4 header were bounds-checked above.
+    // SAFETY: Ethernet and the fixed IP header were bounds-checked above.
     unsafe {
-        let ttl = (data + ETH_LEN + IP_TTL) as *mut [u8; 2]; // TTL + protocol word
-        if (*ttl)[0] <= 1 {
+        // The 16-bit word holding the TTL (with the protocol) or the hop
+        // limit (with the next header), for the IPv4 checksum update.
+        let word = (data + ETH_LEN + (F::TTL & !1)) as *mut [u8; 2];
+        let at = F::TTL & 1;
+        if (*word)[at] <= 1 {
             return None; // the kernel sends the ICMP time exceeded
         }
-        let old = *ttl;
-        (*ttl)[0] -= 1;
-        let check = (data + ETH_LEN + IP_CHECK) as *mut [u8; 2];
-        *check = csum::replace2(u16::from_be_bytes(*check), old, *ttl).to_be_bytes();
+        let old = *word;
+        (*word)[at] -= 1;
+        if let Some(off) = F::IP_CHECK {
+            let check = (data + ETH_LEN + off) as *mut [u8; 2];
+            *check = csum::replace2(u16::from_be_bytes(*check), old, *word).to_be_bytes();
+        }
         *(data as *mut [u8; 6]) = fib.dmac;
         *((data + 6) as *mut [u8; 6]) = fib.smac;
     }

@@ -13,8 +13,21 @@ fn fmix32(mut h: u32) -> u32 {
     h ^ (h >> 16)
 }
 
+/// A client address as the 4 bytes [`flow_hash`] takes: an IPv4 address
+/// as it is, an IPv6 address's four words XORed together.
+#[inline(always)]
+pub fn fold(addr: &[u8]) -> [u8; 4] {
+    let mut word = 0u32;
+    let mut i = 0;
+    while i + 4 <= addr.len() {
+        word ^= u32::from_ne_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]);
+        i += 4;
+    }
+    word.to_ne_bytes()
+}
+
 /// Hash of (client address, client port, service port, protocol), all as on
-/// the wire.
+/// the wire (an IPv6 client [`fold`]ed first).
 #[inline(always)]
 pub fn flow_hash(src: [u8; 4], sport: [u8; 2], dport: [u8; 2], proto: u8) -> u32 {
     let a = u32::from_be_bytes(src);
@@ -39,6 +52,13 @@ mod tests {
     }
 
     const GOLDEN: u32 = 2_272_125_426;
+
+    #[test]
+    fn an_ipv4_address_folds_to_itself_an_ipv6_one_to_its_words_xored() {
+        assert_eq!(fold(&[10, 0, 0, 1]), [10, 0, 0, 1]);
+        let v6 = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7];
+        assert_eq!(fold(&v6), [0x20, 0x01, 0x0d, 0xb8 ^ 7]);
+    }
 
     #[test]
     fn ports_spread_evenly_over_a_table() {

@@ -16,6 +16,7 @@ use lb_ebpf::icmp::{self, End, Quote, Translation, BLOCK, INNER_L4, TCP_CHECK};
 
 use crate::{
     conntrack,
+    family::V4,
     parse::{Packet, ETH_LEN},
     verdict::Verdict,
 };
@@ -25,7 +26,7 @@ const NOT_OURS: Verdict = Verdict::Pass(counter::PASS_OTHER_L4);
 /// Where a translated error goes, and whether it carries a SNAT flow's
 /// addresses (then XDP must forward it: see `forward::route`).
 fn translation(q: &Quote) -> Option<(Translation, bool)> {
-    let e: FlowV4 = conntrack::peek(q.dst.addr, q.src.addr, q.dst.port, q.src.port, q.proto)?;
+    let e: FlowV4 = conntrack::peek::<V4>(q.dst.addr, q.src.addr, q.dst.port, q.src.port, q.proto)?;
     let snat = e.flags & flow_flags::SNAT != 0;
     let t = if e.direction == direction::REPLY {
         Translation {

@@ -4,26 +4,42 @@
     reason = "the statics are named as the pinned maps bpftool shows"
 )]
 //! `lb_common::maps`; the sizes here are defaults the agent overrides.
+//! The per-family maps come in pairs (`_v4`, `_v6`) of one generic type
+//! each (the aliases below); `family.rs` hands a family its instances.
 use aya_ebpf::{
     btf_maps::{Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray},
-    macros::btf_map,
+    macros::{btf_map, map},
+    maps::ProgramArray,
 };
 use lb_common::{
-    counter, maps::default_size as size, AffinityKeyV4, AffinityV4, BackendId, BackendV4, Config,
-    FlowKeyV4, FlowV4, NatConfig, ServiceKeyV4, ServiceStats, ServiceV4, SlotKey, SockRevKeyV4, SockRevV4,
-    SourceRangeV4,
+    counter, maps::default_size as size, AffinityKey, AffinityV4, Backend, BackendId, Config, FlowKey, Flow,
+    NatConfig, Service, ServiceKey, ServiceStats, SlotKey, SockRevKeyV4, SockRevV4, SourceRange,
 };
+
+/// (VIP, port, protocol) → service, per family.
+pub type Services<A> = HashMap<ServiceKey<A>, Service, { size::SERVICES as usize }>;
+/// Backend id → backend, per family.
+pub type Backends<A> = Array<Backend<A>, { size::BACKENDS as usize + 1 }>;
+/// 5-tuple → flow, per family.
+pub type Conntrack<A> = LruHashMap<FlowKey<A>, Flow<A>, { size::CONNTRACK as usize }>;
+/// (service, client) → affinity, per family.
+pub type Affinity<A> = LruHashMap<AffinityKey<A>, AffinityV4, { size::AFFINITY as usize }>;
+/// (service, client prefix) → allowed, per family.
+pub type SourceRanges<A> = LpmTrie<SourceRange<A>, u8, { size::SOURCE_RANGES as usize }>;
 
 /// (VIP, port, protocol) → service. Written by the agent.
 #[btf_map]
-pub static services_v4: HashMap<ServiceKeyV4, ServiceV4, { size::SERVICES as usize }> =
-    HashMap::new();
+pub static services_v4: Services<[u8; 4]> = HashMap::new();
+#[btf_map]
+pub static services_v6: Services<[u8; 16]> = HashMap::new();
 
 /// Backend id → address, port, state: an array indexed by id (the lookup on
 /// every established packet is then an index, not a hash), where an empty
 /// slot (address 0.0.0.0) is no backend. Written by the agent.
 #[btf_map]
-pub static backends_v4: Array<BackendV4, { size::BACKENDS as usize + 1 }> = Array::new();
+pub static backends_v4: Backends<[u8; 4]> = Array::new();
+#[btf_map]
+pub static backends_v6: Backends<[u8; 16]> = Array::new();
 
 /// (service id, slot) → backend id: what new flows choose from. Written by the agent.
 #[btf_map]
@@ -32,8 +48,24 @@ pub static service_slots: HashMap<SlotKey, BackendId, { size::SLOTS as usize }> 
 /// 5-tuple → flow, both directions. Written by the programs; LRU so a full
 /// table evicts the least recently used flow instead of refusing new ones.
 #[btf_map]
-pub static conntrack_v4: LruHashMap<FlowKeyV4, FlowV4, { size::CONNTRACK as usize }> =
-    LruHashMap::new();
+pub static conntrack_v4: Conntrack<[u8; 4]> = LruHashMap::new();
+#[btf_map]
+pub static conntrack_v6: Conntrack<[u8; 16]> = LruHashMap::new();
+
+/// Both halves of every confirmed flow, keyed as in conntrack (see
+/// `confirmed.rs`). A quarter of its size: the agent sets both from
+/// `--max-flows` / `--max-flows-v6` (one type with conntrack's here, so a
+/// family hands out either through one accessor type).
+#[btf_map]
+pub static conntrack_confirmed_v4: Conntrack<[u8; 4]> = LruHashMap::new();
+#[btf_map]
+pub static conntrack_confirmed_v6: Conntrack<[u8; 16]> = LruHashMap::new();
+
+/// Per-CPU slot where a new flow's conntrack entries are built (`Family::scratch`).
+#[btf_map]
+pub static flow_scratch_v4: PerCpuArray<Flow<[u8; 4]>, 1> = PerCpuArray::new();
+#[btf_map]
+pub static flow_scratch_v6: PerCpuArray<Flow<[u8; 16]>, 1> = PerCpuArray::new();
 
 /// Per-CPU counters per service id.
 #[btf_map]
@@ -55,8 +87,9 @@ pub static config: Array<Config, 1> = Array::new();
 /// ClientIP session affinity: (service, client) → backend. LRU: a full table
 /// forgets the least recently used client, whose next flow is balanced anew.
 #[btf_map]
-pub static affinity_v4: LruHashMap<AffinityKeyV4, AffinityV4, { size::AFFINITY as usize }> =
-    LruHashMap::new();
+pub static affinity_v4: Affinity<[u8; 4]> = LruHashMap::new();
+#[btf_map]
+pub static affinity_v6: Affinity<[u8; 16]> = LruHashMap::new();
 
 /// Live flows per backend id (least-connections, per-backend metrics).
 #[btf_map]
@@ -83,7 +116,9 @@ pub static sock_revnat_v4: LruHashMap<SockRevKeyV4, SockRevV4, { size::SOCK_REVN
 /// (service, client prefix) allowed to open flows to frontends flagged
 /// `SOURCE_RANGES` (loadBalancerSourceRanges). Written by the agent.
 #[btf_map]
-pub static source_ranges_v4: LpmTrie<SourceRangeV4, u8, { size::SOURCE_RANGES as usize }> = LpmTrie::new();
+pub static source_ranges_v4: SourceRanges<[u8; 4]> = LpmTrie::new();
+#[btf_map]
+pub static source_ranges_v6: SourceRanges<[u8; 16]> = LpmTrie::new();
 
 /// This node's SNAT address and port range at index 0 (see `lb_common::nat`).
 /// Written by the agent.
@@ -93,3 +128,13 @@ pub static nat_config: Array<NatConfig, 1> = Array::new();
 /// Per-CPU, backend id → new flows refused for want of a free SNAT port.
 #[btf_map]
 pub static snat_exhausted: PerCpuArray<u64, { size::BACKENDS as usize + 1 }> = PerCpuArray::new();
+
+/// The IPv6 instance of each hook, tail-called for IPv6 frames (index 0).
+/// Filled by the agent. Legacy map definitions: the kernel refuses BTF key
+/// and value types on program arrays.
+#[map]
+pub static family_xdp: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map]
+pub static family_tc_ingress: ProgramArray = ProgramArray::with_max_entries(1, 0);
+#[map]
+pub static family_tc_egress: ProgramArray = ProgramArray::with_max_entries(1, 0);

@@ -6,20 +6,24 @@
 //! remapped client port or a hairpin flow.
 //!
 //! XDP sees frames from the wire, whose checksums are complete: the IPv4 and
-//! L4 checksums are updated incrementally here (RFC 1624, `lb_ebpf::csum`).
+//! L4 checksums are updated incrementally here (RFC 1624, `lb_ebpf::csum`),
+//! an address 32 bits at a time (one word for IPv4, four for IPv6, which has
+//! no header checksum; the L4 pseudo-header holds the addresses either way).
 //! tc sees socket buffers whose L4 checksum may be a partial one (checksum
 //! offload, e.g. on a pod's veth): there the kernel helpers update it, as they
 //! know the buffer's checksum state.
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::bpf_csum_diff,
     programs::{TcContext, XdpContext},
 };
-use lb_common::IPPROTO_UDP;
+use lb_common::{Addr, IPPROTO_UDP};
 use lb_ebpf::csum;
 
 use crate::{
     conntrack::Rewrite,
-    parse::{Packet, ETH_LEN, IP_CHECK, IP_DST, IP_SRC, L4_DPORT, L4_SPORT, TCP_CHECK, UDP_CHECK},
+    family::Family,
+    parse::{Packet, ETH_LEN, L4_DPORT, L4_SPORT, TCP_CHECK, UDP_CHECK},
     verdict::{Verdict, MALFORMED},
 };
 
@@ -32,44 +36,56 @@ pub enum Side {
     Src,
 }
 
-/// One address + port end of a packet: offsets (from the IPv4 header and
-/// from the L4 header) and current values.
+/// One address + port end of a packet: offsets (from the IP header and
+/// from the L4 header), current values, and what they become.
 #[derive(Clone, Copy)]
-struct End {
+struct End<'a, A> {
     addr_off: usize,
     port_off: usize,
-    addr: [u8; 4],
+    addr: &'a A,
     port: [u8; 2],
+    new_addr: &'a A,
+    new_port: [u8; 2],
 }
 
-/// (the end `side` names, the other end).
+/// (the end `side` names, the other end), each with what it becomes: the
+/// rewrite's address and port, and its peer's.
 #[inline(always)]
-fn ends(p: &Packet, side: Side) -> (End, End) {
-    let src = End {
-        addr_off: IP_SRC,
-        port_off: L4_SPORT,
-        addr: p.src,
-        port: p.sport,
+fn ends<'a, F: Family>(p: &'a Packet<F::Addr>, side: Side, rw: &'a Rewrite<F::Addr>) -> [End<'a, F::Addr>; 2] {
+    let (src, dst) = match side {
+        Side::Dst => ((&rw.peer_addr, rw.peer_port), (&rw.addr, rw.port)),
+        Side::Src => ((&rw.addr, rw.port), (&rw.peer_addr, rw.peer_port)),
     };
-    let dst = End {
-        addr_off: IP_DST,
-        port_off: L4_DPORT,
-        addr: p.dst,
-        port: p.dport,
-    };
+    let src = End { addr_off: F::IP_SRC, port_off: L4_SPORT, addr: &p.src, port: p.sport, new_addr: src.0, new_port: src.1 };
+    let dst = End { addr_off: F::IP_DST, port_off: L4_DPORT, addr: &p.dst, port: p.dport, new_addr: dst.0, new_port: dst.1 };
     match side {
-        Side::Dst => (dst, src),
-        Side::Src => (src, dst),
+        Side::Dst => [dst, src],
+        Side::Src => [src, dst],
     }
 }
 
-/// Rewrites `side` of the frame in an XDP buffer, updating both checksums.
+/// Rewrites `side` of the frame in an XDP buffer, updating the checksums.
 #[inline(always)]
-pub fn xdp_rewrite(ctx: &XdpContext, p: &Packet, side: Side, rw: &Rewrite) -> Result<(), Verdict> {
+pub fn xdp_rewrite<F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>, side: Side, rw: &Rewrite<F::Addr>) -> Result<(), Verdict> {
+    if F::SPLIT {
+        xdp_rewrite_call::<F>(ctx, p, side, rw)
+    } else {
+        xdp_rewrite_inline::<F>(ctx, p, side, rw)
+    }
+}
+
+/// [`xdp_rewrite`] with a frame of its own (see `Family::SPLIT`).
+#[inline(never)]
+fn xdp_rewrite_call<F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>, side: Side, rw: &Rewrite<F::Addr>) -> Result<(), Verdict> {
+    xdp_rewrite_inline::<F>(ctx, p, side, rw)
+}
+
+#[inline(always)]
+fn xdp_rewrite_inline<F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>, side: Side, rw: &Rewrite<F::Addr>) -> Result<(), Verdict> {
     let (data, end) = (ctx.data(), ctx.data_end());
     // One bounds check per header, then constant offsets from its start: the
     // verifier loses track of separately checked fields at variable offsets.
-    // `black_box`: LLVM sees that the L4 check implies the IPv4 one and drops
+    // `black_box`: LLVM sees that the L4 check implies the IP one and drops
     // it, but the verifier cannot relate the two pointers.
     let ip = core::hint::black_box(data + ETH_LEN);
     let l4 = data + p.l4;
@@ -81,33 +97,34 @@ pub fn xdp_rewrite(ctx: &XdpContext, p: &Packet, side: Side, rw: &Rewrite) -> Re
     // `!udp && l4 + TCP_CHECK + 2 > end` check on its UDP path ("invalid
     // access to packet, off=17 size=1").
     let l4_check_at = core::hint::black_box(l4 + check_off);
-    if ip + 20 > end || l4 + 8 > end || l4_check_at + 2 > end {
+    if ip + F::IP_HDR > end || l4 + 8 > end || l4_check_at + 2 > end {
         return Err(MALFORMED);
     }
-    let (this, peer) = ends(p, side);
-    let a4 = |off: usize| (ip + off) as *mut [u8; 4];
     let a2 = |base: usize, off: usize| (base + off) as *mut [u8; 2];
-    // SAFETY: the IPv4 header (20 bytes) and the L4 header up to its checksum
-    // were bounds-checked against `data_end` above.
+    // SAFETY: the IP header and the L4 header up to its checksum were
+    // bounds-checked against `data_end` above.
     unsafe {
-        let ip_check = a2(ip, IP_CHECK);
+        let ip_check = F::IP_CHECK.map(|off| a2(ip, off));
         let l4_check = l4_check_at as *mut [u8; 2];
-        let mut ipc = u16::from_be_bytes(*ip_check);
+        let mut ipc = ip_check.map_or(0, |c| u16::from_be_bytes(*c));
         let mut c = u16::from_be_bytes(*l4_check);
-        // UDP checksum 0: the sender did not compute one; leave it absent.
+        // UDP checksum 0: the sender did not compute one; leave it absent
+        // (IPv6 never gets here with one: `parse6` refuses it).
         let l4_sum = !(udp && c == 0);
-        for (e, addr, port) in [(this, rw.addr, rw.port), (peer, rw.peer_addr, rw.peer_port)] {
-            if e.addr != addr {
-                *a4(e.addr_off) = addr;
-                ipc = csum::replace4(ipc, e.addr, addr);
-                c = csum::replace4(c, e.addr, addr);
+        for e in ends::<F>(p, side, rw) {
+            if e.addr != e.new_addr {
+                *((ip + e.addr_off) as *mut F::Addr) = *e.new_addr;
+                ipc = csum::replace_addr(ipc, e.addr.octets(), e.new_addr.octets());
+                c = csum::replace_addr(c, e.addr.octets(), e.new_addr.octets());
             }
-            if e.port != port {
-                *a2(l4, e.port_off) = port;
-                c = csum::replace2(c, e.port, port);
+            if e.port != e.new_port {
+                *a2(l4, e.port_off) = e.new_port;
+                c = csum::replace2(c, e.port, e.new_port);
             }
         }
-        *ip_check = ipc.to_be_bytes();
+        if let Some(ip_check) = ip_check {
+            *ip_check = ipc.to_be_bytes();
+        }
         if l4_sum {
             *l4_check = if udp { csum::udp_mangled(c) } else { c }.to_be_bytes();
         }
@@ -116,14 +133,30 @@ pub fn xdp_rewrite(ctx: &XdpContext, p: &Packet, side: Side, rw: &Rewrite) -> Re
 }
 
 /// Rewrites `side` of the packet in a socket buffer. The L4 checksum goes
-/// through the kernel's helper (correct for full and partial checksums); the
-/// IPv4 checksum is always complete, so it is updated here and written with
-/// the addresses it follows (check, src, dst are contiguous), and both ports
-/// are written at once: two stores instead of one helper call per field.
-/// (Direct packet writes would make the verifier un-clone every cloned skb
-/// at tc egress, service reply or not: the store helper does so only here.)
+/// through the kernel's helper (correct for full and partial checksums), a
+/// 32-bit word of an address per call; the IPv4 checksum is always
+/// complete, so it is updated here and written with the addresses it
+/// follows (`Family::tc_store_addrs`), and both ports are written at once:
+/// two stores instead of one helper call per field. (Direct packet writes
+/// would make the verifier un-clone every cloned skb at tc egress, service
+/// reply or not: the store helper does so only here.)
 #[inline(always)]
-pub fn tc_rewrite(ctx: &TcContext, p: &Packet, side: Side, rw: &Rewrite) -> Result<(), Verdict> {
+pub fn tc_rewrite<F: Family>(ctx: &TcContext, p: &Packet<F::Addr>, side: Side, rw: &Rewrite<F::Addr>) -> Result<(), Verdict> {
+    if F::SPLIT {
+        tc_rewrite_call::<F>(ctx, p, side, rw)
+    } else {
+        tc_rewrite_inline::<F>(ctx, p, side, rw)
+    }
+}
+
+/// [`tc_rewrite`] with a frame of its own (see `Family::SPLIT`).
+#[inline(never)]
+fn tc_rewrite_call<F: Family>(ctx: &TcContext, p: &Packet<F::Addr>, side: Side, rw: &Rewrite<F::Addr>) -> Result<(), Verdict> {
+    tc_rewrite_inline::<F>(ctx, p, side, rw)
+}
+
+#[inline(always)]
+fn tc_rewrite_inline<F: Family>(ctx: &TcContext, p: &Packet<F::Addr>, side: Side, rw: &Rewrite<F::Addr>) -> Result<(), Verdict> {
     let l4_check = p.l4_check();
     // For UDP, a zero checksum stays zero and a computed zero becomes 0xffff.
     let mangled = if p.proto == IPPROTO_UDP {
@@ -133,50 +166,66 @@ pub fn tc_rewrite(ctx: &TcContext, p: &Packet, side: Side, rw: &Rewrite) -> Resu
     };
     let failed = |_| Verdict::Drop(lb_common::counter::DROP_CSUM);
     let (data, end) = (ctx.data(), ctx.data_end());
-    if data + ETH_LEN + 20 > end {
+    if data + ETH_LEN + F::IP_HDR > end {
         return Err(MALFORMED);
     }
-    // SAFETY: the fixed IPv4 header was bounds-checked above (a read: no un-clone).
-    let mut ipc = u16::from_be_bytes(unsafe { *((data + ETH_LEN + IP_CHECK) as *const [u8; 2]) });
-    // IPv4 check, src, dst and L4 sport, dport as they will be.
-    let mut addrs = [[0u8; 4]; 2];
+    // SAFETY: the fixed IP header was bounds-checked above (a read: no un-clone).
+    let mut ipc = F::IP_CHECK.map_or(0, |off| u16::from_be_bytes(unsafe { *((data + ETH_LEN + off) as *const [u8; 2]) }));
+    // The addresses and L4 sport, dport as they will be.
+    let mut addrs = [F::Addr::ZERO; 2];
     let mut ports = [[0u8; 2]; 2];
     let (mut addrs_changed, mut ports_changed) = (false, false);
-    let (this, peer) = ends(p, side);
-    for (e, addr, port) in [(this, rw.addr, rw.port), (peer, rw.peer_addr, rw.peer_port)] {
-        let (ai, pi) = if e.addr_off == IP_SRC { (0, 0) } else { (1, 1) };
-        addrs[ai] = addr;
-        ports[pi] = port;
-        if e.addr != addr {
+    for e in ends::<F>(p, side, rw) {
+        let i = if e.addr_off == F::IP_SRC { 0 } else { 1 };
+        addrs[i] = *e.new_addr;
+        ports[i] = e.new_port;
+        if e.addr != e.new_addr {
             addrs_changed = true;
-            ipc = csum::replace4(ipc, e.addr, addr);
-            let (old, new) = (
-                u32::from_ne_bytes(e.addr) as u64,
-                u32::from_ne_bytes(addr) as u64,
-            );
-            ctx.l4_csum_replace(l4_check, old, new, BPF_F_PSEUDO_HDR as u64 | mangled | 4)
-                .map_err(failed)?;
+            ipc = csum::replace_addr(ipc, e.addr.octets(), e.new_addr.octets());
+            addr_csum::<F>(ctx, l4_check, e.addr, e.new_addr, mangled).map_err(failed)?;
         }
-        if e.port != port {
+        if e.port != e.new_port {
             ports_changed = true;
             let (old, new) = (
                 u16::from_ne_bytes(e.port) as u64,
-                u16::from_ne_bytes(port) as u64,
+                u16::from_ne_bytes(e.new_port) as u64,
             );
             ctx.l4_csum_replace(l4_check, old, new, mangled | 2)
                 .map_err(failed)?;
         }
     }
     if addrs_changed {
-        let mut block = [0u8; 10];
-        block[..2].copy_from_slice(&ipc.to_be_bytes());
-        block[2..6].copy_from_slice(&addrs[0]);
-        block[6..].copy_from_slice(&addrs[1]);
-        ctx.store(ETH_LEN + IP_CHECK, &block, 0).map_err(failed)?;
+        F::tc_store_addrs(ctx, ipc, &addrs).map_err(failed)?;
     }
     if ports_changed {
         let block = [ports[0][0], ports[0][1], ports[1][0], ports[1][1]];
         ctx.store(p.l4 + L4_SPORT, &block, 0).map_err(failed)?;
     }
     Ok(())
+}
+
+/// Updates the L4 checksum at `off` (its pseudo-header) for an address
+/// changed from `old` to `new`: an IPv4 address as one 32-bit replacement;
+/// an IPv6 one as the difference of the two (`bpf_csum_diff`), applied at once.
+#[inline(always)]
+fn addr_csum<F: Family>(ctx: &TcContext, off: usize, old: &F::Addr, new: &F::Addr, mangled: u64) -> Result<(), i64> {
+    let flags = BPF_F_PSEUDO_HDR as u64 | mangled;
+    if F::Addr::LEN == 4 {
+        let word = |a: &F::Addr| {
+            let o = a.octets();
+            u32::from_ne_bytes([o[0], o[1], o[2], o[3]]) as u64
+        };
+        return ctx.l4_csum_replace(off, word(old), word(new), flags | 4);
+    }
+    let len = F::Addr::LEN as u32;
+    // SAFETY: both point at `len` readable bytes (a multiple of 4); the
+    // helper only reads them.
+    let diff = unsafe {
+        bpf_csum_diff(old as *const F::Addr as *mut u32, len, new as *const F::Addr as *mut u32, len, 0)
+    };
+    if diff < 0 {
+        return Err(diff);
+    }
+    // Size 0: `to` is a checksum difference, not a field's new value.
+    ctx.l4_csum_replace(off, 0, diff as u64, flags)
 }

@@ -1,4 +1,5 @@
-//! Header parsing: Ethernet → IPv4 → TCP/UDP, every access bounds-checked
+//! Header parsing: Ethernet → IPv4 → TCP/UDP (IPv6: `parse6.rs`, sharing
+//! the L4 part here), every access bounds-checked
 //! against `data_end` so the verifier accepts it and a short packet is a
 //! counted drop, never an out-of-bounds read.
 //!
@@ -30,7 +31,8 @@ use lb_ebpf::icmp::IPPROTO_ICMP;
 use crate::verdict::{Verdict, MALFORMED};
 
 pub const ETH_LEN: usize = 14;
-const ETH_P_IP: [u8; 2] = [0x08, 0x00];
+pub const ETH_P_IP: [u8; 2] = [0x08, 0x00];
+pub const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
 const ETH_P_8021Q: [u8; 2] = [0x81, 0x00];
 const ETH_P_8021AD: [u8; 2] = [0x88, 0xa8];
 
@@ -50,7 +52,7 @@ pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
 #[repr(C)]
-struct EthHdr {
+pub struct EthHdr {
     dst: [u8; 6],
     src: [u8; 6],
     proto: [u8; 2],
@@ -77,23 +79,29 @@ struct L4Ports {
     dport: [u8; 2],
 }
 
-/// A parsed IPv4 TCP/UDP packet: its 5-tuple and where its headers are.
+/// A parsed TCP/UDP packet of either family (`A`: its address type): its
+/// 5-tuple and where its headers are.
+///
+/// The addresses come first, at 8-byte aligned offsets, so the BPF backend
+/// moves them in words rather than bytes.
 #[derive(Clone, Copy)]
-pub struct Packet {
+#[repr(C)]
+pub struct Packet<A = [u8; 4]> {
+    pub src: A,
+    pub dst: A,
     /// Offset of the L4 header from the start of the frame.
     pub l4: usize,
     pub proto: u8,
-    pub src: [u8; 4],
-    pub dst: [u8; 4],
     pub sport: [u8; 2],
     pub dport: [u8; 2],
     /// TCP flags byte; 0 for UDP.
     pub tcp_flags: u8,
-    /// IPv4 total length (bytes counted per flow and service).
+    /// IPv4 total length; IPv6: the fixed header + payload length (bytes
+    /// counted per flow and service).
     pub ip_len: u16,
 }
 
-impl Packet {
+impl<A> Packet<A> {
     /// Offset of the L4 checksum field from the start of the frame.
     #[inline(always)]
     pub fn l4_check(&self) -> usize {
@@ -107,27 +115,34 @@ impl Packet {
 }
 
 #[inline(always)]
-fn ptr_at<T>(data: usize, end: usize, off: usize) -> Result<*const T, Verdict> {
+pub fn ptr_at<T>(data: usize, end: usize, off: usize) -> Result<*const T, Verdict> {
     if data + off + size_of::<T>() > end {
         return Err(MALFORMED);
     }
     Ok((data + off) as *const T)
 }
 
-/// Parses the frame starting at `data`, `frame_len` bytes long, of which
-/// `[data, end)` is directly readable (see the module doc).
+/// The frame's ethertype if it is `want`; else the pass reason.
 #[inline(always)]
-pub fn parse(data: usize, end: usize, frame_len: usize) -> Result<Packet, Verdict> {
-    // SAFETY (all derefs below): `ptr_at` checked the whole struct is inside the frame.
-    let eth: *const EthHdr = ptr_at(data, end, 0)?;
-    let proto = unsafe { (*eth).proto };
-    if proto != ETH_P_IP {
+pub fn ethertype(data: usize, end: usize, want: [u8; 2]) -> Result<(), Verdict> {
+    // SAFETY: `ptr_at` checked the header is inside the frame.
+    let proto = unsafe { (*ptr_at::<EthHdr>(data, end, 0)?).proto };
+    if proto != want {
         return Err(if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
             Verdict::Pass(counter::PASS_VLAN)
         } else {
             Verdict::Pass(counter::PASS_NOT_IP)
         });
     }
+    Ok(())
+}
+
+/// Parses the frame starting at `data`, `frame_len` bytes long, of which
+/// `[data, end)` is directly readable (see the module doc).
+#[inline(always)]
+pub fn parse(data: usize, end: usize, frame_len: usize) -> Result<Packet, Verdict> {
+    ethertype(data, end, ETH_P_IP)?;
+    // SAFETY (all derefs below): `ptr_at` checked the whole struct is inside the frame.
     let ip: *const Ipv4Hdr = ptr_at(data, end, ETH_LEN)?;
     let (vihl, tot_len, frag, l4proto, src, dst) = unsafe {
         (
@@ -161,10 +176,26 @@ pub fn parse(data: usize, end: usize, frame_len: usize) -> Result<Packet, Verdic
     if ihl + min_l4 > ip_len as usize {
         return Err(MALFORMED);
     }
+    let (sport, dport, tcp_flags) = ports(data, end, l4, l4proto, ip_len as usize - ihl)?;
+    Ok(Packet {
+        l4,
+        proto: l4proto,
+        src,
+        dst,
+        sport,
+        dport,
+        tcp_flags,
+        ip_len,
+    })
+}
+
+/// The ports and TCP flags of the L4 header at `l4` (protocol `l4proto`,
+/// its first `min_l4` bytes known to be inside the packet), checked to lie
+/// whole inside the `l4_room` bytes the IP packet has left for it.
+#[inline(always)]
+pub fn ports(data: usize, end: usize, l4: usize, l4proto: u8, l4_room: usize) -> Result<([u8; 2], [u8; 2], u8), Verdict> {
     let ports: *const L4Ports = ptr_at(data, end, l4)?;
-    // The rest of the L4 header must be inside the IPv4 packet, which the
-    // check above put inside the frame.
-    let l4_room = ip_len as usize - ihl;
+    // SAFETY (all derefs below): `ptr_at` checked the whole struct is inside the frame.
     let tcp_flags = if l4proto == IPPROTO_TCP {
         // Data offset (high nibble) and flags.
         let off_flags: *const [u8; 2] = ptr_at(data, end, l4 + 12)?;
@@ -185,14 +216,5 @@ pub fn parse(data: usize, end: usize, frame_len: usize) -> Result<Packet, Verdic
         0
     };
     let (sport, dport) = unsafe { ((*ports).sport, (*ports).dport) };
-    Ok(Packet {
-        l4,
-        proto: l4proto,
-        src,
-        dst,
-        sport,
-        dport,
-        tcp_flags,
-        ip_len,
-    })
+    Ok((sport, dport, tcp_flags))
 }

@@ -10,6 +10,7 @@ use lb_ebpf::rst::{reset_for, Syn, RST_LEN};
 
 use crate::{
     conntrack::Origin,
+    family::{Family, V4},
     parse::{Packet, TCP_ACK, TCP_SYN},
     service,
     stats::count,
@@ -23,12 +24,12 @@ use crate::{
 /// service has no usable endpoint anywhere.
 #[inline(always)]
 pub fn wants_reset(p: &Packet, origin: Origin) -> bool {
-    p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && !local_elsewhere(p, origin)
+    p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && !local_elsewhere::<V4>(p, origin)
 }
 
 #[inline(always)]
-pub fn local_elsewhere(p: &Packet, origin: Origin) -> bool {
-    service::lookup(p.dst, p.dport, p.proto, origin == Origin::Pod)
+pub fn local_elsewhere<F: Family>(p: &Packet<F::Addr>, origin: Origin) -> bool {
+    service::lookup::<F>(p.dst, p.dport, p.proto, origin == Origin::Pod)
         .is_some_and(|s| s.flags & service_flags::LOCAL_ELSEWHERE != 0)
 }
 

@@ -3,13 +3,14 @@
 //! (for Maglev, with the service's lookup table). ClientIP affinity sits in
 //! front of all of them.
 use aya_ebpf::helpers::bpf_get_prandom_u32;
-use lb_common::{algorithm, AffinityKeyV4, AffinityV4, BackendId, ServiceV4, SlotKey};
+use lb_common::{algorithm, AffinityKey, AffinityV4, BackendId, Service, SlotKey};
 use lb_ebpf::hash::flow_hash;
 
 use crate::{
     clock::{since, NS},
+    family::Family,
     load::{self, atomic_add},
-    maps::{affinity_v4, rr_state, service_slots},
+    maps::{rr_state, service_slots},
     parse::Packet,
 };
 
@@ -27,8 +28,8 @@ fn slot_backend(service_id: u32, slot: u32) -> Option<BackendId> {
 
 /// What a new flow's choice depends on besides its service: ClientIP
 /// affinity keys on `src`, Maglev hashes all four.
-pub struct Client {
-    pub src: [u8; 4],
+pub struct Client<A = [u8; 4]> {
+    pub src: A,
     pub sport: [u8; 2],
     pub dport: [u8; 2],
     pub proto: u8,
@@ -37,40 +38,60 @@ pub struct Client {
 /// The slot and backend of a new flow of `p` to `svc` (`svc.count` > 0), or
 /// `None` if the slot is empty (the agent is mid-update; counted as no backend).
 #[inline(always)]
-pub fn pick(svc: &ServiceV4, p: &Packet, now: u64) -> Option<(u32, BackendId)> {
+pub fn pick<F: Family>(svc: &Service, p: &Packet<F::Addr>, now: u64) -> Option<(u32, BackendId)> {
+    if F::SPLIT {
+        pick_call::<F>(svc, p, now)
+    } else {
+        pick_inline::<F>(svc, p, now)
+    }
+}
+
+/// [`pick`] with a frame of its own (see `Family::SPLIT`).
+#[inline(never)]
+fn pick_call<F: Family>(svc: &Service, p: &Packet<F::Addr>, now: u64) -> Option<(u32, BackendId)> {
+    pick_inline::<F>(svc, p, now)
+}
+
+#[inline(always)]
+fn pick_inline<F: Family>(svc: &Service, p: &Packet<F::Addr>, now: u64) -> Option<(u32, BackendId)> {
     let client = Client {
         src: p.src,
         sport: p.sport,
         dport: p.dport,
         proto: p.proto,
     };
-    pick_for(svc, &client, now)
+    pick_for::<F>(svc, &client, now)
 }
 
 /// As [`pick`], for a flow described by its client (a socket has no packet yet).
 #[inline(always)]
-pub fn pick_for(svc: &ServiceV4, p: &Client, now: u64) -> Option<(u32, BackendId)> {
-    let affinity = AffinityKeyV4 {
+pub fn pick_for<F: Family>(svc: &Service, p: &Client<F::Addr>, now: u64) -> Option<(u32, BackendId)> {
+    // Callers check it; out of line (`Family::SPLIT`) the divisions below
+    // would not know it.
+    if svc.count == 0 {
+        return None;
+    }
+    let affinity = AffinityKey {
         service_id: svc.id,
         client: p.src,
     };
     if svc.affinity_timeout_s != 0 {
         // SAFETY: read-only copy of a program-written value.
-        if let Some(a) = unsafe { affinity_v4.get(affinity) } {
+        if let Some(a) = unsafe { F::affinity().get(&affinity) } {
             let live = since(now, a.last_used_ns) <= svc.affinity_timeout_s as u64 * NS;
             if live && a.slot <= svc.count && slot_backend(svc.id, a.slot) == Some(a.backend_id) {
                 let kept = AffinityV4 {
                     last_used_ns: now,
                     ..*a
                 };
-                let _ = affinity_v4.insert(affinity, kept, 0);
+                let _ = F::affinity().insert(&affinity, &kept, 0);
                 return Some((a.slot, a.backend_id));
             }
         }
     }
     let slot = match svc.algorithm {
         algorithm::ROUND_ROBIN => round_robin(svc.id) % svc.count + 1,
-        algorithm::MAGLEV => flow_hash(p.src, p.sport, p.dport, p.proto) % svc.count + 1,
+        algorithm::MAGLEV => flow_hash(F::hash_word(&p.src), p.sport, p.dport, p.proto) % svc.count + 1,
         algorithm::LEAST_CONN => least_loaded(svc),
         _ => random() % svc.count + 1,
     };
@@ -81,7 +102,7 @@ pub fn pick_for(svc: &ServiceV4, p: &Client, now: u64) -> Option<(u32, BackendId
             slot,
             last_used_ns: now,
         };
-        let _ = affinity_v4.insert(affinity, a, 0);
+        let _ = F::affinity().insert(&affinity, &a, 0);
     }
     Some((slot, backend_id))
 }
@@ -105,7 +126,7 @@ const SCAN_MAX: u32 = 16;
 /// random start, so ties spread) for small services; for large ones, the
 /// better of two random slots (power of two choices: nearly as good, O(1)).
 #[inline(always)]
-fn least_loaded(svc: &ServiceV4) -> u32 {
+fn least_loaded(svc: &Service) -> u32 {
     let load = |slot| match slot_backend(svc.id, slot) {
         Some(id) => load::of(id),
         None => u64::MAX,

@@ -18,6 +18,7 @@ use lb_common::{counter, SockRevKeyV4, SockRevV4, IPPROTO_TCP, IPPROTO_UDP};
 
 use crate::{
     clock,
+    family::V4,
     maps::{backends_v4, sock_netns, sock_revnat_v4},
     select::{self, Client},
     service,
@@ -67,10 +68,10 @@ pub fn balance(ctx: &SockAddrContext) -> i32 {
         return ALLOW;
     }
     let (addr, port) = destination(ctx);
-    let Some(svc) = service::lookup(addr, port, proto, true) else {
+    let Some(svc) = service::lookup::<V4>(addr, port, proto, true) else {
         // A ClusterIP's unserved port, an unallocated service address:
         // refused at once rather than sent off to the node's routing.
-        if unserved::check(addr).is_some() {
+        if unserved::check::<V4>(addr).is_some() {
             count(counter::SOCK_NO_BACKEND);
             return REFUSE;
         }
@@ -79,7 +80,7 @@ pub fn balance(ctx: &SockAddrContext) -> i32 {
     // SAFETY: helper taking the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let client = Client { src: [0; 4], sport: (cookie as u16).to_be_bytes(), dport: port, proto };
-    let picked = if svc.count == 0 { None } else { select::pick_for(&svc, &client, clock::now()) };
+    let picked = if svc.count == 0 { None } else { select::pick_for::<V4>(&svc, &client, clock::now()) };
     let Some(backend) = picked.and_then(|(_, id)| backends_v4.get(id).copied()).filter(|b| !b.is_empty()) else {
         count(counter::SOCK_NO_BACKEND);
         stats::service(svc.id, |s| s.drops_no_backend += 1);

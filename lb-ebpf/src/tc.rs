@@ -1,71 +1,144 @@
 //! The tc hooks. Ingress on host-side pod interfaces balances service traffic
 //! (east-west); egress on every attached interface rewrites replies back to
 //! the service address (reverse NAT). Malformed packets are counted and
-//! passed: tc is not where the node drops other people's traffic.
+//! passed: tc is not where the node drops other people's traffic. One path
+//! for both families (over a [`Family`]); `tc_ingress` and `tc_egress` run
+//! the IPv4 instance and tail-call their IPv6 one for IPv6 frames.
 //!
 //! Hairpin (a pod reaching its own service and chosen as the backend) is
-//! handled at ingress: the packet gets `HAIRPIN_ADDR_V4` as source and goes
-//! straight back out of the pod's interface; the pod's reply to that address
-//! is reverse-NATed at ingress too and sent back the same way.
+//! handled at ingress: the packet gets the family's hairpin address as
+//! source and goes straight back out of the pod's interface; the pod's
+//! reply to that address is reverse-NATed at ingress too and sent back the
+//! same way.
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    maps::ProgramArray,
     helpers::bpf_redirect,
     programs::TcContext,
 };
-use lb_common::{counter, HAIRPIN_ADDR_V4};
+use lb_common::counter;
 use lb_ebpf::icmp::IPPROTO_ICMP;
 
 use crate::{
     conntrack::{self, Origin},
-    dsr, events, icmp_error,
+    dsr, events,
+    family::{Family, V4, V6},
+    icmp_error,
+    maps::{family_tc_egress, family_tc_ingress},
     nat::{self, Side},
-    parse::{self, Packet},
+    parse::{Packet, ETH_LEN, ETH_P_IPV6},
+    parse6::IPPROTO_ICMPV6,
     refuse, reset, service,
     stats::count,
     unserved::{self, Unserved},
     verdict::Verdict,
 };
 
-/// Longest header chain we read or rewrite: Ethernet + IPv4 with options +
-/// the fixed TCP header (TCP options are length-checked, never read).
-const HEADERS_MAX: u32 = 14 + 60 + 20;
+/// What a family's tc path does besides balancing: IPv4 also answers what
+/// it refuses, translates ICMP errors and clamps DSR flows' MSS.
+pub trait TcFamily: Family {
+    /// The family's ICMP protocol number.
+    const ICMP: u8;
+    /// A pod's new flow refused (no backend, an unserved port), `reason`
+    /// counted.
+    #[inline(always)]
+    fn refuse(_ctx: &TcContext, _p: &Packet<Self::Addr>, reason: u32) -> Result<Verdict, Verdict> {
+        Err(Verdict::Drop(reason))
+    }
+    /// An ICMP packet leaving at egress.
+    #[inline(always)]
+    fn egress_icmp(_ctx: &TcContext, _p: &Packet<Self::Addr>) -> Result<Verdict, Verdict> {
+        Ok(Verdict::Pass(counter::PASS_OTHER_L4))
+    }
+    /// A DSR flow's reply leaving at egress.
+    #[inline(always)]
+    fn clamp_mss(_ctx: &TcContext, _p: &Packet<Self::Addr>) -> Result<(), Verdict> {
+        Ok(())
+    }
+}
+
+impl TcFamily for V4 {
+    const ICMP: u8 = IPPROTO_ICMP;
+    #[inline(always)]
+    fn refuse(ctx: &TcContext, p: &Packet, reason: u32) -> Result<Verdict, Verdict> {
+        refuse::tc(ctx, p, reason)
+    }
+    #[inline(always)]
+    fn egress_icmp(ctx: &TcContext, p: &Packet) -> Result<Verdict, Verdict> {
+        icmp_error::tc(ctx, p)
+    }
+    #[inline(always)]
+    fn clamp_mss(ctx: &TcContext, p: &Packet) -> Result<(), Verdict> {
+        dsr::tc_clamp_mss(ctx, p)
+    }
+}
+
+impl TcFamily for V6 {
+    const ICMP: u8 = IPPROTO_ICMPV6;
+}
+
+/// Tail-calls the IPv6 instance in `progs` for an IPv6 frame; returns (to
+/// run the IPv4 one) for anything else or if the array is empty.
+#[inline(always)]
+pub fn dispatch(ctx: &TcContext, progs: &ProgramArray) {
+    let (data, end) = (ctx.data(), ctx.data_end());
+    // SAFETY: bounds-checked in the condition.
+    if data + ETH_LEN <= end && unsafe { *((data + 12) as *const [u8; 2]) } == ETH_P_IPV6 {
+        // SAFETY: a tail call to a program of the same type; returns only on failure.
+        unsafe { progs.tail_call(ctx, 0) };
+    }
+}
+
+/// `tc_ingress`: see [`dispatch`].
+#[inline(always)]
+pub fn ingress_v4(ctx: &TcContext) -> i32 {
+    dispatch(ctx, &family_tc_ingress);
+    ingress::<V4>(ctx)
+}
+
+/// `tc_egress`: see [`dispatch`].
+#[inline(always)]
+pub fn egress_v4(ctx: &TcContext) -> i32 {
+    dispatch(ctx, &family_tc_egress);
+    egress::<V4>(ctx)
+}
 
 #[inline(always)]
-pub fn ingress(ctx: &TcContext) -> i32 {
-    run(ctx, |ctx, p| {
-        if p.proto == IPPROTO_ICMP {
+pub fn ingress<F: TcFamily>(ctx: &TcContext) -> i32 {
+    run::<F>(ctx, |ctx, p| {
+        if p.proto == F::ICMP {
             return Ok(Verdict::Pass(counter::PASS_OTHER_L4));
         }
-        if p.dst == HAIRPIN_ADDR_V4 {
-            return match conntrack::reply(p) {
+        if p.dst == F::hairpin() {
+            return match conntrack::reply::<F>(p) {
                 Some(rw) => {
-                    nat::tc_rewrite(ctx, p, Side::Src, &rw)?;
+                    nat::tc_rewrite::<F>(ctx, p, Side::Src, &rw)?;
                     Ok(Verdict::Bounce(counter::NAT_REPLY))
                 }
                 None => Ok(Verdict::Pass(counter::PASS_NOT_SERVICE)),
             };
         }
-        let balanced = match service::balance(p, Origin::Pod) {
+        let balanced = match service::balance::<F>(p, Origin::Pod) {
             Err(v) if v.reason() == counter::DROP_NO_BACKEND => {
                 events::no_backend(ctx, p);
                 // Local policy with endpoints elsewhere: dropped, not refused.
-                if reset::local_elsewhere(p, Origin::Pod) {
+                if reset::local_elsewhere::<F>(p, Origin::Pod) {
                     return Err(v);
                 }
-                return refuse::tc(ctx, p, counter::DROP_NO_BACKEND);
+                return F::refuse(ctx, p, counter::DROP_NO_BACKEND);
             }
             other => other?,
         };
         match balanced {
             Some(rw) => {
-                nat::tc_rewrite(ctx, p, Side::Dst, &rw)?;
+                nat::tc_rewrite::<F>(ctx, p, Side::Dst, &rw)?;
                 if rw.peer_addr != p.src {
                     return Ok(Verdict::Bounce(counter::NAT_FORWARD));
                 }
                 Ok(Verdict::Pass(counter::NAT_FORWARD))
             }
-            None => match unserved::check(p.dst) {
-                Some(Unserved::Refused) => refuse::tc(ctx, p, counter::DROP_UNSERVED),
+            None => match unserved::check::<F>(p.dst) {
+                Some(Unserved::Refused) => F::refuse(ctx, p, counter::DROP_UNSERVED),
                 Some(Unserved::Dropped) => Err(Verdict::Drop(counter::DROP_SERVICE_CIDR)),
                 None => Ok(Verdict::Pass(counter::PASS_NOT_SERVICE)),
             },
@@ -74,16 +147,16 @@ pub fn ingress(ctx: &TcContext) -> i32 {
 }
 
 #[inline(always)]
-pub fn egress(ctx: &TcContext) -> i32 {
-    run(ctx, |ctx, p| {
-        if p.proto == IPPROTO_ICMP {
-            return icmp_error::tc(ctx, p);
+pub fn egress<F: TcFamily>(ctx: &TcContext) -> i32 {
+    run::<F>(ctx, |ctx, p| {
+        if p.proto == F::ICMP {
+            return F::egress_icmp(ctx, p);
         }
-        match conntrack::reply(p) {
+        match conntrack::reply::<F>(p) {
             Some(rw) => {
-                nat::tc_rewrite(ctx, p, Side::Src, &rw)?;
+                nat::tc_rewrite::<F>(ctx, p, Side::Src, &rw)?;
                 if rw.dsr() {
-                    dsr::tc_clamp_mss(ctx, p)?;
+                    F::clamp_mss(ctx, p)?;
                 }
                 Ok(Verdict::Pass(counter::NAT_REPLY))
             }
@@ -93,21 +166,21 @@ pub fn egress(ctx: &TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn run(ctx: &TcContext, f: impl FnOnce(&TcContext, &Packet) -> Result<Verdict, Verdict>) -> i32 {
+fn run<F: Family>(ctx: &TcContext, f: impl FnOnce(&TcContext, &Packet<F::Addr>) -> Result<Verdict, Verdict>) -> i32 {
     count(counter::PACKETS);
     // Make the headers linear so direct packet access can see them; a shorter
     // packet is pulled whole. The buffer may be non-linear beyond: parse
     // checks lengths against `skb->len`, not the linear end. A failed pull
     // leaves the headers short of `data_end`: a counted malformed pass.
-    let want = if ctx.len() < HEADERS_MAX {
+    let want = if ctx.len() < F::HEADERS_MAX {
         ctx.len()
     } else {
-        HEADERS_MAX
+        F::HEADERS_MAX
     };
     if (ctx.data_end() - ctx.data()) < want as usize {
         let _ = ctx.pull_data(want);
     }
-    let verdict = match parse::parse(ctx.data(), ctx.data_end(), ctx.len() as usize) {
+    let verdict = match F::parse(ctx.data(), ctx.data_end(), ctx.len() as usize) {
         Ok(p) => match f(ctx, &p) {
             Ok(v) | Err(v) => v,
         },

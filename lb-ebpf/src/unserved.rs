@@ -5,9 +5,9 @@
 //! node sockets only, after the frontend lookup missed: XDP on an uplink
 //! keeps its non-service path at one lookup.
 use aya_ebpf::btf_maps::lpm_trie::Key;
-use lb_common::{service_flags, ServiceKeyV4, SourceRangeV4};
+use lb_common::{service_flags, Addr, ServiceKey, SourceRange};
 
-use crate::maps::{services_v4, source_ranges_v4};
+use crate::family::Family;
 
 pub enum Unserved {
     /// A ClusterIP, but not on this port or protocol.
@@ -20,13 +20,13 @@ pub enum Unserved {
 /// 6.1's verifier (frames rounded to 32 bytes) allows 512 bytes with the
 /// reset's call chain.
 #[inline(never)]
-pub fn check(dst: [u8; 4]) -> Option<Unserved> {
+pub fn check<F: Family>(dst: F::Addr) -> Option<Unserved> {
     // SAFETY: read-only copy of an agent-written value.
-    if unsafe { services_v4.get(ServiceKeyV4::address(dst)) }
+    if unsafe { F::services().get(ServiceKey::address(dst)) }
         .is_some_and(|s| s.flags & service_flags::UNSERVED_REFUSED != 0)
     {
         return Some(Unserved::Refused);
     }
-    let key = Key::new(64, SourceRangeV4::service_cidr(dst));
-    source_ranges_v4.get(&key).map(|_| Unserved::Dropped)
+    let key = Key::new(SourceRange::<F::Addr>::prefix_len(F::Addr::LEN as u8 * 8), SourceRange::service_cidr(dst));
+    F::source_ranges().get(&key).map(|_| Unserved::Dropped)
 }

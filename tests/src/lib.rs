@@ -16,6 +16,7 @@ pub mod netns;
 pub mod observe;
 pub mod ops;
 pub mod packet;
+pub mod packet6;
 pub mod prometheus;
 pub mod servers;
 pub mod services;

@@ -111,32 +111,41 @@ impl Frame {
     }
 
     fn l4_bytes(&self) -> Vec<u8> {
-        let mut s = Vec::new();
-        s.extend_from_slice(&self.sport.to_be_bytes());
-        s.extend_from_slice(&self.dport.to_be_bytes());
-        let check_at = match self.l4 {
-            L4::Tcp { flags, seq, ack } => {
-                s.extend_from_slice(&seq.to_be_bytes());
-                s.extend_from_slice(&ack.to_be_bytes());
-                s.extend_from_slice(&[0x50, flags]);
-                s.extend_from_slice(&self.window.to_be_bytes());
-                s.extend_from_slice(&[0, 0, 0, 0]);
-                16
-            }
-            L4::Udp { .. } => {
-                s.extend_from_slice(&((8 + self.payload.len()) as u16).to_be_bytes());
-                s.extend_from_slice(&[0, 0]);
-                6
-            }
-        };
-        s.extend_from_slice(&self.payload);
-        if !matches!(self.l4, L4::Udp { zero_checksum: true }) {
-            let c = l4_checksum_v4(self.src.octets(), self.dst.octets(), self.proto(), &s);
-            let c = if c == 0 && self.proto() == 17 { 0xffff } else { c };
-            s[check_at..check_at + 2].copy_from_slice(&c.to_be_bytes());
-        }
-        s
+        l4_segment(self.sport, self.dport, &self.l4, self.window, &self.payload, |seg| {
+            l4_checksum_v4(self.src.octets(), self.dst.octets(), self.proto(), seg)
+        })
     }
+}
+
+/// A TCP or UDP segment (header + `payload`) with its checksum computed by
+/// `sum` over the segment with the field zeroed (the family's pseudo header
+/// is `sum`'s business); a UDP checksum of 0 is sent as 0xffff.
+pub fn l4_segment(sport: u16, dport: u16, l4: &L4, window: u16, payload: &[u8], sum: impl Fn(&[u8]) -> u16) -> Vec<u8> {
+    let mut s = Vec::new();
+    s.extend_from_slice(&sport.to_be_bytes());
+    s.extend_from_slice(&dport.to_be_bytes());
+    let check_at = match *l4 {
+        L4::Tcp { flags, seq, ack } => {
+            s.extend_from_slice(&seq.to_be_bytes());
+            s.extend_from_slice(&ack.to_be_bytes());
+            s.extend_from_slice(&[0x50, flags]);
+            s.extend_from_slice(&window.to_be_bytes());
+            s.extend_from_slice(&[0, 0, 0, 0]);
+            16
+        }
+        L4::Udp { .. } => {
+            s.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+            s.extend_from_slice(&[0, 0]);
+            6
+        }
+    };
+    s.extend_from_slice(payload);
+    if !matches!(l4, L4::Udp { zero_checksum: true }) {
+        let c = sum(&s);
+        let c = if c == 0 && matches!(l4, L4::Udp { .. }) { 0xffff } else { c };
+        s[check_at..check_at + 2].copy_from_slice(&c.to_be_bytes());
+    }
+    s
 }
 
 /// An ICMP error frame (`typ`, `code`, 4 bytes of `rest`, e.g. the MTU of
@@ -168,6 +177,9 @@ pub fn icmp_error(like: &Frame, src: Ipv4Addr, dst: Ipv4Addr, typ: u8, code: u8,
 /// IPv4 frame by full recomputation (for an ICMP error: the ICMP checksum and
 /// the quoted packet's). Returns a description of what is wrong.
 pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
+    if frame.get(12..14) == Some(&[0x86, 0xdd][..]) {
+        return crate::packet6::verify_checksums(frame);
+    }
     let ip = frame.get(14..).ok_or("no IPv4 header")?;
     let ihl = ((ip[0] & 0x0f) as usize) * 4;
     if checksum(&ip[..ihl]) != 0 {

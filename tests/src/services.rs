@@ -108,3 +108,47 @@ pub fn contents(svcs: &[Svc]) -> MapContents {
     }
     c
 }
+
+/// An IPv6 service for tests of the dataplane alone: its frontends, backends
+/// (one slot each) and algorithm, written straight into the IPv6 maps (and
+/// the shared `service_slots`) of a loaded object, before the agent writes
+/// them itself.
+#[derive(Clone, Debug)]
+pub struct Svc6 {
+    pub id: u32,
+    pub proto: u8,
+    pub algorithm: u8,
+    pub frontends: Vec<(std::net::Ipv6Addr, u16)>,
+    /// (backend id, address, port)
+    pub backends: Vec<(u32, std::net::Ipv6Addr, u16)>,
+}
+
+/// Writes `svcs` into the IPv6 maps of `ebpf` (see [`Svc6`]).
+pub fn program_v6(ebpf: &mut aya::Ebpf, svcs: &[Svc6]) {
+    use aya::maps::{Array, HashMap};
+    use lb_common::{maps, BackendV6, Service, ServiceKeyV6};
+    for s in svcs {
+        let value = Service { id: s.id, count: s.backends.len() as u32, algorithm: s.algorithm, ..Default::default() };
+        let mut services: HashMap<_, ServiceKeyV6, Service> = HashMap::try_from(ebpf.map_mut(maps::SERVICES_V6).expect("services_v6")).unwrap();
+        for (addr, port) in &s.frontends {
+            let key = ServiceKeyV6 { addr: addr.octets(), port: port.to_be_bytes(), proto: s.proto, scope: 0 };
+            services.insert(key, value, 0).unwrap();
+        }
+        let mut backends: Array<_, BackendV6> = Array::try_from(ebpf.map_mut(maps::BACKENDS_V6).expect("backends_v6")).unwrap();
+        for (id, addr, port) in &s.backends {
+            let b = BackendV6 { addr: addr.octets(), port: port.to_be_bytes(), weight: 1, ..Default::default() };
+            backends.set(*id, b, 0).unwrap();
+        }
+        let mut slots: HashMap<_, SlotKey, u32> = HashMap::try_from(ebpf.map_mut(maps::SERVICE_SLOTS).expect("service_slots")).unwrap();
+        for (i, (id, _, _)) in s.backends.iter().enumerate() {
+            slots.insert(SlotKey { service_id: s.id, slot: i as u32 + 1 }, *id, 0).unwrap();
+        }
+    }
+}
+
+/// The IPv6 conntrack entries of `ebpf` (both halves of every flow).
+pub fn flows_v6(ebpf: &mut aya::Ebpf) -> Vec<(lb_common::FlowKeyV6, lb_common::FlowV6)> {
+    let map = ebpf.map_mut(lb_common::maps::CONNTRACK_V6).expect("conntrack_v6");
+    let ct: aya::maps::HashMap<_, lb_common::FlowKeyV6, lb_common::FlowV6> = aya::maps::HashMap::try_from(map).unwrap();
+    ct.iter().map(|e| e.unwrap()).collect()
+}

@@ -1,0 +1,160 @@
+//! IPv6 packet fixtures through BPF_PROG_TEST_RUN, byte-exact: the same
+//! story as `fixtures.rs` over IPv6 (new flows, the established flow, the
+//! reply at tc egress), plus what only IPv6 has: extension headers of each
+//! kind and a chain too long to walk, fragments, neighbour discovery, UDP
+//! without checksum. Expected frames are built independently with full
+//! checksum computation (`packet6.rs`); the cases live in
+//! `tests/fixtures/ipv6_services.json` (`XDPLB_BLESS=1` rewrites it).
+//! The IPv6 maps are written directly (`services::program_v6`). Needs root.
+use std::net::Ipv6Addr;
+
+use lb_common::{algorithm, counter, IPPROTO_TCP, IPPROTO_UDP};
+use xdplb_tests::{
+    fixture::{self, Case},
+    lb::Lb,
+    packet::{TCP_ACK, TCP_PSH, TCP_SYN},
+    packet6::{icmpv6, Ext, Frame6},
+    services::{flows_v6, program_v6, Svc6},
+};
+
+const FILE: &str = "ipv6_services.json";
+
+const CLIENT: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
+const NODE: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+const CLUSTER_IP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10);
+const DNS_IP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x53);
+const EMPTY_IP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x99);
+const B1: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 0x11);
+const B2: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 0x12);
+
+/// One backend each, so selection is deterministic. Ids share the space
+/// of IPv4's (a backend id indexes `backends_v6` for an IPv6 service).
+fn services() -> Vec<Svc6> {
+    vec![
+        Svc6 { id: 1, proto: IPPROTO_TCP, algorithm: algorithm::ROUND_ROBIN, frontends: vec![(CLUSTER_IP, 80)], backends: vec![(101, B1, 8080)] },
+        Svc6 { id: 3, proto: IPPROTO_UDP, algorithm: algorithm::MAGLEV, frontends: vec![(DNS_IP, 53)], backends: vec![(102, B2, 5353)] },
+        Svc6 { id: 4, proto: IPPROTO_TCP, algorithm: algorithm::RANDOM, frontends: vec![(EMPTY_IP, 80)], backends: vec![] },
+    ]
+}
+
+fn case(name: &str, desc: &str, prog: &str, input: &[u8], expect: &str, output: Option<&[u8]>) -> Case {
+    Case::new(name, desc, prog, input, expect, output)
+}
+
+/// A new flow with extension headers `ext` from client port `sport`, and
+/// its DNAT: the headers kept, the destination rewritten.
+fn ext_case(name: &str, desc: &str, sport: u16, ext: &[Ext]) -> Case {
+    let syn = ext.iter().fold(Frame6::tcp(CLIENT, sport, CLUSTER_IP, 80, TCP_SYN), |f, e| f.ext(*e));
+    let want = syn.clone().with_dst(B1, 8080);
+    case(name, desc, "xdp_lb", &syn.bytes(), "XDP_PASS", Some(&want.bytes()))
+}
+
+fn cases() -> Vec<Case> {
+    let syn = Frame6::tcp(CLIENT, 40000, CLUSTER_IP, 80, TCP_SYN);
+    let ack = Frame6::tcp(CLIENT, 40000, CLUSTER_IP, 80, TCP_ACK | TCP_PSH).payload(b"GET / HTTP/1.1\r\n\r\n");
+    let synack = Frame6::tcp(B1, 8080, CLIENT, 40000, TCP_SYN | TCP_ACK);
+    let dns = Frame6::udp(CLIENT, 5555, DNS_IP, 53).payload(b"\x12\x34query");
+    let dns0 = {
+        let mut f = Frame6::udp(CLIENT, 5556, DNS_IP, 53).payload(b"no checksum");
+        f.l4 = xdplb_tests::packet::L4::Udp { zero_checksum: true };
+        f
+    };
+    let frag = |offset, more| Frame6::udp(CLIENT, 5557, DNS_IP, 53).payload(b"a fragment").ext(Ext::Fragment { offset, more });
+    let too_long = [Ext::HopByHop, Ext::DestOpts, Ext::Routing, Ext::DestOpts, Ext::DestOpts]
+        .iter()
+        .fold(Frame6::tcp(CLIENT, 40020, CLUSTER_IP, 80, TCP_SYN), |f, e| f.ext(*e));
+    // Neighbour solicitation for B1 and a router advertisement, to the service address.
+    let ns = icmpv6(CLIENT, CLUSTER_IP, 135, 0, &[[0u8; 4].as_slice(), &CLUSTER_IP.octets()].concat());
+    let ra = icmpv6(NODE, CLUSTER_IP, 134, 0, &[64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let b = |f: &Frame6| f.bytes();
+    vec![
+        case("xdp_v6_syn_to_clusterip_dnat", "SYN to an IPv6 ClusterIP: destination rewritten to the backend, TCP checksum valid over the new pseudo header", "xdp_lb", &b(&syn), "XDP_PASS", Some(&b(&syn.clone().with_dst(B1, 8080)))),
+        case("xdp_v6_established_same_backend", "data on the established IPv6 flow goes to the same backend", "xdp_lb", &b(&ack), "XDP_PASS", Some(&b(&ack.clone().with_dst(B1, 8080)))),
+        case("tc_egress_v6_reply_reverse_nat", "the backend's SYN-ACK leaves with the IPv6 ClusterIP as source", "tc_egress", &b(&synack), "TC_ACT_OK", Some(&b(&synack.clone().with_src(CLUSTER_IP, 80)))),
+        case("xdp_v6_udp_dnat", "UDP to an IPv6 service (Maglev): address and port rewritten, UDP checksum valid", "xdp_lb", &b(&dns), "XDP_PASS", Some(&b(&dns.clone().with_dst(B2, 5353)))),
+        ext_case("xdp_v6_hop_by_hop_dnat", "a hop-by-hop options header is walked and kept", 40010, &[Ext::HopByHop]),
+        ext_case("xdp_v6_routing_dnat", "a routing header (no segments left) is walked and kept", 40011, &[Ext::Routing]),
+        ext_case("xdp_v6_destination_options_dnat", "a destination options header is walked and kept", 40012, &[Ext::DestOpts]),
+        ext_case("xdp_v6_atomic_fragment_dnat", "an atomic fragment (offset 0, last) is a whole packet: balanced", 40013, &[Ext::Fragment { offset: 0, more: false }]),
+        ext_case("xdp_v6_four_extension_headers_dnat", "four extension headers, the most walked", 40014, &[Ext::HopByHop, Ext::DestOpts, Ext::Routing, Ext::DestOpts]),
+        case("xdp_v6_extension_chain_too_long_passes", "five extension headers: more than walked, passed untouched", "xdp_lb", &b(&too_long), "XDP_PASS", None),
+        case("xdp_v6_non_first_fragment_passes", "a fragment with offset 16 has no ports: passed untouched", "xdp_lb", &b(&frag(2, false)), "XDP_PASS", None),
+        case("xdp_v6_first_fragment_passes", "a first fragment (more follow) is passed too: its flow's other fragments cannot be balanced", "xdp_lb", &b(&frag(0, true)), "XDP_PASS", None),
+        case("xdp_v6_neighbour_solicitation_untouched", "ICMPv6 neighbour solicitation, even to a service address, is never touched", "xdp_lb", &ns, "XDP_PASS", None),
+        case("xdp_v6_router_advertisement_untouched", "ICMPv6 router advertisement is never touched", "xdp_lb", &ra, "XDP_PASS", None),
+        case("tc_egress_v6_neighbour_solicitation_untouched", "neighbour discovery leaving at tc egress is never touched", "tc_egress", &ns, "TC_ACT_OK", None),
+        case("xdp_v6_udp_zero_checksum_drops", "UDP over IPv6 with checksum 0 is invalid: dropped, no flow", "xdp_lb", &b(&dns0), "XDP_DROP", None),
+        case("xdp_v6_non_service_untouched", "IPv6 traffic to a non-service address passes unchanged", "xdp_lb", &b(&Frame6::tcp(CLIENT, 40000, B1, 8080, TCP_SYN)), "XDP_PASS", None),
+        case("tc_egress_v6_non_reply_untouched", "IPv6 traffic that is no reply of ours leaves unchanged", "tc_egress", &b(&Frame6::tcp(B2, 9999, CLIENT, 40000, TCP_ACK)), "TC_ACT_OK", None),
+        case("xdp_v6_syn_to_service_without_backend_drops", "a SYN to an IPv6 service without backends is dropped", "xdp_lb", &b(&Frame6::tcp(CLIENT, 40000, EMPTY_IP, 80, TCP_SYN)), "XDP_DROP", None),
+    ]
+}
+
+fn loaded() -> Lb {
+    let mut lb = Lb::load();
+    program_v6(&mut lb.ebpf, &services());
+    lb
+}
+
+#[test]
+fn fixture_file_is_current() {
+    let want = cases();
+    if std::env::var_os("XDPLB_BLESS").is_some() {
+        fixture::store(FILE, &want);
+    }
+    assert_eq!(fixture::load(FILE), want, "tests/fixtures/{FILE} is stale: rerun with XDPLB_BLESS=1");
+}
+
+#[test]
+fn ipv6_service_fixtures() {
+    let mut lb = loaded();
+    let file = fixture::load(FILE);
+    let failures: Vec<String> = file.iter().filter_map(|c| fixture::run(&lb.ebpf, c).err()).collect();
+    assert!(failures.is_empty(), "{} of {} fixtures failed:\n{}", failures.len(), file.len(), failures.join("\n"));
+    // Every case was an IPv6 packet, counted once as such.
+    assert_eq!(lb.counter(counter::IPV6), file.len() as u64);
+    assert_eq!(lb.counter(counter::PASS_NDP), 3);
+    assert_eq!(lb.counter(counter::PASS_V6_EXT_CHAIN), 1);
+    assert_eq!(lb.counter(counter::PASS_FRAGMENT), 2);
+    assert_eq!(lb.counter(counter::DROP_UDP6_NO_CHECKSUM), 1);
+    assert_eq!(lb.counter(counter::DROP_NO_BACKEND), 1);
+    assert_eq!(lb.counter(counter::NAT_REPLY), 1);
+    // 7 flows (the SYN's, the DNS one, 5 with extension headers), two halves each.
+    let flows = flows_v6(&mut lb.ebpf);
+    assert_eq!(flows.len(), 2 * 7, "{flows:?}");
+    assert_eq!(lb.maps.service_stats(1).unwrap().new_flows, 6);
+    assert_eq!(lb.maps.service_stats(1).unwrap().packets, 7, "6 SYNs and the established packet");
+    assert_eq!(lb.maps.service_stats(3).unwrap().new_flows, 1, "no flow from the datagram without checksum");
+    assert_eq!(lb.maps.service_stats(4).unwrap().drops_no_backend, 1);
+}
+
+/// A SYN with a destination options header, and a reply, cut at every
+/// length from the Ethernet header on (the reply from the IPv6 header on): each is malformed (XDP drops it, tc
+/// passes it), unchanged, and makes no flow.
+#[test]
+fn truncated_ipv6_headers_at_every_offset_make_no_state() {
+    let mut lb = loaded();
+    let syn = Frame6::tcp(CLIENT, 41000, CLUSTER_IP, 80, TCP_SYN).ext(Ext::DestOpts).bytes();
+    let reply = Frame6::tcp(B1, 8080, CLIENT, 41000, TCP_SYN | TCP_ACK).ext(Ext::HopByHop).bytes();
+    // The Ethernet header, the IPv6 header, the extension header, 20 bytes of TCP.
+    assert_eq!(syn.len(), 14 + 40 + 8 + 20);
+    let mut cut = 0;
+    for len in 14..syn.len() {
+        for (prog, frame, want) in [("xdp_lb", &syn, 1), ("tc_egress", &reply, 0)] {
+            // The kernel's test run of a socket buffer wants the IPv6 header whole.
+            if prog == "tc_egress" && len < 14 + 40 {
+                continue;
+            }
+            let input = &frame[..len];
+            let (rc, out) = fixture::run_frame(&lb.ebpf, prog, input).unwrap();
+            assert_eq!((rc, out.as_slice()), (want, input), "{prog} on {len} bytes: malformed, untouched");
+            cut += 1;
+        }
+    }
+    assert_eq!(lb.counter(counter::DROP_MALFORMED), cut);
+    assert!(flows_v6(&mut lb.ebpf).is_empty(), "no flow from a truncated frame");
+    assert_eq!(lb.maps.service_stats(1).unwrap().new_flows, 0);
+    // The whole frames still work: the cut ones left nothing in the way.
+    let (rc, out) = fixture::run_frame(&lb.ebpf, "xdp_lb", &syn).unwrap();
+    assert_eq!((rc, out), (2, Frame6::tcp(CLIENT, 41000, B1, 8080, TCP_SYN).ext(Ext::DestOpts).bytes()));
+}
