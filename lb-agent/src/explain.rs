@@ -527,16 +527,17 @@ fn pick<A: Family>(q: &Query, svc: &ServiceV4, s: &Snapshot<A>) -> Pick {
         }
     }
     match (svc.algorithm, q.sport) {
-        (algorithm::MAGLEV, Some(sport)) if q.origin != Origin::Node && q.src.is_ipv4() => {
-            let IpAddr::V4(src) = q.src else { return Pick::Nothing("no IPv4 source") };
-            let h = lb_ebpf::hash::flow_hash(src.octets(), sport.to_be_bytes(), q.dport.to_be_bytes(), q.proto);
+        (algorithm::MAGLEV, Some(sport)) if q.origin != Origin::Node => {
+            let Some(src) = A::from_ip(q.src) else { return Pick::Nothing("a source of the other family") };
+            // An IPv6 client is folded to 4 bytes first, as in select.rs.
+            let word = lb_ebpf::hash::fold(src.octets());
+            let h = lb_ebpf::hash::flow_hash(word, sport.to_be_bytes(), q.dport.to_be_bytes(), q.proto);
             let slot = h % svc.count + 1;
             match slot_backend(slot) {
                 Some(backend_id) => Pick::Chosen { backend_id, how: format!("maglev: flow hash {h:#010x} -> slot {slot} of {}", svc.count) },
                 None => Pick::Nothing("empty Maglev slot"),
             }
         }
-        (algorithm::MAGLEV, Some(_)) if q.origin != Origin::Node => Pick::OneOf("maglev: the IPv6 flow hash is not reproduced here yet".into()),
         (algorithm::MAGLEV, _) => Pick::OneOf("maglev: depends on the source port (give SRC:PORT)".into()),
         (algorithm::ROUND_ROBIN, _) => Pick::OneOf("round-robin: the next slot in turn".into()),
         _ => Pick::OneOf(format!("{name}: chosen per flow")),
@@ -797,6 +798,17 @@ mod tests {
         assert_eq!(run(Origin::Pod, "[fd00:244::1]:1", "[fd00:96::10]:81").0, Action::Reject, "an unserved port of the ClusterIP");
         assert_eq!(run(Origin::Pod, "[fd00:244::1]:1", "[fd00:96::99]:80").0, Action::Drop, "inside the service CIDR, no Service");
         assert_eq!(run(Origin::External, "[fd00:244::1]:1", "[fd00:96::99]:80").0, Action::Pass, "from outside: the stack decides");
+        // Maglev over IPv6: the folded client address, as select.rs hashes it.
+        let mut s = s.clone();
+        let v = s.contents.services.get_mut(&key(a("fd00:96::10"), 80)).unwrap();
+        (v.algorithm, v.count) = (algorithm::MAGLEV, 2);
+        s.contents.backends.insert(8, BackendV6 { addr: a("fd00:244::8"), port: 8080u16.to_be_bytes(), weight: 1, ..Default::default() });
+        s.contents.slots.insert(SlotKey { service_id: 5, slot: 2 }, 8);
+        let e = explain(&Query { origin: Origin::Pod, ..q("[fd00:244::1]:40000", "[fd00:96::10]:80") }, &s, &Default::default());
+        let h = lb_ebpf::hash::flow_hash(lb_ebpf::hash::fold(&a("fd00:244::1")), 40000u16.to_be_bytes(), 80u16.to_be_bytes(), 6);
+        assert_eq!(e.selection, Some(format!("maglev: flow hash {h:#010x} -> slot {} of 2", h % 2 + 1)));
+        let want = if h % 2 == 0 { "[fd00:244::7]:8080" } else { "[fd00:244::8]:8080" };
+        assert_eq!(e.verdict.backend.map(|b| b.to_string()).as_deref(), Some(want));
     }
 
     #[test]
