@@ -8,6 +8,10 @@
 //! - no `bool`, `Option` or Rust enums in map values: plain integers with named
 //!   constants.
 #![no_std]
+#![allow(
+    clippy::multiple_bound_locations,
+    reason = "derive(Zeroable) repeats the `A: Addr` bound of the generic map types in a where clause"
+)]
 
 pub mod backend;
 pub mod config;

@@ -144,7 +144,7 @@ pub mod programs {
     pub const TC_EGRESS_V6: &str = "tc_egress_v6";
     /// The tc IPv6 instances, each with the program array its hook
     /// tail-calls.
-    pub const TC_V6: &[(&str, &str)] = &[(TC_EGRESS_V6, super::FAMILY_TC_EGRESS)];
+    pub const TC_V6: &[(&str, &str)] = &[(TC_INGRESS_V6, super::FAMILY_TC_INGRESS), (TC_EGRESS_V6, super::FAMILY_TC_EGRESS)];
     /// Every socket program, in the order the agent attaches them.
     pub const SOCK: &[&str] = &[SOCK_CONNECT4, SOCK_SENDMSG4, SOCK_RECVMSG4, SOCK_GETPEERNAME4];
 }

@@ -245,19 +245,21 @@ fn keep_pair_inline<F: Family>(key: &FlowKey<F::Addr>, e: &Flow<F::Addr>) {
         }
         Some(_) => {}
         None if !closing => {
+            // Built in this CPU's slot (see `create`), not on the stack.
+            let Some(slot) = F::scratch().get_ptr_mut(0) else { return };
+            // SAFETY: this CPU's slot, used by this program run alone.
+            let restored = unsafe { &mut *slot };
             let (nat, peer) = other_ends(key, e);
-            let restored = Flow {
-                nat_addr: nat.0,
-                nat_port: nat.1,
-                peer_addr: peer.0,
-                peer_port: peer.1,
-                direction: if e.direction == direction::FORWARD { direction::REPLY } else { direction::FORWARD },
-                flags: e.flags & flow_flags::SNAT,
-                packets: 0,
-                bytes: 0,
-                ..*e
-            };
-            if F::conntrack().insert(&other, &restored, BPF_NOEXIST as u64).is_ok() {
+            *restored = *e;
+            restored.nat_addr = nat.0;
+            restored.nat_port = nat.1;
+            restored.peer_addr = peer.0;
+            restored.peer_port = peer.1;
+            restored.direction = if e.direction == direction::FORWARD { direction::REPLY } else { direction::FORWARD };
+            restored.flags = e.flags & flow_flags::SNAT;
+            restored.packets = 0;
+            restored.bytes = 0;
+            if F::conntrack().insert(&other, &*restored, BPF_NOEXIST as u64).is_ok() {
                 count(counter::CT_HALF_RESTORED);
             }
         }
@@ -363,37 +365,30 @@ fn snat_for<F: Family>(origin: Origin, backend: &Backend<F::Addr>) -> Option<(Na
 /// (see [`Origin::External`]) this node's address and a port of the SNAT
 /// range; for a hairpin (see [`Origin::Pod`]) the family's hairpin address.
 #[inline(always)]
-pub fn create<F: Family>(
-    key: &FlowKey<F::Addr>,
-    p: &Packet<F::Addr>,
-    svc: &Service,
-    backend_id: u32,
-    backend: &Backend<F::Addr>,
-    now: u64,
-    origin: Origin,
-) -> Result<Rewrite<F::Addr>, Verdict> {
-    if F::SPLIT {
-        return match create_call::<F>(&NewFlow { key, p, svc, backend, now }, backend_id, origin) {
-            // The forward half it made is still in this CPU's slot.
-            // SAFETY: this CPU's slot, used by this program run alone.
-            0 => match F::scratch().get_ptr(0) {
-                Some(e) => Ok(Rewrite::of(backend.addr, backend.port, unsafe { &*e })),
-                None => Err(Verdict::Drop(counter::CT_INSERT_FAILED)),
-            },
-            reason => Err(Verdict::Drop(reason)),
-        };
-    } else {
-        create_inline::<F>(key, p, svc, backend_id, backend, now, origin)
+pub fn create<F: Family>(n: &NewFlow<F::Addr>, backend_id: u32, origin: Origin) -> Result<Rewrite<F::Addr>, Verdict> {
+    if !F::SPLIT {
+        return create_inline::<F>(n, backend_id, origin);
+    }
+    match create_call::<F>(n, backend_id, origin) {
+        // The forward half it made is still in this CPU's slot.
+        // SAFETY: this CPU's slot, used by this program run alone.
+        0 => match F::scratch().get_ptr(0) {
+            Some(e) => Ok(Rewrite::of(n.backend.addr, n.backend.port, unsafe { &*e })),
+            None => Err(Verdict::Drop(counter::CT_INSERT_FAILED)),
+        },
+        reason => Err(Verdict::Drop(reason)),
     }
 }
 
-/// What [`create_call`] takes by reference (a BPF call has 5 arguments).
-struct NewFlow<'a, A: Addr> {
-    key: &'a FlowKey<A>,
-    p: &'a Packet<A>,
-    svc: &'a Service,
-    backend: &'a Backend<A>,
-    now: u64,
+/// A new flow: its key, packet, service, backend and time (by reference:
+/// a BPF call has 5 arguments).
+#[derive(Clone, Copy)]
+pub struct NewFlow<'a, A: Addr> {
+    pub key: &'a FlowKey<A>,
+    pub p: &'a Packet<A>,
+    pub svc: &'a Service,
+    pub backend: &'a Backend<A>,
+    pub now: u64,
 }
 
 /// [`create`] with a frame of its own (see `Family::SPLIT`): returns 0 (the
@@ -403,22 +398,15 @@ struct NewFlow<'a, A: Addr> {
 /// non-zero offset.)
 #[inline(never)]
 fn create_call<F: Family>(n: &NewFlow<F::Addr>, backend_id: u32, origin: Origin) -> u32 {
-    match create_inline::<F>(n.key, n.p, n.svc, backend_id, n.backend, n.now, origin) {
+    match create_inline::<F>(n, backend_id, origin) {
         Ok(_) => 0,
         Err(v) => v.reason(),
     }
 }
 
 #[inline(always)]
-fn create_inline<F: Family>(
-    key: &FlowKey<F::Addr>,
-    p: &Packet<F::Addr>,
-    svc: &Service,
-    backend_id: u32,
-    backend: &Backend<F::Addr>,
-    now: u64,
-    origin: Origin,
-) -> Result<Rewrite<F::Addr>, Verdict> {
+fn create_inline<F: Family>(n: &NewFlow<F::Addr>, backend_id: u32, origin: Origin) -> Result<Rewrite<F::Addr>, Verdict> {
+    let NewFlow { key, p, svc, backend, now } = *n;
     let service_id = svc.id;
     let dsr = F::DSR && origin == Origin::External && backend.is_remote() && mode::dsr(svc.flags, p.proto);
     let snat = if dsr { None } else { snat_for::<F>(origin, backend) };

@@ -79,6 +79,40 @@ pub trait Family: 'static {
     fn tc_store_addrs(ctx: &TcContext, ipc: u16, addrs: &[Self::Addr; 2]) -> Result<(), i64>;
 }
 
+/// The accessors of a family's instances of the per-family maps.
+macro_rules! family_maps {
+    ($a:ty, $services:ident, $backends:ident, $conntrack:ident, $confirmed:ident, $affinity:ident, $ranges:ident, $scratch:ident) => {
+        #[inline(always)]
+        fn services() -> &'static Services<$a> {
+            &maps::$services
+        }
+        #[inline(always)]
+        fn backends() -> &'static Backends<$a> {
+            &maps::$backends
+        }
+        #[inline(always)]
+        fn conntrack() -> &'static Conntrack<$a> {
+            &maps::$conntrack
+        }
+        #[inline(always)]
+        fn confirmed() -> &'static Conntrack<$a> {
+            &maps::$confirmed
+        }
+        #[inline(always)]
+        fn affinity() -> &'static Affinity<$a> {
+            &maps::$affinity
+        }
+        #[inline(always)]
+        fn source_ranges() -> &'static SourceRanges<$a> {
+            &maps::$ranges
+        }
+        #[inline(always)]
+        fn scratch() -> &'static PerCpuArray<Flow<$a>, 1> {
+            &maps::$scratch
+        }
+    };
+}
+
 /// IPv4.
 pub struct V4;
 /// IPv6.
@@ -104,37 +138,10 @@ impl Family for V4 {
     fn parse(data: usize, end: usize, frame_len: usize) -> Result<Packet, Verdict> {
         parse::parse(data, end, frame_len)
     }
-    #[inline(always)]
-    fn services() -> &'static Services<[u8; 4]> {
-        &maps::services_v4
-    }
-    #[inline(always)]
-    fn backends() -> &'static Backends<[u8; 4]> {
-        &maps::backends_v4
-    }
-    #[inline(always)]
-    fn conntrack() -> &'static Conntrack<[u8; 4]> {
-        &maps::conntrack_v4
-    }
-    #[inline(always)]
-    fn confirmed() -> &'static Conntrack<[u8; 4]> {
-        &maps::conntrack_confirmed_v4
-    }
-    #[inline(always)]
-    fn affinity() -> &'static Affinity<[u8; 4]> {
-        &maps::affinity_v4
-    }
-    #[inline(always)]
-    fn source_ranges() -> &'static SourceRanges<[u8; 4]> {
-        &maps::source_ranges_v4
-    }
+    family_maps!([u8; 4], services_v4, backends_v4, conntrack_v4, conntrack_confirmed_v4, affinity_v4, source_ranges_v4, flow_scratch_v4);
     #[inline(always)]
     fn hash_word(a: &[u8; 4]) -> [u8; 4] {
         *a
-    }
-    #[inline(always)]
-    fn scratch() -> &'static PerCpuArray<Flow<[u8; 4]>, 1> {
-        &maps::flow_scratch_v4
     }
 
     #[inline(always)]
@@ -211,37 +218,10 @@ impl Family for V6 {
             r => Err(Verdict::Pass(r)),
         }
     }
-    #[inline(always)]
-    fn services() -> &'static Services<[u8; 16]> {
-        &maps::services_v6
-    }
-    #[inline(always)]
-    fn backends() -> &'static Backends<[u8; 16]> {
-        &maps::backends_v6
-    }
-    #[inline(always)]
-    fn conntrack() -> &'static Conntrack<[u8; 16]> {
-        &maps::conntrack_v6
-    }
-    #[inline(always)]
-    fn confirmed() -> &'static Conntrack<[u8; 16]> {
-        &maps::conntrack_confirmed_v6
-    }
-    #[inline(always)]
-    fn affinity() -> &'static Affinity<[u8; 16]> {
-        &maps::affinity_v6
-    }
-    #[inline(always)]
-    fn source_ranges() -> &'static SourceRanges<[u8; 16]> {
-        &maps::source_ranges_v6
-    }
+    family_maps!([u8; 16], services_v6, backends_v6, conntrack_v6, conntrack_confirmed_v6, affinity_v6, source_ranges_v6, flow_scratch_v6);
     #[inline(always)]
     fn hash_word(a: &[u8; 16]) -> [u8; 4] {
         fold6(a).to_ne_bytes()
-    }
-    #[inline(always)]
-    fn scratch() -> &'static PerCpuArray<Flow<[u8; 16]>, 1> {
-        &maps::flow_scratch_v6
     }
 
     #[inline(always)]
@@ -291,4 +271,20 @@ fn parse6_call(data: usize, end: usize, frame_len: usize, out: &mut Packet<[u8; 
 #[inline(never)]
 fn fold6(a: &[u8; 16]) -> u32 {
     u32::from_ne_bytes(lb_ebpf::hash::fold(a))
+}
+
+/// Whether two addresses are equal, compared 32 bits at a time: `==` on two
+/// `[u8; 16]` values may become a 128-bit compare, on which LLVM's BPF
+/// backend crashes ("Post-RA pseudo instruction expansion").
+#[inline(always)]
+pub fn same<A: Addr>(a: &A, b: &A) -> bool {
+    let (a, b) = (a.octets(), b.octets());
+    let mut i = 0;
+    while i + 4 <= a.len() && i + 4 <= b.len() {
+        if a[i..i + 4] != b[i..i + 4] {
+            return false;
+        }
+        i += 4;
+    }
+    true
 }

@@ -68,8 +68,13 @@ pub fn xdp_lb_v6(ctx: XdpContext) -> u32 {
     xdp::run::<V6>(&ctx)
 }
 
-// `tc_ingress_v6` is not built yet: its instance crashes LLVM's BPF
-// backend ("Post-RA pseudo instruction expansion"); tc_ingress passes IPv6.
+/// `tc_ingress` for IPv6 frames (tail-called).
+#[classifier]
+pub fn tc_ingress_v6(ctx: TcContext) -> i32 {
+    stats::count(counter::IPV6);
+    tc::ingress::<V6>(&ctx)
+}
+
 /// `tc_egress` for IPv6 frames (tail-called).
 #[classifier]
 pub fn tc_egress_v6(ctx: TcContext) -> i32 {

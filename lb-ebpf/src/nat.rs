@@ -67,22 +67,32 @@ fn ends<'a, F: Family>(p: &'a Packet<F::Addr>, side: Side, rw: &'a Rewrite<F::Ad
 /// Rewrites `side` of the frame in an XDP buffer, updating the checksums.
 #[inline(always)]
 pub fn xdp_rewrite<F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>, side: Side, rw: &Rewrite<F::Addr>) -> Result<(), Verdict> {
+    let (data, end) = (ctx.data(), ctx.data_end());
     if F::SPLIT {
-        xdp_rewrite_call::<F>(ctx, p, side, rw)
+        match xdp_rewrite_call::<F>(data, end, p, side, rw) {
+            0 => Ok(()),
+            reason => Err(Verdict::Drop(reason)),
+        }
     } else {
-        xdp_rewrite_inline::<F>(ctx, p, side, rw)
+        xdp_rewrite_inline::<F>(data, end, p, side, rw)
     }
 }
 
-/// [`xdp_rewrite`] with a frame of its own (see `Family::SPLIT`).
+/// [`xdp_rewrite`] with a frame of its own (see `Family::SPLIT`): 0, or the
+/// reason of the drop (a returned `Result` went back through the caller's
+/// stack, which the verifier refuses). It takes the packet's bounds, not
+/// the context: read in here, `data` was widened by a 32-bit move the
+/// verifier no longer sees as a packet pointer.
 #[inline(never)]
-fn xdp_rewrite_call<F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>, side: Side, rw: &Rewrite<F::Addr>) -> Result<(), Verdict> {
-    xdp_rewrite_inline::<F>(ctx, p, side, rw)
+fn xdp_rewrite_call<F: Family>(data: usize, end: usize, p: &Packet<F::Addr>, side: Side, rw: &Rewrite<F::Addr>) -> u32 {
+    match xdp_rewrite_inline::<F>(data, end, p, side, rw) {
+        Ok(()) => 0,
+        Err(v) => v.reason(),
+    }
 }
 
 #[inline(always)]
-fn xdp_rewrite_inline<F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>, side: Side, rw: &Rewrite<F::Addr>) -> Result<(), Verdict> {
-    let (data, end) = (ctx.data(), ctx.data_end());
+fn xdp_rewrite_inline<F: Family>(data: usize, end: usize, p: &Packet<F::Addr>, side: Side, rw: &Rewrite<F::Addr>) -> Result<(), Verdict> {
     // One bounds check per header, then constant offsets from its start: the
     // verifier loses track of separately checked fields at variable offsets.
     // `black_box`: LLVM sees that the L4 check implies the IP one and drops
@@ -143,16 +153,24 @@ fn xdp_rewrite_inline<F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>, side: Si
 #[inline(always)]
 pub fn tc_rewrite<F: Family>(ctx: &TcContext, p: &Packet<F::Addr>, side: Side, rw: &Rewrite<F::Addr>) -> Result<(), Verdict> {
     if F::SPLIT {
-        tc_rewrite_call::<F>(ctx, p, side, rw)
+        match tc_rewrite_call::<F>(ctx, p, side, rw) {
+            0 => Ok(()),
+            reason => Err(Verdict::Drop(reason)),
+        }
     } else {
         tc_rewrite_inline::<F>(ctx, p, side, rw)
     }
 }
 
-/// [`tc_rewrite`] with a frame of its own (see `Family::SPLIT`).
+/// [`tc_rewrite`] with a frame of its own (see `Family::SPLIT`): 0, or the
+/// reason of the drop (a returned `Result` went back through the caller's
+/// stack, which the verifier refuses).
 #[inline(never)]
-fn tc_rewrite_call<F: Family>(ctx: &TcContext, p: &Packet<F::Addr>, side: Side, rw: &Rewrite<F::Addr>) -> Result<(), Verdict> {
-    tc_rewrite_inline::<F>(ctx, p, side, rw)
+fn tc_rewrite_call<F: Family>(ctx: &TcContext, p: &Packet<F::Addr>, side: Side, rw: &Rewrite<F::Addr>) -> u32 {
+    match tc_rewrite_inline::<F>(ctx, p, side, rw) {
+        Ok(()) => 0,
+        Err(v) => v.reason(),
+    }
 }
 
 #[inline(always)]

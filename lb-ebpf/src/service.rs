@@ -5,7 +5,7 @@ use lb_common::{counter, scope, service_flags, Addr, Service, ServiceKey, Source
 
 use crate::{
     clock,
-    conntrack::{self, Origin, Rewrite},
+    conntrack::{self, NewFlow, Origin, Rewrite},
     family::Family,
     parse::Packet,
     select, stats,
@@ -45,7 +45,7 @@ pub fn balance<F: Family>(p: &Packet<F::Addr>, origin: Origin) -> Result<Option<
     let Some(&backend) = F::backends().get(backend_id).filter(|b| !b.is_empty()) else {
         return no_backend();
     };
-    let rw = conntrack::create::<F>(&key, p, &svc, backend_id, &backend, now, origin)?;
+    let rw = conntrack::create::<F>(&NewFlow { key: &key, p, svc: &svc, backend: &backend, now }, backend_id, origin)?;
     stats::service(svc.id, |s| {
         s.packets += 1;
         s.bytes += p.ip_len as u64;

@@ -22,7 +22,7 @@ use lb_ebpf::icmp::IPPROTO_ICMP;
 use crate::{
     conntrack::{self, Origin},
     dsr, events,
-    family::{Family, V4, V6},
+    family::{same, Family, V4, V6},
     icmp_error,
     maps::{family_tc_egress, family_tc_ingress},
     nat::{self, Side},
@@ -109,7 +109,7 @@ pub fn ingress<F: TcFamily>(ctx: &TcContext) -> i32 {
         if p.proto == F::ICMP {
             return Ok(Verdict::Pass(counter::PASS_OTHER_L4));
         }
-        if p.dst == F::hairpin() {
+        if same(&p.dst, &F::hairpin()) {
             return match conntrack::reply::<F>(p) {
                 Some(rw) => {
                     nat::tc_rewrite::<F>(ctx, p, Side::Src, &rw)?;
@@ -132,7 +132,7 @@ pub fn ingress<F: TcFamily>(ctx: &TcContext) -> i32 {
         match balanced {
             Some(rw) => {
                 nat::tc_rewrite::<F>(ctx, p, Side::Dst, &rw)?;
-                if rw.peer_addr != p.src {
+                if !same(&rw.peer_addr, &p.src) {
                     return Ok(Verdict::Bounce(counter::NAT_FORWARD));
                 }
                 Ok(Verdict::Pass(counter::NAT_FORWARD))

@@ -141,6 +141,15 @@ pub fn load(file: &str) -> Vec<Case> {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// Checks that the fixture file `file` holds `want` (the cases a test
+/// builds); with `XDPLB_BLESS=1` rewrites it first.
+pub fn check_current(file: &str, want: &[Case]) {
+    if std::env::var_os("XDPLB_BLESS").is_some() {
+        store(file, want);
+    }
+    assert_eq!(load(file), want, "tests/fixtures/{file} is stale: rerun with XDPLB_BLESS=1");
+}
+
 /// Writes `cases` as the fixture file `file` (used with `XDPLB_BLESS=1`).
 pub fn store(file: &str, cases: &[Case]) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -105,20 +105,22 @@ impl Frame6 {
         let seg = l4_segment(self.sport, self.dport, &self.l4, 0xffff, &self.payload, |s| {
             l4_checksum(&self.src.octets(), &self.dst.octets(), self.proto(), s)
         });
-        frame(self.dst_mac, self.src_mac, self.src, self.dst, self.hop_limit, &self.ext, self.proto(), &seg)
+        frame(self, self.proto(), &seg)
     }
 }
 
-/// Ethernet + IPv6 + `ext` + `l4` (protocol `proto`, checksum already in).
-pub fn frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr, hop_limit: u8, ext: &[Ext], proto: u8, l4: &[u8]) -> Vec<u8> {
-    let mut f = dst_mac.to_vec();
-    f.extend_from_slice(&src_mac);
+/// Ethernet + IPv6 + extension headers of `h` (its MACs, addresses, hop
+/// limit, `ext`), then `l4` (protocol `proto`, checksum already in).
+pub fn frame(h: &Frame6, proto: u8, l4: &[u8]) -> Vec<u8> {
+    let (src, dst, ext) = (h.src, h.dst, &h.ext);
+    let mut f = h.dst_mac.to_vec();
+    f.extend_from_slice(&h.src_mac);
     f.extend_from_slice(&[0x86, 0xdd]);
     let payload_len = ext.len() * 8 + l4.len();
     f.extend_from_slice(&[0x60, 0, 0, 0]);
     f.extend_from_slice(&(payload_len as u16).to_be_bytes());
     f.push(ext.first().map_or(proto, |e| e.code()));
-    f.push(hop_limit);
+    f.push(h.hop_limit);
     f.extend_from_slice(&src.octets());
     f.extend_from_slice(&dst.octets());
     for (i, e) in ext.iter().enumerate() {
@@ -136,7 +138,9 @@ pub fn icmpv6(src: Ipv6Addr, dst: Ipv6Addr, typ: u8, code: u8, body: &[u8]) -> V
     m.extend_from_slice(body);
     let c = l4_checksum(&src.octets(), &dst.octets(), IPPROTO_ICMPV6, &m);
     m[2..4].copy_from_slice(&c.to_be_bytes());
-    frame(NODE_MAC, CLIENT_MAC, src, dst, 255, &[], IPPROTO_ICMPV6, &m)
+    let mut h = Frame6::udp(src, 0, dst, 0);
+    (h.hop_limit, h.src_mac, h.dst_mac) = (255, CLIENT_MAC, NODE_MAC);
+    frame(&h, IPPROTO_ICMPV6, &m)
 }
 
 /// Checks the TCP/UDP/ICMPv6 checksum of an untagged IPv6 frame by full

@@ -24,6 +24,7 @@ const NODE: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
 const CLUSTER_IP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10);
 const DNS_IP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x53);
 const EMPTY_IP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x99);
+const POD: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 3, 0, 0, 0, 0, 2);
 const B1: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 0x11);
 const B2: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 0x12);
 
@@ -66,12 +67,16 @@ fn cases() -> Vec<Case> {
     // Neighbour solicitation for B1 and a router advertisement, to the service address.
     let ns = icmpv6(CLIENT, CLUSTER_IP, 135, 0, &[[0u8; 4].as_slice(), &CLUSTER_IP.octets()].concat());
     let ra = icmpv6(NODE, CLUSTER_IP, 134, 0, &[64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0]);
+    let pod_syn = Frame6::tcp(POD, 50000, CLUSTER_IP, 80, TCP_SYN);
+    let pod_synack = Frame6::tcp(B1, 8080, POD, 50000, TCP_SYN | TCP_ACK);
     let b = |f: &Frame6| f.bytes();
     vec![
         case("xdp_v6_syn_to_clusterip_dnat", "SYN to an IPv6 ClusterIP: destination rewritten to the backend, TCP checksum valid over the new pseudo header", "xdp_lb", &b(&syn), "XDP_PASS", Some(&b(&syn.clone().with_dst(B1, 8080)))),
         case("xdp_v6_established_same_backend", "data on the established IPv6 flow goes to the same backend", "xdp_lb", &b(&ack), "XDP_PASS", Some(&b(&ack.clone().with_dst(B1, 8080)))),
         case("tc_egress_v6_reply_reverse_nat", "the backend's SYN-ACK leaves with the IPv6 ClusterIP as source", "tc_egress", &b(&synack), "TC_ACT_OK", Some(&b(&synack.clone().with_src(CLUSTER_IP, 80)))),
         case("xdp_v6_udp_dnat", "UDP to an IPv6 service (Maglev): address and port rewritten, UDP checksum valid", "xdp_lb", &b(&dns), "XDP_PASS", Some(&b(&dns.clone().with_dst(B2, 5353)))),
+        case("tc_ingress_v6_pod_to_clusterip", "east-west over IPv6: a pod's SYN to a ClusterIP at tc ingress (tc_ingress_v6, tail-called)", "tc_ingress", &b(&pod_syn), "TC_ACT_OK", Some(&b(&pod_syn.clone().with_dst(B1, 8080)))),
+        case("tc_egress_v6_reply_to_pod", "east-west over IPv6: the reply to the pod is reverse-NATed", "tc_egress", &b(&pod_synack), "TC_ACT_OK", Some(&b(&pod_synack.clone().with_src(CLUSTER_IP, 80)))),
         ext_case("xdp_v6_hop_by_hop_dnat", "a hop-by-hop options header is walked and kept", 40010, &[Ext::HopByHop]),
         ext_case("xdp_v6_routing_dnat", "a routing header (no segments left) is walked and kept", 40011, &[Ext::Routing]),
         ext_case("xdp_v6_destination_options_dnat", "a destination options header is walked and kept", 40012, &[Ext::DestOpts]),
@@ -98,11 +103,7 @@ fn loaded() -> Lb {
 
 #[test]
 fn fixture_file_is_current() {
-    let want = cases();
-    if std::env::var_os("XDPLB_BLESS").is_some() {
-        fixture::store(FILE, &want);
-    }
-    assert_eq!(fixture::load(FILE), want, "tests/fixtures/{FILE} is stale: rerun with XDPLB_BLESS=1");
+    fixture::check_current(FILE, &cases());
 }
 
 #[test]
@@ -118,12 +119,12 @@ fn ipv6_service_fixtures() {
     assert_eq!(lb.counter(counter::PASS_FRAGMENT), 2);
     assert_eq!(lb.counter(counter::DROP_UDP6_NO_CHECKSUM), 1);
     assert_eq!(lb.counter(counter::DROP_NO_BACKEND), 1);
-    assert_eq!(lb.counter(counter::NAT_REPLY), 1);
-    // 7 flows (the SYN's, the DNS one, 5 with extension headers), two halves each.
+    assert_eq!(lb.counter(counter::NAT_REPLY), 2);
+    // 8 flows (the client's, the pod's, the DNS one, 5 with extension headers), two halves each.
     let flows = flows_v6(&mut lb.ebpf);
-    assert_eq!(flows.len(), 2 * 7, "{flows:?}");
-    assert_eq!(lb.maps.service_stats(1).unwrap().new_flows, 6);
-    assert_eq!(lb.maps.service_stats(1).unwrap().packets, 7, "6 SYNs and the established packet");
+    assert_eq!(flows.len(), 2 * 8, "{flows:?}");
+    assert_eq!(lb.maps.service_stats(1).unwrap().new_flows, 7);
+    assert_eq!(lb.maps.service_stats(1).unwrap().packets, 8, "7 SYNs and the established packet");
     assert_eq!(lb.maps.service_stats(3).unwrap().new_flows, 1, "no flow from the datagram without checksum");
     assert_eq!(lb.maps.service_stats(4).unwrap().drops_no_backend, 1);
 }

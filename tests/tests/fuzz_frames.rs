@@ -6,9 +6,10 @@
 //! offset, then seeded random mutations of them (random header bytes, bad
 //! IHL and version, bad total/UDP lengths and TCP data offsets, fragments,
 //! odd protocols, ICMP with garbage, VLAN stacks, padding, cuts) and frames of
-//! random bytes. An independent classifier here says which frames are
-//! malformed by the rules of `lb-ebpf/src/parse.rs`; the programs must agree
-//! frame by frame. The normal suite runs 1,000,000 frames (a few seconds:
+//! random bytes; IPv6 seeds too (extension headers, NDP, UDP without
+//! checksum). An independent classifier here says which frames are
+//! malformed by the rules of `lb-ebpf/src/parse.rs` and `parse6.rs`; the
+//! programs must agree frame by frame. The normal suite runs 1,000,000 frames (a few seconds:
 //! a test run of one frame costs ~3 µs here); the `#[ignore]`d soak runs
 //! 10,000,000 (`cargo test -p xdplb-tests --test fuzz_frames -- --ignored`).
 //! Needs root.
@@ -19,7 +20,8 @@ use xdplb_tests::{
     fixture,
     lb::Lb,
     packet::{fix_ip_checksum, Frame, TCP_ACK, TCP_PSH, TCP_SYN},
-    services::{contents, Svc},
+    packet6::{icmpv6, Ext, Frame6},
+    services::{contents, flows_v6, program_v6, Svc, Svc6},
 };
 
 use xdplb_tests::fixture::story::{B1, B2, CLIENT, CLUSTER_IP, DNS_IP, EMPTY_IP, NODE, POD};
@@ -35,6 +37,20 @@ fn services() -> Vec<Svc> {
     ]
 }
 
+const CLIENT6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
+const CLUSTER_IP6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10);
+const DNS_IP6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x53);
+const B1_6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 0x11);
+const B2_6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 0x12);
+
+/// The IPv6 services (ids after IPv4's: one space).
+fn services_v6() -> Vec<Svc6> {
+    vec![
+        Svc6 { id: 5, proto: IPPROTO_TCP, algorithm: algorithm::MAGLEV, frontends: vec![(CLUSTER_IP6, 80)], backends: vec![(11, B1_6, 8080)] },
+        Svc6 { id: 6, proto: IPPROTO_UDP, algorithm: algorithm::ROUND_ROBIN, frontends: vec![(DNS_IP6, 53)], backends: vec![(12, B2_6, 5353)] },
+    ]
+}
+
 /// What the programs must make of a frame.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Class {
@@ -42,8 +58,11 @@ enum Class {
     Malformed,
     /// Not for balancing (VLAN, not IPv4, fragment, other L4): passed unchanged.
     Other,
-    /// A well-formed IPv4 TCP/UDP packet: may be balanced.
+    /// A well-formed IPv4 or IPv6 TCP/UDP packet: may be balanced.
     Valid,
+    /// UDP over IPv6 with checksum 0: dropped (XDP) or passed (tc) unchanged,
+    /// no state, counted apart from malformed.
+    NoChecksum,
 }
 
 /// The rules of `parse.rs`, written independently.
@@ -53,6 +72,7 @@ fn classify(f: &[u8]) -> Class {
     }
     match [f[12], f[13]] {
         [0x08, 0x00] => {}
+        [0x86, 0xdd] => return classify6(f),
         _ => return Class::Other,
     }
     if f.len() < 14 + 20 {
@@ -90,6 +110,61 @@ fn classify(f: &[u8]) -> Class {
         // ICMP: an error about a NATed flow is translated, others pass.
         1 if l4.len() < 8 => Class::Malformed,
         1 => Class::Valid,
+        _ => Class::Other,
+    }
+}
+
+/// The rules of `parse6.rs`, written independently.
+fn classify6(f: &[u8]) -> Class {
+    if f.len() < 14 + 40 {
+        return Class::Malformed;
+    }
+    let ip = &f[14..];
+    let end = 14 + 40 + u16::from_be_bytes([ip[4], ip[5]]) as usize;
+    if ip[0] >> 4 != 6 || end > f.len() {
+        return Class::Malformed;
+    }
+    let (mut next, mut at) = (ip[6], 14 + 40);
+    for _ in 0..4 {
+        if !matches!(next, 0 | 43 | 44 | 60) {
+            break;
+        }
+        if at + 8 > end {
+            return Class::Malformed;
+        }
+        if next == 44 && u16::from_be_bytes([f[at + 2], f[at + 3]]) & 0xfff9 != 0 {
+            return Class::Other;
+        }
+        let len = if next == 44 { 8 } else { (f[at + 1] as usize + 1) * 8 };
+        next = f[at];
+        at += len;
+    }
+    if matches!(next, 0 | 43 | 44 | 60) {
+        return Class::Other;
+    }
+    let room = end.saturating_sub(at);
+    match next {
+        58 if room >= 2 && (133..=137).contains(&f[at]) => Class::Other,
+        6 | 17 | 58 if room < if next == 6 { 20 } else { 8 } => Class::Malformed,
+        6 => {
+            let doff = (f[at + 12] >> 4) as usize * 4;
+            if doff < 20 || doff > room {
+                Class::Malformed
+            } else {
+                Class::Valid
+            }
+        }
+        17 => {
+            let len = u16::from_be_bytes([f[at + 4], f[at + 5]]) as usize;
+            if len < 8 || len > room {
+                Class::Malformed
+            } else if f[at + 6..at + 8] == [0, 0] {
+                Class::NoChecksum
+            } else {
+                Class::Valid
+            }
+        }
+        // ICMPv6 other than NDP: not translated yet, passed.
         _ => Class::Other,
     }
 }
@@ -134,6 +209,22 @@ fn seeds() -> Vec<Vec<u8>> {
     ] {
         out.push(f.bytes());
     }
+    let mut dns0 = Frame6::udp(CLIENT6, 5556, DNS_IP6, 53).payload(b"no checksum");
+    dns0.l4 = xdplb_tests::packet::L4::Udp { zero_checksum: true };
+    for f in [
+        Frame6::tcp(CLIENT6, 40000, CLUSTER_IP6, 80, TCP_SYN),
+        Frame6::tcp(CLIENT6, 40000, CLUSTER_IP6, 80, TCP_ACK | TCP_PSH).payload(b"GET / HTTP/1.1\r\n\r\n"),
+        Frame6::tcp(B1_6, 8080, CLIENT6, 40000, TCP_SYN | TCP_ACK),
+        Frame6::udp(CLIENT6, 5555, DNS_IP6, 53).payload(b"\x12\x34query"),
+        Frame6::tcp(CLIENT6, 40001, CLUSTER_IP6, 80, TCP_SYN).ext(Ext::HopByHop).ext(Ext::Routing),
+        Frame6::udp(CLIENT6, 5557, DNS_IP6, 53).payload(b"f").ext(Ext::DestOpts).ext(Ext::Fragment { offset: 0, more: false }),
+        Frame6::udp(CLIENT6, 5558, DNS_IP6, 53).payload(b"f").ext(Ext::Fragment { offset: 3, more: true }),
+        dns0,
+    ] {
+        out.push(f.bytes());
+    }
+    out.push(icmpv6(CLIENT6, CLUSTER_IP6, 135, 0, &[[0u8; 4].as_slice(), &CLUSTER_IP6.octets()].concat()));
+    out.push(icmpv6(CLIENT6, CLUSTER_IP6, 128, 0, b"\0\x01\0\x01ping"));
     out
 }
 
@@ -274,6 +365,7 @@ struct Tally {
     other: u64,
     valid: u64,
     valid_rewritten: u64,
+    no_checksum: u64,
     failures: Vec<String>,
 }
 
@@ -319,6 +411,12 @@ fn run_all(lb: &Lb, frames: &[Vec<u8>], offset: usize) -> Tally {
                 t.valid += 1;
                 t.valid_rewritten += (out != *f) as u64;
             }
+            Class::NoChecksum => {
+                t.no_checksum += 1;
+                if out != *f || rc != if xdp { 1 } else { 0 } {
+                    t.failures.push(bad("UDP over IPv6 without checksum not dropped (XDP) or passed (tc) unchanged"));
+                }
+            }
         }
     }
     t
@@ -329,6 +427,7 @@ fn run_all(lb: &Lb, frames: &[Vec<u8>], offset: usize) -> Tally {
 fn fuzz(n: usize) {
     let mut lb = Lb::load();
     lb.program(&contents(&services()));
+    program_v6(&mut lb.ebpf, &services_v6());
     let frames = frames(n, 0x5eed_0019);
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
     let start = Instant::now();
@@ -349,13 +448,14 @@ fn fuzz(n: usize) {
         t.other += x.other;
         t.valid += x.valid;
         t.valid_rewritten += x.valid_rewritten;
+        t.no_checksum += x.no_checksum;
         t.failures.extend(x.failures);
     }
     let counters = lb.maps.counters().unwrap();
     let outcomes: u64 = (0..counter::COUNT).filter(|&i| is_outcome(i)).map(|i| counters[i as usize]).sum();
-    let flows = lb.maps.flows().unwrap().len() as u64;
+    let flows = lb.maps.flows().unwrap().len() as u64 + flows_v6(&mut lb.ebpf).len() as u64;
     let (mut new_flows, mut svc_packets) = (0, 0);
-    for id in 1..=4 {
+    for id in 1..=6 {
         let s = lb.maps.service_stats(id).unwrap();
         new_flows += s.new_flows;
         svc_packets += s.packets;
@@ -389,6 +489,8 @@ fn fuzz(n: usize) {
     assert_eq!(counters[counter::PACKETS as usize], t.runs, "every run counted");
     assert_eq!(outcomes, t.runs, "one outcome per packet");
     assert_eq!(counters[counter::DROP_MALFORMED as usize], t.malformed, "the programs agree frame by frame on what is malformed");
+    assert_eq!(counters[counter::DROP_UDP6_NO_CHECKSUM as usize], t.no_checksum, "and on UDP over IPv6 without checksum");
+    assert!(counters[counter::IPV6 as usize] > n as u64 / 20, "IPv6 frames in the mix: {}", counters[counter::IPV6 as usize]);
     // State only from valid frames: flows (two entries each) no more than
     // valid frames rewritten; every service packet was a valid frame.
     assert!(new_flows <= t.valid_rewritten, "{new_flows} flows from {} valid rewritten frames", t.valid_rewritten);
