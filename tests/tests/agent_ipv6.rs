@@ -2,8 +2,7 @@
 //! clients and servers (TCP and UDP) in network namespaces: a dual-stack
 //! Service reached over both families from one client, a NodePort on the
 //! node's IPv6 address, an IPv6 LoadBalancer IP guarded by IPv6 source
-//! ranges, ClientIP affinity and Maglev over IPv6 (and, once the dataplane
-//! builds tc ingress for IPv6, the IPv6 ClusterIP from a pod).
+//! ranges, ClientIP affinity and Maglev over IPv6, both ClusterIPs from a pod.
 //! Needs root.
 use std::{
     collections::BTreeMap,
@@ -112,13 +111,9 @@ fn a_dual_stack_service_is_reached_over_both_families_from_one_client() {
     assert!(frontends.contains(&format!("{CLUSTER_IP4}:80/TCP")), "{frontends:?}");
 }
 
-/// Pods' IPv6 service traffic goes through tc ingress on their interface,
-/// whose IPv6 instance the dataplane does not build yet (lb-ebpf main.rs:
-/// it crashes LLVM's BPF backend); until it does, tc ingress passes IPv6
-/// untouched and the node has no route to the ClusterIP.
+/// Pods' service traffic of both families through tc ingress on their interface.
 #[test]
-#[ignore = "needs tc_ingress_v6 (not built yet by lb-ebpf)"]
-fn an_ipv6_cluster_ip_from_a_pod() {
+fn both_cluster_ips_from_a_pod() {
     let n = node(&service("TCP", "xdplb.io/algorithm: round-robin", ""), &slices(&[0, 1, 2], "TCP"));
     all_three(&n.t.pod, sock(CLUSTER_IP6, 80), 6, "IPv6 ClusterIP from a pod");
     all_three(&n.t.pod, sock(CLUSTER_IP4, 80), 6, "IPv4 ClusterIP from the same pod");
