@@ -807,7 +807,7 @@ mod tests {
         let e = explain(&Query { origin: Origin::Pod, ..q("[fd00:244::1]:40000", "[fd00:96::10]:80") }, &s, &Default::default());
         let h = lb_ebpf::hash::flow_hash(lb_ebpf::hash::fold(&a("fd00:244::1")), 40000u16.to_be_bytes(), 80u16.to_be_bytes(), 6);
         assert_eq!(e.selection, Some(format!("maglev: flow hash {h:#010x} -> slot {} of 2", h % 2 + 1)));
-        let want = if h % 2 == 0 { "[fd00:244::7]:8080" } else { "[fd00:244::8]:8080" };
+        let want = if h.is_multiple_of(2) { "[fd00:244::7]:8080" } else { "[fd00:244::8]:8080" };
         assert_eq!(e.verdict.backend.map(|b| b.to_string()).as_deref(), Some(want));
     }
 
