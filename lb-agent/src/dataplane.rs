@@ -156,7 +156,7 @@ impl<A: MapFamily> FamilyMaps<A> {
             if f.direction != lb_common::direction::FORWARD || f.flags & lb_common::flow_flags::CLOSING != 0 {
                 continue;
             }
-            let timeout = if k.proto == lb_common::IPPROTO_TCP { cfg.tcp_timeout_s } else { cfg.udp_timeout_s };
+            let timeout = cfg.idle_timeout_s(k.proto);
             if now.saturating_sub(f.last_seen_ns) <= timeout as u64 * 1_000_000_000 {
                 *live.entry(f.backend_id).or_default() += 1;
             }

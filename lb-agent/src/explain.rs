@@ -22,7 +22,7 @@ use std::{
 use anyhow::Result;
 use lb_common::{
     algorithm, backend_state, direction, flow_flags, scope, service_flags, Addr, Addr4, Addr6, AffinityKey, AffinityV4, Backend,
-    BackendId, Config, Flow, FlowKey, NatConfig, ServiceKey, ServiceV4, SlotKey, IPPROTO_TCP, IPPROTO_UDP,
+    BackendId, Config, Flow, FlowKey, NatConfig, ServiceKey, ServiceV4, SlotKey, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
 };
 use serde::Serialize;
 
@@ -388,7 +388,7 @@ pub fn explain<A: Family>(q: &Query, s: &Snapshot<A>, names: &crate::ops::names:
 
 /// The dataplane's answer to a new flow without a backend (xdp.rs/tc.rs
 /// with refuse.rs): a TCP SYN gets a reset, and from a pod a UDP datagram
-/// an ICMP port unreachable, unless the frontend's Local policy has
+/// or an SCTP packet an ICMP port unreachable, unless the frontend's Local policy has
 /// endpoints elsewhere; anything else is dropped.
 fn no_backend(q: &Query, svc: &ServiceV4, e: &mut Explanation, why: &str) {
     let elsewhere = svc.flags & service_flags::LOCAL_ELSEWHERE != 0;
@@ -397,7 +397,7 @@ fn no_backend(q: &Query, svc: &ServiceV4, e: &mut Explanation, why: &str) {
     }
     e.verdict = if q.proto == IPPROTO_TCP && !elsewhere {
         Verdict { action: Action::Reject, backend: None, snat: None, reason: format!("{why}: TCP reset") }
-    } else if q.proto == IPPROTO_UDP && !elsewhere && q.origin == Origin::Pod {
+    } else if (q.proto == IPPROTO_UDP || q.proto == IPPROTO_SCTP) && !elsewhere && q.origin == Origin::Pod {
         Verdict { action: Action::Reject, backend: None, snat: None, reason: format!("{why}: ICMP port unreachable") }
     } else if elsewhere {
         let reason = format!("{why}: dropped (kube-proxy drops Local traffic with endpoints only elsewhere)");
@@ -456,10 +456,8 @@ fn established<A: Addr>(q: &Query, f: &Flow<A>, s: &Snapshot<A>) -> Established 
     let closing = f.flags & flow_flags::CLOSING != 0;
     let timeout = if closing {
         s.config.closing_timeout_s
-    } else if q.proto == IPPROTO_TCP {
-        s.config.tcp_timeout_s
     } else {
-        s.config.udp_timeout_s
+        s.config.idle_timeout_s(q.proto)
     } as u64
         * NS;
     let backend = sock(f.nat_addr, f.nat_port);
@@ -468,8 +466,8 @@ fn established<A: Addr>(q: &Query, f: &Flow<A>, s: &Snapshot<A>) -> Established 
         (false, "a reply-direction entry".to_string())
     } else if idle > timeout {
         (false, "expired: a new flow".into())
-    } else if q.proto == IPPROTO_TCP && closing {
-        (false, "closing: a new SYN starts a new flow".into())
+    } else if q.proto != IPPROTO_UDP && closing {
+        (false, "closing: a new SYN (SCTP: INIT) starts a new flow".into())
     } else if !same {
         (false, "its backend is gone: re-balanced as a new flow".into())
     } else {
@@ -557,7 +555,7 @@ fn unserved<A: Family>(q: &Query, c: &MapContents<A>) -> Option<Verdict> {
         let how = match (q.origin, q.proto) {
             (Origin::Node, _) => "connect() refused (EPERM)",
             (_, IPPROTO_TCP) => "TCP reset",
-            (_, IPPROTO_UDP) => "ICMP port unreachable",
+            (_, IPPROTO_UDP | IPPROTO_SCTP) => "ICMP port unreachable",
             _ => "dropped",
         };
         let action = if how == "dropped" { Action::Drop } else { Action::Reject };
@@ -663,14 +661,15 @@ pub fn parse_source(s: &str) -> Result<(IpAddr, Option<u16>), String> {
     }
 }
 
-/// Parses `ADDR:PORT[/tcp|udp]` (destination; TCP by default; IPv6 in
+/// Parses `ADDR:PORT[/tcp|udp|sctp]` (destination; TCP by default; IPv6 in
 /// brackets: `[fd00::1]:80/udp`).
 pub fn parse_destination(s: &str) -> Result<(IpAddr, u16, u8), String> {
     let (rest, proto) = match s.rsplit_once('/') {
         Some((r, p)) => match p.to_ascii_lowercase().as_str() {
             "tcp" => (r, IPPROTO_TCP),
             "udp" => (r, lb_common::IPPROTO_UDP),
-            other => return Err(format!("unknown protocol {other:?} (tcp or udp)")),
+            "sctp" => (r, IPPROTO_SCTP),
+            other => return Err(format!("unknown protocol {other:?} (tcp, udp or sctp)")),
         },
         None => (s, IPPROTO_TCP),
     };
@@ -819,7 +818,8 @@ mod tests {
         assert!(parse_destination("fd00::1:80").unwrap_err().contains("brackets"));
         assert_eq!(parse_destination("10.96.0.10:53/UDP"), Ok((Ipv4Addr::new(10, 96, 0, 10).into(), 53, 17)));
         assert!(parse_destination("10.96.0.10").unwrap_err().contains("ADDR:PORT"));
-        assert!(parse_destination("10.96.0.10:80/sctp").unwrap_err().contains("unknown protocol"));
+        assert_eq!(parse_destination("10.96.0.10:3868/sctp"), Ok((Ipv4Addr::new(10, 96, 0, 10).into(), 3868, 132)));
+        assert!(parse_destination("10.96.0.10:80/dccp").unwrap_err().contains("unknown protocol"));
         assert!(parse_source("nope").is_err());
     }
 }

@@ -7,7 +7,7 @@ use bytemuck::{Pod, Zeroable};
 pub struct Config {
     /// Layout version of every map; the agent refuses pinned maps of another.
     pub layout_version: u32,
-    /// Idle timeout of established TCP flows, seconds.
+    /// Idle timeout of established TCP and SCTP flows, seconds.
     pub tcp_timeout_s: u32,
     /// Idle timeout of UDP flows, seconds.
     pub udp_timeout_s: u32,
@@ -44,6 +44,21 @@ impl Default for Config {
             closing_timeout_s: 10,
             flags: 0,
             _pad: 0,
+        }
+    }
+}
+
+impl Config {
+    /// Idle timeout of a live (not closing) flow of protocol `proto`: UDP
+    /// has its own; TCP and SCTP, both connection-oriented (SCTP keeps an
+    /// idle association alive with heartbeats), share the TCP one. The
+    /// dataplane, `explain` and the CLI all decide with this.
+    #[inline(always)]
+    pub fn idle_timeout_s(&self, proto: u8) -> u32 {
+        if proto == crate::IPPROTO_UDP {
+            self.udp_timeout_s
+        } else {
+            self.tcp_timeout_s
         }
     }
 }

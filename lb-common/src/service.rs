@@ -14,7 +14,7 @@ pub struct ServiceKey<A> {
     pub addr: A,
     /// Destination port, network order.
     pub port: [u8; 2],
-    /// IP protocol number ([`IPPROTO_TCP`] or [`IPPROTO_UDP`]).
+    /// IP protocol number ([`IPPROTO_TCP`], [`IPPROTO_UDP`] or [`IPPROTO_SCTP`]).
     pub proto: u8,
     /// Which sources the entry is for: [`scope::ANY`], or [`scope::IN_CLUSTER`]
     /// for the alternative entry of a frontend flagged
@@ -50,6 +50,9 @@ pub mod scope {
 
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+/// SCTP: ports where TCP and UDP have them, a CRC32c over the whole packet
+/// instead of the Internet checksum (see `lb_ebpf::sctp`).
+pub const IPPROTO_SCTP: u8 = 132;
 
 /// Backend selection algorithm of a service (`ServiceV4::algorithm`).
 pub mod algorithm {
@@ -196,6 +199,7 @@ pub fn proto_name(proto: u8) -> &'static str {
     match proto {
         IPPROTO_TCP => "TCP",
         IPPROTO_UDP => "UDP",
+        IPPROTO_SCTP => "SCTP",
         _ => "?",
     }
 }

@@ -86,8 +86,10 @@ counters! {
     DROP_UNSERVED = 30, "drop_unserved_port", "Refused: a ClusterIP on a port or protocol it does not serve (a TCP SYN gets a reset, UDP a port unreachable).";
     DROP_SERVICE_CIDR = 31, "drop_service_cidr", "Dropped: an address of the service CIDR that no Service has.";
     UNREACH_SENT = 32, "icmp_unreachable_sent", "Event: a UDP datagram to a service port without backends, or one a ClusterIP does not serve, was answered with ICMP port unreachable.";
+    SCTP_CRC_UPDATED = 33, "sctp_crc_updated", "Event: an SCTP packet's ports were rewritten and its CRC32c updated in place (a complete checksum: from a wire, or a socket buffer without CRC offload).";
     CT_CONFIRMED = 34, "conntrack_confirmed", "Event: a flow's backend answered a second time: the flow is confirmed and saved in conntrack_confirmed_v4, which new flows cannot evict.";
     CT_CONFIRMED_RESTORED = 35, "conntrack_confirmed_restored", "Event: a confirmed flow evicted from conntrack_v4 (a flood of new flows) was restored from conntrack_confirmed_v4.";
+    SCTP_CRC_OFFLOADED = 36, "sctp_crc_offloaded", "Event: an SCTP packet's ports were rewritten in a socket buffer whose CRC32c is still to be computed (checksum offload: the field is zero); the kernel or the receiver computes it over the rewritten packet.";
     PASS_V6_EXT_CHAIN = 38, "pass_ipv6_ext_chain", "Passed: an IPv6 packet whose extension header chain is longer than the programs walk (4 headers), handed to the stack untouched.";
     PASS_NDP = 39, "pass_icmpv6_ndp", "Passed: an ICMPv6 router or neighbour discovery message (types 133-137), never touched.";
     DROP_UDP6_NO_CHECKSUM = 40, "drop_udp6_zero_checksum", "Dropped (XDP) or passed (tc): UDP over IPv6 with checksum 0, which IPv6 forbids (RFC 8200 8.1).";

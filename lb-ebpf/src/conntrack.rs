@@ -1,7 +1,7 @@
 //! Conntrack: pins every flow to its backend, and remembers how to rewrite
 //! its replies. Both directions of a flow are entries of one LRU map.
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_get_prandom_u32};
-use lb_common::{counter, direction, flow_flags, Addr, Backend, Config, Flow, FlowKey, NatConfig, Service, IPPROTO_TCP};
+use lb_common::{counter, direction, flow_flags, Addr, Backend, Config, Flow, FlowKey, NatConfig, Service};
 
 use crate::{
     clock::{now, since, NS},
@@ -115,10 +115,8 @@ fn timeout_ns<A: Addr>(entry: &Flow<A>, proto: u8) -> u64 {
     };
     let s = if entry.flags & flow_flags::CLOSING != 0 {
         cfg.closing_timeout_s
-    } else if proto == IPPROTO_TCP {
-        cfg.tcp_timeout_s
     } else {
-        cfg.udp_timeout_s
+        cfg.idle_timeout_s(proto)
     };
     s as u64 * NS
 }

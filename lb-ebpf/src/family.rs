@@ -45,6 +45,10 @@ pub trait Family: 'static {
     const AF: u8;
     /// Whether flows of this family may use DSR (its option is IPv4's).
     const DSR: bool;
+    /// Whether the family's parser yields SCTP packets (IPv4's does; over
+    /// IPv6 SCTP is passed as another protocol), so its CRC code is built
+    /// only into the IPv4 instance.
+    const SCTP: bool;
     /// Whether the rarer conntrack steps (restoring a flow's other half,
     /// confirming it) run as calls of their own, each with its own frame:
     /// IPv6's keys and flows are too large to share one frame with the rest.
@@ -128,6 +132,7 @@ impl Family for V4 {
     const HEADERS_MAX: u32 = 14 + 60 + 20;
     const AF: u8 = 2;
     const DSR: bool = true;
+    const SCTP: bool = true;
     const SPLIT: bool = false;
 
     #[inline(always)]
@@ -192,6 +197,7 @@ impl Family for V6 {
     const HEADERS_MAX: u32 = 14 + 40 + 128 + 20;
     const AF: u8 = 10;
     const DSR: bool = false;
+    const SCTP: bool = false;
     const SPLIT: bool = true;
 
     #[inline(always)]

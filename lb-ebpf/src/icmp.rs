@@ -19,6 +19,7 @@ use crate::csum::{replace2, replace4, udp_mangled};
 pub const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
+const IPPROTO_SCTP: u8 = 132;
 pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_TIME_EXCEEDED: u8 = 11;
 
@@ -67,14 +68,17 @@ fn port(b: &[u8; BLOCK], off: usize) -> [u8; 2] {
 
 /// The quote of `block` if it is an ICMP error this module translates:
 /// outer and quoted IPv4 headers without options, type destination
-/// unreachable or time exceeded, quoting TCP or UDP.
+/// unreachable or time exceeded, quoting TCP, UDP or SCTP. (A quoted
+/// SCTP packet's CRC32c, when the quote reaches it, is left as sent: no
+/// receiver checks a quoted CRC; SCTP matches an error to its association
+/// by addresses, ports and verification tag, which are translated or kept.)
 #[inline(always)]
 pub fn quote(block: &[u8; BLOCK]) -> Option<Quote> {
     let ok = block[0] == 0x45
         && block[9] == IPPROTO_ICMP
         && (block[ICMP] == ICMP_DEST_UNREACH || block[ICMP] == ICMP_TIME_EXCEEDED)
         && block[INNER] == 0x45
-        && (block[INNER + 9] == IPPROTO_TCP || block[INNER + 9] == IPPROTO_UDP);
+        && matches!(block[INNER + 9], IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP);
     if !ok {
         return None;
     }
@@ -164,14 +168,19 @@ mod tests {
         let mut l4 = vec![0u8; if proto == IPPROTO_TCP { 20 } else { 8 }];
         l4[..2].copy_from_slice(&src.port);
         l4[2..4].copy_from_slice(&dst.port);
-        if proto == IPPROTO_UDP {
-            l4[4..6].copy_from_slice(&8u16.to_be_bytes());
+        if proto == IPPROTO_SCTP {
+            // RFC 792's 8 bytes: ports and the verification tag.
+            l4[4..8].copy_from_slice(&0x5e4e_7a90u32.to_be_bytes());
         } else {
-            l4[12] = 0x50;
+            if proto == IPPROTO_UDP {
+                l4[4..6].copy_from_slice(&8u16.to_be_bytes());
+            } else {
+                l4[12] = 0x50;
+            }
+            let c = l4_checksum_v4(src.addr, dst.addr, proto, &l4);
+            let at = if proto == IPPROTO_TCP { TCP_CHECK } else { 6 };
+            l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
         }
-        let c = l4_checksum_v4(src.addr, dst.addr, proto, &l4);
-        let at = if proto == IPPROTO_TCP { TCP_CHECK } else { 6 };
-        l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
         let ip = |s: [u8; 4], d: [u8; 4], proto: u8, len: usize| {
             let mut h = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, proto, 0, 0];
             h[2..4].copy_from_slice(&(len as u16).to_be_bytes());
@@ -217,7 +226,7 @@ mod tests {
 
     #[test]
     fn a_snat_flows_error_is_rewritten_to_what_the_client_sent_with_every_checksum_valid() {
-        for proto in [IPPROTO_UDP, IPPROTO_TCP] {
+        for proto in [IPPROTO_UDP, IPPROTO_TCP, IPPROTO_SCTP] {
             // The router between the nodes could not forward node:61000 → pod:8080.
             let got = error((ROUTER, NODE), end(NODE, 61000), end(POD, 8080), proto);
             let t = Translation { outer_src: ROUTER, outer_dst: CLIENT, src: end(CLIENT, 40000), dst: end(NODE, 30080) };
@@ -235,7 +244,7 @@ mod tests {
     }
 
     #[test]
-    fn only_unreachable_and_time_exceeded_errors_quoting_tcp_or_udp_are_translated() {
+    fn only_unreachable_and_time_exceeded_errors_quoting_tcp_udp_or_sctp_are_translated() {
         let mut b = [0u8; BLOCK];
         b.copy_from_slice(&error((ROUTER, NODE), end(NODE, 1), end(POD, 2), IPPROTO_UDP)[..BLOCK]);
         assert!(quote(&b).is_some());

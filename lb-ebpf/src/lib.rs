@@ -7,5 +7,6 @@ pub mod csum;
 pub mod hash;
 pub mod icmp;
 pub mod rst;
+pub mod sctp;
 pub mod too_big;
 pub mod unreach;

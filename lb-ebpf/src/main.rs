@@ -26,6 +26,7 @@ mod parse;
 mod parse6;
 mod refuse;
 mod reset;
+mod sctp_nat;
 mod select;
 mod service;
 mod sock;

@@ -12,12 +12,16 @@
 //! tc sees socket buffers whose L4 checksum may be a partial one (checksum
 //! offload, e.g. on a pod's veth): there the kernel helpers update it, as they
 //! know the buffer's checksum state.
+//!
+//! SCTP has no Internet checksum and no pseudo header: its ports are
+//! rewritten as UDP's are, and when they change its CRC32c is updated after
+//! the store (`sctp_nat.rs`). A rewrite of the addresses alone needs none.
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
     helpers::bpf_csum_diff,
     programs::{TcContext, XdpContext},
 };
-use lb_common::{Addr, IPPROTO_UDP};
+use lb_common::{Addr, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 use lb_ebpf::csum;
 
 use crate::{
@@ -70,12 +74,21 @@ pub fn xdp_rewrite<F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>, side: Side,
     let (data, end) = (ctx.data(), ctx.data_end());
     if F::SPLIT {
         match xdp_rewrite_call::<F>(data, end, p, side, rw) {
-            0 => Ok(()),
-            reason => Err(Verdict::Drop(reason)),
+            0 => {}
+            reason => return Err(Verdict::Drop(reason)),
         }
     } else {
-        xdp_rewrite_inline::<F>(data, end, p, side, rw)
+        xdp_rewrite_inline::<F>(data, end, p, side, rw)?;
     }
+    // SCTP: its CRC after the ports changed (see the module doc).
+    let ports_changed = match side {
+        Side::Dst => p.dport != rw.port || p.sport != rw.peer_port,
+        Side::Src => p.sport != rw.port || p.dport != rw.peer_port,
+    };
+    if F::SCTP && p.proto == IPPROTO_SCTP && ports_changed && !crate::sctp_nat::xdp_crc(ctx, p) {
+        return Err(MALFORMED);
+    }
+    Ok(())
 }
 
 /// [`xdp_rewrite`] with a frame of its own (see `Family::SPLIT`): 0, or the
@@ -99,7 +112,8 @@ fn xdp_rewrite_inline<F: Family>(data: usize, end: usize, p: &Packet<F::Addr>, s
     // it, but the verifier cannot relate the two pointers.
     let ip = core::hint::black_box(data + ETH_LEN);
     let l4 = data + p.l4;
-    let udp = p.proto == IPPROTO_UDP;
+    // UDP's 8-byte header bounds SCTP's rewrite too (ports, no checksum).
+    let udp = p.proto != IPPROTO_TCP;
     let check_off = if udp { UDP_CHECK } else { TCP_CHECK };
     // The L4 checksum is bounds-checked at the very address that is read
     // and written (`black_box` keeps it one value): 6.1's verifier loses the
@@ -119,8 +133,9 @@ fn xdp_rewrite_inline<F: Family>(data: usize, end: usize, p: &Packet<F::Addr>, s
         let mut ipc = ip_check.map_or(0, |c| u16::from_be_bytes(*c));
         let mut c = u16::from_be_bytes(*l4_check);
         // UDP checksum 0: the sender did not compute one; leave it absent
-        // (IPv6 never gets here with one: `parse6` refuses it).
-        let l4_sum = !(udp && c == 0);
+        // (IPv6 never gets here with one: `parse6` refuses it). SCTP has
+        // none (its CRC is updated by `xdp_rewrite`).
+        let l4_sum = p.proto == IPPROTO_TCP || (p.proto == IPPROTO_UDP && c != 0);
         for e in ends::<F>(p, side, rw) {
             if e.addr != e.new_addr {
                 *((ip + e.addr_off) as *mut F::Addr) = *e.new_addr;
@@ -183,6 +198,8 @@ fn tc_rewrite_inline<F: Family>(ctx: &TcContext, p: &Packet<F::Addr>, side: Side
         0
     };
     let failed = |_| Verdict::Drop(lb_common::counter::DROP_CSUM);
+    // SCTP: no L4 checksum helper (see the module doc).
+    let inet = !(F::SCTP && p.proto == IPPROTO_SCTP);
     let (data, end) = (ctx.data(), ctx.data_end());
     if data + ETH_LEN + F::IP_HDR > end {
         return Err(MALFORMED);
@@ -200,7 +217,9 @@ fn tc_rewrite_inline<F: Family>(ctx: &TcContext, p: &Packet<F::Addr>, side: Side
         if e.addr != e.new_addr {
             addrs_changed = true;
             ipc = csum::replace_addr(ipc, e.addr.octets(), e.new_addr.octets());
-            addr_csum::<F>(ctx, l4_check, e.addr, e.new_addr, mangled).map_err(failed)?;
+            if inet {
+                addr_csum::<F>(ctx, l4_check, e.addr, e.new_addr, mangled).map_err(failed)?;
+            }
         }
         if e.port != e.new_port {
             ports_changed = true;
@@ -208,8 +227,10 @@ fn tc_rewrite_inline<F: Family>(ctx: &TcContext, p: &Packet<F::Addr>, side: Side
                 u16::from_ne_bytes(e.port) as u64,
                 u16::from_ne_bytes(e.new_port) as u64,
             );
-            ctx.l4_csum_replace(l4_check, old, new, mangled | 2)
-                .map_err(failed)?;
+            if inet {
+                ctx.l4_csum_replace(l4_check, old, new, mangled | 2)
+                    .map_err(failed)?;
+            }
         }
     }
     if addrs_changed {
@@ -218,6 +239,9 @@ fn tc_rewrite_inline<F: Family>(ctx: &TcContext, p: &Packet<F::Addr>, side: Side
     if ports_changed {
         let block = [ports[0][0], ports[0][1], ports[1][0], ports[1][1]];
         ctx.store(p.l4 + L4_SPORT, &block, 0).map_err(failed)?;
+        if !inet && !crate::sctp_nat::tc_crc(ctx, p) {
+            return Err(Verdict::Drop(lb_common::counter::DROP_CSUM));
+        }
     }
     Ok(())
 }

@@ -3,7 +3,8 @@
 //! against `data_end` so the verifier accepts it and a short packet is a
 //! counted drop, never an out-of-bounds read.
 //!
-//! TCP, UDP and ICMP (whose errors of NATed flows are translated) are parsed.
+//! TCP, UDP, SCTP and ICMP (whose errors of NATed flows are translated) are
+//! parsed.
 //! Handled explicitly: VLAN tags and non-IPv4 frames are passed untouched,
 //! IP options are skipped (IHL), fragments are passed to the stack (only the
 //! first carries ports, so they cannot be balanced per flow here).
@@ -13,8 +14,14 @@
 //! frame, total length < frame, is fine), and the whole L4 header is inside
 //! the IPv4 packet — TCP: data offset ≥ 5 and header with options within the
 //! total length; UDP: 8 bytes and a UDP length between 8 and what the IPv4
-//! packet holds (what the kernel's own `udp_rcv` accepts). Anything else is
-//! `MALFORMED`.
+//! packet holds (what the kernel's own `udp_rcv` accepts); SCTP: the
+//! 12-byte common header and one chunk header. Anything else is `MALFORMED`.
+//!
+//! SCTP has its ports where TCP and UDP have them. Its first chunk stands in
+//! for TCP's flags, so conntrack opens and closes SCTP flows the same way:
+//! INIT is a SYN, ABORT a RST, SHUTDOWN COMPLETE a FIN (INIT and SHUTDOWN
+//! COMPLETE are never bundled; an ABORT bundled after other chunks is not
+//! seen, and the flow then ends by its idle timeout).
 //!
 //! `frame_len` is the length of the whole packet and `end` the end of what is
 //! directly readable. In XDP they are the same. In tc `frame_len` is
@@ -22,11 +29,12 @@
 //! arithmetic on the header fields against `frame_len`, and only the bytes we
 //! read or rewrite (ports, flags, checksums: the first 20 TCP / 8 UDP bytes)
 //! must be linear, which tc makes sure of by pulling them (`tc.rs`). TCP
-//! options are never read, so they need not be linear.
+//! options are never read, so they need not be linear; nor is an SCTP
+//! packet's first chunk always (only its common header is).
 use core::mem::size_of;
 
-use lb_common::{counter, IPPROTO_TCP, IPPROTO_UDP};
-use lb_ebpf::icmp::IPPROTO_ICMP;
+use lb_common::{counter, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
+use lb_ebpf::{icmp::IPPROTO_ICMP, sctp};
 
 use crate::verdict::{Verdict, MALFORMED};
 
@@ -94,7 +102,8 @@ pub struct Packet<A = [u8; 4]> {
     pub proto: u8,
     pub sport: [u8; 2],
     pub dport: [u8; 2],
-    /// TCP flags byte; 0 for UDP.
+    /// TCP flags byte; for SCTP the flags its first chunk stands for (see
+    /// the module doc); 0 for UDP.
     pub tcp_flags: u8,
     /// IPv4 total length; IPv6: the fixed header + payload length (bytes
     /// counted per flow and service).
@@ -168,6 +177,7 @@ pub fn parse(data: usize, end: usize, frame_len: usize) -> Result<Packet, Verdic
     let min_l4 = match l4proto {
         IPPROTO_TCP => 20,
         IPPROTO_UDP => 8,
+        IPPROTO_SCTP => sctp::COMMON_LEN + sctp::CHUNK_HDR_LEN,
         // ICMP errors of NATed flows are translated (icmp_error.rs); the
         // "ports" read below are then its type, code and checksum, unused.
         IPPROTO_ICMP => 8,
@@ -212,6 +222,17 @@ pub fn ports(data: usize, end: usize, l4: usize, l4proto: u8, l4_room: usize) ->
             return Err(MALFORMED);
         }
         0
+    } else if l4proto == IPPROTO_SCTP {
+        // Inside the packet by the length check above, but in tc not
+        // always linear: an SCTP GSO buffer's head ends with the common
+        // header (see tc.rs). Its first chunk is then DATA: no flags.
+        let chunk = data + l4 + sctp::COMMON_LEN;
+        if chunk < end {
+            // SAFETY: `chunk` was bounds-checked against `data_end` above.
+            sctp::chunk_flags(unsafe { *(chunk as *const u8) })
+        } else {
+            0
+        }
     } else {
         0
     };

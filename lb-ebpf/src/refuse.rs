@@ -1,12 +1,13 @@
 //! What a refused packet from a pod gets back (kube-proxy's REJECT): a TCP
-//! SYN a reset (`reset.rs`), a UDP datagram an ICMP port unreachable
-//! (`lb_ebpf::unreach`), anything else nothing (dropped).
+//! SYN a reset (`reset.rs`), a UDP datagram or an SCTP packet an ICMP port
+//! unreachable (`lb_ebpf::unreach`; for SCTP the quote's 8 bytes are the
+//! ports and the verification tag), anything else nothing (dropped).
 use aya_ebpf::{
     bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
     helpers::{bpf_skb_adjust_room, bpf_skb_change_tail},
     programs::TcContext,
 };
-use lb_common::{counter, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{counter, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 use lb_ebpf::unreach::{headers, quote_sum, HEADERS_LEN, UNREACH_LEN};
 
 use crate::{
@@ -16,14 +17,14 @@ use crate::{
     verdict::{Verdict, MALFORMED},
 };
 
-/// Answers `p` when it is a SYN or a UDP datagram; else drops it, counting
+/// Answers `p` when it is a SYN, a UDP datagram or an SCTP packet; else drops it, counting
 /// `reason` either way.
 #[inline(always)]
 pub fn tc(ctx: &TcContext, p: &Packet, reason: u32) -> Result<Verdict, Verdict> {
     if p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
         return reset::tc(ctx, p, reason);
     }
-    if p.proto == IPPROTO_UDP {
+    if p.proto == IPPROTO_UDP || p.proto == IPPROTO_SCTP {
         return unreachable(ctx, p, reason);
     }
     Err(Verdict::Drop(reason))

@@ -16,7 +16,7 @@ use aya_ebpf::{
     helpers::bpf_redirect,
     programs::TcContext,
 };
-use lb_common::counter;
+use lb_common::{counter, IPPROTO_SCTP};
 use lb_ebpf::icmp::IPPROTO_ICMP;
 
 use crate::{
@@ -178,7 +178,7 @@ fn run<F: Family>(ctx: &TcContext, f: impl FnOnce(&TcContext, &Packet<F::Addr>) 
         F::HEADERS_MAX
     };
     if (ctx.data_end() - ctx.data()) < want as usize {
-        let _ = ctx.pull_data(want);
+        pull_headers(ctx, want);
     }
     let verdict = match F::parse(ctx.data(), ctx.data_end(), ctx.len() as usize) {
         Ok(p) => match f(ctx, &p) {
@@ -195,6 +195,31 @@ fn run<F: Family>(ctx: &TcContext, f: impl FnOnce(&TcContext, &Packet<F::Addr>) 
         // An answer is built with its Ethernet addresses already swapped.
         Verdict::Reply(_) => bounce(ctx, false),
     }
+}
+
+/// Pulls the first `want` bytes into the linear part, but never, for SCTP,
+/// past the common header: an SCTP GSO buffer (a local socket's large
+/// message) is a head holding only the Ethernet, IPv4 and SCTP headers with
+/// one packet's chunks per `frag_list` buffer, and `skb_segment` crashes the
+/// kernel on a head that took in chunk bytes ("kernel BUG at
+/// net/core/skbuff.c:4285", `sctp_gso_segment`, seen on 6.1 with a pulled
+/// head). The protocol is read without pulling (`bpf_skb_load_bytes`).
+/// Out of line: its buffer stays out of the hooks' frames.
+#[inline(never)]
+fn pull_headers(ctx: &TcContext, want: u32) {
+    // Ethertype, then the IPv4 header up to its protocol.
+    let want = match ctx.load::<[u8; 12]>(ETH_LEN - 2) {
+        Ok(h) if h[..2] == [0x08, 0x00] && h[11] == IPPROTO_SCTP => {
+            let sctp_end = (ETH_LEN + ((h[2] & 0x0f) as usize) * 4 + lb_ebpf::sctp::COMMON_LEN) as u32;
+            if sctp_end < want {
+                sctp_end
+            } else {
+                want
+            }
+        }
+        _ => want,
+    };
+    let _ = ctx.pull_data(want);
 }
 
 /// Sends the packet back out of the interface it arrived on, with the

@@ -19,6 +19,7 @@ pub mod packet;
 pub mod packet6;
 pub mod prometheus;
 pub mod servers;
+pub mod sctp;
 pub mod services;
 pub mod tc;
 pub mod topology;

@@ -1,6 +1,7 @@
-//! Building and checking Ethernet/IPv4/TCP/UDP frames byte by byte. Checksums
-//! are computed from scratch here, so a frame the programs rewrote
-//! incrementally can be checked against an independent full computation.
+//! Building and checking Ethernet/IPv4/TCP/UDP/SCTP frames byte by byte.
+//! Checksums are computed from scratch here (SCTP's CRC32c by the `crc`
+//! crate), so a frame the programs rewrote incrementally can be checked
+//! against an independent full computation.
 use std::net::Ipv4Addr;
 
 use lb_ebpf::csum::{checksum, l4_checksum_v4};
@@ -18,6 +19,37 @@ pub const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 pub enum L4 {
     Tcp { flags: u8, seq: u32, ack: u32 },
     Udp { zero_checksum: bool },
+    /// One SCTP chunk of type `chunk` whose value is the frame's payload.
+    Sctp { vtag: u32, chunk: u8, crc: SctpCrc },
+}
+
+/// What an SCTP frame carries in its checksum field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SctpCrc {
+    /// The CRC32c of the packet.
+    Valid,
+    /// Zero: a sender with CRC offload left it to be computed
+    /// (`CHECKSUM_PARTIAL`), as pods on a veth do.
+    Offloaded,
+    /// The CRC32c with these bits flipped (a corrupt packet).
+    Corrupt(u32),
+}
+
+/// SCTP chunk types the tests send.
+pub const SCTP_DATA: u8 = 0;
+pub const SCTP_INIT: u8 = 1;
+pub const SCTP_INIT_ACK: u8 = 2;
+pub const SCTP_ABORT: u8 = 6;
+
+/// The CRC32c of an SCTP packet (its checksum field taken as zero), as the
+/// field's 4 bytes on the wire (little-endian, RFC 9260 appendix A).
+pub fn sctp_crc(sctp: &[u8]) -> [u8; 4] {
+    const CASTAGNOLI: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+    let mut d = CASTAGNOLI.digest();
+    d.update(&sctp[..8]);
+    d.update(&[0; 4]);
+    d.update(&sctp[12..]);
+    d.finalize().to_le_bytes()
 }
 
 /// A frame description; [`Frame::bytes`] renders it.
@@ -47,6 +79,12 @@ impl Frame {
 
     pub fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Self {
         Self::new(src, sport, dst, dport, L4::Udp { zero_checksum: false })
+    }
+
+    /// An SCTP packet with one chunk of type `chunk` (value: the payload)
+    /// and a valid CRC32c.
+    pub fn sctp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, vtag: u32, chunk: u8) -> Self {
+        Self::new(src, sport, dst, dport, L4::Sctp { vtag, chunk, crc: SctpCrc::Valid })
     }
 
     fn new(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, l4: L4) -> Self {
@@ -107,6 +145,7 @@ impl Frame {
         match self.l4 {
             L4::Tcp { .. } => 6,
             L4::Udp { .. } => 17,
+            L4::Sctp { .. } => 132,
         }
     }
 
@@ -138,7 +177,25 @@ pub fn l4_segment(sport: u16, dport: u16, l4: &L4, window: u16, payload: &[u8], 
             s.extend_from_slice(&[0, 0]);
             6
         }
+        // Built below: no Internet checksum.
+        L4::Sctp { .. } => 8,
     };
+    if let L4::Sctp { vtag, chunk, crc } = *l4 {
+        s.extend_from_slice(&vtag.to_be_bytes());
+        s.extend_from_slice(&[0; 4]);
+        s.extend_from_slice(&[chunk, 0]);
+        s.extend_from_slice(&((4 + payload.len()) as u16).to_be_bytes());
+        s.extend_from_slice(payload);
+        // Chunks are padded to 4 bytes.
+        s.resize(s.len().next_multiple_of(4), 0);
+        let field = match crc {
+            SctpCrc::Valid => sctp_crc(&s),
+            SctpCrc::Offloaded => [0; 4],
+            SctpCrc::Corrupt(bits) => (u32::from_le_bytes(sctp_crc(&s)) ^ bits).to_le_bytes(),
+        };
+        s[8..12].copy_from_slice(&field);
+        return s;
+    }
     s.extend_from_slice(payload);
     if !matches!(l4, L4::Udp { zero_checksum: true }) {
         let c = sum(&s);
@@ -173,8 +230,9 @@ pub fn icmp_error(like: &Frame, src: Ipv4Addr, dst: Ipv4Addr, typ: u8, code: u8,
     f
 }
 
-/// Checks the IPv4 header checksum and the TCP/UDP checksum of an untagged
-/// IPv4 frame by full recomputation (for an ICMP error: the ICMP checksum and
+/// Checks the IPv4 header checksum and the TCP/UDP checksum (SCTP: CRC32c,
+/// or zero for an offloaded one) of an untagged IPv4 frame by full
+/// recomputation (for an ICMP error: the ICMP checksum and
 /// the quoted packet's). Returns a description of what is wrong.
 pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     if frame.get(12..14) == Some(&[0x86, 0xdd][..]) {
@@ -209,6 +267,15 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     }
     if proto == 17 && seg[6..8] == [0, 0] {
         return Ok(()); // UDP without checksum
+    }
+    if proto == 132 {
+        // SCTP: a CRC32c without pseudo header; zero means still to be
+        // computed (checksum offload), which only the kernel can finish.
+        let field = seg.get(8..12).ok_or("SCTP header cut short")?;
+        if field != [0; 4] && field != sctp_crc(seg) {
+            return Err(format!("bad SCTP CRC32c {field:02x?}, want {:02x?}", sctp_crc(seg)));
+        }
+        return Ok(());
     }
     if l4_checksum_v4(src, dst, proto, seg) != 0 {
         return Err(format!("bad L4 checksum (proto {proto})"));

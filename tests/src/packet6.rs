@@ -97,6 +97,7 @@ impl Frame6 {
         match self.l4 {
             L4::Tcp { .. } => 6,
             L4::Udp { .. } => 17,
+            L4::Sctp { .. } => 132,
         }
     }
 

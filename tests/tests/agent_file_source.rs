@@ -63,7 +63,7 @@ fn agent_programs_yaml_objects_and_follows_an_endpoint_slice_edit() {
     // backend-2 leaves the slice.
     let syncs_before = agent.sync_writes().len();
     write(&agent.source_dir, "slice.yaml", &slice(&[0, 1]));
-    let ok = wait_for(Duration::from_secs(5), || {
+    let ok = wait_for(Duration::from_secs(30), || {
         programmed(&dp).is_some_and(|(n, b)| n == 2 && !b.contains(&backend_addr(2)))
     });
     assert!(
@@ -144,7 +144,7 @@ fn hostile_and_broken_files_leave_the_programmed_service_alone() {
          apiVersion: v1\nkind: Secret\nmetadata: {name: s, namespace: shop}\n",
     );
     // The agent re-reads the directory (one more sync) and writes nothing.
-    let ok = wait_for(Duration::from_secs(5), || agent.sync_writes().len() > syncs);
+    let ok = wait_for(Duration::from_secs(30), || agent.sync_writes().len() > syncs);
     assert!(ok, "no sync after the new files:\n{}", agent.log());
     agent.assert_alive();
     assert_eq!(agent.sync_writes().last(), Some(&0), "{}", agent.log());
@@ -173,7 +173,7 @@ fn kernel_events_reach_the_agent_log_rate_limited() {
         assert!(r.is_err());
     }
     let line = "no backend for service 10.96.0.10:80 (proto 6): new flow dropped";
-    assert!(wait_for(Duration::from_secs(5), || agent.log().contains(line)), "the kernel's event reached the log:\n{}", agent.log());
+    assert!(wait_for(Duration::from_secs(30), || agent.log().contains(line)), "the kernel's event reached the log:\n{}", agent.log());
     let lines = agent.log().matches(line).count();
     assert!(lines <= 2, "rate-limited to one a second per CPU, got {lines}");
     assert!(dp.counters().unwrap()[lb_common::counter::DROP_NO_BACKEND as usize] >= 10);

@@ -5,7 +5,7 @@
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use lb_agent::explain::{explain_pinned, Action, Origin, Query};
-use lb_common::{algorithm, service_flags, ServiceKeyV4, SourceRangeV4, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{algorithm, service_flags, ServiceKeyV4, SourceRangeV4, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 use xdplb_tests::observe::observed;
 use xdplb_tests::{
     fixture::run_frame,
@@ -74,7 +74,7 @@ impl Checker {
     /// As [`Checker::check`]; also the explanation and the output frame.
     fn check_full(&mut self, origin: Origin, frame: &Frame) -> ((Action, Option<SocketAddrV4>), lb_agent::explain::Explanation, Vec<u8>) {
         let program = if origin == Origin::Pod { "tc_ingress" } else { "xdp_lb" };
-        let proto = if matches!(frame.l4, xdplb_tests::packet::L4::Udp { .. }) { IPPROTO_UDP } else { IPPROTO_TCP };
+        let proto = frame.proto();
         let q = Query { origin, src: frame.src.into(), sport: Some(frame.sport), dst: frame.dst.into(), dport: frame.dport, proto };
         let e = explain_pinned(&self.lb.maps, &q, &Default::default()).expect("reading maps");
         let input = frame.bytes();
@@ -193,4 +193,37 @@ fn explain_names_the_backend_of_a_real_connection() {
     assert!(text.contains("verdict    PASS"), "{text}");
     println!("{text}");
     agent.assert_alive();
+}
+
+/// SCTP, checked the same way: round-robin with a port change, the
+/// established association, SNAT to a backend on another node, and no
+/// backend (refused from a pod with ICMP port unreachable, dropped at XDP).
+#[test]
+fn explain_agrees_with_the_programs_on_sctp() {
+    let sctp_ip = Ipv4Addr::new(10, 96, 0, 40);
+    let mut lb = Lb::load();
+    lb.program(&contents(&[
+        Svc::new(1, IPPROTO_SCTP, algorithm::ROUND_ROBIN).frontend(sctp_ip, 3868).backend(1, backend(1), 3869).backend(2, backend(2), 3869),
+        Svc::new(2, IPPROTO_SCTP, algorithm::RANDOM).frontend(EMPTY_IP, 3868),
+        Svc::new(3, IPPROTO_SCTP, algorithm::RANDOM).frontend(REMOTE_IP, 3868).remote_backend(3, Ipv4Addr::new(10, 0, 9, 5), 3869),
+    ]));
+    lb.maps.set_nat_config(&lb_common::NatConfig { addr_v4: NODE.octets(), port_min: 61000, port_max: 65535 }).unwrap();
+    let mut c = Checker { lb, checked: 0 };
+    let chunk = |src, sport, dst, t| Frame::sctp(src, sport, dst, 3868, 7, t).payload(&[0; 16]);
+    use xdplb_tests::packet::{SCTP_DATA, SCTP_INIT};
+    for (origin, src) in [(Origin::External, CLIENT), (Origin::Pod, POD)] {
+        let mut seen = std::collections::BTreeSet::new();
+        for sport in 46000..46004 {
+            let (a, b) = c.check(origin, &chunk(src, sport, sctp_ip, SCTP_INIT));
+            assert_eq!((a, b.map(|b| b.port())), (Action::Dnat, Some(3869)));
+            seen.insert(b);
+            assert_eq!(c.check(origin, &chunk(src, sport, sctp_ip, SCTP_DATA)).1, b, "the association keeps its backend");
+        }
+        assert_eq!(seen.len(), 2, "round-robin: {seen:?}");
+        let refused = if origin == Origin::Pod { Action::Reject } else { Action::Drop };
+        assert_eq!(c.check(origin, &chunk(src, 46100, EMPTY_IP, SCTP_INIT)).0, refused, "SCTP to a service without backends");
+    }
+    let (got, e, _) = c.check_full(Origin::External, &chunk(CLIENT, 46200, REMOTE_IP, SCTP_INIT));
+    assert_eq!((got.0, e.verdict.snat.as_deref()), (Action::Dnat, Some("192.168.1.1:61000-65535")), "{e}");
+    assert_eq!(c.checked, 19);
 }

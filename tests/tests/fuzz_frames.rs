@@ -15,7 +15,7 @@
 //! Needs root.
 use std::time::Instant;
 
-use lb_common::{algorithm, counter, is_outcome, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{algorithm, counter, is_outcome, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 use xdplb_tests::{
     fixture,
     lb::Lb,
@@ -27,13 +27,16 @@ use xdplb_tests::{
 use xdplb_tests::fixture::story::{B1, B2, CLIENT, CLUSTER_IP, DNS_IP, EMPTY_IP, NODE, POD};
 const PROGRAMS: [&str; 3] = ["xdp_lb", "tc_ingress", "tc_egress"];
 
-/// The services of `fixtures.rs`, so its inputs hit services here too.
+/// The services of `fixtures.rs` (and SCTP ones of `sctp.rs`), so their
+/// inputs hit services here too.
 fn services() -> Vec<Svc> {
     vec![
         Svc::new(1, IPPROTO_TCP, algorithm::ROUND_ROBIN).frontend(CLUSTER_IP, 80).backend(1, B1, 8080),
         Svc::new(2, IPPROTO_TCP, algorithm::RANDOM).frontend(NODE, 30080).backend(1, B1, 8080),
         Svc::new(3, IPPROTO_UDP, algorithm::LEAST_CONN).frontend(DNS_IP, 53).backend(2, B2, 5353),
         Svc::new(4, IPPROTO_TCP, algorithm::RANDOM).frontend(EMPTY_IP, 80),
+        // sctp.json's ClusterIP and NodePort (a port change: CRC updates).
+        Svc::new(5, IPPROTO_SCTP, algorithm::ROUND_ROBIN).frontend(CLUSTER_IP, 3868).frontend(NODE, 30868).backend(3, B1, 3869),
     ]
 }
 
@@ -46,8 +49,8 @@ const B2_6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0,
 /// The IPv6 services (ids after IPv4's: one space).
 fn services_v6() -> Vec<Svc6> {
     vec![
-        Svc6 { id: 5, proto: IPPROTO_TCP, algorithm: algorithm::MAGLEV, frontends: vec![(CLUSTER_IP6, 80)], backends: vec![(11, B1_6, 8080)] },
-        Svc6 { id: 6, proto: IPPROTO_UDP, algorithm: algorithm::ROUND_ROBIN, frontends: vec![(DNS_IP6, 53)], backends: vec![(12, B2_6, 5353)] },
+        Svc6 { id: 6, proto: IPPROTO_TCP, algorithm: algorithm::MAGLEV, frontends: vec![(CLUSTER_IP6, 80)], backends: vec![(11, B1_6, 8080)] },
+        Svc6 { id: 7, proto: IPPROTO_UDP, algorithm: algorithm::ROUND_ROBIN, frontends: vec![(DNS_IP6, 53)], backends: vec![(12, B2_6, 5353)] },
     ]
 }
 
@@ -58,7 +61,7 @@ enum Class {
     Malformed,
     /// Not for balancing (VLAN, not IPv4, fragment, other L4): passed unchanged.
     Other,
-    /// A well-formed IPv4 or IPv6 TCP/UDP packet: may be balanced.
+    /// A well-formed IPv4 TCP/UDP/SCTP or IPv6 TCP/UDP packet: may be balanced.
     Valid,
     /// UDP over IPv6 with checksum 0: dropped (XDP) or passed (tc) unchanged,
     /// no state, counted apart from malformed.
@@ -98,6 +101,9 @@ fn classify(f: &[u8]) -> Class {
                 Class::Valid
             }
         }
+        // SCTP: the common header and one chunk header.
+        132 if l4.len() < 16 => Class::Malformed,
+        132 => Class::Valid,
         17 if l4.len() < 8 => Class::Malformed,
         17 => {
             let len = u16::from_be_bytes([l4[4], l4[5]]) as usize;
@@ -190,7 +196,11 @@ impl Rng {
 
 /// Valid frames to start from: the fixture inputs and flows of every kind.
 fn seeds() -> Vec<Vec<u8>> {
-    let mut out: Vec<Vec<u8>> = fixture::load("ipv4_services.json").iter().map(|c| xdplb_tests::packet::from_hex(&c.input)).collect();
+    let mut out: Vec<Vec<u8>> = ["ipv4_services.json", "sctp.json"]
+        .iter()
+        .flat_map(|file| fixture::load(file))
+        .map(|c| xdplb_tests::packet::from_hex(&c.input))
+        .collect();
     let mut opts = Frame::tcp(CLIENT, 40001, CLUSTER_IP, 80, TCP_SYN);
     opts.ip_options = vec![0x01; 8];
     let mut vlan = Frame::udp(CLIENT, 5000, DNS_IP, 53).payload(b"q");
@@ -455,7 +465,7 @@ fn fuzz(n: usize) {
     let outcomes: u64 = (0..counter::COUNT).filter(|&i| is_outcome(i)).map(|i| counters[i as usize]).sum();
     let flows = lb.maps.flows().unwrap().len() as u64 + flows_v6(&mut lb.ebpf).len() as u64;
     let (mut new_flows, mut svc_packets) = (0, 0);
-    for id in 1..=6 {
+    for id in 1..=7 {
         let s = lb.maps.service_stats(id).unwrap();
         new_flows += s.new_flows;
         svc_packets += s.packets;

@@ -5,7 +5,8 @@
 //! target/kernels/, never installed) and boots in QEMU under TCG with a
 //! busybox initramfs. The guest mounts this host's root read-only over 9p
 //! and runs `xdplb-vm-guest` (tests/src/bin/vm_guest.rs) from it, which
-//! checks balancing, restarts, doctor and uninstall inside the VM.
+//! checks balancing (TCP, and SCTP with real associations), restarts,
+//! doctor and uninstall inside the VM.
 //!
 //! Ignored in the default suite (a VM boot takes minutes under TCG); the
 //! tier runs it. Debian has no 5.15 kernel package (bullseye has 5.10,
@@ -16,8 +17,10 @@ use xdplb_tests::{agent::agent_binary, vm};
 
 /// Modules the guest needs that Debian builds as modules: virtio and 9p for
 /// the host's files, veth and bridge for the topology, clsact and cls_bpf
-/// for the netlink tc path.
-const MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "veth", "bridge", "sch_ingress", "cls_bpf"];
+/// for the netlink tc path, sctp (this host's kernel has none) with the
+/// CRC32c it needs (libcrc32c asks the crypto API for "crc32c": the generic
+/// one is loaded first, as nothing in the guest can load modules on demand).
+const MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "veth", "bridge", "sch_ingress", "cls_bpf", "crc32c_generic", "sctp"];
 
 fn out_dir() -> PathBuf {
     // target/<profile>/deps/<this test> → target/kernels
@@ -86,4 +89,5 @@ fn debian_12_kernel_6_1_balances_restarts_and_uninstalls_through_netlink_tc() {
     assert!(run.contains("XDPLB-VM-EXIT 0") && run.contains("XDPLB-GUEST-OK"), "the scenario failed in the VM ({pkg}):\n{run}");
     assert!(run.contains("XDPLB-FIGURE kernel 6.1."), "the guest ran another kernel:\n{run}");
     assert!(run.contains("XDPLB-FIGURE tc_attach netlink"), "6.1 has no TCX: tc must attach through netlink:\n{run}");
+    assert!(run.contains("XDPLB-FIGURE sctp_clusterip_pod_associations"), "the SCTP associations did not run:\n{run}");
 }

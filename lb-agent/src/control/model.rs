@@ -20,7 +20,7 @@ use std::{
 };
 
 use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery};
-use lb_common::{algorithm, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{algorithm, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 use serde::{Deserialize, Serialize};
 
 pub use crate::family::IpFamily;
@@ -73,12 +73,13 @@ impl fmt::Display for ObjectRef {
     }
 }
 
-/// L4 protocol of a port (SCTP is not balanced yet).
+/// L4 protocol of a port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Proto {
     Tcp,
     Udp,
+    Sctp,
 }
 
 impl Proto {
@@ -87,12 +88,14 @@ impl Proto {
         match self {
             Proto::Tcp => IPPROTO_TCP,
             Proto::Udp => IPPROTO_UDP,
+            Proto::Sctp => IPPROTO_SCTP,
         }
     }
     pub fn from_number(n: u8) -> Option<Self> {
         match n {
             IPPROTO_TCP => Some(Proto::Tcp),
             IPPROTO_UDP => Some(Proto::Udp),
+            IPPROTO_SCTP => Some(Proto::Sctp),
             _ => None,
         }
     }
@@ -100,6 +103,7 @@ impl Proto {
         match self {
             Proto::Tcp => "TCP",
             Proto::Udp => "UDP",
+            Proto::Sctp => "SCTP",
         }
     }
 }

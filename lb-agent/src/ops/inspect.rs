@@ -10,7 +10,7 @@ use std::{
 use anyhow::Result;
 use lb_common::{
     backend_state, counter, direction, flow_flags, proto_name, service_flags, Addr, Addr4, Addr6, BackendId, Config,
-    Flow, FlowKey, SlotKey, IPPROTO_UDP,
+    Flow, FlowKey, SlotKey,
 };
 use serde::Serialize;
 
@@ -279,10 +279,8 @@ pub fn flow_row<A: Addr>(k: &FlowKey<A>, v: &Flow<A>, now_ns: u64, cfg: &Config)
     let secs = |t: u64| now_ns.saturating_sub(t) as f64 / 1e9;
     let timeout = if v.flags & flow_flags::CLOSING != 0 {
         cfg.closing_timeout_s
-    } else if k.proto == IPPROTO_UDP {
-        cfg.udp_timeout_s
     } else {
-        cfg.tcp_timeout_s
+        cfg.idle_timeout_s(k.proto)
     };
     if secs(v.last_seen_ns) > timeout as f64 {
         flags.push("expired");

@@ -8,24 +8,31 @@
 //! - on a kernel without TCX the tc programs are netlink filters, one per
 //!   hook, replaced in place on SIGTERM and SIGKILL restarts (never two, a
 //!   long-lived connection keeps its backend), kept while no agent runs;
+//! - SCTP (sctp.ko, which this host's kernel lacks): real associations
+//!   through an SCTP Service whose port changes (3868 → 3869, so every
+//!   packet's CRC32c changes), to its ClusterIP and NodePort from outside
+//!   (XDP, complete CRCs) and from a pod (tc, offloaded CRCs), messages both
+//!   ways and larger than the MTU, the endpoints validating every CRC;
 //! - `lb-agent doctor` names the attach path and the verifier accepts every
 //!   program; `lb-agent uninstall` removes the filters and the XDP link.
 //!
 //! Prints `XDPLB-FIGURE name value` lines and `XDPLB-GUEST-OK` at the end;
 //! any failed check panics (exit 101).
 use std::{
-    net::{SocketAddr, TcpStream},
+    collections::BTreeMap,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
     path::Path,
     process::Command,
     time::{Duration, Instant},
 };
 
 use xdplb_tests::{
-    agent::{agent_binary, objects_dir, programmed, Agent, WEB_CLUSTER_IP},
+    agent::{agent_binary, objects_dir, programmed, programmed_at, write, Agent, WEB_CLUSTER_IP},
     netns::Netns,
+    sctp,
     servers::{tally, Conn, Server},
     tc::{filters, one_filter_each, replaced, HOOKS},
-    topology::{Topology, POD_IFACE, UPLINK},
+    topology::{backend_addr, Topology, POD_IFACE, UPLINK},
     wait_for,
 };
 
@@ -55,15 +62,81 @@ fn balanced(ns: &Netns, n: usize, what: &str) {
     figure(&format!("{what}_ms_per_connection"), start.elapsed().as_millis() / n as u128);
 }
 
+/// The SCTP Service `shop/diameter`: its ClusterIP, port, NodePort and
+/// target port.
+const DIAMETER_IP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
+const DIAMETER: (u16, u16, u16) = (3868, 30868, 3869);
+
+/// Real SCTP associations through `shop/diameter` from outside (ClusterIP
+/// and NodePort: XDP DNAT, tc egress reverse NAT) and from a pod (tc
+/// ingress): each carries messages of 5 to 9,000 bytes (one to seven
+/// packets each way) and its backend answers every one; both backends
+/// answer in turn (round-robin). The endpoints' kernels check every CRC32c,
+/// so a wrong update is a lost association, not a silent pass.
+fn sctp_balanced(t: &Topology, agent: &Agent) {
+    let dp = Agent::maps_of(agent);
+    let (port, node_port, _) = DIAMETER;
+    assert!(
+        wait_for(WAIT, || programmed_at(&dp, DIAMETER_IP, port, lb_common::IPPROTO_SCTP).is_some_and(|(n, _)| n == 2)),
+        "the SCTP service was not programmed:\n{}",
+        agent.log()
+    );
+    let before = dp.counters().expect("counters");
+    let client = Ipv4Addr::new(192, 168, 1, 2);
+    let pod = Ipv4Addr::new(10, 0, 3, 2);
+    let node = Ipv4Addr::new(192, 168, 1, 1);
+    let runs = [
+        (&t.client, client, SocketAddrV4::new(DIAMETER_IP, port), "sctp_clusterip_client", 6),
+        (&t.client, client, SocketAddrV4::new(node, node_port), "sctp_nodeport_client", 4),
+        (&t.pod, pod, SocketAddrV4::new(DIAMETER_IP, port), "sctp_clusterip_pod", 4),
+    ];
+    for (ns, from, to, what, n) in runs {
+        let start = Instant::now();
+        let mut seen = BTreeMap::<String, usize>::new();
+        for i in 0..n {
+            let who = ns.run(move || -> std::io::Result<String> {
+                let mut s = sctp::connect(from, to, Duration::from_secs(30))?;
+                let mut who = Vec::new();
+                for size in [5usize, 1200, 4000, 9000] {
+                    let msg: Vec<u8> = (0..size).map(|j| (i * 31 + j) as u8).collect();
+                    who.push(sctp::ask(&mut s, &msg)?);
+                }
+                who.dedup();
+                assert_eq!(who.len(), 1, "one association, one backend: {who:?}");
+                Ok(who.remove(0))
+            });
+            let who = who.unwrap_or_else(|e| panic!("{what}: association {i} to {to}: {e}"));
+            *seen.entry(who).or_default() += 1;
+        }
+        assert!(seen.len() == 2 && seen.values().all(|c| *c >= 1), "{what}: both backends answer: {seen:?}");
+        figure(&format!("{what}_associations"), n);
+        figure(&format!("{what}_per_backend"), format!("{seen:?}").replace(' ', ""));
+        figure(&format!("{what}_ms_per_association"), start.elapsed().as_millis() / n as u128);
+    }
+    let after = dp.counters().expect("counters");
+    let delta = |i: u32| after[i as usize] - before[i as usize];
+    let (updated, offloaded) = (delta(lb_common::counter::SCTP_CRC_UPDATED), delta(lb_common::counter::SCTP_CRC_OFFLOADED));
+    figure("sctp_crc_updated", updated);
+    figure("sctp_crc_offloaded", offloaded);
+    // The client sends complete CRCs (its offload is off): XDP updated
+    // them. Pods and backends send offloaded ones: tc left them zero.
+    assert!(updated > 0 && offloaded > 0, "both CRC paths were taken: updated {updated}, offloaded {offloaded}");
+}
+
 fn main() {
     let start = Instant::now();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     figure("kernel", release.trim());
     let t = Topology::new(2);
     let _servers: Vec<Server> = (0..2).map(|i| Server::start(&t.backends[i], 8080, &format!("backend-{i}"))).collect();
+    assert!(t.client.run(sctp::available), "this kernel has no SCTP (sctp.ko not loaded)");
+    let _sctp: Vec<sctp::Echo> = (0..2).map(|i| sctp::Echo::start(&t.backends[i], DIAMETER.2, &format!("backend-{i}"))).collect();
     let mut args = vec!["--pod-iface", POD_IFACE];
     args.extend_from_slice(SIZES);
-    let mut agent = Agent::start_with(&t.node, &objects_dir(&[0, 1]), &args);
+    let objects = objects_dir(&[0, 1]);
+    let (port, node_port, target) = DIAMETER;
+    write(&objects, "diameter.yaml", &sctp::service_yaml(DIAMETER_IP, port, node_port, target, &[backend_addr(0), backend_addr(1)]));
+    let mut agent = Agent::start_with(&t.node, &objects, &args);
     let dp = agent.maps();
     assert!(wait_for(WAIT, || programmed(&dp).is_some_and(|(n, _)| n == 2)), "not programmed:\n{}", agent.log());
     assert!(wait_for(WAIT, || agent.log().contains("attached tc to pod interface")), "pod0 not attached:\n{}", agent.log());
@@ -101,6 +174,7 @@ fn main() {
     // NAT; pod → tc ingress DNAT → backend → tc egress reverse NAT.
     balanced(&t.client, 20, "client");
     balanced(&t.pod, 10, "pod");
+    sctp_balanced(&t, &agent);
 
     // Restarts: a held connection keeps its backend, every hook keeps one filter.
     let mut held = Conn::new(t.client.run(|| TcpStream::connect(TO)).expect("held connection"));

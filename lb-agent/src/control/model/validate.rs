@@ -4,7 +4,7 @@
 //! whole object meaningless (one endpoint of a slice, one address of a Node,
 //! an invalid source range) is skipped alone, with a warning naming the
 //! object and the part. Nothing is left out without a log line at the
-//! default level: SCTP ports (valid, just not balanced yet), link-local
+//! default level: link-local
 //! addresses and addresses of a family the Service has no ClusterIP of at
 //! warn or info; what kube-proxy ignores too at info the first time (a
 //! headless Service, an FQDN slice) or at debug (a slice without its
@@ -117,12 +117,13 @@ fn parse_port(what: &str, p: i32) -> Result<u16, String> {
     }
 }
 
-/// `Ok(Some)` TCP/UDP, `Ok(None)` SCTP (valid, not balanced yet), `Err` unknown.
-fn parse_proto(p: Option<&str>) -> Result<Option<Proto>, String> {
+/// The protocol of a port (TCP when unset, as the API server defaults it);
+/// `Err` for anything but TCP, UDP and SCTP (case matters, as in the API).
+fn parse_proto(p: Option<&str>) -> Result<Proto, String> {
     match p.unwrap_or("TCP") {
-        "TCP" => Ok(Some(Proto::Tcp)),
-        "UDP" => Ok(Some(Proto::Udp)),
-        "SCTP" => Ok(None),
+        "TCP" => Ok(Proto::Tcp),
+        "UDP" => Ok(Proto::Udp),
+        "SCTP" => Ok(Proto::Sctp),
         other => Err(format!("unknown protocol {other:?}")),
     }
 }
@@ -212,17 +213,12 @@ fn service(id: &ObjectRef, s: &core::Service) -> Result<Service, String> {
                 return Err(format!("duplicate nodePort {n}/{proto_name}"));
             }
         }
-        match parse_proto(p.protocol.as_deref())? {
-            Some(proto) => ports.push(ServicePort {
-                name,
-                port,
-                node_port,
-                proto,
-            }),
-            None => {
-                tracing::warn!(object = %id, port, "SCTP is not balanced yet; skipping this port")
-            }
-        }
+        ports.push(ServicePort {
+            name,
+            port,
+            node_port,
+            proto: parse_proto(p.protocol.as_deref())?,
+        });
     }
 
     let local = |what: &str, v: &Option<String>| match v.as_deref() {
@@ -453,8 +449,8 @@ fn slice(id: &ObjectRef, service: &str, family: IpFamily, s: &discovery::Endpoin
             return Err(format!("duplicate port name {name:?}"));
         }
         // An unset port means "not restricted"; kube-proxy cannot use it either.
-        let (Some(port), Some(proto)) = (p.port, proto) else {
-            tracing::info!(object = %id, port = %name, "EndpointSlice port without a number, or SCTP: not balanced; skipped");
+        let Some(port) = p.port else {
+            tracing::info!(object = %id, port = %name, "EndpointSlice port without a number: not balanced; skipped");
             continue;
         };
         ports.push(SlicePort {

@@ -1047,3 +1047,28 @@ fn replan_takes_the_previous_ids_and_returns_the_next_with_its_warnings() {
         full.warnings
     );
 }
+
+#[test]
+fn sctp_ports_are_planned_like_tcp_and_udp_ones() {
+    // One port number, two protocols: each is its own frontend with its
+    // own slice port (matched by name and protocol), as with kube-proxy.
+    let text = "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: ns}\n\
+         spec: {type: NodePort, clusterIP: 10.96.5.5, ports: [{name: diameter, port: 3868, nodePort: 30868, protocol: SCTP}, {name: http, port: 3868, nodePort: 30080}]}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: s-1, namespace: ns, labels: {kubernetes.io/service-name: s}}\n\
+         addressType: IPv4\nports: [{name: diameter, port: 3869, protocol: SCTP}, {name: http, port: 8080, protocol: TCP}]\nendpoints: [{addresses: [10.0.0.1]}]\n---\n\
+         apiVersion: v1\nkind: Node\nmetadata: {name: node-a}\nstatus: {addresses: [{type: InternalIP, address: 192.168.1.1}]}\n";
+    let p = plan(&model(text), &cfg(), &mut ids());
+    let sctp = lb_common::IPPROTO_SCTP;
+    for k in [key([10, 96, 5, 5], 3868, sctp), key([192, 168, 1, 1], 30868, sctp), key([10, 96, 5, 5], 3868, 6)] {
+        assert_eq!(p.contents.services[&k].count, 1, "{k}");
+    }
+    assert_ne!(
+        p.contents.services[&key([10, 96, 5, 5], 3868, sctp)].id,
+        p.contents.services[&key([10, 96, 5, 5], 3868, 6)].id,
+        "the SCTP and TCP ports are services of their own"
+    );
+    let d = svc(&p, "s", "diameter", Scope::Internal);
+    assert_eq!(addrs(d, true), ["10.0.0.1:3869"], "the SCTP port's endpoint");
+    assert_eq!(addrs(svc(&p, "s", "http", Scope::Internal), true), ["10.0.0.1:8080"]);
+    assert_eq!(format!("{}", key([10, 96, 5, 5], 3868, sctp)), "10.96.5.5:3868/SCTP");
+}

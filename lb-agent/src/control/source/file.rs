@@ -1,13 +1,14 @@
 //! `--source file:<path>`: Kubernetes objects from a YAML file or a
 //! directory of them, followed live.
 //!
-//! Change detection polls (size, mtime, inode) of every YAML file every
-//! 200 ms: no inotify crate, and it sees editors that replace a file by
-//! renaming as well as those that write in place. After a change it waits
-//! until nothing has changed for 100 ms (debounce), so a burst of edits
-//! (`kubectl get ... > dir/x.yaml`, a `cp` of many files) becomes one model.
-//! The watcher is a plain thread: polling is blocking I/O and must not hold
-//! an async worker.
+//! Change detection compares (size, mtime, inode) of every YAML file, which
+//! sees editors that replace a file by renaming as well as those that write
+//! in place. It looks when inotify reports an event in the directory (see
+//! [`super::wake`]), and every 2 s regardless; without inotify it polls
+//! every 200 ms. After a change it waits until nothing has changed for
+//! 100 ms (debounce), so a burst of edits (`kubectl get ... > dir/x.yaml`,
+//! a `cp` of many files) becomes one model. The watcher is a plain thread:
+//! it blocks and must not hold an async worker.
 //!
 //! Only files whose (size, mtime, inode) changed are read and parsed again;
 //! the objects of the others are kept per file, so an edit of one small
@@ -22,10 +23,13 @@ use std::{
 
 use tokio::sync::watch;
 
+use super::wake::Wakeups;
 use crate::control::model::{self, LoadError, Model};
 
-/// How often the files are checked.
+/// How often the files are checked without inotify.
 pub const POLL: Duration = Duration::from_millis(200);
+/// How often they are checked with inotify, for what it cannot report.
+pub const RECHECK: Duration = Duration::from_secs(2);
 /// How long the files must stay unchanged before they are read.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 
@@ -94,16 +98,17 @@ pub fn watch(path: PathBuf) -> Result<watch::Receiver<Arc<Model>>, LoadError> {
     let (first, _) = files.load(&last)?;
     let (tx, rx) = watch::channel(Arc::new(first));
     let spawned = std::thread::Builder::new().name("file-source".into()).spawn(move || {
+        let mut wake = Wakeups::new(&path);
         while !tx.is_closed() {
-            std::thread::sleep(POLL);
+            wake.wait(if wake.watching() { RECHECK } else { POLL });
             let mut now = snapshot(&path);
             if now == last {
                 continue;
             }
             loop {
-                std::thread::sleep(DEBOUNCE);
+                let event = wake.wait(DEBOUNCE);
                 let again = snapshot(&path);
-                if again == now {
+                if !event && again == now {
                     break;
                 }
                 now = again;

@@ -7,6 +7,7 @@ use std::{path::PathBuf, str::FromStr};
 
 pub mod file;
 pub mod kube;
+mod wake;
 
 /// A `--source` argument.
 #[derive(Clone, Debug, PartialEq, Eq)]

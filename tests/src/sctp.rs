@@ -1,0 +1,256 @@
+//! Real SCTP endpoints, for kernels that have SCTP (the `--kernels` VM runs
+//! Debian's kernel with sctp.ko; this host's kernel has no SCTP at all).
+//! One-to-one style sockets (`socket(AF_INET, SOCK_STREAM, IPPROTO_SCTP)`)
+//! read and write like TCP streams, so once made they are carried by std's
+//! `TcpListener` / `TcpStream`. Each read returns at most one message, so
+//! an echo answers message by message.
+use std::{
+    io::{self, Read, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use crate::netns::Netns;
+
+fn check(rc: libc::c_int) -> io::Result<()> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; no pointers.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_INET,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            libc::IPPROTO_SCTP,
+        )
+    };
+    check(fd)?;
+    // SAFETY: `fd` is a socket just made, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(a.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+const SIN_LEN: libc::socklen_t = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+
+/// Whether this kernel (in the calling thread's namespace) has SCTP.
+pub fn available() -> bool {
+    socket().is_ok()
+}
+
+/// An SCTP listener on `0.0.0.0:port`.
+pub fn listen(port: u16) -> io::Result<TcpListener> {
+    let fd = socket()?;
+    let one: libc::c_int = 1;
+    let addr = sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
+    // SAFETY: valid fd, pointers to locals of the sizes passed.
+    unsafe {
+        check(libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            4,
+        ))?;
+        check(libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_in).cast(),
+            SIN_LEN,
+        ))?;
+        check(libc::listen(fd.as_raw_fd(), 128))?;
+    }
+    Ok(TcpListener::from(fd))
+}
+
+/// An SCTP association to `to`, bound to `from` (one local address: the
+/// INIT then lists no other, see the README's SCTP limits), set up within
+/// `timeout` (SCTP's connect waits for the whole four-way handshake, bounded
+/// by the send timeout).
+pub fn connect(from: Ipv4Addr, to: SocketAddrV4, timeout: Duration) -> io::Result<TcpStream> {
+    let fd = socket()?;
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: 0,
+    };
+    let (local, remote) = (sockaddr(SocketAddrV4::new(from, 0)), sockaddr(to));
+    let tv_len = std::mem::size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: valid fd, pointers to locals of the sizes passed.
+    unsafe {
+        check(libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            tv_len,
+        ))?;
+        check(libc::bind(
+            fd.as_raw_fd(),
+            (&local as *const libc::sockaddr_in).cast(),
+            SIN_LEN,
+        ))?;
+        check(libc::connect(
+            fd.as_raw_fd(),
+            (&remote as *const libc::sockaddr_in).cast(),
+            SIN_LEN,
+        ))?;
+    }
+    let s = TcpStream::from(fd);
+    s.set_read_timeout(Some(timeout))?;
+    Ok(s)
+}
+
+/// An SCTP server in a namespace answering every message with
+/// `<identity>:<message>`, until dropped.
+pub struct Echo {
+    stop: Arc<AtomicBool>,
+}
+
+impl Echo {
+    pub fn start(ns: &Netns, port: u16, identity: &str) -> Self {
+        let l = ns
+            .run(move || listen(port))
+            .expect("SCTP listener (is sctp.ko loaded?)");
+        l.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, id) = (stop.clone(), identity.to_string());
+        std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((c, _)) => {
+                        let (id, st) = (id.clone(), st.clone());
+                        std::thread::spawn(move || echo(c, &id, &st));
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        });
+        Self { stop }
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn echo(mut c: TcpStream, id: &str, stop: &AtomicBool) {
+    let _ = c.set_nonblocking(false);
+    let _ = c.set_read_timeout(Some(Duration::from_millis(200)));
+    let mut buf = vec![0u8; 1 << 16];
+    while !stop.load(Ordering::Relaxed) {
+        match c.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => {
+                let mut out = format!("{id}:").into_bytes();
+                out.extend_from_slice(&buf[..n]);
+                if c.write_all(&out).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Sends `msg` on `s` and returns who answered (the echo's identity),
+/// checking the answer carries `msg` back byte for byte.
+pub fn ask(s: &mut TcpStream, msg: &[u8]) -> io::Result<String> {
+    s.write_all(msg)?;
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    // An answer larger than the socket's read may come in parts.
+    while !(got.len() > msg.len() && got.ends_with(msg)) {
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "association closed",
+            ));
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let id = &got[..got.len() - msg.len()];
+    id.strip_suffix(b":")
+        .map(|i| String::from_utf8_lossy(i).into_owned())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unexpected answer {:?}", String::from_utf8_lossy(&got)),
+            )
+        })
+}
+
+/// The Service `shop/diameter`: SCTP, ClusterIP `ip:port` and NodePort
+/// `node_port`, target port `target`, round-robin; and its EndpointSlice
+/// with `backends` on node-0.
+pub fn service_yaml(
+    ip: Ipv4Addr,
+    port: u16,
+    node_port: u16,
+    target: u16,
+    backends: &[Ipv4Addr],
+) -> String {
+    let mut s = format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  name: diameter
+  namespace: shop
+  annotations:
+    xdplb.io/algorithm: round-robin
+spec:
+  type: NodePort
+  clusterIP: {ip}
+  clusterIPs: [{ip}]
+  ports:
+  - name: diameter
+    port: {port}
+    nodePort: {node_port}
+    protocol: SCTP
+    targetPort: {target}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: diameter-x1
+  namespace: shop
+  labels:
+    kubernetes.io/service-name: diameter
+addressType: IPv4
+ports:
+- name: diameter
+  port: {target}
+  protocol: SCTP
+endpoints:
+"
+    );
+    for b in backends {
+        s += &format!("- addresses: [{b}]\n  conditions: {{ready: true, serving: true, terminating: false}}\n  nodeName: node-0\n");
+    }
+    s
+}
