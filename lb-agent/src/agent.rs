@@ -12,7 +12,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
 use lb_agent::{
     control::{
         ids::Ids,
@@ -21,6 +20,7 @@ use lb_agent::{
         source::{file, kube, SourceSpec},
     },
     dataplane::Dataplane,
+    error::RunError,
     loader,
     ops::{checks, healthcheck::HealthServer, metrics::Metrics, names},
     pins::MapSizes,
@@ -28,9 +28,11 @@ use lb_agent::{
     sync::Syncer,
 };
 use lb_common::{Addr4, Addr6};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::SignalKind;
 
-use crate::{cli::RunArgs, podifaces::PodIfaces};
+use lb_agent::podifaces::PodIfaces;
+
+use crate::cli::RunArgs;
 
 
 pub fn plan_config(inputs: &crate::cli::PlanInputs) -> PlanConfig {
@@ -42,7 +44,7 @@ pub fn plan_config(inputs: &crate::cli::PlanInputs) -> PlanConfig {
     }
 }
 
-pub async fn run(args: RunArgs) -> Result<()> {
+pub async fn run(args: RunArgs) -> Result<(), RunError> {
     // Served from the start: /healthz answers while loading, /readyz says 503.
     let metrics = Arc::new(Metrics::new(&args.pin_path));
     lb_agent::ops::http::serve(args.metrics_addr, metrics.clone()).await?;
@@ -52,6 +54,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
         native_xdp: args.xdp_mode == crate::cli::XdpModeArg::Native,
         sizes: MapSizes::from(&args.sizes),
     })?;
+    // Before anything is loaded: a typo stops the agent with nothing pinned.
+    let redirect = ifindexes(&args.redirect_ifaces)?;
     if let Err(e) = lb_agent::pinfs::check(&args.pin_path) {
         if !args.allow_ephemeral_pins {
             return Err(e.into());
@@ -64,8 +68,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
     }
 
     let mut models = match &args.inputs.source {
-        SourceSpec::File(path) => file::watch(path.clone())
-            .with_context(|| format!("reading --source file:{}", path.display()))?,
+        SourceSpec::File(path) => file::watch(path.clone()).map_err(|source| RunError::FileSource { path: path.clone(), source })?,
         SourceSpec::Kube => {
             // Returns after the first complete list: the maps are never
             // synced to a partial (or empty) view of the cluster.
@@ -76,7 +79,8 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 &args.inputs.node_name,
                 health,
             )
-            .await?
+            .await
+            .map_err(RunError::KubeSource)?
         }
     };
 
@@ -92,38 +96,40 @@ pub async fn run(args: RunArgs) -> Result<()> {
         ),
     }
     let sizes = MapSizes::from(&args.sizes);
-    let mut ebpf = loader::load(&args.pin_path, sizes).map_err(checks::explain_load_error)?;
+    let mut ebpf = loader::load(&args.pin_path, sizes)
+        .map_err(|e| RunError::Load { pin_dir: args.pin_path.clone(), source: checks::explain_load_error(e.into()).into() })?;
     forward_kernel_logs(&mut ebpf);
     // Links are pinned next to the maps: the programs stay attached when the
     // agent stops or crashes, and the next agent replaces them in place.
     for iface in &args.ifaces {
-        loader::attach_uplink(&mut ebpf, iface, args.xdp_mode.into(), Some(&args.pin_path))?;
+        loader::attach_uplink(&mut ebpf, iface, args.xdp_mode.into(), Some(&args.pin_path))
+            .map_err(|e| RunError::Attach { iface: iface.clone(), source: e.into() })?;
         tracing::info!(%iface, mode = ?args.xdp_mode, "attached XDP and tc egress to uplink");
     }
     metrics.set_attached();
     let mut pods = PodIfaces::new(args.pod_ifaces.clone(), args.pin_path.clone());
     pods.scan(&mut ebpf, "start");
 
-    let mut dp = Dataplane::open(&args.pin_path)?;
-    let redirect = ifindexes(&args.redirect_ifaces)?;
-    dp.set_redirect_ifaces(&redirect)?;
+    let maps = |step| move |source| RunError::Maps { step, source: Box::new(source) };
+    let mut dp = Dataplane::open(&args.pin_path).map_err(maps("opening the pinned maps"))?;
+    dp.set_redirect_ifaces(&redirect).map_err(maps("writing the --redirect-iface interfaces"))?;
     let flags = if redirect.is_empty() { 0 } else { lb_common::config_flags::XDP_REDIRECT } | args.snat.lb_mode.config_flags();
-    dp.set_config(&lb_common::Config { flags, ..Default::default() })?;
+    dp.set_config(&lb_common::Config { flags, ..Default::default() }).map_err(maps("writing the node-wide config"))?;
     tracing::info!(mode = %args.snat.lb_mode, "load-balancing mode of external flows to backends on other nodes (--lb-mode; a Service's xdplb.io/lb-mode wins)");
     let snat = SnatSettings::from(&args.snat);
     if !snat.off {
-        snat::reserve(snat.ports).context("reserving the SNAT ports from the node's ephemeral ports (--snat-ports)")?;
+        snat::reserve(snat.ports).map_err(|e| RunError::SnatPorts(e.into()))?;
         for iface in &args.ifaces {
-            snat::accept_own_source(iface)?;
+            snat::accept_own_source(iface).map_err(|e| RunError::SnatIface { iface: iface.clone(), source: e.into() })?;
         }
     }
-    match lb_agent::socklb::apply(&mut ebpf, &mut dp, &args.socket_lb, &args.pin_path)? {
+    match lb_agent::socklb::apply(&mut ebpf, &mut dp, &args.socket_lb, &args.pin_path).map_err(|e| RunError::SocketLb(e.into()))? {
         Some(cgroup) => tracing::info!(cgroup = %cgroup.display(), "node sockets to services are balanced at connect"),
         None => tracing::info!("socket balancing off: the node's own connections to services are not balanced"),
     }
     // Read once here; later syncs diff against what the agent wrote.
-    let current = dp.contents().context("reading the pinned maps")?;
-    let current_v6 = dp.family_contents::<Addr6>().context("reading the pinned maps")?;
+    let current = dp.contents().map_err(maps("reading the pinned maps"))?;
+    let current_v6 = dp.family_contents::<Addr6>().map_err(maps("reading the pinned IPv6 maps"))?;
     tracing::info!(
         services = current.services.len(),
         backends = current.backends.len(),
@@ -166,20 +172,21 @@ pub async fn run(args: RunArgs) -> Result<()> {
     let mut synced = agent.sync(&model, first);
     // Everything is loaded, pinned and attached (sysctls written): keep only
     // what later syncs and pod-interface attaches use.
-    let bounding = lb_agent::privs::drop_to_kept().context("dropping the capabilities no longer needed")?;
+    let bounding = lb_agent::privs::drop_to_kept().map_err(RunError::DropPrivileges)?;
     let kept: Vec<&str> = lb_agent::privs::KEPT.iter().map(|(_, n)| *n).collect();
     tracing::info!(kept = kept.join(","), bounding_set_too = bounding, "dropped every other capability (no_new_privs set)");
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     // Least-connections counts flows that idle out or are evicted only here.
     let mut recount = tokio::time::interval(Duration::from_secs(30));
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let handler = |kind, signal| tokio::signal::unix::signal(kind).map_err(|source| RunError::Signal { signal, source });
+    let mut term = handler(SignalKind::terminate(), "SIGTERM")?;
+    let mut int = handler(SignalKind::interrupt(), "SIGINT")?;
     loop {
         tokio::select! {
             changed = models.changed() => {
                 if changed.is_err() {
                     metrics.source_down();
-                    bail!("the source stopped");
+                    return Err(RunError::SourceStopped);
                 }
                 metrics.source_event();
                 let observed = Some(Instant::now());
@@ -191,7 +198,7 @@ pub async fn run(args: RunArgs) -> Result<()> {
                 match agent.dp.recount_backend_load() {
                     Ok(n) if n > 0 => tracing::debug!(changed = n, "backend live-flow counts recounted from conntrack"),
                     Ok(_) => {}
-                    Err(e) => tracing::warn!(error = format!("{e:#}"), "recounting backend live flows failed"),
+                    Err(e) => tracing::warn!(error = lb_agent::error::chain(&e), "recounting backend live flows failed"),
                 }
             }
             _ = tick.tick() => {
@@ -220,17 +227,17 @@ pub async fn run(args: RunArgs) -> Result<()> {
 
 /// LoadBalancer addresses (`lb_agent::lbip`), if asked: before the
 /// capability drop, which the ARP and NDP sockets need not to have happened yet.
-async fn start_lb(args: &RunArgs, models: &tokio::sync::watch::Receiver<Arc<Model>>, metrics: &Arc<Metrics>) -> Result<()> {
+async fn start_lb(args: &RunArgs, models: &tokio::sync::watch::Receiver<Arc<Model>>, metrics: &Arc<Metrics>) -> Result<(), RunError> {
     if !args.lb.enabled() {
         return Ok(());
     }
     let from_api = matches!(args.inputs.source, SourceSpec::Kube);
     let client = match from_api {
-        true => Some(kube::client(args.inputs.kubeconfig.as_deref(), Arc::default()).await?),
+        true => Some(kube::client(args.inputs.kubeconfig.as_deref(), Arc::default()).await.map_err(RunError::KubeSource)?),
         false => None,
     };
     let settings = args.lb.settings(&args.inputs.node_name, &args.ifaces, from_api);
-    lb_agent::lbip::start(settings, client, models.clone(), metrics.clone(), &args.pin_path)?;
+    lb_agent::lbip::start(settings, client, models.clone(), metrics.clone(), &args.pin_path).map_err(|e| RunError::LbAddresses(e.into()))?;
     Ok(())
 }
 
@@ -321,7 +328,7 @@ impl Programmer {
             std::net::IpAddr::V6(_) => None,
         }).collect();
         if let Err(e) = self.sync_nat(&v4_nodes) {
-            tracing::error!(error = format!("{e:#}"), "writing the SNAT settings failed; retrying in a second");
+            tracing::error!(error = lb_agent::error::chain(&e), "writing the SNAT settings failed; retrying in a second");
             self.metrics.sync_failed(started.elapsed());
             return false;
         }
@@ -367,7 +374,7 @@ impl Programmer {
                 true
             }
             Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "sync failed; retrying in a second from what the maps hold");
+                tracing::error!(error = lb_agent::error::chain(&e), "sync failed; retrying in a second from what the maps hold");
                 self.metrics.sync_failed(started.elapsed());
                 false
             }
@@ -399,7 +406,7 @@ impl Programmer {
 
     /// Writes the SNAT settings when they change (the node's address may
     /// come from its Node object, so it can change with the model).
-    fn sync_nat(&mut self, node_addresses: &[std::net::Ipv4Addr]) -> Result<()> {
+    fn sync_nat(&mut self, node_addresses: &[std::net::Ipv4Addr]) -> Result<(), lb_agent::dataplane::Error> {
         let want = self.snat.config(node_addresses);
         if self.nat_written == Some(want) {
             return Ok(());
@@ -444,7 +451,7 @@ impl Programmer {
                 true
             }
             Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "reconciling the maps failed; retrying in a second");
+                tracing::error!(error = lb_agent::error::chain(&e), "reconciling the maps failed; retrying in a second");
                 self.metrics.sync_failed(started.elapsed());
                 false
             }
@@ -452,15 +459,17 @@ impl Programmer {
     }
 }
 
-/// The interface indexes of `names` (in this network namespace).
-fn ifindexes(names: &[String]) -> Result<Vec<u32>> {
+/// The interface indexes of `--redirect-iface`s (in this network namespace).
+fn ifindexes(names: &[String]) -> Result<Vec<u32>, RunError> {
     names
         .iter()
         .map(|n| {
-            let c = std::ffi::CString::new(n.as_str()).with_context(|| format!("interface name {n:?}"))?;
+            let missing = || RunError::NoRedirectIface { iface: n.clone() };
+            // A name with a NUL byte names no interface either.
+            let c = std::ffi::CString::new(n.as_str()).map_err(|_| missing())?;
             // SAFETY: a valid NUL-terminated name.
             match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-                0 => bail!("--redirect-iface {n}: no such interface"),
+                0 => Err(missing()),
                 i => Ok(i),
             }
         })

@@ -133,6 +133,19 @@ where
     }
 }
 
+/// The entries of a (not per-CPU) hash map whose keys are `K` and values
+/// `V`, counted with [`for_each_batch`]: one syscall per [`BATCH`] entries,
+/// not one per key as a key walk takes.
+pub fn count<K, V>(fd: BorrowedFd<'_>) -> io::Result<usize>
+where
+    K: bytemuck::Pod,
+    V: bytemuck::Pod,
+{
+    let mut n = 0;
+    for_each_batch::<K, V>(fd, |_, _| n += 1)?;
+    Ok(n)
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::{AsFd as _, FromRawFd as _, OwnedFd};
@@ -199,6 +212,14 @@ mod tests {
         .unwrap();
         assert_eq!(count, 300);
         assert_eq!(sum, (0..300u64).map(|k| k * 10 + 7).sum::<u64>());
+    }
+
+    #[test]
+    fn count_counts_every_entry_across_batches() {
+        let map = create(LRU_HASH, 4, 8, BATCH as u32 * 3);
+        assert_eq!(count::<u32, u64>(map.as_fd()).unwrap(), 0);
+        fill(map.as_fd(), BATCH as u32 + 17);
+        assert_eq!(count::<u32, u64>(map.as_fd()).unwrap(), BATCH + 17);
     }
 
     #[test]

@@ -136,7 +136,7 @@ pub struct RunArgs {
     pub ifaces: Vec<String>,
     /// Glob (`*`, `?`) of host-side pod interfaces, e.g. 'veth*' or 'cali*':
     /// tc balances what pods send. Checked every second for new interfaces.
-    #[arg(long = "pod-iface", value_name = "GLOB", value_parser = crate::podifaces::check_glob)]
+    #[arg(long = "pod-iface", value_name = "GLOB", value_parser = lb_agent::podifaces::check_glob)]
     pub pod_ifaces: Vec<String>,
     /// Directory of the pinned maps; maps already there are reused, so a
     /// restart keeps every established flow.

@@ -8,7 +8,6 @@ use std::{
     path::Path,
 };
 
-use anyhow::{Context as _, Result};
 use aya::maps::{
     lpm_trie::{Key, LpmTrie},
     Array, DevMapHash, HashMap, Map, MapData, PerCpuArray,
@@ -58,6 +57,56 @@ impl MapFamily for Addr6 {
     }
 }
 
+/// A failed step on the pinned maps: which map, what was being done, and,
+/// when a map is full, the `lb-agent run` flag that sizes it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("opening pinned map {} (is the agent installed, with this --pin-path?)", .path.display())]
+    Open {
+        path: std::path::PathBuf,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("{map}: unexpected map type (pinned by another xdplb version?)")]
+    WrongType {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("{map} is full: {what} does not fit; raise {flag}")]
+    Full {
+        map: &'static str,
+        what: String,
+        flag: &'static str,
+    },
+    #[error("writing {what} to {map}")]
+    Write {
+        map: &'static str,
+        what: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("reading {map}")]
+    Read {
+        map: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("adding ifindex {ifindex} to {}", maps::REDIRECT_IFACES)]
+    Redirect {
+        ifindex: u32,
+        #[source]
+        source: aya::maps::xdp::XdpMapError,
+    },
+    #[error("backend {id} cannot be written to {}: id 0 and address 0.0.0.0 mean no backend", maps::BACKENDS_V4)]
+    NoBackend { id: BackendId },
+    /// A lookup or removal aya refused (a syscall error, a key of the wrong size).
+    #[error("accessing a pinned map")]
+    Map(#[from] aya::maps::MapError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
 pub struct Dataplane {
     pub v4: FamilyMaps<Addr4>,
     /// `None` when the pinned programs have no IPv6 maps yet: nothing of
@@ -80,18 +129,14 @@ fn fd<M: aya::maps::IterableMap<K, V>, K: aya::Pod, V>(map: &M) -> BorrowedFd<'_
     map.map().fd().as_fd()
 }
 
-fn open<T>(dir: &Path, name: &str) -> Result<T>
+fn open<T>(dir: &Path, name: &'static str) -> Result<T>
 where
     T: TryFrom<Map, Error = aya::maps::MapError>,
 {
     let path = dir.join(name);
-    let data = MapData::from_pin(&path).with_context(|| {
-        format!(
-            "opening pinned map {} (is the agent installed?)",
-            path.display()
-        )
-    })?;
-    T::try_from(Map::from_map_data(data)?).with_context(|| format!("{name}: unexpected map type"))
+    let data = MapData::from_pin(&path).map_err(|source| Error::Open { path, source })?;
+    let map = Map::from_map_data(data).map_err(|source| Error::WrongType { map: name, source })?;
+    T::try_from(map).map_err(|source| Error::WrongType { map: name, source })
 }
 
 impl<A: MapFamily> FamilyMaps<A> {
@@ -115,7 +160,7 @@ impl<A: MapFamily> FamilyMaps<A> {
                 out.insert(*id, *b);
             }
         })
-        .with_context(|| format!("reading {}", A::MAPS.backends))?;
+        .map_err(|source| Error::Read { map: A::MAPS.backends, source })?;
         Ok(out)
     }
 
@@ -123,7 +168,7 @@ impl<A: MapFamily> FamilyMaps<A> {
     pub fn flows(&self) -> Result<Vec<(FlowKey<A>, Flow<A>)>> {
         let mut out = Vec::new();
         bpfsys::for_each_batch(fd(&self.conntrack), |k: &FlowKey<A>, f: &Flow<A>| out.push((*k, *f)))
-            .with_context(|| format!("reading {}", A::MAPS.conntrack))?;
+            .map_err(|source| Error::Read { map: A::MAPS.conntrack, source })?;
         Ok(out)
     }
 
@@ -241,6 +286,17 @@ impl Dataplane {
     pub fn flows(&self) -> Result<Vec<(lb_common::FlowKeyV4, lb_common::FlowV4)>> {
         self.v4.flows()
     }
+
+    /// The entries of `map` (one of these hashes, pinned as `name`),
+    /// counted in batches.
+    pub fn count<M, K, V>(map: &M, name: &'static str) -> Result<usize>
+    where
+        M: aya::maps::IterableMap<K, V>,
+        K: aya::Pod + bytemuck::Pod,
+        V: bytemuck::Pod,
+    {
+        bpfsys::count::<K, V>(fd(map)).map_err(|source| Error::Read { map: name, source })
+    }
 }
 
 impl Dataplane {
@@ -312,7 +368,7 @@ impl Dataplane {
         for (k, v) in &diff.backends.upsert {
             // Id 0 (no backend) and 0.0.0.0 (an empty slot) are never written.
             if *k == 0 || v.is_empty() {
-                anyhow::bail!("backend {k} ({v:?}) cannot be written to {}: id 0 and the zero address mean no backend", A::MAPS.backends);
+                return Err(Error::NoBackend { id: *k });
             }
             let r = fm.backends.set(*k, v, 0);
             write_result(r, A::MAPS.backends, || format!("backend {k}"))?;
@@ -349,7 +405,7 @@ impl Dataplane {
             // Removing is emptying the slot; an id past the end is already gone.
             match fm.backends.set(*k, Backend::<A>::EMPTY, 0) {
                 Err(aya::maps::MapError::OutOfBounds { .. }) => {}
-                r => r.with_context(|| format!("emptying backend {k} in {}", A::MAPS.backends))?,
+                r => r.map_err(|source| Error::Write { map: A::MAPS.backends, what: format!("the emptying of backend {k}"), source })?,
             }
         }
         for (len, r) in diff.source_ranges.remove.iter().filter(|(_, r)| !early_range(r)) {
@@ -365,10 +421,8 @@ impl Dataplane {
 
     /// Sets a backend's live flow count (the agent's recount from conntrack).
     pub fn set_backend_load(&mut self, id: BackendId, flows: u64) -> Result<()> {
-        self.backend_load
-            .set(id, flows, 0)
-            .with_context(|| format!("writing the load of backend {id}"))?;
-        Ok(())
+        let r = self.backend_load.set(id, flows, 0);
+        write_result(r, maps::BACKEND_LOAD, || format!("the load of backend {id}"))
     }
 
     /// Recounts every backend's live flows from conntrack and writes the
@@ -392,7 +446,7 @@ impl Dataplane {
         bpfsys::for_each_batch(fd(&self.backend_load), |id: &BackendId, n: &u64| {
             counted.insert(*id, *n);
         })
-        .with_context(|| format!("reading {}", maps::BACKEND_LOAD))?;
+        .map_err(|source| Error::Read { map: maps::BACKEND_LOAD, source })?;
         let mut changed = 0;
         for id in ids {
             let want = live.get(&id).copied().unwrap_or(0);
@@ -416,27 +470,24 @@ impl Dataplane {
             ignore_missing(self.redirect_ifaces.remove(*k))?;
         }
         for &i in ifindexes {
-            self.redirect_ifaces.insert(i, i, None, 0).with_context(|| format!("adding ifindex {i} to {}", maps::REDIRECT_IFACES))?;
+            self.redirect_ifaces.insert(i, i, None, 0).map_err(|source| Error::Redirect { ifindex: i, source })?;
         }
         Ok(())
     }
 
     /// Sets the network namespace whose sockets are balanced at connect (0: none).
     pub fn set_sock_netns(&mut self, cookie: u64) -> Result<()> {
-        self.sock_netns.set(0, cookie, 0).context("writing sock_netns")?;
-        Ok(())
+        write_result(self.sock_netns.set(0, cookie, 0), maps::SOCK_NETNS, || "the balanced network namespace".into())
     }
 
     /// Writes the node-wide config.
     pub fn set_config(&mut self, cfg: &Config) -> Result<()> {
-        self.config.set(0, cfg, 0).context("writing config")?;
-        Ok(())
+        write_result(self.config.set(0, cfg, 0), maps::CONFIG, || "the node-wide config".into())
     }
 
     /// Sets this node's SNAT address and port range.
     pub fn set_nat_config(&mut self, nat: &NatConfig) -> Result<()> {
-        self.nat_config.set(0, nat, 0).with_context(|| format!("writing {}", maps::NAT_CONFIG))?;
-        Ok(())
+        write_result(self.nat_config.set(0, nat, 0), maps::NAT_CONFIG, || "the SNAT settings".into())
     }
 
     /// The SNAT settings the programs use now.
@@ -466,18 +517,18 @@ impl Dataplane {
 /// A failed map write as an error that names the map and the entry, and says
 /// what to do when the map is full (the kernel's E2BIG).
 fn write_result(
-    r: Result<(), aya::maps::MapError>,
-    map: &str,
+    r: std::result::Result<(), aya::maps::MapError>,
+    map: &'static str,
     what: impl FnOnce() -> String,
 ) -> Result<()> {
-    let Err(e) = r else { return Ok(()) };
+    let Err(source) = r else { return Ok(()) };
     // A full hash (the kernel's E2BIG), or an index past an array's end.
-    let full = matches!(&e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG))
-        || matches!(&e, aya::maps::MapError::OutOfBounds { .. });
+    let full = matches!(&source, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG))
+        || matches!(&source, aya::maps::MapError::OutOfBounds { .. });
     if full {
-        anyhow::bail!("{map} is full: {} does not fit; raise {}", what(), size_flag(map));
+        return Err(Error::Full { map, what: what(), flag: size_flag(map) });
     }
-    Err(anyhow::Error::new(e).context(format!("writing {} to {map}", what())))
+    Err(Error::Write { map, what: what(), source })
 }
 
 /// The `lb-agent run` flag that sizes `map`, for error messages.
@@ -493,7 +544,7 @@ pub fn size_flag(map: &str) -> &'static str {
 }
 
 /// A removal of a key that is already gone is a success.
-fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<()> {
+fn ignore_missing(r: std::result::Result<(), aya::maps::MapError>) -> Result<()> {
     match r {
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         other => Ok(other?),
@@ -506,4 +557,40 @@ fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes into `ts`.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A full map's error names the map, the entry and the flag that sizes it.
+    #[test]
+    fn a_full_map_names_the_flag_to_raise() {
+        let e2big = || aya::maps::MapError::SyscallError(aya::sys::SyscallError { call: "bpf_map_update_elem", io_error: std::io::Error::from_raw_os_error(libc::E2BIG) });
+        for (map, flag) in [
+            (maps::SERVICES_V4, "--max-services"),
+            (maps::BACKENDS_V4, "--max-backends"),
+            (maps::SERVICE_SLOTS, "--max-slots"),
+            (maps::CONNTRACK_V4, "--max-flows"),
+            (maps::AFFINITY_V4, "--max-affinity"),
+        ] {
+            let e = write_result(Err(e2big()), map, || "slot 3 of service 7".into()).unwrap_err();
+            assert!(matches!(e, Error::Full { flag: f, .. } if f == flag), "{e:?}");
+            assert_eq!(e.to_string(), format!("{map} is full: slot 3 of service 7 does not fit; raise {flag}"));
+        }
+        // An array index past the end is a full array too.
+        let e = write_result(Err(aya::maps::MapError::OutOfBounds { index: 9, max_entries: 8 }), maps::BACKENDS_V4, || "backend 9".into()).unwrap_err();
+        assert_eq!(e.to_string(), "backends_v4 is full: backend 9 does not fit; raise --max-backends");
+    }
+
+    /// Other write failures keep the kernel's error as their source.
+    #[test]
+    fn another_write_failure_names_the_step_and_keeps_its_cause() {
+        let eperm = aya::maps::MapError::SyscallError(aya::sys::SyscallError { call: "bpf_map_update_elem", io_error: std::io::Error::from_raw_os_error(libc::EPERM) });
+        let e = write_result(Err(eperm), maps::CONFIG, || "the node-wide config".into()).unwrap_err();
+        assert_eq!(e.to_string(), "writing the node-wide config to config");
+        let cause = std::error::Error::source(&e).expect("a source").to_string();
+        assert!(cause.contains("bpf_map_update_elem"), "{cause}");
+        assert!(write_result(Ok(()), maps::CONFIG, String::new).is_ok());
+    }
 }

@@ -1,7 +1,7 @@
 //! Loading the embedded eBPF object, pinning its maps, attaching programs.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result};
+use anyhow::Context as _;
 use aya::{
     maps::ProgramArray,
     programs::{CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode},
@@ -11,8 +11,46 @@ use lb_common::maps::{self, programs};
 
 use crate::{
     links, migrate,
-    pins::{links_dir, next_path, program},
+    pins::{links_dir, next_path, program, ProgramLookupError},
 };
+
+/// Why the programs could not be loaded, each with the fix where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{} is not on a bpffs: mount one (`mount -t bpf bpf {}`) or choose a --pin-path under /sys/fs/bpf", .pin_dir.display(), .parent.display())]
+    NotBpffs { pin_dir: PathBuf, parent: PathBuf },
+    /// `reason` is printed in the message, not as a cause: the fix follows it.
+    #[error("bpffs is not mounted at /sys/fs/bpf and mounting it failed ({reason}): run `mount -t bpf bpf /sys/fs/bpf` as root")]
+    MountBpffs { reason: std::io::Error },
+    #[error("creating {}", .path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A pinned map of another layout, or its migration failed.
+    #[error(transparent)]
+    Pinned(#[from] migrate::Error),
+    #[error("loading the eBPF object (its maps and BTF) into the kernel")]
+    Object(#[source] aya::EbpfError),
+    #[error(transparent)]
+    Program(#[from] ProgramLookupError),
+    #[error("verifier rejected {program}")]
+    Verifier {
+        program: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A program array a hook tail-calls its IPv6 instance through.
+    #[error("filling {array} with its IPv6 program")]
+    FamilyArray {
+        array: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("map {array} missing from the eBPF object")]
+    FamilyArrayMissing { array: &'static str },
+}
 
 /// The eBPF object built by build.rs from lb-ebpf.
 pub static BYTECODE: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb.o"));
@@ -35,9 +73,9 @@ pub use crate::pins::{MapSizes, DEFAULT_PIN_DIR};
 /// programs, entries created meanwhile are copied again, and the new map takes
 /// the old one's pin. A map of an earlier version's layout that this one
 /// knows how to convert (`backends_v4` as a hash) goes the same way.
-pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf> {
+pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf, Error> {
     ensure_bpffs(pin_dir)?;
-    std::fs::create_dir_all(pin_dir).with_context(|| format!("creating {}", pin_dir.display()))?;
+    std::fs::create_dir_all(pin_dir).map_err(|source| Error::CreateDir { path: pin_dir.to_path_buf(), source })?;
     let mut pins = Vec::new();
     let mut resized = Vec::new();
     for name in maps::ALL {
@@ -64,16 +102,17 @@ pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf> {
     for name in maps::ALL {
         loader.map_max_entries(name, migrate::expected(name, sizes).max_entries);
     }
-    let mut ebpf = loader.load(BYTECODE).context("loading the eBPF object")?;
+    let mut ebpf = loader.load(BYTECODE).map_err(Error::Object)?;
+    let verifier = |program| move |source| Error::Verifier { program, source };
     let xdp: &mut Xdp = program(&mut ebpf, programs::XDP_LB)?;
-    xdp.load().context("verifier rejected xdp_lb")?;
+    xdp.load().map_err(verifier(programs::XDP_LB))?;
     for name in [programs::TC_INGRESS, programs::TC_EGRESS] {
         let p: &mut SchedClassifier = program(&mut ebpf, name)?;
-        p.load().with_context(|| format!("verifier rejected {name}"))?;
+        p.load().map_err(verifier(name))?;
     }
-    for name in programs::SOCK {
+    for &name in programs::SOCK {
         let p: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-        p.load().with_context(|| format!("verifier rejected {name}"))?;
+        p.load().map_err(verifier(name))?;
     }
     load_v6(&mut ebpf)?;
     if !resized.is_empty() {
@@ -85,20 +124,23 @@ pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf> {
 /// Loads the hooks' IPv6 instances and puts each in the program array its
 /// IPv4 hook tail-calls for IPv6 frames (the array may be a pinned one of
 /// the previous agent: its entry is replaced, so IPv6 runs the new code).
-fn load_v6(ebpf: &mut Ebpf) -> Result<()> {
+fn load_v6(ebpf: &mut Ebpf) -> Result<(), Error> {
+    let verifier = |program| move |source| Error::Verifier { program, source };
+    let array_err = |array| move |source| Error::FamilyArray { array, source };
+    let dup = |program| move |source: std::io::Error| Error::Verifier { program, source: aya::programs::ProgramError::from(source) };
     let xdp: &mut Xdp = program(ebpf, programs::XDP_LB_V6)?;
-    xdp.load().with_context(|| format!("verifier rejected {}", programs::XDP_LB_V6))?;
-    let xdp_fd = xdp.fd()?.try_clone()?;
+    xdp.load().map_err(verifier(programs::XDP_LB_V6))?;
+    let xdp_fd = xdp.fd().map_err(verifier(programs::XDP_LB_V6))?.try_clone().map_err(dup(programs::XDP_LB_V6))?;
     let mut fds = vec![(maps::FAMILY_XDP, xdp_fd)];
-    for (name, array) in programs::TC_V6 {
+    for &(name, array) in programs::TC_V6 {
         let p: &mut SchedClassifier = program(ebpf, name)?;
-        p.load().with_context(|| format!("verifier rejected {name}"))?;
-        fds.push((array, p.fd()?.try_clone()?));
+        p.load().map_err(verifier(name))?;
+        fds.push((array, p.fd().map_err(verifier(name))?.try_clone().map_err(dup(name))?));
     }
     for (array, fd) in fds {
-        let map = ebpf.map_mut(array).with_context(|| format!("map {array} missing from the object"))?;
-        let mut progs = ProgramArray::try_from(map).with_context(|| format!("{array}: unexpected map type"))?;
-        progs.set(0, &fd, 0).with_context(|| format!("filling {array}"))?;
+        let map = ebpf.map_mut(array).ok_or(Error::FamilyArrayMissing { array })?;
+        let mut progs = ProgramArray::try_from(map).map_err(array_err(array))?;
+        progs.set(0, &fd, 0).map_err(array_err(array))?;
     }
     Ok(())
 }
@@ -107,7 +149,7 @@ fn load_v6(ebpf: &mut Ebpf) -> Result<()> {
 /// rewrites replies leaving towards clients. With `pin_dir`, the links are
 /// pinned there (they outlive the agent; a restart replaces the programs in
 /// place) — without, they end with the process.
-pub fn attach_uplink(ebpf: &mut Ebpf, iface: &str, mode: XdpMode, pin_dir: Option<&Path>) -> Result<()> {
+pub fn attach_uplink(ebpf: &mut Ebpf, iface: &str, mode: XdpMode, pin_dir: Option<&Path>) -> anyhow::Result<()> {
     let links = pin_dir.map(links_dir);
     links::attach_xdp(ebpf, iface, mode, links.as_deref()).with_context(|| {
         format!("attaching XDP to {iface} in {mode:?} mode (if the driver lacks native XDP, use generic mode)")
@@ -118,7 +160,7 @@ pub fn attach_uplink(ebpf: &mut Ebpf, iface: &str, mode: XdpMode, pin_dir: Optio
 /// Attaches to the host side of a pod's veth: tc ingress balances what the
 /// pod sends, tc egress rewrites replies going back to it. `pin_dir` as in
 /// [`attach_uplink`].
-pub fn attach_pod_iface(ebpf: &mut Ebpf, iface: &str, pin_dir: Option<&Path>) -> Result<()> {
+pub fn attach_pod_iface(ebpf: &mut Ebpf, iface: &str, pin_dir: Option<&Path>) -> anyhow::Result<()> {
     let links = pin_dir.map(links_dir);
     links::attach_tc(ebpf, iface, programs::TC_INGRESS, TcAttachType::Ingress, links.as_deref())?;
     links::attach_tc(ebpf, iface, programs::TC_EGRESS, TcAttachType::Egress, links.as_deref())
@@ -128,14 +170,14 @@ const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 
 /// Makes sure the parent of `pin_dir` is a bpffs, mounting one at
 /// /sys/fs/bpf when nothing is mounted there (as systemd does on most distros).
-pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
+pub fn ensure_bpffs(pin_dir: &Path) -> Result<(), Error> {
     let parent = pin_dir.parent().unwrap_or(Path::new("/"));
     if is_bpffs(parent) {
         return Ok(());
     }
     let root = Path::new("/sys/fs/bpf");
     if parent != root {
-        anyhow::bail!("{} is not on a bpffs: mount one (`mount -t bpf bpf {}`) or choose a --pin-path under /sys/fs/bpf", pin_dir.display(), parent.display());
+        return Err(Error::NotBpffs { pin_dir: pin_dir.to_path_buf(), parent: parent.to_path_buf() });
     }
     std::fs::create_dir_all(root).ok();
     let c = |s: &str| std::ffi::CString::new(s).unwrap();
@@ -151,8 +193,7 @@ pub fn ensure_bpffs(pin_dir: &Path) -> Result<()> {
         )
     };
     if rc != 0 {
-        let e = std::io::Error::last_os_error();
-        anyhow::bail!("bpffs is not mounted at /sys/fs/bpf and mounting it failed ({e}): run `mount -t bpf bpf /sys/fs/bpf` as root");
+        return Err(Error::MountBpffs { reason: std::io::Error::last_os_error() });
     }
     tracing::info!("mounted bpffs at /sys/fs/bpf");
     Ok(())
@@ -167,4 +208,22 @@ pub fn is_bpffs(p: &Path) -> bool {
     // SAFETY: statfs writes into the zeroed struct.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pin path off bpffs (and not under /sys/fs/bpf, where the agent
+    /// would mount one) is refused with the fix, before anything is made.
+    #[test]
+    fn a_pin_path_off_bpffs_names_the_fix() {
+        let e = load(Path::new("/tmp/xlbt-loader-unit/maps"), MapSizes::default()).unwrap_err();
+        assert!(matches!(e, Error::NotBpffs { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "/tmp/xlbt-loader-unit/maps is not on a bpffs: mount one (`mount -t bpf bpf /tmp/xlbt-loader-unit`) or choose a --pin-path under /sys/fs/bpf"
+        );
+        assert!(!Path::new("/tmp/xlbt-loader-unit/maps").exists());
+    }
 }

@@ -6,7 +6,6 @@ mod config;
 mod explain_cli;
 mod install;
 mod ops_cli;
-mod podifaces;
 mod print;
 mod top;
 
@@ -30,7 +29,7 @@ async fn main() -> Result<()> {
     init_logging(cli.log_format);
     match cli.command {
         Command::Plan(args) => plan_command(args).await,
-        Command::Run(args) => agent::run(*args).await,
+        Command::Run(args) => Ok(agent::run(*args).await?),
         Command::Services(a) => ops_cli::services(a),
         Command::Backends(a) => ops_cli::backends(a),
         Command::Conntrack(a) => ops_cli::conntrack(a),

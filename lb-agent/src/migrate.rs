@@ -7,7 +7,6 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{bail, Context as _, Result};
 use aya::{
     maps::{MapData, MapInfo, MapType},
     Ebpf,
@@ -18,6 +17,60 @@ use crate::{
     bpfsys,
     pins::{links_dir, next_path, MapSizes},
 };
+
+/// A step of checking or migrating a pinned map that failed: which map and
+/// what was done, or the layout that does not match (with the fix).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "the map pinned at {} has another layout ({:?}, key {} B, value {} B) than this agent's ({:?}, key {} B, value {} B): \
+         it was made by an incompatible version. Run that version's `lb-agent uninstall` (live flows are lost) before starting this one",
+        .path.display(), .got.map_type, .got.key_size, .got.value_size, .want.map_type, .want.key_size, .want.value_size
+    )]
+    Layout { path: PathBuf, got: Spec, want: Spec },
+    #[error("reading the pinned map {}", .path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("{step} {}", .path.display())]
+    Syscall {
+        step: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} holds {count} backends, more than the {capacity} the new map can index: raise --max-backends", .path.display())]
+    TooManyBackends { path: PathBuf, count: usize, capacity: u32 },
+    #[error("writing backend {old} under its new id {new} in {} (if the map is full, raise --max-backends)", .path.display())]
+    Renumber {
+        old: u32,
+        new: u32,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("switching the pinned links to the programs of the resized maps")]
+    Relink(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `MapInfo` of the map pinned at `path`.
+fn info(path: &Path) -> Result<MapInfo> {
+    MapInfo::from_pin(path).map_err(|source| Error::Open { path: path.to_path_buf(), source })
+}
+
+/// The map pinned at `path`.
+fn open(path: &Path) -> Result<MapData> {
+    MapData::from_pin(path).map_err(|source| Error::Open { path: path.to_path_buf(), source })
+}
+
+/// The type of the map pinned at `path`.
+fn map_type(info: &MapInfo, path: &Path) -> Result<MapType> {
+    info.map_type().map_err(|source| Error::Open { path: path.to_path_buf(), source })
+}
 
 /// What this build expects of a map.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -76,6 +129,7 @@ pub fn expected(name: &str, s: MapSizes) -> Spec {
 }
 
 /// What is pinned at a map's path.
+#[derive(Debug)]
 pub enum Pinned {
     Absent,
     Matches,
@@ -101,9 +155,9 @@ pub fn check_pinned(path: &Path, want: &Spec) -> Result<Pinned> {
     if !path.exists() {
         return Ok(Pinned::Absent);
     }
-    let info = MapInfo::from_pin(path).with_context(|| format!("reading the pinned map {}", path.display()))?;
+    let info = info(path)?;
     let got = Spec {
-        map_type: info.map_type()?,
+        map_type: map_type(&info, path)?,
         key_size: info.key_size(),
         value_size: info.value_size(),
         max_entries: info.max_entries(),
@@ -112,11 +166,7 @@ pub fn check_pinned(path: &Path, want: &Spec) -> Result<Pinned> {
         return Ok(Pinned::Convert { from: got.map_type });
     }
     if (got.map_type, got.key_size, got.value_size) != (want.map_type, want.key_size, want.value_size) {
-        bail!(
-            "the map pinned at {} has another layout ({:?}, key {} B, value {} B) than this agent's ({:?}, key {} B, value {} B): \\
-             it was made by an incompatible version. Run that version's `lb-agent uninstall` (live flows are lost) before starting this one",
-            path.display(), got.map_type, got.key_size, got.value_size, want.map_type, want.key_size, want.value_size
-        );
+        return Err(Error::Layout { path: path.to_path_buf(), got, want: *want });
     }
     Ok(if got.max_entries == want.max_entries { Pinned::Matches } else { Pinned::Resize { from: got.max_entries } })
 }
@@ -131,7 +181,7 @@ pub fn check_pinned(path: &Path, want: &Spec) -> Result<Pinned> {
 pub fn resize(ebpf: &mut Ebpf, pin_dir: &Path, names: &[&str]) -> Result<()> {
     let pairs: Vec<(PathBuf, PathBuf)> = names.iter().map(|n| (pin_dir.join(n), next_path(&pin_dir.join(n)))).collect();
     if names.contains(&maps::BACKENDS_V4) {
-        let capacity = MapInfo::from_pin(next_path(&pin_dir.join(maps::BACKENDS_V4)))?.max_entries() - 1;
+        let capacity = info(&next_path(&pin_dir.join(maps::BACKENDS_V4)))?.max_entries() - 1;
         let moved = fit_backend_ids(pin_dir, capacity)?;
         if moved > 0 {
             tracing::info!(backends = moved, capacity, "renumbered backends whose id is past the end of the new backends_v4");
@@ -141,11 +191,11 @@ pub fn resize(ebpf: &mut Ebpf, pin_dir: &Path, names: &[&str]) -> Result<()> {
         let n = copy(old, new, false)?;
         tracing::info!(map = %old.display(), entries = n, "copied into the resized map");
     }
-    crate::links::relink_all(ebpf, &links_dir(pin_dir))?;
+    crate::links::relink_all(ebpf, &links_dir(pin_dir)).map_err(|e| Error::Relink(e.into()))?;
     for (old, new) in &pairs {
         // Flows the old programs created before the switch.
         copy(old, new, true)?;
-        std::fs::rename(new, old).with_context(|| format!("moving {} to {}", new.display(), old.display()))?;
+        std::fs::rename(new, old).map_err(|source| Error::Syscall { step: "moving the resized map's pin over", path: old.clone(), source })?;
     }
     Ok(())
 }
@@ -155,17 +205,21 @@ pub fn resize(ebpf: &mut Ebpf, pin_dir: &Path, names: &[&str]) -> Result<()> {
 /// `to` cannot hold (a smaller array, a full hash) are skipped. Returns how
 /// many were copied.
 fn copy(from: &Path, to: &Path, only_new: bool) -> Result<usize> {
-    let (src, dst) = (MapData::from_pin(from)?, MapData::from_pin(to)?);
-    let info = MapInfo::from_pin(from)?;
-    let per_cpu = matches!(info.map_type()?, MapType::PerCpuArray | MapType::PerCpuHash | MapType::LruPerCpuHash);
-    let dst_type = MapInfo::from_pin(to)?.map_type()?;
-    let cpus = if per_cpu { aya::util::nr_cpus().map_err(|(_, e)| e)? } else { 1 };
+    let (src, dst) = (open(from)?, open(to)?);
+    let info = info(from)?;
+    let per_cpu = matches!(map_type(&info, from)?, MapType::PerCpuArray | MapType::PerCpuHash | MapType::LruPerCpuHash);
+    let dst_type = map_type(&self::info(to)?, to)?;
+    let cpus = match per_cpu {
+        true => aya::util::nr_cpus().map_err(|(_, source)| Error::Syscall { step: "counting the possible CPUs for", path: from.to_path_buf(), source })?,
+        false => 1,
+    };
     let vsize = if per_cpu { (info.value_size() as usize).div_ceil(8) * 8 * cpus } else { info.value_size() as usize };
     let (mut key, mut next, mut value) = (vec![0u8; info.key_size() as usize], vec![0u8; info.key_size() as usize], vec![0u8; vsize]);
     let (sfd, dfd) = (src.fd().as_fd(), dst.fd().as_fd());
     let mut first = true;
     let mut copied = 0;
-    while bpfsys::next_key(sfd, (!first).then_some(&key[..]), &mut next).context("iterating a pinned map")? {
+    let iterating = |source| Error::Syscall { step: "iterating", path: from.to_path_buf(), source };
+    while bpfsys::next_key(sfd, (!first).then_some(&key[..]), &mut next).map_err(iterating)? {
         first = false;
         key.copy_from_slice(&next);
         if !bpfsys::lookup(sfd, &key, &mut value).unwrap_or(false) {
@@ -183,13 +237,14 @@ fn copy(from: &Path, to: &Path, only_new: bool) -> Result<usize> {
 /// Calls `f` with the map's fd and each (key, value) of the (not per-CPU)
 /// map pinned at `path`.
 fn for_each(path: &Path, mut f: impl FnMut(BorrowedFd<'_>, &[u8], &[u8]) -> Result<()>) -> Result<()> {
-    let map = MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
-    let info = MapInfo::from_pin(path)?;
+    let map = open(path)?;
+    let info = info(path)?;
     let fd = map.fd().as_fd();
     let (mut key, mut next) = (vec![0u8; info.key_size() as usize], vec![0u8; info.key_size() as usize]);
     let mut value = vec![0u8; info.value_size() as usize];
     let mut first = true;
-    while bpfsys::next_key(fd, (!first).then_some(&key[..]), &mut next).with_context(|| format!("iterating {}", path.display()))? {
+    let iterating = |source| Error::Syscall { step: "iterating", path: path.to_path_buf(), source };
+    while bpfsys::next_key(fd, (!first).then_some(&key[..]), &mut next).map_err(iterating)? {
         first = false;
         key.copy_from_slice(&next);
         if bpfsys::lookup(fd, &key, &mut value).unwrap_or(false) {
@@ -211,7 +266,7 @@ fn rewrite<T: bytemuck::Pod>(path: &Path, mut remap: impl FnMut(&mut T) -> bool)
             match bpfsys::update(fd, k, bytemuck::bytes_of(&t), bpfsys::BPF_EXIST) {
                 Ok(()) => n += 1,
                 Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) => return Err(e).with_context(|| format!("rewriting an entry of {}", path.display())),
+                Err(source) => return Err(Error::Syscall { step: "rewriting an entry of", path: path.to_path_buf(), source }),
             }
         }
         Ok(())
@@ -235,7 +290,8 @@ pub fn fit_backend_ids(pin_dir: &Path, capacity: u32) -> Result<usize> {
     let mut used = std::collections::BTreeSet::new();
     let mut past = Vec::new();
     for_each(&path, |_, k, v| {
-        let id = u32::from_ne_bytes(k[..4].try_into()?);
+        // Checked by `check_pinned`: backends_v4 keys are 4 bytes.
+        let id = u32::from_ne_bytes([k[0], k[1], k[2], k[3]]);
         let b: BackendV4 = bytemuck::pod_read_unaligned(v);
         if !b.is_empty() && (id == 0 || id > capacity) {
             past.push((id, b));
@@ -248,19 +304,15 @@ pub fn fit_backend_ids(pin_dir: &Path, capacity: u32) -> Result<usize> {
         return Ok(0);
     }
     let mut free = (1..=capacity).filter(|id| !used.contains(id));
-    let backends = MapData::from_pin(&path)?;
+    let backends = open(&path)?;
     let fd = backends.fd().as_fd();
     let mut moves = std::collections::BTreeMap::new();
     for (old, value) in &past {
         let Some(new) = free.next() else {
-            bail!(
-                "{} holds {} backends, more than the {capacity} the new map can index: raise --max-backends",
-                path.display(), used.len() + past.len()
-            );
+            return Err(Error::TooManyBackends { path, count: used.len() + past.len(), capacity });
         };
-        bpfsys::update(fd, &new.to_ne_bytes(), bytemuck::bytes_of(value), 0).with_context(|| {
-            format!("writing backend {old} under its new id {new} in {} (if the map is full, raise --max-backends)", path.display())
-        })?;
+        bpfsys::update(fd, &new.to_ne_bytes(), bytemuck::bytes_of(value), 0)
+            .map_err(|source| Error::Renumber { old: *old, new, path: path.clone(), source })?;
         moves.insert(*old, new);
     }
     let slots = rewrite::<BackendId>(&pin_dir.join(maps::SERVICE_SLOTS), |id| match moves.get(id) {
@@ -292,7 +344,7 @@ pub fn fit_backend_ids(pin_dir: &Path, capacity: u32) -> Result<usize> {
             None => false,
         })?;
     }
-    let load_map = MapData::from_pin(pin_dir.join(maps::BACKEND_LOAD))?;
+    let load_map = open(&pin_dir.join(maps::BACKEND_LOAD))?;
     let load_fd = load_map.fd().as_fd();
     for (id, n) in &load {
         // An id past the end of the old backend_load (a larger new one) is
@@ -301,4 +353,31 @@ pub fn fit_backend_ids(pin_dir: &Path, capacity: u32) -> Result<usize> {
     }
     tracing::info!(?moves, slots, affinity, flows, "backend ids renumbered");
     Ok(moves.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The errors a user can fix say how.
+    #[test]
+    fn errors_name_the_fix() {
+        let want = expected(maps::CONNTRACK_V4, MapSizes::default());
+        let got = Spec { value_size: 8, ..want };
+        let m = Error::Layout { path: "/sys/fs/bpf/xdplb/conntrack_v4".into(), got, want }.to_string();
+        assert!(m.contains("another layout") && m.contains("value 8 B") && m.contains("`lb-agent uninstall`"), "{m}");
+        let m = Error::TooManyBackends { path: "/sys/fs/bpf/xdplb/backends_v4".into(), count: 70, capacity: 63 }.to_string();
+        assert_eq!(m, "/sys/fs/bpf/xdplb/backends_v4 holds 70 backends, more than the 63 the new map can index: raise --max-backends");
+    }
+
+    /// A pinned map that is not there is absent; a path that is no map
+    /// fails naming the path.
+    #[test]
+    fn check_pinned_reports_absent_and_unreadable_pins() {
+        let want = expected(maps::SERVICES_V4, MapSizes::default());
+        assert!(matches!(check_pinned(Path::new("/nonexistent/xdplb/services_v4"), &want), Ok(Pinned::Absent)));
+        let e = check_pinned(Path::new("/proc/self/status"), &want).unwrap_err();
+        assert!(matches!(e, Error::Open { .. }), "{e:?}");
+        assert_eq!(e.to_string(), "reading the pinned map /proc/self/status");
+    }
 }

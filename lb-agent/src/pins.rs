@@ -4,7 +4,6 @@
 //! loaded object. A leaf: the loader, link and migration modules all use it.
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result};
 use aya::Ebpf;
 use lb_common::maps::default_size;
 
@@ -52,11 +51,24 @@ pub fn next_path(path: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// A program the embedded object should have and has not (a build error).
+#[derive(Debug, thiserror::Error)]
+pub enum ProgramLookupError {
+    #[error("program {0} missing from the object")]
+    Missing(String),
+    #[error("program {name} has an unexpected type")]
+    Type {
+        name: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+}
+
 /// The program `name` of a loaded object, as its type `T`.
-pub(crate) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T>
+pub(crate) fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, ProgramLookupError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let p = ebpf.program_mut(name).with_context(|| format!("program {name} missing from the object"))?;
-    p.try_into().with_context(|| format!("program {name} has an unexpected type"))
+    let p = ebpf.program_mut(name).ok_or_else(|| ProgramLookupError::Missing(name.to_string()))?;
+    p.try_into().map_err(|source| ProgramLookupError::Type { name: name.to_string(), source })
 }

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aya::Ebpf;
-use lb_agent::{linkwatch::LinkEvents, loader};
+use crate::{linkwatch::LinkEvents, loader};
 
 pub struct PodIfaces {
     globs: Vec<String>,
@@ -90,7 +90,7 @@ impl PodIfaces {
     /// no longer exist: the links are dead, and a later relink of every pin
     /// (a map resize) must not trip over them.
     fn remove_vanished_pins(&self, present: &BTreeSet<String>) {
-        let dir = lb_agent::pins::links_dir(&self.pin_dir);
+        let dir = crate::pins::links_dir(&self.pin_dir);
         for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
             let Some((iface, _)) = name.rsplit_once('@') else { continue };

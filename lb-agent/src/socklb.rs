@@ -95,7 +95,7 @@ fn enable(ebpf: &mut Ebpf, dp: &mut Dataplane, cgroup: &Path, pin_dir: &Path) ->
     // The cookie first: a kernel without it gets no links attached.
     let cookie = netns_cookie()?;
     links::attach_cgroup(ebpf, cgroup, Some(&links_dir(pin_dir)))?;
-    dp.set_sock_netns(cookie)
+    Ok(dp.set_sock_netns(cookie)?)
 }
 
 #[cfg(test)]

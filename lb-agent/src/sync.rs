@@ -11,11 +11,10 @@
 //! One syncer per address family, the same generic code for both.
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
 use lb_common::{Addr, Addr4};
 
 use crate::{
-    dataplane::{Dataplane, MapFamily},
+    dataplane::{Dataplane, MapFamily, Result},
     diff::{diff, Diff, MapContents},
 };
 
@@ -139,7 +138,9 @@ mod tests {
         fn apply(&mut self, d: &Diff<A>) -> Result<()> {
             for (k, v) in &d.backends.upsert {
                 if let Some(n) = self.fail_after.as_mut() {
-                    anyhow::ensure!(*n > 0, "backends_v4 is full");
+                    if *n == 0 {
+                        return Err(crate::dataplane::Error::Full { map: "backends_v4", what: format!("backend {k}"), flag: "--max-backends" });
+                    }
                     *n -= 1;
                 }
                 self.contents.backends.insert(*k, *v);

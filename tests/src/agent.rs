@@ -284,7 +284,13 @@ pub fn slice(ids: &[usize]) -> String {
 
 /// The EndpointSlice of `web` for `proto` with backends `ids`.
 pub fn slice_for(ids: &[usize], proto: &str) -> String {
-    let mut s = format!(
+    slice_ports(ids, &[("http", proto)])
+}
+
+/// The EndpointSlice of `web` with backends `ids`, each on port 8080 of
+/// every (name, protocol) in `ports`.
+pub fn slice_ports(ids: &[usize], ports: &[(&str, &str)]) -> String {
+    let mut s = String::from(
         "apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata:
@@ -294,12 +300,12 @@ metadata:
     kubernetes.io/service-name: web
 addressType: IPv4
 ports:
-- name: http
-  port: 8080
-  protocol: {proto}
-endpoints:
 ",
     );
+    for (name, proto) in ports {
+        s += &format!("- name: {name}\n  port: 8080\n  protocol: {proto}\n");
+    }
+    s += "endpoints:\n";
     for &i in ids {
         s += &format!("- addresses: [{}]\n  conditions: {{ready: true, serving: true, terminating: false}}\n  nodeName: node-0\n", backend_addr(i));
     }

@@ -6,10 +6,12 @@
 //! CAP_NET_ADMIN for the programs); [`require_root`] says so plainly.
 pub mod bench;
 pub mod cgroup;
+pub mod chatter;
 pub mod cluster;
 pub mod agent;
 pub mod apiserver;
 pub mod fixture;
+pub mod kubeweb;
 pub mod lb;
 pub mod load;
 pub mod netns;
@@ -17,6 +19,7 @@ pub mod observe;
 pub mod ops;
 pub mod packet;
 pub mod packet6;
+pub mod pathmtu;
 pub mod prometheus;
 pub mod servers;
 pub mod sctp;
@@ -24,6 +27,7 @@ pub mod services;
 pub mod tc;
 pub mod topology;
 pub mod traffic;
+pub mod uplink;
 pub mod vm;
 
 /// Panics with a clear message unless the process runs as root.

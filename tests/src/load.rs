@@ -2,7 +2,8 @@
 //! test can tell failures inside a disturbance window from those outside:
 //! long-lived TCP connections and UDP flows that ask in a loop (each must
 //! always be answered by the same backend), plus a new TCP connection and a
-//! new UDP flow every [`NEW_EVERY`].
+//! new UDP flow every [`NEW_EVERY`]. [`Setup`] is the service, backends
+//! and agent the load tests run it through.
 use std::{
     net::{SocketAddr, TcpStream, UdpSocket},
     sync::{
@@ -14,8 +15,11 @@ use std::{
 };
 
 use crate::{
+    agent::{objects_dir_with, programmed_at, slice_ports, Agent, WEB_CLUSTER_IP},
     netns::Netns,
-    servers::{http_request_within, udp_ask, Conn},
+    servers::{http_request_within, udp_ask, Conn, Server},
+    topology::Topology,
+    wait_for,
 };
 
 /// Pace of the new TCP connections and of the new UDP flows (each).
@@ -208,4 +212,55 @@ fn paced(stop: &AtomicBool, mut f: impl FnMut()) {
 /// Whether `at` falls inside one of `windows` (start, end).
 pub fn inside(at: Instant, windows: &[(Instant, Instant)]) -> bool {
     windows.iter().any(|(a, b)| at >= *a && at <= *b)
+}
+
+/// `shop/web` with a TCP and a UDP port, both 80 → 8080.
+pub const TCP_UDP_SERVICE: &str = "apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+  annotations:
+    xdplb.io/algorithm: round-robin
+spec:
+  type: ClusterIP
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10]
+  ports:
+  - name: http
+    port: 80
+    protocol: TCP
+    targetPort: 8080
+  - name: dns
+    port: 80
+    protocol: UDP
+    targetPort: 8080
+  selector:
+    app: web
+";
+
+/// The EndpointSlice of [`TCP_UDP_SERVICE`]: `n` ready backends on node-0.
+pub fn tcp_udp_slice(n: usize) -> String {
+    slice_ports(&(0..n).collect::<Vec<_>>(), &[("http", "TCP"), ("dns", "UDP")])
+}
+
+/// What the tests under load start from: three backends serving on 8080,
+/// and the agent (`run` with `args` more) once it has programmed both ports
+/// of [`TCP_UDP_SERVICE`] with all three.
+pub struct Setup {
+    pub t: Topology,
+    pub servers: Vec<Server>,
+    pub agent: Agent,
+}
+
+impl Setup {
+    pub fn start(args: &[&str]) -> Self {
+        let t = Topology::new(3);
+        let servers = (0..3).map(|i| Server::start(&t.backends[i], 8080, &format!("backend-{i}"))).collect();
+        let mut agent = Agent::start_with(&t.node, &objects_dir_with(TCP_UDP_SERVICE, &tcp_udp_slice(3)), args);
+        let dp = agent.maps();
+        let both = || [6, 17].iter().all(|&proto| programmed_at(&dp, WEB_CLUSTER_IP, 80, proto).is_some_and(|(n, _)| n == 3));
+        assert!(wait_for(Duration::from_secs(20), both), "the service never reached the maps\n{}", agent.log());
+        Self { t, servers, agent }
+    }
 }

@@ -6,44 +6,21 @@
 //! change made during the fault reaches the maps) within one retry of the
 //! watcher's backoff (at most 30 s). Needs root.
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
 use lb_agent::dataplane::Dataplane;
-use serde_json::Value;
 use xdplb_tests::{
-    agent::{programmed_at, Agent, WEB_CLUSTER_IP},
-    apiserver::{
-        objects::{self, Cond},
-        ApiServer,
-    },
+    agent::{Agent, WEB_CLUSTER_IP},
+    kubeweb::{holds, ready, setup},
     load::Load,
     ops::http_get,
-    servers::Server,
-    topology::{backend_addr, Topology, NODE_ADDR},
     wait_for,
 };
 
-const NODE: &str = "node-0";
 /// kube-runtime's default backoff tops out at 30 s between retries.
 const ONE_RETRY: Duration = Duration::from_secs(45);
-
-fn ready(ids: &[usize]) -> Value {
-    objects::web_slice(&ids.iter().map(|&i| (backend_addr(i), Cond::Ready)).collect::<Vec<_>>(), NODE)
-}
-
-/// Whether both frontends of `web` have exactly `ids` in their slots.
-fn holds(dp: &Dataplane, ids: &[usize]) -> bool {
-    let mut want: Vec<Ipv4Addr> = ids.iter().map(|&i| backend_addr(i)).collect();
-    want.sort();
-    [6, 17].iter().all(|&proto| {
-        programmed_at(dp, WEB_CLUSTER_IP, 80, proto).is_some_and(|(_, mut got)| {
-            got.sort();
-            got == want
-        })
-    })
-}
 
 /// Waits (up to `within`) until the maps hold `ids`; how long that took.
 fn converge(agent: &mut Agent, dp: &Dataplane, ids: &[usize], within: Duration) -> Duration {
@@ -59,15 +36,8 @@ fn converge(agent: &mut Agent, dp: &Dataplane, ids: &[usize], within: Duration) 
 #[test]
 fn an_api_server_outage_and_faults_leave_forwarding_intact_and_the_agent_converges_after_each() {
     let outage: u64 = std::env::var("XDPLB_OUTAGE_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(20);
-    let t = Topology::new(8);
-    let _servers: Vec<_> = (0..8).map(|i| Server::start(&t.backends[i], 8080, &format!("backend-{i}"))).collect();
-    let api = ApiServer::start_in(&t.node);
-    api.apply(objects::node(NODE, NODE_ADDR));
-    api.apply(objects::web_tcp_udp(WEB_CLUSTER_IP));
     let mut ids = vec![0, 1, 2];
-    api.apply(ready(&ids));
-    let mut agent = Agent::start_kube(&t.node, &api, &["--source-stale-after", "5"]);
-    let dp = agent.maps();
+    let (t, _servers, api, mut agent, dp) = setup(8, ready(&ids), &["--source-stale-after", "5"]);
     converge(&mut agent, &dp, &ids, Duration::from_secs(30));
     let vip = SocketAddr::from((WEB_CLUSTER_IP, 80));
     let load = Load::start(&t.client, vip, vip, 20, 6);

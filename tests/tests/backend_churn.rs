@@ -13,60 +13,23 @@ use std::{
 
 use lb_agent::dataplane::Dataplane;
 use lb_common::direction;
-use serde_json::Value;
 use xdplb_tests::{
     agent::{programmed_at, Agent, WEB_CLUSTER_IP},
-    apiserver::{
-        objects::{self, Cond},
-        ApiServer,
-    },
+    apiserver::objects::Cond,
+    kubeweb::{holds, ready, setup, slice},
     load::Load,
-    servers::{udp_ask, Server},
-    topology::{backend_addr, Topology, NODE_ADDR},
+    servers::udp_ask,
+    topology::{backend_addr, Topology},
     wait_for,
 };
 
-const NODE: &str = "node-0";
-
-fn service() -> Value {
-    objects::web_tcp_udp(WEB_CLUSTER_IP)
-}
-
-fn slice(eps: &[(usize, Cond)]) -> Value {
-    objects::web_slice(&eps.iter().map(|&(i, c)| (backend_addr(i), c)).collect::<Vec<_>>(), NODE)
-}
-
-fn ready(ids: &[usize]) -> Value {
-    slice(&ids.iter().map(|&i| (i, Cond::Ready)).collect::<Vec<_>>())
-}
-
-/// `n` backends with servers, the double with node-0, `web` and `first`,
-/// and the agent following it.
-fn setup(n: usize, first: Value) -> (Topology, Vec<Option<Server>>, ApiServer, Agent, Dataplane) {
-    let t = Topology::new(n);
-    let servers = (0..n).map(|i| Some(Server::start(&t.backends[i], 8080, &format!("backend-{i}")))).collect();
-    let api = ApiServer::start_in(&t.node);
-    api.apply(objects::node(NODE, NODE_ADDR));
-    api.apply(service());
-    api.apply(first);
-    let mut agent = Agent::start_kube(&t.node, &api, &[]);
-    let dp = agent.maps();
-    (t, servers, api, agent, dp)
-}
-
 /// Waits until both frontends of `web` have exactly `ids` in their slots.
 fn wait_slots(agent: &mut Agent, dp: &Dataplane, ids: &[usize]) {
-    let mut want: Vec<Ipv4Addr> = ids.iter().map(|&i| backend_addr(i)).collect();
-    want.sort();
     let ok = wait_for(Duration::from_secs(20), || {
         agent.assert_alive();
-        [6, 17].iter().all(|&proto| {
-            programmed_at(dp, WEB_CLUSTER_IP, 80, proto).is_some_and(|(_, mut got)| {
-                got.sort();
-                got == want
-            })
-        })
+        holds(dp, ids)
     });
+    let want: Vec<Ipv4Addr> = ids.iter().map(|&i| backend_addr(i)).collect();
     assert!(ok, "the maps never held {want:?}: {:?}\n{}", programmed_at(dp, WEB_CLUSTER_IP, 80, 6), agent.log());
 }
 
@@ -94,7 +57,7 @@ const CHURN_EVERY: Duration = Duration::from_millis(100);
 fn backends_churning_every_100ms_reset_no_survivor_and_get_no_packet_once_removed() {
     let secs: u64 = std::env::var("XDPLB_CHURN_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
     let all: Vec<usize> = SURVIVORS.iter().chain(&CHURNERS).copied().collect();
-    let (t, _servers, api, mut agent, dp) = setup(6, ready(&all));
+    let (t, _servers, api, mut agent, dp) = setup(6, ready(&all), &[]);
     wait_slots(&mut agent, &dp, &all);
     let vip = SocketAddr::from((WEB_CLUSTER_IP, 80));
     let load = Load::start(&t.client, vip, vip, 30, 12);
@@ -184,7 +147,7 @@ fn backends_churning_every_100ms_reset_no_survivor_and_get_no_packet_once_remove
 #[test]
 fn a_rolling_update_fails_no_request_of_a_client_that_does_not_retry() {
     let old = [0, 1, 2];
-    let (t, _servers, api, mut agent, dp) = setup(6, ready(&old));
+    let (t, _servers, api, mut agent, dp) = setup(6, ready(&old), &[]);
     wait_slots(&mut agent, &dp, &old);
     let vip = SocketAddr::from((WEB_CLUSTER_IP, 80));
     // New TCP connections and UDP flows every 10 ms, one attempt each.
@@ -254,7 +217,7 @@ fn answered_by(got: &Mutex<Vec<(Instant, String)>>, id: &str, since: Instant) ->
 
 #[test]
 fn a_udp_flow_reaches_the_new_pod_when_its_server_cycles_and_when_an_unready_endpoint_becomes_ready() {
-    let (t, mut servers, api, mut agent, dp) = setup(3, ready(&[0]));
+    let (t, mut servers, api, mut agent, dp) = setup(3, ready(&[0]), &[]);
     wait_slots(&mut agent, &dp, &[0]);
     let stop = Arc::new(AtomicBool::new(false));
     let (got, h) = udp_client(&t, stop.clone());

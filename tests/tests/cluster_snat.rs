@@ -9,7 +9,9 @@ use std::{
 
 use lb_common::counter;
 use xdplb_tests::{
+    chatter::{self, chat, Phases},
     cluster::{node_addr, tcp_requests, Cluster, ServiceDef, Source},
+    pathmtu::FarClient,
     servers::Conn,
 };
 
@@ -27,50 +29,15 @@ fn cluster() -> Cluster {
 }
 
 fn connect(c: &Cluster, n: usize) -> Vec<Conn> {
-    let to = SocketAddr::from((node_addr(1), NODE_PORT));
-    c.client.run(move || {
-        (0..n).map(|_| Conn::new(TcpStream::connect_timeout(&to, Duration::from_secs(2)).expect("connecting through the NodePort"))).collect()
-    })
-}
-
-/// Asks every connection `rounds` times; returns (answers, failures), and
-/// checks each answer came from the pod the connection was first given.
-fn chat(conns: &mut [Conn], first: &mut Vec<String>, rounds: usize) -> (usize, usize) {
-    let (mut ok, mut failed) = (0, 0);
-    for _ in 0..rounds {
-        for (i, conn) in conns.iter_mut().enumerate() {
-            match conn.ask() {
-                Ok(who) => {
-                    if first.len() <= i {
-                        first.push(who.clone());
-                    }
-                    assert_eq!(who, first[i], "connection {i} moved to another backend");
-                    ok += 1;
-                }
-                Err(_) => failed += 1,
-            }
-        }
-    }
-    (ok, failed)
+    chatter::connect(c, SocketAddr::from((node_addr(1), NODE_PORT)), n)
 }
 
 #[test]
 fn snat_flows_survive_a_sigkill_of_the_agent_on_the_balancing_and_the_backend_node() {
     let mut c = cluster();
-    // Sockets are made in the client's namespace; reading them works anywhere.
     let mut conns = connect(&c, 10);
     let mut first = Vec::new();
-    let before = chat(&mut conns, &mut first, 3);
-    assert!(first.iter().all(|who| !who.starts_with("node-1/")), "only remote pods serve: {first:?}");
-    c.node_mut(1).kill_agent();
-    let during = chat(&mut conns, &mut first, 3);
-    c.node_mut(2).kill_agent();
-    let both_down = chat(&mut conns, &mut first, 3);
-    c.node_mut(1).start_agent();
-    c.node_mut(1).wait_synced();
-    c.node_mut(2).start_agent();
-    c.node_mut(2).wait_synced();
-    let after = chat(&mut conns, &mut first, 3);
+    let Phases { before, during, all_down: both_down, after } = chatter::through_sigkills(&mut c, &mut conns, &mut first, &[2]);
     let fresh = tcp_requests(&c.client, SocketAddr::from((node_addr(1), NODE_PORT)), 50);
     println!(
         "10 SNAT connections: before {before:?}, node-1 agent killed {during:?}, node-2 agent killed too {both_down:?}, both restarted {after:?} (answers, failures); 50 new connections after: {} ok, {} failed",
@@ -121,44 +88,10 @@ fn an_exhausted_snat_range_refuses_new_flows_counts_them_and_spares_the_live_one
 /// the pod lowers its segment size, and a 1 MB download completes.
 #[test]
 fn a_full_size_download_through_a_nodeport_finds_the_smaller_path_mtu() {
-    use xdplb_tests::{
-        netns::Netns,
-        topology::{addr_up, veth},
-    };
     let mut c = cluster();
-    let (router, far) = (Netns::new(), Netns::new());
-    veth(&router, "eth0", &c.switch, "r0");
-    c.switch.ip(&["link", "set", "r0", "master", "br0", "up"]);
-    addr_up(&router, "eth0", "192.168.50.3/24");
-    router.sysctl("net.ipv4.ip_forward", "1");
-    veth(&router, "eth1", &far, "eth0");
-    router.ip(&["link", "set", "eth1", "mtu", "1400"]);
-    addr_up(&router, "eth1", "192.168.60.1/24");
-    addr_up(&far, "eth0", "192.168.60.2/24");
-    far.ip(&["route", "add", "default", "via", "192.168.60.1"]);
-    // Frames from a wire carry complete checksums, as XDP expects.
-    for (ns, dev) in [(&far, "eth0"), (&router, "eth0"), (&router, "eth1"), (&c.switch, "r0")] {
-        ns.cmd("ethtool").args(["-K", dev, "tx", "off"]).output().ok();
-    }
-    for i in 1..=3 {
-        c.node(i).ns.ip(&["route", "add", "192.168.60.0/24", "via", "192.168.50.3"]);
-    }
+    let far = FarClient::new(&c, 3);
     const SIZE: usize = 1 << 20;
-    let to = SocketAddr::from((node_addr(1), NODE_PORT));
-    let got = far.run(move || -> std::io::Result<(String, usize, bool)> {
-        use std::io::{Read, Write};
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(20)))?;
-        s.write_all(format!("GET /bulk/{SIZE} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())?;
-        let mut all = Vec::new();
-        s.read_to_end(&mut all)?;
-        let at = all.windows(4).position(|w| w == b"\r\n\r\n").map_or(all.len(), |p| p + 4);
-        let body = &all[at..];
-        let nl = body.iter().position(|&b| b == b'\n').unwrap_or(0);
-        let data = &body[nl + 1..];
-        let intact = data.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8);
-        Ok((String::from_utf8_lossy(&body[..nl]).into_owned(), data.len(), intact))
-    });
+    let got = far.download(SocketAddr::from((node_addr(1), NODE_PORT)), SIZE);
     let dp = c.node_mut(1).maps();
     let counts = dp.counters().unwrap();
     let icmp = counts[counter::ICMP_NAT as usize];

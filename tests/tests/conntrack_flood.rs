@@ -12,63 +12,13 @@ use std::{
 };
 
 use xdplb_tests::{
-    agent::{objects_dir_with, programmed_at, Agent, WEB_CLUSTER_IP},
+    agent::WEB_CLUSTER_IP,
+    load::Setup,
     ops::{http_get, sample},
-    servers::{Conn, Server},
-    topology::{backend_addr, Topology, CLIENT_ADDR},
+    servers::Conn,
+    topology::CLIENT_ADDR,
     wait_for,
 };
-
-/// `shop/web` with a TCP and a UDP port, both 80 → 8080.
-const SERVICE: &str = "apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: shop
-  annotations:
-    xdplb.io/algorithm: round-robin
-spec:
-  type: ClusterIP
-  clusterIP: 10.96.0.10
-  clusterIPs: [10.96.0.10]
-  ports:
-  - name: http
-    port: 80
-    protocol: TCP
-    targetPort: 8080
-  - name: dns
-    port: 80
-    protocol: UDP
-    targetPort: 8080
-  selector:
-    app: web
-";
-
-fn slice(n: usize) -> String {
-    let mut s = String::from(
-        "apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-abc12
-  namespace: shop
-  labels:
-    kubernetes.io/service-name: web
-addressType: IPv4
-ports:
-- name: http
-  port: 8080
-  protocol: TCP
-- name: dns
-  port: 8080
-  protocol: UDP
-endpoints:
-",
-    );
-    for i in 0..n {
-        s += &format!("- addresses: [{}]\n  conditions: {{ready: true}}\n  nodeName: node-0\n", backend_addr(i));
-    }
-    s
-}
 
 const TABLE: u32 = 4096;
 const FLOOD: usize = 409_600;
@@ -92,13 +42,9 @@ fn flood(to: SocketAddr, n: usize, base: usize, span: usize) -> (usize, Duration
 
 #[test]
 fn a_flood_of_100x_the_conntrack_table_in_new_udp_flows_spares_established_connections() {
-    let t = Topology::new(3);
-    let _servers: Vec<_> = (0..3).map(|i| Server::start(&t.backends[i], 8080, &format!("backend-{i}"))).collect();
     let max = TABLE.to_string();
-    let mut agent = Agent::start_with(&t.node, &objects_dir_with(SERVICE, &slice(3)), &["--max-flows", &max]);
+    let Setup { t, servers: _servers, mut agent } = Setup::start(&["--max-flows", &max]);
     let dp = agent.maps();
-    let ok = wait_for(Duration::from_secs(20), || programmed_at(&dp, WEB_CLUSTER_IP, 80, 17).is_some_and(|(n, _)| n == 3));
-    assert!(ok, "the service never reached the maps\n{}", agent.log());
 
     let vip = SocketAddr::from((WEB_CLUSTER_IP, 80));
     let stop = Arc::new(AtomicBool::new(false));

@@ -8,7 +8,7 @@
 //! CIDR and permanent neighbours, so FIB lookups are deterministic. The
 //! byte-exact cases live in `tests/fixtures/dsr.json` (`XDPLB_BLESS=1`
 //! rewrites it from `cases()`). Needs root.
-use std::{fs::File, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use lb_common::{
     config_flags, counter, direction, dsr, flow_flags, service_flags, Config, FlowKeyV4, NatConfig, IPPROTO_TCP,
@@ -16,61 +16,14 @@ use lb_common::{
 };
 use lb_ebpf::csum::{checksum, l4_checksum_v4};
 use xdplb_tests::{
-    fixture::{self, run_frame_on, Case},
+    fixture::Case,
     lb::{Lb, TEST_SIZES},
-    netns::{self, Netns},
-    packet::{icmp_error, verify_checksums, Frame, CLIENT_MAC, NODE_MAC, TCP_ACK, TCP_SYN},
+    packet::{icmp_error, verify_checksums, Frame, NODE_MAC, TCP_ACK, TCP_SYN},
     services::{contents, Svc},
-    topology::{addr_up, veth},
+    uplink::{check_fixture_file, ends, forwarded, Uplink, CLIENT, LB_IP, NODE, NODE_B_MAC, POD_B, POD_LOCAL, ROUTER, SNAT_PORT},
 };
 
 const FILE: &str = "dsr.json";
-const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
-const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
-const NODE_B: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 3);
-const NODE_B_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
-/// A pod on node B (10.244.2.0/24 is routed via node B).
-const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 10);
-/// A pod on this node.
-const POD_LOCAL: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
-const LB_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 254);
-const SNAT_PORT: u16 = 61000;
-
-/// An uplink `up0` (NODE, NODE_MAC, MTU 1500) in a namespace of its own,
-/// with node B and the client as permanent neighbours.
-struct Uplink {
-    node: Netns,
-    _wire: Netns,
-    ifindex: u32,
-}
-
-impl Uplink {
-    fn new() -> Self {
-        let (node, wire) = (Netns::new(), Netns::new());
-        node.sysctl("net.ipv4.ip_forward", "1");
-        veth(&node, "up0", &wire, "eth0");
-        node.ip(&["link", "set", "up0", "address", &mac(NODE_MAC)]);
-        addr_up(&node, "up0", "192.168.1.1/24");
-        wire.ip(&["link", "set", "eth0", "up"]);
-        node.ip(&["route", "add", "10.244.2.0/24", "via", &NODE_B.to_string()]);
-        for (addr, m) in [(NODE_B, NODE_B_MAC), (CLIENT, CLIENT_MAC)] {
-            node.ip(&["neigh", "replace", &addr.to_string(), "lladdr", &mac(m), "dev", "up0", "nud", "permanent"]);
-        }
-        let ifindex = node.ifindex("up0");
-        Self { node, _wire: wire, ifindex }
-    }
-
-    /// Moves the calling thread into the node's namespace (FIB lookups).
-    fn enter(&self) {
-        let f = File::open(format!("/run/netns/{}", self.node.name())).expect("namespace file");
-        netns::enter(&f);
-    }
-}
-
-fn mac(m: [u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
-}
 
 fn services() -> Vec<Svc> {
     vec![
@@ -90,18 +43,6 @@ fn lb_with(flags: u32) -> Lb {
 
 const DSR: u32 = config_flags::DSR_TCP | config_flags::DSR_UDP;
 const HYBRID: u32 = config_flags::DSR_TCP;
-
-fn forwarded(mut f: Frame, to: [u8; 6]) -> Frame {
-    f.ttl -= 1;
-    f.src_mac = NODE_MAC;
-    f.dst_mac = to;
-    f
-}
-
-fn ends(mut f: Frame, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Frame {
-    (f.src, f.sport, f.dst, f.dport) = (src.0, src.1, dst.0, dst.1);
-    f
-}
 
 /// `f` carrying the DSR option naming `svc`.
 fn with_option(mut f: Frame, svc: (Ipv4Addr, u16)) -> Frame {
@@ -278,10 +219,6 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-fn xdp(lb: &Lb, up: &Uplink, frame: &[u8]) -> (u32, Vec<u8>) {
-    run_frame_on(&lb.ebpf, "xdp_lb", frame, Some(up.ifindex)).expect("BPF_PROG_TEST_RUN")
-}
-
 const XDP_TX: u32 = 3;
 
 fn key(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> FlowKeyV4 {
@@ -290,11 +227,7 @@ fn key(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> FlowK
 
 #[test]
 fn fixture_file_is_current() {
-    let want = cases();
-    if std::env::var_os("XDPLB_BLESS").is_some() {
-        fixture::store(FILE, &want);
-    }
-    assert_eq!(fixture::load(FILE), want, "tests/fixtures/{FILE} is stale: rerun with XDPLB_BLESS=1");
+    check_fixture_file(FILE, cases());
 }
 
 #[test]
@@ -302,9 +235,7 @@ fn dsr_fixtures() {
     let up = Uplink::new();
     up.enter();
     let lb = lb_with(DSR);
-    let file = fixture::load(FILE);
-    let failures: Vec<String> = file.iter().filter_map(|c| fixture::run_on(&lb.ebpf, c, Some(up.ifindex)).err()).collect();
-    assert!(failures.is_empty(), "{} of {} DSR fixtures failed:\n{}", failures.len(), file.len(), failures.join("\n"));
+    up.run_fixtures(&lb, FILE, "DSR");
     let c = |i| lb.counter(i);
     assert_eq!(c(counter::DSR_FORWARD), 5, "SYN, data, LB IP, UDP, the largest that fits");
     assert_eq!(c(counter::DSR_FRAG_NEEDED), 1);
@@ -330,10 +261,10 @@ fn hybrid_sends_tcp_with_dsr_and_snats_udp_and_a_service_may_choose_its_own() {
     let up = Uplink::new();
     up.enter();
     let mut lb = lb_with(HYBRID);
-    let (rc, out) = xdp(&lb, &up, &Frame::tcp(CLIENT, 40000, NODE, 30080, TCP_SYN).bytes());
+    let (rc, out) = up.xdp(&lb, &Frame::tcp(CLIENT, 40000, NODE, 30080, TCP_SYN).bytes());
     assert_eq!((rc, out[14], &out[34..36]), (XDP_TX, 0x47, &[dsr::OPT_TYPE, 8][..]), "TCP: option added");
     assert_eq!(&out[26..30], &CLIENT.octets(), "TCP: client address kept");
-    let (rc, out) = xdp(&lb, &up, &Frame::udp(CLIENT, 5000, NODE, 30053).payload(b"q").bytes());
+    let (rc, out) = up.xdp(&lb, &Frame::udp(CLIENT, 5000, NODE, 30053).payload(b"q").bytes());
     assert_eq!((rc, out[14]), (XDP_TX, 0x45), "UDP: no option");
     assert_eq!((&out[26..30], u16::from_be_bytes([out[34], out[35]])), (&NODE.octets()[..], SNAT_PORT), "UDP: SNATed");
     verify_checksums(&out).unwrap();
@@ -345,7 +276,7 @@ fn hybrid_sends_tcp_with_dsr_and_snats_udp_and_a_service_may_choose_its_own() {
         v.flags |= service_flags::LB_MODE | service_flags::DSR_UDP | service_flags::DSR_TCP;
     }
     lb.program(&want);
-    let (rc, out) = xdp(&lb, &up, &Frame::udp(CLIENT, 5001, NODE, 30053).payload(b"q").bytes());
+    let (rc, out) = up.xdp(&lb, &Frame::udp(CLIENT, 5001, NODE, 30053).payload(b"q").bytes());
     assert_eq!((rc, out[14], &out[26..30]), (XDP_TX, 0x47, &CLIENT.octets()[..]), "UDP of a dsr service: DSR");
     assert_eq!(lb.counter(counter::DSR_FORWARD), 2);
     assert_eq!(lb.counter(counter::SNAT_NEW), 1);
@@ -358,10 +289,10 @@ fn snat_mode_sends_no_option_and_still_takes_one_off() {
     let up = Uplink::new();
     up.enter();
     let lb = lb_with(0);
-    let (rc, out) = xdp(&lb, &up, &Frame::tcp(CLIENT, 40000, NODE, 30080, TCP_SYN).bytes());
+    let (rc, out) = up.xdp(&lb, &Frame::tcp(CLIENT, 40000, NODE, 30080, TCP_SYN).bytes());
     assert_eq!((rc, out[14], &out[26..30]), (XDP_TX, 0x45, &NODE.octets()[..]), "SNAT, no option");
     let in_syn = from_node_a(with_option(Frame::tcp(CLIENT, 40010, POD_LOCAL, 8080, TCP_SYN), (LB_IP, 80)));
-    let (rc, out) = xdp(&lb, &up, &in_syn.bytes());
+    let (rc, out) = up.xdp(&lb, &in_syn.bytes());
     assert_eq!((rc, out.len()), (2, in_syn.bytes().len() - 8), "XDP_PASS, option off");
     assert_eq!(lb.counter(counter::DSR_DECAP), 1);
 }

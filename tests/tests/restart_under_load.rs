@@ -9,79 +9,17 @@ use std::{
 };
 
 use xdplb_tests::{
-    agent::{objects_dir_with, programmed_at, Agent, WEB_CLUSTER_IP},
-    load::{inside, Load},
-    servers::Server,
-    topology::{backend_addr, Topology},
+    agent::{Agent, WEB_CLUSTER_IP},
+    load::{inside, Load, Setup},
     wait_for,
 };
-
-/// `shop/web` with a TCP and a UDP port, both 80 → 8080.
-const SERVICE: &str = "apiVersion: v1
-kind: Service
-metadata:
-  name: web
-  namespace: shop
-  annotations:
-    xdplb.io/algorithm: round-robin
-spec:
-  type: ClusterIP
-  clusterIP: 10.96.0.10
-  clusterIPs: [10.96.0.10]
-  ports:
-  - name: http
-    port: 80
-    protocol: TCP
-    targetPort: 8080
-  - name: dns
-    port: 80
-    protocol: UDP
-    targetPort: 8080
-  selector:
-    app: web
-";
-
-fn slice(n: usize) -> String {
-    let mut s = String::from(
-        "apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: web-abc12
-  namespace: shop
-  labels:
-    kubernetes.io/service-name: web
-addressType: IPv4
-ports:
-- name: http
-  port: 8080
-  protocol: TCP
-- name: dns
-  port: 8080
-  protocol: UDP
-endpoints:
-",
-    );
-    for i in 0..n {
-        s += &format!("- addresses: [{}]\n  conditions: {{ready: true}}\n  nodeName: node-0\n", backend_addr(i));
-    }
-    s
-}
 
 const RESTARTS: usize = 5;
 
 #[test]
 fn five_sigkill_restarts_under_load_reset_nothing_and_change_no_map() {
-    let t = Topology::new(3);
-    let _servers: Vec<_> = (0..3).map(|i| Server::start(&t.backends[i], 8080, &format!("backend-{i}"))).collect();
-    let mut agent = Agent::start(&t.node, &objects_dir_with(SERVICE, &slice(3)));
-    let dp = agent.maps();
-    let both = || {
-        programmed_at(&dp, WEB_CLUSTER_IP, 80, 6).is_some_and(|(n, _)| n == 3)
-            && programmed_at(&dp, WEB_CLUSTER_IP, 80, 17).is_some_and(|(n, _)| n == 3)
-    };
-    assert!(wait_for(Duration::from_secs(20), both), "the service never reached the maps\n{}", agent.log());
-    let before = dp.contents().unwrap();
-    drop(dp);
+    let Setup { t, servers: _servers, mut agent } = Setup::start(&[]);
+    let before = agent.maps().contents().unwrap();
 
     let vip = SocketAddr::from((WEB_CLUSTER_IP, 80));
     let load = Load::start(&t.client, vip, vip, 50, 10);

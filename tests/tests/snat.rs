@@ -5,67 +5,20 @@
 //! the program's FIB lookup (and so the output MACs and verdict) is
 //! deterministic. The byte-exact cases live in `tests/fixtures/snat.json`
 //! (`XDPLB_BLESS=1` rewrites it from `cases()`). Needs root.
-use std::{fs::File, net::Ipv4Addr};
+use std::net::Ipv4Addr;
 
 use lb_common::{counter, direction, flow_flags, FlowKeyV4, NatConfig, IPPROTO_TCP, IPPROTO_UDP};
 use xdplb_tests::{
-    fixture::{self, run_frame_on, Case},
+    fixture::{self, Case},
     lb::{Lb, TEST_SIZES},
-    netns::{self, Netns},
     packet::{icmp_error, verify_checksums, Frame, CLIENT_MAC, NODE_MAC, TCP_ACK, TCP_FIN, TCP_SYN},
     services::{contents, Svc},
-    topology::{addr_up, veth},
+    uplink::{check_fixture_file, ends, forwarded, Uplink, CLIENT, LB_IP, NODE, NODE_B_MAC, POD_B, POD_LOCAL, ROUTER, SNAT_PORT},
 };
 
 const FILE: &str = "snat.json";
-const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
-const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
-const NODE_B: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 3);
-const NODE_B_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
-/// A pod on node B (10.244.2.0/24 is routed via node B).
-const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 10);
-/// A pod on this node.
-const POD_LOCAL: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
 /// An address nothing routes to: the FIB lookup fails.
 const UNROUTED: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
-const LB_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
-const SNAT_PORT: u16 = 61000;
-/// A router on the uplink's segment.
-const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 254);
-
-/// An uplink `up0` (NODE, NODE_MAC) in a namespace of its own, with node B
-/// and the client as permanent neighbours.
-struct Uplink {
-    node: Netns,
-    _wire: Netns,
-    ifindex: u32,
-}
-
-impl Uplink {
-    fn new() -> Self {
-        let (node, wire) = (Netns::new(), Netns::new());
-        // A node forwards (and the FIB lookup of a forwarded packet requires it).
-        node.sysctl("net.ipv4.ip_forward", "1");
-        veth(&node, "up0", &wire, "eth0");
-        let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-        node.ip(&["link", "set", "up0", "address", &mac(NODE_MAC)]);
-        addr_up(&node, "up0", "192.168.1.1/24");
-        wire.ip(&["link", "set", "eth0", "up"]);
-        node.ip(&["route", "add", "10.244.2.0/24", "via", &NODE_B.to_string()]);
-        for (addr, m) in [(NODE_B, NODE_B_MAC), (CLIENT, CLIENT_MAC)] {
-            node.ip(&["neigh", "replace", &addr.to_string(), "lladdr", &mac(m), "dev", "up0", "nud", "permanent"]);
-        }
-        let ifindex = node.ifindex("up0");
-        Self { node, _wire: wire, ifindex }
-    }
-
-    /// Moves the calling thread (the test's own) into the node's namespace,
-    /// where the FIB lookups of the test runs happen.
-    fn enter(&self) {
-        let f = File::open(format!("/run/netns/{}", self.node.name())).expect("namespace file");
-        netns::enter(&f);
-    }
-}
 
 fn services() -> Vec<Svc> {
     vec![
@@ -84,20 +37,6 @@ fn lb_with(nat_ports: (u16, u16), sizes: lb_agent::loader::MapSizes) -> Lb {
         .set_nat_config(&NatConfig { addr_v4: NODE.octets(), port_min: nat_ports.0, port_max: nat_ports.1 })
         .expect("writing nat_config");
     lb
-}
-
-/// `f` as XDP forwards it out of the uplink: TTL one less, our MAC as
-/// source, `to` as destination.
-fn forwarded(mut f: Frame, to: [u8; 6]) -> Frame {
-    f.ttl -= 1;
-    f.src_mac = NODE_MAC;
-    f.dst_mac = to;
-    f
-}
-
-fn ends(mut f: Frame, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Frame {
-    (f.src, f.sport, f.dst, f.dport) = (src.0, src.1, dst.0, dst.1);
-    f
 }
 
 /// From node B: the MACs of a frame node B sends to this node.
@@ -241,22 +180,13 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// Runs `frame` through xdp_lb as if it arrived on `up`.
-fn xdp(lb: &Lb, up: &Uplink, frame: &[u8]) -> (u32, Vec<u8>) {
-    run_frame_on(&lb.ebpf, "xdp_lb", frame, Some(up.ifindex)).expect("BPF_PROG_TEST_RUN")
-}
-
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 
 #[test]
 fn fixture_file_is_current() {
-    let want = cases();
-    if std::env::var_os("XDPLB_BLESS").is_some() {
-        fixture::store(FILE, &want);
-    }
-    assert_eq!(fixture::load(FILE), want, "tests/fixtures/{FILE} is stale: rerun with XDPLB_BLESS=1");
+    check_fixture_file(FILE, cases());
 }
 
 #[test]
@@ -264,12 +194,7 @@ fn snat_fixtures() {
     let up = Uplink::new();
     up.enter();
     let lb = lb_with((SNAT_PORT, SNAT_PORT), TEST_SIZES);
-    let file = fixture::load(FILE);
-    let failures: Vec<String> = file
-        .iter()
-        .filter_map(|c| fixture::run_on(&lb.ebpf, c, Some(up.ifindex)).err())
-        .collect();
-    assert!(failures.is_empty(), "{} of {} SNAT fixtures failed:\n{}", failures.len(), file.len(), failures.join("\n"));
+    up.run_fixtures(&lb, FILE, "SNAT");
     assert_eq!(lb.counter(counter::SNAT_NEW), 2, "the TCP and the UDP flow");
     assert_eq!(lb.counter(counter::DROP_SNAT_EXHAUSTED), 1);
     assert_eq!(lb.maps.snat_exhausted().unwrap(), vec![(1, 1)], "counted against the backend that had no port left");
@@ -284,18 +209,18 @@ fn a_closed_flows_snat_port_is_reused_and_live_ones_are_not() {
     up.enter();
     let lb = lb_with((SNAT_PORT, SNAT_PORT), TEST_SIZES);
     let first = Frame::tcp(CLIENT, 40000, NODE, 30080, TCP_SYN).bytes();
-    assert_eq!(xdp(&lb, &up, &first).0, XDP_TX);
+    assert_eq!(up.xdp(&lb, &first).0, XDP_TX);
     let second = Frame::tcp(CLIENT, 40001, NODE, 30080, TCP_SYN).bytes();
-    assert_eq!(xdp(&lb, &up, &second).0, XDP_DROP, "the only port is live");
+    assert_eq!(up.xdp(&lb, &second).0, XDP_DROP, "the only port is live");
     // The first flow closes; its port is free for the next flow.
     let fin = Frame::tcp(CLIENT, 40000, NODE, 30080, TCP_FIN | TCP_ACK).bytes();
-    assert_eq!(xdp(&lb, &up, &fin).0, XDP_TX);
-    let (rc, out) = xdp(&lb, &up, &second);
+    assert_eq!(up.xdp(&lb, &fin).0, XDP_TX);
+    let (rc, out) = up.xdp(&lb, &second);
     assert_eq!(rc, XDP_TX, "a closing flow's port is taken over");
     assert_eq!(u16::from_be_bytes([out[34], out[35]]), SNAT_PORT);
     verify_checksums(&out).unwrap();
     let reply = from_node_b(Frame::tcp(POD_B, 8080, NODE, SNAT_PORT, TCP_SYN | TCP_ACK)).bytes();
-    let (rc, out) = xdp(&lb, &up, &reply);
+    let (rc, out) = up.xdp(&lb, &reply);
     assert_eq!(rc, XDP_TX);
     assert_eq!(u16::from_be_bytes([out[36], out[37]]), 40001, "the reply goes to the new flow's client");
 }
@@ -306,7 +231,7 @@ fn without_a_route_the_snat_packet_goes_to_the_kernel_and_is_counted() {
     up.enter();
     let lb = lb_with((SNAT_PORT, SNAT_PORT), TEST_SIZES);
     let syn = Frame::tcp(CLIENT, 40000, NODE, 30082, TCP_SYN);
-    let (rc, out) = xdp(&lb, &up, &syn.bytes());
+    let (rc, out) = up.xdp(&lb, &syn.bytes());
     assert_eq!(rc, XDP_PASS);
     assert_eq!(out, ends(syn, (NODE, SNAT_PORT), (UNROUTED, 8080)).bytes(), "rewritten all the same");
     assert_eq!(lb.counter(counter::FORWARD_FALLBACK), 1);
@@ -337,7 +262,7 @@ fn an_evicted_half_of_a_live_flow_is_restored_from_the_other() {
     let syn = Frame::tcp(CLIENT, 40000, NODE, 30080, TCP_SYN).bytes();
     let ack = Frame::tcp(CLIENT, 40000, NODE, 30080, TCP_ACK).bytes();
     let synack = from_node_b(Frame::tcp(POD_B, 8080, NODE, SNAT_PORT, TCP_SYN | TCP_ACK)).bytes();
-    assert_eq!(xdp(&lb, &up, &syn).0, XDP_TX);
+    assert_eq!(up.xdp(&lb, &syn).0, XDP_TX);
     let forward_key = flow_key(CLIENT, NODE, 40000, 30080);
     let reply_key = flow_key(POD_B, NODE, 8080, SNAT_PORT);
     let forward = lb.maps.v4.conntrack.get(&forward_key, 0).expect("forward half");
@@ -348,14 +273,14 @@ fn an_evicted_half_of_a_live_flow_is_restored_from_the_other() {
     // The reply half goes (as the LRU might take it): the next forward
     // packet puts it back, so the reply still finds the client.
     lb.maps.v4.conntrack.remove(&reply_key).unwrap();
-    assert_eq!(xdp(&lb, &up, &ack).0, XDP_TX);
+    assert_eq!(up.xdp(&lb, &ack).0, XDP_TX);
     assert_eq!(lb.counter(counter::CT_HALF_RESTORED), 1);
     let restored = lb.maps.v4.conntrack.get(&reply_key, 0).expect("reply half restored");
     assert_eq!(
         (restored.nat_addr, restored.nat_port, restored.peer_addr, restored.peer_port, restored.backend_id, restored.service_id),
         (reply.nat_addr, reply.nat_port, reply.peer_addr, reply.peer_port, reply.backend_id, reply.service_id)
     );
-    let (rc, out) = xdp(&lb, &up, &synack);
+    let (rc, out) = up.xdp(&lb, &synack);
     assert_eq!(rc, XDP_TX);
     assert_eq!(&out[26..30], &NODE.octets(), "from the NodePort");
     assert_eq!(&out[30..34], &CLIENT.octets(), "to the client");
@@ -363,9 +288,9 @@ fn an_evicted_half_of_a_live_flow_is_restored_from_the_other() {
     // The forward half goes: the next reply puts it back, and the client's
     // next packet is the same flow (same backend and port), not a new one.
     lb.maps.v4.conntrack.remove(&forward_key).unwrap();
-    assert_eq!(xdp(&lb, &up, &synack).0, XDP_TX);
+    assert_eq!(up.xdp(&lb, &synack).0, XDP_TX);
     assert_eq!(lb.counter(counter::CT_HALF_RESTORED), 2);
-    let (rc, out) = xdp(&lb, &up, &ack);
+    let (rc, out) = up.xdp(&lb, &ack);
     assert_eq!(rc, XDP_TX);
     assert_eq!(u16::from_be_bytes([out[34], out[35]]), SNAT_PORT);
     assert_eq!(lb.counter(counter::SNAT_NEW), 1, "no second flow was made");
@@ -383,7 +308,7 @@ fn a_flood_of_ten_times_the_table_never_splits_a_live_flow() {
     let sizes = lb_agent::loader::MapSizes { conntrack: 1024, ..TEST_SIZES };
     let lb = lb_with((SNAT_PORT, SNAT_PORT + 1000), sizes);
     let syn = Frame::tcp(CLIENT, 40000, NODE, 30080, TCP_SYN).bytes();
-    let (rc, out) = xdp(&lb, &up, &syn);
+    let (rc, out) = up.xdp(&lb, &syn);
     assert_eq!(rc, XDP_TX);
     let port = u16::from_be_bytes([out[34], out[35]]);
     let ack = Frame::tcp(CLIENT, 40000, NODE, 30080, TCP_ACK).bytes();
@@ -394,14 +319,14 @@ fn a_flood_of_ten_times_the_table_never_splits_a_live_flow() {
         // New flows to the local-backend NodePort from ever new clients.
         let client = Ipv4Addr::from(0x0a_40_00_00u32 + i as u32);
         let f = Frame::tcp(client, 1024 + (i % 60000) as u16, NODE, 30081, TCP_SYN).bytes();
-        assert_eq!(xdp(&lb, &up, &f).0, XDP_PASS);
+        assert_eq!(up.xdp(&lb, &f).0, XDP_PASS);
         if i % 32 == 0 {
             exchanges += 1;
-            let (rc, out) = xdp(&lb, &up, &ack);
+            let (rc, out) = up.xdp(&lb, &ack);
             if rc != XDP_TX || u16::from_be_bytes([out[34], out[35]]) != port {
                 lost += 1;
             }
-            let (rc, out) = xdp(&lb, &up, &reply);
+            let (rc, out) = up.xdp(&lb, &reply);
             if rc != XDP_TX || out[30..34] != CLIENT.octets() {
                 lost += 1;
             }

@@ -105,14 +105,10 @@ pub fn report(checks: &[Check]) -> String {
 }
 
 /// `run`'s gate: the first failed check as an error.
-pub fn require(inp: &Inputs) -> anyhow::Result<()> {
+pub fn require(inp: &Inputs) -> Result<(), crate::error::RunError> {
     for c in all(inp) {
         if !c.ok {
-            anyhow::bail!(
-                "start-up check \"{}\" failed: {} (`lb-agent doctor` checks everything)",
-                c.name,
-                c.detail
-            );
+            return Err(crate::error::RunError::Check { check: c.name, detail: c.detail });
         }
         tracing::debug!(check = %c.name, detail = %c.detail, "start-up check passed");
     }
@@ -233,7 +229,7 @@ pub fn pinned_maps(pin_dir: &Path, sizes: crate::pins::MapSizes) -> Check {
                 found += 1;
                 convert.push(format!("{name} ({from:?} → {:?} of {})", want.map_type, want.max_entries));
             }
-            Err(e) => return Check::fail(NAME, format!("{e:#}")),
+            Err(e) => return Check::fail(NAME, crate::error::chain(&e)),
         }
     }
     let mut live = Vec::new();

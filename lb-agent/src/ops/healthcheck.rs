@@ -20,13 +20,13 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
-    time::Duration,
 };
 
+use hyper::{header, StatusCode};
 use serde::Serialize;
 use tokio::{net::TcpListener, task::JoinHandle};
 
-use super::http::{read_request, respond};
+use super::http::{accept_loop, reply};
 use crate::control::{model::ObjectRef, plan::HealthCheck};
 
 /// Where health-check node ports are served unless told otherwise
@@ -147,28 +147,17 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(l)
 }
 
+/// Answers every request on `listener` from the service's current figures.
 async fn serve(listener: TcpListener, state: Arc<Mutex<HealthCheck>>, healthy: Arc<AtomicBool>) {
-    loop {
-        match listener.accept().await {
-            Ok((mut stream, _)) => {
-                let (state, healthy) = (state.clone(), healthy.clone());
-                tokio::spawn(async move {
-                    // A slow or silent client gets 5 s, not a task forever.
-                    let answer = async {
-                        let (method, _) = read_request(&mut stream).await?;
-                        let hc = state.lock().map(|s| s.clone()).unwrap_or_else(|e| e.into_inner().clone());
-                        let (status, body) = answer(&hc, healthy.load(Ordering::Relaxed));
-                        respond(&mut stream, status, "application/json", "X-Content-Type-Options: nosniff\r\n", &body, method != "HEAD").await
-                    };
-                    let _ = tokio::time::timeout(Duration::from_secs(5), answer).await;
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "healthCheckNodePort: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    accept_loop(listener, "healthCheckNodePort", move |_req| {
+        let hc = state.lock().map(|s| s.clone()).unwrap_or_else(|e| e.into_inner().clone());
+        let (status, body) = answer(&hc, healthy.load(Ordering::Relaxed));
+        let mut r = reply(status, "application/json", body);
+        r.headers_mut().insert(header::X_CONTENT_TYPE_OPTIONS, header::HeaderValue::from_static("nosniff"));
+        // A HEAD request gets the head only: hyper leaves the body out.
+        std::future::ready(r)
+    })
+    .await
 }
 
 #[derive(Serialize)]
@@ -180,15 +169,18 @@ struct Body<'a> {
 }
 
 /// The status line and JSON body for `hc`, as kube-proxy answers.
-fn answer(hc: &HealthCheck, healthy: bool) -> (&'static str, String) {
-    let status = if hc.local_endpoints > 0 && healthy { "200 OK" } else { "503 Service Unavailable" };
+fn answer(hc: &HealthCheck, healthy: bool) -> (StatusCode, String) {
+    let status = if hc.local_endpoints > 0 && healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     let body = Body { service: &hc.service, local_endpoints: hc.local_endpoints, service_proxy_healthy: healthy };
     (status, serde_json::to_string(&body).unwrap_or_default())
 }
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read as _, Write as _};
+    use std::{
+        io::{Read as _, Write as _},
+        time::Duration,
+    };
 
     use super::*;
 
@@ -219,10 +211,10 @@ mod tests {
     #[test]
     fn the_body_is_kube_proxys() {
         let (status, body) = answer(&hc("web", 2), true);
-        assert_eq!(status, "200 OK");
+        assert_eq!(status, StatusCode::OK);
         assert_eq!(body, r#"{"service":{"namespace":"shop","name":"web"},"localEndpoints":2,"serviceProxyHealthy":true}"#);
-        assert_eq!(answer(&hc("web", 0), true).0, "503 Service Unavailable");
-        assert_eq!(answer(&hc("web", 2), false).0, "503 Service Unavailable", "an unhealthy proxy fails every check");
+        assert_eq!(answer(&hc("web", 0), true).0, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(answer(&hc("web", 2), false).0, StatusCode::SERVICE_UNAVAILABLE, "an unhealthy proxy fails every check");
     }
 
     #[tokio::test]

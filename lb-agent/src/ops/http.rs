@@ -1,13 +1,15 @@
-//! A minimal HTTP/1.x server for `/metrics`, `/healthz` and `/readyz`: one
-//! request per connection, GET only, answered and closed. Enough for
-//! Prometheus and kubelet probes, without an HTTP framework in the agent.
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+//! The agent's HTTP endpoints on hyper's HTTP/1 server: `/metrics`,
+//! `/healthz` and `/readyz` here, and the connection loop the health-check
+//! node ports ([`super::healthcheck`]) share. One request per connection
+//! (answered, then closed), as Prometheus and kubelet probes expect nothing
+//! more; a client gets [`CONN_TIMEOUT`] for its whole exchange.
+use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use anyhow::{Context as _, Result};
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::{TcpListener, TcpStream},
-};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{body::Incoming, header, Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
 
 use super::metrics::Metrics;
 
@@ -19,96 +21,125 @@ pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 pub const HEALTHZ_PATH: &str = "/healthz";
 pub const READYZ_PATH: &str = "/readyz";
 
+/// A slow or silent client gets this long, not a task forever.
+pub const CONN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A whole response, its body in memory.
+pub type Reply = Response<Full<Bytes>>;
+
+/// A response of `status` with `content_type` and `body`.
+pub fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r
+}
+
 /// Binds `addr` now (so a taken port fails start-up with a clear error) and
-/// serves in the background.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<()> {
-    let listener = TcpListener::bind(addr).await.with_context(|| {
-        format!("binding the metrics address {addr} (in use? choose another with --metrics-addr)")
-    })?;
+/// serves `/metrics`, `/healthz` and `/readyz` in the background.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<(), crate::error::RunError> {
+    let listener = TcpListener::bind(addr).await.map_err(|source| crate::error::RunError::MetricsAddr { addr, source })?;
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
-    tokio::spawn(async move {
-        loop {
-            match listener.accept().await {
-                Ok((stream, _)) => {
-                    let m = metrics.clone();
-                    tokio::spawn(async move {
-                        // A slow or silent client gets 5 s, not a task forever.
-                        let _ =
-                            tokio::time::timeout(Duration::from_secs(5), handle(stream, m)).await;
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "metrics: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    });
+    tokio::spawn(accept_loop(listener, "metrics", move |req| endpoints(req, metrics.clone())));
     Ok(())
 }
 
-/// Largest request head accepted; probes and scrapes send a few hundred bytes.
-const MAX_HEAD: usize = 8192;
-
-/// Reads a request head (up to [`MAX_HEAD`] bytes): its method and its
-/// path without the query.
-pub(crate) async fn read_request(s: &mut TcpStream) -> std::io::Result<(String, String)> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
-        let n = s.read(&mut chunk).await?;
-        if n == 0 || buf.len() + n > MAX_HEAD {
-            break;
+/// Accepts connections on `listener` until the task is dropped, answering
+/// each one's request with `handle`. `what` names the listener in warnings.
+pub async fn accept_loop<F, Fut>(listener: TcpListener, what: &'static str, handle: F)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = Reply> + Send + 'static,
+{
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let answer = handle(req);
+                        async move { Ok::<_, Infallible>(answer.await) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(false)
+                        // As the hand-written server wrote them; some
+                        // probes' parsers are picky.
+                        .title_case_headers(true)
+                        .serve_connection(TokioIo::new(stream), service);
+                    // A client that hangs up or times out is no error of ours.
+                    let _ = tokio::time::timeout(CONN_TIMEOUT, conn).await;
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, listener = what, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
         }
-        buf.extend_from_slice(&chunk[..n]);
     }
-    let head = String::from_utf8_lossy(&buf);
-    let mut parts = head.lines().next().unwrap_or_default().split_whitespace();
-    let (method, target) = (
-        parts.next().unwrap_or_default(),
-        parts.next().unwrap_or_default(),
-    );
-    let path = target.split('?').next().unwrap_or_default();
-    Ok((method.to_string(), path.to_string()))
 }
 
-/// Writes a whole response (`extra_headers`: complete `Name: value\r\n`
-/// lines) and closes the connection; `send_body: false` for a HEAD request.
-pub(crate) async fn respond(s: &mut TcpStream, status: &str, ctype: &str, extra_headers: &str, body: &str, send_body: bool) -> std::io::Result<()> {
-    let resp = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n{extra_headers}Content-Length: {}\r\nConnection: close\r\n\r\n{}",
-        body.len(),
-        if send_body { body } else { "" }
-    );
-    s.write_all(resp.as_bytes()).await?;
-    s.shutdown().await
-}
-
-async fn handle(mut s: TcpStream, m: Arc<Metrics>) -> std::io::Result<()> {
-    let (method, path) = read_request(&mut s).await?;
-    let (status, ctype, body) = match (method.as_str(), path.as_str()) {
-        ("GET", "/metrics") => {
-            // Reading the maps is blocking syscalls (conntrack can be large).
-            let text = tokio::task::spawn_blocking(move || m.render())
-                .await
-                .unwrap_or_default();
-            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text)
+/// `/metrics`, `/healthz` and `/readyz`; GET only.
+async fn endpoints(req: Request<Incoming>, m: Arc<Metrics>) -> Reply {
+    const TEXT: &str = "text/plain";
+    if req.method() != Method::GET {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, TEXT, "GET only\n");
+    }
+    match req.uri().path() {
+        "/metrics" => {
+            // Reading the maps is blocking syscalls.
+            let text = tokio::task::spawn_blocking(move || m.render()).await.unwrap_or_default();
+            reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text)
         }
-        ("GET", HEALTHZ_PATH) => ("200 OK", "text/plain", "ok\n".to_string()),
-        ("GET", READYZ_PATH) => match m.not_ready_reason() {
-            None => ("200 OK", "text/plain", "ready\n".to_string()),
-            Some(why) => ("503 Service Unavailable", "text/plain", format!("not ready: {why}\n")),
+        HEALTHZ_PATH => reply(StatusCode::OK, TEXT, "ok\n"),
+        READYZ_PATH => match m.not_ready_reason() {
+            None => reply(StatusCode::OK, TEXT, "ready\n"),
+            Some(why) => reply(StatusCode::SERVICE_UNAVAILABLE, TEXT, format!("not ready: {why}\n")),
         },
-        ("GET", _) => (
-            "404 Not Found",
-            "text/plain",
-            "try /metrics, /healthz or /readyz\n".to_string(),
-        ),
-        _ => (
-            "405 Method Not Allowed",
-            "text/plain",
-            "GET only\n".to_string(),
-        ),
-    };
-    respond(&mut s, status, ctype, "", &body, true).await
+        _ => reply(StatusCode::NOT_FOUND, TEXT, "try /metrics, /healthz or /readyz\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read as _, Write as _};
+
+    use super::*;
+
+    /// One raw request on a fresh connection: the whole response, read to
+    /// the server's close.
+    async fn raw(addr: SocketAddr, request: &'static str) -> String {
+        tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(request.as_bytes()).unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).expect("the server closes after one answer");
+            out
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn probes_answer_once_and_close() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let m = Arc::new(Metrics::new(std::path::Path::new("/nonexistent/xdplb")));
+        tokio::spawn(accept_loop(l, "test", move |req| endpoints(req, m.clone())));
+
+        let r = raw(addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n") && r.contains("Content-Type: text/plain\r\n") && r.ends_with("\r\n\r\nok\n"), "{r}");
+        // Not attached yet: not ready, with the reason.
+        let r = raw(addr, "GET /readyz?verbose HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 503 Service Unavailable\r\n") && r.contains("\r\n\r\nnot ready: "), "{r}");
+        let r = raw(addr, "GET /nope HTTP/1.0\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.0 404 Not Found\r\n") && r.ends_with("try /metrics, /healthz or /readyz\n"), "{r}");
+        let r = raw(addr, "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{r}");
+        let r = raw(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n") && r.contains("Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"), "{r}");
+        let body = r.split_once("\r\n\r\n").unwrap().1;
+        let length: usize = r.lines().find_map(|l| l.strip_prefix("Content-Length: ")).expect("a length").trim().parse().unwrap();
+        assert_eq!(length, body.len(), "{r}");
+    }
 }

@@ -408,8 +408,10 @@ fn dataplane(w: &mut Writer, dp: &Dataplane, pin_dir: &Path, names: &Names) {
             w.sample("xdplb_snat_port_exhausted_total", &[("backend_id", &id.to_string()), ("backend", &addr)], n as f64);
         }
     }
-    let flows_v4 = dp.v4.conntrack.keys().filter(|k| k.is_ok()).count();
-    let flows_v6 = dp.v6.as_ref().map_or(0, |v6| v6.conntrack.keys().filter(|k| k.is_ok()).count());
+    // Counted in batches: a scrape of a million flows is a few hundred
+    // syscalls, not a million.
+    let flows_v4 = Dataplane::count(&dp.v4.conntrack, maps::CONNTRACK_V4).unwrap_or(0);
+    let flows_v6 = dp.v6.as_ref().map_or(0, |v6| Dataplane::count(&v6.conntrack, maps::CONNTRACK_V6).unwrap_or(0));
     let flows = flows_v4 + flows_v6;
     w.gauge(
         "xdplb_conntrack_entries",
@@ -418,17 +420,17 @@ fn dataplane(w: &mut Writer, dp: &Dataplane, pin_dir: &Path, names: &Names) {
     );
     // Entries of each map whose fill matters; arrays are always full.
     let counted = [
-        (maps::SERVICES_V4, dp.v4.services.keys().count()),
+        (maps::SERVICES_V4, Dataplane::count(&dp.v4.services, maps::SERVICES_V4).unwrap_or(0)),
         (maps::BACKENDS_V4, dp.v4.backends().map_or(0, |b| b.len())),
-        (maps::SERVICES_V6, dp.v6.as_ref().map_or(0, |v6| v6.services.keys().count())),
+        (maps::SERVICES_V6, dp.v6.as_ref().map_or(0, |v6| Dataplane::count(&v6.services, maps::SERVICES_V6).unwrap_or(0))),
         (maps::BACKENDS_V6, dp.v6.as_ref().map_or(0, |v6| v6.backends().map_or(0, |b| b.len()))),
-        (maps::SERVICE_SLOTS, dp.slots.keys().count()),
+        (maps::SERVICE_SLOTS, Dataplane::count(&dp.slots, maps::SERVICE_SLOTS).unwrap_or(0)),
         (maps::CONNTRACK_V4, flows_v4),
         (maps::CONNTRACK_V6, flows_v6),
         (maps::CONNTRACK_CONFIRMED_V4, entries_at::<FlowKeyV4, FlowV4>(&pin_dir.join(maps::CONNTRACK_CONFIRMED_V4))),
         (maps::CONNTRACK_CONFIRMED_V6, entries_at::<FlowKeyV6, FlowV6>(&pin_dir.join(maps::CONNTRACK_CONFIRMED_V6))),
-        (maps::AFFINITY_V4, dp.v4.affinity.keys().count()),
-        (maps::AFFINITY_V6, dp.v6.as_ref().map_or(0, |v6| v6.affinity.keys().count())),
+        (maps::AFFINITY_V4, Dataplane::count(&dp.v4.affinity, maps::AFFINITY_V4).unwrap_or(0)),
+        (maps::AFFINITY_V6, dp.v6.as_ref().map_or(0, |v6| Dataplane::count(&v6.affinity, maps::AFFINITY_V6).unwrap_or(0))),
         (maps::SOCK_REVNAT_V4, entries_at::<SockRevKeyV4, SockRevV4>(&pin_dir.join(maps::SOCK_REVNAT_V4))),
         (maps::SOCK_REVNAT_V6, entries_at::<SockRevKeyV6, SockRevV6>(&pin_dir.join(maps::SOCK_REVNAT_V6))),
     ];
@@ -565,12 +567,15 @@ fn source_health(w: &mut Writer, h: &SourceHealth, stale: bool) {
     w.gauge("xdplb_source_stale", "1 when a watch has gone longer than --source-stale-after without success (the agent reports not ready; forwarding goes on).", stale as u8 as f64);
 }
 
-/// Entries of the pinned hash (or LRU hash) map at `path` (0 if it cannot
-/// be opened, e.g. pinned by an older agent without it).
-fn entries_at<K: aya::Pod, V: aya::Pod>(path: &Path) -> usize {
+/// Entries of the pinned hash (or LRU hash) map at `path` with keys `K`
+/// and values `V`, counted in batches (0 if it cannot be opened, e.g.
+/// pinned by an older agent without it). `sock_revnat_v4`/`_v6` (the socket
+/// balancer's reverse NAT) and `conntrack_confirmed_v4`/`_v6` are opened here:
+/// only the metrics read them.
+fn entries_at<K: bytemuck::Pod, V: bytemuck::Pod>(path: &Path) -> usize {
+    use std::os::fd::AsFd as _;
     let Ok(data) = aya::maps::MapData::from_pin(path) else { return 0 };
-    let map = aya::maps::Map::from_map_data(data).ok().and_then(|m| aya::maps::HashMap::<_, K, V>::try_from(m).ok());
-    map.map_or(0, |m| m.keys().filter(Result::is_ok).count())
+    crate::bpfsys::count::<K, V>(data.fd().as_fd()).unwrap_or(0)
 }
 
 #[cfg(test)]

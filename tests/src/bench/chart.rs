@@ -2,7 +2,7 @@
 //! kube-proxy's iptables rules fed by the same skb-path sender, UDP
 //! established and new flows, one thread: the picture of the `skb`
 //! section. Hand-written SVG, no dependency.
-use super::report::Figure;
+use super::figure::Figure;
 
 const W: f64 = 800.0;
 const H: f64 = 360.0;

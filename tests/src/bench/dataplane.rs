@@ -66,7 +66,7 @@ impl BenchLb {
             Ok(e) => e,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&pin_dir);
-                return Err(e.context("loading xdplb for the bench"));
+                return Err(anyhow::Error::new(e).context("loading xdplb for the bench"));
             }
         };
         let maps = Dataplane::open(&pin_dir)?;
@@ -119,12 +119,12 @@ impl BenchLb {
     pub fn enable_redirect(&mut self, ifindex: u32) -> Result<()> {
         self.maps.set_redirect_ifaces(&[ifindex])?;
         let cfg = lb_common::Config { flags: lb_common::config_flags::XDP_REDIRECT, ..Default::default() };
-        self.maps.set_config(&cfg)
+        Ok(self.maps.set_config(&cfg)?)
     }
 
     /// Sum over CPUs of every `lb_common::counter`.
     pub fn counters(&self) -> Result<Vec<u64>> {
-        self.maps.counters()
+        Ok(self.maps.counters()?)
     }
 }
 

@@ -18,6 +18,7 @@ pub mod conn;
 pub mod cost;
 pub mod dataplane;
 pub mod extra;
+pub mod figure;
 pub mod iptables;
 pub mod live;
 pub mod maglev;

@@ -1,0 +1,107 @@
+//! A node's uplink for running the forward path under BPF_PROG_TEST_RUN
+//! (`snat.rs`, `dsr.rs`): `up0` (NODE, NODE_MAC, MTU 1500) in a namespace of
+//! its own, with a route to node B's pod CIDR and node B and the client as
+//! permanent neighbours, so the programs' FIB lookups (and so the output
+//! MACs and verdicts) are deterministic; the addresses those tests use; and
+//! their fixture-file runner.
+use std::{fs::File, net::Ipv4Addr};
+
+use crate::{
+    fixture::{self, run_frame_on, Case},
+    lb::Lb,
+    netns::{self, Netns},
+    packet::{Frame, CLIENT_MAC, NODE_MAC},
+    topology::{addr_up, veth},
+};
+
+pub const CLIENT: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
+pub const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
+pub const NODE_B: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 3);
+pub const NODE_B_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
+/// A pod on node B (10.244.2.0/24 is routed via node B).
+pub const POD_B: Ipv4Addr = Ipv4Addr::new(10, 244, 2, 10);
+/// A pod on this node.
+pub const POD_LOCAL: Ipv4Addr = Ipv4Addr::new(10, 244, 1, 10);
+pub const LB_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+/// A router on the uplink's segment.
+pub const ROUTER: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 254);
+pub const SNAT_PORT: u16 = 61000;
+
+pub struct Uplink {
+    node: Netns,
+    _wire: Netns,
+    pub ifindex: u32,
+}
+
+impl Uplink {
+    pub fn new() -> Self {
+        let (node, wire) = (Netns::new(), Netns::new());
+        // A node forwards (and the FIB lookup of a forwarded packet requires it).
+        node.sysctl("net.ipv4.ip_forward", "1");
+        veth(&node, "up0", &wire, "eth0");
+        node.ip(&["link", "set", "up0", "address", &mac(NODE_MAC)]);
+        addr_up(&node, "up0", "192.168.1.1/24");
+        wire.ip(&["link", "set", "eth0", "up"]);
+        node.ip(&["route", "add", "10.244.2.0/24", "via", &NODE_B.to_string()]);
+        for (addr, m) in [(NODE_B, NODE_B_MAC), (CLIENT, CLIENT_MAC)] {
+            node.ip(&["neigh", "replace", &addr.to_string(), "lladdr", &mac(m), "dev", "up0", "nud", "permanent"]);
+        }
+        let ifindex = node.ifindex("up0");
+        Self { node, _wire: wire, ifindex }
+    }
+
+    /// Moves the calling thread (the test's own) into the node's namespace,
+    /// where the FIB lookups of the test runs happen.
+    pub fn enter(&self) {
+        let f = File::open(format!("/run/netns/{}", self.node.name())).expect("namespace file");
+        netns::enter(&f);
+    }
+
+    /// Runs `frame` through xdp_lb as if it arrived on this uplink.
+    pub fn xdp(&self, lb: &Lb, frame: &[u8]) -> (u32, Vec<u8>) {
+        run_frame_on(&lb.ebpf, "xdp_lb", frame, Some(self.ifindex)).expect("BPF_PROG_TEST_RUN")
+    }
+
+    /// Runs every case of the fixture `file` through `lb`, as arrived on
+    /// this uplink; panics naming each that failed (`what`: "SNAT", "DSR").
+    pub fn run_fixtures(&self, lb: &Lb, file: &str, what: &str) {
+        let cases = fixture::load(file);
+        let failures: Vec<String> = cases.iter().filter_map(|c| fixture::run_on(&lb.ebpf, c, Some(self.ifindex)).err()).collect();
+        assert!(failures.is_empty(), "{} of {} {what} fixtures failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    }
+}
+
+impl Default for Uplink {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Checks that the fixture `file` holds `want` (the cases a test builds);
+/// with `XDPLB_BLESS=1` set, rewrites it first.
+pub fn check_fixture_file(file: &str, want: Vec<Case>) {
+    if std::env::var_os("XDPLB_BLESS").is_some() {
+        fixture::store(file, &want);
+    }
+    assert_eq!(fixture::load(file), want, "tests/fixtures/{file} is stale: rerun with XDPLB_BLESS=1");
+}
+
+/// A MAC address as `ip` writes it.
+pub fn mac(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// `f` as XDP forwards it out of the uplink: TTL one less, our MAC as
+/// source, `to` as destination.
+pub fn forwarded(mut f: Frame, to: [u8; 6]) -> Frame {
+    f.ttl -= 1;
+    f.src_mac = NODE_MAC;
+    f.dst_mac = to;
+    f
+}
+
+/// `f` with other addresses and ports.
+pub fn ends(mut f: Frame, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Frame {
+    (f.src, f.sport, f.dst, f.dport) = (src.0, src.1, dst.0, dst.1);
+    f
+}
