@@ -25,8 +25,9 @@ use lb_agent::{
     ops::{checks, healthcheck::HealthServer, metrics::Metrics, names},
     pins::MapSizes,
     snat::{self, SnatSettings},
-    sync::{Outcome, Syncer},
+    sync::Syncer,
 };
+use lb_common::{Addr4, Addr6};
 use tokio::signal::unix::SignalKind;
 
 use lb_agent::podifaces::PodIfaces;
@@ -39,7 +40,7 @@ pub fn plan_config(inputs: &crate::cli::PlanInputs) -> PlanConfig {
         node_name: inputs.node_name.clone(),
         node_addresses: inputs.node_addresses.clone(),
         default_algorithm: inputs.default_algorithm,
-        service_cidrs: inputs.service_cidrs.iter().flatten().copied().collect(),
+        service_cidrs: inputs.service_cidrs.clone(),
     }
 }
 
@@ -128,17 +129,24 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     }
     // Read once here; later syncs diff against what the agent wrote.
     let current = dp.contents().map_err(maps("reading the pinned maps"))?;
+    let current_v6 = dp.family_contents::<Addr6>().map_err(maps("reading the pinned IPv6 maps"))?;
     tracing::info!(
         services = current.services.len(),
         backends = current.backends.len(),
         slots = current.slots.len(),
+        services_v6 = current_v6.services.len(),
+        backends_v6 = current_v6.backends.len(),
+        slots_v6 = current_v6.slots.len(),
+        ipv6_maps = dp.v6.is_some(),
         "pinned maps found"
     );
-    let ids = Ids::seeded(sizes.services, sizes.backends, &current);
+    let mut ids = Ids::seeded(sizes.services, sizes.backends, &current);
+    ids.seed(&current_v6);
     let reconcile_every = (args.reconcile_interval > 0).then(|| Duration::from_secs(args.reconcile_interval));
     let mut agent = Programmer {
         dp,
         syncer: Syncer::new(current, reconcile_every),
+        syncer_v6: Syncer::new(current_v6, reconcile_every),
         ids,
         cfg: plan_config(&args.inputs),
         metrics: metrics.clone(),
@@ -236,7 +244,8 @@ async fn start_lb(args: &RunArgs, models: &tokio::sync::watch::Receiver<Arc<Mode
 /// What keeps the maps in step with the models.
 struct Programmer {
     dp: Dataplane,
-    syncer: Syncer,
+    syncer: Syncer<Addr4>,
+    syncer_v6: Syncer<Addr6>,
     ids: Ids,
     cfg: PlanConfig,
     metrics: Arc<Metrics>,
@@ -244,7 +253,8 @@ struct Programmer {
     names: Option<Arc<names::Names>>,
     /// The healthCheckNodePort listeners, following every model.
     health: HealthServer,
-    /// What the maps hold, for leaving out services that do not fit.
+    /// What the maps of each family hold, for leaving out services that do
+    /// not fit (the shared slots: IPv6 gets what IPv4 leaves).
     capacity: lb_agent::fit::Capacity,
     /// The services left out at the last sync (logged when this changes).
     rejected: Vec<lb_agent::fit::Rejected>,
@@ -294,8 +304,10 @@ impl Programmer {
         self.ids = next.ids;
         self.report_warnings(next.warnings);
         let mut p = next.plan;
-        let empty = lb_agent::diff::MapContents::default();
-        let rejected = lb_agent::fit::fit(&mut p.contents, self.capacity, self.syncer.known().unwrap_or(&empty));
+        let mut rejected = lb_agent::fit::fit(&mut p.contents, self.capacity, self.syncer.known().unwrap_or(&Default::default()));
+        let slots_left = self.capacity.slots.saturating_sub(p.contents.slots.len());
+        let cap_v6 = lb_agent::fit::Capacity { slots: slots_left, ..self.capacity };
+        rejected.extend(lb_agent::fit::fit(&mut p.contents_v6, cap_v6, self.syncer_v6.known().unwrap_or(&Default::default())));
         if rejected != self.rejected {
             for r in &rejected {
                 let name = match r.service_id {
@@ -308,35 +320,44 @@ impl Programmer {
             self.rejected = rejected;
         }
         let plan_time = started.elapsed();
-        let (service_ids, frontends) = (p.services.len(), p.contents.services.len());
+        let (service_ids, frontends) = (p.services.len(), p.contents.services.len() + p.contents_v6.services.len());
         let names = names::from_plan(&p);
         // Before the backends: a remote backend is SNATed from its first flow.
-        if let Err(e) = self.sync_nat(&p.node_addresses) {
+        let v4_nodes: Vec<std::net::Ipv4Addr> = p.node_addresses.iter().filter_map(|a| match a {
+            std::net::IpAddr::V4(a) => Some(*a),
+            std::net::IpAddr::V6(_) => None,
+        }).collect();
+        if let Err(e) = self.sync_nat(&v4_nodes) {
             tracing::error!(error = lb_agent::error::chain(&e), "writing the SNAT settings failed; retrying in a second");
             self.metrics.sync_failed(started.elapsed());
             return false;
         }
-        match self.syncer.sync(&mut self.dp, p.contents) {
-            Ok(o) => {
-                let d = &o.diff;
+        let synced = self.syncer.sync(&mut self.dp, p.contents).and_then(|o| Ok((o, self.syncer_v6.sync(&mut self.dp, p.contents_v6)?)));
+        match synced {
+            Ok((o, o6)) => {
+                let (d, d6) = (&o.diff, &o6.diff);
                 tracing::info!(
-                    writes = d.len(),
+                    writes = d.len() + d6.len(),
                     services = d.services.len(),
                     backends = d.backends.len(),
                     slots = d.slots.len(),
+                    services_v6 = d6.services.len(),
+                    backends_v6 = d6.backends.len(),
+                    slots_v6 = d6.slots.len(),
                     service_ids,
                     frontends,
                     elapsed_us = started.elapsed().as_micros() as u64,
                     plan_us = plan_time.as_micros() as u64,
-                    read_maps = o.read,
-                    read_us = o.read_time.as_micros() as u64,
-                    diff_us = o.diff_time.as_micros() as u64,
-                    apply_us = o.apply_time.as_micros() as u64,
+                    read_maps = o.read || o6.read,
+                    read_us = (o.read_time + o6.read_time).as_micros() as u64,
+                    diff_us = (o.diff_time + o6.diff_time).as_micros() as u64,
+                    apply_us = (o.apply_time + o6.apply_time).as_micros() as u64,
                     warnings = self.warned.len(),
                     warnings_total = self.warnings_total,
                     "synced"
                 );
-                match lb_agent::ctclean::clean(&mut self.dp, self.metrics.pin_dir(), &lb_agent::ctclean::touched(d)) {
+                let touched = lb_agent::ctclean::touched(d).into_iter().chain(lb_agent::ctclean::touched(d6)).collect();
+                match lb_agent::ctclean::clean(&mut self.dp, self.metrics.pin_dir(), &touched) {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(flows = n, "removed the conntrack entries of removed backends"),
                     Err(e) => tracing::warn!(error = format!("{e:#}"), "removing the conntrack entries of removed backends failed"),
@@ -349,7 +370,7 @@ impl Programmer {
                         Err(e) => tracing::debug!(error = %e, "writing the service names file failed; the CLI shows ids only"),
                     }
                 }
-                self.metrics.sync_ok(started.elapsed(), d.len(), observed.map(|t| t.elapsed()));
+                self.metrics.sync_ok(started.elapsed(), d.len() + d6.len(), observed.map(|t| t.elapsed()));
                 true
             }
             Err(e) => {
@@ -376,7 +397,7 @@ impl Programmer {
             let before = self.snat_refused.get(&id).copied().unwrap_or(0);
             if n > before {
                 self.snat_reported = Some(Instant::now());
-                let addr = self.dp.backends.get(&id, 0).map(|b| std::net::Ipv4Addr::from(b.addr)).ok();
+                let addr = lb_agent::ops::inspect::backend_addr(&self.dp, id);
                 tracing::warn!(backend_id = id, backend = ?addr, refused = n - before, ports = %self.snat.ports, "new flows to a backend on another node were refused: no free SNAT port towards it (widen --snat-ports)");
             }
         }
@@ -411,17 +432,18 @@ impl Programmer {
     /// The maps' part of [`Programmer::reconcile`].
     fn reconcile_maps(&mut self) -> bool {
         let started = Instant::now();
-        match self.syncer.reconcile(&mut self.dp) {
-            Ok(Some(Outcome { diff: d, .. })) if !d.is_empty() => {
+        let reconciled = self.syncer.reconcile(&mut self.dp).and_then(|o| Ok((o, self.syncer_v6.reconcile(&mut self.dp)?)));
+        match reconciled {
+            Ok((o, o6)) if o.as_ref().is_some_and(|o| !o.diff.is_empty()) || o6.as_ref().is_some_and(|o| !o.diff.is_empty()) => {
+                let writes = o.map_or(0, |o| o.diff.len());
+                let writes_v6 = o6.map_or(0, |o| o.diff.len());
                 tracing::warn!(
-                    writes = d.len(),
-                    services = d.services.len(),
-                    backends = d.backends.len(),
-                    slots = d.slots.len(),
+                    writes,
+                    writes_v6,
                     elapsed_us = started.elapsed().as_micros() as u64,
                     "the maps differed from what the agent wrote (changed by someone else); repaired"
                 );
-                self.metrics.reconcile_repairs(d.len());
+                self.metrics.reconcile_repairs(writes + writes_v6);
                 true
             }
             Ok(_) => {

@@ -92,23 +92,29 @@ pub struct PlanInputs {
     pub node_name: String,
     /// An address NodePorts are served on (repeat for several). Default: the
     /// InternalIP/ExternalIP addresses of the Node named --node-name.
-    #[arg(long = "node-address", value_name = "IP")]
-    pub node_addresses: Vec<Ipv4Addr>,
+    /// Either family; an IPv4-mapped IPv6 address is its IPv4 address, a
+    /// link-local one is refused.
+    #[arg(long = "node-address", value_name = "IP", value_parser = parse_node_address)]
+    pub node_addresses: Vec<std::net::IpAddr>,
     /// Backend selection for services without an `xdplb.io/algorithm`
     /// annotation: random, round-robin, maglev or least-conn.
     #[arg(long, value_name = "ALGORITHM", default_value = "random", value_parser = parse_algorithm_arg)]
     pub default_algorithm: u8,
     /// A range ClusterIPs are allocated from, as kube-apiserver's
-    /// --service-cluster-ip-range (repeat for several; IPv6 ones are
-    /// accepted and ignored). Pods and the node get nothing from an address
+    /// --service-cluster-ip-range (repeat for several; either family).
+    /// Pods and the node get nothing from an address
     /// inside that no Service has: dropped, not routed. ServiceCIDR objects
     /// of the source add to these.
     #[arg(long = "service-cidr", value_name = "CIDR", value_parser = parse_service_cidr)]
-    pub service_cidrs: Vec<Option<lb_agent::control::model::cidr::Cidr>>,
+    pub service_cidrs: Vec<lb_agent::control::model::cidr::Cidr>,
 }
 
-fn parse_service_cidr(s: &str) -> Result<Option<lb_agent::control::model::cidr::Cidr>, String> {
+fn parse_service_cidr(s: &str) -> Result<lb_agent::control::model::cidr::Cidr, String> {
     lb_agent::control::model::cidr::parse(s)
+}
+
+fn parse_node_address(s: &str) -> Result<std::net::IpAddr, String> {
+    lb_agent::control::model::ip::read(s).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Args)]
@@ -414,9 +420,9 @@ pub struct ConntrackArgs {
     /// Only flows of this service id (see `lb-agent services`).
     #[arg(long, value_name = "ID")]
     pub service: Option<u32>,
-    /// Only flows of this client address (both directions).
+    /// Only flows of this client address (both directions; either family).
     #[arg(long, value_name = "IP")]
-    pub client: Option<Ipv4Addr>,
+    pub client: Option<std::net::IpAddr>,
 }
 
 #[derive(Debug, Args)]
@@ -491,12 +497,14 @@ pub struct ExplainArgs {
     /// Where the packet comes from.
     #[arg(long = "from", value_enum)]
     pub origin: OriginArg,
-    /// Source: IPv4[:PORT] (the port is needed for conntrack and Maglev).
+    /// Source: IP[:PORT] (the port is needed for conntrack and Maglev;
+    /// IPv6 with a port in brackets: [fd00::1]:40000).
     #[arg(value_name = "SRC", value_parser = lb_agent::explain::parse_source)]
-    pub src: (Ipv4Addr, Option<u16>),
-    /// Destination: IPv4:PORT[/tcp|udp] (TCP by default).
+    pub src: (std::net::IpAddr, Option<u16>),
+    /// Destination: IP:PORT[/tcp|udp] (TCP by default; IPv6 in brackets:
+    /// [fd00::1]:80/udp).
     #[arg(value_name = "DST:PORT[/PROTO]", value_parser = lb_agent::explain::parse_destination)]
-    pub dst: (Ipv4Addr, u16, u8),
+    pub dst: (std::net::IpAddr, u16, u8),
     /// Directory of the pinned maps (as given to `lb-agent run`).
     #[arg(long, default_value = lb_agent::pins::DEFAULT_PIN_DIR)]
     pub pin_path: PathBuf,
@@ -591,7 +599,7 @@ mod tests {
             panic!("not run")
         };
         assert_eq!(r.ifaces, ["eth0", "eth1"]);
-        assert_eq!(r.inputs.node_addresses, [Ipv4Addr::new(10, 0, 0, 1)]);
+        assert_eq!(r.inputs.node_addresses, [std::net::IpAddr::from(Ipv4Addr::new(10, 0, 0, 1))]);
         assert_eq!(
             r.inputs.default_algorithm,
             lb_common::algorithm::ROUND_ROBIN

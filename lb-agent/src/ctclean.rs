@@ -8,19 +8,22 @@ use std::{collections::BTreeSet, path::Path};
 
 use anyhow::Result;
 use aya::maps::{Array, HashMap, Map, MapData};
-use lb_common::{direction, maps, BackendId, BackendV4, FlowKeyV4, FlowV4};
+use lb_common::{direction, maps, Addr, Addr4, Addr6, Backend, BackendId, Flow, FlowKey};
 
-use crate::{dataplane::Dataplane, diff::Diff};
+use crate::{
+    dataplane::{Dataplane, FamilyMaps, MapFamily},
+    diff::Diff,
+};
 
 /// The backend ids whose entries may now be stale: removed, or rewritten
 /// (an id is reused only after its backend is gone).
-pub fn touched(d: &Diff) -> BTreeSet<BackendId> {
+pub fn touched<A: Addr>(d: &Diff<A>) -> BTreeSet<BackendId> {
     d.backends.remove.iter().copied().chain(d.backends.upsert.iter().map(|(id, _)| *id)).collect()
 }
 
 /// The backend end (address, port) an entry points at: a forward half
 /// rewrites to it, a reply half's packets come from it.
-fn backend_end(key: &FlowKeyV4, e: &FlowV4) -> ([u8; 4], [u8; 2]) {
+fn backend_end<A: Addr>(key: &FlowKey<A>, e: &Flow<A>) -> (A, [u8; 2]) {
     if e.direction == direction::FORWARD {
         (e.nat_addr, e.nat_port)
     } else {
@@ -29,23 +32,33 @@ fn backend_end(key: &FlowKeyV4, e: &FlowV4) -> ([u8; 4], [u8; 2]) {
 }
 
 /// Deletes every conntrack entry of a backend id in `ids` whose backend is
-/// no longer the one the maps hold under that id, in `conntrack_v4` and in
-/// the confirmed flows' copies under `pin_dir`; returns how many.
+/// no longer the one the maps hold under that id, in both families'
+/// conntrack maps and the confirmed flows' copies under `pin_dir`; returns
+/// how many. (Backend ids are one space: an id names a backend of one
+/// family, so the other family's entries of it are stale too.)
 pub fn clean(dp: &mut Dataplane, pin_dir: &Path, ids: &BTreeSet<BackendId>) -> Result<usize> {
     if ids.is_empty() {
         return Ok(0);
     }
-    let mut removed = clean_map(&mut dp.conntrack, &dp.backends, ids)?;
-    // Absent when pinned by an agent that predates it.
-    if let Ok(data) = MapData::from_pin(pin_dir.join(maps::CONNTRACK_CONFIRMED_V4)) {
-        let mut confirmed: HashMap<MapData, FlowKeyV4, FlowV4> = HashMap::try_from(Map::LruHashMap(data))?;
-        removed += clean_map(&mut confirmed, &dp.backends, ids)?;
+    let mut removed = clean_family::<Addr4>(&mut dp.v4, pin_dir.join(maps::CONNTRACK_CONFIRMED_V4), ids)?;
+    if let Some(v6) = dp.v6.as_mut() {
+        removed += clean_family::<Addr6>(v6, pin_dir.join(maps::CONNTRACK_CONFIRMED_V6), ids)?;
     }
     Ok(removed)
 }
 
-fn clean_map(map: &mut HashMap<MapData, FlowKeyV4, FlowV4>, backends: &Array<MapData, BackendV4>, ids: &BTreeSet<BackendId>) -> Result<usize> {
-    let stale: Vec<FlowKeyV4> = map
+fn clean_family<A: MapFamily>(fm: &mut FamilyMaps<A>, confirmed: std::path::PathBuf, ids: &BTreeSet<BackendId>) -> Result<usize> {
+    let mut removed = clean_map(&mut fm.conntrack, &fm.backends, ids)?;
+    // Absent when pinned by an agent that predates it.
+    if let Ok(data) = MapData::from_pin(confirmed) {
+        let mut confirmed: HashMap<MapData, FlowKey<A>, Flow<A>> = HashMap::try_from(Map::LruHashMap(data))?;
+        removed += clean_map(&mut confirmed, &fm.backends, ids)?;
+    }
+    Ok(removed)
+}
+
+fn clean_map<A: Addr>(map: &mut HashMap<MapData, FlowKey<A>, Flow<A>>, backends: &Array<MapData, Backend<A>>, ids: &BTreeSet<BackendId>) -> Result<usize> {
+    let stale: Vec<FlowKey<A>> = map
         .iter()
         .filter_map(Result::ok)
         .filter(|(k, e)| {

@@ -1,6 +1,8 @@
 //! Typed access to the pinned maps: what the agent writes, and what the CLI,
 //! metrics and tests read. Opening by pin path works whether or not an agent
-//! is running.
+//! is running. The per-family maps are one generic [`FamilyMaps`], read and
+//! written by the same code for IPv4 and IPv6; the IPv6 ones are optional
+//! (`None` when the pinned programs predate them).
 use std::{
     os::fd::{AsFd as _, BorrowedFd},
     path::Path,
@@ -11,11 +13,49 @@ use aya::maps::{
     Array, DevMapHash, HashMap, Map, MapData, PerCpuArray,
 };
 use lb_common::{
-    maps, AffinityKeyV4, AffinityV4, BackendId, BackendV4, Config, FlowKeyV4, FlowV4, NatConfig,
-    ServiceKeyV4, ServiceStats, ServiceV4, SlotKey, SourceRangeV4,
+    maps, Addr4, Addr6, AffinityKey, AffinityV4, Backend, BackendId, Config, Flow, FlowKey, NatConfig,
+    ServiceKey, ServiceStats, ServiceV4, SlotKey, SourceRange,
 };
 
-use crate::bpfsys;
+use crate::{bpfsys, diff::MapContents, family::Family};
+
+/// One family's maps (`…_v4` or `…_v6`).
+pub struct FamilyMaps<A: Family> {
+    pub services: HashMap<MapData, ServiceKey<A>, ServiceV4>,
+    /// Indexed by backend id; an empty slot ([`Backend::is_empty`]) holds
+    /// no backend.
+    pub backends: Array<MapData, Backend<A>>,
+    /// An LRU hash; aya's `HashMap` handles both hash kinds.
+    pub conntrack: HashMap<MapData, FlowKey<A>, Flow<A>>,
+    pub affinity: HashMap<MapData, AffinityKey<A>, AffinityV4>,
+    pub source_ranges: LpmTrie<MapData, SourceRange<A>, u8>,
+}
+
+/// A family whose maps the dataplane holds.
+pub trait MapFamily: Family {
+    /// This family's maps of `dp`, when the pinned programs have them.
+    fn maps(dp: &Dataplane) -> Option<&FamilyMaps<Self>>;
+    /// This family's maps and the shared slots, borrowed together.
+    fn split(dp: &mut Dataplane) -> (Option<&mut FamilyMaps<Self>>, &mut HashMap<MapData, SlotKey, BackendId>);
+}
+
+impl MapFamily for Addr4 {
+    fn maps(dp: &Dataplane) -> Option<&FamilyMaps<Self>> {
+        Some(&dp.v4)
+    }
+    fn split(dp: &mut Dataplane) -> (Option<&mut FamilyMaps<Self>>, &mut HashMap<MapData, SlotKey, BackendId>) {
+        (Some(&mut dp.v4), &mut dp.slots)
+    }
+}
+
+impl MapFamily for Addr6 {
+    fn maps(dp: &Dataplane) -> Option<&FamilyMaps<Self>> {
+        dp.v6.as_ref()
+    }
+    fn split(dp: &mut Dataplane) -> (Option<&mut FamilyMaps<Self>>, &mut HashMap<MapData, SlotKey, BackendId>) {
+        (dp.v6.as_mut(), &mut dp.slots)
+    }
+}
 
 /// A failed step on the pinned maps: which map, what was being done, and,
 /// when a map is full, the `lb-agent run` flag that sizes it.
@@ -68,21 +108,17 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub struct Dataplane {
-    pub services: HashMap<MapData, ServiceKeyV4, ServiceV4>,
-    /// Indexed by backend id; an empty slot ([`BackendV4::is_empty`]) holds
-    /// no backend.
-    pub backends: Array<MapData, BackendV4>,
+    pub v4: FamilyMaps<Addr4>,
+    /// `None` when the pinned programs have no IPv6 maps yet: nothing of
+    /// IPv6 is written (logged once per sync that wanted to).
+    pub v6: Option<FamilyMaps<Addr6>>,
     pub slots: HashMap<MapData, SlotKey, BackendId>,
-    /// An LRU hash; aya's `HashMap` handles both hash kinds.
-    pub conntrack: HashMap<MapData, FlowKeyV4, FlowV4>,
     pub service_stats: PerCpuArray<MapData, ServiceStats>,
     pub counters: PerCpuArray<MapData, u64>,
     pub config: Array<MapData, Config>,
-    pub affinity: HashMap<MapData, AffinityKeyV4, AffinityV4>,
     pub backend_load: Array<MapData, u64>,
     pub redirect_ifaces: DevMapHash<MapData>,
     pub sock_netns: Array<MapData, u64>,
-    pub source_ranges: LpmTrie<MapData, SourceRangeV4, u8>,
     pub nat_config: Array<MapData, NatConfig>,
     /// Per backend id: new flows refused for want of a SNAT port.
     pub snat_exhausted: PerCpuArray<MapData, u64>,
@@ -103,22 +139,120 @@ where
     T::try_from(map).map_err(|source| Error::WrongType { map: name, source })
 }
 
-impl Dataplane {
-    /// Opens every map pinned under `dir`.
+impl<A: MapFamily> FamilyMaps<A> {
+    /// Opens family `A`'s maps pinned under `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
         Ok(Self {
-            services: open(dir, maps::SERVICES_V4)?,
-            backends: open(dir, maps::BACKENDS_V4)?,
+            services: open(dir, A::MAPS.services)?,
+            backends: open(dir, A::MAPS.backends)?,
+            conntrack: open(dir, A::MAPS.conntrack)?,
+            affinity: open(dir, A::MAPS.affinity)?,
+            source_ranges: open(dir, A::MAPS.source_ranges)?,
+        })
+    }
+
+    /// Every backend (the non-empty slots of the array), by id, read in
+    /// batches (a few syscalls for the whole array).
+    pub fn backends(&self) -> Result<std::collections::BTreeMap<BackendId, Backend<A>>> {
+        let mut out = std::collections::BTreeMap::new();
+        bpfsys::for_each_batch(fd(&self.backends), |id: &BackendId, b: &Backend<A>| {
+            if !b.is_empty() {
+                out.insert(*id, *b);
+            }
+        })
+        .map_err(|source| Error::Read { map: A::MAPS.backends, source })?;
+        Ok(out)
+    }
+
+    /// Every conntrack entry, read in batches.
+    pub fn flows(&self) -> Result<Vec<(FlowKey<A>, Flow<A>)>> {
+        let mut out = Vec::new();
+        bpfsys::for_each_batch(fd(&self.conntrack), |k: &FlowKey<A>, f: &Flow<A>| out.push((*k, *f)))
+            .map_err(|source| Error::Read { map: A::MAPS.conntrack, source })?;
+        Ok(out)
+    }
+
+    /// What the agent-owned maps of the family hold now, with the entries
+    /// of `slots` that belong to its service ids (`orphans` too: slots no
+    /// service of either family names, so a sync removes them).
+    fn contents(&self, slots: &std::collections::BTreeMap<SlotKey, BackendId>, other_ids: &std::collections::BTreeSet<u32>, orphans: bool) -> Result<MapContents<A>> {
+        let services: std::collections::BTreeMap<ServiceKey<A>, ServiceV4> = self.services.iter().collect::<Result<_, _>>()?;
+        let ids: std::collections::BTreeSet<u32> = services.values().map(|v| v.id).collect();
+        Ok(MapContents {
+            slots: slots
+                .iter()
+                .filter(|(k, _)| ids.contains(&k.service_id) || (orphans && !other_ids.contains(&k.service_id)))
+                .map(|(k, v)| (*k, *v))
+                .collect(),
+            services,
+            backends: self.backends()?,
+            source_ranges: self
+                .source_ranges
+                .iter()
+                .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Adds the family's live forward flows per backend id to `live`;
+    /// returns the family's backend ids.
+    fn count_live(&self, cfg: &Config, now: u64, live: &mut std::collections::BTreeMap<BackendId, u64>) -> Result<Vec<BackendId>> {
+        for (k, f) in self.flows()? {
+            if f.direction != lb_common::direction::FORWARD || f.flags & lb_common::flow_flags::CLOSING != 0 {
+                continue;
+            }
+            let timeout = cfg.idle_timeout_s(k.proto);
+            if now.saturating_sub(f.last_seen_ns) <= timeout as u64 * 1_000_000_000 {
+                *live.entry(f.backend_id).or_default() += 1;
+            }
+        }
+        Ok(self.backends()?.into_keys().collect())
+    }
+
+    /// The service ids the family's frontends name.
+    fn service_ids(&self) -> std::collections::BTreeSet<u32> {
+        self.services.iter().filter_map(|r| r.ok()).map(|(_, v)| v.id).collect()
+    }
+
+    /// Removes the ClientIP affinity entries of `service_ids`; returns how
+    /// many went.
+    pub fn forget_affinity(&mut self, service_ids: &std::collections::BTreeSet<u32>) -> Result<usize> {
+        let stale: Vec<AffinityKey<A>> = self
+            .affinity
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| service_ids.contains(&k.service_id))
+            .collect();
+        for k in &stale {
+            ignore_missing(self.affinity.remove(k))?;
+        }
+        Ok(stale.len())
+    }
+
+    /// The affinity entry of a client, if any.
+    pub fn affinity(&self, key: &AffinityKey<A>) -> Result<Option<AffinityV4>> {
+        match self.affinity.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl Dataplane {
+    /// Opens every map pinned under `dir`; the IPv6 ones only when pinned.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let v6 = if dir.join(maps::SERVICES_V6).exists() { Some(FamilyMaps::open(dir)?) } else { None };
+        Ok(Self {
+            v4: FamilyMaps::open(dir)?,
+            v6,
             slots: open(dir, maps::SERVICE_SLOTS)?,
-            conntrack: open(dir, maps::CONNTRACK_V4)?,
             service_stats: open(dir, maps::SERVICE_STATS)?,
             counters: open(dir, maps::COUNTERS)?,
             config: open(dir, maps::CONFIG)?,
-            affinity: open(dir, maps::AFFINITY_V4)?,
             backend_load: open(dir, maps::BACKEND_LOAD)?,
             redirect_ifaces: open(dir, maps::REDIRECT_IFACES)?,
             sock_netns: open(dir, maps::SOCK_NETNS)?,
-            source_ranges: open(dir, maps::SOURCE_RANGES_V4)?,
             nat_config: open(dir, maps::NAT_CONFIG)?,
             snat_exhausted: open(dir, maps::SNAT_EXHAUSTED)?,
         })
@@ -143,17 +277,14 @@ impl Dataplane {
         Ok(total)
     }
 
-    /// Every backend (the non-empty slots of `backends_v4`), by id, read in
-    /// batches (a few syscalls for the whole array).
-    pub fn backends(&self) -> Result<std::collections::BTreeMap<BackendId, BackendV4>> {
-        let mut out = std::collections::BTreeMap::new();
-        bpfsys::for_each_batch(fd(&self.backends), |id: &BackendId, b: &BackendV4| {
-            if !b.is_empty() {
-                out.insert(*id, *b);
-            }
-        })
-        .map_err(|source| Error::Read { map: maps::BACKENDS_V4, source })?;
-        Ok(out)
+    /// Every IPv4 backend, by id (see [`FamilyMaps::backends`]).
+    pub fn backends(&self) -> Result<std::collections::BTreeMap<BackendId, lb_common::BackendV4>> {
+        self.v4.backends()
+    }
+
+    /// Every IPv4 conntrack entry (see [`FamilyMaps::flows`]).
+    pub fn flows(&self) -> Result<Vec<(lb_common::FlowKeyV4, lb_common::FlowV4)>> {
+        self.v4.flows()
     }
 
     /// The entries of `map` (one of these hashes, pinned as `name`),
@@ -166,29 +297,24 @@ impl Dataplane {
     {
         bpfsys::count::<K, V>(fd(map)).map_err(|source| Error::Read { map: name, source })
     }
-
-    /// Every conntrack entry, read in batches.
-    pub fn flows(&self) -> Result<Vec<(FlowKeyV4, FlowV4)>> {
-        let mut out = Vec::new();
-        bpfsys::for_each_batch(fd(&self.conntrack), |k: &FlowKeyV4, f: &FlowV4| out.push((*k, *f)))
-            .map_err(|source| Error::Read { map: maps::CONNTRACK_V4, source })?;
-        Ok(out)
-    }
 }
 
 impl Dataplane {
-    /// What the agent-owned maps hold now.
-    pub fn contents(&self) -> Result<crate::diff::MapContents> {
-        Ok(crate::diff::MapContents {
-            services: self.services.iter().collect::<Result<_, _>>()?,
-            backends: self.backends()?,
-            slots: self.slots.iter().collect::<Result<_, _>>()?,
-            source_ranges: self
-                .source_ranges
-                .iter()
-                .map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v)))
-                .collect::<Result<_, _>>()?,
-        })
+    /// What the IPv4 agent-owned maps hold now ([`Dataplane::family_contents`] for either).
+    pub fn contents(&self) -> Result<MapContents> {
+        self.family_contents::<Addr4>()
+    }
+
+    /// What family `A`'s agent-owned maps hold now (empty when the family's
+    /// maps are not pinned). Slots go to the family of the service naming
+    /// them; those no service names go to IPv4, so a sync removes them.
+    pub fn family_contents<A: MapFamily>(&self) -> Result<MapContents<A>> {
+        let Some(maps) = A::maps(self) else { return Ok(MapContents::default()) };
+        let slots: std::collections::BTreeMap<SlotKey, BackendId> = self.slots.iter().collect::<Result<_, _>>()?;
+        let ipv4 = A::FAMILY == crate::family::IpFamily::IPv4;
+        // Orphan slots go to IPv4: those IPv6 service ids name are not orphans.
+        let other_ids = if ipv4 { self.v6.as_ref().map(|v6| v6.service_ids()).unwrap_or_default() } else { Default::default() };
+        maps.contents(&slots, &other_ids, ipv4)
     }
 
     /// Applies `diff` in an order where no packet meets a dangling reference,
@@ -200,9 +326,18 @@ impl Dataplane {
     ///    service's count grows only after its slots exist;
     /// 3. the other removals: slots (above a shrunk count, now unread),
     ///    backends (no slot points to them any more), source ranges.
-    pub fn apply(&mut self, diff: &crate::diff::Diff) -> Result<()> {
+    pub fn apply<A: MapFamily>(&mut self, diff: &crate::diff::Diff<A>) -> Result<()> {
+        let (family, slots) = A::split(self);
+        let Some(fm) = family else {
+            // Once per process: every sync with IPv6 Services would repeat it.
+            static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            if !diff.is_empty() && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(writes = diff.len(), "the loaded programs have no {} maps: {} frontends are not programmed (an lb-ebpf with them is needed)", A::FAMILY, A::FAMILY);
+            }
+            return Ok(());
+        };
         for k in &diff.services.remove {
-            ignore_missing(self.services.remove(k))?;
+            ignore_missing(fm.services.remove(k))?;
         }
         // Ids a frontend still refers to: as the upserts will leave them, and
         // as the maps hold them until those upserts (only these may differ;
@@ -210,24 +345,24 @@ impl Dataplane {
         let mut referenced: std::collections::BTreeSet<u32> = diff.services.upsert.iter().map(|(_, v)| v.id).collect();
         if !diff.slots.remove.is_empty() || !diff.source_ranges.remove.is_empty() {
             for (k, _) in &diff.services.upsert {
-                if let Ok(v) = self.services.get(k, 0) {
+                if let Ok(v) = fm.services.get(k, 0) {
                     referenced.insert(v.id);
                 }
             }
         }
         let early_slot = |k: &SlotKey| !referenced.contains(&k.service_id);
-        let early_range = |r: &SourceRangeV4| !referenced.contains(&u32::from_be_bytes(r.service_id));
+        let early_range = |r: &SourceRange<A>| !referenced.contains(&u32::from_be_bytes(r.service_id));
         for k in diff.slots.remove.iter().filter(|k| early_slot(k)) {
-            ignore_missing(self.slots.remove(k))?;
+            ignore_missing(slots.remove(k))?;
         }
         for (len, r) in diff.source_ranges.remove.iter().filter(|(_, r)| early_range(r)) {
-            ignore_missing(self.source_ranges.remove(&Key::new(*len, *r)))?;
+            ignore_missing(fm.source_ranges.remove(&Key::new(*len, *r)))?;
         }
 
         for ((len, r), v) in &diff.source_ranges.upsert {
-            let res = self.source_ranges.insert(&Key::new(*len, *r), v, 0);
-            write_result(res, maps::SOURCE_RANGES_V4, || {
-                format!("source range {}/{} of service {}", std::net::Ipv4Addr::from(r.addr), len - 32, u32::from_be_bytes(r.service_id))
+            let res = fm.source_ranges.insert(&Key::new(*len, *r), v, 0);
+            write_result(res, A::MAPS.source_ranges, || {
+                format!("source range {}/{} of service {}", r.addr.to_ip(), len - 32, u32::from_be_bytes(r.service_id))
             })?;
         }
         for (k, v) in &diff.backends.upsert {
@@ -235,11 +370,11 @@ impl Dataplane {
             if *k == 0 || v.is_empty() {
                 return Err(Error::NoBackend { id: *k });
             }
-            let r = self.backends.set(*k, v, 0);
-            write_result(r, maps::BACKENDS_V4, || format!("backend {k}"))?;
+            let r = fm.backends.set(*k, v, 0);
+            write_result(r, A::MAPS.backends, || format!("backend {k}"))?;
         }
         for (k, v) in &diff.slots.upsert {
-            let r = self.slots.insert(k, v, 0);
+            let r = slots.insert(k, v, 0);
             write_result(r, maps::SERVICE_SLOTS, || {
                 format!("slot {} of service {}", k.slot, k.service_id)
             })?;
@@ -250,48 +385,33 @@ impl Dataplane {
         let mut affinity_off = std::collections::BTreeSet::new();
         for (k, v) in &diff.services.upsert {
             if v.affinity_timeout_s == 0 {
-                if let Ok(old) = self.services.get(k, 0) {
+                if let Ok(old) = fm.services.get(k, 0) {
                     if old.affinity_timeout_s != 0 && old.id == v.id {
                         affinity_off.insert(v.id);
                     }
                 }
             }
-            let r = self.services.insert(k, v, 0);
-            write_result(r, maps::SERVICES_V4, || format!("service {k}"))?;
+            let r = fm.services.insert(k, v, 0);
+            write_result(r, A::MAPS.services, || format!("service {k}"))?;
         }
         if !affinity_off.is_empty() {
-            self.forget_affinity(&affinity_off)?;
+            fm.forget_affinity(&affinity_off)?;
         }
 
         for k in diff.slots.remove.iter().filter(|k| !early_slot(k)) {
-            ignore_missing(self.slots.remove(k))?;
+            ignore_missing(slots.remove(k))?;
         }
         for k in &diff.backends.remove {
             // Removing is emptying the slot; an id past the end is already gone.
-            match self.backends.set(*k, BackendV4::EMPTY, 0) {
+            match fm.backends.set(*k, Backend::<A>::EMPTY, 0) {
                 Err(aya::maps::MapError::OutOfBounds { .. }) => {}
-                r => r.map_err(|source| Error::Write { map: maps::BACKENDS_V4, what: format!("the emptying of backend {k}"), source })?,
+                r => r.map_err(|source| Error::Write { map: A::MAPS.backends, what: format!("the emptying of backend {k}"), source })?,
             }
         }
         for (len, r) in diff.source_ranges.remove.iter().filter(|(_, r)| !early_range(r)) {
-            ignore_missing(self.source_ranges.remove(&Key::new(*len, *r)))?;
+            ignore_missing(fm.source_ranges.remove(&Key::new(*len, *r)))?;
         }
         Ok(())
-    }
-
-    /// Removes the ClientIP affinity entries of `service_ids`; returns how
-    /// many went.
-    pub fn forget_affinity(&mut self, service_ids: &std::collections::BTreeSet<u32>) -> Result<usize> {
-        let stale: Vec<AffinityKeyV4> = self
-            .affinity
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| service_ids.contains(&k.service_id))
-            .collect();
-        for k in &stale {
-            ignore_missing(self.affinity.remove(k))?;
-        }
-        Ok(stale.len())
     }
 
     /// Live flows of a backend, as the dataplane counts them.
@@ -316,22 +436,17 @@ impl Dataplane {
             _ => Config::default(),
         };
         let now = monotonic_ns();
+        // Backend ids are one space: both families' flows count into one map.
         let mut live = std::collections::BTreeMap::<BackendId, u64>::new();
-        for (k, f) in self.flows()? {
-            if f.direction != lb_common::direction::FORWARD || f.flags & lb_common::flow_flags::CLOSING != 0 {
-                continue;
-            }
-            let timeout = cfg.idle_timeout_s(k.proto);
-            if now.saturating_sub(f.last_seen_ns) <= timeout as u64 * 1_000_000_000 {
-                *live.entry(f.backend_id).or_default() += 1;
-            }
+        let mut ids: Vec<BackendId> = self.v4.count_live(&cfg, now, &mut live)?;
+        if let Some(v6) = &self.v6 {
+            ids.extend(v6.count_live(&cfg, now, &mut live)?);
         }
         let mut counted = std::collections::BTreeMap::<BackendId, u64>::new();
         bpfsys::for_each_batch(fd(&self.backend_load), |id: &BackendId, n: &u64| {
             counted.insert(*id, *n);
         })
         .map_err(|source| Error::Read { map: maps::BACKEND_LOAD, source })?;
-        let ids: Vec<BackendId> = self.backends()?.into_keys().collect();
         let mut changed = 0;
         for id in ids {
             let want = live.get(&id).copied().unwrap_or(0);
@@ -343,13 +458,9 @@ impl Dataplane {
         Ok(changed)
     }
 
-    /// The affinity entry of a client, if any.
-    pub fn affinity(&self, key: &AffinityKeyV4) -> Result<Option<AffinityV4>> {
-        match self.affinity.get(key, 0) {
-            Ok(v) => Ok(Some(v)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+    /// The affinity entry of an IPv4 client, if any ([`FamilyMaps::affinity`] for either).
+    pub fn affinity(&self, key: &lb_common::AffinityKeyV4) -> Result<Option<AffinityV4>> {
+        self.v4.affinity(key)
     }
 
     /// Makes `ifindexes` the interfaces XDP may redirect to (and only them).
@@ -423,11 +534,11 @@ fn write_result(
 /// The `lb-agent run` flag that sizes `map`, for error messages.
 pub fn size_flag(map: &str) -> &'static str {
     match map {
-        maps::SERVICES_V4 => "--max-services",
-        maps::BACKENDS_V4 => "--max-backends",
+        maps::SERVICES_V4 | maps::SERVICES_V6 => "--max-services",
+        maps::BACKENDS_V4 | maps::BACKENDS_V6 => "--max-backends",
         maps::SERVICE_SLOTS => "--max-slots",
-        maps::CONNTRACK_V4 => "--max-flows",
-        maps::AFFINITY_V4 => "--max-affinity",
+        maps::CONNTRACK_V4 | maps::CONNTRACK_V6 => "--max-flows",
+        maps::AFFINITY_V4 | maps::AFFINITY_V6 => "--max-affinity",
         _ => "the map's size (it has no flag yet: lb_common::maps::default_size)",
     }
 }

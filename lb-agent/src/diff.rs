@@ -1,27 +1,32 @@
-//! Desired map contents, and the minimal set of writes that gets the maps there.
+//! Desired map contents, and the minimal set of writes that gets the maps
+//! there: one [`MapContents`] per address family, with the same code for both.
 use std::collections::BTreeMap;
 
-use lb_common::{BackendId, BackendV4, ServiceKeyV4, ServiceV4, SlotKey, SourceRangeV4};
+use lb_common::{Addr, Addr4, Backend, BackendId, ServiceKey, ServiceV4, SlotKey, SourceRange};
 
-/// A `source_ranges_v4` key: LPM prefix length and data.
-pub type SourceRangeKey = (u32, SourceRangeV4);
+/// A `source_ranges_v4`/`_v6` key: LPM prefix length and data.
+pub type SourceRangeKey<A = Addr4> = (u32, SourceRange<A>);
 
-/// What the agent-owned maps contain (or should).
+/// What one family's agent-owned maps contain (or should): its services,
+/// backends and source ranges, and the `service_slots` entries of its
+/// service ids (the slots map is shared; service ids are one space across
+/// families, so each slot belongs to the family of the service naming it).
+/// `MapContents` alone is IPv4's.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MapContents {
-    pub services: BTreeMap<ServiceKeyV4, ServiceV4>,
-    pub backends: BTreeMap<BackendId, BackendV4>,
+pub struct MapContents<A: Addr = Addr4> {
+    pub services: BTreeMap<ServiceKey<A>, ServiceV4>,
+    pub backends: BTreeMap<BackendId, Backend<A>>,
     pub slots: BTreeMap<SlotKey, BackendId>,
     /// Allowed client prefixes per service (value always 1).
-    pub source_ranges: BTreeMap<SourceRangeKey, u8>,
+    pub source_ranges: BTreeMap<SourceRangeKey<A>, u8>,
 }
 
-impl MapContents {
+impl<A: Addr> MapContents<A> {
     /// Drops the ClusterIP address entries of addresses left without any
     /// frontend (a service skipped or not fitting), which would otherwise
     /// refuse the ports the Service does serve.
     pub fn retain_served_addresses(&mut self) {
-        let served: std::collections::BTreeSet<[u8; 4]> =
+        let served: std::collections::BTreeSet<A> =
             self.services.keys().filter(|k| !k.is_address()).map(|k| k.addr).collect();
         self.services.retain(|k, _| !k.is_address() || served.contains(&k.addr));
     }
@@ -49,16 +54,16 @@ impl<K, V> Changes<K, V> {
     }
 }
 
-/// Every write needed to turn current contents into desired ones.
+/// Every write needed to turn one family's current contents into desired ones.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Diff {
-    pub services: Changes<ServiceKeyV4, ServiceV4>,
-    pub backends: Changes<BackendId, BackendV4>,
+pub struct Diff<A: Addr = Addr4> {
+    pub services: Changes<ServiceKey<A>, ServiceV4>,
+    pub backends: Changes<BackendId, Backend<A>>,
     pub slots: Changes<SlotKey, BackendId>,
-    pub source_ranges: Changes<SourceRangeKey, u8>,
+    pub source_ranges: Changes<SourceRangeKey<A>, u8>,
 }
 
-impl Diff {
+impl<A: Addr> Diff<A> {
     pub fn len(&self) -> usize {
         self.services.len() + self.backends.len() + self.slots.len() + self.source_ranges.len()
     }
@@ -108,7 +113,7 @@ fn changes<K: Ord + Copy, V: PartialEq + Copy>(
 }
 
 /// The minimal diff from `current` to `desired`.
-pub fn diff(current: &MapContents, desired: &MapContents) -> Diff {
+pub fn diff<A: Addr>(current: &MapContents<A>, desired: &MapContents<A>) -> Diff<A> {
     Diff {
         services: changes(&current.services, &desired.services),
         backends: changes(&current.backends, &desired.backends),
@@ -119,6 +124,8 @@ pub fn diff(current: &MapContents, desired: &MapContents) -> Diff {
 
 #[cfg(test)]
 mod tests {
+    use lb_common::{BackendV4, ServiceKeyV4};
+
     use super::*;
 
     fn contents(backends: &[(u32, [u8; 4])], count: u32) -> MapContents {

@@ -9,20 +9,29 @@
 //! conntrack has one (TCP: not closing), else the first packet of a new
 //! connection (a SYN for TCP). Without a source port, nothing that depends on
 //! it (conntrack, Maglev) can be looked up.
+//!
+//! Both families go through the same generic decision code, over the
+//! family's maps ([`Snapshot`] of `A`); [`explain_pinned`] picks the family
+//! of the destination.
 use std::{
     collections::BTreeMap,
     fmt,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
 use anyhow::Result;
 use lb_common::{
-    algorithm, backend_state, direction, flow_flags, scope, service_flags, AffinityKeyV4, AffinityV4, BackendId,
-    BackendV4, Config, FlowKeyV4, FlowV4, NatConfig, ServiceKeyV4, ServiceV4, SlotKey, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
+    algorithm, backend_state, direction, flow_flags, scope, service_flags, Addr, Addr4, Addr6, AffinityKey, AffinityV4, Backend,
+    BackendId, Config, Flow, FlowKey, NatConfig, ServiceKey, ServiceV4, SlotKey, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
 };
 use serde::Serialize;
 
-use crate::{control::model::algorithm_name, dataplane::Dataplane, diff::MapContents};
+use crate::{
+    control::model::{algorithm_name, cidr},
+    dataplane::{Dataplane, MapFamily},
+    diff::MapContents,
+    family::{Family, IpFamily},
+};
 
 const NS: u64 = 1_000_000_000;
 
@@ -52,20 +61,21 @@ impl Origin {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Query {
     pub origin: Origin,
-    pub src: Ipv4Addr,
+    /// Of the destination's family.
+    pub src: IpAddr,
     pub sport: Option<u16>,
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     pub dport: u16,
     pub proto: u8,
 }
 
-/// What `explain` reads from the maps for one query.
+/// What `explain` reads from the maps of family `A` for one query.
 #[derive(Clone, Debug, Default)]
-pub struct Snapshot {
-    pub contents: MapContents,
+pub struct Snapshot<A: Addr = Addr4> {
+    pub contents: MapContents<A>,
     pub config: Config,
     /// The conntrack entry of the query's own direction, if any.
-    pub flow: Option<FlowV4>,
+    pub flow: Option<Flow<A>>,
     pub affinity: Option<AffinityV4>,
     /// This node's SNAT address and port range (address 0.0.0.0: off).
     pub nat: NatConfig,
@@ -73,20 +83,20 @@ pub struct Snapshot {
     pub now_ns: u64,
 }
 
-impl Snapshot {
-    /// Reads what `q` needs from the pinned maps.
+impl<A: MapFamily> Snapshot<A> {
+    /// Reads what `q` needs from the pinned maps of family `A` (empty when
+    /// they are not pinned).
     pub fn read(dp: &Dataplane, q: &Query) -> Result<Self> {
-        let contents = dp.contents()?;
+        let contents = dp.family_contents::<A>()?;
         let config = dp.config.get(&0, 0).ok().filter(|c| c.layout_version != 0).unwrap_or_default();
-        let flow = match q.sport {
-            Some(sport) => dp.conntrack.get(&flow_key(q, sport), 0).ok(),
-            None => None,
+        let maps = A::maps(dp);
+        let flow = match (q.sport, maps, flow_key::<A>(q, q.sport.unwrap_or(0))) {
+            (Some(_), Some(m), Some(k)) => m.conntrack.get(&k, 0).ok(),
+            _ => None,
         };
         let svc = lookup_service(q, &contents);
-        let affinity = match svc {
-            Some(s) if s.affinity_timeout_s != 0 => {
-                dp.affinity(&AffinityKeyV4 { service_id: s.id, client: client_addr(q).octets() })?
-            }
+        let affinity = match (svc, maps, client_addr::<A>(q)) {
+            (Some(s), Some(m), Some(client)) if s.affinity_timeout_s != 0 => m.affinity(&AffinityKey { service_id: s.id, client })?,
             _ => None,
         };
         let nat = dp.nat_config().unwrap_or_default();
@@ -112,7 +122,7 @@ pub enum Action {
 pub struct Verdict {
     pub action: Action,
     /// The backend, when the choice is known.
-    pub backend: Option<SocketAddrV4>,
+    pub backend: Option<SocketAddr>,
     /// The source the backend sees when it is rewritten (SNAT): this node's
     /// address and a port (range for a new flow).
     pub snat: Option<String>,
@@ -123,7 +133,7 @@ pub struct Verdict {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Candidate {
     pub id: BackendId,
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     pub state: &'static str,
     /// On another node (`backend_flags::REMOTE`).
     pub remote: bool,
@@ -147,11 +157,11 @@ pub struct Frontend {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Established {
     pub backend_id: BackendId,
-    pub backend: SocketAddrV4,
+    pub backend: SocketAddr,
     pub idle_s: u64,
     pub closing: bool,
     /// The source the backend sees, when the flow is SNATed.
-    pub snat: Option<SocketAddrV4>,
+    pub snat: Option<SocketAddr>,
     /// Whether the dataplane still follows it for this packet.
     pub used: bool,
     pub note: String,
@@ -177,16 +187,17 @@ pub struct Explanation {
     pub verdict: Verdict,
 }
 
-fn service_key(q: &Query) -> ServiceKeyV4 {
-    ServiceKeyV4 { addr: q.dst.octets(), port: q.dport.to_be_bytes(), proto: q.proto, scope: scope::ANY }
+fn service_key<A: Family>(q: &Query) -> Option<ServiceKey<A>> {
+    Some(ServiceKey { addr: A::from_ip(q.dst)?, port: q.dport.to_be_bytes(), proto: q.proto, scope: scope::ANY })
 }
 
 /// The entry the dataplane uses for `q` (lb-ebpf `service::lookup`): pods
 /// and the node take an `IN_CLUSTER_ALT` frontend's in-cluster entry.
-fn lookup_service(q: &Query, c: &MapContents) -> Option<ServiceV4> {
-    let svc = *c.services.get(&service_key(q))?;
+fn lookup_service<A: Family>(q: &Query, c: &MapContents<A>) -> Option<ServiceV4> {
+    let key = service_key::<A>(q)?;
+    let svc = *c.services.get(&key)?;
     if q.origin != Origin::External && svc.flags & service_flags::IN_CLUSTER_ALT != 0 {
-        let alt = ServiceKeyV4 { scope: scope::IN_CLUSTER, ..service_key(q) };
+        let alt = ServiceKey { scope: scope::IN_CLUSTER, ..key };
         if let Some(a) = c.services.get(&alt) {
             return Some(*a);
         }
@@ -194,24 +205,24 @@ fn lookup_service(q: &Query, c: &MapContents) -> Option<ServiceV4> {
     Some(svc)
 }
 
-fn flow_key(q: &Query, sport: u16) -> FlowKeyV4 {
-    FlowKeyV4 {
-        src_addr: q.src.octets(),
-        dst_addr: q.dst.octets(),
+fn flow_key<A: Family>(q: &Query, sport: u16) -> Option<FlowKey<A>> {
+    Some(FlowKey {
+        src_addr: A::from_ip(q.src)?,
+        dst_addr: A::from_ip(q.dst)?,
         src_port: sport.to_be_bytes(),
         dst_port: q.dport.to_be_bytes(),
         proto: q.proto,
         _pad: [0; 3],
-    }
+    })
 }
 
 /// The client address selection keys on: a socket has none yet, so the
-/// socket balancer uses 0.0.0.0 (sock.rs).
-fn client_addr(q: &Query) -> Ipv4Addr {
+/// socket balancer uses the zero address (sock.rs).
+fn client_addr<A: Family>(q: &Query) -> Option<A> {
     if q.origin == Origin::Node {
-        Ipv4Addr::UNSPECIFIED
+        Some(A::ZERO)
     } else {
-        q.src
+        A::from_ip(q.src)
     }
 }
 
@@ -247,15 +258,29 @@ fn flag_names(flags: u8) -> Vec<&'static str> {
     .collect()
 }
 
-fn backend_addr(b: &BackendV4) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::from(b.addr), u16::from_be_bytes(b.port))
+fn backend_addr<A: Addr>(b: &Backend<A>) -> SocketAddr {
+    sock(b.addr, b.port)
 }
 
-/// Decides what the dataplane does with `q`, from `s`.
-pub fn explain(q: &Query, s: &Snapshot, names: &crate::ops::names::Names) -> Explanation {
+fn sock<A: Addr>(addr: A, port: [u8; 2]) -> SocketAddr {
+    SocketAddr::new(addr.to_ip(), u16::from_be_bytes(port))
+}
+
+/// Reads the pinned maps of the destination's family and explains `q`.
+pub fn explain_pinned(dp: &Dataplane, q: &Query, names: &crate::ops::names::Names) -> Result<Explanation> {
+    anyhow::ensure!(IpFamily::of(q.src) == IpFamily::of(q.dst), "the source {} and the destination {} are of different families", q.src, q.dst);
+    Ok(match IpFamily::of(q.dst) {
+        IpFamily::IPv4 => explain(q, &Snapshot::<Addr4>::read(dp, q)?, names),
+        IpFamily::IPv6 => explain(q, &Snapshot::<Addr6>::read(dp, q)?, names),
+    })
+}
+
+/// Decides what the dataplane does with `q`, from `s` (the maps of `q`'s family).
+pub fn explain<A: Family>(q: &Query, s: &Snapshot<A>, names: &crate::ops::names::Names) -> Explanation {
+    let dst = crate::family::socket(q.dst, q.dport);
     let packet = match q.sport {
-        Some(p) => format!("{}:{p} -> {}:{}/{}", q.src, q.dst, q.dport, proto_name(q.proto)),
-        None => format!("{} -> {}:{}/{}", q.src, q.dst, q.dport, proto_name(q.proto)),
+        Some(p) => format!("{} -> {dst}/{}", crate::family::socket(q.src, p), proto_name(q.proto)),
+        None => format!("{} -> {dst}/{}", q.src, proto_name(q.proto)),
     };
     let mut e = Explanation {
         origin: q.origin,
@@ -327,7 +352,7 @@ pub fn explain(q: &Query, s: &Snapshot, names: &crate::ops::names::Names) -> Exp
         Pick::Chosen { backend_id, how } => match s.contents.backends.get(&backend_id) {
             Some(b) => {
                 e.selection = Some(how);
-                let hairpin = q.origin == Origin::Pod && b.addr == q.src.octets();
+                let hairpin = q.origin == Origin::Pod && b.addr.to_ip() == q.src;
                 if hairpin {
                     e.notes.push("the client is its own backend: its source becomes 169.254.42.1 (hairpin)".into());
                 }
@@ -336,7 +361,8 @@ pub fn explain(q: &Query, s: &Snapshot, names: &crate::ops::names::Names) -> Exp
                 // Unless it goes with DSR (mode.rs): the client is kept.
                 let remote = q.origin == Origin::External && b.is_remote();
                 let dsr = remote && lb_common::dsr::uses_dsr(svc.flags, s.config.flags, q.proto);
-                let snat = (remote && !dsr && s.nat.addr_v4 != [0; 4]).then(|| {
+                // The IPv4 SNAT address; IPv6 SNAT is the dataplane's own (not shown here).
+                let snat = (remote && !dsr && A::FAMILY == IpFamily::IPv4 && s.nat.addr_v4 != [0; 4]).then(|| {
                     format!("{}:{}-{}", Ipv4Addr::from(s.nat.addr_v4), s.nat.port_min, s.nat.port_max)
                 });
                 let reason = if dsr {
@@ -383,7 +409,7 @@ fn no_backend(q: &Query, svc: &ServiceV4, e: &mut Explanation, why: &str) {
 
 /// sock.rs: the socket balancer rewrites connect()'s destination or refuses
 /// it; it sees no conntrack, no source ranges, and no source port.
-fn socket(q: &Query, svc: &ServiceV4, s: &Snapshot, mut e: Explanation) -> Explanation {
+fn socket<A: Family>(q: &Query, svc: &ServiceV4, s: &Snapshot<A>, mut e: Explanation) -> Explanation {
     e.notes.push("host sockets: balanced once at connect(); conntrack and source ranges do not apply".into());
     match pick(q, svc, s) {
         Pick::Chosen { backend_id, how } if s.contents.backends.contains_key(&backend_id) => {
@@ -405,7 +431,7 @@ fn socket(q: &Query, svc: &ServiceV4, s: &Snapshot, mut e: Explanation) -> Expla
 }
 
 /// The backends in the service's slots 1..=count, with their share.
-fn candidates(svc: &ServiceV4, c: &MapContents) -> Vec<Candidate> {
+fn candidates<A: Addr>(svc: &ServiceV4, c: &MapContents<A>) -> Vec<Candidate> {
     let mut share: BTreeMap<BackendId, u32> = BTreeMap::new();
     for slot in 1..=svc.count {
         if let Some(id) = c.slots.get(&SlotKey { service_id: svc.id, slot }) {
@@ -425,7 +451,7 @@ fn candidates(svc: &ServiceV4, c: &MapContents) -> Vec<Candidate> {
 /// conntrack::established: the entry holds while it is a live forward entry
 /// whose backend is unchanged (a new TCP connection does not reuse a
 /// closing one).
-fn established(q: &Query, f: &FlowV4, s: &Snapshot) -> Established {
+fn established<A: Addr>(q: &Query, f: &Flow<A>, s: &Snapshot<A>) -> Established {
     let idle = s.now_ns.saturating_sub(f.last_seen_ns);
     let closing = f.flags & flow_flags::CLOSING != 0;
     let timeout = if closing {
@@ -434,7 +460,7 @@ fn established(q: &Query, f: &FlowV4, s: &Snapshot) -> Established {
         s.config.idle_timeout_s(q.proto)
     } as u64
         * NS;
-    let backend = SocketAddrV4::new(Ipv4Addr::from(f.nat_addr), u16::from_be_bytes(f.nat_port));
+    let backend = sock(f.nat_addr, f.nat_port);
     let same = s.contents.backends.get(&f.backend_id).is_some_and(|b| b.addr == f.nat_addr && b.port == f.nat_port);
     let (used, note) = if f.direction != direction::FORWARD {
         (false, "a reply-direction entry".to_string())
@@ -447,23 +473,25 @@ fn established(q: &Query, f: &FlowV4, s: &Snapshot) -> Established {
     } else {
         (true, "live: packets follow it".into())
     };
-    let snat = (f.flags & flow_flags::SNAT != 0)
-        .then(|| SocketAddrV4::new(Ipv4Addr::from(f.peer_addr), u16::from_be_bytes(f.peer_port)));
+    let snat = (f.flags & flow_flags::SNAT != 0).then(|| sock(f.peer_addr, f.peer_port));
     Established { backend_id: f.backend_id, backend, idle_s: idle / NS, closing, snat, used, note }
 }
 
-/// The range of `service_id` that contains `src` (longest first), if any.
-fn source_range(service_id: u32, src: Ipv4Addr, c: &MapContents) -> Option<String> {
+/// The ranges of `service_id` (0: the service CIDRs) that contain `ip`,
+/// as (prefix length, network).
+fn ranges_holding<A: Addr>(service_id: u32, ip: IpAddr, c: &MapContents<A>) -> impl Iterator<Item = (u8, IpAddr)> + '_ {
     c.source_ranges
         .keys()
-        .filter(|(_, r)| r.service_id == service_id.to_be_bytes())
-        .filter_map(|(len, r)| {
-            let bits = len.checked_sub(32)?;
-            let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits.min(32)) };
-            (u32::from(src) & mask == u32::from_be_bytes(r.addr)).then_some((bits, Ipv4Addr::from(r.addr)))
+        .filter(move |(_, r)| r.service_id == service_id.to_be_bytes())
+        .filter_map(move |(len, r)| {
+            let bits = u8::try_from(len.checked_sub(32)?).ok()?;
+            cidr::contains((r.addr.to_ip(), bits), ip).then_some((bits, r.addr.to_ip()))
         })
-        .max_by_key(|(bits, _)| *bits)
-        .map(|(bits, net)| format!("{net}/{bits}"))
+}
+
+/// The range of `service_id` that contains `src` (longest first), if any.
+fn source_range<A: Addr>(service_id: u32, src: IpAddr, c: &MapContents<A>) -> Option<String> {
+    ranges_holding(service_id, src, c).max_by_key(|(bits, _)| *bits).map(|(bits, net)| format!("{net}/{bits}"))
 }
 
 enum Pick {
@@ -473,7 +501,7 @@ enum Pick {
 }
 
 /// select::pick_for: affinity first, then the algorithm.
-fn pick(q: &Query, svc: &ServiceV4, s: &Snapshot) -> Pick {
+fn pick<A: Family>(q: &Query, svc: &ServiceV4, s: &Snapshot<A>) -> Pick {
     if svc.count == 0 {
         return Pick::Nothing("no backend");
     }
@@ -498,7 +526,10 @@ fn pick(q: &Query, svc: &ServiceV4, s: &Snapshot) -> Pick {
     }
     match (svc.algorithm, q.sport) {
         (algorithm::MAGLEV, Some(sport)) if q.origin != Origin::Node => {
-            let h = lb_ebpf::hash::flow_hash(q.src.octets(), sport.to_be_bytes(), q.dport.to_be_bytes(), q.proto);
+            let Some(src) = A::from_ip(q.src) else { return Pick::Nothing("a source of the other family") };
+            // An IPv6 client is folded to 4 bytes first, as in select.rs.
+            let word = lb_ebpf::hash::fold(src.octets());
+            let h = lb_ebpf::hash::flow_hash(word, sport.to_be_bytes(), q.dport.to_be_bytes(), q.proto);
             let slot = h % svc.count + 1;
             match slot_backend(slot) {
                 Some(backend_id) => Pick::Chosen { backend_id, how: format!("maglev: flow hash {h:#010x} -> slot {slot} of {}", svc.count) },
@@ -514,18 +545,12 @@ fn pick(q: &Query, svc: &ServiceV4, s: &Snapshot) -> Pick {
 /// lb-ebpf `unserved.rs`, for pods and node sockets only: a ClusterIP's
 /// unserved port is refused, an unallocated service-CIDR address dropped
 /// (the socket balancer refuses both).
-fn unserved(q: &Query, c: &MapContents) -> Option<Verdict> {
+fn unserved<A: Family>(q: &Query, c: &MapContents<A>) -> Option<Verdict> {
     if q.origin == Origin::External {
         return None;
     }
-    let refused = c.services.get(&ServiceKeyV4::address(q.dst.octets())).is_some_and(|v| v.flags & service_flags::UNSERVED_REFUSED != 0);
-    let in_cidr = || {
-        c.source_ranges.keys().any(|(len, r)| {
-            let bits = len - 32;
-            let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
-            r.service_id == [0; 4] && u32::from(q.dst) & mask == u32::from_be_bytes(r.addr)
-        })
-    };
+    let refused = c.services.get(&ServiceKey::address(A::from_ip(q.dst)?)).is_some_and(|v| v.flags & service_flags::UNSERVED_REFUSED != 0);
+    let in_cidr = || ranges_holding(0, q.dst, c).next().is_some();
     let (action, reason) = if refused {
         let how = match (q.origin, q.proto) {
             (Origin::Node, _) => "connect() refused (EPERM)",
@@ -549,11 +574,11 @@ fn unserved(q: &Query, c: &MapContents) -> Option<Verdict> {
 
 /// Why no frontend matched: another port or protocol of a service address,
 /// or an address the maps do not know.
-fn no_frontend_reason(q: &Query, c: &MapContents) -> String {
+fn no_frontend_reason<A: Addr>(q: &Query, c: &MapContents<A>) -> String {
     let others: Vec<String> = c
         .services
         .keys()
-        .filter(|k| k.addr == q.dst.octets() && !k.is_address())
+        .filter(|k| k.addr.to_ip() == q.dst && !k.is_address())
         .map(|k| format!("{}/{}", u16::from_be_bytes(k.port), proto_name(k.proto)))
         .collect();
     if others.is_empty() {
@@ -623,19 +648,22 @@ impl fmt::Display for Explanation {
     }
 }
 
-/// Parses `ADDR[:PORT]` (source) .
-pub fn parse_source(s: &str) -> Result<(Ipv4Addr, Option<u16>), String> {
-    match s.split_once(':') {
-        Some((a, p)) => Ok((
-            a.parse().map_err(|_| format!("bad source address {a:?}"))?,
-            Some(p.parse().map_err(|_| format!("bad source port {p:?}"))?),
-        )),
-        None => Ok((s.parse().map_err(|_| format!("bad source address {s:?} (expected IPv4[:PORT])"))?, None)),
+/// Parses `ADDR[:PORT]` (source): `10.0.0.1`, `10.0.0.1:4000`, `fd00::1`,
+/// `[fd00::1]:4000`.
+pub fn parse_source(s: &str) -> Result<(IpAddr, Option<u16>), String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok((a.ip(), Some(a.port())));
+    }
+    let bare = s.strip_prefix('[').and_then(|a| a.strip_suffix(']')).unwrap_or(s);
+    match bare.parse::<IpAddr>() {
+        Ok(a) => Ok((a, None)),
+        Err(_) => Err(format!("bad source {s:?} (expected IP[:PORT], an IPv6 address with a port in brackets: [fd00::1]:4000)")),
     }
 }
 
-/// Parses `ADDR:PORT[/tcp|udp|sctp]` (destination; TCP by default).
-pub fn parse_destination(s: &str) -> Result<(Ipv4Addr, u16, u8), String> {
+/// Parses `ADDR:PORT[/tcp|udp|sctp]` (destination; TCP by default; IPv6 in
+/// brackets: `[fd00::1]:80/udp`).
+pub fn parse_destination(s: &str) -> Result<(IpAddr, u16, u8), String> {
     let (rest, proto) = match s.rsplit_once('/') {
         Some((r, p)) => match p.to_ascii_lowercase().as_str() {
             "tcp" => (r, IPPROTO_TCP),
@@ -645,8 +673,12 @@ pub fn parse_destination(s: &str) -> Result<(Ipv4Addr, u16, u8), String> {
         },
         None => (s, IPPROTO_TCP),
     };
-    let (a, p) = rest.split_once(':').ok_or_else(|| format!("{s:?}: expected ADDR:PORT[/PROTO]"))?;
-    let addr = a.parse().map_err(|_| format!("bad destination address {a:?}"))?;
+    let (a, p) = rest.rsplit_once(':').ok_or_else(|| format!("{s:?}: expected ADDR:PORT[/PROTO]"))?;
+    let bare = a.strip_prefix('[').and_then(|a| a.strip_suffix(']'));
+    let addr: IpAddr = match bare {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().map(IpAddr::V6).map_err(|_| format!("bad destination address {a:?}"))?,
+        None => a.parse::<Ipv4Addr>().map(IpAddr::V4).map_err(|_| format!("bad destination address {a:?} (an IPv6 address goes in brackets: [fd00::1]:80)"))?,
+    };
     let port: u16 = p.parse().ok().filter(|p| *p != 0).ok_or_else(|| format!("bad destination port {p:?}"))?;
     Ok((addr, port, proto))
 }
@@ -654,7 +686,7 @@ pub fn parse_destination(s: &str) -> Result<(Ipv4Addr, u16, u8), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lb_common::SourceRangeV4;
+    use lb_common::{BackendV4, BackendV6, FlowV4, ServiceKeyV4, ServiceKeyV6, SourceRangeV4, SourceRangeV6};
 
     fn snapshot() -> Snapshot {
         let mut c = MapContents::default();
@@ -736,11 +768,57 @@ mod tests {
         assert!(explain(&query, &s, &Default::default()).verdict.snat.is_some());
     }
 
+    /// The same decisions over the IPv6 maps.
+    #[test]
+    fn ipv6_packets_are_explained_from_the_ipv6_maps() {
+        let mut c = MapContents::<Addr6>::default();
+        let a = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
+        let key = |addr, port: u16| ServiceKeyV6 { addr, port: port.to_be_bytes(), proto: 6, scope: 0 };
+        let svc = |id, count, flags| ServiceV4 { id, count, algorithm: algorithm::RANDOM, flags, _pad: [0; 2], affinity_timeout_s: 0 };
+        c.services.insert(key(a("fd00:96::10"), 80), svc(5, 1, 0));
+        c.services.insert(key(a("2001:db8:f::1"), 80), svc(6, 1, service_flags::SOURCE_RANGES));
+        c.services.insert(ServiceKeyV6::address(a("fd00:96::10")), svc(0, 0, service_flags::UNSERVED_REFUSED));
+        c.backends.insert(7, BackendV6 { addr: a("fd00:244::7"), port: 8080u16.to_be_bytes(), weight: 1, ..Default::default() });
+        for id in [5, 6] {
+            c.slots.insert(SlotKey { service_id: id, slot: 1 }, 7);
+        }
+        c.source_ranges.insert((32 + 48, SourceRangeV6 { service_id: 6u32.to_be_bytes(), addr: a("2001:db8:c::") }), 1);
+        c.source_ranges.insert((32 + 108, SourceRangeV6::service_cidr(a("fd00:96::"))), 1);
+        let s = Snapshot { contents: c, now_ns: 1_000 * NS, ..Default::default() };
+        let run = |origin, src: &str, dst: &str| {
+            let query = Query { origin, ..q(src, dst) };
+            let e = explain(&query, &s, &Default::default());
+            (e.verdict.action, e.verdict.backend.map(|b| b.to_string()), e.packet)
+        };
+        let backend = Some("[fd00:244::7]:8080".to_string());
+        assert_eq!(run(Origin::Pod, "[fd00:244::1]:40000", "[fd00:96::10]:80"), (Action::Dnat, backend.clone(), "[fd00:244::1]:40000 -> [fd00:96::10]:80/TCP".into()));
+        assert_eq!(run(Origin::External, "[2001:db8:c:1::9]:1", "[2001:db8:f::1]:80").0, Action::Dnat, "inside 2001:db8:c::/48");
+        assert_eq!(run(Origin::External, "[2001:db8:d::9]:1", "[2001:db8:f::1]:80").0, Action::Drop, "outside the ranges");
+        assert_eq!(run(Origin::Pod, "[fd00:244::1]:1", "[fd00:96::10]:81").0, Action::Reject, "an unserved port of the ClusterIP");
+        assert_eq!(run(Origin::Pod, "[fd00:244::1]:1", "[fd00:96::99]:80").0, Action::Drop, "inside the service CIDR, no Service");
+        assert_eq!(run(Origin::External, "[fd00:244::1]:1", "[fd00:96::99]:80").0, Action::Pass, "from outside: the stack decides");
+        // Maglev over IPv6: the folded client address, as select.rs hashes it.
+        let mut s = s.clone();
+        let v = s.contents.services.get_mut(&key(a("fd00:96::10"), 80)).unwrap();
+        (v.algorithm, v.count) = (algorithm::MAGLEV, 2);
+        s.contents.backends.insert(8, BackendV6 { addr: a("fd00:244::8"), port: 8080u16.to_be_bytes(), weight: 1, ..Default::default() });
+        s.contents.slots.insert(SlotKey { service_id: 5, slot: 2 }, 8);
+        let e = explain(&Query { origin: Origin::Pod, ..q("[fd00:244::1]:40000", "[fd00:96::10]:80") }, &s, &Default::default());
+        let h = lb_ebpf::hash::flow_hash(lb_ebpf::hash::fold(&a("fd00:244::1")), 40000u16.to_be_bytes(), 80u16.to_be_bytes(), 6);
+        assert_eq!(e.selection, Some(format!("maglev: flow hash {h:#010x} -> slot {} of 2", h % 2 + 1)));
+        let want = if h.is_multiple_of(2) { "[fd00:244::7]:8080" } else { "[fd00:244::8]:8080" };
+        assert_eq!(e.verdict.backend.map(|b| b.to_string()).as_deref(), Some(want));
+    }
+
     #[test]
     fn arguments_parse_or_say_why_not() {
-        assert_eq!(parse_destination("10.96.0.10:53/UDP"), Ok((Ipv4Addr::new(10, 96, 0, 10), 53, 17)));
+        assert_eq!(parse_destination("[fd00::1]:80/tcp"), Ok(("fd00::1".parse().unwrap(), 80, 6)));
+        assert_eq!(parse_source("[fd00::2]:4000"), Ok(("fd00::2".parse().unwrap(), Some(4000))));
+        assert_eq!(parse_source("fd00::2"), Ok(("fd00::2".parse().unwrap(), None)));
+        assert!(parse_destination("fd00::1:80").unwrap_err().contains("brackets"));
+        assert_eq!(parse_destination("10.96.0.10:53/UDP"), Ok((Ipv4Addr::new(10, 96, 0, 10).into(), 53, 17)));
         assert!(parse_destination("10.96.0.10").unwrap_err().contains("ADDR:PORT"));
-        assert_eq!(parse_destination("10.96.0.10:3868/sctp"), Ok((Ipv4Addr::new(10, 96, 0, 10), 3868, 132)));
+        assert_eq!(parse_destination("10.96.0.10:3868/sctp"), Ok((Ipv4Addr::new(10, 96, 0, 10).into(), 3868, 132)));
         assert!(parse_destination("10.96.0.10:80/dccp").unwrap_err().contains("unknown protocol"));
         assert!(parse_source("nope").is_err());
     }

@@ -2,7 +2,7 @@
 use anyhow::{Context as _, Result};
 use lb_agent::{
     dataplane::Dataplane,
-    explain::{explain, Origin, Query, Snapshot},
+    explain::{explain_pinned, Origin, Query},
     ops::names,
 };
 
@@ -18,7 +18,7 @@ pub fn run(a: ExplainArgs) -> Result<()> {
         OriginArg::Node => Origin::Node,
     };
     let q = Query { origin, src: a.src.0, sport: a.src.1, dst: a.dst.0, dport: a.dst.1, proto: a.dst.2 };
-    let e = explain(&q, &Snapshot::read(&dp, &q)?, &names::read(&a.pin_path));
+    let e = explain_pinned(&dp, &q, &names::read(&a.pin_path))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&e)?);
     } else {

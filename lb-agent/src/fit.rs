@@ -6,13 +6,17 @@
 //! (frontends, slots, source ranges, and backends only they use), each
 //! named with the map and the flag to raise, and the rest is synced. Those
 //! already in the maps keep their place: new ones are left out first.
+//!
+//! Each family is fitted by the same code into its own maps; the shared
+//! `service_slots` is fitted IPv4 first, IPv6 into what is left.
 use std::collections::{BTreeMap, BTreeSet};
 
 use lb_common::maps;
 
-use crate::diff::MapContents;
+use crate::{diff::MapContents, family::Family};
 
-/// How many entries each agent-written hash map holds.
+/// How many entries each agent-written hash map of one family holds
+/// (`slots`: what is free of the shared `service_slots` for it).
 #[derive(Clone, Copy, Debug)]
 pub struct Capacity {
     pub services: usize,
@@ -42,7 +46,7 @@ struct Need {
 
 /// Removes from `want` the services that do not fit `cap`, preferring those
 /// `current` already holds, then lower ids; returns them.
-pub fn fit(want: &mut MapContents, cap: Capacity, current: &MapContents) -> Vec<Rejected> {
+pub fn fit<A: Family>(want: &mut MapContents<A>, cap: Capacity, current: &MapContents<A>) -> Vec<Rejected> {
     if want.services.len() <= cap.services && want.slots.len() <= cap.slots && want.source_ranges.len() <= cap.source_ranges {
         return Vec::new();
     }
@@ -67,9 +71,9 @@ pub fn fit(want: &mut MapContents, cap: Capacity, current: &MapContents) -> Vec<
     for id in order {
         let n = need[&id];
         let over = [
-            (n.services, used.services, cap.services, maps::SERVICES_V4),
+            (n.services, used.services, cap.services, A::MAPS.services),
             (n.slots, used.slots, cap.slots, maps::SERVICE_SLOTS),
-            (n.source_ranges, used.source_ranges, cap.source_ranges, maps::SOURCE_RANGES_V4),
+            (n.source_ranges, used.source_ranges, cap.source_ranges, A::MAPS.source_ranges),
         ]
         .into_iter()
         .find(|(need, used, cap, _)| used + need > *cap);

@@ -14,6 +14,7 @@ pub mod lbip;
 pub mod control;
 pub mod ctclean;
 pub mod explain;
+pub mod family;
 pub mod ops;
 pub mod pinfs;
 pub mod pins;

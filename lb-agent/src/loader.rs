@@ -35,19 +35,21 @@ pub enum Error {
     Object(#[source] aya::EbpfError),
     #[error(transparent)]
     Program(#[from] ProgramLookupError),
-    /// A hook's program array for its IPv6 instance (missing, or not filled).
-    #[error("filling the program array {array} with the hook's IPv6 instance")]
-    FamilyArray {
-        array: &'static str,
-        #[source]
-        source: aya::maps::MapError,
-    },
     #[error("verifier rejected {program}")]
     Verifier {
         program: &'static str,
         #[source]
         source: aya::programs::ProgramError,
     },
+    /// A program array a hook tail-calls its IPv6 instance through.
+    #[error("filling {array} with its IPv6 program")]
+    FamilyArray {
+        array: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("map {array} missing from the eBPF object")]
+    FamilyArrayMissing { array: &'static str },
 }
 
 /// The eBPF object built by build.rs from lb-ebpf.
@@ -124,20 +126,21 @@ pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf, Error> {
 /// the previous agent: its entry is replaced, so IPv6 runs the new code).
 fn load_v6(ebpf: &mut Ebpf) -> Result<(), Error> {
     let verifier = |program| move |source| Error::Verifier { program, source };
+    let array_err = |array| move |source| Error::FamilyArray { array, source };
+    let dup = |program| move |source: std::io::Error| Error::Verifier { program, source: aya::programs::ProgramError::from(source) };
     let xdp: &mut Xdp = program(ebpf, programs::XDP_LB_V6)?;
     xdp.load().map_err(verifier(programs::XDP_LB_V6))?;
-    let fd = |p: &aya::programs::ProgramFd| p.try_clone();
-    let xdp_fd = xdp.fd().map_err(verifier(programs::XDP_LB_V6)).and_then(|f| fd(f).map_err(|e| verifier(programs::XDP_LB_V6)(e.into())))?;
+    let xdp_fd = xdp.fd().map_err(verifier(programs::XDP_LB_V6))?.try_clone().map_err(dup(programs::XDP_LB_V6))?;
     let mut fds = vec![(maps::FAMILY_XDP, xdp_fd)];
     for &(name, array) in programs::TC_V6 {
         let p: &mut SchedClassifier = program(ebpf, name)?;
         p.load().map_err(verifier(name))?;
-        fds.push((array, p.fd().map_err(verifier(name)).and_then(|f| fd(f).map_err(|e| verifier(name)(e.into())))?));
+        fds.push((array, p.fd().map_err(verifier(name))?.try_clone().map_err(dup(name))?));
     }
     for (array, fd) in fds {
-        let map = ebpf.map_mut(array).ok_or(Error::FamilyArray { array, source: aya::maps::MapError::InvalidName { name: array.into() } })?;
-        let mut progs = ProgramArray::try_from(map).map_err(|source| Error::FamilyArray { array, source })?;
-        progs.set(0, &fd, 0).map_err(|source| Error::FamilyArray { array, source })?;
+        let map = ebpf.map_mut(array).ok_or(Error::FamilyArrayMissing { array })?;
+        let mut progs = ProgramArray::try_from(map).map_err(array_err(array))?;
+        progs.set(0, &fd, 0).map_err(array_err(array))?;
     }
     Ok(())
 }

@@ -1,7 +1,10 @@
 //! `lb-agent plan` output: a table for people, JSON for programs.
 use std::fmt::Write as _;
 
-use lb_agent::control::plan::{BackendState, Plan};
+use lb_agent::{
+    control::plan::{BackendState, Plan},
+    family::socket,
+};
 
 /// The plan as text: one block per service id, its frontends, then its
 /// backends (slotted ones first).
@@ -21,9 +24,10 @@ pub fn table(plan: &Plan) -> String {
         out,
         "{} service ids, {} frontends, {} backends, {} slots\n",
         plan.services.len(),
-        plan.contents.services.keys().filter(|k| !k.is_address()).count(),
-        plan.contents.backends.len(),
-        plan.contents.slots.len()
+        plan.contents.services.keys().filter(|k| !k.is_address()).count()
+            + plan.contents_v6.services.keys().filter(|k| !k.is_address()).count(),
+        plan.contents.backends.len() + plan.contents_v6.backends.len(),
+        plan.contents.slots.len() + plan.contents_v6.slots.len()
     );
     for s in &plan.services {
         let port = if s.port_name.is_empty() {
@@ -49,10 +53,11 @@ pub fn table(plan: &Plan) -> String {
         }
         let _ = writeln!(
             out,
-            "{}/{} port {} ({:?}; {})",
+            "{}/{} port {} {} ({:?}; {})",
             s.namespace,
             s.name,
             port,
+            s.family,
             s.scope,
             notes.join(", ")
         );
@@ -60,7 +65,7 @@ pub fn table(plan: &Plan) -> String {
             let _ = writeln!(
                 out,
                 "  frontend  {:<24} {:?}",
-                format!("{}:{}/{}", f.addr, f.port, f.proto.as_str()),
+                format!("{}/{}", socket(f.addr, f.port), f.proto.as_str()),
                 f.kind
             );
         }
@@ -78,7 +83,7 @@ pub fn table(plan: &Plan) -> String {
             let _ = writeln!(
                 out,
                 "  backend   {:<24} {:<12} {:<20} id {:<6} {}",
-                format!("{}:{}", b.addr, b.port),
+                socket(b.addr, b.port),
                 state,
                 slot,
                 b.id,
@@ -108,9 +113,9 @@ mod tests {
         };
         let text = super::table(&plan(&m, &cfg, &mut Ids::new(100, 1000)));
         for want in [
-            "node addresses (NodePorts): 192.168.1.1",
+            "node addresses (NodePorts): 192.168.1.1, fd00::1",
             "5 service ids, 6 frontends, 10 backends, 9 slots",
-            "shop/web port http (Internal; id 5, round-robin, ClientIP affinity 600s)",
+            "shop/web port http IPv4 (Internal; id 5, round-robin, ClientIP affinity 600s)",
             "  frontend  192.168.1.1:30080/TCP    NodePort",
             "10.244.1.11:8080         terminating  existing flows only",
         ] {

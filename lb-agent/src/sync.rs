@@ -7,36 +7,39 @@
 //! maps are adopted, never flushed), after an apply that failed part-way
 //! (some writes landed, some did not), and on a periodic reconcile, which
 //! repairs entries someone else changed or deleted.
+//!
+//! One syncer per address family, the same generic code for both.
 use std::time::{Duration, Instant};
 
+use lb_common::{Addr, Addr4};
 
 use crate::{
-    dataplane::{Dataplane, Result},
+    dataplane::{Dataplane, MapFamily, Result},
     diff::{diff, Diff, MapContents},
 };
 
-/// The agent-owned maps, as the syncer needs them (the pinned maps, or a
-/// fake in tests).
-pub trait Maps {
+/// One family's agent-owned maps, as the syncer needs them (the pinned
+/// maps, or a fake in tests).
+pub trait Maps<A: Addr = Addr4> {
     /// Everything the maps hold now.
-    fn read(&self) -> Result<MapContents>;
+    fn read(&self) -> Result<MapContents<A>>;
     /// Applies `d` in dependency order; may fail part-way.
-    fn apply(&mut self, d: &Diff) -> Result<()>;
+    fn apply(&mut self, d: &Diff<A>) -> Result<()>;
 }
 
-impl Maps for Dataplane {
-    fn read(&self) -> Result<MapContents> {
-        self.contents()
+impl<A: MapFamily> Maps<A> for Dataplane {
+    fn read(&self) -> Result<MapContents<A>> {
+        self.family_contents()
     }
-    fn apply(&mut self, d: &Diff) -> Result<()> {
+    fn apply(&mut self, d: &Diff<A>) -> Result<()> {
         Dataplane::apply(self, d)
     }
 }
 
 /// What one sync or reconcile did.
 #[derive(Debug, Default)]
-pub struct Outcome {
-    pub diff: Diff,
+pub struct Outcome<A: Addr = Addr4> {
+    pub diff: Diff<A>,
     /// Whether the real maps were read for it (not only the remembered state).
     pub read: bool,
     /// Time spent reading the maps (zero when not read).
@@ -47,25 +50,25 @@ pub struct Outcome {
     pub apply_time: Duration,
 }
 
-pub struct Syncer {
+pub struct Syncer<A: Addr = Addr4> {
     /// What the maps hold, as far as the last apply tells; `None` when
     /// unknown (they are read before the next diff).
-    known: Option<MapContents>,
+    known: Option<MapContents<A>>,
     /// When the maps were last read.
     last_read: Instant,
     reconcile_every: Option<Duration>,
 }
 
-impl Syncer {
+impl<A: Addr> Syncer<A> {
     /// Starts from `current`, the maps as just read (at start: what a
     /// previous agent left). `reconcile_every` = None never re-reads them
     /// unprompted.
-    pub fn new(current: MapContents, reconcile_every: Option<Duration>) -> Self {
+    pub fn new(current: MapContents<A>, reconcile_every: Option<Duration>) -> Self {
         Self { known: Some(current), last_read: Instant::now(), reconcile_every }
     }
 
     /// What the maps hold as of the last successful apply (None: unknown).
-    pub fn known(&self) -> Option<&MapContents> {
+    pub fn known(&self) -> Option<&MapContents<A>> {
         self.known.as_ref()
     }
 
@@ -77,7 +80,7 @@ impl Syncer {
     /// Makes the maps hold `desired`, writing only the difference. On an
     /// error the remembered state is dropped, so the next sync starts from
     /// what the maps really hold.
-    pub fn sync(&mut self, maps: &mut impl Maps, desired: MapContents) -> Result<Outcome> {
+    pub fn sync(&mut self, maps: &mut impl Maps<A>, desired: MapContents<A>) -> Result<Outcome<A>> {
         let mut out = Outcome::default();
         let t = Instant::now();
         let current = match self.known.take() {
@@ -104,7 +107,7 @@ impl Syncer {
     /// successful sync (an entry deleted or changed by hand or by another
     /// writer). Does nothing while the state is unknown: the retry of the
     /// failed sync reads the maps anyway.
-    pub fn reconcile(&mut self, maps: &mut impl Maps) -> Result<Option<Outcome>> {
+    pub fn reconcile(&mut self, maps: &mut impl Maps<A>) -> Result<Option<Outcome<A>>> {
         let Some(desired) = self.known.take() else {
             return Ok(None);
         };
@@ -115,23 +118,24 @@ impl Syncer {
 
 #[cfg(test)]
 mod tests {
-    use lb_common::{BackendV4, ServiceKeyV4, ServiceV4, SlotKey};
+    use lb_common::{Addr6, Backend, ServiceKey, ServiceV4, SlotKey};
 
     use super::*;
+    use crate::family::{Family, IpFamily};
 
-    /// Maps in memory whose backend writes can fail.
+    /// One family's maps in memory, whose backend writes can fail.
     #[derive(Default)]
-    struct Fake {
-        contents: MapContents,
+    struct Fake<A: Addr = Addr4> {
+        contents: MapContents<A>,
         /// Fail after this many more backend upserts (None: never).
         fail_after: Option<usize>,
     }
 
-    impl Maps for Fake {
-        fn read(&self) -> Result<MapContents> {
+    impl<A: Addr> Maps<A> for Fake<A> {
+        fn read(&self) -> Result<MapContents<A>> {
             Ok(self.contents.clone())
         }
-        fn apply(&mut self, d: &Diff) -> Result<()> {
+        fn apply(&mut self, d: &Diff<A>) -> Result<()> {
             for (k, v) in &d.backends.upsert {
                 if let Some(n) = self.fail_after.as_mut() {
                     if *n == 0 {
@@ -162,14 +166,37 @@ mod tests {
 
     /// One service with backends `ids` (addresses 10.0.0.<id>).
     fn state(ids: &[u32]) -> MapContents {
+        state_of(ids)
+    }
+
+    /// [`state`] in family `A` (IPv6: fd00::<id>).
+    fn state_of<A: Family>(ids: &[u32]) -> MapContents<A> {
+        let addr = |last: u8| match A::FAMILY {
+            IpFamily::IPv4 => A::from_ip(std::net::Ipv4Addr::new(10, 0, 0, last).into()),
+            IpFamily::IPv6 => A::from_ip(std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, last.into()).into()),
+        };
         let mut c = MapContents::default();
-        let key = ServiceKeyV4 { addr: [10, 96, 0, 1], port: 80u16.to_be_bytes(), proto: 6, scope: 0 };
+        let key = ServiceKey { addr: addr(1).unwrap(), port: 80u16.to_be_bytes(), proto: 6, scope: 0 };
         c.services.insert(key, ServiceV4 { id: 1, count: ids.len() as u32, ..Default::default() });
         for (i, id) in ids.iter().enumerate() {
-            c.backends.insert(*id, BackendV4 { addr: [10, 0, 0, *id as u8], port: 8080u16.to_be_bytes(), weight: 1, ..Default::default() });
+            c.backends.insert(*id, Backend { addr: addr(*id as u8).unwrap(), port: 8080u16.to_be_bytes(), weight: 1, ..Default::default() });
             c.slots.insert(SlotKey { service_id: 1, slot: i as u32 + 1 }, *id);
         }
         c
+    }
+
+    /// The IPv6 family's syncer works as IPv4's: the same generic code.
+    #[test]
+    fn an_ipv6_syncer_writes_only_the_difference_too() {
+        let mut maps = Fake::<Addr6>::default();
+        let mut s = Syncer::new(MapContents::default(), None);
+        let out = s.sync(&mut maps, state_of(&[1, 2])).unwrap();
+        assert_eq!(out.diff.len(), 5, "a frontend, two backends, two slots");
+        let out = s.sync(&mut maps, state_of(&[1, 2, 3])).unwrap();
+        assert!(!out.read);
+        assert_eq!(out.diff.len(), 3, "backend 3, its slot, the service's count");
+        assert_eq!(maps.contents, state_of::<Addr6>(&[1, 2, 3]));
+        assert_eq!(maps.contents.backends[&3].addr.to_ip(), "fd00::3".parse::<std::net::IpAddr>().unwrap());
     }
 
     #[test]

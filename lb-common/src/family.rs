@@ -3,8 +3,9 @@
 //! `[u8; 16]`), so IPv4 and IPv6 share one definition and one code path.
 //!
 //! `bytemuck` cannot derive `Pod` for generic structs (it cannot see the
-//! padding of every instance), so [`pod_per_family!`] implements it per
-//! instance beside a size assertion that proves there is no padding.
+//! padding of every instance), so [`pod_per_family!`] implements it for
+//! every `A: Addr` (sealed: the two instances) beside size assertions that
+//! prove neither instance has padding.
 
 /// A wire-order address: `[u8; 4]` or `[u8; 16]`. Sealed: no other type is an address.
 pub trait Addr:
@@ -60,12 +61,14 @@ macro_rules! pod_per_family {
         $(
             const _: () = assert!(core::mem::size_of::<$t<crate::Addr4>>() == $v4);
             const _: () = assert!(core::mem::size_of::<$t<crate::Addr6>>() == $v6);
-            // SAFETY: `#[repr(C)]`, every field is `Pod`, and the sizes asserted
-            // above equal the sum of the fields' sizes: no padding, no invalid bit patterns.
-            unsafe impl bytemuck::Pod for $t<crate::Addr4> {}
+            // SAFETY: `#[repr(C)]`, every field is `Pod`, and `Addr` is sealed to
+            // the two instances whose sizes, asserted above, equal the sum of the
+            // fields' sizes: no padding, no invalid bit patterns. Generic over
+            // `A` so generic code over the family needs no bound per instance.
+            unsafe impl<A: crate::Addr> bytemuck::Pod for $t<A> {}
+            #[cfg(feature = "user")]
             // SAFETY: as above.
-            unsafe impl bytemuck::Pod for $t<crate::Addr6> {}
-            crate::user_pod!($t<crate::Addr4>, $t<crate::Addr6>);
+            unsafe impl<A: crate::Addr> aya::Pod for $t<A> {}
         )*
     };
 }

@@ -358,10 +358,10 @@ pub fn programmed_at(dp: &Dataplane, addr: Ipv4Addr, port: u16, proto: u8) -> Op
         proto,
         scope: 0,
     };
-    let svc = dp.services.get(&key, 0).ok()?;
+    let svc = dp.v4.services.get(&key, 0).ok()?;
     let backends = (1..=svc.count)
         .filter_map(|slot| dp.slots.get(&lb_common::SlotKey { service_id: svc.id, slot }, 0).ok())
-        .filter_map(|id| dp.backends.get(&id, 0).ok())
+        .filter_map(|id| dp.v4.backends.get(&id, 0).ok())
         .filter(|b| !b.is_empty())
         .map(|b| Ipv4Addr::from(b.addr))
         .collect();

@@ -56,9 +56,10 @@ impl Lb {
         &self.pin_dir
     }
 
-    /// Makes the agent-owned maps hold exactly `want`, through the agent's diff/apply.
-    pub fn program(&mut self, want: &MapContents) {
-        let cur = self.maps.contents().expect("reading maps");
+    /// Makes the agent-owned maps of `want`'s family hold exactly `want`,
+    /// through the agent's diff/apply.
+    pub fn program<A: lb_agent::dataplane::MapFamily>(&mut self, want: &MapContents<A>) {
+        let cur = self.maps.family_contents::<A>().expect("reading maps");
         let d = lb_agent::diff::diff(&cur, want);
         self.maps.apply(&d).expect("applying the diff");
     }

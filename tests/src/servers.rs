@@ -39,12 +39,22 @@ pub const BULK_PATH: &str = "/bulk/";
 impl Server {
     /// TCP and UDP on `port` in `ns`, answering `identity`.
     pub fn start(ns: &Netns, port: u16, identity: &str) -> Self {
+        Self::start_on(ns, "0.0.0.0", port, identity)
+    }
+
+    /// As [`Server::start`], on both families (`[::]`, which takes IPv4 too:
+    /// an IPv4 peer then reads as `[::ffff:a.b.c.d]:port`).
+    pub fn start_dual(ns: &Netns, port: u16, identity: &str) -> Self {
+        Self::start_on(ns, "::", port, identity)
+    }
+
+    fn start_on(ns: &Netns, addr: &'static str, port: u16, identity: &str) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let (id, st) = (identity.to_string(), stop.clone());
         let (tcp, udp) = ns.run(move || {
-            let tcp = TcpListener::bind(("0.0.0.0", port)).expect("bind tcp");
+            let tcp = TcpListener::bind((addr, port)).expect("bind tcp");
             tcp.set_nonblocking(true).unwrap();
-            let udp = UdpSocket::bind(("0.0.0.0", port)).expect("bind udp");
+            let udp = UdpSocket::bind((addr, port)).expect("bind udp");
             udp.set_read_timeout(Some(POLL)).unwrap();
             (tcp, udp)
         });

@@ -6,7 +6,9 @@
 //!                                   pod0 10.0.3.1 ── pod ns (eth0 10.0.3.2)
 //! ```
 //! Every test gets its own namespaces, so addresses repeat freely across tests.
-use std::net::Ipv4Addr;
+//! [`Topology::add_ipv6`] gives every link an IPv6 network beside its IPv4 one
+//! (`fd00:1::/64` uplink, `fd00:2::/64` backends, `fd00:3::/64` pod).
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::netns::Netns;
 
@@ -15,6 +17,15 @@ pub const POD_IFACE: &str = "pod0";
 pub const NODE_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
 pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 2);
 pub const POD_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 3, 2);
+
+pub const NODE_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 1);
+pub const CLIENT_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 1, 0, 0, 0, 0, 0, 2);
+pub const POD_ADDR6: Ipv6Addr = Ipv6Addr::new(0xfd00, 3, 0, 0, 0, 0, 0, 2);
+
+/// IPv6 address of backend `i` (0-based).
+pub fn backend_addr6(i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 2, 0, 0, 0, 0, 0, 0x11 + i as u16)
+}
 
 /// Address of backend `i` (0-based).
 pub fn backend_addr(i: usize) -> Ipv4Addr {
@@ -85,5 +96,23 @@ impl Topology {
         addr_up(&pod, "eth0", "10.0.3.2/24");
         pod.ip(&["route", "add", "default", "via", "10.0.3.1"]);
         Self { client, node, pod, backends }
+    }
+
+    /// Adds the IPv6 networks (no duplicate address detection, so the
+    /// addresses are usable at once) and IPv6 forwarding on the node.
+    pub fn add_ipv6(&self) {
+        self.node.sysctl("net.ipv6.conf.all.forwarding", "1");
+        let addr6 = |ns: &Netns, iface: &str, cidr: String| ns.ip(&["-6", "addr", "add", &cidr, "dev", iface, "nodad"]);
+        addr6(&self.node, UPLINK, format!("{NODE_ADDR6}/64"));
+        addr6(&self.client, "eth0", format!("{CLIENT_ADDR6}/64"));
+        self.client.ip(&["-6", "route", "add", "default", "via", &NODE_ADDR6.to_string()]);
+        addr6(&self.node, "br0", "fd00:2::1/64".into());
+        for (i, b) in self.backends.iter().enumerate() {
+            addr6(b, "eth0", format!("{}/64", backend_addr6(i)));
+            b.ip(&["-6", "route", "add", "default", "via", "fd00:2::1"]);
+        }
+        addr6(&self.node, POD_IFACE, "fd00:3::1/64".into());
+        addr6(&self.pod, "eth0", format!("{POD_ADDR6}/64"));
+        self.pod.ip(&["-6", "route", "add", "default", "via", "fd00:3::1"]);
     }
 }

@@ -23,7 +23,8 @@ fn node(service: &str, slice: &str) -> (Topology, Vec<Server>, Agent) {
     let servers = (0..3).map(|i| Server::start(&t.backends[i], 8080, &format!("backend-{i}"))).collect();
     let mut agent = Agent::start(&t.node, &objects_dir_with(service, slice));
     let dp = agent.maps();
-    let ready = wait_for(Duration::from_secs(10), || dp.contents().is_ok_and(|c| !c.services.is_empty()));
+    // Generous: loading and verifying both families' programs takes seconds on a busy machine.
+    let ready = wait_for(Duration::from_secs(60), || dp.contents().is_ok_and(|c| !c.services.is_empty()));
     assert!(ready, "{}", agent.log());
     (t, servers, agent)
 }

@@ -75,7 +75,7 @@ async fn until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 fn endpoints(m: &Model) -> Vec<Ipv4Addr> {
     m.slices
         .get(&ObjectRef::new("shop", "web-1"))
-        .map(|s| s.endpoints.iter().map(|e| e.addr).collect())
+        .map(|s| s.endpoints.iter().filter_map(|e| match e.addr { std::net::IpAddr::V4(a) => Some(a), std::net::IpAddr::V6(_) => None }).collect())
         .unwrap_or_default()
 }
 
@@ -137,7 +137,7 @@ async fn kube_source_sends_nothing_before_a_complete_list_and_one_model_per_burs
             endpoints(&first),
             [backend_addr(0), backend_addr(1), backend_addr(2)]
         );
-        assert_eq!(first.nodes[NODE].addresses, [NODE_ADDR]);
+        assert_eq!(first.nodes[NODE].addresses, [std::net::IpAddr::from(NODE_ADDR)]);
     }
     // The store is ready a moment before the watch task records InitDone.
     assert!(until(Duration::from_secs(5), || health.synced() && health.connected()).await);
@@ -309,7 +309,7 @@ async fn kube_source_sends_nothing_while_one_resource_is_forbidden() {
         .expect("the source task")
         .expect("the kube source");
     let first = rx.borrow();
-    assert_eq!(first.nodes[NODE].addresses, [NODE_ADDR]);
+    assert_eq!(first.nodes[NODE].addresses, [std::net::IpAddr::from(NODE_ADDR)]);
     assert_eq!(endpoints(&first), [backend_addr(0), backend_addr(1)]);
     let _ = std::fs::remove_file(&kubeconfig);
 }

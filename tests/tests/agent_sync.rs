@@ -29,7 +29,7 @@ fn the_periodic_reconcile_repairs_entries_changed_by_hand() {
     // Someone deletes a backend and points a slot elsewhere.
     let (&bid, _) = want.backends.iter().next().expect("a backend");
     let (&slot, _) = want.slots.iter().next().expect("a slot");
-    dp.backends.set(bid, lb_common::BackendV4::EMPTY, 0).expect("deleting a backend by hand");
+    dp.v4.backends.set(bid, lb_common::BackendV4::EMPTY, 0).expect("deleting a backend by hand");
     dp.slots.insert(slot, 999, 0).expect("changing a slot by hand");
     let repaired = wait_for(Duration::from_secs(10), || {
         agent.assert_alive();

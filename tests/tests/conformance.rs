@@ -10,7 +10,7 @@ use lb_agent::{
         model::Model,
         plan::{plan, PlanConfig},
     },
-    explain::{explain, Action, Origin, Query, Snapshot},
+    explain::{explain_pinned, Action, Origin, Query},
 };
 use serde::Deserialize;
 use xdplb_tests::{
@@ -124,7 +124,7 @@ fn run(r: &Row) -> Result<(), String> {
     if m.services.len() != 1 {
         return Err(format!("the row's Service did not validate:\n{}", objects(r)));
     }
-    let cfg = PlanConfig { node_name: "node-0".into(), node_addresses: Vec::new(), default_algorithm: lb_common::algorithm::RANDOM, service_cidrs: vec![(Ipv4Addr::new(10, 96, 0, 0), 12)] };
+    let cfg = PlanConfig { node_name: "node-0".into(), node_addresses: Vec::new(), default_algorithm: lb_common::algorithm::RANDOM, service_cidrs: vec![(Ipv4Addr::new(10, 96, 0, 0).into(), 12)] };
     let p = plan(&m, &cfg, &mut Ids::new(1024, 4096));
     let mut lb = Lb::load();
     lb.program(&p.contents);
@@ -147,8 +147,8 @@ fn run(r: &Row) -> Result<(), String> {
     let mut seen = BTreeSet::new();
     for sport in 40000..40008u16 {
         let frame = if udp { Frame::udp(src, sport, dst, dport) } else { Frame::tcp(src, sport, dst, dport, TCP_SYN) };
-        let q = Query { origin, src, sport: Some(sport), dst, dport, proto: if udp { 17 } else { 6 } };
-        let e = explain(&q, &Snapshot::read(&lb.maps, &q).map_err(|e| e.to_string())?, &Default::default());
+        let q = Query { origin, src: src.into(), sport: Some(sport), dst: dst.into(), dport, proto: if udp { 17 } else { 6 } };
+        let e = explain_pinned(&lb.maps, &q, &Default::default()).map_err(|e| e.to_string())?;
         let input = frame.bytes();
         let (rc, out) = run_frame(&lb.ebpf, program, &input)?;
         let (got, backend) = observed(program, rc, &input, &out);
@@ -162,7 +162,7 @@ fn run(r: &Row) -> Result<(), String> {
             if !allowed.contains(b.ip()) {
                 return Err(format!("backend {b}, expected one of {allowed:?}\n{e}"));
             }
-            if e.verdict.backend.is_some_and(|eb| eb != b) {
+            if e.verdict.backend.is_some_and(|eb| eb != std::net::SocketAddr::V4(b)) {
                 return Err(format!("explain names {:?}, the program chose {b}", e.verdict.backend));
             }
             seen.insert(*b.ip());

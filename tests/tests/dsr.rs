@@ -244,15 +244,15 @@ fn dsr_fixtures() {
     assert_eq!(c(counter::ICMP_NAT), 1);
     assert_eq!((c(counter::SNAT_NEW), c(counter::FORWARD_FALLBACK)), (0, 0), "no SNAT, every DSR packet left through XDP");
     // The balancing node keeps the forward half only; the backend node the reply half only.
-    let fwd = lb.maps.conntrack.get(&key(CLIENT, NODE, 40000, 30080, IPPROTO_TCP), 0).expect("forward half");
+    let fwd = lb.maps.v4.conntrack.get(&key(CLIENT, NODE, 40000, 30080, IPPROTO_TCP), 0).expect("forward half");
     assert_eq!((fwd.direction, fwd.flags & flow_flags::DSR, fwd.nat_addr, fwd.peer_addr), (direction::FORWARD, flow_flags::DSR, POD_B.octets(), CLIENT.octets()));
-    assert!(lb.maps.conntrack.get(&key(POD_B, CLIENT, 8080, 40000, IPPROTO_TCP), 0).is_err(), "no reply half on the balancing node");
-    let rep = lb.maps.conntrack.get(&key(POD_LOCAL, CLIENT, 8080, 40010, IPPROTO_TCP), 0).expect("reply half on the backend node");
+    assert!(lb.maps.v4.conntrack.get(&key(POD_B, CLIENT, 8080, 40000, IPPROTO_TCP), 0).is_err(), "no reply half on the balancing node");
+    let rep = lb.maps.v4.conntrack.get(&key(POD_LOCAL, CLIENT, 8080, 40010, IPPROTO_TCP), 0).expect("reply half on the backend node");
     assert_eq!(
         (rep.direction, rep.flags & flow_flags::DSR, rep.nat_addr, u16::from_be_bytes(rep.nat_port), rep.peer_addr, u16::from_be_bytes(rep.peer_port)),
         (direction::REPLY, flow_flags::DSR, LB_IP.octets(), 80, CLIENT.octets(), 40010)
     );
-    assert!(lb.maps.conntrack.get(&key(CLIENT, POD_LOCAL, 40010, 8080, IPPROTO_TCP), 0).is_err(), "no forward half restored on the backend node");
+    assert!(lb.maps.v4.conntrack.get(&key(CLIENT, POD_LOCAL, 40010, 8080, IPPROTO_TCP), 0).is_err(), "no forward half restored on the backend node");
 }
 
 /// Hybrid: TCP takes DSR, UDP SNAT. A per-service mode overrides the node's.

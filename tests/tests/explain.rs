@@ -4,7 +4,7 @@
 //! and after; the verdicts and backends must match. Needs root.
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use lb_agent::explain::{explain, Action, Origin, Query, Snapshot};
+use lb_agent::explain::{explain_pinned, Action, Origin, Query};
 use lb_common::{algorithm, service_flags, ServiceKeyV4, SourceRangeV4, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 use xdplb_tests::observe::observed;
 use xdplb_tests::{
@@ -75,18 +75,18 @@ impl Checker {
     fn check_full(&mut self, origin: Origin, frame: &Frame) -> ((Action, Option<SocketAddrV4>), lb_agent::explain::Explanation, Vec<u8>) {
         let program = if origin == Origin::Pod { "tc_ingress" } else { "xdp_lb" };
         let proto = frame.proto();
-        let q = Query { origin, src: frame.src, sport: Some(frame.sport), dst: frame.dst, dport: frame.dport, proto };
-        let e = explain(&q, &Snapshot::read(&self.lb.maps, &q).expect("reading maps"), &Default::default());
+        let q = Query { origin, src: frame.src.into(), sport: Some(frame.sport), dst: frame.dst.into(), dport: frame.dport, proto };
+        let e = explain_pinned(&self.lb.maps, &q, &Default::default()).expect("reading maps");
         let input = frame.bytes();
         let (rc, out) = run_frame(&self.lb.ebpf, program, &input).expect("test run");
         let got = observed(program, rc, &input, &out);
         let ctx = format!("{program} {}:{} -> {}:{}\n{e}", frame.src, frame.sport, frame.dst, frame.dport);
         assert_eq!(e.verdict.action, got.0, "{ctx}");
         match e.verdict.backend {
-            Some(b) => assert_eq!(Some(b), got.1, "{ctx}"),
+            Some(b) => assert_eq!(Some(b), got.1.map(std::net::SocketAddr::V4), "{ctx}"),
             None => {
                 if let Some(b) = got.1 {
-                    assert!(e.candidates.iter().any(|c| c.addr == b), "{b} is no candidate: {ctx}");
+                    assert!(e.candidates.iter().any(|c| c.addr == std::net::SocketAddr::V4(b)), "{b} is no candidate: {ctx}");
                 }
             }
         }

@@ -78,10 +78,12 @@ fn populated() -> Lb {
         ..Default::default()
     };
     lb.maps
+        .v4
         .conntrack
         .insert(fwd_key, flow(direction::FORWARD, B1, 8080, 6, 420), 0)
         .unwrap();
     lb.maps
+        .v4
         .conntrack
         .insert(rep_key, flow(direction::REPLY, VIP, 80, 4, 900), 0)
         .unwrap();

@@ -293,7 +293,7 @@ fn topology_aware_routing_keeps_traffic_in_the_nodes_zone() {
 fn fixture_source_ranges_containing_the_node_admit_the_lb_ip_as_source() {
     use lb_agent::{
         control::{ids::Ids, model::Model, plan::{plan, PlanConfig}},
-        explain::{explain, Action, Origin, Query, Snapshot},
+        explain::{explain_pinned, Action, Origin, Query},
     };
     use std::net::Ipv4Addr;
     use xdplb_tests::{fixture::run_frame, lb::Lb, packet::{Frame, TCP_SYN}};
@@ -309,12 +309,12 @@ fn fixture_source_ranges_containing_the_node_admit_the_lb_ip_as_source() {
             ),
             "test",
         );
-        let cfg = PlanConfig { node_name: "node-0".into(), node_addresses: vec![Ipv4Addr::new(192, 168, 1, 1)], default_algorithm: 0, service_cidrs: Vec::new() };
+        let cfg = PlanConfig { node_name: "node-0".into(), node_addresses: vec![Ipv4Addr::new(192, 168, 1, 1).into()], default_algorithm: 0, service_cidrs: Vec::new() };
         let p = plan(&m, &cfg, &mut Ids::new(1024, 4096));
         let mut lb = Lb::load();
         lb.program(&p.contents);
-        let q = Query { origin: Origin::External, src: lb_ip, sport: Some(41000), dst: lb_ip, dport: 80, proto: 6 };
-        let e = explain(&q, &Snapshot::read(&lb.maps, &q).unwrap(), &Default::default());
+        let q = Query { origin: Origin::External, src: lb_ip.into(), sport: Some(41000), dst: lb_ip.into(), dport: 80, proto: 6 };
+        let e = explain_pinned(&lb.maps, &q, &Default::default()).unwrap();
         let frame = Frame::tcp(lb_ip, 41000, lb_ip, 80, TCP_SYN).bytes();
         let (rc, out) = run_frame(&lb.ebpf, "xdp_lb", &frame).unwrap();
         (rc, Ipv4Addr::new(out[30], out[31], out[32], out[33]), e.verdict.action, e.source_range)

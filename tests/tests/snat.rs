@@ -265,17 +265,17 @@ fn an_evicted_half_of_a_live_flow_is_restored_from_the_other() {
     assert_eq!(up.xdp(&lb, &syn).0, XDP_TX);
     let forward_key = flow_key(CLIENT, NODE, 40000, 30080);
     let reply_key = flow_key(POD_B, NODE, 8080, SNAT_PORT);
-    let forward = lb.maps.conntrack.get(&forward_key, 0).expect("forward half");
-    let reply = lb.maps.conntrack.get(&reply_key, 0).expect("reply half");
+    let forward = lb.maps.v4.conntrack.get(&forward_key, 0).expect("forward half");
+    let reply = lb.maps.v4.conntrack.get(&reply_key, 0).expect("reply half");
     assert_eq!((forward.direction, reply.direction), (direction::FORWARD, direction::REPLY));
     assert_ne!(forward.flags & flow_flags::SNAT, 0);
 
     // The reply half goes (as the LRU might take it): the next forward
     // packet puts it back, so the reply still finds the client.
-    lb.maps.conntrack.remove(&reply_key).unwrap();
+    lb.maps.v4.conntrack.remove(&reply_key).unwrap();
     assert_eq!(up.xdp(&lb, &ack).0, XDP_TX);
     assert_eq!(lb.counter(counter::CT_HALF_RESTORED), 1);
-    let restored = lb.maps.conntrack.get(&reply_key, 0).expect("reply half restored");
+    let restored = lb.maps.v4.conntrack.get(&reply_key, 0).expect("reply half restored");
     assert_eq!(
         (restored.nat_addr, restored.nat_port, restored.peer_addr, restored.peer_port, restored.backend_id, restored.service_id),
         (reply.nat_addr, reply.nat_port, reply.peer_addr, reply.peer_port, reply.backend_id, reply.service_id)
@@ -287,7 +287,7 @@ fn an_evicted_half_of_a_live_flow_is_restored_from_the_other() {
 
     // The forward half goes: the next reply puts it back, and the client's
     // next packet is the same flow (same backend and port), not a new one.
-    lb.maps.conntrack.remove(&forward_key).unwrap();
+    lb.maps.v4.conntrack.remove(&forward_key).unwrap();
     assert_eq!(up.xdp(&lb, &synack).0, XDP_TX);
     assert_eq!(lb.counter(counter::CT_HALF_RESTORED), 2);
     let (rc, out) = up.xdp(&lb, &ack);

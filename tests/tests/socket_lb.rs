@@ -32,7 +32,7 @@ fn node(service: &str, slice: &str) -> Node {
     let flag = format!("--socket-lb={}", cgroup.path.display());
     let mut agent = Agent::start_with(&t.node, &objects_dir_with(service, slice), &[&flag]);
     let dp = agent.maps();
-    assert!(wait_for(Duration::from_secs(10), || dp.contents().is_ok_and(|c| !c.services.is_empty())), "{}", agent.log());
+    assert!(wait_for(Duration::from_secs(60), || dp.contents().is_ok_and(|c| !c.services.is_empty())), "{}", agent.log());
     Node { t, _servers: servers, agent, cgroup }
 }
 
@@ -119,7 +119,7 @@ fn a_node_connect_to_an_unserved_cluster_ip_port_or_unallocated_service_address_
     let flag = format!("--socket-lb={}", cgroup.path.display());
     let mut agent = Agent::start_with(&t.node, &objects_dir_with(&svc, &slice(&[0])), &[&flag, "--service-cidr=10.96.0.0/12"]);
     let dp = agent.maps();
-    assert!(wait_for(Duration::from_secs(10), || dp.contents().is_ok_and(|c| !c.services.is_empty())), "{}", agent.log());
+    assert!(wait_for(Duration::from_secs(60), || dp.contents().is_ok_and(|c| !c.services.is_empty())), "{}", agent.log());
     let n = Node { t, _servers: Vec::new(), agent, cgroup };
     assert!(n.ask_at("tcp", VIP).is_ok(), "the served port");
     for to in ["10.96.0.10:81", "10.96.0.99:80"] {

@@ -1,9 +1,11 @@
 //! Stable ids for services and backends, and the slot order of each service.
 //!
-//! Ids name things in the maps (`services_v4` values, `service_slots` keys,
-//! `backends_v4` keys) and in conntrack entries, which outlive any plan. So
-//! an id must mean the same thing across re-plans and agent restarts: the
-//! same (namespace, name, port, scope) keeps its service id, the same
+//! Ids name things in the maps (`services_v4`/`_v6` values, `service_slots`
+//! keys, `backends_v4`/`_v6` indexes) and in conntrack entries, which
+//! outlive any plan. Both families share one space of service ids and one
+//! of backend ids (a dual-stack Service has an id per family). So an id must
+//! mean the same thing across re-plans and agent restarts: the same
+//! (namespace, name, port, family, scope) keeps its service id, the same
 //! (addr, port, proto) keeps its backend id, and a freed id is not handed out
 //! again until the counter wraps around (a flow that still names it then
 //! finds nothing rather than a stranger). A restarted agent seeds the
@@ -16,13 +18,13 @@
 //! which keeps the diff to a handful of writes.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
-use lb_common::{BackendId, ServiceKeyV4};
+use lb_common::{Addr, BackendId, ServiceKey};
 use serde::Serialize;
 
-use super::model::{ObjectRef, Proto};
+use super::model::{IpFamily, ObjectRef, Proto};
 use crate::diff::MapContents;
 
 /// Which frontends of a service port an id covers.
@@ -48,13 +50,21 @@ pub struct ServiceIdKey {
     pub object: ObjectRef,
     pub port_name: String,
     pub proto: Proto,
+    pub family: IpFamily,
     pub scope: Scope,
+}
+
+/// A frontend map key of either family, as the id hints keep it.
+type FrontendHint = (IpAddr, [u8; 2], u8, u8);
+
+fn hint<A: Addr>(k: &ServiceKey<A>) -> FrontendHint {
+    (k.addr.to_ip(), k.port, k.proto, k.scope)
 }
 
 /// What a backend id stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BackendIdKey {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     pub proto: Proto,
 }
@@ -111,10 +121,10 @@ pub struct Ids {
     service_ids: BTreeMap<ServiceIdKey, u32>,
     backend_ids: BTreeMap<BackendIdKey, BackendId>,
     /// From the pinned maps, until the first plan: frontend → service id.
-    service_hints: BTreeMap<ServiceKeyV4, u32>,
+    service_hints: BTreeMap<FrontendHint, u32>,
     /// From the pinned maps, until the first plan: (addr, port, proto if
     /// known) → backend ids.
-    backend_hints: BTreeMap<(Ipv4Addr, u16, Option<Proto>), Vec<BackendId>>,
+    backend_hints: BTreeMap<(IpAddr, u16, Option<Proto>), Vec<BackendId>>,
     /// Seeded ids not claimed yet (so each is adopted by one key at most).
     unclaimed_services: BTreeSet<u32>,
     unclaimed_backends: BTreeSet<BackendId>,
@@ -124,7 +134,7 @@ pub struct Ids {
 
 impl Ids {
     /// An empty allocator. Service ids index per-service arrays sized
-    /// `max_service_id + 1`, and backend ids the `backends_v4` and
+    /// `max_service_id + 1`, and backend ids the `backends_v4`/`_v6` and
     /// `backend_load` arrays sized `max_backend_id + 1`, so they must stay
     /// within them.
     pub fn new(max_service_id: u32, max_backend_id: u32) -> Self {
@@ -141,15 +151,22 @@ impl Ids {
         }
     }
 
-    /// An allocator that adopts the ids in `current` (the pinned maps as a
-    /// restarted agent finds them). Services are recognised by their
-    /// frontends, backends by address, port and (through the services that
-    /// slot them) protocol.
-    pub fn seeded(max_service_id: u32, max_backend_id: u32, current: &MapContents) -> Self {
+    /// An allocator that adopts the ids in `current` (one family's pinned
+    /// maps as a restarted agent finds them; [`Ids::seed`] adds the other's).
+    pub fn seeded<A: Addr>(max_service_id: u32, max_backend_id: u32, current: &MapContents<A>) -> Self {
         let mut ids = Self::new(max_service_id, max_backend_id);
+        ids.seed(current);
+        ids
+    }
+
+    /// Adopts the ids in one family's `current` maps. Services are
+    /// recognised by their frontends, backends by address, port and
+    /// (through the services that slot them) protocol.
+    pub fn seed<A: Addr>(&mut self, current: &MapContents<A>) {
+        let ids = self;
         let mut proto_of_service = BTreeMap::new();
         for (key, svc) in current.services.iter().filter(|(k, _)| !k.is_address()) {
-            ids.service_hints.insert(*key, svc.id);
+            ids.service_hints.insert(hint(key), svc.id);
             if ids.services.claim(svc.id) {
                 ids.unclaimed_services.insert(svc.id);
             }
@@ -164,7 +181,7 @@ impl Ids {
             }
         }
         for (id, b) in &current.backends {
-            let (addr, port) = (Ipv4Addr::from(b.addr), u16::from_be_bytes(b.port));
+            let (addr, port) = (b.addr.to_ip(), u16::from_be_bytes(b.port));
             // A backend no slot names (a terminating one) has no known protocol.
             let protos = protos_of_backend
                 .get(id)
@@ -183,18 +200,17 @@ impl Ids {
         for (svc, by_slot) in slots {
             ids.slot_order.insert(svc, by_slot.into_values().collect());
         }
-        ids
     }
 
     /// The id of `key`, adopting a seeded id of one of its `frontends` if it
     /// has none yet. `None` when every id is in use.
-    pub fn service(&mut self, key: &ServiceIdKey, frontends: &[ServiceKeyV4]) -> Option<u32> {
+    pub fn service<A: Addr>(&mut self, key: &ServiceIdKey, frontends: &[ServiceKey<A>]) -> Option<u32> {
         if let Some(id) = self.service_ids.get(key) {
             return Some(*id);
         }
         let adopted = frontends
             .iter()
-            .filter_map(|f| self.service_hints.get(f))
+            .filter_map(|f| self.service_hints.get(&hint(f)))
             .copied()
             .find(|id| self.unclaimed_services.contains(id));
         let id = match adopted {
@@ -315,21 +331,26 @@ impl Ids {
 
 #[cfg(test)]
 mod tests {
-    use lb_common::{BackendV4, ServiceV4, SlotKey};
+    use std::net::Ipv4Addr;
+
+    use lb_common::{BackendV4, ServiceKeyV4, ServiceV4, SlotKey};
 
     use super::*;
+
+    const NONE: &[ServiceKeyV4] = &[];
 
     fn skey(name: &str) -> ServiceIdKey {
         ServiceIdKey {
             object: ObjectRef::new("default", name),
             port_name: String::new(),
             proto: Proto::Tcp,
+            family: IpFamily::IPv4,
             scope: Scope::Internal,
         }
     }
     fn bkey(last: u8) -> BackendIdKey {
         BackendIdKey {
-            addr: Ipv4Addr::new(10, 0, 0, last),
+            addr: Ipv4Addr::new(10, 0, 0, last).into(),
             port: 8080,
             proto: Proto::Tcp,
         }
@@ -338,9 +359,9 @@ mod tests {
     #[test]
     fn ids_start_at_one_and_are_stable() {
         let mut ids = Ids::new(10, 100);
-        assert_eq!(ids.service(&skey("a"), &[]), Some(1));
-        assert_eq!(ids.service(&skey("b"), &[]), Some(2));
-        assert_eq!(ids.service(&skey("a"), &[]), Some(1));
+        assert_eq!(ids.service(&skey("a"), NONE), Some(1));
+        assert_eq!(ids.service(&skey("b"), NONE), Some(2));
+        assert_eq!(ids.service(&skey("a"), NONE), Some(1));
         assert_eq!(ids.backend(bkey(1)), Some(1));
         assert_eq!(ids.backend(bkey(1)), Some(1));
     }
@@ -348,13 +369,13 @@ mod tests {
     #[test]
     fn freed_ids_are_reused_only_after_wraparound() {
         let mut ids = Ids::new(3, 100);
-        assert_eq!(ids.service(&skey("a"), &[]), Some(1));
-        assert_eq!(ids.service(&skey("b"), &[]), Some(2));
+        assert_eq!(ids.service(&skey("a"), NONE), Some(1));
+        assert_eq!(ids.service(&skey("b"), NONE), Some(2));
         ids.retain(&[skey("b")].into(), &BTreeSet::new());
         // 1 is free, but 3 comes first; then the counter wraps to 1.
-        assert_eq!(ids.service(&skey("c"), &[]), Some(3));
-        assert_eq!(ids.service(&skey("d"), &[]), Some(1));
-        assert_eq!(ids.service(&skey("e"), &[]), None, "all three ids in use");
+        assert_eq!(ids.service(&skey("c"), NONE), Some(3));
+        assert_eq!(ids.service(&skey("d"), NONE), Some(1));
+        assert_eq!(ids.service(&skey("e"), NONE), None, "all three ids in use");
     }
 
     #[test]
@@ -402,7 +423,7 @@ mod tests {
             Some(43)
         );
         // New ids continue after the highest seeded one.
-        assert_eq!(ids.service(&skey("other"), &[]), Some(8));
+        assert_eq!(ids.service(&skey("other"), NONE), Some(8));
         assert_eq!(ids.slots(7, &[42]), vec![42]);
     }
 
@@ -410,14 +431,14 @@ mod tests {
     fn a_key_replaced_by_another_is_freed_though_the_count_stays() {
         let mut ids = Ids::new(10, 100);
         for k in ["a", "b"] {
-            ids.service(&skey(k), &[]);
+            ids.service(&skey(k), NONE);
         }
         ids.retain(&[skey("a"), skey("b")].into(), &BTreeSet::new());
         // a goes, c comes: two keys before and after.
-        ids.service(&skey("b"), &[]);
-        assert_eq!(ids.service(&skey("c"), &[]), Some(3));
+        ids.service(&skey("b"), NONE);
+        assert_eq!(ids.service(&skey("c"), NONE), Some(3));
         ids.retain(&[skey("b"), skey("c")].into(), &BTreeSet::new());
-        assert_eq!(ids.service(&skey("a"), &[]), Some(4), "a was forgotten: a new id");
+        assert_eq!(ids.service(&skey("a"), NONE), Some(4), "a was forgotten: a new id");
     }
 
     #[test]

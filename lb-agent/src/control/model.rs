@@ -1,18 +1,20 @@
 //! The model: the Kubernetes objects the agent acts on (v1 Service,
 //! discovery.k8s.io/v1 EndpointSlice, v1 Node), parsed from YAML and
-//! validated once, so that `plan()` only ever sees well-formed, IPv4 data.
+//! validated once, so that `plan()` only ever sees well-formed data, of
+//! either address family (std `IpAddr` throughout).
 //!
 //! Input is what `kubectl get svc,endpointslices,nodes -A -o yaml` prints
 //! (a `kind: List`), plain multi-document YAML, or a directory of such files.
 //! Nothing here panics on input: an object that is invalid or hostile (a bad
 //! address, a port out of range, duplicate ports, an unknown protocol, an
 //! absurd endpoint count) is logged with its `namespace/name` and skipped,
-//! and every other object keeps working. IPv6 parts are not errors: the
-//! dataplane is IPv4-only for now, so they are left out at debug level.
+//! and every other object keeps working. Addresses are read as kube-proxy
+//! reads them (see [`ip`]): an IPv4-mapped IPv6 address is IPv4, a
+//! link-local one is refused.
 use std::{
     collections::BTreeMap,
     fmt,
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -20,6 +22,8 @@ use std::{
 use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery};
 use lb_common::{algorithm, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 use serde::{Deserialize, Serialize};
+
+pub use crate::family::IpFamily;
 
 /// Label that joins an EndpointSlice to its Service (same namespace).
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -127,18 +131,25 @@ pub struct ServicePort {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Service {
     pub service_type: ServiceType,
-    /// IPv4 ClusterIPs; empty for headless services (`None`).
-    pub cluster_ips: Vec<Ipv4Addr>,
-    pub external_ips: Vec<Ipv4Addr>,
-    /// `status.loadBalancer.ingress[].ip` (IPv4).
-    pub lb_ips: Vec<Ipv4Addr>,
-    /// Its IPv6 addresses: not balanced yet, but announced (NDP) by
-    /// `lbip` when they come from a pool.
-    pub lb_ips_v6: Vec<std::net::Ipv6Addr>,
-    /// `spec.loadBalancerSourceRanges` as IPv4 (network, prefix length):
-    /// `None` = every client; `Some` = only these may reach the
-    /// LoadBalancer IPs (possibly none, when no range was IPv4).
-    pub source_ranges: Option<Vec<(Ipv4Addr, u8)>>,
+    /// The families the Service is served in, primary first: those of its
+    /// ClusterIPs, as kube-proxy's per-family proxiers each take a Service
+    /// only when it has a ClusterIP of theirs (see `validate::families`).
+    pub families: Vec<IpFamily>,
+    /// ClusterIPs (at most one per family); empty for headless services (`None`).
+    pub cluster_ips: Vec<IpAddr>,
+    /// Of the Service's families only, as every address list below.
+    pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip` of the Service's families: the
+    /// LoadBalancer frontends.
+    pub lb_ips: Vec<IpAddr>,
+    /// Every `status.loadBalancer.ingress[].ip` (both families, `ipMode:
+    /// Proxy` left out): what `lbip` announces (ARP, NDP) and counts
+    /// against its pools, served or not.
+    pub lb_ingress: Vec<IpAddr>,
+    /// `spec.loadBalancerSourceRanges` of both families: `None` = every
+    /// client; `Some` = only these may reach the LoadBalancer IPs, each
+    /// family's IPs from that family's ranges (possibly none).
+    pub source_ranges: Option<Vec<cidr::Cidr>>,
     pub ports: Vec<ServicePort>,
     /// `externalTrafficPolicy: Local`.
     pub external_local: bool,
@@ -158,7 +169,7 @@ pub struct Service {
     pub lb_mode: Option<crate::lbmode::LbMode>,
     /// From `xdplb.io/backend-weights` (`10.0.2.11=3,10.0.2.12=1`); an
     /// endpoint not named weighs 1. Used by Maglev.
-    pub weights: std::collections::BTreeMap<Ipv4Addr, u32>,
+    pub weights: std::collections::BTreeMap<IpAddr, u32>,
     /// `spec.publishNotReadyAddresses`: every endpoint counts as ready, as
     /// the EndpointSlice controller would publish it.
     pub publish_not_ready: bool,
@@ -188,8 +199,8 @@ pub struct SlicePort {
 /// One endpoint, its conditions resolved the way the API documents them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
-    /// `addresses[0]`, as kube-proxy uses it.
-    pub addr: Ipv4Addr,
+    /// `addresses[0]`, as kube-proxy uses it; of the slice's family.
+    pub addr: IpAddr,
     pub node_name: Option<String>,
     /// Unset means ready.
     pub ready: bool,
@@ -205,9 +216,11 @@ pub struct Endpoint {
     pub node_hints: Vec<String>,
 }
 
-/// A validated IPv4 EndpointSlice.
+/// A validated EndpointSlice (`addressType` IPv4 or IPv6).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Slice {
+    /// `addressType`: its endpoints feed only this family's frontends.
+    pub family: IpFamily,
     /// The Service it belongs to (label `kubernetes.io/service-name`).
     pub service: String,
     pub ports: Vec<SlicePort>,
@@ -217,10 +230,10 @@ pub struct Slice {
 /// Label of a Node naming its zone (topology-aware routing).
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
-/// A Node's IPv4 InternalIP and ExternalIP addresses, and its zone.
+/// A Node's InternalIP and ExternalIP addresses (both families), and its zone.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Node {
-    pub addresses: Vec<Ipv4Addr>,
+    pub addresses: Vec<IpAddr>,
     /// Label `topology.kubernetes.io/zone`.
     pub zone: Option<String>,
 }
@@ -234,7 +247,7 @@ pub struct Model {
     pub slices: BTreeMap<ObjectRef, Arc<Slice>>,
     /// By node name.
     pub nodes: BTreeMap<String, Node>,
-    /// The IPv4 CIDRs of each ServiceCIDR object, by name.
+    /// The CIDRs (both families) of each ServiceCIDR object, by name.
     pub service_cidrs: BTreeMap<String, Vec<cidr::Cidr>>,
 }
 
@@ -467,6 +480,7 @@ pub fn algorithm_name(a: u8) -> &'static str {
 }
 
 pub mod cidr;
+pub mod ip;
 mod validate;
 use validate::{node, validate_service, validate_slice};
 

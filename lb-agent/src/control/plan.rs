@@ -2,30 +2,38 @@
 //!
 //! The semantics are kube-proxy's: a port of a Service is reached on its
 //! ClusterIPs, on every node address at its NodePort, on its LoadBalancer
-//! ingress IPs and on its ExternalIPs; its endpoints are the IPv4
-//! EndpointSlices labelled with its name, joined by port name. New flows go
+//! ingress IPs and on its ExternalIPs; its endpoints are the EndpointSlices
+//! labelled with its name, joined by port name. New flows go
 //! to ready endpoints, or to serving-and-terminating ones when none is ready;
 //! terminating endpoints keep their existing flows. Traffic policy `Local`
 //! narrows a set of frontends to this node's endpoints, which needs its own
 //! service id when the two sets differ.
 //!
+//! Each family a Service is served in (see `model::Service::families`) is
+//! planned by the same generic code ([`Planner::family`]) into that family's
+//! maps, with its own service ids: frontends of the family (node addresses
+//! included), endpoints of slices of the family, source ranges of the family.
+//!
 //! Besides the map contents, the plan carries a readable view of the same
 //! decisions (`lb-agent plan` prints it, `--json` serializes it).
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
-use lb_common::{backend_flags, backend_state, service_flags, BackendV4, ServiceKeyV4, ServiceV4, SlotKey, SourceRangeV4};
+use lb_common::{backend_flags, backend_state, service_flags, Addr4, Addr6, Backend, ServiceKey, ServiceV4, SlotKey, SourceRange};
 use serde::Serialize;
 
 use super::{
     ids::{BackendIdKey, Ids, Scope, ServiceIdKey},
     model::{
-        algorithm_name, Model, ObjectRef, Proto, Service, ServicePort, ServiceType, MAX_ENDPOINTS,
+        algorithm_name, cidr, IpFamily, Model, ObjectRef, Proto, Service, ServicePort, ServiceType, Slice, MAX_ENDPOINTS,
     },
 };
-use crate::diff::MapContents;
+use crate::{
+    diff::MapContents,
+    family::{socket, Family},
+};
 
 /// The node-specific inputs of a plan.
 #[derive(Clone, Debug, Default)]
@@ -34,7 +42,7 @@ pub struct PlanConfig {
     pub node_name: String,
     /// Addresses NodePorts are reached on; empty = the InternalIP and
     /// ExternalIP addresses of the Node object named `node_name`.
-    pub node_addresses: Vec<Ipv4Addr>,
+    pub node_addresses: Vec<IpAddr>,
     /// Algorithm of services without an `xdplb.io/algorithm` annotation.
     pub default_algorithm: u8,
     /// Service CIDRs given by flag (`--service-cidr`), beside those of
@@ -45,10 +53,14 @@ pub struct PlanConfig {
 /// The desired state: what goes into the maps, and why.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Plan {
+    /// The IPv4 maps.
     #[serde(skip)]
-    pub contents: MapContents,
-    /// NodePort addresses in use.
-    pub node_addresses: Vec<Ipv4Addr>,
+    pub contents: MapContents<Addr4>,
+    /// The IPv6 maps.
+    #[serde(skip)]
+    pub contents_v6: MapContents<Addr6>,
+    /// NodePort addresses in use (both families).
+    pub node_addresses: Vec<IpAddr>,
     pub services: Vec<PlannedService>,
 }
 
@@ -63,7 +75,7 @@ pub enum FrontendKind {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Frontend {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     pub proto: Proto,
     pub kind: FrontendKind,
@@ -85,7 +97,7 @@ pub enum BackendState {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PlannedBackend {
     pub id: u32,
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub port: u16,
     pub state: BackendState,
     /// Its slot (1-based) when it takes new flows; `None` when it only keeps
@@ -100,6 +112,7 @@ pub struct PlannedService {
     pub namespace: String,
     pub name: String,
     pub port_name: String,
+    pub family: IpFamily,
     pub scope: Scope,
     pub id: u32,
     pub frontends: Vec<Frontend>,
@@ -120,7 +133,7 @@ pub struct PlannedService {
 /// One endpoint of one service port, after merging slices.
 #[derive(Clone, Debug)]
 struct Candidate {
-    addr: Ipv4Addr,
+    addr: IpAddr,
     port: u16,
     node_name: Option<String>,
     ready: bool,
@@ -190,27 +203,19 @@ pub fn replan(model: &Model, cfg: &PlanConfig, prev: &Ids) -> Planned {
             .get(&(id.namespace.as_str(), id.name.as_str()))
             .map(Vec::as_slice)
             .unwrap_or_default();
-        // Every ClusterIP refuses the ports and protocols it does not serve.
-        if !svc.ports.is_empty() {
-            for ip in &svc.cluster_ips {
-                let refused = ServiceV4 { flags: service_flags::UNSERVED_REFUSED, ..Default::default() };
-                p.plan.contents.services.insert(ServiceKeyV4::address(ip.octets()), refused);
+        for family in &svc.families {
+            match family {
+                IpFamily::IPv4 => p.family::<Addr4>(id, svc, slices),
+                IpFamily::IPv6 => p.family::<Addr6>(id, svc, slices),
             }
-        }
-        for port in &svc.ports {
-            let candidates = candidates(slices, port, svc.publish_not_ready);
-            if candidates.len() > MAX_ENDPOINTS {
-                p.warn(id, format!("port {}: {} endpoints, more than {MAX_ENDPOINTS}; skipping this port", port.name, candidates.len()));
-                continue;
-            }
-            p.port(id, svc, port, &candidates);
         }
     }
     p.plan.contents.retain_served_addresses();
+    p.plan.contents_v6.retain_served_addresses();
     // Service CIDRs: addresses inside without a Service are dropped.
     for (net, len) in cfg.service_cidrs.iter().chain(model.service_cidrs.values().flatten()) {
-        let key = (SourceRangeV4::prefix_len(*len), SourceRangeV4::service_cidr(net.octets()));
-        p.plan.contents.source_ranges.insert(key, 1);
+        service_cidr(p.contents::<Addr4>(), *net, *len);
+        service_cidr(p.contents::<Addr6>(), *net, *len);
     }
     let (used_services, used_backends) = (p.used_services, p.used_backends);
     let (plan, warnings) = (p.plan, p.warnings);
@@ -230,8 +235,8 @@ pub fn plan(model: &Model, cfg: &PlanConfig, ids: &mut Ids) -> Plan {
 }
 
 /// The slices of each service, by (namespace, service name).
-fn slices_by_service(model: &Model) -> BTreeMap<(&str, &str), Vec<&super::model::Slice>> {
-    let mut slices_of: BTreeMap<(&str, &str), Vec<&super::model::Slice>> = BTreeMap::new();
+fn slices_by_service(model: &Model) -> BTreeMap<(&str, &str), Vec<&Slice>> {
+    let mut slices_of: BTreeMap<(&str, &str), Vec<&Slice>> = BTreeMap::new();
     for (id, s) in &model.slices {
         slices_of
             .entry((id.namespace.as_str(), s.service.as_str()))
@@ -268,11 +273,19 @@ pub fn health_checks(model: &Model, cfg: &PlanConfig) -> BTreeMap<u16, HealthChe
             tracing::warn!(object = %id, port, other = %first.service, "healthCheckNodePort already used by another service; skipped");
             continue;
         }
-        let slices = slices_of.get(&(id.namespace.as_str(), id.name.as_str())).map(Vec::as_slice).unwrap_or_default();
-        let local: BTreeSet<Ipv4Addr> = svc
+        // The primary family's endpoints: a dual-stack pod is one endpoint.
+        let primary = svc.families.first().copied().unwrap_or(IpFamily::IPv4);
+        let slices: Vec<&Slice> = slices_of
+            .get(&(id.namespace.as_str(), id.name.as_str()))
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|s| s.family == primary)
+            .collect();
+        let local: BTreeSet<IpAddr> = svc
             .ports
             .iter()
-            .flat_map(|p| candidates(slices, p, svc.publish_not_ready))
+            .flat_map(|p| candidates(&slices, p, svc.publish_not_ready))
             .filter(|c| c.ready && c.node_name.as_deref() == Some(cfg.node_name.as_str()))
             .map(|c| c.addr)
             .collect();
@@ -287,8 +300,8 @@ pub fn health_checks(model: &Model, cfg: &PlanConfig) -> BTreeMap<u16, HealthChe
 /// (`spec.publishNotReadyAddresses`) makes every endpoint ready: what the
 /// EndpointSlice controller publishes for such a Service (ready =
 /// publishNotReadyAddresses || pod ready), also for slices written by hand.
-fn candidates(slices: &[&super::model::Slice], port: &ServicePort, publish_not_ready: bool) -> Vec<Candidate> {
-    let mut out: BTreeMap<(Ipv4Addr, u16), Candidate> = BTreeMap::new();
+fn candidates(slices: &[&Slice], port: &ServicePort, publish_not_ready: bool) -> Vec<Candidate> {
+    let mut out: BTreeMap<(IpAddr, u16), Candidate> = BTreeMap::new();
     for s in slices {
         // Named targetPorts resolve per slice: each slice says which number
         // the service port's name means for its endpoints.
@@ -337,12 +350,69 @@ struct Planner<'a> {
     warnings: Vec<Warning>,
 }
 
+/// The family's maps of a plan.
+trait PlanFamily: Family {
+    fn contents(plan: &mut Plan) -> &mut MapContents<Self>;
+}
+
+impl PlanFamily for Addr4 {
+    fn contents(plan: &mut Plan) -> &mut MapContents<Self> {
+        &mut plan.contents
+    }
+}
+
+impl PlanFamily for Addr6 {
+    fn contents(plan: &mut Plan) -> &mut MapContents<Self> {
+        &mut plan.contents_v6
+    }
+}
+
+/// A frontend with its map key.
+type Keyed<A> = (ServiceKey<A>, Frontend);
+
+/// Whether `ip` is of family `A`.
+fn is<A: Family>(ip: &IpAddr) -> bool {
+    IpFamily::of(*ip) == A::FAMILY
+}
+
+/// A service CIDR in family `A`'s maps (nothing when it is of the other).
+fn service_cidr<A: Family>(c: &mut MapContents<A>, net: IpAddr, len: u8) {
+    if let Some(net) = A::from_ip(net) {
+        c.source_ranges.insert((SourceRange::<A>::prefix_len(len), SourceRange::service_cidr(net)), 1);
+    }
+}
+
 impl Planner<'_> {
     fn warn(&mut self, object: &ObjectRef, message: String) {
         self.warnings.push(Warning { object: object.clone(), message });
     }
 
-    fn port(
+    fn contents<A: PlanFamily>(&mut self) -> &mut MapContents<A> {
+        A::contents(&mut self.plan)
+    }
+
+    /// The Service in family `A`: its ClusterIP address entries, then each
+    /// port over the endpoints of the family's slices.
+    fn family<A: PlanFamily>(&mut self, id: &ObjectRef, svc: &Service, slices: &[&Slice]) {
+        let slices: Vec<&Slice> = slices.iter().copied().filter(|s| s.family == A::FAMILY).collect();
+        // Every ClusterIP refuses the ports and protocols it does not serve.
+        if !svc.ports.is_empty() {
+            for ip in svc.cluster_ips.iter().filter_map(|ip| A::from_ip(*ip)) {
+                let refused = ServiceV4 { flags: service_flags::UNSERVED_REFUSED, ..Default::default() };
+                self.contents::<A>().services.insert(ServiceKey::address(ip), refused);
+            }
+        }
+        for port in &svc.ports {
+            let candidates = candidates(&slices, port, svc.publish_not_ready);
+            if candidates.len() > MAX_ENDPOINTS {
+                self.warn(id, format!("port {} ({}): {} endpoints, more than {MAX_ENDPOINTS}; skipping this port", port.name, A::FAMILY, candidates.len()));
+                continue;
+            }
+            self.port::<A>(id, svc, port, &candidates);
+        }
+    }
+
+    fn port<A: PlanFamily>(
         &mut self,
         id: &ObjectRef,
         svc: &Service,
@@ -359,6 +429,7 @@ impl Planner<'_> {
         let internal: Vec<Frontend> = svc
             .cluster_ips
             .iter()
+            .filter(|a| is::<A>(a))
             .map(|a| fe(*a, port.port, FrontendKind::ClusterIP))
             .collect();
         let mut external = Vec::new();
@@ -371,6 +442,7 @@ impl Planner<'_> {
                     self.plan
                         .node_addresses
                         .iter()
+                        .filter(|a| is::<A>(a))
                         .map(|a| fe(*a, np, FrontendKind::NodePort)),
                 );
             }
@@ -379,12 +451,14 @@ impl Planner<'_> {
             external.extend(
                 svc.lb_ips
                     .iter()
+                    .filter(|a| is::<A>(a))
                     .map(|a| fe(*a, port.port, FrontendKind::LoadBalancer)),
             );
         }
         external.extend(
             svc.external_ips
                 .iter()
+                .filter(|a| is::<A>(a))
                 .map(|a| fe(*a, port.port, FrontendKind::ExternalIP)),
         );
 
@@ -398,7 +472,7 @@ impl Planner<'_> {
         };
         if svc.internal_local == svc.external_local {
             let all = internal.into_iter().chain(external).collect();
-            self.group(
+            self.group::<A>(
                 id,
                 svc,
                 port,
@@ -408,11 +482,11 @@ impl Planner<'_> {
                 candidates,
             );
             if !in_cluster.is_empty() {
-                self.group(id, svc, port, Scope::InCluster, in_cluster, false, candidates);
+                self.group::<A>(id, svc, port, Scope::InCluster, in_cluster, false, candidates);
             }
         } else {
             let internal = internal.into_iter().chain(in_cluster).collect();
-            self.group(
+            self.group::<A>(
                 id,
                 svc,
                 port,
@@ -421,7 +495,7 @@ impl Planner<'_> {
                 svc.internal_local,
                 candidates,
             );
-            self.group(
+            self.group::<A>(
                 id,
                 svc,
                 port,
@@ -433,22 +507,15 @@ impl Planner<'_> {
         }
     }
 
-    /// The LoadBalancer IPs as /32 sources when one of `ranges` contains a
-    /// node address, as kube-proxy admits them: a VIP that is a local
-    /// address on the node loops the node's own requests back with the VIP
-    /// as source, and the ranges that admit the node should admit those.
-    fn lb_ips_as_sources(
-        &self,
-        svc: &Service,
-        mut ranges: impl Iterator<Item = (Ipv4Addr, u8)>,
-    ) -> Vec<(Ipv4Addr, u8)> {
-        let contains = |(net, len): (Ipv4Addr, u8), a: Ipv4Addr| {
-            let mask = if len == 0 { 0 } else { u32::MAX << (32 - len as u32) };
-            u32::from(a) & mask == u32::from(net)
-        };
-        let admits_node = ranges.any(|r| self.plan.node_addresses.iter().any(|a| contains(r, *a)));
+    /// The family's LoadBalancer IPs as host-prefix sources when one of
+    /// `ranges` contains a node address, as kube-proxy admits them: a VIP
+    /// that is a local address on the node loops the node's own requests
+    /// back with the VIP as source, and the ranges that admit the node
+    /// should admit those.
+    fn lb_ips_as_sources<A: Family>(&self, svc: &Service, mut ranges: impl Iterator<Item = cidr::Cidr>) -> Vec<cidr::Cidr> {
+        let admits_node = ranges.any(|r| self.plan.node_addresses.iter().any(|a| cidr::contains(r, *a)));
         if admits_node {
-            svc.lb_ips.iter().map(|ip| (*ip, 32)).collect()
+            svc.lb_ips.iter().filter(|a| is::<A>(a)).map(|ip| (*ip, A::FAMILY.bits())).collect()
         } else {
             Vec::new()
         }
@@ -460,7 +527,7 @@ impl Planner<'_> {
         clippy::too_many_arguments,
         reason = "one call site per scope; a struct would only rename the arguments"
     )]
-    fn group(
+    fn group<A: PlanFamily>(
         &mut self,
         id: &ObjectRef,
         svc: &Service,
@@ -472,24 +539,26 @@ impl Planner<'_> {
     ) {
         // A frontend already taken (two services claiming one address:port)
         // stays with the first; the map can hold only one.
-        let (kept, taken): (Vec<Frontend>, Vec<Frontend>) =
-            frontends.into_iter().partition(|f| !self.plan.contents.services.contains_key(&map_key(f)));
-        for f in &taken {
-            self.warn(id, format!("frontend {}:{}/{} already used by another service; skipped", f.addr, f.port, f.proto.as_str()));
+        let (kept, taken): (Vec<Keyed<A>>, Vec<Keyed<A>>) = frontends
+            .into_iter()
+            .filter_map(|f| Some((map_key::<A>(&f)?, f)))
+            .partition(|(k, _)| !self.contents::<A>().services.contains_key(k));
+        for (_, f) in &taken {
+            self.warn(id, format!("frontend {}/{} already used by another service; skipped", socket(f.addr, f.port), f.proto.as_str()));
         }
-        let frontends = kept;
-        if frontends.is_empty() {
+        if kept.is_empty() {
             return;
         }
-        let keys: Vec<ServiceKeyV4> = frontends.iter().map(map_key).collect();
+        let (keys, frontends): (Vec<ServiceKey<A>>, Vec<Frontend>) = kept.into_iter().unzip();
         let key = ServiceIdKey {
             object: id.clone(),
             port_name: port.name.clone(),
             proto: port.proto,
+            family: A::FAMILY,
             scope,
         };
         let Some(service_id) = self.ids.service(&key, &keys) else {
-            self.warn(id, format!("port {}: no free service id (raise the services map size); skipped", port.name));
+            self.warn(id, format!("port {} ({}): no free service id (raise the services map size); skipped", port.name, A::FAMILY));
             return;
         };
         self.used_services.insert(key);
@@ -517,7 +586,7 @@ impl Planner<'_> {
             (ready, false)
         };
         // Terminating endpoints without a slot keep their existing flows.
-        let in_slots: BTreeSet<(Ipv4Addr, u16)> =
+        let in_slots: BTreeSet<(IpAddr, u16)> =
             slotted.iter().map(|c| (c.addr, c.port)).collect();
         let draining: Vec<&Candidate> = eligible
             .iter()
@@ -537,8 +606,9 @@ impl Planner<'_> {
                 port: c.port,
                 proto: port.proto,
             };
+            let Some(addr) = A::from_ip(c.addr) else { continue };
             let Some(bid) = self.ids.backend(bkey) else {
-                self.warn(id, format!("backend {}:{}: no free backend id; skipped", c.addr, c.port));
+                self.warn(id, format!("backend {}: no free backend id; skipped", socket(c.addr, c.port)));
                 continue;
             };
             self.used_backends.insert(bkey);
@@ -554,8 +624,8 @@ impl Planner<'_> {
             } else {
                 backend_flags::REMOTE
             };
-            let value = BackendV4 {
-                addr: c.addr.octets(),
+            let value = Backend::<A> {
+                addr,
                 port: c.port.to_be_bytes(),
                 weight: 1,
                 state,
@@ -563,8 +633,7 @@ impl Planner<'_> {
                 _pad: [0; 2],
             };
             // A backend shared by services is one entry; "active" wins if views differ.
-            self.plan
-                .contents
+            self.contents::<A>()
                 .backends
                 .entry(bid)
                 .and_modify(|v| v.state = v.state.min(state))
@@ -606,10 +675,10 @@ impl Planner<'_> {
         };
         for (i, bid) in slots.iter().enumerate() {
             let slot = i as u32 + 1;
-            self.plan.contents.slots.insert(SlotKey { service_id, slot }, *bid);
+            self.contents::<A>().slots.insert(SlotKey { service_id, slot }, *bid);
         }
         for b in &backends {
-            if let (Some(w), Some(v)) = (svc.weights.get(&b.addr), self.plan.contents.backends.get_mut(&b.id)) {
+            if let (Some(w), Some(v)) = (svc.weights.get(&b.addr), self.contents::<A>().backends.get_mut(&b.id)) {
                 v.weight = (*w).min(u16::MAX as u32) as u16;
             }
         }
@@ -650,19 +719,22 @@ impl Planner<'_> {
             if svc.external_local && f.kind != FrontendKind::ClusterIP && !f.in_cluster {
                 v.flags |= service_flags::IN_CLUSTER_ALT;
             }
-            self.plan.contents.services.insert(k, v);
+            self.contents::<A>().services.insert(k, v);
         }
         if restricted {
-            let ranges = svc.source_ranges.iter().flatten().copied();
-            for (net, len) in ranges.clone().chain(self.lb_ips_as_sources(svc, ranges)) {
-                let range = SourceRangeV4 { service_id: service_id.to_be_bytes(), addr: net.octets() };
-                self.plan.contents.source_ranges.insert((SourceRangeV4::prefix_len(len), range), 1);
+            // This family's ranges: an IPv4 client never matches an IPv6 range.
+            let ranges = svc.source_ranges.iter().flatten().copied().filter(|(net, _)| is::<A>(net));
+            for (net, len) in ranges.clone().chain(self.lb_ips_as_sources::<A>(svc, ranges)) {
+                let Some(addr) = A::from_ip(net) else { continue };
+                let range = SourceRange::<A> { service_id: service_id.to_be_bytes(), addr };
+                self.contents::<A>().source_ranges.insert((SourceRange::<A>::prefix_len(len), range), 1);
             }
         }
         self.plan.services.push(PlannedService {
             namespace: id.namespace.clone(),
             name: id.name.clone(),
             port_name: port.name.clone(),
+            family: A::FAMILY,
             scope,
             id: service_id,
             frontends,
@@ -692,7 +764,8 @@ fn maglev_table(
     let members: Vec<maglev::MaglevBackend> = order
         .iter()
         .filter_map(|bid| backends.get(*index.get(bid)?))
-        .map(|b| maglev::MaglevBackend::new(b.id, format!("{}:{}", b.addr, b.port), *svc.weights.get(&b.addr).unwrap_or(&1)))
+        // `10.0.2.11:8080`, `[fd00::11]:8080`: the same on every node.
+        .map(|b| maglev::MaglevBackend::new(b.id, socket(b.addr, b.port), *svc.weights.get(&b.addr).unwrap_or(&1)))
         .collect();
     if members.is_empty() {
         return Vec::new();
@@ -707,16 +780,20 @@ fn maglev_table(
     }
 }
 
-fn map_key(f: &Frontend) -> ServiceKeyV4 {
-    ServiceKeyV4 {
-        addr: f.addr.octets(),
+/// The map key of a frontend of family `A` (`None` for the other family).
+fn map_key<A: Family>(f: &Frontend) -> Option<ServiceKey<A>> {
+    Some(ServiceKey {
+        addr: A::from_ip(f.addr)?,
         port: f.port.to_be_bytes(),
         proto: f.proto.number(),
         scope: if f.in_cluster { lb_common::scope::IN_CLUSTER } else { lb_common::scope::ANY },
-    }
+    })
 }
 
 pub mod topology;
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod dual_tests;

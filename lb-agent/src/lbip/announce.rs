@@ -70,8 +70,7 @@ pub fn owners(model: &Model, pools: &Pools, live: &[String]) -> BTreeMap<IpAddr,
     // Per address: the Services, whether any is Cluster, the nodes with local endpoints.
     let mut per: BTreeMap<IpAddr, (String, Vec<String>, bool, BTreeSet<String>)> = BTreeMap::new();
     for (id, svc) in &model.services {
-        let v4 = svc.lb_ips.iter().map(|a| IpAddr::V4(*a));
-        for a in v4.chain(svc.lb_ips_v6.iter().map(|a| IpAddr::V6(*a))) {
+        for &a in &svc.lb_ingress {
             let Some(pool) = pools.pool_of(a) else {
                 continue;
             };

@@ -174,12 +174,7 @@ fn pool_rows(model: &Model, pools: &Pools) -> Vec<PoolRow> {
         .map(|(id, s)| alloc::SvcView {
             id: id.clone(),
             load_balancer: true,
-            ingress: s
-                .lb_ips
-                .iter()
-                .map(|a| IpAddr::V4(*a))
-                .chain(s.lb_ips_v6.iter().map(|a| IpAddr::V6(*a)))
-                .collect(),
+            ingress: s.lb_ingress.clone(),
             ..Default::default()
         })
         .collect();
@@ -238,7 +233,7 @@ pub fn start(
                     .borrow_and_update()
                     .nodes
                     .iter()
-                    .filter_map(|(n, node)| Some((n.clone(), IpAddr::V4(*node.addresses.first()?))))
+                    .filter_map(|(n, node)| Some((n.clone(), *node.addresses.first()?)))
                     .collect();
                 peers_tx.send_if_modified(|old| std::mem::replace(old, peers.clone()) != peers);
                 if models.changed().await.is_err() {

@@ -4,18 +4,18 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddrV4},
+    net::SocketAddr,
 };
 
 use anyhow::Result;
 use lb_common::{
-    backend_state, counter, direction, flow_flags, proto_name, service_flags, Config,
-    FlowKeyV4, FlowV4, SlotKey,
+    backend_state, counter, direction, flow_flags, proto_name, service_flags, Addr, Addr4, Addr6, BackendId, Config,
+    Flow, FlowKey, SlotKey,
 };
 use serde::Serialize;
 
 use super::names::Names;
-use crate::dataplane::Dataplane;
+use crate::{dataplane::Dataplane, diff::MapContents};
 
 pub use crate::control::model::algorithm_name;
 
@@ -27,8 +27,15 @@ pub fn state_name(s: u8) -> &'static str {
     }
 }
 
-fn sock(addr: [u8; 4], port: [u8; 2]) -> SocketAddrV4 {
-    SocketAddrV4::new(Ipv4Addr::from(addr), u16::from_be_bytes(port))
+/// `addr:port` of either family (`[fd00::1]:80` for IPv6).
+fn sock_any<A: Addr>(addr: A, port: [u8; 2]) -> SocketAddr {
+    SocketAddr::new(addr.to_ip(), u16::from_be_bytes(port))
+}
+
+/// The address of backend `id`, whichever family's array holds it.
+pub fn backend_addr(dp: &Dataplane, id: BackendId) -> Option<std::net::IpAddr> {
+    let v4 = dp.v4.backends.get(&id, 0).ok().filter(|b| !b.is_empty()).map(|b| b.addr.to_ip());
+    v4.or_else(|| dp.v6.as_ref()?.backends.get(&id, 0).ok().filter(|b| !b.is_empty()).map(|b| b.addr.to_ip()))
 }
 
 /// One service id: its frontends and the backends its slots name.
@@ -55,16 +62,23 @@ pub struct ServiceBackend {
     pub id: u32,
     /// `addr:port`; None when the slot names a backend id that is not in
     /// `backends_v4` (the dataplane drops such flows as no-backend).
-    pub addr: Option<SocketAddrV4>,
+    pub addr: Option<SocketAddr>,
     pub state: &'static str,
     /// How many of the service's slots name it (1 per backend, except in
     /// Maglev tables).
     pub slots: u32,
 }
 
+/// Every service id of both families, by id.
 pub fn services(dp: &Dataplane, names: &Names) -> Result<Vec<ServiceRow>> {
-    let c = dp.contents()?;
     let mut by_id: BTreeMap<u32, ServiceRow> = BTreeMap::new();
+    service_rows(&dp.family_contents::<Addr4>()?, names, &mut by_id);
+    service_rows(&dp.family_contents::<Addr6>()?, names, &mut by_id);
+    Ok(by_id.into_values().collect())
+}
+
+fn service_rows<A: Addr>(c: &MapContents<A>, names: &Names, by_id: &mut BTreeMap<u32, ServiceRow>) {
+    let mut mine = Vec::new();
     for (k, v) in c.services.iter().filter(|(k, _)| !k.is_address()) {
         let row = by_id.entry(v.id).or_insert_with(|| ServiceRow {
             id: v.id,
@@ -77,14 +91,15 @@ pub fn services(dp: &Dataplane, names: &Names) -> Result<Vec<ServiceRow>> {
                 .source_ranges
                 .keys()
                 .filter(|(_, r)| u32::from_be_bytes(r.service_id) == v.id)
-                .map(|(len, r)| format!("{}/{}", Ipv4Addr::from(r.addr), len - 32))
+                .map(|(len, r)| format!("{}/{}", r.addr.to_ip(), len - 32))
                 .collect(),
             slots: v.count,
             backends: Vec::new(),
         });
         row.frontends.push(k.to_string());
+        mine.push(v.id);
     }
-    for row in by_id.values_mut() {
+    for row in by_id.values_mut().filter(|r| mine.contains(&r.id)) {
         let mut count: BTreeMap<u32, u32> = BTreeMap::new();
         for slot in 1..=row.slots {
             if let Some(id) = c.slots.get(&SlotKey {
@@ -100,14 +115,13 @@ pub fn services(dp: &Dataplane, names: &Names) -> Result<Vec<ServiceRow>> {
                 let b = c.backends.get(&id);
                 ServiceBackend {
                     id,
-                    addr: b.map(|b| sock(b.addr, b.port)),
+                    addr: b.map(|b| sock_any(b.addr, b.port)),
                     state: b.map_or("missing", |b| state_name(b.state)),
                     slots,
                 }
             })
             .collect();
     }
-    Ok(by_id.into_values().collect())
 }
 
 pub fn services_table(rows: &[ServiceRow]) -> String {
@@ -161,27 +175,34 @@ pub fn services_table(rows: &[ServiceRow]) -> String {
 #[derive(Clone, Debug, Serialize)]
 pub struct BackendRow {
     pub id: u32,
-    pub addr: SocketAddrV4,
+    pub addr: SocketAddr,
     pub state: &'static str,
     pub weight: u16,
     /// Live flows, as `backend_load` counts them.
     pub flows: u64,
 }
 
+/// Every backend of both families, by id.
 pub fn backends(dp: &Dataplane) -> Result<Vec<BackendRow>> {
-    let c = dp.contents()?;
+    let mut rows = backend_rows(dp, &dp.family_contents::<Addr4>()?);
+    rows.extend(backend_rows(dp, &dp.family_contents::<Addr6>()?));
+    rows.sort_by_key(|r| r.id);
+    Ok(rows)
+}
+
+fn backend_rows<A: Addr>(dp: &Dataplane, c: &MapContents<A>) -> Vec<BackendRow> {
     c.backends
         .iter()
         .map(|(id, b)| {
             // An id beyond the load array (a smaller map) has no count: 0.
             let flows = dp.backend_load(*id).unwrap_or(0);
-            Ok(BackendRow {
+            BackendRow {
                 id: *id,
-                addr: sock(b.addr, b.port),
+                addr: sock_any(b.addr, b.port),
                 state: state_name(b.state),
                 weight: b.weight,
                 flows,
-            })
+            }
         })
         .collect()
 }
@@ -213,10 +234,10 @@ pub struct FlowRow {
     pub direction: &'static str,
     pub proto: &'static str,
     /// The packet this entry matches: source → destination.
-    pub src: SocketAddrV4,
-    pub dst: SocketAddrV4,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
     /// What the rewritten side becomes (forward: the backend; reply: the service).
-    pub nat: SocketAddrV4,
+    pub nat: SocketAddr,
     pub service_id: u32,
     pub backend_id: u32,
     pub age_s: f64,
@@ -241,7 +262,7 @@ pub fn monotonic_ns() -> u64 {
 /// A row for one entry. `cfg` gives the timeouts: an entry idle for longer
 /// than its timeout is marked `expired` (the dataplane ignores it and the
 /// LRU map drops it when it needs room; nothing deletes it before).
-pub fn flow_row(k: &FlowKeyV4, v: &FlowV4, now_ns: u64, cfg: &Config) -> FlowRow {
+pub fn flow_row<A: Addr>(k: &FlowKey<A>, v: &Flow<A>, now_ns: u64, cfg: &Config) -> FlowRow {
     let mut flags = Vec::new();
     if v.flags & flow_flags::CLOSING != 0 {
         flags.push("closing");
@@ -271,9 +292,9 @@ pub fn flow_row(k: &FlowKeyV4, v: &FlowV4, now_ns: u64, cfg: &Config) -> FlowRow
             "forward"
         },
         proto: proto_name(k.proto),
-        src: sock(k.src_addr, k.src_port),
-        dst: sock(k.dst_addr, k.dst_port),
-        nat: sock(v.nat_addr, v.nat_port),
+        src: sock_any(k.src_addr, k.src_port),
+        dst: sock_any(k.dst_addr, k.dst_port),
+        nat: sock_any(v.nat_addr, v.nat_port),
         service_id: v.service_id,
         backend_id: v.backend_id,
         age_s: (secs(v.created_ns) * 10.0).round() / 10.0,
@@ -289,7 +310,7 @@ pub fn flow_row(k: &FlowKeyV4, v: &FlowV4, now_ns: u64, cfg: &Config) -> FlowRow
 pub struct FlowFilter {
     pub service: Option<u32>,
     /// The client: the source of forward entries, the destination of replies.
-    pub client: Option<Ipv4Addr>,
+    pub client: Option<std::net::IpAddr>,
 }
 
 pub fn conntrack(dp: &Dataplane, f: &FlowFilter) -> Result<Vec<FlowRow>> {
@@ -302,26 +323,29 @@ pub fn conntrack(dp: &Dataplane, f: &FlowFilter) -> Result<Vec<FlowRow>> {
         .ok()
         .filter(|c| c.layout_version != 0)
         .unwrap_or_default();
-    let mut rows: Vec<FlowRow> = dp
-        .flows()?
-        .iter()
-        .filter(|(_, v)| f.service.is_none_or(|s| v.service_id == s))
-        .filter(|(k, v)| {
-            f.client.is_none_or(|c| {
-                let client = if v.direction == direction::REPLY {
-                    k.dst_addr
-                } else {
-                    k.src_addr
-                };
-                client == c.octets()
-            })
-        })
-        .map(|(k, v)| flow_row(k, v, now, &cfg))
-        .collect();
+    let mut rows = flow_rows(&dp.v4.flows()?, f, now, &cfg);
+    if let Some(v6) = &dp.v6 {
+        rows.extend(flow_rows(&v6.flows()?, f, now, &cfg));
+    }
     // A flow's two entries side by side: by service, then client, forward first.
     let client = |r: &FlowRow| if r.direction == "reply" { r.dst } else { r.src };
     rows.sort_by_key(|r| (r.service_id, client(r), r.direction, r.src, r.dst));
     Ok(rows)
+}
+
+/// The rows of one family's entries that `f` selects.
+fn flow_rows<A: Addr>(flows: &[(FlowKey<A>, Flow<A>)], f: &FlowFilter, now: u64, cfg: &Config) -> Vec<FlowRow> {
+    flows
+        .iter()
+        .filter(|(_, v)| f.service.is_none_or(|s| v.service_id == s))
+        .filter(|(k, v)| {
+            f.client.is_none_or(|c| {
+                let client = if v.direction == direction::REPLY { k.dst_addr } else { k.src_addr };
+                client.to_ip() == c
+            })
+        })
+        .map(|(k, v)| flow_row(k, v, now, cfg))
+        .collect()
 }
 
 pub fn conntrack_table(rows: &[FlowRow]) -> String {
@@ -444,6 +468,8 @@ pub fn stats_table(st: &Stats) -> String {
 
 #[cfg(test)]
 mod tests {
+    use lb_common::{FlowKeyV4, FlowV4};
+
     use super::*;
 
     #[test]

@@ -17,7 +17,7 @@ use std::{
 };
 
 use aya::maps::MapInfo;
-use lb_common::{counter, maps};
+use lb_common::{counter, maps, FlowKeyV4, FlowKeyV6, FlowV4, FlowV6, SockRevKeyV4, SockRevKeyV6, SockRevV4, SockRevV6};
 
 use super::{inspect, names::Names};
 use crate::{control::source::kube::SourceHealth, dataplane::Dataplane};
@@ -404,13 +404,15 @@ fn dataplane(w: &mut Writer, dp: &Dataplane, pin_dir: &Path, names: &Names) {
             "New flows to a backend on another node refused because no SNAT port towards that backend was free (raise --snat-ports).",
         );
         for (id, n) in rows {
-            let addr = dp.backends.get(&id, 0).map(|b| std::net::Ipv4Addr::from(b.addr).to_string()).unwrap_or_default();
+            let addr = super::inspect::backend_addr(dp, id).map(|a| a.to_string()).unwrap_or_default();
             w.sample("xdplb_snat_port_exhausted_total", &[("backend_id", &id.to_string()), ("backend", &addr)], n as f64);
         }
     }
     // Counted in batches: a scrape of a million flows is a few hundred
     // syscalls, not a million.
-    let flows = Dataplane::count(&dp.conntrack, maps::CONNTRACK_V4).unwrap_or(0);
+    let flows_v4 = Dataplane::count(&dp.v4.conntrack, maps::CONNTRACK_V4).unwrap_or(0);
+    let flows_v6 = dp.v6.as_ref().map_or(0, |v6| Dataplane::count(&v6.conntrack, maps::CONNTRACK_V6).unwrap_or(0));
+    let flows = flows_v4 + flows_v6;
     w.gauge(
         "xdplb_conntrack_entries",
         "Conntrack entries (two per flow: forward and reply).",
@@ -418,13 +420,19 @@ fn dataplane(w: &mut Writer, dp: &Dataplane, pin_dir: &Path, names: &Names) {
     );
     // Entries of each map whose fill matters; arrays are always full.
     let counted = [
-        (maps::SERVICES_V4, Dataplane::count(&dp.services, maps::SERVICES_V4).unwrap_or(0)),
-        (maps::BACKENDS_V4, dp.backends().map_or(0, |b| b.len())),
+        (maps::SERVICES_V4, Dataplane::count(&dp.v4.services, maps::SERVICES_V4).unwrap_or(0)),
+        (maps::BACKENDS_V4, dp.v4.backends().map_or(0, |b| b.len())),
+        (maps::SERVICES_V6, dp.v6.as_ref().map_or(0, |v6| Dataplane::count(&v6.services, maps::SERVICES_V6).unwrap_or(0))),
+        (maps::BACKENDS_V6, dp.v6.as_ref().map_or(0, |v6| v6.backends().map_or(0, |b| b.len()))),
         (maps::SERVICE_SLOTS, Dataplane::count(&dp.slots, maps::SERVICE_SLOTS).unwrap_or(0)),
-        (maps::CONNTRACK_V4, flows),
-        (maps::CONNTRACK_CONFIRMED_V4, entries_at::<lb_common::FlowKeyV4, lb_common::FlowV4>(&pin_dir.join(maps::CONNTRACK_CONFIRMED_V4))),
-        (maps::AFFINITY_V4, Dataplane::count(&dp.affinity, maps::AFFINITY_V4).unwrap_or(0)),
-        (maps::SOCK_REVNAT_V4, entries_at::<lb_common::SockRevKeyV4, lb_common::SockRevV4>(&pin_dir.join(maps::SOCK_REVNAT_V4))),
+        (maps::CONNTRACK_V4, flows_v4),
+        (maps::CONNTRACK_V6, flows_v6),
+        (maps::CONNTRACK_CONFIRMED_V4, entries_at::<FlowKeyV4, FlowV4>(&pin_dir.join(maps::CONNTRACK_CONFIRMED_V4))),
+        (maps::CONNTRACK_CONFIRMED_V6, entries_at::<FlowKeyV6, FlowV6>(&pin_dir.join(maps::CONNTRACK_CONFIRMED_V6))),
+        (maps::AFFINITY_V4, Dataplane::count(&dp.v4.affinity, maps::AFFINITY_V4).unwrap_or(0)),
+        (maps::AFFINITY_V6, dp.v6.as_ref().map_or(0, |v6| Dataplane::count(&v6.affinity, maps::AFFINITY_V6).unwrap_or(0))),
+        (maps::SOCK_REVNAT_V4, entries_at::<SockRevKeyV4, SockRevV4>(&pin_dir.join(maps::SOCK_REVNAT_V4))),
+        (maps::SOCK_REVNAT_V6, entries_at::<SockRevKeyV6, SockRevV6>(&pin_dir.join(maps::SOCK_REVNAT_V6))),
     ];
     w.family("xdplb_map_entries", "gauge", "Entries in a pinned map.");
     for (m, n) in counted {
@@ -442,8 +450,8 @@ fn dataplane(w: &mut Writer, dp: &Dataplane, pin_dir: &Path, names: &Names) {
                 *m,
                 MapInfo::from_pin(pin_dir.join(m))
                     .ok()
-                    // backends_v4 is indexed by id from 1: slot 0 holds nothing.
-                    .map(|i| i.max_entries() - u32::from(*m == maps::BACKENDS_V4)),
+                    // backends_v4/_v6 are indexed by id from 1: slot 0 holds nothing.
+                    .map(|i| i.max_entries() - u32::from(*m == maps::BACKENDS_V4 || *m == maps::BACKENDS_V6)),
             )
         })
         .collect();
@@ -561,8 +569,8 @@ fn source_health(w: &mut Writer, h: &SourceHealth, stale: bool) {
 
 /// Entries of the pinned hash (or LRU hash) map at `path` with keys `K`
 /// and values `V`, counted in batches (0 if it cannot be opened, e.g.
-/// pinned by an older agent without it). `sock_revnat_v4` (the socket
-/// balancer's reverse NAT) and `conntrack_confirmed_v4` are opened here:
+/// pinned by an older agent without it). `sock_revnat_v4`/`_v6` (the socket
+/// balancer's reverse NAT) and `conntrack_confirmed_v4`/`_v6` are opened here:
 /// only the metrics read them.
 fn entries_at<K: bytemuck::Pod, V: bytemuck::Pod>(path: &Path) -> usize {
     use std::os::fd::AsFd as _;

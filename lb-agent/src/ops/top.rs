@@ -39,7 +39,10 @@ fn unix_ms() -> u64 {
 impl Sample {
     /// Reads the maps now.
     pub fn read(dp: &Dataplane) -> Result<Self> {
-        let ids: BTreeSet<u32> = dp.services.iter().map(|r| r.map(|(_, v)| v.id)).collect::<Result<_, _>>()?;
+        let mut ids: BTreeSet<u32> = dp.v4.services.iter().map(|r| r.map(|(_, v)| v.id)).collect::<Result<_, _>>()?;
+        if let Some(v6) = &dp.v6 {
+            ids.extend(v6.services.iter().map(|r| r.map(|(_, v)| v.id)).collect::<Result<BTreeSet<u32>, _>>()?);
+        }
         // Id 0 is no service: the address entries that refuse unserved ports.
         let ids = ids.into_iter().filter(|id| *id != 0);
         let services = ids.map(|id| Ok((id, dp.service_stats(id)?))).collect::<Result<_>>()?;

@@ -71,7 +71,7 @@ fn probe_backend(dp: &lb_agent::dataplane::Dataplane) -> Option<Ipv4Addr> {
         proto: 6,
         scope: 0,
     };
-    let svc = dp.services.get(&key, 0).ok()?;
+    let svc = dp.v4.services.get(&key, 0).ok()?;
     let id = dp
         .slots
         .get(
@@ -82,7 +82,7 @@ fn probe_backend(dp: &lb_agent::dataplane::Dataplane) -> Option<Ipv4Addr> {
             0,
         )
         .ok()?;
-    dp.backends.get(&id, 0).ok().map(|b| Ipv4Addr::from(b.addr))
+    dp.v4.backends.get(&id, 0).ok().map(|b| Ipv4Addr::from(b.addr))
 }
 
 /// The pid of the agent running with `pin_dir` (nsenter execs it).

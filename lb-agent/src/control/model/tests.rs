@@ -1,8 +1,14 @@
 //! Parsing real-shaped `kubectl -o yaml` output, and refusing hostile input
 //! without losing the rest.
+use std::net::IpAddr;
+
 use super::*;
 
 pub(crate) const CLUSTER: &str = include_str!("../../../tests/data/cluster.yaml");
+
+pub(crate) fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
 
 pub(crate) fn parse(text: &str) -> Model {
     let mut m = Model::default();
@@ -18,22 +24,18 @@ fn a_kubectl_list_parses_into_services_slices_and_nodes() {
         names,
         ["default/kubernetes", "kube-system/kube-dns", "shop/web"]
     );
-    // The IPv6 slice is left out; the ConfigMap is skipped.
-    assert_eq!(m.slices.len(), 3);
+    // The IPv6 slice is kept, as IPv6; the ConfigMap is skipped.
+    assert_eq!(m.slices.len(), 4);
+    assert_eq!(m.slices[&ObjectRef::new("kube-system", "kube-dns-v6abc")].family, IpFamily::IPv6);
+    assert_eq!(m.slices[&ObjectRef::new("kube-system", "kube-dns-v6abc")].endpoints[0].addr, ip("fd00:10:244::5"));
     assert_eq!(m.nodes.len(), 2);
-    assert_eq!(
-        m.nodes["node-a"].addresses,
-        [Ipv4Addr::new(192, 168, 1, 1)],
-        "IPv4 InternalIP only, no Hostname"
-    );
-    assert_eq!(
-        m.nodes["node-b"].addresses,
-        [Ipv4Addr::new(192, 168, 1, 2), Ipv4Addr::new(203, 0, 113, 7)]
-    );
+    assert_eq!(m.nodes["node-a"].addresses, [ip("192.168.1.1"), ip("fd00::1")], "both InternalIPs, no Hostname");
+    assert_eq!(m.nodes["node-b"].addresses, [ip("192.168.1.2"), ip("203.0.113.7")]);
 
     let web = &m.services[&ObjectRef::new("shop", "web")];
     assert_eq!(web.service_type, ServiceType::NodePort);
-    assert_eq!(web.cluster_ips, [Ipv4Addr::new(10, 96, 0, 10)]);
+    assert_eq!(web.cluster_ips, [ip("10.96.0.10")]);
+    assert_eq!(web.families, [IpFamily::IPv4], "SingleStack IPv4");
     assert_eq!(
         web.ports,
         [ServicePort {
@@ -55,7 +57,7 @@ fn a_kubectl_list_parses_into_services_slices_and_nodes() {
     let e = &slice.endpoints[2];
     assert_eq!(
         (e.addr, e.ready, e.serving, e.terminating),
-        (Ipv4Addr::new(10, 244, 1, 11), false, true, true)
+        (ip("10.244.1.11"), false, true, true)
     );
     assert_eq!(e.node_name.as_deref(), Some("node-a"));
 }
@@ -103,11 +105,9 @@ fn headless_dual_stack_and_external_name_services() {
     assert!(m.services[&ObjectRef::new("ns", "headless")]
         .cluster_ips
         .is_empty());
-    assert_eq!(
-        m.services[&ObjectRef::new("ns", "dual")].cluster_ips,
-        [Ipv4Addr::new(10, 96, 1, 2)],
-        "IPv6 ClusterIP left out"
-    );
+    let dual = &m.services[&ObjectRef::new("ns", "dual")];
+    assert_eq!(dual.cluster_ips, [ip("fd00::10"), ip("10.96.1.2")], "both families, the primary first");
+    assert_eq!(dual.families, [IpFamily::IPv6, IpFamily::IPv4]);
     assert_eq!(
         m.services[&ObjectRef::new("ns", "ext")].service_type,
         ServiceType::ExternalName
@@ -212,8 +212,8 @@ fn one_bad_endpoint_is_skipped_and_named_the_rest_of_its_slice_kept() {
         ports: [{port: 8080}]\n";
     let (m, logs) = logs_of(|| parse(yaml));
     let e = &m.slices[&ObjectRef::new("shop", "web-abc")].endpoints;
-    let kept: Vec<(Ipv4Addr, bool)> = e.iter().map(|e| (e.addr, e.ready)).collect();
-    assert_eq!(kept, [(Ipv4Addr::new(10, 0, 0, 1), true), (Ipv4Addr::new(10, 0, 0, 2), false)]);
+    let kept: Vec<(IpAddr, bool)> = e.iter().map(|e| (e.addr, e.ready)).collect();
+    assert_eq!(kept, [(ip("10.0.0.1"), true), (ip("10.0.0.2"), false)]);
     let skipped: Vec<&str> = logs.lines().filter(|l| l.contains("skipping an invalid endpoint")).collect();
     assert_eq!(skipped.len(), 3, "one warning per bad endpoint:\n{logs}");
     for (line, (index, reason)) in skipped.iter().zip([(1, "no address"), (2, "invalid IP address \"not-an-ip\""), (3, "IPv6 address")]) {
@@ -228,19 +228,20 @@ fn one_bad_endpoint_is_skipped_and_named_the_rest_of_its_slice_kept() {
 
 #[test]
 fn every_skipped_part_is_logged_with_its_object() {
-    let text = "---\napiVersion: v1\nkind: Node\nmetadata: {name: node-x}\nstatus: {addresses: [{type: InternalIP, address: 10.1.0.1}, {type: InternalIP, address: bogus}, {type: InternalIP, address: 'fd00::1'}]}\n\
-        ---\napiVersion: v1\nkind: Service\nmetadata: {name: dual, namespace: ns}\nspec: {clusterIPs: [10.96.0.5, 'fd00::5'], ports: [{port: 80}], loadBalancerSourceRanges: [10.0.0.0/8, 'fd00::/64', nonsense]}\n\
+    let text = "---\napiVersion: v1\nkind: Node\nmetadata: {name: node-x}\nstatus: {addresses: [{type: InternalIP, address: 10.1.0.1}, {type: InternalIP, address: bogus}, {type: InternalIP, address: 'fe80::1'}, {type: InternalIP, address: 'fd00::1'}]}\n\
+        ---\napiVersion: v1\nkind: Service\nmetadata: {name: dual, namespace: ns}\nspec: {clusterIPs: [10.96.0.5], externalIPs: ['fd00::5', '169.254.3.3'], ports: [{port: 80}], loadBalancerSourceRanges: [10.0.0.0/8, 'fd00::/64', nonsense]}\n\
         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: dual-1, namespace: ns, labels: {kubernetes.io/service-name: dual}}\naddressType: IPv4\nendpoints: [{addresses: [10.0.0.1]}]\nports: [{name: any}, {name: p, port: 80}]\n\
         ---\napiVersion: v1\nkind: List\nmetadata: {name: odd}\nitems: 7\n";
     let (m, logs) = logs_of(|| parse(text));
-    assert_eq!(m.nodes["node-x"].addresses, [Ipv4Addr::new(10, 1, 0, 1)]);
-    assert_eq!(m.services[&ObjectRef::new("ns", "dual")].cluster_ips, [Ipv4Addr::new(10, 96, 0, 5)]);
+    assert_eq!(m.nodes["node-x"].addresses, [ip("10.1.0.1"), ip("fd00::1")]);
+    assert_eq!(m.services[&ObjectRef::new("ns", "dual")].cluster_ips, [ip("10.96.0.5")]);
+    assert!(m.services[&ObjectRef::new("ns", "dual")].external_ips.is_empty(), "no IPv6 ClusterIP; 169.254/16 is link-local");
     assert_eq!(m.slices[&ObjectRef::new("ns", "dual-1")].ports.len(), 1);
     for (object, what) in [
         ("node-x", "bogus"),
-        ("node-x", "fd00::1"),
-        ("ns/dual", "fd00::5"),
-        ("ns/dual", "fd00::/64"),
+        ("node-x", "link-local address \"fe80::1\""),
+        ("ns/dual", "has no IPv6 ClusterIP"),
+        ("ns/dual", "link-local address \"169.254.3.3\""),
         ("ns/dual", "nonsense"),
         ("ns/dual-1", "port=any"),
         ("odd", "not a sequence"),
@@ -275,7 +276,7 @@ fn a_directory_loads_its_yaml_files_in_name_order() {
     let m = Model::load(&dir).expect("load");
     assert_eq!(
         m.services[&ObjectRef::new("ns", "a")].cluster_ips,
-        [Ipv4Addr::new(10, 96, 0, 2)],
+        [ip("10.96.0.2")],
         "the later file wins"
     );
     assert!(Model::load(&dir.join("missing.yaml")).is_err());
@@ -291,10 +292,11 @@ fn load_balancer_ips_in_proxy_mode_are_not_captured() {
     let svc = &m.services[&ObjectRef::new("ns", "a")];
     assert_eq!(
         svc.lb_ips,
-        [Ipv4Addr::new(203, 0, 113, 1), Ipv4Addr::new(203, 0, 113, 3)]
+        [ip("203.0.113.1"), ip("203.0.113.3")],
+        "an IPv4 Service serves its IPv4 LoadBalancer IPs"
     );
-    // IPv6 ones are kept apart (announced, not balanced yet), once each.
-    assert_eq!(svc.lb_ips_v6, ["fd00::1".parse::<std::net::Ipv6Addr>().unwrap()]);
+    // Every family's is kept for announcing (lbip), once each.
+    assert_eq!(svc.lb_ingress, [ip("203.0.113.1"), ip("203.0.113.3"), ip("fd00::1")]);
 }
 
 #[test]
@@ -309,4 +311,71 @@ fn health_check_node_port_is_kept_and_an_invalid_one_ignored_with_the_service() 
     for name in ["unset", "zero", "huge", "negative"] {
         assert_eq!(hc(name), None, "{name}");
     }
+}
+
+/// `ipFamilyPolicy` against the ClusterIPs allocated: the families served
+/// are those of the ClusterIPs (kube-proxy's per-family rule), checked
+/// against the policy and `ipFamilies`.
+#[test]
+fn ip_family_policies_and_families() {
+    let svc = |name: &str, spec: &str| document("v1", "Service", name, "", &format!("spec: {spec}"));
+    let text = [
+        svc("single-v6", "{ipFamilyPolicy: SingleStack, ipFamilies: [IPv6], clusterIPs: ['fd00::1'], externalIPs: ['fd00::e', 192.0.2.1], ports: [{port: 80}]}"),
+        svc("prefer", "{ipFamilyPolicy: PreferDualStack, ipFamilies: [IPv4, IPv6], clusterIPs: [10.96.0.2, 'fd00::2'], ports: [{port: 80}]}"),
+        svc("prefer-one", "{ipFamilyPolicy: PreferDualStack, ipFamilies: [IPv4], clusterIPs: [10.96.0.3], ports: [{port: 80}]}"),
+        svc("require-one", "{ipFamilyPolicy: RequireDualStack, clusterIPs: ['fd00::4'], ports: [{port: 80}]}"),
+        svc("single-two", "{ipFamilyPolicy: SingleStack, clusterIPs: ['fd00::5', 10.96.0.5], ports: [{port: 80}]}"),
+        svc("mismatch", "{ipFamilies: [IPv4, IPv6], clusterIPs: ['fd00::6', 10.96.0.6], ports: [{port: 80}]}"),
+        svc("two-v4", "{clusterIPs: [10.96.0.7, 10.96.0.8], ports: [{port: 80}]}"),
+        svc("bad-policy", "{ipFamilyPolicy: Sometimes, clusterIP: 10.96.0.9, ports: [{port: 80}]}"),
+        svc("bad-family", "{ipFamilies: [IPv5], clusterIP: 10.96.0.10, ports: [{port: 80}]}"),
+        svc("mapped", "{clusterIPs: ['::ffff:10.96.0.11'], externalIPs: ['::ffff:192.0.2.11'], ports: [{port: 80}]}"),
+        svc("no-cluster-ip", "{type: NodePort, ports: [{port: 80, nodePort: 30080}]}"),
+    ]
+    .concat();
+    let (m, logs) = logs_of(|| parse(&text));
+    let get = |n: &str| m.services.get(&ObjectRef::new("ns", n)).map(|s| (s.families.clone(), s.cluster_ips.clone(), s.external_ips.clone()));
+    use IpFamily::{IPv4, IPv6};
+    assert_eq!(get("single-v6"), Some((vec![IPv6], vec![ip("fd00::1")], vec![ip("fd00::e")])), "the IPv4 externalIP is not served");
+    assert_eq!(get("prefer"), Some((vec![IPv4, IPv6], vec![ip("10.96.0.2"), ip("fd00::2")], vec![])));
+    assert_eq!(get("prefer-one"), Some((vec![IPv4], vec![ip("10.96.0.3")], vec![])));
+    assert_eq!(get("require-one"), Some((vec![IPv6], vec![ip("fd00::4")], vec![])));
+    assert_eq!(get("single-two"), Some((vec![IPv6], vec![ip("fd00::5")], vec![])), "the primary family only");
+    assert_eq!(get("mapped"), Some((vec![IPv4], vec![ip("10.96.0.11")], vec![ip("192.0.2.11")])), "IPv4-mapped = IPv4");
+    assert_eq!(get("no-cluster-ip").map(|s| s.0), Some(vec![IPv4, IPv6]), "no ClusterIP: both families");
+    for refused in ["mismatch", "two-v4", "bad-policy", "bad-family"] {
+        assert_eq!(get(refused), None, "{refused}");
+        assert!(logs.lines().any(|l| l.contains(&format!("ns/{refused}")) && l.contains("skipping invalid Service")), "{refused}:\n{logs}");
+    }
+    for (object, what) in [
+        ("ns/single-v6", "has no IPv4 ClusterIP"),
+        ("ns/require-one", "RequireDualStack but only an IPv6 ClusterIP"),
+        ("ns/single-two", "SingleStack with ClusterIPs of both families"),
+        ("ns/mapped", "IPv4-mapped IPv6 address read as IPv4"),
+    ] {
+        assert!(logs.lines().any(|l| l.contains(object) && l.contains(what)), "no log line naming {object} and {what}:\n{logs}");
+    }
+}
+
+/// IPv6 slices feed IPv6 only; an FQDN slice is ignored with a log line.
+#[test]
+fn slices_of_each_family_and_fqdn() {
+    const LABELS: &str = ", labels: {kubernetes.io/service-name: a}";
+    let v6 = "addressType: IPv6\nendpoints: [{addresses: ['fd00::10']}, {addresses: [10.0.0.1]}, {addresses: ['fe80::10']}, {addresses: ['::ffff:10.0.0.2']}]\nports: [{port: 80}]";
+    let fqdn = "addressType: FQDN\nendpoints: [{addresses: [example.com]}]\nports: [{port: 80}]";
+    let text = document("discovery.k8s.io/v1", "EndpointSlice", "v6", LABELS, v6) + &document("discovery.k8s.io/v1", "EndpointSlice", "fqdn", LABELS, fqdn);
+    let (m, logs) = logs_of(|| parse(&text));
+    let v6 = &m.slices[&ObjectRef::new("ns", "v6")];
+    assert_eq!(v6.family, IpFamily::IPv6);
+    assert_eq!(v6.endpoints.iter().map(|e| e.addr).collect::<Vec<_>>(), [ip("fd00::10")], "the IPv4, link-local and mapped endpoints are skipped");
+    assert_eq!(logs.matches("skipping an invalid endpoint").count(), 3, "{logs}");
+    assert!(logs.contains("IPv4 address \"::ffff:10.0.0.2\" in an IPv6 slice"), "{logs}");
+    assert!(!m.slices.contains_key(&ObjectRef::new("ns", "fqdn")));
+    assert!(logs.lines().any(|l| l.contains("ns/fqdn") && l.contains("FQDN")), "{logs}");
+}
+
+/// One YAML document: an object of `kind` named `ns/name`, with `more`
+/// metadata and `body`.
+fn document(api_version: &str, kind: &str, name: &str, more: &str, body: &str) -> String {
+    format!("---\napiVersion: {api_version}\nkind: {kind}\nmetadata: {{name: {name}, namespace: ns{more}}}\n{body}\n")
 }

@@ -1,54 +1,113 @@
-//! Validation: one Kubernetes object in, a well-formed IPv4 model object
-//! out, or the reason it is refused (logged with the object's
+//! Validation: one Kubernetes object in, a well-formed model object (of
+//! either address family, or both) out, or the reason it is refused (logged with the object's
 //! `namespace/name`, the object skipped). A bad part that does not make the
 //! whole object meaningless (one endpoint of a slice, one address of a Node,
 //! an invalid source range) is skipped alone, with a warning naming the
 //! object and the part. Nothing is left out without a log line at the
-//! default level: IPv6 parts of dual-stack objects at info; what kube-proxy
-//! ignores too at info the
-//! first time (a headless Service) or at debug (a slice without its service
-//! label).
-use std::{
-    collections::BTreeSet,
-    net::{IpAddr, Ipv4Addr},
-};
+//! default level: link-local
+//! addresses and addresses of a family the Service has no ClusterIP of at
+//! warn or info; what kube-proxy ignores too at info the first time (a
+//! headless Service, an FQDN slice) or at debug (a slice without its
+//! service label).
+use std::{collections::BTreeSet, net::IpAddr};
 
 use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery};
 
 use super::{
-    parse_algorithm, Endpoint, Node, ObjectRef, Proto, Service, ServicePort, ServiceType, Slice,
+    cidr,
+    ip::{self, AddrError},
+    IpFamily, parse_algorithm, Endpoint, Node, ObjectRef, Proto, Service, ServicePort, ServiceType, Slice,
     SlicePort, ALGORITHM_ANNOTATION, LB_MODE_ANNOTATION, MAGLEV_SIZE_ANNOTATION, WEIGHTS_ANNOTATION, DEFAULT_AFFINITY_TIMEOUT_S, HEADLESS_LABEL, MAX_ENDPOINTS, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, TrafficDistribution, ZONE_LABEL,
 };
 
 /// Kubernetes' upper bound for `sessionAffinityConfig.clientIP.timeoutSeconds`.
 const MAX_AFFINITY_TIMEOUT_S: i32 = 86_400;
 
-/// An address string: `Ok(Some)` IPv4, `Ok(None)` IPv6 (not balanced yet),
-/// `Err` anything else.
-fn parse_ip(s: &str) -> Result<Option<Ipv4Addr>, String> {
-    match s.trim().parse::<IpAddr>() {
-        Ok(IpAddr::V4(a)) => Ok(Some(a)),
-        Ok(IpAddr::V6(_)) => Ok(None),
-        Err(_) => Err(format!("invalid IP address {s:?}")),
-    }
-}
-
-/// Parses a list of addresses, keeping IPv4 ones (deduplicated, in order).
+/// Parses a list of addresses of both families (deduplicated, in order);
+/// a link-local one is skipped alone, with a warning.
 fn parse_ips<'a>(
     id: &ObjectRef,
     what: &str,
     list: impl IntoIterator<Item = &'a String>,
-) -> Result<Vec<Ipv4Addr>, String> {
+) -> Result<Vec<IpAddr>, String> {
     let mut out = Vec::new();
     for s in list {
-        match parse_ip(s) {
-            Ok(Some(a)) if !out.contains(&a) => out.push(a),
-            Ok(Some(_)) => {}
-            Ok(None) => tracing::info!(object = %id, address = %s, "{what}: IPv6 is not balanced yet; skipping this address"),
+        match ip::parse(id, what, s) {
+            Ok(a) if !out.contains(&a) => out.push(a),
+            Ok(_) => {}
+            Err(e @ AddrError::LinkLocal(_)) => tracing::warn!(object = %id, reason = %e, "{what}: skipping this address"),
             Err(e) => return Err(format!("{what}: {e}")),
         }
     }
     Ok(out)
+}
+
+/// The families a Service is served in, primary first: those of its
+/// ClusterIPs. kube-proxy runs one proxier per family and each takes a
+/// Service only when it has a ClusterIP of its family; `ipFamilyPolicy` is
+/// the API server's instruction for allocating them, so the agent only
+/// checks it against what was allocated:
+/// - `SingleStack` with ClusterIPs of two families (refused by the API
+///   server): the primary family only, with a warning;
+/// - `RequireDualStack` with one family's ClusterIP: that family, with a
+///   warning; `PreferDualStack`: whatever was allocated;
+/// - a ClusterIP whose family is not the `ipFamilies` entry at its index,
+///   or two ClusterIPs of one family: the Service is invalid.
+///
+/// A Service without ClusterIPs (headless, or written by hand without one)
+/// is served in its `ipFamilies`, or both families when that is unset too.
+fn families(id: &ObjectRef, spec: &core::ServiceSpec, cluster_ips: &mut Vec<IpAddr>) -> Result<Vec<IpFamily>, String> {
+    let declared = spec
+        .ip_families
+        .iter()
+        .flatten()
+        .map(|f| f.parse::<IpFamily>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("spec.ipFamilies: {e}"))?;
+    let policy = spec.ip_family_policy.as_deref();
+    if !matches!(policy, None | Some("SingleStack" | "PreferDualStack" | "RequireDualStack")) {
+        return Err(format!("unknown spec.ipFamilyPolicy {:?} (expected SingleStack, PreferDualStack or RequireDualStack)", policy.unwrap_or_default()));
+    }
+    if cluster_ips.is_empty() {
+        return Ok(if declared.is_empty() { IpFamily::ALL.to_vec() } else { declared });
+    }
+    let mut families: Vec<IpFamily> = Vec::new();
+    for (i, ip) in cluster_ips.iter().enumerate() {
+        let f = IpFamily::of(*ip);
+        if families.contains(&f) {
+            return Err(format!("spec.clusterIPs: two {f} addresses"));
+        }
+        if declared.get(i).is_some_and(|d| *d != f) {
+            return Err(format!("spec.clusterIPs[{i}] {ip} is not of spec.ipFamilies[{i}] {}", declared[i]));
+        }
+        families.push(f);
+    }
+    match policy {
+        Some("SingleStack") if families.len() > 1 => {
+            tracing::warn!(object = %id, "ipFamilyPolicy SingleStack with ClusterIPs of both families: served over {} (the primary) only", families[0]);
+            families.truncate(1);
+            cluster_ips.truncate(1);
+        }
+        Some("RequireDualStack") if families.len() < 2 => {
+            tracing::warn!(object = %id, "ipFamilyPolicy RequireDualStack but only an {} ClusterIP: served over {} only", families[0], families[0]);
+        }
+        _ => {}
+    }
+    Ok(families)
+}
+
+/// Keeps the addresses of `families`; the others are logged (kube-proxy's
+/// proxier of their family does not take the Service: it has no ClusterIP there).
+fn of_families(id: &ObjectRef, what: &str, families: &[IpFamily], ips: Vec<IpAddr>) -> Vec<IpAddr> {
+    ips.into_iter()
+        .filter(|ip| {
+            let keep = families.contains(&IpFamily::of(*ip));
+            if !keep {
+                tracing::info!(object = %id, address = %ip, "{what}: the Service has no {} ClusterIP; this address is not served, as with kube-proxy", IpFamily::of(*ip));
+            }
+            keep
+        })
+        .collect()
 }
 
 fn parse_port(what: &str, p: i32) -> Result<u16, String> {
@@ -105,8 +164,10 @@ fn service(id: &ObjectRef, s: &core::Service) -> Result<Service, String> {
         .iter()
         .filter(|s| s.as_str() != "None")
         .collect();
-    let cluster_ips = parse_ips(id, "spec.clusterIPs", cluster_ip_strings)?;
+    let mut cluster_ips = parse_ips(id, "spec.clusterIPs", cluster_ip_strings)?;
+    let families = families(id, &spec, &mut cluster_ips)?;
     let external_ips = parse_ips(id, "spec.externalIPs", spec.external_ips.iter().flatten())?;
+    let external_ips = of_families(id, "spec.externalIPs", &families, external_ips);
     let ingress = s
         .status
         .as_ref()
@@ -114,23 +175,21 @@ fn service(id: &ObjectRef, s: &core::Service) -> Result<Service, String> {
         .and_then(|lb| lb.ingress.as_ref());
     // `ipMode: Proxy` means the load balancer proxies to the NodePorts
     // itself: kube-proxy does not capture its IP, and neither do we.
-    let lb_strings = ingress
-        .into_iter()
-        .flatten()
-        .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
-        .filter_map(|i| i.ip.as_ref());
-    let lb_ips = parse_ips(id, "status.loadBalancer.ingress", lb_strings.clone())?;
-    let mut lb_ips_v6 = Vec::new();
-    for a in lb_strings.filter_map(|s| s.trim().parse::<std::net::Ipv6Addr>().ok()) {
-        if !lb_ips_v6.contains(&a) {
-            lb_ips_v6.push(a);
-        }
-    }
+    let lb_ingress = parse_ips(
+        id,
+        "status.loadBalancer.ingress",
+        ingress
+            .into_iter()
+            .flatten()
+            .filter(|i| i.ip_mode.as_deref() != Some("Proxy"))
+            .filter_map(|i| i.ip.as_ref()),
+    )?;
+    let lb_ips = of_families(id, "status.loadBalancer.ingress", &families, lb_ingress.clone());
     let source_ranges = spec
         .load_balancer_source_ranges
         .as_ref()
         .filter(|r| !r.is_empty())
-        .map(|r| source_ranges(id, r));
+        .map(|r| source_ranges(id, &families, r));
 
     let mut ports = Vec::new();
     let mut seen_names = BTreeSet::new();
@@ -242,10 +301,11 @@ fn service(id: &ObjectRef, s: &core::Service) -> Result<Service, String> {
         traffic_distribution,
         publish_not_ready: spec.publish_not_ready_addresses.unwrap_or(false),
         service_type,
+        families,
         cluster_ips,
         external_ips,
         lb_ips,
-        lb_ips_v6,
+        lb_ingress,
         source_ranges,
         ports,
         external_local,
@@ -296,46 +356,39 @@ fn log_ignored_once(id: &ObjectRef, why: &str) {
     }
 }
 
-/// `loadBalancerSourceRanges`: IPv4 CIDRs as (network, prefix length). An
-/// IPv6 range does not apply to IPv4 frontends; an invalid one (the API
-/// server rejects them) is warned about and left out. Either way the list
-/// still restricts: a client must match one of the ranges that remain.
-fn source_ranges(id: &ObjectRef, ranges: &[String]) -> Vec<(Ipv4Addr, u8)> {
+/// `loadBalancerSourceRanges` of both families as (network, prefix
+/// length); each family's LoadBalancer IPs admit that family's ranges. An
+/// invalid one (the API server rejects them) is warned about and left out;
+/// the list still restricts: a client must match one of the ranges that
+/// remain, so a family left without any admits no one (logged).
+fn source_ranges(id: &ObjectRef, families: &[IpFamily], ranges: &[String]) -> Vec<cidr::Cidr> {
     let mut out = Vec::new();
     for r in ranges {
-        let parsed = r.trim().split_once('/').and_then(|(a, len)| Some((a.parse::<IpAddr>().ok()?, len.parse::<u8>().ok()?)));
-        match parsed {
-            Some((IpAddr::V4(a), len)) if len <= 32 => {
-                // The network address: host bits off, as the trie matches bits.
-                let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
-                let net = (Ipv4Addr::from(u32::from(a) & mask), len);
-                if !out.contains(&net) {
-                    out.push(net);
-                }
-            }
-            Some((IpAddr::V6(_), len)) if len <= 128 => {
-                tracing::info!(object = %id, range = %r, "IPv6 loadBalancerSourceRanges entry: IPv6 is not balanced yet; skipped")
-            }
-            _ => tracing::warn!(object = %id, range = %r, "invalid loadBalancerSourceRanges entry (expected a CIDR); ignored"),
+        match cidr::parse(r) {
+            Ok(net) if !out.contains(&net) => out.push(net),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(object = %id, range = %r, error = %e, "invalid loadBalancerSourceRanges entry (expected a CIDR); ignored"),
         }
     }
-    if out.is_empty() {
-        tracing::warn!(object = %id, "loadBalancerSourceRanges has no IPv4 range: no client can reach the LoadBalancer IPs");
+    for f in families {
+        if !out.iter().any(|(net, _)| IpFamily::of(*net) == *f) {
+            tracing::warn!(object = %id, family = %f, "loadBalancerSourceRanges has no range of this family: no {f} client can reach the LoadBalancer IPs");
+        }
     }
     out
 }
 
-/// `10.0.2.11=3, 10.0.2.12=1`; a bad entry is warned about and left out.
-fn parse_weights(id: &ObjectRef, v: &str) -> std::collections::BTreeMap<Ipv4Addr, u32> {
+/// `10.0.2.11=3, fd00::11=1`; a bad entry is warned about and left out.
+fn parse_weights(id: &ObjectRef, v: &str) -> std::collections::BTreeMap<IpAddr, u32> {
     v.split(',')
         .filter(|e| !e.trim().is_empty())
         .filter_map(|e| {
             let parsed = e.split_once('=').and_then(|(a, w)| {
                 let w = w.trim().parse::<u32>().ok().filter(|w| (1..=1000).contains(w))?;
-                Some((a.trim().parse::<Ipv4Addr>().ok()?, w))
+                Some((ip::parse(id, WEIGHTS_ANNOTATION, a).ok()?, w))
             });
             if parsed.is_none() {
-                tracing::warn!(object = %id, entry = %e.trim(), "bad {WEIGHTS_ANNOTATION} entry (expected <IPv4>=<1..1000>); ignored");
+                tracing::warn!(object = %id, entry = %e.trim(), "bad {WEIGHTS_ANNOTATION} entry (expected <IP>=<1..1000>); ignored");
             }
             parsed
         })
@@ -356,18 +409,19 @@ pub(super) fn validate_slice(id: &ObjectRef, s: &discovery::EndpointSlice) -> Op
         tracing::debug!(object = %id, "EndpointSlice without a {SERVICE_NAME_LABEL} label; ignored");
         return None;
     };
-    match s.address_type.as_str() {
-        "IPv4" => {}
-        "IPv6" | "FQDN" => {
-            tracing::info!(object = %id, address_type = %s.address_type, "only IPv4 EndpointSlices are balanced; ignored");
+    let family = match s.address_type.as_str() {
+        "IPv4" => IpFamily::IPv4,
+        "IPv6" => IpFamily::IPv6,
+        "FQDN" => {
+            tracing::info!(object = %id, "FQDN EndpointSlices name no address to balance to (kube-proxy ignores them too); ignored");
             return None;
         }
         other => {
             tracing::warn!(object = %id, address_type = other, "skipping EndpointSlice with an unknown addressType");
             return None;
         }
-    }
-    match slice(id, service, s) {
+    };
+    match slice(id, service, family, s) {
         Ok(s) => Some(s),
         Err(e) => {
             tracing::warn!(object = %id, reason = %e, "skipping invalid EndpointSlice");
@@ -376,7 +430,7 @@ pub(super) fn validate_slice(id: &ObjectRef, s: &discovery::EndpointSlice) -> Op
     }
 }
 
-fn slice(id: &ObjectRef, service: &str, s: &discovery::EndpointSlice) -> Result<Slice, String> {
+fn slice(id: &ObjectRef, service: &str, family: IpFamily, s: &discovery::EndpointSlice) -> Result<Slice, String> {
     if id.name.is_empty() {
         return Err("metadata.name is missing".into());
     }
@@ -408,7 +462,7 @@ fn slice(id: &ObjectRef, service: &str, s: &discovery::EndpointSlice) -> Result<
     let mut endpoints = Vec::new();
     for (i, e) in s.endpoints.iter().enumerate() {
         // One bad endpoint is skipped alone: the others still serve.
-        let addr = match endpoint_addr(e) {
+        let addr = match endpoint_addr(id, family, e) {
             Ok(a) => a,
             Err(reason) => {
                 tracing::warn!(object = %id, endpoint = i, %reason, "skipping an invalid endpoint of an EndpointSlice; the others are kept");
@@ -429,22 +483,25 @@ fn slice(id: &ObjectRef, service: &str, s: &discovery::EndpointSlice) -> Result<
         });
     }
     Ok(Slice {
+        family,
         service: service.to_string(),
         ports,
         endpoints,
     })
 }
 
-/// The IPv4 address of an endpoint of an IPv4 slice (its first address:
-/// the API allows exactly one).
-fn endpoint_addr(e: &discovery::Endpoint) -> Result<Ipv4Addr, String> {
+/// The address of an endpoint (its first: the API allows exactly one),
+/// which must be of the slice's family: a slice of one family never feeds
+/// the other's frontends.
+fn endpoint_addr(id: &ObjectRef, family: IpFamily, e: &discovery::Endpoint) -> Result<IpAddr, String> {
     let Some(first) = e.addresses.first() else {
         return Err("the endpoint has no address".into());
     };
-    match parse_ip(first)? {
-        Some(a) => Ok(a),
-        None => Err(format!("IPv6 address {first:?} in an IPv4 slice")),
+    let a = ip::parse(id, "endpoint address", first).map_err(|e| e.to_string())?;
+    if IpFamily::of(a) != family {
+        return Err(format!("{} address {first:?} in an {family} slice", IpFamily::of(a)));
     }
+    Ok(a)
 }
 
 pub(super) fn node(id: &ObjectRef, n: &core::Node) -> Node {
@@ -454,11 +511,10 @@ pub(super) fn node(id: &ObjectRef, n: &core::Node) -> Node {
         if a.type_ != "InternalIP" && a.type_ != "ExternalIP" {
             continue; // Hostname, InternalDNS, ...: not addresses we serve on
         }
-        match parse_ip(&a.address) {
-            Ok(Some(a)) if !addresses.contains(&a) => addresses.push(a),
-            Ok(Some(_)) => {}
-            Ok(None) => tracing::info!(object = %id, address = %a.address, "Node IPv6 address: not balanced yet; skipped"),
-            Err(reason) => tracing::warn!(object = %id, %reason, "skipping an invalid Node address; the others are kept"),
+        match ip::parse(id, "Node address", &a.address) {
+            Ok(a) if !addresses.contains(&a) => addresses.push(a),
+            Ok(_) => {}
+            Err(reason) => tracing::warn!(object = %id, %reason, "skipping a Node address; the others are kept"),
         }
     }
     let zone = n.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)).filter(|z| !z.is_empty()).cloned();

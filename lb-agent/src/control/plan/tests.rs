@@ -1,6 +1,8 @@
 //! `plan()` against kube-proxy's semantics, on objects shaped like
 //! `kubectl get -o yaml` output.
-use lb_common::algorithm;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use lb_common::{algorithm, ServiceKeyV4};
 
 use super::*;
 use crate::{
@@ -66,9 +68,9 @@ const NODE_PORT_SPEC: &str =
 fn the_cluster_fixture_plans_like_kube_proxy() {
     let p = plan(&model(CLUSTER), &cfg(), &mut ids());
     // NodePorts on this node's addresses, taken from its Node object.
-    assert_eq!(p.node_addresses, [Ipv4Addr::new(192, 168, 1, 1)]);
+    assert_eq!(p.node_addresses, [IpAddr::from([192, 168, 1, 1]), "fd00::1".parse().unwrap()], "both families of node-a");
     let web = svc(&p, "web", "http", Scope::Internal);
-    let fe: Vec<(Ipv4Addr, u16, FrontendKind)> = web
+    let fe: Vec<(IpAddr, u16, FrontendKind)> = web
         .frontends
         .iter()
         .map(|f| (f.addr, f.port, f.kind))
@@ -76,8 +78,8 @@ fn the_cluster_fixture_plans_like_kube_proxy() {
     assert_eq!(
         fe,
         [
-            (Ipv4Addr::new(10, 96, 0, 10), 80, FrontendKind::ClusterIP),
-            (Ipv4Addr::new(192, 168, 1, 1), 30080, FrontendKind::NodePort)
+            (IpAddr::from([10, 96, 0, 10]), 80, FrontendKind::ClusterIP),
+            (IpAddr::from([192, 168, 1, 1]), 30080, FrontendKind::NodePort)
         ]
     );
     assert_eq!(web.algorithm, "round-robin");
@@ -143,18 +145,18 @@ fn the_cluster_fixture_plans_like_kube_proxy() {
 #[test]
 fn explicit_node_addresses_replace_the_node_object() {
     let c = PlanConfig {
-        node_addresses: vec![Ipv4Addr::new(10, 1, 1, 1), Ipv4Addr::new(10, 1, 1, 2)],
+        node_addresses: vec![IpAddr::from([10, 1, 1, 1]), IpAddr::from([10, 1, 1, 2])],
         ..cfg()
     };
     let p = plan(&model(CLUSTER), &c, &mut ids());
     let web = svc(&p, "web", "http", Scope::Internal);
-    let np: Vec<Ipv4Addr> = web
+    let np: Vec<IpAddr> = web
         .frontends
         .iter()
         .filter(|f| f.kind == FrontendKind::NodePort)
         .map(|f| f.addr)
         .collect();
-    assert_eq!(np, [Ipv4Addr::new(10, 1, 1, 1), Ipv4Addr::new(10, 1, 1, 2)]);
+    assert_eq!(np, [IpAddr::from([10, 1, 1, 1]), IpAddr::from([10, 1, 1, 2])]);
 }
 
 #[test]
@@ -279,14 +281,16 @@ fn cluster_ips_refuse_unserved_ports_and_service_cidrs_are_planned() {
          apiVersion: networking.k8s.io/v1\nkind: ServiceCIDR\nmetadata: {{name: bad}}\nspec: {{cidrs: [banana]}}\n",
         objects(&format!("{NODE_PORT_SPEC}}}"), TWO_NODES)
     );
-    let c = PlanConfig { service_cidrs: vec![(Ipv4Addr::new(172, 30, 0, 0), 16)], ..cfg() };
+    let c = PlanConfig { service_cidrs: vec![(IpAddr::from([172, 30, 0, 0]), 16)], ..cfg() };
     let p = plan(&model(&text), &c, &mut ids());
     let entry = p.contents.services[&ServiceKeyV4::address([10, 96, 5, 5])];
     assert_eq!((entry.id, entry.count, entry.flags), (0, 0, service_flags::UNSERVED_REFUSED));
     assert_eq!(p.contents.services.keys().filter(|k| k.is_address()).count(), 1, "one per ClusterIP, none for node addresses");
     let cidrs: Vec<(u32, [u8; 4])> =
         p.contents.source_ranges.keys().filter(|(_, r)| r.service_id == [0; 4]).map(|(len, r)| (*len, r.addr)).collect();
-    assert_eq!(cidrs, [(32 + 12, [10, 96, 0, 0]), (32 + 16, [172, 30, 0, 0])], "flag and object, IPv6 and invalid left out");
+    assert_eq!(cidrs, [(32 + 12, [10, 96, 0, 0]), (32 + 16, [172, 30, 0, 0])], "flag and object; invalid left out");
+    let cidrs_v6: Vec<(u32, Ipv6Addr)> = p.contents_v6.source_ranges.keys().map(|(len, r)| (*len, r.addr.into())).collect();
+    assert_eq!(cidrs_v6, [(32 + 108, "fd00:10:96::".parse().unwrap())], "the IPv6 CIDR in the IPv6 maps");
     // Address entries never take a service id, and re-planning from the
     // maps (a restarted agent) keeps every id.
     assert!(p.services.iter().all(|s| s.id != 0));
@@ -510,10 +514,11 @@ fn big_model(services: usize, per: usize) -> Model {
             id.clone(),
             model::Service {
                 service_type: ServiceType::ClusterIP,
-                cluster_ips: vec![Ipv4Addr::from(0x0a60_0000 + s as u32)],
+                families: vec![model::IpFamily::IPv4],
+                cluster_ips: vec![Ipv4Addr::from(0x0a60_0000 + s as u32).into()],
                 external_ips: vec![],
                 lb_ips: vec![],
-                lb_ips_v6: vec![],
+                lb_ingress: vec![],
                 source_ranges: None,
                 ports: vec![ServicePort {
                     name: "http".into(),
@@ -544,7 +549,7 @@ fn big_model(services: usize, per: usize) -> Model {
 fn ready_slice(service: &str, addrs: impl Iterator<Item = Ipv4Addr>) -> model::Slice {
     let endpoints = addrs
         .map(|addr| model::Endpoint {
-            addr,
+            addr: addr.into(),
             node_name: None,
             ready: true,
             serving: true,
@@ -555,7 +560,7 @@ fn ready_slice(service: &str, addrs: impl Iterator<Item = Ipv4Addr>) -> model::S
         })
         .collect();
     let ports = vec![model::SlicePort { name: "http".into(), port: 8080, proto: Proto::Tcp }];
-    model::Slice { service: service.into(), ports, endpoints }
+    model::Slice { family: model::IpFamily::IPv4, service: service.into(), ports, endpoints }
 }
 
 #[test]

@@ -220,14 +220,14 @@ mod tests {
         let (m, parsed) = files.load(&snapshot(&dir)).unwrap();
         assert_eq!(parsed, 1);
         let a = &m.services[&crate::control::model::ObjectRef::new("default", "a")];
-        assert_eq!(a.cluster_ips, [std::net::Ipv4Addr::new(10, 96, 0, 3)], "c.yaml comes after a.yaml");
+        assert_eq!(a.cluster_ips, [std::net::IpAddr::from([10, 96, 0, 3])], "c.yaml comes after a.yaml");
 
         // A removed file takes its objects along, and a's first definition is back.
         std::fs::remove_file(dir.join("c.yaml")).unwrap();
         let (m, parsed) = files.load(&snapshot(&dir)).unwrap();
         assert_eq!(parsed, 0);
         let a = &m.services[&crate::control::model::ObjectRef::new("default", "a")];
-        assert_eq!(a.cluster_ips, [std::net::Ipv4Addr::new(10, 96, 0, 1)]);
+        assert_eq!(a.cluster_ips, [std::net::IpAddr::from([10, 96, 0, 1])]);
         assert_eq!(m, Model::load(&dir).unwrap(), "the same model as a full load");
         let _ = std::fs::remove_dir_all(&dir);
     }
