@@ -84,7 +84,10 @@ fn serve_tcp(l: TcpListener, id: &str, stop: &AtomicBool) {
 
 fn handle(s: TcpStream, id: &str) {
     s.set_nonblocking(false).ok();
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    // Idle connections are held across agent restarts; in the TCG-emulated
+    // VM of the kernels tier a restart (verifying ten programs) takes up to
+    // ~50 s on a loaded machine.
+    s.set_read_timeout(Some(Duration::from_secs(180))).ok();
     let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let mut w = s.try_clone().unwrap();
     let mut r = BufReader::new(s);
