@@ -19,6 +19,7 @@ pub mod observe;
 pub mod ops;
 pub mod packet;
 pub mod packet6;
+pub mod segment;
 pub mod pathmtu;
 pub mod prometheus;
 pub mod servers;

@@ -7,7 +7,7 @@ use std::net::Ipv6Addr;
 
 use lb_ebpf::csum::l4_checksum;
 
-use crate::packet::{l4_segment, L4, CLIENT_MAC, NODE_MAC, TCP_ACK};
+use crate::segment::{l4_segment, L4, CLIENT_MAC, NODE_MAC, TCP_ACK};
 
 pub const IPPROTO_ICMPV6: u8 = 58;
 
