@@ -7,7 +7,7 @@
 use std::{fs::File, net::Ipv4Addr};
 
 use crate::{
-    fixture::{self, run_frame_on, Case},
+    fixture::{self, run_frame_on},
     lb::Lb,
     netns::{self, Netns},
     packet::{Frame, CLIENT_MAC, NODE_MAC},
@@ -75,15 +75,6 @@ impl Default for Uplink {
     fn default() -> Self {
         Self::new()
     }
-}
-
-/// Checks that the fixture `file` holds `want` (the cases a test builds);
-/// with `XDPLB_BLESS=1` set, rewrites it first.
-pub fn check_fixture_file(file: &str, want: Vec<Case>) {
-    if std::env::var_os("XDPLB_BLESS").is_some() {
-        fixture::store(file, &want);
-    }
-    assert_eq!(fixture::load(file), want, "tests/fixtures/{file} is stale: rerun with XDPLB_BLESS=1");
 }
 
 /// A MAC address as `ip` writes it.

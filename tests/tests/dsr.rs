@@ -20,7 +20,7 @@ use xdplb_tests::{
     lb::{Lb, TEST_SIZES},
     packet::{icmp_error, verify_checksums, Frame, NODE_MAC, TCP_ACK, TCP_SYN},
     services::{contents, Svc},
-    uplink::{check_fixture_file, ends, forwarded, Uplink, CLIENT, LB_IP, NODE, NODE_B_MAC, POD_B, POD_LOCAL, ROUTER, SNAT_PORT},
+    uplink::{ends, forwarded, Uplink, CLIENT, LB_IP, NODE, NODE_B_MAC, POD_B, POD_LOCAL, ROUTER, SNAT_PORT},
 };
 
 const FILE: &str = "dsr.json";
@@ -227,7 +227,7 @@ fn key(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, proto: u8) -> FlowK
 
 #[test]
 fn fixture_file_is_current() {
-    check_fixture_file(FILE, cases());
+    xdplb_tests::fixture::check_current(FILE, &cases());
 }
 
 #[test]

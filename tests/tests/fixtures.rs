@@ -340,15 +340,7 @@ fn cases() -> Vec<Case> {
 
 #[test]
 fn fixture_file_is_current() {
-    let want = cases();
-    if std::env::var_os("XDPLB_BLESS").is_some() {
-        fixture::store(FILE, &want);
-    }
-    assert_eq!(
-        fixture::load(FILE),
-        want,
-        "tests/fixtures/{FILE} is stale: rerun with XDPLB_BLESS=1"
-    );
+    fixture::check_current(FILE, &cases());
 }
 
 #[test]

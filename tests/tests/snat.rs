@@ -13,7 +13,7 @@ use xdplb_tests::{
     lb::{Lb, TEST_SIZES},
     packet::{icmp_error, verify_checksums, Frame, CLIENT_MAC, NODE_MAC, TCP_ACK, TCP_FIN, TCP_SYN},
     services::{contents, Svc},
-    uplink::{check_fixture_file, ends, forwarded, Uplink, CLIENT, LB_IP, NODE, NODE_B_MAC, POD_B, POD_LOCAL, ROUTER, SNAT_PORT},
+    uplink::{ends, forwarded, Uplink, CLIENT, LB_IP, NODE, NODE_B_MAC, POD_B, POD_LOCAL, ROUTER, SNAT_PORT},
 };
 
 const FILE: &str = "snat.json";
@@ -186,7 +186,7 @@ const XDP_TX: u32 = 3;
 
 #[test]
 fn fixture_file_is_current() {
-    check_fixture_file(FILE, cases());
+    xdplb_tests::fixture::check_current(FILE, &cases());
 }
 
 #[test]
