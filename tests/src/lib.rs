@@ -13,6 +13,7 @@ pub mod apiserver;
 pub mod fixture;
 pub mod kubeweb;
 pub mod lb;
+pub mod lbaddr;
 pub mod load;
 pub mod netns;
 pub mod observe;

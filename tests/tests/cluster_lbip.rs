@@ -15,11 +15,11 @@ use std::{
 use lb_agent::lbip::{announce, read_status};
 use serde_json::{json, Value};
 use xdplb_tests::{
+    lbaddr::{neighbour, owner_seen_by, uplink_mac},
     apiserver::Resource,
     cluster::{
         node_name, tcp_requests, udp_requests, Cluster, ServiceDef, Source, NAMESPACE, UPLINK,
     },
-    netns::Netns,
     servers::PEER_PATH,
     wait_for,
 };
@@ -44,38 +44,8 @@ fn lb_ip(c: &Cluster, name: &str) -> Option<Ipv4Addr> {
         .ok()
 }
 
-/// The owner of `addr` as node `i`'s agent reports it.
-fn owner_seen_by(c: &Cluster, i: usize, addr: Ipv4Addr) -> Option<String> {
-    let v = read_status(&c.node(i).pin_dir).ok()?;
-    v.addresses
-        .iter()
-        .find(|a| a.address == addr.to_string())?
-        .owner
-        .clone()
-}
-
 fn arp_replies(c: &Cluster, i: usize) -> u64 {
     read_status(&c.node(i).pin_dir).map_or(0, |v| v.arp_replies)
-}
-
-fn mac(ns: &Netns, iface: &str) -> String {
-    let out: Value =
-        serde_json::from_str(&ns.ip(&["-j", "link", "show", iface])).expect("ip -j link");
-    out[0]["address"].as_str().unwrap_or_default().to_string()
-}
-
-/// The client's neighbour entry for `addr` (its MAC), if any.
-fn neighbour(c: &Cluster, addr: Ipv4Addr) -> Option<String> {
-    let out: Value = serde_json::from_str(&c.client.ip(&[
-        "-j",
-        "neigh",
-        "show",
-        &addr.to_string(),
-        "dev",
-        UPLINK,
-    ]))
-    .ok()?;
-    out[0]["lladdr"].as_str().map(String::from)
 }
 
 /// One UDP request from the client with a short timeout: answered or not.
@@ -176,7 +146,7 @@ fn a_client_on_the_segment_reaches_the_pool_address_and_another_node_takes_over_
     );
     assert_eq!(
         neighbour(&c, addr),
-        Some(mac(&c.node(owner).ns, UPLINK)),
+        Some(uplink_mac(&c.node(owner).ns)),
         "the client resolved {addr} to the owner's MAC"
     );
     // The counters reach the status files within a tick.
@@ -195,9 +165,9 @@ fn a_client_on_the_segment_reaches_the_pool_address_and_another_node_takes_over_
     // Local: the endpoint moves from node-2 to node-3, and so does the address.
     let local_to = SocketAddr::from((local_addr, 80));
     assert!(wait_for(Duration::from_secs(10), || udp_once(&c, local_to)), "the Local address is not served:\n{}", c.logs());
-    assert_eq!(neighbour(&c, local_addr), Some(mac(&c.node(2).ns, UPLINK)));
+    assert_eq!(neighbour(&c, local_addr), Some(uplink_mac(&c.node(2).ns)));
     c.apply(local.slice(&[(3, 0)]));
-    let node3 = mac(&c.node(3).ns, UPLINK);
+    let node3 = uplink_mac(&c.node(3).ns);
     let moved = wait_for(Duration::from_secs(15), || neighbour(&c, local_addr).as_ref() == Some(&node3));
     assert!(moved, "{local_addr} did not move to node-3 with its endpoint: {:?}\n{}", owner_seen_by(&c, 1, local_addr), c.logs());
     assert!(wait_for(Duration::from_secs(10), || udp_once(&c, local_to)), "the Local address is not served from node-3:\n{}", c.logs());
@@ -230,7 +200,7 @@ fn a_client_on_the_segment_reaches_the_pool_address_and_another_node_takes_over_
     let rest: Vec<String> = names.iter().filter(|n| **n != want).cloned().collect();
     let next = announce::owner(addr.into(), &rest).unwrap().clone();
     let next_i: usize = next.trim_start_matches("node-").parse().unwrap();
-    let next_mac = mac(&c.node(next_i).ns, UPLINK);
+    let next_mac = uplink_mac(&c.node(next_i).ns);
     let api_before = c.api().map_or(0, |a| a.requests().len());
     c.uplink_down(owner);
     c.node_mut(owner).kill_agent();
@@ -286,7 +256,7 @@ fn a_client_on_the_segment_reaches_the_pool_address_and_another_node_takes_over_
     c.uplink_up(owner);
     let healed = wait_for(Duration::from_secs(15), || udp_requests(&c.client, to, 6).ok() == 6);
     assert!(healed, "node-{owner}'s pod unreachable after its uplink came back:\n{}", c.logs());
-    let owner_mac = mac(&c.node(owner).ns, UPLINK);
+    let owner_mac = uplink_mac(&c.node(owner).ns);
     c.node_mut(owner).start_agent();
     let back = Instant::now();
     let mut sent = 0;

@@ -22,13 +22,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_agent::lbip::{announce, read_status};
+use lb_agent::lbip::announce;
 use lb_common::counter;
-use serde_json::{json, Value};
+use serde_json::json;
 use xdplb_tests::{
+    lbaddr::{neighbour, owner_seen_by, uplink_mac},
     apiserver::Resource,
     cluster::{node_name, pod_addr, tcp_requests, Cluster, ServiceDef, Source, CLIENT_ADDR, NAMESPACE, TCP, UPLINK},
-    netns::Netns,
     servers::Conn,
     wait_for,
 };
@@ -40,21 +40,6 @@ const POOL: &str = "lan=192.168.50.200/29";
 fn lb_ip(c: &Cluster) -> Option<Ipv4Addr> {
     let s = c.api()?.get(Resource::Services, NAMESPACE, "web")?;
     s["status"]["loadBalancer"]["ingress"][0]["ip"].as_str()?.parse().ok()
-}
-
-fn owner_seen_by(c: &Cluster, i: usize, addr: Ipv4Addr) -> Option<String> {
-    let v = read_status(&c.node(i).pin_dir).ok()?;
-    v.addresses.iter().find(|a| a.address == addr.to_string())?.owner.clone()
-}
-
-fn mac(ns: &Netns) -> String {
-    let out: Value = serde_json::from_str(&ns.ip(&["-j", "link", "show", UPLINK])).expect("ip -j link");
-    out[0]["address"].as_str().unwrap_or_default().to_string()
-}
-
-fn neighbour(c: &Cluster, addr: Ipv4Addr) -> Option<String> {
-    let out: Value = serde_json::from_str(&c.client.ip(&["-j", "neigh", "show", &addr.to_string(), "dev", UPLINK])).ok()?;
-    out[0]["lladdr"].as_str().map(String::from)
 }
 
 /// Waits until node `i` balances `addr:80`/TCP over exactly the pods `eps`.
@@ -159,14 +144,14 @@ fn established_dsr_connections_survive_the_owner_nodes_failure_with_maglev() {
             })
             .collect()
     });
-    assert_eq!(neighbour(&c, addr), Some(mac(&c.node(owner).ns)), "the connections go to node-{owner}");
+    assert_eq!(neighbour(&c, addr), Some(uplink_mac(&c.node(owner).ns)), "the connections go to node-{owner}");
     let stop = Arc::new(AtomicBool::new(false));
     let chats: Vec<JoinHandle<Chat>> = conns.into_iter().map(|conn| chat(conn, stop.clone())).collect();
     std::thread::sleep(Duration::from_secs(1));
 
     // The owner fails.
     let dsr_before = c.node_mut(next_i).maps().counters().unwrap()[counter::DSR_FORWARD as usize];
-    let next_mac = mac(&c.node(next_i).ns);
+    let next_mac = uplink_mac(&c.node(next_i).ns);
     c.uplink_down(owner);
     c.node_mut(owner).kill_agent();
     let down = Instant::now();

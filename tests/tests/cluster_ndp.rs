@@ -17,8 +17,9 @@ use std::{
 };
 
 use lb_agent::lbip::{announce, ndp, read_status};
-use serde_json::{json, Value};
+use serde_json::json;
 use xdplb_tests::{
+    lbaddr::{neighbour, owner_seen_by, uplink_mac},
     apiserver::Resource,
     cluster::{node_name, Cluster, ServiceDef, Source, NAMESPACE, UPLINK},
     netns::Netns,
@@ -41,25 +42,8 @@ fn ingress(c: &Cluster, name: &str) -> Vec<IpAddr> {
         .collect()
 }
 
-fn owner_seen_by(c: &Cluster, i: usize, addr: Ipv6Addr) -> Option<String> {
-    let v = read_status(&c.node(i).pin_dir).ok()?;
-    v.addresses.iter().find(|a| a.address == addr.to_string())?.owner.clone()
-}
-
 fn ndp_replies(c: &Cluster, i: usize) -> u64 {
     read_status(&c.node(i).pin_dir).map_or(0, |v| v.ndp_replies)
-}
-
-fn mac(ns: &Netns) -> String {
-    let out: Value = serde_json::from_str(&ns.ip(&["-j", "link", "show", UPLINK])).expect("ip -j link");
-    out[0]["address"].as_str().unwrap_or_default().to_string()
-}
-
-/// The client's neighbour entry for `addr`: its MAC, if resolved.
-fn neighbour(c: &Cluster, addr: Ipv6Addr) -> Option<String> {
-    let out: Value =
-        serde_json::from_str(&c.client.ip(&["-j", "-6", "neigh", "show", &addr.to_string(), "dev", UPLINK])).ok()?;
-    out[0]["lladdr"].as_str().map(String::from)
 }
 
 /// A datagram from the client to `addr`: the kernel resolves it first (the
@@ -122,7 +106,7 @@ fn the_owner_answers_neighbour_solicitations_and_the_next_node_takes_over_within
     // The client knows only the address: it solicits, the owner alone answers.
     let _ = xdplb_tests::netns::run(c.client.cmd("ip").args(["-6", "neigh", "flush", "to", &addr.to_string(), "dev", UPLINK]));
     let before: Vec<u64> = (1..=NODES).map(|i| ndp_replies(&c, i)).collect();
-    let owner_mac = mac(&c.node(owner).ns);
+    let owner_mac = uplink_mac(&c.node(owner).ns);
     let asked = Instant::now();
     let resolved = wait_for(Duration::from_secs(10), || {
         poke(&c, addr);
@@ -166,7 +150,7 @@ fn the_owner_answers_neighbour_solicitations_and_the_next_node_takes_over_within
         neighbour(&c, only_addr).is_some()
     });
     assert!(resolved, "the client never resolved {only_addr}");
-    assert_eq!(neighbour(&c, only_addr), Some(mac(&c.node(only_i).ns)), "{only_addr} resolves to {only_owner}'s MAC");
+    assert_eq!(neighbour(&c, only_addr), Some(uplink_mac(&c.node(only_i).ns)), "{only_addr} resolves to {only_owner}'s MAC");
     println!("IPv6-only Service: {only_addr}, owned by {only_owner}; dual-stack: {addr}, owned by {want}");
 
     // The owner's uplink goes down and its agent dies: the next in rank
@@ -174,7 +158,7 @@ fn the_owner_answers_neighbour_solicitations_and_the_next_node_takes_over_within
     let rest: Vec<String> = names.iter().filter(|n| **n != want).cloned().collect();
     let next = announce::owner(addr.into(), &rest).unwrap().clone();
     let next_i: usize = next.trim_start_matches("node-").parse().unwrap();
-    let next_mac = mac(&c.node(next_i).ns);
+    let next_mac = uplink_mac(&c.node(next_i).ns);
     c.uplink_down(owner);
     c.node_mut(owner).kill_agent();
     let down = Instant::now();
