@@ -8,11 +8,11 @@
 //! in rank sends an unsolicited advertisement and the client's neighbour
 //! entry moves to it within 2 s (measured, printed). Last, a host that
 //! tries to configure the address itself (DAD) finds it taken, and the
-//! address returns to the first node when it comes back. The
-//! dataplane does not balance IPv6 yet: this proves the announcement, not
-//! the service. Needs root.
+//! address returns to the first node when it comes back. The IPv6-only
+//! Service is also reached through its address, TCP and UDP, by the IPv6
+//! dataplane (its endpoint on the owner). Needs root.
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     time::{Duration, Instant},
 };
 
@@ -21,7 +21,8 @@ use serde_json::json;
 use xdplb_tests::{
     lbaddr::{neighbour, owner_seen_by, uplink_mac},
     apiserver::Resource,
-    cluster::{node_name, Cluster, ServiceDef, Source, NAMESPACE, UPLINK},
+    cluster::{node_addr6, node_name, Cluster, ServiceDef, Source, NAMESPACE, POD_PORT, REQUEST_TIMEOUT, UPLINK},
+    servers::{http_request_within, udp_ask, Server},
     netns::Netns,
     wait_for,
 };
@@ -152,6 +153,36 @@ fn the_owner_answers_neighbour_solicitations_and_the_next_node_takes_over_within
     assert!(resolved, "the client never resolved {only_addr}");
     assert_eq!(neighbour(&c, only_addr), Some(uplink_mac(&c.node(only_i).ns)), "{only_addr} resolves to {only_owner}'s MAC");
     println!("IPv6-only Service: {only_addr}, owned by {only_owner}; dual-stack: {addr}, owned by {want}");
+
+    // And the IPv6 dataplane serves it through that address, TCP and UDP:
+    // one endpoint, a host-network server on the owner (IPv6 has no SNAT
+    // to other nodes yet, so a remote endpoint would answer past it).
+    let _host = Server::start_dual(&c.node(only_i).ns, POD_PORT, "host6");
+    c.apply(json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"namespace": NAMESPACE, "name": "v6only-1", "labels": {"kubernetes.io/service-name": "v6only"}},
+        "addressType": "IPv6",
+        "ports": [{"name": "tcp", "port": POD_PORT, "protocol": "TCP"}, {"name": "udp", "port": POD_PORT, "protocol": "UDP"}],
+        "endpoints": [{"addresses": [node_addr6(only_i).to_string()], "nodeName": node_name(only_i),
+                       "conditions": {"ready": true, "serving": true, "terminating": false}}],
+    }));
+    let to = SocketAddr::from((only_addr, 80));
+    let tcp = wait_for(Duration::from_secs(30), || {
+        c.client.run(move || http_request_within(to, &to.to_string(), "/", REQUEST_TIMEOUT, REQUEST_TIMEOUT)).is_ok_and(|(code, body)| code == 200 && body.contains("host6"))
+    });
+    assert!(tcp, "no TCP answer from {to}:\n{}", c.logs());
+    let (mut tcp_ok, mut udp_ok) = (0, 0);
+    for i in 0..20 {
+        tcp_ok += c.client.run(move || http_request_within(to, &to.to_string(), "/", REQUEST_TIMEOUT, REQUEST_TIMEOUT)).is_ok_and(|(code, body)| code == 200 && body.contains("host6")) as usize;
+        let msg = format!("ask-{i}");
+        udp_ok += c.client.run(move || {
+            let sock = UdpSocket::bind("[::]:0").expect("an IPv6 socket");
+            udp_ask(&sock, to, msg.as_bytes(), REQUEST_TIMEOUT)
+        })
+        .is_ok_and(|(answer, from)| answer.contains("host6") && from == to) as usize;
+    }
+    println!("IPv6-only Service through {to}: TCP {tcp_ok}/20, UDP {udp_ok}/20 answered by the owner's endpoint, UDP answers from the service address");
+    assert_eq!((tcp_ok, udp_ok), (20, 20));
 
     // The owner's uplink goes down and its agent dies: the next in rank
     // advertises (unsolicited, override) and the client's entry moves.
