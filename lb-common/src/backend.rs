@@ -64,5 +64,5 @@ impl<A: Addr> Backend<A> {
 }
 
 crate::family::pod_per_family! {
-    Backend: 12, 24;
+    Backend: 12, 24 { addr: 0, 0, port: 4, 16, weight: 6, 18, state: 8, 20, flags: 9, 21, _pad: 10, 22 };
 }

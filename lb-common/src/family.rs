@@ -55,12 +55,19 @@ pub type Addr4 = [u8; 4];
 pub type Addr6 = [u8; 16];
 
 /// `bytemuck::Pod` (and, for user space, `aya::Pod`) for both instances of
-/// a generic map type, each after asserting its size (no hidden padding).
+/// a generic map type, each after asserting its size (no hidden padding)
+/// and the offset of every field in both instances: the layout is what
+/// pinned maps of earlier agents, bpftool's BTF view and the programs'
+/// word-wise key builders rely on, so a reordered field fails the build.
 macro_rules! pod_per_family {
-    ($($t:ident: $v4:literal, $v6:literal;)*) => {
+    ($($t:ident: $v4:literal, $v6:literal { $($f:ident: $o4:literal, $o6:literal),* $(,)? };)*) => {
         $(
             const _: () = assert!(core::mem::size_of::<$t<crate::Addr4>>() == $v4);
             const _: () = assert!(core::mem::size_of::<$t<crate::Addr6>>() == $v6);
+            $(
+                const _: () = assert!(core::mem::offset_of!($t<crate::Addr4>, $f) == $o4);
+                const _: () = assert!(core::mem::offset_of!($t<crate::Addr6>, $f) == $o6);
+            )*
             // SAFETY: `#[repr(C)]`, every field is `Pod`, and `Addr` is sealed to
             // the two instances whose sizes, asserted above, equal the sum of the
             // fields' sizes: no padding, no invalid bit patterns. Generic over

@@ -105,6 +105,9 @@ pub type FlowV4 = Flow<Addr4>;
 pub type FlowV6 = Flow<Addr6>;
 
 crate::family::pod_per_family! {
-    FlowKey: 16, 40;
-    Flow: 56, 80;
+    FlowKey: 16, 40 { src_addr: 0, 0, dst_addr: 4, 16, src_port: 8, 32, dst_port: 10, 34, proto: 12, 36, _pad: 13, 37 };
+    Flow: 56, 80 {
+        backend_id: 0, 0, service_id: 4, 4, nat_addr: 8, 8, nat_port: 12, 24, peer_port: 14, 26, peer_addr: 16, 28,
+        direction: 20, 44, flags: 21, 45, _pad: 22, 46, created_ns: 24, 48, last_seen_ns: 32, 56, packets: 40, 64, bytes: 48, 72,
+    };
 }

@@ -189,9 +189,9 @@ impl<A: Addr> SourceRange<A> {
 
 crate::user_pod!(Service, SlotKey, AffinityV4);
 crate::family::pod_per_family! {
-    ServiceKey: 8, 20;
-    AffinityKey: 8, 20;
-    SourceRange: 8, 20;
+    ServiceKey: 8, 20 { addr: 0, 0, port: 4, 16, proto: 6, 18, scope: 7, 19 };
+    AffinityKey: 8, 20 { service_id: 0, 0, client: 4, 4 };
+    SourceRange: 8, 20 { service_id: 0, 0, addr: 4, 4 };
 }
 
 /// Name of an IP protocol number, for humans.

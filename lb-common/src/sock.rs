@@ -31,6 +31,6 @@ pub type SockRevV4 = SockRev<Addr4>;
 pub type SockRevV6 = SockRev<Addr6>;
 
 crate::family::pod_per_family! {
-    SockRevKey: 16, 28;
-    SockRev: 8, 20;
+    SockRevKey: 16, 28 { cookie: 0, 0, backend_addr: 8, 8, backend_port: 12, 24, _pad: 14, 26 };
+    SockRev: 8, 20 { addr: 0, 0, port: 4, 16, _pad: 6, 18 };
 }
