@@ -425,16 +425,27 @@ impl Dataplane {
         write_result(r, maps::BACKEND_LOAD, || format!("the load of backend {id}"))
     }
 
-    /// Recounts every backend's live flows from conntrack and writes the
-    /// counts that differ. The dataplane counts flows up on creation and down
-    /// on FIN/RST; flows that end by idling out or by LRU eviction are only
-    /// forgotten here. Returns how many counts changed. (A flow created
-    /// while this runs can be missed until the next recount.)
+    /// Recounts every backend's live flows from conntrack and corrects the
+    /// counts. The dataplane counts flows up on creation and down on
+    /// FIN/RST; flows that end by idling out or by LRU eviction are only
+    /// forgotten here. Returns how many counts changed.
+    ///
+    /// The dataplane keeps counting while this reads (a walk of both
+    /// conntrack maps takes milliseconds), so the counts are read before the
+    /// walk and each correction is applied as a difference to the count as
+    /// it is just before the write: writing the walk's figure outright
+    /// erased the flows created during the walk (20 live connections read
+    /// as 0, and least-connections sent new ones to their backend).
     pub fn recount_backend_load(&mut self) -> Result<usize> {
         let cfg = match self.config.get(&0, 0)? {
             c if c.layout_version != 0 => c,
             _ => Config::default(),
         };
+        let mut before = std::collections::BTreeMap::<BackendId, u64>::new();
+        bpfsys::for_each_batch(fd(&self.backend_load), |id: &BackendId, n: &u64| {
+            before.insert(*id, *n);
+        })
+        .map_err(|source| Error::Read { map: maps::BACKEND_LOAD, source })?;
         let now = monotonic_ns();
         // Backend ids are one space: both families' flows count into one map.
         let mut live = std::collections::BTreeMap::<BackendId, u64>::new();
@@ -442,15 +453,15 @@ impl Dataplane {
         if let Some(v6) = &self.v6 {
             ids.extend(v6.count_live(&cfg, now, &mut live)?);
         }
-        let mut counted = std::collections::BTreeMap::<BackendId, u64>::new();
-        bpfsys::for_each_batch(fd(&self.backend_load), |id: &BackendId, n: &u64| {
-            counted.insert(*id, *n);
-        })
-        .map_err(|source| Error::Read { map: maps::BACKEND_LOAD, source })?;
         let mut changed = 0;
         for id in ids {
-            let want = live.get(&id).copied().unwrap_or(0);
-            if counted.get(&id).copied().unwrap_or(0) != want {
+            let (was, seen) = (before.get(&id).copied().unwrap_or(0), live.get(&id).copied().unwrap_or(0));
+            if was == seen {
+                continue;
+            }
+            let current = self.backend_load(id)?;
+            let want = corrected_load(was, seen, current);
+            if want != current {
                 self.set_backend_load(id, want)?;
                 changed += 1;
             }
@@ -552,6 +563,20 @@ fn ignore_missing(r: std::result::Result<(), aya::maps::MapError>) -> Result<()>
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_coarse_ns`.
+/// A backend's corrected live-flow count: `was` counted before the walk
+/// of conntrack, `seen` live in it, `current` counted now. More counted
+/// than seen: flows ended unnoticed (idled out, evicted), taken off what is
+/// counted now, which keeps the flows made since. Fewer: flows the count
+/// missed (an earlier map of another size), raised to at least what was
+/// seen; flows made during the walk are both seen and counted, not twice.
+fn corrected_load(was: u64, seen: u64, current: u64) -> u64 {
+    if was > seen {
+        current.saturating_sub(was - seen)
+    } else {
+        current.max(seen)
+    }
+}
+
 fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime writes into `ts`.
@@ -561,6 +586,19 @@ fn monotonic_ns() -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_recount_corrects_by_difference_and_keeps_flows_made_during_the_walk() {
+        // 5 counted, 3 live: 2 idled out; one more made since: 4.
+        assert_eq!(super::corrected_load(5, 3, 6), 4);
+        // Counted 0 before the walk, 20 made during it (seen or not): 20 stay.
+        assert_eq!(super::corrected_load(0, 20, 20), 20);
+        assert_eq!(super::corrected_load(0, 12, 20), 20);
+        // Undercounted (a resized map): raised to what was seen.
+        assert_eq!(super::corrected_load(3, 7, 3), 7);
+        // Never below zero.
+        assert_eq!(super::corrected_load(9, 0, 4), 0);
+    }
+
     use super::*;
 
     /// A full map's error names the map, the entry and the flag that sizes it.
