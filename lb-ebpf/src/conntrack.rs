@@ -237,6 +237,11 @@ fn keep_pair_inline<F: Family>(key: &FlowKey<F::Addr>, e: &Flow<F::Addr>) {
                 // by another flow, see `create`).
                 if (*o).flags & flow_flags::CLOSING == 0 && ((*o).nat_addr, (*o).nat_port) == nat && ((*o).peer_addr, (*o).peer_port) == peer {
                     (*o).flags |= flow_flags::CLOSING;
+                    // The flow's live count goes down once, with its
+                    // forward half: here when the backend closed first.
+                    if (*o).direction == direction::FORWARD {
+                        load::change((*o).backend_id, false);
+                    }
                     crate::confirmed::forget::<F>(key, &other);
                 }
             }

@@ -81,6 +81,12 @@ fn least_conn_sends_new_connections_away_from_a_backend_holding_long_lived_ones(
     // Each short connection ends before the next starts: the two idle
     // backends tie every time and the tie is broken at random.
     assert_eq!(got.len(), 2, "the idle two share: {got:?}");
+    // Closed connections count down whichever end closed first (the
+    // backend's FIN marks the forward half too): only the 20 held remain,
+    // long before the agent's 30 s recount.
+    let ids: Vec<u32> = dp.contents().unwrap().backends.keys().copied().collect();
+    let live = || ids.iter().map(|id| dp.backend_load(*id).unwrap_or(0)).collect::<Vec<u64>>();
+    assert!(wait_for(Duration::from_secs(10), || live().iter().sum::<u64>() == 20), "live flows per backend {:?}, want only the 20 held", live());
     drop(held);
 }
 
