@@ -1,7 +1,12 @@
 //! Three nodes in network namespaces on one L2 segment, the real `lb-agent`
 //! on each, pods on every node, an outside client without pod routes
 //! (tests/src/cluster.rs): real TCP and UDP across nodes. Needs root.
-use std::net::{Ipv4Addr, SocketAddr};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    time::Duration,
+};
+
+use xdplb_tests::wait_for;
 
 use xdplb_tests::cluster::{
     node_addr, pod_addr, pod_identity, tcp_requests, udp_requests, Cluster, ServiceDef, Source, Tally, CLIENT_ADDR,
@@ -127,6 +132,14 @@ fn node_port_with_local_policy_serves_local_pods_and_keeps_the_client_address() 
     // Node 3 has no local endpoint but the service has some elsewhere: as
     // kube-proxy, the SYN is dropped (the client times out), not answered
     // with a reset (no XDP_TX out of the uplink).
+    // Node 3 may have synced the Service before its EndpointSlice (no
+    // endpoint anywhere: reject); wait for the sync that knows of both.
+    let dp3 = c.node_mut(3).maps();
+    let key = lb_common::ServiceKeyV4 { addr: node_addr(3).octets(), port: NODE_PORT.to_be_bytes(), proto: TCP, scope: 0 };
+    let elsewhere = wait_for(Duration::from_secs(30), || {
+        dp3.v4.services.get(&key, 0).is_ok_and(|s| s.flags & lb_common::service_flags::LOCAL_ELSEWHERE != 0)
+    });
+    assert!(elsewhere, "node-3 never marked its NodePort local-elsewhere:\n{}", c.logs());
     let (tx0, err0) = c.node(3).xdp_tx();
     let t = tcp_requests(&c.client, SocketAddr::from((node_addr(3), NODE_PORT)), 20);
     assert_eq!((t.ok(), t.failures.get("TimedOut").copied()), (0, Some(20)), "{t:?}");

@@ -182,7 +182,7 @@ fn node() -> impl Strategy<Value = Value> {
     })
 }
 
-/// The (address, port) pairs a backend may be: `addresses[0]` of an
+/// The IPv4 (address, port) pairs a backend may be: `addresses[0]` of an
 /// endpoint that is ready or serving (unset ready = ready, unset serving =
 /// ready), with a valid port of its slice, as the raw objects say.
 fn allowed(slices: &[Value]) -> BTreeSet<(Ipv4Addr, u16)> {
@@ -192,7 +192,14 @@ fn allowed(slices: &[Value]) -> BTreeSet<(Ipv4Addr, u16)> {
         for e in s["endpoints"].as_array().into_iter().flatten() {
             let ready = e["conditions"]["ready"].as_bool().unwrap_or(true);
             let serving = e["conditions"]["serving"].as_bool().unwrap_or(ready);
-            let Some(addr) = e["addresses"][0].as_str().and_then(|a| a.parse::<Ipv4Addr>().ok()) else { continue };
+            // An IPv4-mapped IPv6 address is the IPv4 one (as kube-proxy reads it).
+            let parsed = e["addresses"][0].as_str().and_then(|a| a.parse::<std::net::IpAddr>().ok());
+            let Some(addr) = parsed.and_then(|a| match a {
+                std::net::IpAddr::V4(a) => Some(a),
+                std::net::IpAddr::V6(a) => a.to_ipv4_mapped(),
+            }) else {
+                continue;
+            };
             if ready || serving {
                 out.extend(ports.iter().map(|&p| (addr, p)));
             }
