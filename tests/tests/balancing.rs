@@ -224,5 +224,8 @@ fn power_of_two_choices_beats_random_for_large_services() {
     assert!(to_busy <= 5, "{to_busy} of 400 new flows went to the busy backend");
     let loads: Vec<u64> = (2..=20).map(|id| lb.maps.backend_load(id).unwrap()).collect();
     let (min, max) = (loads.iter().min().unwrap(), loads.iter().max().unwrap());
-    assert!(max - min <= 6, "the others stay level: {loads:?}");
+    // 380 flows over 19: random would spread them as Poisson(20), a range
+    // of ~15; two choices keep it within a few (7 was seen once in CI, so
+    // the bound leaves room for chance without admitting random).
+    assert!(max - min <= 10, "the others stay level: {loads:?}");
 }
