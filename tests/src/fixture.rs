@@ -150,6 +150,13 @@ pub fn check_current(file: &str, want: &[Case]) {
     assert_eq!(load(file), want, "tests/fixtures/{file} is stale: rerun with XDPLB_BLESS=1");
 }
 
+/// Runs `check` on every case; panics listing each that failed (`what`
+/// names the fixture set in the message).
+pub fn check_all(what: &str, cases: &[Case], check: impl Fn(&Case) -> Result<(), String>) {
+    let failures: Vec<String> = cases.iter().filter_map(|c| check(c).err()).collect();
+    assert!(failures.is_empty(), "{} of {} {what} fixtures failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
+
 /// Writes `cases` as the fixture file `file` (used with `XDPLB_BLESS=1`).
 pub fn store(file: &str, cases: &[Case]) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -65,9 +65,7 @@ impl Uplink {
     /// Runs every case of the fixture `file` through `lb`, as arrived on
     /// this uplink; panics naming each that failed (`what`: "SNAT", "DSR").
     pub fn run_fixtures(&self, lb: &Lb, file: &str, what: &str) {
-        let cases = fixture::load(file);
-        let failures: Vec<String> = cases.iter().filter_map(|c| fixture::run_on(&lb.ebpf, c, Some(self.ifindex)).err()).collect();
-        assert!(failures.is_empty(), "{} of {} {what} fixtures failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+        fixture::check_all(what, &fixture::load(file), |c| fixture::run_on(&lb.ebpf, c, Some(self.ifindex)));
     }
 }
 

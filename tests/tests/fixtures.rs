@@ -348,17 +348,7 @@ fn ipv4_service_fixtures() {
     let mut lb = Lb::load();
     lb.program(&contents(&services()));
     let file = fixture::load(FILE);
-    let failures: Vec<String> = file
-        .iter()
-        .filter_map(|c| fixture::run(&lb.ebpf, c).err())
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {} fixtures failed:\n{}",
-        failures.len(),
-        file.len(),
-        failures.join("\n")
-    );
+    fixture::check_all("IPv4", &file, |c| fixture::run(&lb.ebpf, c));
     // The story left a flow per direction per frontend in conntrack, and the
     // drops were counted under their reasons.
     assert_eq!(lb.counter(counter::DROP_NO_BACKEND), 3);

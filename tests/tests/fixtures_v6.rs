@@ -110,8 +110,7 @@ fn fixture_file_is_current() {
 fn ipv6_service_fixtures() {
     let mut lb = loaded();
     let file = fixture::load(FILE);
-    let failures: Vec<String> = file.iter().filter_map(|c| fixture::run(&lb.ebpf, c).err()).collect();
-    assert!(failures.is_empty(), "{} of {} fixtures failed:\n{}", failures.len(), file.len(), failures.join("\n"));
+    fixture::check_all("IPv6", &file, |c| fixture::run(&lb.ebpf, c));
     // Every case was an IPv6 packet, counted once as such.
     assert_eq!(lb.counter(counter::IPV6), file.len() as u64);
     assert_eq!(lb.counter(counter::PASS_NDP), 3);

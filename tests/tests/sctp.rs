@@ -206,37 +206,19 @@ fn sctp_fixtures() {
     let mut lb = Lb::load();
     lb.program(&contents(&services()));
     let file = fixture::load(FILE);
-    let failures: Vec<String> = file
-        .iter()
-        .filter_map(|c| {
-            if c.name.contains("bad_crc") {
-                // `fixture::run` verifies every output's checksums; this one
-                // must stay corrupt, so compare the bytes alone.
-                let (rc, out) = fixture::run_frame(
-                    &lb.ebpf,
-                    &c.program,
-                    &xdplb_tests::packet::from_hex(&c.input),
-                )
-                .unwrap();
-                let want = xdplb_tests::packet::from_hex(c.output.as_deref().unwrap());
-                return (rc != 2 || out != want).then(|| {
-                    format!(
-                        "{}: rc {rc}\n{}",
-                        c.name,
-                        xdplb_tests::packet::hex_diff(&out, &want)
-                    )
-                });
+    fixture::check_all("SCTP", &file, |c| {
+        if c.name.contains("bad_crc") {
+            // `fixture::run` verifies every output's checksums; this one
+            // must stay corrupt, so compare the bytes alone.
+            let (rc, out) = fixture::run_frame(&lb.ebpf, &c.program, &xdplb_tests::packet::from_hex(&c.input))?;
+            let want = xdplb_tests::packet::from_hex(c.output.as_deref().unwrap());
+            if rc != 2 || out != want {
+                return Err(format!("{}: rc {rc}\n{}", c.name, xdplb_tests::packet::hex_diff(&out, &want)));
             }
-            fixture::run(&lb.ebpf, c).err()
-        })
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {} fixtures failed:\n{}",
-        failures.len(),
-        file.len(),
-        failures.join("\n")
-    );
+            return Ok(());
+        }
+        fixture::run(&lb.ebpf, c)
+    });
     // Port changes with a complete CRC: client INIT, DATA, INIT ACK, NodePort
     // INIT and reply, the pod's complete DATA, the corrupt one. Offloaded:
     // the pod's INIT and its INIT ACK.
