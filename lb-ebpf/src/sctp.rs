@@ -169,18 +169,11 @@ mod tests {
         CASTAGNOLI.checksum(&p).to_le_bytes()
     }
 
-    /// xorshift64*: deterministic, no dependency.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        }
-        fn bytes(&mut self, n: usize) -> Vec<u8> {
-            (0..n).map(|_| self.next() as u8).collect()
-        }
+    /// `n` random bytes from a seeded generator.
+    fn bytes(rng: &mut fastrand::Rng, n: usize) -> Vec<u8> {
+        let mut v = vec![0; n];
+        rng.fill(&mut v);
+        v
     }
 
     #[test]
@@ -242,22 +235,22 @@ mod tests {
 
     #[test]
     fn port_rewrite_matches_a_full_recompute_over_random_packets_and_lengths() {
-        let mut rng = Rng(0x5c7b_0001);
+        let mut rng = fastrand::Rng::with_seed(0x5c7b_0001);
         let mut lens: Vec<usize> = vec![
             12, 13, 15, 16, 17, 28, 64, 255, 256, 257, 1480, 1500, 4096, 9000, 32768, 65515,
         ];
-        lens.extend((0..300).map(|_| 12 + (rng.next() % 2000) as usize));
-        lens.extend((0..40).map(|_| 12 + (rng.next() % 65_503) as usize));
+        lens.extend((0..300).map(|_| 12 + (rng.u64(..) % 2000) as usize));
+        lens.extend((0..40).map(|_| 12 + (rng.u64(..) % 65_503) as usize));
         for len in lens {
-            let mut pkt = rng.bytes(len);
+            let mut pkt = bytes(&mut rng, len);
             let field = reference(&pkt);
             pkt[CHECKSUM_OFF..CHECKSUM_OFF + 4].copy_from_slice(&field);
             let old = [pkt[0], pkt[1], pkt[2], pkt[3]];
             // One port, the other, both, or none changed.
-            let new = match rng.next() % 4 {
-                0 => [old[0], old[1], rng.next() as u8, rng.next() as u8],
-                1 => [rng.next() as u8, rng.next() as u8, old[2], old[3]],
-                2 => (rng.next() as u32).to_le_bytes(),
+            let new = match rng.u64(..) % 4 {
+                0 => [old[0], old[1], rng.u64(..) as u8, rng.u64(..) as u8],
+                1 => [rng.u64(..) as u8, rng.u64(..) as u8, old[2], old[3]],
+                2 => (rng.u64(..) as u32).to_le_bytes(),
                 _ => old,
             };
             pkt[..4].copy_from_slice(&new);
@@ -268,8 +261,8 @@ mod tests {
 
     #[test]
     fn every_single_bit_of_the_ports_at_a_typical_length() {
-        let mut rng = Rng(7);
-        let pkt = rng.bytes(100);
+        let mut rng = fastrand::Rng::with_seed(7);
+        let pkt = bytes(&mut rng, 100);
         let field = reference(&pkt);
         for bit in 0..32 {
             let mut p = pkt.clone();
@@ -288,8 +281,8 @@ mod tests {
     fn a_wrong_crc_stays_exactly_as_wrong() {
         // The dataplane does not validate: a corrupt CRC is updated by the
         // same delta, so the receiver still sees it corrupt (and drops it).
-        let mut rng = Rng(11);
-        let mut pkt = rng.bytes(200);
+        let mut rng = fastrand::Rng::with_seed(11);
+        let mut pkt = bytes(&mut rng, 200);
         let good = u32::from_le_bytes(reference(&pkt));
         let bad = good ^ 0x0000_0100;
         let old = [pkt[0], pkt[1], pkt[2], pkt[3]];

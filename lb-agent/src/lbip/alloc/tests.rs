@@ -241,20 +241,6 @@ fn a_type_change_releases_and_an_older_holder_wins_a_duplicate() {
     );
 }
 
-/// A small deterministic generator (xorshift64*): no dependency, a seed per case.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// No address is held by two Services unless they may share it.
 fn assert_no_double(s: &[SvcView], step: usize, seed: u64) {
     let mut by_addr: BTreeMap<IpAddr, Vec<&SvcView>> = BTreeMap::new();
@@ -284,55 +270,55 @@ fn no_address_is_ever_held_twice_over_random_histories() {
     let p = pools(&["a=10.0.0.0/28,fd00::/124", "b:manual=10.0.1.0/30"]);
     let cfg = Config::default();
     for seed in 1..=300u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut rng = fastrand::Rng::with_seed(seed);
         let mut s: Vec<SvcView> = Vec::new();
         let mut created = 0u32;
         for step in 0..60 {
-            match rng.below(10) {
+            match rng.u64(..10) {
                 0..=3 => {
                     created += 1;
                     let mut v = svc(&format!("s{created}"), &format!("{created:05}"));
-                    v.families = match rng.below(4) {
+                    v.families = match rng.u64(..4) {
                         0 => vec![Family::V6],
                         1 => vec![Family::V4, Family::V6],
                         _ => vec![Family::V4],
                     };
-                    v.require_all = rng.below(2) == 0;
-                    if rng.below(4) == 0 {
+                    v.require_all = rng.u64(..2) == 0;
+                    if rng.u64(..4) == 0 {
                         let a = ["10.0.0.3", "10.0.0.7", "10.0.1.1", "fd00::2", "192.0.2.1"]
-                            [rng.below(5) as usize];
+                            [rng.u64(..5) as usize];
                         v.requested = vec![ip(a)];
                     }
-                    if rng.below(3) == 0 {
-                        v.share_key = Some(["k1", "k2"][rng.below(2) as usize].into());
+                    if rng.u64(..3) == 0 {
+                        v.share_key = Some(["k1", "k2"][rng.u64(..2) as usize].into());
                     }
                     v.ports = [(
-                        ["TCP", "UDP"][rng.below(2) as usize].to_string(),
-                        80 + rng.below(3) as u16,
+                        ["TCP", "UDP"][rng.u64(..2) as usize].to_string(),
+                        80 + rng.u64(..3) as u16,
                     )]
                     .into();
-                    if rng.below(8) == 0 {
+                    if rng.u64(..8) == 0 {
                         v.class = Some("other".into());
                     }
-                    if rng.below(8) == 0 {
+                    if rng.u64(..8) == 0 {
                         v.pool = Some("b".into());
                     }
                     s.push(v);
                 }
                 4 if !s.is_empty() => {
-                    let i = rng.below(s.len() as u64) as usize;
+                    let i = rng.u64(..s.len() as u64) as usize;
                     s.remove(i);
                 }
                 5 if !s.is_empty() => {
-                    let i = rng.below(s.len() as u64) as usize;
+                    let i = rng.u64(..s.len() as u64) as usize;
                     s[i].load_balancer = !s[i].load_balancer;
                 }
                 _ => {
                     // A leader applies its changes, or dies after some of them
                     // (the next round starts from the statuses, nothing else).
                     let changes = allocate(&s, &p, &cfg);
-                    let applied = if rng.below(3) == 0 {
-                        rng.below(changes.len() as u64 + 1) as usize
+                    let applied = if rng.u64(..3) == 0 {
+                        rng.u64(..changes.len() as u64 + 1) as usize
                     } else {
                         changes.len()
                     };
