@@ -15,7 +15,7 @@ use std::{
 use lb_agent::lbip::{announce, read_status};
 use serde_json::{json, Value};
 use xdplb_tests::{
-    lbaddr::{neighbour, owner_seen_by, uplink_mac},
+    lbaddr::{fail_owner, neighbour, owner_seen_by, uplink_mac},
     apiserver::Resource,
     cluster::{
         node_name, tcp_requests, udp_requests, Cluster, ServiceDef, Source, NAMESPACE, UPLINK,
@@ -202,13 +202,9 @@ fn a_client_on_the_segment_reaches_the_pool_address_and_another_node_takes_over_
     let next_i: usize = next.trim_start_matches("node-").parse().unwrap();
     let next_mac = uplink_mac(&c.node(next_i).ns);
     let api_before = c.api().map_or(0, |a| a.requests().len());
-    c.uplink_down(owner);
-    c.node_mut(owner).kill_agent();
-    let down = Instant::now();
-    let moved = wait_for(Duration::from_secs(15), || {
-        neighbour(&c, addr).as_ref() == Some(&next_mac)
-    });
-    let failover = down.elapsed();
+    let (moved, failover) = fail_owner(&mut c, owner, addr, &next_mac);
+    // When the failure was complete (the wait began).
+    let down = Instant::now() - failover;
     assert!(
         moved,
         "the client never moved {addr} to node-{next_i} ({next_mac}): {:?}\n{}",

@@ -26,7 +26,7 @@ use lb_agent::lbip::announce;
 use lb_common::counter;
 use serde_json::json;
 use xdplb_tests::{
-    lbaddr::{neighbour, owner_seen_by, uplink_mac},
+    lbaddr::{fail_owner, neighbour, owner_seen_by, uplink_mac},
     apiserver::Resource,
     cluster::{node_name, pod_addr, tcp_requests, Cluster, ServiceDef, Source, CLIENT_ADDR, NAMESPACE, TCP, UPLINK},
     servers::Conn,
@@ -152,11 +152,9 @@ fn established_dsr_connections_survive_the_owner_nodes_failure_with_maglev() {
     // The owner fails.
     let dsr_before = c.node_mut(next_i).maps().counters().unwrap()[counter::DSR_FORWARD as usize];
     let next_mac = uplink_mac(&c.node(next_i).ns);
-    c.uplink_down(owner);
-    c.node_mut(owner).kill_agent();
-    let down = Instant::now();
-    let moved = wait_for(Duration::from_secs(15), || neighbour(&c, addr).as_ref() == Some(&next_mac));
-    let failover = down.elapsed();
+    let (moved, failover) = fail_owner(&mut c, owner, addr, &next_mac);
+    // When the failure was complete (the wait began).
+    let down = Instant::now() - failover;
     assert!(moved, "{addr} never moved to node-{next_i}: {:?}\n{}", neighbour(&c, addr), c.logs());
     std::thread::sleep(Duration::from_secs(4));
 

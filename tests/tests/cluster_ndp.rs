@@ -19,7 +19,7 @@ use std::{
 use lb_agent::lbip::{announce, ndp, read_status};
 use serde_json::json;
 use xdplb_tests::{
-    lbaddr::{neighbour, owner_seen_by, uplink_mac},
+    lbaddr::{fail_owner, neighbour, owner_seen_by, uplink_mac},
     apiserver::Resource,
     cluster::{node_addr6, node_name, Cluster, ServiceDef, Source, NAMESPACE, POD_PORT, REQUEST_TIMEOUT, UPLINK},
     servers::{http_request_within, udp_ask, Server},
@@ -190,11 +190,7 @@ fn the_owner_answers_neighbour_solicitations_and_the_next_node_takes_over_within
     let next = announce::owner(addr.into(), &rest).unwrap().clone();
     let next_i: usize = next.trim_start_matches("node-").parse().unwrap();
     let next_mac = uplink_mac(&c.node(next_i).ns);
-    c.uplink_down(owner);
-    c.node_mut(owner).kill_agent();
-    let down = Instant::now();
-    let moved = wait_for(Duration::from_secs(15), || neighbour(&c, addr).as_ref() == Some(&next_mac));
-    let failover = down.elapsed();
+    let (moved, failover) = fail_owner(&mut c, owner, addr, &next_mac);
     assert!(moved, "the client's entry for {addr} never moved to node-{next_i} ({next_mac}): {:?}\n{}", neighbour(&c, addr), c.logs());
     println!("IPv6 failover: node-{owner} down -> the client's neighbour entry for {addr} names node-{next_i} after {failover:?} (unsolicited NA; heartbeats every 200 ms, dead after 1 s)");
     assert!(failover < Duration::from_secs(2), "failover took {failover:?} (design bound 2 s)\n{}", c.logs());
