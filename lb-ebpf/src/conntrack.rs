@@ -140,13 +140,20 @@ fn touch<A: Addr>(entry: &mut Flow<A>, p: &Packet<A>, now: u64) -> bool {
         due = true;
     }
     if p.tcp_flags & (TCP_FIN | TCP_RST) != 0 && entry.flags & flow_flags::CLOSING == 0 {
-        entry.flags |= flow_flags::CLOSING;
+        start_closing(entry);
         due = true;
-        if entry.direction == direction::FORWARD {
-            load::change(entry.backend_id, false);
-        }
     }
     due
+}
+
+/// Marks a half of a live flow closing. The flow's live count goes down
+/// once, with its forward half, whichever end closed first.
+#[inline(always)]
+fn start_closing<A: Addr>(half: &mut Flow<A>) {
+    half.flags |= flow_flags::CLOSING;
+    if half.direction == direction::FORWARD {
+        load::change(half.backend_id, false);
+    }
 }
 
 /// The backend an existing forward flow is pinned to, if the flow is live and
@@ -236,12 +243,7 @@ fn keep_pair_inline<F: Family>(key: &FlowKey<F::Addr>, e: &Flow<F::Addr>) {
                 // Only our own other half (the key may have been taken over
                 // by another flow, see `create`).
                 if (*o).flags & flow_flags::CLOSING == 0 && ((*o).nat_addr, (*o).nat_port) == nat && ((*o).peer_addr, (*o).peer_port) == peer {
-                    (*o).flags |= flow_flags::CLOSING;
-                    // The flow's live count goes down once, with its
-                    // forward half: here when the backend closed first.
-                    if (*o).direction == direction::FORWARD {
-                        load::change((*o).backend_id, false);
-                    }
+                    start_closing(&mut *o);
                     crate::confirmed::forget::<F>(key, &other);
                 }
             }
