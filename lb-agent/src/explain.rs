@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use crate::{
     control::model::{algorithm_name, cidr},
-    dataplane::{Dataplane, MapFamily},
+    dataplane::{monotonic_ns, Dataplane, MapFamily},
     diff::MapContents,
     family::{Family, IpFamily},
 };
@@ -226,13 +226,6 @@ fn client_addr<A: Family>(q: &Query) -> Option<A> {
     }
 }
 
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_coarse_ns()`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: clock_gettime writes one timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * NS + ts.tv_nsec as u64
-}
 
 pub fn proto_name(p: u8) -> String {
     match p {

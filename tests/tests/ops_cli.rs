@@ -6,7 +6,7 @@
 use std::{net::Ipv4Addr, process::Command};
 
 use aya::maps::PerCpuValues;
-use lb_agent::ops::{inspect::monotonic_ns, names};
+use lb_agent::{dataplane::monotonic_ns, ops::names};
 use lb_common::{
     algorithm, counter, direction, flow_flags, FlowKeyV4, FlowV4, ServiceStats, IPPROTO_TCP,
     IPPROTO_UDP,

@@ -15,7 +15,10 @@ use lb_common::{
 use serde::Serialize;
 
 use super::names::Names;
-use crate::{dataplane::Dataplane, diff::MapContents};
+use crate::{
+    dataplane::{monotonic_ns, Dataplane},
+    diff::MapContents,
+};
 
 pub use crate::control::model::algorithm_name;
 
@@ -247,17 +250,6 @@ pub struct FlowRow {
     pub flags: Vec<&'static str>,
 }
 
-/// The clock of the programs' timestamps (`bpf_ktime_get_coarse_ns` is its
-/// tick-resolution reading), to turn entry timestamps into ages.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into `ts`.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// A row for one entry. `cfg` gives the timeouts: an entry idle for longer
 /// than its timeout is marked `expired` (the dataplane ignores it and the
