@@ -351,6 +351,14 @@ pub struct SizeArgs {
     /// IPv6 ClientIP affinity entries.
     #[arg(long, default_value_t = lb_common::maps::default_size::AFFINITY_V6)]
     pub max_affinity_v6: u32,
+    /// Node sockets balanced at connect() (one entry per socket and
+    /// backend, for getpeername/recvmsg); the least recently used are
+    /// forgotten when full. Dual-stack sockets to IPv4-mapped addresses count here.
+    #[arg(long, default_value_t = lb_common::maps::default_size::SOCK_REVNAT)]
+    pub max_sockets: u32,
+    /// IPv6 node sockets balanced at connect().
+    #[arg(long, default_value_t = lb_common::maps::default_size::SOCK_REVNAT_V6)]
+    pub max_sockets_v6: u32,
 }
 
 impl From<&SizeArgs> for lb_agent::pins::MapSizes {
@@ -363,6 +371,8 @@ impl From<&SizeArgs> for lb_agent::pins::MapSizes {
             affinity: a.max_affinity,
             conntrack_v6: a.max_flows_v6,
             affinity_v6: a.max_affinity_v6,
+            sockets: a.max_sockets,
+            sockets_v6: a.max_sockets_v6,
         }
     }
 }

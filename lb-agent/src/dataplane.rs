@@ -550,6 +550,8 @@ pub fn size_flag(map: &str) -> &'static str {
         maps::SERVICE_SLOTS => "--max-slots",
         maps::CONNTRACK_V4 | maps::CONNTRACK_V6 => "--max-flows",
         maps::AFFINITY_V4 | maps::AFFINITY_V6 => "--max-affinity",
+        maps::SOCK_REVNAT_V4 => "--max-sockets",
+        maps::SOCK_REVNAT_V6 => "--max-sockets-v6",
         _ => "the map's size (it has no flag yet: lb_common::maps::default_size)",
     }
 }

@@ -259,8 +259,24 @@ fn sock<A: Addr>(addr: A, port: [u8; 2]) -> SocketAddr {
     SocketAddr::new(addr.to_ip(), u16::from_be_bytes(port))
 }
 
+/// How the socket balancer refuses (lb-ebpf sock.rs).
+const SOCK_REFUSED: &str = "connect() refused (ECONNREFUSED; EPERM on kernels before 5.18)";
+
 /// Reads the pinned maps of the destination's family and explains `q`.
 pub fn explain_pinned(dp: &Dataplane, q: &Query, names: &crate::ops::names::Names) -> Result<Explanation> {
+    // A node socket's IPv4-mapped destination is balanced over IPv4 (lb-ebpf sock.rs).
+    if let (Origin::Node, IpAddr::V6(dst)) = (q.origin, q.dst) {
+        if let Some(v4) = dst.to_ipv4_mapped() {
+            let src = match q.src.to_canonical() {
+                IpAddr::V4(a) => a,
+                IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+            };
+            let q4 = Query { src: src.into(), dst: v4.into(), ..*q };
+            let mut e = explain(&q4, &Snapshot::<Addr4>::read(dp, &q4)?, names);
+            e.notes.insert(0, format!("{dst} is IPv4-mapped: a dual-stack socket is balanced over IPv4 as {v4}, its backend written back as ::ffff:<backend>"));
+            return Ok(e);
+        }
+    }
     anyhow::ensure!(IpFamily::of(q.src) == IpFamily::of(q.dst), "the source {} and the destination {} are of different families", q.src, q.dst);
     Ok(match IpFamily::of(q.dst) {
         IpFamily::IPv4 => explain(q, &Snapshot::<Addr4>::read(dp, q)?, names),
@@ -416,7 +432,7 @@ fn socket<A: Family>(q: &Query, svc: &ServiceV4, s: &Snapshot<A>, mut e: Explana
             e.verdict = Verdict { action: Action::Dnat, backend: None, snat: None, reason };
         }
         _ => {
-            let reason = "no backend: connect() fails with ECONNREFUSED".into();
+            let reason = format!("no backend: {SOCK_REFUSED}");
             e.verdict = Verdict { action: Action::Reject, backend: None, snat: None, reason };
         }
     }
@@ -546,7 +562,7 @@ fn unserved<A: Family>(q: &Query, c: &MapContents<A>) -> Option<Verdict> {
     let in_cidr = || ranges_holding(0, q.dst, c).next().is_some();
     let (action, reason) = if refused {
         let how = match (q.origin, q.proto) {
-            (Origin::Node, _) => "connect() refused (EPERM)",
+            (Origin::Node, _) => SOCK_REFUSED,
             (_, IPPROTO_TCP) => "TCP reset",
             (_, IPPROTO_UDP | IPPROTO_SCTP) => "ICMP port unreachable",
             _ => "dropped",
@@ -555,7 +571,7 @@ fn unserved<A: Family>(q: &Query, c: &MapContents<A>) -> Option<Verdict> {
         (action, format!("{} is a ClusterIP that does not serve {}/{}: {how}", q.dst, q.dport, proto_name(q.proto)))
     } else if in_cidr() {
         if q.origin == Origin::Node {
-            (Action::Reject, format!("{} is inside the service CIDR but no Service has it: connect() refused (EPERM)", q.dst))
+            (Action::Reject, format!("{} is inside the service CIDR but no Service has it: {SOCK_REFUSED}", q.dst))
         } else {
             (Action::Drop, format!("{} is inside the service CIDR but no Service has it: dropped", q.dst))
         }

@@ -5,6 +5,7 @@ use anyhow::Context as _;
 use aya::{
     maps::ProgramArray,
     programs::{CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode},
+    util::KernelVersion,
     Ebpf, EbpfLoader,
 };
 use lb_common::maps::{self, programs};
@@ -95,7 +96,7 @@ pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf, Error> {
             }
         }
     }
-    let mut loader = EbpfLoader::new();
+    let mut loader = new_loader();
     for (name, path) in &pins {
         loader.map_pin_path(name, path.as_path());
     }
@@ -119,6 +120,22 @@ pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf, Error> {
         migrate::resize(&mut ebpf, pin_dir, &resized)?;
     }
     Ok(ebpf)
+}
+
+/// A loader of the object with its globals set for this kernel.
+pub fn new_loader<'a>() -> EbpfLoader<'a> {
+    static ON: u8 = 1;
+    static OFF: u8 = 0;
+    let mut loader = EbpfLoader::new();
+    loader.override_global("SOCK_SET_RETVAL", if set_retval_supported() { &ON } else { &OFF }, true);
+    loader
+}
+
+/// Whether the socket programs may call `bpf_set_retval` (kernel 5.18,
+/// commit b44123b4a3dc): a refused node connect() then fails with
+/// ECONNREFUSED, as kube-proxy's reject does; before, with EPERM.
+pub fn set_retval_supported() -> bool {
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 18, 0))
 }
 
 /// Loads the hooks' IPv6 instances and puts each in the program array its

@@ -110,7 +110,7 @@ pub fn expected(name: &str, s: MapSizes) -> Spec {
         maps::SOCK_NETNS => spec(MapType::Array, 4, 8, 1),
         // Key: the trie's u32 prefix length, then the data.
         maps::SOURCE_RANGES_V4 => spec(MapType::LpmTrie, 4 + size::<SourceRangeV4>(), 1, maps::default_size::SOURCE_RANGES),
-        maps::SOCK_REVNAT_V4 => spec(MapType::LruHash, size::<SockRevKeyV4>(), size::<SockRevV4>(), maps::default_size::SOCK_REVNAT),
+        maps::SOCK_REVNAT_V4 => spec(MapType::LruHash, size::<SockRevKeyV4>(), size::<SockRevV4>(), s.sockets),
         maps::NAT_CONFIG => spec(MapType::Array, 4, size::<NatConfig>(), 1),
         // Indexed by backend id (1..=backends).
         maps::SNAT_EXHAUSTED => spec(MapType::PerCpuArray, 4, 8, s.backends + 1),
@@ -122,6 +122,7 @@ pub fn expected(name: &str, s: MapSizes) -> Spec {
         maps::CONNTRACK_CONFIRMED_V6 => spec(MapType::LruHash, size::<FlowKeyV6>(), size::<FlowV6>(), (s.conntrack_v6 / 4).max(1)),
         maps::AFFINITY_V6 => spec(MapType::LruHash, size::<AffinityKeyV6>(), size::<AffinityV4>(), s.affinity_v6),
         maps::SOURCE_RANGES_V6 => spec(MapType::LpmTrie, 4 + size::<SourceRangeV6>(), 1, maps::default_size::SOURCE_RANGES),
+        maps::SOCK_REVNAT_V6 => spec(MapType::LruHash, size::<SockRevKeyV6>(), size::<SockRevV6>(), s.sockets_v6),
         // Index 0: the hook's IPv6 instance, tail-called (program fds).
         maps::FAMILY_XDP | maps::FAMILY_TC_INGRESS | maps::FAMILY_TC_EGRESS => spec(MapType::ProgramArray, 4, 4, 1),
         other => unreachable!("map {other} missing from migrate::expected"),

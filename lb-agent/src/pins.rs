@@ -22,6 +22,9 @@ pub struct MapSizes {
     /// every entry, and most clusters carry less IPv6: sized on their own).
     pub conntrack_v6: u32,
     pub affinity_v6: u32,
+    /// Balanced node sockets of each family (`sock_revnat_v4` / `_v6`).
+    pub sockets: u32,
+    pub sockets_v6: u32,
 }
 
 impl Default for MapSizes {
@@ -34,6 +37,8 @@ impl Default for MapSizes {
             affinity: default_size::AFFINITY,
             conntrack_v6: default_size::CONNTRACK_V6,
             affinity_v6: default_size::AFFINITY_V6,
+            sockets: default_size::SOCK_REVNAT,
+            sockets_v6: default_size::SOCK_REVNAT_V6,
         }
     }
 }

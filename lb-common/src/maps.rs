@@ -35,7 +35,8 @@ pub const SOURCE_RANGES_V4: &str = "source_ranges_v4";
 /// balanced at connect()/sendmsg() (the node's own; 0 turns it off).
 pub const SOCK_NETNS: &str = "sock_netns";
 /// LRU [`crate::SockRevKeyV4`] → [`crate::SockRevV4`]: the service address a
-/// balanced socket asked for, by socket and backend.
+/// balanced socket asked for, by socket and backend (IPv4 sockets, and the
+/// IPv4-mapped destinations of dual-stack IPv6 sockets).
 pub const SOCK_REVNAT_V4: &str = "sock_revnat_v4";
 /// [`crate::NatConfig`] at index 0: this node's SNAT address and port range.
 pub const NAT_CONFIG: &str = "nat_config";
@@ -97,6 +98,7 @@ pub const ALL: &[&str] = &[
     AFFINITY_V6,
     SOURCE_RANGES_V6,
     CONNTRACK_CONFIRMED_V6,
+    SOCK_REVNAT_V6,
     FAMILY_XDP,
     FAMILY_TC_INGRESS,
     FAMILY_TC_EGRESS,
@@ -117,7 +119,11 @@ pub mod default_size {
     /// IPv6 affinity, a quarter of IPv4's for the same reason (`--max-affinity-v6`).
     pub const AFFINITY_V6: u32 = 65_536;
     pub const REDIRECT_IFACES: u32 = 64;
+    /// Balanced node sockets (one entry per socket and backend; `--max-sockets`).
     pub const SOCK_REVNAT: u32 = 65_536;
+    /// IPv6 ones, a quarter of IPv4's as for conntrack (`--max-sockets-v6`).
+    /// Sockets of dual-stack applications to IPv4-mapped addresses are IPv4's.
+    pub const SOCK_REVNAT_V6: u32 = 16_384;
     pub const SOURCE_RANGES: u32 = 16_384;
 }
 
@@ -137,6 +143,13 @@ pub mod programs {
     pub const SOCK_RECVMSG4: &str = "sock_recvmsg4";
     /// cgroup getpeername4: a balanced socket's peer reads as the service.
     pub const SOCK_GETPEERNAME4: &str = "sock_getpeername4";
+    /// The same four for IPv6 sockets (`AF_INET6`), IPv4-mapped addresses
+    /// of dual-stack sockets included: the same code over the IPv6 maps, or
+    /// the IPv4 ones for a mapped address.
+    pub const SOCK_CONNECT6: &str = "sock_connect6";
+    pub const SOCK_SENDMSG6: &str = "sock_sendmsg6";
+    pub const SOCK_RECVMSG6: &str = "sock_recvmsg6";
+    pub const SOCK_GETPEERNAME6: &str = "sock_getpeername6";
     /// The IPv6 instances of the three hooks, tail-called by them for IPv6
     /// frames (see [`super::FAMILY_XDP`]); loaded, never attached.
     pub const XDP_LB_V6: &str = "xdp_lb_v6";
@@ -146,5 +159,14 @@ pub mod programs {
     /// tail-calls.
     pub const TC_V6: &[(&str, &str)] = &[(TC_INGRESS_V6, super::FAMILY_TC_INGRESS), (TC_EGRESS_V6, super::FAMILY_TC_EGRESS)];
     /// Every socket program, in the order the agent attaches them.
-    pub const SOCK: &[&str] = &[SOCK_CONNECT4, SOCK_SENDMSG4, SOCK_RECVMSG4, SOCK_GETPEERNAME4];
+    pub const SOCK: &[&str] = &[
+        SOCK_CONNECT4,
+        SOCK_SENDMSG4,
+        SOCK_RECVMSG4,
+        SOCK_GETPEERNAME4,
+        SOCK_CONNECT6,
+        SOCK_SENDMSG6,
+        SOCK_RECVMSG6,
+        SOCK_GETPEERNAME6,
+    ];
 }

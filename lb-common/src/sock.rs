@@ -1,10 +1,10 @@
 //! Socket-level balancing of the node's own connections (cgroup
-//! connect4/sendmsg4/recvmsg4/getpeername4 programs).
+//! connect/sendmsg/recvmsg/getpeername programs of both families).
 use bytemuck::Zeroable;
 
 use crate::{Addr4, Addr6};
 
-/// Key of `sock_revnat_v4`: a socket and the backend it was pointed at.
+/// Key of `sock_revnat_v4` / `_v6`: a socket and the backend it was pointed at.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Zeroable)]
 pub struct SockRevKey<A> {
@@ -18,7 +18,7 @@ pub struct SockRevKey<A> {
 pub type SockRevKeyV4 = SockRevKey<Addr4>;
 pub type SockRevKeyV6 = SockRevKey<Addr6>;
 
-/// Value of `sock_revnat_v4`: the service address the application asked
+/// Value of `sock_revnat_v4` / `_v6`: the service address the application asked
 /// for, shown back to it by getpeername() and recvmsg().
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Zeroable)]

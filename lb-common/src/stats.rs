@@ -94,6 +94,7 @@ counters! {
     PASS_NDP = 39, "pass_icmpv6_ndp", "Passed: an ICMPv6 router or neighbour discovery message (types 133-137), never touched.";
     DROP_UDP6_NO_CHECKSUM = 40, "drop_udp6_zero_checksum", "Dropped (XDP) or passed (tc): UDP over IPv6 with checksum 0, which IPv6 forbids (RFC 8200 8.1).";
     IPV6 = 41, "ipv6_packets", "Event: an IPv6 packet (counted on top of its outcome).";
+    SOCK_MAPPED = 56, "sock_v4_mapped", "Event: a dual-stack (AF_INET6) node socket's connect() or sendmsg() to an IPv4-mapped address (::ffff:a.b.c.d) was looked up in the IPv4 services (counted on top of sock_balanced or sock_no_backend when it is one).";
 }
 
 /// First event counter (see [`counter`]).

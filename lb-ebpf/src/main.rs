@@ -44,7 +44,7 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
-use family::V6;
+use family::{V4, V6};
 use lb_common::counter;
 
 /// XDP on an uplink: balance packets to service addresses, pass the rest.
@@ -90,25 +90,47 @@ pub fn tc_egress_v6(ctx: TcContext) -> i32 {
 /// cgroup connect4: a node socket connecting to a service gets a backend.
 #[cgroup_sock_addr(connect4)]
 pub fn sock_connect4(ctx: SockAddrContext) -> i32 {
-    sock::balance(&ctx)
+    sock::balance::<V4>(&ctx)
 }
 
 /// cgroup sendmsg4: the same for unconnected UDP sends.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sock_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock::balance(&ctx)
+    sock::balance::<V4>(&ctx)
 }
 
 /// cgroup recvmsg4: replies from the backend read as from the service.
 #[cgroup_sock_addr(recvmsg4)]
 pub fn sock_recvmsg4(ctx: SockAddrContext) -> i32 {
-    sock::reverse(&ctx)
+    sock::reverse::<V4>(&ctx)
 }
 
 /// cgroup getpeername4: a balanced socket's peer reads as the service.
 #[cgroup_sock_addr(getpeername4)]
 pub fn sock_getpeername4(ctx: SockAddrContext) -> i32 {
-    sock::reverse(&ctx)
+    sock::reverse::<V4>(&ctx)
+}
+
+/// The four for IPv6 sockets; an IPv4-mapped address of a dual-stack
+/// socket goes through IPv4's maps (sock.rs).
+#[cgroup_sock_addr(connect6)]
+pub fn sock_connect6(ctx: SockAddrContext) -> i32 {
+    sock::balance::<V6>(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock::balance::<V6>(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock::reverse::<V6>(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn sock_getpeername6(ctx: SockAddrContext) -> i32 {
+    sock::reverse::<V6>(&ctx)
 }
 
 #[cfg(not(test))]

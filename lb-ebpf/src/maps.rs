@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     counter, maps::default_size as size, AffinityKey, AffinityV4, Backend, BackendId, Config, FlowKey, Flow,
-    NatConfig, Service, ServiceKey, ServiceStats, SlotKey, SockRevKeyV4, SockRevV4, SourceRange,
+    NatConfig, Service, ServiceKey, ServiceStats, SlotKey, SockRev, SockRevKey, SourceRange,
 };
 
 /// (VIP, port, protocol) → service, per family.
@@ -26,6 +26,8 @@ pub type Conntrack<A> = LruHashMap<FlowKey<A>, Flow<A>, { size::CONNTRACK as usi
 pub type Affinity<A> = LruHashMap<AffinityKey<A>, AffinityV4, { size::AFFINITY as usize }>;
 /// (service, client prefix) → allowed, per family.
 pub type SourceRanges<A> = LpmTrie<SourceRange<A>, u8, { size::SOURCE_RANGES as usize }>;
+/// (socket, backend) → service address, per family.
+pub type SockRevNat<A> = LruHashMap<SockRevKey<A>, SockRev<A>, { size::SOCK_REVNAT as usize }>;
 
 /// (VIP, port, protocol) → service. Written by the agent.
 #[btf_map]
@@ -108,10 +110,12 @@ pub static log_state: PerCpuArray<[u64; 2], 1> = PerCpuArray::new();
 pub static sock_netns: Array<u64, 1> = Array::new();
 
 /// (socket, backend) → the service address it asked for; LRU, as sockets
-/// close without telling us.
+/// close without telling us. IPv4-mapped destinations of IPv6 sockets are
+/// IPv4's (`sock.rs`).
 #[btf_map]
-pub static sock_revnat_v4: LruHashMap<SockRevKeyV4, SockRevV4, { size::SOCK_REVNAT as usize }> =
-    LruHashMap::new();
+pub static sock_revnat_v4: SockRevNat<[u8; 4]> = LruHashMap::new();
+#[btf_map]
+pub static sock_revnat_v6: SockRevNat<[u8; 16]> = LruHashMap::new();
 
 /// (service, client prefix) allowed to open flows to frontends flagged
 /// `SOURCE_RANGES` (loadBalancerSourceRanges). Written by the agent.

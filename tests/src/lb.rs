@@ -71,8 +71,17 @@ impl Lb {
 }
 
 /// Small maps: tests never need the production sizes.
-pub const TEST_SIZES: loader::MapSizes =
-    loader::MapSizes { services: 1024, backends: 4096, slots: 16384, conntrack: 65536, affinity: 4096, conntrack_v6: 16384, affinity_v6: 1024 };
+pub const TEST_SIZES: loader::MapSizes = loader::MapSizes {
+    services: 1024,
+    backends: 4096,
+    slots: 16384,
+    conntrack: 65536,
+    affinity: 4096,
+    conntrack_v6: 16384,
+    affinity_v6: 1024,
+    sockets: 1024,
+    sockets_v6: 1024,
+};
 
 fn new_pin_dir() -> PathBuf {
     crate::require_root();

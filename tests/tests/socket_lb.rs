@@ -2,15 +2,16 @@
 //! real processes in the node's namespace, put into a test cgroup the
 //! agent's socket programs are attached to, reach service backends by the
 //! ClusterIP while seeing the ClusterIP as their peer; other namespaces'
-//! sockets are left to XDP/tc. Needs root (namespaces, cgroups, BPF).
+//! sockets are left to XDP/tc. Over IPv4 and IPv6, and dual-stack IPv6
+//! sockets to IPv4-mapped addresses. Needs root (namespaces, cgroups, BPF).
 use std::{collections::BTreeSet, path::Path, time::Duration};
 
 use lb_common::counter;
 use xdplb_tests::{
-    agent::{default_service, objects_dir_with, slice, slice_for, web_service, Agent},
+    agent::{default_service, objects_dir_with, slice, slice_for, slice_ports, web_service, Agent},
     cgroup::TestCgroup,
     servers::Server,
-    topology::Topology,
+    topology::{backend_addr, backend_addr6, Topology},
     wait_for,
 };
 
@@ -26,13 +27,28 @@ struct Node {
 
 /// Three backends, the agent balancing node sockets of a fresh test cgroup.
 fn node(service: &str, slice: &str) -> Node {
+    node_with(service, slice, false, &[])
+}
+
+/// As [`node`], the agent run with `flags`; `ipv6`: the topology and the
+/// backends speak both families, and the agent waits for IPv6 services too.
+fn node_with(service: &str, slice: &str, ipv6: bool, flags: &[&str]) -> Node {
     let t = Topology::new(3);
-    let servers = (0..3).map(|i| Server::start(&t.backends[i], 8080, &format!("backend-{i}"))).collect();
+    if ipv6 {
+        t.add_ipv6();
+    }
+    let start = if ipv6 { Server::start_dual } else { Server::start };
+    let servers = (0..3).map(|i| start(&t.backends[i], 8080, &format!("backend-{i}"))).collect();
     let cgroup = TestCgroup::new();
     let flag = format!("--socket-lb={}", cgroup.path.display());
-    let mut agent = Agent::start_with(&t.node, &objects_dir_with(service, slice), &[&flag]);
+    let args: Vec<&str> = [flag.as_str()].into_iter().chain(flags.iter().copied()).collect();
+    let mut agent = Agent::start_with(&t.node, &objects_dir_with(service, slice), &args);
     let dp = agent.maps();
-    assert!(wait_for(Duration::from_secs(60), || dp.contents().is_ok_and(|c| !c.services.is_empty())), "{}", agent.log());
+    let ready = wait_for(Duration::from_secs(90), || {
+        dp.contents().is_ok_and(|c| !c.services.is_empty())
+            && (!ipv6 || dp.family_contents::<lb_common::Addr6>().is_ok_and(|c| !c.services.is_empty()))
+    });
+    assert!(ready, "{}", agent.log());
     Node { t, _servers: servers, agent, cgroup }
 }
 
@@ -112,19 +128,11 @@ fn a_node_process_reaches_a_local_policy_node_port_with_endpoints_only_elsewhere
 /// the second; a socket gets its answer at once either way).
 #[test]
 fn a_node_connect_to_an_unserved_cluster_ip_port_or_unallocated_service_address_is_refused() {
-    let svc = web_service(&[("xdplb.io/algorithm", "round-robin")], "TCP", "");
-    let t = Topology::new(1);
-    let _server = Server::start(&t.backends[0], 8080, "backend-0");
-    let cgroup = TestCgroup::new();
-    let flag = format!("--socket-lb={}", cgroup.path.display());
-    let mut agent = Agent::start_with(&t.node, &objects_dir_with(&svc, &slice(&[0])), &[&flag, "--service-cidr=10.96.0.0/12"]);
-    let dp = agent.maps();
-    assert!(wait_for(Duration::from_secs(60), || dp.contents().is_ok_and(|c| !c.services.is_empty())), "{}", agent.log());
-    let n = Node { t, _servers: Vec::new(), agent, cgroup };
+    let n = node_with(&default_service(), &slice(&[0]), false, &["--service-cidr=10.96.0.0/12"]);
     assert!(n.ask_at("tcp", VIP).is_ok(), "the served port");
     for to in ["10.96.0.10:81", "10.96.0.99:80"] {
         let err = n.ask_at("tcp", to).expect_err(to);
-        assert!(err.contains("not permitted"), "{to}: connect() is refused (EPERM): {err}");
+        assert!(err.contains("refused"), "{to}: connect() is refused (ECONNREFUSED): {err}");
     }
     assert!(n.ask_at("tcp", "10.200.0.1:80").is_err_and(|e| !e.contains("not permitted")), "outside the service CIDR: routed as usual");
     assert_eq!(n.counter(counter::SOCK_NO_BACKEND), 2);
@@ -135,7 +143,7 @@ fn a_node_connect_to_a_service_without_endpoints_fails_at_once() {
     let n = node(&default_service(), &slice(&[]));
     let started = std::time::Instant::now();
     let err = n.ask("tcp").expect_err("no backend to connect to");
-    assert!(err.contains("not permitted"), "connect() is refused (EPERM): {err}");
+    assert!(err.contains("refused"), "connect() is refused (ECONNREFUSED): {err}");
     assert!(started.elapsed() < Duration::from_secs(2), "refused, not timed out");
     assert_eq!(n.counter(counter::SOCK_NO_BACKEND), 1);
 }
@@ -200,4 +208,81 @@ fn auto_on_a_host_without_cgroup2_warns_and_balances_packets_without_it() {
     let _ = std::fs::remove_file(&log);
     assert!(synced && still_running, "the agent runs and programs the maps:\n{log_text}");
     assert!(log_text.contains("no cgroup2 file system is mounted") && log_text.contains("continuing without"), "{log_text}");
+}
+
+const VIP6: &str = "[fd00:96::10]:80";
+/// The IPv4 ClusterIP as a dual-stack IPv6 socket dials it.
+const VIP_MAPPED: &str = "[::ffff:10.96.0.10]:80";
+
+/// `shop/web`, dual-stack (IPv6 first), round-robin, serving TCP and UDP
+/// on port 80; `shop/empty`, IPv6 only (fd00:96::20), without endpoints.
+fn dual_stack_services() -> String {
+    let ports = "  ports:\n  - name: http\n    port: 80\n    protocol: TCP\n    targetPort: 8080\n  \
+                 - name: dns\n    port: 80\n    protocol: UDP\n    targetPort: 8080\n";
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: shop\n  annotations:\n    xdplb.io/algorithm: round-robin\n\
+         spec:\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv6, IPv4]\n  clusterIP: 'fd00:96::10'\n  \
+         clusterIPs: ['fd00:96::10', 10.96.0.10]\n{ports}---\n\
+         apiVersion: v1\nkind: Service\nmetadata:\n  name: empty\n  namespace: shop\n\
+         spec:\n  ipFamilyPolicy: SingleStack\n  ipFamilies: [IPv6]\n  clusterIP: 'fd00:96::20'\n  clusterIPs: ['fd00:96::20']\n{ports}"
+    )
+}
+
+/// The EndpointSlices of `web`, one per family, over backends 0..3 on both ports.
+fn dual_stack_slices() -> String {
+    let ports = [("http", "TCP"), ("dns", "UDP")];
+    let v4 = slice_ports(&[0, 1, 2], &ports);
+    let v6 = (0..3).fold(v4.replace("name: web-abc12", "name: web-v6").replace("addressType: IPv4", "addressType: IPv6"), |s, i| {
+        s.replace(&format!("[{}]", backend_addr(i)), &format!("['{}']", backend_addr6(i)))
+    });
+    format!("{v4}---\n{v6}")
+}
+
+/// Three requests of `proto` to `to`: each answered, by three backends,
+/// and seen from `to` (getpeername() for TCP, recvfrom() for UDP).
+fn three_from_every_backend(n: &Node, proto: &str, to: &str) {
+    let mut seen = BTreeSet::new();
+    for _ in 0..3 {
+        let (backend, from) = n.ask_at(proto, to).unwrap_or_else(|e| panic!("{proto} to {to}: {e}\n{}", n.agent.log()));
+        assert_eq!(from, to, "{proto}: the application sees the service address");
+        seen.insert(backend);
+    }
+    assert_eq!(seen.len(), 3, "{proto} to {to}, round-robin: {seen:?}");
+}
+
+#[test]
+fn node_ipv6_sockets_reach_every_backend_and_dual_stack_sockets_reach_an_ipv4_mapped_cluster_ip() {
+    let n = node_with(&dual_stack_services(), &dual_stack_slices(), true, &[]);
+    three_from_every_backend(&n, "tcp", VIP6);
+    three_from_every_backend(&n, "udp", VIP6);
+    assert_eq!((n.counter(counter::SOCK_BALANCED), n.counter(counter::SOCK_MAPPED)), (6, 0));
+    // A dual-stack socket to ::ffff:10.96.0.10 is balanced over IPv4 (the
+    // backends answer from their IPv4 addresses) and sees the mapped ClusterIP.
+    three_from_every_backend(&n, "tcp", VIP_MAPPED);
+    three_from_every_backend(&n, "udp", VIP_MAPPED);
+    // TCP's connect() runs connect6 (counted as mapped); an unconnected
+    // UDP send to a mapped address is IPv4's to the kernel (sendmsg4).
+    assert_eq!((n.counter(counter::SOCK_BALANCED), n.counter(counter::SOCK_MAPPED)), (12, 3));
+    assert_eq!(n.counter(counter::SOCK_NO_BACKEND), 0);
+    // Balanced at connect: no packet needed XDP's NAT.
+    assert_eq!(n.counter(counter::NAT_FORWARD), 0);
+}
+
+/// Over IPv6 as over IPv4: a service without endpoints, a ClusterIP's
+/// unserved port and an unallocated address of the service CIDR are
+/// refused at connect() at once, also through an IPv4-mapped address.
+#[test]
+fn a_node_ipv6_connect_to_a_service_without_endpoints_an_unserved_port_or_an_unallocated_address_is_refused() {
+    let n = node_with(&dual_stack_services(), &dual_stack_slices(), true, &["--service-cidr=fd00:96::/112", "--service-cidr=10.96.0.0/12"]);
+    let refused = ["[fd00:96::20]:80", "[fd00:96::10]:81", "[fd00:96::99]:80", "[::ffff:10.96.0.10]:81", "[::ffff:10.96.0.99]:80"];
+    for to in refused {
+        let started = std::time::Instant::now();
+        let err = n.ask_at("tcp", to).expect_err(to);
+        assert!(err.contains("refused"), "{to}: connect() is refused (ECONNREFUSED): {err}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{to}: refused, not timed out");
+    }
+    assert_eq!((n.counter(counter::SOCK_NO_BACKEND), n.counter(counter::SOCK_MAPPED)), (refused.len() as u64, 2));
+    assert_eq!(n.ask_at("tcp", VIP6).map(|(_, peer)| peer), Ok(VIP6.to_string()), "the served port");
+    let outside = n.ask_at("tcp", "[fd00:97::1]:80").expect_err("nothing routes there");
+    assert!(!outside.contains("refused"), "outside the service CIDR: routed as usual: {outside}");
 }

@@ -392,8 +392,18 @@ pub fn tc_attach() -> Check {
 /// (`lb-agent doctor` only; `run` loads them for real anyway).
 pub fn programs() -> Check {
     const NAME: &str = "programs";
-    let sizes = crate::pins::MapSizes { services: 64, backends: 64, slots: 64, conntrack: 1024, affinity: 64, conntrack_v6: 1024, affinity_v6: 64 };
-    let mut loader = aya::EbpfLoader::new();
+    let sizes = crate::pins::MapSizes {
+        services: 64,
+        backends: 64,
+        slots: 64,
+        conntrack: 1024,
+        affinity: 64,
+        conntrack_v6: 1024,
+        affinity_v6: 64,
+        sockets: 64,
+        sockets_v6: 64,
+    };
+    let mut loader = crate::loader::new_loader();
     for name in lb_common::maps::ALL {
         loader.map_max_entries(name, crate::migrate::expected(name, sizes).max_entries);
     }

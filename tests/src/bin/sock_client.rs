@@ -1,7 +1,9 @@
 //! `xdplb-sock-client tcp|udp ADDR:PORT`: one request, as a node process
 //! would make it, for the socket-balancing tests. Prints the answer and the
 //! address the application sees it from (TCP: getpeername(); UDP: the
-//! source recvfrom() reports, unconnected socket). Exits 1 with the error.
+//! source recvfrom() reports, unconnected socket). An IPv6 ADDR (`[fd00::1]:80`,
+//! or `[::ffff:10.0.0.1]:80` for a dual-stack socket to an IPv4 address)
+//! takes an IPv6 socket. Exits 1 with the error.
 use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpStream, UdpSocket},
@@ -36,7 +38,7 @@ fn tcp(to: SocketAddr) -> std::io::Result<(String, SocketAddr)> {
 }
 
 fn udp(to: SocketAddr) -> std::io::Result<(String, SocketAddr)> {
-    let s = UdpSocket::bind("0.0.0.0:0")?;
+    let s = UdpSocket::bind(if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" })?;
     s.set_read_timeout(Some(Duration::from_secs(3)))?;
     s.send_to(b"who", to)?;
     let mut buf = [0u8; 256];
