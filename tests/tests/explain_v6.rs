@@ -92,3 +92,33 @@ fn explain_agrees_with_xdp_on_ipv6_packets() {
     }
     assert!(!maglev_backends.is_empty());
 }
+
+/// A node socket (the socket balancer): an IPv6 ClusterIP is explained over
+/// the IPv6 maps, an IPv4-mapped one (a dual-stack socket) over the IPv4
+/// maps, where `web` has no endpoints, and `fd00:96::53` has no IPv4 twin.
+#[test]
+fn explain_takes_an_ipv4_mapped_destination_of_a_node_socket_to_the_ipv4_maps() {
+    let mut m = Model::default();
+    m.add_yaml(OBJECTS, "test");
+    let cfg = PlanConfig { node_name: "node-0".into(), ..Default::default() };
+    let p = plan(&m, &cfg, &mut Ids::new(1024, 4096));
+    let mut lb = Lb::load();
+    lb.program(&p.contents);
+    lb.program(&p.contents_v6);
+    let ask = |dst: &str| {
+        let q = Query { origin: Origin::Node, src: IpAddr::V6(Ipv6Addr::UNSPECIFIED), sport: None, dst: dst.parse().unwrap(), dport: 80, proto: IPPROTO_TCP };
+        explain_pinned(&lb.maps, &q, &Default::default()).expect("explain")
+    };
+    let v6 = ask("fd00:96::10");
+    assert_eq!(v6.verdict.action, Action::Dnat, "{v6}");
+    assert_eq!(v6.candidates.len(), 2, "{v6}");
+    assert!(v6.candidates.iter().all(|c| c.addr.is_ipv6()), "{v6}");
+
+    let mapped = ask("::ffff:10.96.0.10");
+    assert!(mapped.notes[0].contains("IPv4-mapped") && mapped.packet.contains("10.96.0.10:80"), "{mapped}");
+    assert_eq!((mapped.verdict.action, mapped.candidates.len()), (Action::Reject, 0), "the IPv4 frontend, without endpoints:\n{mapped}");
+    assert!(mapped.verdict.reason.contains("ECONNREFUSED"), "{mapped}");
+
+    let other = ask("::ffff:10.96.0.53");
+    assert_eq!(other.verdict.action, Action::Pass, "not an IPv4 frontend:\n{other}");
+}
