@@ -13,14 +13,19 @@
 //!   packet's CRC32c changes), to its ClusterIP and NodePort from outside
 //!   (XDP, complete CRCs) and from a pod (tc, offloaded CRCs), messages both
 //!   ways and larger than the MTU, the endpoints validating every CRC;
+//! - the node's own sockets (the socket programs on the guest's cgroup2
+//!   root): an IPv4 socket and a dual-stack IPv6 one dialling the
+//!   IPv4-mapped ClusterIP reach both backends and see the ClusterIP as
+//!   their peer; an unserved port is refused with ECONNREFUSED;
 //! - `lb-agent doctor` names the attach path and the verifier accepts every
 //!   program; `lb-agent uninstall` removes the filters and the XDP link.
 //!
 //! Prints `XDPLB-FIGURE name value` lines and `XDPLB-GUEST-OK` at the end;
 //! any failed check panics (exit 101).
 use std::{
-    collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    collections::{BTreeMap, BTreeSet},
+    io::ErrorKind,
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
     path::Path,
     process::Command,
     time::{Duration, Instant},
@@ -123,6 +128,27 @@ fn sctp_balanced(t: &Topology, agent: &Agent) {
     assert!(updated > 0 && offloaded > 0, "both CRC paths were taken: updated {updated}, offloaded {offloaded}");
 }
 
+/// Node processes' connections to the ClusterIP, through an IPv4 socket
+/// and a dual-stack IPv6 one (`::ffff:<ClusterIP>`: connect6 and
+/// getpeername6 over the IPv4 maps); an unserved port of it is refused.
+fn node_sockets(t: &Topology) {
+    let mapped = SocketAddr::new(IpAddr::V6(WEB_CLUSTER_IP.to_ipv6_mapped()), TO.port());
+    for to in [TO, mapped] {
+        let seen: BTreeSet<String> = (0..4)
+            .map(|_| {
+                let mut c = Conn::new(t.node.run(move || TcpStream::connect_timeout(&to, Duration::from_secs(10))).unwrap_or_else(|e| panic!("node socket to {to}: {e}")));
+                assert_eq!(c.peer(), to, "getpeername() shows the service");
+                c.ask().expect("the backend answers a node socket")
+            })
+            .collect();
+        assert_eq!(seen.len(), 2, "node sockets to {to}, round-robin: {seen:?}");
+    }
+    let unserved = SocketAddr::new(TO.ip(), TO.port() + 1);
+    let err = t.node.run(move || TcpStream::connect_timeout(&unserved, Duration::from_secs(10))).expect_err("an unserved ClusterIP port");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "refused at connect(): {err}");
+    figure("node_sockets", "ipv4,ipv4_mapped,refused");
+}
+
 fn main() {
     let start = Instant::now();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -174,6 +200,7 @@ fn main() {
     // NAT; pod → tc ingress DNAT → backend → tc egress reverse NAT.
     balanced(&t.client, 20, "client");
     balanced(&t.pod, 10, "pod");
+    node_sockets(&t);
     sctp_balanced(&t, &agent);
 
     // Restarts: a held connection keeps its backend, every hook keeps one filter.
