@@ -48,8 +48,8 @@ fn observed(rc: u32, input: &[u8], out: &[u8]) -> (Action, Option<SocketAddr>) {
     }
 }
 
-#[test]
-fn explain_agrees_with_xdp_on_ipv6_packets() {
+/// The programs, with [`OBJECTS`] planned and written into both families' maps.
+fn programmed() -> Lb {
     let mut m = Model::default();
     m.add_yaml(OBJECTS, "test");
     let cfg = PlanConfig { node_name: "node-0".into(), ..Default::default() };
@@ -58,6 +58,12 @@ fn explain_agrees_with_xdp_on_ipv6_packets() {
     let mut lb = Lb::load();
     lb.program(&p.contents);
     lb.program(&p.contents_v6);
+    lb
+}
+
+#[test]
+fn explain_agrees_with_xdp_on_ipv6_packets() {
+    let lb = programmed();
 
     let cases: Vec<(&str, Frame6, Action)> = vec![
         ("round-robin ClusterIP", Frame6::tcp(CLIENT, 40000, "fd00:96::10".parse().unwrap(), 80, TCP_SYN), Action::Dnat),
@@ -98,13 +104,7 @@ fn explain_agrees_with_xdp_on_ipv6_packets() {
 /// maps, where `web` has no endpoints, and `fd00:96::53` has no IPv4 twin.
 #[test]
 fn explain_takes_an_ipv4_mapped_destination_of_a_node_socket_to_the_ipv4_maps() {
-    let mut m = Model::default();
-    m.add_yaml(OBJECTS, "test");
-    let cfg = PlanConfig { node_name: "node-0".into(), ..Default::default() };
-    let p = plan(&m, &cfg, &mut Ids::new(1024, 4096));
-    let mut lb = Lb::load();
-    lb.program(&p.contents);
-    lb.program(&p.contents_v6);
+    let lb = programmed();
     let ask = |dst: &str| {
         let q = Query { origin: Origin::Node, src: IpAddr::V6(Ipv6Addr::UNSPECIFIED), sport: None, dst: dst.parse().unwrap(), dport: 80, proto: IPPROTO_TCP };
         explain_pinned(&lb.maps, &q, &Default::default()).expect("explain")

@@ -352,6 +352,6 @@ fn doctor_names_the_tc_attach_path_and_loads_every_program() {
     // This host's kernel has TCX (6.6+); the --kernels tier sees "netlink" on 6.1.
     assert_has(
         &text(&out),
-        &["✓ tc attach", "TCX links", "✓ programs", "this kernel's verifier accepts", "sock_connect4", "tc_egress", "tc_ingress", "xdp_lb"],
+        &["✓ tc attach", "TCX links", "✓ programs", "this kernel's verifier accepts", "sock_connect4", "sock_connect6", "sock_getpeername6", "tc_egress", "tc_ingress", "xdp_lb"],
     );
 }

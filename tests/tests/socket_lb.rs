@@ -6,7 +6,7 @@
 //! sockets to IPv4-mapped addresses. Needs root (namespaces, cgroups, BPF).
 use std::{collections::BTreeSet, path::Path, time::Duration};
 
-use lb_common::counter;
+use lb_common::{counter, maps::programs};
 use xdplb_tests::{
     agent::{default_service, objects_dir_with, slice, slice_for, slice_ports, web_service, Agent},
     cgroup::TestCgroup,
@@ -159,8 +159,9 @@ fn sockets_of_other_namespaces_are_left_to_xdp_and_an_agent_restart_keeps_balanc
     assert!(n.counter(counter::NAT_FORWARD) > 0, "XDP balanced it");
 
     // A restart replaces the pinned cgroup links; node sockets still balance.
-    let links = n.agent.pin_dir.join("links/cgroup@sock_connect4");
-    assert!(links.exists(), "the cgroup link is pinned");
+    let links: Vec<_> = programs::SOCK.iter().map(|p| n.agent.pin_dir.join(format!("links/cgroup@{p}"))).collect();
+    assert_eq!(links.len(), 8, "four hooks per family");
+    assert!(links.iter().all(|l| l.exists()), "every cgroup link is pinned");
     n.agent.restart(&n.t.node);
     assert!(wait_for(Duration::from_secs(10), || n.agent.log().matches("node sockets to services are balanced").count() >= 2), "{}", n.agent.log());
     assert_eq!(n.ask("tcp").map(|(_, peer)| peer), Ok(VIP.to_string()));
@@ -170,7 +171,7 @@ fn sockets_of_other_namespaces_are_left_to_xdp_and_an_agent_restart_keeps_balanc
     n.agent.kill9();
     n.agent.start_again(&n.t.node, &[flag]);
     assert!(wait_for(Duration::from_secs(10), || n.agent.log().contains("socket balancing off")), "{}", n.agent.log());
-    assert!(!links.exists());
+    assert!(!links.iter().any(|l| l.exists()), "every cgroup link is removed");
     let before = n.counter(counter::SOCK_BALANCED);
     let _ = n.ask("tcp");
     assert_eq!(n.counter(counter::SOCK_BALANCED), before);
@@ -266,6 +267,14 @@ fn node_ipv6_sockets_reach_every_backend_and_dual_stack_sockets_reach_an_ipv4_ma
     assert_eq!(n.counter(counter::SOCK_NO_BACKEND), 0);
     // Balanced at connect: no packet needed XDP's NAT.
     assert_eq!(n.counter(counter::NAT_FORWARD), 0);
+
+    // A restart replaces the pinned cgroup links of both families.
+    let mut n = n;
+    n.agent.restart(&n.t.node);
+    assert!(wait_for(Duration::from_secs(30), || n.agent.log().matches("node sockets to services are balanced").count() >= 2), "{}", n.agent.log());
+    for to in [VIP6, VIP_MAPPED] {
+        assert_eq!(n.ask_at("tcp", to).map(|(_, peer)| peer), Ok(to.to_string()), "after the restart");
+    }
 }
 
 /// Over IPv6 as over IPv4: a service without endpoints, a ClusterIP's
