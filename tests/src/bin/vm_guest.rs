@@ -157,7 +157,8 @@ fn main() {
     let _servers: Vec<Server> = (0..2).map(|i| Server::start(&t.backends[i], 8080, &format!("backend-{i}"))).collect();
     assert!(t.client.run(sctp::available), "this kernel has no SCTP (sctp.ko not loaded)");
     let _sctp: Vec<sctp::Echo> = (0..2).map(|i| sctp::Echo::start(&t.backends[i], DIAMETER.2, &format!("backend-{i}"))).collect();
-    let mut args = vec!["--pod-iface", POD_IFACE];
+    // Node sockets balanced on the guest's cgroup2 root (the harness turns it off otherwise).
+    let mut args = vec!["--pod-iface", POD_IFACE, "--socket-lb=auto"];
     args.extend_from_slice(SIZES);
     let objects = objects_dir(&[0, 1]);
     let (port, node_port, target) = DIAMETER;
@@ -189,6 +190,7 @@ fn main() {
         .unwrap_or_default();
     figure("link_pins", links.join(","));
     assert!(links.contains(&format!("{UPLINK}@xdp_lb")), "the XDP link is pinned: {links:?}");
+    assert!(lb_common::maps::programs::SOCK.iter().all(|p| links.contains(&format!("cgroup@{p}"))), "the socket links are pinned: {links:?}");
     assert!(xdp_attached(&t.node));
     if netlink {
         assert!(report.contains("✓ tc attach") && report.contains("netlink"), "{report}");
@@ -218,7 +220,7 @@ fn main() {
     balanced(&t.client, 6, "no_agent_client");
     assert_eq!(held.ask().expect("held connection with no agent"), first);
     let t0 = Instant::now();
-    let mut again = vec!["--pod-iface", POD_IFACE];
+    let mut again = vec!["--pod-iface", POD_IFACE, "--socket-lb=auto"];
     again.extend_from_slice(SIZES);
     agent.start_again(&t.node, &again);
     replaced(&t.node, &ids, &mut agent);
