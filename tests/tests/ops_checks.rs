@@ -334,7 +334,7 @@ fn pinned_maps_of_another_layout_are_reported_and_other_sizes_will_be_resized() 
             "conntrack_v4 65536 → 1048576",
         ],
     );
-    let out = doctor("", &format!("--pin-path {} --max-services 1024 --max-backends 4096 --max-slots 16384 --max-flows 65536 --max-affinity 4096 --max-flows-v6 16384 --max-affinity-v6 1024", lb.pin_dir().display()));
+    let out = doctor("", &format!("--pin-path {} --max-services 1024 --max-backends 4096 --max-slots 16384 --max-flows 65536 --max-affinity 4096 --max-flows-v6 16384 --max-affinity-v6 1024 --max-sockets 1024 --max-sockets-v6 1024", lb.pin_dir().display()));
     assert_has(
         &text(&out),
         &[
