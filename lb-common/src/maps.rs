@@ -37,8 +37,10 @@ pub const SOCK_NETNS: &str = "sock_netns";
 /// LRU [`crate::SockRevKeyV4`] → [`crate::SockRevV4`]: the service address a
 /// balanced socket asked for, by socket and backend.
 pub const SOCK_REVNAT_V4: &str = "sock_revnat_v4";
-/// [`crate::NatConfig`] at index 0: this node's SNAT address and port range.
+/// [`crate::NatConfigV4`] at index 0: this node's SNAT address and port range.
 pub const NAT_CONFIG: &str = "nat_config";
+/// [`crate::NatConfigV6`] at index 0: the same for IPv6 flows (same ports).
+pub const NAT_CONFIG_V6: &str = "nat_config_v6";
 /// Per-CPU `u64` per backend id: new flows refused for want of a free SNAT
 /// port towards that backend.
 pub const SNAT_EXHAUSTED: &str = "snat_exhausted";
@@ -97,6 +99,7 @@ pub const ALL: &[&str] = &[
     AFFINITY_V6,
     SOURCE_RANGES_V6,
     CONNTRACK_CONFIRMED_V6,
+    NAT_CONFIG_V6,
     FAMILY_XDP,
     FAMILY_TC_INGRESS,
     FAMILY_TC_EGRESS,

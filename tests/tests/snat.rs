@@ -34,7 +34,7 @@ fn lb_with(nat_ports: (u16, u16), sizes: lb_agent::loader::MapSizes) -> Lb {
     let mut lb = Lb::load_sized(sizes);
     lb.program(&contents(&services()));
     lb.maps
-        .set_nat_config(&NatConfig { addr_v4: NODE.octets(), port_min: nat_ports.0, port_max: nat_ports.1 })
+        .set_nat_config(&NatConfig { addr: NODE.octets(), port_min: nat_ports.0, port_max: nat_ports.1 })
         .expect("writing nat_config");
     lb
 }
