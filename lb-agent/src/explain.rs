@@ -353,7 +353,8 @@ pub fn explain<A: Family>(q: &Query, s: &Snapshot<A>, names: &crate::ops::names:
                 // another node leaves with this node's address as source.
                 // Unless it goes with DSR (mode.rs): the client is kept.
                 let remote = q.origin == Origin::External && b.is_remote();
-                let dsr = remote && lb_common::dsr::uses_dsr(svc.flags, s.config.flags, q.proto);
+                // DSR is IPv4's only (lb-ebpf `Family::DSR`): IPv6 is SNATed in every mode.
+                let dsr = remote && A::FAMILY == IpFamily::IPv4 && lb_common::dsr::uses_dsr(svc.flags, s.config.flags, q.proto);
                 let snat = (remote && !dsr && s.nat.addr != A::ZERO).then(|| {
                     format!("{}-{}", crate::family::socket(lb_common::Addr::to_ip(s.nat.addr), s.nat.port_min), s.nat.port_max)
                 });
@@ -800,6 +801,17 @@ mod tests {
         assert_eq!(e.selection, Some(format!("maglev: flow hash {h:#010x} -> slot {} of 2", h % 2 + 1)));
         let want = if h.is_multiple_of(2) { "[fd00:244::7]:8080" } else { "[fd00:244::8]:8080" };
         assert_eq!(e.verdict.backend.map(|b| b.to_string()).as_deref(), Some(want));
+        // A backend on another node: SNATed to the node's IPv6 address, in
+        // every mode (DSR is IPv4's only).
+        let mut s = s.clone();
+        for b in s.contents.backends.values_mut() {
+            b.flags = lb_common::backend_flags::REMOTE;
+        }
+        s.nat = NatConfig { addr: a("fd00:50::11"), port_min: 61000, port_max: 65535 };
+        let query = q("[2001:db8:c:1::9]:41000", "[fd00:96::10]:80");
+        assert_eq!(explain(&query, &s, &Default::default()).verdict.snat.as_deref(), Some("[fd00:50::11]:61000-65535"));
+        s.config.flags = lb_common::config_flags::DSR_TCP;
+        assert_eq!(explain(&query, &s, &Default::default()).verdict.snat.as_deref(), Some("[fd00:50::11]:61000-65535"), "no IPv6 DSR");
     }
 
     #[test]

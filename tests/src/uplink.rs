@@ -97,12 +97,36 @@ pub fn mac(m: [u8; 6]) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
-/// `f` as XDP forwards it out of the uplink: TTL one less, our MAC as
-/// source, `to` as destination.
-pub fn forwarded(mut f: Frame, to: [u8; 6]) -> Frame {
-    f.ttl -= 1;
-    f.src_mac = NODE_MAC;
-    f.dst_mac = to;
+/// A frame of either family, as far as the uplink's helpers change it.
+pub trait OnWire {
+    /// (source MAC, destination MAC, TTL or hop limit)
+    fn wire(&mut self) -> (&mut [u8; 6], &mut [u8; 6], &mut u8);
+}
+
+impl OnWire for Frame {
+    fn wire(&mut self) -> (&mut [u8; 6], &mut [u8; 6], &mut u8) {
+        (&mut self.src_mac, &mut self.dst_mac, &mut self.ttl)
+    }
+}
+
+impl OnWire for crate::packet6::Frame6 {
+    fn wire(&mut self) -> (&mut [u8; 6], &mut [u8; 6], &mut u8) {
+        (&mut self.src_mac, &mut self.dst_mac, &mut self.hop_limit)
+    }
+}
+
+/// `f` as XDP forwards it out of the uplink: TTL (hop limit) one less,
+/// our MAC as source, `to` as destination.
+pub fn forwarded<F: OnWire>(mut f: F, to: [u8; 6]) -> F {
+    let (src, dst, ttl) = f.wire();
+    (*src, *dst, *ttl) = (NODE_MAC, to, *ttl - 1);
+    f
+}
+
+/// `f` as node B sends it to this node (its MACs).
+pub fn from_node_b<F: OnWire>(mut f: F) -> F {
+    let (src, dst, _) = f.wire();
+    (*src, *dst) = (NODE_B_MAC, NODE_MAC);
     f
 }
 
@@ -112,10 +136,3 @@ pub fn ends(mut f: Frame, src: (Ipv4Addr, u16), dst: (Ipv4Addr, u16)) -> Frame {
     f
 }
 
-/// `f` as XDP forwards it out of the uplink: hop limit one less, our MAC
-/// as source, `to` as destination (the IPv6 [`forwarded`]).
-pub fn forwarded6(mut f: crate::packet6::Frame6, to: [u8; 6]) -> crate::packet6::Frame6 {
-    f.hop_limit -= 1;
-    (f.src_mac, f.dst_mac) = (NODE_MAC, to);
-    f
-}

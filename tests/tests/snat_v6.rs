@@ -11,10 +11,10 @@ use lb_common::{algorithm, backend_flags, counter, maps, BackendV6, NatConfig, I
 use xdplb_tests::{
     fixture::{self, Case},
     lb::Lb,
-    packet::{CLIENT_MAC, NODE_MAC, TCP_ACK, TCP_SYN},
+    packet::{CLIENT_MAC, TCP_ACK, TCP_SYN},
     packet6::{verify_checksums, Frame6},
     services::{program_v6, Svc6},
-    uplink::{forwarded6, Uplink, CLIENT6, LB_IP6, NODE6, NODE_B_MAC, POD_B6, POD_LOCAL6, SNAT_PORT},
+    uplink::{forwarded, from_node_b, Uplink, CLIENT6, LB_IP6, NODE6, NODE_B_MAC, POD_B6, POD_LOCAL6, SNAT_PORT},
 };
 
 const FILE: &str = "snat_v6.json";
@@ -43,12 +43,6 @@ fn lb_with(ports: (u16, u16)) -> Lb {
     lb
 }
 
-/// From node B: the MACs of a frame node B sends to this node.
-fn from_node_b(mut f: Frame6) -> Frame6 {
-    (f.src_mac, f.dst_mac) = (NODE_B_MAC, NODE_MAC);
-    f
-}
-
 fn cases() -> Vec<Case> {
     let b = |f: &Frame6| f.bytes();
     let syn = Frame6::tcp(CLIENT6, 40000, NODE6, 30080, TCP_SYN);
@@ -66,7 +60,7 @@ fn cases() -> Vec<Case> {
             "xdp_lb",
             &b(&syn),
             "XDP_TX",
-            Some(&b(&forwarded6(syn.clone().with_src(NODE6, SNAT_PORT).with_dst(POD_B6, 8080), NODE_B_MAC))),
+            Some(&b(&forwarded(syn.clone().with_src(NODE6, SNAT_PORT).with_dst(POD_B6, 8080), NODE_B_MAC))),
         ),
         Case::new(
             "xdp_v6_snat_reply_in_to_client",
@@ -74,7 +68,7 @@ fn cases() -> Vec<Case> {
             "xdp_lb",
             &b(&synack),
             "XDP_TX",
-            Some(&b(&forwarded6(synack.clone().with_src(NODE6, 30080).with_dst(CLIENT6, 40000), CLIENT_MAC))),
+            Some(&b(&forwarded(synack.clone().with_src(NODE6, 30080).with_dst(CLIENT6, 40000), CLIENT_MAC))),
         ),
         Case::new(
             "xdp_v6_snat_established_keeps_port",
@@ -82,7 +76,7 @@ fn cases() -> Vec<Case> {
             "xdp_lb",
             &b(&ack),
             "XDP_TX",
-            Some(&b(&forwarded6(ack.clone().with_src(NODE6, SNAT_PORT).with_dst(POD_B6, 8080), NODE_B_MAC))),
+            Some(&b(&forwarded(ack.clone().with_src(NODE6, SNAT_PORT).with_dst(POD_B6, 8080), NODE_B_MAC))),
         ),
         Case::new(
             "xdp_v6_snat_udp_out",
@@ -90,7 +84,7 @@ fn cases() -> Vec<Case> {
             "xdp_lb",
             &b(&udp),
             "XDP_TX",
-            Some(&b(&forwarded6(udp.clone().with_src(NODE6, SNAT_PORT).with_dst(POD_B6, 5353), NODE_B_MAC))),
+            Some(&b(&forwarded(udp.clone().with_src(NODE6, SNAT_PORT).with_dst(POD_B6, 5353), NODE_B_MAC))),
         ),
         Case::new(
             "xdp_v6_snat_udp_reply_in",
@@ -98,7 +92,7 @@ fn cases() -> Vec<Case> {
             "xdp_lb",
             &b(&udp_reply),
             "XDP_TX",
-            Some(&b(&forwarded6(udp_reply.clone().with_src(NODE6, 30053).with_dst(CLIENT6, 5000), CLIENT_MAC))),
+            Some(&b(&forwarded(udp_reply.clone().with_src(NODE6, 30053).with_dst(CLIENT6, 5000), CLIENT_MAC))),
         ),
         Case::new(
             "xdp_v6_snat_loadbalancer_ip_exhausted",
