@@ -31,6 +31,12 @@
 //! - XDP_TX on an uplink (resets, SNAT replies) needs an XDP program on the
 //!   veth peer: every switch-side port runs the bench object's `bench_pass`.
 //!
+//! - Dual-stack ([`Cluster::dual_stack`]): the same over IPv6 too — the
+//!   client fd00:50::2, node i fd00:50::1i (hex), pod j of node i
+//!   fd00:244:i::1j behind the link-local gateway fe80::1 on its host-side
+//!   veth, `fd00:244:k::/64 via` node k, IPv6 forwarding on, pods serving
+//!   on both families, each agent given its node's IPv6 `--node-address`.
+//!
 //! Nodes are numbered from 1 (`node-1`); pods from 0. Everything (agents,
 //! pins, namespaces, kubeconfig, YAML, logs) goes on drop, also on panic.
 use std::{
