@@ -68,14 +68,14 @@ fn every_frontend_through_every_node(mode: &str) -> Vec<Vec<u64>> {
                 assert_eq!(t.sources6[&CLIENT_ADDR6], own, "{mode}: exactly node-{i}'s own pods see the client");
             }
         }
-        let hairpin = Ipv6Addr::from(lb_common::flow::HAIRPIN_ADDR_V6);
-        let from = [pod_addr6(i, 0), hairpin];
+        // The ClusterIP from node i's pod: no SNAT (the pod's address routes
+        // back through its node); the pod itself chosen comes back as hairpin.
         let to = SocketAddr::from((WEB_IP, 80));
-        let t = tcp_requests(c.pod(i, 0), to, 200);
-        let u = udp_requests(c.pod(i, 0), to, 200);
-        println!("{mode} IPv6 ClusterIP from node-{i}'s pod: TCP {:?}, UDP {:?}", t.per_node(), u.per_node());
-        assert_served(&t, &format!("{mode}: TCP to the IPv6 ClusterIP from node-{i}'s pod"), 200, &from, &c);
-        assert_served(&u, &format!("{mode}: UDP to the IPv6 ClusterIP from node-{i}'s pod"), 200, &from, &c);
+        for (proto, t) in [("TCP", tcp_requests(c.pod(i, 0), to, 200)), ("UDP", udp_requests(c.pod(i, 0), to, 200))] {
+            println!("{mode} IPv6 ClusterIP from node-{i}'s pod, {proto}: answers per node {:?}, the pods saw {:?}", t.per_node(), t.sources6);
+            let sources = [pod_addr6(i, 0), Ipv6Addr::from(lb_common::flow::HAIRPIN_ADDR_V6)];
+            assert_served(&t, &format!("{mode}: {proto} to the IPv6 ClusterIP from node-{i}'s pod"), 200, &sources, &c);
+        }
     }
     let counts: Vec<Vec<u64>> = (1..=NODES).map(|i| c.node_mut(i).maps().counters().unwrap()).collect();
     for (i, k) in counts.iter().enumerate() {
