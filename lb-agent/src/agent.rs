@@ -116,7 +116,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let flags = if redirect.is_empty() { 0 } else { lb_common::config_flags::XDP_REDIRECT } | args.snat.lb_mode.config_flags();
     dp.set_config(&lb_common::Config { flags, ..Default::default() }).map_err(maps("writing the node-wide config"))?;
     tracing::info!(mode = %args.snat.lb_mode, "load-balancing mode of external flows to backends on other nodes (--lb-mode; a Service's xdplb.io/lb-mode wins)");
-    let snat = SnatSettings::from(&args.snat);
+    let snat = SnatSettings::try_from(&args.snat).map_err(|detail| RunError::SnatAddress { detail })?;
     if !snat.off {
         snat::reserve(snat.ports).map_err(|e| RunError::SnatPorts(e.into()))?;
         for iface in &args.ifaces {
@@ -260,7 +260,7 @@ struct Programmer {
     rejected: Vec<lb_agent::fit::Rejected>,
     snat: SnatSettings,
     /// The SNAT settings last written to the maps.
-    nat_written: Option<lb_common::NatConfig>,
+    nat_written: Option<(lb_common::NatConfigV4, lb_common::NatConfigV6)>,
     /// Flows refused per backend id for want of a SNAT port, as last reported.
     snat_refused: std::collections::BTreeMap<u32, u64>,
     snat_reported: Option<Instant>,
@@ -323,11 +323,7 @@ impl Programmer {
         let (service_ids, frontends) = (p.services.len(), p.contents.services.len() + p.contents_v6.services.len());
         let names = names::from_plan(&p);
         // Before the backends: a remote backend is SNATed from its first flow.
-        let v4_nodes: Vec<std::net::Ipv4Addr> = p.node_addresses.iter().filter_map(|a| match a {
-            std::net::IpAddr::V4(a) => Some(*a),
-            std::net::IpAddr::V6(_) => None,
-        }).collect();
-        if let Err(e) = self.sync_nat(&v4_nodes) {
+        if let Err(e) = self.sync_nat(&p.node_addresses) {
             tracing::error!(error = lb_agent::error::chain(&e), "writing the SNAT settings failed; retrying in a second");
             self.metrics.sync_failed(started.elapsed());
             return false;
@@ -406,16 +402,18 @@ impl Programmer {
 
     /// Writes the SNAT settings when they change (the node's address may
     /// come from its Node object, so it can change with the model).
-    fn sync_nat(&mut self, node_addresses: &[std::net::Ipv4Addr]) -> Result<(), lb_agent::dataplane::Error> {
-        let want = self.snat.config(node_addresses);
+    fn sync_nat(&mut self, node_addresses: &[std::net::IpAddr]) -> Result<(), lb_agent::dataplane::Error> {
+        let want = (self.snat.config(node_addresses), self.snat.config(node_addresses));
         if self.nat_written == Some(want) {
             return Ok(());
         }
-        self.dp.set_nat_config(&want)?;
-        if want.addr_v4 == [0; 4] {
+        self.dp.set_nat_config(&want.0)?;
+        self.dp.set_nat_config(&want.1)?;
+        let addresses: Vec<std::net::IpAddr> = [lb_common::Addr::to_ip(want.0.addr), lb_common::Addr::to_ip(want.1.addr)].into_iter().filter(|a| !a.is_unspecified()).collect();
+        if addresses.is_empty() {
             tracing::warn!("no SNAT address (no --snat-address, no node address, or --no-snat): flows to backends on other nodes keep the client address, and fail unless those backends route replies through this node");
         } else {
-            tracing::info!(address = %std::net::Ipv4Addr::from(want.addr_v4), ports = %self.snat.ports, "flows from outside to backends on other nodes are SNATed");
+            tracing::info!(addresses = ?addresses, ports = %self.snat.ports, "flows from outside to backends on other nodes are SNATed (a family without an address keeps the client address)");
         }
         self.nat_written = Some(want);
         Ok(())

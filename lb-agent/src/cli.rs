@@ -1,6 +1,6 @@
 //! The command line: what a new user types, and what `--help` tells them.
 use std::{
-    net::{Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     path::PathBuf,
 };
 
@@ -292,10 +292,11 @@ impl LbArgs {
 #[command(next_help_heading = "Backends on other nodes")]
 pub struct SnatArgs {
     /// Source address of flows SNATed to backends on other nodes (so their
-    /// replies come back to this node). Default: this node's first NodePort
-    /// address (--node-address, else the Node's InternalIP).
+    /// replies come back to this node); repeatable, one per family.
+    /// Default per family: this node's first NodePort address of that
+    /// family (--node-address, else the Node's addresses).
     #[arg(long, value_name = "IP")]
-    pub snat_address: Option<Ipv4Addr>,
+    pub snat_address: Vec<std::net::IpAddr>,
     /// Source ports of SNATed flows: MIN-MAX. The default lies above Linux's
     /// ephemeral ports (32768-60999) and the NodePort range; the agent also
     /// reserves the range from the node's ephemeral ports
@@ -316,9 +317,11 @@ pub struct SnatArgs {
     pub lb_mode: lb_agent::lbmode::LbMode,
 }
 
-impl From<&SnatArgs> for lb_agent::snat::SnatSettings {
-    fn from(a: &SnatArgs) -> Self {
-        Self { address: a.snat_address, ports: a.snat_ports, off: a.no_snat }
+impl TryFrom<&SnatArgs> for lb_agent::snat::SnatSettings {
+    type Error = String;
+
+    fn try_from(a: &SnatArgs) -> Result<Self, String> {
+        Self::new(a.snat_address.clone(), a.snat_ports, a.no_snat)
     }
 }
 
@@ -609,7 +612,7 @@ mod tests {
             panic!("not run")
         };
         assert_eq!(r.ifaces, ["eth0", "eth1"]);
-        assert_eq!(r.inputs.node_addresses, [std::net::IpAddr::from(Ipv4Addr::new(10, 0, 0, 1))]);
+        assert_eq!(r.inputs.node_addresses, [std::net::IpAddr::from(std::net::Ipv4Addr::new(10, 0, 0, 1))]);
         assert_eq!(
             r.inputs.default_algorithm,
             lb_common::algorithm::ROUND_ROBIN

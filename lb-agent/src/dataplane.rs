@@ -29,6 +29,8 @@ pub struct FamilyMaps<A: Family> {
     pub conntrack: HashMap<MapData, FlowKey<A>, Flow<A>>,
     pub affinity: HashMap<MapData, AffinityKey<A>, AffinityV4>,
     pub source_ranges: LpmTrie<MapData, SourceRange<A>, u8>,
+    /// Index 0: this family's SNAT address and ports.
+    pub nat_config: Array<MapData, NatConfig<A>>,
 }
 
 /// A family whose maps the dataplane holds.
@@ -119,7 +121,6 @@ pub struct Dataplane {
     pub backend_load: Array<MapData, u64>,
     pub redirect_ifaces: DevMapHash<MapData>,
     pub sock_netns: Array<MapData, u64>,
-    pub nat_config: Array<MapData, NatConfig>,
     /// Per backend id: new flows refused for want of a SNAT port.
     pub snat_exhausted: PerCpuArray<MapData, u64>,
 }
@@ -148,6 +149,7 @@ impl<A: MapFamily> FamilyMaps<A> {
             conntrack: open(dir, A::MAPS.conntrack)?,
             affinity: open(dir, A::MAPS.affinity)?,
             source_ranges: open(dir, A::MAPS.source_ranges)?,
+            nat_config: open(dir, A::MAPS.nat_config)?,
         })
     }
 
@@ -253,7 +255,6 @@ impl Dataplane {
             backend_load: open(dir, maps::BACKEND_LOAD)?,
             redirect_ifaces: open(dir, maps::REDIRECT_IFACES)?,
             sock_netns: open(dir, maps::SOCK_NETNS)?,
-            nat_config: open(dir, maps::NAT_CONFIG)?,
             snat_exhausted: open(dir, maps::SNAT_EXHAUSTED)?,
         })
     }
@@ -496,14 +497,21 @@ impl Dataplane {
         write_result(self.config.set(0, cfg, 0), maps::CONFIG, || "the node-wide config".into())
     }
 
-    /// Sets this node's SNAT address and port range.
-    pub fn set_nat_config(&mut self, nat: &NatConfig) -> Result<()> {
-        write_result(self.nat_config.set(0, nat, 0), maps::NAT_CONFIG, || "the SNAT settings".into())
+    /// Sets this node's SNAT address and port range of family `A` (nothing
+    /// for IPv6 when the pinned programs have no IPv6 maps).
+    pub fn set_nat_config<A: MapFamily>(&mut self, nat: &NatConfig<A>) -> Result<()> {
+        match A::split(self).0 {
+            Some(m) => write_result(m.nat_config.set(0, nat, 0), A::MAPS.nat_config, || "the SNAT settings".into()),
+            None => Ok(()),
+        }
     }
 
-    /// The SNAT settings the programs use now.
-    pub fn nat_config(&self) -> Result<NatConfig> {
-        Ok(self.nat_config.get(&0, 0)?)
+    /// The SNAT settings of family `A` the programs use now (off without its maps).
+    pub fn nat_config<A: MapFamily>(&self) -> Result<NatConfig<A>> {
+        match A::maps(self) {
+            Some(m) => Ok(m.nat_config.get(&0, 0)?),
+            None => Ok(NatConfig::default()),
+        }
     }
 
     /// New flows refused for want of a SNAT port, per backend id (non-zero

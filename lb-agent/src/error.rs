@@ -60,6 +60,9 @@ pub enum RunError {
         #[source]
         source: Box<dataplane::Error>,
     },
+    /// `detail` names the addresses and the rule.
+    #[error("{detail}")]
+    SnatAddress { detail: String },
     #[error("reserving the SNAT ports from the node's ephemeral ports (change --snat-ports, or pass --no-snat)")]
     SnatPorts(#[source] Cause),
     #[error("accepting SNATed replies on {iface} (pass --no-snat to run without SNAT)")]

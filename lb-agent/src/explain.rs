@@ -77,8 +77,8 @@ pub struct Snapshot<A: Addr = Addr4> {
     /// The conntrack entry of the query's own direction, if any.
     pub flow: Option<Flow<A>>,
     pub affinity: Option<AffinityV4>,
-    /// This node's SNAT address and port range (address 0.0.0.0: off).
-    pub nat: NatConfig,
+    /// This node's SNAT address and port range of the family (address 0: off).
+    pub nat: NatConfig<A>,
     /// `bpf_ktime_get_coarse_ns()`'s clock (CLOCK_MONOTONIC) now.
     pub now_ns: u64,
 }
@@ -99,7 +99,7 @@ impl<A: MapFamily> Snapshot<A> {
             (Some(s), Some(m), Some(client)) if s.affinity_timeout_s != 0 => m.affinity(&AffinityKey { service_id: s.id, client })?,
             _ => None,
         };
-        let nat = dp.nat_config().unwrap_or_default();
+        let nat = dp.nat_config::<A>().unwrap_or_default();
         Ok(Self { contents, config, flow, affinity, nat, now_ns: monotonic_ns() })
     }
 }
@@ -369,10 +369,10 @@ pub fn explain<A: Family>(q: &Query, s: &Snapshot<A>, names: &crate::ops::names:
                 // another node leaves with this node's address as source.
                 // Unless it goes with DSR (mode.rs): the client is kept.
                 let remote = q.origin == Origin::External && b.is_remote();
-                let dsr = remote && lb_common::dsr::uses_dsr(svc.flags, s.config.flags, q.proto);
-                // The IPv4 SNAT address; IPv6 SNAT is the dataplane's own (not shown here).
-                let snat = (remote && !dsr && A::FAMILY == IpFamily::IPv4 && s.nat.addr_v4 != [0; 4]).then(|| {
-                    format!("{}:{}-{}", Ipv4Addr::from(s.nat.addr_v4), s.nat.port_min, s.nat.port_max)
+                // DSR is IPv4's only (lb-ebpf `Family::DSR`): IPv6 is SNATed in every mode.
+                let dsr = remote && A::FAMILY == IpFamily::IPv4 && lb_common::dsr::uses_dsr(svc.flags, s.config.flags, q.proto);
+                let snat = (remote && !dsr && s.nat.addr != A::ZERO).then(|| {
+                    format!("{}-{}", crate::family::socket(lb_common::Addr::to_ip(s.nat.addr), s.nat.port_min), s.nat.port_max)
                 });
                 let reason = if dsr {
                     "new flow to a backend on another node: DSR (the client address kept, the service in an IPv4 option; the backend's node answers the client)"
@@ -762,7 +762,7 @@ mod tests {
         for b in s.contents.backends.values_mut() {
             b.flags = lb_common::backend_flags::REMOTE;
         }
-        s.nat = NatConfig { addr_v4: [192, 168, 1, 1], port_min: 61000, port_max: 65535 };
+        s.nat = NatConfig { addr: [192, 168, 1, 1], port_min: 61000, port_max: 65535 };
         let query = q("192.168.1.2:41000", "10.96.0.10:80");
         let e = explain(&query, &s, &Default::default());
         assert_eq!(e.verdict.snat.as_deref(), Some("192.168.1.1:61000-65535"));
@@ -817,6 +817,17 @@ mod tests {
         assert_eq!(e.selection, Some(format!("maglev: flow hash {h:#010x} -> slot {} of 2", h % 2 + 1)));
         let want = if h.is_multiple_of(2) { "[fd00:244::7]:8080" } else { "[fd00:244::8]:8080" };
         assert_eq!(e.verdict.backend.map(|b| b.to_string()).as_deref(), Some(want));
+        // A backend on another node: SNATed to the node's IPv6 address, in
+        // every mode (DSR is IPv4's only).
+        let mut s = s.clone();
+        for b in s.contents.backends.values_mut() {
+            b.flags = lb_common::backend_flags::REMOTE;
+        }
+        s.nat = NatConfig { addr: a("fd00:50::11"), port_min: 61000, port_max: 65535 };
+        let query = q("[2001:db8:c:1::9]:41000", "[fd00:96::10]:80");
+        assert_eq!(explain(&query, &s, &Default::default()).verdict.snat.as_deref(), Some("[fd00:50::11]:61000-65535"));
+        s.config.flags = lb_common::config_flags::DSR_TCP;
+        assert_eq!(explain(&query, &s, &Default::default()).verdict.snat.as_deref(), Some("[fd00:50::11]:61000-65535"), "no IPv6 DSR");
     }
 
     #[test]

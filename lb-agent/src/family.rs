@@ -67,6 +67,7 @@ pub struct MapNames {
     pub source_ranges: &'static str,
     pub conntrack: &'static str,
     pub affinity: &'static str,
+    pub nat_config: &'static str,
 }
 
 /// A map address type the agent plans and writes for: the link between a
@@ -90,12 +91,12 @@ pub trait Family: Addr + Send + Sync + 'static {
 
 impl Family for Addr4 {
     const FAMILY: IpFamily = IpFamily::IPv4;
-    const MAPS: MapNames = MapNames { services: maps::SERVICES_V4, backends: maps::BACKENDS_V4, source_ranges: maps::SOURCE_RANGES_V4, conntrack: maps::CONNTRACK_V4, affinity: maps::AFFINITY_V4 };
+    const MAPS: MapNames = MapNames { services: maps::SERVICES_V4, backends: maps::BACKENDS_V4, source_ranges: maps::SOURCE_RANGES_V4, conntrack: maps::CONNTRACK_V4, affinity: maps::AFFINITY_V4, nat_config: maps::NAT_CONFIG };
 }
 
 impl Family for Addr6 {
     const FAMILY: IpFamily = IpFamily::IPv6;
-    const MAPS: MapNames = MapNames { services: maps::SERVICES_V6, backends: maps::BACKENDS_V6, source_ranges: maps::SOURCE_RANGES_V6, conntrack: maps::CONNTRACK_V6, affinity: maps::AFFINITY_V6 };
+    const MAPS: MapNames = MapNames { services: maps::SERVICES_V6, backends: maps::BACKENDS_V6, source_ranges: maps::SOURCE_RANGES_V6, conntrack: maps::CONNTRACK_V6, affinity: maps::AFFINITY_V6, nat_config: maps::NAT_CONFIG_V6 };
 }
 
 /// `addr:port` as people write it: `10.0.0.1:80`, `[fd00::1]:80`.

@@ -111,7 +111,8 @@ pub fn expected(name: &str, s: MapSizes) -> Spec {
         // Key: the trie's u32 prefix length, then the data.
         maps::SOURCE_RANGES_V4 => spec(MapType::LpmTrie, 4 + size::<SourceRangeV4>(), 1, maps::default_size::SOURCE_RANGES),
         maps::SOCK_REVNAT_V4 => spec(MapType::LruHash, size::<SockRevKeyV4>(), size::<SockRevV4>(), s.sockets),
-        maps::NAT_CONFIG => spec(MapType::Array, 4, size::<NatConfig>(), 1),
+        maps::NAT_CONFIG => spec(MapType::Array, 4, size::<NatConfigV4>(), 1),
+        maps::NAT_CONFIG_V6 => spec(MapType::Array, 4, size::<NatConfigV6>(), 1),
         // Indexed by backend id (1..=backends).
         maps::SNAT_EXHAUSTED => spec(MapType::PerCpuArray, 4, 8, s.backends + 1),
         // The IPv6 instances: the same roles and sizes (conntrack and

@@ -1,10 +1,12 @@
 //! This node's SNAT settings: which address and ports flows to backends on
 //! other nodes take as their source (see `lb_common::nat` for why), and
 //! keeping the node's own sockets off those ports.
-use std::{net::Ipv4Addr, str::FromStr};
+use std::{net::IpAddr, str::FromStr};
 
 use anyhow::{Context as _, Result};
 use lb_common::{NatConfig, DEFAULT_SNAT_PORTS};
+
+use crate::family::Family;
 
 /// An inclusive port range, `MIN-MAX` on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -42,8 +44,10 @@ impl FromStr for PortRange {
 /// What the operator asked for.
 #[derive(Clone, Debug, Default)]
 pub struct SnatSettings {
-    /// `None`: the node's first IPv4 NodePort address.
-    pub address: Option<Ipv4Addr>,
+    /// At most one per family (`--snat-address`, repeatable); a family
+    /// without one takes the node's first NodePort address of the family.
+    pub addresses: Vec<IpAddr>,
+    /// The same range for both families.
     pub ports: PortRange,
     /// SNAT off: remote backends see the client address (they must route
     /// replies back through the balancing node).
@@ -51,13 +55,26 @@ pub struct SnatSettings {
 }
 
 impl SnatSettings {
-    /// The `nat_config` value for a node whose NodePort addresses are
-    /// `node_addresses`: SNAT is off without an address to use.
-    pub fn config(&self, node_addresses: &[Ipv4Addr]) -> NatConfig {
-        let addr = if self.off { None } else { self.address.or_else(|| node_addresses.first().copied()) };
-        match addr {
-            Some(a) if !a.is_unspecified() => NatConfig { addr_v4: a.octets(), port_min: self.ports.min, port_max: self.ports.max },
-            _ => NatConfig::default(),
+    /// The settings, refused with the reason when `addresses` names two
+    /// of one family.
+    pub fn new(addresses: Vec<IpAddr>, ports: PortRange, off: bool) -> Result<Self, String> {
+        if addresses.iter().filter(|a| a.is_ipv4()).count() > 1 || addresses.iter().filter(|a| a.is_ipv6()).count() > 1 {
+            return Err(format!("--snat-address {addresses:?}: at most one address per family (one IPv4, one IPv6)"));
+        }
+        Ok(Self { addresses, ports, off })
+    }
+
+    /// The family's `nat_config` value (`nat_config`, `nat_config_v6`) for
+    /// a node whose NodePort addresses are `node_addresses`: SNAT is off
+    /// for a family without an address to use.
+    pub fn config<A: Family>(&self, node_addresses: &[IpAddr]) -> NatConfig<A> {
+        if self.off {
+            return NatConfig::default();
+        }
+        let usable = |a: &IpAddr| if a.is_unspecified() { None } else { A::from_ip(*a) };
+        match self.addresses.iter().find_map(usable).or_else(|| node_addresses.iter().find_map(usable)) {
+            Some(addr) => NatConfig { addr, port_min: self.ports.min, port_max: self.ports.max },
+            None => NatConfig::default(),
         }
     }
 }
@@ -112,16 +129,36 @@ mod tests {
         }
     }
 
+    use lb_common::{Addr4, Addr6};
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
-    fn the_address_defaults_to_the_first_node_address_and_can_be_off() {
-        let nodes = [Ipv4Addr::new(192, 168, 50, 11), Ipv4Addr::new(10, 0, 0, 1)];
+    fn each_family_defaults_to_its_first_node_address_and_can_be_off() {
+        let nodes = [ip("192.168.50.11"), ip("fd00:50::11"), ip("10.0.0.1"), ip("fd00:50::99")];
         let s = SnatSettings::default();
-        let c = s.config(&nodes);
-        assert_eq!((c.addr_v4, c.port_min, c.port_max), ([192, 168, 50, 11], 61000, 65535));
-        let s = SnatSettings { address: Some(Ipv4Addr::new(10, 9, 9, 9)), ..Default::default() };
-        assert_eq!(s.config(&nodes).addr_v4, [10, 9, 9, 9]);
-        assert_eq!(SnatSettings { off: true, ..Default::default() }.config(&nodes), NatConfig::default());
-        assert_eq!(SnatSettings::default().config(&[]), NatConfig::default());
+        let c = s.config::<Addr4>(&nodes);
+        assert_eq!((c.addr, c.port_min, c.port_max), ([192, 168, 50, 11], 61000, 65535));
+        let c6 = s.config::<Addr6>(&nodes);
+        assert_eq!((c6.addr, c6.port_min, c6.port_max), (ip6("fd00:50::11"), 61000, 65535));
+        let s = SnatSettings::new(vec![ip("fd00:9::9"), ip("10.9.9.9")], PortRange::default(), false).unwrap();
+        assert_eq!(s.config::<Addr4>(&nodes).addr, [10, 9, 9, 9]);
+        assert_eq!(s.config::<Addr6>(&nodes).addr, ip6("fd00:9::9"));
+        // One family given: the other still defaults to the node's.
+        let s = SnatSettings::new(vec![ip("10.9.9.9")], PortRange::default(), false).unwrap();
+        assert_eq!(s.config::<Addr6>(&nodes).addr, ip6("fd00:50::11"));
+        assert_eq!(SnatSettings { off: true, ..Default::default() }.config::<Addr6>(&nodes), NatConfig::default());
+        assert_eq!(SnatSettings::default().config::<Addr4>(&[]), NatConfig::default());
+        // An IPv4-only node: no IPv6 SNAT.
+        assert_eq!(SnatSettings::default().config::<Addr6>(&nodes[..1]), NatConfig::default());
+        let two = SnatSettings::new(vec![ip("10.0.0.1"), ip("10.0.0.2")], PortRange::default(), false).unwrap_err();
+        assert!(two.contains("at most one address per family"), "{two}");
+    }
+
+    fn ip6(s: &str) -> Addr6 {
+        s.parse::<std::net::Ipv6Addr>().unwrap().octets()
     }
 
     #[test]

@@ -38,8 +38,10 @@ pub const SOCK_NETNS: &str = "sock_netns";
 /// balanced socket asked for, by socket and backend (IPv4 sockets, and the
 /// IPv4-mapped destinations of dual-stack IPv6 sockets).
 pub const SOCK_REVNAT_V4: &str = "sock_revnat_v4";
-/// [`crate::NatConfig`] at index 0: this node's SNAT address and port range.
+/// [`crate::NatConfigV4`] at index 0: this node's SNAT address and port range.
 pub const NAT_CONFIG: &str = "nat_config";
+/// [`crate::NatConfigV6`] at index 0: the same for IPv6 flows (same ports).
+pub const NAT_CONFIG_V6: &str = "nat_config_v6";
 /// Per-CPU `u64` per backend id: new flows refused for want of a free SNAT
 /// port towards that backend.
 pub const SNAT_EXHAUSTED: &str = "snat_exhausted";
@@ -99,6 +101,7 @@ pub const ALL: &[&str] = &[
     SOURCE_RANGES_V6,
     CONNTRACK_CONFIRMED_V6,
     SOCK_REVNAT_V6,
+    NAT_CONFIG_V6,
     FAMILY_XDP,
     FAMILY_TC_INGRESS,
     FAMILY_TC_EGRESS,

@@ -6,22 +6,31 @@
 //! an address it never dialed. Such a flow's source becomes this node's
 //! address and a port of the SNAT range, so the reply returns here and is
 //! rewritten back (as kube-proxy's masquerade and Cilium's default do).
-use bytemuck::{Pod, Zeroable};
+use bytemuck::Zeroable;
 
-/// Value of `nat_config[0]`, written by the agent.
+use crate::{Addr, Addr4, Addr6};
+
+/// Value of `nat_config[0]` (IPv4) and `nat_config_v6[0]` (IPv6), written
+/// by the agent: one per family, as each family's flows take a source of
+/// their own family.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct NatConfig {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Zeroable)]
+pub struct NatConfig<A = Addr4> {
     /// Source address of SNATed flows: this node's address, network order.
-    /// 0.0.0.0 turns SNAT off (remote backends then see the client address
-    /// and must route their replies through this node).
-    pub addr_v4: [u8; 4],
+    /// All zeros turns SNAT off for the family (remote backends then see
+    /// the client address and must route their replies through this node).
+    pub addr: A,
     /// First and last source port of SNATed flows, inclusive, HOST order
     /// (arithmetic, not wire data). See [`DEFAULT_SNAT_PORTS`].
     pub port_min: u16,
     pub port_max: u16,
 }
-const _: () = assert!(core::mem::size_of::<NatConfig>() == 8);
+pub type NatConfigV4 = NatConfig<Addr4>;
+pub type NatConfigV6 = NatConfig<Addr6>;
+
+crate::family::pod_per_family! {
+    NatConfig: 8, 20 { addr: 0, 0, port_min: 4, 16, port_max: 6, 18 };
+}
 
 /// The default SNAT port range: above Linux's default ephemeral range
 /// (32768–60999, `net.ipv4.ip_local_port_range`) and the NodePort range
@@ -32,12 +41,10 @@ const _: () = assert!(core::mem::size_of::<NatConfig>() == 8);
 /// (address, port, protocol) through one node.
 pub const DEFAULT_SNAT_PORTS: (u16, u16) = (61_000, 65_535);
 
-impl NatConfig {
+impl<A: Addr> NatConfig<A> {
     /// Whether `port` (host order) is in the SNAT range.
     #[inline(always)]
     pub fn in_range(&self, port: u16) -> bool {
         port >= self.port_min && port <= self.port_max
     }
 }
-
-crate::user_pod!(NatConfig);

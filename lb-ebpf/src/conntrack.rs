@@ -8,7 +8,8 @@ use crate::{
     family::Family,
     flowkey::{other_key, TOUCH_INTERVAL_NS},
     load,
-    maps::{config, nat_config, snat_exhausted},
+    family::same,
+    maps::{config, snat_exhausted},
     mode,
     parse::{Packet, TCP_FIN, TCP_RST, TCP_SYN},
     stats::count,
@@ -317,37 +318,56 @@ fn remap<F: Family>(reply_key: &mut FlowKey<F::Addr>, reply: &Flow<F::Addr>, now
 /// is shared by every flow to the same backend (address, port, protocol),
 /// so a try fails only when that port is live towards that backend.
 const SNAT_TRIES: u32 = 16;
+/// The tries of a `Family::SPLIT` family (IPv6): the verifier walks every
+/// unrolled try for every state that reaches a new flow (IPv6's
+/// least-connections scan leaves many), and sixteen took the IPv6 XDP
+/// program past its limit of 1M instructions. (`bpf_loop` would need 5.17.)
+/// Eight: a new flow is refused only when eight random ports are all live
+/// towards its backend (at 80 % of the range in use, one flow in six).
+const SNAT_TRIES_SPLIT: u32 = 8;
 
 /// Inserts the reply entry of a new SNAT flow under a free port of the
 /// range (its key's destination port); `false` if none of [`SNAT_TRIES`]
-/// random ports was free. A port held by a dead flow (expired, closing)
+/// ([`SNAT_TRIES_SPLIT`] for IPv6) random ports was free. A port held by a dead flow (expired, closing)
 /// is taken over.
 #[inline(always)]
-fn snat_insert<F: Family>(reply_key: &mut FlowKey<F::Addr>, reply: &Flow<F::Addr>, nat: &NatConfig, now: u64) -> bool {
-    let span = (nat.port_max.wrapping_sub(nat.port_min)) as u32 + 1;
-    for _ in 0..SNAT_TRIES {
-        // SAFETY: helper without preconditions.
-        let port = nat.port_min.wrapping_add((unsafe { bpf_get_prandom_u32() } % span) as u16);
-        reply_key.dst_port = port.to_be_bytes();
-        if F::conntrack().insert(&*reply_key, reply, BPF_NOEXIST as u64).is_ok()
-            || (!clashes::<F>(reply_key, reply, now) && F::conntrack().insert(&*reply_key, reply, 0).is_ok())
-        {
+fn snat_insert<F: Family>(reply_key: &mut FlowKey<F::Addr>, reply: &Flow<F::Addr>, (port_min, port_max): (u16, u16), now: u64) -> bool {
+    let span = (port_max.wrapping_sub(port_min)) as u32 + 1;
+    for _ in 0..if F::SPLIT { SNAT_TRIES_SPLIT } else { SNAT_TRIES } {
+        if snat_port::<F>(reply_key, reply, port_min, span, now) {
             return true;
         }
     }
     false
 }
 
-/// This node's SNAT settings and address when a new flow of `origin` to
-/// `backend` must be SNATed: an external client's flow to a backend on
-/// another node, with SNAT configured for the family.
+/// One try of [`snat_insert`]: a random port of the range, taken if free
+/// or held by a dead flow.
 #[inline(always)]
-fn snat_for<F: Family>(origin: Origin, backend: &Backend<F::Addr>) -> Option<(NatConfig, F::Addr)> {
+fn snat_port<F: Family>(reply_key: &mut FlowKey<F::Addr>, reply: &Flow<F::Addr>, port_min: u16, span: u32, now: u64) -> bool {
+    // SAFETY: helper without preconditions.
+    let port = port_min.wrapping_add((unsafe { bpf_get_prandom_u32() } % span) as u16);
+    reply_key.dst_port = port.to_be_bytes();
+    F::conntrack().insert(&*reply_key, reply, BPF_NOEXIST as u64).is_ok()
+        || (!clashes::<F>(reply_key, reply, now) && F::conntrack().insert(&*reply_key, reply, 0).is_ok())
+}
+
+/// This node's SNAT ports (first, last) and address when a new flow of
+/// `origin` to `backend` must be SNATed: an external client's flow to a
+/// backend on another node, with SNAT configured for the family.
+#[inline(always)]
+fn snat_for<F: Family>(origin: Origin, backend: &Backend<F::Addr>) -> Option<(u16, u16, F::Addr)> {
     if origin != Origin::External || !backend.is_remote() {
         return None;
     }
-    let n = nat_config.get(0)?;
-    Some((*n, F::snat_addr(n)?))
+    let n = F::nat_config().get(0)?;
+    snat_on::<F>(n).then_some((n.port_min, n.port_max, n.addr))
+}
+
+/// Whether SNAT is on for the family (its address is set).
+#[inline(always)]
+fn snat_on<F: Family>(n: &NatConfig<F::Addr>) -> bool {
+    !same(&n.addr, &F::Addr::ZERO)
 }
 
 /// Creates both entries of a new flow of `p` to `backend`; returns the
@@ -416,7 +436,7 @@ fn create_inline<F: Family>(n: &NewFlow<F::Addr>, backend_id: u32, origin: Origi
     let dsr = F::DSR && origin == Origin::External && backend.is_remote() && mode::dsr(svc.flags, p.proto);
     let snat = if dsr { None } else { snat_for::<F>(origin, backend) };
     let client_addr = match snat {
-        Some((_, a)) => a,
+        Some((_, _, a)) => a,
         None if origin == Origin::Pod && backend.addr == p.src => F::hairpin(),
         None => p.src,
     };
@@ -451,8 +471,8 @@ fn create_inline<F: Family>(n: &NewFlow<F::Addr>, backend_id: u32, origin: Origi
     // The reply entry first: once the forward entry exists, a reply may follow.
     if dsr {
         // Replies never come back through this node.
-    } else if let Some((n, _)) = snat {
-        if !snat_insert::<F>(&mut reply_key, reply, &n, now) {
+    } else if let Some((lo, hi, _)) = snat {
+        if !snat_insert::<F>(&mut reply_key, reply, (lo, hi), now) {
             if let Some(c) = snat_exhausted.get_ptr_mut(backend_id) {
                 // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
                 unsafe { *c += 1 };
@@ -500,8 +520,8 @@ fn create_inline<F: Family>(n: &NewFlow<F::Addr>, backend_id: u32, origin: Origi
 /// conntrack at the uplink, so other traffic to the node pays no lookup.
 #[inline(always)]
 pub fn maybe_snat_reply<F: Family>(p: &Packet<F::Addr>) -> bool {
-    match nat_config.get(0) {
-        Some(n) => F::snat_addr(n) == Some(p.dst) && n.in_range(u16::from_be_bytes(p.dport)),
+    match F::nat_config().get(0) {
+        Some(n) => snat_on::<F>(n) && same(&n.addr, &p.dst) && n.in_range(u16::from_be_bytes(p.dport)),
         None => false,
     }
 }

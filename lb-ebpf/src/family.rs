@@ -9,11 +9,11 @@
 //!
 //! A family is: its address type, its IP header's layout (IPv4 has a header
 //! checksum, IPv6 none), its parser, its instances of the per-family maps,
-//! and the few values that name an address (hairpin source, SNAT address,
+//! and the few values that name an address (hairpin source, SNAT settings,
 //! the FIB lookup's fields).
 use aya_ebpf::{bindings::bpf_fib_lookup, programs::TcContext};
 use aya_log_ebpf::macro_support::{Argument, IpFormatter};
-use aya_ebpf::btf_maps::PerCpuArray;
+use aya_ebpf::btf_maps::{Array, PerCpuArray};
 use lb_common::{counter, Addr, Flow, FlowKey, NatConfig, HAIRPIN_ADDR_V4, HAIRPIN_ADDR_V6};
 
 use crate::{
@@ -72,8 +72,8 @@ pub trait Family: 'static {
     /// The conntrack key of a 5-tuple.
     fn flow_key(src: Self::Addr, dst: Self::Addr, sport: [u8; 2], dport: [u8; 2], proto: u8) -> FlowKey<Self::Addr>;
 
-    /// This node's SNAT address of the family, if SNAT is on for it.
-    fn snat_addr(n: &NatConfig) -> Option<Self::Addr>;
+    /// This node's SNAT settings of the family (`nat_config`, `nat_config_v6`).
+    fn nat_config() -> &'static Array<NatConfig<Self::Addr>, 1>;
 
     /// Fills a FIB lookup's family and addresses.
     fn fib_addrs(fib: &mut bpf_fib_lookup, src: &Self::Addr, dst: &Self::Addr);
@@ -164,8 +164,8 @@ impl Family for V4 {
     }
 
     #[inline(always)]
-    fn snat_addr(n: &NatConfig) -> Option<[u8; 4]> {
-        (n.addr_v4 != [0; 4]).then_some(n.addr_v4)
+    fn nat_config() -> &'static Array<NatConfig, 1> {
+        &maps::nat_config
     }
 
     #[inline(always)]
@@ -236,9 +236,8 @@ impl Family for V6 {
     }
 
     #[inline(always)]
-    fn snat_addr(_: &NatConfig) -> Option<[u8; 16]> {
-        // `NatConfig` has no IPv6 address yet: IPv6 flows are never SNATed.
-        None
+    fn nat_config() -> &'static Array<NatConfig<[u8; 16]>, 1> {
+        &maps::nat_config_v6
     }
 
     #[inline(always)]

@@ -129,6 +129,10 @@ pub static source_ranges_v6: SourceRanges<[u8; 16]> = LpmTrie::new();
 #[btf_map]
 pub static nat_config: Array<NatConfig, 1> = Array::new();
 
+/// The IPv6 SNAT address and port range (`lb_common::maps::NAT_CONFIG_V6`).
+#[btf_map]
+pub static nat_config_v6: Array<NatConfig<[u8; 16]>, 1> = Array::new();
+
 /// Per-CPU, backend id → new flows refused for want of a free SNAT port.
 #[btf_map]
 pub static snat_exhausted: PerCpuArray<u64, { size::BACKENDS as usize + 1 }> = PerCpuArray::new();

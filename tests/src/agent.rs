@@ -10,7 +10,6 @@ use std::{
 use std::net::Ipv4Addr;
 
 use lb_agent::dataplane::Dataplane;
-use lb_common::ServiceKeyV4;
 
 use crate::{
     netns::Netns,
@@ -352,18 +351,29 @@ pub fn programmed(dp: &Dataplane) -> Option<(u32, Vec<Ipv4Addr>)> {
 /// `addr:port` of protocol `proto` (6 TCP, 17 UDP). Single lookups, not a
 /// read of whole maps: tests poll this while agents work on the same CPUs.
 pub fn programmed_at(dp: &Dataplane, addr: Ipv4Addr, port: u16, proto: u8) -> Option<(u32, Vec<Ipv4Addr>)> {
-    let key = ServiceKeyV4 {
-        addr: addr.octets(),
-        port: port.to_be_bytes(),
-        proto,
-        scope: 0,
-    };
-    let svc = dp.v4.services.get(&key, 0).ok()?;
+    let (n, backends) = programmed_in::<lb_common::Addr4>(dp, addr.octets(), port, proto)?;
+    Some((n, backends.into_iter().map(Ipv4Addr::from).collect()))
+}
+
+/// As [`programmed_at`], for an address of either family.
+pub fn programmed_ip(dp: &Dataplane, addr: std::net::IpAddr, port: u16, proto: u8) -> Option<(u32, Vec<std::net::IpAddr>)> {
+    use lb_common::Addr as _;
+    match addr {
+        std::net::IpAddr::V4(a) => programmed_in::<lb_common::Addr4>(dp, a.octets(), port, proto).map(|(n, b)| (n, b.into_iter().map(|a| a.to_ip()).collect())),
+        std::net::IpAddr::V6(a) => programmed_in::<lb_common::Addr6>(dp, a.octets(), port, proto).map(|(n, b)| (n, b.into_iter().map(|a| a.to_ip()).collect())),
+    }
+}
+
+/// Slot count and backends of `addr:port`/`proto` in family `A`'s maps.
+fn programmed_in<A: lb_agent::dataplane::MapFamily>(dp: &Dataplane, addr: A, port: u16, proto: u8) -> Option<(u32, Vec<A>)> {
+    let maps = A::maps(dp)?;
+    let key = lb_common::ServiceKey { addr, port: port.to_be_bytes(), proto, scope: 0 };
+    let svc = maps.services.get(&key, 0).ok()?;
     let backends = (1..=svc.count)
         .filter_map(|slot| dp.slots.get(&lb_common::SlotKey { service_id: svc.id, slot }, 0).ok())
-        .filter_map(|id| dp.v4.backends.get(&id, 0).ok())
+        .filter_map(|id| maps.backends.get(&id, 0).ok())
         .filter(|b| !b.is_empty())
-        .map(|b| Ipv4Addr::from(b.addr))
+        .map(|b| b.addr)
         .collect();
     Some((svc.count, backends))
 }

@@ -31,11 +31,17 @@
 //! - XDP_TX on an uplink (resets, SNAT replies) needs an XDP program on the
 //!   veth peer: every switch-side port runs the bench object's `bench_pass`.
 //!
+//! - Dual-stack ([`Cluster::dual_stack`]): the same over IPv6 too — the
+//!   client fd00:50::2, node i fd00:50::1i (hex), pod j of node i
+//!   fd00:244:i::1j behind the link-local gateway fe80::1 on its host-side
+//!   veth, `fd00:244:k::/64 via` node k, IPv6 forwarding on, pods serving
+//!   on both families, each agent given its node's IPv6 `--node-address`.
+//!
 //! Nodes are numbered from 1 (`node-1`); pods from 0. Everything (agents,
 //! pins, namespaces, kubeconfig, YAML, logs) goes on drop, also on panic.
 use std::{
     collections::BTreeMap,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
     path::PathBuf,
     process::Child,
     sync::{
@@ -53,7 +59,7 @@ use lb_agent::dataplane::Dataplane;
 use serde_json::{json, Value};
 
 use crate::{
-    agent::{programmed_at, spawn_run_on, sync_writes},
+    agent::{programmed_ip, spawn_run_on, sync_writes},
     apiserver::{objects, ApiServer, Resource},
     netns::Netns,
     servers::{http_request_within, Server, PEER_PATH},
@@ -103,10 +109,40 @@ pub fn pod_cidr(i: usize) -> String {
     format!("10.244.{i}.0/24")
 }
 
+/// Node `i`'s IPv6 pod CIDR, fd00:244:i::/64 (dual-stack clusters).
+pub fn pod_cidr6(i: usize) -> String {
+    format!("fd00:244:{i:x}::/64")
+}
+
 /// Pod `j` of node `i`, 10.244.i.(10+j).
 pub fn pod_addr(i: usize, j: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, i as u8, 10 + j as u8)
 }
+
+/// Pod `j` of node `i`'s IPv6 address, fd00:244:i::1j (dual-stack clusters).
+pub fn pod_addr6(i: usize, j: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x244, i as u16, 0, 0, 0, 0, 0x10 + j as u16)
+}
+
+/// Pod `j` of node `i`'s address of `family`'s family.
+pub fn pod_ip(family: IpAddr, i: usize, j: usize) -> IpAddr {
+    match family {
+        IpAddr::V4(_) => pod_addr(i, j).into(),
+        IpAddr::V6(_) => pod_addr6(i, j).into(),
+    }
+}
+
+/// Node `i`'s uplink address of `family`'s family.
+pub fn node_ip(family: IpAddr, i: usize) -> IpAddr {
+    match family {
+        IpAddr::V4(_) => node_addr(i).into(),
+        IpAddr::V6(_) => node_addr6(i).into(),
+    }
+}
+
+/// What a pod's host-side veth is to the pod over IPv6: its gateway (a
+/// link-local address, as IPv6 CNIs use; the node answers NDP for it there).
+const POD_GW6: &str = "fe80::1";
 
 /// What pod `j` of node `i` answers with.
 pub fn pod_identity(i: usize, j: usize) -> String {
@@ -161,6 +197,19 @@ impl Cluster {
     /// As [`Cluster::new`], every agent run with `extra` arguments too
     /// (e.g. `--lb-mode dsr`).
     pub fn with_agent_args(nodes: usize, pods: usize, source: Source, extra: &[&str]) -> Self {
+        Self::build(nodes, pods, source, extra, false)
+    }
+
+    /// As [`Cluster::with_agent_args`], dual-stack: the segment, every node
+    /// and every pod have an IPv6 address too ([`node_addr6`],
+    /// [`pod_addr6`]), nodes forward IPv6 and route the other nodes' IPv6
+    /// pod CIDRs ([`pod_cidr6`]), pods serve on both families, and each
+    /// agent is given its node's IPv6 address (`--node-address`).
+    pub fn dual_stack(nodes: usize, pods: usize, source: Source, extra: &[&str]) -> Self {
+        Self::build(nodes, pods, source, extra, true)
+    }
+
+    fn build(nodes: usize, pods: usize, source: Source, extra: &[&str], ipv6: bool) -> Self {
         crate::require_root();
         static STALE: std::sync::Once = std::sync::Once::new();
         STALE.call_once(remove_stale);
@@ -179,8 +228,14 @@ impl Cluster {
         tx_off(&client, UPLINK);
 
         let mut built: Vec<(Netns, Vec<Netns>)> = (1..=nodes).map(|i| build_node(i, pods, &switch)).collect();
-        for (i, (ns, _)) in built.iter_mut().enumerate() {
+        for (i, (ns, pods)) in built.iter_mut().enumerate() {
+            if ipv6 {
+                node_ipv6(ns, i + 1, pods);
+            }
             pod_routes(ns, i + 1, nodes);
+        }
+        if ipv6 {
+            segment_ipv6(&switch, &client);
         }
         let ports: Vec<String> = std::iter::once("c0".to_string()).chain((1..=nodes).map(|i| format!("n{i}"))).collect();
         let peer_xdp = switch.run(move || attach_pass(&ports));
@@ -189,7 +244,13 @@ impl Cluster {
             .iter()
             .enumerate()
             .flat_map(|(i, (_, pods))| {
-                pods.iter().enumerate().map(move |(j, pod)| Server::start(pod, POD_PORT, &pod_identity(i + 1, j)))
+                pods.iter().enumerate().map(move |(j, pod)| {
+                    if ipv6 {
+                        Server::start_dual(pod, POD_PORT, &pod_identity(i + 1, j))
+                    } else {
+                        Server::start(pod, POD_PORT, &pod_identity(i + 1, j))
+                    }
+                })
             })
             .collect();
 
@@ -223,6 +284,9 @@ impl Cluster {
                 let mut args: Vec<String> = ["--pod-iface", "pod*", "--node-name", &node_name(index), "--node-address", &node_addr(index).to_string()]
                     .map(String::from)
                     .to_vec();
+                if ipv6 {
+                    args.extend(["--node-address".to_string(), node_addr6(index).to_string()]);
+                }
                 args.extend(source_args.iter().cloned());
                 args.extend(extra.iter().map(|a| a.to_string()));
                 let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{tag}-node{index}"));
@@ -303,15 +367,17 @@ impl Cluster {
     }
 
     /// Waits (up to 30 s) until node `i`'s maps hold exactly the pods
-    /// `endpoints` as backends of `addr:port`/`proto`.
-    pub fn wait_backends(&mut self, i: usize, addr: Ipv4Addr, port: u16, proto: u8, endpoints: &[(usize, usize)]) {
-        let mut want: Vec<Ipv4Addr> = endpoints.iter().map(|&(n, p)| pod_addr(n, p)).collect();
+    /// `endpoints` (their addresses of `addr`'s family) as backends of
+    /// `addr:port`/`proto`.
+    pub fn wait_backends(&mut self, i: usize, addr: impl Into<IpAddr>, port: u16, proto: u8, endpoints: &[(usize, usize)]) {
+        let addr = addr.into();
+        let mut want: Vec<IpAddr> = endpoints.iter().map(|&(n, p)| pod_ip(addr, n, p)).collect();
         want.sort();
         let node = self.node_mut(i);
         let dp = node.maps();
         let ok = wait_for(Duration::from_secs(30), || {
             node.assert_alive();
-            programmed_at(&dp, addr, port, proto).is_some_and(|(n, mut got)| {
+            programmed_ip(&dp, addr, port, proto).is_some_and(|(n, mut got)| {
                 got.sort();
                 n as usize == want.len() && got == want
             })
@@ -319,29 +385,53 @@ impl Cluster {
         assert!(
             ok,
             "node-{i} never held {want:?} for {addr}:{port}/{proto}: {:?}\n{}",
-            programmed_at(&dp, addr, port, proto),
+            programmed_ip(&dp, addr, port, proto),
             node.log()
         );
     }
 
-    /// Routes `addr`/32 on the client via node `i` (replacing any route to
-    /// it): the upstream router sending a LoadBalancer IP or ExternalIP to
-    /// a node, or moving it to another.
-    pub fn route_service(&self, addr: Ipv4Addr, i: usize) {
-        self.client.ip(&["route", "replace", &format!("{addr}/32"), "via", &node_addr(i).to_string()]);
+    /// Waits (up to 30 s each) until every node holds the distinct pods
+    /// `eps` as the backends of each of `svc`'s frontends (its NodePort on
+    /// every node's address of its family, its ExternalIPs, LoadBalancer IP
+    /// and ClusterIP), TCP and UDP. The distinct backends, not the slots: a
+    /// Maglev table has thousands.
+    pub fn wait_frontends(&self, svc: &ServiceDef, eps: &[(usize, usize)]) {
+        let mut want: Vec<IpAddr> = eps.iter().map(|&(n, p)| pod_ip(svc.cluster_ip, n, p)).collect();
+        want.sort();
+        for n in &self.nodes {
+            let i = n.index;
+            for proto in [TCP, UDP] {
+                let vips = svc.external_ips.iter().chain(&svc.lb_ip).chain(std::iter::once(&svc.cluster_ip)).map(|a| (*a, svc.port));
+                let node_port = svc.node_port.map(|p| (node_ip(svc.cluster_ip, i), p));
+                for (addr, port) in node_port.into_iter().chain(vips) {
+                    let held = || {
+                        let mut got = n.programmed_ip(addr, port, proto).map(|(_, b)| b).unwrap_or_default();
+                        got.sort();
+                        got.dedup();
+                        got
+                    };
+                    assert!(wait_for(Duration::from_secs(30), || held() == want), "node-{i} never held {want:?} for {addr}:{port}/{proto}: {:?}\n{}", held(), self.logs());
+                }
+            }
+        }
+    }
+
+    /// Routes `addr` (a host route) on the client via node `i`'s address
+    /// of its family (replacing any route to it): the upstream router
+    /// sending a LoadBalancer IP or ExternalIP to a node, or moving it.
+    pub fn route_service(&self, addr: impl Into<IpAddr>, i: usize) {
+        let addr = addr.into();
+        let len = if addr.is_ipv4() { 32 } else { 128 };
+        self.client.ip(&["route", "replace", &format!("{addr}/{len}"), "via", &node_ip(addr, i).to_string()]);
     }
 
     /// Gives the bridge, the client and every node an address of
-    /// [`PREFIX6`] (no DAD: usable at once). Optional: clusters are IPv4
-    /// only unless a test asks.
+    /// [`PREFIX6`] (no DAD: usable at once), on a cluster built IPv4-only
+    /// (the agents are not told; [`Cluster::dual_stack`] does it all).
     pub fn enable_ipv6(&self) {
-        let add = |ns: &Netns, dev: &str, a: Ipv6Addr| {
-            ns.ip(&["-6", "addr", "add", &format!("{a}/64"), "dev", dev, "nodad"]);
-        };
-        add(&self.switch, "br0", Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 1));
-        add(&self.client, UPLINK, CLIENT_ADDR6);
+        segment_ipv6(&self.switch, &self.client);
         for n in &self.nodes {
-            add(&n.ns, UPLINK, node_addr6(n.index));
+            add6(&n.ns, UPLINK, node_addr6(n.index), 64);
         }
     }
 
@@ -430,10 +520,40 @@ fn build_node(i: usize, pods: usize, switch: &Netns) -> (Netns, Vec<Netns>) {
     (ns, pods)
 }
 
-/// Routes on node `i` to every other node's pod CIDR via that node.
+/// Routes on node `i` to every other node's pod CIDR via that node (and
+/// to their IPv6 pod CIDRs when the node has IPv6).
 fn pod_routes(ns: &Netns, i: usize, nodes: usize) {
+    let ipv6 = ns.ip(&["-6", "addr", "show", "dev", UPLINK]).contains(&node_addr6(i).to_string());
     for k in (1..=nodes).filter(|&k| k != i) {
         ns.ip(&["route", "replace", &pod_cidr(k), "via", &node_addr(k).to_string()]);
+        if ipv6 {
+            ns.ip(&["-6", "route", "replace", &pod_cidr6(k), "via", &node_addr6(k).to_string()]);
+        }
+    }
+}
+
+/// `a/len` on `dev` of `ns`, without duplicate address detection (usable at once).
+fn add6(ns: &Netns, dev: &str, a: impl std::fmt::Display, len: u8) {
+    ns.ip(&["-6", "addr", "add", &format!("{a}/{len}"), "dev", dev, "nodad"]);
+}
+
+/// The bridge's and the client's addresses of [`PREFIX6`].
+fn segment_ipv6(switch: &Netns, client: &Netns) {
+    add6(switch, "br0", Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 1), 64);
+    add6(client, UPLINK, CLIENT_ADDR6, 64);
+}
+
+/// Node `i`'s IPv6: its uplink address, forwarding, and per pod a /128
+/// route, the pod's address, and the link-local gateway [`POD_GW6`].
+fn node_ipv6(ns: &Netns, i: usize, pods: &[Netns]) {
+    ns.sysctl("net.ipv6.conf.all.forwarding", "1");
+    add6(ns, UPLINK, node_addr6(i), 64);
+    for (j, pod) in pods.iter().enumerate() {
+        let host = format!("pod{j}");
+        add6(ns, &host, POD_GW6, 64);
+        ns.ip(&["-6", "route", "add", &format!("{}/128", pod_addr6(i, j)), "dev", &host]);
+        add6(pod, "eth0", pod_addr6(i, j), 128);
+        pod.ip(&["-6", "route", "add", "default", "via", POD_GW6, "dev", "eth0"]);
     }
 }
 
@@ -547,7 +667,12 @@ impl Node {
 
     /// Slot count and backends of `addr:port`/`proto` in this node's maps.
     pub fn programmed(&self, addr: Ipv4Addr, port: u16, proto: u8) -> Option<(u32, Vec<Ipv4Addr>)> {
-        programmed_at(&Dataplane::open(&self.pin_dir).ok()?, addr, port, proto)
+        crate::agent::programmed_at(&Dataplane::open(&self.pin_dir).ok()?, addr, port, proto)
+    }
+
+    /// As [`Node::programmed`], for an address of either family.
+    pub fn programmed_ip(&self, addr: IpAddr, port: u16, proto: u8) -> Option<(u32, Vec<IpAddr>)> {
+        programmed_ip(&Dataplane::open(&self.pin_dir).ok()?, addr, port, proto)
     }
 
     /// XDP_TX frames and XDP_TX errors of the uplink (`ethtool -S`, summed
@@ -581,12 +706,14 @@ impl Drop for Node {
 #[derive(Clone, Debug)]
 pub struct ServiceDef {
     pub name: String,
-    pub cluster_ip: Ipv4Addr,
+    /// Its family is the Service's (single-stack): an IPv6 one's slice
+    /// holds the pods' IPv6 addresses.
+    pub cluster_ip: IpAddr,
     pub port: u16,
     pub node_port: Option<u16>,
-    pub external_ips: Vec<Ipv4Addr>,
+    pub external_ips: Vec<IpAddr>,
     /// `type: LoadBalancer` with this ingress IP in its status.
-    pub lb_ip: Option<Ipv4Addr>,
+    pub lb_ip: Option<IpAddr>,
     /// `externalTrafficPolicy: Local`.
     pub local: bool,
     /// `xdplb.io/algorithm`.
@@ -597,10 +724,10 @@ pub struct ServiceDef {
 
 impl ServiceDef {
     /// A ClusterIP service on port 80.
-    pub fn new(name: &str, cluster_ip: Ipv4Addr) -> Self {
+    pub fn new(name: &str, cluster_ip: impl Into<IpAddr>) -> Self {
         Self {
             name: name.into(),
-            cluster_ip,
+            cluster_ip: cluster_ip.into(),
             port: 80,
             node_port: None,
             external_ips: Vec::new(),
@@ -628,15 +755,15 @@ impl ServiceDef {
         self
     }
 
-    pub fn external_ip(mut self, addr: Ipv4Addr) -> Self {
-        self.external_ips.push(addr);
+    pub fn external_ip(mut self, addr: impl Into<IpAddr>) -> Self {
+        self.external_ips.push(addr.into());
         self
     }
 
     /// As a LoadBalancer whose status names `addr` as its ingress IP (node
     /// ports are allocated as for a NodePort: set one with [`Self::node_port`]).
-    pub fn load_balancer(mut self, addr: Ipv4Addr) -> Self {
-        self.lb_ip = Some(addr);
+    pub fn load_balancer(mut self, addr: impl Into<IpAddr>) -> Self {
+        self.lb_ip = Some(addr.into());
         self
     }
 
@@ -662,6 +789,10 @@ impl ServiceDef {
             "clusterIP": self.cluster_ip.to_string(), "clusterIPs": [self.cluster_ip.to_string()],
             "ports": ports, "selector": {"app": self.name},
         });
+        if self.cluster_ip.is_ipv6() {
+            spec["ipFamilies"] = json!(["IPv6"]);
+            spec["ipFamilyPolicy"] = json!("SingleStack");
+        }
         if !self.external_ips.is_empty() {
             spec["externalIPs"] = json!(self.external_ips.iter().map(|a| a.to_string()).collect::<Vec<_>>());
         }
@@ -689,7 +820,7 @@ impl ServiceDef {
         let eps: Vec<Value> = endpoints
             .iter()
             .map(|&(i, j)| {
-                json!({"addresses": [pod_addr(i, j).to_string()], "nodeName": node_name(i),
+                json!({"addresses": [pod_ip(self.cluster_ip, i, j).to_string()], "nodeName": node_name(i),
                        "conditions": {"ready": true, "serving": true, "terminating": false}})
             })
             .collect();
@@ -697,7 +828,7 @@ impl ServiceDef {
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"namespace": NAMESPACE, "name": format!("{}-1", self.name),
                          "labels": {"kubernetes.io/service-name": self.name}},
-            "addressType": "IPv4",
+            "addressType": if self.cluster_ip.is_ipv6() { "IPv6" } else { "IPv4" },
             "ports": [{"name": "tcp", "port": POD_PORT, "protocol": "TCP"},
                       {"name": "udp", "port": POD_PORT, "protocol": "UDP"}],
             "endpoints": eps,
@@ -712,6 +843,9 @@ pub struct Tally {
     pub answers: BTreeMap<String, usize>,
     /// The client addresses the backends saw, with counts.
     pub sources: BTreeMap<Ipv4Addr, usize>,
+    /// The same for IPv6 clients (an IPv4 one seen by a dual-stack
+    /// server, `::ffff:a.b.c.d`, counts in `sources`).
+    pub sources6: BTreeMap<Ipv6Addr, usize>,
     /// Failed requests per error kind (`TimedOut`, `ConnectionRefused`, ...).
     pub failures: BTreeMap<String, usize>,
 }
@@ -739,8 +873,9 @@ impl Tally {
         let (id, peer) = body.split_once(' ').unwrap_or((body, ""));
         *self.answers.entry(id.to_string()).or_default() += 1;
         if let Ok(peer) = peer.parse::<SocketAddr>() {
-            if let std::net::IpAddr::V4(a) = peer.ip() {
-                *self.sources.entry(a).or_default() += 1;
+            match peer.ip().to_canonical() {
+                IpAddr::V4(a) => *self.sources.entry(a).or_default() += 1,
+                IpAddr::V6(a) => *self.sources6.entry(a).or_default() += 1,
             }
         }
     }
@@ -771,7 +906,7 @@ pub fn tcp_requests(from: &Netns, to: SocketAddr, n: usize) -> Tally {
 pub fn udp_requests(from: &Netns, to: SocketAddr, n: usize) -> Tally {
     requests(from, n, move |t| {
         let ask = || -> std::io::Result<String> {
-            let s = UdpSocket::bind("0.0.0.0:0")?;
+            let s = UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
             s.connect(to)?;
             s.set_read_timeout(Some(REQUEST_TIMEOUT))?;
             s.send(PEER_PATH.as_bytes())?;
@@ -805,6 +940,9 @@ fn requests(from: &Netns, n: usize, one: impl Fn(&mut Tally) + Send + Sync + Clo
                 }
                 for (k, v) in t.sources {
                     *all.sources.entry(k).or_default() += v;
+                }
+                for (k, v) in t.sources6 {
+                    *all.sources6.entry(k).or_default() += v;
                 }
                 for (k, v) in t.failures {
                     *all.failures.entry(k).or_default() += v;

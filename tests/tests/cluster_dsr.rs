@@ -30,23 +30,7 @@ fn cluster(mode: &str, svc: &ServiceDef, endpoints: impl Fn(&Cluster) -> Vec<(us
     let c = Cluster::with_agent_args(NODES, 2, Source::Kube, &["--lb-mode", mode]);
     let eps = endpoints(&c);
     c.publish(svc, &eps);
-    // The distinct backends, not the slots: a Maglev table has thousands.
-    let mut want: Vec<Ipv4Addr> = eps.iter().map(|&(n, p)| pod_addr(n, p)).collect();
-    want.sort();
-    for i in 1..=NODES {
-        for proto in [TCP, UDP] {
-            let vips = svc.external_ips.iter().chain(&svc.lb_ip).chain(std::iter::once(&svc.cluster_ip));
-            for (addr, port) in std::iter::once((node_addr(i), NODE_PORT)).chain(vips.map(|a| (*a, 80))) {
-                let held = || {
-                    let mut got = c.node(i).programmed(addr, port, proto).map(|(_, b)| b).unwrap_or_default();
-                    got.sort();
-                    got.dedup();
-                    got
-                };
-                assert!(wait_for(Duration::from_secs(30), || held() == want), "node-{i} never held {want:?} for {addr}:{port}/{proto}: {:?}\n{}", held(), c.logs());
-            }
-        }
-    }
+    c.wait_frontends(svc, &eps);
     c
 }
 

@@ -36,7 +36,7 @@ fn services() -> Vec<Svc> {
 fn lb_with(flags: u32) -> Lb {
     let mut lb = Lb::load_sized(TEST_SIZES);
     lb.program(&contents(&services()));
-    lb.maps.set_nat_config(&NatConfig { addr_v4: NODE.octets(), port_min: SNAT_PORT, port_max: SNAT_PORT }).unwrap();
+    lb.maps.set_nat_config(&NatConfig { addr: NODE.octets(), port_min: SNAT_PORT, port_max: SNAT_PORT }).unwrap();
     lb.maps.set_config(&Config { flags, ..Default::default() }).unwrap();
     lb
 }

@@ -54,7 +54,7 @@ fn lb() -> Lb {
     want.services.insert(ServiceKeyV4::address(CLUSTER_IP.octets()), refused);
     want.source_ranges.insert((32 + 24, SourceRangeV4::service_cidr([10, 96, 0, 0])), 1);
     lb.program(&want);
-    lb.maps.set_nat_config(&lb_common::NatConfig { addr_v4: NODE.octets(), port_min: 61000, port_max: 65535 }).unwrap();
+    lb.maps.set_nat_config(&lb_common::NatConfig { addr: NODE.octets(), port_min: 61000, port_max: 65535 }).unwrap();
     lb
 }
 
@@ -207,7 +207,7 @@ fn explain_agrees_with_the_programs_on_sctp() {
         Svc::new(2, IPPROTO_SCTP, algorithm::RANDOM).frontend(EMPTY_IP, 3868),
         Svc::new(3, IPPROTO_SCTP, algorithm::RANDOM).frontend(REMOTE_IP, 3868).remote_backend(3, Ipv4Addr::new(10, 0, 9, 5), 3869),
     ]));
-    lb.maps.set_nat_config(&lb_common::NatConfig { addr_v4: NODE.octets(), port_min: 61000, port_max: 65535 }).unwrap();
+    lb.maps.set_nat_config(&lb_common::NatConfig { addr: NODE.octets(), port_min: 61000, port_max: 65535 }).unwrap();
     let mut c = Checker { lb, checked: 0 };
     let chunk = |src, sport, dst, t| Frame::sctp(src, sport, dst, 3868, 7, t).payload(&[0; 16]);
     use xdplb_tests::packet::{SCTP_DATA, SCTP_INIT};

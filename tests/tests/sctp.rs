@@ -353,7 +353,7 @@ fn sctp_to_a_pod_on_another_node_is_snated_never_dsr_with_its_crc_updated_both_w
         .remote_backend(1, POD_B, TARGET_PORT)]));
     lb.maps
         .set_nat_config(&NatConfig {
-            addr_v4: NODE.octets(),
+            addr: NODE.octets(),
             port_min: SNAT_PORT,
             port_max: SNAT_PORT,
         })

@@ -11,9 +11,9 @@ use lb_common::{counter, direction, flow_flags, FlowKeyV4, NatConfig, IPPROTO_TC
 use xdplb_tests::{
     fixture::{self, Case},
     lb::{Lb, TEST_SIZES},
-    packet::{icmp_error, verify_checksums, Frame, CLIENT_MAC, NODE_MAC, TCP_ACK, TCP_FIN, TCP_SYN},
+    packet::{icmp_error, verify_checksums, Frame, CLIENT_MAC, TCP_ACK, TCP_FIN, TCP_SYN},
     services::{contents, Svc},
-    uplink::{ends, forwarded, Uplink, CLIENT, LB_IP, NODE, NODE_B_MAC, POD_B, POD_LOCAL, ROUTER, SNAT_PORT},
+    uplink::{ends, forwarded, from_node_b, Uplink, CLIENT, LB_IP, NODE, NODE_B_MAC, POD_B, POD_LOCAL, ROUTER, SNAT_PORT},
 };
 
 const FILE: &str = "snat.json";
@@ -34,15 +34,9 @@ fn lb_with(nat_ports: (u16, u16), sizes: lb_agent::loader::MapSizes) -> Lb {
     let mut lb = Lb::load_sized(sizes);
     lb.program(&contents(&services()));
     lb.maps
-        .set_nat_config(&NatConfig { addr_v4: NODE.octets(), port_min: nat_ports.0, port_max: nat_ports.1 })
+        .set_nat_config(&NatConfig { addr: NODE.octets(), port_min: nat_ports.0, port_max: nat_ports.1 })
         .expect("writing nat_config");
     lb
-}
-
-/// From node B: the MACs of a frame node B sends to this node.
-fn from_node_b(mut f: Frame) -> Frame {
-    (f.src_mac, f.dst_mac) = (NODE_B_MAC, NODE_MAC);
-    f
 }
 
 fn cases() -> Vec<Case> {

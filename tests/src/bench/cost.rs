@@ -288,7 +288,7 @@ fn snat_cases(progs: &mut BenchProgs, per: u32, ifindex: u32, opts: &Opts, repor
     let mut lb = BenchLb::with_backends(1, per, lb_common::IPPROTO_TCP, opts.conntrack, true)?;
     // The whole port space, so the new-flow runs (hundreds of thousands of
     // flows to `per` backends) do not run out of ports.
-    lb.maps.set_nat_config(&lb_common::NatConfig { addr_v4: NODE.octets(), port_min: 1024, port_max: 65535 })?;
+    lb.maps.set_nat_config(&lb_common::NatConfig { addr: NODE.octets(), port_min: 1024, port_max: 65535 })?;
     let ctx: Vec<u8> = [0u32, super::progs::FRAME_LEN as u32, 0, ifindex, 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect();
     let vip_t = vip(1);
     let est = tcp(CLIENT, CLIENT_PORT, vip_t, SVC_PORT, TCP_ACK);
