@@ -103,7 +103,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     // agent stops or crashes, and the next agent replaces them in place.
     for iface in &args.ifaces {
         loader::attach_uplink(&mut ebpf, iface, args.xdp_mode.into(), Some(&args.pin_path))
-            .map_err(|e| RunError::Attach { iface: iface.clone(), source: e.into() })?;
+            .map_err(|e| RunError::Attach { iface: iface.clone(), source: Box::new(e) })?;
         tracing::info!(%iface, mode = ?args.xdp_mode, "attached XDP and tc egress to uplink");
     }
     metrics.set_attached();
@@ -118,12 +118,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     tracing::info!(mode = %args.snat.lb_mode, "load-balancing mode of external flows to backends on other nodes (--lb-mode; a Service's xdplb.io/lb-mode wins)");
     let snat = SnatSettings::from(&args.snat);
     if !snat.off {
-        snat::reserve(snat.ports).map_err(|e| RunError::SnatPorts(e.into()))?;
+        snat::reserve(snat.ports).map_err(RunError::SnatPorts)?;
         for iface in &args.ifaces {
-            snat::accept_own_source(iface).map_err(|e| RunError::SnatIface { iface: iface.clone(), source: e.into() })?;
+            snat::accept_own_source(iface).map_err(|e| RunError::SnatIface { iface: iface.clone(), source: e })?;
         }
     }
-    match lb_agent::socklb::apply(&mut ebpf, &mut dp, &args.socket_lb, &args.pin_path).map_err(|e| RunError::SocketLb(e.into()))? {
+    match lb_agent::socklb::apply(&mut ebpf, &mut dp, &args.socket_lb, &args.pin_path).map_err(|e| RunError::SocketLb(Box::new(e)))? {
         Some(cgroup) => tracing::info!(cgroup = %cgroup.display(), "node sockets to services are balanced at connect"),
         None => tracing::info!("socket balancing off: the node's own connections to services are not balanced"),
     }
@@ -237,7 +237,7 @@ async fn start_lb(args: &RunArgs, models: &tokio::sync::watch::Receiver<Arc<Mode
         false => None,
     };
     let settings = args.lb.settings(&args.inputs.node_name, &args.ifaces, from_api);
-    lb_agent::lbip::start(settings, client, models.clone(), metrics.clone(), &args.pin_path).map_err(|e| RunError::LbAddresses(e.into()))?;
+    lb_agent::lbip::start(settings, client, models.clone(), metrics.clone(), &args.pin_path).map_err(RunError::LbAddresses)?;
     Ok(())
 }
 
@@ -360,7 +360,7 @@ impl Programmer {
                 match lb_agent::ctclean::clean(&mut self.dp, self.metrics.pin_dir(), &touched) {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(flows = n, "removed the conntrack entries of removed backends"),
-                    Err(e) => tracing::warn!(error = format!("{e:#}"), "removing the conntrack entries of removed backends failed"),
+                    Err(e) => tracing::warn!(error = lb_agent::error::chain(&e), "removing the conntrack entries of removed backends failed"),
                 }
                 if self.names.as_deref() != Some(&names) {
                     let names = Arc::new(names);

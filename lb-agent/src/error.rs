@@ -6,12 +6,13 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use crate::{
     control::{model::LoadError, source::kube::KubeError},
-    dataplane, pinfs::Ephemeral,
+    dataplane, lbip, links, pinfs::Ephemeral,
     privs::PrivsError,
+    snat, socklb,
 };
 
-/// An error of a layer that has no typed error of its own yet (loader,
-/// links, snat, socklb), kept whole with its chain.
+/// A loader error after `checks::explain_load_error` (which cuts a
+/// verifier log to its tail), kept whole with its chain.
 pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,7 +40,7 @@ pub enum RunError {
     #[error("starting --source kube (check --kubeconfig, and that the agent's ServiceAccount may list and watch Services, EndpointSlices and Nodes)")]
     KubeSource(#[source] KubeError),
     #[error("starting the LoadBalancer addresses (--lb-addresses, --lb-pool)")]
-    LbAddresses(#[source] Cause),
+    LbAddresses(#[source] lbip::StartError),
     #[error("loading the programs and their maps under --pin-path {}", .pin_dir.display())]
     Load {
         pin_dir: PathBuf,
@@ -49,8 +50,9 @@ pub enum RunError {
     #[error("attaching to --iface {iface} (check it with `ip -br link`; a driver without native XDP needs --xdp-mode generic)")]
     Attach {
         iface: String,
+        /// Boxed, as aya's program errors are large.
         #[source]
-        source: Cause,
+        source: Box<links::Error>,
     },
     /// A step on the pinned maps; a full map names its `--max-*` flag.
     #[error("{step}")]
@@ -61,15 +63,15 @@ pub enum RunError {
         source: Box<dataplane::Error>,
     },
     #[error("reserving the SNAT ports from the node's ephemeral ports (change --snat-ports, or pass --no-snat)")]
-    SnatPorts(#[source] Cause),
+    SnatPorts(#[source] snat::Error),
     #[error("accepting SNATed replies on {iface} (pass --no-snat to run without SNAT)")]
     SnatIface {
         iface: String,
         #[source]
-        source: Cause,
+        source: snat::Error,
     },
     #[error("balancing the node's own sockets (pass --socket-lb off to run without, or a cgroup v2 path)")]
-    SocketLb(#[source] Cause),
+    SocketLb(#[source] Box<socklb::Error>),
     #[error("dropping the capabilities no longer needed after start-up")]
     DropPrivileges(#[source] PrivsError),
     #[error("installing the {signal} handler")]
@@ -114,12 +116,13 @@ mod tests {
         let m = RunError::Check { check: "privileges".into(), detail: "missing CAP_BPF: run as root".into() }.to_string();
         assert_eq!(m, "start-up check \"privileges\" failed: missing CAP_BPF: run as root (`lb-agent doctor` checks everything)");
 
-        let m = RunError::Attach { iface: "eth0".into(), source: "EOPNOTSUPP".into() }.to_string();
+        let m = RunError::Attach { iface: "eth0".into(), source: Box::new(links::Error::NoIface { iface: "eth0".into() }) }.to_string();
         assert!(m.contains("--iface eth0") && m.contains("--xdp-mode generic"), "{m}");
 
-        let m = RunError::SnatPorts("EBUSY".into()).to_string();
+        let busy = snat::Error::Read { path: "/proc/sys/net/ipv4/ip_local_reserved_ports".into(), source: std::io::Error::from_raw_os_error(libc::EBUSY) };
+        let m = RunError::SnatPorts(busy).to_string();
         assert!(m.contains("--snat-ports") && m.contains("--no-snat"), "{m}");
-        let m = RunError::SocketLb("no cgroup2".into()).to_string();
+        let m = RunError::SocketLb(Box::new(socklb::Error::NoCgroup2)).to_string();
         assert!(m.contains("--socket-lb off"), "{m}");
     }
 

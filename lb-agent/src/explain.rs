@@ -19,7 +19,6 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
-use anyhow::Result;
 use lb_common::{
     algorithm, backend_state, direction, flow_flags, scope, service_flags, Addr, Addr4, Addr6, AffinityKey, AffinityV4, Backend,
     BackendId, Config, Flow, FlowKey, NatConfig, ServiceKey, ServiceV4, SlotKey, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
@@ -86,7 +85,7 @@ pub struct Snapshot<A: Addr = Addr4> {
 impl<A: MapFamily> Snapshot<A> {
     /// Reads what `q` needs from the pinned maps of family `A` (empty when
     /// they are not pinned).
-    pub fn read(dp: &Dataplane, q: &Query) -> Result<Self> {
+    pub fn read(dp: &Dataplane, q: &Query) -> crate::dataplane::Result<Self> {
         let contents = dp.family_contents::<A>()?;
         let config = dp.config.get(&0, 0).ok().filter(|c| c.layout_version != 0).unwrap_or_default();
         let maps = A::maps(dp);
@@ -259,9 +258,20 @@ fn sock<A: Addr>(addr: A, port: [u8; 2]) -> SocketAddr {
     SocketAddr::new(addr.to_ip(), u16::from_be_bytes(port))
 }
 
+/// Why a packet could not be explained.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the source {src} and the destination {dst} are of different families")]
+    MixedFamilies { src: IpAddr, dst: IpAddr },
+    #[error(transparent)]
+    Maps(#[from] crate::dataplane::Error),
+}
+
 /// Reads the pinned maps of the destination's family and explains `q`.
-pub fn explain_pinned(dp: &Dataplane, q: &Query, names: &crate::ops::names::Names) -> Result<Explanation> {
-    anyhow::ensure!(IpFamily::of(q.src) == IpFamily::of(q.dst), "the source {} and the destination {} are of different families", q.src, q.dst);
+pub fn explain_pinned(dp: &Dataplane, q: &Query, names: &crate::ops::names::Names) -> Result<Explanation, Error> {
+    if IpFamily::of(q.src) != IpFamily::of(q.dst) {
+        return Err(Error::MixedFamilies { src: q.src, dst: q.dst });
+    }
     Ok(match IpFamily::of(q.dst) {
         IpFamily::IPv4 => explain(q, &Snapshot::<Addr4>::read(dp, q)?, names),
         IpFamily::IPv6 => explain(q, &Snapshot::<Addr6>::read(dp, q)?, names),

@@ -1,7 +1,6 @@
 //! Loading the embedded eBPF object, pinning its maps, attaching programs.
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
 use aya::{
     maps::ProgramArray,
     programs::{CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode},
@@ -149,18 +148,17 @@ fn load_v6(ebpf: &mut Ebpf) -> Result<(), Error> {
 /// rewrites replies leaving towards clients. With `pin_dir`, the links are
 /// pinned there (they outlive the agent; a restart replaces the programs in
 /// place) — without, they end with the process.
-pub fn attach_uplink(ebpf: &mut Ebpf, iface: &str, mode: XdpMode, pin_dir: Option<&Path>) -> anyhow::Result<()> {
+pub fn attach_uplink(ebpf: &mut Ebpf, iface: &str, mode: XdpMode, pin_dir: Option<&Path>) -> Result<(), links::Error> {
     let links = pin_dir.map(links_dir);
-    links::attach_xdp(ebpf, iface, mode, links.as_deref()).with_context(|| {
-        format!("attaching XDP to {iface} in {mode:?} mode (if the driver lacks native XDP, use generic mode)")
-    })?;
+    links::attach_xdp(ebpf, iface, mode, links.as_deref())
+        .map_err(|e| links::Error::Uplink { iface: iface.into(), mode: format!("{mode:?}"), source: Box::new(e) })?;
     links::attach_tc(ebpf, iface, programs::TC_EGRESS, TcAttachType::Egress, links.as_deref())
 }
 
 /// Attaches to the host side of a pod's veth: tc ingress balances what the
 /// pod sends, tc egress rewrites replies going back to it. `pin_dir` as in
 /// [`attach_uplink`].
-pub fn attach_pod_iface(ebpf: &mut Ebpf, iface: &str, pin_dir: Option<&Path>) -> anyhow::Result<()> {
+pub fn attach_pod_iface(ebpf: &mut Ebpf, iface: &str, pin_dir: Option<&Path>) -> Result<(), links::Error> {
     let links = pin_dir.map(links_dir);
     links::attach_tc(ebpf, iface, programs::TC_INGRESS, TcAttachType::Ingress, links.as_deref())?;
     links::attach_tc(ebpf, iface, programs::TC_EGRESS, TcAttachType::Egress, links.as_deref())

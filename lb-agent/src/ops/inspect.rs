@@ -7,7 +7,7 @@ use std::{
     net::SocketAddr,
 };
 
-use anyhow::Result;
+
 use lb_common::{
     backend_state, counter, direction, flow_flags, proto_name, service_flags, Addr, Addr4, Addr6, BackendId, Config,
     Flow, FlowKey, SlotKey,
@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::names::Names;
 use crate::{
-    dataplane::{monotonic_ns, Dataplane},
+    dataplane::{monotonic_ns, Dataplane, Result},
     diff::MapContents,
 };
 

@@ -11,12 +11,12 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use anyhow::Result;
+
 use lb_common::{counter, ServiceStats};
 use serde::Serialize;
 
 use super::names::Names;
-use crate::dataplane::Dataplane;
+use crate::dataplane::{Dataplane, Result};
 
 /// One reading of the stats maps.
 #[derive(Clone, Debug)]
