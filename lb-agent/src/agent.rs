@@ -97,7 +97,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     }
     let sizes = MapSizes::from(&args.sizes);
     let mut ebpf = loader::load(&args.pin_path, sizes)
-        .map_err(|e| RunError::Load { pin_dir: args.pin_path.clone(), source: checks::explain_load_error(e.into()).into() })?;
+        .map_err(|e| RunError::Load { pin_dir: args.pin_path.clone(), source: Box::new(e) })?;
     forward_kernel_logs(&mut ebpf);
     // Links are pinned next to the maps: the programs stay attached when the
     // agent stops or crashes, and the next agent replaces them in place.

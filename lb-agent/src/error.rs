@@ -6,14 +6,11 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use crate::{
     control::{model::LoadError, source::kube::KubeError},
-    dataplane, lbip, links, pinfs::Ephemeral,
+    dataplane, lbip, links, loader, pinfs::Ephemeral,
     privs::PrivsError,
     snat, socklb,
 };
 
-/// A loader error after `checks::explain_load_error` (which cuts a
-/// verifier log to its tail), kept whole with its chain.
-pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -44,8 +41,9 @@ pub enum RunError {
     #[error("loading the programs and their maps under --pin-path {}", .pin_dir.display())]
     Load {
         pin_dir: PathBuf,
+        /// Boxed, as aya's errors are large.
         #[source]
-        source: Cause,
+        source: Box<loader::Error>,
     },
     #[error("attaching to --iface {iface} (check it with `ip -br link`; a driver without native XDP needs --xdp-mode generic)")]
     Attach {
