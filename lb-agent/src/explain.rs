@@ -27,6 +27,7 @@ use serde::Serialize;
 
 use crate::{
     control::model::{algorithm_name, cidr},
+    table::{left, Table},
     dataplane::{monotonic_ns, Dataplane, MapFamily},
     diff::MapContents,
     family::{Family, IpFamily},
@@ -625,18 +626,20 @@ impl fmt::Display for Explanation {
             let snat = c.snat.map(|a| format!(", SNAT source {a}")).unwrap_or_default();
             writeln!(f, "conntrack  backend {} (id {}){snat}, idle {} s: {}", c.backend, c.backend_id, c.idle_s, c.note)?;
         }
+        let mut candidates = Table::new(&[left("", 10), left("", 21), left("", 8), left("", 11), left("", 6), left("", 10), left("", 0)]);
         for c in &self.candidates {
             let place = if c.remote { "remote" } else { "local" };
-            writeln!(
-                f,
-                "backend    {:<21} id {:<5} {:<11} {place:<6} weight {:<3} slots {}",
+            candidates.row([
+                "backend".into(),
                 c.addr.to_string(),
-                c.id,
-                c.state,
-                c.weight,
-                c.slots
-            )?;
+                format!("id {}", c.id),
+                c.state.to_string(),
+                place.into(),
+                format!("weight {}", c.weight),
+                format!("slots {}", c.slots),
+            ]);
         }
+        write!(f, "{candidates}")?;
         if let Some(s) = &self.selection {
             writeln!(f, "selection  {s}")?;
         }

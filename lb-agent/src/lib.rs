@@ -23,4 +23,5 @@ pub mod privs;
 pub mod snat;
 pub mod socklb;
 pub mod sync;
+pub mod table;
 pub mod tcfilter;

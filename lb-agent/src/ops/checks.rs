@@ -86,15 +86,11 @@ pub fn all(inp: &Inputs) -> Vec<Check> {
 
 /// The checks as ✓/✗ lines.
 pub fn report(checks: &[Check]) -> String {
-    let mut s = String::new();
+    let mut t = crate::table::Table::new(&[crate::table::left("", 1), crate::table::left("", 22), crate::table::left("", 0)]);
     for c in checks {
-        s += &format!(
-            "{} {:<22} {}\n",
-            if c.ok { "✓" } else { "✗" },
-            c.name,
-            c.detail
-        );
+        t.row([if c.ok { "✓" } else { "✗" }, c.name.as_str(), c.detail.as_str()]);
     }
+    let mut s = t.to_string();
     let failed = checks.iter().filter(|c| !c.ok).count();
     if failed == 0 {
         s += "all checks passed\n";
