@@ -10,6 +10,8 @@ pub mod migrate;
 pub mod diff;
 pub mod error;
 pub mod fit;
+pub mod healthcheck;
+pub mod httpconn;
 pub mod lbip;
 pub mod control;
 pub mod ctclean;
