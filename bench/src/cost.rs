@@ -25,7 +25,7 @@ use super::{
     report::Report,
     stats,
 };
-use crate::packet::{verify_checksums, Frame, TCP_ACK, TCP_SYN};
+use xdplb_tests::packet::{verify_checksums, Frame, TCP_ACK, TCP_SYN};
 
 const XDP_PASS: u32 = 2;
 const TC_ACT_OK: u32 = 0;
@@ -247,9 +247,9 @@ fn check(name: &str, c: &Check, r: &Run, n: u64, before: &(Vec<u64>, u64), after
 /// (172.16.0.0/12) via 192.168.1.2, both permanent neighbours.
 const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
 
-fn snat_uplink() -> Result<(crate::netns::Netns, crate::netns::Netns, u32)> {
-    use crate::topology::{addr_up, veth};
-    let (node, wire) = (crate::netns::Netns::new(), crate::netns::Netns::new());
+fn snat_uplink() -> Result<(xdplb_tests::netns::Netns, xdplb_tests::netns::Netns, u32)> {
+    use xdplb_tests::topology::{addr_up, veth};
+    let (node, wire) = (xdplb_tests::netns::Netns::new(), xdplb_tests::netns::Netns::new());
     node.sysctl("net.ipv4.ip_forward", "1");
     veth(&node, "up0", &wire, "eth0");
     addr_up(&node, "up0", "192.168.1.1/24");
@@ -274,7 +274,7 @@ pub fn snat(progs: &mut BenchProgs, per: u32, opts: &Opts, report: &mut Report) 
     let file = std::fs::File::open(format!("/run/netns/{}", node.name()))?;
     std::thread::scope(|s| {
         s.spawn(|| {
-            crate::netns::enter(&file);
+            xdplb_tests::netns::enter(&file);
             super::pin(Some(0));
             snat_cases(progs, per, ifindex, opts, report)
         })
@@ -351,7 +351,7 @@ pub fn dsr(progs: &mut BenchProgs, per: u32, opts: &Opts, report: &mut Report) -
     let file = std::fs::File::open(format!("/run/netns/{}", node.name()))?;
     std::thread::scope(|s| {
         s.spawn(|| {
-            crate::netns::enter(&file);
+            xdplb_tests::netns::enter(&file);
             super::pin(Some(0));
             dsr_cases(progs, per, ifindex, opts, report)
         })
