@@ -199,7 +199,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 match agent.dp.recount_backend_load() {
                     Ok(n) if n > 0 => tracing::debug!(changed = n, "backend live-flow counts recounted from conntrack"),
                     Ok(_) => {}
-                    Err(e) => tracing::warn!(error = lb_agent::error::chain(&e), "recounting backend live flows failed"),
+                    Err(e) => tracing::warn!(error = lb_agent::chain::chain(&e), "recounting backend live flows failed"),
                 }
             }
             _ = tick.tick() => {
@@ -329,7 +329,7 @@ impl Programmer {
             std::net::IpAddr::V6(_) => None,
         }).collect();
         if let Err(e) = self.sync_nat(&v4_nodes) {
-            tracing::error!(error = lb_agent::error::chain(&e), "writing the SNAT settings failed; retrying in a second");
+            tracing::error!(error = lb_agent::chain::chain(&e), "writing the SNAT settings failed; retrying in a second");
             self.metrics.sync_failed(started.elapsed());
             return false;
         }
@@ -361,7 +361,7 @@ impl Programmer {
                 match lb_agent::ctclean::clean(&mut self.dp, self.metrics.pin_dir(), &touched) {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(flows = n, "removed the conntrack entries of removed backends"),
-                    Err(e) => tracing::warn!(error = lb_agent::error::chain(&e), "removing the conntrack entries of removed backends failed"),
+                    Err(e) => tracing::warn!(error = lb_agent::chain::chain(&e), "removing the conntrack entries of removed backends failed"),
                 }
                 if self.names.as_deref() != Some(&names) {
                     let names = Arc::new(names);
@@ -375,7 +375,7 @@ impl Programmer {
                 true
             }
             Err(e) => {
-                tracing::error!(error = lb_agent::error::chain(&e), "sync failed; retrying in a second from what the maps hold");
+                tracing::error!(error = lb_agent::chain::chain(&e), "sync failed; retrying in a second from what the maps hold");
                 self.metrics.sync_failed(started.elapsed());
                 false
             }
@@ -452,7 +452,7 @@ impl Programmer {
                 true
             }
             Err(e) => {
-                tracing::error!(error = lb_agent::error::chain(&e), "reconciling the maps failed; retrying in a second");
+                tracing::error!(error = lb_agent::chain::chain(&e), "reconciling the maps failed; retrying in a second");
                 self.metrics.sync_failed(started.elapsed());
                 false
             }

@@ -81,22 +81,10 @@ pub enum RunError {
     SourceStopped,
 }
 
-/// `e` and its sources on one line, `: `-separated (as anyhow's `{:#}`),
-/// for log fields.
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(s) = next {
-        out += ": ";
-        out += &s.to_string();
-        next = s.source();
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chain::chain;
 
     /// Each message names the step and what to change.
     #[test]

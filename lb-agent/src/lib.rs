@@ -1,6 +1,7 @@
 //! lb-agent: loads xdplb's eBPF programs, keeps their pinned maps in step
 //! with the desired state, and reads them back for operators.
 pub mod bpfsys;
+pub mod chain;
 pub mod dataplane;
 pub mod lbmode;
 pub mod links;

@@ -236,7 +236,7 @@ pub fn attach_tc(ebpf: &mut Ebpf, iface: &str, prog: &str, at: TcAttachType, lin
         match tc_path() {
             TcPath::Tcx => {
                 if let Err(e) = remove_filter(iface, at) {
-                    tracing::warn!(%iface, error = crate::error::chain(&e), "could not check for a netlink tc filter of an earlier agent");
+                    tracing::warn!(%iface, error = crate::chain::chain(&e), "could not check for a netlink tc filter of an earlier agent");
                 }
             }
             TcPath::Netlink => {

@@ -281,7 +281,7 @@ mod tests {
         };
         let e = Error::program_load(programs::XDP_LB, err);
         assert!(matches!(e, Error::Rejected { .. }), "{e:?}");
-        let msg = crate::error::chain(&e);
+        let msg = crate::chain::chain(&e);
         assert!(msg.starts_with("verifier rejected xdp_lb: the kernel refused the program (Permission denied"), "{msg}");
         assert!(msg.contains("last 20 lines of the verifier log:\n482: (bf)"), "{msg}");
         assert!(msg.contains("invalid access to packet, off=34") && msg.contains("uname -r"), "{msg}");

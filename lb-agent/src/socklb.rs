@@ -95,7 +95,7 @@ pub fn apply(ebpf: &mut Ebpf, dp: &mut Dataplane, want: &SocketLb, pin_dir: &Pat
     match enabled {
         Some(Ok(cgroup)) => return Ok(Some(cgroup)),
         Some(Err(e)) if *want != SocketLb::Auto => return Err(e),
-        Some(Err(e)) => tracing::warn!(error = crate::error::chain(&e), "--socket-lb auto: the node's own connections to services cannot be balanced on this host; continuing without"),
+        Some(Err(e)) => tracing::warn!(error = crate::chain::chain(&e), "--socket-lb auto: the node's own connections to services cannot be balanced on this host; continuing without"),
         None => {}
     }
     dp.set_sock_netns(0)?;

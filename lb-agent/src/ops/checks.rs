@@ -225,7 +225,7 @@ pub fn pinned_maps(pin_dir: &Path, sizes: crate::pins::MapSizes) -> Check {
                 found += 1;
                 convert.push(format!("{name} ({from:?} → {:?} of {})", want.map_type, want.max_entries));
             }
-            Err(e) => return Check::fail(NAME, crate::error::chain(&e)),
+            Err(e) => return Check::fail(NAME, crate::chain::chain(&e)),
         }
     }
     let mut live = Vec::new();
@@ -416,7 +416,7 @@ pub fn programs() -> Check {
         return Check::pass(NAME, format!("this kernel's verifier accepts {} (loaded and dropped)", loaded.join(", ")));
     }
     let names: Vec<&str> = rejected.iter().map(|(n, _)| n.as_str()).collect();
-    Check::fail(NAME, format!("this kernel's verifier rejects {} (accepts {}); {}", names.join(", "), loaded.join(", "), crate::error::chain(&rejected[0].1)))
+    Check::fail(NAME, format!("this kernel's verifier rejects {} (accepts {}); {}", names.join(", "), loaded.join(", "), crate::chain::chain(&rejected[0].1)))
 }
 
 #[cfg(test)]

@@ -310,7 +310,7 @@ impl Metrics {
             }
             Err(e) => {
                 tracing::warn!(
-                    error = crate::error::chain(&e),
+                    error = crate::chain::chain(&e),
                     "metrics: the pinned maps are not readable"
                 );
                 w.gauge(
