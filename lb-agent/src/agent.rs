@@ -21,8 +21,9 @@ use lb_agent::{
     },
     dataplane::Dataplane,
     error::RunError,
+    healthcheck::HealthServer,
     loader,
-    ops::{checks, healthcheck::HealthServer, metrics::Metrics, names},
+    ops::{checks, metrics::Metrics, names},
     pins::MapSizes,
     snat::{self, SnatSettings},
     sync::Syncer,
@@ -97,13 +98,13 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     }
     let sizes = MapSizes::from(&args.sizes);
     let mut ebpf = loader::load(&args.pin_path, sizes)
-        .map_err(|e| RunError::Load { pin_dir: args.pin_path.clone(), source: checks::explain_load_error(e.into()).into() })?;
+        .map_err(|e| RunError::Load { pin_dir: args.pin_path.clone(), source: Box::new(e) })?;
     forward_kernel_logs(&mut ebpf);
     // Links are pinned next to the maps: the programs stay attached when the
     // agent stops or crashes, and the next agent replaces them in place.
     for iface in &args.ifaces {
         loader::attach_uplink(&mut ebpf, iface, args.xdp_mode.into(), Some(&args.pin_path))
-            .map_err(|e| RunError::Attach { iface: iface.clone(), source: e.into() })?;
+            .map_err(|e| RunError::Attach { iface: iface.clone(), source: Box::new(e) })?;
         tracing::info!(%iface, mode = ?args.xdp_mode, "attached XDP and tc egress to uplink");
     }
     metrics.set_attached();
@@ -118,12 +119,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     tracing::info!(mode = %args.snat.lb_mode, "load-balancing mode of external flows to backends on other nodes (--lb-mode; a Service's xdplb.io/lb-mode wins)");
     let snat = SnatSettings::try_from(&args.snat).map_err(|detail| RunError::SnatAddress { detail })?;
     if !snat.off {
-        snat::reserve(snat.ports).map_err(|e| RunError::SnatPorts(e.into()))?;
+        snat::reserve(snat.ports).map_err(RunError::SnatPorts)?;
         for iface in &args.ifaces {
-            snat::accept_own_source(iface).map_err(|e| RunError::SnatIface { iface: iface.clone(), source: e.into() })?;
+            snat::accept_own_source(iface).map_err(|e| RunError::SnatIface { iface: iface.clone(), source: e })?;
         }
     }
-    match lb_agent::socklb::apply(&mut ebpf, &mut dp, &args.socket_lb, &args.pin_path).map_err(|e| RunError::SocketLb(e.into()))? {
+    match lb_agent::socklb::apply(&mut ebpf, &mut dp, &args.socket_lb, &args.pin_path).map_err(|e| RunError::SocketLb(Box::new(e)))? {
         Some(cgroup) => tracing::info!(cgroup = %cgroup.display(), "node sockets to services are balanced at connect"),
         None => tracing::info!("socket balancing off: the node's own connections to services are not balanced"),
     }
@@ -198,7 +199,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 match agent.dp.recount_backend_load() {
                     Ok(n) if n > 0 => tracing::debug!(changed = n, "backend live-flow counts recounted from conntrack"),
                     Ok(_) => {}
-                    Err(e) => tracing::warn!(error = lb_agent::error::chain(&e), "recounting backend live flows failed"),
+                    Err(e) => tracing::warn!(error = lb_agent::chain::chain(&e), "recounting backend live flows failed"),
                 }
             }
             _ = tick.tick() => {
@@ -237,7 +238,7 @@ async fn start_lb(args: &RunArgs, models: &tokio::sync::watch::Receiver<Arc<Mode
         false => None,
     };
     let settings = args.lb.settings(&args.inputs.node_name, &args.ifaces, from_api);
-    lb_agent::lbip::start(settings, client, models.clone(), metrics.clone(), &args.pin_path).map_err(|e| RunError::LbAddresses(e.into()))?;
+    lb_agent::lbip::start(settings, client, models.clone(), metrics.clone(), &args.pin_path).map_err(RunError::LbAddresses)?;
     Ok(())
 }
 
@@ -324,7 +325,7 @@ impl Programmer {
         let names = names::from_plan(&p);
         // Before the backends: a remote backend is SNATed from its first flow.
         if let Err(e) = self.sync_nat(&p.node_addresses) {
-            tracing::error!(error = lb_agent::error::chain(&e), "writing the SNAT settings failed; retrying in a second");
+            tracing::error!(error = lb_agent::chain::chain(&e), "writing the SNAT settings failed; retrying in a second");
             self.metrics.sync_failed(started.elapsed());
             return false;
         }
@@ -356,7 +357,7 @@ impl Programmer {
                 match lb_agent::ctclean::clean(&mut self.dp, self.metrics.pin_dir(), &touched) {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(flows = n, "removed the conntrack entries of removed backends"),
-                    Err(e) => tracing::warn!(error = format!("{e:#}"), "removing the conntrack entries of removed backends failed"),
+                    Err(e) => tracing::warn!(error = lb_agent::chain::chain(&e), "removing the conntrack entries of removed backends failed"),
                 }
                 if self.names.as_deref() != Some(&names) {
                     let names = Arc::new(names);
@@ -370,7 +371,7 @@ impl Programmer {
                 true
             }
             Err(e) => {
-                tracing::error!(error = lb_agent::error::chain(&e), "sync failed; retrying in a second from what the maps hold");
+                tracing::error!(error = lb_agent::chain::chain(&e), "sync failed; retrying in a second from what the maps hold");
                 self.metrics.sync_failed(started.elapsed());
                 false
             }
@@ -449,7 +450,7 @@ impl Programmer {
                 true
             }
             Err(e) => {
-                tracing::error!(error = lb_agent::error::chain(&e), "reconciling the maps failed; retrying in a second");
+                tracing::error!(error = lb_agent::chain::chain(&e), "reconciling the maps failed; retrying in a second");
                 self.metrics.sync_failed(started.elapsed());
                 false
             }

@@ -171,7 +171,7 @@ pub struct RunArgs {
     /// Address the healthCheckNodePorts of `externalTrafficPolicy: Local`
     /// LoadBalancer services are served on (as kube-proxy: 200 when this
     /// node has a ready endpoint, else 503). Default: every address.
-    #[arg(long, value_name = "IP", default_value_t = lb_agent::ops::healthcheck::DEFAULT_ADDRESS)]
+    #[arg(long, value_name = "IP", default_value_t = lb_agent::healthcheck::DEFAULT_ADDRESS)]
     pub health_check_address: std::net::IpAddr,
     /// Seconds between reads of the whole maps to repair entries changed
     /// outside the agent (by hand, by another writer); 0 = never. Changes

@@ -6,12 +6,12 @@
 //! backend's packets; a sync that removes backends deletes them at once.
 use std::{collections::BTreeSet, path::Path};
 
-use anyhow::Result;
+
 use aya::maps::{Array, HashMap, Map, MapData};
 use lb_common::{direction, maps, Addr, Addr4, Addr6, Backend, BackendId, Flow, FlowKey};
 
 use crate::{
-    dataplane::{Dataplane, FamilyMaps, MapFamily},
+    dataplane::{Dataplane, FamilyMaps, MapFamily, Result},
     diff::Diff,
 };
 

@@ -6,13 +6,11 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use crate::{
     control::{model::LoadError, source::kube::KubeError},
-    dataplane, pinfs::Ephemeral,
+    dataplane, lbip, links, loader, pinfs::Ephemeral,
     privs::PrivsError,
+    snat, socklb,
 };
 
-/// An error of a layer that has no typed error of its own yet (loader,
-/// links, snat, socklb), kept whole with its chain.
-pub type Cause = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -39,18 +37,20 @@ pub enum RunError {
     #[error("starting --source kube (check --kubeconfig, and that the agent's ServiceAccount may list and watch Services, EndpointSlices and Nodes)")]
     KubeSource(#[source] KubeError),
     #[error("starting the LoadBalancer addresses (--lb-addresses, --lb-pool)")]
-    LbAddresses(#[source] Cause),
+    LbAddresses(#[source] lbip::StartError),
     #[error("loading the programs and their maps under --pin-path {}", .pin_dir.display())]
     Load {
         pin_dir: PathBuf,
+        /// Boxed, as aya's errors are large.
         #[source]
-        source: Cause,
+        source: Box<loader::Error>,
     },
     #[error("attaching to --iface {iface} (check it with `ip -br link`; a driver without native XDP needs --xdp-mode generic)")]
     Attach {
         iface: String,
+        /// Boxed, as aya's program errors are large.
         #[source]
-        source: Cause,
+        source: Box<links::Error>,
     },
     /// A step on the pinned maps; a full map names its `--max-*` flag.
     #[error("{step}")]
@@ -64,15 +64,15 @@ pub enum RunError {
     #[error("{detail}")]
     SnatAddress { detail: String },
     #[error("reserving the SNAT ports from the node's ephemeral ports (change --snat-ports, or pass --no-snat)")]
-    SnatPorts(#[source] Cause),
+    SnatPorts(#[source] snat::Error),
     #[error("accepting SNATed replies on {iface} (pass --no-snat to run without SNAT)")]
     SnatIface {
         iface: String,
         #[source]
-        source: Cause,
+        source: snat::Error,
     },
     #[error("balancing the node's own sockets (pass --socket-lb off to run without, or a cgroup v2 path)")]
-    SocketLb(#[source] Cause),
+    SocketLb(#[source] Box<socklb::Error>),
     #[error("dropping the capabilities no longer needed after start-up")]
     DropPrivileges(#[source] PrivsError),
     #[error("installing the {signal} handler")]
@@ -84,22 +84,10 @@ pub enum RunError {
     SourceStopped,
 }
 
-/// `e` and its sources on one line, `: `-separated (as anyhow's `{:#}`),
-/// for log fields.
-pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(s) = next {
-        out += ": ";
-        out += &s.to_string();
-        next = s.source();
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chain::chain;
 
     /// Each message names the step and what to change.
     #[test]
@@ -117,12 +105,13 @@ mod tests {
         let m = RunError::Check { check: "privileges".into(), detail: "missing CAP_BPF: run as root".into() }.to_string();
         assert_eq!(m, "start-up check \"privileges\" failed: missing CAP_BPF: run as root (`lb-agent doctor` checks everything)");
 
-        let m = RunError::Attach { iface: "eth0".into(), source: "EOPNOTSUPP".into() }.to_string();
+        let m = RunError::Attach { iface: "eth0".into(), source: Box::new(links::Error::NoIface { iface: "eth0".into() }) }.to_string();
         assert!(m.contains("--iface eth0") && m.contains("--xdp-mode generic"), "{m}");
 
-        let m = RunError::SnatPorts("EBUSY".into()).to_string();
+        let busy = snat::Error::Read { path: "/proc/sys/net/ipv4/ip_local_reserved_ports".into(), source: std::io::Error::from_raw_os_error(libc::EBUSY) };
+        let m = RunError::SnatPorts(busy).to_string();
         assert!(m.contains("--snat-ports") && m.contains("--no-snat"), "{m}");
-        let m = RunError::SocketLb("no cgroup2".into()).to_string();
+        let m = RunError::SocketLb(Box::new(socklb::Error::NoCgroup2)).to_string();
         assert!(m.contains("--socket-lb off"), "{m}");
     }
 

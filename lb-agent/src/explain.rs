@@ -19,7 +19,6 @@ use std::{
     net::{IpAddr, Ipv4Addr, SocketAddr},
 };
 
-use anyhow::Result;
 use lb_common::{
     algorithm, backend_state, direction, flow_flags, scope, service_flags, Addr, Addr4, Addr6, AffinityKey, AffinityV4, Backend,
     BackendId, Config, Flow, FlowKey, NatConfig, ServiceKey, ServiceV4, SlotKey, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
@@ -28,6 +27,7 @@ use serde::Serialize;
 
 use crate::{
     control::model::{algorithm_name, cidr},
+    table::{left, Table},
     dataplane::{monotonic_ns, Dataplane, MapFamily},
     diff::MapContents,
     family::{Family, IpFamily},
@@ -86,7 +86,7 @@ pub struct Snapshot<A: Addr = Addr4> {
 impl<A: MapFamily> Snapshot<A> {
     /// Reads what `q` needs from the pinned maps of family `A` (empty when
     /// they are not pinned).
-    pub fn read(dp: &Dataplane, q: &Query) -> Result<Self> {
+    pub fn read(dp: &Dataplane, q: &Query) -> crate::dataplane::Result<Self> {
         let contents = dp.family_contents::<A>()?;
         let config = dp.config.get(&0, 0).ok().filter(|c| c.layout_version != 0).unwrap_or_default();
         let maps = A::maps(dp);
@@ -262,8 +262,17 @@ fn sock<A: Addr>(addr: A, port: [u8; 2]) -> SocketAddr {
 /// How the socket balancer refuses (lb-ebpf sock.rs).
 const SOCK_REFUSED: &str = "connect() refused (ECONNREFUSED; EPERM on kernels before 5.18)";
 
+/// Why a packet could not be explained.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the source {src} and the destination {dst} are of different families")]
+    MixedFamilies { src: IpAddr, dst: IpAddr },
+    #[error(transparent)]
+    Maps(#[from] crate::dataplane::Error),
+}
+
 /// Reads the pinned maps of the destination's family and explains `q`.
-pub fn explain_pinned(dp: &Dataplane, q: &Query, names: &crate::ops::names::Names) -> Result<Explanation> {
+pub fn explain_pinned(dp: &Dataplane, q: &Query, names: &crate::ops::names::Names) -> Result<Explanation, Error> {
     // A node socket's IPv4-mapped destination is balanced over IPv4 (lb-ebpf sock.rs).
     if let (Origin::Node, IpAddr::V6(dst)) = (q.origin, q.dst) {
         if let Some(v4) = dst.to_ipv4_mapped() {
@@ -277,7 +286,9 @@ pub fn explain_pinned(dp: &Dataplane, q: &Query, names: &crate::ops::names::Name
             return Ok(e);
         }
     }
-    anyhow::ensure!(IpFamily::of(q.src) == IpFamily::of(q.dst), "the source {} and the destination {} are of different families", q.src, q.dst);
+    if IpFamily::of(q.src) != IpFamily::of(q.dst) {
+        return Err(Error::MixedFamilies { src: q.src, dst: q.dst });
+    }
     Ok(match IpFamily::of(q.dst) {
         IpFamily::IPv4 => explain(q, &Snapshot::<Addr4>::read(dp, q)?, names),
         IpFamily::IPv6 => explain(q, &Snapshot::<Addr6>::read(dp, q)?, names),
@@ -631,18 +642,20 @@ impl fmt::Display for Explanation {
             let snat = c.snat.map(|a| format!(", SNAT source {a}")).unwrap_or_default();
             writeln!(f, "conntrack  backend {} (id {}){snat}, idle {} s: {}", c.backend, c.backend_id, c.idle_s, c.note)?;
         }
+        let mut candidates = Table::new(&[left("", 10), left("", 21), left("", 8), left("", 11), left("", 6), left("", 10), left("", 0)]);
         for c in &self.candidates {
             let place = if c.remote { "remote" } else { "local" };
-            writeln!(
-                f,
-                "backend    {:<21} id {:<5} {:<11} {place:<6} weight {:<3} slots {}",
+            candidates.row([
+                "backend".into(),
                 c.addr.to_string(),
-                c.id,
-                c.state,
-                c.weight,
-                c.slots
-            )?;
+                format!("id {}", c.id),
+                c.state.to_string(),
+                place.into(),
+                format!("weight {}", c.weight),
+                format!("slots {}", c.slots),
+            ]);
         }
+        write!(f, "{candidates}")?;
         if let Some(s) = &self.selection {
             writeln!(f, "selection  {s}")?;
         }

@@ -1,6 +1,7 @@
 //! lb-agent: loads xdplb's eBPF programs, keeps their pinned maps in step
 //! with the desired state, and reads them back for operators.
 pub mod bpfsys;
+pub mod chain;
 pub mod dataplane;
 pub mod lbmode;
 pub mod links;
@@ -10,6 +11,8 @@ pub mod migrate;
 pub mod diff;
 pub mod error;
 pub mod fit;
+pub mod healthcheck;
+pub mod httpconn;
 pub mod lbip;
 pub mod control;
 pub mod ctclean;
@@ -23,4 +26,5 @@ pub mod privs;
 pub mod snat;
 pub mod socklb;
 pub mod sync;
+pub mod table;
 pub mod tcfilter;

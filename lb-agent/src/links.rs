@@ -11,7 +11,6 @@
 //! the next agent finds it there and replaces its program in place.
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result};
 use aya::{
     programs::{
         links::{CgroupAttachMode, FdLink, PinnedLink},
@@ -22,7 +21,88 @@ use aya::{
 };
 use lb_common::maps::programs;
 
-use crate::pins::{next_path, program};
+use crate::pins::{next_path, program, ProgramLookupError};
+
+/// An attachment step that failed: which interface, hook or pin, and the
+/// kernel feature or command that fixes it where there is one.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Program(#[from] ProgramLookupError),
+    #[error("interface name {iface:?}")]
+    IfaceName {
+        iface: String,
+        #[source]
+        source: std::ffi::NulError,
+    },
+    #[error("interface {iface} does not exist")]
+    NoIface { iface: String },
+    /// `step` names the interface, hook and program, and what the kernel needs.
+    #[error("{step}")]
+    Attach {
+        step: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// A program error aya gives without more to say (taking a link).
+    #[error(transparent)]
+    Aya(#[from] aya::programs::ProgramError),
+    #[error("{what} attached without a bpf_link{hint}")]
+    NoBpfLink {
+        what: &'static str,
+        hint: &'static str,
+        #[source]
+        source: aya::programs::links::LinkError,
+    },
+    /// A pinned link of another kind than its name says.
+    #[error(transparent)]
+    Link(#[from] aya::programs::links::LinkError),
+    #[error("adding the clsact qdisc to {iface} (needs sch_ingress)")]
+    Clsact {
+        iface: String,
+        #[source]
+        source: tc::TcError,
+    },
+    #[error("the tc filter at priority {TC_PRIORITY} handle {TC_HANDLE:#x} on {iface} ({at:?}) is not xdplb's ({kind} {name:?}): remove it (`tc filter del dev {iface} {} pref {TC_PRIORITY}`)", if *.at == TcAttachType::Ingress { "ingress" } else { "egress" })]
+    ForeignFilter {
+        iface: String,
+        at: TcAttachType,
+        kind: String,
+        name: Option<String>,
+    },
+    /// A file-system or netlink step: `step` says which, on what.
+    #[error("{step}")]
+    Io {
+        step: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("pinning the link at {}", .path.display())]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: aya::pin::PinError,
+    },
+    #[error("attaching XDP to {iface} in {mode} mode (if the driver lacks native XDP, use generic mode)")]
+    Uplink {
+        iface: String,
+        mode: String,
+        #[source]
+        source: Box<Error>,
+    },
+    #[error("switching {what}")]
+    Relink {
+        what: String,
+        #[source]
+        source: Box<Error>,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn io_step(step: impl FnOnce() -> String) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io { step: step(), source }
+}
 
 fn pin_path(links: &Path, iface: &str, prog: &str) -> PathBuf {
     links.join(format!("{iface}@{prog}"))
@@ -58,7 +138,7 @@ pub fn attach_xdp(ebpf: &mut Ebpf, iface: &str, mode: XdpMode, links: Option<&Pa
     }
     let id = xdp.attach(iface, mode)?;
     if let Some(pin) = pin {
-        let link: FdLink = xdp.take_link(id)?.try_into().context("XDP attached without a bpf_link (kernel < 5.9?)")?;
+        let link: FdLink = xdp.take_link(id)?.try_into().map_err(|source| Error::NoBpfLink { what: "XDP", hint: " (kernel < 5.9?)", source })?;
         pin_link(link, &pin)?;
     }
     Ok(())
@@ -125,10 +205,10 @@ fn parent(at: TcAttachType) -> u32 {
 }
 
 fn ifindex(iface: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(iface).with_context(|| format!("interface name {iface:?}"))?;
+    let c = std::ffi::CString::new(iface).map_err(|source| Error::IfaceName { iface: iface.into(), source })?;
     // SAFETY: a valid NUL-terminated name.
     match unsafe { libc::if_nametoindex(c.as_ptr()) } {
-        0 => anyhow::bail!("interface {iface} does not exist"),
+        0 => Err(Error::NoIface { iface: iface.into() }),
         i => Ok(i),
     }
 }
@@ -137,14 +217,11 @@ fn ifindex(iface: &str) -> Result<u32> {
 /// handle. Returns its program name; an error when that place is held by a
 /// filter that is not one of ours.
 fn our_filter(ifindex: u32, iface: &str, at: TcAttachType) -> Result<Option<String>> {
-    let filters = crate::tcfilter::list(ifindex, parent(at)).with_context(|| format!("listing the tc filters of {iface} ({at:?})"))?;
+    let filters = crate::tcfilter::list(ifindex, parent(at)).map_err(io_step(|| format!("listing the tc filters of {iface} ({at:?})")))?;
     let Some(f) = filters.into_iter().find(|f| f.priority == TC_PRIORITY && f.handle == TC_HANDLE) else { return Ok(None) };
     match f.name {
         Some(n) if f.kind == "bpf" && TC_PROGRAMS.contains(&n.as_str()) => Ok(Some(n)),
-        other => anyhow::bail!(
-            "the tc filter at priority {TC_PRIORITY} handle {TC_HANDLE:#x} on {iface} ({at:?}) is not xdplb's ({} {:?}): remove it (`tc filter del dev {iface} {} pref {TC_PRIORITY}`)",
-            f.kind, other, if at == TcAttachType::Ingress { "ingress" } else { "egress" }
-        ),
+        name => Err(Error::ForeignFilter { iface: iface.into(), at, kind: f.kind, name }),
     }
 }
 
@@ -159,7 +236,7 @@ pub fn attach_tc(ebpf: &mut Ebpf, iface: &str, prog: &str, at: TcAttachType, lin
         match tc_path() {
             TcPath::Tcx => {
                 if let Err(e) = remove_filter(iface, at) {
-                    tracing::warn!(%iface, error = format!("{e:#}"), "could not check for a netlink tc filter of an earlier agent");
+                    tracing::warn!(%iface, error = crate::chain::chain(&e), "could not check for a netlink tc filter of an earlier agent");
                 }
             }
             TcPath::Netlink => {
@@ -182,11 +259,12 @@ fn attach_tcx(ebpf: &mut Ebpf, iface: &str, prog: &str, at: TcAttachType, links:
             }
         }
     }
-    let id = p
-        .attach_with_options(iface, at, TcAttachOptions::TcxOrder(LinkOrder::default()))
-        .with_context(|| format!("attaching {prog} to {iface} ({at:?}) through TCX (needs kernel >= 6.6: use --tc-attach auto or netlink)"))?;
+    let id = p.attach_with_options(iface, at, TcAttachOptions::TcxOrder(LinkOrder::default())).map_err(|source| Error::Attach {
+        step: format!("attaching {prog} to {iface} ({at:?}) through TCX (needs kernel >= 6.6: use --tc-attach auto or netlink)"),
+        source,
+    })?;
     if let Some(pin) = pin {
-        let link: FdLink = p.take_link(id)?.try_into().context("tc attached without a bpf_link")?;
+        let link: FdLink = p.take_link(id)?.try_into().map_err(|source| Error::NoBpfLink { what: "tc", hint: "", source })?;
         pin_link(link, &pin)?;
     }
     Ok(())
@@ -203,19 +281,19 @@ fn attach_netlink(ebpf: &mut Ebpf, iface: &str, prog: &str, at: TcAttachType, pe
     match tc::qdisc_add_clsact(iface) {
         Ok(()) => {}
         Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
-        Err(e) => return Err(e).with_context(|| format!("adding the clsact qdisc to {iface} (needs sch_ingress)")),
+        Err(source) => return Err(Error::Clsact { iface: iface.into(), source }),
     }
     let existing = our_filter(index, iface, at)?;
     let p: &mut SchedClassifier = program(ebpf, prog)?;
     let id = match existing {
         Some(_) => {
-            let link = SchedClassifierLink::attached(iface, at, TC_PRIORITY, TcHandle::from(TC_HANDLE), None)?;
-            p.attach_to_link(link).with_context(|| format!("replacing the tc filter of {iface} ({at:?}) with {prog}"))?
+            let link = our_link(iface, at)?;
+            p.attach_to_link(link).map_err(|source| Error::Attach { step: format!("replacing the tc filter of {iface} ({at:?}) with {prog}"), source })?
         }
         None => {
             let opts = NlOptions { priority: TC_PRIORITY, handle: TcHandle::from(TC_HANDLE), classid: None };
             p.attach_with_options(iface, at, TcAttachOptions::Netlink(opts))
-                .with_context(|| format!("attaching {prog} to {iface} ({at:?}) as a tc filter (needs cls_bpf)"))?
+                .map_err(|source| Error::Attach { step: format!("attaching {prog} to {iface} ({at:?}) as a tc filter (needs cls_bpf)"), source })?
         }
     };
     if persist {
@@ -225,11 +303,17 @@ fn attach_netlink(ebpf: &mut Ebpf, iface: &str, prog: &str, at: TcAttachType, pe
     Ok(())
 }
 
+/// A handle on our netlink filter on `iface`'s `at` hook.
+fn our_link(iface: &str, at: TcAttachType) -> Result<SchedClassifierLink> {
+    SchedClassifierLink::attached(iface, at, TC_PRIORITY, TcHandle::from(TC_HANDLE), None)
+        .map_err(io_step(|| format!("finding the tc filter of {iface} ({at:?})")))
+}
+
 /// Deletes our netlink filter on `iface`'s `at` hook, if there is one.
 fn remove_filter(iface: &str, at: TcAttachType) -> Result<()> {
     if our_filter(ifindex(iface)?, iface, at)?.is_some() {
         // Dropping an aya tc link deletes its filter.
-        drop(SchedClassifierLink::attached(iface, at, TC_PRIORITY, TcHandle::from(TC_HANDLE), None)?);
+        drop(our_link(iface, at)?);
     }
     Ok(())
 }
@@ -237,7 +321,7 @@ fn remove_filter(iface: &str, at: TcAttachType) -> Result<()> {
 /// Our netlink filters in this network namespace: (interface, hook, program).
 pub fn netlink_filters() -> Result<Vec<(String, TcAttachType, String)>> {
     let mut out = Vec::new();
-    for (index, iface) in crate::tcfilter::interfaces().context("listing network interfaces")? {
+    for (index, iface) in crate::tcfilter::interfaces().map_err(io_step(|| "listing network interfaces".into()))? {
         for at in [TcAttachType::Ingress, TcAttachType::Egress] {
             // Someone else's filter at our place is not ours to list.
             if let Ok(Some(prog)) = our_filter(index, &iface, at) {
@@ -265,21 +349,22 @@ pub fn remove_netlink_filters() -> Result<usize> {
 /// one, which then detaches: for a moment both run, and the second finds a
 /// backend address, not a service, and leaves it alone.
 pub fn attach_cgroup(ebpf: &mut Ebpf, cgroup: &Path, links: Option<&Path>) -> Result<()> {
-    let dir = std::fs::File::open(cgroup).with_context(|| format!("opening the cgroup {}", cgroup.display()))?;
+    let dir = std::fs::File::open(cgroup).map_err(io_step(|| format!("opening the cgroup {}", cgroup.display())))?;
     for name in programs::SOCK {
         let p: &mut CgroupSockAddr = program(ebpf, name)?;
         // With bpf_link (kernel >= 5.7) "Single" means flags 0; a cgroup link
         // always coexists with others (the kernel rejects ALLOW_MULTI there).
-        let id = p
-            .attach(&dir, CgroupAttachMode::Single)
-            .with_context(|| format!("attaching {name} to the cgroup {} (needs cgroup v2 and kernel >= 5.7)", cgroup.display()))?;
+        let id = p.attach(&dir, CgroupAttachMode::Single).map_err(|source| Error::Attach {
+            step: format!("attaching {name} to the cgroup {} (needs cgroup v2 and kernel >= 5.7)", cgroup.display()),
+            source,
+        })?;
         if let Some(links) = links {
-            let link: FdLink = p.take_link(id)?.try_into().context("cgroup program attached without a bpf_link")?;
+            let link: FdLink = p.take_link(id)?.try_into().map_err(|source| Error::NoBpfLink { what: "cgroup program", hint: "", source })?;
             let pin = pin_path(links, "cgroup", name);
             let next = next_path(&pin);
             let _ = std::fs::remove_file(&next);
             pin_link(link, &next)?;
-            std::fs::rename(&next, &pin).with_context(|| format!("moving the link pin {} to {}", next.display(), pin.display()))?;
+            std::fs::rename(&next, &pin).map_err(io_step(|| format!("moving the link pin {} to {}", next.display(), pin.display())))?;
         }
     }
     Ok(())
@@ -294,9 +379,9 @@ pub fn remove_cgroup_links(links: &Path) {
 
 fn pin_link(link: FdLink, pin: &Path) -> Result<()> {
     if let Some(dir) = pin.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(io_step(|| format!("creating {}", dir.display())))?;
     }
-    link.pin(pin).with_context(|| format!("pinning the link at {}", pin.display()))?;
+    link.pin(pin).map_err(|source| Error::Pin { path: pin.to_path_buf(), source })?;
     Ok(())
 }
 
@@ -312,18 +397,19 @@ pub fn relink_all(ebpf: &mut Ebpf, links: &Path) -> Result<()> {
             continue;
         }
         let Some(old) = pinned(&entry.path()) else { continue };
-        let r = if prog == programs::XDP_LB {
+        let relink = |source| Error::Relink { what: format!("the link {name} to the new program"), source: Box::new(source) };
+        if prog == programs::XDP_LB {
             let p: &mut Xdp = program(ebpf, prog)?;
-            p.attach_to_link(old.try_into()?).map(drop)
+            p.attach_to_link(old.try_into()?).map_err(|e| relink(e.into()))?;
         } else {
             let p: &mut SchedClassifier = program(ebpf, prog)?;
-            p.attach_to_link(old.try_into()?).map(drop)
-        };
-        r.with_context(|| format!("switching the link {name} to the new program"))?;
+            p.attach_to_link(old.try_into()?).map_err(|e| relink(e.into()))?;
+        }
     }
     // Netlink filters have no pins: found on the interfaces, replaced in place.
     for (iface, at, prog) in netlink_filters()? {
-        attach_netlink(ebpf, &iface, &prog, at, true).with_context(|| format!("switching the tc filter of {iface} to the new {prog}"))?;
+        attach_netlink(ebpf, &iface, &prog, at, true)
+            .map_err(|e| Error::Relink { what: format!("the tc filter of {iface} to the new {prog}"), source: Box::new(e) })?;
     }
     Ok(())
 }

@@ -1,7 +1,6 @@
 //! Loading the embedded eBPF object, pinning its maps, attaching programs.
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
 use aya::{
     maps::ProgramArray,
     programs::{CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode},
@@ -36,9 +35,23 @@ pub enum Error {
     Object(#[source] aya::EbpfError),
     #[error(transparent)]
     Program(#[from] ProgramLookupError),
+    /// The verifier refused a program. The message shows the tail of its
+    /// log, where the reason is: aya's own message embeds the whole log,
+    /// which runs to thousands of lines.
+    #[error(
+        "verifier rejected {program}: the kernel refused the program ({io_error}); last {VERIFIER_TAIL_LINES} lines of the verifier log:\n{log_tail}\n\
+         This build does not fit this kernel: report it with `uname -r` and the lines above"
+    )]
+    Rejected {
+        program: String,
+        io_error: std::io::Error,
+        log_tail: String,
+    },
+    /// Loading a program failed without a verifier log (or its fd could not
+    /// be had).
     #[error("verifier rejected {program}")]
     Verifier {
-        program: &'static str,
+        program: String,
         #[source]
         source: aya::programs::ProgramError,
     },
@@ -51,6 +64,30 @@ pub enum Error {
     },
     #[error("map {array} missing from the eBPF object")]
     FamilyArrayMissing { array: &'static str },
+}
+
+/// How many verifier log lines an error shows: the rejection reason is at
+/// the end, and whole logs run to thousands of lines.
+pub const VERIFIER_TAIL_LINES: usize = 20;
+
+/// The last `n` non-empty lines of a verifier log.
+pub fn log_tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Error {
+    /// Why `program` did not load: with the verifier log's tail when the
+    /// verifier refused it (the one place that explains a rejection, for
+    /// `run` and `doctor` alike).
+    pub fn program_load(program: &str, e: aya::programs::ProgramError) -> Self {
+        match e {
+            aya::programs::ProgramError::LoadError { io_error, verifier_log } => {
+                Self::Rejected { program: program.into(), io_error, log_tail: log_tail(&verifier_log.to_string(), VERIFIER_TAIL_LINES) }
+            }
+            source => Self::Verifier { program: program.into(), source },
+        }
+    }
 }
 
 /// The eBPF object built by build.rs from lb-ebpf.
@@ -104,7 +141,7 @@ pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf, Error> {
         loader.map_max_entries(name, migrate::expected(name, sizes).max_entries);
     }
     let mut ebpf = loader.load(BYTECODE).map_err(Error::Object)?;
-    let verifier = |program| move |source| Error::Verifier { program, source };
+    let verifier = |program: &'static str| move |e| Error::program_load(program, e);
     let xdp: &mut Xdp = program(&mut ebpf, programs::XDP_LB)?;
     xdp.load().map_err(verifier(programs::XDP_LB))?;
     for name in [programs::TC_INGRESS, programs::TC_EGRESS] {
@@ -142,9 +179,9 @@ pub fn set_retval_supported() -> bool {
 /// IPv4 hook tail-calls for IPv6 frames (the array may be a pinned one of
 /// the previous agent: its entry is replaced, so IPv6 runs the new code).
 fn load_v6(ebpf: &mut Ebpf) -> Result<(), Error> {
-    let verifier = |program| move |source| Error::Verifier { program, source };
+    let verifier = |program: &'static str| move |e| Error::program_load(program, e);
     let array_err = |array| move |source| Error::FamilyArray { array, source };
-    let dup = |program| move |source: std::io::Error| Error::Verifier { program, source: aya::programs::ProgramError::from(source) };
+    let dup = |program: &'static str| move |source: std::io::Error| Error::program_load(program, aya::programs::ProgramError::from(source));
     let xdp: &mut Xdp = program(ebpf, programs::XDP_LB_V6)?;
     xdp.load().map_err(verifier(programs::XDP_LB_V6))?;
     let xdp_fd = xdp.fd().map_err(verifier(programs::XDP_LB_V6))?.try_clone().map_err(dup(programs::XDP_LB_V6))?;
@@ -166,18 +203,17 @@ fn load_v6(ebpf: &mut Ebpf) -> Result<(), Error> {
 /// rewrites replies leaving towards clients. With `pin_dir`, the links are
 /// pinned there (they outlive the agent; a restart replaces the programs in
 /// place) — without, they end with the process.
-pub fn attach_uplink(ebpf: &mut Ebpf, iface: &str, mode: XdpMode, pin_dir: Option<&Path>) -> anyhow::Result<()> {
+pub fn attach_uplink(ebpf: &mut Ebpf, iface: &str, mode: XdpMode, pin_dir: Option<&Path>) -> Result<(), links::Error> {
     let links = pin_dir.map(links_dir);
-    links::attach_xdp(ebpf, iface, mode, links.as_deref()).with_context(|| {
-        format!("attaching XDP to {iface} in {mode:?} mode (if the driver lacks native XDP, use generic mode)")
-    })?;
+    links::attach_xdp(ebpf, iface, mode, links.as_deref())
+        .map_err(|e| links::Error::Uplink { iface: iface.into(), mode: format!("{mode:?}"), source: Box::new(e) })?;
     links::attach_tc(ebpf, iface, programs::TC_EGRESS, TcAttachType::Egress, links.as_deref())
 }
 
 /// Attaches to the host side of a pod's veth: tc ingress balances what the
 /// pod sends, tc egress rewrites replies going back to it. `pin_dir` as in
 /// [`attach_uplink`].
-pub fn attach_pod_iface(ebpf: &mut Ebpf, iface: &str, pin_dir: Option<&Path>) -> anyhow::Result<()> {
+pub fn attach_pod_iface(ebpf: &mut Ebpf, iface: &str, pin_dir: Option<&Path>) -> Result<(), links::Error> {
     let links = pin_dir.map(links_dir);
     links::attach_tc(ebpf, iface, programs::TC_INGRESS, TcAttachType::Ingress, links.as_deref())?;
     links::attach_tc(ebpf, iface, programs::TC_EGRESS, TcAttachType::Egress, links.as_deref())
@@ -242,5 +278,34 @@ mod tests {
             "/tmp/xlbt-loader-unit/maps is not on a bpffs: mount one (`mount -t bpf bpf /tmp/xlbt-loader-unit`) or choose a --pin-path under /sys/fs/bpf"
         );
         assert!(!Path::new("/tmp/xlbt-loader-unit/maps").exists());
+    }
+
+    #[test]
+    fn a_verifier_log_is_cut_to_its_tail() {
+        let log: String = (1..=100).map(|i| format!("{i}: insn\n\n")).collect::<String>() + "R1 invalid mem access 'scalar'\n";
+        let tail = log_tail(&log, 20);
+        assert_eq!(tail.lines().count(), 20);
+        assert!(tail.starts_with("82: insn") && tail.ends_with("invalid mem access 'scalar'"), "{tail}");
+    }
+
+    #[test]
+    fn a_verifier_rejection_shows_the_program_error_and_the_logs_tail() {
+        let log: String = (0..500).map(|i| format!("{i}: (bf) r{} = r1\n", i % 10)).collect::<String>()
+            + "invalid access to packet, off=34 size=2, R2(id=0,off=34,r=14)\nprocessed 501 insns (limit 1000000)\n";
+        let err = aya::programs::ProgramError::LoadError {
+            io_error: std::io::Error::from_raw_os_error(libc::EACCES),
+            verifier_log: aya_obj::VerifierLog::new(log),
+        };
+        let e = Error::program_load(programs::XDP_LB, err);
+        assert!(matches!(e, Error::Rejected { .. }), "{e:?}");
+        let msg = crate::chain::chain(&e);
+        assert!(msg.starts_with("verifier rejected xdp_lb: the kernel refused the program (Permission denied"), "{msg}");
+        assert!(msg.contains("last 20 lines of the verifier log:\n482: (bf)"), "{msg}");
+        assert!(msg.contains("invalid access to packet, off=34") && msg.contains("uname -r"), "{msg}");
+        assert!(!msg.contains("\n481: "), "only the tail: {msg}");
+        // Other errors keep aya's as their cause.
+        let other = Error::program_load(programs::XDP_LB, aya::programs::ProgramError::NotLoaded);
+        assert!(matches!(other, Error::Verifier { .. }), "{other:?}");
+        assert_eq!(other.to_string(), "verifier rejected xdp_lb");
     }
 }

@@ -79,7 +79,7 @@ impl PodIfaces {
                     *n += 1;
                     // Logged at the first failure and then ever more rarely.
                     if n.is_power_of_two() {
-                        tracing::warn!(%iface, attempts = *n, error = format!("{e:#}"), "attaching to pod interface failed; retrying every second");
+                        tracing::warn!(%iface, attempts = *n, error = crate::chain::chain(&e), "attaching to pod interface failed; retrying every second");
                     }
                 }
             }

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use lb_agent::{
     control::plan::{BackendState, Plan},
     family::socket,
+    table::{left, Table},
 };
 
 /// The plan as text: one block per service id, its frontends, then its
@@ -29,12 +30,10 @@ pub fn table(plan: &Plan) -> String {
         plan.contents.backends.len() + plan.contents_v6.backends.len(),
         plan.contents.slots.len() + plan.contents_v6.slots.len()
     );
+    // One table for every service, so the columns line up across them.
+    let mut t = Table::new(&[left("", 9), left("", 24), left("", 12), left("", 20), left("", 9), left("", 0)]).indent("  ");
     for s in &plan.services {
-        let port = if s.port_name.is_empty() {
-            "-"
-        } else {
-            &s.port_name
-        };
+        let port = if s.port_name.is_empty() { "-" } else { &s.port_name };
         let mut notes = vec![format!("id {}", s.id), s.algorithm.to_string()];
         if s.affinity_timeout_s > 0 {
             notes.push(format!("ClientIP affinity {}s", s.affinity_timeout_s));
@@ -51,47 +50,31 @@ pub fn table(plan: &Plan) -> String {
         if let Some(t) = &s.topology {
             notes.push(t.to_string());
         }
-        let _ = writeln!(
-            out,
-            "{}/{} port {} {} ({:?}; {})",
-            s.namespace,
-            s.name,
-            port,
-            s.family,
-            s.scope,
-            notes.join(", ")
-        );
+        t.text(format!("{}/{} port {} {} ({:?}; {})", s.namespace, s.name, port, s.family, s.scope, notes.join(", ")));
         for f in &s.frontends {
-            let _ = writeln!(
-                out,
-                "  frontend  {:<24} {:?}",
-                format!("{}/{}", socket(f.addr, f.port), f.proto.as_str()),
-                f.kind
-            );
+            t.row(["frontend".into(), format!("{}/{}", socket(f.addr, f.port), f.proto.as_str()), format!("{:?}", f.kind)]);
         }
         if s.backends.is_empty() {
-            let _ = writeln!(out, "  (no endpoints: new connections are dropped)");
+            t.text("  (no endpoints: new connections are dropped)");
         }
         for b in &s.backends {
             let state = match b.state {
                 BackendState::Active => "active",
                 BackendState::Terminating => "terminating",
             };
-            let slot = b
-                .slot
-                .map_or("existing flows only".to_string(), |s| format!("slot {s}"));
-            let _ = writeln!(
-                out,
-                "  backend   {:<24} {:<12} {:<20} id {:<6} {}",
-                socket(b.addr, b.port),
-                state,
+            let slot = b.slot.map_or("existing flows only".to_string(), |s| format!("slot {s}"));
+            t.row([
+                "backend".into(),
+                socket(b.addr, b.port).to_string(),
+                state.into(),
                 slot,
-                b.id,
-                b.node_name.as_deref().unwrap_or("")
-            );
+                format!("id {}", b.id),
+                b.node_name.clone().unwrap_or_default(),
+            ]);
         }
-        out.push('\n');
+        t.text("");
     }
+    out += &t.to_string();
     out
 }
 

@@ -3,10 +3,31 @@
 //! keeping the node's own sockets off those ports.
 use std::{net::IpAddr, str::FromStr};
 
-use anyhow::{Context as _, Result};
 use lb_common::{NatConfig, DEFAULT_SNAT_PORTS};
 
 use crate::family::Family;
+/// A sysctl the SNAT set-up reads or writes that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `value` as the message shows it.
+    #[error("writing {value} to {path}")]
+    Write {
+        value: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn write(path: &str, value: &str, shown: String) -> Result<(), Error> {
+    std::fs::write(path, value).map_err(|source| Error::Write { value: shown, path: path.into(), source })
+}
 
 /// An inclusive port range, `MIN-MAX` on the command line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,11 +106,11 @@ const RESERVED_PORTS: &str = "/proc/sys/net/ipv4/ip_local_reserved_ports";
 /// the agent's network namespace), so that no socket of the node is given a
 /// SNAT port as its ephemeral port, whatever `ip_local_port_range` says.
 /// Existing reservations are kept.
-pub fn reserve(range: PortRange) -> Result<()> {
-    let now = std::fs::read_to_string(RESERVED_PORTS).with_context(|| format!("reading {RESERVED_PORTS}"))?;
+pub fn reserve(range: PortRange) -> Result<(), Error> {
+    let now = std::fs::read_to_string(RESERVED_PORTS).map_err(|source| Error::Read { path: RESERVED_PORTS.into(), source })?;
     let want = merged(now.trim(), range);
     if want != now.trim() {
-        std::fs::write(RESERVED_PORTS, &want).with_context(|| format!("writing {want:?} to {RESERVED_PORTS}"))?;
+        write(RESERVED_PORTS, &want, format!("{want:?}"))?;
     }
     Ok(())
 }
@@ -111,9 +132,8 @@ fn merged(list: &str, range: PortRange) -> String {
 /// yet for the next hop: the kernel's forwarding then resolves it, and the
 /// flow's next packets go through XDP). Without this the kernel drops them
 /// as martians.
-pub fn accept_own_source(iface: &str) -> Result<()> {
-    let path = format!("/proc/sys/net/ipv4/conf/{iface}/accept_local");
-    std::fs::write(&path, "1").with_context(|| format!("writing 1 to {path}"))
+pub fn accept_own_source(iface: &str) -> Result<(), Error> {
+    write(&format!("/proc/sys/net/ipv4/conf/{iface}/accept_local"), "1", "1".into())
 }
 
 #[cfg(test)]

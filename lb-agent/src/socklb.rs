@@ -4,10 +4,28 @@
 //! DaemonSet runs with hostNetwork). Pods' sockets stay with tc.
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context as _, Result};
 use aya::Ebpf;
 
 use crate::{dataplane::Dataplane, links, pins::links_dir};
+
+/// Why socket balancing could not be turned on (or off).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("socket: {0}")]
+    Socket(std::io::Error),
+    #[error("reading this network namespace's cookie (SO_NETNS_COOKIE needs kernel >= 5.14): {0}")]
+    NetnsCookie(std::io::Error),
+    #[error("reading /proc/self/mounts")]
+    Mounts(#[source] std::io::Error),
+    #[error("no cgroup2 file system is mounted (mount cgroup2 to balance them)")]
+    NoCgroup2,
+    #[error(transparent)]
+    Attach(#[from] links::Error),
+    #[error(transparent)]
+    Maps(#[from] crate::dataplane::Error),
+}
+
+type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What `--socket-lb` asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,7 +66,7 @@ pub fn netns_cookie() -> Result<u64> {
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
-            bail!("socket: {}", std::io::Error::last_os_error());
+            return Err(Error::Socket(std::io::Error::last_os_error()));
         }
         let mut cookie: u64 = 0;
         let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
@@ -56,7 +74,7 @@ pub fn netns_cookie() -> Result<u64> {
         let err = std::io::Error::last_os_error();
         libc::close(fd);
         if rc != 0 {
-            bail!("reading this network namespace's cookie (SO_NETNS_COOKIE needs kernel >= 5.14): {err}");
+            return Err(Error::NetnsCookie(err));
         }
         Ok(cookie)
     }
@@ -77,7 +95,7 @@ pub fn apply(ebpf: &mut Ebpf, dp: &mut Dataplane, want: &SocketLb, pin_dir: &Pat
     match enabled {
         Some(Ok(cgroup)) => return Ok(Some(cgroup)),
         Some(Err(e)) if *want != SocketLb::Auto => return Err(e),
-        Some(Err(e)) => tracing::warn!(error = format!("{e:#}"), "--socket-lb auto: the node's own connections to services cannot be balanced on this host; continuing without"),
+        Some(Err(e)) => tracing::warn!(error = crate::chain::chain(&e), "--socket-lb auto: the node's own connections to services cannot be balanced on this host; continuing without"),
         None => {}
     }
     dp.set_sock_netns(0)?;
@@ -87,8 +105,8 @@ pub fn apply(ebpf: &mut Ebpf, dp: &mut Dataplane, want: &SocketLb, pin_dir: &Pat
 
 /// The host's cgroup2 mount, for `auto`.
 fn auto_cgroup() -> Result<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
-    cgroup2_mount(&mounts).context("no cgroup2 file system is mounted (mount cgroup2 to balance them)")
+    let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(Error::Mounts)?;
+    cgroup2_mount(&mounts).ok_or(Error::NoCgroup2)
 }
 
 fn enable(ebpf: &mut Ebpf, dp: &mut Dataplane, cgroup: &Path, pin_dir: &Path) -> Result<()> {

@@ -1,6 +1,6 @@
 //! The benchmark's traffic, defined once for its two senders: `bench_gen`
 //! (XDP live frames, `lb-ebpf/src/bin/bench.rs`) and the AF_PACKET sender
-//! of the skb-path comparison (`tests/src/bench/sender.rs`), so both put
+//! of the skb-path comparison (`bench/src/sender.rs`), so both put
 //! the same flows on the wire. No production program uses this module.
 use bytemuck::{Pod, Zeroable};
 

@@ -148,6 +148,24 @@ impl Agent {
         let _ = self.child.wait();
     }
 
+    /// Runs `lb-agent uninstall` on this agent's pins in `node`'s network
+    /// namespace (nsenter: the host's bpffs stays visible), with a
+    /// throwaway install root; returns what it printed and its status.
+    pub fn uninstall(&self, node: &Netns) -> std::process::Output {
+        let root = std::env::temp_dir().join(format!("xlbt-{}-uninstall-root", std::process::id()));
+        let out = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", node.name()))
+            .arg(agent_binary())
+            .args(["uninstall", "--root"])
+            .arg(&root)
+            .arg("--pin-path")
+            .arg(&self.pin_dir)
+            .output()
+            .expect("running lb-agent uninstall");
+        let _ = std::fs::remove_dir_all(&root);
+        out
+    }
+
     /// Starts a new agent on the same pinned maps and objects, with `extra`
     /// replacing the extra arguments (e.g. an upgrade with new map sizes).
     pub fn start_again(&mut self, node: &Netns, extra: &[&str]) {

@@ -4,7 +4,6 @@
 //!
 //! Everything here needs root (CAP_SYS_ADMIN for namespaces, CAP_BPF and
 //! CAP_NET_ADMIN for the programs); [`require_root`] says so plainly.
-pub mod bench;
 pub mod cgroup;
 pub mod chatter;
 pub mod cluster;

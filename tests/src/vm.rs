@@ -2,7 +2,7 @@
 //! `apt-get download` and unpacked (never installed), a busybox initramfs
 //! with the modules it needs, QEMU under TCG (this host's /dev/kvm is a
 //! paravirtual kind a stock kernel cannot use). Used by the pktgen bench
-//! (`bench::vm`) and the `--kernels` test tier (tests/tests/kernels.rs).
+//! (the bench crate's `vm`) and the `--kernels` test tier (tests/tests/kernels.rs).
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},

@@ -16,7 +16,7 @@ use std::{
 };
 
 use xdplb_tests::{
-    agent::{agent_binary, objects_dir, programmed, Agent, WEB_CLUSTER_IP},
+    agent::{objects_dir, programmed, Agent, WEB_CLUSTER_IP},
     netns::Netns,
     servers::{tally, Conn, Server},
     tc::{filters, one_filter_each, replaced, HOOKS},
@@ -119,22 +119,11 @@ fn netlink_filters_balance_survive_restarts_in_place_and_are_uninstalled() {
 
     // Uninstall (agent stopped first, as systemd would) removes every filter.
     agent.kill9();
-    let root = std::env::temp_dir().join(format!("xlbt-{}-tcroot", std::process::id()));
-    let out = std::process::Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", t.node.name()))
-        .arg(agent_binary())
-        .arg("uninstall")
-        .arg("--root")
-        .arg(&root)
-        .arg("--pin-path")
-        .arg(&agent.pin_dir)
-        .output()
-        .unwrap();
+    let out = agent.uninstall(&t.node);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && said.contains("3 tc filter(s) of xdplb"), "{said}{}", String::from_utf8_lossy(&out.stderr));
     for (iface, hook, _) in HOOKS {
         assert_eq!(filters(&t.node, iface, hook), vec![], "{iface} {hook}");
     }
     assert!(!t.node.ip(&["link", "show", UPLINK]).contains("xdp"));
-    let _ = std::fs::remove_dir_all(&root);
 }

@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: provisions, then runs the `xdplb-bench` binary of
-//! the test harness (release build: the figures are about the dataplane, but
+//! the bench crate (bench/, on the test harness; release build: the figures are about the dataplane, but
 //! a debug generator and provisioning would slow the run down).
 use anyhow::Result;
 
@@ -10,7 +10,7 @@ pub fn run(quick: bool, smoke: bool, out: Option<&str>, only: Option<&str>, pktg
     if pktgen_vm {
         crate::provision::vm_tools()?;
     }
-    let mut args = vec!["run", "--release", "-q", "-p", "xdplb-tests", "--bin", "xdplb-bench", "--"];
+    let mut args = vec!["run", "--release", "-q", "-p", "xdplb-bench", "--bin", "xdplb-bench", "--"];
     if pktgen_vm {
         args.push("--pktgen-vm");
     } else if smoke {

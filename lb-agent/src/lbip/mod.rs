@@ -189,6 +189,33 @@ fn pool_rows(model: &Model, pools: &Pools) -> Vec<PoolRow> {
         .collect()
 }
 
+/// Why the LoadBalancer addresses could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("--lb-pool: {0}")]
+    Pool(pool::PoolError),
+    #[error("opening packet sockets on {iface} (needs CAP_NET_RAW) for LoadBalancer addresses")]
+    Sockets {
+        iface: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("duplicating a packet socket")]
+    Dup(#[source] std::io::Error),
+    #[error("starting the {proto} responder")]
+    Responder {
+        proto: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("binding the heartbeat port {port} (--lb-heartbeat-port)")]
+    Heartbeat {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Starts what `settings` asks for. Must run before the agent drops its
 /// capabilities (the ARP socket needs CAP_NET_RAW to open). Returns None
 /// when there is nothing to do (no pools and no API).
@@ -198,14 +225,13 @@ pub fn start(
     models: watch::Receiver<Arc<Model>>,
     metrics: Arc<Metrics>,
     pin_dir: &Path,
-) -> anyhow::Result<Option<Arc<Status>>> {
-    use anyhow::Context as _;
+) -> Result<Option<Arc<Status>>, StartError> {
     if settings.pools.is_empty() && client.is_none() {
         return Ok(None);
     }
     let (config_pools, errors) = Pools::build(&settings.pools, &[]);
-    if let Some(e) = errors.first() {
-        anyhow::bail!("--lb-pool: {e}");
+    if let Some(e) = errors.into_iter().next() {
+        return Err(StartError::Pool(e));
     }
     let status = Arc::new(Status::default());
     let (pools_tx, pools_rx) = watch::channel(Arc::new(config_pools));
@@ -244,30 +270,25 @@ pub fn start(
     }
     let (link, members) = match &settings.announce_iface {
         Some(iface) => {
-            let link = announce::Link::open(iface).with_context(|| format!("opening packet sockets on {iface} (needs CAP_NET_RAW) for LoadBalancer addresses"))?;
+            let link = announce::Link::open(iface).map_err(|source| StartError::Sockets { iface: iface.clone(), source })?;
             let owned = announce::Owned::default();
             for (proto, sock, replies) in [
                 (announce::Proto::Arp, &link.arp, &status.arp_replies),
                 (announce::Proto::Ndp, &link.ndp, &status.ndp_replies),
             ] {
-                let sock = sock.try_clone().context("duplicating a packet socket")?;
+                let sock = sock.try_clone().map_err(StartError::Dup)?;
                 let (owned, replies) = (owned.clone(), replies.clone());
                 std::thread::Builder::new()
                     .name(format!("lbip-{}", proto.name().to_lowercase()))
                     .spawn(move || announce::respond(sock, proto, owned, replies))
-                    .with_context(|| format!("starting the {} responder", proto.name()))?;
+                    .map_err(|source| StartError::Responder { proto: proto.name(), source })?;
             }
             let members = members::Members::start(
                 &settings.node_name,
                 settings.heartbeat_port,
                 settings.heartbeat,
             )
-            .with_context(|| {
-                format!(
-                    "binding the heartbeat port {} (--lb-heartbeat-port)",
-                    settings.heartbeat_port
-                )
-            })?;
+            .map_err(|source| StartError::Heartbeat { port: settings.heartbeat_port, source })?;
             tracing::info!(%iface, heartbeat_port = settings.heartbeat_port, every_ms = settings.heartbeat.every.as_millis() as u64, dead_after_ms = settings.heartbeat.dead_after.as_millis() as u64, "LoadBalancer addresses are announced by ARP (IPv4) and NDP (IPv6) from this node when it owns them");
             (Some((link, owned)), Some(members))
         }

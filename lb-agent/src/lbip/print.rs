@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use super::View;
+use crate::table::{left, right, Table};
 
 /// The view as a table.
 pub fn table(v: &View) -> String {
@@ -30,38 +31,20 @@ pub fn table(v: &View) -> String {
         "failovers taken by this node: {}  ARP replies sent: {}  NDP advertisements sent: {}",
         v.failovers, v.arp_replies, v.ndp_replies
     );
-    let _ = writeln!(
-        out,
-        "\n{:<20} {:<6} {:>10} {:>10}",
-        "POOL", "FAMILY", "ALLOCATED", "FREE"
-    );
+    let mut pools = Table::new(&[left("POOL", 20), left("FAMILY", 6), right("ALLOCATED", 10), right("FREE", 10)]);
     for p in &v.pools {
-        let _ = writeln!(
-            out,
-            "{:<20} {:<6} {:>10} {:>10}",
-            p.pool, p.family, p.allocated, p.free
-        );
+        pools.row([p.pool.clone(), p.family.clone(), p.allocated.to_string(), p.free.to_string()]);
     }
-    let _ = writeln!(
-        out,
-        "\n{:<18} {:<16} {:<14} SERVICES",
-        "ADDRESS", "POOL", "OWNER"
-    );
+    let mut addresses = Table::new(&[left("ADDRESS", 18), left("POOL", 16), left("OWNER", 14), left("SERVICES", 0)]);
     for a in &v.addresses {
         let owner = match a.owner.as_deref() {
             Some(o) if o == v.node => format!("{o} (here)"),
             Some(o) => o.to_string(),
             None => "none".into(),
         };
-        let _ = writeln!(
-            out,
-            "{:<18} {:<16} {:<14} {}",
-            a.address,
-            a.pool,
-            owner,
-            a.services.join(", ")
-        );
+        addresses.row([a.address.clone(), a.pool.clone(), owner, a.services.join(", ")]);
     }
+    let _ = write!(out, "\n{pools}\n{addresses}");
     out
 }
 

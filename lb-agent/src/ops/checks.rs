@@ -86,15 +86,11 @@ pub fn all(inp: &Inputs) -> Vec<Check> {
 
 /// The checks as ✓/✗ lines.
 pub fn report(checks: &[Check]) -> String {
-    let mut s = String::new();
+    let mut t = crate::table::Table::new(&[crate::table::left("", 1), crate::table::left("", 22), crate::table::left("", 0)]);
     for c in checks {
-        s += &format!(
-            "{} {:<22} {}\n",
-            if c.ok { "✓" } else { "✗" },
-            c.name,
-            c.detail
-        );
+        t.row([if c.ok { "✓" } else { "✗" }, c.name.as_str(), c.detail.as_str()]);
     }
+    let mut s = t.to_string();
     let failed = checks.iter().filter(|c| !c.ok).count();
     if failed == 0 {
         s += "all checks passed\n";
@@ -229,7 +225,7 @@ pub fn pinned_maps(pin_dir: &Path, sizes: crate::pins::MapSizes) -> Check {
                 found += 1;
                 convert.push(format!("{name} ({from:?} → {:?} of {})", want.map_type, want.max_entries));
             }
-            Err(e) => return Check::fail(NAME, crate::error::chain(&e)),
+            Err(e) => return Check::fail(NAME, crate::chain::chain(&e)),
         }
     }
     let mut live = Vec::new();
@@ -421,7 +417,7 @@ pub fn programs() -> Check {
         };
         match r {
             Ok(()) => loaded.push(name.to_string()),
-            Err(e) => rejected.push((name.to_string(), explain_load_error(anyhow::Error::new(e).context(format!("verifier rejected {name}"))))),
+            Err(e) => rejected.push((name.to_string(), crate::loader::Error::program_load(name, e))),
         }
     }
     loaded.sort();
@@ -430,42 +426,7 @@ pub fn programs() -> Check {
         return Check::pass(NAME, format!("this kernel's verifier accepts {} (loaded and dropped)", loaded.join(", ")));
     }
     let names: Vec<&str> = rejected.iter().map(|(n, _)| n.as_str()).collect();
-    Check::fail(NAME, format!("this kernel's verifier rejects {} (accepts {}); {:#}", names.join(", "), loaded.join(", "), rejected[0].1))
-}
-
-/// How many verifier log lines an error shows: the rejection reason is at
-/// the end, and whole logs run to thousands of lines.
-pub const VERIFIER_TAIL_LINES: usize = 20;
-
-/// The last `n` non-empty lines of a verifier log.
-pub fn log_tail(log: &str, n: usize) -> String {
-    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-/// Turns a load error that carries a verifier log into one that shows only
-/// the log's tail (aya's own message embeds the whole log); other errors
-/// pass through unchanged.
-pub fn explain_load_error(e: anyhow::Error) -> anyhow::Error {
-    let found = e
-        .chain()
-        .find_map(|c| match c.downcast_ref::<aya::programs::ProgramError>() {
-            Some(aya::programs::ProgramError::LoadError {
-                io_error,
-                verifier_log,
-            }) => Some((io_error.to_string(), verifier_log.to_string())),
-            _ => None,
-        });
-    let Some((io_error, log)) = found else {
-        return e;
-    };
-    // The outermost context names the program ("verifier rejected xdp_lb").
-    let what = e.to_string();
-    anyhow::anyhow!(
-        "{what}: the kernel refused the program ({io_error}); last {VERIFIER_TAIL_LINES} lines of the verifier log:\n{}\n\
-         This build does not fit this kernel: report it with `uname -r` and the lines above",
-        log_tail(&log, VERIFIER_TAIL_LINES)
-    )
+    Check::fail(NAME, format!("this kernel's verifier rejects {} (accepts {}); {}", names.join(", "), loaded.join(", "), crate::chain::chain(&rejected[0].1)))
 }
 
 #[cfg(test)]
@@ -510,50 +471,6 @@ mod tests {
             "{}",
             c.detail
         );
-    }
-
-    #[test]
-    fn a_verifier_log_is_cut_to_its_tail() {
-        let log: String = (1..=100)
-            .map(|i| format!("{i}: insn\n\n"))
-            .collect::<String>()
-            + "R1 invalid mem access 'scalar'\n";
-        let tail = log_tail(&log, 20);
-        assert_eq!(tail.lines().count(), 20);
-        assert!(
-            tail.starts_with("82: insn") && tail.ends_with("invalid mem access 'scalar'"),
-            "{tail}"
-        );
-    }
-
-    #[test]
-    fn a_verifier_rejection_shows_the_program_error_and_the_logs_tail() {
-        let log: String = (0..500).map(|i| format!("{i}: (bf) r{} = r1\n", i % 10)).collect::<String>()
-            + "invalid access to packet, off=34 size=2, R2(id=0,off=34,r=14)\nprocessed 501 insns (limit 1000000)\n";
-        let err = aya::programs::ProgramError::LoadError {
-            io_error: std::io::Error::from_raw_os_error(libc::EACCES),
-            verifier_log: aya_obj::VerifierLog::new(log),
-        };
-        let e = anyhow::Error::new(err).context("verifier rejected xdp_lb");
-        let msg = format!("{:#}", explain_load_error(e));
-        assert!(
-            msg.starts_with(
-                "verifier rejected xdp_lb: the kernel refused the program (Permission denied"
-            ),
-            "{msg}"
-        );
-        assert!(
-            msg.contains("last 20 lines of the verifier log:\n482: (bf)"),
-            "{msg}"
-        );
-        assert!(
-            msg.contains("invalid access to packet, off=34") && msg.contains("uname -r"),
-            "{msg}"
-        );
-        assert!(!msg.contains("\n481: "), "only the tail: {msg}");
-        // Other errors pass through unchanged.
-        let other = explain_load_error(anyhow::anyhow!("opening pinned map"));
-        assert_eq!(other.to_string(), "opening pinned map");
     }
 
     #[test]

@@ -1,17 +1,12 @@
-//! The agent's HTTP endpoints on hyper's HTTP/1 server: `/metrics`,
-//! `/healthz` and `/readyz` here, and the connection loop the health-check
-//! node ports ([`super::healthcheck`]) share. One request per connection
-//! (answered, then closed), as Prometheus and kubelet probes expect nothing
-//! more; a client gets [`CONN_TIMEOUT`] for its whole exchange.
-use std::{convert::Infallible, future::Future, net::SocketAddr, sync::Arc, time::Duration};
+//! The agent's operator endpoints: `/metrics`, `/healthz` and `/readyz`,
+//! served through the connection loop of [`crate::httpconn`].
+use std::{net::SocketAddr, sync::Arc};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper::{body::Incoming, header, Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper::{body::Incoming, Method, Request, StatusCode};
 use tokio::net::TcpListener;
 
 use super::metrics::Metrics;
+use crate::httpconn::{accept_loop, reply, Reply};
 
 /// Where `lb-agent run` serves metrics and probes unless told otherwise
 /// (`--metrics-addr`); the DaemonSet's probes and scrape annotation use its port.
@@ -21,20 +16,6 @@ pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 pub const HEALTHZ_PATH: &str = "/healthz";
 pub const READYZ_PATH: &str = "/readyz";
 
-/// A slow or silent client gets this long, not a task forever.
-pub const CONN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A whole response, its body in memory.
-pub type Reply = Response<Full<Bytes>>;
-
-/// A response of `status` with `content_type` and `body`.
-pub fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
-    let mut r = Response::new(Full::new(body.into()));
-    *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
-    r
-}
-
 /// Binds `addr` now (so a taken port fails start-up with a clear error) and
 /// serves `/metrics`, `/healthz` and `/readyz` in the background.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<(), crate::error::RunError> {
@@ -42,40 +23,6 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> Result<(), crate:
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
     tokio::spawn(accept_loop(listener, "metrics", move |req| endpoints(req, metrics.clone())));
     Ok(())
-}
-
-/// Accepts connections on `listener` until the task is dropped, answering
-/// each one's request with `handle`. `what` names the listener in warnings.
-pub async fn accept_loop<F, Fut>(listener: TcpListener, what: &'static str, handle: F)
-where
-    F: Fn(Request<Incoming>) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = Reply> + Send + 'static,
-{
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                let handle = handle.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let answer = handle(req);
-                        async move { Ok::<_, Infallible>(answer.await) }
-                    });
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .keep_alive(false)
-                        // As the hand-written server wrote them; some
-                        // probes' parsers are picky.
-                        .title_case_headers(true)
-                        .serve_connection(TokioIo::new(stream), service);
-                    // A client that hangs up or times out is no error of ours.
-                    let _ = tokio::time::timeout(CONN_TIMEOUT, conn).await;
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, listener = what, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
 }
 
 /// `/metrics`, `/healthz` and `/readyz`; GET only.
@@ -101,7 +48,10 @@ async fn endpoints(req: Request<Incoming>, m: Arc<Metrics>) -> Reply {
 
 #[cfg(test)]
 mod tests {
-    use std::io::{Read as _, Write as _};
+    use std::{
+        io::{Read as _, Write as _},
+        time::Duration,
+    };
 
     use super::*;
 

@@ -1,13 +1,9 @@
 //! Read-only views of the pinned maps for `lb-agent services | backends |
 //! conntrack | stats`: rows that serialize to JSON, and tables for people.
 //! They open the maps by pin path, so they work whether or not an agent runs.
-use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    net::SocketAddr,
-};
+use std::{collections::BTreeMap, net::SocketAddr};
 
-use anyhow::Result;
+
 use lb_common::{
     backend_state, counter, direction, flow_flags, proto_name, service_flags, Addr, Addr4, Addr6, BackendId, Config,
     Flow, FlowKey, SlotKey,
@@ -16,8 +12,9 @@ use serde::Serialize;
 
 use super::names::Names;
 use crate::{
-    dataplane::{monotonic_ns, Dataplane},
+    dataplane::{monotonic_ns, Dataplane, Result},
     diff::MapContents,
+    table::{left, right, Table},
 };
 
 pub use crate::control::model::algorithm_name;
@@ -128,51 +125,27 @@ fn service_rows<A: Addr>(c: &MapContents<A>, names: &Names, by_id: &mut BTreeMap
 }
 
 pub fn services_table(rows: &[ServiceRow]) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{:<6} {:<32} {:<12} {:<9} FRONTENDS",
-        "ID", "SERVICE", "ALGORITHM", "AFFINITY"
-    );
+    let mut t = Table::new(&[left("ID", 6), left("SERVICE", 32), left("ALGORITHM", 12), left("AFFINITY", 9), left("FRONTENDS", 0)])
+        .with_sub("       ", &[left("", 7), left("", 6), left("", 22), left("", 0)]);
     for r in rows {
-        let aff = if r.affinity_timeout_s > 0 {
-            format!("{}s", r.affinity_timeout_s)
-        } else {
-            "-".into()
-        };
-        let _ = writeln!(
-            s,
-            "{:<6} {:<32} {:<12} {:<9} {}",
-            r.id,
-            r.name.as_deref().unwrap_or("-"),
-            r.algorithm,
-            aff,
-            r.frontends.join(", ")
-        );
+        let aff = if r.affinity_timeout_s > 0 { format!("{}s", r.affinity_timeout_s) } else { "-".into() };
+        t.row([r.id.to_string(), r.name.clone().unwrap_or_else(|| "-".into()), r.algorithm.into(), aff, r.frontends.join(", ")]);
         if r.backends.is_empty() {
-            let _ = writeln!(s, "       (no backend: new connections are dropped)");
+            t.text("       (no backend: new connections are dropped)");
         }
         for b in &r.backends {
             let addr = b.addr.map_or("?".into(), |a| a.to_string());
-            let slots = if b.slots == 1 {
-                String::new()
-            } else {
-                format!("  {} slots", b.slots)
-            };
-            let _ = writeln!(
-                s,
-                "       backend {:<6} {:<22} {}{}",
-                b.id, addr, b.state, slots
-            );
+            let slots = if b.slots == 1 { String::new() } else { format!("  {} slots", b.slots) };
+            t.sub_row(["backend".into(), b.id.to_string(), addr, format!("{}{slots}", b.state)]);
         }
         if r.fallback_terminating {
-            let _ = writeln!(s, "       (no ready endpoint: using terminating ones)");
+            t.text("       (no ready endpoint: using terminating ones)");
         }
         if !r.source_ranges.is_empty() {
-            let _ = writeln!(s, "       LoadBalancer IPs admit only {}", r.source_ranges.join(", "));
+            t.text(format!("       LoadBalancer IPs admit only {}", r.source_ranges.join(", ")));
         }
     }
-    s
+    t.to_string()
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -211,24 +184,11 @@ fn backend_rows<A: Addr>(dp: &Dataplane, c: &MapContents<A>) -> Vec<BackendRow> 
 }
 
 pub fn backends_table(rows: &[BackendRow]) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{:<8} {:<22} {:<12} {:>6} {:>8}",
-        "ID", "ADDRESS", "STATE", "WEIGHT", "FLOWS"
-    );
+    let mut t = Table::new(&[left("ID", 8), left("ADDRESS", 22), left("STATE", 12), right("WEIGHT", 6), right("FLOWS", 8)]);
     for r in rows {
-        let _ = writeln!(
-            s,
-            "{:<8} {:<22} {:<12} {:>6} {:>8}",
-            r.id,
-            r.addr.to_string(),
-            r.state,
-            r.weight,
-            r.flows
-        );
+        t.row([r.id.to_string(), r.addr.to_string(), r.state.into(), r.weight.to_string(), r.flows.to_string()]);
     }
-    s
+    t.to_string()
 }
 
 /// One conntrack entry (a flow has two: forward and reply).
@@ -341,51 +301,39 @@ fn flow_rows<A: Addr>(flows: &[(FlowKey<A>, Flow<A>)], f: &FlowFilter, now: u64,
 }
 
 pub fn conntrack_table(rows: &[FlowRow]) -> String {
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "{:<8} {:<5} {:<22} {:<22} {:<22} {:>5} {:>7} {:>8} {:>8} {:>8} {:>10} FLAGS",
-        "DIR",
-        "PROTO",
-        "SOURCE",
-        "DESTINATION",
-        "NAT",
-        "SVC",
-        "BACKEND",
-        "AGE",
-        "IDLE",
-        "PACKETS",
-        "BYTES"
-    );
+    let mut t = Table::new(&[
+        left("DIR", 8),
+        left("PROTO", 5),
+        left("SOURCE", 22),
+        left("DESTINATION", 22),
+        left("NAT", 22),
+        right("SVC", 5),
+        right("BACKEND", 7),
+        right("AGE", 8),
+        right("IDLE", 8),
+        right("PACKETS", 8),
+        right("BYTES", 10),
+        left("FLAGS", 0),
+    ]);
     for r in rows {
-        let _ = writeln!(
-            s,
-            "{:<8} {:<5} {:<22} {:<22} {:<22} {:>5} {:>7} {:>7.1}s {:>7.1}s {:>8} {:>10} {}",
-            r.direction,
-            r.proto,
+        let flags = if r.flags.is_empty() { "-".to_string() } else { r.flags.join(",") };
+        t.row([
+            r.direction.to_string(),
+            r.proto.into(),
             r.src.to_string(),
             r.dst.to_string(),
             r.nat.to_string(),
-            r.service_id,
-            r.backend_id,
-            r.age_s,
-            r.idle_s,
-            r.packets,
-            r.bytes,
-            if r.flags.is_empty() {
-                "-".to_string()
-            } else {
-                r.flags.join(",")
-            }
-        );
+            r.service_id.to_string(),
+            r.backend_id.to_string(),
+            format!("{:.1}s", r.age_s),
+            format!("{:.1}s", r.idle_s),
+            r.packets.to_string(),
+            r.bytes.to_string(),
+            flags,
+        ]);
     }
-    let _ = writeln!(
-        s,
-        "{} entries ({} flows)",
-        rows.len(),
-        rows.iter().filter(|r| r.direction == "forward").count()
-    );
-    s
+    t.text(format!("{} entries ({} flows)", rows.len(), rows.iter().filter(|r| r.direction == "forward").count()));
+    t.to_string()
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -428,34 +376,29 @@ pub fn stats(dp: &Dataplane, names: &Names) -> Result<Stats> {
 }
 
 pub fn stats_table(st: &Stats) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "{:<32} {:>14}", "COUNTER", "VALUE");
+    let mut counters = Table::new(&[left("COUNTER", 32), right("VALUE", 14)]);
     for label in counter::LABELS.iter().filter(|l| !l.is_empty()) {
-        let _ = writeln!(
-            s,
-            "{:<32} {:>14}",
-            label,
-            st.counters.get(label).copied().unwrap_or(0)
-        );
+        counters.row([label.to_string(), st.counters.get(label).copied().unwrap_or(0).to_string()]);
     }
-    let _ = writeln!(
-        s,
-        "\n{:<6} {:<32} {:>12} {:>14} {:>10} {:>12}",
-        "ID", "SERVICE", "PACKETS", "BYTES", "NEW FLOWS", "NO BACKEND"
-    );
+    let mut services = Table::new(&[
+        left("ID", 6),
+        left("SERVICE", 32),
+        right("PACKETS", 12),
+        right("BYTES", 14),
+        right("NEW FLOWS", 10),
+        right("NO BACKEND", 12),
+    ]);
     for r in &st.services {
-        let _ = writeln!(
-            s,
-            "{:<6} {:<32} {:>12} {:>14} {:>10} {:>12}",
-            r.id,
-            r.name.as_deref().unwrap_or("-"),
-            r.packets,
-            r.bytes,
-            r.new_flows,
-            r.drops_no_backend
-        );
+        services.row([
+            r.id.to_string(),
+            r.name.clone().unwrap_or_else(|| "-".into()),
+            r.packets.to_string(),
+            r.bytes.to_string(),
+            r.new_flows.to_string(),
+            r.drops_no_backend.to_string(),
+        ]);
     }
-    s
+    format!("{counters}\n{services}")
 }
 
 #[cfg(test)]

@@ -310,7 +310,7 @@ impl Metrics {
             }
             Err(e) => {
                 tracing::warn!(
-                    error = format!("{e:#}"),
+                    error = crate::chain::chain(&e),
                     "metrics: the pinned maps are not readable"
                 );
                 w.gauge(

@@ -3,7 +3,6 @@
 //! Everything here only reads the dataplane; the agent's run loop bumps a
 //! [`metrics::Metrics`] handle and nothing else.
 pub mod checks;
-pub mod healthcheck;
 pub mod http;
 pub mod inspect;
 pub mod metrics;

@@ -11,12 +11,15 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use anyhow::Result;
+
 use lb_common::{counter, ServiceStats};
 use serde::Serialize;
 
 use super::names::Names;
-use crate::dataplane::Dataplane;
+use crate::{
+    dataplane::{Dataplane, Result},
+    table::{left, right, Table},
+};
 
 /// One reading of the stats maps.
 #[derive(Clone, Debug)]
@@ -186,28 +189,28 @@ pub fn table(r: &Rates, limit: usize) -> String {
         r.interval_s
     );
     let _ = writeln!(s);
-    let _ = writeln!(s, "{:<6} {:<36} {:>10} {:>10} {:>10} {:>10}", "ID", "SERVICE", "PKTS/S", "BYTES/S", "FLOWS/S", "DROPS/S");
+    let mut services = Table::new(&[left("ID", 6), left("SERVICE", 36), right("PKTS/S", 10), right("BYTES/S", 10), right("FLOWS/S", 10), right("DROPS/S", 10)]);
     for x in r.services.iter().take(limit) {
-        let _ = writeln!(
-            s,
-            "{:<6} {:<36} {:>10} {:>10} {:>10} {:>10}",
-            x.id,
-            x.name.as_deref().unwrap_or("-"),
+        services.row([
+            x.id.to_string(),
+            x.name.clone().unwrap_or_else(|| "-".into()),
             human(x.packets_per_s),
             human(x.bytes_per_s),
             human(x.new_flows_per_s),
-            human(x.drops_per_s)
-        );
+            human(x.drops_per_s),
+        ]);
     }
     if r.services.len() > limit {
-        let _ = writeln!(s, "… {} more services", r.services.len() - limit);
+        services.text(format!("… {} more services", r.services.len() - limit));
     }
+    s += &services.to_string();
     if !r.drops.is_empty() {
         let _ = writeln!(s);
-        let _ = writeln!(s, "{:<36} {:>10}", "DROP REASON", "PER S");
+        let mut drops = Table::new(&[left("DROP REASON", 36), right("PER S", 10)]);
         for d in &r.drops {
-            let _ = writeln!(s, "{:<36} {:>10}", d.reason, human(d.per_s));
+            drops.row([d.reason.to_string(), human(d.per_s)]);
         }
+        s += &drops.to_string();
     }
     s
 }

@@ -231,17 +231,7 @@ fn main() {
 
     // Uninstall (the agent stopped, as systemd would have): nothing left.
     agent.kill9();
-    let root = std::env::temp_dir().join(format!("xlbt-{}-root", std::process::id()));
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", t.node.name()))
-        .arg(agent_binary())
-        .arg("uninstall")
-        .arg("--root")
-        .arg(&root)
-        .arg("--pin-path")
-        .arg(&agent.pin_dir)
-        .output()
-        .expect("running lb-agent uninstall");
+    let out = agent.uninstall(&t.node);
     let said = String::from_utf8_lossy(&out.stdout);
     println!("{said}");
     assert!(out.status.success(), "uninstall failed: {said}{}", String::from_utf8_lossy(&out.stderr));
@@ -252,7 +242,6 @@ fn main() {
     assert!(!Path::new(&agent.pin_dir).exists());
     let refused = t.client.run(|| TcpStream::connect_timeout(&TO, Duration::from_secs(2)).is_err());
     assert!(refused, "the VIP still answers after uninstall");
-    let _ = std::fs::remove_dir_all(&root);
     figure("guest_s", start.elapsed().as_secs());
     println!("XDPLB-GUEST-OK");
 }

@@ -25,7 +25,7 @@ use super::{
     report::Report,
     stats,
 };
-use crate::packet::{verify_checksums, Frame, TCP_ACK, TCP_SYN};
+use xdplb_tests::packet::{verify_checksums, Frame, TCP_ACK, TCP_SYN};
 
 const XDP_PASS: u32 = 2;
 const TC_ACT_OK: u32 = 0;
@@ -54,6 +54,30 @@ struct Run {
     ret: u32,
     out: Vec<u8>,
     ns: f64,
+}
+
+/// One case's rounds: each run and the wrapper floor measured beside it.
+#[derive(Default)]
+struct Rounds {
+    net: Vec<f64>,
+    raw: Vec<f64>,
+    floor: Vec<f64>,
+}
+
+impl Rounds {
+    fn push(&mut self, r: &Run, floor: &Run) {
+        self.net.push(r.ns - floor.ns);
+        self.raw.push(r.ns);
+        self.floor.push(floor.ns);
+    }
+
+    /// Reports the median cost net of the floor (and the best run less the
+    /// best floor), with both medians added to `cnd`.
+    fn report(&self, report: &mut Report, name: &str, mut cnd: serde_json::Value) {
+        cnd["floor_ns"] = json!(stats::median(&self.floor));
+        cnd["raw_ns"] = json!(stats::median(&self.raw));
+        report.add("prog_cost", name, stats::median(&self.net), Some(stats::min(&self.raw) - stats::min(&self.floor)), "ns/packet", cnd);
+    }
 }
 
 fn run(f: impl FnOnce(TestRunOptions) -> Result<TestRunResult, ProgramError>, input: &[u8], repeat: u32) -> Result<Run> {
@@ -186,7 +210,7 @@ pub fn config(progs: &mut BenchProgs, services: u32, per: u32, opts: &Opts, repo
     ];
     for c in &cases {
         progs.set_template(c.frame, c.vary)?;
-        let (mut net, mut raw, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+        let mut rounds = Rounds::default();
         for _ in 0..opts.rounds {
             // Floor: the same wrapper and template, tail-calling a trivial program.
             if c.tc { progs.jump_tc(&tc_ok_fd)? } else { progs.jump_xdp(&pass_fd)? }
@@ -198,15 +222,11 @@ pub fn config(progs: &mut BenchProgs, services: u32, per: u32, opts: &Opts, repo
             let r = wrapped(progs, c.tc, c.frame, c.repeat)?;
             let after = (lb.counters()?, lb.maps.service_stats(target)?.new_flows);
             check(c.name, &c.check, &r, c.repeat as u64, &before, &after)?;
-            net.push(r.ns - f.ns);
-            raw.push(r.ns);
-            floor.push(f.ns);
+            rounds.push(&r, &f);
         }
         let mut cnd = cond(c.repeat);
-        cnd["floor_ns"] = json!(stats::median(&floor));
-        cnd["raw_ns"] = json!(stats::median(&raw));
         cnd["method"] = json!(if c.tc { "tc wrapper (restore + tail call) minus wrapper floor" } else { "xdp wrapper (restore + tail call) minus wrapper floor" });
-        report.add("prog_cost", c.name, stats::median(&net), Some(stats::min(&raw) - stats::min(&floor)), "ns/packet", cnd);
+        rounds.report(report, c.name, cnd);
     }
     Ok(())
 }
@@ -247,9 +267,9 @@ fn check(name: &str, c: &Check, r: &Run, n: u64, before: &(Vec<u64>, u64), after
 /// (172.16.0.0/12) via 192.168.1.2, both permanent neighbours.
 const NODE: Ipv4Addr = Ipv4Addr::new(192, 168, 1, 1);
 
-fn snat_uplink() -> Result<(crate::netns::Netns, crate::netns::Netns, u32)> {
-    use crate::topology::{addr_up, veth};
-    let (node, wire) = (crate::netns::Netns::new(), crate::netns::Netns::new());
+fn snat_uplink() -> Result<(xdplb_tests::netns::Netns, xdplb_tests::netns::Netns, u32)> {
+    use xdplb_tests::topology::{addr_up, veth};
+    let (node, wire) = (xdplb_tests::netns::Netns::new(), xdplb_tests::netns::Netns::new());
     node.sysctl("net.ipv4.ip_forward", "1");
     veth(&node, "up0", &wire, "eth0");
     addr_up(&node, "up0", "192.168.1.1/24");
@@ -270,16 +290,22 @@ fn snat_uplink() -> Result<(crate::netns::Netns, crate::netns::Netns, u32)> {
 /// (XDP_PASS to the kernel) do not include. Runs on a thread of its own,
 /// inside the uplink's namespace.
 pub fn snat(progs: &mut BenchProgs, per: u32, opts: &Opts, report: &mut Report) -> Result<()> {
+    on_uplink("SNAT", |ifindex| snat_cases(progs, per, ifindex, opts, report))
+}
+
+/// Runs `cases` (given the uplink's ifindex) on a thread of its own, pinned
+/// to CPU 0, inside a fresh uplink's namespace; `what` names it if it panics.
+fn on_uplink(what: &str, cases: impl FnOnce(u32) -> Result<()> + Send) -> Result<()> {
     let (node, _wire, ifindex) = snat_uplink()?;
     let file = std::fs::File::open(format!("/run/netns/{}", node.name()))?;
     std::thread::scope(|s| {
         s.spawn(|| {
-            crate::netns::enter(&file);
+            xdplb_tests::netns::enter(&file);
             super::pin(Some(0));
-            snat_cases(progs, per, ifindex, opts, report)
+            cases(ifindex)
         })
         .join()
-        .map_err(|_| anyhow::anyhow!("the SNAT cost thread panicked"))?
+        .map_err(|_| anyhow::anyhow!("the {what} cost thread panicked"))?
     })
 }
 
@@ -319,7 +345,7 @@ fn snat_cases(progs: &mut BenchProgs, per: u32, ifindex: u32, opts: &Opts, repor
     ];
     for (name, frame, vary, repeat, check_want) in &cases {
         progs.set_template(frame, *vary)?;
-        let (mut net, mut raw, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+        let mut rounds = Rounds::default();
         for _ in 0..opts.rounds {
             progs.jump_xdp(&pass_fd)?;
             let f = run_ctx(|o| progs.xdp("bench_wrap_xdp").test_run(o), frame, *repeat, Some(&ctx))?;
@@ -329,14 +355,11 @@ fn snat_cases(progs: &mut BenchProgs, per: u32, ifindex: u32, opts: &Opts, repor
             let r = run_ctx(|o| progs.xdp("bench_wrap_xdp").test_run(o), frame, *repeat, Some(&ctx))?;
             let after = (lb.counters()?, lb.maps.service_stats(1)?.new_flows);
             check(name, check_want, &r, *repeat as u64, &before, &after)?;
-            net.push(r.ns - f.ns);
-            raw.push(r.ns);
-            floor.push(f.ns);
+            rounds.push(&r, &f);
         }
         let cnd = json!({"services": 1, "backends_per_service": per, "repeat": repeat, "rounds": opts.rounds, "proto": "tcp", "frame_bytes": 64,
-            "floor_ns": stats::median(&floor), "raw_ns": stats::median(&raw),
             "method": "xdp wrapper (restore + tail call) minus wrapper floor; frames arrive on a real uplink (FIB lookup + XDP_TX included)"});
-        report.add("prog_cost", name, stats::median(&net), Some(stats::min(&raw) - stats::min(&floor)), "ns/packet", cnd);
+        rounds.report(report, name, cnd);
     }
     Ok(())
 }
@@ -347,17 +370,7 @@ fn snat_cases(progs: &mut BenchProgs, per: u32, ifindex: u32, opts: &Opts, repor
 /// on the backend's node the option taken off (the reply half looked up or
 /// written + XDP_PASS) and the pod's reply rewritten at tc egress.
 pub fn dsr(progs: &mut BenchProgs, per: u32, opts: &Opts, report: &mut Report) -> Result<()> {
-    let (node, _wire, ifindex) = snat_uplink()?;
-    let file = std::fs::File::open(format!("/run/netns/{}", node.name()))?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            crate::netns::enter(&file);
-            super::pin(Some(0));
-            dsr_cases(progs, per, ifindex, opts, report)
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the DSR cost thread panicked"))?
-    })
+    on_uplink("DSR", |ifindex| dsr_cases(progs, per, ifindex, opts, report))
 }
 
 /// (name, frame, vary the source, tc rather than XDP, repeat, what to check).
@@ -410,7 +423,7 @@ fn dsr_cases(progs: &mut BenchProgs, per: u32, ifindex: u32, opts: &Opts, report
     ];
     for (name, frame, vary, tc, repeat, check_want) in &cases {
         progs.set_template(frame, *vary)?;
-        let (mut net, mut raw, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+        let mut rounds = Rounds::default();
         for _ in 0..opts.rounds {
             let (f, r, before, after);
             if *tc {
@@ -431,14 +444,11 @@ fn dsr_cases(progs: &mut BenchProgs, per: u32, ifindex: u32, opts: &Opts, report
                 after = (lb.counters()?, lb.maps.service_stats(1)?.new_flows);
             }
             check(name, check_want, &r, *repeat as u64, &before, &after)?;
-            net.push(r.ns - f.ns);
-            raw.push(r.ns);
-            floor.push(f.ns);
+            rounds.push(&r, &f);
         }
         let cnd = json!({"services": 1, "backends_per_service": per, "repeat": repeat, "rounds": opts.rounds, "proto": "tcp", "frame_bytes": 64,
-            "floor_ns": stats::median(&floor), "raw_ns": stats::median(&raw),
             "method": "wrapper (restore + tail call) minus wrapper floor; XDP frames arrive on a real uplink (FIB lookup with the MTU check + XDP_TX included)"});
-        report.add("prog_cost", name, stats::median(&net), Some(stats::min(&raw) - stats::min(&floor)), "ns/packet", cnd);
+        rounds.report(report, name, cnd);
     }
     Ok(())
 }

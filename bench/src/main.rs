@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
-use xdplb_tests::bench::{chart, cost, live, progs::BenchProgs, report::{Figure, Report}, sender::Sender, Sections};
+use xdplb_bench::{chart, cost, live, progs::BenchProgs, report::{Figure, Report}, sender::Sender, Sections};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
@@ -41,7 +41,7 @@ fn main() -> Result<()> {
     let start = std::time::Instant::now();
     let mut report = Report::default();
     if pktgen_vm {
-        xdplb_tests::bench::vm::run(&out, 500_000, &mut report)?;
+        xdplb_bench::vm::run(&out, 500_000, &mut report)?;
         println!("\n{}", report.table());
         let path = report.write(&out.join("vm"), "pktgen-vm", start.elapsed().as_secs_f64())?;
         println!("wrote {}", path.display());
@@ -63,22 +63,22 @@ fn main() -> Result<()> {
     if sections.wants("prog_cost") {
         println!("== per-packet cost (BPF_PROG_TEST_RUN, {:?} mode)", mode);
         // One CPU for the whole section: the wrapper's flow counter is not per-CPU.
-        xdplb_tests::bench::pin(Some(0));
+        xdplb_bench::pin(Some(0));
         let t = std::time::Instant::now();
         cost::floors(&progs, &copts, &mut report)?;
         for &(services, per) in copts.configs {
             cost::config(&mut progs, services, per, &copts, &mut report)?;
         }
         cost::snat(&mut progs, 10, &copts, &mut report)?;
-        xdplb_tests::bench::pin(None);
+        xdplb_bench::pin(None);
         println!("(prog_cost section: {:.0} s)", t.elapsed().as_secs_f64());
     }
     if sections.wants("dsr_cost") {
         println!("== per-packet cost of DSR (BPF_PROG_TEST_RUN, {:?} mode)", mode);
-        xdplb_tests::bench::pin(Some(0));
+        xdplb_bench::pin(Some(0));
         let t = std::time::Instant::now();
         cost::dsr(&mut progs, 10, &copts, &mut report)?;
-        xdplb_tests::bench::pin(None);
+        xdplb_bench::pin(None);
         println!("(dsr_cost section: {:.0} s)", t.elapsed().as_secs_f64());
     }
 
@@ -105,7 +105,7 @@ fn main() -> Result<()> {
         }
     }
 
-    xdplb_tests::bench::extra::run(&format!("{mode:?}"), &sections, &mut report)?;
+    xdplb_bench::extra::run(&format!("{mode:?}"), &sections, &mut report)?;
 
     let elapsed = start.elapsed().as_secs_f64();
     println!("\n{}", report.table());
@@ -121,7 +121,7 @@ fn figures(json: &std::path::Path) -> Result<Vec<Figure>> {
 }
 
 fn print_markdown(json: &std::path::Path) -> Result<()> {
-    print!("{}", xdplb_tests::bench::report::markdown(&figures(json)?));
+    print!("{}", xdplb_bench::report::markdown(&figures(json)?));
     Ok(())
 }
 

@@ -26,7 +26,7 @@ use super::{
     sender::Sender,
     topo::Topo,
 };
-use crate::netns::Netns;
+use xdplb_tests::netns::Netns;
 
 #[derive(Clone, Debug)]
 pub struct Opts {
@@ -106,7 +106,7 @@ pub fn frames_allowed(progs: &BenchProgs) -> std::result::Result<(), String> {
     let p = progs.xdp("bench_drop");
     std::thread::scope(|s| {
         s.spawn(|| {
-            crate::netns::enter(&file);
+            xdplb_tests::netns::enter(&file);
             let ctx = super::sender::xdp_md(ifindex, 0);
             let frame = [0u8; super::progs::FRAME_LEN];
             let opts = TestRunOptions { data_in: Some(&frame), ctx_in: Some(&ctx), repeat: 1, attrs: TestRunAttrs::new().xdp_live_frames(1), ..Default::default() };

@@ -11,7 +11,7 @@ use lb_common::{algorithm, IPPROTO_TCP};
 use serde_json::json;
 
 use super::{report::Report, stats};
-use crate::{
+use xdplb_tests::{
     fixture::run_frame,
     lb::Lb,
     packet::{Frame, TCP_SYN},

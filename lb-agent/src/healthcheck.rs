@@ -13,6 +13,11 @@
 //! listener stays). A port that cannot be bound (in use) is a warning naming
 //! the port and the service; it is tried again at the next sync and every
 //! [`HealthServer::retry`], and never holds up a sync.
+//!
+//! A Service semantic the agent serves to load balancers outside (as
+//! `socklb`, `snat` and `lbip` are), not an operator view: so it sits beside
+//! them, not in `ops`. What each port answers comes from the plan
+//! (`plan::health_checks`); the connection loop is [`crate::httpconn`]'s.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, Ipv4Addr, SocketAddr},
@@ -26,8 +31,10 @@ use hyper::{header, StatusCode};
 use serde::Serialize;
 use tokio::{net::TcpListener, task::JoinHandle};
 
-use super::http::{accept_loop, reply};
-use crate::control::{model::ObjectRef, plan::HealthCheck};
+use crate::{
+    control::{model::ObjectRef, plan::HealthCheck},
+    httpconn::{accept_loop, reply},
+};
 
 /// Where health-check node ports are served unless told otherwise
 /// (`--health-check-address`): every address, as kube-proxy does.

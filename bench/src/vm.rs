@@ -17,7 +17,7 @@ use lb_common::{counter, IPPROTO_UDP};
 use serde_json::json;
 
 use super::report::Report;
-use crate::{
+use xdplb_tests::{
     lb::Lb,
     netns::Netns,
     services::{contents, Svc},
@@ -60,9 +60,9 @@ pub fn run(out_dir: &Path, count: u64, r: &mut Report) -> Result<()> {
     // The backend: a namespace behind a veth (no listener: it drops the
     // datagrams); forwarded = packets sent out of the node's side.
     let backend = Netns::new();
-    crate::topology::veth(&ns, "be0", &backend, "eth0");
-    crate::topology::addr_up(&ns, "be0", "10.0.9.1/24");
-    crate::topology::addr_up(&backend, "eth0", &format!("{BACKEND}/24"));
+    xdplb_tests::topology::veth(&ns, "be0", &backend, "eth0");
+    xdplb_tests::topology::addr_up(&ns, "be0", "10.0.9.1/24");
+    xdplb_tests::topology::addr_up(&backend, "eth0", &format!("{BACKEND}/24"));
     let mut lb = Lb::attach(&ns, TAP, &[]);
     lb.program(&contents(&[Svc::new(
         1,

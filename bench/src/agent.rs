@@ -14,7 +14,7 @@ use lb_common::{ServiceKeyV4, SlotKey};
 use serde_json::json;
 
 use super::report::Report;
-use crate::{
+use xdplb_tests::{
     agent::{agent_binary, write, Agent, NODE},
     topology::Topology,
     wait_for,

@@ -70,11 +70,11 @@ pub fn pin(cpu: Option<usize>) {
 
 /// Runs `f` on a scoped thread inside `ns` (interface names and ifindexes
 /// resolve in the calling thread's namespace), borrowing freely.
-pub fn in_ns<T: Send>(ns: &crate::netns::Netns, f: impl FnOnce() -> T + Send) -> T {
+pub fn in_ns<T: Send>(ns: &xdplb_tests::netns::Netns, f: impl FnOnce() -> T + Send) -> T {
     let file = std::fs::File::open(format!("/run/netns/{}", ns.name())).expect("opening the namespace file");
     std::thread::scope(|s| {
         s.spawn(move || {
-            crate::netns::enter(&file);
+            xdplb_tests::netns::enter(&file);
             f()
         })
         .join()

@@ -12,7 +12,7 @@ use std::{io::Write as _, process::Stdio};
 use anyhow::{bail, Context as _, Result};
 
 use super::dataplane::{backend, vip, BACKEND_PORT, SVC_PORT};
-use crate::netns::Netns;
+use xdplb_tests::netns::Netns;
 
 /// The pod network kube-proxy is told about (`--cluster-cidr`).
 const CLUSTER_CIDR: &str = "10.244.0.0/16";

@@ -12,7 +12,7 @@ use lb_common::{algorithm, IPPROTO_TCP};
 use serde_json::json;
 
 use super::{report::Report, stats};
-use crate::{
+use xdplb_tests::{
     lb::Lb,
     netns::Netns,
     servers::{http_get, Server},

@@ -13,7 +13,7 @@ use aya::{
 use lb_agent::{dataplane::Dataplane, loader};
 use lb_common::{algorithm, IPPROTO_TCP};
 
-use crate::services::{contents, Svc};
+use xdplb_tests::services::{contents, Svc};
 
 /// Service port every benchmark service listens on.
 pub const SVC_PORT: u16 = 80;

@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 
 use lb_common::traffic::{TrafficConfig, TRAFFIC_FRAME_LEN};
 
-use crate::{
+use xdplb_tests::{
     netns::Netns,
     packet::{Frame, L4},
     topology::{addr_up, veth},
@@ -81,7 +81,7 @@ impl Topo {
     pub fn frame(&self, proto: u8, dst: Ipv4Addr) -> [u8; TRAFFIC_FRAME_LEN] {
         let src = Ipv4Addr::new(192, 168, 1, 10);
         let f = if proto == lb_common::IPPROTO_TCP {
-            Frame::tcp(src, 10_000, dst, 80, crate::packet::TCP_ACK).payload(&[0; 10])
+            Frame::tcp(src, 10_000, dst, 80, xdplb_tests::packet::TCP_ACK).payload(&[0; 10])
         } else {
             let mut f = Frame::udp(src, 10_000, dst, 80).payload(&[0; 22]);
             f.l4 = L4::Udp { zero_checksum: true };

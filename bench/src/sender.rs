@@ -62,7 +62,7 @@ pub fn blast(sender: Sender, progs: &mut BenchProgs, t: &Topo, cfg: &TrafficConf
             .map(|i| {
                 let (gen_file, barrier) = (&gen_file, &barrier);
                 s.spawn(move || -> Result<()> {
-                    crate::netns::enter(gen_file);
+                    xdplb_tests::netns::enter(gen_file);
                     super::pin(Some(i));
                     match sender {
                         Sender::LiveFrames => {
@@ -197,7 +197,7 @@ impl PacketSocket {
 mod tests {
     use lb_common::traffic::{write_flow, TrafficConfig};
 
-    use crate::packet::{verify_checksums, Frame, TCP_ACK};
+    use xdplb_tests::packet::{verify_checksums, Frame, TCP_ACK};
 
     fn config(frame: Vec<u8>, new_every: u32) -> TrafficConfig {
         TrafficConfig { flows: 100, dsts: 7, dst_base: [10, 96, 0, 1], new_every, frame: frame.try_into().unwrap() }
