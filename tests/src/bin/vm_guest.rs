@@ -16,7 +16,9 @@
 //! - the node's own sockets (the socket programs on the guest's cgroup2
 //!   root): an IPv4 socket and a dual-stack IPv6 one dialling the
 //!   IPv4-mapped ClusterIP reach both backends and see the ClusterIP as
-//!   their peer; an unserved port is refused with ECONNREFUSED;
+//!   their peer; an unserved port is refused with ECONNREFUSED; node SCTP
+//!   sockets are not seen by those programs (connect, one-to-many sendto,
+//!   sctp_connectx: no hook runs) and their INIT goes unanswered;
 //! - `lb-agent doctor` names the attach path and the verifier accepts every
 //!   program; `lb-agent uninstall` removes the filters and the XDP link.
 //!
@@ -149,6 +151,41 @@ fn node_sockets(t: &Topology) {
     figure("node_sockets", "ipv4,ipv4_mapped,refused");
 }
 
+/// Node processes' SCTP sockets to the SCTP ClusterIP, by every call that
+/// opens an association (connect() on one-to-one and one-to-many sockets,
+/// sendto() on a one-to-many one, sctp_connectx()): no socket hook runs
+/// for any of them (SCTP's own connect and sendmsg code never calls the
+/// cgroup programs: neither `sock_balanced` nor `sock_no_backend` moves),
+/// so the INIT goes to the ClusterIP itself and nobody answers — without
+/// a route to it, and with a default route out of the uplink, as a real
+/// node has. The README's socket balancing section says so.
+fn node_sctp(t: &Topology, agent: &Agent) {
+    let dp = Agent::maps_of(agent);
+    let to = SocketAddrV4::new(DIAMETER_IP, DIAMETER.0);
+    for route in [false, true] {
+        if route {
+            t.node.ip(&["route", "add", "default", "via", "192.168.1.2"]);
+        }
+        for how in sctp::DIALS {
+            let before = dp.counters().expect("counters");
+            let start = Instant::now();
+            let got = t.node.run(move || sctp::dial(how, to, Duration::from_secs(3)));
+            let after = dp.counters().expect("counters");
+            let d = |i: u32| after[i as usize] - before[i as usize];
+            let (balanced, refused) = (d(lb_common::counter::SOCK_BALANCED), d(lb_common::counter::SOCK_NO_BACKEND));
+            let what = format!("node_sctp_{how:?}_route_{route}");
+            figure(&what, format!("{:?}_in_{}_ms", got.as_ref().map_err(|e| e.raw_os_error()), start.elapsed().as_millis()));
+            assert_eq!((balanced, refused), (0, 0), "{what}: a socket hook ran for SCTP");
+            let err = got.expect_err(&format!("{what}: an unbalanced INIT to the ClusterIP was answered"));
+            // connect() and connectx() give up at SO_SNDTIMEO (EINPROGRESS), the
+            // one-to-many recv() at SO_RCVTIMEO (EAGAIN).
+            assert!(matches!(err.raw_os_error(), Some(libc::EINPROGRESS | libc::EAGAIN | libc::ETIMEDOUT)), "{what}: {err}");
+        }
+    }
+    t.node.ip(&["route", "del", "default"]);
+    figure("node_sctp", "no_socket_hook,unanswered");
+}
+
 fn main() {
     let start = Instant::now();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -204,6 +241,7 @@ fn main() {
     balanced(&t.pod, 10, "pod");
     node_sockets(&t);
     sctp_balanced(&t, &agent);
+    node_sctp(&t, &agent);
 
     // Restarts: a held connection keeps its backend, every hook keeps one filter.
     let mut held = Conn::new(t.client.run(|| TcpStream::connect(TO)).expect("held connection"));
