@@ -18,7 +18,8 @@
 //!   IPv4-mapped ClusterIP reach both backends and see the ClusterIP as
 //!   their peer; an unserved port is refused with ECONNREFUSED; node SCTP
 //!   sockets are not seen by those programs (connect, one-to-many sendto,
-//!   sctp_connectx: no hook runs) and their INIT goes unanswered;
+//!   sctp_connectx: no hook runs): their INIT is answered at tc egress with
+//!   an ABORT, and connect() fails with ECONNREFUSED;
 //! - `lb-agent doctor` names the attach path and the verifier accepts every
 //!   program; `lb-agent uninstall` removes the filters and the XDP link.
 //!
@@ -153,37 +154,43 @@ fn node_sockets(t: &Topology) {
 
 /// Node processes' SCTP sockets to the SCTP ClusterIP, by every call that
 /// opens an association (connect() on one-to-one and one-to-many sockets,
-/// sendto() on a one-to-many one, sctp_connectx()): no socket hook runs
-/// for any of them (SCTP's own connect and sendmsg code never calls the
-/// cgroup programs: neither `sock_balanced` nor `sock_no_backend` moves),
-/// so the INIT goes to the ClusterIP itself and nobody answers — without
-/// a route to it, and with a default route out of the uplink, as a real
-/// node has. The README's socket balancing section says so.
+/// sendto() on a one-to-many one, sctp_connectx()), and to a port it does
+/// not serve: no socket hook runs for any of them (SCTP's own connect and
+/// sendmsg code never calls the cgroup programs: neither `sock_balanced`
+/// nor `sock_no_backend` moves), so the INIT leaves for the ClusterIP
+/// itself, here by a default route out of the uplink as on a real node;
+/// tc egress answers it with an ABORT (`sctp_node_init_aborted`), and every
+/// connect fails at once with ECONNREFUSED. (A one-to-many sendto() has no
+/// error to report: its association just ends, the reply never comes.)
 fn node_sctp(t: &Topology, agent: &Agent) {
     let dp = Agent::maps_of(agent);
-    let to = SocketAddrV4::new(DIAMETER_IP, DIAMETER.0);
-    for route in [false, true] {
-        if route {
-            t.node.ip(&["route", "add", "default", "via", "192.168.1.2"]);
-        }
-        for how in sctp::DIALS {
-            let before = dp.counters().expect("counters");
-            let start = Instant::now();
-            let got = t.node.run(move || sctp::dial(how, to, Duration::from_secs(3)));
-            let after = dp.counters().expect("counters");
-            let d = |i: u32| after[i as usize] - before[i as usize];
-            let (balanced, refused) = (d(lb_common::counter::SOCK_BALANCED), d(lb_common::counter::SOCK_NO_BACKEND));
-            let what = format!("node_sctp_{how:?}_route_{route}");
-            figure(&what, format!("{:?}_in_{}_ms", got.as_ref().map_err(|e| e.raw_os_error()), start.elapsed().as_millis()));
-            assert_eq!((balanced, refused), (0, 0), "{what}: a socket hook ran for SCTP");
-            let err = got.expect_err(&format!("{what}: an unbalanced INIT to the ClusterIP was answered"));
-            // connect() and connectx() give up at SO_SNDTIMEO (EINPROGRESS), the
-            // one-to-many recv() at SO_RCVTIMEO (EAGAIN).
-            assert!(matches!(err.raw_os_error(), Some(libc::EINPROGRESS | libc::EAGAIN | libc::ETIMEDOUT)), "{what}: {err}");
+    let served = SocketAddrV4::new(DIAMETER_IP, DIAMETER.0);
+    let unserved = SocketAddrV4::new(DIAMETER_IP, DIAMETER.0 + 2);
+    t.node.ip(&["route", "add", "default", "via", "192.168.1.2"]);
+    let dials = sctp::DIALS.map(|how| (how, served)).into_iter().chain([(sctp::Dial::Connect, unserved)]);
+    for (how, to) in dials {
+        let before = dp.counters().expect("counters");
+        let start = Instant::now();
+        let got = t.node.run(move || sctp::dial(how, to, Duration::from_secs(3)));
+        let ms = start.elapsed().as_millis();
+        let after = dp.counters().expect("counters");
+        let d = |i: u32| after[i as usize] - before[i as usize];
+        let what = format!("node_sctp_{how:?}_{}", to.port());
+        figure(&what, format!("{:?}_in_{ms}_ms", got.as_ref().map_err(|e| e.raw_os_error())));
+        assert_eq!((d(lb_common::counter::SOCK_BALANCED), d(lb_common::counter::SOCK_NO_BACKEND)), (0, 0), "{what}: a socket hook ran for SCTP");
+        assert_eq!(d(lb_common::counter::SCTP_NODE_ABORTED), 1, "{what}: its INIT was answered with an ABORT");
+        let err = got.expect_err(&format!("{what}: the node's INIT to the ClusterIP was balanced"));
+        match how {
+            // The one-to-many recv() gives up at SO_RCVTIMEO.
+            sctp::Dial::SeqpacketSendto => assert_eq!(err.raw_os_error(), Some(libc::EAGAIN), "{what}: {err}"),
+            _ => {
+                assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{what}: {err}");
+                assert!(ms < 2000, "{what}: refused at once, not after {ms} ms");
+            }
         }
     }
     t.node.ip(&["route", "del", "default"]);
-    figure("node_sctp", "no_socket_hook,unanswered");
+    figure("node_sctp", "no_socket_hook,aborted,refused");
 }
 
 fn main() {
