@@ -262,6 +262,11 @@ fn sock<A: Addr>(addr: A, port: [u8; 2]) -> SocketAddr {
 /// How the socket balancer refuses (lb-ebpf sock.rs).
 const SOCK_REFUSED: &str = "connect() refused (ECONNREFUSED; EPERM on kernels before 5.18)";
 
+/// Where and how a node socket's SCTP association to a service address
+/// is refused (lb-ebpf node_sctp.rs).
+const NODE_SCTP_HOOK: &str = "tc egress of the uplink (no socket program runs for SCTP)";
+const NODE_SCTP_REFUSED: &str = "the node's INIT answered with an ABORT: connect() refused (ECONNREFUSED); SCTP is not balanced for node sockets";
+
 /// Why a packet could not be explained.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -315,6 +320,13 @@ pub fn explain<A: Family>(q: &Query, s: &Snapshot<A>, names: &crate::ops::names:
         selection: None,
         verdict: Verdict { action: Action::Pass, backend: None, snat: None, reason: String::new() },
     };
+    // No socket program runs for SCTP (lb-ebpf node_sctp.rs): a node's INIT
+    // to any service address is refused at tc egress, served or not.
+    if q.origin == Origin::Node && q.proto == IPPROTO_SCTP && (lookup_service(q, &s.contents).is_some() || unserved(q, &s.contents).is_some()) {
+        e.hook = NODE_SCTP_HOOK;
+        e.verdict = Verdict { action: Action::Reject, backend: None, snat: None, reason: NODE_SCTP_REFUSED.into() };
+        return e;
+    }
     let Some(svc) = lookup_service(q, &s.contents) else {
         if let Some(v) = unserved(q, &s.contents) {
             e.verdict = v;
@@ -752,6 +764,19 @@ mod tests {
         assert_eq!(verdict(q("192.168.9.2:1", "203.0.113.1:80")), (Action::Drop, None), "outside the ranges");
         let e = explain(&q("192.168.1.2:1", "10.96.0.10:81"), &snapshot(), &Default::default());
         assert_eq!(e.notes, ["10.96.0.10 is a service address, but not on 81/TCP (it serves 80/TCP): the packet goes to the stack"]);
+    }
+
+    #[test]
+    fn a_node_sctp_association_to_a_service_address_is_refused_by_the_abort() {
+        let mut s = snapshot();
+        let key = ServiceKeyV4 { addr: [10, 96, 0, 30], port: 3868u16.to_be_bytes(), proto: IPPROTO_SCTP, scope: 0 };
+        s.contents.services.insert(key, ServiceV4 { id: 5, count: 2, algorithm: algorithm::RANDOM, flags: 0, _pad: [0; 2], affinity_timeout_s: 0 });
+        let node = |dst: &str| explain(&Query { origin: Origin::Node, ..q("192.168.1.1:40000", dst) }, &s, &Default::default());
+        let e = node("10.96.0.30:3868/sctp");
+        assert_eq!((e.verdict.action, e.verdict.backend, e.hook), (Action::Reject, None, NODE_SCTP_HOOK));
+        assert_eq!(e.verdict.reason, NODE_SCTP_REFUSED);
+        assert_eq!(node("10.0.2.11:3869/sctp").verdict.action, Action::Pass, "not a service address: left alone");
+        assert_eq!(node("10.96.0.10:80").verdict.action, Action::Dnat, "TCP is balanced at connect()");
     }
 
     #[test]

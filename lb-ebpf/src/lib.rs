@@ -3,6 +3,7 @@
 //! a map or a helper, so it is unit-tested on the host.
 #![cfg_attr(not(test), no_std)]
 
+pub mod abort;
 pub mod csum;
 pub mod hash;
 pub mod icmp;

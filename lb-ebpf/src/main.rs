@@ -26,6 +26,7 @@ mod load;
 mod maps;
 mod mode;
 mod nat;
+mod node_sctp;
 mod parse;
 mod parse6;
 mod refuse;

@@ -11,7 +11,7 @@
 //! reply to that address is reverse-NATed at ingress too and sent back the
 //! same way.
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{BPF_F_INGRESS, TC_ACT_OK, TC_ACT_SHOT},
     maps::ProgramArray,
     helpers::bpf_redirect,
     programs::TcContext,
@@ -26,6 +26,7 @@ use crate::{
     icmp_error,
     maps::{family_tc_egress, family_tc_ingress},
     nat::{self, Side},
+    node_sctp,
     parse::{Packet, ETH_LEN, ETH_P_IPV6},
     parse6::IPPROTO_ICMPV6,
     refuse, reset, service,
@@ -50,6 +51,11 @@ pub trait TcFamily: Family {
     fn egress_icmp(_ctx: &TcContext, _p: &Packet<Self::Addr>) -> Result<Verdict, Verdict> {
         Ok(Verdict::Pass(counter::PASS_OTHER_L4))
     }
+    /// A packet leaving at egress that no flow owns.
+    #[inline(always)]
+    fn egress_unowned(_ctx: &TcContext, _p: &Packet<Self::Addr>) -> Result<Verdict, Verdict> {
+        Ok(Verdict::Pass(counter::PASS_NOT_SERVICE))
+    }
     /// A DSR flow's reply leaving at egress.
     #[inline(always)]
     fn clamp_mss(_ctx: &TcContext, _p: &Packet<Self::Addr>) -> Result<(), Verdict> {
@@ -66,6 +72,10 @@ impl TcFamily for V4 {
     #[inline(always)]
     fn egress_icmp(ctx: &TcContext, p: &Packet) -> Result<Verdict, Verdict> {
         icmp_error::tc(ctx, p)
+    }
+    #[inline(always)]
+    fn egress_unowned(ctx: &TcContext, p: &Packet) -> Result<Verdict, Verdict> {
+        node_sctp::tc(ctx, p)
     }
     #[inline(always)]
     fn clamp_mss(ctx: &TcContext, p: &Packet) -> Result<(), Verdict> {
@@ -160,7 +170,7 @@ pub fn egress<F: TcFamily>(ctx: &TcContext) -> i32 {
                 }
                 Ok(Verdict::Pass(counter::NAT_REPLY))
             }
-            None => Ok(Verdict::Pass(counter::PASS_NOT_SERVICE)),
+            None => F::egress_unowned(ctx, p),
         }
     })
 }
@@ -194,6 +204,7 @@ fn run<F: Family>(ctx: &TcContext, f: impl FnOnce(&TcContext, &Packet<F::Addr>) 
         Verdict::Bounce(_) => bounce(ctx, true),
         // An answer is built with its Ethernet addresses already swapped.
         Verdict::Reply(_) => bounce(ctx, false),
+        Verdict::Deliver(_) => deliver(ctx),
     }
 }
 
@@ -236,6 +247,16 @@ fn bounce(ctx: &TcContext, swap_macs: bool) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     // SAFETY: plain helper call; flags 0 = egress of `ifindex`.
     unsafe { bpf_redirect(ifindex, 0) as i32 }
+}
+
+/// Hands the packet to the stack as if it had arrived on the interface it
+/// was leaving by.
+#[inline(always)]
+fn deliver(ctx: &TcContext) -> i32 {
+    // SAFETY: reading the ifindex field of the context.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: plain helper call; BPF_F_INGRESS = the stack's receive path of `ifindex`.
+    unsafe { bpf_redirect(ifindex, BPF_F_INGRESS as u64) as i32 }
 }
 
 #[inline(always)]

@@ -17,6 +17,10 @@ pub enum Verdict {
     /// sender (a reset, an ICMP error): send it out of the interface it came
     /// in on as it is, counting `reason`.
     Reply(u32),
+    /// The packet was rebuilt whole as an answer to one leaving the node
+    /// (tc egress): hand it to the node's stack as if it had arrived on
+    /// this interface, counting `reason` (tc only).
+    Deliver(u32),
     /// Return this XDP action (a redirect), counting `reason` (XDP only).
     Action(u32, u32),
 }
@@ -24,7 +28,7 @@ pub enum Verdict {
 impl Verdict {
     pub const fn reason(self) -> u32 {
         match self {
-            Verdict::Pass(r) | Verdict::Drop(r) | Verdict::Bounce(r) | Verdict::Reply(r) | Verdict::Action(_, r) => r,
+            Verdict::Pass(r) | Verdict::Drop(r) | Verdict::Bounce(r) | Verdict::Reply(r) | Verdict::Deliver(r) | Verdict::Action(_, r) => r,
         }
     }
 }

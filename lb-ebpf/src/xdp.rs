@@ -104,6 +104,8 @@ pub fn run<F: XdpFamily>(ctx: &XdpContext) -> u32 {
         Verdict::Drop(_) => xdp_action::XDP_DROP,
         Verdict::Bounce(_) | Verdict::Reply(_) => xdp_action::XDP_TX,
         Verdict::Action(action, _) => action,
+        // Only tc egress delivers; XDP never makes one.
+        Verdict::Deliver(_) => xdp_action::XDP_DROP,
     }
 }
 

@@ -26,14 +26,14 @@ fn check(rc: libc::c_int) -> io::Result<()> {
 }
 
 fn socket() -> io::Result<OwnedFd> {
+    socket_of(libc::SOCK_STREAM)
+}
+
+/// An IPv4 SCTP socket of `kind`: `SOCK_STREAM` (one-to-one style) or
+/// `SOCK_SEQPACKET` (one-to-many).
+fn socket_of(kind: libc::c_int) -> io::Result<OwnedFd> {
     // SAFETY: plain syscall; no pointers.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_INET,
-            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_SCTP,
-        )
-    };
+    let fd = unsafe { libc::socket(libc::AF_INET, kind | libc::SOCK_CLOEXEC, libc::IPPROTO_SCTP) };
     check(fd)?;
     // SAFETY: `fd` is a socket just made, owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
@@ -253,4 +253,63 @@ endpoints:
         s += &format!("- addresses: [{b}]\n  conditions: {{ready: true, serving: true, terminating: false}}\n  nodeName: node-0\n");
     }
     s
+}
+
+/// The socket calls that open an SCTP association to a given address.
+#[derive(Clone, Copy, Debug)]
+pub enum Dial {
+    /// connect() on a one-to-one (`SOCK_STREAM`) socket.
+    Connect,
+    /// connect() on a one-to-many (`SOCK_SEQPACKET`) socket.
+    SeqpacketConnect,
+    /// sendto() on a one-to-many socket: the association is implied.
+    SeqpacketSendto,
+    /// `sctp_connectx()` (the `SCTP_SOCKOPT_CONNECTX` socket option) on a
+    /// one-to-one socket.
+    Connectx,
+}
+
+pub const DIALS: [Dial; 4] = [Dial::Connect, Dial::SeqpacketConnect, Dial::SeqpacketSendto, Dial::Connectx];
+
+/// linux/sctp.h (not in libc).
+const SOL_SCTP: libc::c_int = 132;
+const SCTP_SOCKOPT_CONNECTX: libc::c_int = 110;
+
+/// Opens an association to `to` the way `how` says and sends one message
+/// on it; returns who answered it (the echo's identity), or the error of
+/// the first call that failed (a one-to-many send that nobody answers
+/// within `timeout` is a `TimedOut`/`WouldBlock` read).
+pub fn dial(how: Dial, to: SocketAddrV4, timeout: Duration) -> io::Result<String> {
+    let kind = match how {
+        Dial::Connect | Dial::Connectx => libc::SOCK_STREAM,
+        Dial::SeqpacketConnect | Dial::SeqpacketSendto => libc::SOCK_SEQPACKET,
+    };
+    let fd = socket_of(kind)?;
+    let tv = libc::timeval { tv_sec: timeout.as_secs() as libc::time_t, tv_usec: 0 };
+    let remote = sockaddr(to);
+    let msg = b"hello";
+    // SAFETY: valid fd, pointers to locals of the sizes passed.
+    unsafe {
+        for opt in [libc::SO_SNDTIMEO, libc::SO_RCVTIMEO] {
+            check(libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, opt, (&tv as *const libc::timeval).cast(), std::mem::size_of::<libc::timeval>() as libc::socklen_t))?;
+        }
+        let sa = (&remote as *const libc::sockaddr_in).cast();
+        match how {
+            Dial::Connect | Dial::SeqpacketConnect => check(libc::connect(fd.as_raw_fd(), sa, SIN_LEN))?,
+            Dial::Connectx => check(libc::setsockopt(fd.as_raw_fd(), SOL_SCTP, SCTP_SOCKOPT_CONNECTX, sa.cast(), SIN_LEN))?,
+            Dial::SeqpacketSendto => {}
+        }
+        let sent = match how {
+            Dial::SeqpacketSendto => libc::sendto(fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0, sa, SIN_LEN),
+            _ => libc::send(fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0),
+        };
+        check(sent as libc::c_int)?;
+        let mut buf = [0u8; 256];
+        let n = libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0);
+        check(n as libc::c_int)?;
+        let got = &buf[..n as usize];
+        got.strip_suffix(b":hello")
+            .map(|i| String::from_utf8_lossy(i).into_owned())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("unexpected answer {:?}", String::from_utf8_lossy(got))))
+    }
 }

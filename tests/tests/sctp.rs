@@ -11,6 +11,8 @@
 //! CRC is offloaded (field zero: left zero for the kernel to compute) or
 //! complete (updated); a corrupt CRC, updated by the same delta so it stays
 //! exactly as corrupt; truncated headers; a service without backends.
+//! The node's own INIT to a service address, which no socket program sees,
+//! answered at tc egress with an ABORT back into the node.
 //! Then the lifecycle: INIT is SCTP's SYN, ABORT its RST; and a pod on
 //! another node: SNAT (never DSR), the CRC updated both ways. Needs root.
 use std::net::Ipv4Addr;
@@ -116,6 +118,28 @@ fn port_unreachable(f: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The ABORT answering the node's INIT `f` (untagged, no IPv4 options),
+/// built here from scratch: back to the node from the address it dialled,
+/// ports swapped, the INIT's initiate tag as verification tag, one ABORT
+/// chunk, its CRC32c from the `crc` crate.
+fn abort_for(f: &[u8]) -> Vec<u8> {
+    let mut out = f[6..12].to_vec();
+    out.extend_from_slice(&f[0..6]);
+    out.extend_from_slice(&[0x08, 0x00]);
+    let mut ip = vec![0x45, 0, 0, 36, 0, 0, 0x40, 0, 64, 132, 0, 0];
+    ip.extend_from_slice(&f[14 + 16..14 + 20]);
+    ip.extend_from_slice(&f[14 + 12..14 + 16]);
+    let c = checksum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let l4 = 14 + 20;
+    let mut sctp = [&f[l4 + 2..l4 + 4], &f[l4..l4 + 2], &f[l4 + 16..l4 + 20], &[0; 4], &[SCTP_ABORT, 0, 0, 4]].concat();
+    let crc = sctp_crc(&sctp);
+    sctp[8..12].copy_from_slice(&crc);
+    out.extend_from_slice(&ip);
+    out.extend_from_slice(&sctp);
+    out
+}
+
 /// Sets the IPv4 total length of an untagged frame and fixes its header checksum.
 fn ip_len(mut f: Vec<u8>, len: usize) -> Vec<u8> {
     f[16..18].copy_from_slice(&(len as u16).to_be_bytes());
@@ -145,6 +169,10 @@ fn cases() -> Vec<Case> {
     let cut =
         |f: &Frame, sctp_len: usize| ip_len(b(f)[..14 + 20 + sctp_len].to_vec(), 20 + sctp_len);
     let empty = init(POD, 6002, EMPTY_IP, SVC_PORT);
+    let node_init = init(NODE, 40000, CLUSTER_IP, SVC_PORT);
+    let node_empty = init(NODE, 40003, EMPTY_IP, SVC_PORT);
+    let node_data = data(NODE, 40001, CLUSTER_IP, SVC_PORT, b"no flow");
+    let node_direct = init(NODE, 40002, B1, TARGET_PORT);
     let c = Case::new;
     vec![
         c("xdp_v4_sctp_init_to_clusterip_dnat_crc_updated", "an INIT to a ClusterIP: address and port rewritten (3868 -> 3869), the CRC32c updated to the rewritten packet's", "xdp_lb", &b(&c_init), "XDP_PASS", Some(&b(&to(c_init.clone(), B1, TARGET_PORT)))),
@@ -162,6 +190,10 @@ fn cases() -> Vec<Case> {
         c("tc_ingress_v4_sctp_common_header_cut_passes", "tc: a cut SCTP header is passed unchanged, not balanced", "tc_ingress", &cut(&pod_data, 10), "TC_ACT_OK", None),
         c("xdp_v4_sctp_to_service_without_backend_drops", "SCTP to a service without backends from outside is dropped (like UDP)", "xdp_lb", &b(&init(CLIENT, 5004, EMPTY_IP, SVC_PORT)), "XDP_DROP", None),
         c("tc_ingress_v4_sctp_pod_without_backend_gets_port_unreachable", "from a pod it is refused: ICMP port unreachable quoting the ports and verification tag, back out of the pod's interface", "tc_ingress", &b(&empty), "TC_ACT_REDIRECT", Some(&port_unreachable(&b(&empty)))),
+        c("tc_egress_v4_sctp_node_init_to_clusterip_aborted", "the node's own INIT to a ClusterIP (no socket program sees SCTP) is answered with an ABORT carrying its initiate tag, delivered back into the node", "tc_egress", &b(&node_init), "TC_ACT_REDIRECT", Some(&abort_for(&b(&node_init)))),
+        c("tc_egress_v4_sctp_node_init_to_service_without_backend_aborted", "the same for a service without backends", "tc_egress", &b(&node_empty), "TC_ACT_REDIRECT", Some(&abort_for(&b(&node_empty)))),
+        c("tc_egress_v4_sctp_node_data_without_flow_passes", "only an INIT is answered: other chunks to a service address leave unchanged", "tc_egress", &b(&node_data), "TC_ACT_OK", Some(&b(&node_data))),
+        c("tc_egress_v4_sctp_node_init_to_backend_passes", "the node's INIT to a backend's own address is not a service's: unchanged", "tc_egress", &b(&node_direct), "TC_ACT_OK", Some(&b(&node_direct))),
     ]
 }
 
@@ -226,6 +258,7 @@ fn sctp_fixtures() {
     assert_eq!(lb.counter(counter::SCTP_CRC_OFFLOADED), 2);
     assert_eq!(lb.counter(counter::DROP_MALFORMED), 3);
     assert_eq!(lb.counter(counter::UNREACH_SENT), 1);
+    assert_eq!(lb.counter(counter::SCTP_NODE_ABORTED), 2, "the node's INITs to the ClusterIP and to the service without backends");
     assert_eq!(
         lb.maps.service_stats(1).unwrap().new_flows,
         4,

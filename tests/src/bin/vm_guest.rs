@@ -16,7 +16,10 @@
 //! - the node's own sockets (the socket programs on the guest's cgroup2
 //!   root): an IPv4 socket and a dual-stack IPv6 one dialling the
 //!   IPv4-mapped ClusterIP reach both backends and see the ClusterIP as
-//!   their peer; an unserved port is refused with ECONNREFUSED;
+//!   their peer; an unserved port is refused with ECONNREFUSED; node SCTP
+//!   sockets are not seen by those programs (connect, one-to-many sendto,
+//!   sctp_connectx: no hook runs): their INIT is answered at tc egress with
+//!   an ABORT, and connect() fails with ECONNREFUSED;
 //! - `lb-agent doctor` names the attach path and the verifier accepts every
 //!   program; `lb-agent uninstall` removes the filters and the XDP link.
 //!
@@ -149,6 +152,47 @@ fn node_sockets(t: &Topology) {
     figure("node_sockets", "ipv4,ipv4_mapped,refused");
 }
 
+/// Node processes' SCTP sockets to the SCTP ClusterIP, by every call that
+/// opens an association (connect() on one-to-one and one-to-many sockets,
+/// sendto() on a one-to-many one, sctp_connectx()), and to a port it does
+/// not serve: no socket hook runs for any of them (SCTP's own connect and
+/// sendmsg code never calls the cgroup programs: neither `sock_balanced`
+/// nor `sock_no_backend` moves), so the INIT leaves for the ClusterIP
+/// itself, here by a default route out of the uplink as on a real node;
+/// tc egress answers it with an ABORT (`sctp_node_init_aborted`), and every
+/// connect fails at once with ECONNREFUSED (a one-to-many sendto()
+/// returns, and the recv() for its reply fails with ENOTCONN).
+fn node_sctp(t: &Topology, agent: &Agent) {
+    let dp = Agent::maps_of(agent);
+    let served = SocketAddrV4::new(DIAMETER_IP, DIAMETER.0);
+    let unserved = SocketAddrV4::new(DIAMETER_IP, DIAMETER.0 + 2);
+    t.node.ip(&["route", "add", "default", "via", "192.168.1.2"]);
+    let dials = sctp::DIALS.map(|how| (how, served)).into_iter().chain([(sctp::Dial::Connect, unserved)]);
+    for (how, to) in dials {
+        let before = dp.counters().expect("counters");
+        let start = Instant::now();
+        let got = t.node.run(move || sctp::dial(how, to, Duration::from_secs(3)));
+        let ms = start.elapsed().as_millis();
+        let after = dp.counters().expect("counters");
+        let d = |i: u32| after[i as usize] - before[i as usize];
+        let what = format!("node_sctp_{how:?}_{}", to.port());
+        figure(&what, format!("{:?}_in_{ms}_ms", got.as_ref().map_err(|e| e.raw_os_error())));
+        assert_eq!((d(lb_common::counter::SOCK_BALANCED), d(lb_common::counter::SOCK_NO_BACKEND)), (0, 0), "{what}: a socket hook ran for SCTP");
+        assert_eq!(d(lb_common::counter::SCTP_NODE_ABORTED), 1, "{what}: its INIT was answered with an ABORT");
+        let err = got.expect_err(&format!("{what}: the node's INIT to the ClusterIP was balanced"));
+        // The one-to-many socket's association ends: the recv() waiting
+        // for the reply fails, its socket having no association left.
+        let want = match how {
+            sctp::Dial::SeqpacketSendto => ErrorKind::NotConnected,
+            _ => ErrorKind::ConnectionRefused,
+        };
+        assert_eq!(err.kind(), want, "{what}: {err}");
+        assert!(ms < 2000, "{what}: refused at once, not after {ms} ms");
+    }
+    t.node.ip(&["route", "del", "default"]);
+    figure("node_sctp", "no_socket_hook,aborted,refused");
+}
+
 fn main() {
     let start = Instant::now();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -204,6 +248,7 @@ fn main() {
     balanced(&t.pod, 10, "pod");
     node_sockets(&t);
     sctp_balanced(&t, &agent);
+    node_sctp(&t, &agent);
 
     // Restarts: a held connection keeps its backend, every hook keeps one filter.
     let mut held = Conn::new(t.client.run(|| TcpStream::connect(TO)).expect("held connection"));
