@@ -14,7 +14,9 @@
 use aya_ebpf::{bindings::bpf_fib_lookup, programs::TcContext};
 use aya_log_ebpf::macro_support::{Argument, IpFormatter};
 use aya_ebpf::btf_maps::PerCpuArray;
-use lb_common::{counter, Addr, Flow, FlowKey, NatConfig, HAIRPIN_ADDR_V4, HAIRPIN_ADDR_V6};
+use lb_common::{counter, Flow, FlowKey, NatConfig, HAIRPIN_ADDR_V4, HAIRPIN_ADDR_V6};
+pub use lb_ebpf::ip::same;
+use lb_ebpf::ip::Ip;
 
 use crate::{
     maps::{self, Affinity, Backends, Conntrack, Services, SourceRanges},
@@ -25,8 +27,9 @@ use crate::{
 
 /// One address family of the dataplane (see the module doc).
 pub trait Family: 'static {
-    /// The address, network order (logged with `{:i}`).
-    type Addr: Addr + IpFormatter + Argument;
+    /// The address, network order (logged with `{:i}`); its IP header's
+    /// layout and ICMP numbers as the answers build them (`lb_ebpf::ip`).
+    type Addr: Ip + IpFormatter + Argument;
     /// Length of the fixed IP header (IPv4 without options).
     const IP_HDR: usize;
     /// Offsets of the addresses in the IP header.
@@ -49,6 +52,11 @@ pub trait Family: 'static {
     /// IPv6 SCTP is passed as another protocol), so its CRC code is built
     /// only into the IPv4 instance.
     const SCTP: bool;
+    /// Whether refused flows get an answer (a reset, a port unreachable;
+    /// `refuse.rs`) rather than a silent drop. Not yet IPv6: its answers,
+    /// built by the same code, need more stack than its programs have left
+    /// (the frames' 16-byte addresses are moved byte by byte).
+    const REFUSES: bool;
     /// Whether the rarer conntrack steps (restoring a flow's other half,
     /// confirming it) run as calls of their own, each with its own frame:
     /// IPv6's keys and flows are too large to share one frame with the rest.
@@ -133,6 +141,7 @@ impl Family for V4 {
     const AF: u8 = 2;
     const DSR: bool = true;
     const SCTP: bool = true;
+    const REFUSES: bool = true;
     const SPLIT: bool = false;
 
     #[inline(always)]
@@ -198,6 +207,7 @@ impl Family for V6 {
     const AF: u8 = 10;
     const DSR: bool = false;
     const SCTP: bool = false;
+    const REFUSES: bool = false;
     const SPLIT: bool = true;
 
     #[inline(always)]
@@ -277,20 +287,4 @@ fn parse6_call(data: usize, end: usize, frame_len: usize, out: &mut Packet<[u8; 
 #[inline(never)]
 fn fold6(a: &[u8; 16]) -> u32 {
     u32::from_ne_bytes(lb_ebpf::hash::fold(a))
-}
-
-/// Whether two addresses are equal, compared 32 bits at a time: `==` on two
-/// `[u8; 16]` values may become a 128-bit compare, on which LLVM's BPF
-/// backend crashes ("Post-RA pseudo instruction expansion").
-#[inline(always)]
-pub fn same<A: Addr>(a: &A, b: &A) -> bool {
-    let (a, b) = (a.octets(), b.octets());
-    let mut i = 0;
-    while i + 4 <= a.len() && i + 4 <= b.len() {
-        if a[i..i + 4] != b[i..i + 4] {
-            return false;
-        }
-        i += 4;
-    }
-    true
 }

@@ -6,6 +6,7 @@
 pub mod csum;
 pub mod hash;
 pub mod icmp;
+pub mod ip;
 pub mod rst;
 pub mod sctp;
 pub mod too_big;
