@@ -164,5 +164,31 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     if l4_checksum(src, dst, next, seg) != 0 {
         return Err(format!("bad L4 checksum (next header {next})"));
     }
+    // An ICMPv6 error quoting a whole IPv6 packet: its checksums too.
+    if next == IPPROTO_ICMPV6 && seg.first().is_some_and(|t| *t < 128) && seg.len() >= 8 + 40 {
+        let q = &seg[8..];
+        if 40 + u16::from_be_bytes([q[4], q[5]]) as usize == q.len() {
+            let mut quoted = frame[..14].to_vec();
+            quoted.extend_from_slice(q);
+            return verify_checksums(&quoted).map_err(|e| format!("quoted packet: {e}"));
+        }
+    }
     Ok(())
+}
+
+/// An ICMPv6 error frame (`typ`, `code`, 4 bytes of `rest`, e.g. the MTU of
+/// "packet too big") from `src` to `dst` quoting the IPv6 packet of
+/// `quoted` whole (cut to `quote_len` bytes when given), its checksum over
+/// the pseudo header computed from scratch; MACs and hop limit are `like`'s.
+pub fn icmpv6_error(like: &Frame6, src: Ipv6Addr, dst: Ipv6Addr, typ: u8, code: u8, rest: [u8; 4], quoted: &Frame6, quote_len: Option<usize>) -> Vec<u8> {
+    let q = quoted.bytes();
+    let q = &q[14..14 + quote_len.unwrap_or(q.len() - 14)];
+    let mut m = vec![typ, code, 0, 0];
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(q);
+    let c = l4_checksum(&src.octets(), &dst.octets(), IPPROTO_ICMPV6, &m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut h = like.clone();
+    (h.src, h.dst, h.ext) = (src, dst, Vec::new());
+    frame(&h, IPPROTO_ICMPV6, &m)
 }
