@@ -151,6 +151,27 @@ fn ipv6_service_fixtures() {
     assert_eq!(lb.maps.service_stats(4).unwrap().drops_no_backend, 1);
 }
 
+/// Runs `to_xdp` through `xdp_lb` and `to_tc` through `tc_egress`, each cut
+/// at every length short of `to_xdp`'s (tc's from the IPv6 header on: the
+/// kernel's test run of a socket buffer wants it whole): every cut must be
+/// malformed (XDP drops it, tc passes it) and come back unchanged. Returns
+/// how many ran.
+fn run_cuts(lb: &Lb, to_xdp: &[u8], to_tc: &[u8]) -> u64 {
+    let mut cut = 0;
+    for len in 14..to_xdp.len() {
+        for (prog, frame, want) in [("xdp_lb", to_xdp, 1), ("tc_egress", to_tc, 0)] {
+            if prog == "tc_egress" && len < 14 + 40 {
+                continue;
+            }
+            let input = &frame[..len];
+            let (rc, out) = fixture::run_frame(&lb.ebpf, prog, input).unwrap();
+            assert_eq!((rc, out.as_slice()), (want, input), "{prog} on {len} bytes: malformed, untouched");
+            cut += 1;
+        }
+    }
+    cut
+}
+
 /// A SYN with a destination options header, and a reply, cut at every
 /// length from the Ethernet header on (the reply from the IPv6 header on): each is malformed (XDP drops it, tc
 /// passes it), unchanged, and makes no flow.
@@ -161,19 +182,7 @@ fn truncated_ipv6_headers_at_every_offset_make_no_state() {
     let reply = Frame6::tcp(B1, 8080, CLIENT, 41000, TCP_SYN | TCP_ACK).ext(Ext::HopByHop).bytes();
     // The Ethernet header, the IPv6 header, the extension header, 20 bytes of TCP.
     assert_eq!(syn.len(), 14 + 40 + 8 + 20);
-    let mut cut = 0;
-    for len in 14..syn.len() {
-        for (prog, frame, want) in [("xdp_lb", &syn, 1), ("tc_egress", &reply, 0)] {
-            // The kernel's test run of a socket buffer wants the IPv6 header whole.
-            if prog == "tc_egress" && len < 14 + 40 {
-                continue;
-            }
-            let input = &frame[..len];
-            let (rc, out) = fixture::run_frame(&lb.ebpf, prog, input).unwrap();
-            assert_eq!((rc, out.as_slice()), (want, input), "{prog} on {len} bytes: malformed, untouched");
-            cut += 1;
-        }
-    }
+    let cut = run_cuts(&lb, &syn, &reply);
     assert_eq!(lb.counter(counter::DROP_MALFORMED), cut);
     assert!(flows_v6(&mut lb.ebpf).is_empty(), "no flow from a truncated frame");
     assert_eq!(lb.maps.service_stats(1).unwrap().new_flows, 0);
@@ -199,18 +208,8 @@ fn truncated_icmpv6_errors_at_every_offset_are_counted_and_never_crash() {
     let sent = seen.clone().with_src(B1, 8080);
     let mtu = 1280u32.to_be_bytes();
     let ptb = icmpv6_error(&syn, ROUTER, CLUSTER_IP, 2, 0, mtu, &seen, None);
-    let (mut cut, mut short, mut translated) = (0, 0, 0);
-    for len in 14..ptb.len() {
-        for (prog, want) in [("xdp_lb", 1), ("tc_egress", 0)] {
-            if prog == "tc_egress" && len < 14 + 40 {
-                continue;
-            }
-            let input = &ptb[..len];
-            let (rc, out) = fixture::run_frame(&lb.ebpf, prog, input).unwrap();
-            assert_eq!((rc, out.as_slice()), (want, input), "{prog} on {len} bytes: malformed, untouched");
-            cut += 1;
-        }
-    }
+    let cut = run_cuts(&lb, &ptb, &ptb);
+    let (mut short, mut translated) = (0, 0);
     let quoted_len = seen.bytes().len() - 14;
     for q in 0..=quoted_len {
         let input = icmpv6_error(&syn, ROUTER, CLUSTER_IP, 2, 0, mtu, &seen, Some(q));
