@@ -52,11 +52,6 @@ pub trait Family: 'static {
     /// IPv6 SCTP is passed as another protocol), so its CRC code is built
     /// only into the IPv4 instance.
     const SCTP: bool;
-    /// Whether refused flows get an answer (a reset, a port unreachable;
-    /// `refuse.rs`) rather than a silent drop. Not yet IPv6: its answers,
-    /// built by the same code, need more stack than its programs have left
-    /// (the frames' 16-byte addresses are moved byte by byte).
-    const REFUSES: bool;
     /// Whether the rarer conntrack steps (restoring a flow's other half,
     /// confirming it) run as calls of their own, each with its own frame:
     /// IPv6's keys and flows are too large to share one frame with the rest.
@@ -141,7 +136,6 @@ impl Family for V4 {
     const AF: u8 = 2;
     const DSR: bool = true;
     const SCTP: bool = true;
-    const REFUSES: bool = true;
     const SPLIT: bool = false;
 
     #[inline(always)]
@@ -207,7 +201,6 @@ impl Family for V6 {
     const AF: u8 = 10;
     const DSR: bool = false;
     const SCTP: bool = false;
-    const REFUSES: bool = false;
     const SPLIT: bool = true;
 
     #[inline(always)]

@@ -246,7 +246,9 @@ mod tests {
 
     /// An IP header `s → d` of `len` payload bytes with every checksum computed.
     fn ip<A: Ip>(s: A, d: A, proto: u8, len: usize) -> Vec<u8> {
-        A::header(&s, &d, proto, len as u16, 0, true).as_ref().to_vec()
+        let mut h = A::ZERO_HDR;
+        A::write_header(&mut h, &s, &d, proto, len as u16, 0, true);
+        h.as_ref().to_vec()
     }
 
     /// An ICMP error (IPv4: type 3 code 4, fragmentation needed, MTU 1400;

@@ -27,6 +27,8 @@ pub trait Ip: Addr {
     const CHECK: Option<usize>;
     /// The header, as bytes.
     type Hdr: Copy + AsRef<[u8]> + AsMut<[u8]>;
+    /// A zeroed header.
+    const ZERO_HDR: Self::Hdr;
     /// The ICMP error block `icmp::quote` reads: outer header, ICMP header,
     /// quoted header, the quote's first 8 L4 bytes.
     type Block: Copy + AsRef<[u8]> + AsMut<[u8]>;
@@ -44,10 +46,12 @@ pub trait Ip: Addr {
     /// Whether the ICMP checksum covers a pseudo header (ICMPv6).
     const ICMP_PSEUDO: bool;
 
-    /// A header from `src` to `dst` carrying `len` bytes of `proto`: TTL
-    /// (hop limit) 64, type of service (traffic class) `tos`, IPv4's
-    /// don't-fragment bit `df`, checksum complete.
-    fn header(src: &Self, dst: &Self, proto: u8, len: u16, tos: u8, df: bool) -> Self::Hdr;
+    /// Writes over `h` a header from `src` to `dst` carrying `len` bytes of
+    /// `proto`: TTL (hop limit) 64, type of service (traffic class) `tos`,
+    /// IPv4's don't-fragment bit `df`, checksum complete. In place (`h` may
+    /// be a packet's): built on the stack and copied, IPv6's answers did
+    /// not fit their programs' frames.
+    fn write_header(h: &mut Self::Hdr, src: &Self, dst: &Self, proto: u8, len: u16, tos: u8, df: bool);
 }
 
 impl Ip for [u8; 4] {
@@ -59,6 +63,7 @@ impl Ip for [u8; 4] {
     const DST: usize = 16;
     const CHECK: Option<usize> = Some(10);
     type Hdr = [u8; 20];
+    const ZERO_HDR: [u8; 20] = [0; 20];
     type Block = [u8; 56];
     const ICMP: u8 = 1;
     const DEST_UNREACH: u8 = 3;
@@ -68,8 +73,8 @@ impl Ip for [u8; 4] {
     const ICMP_PSEUDO: bool = false;
 
     #[inline(always)]
-    fn header(src: &Self, dst: &Self, proto: u8, len: u16, tos: u8, df: bool) -> [u8; 20] {
-        let mut h = [0u8; 20];
+    fn write_header(h: &mut [u8; 20], src: &Self, dst: &Self, proto: u8, len: u16, tos: u8, df: bool) {
+        *h = [0; 20];
         h[0] = 0x45;
         h[1] = tos;
         h[2..4].copy_from_slice(&(20 + len).to_be_bytes());
@@ -80,9 +85,8 @@ impl Ip for [u8; 4] {
         h[9] = proto;
         h[12..16].copy_from_slice(src);
         h[16..20].copy_from_slice(dst);
-        let c = csum::checksum(&h);
+        let c = csum::checksum(h);
         h[10..12].copy_from_slice(&c.to_be_bytes());
-        h
     }
 }
 
@@ -95,6 +99,7 @@ impl Ip for [u8; 16] {
     const DST: usize = 24;
     const CHECK: Option<usize> = None;
     type Hdr = [u8; 40];
+    const ZERO_HDR: [u8; 40] = [0; 40];
     type Block = [u8; 96];
     const ICMP: u8 = 58;
     const DEST_UNREACH: u8 = 1;
@@ -104,17 +109,16 @@ impl Ip for [u8; 16] {
     const ICMP_PSEUDO: bool = true;
 
     #[inline(always)]
-    fn header(src: &Self, dst: &Self, proto: u8, len: u16, tos: u8, _df: bool) -> [u8; 40] {
+    fn write_header(h: &mut [u8; 40], src: &Self, dst: &Self, proto: u8, len: u16, tos: u8, _df: bool) {
         // Version 6, traffic class `tos`, flow label 0.
-        let mut h = [0u8; 40];
         h[0] = 0x60 | tos >> 4;
         h[1] = tos << 4;
+        h[2..4].copy_from_slice(&[0, 0]);
         h[4..6].copy_from_slice(&len.to_be_bytes());
         h[6] = proto;
         h[7] = 64;
         h[8..24].copy_from_slice(src);
         h[24..40].copy_from_slice(dst);
-        h
     }
 }
 
@@ -152,11 +156,13 @@ mod tests {
 
     #[test]
     fn headers_carry_the_length_and_addresses_and_ipv4s_checksum_verifies() {
-        let h = <[u8; 4]>::header(&[10, 96, 0, 10], &[10, 0, 3, 2], 6, 20, 0, true);
+        let mut h = [0xaa; 20];
+        <[u8; 4]>::write_header(&mut h, &[10, 96, 0, 10], &[10, 0, 3, 2], 6, 20, 0, true);
         assert_eq!((h[0], &h[2..4], h[6], h[8], h[9]), (0x45, &[0, 40][..], 0x40, 64, 6));
         assert_eq!(csum::checksum(&h), 0);
         let (s, d) = ([0xfd; 16], [0x20; 16]);
-        let h = <[u8; 16]>::header(&s, &d, 58, 56, 0xc0, false);
+        let mut h = [0xaa; 40];
+        <[u8; 16]>::write_header(&mut h, &s, &d, 58, 56, 0xc0, false);
         assert_eq!((h[0], h[1], &h[4..6], h[6], h[7]), (0x6c, 0, &[0, 56][..], 58, 64));
         assert_eq!((&h[8..24], &h[24..40]), (&s[..], &d[..]));
     }

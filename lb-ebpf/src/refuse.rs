@@ -5,13 +5,13 @@
 //! anything else nothing (dropped).
 use aya_ebpf::{
     bindings::bpf_adj_room_mode::BPF_ADJ_ROOM_MAC,
-    helpers::{bpf_skb_adjust_room, bpf_skb_change_tail},
+    helpers::{bpf_csum_diff, bpf_skb_adjust_room, bpf_skb_change_tail},
     programs::TcContext,
 };
 use lb_common::{counter, Addr as _, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 use lb_ebpf::{
     csum,
-    unreach::{headers, headers_len, quote_sum, unreach_len},
+    unreach::{headers_len, quote_sum, unreach_len, write_headers, Headers},
 };
 
 use crate::{
@@ -26,9 +26,6 @@ use crate::{
 /// `reason` either way.
 #[inline(always)]
 pub fn tc<F: Family>(ctx: &TcContext, p: &Packet<F::Addr>, reason: u32) -> Result<Verdict, Verdict> {
-    if !F::REFUSES {
-        return Err(Verdict::Drop(reason));
-    }
     if p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
         return reset::tc::<F>(ctx, p, reason);
     }
@@ -53,28 +50,45 @@ fn unreachable<F: Family>(ctx: &TcContext, p: &Packet<F::Addr>, reason: u32) -> 
         return Err(MALFORMED);
     };
     // The quoted header's sum: a valid IPv4 header's is 0xffff (its
-    // checksum makes it so); IPv6's is its first 8 bytes' and the addresses'.
-    let hdr_sum = if F::IP_CHECK.is_some() {
-        0xffff
+    // checksum makes it so); IPv6's is its first 8 bytes' and the
+    // addresses', which ICMPv6's pseudo header has too. The addresses' by
+    // the kernel (`bpf_csum_diff`: in the CPU's byte order, turned around):
+    // summed inline, their 32 bytes spill past the stack.
+    let (hdr_sum, addr_sum) = if F::IP_CHECK.is_some() {
+        (0xffff, 0)
     } else {
         let Ok(head) = ctx.load::<[u8; 8]>(ETH_LEN) else { return Err(MALFORMED) };
-        csum::add_bytes(csum::add_bytes(csum::add_bytes(0, &head), p.src.octets()), p.dst.octets())
+        // SAFETY: `Packet` starts with its two addresses (`repr(C)`), 2 *
+        // LEN readable bytes, a multiple of 4; the helper only reads them.
+        let s = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, p as *const Packet<F::Addr> as *mut u32, 2 * F::Addr::LEN as u32, 0) };
+        if s < 0 {
+            return Err(MALFORMED);
+        }
+        let addr_sum = csum::fold(s as u32).swap_bytes() as u32;
+        (csum::add_bytes(addr_sum, &head), addr_sum)
     };
-    let h = headers::<F::Addr>(p.dst, p.src, quote_sum(hdr_sum, p.sport, p.dport, len_check));
+    let quote = quote_sum(hdr_sum, p.sport, p.dport, len_check);
+    let len = unreach_len::<F::Addr>();
     // SAFETY: plain helper calls on this program's context.
     let resized = unsafe {
         bpf_skb_adjust_room(ctx.skb.skb, headers_len::<F::Addr>() as i32, BPF_ADJ_ROOM_MAC, 0) == 0
-            && bpf_skb_change_tail(ctx.skb.skb, unreach_len::<F::Addr>() as u32, 0) == 0
+            && bpf_skb_change_tail(ctx.skb.skb, len as u32, 0) == 0
     };
     if !resized {
         return Err(MALFORMED);
     }
+    // Built in place, in the linear part (see `Ip::write_header`).
+    let _ = ctx.pull_data(len as u32);
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + len > end {
+        return Err(MALFORMED);
+    }
+    // SAFETY: bounds-checked above; both are plain bytes.
+    let (eth, h) = unsafe { (&mut *(data as *mut [u8; 12]), &mut *((data + ETH_LEN) as *mut Headers<F::Addr>)) };
     // Back to the sender: the Ethernet addresses swapped.
-    let mut swapped = [0u8; 12];
-    swapped[..6].copy_from_slice(&macs[6..]);
-    swapped[6..].copy_from_slice(&macs[..6]);
-    ctx.store(0, &swapped, 0).map_err(|_| MALFORMED)?;
-    ctx.store(ETH_LEN, &h, 0).map_err(|_| MALFORMED)?;
+    eth[..6].copy_from_slice(&macs[6..]);
+    eth[6..].copy_from_slice(&macs[..6]);
+    write_headers(h, &p.dst, &p.src, quote, addr_sum);
     count(counter::UNREACH_SENT);
     Ok(Verdict::Reply(reason))
 }

@@ -6,7 +6,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use lb_common::{counter, service_flags, IPPROTO_TCP};
-use lb_ebpf::rst::{reset_for, rst_len, Rst, Syn};
+use lb_ebpf::rst::{rst_len, write_reset, Rst, Syn};
 
 use crate::{
     conntrack::Origin,
@@ -24,8 +24,7 @@ use crate::{
 /// service has no usable endpoint anywhere.
 #[inline(always)]
 pub fn wants_reset<F: Family>(p: &Packet<F::Addr>, origin: Origin) -> bool {
-    F::REFUSES
-        && p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && !local_elsewhere::<F>(p, origin)
+    p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && !local_elsewhere::<F>(p, origin)
 }
 
 #[inline(always)]
@@ -35,20 +34,8 @@ pub fn local_elsewhere<F: Family>(p: &Packet<F::Addr>, origin: Origin) -> bool {
 }
 
 #[inline(always)]
-fn syn_of<A: Copy>(p: &Packet<A>, macs: [u8; 12], seq: [u8; 4]) -> Syn<A> {
-    let mut dst_mac = [0u8; 6];
-    let mut src_mac = [0u8; 6];
-    dst_mac.copy_from_slice(&macs[..6]);
-    src_mac.copy_from_slice(&macs[6..]);
-    Syn {
-        dst_mac,
-        src_mac,
-        src: p.src,
-        dst: p.dst,
-        sport: p.sport,
-        dport: p.dport,
-        seq,
-    }
+fn syn_of<A>(p: &Packet<A>, macs: [u8; 12], seq: [u8; 4]) -> Syn<'_, A> {
+    Syn { macs, src: &p.src, dst: &p.dst, sport: p.sport, dport: p.dport, seq }
 }
 
 /// Turns the SYN in an XDP buffer into its reset (then XDP_TX).
@@ -63,7 +50,6 @@ pub fn xdp<F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>) -> Result<Verdict, 
     }
     // SAFETY: both reads were bounds-checked above.
     let (macs, seq) = unsafe { (*(data as *const [u8; 12]), *((l4 + 4) as *const [u8; 4])) };
-    let frame = reset_for::<F::Addr>(&syn_of(p, macs, seq));
     let len = rst_len::<F::Addr>();
     // A SYN is at least as long as its reset: the tail only shrinks
     // (options and extension headers dropped).
@@ -76,8 +62,9 @@ pub fn xdp<F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>) -> Result<Verdict, 
     if data + len > end {
         return Err(MALFORMED);
     }
-    // SAFETY: bounds-checked above.
-    unsafe { *(data as *mut Rst<F::Addr>) = frame };
+    // Built in place (see `Ip::write_header`).
+    // SAFETY: bounds-checked above; `Rst` is plain bytes.
+    write_reset(unsafe { &mut *(data as *mut Rst<F::Addr>) }, &syn_of(p, macs, seq));
     count(counter::RST_SENT);
     Ok(Verdict::Reply(counter::DROP_NO_BACKEND))
 }
@@ -96,12 +83,19 @@ pub fn tc<F: Family>(ctx: &TcContext, p: &Packet<F::Addr>, reason: u32) -> Resul
     let (Ok(macs), Ok(seq)) = (ctx.load::<[u8; 12]>(0), ctx.load::<[u8; 4]>(p.l4 + 4)) else {
         return Err(MALFORMED);
     };
-    let frame = reset_for::<F::Addr>(&syn_of(p, macs, seq));
+    let len = rst_len::<F::Addr>();
     // SAFETY: plain helper call on this program's context.
-    if unsafe { bpf_skb_change_tail(ctx.skb.skb, rst_len::<F::Addr>() as u32, 0) } != 0 {
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, len as u32, 0) } != 0 {
         return Err(MALFORMED);
     }
-    ctx.store(0, &frame, 0).map_err(|_| MALFORMED)?;
+    // Built in place, in the linear part (see `Ip::write_header`).
+    let _ = ctx.pull_data(len as u32);
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + len > end {
+        return Err(MALFORMED);
+    }
+    // SAFETY: bounds-checked above; `Rst` is plain bytes.
+    write_reset(unsafe { &mut *(data as *mut Rst<F::Addr>) }, &syn_of(p, macs, seq));
     count(counter::RST_SENT);
     Ok(Verdict::Reply(reason))
 }

@@ -8,10 +8,7 @@
 //! options or IPv6 extension headers are not answered. The hook moves the
 //! quote into place (room made after the Ethernet header, the payload
 //! cut), so nothing but the new headers is built on the stack.
-use crate::{
-    csum,
-    ip::{pseudo_sum, Ip},
-};
+use crate::{csum, ip::Ip};
 
 /// The answer's IP + ICMP headers.
 #[repr(C)]
@@ -48,34 +45,39 @@ pub fn quote_sum(hdr_sum: u32, sport: [u8; 2], dport: [u8; 2], len_check: [u8; 4
     sum
 }
 
-/// The IP + ICMP headers of the port unreachable answering a datagram
-/// from `client` to `service` whose quote sums to `quote_sum`: from the
-/// address it was sent to, back. Checksums are complete (ICMPv6's over
-/// its pseudo header).
+/// Writes over `h` the IP + ICMP headers of the port unreachable answering
+/// a datagram from `client` to `service` whose quote sums to `quote_sum`:
+/// from the address it was sent to, back. Checksums are complete (ICMPv6's
+/// over its pseudo header, whose addresses sum to `addr_sum`: the hooks
+/// have that sum already, the quote's header holds the same two). In
+/// place (the hooks' `h` is the packet's).
 #[inline(always)]
-pub fn headers<A: Ip>(service: A, client: A, quote_sum: u32) -> Headers<A> {
+pub fn write_headers<A: Ip>(h: &mut Headers<A>, service: &A, client: &A, quote_sum: u32, addr_sum: u32) {
     let len = (8 + quote_len::<A>()) as u16;
     // TTL 64, no DF.
-    let ip = A::header(&service, &client, A::ICMP, len, 0, false);
-    let mut icmp = [0u8; 8];
+    A::write_header(&mut h.ip, service, client, A::ICMP, len, 0, false);
+    let icmp = &mut h.icmp;
+    *icmp = [0; 8];
     icmp[0] = A::DEST_UNREACH;
     icmp[1] = A::PORT_UNREACH;
     let mut sum = quote_sum;
     if A::ICMP_PSEUDO {
-        sum += pseudo_sum(&service, &client, A::ICMP, len);
+        sum += addr_sum + A::ICMP as u32 + len as u32;
     }
     // The checksum covers the ICMP header and the quote.
-    let c = !csum::fold(csum::add_bytes(sum, &icmp));
+    let c = !csum::fold(csum::add_bytes(sum, icmp));
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    Headers { ip, icmp }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ip::pseudo_sum;
 
     fn quote<A: Ip>(client: A, service: A) -> Vec<u8> {
-        let mut q = A::header(&client, &service, 17, 13, 0, false).as_ref().to_vec();
+        let mut h = A::ZERO_HDR;
+        A::write_header(&mut h, &client, &service, 17, 13, 0, false);
+        let mut q = h.as_ref().to_vec();
         q.extend_from_slice(&40000u16.to_be_bytes());
         q.extend_from_slice(&81u16.to_be_bytes());
         q.extend_from_slice(&13u16.to_be_bytes());
@@ -90,7 +92,9 @@ mod tests {
         let hdr_sum = if A::CHECK.is_some() { 0xffff } else { csum::add_bytes(0, &q[..n]) };
         let sum = quote_sum(hdr_sum, [q[n], q[n + 1]], [q[n + 2], q[n + 3]], [q[n + 4], q[n + 5], q[n + 6], q[n + 7]]);
         assert_eq!(csum::fold(sum), csum::fold(csum::add_bytes(0, &q)), "the quote's sum, from the header's and the UDP header's");
-        let h = headers(service, client, sum);
+        let mut h = Headers::<A> { ip: A::ZERO_HDR, icmp: [0xee; 8] };
+        let addr_sum = csum::add_bytes(csum::add_bytes(0, service.octets()), client.octets());
+        write_headers(&mut h, &service, &client, sum, addr_sum);
         let ip = h.ip.as_ref();
         assert_eq!((&ip[A::SRC..A::DST], &ip[A::DST..A::DST + A::LEN]), (service.octets(), client.octets()), "from the address it was sent to, back");
         assert_eq!(14 + ip.len() + 8 + q.len(), unreach_len::<A>());

@@ -56,6 +56,8 @@ pub struct Frame6 {
     pub payload: Vec<u8>,
     pub ext: Vec<Ext>,
     pub hop_limit: u8,
+    /// TCP window.
+    pub window: u16,
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
 }
@@ -70,7 +72,7 @@ impl Frame6 {
     }
 
     fn new(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, l4: L4) -> Self {
-        Self { src, dst, sport, dport, l4, payload: Vec::new(), ext: Vec::new(), hop_limit: 64, src_mac: CLIENT_MAC, dst_mac: NODE_MAC }
+        Self { src, dst, sport, dport, l4, payload: Vec::new(), ext: Vec::new(), hop_limit: 64, window: 0xffff, src_mac: CLIENT_MAC, dst_mac: NODE_MAC }
     }
 
     pub fn payload(mut self, p: &[u8]) -> Self {
@@ -103,7 +105,7 @@ impl Frame6 {
 
     /// Renders the frame with correct checksums.
     pub fn bytes(&self) -> Vec<u8> {
-        let seg = l4_segment(self.sport, self.dport, &self.l4, 0xffff, &self.payload, |s| {
+        let seg = l4_segment(self.sport, self.dport, &self.l4, self.window, &self.payload, |s| {
             l4_checksum(&self.src.octets(), &self.dst.octets(), self.proto(), s)
         });
         frame(self, self.proto(), &seg)

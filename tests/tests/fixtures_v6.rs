@@ -12,7 +12,7 @@ use lb_common::{algorithm, counter, IPPROTO_TCP, IPPROTO_UDP};
 use xdplb_tests::{
     fixture::{self, Case},
     lb::Lb,
-    packet::{TCP_ACK, TCP_PSH, TCP_SYN},
+    packet::{CLIENT_MAC, NODE_MAC, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN},
     packet6::{icmpv6, icmpv6_error, Ext, Frame6},
     services::{flows_v6, program_v6, Svc6},
 };
@@ -40,6 +40,7 @@ fn services() -> Vec<Svc6> {
         Svc6 { id: 1, proto: IPPROTO_TCP, algorithm: algorithm::ROUND_ROBIN, frontends: vec![(CLUSTER_IP, 80)], backends: vec![(101, B1, 8080)] },
         Svc6 { id: 3, proto: IPPROTO_UDP, algorithm: algorithm::MAGLEV, frontends: vec![(DNS_IP, 53)], backends: vec![(102, B2, 5353)] },
         Svc6 { id: 4, proto: IPPROTO_TCP, algorithm: algorithm::RANDOM, frontends: vec![(EMPTY_IP, 80)], backends: vec![] },
+        Svc6 { id: 5, proto: IPPROTO_UDP, algorithm: algorithm::RANDOM, frontends: vec![(EMPTY_IP, 53)], backends: vec![] },
     ]
 }
 
@@ -77,6 +78,14 @@ fn cases() -> Vec<Case> {
     let reply_seen = Frame6::tcp(CLUSTER_IP, 80, CLIENT, 40000, TCP_ACK | TCP_PSH).payload(&[b'x'; 64]);
     let reply_sent = reply_seen.clone().with_src(B1, 8080);
     let pod_synack = Frame6::tcp(B1, 8080, POD, 50000, TCP_SYN | TCP_ACK);
+    // The answers to refused flows, built independently.
+    let mut rst = Frame6::tcp(EMPTY_IP, 80, CLIENT, 40000, TCP_RST | TCP_ACK);
+    rst.l4 = xdplb_tests::packet::L4::Tcp { flags: TCP_RST | TCP_ACK, seq: 0, ack: 1001 };
+    (rst.window, rst.src_mac, rst.dst_mac) = (0, NODE_MAC, CLIENT_MAC);
+    let pod_dns = Frame6::udp(POD, 5000, EMPTY_IP, 53).payload(b"a query nobody answers");
+    let mut back = pod_dns.clone();
+    (back.src_mac, back.dst_mac) = (NODE_MAC, CLIENT_MAC);
+    let unreach = icmpv6_error(&back, EMPTY_IP, POD, 1, 4, [0; 4], &pod_dns, Some(48));
     let b = |f: &Frame6| f.bytes();
     vec![
         case("xdp_v6_syn_to_clusterip_dnat", "SYN to an IPv6 ClusterIP: destination rewritten to the backend, TCP checksum valid over the new pseudo header", "xdp_lb", &b(&syn), "XDP_PASS", Some(&b(&syn.clone().with_dst(B1, 8080)))),
@@ -113,7 +122,10 @@ fn cases() -> Vec<Case> {
             &icmpv6_error(&syn, ROUTER, CLUSTER_IP, 2, 0, MTU, &Frame6::tcp(CLUSTER_IP, 80, CLIENT, 49999, TCP_ACK), None), "XDP_PASS", None),
         case("xdp_v6_icmp_echo_request_passes", "an echo request to a service address is no error: passed unchanged", "xdp_lb",
             &icmpv6(CLIENT, CLUSTER_IP, 128, 0, &[0, 1, 0, 1, b'h', b'i']), "XDP_PASS", None),
-        case("xdp_v6_syn_to_service_without_backend_drops", "a SYN to an IPv6 service without backends is dropped", "xdp_lb", &b(&Frame6::tcp(CLIENT, 40000, EMPTY_IP, 80, TCP_SYN)), "XDP_DROP", None),
+        case("xdp_v6_syn_to_service_without_backend_gets_rst", "a SYN to an IPv6 service without backends is answered with RST|ACK over IPv6, sent back (XDP_TX)", "xdp_lb", &b(&Frame6::tcp(CLIENT, 40000, EMPTY_IP, 80, TCP_SYN)), "XDP_TX", Some(&b(&rst))),
+        case("tc_ingress_v6_pod_syn_without_backend_gets_rst", "the same from a pod: the reset goes back out of the pod's interface", "tc_ingress", &b(&Frame6::tcp(CLIENT, 40000, EMPTY_IP, 80, TCP_SYN)), "TC_ACT_REDIRECT", Some(&b(&rst))),
+        case("tc_ingress_v6_pod_udp_without_backend_gets_port_unreachable", "a pod's UDP datagram to an IPv6 service without backends is answered with ICMPv6 destination unreachable, code 4 (port), from the service address, quoting the datagram's IPv6 header and UDP header", "tc_ingress", &b(&pod_dns), "TC_ACT_REDIRECT", Some(&unreach)),
+        case("tc_ingress_v6_pod_udp_with_extension_header_refused_dropped", "the same datagram behind a destination options header is dropped, not answered (the quote is read at fixed offsets)", "tc_ingress", &b(&pod_dns.clone().ext(Ext::DestOpts)), "TC_ACT_SHOT", None),
     ]
 }
 
@@ -139,7 +151,9 @@ fn ipv6_service_fixtures() {
     assert_eq!(lb.counter(counter::PASS_V6_EXT_CHAIN), 1);
     assert_eq!(lb.counter(counter::PASS_FRAGMENT), 2);
     assert_eq!(lb.counter(counter::DROP_UDP6_NO_CHECKSUM), 1);
-    assert_eq!(lb.counter(counter::DROP_NO_BACKEND), 1);
+    assert_eq!(lb.counter(counter::DROP_NO_BACKEND), 4, "two resets, a port unreachable, a datagram with an extension header dropped");
+    assert_eq!(lb.counter(counter::RST_SENT), 2);
+    assert_eq!(lb.counter(counter::UNREACH_SENT), 1);
     assert_eq!(lb.counter(counter::NAT_REPLY), 2);
     assert_eq!(lb.counter(counter::ICMP_NAT), 4, "three ICMPv6 errors translated at XDP, one at tc egress");
     // 8 flows (the client's, the pod's, the DNS one, 5 with extension headers), two halves each.
@@ -148,7 +162,7 @@ fn ipv6_service_fixtures() {
     assert_eq!(lb.maps.service_stats(1).unwrap().new_flows, 7);
     assert_eq!(lb.maps.service_stats(1).unwrap().packets, 8, "7 SYNs and the established packet");
     assert_eq!(lb.maps.service_stats(3).unwrap().new_flows, 1, "no flow from the datagram without checksum");
-    assert_eq!(lb.maps.service_stats(4).unwrap().drops_no_backend, 1);
+    assert_eq!(lb.maps.service_stats(4).unwrap().drops_no_backend, 2);
 }
 
 /// Runs `to_xdp` through `xdp_lb` and `to_tc` through `tc_egress`, each cut
