@@ -115,13 +115,6 @@ pub fn from_quoted_dst<A: Ip>(block: &A::Block) -> bool {
     same(&addr::<A>(b, A::SRC), &addr::<A>(b, At::<A>::INNER + A::DST))
 }
 
-/// The outer header's addresses (after a rewrite: where the error goes).
-#[inline(always)]
-pub fn outer<A: Ip>(block: &A::Block) -> (A, A) {
-    let b = block.as_ref();
-    (addr(b, A::SRC), addr(b, A::DST))
-}
-
 /// The checksums a rewrite updates: outer and quoted IPv4 headers (0 over
 /// IPv6), the ICMP message, the quoted L4 header's (if present).
 struct Sums {
@@ -164,14 +157,15 @@ impl Sums {
     }
 }
 
-/// What the translated error looks like: new outer addresses (the source
-/// unchanged when `None`) and the quote's new ends.
+/// What the translated error looks like: the quote's new ends. The error
+/// goes to the quote's new source (the quoted packet's sender); its outer
+/// source stays, unless `from_dst`: an error from the quoted packet's
+/// destination itself then reads as from the quote's new destination.
 #[derive(Clone, Copy, Debug)]
 pub struct Translation<'a, A> {
-    pub outer_src: Option<&'a A>,
-    pub outer_dst: &'a A,
     pub src: End<'a, A>,
     pub dst: End<'a, A>,
+    pub from_dst: bool,
 }
 
 /// Rewrites `block` (whose [`quote`] is `q`) to `t`, updating the outer
@@ -204,10 +198,10 @@ pub fn rewrite<A: Ip>(block: &mut A::Block, q: &Quote, t: &Translation<A>, tcp_c
     // Each field by a call of its own, not a loop over them: IPv6's loop
     // is not unrolled, and its variable offsets keep bounds checks (panic
     // paths the verifier refuses).
-    if let Some(src) = t.outer_src {
-        sums.outer_addr::<A>(b, A::SRC, src, &diff);
+    if t.from_dst {
+        sums.outer_addr::<A>(b, A::SRC, t.dst.addr, &diff);
     }
-    sums.outer_addr::<A>(b, A::DST, t.outer_dst, &diff);
+    sums.outer_addr::<A>(b, A::DST, t.src.addr, &diff);
     sums.end::<A>(b, inner + A::SRC, l4_off, &t.src, &diff);
     sums.end::<A>(b, inner + A::DST, l4_off + 2, &t.dst, &diff);
     let Sums { outer, inner: inner_ck, mut icmp, l4 } = sums;
@@ -342,7 +336,7 @@ mod tests {
         for proto in [IPPROTO_UDP, IPPROTO_TCP, IPPROTO_SCTP] {
             let got = error((router, node), end(node, 61000), end(pod, 8080), proto);
             let (s, d) = (end(client, 40000), end(node, 30080));
-            let t = Translation { outer_src: None, outer_dst: &client, src: r(&s), dst: r(&d) };
+            let t = Translation { src: r(&s), dst: r(&d), from_dst: false };
             let want = error((router, client), end(client, 40000), end(node, 30080), proto);
             assert_eq!(translate(got, &t), want, "family {} proto {proto}", A::LEN);
         }
@@ -358,7 +352,7 @@ mod tests {
         let got = error((pod, client), end(client, 5000), end(pod, 5353), IPPROTO_UDP);
         assert!(from_quoted_dst::<A>(&block_of::<A>(&got)));
         let (s, d) = (end(client, 5000), end(vip, 53));
-        let t = Translation { outer_src: Some(&vip), outer_dst: &client, src: r(&s), dst: r(&d) };
+        let t = Translation { src: r(&s), dst: r(&d), from_dst: true };
         assert_eq!(translate(got, &t), error((vip, client), end(client, 5000), end(vip, 53), IPPROTO_UDP));
     }
 

@@ -96,19 +96,13 @@ fn translate_inline<F: Family>(data: usize, end: usize, ip_len: u16) -> u32 {
     };
     let t = if e.direction == direction::REPLY {
         Translation {
-            // An error from the backend itself reads as from the service.
-            outer_src: icmp::from_quoted_dst::<F::Addr>(block).then_some(&e.nat_addr),
-            outer_dst: &e.peer_addr,
             src: End { addr: &e.peer_addr, port: &e.peer_port },
             dst: End { addr: &e.nat_addr, port: &e.nat_port },
+            // An error from the backend itself reads as from the service.
+            from_dst: icmp::from_quoted_dst::<F::Addr>(block),
         }
     } else {
-        Translation {
-            outer_src: None,
-            outer_dst: &e.nat_addr,
-            src: End { addr: &e.nat_addr, port: &e.nat_port },
-            dst: End { addr: &e.peer_addr, port: &e.peer_port },
-        }
+        Translation { src: End { addr: &e.nat_addr, port: &e.nat_port }, dst: End { addr: &e.peer_addr, port: &e.peer_port }, from_dst: false }
     };
     let check = at + icmp::inner_l4::<F::Addr>() + TCP_CHECK;
     let tcp = if q.proto == lb_common::IPPROTO_TCP && check + 2 <= end {
