@@ -178,11 +178,12 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-/// An ICMPv6 error frame (`typ`, `code`, 4 bytes of `rest`, e.g. the MTU of
-/// "packet too big") from `src` to `dst` quoting the IPv6 packet of
+/// An ICMPv6 error frame (`msg`: type, code, 4 bytes of rest, e.g. the MTU
+/// of "packet too big") from `src` to `dst` quoting the IPv6 packet of
 /// `quoted` whole (cut to `quote_len` bytes when given), its checksum over
 /// the pseudo header computed from scratch; MACs and hop limit are `like`'s.
-pub fn icmpv6_error(like: &Frame6, src: Ipv6Addr, dst: Ipv6Addr, typ: u8, code: u8, rest: [u8; 4], quoted: &Frame6, quote_len: Option<usize>) -> Vec<u8> {
+pub fn icmpv6_error(like: &Frame6, src: Ipv6Addr, dst: Ipv6Addr, msg: (u8, u8, [u8; 4]), quoted: &Frame6, quote_len: Option<usize>) -> Vec<u8> {
+    let (typ, code, rest) = msg;
     let q = quoted.bytes();
     let q = &q[14..14 + quote_len.unwrap_or(q.len() - 14)];
     let mut m = vec![typ, code, 0, 0];

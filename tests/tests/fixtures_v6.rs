@@ -85,7 +85,7 @@ fn cases() -> Vec<Case> {
     let pod_dns = Frame6::udp(POD, 5000, EMPTY_IP, 53).payload(b"a query nobody answers");
     let mut back = pod_dns.clone();
     (back.src_mac, back.dst_mac) = (NODE_MAC, CLIENT_MAC);
-    let unreach = icmpv6_error(&back, EMPTY_IP, POD, 1, 4, [0; 4], &pod_dns, Some(48));
+    let unreach = icmpv6_error(&back, EMPTY_IP, POD, (1, 4, [0; 4]), &pod_dns, Some(48));
     let b = |f: &Frame6| f.bytes();
     vec![
         case("xdp_v6_syn_to_clusterip_dnat", "SYN to an IPv6 ClusterIP: destination rewritten to the backend, TCP checksum valid over the new pseudo header", "xdp_lb", &b(&syn), "XDP_PASS", Some(&b(&syn.clone().with_dst(B1, 8080)))),
@@ -111,15 +111,15 @@ fn cases() -> Vec<Case> {
         // ICMPv6 errors about the flows above (client:40000 -> ClusterIP:80
         // -> B1:8080 over TCP; client:5555 -> DNS:53 -> B2:5353 over UDP).
         case("xdp_v6_icmp_packet_too_big_about_reply_to_backend", "packet too big from the client's path about a reply the node sent as ClusterIP -> client: sent on to the backend quoting B1:8080 -> client (outer address, quoted address and port, quoted TCP checksum, ICMPv6 checksum over the new pseudo header)", "xdp_lb",
-            &icmpv6_error(&syn, ROUTER, CLUSTER_IP, 2, 0, MTU, &reply_seen, None), "XDP_PASS", Some(&icmpv6_error(&syn, ROUTER, B1, 2, 0, MTU, &reply_sent, None))),
+            &icmpv6_error(&syn, ROUTER, CLUSTER_IP, (2, 0, MTU), &reply_seen, None), "XDP_PASS", Some(&icmpv6_error(&syn, ROUTER, B1, (2, 0, MTU), &reply_sent, None))),
         case("xdp_v6_icmp_time_exceeded_about_forward_packet_to_client", "time exceeded from a router between the node and the backend about client -> B1:8080: sent on to the client quoting client -> ClusterIP:80", "xdp_lb",
-            &icmpv6_error(&syn, ROUTER_IN, CLIENT, 3, 0, [0; 4], &ack.clone().with_dst(B1, 8080), None), "XDP_PASS", Some(&icmpv6_error(&syn, ROUTER_IN, CLIENT, 3, 0, [0; 4], &ack, None))),
+            &icmpv6_error(&syn, ROUTER_IN, CLIENT, (3, 0, [0; 4]), &ack.clone().with_dst(B1, 8080), None), "XDP_PASS", Some(&icmpv6_error(&syn, ROUTER_IN, CLIENT, (3, 0, [0; 4]), &ack, None))),
         case("xdp_v6_icmp_packet_too_big_short_quote_translated", "packet too big quoting only the IPv6 header and 8 bytes of TCP (no TCP checksum in the quote): outer and quote translated", "xdp_lb",
-            &icmpv6_error(&syn, ROUTER, CLUSTER_IP, 2, 0, MTU, &reply_seen, Some(48)), "XDP_PASS", Some(&icmpv6_error(&syn, ROUTER, B1, 2, 0, MTU, &reply_sent, Some(48)))),
+            &icmpv6_error(&syn, ROUTER, CLUSTER_IP, (2, 0, MTU), &reply_seen, Some(48)), "XDP_PASS", Some(&icmpv6_error(&syn, ROUTER, B1, (2, 0, MTU), &reply_sent, Some(48)))),
         case("tc_egress_v6_icmp_port_unreachable_from_backend", "the UDP backend's port unreachable (ICMPv6 type 1 code 4) about client -> B2:5353 leaves as from the service, quoting client -> DNS:53", "tc_egress",
-            &icmpv6_error(&synack, B2, CLIENT, 1, 4, [0; 4], &dns.clone().with_dst(B2, 5353), None), "TC_ACT_OK", Some(&icmpv6_error(&synack, DNS_IP, CLIENT, 1, 4, [0; 4], &dns, None))),
+            &icmpv6_error(&synack, B2, CLIENT, (1, 4, [0; 4]), &dns.clone().with_dst(B2, 5353), None), "TC_ACT_OK", Some(&icmpv6_error(&synack, DNS_IP, CLIENT, (1, 4, [0; 4]), &dns, None))),
         case("xdp_v6_icmp_about_unknown_flow_passes", "packet too big about a flow that is not ours passes unchanged", "xdp_lb",
-            &icmpv6_error(&syn, ROUTER, CLUSTER_IP, 2, 0, MTU, &Frame6::tcp(CLUSTER_IP, 80, CLIENT, 49999, TCP_ACK), None), "XDP_PASS", None),
+            &icmpv6_error(&syn, ROUTER, CLUSTER_IP, (2, 0, MTU), &Frame6::tcp(CLUSTER_IP, 80, CLIENT, 49999, TCP_ACK), None), "XDP_PASS", None),
         case("xdp_v6_icmp_echo_request_passes", "an echo request to a service address is no error: passed unchanged", "xdp_lb",
             &icmpv6(CLIENT, CLUSTER_IP, 128, 0, &[0, 1, 0, 1, b'h', b'i']), "XDP_PASS", None),
         case("xdp_v6_syn_to_service_without_backend_gets_rst", "a SYN to an IPv6 service without backends is answered with RST|ACK over IPv6, sent back (XDP_TX)", "xdp_lb", &b(&Frame6::tcp(CLIENT, 40000, EMPTY_IP, 80, TCP_SYN)), "XDP_TX", Some(&b(&rst))),
@@ -221,19 +221,19 @@ fn truncated_icmpv6_errors_at_every_offset_are_counted_and_never_crash() {
     let seen = Frame6::tcp(CLUSTER_IP, 80, CLIENT, 42000, TCP_ACK).payload(&[7; 40]);
     let sent = seen.clone().with_src(B1, 8080);
     let mtu = 1280u32.to_be_bytes();
-    let ptb = icmpv6_error(&syn, ROUTER, CLUSTER_IP, 2, 0, mtu, &seen, None);
+    let ptb = icmpv6_error(&syn, ROUTER, CLUSTER_IP, (2, 0, mtu), &seen, None);
     let cut = run_cuts(&lb, &ptb, &ptb);
     let (mut short, mut translated) = (0, 0);
     let quoted_len = seen.bytes().len() - 14;
     for q in 0..=quoted_len {
-        let input = icmpv6_error(&syn, ROUTER, CLUSTER_IP, 2, 0, mtu, &seen, Some(q));
+        let input = icmpv6_error(&syn, ROUTER, CLUSTER_IP, (2, 0, mtu), &seen, Some(q));
         let (rc, out) = fixture::run_frame(&lb.ebpf, "xdp_lb", &input).unwrap();
         assert_eq!(rc, 2, "a quote of {q} bytes is passed");
         if q < 48 {
             assert_eq!(out, input, "a quote of {q} bytes is too short to translate");
             short += 1;
         } else {
-            let mut want = icmpv6_error(&syn, ROUTER, B1, 2, 0, mtu, &sent, Some(q));
+            let mut want = icmpv6_error(&syn, ROUTER, B1, (2, 0, mtu), &sent, Some(q));
             if q == 40 + 17 {
                 // Half a TCP checksum cannot be updated: it stays as it was.
                 let last = want.len() - 1;
