@@ -94,13 +94,6 @@ impl<A: Addr> Rewrite<A> {
     }
 }
 
-/// A copy of the entry at (src, dst, sport, dport, proto), untouched.
-#[inline(always)]
-pub fn peek<F: Family>(src: F::Addr, dst: F::Addr, sport: [u8; 2], dport: [u8; 2], proto: u8) -> Option<Flow<F::Addr>> {
-    // SAFETY: read-only copy of a program-written value.
-    unsafe { F::conntrack().get(F::flow_key(src, dst, sport, dport, proto)) }.copied()
-}
-
 /// The key of the packet's own direction.
 #[inline(always)]
 pub fn key_of<F: Family>(p: &Packet<F::Addr>) -> FlowKey<F::Addr> {

@@ -80,6 +80,26 @@ pub fn replace_addr(mut check: u16, old: &[u8], new: &[u8]) -> u16 {
     check
 }
 
+/// The one's complement difference of a field of either length (a multiple
+/// of 2) changing from `old` to `new`, for [`apply`]: computed once when
+/// the same change enters several checksums.
+#[inline(always)]
+pub fn diff(old: &[u8], new: &[u8]) -> u32 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i + 2 <= old.len() && i + 2 <= new.len() {
+        sum += (!u16::from_be_bytes([old[i], old[i + 1]])) as u32 + u16::from_be_bytes([new[i], new[i + 1]]) as u32;
+        i += 2;
+    }
+    sum
+}
+
+/// A checksum after a change whose [`diff`] is `d` (RFC 1624 eqn. 3).
+#[inline(always)]
+pub fn apply(check: u16, d: u32) -> u16 {
+    !fold((!check) as u32 + fold(d) as u32)
+}
+
 /// As [`replace4`], for a 16-bit field.
 #[inline(always)]
 pub fn replace2(check: u16, old: [u8; 2], new: [u8; 2]) -> u16 {
@@ -166,6 +186,15 @@ mod tests {
         let new = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x2, 0x11];
         let check = l4_checksum(&src, &dst, 17, &seg);
         assert_eq!(replace_addr(check, &dst, &new), l4_checksum(&src, &new, 17, &seg));
+    }
+
+    #[test]
+    fn a_diff_applied_matches_replace() {
+        let (old, new) = ([0xfd, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14], [0x20, 1, 0xd, 0xb8, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        for check in [0u16, 1, 0x1234, 0xfffe, 0xffff] {
+            assert_eq!(apply(check, diff(&old, &new)), replace_addr(check, &old, &new), "{check:#x}");
+            assert_eq!(apply(check, diff(&old[..2], &new[..2])), replace2(check, [old[0], old[1]], [new[0], new[1]]));
+        }
     }
 
     #[test]

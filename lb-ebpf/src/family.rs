@@ -15,6 +15,8 @@ use aya_ebpf::{bindings::bpf_fib_lookup, programs::TcContext};
 use aya_log_ebpf::macro_support::{Argument, IpFormatter};
 use aya_ebpf::btf_maps::{Array, PerCpuArray};
 use lb_common::{counter, Addr, Flow, FlowKey, NatConfig, HAIRPIN_ADDR_V4, HAIRPIN_ADDR_V6};
+pub use lb_ebpf::ip::same;
+use lb_ebpf::ip::Ip;
 
 use crate::{
     maps::{self, Affinity, Backends, Conntrack, Services, SourceRanges},
@@ -25,8 +27,9 @@ use crate::{
 
 /// One address family of the dataplane (see the module doc).
 pub trait Family: 'static {
-    /// The address, network order (logged with `{:i}`).
-    type Addr: Addr + IpFormatter + Argument;
+    /// The address, network order (logged with `{:i}`); its IP header's
+    /// layout and ICMP numbers as the answers build them (`lb_ebpf::ip`).
+    type Addr: Ip + IpFormatter + Argument;
     /// Length of the fixed IP header (IPv4 without options).
     const IP_HDR: usize;
     /// Offsets of the addresses in the IP header.
@@ -276,20 +279,4 @@ fn parse6_call(data: usize, end: usize, frame_len: usize, out: &mut Packet<[u8; 
 #[inline(never)]
 fn fold6(a: &[u8; 16]) -> u32 {
     u32::from_ne_bytes(lb_ebpf::hash::fold(a))
-}
-
-/// Whether two addresses are equal, compared 32 bits at a time: `==` on two
-/// `[u8; 16]` values may become a 128-bit compare, on which LLVM's BPF
-/// backend crashes ("Post-RA pseudo instruction expansion").
-#[inline(always)]
-pub fn same<A: Addr>(a: &A, b: &A) -> bool {
-    let (a, b) = (a.octets(), b.octets());
-    let mut i = 0;
-    while i + 4 <= a.len() && i + 4 <= b.len() {
-        if a[i..i + 4] != b[i..i + 4] {
-            return false;
-        }
-        i += 4;
-    }
-    true
 }

@@ -1,144 +1,215 @@
-//! ICMP errors of NATed flows, the pure part (host-tested).
+//! ICMP errors of NATed flows, the pure part (host-tested), for both
+//! families (over [`Ip`]).
 //!
-//! A destination-unreachable or time-exceeded message quotes the packet that
-//! caused it: the receiving stack finds the socket by the quote. When that
-//! packet was rewritten by NAT, the quote names addresses and ports the other
-//! end never saw, so the quote (and the outer header) are rewritten the same
-//! way as the flow's packets; without it path MTU discovery ("fragmentation
-//! needed") and UDP's "port unreachable" stop at the balancer.
+//! A destination-unreachable, time-exceeded or (IPv6) packet-too-big
+//! message quotes the packet that caused it: the receiving stack finds the
+//! socket by the quote. When that packet was rewritten by NAT, the quote
+//! names addresses and ports the other end never saw, so the quote (and the
+//! outer header) are rewritten the same way as the flow's packets; without
+//! it path MTU discovery ("fragmentation needed", "packet too big") and
+//! UDP's "port unreachable" stop at the balancer.
 //!
-//! The hooks copy a fixed block out of the packet — outer IPv4 header without
-//! options, ICMP header, quoted IPv4 header without options, the quote's
-//! first 8 L4 bytes (ports; the UDP checksum) — rewrite it here with
-//! incremental checksum updates, and copy it back. Every field the rewrite
-//! touches is 16-bit aligned from the start of the ICMP message, so its
-//! checksum follows the same RFC 1624 updates. The quoted TCP checksum sits
-//! past the block; the hooks pass it in when the quote holds it.
-use crate::csum::{replace2, replace4, udp_mangled};
+//! The hooks copy a fixed block out of the packet — outer IP header without
+//! options or extension headers, ICMP header, quoted IP header likewise,
+//! the quote's first 8 L4 bytes (ports; the UDP checksum) — rewrite it here
+//! with incremental checksum updates, and copy it back. Every field the
+//! rewrite touches is 16-bit aligned from the start of the ICMP message, so
+//! its checksum follows the same RFC 1624 updates; ICMPv6's also covers the
+//! outer addresses (its pseudo header). The quoted TCP checksum sits past
+//! the block; the hooks pass it in when the quote holds it.
+use crate::{
+    csum::{self, apply, replace2, udp_mangled},
+    ip::{same, Ip},
+};
 
-pub const IPPROTO_ICMP: u8 = 1;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IPPROTO_SCTP: u8 = 132;
-pub const ICMP_DEST_UNREACH: u8 = 3;
-pub const ICMP_TIME_EXCEEDED: u8 = 11;
 
-/// Length of the block the hooks read and write, from the outer IPv4 header.
-pub const BLOCK: usize = 56;
-const OUTER_CHECK: usize = 10;
-const OUTER_SRC: usize = 12;
-const OUTER_DST: usize = 16;
-const ICMP: usize = 20;
-const ICMP_CHECK: usize = ICMP + 2;
-const INNER: usize = ICMP + 8;
-const INNER_CHECK: usize = INNER + 10;
-const INNER_SRC: usize = INNER + 12;
-const INNER_DST: usize = INNER + 16;
+/// Offsets in the block of family `A` (see the module doc).
+struct At<A>(core::marker::PhantomData<A>);
+
+impl<A: Ip> At<A> {
+    const ICMP: usize = A::HDR_LEN;
+    const ICMP_CHECK: usize = Self::ICMP + 2;
+    const INNER: usize = Self::ICMP + 8;
+    const INNER_L4: usize = Self::INNER + A::HDR_LEN;
+    const INNER_UDP_CHECK: usize = Self::INNER_L4 + 6;
+}
+
 /// The quote's L4 header, from the start of the block.
-pub const INNER_L4: usize = INNER + 20;
-const INNER_UDP_CHECK: usize = INNER_L4 + 6;
+#[inline(always)]
+pub const fn inner_l4<A: Ip>() -> usize {
+    At::<A>::INNER_L4
+}
+
 /// The quoted TCP checksum, from the start of the quote's L4 header.
 pub const TCP_CHECK: usize = 16;
 
-/// One end of a quoted packet: address and port, network order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct End {
-    pub addr: [u8; 4],
-    pub port: [u8; 2],
+/// One end of a quoted packet after translation: address and port,
+/// network order, referring to where they are kept (a conntrack entry).
+#[derive(Clone, Copy, Debug)]
+pub struct End<'a, A> {
+    pub addr: &'a A,
+    pub port: &'a [u8; 2],
 }
 
-/// The quoted packet of an ICMP error, as it was sent.
+/// The quoted packet of an ICMP error, as it was sent: its ends are read
+/// from the block when needed ([`ends`]), not copied (IPv6's four
+/// addresses would not fit the hooks' stack frames beside the rest).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Quote {
-    pub src: End,
-    pub dst: End,
     pub proto: u8,
-    /// The outer header's addresses.
-    pub outer_src: [u8; 4],
-    pub outer_dst: [u8; 4],
 }
 
-fn addr(b: &[u8; BLOCK], off: usize) -> [u8; 4] {
-    [b[off], b[off + 1], b[off + 2], b[off + 3]]
+#[inline(always)]
+fn addr<A: Ip>(b: &[u8], off: usize) -> A {
+    let mut a = A::ZERO;
+    bytemuck::bytes_of_mut(&mut a).copy_from_slice(&b[off..off + A::LEN]);
+    a
 }
 
-fn port(b: &[u8; BLOCK], off: usize) -> [u8; 2] {
+#[inline(always)]
+fn port(b: &[u8], off: usize) -> [u8; 2] {
     [b[off], b[off + 1]]
 }
 
-/// The quote of `block` if it is an ICMP error this module translates:
-/// outer and quoted IPv4 headers without options, type destination
-/// unreachable or time exceeded, quoting TCP, UDP or SCTP. (A quoted
-/// SCTP packet's CRC32c, when the quote reaches it, is left as sent: no
-/// receiver checks a quoted CRC; SCTP matches an error to its association
-/// by addresses, ports and verification tag, which are translated or kept.)
 #[inline(always)]
-pub fn quote(block: &[u8; BLOCK]) -> Option<Quote> {
-    let ok = block[0] == 0x45
-        && block[9] == IPPROTO_ICMP
-        && (block[ICMP] == ICMP_DEST_UNREACH || block[ICMP] == ICMP_TIME_EXCEEDED)
-        && block[INNER] == 0x45
-        && matches!(block[INNER + 9], IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP);
-    if !ok {
-        return None;
-    }
-    Some(Quote {
-        src: End { addr: addr(block, INNER_SRC), port: port(block, INNER_L4) },
-        dst: End { addr: addr(block, INNER_DST), port: port(block, INNER_L4 + 2) },
-        proto: block[INNER + 9],
-        outer_src: addr(block, OUTER_SRC),
-        outer_dst: addr(block, OUTER_DST),
-    })
+fn set(b: &mut [u8], off: usize, v: &[u8]) {
+    b[off..off + v.len()].copy_from_slice(v);
 }
 
-/// What the translated error looks like: new outer addresses and the quote's new ends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Translation {
-    pub outer_src: [u8; 4],
-    pub outer_dst: [u8; 4],
-    pub src: End,
-    pub dst: End,
+/// The quote of `block` if it is an ICMP error this module translates:
+/// outer and quoted headers without options or extension headers, type
+/// destination unreachable, time exceeded or packet too big, quoting TCP,
+/// UDP or SCTP. (A quoted SCTP packet's CRC32c, when the quote reaches it,
+/// is left as sent: no receiver checks a quoted CRC; SCTP matches an error
+/// to its association by addresses, ports and verification tag, which are
+/// translated or kept.)
+#[inline(always)]
+pub fn quote<A: Ip>(block: &A::Block) -> Option<Quote> {
+    let b = block.as_ref();
+    let (mask, first) = A::FIRST;
+    let (icmp, inner) = (At::<A>::ICMP, At::<A>::INNER);
+    let t = b[icmp];
+    let ok = b[0] & mask == first
+        && b[A::PROTO] == A::ICMP
+        && (t == A::DEST_UNREACH || t == A::TIME_EXCEEDED || Some(t) == A::TOO_BIG)
+        && b[inner] & mask == first
+        && matches!(b[inner + A::PROTO], IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP);
+    ok.then_some(Quote { proto: b[inner + A::PROTO] })
+}
+
+/// The quoted packet's source and destination address and port.
+#[inline(always)]
+pub fn ends<A: Ip>(block: &A::Block) -> (A, A, [u8; 2], [u8; 2]) {
+    let (b, inner, l4) = (block.as_ref(), At::<A>::INNER, At::<A>::INNER_L4);
+    (addr(b, inner + A::SRC), addr(b, inner + A::DST), port(b, l4), port(b, l4 + 2))
+}
+
+/// Whether the error comes from the quoted packet's destination itself
+/// (e.g. a backend's port unreachable), not from a router on the way.
+#[inline(always)]
+pub fn from_quoted_dst<A: Ip>(block: &A::Block) -> bool {
+    let b = block.as_ref();
+    same(&addr::<A>(b, A::SRC), &addr::<A>(b, At::<A>::INNER + A::DST))
+}
+
+/// The checksums a rewrite updates: outer and quoted IPv4 headers (0 over
+/// IPv6), the ICMP message, the quoted L4 header's (if present).
+struct Sums {
+    outer: u16,
+    inner: u16,
+    icmp: u16,
+    l4: Option<u16>,
+}
+
+impl Sums {
+    /// The outer address at `off` to `new`; `diff` as in [`rewrite`].
+    #[inline(always)]
+    fn outer_addr<A: Ip>(&mut self, b: &mut [u8], off: usize, new: &A, diff: &impl Fn(&[u8], &[u8]) -> u32) {
+        let d = diff(&b[off..off + A::LEN], new.octets());
+        if A::CHECK.is_some() {
+            self.outer = apply(self.outer, d);
+        }
+        // ICMPv6's pseudo header holds the outer addresses.
+        if A::ICMP_PSEUDO {
+            self.icmp = apply(self.icmp, d);
+        }
+        set(b, off, new.octets());
+    }
+
+    /// A quoted end (address at `a_off`, port at `p_off`) to `new`.
+    #[inline(always)]
+    fn end<A: Ip>(&mut self, b: &mut [u8], a_off: usize, p_off: usize, new: &End<A>, diff: &impl Fn(&[u8], &[u8]) -> u32) {
+        let d = diff(&b[a_off..a_off + A::LEN], new.addr.octets());
+        if A::CHECK.is_some() {
+            self.inner = apply(self.inner, d);
+        }
+        self.icmp = apply(self.icmp, d);
+        self.l4 = self.l4.map(|c| apply(c, d));
+        set(b, a_off, new.addr.octets());
+        let old = port(b, p_off);
+        let d = csum::diff(&old, new.port);
+        self.icmp = apply(self.icmp, d);
+        self.l4 = self.l4.map(|c| apply(c, d));
+        set(b, p_off, new.port);
+    }
+}
+
+/// What the translated error looks like: the quote's new ends. The error
+/// goes to the quote's new source (the quoted packet's sender); its outer
+/// source stays, unless `from_dst`: an error from the quoted packet's
+/// destination itself then reads as from the quote's new destination.
+#[derive(Clone, Copy, Debug)]
+pub struct Translation<'a, A> {
+    pub src: End<'a, A>,
+    pub dst: End<'a, A>,
+    pub from_dst: bool,
 }
 
 /// Rewrites `block` (whose [`quote`] is `q`) to `t`, updating the outer
 /// IPv4, ICMP, quoted IPv4 and quoted L4 checksums. `tcp_check`: the quoted
 /// TCP checksum, when the quote is TCP and long enough to hold it.
+/// `diff(old, new)`: an address's [`csum::diff`] (the hooks pass one that
+/// asks the kernel, `bpf_csum_diff`: computed inline, IPv6's 16-byte
+/// differences spill more registers than the programs have stack). Every
+/// field is written, changed or not: an unchanged one adds nothing (a
+/// computed checksum is never 0xffff, the one value -0 would change).
 #[inline(always)]
-pub fn rewrite(block: &mut [u8; BLOCK], q: &Quote, t: &Translation, tcp_check: Option<&mut [u8; 2]>) {
-    let mut outer = u16::from_be_bytes(port(block, OUTER_CHECK));
-    let mut icmp = u16::from_be_bytes(port(block, ICMP_CHECK));
-    let mut inner = u16::from_be_bytes(port(block, INNER_CHECK));
-    let udp_off = INNER_UDP_CHECK;
-    let udp_check = u16::from_be_bytes(port(block, udp_off));
-    // The quoted L4 checksum (its pseudo header holds the addresses, its
-    // header the ports); a UDP checksum of 0 is absent and stays so.
-    let mut l4 = match (q.proto, &tcp_check) {
-        (IPPROTO_UDP, _) if udp_check != 0 => Some(udp_check),
-        (IPPROTO_TCP, Some(c)) => Some(u16::from_be_bytes(**c)),
-        _ => None,
+pub fn rewrite<A: Ip>(block: &mut A::Block, q: &Quote, t: &Translation<A>, tcp_check: Option<&mut [u8; 2]>, diff: impl Fn(&[u8], &[u8]) -> u32) {
+    let b = block.as_mut();
+    let (icmp_check, inner, l4_off) = (At::<A>::ICMP_CHECK, At::<A>::INNER, At::<A>::INNER_L4);
+    let udp_off = At::<A>::INNER_UDP_CHECK;
+    let udp_check = u16::from_be_bytes(port(b, udp_off));
+    let mut sums = Sums {
+        // IPv6 has no header checksums: these stay unused (0).
+        outer: A::CHECK.map_or(0, |c| u16::from_be_bytes(port(b, c))),
+        inner: A::CHECK.map_or(0, |c| u16::from_be_bytes(port(b, inner + c))),
+        icmp: u16::from_be_bytes(port(b, icmp_check)),
+        // The quoted L4 checksum (its pseudo header holds the addresses, its
+        // header the ports); a UDP checksum of 0 is absent and stays so.
+        l4: match (q.proto, &tcp_check) {
+            (IPPROTO_UDP, _) if udp_check != 0 => Some(udp_check),
+            (IPPROTO_TCP, Some(c)) => Some(u16::from_be_bytes(**c)),
+            _ => None,
+        },
     };
-    for (off, old, new) in [(OUTER_SRC, q.outer_src, t.outer_src), (OUTER_DST, q.outer_dst, t.outer_dst)] {
-        if old != new {
-            block[off..off + 4].copy_from_slice(&new);
-            outer = replace4(outer, old, new);
-        }
+    // Each field by a call of its own, not a loop over them: IPv6's loop
+    // is not unrolled, and its variable offsets keep bounds checks (panic
+    // paths the verifier refuses).
+    if t.from_dst {
+        sums.outer_addr::<A>(b, A::SRC, t.dst.addr, &diff);
     }
-    for (a_off, p_off, old, new) in [(INNER_SRC, INNER_L4, q.src, t.src), (INNER_DST, INNER_L4 + 2, q.dst, t.dst)] {
-        if old.addr != new.addr {
-            block[a_off..a_off + 4].copy_from_slice(&new.addr);
-            inner = replace4(inner, old.addr, new.addr);
-            icmp = replace4(icmp, old.addr, new.addr);
-            l4 = l4.map(|c| replace4(c, old.addr, new.addr));
-        }
-        if old.port != new.port {
-            block[p_off..p_off + 2].copy_from_slice(&new.port);
-            icmp = replace2(icmp, old.port, new.port);
-            l4 = l4.map(|c| replace2(c, old.port, new.port));
-        }
+    sums.outer_addr::<A>(b, A::DST, t.src.addr, &diff);
+    sums.end::<A>(b, inner + A::SRC, l4_off, &t.src, &diff);
+    sums.end::<A>(b, inner + A::DST, l4_off + 2, &t.dst, &diff);
+    let Sums { outer, inner: inner_ck, mut icmp, l4 } = sums;
+    if let Some(c) = A::CHECK {
+        let old_inner = port(b, inner + c);
+        set(b, inner + c, &inner_ck.to_be_bytes());
+        icmp = replace2(icmp, old_inner, inner_ck.to_be_bytes());
     }
-    let old_inner = port(block, INNER_CHECK);
-    block[INNER_CHECK..INNER_CHECK + 2].copy_from_slice(&inner.to_be_bytes());
-    icmp = replace2(icmp, old_inner, inner.to_be_bytes());
     if let Some(c) = l4 {
         let new = if q.proto == IPPROTO_UDP { udp_mangled(c) } else { c }.to_be_bytes();
         match tcp_check {
@@ -147,24 +218,37 @@ pub fn rewrite(block: &mut [u8; BLOCK], q: &Quote, t: &Translation, tcp_check: O
                 *t = new;
             }
             _ => {
-                icmp = replace2(icmp, port(block, udp_off), new);
-                block[udp_off..udp_off + 2].copy_from_slice(&new);
+                icmp = replace2(icmp, port(b, udp_off), new);
+                set(b, udp_off, &new);
             }
         }
     }
-    block[ICMP_CHECK..ICMP_CHECK + 2].copy_from_slice(&icmp.to_be_bytes());
-    block[OUTER_CHECK..OUTER_CHECK + 2].copy_from_slice(&outer.to_be_bytes());
+    set(b, icmp_check, &icmp.to_be_bytes());
+    if let Some(c) = A::CHECK {
+        set(b, c, &outer.to_be_bytes());
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::csum::{checksum, l4_checksum_v4};
+    use crate::csum::l4_checksum;
+    use crate::ip::pseudo_sum;
 
-    /// An ICMP error (type 3, code 4: fragmentation needed, MTU 1400)
-    /// quoting a UDP or TCP packet `src → dst`, with every checksum computed
-    /// from scratch.
-    fn error(outer: ([u8; 4], [u8; 4]), src: End, dst: End, proto: u8) -> Vec<u8> {
+    type V4 = [u8; 4];
+    type V6 = [u8; 16];
+
+    /// An IP header `s → d` of `len` payload bytes with every checksum computed.
+    fn ip<A: Ip>(s: A, d: A, proto: u8, len: usize) -> Vec<u8> {
+        let mut h = A::ZERO_HDR;
+        A::write_header(&mut h, &s, &d, proto, len as u16, 0, true);
+        h.as_ref().to_vec()
+    }
+
+    /// An ICMP error (IPv4: type 3 code 4, fragmentation needed, MTU 1400;
+    /// IPv6: type 2, packet too big, MTU 1400) quoting a UDP, TCP or SCTP
+    /// packet `src → dst`, with every checksum computed from scratch.
+    fn error<A: Ip>(outer: (A, A), src: P<A>, dst: P<A>, proto: u8) -> Vec<u8> {
         let mut l4 = vec![0u8; if proto == IPPROTO_TCP { 20 } else { 8 }];
         l4[..2].copy_from_slice(&src.port);
         l4[2..4].copy_from_slice(&dst.port);
@@ -177,85 +261,134 @@ mod tests {
             } else {
                 l4[12] = 0x50;
             }
-            let c = l4_checksum_v4(src.addr, dst.addr, proto, &l4);
+            let c = l4_checksum(src.addr.octets(), dst.addr.octets(), proto, &l4);
             let at = if proto == IPPROTO_TCP { TCP_CHECK } else { 6 };
             l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
         }
-        let ip = |s: [u8; 4], d: [u8; 4], proto: u8, len: usize| {
-            let mut h = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, proto, 0, 0];
-            h[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-            h.extend_from_slice(&s);
-            h.extend_from_slice(&d);
-            let c = checksum(&h);
-            h[10..12].copy_from_slice(&c.to_be_bytes());
-            h
-        };
-        let mut quoted = ip(src.addr, dst.addr, proto, 20 + l4.len());
+        let mut quoted = ip(src.addr, dst.addr, proto, l4.len());
         quoted.extend_from_slice(&l4);
-        let mut icmp = vec![ICMP_DEST_UNREACH, 4, 0, 0, 0, 0, 0x05, 0x78];
+        let mut icmp = match A::TOO_BIG {
+            Some(t) => vec![t, 0, 0, 0, 0, 0, 0x05, 0x78],
+            None => vec![A::DEST_UNREACH, 4, 0, 0, 0, 0, 0x05, 0x78],
+        };
         icmp.extend_from_slice(&quoted);
-        let c = checksum(&icmp);
+        let sum = if A::ICMP_PSEUDO { pseudo_sum(&outer.0, &outer.1, A::ICMP, icmp.len() as u16) } else { 0 };
+        let c = !crate::csum::fold(crate::csum::add_bytes(sum, &icmp));
         icmp[2..4].copy_from_slice(&c.to_be_bytes());
-        let mut out = ip(outer.0, outer.1, IPPROTO_ICMP, 20 + icmp.len());
+        let mut out = ip(outer.0, outer.1, A::ICMP, icmp.len());
         out.extend_from_slice(&icmp);
         out
     }
 
-    fn end(a: [u8; 4], p: u16) -> End {
-        End { addr: a, port: p.to_be_bytes() }
+    /// An address and port, owned (the test's side of an [`End`]).
+    #[derive(Clone, Copy)]
+    struct P<A> {
+        addr: A,
+        port: [u8; 2],
     }
 
-    fn translate(mut pkt: Vec<u8>, t: &Translation) -> Vec<u8> {
-        let mut block = [0u8; BLOCK];
-        block.copy_from_slice(&pkt[..BLOCK]);
-        let q = quote(&block).expect("a translatable error");
-        let mut tcp = (pkt.len() >= BLOCK + 8 + 2).then(|| [pkt[INNER_L4 + TCP_CHECK], pkt[INNER_L4 + TCP_CHECK + 1]]);
+    fn end<A>(a: A, p: u16) -> P<A> {
+        P { addr: a, port: p.to_be_bytes() }
+    }
+
+    fn r<A>(p: &P<A>) -> End<'_, A> {
+        End { addr: &p.addr, port: &p.port }
+    }
+
+    fn block_of<A: Ip>(pkt: &[u8]) -> A::Block {
+        let n = core::mem::size_of::<A::Block>();
+        // SAFETY: `A::Block` is a byte array of `n` bytes; `pkt` holds as many.
+        unsafe { core::ptr::read_unaligned(pkt[..n].as_ptr() as *const A::Block) }
+    }
+
+    fn translate<A: Ip>(mut pkt: Vec<u8>, t: &Translation<A>) -> Vec<u8> {
+        let mut block = block_of::<A>(&pkt);
+        let n = block.as_ref().len();
+        let q = quote::<A>(&block).expect("a translatable error");
+        let at = inner_l4::<A>() + TCP_CHECK;
+        let mut tcp = (pkt.len() >= at + 2).then(|| [pkt[at], pkt[at + 1]]);
         let tcp_ref = if q.proto == IPPROTO_TCP { tcp.as_mut() } else { None };
-        rewrite(&mut block, &q, t, tcp_ref);
-        pkt[..BLOCK].copy_from_slice(&block);
+        rewrite::<A>(&mut block, &q, t, tcp_ref, crate::csum::diff);
+        pkt[..n].copy_from_slice(block.as_ref());
         if let (Some(c), IPPROTO_TCP) = (tcp, q.proto) {
-            pkt[INNER_L4 + TCP_CHECK..INNER_L4 + TCP_CHECK + 2].copy_from_slice(&c);
+            pkt[at..at + 2].copy_from_slice(&c);
         }
         pkt
     }
 
-    const ROUTER: [u8; 4] = [192, 168, 1, 254];
-    const NODE: [u8; 4] = [192, 168, 1, 1];
-    const CLIENT: [u8; 4] = [192, 168, 1, 2];
-    const POD: [u8; 4] = [10, 244, 2, 10];
+    const ROUTER: V4 = [192, 168, 1, 254];
+    const NODE: V4 = [192, 168, 1, 1];
+    const CLIENT: V4 = [192, 168, 1, 2];
+    const POD: V4 = [10, 244, 2, 10];
 
-    #[test]
-    fn a_snat_flows_error_is_rewritten_to_what_the_client_sent_with_every_checksum_valid() {
+    fn v6(last: u8, net: u8) -> V6 {
+        let mut a = [0u8; 16];
+        a[..2].copy_from_slice(&[0xfd, 0]);
+        a[2] = net;
+        a[15] = last;
+        a
+    }
+
+    /// Both families' story: the router between the nodes could not forward
+    /// node:61000 → pod:8080, and the error must reach the client quoting
+    /// client:40000 → node:30080.
+    fn snat_story<A: Ip>(router: A, node: A, client: A, pod: A) {
         for proto in [IPPROTO_UDP, IPPROTO_TCP, IPPROTO_SCTP] {
-            // The router between the nodes could not forward node:61000 → pod:8080.
-            let got = error((ROUTER, NODE), end(NODE, 61000), end(POD, 8080), proto);
-            let t = Translation { outer_src: ROUTER, outer_dst: CLIENT, src: end(CLIENT, 40000), dst: end(NODE, 30080) };
-            let want = error((ROUTER, CLIENT), end(CLIENT, 40000), end(NODE, 30080), proto);
-            assert_eq!(translate(got, &t), want, "proto {proto}");
+            let got = error((router, node), end(node, 61000), end(pod, 8080), proto);
+            let (s, d) = (end(client, 40000), end(node, 30080));
+            let t = Translation { src: r(&s), dst: r(&d), from_dst: false };
+            let want = error((router, client), end(client, 40000), end(node, 30080), proto);
+            assert_eq!(translate(got, &t), want, "family {} proto {proto}", A::LEN);
         }
     }
 
     #[test]
-    fn an_error_from_the_backend_itself_reads_as_from_the_service() {
-        let got = error((POD, CLIENT), end(CLIENT, 5000), end(POD, 5353), IPPROTO_UDP);
-        let vip = [10, 96, 0, 53];
-        let t = Translation { outer_src: vip, outer_dst: CLIENT, src: end(CLIENT, 5000), dst: end(vip, 53) };
-        assert_eq!(translate(got, &t), error((vip, CLIENT), end(CLIENT, 5000), end(vip, 53), IPPROTO_UDP));
+    fn a_snat_flows_error_is_rewritten_to_what_the_client_sent_with_every_checksum_valid() {
+        snat_story::<V4>(ROUTER, NODE, CLIENT, POD);
+        snat_story::<V6>(v6(0xfe, 1), v6(1, 1), v6(2, 1), v6(10, 2));
+    }
+
+    fn from_backend<A: Ip>(client: A, pod: A, vip: A) {
+        let got = error((pod, client), end(client, 5000), end(pod, 5353), IPPROTO_UDP);
+        assert!(from_quoted_dst::<A>(&block_of::<A>(&got)));
+        let (s, d) = (end(client, 5000), end(vip, 53));
+        let t = Translation { src: r(&s), dst: r(&d), from_dst: true };
+        assert_eq!(translate(got, &t), error((vip, client), end(client, 5000), end(vip, 53), IPPROTO_UDP));
     }
 
     #[test]
-    fn only_unreachable_and_time_exceeded_errors_quoting_tcp_udp_or_sctp_are_translated() {
-        let mut b = [0u8; BLOCK];
-        b.copy_from_slice(&error((ROUTER, NODE), end(NODE, 1), end(POD, 2), IPPROTO_UDP)[..BLOCK]);
-        assert!(quote(&b).is_some());
-        let mut echo = b;
-        echo[ICMP] = 8;
-        assert!(quote(&echo).is_none(), "an echo request quotes nothing");
-        let mut options = b;
-        options[INNER] = 0x46;
-        assert!(quote(&options).is_none(), "a quote with IP options is not read at fixed offsets");
-        let mut icmp_in_icmp = b;
-        icmp_in_icmp[INNER + 9] = IPPROTO_ICMP;
-        assert!(quote(&icmp_in_icmp).is_none());
+    fn an_error_from_the_backend_itself_reads_as_from_the_service() {
+        from_backend::<V4>(CLIENT, POD, [10, 96, 0, 53]);
+        from_backend::<V6>(v6(2, 1), v6(10, 2), v6(0x53, 0x96));
+    }
+
+    fn only_errors<A: Ip>(a: A, b: A) {
+        let blk = block_of::<A>(&error((a, b), end(a, 1), end(b, 2), IPPROTO_UDP));
+        assert_eq!(quote::<A>(&blk), Some(Quote { proto: IPPROTO_UDP }));
+        assert_eq!(ends::<A>(&blk), (a, b, 1u16.to_be_bytes(), 2u16.to_be_bytes()));
+        assert!(!from_quoted_dst::<A>(&blk), "from a, about a packet to b");
+        let (icmp, inner) = (A::HDR_LEN, A::HDR_LEN + 8);
+        let edit = |f: &dyn Fn(&mut [u8])| {
+            let mut e = blk;
+            f(e.as_mut());
+            quote::<A>(&e)
+        };
+        assert!(edit(&|e| e[icmp] = if A::ICMP_PSEUDO { 128 } else { 8 }).is_none(), "an echo request quotes nothing");
+        assert!(edit(&|e| e[inner] = if A::ICMP_PSEUDO { 0x40 } else { 0x46 }).is_none(), "a quote with options or of another version");
+        assert!(edit(&|e| e[inner + A::PROTO] = A::ICMP).is_none(), "an error about an error");
+        assert!(edit(&|e| e[A::PROTO] = 0).is_none(), "an outer header with extension headers");
+        for t in [A::DEST_UNREACH, A::TIME_EXCEEDED] {
+            assert!(edit(&|e| e[icmp] = t).is_some(), "type {t}");
+        }
+    }
+
+    #[test]
+    fn only_unreachable_time_exceeded_and_too_big_errors_quoting_tcp_udp_or_sctp_are_translated() {
+        only_errors::<V4>(ROUTER, NODE);
+        only_errors::<V6>(v6(1, 1), v6(2, 2));
+        // ICMPv6 neighbour solicitation (135) is no error.
+        let mut b = block_of::<V6>(&error((v6(1, 1), v6(2, 2)), end(v6(1, 1), 1), end(v6(2, 2), 2), IPPROTO_UDP));
+        b[40] = 135;
+        assert!(quote::<V6>(&b).is_none());
     }
 }

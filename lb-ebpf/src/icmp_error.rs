@@ -1,6 +1,7 @@
-//! ICMP errors about NATed flows, at the hooks: the flow is found from the
-//! quoted packet, and the error is rewritten (`lb_ebpf::icmp`) to what its
-//! receiver sent and sent on. Errors about anything else pass untouched.
+//! ICMP errors about NATed flows, at the hooks, for both families: the
+//! flow is found from the quoted packet, and the error is rewritten
+//! (`lb_ebpf::icmp`) to what its receiver sent and sent on. Errors about
+//! anything else pass untouched.
 //!
 //! The quote reversed is the key of one half of the flow:
 //! - a REPLY half: the quote is a packet we forwarded to a backend (after
@@ -9,88 +10,121 @@
 //!   port unreachable);
 //! - a FORWARD half: the quote is a reply we sent to a client (after reverse
 //!   NAT); the error goes to the backend, quoting what the backend sent (the
-//!   client's path asking for a smaller MTU on a download).
-use aya_ebpf::programs::{TcContext, XdpContext};
-use lb_common::{counter, direction, flow_flags, FlowV4};
-use lb_ebpf::icmp::{self, End, Quote, Translation, BLOCK, INNER_L4, TCP_CHECK};
+//!   client's path asking for a smaller MTU on a download: IPv4's
+//!   "fragmentation needed", IPv6's "packet too big").
+use core::mem::size_of;
+
+use aya_ebpf::{helpers::bpf_csum_diff, programs::TcContext};
+use lb_common::{counter, direction, flow_flags};
+use lb_ebpf::{
+    csum,
+    icmp::{self, End, Translation, TCP_CHECK},
+    ip::Ip,
+};
 
 use crate::{
-    conntrack,
-    family::V4,
+    family::Family,
     parse::{Packet, ETH_LEN},
     verdict::Verdict,
 };
 
 const NOT_OURS: Verdict = Verdict::Pass(counter::PASS_OTHER_L4);
 
-/// Where a translated error goes, and whether it carries a SNAT flow's
-/// addresses (then XDP must forward it: see `forward::route`).
-fn translation(q: &Quote) -> Option<(Translation, bool)> {
-    let e: FlowV4 = conntrack::peek::<V4>(q.dst.addr, q.src.addr, q.dst.port, q.src.port, q.proto)?;
-    let snat = e.flags & flow_flags::SNAT != 0;
-    let t = if e.direction == direction::REPLY {
-        Translation {
-            // An error from the backend itself reads as from the service.
-            outer_src: if q.outer_src == q.dst.addr { e.nat_addr } else { q.outer_src },
-            outer_dst: e.peer_addr,
-            src: End { addr: e.peer_addr, port: e.peer_port },
-            dst: End { addr: e.nat_addr, port: e.nat_port },
-        }
+/// The block `lb_ebpf::icmp` rewrites, for family `F`.
+type Block<F> = <<F as Family>::Addr as Ip>::Block;
+
+/// What [`translate`] did.
+pub const UNTOUCHED: u32 = 0;
+pub const TRANSLATED: u32 = 1;
+/// Translated, for a SNAT flow: XDP must forward it (see `forward::route`).
+pub const TRANSLATED_SNAT: u32 = 2;
+
+/// Translates the ICMP error in `[data, end)` (an IP packet of `ip_len`
+/// bytes) in place, if it is one `lb_ebpf::icmp::quote` takes, about a
+/// flow of ours: see the module doc for where it then goes. In place in
+/// both hooks (tc made the headers linear before parsing, `tc::run`).
+#[inline(always)]
+pub fn translate<F: Family>(data: usize, end: usize, ip_len: u16) -> u32 {
+    if F::SPLIT {
+        translate_call::<F>(data, end, ip_len)
     } else {
-        Translation {
-            outer_src: q.outer_src,
-            outer_dst: e.nat_addr,
-            src: End { addr: e.nat_addr, port: e.nat_port },
-            dst: End { addr: e.peer_addr, port: e.peer_port },
-        }
-    };
-    Some((t, snat))
+        translate_inline::<F>(data, end, ip_len)
+    }
 }
 
-/// The verdict for an ICMP packet at XDP: `Ok(None)` to pass it as it is,
-/// `Ok(Some((t, snat)))` after it was translated in place to `t`.
+/// [`translate`] with a frame of its own (see `Family::SPLIT`).
+#[inline(never)]
+fn translate_call<F: Family>(data: usize, end: usize, ip_len: u16) -> u32 {
+    translate_inline::<F>(data, end, ip_len)
+}
+
+/// An address's checksum difference (`lb_ebpf::csum::diff`): an IPv4
+/// one computed inline, an IPv6 one by the kernel (`bpf_csum_diff`), whose
+/// sum is in the CPU's byte order (little-endian words) and is turned
+/// around. On failure (it has none for these sizes) nothing is added.
 #[inline(always)]
-pub fn xdp(ctx: &XdpContext, p: &Packet) -> Result<Option<(Translation, bool)>, Verdict> {
-    let (data, end) = (ctx.data(), ctx.data_end());
-    let at = data + ETH_LEN;
-    // The block must be the packet's, not Ethernet padding after it.
-    if at + BLOCK > end || (p.ip_len as usize) < BLOCK {
-        return Ok(None);
+fn addr_diff(old: &[u8], new: &[u8]) -> u32 {
+    if old.len() == 4 {
+        return csum::diff(old, new);
     }
-    // Rewritten in place: a copy on the stack would not fit the XDP
-    // program's 512 bytes beside everything inlined with it.
+    let len = old.len() as u32;
+    // SAFETY: both point at `len` readable bytes (16: a multiple of 4, the
+    // packet's and a map value's); the helper only reads them.
+    let d = unsafe { bpf_csum_diff(old.as_ptr() as *mut u32, len, new.as_ptr() as *mut u32, len, 0) };
+    if d < 0 {
+        return 0;
+    }
+    csum::fold(d as u32).swap_bytes() as u32
+}
+
+#[inline(always)]
+fn translate_inline<F: Family>(data: usize, end: usize, ip_len: u16) -> u32 {
+    let at = data + ETH_LEN;
+    let len = size_of::<Block<F>>();
+    // The block must be the packet's, not Ethernet padding after it.
+    if at + len > end || (ip_len as usize) < len {
+        return UNTOUCHED;
+    }
     // SAFETY: bounds-checked above; nothing else refers to these bytes.
-    let block = unsafe { &mut *(at as *mut [u8; BLOCK]) };
-    let Some(q) = icmp::quote(block) else { return Ok(None) };
-    let Some((t, snat)) = translation(&q) else { return Ok(None) };
-    let check = at + INNER_L4 + TCP_CHECK;
+    let block = unsafe { &mut *(at as *mut Block<F>) };
+    let Some(q) = icmp::quote::<F::Addr>(block) else { return UNTOUCHED };
+    // The quote reversed is the key of one half of the flow.
+    let (src, dst, sport, dport) = icmp::ends::<F::Addr>(block);
+    // SAFETY: a program-written map value, read while this program runs.
+    let Some(e) = (unsafe { F::conntrack().get(F::flow_key(dst, src, dport, sport, q.proto)) }) else {
+        return UNTOUCHED;
+    };
+    let t = if e.direction == direction::REPLY {
+        Translation {
+            src: End { addr: &e.peer_addr, port: &e.peer_port },
+            dst: End { addr: &e.nat_addr, port: &e.nat_port },
+            // An error from the backend itself reads as from the service.
+            from_dst: icmp::from_quoted_dst::<F::Addr>(block),
+        }
+    } else {
+        Translation { src: End { addr: &e.nat_addr, port: &e.nat_port }, dst: End { addr: &e.peer_addr, port: &e.peer_port }, from_dst: false }
+    };
+    let check = at + icmp::inner_l4::<F::Addr>() + TCP_CHECK;
     let tcp = if q.proto == lb_common::IPPROTO_TCP && check + 2 <= end {
         // SAFETY: bounds-checked just above.
         Some(unsafe { &mut *(check as *mut [u8; 2]) })
     } else {
         None
     };
-    icmp::rewrite(block, &q, &t, tcp);
-    Ok(Some((t, snat)))
+    icmp::rewrite::<F::Addr>(block, &q, &t, tcp, addr_diff);
+    if e.flags & flow_flags::SNAT != 0 {
+        TRANSLATED_SNAT
+    } else {
+        TRANSLATED
+    }
 }
 
 /// An ICMP packet leaving at tc egress: an error from a backend on this
 /// node (or a router) to a client is translated; anything else passes.
 #[inline(always)]
-pub fn tc(ctx: &TcContext, p: &Packet) -> Result<Verdict, Verdict> {
-    if (p.ip_len as usize) < BLOCK {
-        return Ok(NOT_OURS);
+pub fn tc<F: Family>(ctx: &TcContext, p: &Packet<F::Addr>) -> Verdict {
+    match translate::<F>(ctx.data(), ctx.data_end(), p.ip_len) {
+        UNTOUCHED => NOT_OURS,
+        _ => Verdict::Pass(counter::ICMP_NAT),
     }
-    let Ok(mut block) = ctx.load::<[u8; BLOCK]>(ETH_LEN) else { return Ok(NOT_OURS) };
-    let Some(q) = icmp::quote(&block) else { return Ok(NOT_OURS) };
-    let Some((t, _)) = translation(&q) else { return Ok(NOT_OURS) };
-    let check = ETH_LEN + INNER_L4 + TCP_CHECK;
-    let mut tcp = ctx.load::<[u8; 2]>(check).ok();
-    icmp::rewrite(&mut block, &q, &t, if q.proto == lb_common::IPPROTO_TCP { tcp.as_mut() } else { None });
-    let failed = |_| Verdict::Drop(counter::DROP_CSUM);
-    ctx.store(ETH_LEN, &block, 0).map_err(failed)?;
-    if let (Some(c), lb_common::IPPROTO_TCP) = (tcp, q.proto) {
-        ctx.store(check, &c, 0).map_err(failed)?;
-    }
-    Ok(Verdict::Pass(counter::ICMP_NAT))
 }

@@ -7,6 +7,7 @@ pub mod abort;
 pub mod csum;
 pub mod hash;
 pub mod icmp;
+pub mod ip;
 pub mod rst;
 pub mod sctp;
 pub mod too_big;

@@ -34,11 +34,12 @@
 use core::mem::size_of;
 
 use lb_common::{counter, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
-use lb_ebpf::{icmp::IPPROTO_ICMP, sctp};
+use lb_ebpf::{ip::Ip, sctp};
 
 use crate::verdict::{Verdict, MALFORMED};
 
 pub const ETH_LEN: usize = 14;
+const IPPROTO_ICMP: u8 = <[u8; 4] as Ip>::ICMP;
 pub const ETH_P_IP: [u8; 2] = [0x08, 0x00];
 pub const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
 const ETH_P_8021Q: [u8; 2] = [0x81, 0x00];

@@ -1,16 +1,16 @@
 //! Answering a SYN to a service without backends with a TCP reset, from
-//! either hook: the frame is rebuilt in place (`lb_ebpf::rst`) and sent back
-//! where it came from.
+//! either hook and in either family: the frame is rebuilt in place
+//! (`lb_ebpf::rst`) and sent back where it came from.
 use aya_ebpf::{
     helpers::{bpf_skb_change_tail, bpf_xdp_adjust_tail},
     programs::{TcContext, XdpContext},
 };
 use lb_common::{counter, service_flags, IPPROTO_TCP};
-use lb_ebpf::rst::{reset_for, Syn, RST_LEN};
+use lb_ebpf::rst::{rst_len, write_reset, Rst, Syn};
 
 use crate::{
     conntrack::Origin,
-    family::{Family, V4},
+    family::Family,
     parse::{Packet, TCP_ACK, TCP_SYN},
     service,
     stats::count,
@@ -23,8 +23,8 @@ use crate::{
 /// nodes (`LOCAL_ELSEWHERE`): kube-proxy drops it, rejecting only when the
 /// service has no usable endpoint anywhere.
 #[inline(always)]
-pub fn wants_reset(p: &Packet, origin: Origin) -> bool {
-    p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && !local_elsewhere::<V4>(p, origin)
+pub fn wants_reset<F: Family>(p: &Packet<F::Addr>, origin: Origin) -> bool {
+    p.proto == IPPROTO_TCP && p.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && !local_elsewhere::<F>(p, origin)
 }
 
 #[inline(always)]
@@ -34,25 +34,13 @@ pub fn local_elsewhere<F: Family>(p: &Packet<F::Addr>, origin: Origin) -> bool {
 }
 
 #[inline(always)]
-fn syn_of(p: &Packet, macs: [u8; 12], seq: [u8; 4]) -> Syn {
-    let mut dst_mac = [0u8; 6];
-    let mut src_mac = [0u8; 6];
-    dst_mac.copy_from_slice(&macs[..6]);
-    src_mac.copy_from_slice(&macs[6..]);
-    Syn {
-        dst_mac,
-        src_mac,
-        src: p.src,
-        dst: p.dst,
-        sport: p.sport,
-        dport: p.dport,
-        seq,
-    }
+fn syn_of<A>(p: &Packet<A>, macs: [u8; 12], seq: [u8; 4]) -> Syn<'_, A> {
+    Syn { macs, src: &p.src, dst: &p.dst, sport: p.sport, dport: p.dport, seq }
 }
 
 /// Turns the SYN in an XDP buffer into its reset (then XDP_TX).
 #[inline(always)]
-pub fn xdp(ctx: &XdpContext, p: &Packet) -> Result<Verdict, Verdict> {
+pub fn xdp<F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>) -> Result<Verdict, Verdict> {
     // `black_box`: without it LLVM drops the first check as implied by the
     // second, which the verifier cannot follow (see nat.rs).
     let (data, end) = (core::hint::black_box(ctx.data()), ctx.data_end());
@@ -62,19 +50,21 @@ pub fn xdp(ctx: &XdpContext, p: &Packet) -> Result<Verdict, Verdict> {
     }
     // SAFETY: both reads were bounds-checked above.
     let (macs, seq) = unsafe { (*(data as *const [u8; 12]), *((l4 + 4) as *const [u8; 4])) };
-    let frame = reset_for(&syn_of(p, macs, seq));
-    // A SYN is at least RST_LEN long: the tail only shrinks (options dropped).
-    let delta = RST_LEN as i32 - (end - data) as i32;
+    let len = rst_len::<F::Addr>();
+    // A SYN is at least as long as its reset: the tail only shrinks
+    // (options and extension headers dropped).
+    let delta = len as i32 - (end - data) as i32;
     // SAFETY: plain helper call on this program's context.
     if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
         return Err(MALFORMED);
     }
     let (data, end) = (ctx.data(), ctx.data_end());
-    if data + RST_LEN > end {
+    if data + len > end {
         return Err(MALFORMED);
     }
-    // SAFETY: bounds-checked above.
-    unsafe { *(data as *mut [u8; RST_LEN]) = frame };
+    // Built in place (see `Ip::write_header`).
+    // SAFETY: bounds-checked above; `Rst` is plain bytes.
+    write_reset(unsafe { &mut *(data as *mut Rst<F::Addr>) }, &syn_of(p, macs, seq));
     count(counter::RST_SENT);
     Ok(Verdict::Reply(counter::DROP_NO_BACKEND))
 }
@@ -89,16 +79,23 @@ pub fn xdp(ctx: &XdpContext, p: &Packet) -> Result<Verdict, Verdict> {
 /// the frame's construction ("invalid size of register spill"). As its own
 /// function it is verified from its arguments alone.
 #[inline(never)]
-pub fn tc(ctx: &TcContext, p: &Packet, reason: u32) -> Result<Verdict, Verdict> {
+pub fn tc<F: Family>(ctx: &TcContext, p: &Packet<F::Addr>, reason: u32) -> Result<Verdict, Verdict> {
     let (Ok(macs), Ok(seq)) = (ctx.load::<[u8; 12]>(0), ctx.load::<[u8; 4]>(p.l4 + 4)) else {
         return Err(MALFORMED);
     };
-    let frame = reset_for(&syn_of(p, macs, seq));
+    let len = rst_len::<F::Addr>();
     // SAFETY: plain helper call on this program's context.
-    if unsafe { bpf_skb_change_tail(ctx.skb.skb, RST_LEN as u32, 0) } != 0 {
+    if unsafe { bpf_skb_change_tail(ctx.skb.skb, len as u32, 0) } != 0 {
         return Err(MALFORMED);
     }
-    ctx.store(0, &frame, 0).map_err(|_| MALFORMED)?;
+    // Built in place, in the linear part (see `Ip::write_header`).
+    let _ = ctx.pull_data(len as u32);
+    let (data, end) = (ctx.data(), ctx.data_end());
+    if data + len > end {
+        return Err(MALFORMED);
+    }
+    // SAFETY: bounds-checked above; `Rst` is plain bytes.
+    write_reset(unsafe { &mut *(data as *mut Rst<F::Addr>) }, &syn_of(p, macs, seq));
     count(counter::RST_SENT);
     Ok(Verdict::Reply(reason))
 }

@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_common::{counter, IPPROTO_SCTP};
-use lb_ebpf::icmp::IPPROTO_ICMP;
+use lb_ebpf::ip::Ip;
 
 use crate::{
     conntrack::{self, Origin},
@@ -28,29 +28,15 @@ use crate::{
     nat::{self, Side},
     node_sctp,
     parse::{Packet, ETH_LEN, ETH_P_IPV6},
-    parse6::IPPROTO_ICMPV6,
     refuse, reset, service,
     stats::count,
     unserved::{self, Unserved},
     verdict::Verdict,
 };
 
-/// What a family's tc path does besides balancing: IPv4 also answers what
-/// it refuses, translates ICMP errors and clamps DSR flows' MSS.
+/// What a family's tc path does besides balancing: IPv4 also clamps DSR
+/// flows' MSS.
 pub trait TcFamily: Family {
-    /// The family's ICMP protocol number.
-    const ICMP: u8;
-    /// A pod's new flow refused (no backend, an unserved port), `reason`
-    /// counted.
-    #[inline(always)]
-    fn refuse(_ctx: &TcContext, _p: &Packet<Self::Addr>, reason: u32) -> Result<Verdict, Verdict> {
-        Err(Verdict::Drop(reason))
-    }
-    /// An ICMP packet leaving at egress.
-    #[inline(always)]
-    fn egress_icmp(_ctx: &TcContext, _p: &Packet<Self::Addr>) -> Result<Verdict, Verdict> {
-        Ok(Verdict::Pass(counter::PASS_OTHER_L4))
-    }
     /// A packet leaving at egress that no flow owns.
     #[inline(always)]
     fn egress_unowned(_ctx: &TcContext, _p: &Packet<Self::Addr>) -> Result<Verdict, Verdict> {
@@ -64,15 +50,6 @@ pub trait TcFamily: Family {
 }
 
 impl TcFamily for V4 {
-    const ICMP: u8 = IPPROTO_ICMP;
-    #[inline(always)]
-    fn refuse(ctx: &TcContext, p: &Packet, reason: u32) -> Result<Verdict, Verdict> {
-        refuse::tc(ctx, p, reason)
-    }
-    #[inline(always)]
-    fn egress_icmp(ctx: &TcContext, p: &Packet) -> Result<Verdict, Verdict> {
-        icmp_error::tc(ctx, p)
-    }
     #[inline(always)]
     fn egress_unowned(ctx: &TcContext, p: &Packet) -> Result<Verdict, Verdict> {
         node_sctp::tc(ctx, p)
@@ -83,9 +60,7 @@ impl TcFamily for V4 {
     }
 }
 
-impl TcFamily for V6 {
-    const ICMP: u8 = IPPROTO_ICMPV6;
-}
+impl TcFamily for V6 {}
 
 /// Tail-calls the IPv6 instance in `progs` for an IPv6 frame; returns (to
 /// run the IPv4 one) for anything else or if the array is empty.
@@ -116,7 +91,7 @@ pub fn egress_v4(ctx: &TcContext) -> i32 {
 #[inline(always)]
 pub fn ingress<F: TcFamily>(ctx: &TcContext) -> i32 {
     run::<F>(ctx, |ctx, p| {
-        if p.proto == F::ICMP {
+        if p.proto == <F::Addr as Ip>::ICMP {
             return Ok(Verdict::Pass(counter::PASS_OTHER_L4));
         }
         if same(&p.dst, &F::hairpin()) {
@@ -135,7 +110,7 @@ pub fn ingress<F: TcFamily>(ctx: &TcContext) -> i32 {
                 if reset::local_elsewhere::<F>(p, Origin::Pod) {
                     return Err(v);
                 }
-                return F::refuse(ctx, p, counter::DROP_NO_BACKEND);
+                return refuse::tc::<F>(ctx, p, counter::DROP_NO_BACKEND);
             }
             other => other?,
         };
@@ -148,7 +123,7 @@ pub fn ingress<F: TcFamily>(ctx: &TcContext) -> i32 {
                 Ok(Verdict::Pass(counter::NAT_FORWARD))
             }
             None => match unserved::check::<F>(p.dst) {
-                Some(Unserved::Refused) => F::refuse(ctx, p, counter::DROP_UNSERVED),
+                Some(Unserved::Refused) => refuse::tc::<F>(ctx, p, counter::DROP_UNSERVED),
                 Some(Unserved::Dropped) => Err(Verdict::Drop(counter::DROP_SERVICE_CIDR)),
                 None => Ok(Verdict::Pass(counter::PASS_NOT_SERVICE)),
             },
@@ -159,8 +134,8 @@ pub fn ingress<F: TcFamily>(ctx: &TcContext) -> i32 {
 #[inline(always)]
 pub fn egress<F: TcFamily>(ctx: &TcContext) -> i32 {
     run::<F>(ctx, |ctx, p| {
-        if p.proto == F::ICMP {
-            return F::egress_icmp(ctx, p);
+        if p.proto == <F::Addr as Ip>::ICMP {
+            return Ok(icmp_error::tc::<F>(ctx, p));
         }
         match conntrack::reply::<F>(p) {
             Some(rw) => {

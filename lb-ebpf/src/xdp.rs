@@ -3,7 +3,7 @@
 //! the IPv4 instance and tail-calls `xdp_lb_v6` for IPv6 frames.
 use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use lb_common::counter;
-use lb_ebpf::icmp::IPPROTO_ICMP;
+use lb_ebpf::ip::Ip;
 
 use crate::{
     conntrack::{self, Origin, Rewrite},
@@ -12,25 +12,19 @@ use crate::{
     forward, icmp_error,
     maps::family_xdp,
     nat::{self, Side},
-    parse::{Packet, ETH_LEN, ETH_P_IPV6},
+    parse::{ptr_at, Packet, ETH_LEN, ETH_P_IPV6},
     reset, service,
     stats::count,
     verdict::Verdict,
 };
 
-/// What a family's XDP path does besides balancing: IPv4 also translates
-/// ICMP errors, receives and sends DSR and answers SYNs without backend.
+/// What a family's XDP path does besides balancing: IPv4 also receives
+/// and sends DSR.
 pub trait XdpFamily: Family {
     /// Before the service lookup: `Some` when the packet was handled.
     #[inline(always)]
     fn early(_ctx: &XdpContext, _p: &Packet<Self::Addr>) -> Result<Option<Verdict>, Verdict> {
         Ok(None)
-    }
-    /// A new flow to a service without backends (`v`: the drop).
-    #[inline(always)]
-    fn no_backend(ctx: &XdpContext, p: &Packet<Self::Addr>, v: Verdict) -> Result<Verdict, Verdict> {
-        events::no_backend(ctx, p);
-        Err(v)
     }
     /// A packet of a DSR flow (never made for a family without `DSR`).
     #[inline(always)]
@@ -42,12 +36,6 @@ pub trait XdpFamily: Family {
 impl XdpFamily for V4 {
     #[inline(always)]
     fn early(ctx: &XdpContext, p: &Packet) -> Result<Option<Verdict>, Verdict> {
-        if p.proto == IPPROTO_ICMP {
-            return Ok(Some(match icmp_error::xdp(ctx, p)? {
-                Some((t, snat)) => send::<V4>(ctx, p, t.outer_src, t.outer_dst, snat, counter::ICMP_NAT),
-                None => Verdict::Pass(counter::PASS_OTHER_L4),
-            }));
-        }
         // Sent here by a balancing node with DSR, for a backend of this node.
         if let Some(q) = dsr::xdp_decap(ctx, p)? {
             return Ok(Some(send::<V4>(ctx, &q, q.src, q.dst, false, counter::DSR_DECAP)));
@@ -56,27 +44,12 @@ impl XdpFamily for V4 {
     }
 
     #[inline(always)]
-    fn no_backend(ctx: &XdpContext, p: &Packet, v: Verdict) -> Result<Verdict, Verdict> {
-        events::no_backend(ctx, p);
-        if reset::wants_reset(p, Origin::External) {
-            return reset::xdp(ctx, p);
-        }
-        Err(v)
-    }
-
-    #[inline(always)]
     fn dsr_forward(ctx: &XdpContext, p: &Packet, rw: &Rewrite) -> Result<Verdict, Verdict> {
         dsr::xdp_forward(ctx, p, rw)
     }
 }
 
-impl XdpFamily for V6 {
-    #[inline(always)]
-    fn early(_ctx: &XdpContext, p: &Packet<[u8; 16]>) -> Result<Option<Verdict>, Verdict> {
-        // ICMPv6 other than neighbour discovery (passed by the parser).
-        Ok((p.proto == crate::parse6::IPPROTO_ICMPV6).then_some(Verdict::Pass(counter::PASS_OTHER_L4)))
-    }
-}
+impl XdpFamily for V6 {}
 
 /// `xdp_lb`: IPv6 frames go to `xdp_lb_v6` (if the agent has not filled
 /// the program array, they are passed as not IPv4); the rest is IPv4's.
@@ -112,12 +85,31 @@ pub fn run<F: XdpFamily>(ctx: &XdpContext) -> u32 {
 #[inline(always)]
 fn try_run<F: XdpFamily>(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     let p = F::parse(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data())?;
+    // ICMP errors of NATed flows (neighbour discovery was passed by the parser).
+    if p.proto == <F::Addr as Ip>::ICMP {
+        let (data, end) = (ctx.data(), ctx.data_end());
+        return Ok(match icmp_error::translate::<F>(data, end, p.ip_len) {
+            icmp_error::UNTOUCHED => Verdict::Pass(counter::PASS_OTHER_L4),
+            how => {
+                // Where the error goes now: its outer addresses.
+                // SAFETY: `ptr_at` checked both addresses are inside the frame.
+                let [src, dst] = unsafe { *ptr_at::<[F::Addr; 2]>(data, end, ETH_LEN + F::IP_SRC)? };
+                send::<F>(ctx, &p, src, dst, how == icmp_error::TRANSLATED_SNAT, counter::ICMP_NAT)
+            }
+        });
+    }
     if let Some(v) = F::early(ctx, &p)? {
         return Ok(v);
     }
     // XDP on an uplink never sees a backend of this node as a client.
     let balanced = match service::balance::<F>(&p, Origin::External) {
-        Err(v) if v.reason() == counter::DROP_NO_BACKEND => return F::no_backend(ctx, &p, v),
+        Err(v) if v.reason() == counter::DROP_NO_BACKEND => {
+            events::no_backend(ctx, &p);
+            if reset::wants_reset::<F>(&p, Origin::External) {
+                return reset::xdp::<F>(ctx, &p);
+            }
+            return Err(v);
+        }
         other => other?,
     };
     if let Some(rw) = balanced {

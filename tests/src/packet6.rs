@@ -56,6 +56,8 @@ pub struct Frame6 {
     pub payload: Vec<u8>,
     pub ext: Vec<Ext>,
     pub hop_limit: u8,
+    /// TCP window.
+    pub window: u16,
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
 }
@@ -70,7 +72,7 @@ impl Frame6 {
     }
 
     fn new(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, l4: L4) -> Self {
-        Self { src, dst, sport, dport, l4, payload: Vec::new(), ext: Vec::new(), hop_limit: 64, src_mac: CLIENT_MAC, dst_mac: NODE_MAC }
+        Self { src, dst, sport, dport, l4, payload: Vec::new(), ext: Vec::new(), hop_limit: 64, window: 0xffff, src_mac: CLIENT_MAC, dst_mac: NODE_MAC }
     }
 
     pub fn payload(mut self, p: &[u8]) -> Self {
@@ -103,7 +105,7 @@ impl Frame6 {
 
     /// Renders the frame with correct checksums.
     pub fn bytes(&self) -> Vec<u8> {
-        let seg = l4_segment(self.sport, self.dport, &self.l4, 0xffff, &self.payload, |s| {
+        let seg = l4_segment(self.sport, self.dport, &self.l4, self.window, &self.payload, |s| {
             l4_checksum(&self.src.octets(), &self.dst.octets(), self.proto(), s)
         });
         frame(self, self.proto(), &seg)
@@ -164,5 +166,32 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
     if l4_checksum(src, dst, next, seg) != 0 {
         return Err(format!("bad L4 checksum (next header {next})"));
     }
+    // An ICMPv6 error quoting a whole IPv6 packet: its checksums too.
+    if next == IPPROTO_ICMPV6 && seg.first().is_some_and(|t| *t < 128) && seg.len() >= 8 + 40 {
+        let q = &seg[8..];
+        if 40 + u16::from_be_bytes([q[4], q[5]]) as usize == q.len() {
+            let mut quoted = frame[..14].to_vec();
+            quoted.extend_from_slice(q);
+            return verify_checksums(&quoted).map_err(|e| format!("quoted packet: {e}"));
+        }
+    }
     Ok(())
+}
+
+/// An ICMPv6 error frame (`msg`: type, code, 4 bytes of rest, e.g. the MTU
+/// of "packet too big") from `src` to `dst` quoting the IPv6 packet of
+/// `quoted` whole (cut to `quote_len` bytes when given), its checksum over
+/// the pseudo header computed from scratch; MACs and hop limit are `like`'s.
+pub fn icmpv6_error(like: &Frame6, src: Ipv6Addr, dst: Ipv6Addr, msg: (u8, u8, [u8; 4]), quoted: &Frame6, quote_len: Option<usize>) -> Vec<u8> {
+    let (typ, code, rest) = msg;
+    let q = quoted.bytes();
+    let q = &q[14..14 + quote_len.unwrap_or(q.len() - 14)];
+    let mut m = vec![typ, code, 0, 0];
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(q);
+    let c = l4_checksum(&src.octets(), &dst.octets(), IPPROTO_ICMPV6, &m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    let mut h = like.clone();
+    (h.src, h.dst, h.ext) = (src, dst, Vec::new());
+    frame(&h, IPPROTO_ICMPV6, &m)
 }

@@ -44,22 +44,28 @@ impl FarClient {
         Self { _router: router, far }
     }
 
-    /// Downloads `size` bytes of the pods' `/bulk/` pattern from `to`:
-    /// (the pod that answered, the bytes received, whether they are intact).
+    /// Downloads `size` bytes of the pods' `/bulk/` pattern from `to` (see [`download`]).
     pub fn download(&self, to: SocketAddr, size: usize) -> std::io::Result<(String, usize, bool)> {
-        self.far.run(move || {
-            use std::io::{Read, Write};
-            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
-            s.set_read_timeout(Some(Duration::from_secs(20)))?;
-            s.write_all(format!("GET /bulk/{size} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())?;
-            let mut all = Vec::new();
-            s.read_to_end(&mut all)?;
-            let at = all.windows(4).position(|w| w == b"\r\n\r\n").map_or(all.len(), |p| p + 4);
-            let body = &all[at..];
-            let nl = body.iter().position(|&b| b == b'\n').unwrap_or(0);
-            let data = &body[nl + 1..];
-            let intact = data.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8);
-            Ok((String::from_utf8_lossy(&body[..nl]).into_owned(), data.len(), intact))
-        })
+        download(&self.far, to, size)
     }
+}
+
+/// Downloads `size` bytes of a server's `/bulk/` pattern from `to`, from
+/// `ns`: (the server that answered, the bytes received, whether they are
+/// intact).
+pub fn download(ns: &Netns, to: SocketAddr, size: usize) -> std::io::Result<(String, usize, bool)> {
+    ns.run(move || {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        s.write_all(format!("GET /bulk/{size} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())?;
+        let mut all = Vec::new();
+        s.read_to_end(&mut all)?;
+        let at = all.windows(4).position(|w| w == b"\r\n\r\n").map_or(all.len(), |p| p + 4);
+        let body = &all[at..];
+        let nl = body.iter().position(|&b| b == b'\n').unwrap_or(0);
+        let data = &body[nl + 1..];
+        let intact = data.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8);
+        Ok((String::from_utf8_lossy(&body[..nl]).into_owned(), data.len(), intact))
+    })
 }

@@ -2,7 +2,9 @@
 //! clients and servers (TCP and UDP) in network namespaces: a dual-stack
 //! Service reached over both families from one client, a NodePort on the
 //! node's IPv6 address, an IPv6 LoadBalancer IP guarded by IPv6 source
-//! ranges, ClientIP affinity and Maglev over IPv6, both ClusterIPs from a pod.
+//! ranges, ClientIP affinity and Maglev over IPv6, both ClusterIPs from a pod,
+//! path MTU through a service address and a backend's port unreachable
+//! (ICMPv6 translation).
 //! Needs root.
 use std::{
     collections::BTreeMap,
@@ -13,8 +15,9 @@ use std::{
 use xdplb_tests::{
     agent::{write, Agent},
     netns::Netns,
+    pathmtu::download,
     servers::{http_get, tally, udp_ask, Conn, Server},
-    topology::{backend_addr, backend_addr6, Topology, CLIENT_ADDR6, NODE_ADDR6},
+    topology::{backend_addr, backend_addr6, veth, Topology, CLIENT_ADDR6, NODE_ADDR6},
     wait_for,
 };
 
@@ -189,4 +192,65 @@ fn client_ip_affinity_and_maglev_over_ipv6() {
         m
     });
     assert_eq!(spread.len(), 3, "all backends used: {spread:?}");
+}
+
+/// Path MTU over IPv6 through a service address: a far client behind a
+/// router (the client namespace) whose link to it carries only 1,280
+/// bytes downloads 1 MB through the IPv6 ClusterIP. The backends send
+/// 1,500-byte segments (the far client's MSS is 1,440); the router's
+/// "packet too big", addressed to the ClusterIP, must reach the backend
+/// translated (quoting backend -> far client) for the download to go on.
+#[test]
+fn path_mtu_over_ipv6_through_a_service_address() {
+    let n = node(&service("TCP", "", ""), &slices(&[0, 1, 2], "TCP"));
+    let (router, far) = (&n.t.client, Netns::new());
+    router.sysctl("net.ipv6.conf.all.forwarding", "1");
+    veth(router, "eth1", &far, "eth0");
+    router.ip(&["link", "set", "eth1", "mtu", "1280"]);
+    for (ns, dev, cidr) in [(router, "eth1", "fd00:60::1/64"), (&far, "eth0", "fd00:60::2/64")] {
+        ns.ip(&["-6", "addr", "add", cidr, "dev", dev, "nodad"]);
+        ns.ip(&["link", "set", dev, "up"]);
+        // Frames from a wire carry complete checksums, as XDP expects.
+        ns.cmd("ethtool").args(["-K", dev, "tx", "off"]).output().ok();
+    }
+    far.ip(&["-6", "route", "add", "default", "via", "fd00:60::1"]);
+    n.t.node.ip(&["-6", "route", "add", "fd00:60::/64", "via", &CLIENT_ADDR6.to_string()]);
+    let dp = Agent::maps_of(&n.agent);
+    let before = dp.counter(lb_common::counter::ICMP_NAT).unwrap();
+    for i in 0..3 {
+        let (who, len, intact) = download(&far, sock(CLUSTER_IP6, 80), 1 << 20).unwrap_or_else(|e| panic!("download {i}: {e}\n{}", n.agent.log()));
+        assert!(who.starts_with("backend-"), "answered by {who}");
+        assert_eq!((len, intact), (1 << 20, true), "download {i} from {who}: whole and intact");
+    }
+    let translated = dp.counter(lb_common::counter::ICMP_NAT).unwrap() - before;
+    assert!(translated >= 1, "the router's packet too big reached a backend translated ({translated})");
+    println!("path MTU over IPv6: 3 downloads of 1 MiB through [{CLUSTER_IP6}]:80 behind a 1,280-byte link, {translated} packet-too-big translated");
+}
+
+/// A UDP service whose endpoints listen on no UDP port: each backend's
+/// ICMPv6 port unreachable reaches the client translated (as from the
+/// service address, quoting what the client sent), so its connected
+/// socket fails with "connection refused" at once.
+#[test]
+fn a_udp_client_over_ipv6_gets_connection_refused_from_the_backends_port_unreachable() {
+    let svc = service("UDP", "", "").replace("targetPort: 8080", "targetPort: 9");
+    let n = node(&svc, &slices(&[0, 1, 2], "UDP").replace("port: 8080", "port: 9"));
+    let dp = Agent::maps_of(&n.agent);
+    let before = dp.counter(lb_common::counter::ICMP_NAT).unwrap();
+    let to = sock(CLUSTER_IP6, 80);
+    let refused: Vec<bool> = n.t.client.run(move || {
+        (0..6)
+            .map(|_| {
+                let s = UdpSocket::bind(("::", 0)).unwrap();
+                s.connect(to).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                s.send(b"anyone?").unwrap();
+                let mut buf = [0u8; 64];
+                matches!(s.recv(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused)
+            })
+            .collect()
+    });
+    let translated = dp.counter(lb_common::counter::ICMP_NAT).unwrap() - before;
+    assert_eq!(refused.iter().filter(|r| **r).count(), 6, "every client got connection refused: {refused:?}\n{}", n.agent.log());
+    assert_eq!(translated, 6, "one port unreachable translated per datagram");
 }

@@ -12,8 +12,8 @@ use lb_common::{algorithm, counter, IPPROTO_TCP, IPPROTO_UDP};
 use xdplb_tests::{
     fixture::{self, Case},
     lb::Lb,
-    packet::{TCP_ACK, TCP_PSH, TCP_SYN},
-    packet6::{icmpv6, Ext, Frame6},
+    packet::{CLIENT_MAC, NODE_MAC, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN},
+    packet6::{icmpv6, icmpv6_error, Ext, Frame6},
     services::{flows_v6, program_v6, Svc6},
 };
 
@@ -27,6 +27,11 @@ const EMPTY_IP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x99);
 const POD: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 3, 0, 0, 0, 0, 2);
 const B1: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 0x11);
 const B2: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 0x12);
+/// A router on the client's path, one between the node and the backends.
+const ROUTER: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0xfe);
+const ROUTER_IN: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 0xfe);
+/// "Packet too big", MTU 1280 (ICMPv6 type 2).
+const MTU: [u8; 4] = 1280u32.to_be_bytes();
 
 /// One backend each, so selection is deterministic. Ids share the space
 /// of IPv4's (a backend id indexes `backends_v6` for an IPv6 service).
@@ -35,6 +40,7 @@ fn services() -> Vec<Svc6> {
         Svc6 { id: 1, proto: IPPROTO_TCP, algorithm: algorithm::ROUND_ROBIN, frontends: vec![(CLUSTER_IP, 80)], backends: vec![(101, B1, 8080)] },
         Svc6 { id: 3, proto: IPPROTO_UDP, algorithm: algorithm::MAGLEV, frontends: vec![(DNS_IP, 53)], backends: vec![(102, B2, 5353)] },
         Svc6 { id: 4, proto: IPPROTO_TCP, algorithm: algorithm::RANDOM, frontends: vec![(EMPTY_IP, 80)], backends: vec![] },
+        Svc6 { id: 5, proto: IPPROTO_UDP, algorithm: algorithm::RANDOM, frontends: vec![(EMPTY_IP, 53)], backends: vec![] },
     ]
 }
 
@@ -68,7 +74,18 @@ fn cases() -> Vec<Case> {
     let ns = icmpv6(CLIENT, CLUSTER_IP, 135, 0, &[[0u8; 4].as_slice(), &CLUSTER_IP.octets()].concat());
     let ra = icmpv6(NODE, CLUSTER_IP, 134, 0, &[64, 0, 0x07, 0x08, 0, 0, 0, 0, 0, 0, 0, 0]);
     let pod_syn = Frame6::tcp(POD, 50000, CLUSTER_IP, 80, TCP_SYN);
+    // A reply of the client's flow as the node sent it, and as B1 sent it.
+    let reply_seen = Frame6::tcp(CLUSTER_IP, 80, CLIENT, 40000, TCP_ACK | TCP_PSH).payload(&[b'x'; 64]);
+    let reply_sent = reply_seen.clone().with_src(B1, 8080);
     let pod_synack = Frame6::tcp(B1, 8080, POD, 50000, TCP_SYN | TCP_ACK);
+    // The answers to refused flows, built independently.
+    let mut rst = Frame6::tcp(EMPTY_IP, 80, CLIENT, 40000, TCP_RST | TCP_ACK);
+    rst.l4 = xdplb_tests::packet::L4::Tcp { flags: TCP_RST | TCP_ACK, seq: 0, ack: 1001 };
+    (rst.window, rst.src_mac, rst.dst_mac) = (0, NODE_MAC, CLIENT_MAC);
+    let pod_dns = Frame6::udp(POD, 5000, EMPTY_IP, 53).payload(b"a query nobody answers");
+    let mut back = pod_dns.clone();
+    (back.src_mac, back.dst_mac) = (NODE_MAC, CLIENT_MAC);
+    let unreach = icmpv6_error(&back, EMPTY_IP, POD, (1, 4, [0; 4]), &pod_dns, Some(48));
     let b = |f: &Frame6| f.bytes();
     vec![
         case("xdp_v6_syn_to_clusterip_dnat", "SYN to an IPv6 ClusterIP: destination rewritten to the backend, TCP checksum valid over the new pseudo header", "xdp_lb", &b(&syn), "XDP_PASS", Some(&b(&syn.clone().with_dst(B1, 8080)))),
@@ -91,7 +108,24 @@ fn cases() -> Vec<Case> {
         case("xdp_v6_udp_zero_checksum_drops", "UDP over IPv6 with checksum 0 is invalid: dropped, no flow", "xdp_lb", &b(&dns0), "XDP_DROP", None),
         case("xdp_v6_non_service_untouched", "IPv6 traffic to a non-service address passes unchanged", "xdp_lb", &b(&Frame6::tcp(CLIENT, 40000, B1, 8080, TCP_SYN)), "XDP_PASS", None),
         case("tc_egress_v6_non_reply_untouched", "IPv6 traffic that is no reply of ours leaves unchanged", "tc_egress", &b(&Frame6::tcp(B2, 9999, CLIENT, 40000, TCP_ACK)), "TC_ACT_OK", None),
-        case("xdp_v6_syn_to_service_without_backend_drops", "a SYN to an IPv6 service without backends is dropped", "xdp_lb", &b(&Frame6::tcp(CLIENT, 40000, EMPTY_IP, 80, TCP_SYN)), "XDP_DROP", None),
+        // ICMPv6 errors about the flows above (client:40000 -> ClusterIP:80
+        // -> B1:8080 over TCP; client:5555 -> DNS:53 -> B2:5353 over UDP).
+        case("xdp_v6_icmp_packet_too_big_about_reply_to_backend", "packet too big from the client's path about a reply the node sent as ClusterIP -> client: sent on to the backend quoting B1:8080 -> client (outer address, quoted address and port, quoted TCP checksum, ICMPv6 checksum over the new pseudo header)", "xdp_lb",
+            &icmpv6_error(&syn, ROUTER, CLUSTER_IP, (2, 0, MTU), &reply_seen, None), "XDP_PASS", Some(&icmpv6_error(&syn, ROUTER, B1, (2, 0, MTU), &reply_sent, None))),
+        case("xdp_v6_icmp_time_exceeded_about_forward_packet_to_client", "time exceeded from a router between the node and the backend about client -> B1:8080: sent on to the client quoting client -> ClusterIP:80", "xdp_lb",
+            &icmpv6_error(&syn, ROUTER_IN, CLIENT, (3, 0, [0; 4]), &ack.clone().with_dst(B1, 8080), None), "XDP_PASS", Some(&icmpv6_error(&syn, ROUTER_IN, CLIENT, (3, 0, [0; 4]), &ack, None))),
+        case("xdp_v6_icmp_packet_too_big_short_quote_translated", "packet too big quoting only the IPv6 header and 8 bytes of TCP (no TCP checksum in the quote): outer and quote translated", "xdp_lb",
+            &icmpv6_error(&syn, ROUTER, CLUSTER_IP, (2, 0, MTU), &reply_seen, Some(48)), "XDP_PASS", Some(&icmpv6_error(&syn, ROUTER, B1, (2, 0, MTU), &reply_sent, Some(48)))),
+        case("tc_egress_v6_icmp_port_unreachable_from_backend", "the UDP backend's port unreachable (ICMPv6 type 1 code 4) about client -> B2:5353 leaves as from the service, quoting client -> DNS:53", "tc_egress",
+            &icmpv6_error(&synack, B2, CLIENT, (1, 4, [0; 4]), &dns.clone().with_dst(B2, 5353), None), "TC_ACT_OK", Some(&icmpv6_error(&synack, DNS_IP, CLIENT, (1, 4, [0; 4]), &dns, None))),
+        case("xdp_v6_icmp_about_unknown_flow_passes", "packet too big about a flow that is not ours passes unchanged", "xdp_lb",
+            &icmpv6_error(&syn, ROUTER, CLUSTER_IP, (2, 0, MTU), &Frame6::tcp(CLUSTER_IP, 80, CLIENT, 49999, TCP_ACK), None), "XDP_PASS", None),
+        case("xdp_v6_icmp_echo_request_passes", "an echo request to a service address is no error: passed unchanged", "xdp_lb",
+            &icmpv6(CLIENT, CLUSTER_IP, 128, 0, &[0, 1, 0, 1, b'h', b'i']), "XDP_PASS", None),
+        case("xdp_v6_syn_to_service_without_backend_gets_rst", "a SYN to an IPv6 service without backends is answered with RST|ACK over IPv6, sent back (XDP_TX)", "xdp_lb", &b(&Frame6::tcp(CLIENT, 40000, EMPTY_IP, 80, TCP_SYN)), "XDP_TX", Some(&b(&rst))),
+        case("tc_ingress_v6_pod_syn_without_backend_gets_rst", "the same from a pod: the reset goes back out of the pod's interface", "tc_ingress", &b(&Frame6::tcp(CLIENT, 40000, EMPTY_IP, 80, TCP_SYN)), "TC_ACT_REDIRECT", Some(&b(&rst))),
+        case("tc_ingress_v6_pod_udp_without_backend_gets_port_unreachable", "a pod's UDP datagram to an IPv6 service without backends is answered with ICMPv6 destination unreachable, code 4 (port), from the service address, quoting the datagram's IPv6 header and UDP header", "tc_ingress", &b(&pod_dns), "TC_ACT_REDIRECT", Some(&unreach)),
+        case("tc_ingress_v6_pod_udp_with_extension_header_refused_dropped", "the same datagram behind a destination options header is dropped, not answered (the quote is read at fixed offsets)", "tc_ingress", &b(&pod_dns.clone().ext(Ext::DestOpts)), "TC_ACT_SHOT", None),
     ]
 }
 
@@ -117,15 +151,39 @@ fn ipv6_service_fixtures() {
     assert_eq!(lb.counter(counter::PASS_V6_EXT_CHAIN), 1);
     assert_eq!(lb.counter(counter::PASS_FRAGMENT), 2);
     assert_eq!(lb.counter(counter::DROP_UDP6_NO_CHECKSUM), 1);
-    assert_eq!(lb.counter(counter::DROP_NO_BACKEND), 1);
+    assert_eq!(lb.counter(counter::DROP_NO_BACKEND), 4, "two resets, a port unreachable, a datagram with an extension header dropped");
+    assert_eq!(lb.counter(counter::RST_SENT), 2);
+    assert_eq!(lb.counter(counter::UNREACH_SENT), 1);
     assert_eq!(lb.counter(counter::NAT_REPLY), 2);
+    assert_eq!(lb.counter(counter::ICMP_NAT), 4, "three ICMPv6 errors translated at XDP, one at tc egress");
     // 8 flows (the client's, the pod's, the DNS one, 5 with extension headers), two halves each.
     let flows = flows_v6(&mut lb.ebpf);
     assert_eq!(flows.len(), 2 * 8, "{flows:?}");
     assert_eq!(lb.maps.service_stats(1).unwrap().new_flows, 7);
     assert_eq!(lb.maps.service_stats(1).unwrap().packets, 8, "7 SYNs and the established packet");
     assert_eq!(lb.maps.service_stats(3).unwrap().new_flows, 1, "no flow from the datagram without checksum");
-    assert_eq!(lb.maps.service_stats(4).unwrap().drops_no_backend, 1);
+    assert_eq!(lb.maps.service_stats(4).unwrap().drops_no_backend, 2);
+}
+
+/// Runs `to_xdp` through `xdp_lb` and `to_tc` through `tc_egress`, each cut
+/// at every length short of `to_xdp`'s (tc's from the IPv6 header on: the
+/// kernel's test run of a socket buffer wants it whole): every cut must be
+/// malformed (XDP drops it, tc passes it) and come back unchanged. Returns
+/// how many ran.
+fn run_cuts(lb: &Lb, to_xdp: &[u8], to_tc: &[u8]) -> u64 {
+    let mut cut = 0;
+    for len in 14..to_xdp.len() {
+        for (prog, frame, want) in [("xdp_lb", to_xdp, 1), ("tc_egress", to_tc, 0)] {
+            if prog == "tc_egress" && len < 14 + 40 {
+                continue;
+            }
+            let input = &frame[..len];
+            let (rc, out) = fixture::run_frame(&lb.ebpf, prog, input).unwrap();
+            assert_eq!((rc, out.as_slice()), (want, input), "{prog} on {len} bytes: malformed, untouched");
+            cut += 1;
+        }
+    }
+    cut
 }
 
 /// A SYN with a destination options header, and a reply, cut at every
@@ -138,23 +196,64 @@ fn truncated_ipv6_headers_at_every_offset_make_no_state() {
     let reply = Frame6::tcp(B1, 8080, CLIENT, 41000, TCP_SYN | TCP_ACK).ext(Ext::HopByHop).bytes();
     // The Ethernet header, the IPv6 header, the extension header, 20 bytes of TCP.
     assert_eq!(syn.len(), 14 + 40 + 8 + 20);
-    let mut cut = 0;
-    for len in 14..syn.len() {
-        for (prog, frame, want) in [("xdp_lb", &syn, 1), ("tc_egress", &reply, 0)] {
-            // The kernel's test run of a socket buffer wants the IPv6 header whole.
-            if prog == "tc_egress" && len < 14 + 40 {
-                continue;
-            }
-            let input = &frame[..len];
-            let (rc, out) = fixture::run_frame(&lb.ebpf, prog, input).unwrap();
-            assert_eq!((rc, out.as_slice()), (want, input), "{prog} on {len} bytes: malformed, untouched");
-            cut += 1;
-        }
-    }
+    let cut = run_cuts(&lb, &syn, &reply);
     assert_eq!(lb.counter(counter::DROP_MALFORMED), cut);
     assert!(flows_v6(&mut lb.ebpf).is_empty(), "no flow from a truncated frame");
     assert_eq!(lb.maps.service_stats(1).unwrap().new_flows, 0);
     // The whole frames still work: the cut ones left nothing in the way.
     let (rc, out) = fixture::run_frame(&lb.ebpf, "xdp_lb", &syn).unwrap();
     assert_eq!((rc, out), (2, Frame6::tcp(CLIENT, 41000, B1, 8080, TCP_SYN).ext(Ext::DestOpts).bytes()));
+}
+
+/// An ICMPv6 "packet too big" about a live flow, cut at every length (XDP
+/// from the Ethernet header on, tc egress from the IPv6 header on), and
+/// whole but quoting a packet cut at every length: no crash; a cut frame
+/// is malformed (XDP drops it, tc passes it) and left unchanged, a whole
+/// one with a quote too short to hold the IPv6 header and 8 L4 bytes is
+/// passed unchanged as not translatable (`pass_other_l4`), a longer one
+/// is translated.
+#[test]
+fn truncated_icmpv6_errors_at_every_offset_are_counted_and_never_crash() {
+    let lb = loaded();
+    let syn = Frame6::tcp(CLIENT, 42000, CLUSTER_IP, 80, TCP_SYN);
+    let (rc, _) = fixture::run_frame(&lb.ebpf, "xdp_lb", &syn.bytes()).unwrap();
+    assert_eq!(rc, 2, "the flow is made");
+    let seen = Frame6::tcp(CLUSTER_IP, 80, CLIENT, 42000, TCP_ACK).payload(&[7; 40]);
+    let sent = seen.clone().with_src(B1, 8080);
+    let mtu = 1280u32.to_be_bytes();
+    let ptb = icmpv6_error(&syn, ROUTER, CLUSTER_IP, (2, 0, mtu), &seen, None);
+    let cut = run_cuts(&lb, &ptb, &ptb);
+    let (mut short, mut translated) = (0, 0);
+    let quoted_len = seen.bytes().len() - 14;
+    for q in 0..=quoted_len {
+        let input = icmpv6_error(&syn, ROUTER, CLUSTER_IP, (2, 0, mtu), &seen, Some(q));
+        let (rc, out) = fixture::run_frame(&lb.ebpf, "xdp_lb", &input).unwrap();
+        assert_eq!(rc, 2, "a quote of {q} bytes is passed");
+        if q < 48 {
+            assert_eq!(out, input, "a quote of {q} bytes is too short to translate");
+            short += 1;
+        } else {
+            let mut want = icmpv6_error(&syn, ROUTER, B1, (2, 0, mtu), &sent, Some(q));
+            if q == 40 + 17 {
+                // Half a TCP checksum cannot be updated: it stays as it was.
+                let last = want.len() - 1;
+                want[last] = input[last];
+                want = fix_icmpv6_checksum(want);
+            }
+            assert_eq!(out, want, "a quote of {q} bytes is translated");
+            translated += 1;
+        }
+    }
+    assert_eq!(lb.counter(counter::DROP_MALFORMED), cut, "every cut frame counted as malformed");
+    assert_eq!(lb.counter(counter::PASS_OTHER_L4), short);
+    assert_eq!(lb.counter(counter::ICMP_NAT), translated);
+    assert_eq!((short, translated), (48, quoted_len as u64 - 48 + 1));
+}
+
+/// Recomputes the ICMPv6 checksum of an ICMPv6 frame without extension headers.
+fn fix_icmpv6_checksum(mut f: Vec<u8>) -> Vec<u8> {
+    f[56..58].copy_from_slice(&[0, 0]);
+    let c = lb_ebpf::csum::l4_checksum(&f[22..38], &f[38..54], 58, &f[54..]);
+    f[56..58].copy_from_slice(&c.to_be_bytes());
+    f
 }
