@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: provisions, then runs the `xdplb-bench` binary of
-//! the bench crate (bench/, on the test harness; release build: the figures are about the dataplane, but
+//! the bench crate (tests/bench/, on the test harness; release build: the figures are about the dataplane, but
 //! a debug generator and provisioning would slow the run down).
 use anyhow::Result;
 

@@ -24,8 +24,8 @@ pub const ROOTS: &[&str] = &[
     "lb-ebpf/src/lib.rs",
     "lb-ebpf/src/main.rs",
     "tests/src/lib.rs",
-    "bench/src/lib.rs",
-    "bench/src/main.rs",
+    "tests/bench/src/lib.rs",
+    "tests/bench/src/main.rs",
 ];
 
 /// One crate root's modules (`a::b`, "" for the root) and the modules each

@@ -11,7 +11,7 @@
 //! - `bench_gen`: the live-frames generator (XDP_TX of every frame; the
 //!   flows are `lb_common::traffic`'s, shared with the AF_PACKET sender).
 //!
-//! The map value layouts are mirrored in `tests/src/bench/progs.rs`.
+//! The map value layouts are mirrored in `tests/bench/src/progs.rs`.
 #![no_std]
 #![no_main]
 #![allow(non_upper_case_globals, reason = "the statics are named as the maps bpftool shows")]

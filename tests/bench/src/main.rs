@@ -18,7 +18,7 @@ enum Mode {
 
 fn main() -> Result<()> {
     let mut mode = Mode::Full;
-    let mut out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    let mut out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
     let mut pktgen_vm = false;
     let mut sections = Sections::default();
     let mut args = std::env::args().skip(1);
