@@ -86,7 +86,18 @@ pub struct Agent {
     log: PathBuf,
     /// Arguments after `run` (interfaces, node, ...), kept for restarts.
     args: Vec<String>,
+    /// Agents started on this log so far (the first one included).
+    starts: usize,
 }
+
+/// What every agent logs once its programs are loaded and attached (one
+/// line per uplink; the harness gives it one).
+const ATTACHED: &str = "attached XDP and tc egress to uplink";
+
+/// How long loading may take: the verifier's work on our programs grows
+/// with the CPU others take (seconds when idle, over 10 s under
+/// `cargo xtask test --under-load`). A bound for a hung agent, not a figure.
+const LOAD_WAIT: Duration = Duration::from_secs(240);
 
 impl Agent {
     /// Starts `lb-agent run` inside `node`'s network namespace. `nsenter
@@ -108,7 +119,7 @@ impl Agent {
         let log = source_dir.with_extension("log");
         let args = extra.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let child = spawn(node, &pin_dir, source_dir, &log, &args);
-        Self { child, pin_dir, source_dir: source_dir.to_path_buf(), log, args }
+        Self { child, pin_dir, source_dir: source_dir.to_path_buf(), log, args, starts: 1 }
     }
 
     /// Starts `lb-agent run --source kube` inside `node`'s namespace,
@@ -141,6 +152,7 @@ impl Agent {
             self.log()
         );
         self.child = spawn(node, &self.pin_dir, &self.source_dir, &self.log, &self.args);
+        self.starts += 1;
     }
 
     /// Kills the agent with SIGKILL (a crash: nothing runs on the way out).
@@ -155,6 +167,7 @@ impl Agent {
         self.assert_dead();
         self.args = extra.iter().map(|s| s.to_string()).collect();
         self.child = spawn(node, &self.pin_dir, &self.source_dir, &self.log, &self.args);
+        self.starts += 1;
     }
 
     fn assert_dead(&mut self) {
@@ -167,13 +180,26 @@ impl Agent {
     }
 
     /// Waits until the agent has pinned its maps, and opens them.
+    /// The agent's maps, once the latest agent has pinned them and
+    /// attached its programs: a test's own deadlines (a sync, a packet)
+    /// then start from a running agent, not from a verifier still at work.
     pub fn maps(&mut self) -> Dataplane {
         let pinned = wait_for(Duration::from_secs(60), || {
             self.assert_alive();
             Dataplane::open(&self.pin_dir).is_ok()
         });
         assert!(pinned, "the agent pinned no maps within 60 s:\n{}", self.log());
+        self.wait_attached();
         Dataplane::open(&self.pin_dir).expect("opening the agent's maps")
+    }
+
+    /// Waits until the latest agent has loaded and attached its programs.
+    pub fn wait_attached(&mut self) {
+        let attached = wait_for(LOAD_WAIT, || {
+            self.assert_alive();
+            self.log().matches(ATTACHED).count() >= self.starts
+        });
+        assert!(attached, "the agent attached nothing within {LOAD_WAIT:?}:\n{}", self.log());
     }
 
     /// The agent's process id (`nsenter` execs the agent: the same process).

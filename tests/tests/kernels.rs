@@ -12,8 +12,9 @@
 //! doctor and uninstall inside the VM.
 //!
 //! Ignored in the default suite (a VM boot takes minutes under TCG); the
-//! tier runs it. Debian has no 5.15 kernel package (bullseye has 5.10,
-//! bookworm 6.1), so 5.15 is not booted here.
+//! tier runs it. 5.15 (Ubuntu 22.04's) is not booted: Debian's mirror has
+//! no 5.15 kernel package (bookworm: 6.1, bullseye: 5.10; its 2022 5.15
+//! builds are only on snapshot.debian.org, not reachable here).
 use std::{
     path::{Path, PathBuf},
     time::Duration,
