@@ -69,14 +69,17 @@ fn xdp_mode(ns: &Netns) -> &'static str {
 }
 
 /// How many of our socket programs the kernel has attached to `cgroup`
-/// (`bpftool cgroup show`; program names are cut to 15 bytes there).
+/// (`bpftool cgroup show`).
 fn socket_programs_on(cgroup: &str) -> usize {
     let out = Command::new("bpftool").args(["cgroup", "show", cgroup]).output().expect("running bpftool");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "bpftool cgroup show {cgroup}: {text}{}", String::from_utf8_lossy(&out.stderr));
     // "ID AttachType [AttachFlags] Name": the flags column may be empty.
     let names: Vec<&str> = text.lines().filter_map(|l| l.split_whitespace().last()).collect();
-    lb_common::maps::programs::SOCK.iter().filter(|p| names.contains(&&p[..p.len().min(15)])).count()
+    // The kernel keeps 15 bytes of a name; bpftool prints the full one
+    // from BTF where it can.
+    let ours = |p: &str| names.iter().any(|n| *n == p || (n.len() >= 15 && p.starts_with(n)));
+    lb_common::maps::programs::SOCK.iter().filter(|p| ours(p)).count()
 }
 
 /// `lb-agent doctor --json` in the node's namespace, as `run` would be
