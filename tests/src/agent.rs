@@ -265,6 +265,7 @@ pub fn spawn_run_on(netns: &str, iface: &str, pin_dir: &Path, log: &Path, args: 
         // the default (the host's cgroup2 root) would reach every process.
         .args(if args.iter().any(|a| a.starts_with("--socket-lb")) { None } else { Some("--socket-lb=off") })
         .args(args)
+        // XDPLB_TEST_AGENT_LOG=lb_agent=debug for a failure's details.
         .env("RUST_LOG", std::env::var("XDPLB_TEST_AGENT_LOG").unwrap_or("info".into()))
         .stdout(Stdio::null())
         // Appended: a restarted agent's log follows the first one's.
