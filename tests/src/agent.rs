@@ -97,7 +97,7 @@ const ATTACHED: &str = "attached XDP and tc egress to uplink";
 /// How long loading may take: the verifier's work on our programs grows
 /// with the CPU others take (seconds when idle, over 10 s under
 /// `cargo xtask test --under-load`). A bound for a hung agent, not a figure.
-const LOAD_WAIT: Duration = Duration::from_secs(240);
+pub const LOAD_WAIT: Duration = Duration::from_secs(240);
 
 /// How many agents logging to `log` have attached their programs so far.
 pub fn attached_count(log: &Path) -> usize {

@@ -5,10 +5,7 @@
 //! interface without native XDP. (Kernel version, BTF and the verifier log
 //! tail are unit tests in lb-agent's ops::checks: this kernel passes them.)
 //! Needs root.
-use std::{
-    process::{Command, Output, Stdio},
-    time::Duration,
-};
+use std::process::{Command, Output, Stdio};
 
 use xdplb_tests::{
     agent::{agent_binary, objects_dir},
@@ -175,7 +172,8 @@ fn an_unmounted_bpffs_is_mounted_by_run_or_reported() {
         .spawn()
         .unwrap();
     let read = || std::fs::read_to_string(&log).unwrap_or_default();
-    let synced = wait_for(Duration::from_secs(20), || {
+    // Loading (the verifier) comes before the first sync.
+    let synced = wait_for(xdplb_tests::agent::LOAD_WAIT, || {
         read().contains("synced") || matches!(child.try_wait(), Ok(Some(_)))
     });
     let _ = child.kill();
