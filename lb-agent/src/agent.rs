@@ -54,6 +54,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         ifaces: &args.ifaces,
         native_xdp: args.xdp_mode == crate::cli::XdpModeArg::Native,
         sizes: MapSizes::from(&args.sizes),
+        tc_forced: args.tc_attach.forced(),
+        socket_lb: &args.socket_lb,
     })?;
     // Before anything is loaded: a typo stops the agent with nothing pinned.
     let redirect = ifindexes(&args.redirect_ifaces)?;

@@ -449,6 +449,12 @@ pub struct DoctorArgs {
     /// The XDP mode `run` will use: with generic, native XDP is not probed.
     #[arg(long, value_enum, default_value_t = XdpModeArg::Native)]
     pub xdp_mode: XdpModeArg,
+    /// The tc attach path `run` will be given (auto: what the kernel offers).
+    #[arg(long, value_enum, default_value_t = TcAttachArg::Auto)]
+    pub tc_attach: TcAttachArg,
+    /// The `--socket-lb` `run` will be given.
+    #[arg(long, value_name = "auto|off|CGROUP", default_value = "auto")]
+    pub socket_lb: lb_agent::socklb::SocketLb,
     /// Print JSON instead of ✓/✗ lines.
     #[arg(long)]
     pub json: bool,

@@ -68,6 +68,8 @@ pub fn doctor(a: DoctorArgs) -> Result<()> {
         ifaces: &a.ifaces,
         native_xdp: a.xdp_mode == XdpModeArg::Native,
         sizes: lb_agent::pins::MapSizes::from(&a.sizes),
+        tc_forced: a.tc_attach.forced(),
+        socket_lb: &a.socket_lb,
     };
     let mut results = checks::all(&inputs);
     // Only with the privileges to load programs (else that line says why).

@@ -104,9 +104,18 @@ pub fn apply(ebpf: &mut Ebpf, dp: &mut Dataplane, want: &SocketLb, pin_dir: &Pat
 }
 
 /// The host's cgroup2 mount, for `auto`.
-fn auto_cgroup() -> Result<PathBuf> {
+pub fn auto_cgroup() -> Result<PathBuf> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").map_err(Error::Mounts)?;
     cgroup2_mount(&mounts).ok_or(Error::NoCgroup2)
+}
+
+/// Whether `dir` is a directory of a cgroup2 file system.
+pub fn is_cgroup2(dir: &Path) -> bool {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else { return false };
+    // SAFETY: statfs writes into the zeroed struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == CGROUP2_SUPER_MAGIC }
 }
 
 fn enable(ebpf: &mut Ebpf, dp: &mut Dataplane, cgroup: &Path, pin_dir: &Path) -> Result<()> {
@@ -134,6 +143,16 @@ mod tests {
         assert_eq!("auto".parse::<SocketLb>(), Ok(SocketLb::Auto));
         assert_eq!("/sys/fs/cgroup/x".parse::<SocketLb>(), Ok(SocketLb::Cgroup("/sys/fs/cgroup/x".into())));
         assert!("cgroup".parse::<SocketLb>().is_err());
+    }
+
+    #[test]
+    fn tells_a_cgroup2_directory() {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        if let Some(root) = cgroup2_mount(&mounts) {
+            assert!(is_cgroup2(&root), "{}", root.display());
+        }
+        assert!(!is_cgroup2(Path::new("/proc")));
+        assert!(!is_cgroup2(Path::new("/nonexistent")));
     }
 
     #[test]

@@ -85,6 +85,42 @@ pub struct Agent {
     log: PathBuf,
     /// Arguments after `run` (interfaces, node, ...), kept for restarts.
     args: Vec<String>,
+    /// Agents that had attached on this log before the current one started.
+    attached_before: usize,
+}
+
+/// What every agent logs once its programs are loaded and attached (one
+/// line per uplink; the harness gives it one).
+const ATTACHED: &str = "attached XDP and tc egress to uplink";
+
+/// How long loading may take: the verifier's work on our programs grows
+/// with the CPU others take (seconds when idle, over 10 s under
+/// `cargo xtask test --under-load`). A bound for a hung agent, not a figure.
+pub const LOAD_WAIT: Duration = Duration::from_secs(240);
+
+/// How many agents logging to `log` have attached their programs so far.
+pub fn attached_count(log: &Path) -> usize {
+    std::fs::read_to_string(log).unwrap_or_default().matches(ATTACHED).count()
+}
+
+/// Waits until an agent logging to `log` has pinned its maps under
+/// `pin_dir` and attached its programs (more than `attached_before` agents
+/// on that log have), and opens the maps: a test's own deadlines (a sync,
+/// a packet) then start from a running agent, not from a verifier still at
+/// work. `alive` panics if the agent exited.
+pub fn wait_running(pin_dir: &Path, log: &Path, attached_before: usize, mut alive: impl FnMut()) -> Dataplane {
+    let text = || std::fs::read_to_string(log).unwrap_or_default();
+    let pinned = wait_for(Duration::from_secs(60), || {
+        alive();
+        Dataplane::open(pin_dir).is_ok()
+    });
+    assert!(pinned, "the agent pinned no maps within 60 s ({:?}):\n{}", Dataplane::open(pin_dir).err(), text());
+    let attached = wait_for(LOAD_WAIT, || {
+        alive();
+        attached_count(log) > attached_before
+    });
+    assert!(attached, "the agent attached nothing within {LOAD_WAIT:?}:\n{}", text());
+    Dataplane::open(pin_dir).expect("opening the agent's maps")
 }
 
 impl Agent {
@@ -106,8 +142,9 @@ impl Agent {
         let _ = std::fs::remove_dir_all(&pin_dir);
         let log = source_dir.with_extension("log");
         let args = extra.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let attached_before = attached_count(&log);
         let child = spawn(node, &pin_dir, source_dir, &log, &args);
-        Self { child, pin_dir, source_dir: source_dir.to_path_buf(), log, args }
+        Self { child, pin_dir, source_dir: source_dir.to_path_buf(), log, args, attached_before }
     }
 
     /// Starts `lb-agent run --source kube` inside `node`'s namespace,
@@ -139,6 +176,7 @@ impl Agent {
             "lb-agent did not exit cleanly on SIGTERM ({status}):\n{}",
             self.log()
         );
+        self.attached_before = attached_count(&self.log);
         self.child = spawn(node, &self.pin_dir, &self.source_dir, &self.log, &self.args);
     }
 
@@ -171,6 +209,7 @@ impl Agent {
     pub fn start_again(&mut self, node: &Netns, extra: &[&str]) {
         self.assert_dead();
         self.args = extra.iter().map(|s| s.to_string()).collect();
+        self.attached_before = attached_count(&self.log);
         self.child = spawn(node, &self.pin_dir, &self.source_dir, &self.log, &self.args);
     }
 
@@ -184,13 +223,11 @@ impl Agent {
     }
 
     /// Waits until the agent has pinned its maps, and opens them.
+    /// The agent's maps, once it has pinned them and attached its programs
+    /// (see [`wait_running`]).
     pub fn maps(&mut self) -> Dataplane {
-        let pinned = wait_for(Duration::from_secs(60), || {
-            self.assert_alive();
-            Dataplane::open(&self.pin_dir).is_ok()
-        });
-        assert!(pinned, "the agent pinned no maps within 60 s:\n{}", self.log());
-        Dataplane::open(&self.pin_dir).expect("opening the agent's maps")
+        let (pin_dir, log) = (self.pin_dir.clone(), self.log.clone());
+        wait_running(&pin_dir, &log, self.attached_before, || self.assert_alive())
     }
 
     /// The agent's process id (`nsenter` execs the agent: the same process).
@@ -245,7 +282,8 @@ pub fn spawn_run_on(netns: &str, iface: &str, pin_dir: &Path, log: &Path, args: 
         // the default (the host's cgroup2 root) would reach every process.
         .args(if args.iter().any(|a| a.starts_with("--socket-lb")) { None } else { Some("--socket-lb=off") })
         .args(args)
-        .env("RUST_LOG", "info")
+        // XDPLB_TEST_AGENT_LOG=lb_agent=debug for a failure's details.
+        .env("RUST_LOG", std::env::var("XDPLB_TEST_AGENT_LOG").unwrap_or("info".into()))
         .stdout(Stdio::null())
         // Appended: a restarted agent's log follows the first one's.
         .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file"))

@@ -59,7 +59,7 @@ use lb_agent::dataplane::Dataplane;
 use serde_json::{json, Value};
 
 use crate::{
-    agent::{programmed_ip, spawn_run_on, sync_writes},
+    agent::{attached_count, programmed_at, programmed_ip, spawn_run_on, sync_writes, wait_running},
     apiserver::{objects, ApiServer, Resource},
     netns::Netns,
     servers::{http_request_within, Server, PEER_PATH},
@@ -169,6 +169,8 @@ pub struct Node {
     agent: Option<Child>,
     /// Sync lines in the (appended) log when the current agent started.
     syncs_at_start: usize,
+    /// Agents that had attached on this node's log before the current one.
+    attached_before: usize,
     pub pin_dir: PathBuf,
     log: PathBuf,
     /// `lb-agent run` arguments after `--iface` and `--pin-path`.
@@ -291,7 +293,7 @@ impl Cluster {
                 args.extend(extra.iter().map(|a| a.to_string()));
                 let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{tag}-node{index}"));
                 let _ = std::fs::remove_dir_all(&pin_dir);
-                Node { index, agent: None, syncs_at_start: 0, pin_dir, log: base.with_extension(format!("node{index}.log")), args, pods, ns }
+                Node { index, agent: None, syncs_at_start: 0, attached_before: 0, pin_dir, log: base.with_extension(format!("node{index}.log")), args, pods, ns }
             })
             .collect();
         let mut c = Self { nodes, _servers: servers, objects, client, _peer_xdp: peer_xdp, switch };
@@ -598,6 +600,7 @@ impl Node {
     pub fn start_agent(&mut self) {
         assert!(self.agent.is_none(), "node-{}'s agent runs already", self.index);
         self.syncs_at_start = self.sync_writes().len();
+        self.attached_before = attached_count(&self.log);
         self.agent = Some(spawn_run_on(self.ns.name(), UPLINK, &self.pin_dir, &self.log, &self.args));
     }
 
@@ -635,14 +638,11 @@ impl Node {
         }
     }
 
-    /// Waits until the agent has pinned its maps, and opens them.
+    /// Waits until the agent has pinned its maps and attached its programs,
+    /// and opens the maps.
     pub fn maps(&mut self) -> Dataplane {
-        let pinned = wait_for(Duration::from_secs(60), || {
-            self.assert_alive();
-            Dataplane::open(&self.pin_dir).is_ok()
-        });
-        assert!(pinned, "node-{}'s agent pinned no maps within 60 s:\n{}", self.index, self.log());
-        Dataplane::open(&self.pin_dir).expect("opening the agent's maps")
+        let (pin_dir, log) = (self.pin_dir.clone(), self.log.clone());
+        wait_running(&pin_dir, &log, self.attached_before, || self.assert_alive())
     }
 
     /// Waits until the agent has pinned its maps and synced them with the

@@ -59,13 +59,13 @@ impl Server {
             (tcp, udp)
         });
         let (id2, st2) = (id.clone(), st.clone());
-        std::thread::spawn(move || serve_tcp(tcp, &id, &st));
+        std::thread::spawn(move || serve_tcp(tcp, &id, st));
         std::thread::spawn(move || serve_udp(udp, &id2, &st2));
         Self { stop }
     }
 }
 
-fn serve_tcp(l: TcpListener, id: &str, stop: &AtomicBool) {
+fn serve_tcp(l: TcpListener, id: &str, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         // Wait for a connection (or the next stop check) in poll(2), so a
         // connection is accepted the moment it arrives: a sleep between
@@ -76,27 +76,44 @@ fn serve_tcp(l: TcpListener, id: &str, stop: &AtomicBool) {
             continue;
         }
         while let Ok((s, _)) = l.accept() {
-            let id = id.to_string();
-            std::thread::spawn(move || handle(s, &id));
+            let (id, stop) = (id.to_string(), stop.clone());
+            std::thread::spawn(move || handle(s, &id, &stop));
         }
     }
 }
 
-fn handle(s: TcpStream, id: &str) {
+/// Reads one line into `line`; false at the end of the stream, on an error,
+/// or once the server is stopped. An idle connection is held for as long
+/// as its client keeps it, however long an agent restart takes (minutes in
+/// the emulated VM of the kernels tier on a loaded machine): the timeout
+/// only lets the thread see `stop`.
+fn next_line(r: &mut BufReader<TcpStream>, line: &mut String, stop: &AtomicBool) -> bool {
+    loop {
+        // A timed-out read keeps what it got in `line` (valid UTF-8 is kept).
+        match r.read_line(line) {
+            Ok(n) => return n > 0,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                if stop.load(Ordering::Relaxed) {
+                    return false;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
+fn handle(s: TcpStream, id: &str, stop: &AtomicBool) {
     s.set_nonblocking(false).ok();
-    // Idle connections are held across agent restarts; in the TCG-emulated
-    // VM of the kernels tier a restart (verifying ten programs) takes up to
-    // ~50 s on a loaded machine.
-    s.set_read_timeout(Some(Duration::from_secs(180))).ok();
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok();
     let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let mut w = s.try_clone().unwrap();
     let mut r = BufReader::new(s);
     let mut line = String::new();
-    while r.read_line(&mut line).unwrap_or(0) > 0 {
+    while next_line(&mut r, &mut line, stop) {
         if line.starts_with("GET ") {
             // Drain the headers, answer, close.
             let mut h = String::new();
-            while r.read_line(&mut h).unwrap_or(0) > 0 && h != "\r\n" {
+            while next_line(&mut r, &mut h, stop) && h != "\r\n" {
                 h.clear();
             }
             let path = line.split_whitespace().nth(1).unwrap_or("");

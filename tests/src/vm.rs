@@ -153,6 +153,68 @@ pub fn initramfs(dir: &Path, modules: &Path, mods: &[&str], init: &str) -> Resul
     Ok(img)
 }
 
+/// Host directories the guest sees at their own paths, each shared on its
+/// own over 9p: the guest mounts fresh tmpfs on /tmp and /run over the
+/// host's root, which would hide a checkout or target dir under them.
+pub struct Shares(Vec<PathBuf>);
+
+impl Shares {
+    /// The fewest directories that cover `dirs` (one inside another is
+    /// covered by it); relative paths are made absolute.
+    pub fn covering(dirs: &[&Path]) -> Result<Shares> {
+        let mut all = Vec::new();
+        for d in dirs {
+            let d = std::path::absolute(d).with_context(|| format!("making {} absolute", d.display()))?;
+            if d.to_string_lossy().contains(['\'', '\n']) {
+                bail!("{} cannot be shared with the VM: its path has a quote or a newline", d.display());
+            }
+            all.push(d);
+        }
+        all.sort();
+        let mut out: Vec<PathBuf> = Vec::new();
+        for d in all {
+            if !out.iter().any(|o| d.starts_with(o)) {
+                out.push(d);
+            }
+        }
+        Ok(Shares(out))
+    }
+
+    pub fn dirs(&self) -> &[PathBuf] {
+        &self.0
+    }
+
+    /// QEMU's `-virtfs` arguments, read-only, tags `xdplb0`, `xdplb1`, ...
+    pub fn qemu_args(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .enumerate()
+            .flat_map(|(i, d)| {
+                // QEMU's option syntax escapes a comma by doubling it.
+                let path = d.to_string_lossy().replace(',', ",,");
+                ["-virtfs".to_string(), format!("local,path={path},mount_tag=xdplb{i},security_model=none,readonly=on,multidevs=remap")]
+            })
+            .collect()
+    }
+
+    /// /init lines mounting each share at its own path under `root` (run
+    /// after the tmpfs mounts, so that they cover them); a failed mount
+    /// prints `XDPLB-VM-NO-SHARE <dir>`.
+    pub fn mount_script(&self, root: &str) -> String {
+        self.0
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let at = format!("{root}{}", d.display());
+                format!(
+                    "mkdir -p '{at}' 2>/dev/null; mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose xdplb{i} '{at}' || echo 'XDPLB-VM-NO-SHARE {}'\n",
+                    d.display()
+                )
+            })
+            .collect()
+    }
+}
+
 /// How to boot: kernel, initramfs, memory, CPUs, extra QEMU arguments.
 pub struct Boot<'a> {
     pub vmlinuz: &'a Path,
@@ -207,6 +269,28 @@ pub fn boot(b: &Boot, log: &Path) -> Result<(String, Duration)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn shares_cover_nested_dirs_once_and_mount_at_their_own_paths() {
+        use std::path::Path;
+        let s = super::Shares::covering(&[
+            Path::new("/tmp/ci/target"),
+            Path::new("/tmp/ci"),
+            Path::new("/srv/t,x/debug"),
+            Path::new("/tmp/cix"),
+        ])
+        .unwrap();
+        let dirs: Vec<&str> = s.dirs().iter().map(|d| d.to_str().unwrap()).collect();
+        assert_eq!(dirs, ["/srv/t,x/debug", "/tmp/ci", "/tmp/cix"], "/tmp/ci covers its target, not /tmp/cix");
+        let args = s.qemu_args();
+        assert_eq!(args.len(), 6);
+        assert_eq!(args[1], "local,path=/srv/t,,x/debug,mount_tag=xdplb0,security_model=none,readonly=on,multidevs=remap");
+        let script = s.mount_script("/host");
+        assert!(script.contains("mkdir -p '/host/tmp/ci' 2>/dev/null; mount -t 9p"), "{script}");
+        assert!(script.contains(" xdplb1 '/host/tmp/ci' || echo 'XDPLB-VM-NO-SHARE /tmp/ci'"), "{script}");
+        assert_eq!(script.lines().count(), 3);
+        assert!(super::Shares::covering(&[Path::new("/tmp/it's")]).is_err(), "a quote would break the script");
+    }
+
     #[test]
     fn modules_are_found_by_name_with_dashes_or_underscores_and_compressed() {
         let dir = std::env::temp_dir().join(format!("xlbb-{}-mods", std::process::id()));

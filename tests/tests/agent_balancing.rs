@@ -59,6 +59,7 @@ fn maglev_picks_the_same_backend_on_two_nodes_and_across_restarts() {
     let table = agent_a.maps().contents().unwrap().slots;
     agent_a.kill9();
     agent_a.start_again(&a.node, &[]);
+    agent_a.maps(); // running again: the deadline below is the sync's, not the verifier's
     assert!(wait_for(Duration::from_secs(10), || agent_a.sync_writes().len() >= 2), "{}", agent_a.log());
     assert_eq!(agent_a.maps().contents().unwrap().slots, table, "the same table after the restart");
     assert_eq!(answers(&a, 41000..41060), answers(&b, 41000..41060));

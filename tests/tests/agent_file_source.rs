@@ -104,6 +104,7 @@ fn a_restarted_agent_adopts_the_pinned_maps_without_a_write() {
     let contents = dp.contents().expect("reading maps");
     let syncs_before = agent.sync_writes().len();
     agent.restart(&t.node);
+    agent.maps(); // running again: the deadline below is the sync's, not the verifier's
     let synced = wait_for(Duration::from_secs(30), || {
         agent.assert_alive();
         agent.sync_writes().len() > syncs_before

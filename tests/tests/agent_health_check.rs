@@ -78,6 +78,7 @@ fn the_health_check_node_port_follows_this_nodes_endpoints() {
     const PORT: u16 = 32100;
     let t = Topology::new(2);
     let mut agent = Agent::start(&t.node, &objects_dir_with(&lb_service("Local", PORT), &slice(&[0, 1])));
+    agent.maps(); // running: the deadlines below are the agent's, not the verifier's
 
     let (_, head, body) = wait_answer(&t, &mut agent, PORT, 200, 2);
     assert_eq!(body, r#"{"service":{"namespace":"shop","name":"web"},"localEndpoints":2,"serviceProxyHealthy":true}"#);

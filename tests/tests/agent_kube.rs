@@ -431,6 +431,8 @@ struct KubeAgent {
     log: PathBuf,
     ns: String,
     extra: Vec<String>,
+    /// Agents that had attached on this log before the current one started.
+    attached_before: usize,
 }
 
 impl KubeAgent {
@@ -461,6 +463,7 @@ impl KubeAgent {
             log,
             ns: node.name().to_string(),
             extra,
+            attached_before: 0,
         }
     }
 
@@ -475,24 +478,15 @@ impl KubeAgent {
             self.log()
         );
         between();
+        self.attached_before = xdplb_tests::agent::attached_count(&self.log);
         self.child = spawn(&self.ns, &self.kubeconfig, &self.pin_dir, &self.log, &self.extra);
     }
 
     /// Waits until the agent has pinned its maps (after its first complete
-    /// list), and opens them.
+    /// list) and attached its programs, and opens the maps.
     fn maps(&mut self) -> Dataplane {
-        let pinned = wait_for(Duration::from_secs(60), || {
-            self.assert_alive();
-            Dataplane::open(&self.pin_dir).is_ok()
-        });
-        if !pinned {
-            let err = Dataplane::open(&self.pin_dir).err();
-            panic!(
-                "the agent's maps did not open within 60 s ({err:?}):\n{}",
-                self.log()
-            );
-        }
-        Dataplane::open(&self.pin_dir).expect("opening the agent's maps")
+        let (pin_dir, log) = (self.pin_dir.clone(), self.log.clone());
+        xdplb_tests::agent::wait_running(&pin_dir, &log, self.attached_before, || self.assert_alive())
     }
 
     fn log(&self) -> String {

@@ -53,6 +53,7 @@ fn without_a_reconcile_edits_still_reach_the_maps_with_only_the_difference() {
     let before = dp.contents().expect("maps");
     let syncs = agent.sync_writes().len();
     agent.restart(&t.node);
+    agent.maps(); // running again: the deadline below is the sync's, not the verifier's
     assert!(wait_for(Duration::from_secs(30), || agent.sync_writes().len() > syncs), "{}", agent.log());
     assert_eq!(agent.sync_writes()[syncs..], [0], "adopted without a write:\n{}", agent.log());
     assert_eq!(dp.contents().expect("maps"), before);

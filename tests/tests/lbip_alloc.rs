@@ -270,8 +270,11 @@ fn the_leader_allocates_from_pools_and_reports_conflicts_and_exhaustion() {
     for n in ["more-1", "more-2", "more-3"] {
         api.apply(lb_service(n, json!({})));
     }
+    // The end state, not only its last step: more-3's condition can be
+    // written before more-2's address reaches the API server.
     wait("exhaustion reported", &api, || {
         condition(&api, "more-3").is_some_and(|c| c.1 == "PoolExhausted")
+            && ["more-1", "more-2"].iter().all(|n| !ingress(&api, n).is_empty())
     });
     assert_eq!(
         (

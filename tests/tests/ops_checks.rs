@@ -5,10 +5,7 @@
 //! interface without native XDP. (Kernel version, BTF and the verifier log
 //! tail are unit tests in lb-agent's ops::checks: this kernel passes them.)
 //! Needs root.
-use std::{
-    process::{Command, Output, Stdio},
-    time::Duration,
-};
+use std::process::{Command, Output, Stdio};
 
 use xdplb_tests::{
     agent::{agent_binary, objects_dir},
@@ -175,7 +172,8 @@ fn an_unmounted_bpffs_is_mounted_by_run_or_reported() {
         .spawn()
         .unwrap();
     let read = || std::fs::read_to_string(&log).unwrap_or_default();
-    let synced = wait_for(Duration::from_secs(20), || {
+    // Loading (the verifier) comes before the first sync.
+    let synced = wait_for(xdplb_tests::agent::LOAD_WAIT, || {
         read().contains("synced") || matches!(child.try_wait(), Ok(Some(_)))
     });
     let _ = child.kill();
@@ -263,6 +261,22 @@ fn no_native_xdp_says_pass_generic_and_generic_is_only_used_when_asked() {
 }
 
 #[test]
+fn doctor_tells_the_tc_path_and_socket_balancing_run_would_use() {
+    // This kernel has TCX; netlink when forced.
+    let out = doctor("unshare -n", "");
+    assert_has(&text(&out), &["✓ tc attach", "TCX links", "the kernel has TCX", "✓ socket LB", "balanced at connect()/sendmsg(): programs on cgroup /"]);
+    let out = doctor("unshare -n", "--tc-attach netlink --socket-lb off");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_has(&text(&out), &["✓ tc attach", "netlink: cls_bpf filters", "forced by --tc-attach", "✓ socket LB", "off (--socket-lb off)"]);
+    // A cgroup that is not one: doctor fails as `run` would, with the fix.
+    let out = doctor("unshare -n", "--socket-lb /tmp");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert_has(&text(&out), &["✗ socket LB", "/tmp is not a cgroup2 directory", "pass --socket-lb auto, off"]);
+    let err = run_fails("unshare -n", &format!("--iface lo --xdp-mode generic --pin-path {} --socket-lb /tmp", pin("socklb")));
+    assert_has(&err, &["start-up check \"socket LB\" failed", "/tmp is not a cgroup2 directory"]);
+}
+
+#[test]
 fn doctor_json_lists_every_check() {
     let out = doctor("unshare -n", "--iface lo --json");
     let v: serde_json::Value =
@@ -282,13 +296,14 @@ fn doctor_json_lists_every_check() {
             "bpffs",
             "pinned maps",
             "tc attach",
+            "socket LB",
             "interface lo",
             "native XDP on lo",
             "programs"
         ]
     );
-    assert_eq!(v[7]["ok"], false);
-    assert_eq!(v[8]["ok"], true, "every program loads on this kernel: {}", v[8]["detail"]);
+    assert_eq!(v[8]["ok"], false);
+    assert_eq!(v[9]["ok"], true, "every program loads on this kernel: {}", v[9]["detail"]);
 }
 
 #[test]

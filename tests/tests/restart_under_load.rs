@@ -34,6 +34,7 @@ fn five_sigkill_restarts_under_load_reset_nothing_and_change_no_map() {
         // A moment with no agent at all: the pinned dataplane alone serves.
         std::thread::sleep(Duration::from_millis(300));
         agent.start_again(&t.node, &[]);
+        agent.maps(); // running again: the deadline below is the sync's, not the verifier's
         let ok = wait_for(Duration::from_secs(60), || {
             agent.assert_alive();
             agent.sync_writes().len() > synced

@@ -163,6 +163,7 @@ fn sockets_of_other_namespaces_are_left_to_xdp_and_an_agent_restart_keeps_balanc
     assert_eq!(links.len(), 8, "four hooks per family");
     assert!(links.iter().all(|l| l.exists()), "every cgroup link is pinned");
     n.agent.restart(&n.t.node);
+    n.agent.maps(); // running again: the deadline below is the sync's, not the verifier's
     assert!(wait_for(Duration::from_secs(10), || n.agent.log().matches("node sockets to services are balanced").count() >= 2), "{}", n.agent.log());
     assert_eq!(n.ask("tcp").map(|(_, peer)| peer), Ok(VIP.to_string()));
 
@@ -170,6 +171,7 @@ fn sockets_of_other_namespaces_are_left_to_xdp_and_an_agent_restart_keeps_balanc
     let flag = "--socket-lb=off";
     n.agent.kill9();
     n.agent.start_again(&n.t.node, &[flag]);
+    n.agent.maps(); // running again: the deadline below is the sync's, not the verifier's
     assert!(wait_for(Duration::from_secs(10), || n.agent.log().contains("socket balancing off")), "{}", n.agent.log());
     assert!(!links.iter().any(|l| l.exists()), "every cgroup link is removed");
     let before = n.counter(counter::SOCK_BALANCED);

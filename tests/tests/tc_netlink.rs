@@ -102,6 +102,7 @@ fn netlink_filters_balance_survive_restarts_in_place_and_are_uninstalled() {
     // Switching to TCX removes the netlink filters (never both paths)...
     agent.kill9();
     agent.start_again(&t.node, &["--tc-attach", "tcx", "--pod-iface", POD_IFACE]);
+    agent.maps(); // running again: the deadline below is the sync's, not the verifier's
     let switched = wait_for(Duration::from_secs(30), || {
         agent.assert_alive();
         tc_pins(&agent).len() == 3 && HOOKS.iter().all(|(i, h, _)| filters(&t.node, i, h).is_empty())
@@ -112,6 +113,7 @@ fn netlink_filters_balance_survive_restarts_in_place_and_are_uninstalled() {
     // ...and back: the TCX pins go.
     agent.kill9();
     agent.start_again(&t.node, &args);
+    agent.maps(); // running again: the deadline below is the sync's, not the verifier's
     assert!(wait_for(Duration::from_secs(30), || tc_pins(&agent).is_empty()), "{}", agent.log());
     assert!(wait_for(Duration::from_secs(30), || HOOKS.iter().all(|(i, h, _)| filters(&t.node, i, h).len() == 1)));
     one_filter_each(&t.node, "back on netlink");

@@ -54,6 +54,10 @@ pub struct Inputs<'a> {
     /// Map sizes `run` will use: a pinned map of another size is resized,
     /// one of another layout is refused.
     pub sizes: crate::pins::MapSizes,
+    /// `--tc-attach`: the tc path `run` is told to use, if forced.
+    pub tc_forced: Option<crate::links::TcPath>,
+    /// `--socket-lb`.
+    pub socket_lb: &'a crate::socklb::SocketLb,
 }
 
 /// Every check, in the order a fix is most useful.
@@ -69,8 +73,9 @@ pub fn all(inp: &Inputs) -> Vec<Check> {
     out.push(bpffs(inp.pin_dir, has_cap(&status, CAP_SYS_ADMIN)));
     if privileged {
         out.push(pinned_maps(inp.pin_dir, inp.sizes));
-        out.push(tc_attach());
+        out.push(tc_attach(inp.tc_forced));
     }
+    out.push(socket_lb(inp.socket_lb));
     for iface in inp.ifaces {
         let exists = interface(iface);
         let ok = exists.ok;
@@ -366,13 +371,23 @@ pub fn native_xdp(iface: &str) -> Check {
     }
 }
 
-/// Which way tc programs attach here (probed: see `links::probe_tc_path`).
-pub fn tc_attach() -> Check {
+/// Which way tc programs attach here: `forced` by `--tc-attach`, or
+/// probed (see `links::probe_tc_path`). TCX forced on a kernel without it
+/// fails: `run` could not attach.
+pub fn tc_attach(forced: Option<crate::links::TcPath>) -> Check {
     use crate::links::{probe_tc_path, TcPath, TC_HANDLE, TC_PRIORITY};
-    let (path, why) = probe_tc_path();
+    const NAME: &str = "tc attach";
+    let (probed, why) = probe_tc_path();
+    let why = match forced {
+        Some(TcPath::Tcx) if probed == TcPath::Netlink => {
+            return Check::fail(NAME, format!("--tc-attach tcx, but {why}: pass --tc-attach auto (or netlink)"))
+        }
+        Some(f) if f != probed => format!("forced by --tc-attach; {why}"),
+        _ => why,
+    };
     Check::pass(
-        "tc attach",
-        match path {
+        NAME,
+        match forced.unwrap_or(probed) {
             TcPath::Tcx => format!("TCX links, pinned under <pin-path>/links: {why}"),
             TcPath::Netlink => format!(
                 "netlink: cls_bpf filters (direct-action) on the clsact qdisc, priority {TC_PRIORITY} handle {TC_HANDLE:#x}; \
@@ -380,6 +395,29 @@ pub fn tc_attach() -> Check {
             ),
         },
     )
+}
+
+/// Whether `run` will balance the node's own connections (`--socket-lb`):
+/// a cgroup2 directory to attach to and SO_NETNS_COOKIE (5.14) to tell the
+/// node's sockets from pods'. With `auto`, `run` goes on without when it
+/// cannot (so does this check, saying so); an explicit cgroup must work.
+pub fn socket_lb(want: &crate::socklb::SocketLb) -> Check {
+    use crate::socklb::{auto_cgroup, is_cgroup2, netns_cookie, SocketLb};
+    const NAME: &str = "socket LB";
+    let cgroup = match want {
+        SocketLb::Off => return Check::pass(NAME, "off (--socket-lb off): the node's own connections to services are not balanced"),
+        SocketLb::Auto => auto_cgroup(),
+        SocketLb::Cgroup(p) if is_cgroup2(p) => Ok(p.clone()),
+        SocketLb::Cgroup(p) => Err(anyhow::anyhow!("{} is not a cgroup2 directory", p.display())),
+    };
+    match cgroup.and_then(|c| netns_cookie().map(|_| c)) {
+        Ok(c) => Check::pass(NAME, format!("the node's own connections to services are balanced at connect()/sendmsg(): programs on cgroup {}", c.display())),
+        Err(e) if *want == SocketLb::Auto => Check::pass(
+            NAME,
+            format!("unavailable ({e:#}): `run` goes on without, and the node's own connections to services are not balanced"),
+        ),
+        Err(e) => Check::fail(NAME, format!("{e:#}: pass --socket-lb auto, off, or a cgroup2 directory")),
+    }
 }
 
 /// Loads every program of the embedded object into this kernel's verifier,

@@ -20,8 +20,14 @@
 //!   sockets are not seen by those programs (connect, one-to-many sendto,
 //!   sctp_connectx: no hook runs): their INIT is answered at tc egress with
 //!   an ABORT, and connect() fails with ECONNREFUSED;
-//! - `lb-agent doctor` names the attach path and the verifier accepts every
-//!   program; `lb-agent uninstall` removes the filters and the XDP link.
+//! - `lb-agent doctor`, run before the agent, tells what the agent then
+//!   does on this kernel: the tc attach path (netlink filters on the hooks,
+//!   or TCX link pins), native XDP on the uplink, socket balancing of the
+//!   node's own connections (cgroup links pinned, node connections to the
+//!   ClusterIP balanced and counted), every program accepted by the
+//!   verifier; after the start it reports the pinned maps as adoptable;
+//! - `lb-agent uninstall` removes the filters, the XDP link and the cgroup
+//!   programs.
 //!
 //! Prints `XDPLB-FIGURE name value` lines and `XDPLB-GUEST-OK` at the end;
 //! any failed check panics (exit 101).
@@ -50,6 +56,9 @@ const SIZES: &[&str] = &[
     "--max-services", "1024", "--max-backends", "1024", "--max-slots", "4096", "--max-flows", "16384", "--max-affinity", "1024",
 ];
 const WAIT: Duration = Duration::from_secs(180);
+/// The agent as production runs it: the node's own connections balanced at
+/// connect() (the guest's root cgroup).
+const SOCKET_LB: &str = "--socket-lb=auto";
 
 fn figure(name: &str, value: impl std::fmt::Display) {
     println!("XDPLB-FIGURE {name} {value}");
@@ -57,6 +66,64 @@ fn figure(name: &str, value: impl std::fmt::Display) {
 
 fn xdp_attached(ns: &Netns) -> bool {
     ns.ip(&["link", "show", UPLINK]).contains("xdp")
+}
+
+/// How XDP is attached to the uplink, as `ip link` shows it: "xdp"
+/// (native), "xdpgeneric", or "" (none).
+fn xdp_mode(ns: &Netns) -> &'static str {
+    let show = ns.ip(&["link", "show", UPLINK]);
+    let flags: Vec<&str> = show.split_whitespace().collect();
+    ["xdpgeneric", "xdp", "xdpdrv", "xdpoffload"].into_iter().find(|m| flags.contains(m)).map(|m| if m == "xdpdrv" { "xdp" } else { m }).unwrap_or("")
+}
+
+/// How many of our socket programs the kernel has attached to `cgroup`
+/// (`bpftool cgroup show`).
+fn socket_programs_on(cgroup: &str) -> usize {
+    let out = Command::new("bpftool").args(["cgroup", "show", cgroup]).output().expect("running bpftool");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bpftool cgroup show {cgroup}: {text}{}", String::from_utf8_lossy(&out.stderr));
+    // "ID AttachType [AttachFlags] Name": the flags column may be empty.
+    let names: Vec<&str> = text.lines().filter_map(|l| l.split_whitespace().last()).collect();
+    // The kernel keeps 15 bytes of a name; bpftool prints the full one
+    // from BTF where it can.
+    let ours = |p: &str| names.iter().any(|n| *n == p || (n.len() >= 15 && p.starts_with(n)));
+    lb_common::maps::programs::SOCK.iter().filter(|p| ours(p)).count()
+}
+
+/// `lb-agent doctor --json` in the node's namespace, as `run` would be
+/// invoked there with `extra`: check name → (ok, detail), and whether
+/// doctor passed.
+fn doctor_with(t: &Topology, pin_dir: &Path, extra: &[&str]) -> (BTreeMap<String, (bool, String)>, bool) {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", t.node.name()))
+        .arg(agent_binary())
+        .args(["doctor", "--json", SOCKET_LB, "--iface", UPLINK, "--pin-path"])
+        .arg(pin_dir)
+        .args(SIZES)
+        .args(extra)
+        .output()
+        .expect("running lb-agent doctor");
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("doctor {extra:?}: {text}");
+    let checks: Vec<serde_json::Value> = serde_json::from_str(&text).unwrap_or_else(|e| panic!("doctor's JSON: {e}: {text}"));
+    let checks = checks
+        .into_iter()
+        .map(|c| (c["name"].as_str().unwrap_or("").to_string(), (c["ok"] == true, c["detail"].as_str().unwrap_or("").to_string())))
+        .collect();
+    (checks, out.status.success())
+}
+
+/// [`doctor_with`] the agent's own flags; every check must pass.
+fn doctor(t: &Topology, pin_dir: &Path) -> BTreeMap<String, (bool, String)> {
+    let (checks, ok) = doctor_with(t, pin_dir, &[]);
+    assert!(ok, "doctor failed: {checks:?}");
+    checks
+}
+
+fn detail<'a>(report: &'a BTreeMap<String, (bool, String)>, name: &str) -> &'a str {
+    let (ok, d) = report.get(name).unwrap_or_else(|| panic!("doctor has no {name:?} check: {report:?}"));
+    assert!(ok, "doctor's {name:?} check failed: {d}");
+    d
 }
 
 /// Balances `n` connections from `ns` and asserts both backends answered.
@@ -201,8 +268,16 @@ fn main() {
     let _servers: Vec<Server> = (0..2).map(|i| Server::start(&t.backends[i], 8080, &format!("backend-{i}"))).collect();
     assert!(t.client.run(sctp::available), "this kernel has no SCTP (sctp.ko not loaded)");
     let _sctp: Vec<sctp::Echo> = (0..2).map(|i| sctp::Echo::start(&t.backends[i], DIAMETER.2, &format!("backend-{i}"))).collect();
-    // Node sockets balanced on the guest's cgroup2 root (the harness turns it off otherwise).
-    let mut args = vec!["--pod-iface", POD_IFACE, "--socket-lb=auto"];
+    // What doctor says this kernel will do, before anything is loaded.
+    let predicted = doctor(&t, Path::new("/sys/fs/bpf/xlbt-doctor"));
+    if detail(&predicted, "tc attach").starts_with("netlink") {
+        // TCX forced where the kernel has none: doctor (and so `run`'s
+        // start-up check) refuses, naming the fix.
+        let (forced, ok) = doctor_with(&t, Path::new("/sys/fs/bpf/xlbt-doctor"), &["--tc-attach", "tcx"]);
+        let (tc_ok, tc) = &forced["tc attach"];
+        assert!(!ok && !tc_ok && tc.contains("no TCX") && tc.contains("--tc-attach auto"), "{tc}");
+    }
+    let mut args = vec!["--pod-iface", POD_IFACE, SOCKET_LB];
     args.extend_from_slice(SIZES);
     let objects = objects_dir(&[0, 1]);
     let (port, node_port, target) = DIAMETER;
@@ -213,33 +288,50 @@ fn main() {
     assert!(wait_for(WAIT, || agent.log().contains("attached tc to pod interface")), "pod0 not attached:\n{}", agent.log());
     figure("agent_ready_s", start.elapsed().as_secs());
 
-    // The attach path the agent chose, and the kernel's own view.
+    // The attach path the agent chose, and the kernel's own view, against
+    // doctor's prediction.
     let log = agent.log();
     let netlink = log.contains("netlink cls_bpf filters");
     figure("tc_attach", if netlink { "netlink" } else { "tcx" });
-    let doctor = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", t.node.name()))
-        .arg(agent_binary())
-        .args(["doctor", "--iface", UPLINK, "--pin-path"])
-        .arg(&agent.pin_dir)
-        .args(SIZES)
-        .output()
-        .expect("running lb-agent doctor");
-    let report = String::from_utf8_lossy(&doctor.stdout);
-    println!("{report}");
-    assert!(doctor.status.success(), "doctor failed:\n{report}{}", String::from_utf8_lossy(&doctor.stderr));
-    assert!(report.contains("✓ programs") && report.contains("xdp_lb"), "{report}");
+    let tc = detail(&predicted, "tc attach");
+    assert_eq!(tc.starts_with("netlink"), netlink, "doctor said {tc:?}; the agent's log:\n{log}");
+    assert_eq!(tc.starts_with("TCX"), !netlink, "doctor said {tc:?}");
     let links: Vec<String> = std::fs::read_dir(agent.pin_dir.join("links"))
         .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
     figure("link_pins", links.join(","));
     assert!(links.contains(&format!("{UPLINK}@xdp_lb")), "the XDP link is pinned: {links:?}");
-    assert!(lb_common::maps::programs::SOCK.iter().all(|p| links.contains(&format!("cgroup@{p}"))), "the socket links are pinned: {links:?}");
-    assert!(xdp_attached(&t.node));
-    if netlink {
-        assert!(report.contains("✓ tc attach") && report.contains("netlink"), "{report}");
-        assert!(!links.iter().any(|l| l.contains("@tc_")), "netlink filters have no pins: {links:?}");
+    let tc_pins = links.iter().filter(|l| l.contains("@tc_")).count();
+    assert_eq!(tc_pins, if netlink { 0 } else { HOOKS.len() }, "tc link pins: {links:?}");
+    // Native XDP: doctor probed the driver; the agent attached in that mode.
+    let xdp = detail(&predicted, &format!("native XDP on {UPLINK}"));
+    assert!(xdp.contains("supported by the driver"), "{xdp}");
+    figure("xdp_mode", xdp_mode(&t.node));
+    assert_eq!(xdp_mode(&t.node), "xdp", "doctor said native XDP works: {}", t.node.ip(&["link", "show", UPLINK]));
+    // Socket balancing: doctor named the cgroup; the agent attached there.
+    let sock = detail(&predicted, "socket LB");
+    let cgroup = sock.rsplit("programs on cgroup ").next().filter(|_| sock.contains("balanced at connect")).unwrap_or_else(|| panic!("doctor: {sock}"));
+    figure("socket_lb_cgroup", cgroup);
+    assert!(log.contains(&format!("node sockets to services are balanced at connect cgroup={cgroup}")), "doctor said {sock:?}; the agent's log:\n{log}");
+    let sock_pins = links.iter().filter(|l| l.starts_with("cgroup@")).count();
+    assert_eq!(sock_pins, lb_common::maps::programs::SOCK.len(), "cgroup link pins: {links:?}");
+    assert_eq!(socket_programs_on(cgroup), lb_common::maps::programs::SOCK.len(), "the kernel's view of {cgroup}");
+    // The verifier: doctor loaded every program; the agent runs them all.
+    let programs = detail(&predicted, "programs");
+    for p in [lb_common::maps::programs::XDP_LB, lb_common::maps::programs::TC_INGRESS, lb_common::maps::programs::TC_EGRESS].iter().chain(lb_common::maps::programs::SOCK) {
+        assert!(programs.contains(p), "doctor did not load {p}: {programs}");
     }
+    let kernel = detail(&predicted, "kernel version");
+    // Debian's release string is "6.1.0-N-amd64", the version "6.1.M".
+    let major_minor = |v: &str| v.split(['.', '-', ' ']).take(2).collect::<Vec<_>>().join(".");
+    assert_eq!(major_minor(kernel), major_minor(release.trim()), "doctor: {kernel}, uname: {release}");
+    // Doctor again beside the running agent: the maps are adoptable, the
+    // driver busy with our program.
+    let beside = doctor(&t, &agent.pin_dir);
+    let pinned = detail(&beside, "pinned maps");
+    assert!(pinned.contains("match this build; `run` adopts them"), "{pinned}");
+    assert!(detail(&beside, &format!("native XDP on {UPLINK}")).contains("attached already"));
+    assert!(xdp_attached(&t.node));
     let mut ids = one_filter_each(&t.node, "first start");
 
     // Real connections: outside → XDP DNAT → backend → tc egress reverse
@@ -247,6 +339,14 @@ fn main() {
     balanced(&t.client, 20, "client");
     balanced(&t.pod, 10, "pod");
     node_sockets(&t);
+    // The node's own connections: pointed at a backend at connect() by the
+    // socket programs (the node has no route that the ClusterIP could
+    // take otherwise), each counted.
+    let before = dp.counters().expect("counters")[lb_common::counter::SOCK_BALANCED as usize];
+    balanced(&t.node, 8, "node");
+    let sock_balanced = dp.counters().expect("counters")[lb_common::counter::SOCK_BALANCED as usize] - before;
+    figure("node_sock_balanced", sock_balanced);
+    assert!(sock_balanced >= 8, "8 node connections, {sock_balanced} balanced at connect");
     sctp_balanced(&t, &agent);
     node_sctp(&t, &agent);
 
@@ -265,7 +365,7 @@ fn main() {
     balanced(&t.client, 6, "no_agent_client");
     assert_eq!(held.ask().expect("held connection with no agent"), first);
     let t0 = Instant::now();
-    let mut again = vec!["--pod-iface", POD_IFACE, "--socket-lb=auto"];
+    let mut again = vec!["--pod-iface", POD_IFACE, SOCKET_LB];
     again.extend_from_slice(SIZES);
     agent.start_again(&t.node, &again);
     replaced(&t.node, &ids, &mut agent);
@@ -284,6 +384,7 @@ fn main() {
         assert_eq!(filters(&t.node, iface, hook), vec![], "uninstall left a filter on {iface} {hook}");
     }
     assert!(!xdp_attached(&t.node), "uninstall left XDP attached");
+    assert_eq!(socket_programs_on(cgroup), 0, "uninstall left socket programs on {cgroup}");
     assert!(!Path::new(&agent.pin_dir).exists());
     let refused = t.client.run(|| TcpStream::connect_timeout(&TO, Duration::from_secs(2)).is_err());
     assert!(refused, "the VIP still answers after uninstall");
