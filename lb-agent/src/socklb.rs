@@ -19,6 +19,8 @@ pub enum Error {
     Mounts(#[source] std::io::Error),
     #[error("no cgroup2 file system is mounted (mount cgroup2 to balance them)")]
     NoCgroup2,
+    #[error("{} is not a cgroup2 directory", .0.display())]
+    NotCgroup2(PathBuf),
     #[error(transparent)]
     Attach(#[from] links::Error),
     #[error(transparent)]

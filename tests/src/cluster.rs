@@ -59,7 +59,7 @@ use lb_agent::dataplane::Dataplane;
 use serde_json::{json, Value};
 
 use crate::{
-    agent::{attached_count, programmed_at, programmed_ip, spawn_run_on, sync_writes, wait_running},
+    agent::{attached_count, programmed_ip, spawn_run_on, sync_writes, wait_running},
     apiserver::{objects, ApiServer, Resource},
     netns::Netns,
     servers::{http_request_within, Server, PEER_PATH},

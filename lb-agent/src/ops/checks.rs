@@ -408,15 +408,15 @@ pub fn socket_lb(want: &crate::socklb::SocketLb) -> Check {
         SocketLb::Off => return Check::pass(NAME, "off (--socket-lb off): the node's own connections to services are not balanced"),
         SocketLb::Auto => auto_cgroup(),
         SocketLb::Cgroup(p) if is_cgroup2(p) => Ok(p.clone()),
-        SocketLb::Cgroup(p) => Err(anyhow::anyhow!("{} is not a cgroup2 directory", p.display())),
+        SocketLb::Cgroup(p) => Err(crate::socklb::Error::NotCgroup2(p.clone())),
     };
     match cgroup.and_then(|c| netns_cookie().map(|_| c)) {
         Ok(c) => Check::pass(NAME, format!("the node's own connections to services are balanced at connect()/sendmsg(): programs on cgroup {}", c.display())),
         Err(e) if *want == SocketLb::Auto => Check::pass(
             NAME,
-            format!("unavailable ({e:#}): `run` goes on without, and the node's own connections to services are not balanced"),
+            format!("unavailable ({}): `run` goes on without, and the node's own connections to services are not balanced", crate::chain::chain(&e)),
         ),
-        Err(e) => Check::fail(NAME, format!("{e:#}: pass --socket-lb auto, off, or a cgroup2 directory")),
+        Err(e) => Check::fail(NAME, format!("{}: pass --socket-lb auto, off, or a cgroup2 directory", crate::chain::chain(&e))),
     }
 }
 
