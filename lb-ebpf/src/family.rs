@@ -14,7 +14,7 @@
 use aya_ebpf::{bindings::bpf_fib_lookup, programs::TcContext};
 use aya_log_ebpf::macro_support::{Argument, IpFormatter};
 use aya_ebpf::btf_maps::{Array, PerCpuArray};
-use lb_common::{counter, Addr, Flow, FlowKey, NatConfig, HAIRPIN_ADDR_V4, HAIRPIN_ADDR_V6};
+use lb_common::{counter, Flow, FlowKey, NatConfig, HAIRPIN_ADDR_V4, HAIRPIN_ADDR_V6};
 pub use lb_ebpf::ip::same;
 use lb_ebpf::ip::Ip;
 
