@@ -36,7 +36,9 @@ fn the_periodic_reconcile_repairs_entries_changed_by_hand() {
         dp.contents().is_ok_and(|c| c == want)
     });
     assert!(repaired, "the maps were not repaired:\n{}", agent.log());
-    assert!(agent.log().contains("repaired"), "the repair is logged:\n{}", agent.log());
+    // The log line follows the write and reaches us through a reader thread.
+    let logged = wait_for(Duration::from_secs(10), || agent.log().contains("repaired"));
+    assert!(logged, "the repair is logged:\n{}", agent.log());
 }
 
 #[test]
