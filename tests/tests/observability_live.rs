@@ -107,7 +107,7 @@ fn a_real_prometheus_fires_map_full_and_every_rule_and_panel_has_data() {
 
     let prom = Prometheus::start(&t.node, METRICS, NODE, &test_rules());
     let up = poll(30, || prom.query("up{job=\"xdplb\"} == 1").len() == 1);
-    assert!(up, "the agent is not scraped: {:?}\n{}", prom.query("up"), prom.log());
+    assert!(up, "the agent is not scraped: {:?}\n{}\nagent:\n{}", prom.query("up"), prom.log(), agent.log());
 
     let web = UdpFlows::start(&t.client, SocketAddr::from((WEB_CLUSTER_IP, 80)), RATE);
     let started = std::time::Instant::now();
