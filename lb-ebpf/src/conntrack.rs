@@ -58,7 +58,7 @@ pub enum Kind {
     /// drops as martian, so the hook must forward the packet itself.
     Snat,
     /// A DSR flow: the packet leaves with the service address in an IPv4
-    /// option (forward half), or its reply's SYN-ACK gets its MSS lowered
+    /// option or IPv6 extension header (forward half), or its reply's SYN-ACK gets its MSS lowered
     /// (reply half); see `dsr.rs`.
     Dsr,
 }
@@ -92,6 +92,27 @@ impl<A: Addr> Rewrite<A> {
             },
         }
     }
+}
+
+/// Leaves a DSR flow's rewrite in this CPU's `Family::scratch` slot for
+/// the program the hook tail-calls next (`xdp::run_dsr`); false if the
+/// slot is missing.
+#[inline(always)]
+pub fn stash<F: Family>(rw: &Rewrite<F::Addr>) -> bool {
+    let Some(slot) = F::scratch().get_ptr_mut(0) else { return false };
+    // SAFETY: this CPU's slot, used by this program run (and its tail call) alone.
+    let e = unsafe { &mut *slot };
+    (e.nat_addr, e.nat_port, e.peer_addr, e.peer_port) = (rw.addr, rw.port, rw.peer_addr, rw.peer_port);
+    e.flags = flow_flags::DSR;
+    true
+}
+
+/// The rewrite [`stash`] left.
+#[inline(always)]
+pub fn unstash<F: Family>() -> Option<Rewrite<F::Addr>> {
+    // SAFETY: this CPU's slot, written by the program that tail-called this one.
+    let e = unsafe { &*F::scratch().get_ptr(0)? };
+    Some(Rewrite::of(e.nat_addr, e.nat_port, e))
 }
 
 /// The key of the packet's own direction.
@@ -426,7 +447,7 @@ fn create_call<F: Family>(n: &NewFlow<F::Addr>, backend_id: u32, origin: Origin)
 fn create_inline<F: Family>(n: &NewFlow<F::Addr>, backend_id: u32, origin: Origin) -> Result<Rewrite<F::Addr>, Verdict> {
     let NewFlow { key, p, svc, backend, now } = *n;
     let service_id = svc.id;
-    let dsr = F::DSR && origin == Origin::External && backend.is_remote() && mode::dsr(svc.flags, p.proto);
+    let dsr = origin == Origin::External && backend.is_remote() && mode::dsr(svc.flags, p.proto);
     let snat = if dsr { None } else { snat_for::<F>(origin, backend) };
     let client_addr = match snat {
         Some((_, _, a)) => a,
@@ -574,7 +595,23 @@ fn on_reply_call<F: Family>(key: &FlowKey<F::Addr>, entry: &mut Flow<F::Addr>) {
 /// on a closed one's tuple) or due a time refresh, so the established path
 /// costs one lookup. A FIN or RST from the client starts the closing timeout.
 #[inline(always)]
-pub fn record_dsr_reply<F: Family>(p: &Packet<F::Addr>, svc_addr: F::Addr, svc_port: [u8; 2], now: u64) {
+pub fn record_dsr_reply<F: Family>(p: &Packet<F::Addr>, svc_addr: &F::Addr, svc_port: [u8; 2], now: u64) {
+    if F::SPLIT {
+        record_dsr_reply_call::<F>(p, svc_addr, svc_port, now)
+    } else {
+        record_dsr_reply_inline::<F>(p, svc_addr, svc_port, now)
+    }
+}
+
+/// [`record_dsr_reply`] with a frame of its own (see `Family::SPLIT`).
+#[inline(never)]
+fn record_dsr_reply_call<F: Family>(p: &Packet<F::Addr>, svc_addr: &F::Addr, svc_port: [u8; 2], now: u64) {
+    record_dsr_reply_inline::<F>(p, svc_addr, svc_port, now)
+}
+
+#[inline(always)]
+fn record_dsr_reply_inline<F: Family>(p: &Packet<F::Addr>, svc_addr: &F::Addr, svc_port: [u8; 2], now: u64) {
+    let svc_addr = *svc_addr;
     let key = F::flow_key(p.dst, p.src, p.dport, p.sport, p.proto);
     let closing = p.tcp_flags & (TCP_FIN | TCP_RST) != 0;
     if let Some(e) = F::conntrack().get_ptr_mut(&key) {
