@@ -94,25 +94,14 @@ impl<A: Addr> Rewrite<A> {
     }
 }
 
-/// Leaves a DSR flow's rewrite in this CPU's `Family::scratch` slot for
-/// the program the hook tail-calls next (`xdp::run_dsr`); false if the
-/// slot is missing.
+/// The rewrite of `p`'s DSR flow, forward half: what `xdp::run` found or
+/// made for it just before it handed the packet to the DSR program.
 #[inline(always)]
-pub fn stash<F: Family>(rw: &Rewrite<F::Addr>) -> bool {
-    let Some(slot) = F::scratch().get_ptr_mut(0) else { return false };
-    // SAFETY: this CPU's slot, used by this program run (and its tail call) alone.
-    let e = unsafe { &mut *slot };
-    (e.nat_addr, e.nat_port, e.peer_addr, e.peer_port) = (rw.addr, rw.port, rw.peer_addr, rw.peer_port);
-    e.flags = flow_flags::DSR;
-    true
-}
-
-/// The rewrite [`stash`] left.
-#[inline(always)]
-pub fn unstash<F: Family>() -> Option<Rewrite<F::Addr>> {
-    // SAFETY: this CPU's slot, written by the program that tail-called this one.
-    let e = unsafe { &*F::scratch().get_ptr(0)? };
-    Some(Rewrite::of(e.nat_addr, e.nat_port, e))
+pub fn dsr_forward<F: Family>(p: &Packet<F::Addr>) -> Option<Rewrite<F::Addr>> {
+    let e = F::conntrack().get_ptr(&key_of::<F>(p))?;
+    // SAFETY: a live entry of this map, copied out at once.
+    let e = unsafe { &*e };
+    (e.direction == direction::FORWARD && e.flags & flow_flags::DSR != 0).then(|| Rewrite::of(e.nat_addr, e.nat_port, e))
 }
 
 /// The key of the packet's own direction.
@@ -202,7 +191,6 @@ pub fn established<F: Family>(key: &FlowKey<F::Addr>, p: &Packet<F::Addr>, now: 
     }
     Some(Rewrite::of(backend.addr, backend.port, entry))
 }
-
 
 /// An address and port, network order.
 type AddrPort<A> = (A, [u8; 2]);

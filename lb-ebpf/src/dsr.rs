@@ -19,7 +19,7 @@
 //! One path for both families; what differs (the carrier's bytes, IPv4's
 //! header checksum, when an oversized packet is answered) is [`Carrier`].
 use aya_ebpf::{
-    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    helpers::{bpf_csum_diff, bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
     programs::{TcContext, XdpContext},
 };
 use lb_common::{
@@ -60,6 +60,12 @@ pub trait Carrier: Family {
     /// The service `p`'s carrier names, if it carries one (right behind the
     /// fixed header, nothing else in between).
     fn read(ctx: &XdpContext, p: &Packet<Self::Addr>) -> Option<(Self::Addr, [u8; 2])>;
+    /// Whether the frame carries the carrier, from fixed offsets (before
+    /// parsing; only for a family with `OWN_PROGRAM`).
+    #[inline(always)]
+    fn marked(_ctx: &XdpContext) -> bool {
+        false
+    }
     /// Takes the carrier [`Carrier::read`] found off; the packet as it is then.
     fn strip(ctx: &XdpContext, p: &Packet<Self::Addr>) -> Result<Packet<Self::Addr>, Verdict>;
 }
@@ -89,10 +95,9 @@ pub fn xdp_forward<F: Carrier>(ctx: &XdpContext, p: &Packet<F::Addr>, rw: &Rewri
             return framed(F::SPLIT, || Some(too_big::<F>(ctx, mtu).unwrap_or_else(|v| v))).ok_or(MALFORMED);
         }
     }
-    // The service end, as the client sent it, rides along.
-    let (svc_addr, svc_port) = (p.dst, p.dport);
     nat::xdp_rewrite::<F>(ctx, p, Side::Dst, rw)?;
-    if let Some(v) = framed(F::SPLIT, || F::add(ctx, &svc_addr, svc_port).err()) {
+    // The service end, as the client sent it (`p` is the parsed copy), rides along.
+    if let Some(v) = framed(F::SPLIT, || F::add(ctx, &p.dst, p.dport).err()) {
         return Err(v);
     }
     if let Lookup::Found = how {
@@ -127,8 +132,13 @@ fn too_big<F: Carrier>(ctx: &XdpContext, mtu: u16) -> Result<Verdict, Verdict> {
     // headers (at `head`) and the new headers lie inside the checked frame.
     unsafe {
         let macs = *((data + grow) as *const [u8; 12]);
-        let quote = *((data + head) as *const Quote<F::Addr>);
-        head_for(&mut *(data as *mut Head<F::Addr>), &macs, &quote, mtu);
+        // Read where it lies: a copy would not fit IPv6's frame.
+        let quote = (data + head) as *const Quote<F::Addr>;
+        // The kernel's sum adds the words as loaded (little-endian): its
+        // folded value is the wire-order sum with the bytes swapped.
+        let native = bpf_csum_diff(core::ptr::null_mut(), 0, quote as *mut u32, core::mem::size_of::<Quote<F::Addr>>() as u32, 0);
+        let sum = csum::fold(native as u32).swap_bytes() as u32;
+        head_for(&mut *(data as *mut Head<F::Addr>), &macs, &*quote, sum, mtu);
     }
     let delta = frame_len::<F::Addr>() as i32 - (end - data) as i32;
     // SAFETY: plain helper call; the frame only shrinks.
@@ -297,6 +307,17 @@ impl Carrier for V6 {
     #[inline(always)]
     fn must_answer(_ctx: &XdpContext) -> bool {
         true
+    }
+
+    #[inline(always)]
+    fn marked(ctx: &XdpContext) -> bool {
+        let (data, end) = (ctx.data(), ctx.data_end());
+        if data + HDR6 + 4 > end {
+            return false;
+        }
+        // SAFETY: bounds-checked above.
+        let (ethertype, next, ext) = unsafe { (*((data + 12) as *const [u8; 2]), *((data + NEXT6) as *const u8), *((data + HDR6) as *const [u8; 4])) };
+        ethertype == [0x86, 0xdd] && next == IPPROTO_DSTOPTS && [ext[1], ext[2], ext[3]] == [EXT6_HDRLEN, OPT6_TYPE, OPT6_LEN]
     }
 
     #[inline(always)]

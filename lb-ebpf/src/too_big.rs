@@ -41,22 +41,23 @@ pub const fn frame_len<A: Ip>() -> usize {
 }
 
 /// Writes over `f` the headers of the error about `quote` (what the sender
-/// sent), `macs` being the packet's Ethernet destination then source,
-/// telling the sender to send at most `mtu` bytes. From the packet's
-/// destination (the service address it dialed) back to its source.
+/// sent; `quote_sum` its one's complement sum, which the hook has the
+/// kernel compute: summed here, its bytes would not fit IPv6's frame),
+/// `macs` being the packet's Ethernet destination then source, telling the
+/// sender to send at most `mtu` bytes. From the packet's destination (the
+/// service address it dialed) back to its source.
 #[inline(always)]
-pub fn head_for<A: Ip>(f: &mut Head<A>, macs: &[u8; 12], quote: &Quote<A>, mtu: u16) {
+pub fn head_for<A: Ip>(f: &mut Head<A>, macs: &[u8; 12], quote: &Quote<A>, quote_sum: u32, mtu: u16) {
     f.eth[0..6].copy_from_slice(&macs[6..12]);
     f.eth[6..12].copy_from_slice(&macs[0..6]);
     f.eth[12..14].copy_from_slice(&A::ETHERTYPE);
+    // Where they lie in the quote (copies would not fit IPv6's frame).
     let q = quote.ip.as_ref();
-    let mut service = A::ZERO;
-    let mut client = A::ZERO;
-    bytemuck::bytes_of_mut(&mut service).copy_from_slice(&q[A::DST..A::DST + A::LEN]);
-    bytemuck::bytes_of_mut(&mut client).copy_from_slice(&q[A::SRC..A::SRC + A::LEN]);
+    let service: &A = bytemuck::from_bytes(&q[A::DST..A::DST + A::LEN]);
+    let client: &A = bytemuck::from_bytes(&q[A::SRC..A::SRC + A::LEN]);
     let len = (8 + quote_len::<A>()) as u16;
     // Precedence "internetwork control" (as the kernel's own ICMP), no DF.
-    A::write_header(&mut f.h.ip, &service, &client, A::ICMP, len, 0xc0, false);
+    A::write_header(&mut f.h.ip, service, client, A::ICMP, len, 0xc0, false);
     // IPv6's own message; IPv4's is destination unreachable, code 4. The
     // MTU is the low half of the last word in both (IPv4: next-hop MTU
     // after 16 unused bits; IPv6: a 32-bit MTU).
@@ -67,9 +68,9 @@ pub fn head_for<A: Ip>(f: &mut Head<A>, macs: &[u8; 12], quote: &Quote<A>, mtu: 
     let icmp = &mut f.h.icmp;
     *icmp = [typ, code, 0, 0, 0, 0, 0, 0];
     icmp[6..8].copy_from_slice(&mtu.to_be_bytes());
-    let mut sum = csum::add_bytes(csum::add_bytes(0, q), &quote.l4);
+    let mut sum = quote_sum;
     if A::ICMP_PSEUDO {
-        sum += pseudo_sum(&service, &client, A::ICMP, len);
+        sum += pseudo_sum(service, client, A::ICMP, len);
     }
     let c = !csum::fold(csum::add_bytes(sum, icmp));
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
@@ -88,7 +89,8 @@ mod tests {
         let quote = Quote::<A> { ip, l4 };
         let macs = [2, 0, 0, 0, 0, 11, 2, 0, 0, 0, 0, 2];
         let mut f = Head::<A> { eth: [0xee; 14], h: Headers { ip: A::ZERO_HDR, icmp: [0xee; 8] } };
-        head_for(&mut f, &macs, &quote, mtu);
+        let sum = csum::add_bytes(csum::add_bytes(0, quote.ip.as_ref()), &quote.l4);
+        head_for(&mut f, &macs, &quote, sum, mtu);
         assert_eq!(&f.eth[0..6], &macs[6..12], "back to the sender's MAC");
         let h = f.h.ip.as_ref();
         assert_eq!((&h[A::SRC..A::SRC + A::LEN], &h[A::DST..A::DST + A::LEN]), (service.octets(), client.octets()), "from the service, back");

@@ -35,6 +35,12 @@ pub fn dispatch(ctx: &XdpContext) -> u32 {
 #[inline(always)]
 pub fn run<F: Carrier>(ctx: &XdpContext) -> u32 {
     count(counter::PACKETS);
+    // A DSR packet for a backend of this node, recognised from its fixed
+    // offsets before parsing: every path through the parser would verify
+    // the test again, and the IPv6 program has no room left.
+    if F::OWN_PROGRAM && F::marked(ctx) {
+        return finish(ctx, dsr_program(ctx));
+    }
     let verdict = match try_run::<F>(ctx) {
         Ok(v) | Err(v) => v,
     };
@@ -72,13 +78,10 @@ fn try_run<F: Carrier>(ctx: &XdpContext) -> Result<Verdict, Verdict> {
             }
         });
     }
-    // Sent here by a balancing node with DSR, for a backend of this node.
-    if dsr::may_carry::<F>(&p) {
-        if F::OWN_PROGRAM {
-            if F::read(ctx, &p).is_some() {
-                return Err(dsr_program(ctx));
-            }
-        } else if let Some(v) = receive_dsr::<F>(ctx, &p) {
+    // Sent here by a balancing node with DSR, for a backend of this node
+    // (with a program of its own, handed over before parsing: see `run`).
+    if !F::OWN_PROGRAM && dsr::may_carry::<F>(&p) {
+        if let Some(v) = receive_dsr::<F>(ctx, &p) {
             return Ok(v);
         }
     }
@@ -96,7 +99,7 @@ fn try_run<F: Carrier>(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     if let Some(rw) = balanced {
         if rw.dsr() {
             if F::OWN_PROGRAM {
-                return Err(if conntrack::stash::<F>(&rw) { dsr_program(ctx) } else { Verdict::Drop(counter::CT_INSERT_FAILED) });
+                return Err(dsr_program(ctx));
             }
             return dsr::xdp_forward::<F>(ctx, &p, &rw);
         }
@@ -156,7 +159,7 @@ fn dsr_program(ctx: &XdpContext) -> Verdict {
 }
 
 /// `xdp_dsr_v6`: a DSR packet `run` handed over, received (carrier on) or
-/// to send (its flow's rewrite stashed by `run`).
+/// to send (its flow, just found or made by `run`, in conntrack).
 #[inline(always)]
 pub fn run_dsr<F: Carrier>(ctx: &XdpContext) -> u32 {
     let verdict = match try_dsr::<F>(ctx) {
@@ -169,10 +172,10 @@ pub fn run_dsr<F: Carrier>(ctx: &XdpContext) -> u32 {
 fn try_dsr<F: Carrier>(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     let p = F::parse(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data())?;
     if dsr::may_carry::<F>(&p) {
-        if let Some(v) = framed(F::SPLIT, || receive_dsr::<F>(ctx, &p)) {
+        if let Some(v) = receive_dsr::<F>(ctx, &p) {
             return Ok(v);
         }
     }
-    let rw = conntrack::unstash::<F>().ok_or(Verdict::Drop(counter::CT_INSERT_FAILED))?;
-    framed(F::SPLIT, || Some(dsr::xdp_forward::<F>(ctx, &p, &rw).unwrap_or_else(|v| v))).ok_or(crate::verdict::MALFORMED)
+    let rw = conntrack::dsr_forward::<F>(&p).ok_or(Verdict::Drop(counter::CT_INSERT_FAILED))?;
+    dsr::xdp_forward::<F>(ctx, &p, &rw)
 }
