@@ -146,17 +146,7 @@ fn a_full_size_upload_and_download_through_ipv6_dsr_over_a_narrower_link() {
     }
     let to = SocketAddr::from((node_addr6(1), NODE_PORT));
     const SIZE: usize = 1 << 20;
-    let up = c.client.run(move || -> std::io::Result<String> {
-        use std::io::{BufRead, BufReader, Write};
-        let mut s = std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(2))?;
-        s.set_read_timeout(Some(std::time::Duration::from_secs(20)))?;
-        let mut line = vec![b'u'; SIZE];
-        line.push(b'\n');
-        s.write_all(&line)?;
-        let mut answer = String::new();
-        BufReader::new(s).read_line(&mut answer)?;
-        Ok(answer.trim_end().to_string())
-    });
+    let up = xdplb_tests::pathmtu::upload(&c.client, to, SIZE);
     let down = xdplb_tests::pathmtu::download(&c.client, to, SIZE);
     let n1 = c.node_mut(1).maps().counters().unwrap();
     let who = up.unwrap_or_else(|e| panic!("the upload failed: {e}; node-1 {}\n{}", named(&n1), c.logs()));

@@ -10,14 +10,14 @@
 //! (`XDPLB_BLESS=1` rewrites it from `cases()`). Needs root.
 use std::net::Ipv6Addr;
 
-use lb_common::{algorithm, backend_flags, config_flags, counter, direction, dsr, flow_flags, maps, BackendV6, Config, FlowKeyV6, NatConfig, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{algorithm, config_flags, counter, direction, dsr, flow_flags, Config, FlowKeyV6, NatConfig, IPPROTO_TCP, IPPROTO_UDP};
 use lb_ebpf::csum::l4_checksum;
 use xdplb_tests::{
     fixture::{self, Case},
     lb::Lb,
     packet::{TCP_ACK, TCP_SYN},
     packet6::{icmpv6_error, verify_checksums, Frame6},
-    services::{program_v6, Svc6},
+    services::{program_v6, remote_v6, Svc6},
     uplink::{forwarded, from_node_b, Uplink, CLIENT6, LB_IP6, NODE6, NODE_B_MAC, POD_B6, POD_LOCAL6, SNAT_PORT},
 };
 
@@ -39,12 +39,7 @@ fn services() -> Vec<Svc6> {
 fn lb_with(flags: u32) -> Lb {
     let mut lb = Lb::load();
     program_v6(&mut lb.ebpf, &services());
-    let mut backends: aya::maps::Array<_, BackendV6> = aya::maps::Array::try_from(lb.ebpf.map_mut(maps::BACKENDS_V6).unwrap()).unwrap();
-    for id in [11, 12] {
-        let mut b = backends.get(&id, 0).unwrap();
-        b.flags = backend_flags::REMOTE;
-        backends.set(id, b, 0).unwrap();
-    }
+    remote_v6(&mut lb.ebpf, &[11, 12]);
     lb.maps.set_nat_config(&NatConfig { addr: NODE6.octets(), port_min: SNAT_PORT, port_max: SNAT_PORT }).unwrap();
     lb.maps.set_config(&Config { flags, ..Default::default() }).unwrap();
     lb
