@@ -141,8 +141,9 @@ fn hybrid_mode_sends_ipv6_tcp_with_dsr_and_snats_udp() {
 fn a_full_size_upload_and_download_through_ipv6_dsr_over_a_narrower_link() {
     let svc = web();
     let mut c = cluster("dsr", &svc, |c| c.all_pods().into_iter().filter(|&(n, _)| n != 1).collect());
+    // Locked: an IPv6 FIB lookup takes a route's MTU only then (else the device's).
     for k in 2..=NODES {
-        c.node(1).ns.ip(&["-6", "route", "replace", &pod_cidr6(k), "via", &node_addr6(k).to_string(), "mtu", "1400"]);
+        c.node(1).ns.ip(&["-6", "route", "replace", &pod_cidr6(k), "via", &node_addr6(k).to_string(), "mtu", "lock", "1400"]);
     }
     let to = SocketAddr::from((node_addr6(1), NODE_PORT));
     const SIZE: usize = 1 << 20;
