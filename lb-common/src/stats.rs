@@ -79,9 +79,9 @@ counters! {
     CT_HALF_RESTORED = 23, "conntrack_half_restored", "Event: one half of a live flow's conntrack pair had been evicted and was restored from the other.";
     FORWARD_FALLBACK = 24, "forward_fallback", "Event: XDP could not forward a SNATed packet itself (no route or neighbour): passed to the kernel.";
     ICMP_NAT = 25, "icmp_nat", "Translated: an ICMP error about a NATed flow, rewritten to the packet its receiver sent (path MTU, port unreachable).";
-    DSR_FORWARD = 26, "dsr_forward", "Forwarded to a backend on another node with DSR: destination rewritten, the service address carried in an IPv4 option, the client address kept.";
-    DSR_DECAP = 27, "dsr_decap", "Received for a local backend with a DSR option: the reply state was recorded, the option taken off, the packet passed on.";
-    DSR_FRAG_NEEDED = 28, "dsr_frag_needed", "Answered: a DF packet that no longer fits its egress with the DSR option got an ICMP fragmentation-needed carrying the reduced MTU.";
+    DSR_FORWARD = 26, "dsr_forward", "Forwarded to a backend on another node with DSR: destination rewritten, the service address carried in an IPv4 option (IPv6: a destination options header), the client address kept.";
+    DSR_DECAP = 27, "dsr_decap", "Received for a local backend with a DSR option (IPv6: header): the reply state was recorded, the option taken off, the packet passed on.";
+    DSR_FRAG_NEEDED = 28, "dsr_frag_needed", "Answered: a DF packet (IPv6: any packet) that no longer fits its egress with the DSR option got an ICMP fragmentation-needed (ICMPv6 packet too big) carrying the reduced MTU.";
     DSR_MSS_CLAMPED = 29, "dsr_mss_clamped", "Event: the MSS of a DSR flow's SYN-ACK was lowered by the DSR option's size.";
     DROP_UNSERVED = 30, "drop_unserved_port", "Refused: a ClusterIP on a port or protocol it does not serve (a TCP SYN gets a reset, UDP a port unreachable).";
     DROP_SERVICE_CIDR = 31, "drop_service_cidr", "Dropped: an address of the service CIDR that no Service has.";

@@ -354,16 +354,18 @@ fn snat_port<F: Family>(reply_key: &mut FlowKey<F::Addr>, reply: &Flow<F::Addr>,
         || (!clashes::<F>(reply_key, reply, now) && F::conntrack().insert(&*reply_key, reply, 0).is_ok())
 }
 
-/// This node's SNAT ports (first, last) and address when a new flow of
-/// `origin` to `backend` must be SNATed: an external client's flow to a
-/// backend on another node, with SNAT configured for the family.
+/// This node's SNAT settings (address, ports) when a new flow of `origin`
+/// to `backend` must be SNATed: an external client's flow to a backend on
+/// another node, with SNAT configured for the family. The map value
+/// itself, not a copy of its fields: copied, the ports were stored only on
+/// the path where SNAT is on, and a verifier that cannot relate the two
+/// tests of the address (Linux 6.1) followed the other path to their load.
 #[inline(always)]
-fn snat_for<F: Family>(origin: Origin, backend: &Backend<F::Addr>) -> Option<(u16, u16, F::Addr)> {
+fn snat_for<F: Family>(origin: Origin, backend: &Backend<F::Addr>) -> Option<&'static NatConfig<F::Addr>> {
     if origin != Origin::External || !backend.is_remote() {
         return None;
     }
-    let n = F::nat_config().get(0)?;
-    snat_on::<F>(n).then_some((n.port_min, n.port_max, n.addr))
+    F::nat_config().get(0).filter(|n| snat_on::<F>(n))
 }
 
 /// Whether SNAT is on for the family (its address is set).
@@ -438,7 +440,7 @@ fn create_inline<F: Family>(n: &NewFlow<F::Addr>, backend_id: u32, origin: Origi
     let dsr = origin == Origin::External && backend.is_remote() && mode::dsr(svc.flags, p.proto);
     let snat = if dsr { None } else { snat_for::<F>(origin, backend) };
     let client_addr = match snat {
-        Some((_, _, a)) => a,
+        Some(n) => n.addr,
         None if origin == Origin::Pod && backend.addr == p.src => F::hairpin(),
         None => p.src,
     };
@@ -473,8 +475,8 @@ fn create_inline<F: Family>(n: &NewFlow<F::Addr>, backend_id: u32, origin: Origi
     // The reply entry first: once the forward entry exists, a reply may follow.
     if dsr {
         // Replies never come back through this node.
-    } else if let Some((lo, hi, _)) = snat {
-        if !snat_insert::<F>(&mut reply_key, reply, (lo, hi), now) {
+    } else if let Some(n) = snat {
+        if !snat_insert::<F>(&mut reply_key, reply, (n.port_min, n.port_max), now) {
             if let Some(c) = snat_exhausted.get_ptr_mut(backend_id) {
                 // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
                 unsafe { *c += 1 };
