@@ -16,7 +16,7 @@ use crate::{
     parse::{ptr_at, Packet, ETH_LEN, ETH_P_IPV6},
     reset, service,
     stats::count,
-    verdict::{framed, Verdict},
+    verdict::Verdict,
 };
 
 /// `xdp_lb`: IPv6 frames go to `xdp_lb_v6` (if the agent has not filled
@@ -154,7 +154,7 @@ fn receive_dsr<F: Carrier>(ctx: &XdpContext, p: &Packet<F::Addr>) -> Option<Verd
 #[inline(always)]
 fn dsr_program(ctx: &XdpContext) -> Verdict {
     // SAFETY: a tail call to a program of the same type; returns only on failure.
-    let _ = unsafe { dsr_xdp.tail_call(ctx, 0) };
+    unsafe { dsr_xdp.tail_call(ctx, 0) };
     Verdict::Drop(counter::DROP_DSR_PROGRAM)
 }
 
