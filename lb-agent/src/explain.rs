@@ -392,13 +392,14 @@ pub fn explain<A: Family>(q: &Query, s: &Snapshot<A>, names: &crate::ops::names:
                 // another node leaves with this node's address as source.
                 // Unless it goes with DSR (mode.rs): the client is kept.
                 let remote = q.origin == Origin::External && b.is_remote();
-                // DSR is IPv4's only (lb-ebpf `Family::DSR`): IPv6 is SNATed in every mode.
-                let dsr = remote && A::FAMILY == IpFamily::IPv4 && lb_common::dsr::uses_dsr(svc.flags, s.config.flags, q.proto);
+                let dsr = remote && lb_common::dsr::uses_dsr(svc.flags, s.config.flags, q.proto);
                 let snat = (remote && !dsr && s.nat.addr != A::ZERO).then(|| {
                     format!("{}-{}", crate::family::socket(lb_common::Addr::to_ip(s.nat.addr), s.nat.port_min), s.nat.port_max)
                 });
-                let reason = if dsr {
+                let reason = if dsr && A::FAMILY == IpFamily::IPv4 {
                     "new flow to a backend on another node: DSR (the client address kept, the service in an IPv4 option; the backend's node answers the client)"
+                } else if dsr {
+                    "new flow to a backend on another node: DSR (the client address kept, the service in an IPv6 destination options header; the backend's node answers the client)"
                 } else if snat.is_some() {
                     "new flow to a backend on another node: SNAT so the reply returns here (refused if no port is free)"
                 } else {
@@ -855,8 +856,9 @@ mod tests {
         assert_eq!(e.selection, Some(format!("maglev: flow hash {h:#010x} -> slot {} of 2", h % 2 + 1)));
         let want = if h.is_multiple_of(2) { "[fd00:244::7]:8080" } else { "[fd00:244::8]:8080" };
         assert_eq!(e.verdict.backend.map(|b| b.to_string()).as_deref(), Some(want));
-        // A backend on another node: SNATed to the node's IPv6 address, in
-        // every mode (DSR is IPv4's only).
+        // A backend on another node: SNATed to the node's IPv6 address, or
+        // with DSR (the service in a destination options header) for the
+        // protocols the mode says.
         let mut s = s.clone();
         for b in s.contents.backends.values_mut() {
             b.flags = lb_common::backend_flags::REMOTE;
@@ -865,7 +867,9 @@ mod tests {
         let query = q("[2001:db8:c:1::9]:41000", "[fd00:96::10]:80");
         assert_eq!(explain(&query, &s, &Default::default()).verdict.snat.as_deref(), Some("[fd00:50::11]:61000-65535"));
         s.config.flags = lb_common::config_flags::DSR_TCP;
-        assert_eq!(explain(&query, &s, &Default::default()).verdict.snat.as_deref(), Some("[fd00:50::11]:61000-65535"), "no IPv6 DSR");
+        let e = explain(&query, &s, &Default::default());
+        assert_eq!(e.verdict.snat, None, "hybrid: IPv6 TCP takes DSR");
+        assert!(e.verdict.reason.contains("DSR") && e.verdict.reason.contains("IPv6 destination options"), "{}", e.verdict.reason);
     }
 
     #[test]

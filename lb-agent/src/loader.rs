@@ -175,8 +175,8 @@ pub fn set_retval_supported() -> bool {
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 18, 0))
 }
 
-/// Loads the hooks' IPv6 instances and puts each in the program array its
-/// IPv4 hook tail-calls for IPv6 frames (the array may be a pinned one of
+/// Loads the hooks' IPv6 instances (and IPv6 DSR's program) and puts each
+/// in the program array that tail-calls it (the array may be a pinned one of
 /// the previous agent: its entry is replaced, so IPv6 runs the new code).
 fn load_v6(ebpf: &mut Ebpf) -> Result<(), Error> {
     let verifier = |program: &'static str| move |e| Error::program_load(program, e);
@@ -186,6 +186,9 @@ fn load_v6(ebpf: &mut Ebpf) -> Result<(), Error> {
     xdp.load().map_err(verifier(programs::XDP_LB_V6))?;
     let xdp_fd = xdp.fd().map_err(verifier(programs::XDP_LB_V6))?.try_clone().map_err(dup(programs::XDP_LB_V6))?;
     let mut fds = vec![(maps::FAMILY_XDP, xdp_fd)];
+    let dsr: &mut Xdp = program(ebpf, programs::XDP_DSR_V6)?;
+    dsr.load().map_err(verifier(programs::XDP_DSR_V6))?;
+    fds.push((maps::DSR_XDP, dsr.fd().map_err(verifier(programs::XDP_DSR_V6))?.try_clone().map_err(dup(programs::XDP_DSR_V6))?));
     for &(name, array) in programs::TC_V6 {
         let p: &mut SchedClassifier = program(ebpf, name)?;
         p.load().map_err(verifier(name))?;

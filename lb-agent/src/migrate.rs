@@ -125,7 +125,7 @@ pub fn expected(name: &str, s: MapSizes) -> Spec {
         maps::SOURCE_RANGES_V6 => spec(MapType::LpmTrie, 4 + size::<SourceRangeV6>(), 1, maps::default_size::SOURCE_RANGES),
         maps::SOCK_REVNAT_V6 => spec(MapType::LruHash, size::<SockRevKeyV6>(), size::<SockRevV6>(), s.sockets_v6),
         // Index 0: the hook's IPv6 instance, tail-called (program fds).
-        maps::FAMILY_XDP | maps::FAMILY_TC_INGRESS | maps::FAMILY_TC_EGRESS => spec(MapType::ProgramArray, 4, 4, 1),
+        maps::FAMILY_XDP | maps::FAMILY_TC_INGRESS | maps::FAMILY_TC_EGRESS | maps::DSR_XDP => spec(MapType::ProgramArray, 4, 4, 1),
         other => unreachable!("map {other} missing from migrate::expected"),
     }
 }

@@ -74,6 +74,10 @@ pub const CONNTRACK_CONFIRMED_V6: &str = "conntrack_confirmed_v6";
 pub const FAMILY_XDP: &str = "family_xdp";
 pub const FAMILY_TC_INGRESS: &str = "family_tc_ingress";
 pub const FAMILY_TC_EGRESS: &str = "family_tc_egress";
+/// Program array (index 0: `xdp_dsr_v6`) that `xdp_lb_v6` tail-calls for
+/// DSR packets, sent and received: the IPv6 XDP program has no room left
+/// under the verifier's limit. Filled and pinned as the arrays above.
+pub const DSR_XDP: &str = "dsr_xdp";
 
 /// Every map the programs own, in the order the agent pins and checks them.
 pub const ALL: &[&str] = &[
@@ -105,6 +109,7 @@ pub const ALL: &[&str] = &[
     FAMILY_XDP,
     FAMILY_TC_INGRESS,
     FAMILY_TC_EGRESS,
+    DSR_XDP,
 ];
 
 /// Default sizes; the agent can override each at load time.
@@ -158,6 +163,9 @@ pub mod programs {
     pub const XDP_LB_V6: &str = "xdp_lb_v6";
     pub const TC_INGRESS_V6: &str = "tc_ingress_v6";
     pub const TC_EGRESS_V6: &str = "tc_egress_v6";
+    /// IPv6 DSR (sending and receiving), tail-called by `xdp_lb_v6` (see
+    /// [`super::DSR_XDP`]); loaded, never attached.
+    pub const XDP_DSR_V6: &str = "xdp_dsr_v6";
     /// The tc IPv6 instances, each with the program array its hook
     /// tail-calls.
     pub const TC_V6: &[(&str, &str)] = &[(TC_INGRESS_V6, super::FAMILY_TC_INGRESS), (TC_EGRESS_V6, super::FAMILY_TC_EGRESS)];

@@ -79,9 +79,9 @@ counters! {
     CT_HALF_RESTORED = 23, "conntrack_half_restored", "Event: one half of a live flow's conntrack pair had been evicted and was restored from the other.";
     FORWARD_FALLBACK = 24, "forward_fallback", "Event: XDP could not forward a SNATed packet itself (no route or neighbour): passed to the kernel.";
     ICMP_NAT = 25, "icmp_nat", "Translated: an ICMP error about a NATed flow, rewritten to the packet its receiver sent (path MTU, port unreachable).";
-    DSR_FORWARD = 26, "dsr_forward", "Forwarded to a backend on another node with DSR: destination rewritten, the service address carried in an IPv4 option, the client address kept.";
-    DSR_DECAP = 27, "dsr_decap", "Received for a local backend with a DSR option: the reply state was recorded, the option taken off, the packet passed on.";
-    DSR_FRAG_NEEDED = 28, "dsr_frag_needed", "Answered: a DF packet that no longer fits its egress with the DSR option got an ICMP fragmentation-needed carrying the reduced MTU.";
+    DSR_FORWARD = 26, "dsr_forward", "Forwarded to a backend on another node with DSR: destination rewritten, the service address carried in an IPv4 option (IPv6: a destination options header), the client address kept.";
+    DSR_DECAP = 27, "dsr_decap", "Received for a local backend with a DSR option (IPv6: header): the reply state was recorded, the option taken off, the packet passed on.";
+    DSR_FRAG_NEEDED = 28, "dsr_frag_needed", "Answered: a DF packet (IPv6: any packet) that no longer fits its egress with the DSR option got an ICMP fragmentation-needed (ICMPv6 packet too big) carrying the reduced MTU.";
     DSR_MSS_CLAMPED = 29, "dsr_mss_clamped", "Event: the MSS of a DSR flow's SYN-ACK was lowered by the DSR option's size.";
     DROP_UNSERVED = 30, "drop_unserved_port", "Refused: a ClusterIP on a port or protocol it does not serve (a TCP SYN gets a reset, UDP a port unreachable).";
     DROP_SERVICE_CIDR = 31, "drop_service_cidr", "Dropped: an address of the service CIDR that no Service has.";
@@ -94,6 +94,7 @@ counters! {
     PASS_NDP = 39, "pass_icmpv6_ndp", "Passed: an ICMPv6 router or neighbour discovery message (types 133-137), never touched.";
     DROP_UDP6_NO_CHECKSUM = 40, "drop_udp6_zero_checksum", "Dropped (XDP) or passed (tc): UDP over IPv6 with checksum 0, which IPv6 forbids (RFC 8200 8.1).";
     IPV6 = 41, "ipv6_packets", "Event: an IPv6 packet (counted on top of its outcome).";
+    DROP_DSR_PROGRAM = 42, "drop_dsr_program_missing", "Dropped: an IPv6 DSR packet (to send or received) whose program (xdp_dsr_v6, tail-called) is not loaded; the agent loads it with the others.";
     SOCK_MAPPED = 56, "sock_v4_mapped", "Event: a dual-stack (AF_INET6) node socket's connect() or sendmsg() to an IPv4-mapped address (::ffff:a.b.c.d) was looked up in the IPv4 services (counted on top of sock_balanced or sock_no_backend when it is one).";
     SCTP_NODE_ABORTED = 57, "sctp_node_init_aborted", "Answered (tc egress): an SCTP INIT from the node's own socket to a service address (the socket programs never see SCTP) got an ABORT back, so its connect() fails with ECONNREFUSED.";
 }
@@ -116,6 +117,7 @@ pub const LATE_OUTCOMES: &[u32] = &[
     counter::PASS_NDP,
     counter::DROP_UDP6_NO_CHECKSUM,
     counter::SCTP_NODE_ABORTED,
+    counter::DROP_DSR_PROGRAM,
 ];
 
 /// Whether counter `idx` is an outcome (every packet bumps exactly one).

@@ -58,7 +58,7 @@ pub enum Kind {
     /// drops as martian, so the hook must forward the packet itself.
     Snat,
     /// A DSR flow: the packet leaves with the service address in an IPv4
-    /// option (forward half), or its reply's SYN-ACK gets its MSS lowered
+    /// option or IPv6 extension header (forward half), or its reply's SYN-ACK gets its MSS lowered
     /// (reply half); see `dsr.rs`.
     Dsr,
 }
@@ -92,6 +92,16 @@ impl<A: Addr> Rewrite<A> {
             },
         }
     }
+}
+
+/// The rewrite of `p`'s DSR flow, forward half: what `xdp::run` found or
+/// made for it just before it handed the packet to the DSR program.
+#[inline(always)]
+pub fn dsr_forward<F: Family>(p: &Packet<F::Addr>) -> Option<Rewrite<F::Addr>> {
+    let e = F::conntrack().get_ptr(&key_of::<F>(p))?;
+    // SAFETY: a live entry of this map, copied out at once.
+    let e = unsafe { &*e };
+    (e.direction == direction::FORWARD && e.flags & flow_flags::DSR != 0).then(|| Rewrite::of(e.nat_addr, e.nat_port, e))
 }
 
 /// The key of the packet's own direction.
@@ -181,7 +191,6 @@ pub fn established<F: Family>(key: &FlowKey<F::Addr>, p: &Packet<F::Addr>, now: 
     }
     Some(Rewrite::of(backend.addr, backend.port, entry))
 }
-
 
 /// An address and port, network order.
 type AddrPort<A> = (A, [u8; 2]);
@@ -345,16 +354,18 @@ fn snat_port<F: Family>(reply_key: &mut FlowKey<F::Addr>, reply: &Flow<F::Addr>,
         || (!clashes::<F>(reply_key, reply, now) && F::conntrack().insert(&*reply_key, reply, 0).is_ok())
 }
 
-/// This node's SNAT ports (first, last) and address when a new flow of
-/// `origin` to `backend` must be SNATed: an external client's flow to a
-/// backend on another node, with SNAT configured for the family.
+/// This node's SNAT settings (address, ports) when a new flow of `origin`
+/// to `backend` must be SNATed: an external client's flow to a backend on
+/// another node, with SNAT configured for the family. The map value
+/// itself, not a copy of its fields: copied, the ports were stored only on
+/// the path where SNAT is on, and a verifier that cannot relate the two
+/// tests of the address (Linux 6.1) followed the other path to their load.
 #[inline(always)]
-fn snat_for<F: Family>(origin: Origin, backend: &Backend<F::Addr>) -> Option<(u16, u16, F::Addr)> {
+fn snat_for<F: Family>(origin: Origin, backend: &Backend<F::Addr>) -> Option<&'static NatConfig<F::Addr>> {
     if origin != Origin::External || !backend.is_remote() {
         return None;
     }
-    let n = F::nat_config().get(0)?;
-    snat_on::<F>(n).then_some((n.port_min, n.port_max, n.addr))
+    F::nat_config().get(0).filter(|n| snat_on::<F>(n))
 }
 
 /// Whether SNAT is on for the family (its address is set).
@@ -426,10 +437,10 @@ fn create_call<F: Family>(n: &NewFlow<F::Addr>, backend_id: u32, origin: Origin)
 fn create_inline<F: Family>(n: &NewFlow<F::Addr>, backend_id: u32, origin: Origin) -> Result<Rewrite<F::Addr>, Verdict> {
     let NewFlow { key, p, svc, backend, now } = *n;
     let service_id = svc.id;
-    let dsr = F::DSR && origin == Origin::External && backend.is_remote() && mode::dsr(svc.flags, p.proto);
+    let dsr = origin == Origin::External && backend.is_remote() && mode::dsr(svc.flags, p.proto);
     let snat = if dsr { None } else { snat_for::<F>(origin, backend) };
     let client_addr = match snat {
-        Some((_, _, a)) => a,
+        Some(n) => n.addr,
         None if origin == Origin::Pod && backend.addr == p.src => F::hairpin(),
         None => p.src,
     };
@@ -464,8 +475,8 @@ fn create_inline<F: Family>(n: &NewFlow<F::Addr>, backend_id: u32, origin: Origi
     // The reply entry first: once the forward entry exists, a reply may follow.
     if dsr {
         // Replies never come back through this node.
-    } else if let Some((lo, hi, _)) = snat {
-        if !snat_insert::<F>(&mut reply_key, reply, (lo, hi), now) {
+    } else if let Some(n) = snat {
+        if !snat_insert::<F>(&mut reply_key, reply, (n.port_min, n.port_max), now) {
             if let Some(c) = snat_exhausted.get_ptr_mut(backend_id) {
                 // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
                 unsafe { *c += 1 };
@@ -574,7 +585,23 @@ fn on_reply_call<F: Family>(key: &FlowKey<F::Addr>, entry: &mut Flow<F::Addr>) {
 /// on a closed one's tuple) or due a time refresh, so the established path
 /// costs one lookup. A FIN or RST from the client starts the closing timeout.
 #[inline(always)]
-pub fn record_dsr_reply<F: Family>(p: &Packet<F::Addr>, svc_addr: F::Addr, svc_port: [u8; 2], now: u64) {
+pub fn record_dsr_reply<F: Family>(p: &Packet<F::Addr>, svc_addr: &F::Addr, svc_port: [u8; 2], now: u64) {
+    if F::SPLIT {
+        record_dsr_reply_call::<F>(p, svc_addr, svc_port, now)
+    } else {
+        record_dsr_reply_inline::<F>(p, svc_addr, svc_port, now)
+    }
+}
+
+/// [`record_dsr_reply`] with a frame of its own (see `Family::SPLIT`).
+#[inline(never)]
+fn record_dsr_reply_call<F: Family>(p: &Packet<F::Addr>, svc_addr: &F::Addr, svc_port: [u8; 2], now: u64) {
+    record_dsr_reply_inline::<F>(p, svc_addr, svc_port, now)
+}
+
+#[inline(always)]
+fn record_dsr_reply_inline<F: Family>(p: &Packet<F::Addr>, svc_addr: &F::Addr, svc_port: [u8; 2], now: u64) {
+    let svc_addr = *svc_addr;
     let key = F::flow_key(p.dst, p.src, p.dport, p.sport, p.proto);
     let closing = p.tcp_flags & (TCP_FIN | TCP_RST) != 0;
     if let Some(e) = F::conntrack().get_ptr_mut(&key) {

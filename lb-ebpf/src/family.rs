@@ -46,8 +46,6 @@ pub trait Family: 'static {
     fn hairpin() -> Self::Addr;
     /// `AF_INET` / `AF_INET6`, for the FIB lookup.
     const AF: u8;
-    /// Whether flows of this family may use DSR (its option is IPv4's).
-    const DSR: bool;
     /// Whether the family's parser yields SCTP packets (IPv4's does; over
     /// IPv6 SCTP is passed as another protocol), so its CRC code is built
     /// only into the IPv4 instance.
@@ -134,7 +132,6 @@ impl Family for V4 {
     const TTL: usize = 8;
     const HEADERS_MAX: u32 = 14 + 60 + 20;
     const AF: u8 = 2;
-    const DSR: bool = true;
     const SCTP: bool = true;
     const SPLIT: bool = false;
 
@@ -199,7 +196,6 @@ impl Family for V6 {
     /// Extension headers beyond what this makes linear are malformed at tc.
     const HEADERS_MAX: u32 = 14 + 40 + 128 + 20;
     const AF: u8 = 10;
-    const DSR: bool = false;
     const SCTP: bool = false;
     const SPLIT: bool = true;
 

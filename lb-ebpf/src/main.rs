@@ -74,6 +74,12 @@ pub fn xdp_lb_v6(ctx: XdpContext) -> u32 {
     xdp::run::<V6>(&ctx)
 }
 
+/// IPv6 DSR, sent and received (tail-called by `xdp_lb_v6`, see `xdp::run_dsr`).
+#[xdp]
+pub fn xdp_dsr_v6(ctx: XdpContext) -> u32 {
+    xdp::run_dsr::<V6>(&ctx)
+}
+
 /// `tc_ingress` for IPv6 frames (tail-called).
 #[classifier]
 pub fn tc_ingress_v6(ctx: TcContext) -> i32 {

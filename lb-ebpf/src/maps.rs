@@ -146,3 +146,6 @@ pub static family_xdp: ProgramArray = ProgramArray::with_max_entries(1, 0);
 pub static family_tc_ingress: ProgramArray = ProgramArray::with_max_entries(1, 0);
 #[map]
 pub static family_tc_egress: ProgramArray = ProgramArray::with_max_entries(1, 0);
+/// `xdp_dsr_v6`, tail-called by `xdp_lb_v6` for DSR packets (index 0).
+#[map]
+pub static dsr_xdp: ProgramArray = ProgramArray::with_max_entries(1, 0);

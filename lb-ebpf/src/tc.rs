@@ -21,7 +21,8 @@ use lb_ebpf::ip::Ip;
 
 use crate::{
     conntrack::{self, Origin},
-    dsr, events,
+    dsr::{self, Carrier},
+    events,
     family::{same, Family, V4, V6},
     icmp_error,
     maps::{family_tc_egress, family_tc_ingress},
@@ -34,18 +35,13 @@ use crate::{
     verdict::Verdict,
 };
 
-/// What a family's tc path does besides balancing: IPv4 also clamps DSR
-/// flows' MSS.
-pub trait TcFamily: Family {
+/// What a family's tc path does besides balancing: IPv4 also answers its
+/// node's SCTP INITs to service addresses.
+pub trait TcFamily: Carrier {
     /// A packet leaving at egress that no flow owns.
     #[inline(always)]
     fn egress_unowned(_ctx: &TcContext, _p: &Packet<Self::Addr>) -> Result<Verdict, Verdict> {
         Ok(Verdict::Pass(counter::PASS_NOT_SERVICE))
-    }
-    /// A DSR flow's reply leaving at egress.
-    #[inline(always)]
-    fn clamp_mss(_ctx: &TcContext, _p: &Packet<Self::Addr>) -> Result<(), Verdict> {
-        Ok(())
     }
 }
 
@@ -53,10 +49,6 @@ impl TcFamily for V4 {
     #[inline(always)]
     fn egress_unowned(ctx: &TcContext, p: &Packet) -> Result<Verdict, Verdict> {
         node_sctp::tc(ctx, p)
-    }
-    #[inline(always)]
-    fn clamp_mss(ctx: &TcContext, p: &Packet) -> Result<(), Verdict> {
-        dsr::tc_clamp_mss(ctx, p)
     }
 }
 
@@ -141,7 +133,7 @@ pub fn egress<F: TcFamily>(ctx: &TcContext) -> i32 {
             Some(rw) => {
                 nat::tc_rewrite::<F>(ctx, p, Side::Src, &rw)?;
                 if rw.dsr() {
-                    F::clamp_mss(ctx, p)?;
+                    dsr::tc_clamp_mss::<F>(ctx, p)?;
                 }
                 Ok(Verdict::Pass(counter::NAT_REPLY))
             }

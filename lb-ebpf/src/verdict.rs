@@ -31,7 +31,56 @@ impl Verdict {
             Verdict::Pass(r) | Verdict::Drop(r) | Verdict::Bounce(r) | Verdict::Reply(r) | Verdict::Deliver(r) | Verdict::Action(_, r) => r,
         }
     }
+
+    /// `v` as one integer, 0 for `None`: what a subprogram returns (a
+    /// returned enum puts a union the kernel's BTF check refuses, see
+    /// `conntrack::create_call`). Kind in the top byte, an action in the
+    /// next, the reason in the low 32 bits.
+    #[inline(always)]
+    pub fn pack(v: Option<Verdict>) -> u64 {
+        let (kind, action, reason) = match v {
+            None => return 0,
+            Some(Verdict::Pass(r)) => (1u64, 0, r),
+            Some(Verdict::Drop(r)) => (2, 0, r),
+            Some(Verdict::Bounce(r)) => (3, 0, r),
+            Some(Verdict::Reply(r)) => (4, 0, r),
+            Some(Verdict::Deliver(r)) => (5, 0, r),
+            Some(Verdict::Action(a, r)) => (6, a & 0xff, r),
+        };
+        kind << 56 | (action as u64) << 48 | reason as u64
+    }
+
+    /// The verdict [`Verdict::pack`] made `x` from.
+    #[inline(always)]
+    pub fn unpack(x: u64) -> Option<Verdict> {
+        let reason = x as u32;
+        Some(match x >> 56 {
+            0 => return None,
+            1 => Verdict::Pass(reason),
+            2 => Verdict::Drop(reason),
+            3 => Verdict::Bounce(reason),
+            4 => Verdict::Reply(reason),
+            5 => Verdict::Deliver(reason),
+            _ => Verdict::Action((x >> 48) as u32 & 0xff, reason),
+        })
+    }
 }
 
 /// A malformed packet: truncated or inconsistent headers.
 pub const MALFORMED: Verdict = Verdict::Drop(counter::DROP_MALFORMED);
+
+/// Runs `f` inline, or with `split` (`Family::SPLIT`: a family whose frames
+/// are tight) in a subprogram with a frame of its own.
+#[inline(always)]
+pub fn framed(split: bool, f: impl FnOnce() -> Option<Verdict>) -> Option<Verdict> {
+    if split {
+        Verdict::unpack(framed_call(f))
+    } else {
+        f()
+    }
+}
+
+#[inline(never)]
+fn framed_call(f: impl FnOnce() -> Option<Verdict>) -> u64 {
+    Verdict::pack(f())
+}

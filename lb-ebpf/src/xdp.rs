@@ -6,50 +6,18 @@ use lb_common::counter;
 use lb_ebpf::ip::Ip;
 
 use crate::{
-    conntrack::{self, Origin, Rewrite},
-    dsr, events,
-    family::{Family, V4, V6},
+    conntrack::{self, Origin},
+    dsr::{self, Carrier},
+    events,
+    family::{Family, V4},
     forward, icmp_error,
-    maps::family_xdp,
+    maps::{dsr_xdp, family_xdp},
     nat::{self, Side},
     parse::{ptr_at, Packet, ETH_LEN, ETH_P_IPV6},
     reset, service,
     stats::count,
     verdict::Verdict,
 };
-
-/// What a family's XDP path does besides balancing: IPv4 also receives
-/// and sends DSR.
-pub trait XdpFamily: Family {
-    /// Before the service lookup: `Some` when the packet was handled.
-    #[inline(always)]
-    fn early(_ctx: &XdpContext, _p: &Packet<Self::Addr>) -> Result<Option<Verdict>, Verdict> {
-        Ok(None)
-    }
-    /// A packet of a DSR flow (never made for a family without `DSR`).
-    #[inline(always)]
-    fn dsr_forward(_ctx: &XdpContext, _p: &Packet<Self::Addr>, _rw: &Rewrite<Self::Addr>) -> Result<Verdict, Verdict> {
-        Err(crate::verdict::MALFORMED)
-    }
-}
-
-impl XdpFamily for V4 {
-    #[inline(always)]
-    fn early(ctx: &XdpContext, p: &Packet) -> Result<Option<Verdict>, Verdict> {
-        // Sent here by a balancing node with DSR, for a backend of this node.
-        if let Some(q) = dsr::xdp_decap(ctx, p)? {
-            return Ok(Some(send::<V4>(ctx, &q, q.src, q.dst, false, counter::DSR_DECAP)));
-        }
-        Ok(None)
-    }
-
-    #[inline(always)]
-    fn dsr_forward(ctx: &XdpContext, p: &Packet, rw: &Rewrite) -> Result<Verdict, Verdict> {
-        dsr::xdp_forward(ctx, p, rw)
-    }
-}
-
-impl XdpFamily for V6 {}
 
 /// `xdp_lb`: IPv6 frames go to `xdp_lb_v6` (if the agent has not filled
 /// the program array, they are passed as not IPv4); the rest is IPv4's.
@@ -65,11 +33,23 @@ pub fn dispatch(ctx: &XdpContext) -> u32 {
 }
 
 #[inline(always)]
-pub fn run<F: XdpFamily>(ctx: &XdpContext) -> u32 {
+pub fn run<F: Carrier>(ctx: &XdpContext) -> u32 {
     count(counter::PACKETS);
+    // A DSR packet for a backend of this node, recognised from its fixed
+    // offsets before parsing: every path through the parser would verify
+    // the test again, and the IPv6 program has no room left.
+    if F::OWN_PROGRAM && F::marked(ctx) {
+        return finish(ctx, dsr_program(ctx));
+    }
     let verdict = match try_run::<F>(ctx) {
         Ok(v) | Err(v) => v,
     };
+    finish(ctx, verdict)
+}
+
+/// Counts `verdict`'s outcome and returns its XDP action.
+#[inline(always)]
+fn finish(ctx: &XdpContext, verdict: Verdict) -> u32 {
     count(verdict.reason());
     events::report(ctx);
     match verdict {
@@ -83,7 +63,7 @@ pub fn run<F: XdpFamily>(ctx: &XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn try_run<F: XdpFamily>(ctx: &XdpContext) -> Result<Verdict, Verdict> {
+fn try_run<F: Carrier>(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     let p = F::parse(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data())?;
     // ICMP errors of NATed flows (neighbour discovery was passed by the parser).
     if p.proto == <F::Addr as Ip>::ICMP {
@@ -98,8 +78,12 @@ fn try_run<F: XdpFamily>(ctx: &XdpContext) -> Result<Verdict, Verdict> {
             }
         });
     }
-    if let Some(v) = F::early(ctx, &p)? {
-        return Ok(v);
+    // Sent here by a balancing node with DSR, for a backend of this node
+    // (with a program of its own, handed over before parsing: see `run`).
+    if !F::OWN_PROGRAM && dsr::may_carry::<F>(&p) {
+        if let Some(v) = receive_dsr::<F>(ctx, &p) {
+            return Ok(v);
+        }
     }
     // XDP on an uplink never sees a backend of this node as a client.
     let balanced = match service::balance::<F>(&p, Origin::External) {
@@ -114,7 +98,10 @@ fn try_run<F: XdpFamily>(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     };
     if let Some(rw) = balanced {
         if rw.dsr() {
-            return F::dsr_forward(ctx, &p, &rw);
+            if F::OWN_PROGRAM {
+                return Err(dsr_program(ctx));
+            }
+            return dsr::xdp_forward::<F>(ctx, &p, &rw);
         }
         nat::xdp_rewrite::<F>(ctx, &p, Side::Dst, &rw)?;
         return Ok(send::<F>(ctx, &p, rw.peer_addr, rw.addr, rw.snat(), counter::NAT_FORWARD));
@@ -149,4 +136,46 @@ fn send<F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>, src: F::Addr, dst: F::
             Verdict::Pass(reason)
         }
     }
+}
+
+/// A DSR packet for a backend of this node: its carrier off, sent on to
+/// the pod; `None`: not one.
+#[inline(always)]
+fn receive_dsr<F: Carrier>(ctx: &XdpContext, p: &Packet<F::Addr>) -> Option<Verdict> {
+    match dsr::xdp_decap::<F>(ctx, p) {
+        Ok(Some(q)) => Some(send::<F>(ctx, &q, q.src, q.dst, false, counter::DSR_DECAP)),
+        Ok(None) => None,
+        Err(v) => Some(v),
+    }
+}
+
+/// Tail-calls the family's DSR program (`Carrier::OWN_PROGRAM`); returns
+/// only if it is not loaded: the packet is then dropped.
+#[inline(always)]
+fn dsr_program(ctx: &XdpContext) -> Verdict {
+    // SAFETY: a tail call to a program of the same type; returns only on failure.
+    unsafe { dsr_xdp.tail_call(ctx, 0) };
+    Verdict::Drop(counter::DROP_DSR_PROGRAM)
+}
+
+/// `xdp_dsr_v6`: a DSR packet `run` handed over, received (carrier on) or
+/// to send (its flow, just found or made by `run`, in conntrack).
+#[inline(always)]
+pub fn run_dsr<F: Carrier>(ctx: &XdpContext) -> u32 {
+    let verdict = match try_dsr::<F>(ctx) {
+        Ok(v) | Err(v) => v,
+    };
+    finish(ctx, verdict)
+}
+
+#[inline(always)]
+fn try_dsr<F: Carrier>(ctx: &XdpContext) -> Result<Verdict, Verdict> {
+    let p = F::parse(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data())?;
+    if dsr::may_carry::<F>(&p) {
+        if let Some(v) = receive_dsr::<F>(ctx, &p) {
+            return Ok(v);
+        }
+    }
+    let rw = conntrack::dsr_forward::<F>(&p).ok_or(Verdict::Drop(counter::CT_INSERT_FAILED))?;
+    dsr::xdp_forward::<F>(ctx, &p, &rw)
 }

@@ -50,6 +50,22 @@ impl FarClient {
     }
 }
 
+/// Uploads a line of `size` bytes to `to` from `ns`; the pod's server
+/// answers with its name once the line is in.
+pub fn upload(ns: &Netns, to: SocketAddr, size: usize) -> std::io::Result<String> {
+    ns.run(move || {
+        use std::io::{BufRead, BufReader, Write};
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(20)))?;
+        let mut line = vec![b'u'; size];
+        line.push(b'\n');
+        s.write_all(&line)?;
+        let mut answer = String::new();
+        BufReader::new(s).read_line(&mut answer)?;
+        Ok(answer.trim_end().to_string())
+    })
+}
+
 /// Downloads `size` bytes of a server's `/bulk/` pattern from `to`, from
 /// `ns`: (the server that answered, the bytes received, whether they are
 /// intact).

@@ -146,6 +146,17 @@ pub fn program_v6(ebpf: &mut aya::Ebpf, svcs: &[Svc6]) {
     }
 }
 
+/// Marks the IPv6 backends `ids` of `ebpf` as on another node.
+pub fn remote_v6(ebpf: &mut aya::Ebpf, ids: &[u32]) {
+    let map = ebpf.map_mut(lb_common::maps::BACKENDS_V6).expect("backends_v6");
+    let mut backends: aya::maps::Array<_, lb_common::BackendV6> = aya::maps::Array::try_from(map).unwrap();
+    for &id in ids {
+        let mut b = backends.get(&id, 0).unwrap();
+        b.flags = lb_common::backend_flags::REMOTE;
+        backends.set(id, b, 0).unwrap();
+    }
+}
+
 /// The IPv6 conntrack entries of `ebpf` (both halves of every flow).
 pub fn flows_v6(ebpf: &mut aya::Ebpf) -> Vec<(lb_common::FlowKeyV6, lb_common::FlowV6)> {
     let map = ebpf.map_mut(lb_common::maps::CONNTRACK_V6).expect("conntrack_v6");

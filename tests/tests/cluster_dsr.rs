@@ -8,7 +8,7 @@
 //! a connection survives its ingress moving to another node (Maglev).
 //! Needs root.
 use std::{
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    net::{Ipv4Addr, SocketAddr},
     time::Duration,
 };
 
@@ -289,17 +289,7 @@ fn the_options_bytes_are_made_room_for_by_mss_clamp_and_fragmentation_needed() {
     let mut c = cluster("dsr", &svc, |_| vec![(2, 0)]);
     let to = SocketAddr::from((node_addr(1), NODE_PORT));
     const SIZE: usize = 1 << 20;
-    let up = c.client.run(move || -> std::io::Result<String> {
-        use std::io::{BufRead, BufReader, Write};
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(20)))?;
-        let mut line = vec![b'u'; SIZE];
-        line.push(b'\n');
-        s.write_all(&line)?;
-        let mut answer = String::new();
-        BufReader::new(s).read_line(&mut answer)?;
-        Ok(answer.trim_end().to_string())
-    });
+    let up = xdplb_tests::pathmtu::upload(&c.client, to, SIZE);
     let n1 = counters(&mut c, 1);
     let n2 = counters(&mut c, 2);
     let who = up.unwrap_or_else(|e| panic!("the upload failed: {e}; node-1 {}; node-2 {}", named(&n1), named(&n2)));

@@ -3,16 +3,18 @@
 //! the outside client over IPv6 through every node's IPv6 NodePort, an
 //! ExternalIP and a LoadBalancer IP, TCP and UDP, in each `--lb-mode`.
 //! What is checked: 0 failures over 200 connections per case, every node's
-//! pods get a share, and what the pods see as the client: the balancing
-//! node's IPv6 address for pods on other nodes (SNAT), the client for its
-//! own. IPv6 has no DSR yet: in `dsr` mode its flows are SNATed all the
-//! same. Then SNAT connections through SIGKILLs of the agents. Needs root.
+//! pods get a share, and what the pods see as the client: with SNAT the
+//! balancing node's IPv6 address for pods on other nodes, the client for
+//! its own; with DSR (`dsr`: TCP and UDP; `hybrid`: TCP) the client for
+//! every pod. Then SNAT connections through SIGKILLs of the agents, and a
+//! 1 MB upload and download through DSR over a narrower link between the
+//! nodes. Needs root.
 use std::net::{Ipv6Addr, SocketAddr};
 
 use lb_common::counter;
 use xdplb_tests::{
     chatter::{self, connect, Phases},
-    cluster::{node_addr6, pod_addr6, tcp_requests, udp_requests, Cluster, ServiceDef, Source, Tally, CLIENT_ADDR6},
+    cluster::{node_addr6, pod_addr6, pod_cidr6, tcp_requests, udp_requests, Cluster, ServiceDef, Source, Tally, CLIENT_ADDR6},
 };
 
 const NODES: usize = 3;
@@ -51,7 +53,7 @@ fn named(counts: &[u64]) -> String {
 /// Every external IPv6 frontend through every node, TCP and UDP, 200
 /// each; and the ClusterIP from a pod on every node. Returns every node's
 /// counters.
-fn every_frontend_through_every_node(mode: &str) -> Vec<Vec<u64>> {
+fn every_frontend_through_every_node(mode: &str, dsr: (bool, bool)) -> Vec<Vec<u64>> {
     let svc = web();
     let mut c = cluster(mode, &svc, |c| c.all_pods());
     for i in 1..=NODES {
@@ -59,8 +61,13 @@ fn every_frontend_through_every_node(mode: &str) -> Vec<Vec<u64>> {
         c.route_service(LB_IP, i);
         for (what, addr, port) in [("NodePort", node_addr6(i), NODE_PORT), ("ExternalIP", EXTERNAL_IP, 80), ("LoadBalancer IP", LB_IP, 80)] {
             let to = SocketAddr::from((addr, port));
-            for (proto, t) in [("TCP", tcp_requests(&c.client, to, 200)), ("UDP", udp_requests(&c.client, to, 200))] {
+            for (proto, t, dsr) in [("TCP", tcp_requests(&c.client, to, 200), dsr.0), ("UDP", udp_requests(&c.client, to, 200), dsr.1)] {
                 println!("{mode} IPv6 {what} via node-{i}, {proto}: answers per node {:?}, the pods saw {:?}", t.per_node(), t.sources6);
+                if dsr {
+                    // Every pod sees the client, whichever node it is on.
+                    assert_served(&t, &format!("{mode}: {proto} to the IPv6 {what} via node-{i} (DSR)"), 200, &[CLIENT_ADDR6], &c);
+                    continue;
+                }
                 // Other nodes' pods see node i (SNAT), node i's own the client.
                 assert_served(&t, &format!("{mode}: {proto} to the IPv6 {what} via node-{i}"), 200, &[CLIENT_ADDR6, node_addr6(i)], &c);
                 assert_eq!(t.sources6.keys().copied().collect::<Vec<_>>(), sorted([CLIENT_ADDR6, node_addr6(i)]), "{mode}: both seen");
@@ -100,18 +107,58 @@ fn total(counts: &[Vec<u64>], k: u32) -> u64 {
 
 #[test]
 fn snat_every_ipv6_frontend_reaches_every_node() {
-    let counts = every_frontend_through_every_node("snat");
+    let counts = every_frontend_through_every_node("snat", (false, false));
     assert!(total(&counts, counter::SNAT_NEW) >= 2 * 3 * 200 / 3, "SNATed flows: {}", total(&counts, counter::SNAT_NEW));
     assert_eq!(total(&counts, counter::DSR_FORWARD), 0, "snat: no DSR");
 }
 
-/// `--lb-mode dsr` (and so `hybrid`): IPv6 flows to other nodes' pods are
-/// SNATed, never sent without a way back (DSR is IPv4's only, so far).
+/// `--lb-mode dsr`: IPv6 flows to other nodes' pods, TCP and UDP, carry
+/// the service in a destination options header; the pods see the client.
 #[test]
-fn dsr_mode_snats_ipv6_flows_to_other_nodes() {
-    let counts = every_frontend_through_every_node("dsr");
-    assert!(total(&counts, counter::SNAT_NEW) >= 2 * 3 * 200 / 3, "SNATed flows: {}", total(&counts, counter::SNAT_NEW));
-    assert_eq!(total(&counts, counter::DSR_FORWARD), 0, "no IPv6 DSR");
+fn dsr_mode_sends_ipv6_flows_to_other_nodes_with_dsr() {
+    let counts = every_frontend_through_every_node("dsr", (true, true));
+    println!("dsr: dsr_forward={} dsr_decap={} snat_new={}", total(&counts, counter::DSR_FORWARD), total(&counts, counter::DSR_DECAP), total(&counts, counter::SNAT_NEW));
+    assert_eq!(total(&counts, counter::SNAT_NEW), 0, "no SNAT");
+    assert!(total(&counts, counter::DSR_DECAP) >= 2 * 3 * 200 / 3, "DSR flows received: {}", total(&counts, counter::DSR_DECAP));
+    assert_eq!(total(&counts, counter::DROP_DSR_PROGRAM), 0);
+}
+
+/// `--lb-mode hybrid`: TCP over IPv6 takes DSR, UDP is SNATed.
+#[test]
+fn hybrid_mode_sends_ipv6_tcp_with_dsr_and_snats_udp() {
+    let counts = every_frontend_through_every_node("hybrid", (true, false));
+    println!("hybrid: dsr_forward={} dsr_decap={} snat_new={}", total(&counts, counter::DSR_FORWARD), total(&counts, counter::DSR_DECAP), total(&counts, counter::SNAT_NEW));
+    assert!(total(&counts, counter::SNAT_NEW) >= 3 * 200 / 3, "SNATed UDP flows: {}", total(&counts, counter::SNAT_NEW));
+    assert!(total(&counts, counter::DSR_DECAP) >= 3 * 200 / 3, "DSR TCP flows received: {}", total(&counts, counter::DSR_DECAP));
+}
+
+/// DSR over a link between the nodes narrower than the client's (route MTU
+/// 1,400 from node 1 to the other nodes' pods): the client's full-size
+/// segments plus the 24-byte header do not fit, node 1 answers ICMPv6
+/// packet too big and the client's path MTU shrinks; a 1 MB upload to a
+/// pod on another node and a 1 MB download from it complete, intact.
+#[test]
+fn a_full_size_upload_and_download_through_ipv6_dsr_over_a_narrower_link() {
+    let svc = web();
+    let mut c = cluster("dsr", &svc, |c| c.all_pods().into_iter().filter(|&(n, _)| n != 1).collect());
+    // Locked: an IPv6 FIB lookup takes a route's MTU only then (else the device's).
+    for k in 2..=NODES {
+        c.node(1).ns.ip(&["-6", "route", "replace", &pod_cidr6(k), "via", &node_addr6(k).to_string(), "mtu", "lock", "1400"]);
+    }
+    let to = SocketAddr::from((node_addr6(1), NODE_PORT));
+    const SIZE: usize = 1 << 20;
+    let up = xdplb_tests::pathmtu::upload(&c.client, to, SIZE);
+    let down = xdplb_tests::pathmtu::download(&c.client, to, SIZE);
+    let n1 = c.node_mut(1).maps().counters().unwrap();
+    let who = up.unwrap_or_else(|e| panic!("the upload failed: {e}; node-1 {}\n{}", named(&n1), c.logs()));
+    let (from, len, intact) = down.unwrap_or_else(|e| panic!("the download failed: {e}; node-1 {}\n{}", named(&n1), c.logs()));
+    let route = String::from_utf8_lossy(&xdplb_tests::netns::run(c.client.cmd("ip").args(["-6", "route", "get", &node_addr6(1).to_string()])).stdout).into_owned();
+    println!("1 MB upload through node-1's IPv6 NodePort (DSR, 1,400-byte route to the pods): answered by {who}; 1 MB download: {len} bytes from {from}, intact {intact}; client route: {}; node-1 {}", route.trim(), named(&n1));
+    assert!(!who.starts_with("node-1/") && !who.is_empty(), "served by a pod on another node: {who}");
+    assert_eq!((len, intact), (SIZE, true));
+    assert!(n1[counter::DSR_FORWARD as usize] > SIZE as u64 / 1400, "the upload went through with the header");
+    assert!(n1[counter::DSR_FRAG_NEEDED as usize] >= 1, "packet too big sent");
+    assert!(route.contains("mtu 1376"), "the client learnt the path MTU: {route}");
 }
 
 #[test]

@@ -7,13 +7,13 @@
 //! back to the client. The byte-exact cases live in
 //! `tests/fixtures/snat_v6.json` (`XDPLB_BLESS=1` rewrites it from
 //! `cases()`). Needs root.
-use lb_common::{algorithm, backend_flags, counter, maps, BackendV6, NatConfig, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{algorithm, counter, NatConfig, IPPROTO_TCP, IPPROTO_UDP};
 use xdplb_tests::{
     fixture::{self, Case},
     lb::Lb,
     packet::{CLIENT_MAC, TCP_ACK, TCP_SYN},
     packet6::{verify_checksums, Frame6},
-    services::{program_v6, Svc6},
+    services::{program_v6, remote_v6, Svc6},
     uplink::{forwarded, from_node_b, Uplink, CLIENT6, LB_IP6, NODE6, NODE_B_MAC, POD_B6, POD_LOCAL6, SNAT_PORT},
 };
 
@@ -33,12 +33,7 @@ fn services() -> Vec<Svc6> {
 fn lb_with(ports: (u16, u16)) -> Lb {
     let mut lb = Lb::load();
     program_v6(&mut lb.ebpf, &services());
-    let mut backends: aya::maps::Array<_, BackendV6> = aya::maps::Array::try_from(lb.ebpf.map_mut(maps::BACKENDS_V6).unwrap()).unwrap();
-    for id in [11, 12] {
-        let mut b = backends.get(&id, 0).unwrap();
-        b.flags = backend_flags::REMOTE;
-        backends.set(id, b, 0).unwrap();
-    }
+    remote_v6(&mut lb.ebpf, &[11, 12]);
     lb.maps.set_nat_config(&NatConfig { addr: NODE6.octets(), port_min: ports.0, port_max: ports.1 }).expect("writing nat_config_v6");
     lb
 }
