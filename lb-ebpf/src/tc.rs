@@ -36,13 +36,7 @@ use crate::{
 
 /// What a family's tc path does besides balancing: IPv4 also clamps DSR
 /// flows' MSS.
-pub trait TcFamily: Family {
-    /// A packet leaving at egress that no flow owns.
-    #[inline(always)]
-    fn egress_unowned(_ctx: &TcContext, _p: &Packet<Self::Addr>) -> Result<Verdict, Verdict> {
-        Ok(Verdict::Pass(counter::PASS_NOT_SERVICE))
-    }
-    /// A DSR flow's reply leaving at egress.
+pub trait TcFamily: Family {    /// A DSR flow's reply leaving at egress.
     #[inline(always)]
     fn clamp_mss(_ctx: &TcContext, _p: &Packet<Self::Addr>) -> Result<(), Verdict> {
         Ok(())
@@ -50,10 +44,6 @@ pub trait TcFamily: Family {
 }
 
 impl TcFamily for V4 {
-    #[inline(always)]
-    fn egress_unowned(ctx: &TcContext, p: &Packet) -> Result<Verdict, Verdict> {
-        node_sctp::tc(ctx, p)
-    }
     #[inline(always)]
     fn clamp_mss(ctx: &TcContext, p: &Packet) -> Result<(), Verdict> {
         dsr::tc_clamp_mss(ctx, p)
@@ -145,7 +135,8 @@ pub fn egress<F: TcFamily>(ctx: &TcContext) -> i32 {
                 }
                 Ok(Verdict::Pass(counter::NAT_REPLY))
             }
-            None => F::egress_unowned(ctx, p),
+            // Unowned: the node's own SCTP INIT to a service is answered.
+            None => node_sctp::tc::<F>(ctx, p),
         }
     })
 }
@@ -185,24 +176,25 @@ fn run<F: Family>(ctx: &TcContext, f: impl FnOnce(&TcContext, &Packet<F::Addr>) 
 
 /// Pulls the first `want` bytes into the linear part, but never, for SCTP,
 /// past the common header: an SCTP GSO buffer (a local socket's large
-/// message) is a head holding only the Ethernet, IPv4 and SCTP headers with
+/// message) is a head holding only the Ethernet, IP and SCTP headers with
 /// one packet's chunks per `frag_list` buffer, and `skb_segment` crashes the
 /// kernel on a head that took in chunk bytes ("kernel BUG at
 /// net/core/skbuff.c:4285", `sctp_gso_segment`, seen on 6.1 with a pulled
-/// head). The protocol is read without pulling (`bpf_skb_load_bytes`).
+/// head). The protocol is read without pulling (`bpf_skb_load_bytes`):
+/// IPv4's (IHL from the header), or IPv6's next header when it is SCTP
+/// (a socket's SCTP over IPv6 carries no extension headers).
 /// Out of line: its buffer stays out of the hooks' frames.
 #[inline(never)]
 fn pull_headers(ctx: &TcContext, want: u32) {
-    // Ethertype, then the IPv4 header up to its protocol.
-    let want = match ctx.load::<[u8; 12]>(ETH_LEN - 2) {
-        Ok(h) if h[..2] == [0x08, 0x00] && h[11] == IPPROTO_SCTP => {
-            let sctp_end = (ETH_LEN + ((h[2] & 0x0f) as usize) * 4 + lb_ebpf::sctp::COMMON_LEN) as u32;
-            if sctp_end < want {
-                sctp_end
-            } else {
-                want
-            }
-        }
+    // Ethertype, then the IP header up to IPv4's protocol (IPv6's next
+    // header comes before it).
+    let sctp_l4 = match ctx.load::<[u8; 12]>(ETH_LEN - 2) {
+        Ok(h) if h[..2] == [0x08, 0x00] && h[11] == IPPROTO_SCTP => Some(ETH_LEN + ((h[2] & 0x0f) as usize) * 4),
+        Ok(h) if h[..2] == ETH_P_IPV6 && h[2 + 6] == IPPROTO_SCTP => Some(ETH_LEN + <[u8; 16] as Ip>::HDR_LEN),
+        _ => None,
+    };
+    let want = match sctp_l4 {
+        Some(l4) if ((l4 + lb_ebpf::sctp::COMMON_LEN) as u32) < want => (l4 + lb_ebpf::sctp::COMMON_LEN) as u32,
         _ => want,
     };
     let _ = ctx.pull_data(want);

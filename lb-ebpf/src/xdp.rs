@@ -8,7 +8,7 @@ use lb_ebpf::ip::Ip;
 use crate::{
     conntrack::{self, Origin, Rewrite},
     dsr, events,
-    family::{Family, V4, V6},
+    family::{Family, V4, V6NoSctp},
     forward, icmp_error,
     maps::family_xdp,
     nat::{self, Side},
@@ -49,7 +49,7 @@ impl XdpFamily for V4 {
     }
 }
 
-impl XdpFamily for V6 {}
+impl XdpFamily for V6NoSctp {}
 
 /// `xdp_lb`: IPv6 frames go to `xdp_lb_v6` (if the agent has not filled
 /// the program array, they are passed as not IPv4); the rest is IPv4's.
