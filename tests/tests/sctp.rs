@@ -207,14 +207,7 @@ fn fixture_file_is_current() {
 fn the_expected_crcs_are_what_the_cases_claim() {
     let file = fixture::load(FILE);
     let get = |name: &str| {
-        let c = file
-            .iter()
-            .find(|c| c.name == name)
-            .unwrap_or_else(|| panic!("no case {name}"));
-        let (i, o) = (
-            xdplb_tests::packet::from_hex(&c.input),
-            xdplb_tests::packet::from_hex(c.output.as_deref().unwrap()),
-        );
+        let (i, o) = fixture::frames(&file, name);
         let crc = |f: &[u8]| f[14 + 20 + 8..14 + 20 + 12].to_vec();
         (crc(&i), crc(&o), o)
     };

@@ -16,23 +16,15 @@ use std::net::Ipv6Addr;
 
 use lb_common::{algorithm, counter, IPPROTO_SCTP};
 use xdplb_tests::{
-    fixture::{self, Case},
+    fixture::{self, story6::*, Case},
     lb::Lb,
-    packet::{from_hex, sctp_crc, SctpCrc, L4, NODE_MAC, CLIENT_MAC, SCTP_ABORT, SCTP_DATA, SCTP_INIT, SCTP_INIT_ACK},
+    packet::{sctp_crc, SctpCrc, L4, NODE_MAC, CLIENT_MAC, SCTP_ABORT, SCTP_DATA, SCTP_INIT, SCTP_INIT_ACK},
     packet6::{icmpv6_error, Frame6},
     services::{flows_v6, program_v6, Svc6},
 };
 
 const FILE: &str = "sctp_v6.json";
 
-const CLIENT: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
-const NODE: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
-const CLUSTER_IP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x30);
-const M3UA_IP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x31);
-const EMPTY_IP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x99);
-const POD: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 3, 0, 0, 0, 0, 2);
-const B1: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 0x11);
-const B2: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 0x12);
 /// Diameter: the service port and the pods' target port; M3UA on its own.
 const SVC_PORT: u16 = 3868;
 const TARGET_PORT: u16 = 3869;
@@ -42,7 +34,7 @@ const TAG: u32 = 0x0c11_e4a7;
 fn services() -> Vec<Svc6> {
     vec![
         Svc6 { id: 1, proto: IPPROTO_SCTP, algorithm: algorithm::ROUND_ROBIN, frontends: vec![(CLUSTER_IP, SVC_PORT)], backends: vec![(101, B1, TARGET_PORT)] },
-        Svc6 { id: 2, proto: IPPROTO_SCTP, algorithm: algorithm::RANDOM, frontends: vec![(M3UA_IP, SAME_PORT)], backends: vec![(102, B2, SAME_PORT)] },
+        Svc6 { id: 2, proto: IPPROTO_SCTP, algorithm: algorithm::RANDOM, frontends: vec![(DNS_IP, SAME_PORT)], backends: vec![(102, B2, SAME_PORT)] },
         Svc6 { id: 3, proto: IPPROTO_SCTP, algorithm: algorithm::RANDOM, frontends: vec![(EMPTY_IP, SVC_PORT)], backends: vec![] },
     ]
 }
@@ -99,7 +91,7 @@ fn cases() -> Vec<Case> {
     let pod_data = data(POD, 6000, CLUSTER_IP, SVC_PORT, b"CER");
     let init_ack = Frame6::sctp(B1, TARGET_PORT, POD, 6000, TAG, SCTP_INIT_ACK).payload(&init_value(0x5e4e_7a90));
     let reply_off = with_crc(data(B1, TARGET_PORT, POD, 6000, b"CEA"), SctpCrc::Offloaded);
-    let same = data(POD, 6003, M3UA_IP, SAME_PORT, b"ASPUP");
+    let same = data(POD, 6003, DNS_IP, SAME_PORT, b"ASPUP");
     let empty = init(POD, 6002, EMPTY_IP, SVC_PORT);
     let mut back = empty.clone();
     (back.src_mac, back.dst_mac) = (NODE_MAC, CLIENT_MAC);
@@ -134,8 +126,7 @@ fn fixture_file_is_current() {
 fn the_expected_crcs_are_what_the_cases_claim() {
     let file = fixture::load(FILE);
     let get = |name: &str| {
-        let c = file.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no case {name}"));
-        let (i, o) = (from_hex(&c.input), from_hex(c.output.as_deref().unwrap()));
+        let (i, o) = fixture::frames(&file, name);
         let l4 = 14 + 40;
         let field = |f: &[u8]| f[l4 + 8..l4 + 12].to_vec();
         (field(&i), field(&o), sctp_crc(&o[l4..]).to_vec())
