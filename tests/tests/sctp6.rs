@@ -18,7 +18,7 @@ use lb_common::{algorithm, counter, IPPROTO_SCTP};
 use xdplb_tests::{
     fixture::{self, story6::*, Case},
     lb::Lb,
-    packet::{sctp_crc, SctpCrc, L4, NODE_MAC, CLIENT_MAC, SCTP_ABORT, SCTP_DATA, SCTP_INIT, SCTP_INIT_ACK},
+    packet::{sctp_crc, sctp_data_value, sctp_init_value, SctpCrc, L4, NODE_MAC, CLIENT_MAC, SCTP_ABORT, SCTP_DATA, SCTP_INIT, SCTP_INIT_ACK},
     packet6::{icmpv6_error, Frame6},
     services::{flows_v6, program_v6, Svc6},
 };
@@ -39,19 +39,12 @@ fn services() -> Vec<Svc6> {
     ]
 }
 
-/// An INIT chunk's value: initiate tag, a_rwnd, streams out/in, initial TSN.
-fn init_value(tag: u32) -> Vec<u8> {
-    [&tag.to_be_bytes()[..], &106_496u32.to_be_bytes(), &[0, 10, 0, 10], &0x1000_0000u32.to_be_bytes()].concat()
-}
-
 fn init(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16) -> Frame6 {
-    Frame6::sctp(src, sport, dst, dport, 0, SCTP_INIT).payload(&init_value(TAG))
+    Frame6::sctp(src, sport, dst, dport, 0, SCTP_INIT).payload(&sctp_init_value(TAG))
 }
 
-/// A DATA chunk's value: TSN, stream, sequence, payload protocol, user data.
 fn data(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, text: &[u8]) -> Frame6 {
-    let v = [&0x1000_0000u32.to_be_bytes()[..], &[0, 0, 0, 0, 0, 0, 0, 46], text].concat();
-    Frame6::sctp(src, sport, dst, dport, 0x5e4e_7a90, SCTP_DATA).payload(&v)
+    Frame6::sctp(src, sport, dst, dport, 0x5e4e_7a90, SCTP_DATA).payload(&sctp_data_value(0x1000_0000, text))
 }
 
 fn with_crc(mut f: Frame6, crc: SctpCrc) -> Frame6 {
@@ -89,7 +82,7 @@ fn cases() -> Vec<Case> {
     let b = |f: &Frame6| f.bytes();
     let pod_init = with_crc(init(POD, 6000, CLUSTER_IP, SVC_PORT), SctpCrc::Offloaded);
     let pod_data = data(POD, 6000, CLUSTER_IP, SVC_PORT, b"CER");
-    let init_ack = Frame6::sctp(B1, TARGET_PORT, POD, 6000, TAG, SCTP_INIT_ACK).payload(&init_value(0x5e4e_7a90));
+    let init_ack = Frame6::sctp(B1, TARGET_PORT, POD, 6000, TAG, SCTP_INIT_ACK).payload(&sctp_init_value(0x5e4e_7a90));
     let reply_off = with_crc(data(B1, TARGET_PORT, POD, 6000, b"CEA"), SctpCrc::Offloaded);
     let same = data(POD, 6003, DNS_IP, SAME_PORT, b"ASPUP");
     let empty = init(POD, 6002, EMPTY_IP, SVC_PORT);
