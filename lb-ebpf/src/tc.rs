@@ -36,7 +36,8 @@ use crate::{
 
 /// What a family's tc path does besides balancing: IPv4 also clamps DSR
 /// flows' MSS.
-pub trait TcFamily: Family {    /// A DSR flow's reply leaving at egress.
+pub trait TcFamily: Family {
+    /// A DSR flow's reply leaving at egress.
     #[inline(always)]
     fn clamp_mss(_ctx: &TcContext, _p: &Packet<Self::Addr>) -> Result<(), Verdict> {
         Ok(())

@@ -269,8 +269,9 @@ const SCTP6_ASSOCIATIONS: usize = 50;
 
 /// Real SCTP associations over IPv6 from a pod to `shop/diameter6`'s
 /// ClusterIP (tc_ingress_v6 DNAT 3868 → 3870, tc_egress_v6 reverse NAT):
-/// [`SCTP6_ASSOCIATIONS`], each carrying messages of 5 and 1,200 bytes
-/// answered by its backend, every one counted (none may fail), both
+/// [`SCTP6_ASSOCIATIONS`], each carrying messages of 5, 1,200 and 9,000
+/// bytes (the last a GSO buffer from the pod's socket, see tc.rs
+/// `pull_headers`) answered by its backend, every one counted (none may fail), both
 /// backends reached (round-robin); the endpoints' kernels check every CRC.
 /// Then the node's own association to the IPv6 ClusterIP: refused at once
 /// by the IPv6 ABORT at tc egress (ECONNREFUSED).
@@ -290,7 +291,7 @@ fn sctp6_balanced(t: &Topology, agent: &Agent) {
         let who = t.pod.run(move || -> std::io::Result<String> {
             let mut s = sctp::connect(POD_ADDR6.into(), to, Duration::from_secs(30))?;
             let mut who = Vec::new();
-            for size in [5usize, 1200] {
+            for size in [5usize, 1200, 9000] {
                 let msg: Vec<u8> = (0..size).map(|j| (i * 31 + j) as u8).collect();
                 who.push(sctp::ask(&mut s, &msg)?);
             }
