@@ -35,7 +35,7 @@ use lb_ebpf::{
 use crate::{
     clock,
     conntrack::{self, Rewrite},
-    family::{Family, V4, V6},
+    family::{Family, V4, V6Of},
     forward::{self, FibParams, Lookup},
     nat::{self, Side},
     parse::{Packet, ETH_LEN, IP_CHECK, TCP_SYN},
@@ -300,7 +300,7 @@ const EXT6_HDRLEN: u8 = (EXT6_LEN / 8 - 1) as u8;
 
 /// IPv6: a destination options header right behind the fixed header (no
 /// checksum covers it: the L4 pseudo header holds the addresses only).
-impl Carrier for V6 {
+impl<const SCTP: bool> Carrier for V6Of<SCTP> {
     const LEN: usize = EXT6_LEN;
     const OWN_PROGRAM: bool = true;
 

@@ -45,7 +45,7 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
-use family::{V4, V6};
+use family::{V4, V6NoSctp, V6};
 use lb_common::counter;
 
 /// XDP on an uplink: balance packets to service addresses, pass the rest.
@@ -67,17 +67,18 @@ pub fn tc_egress(ctx: TcContext) -> i32 {
     tc::egress_v4(&ctx)
 }
 
-/// `xdp_lb` for IPv6 frames (tail-called; the same path, over IPv6).
+/// `xdp_lb` for IPv6 frames (tail-called; the same path, over IPv6, SCTP
+/// passed: see `family::V6Of`).
 #[xdp]
 pub fn xdp_lb_v6(ctx: XdpContext) -> u32 {
     stats::count(counter::IPV6);
-    xdp::run::<V6>(&ctx)
+    xdp::run::<V6NoSctp>(&ctx)
 }
 
 /// IPv6 DSR, sent and received (tail-called by `xdp_lb_v6`, see `xdp::run_dsr`).
 #[xdp]
 pub fn xdp_dsr_v6(ctx: XdpContext) -> u32 {
-    xdp::run_dsr::<V6>(&ctx)
+    xdp::run_dsr::<V6NoSctp>(&ctx)
 }
 
 /// `tc_ingress` for IPv6 frames (tail-called).

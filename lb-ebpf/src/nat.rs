@@ -81,14 +81,19 @@ pub fn xdp_rewrite<F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>, side: Side,
         xdp_rewrite_inline::<F>(data, end, p, side, rw)?;
     }
     // SCTP: its CRC after the ports changed (see the module doc).
-    let ports_changed = match side {
-        Side::Dst => p.dport != rw.port || p.sport != rw.peer_port,
-        Side::Src => p.sport != rw.port || p.dport != rw.peer_port,
-    };
-    if F::SCTP && p.proto == IPPROTO_SCTP && ports_changed && !crate::sctp_nat::xdp_crc(ctx, p) {
+    if F::SCTP && p.proto == IPPROTO_SCTP && ports_changed(p, side, rw) && !crate::sctp_nat::xdp_crc(ctx, p) {
         return Err(MALFORMED);
     }
     Ok(())
+}
+
+/// Whether the rewrite changes a port of the packet.
+#[inline(always)]
+fn ports_changed<A>(p: &Packet<A>, side: Side, rw: &Rewrite<A>) -> bool {
+    match side {
+        Side::Dst => p.dport != rw.port || p.sport != rw.peer_port,
+        Side::Src => p.sport != rw.port || p.dport != rw.peer_port,
+    }
 }
 
 /// [`xdp_rewrite`] with a frame of its own (see `Family::SPLIT`): 0, or the
@@ -169,12 +174,18 @@ fn xdp_rewrite_inline<F: Family>(data: usize, end: usize, p: &Packet<F::Addr>, s
 pub fn tc_rewrite<F: Family>(ctx: &TcContext, p: &Packet<F::Addr>, side: Side, rw: &Rewrite<F::Addr>) -> Result<(), Verdict> {
     if F::SPLIT {
         match tc_rewrite_call::<F>(ctx, p, side, rw) {
-            0 => Ok(()),
-            reason => Err(Verdict::Drop(reason)),
+            0 => {}
+            reason => return Err(Verdict::Drop(reason)),
         }
     } else {
-        tc_rewrite_inline::<F>(ctx, p, side, rw)
+        tc_rewrite_inline::<F>(ctx, p, side, rw)?;
     }
+    // SCTP: its CRC after the ports changed, here rather than in the
+    // rewrite's own frame (IPv6's stack was too deep with it there).
+    if F::SCTP && p.proto == IPPROTO_SCTP && ports_changed(p, side, rw) && !crate::sctp_nat::tc_crc(ctx, p) {
+        return Err(Verdict::Drop(lb_common::counter::DROP_CSUM));
+    }
+    Ok(())
 }
 
 /// [`tc_rewrite`] with a frame of its own (see `Family::SPLIT`): 0, or the
@@ -239,9 +250,6 @@ fn tc_rewrite_inline<F: Family>(ctx: &TcContext, p: &Packet<F::Addr>, side: Side
     if ports_changed {
         let block = [ports[0][0], ports[0][1], ports[1][0], ports[1][1]];
         ctx.store(p.l4 + L4_SPORT, &block, 0).map_err(failed)?;
-        if !inet && !crate::sctp_nat::tc_crc(ctx, p) {
-            return Err(Verdict::Drop(lb_common::counter::DROP_CSUM));
-        }
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! IPv6 header parsing: Ethernet → IPv6 → extension headers → TCP/UDP
-//! (or ICMPv6), with the same rules as `parse.rs` (which checks the L4
-//! header for both families).
+//! (or ICMPv6), and SCTP for the instances that balance it (`SCTP`: tc's,
+//! not XDP's, see `family::V6Of`), with the same rules as `parse.rs` (which
+//! checks the L4 header for both families).
 //!
 //! Extension headers (hop-by-hop, routing, destination options, fragment)
 //! are walked to the transport header, at most [`EXT_MAX`] of them (a
@@ -16,7 +17,8 @@
 //! pseudo-header (see `nat.rs`). The payload length must fit the frame;
 //! a jumbogram (payload length 0 with a hop-by-hop jumbo option) does not
 //! and is malformed.
-use lb_common::{counter, IPPROTO_TCP, IPPROTO_UDP};
+use lb_common::{counter, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
+use lb_ebpf::sctp;
 
 use crate::{
     parse::{ethertype, ports, ptr_at, Packet, ETH_LEN, ETH_P_IPV6},
@@ -44,9 +46,10 @@ pub const EXT_MAX: usize = 4;
 const NDP_FIRST: u8 = 133;
 const NDP_LAST: u8 = 137;
 
-/// Parses an IPv6 frame (see `parse::parse` for `data`, `end`, `frame_len`).
+/// Parses an IPv6 frame (see `parse::parse` for `data`, `end`, `frame_len`);
+/// SCTP packets too if `SCTP`, else they pass as another protocol.
 #[inline(always)]
-pub fn parse(data: usize, end: usize, frame_len: usize) -> Result<Packet<[u8; 16]>, Verdict> {
+pub fn parse<const SCTP: bool>(data: usize, end: usize, frame_len: usize) -> Result<Packet<[u8; 16]>, Verdict> {
     ethertype(data, end, ETH_P_IPV6)?;
     // Version, traffic class and flow label; payload length; next header;
     // hop limit.
@@ -94,6 +97,7 @@ pub fn parse(data: usize, end: usize, frame_len: usize) -> Result<Packet<[u8; 16
     let min_l4 = match next {
         IPPROTO_TCP => 20,
         IPPROTO_UDP => 8,
+        IPPROTO_SCTP if SCTP => sctp::COMMON_LEN + sctp::CHUNK_HDR_LEN,
         IPPROTO_ICMPV6 => {
             // Router and neighbour discovery: untouched, whatever follows.
             if l4 + 2 <= ip_end {

@@ -23,7 +23,7 @@ use crate::{
     conntrack::{self, Origin},
     dsr::{self, Carrier},
     events,
-    family::{same, Family, V4, V6},
+    family::{same, Family, V4},
     icmp_error,
     maps::{family_tc_egress, family_tc_ingress},
     nat::{self, Side},
@@ -35,24 +35,6 @@ use crate::{
     verdict::Verdict,
 };
 
-/// What a family's tc path does besides balancing: IPv4 also answers its
-/// node's SCTP INITs to service addresses.
-pub trait TcFamily: Carrier {
-    /// A packet leaving at egress that no flow owns.
-    #[inline(always)]
-    fn egress_unowned(_ctx: &TcContext, _p: &Packet<Self::Addr>) -> Result<Verdict, Verdict> {
-        Ok(Verdict::Pass(counter::PASS_NOT_SERVICE))
-    }
-}
-
-impl TcFamily for V4 {
-    #[inline(always)]
-    fn egress_unowned(ctx: &TcContext, p: &Packet) -> Result<Verdict, Verdict> {
-        node_sctp::tc(ctx, p)
-    }
-}
-
-impl TcFamily for V6 {}
 
 /// Tail-calls the IPv6 instance in `progs` for an IPv6 frame; returns (to
 /// run the IPv4 one) for anything else or if the array is empty.
@@ -81,7 +63,7 @@ pub fn egress_v4(ctx: &TcContext) -> i32 {
 }
 
 #[inline(always)]
-pub fn ingress<F: TcFamily>(ctx: &TcContext) -> i32 {
+pub fn ingress<F: Carrier>(ctx: &TcContext) -> i32 {
     run::<F>(ctx, |ctx, p| {
         if p.proto == <F::Addr as Ip>::ICMP {
             return Ok(Verdict::Pass(counter::PASS_OTHER_L4));
@@ -124,7 +106,7 @@ pub fn ingress<F: TcFamily>(ctx: &TcContext) -> i32 {
 }
 
 #[inline(always)]
-pub fn egress<F: TcFamily>(ctx: &TcContext) -> i32 {
+pub fn egress<F: Carrier>(ctx: &TcContext) -> i32 {
     run::<F>(ctx, |ctx, p| {
         if p.proto == <F::Addr as Ip>::ICMP {
             return Ok(icmp_error::tc::<F>(ctx, p));
@@ -137,7 +119,8 @@ pub fn egress<F: TcFamily>(ctx: &TcContext) -> i32 {
                 }
                 Ok(Verdict::Pass(counter::NAT_REPLY))
             }
-            None => F::egress_unowned(ctx, p),
+            // Unowned: the node's own SCTP INIT to a service is answered.
+            None => node_sctp::tc::<F>(ctx, p),
         }
     })
 }
@@ -177,24 +160,25 @@ fn run<F: Family>(ctx: &TcContext, f: impl FnOnce(&TcContext, &Packet<F::Addr>) 
 
 /// Pulls the first `want` bytes into the linear part, but never, for SCTP,
 /// past the common header: an SCTP GSO buffer (a local socket's large
-/// message) is a head holding only the Ethernet, IPv4 and SCTP headers with
+/// message) is a head holding only the Ethernet, IP and SCTP headers with
 /// one packet's chunks per `frag_list` buffer, and `skb_segment` crashes the
 /// kernel on a head that took in chunk bytes ("kernel BUG at
 /// net/core/skbuff.c:4285", `sctp_gso_segment`, seen on 6.1 with a pulled
-/// head). The protocol is read without pulling (`bpf_skb_load_bytes`).
+/// head). The protocol is read without pulling (`bpf_skb_load_bytes`):
+/// IPv4's (IHL from the header), or IPv6's next header when it is SCTP
+/// (a socket's SCTP over IPv6 carries no extension headers).
 /// Out of line: its buffer stays out of the hooks' frames.
 #[inline(never)]
 fn pull_headers(ctx: &TcContext, want: u32) {
-    // Ethertype, then the IPv4 header up to its protocol.
-    let want = match ctx.load::<[u8; 12]>(ETH_LEN - 2) {
-        Ok(h) if h[..2] == [0x08, 0x00] && h[11] == IPPROTO_SCTP => {
-            let sctp_end = (ETH_LEN + ((h[2] & 0x0f) as usize) * 4 + lb_ebpf::sctp::COMMON_LEN) as u32;
-            if sctp_end < want {
-                sctp_end
-            } else {
-                want
-            }
-        }
+    // Ethertype, then the IP header up to IPv4's protocol (IPv6's next
+    // header comes before it).
+    let sctp_l4 = match ctx.load::<[u8; 12]>(ETH_LEN - 2) {
+        Ok(h) if h[..2] == [0x08, 0x00] && h[11] == IPPROTO_SCTP => Some(ETH_LEN + ((h[2] & 0x0f) as usize) * 4),
+        Ok(h) if h[..2] == ETH_P_IPV6 && h[2 + 6] == IPPROTO_SCTP => Some(ETH_LEN + <[u8; 16] as Ip>::HDR_LEN),
+        _ => None,
+    };
+    let want = match sctp_l4 {
+        Some(l4) if ((l4 + lb_ebpf::sctp::COMMON_LEN) as u32) < want => (l4 + lb_ebpf::sctp::COMMON_LEN) as u32,
         _ => want,
     };
     let _ = ctx.pull_data(want);

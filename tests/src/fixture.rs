@@ -179,3 +179,23 @@ pub mod story {
     pub const B1: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 11);
     pub const B2: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 12);
 }
+
+/// The same story's addresses over IPv6.
+pub mod story6 {
+    use std::net::Ipv6Addr;
+
+    pub const CLIENT: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
+    pub const NODE: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+    pub const CLUSTER_IP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10);
+    pub const DNS_IP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x53);
+    pub const EMPTY_IP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x99);
+    pub const POD: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 3, 0, 0, 0, 0, 2);
+    pub const B1: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 0x11);
+    pub const B2: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 0x12);
+}
+
+/// The input and expected output frames of the case `name` in `file`.
+pub fn frames(file: &[Case], name: &str) -> (Vec<u8>, Vec<u8>) {
+    let c = file.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no case {name}"));
+    (from_hex(&c.input), from_hex(c.output.as_deref().unwrap_or_else(|| panic!("case {name} has no output"))))
+}

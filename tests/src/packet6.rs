@@ -71,6 +71,12 @@ impl Frame6 {
         Self::new(src, sport, dst, dport, L4::Udp { zero_checksum: false })
     }
 
+    /// One SCTP chunk of type `chunk` (its value: the payload), verification
+    /// tag `vtag`, a valid CRC32c (computed by the `crc` crate).
+    pub fn sctp(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, vtag: u32, chunk: u8) -> Self {
+        Self::new(src, sport, dst, dport, L4::Sctp { vtag, chunk, crc: crate::segment::SctpCrc::Valid })
+    }
+
     fn new(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, l4: L4) -> Self {
         Self { src, dst, sport, dport, l4, payload: Vec::new(), ext: Vec::new(), hop_limit: 64, window: 0xffff, src_mac: CLIENT_MAC, dst_mac: NODE_MAC }
     }
@@ -146,7 +152,8 @@ pub fn icmpv6(src: Ipv6Addr, dst: Ipv6Addr, typ: u8, code: u8, body: &[u8]) -> V
     frame(&h, IPPROTO_ICMPV6, &m)
 }
 
-/// Checks the TCP/UDP/ICMPv6 checksum of an untagged IPv6 frame by full
+/// Checks the TCP/UDP/ICMPv6 checksum (SCTP: its CRC32c, or zero for an
+/// offloaded one) of an untagged IPv6 frame by full
 /// recomputation over the pseudo header, after walking its extension
 /// headers. Returns a description of what is wrong.
 pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
@@ -160,6 +167,15 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
         next = h[0];
     }
     let seg = frame.get(at..end).ok_or("payload length beyond the frame")?;
+    if next == 132 {
+        // SCTP: a CRC32c without pseudo header, the same as over IPv4.
+        let field = seg.get(8..12).ok_or("SCTP header cut short")?;
+        let want = crate::segment::sctp_crc(seg);
+        if field != [0; 4] && field != want {
+            return Err(format!("bad SCTP CRC32c {field:02x?}, want {want:02x?}"));
+        }
+        return Ok(());
+    }
     if next == 17 && seg.get(6..8) == Some(&[0, 0][..]) {
         return Err("UDP over IPv6 without checksum".into());
     }

@@ -37,6 +37,18 @@ pub const SCTP_INIT: u8 = 1;
 pub const SCTP_INIT_ACK: u8 = 2;
 pub const SCTP_ABORT: u8 = 6;
 
+/// An INIT (INIT ACK) chunk's value: initiate tag `tag`, a_rwnd, streams
+/// out/in, initial TSN.
+pub fn sctp_init_value(tag: u32) -> Vec<u8> {
+    [&tag.to_be_bytes()[..], &106_496u32.to_be_bytes(), &[0, 10, 0, 10], &0x1000_0000u32.to_be_bytes()].concat()
+}
+
+/// A DATA chunk's value: TSN `tsn`, stream 0, sequence 0, payload protocol
+/// 46 (Diameter), user data `text`.
+pub fn sctp_data_value(tsn: u32, text: &[u8]) -> Vec<u8> {
+    [&tsn.to_be_bytes()[..], &[0, 0, 0, 0, 0, 0, 0, 46], text].concat()
+}
+
 /// The CRC32c of an SCTP packet (its checksum field taken as zero), as the
 /// field's 4 bytes on the wire (little-endian, RFC 9260 appendix A).
 pub fn sctp_crc(sctp: &[u8]) -> [u8; 4] {

@@ -10,7 +10,7 @@ use std::net::Ipv6Addr;
 
 use lb_common::{algorithm, counter, IPPROTO_TCP, IPPROTO_UDP};
 use xdplb_tests::{
-    fixture::{self, Case},
+    fixture::{self, story6::*, Case},
     lb::Lb,
     packet::{CLIENT_MAC, NODE_MAC, TCP_ACK, TCP_PSH, TCP_RST, TCP_SYN},
     packet6::{icmpv6, icmpv6_error, Ext, Frame6},
@@ -19,14 +19,6 @@ use xdplb_tests::{
 
 const FILE: &str = "ipv6_services.json";
 
-const CLIENT: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
-const NODE: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
-const CLUSTER_IP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10);
-const DNS_IP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x53);
-const EMPTY_IP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x99);
-const POD: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 3, 0, 0, 0, 0, 2);
-const B1: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 0x11);
-const B2: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 0x12);
 /// A router on the client's path, one between the node and the backends.
 const ROUTER: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0xfe);
 const ROUTER_IN: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 0xfe);

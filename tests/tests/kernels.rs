@@ -109,4 +109,5 @@ fn debian_12_kernel_6_1_balances_restarts_and_uninstalls_through_netlink_tc() {
     assert!(run.contains("XDPLB-FIGURE tc_attach netlink"), "6.1 has no TCX: tc must attach through netlink:\n{run}");
     assert!(run.contains("XDPLB-FIGURE sctp_clusterip_pod_associations"), "the SCTP associations did not run:\n{run}");
     assert!(run.contains("XDPLB-FIGURE node_sctp no_socket_hook,aborted,refused"), "the node SCTP socket checks did not run:\n{run}");
+    assert!(run.contains("XDPLB-FIGURE sctp6_clusterip_pod_failed 0"), "the IPv6 SCTP associations did not all run:\n{run}");
 }

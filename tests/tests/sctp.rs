@@ -24,7 +24,7 @@ use xdplb_tests::{
     lb::Lb,
     netns::{self, Netns},
     packet::{
-        sctp_crc, Frame, SctpCrc, CLIENT_MAC, L4, NODE_MAC, SCTP_ABORT, SCTP_DATA, SCTP_INIT,
+        sctp_crc, sctp_data_value, sctp_init_value, Frame, SctpCrc, CLIENT_MAC, L4, NODE_MAC, SCTP_ABORT, SCTP_DATA, SCTP_INIT,
         SCTP_INIT_ACK,
     },
     services::{contents, Svc},
@@ -54,30 +54,13 @@ fn services() -> Vec<Svc> {
     ]
 }
 
-/// An INIT chunk's value: initiate tag, a_rwnd, streams out/in, initial TSN.
-fn init_value(tag: u32) -> Vec<u8> {
-    let mut v = tag.to_be_bytes().to_vec();
-    v.extend_from_slice(&106_496u32.to_be_bytes());
-    v.extend_from_slice(&[0, 10, 0, 10]);
-    v.extend_from_slice(&0x1000_0000u32.to_be_bytes());
-    v
-}
-
-/// A DATA chunk's value: TSN, stream, sequence, payload protocol, user data.
-fn data_value(tsn: u32, text: &[u8]) -> Vec<u8> {
-    let mut v = tsn.to_be_bytes().to_vec();
-    v.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 46]);
-    v.extend_from_slice(text);
-    v
-}
-
 fn init(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Frame {
-    Frame::sctp(src, sport, dst, dport, 0, SCTP_INIT).payload(&init_value(0x0c11_e4a7))
+    Frame::sctp(src, sport, dst, dport, 0, SCTP_INIT).payload(&sctp_init_value(0x0c11_e4a7))
 }
 
 fn data(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, text: &[u8]) -> Frame {
     Frame::sctp(src, sport, dst, dport, 0x5e4e_7a90, SCTP_DATA)
-        .payload(&data_value(0x1000_0000, text))
+        .payload(&sctp_data_value(0x1000_0000, text))
 }
 
 fn with_crc(mut f: Frame, crc: SctpCrc) -> Frame {
@@ -152,13 +135,13 @@ fn cases() -> Vec<Case> {
     let c_init = init(CLIENT, 5000, CLUSTER_IP, SVC_PORT);
     let c_data = data(CLIENT, 5000, CLUSTER_IP, SVC_PORT, b"CER");
     let init_ack = Frame::sctp(B1, TARGET_PORT, CLIENT, 5000, 0x0c11_e4a7, SCTP_INIT_ACK)
-        .payload(&init_value(0x5e4e_7a90));
+        .payload(&sctp_init_value(0x5e4e_7a90));
     let np_init = init(CLIENT, 5001, NODE, NODE_PORT);
     let np_reply = data(B1, TARGET_PORT, CLIENT, 5001, b"CEA");
     let same = data(CLIENT, 5003, DNS_IP, SAME_PORT, b"ASPUP");
     let pod_init = with_crc(init(POD, 6000, CLUSTER_IP, SVC_PORT), SctpCrc::Offloaded);
     let pod_reply = with_crc(
-        Frame::sctp(B1, TARGET_PORT, POD, 6000, 0x0c11_e4a7, SCTP_INIT_ACK).payload(&init_value(1)),
+        Frame::sctp(B1, TARGET_PORT, POD, 6000, 0x0c11_e4a7, SCTP_INIT_ACK).payload(&sctp_init_value(1)),
         SctpCrc::Offloaded,
     );
     let pod_data = data(POD, 6001, CLUSTER_IP, SVC_PORT, b"complete");
@@ -207,14 +190,7 @@ fn fixture_file_is_current() {
 fn the_expected_crcs_are_what_the_cases_claim() {
     let file = fixture::load(FILE);
     let get = |name: &str| {
-        let c = file
-            .iter()
-            .find(|c| c.name == name)
-            .unwrap_or_else(|| panic!("no case {name}"));
-        let (i, o) = (
-            xdplb_tests::packet::from_hex(&c.input),
-            xdplb_tests::packet::from_hex(c.output.as_deref().unwrap()),
-        );
+        let (i, o) = fixture::frames(&file, name);
         let crc = |f: &[u8]| f[14 + 20 + 8..14 + 20 + 12].to_vec();
         (crc(&i), crc(&o), o)
     };
@@ -288,7 +264,7 @@ fn backend_of(lb: &Lb, f: &Frame) -> u8 {
 fn an_init_after_abort_starts_a_new_association_but_a_retransmitted_init_does_not() {
     let lb = lifecycle_lb();
     let chunk = |t: u8| {
-        Frame::sctp(CLIENT, 7000, CLUSTER_IP, SVC_PORT, 0x1111_2222, t).payload(&init_value(9))
+        Frame::sctp(CLIENT, 7000, CLUSTER_IP, SVC_PORT, 0x1111_2222, t).payload(&sctp_init_value(9))
     };
     let first = backend_of(&lb, &chunk(SCTP_INIT));
     assert_eq!(
@@ -426,7 +402,7 @@ fn sctp_to_a_pod_on_another_node_is_snated_never_dsr_with_its_crc_updated_both_w
         0x0c11_e4a7,
         SCTP_INIT_ACK,
     )
-    .payload(&init_value(0x5e4e_7a90));
+    .payload(&sctp_init_value(0x5e4e_7a90));
     (ack.src_mac, ack.dst_mac) = (NODE_B_MAC, NODE_MAC);
     let (rc, out) = xdp(&ack);
     let want = forwarded(

@@ -34,19 +34,19 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::ErrorKind,
-    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpStream},
     path::Path,
     process::Command,
     time::{Duration, Instant},
 };
 
 use xdplb_tests::{
-    agent::{agent_binary, objects_dir, programmed, programmed_at, write, Agent, WEB_CLUSTER_IP},
+    agent::{agent_binary, objects_dir, programmed, programmed_at, programmed_ip, write, Agent, WEB_CLUSTER_IP},
     netns::Netns,
     sctp,
     servers::{tally, Conn, Server},
     tc::{filters, one_filter_each, replaced, HOOKS},
-    topology::{backend_addr, Topology, POD_IFACE, UPLINK},
+    topology::{backend_addr, backend_addr6, Topology, CLIENT_ADDR6, NODE_ADDR6, POD_ADDR6, POD_IFACE, UPLINK},
     wait_for,
 };
 
@@ -170,7 +170,7 @@ fn sctp_balanced(t: &Topology, agent: &Agent) {
         let mut seen = BTreeMap::<String, usize>::new();
         for i in 0..n {
             let who = ns.run(move || -> std::io::Result<String> {
-                let mut s = sctp::connect(from, to, Duration::from_secs(30))?;
+                let mut s = sctp::connect(from.into(), to.into(), Duration::from_secs(30))?;
                 let mut who = Vec::new();
                 for size in [5usize, 1200, 4000, 9000] {
                     let msg: Vec<u8> = (0..size).map(|j| (i * 31 + j) as u8).collect();
@@ -238,7 +238,7 @@ fn node_sctp(t: &Topology, agent: &Agent) {
     for (how, to) in dials {
         let before = dp.counters().expect("counters");
         let start = Instant::now();
-        let got = t.node.run(move || sctp::dial(how, to, Duration::from_secs(3)));
+        let got = t.node.run(move || sctp::dial(how, to.into(), Duration::from_secs(3)));
         let ms = start.elapsed().as_millis();
         let after = dp.counters().expect("counters");
         let d = |i: u32| after[i as usize] - before[i as usize];
@@ -260,6 +260,78 @@ fn node_sctp(t: &Topology, agent: &Agent) {
     figure("node_sctp", "no_socket_hook,aborted,refused");
 }
 
+/// The SCTP Service `shop/diameter6` over IPv6: its ClusterIP, port,
+/// NodePort and target port.
+const DIAMETER6_IP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x30);
+const DIAMETER6: (u16, u16, u16) = (3868, 30870, 3870);
+/// Associations from the pod over IPv6.
+const SCTP6_ASSOCIATIONS: usize = 50;
+
+/// Real SCTP associations over IPv6 from a pod to `shop/diameter6`'s
+/// ClusterIP (tc_ingress_v6 DNAT 3868 → 3870, tc_egress_v6 reverse NAT):
+/// [`SCTP6_ASSOCIATIONS`], each carrying messages of 5, 1,200 and 9,000
+/// bytes (the last a GSO buffer from the pod's socket, see tc.rs
+/// `pull_headers`) answered by its backend, every one counted (none may fail), both
+/// backends reached (round-robin); the endpoints' kernels check every CRC.
+/// Then the node's own association to the IPv6 ClusterIP: refused at once
+/// by the IPv6 ABORT at tc egress (ECONNREFUSED).
+fn sctp6_balanced(t: &Topology, agent: &Agent) {
+    let dp = Agent::maps_of(agent);
+    let (port, _, _) = DIAMETER6;
+    let to = SocketAddr::new(DIAMETER6_IP.into(), port);
+    assert!(
+        wait_for(WAIT, || programmed_ip(&dp, DIAMETER6_IP.into(), port, lb_common::IPPROTO_SCTP).is_some_and(|(n, _)| n == 2)),
+        "the IPv6 SCTP service was not programmed:\n{}",
+        agent.log()
+    );
+    let before = dp.counters().expect("counters");
+    let start = Instant::now();
+    let (mut seen, mut failed) = (BTreeMap::<String, usize>::new(), Vec::new());
+    for i in 0..SCTP6_ASSOCIATIONS {
+        let who = t.pod.run(move || -> std::io::Result<String> {
+            let mut s = sctp::connect(POD_ADDR6.into(), to, Duration::from_secs(30))?;
+            let mut who = Vec::new();
+            for size in [5usize, 1200, 9000] {
+                let msg: Vec<u8> = (0..size).map(|j| (i * 31 + j) as u8).collect();
+                who.push(sctp::ask(&mut s, &msg)?);
+            }
+            who.dedup();
+            match who.len() {
+                1 => Ok(who.remove(0)),
+                _ => Err(std::io::Error::other(format!("one association, several backends: {who:?}"))),
+            }
+        });
+        match who {
+            Ok(who) => *seen.entry(who).or_default() += 1,
+            Err(e) => failed.push(format!("association {i}: {e}")),
+        }
+    }
+    figure("sctp6_clusterip_pod_associations", SCTP6_ASSOCIATIONS);
+    figure("sctp6_clusterip_pod_failed", failed.len());
+    figure("sctp6_clusterip_pod_per_backend", format!("{seen:?}").replace(' ', ""));
+    figure("sctp6_clusterip_pod_ms_per_association", start.elapsed().as_millis() / SCTP6_ASSOCIATIONS as u128);
+    assert!(failed.is_empty(), "IPv6 SCTP associations failed: {failed:?}");
+    assert!(seen.len() == 2 && seen.values().all(|c| *c >= 1), "both IPv6 backends answer: {seen:?}");
+    let after = dp.counters().expect("counters");
+    let delta = |i: u32| after[i as usize] - before[i as usize];
+    figure("sctp6_crc_offloaded", delta(lb_common::counter::SCTP_CRC_OFFLOADED));
+    assert!(delta(lb_common::counter::SCTP_CRC_OFFLOADED) > 0, "the pod's and backends' offloaded CRCs were left to the kernel");
+
+    // The node's own association over IPv6, by a default route out of the uplink.
+    t.node.ip(&["-6", "route", "add", "default", "via", &CLIENT_ADDR6.to_string()]);
+    let before = dp.counters().expect("counters")[lb_common::counter::SCTP_NODE_ABORTED as usize];
+    let t0 = Instant::now();
+    let got = t.node.run(move || sctp::connect(NODE_ADDR6.into(), to, Duration::from_secs(3)).map(|_| ()));
+    let ms = t0.elapsed().as_millis();
+    let aborted = dp.counters().expect("counters")[lb_common::counter::SCTP_NODE_ABORTED as usize] - before;
+    t.node.ip(&["-6", "route", "del", "default"]);
+    figure("node_sctp6", format!("{:?}_in_{ms}_ms", got.as_ref().map_err(|e| e.raw_os_error())));
+    assert_eq!(aborted, 1, "the node's IPv6 INIT was answered with an ABORT");
+    let err = got.expect_err("the node's IPv6 INIT to the ClusterIP was balanced");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    assert!(ms < 2000, "refused at once, not after {ms} ms");
+}
+
 fn main() {
     let start = Instant::now();
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -268,6 +340,9 @@ fn main() {
     let _servers: Vec<Server> = (0..2).map(|i| Server::start(&t.backends[i], 8080, &format!("backend-{i}"))).collect();
     assert!(t.client.run(sctp::available), "this kernel has no SCTP (sctp.ko not loaded)");
     let _sctp: Vec<sctp::Echo> = (0..2).map(|i| sctp::Echo::start(&t.backends[i], DIAMETER.2, &format!("backend-{i}"))).collect();
+    t.add_ipv6();
+    let _sctp6: Vec<sctp::Echo> =
+        (0..2).map(|i| sctp::Echo::start_on(&t.backends[i], SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), DIAMETER6.2), &format!("backend6-{i}"))).collect();
     // What doctor says this kernel will do, before anything is loaded.
     let predicted = doctor(&t, Path::new("/sys/fs/bpf/xlbt-doctor"));
     if detail(&predicted, "tc attach").starts_with("netlink") {
@@ -281,7 +356,9 @@ fn main() {
     args.extend_from_slice(SIZES);
     let objects = objects_dir(&[0, 1]);
     let (port, node_port, target) = DIAMETER;
-    write(&objects, "diameter.yaml", &sctp::service_yaml(DIAMETER_IP, port, node_port, target, &[backend_addr(0), backend_addr(1)]));
+    write(&objects, "diameter.yaml", &sctp::service_yaml(DIAMETER_IP.into(), port, node_port, target, &[backend_addr(0).into(), backend_addr(1).into()]));
+    let (port6, node_port6, target6) = DIAMETER6;
+    write(&objects, "diameter6.yaml", &sctp::service_yaml(DIAMETER6_IP.into(), port6, node_port6, target6, &[backend_addr6(0).into(), backend_addr6(1).into()]));
     let mut agent = Agent::start_with(&t.node, &objects, &args);
     let dp = agent.maps();
     assert!(wait_for(WAIT, || programmed(&dp).is_some_and(|(n, _)| n == 2)), "not programmed:\n{}", agent.log());
@@ -349,6 +426,7 @@ fn main() {
     assert!(sock_balanced >= 8, "8 node connections, {sock_balanced} balanced at connect");
     sctp_balanced(&t, &agent);
     node_sctp(&t, &agent);
+    sctp6_balanced(&t, &agent);
 
     // Restarts: a held connection keeps its backend, every hook keeps one filter.
     let mut held = Conn::new(t.client.run(|| TcpStream::connect(TO)).expect("held connection"));

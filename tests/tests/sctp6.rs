@@ -1,0 +1,173 @@
+//! SCTP over IPv6 through BPF_PROG_TEST_RUN, byte-exact: the IPv4 story of
+//! `sctp.rs` at tc, where IPv6 SCTP is balanced (`tc_ingress_v6`,
+//! `tc_egress_v6`); `xdp_lb_v6` passes it (the verifier's budget, see
+//! lb-ebpf `family::V6Of`). A pod's INIT to an IPv6 ClusterIP whose target
+//! port differs, its CRC32c offloaded (left zero); its DATA on the
+//! established flow with a complete CRC (updated); the backend's replies
+//! reverse-NATed (complete: updated; offloaded: left zero); a backend on the
+//! service's own port (the CRC must not change); truncated SCTP headers; a
+//! service without backends (ICMPv6 port unreachable); the node's own INIT
+//! answered with an IPv6 ABORT. Every expected frame is built from scratch,
+//! its CRC32c computed over the whole SCTP packet by the `crc` crate, so
+//! each is an independent check of the in-place update. The cases live in
+//! `tests/fixtures/sctp_v6.json` (`XDPLB_BLESS=1` rewrites it). Also the
+//! verifier's instruction counts of every program (figures). Needs root.
+use std::net::Ipv6Addr;
+
+use lb_common::{algorithm, counter, IPPROTO_SCTP};
+use xdplb_tests::{
+    fixture::{self, story6::*, Case},
+    lb::Lb,
+    packet::{sctp_crc, sctp_data_value, sctp_init_value, SctpCrc, L4, NODE_MAC, CLIENT_MAC, SCTP_ABORT, SCTP_DATA, SCTP_INIT, SCTP_INIT_ACK},
+    packet6::{icmpv6_error, Frame6},
+    services::{flows_v6, program_v6, Svc6},
+};
+
+const FILE: &str = "sctp_v6.json";
+
+/// Diameter: the service port and the pods' target port; M3UA on its own.
+const SVC_PORT: u16 = 3868;
+const TARGET_PORT: u16 = 3869;
+const SAME_PORT: u16 = 2905;
+const TAG: u32 = 0x0c11_e4a7;
+
+fn services() -> Vec<Svc6> {
+    vec![
+        Svc6 { id: 1, proto: IPPROTO_SCTP, algorithm: algorithm::ROUND_ROBIN, frontends: vec![(CLUSTER_IP, SVC_PORT)], backends: vec![(101, B1, TARGET_PORT)] },
+        Svc6 { id: 2, proto: IPPROTO_SCTP, algorithm: algorithm::RANDOM, frontends: vec![(DNS_IP, SAME_PORT)], backends: vec![(102, B2, SAME_PORT)] },
+        Svc6 { id: 3, proto: IPPROTO_SCTP, algorithm: algorithm::RANDOM, frontends: vec![(EMPTY_IP, SVC_PORT)], backends: vec![] },
+    ]
+}
+
+fn init(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16) -> Frame6 {
+    Frame6::sctp(src, sport, dst, dport, 0, SCTP_INIT).payload(&sctp_init_value(TAG))
+}
+
+fn data(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, text: &[u8]) -> Frame6 {
+    Frame6::sctp(src, sport, dst, dport, 0x5e4e_7a90, SCTP_DATA).payload(&sctp_data_value(0x1000_0000, text))
+}
+
+fn with_crc(mut f: Frame6, crc: SctpCrc) -> Frame6 {
+    if let L4::Sctp { crc: c, .. } = &mut f.l4 {
+        *c = crc;
+    }
+    f
+}
+
+/// The first `sctp_len` bytes of `f`'s SCTP packet, the payload length saying so.
+fn cut(f: &Frame6, sctp_len: usize) -> Vec<u8> {
+    let mut b = f.bytes()[..14 + 40 + sctp_len].to_vec();
+    b[18..20].copy_from_slice(&(sctp_len as u16).to_be_bytes());
+    b
+}
+
+/// The ABORT answering the node's INIT `f` (no extension headers), built
+/// here from scratch: back to the node from the address it dialled, ports
+/// swapped, the INIT's initiate tag as verification tag, one ABORT chunk,
+/// its CRC32c from the `crc` crate.
+fn abort_for(f: &[u8]) -> Vec<u8> {
+    let mut out = [&f[6..12], &f[0..6], &[0x86, 0xdd][..]].concat();
+    out.extend_from_slice(&[0x60, 0, 0, 0, 0, 16, IPPROTO_SCTP, 64]);
+    out.extend_from_slice(&f[14 + 24..14 + 40]);
+    out.extend_from_slice(&f[14 + 8..14 + 24]);
+    let l4 = 14 + 40;
+    let mut sctp = [&f[l4 + 2..l4 + 4], &f[l4..l4 + 2], &f[l4 + 16..l4 + 20], &[0; 4], &[SCTP_ABORT, 0, 0, 4]].concat();
+    let crc = sctp_crc(&sctp);
+    sctp[8..12].copy_from_slice(&crc);
+    out.extend_from_slice(&sctp);
+    out
+}
+
+fn cases() -> Vec<Case> {
+    let b = |f: &Frame6| f.bytes();
+    let pod_init = with_crc(init(POD, 6000, CLUSTER_IP, SVC_PORT), SctpCrc::Offloaded);
+    let pod_data = data(POD, 6000, CLUSTER_IP, SVC_PORT, b"CER");
+    let init_ack = Frame6::sctp(B1, TARGET_PORT, POD, 6000, TAG, SCTP_INIT_ACK).payload(&sctp_init_value(0x5e4e_7a90));
+    let reply_off = with_crc(data(B1, TARGET_PORT, POD, 6000, b"CEA"), SctpCrc::Offloaded);
+    let same = data(POD, 6003, DNS_IP, SAME_PORT, b"ASPUP");
+    let empty = init(POD, 6002, EMPTY_IP, SVC_PORT);
+    let mut back = empty.clone();
+    (back.src_mac, back.dst_mac) = (NODE_MAC, CLIENT_MAC);
+    let unreach = icmpv6_error(&back, EMPTY_IP, POD, (1, 4, [0; 4]), &empty, Some(48));
+    let node_init = init(NODE, 40000, CLUSTER_IP, SVC_PORT);
+    let node_direct = init(NODE, 40002, B1, TARGET_PORT);
+    let outside = init(CLIENT, 5000, CLUSTER_IP, SVC_PORT);
+    let c = Case::new;
+    vec![
+        c("tc_ingress_v6_sctp_pod_init_offloaded_crc_stays_zero", "a pod's INIT to an IPv6 ClusterIP, its CRC32c offloaded (field zero): address and port rewritten (3868 -> 3869), the field left zero for the kernel to compute", "tc_ingress", &b(&pod_init), "TC_ACT_OK", Some(&b(&pod_init.clone().with_dst(B1, TARGET_PORT)))),
+        c("tc_ingress_v6_sctp_established_data_crc_updated", "DATA on the established association with a complete CRC32c: to the same backend, the CRC updated in the socket buffer", "tc_ingress", &b(&pod_data), "TC_ACT_OK", Some(&b(&pod_data.clone().with_dst(B1, TARGET_PORT)))),
+        c("tc_egress_v6_sctp_init_ack_reverse_nat_crc_updated", "the backend's INIT ACK to the pod leaves from the ClusterIP and service port, its complete CRC32c updated", "tc_egress", &b(&init_ack), "TC_ACT_OK", Some(&b(&init_ack.clone().with_src(CLUSTER_IP, SVC_PORT)))),
+        c("tc_egress_v6_sctp_reply_offloaded_crc_stays_zero", "the backend's offloaded DATA to the pod: source rewritten, the field left zero", "tc_egress", &b(&reply_off), "TC_ACT_OK", Some(&b(&reply_off.clone().with_src(CLUSTER_IP, SVC_PORT)))),
+        c("tc_ingress_v6_sctp_same_port_address_only", "a backend on the service's own port: only the address changes, which the CRC32c does not cover (no pseudo header)", "tc_ingress", &b(&same), "TC_ACT_OK", Some(&b(&same.clone().with_dst(B2, SAME_PORT)))),
+        c("tc_ingress_v6_sctp_common_header_cut_passes", "10 bytes of SCTP common header, the payload length saying so: malformed, passed unchanged", "tc_ingress", &cut(&pod_data, 10), "TC_ACT_OK", None),
+        c("tc_ingress_v6_sctp_without_chunk_passes", "a 12-byte common header and no chunk: malformed, passed unchanged", "tc_ingress", &cut(&pod_data, 12), "TC_ACT_OK", None),
+        c("tc_ingress_v6_sctp_pod_without_backend_gets_port_unreachable", "a pod's INIT to an IPv6 service without backends: ICMPv6 port unreachable from the service address, quoting the IPv6 header, ports and verification tag", "tc_ingress", &b(&empty), "TC_ACT_REDIRECT", Some(&unreach)),
+        c("tc_egress_v6_sctp_node_init_to_clusterip_aborted", "the node's own INIT to an IPv6 ClusterIP (no socket program sees SCTP) is answered with an IPv6 ABORT carrying its initiate tag, delivered back into the node", "tc_egress", &b(&node_init), "TC_ACT_REDIRECT", Some(&abort_for(&b(&node_init)))),
+        c("tc_egress_v6_sctp_node_init_to_backend_passes", "the node's INIT to a backend's own address is not a service's: unchanged", "tc_egress", &b(&node_direct), "TC_ACT_OK", Some(&b(&node_direct))),
+        c("xdp_v6_sctp_passed_untouched", "at XDP, IPv6 SCTP is passed untouched (balanced at tc only: the verifier's budget of xdp_lb_v6)", "xdp_lb", &b(&outside), "XDP_PASS", Some(&b(&outside))),
+    ]
+}
+
+#[test]
+fn fixture_file_is_current() {
+    fixture::check_current(FILE, &cases());
+}
+
+/// The expected frames say what the cases claim about the CRC field,
+/// checked here against a CRC32c computed from scratch.
+#[test]
+fn the_expected_crcs_are_what_the_cases_claim() {
+    let file = fixture::load(FILE);
+    let get = |name: &str| {
+        let (i, o) = fixture::frames(&file, name);
+        let l4 = 14 + 40;
+        let field = |f: &[u8]| f[l4 + 8..l4 + 12].to_vec();
+        (field(&i), field(&o), sctp_crc(&o[l4..]).to_vec())
+    };
+    for name in ["tc_ingress_v6_sctp_established_data_crc_updated", "tc_egress_v6_sctp_init_ack_reverse_nat_crc_updated", "tc_egress_v6_sctp_node_init_to_clusterip_aborted"] {
+        let (i, o, recomputed) = get(name);
+        assert_eq!(o, recomputed, "{name}: the output's CRC32c is the rewritten packet's");
+        assert_ne!(i, o, "{name}: a port change changes the CRC32c");
+    }
+    let (i, o, recomputed) = get("tc_ingress_v6_sctp_same_port_address_only");
+    assert_eq!((&i, &o), (&recomputed, &recomputed), "an address change alone does not");
+    for name in ["tc_ingress_v6_sctp_pod_init_offloaded_crc_stays_zero", "tc_egress_v6_sctp_reply_offloaded_crc_stays_zero"] {
+        let (i, o, _) = get(name);
+        assert_eq!((i, o), (vec![0; 4], vec![0; 4]), "{name}");
+    }
+}
+
+#[test]
+fn sctp_v6_fixtures() {
+    let mut lb = Lb::load();
+    program_v6(&mut lb.ebpf, &services());
+    let file = fixture::load(FILE);
+    fixture::check_all("SCTP over IPv6", &file, |c| fixture::run(&lb.ebpf, c));
+    // Complete CRCs with a port change: the pod's DATA, the INIT ACK.
+    // Offloaded: the pod's INIT, the backend's DATA.
+    assert_eq!(lb.counter(counter::SCTP_CRC_UPDATED), 2);
+    assert_eq!(lb.counter(counter::SCTP_CRC_OFFLOADED), 2);
+    assert_eq!(lb.counter(counter::DROP_MALFORMED), 2, "the two cut headers");
+    assert_eq!(lb.counter(counter::UNREACH_SENT), 1);
+    assert_eq!(lb.counter(counter::SCTP_NODE_ABORTED), 1);
+    assert_eq!(lb.counter(counter::NAT_REPLY), 2);
+    assert_eq!(lb.counter(counter::PASS_OTHER_L4), 1, "XDP's");
+    let flows = flows_v6(&mut lb.ebpf);
+    assert_eq!(flows.len(), 2 * 2, "the pod's association and the M3UA one, two halves each: {flows:?}");
+    assert!(flows.iter().all(|(k, _)| k.proto == IPPROTO_SCTP), "conntrack keys carry protocol 132");
+    assert_eq!(lb.maps.service_stats(1).unwrap().new_flows, 1, "INIT and DATA: one association");
+    assert_eq!(lb.maps.service_stats(1).unwrap().packets, 2);
+    assert_eq!(lb.maps.service_stats(3).unwrap().drops_no_backend, 1);
+}
+
+/// The verifier's instruction count of every program (`bpf_prog_info`), as
+/// figures: the IPv6 instances are where the budget is tight.
+#[test]
+fn verified_instructions_of_every_program() {
+    let lb = Lb::load();
+    for (name, p) in lb.ebpf.programs() {
+        let count = p.info().ok().and_then(|i| i.verified_instruction_count()).unwrap_or_else(|| panic!("{name}: no verified_insns"));
+        println!("XDPLB-FIGURE verified_insns_{name} {count}");
+        assert!(count > 0 && count <= 1_000_000, "{name}: {count}");
+    }
+}
