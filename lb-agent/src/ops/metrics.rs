@@ -59,7 +59,7 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(pin_dir: &Path) -> Self {
-        let m = Self {
+        let mut m = Self {
             registry: RwLock::new(Registry::default()),
             readiness: Arc::new(Readiness::default()),
             dataplane: Arc::new(DataplaneCollector::new(pin_dir)),
@@ -74,41 +74,41 @@ impl Metrics {
             source_events: Counter::default(),
             last_event: Gauge::default(),
         };
-        let mut r = Registry::default();
+        // Fields borrowed apart: the registry mutably, the handles to clone.
+        let r = m.registry.get_mut().unwrap_or_else(|e| e.into_inner());
         register(
-            &mut r,
+            r,
             "xdplb_build_info",
             "Build of the running agent (value 1).",
             Info::new([("version", env!("CARGO_PKG_VERSION").to_string()), ("layout_version", lb_common::LAYOUT_VERSION.to_string())]),
         );
-        register(&mut r, "xdplb_sync_total", "Syncs (plan, diff, apply) run, including failed ones.", m.syncs.clone());
-        register(&mut r, "xdplb_sync_errors_total", "Syncs that failed part-way (retried a second later).", m.sync_errors.clone());
-        register(&mut r, "xdplb_sync_writes_total", "Map entries written or removed by syncs.", m.writes.clone());
+        register(r, "xdplb_sync_total", "Syncs (plan, diff, apply) run, including failed ones.", m.syncs.clone());
+        register(r, "xdplb_sync_errors_total", "Syncs that failed part-way (retried a second later).", m.sync_errors.clone());
+        register(r, "xdplb_sync_writes_total", "Map entries written or removed by syncs.", m.writes.clone());
         register(
-            &mut r,
+            r,
             "xdplb_services_rejected",
             "Services (per port) left out of the maps at the last sync because a map is too small for them; the log names each and the flag to raise.",
             m.rejected.clone(),
         );
         register(
-            &mut r,
+            r,
             "xdplb_reconcile_repairs_total",
             "Map entries the periodic reconcile rewrote because they differed from what the agent had written (changed outside the agent).",
             m.reconcile_repairs.clone(),
         );
-        register(&mut r, "xdplb_sync_duration_seconds", "Duration of one sync.", m.sync_duration.clone());
+        register(r, "xdplb_sync_duration_seconds", "Duration of one sync.", m.sync_duration.clone());
         register(
-            &mut r,
+            r,
             "kubeproxy_network_programming_duration_seconds",
             "Time from the source delivering a change of Services or EndpointSlices to its map writes being done (kube-proxy's metric, for the same dashboards).",
             m.programming.clone(),
         );
-        register(&mut r, "xdplb_source_up", "1 while the object source delivers models.", m.source_up.clone());
-        register(&mut r, "xdplb_source_events_total", "Models delivered by the source.", m.source_events.clone());
-        register(&mut r, "xdplb_source_last_event_timestamp_seconds", "Unix time of the last model from the source.", m.last_event.clone());
+        register(r, "xdplb_source_up", "1 while the object source delivers models.", m.source_up.clone());
+        register(r, "xdplb_source_events_total", "Models delivered by the source.", m.source_events.clone());
+        register(r, "xdplb_source_last_event_timestamp_seconds", "Unix time of the last model from the source.", m.last_event.clone());
         r.register_collector(Box::new(m.readiness.clone()));
         r.register_collector(Box::new(m.dataplane.clone()));
-        *m.registry.write().unwrap_or_else(|e| e.into_inner()) = r;
         m
     }
 
