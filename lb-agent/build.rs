@@ -14,7 +14,7 @@ fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest.parent().unwrap().to_path_buf();
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
-    for p in ["lb-ebpf/src", "lb-ebpf/Cargo.toml", "lb-ebpf/rust-toolchain.toml", "lb-common/src"] {
+    for p in ["lb-ebpf/src", "lb-ebpf/Cargo.toml", "lb-ebpf/rust-toolchain.toml", "lb-common/src", "tests/bench/traffic/src"] {
         println!("cargo:rerun-if-changed={}", root.join(p).display());
     }
     println!("cargo:rerun-if-env-changed=XDPLB_EBPF_OBJECT");

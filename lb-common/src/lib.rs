@@ -23,7 +23,6 @@ pub mod nat;
 pub mod service;
 pub mod sock;
 pub mod stats;
-pub mod traffic;
 
 pub use backend::*;
 pub use config::*;

@@ -26,6 +26,7 @@ pub const ROOTS: &[&str] = &[
     "tests/src/lib.rs",
     "tests/bench/src/lib.rs",
     "tests/bench/src/main.rs",
+    "tests/bench/traffic/src/lib.rs",
 ];
 
 /// One crate root's modules (`a::b`, "" for the root) and the modules each

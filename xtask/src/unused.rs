@@ -20,7 +20,7 @@ pub fn check(workspace: &Path) -> Result<()> {
     }
     let root = std::fs::read_to_string(workspace.join("Cargo.toml")).context("reading Cargo.toml")?;
     let mut members = String::new();
-    for m in ["lb-common", "lb-ebpf", "lb-agent", "xtask", "tests", "tests/bench"] {
+    for m in ["lb-common", "lb-ebpf", "lb-agent", "xtask", "tests", "tests/bench", "tests/bench/traffic"] {
         members += &std::fs::read_to_string(workspace.join(m).join("Cargo.toml")).with_context(|| format!("reading {m}/Cargo.toml"))?;
     }
     let unused: Vec<String> = workspace_deps(&root).into_iter().filter(|d| !inherits(&members, d)).collect();
@@ -75,7 +75,7 @@ mod tests {
     fn every_workspace_dependency_is_used() {
         let ws = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
         let root = std::fs::read_to_string(ws.join("Cargo.toml")).unwrap();
-        let members: String = ["lb-common", "lb-ebpf", "lb-agent", "xtask", "tests", "tests/bench"]
+        let members: String = ["lb-common", "lb-ebpf", "lb-agent", "xtask", "tests", "tests/bench", "tests/bench/traffic"]
             .iter()
             .map(|m| std::fs::read_to_string(ws.join(m).join("Cargo.toml")).unwrap())
             .collect();

@@ -3,7 +3,8 @@
 //! that allocates (`leader`, a coordination.k8s.io Lease; `controller`, the
 //! Kubernetes side), which nodes are alive (`members`, UDP heartbeats), and
 //! which node answers for each address (`announce`) with ARP (`arp`) or
-//! Neighbour Discovery (`ndp`) through packet sockets (`link`).
+//! Neighbour Discovery (`ndp`) through packet sockets (`link`), and what it
+//! exports to Prometheus (`metrics`).
 //!
 //! [`start`] wires them into `lb-agent run`: pools from `--lb-pool` and the
 //! `LoadBalancerPool` objects; with `--source kube` the election and the
@@ -18,13 +19,13 @@ pub mod controller;
 pub mod leader;
 pub mod link;
 pub mod members;
+pub mod metrics;
 pub mod ndp;
 pub mod pool;
 pub mod print;
 
 use std::{
     collections::BTreeMap,
-    fmt::Write as _,
     net::IpAddr,
     path::{Path, PathBuf},
     sync::{
@@ -117,44 +118,6 @@ impl Status {
         v.ndp_replies = self.ndp_replies.load(Ordering::Relaxed);
         v
     }
-
-    /// The Prometheus families of this module.
-    pub fn metrics(&self) -> String {
-        let v = self.view();
-        let mut out = String::new();
-        let esc = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
-        out.push_str("# HELP xdplb_lb_pool_addresses LoadBalancer pool addresses by state (allocated: in some Service's status.loadBalancer.ingress).\n# TYPE xdplb_lb_pool_addresses gauge\n");
-        for p in &v.pools {
-            for (state, n) in [("allocated", p.allocated), ("free", p.free)] {
-                let _ = writeln!(
-                    out,
-                    "xdplb_lb_pool_addresses{{pool=\"{}\",family=\"{}\",state=\"{state}\"}} {n}",
-                    esc(&p.pool),
-                    p.family
-                );
-            }
-        }
-        out.push_str("# HELP xdplb_lb_address_failovers_total LoadBalancer addresses this node took over from another node.\n# TYPE xdplb_lb_address_failovers_total counter\n");
-        let _ = writeln!(out, "xdplb_lb_address_failovers_total {}", v.failovers);
-        out.push_str("# HELP xdplb_lb_address_owner The node answering ARP/NDP for each LoadBalancer address (value 1; owner=\"\" when none may).\n# TYPE xdplb_lb_address_owner gauge\n");
-        for a in &v.addresses {
-            let _ = writeln!(
-                out,
-                "xdplb_lb_address_owner{{address=\"{}\",pool=\"{}\",owner=\"{}\",mine=\"{}\"}} 1",
-                a.address,
-                esc(&a.pool),
-                esc(a.owner.as_deref().unwrap_or("")),
-                a.owner.as_deref() == Some(v.node.as_str())
-            );
-        }
-        out.push_str("# HELP xdplb_lb_arp_replies_total ARP replies this node sent for LoadBalancer addresses.\n# TYPE xdplb_lb_arp_replies_total counter\n");
-        let _ = writeln!(out, "xdplb_lb_arp_replies_total {}", v.arp_replies);
-        out.push_str("# HELP xdplb_lb_ndp_replies_total Neighbour Advertisements this node sent in answer to solicitations for LoadBalancer addresses.\n# TYPE xdplb_lb_ndp_replies_total counter\n");
-        let _ = writeln!(out, "xdplb_lb_ndp_replies_total {}", v.ndp_replies);
-        out.push_str("# HELP xdplb_lb_allocator_leader 1 while this agent holds the allocator lease.\n# TYPE xdplb_lb_allocator_leader gauge\n");
-        let _ = writeln!(out, "xdplb_lb_allocator_leader {}", u8::from(v.leader));
-        out
-    }
 }
 
 /// Where the status of the agent with maps at `pin_dir` is written.
@@ -234,6 +197,7 @@ pub fn start(
         return Err(StartError::Pool(e));
     }
     let status = Arc::new(Status::default());
+    metrics.register(status.clone());
     let (pools_tx, pools_rx) = watch::channel(Arc::new(config_pools));
     let (peers_tx, peers_rx) = watch::channel(BTreeMap::new());
     if let Some(client) = &client {
@@ -302,14 +266,13 @@ pub fn start(
         pools_rx,
         peers_rx,
         status.clone(),
-        metrics,
         status_path(pin_dir),
     ));
     Ok(Some(status))
 }
 
 /// Every 100 ms: owners from the model, pools and live nodes; takeovers
-/// announced; status, metrics and the status file refreshed.
+/// announced; the status (read by the metrics) and the status file refreshed.
 #[allow(
     clippy::too_many_arguments,
     reason = "the loop's inputs, each from a different source"
@@ -322,7 +285,6 @@ async fn announce_loop(
     pools: watch::Receiver<Arc<Pools>>,
     mut peers: watch::Receiver<BTreeMap<String, IpAddr>>,
     status: Arc<Status>,
-    metrics: Arc<Metrics>,
     path: PathBuf,
 ) {
     let mut announcer = link.map(|(l, owned)| announce::Announcer::new(&me, Some(l), owned));
@@ -388,7 +350,6 @@ async fn announce_loop(
             ..Default::default()
         };
         *lock(&status.view) = view;
-        metrics.set_extra(status.metrics());
         let full = status.view();
         if written.as_ref() != Some(&full) {
             if let Ok(json) = serde_json::to_vec_pretty(&full) {

@@ -93,7 +93,9 @@ mod tests {
         let s = Status::default();
         *s.view.lock().unwrap() = v;
         s.failovers.store(1, std::sync::atomic::Ordering::Relaxed);
-        let m = s.metrics();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(s));
+        let m = crate::ops::families::text(&registry);
         for line in [
             "xdplb_lb_pool_addresses{pool=\"lan\",family=\"IPv4\",state=\"allocated\"} 2",
             "xdplb_lb_pool_addresses{pool=\"lan\",family=\"IPv4\",state=\"free\"} 4",

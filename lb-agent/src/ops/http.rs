@@ -35,7 +35,7 @@ async fn endpoints(req: Request<Incoming>, m: Arc<Metrics>) -> Reply {
         "/metrics" => {
             // Reading the maps is blocking syscalls.
             let text = tokio::task::spawn_blocking(move || m.render()).await.unwrap_or_default();
-            reply(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text)
+            reply(StatusCode::OK, prometheus_client::encoding::prometheus_text::CONTENT_TYPE, text)
         }
         HEALTHZ_PATH => reply(StatusCode::OK, TEXT, "ok\n"),
         READYZ_PATH => match m.not_ready_reason() {

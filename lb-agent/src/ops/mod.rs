@@ -3,8 +3,11 @@
 //! Everything here only reads the dataplane; the agent's run loop bumps a
 //! [`metrics::Metrics`] handle and nothing else.
 pub mod checks;
+pub mod families;
 pub mod http;
 pub mod inspect;
 pub mod metrics;
 pub mod names;
+pub mod readiness;
+pub mod scrape;
 pub mod top;

@@ -9,7 +9,7 @@
 //!   packet on every iteration (and, for the new-flow case, give it a fresh
 //!   source address and port) and tail-call the program under test;
 //! - `bench_gen`: the live-frames generator (XDP_TX of every frame; the
-//!   flows are `lb_common::traffic`'s, shared with the AF_PACKET sender).
+//!   flows are `xdplb_bench_traffic`'s, shared with the AF_PACKET sender).
 //!
 //! The map value layouts are mirrored in `tests/bench/src/progs.rs`.
 #![no_std]
@@ -24,8 +24,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
     EbpfContext as _,
 };
-use lb_common::traffic::{write_flow, TrafficConfig, TRAFFIC_FRAME_LEN};
 use lb_ebpf::csum;
+use xdplb_bench_traffic::{write_flow, TrafficConfig, TRAFFIC_FRAME_LEN};
 
 /// Every benchmark frame is 64 bytes (minimum Ethernet frame without FCS + 4).
 const FRAME_LEN: usize = TRAFFIC_FRAME_LEN;
@@ -190,7 +190,7 @@ fn vary_source(ctx: &XdpContext) -> Option<()> {
 }
 
 /// The live-frames generator: every frame is the next of
-/// `lb_common::traffic` (established flows, and new ones if configured; the
+/// `xdplb_bench_traffic` (established flows, and new ones if configured; the
 /// CPU number tells senders apart), sent back out of the interface it was
 /// injected on (XDP_TX).
 #[xdp]

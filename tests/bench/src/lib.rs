@@ -4,7 +4,7 @@
 //!   packet-restoring wrapper, minus the wrapper's own cost), against bare
 //!   XDP floors;
 //! - [`live`]: forwarding rate over 2-queue veth pairs ([`topo`]) for UDP and
-//!   TCP SYN/ACK mixes ([`lb_common::traffic`]), from our live-frames
+//!   TCP SYN/ACK mixes ([`xdplb_bench_traffic`]), from our live-frames
 //!   generator against a drop-only baseline and XDP_TX/redirect floors, and
 //!   from an AF_PACKET sender ([`sender`], the skb path) against
 //!   kube-proxy-style iptables NAT rules ([`iptables`]);

@@ -4,7 +4,7 @@
 //! comparison, so a noisy neighbour slows them alike. Every blast is
 //! checked: frames arrived, and by the path the side expects.
 use anyhow::{ensure, Result};
-use lb_common::traffic::TrafficConfig;
+use xdplb_bench_traffic::TrafficConfig;
 
 use super::{
     progs::BenchProgs,

@@ -2,12 +2,12 @@
 //! agent's embedded `BENCH_BYTECODE`, and their maps. The map value layouts
 //! mirror `lb-ebpf/src/bin/bench.rs`.
 use anyhow::{bail, Context as _, Result};
-use lb_common::traffic::TrafficConfig;
 use aya::{
     maps::{Array, MapData, PerCpuArray, PerCpuValues, ProgramArray},
     programs::{xdp::XdpLinkId, Program, ProgramFd, SchedClassifier, Xdp, XdpMode},
     Ebpf,
 };
+use xdplb_bench_traffic::TrafficConfig;
 
 /// Length of every benchmark frame.
 pub const FRAME_LEN: usize = 64;

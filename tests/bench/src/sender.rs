@@ -1,4 +1,4 @@
-//! The two ways the bench puts `lb_common::traffic` frames on the
+//! The two ways the bench puts `xdplb_bench_traffic` frames on the
 //! generator's veth, one pinned thread per CPU:
 //!
 //! - [`Sender::LiveFrames`]: our live-frames generator, `bench_gen` run by
@@ -22,7 +22,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 use aya::programs::{TestRun, TestRunAttrs, TestRunOptions};
-use lb_common::traffic::{write_flow, TrafficConfig, TRAFFIC_FRAME_LEN};
+use xdplb_bench_traffic::{write_flow, TrafficConfig, TRAFFIC_FRAME_LEN};
 
 use super::{progs::BenchProgs, topo::Topo};
 
@@ -195,7 +195,7 @@ impl PacketSocket {
 
 #[cfg(test)]
 mod tests {
-    use lb_common::traffic::{write_flow, TrafficConfig};
+    use xdplb_bench_traffic::{write_flow, TrafficConfig};
 
     use xdplb_tests::packet::{verify_checksums, Frame, TCP_ACK};
 

@@ -9,8 +9,7 @@
 //! Every veth has 2 queues, one per sender thread.
 use std::net::Ipv4Addr;
 
-use lb_common::traffic::{TrafficConfig, TRAFFIC_FRAME_LEN};
-
+use xdplb_bench_traffic::{TrafficConfig, TRAFFIC_FRAME_LEN};
 use xdplb_tests::{
     netns::Netns,
     packet::{Frame, L4},

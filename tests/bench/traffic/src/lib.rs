@@ -1,7 +1,10 @@
 //! The benchmark's traffic, defined once for its two senders: `bench_gen`
 //! (XDP live frames, `lb-ebpf/src/bin/bench.rs`) and the AF_PACKET sender
-//! of the skb-path comparison (`bench/src/sender.rs`), so both put
-//! the same flows on the wire. No production program uses this module.
+//! of the skb-path comparison (`tests/bench/src/sender.rs`), so both put
+//! the same flows on the wire. A crate of its own, `no_std` for the eBPF
+//! side, so that lb-common keeps only the dataplane's kernel/user boundary:
+//! no production program uses it.
+#![no_std]
 use bytemuck::{Pod, Zeroable};
 
 /// Every benchmark frame: Ethernet + IPv4 (no options) + UDP or TCP, 64 bytes.
@@ -36,7 +39,10 @@ pub struct TrafficConfig {
     pub frame: [u8; TRAFFIC_FRAME_LEN],
 }
 const _: () = assert!(core::mem::size_of::<TrafficConfig>() == 16 + TRAFFIC_FRAME_LEN);
-crate::user_pod!(TrafficConfig);
+const _: () = assert!(core::mem::offset_of!(TrafficConfig, new_every) == 12 && core::mem::offset_of!(TrafficConfig, frame) == 16);
+#[cfg(feature = "user")]
+// SAFETY: `#[repr(C)]` and `bytemuck::Pod` (no padding, no invalid bit patterns).
+unsafe impl aya::Pod for TrafficConfig {}
 
 /// The addresses and flags of frame number `n` of one sender.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
