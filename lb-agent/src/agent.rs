@@ -15,6 +15,7 @@ use std::{
 use lb_agent::{
     control::{
         ids::Ids,
+        incremental::Incremental,
         model::Model,
         plan::{health_checks, replan, PlanConfig, Warning},
         source::{file, kube, SourceSpec},
@@ -151,6 +152,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         syncer: Syncer::new(current, reconcile_every),
         syncer_v6: Syncer::new(current_v6, reconcile_every),
         ids,
+        incremental: Incremental::new(),
         cfg: plan_config(&args.inputs),
         metrics: metrics.clone(),
         names: None,
@@ -250,6 +252,8 @@ struct Programmer {
     syncer: Syncer<Addr4>,
     syncer_v6: Syncer<Addr6>,
     ids: Ids,
+    /// What re-plans only the Services a change touched.
+    incremental: Incremental,
     cfg: PlanConfig,
     metrics: Arc<Metrics>,
     /// The service names last written: the file is rewritten only when they change.
@@ -303,7 +307,11 @@ impl Programmer {
     /// The maps' part of [`Programmer::sync`].
     fn sync_maps(&mut self, model: &Model, observed: Option<Instant>) -> bool {
         let started = Instant::now();
+        if let Some(ok) = self.sync_changed(model, observed, started) {
+            return ok;
+        }
         let next = replan(model, &self.cfg, &self.ids);
+        let contested = next.contested;
         self.ids = next.ids;
         self.report_warnings(next.warnings);
         let mut p = next.plan;
@@ -331,9 +339,12 @@ impl Programmer {
             self.metrics.sync_failed(started.elapsed());
             return false;
         }
-        let synced = self.syncer.sync(&mut self.dp, p.contents).and_then(|o| Ok((o, self.syncer_v6.sync(&mut self.dp, p.contents_v6)?)));
+        let left_out = !self.rejected.is_empty();
+        let (contents, contents_v6) = (std::mem::take(&mut p.contents), std::mem::take(&mut p.contents_v6));
+        let synced = self.syncer.sync(&mut self.dp, contents).and_then(|o| Ok((o, self.syncer_v6.sync(&mut self.dp, contents_v6)?)));
         match synced {
             Ok((o, o6)) => {
+                self.incremental.reset(model, std::mem::take(&mut p.services), contested || left_out);
                 let (d, d6) = (&o.diff, &o6.diff);
                 tracing::info!(
                     writes = d.len() + d6.len(),
@@ -373,11 +384,74 @@ impl Programmer {
                 true
             }
             Err(e) => {
+                self.incremental.invalidate();
                 tracing::error!(error = lb_agent::chain::chain(&e), "sync failed; retrying in a second from what the maps hold");
                 self.metrics.sync_failed(started.elapsed());
                 false
             }
         }
+    }
+
+    /// Syncs only the Services `model` changed since the last sync, when
+    /// they can be planned alone (`lb_agent::control::incremental`); None
+    /// when the model must be planned whole.
+    fn sync_changed(&mut self, model: &Model, observed: Option<Instant>, started: Instant) -> Option<bool> {
+        let (known, known_v6) = (self.syncer.known()?, self.syncer_v6.known()?);
+        let delta = self.incremental.delta(model, &self.cfg, &mut self.ids, known, known_v6, self.capacity)?;
+        let plan_time = started.elapsed();
+        let mut warnings: Vec<Warning> = self.warned.iter().filter(|w| !delta.changed.contains(&w.object)).cloned().collect();
+        warnings.extend(delta.warnings);
+        self.report_warnings(warnings);
+        let name = |s: &lb_agent::control::plan::PlannedService| (s.id, names::ServiceName { namespace: s.namespace.clone(), name: s.name.clone(), port: s.port_name.clone() });
+        let (old, new): (Vec<_>, Vec<_>) = (delta.old.iter().map(name).collect(), delta.new.iter().map(name).collect());
+        let synced = self.syncer.sync_part(&mut self.dp, delta.diff)?.and_then(|o| Ok((o, self.syncer_v6.sync_part(&mut self.dp, delta.diff_v6).expect("known since the check above")?)));
+        let (o, o6) = match synced {
+            Ok(o) => o,
+            Err(e) => {
+                self.incremental.invalidate();
+                tracing::error!(error = lb_agent::chain::chain(&e), "sync failed; retrying in a second from what the maps hold");
+                self.metrics.sync_failed(started.elapsed());
+                return Some(false);
+            }
+        };
+        let (d, d6) = (&o.diff, &o6.diff);
+        tracing::info!(
+            writes = d.len() + d6.len(),
+            services = d.services.len(),
+            backends = d.backends.len(),
+            slots = d.slots.len(),
+            services_v6 = d6.services.len(),
+            backends_v6 = d6.backends.len(),
+            slots_v6 = d6.slots.len(),
+            replanned = delta.changed.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            plan_us = plan_time.as_micros() as u64,
+            apply_us = (o.apply_time + o6.apply_time).as_micros() as u64,
+            warnings = self.warned.len(),
+            warnings_total = self.warnings_total,
+            "synced"
+        );
+        let touched = lb_agent::ctclean::touched(d).into_iter().chain(lb_agent::ctclean::touched(d6)).collect();
+        match lb_agent::ctclean::clean(&mut self.dp, self.metrics.pin_dir(), &touched) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(flows = n, "removed the conntrack entries of removed backends"),
+            Err(e) => tracing::warn!(error = lb_agent::chain::chain(&e), "removing the conntrack entries of removed backends failed"),
+        }
+        if old != new {
+            let mut names = self.names.as_deref().cloned().unwrap_or_default();
+            for (id, _) in &old {
+                names.remove(id);
+            }
+            names.extend(new);
+            let names = Arc::new(names);
+            self.metrics.set_names(names.clone());
+            match names::write(self.metrics.pin_dir(), &names) {
+                Ok(()) => self.names = Some(names),
+                Err(e) => tracing::debug!(error = %e, "writing the service names file failed; the CLI shows ids only"),
+            }
+        }
+        self.metrics.sync_ok(started.elapsed(), d.len() + d6.len(), observed.map(|t| t.elapsed()));
+        Some(true)
     }
 
     /// Logs the backends that refused new flows for want of a SNAT port
