@@ -827,7 +827,7 @@ fn maglev_table(
     if members.is_empty() {
         return Vec::new();
     }
-    let size = svc.maglev_table_size.unwrap_or(maglev::DEFAULT_TABLE_SIZE);
+    let size = svc.maglev_table_size.unwrap_or_else(|| maglev::auto_table_size(members.len()));
     match maglev::build(&members, size) {
         Ok(table) => table,
         Err(e) => {
