@@ -174,7 +174,15 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     metrics.source_event();
     let first = Some(Instant::now());
     let model = models.borrow_and_update().clone();
+    tracing::info!(rss_mib = rss_mib(), "first model received");
     let mut synced = agent.sync(&model, first);
+    drop(model);
+    // The first sync's peak (source objects, plan, map reads) is freed
+    // memory malloc keeps; give it back so RSS shows the steady state.
+    let peak = rss_mib();
+    // SAFETY: malloc_trim only releases free heap pages.
+    unsafe { libc::malloc_trim(0) };
+    tracing::info!(rss_mib = rss_mib(), before_trim_mib = peak, "first sync done");
     // Everything is loaded, pinned and attached (sysctls written): keep only
     // what later syncs and pod-interface attaches use.
     let bounding = lb_agent::privs::drop_to_kept().map_err(RunError::DropPrivileges)?;
@@ -312,6 +320,7 @@ impl Programmer {
         }
         let next = replan(model, &self.cfg, &self.ids);
         let contested = next.contested;
+        tracing::debug!(rss_mib = rss_mib(), "planned whole");
         self.ids = next.ids;
         self.report_warnings(next.warnings);
         let mut p = next.plan;
@@ -532,6 +541,14 @@ impl Programmer {
             }
         }
     }
+}
+
+/// This process's resident memory (VmRSS), in MiB, for the log.
+fn rss_mib() -> u64 {
+    let pages: u64 = std::fs::read_to_string("/proc/self/statm").ok().and_then(|s| s.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf reads a constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
+    pages * page / (1 << 20)
 }
 
 /// The interface indexes of `--redirect-iface`s (in this network namespace).
