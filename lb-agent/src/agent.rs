@@ -29,6 +29,7 @@ use lb_agent::{
     snat::{self, SnatSettings},
     sync::Syncer,
 };
+use lb_agent::diff::Diff;
 use lb_common::{Addr4, Addr6};
 use tokio::signal::unix::SignalKind;
 
@@ -375,29 +376,10 @@ impl Programmer {
                     warnings_total = self.warnings_total,
                     "synced"
                 );
-                let touched = lb_agent::ctclean::touched(d).into_iter().chain(lb_agent::ctclean::touched(d6)).collect();
-                match lb_agent::ctclean::clean(&mut self.dp, self.metrics.pin_dir(), &touched) {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(flows = n, "removed the conntrack entries of removed backends"),
-                    Err(e) => tracing::warn!(error = lb_agent::chain::chain(&e), "removing the conntrack entries of removed backends failed"),
-                }
-                if self.names.as_deref() != Some(&names) {
-                    let names = Arc::new(names);
-                    self.metrics.set_names(names.clone());
-                    match names::write(self.metrics.pin_dir(), &names) {
-                        Ok(()) => self.names = Some(names),
-                        Err(e) => tracing::debug!(error = %e, "writing the service names file failed; the CLI shows ids only"),
-                    }
-                }
-                self.metrics.sync_ok(started.elapsed(), d.len() + d6.len(), observed.map(|t| t.elapsed()));
+                self.written(d, d6, Some(names), started, observed);
                 true
             }
-            Err(e) => {
-                self.incremental.invalidate();
-                tracing::error!(error = lb_agent::chain::chain(&e), "sync failed; retrying in a second from what the maps hold");
-                self.metrics.sync_failed(started.elapsed());
-                false
-            }
+            Err(e) => self.write_failed(&e, started),
         }
     }
 
@@ -416,12 +398,7 @@ impl Programmer {
         let synced = self.syncer.sync_part(&mut self.dp, delta.diff)?.and_then(|o| Ok((o, self.syncer_v6.sync_part(&mut self.dp, delta.diff_v6).expect("known since the check above")?)));
         let (o, o6) = match synced {
             Ok(o) => o,
-            Err(e) => {
-                self.incremental.invalidate();
-                tracing::error!(error = lb_agent::chain::chain(&e), "sync failed; retrying in a second from what the maps hold");
-                self.metrics.sync_failed(started.elapsed());
-                return Some(false);
-            }
+            Err(e) => return Some(self.write_failed(&e, started)),
         };
         let (d, d6) = (&o.diff, &o6.diff);
         tracing::info!(
@@ -440,18 +417,28 @@ impl Programmer {
             warnings_total = self.warnings_total,
             "synced"
         );
+        let names = (old != new).then(|| {
+            let mut names = self.names.as_deref().cloned().unwrap_or_default();
+            for (id, _) in &old {
+                names.remove(id);
+            }
+            names.extend(new);
+            names
+        });
+        self.written(d, d6, names, started, observed);
+        Some(true)
+    }
+
+    /// After a successful write: the conntrack entries of removed backends
+    /// go, the service names file follows `names` (when they changed).
+    fn written(&mut self, d: &Diff<Addr4>, d6: &Diff<Addr6>, names: Option<names::Names>, started: Instant, observed: Option<Instant>) {
         let touched = lb_agent::ctclean::touched(d).into_iter().chain(lb_agent::ctclean::touched(d6)).collect();
         match lb_agent::ctclean::clean(&mut self.dp, self.metrics.pin_dir(), &touched) {
             Ok(0) => {}
             Ok(n) => tracing::info!(flows = n, "removed the conntrack entries of removed backends"),
             Err(e) => tracing::warn!(error = lb_agent::chain::chain(&e), "removing the conntrack entries of removed backends failed"),
         }
-        if old != new {
-            let mut names = self.names.as_deref().cloned().unwrap_or_default();
-            for (id, _) in &old {
-                names.remove(id);
-            }
-            names.extend(new);
+        if let Some(names) = names.filter(|n| self.names.as_deref() != Some(n)) {
             let names = Arc::new(names);
             self.metrics.set_names(names.clone());
             match names::write(self.metrics.pin_dir(), &names) {
@@ -460,7 +447,14 @@ impl Programmer {
             }
         }
         self.metrics.sync_ok(started.elapsed(), d.len() + d6.len(), observed.map(|t| t.elapsed()));
-        Some(true)
+    }
+
+    /// A write failed part-way: the next sync reads the maps and plans whole.
+    fn write_failed(&mut self, e: &lb_agent::dataplane::Error, started: Instant) -> bool {
+        self.incremental.invalidate();
+        tracing::error!(error = lb_agent::chain::chain(e), "sync failed; retrying in a second from what the maps hold");
+        self.metrics.sync_failed(started.elapsed());
+        false
     }
 
     /// Logs the backends that refused new flows for want of a SNAT port

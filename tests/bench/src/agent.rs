@@ -124,6 +124,28 @@ fn log_field(line: &str, field: &str) -> Option<f64> {
     line.split(&format!(" {field}=")).nth(1)?.split_whitespace().next()?.parse().ok()
 }
 
+/// Makes `changes` changes of the probe's endpoint through `change`, one at
+/// a time on a quiet source, each timed (ms) until the maps hold it.
+fn time_changes(agent: &mut Agent, dp: &lb_agent::dataplane::Dataplane, changes: usize, mut change: impl FnMut(Ipv4Addr)) -> Result<Vec<f64>> {
+    let mut ms = Vec::new();
+    for i in 1..=changes {
+        let want = probe_addr(i);
+        // Apart from the last change: the sources debounce bursts.
+        std::thread::sleep(Duration::from_millis(150 + (i as u64 * 37) % 100));
+        let t0 = Instant::now();
+        change(want);
+        while probe_backend(dp) != Some(want) {
+            if t0.elapsed() > Duration::from_secs(60) {
+                agent.assert_alive();
+                bail!("change {i} ({want}) not in the maps after 60 s:\n{}", agent.log());
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        ms.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(ms)
+}
+
 fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((p / 100.0) * (sorted.len() - 1) as f64).round() as usize]
 }
@@ -219,31 +241,10 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
     );
 
     // Endpoint change → map write, one change at a time.
-    let mut ms = Vec::new();
-    for i in 1..=o.changes {
-        let want = probe_addr(i);
-        // Apart from the last change (the source waits for quiet files).
-        std::thread::sleep(Duration::from_millis(150 + (i as u64 * 37) % 100));
-        let t0 = Instant::now();
-        write(&dir, "probe-slice.yaml", &probe_slice(want));
-        loop {
-            if probe_backend(&dp) == Some(want) {
-                break;
-            }
-            if t0.elapsed() > Duration::from_secs(60) {
-                agent.assert_alive();
-                bail!(
-                    "change {i} ({want}) not in the maps after 60 s:\n{}",
-                    agent.log()
-                );
-            }
-            std::thread::sleep(Duration::from_micros(250));
-        }
-        ms.push(t0.elapsed().as_secs_f64() * 1e3);
-    }
+    let mut ms = time_changes(&mut agent, &dp, o.changes, |want| write(&dir, "probe-slice.yaml", &probe_slice(want)))?;
     ms.sort_by(f64::total_cmp);
     let ccond = json!({"services": o.services + 1, "endpoints": endpoints + 1, "changes": o.changes, "agent_build": build,
-                       "measured": "EndpointSlice file renamed into place -> new backend read back from the maps (250 us polls)",
+                       "measured": "EndpointSlice file renamed into place -> new backend read back from the maps (100 us polls)",
                        "file_source": "inotify wake-up, then the files' stamps are compared"});
     r.add(
         "agent",
@@ -332,25 +333,9 @@ pub fn run_kube(o: &Opts, r: &mut Report) -> Result<()> {
     );
 
     let syncs_before = agent.log().lines().filter(|l| l.contains(" synced")).count();
-    let mut ms = Vec::new();
-    for i in 1..=o.changes {
-        let want = probe_addr(i);
-        // Apart from the last change: each is a change on a quiet watch.
-        std::thread::sleep(Duration::from_millis(150 + (i as u64 * 37) % 100));
-        let t0 = Instant::now();
+    let mut ms = time_changes(&mut agent, &dp, o.changes, |want| {
         api.apply(probe_slice_object(want));
-        loop {
-            if probe_backend(&dp) == Some(want) {
-                break;
-            }
-            if t0.elapsed() > Duration::from_secs(60) {
-                agent.assert_alive();
-                bail!("change {i} ({want}) not in the maps after 60 s:\n{}", agent.log());
-            }
-            std::thread::sleep(Duration::from_micros(100));
-        }
-        ms.push(t0.elapsed().as_secs_f64() * 1e3);
-    }
+    })?;
     ms.sort_by(f64::total_cmp);
     let cond = json!({"services": o.services + 1, "endpoints": endpoints + 1, "changes": o.changes, "agent_build": build,
                       "measured": "EndpointSlice applied to the API server double (a watch event to the agent) -> new backend read back from the maps (100 us polls)"});
