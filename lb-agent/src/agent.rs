@@ -27,7 +27,7 @@ use lb_agent::{
     ops::{checks, metrics::Metrics, names},
     pins::MapSizes,
     snat::{self, SnatSettings},
-    sync::Syncer,
+    sync::{Outcome, Syncer},
 };
 use lb_agent::diff::Diff;
 use lb_common::{Addr4, Addr6};
@@ -355,27 +355,8 @@ impl Programmer {
         match synced {
             Ok((o, o6)) => {
                 self.incremental.reset(model, std::mem::take(&mut p.services), contested || left_out);
+                self.log_synced(&o, &o6, started, plan_time, (service_ids, frontends), 0);
                 let (d, d6) = (&o.diff, &o6.diff);
-                tracing::info!(
-                    writes = d.len() + d6.len(),
-                    services = d.services.len(),
-                    backends = d.backends.len(),
-                    slots = d.slots.len(),
-                    services_v6 = d6.services.len(),
-                    backends_v6 = d6.backends.len(),
-                    slots_v6 = d6.slots.len(),
-                    service_ids,
-                    frontends,
-                    elapsed_us = started.elapsed().as_micros() as u64,
-                    plan_us = plan_time.as_micros() as u64,
-                    read_maps = o.read || o6.read,
-                    read_us = (o.read_time + o6.read_time).as_micros() as u64,
-                    diff_us = (o.diff_time + o6.diff_time).as_micros() as u64,
-                    apply_us = (o.apply_time + o6.apply_time).as_micros() as u64,
-                    warnings = self.warned.len(),
-                    warnings_total = self.warnings_total,
-                    "synced"
-                );
                 self.written(d, d6, Some(names), started, observed);
                 true
             }
@@ -395,28 +376,19 @@ impl Programmer {
         self.report_warnings(warnings);
         let name = |s: &lb_agent::control::plan::PlannedService| (s.id, names::ServiceName { namespace: s.namespace.clone(), name: s.name.clone(), port: s.port_name.clone() });
         let (old, new): (Vec<_>, Vec<_>) = (delta.old.iter().map(name).collect(), delta.new.iter().map(name).collect());
-        let synced = self.syncer.sync_part(&mut self.dp, delta.diff)?.and_then(|o| Ok((o, self.syncer_v6.sync_part(&mut self.dp, delta.diff_v6).expect("known since the check above")?)));
-        let (o, o6) = match synced {
+        // A state unknown (None) after the IPv4 write: the whole sync that
+        // follows diffs against what that write left.
+        let o = match self.syncer.sync_part(&mut self.dp, delta.diff)? {
             Ok(o) => o,
             Err(e) => return Some(self.write_failed(&e, started)),
         };
+        let o6 = match self.syncer_v6.sync_part(&mut self.dp, delta.diff_v6)? {
+            Ok(o) => o,
+            Err(e) => return Some(self.write_failed(&e, started)),
+        };
+        let counts = (self.names.as_ref().map_or(0, |n| n.len()), self.syncer.known().map_or(0, |k| k.services.len()) + self.syncer_v6.known().map_or(0, |k| k.services.len()));
+        self.log_synced(&o, &o6, started, plan_time, counts, delta.changed.len());
         let (d, d6) = (&o.diff, &o6.diff);
-        tracing::info!(
-            writes = d.len() + d6.len(),
-            services = d.services.len(),
-            backends = d.backends.len(),
-            slots = d.slots.len(),
-            services_v6 = d6.services.len(),
-            backends_v6 = d6.backends.len(),
-            slots_v6 = d6.slots.len(),
-            replanned = delta.changed.len(),
-            elapsed_us = started.elapsed().as_micros() as u64,
-            plan_us = plan_time.as_micros() as u64,
-            apply_us = (o.apply_time + o6.apply_time).as_micros() as u64,
-            warnings = self.warned.len(),
-            warnings_total = self.warnings_total,
-            "synced"
-        );
         let names = (old != new).then(|| {
             let mut names = self.names.as_deref().cloned().unwrap_or_default();
             for (id, _) in &old {
@@ -427,6 +399,33 @@ impl Programmer {
         });
         self.written(d, d6, names, started, observed);
         Some(true)
+    }
+
+    /// The "synced" line of either sync path: `counts` are the service ids
+    /// and frontends now, `replanned` the Services planned alone (0: whole).
+    fn log_synced(&self, o: &Outcome<Addr4>, o6: &Outcome<Addr6>, started: Instant, plan_time: Duration, counts: (usize, usize), replanned: usize) {
+        let (d, d6) = (&o.diff, &o6.diff);
+        tracing::info!(
+            writes = d.len() + d6.len(),
+            services = d.services.len(),
+            backends = d.backends.len(),
+            slots = d.slots.len(),
+            services_v6 = d6.services.len(),
+            backends_v6 = d6.backends.len(),
+            slots_v6 = d6.slots.len(),
+            service_ids = counts.0,
+            frontends = counts.1,
+            replanned,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            plan_us = plan_time.as_micros() as u64,
+            read_maps = o.read || o6.read,
+            read_us = (o.read_time + o6.read_time).as_micros() as u64,
+            diff_us = (o.diff_time + o6.diff_time).as_micros() as u64,
+            apply_us = (o.apply_time + o6.apply_time).as_micros() as u64,
+            warnings = self.warned.len(),
+            warnings_total = self.warnings_total,
+            "synced"
+        );
     }
 
     /// After a successful write: the conntrack entries of removed backends

@@ -19,6 +19,8 @@ fn setup(extra: &[&str]) -> (Topology, Agent, Dataplane) {
     let dp = agent.maps();
     let ok = wait_for(Duration::from_secs(10), || programmed(&dp).is_some_and(|(n, _)| n == 3));
     assert!(ok, "the service never reached the maps:\n{}", agent.log());
+    // Its log line follows the write, through a reader thread.
+    assert!(wait_for(Duration::from_secs(10), || !agent.sync_writes().is_empty()), "no sync logged:\n{}", agent.log());
     (t, agent, dp)
 }
 
@@ -44,9 +46,12 @@ fn the_periodic_reconcile_repairs_entries_changed_by_hand() {
 #[test]
 fn without_a_reconcile_edits_still_reach_the_maps_with_only_the_difference() {
     let (t, mut agent, dp) = setup(&["--reconcile-interval", "0"]);
+    let synced = agent.sync_writes().len();
     write(&agent.source_dir, "slice.yaml", &slice(&[0, 1]));
     let ok = wait_for(Duration::from_secs(5), || programmed(&dp).is_some_and(|(n, b)| n == 2 && !b.contains(&backend_addr(2))));
     assert!(ok, "the edit never reached the maps:\n{}", agent.log());
+    // The log line follows the write and reaches us through a reader thread.
+    assert!(wait_for(Duration::from_secs(10), || agent.sync_writes().len() > synced), "{}", agent.log());
     // backend 2, its slot, the count of the two frontends.
     assert_eq!(agent.sync_writes().last(), Some(&4), "{}", agent.log());
 
