@@ -15,6 +15,7 @@ use std::{
 use lb_agent::{
     control::{
         ids::Ids,
+        incremental::Incremental,
         model::Model,
         plan::{health_checks, replan, PlanConfig, Warning},
         source::{file, kube, SourceSpec},
@@ -26,8 +27,9 @@ use lb_agent::{
     ops::{checks, metrics::Metrics, names},
     pins::MapSizes,
     snat::{self, SnatSettings},
-    sync::Syncer,
+    sync::{Outcome, Syncer},
 };
+use lb_agent::diff::Diff;
 use lb_common::{Addr4, Addr6};
 use tokio::signal::unix::SignalKind;
 
@@ -151,6 +153,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         syncer: Syncer::new(current, reconcile_every),
         syncer_v6: Syncer::new(current_v6, reconcile_every),
         ids,
+        incremental: Incremental::new(),
         cfg: plan_config(&args.inputs),
         metrics: metrics.clone(),
         names: None,
@@ -172,7 +175,15 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     metrics.source_event();
     let first = Some(Instant::now());
     let model = models.borrow_and_update().clone();
+    tracing::info!(rss_mib = rss_mib(), "first model received");
     let mut synced = agent.sync(&model, first);
+    drop(model);
+    // The first sync's peak (source objects, plan, map reads) is freed
+    // memory malloc keeps; give it back so RSS shows the steady state.
+    let peak = rss_mib();
+    // SAFETY: malloc_trim only releases free heap pages.
+    unsafe { libc::malloc_trim(0) };
+    tracing::info!(rss_mib = rss_mib(), before_trim_mib = peak, "first sync done");
     // Everything is loaded, pinned and attached (sysctls written): keep only
     // what later syncs and pod-interface attaches use.
     let bounding = lb_agent::privs::drop_to_kept().map_err(RunError::DropPrivileges)?;
@@ -250,6 +261,8 @@ struct Programmer {
     syncer: Syncer<Addr4>,
     syncer_v6: Syncer<Addr6>,
     ids: Ids,
+    /// What re-plans only the Services a change touched.
+    incremental: Incremental,
     cfg: PlanConfig,
     metrics: Arc<Metrics>,
     /// The service names last written: the file is rewritten only when they change.
@@ -303,7 +316,12 @@ impl Programmer {
     /// The maps' part of [`Programmer::sync`].
     fn sync_maps(&mut self, model: &Model, observed: Option<Instant>) -> bool {
         let started = Instant::now();
+        if let Some(ok) = self.sync_changed(model, observed, started) {
+            return ok;
+        }
         let next = replan(model, &self.cfg, &self.ids);
+        let contested = next.contested;
+        tracing::debug!(rss_mib = rss_mib(), "planned whole");
         self.ids = next.ids;
         self.report_warnings(next.warnings);
         let mut p = next.plan;
@@ -331,53 +349,111 @@ impl Programmer {
             self.metrics.sync_failed(started.elapsed());
             return false;
         }
-        let synced = self.syncer.sync(&mut self.dp, p.contents).and_then(|o| Ok((o, self.syncer_v6.sync(&mut self.dp, p.contents_v6)?)));
+        let left_out = !self.rejected.is_empty();
+        let (contents, contents_v6) = (std::mem::take(&mut p.contents), std::mem::take(&mut p.contents_v6));
+        let synced = self.syncer.sync(&mut self.dp, contents).and_then(|o| Ok((o, self.syncer_v6.sync(&mut self.dp, contents_v6)?)));
         match synced {
             Ok((o, o6)) => {
+                self.incremental.reset(model, std::mem::take(&mut p.services), contested || left_out);
+                self.log_synced(&o, &o6, started, plan_time, (service_ids, frontends), 0);
                 let (d, d6) = (&o.diff, &o6.diff);
-                tracing::info!(
-                    writes = d.len() + d6.len(),
-                    services = d.services.len(),
-                    backends = d.backends.len(),
-                    slots = d.slots.len(),
-                    services_v6 = d6.services.len(),
-                    backends_v6 = d6.backends.len(),
-                    slots_v6 = d6.slots.len(),
-                    service_ids,
-                    frontends,
-                    elapsed_us = started.elapsed().as_micros() as u64,
-                    plan_us = plan_time.as_micros() as u64,
-                    read_maps = o.read || o6.read,
-                    read_us = (o.read_time + o6.read_time).as_micros() as u64,
-                    diff_us = (o.diff_time + o6.diff_time).as_micros() as u64,
-                    apply_us = (o.apply_time + o6.apply_time).as_micros() as u64,
-                    warnings = self.warned.len(),
-                    warnings_total = self.warnings_total,
-                    "synced"
-                );
-                let touched = lb_agent::ctclean::touched(d).into_iter().chain(lb_agent::ctclean::touched(d6)).collect();
-                match lb_agent::ctclean::clean(&mut self.dp, self.metrics.pin_dir(), &touched) {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(flows = n, "removed the conntrack entries of removed backends"),
-                    Err(e) => tracing::warn!(error = lb_agent::chain::chain(&e), "removing the conntrack entries of removed backends failed"),
-                }
-                if self.names.as_deref() != Some(&names) {
-                    let names = Arc::new(names);
-                    self.metrics.set_names(names.clone());
-                    match names::write(self.metrics.pin_dir(), &names) {
-                        Ok(()) => self.names = Some(names),
-                        Err(e) => tracing::debug!(error = %e, "writing the service names file failed; the CLI shows ids only"),
-                    }
-                }
-                self.metrics.sync_ok(started.elapsed(), d.len() + d6.len(), observed.map(|t| t.elapsed()));
+                self.written(d, d6, Some(names), started, observed);
                 true
             }
-            Err(e) => {
-                tracing::error!(error = lb_agent::chain::chain(&e), "sync failed; retrying in a second from what the maps hold");
-                self.metrics.sync_failed(started.elapsed());
-                false
+            Err(e) => self.write_failed(&e, started),
+        }
+    }
+
+    /// Syncs only the Services `model` changed since the last sync, when
+    /// they can be planned alone (`lb_agent::control::incremental`); None
+    /// when the model must be planned whole.
+    fn sync_changed(&mut self, model: &Model, observed: Option<Instant>, started: Instant) -> Option<bool> {
+        let (known, known_v6) = (self.syncer.known()?, self.syncer_v6.known()?);
+        let delta = self.incremental.delta(model, &self.cfg, &mut self.ids, known, known_v6, self.capacity)?;
+        let plan_time = started.elapsed();
+        let mut warnings: Vec<Warning> = self.warned.iter().filter(|w| !delta.changed.contains(&w.object)).cloned().collect();
+        warnings.extend(delta.warnings);
+        self.report_warnings(warnings);
+        let name = |s: &lb_agent::control::plan::PlannedService| (s.id, names::ServiceName { namespace: s.namespace.clone(), name: s.name.clone(), port: s.port_name.clone() });
+        let (old, new): (Vec<_>, Vec<_>) = (delta.old.iter().map(name).collect(), delta.new.iter().map(name).collect());
+        // A state unknown (None) after the IPv4 write: the whole sync that
+        // follows diffs against what that write left.
+        let o = match self.syncer.sync_part(&mut self.dp, delta.diff)? {
+            Ok(o) => o,
+            Err(e) => return Some(self.write_failed(&e, started)),
+        };
+        let o6 = match self.syncer_v6.sync_part(&mut self.dp, delta.diff_v6)? {
+            Ok(o) => o,
+            Err(e) => return Some(self.write_failed(&e, started)),
+        };
+        let counts = (self.names.as_ref().map_or(0, |n| n.len()), self.syncer.known().map_or(0, |k| k.services.len()) + self.syncer_v6.known().map_or(0, |k| k.services.len()));
+        self.log_synced(&o, &o6, started, plan_time, counts, delta.changed.len());
+        let (d, d6) = (&o.diff, &o6.diff);
+        let names = (old != new).then(|| {
+            let mut names = self.names.as_deref().cloned().unwrap_or_default();
+            for (id, _) in &old {
+                names.remove(id);
+            }
+            names.extend(new);
+            names
+        });
+        self.written(d, d6, names, started, observed);
+        Some(true)
+    }
+
+    /// The "synced" line of either sync path: `counts` are the service ids
+    /// and frontends now, `replanned` the Services planned alone (0: whole).
+    fn log_synced(&self, o: &Outcome<Addr4>, o6: &Outcome<Addr6>, started: Instant, plan_time: Duration, counts: (usize, usize), replanned: usize) {
+        let (d, d6) = (&o.diff, &o6.diff);
+        tracing::info!(
+            writes = d.len() + d6.len(),
+            services = d.services.len(),
+            backends = d.backends.len(),
+            slots = d.slots.len(),
+            services_v6 = d6.services.len(),
+            backends_v6 = d6.backends.len(),
+            slots_v6 = d6.slots.len(),
+            service_ids = counts.0,
+            frontends = counts.1,
+            replanned,
+            elapsed_us = started.elapsed().as_micros() as u64,
+            plan_us = plan_time.as_micros() as u64,
+            read_maps = o.read || o6.read,
+            read_us = (o.read_time + o6.read_time).as_micros() as u64,
+            diff_us = (o.diff_time + o6.diff_time).as_micros() as u64,
+            apply_us = (o.apply_time + o6.apply_time).as_micros() as u64,
+            warnings = self.warned.len(),
+            warnings_total = self.warnings_total,
+            "synced"
+        );
+    }
+
+    /// After a successful write: the conntrack entries of removed backends
+    /// go, the service names file follows `names` (when they changed).
+    fn written(&mut self, d: &Diff<Addr4>, d6: &Diff<Addr6>, names: Option<names::Names>, started: Instant, observed: Option<Instant>) {
+        let touched = lb_agent::ctclean::touched(d).into_iter().chain(lb_agent::ctclean::touched(d6)).collect();
+        match lb_agent::ctclean::clean(&mut self.dp, self.metrics.pin_dir(), &touched) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(flows = n, "removed the conntrack entries of removed backends"),
+            Err(e) => tracing::warn!(error = lb_agent::chain::chain(&e), "removing the conntrack entries of removed backends failed"),
+        }
+        if let Some(names) = names.filter(|n| self.names.as_deref() != Some(n)) {
+            let names = Arc::new(names);
+            self.metrics.set_names(names.clone());
+            match names::write(self.metrics.pin_dir(), &names) {
+                Ok(()) => self.names = Some(names),
+                Err(e) => tracing::debug!(error = %e, "writing the service names file failed; the CLI shows ids only"),
             }
         }
+        self.metrics.sync_ok(started.elapsed(), d.len() + d6.len(), observed.map(|t| t.elapsed()));
+    }
+
+    /// A write failed part-way: the next sync reads the maps and plans whole.
+    fn write_failed(&mut self, e: &lb_agent::dataplane::Error, started: Instant) -> bool {
+        self.incremental.invalidate();
+        tracing::error!(error = lb_agent::chain::chain(e), "sync failed; retrying in a second from what the maps hold");
+        self.metrics.sync_failed(started.elapsed());
+        false
     }
 
     /// Logs the backends that refused new flows for want of a SNAT port
@@ -458,6 +534,14 @@ impl Programmer {
             }
         }
     }
+}
+
+/// This process's resident memory (VmRSS), in MiB, for the log.
+fn rss_mib() -> u64 {
+    let pages: u64 = std::fs::read_to_string("/proc/self/statm").ok().and_then(|s| s.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf reads a constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
+    pages * page / (1 << 20)
 }
 
 /// The interface indexes of `--redirect-iface`s (in this network namespace).

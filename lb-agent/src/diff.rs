@@ -25,6 +25,26 @@ impl<A: Addr> MapContents<A> {
     /// Drops the ClusterIP address entries of addresses left without any
     /// frontend (a service skipped or not fitting), which would otherwise
     /// refuse the ports the Service does serve.
+    /// Applies `d` as the maps would: its upserts, then its removals.
+    pub fn patch(&mut self, d: &Diff<A>) {
+        fn one<K: Ord + Copy, V: Copy>(m: &mut BTreeMap<K, V>, c: &Changes<K, V>) {
+            m.extend(c.upsert.iter().copied());
+            for k in &c.remove {
+                m.remove(k);
+            }
+        }
+        one(&mut self.services, &d.services);
+        one(&mut self.backends, &d.backends);
+        one(&mut self.slots, &d.slots);
+        one(&mut self.source_ranges, &d.source_ranges);
+    }
+
+    /// The entries counted against each map's capacity: services, slots,
+    /// source ranges.
+    pub fn sizes(&self) -> [usize; 3] {
+        [self.services.len(), self.slots.len(), self.source_ranges.len()]
+    }
+
     pub fn retain_served_addresses(&mut self) {
         let served: std::collections::BTreeSet<A> =
             self.services.keys().filter(|k| !k.is_address()).map(|k| k.addr).collect();

@@ -103,6 +103,23 @@ impl<A: Addr> Syncer<A> {
         Ok(out)
     }
 
+    /// Writes `d`, a diff of part of the maps computed by the caller (one
+    /// Service's old entries against its new ones), and patches the
+    /// remembered state with it: the maps are neither read nor diffed
+    /// whole. On an error the state is dropped, as in [`Syncer::sync`].
+    /// Needs a known state (None when it is unknown: sync whole instead).
+    pub fn sync_part(&mut self, maps: &mut impl Maps<A>, d: Diff<A>) -> Option<Result<Outcome<A>>> {
+        let mut known = self.known.take()?;
+        let t = Instant::now();
+        if let Err(e) = maps.apply(&d) {
+            return Some(Err(e));
+        }
+        let apply_time = t.elapsed();
+        known.patch(&d);
+        self.known = Some(known);
+        Some(Ok(Outcome { diff: d, apply_time, ..Default::default() }))
+    }
+
     /// Re-reads the maps and rewrites whatever differs from the last
     /// successful sync (an entry deleted or changed by hand or by another
     /// writer). Does nothing while the state is unknown: the retry of the

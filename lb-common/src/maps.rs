@@ -116,7 +116,9 @@ pub const ALL: &[&str] = &[
 pub mod default_size {
     pub const SERVICES: u32 = 65_536;
     pub const BACKENDS: u32 = 262_144;
-    pub const SLOTS: u32 = 1_048_576;
+    /// 10,000 Maglev services of 10 backends (251 slots each by default)
+    /// fit; the map is not preallocated, so unused entries cost little.
+    pub const SLOTS: u32 = 4_194_304;
     pub const CONNTRACK: u32 = 1_048_576;
     /// IPv6 conntrack: a quarter of IPv4's. LRU maps preallocate every
     /// entry, and a v6 pair is 120 bytes of key and value (v4: 72), so the

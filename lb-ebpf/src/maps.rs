@@ -43,9 +43,12 @@ pub static backends_v4: Backends<[u8; 4]> = Array::new();
 #[btf_map]
 pub static backends_v6: Backends<[u8; 16]> = Array::new();
 
-/// (service id, slot) → backend id: what new flows choose from. Written by the agent.
+/// (service id, slot) → backend id: what new flows choose from. Written by
+/// the agent. Not preallocated: its default holds 10,000 Maglev tables,
+/// and preallocated that would pin ~80 bytes per entry (335 MB) on every
+/// node; this way an unused entry costs its 16-byte bucket share.
 #[btf_map]
-pub static service_slots: HashMap<SlotKey, BackendId, { size::SLOTS as usize }> = HashMap::new();
+pub static service_slots: HashMap<SlotKey, BackendId, { size::SLOTS as usize }, { aya_ebpf::bindings::BPF_F_NO_PREALLOC as usize }> = HashMap::new();
 
 /// 5-tuple → flow, both directions. Written by the programs; LRU so a full
 /// table evicts the least recently used flow instead of refusing new ones.

@@ -143,7 +143,8 @@ async fn kube_source_sends_nothing_before_a_complete_list_and_one_model_per_burs
     assert!(until(Duration::from_secs(5), || health.synced() && health.connected()).await);
     assert_eq!(health.models(), 1);
 
-    // 1,000 new Services at once: one model with all of them.
+    // 1,000 new Services at once: the first goes out at once (a change
+    // after a quiet spell), the rest in one model after the burst.
     let started = Instant::now();
     for i in 0..1000u32 {
         let ip = Ipv4Addr::new(10, 97, (i / 200) as u8, (i % 200 + 1) as u8);
@@ -160,8 +161,9 @@ async fn kube_source_sends_nothing_before_a_complete_list_and_one_model_per_burs
             .is_err(),
         "a model after the burst's"
     );
-    assert_eq!(models, 1, "1,000 events became {models} models");
-    assert_eq!(health.models(), 2);
+    assert!(models <= 2, "1,000 events became {models} models");
+    // Sent (the receiver may see two as one): the first, and at most two.
+    assert!((2..=3).contains(&health.models()), "{} models sent", health.models());
     println!("1,000 Service events → 1 model in {} ms", took.as_millis());
     assert_calls_within_rbac(&api);
     let _ = std::fs::remove_file(&kubeconfig);

@@ -19,6 +19,8 @@ fn setup(extra: &[&str]) -> (Topology, Agent, Dataplane) {
     let dp = agent.maps();
     let ok = wait_for(Duration::from_secs(10), || programmed(&dp).is_some_and(|(n, _)| n == 3));
     assert!(ok, "the service never reached the maps:\n{}", agent.log());
+    // Its log line follows the write, through a reader thread.
+    assert!(wait_for(Duration::from_secs(10), || !agent.sync_writes().is_empty()), "no sync logged:\n{}", agent.log());
     (t, agent, dp)
 }
 
@@ -44,9 +46,12 @@ fn the_periodic_reconcile_repairs_entries_changed_by_hand() {
 #[test]
 fn without_a_reconcile_edits_still_reach_the_maps_with_only_the_difference() {
     let (t, mut agent, dp) = setup(&["--reconcile-interval", "0"]);
+    let synced = agent.sync_writes().len();
     write(&agent.source_dir, "slice.yaml", &slice(&[0, 1]));
     let ok = wait_for(Duration::from_secs(5), || programmed(&dp).is_some_and(|(n, b)| n == 2 && !b.contains(&backend_addr(2))));
     assert!(ok, "the edit never reached the maps:\n{}", agent.log());
+    // The log line follows the write and reaches us through a reader thread.
+    assert!(wait_for(Duration::from_secs(10), || agent.sync_writes().len() > synced), "{}", agent.log());
     // backend 2, its slot, the count of the two frontends.
     assert_eq!(agent.sync_writes().last(), Some(&4), "{}", agent.log());
 
@@ -105,7 +110,7 @@ fn a_failed_write_is_retried_from_what_the_maps_really_hold() {
 #[test]
 fn a_service_too_big_for_the_maps_is_left_out_and_does_not_wedge_later_syncs() {
     use xdplb_tests::ops::{http_get, sample};
-    // 64 slots: web's three fit, a Maglev table (16381 slots) never does.
+    // 64 slots: web's three fit, a Maglev table of 251 slots never does.
     let (t, agent, dp) = setup(&["--max-slots", "64"]);
     let service = |name: &str, ip: &str, annotations: &str, backend: &str| {
         format!(
@@ -117,7 +122,7 @@ fn a_service_too_big_for_the_maps_is_left_out_and_does_not_wedge_later_syncs() {
         )
     };
     let key = |ip: [u8; 4]| lb_common::ServiceKeyV4 { addr: ip, port: 80u16.to_be_bytes(), proto: 6, scope: 0 };
-    write(&agent.source_dir, "big.yaml", &service("big", "10.96.0.30", "xdplb.io/algorithm: maglev", "10.0.9.1"));
+    write(&agent.source_dir, "big.yaml", &service("big", "10.96.0.30", "xdplb.io/algorithm: maglev, xdplb.io/maglev-table-size: '251'", "10.0.9.1"));
     write(&agent.source_dir, "plain.yaml", &service("plain", "10.96.0.31", "", "10.0.9.2"));
     let plain = wait_for(Duration::from_secs(15), || dp.contents().is_ok_and(|c| c.services.contains_key(&key([10, 96, 0, 31]))));
     assert!(plain, "the plain Service beside the big one was never programmed:\n{}", agent.log());

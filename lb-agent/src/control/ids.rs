@@ -299,6 +299,22 @@ impl Ids {
         order
     }
 
+    /// Forgets `services` and `backends` (keys a Service planned alone no
+    /// longer uses): their ids become free as after [`Ids::retain`].
+    pub fn release<'k>(&mut self, services: impl IntoIterator<Item = &'k ServiceIdKey>, backends: impl IntoIterator<Item = &'k BackendIdKey>) {
+        for k in services {
+            if let Some(id) = self.service_ids.remove(k) {
+                self.services.used.remove(&id);
+                self.slot_order.remove(&id);
+            }
+        }
+        for k in backends {
+            if let Some(id) = self.backend_ids.remove(k) {
+                self.backends.used.remove(&id);
+            }
+        }
+    }
+
     /// Ends a plan: forgets every key not in `services`/`backends` (their
     /// ids become free, to be reused only after a wraparound) and the seeds.
     pub fn retain(&mut self, services: &BTreeSet<ServiceIdKey>, backends: &BTreeSet<BackendIdKey>) {

@@ -42,9 +42,33 @@
 //!   The paper recommends M > 100 N; we only require M > N.
 use std::collections::{BTreeMap, BTreeSet};
 
-/// Default table size (`xdplb.io/maglev-table-size`): prime, > 100 N for
-/// N up to 160 backends, 64 KiB of `u32` ids.
+/// Largest default table size (a Service can ask for more with
+/// `xdplb.io/maglev-table-size`): prime, > 100 N for N up to 160 backends,
+/// 64 KiB of `u32` ids.
 pub const DEFAULT_TABLE_SIZE: u32 = 16381;
+
+/// Table entries per backend a default size gives at least (until
+/// [`DEFAULT_TABLE_SIZE`]). Measured (equal weights, N = 10): 20-25 entries
+/// per backend leave the busiest backend 4 % over its share and rewrite
+/// 16 % of the table when one of ten leaves (10 % is the minimum); 100 per
+/// backend, the paper's advice, gives 0.1 % and 12 %, but at five times the
+/// slots: 10,000 such services would need 10 million `service_slots`
+/// entries (~80 bytes each in the kernel).
+pub const ENTRIES_PER_BACKEND: u32 = 20;
+
+/// The default sizes: the largest prime below each power of two from 64 to
+/// 16,384. Sizes double, so a Service changes size (and table) only when
+/// its backend count crosses a doubling, not at every scale step: a table
+/// of the same size keeps most flows where they were (see `disruption`).
+pub const AUTO_TABLE_SIZES: &[u32] = &[61, 127, 251, 509, 1021, 2039, 4093, 8191, DEFAULT_TABLE_SIZE];
+
+/// The table size of a Service with `backends` backends and no size
+/// annotation: the smallest of [`AUTO_TABLE_SIZES`] with at least
+/// [`ENTRIES_PER_BACKEND`] entries per backend, at most [`DEFAULT_TABLE_SIZE`].
+pub fn auto_table_size(backends: usize) -> u32 {
+    let want = (backends as u64).saturating_mul(u64::from(ENTRIES_PER_BACKEND));
+    AUTO_TABLE_SIZES.iter().copied().find(|m| u64::from(*m) >= want).unwrap_or(DEFAULT_TABLE_SIZE)
+}
 
 /// Largest table accepted: 4 MiB of ids per service; anything bigger is
 /// almost certainly a typo in an annotation.
@@ -295,6 +319,7 @@ mod tests {
             assert!(is_prime(size), "{size} listed as supported but not prime");
         }
         assert!(is_prime(DEFAULT_TABLE_SIZE));
+        assert!(AUTO_TABLE_SIZES.iter().all(|m| is_prime(*m)));
         assert!(!is_prime(65535) && !is_prime(u32::MAX));
         assert!(is_prime(4_294_967_291), "largest u32 prime");
     }
@@ -590,6 +615,22 @@ mod tests {
                 times.sort();
                 eprintln!("N={n} M={m}: median {:?}, max {:?}", times[10], times[19]);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod sizes {
+    use super::*;
+
+    /// A default size grows with the backends by doublings, keeps at least
+    /// 20 entries per backend, and stops at the old fixed default.
+    #[test]
+    fn default_sizes_follow_the_backend_count_by_doublings() {
+        let sizes: Vec<(usize, u32)> = [1, 3, 4, 10, 12, 13, 100, 410, 5000].iter().map(|&n| (n, auto_table_size(n))).collect();
+        assert_eq!(sizes, [(1, 61), (3, 61), (4, 127), (10, 251), (12, 251), (13, 509), (100, 2039), (410, 16381), (5000, 16381)]);
+        for n in 1..=819 {
+            assert!(auto_table_size(n) as usize >= 20 * n, "{n} backends");
         }
     }
 }

@@ -3,6 +3,7 @@
 //! `dataplane::apply` writes. Ids that must survive re-plans and restarts
 //! live in `ids`.
 pub mod ids;
+pub mod incremental;
 pub mod maglev;
 pub mod model;
 pub mod plan;

@@ -393,31 +393,86 @@ impl Model {
         slices: impl IntoIterator<Item = &'a discovery::EndpointSlice>,
         nodes: impl IntoIterator<Item = &'a core::Node>,
     ) -> Self {
-        let id = |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
-            ObjectRef::new(
-                m.namespace.as_deref().unwrap_or_default(),
-                m.name.as_deref().unwrap_or_default(),
-            )
-        };
         let mut model = Model::default();
         for s in services {
-            let id = id(&s.metadata);
-            if let Some(s) = validate_service(&id, s) {
-                model.services.insert(id, Arc::new(s));
-            }
+            model.apply(Object::Service(s));
         }
         for s in slices {
-            let id = id(&s.metadata);
-            if let Some(s) = validate_slice(&id, s) {
-                model.slices.insert(id, Arc::new(s));
-            }
+            model.apply(Object::Slice(s));
         }
         for n in nodes {
-            let id = id(&n.metadata);
-            let node = node(&id, n);
-            model.nodes.insert(id.name, node);
+            model.apply(Object::Node(n));
         }
         model
+    }
+
+    /// Puts one typed object in the model (validated; an invalid one takes
+    /// the place of none, as in [`Model::from_objects`]). Returns whether
+    /// the model changed: the kube source converts only the object a watch
+    /// event names, not every object per change.
+    pub fn apply(&mut self, obj: Object<'_>) -> bool {
+        let id = obj.id();
+        match obj {
+            Object::Service(s) => {
+                let v = validate_service(&id, s).map(Arc::new);
+                set(&mut self.services, id, v)
+            }
+            Object::Slice(s) => {
+                let v = validate_slice(&id, s).map(Arc::new);
+                set(&mut self.slices, id, v)
+            }
+            Object::Node(n) => {
+                let node = node(&id, n);
+                set(&mut self.nodes, id.name, Some(node))
+            }
+        }
+    }
+
+    /// Takes one typed object out of the model; returns whether it was there.
+    pub fn remove(&mut self, obj: Object<'_>) -> bool {
+        let id = obj.id();
+        match obj {
+            Object::Service(_) => self.services.remove(&id).is_some(),
+            Object::Slice(_) => self.slices.remove(&id).is_some(),
+            Object::Node(_) => self.nodes.remove(&id.name).is_some(),
+        }
+    }
+}
+
+/// A typed object the kube source follows.
+#[derive(Clone, Copy)]
+pub enum Object<'a> {
+    Service(&'a core::Service),
+    Slice(&'a discovery::EndpointSlice),
+    Node(&'a core::Node),
+}
+
+impl Object<'_> {
+    fn id(&self) -> ObjectRef {
+        let m = match self {
+            Object::Service(s) => &s.metadata,
+            Object::Slice(s) => &s.metadata,
+            Object::Node(n) => &n.metadata,
+        };
+        ObjectRef::new(m.namespace.as_deref().unwrap_or_default(), m.name.as_deref().unwrap_or_default())
+    }
+}
+
+/// Sets or clears `map[key]`; returns whether it changed.
+fn set<K: Ord, V: PartialEq>(map: &mut BTreeMap<K, V>, key: K, value: Option<V>) -> bool {
+    match value {
+        Some(v) => match map.get_mut(&key) {
+            Some(old) if *old == v => false,
+            Some(old) => {
+                *old = v;
+                true
+            }
+            None => {
+                map.insert(key, v);
+                true
+            }
+        },
+        None => map.remove(&key).is_some(),
     }
 }
 

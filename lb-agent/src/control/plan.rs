@@ -165,36 +165,18 @@ pub struct Planned {
     pub plan: Plan,
     pub ids: Ids,
     pub warnings: Vec<Warning>,
+    /// Services competed for something: a frontend two claimed, or an id
+    /// one could not get. A change to one Service may then change another's
+    /// entries, so it cannot be planned alone (see [`plan_service`]).
+    pub contested: bool,
 }
 
 /// Computes the desired state from the objects and the previous id
 /// assignment, without side effects: the same inputs give the same output.
 pub fn replan(model: &Model, cfg: &PlanConfig, prev: &Ids) -> Planned {
-    let node_addresses = if cfg.node_addresses.is_empty() {
-        model
-            .nodes
-            .get(&cfg.node_name)
-            .map(|n| n.addresses.clone())
-            .unwrap_or_default()
-    } else {
-        cfg.node_addresses.clone()
-    };
     let slices_of = slices_by_service(model);
-    let node_zone = model.nodes.get(&cfg.node_name).and_then(|n| n.zone.clone());
-
     let mut ids = prev.clone();
-    let mut p = Planner {
-        cfg,
-        node_zone,
-        ids: &mut ids,
-        plan: Plan {
-            node_addresses,
-            ..Default::default()
-        },
-        used_services: BTreeSet::new(),
-        used_backends: BTreeSet::new(),
-        warnings: Vec::new(),
-    };
+    let mut p = Planner::new(model, cfg, &mut ids);
     for (id, svc) in &model.services {
         if svc.service_type == ServiceType::ExternalName {
             continue;
@@ -218,9 +200,62 @@ pub fn replan(model: &Model, cfg: &PlanConfig, prev: &Ids) -> Planned {
         service_cidr(p.contents::<Addr6>(), *net, *len);
     }
     let (used_services, used_backends) = (p.used_services, p.used_backends);
-    let (plan, warnings) = (p.plan, p.warnings);
+    let (plan, warnings, contested) = (p.plan, p.warnings, p.contested);
     ids.retain(&used_services, &used_backends);
-    Planned { plan, ids, warnings }
+    Planned { plan, ids, warnings, contested }
+}
+
+/// The addresses NodePorts are reached on: the flag's, else the Node's.
+pub fn node_addresses(model: &Model, cfg: &PlanConfig) -> Vec<IpAddr> {
+    if cfg.node_addresses.is_empty() {
+        model.nodes.get(&cfg.node_name).map(|n| n.addresses.clone()).unwrap_or_default()
+    } else {
+        cfg.node_addresses.clone()
+    }
+}
+
+/// One Service's share of a plan, planned alone.
+#[derive(Debug, Default)]
+pub struct ServicePlan {
+    /// Its entries (`node_addresses` left empty).
+    pub plan: Plan,
+    pub warnings: Vec<Warning>,
+    /// It could not have all it wanted (see [`Planned::contested`]).
+    pub contested: bool,
+    /// The id keys it uses.
+    pub used_services: BTreeSet<ServiceIdKey>,
+    pub used_backends: BTreeSet<BackendIdKey>,
+}
+
+/// Plans the Service `id` alone: what [`replan`] writes for it when no
+/// other Service shares its frontends or backends (the caller checks that,
+/// and that nothing was contested). Pure like `replan`: ids are allocated
+/// in `ids` for its new keys; freeing the keys it no longer uses is the
+/// caller's ([`Ids::release`]). A Service that is not in the model (or an
+/// ExternalName) plans to nothing.
+pub fn plan_service(model: &Model, cfg: &PlanConfig, id: &ObjectRef, ids: &mut Ids) -> ServicePlan {
+    let mut p = Planner::new(model, cfg, ids);
+    if let Some(svc) = model.services.get(id).filter(|s| s.service_type != ServiceType::ExternalName) {
+        // Slices name their Service within their namespace.
+        let from = ObjectRef { namespace: id.namespace.clone(), name: String::new() };
+        let slices: Vec<&Slice> = model
+            .slices
+            .range(from..)
+            .take_while(|(k, _)| k.namespace == id.namespace)
+            .map(|(_, s)| &**s)
+            .filter(|s| s.service == id.name)
+            .collect();
+        for family in &svc.families {
+            match family {
+                IpFamily::IPv4 => p.family::<Addr4>(id, svc, &slices),
+                IpFamily::IPv6 => p.family::<Addr6>(id, svc, &slices),
+            }
+        }
+    }
+    p.plan.contents.retain_served_addresses();
+    p.plan.contents_v6.retain_served_addresses();
+    p.plan.node_addresses = Vec::new();
+    ServicePlan { plan: p.plan, warnings: p.warnings, contested: p.contested, used_services: p.used_services, used_backends: p.used_backends }
 }
 
 /// [`replan`] for callers that keep the ids in place and have no use for
@@ -263,10 +298,15 @@ pub struct HealthCheck {
 /// load balancer drains it. Two services on one port: the first keeps it.
 pub fn health_checks(model: &Model, cfg: &PlanConfig) -> BTreeMap<u16, HealthCheck> {
     let mut out: BTreeMap<u16, HealthCheck> = BTreeMap::new();
+    let wanted = |svc: &Service| svc.health_check_node_port.is_some() && svc.service_type == ServiceType::LoadBalancer && svc.external_local;
+    // Indexing every slice costs a millisecond at 10,000: only when needed.
+    if !model.services.values().any(|s| wanted(s)) {
+        return out;
+    }
     let slices_of = slices_by_service(model);
     for (id, svc) in &model.services {
         let Some(port) = svc.health_check_node_port else { continue };
-        if svc.service_type != ServiceType::LoadBalancer || !svc.external_local {
+        if !wanted(svc) {
             continue;
         }
         if let Some(first) = out.get(&port) {
@@ -348,6 +388,7 @@ struct Planner<'a> {
     used_services: BTreeSet<ServiceIdKey>,
     used_backends: BTreeSet<BackendIdKey>,
     warnings: Vec<Warning>,
+    contested: bool,
 }
 
 /// The family's maps of a plan.
@@ -382,7 +423,20 @@ fn service_cidr<A: Family>(c: &mut MapContents<A>, net: IpAddr, len: u8) {
     }
 }
 
-impl Planner<'_> {
+impl<'a> Planner<'a> {
+    fn new(model: &Model, cfg: &'a PlanConfig, ids: &'a mut Ids) -> Self {
+        Planner {
+            cfg,
+            node_zone: model.nodes.get(&cfg.node_name).and_then(|n| n.zone.clone()),
+            ids,
+            plan: Plan { node_addresses: node_addresses(model, cfg), ..Default::default() },
+            used_services: BTreeSet::new(),
+            used_backends: BTreeSet::new(),
+            warnings: Vec::new(),
+            contested: false,
+        }
+    }
+
     fn warn(&mut self, object: &ObjectRef, message: String) {
         self.warnings.push(Warning { object: object.clone(), message });
     }
@@ -543,6 +597,7 @@ impl Planner<'_> {
             .into_iter()
             .filter_map(|f| Some((map_key::<A>(&f)?, f)))
             .partition(|(k, _)| !self.contents::<A>().services.contains_key(k));
+        self.contested |= !taken.is_empty();
         for (_, f) in &taken {
             self.warn(id, format!("frontend {}/{} already used by another service; skipped", socket(f.addr, f.port), f.proto.as_str()));
         }
@@ -558,6 +613,7 @@ impl Planner<'_> {
             scope,
         };
         let Some(service_id) = self.ids.service(&key, &keys) else {
+            self.contested = true;
             self.warn(id, format!("port {} ({}): no free service id (raise the services map size); skipped", port.name, A::FAMILY));
             return;
         };
@@ -608,6 +664,7 @@ impl Planner<'_> {
             };
             let Some(addr) = A::from_ip(c.addr) else { continue };
             let Some(bid) = self.ids.backend(bkey) else {
+                self.contested = true;
                 self.warn(id, format!("backend {}: no free backend id; skipped", socket(c.addr, c.port)));
                 continue;
             };
@@ -770,7 +827,7 @@ fn maglev_table(
     if members.is_empty() {
         return Vec::new();
     }
-    let size = svc.maglev_table_size.unwrap_or(maglev::DEFAULT_TABLE_SIZE);
+    let size = svc.maglev_table_size.unwrap_or_else(|| maglev::auto_table_size(members.len()));
     match maglev::build(&members, size) {
         Ok(table) => table,
         Err(e) => {

@@ -1,7 +1,10 @@
 //! The real `lb-agent` binary (built in the bench's own profile: release
 //! under `cargo xtask bench`) fed through its file source: time to program
 //! N services from cold, time from one EndpointSlice edit to the map write
-//! with N services present, and the agent's memory.
+//! with N services present (inotify), and the agent's memory. Then the same
+//! agent fed by the API server double (`--source kube`): cold, and one
+//! EndpointSlice change arriving as a watch event to the map write, with
+//! the agent's own plan/diff/write split read from its log.
 use std::{
     fmt::Write as _,
     net::Ipv4Addr,
@@ -16,7 +19,8 @@ use serde_json::json;
 use super::report::Report;
 use xdplb_tests::{
     agent::{agent_binary, write, Agent, NODE},
-    topology::Topology,
+    apiserver::{objects, ApiServer},
+    topology::{Topology, NODE_ADDR},
     wait_for,
 };
 
@@ -111,6 +115,37 @@ fn memory_kb(pid: u32) -> Result<(u64, u64)> {
     ))
 }
 
+/// Map sizes for 10,000 services of 10 endpoints: a frontend and a
+/// ClusterIP address entry per service.
+const SIZES: [&str; 8] = ["--max-services", "32768", "--max-backends", "131072", "--max-slots", "131072", "--max-flows", "65536"];
+
+/// The numeric `field=` of a log line.
+fn log_field(line: &str, field: &str) -> Option<f64> {
+    line.split(&format!(" {field}=")).nth(1)?.split_whitespace().next()?.parse().ok()
+}
+
+/// Makes `changes` changes of the probe's endpoint through `change`, one at
+/// a time on a quiet source, each timed (ms) until the maps hold it.
+fn time_changes(agent: &mut Agent, dp: &lb_agent::dataplane::Dataplane, changes: usize, mut change: impl FnMut(Ipv4Addr)) -> Result<Vec<f64>> {
+    let mut ms = Vec::new();
+    for i in 1..=changes {
+        let want = probe_addr(i);
+        // Apart from the last change: the sources debounce bursts.
+        std::thread::sleep(Duration::from_millis(150 + (i as u64 * 37) % 100));
+        let t0 = Instant::now();
+        change(want);
+        while probe_backend(dp) != Some(want) {
+            if t0.elapsed() > Duration::from_secs(60) {
+                agent.assert_alive();
+                bail!("change {i} ({want}) not in the maps after 60 s:\n{}", agent.log());
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        ms.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(ms)
+}
+
 fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[((p / 100.0) * (sorted.len() - 1) as f64).round() as usize]
 }
@@ -133,20 +168,9 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
     write(&dir, "probe-service.yaml", PROBE_SERVICE);
     write(&dir, "probe-slice.yaml", &probe_slice(probe_addr(0)));
     let endpoints = o.services * o.per_service;
-    let sizes = [
-        "--max-services",
-        // A frontend and a ClusterIP address entry per service.
-        "32768",
-        "--max-backends",
-        "131072",
-        "--max-slots",
-        "131072",
-        "--max-flows",
-        "65536",
-    ];
 
     let start = Instant::now();
-    let mut agent = Agent::start_with(&t.node, &dir, &sizes);
+    let mut agent = Agent::start_with(&t.node, &dir, &SIZES);
     let dp = agent.maps();
     let synced = wait_for(Duration::from_secs(300), || {
         agent.assert_alive();
@@ -217,32 +241,11 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
     );
 
     // Endpoint change → map write, one change at a time.
-    let mut ms = Vec::new();
-    for i in 1..=o.changes {
-        let want = probe_addr(i);
-        // Spread the edits over the file source's 200 ms poll phase.
-        std::thread::sleep(Duration::from_millis((i as u64 * 37) % 200));
-        let t0 = Instant::now();
-        write(&dir, "probe-slice.yaml", &probe_slice(want));
-        loop {
-            if probe_backend(&dp) == Some(want) {
-                break;
-            }
-            if t0.elapsed() > Duration::from_secs(60) {
-                agent.assert_alive();
-                bail!(
-                    "change {i} ({want}) not in the maps after 60 s:\n{}",
-                    agent.log()
-                );
-            }
-            std::thread::sleep(Duration::from_micros(250));
-        }
-        ms.push(t0.elapsed().as_secs_f64() * 1e3);
-    }
+    let mut ms = time_changes(&mut agent, &dp, o.changes, |want| write(&dir, "probe-slice.yaml", &probe_slice(want)))?;
     ms.sort_by(f64::total_cmp);
     let ccond = json!({"services": o.services + 1, "endpoints": endpoints + 1, "changes": o.changes, "agent_build": build,
-                       "measured": "EndpointSlice file renamed into place -> new backend read back from the maps (250 us polls)",
-                       "file_source": "polls every 200 ms, 100 ms debounce"});
+                       "measured": "EndpointSlice file renamed into place -> new backend read back from the maps (100 us polls)",
+                       "file_source": "inotify wake-up, then the files' stamps are compared"});
     r.add(
         "agent",
         "agent/endpoint_change_to_map_p50",
@@ -268,6 +271,94 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
         "MiB",
         json!({"services": o.services, "changes": o.changes, "rss_mib": rss as f64 / 1024.0, "agent_build": build}),
     );
+    drop(agent);
+    Ok(())
+}
+
+/// The probe's slice as the API server double holds it.
+fn probe_slice_object(addr: Ipv4Addr) -> serde_json::Value {
+    objects::slice("bench", "probe-1", "probe", 8080, &[addr], "node-0")
+}
+
+/// The real agent following the API server double: cold start through the
+/// kube source, then `o.changes` EndpointSlice changes, each applied to the
+/// double (the agent sees a watch event) and timed until the maps hold it.
+pub fn run_kube(o: &Opts, r: &mut Report) -> Result<()> {
+    let bin = agent_binary();
+    std::env::set_var("XDPLB_AGENT_BIN", &bin);
+    let build = if bin.components().any(|c| c.as_os_str() == "release") { "release" } else { "debug" };
+    let t = Topology::new(0);
+    let api = ApiServer::start_in(&t.node);
+    api.apply(objects::node("node-0", NODE_ADDR));
+    for s in 0..o.services {
+        let (name, vip) = (format!("svc-{s}"), Ipv4Addr::from(0x0a60_0000 + s));
+        api.apply(objects::service("scale", &name, vip, 80));
+        let addrs: Vec<Ipv4Addr> = (0..o.per_service).map(|e| Ipv4Addr::from(0x0a80_0000 + s * o.per_service + e)).collect();
+        api.apply(objects::slice("scale", &format!("{name}-1"), &name, 8080, &addrs, "node-0"));
+    }
+    api.apply(objects::service("bench", "probe", PROBE_VIP, 80));
+    api.apply(probe_slice_object(probe_addr(0)));
+    let endpoints = o.services * o.per_service;
+
+    let start = Instant::now();
+    let mut agent = Agent::start_kube(&t.node, &api, &SIZES);
+    let dp = agent.maps();
+    let synced = wait_for(Duration::from_secs(300), || {
+        agent.assert_alive();
+        probe_backend(&dp) == Some(probe_addr(0))
+    });
+    let cold = start.elapsed().as_secs_f64();
+    ensure!(synced, "no sync within 300 s:\n{}", agent.log());
+    let c = dp.contents()?;
+    let frontends = c.services.keys().filter(|k| !k.is_address()).count() as u32;
+    ensure!(frontends == o.services + 1, "{frontends} service frontends in the maps");
+    r.add(
+        "agent",
+        &format!("agent/kube_cold_program_{}_services", o.services),
+        cold,
+        None,
+        "s",
+        json!({"services": o.services, "endpoints": endpoints, "agent_build": build, "source": "kube (API server double, list + watch)",
+               "measured": "process start -> the probe service's backend read back from the maps"}),
+    );
+    let pid = agent_pid(&agent.pin_dir).context("finding the agent's pid")?;
+    let (rss, hwm) = memory_kb(pid)?;
+    r.add(
+        "agent",
+        &format!("agent/kube_rss_{}_services", o.services),
+        rss as f64 / 1024.0,
+        None,
+        "MiB",
+        json!({"services": o.services, "endpoints": endpoints, "agent_build": build, "peak_mib": hwm as f64 / 1024.0}),
+    );
+
+    let syncs_before = agent.log().lines().filter(|l| l.contains(" synced")).count();
+    let mut ms = time_changes(&mut agent, &dp, o.changes, |want| {
+        api.apply(probe_slice_object(want));
+    })?;
+    ms.sort_by(f64::total_cmp);
+    let cond = json!({"services": o.services + 1, "endpoints": endpoints + 1, "changes": o.changes, "agent_build": build,
+                      "measured": "EndpointSlice applied to the API server double (a watch event to the agent) -> new backend read back from the maps (100 us polls)"});
+    r.add("agent", "agent/kube_watch_event_to_map_p50", pct(&ms, 50.0), None, "ms", cond.clone());
+    r.add("agent", "agent/kube_watch_event_to_map_p99", pct(&ms, 99.0), None, "ms", cond);
+    // The agent's own split of those syncs (its "synced" log lines).
+    let log = agent.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(" synced")).skip(syncs_before).collect();
+    for field in ["elapsed_us", "plan_us", "diff_us", "apply_us"] {
+        let mut v: Vec<f64> = lines.iter().filter_map(|l| log_field(l, field)).map(|us| us / 1e3).collect();
+        if v.is_empty() {
+            continue;
+        }
+        v.sort_by(f64::total_cmp);
+        r.add(
+            "agent",
+            &format!("agent/kube_change_sync_{}_p50", field.trim_end_matches("_us")),
+            pct(&v, 50.0),
+            None,
+            "ms",
+            json!({"syncs": v.len(), "p99_ms": pct(&v, 99.0), "measured": format!("{field} of the agent's synced log lines for the changes")}),
+        );
+    }
     drop(agent);
     Ok(())
 }

@@ -82,6 +82,8 @@ pub fn run(mode: &str, sections: &Sections, report: &mut Report) -> Result<()> {
     if sections.wants("agent") {
         println!("\n== the real lb-agent ({} services x {} endpoints, file source)", aopts.services, aopts.per_service);
         timed("agent", &mut || agent::run(&aopts, report))?;
+        println!("\n== the real lb-agent ({} services x {} endpoints, kube source: the API server double)", aopts.services, aopts.per_service);
+        timed("agent_kube", &mut || agent::run_kube(&aopts, report))?;
     }
     Ok(())
 }

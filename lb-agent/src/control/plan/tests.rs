@@ -660,10 +660,14 @@ addressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints
     let before = plan(&model(&text(&format!("[{}]", ten.join(",")))), &cfg(), &mut ids);
     let after = plan(&model(&text(&format!("[{}]", ten[1..].join(",")))), &cfg(), &mut ids);
     let d = diff(&before.contents, &after.contents);
-    let m = crate::control::maglev::DEFAULT_TABLE_SIZE as f64;
-    let moved = d.slots.upsert.len() as f64 / m;
-    // The removed backend held ~1/10 of the table; Maglev moves little more.
-    assert!(moved > 0.08 && moved < 0.13, "fraction of slots rewritten: {moved:.3}");
+    // Nine or ten backends: the same default size, so a table to compare.
+    let m = crate::control::maglev::auto_table_size(10);
+    assert_eq!(m, crate::control::maglev::auto_table_size(9));
+    assert_eq!(after.contents.slots.len(), m as usize);
+    let moved = d.slots.upsert.len() as f64 / m as f64;
+    // The removed backend held ~1/10 of the table; Maglev moves a little
+    // more at 25 entries per backend (16 % measured over each of the ten).
+    assert!(moved > 0.08 && moved < 0.2, "fraction of slots rewritten: {moved:.3}");
     assert_eq!(d.backends.remove.len(), 1);
 }
 

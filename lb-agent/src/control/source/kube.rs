@@ -4,13 +4,16 @@
 //! resource, so reconnects, backoff and the relist after `410 Gone` are the
 //! runtime's, not ours. A reflector store swaps in a relisted set only when
 //! the list is complete (`InitDone`), so a snapshot is never half a list.
-//! Every store change pokes one [`Notify`]; a builder task waits until
-//! nothing has changed for [`DEBOUNCE`] (at most [`MAX_DELAY`] after the
-//! first change), converts the three snapshots with [`Model::from_objects`]
-//! (the file source's validation) and sends the model if it differs from the
-//! last. Nothing is sent before all three resources were listed once: the
-//! caller gets the receiver only then, so an agent never programs a partial
-//! view nor deletes live services on start.
+//! Every watch event's object goes to one follower task, which validates
+//! only that object into the model (the file source's validation, see
+//! [`Model::apply`]) and sends the model if it changed: a change after a
+//! quiet spell goes out at once; changes that follow within [`DEBOUNCE`]
+//! of a send wait until nothing has changed for [`DEBOUNCE`] (at most
+//! [`MAX_DELAY`]), so a burst costs a few syncs, not one per object. A
+//! complete (re)list rebuilds the model from the three snapshots. Nothing
+//! is sent before all three resources were listed once: the caller gets
+//! the receiver only then, so an agent never programs a partial view nor
+//! deletes live services on start.
 use std::{
     path::Path,
     sync::{
@@ -31,9 +34,9 @@ use kube::{
     Api, Client, Resource,
 };
 use serde::de::DeserializeOwned;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch};
 
-use crate::control::model::Model;
+use crate::control::model::{Model, Object};
 
 /// Every API call the kube source may make, as RBAC spells it: (API group,
 /// resource, verbs). The RBAC manifest is tested against this list, and the
@@ -68,7 +71,8 @@ pub fn kube_api_call_set() -> std::collections::BTreeSet<(String, String, String
         .collect()
 }
 
-/// How long the stores must stay unchanged before a model is built.
+/// How long the stores must stay unchanged before a model is sent, when
+/// the previous one went out less than this long ago.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 /// A model is built at most this long after the first change of a burst,
 /// so a never-quiet cluster still gets its changes programmed.
@@ -307,6 +311,43 @@ impl SourceHealth {
     }
 }
 
+/// What a watcher reports to the follower.
+enum Change {
+    Apply(Typed),
+    Delete(Typed),
+    /// A complete list (the first, or one after `410 Gone`): the model is
+    /// rebuilt from the stores.
+    Listed,
+}
+
+/// One object of a followed resource.
+enum Typed {
+    Service(Box<Service>),
+    Slice(Box<EndpointSlice>),
+    Node(Box<Node>),
+}
+
+impl Typed {
+    fn object(&self) -> Object<'_> {
+        match self {
+            Typed::Service(s) => Object::Service(s),
+            Typed::Slice(s) => Object::Slice(s),
+            Typed::Node(n) => Object::Node(n),
+        }
+    }
+}
+
+impl Change {
+    /// Applies the change to `model`; returns whether it changed.
+    fn apply(&self, model: &mut Model) -> bool {
+        match self {
+            Change::Apply(t) => model.apply(t.object()),
+            Change::Delete(t) => model.remove(t.object()),
+            Change::Listed => false,
+        }
+    }
+}
+
 /// The reflector stores the models are built from.
 #[derive(Clone)]
 struct Stores {
@@ -340,7 +381,7 @@ pub async fn watch(
     node_name: &str,
     health: Arc<SourceHealth>,
 ) -> Result<watch::Receiver<Arc<Model>>, KubeError> {
-    let changed = Arc::new(Notify::new());
+    let (changed, mut changes) = mpsc::unbounded_channel();
     let node_cfg = if node_name.is_empty() {
         watcher::Config::default()
     } else {
@@ -352,6 +393,7 @@ pub async fn watch(
             watcher::Config::default(),
             &health,
             |h| &h.services,
+            |s| Typed::Service(Box::new(s)),
             &changed,
         ),
         slices: reflect(
@@ -359,9 +401,10 @@ pub async fn watch(
             watcher::Config::default(),
             &health,
             |h| &h.endpoint_slices,
+            |s| Typed::Slice(Box::new(s)),
             &changed,
         ),
-        nodes: reflect(Api::all(client), node_cfg, &health, |h| &h.nodes, &changed),
+        nodes: reflect(Api::all(client), node_cfg, &health, |h| &h.nodes, |n| Typed::Node(Box::new(n)), &changed),
     };
     tracing::info!("waiting for the first complete list of Services, EndpointSlices and Nodes");
     let ready = |what| move |_| KubeError::Stopped(what);
@@ -381,6 +424,9 @@ pub async fn watch(
         .await
         .map_err(ready("Node"))?;
 
+    // What came before is in the stores, and so in the first model; what
+    // comes after it is applied again, which changes nothing.
+    while changes.try_recv().is_ok() {}
     let first = stores.model();
     tracing::info!(
         services = first.services.len(),
@@ -396,7 +442,7 @@ pub async fn watch(
     }
     health.models.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = watch::channel(Arc::new(first));
-    tokio::spawn(follow(stores, changed, tx, health));
+    tokio::spawn(follow(stores, changes, tx, health));
     Ok(rx)
 }
 
@@ -410,13 +456,14 @@ pub async fn start(
 }
 
 /// Runs one resource's watcher into a new store, recording its health and
-/// poking `changed` whenever the store's contents may have changed.
+/// sending each changed object (`wrap`ped) to `changed`.
 fn reflect<K>(
     api: Api<K>,
     cfg: watcher::Config,
     health: &Arc<SourceHealth>,
     pick: fn(&SourceHealth) -> &WatchHealth,
-    changed: &Arc<Notify>,
+    wrap: fn(K) -> Typed,
+    changed: &mpsc::UnboundedSender<Change>,
 ) -> Store<K>
 where
     K: Resource<DynamicType = ()>
@@ -449,10 +496,13 @@ where
                         watcher::Event::InitDone => {
                             h.synced.store(true, Ordering::Relaxed);
                             tracing::debug!(%kind, "list complete");
-                            changed.notify_one();
+                            let _ = changed.send(Change::Listed);
                         }
-                        watcher::Event::Apply(_) | watcher::Event::Delete(_) => {
-                            changed.notify_one()
+                        watcher::Event::Apply(obj) => {
+                            let _ = changed.send(Change::Apply(wrap(obj)));
+                        }
+                        watcher::Event::Delete(obj) => {
+                            let _ = changed.send(Change::Delete(wrap(obj)));
                         }
                     }
                 }
@@ -490,43 +540,62 @@ fn status(e: &watcher::Error) -> Option<&kube::core::Status> {
     }
 }
 
-/// Builds and sends a model after every debounced burst of changes, until
-/// the receiver is gone.
+/// Applies the watchers' changes to the model and sends it, until the
+/// receiver is gone: at once after a quiet spell, debounced in a burst.
 async fn follow(
     stores: Stores,
-    changed: Arc<Notify>,
+    mut changes: mpsc::UnboundedReceiver<Change>,
     tx: watch::Sender<Arc<Model>>,
     health: Arc<SourceHealth>,
 ) {
+    let mut last_sent: Option<Instant> = None;
     loop {
-        tokio::select! {
-            () = changed.notified() => {}
+        let first = tokio::select! {
+            c = changes.recv() => match c {
+                Some(c) => c,
+                None => return,
+            },
             () = tx.closed() => return,
-        }
+        };
         let start = Instant::now();
-        while start.elapsed() < MAX_DELAY
-            && tokio::time::timeout(DEBOUNCE, changed.notified())
-                .await
-                .is_ok()
-        {}
-        let model = stores.model();
+        let mut batch = vec![first];
+        while let Ok(c) = changes.try_recv() {
+            batch.push(c);
+        }
+        if last_sent.is_some_and(|t| t.elapsed() < DEBOUNCE) {
+            while start.elapsed() < MAX_DELAY {
+                match tokio::time::timeout(DEBOUNCE, changes.recv()).await {
+                    Ok(Some(c)) => batch.push(c),
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+        }
+        let listed = batch.iter().any(|c| matches!(c, Change::Listed));
         // A relist or a status-only update often changes nothing we use:
         // no model, no sync.
         let sent = tx.send_if_modified(|current| {
-            if **current == model {
-                return false;
+            let changed = if listed {
+                let model = stores.model();
+                let changed = **current != model;
+                *current = Arc::new(model);
+                changed
+            } else {
+                // In place when the consumer holds no older model (the
+                // usual case): a change costs its own objects only.
+                let model = Arc::make_mut(current);
+                batch.iter().fold(false, |changed, c| c.apply(model) | changed)
+            };
+            if changed {
+                // Counted before the receiver is woken: whoever sees the
+                // model sees the count too.
+                health.models.fetch_add(1, Ordering::Relaxed);
             }
-            *current = Arc::new(model);
-            // Counted before the receiver is woken: whoever sees the model
-            // sees the count too.
-            health.models.fetch_add(1, Ordering::Relaxed);
-            true
+            changed
         });
         if sent {
-            tracing::debug!(
-                waited_ms = start.elapsed().as_millis() as u64,
-                "objects changed"
-            );
+            last_sent = Some(Instant::now());
+            tracing::debug!(changes = batch.len(), waited_us = start.elapsed().as_micros() as u64, "objects changed");
         }
     }
 }
