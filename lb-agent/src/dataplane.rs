@@ -211,9 +211,14 @@ impl<A: MapFamily> FamilyMaps<A> {
         Ok(self.backends()?.into_keys().collect())
     }
 
-    /// The service ids the family's frontends name.
+    /// The service ids the family's frontends name, read in batches.
     fn service_ids(&self) -> std::collections::BTreeSet<u32> {
-        self.services.iter().filter_map(|r| r.ok()).map(|(_, v)| v.id).collect()
+        let mut ids = std::collections::BTreeSet::new();
+        // A failed read leaves the set short; callers treat it as advisory.
+        let _ = bpfsys::for_each_batch(fd(&self.services), |_: &ServiceKey<A>, v: &ServiceV4| {
+            ids.insert(v.id);
+        });
+        ids
     }
 
     /// Removes the ClientIP affinity entries of `service_ids`; returns how
@@ -278,6 +283,18 @@ impl Dataplane {
         Ok(total)
     }
 
+    /// The service ids the frontends of both families name (0, a ClusterIP
+    /// address entry, left out): what a metrics scrape needs, without the
+    /// slots.
+    pub fn service_ids(&self) -> std::collections::BTreeSet<u32> {
+        let mut ids = self.v4.service_ids();
+        if let Some(v6) = &self.v6 {
+            ids.extend(v6.service_ids());
+        }
+        ids.remove(&0);
+        ids
+    }
+
     /// Every IPv4 backend, by id (see [`FamilyMaps::backends`]).
     pub fn backends(&self) -> Result<std::collections::BTreeMap<BackendId, lb_common::BackendV4>> {
         self.v4.backends()
@@ -311,7 +328,13 @@ impl Dataplane {
     /// them; those no service names go to IPv4, so a sync removes them.
     pub fn family_contents<A: MapFamily>(&self) -> Result<MapContents<A>> {
         let Some(maps) = A::maps(self) else { return Ok(MapContents::default()) };
-        let slots: std::collections::BTreeMap<SlotKey, BackendId> = self.slots.iter().collect::<Result<_, _>>()?;
+        // In batches: with thousands of Maglev services the slots run to
+        // millions, two syscalls each when read key by key.
+        let mut slots = std::collections::BTreeMap::new();
+        bpfsys::for_each_batch(fd(&self.slots), |k: &SlotKey, b: &BackendId| {
+            slots.insert(*k, *b);
+        })
+        .map_err(|source| Error::Read { map: lb_common::maps::SERVICE_SLOTS, source })?;
         let ipv4 = A::FAMILY == crate::family::IpFamily::IPv4;
         // Orphan slots go to IPv4: those IPv6 service ids name are not orphans.
         let other_ids = if ipv4 { self.v6.as_ref().map(|v6| v6.service_ids()).unwrap_or_default() } else { Default::default() };

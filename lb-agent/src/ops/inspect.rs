@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, net::SocketAddr};
 
 
 use lb_common::{
-    backend_state, counter, direction, flow_flags, proto_name, service_flags, Addr, Addr4, Addr6, BackendId, Config,
+    backend_state, counter, direction, flow_flags, proto_name, service_flags, Addr, Addr4, Addr6, Backend, BackendId, Config,
     Flow, FlowKey, SlotKey,
 };
 use serde::Serialize;
@@ -160,14 +160,16 @@ pub struct BackendRow {
 
 /// Every backend of both families, by id.
 pub fn backends(dp: &Dataplane) -> Result<Vec<BackendRow>> {
-    let mut rows = backend_rows(dp, &dp.family_contents::<Addr4>()?);
-    rows.extend(backend_rows(dp, &dp.family_contents::<Addr6>()?));
+    let mut rows = backend_rows(dp, &dp.v4.backends()?);
+    if let Some(v6) = &dp.v6 {
+        rows.extend(backend_rows(dp, &v6.backends()?));
+    }
     rows.sort_by_key(|r| r.id);
     Ok(rows)
 }
 
-fn backend_rows<A: Addr>(dp: &Dataplane, c: &MapContents<A>) -> Vec<BackendRow> {
-    c.backends
+fn backend_rows<A: Addr>(dp: &Dataplane, backends: &std::collections::BTreeMap<BackendId, Backend<A>>) -> Vec<BackendRow> {
+    backends
         .iter()
         .map(|(id, b)| {
             // An id beyond the load array (a smaller map) has no count: 0.
@@ -356,9 +358,8 @@ pub struct ServiceStatsRow {
 pub fn stats(dp: &Dataplane, names: &Names) -> Result<Stats> {
     let values = dp.counters()?;
     let counters = counter::LABELS.iter().copied().zip(values).filter(|(l, _)| !l.is_empty()).collect();
-    let ids: std::collections::BTreeSet<u32> =
-        dp.contents()?.services.values().map(|v| v.id).filter(|id| *id != 0).collect();
-    let services = ids
+    let services = dp
+        .service_ids()
         .into_iter()
         .map(|id| {
             let st = dp.service_stats(id)?;
