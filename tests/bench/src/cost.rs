@@ -275,6 +275,9 @@ fn measure(progs: &mut BenchProgs, lb: &BenchLb, svc: u32, c: &Case, rounds: usi
     let tc_fd = lb.tc_egress().fd()?.try_clone()?;
     let pass_fd = progs.xdp("bench_pass").fd()?.try_clone()?;
     let tc_ok_fd = progs.tc("bench_tc_ok").fd()?.try_clone()?;
+    if !wanted(name) {
+        return Ok(());
+    }
     progs.set_template(c.frame, c.vary)?;
     let mut all = Rounds::default();
     for _ in 0..rounds {
@@ -292,6 +295,13 @@ fn measure(progs: &mut BenchProgs, lb: &BenchLb, svc: u32, c: &Case, rounds: usi
     }
     all.report(report, name, cnd);
     Ok(())
+}
+
+/// Whether case `name` is measured: `XDPLB_BENCH_CASES` (comma-separated
+/// parts of names, e.g. `established,reply_v6`, or whole names after `=`)
+/// picks some, e.g. to profile one.
+fn wanted(name: &str) -> bool {
+    std::env::var("XDPLB_BENCH_CASES").map_or(true, |f| f.split(',').any(|part| part.strip_prefix('=').map_or(name.contains(part), |whole| name == whole)))
 }
 
 /// A TCP frame of either family: 64 bytes over IPv4, 74 over IPv6 (no payload).
@@ -443,7 +453,7 @@ fn snat_cases(progs: &mut BenchProgs, per: u32, ifindex: u32, opts: &Opts, repor
         ("xdp_lb/snat_new_flow", &syn, true, opts.repeat_new, Check { ret: XDP_TX, out: &to_any, counters: &[(counter::SNAT_NEW, 1), (counter::XDP_REDIRECTED, 1)], new_flows: 1, refused: Some(counter::DROP_SNAT_EXHAUSTED) }),
         ("xdp_lb/snat_reply", &reply, false, opts.repeat, Check { ret: XDP_TX, out: &to_client, counters: &[(counter::NAT_REPLY, 1), (counter::XDP_REDIRECTED, 1)], new_flows: 0, refused: None }),
     ];
-    for (name, frame, vary, repeat, check_want) in &cases {
+    for (name, frame, vary, repeat, check_want) in cases.iter().filter(|c| wanted(c.0)) {
         progs.set_template(frame, *vary)?;
         let mut rounds = Rounds::default();
         for _ in 0..opts.rounds {
@@ -521,7 +531,7 @@ fn dsr_cases(progs: &mut BenchProgs, per: u32, ifindex: u32, opts: &Opts, report
         ("xdp_lb/dsr_decap", &inbound, false, false, opts.repeat, Check { ret: XDP_PASS, out: &decapped, counters: &[(counter::DSR_DECAP, 1)], new_flows: 0, refused: None }),
         ("tc_egress/dsr_reply", &reply, false, true, opts.repeat, Check { ret: TC_ACT_OK, out: &to_client, counters: &[(counter::NAT_REPLY, 1)], new_flows: 0, refused: None }),
     ];
-    for (name, frame, vary, tc, repeat, check_want) in &cases {
+    for (name, frame, vary, tc, repeat, check_want) in cases.iter().filter(|c| wanted(c.0)) {
         progs.set_template(frame, *vary)?;
         let mut rounds = Rounds::default();
         for _ in 0..opts.rounds {

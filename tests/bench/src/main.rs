@@ -63,7 +63,9 @@ fn main() -> Result<()> {
             conntrack: 1 << 20,
         },
     };
-    let copts = cost::Opts { configs: configs.unwrap_or(copts.configs), ..copts };
+    // More rounds, e.g. to profile one case (`XDPLB_BENCH_CASES`, cost.rs).
+    let rounds = std::env::var("XDPLB_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(copts.rounds);
+    let copts = cost::Opts { configs: configs.unwrap_or(copts.configs), rounds, ..copts };
     if sections.wants("prog_cost") {
         println!("== per-packet cost (BPF_PROG_TEST_RUN, {:?} mode)", mode);
         // One CPU for the whole section: the wrapper's flow counter is not per-CPU.
