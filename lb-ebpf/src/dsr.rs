@@ -28,7 +28,7 @@ use crate::{
     clock,
     conntrack::{self, Rewrite},
     family::V4,
-    forward::{self, FibParams, Lookup},
+    forward::{self, Lookup},
     nat::{self, Side},
     parse::{Packet, ETH_LEN, IP_CHECK, TCP_SYN},
     stats::count,
@@ -52,8 +52,7 @@ pub fn xdp_forward(ctx: &XdpContext, p: &Packet, rw: &Rewrite) -> Result<Verdict
     if p.l4 != HDR {
         return Err(MALFORMED);
     }
-    // SAFETY: a zeroed bpf_fib_lookup is a valid input before it is filled.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    let mut fib = forward::blank();
     let how = forward::lookup::<V4>(ctx, p, p.src, rw.addr, OPT_LEN as u16, &mut fib);
     if let Lookup::FragNeeded(mtu) = how {
         if dont_fragment(ctx) {
