@@ -270,15 +270,12 @@ impl Family for V6 {
 
     #[inline(always)]
     fn tc_store_addrs(ctx: &TcContext, _: u16, addrs: &[[u8; 16]; 2], ports: Option<&[u8; 4]>) -> Result<(), i64> {
+        ctx.store(ETH_LEN + IP6_SRC, addrs, 0)?;
+        // A second store: a 36-byte block took tc_ingress_v6's call chain
+        // past 6.1's 512-byte stack limit (544).
         match ports {
-            Some(ports) => {
-                let mut block = [0u8; 36];
-                block[..16].copy_from_slice(&addrs[0]);
-                block[16..32].copy_from_slice(&addrs[1]);
-                block[32..].copy_from_slice(ports);
-                ctx.store(ETH_LEN + IP6_SRC, &block, 0)
-            }
-            None => ctx.store(ETH_LEN + IP6_SRC, addrs, 0),
+            Some(ports) => ctx.store(ETH_LEN + IP6_LEN, ports, 0),
+            None => Ok(()),
         }
     }
 }
