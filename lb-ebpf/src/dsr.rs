@@ -36,7 +36,7 @@ use crate::{
     clock,
     conntrack::{self, Rewrite},
     family::{Family, V4, V6Of},
-    forward::{self, FibParams, Lookup},
+    forward::{self, Lookup},
     nat::{self, Side},
     parse::{Packet, ETH_LEN, IP_CHECK, TCP_SYN},
     stats::count,
@@ -86,8 +86,7 @@ pub fn xdp_forward<F: Carrier>(ctx: &XdpContext, p: &Packet<F::Addr>, rw: &Rewri
     if p.l4 != ETH_LEN + F::IP_HDR {
         return Err(MALFORMED);
     }
-    // SAFETY: a zeroed bpf_fib_lookup is a valid input before it is filled.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    let mut fib = forward::blank();
     let how = forward::lookup::<F>(ctx, p, p.src, rw.addr, F::LEN as u16, &mut fib);
     if let Lookup::FragNeeded(mtu) = how {
         if F::must_answer(ctx) {

@@ -166,8 +166,9 @@ fn xdp_rewrite_inline<F: Family>(data: usize, end: usize, p: &Packet<F::Addr>, s
 /// through the kernel's helper (correct for full and partial checksums), a
 /// 32-bit word of an address per call; the IPv4 checksum is always
 /// complete, so it is updated here and written with the addresses it
-/// follows (`Family::tc_store_addrs`), and both ports are written at once:
-/// two stores instead of one helper call per field. (Direct packet writes
+/// follows (`Family::tc_store_addrs`), and both ports are written at once,
+/// in the same store when they follow the fixed IP header: one or two
+/// stores instead of one helper call per field. (Direct packet writes
 /// would make the verifier un-clone every cloned skb at tc egress, service
 /// reply or not: the store helper does so only here.)
 #[inline(always)]
@@ -244,11 +245,14 @@ fn tc_rewrite_inline<F: Family>(ctx: &TcContext, p: &Packet<F::Addr>, side: Side
             }
         }
     }
+    let block = [ports[0][0], ports[0][1], ports[1][0], ports[1][1]];
+    // Ports right after the fixed IP header go in the addresses' store: one
+    // helper call less (~7 ns on the tc reply, `prog_cost`).
+    let ports_with_addrs = addrs_changed && ports_changed && p.l4 == ETH_LEN + F::IP_HDR;
     if addrs_changed {
-        F::tc_store_addrs(ctx, ipc, &addrs).map_err(failed)?;
+        F::tc_store_addrs(ctx, ipc, &addrs, ports_with_addrs.then_some(&block)).map_err(failed)?;
     }
-    if ports_changed {
-        let block = [ports[0][0], ports[0][1], ports[1][0], ports[1][1]];
+    if ports_changed && !ports_with_addrs {
         ctx.store(p.l4 + L4_SPORT, &block, 0).map_err(failed)?;
     }
     Ok(())

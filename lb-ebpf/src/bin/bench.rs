@@ -27,24 +27,34 @@ use aya_ebpf::{
 use lb_ebpf::csum;
 use xdplb_bench_traffic::{write_flow, TrafficConfig, TRAFFIC_FRAME_LEN};
 
-/// Every benchmark frame is 64 bytes (minimum Ethernet frame without FCS + 4).
+/// Frames of the generator are 64 bytes (minimum Ethernet frame without FCS + 4).
 const FRAME_LEN: usize = TRAFFIC_FRAME_LEN;
+/// Room for a wrapper's template: IPv6 TCP is 74 bytes, with extension
+/// headers or options more.
+const TEMPLATE_MAX: usize = 128;
+const ETH_TYPE: usize = 12;
+const ETH_P_IPV6: [u8; 2] = [0x86, 0xdd];
+const IPPROTO_UDP: u8 = 17;
+/// IPv4 offsets; the templates have no IP options.
 const IP_PROTO: usize = 14 + 9;
 const IP_CHECK: usize = 14 + 10;
-const IPPROTO_UDP: u8 = 17;
 const IP_SRC: usize = 14 + 12;
-/// The templates have no IP options.
 const L4_SPORT: usize = 14 + 20;
+/// IPv6 offsets; the templates have no extension headers.
+const IP6_NEXT: usize = 14 + 6;
+const IP6_SRC: usize = 14 + 8;
+const L4_SPORT6: usize = 14 + 40;
 
 /// The frame the wrappers restore before each iteration.
 #[repr(C)]
 pub struct Template {
-    pub frame: [u8; FRAME_LEN],
+    pub frame: [u8; TEMPLATE_MAX],
+    /// Bytes of `frame` in use (1..=TEMPLATE_MAX).
+    pub len: u32,
     /// Non-zero: give every iteration a distinct source address and port.
     pub vary: u32,
-    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<Template>() == 72);
+const _: () = assert!(core::mem::size_of::<Template>() == TEMPLATE_MAX + 8);
 
 /// Template of the wrappers, at index 0. Written by the bench.
 #[btf_map]
@@ -123,15 +133,17 @@ pub fn bench_tc_ok(_ctx: TcContext) -> i32 {
 #[xdp]
 pub fn bench_wrap_xdp(ctx: XdpContext) -> u32 {
     let Some(t) = bench_template.get_ptr(0) else { return xdp_action::XDP_ABORTED };
+    // SAFETY: read of a map value.
+    let Some(want) = template_len(unsafe { (*t).len }) else { return xdp_action::XDP_ABORTED };
     // A program that added or took off header bytes (DSR's IPv4 option)
     // left the frame longer or shorter: the frame starts where it did.
     let len = (ctx.data_end() - ctx.data()) as i32;
     // SAFETY: plain helper call on this program's context.
-    if len != FRAME_LEN as i32 && unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as _, len - FRAME_LEN as i32) } != 0 {
+    if len != want as i32 && unsafe { bpf_xdp_adjust_head(ctx.as_ptr() as _, len - want as i32) } != 0 {
         return xdp_action::XDP_ABORTED;
     }
-    // SAFETY: `t` points to a map value of FRAME_LEN bytes and more.
-    if unsafe { bpf_xdp_store_bytes(ctx.as_ptr() as _, 0, t as *mut _, FRAME_LEN as u32) } != 0 {
+    // SAFETY: `t` points to a map value of TEMPLATE_MAX bytes and more, `want` is at most that.
+    if unsafe { bpf_xdp_store_bytes(ctx.as_ptr() as _, 0, t as *mut _, want) } != 0 {
         return xdp_action::XDP_ABORTED;
     }
     // SAFETY: read of a map value.
@@ -147,8 +159,10 @@ pub fn bench_wrap_xdp(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn bench_wrap_tc(ctx: TcContext) -> i32 {
     let Some(t) = bench_template.get_ptr(0) else { return TC_ACT_SHOT };
-    // SAFETY: `t` points to a map value of FRAME_LEN bytes and more.
-    if unsafe { bpf_skb_store_bytes(ctx.as_ptr() as _, 0, t as *const _, FRAME_LEN as u32, 0) } != 0 {
+    // SAFETY: read of a map value.
+    let Some(want) = template_len(unsafe { (*t).len }) else { return TC_ACT_SHOT };
+    // SAFETY: `t` points to a map value of TEMPLATE_MAX bytes and more, `want` is at most that.
+    if unsafe { bpf_skb_store_bytes(ctx.as_ptr() as _, 0, t as *const _, want, 0) } != 0 {
         return TC_ACT_SHOT;
     }
     // SAFETY: on success this does not return.
@@ -156,8 +170,14 @@ pub fn bench_wrap_tc(ctx: TcContext) -> i32 {
     TC_ACT_SHOT
 }
 
+/// The template's length, if the helpers may copy that much of it.
+#[inline(always)]
+fn template_len(len: u32) -> Option<u32> {
+    (len != 0 && len as usize <= TEMPLATE_MAX).then_some(len)
+}
+
 /// Gives the frame the next source address and port of `bench_seq`: the low
-/// 16 bits become the port, the high 16 the last two address bytes. Both
+/// 16 bits become the port, the high 16 the last two address bytes. The
 /// checksums are updated, so the program under test sees a valid frame.
 #[inline(always)]
 fn vary_source(ctx: &XdpContext) -> Option<()> {
@@ -167,26 +187,39 @@ fn vary_source(ctx: &XdpContext) -> Option<()> {
         *seq = (*seq).wrapping_add(1);
         *seq
     };
-    let p = frame::<FRAME_LEN>(ctx.data(), ctx.data_end())?;
-    // SAFETY: `frame` checked that FRAME_LEN bytes are inside the packet;
-    // every offset below is below FRAME_LEN.
-    unsafe {
-        let f = &mut *p;
-        let new_addr = ((n >> 16) as u16).to_be_bytes();
-        let new_port = (n as u16).to_be_bytes();
-        let old_addr = [f[IP_SRC + 2], f[IP_SRC + 3]];
-        let old_port = [f[L4_SPORT], f[L4_SPORT + 1]];
-        f[IP_SRC + 2..IP_SRC + 4].copy_from_slice(&new_addr);
-        f[L4_SPORT..L4_SPORT + 2].copy_from_slice(&new_port);
-        let ipc = csum::replace2(u16::from_be_bytes([f[IP_CHECK], f[IP_CHECK + 1]]), old_addr, new_addr);
-        f[IP_CHECK..IP_CHECK + 2].copy_from_slice(&ipc.to_be_bytes());
-        // Constant offsets: the verifier rejects a variable one here.
-        let l4_check = if f[IP_PROTO] == IPPROTO_UDP { L4_SPORT + 6 } else { L4_SPORT + 16 };
-        let c = u16::from_be_bytes([f[l4_check], f[l4_check + 1]]);
-        let c = csum::replace2(csum::replace2(c, old_addr, new_addr), old_port, new_port);
-        f[l4_check..l4_check + 2].copy_from_slice(&c.to_be_bytes());
+    let (data, end) = (ctx.data(), ctx.data_end());
+    let eth = frame::<14>(data, end)?;
+    // SAFETY: `frame` checked that the Ethernet header is inside the packet.
+    if unsafe { [(*eth)[ETH_TYPE], (*eth)[ETH_TYPE + 1]] } == ETH_P_IPV6 {
+        // SAFETY: `frame` checked the length; the offsets are below it.
+        vary::<{ L4_SPORT6 + 20 }>(unsafe { &mut *frame(data, end)? }, n, IP6_SRC + 14, L4_SPORT6, IP6_NEXT, None);
+    } else {
+        // SAFETY: as above.
+        vary::<FRAME_LEN>(unsafe { &mut *frame(data, end)? }, n, IP_SRC + 2, L4_SPORT, IP_PROTO, Some(IP_CHECK));
     }
     Some(())
+}
+
+/// Writes `n` into the address bytes at `addr_low` (two) and the source port
+/// at `l4`; fixes the IP header checksum at `ip_check` if the family has one,
+/// and the TCP or UDP checksum (the protocol byte is at `proto`). Inlined with
+/// constant offsets: the verifier rejects variable ones here.
+#[inline(always)]
+fn vary<const N: usize>(f: &mut [u8; N], n: u32, addr_low: usize, l4: usize, proto: usize, ip_check: Option<usize>) {
+    let new_addr = ((n >> 16) as u16).to_be_bytes();
+    let new_port = (n as u16).to_be_bytes();
+    let old_addr = [f[addr_low], f[addr_low + 1]];
+    let old_port = [f[l4], f[l4 + 1]];
+    f[addr_low..addr_low + 2].copy_from_slice(&new_addr);
+    f[l4..l4 + 2].copy_from_slice(&new_port);
+    if let Some(at) = ip_check {
+        let ipc = csum::replace2(u16::from_be_bytes([f[at], f[at + 1]]), old_addr, new_addr);
+        f[at..at + 2].copy_from_slice(&ipc.to_be_bytes());
+    }
+    let l4_check = if f[proto] == IPPROTO_UDP { l4 + 6 } else { l4 + 16 };
+    let c = u16::from_be_bytes([f[l4_check], f[l4_check + 1]]);
+    let c = csum::replace2(csum::replace2(c, old_addr, new_addr), old_port, new_port);
+    f[l4_check..l4_check + 2].copy_from_slice(&c.to_be_bytes());
 }
 
 /// The live-frames generator: every frame is the next of

@@ -12,11 +12,11 @@
 //! last iteration, and the dataplane counters over the whole run (e.g. a
 //! new-flow run must create exactly `repeat` flows), so a case that takes the
 //! wrong path fails the bench instead of reporting a number.
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{bail, ensure, Context as _, Result};
 use aya::programs::{ProgramError, TestRun, TestRunOptions, TestRunResult};
-use lb_common::counter;
+use lb_common::{algorithm, counter};
 use serde_json::json;
 
 use super::{
@@ -25,7 +25,11 @@ use super::{
     report::Report,
     stats,
 };
-use xdplb_tests::packet::{verify_checksums, Frame, TCP_ACK, TCP_SYN};
+use xdplb_tests::{
+    packet::{verify_checksums, Frame, TCP_ACK, TCP_SYN},
+    packet6::{self, Frame6},
+    services::{program_v6, Svc6},
+};
 
 const XDP_PASS: u32 = 2;
 const TC_ACT_OK: u32 = 0;
@@ -141,25 +145,73 @@ struct Check<'a> {
     refused: Option<u32>,
 }
 
-/// The five cases at one (services, backends per service) configuration.
+/// One family's addresses for the cases of a configuration.
+struct Family {
+    /// Appended to the case names ("" for IPv4, "_v6").
+    suffix: &'static str,
+    client: IpAddr,
+    /// Sources of the new-flow case: the wrapper rewrites the last two
+    /// address bytes and the port, so they never meet the established flow's tuple.
+    new_clients: IpAddr,
+    /// A destination no service uses.
+    nowhere: IpAddr,
+    /// Counters every packet of the family raises besides its outcome.
+    extra: &'static [(u32, u64)],
+}
+
+const FAMILY_V4: Family = Family { suffix: "", client: IpAddr::V4(CLIENT), new_clients: IpAddr::V4(NEW_CLIENTS), nowhere: IpAddr::V4(NOWHERE), extra: &[] };
+const FAMILY_V6: Family = Family {
+    suffix: "_v6",
+    client: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x16, 0, 0, 0, 0, 0, 1)),
+    new_clients: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x17, 0, 0, 0, 0, 0, 1)),
+    nowhere: IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+    extra: &[(counter::IPV6, 1)],
+};
+
+/// VIP of the IPv6 service: fd00:96::1.
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 1);
+
+/// Address of IPv6 backend `i`: fd00:128::i.
+fn backend6(i: u32) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(Ipv6Addr::new(0xfd00, 0x128, 0, 0, 0, 0, 0, 0)) + i as u128)
+}
+
+/// The cases at one (services, backends per service) configuration: five
+/// over IPv4, then the same five over IPv6 against one IPv6 service (id
+/// `services + 1`, `per` backends) added to the same maps.
 pub fn config(progs: &mut BenchProgs, services: u32, per: u32, opts: &Opts, report: &mut Report) -> Result<()> {
     let t0 = std::time::Instant::now();
-    let lb = BenchLb::tcp(services, per, opts.conntrack)?;
+    let mut lb = BenchLb::tcp(services, per, opts.conntrack)?;
     let provision_s = t0.elapsed().as_secs_f64();
     let target = services / 2 + 1;
-    let (vip_t, backends) = (vip(target), (target - 1) * per + 1..=target * per);
-    let is_backend = |a: Ipv4Addr| backends.clone().any(|id| backend(id) == a);
+    let backends: Vec<IpAddr> = ((target - 1) * per + 1..=target * per).map(|id| backend(id).into()).collect();
+    let cond = |repeat: u32, frame: usize| json!({"services": services, "backends_per_service": per, "repeat": repeat, "rounds": opts.rounds, "proto": "tcp", "frame_bytes": frame, "provision_s": (provision_s * 10.0).round() / 10.0});
+    family_cases(progs, &lb, (target, vip(target).into(), &backends), &FAMILY_V4, opts, report, &cond)?;
+
+    let (id6, first6) = (services + 1, services * per + 1);
+    let ids: Vec<u32> = (first6..first6 + per).collect();
+    let svc6 = Svc6 { id: id6, proto: lb_common::IPPROTO_TCP, algorithm: algorithm::RANDOM, frontends: vec![(VIP6, SVC_PORT)], backends: ids.iter().map(|&i| (i, backend6(i), BACKEND_PORT)).collect() };
+    program_v6(&mut lb.ebpf, &[svc6]);
+    let backends6: Vec<IpAddr> = ids.iter().map(|&i| backend6(i).into()).collect();
+    family_cases(progs, &lb, (id6, VIP6.into(), &backends6), &FAMILY_V6, opts, report, &cond)
+}
+
+/// The five cases of one family against `target` (service id, VIP, its
+/// backends): non-service, established, new flow, tc reply, tc not-reply.
+fn family_cases(progs: &mut BenchProgs, lb: &BenchLb, target: (u32, IpAddr, &[IpAddr]), fam: &Family, opts: &Opts, report: &mut Report, cond: &dyn Fn(u32, usize) -> serde_json::Value) -> Result<()> {
+    let (svc, vip_t, backends) = target;
+    let is_backend = |a: IpAddr| backends.contains(&a);
+    let (client, sfx) = (fam.client, fam.suffix);
 
     // Create the flow the established and reply cases use, and learn its backend.
-    let est = tcp(CLIENT, CLIENT_PORT, vip_t, SVC_PORT, TCP_ACK);
+    let est = tcp_any(client, CLIENT_PORT, vip_t, SVC_PORT, TCP_ACK)?;
     let first = run(|o| lb.xdp().test_run(o), &est, 1)?;
-    let (be, be_port) = dst_of(&first.out);
+    let (be, be_port) = dst_ip(&first.out);
     ensure!(first.ret == XDP_PASS && is_backend(be) && be_port == BACKEND_PORT, "the first packet of a flow to {vip_t} was not balanced: verdict {}, dst {be}:{be_port}", first.ret);
 
-    let cond = |repeat: u32| json!({"services": services, "backends_per_service": per, "repeat": repeat, "rounds": opts.rounds, "proto": "tcp", "frame_bytes": 64, "provision_s": (provision_s * 10.0).round() / 10.0});
-    let non_service = tcp(CLIENT, CLIENT_PORT, NOWHERE, SVC_PORT, TCP_ACK);
-    let syn = tcp(NEW_CLIENTS, CLIENT_PORT, vip_t, SVC_PORT, TCP_SYN);
-    let reply = tcp(be, BACKEND_PORT, CLIENT, CLIENT_PORT, TCP_ACK);
+    let non_service = tcp_any(client, CLIENT_PORT, fam.nowhere, SVC_PORT, TCP_ACK)?;
+    let syn = tcp_any(fam.new_clients, CLIENT_PORT, vip_t, SVC_PORT, TCP_SYN)?;
+    let reply = tcp_any(be, BACKEND_PORT, client, CLIENT_PORT, TCP_ACK)?;
     let non_service_in = non_service.clone();
 
     let same = move |out: &[u8]| -> Result<()> {
@@ -167,68 +219,126 @@ pub fn config(progs: &mut BenchProgs, services: u32, per: u32, opts: &Opts, repo
         Ok(())
     };
     let to_be = move |out: &[u8]| -> Result<()> {
-        ensure!(dst_of(out) == (be, BACKEND_PORT), "established flow went to {:?}, not its backend {be}", dst_of(out));
-        verify_checksums(out).map_err(anyhow::Error::msg)
+        ensure!(dst_ip(out) == (be, BACKEND_PORT), "established flow went to {:?}, not its backend {be}", dst_ip(out));
+        checksums(out)
     };
+    let new_clients = fam.new_clients;
     let to_any = |out: &[u8]| -> Result<()> {
-        let (a, p) = dst_of(out);
-        ensure!(is_backend(a) && p == BACKEND_PORT, "new flow went to {a}:{p}, not a backend of service {target}");
-        ensure!(src_of(out) != (NEW_CLIENTS, CLIENT_PORT), "the wrapper did not vary the source");
-        verify_checksums(out).map_err(anyhow::Error::msg)
+        let (a, p) = dst_ip(out);
+        ensure!(is_backend(a) && p == BACKEND_PORT, "new flow went to {a}:{p}, not a backend of service {svc}");
+        ensure!(src_ip(out) != (new_clients, CLIENT_PORT), "the wrapper did not vary the source");
+        checksums(out)
     };
     let from_vip = move |out: &[u8]| -> Result<()> {
-        ensure!(src_of(out) == (vip_t, SVC_PORT), "reply left as {:?}, not from {vip_t}:{SVC_PORT}", src_of(out));
-        verify_checksums(out).map_err(anyhow::Error::msg)
+        ensure!(src_ip(out) == (vip_t, SVC_PORT), "reply left as {:?}, not from {vip_t}:{SVC_PORT}", src_ip(out));
+        checksums(out)
     };
+    let with = |c: &[(u32, u64)]| [c, fam.extra].concat();
+    let (pass_ns, fwd, fwd_new, reply_c) = (with(&[(counter::PASS_NOT_SERVICE, 1)]), with(&[(counter::NAT_FORWARD, 1)]), with(&[(counter::NAT_FORWARD, 1), (ct_insert_failed(), 0)]), with(&[(counter::NAT_REPLY, 1)]));
+    let cases = [
+        Case { name: "xdp_lb/non_service", frame: &non_service, vary: false, tc: false, repeat: opts.repeat,
+            check: Check { ret: XDP_PASS, out: &same, counters: &pass_ns, new_flows: 0, refused: None } },
+        Case { name: "xdp_lb/established", frame: &est, vary: false, tc: false, repeat: opts.repeat,
+            check: Check { ret: XDP_PASS, out: &to_be, counters: &fwd, new_flows: 0, refused: None } },
+        Case { name: "xdp_lb/new_flow", frame: &syn, vary: true, tc: false, repeat: opts.repeat_new,
+            check: Check { ret: XDP_PASS, out: &to_any, counters: &fwd_new, new_flows: 1, refused: None } },
+        Case { name: "tc_egress/reply", frame: &reply, vary: false, tc: true, repeat: opts.repeat,
+            check: Check { ret: TC_ACT_OK, out: &from_vip, counters: &reply_c, new_flows: 0, refused: None } },
+        // Every packet leaving an attached interface pays this (#17: ≤ 15 ns
+        // over the bare tc program that is its floor).
+        Case { name: "tc_egress/not_reply", frame: &non_service, vary: false, tc: true, repeat: opts.repeat,
+            check: Check { ret: TC_ACT_OK, out: &same, counters: &pass_ns, new_flows: 0, refused: None } },
+    ];
+    for c in &cases {
+        let mut cnd = cond(c.repeat, c.frame.len());
+        cnd["method"] = json!(if c.tc { "tc wrapper (restore + tail call) minus wrapper floor" } else { "xdp wrapper (restore + tail call) minus wrapper floor" });
+        measure(progs, lb, svc, c, opts.rounds, &format!("{}{sfx}", c.name), cnd, report)?;
+    }
+    Ok(())
+}
 
+/// One measured case.
+struct Case<'a> {
+    name: &'static str,
+    frame: &'a [u8],
+    vary: bool,
+    tc: bool,
+    repeat: u32,
+    check: Check<'a>,
+}
+
+/// Runs `c` for `rounds` rounds, each beside its wrapper floor, checks every
+/// run, and reports it as `name`. `svc`: the service whose new flows count.
+#[allow(clippy::too_many_arguments, reason = "one call site per family, each argument a different concern")]
+fn measure(progs: &mut BenchProgs, lb: &BenchLb, svc: u32, c: &Case, rounds: usize, name: &str, cnd: serde_json::Value, report: &mut Report) -> Result<()> {
     let xdp_fd = lb.xdp().fd()?.try_clone()?;
     let tc_fd = lb.tc_egress().fd()?.try_clone()?;
     let pass_fd = progs.xdp("bench_pass").fd()?.try_clone()?;
     let tc_ok_fd = progs.tc("bench_tc_ok").fd()?.try_clone()?;
-
-    struct Case<'a> {
-        name: &'static str,
-        frame: &'a [u8],
-        vary: bool,
-        tc: bool,
-        repeat: u32,
-        check: Check<'a>,
+    if !wanted(name) {
+        return Ok(());
     }
-    let cases = [
-        Case { name: "xdp_lb/non_service", frame: &non_service, vary: false, tc: false, repeat: opts.repeat,
-            check: Check { ret: XDP_PASS, out: &same, counters: &[(counter::PASS_NOT_SERVICE, 1)], new_flows: 0, refused: None } },
-        Case { name: "xdp_lb/established", frame: &est, vary: false, tc: false, repeat: opts.repeat,
-            check: Check { ret: XDP_PASS, out: &to_be, counters: &[(counter::NAT_FORWARD, 1)], new_flows: 0, refused: None } },
-        Case { name: "xdp_lb/new_flow", frame: &syn, vary: true, tc: false, repeat: opts.repeat_new,
-            check: Check { ret: XDP_PASS, out: &to_any, counters: &[(counter::NAT_FORWARD, 1), (ct_insert_failed(), 0)], new_flows: 1, refused: None } },
-        Case { name: "tc_egress/reply", frame: &reply, vary: false, tc: true, repeat: opts.repeat,
-            check: Check { ret: TC_ACT_OK, out: &from_vip, counters: &[(counter::NAT_REPLY, 1)], new_flows: 0, refused: None } },
-        // Every packet leaving an attached interface pays this (#17: ≤ 15 ns
-        // over the bare tc program that is its floor).
-        Case { name: "tc_egress/not_reply", frame: &non_service, vary: false, tc: true, repeat: opts.repeat,
-            check: Check { ret: TC_ACT_OK, out: &same, counters: &[(counter::PASS_NOT_SERVICE, 1)], new_flows: 0, refused: None } },
-    ];
-    for c in &cases {
-        progs.set_template(c.frame, c.vary)?;
-        let mut rounds = Rounds::default();
-        for _ in 0..opts.rounds {
-            // Floor: the same wrapper and template, tail-calling a trivial program.
-            if c.tc { progs.jump_tc(&tc_ok_fd)? } else { progs.jump_xdp(&pass_fd)? }
-            let f = wrapped(progs, c.tc, c.frame, c.repeat)?;
-            let want = if c.tc { TC_ACT_OK } else { XDP_PASS };
-            ensure!(f.ret == want, "{}: the wrapper floor returned {}", c.name, f.ret);
-            if c.tc { progs.jump_tc(&tc_fd)? } else { progs.jump_xdp(&xdp_fd)? }
-            let before = (lb.counters()?, lb.maps.service_stats(target)?.new_flows);
-            let r = wrapped(progs, c.tc, c.frame, c.repeat)?;
-            let after = (lb.counters()?, lb.maps.service_stats(target)?.new_flows);
-            check(c.name, &c.check, &r, c.repeat as u64, &before, &after)?;
-            rounds.push(&r, &f);
-        }
-        let mut cnd = cond(c.repeat);
-        cnd["method"] = json!(if c.tc { "tc wrapper (restore + tail call) minus wrapper floor" } else { "xdp wrapper (restore + tail call) minus wrapper floor" });
-        rounds.report(report, c.name, cnd);
+    progs.set_template(c.frame, c.vary)?;
+    let mut all = Rounds::default();
+    for _ in 0..rounds {
+        // Floor: the same wrapper and template, tail-calling a trivial program.
+        if c.tc { progs.jump_tc(&tc_ok_fd)? } else { progs.jump_xdp(&pass_fd)? }
+        let f = wrapped(progs, c.tc, c.frame, c.repeat)?;
+        let want = if c.tc { TC_ACT_OK } else { XDP_PASS };
+        ensure!(f.ret == want, "{name}: the wrapper floor returned {}", f.ret);
+        if c.tc { progs.jump_tc(&tc_fd)? } else { progs.jump_xdp(&xdp_fd)? }
+        let before = (lb.counters()?, lb.maps.service_stats(svc)?.new_flows);
+        let r = wrapped(progs, c.tc, c.frame, c.repeat)?;
+        let after = (lb.counters()?, lb.maps.service_stats(svc)?.new_flows);
+        check(name, &c.check, &r, c.repeat as u64, &before, &after)?;
+        all.push(&r, &f);
     }
+    all.report(report, name, cnd);
     Ok(())
+}
+
+/// Whether case `name` is measured: `XDPLB_BENCH_CASES` (comma-separated
+/// parts of names, e.g. `established,reply_v6`, or whole names after `=`)
+/// picks some, e.g. to profile one.
+fn wanted(name: &str) -> bool {
+    std::env::var("XDPLB_BENCH_CASES").map_or(true, |f| f.split(',').any(|part| part.strip_prefix('=').map_or(name.contains(part), |whole| name == whole)))
+}
+
+/// A TCP frame of either family: 64 bytes over IPv4, 74 over IPv6 (no payload).
+fn tcp_any(src: IpAddr, sport: u16, dst: IpAddr, dport: u16, flags: u8) -> Result<Vec<u8>> {
+    Ok(match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => tcp(s, sport, d, dport, flags),
+        (IpAddr::V6(s), IpAddr::V6(d)) => Frame6::tcp(s, sport, d, dport, flags).bytes(),
+        _ => bail!("a frame from {src} to {dst} mixes families"),
+    })
+}
+
+fn is_v6(f: &[u8]) -> bool {
+    f.get(12..14) == Some(&[0x86, 0xdd][..])
+}
+
+/// Address and port at `a` (address offset, IPv4 then IPv6) and `p` (port offset, likewise).
+fn end_at(f: &[u8], a: (usize, usize), p: (usize, usize)) -> (IpAddr, u16) {
+    if is_v6(f) {
+        let addr: [u8; 16] = f[a.1..a.1 + 16].try_into().expect("16 bytes");
+        (Ipv6Addr::from(addr).into(), u16::from_be_bytes([f[p.1], f[p.1 + 1]]))
+    } else {
+        (Ipv4Addr::new(f[a.0], f[a.0 + 1], f[a.0 + 2], f[a.0 + 3]).into(), u16::from_be_bytes([f[p.0], f[p.0 + 1]]))
+    }
+}
+
+/// Destination of a frame of either family (no options or extension headers).
+fn dst_ip(f: &[u8]) -> (IpAddr, u16) {
+    end_at(f, (30, 38), (36, 56))
+}
+
+/// Source of a frame of either family.
+fn src_ip(f: &[u8]) -> (IpAddr, u16) {
+    end_at(f, (26, 22), (34, 54))
+}
+
+fn checksums(f: &[u8]) -> Result<()> {
+    if is_v6(f) { packet6::verify_checksums(f) } else { verify_checksums(f) }.map_err(anyhow::Error::msg)
 }
 
 /// The conntrack-insert-failure counter, found by its metric label (stable
@@ -343,7 +453,7 @@ fn snat_cases(progs: &mut BenchProgs, per: u32, ifindex: u32, opts: &Opts, repor
         ("xdp_lb/snat_new_flow", &syn, true, opts.repeat_new, Check { ret: XDP_TX, out: &to_any, counters: &[(counter::SNAT_NEW, 1), (counter::XDP_REDIRECTED, 1)], new_flows: 1, refused: Some(counter::DROP_SNAT_EXHAUSTED) }),
         ("xdp_lb/snat_reply", &reply, false, opts.repeat, Check { ret: XDP_TX, out: &to_client, counters: &[(counter::NAT_REPLY, 1), (counter::XDP_REDIRECTED, 1)], new_flows: 0, refused: None }),
     ];
-    for (name, frame, vary, repeat, check_want) in &cases {
+    for (name, frame, vary, repeat, check_want) in cases.iter().filter(|c| wanted(c.0)) {
         progs.set_template(frame, *vary)?;
         let mut rounds = Rounds::default();
         for _ in 0..opts.rounds {
@@ -421,7 +531,7 @@ fn dsr_cases(progs: &mut BenchProgs, per: u32, ifindex: u32, opts: &Opts, report
         ("xdp_lb/dsr_decap", &inbound, false, false, opts.repeat, Check { ret: XDP_PASS, out: &decapped, counters: &[(counter::DSR_DECAP, 1)], new_flows: 0, refused: None }),
         ("tc_egress/dsr_reply", &reply, false, true, opts.repeat, Check { ret: TC_ACT_OK, out: &to_client, counters: &[(counter::NAT_REPLY, 1)], new_flows: 0, refused: None }),
     ];
-    for (name, frame, vary, tc, repeat, check_want) in &cases {
+    for (name, frame, vary, tc, repeat, check_want) in cases.iter().filter(|c| wanted(c.0)) {
         progs.set_template(frame, *vary)?;
         let mut rounds = Rounds::default();
         for _ in 0..opts.rounds {

@@ -56,8 +56,9 @@ impl BenchLb {
         let total = services * per_service;
         let sizes = loader::MapSizes {
             services: services + 16,
-            backends: total + 16,
-            slots: total + 16,
+            // Room for the IPv6 twin of a service (cost.rs).
+            backends: total + per_service + 16,
+            slots: total + per_service + 16,
             conntrack,
             ..loader::MapSizes::default()
         };

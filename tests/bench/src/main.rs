@@ -21,6 +21,7 @@ fn main() -> Result<()> {
     let mut out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/bench");
     let mut pktgen_vm = false;
     let mut sections = Sections::default();
+    let mut configs: Option<&'static [(u32, u32)]> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -29,12 +30,14 @@ fn main() -> Result<()> {
             // The pktgen-in-a-VM workflow check alone (opt-in; see bench::vm).
             "--pktgen-vm" => pktgen_vm = true,
             "--only" => sections = Sections::parse(&args.next().unwrap_or_default())?,
+            // prog_cost at these (services x backends) only, e.g. `--configs 1x10,1000x10`.
+            "--configs" => configs = Some(parse_configs(&args.next().unwrap_or_default())?),
             "--out" => out = args.next().map(PathBuf::from).unwrap_or(out),
             // Redraws the chart of an earlier run: `--chart target/bench/bench-<t>.json`.
             "--chart" => return redraw(&PathBuf::from(args.next().unwrap_or_default())),
             // Prints an earlier run as a Markdown table (docs/benchmarks.md).
             "--markdown" => return print_markdown(&PathBuf::from(args.next().unwrap_or_default())),
-            other => bail!("unknown argument {other}; usage: xdplb-bench [--quick|--smoke] [--only SECTION,...] [--out DIR] | --chart RUN.json | --markdown RUN.json"),
+            other => bail!("unknown argument {other}; usage: xdplb-bench [--quick|--smoke] [--only SECTION,...] [--configs SxB,...] [--out DIR] | --chart RUN.json | --markdown RUN.json"),
         }
     }
     xdplb_tests::require_root();
@@ -60,6 +63,9 @@ fn main() -> Result<()> {
             conntrack: 1 << 20,
         },
     };
+    // More rounds, e.g. to profile one case (`XDPLB_BENCH_CASES`, cost.rs).
+    let rounds = std::env::var("XDPLB_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(copts.rounds);
+    let copts = cost::Opts { configs: configs.unwrap_or(copts.configs), rounds, ..copts };
     if sections.wants("prog_cost") {
         println!("== per-packet cost (BPF_PROG_TEST_RUN, {:?} mode)", mode);
         // One CPU for the whole section: the wrapper's flow counter is not per-CPU.
@@ -113,6 +119,16 @@ fn main() -> Result<()> {
     let path = report.write(&out, &mode_name, elapsed)?;
     println!("wrote {} ({elapsed:.0} s)", path.display());
     Ok(())
+}
+
+/// `1x10,1000x10` → [(1, 10), (1000, 10)], kept for the run.
+fn parse_configs(s: &str) -> Result<&'static [(u32, u32)]> {
+    let parse = |c: &str| -> Option<(u32, u32)> {
+        let (a, b) = c.split_once('x')?;
+        Some((a.parse().ok().filter(|n| *n > 0)?, b.parse().ok().filter(|n| *n > 0)?))
+    };
+    let v = s.split(',').map(|c| parse(c).ok_or_else(|| anyhow::anyhow!("--configs: {c:?} is not SERVICESxBACKENDS (e.g. 1x10)"))).collect::<Result<Vec<_>>>()?;
+    Ok(Vec::leak(v))
 }
 
 fn figures(json: &std::path::Path) -> Result<Vec<Figure>> {

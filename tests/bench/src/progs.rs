@@ -9,20 +9,23 @@ use aya::{
 };
 use xdplb_bench_traffic::TrafficConfig;
 
-/// Length of every benchmark frame.
+/// Length of the IPv4 benchmark frames (and of the generator's).
 pub const FRAME_LEN: usize = 64;
+/// Longest frame a wrapper's template holds (IPv6 TCP frames are 74 bytes).
+pub const TEMPLATE_MAX: usize = 128;
 
 /// Mirror of `Template` in bench.rs: the frame the wrappers restore.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct Template {
-    pub frame: [u8; FRAME_LEN],
+    pub frame: [u8; TEMPLATE_MAX],
+    /// Bytes of `frame` in use.
+    pub len: u32,
     /// Non-zero: a distinct source address and port every iteration.
     pub vary: u32,
-    pub _pad: u32,
 }
-const _: () = assert!(std::mem::size_of::<Template>() == 72);
-// SAFETY: repr(C), no padding (64 + 4 + 4), every bit pattern valid.
+const _: () = assert!(std::mem::size_of::<Template>() == TEMPLATE_MAX + 8);
+// SAFETY: repr(C), no padding (128 + 4 + 4), every bit pattern valid.
 unsafe impl aya::Pod for Template {}
 
 /// The loaded bench object with its maps taken out (so programs and maps can
@@ -106,11 +109,11 @@ impl BenchProgs {
     }
 
     pub fn set_template(&mut self, frame: &[u8], vary: bool) -> Result<()> {
-        if frame.len() != FRAME_LEN {
-            bail!("bench frames are {FRAME_LEN} bytes, got {}", frame.len());
+        if frame.is_empty() || frame.len() > TEMPLATE_MAX {
+            bail!("bench frames are 1 to {TEMPLATE_MAX} bytes, got {}", frame.len());
         }
-        let mut t = Template { frame: [0; FRAME_LEN], vary: vary as u32, _pad: 0 };
-        t.frame.copy_from_slice(frame);
+        let mut t = Template { frame: [0; TEMPLATE_MAX], len: frame.len() as u32, vary: vary as u32 };
+        t.frame[..frame.len()].copy_from_slice(frame);
         self.template.set(0, t, 0)?;
         Ok(())
     }
