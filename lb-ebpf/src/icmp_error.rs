@@ -55,9 +55,10 @@ pub fn untouched_reason(how: u32) -> u32 {
 }
 
 /// Translates the ICMP error in `[data, end)` (an IP packet of `ip_len`
-/// bytes whose ICMP header is at `l4`, past any extension headers) in place, if it is one `lb_ebpf::icmp::quote` takes, about a
-/// flow of ours: see the module doc for where it then goes. In place in
-/// both hooks (tc made the headers linear before parsing, `tc::run`).
+/// bytes whose ICMP header is at `l4`, past any extension headers) in
+/// place, if it is one `lb_ebpf::icmp::quote` takes, about a flow of ours:
+/// see the module doc for where it then goes. In place in both hooks (tc
+/// made the headers linear before parsing, `tc::run`).
 #[inline(always)]
 pub fn translate<F: Family>(data: usize, end: usize, l4: usize, ip_len: u16) -> u32 {
     if F::SPLIT {

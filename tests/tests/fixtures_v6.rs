@@ -232,33 +232,22 @@ fn truncated_ipv6_headers_at_every_offset_make_no_state() {
 /// is translated.
 #[test]
 fn truncated_icmpv6_errors_at_every_offset_are_counted_and_never_crash() {
-    let lb = loaded();
-    let syn = Frame6::tcp(CLIENT, 42000, CLUSTER_IP, 80, TCP_SYN);
-    let (rc, _) = fixture::run_frame(&lb.ebpf, "xdp_lb", &syn.bytes()).unwrap();
-    assert_eq!(rc, 2, "the flow is made");
+    let (lb, syn) = with_flow(42000);
     let seen = Frame6::tcp(CLUSTER_IP, 80, CLIENT, 42000, TCP_ACK).payload(&[7; 40]);
     let sent = seen.clone().with_src(B1, 8080);
-    let mtu = 1280u32.to_be_bytes();
-    let ptb = icmpv6_error(&syn, ROUTER, CLUSTER_IP, (2, 0, mtu), &seen, None);
+    let ptb = icmpv6_error(&syn, ROUTER, CLUSTER_IP, (2, 0, MTU), &seen, None);
     let cut = run_cuts(&lb, &ptb, &ptb);
     let (mut short, mut translated) = (0, 0);
     let quoted_len = seen.bytes().len() - 14;
     for q in 0..=quoted_len {
-        let input = icmpv6_error(&syn, ROUTER, CLUSTER_IP, (2, 0, mtu), &seen, Some(q));
+        let input = icmpv6_error(&syn, ROUTER, CLUSTER_IP, (2, 0, MTU), &seen, Some(q));
         let (rc, out) = fixture::run_frame(&lb.ebpf, "xdp_lb", &input).unwrap();
         assert_eq!(rc, 2, "a quote of {q} bytes is passed");
         if q < 48 {
             assert_eq!(out, input, "a quote of {q} bytes is too short to translate");
             short += 1;
         } else {
-            let mut want = icmpv6_error(&syn, ROUTER, B1, (2, 0, mtu), &sent, Some(q));
-            if q == 40 + 17 {
-                // Half a TCP checksum cannot be updated: it stays as it was.
-                let last = want.len() - 1;
-                want[last] = input[last];
-                want = fix_icmpv6_checksum(want);
-            }
-            assert_eq!(out, want, "a quote of {q} bytes is translated");
+            assert_eq!(out, translated_to(&syn, &sent, q, &input), "a quote of {q} bytes is translated");
             translated += 1;
         }
     }
@@ -277,10 +266,7 @@ fn truncated_icmpv6_errors_at_every_offset_are_counted_and_never_crash() {
 /// Every one is passed, unchanged unless translated.
 #[test]
 fn icmpv6_errors_with_extension_headers_quoting_every_length_are_counted() {
-    let lb = loaded();
-    let syn = Frame6::tcp(CLIENT, 43000, CLUSTER_IP, 80, TCP_SYN);
-    let (rc, _) = fixture::run_frame(&lb.ebpf, "xdp_lb", &syn.bytes()).unwrap();
-    assert_eq!(rc, 2, "the flow is made");
+    let (lb, syn) = with_flow(43000);
     let like = syn.clone().ext(Ext::HopByHop);
     let seen = Frame6::tcp(CLUSTER_IP, 80, CLIENT, 43000, TCP_ACK).ext(Ext::DestOpts).payload(&[7; 24]);
     let sent = seen.clone().with_src(B1, 8080);
@@ -297,17 +283,7 @@ fn icmpv6_errors_with_extension_headers_quoting_every_length_are_counted() {
             assert_eq!(out, input, "a quote of {q} bytes is too short to translate");
             short += 1;
         } else {
-            let mut want = icmpv6_error(&like, ROUTER, B1, (2, 0, MTU), &sent, Some(q));
-            if q == 40 + 8 + 17 {
-                // Half a TCP checksum cannot be updated: it stays as it was.
-                let last = want.len() - 1;
-                want[last] = input[last];
-                let at = 14 + 40 + 8;
-                want[at + 2..at + 4].copy_from_slice(&[0, 0]);
-                let c = lb_ebpf::csum::l4_checksum(&want[22..38], &want[38..54], 58, &want[at..]);
-                want[at + 2..at + 4].copy_from_slice(&c.to_be_bytes());
-            }
-            assert_eq!(out, want, "a quote of {q} bytes is translated");
+            assert_eq!(out, translated_to(&like, &sent, q, &input), "a quote of {q} bytes is translated");
             translated += 1;
         }
     }
@@ -317,10 +293,30 @@ fn icmpv6_errors_with_extension_headers_quoting_every_length_are_counted() {
     assert_eq!((short, unwalkable, translated), (48, 8, quoted_len as u64 - 56 + 1));
 }
 
-/// Recomputes the ICMPv6 checksum of an ICMPv6 frame without extension headers.
-fn fix_icmpv6_checksum(mut f: Vec<u8>) -> Vec<u8> {
-    f[56..58].copy_from_slice(&[0, 0]);
-    let c = lb_ebpf::csum::l4_checksum(&f[22..38], &f[38..54], 58, &f[54..]);
-    f[56..58].copy_from_slice(&c.to_be_bytes());
-    f
+/// The programs loaded, with the flow client:`sport` -> ClusterIP:80 made
+/// by its SYN (returned).
+fn with_flow(sport: u16) -> (Lb, Frame6) {
+    let lb = loaded();
+    let syn = Frame6::tcp(CLIENT, sport, CLUSTER_IP, 80, TCP_SYN);
+    let (rc, _) = fixture::run_frame(&lb.ebpf, "xdp_lb", &syn.bytes()).unwrap();
+    assert_eq!(rc, 2, "the flow is made");
+    (lb, syn)
+}
+
+/// What `input`, a packet too big from ROUTER to CLUSTER_IP (headers as
+/// `like`'s) quoting `q` bytes of a reply, becomes: the same to B1 quoting
+/// `q` bytes of `sent`, except that half a TCP checksum (a quote ending
+/// inside it) cannot be updated and stays as it was.
+fn translated_to(like: &Frame6, sent: &Frame6, q: usize, input: &[u8]) -> Vec<u8> {
+    let mut want = icmpv6_error(like, ROUTER, B1, (2, 0, MTU), sent, Some(q));
+    if q == 40 + 8 * sent.ext.len() + 17 {
+        let last = want.len() - 1;
+        want[last] = input[last];
+        // The ICMPv6 checksum, recomputed over that byte.
+        let at = 14 + 40 + 8 * like.ext.len();
+        want[at + 2..at + 4].copy_from_slice(&[0, 0]);
+        let c = lb_ebpf::csum::l4_checksum(&want[22..38], &want[38..54], 58, &want[at..]);
+        want[at + 2..at + 4].copy_from_slice(&c.to_be_bytes());
+    }
+    want
 }
