@@ -29,9 +29,6 @@ pub trait Ip: Addr {
     type Hdr: Copy + AsRef<[u8]> + AsMut<[u8]>;
     /// A zeroed header.
     const ZERO_HDR: Self::Hdr;
-    /// The ICMP error block `icmp::quote` reads: outer header, ICMP header,
-    /// quoted header, the quote's first 8 L4 bytes.
-    type Block: Copy + AsRef<[u8]> + AsMut<[u8]>;
 
     /// ICMP's protocol number (1, 58).
     const ICMP: u8;
@@ -45,6 +42,9 @@ pub trait Ip: Addr {
     const TOO_BIG: Option<u8>;
     /// Whether the ICMP checksum covers a pseudo header (ICMPv6).
     const ICMP_PSEUDO: bool;
+    /// Whether extension headers may follow the header (IPv6; IPv4's
+    /// options are inside it).
+    const EXT_HEADERS: bool;
 
     /// Writes over `h` a header from `src` to `dst` carrying `len` bytes of
     /// `proto`: TTL (hop limit) 64, type of service (traffic class) `tos`,
@@ -64,13 +64,13 @@ impl Ip for [u8; 4] {
     const CHECK: Option<usize> = Some(10);
     type Hdr = [u8; 20];
     const ZERO_HDR: [u8; 20] = [0; 20];
-    type Block = [u8; 56];
     const ICMP: u8 = 1;
     const DEST_UNREACH: u8 = 3;
     const PORT_UNREACH: u8 = 3;
     const TIME_EXCEEDED: u8 = 11;
     const TOO_BIG: Option<u8> = None;
     const ICMP_PSEUDO: bool = false;
+    const EXT_HEADERS: bool = false;
 
     #[inline(always)]
     fn write_header(h: &mut [u8; 20], src: &Self, dst: &Self, proto: u8, len: u16, tos: u8, df: bool) {
@@ -100,13 +100,13 @@ impl Ip for [u8; 16] {
     const CHECK: Option<usize> = None;
     type Hdr = [u8; 40];
     const ZERO_HDR: [u8; 40] = [0; 40];
-    type Block = [u8; 96];
     const ICMP: u8 = 58;
     const DEST_UNREACH: u8 = 1;
     const PORT_UNREACH: u8 = 4;
     const TIME_EXCEEDED: u8 = 3;
     const TOO_BIG: Option<u8> = Some(2);
     const ICMP_PSEUDO: bool = true;
+    const EXT_HEADERS: bool = true;
 
     #[inline(always)]
     fn write_header(h: &mut [u8; 40], src: &Self, dst: &Self, proto: u8, len: u16, tos: u8, _df: bool) {

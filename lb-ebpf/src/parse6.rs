@@ -55,7 +55,7 @@ pub fn parse<const SCTP: bool>(data: usize, end: usize, frame_len: usize) -> Res
     // hop limit.
     let head: *const [u8; 8] = ptr_at(data, end, ETH_LEN)?;
     // SAFETY: `ptr_at` checked the 8 bytes are inside the frame.
-    let [vtc, _, _, _, plen_hi, plen_lo, mut next, _] = unsafe { *head };
+    let [vtc, _, _, _, plen_hi, plen_lo, next, _] = unsafe { *head };
     let plen = [plen_hi, plen_lo];
     let plen = u16::from_be_bytes(plen) as usize;
     // Against `frame_len`, not `end`: in tc `end` is only the linear part.
@@ -64,36 +64,7 @@ pub fn parse<const SCTP: bool>(data: usize, end: usize, frame_len: usize) -> Res
     }
     // End of the IPv6 packet, from the start of the frame.
     let ip_end = ETH_LEN + IP6_LEN + plen;
-    let mut l4 = ETH_LEN + IP6_LEN;
-    let mut walked = 0;
-    while walked < EXT_MAX {
-        if next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING && next != IPPROTO_DSTOPTS && next != IPPROTO_FRAGMENT {
-            break;
-        }
-        // Every extension header starts with (next header, length) and is
-        // at least 8 bytes long.
-        if l4 + 8 > ip_end {
-            return Err(MALFORMED);
-        }
-        let ext: *const [u8; 4] = ptr_at(data, end, l4)?;
-        // SAFETY: `ptr_at` checked the 4 bytes are inside the frame.
-        let [nh, len, frag_hi, frag_lo] = unsafe { *ext };
-        let ext_len = if next == IPPROTO_FRAGMENT {
-            // Offset (13 bits) and M: anything but an atomic fragment.
-            if u16::from_be_bytes([frag_hi, frag_lo]) & 0xfff9 != 0 {
-                return Err(Verdict::Pass(counter::PASS_FRAGMENT));
-            }
-            8
-        } else {
-            (len as usize + 1) * 8
-        };
-        next = nh;
-        l4 += ext_len;
-        walked += 1;
-    }
-    if next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS || next == IPPROTO_FRAGMENT {
-        return Err(Verdict::Pass(counter::PASS_V6_EXT_CHAIN));
-    }
+    let (l4, next) = walk(data, end, ETH_LEN + IP6_LEN, next, ip_end)?;
     let min_l4 = match next {
         IPPROTO_TCP => 20,
         IPPROTO_UDP => 8,
@@ -130,4 +101,49 @@ pub fn parse<const SCTP: bool>(data: usize, end: usize, frame_len: usize) -> Res
     // SAFETY: `ptr_at` checked both addresses are inside the frame.
     let [src, dst] = unsafe { *addrs };
     Ok(Packet { l4, proto: next, src, dst, sport, dport, tcp_flags, ip_len: (IP6_LEN + plen) as u16 })
+}
+
+/// Walks the extension headers from offset `at` (the first header's type:
+/// `next`) to the header after them: its offset and type. `ip_end`: where
+/// the IPv6 packet (or an ICMPv6 error's quote of one) ends, from the start
+/// of the frame. Errors: a header past `ip_end` (malformed), a fragment,
+/// a chain longer than [`EXT_MAX`] (see the module doc).
+#[inline(always)]
+pub fn walk(data: usize, end: usize, mut at: usize, mut next: u8, ip_end: usize) -> Result<(usize, u8), Verdict> {
+    let mut walked = 0;
+    while walked < EXT_MAX {
+        if !is_ext(next) {
+            break;
+        }
+        // Every extension header starts with (next header, length) and is
+        // at least 8 bytes long.
+        if at + 8 > ip_end {
+            return Err(MALFORMED);
+        }
+        let ext: *const [u8; 4] = ptr_at(data, end, at)?;
+        // SAFETY: `ptr_at` checked the 4 bytes are inside the frame.
+        let [nh, len, frag_hi, frag_lo] = unsafe { *ext };
+        let ext_len = if next == IPPROTO_FRAGMENT {
+            // Offset (13 bits) and M: anything but an atomic fragment.
+            if u16::from_be_bytes([frag_hi, frag_lo]) & 0xfff9 != 0 {
+                return Err(Verdict::Pass(counter::PASS_FRAGMENT));
+            }
+            8
+        } else {
+            (len as usize + 1) * 8
+        };
+        next = nh;
+        at += ext_len;
+        walked += 1;
+    }
+    if is_ext(next) {
+        return Err(Verdict::Pass(counter::PASS_V6_EXT_CHAIN));
+    }
+    Ok((at, next))
+}
+
+/// Whether next header `next` is an extension header the walk steps over.
+#[inline(always)]
+fn is_ext(next: u8) -> bool {
+    next == IPPROTO_HOPOPTS || next == IPPROTO_ROUTING || next == IPPROTO_DSTOPTS || next == IPPROTO_FRAGMENT
 }

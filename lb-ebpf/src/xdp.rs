@@ -68,8 +68,8 @@ fn try_run<F: Carrier>(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     // ICMP errors of NATed flows (neighbour discovery was passed by the parser).
     if p.proto == <F::Addr as Ip>::ICMP {
         let (data, end) = (ctx.data(), ctx.data_end());
-        return Ok(match icmp_error::translate::<F>(data, end, p.ip_len) {
-            icmp_error::UNTOUCHED => Verdict::Pass(counter::PASS_OTHER_L4),
+        return Ok(match icmp_error::translate::<F>(data, end, p.l4, p.ip_len) {
+            how @ (icmp_error::UNTOUCHED | icmp_error::UNWALKABLE) => Verdict::Pass(icmp_error::untouched_reason(how)),
             how => {
                 // Where the error goes now: its outer addresses.
                 // SAFETY: `ptr_at` checked both addresses are inside the frame.

@@ -197,7 +197,8 @@ pub fn verify_checksums(frame: &[u8]) -> Result<(), String> {
 /// An ICMPv6 error frame (`msg`: type, code, 4 bytes of rest, e.g. the MTU
 /// of "packet too big") from `src` to `dst` quoting the IPv6 packet of
 /// `quoted` whole (cut to `quote_len` bytes when given), its checksum over
-/// the pseudo header computed from scratch; MACs and hop limit are `like`'s.
+/// the pseudo header computed from scratch; MACs, hop limit and extension
+/// headers (between the IPv6 and the ICMPv6 header) are `like`'s.
 pub fn icmpv6_error(like: &Frame6, src: Ipv6Addr, dst: Ipv6Addr, msg: (u8, u8, [u8; 4]), quoted: &Frame6, quote_len: Option<usize>) -> Vec<u8> {
     let (typ, code, rest) = msg;
     let q = quoted.bytes();
@@ -208,6 +209,6 @@ pub fn icmpv6_error(like: &Frame6, src: Ipv6Addr, dst: Ipv6Addr, msg: (u8, u8, [
     let c = l4_checksum(&src.octets(), &dst.octets(), IPPROTO_ICMPV6, &m);
     m[2..4].copy_from_slice(&c.to_be_bytes());
     let mut h = like.clone();
-    (h.src, h.dst, h.ext) = (src, dst, Vec::new());
+    (h.src, h.dst) = (src, dst);
     frame(&h, IPPROTO_ICMPV6, &m)
 }

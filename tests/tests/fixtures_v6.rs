@@ -112,6 +112,23 @@ fn cases() -> Vec<Case> {
             &icmpv6_error(&synack, B2, CLIENT, (1, 4, [0; 4]), &dns.clone().with_dst(B2, 5353), None), "TC_ACT_OK", Some(&icmpv6_error(&synack, DNS_IP, CLIENT, (1, 4, [0; 4]), &dns, None))),
         case("xdp_v6_icmp_about_unknown_flow_passes", "packet too big about a flow that is not ours passes unchanged", "xdp_lb",
             &icmpv6_error(&syn, ROUTER, CLUSTER_IP, (2, 0, MTU), &Frame6::tcp(CLUSTER_IP, 80, CLIENT, 49999, TCP_ACK), None), "XDP_PASS", None),
+        // The same errors with IPv6 extension headers, outside or quoted.
+        case("xdp_v6_icmp_packet_too_big_quoting_destination_options_translated", "packet too big quoting a reply that carried a destination options header: the quote's chain is walked, its address, port and TCP checksum translated past the header, which is kept", "xdp_lb",
+            &icmpv6_error(&syn, ROUTER, CLUSTER_IP, (2, 0, MTU), &reply_seen.clone().ext(Ext::DestOpts), None), "XDP_PASS", Some(&icmpv6_error(&syn, ROUTER, B1, (2, 0, MTU), &reply_sent.clone().ext(Ext::DestOpts), None))),
+        case("xdp_v6_icmp_packet_too_big_behind_hop_by_hop_translated", "packet too big whose own IPv6 header is followed by a hop-by-hop options header: stepped over as the parser walked it, the error translated", "xdp_lb",
+            &icmpv6_error(&syn.clone().ext(Ext::HopByHop), ROUTER, CLUSTER_IP, (2, 0, MTU), &reply_seen, None), "XDP_PASS", Some(&icmpv6_error(&syn.clone().ext(Ext::HopByHop), ROUTER, B1, (2, 0, MTU), &reply_sent, None))),
+        case("xdp_v6_icmp_time_exceeded_quoting_atomic_fragment_translated", "time exceeded about client -> B1:8080 sent as an atomic fragment (fragment header, offset 0, last): translated past the quoted fragment header", "xdp_lb",
+            &icmpv6_error(&syn, ROUTER_IN, CLIENT, (3, 0, [0; 4]), &ack.clone().with_dst(B1, 8080).ext(Ext::Fragment { offset: 0, more: false }), None), "XDP_PASS",
+            Some(&icmpv6_error(&syn, ROUTER_IN, CLIENT, (3, 0, [0; 4]), &ack.clone().ext(Ext::Fragment { offset: 0, more: false }), None))),
+        case("tc_egress_v6_icmp_port_unreachable_quoting_extension_headers_translated", "the UDP backend's port unreachable behind a destination options header, quoting a datagram with hop-by-hop and routing headers: leaves as from the service, quoting client -> DNS:53", "tc_egress",
+            &icmpv6_error(&synack.clone().ext(Ext::DestOpts), B2, CLIENT, (1, 4, [0; 4]), &dns.clone().with_dst(B2, 5353).ext(Ext::HopByHop).ext(Ext::Routing), None), "TC_ACT_OK",
+            Some(&icmpv6_error(&synack.clone().ext(Ext::DestOpts), DNS_IP, CLIENT, (1, 4, [0; 4]), &dns.clone().ext(Ext::HopByHop).ext(Ext::Routing), None))),
+        case("xdp_v6_icmp_quote_cut_inside_extension_header_passes", "packet too big whose quote ends 4 bytes into the quoted destination options header: the chain cannot be walked, passed untouched and counted", "xdp_lb",
+            &icmpv6_error(&syn, ROUTER, CLUSTER_IP, (2, 0, MTU), &reply_seen.clone().ext(Ext::DestOpts), Some(44)), "XDP_PASS", None),
+        case("xdp_v6_icmp_quoting_non_first_fragment_passes", "time exceeded quoting a fragment with offset 16 (no ports in it): passed untouched and counted", "xdp_lb",
+            &icmpv6_error(&syn, ROUTER_IN, CLIENT, (3, 0, [0; 4]), &ack.clone().with_dst(B1, 8080).ext(Ext::Fragment { offset: 2, more: false }), None), "XDP_PASS", None),
+        case("xdp_v6_icmp_quoting_too_long_chain_passes", "packet too big quoting a packet with five extension headers, more than walked: passed untouched and counted", "xdp_lb",
+            &icmpv6_error(&syn, ROUTER, CLUSTER_IP, (2, 0, MTU), &[Ext::HopByHop, Ext::DestOpts, Ext::Routing, Ext::DestOpts, Ext::DestOpts].iter().fold(reply_seen.clone(), |f, e| f.ext(*e)), None), "XDP_PASS", None),
         case("xdp_v6_icmp_echo_request_passes", "an echo request to a service address is no error: passed unchanged", "xdp_lb",
             &icmpv6(CLIENT, CLUSTER_IP, 128, 0, &[0, 1, 0, 1, b'h', b'i']), "XDP_PASS", None),
         case("xdp_v6_syn_to_service_without_backend_gets_rst", "a SYN to an IPv6 service without backends is answered with RST|ACK over IPv6, sent back (XDP_TX)", "xdp_lb", &b(&Frame6::tcp(CLIENT, 40000, EMPTY_IP, 80, TCP_SYN)), "XDP_TX", Some(&b(&rst))),
@@ -147,7 +164,8 @@ fn ipv6_service_fixtures() {
     assert_eq!(lb.counter(counter::RST_SENT), 2);
     assert_eq!(lb.counter(counter::UNREACH_SENT), 1);
     assert_eq!(lb.counter(counter::NAT_REPLY), 2);
-    assert_eq!(lb.counter(counter::ICMP_NAT), 4, "three ICMPv6 errors translated at XDP, one at tc egress");
+    assert_eq!(lb.counter(counter::ICMP_NAT), 8, "six ICMPv6 errors translated at XDP (three with extension headers), two at tc egress (one)");
+    assert_eq!(lb.counter(counter::PASS_ICMP6_QUOTE), 3, "a quote cut inside its extension header, a quoted non-first fragment, a quoted chain too long");
     // 8 flows (the client's, the pod's, the DNS one, 5 with extension headers), two halves each.
     let flows = flows_v6(&mut lb.ebpf);
     assert_eq!(flows.len(), 2 * 8, "{flows:?}");
@@ -206,33 +224,22 @@ fn truncated_ipv6_headers_at_every_offset_make_no_state() {
 /// is translated.
 #[test]
 fn truncated_icmpv6_errors_at_every_offset_are_counted_and_never_crash() {
-    let lb = loaded();
-    let syn = Frame6::tcp(CLIENT, 42000, CLUSTER_IP, 80, TCP_SYN);
-    let (rc, _) = fixture::run_frame(&lb.ebpf, "xdp_lb", &syn.bytes()).unwrap();
-    assert_eq!(rc, 2, "the flow is made");
+    let (lb, syn) = with_flow(42000);
     let seen = Frame6::tcp(CLUSTER_IP, 80, CLIENT, 42000, TCP_ACK).payload(&[7; 40]);
     let sent = seen.clone().with_src(B1, 8080);
-    let mtu = 1280u32.to_be_bytes();
-    let ptb = icmpv6_error(&syn, ROUTER, CLUSTER_IP, (2, 0, mtu), &seen, None);
+    let ptb = icmpv6_error(&syn, ROUTER, CLUSTER_IP, (2, 0, MTU), &seen, None);
     let cut = run_cuts(&lb, &ptb, &ptb);
     let (mut short, mut translated) = (0, 0);
     let quoted_len = seen.bytes().len() - 14;
     for q in 0..=quoted_len {
-        let input = icmpv6_error(&syn, ROUTER, CLUSTER_IP, (2, 0, mtu), &seen, Some(q));
+        let input = icmpv6_error(&syn, ROUTER, CLUSTER_IP, (2, 0, MTU), &seen, Some(q));
         let (rc, out) = fixture::run_frame(&lb.ebpf, "xdp_lb", &input).unwrap();
         assert_eq!(rc, 2, "a quote of {q} bytes is passed");
         if q < 48 {
             assert_eq!(out, input, "a quote of {q} bytes is too short to translate");
             short += 1;
         } else {
-            let mut want = icmpv6_error(&syn, ROUTER, B1, (2, 0, mtu), &sent, Some(q));
-            if q == 40 + 17 {
-                // Half a TCP checksum cannot be updated: it stays as it was.
-                let last = want.len() - 1;
-                want[last] = input[last];
-                want = fix_icmpv6_checksum(want);
-            }
-            assert_eq!(out, want, "a quote of {q} bytes is translated");
+            assert_eq!(out, translated_to(&syn, &sent, q, &input), "a quote of {q} bytes is translated");
             translated += 1;
         }
     }
@@ -242,10 +249,66 @@ fn truncated_icmpv6_errors_at_every_offset_are_counted_and_never_crash() {
     assert_eq!((short, translated), (48, quoted_len as u64 - 48 + 1));
 }
 
-/// Recomputes the ICMPv6 checksum of an ICMPv6 frame without extension headers.
-fn fix_icmpv6_checksum(mut f: Vec<u8>) -> Vec<u8> {
-    f[56..58].copy_from_slice(&[0, 0]);
-    let c = lb_ebpf::csum::l4_checksum(&f[22..38], &f[38..54], 58, &f[54..]);
-    f[56..58].copy_from_slice(&c.to_be_bytes());
-    f
+/// An ICMPv6 "packet too big" about a live flow behind a hop-by-hop header,
+/// quoting a reply that carried a destination options header, with the
+/// quote cut at every length: short of the quoted IPv6 header it is not
+/// translatable (`pass_other_l4`); ending inside the quoted extension
+/// header, its chain cannot be walked (`pass_icmpv6_error_quote_unwalkable`);
+/// past it but short of 8 TCP bytes, not translatable; longer, translated.
+/// Every one is passed, unchanged unless translated.
+#[test]
+fn icmpv6_errors_with_extension_headers_quoting_every_length_are_counted() {
+    let (lb, syn) = with_flow(43000);
+    let like = syn.clone().ext(Ext::HopByHop);
+    let seen = Frame6::tcp(CLUSTER_IP, 80, CLIENT, 43000, TCP_ACK).ext(Ext::DestOpts).payload(&[7; 24]);
+    let sent = seen.clone().with_src(B1, 8080);
+    let quoted_len = seen.bytes().len() - 14;
+    let (mut short, mut unwalkable, mut translated) = (0, 0, 0);
+    for q in 0..=quoted_len {
+        let input = icmpv6_error(&like, ROUTER, CLUSTER_IP, (2, 0, MTU), &seen, Some(q));
+        let (rc, out) = fixture::run_frame(&lb.ebpf, "xdp_lb", &input).unwrap();
+        assert_eq!(rc, 2, "a quote of {q} bytes is passed");
+        if (40..48).contains(&q) {
+            assert_eq!(out, input, "a quote of {q} bytes ends inside its extension header");
+            unwalkable += 1;
+        } else if q < 40 + 8 + 8 {
+            assert_eq!(out, input, "a quote of {q} bytes is too short to translate");
+            short += 1;
+        } else {
+            assert_eq!(out, translated_to(&like, &sent, q, &input), "a quote of {q} bytes is translated");
+            translated += 1;
+        }
+    }
+    assert_eq!(lb.counter(counter::PASS_OTHER_L4), short);
+    assert_eq!(lb.counter(counter::PASS_ICMP6_QUOTE), unwalkable);
+    assert_eq!(lb.counter(counter::ICMP_NAT), translated);
+    assert_eq!((short, unwalkable, translated), (48, 8, quoted_len as u64 - 56 + 1));
+}
+
+/// The programs loaded, with the flow client:`sport` -> ClusterIP:80 made
+/// by its SYN (returned).
+fn with_flow(sport: u16) -> (Lb, Frame6) {
+    let lb = loaded();
+    let syn = Frame6::tcp(CLIENT, sport, CLUSTER_IP, 80, TCP_SYN);
+    let (rc, _) = fixture::run_frame(&lb.ebpf, "xdp_lb", &syn.bytes()).unwrap();
+    assert_eq!(rc, 2, "the flow is made");
+    (lb, syn)
+}
+
+/// What `input`, a packet too big from ROUTER to CLUSTER_IP (headers as
+/// `like`'s) quoting `q` bytes of a reply, becomes: the same to B1 quoting
+/// `q` bytes of `sent`, except that half a TCP checksum (a quote ending
+/// inside it) cannot be updated and stays as it was.
+fn translated_to(like: &Frame6, sent: &Frame6, q: usize, input: &[u8]) -> Vec<u8> {
+    let mut want = icmpv6_error(like, ROUTER, B1, (2, 0, MTU), sent, Some(q));
+    if q == 40 + 8 * sent.ext.len() + 17 {
+        let last = want.len() - 1;
+        want[last] = input[last];
+        // The ICMPv6 checksum, recomputed over that byte.
+        let at = 14 + 40 + 8 * like.ext.len();
+        want[at + 2..at + 4].copy_from_slice(&[0, 0]);
+        let c = lb_ebpf::csum::l4_checksum(&want[22..38], &want[38..54], 58, &want[at..]);
+        want[at + 2..at + 4].copy_from_slice(&c.to_be_bytes());
+    }
+    want
 }
