@@ -19,6 +19,7 @@
 //! and is malformed.
 use lb_common::{counter, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 use lb_ebpf::sctp;
+use network_types::ip::Ipv6Hdr;
 
 use crate::{
     parse::{ethertype, ports, ptr_at, Packet, ETH_LEN, ETH_P_IPV6},
@@ -53,10 +54,9 @@ pub fn parse<const SCTP: bool>(data: usize, end: usize, frame_len: usize) -> Res
     ethertype(data, end, ETH_P_IPV6)?;
     // Version, traffic class and flow label; payload length; next header;
     // hop limit.
-    let head: *const [u8; 8] = ptr_at(data, end, ETH_LEN)?;
-    // SAFETY: `ptr_at` checked the 8 bytes are inside the frame.
-    let [vtc, _, _, _, plen_hi, plen_lo, next, _] = unsafe { *head };
-    let plen = [plen_hi, plen_lo];
+    let ip: *const Ipv6Hdr = ptr_at(data, end, ETH_LEN)?;
+    // SAFETY: `ptr_at` checked the header is inside the frame.
+    let (vtc, plen, next) = unsafe { ((*ip).vcf[0], (*ip).payload_len, (*ip).next_hdr) };
     let plen = u16::from_be_bytes(plen) as usize;
     // Against `frame_len`, not `end`: in tc `end` is only the linear part.
     if vtc >> 4 != 6 || ETH_LEN + IP6_LEN + plen > frame_len {
@@ -97,9 +97,8 @@ pub fn parse<const SCTP: bool>(data: usize, end: usize, frame_len: usize) -> Res
     }
     // The addresses last: read early, their 32 bytes would be carried
     // through every path of the walk.
-    let addrs: *const [[u8; 16]; 2] = ptr_at(data, end, ETH_LEN + IP6_SRC)?;
-    // SAFETY: `ptr_at` checked both addresses are inside the frame.
-    let [src, dst] = unsafe { *addrs };
+    // SAFETY: `ptr_at` checked the header is inside the frame.
+    let (src, dst) = unsafe { ((*ip).src_addr, (*ip).dst_addr) };
     Ok(Packet { l4, proto: next, src, dst, sport, dport, tcp_flags, ip_len: (IP6_LEN + plen) as u16 })
 }
 
