@@ -346,10 +346,12 @@ pub fn run_kube(o: &Opts, r: &mut Report) -> Result<()> {
     let lines: Vec<&str> = log.lines().filter(|l| l.contains(" synced")).skip(syncs_before).collect();
     for field in ["elapsed_us", "plan_us", "diff_us", "apply_us"] {
         let mut v: Vec<f64> = lines.iter().filter_map(|l| log_field(l, field)).map(|us| us / 1e3).collect();
-        if v.is_empty() {
+        v.sort_by(f64::total_cmp);
+        // The per-Service re-plan diffs inside its plan step (logged as
+        // diff_us 0): a step that did not run is no figure.
+        if v.is_empty() || pct(&v, 50.0) == 0.0 {
             continue;
         }
-        v.sort_by(f64::total_cmp);
         r.add(
             "agent",
             &format!("agent/kube_change_sync_{}_p50", field.trim_end_matches("_us")),
