@@ -358,7 +358,7 @@ pub fn run_kube(o: &Opts, r: &mut Report) -> Result<()> {
             pct(&v, 50.0),
             None,
             "ms",
-            json!({"syncs": v.len(), "p99_ms": pct(&v, 99.0), "measured": format!("{field} of the agent's synced log lines for the changes")}),
+            json!({"services": o.services + 1, "agent_build": build, "syncs": v.len(), "p99_ms": pct(&v, 99.0), "measured": format!("{field} of the agent's synced log lines for the changes")}),
         );
     }
     drop(agent);
