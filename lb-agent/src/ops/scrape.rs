@@ -67,6 +67,11 @@ impl Collector for DataplaneCollector {
     }
 }
 
+/// How many of `rows` (both families' backends) are IPv4's or IPv6's.
+fn backends_of(rows: &Option<Vec<inspect::BackendRow>>, ipv4: bool) -> usize {
+    rows.as_ref().map_or(0, |rows| rows.iter().filter(|r| r.addr.is_ipv4() == ipv4).count())
+}
+
 /// The families read from `dp` now; one whose map read fails is left out.
 fn dataplane(enc: &mut DescriptorEncoder, dp: &Dataplane, pin_dir: &Path, names: &Names) -> fmt::Result {
     if let Ok(values) = dp.counters() {
@@ -97,7 +102,9 @@ fn dataplane(enc: &mut DescriptorEncoder, dp: &Dataplane, pin_dir: &Path, names:
             family(enc, name, help, samples)?;
         }
     }
-    if let Ok(rows) = inspect::backends(dp) {
+    // Read once: the rows also give the backend maps' fill below.
+    let backends = inspect::backends(dp).ok();
+    if let Some(rows) = &backends {
         family(
             enc,
             "xdplb_backend_flows",
@@ -129,9 +136,9 @@ fn dataplane(enc: &mut DescriptorEncoder, dp: &Dataplane, pin_dir: &Path, names:
     // Entries of each map whose fill matters; arrays are always full.
     let counted = [
         (maps::SERVICES_V4, Dataplane::count(&dp.v4.services, maps::SERVICES_V4).unwrap_or(0)),
-        (maps::BACKENDS_V4, dp.v4.backends().map_or(0, |b| b.len())),
+        (maps::BACKENDS_V4, backends_of(&backends, true)),
         (maps::SERVICES_V6, dp.v6.as_ref().map_or(0, |v6| Dataplane::count(&v6.services, maps::SERVICES_V6).unwrap_or(0))),
-        (maps::BACKENDS_V6, dp.v6.as_ref().map_or(0, |v6| v6.backends().map_or(0, |b| b.len()))),
+        (maps::BACKENDS_V6, backends_of(&backends, false)),
         (maps::SERVICE_SLOTS, Dataplane::count(&dp.slots, maps::SERVICE_SLOTS).unwrap_or(0)),
         (maps::CONNTRACK_V4, flows_v4),
         (maps::CONNTRACK_V6, flows_v6),
