@@ -389,20 +389,14 @@ impl Dataplane {
                 format!("source range {}/{} of service {}", r.addr.to_ip(), len - 32, u32::from_be_bytes(r.service_id))
             })?;
         }
-        for (k, v) in &diff.backends.upsert {
-            // Id 0 (no backend) and 0.0.0.0 (an empty slot) are never written.
-            if *k == 0 || v.is_empty() {
-                return Err(Error::NoBackend { id: *k });
-            }
-            let r = fm.backends.set(*k, v, 0);
-            write_result(r, A::MAPS.backends, || format!("backend {k}"))?;
+        // Id 0 (no backend) and 0.0.0.0 (an empty slot) are never written.
+        if let Some((k, _)) = diff.backends.upsert.iter().find(|(k, v)| *k == 0 || v.is_empty()) {
+            return Err(Error::NoBackend { id: *k });
         }
-        for (k, v) in &diff.slots.upsert {
-            let r = slots.insert(k, v, 0);
-            write_result(r, maps::SERVICE_SLOTS, || {
-                format!("slot {} of service {}", k.slot, k.service_id)
-            })?;
-        }
+        let ups = &diff.backends.upsert;
+        write_batch(fd(&fm.backends), ups, A::MAPS.backends, |i| format!("backend {}", ups[i].0))?;
+        let ups = &diff.slots.upsert;
+        write_batch(fd(slots), ups, maps::SERVICE_SLOTS, |i| format!("slot {} of service {}", ups[i].0.slot, ups[i].0.service_id))?;
         // Services whose ClientIP affinity is switched off: their affinity
         // entries go, so switching it on again starts afresh, as kube-proxy's
         // affinity sets (nftables) or recent lists (iptables) are deleted.
@@ -415,9 +409,9 @@ impl Dataplane {
                     }
                 }
             }
-            let r = fm.services.insert(k, v, 0);
-            write_result(r, A::MAPS.services, || format!("service {k}"))?;
         }
+        let ups = &diff.services.upsert;
+        write_batch(fd(&fm.services), ups, A::MAPS.services, |i| format!("service {}", ups[i].0))?;
         if !affinity_off.is_empty() {
             fm.forget_affinity(&affinity_off)?;
         }
@@ -571,6 +565,19 @@ fn write_result(
         return Err(Error::Full { map, what: what(), flag: size_flag(map) });
     }
     Err(Error::Write { map, what: what(), source })
+}
+
+/// Writes `entries` in order with [`bpfsys::update_batch`] (a few syscalls
+/// for a whole sync's backends, slots or services); an error names the
+/// entry (`what` of its index) as [`write_result`] does.
+fn write_batch<K: aya::Pod + bytemuck::Pod, V: aya::Pod + bytemuck::Pod>(fd: BorrowedFd<'_>, entries: &[(K, V)], map: &'static str, what: impl FnOnce(usize) -> String) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let (keys, values): (Vec<K>, Vec<V>) = entries.iter().copied().unzip();
+    let Err((at, io_error)) = bpfsys::update_batch(fd, &keys, &values) else { return Ok(()) };
+    let source = aya::maps::MapError::SyscallError(aya::sys::SyscallError { call: "bpf_map_update_batch", io_error });
+    write_result(Err(source), map, || what(at))
 }
 
 /// The `lb-agent run` flag that sizes `map`, for error messages.

@@ -272,15 +272,41 @@ impl Model {
         Ok(model)
     }
 
-    /// The objects of one YAML file.
+    /// The objects of one YAML file. Parsed on a thread of its own, then
+    /// copied: the parse's garbage (the document's events and value tree,
+    /// ~2 KiB per object, several times the objects) stays in that thread's
+    /// malloc arena, which is then freed whole, instead of leaving holes
+    /// between the model's objects that no trim can give back (measured at
+    /// 10,000 Services: 173 MiB of RSS after the first sync, trimmed, with
+    /// the model parsed in place).
     pub fn load_file(file: &Path) -> Result<Self, LoadError> {
         let text = std::fs::read_to_string(file).map_err(|source| LoadError::Read {
             path: file.to_path_buf(),
             source,
         })?;
-        let mut model = Model::default();
-        model.add_yaml(&text, &file.display().to_string());
-        Ok(model)
+        let origin = file.display().to_string();
+        let parse = || {
+            let mut model = Model::default();
+            model.add_yaml(&text, &origin);
+            model
+        };
+        Ok(std::thread::scope(|s| match std::thread::Builder::new().name("yaml-parse".into()).spawn_scoped(s, parse) {
+            Ok(t) => t.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)).compacted(),
+            // No thread to be had: parse here.
+            Err(_) => parse(),
+        }))
+    }
+
+    /// A copy of the model whose objects are all allocated anew, none
+    /// shared with `self`.
+    pub fn compacted(&self) -> Model {
+        let key = |k: &ObjectRef| ObjectRef::new(&k.namespace, &k.name);
+        Model {
+            services: self.services.iter().map(|(k, v)| (key(k), Arc::new(Service::clone(v)))).collect(),
+            slices: self.slices.iter().map(|(k, v)| (key(k), Arc::new(Slice::clone(v)))).collect(),
+            nodes: self.nodes.clone(),
+            service_cidrs: self.service_cidrs.clone(),
+        }
     }
 
     /// Adds `other`'s objects; one of the same name is replaced (a later

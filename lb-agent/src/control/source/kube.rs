@@ -1,19 +1,21 @@
 //! `--source kube`: Services, EndpointSlices and Nodes from the API server.
 //!
-//! One kube-runtime `watcher(...).default_backoff().reflect(store)` per
-//! resource, so reconnects, backoff and the relist after `410 Gone` are the
-//! runtime's, not ours. A reflector store swaps in a relisted set only when
-//! the list is complete (`InitDone`), so a snapshot is never half a list.
-//! Every watch event's object goes to one follower task, which validates
-//! only that object into the model (the file source's validation, see
-//! [`Model::apply`]) and sends the model if it changed: a change after a
-//! quiet spell goes out at once; changes that follow within [`DEBOUNCE`]
-//! of a send wait until nothing has changed for [`DEBOUNCE`] (at most
-//! [`MAX_DELAY`]), so a burst costs a few syncs, not one per object. A
-//! complete (re)list rebuilds the model from the three snapshots. Nothing
-//! is sent before all three resources were listed once: the caller gets
-//! the receiver only then, so an agent never programs a partial view nor
-//! deletes live services on start.
+//! One kube-runtime `watcher(...).default_backoff()` per resource, so
+//! reconnects, backoff, list pagination and the relist after `410 Gone`
+//! are the runtime's, not ours. Every event's object goes to one follower
+//! task, which validates only that object into the model (the file
+//! source's validation, see [`Model::apply`]) and drops it: the agent keeps
+//! the model's few fields per object, not the API objects (a reflector
+//! store would hold every object whole, managed fields and all: ~100 MiB at
+//! 10,000 Services). A (re)list is collected apart and swapped in for its
+//! resource only when complete (`InitDone`), so a model is never half a
+//! list. The model is sent if it changed: a change after a quiet spell goes
+//! out at once; changes that follow within [`DEBOUNCE`] of a send wait
+//! until nothing has changed for [`DEBOUNCE`] (at most [`MAX_DELAY`]), so
+//! a burst costs a few syncs, not one per object. Nothing is sent before
+//! all three resources were listed once: the caller gets the receiver only
+//! then, so an agent never programs a partial view nor deletes live
+//! services on start.
 use std::{
     path::Path,
     sync::{
@@ -27,10 +29,7 @@ use futures::StreamExt as _;
 use k8s_openapi::api::{core::v1::Node, core::v1::Service, discovery::v1::EndpointSlice};
 use kube::{
     config::{KubeConfigOptions, Kubeconfig},
-    runtime::{
-        reflector::{self, Store},
-        watcher, WatchStreamExt as _,
-    },
+    runtime::{watcher, WatchStreamExt as _},
     Api, Client, Resource,
 };
 use serde::de::DeserializeOwned;
@@ -315,9 +314,42 @@ impl SourceHealth {
 enum Change {
     Apply(Typed),
     Delete(Typed),
-    /// A complete list (the first, or one after `410 Gone`): the model is
-    /// rebuilt from the stores.
-    Listed,
+    /// A (re)list of this resource begins (the first, or one after `410 Gone`).
+    ListStart(Kind),
+    /// An object of the list under way.
+    Listed(Typed),
+    /// The list is complete: it replaces this resource's objects.
+    ListDone(Kind),
+    /// The watcher's stream ended (it never should).
+    Ended(Kind),
+}
+
+/// The resources followed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Service,
+    Slice,
+    Node,
+}
+
+impl Kind {
+    fn index(self) -> usize {
+        self as usize
+    }
+    fn health(self, h: &SourceHealth) -> &WatchHealth {
+        match self {
+            Kind::Service => &h.services,
+            Kind::Slice => &h.endpoint_slices,
+            Kind::Node => &h.nodes,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Service => "Service",
+            Kind::Slice => "EndpointSlice",
+            Kind::Node => "Node",
+        }
+    }
 }
 
 /// One object of a followed resource.
@@ -337,37 +369,68 @@ impl Typed {
     }
 }
 
-impl Change {
-    /// Applies the change to `model`; returns whether it changed.
-    fn apply(&self, model: &mut Model) -> bool {
-        match self {
+/// The model and the lists under way: what the follower keeps.
+#[derive(Default)]
+struct State {
+    /// Per resource ([`Kind::index`]): the objects of a list under way,
+    /// validated into a model of their own.
+    listing: [Option<Model>; 3],
+    /// Per resource: listed completely at least once.
+    listed: [bool; 3],
+}
+
+impl State {
+    /// Applies `change` to `model` (a list's objects only when it is
+    /// complete); returns whether the model changed. An ended stream is
+    /// [`KubeError::Stopped`] before its first list, and logged after.
+    fn apply(&mut self, model: &mut Model, change: Change) -> Result<bool, KubeError> {
+        Ok(match change {
             Change::Apply(t) => model.apply(t.object()),
             Change::Delete(t) => model.remove(t.object()),
-            Change::Listed => false,
-        }
+            Change::ListStart(kind) => {
+                self.listing[kind.index()] = Some(Model::default());
+                false
+            }
+            Change::Listed(t) => {
+                let kind = match &t {
+                    Typed::Service(_) => Kind::Service,
+                    Typed::Slice(_) => Kind::Slice,
+                    Typed::Node(_) => Kind::Node,
+                };
+                if let Some(part) = &mut self.listing[kind.index()] {
+                    part.apply(t.object());
+                }
+                false
+            }
+            Change::ListDone(kind) => {
+                self.listed[kind.index()] = true;
+                let Some(part) = self.listing[kind.index()].take() else { return Ok(false) };
+                // The list replaces what the watch had: objects deleted
+                // while it was down go too.
+                fn swap<T: PartialEq>(now: &mut T, listed: T) -> bool {
+                    let changed = *now != listed;
+                    *now = listed;
+                    changed
+                }
+                match kind {
+                    Kind::Service => swap(&mut model.services, part.services),
+                    Kind::Slice => swap(&mut model.slices, part.slices),
+                    Kind::Node => swap(&mut model.nodes, part.nodes),
+                }
+            }
+            Change::Ended(kind) => {
+                if !self.listed[kind.index()] {
+                    return Err(KubeError::Stopped(kind.name()));
+                }
+                // `watcher` streams never end; if one did, the model would freeze.
+                tracing::error!(kind = kind.name(), "watch stream ended; this resource is no longer followed");
+                false
+            }
+        })
     }
-}
 
-/// The reflector stores the models are built from.
-#[derive(Clone)]
-struct Stores {
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
-    nodes: Store<Node>,
-}
-
-impl Stores {
-    fn model(&self) -> Model {
-        let (services, slices, nodes) = (
-            self.services.state(),
-            self.slices.state(),
-            self.nodes.state(),
-        );
-        Model::from_objects(
-            services.iter().map(|s| s.as_ref()),
-            slices.iter().map(|s| s.as_ref()),
-            nodes.iter().map(|n| n.as_ref()),
-        )
+    fn all_listed(&self) -> bool {
+        self.listed.iter().all(|l| *l)
     }
 }
 
@@ -387,47 +450,17 @@ pub async fn watch(
     } else {
         watcher::Config::default().fields(&format!("metadata.name={node_name}"))
     };
-    let stores = Stores {
-        services: reflect(
-            Api::all(client.clone()),
-            watcher::Config::default(),
-            &health,
-            |h| &h.services,
-            |s| Typed::Service(Box::new(s)),
-            &changed,
-        ),
-        slices: reflect(
-            Api::all(client.clone()),
-            watcher::Config::default(),
-            &health,
-            |h| &h.endpoint_slices,
-            |s| Typed::Slice(Box::new(s)),
-            &changed,
-        ),
-        nodes: reflect(Api::all(client), node_cfg, &health, |h| &h.nodes, |n| Typed::Node(Box::new(n)), &changed),
-    };
+    follow_resource::<Service>(Api::all(client.clone()), watcher::Config::default(), &health, Kind::Service, |s| Typed::Service(Box::new(s)), &changed);
+    follow_resource::<EndpointSlice>(Api::all(client.clone()), watcher::Config::default(), &health, Kind::Slice, |s| Typed::Slice(Box::new(s)), &changed);
+    follow_resource::<Node>(Api::all(client), node_cfg, &health, Kind::Node, |n| Typed::Node(Box::new(n)), &changed);
+    drop(changed);
     tracing::info!("waiting for the first complete list of Services, EndpointSlices and Nodes");
-    let ready = |what| move |_| KubeError::Stopped(what);
-    stores
-        .services
-        .wait_until_ready()
-        .await
-        .map_err(ready("Service"))?;
-    stores
-        .slices
-        .wait_until_ready()
-        .await
-        .map_err(ready("EndpointSlice"))?;
-    stores
-        .nodes
-        .wait_until_ready()
-        .await
-        .map_err(ready("Node"))?;
-
-    // What came before is in the stores, and so in the first model; what
-    // comes after it is applied again, which changes nothing.
-    while changes.try_recv().is_ok() {}
-    let first = stores.model();
+    let (mut state, mut first) = (State::default(), Model::default());
+    while !state.all_listed() {
+        // The watchers' tasks hold the senders for ever.
+        let change = changes.recv().await.ok_or(KubeError::Stopped("every"))?;
+        state.apply(&mut first, change)?;
+    }
     tracing::info!(
         services = first.services.len(),
         endpoint_slices = first.slices.len(),
@@ -442,7 +475,7 @@ pub async fn watch(
     }
     health.models.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = watch::channel(Arc::new(first));
-    tokio::spawn(follow(stores, changes, tx, health));
+    tokio::spawn(follow(state, changes, tx, health));
     Ok(rx)
 }
 
@@ -455,17 +488,16 @@ pub async fn start(
     watch(client(kubeconfig, health.clone()).await?, node_name, health).await
 }
 
-/// Runs one resource's watcher into a new store, recording its health and
-/// sending each changed object (`wrap`ped) to `changed`.
-fn reflect<K>(
+/// Runs one resource's watcher, recording its health and sending each
+/// object (`wrap`ped) and list boundary to `changed`.
+fn follow_resource<K>(
     api: Api<K>,
     cfg: watcher::Config,
     health: &Arc<SourceHealth>,
-    pick: fn(&SourceHealth) -> &WatchHealth,
+    kind: Kind,
     wrap: fn(K) -> Typed,
     changed: &mpsc::UnboundedSender<Change>,
-) -> Store<K>
-where
+) where
     K: Resource<DynamicType = ()>
         + Clone
         + DeserializeOwned
@@ -474,36 +506,31 @@ where
         + Sync
         + 'static,
 {
-    let kind = K::kind(&());
-    let (store, writer) = reflector::store();
-    let stream = watcher(api, cfg).default_backoff().reflect(writer);
+    let stream = watcher(api, cfg).default_backoff();
     let (health, changed) = (health.clone(), changed.clone());
+    let kind_name = kind.name();
     tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(step) = stream.next().await {
-            let h = pick(&health);
-            match step {
+            let h = kind.health(&health);
+            let change = match step {
                 Ok(event) => {
                     h.event();
                     match event {
                         watcher::Event::Init => {
                             if h.lists.fetch_add(1, Ordering::Relaxed) > 0 {
-                                tracing::info!(%kind, "relisting");
+                                tracing::info!(kind = kind_name, "relisting");
                             }
+                            Change::ListStart(kind)
                         }
-                        // Buffered by the store until InitDone: no change yet.
-                        watcher::Event::InitApply(_) => {}
+                        watcher::Event::InitApply(obj) => Change::Listed(wrap(obj)),
                         watcher::Event::InitDone => {
                             h.synced.store(true, Ordering::Relaxed);
-                            tracing::debug!(%kind, "list complete");
-                            let _ = changed.send(Change::Listed);
+                            tracing::debug!(kind = kind_name, "list complete");
+                            Change::ListDone(kind)
                         }
-                        watcher::Event::Apply(obj) => {
-                            let _ = changed.send(Change::Apply(wrap(obj)));
-                        }
-                        watcher::Event::Delete(obj) => {
-                            let _ = changed.send(Change::Delete(wrap(obj)));
-                        }
+                        watcher::Event::Apply(obj) => Change::Apply(wrap(obj)),
+                        watcher::Event::Delete(obj) => Change::Delete(wrap(obj)),
                     }
                 }
                 Err(e) => {
@@ -511,22 +538,24 @@ where
                     // The stream retries by itself after a backoff.
                     match status(&e) {
                         Some(s) if s.is_forbidden() => tracing::error!(
-                            %kind, error = %e,
+                            kind = kind_name, error = %e,
                             "forbidden: the agent's service account needs get, list and watch on services, endpointslices.discovery.k8s.io and nodes (a ClusterRole bound to it); retrying"
                         ),
                         // An expired resource version: routine, ends in a relist.
                         Some(s) if s.code == 410 => {
-                            tracing::info!(%kind, "resource version expired (410 Gone)")
+                            tracing::info!(kind = kind_name, "resource version expired (410 Gone)")
                         }
-                        _ => tracing::warn!(%kind, error = %e, "watch failed; retrying"),
+                        _ => tracing::warn!(kind = kind_name, error = %e, "watch failed; retrying"),
                     }
+                    continue;
                 }
+            };
+            if changed.send(change).is_err() {
+                return;
             }
         }
-        // `watcher` streams never end; if one did, the model would freeze.
-        tracing::error!(%kind, "watch stream ended; this resource is no longer followed");
+        let _ = changed.send(Change::Ended(kind));
     });
-    store
 }
 
 /// The API server's `Status` behind a watcher error, if it answered one.
@@ -543,7 +572,7 @@ fn status(e: &watcher::Error) -> Option<&kube::core::Status> {
 /// Applies the watchers' changes to the model and sends it, until the
 /// receiver is gone: at once after a quiet spell, debounced in a burst.
 async fn follow(
-    stores: Stores,
+    mut state: State,
     mut changes: mpsc::UnboundedReceiver<Change>,
     tx: watch::Sender<Arc<Model>>,
     health: Arc<SourceHealth>,
@@ -571,21 +600,14 @@ async fn follow(
                 }
             }
         }
-        let listed = batch.iter().any(|c| matches!(c, Change::Listed));
-        // A relist or a status-only update often changes nothing we use:
-        // no model, no sync.
+        let n = batch.len();
+        // A list's objects or a status-only update often change nothing we
+        // use: no model, no sync.
         let sent = tx.send_if_modified(|current| {
-            let changed = if listed {
-                let model = stores.model();
-                let changed = **current != model;
-                *current = Arc::new(model);
-                changed
-            } else {
-                // In place when the consumer holds no older model (the
-                // usual case): a change costs its own objects only.
-                let model = Arc::make_mut(current);
-                batch.iter().fold(false, |changed, c| c.apply(model) | changed)
-            };
+            // In place when the consumer holds no older model (the usual
+            // case): a change costs its own objects only.
+            let model = Arc::make_mut(current);
+            let changed = batch.into_iter().fold(false, |changed, c| state.apply(model, c).unwrap_or(false) | changed);
             if changed {
                 // Counted before the receiver is woken: whoever sees the
                 // model sees the count too.
@@ -595,7 +617,7 @@ async fn follow(
         });
         if sent {
             last_sent = Some(Instant::now());
-            tracing::debug!(changes = batch.len(), waited_us = start.elapsed().as_micros() as u64, "objects changed");
+            tracing::debug!(changes = n, waited_us = start.elapsed().as_micros() as u64, "objects changed");
         }
     }
 }
