@@ -48,6 +48,7 @@ pub fn plan_config(inputs: &crate::cli::PlanInputs) -> PlanConfig {
 }
 
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
+    let begun = Instant::now();
     // Served from the start: /healthz answers while loading, /readyz says 503.
     let metrics = Arc::new(Metrics::new(&args.pin_path));
     lb_agent::ops::http::serve(args.metrics_addr, metrics.clone()).await?;
@@ -89,6 +90,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         }
     };
 
+    // The cold start's split (the bench reads these lines).
+    tracing::info!(elapsed_ms = begun.elapsed().as_millis() as u64, rss_mib = rss_mib(), "source ready");
     start_lb(&args, &models, &metrics).await?;
 
     let (probed, why) = lb_agent::links::probe_tc_path();
@@ -101,8 +104,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         ),
     }
     let sizes = MapSizes::from(&args.sizes);
+    let loaded = Instant::now();
     let mut ebpf = loader::load(&args.pin_path, sizes)
         .map_err(|e| RunError::Load { pin_dir: args.pin_path.clone(), source: Box::new(e) })?;
+    tracing::info!(load_ms = loaded.elapsed().as_millis() as u64, "programs loaded (each verified by the kernel)");
     forward_kernel_logs(&mut ebpf);
     // Links are pinned next to the maps: the programs stay attached when the
     // agent stops or crashes, and the next agent replaces them in place.

@@ -4,14 +4,14 @@
 //! its entries would stay until they idle out or the LRU evicts them, taking
 //! room from live flows and keeping the reply half that rewrites a stale
 //! backend's packets; a sync that removes backends deletes them at once.
-use std::{collections::BTreeSet, path::Path};
+use std::{collections::BTreeSet, os::fd::AsFd as _, path::Path};
 
-
-use aya::maps::{Array, HashMap, Map, MapData};
+use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData};
 use lb_common::{direction, maps, Addr, Addr4, Addr6, Backend, BackendId, Flow, FlowKey};
 
 use crate::{
-    dataplane::{Dataplane, FamilyMaps, MapFamily, Result},
+    bpfsys,
+    dataplane::{Dataplane, Error, FamilyMaps, MapFamily, Result},
     diff::Diff,
 };
 
@@ -40,33 +40,38 @@ pub fn clean(dp: &mut Dataplane, pin_dir: &Path, ids: &BTreeSet<BackendId>) -> R
     if ids.is_empty() {
         return Ok(0);
     }
-    let mut removed = clean_family::<Addr4>(&mut dp.v4, pin_dir.join(maps::CONNTRACK_CONFIRMED_V4), ids)?;
+    let mut removed = clean_family::<Addr4>(&mut dp.v4, pin_dir, maps::CONNTRACK_CONFIRMED_V4, ids)?;
     if let Some(v6) = dp.v6.as_mut() {
-        removed += clean_family::<Addr6>(v6, pin_dir.join(maps::CONNTRACK_CONFIRMED_V6), ids)?;
+        removed += clean_family::<Addr6>(v6, pin_dir, maps::CONNTRACK_CONFIRMED_V6, ids)?;
     }
     Ok(removed)
 }
 
-fn clean_family<A: MapFamily>(fm: &mut FamilyMaps<A>, confirmed: std::path::PathBuf, ids: &BTreeSet<BackendId>) -> Result<usize> {
-    let mut removed = clean_map(&mut fm.conntrack, &fm.backends, ids)?;
+fn clean_family<A: MapFamily>(fm: &mut FamilyMaps<A>, pin_dir: &Path, confirmed: &'static str, ids: &BTreeSet<BackendId>) -> Result<usize> {
+    let mut removed = clean_map(&mut fm.conntrack, A::MAPS.conntrack, &fm.backends, ids)?;
     // Absent when pinned by an agent that predates it.
-    if let Ok(data) = MapData::from_pin(confirmed) {
-        let mut confirmed: HashMap<MapData, FlowKey<A>, Flow<A>> = HashMap::try_from(Map::LruHashMap(data))?;
-        removed += clean_map(&mut confirmed, &fm.backends, ids)?;
+    if let Ok(data) = MapData::from_pin(pin_dir.join(confirmed)) {
+        let mut map: HashMap<MapData, FlowKey<A>, Flow<A>> = HashMap::try_from(Map::LruHashMap(data))?;
+        removed += clean_map(&mut map, confirmed, &fm.backends, ids)?;
     }
     Ok(removed)
 }
 
-fn clean_map<A: Addr>(map: &mut HashMap<MapData, FlowKey<A>, Flow<A>>, backends: &Array<MapData, Backend<A>>, ids: &BTreeSet<BackendId>) -> Result<usize> {
-    let stale: Vec<FlowKey<A>> = map
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|(k, e)| {
-            ids.contains(&e.backend_id)
-                && match backends.get(&e.backend_id, 0) {
-                    Ok(b) => b.is_empty() || (b.addr, b.port) != backend_end(k, e),
-                    Err(_) => true,
-                }
+fn clean_map<A: MapFamily>(map: &mut HashMap<MapData, FlowKey<A>, Flow<A>>, name: &'static str, backends: &Array<MapData, Backend<A>>, ids: &BTreeSet<BackendId>) -> Result<usize> {
+    // Read in batches: a key walk costs two syscalls per flow, and a sync
+    // that removes a backend (one endpoint change) waits for this.
+    let mut of_ids = Vec::new();
+    bpfsys::for_each_batch(map.map().fd().as_fd(), |k: &FlowKey<A>, e: &Flow<A>| {
+        if ids.contains(&e.backend_id) {
+            of_ids.push((*k, *e));
+        }
+    })
+    .map_err(|source| Error::Read { map: name, source })?;
+    let stale: Vec<FlowKey<A>> = of_ids
+        .into_iter()
+        .filter(|(k, e)| match backends.get(&e.backend_id, 0) {
+            Ok(b) => b.is_empty() || (b.addr, b.port) != backend_end(k, e),
+            Err(_) => true,
         })
         .map(|(k, _)| k)
         .collect();

@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 
 use aya::{
     maps::ProgramArray,
-    programs::{CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode},
+    programs::{CgroupSockAddr, Program, SchedClassifier, TcAttachType, Xdp, XdpMode},
     util::KernelVersion,
     Ebpf, EbpfLoader,
 };
@@ -141,22 +141,69 @@ pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf, Error> {
         loader.map_max_entries(name, migrate::expected(name, sizes).max_entries);
     }
     let mut ebpf = loader.load(BYTECODE).map_err(Error::Object)?;
-    let verifier = |program: &'static str| move |e| Error::program_load(program, e);
-    let xdp: &mut Xdp = program(&mut ebpf, programs::XDP_LB)?;
-    xdp.load().map_err(verifier(programs::XDP_LB))?;
+    let mut names = vec![programs::XDP_LB, programs::XDP_LB_V6, programs::XDP_DSR_V6, programs::TC_INGRESS, programs::TC_EGRESS];
+    names.extend(programs::TC_V6.iter().map(|(name, _)| *name));
+    names.extend(programs::SOCK);
+    load_programs(&mut ebpf, &names)?;
+    // Each is loaded now; this checks that it is there and of its type.
+    let _: &mut Xdp = program(&mut ebpf, programs::XDP_LB)?;
     for name in [programs::TC_INGRESS, programs::TC_EGRESS] {
-        let p: &mut SchedClassifier = program(&mut ebpf, name)?;
-        p.load().map_err(verifier(name))?;
+        let _: &mut SchedClassifier = program(&mut ebpf, name)?;
     }
     for &name in programs::SOCK {
-        let p: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-        p.load().map_err(verifier(name))?;
+        let _: &mut CgroupSockAddr = program(&mut ebpf, name)?;
     }
     load_v6(&mut ebpf)?;
     if !resized.is_empty() {
         migrate::resize(&mut ebpf, pin_dir, &resized)?;
     }
     Ok(ebpf)
+}
+
+/// Loads the programs `names` names (those the object has; the callers
+/// check that each is there), on one thread per CPU: the kernel verifies
+/// each program in the loading thread, and verifying them one after
+/// another took most of a cold start (seconds; perf: `do_check`,
+/// `states_equal`). The first failure in `names` order is the error.
+fn load_programs(ebpf: &mut Ebpf, names: &[&'static str]) -> Result<(), Error> {
+    // Largest first (the order of `names`), taken by whichever thread is free.
+    let mut todo: Vec<(usize, &'static str, &mut Program)> = ebpf
+        .programs_mut()
+        .filter_map(|(n, p)| names.iter().position(|x| *x == n).map(|i| (i, names[i], p)))
+        .collect();
+    todo.sort_by_key(|(i, _, _)| std::cmp::Reverse(*i));
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, todo.len().max(1));
+    let queue = std::sync::Mutex::new(todo);
+    let next = || queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop();
+    let load = || {
+        let mut failed = Vec::new();
+        while let Some((i, name, p)) = next() {
+            let r = match p {
+                Program::Xdp(p) => p.load(),
+                Program::SchedClassifier(p) => p.load(),
+                Program::CgroupSockAddr(p) => p.load(),
+                // Not of the type its caller expects: `program()` says so.
+                _ => continue,
+            };
+            if let Err(e) = r {
+                failed.push((i, Error::program_load(name, e)));
+            }
+        }
+        failed
+    };
+    let mut failed: Vec<(usize, Error)> = std::thread::scope(|s| {
+        let helpers: Vec<_> = (1..threads).map(|_| s.spawn(load)).collect();
+        let mut failed = load();
+        for h in helpers {
+            failed.extend(h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+        }
+        failed
+    });
+    failed.sort_by_key(|(i, _)| *i);
+    match failed.into_iter().next() {
+        Some((_, e)) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// A loader of the object with its globals set for this kernel.
@@ -182,16 +229,14 @@ fn load_v6(ebpf: &mut Ebpf) -> Result<(), Error> {
     let verifier = |program: &'static str| move |e| Error::program_load(program, e);
     let array_err = |array| move |source| Error::FamilyArray { array, source };
     let dup = |program: &'static str| move |source: std::io::Error| Error::program_load(program, aya::programs::ProgramError::from(source));
+    // Loaded by `load_programs`.
     let xdp: &mut Xdp = program(ebpf, programs::XDP_LB_V6)?;
-    xdp.load().map_err(verifier(programs::XDP_LB_V6))?;
     let xdp_fd = xdp.fd().map_err(verifier(programs::XDP_LB_V6))?.try_clone().map_err(dup(programs::XDP_LB_V6))?;
     let mut fds = vec![(maps::FAMILY_XDP, xdp_fd)];
     let dsr: &mut Xdp = program(ebpf, programs::XDP_DSR_V6)?;
-    dsr.load().map_err(verifier(programs::XDP_DSR_V6))?;
     fds.push((maps::DSR_XDP, dsr.fd().map_err(verifier(programs::XDP_DSR_V6))?.try_clone().map_err(dup(programs::XDP_DSR_V6))?));
     for &(name, array) in programs::TC_V6 {
         let p: &mut SchedClassifier = program(ebpf, name)?;
-        p.load().map_err(verifier(name))?;
         fds.push((array, p.fd().map_err(verifier(name))?.try_clone().map_err(dup(name))?));
     }
     for (array, fd) in fds {

@@ -220,6 +220,26 @@ pub fn run(o: &Opts, r: &mut Report) -> Result<()> {
         json!({"services": o.services, "endpoints": endpoints, "agent_build": build, "measured": "plan+diff+write of the first sync (elapsed_us of its log line)"}),
     );
 
+    // The cold start's split, from the agent's log (agents that log it).
+    let log = agent.log();
+    let logged = |what: &str, field: &str| log.lines().find(|l| l.contains(what)).and_then(|l| log_field(l, field));
+    let split = [
+        ("source_ready", "source ready", "elapsed_ms", "process start -> the source's first model (the YAML parsed and validated)"),
+        ("program_load", "programs loaded", "load_ms", "loading and verifying the eBPF programs (the kernel's verifier), before attaching"),
+    ];
+    for (name, what, field, measured) in split {
+        if let Some(ms) = logged(what, field) {
+            r.add(
+                "agent",
+                &format!("agent/cold_{name}_{}_services", o.services),
+                ms,
+                None,
+                "ms",
+                json!({"services": o.services, "endpoints": endpoints, "agent_build": build, "measured": measured}),
+            );
+        }
+    }
+
     let pid = agent_pid(&agent.pin_dir).context("finding the agent's pid")?;
     let (rss, hwm) = memory_kb(pid)?;
     let mcond = json!({"services": o.services, "endpoints": endpoints, "agent_build": build, "pid_status": "/proc/<pid>/status"});
