@@ -473,6 +473,14 @@ pub async fn watch(
             "no Node of this name: NodePorts get only --node-address addresses"
         );
     }
+    // The model's objects were made between the list pages' API objects,
+    // all freed now: copied on a thread of its own (so into a malloc arena
+    // of its own), they sit together and the pages' memory can be given
+    // back (the agent trims after its first sync).
+    let first = std::thread::scope(|s| match std::thread::Builder::new().name("model-copy".into()).spawn_scoped(s, || first.compacted()) {
+        Ok(t) => t.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+        Err(_) => first.clone(),
+    });
     health.models.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = watch::channel(Arc::new(first));
     tokio::spawn(follow(state, changes, tx, health));
