@@ -163,10 +163,10 @@ pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf, Error> {
 /// Loads the programs `names` names (those the object has; the callers
 /// check that each is there), on one thread per CPU: the kernel verifies
 /// each program in the loading thread, and verifying them one after
-/// another took most of a cold start (seconds; perf: `do_check`,
+/// another is most of a cold start (seconds; perf: `do_check_common`,
 /// `states_equal`). The first failure in `names` order is the error.
 fn load_programs(ebpf: &mut Ebpf, names: &[&'static str]) -> Result<(), Error> {
-    // Largest first (the order of `names`), taken by whichever thread is free.
+    // In `names` order (the balancers first), each taken by whichever thread is free.
     let mut todo: Vec<(usize, &'static str, &mut Program)> = ebpf
         .programs_mut()
         .filter_map(|(n, p)| names.iter().position(|x| *x == n).map(|i| (i, names[i], p)))
