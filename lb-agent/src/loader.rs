@@ -64,6 +64,9 @@ pub enum Error {
     },
     #[error("map {array} missing from the eBPF object")]
     FamilyArrayMissing { array: &'static str },
+    /// Marking the pinned backends' ports in `reply_ports` (`replyports`).
+    #[error("marking the pinned backends' ports as reply ports")]
+    ReplyPorts(#[source] crate::dataplane::Error),
 }
 
 /// How many verifier log lines an error shows: the rejection reason is at
@@ -156,6 +159,9 @@ pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf, Error> {
     if !resized.is_empty() {
         migrate::resize(&mut ebpf, pin_dir, &resized)?;
     }
+    // Before anything is attached: the replies of flows to the backends
+    // already pinned (an earlier agent's) are found at tc egress.
+    crate::dataplane::Dataplane::open(pin_dir).and_then(|dp| dp.mark_reply_ports()).map_err(Error::ReplyPorts)?;
     Ok(ebpf)
 }
 
