@@ -57,14 +57,17 @@ pub trait Family: 'static {
 
     /// Whether UDP must carry a checksum (IPv6, RFC 8200 8.1).
     const UDP_CHECKSUM_REQUIRED: bool;
+    /// The family's ethertype, wire order.
+    const ETHERTYPE: [u8; 2];
 
     /// Parses a frame of this family (`parse::parse` has the rules).
     fn parse(data: usize, end: usize, frame_len: usize) -> Result<Packet<Self::Addr>, Verdict>;
 
-    /// For a frame of this family with the fixed IP header alone (no IPv4
-    /// options, no IPv6 extension headers), not a fragment, whose lengths
-    /// the parser accepts: its L4 protocol and the bytes its IP packet
-    /// leaves for L4. `None` for anything else (`replies::skip`).
+    /// For a frame of this family (the caller checked its ethertype) with
+    /// the fixed IP header alone (no IPv4 options, no IPv6 extension
+    /// headers), not a fragment, whose lengths the parser accepts: its L4
+    /// protocol and the bytes its IP packet leaves for L4. `None` for
+    /// anything else (`replies::skip`).
     fn fixed(data: usize, end: usize, frame_len: usize) -> Option<(u8, usize)>;
 
     fn services() -> &'static Services<Self::Addr>;
@@ -154,6 +157,7 @@ impl Family for V4 {
     const SCTP: bool = true;
     const SPLIT: bool = false;
     const UDP_CHECKSUM_REQUIRED: bool = false;
+    const ETHERTYPE: [u8; 2] = parse::ETH_P_IP;
 
     #[inline(always)]
     fn hairpin() -> [u8; 4] {
@@ -229,6 +233,7 @@ impl<const SCTP: bool> Family for V6Of<SCTP> {
     const SCTP: bool = SCTP;
     const SPLIT: bool = true;
     const UDP_CHECKSUM_REQUIRED: bool = true;
+    const ETHERTYPE: [u8; 2] = parse::ETH_P_IPV6;
 
     #[inline(always)]
     fn fixed(data: usize, end: usize, frame_len: usize) -> Option<(u8, usize)> {

@@ -193,12 +193,11 @@ pub fn parse(data: usize, end: usize, frame_len: usize) -> Result<Packet, Verdic
     })
 }
 
-/// [`parse`]'s checks of a frame with a 20-byte IPv4 header (no options)
+/// [`parse`]'s checks of an IPv4 frame with a 20-byte header (no options)
 /// that is not a fragment: its protocol and the bytes left for L4, or
 /// `None` (see `Family::fixed`).
 #[inline(always)]
 pub fn fixed(data: usize, end: usize, frame_len: usize) -> Option<(u8, usize)> {
-    ethertype(data, end, ETH_P_IP).ok()?;
     let ip: *const Ipv4Hdr = ptr_at(data, end, ETH_LEN).ok()?;
     // SAFETY: `ptr_at` checked the header is inside the frame.
     let (vihl, tot_len, frag, proto) = unsafe { ((*ip).vihl, (*ip).tot_len, (*ip).frags, (*ip).proto) };

@@ -107,7 +107,6 @@ pub fn parse<const SCTP: bool>(data: usize, end: usize, frame_len: usize) -> Res
 /// returned as the protocol, which the caller does not take).
 #[inline(always)]
 pub fn fixed(data: usize, end: usize, frame_len: usize) -> Option<(u8, usize)> {
-    ethertype(data, end, ETH_P_IPV6).ok()?;
     let ip: *const Ipv6Hdr = ptr_at(data, end, ETH_LEN).ok()?;
     // SAFETY: `ptr_at` checked the header is inside the frame.
     let (vtc, plen, next) = unsafe { ((*ip).vcf[0], (*ip).payload_len, (*ip).next_hdr) };

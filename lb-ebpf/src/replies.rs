@@ -22,7 +22,7 @@ use lb_common::{reply_ports::slot, IPPROTO_TCP, IPPROTO_UDP};
 use crate::{
     family::Family,
     maps::reply_ports,
-    parse::{ports, ptr_at, ETH_LEN, UDP_CHECK},
+    parse::{ethertype, ports, ptr_at, ETH_LEN, UDP_CHECK},
 };
 
 /// Whether `port` (network order) may be the source port of a reply of ours.
@@ -55,23 +55,32 @@ pub fn mark(port: [u8; 2]) {
 /// no reply's (see the module doc).
 #[inline(always)]
 pub fn skip<F: Family>(data: usize, end: usize, frame_len: usize) -> bool {
+    // The port first, where it lies behind the fixed header: a reply's
+    // (a marked port) ends the look before the header checks.
+    let l4 = ETH_LEN + F::IP_HDR;
+    if ethertype(data, end, F::ETHERTYPE).is_err() {
+        return false;
+    }
+    match ptr_at::<[u8; 2]>(data, end, l4) {
+        // SAFETY: `ptr_at` checked the field is inside the frame.
+        Ok(sport) if !may_reply(unsafe { *sport }) => {}
+        _ => return false,
+    }
     let Some((proto, room)) = F::fixed(data, end, frame_len) else { return false };
     let min_l4 = match proto {
         IPPROTO_TCP => 20,
         IPPROTO_UDP => 8,
         _ => return false,
     };
-    let l4 = ETH_LEN + F::IP_HDR;
-    if room < min_l4 {
+    if room < min_l4 || ports(data, end, l4, proto, room).is_err() {
         return false;
     }
-    let Ok((sport, _, _)) = ports(data, end, l4, proto, room) else { return false };
     if F::UDP_CHECKSUM_REQUIRED && proto == IPPROTO_UDP {
-        match ptr_at::<[u8; 2]>(data, end, l4 + UDP_CHECK) {
+        return match ptr_at::<[u8; 2]>(data, end, l4 + UDP_CHECK) {
             // SAFETY: `ptr_at` checked the field is inside the frame.
-            Ok(c) if unsafe { *c } != [0, 0] => {}
-            _ => return false,
-        }
+            Ok(c) => (unsafe { *c }) != [0, 0],
+            Err(_) => false,
+        };
     }
-    !may_reply(sport)
+    true
 }
