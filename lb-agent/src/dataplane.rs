@@ -279,21 +279,6 @@ impl Dataplane {
         })
     }
 
-    /// Marks the ports of every backend the maps hold now as ports replies
-    /// may have (see `replyports`: at load, before programs are attached).
-    pub fn mark_reply_ports(&self) -> Result<()> {
-        let Some(rp) = &self.reply_ports else { return Ok(()) };
-        for b in self.v4.backends()?.values() {
-            rp.mark(b.port);
-        }
-        if let Some(v6) = &self.v6 {
-            for b in v6.backends()?.values() {
-                rp.mark(b.port);
-            }
-        }
-        Ok(())
-    }
-
     /// The per-CPU counters of `lb_common::counter`, summed over CPUs.
     pub fn counters(&self) -> Result<Vec<u64>> {
         (0..lb_common::counter::COUNT).map(|i| self.counter(i)).collect()

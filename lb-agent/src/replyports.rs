@@ -3,18 +3,21 @@
 //! port as one a reply of ours may have. Every backend's port is marked
 //! before the backend is written (`Dataplane::apply`), so no flow to it, and
 //! no reply, exists before its bit; at load, the ports of the backends the
-//! pinned maps already hold are marked before any program is attached (an
-//! upgrade keeps the replies of live flows). Bits are never cleared.
+//! pinned maps already hold are marked before any program is attached or
+//! relinked ([`seed`]: an upgrade keeps the replies of live flows). Bits are
+//! never cleared.
 //!
 //! The array is memory-mapped and bits are set with atomic ORs, as the
 //! programs set theirs (DSR replies): neither side can lose the other's.
 use std::{
-    os::fd::{AsRawFd as _, BorrowedFd},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
     ptr::NonNull,
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use lb_common::reply_ports::{slot, WORDS};
+use std::path::Path;
+
+use lb_common::{maps, reply_ports::slot, reply_ports::WORDS, BackendId, BackendV4, BackendV6};
 
 /// The mapped bitmap.
 pub struct ReplyPorts {
@@ -44,7 +47,6 @@ impl ReplyPorts {
     /// Maps a loaded object's `reply_ports` (tests that write maps directly).
     pub fn of_map(map: &aya::maps::Map) -> std::io::Result<Self> {
         use aya::maps::IterableMap as _;
-        use std::os::fd::AsFd as _;
         let array: aya::maps::Array<&aya::maps::MapData, u64> = aya::maps::Array::try_from(map).map_err(std::io::Error::other)?;
         Self::map(array.map().fd().as_fd())
     }
@@ -74,6 +76,26 @@ impl ReplyPorts {
     pub fn count(&self) -> u32 {
         (0..WORDS).map(|i| self.word(i).load(Ordering::Relaxed).count_ones()).sum()
     }
+}
+
+/// Marks in `rp` the ports of the backends pinned under `pin_dir` by an
+/// earlier agent: `backends_v4` and `backends_v6` as they are before a
+/// resize or conversion moves them (an array, or an earlier version's hash,
+/// both keyed by backend id), read in batches.
+pub fn seed(rp: &ReplyPorts, pin_dir: &Path) -> std::io::Result<()> {
+    fn ports<V: bytemuck::Pod>(rp: &ReplyPorts, path: &Path, port: impl Fn(&V) -> Option<[u8; 2]>) -> std::io::Result<()> {
+        if !path.exists() {
+            return Ok(());
+        }
+        let map = aya::maps::MapData::from_pin(path).map_err(std::io::Error::other)?;
+        crate::bpfsys::for_each_batch(map.fd().as_fd(), |_: &BackendId, v: &V| {
+            if let Some(p) = port(v) {
+                rp.mark(p);
+            }
+        })
+    }
+    ports(rp, &pin_dir.join(maps::BACKENDS_V4), |b: &BackendV4| (!b.is_empty()).then_some(b.port))?;
+    ports(rp, &pin_dir.join(maps::BACKENDS_V6), |b: &BackendV6| (!b.is_empty()).then_some(b.port))
 }
 
 impl Drop for ReplyPorts {

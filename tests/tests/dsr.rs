@@ -264,7 +264,7 @@ fn a_backend_node_that_does_not_know_the_backend_still_rewrites_its_dsr_replies(
     let up = Uplink::new();
     up.enter();
     let lb = Lb::load_sized(TEST_SIZES);
-    let port = 7070;
+    let port: u16 = 7070;
     let ports = lb.maps.reply_ports.as_ref().expect("reply_ports pinned");
     assert!(!ports.is_marked(port.to_be_bytes()), "no backend programmed here");
     let in_ack = from_node_a(with_option(Frame::tcp(CLIENT, 40020, POD_LOCAL, port, TCP_ACK).payload(b"hello"), (LB_IP, 80)));

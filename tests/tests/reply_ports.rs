@@ -98,13 +98,16 @@ fn a_packet_from_a_port_no_backend_has_skips_conntrack() {
     assert_eq!(lb.maps.v4.conntrack.get(&key, 0).unwrap().packets, 1);
 }
 
+/// A frame, what it is, and the outcome counters it must raise.
+type Counted = (&'static str, Vec<u8>, &'static [(&'static str, u64)]);
+
 #[test]
 fn packets_that_are_no_replies_are_counted_as_the_full_path_counts_them() {
     let mut lb = Lb::load();
     lb.program(&contents(&[Svc::new(1, IPPROTO_UDP, algorithm::RANDOM).frontend(CLUSTER_IP, 53).backend(1, B1, 5353)]));
     program_v6(&mut lb.ebpf, &[Svc6 { id: 2, proto: IPPROTO_TCP, algorithm: algorithm::RANDOM, frontends: vec![(story6::CLUSTER_IP, 80)], backends: vec![(2, story6::B1, 8080)] }]);
     assert!(marked(&lb, 5353) && marked(&lb, 8080), "both families' backend ports");
-    let cases: [(&str, Vec<u8>, &[(&str, u64)]); 6] = [
+    let cases: [Counted; 6] = [
         // Skipped by the filter.
         ("IPv4 TCP", Frame::tcp(CLIENT, 40000, B1, 443, TCP_SYN).bytes(), &[("pass_not_service", 1)]),
         ("IPv4 UDP", Frame::udp(CLIENT, 40000, B1, 53).payload(b"q").bytes(), &[("pass_not_service", 1)]),
@@ -126,4 +129,20 @@ fn packets_that_are_no_replies_are_counted_as_the_full_path_counts_them() {
         want.sort();
         assert_eq!((rc, &out, moved), (0, &frame, want), "{what}: passed untouched, counted so");
     }
+}
+
+/// An upgrade from a version without `reply_ports`: loading marks the ports
+/// of the backends already pinned, before any program of the new build is
+/// attached, so the replies of live flows keep being rewritten.
+#[test]
+fn loading_over_pinned_backends_marks_their_ports() {
+    let mut lb = Lb::load();
+    lb.program(&contents(&[Svc::new(1, IPPROTO_TCP, algorithm::RANDOM).frontend(CLUSTER_IP, 80).backend(1, B1, 9191)]));
+    // As an earlier version left the pins: no reply_ports.
+    std::fs::remove_file(lb.pin_dir().join(lb_common::maps::REPLY_PORTS)).unwrap();
+    let _new = lb_agent::loader::load(lb.pin_dir(), xdplb_tests::lb::TEST_SIZES).unwrap();
+    let dp = lb_agent::dataplane::Dataplane::open(lb.pin_dir()).unwrap();
+    let ports = dp.reply_ports.as_ref().expect("pinned by the load");
+    assert!(ports.is_marked(9191u16.to_be_bytes()), "the pinned backend's port");
+    assert_eq!(ports.count(), 1, "and nothing else");
 }
