@@ -123,11 +123,25 @@ pub struct Dataplane {
     pub sock_netns: Array<MapData, u64>,
     /// Per backend id: new flows refused for want of a SNAT port.
     pub snat_exhausted: PerCpuArray<MapData, u64>,
+    /// The source ports replies may have (`replyports`); `None` when the
+    /// pinned programs predate it.
+    pub reply_ports: Option<crate::replyports::ReplyPorts>,
 }
 
 /// The fd of an opened map, for [`bpfsys`] calls.
 fn fd<M: aya::maps::IterableMap<K, V>, K: aya::Pod, V>(map: &M) -> BorrowedFd<'_> {
     map.map().fd().as_fd()
+}
+
+/// The pinned `reply_ports`, mapped; `None` when it is not pinned.
+fn open_reply_ports(dir: &Path) -> Result<Option<crate::replyports::ReplyPorts>> {
+    let path = dir.join(maps::REPLY_PORTS);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let data = MapData::from_pin(&path).map_err(|source| Error::Open { path, source })?;
+    let rp = crate::replyports::ReplyPorts::map(data.fd().as_fd()).map_err(|source| Error::Read { map: maps::REPLY_PORTS, source })?;
+    Ok(Some(rp))
 }
 
 fn open<T>(dir: &Path, name: &'static str) -> Result<T>
@@ -261,6 +275,7 @@ impl Dataplane {
             redirect_ifaces: open(dir, maps::REDIRECT_IFACES)?,
             sock_netns: open(dir, maps::SOCK_NETNS)?,
             snat_exhausted: open(dir, maps::SNAT_EXHAUSTED)?,
+            reply_ports: open_reply_ports(dir)?,
         })
     }
 
@@ -351,6 +366,13 @@ impl Dataplane {
     /// 3. the other removals: slots (above a shrunk count, now unread),
     ///    backends (no slot points to them any more), source ranges.
     pub fn apply<A: MapFamily>(&mut self, diff: &crate::diff::Diff<A>) -> Result<()> {
+        // A backend's port first: its replies are looked for at tc egress
+        // only on marked ports (`replyports`).
+        if let Some(rp) = &self.reply_ports {
+            for (_, v) in &diff.backends.upsert {
+                rp.mark(v.port);
+            }
+        }
         let (family, slots) = A::split(self);
         let Some(fm) = family else {
             // Once per process: every sync with IPv6 Services would repeat it.

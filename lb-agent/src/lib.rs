@@ -23,6 +23,7 @@ pub mod pinfs;
 pub mod pins;
 pub mod podifaces;
 pub mod privs;
+pub mod replyports;
 pub mod snat;
 pub mod socklb;
 pub mod sync;

@@ -64,6 +64,9 @@ pub enum Error {
     },
     #[error("map {array} missing from the eBPF object")]
     FamilyArrayMissing { array: &'static str },
+    /// Marking the pinned backends' ports in `reply_ports` (`replyports`).
+    #[error("marking the pinned backends' ports in {}", maps::REPLY_PORTS)]
+    ReplyPorts(#[source] std::io::Error),
 }
 
 /// How many verifier log lines an error shows: the rejection reason is at
@@ -154,6 +157,11 @@ pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf, Error> {
         let _: &mut CgroupSockAddr = program(&mut ebpf, name)?;
     }
     load_v6(&mut ebpf)?;
+    // Before any program of this build is attached or relinked: the
+    // replies of flows to the backends already pinned (an earlier agent's)
+    // are found at tc egress.
+    let map = ebpf.map(maps::REPLY_PORTS).ok_or(Error::FamilyArrayMissing { array: maps::REPLY_PORTS })?;
+    crate::replyports::ReplyPorts::of_map(map).and_then(|rp| crate::replyports::seed(&rp, pin_dir)).map_err(Error::ReplyPorts)?;
     if !resized.is_empty() {
         migrate::resize(&mut ebpf, pin_dir, &resized)?;
     }

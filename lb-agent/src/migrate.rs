@@ -115,6 +115,8 @@ pub fn expected(name: &str, s: MapSizes) -> Spec {
         maps::NAT_CONFIG_V6 => spec(MapType::Array, 4, size::<NatConfigV6>(), 1),
         // Indexed by backend id (1..=backends).
         maps::SNAT_EXHAUSTED => spec(MapType::PerCpuArray, 4, 8, s.backends + 1),
+        // One bit per port.
+        maps::REPLY_PORTS => spec(MapType::Array, 4, 8, lb_common::reply_ports::WORDS),
         // The IPv6 instances: the same roles and sizes (conntrack and
         // affinity sized on their own), keys and values over 16-byte addresses.
         maps::SERVICES_V6 => spec(MapType::Hash, size::<ServiceKeyV6>(), size::<Service>(), s.services),

@@ -20,6 +20,7 @@ pub mod family;
 pub mod flow;
 pub mod maps;
 pub mod nat;
+pub mod reply_ports;
 pub mod service;
 pub mod sock;
 pub mod stats;

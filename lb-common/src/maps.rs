@@ -45,6 +45,13 @@ pub const NAT_CONFIG_V6: &str = "nat_config_v6";
 /// Per-CPU `u64` per backend id: new flows refused for want of a free SNAT
 /// port towards that backend.
 pub const SNAT_EXHAUSTED: &str = "snat_exhausted";
+/// Array of [`crate::reply_ports::WORDS`] `u64`s, one bit per port
+/// ([`crate::reply_ports::slot`]): the source ports a reply of ours can
+/// have (backends' ports). tc egress looks a packet up in conntrack only
+/// when its source port's bit is set. Bits are only ever set (by the agent
+/// before it writes a backend, by the programs when they record a DSR
+/// reply); memory-mapped, so both sides set them atomically.
+pub const REPLY_PORTS: &str = "reply_ports";
 
 /// LRU [`crate::FlowKeyV4`] → [`crate::FlowV4`]: the forward half of every
 /// confirmed flow (its backend answered twice), from which a half evicted
@@ -97,6 +104,7 @@ pub const ALL: &[&str] = &[
     SOURCE_RANGES_V4,
     NAT_CONFIG,
     SNAT_EXHAUSTED,
+    REPLY_PORTS,
     CONNTRACK_CONFIRMED_V4,
     SERVICES_V6,
     BACKENDS_V6,

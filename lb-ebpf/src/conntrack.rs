@@ -621,6 +621,9 @@ fn record_dsr_reply_inline<F: Family>(p: &Packet<F::Addr>, svc_addr: &F::Addr, s
             return;
         }
     }
+    // Its replies leave from the backend's port, which this node's agent
+    // may not have written yet (see `replies`).
+    crate::replies::mark(p.dport);
     let reply = Flow {
         backend_id: 0,
         service_id: 0,

@@ -55,8 +55,20 @@ pub trait Family: 'static {
     /// IPv6's keys and flows are too large to share one frame with the rest.
     const SPLIT: bool;
 
+    /// Whether UDP must carry a checksum (IPv6, RFC 8200 8.1).
+    const UDP_CHECKSUM_REQUIRED: bool;
+    /// The family's ethertype, wire order.
+    const ETHERTYPE: [u8; 2];
+
     /// Parses a frame of this family (`parse::parse` has the rules).
     fn parse(data: usize, end: usize, frame_len: usize) -> Result<Packet<Self::Addr>, Verdict>;
+
+    /// For a frame of this family (the caller checked its ethertype) with
+    /// the fixed IP header alone (no IPv4 options, no IPv6 extension
+    /// headers), not a fragment, whose lengths the parser accepts: its L4
+    /// protocol and the bytes its IP packet leaves for L4. `None` for
+    /// anything else (`replies::skip`).
+    fn fixed(data: usize, end: usize, frame_len: usize) -> Option<(u8, usize)>;
 
     fn services() -> &'static Services<Self::Addr>;
     fn backends() -> &'static Backends<Self::Addr>;
@@ -144,6 +156,8 @@ impl Family for V4 {
     const AF: u8 = 2;
     const SCTP: bool = true;
     const SPLIT: bool = false;
+    const UDP_CHECKSUM_REQUIRED: bool = false;
+    const ETHERTYPE: [u8; 2] = parse::ETH_P_IP;
 
     #[inline(always)]
     fn hairpin() -> [u8; 4] {
@@ -152,6 +166,10 @@ impl Family for V4 {
     #[inline(always)]
     fn parse(data: usize, end: usize, frame_len: usize) -> Result<Packet, Verdict> {
         parse::parse(data, end, frame_len)
+    }
+    #[inline(always)]
+    fn fixed(data: usize, end: usize, frame_len: usize) -> Option<(u8, usize)> {
+        parse::fixed(data, end, frame_len)
     }
     family_maps!([u8; 4], services_v4, backends_v4, conntrack_v4, conntrack_confirmed_v4, affinity_v4, source_ranges_v4, flow_scratch_v4);
     #[inline(always)]
@@ -214,6 +232,13 @@ impl<const SCTP: bool> Family for V6Of<SCTP> {
     const AF: u8 = 10;
     const SCTP: bool = SCTP;
     const SPLIT: bool = true;
+    const UDP_CHECKSUM_REQUIRED: bool = true;
+    const ETHERTYPE: [u8; 2] = parse::ETH_P_IPV6;
+
+    #[inline(always)]
+    fn fixed(data: usize, end: usize, frame_len: usize) -> Option<(u8, usize)> {
+        parse6::fixed(data, end, frame_len)
+    }
 
     #[inline(always)]
     fn hairpin() -> [u8; 16] {

@@ -30,6 +30,7 @@ mod node_sctp;
 mod parse;
 mod parse6;
 mod refuse;
+mod replies;
 mod reset;
 mod sctp_nat;
 mod select;

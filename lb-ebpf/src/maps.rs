@@ -140,6 +140,12 @@ pub static nat_config_v6: Array<NatConfig<[u8; 16]>, 1> = Array::new();
 #[btf_map]
 pub static snat_exhausted: PerCpuArray<u64, { size::BACKENDS as usize + 1 }> = PerCpuArray::new();
 
+/// One bit per port: the source ports a reply of ours may have
+/// (`lb_common::maps::REPLY_PORTS`, `replies.rs`). Memory-mapped, so the
+/// agent sets bits atomically too.
+#[btf_map]
+pub static reply_ports: Array<u64, { lb_common::reply_ports::WORDS as usize }, { lb_common::reply_ports::MAP_FLAGS as usize }> = Array::new();
+
 /// The IPv6 instance of each hook, tail-called for IPv6 frames (index 0).
 /// Filled by the agent. Legacy map definitions: the kernel refuses BTF key
 /// and value types on program arrays.

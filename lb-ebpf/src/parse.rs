@@ -193,6 +193,21 @@ pub fn parse(data: usize, end: usize, frame_len: usize) -> Result<Packet, Verdic
     })
 }
 
+/// [`parse`]'s checks of an IPv4 frame with a 20-byte header (no options)
+/// that is not a fragment: its protocol and the bytes left for L4, or
+/// `None` (see `Family::fixed`).
+#[inline(always)]
+pub fn fixed(data: usize, end: usize, frame_len: usize) -> Option<(u8, usize)> {
+    let ip: *const Ipv4Hdr = ptr_at(data, end, ETH_LEN).ok()?;
+    // SAFETY: `ptr_at` checked the header is inside the frame.
+    let (vihl, tot_len, frag, proto) = unsafe { ((*ip).vihl, (*ip).tot_len, (*ip).frags, (*ip).proto) };
+    let ip_len = u16::from_be_bytes(tot_len) as usize;
+    if vihl != 0x45 || ip_len < 20 || ETH_LEN + ip_len > frame_len || u16::from_be_bytes(frag) & 0x3fff != 0 {
+        return None;
+    }
+    Some((proto, ip_len - 20))
+}
+
 /// The ports and TCP flags of the L4 header at `l4` (protocol `l4proto`,
 /// its first `min_l4` bytes known to be inside the packet), checked to lie
 /// whole inside the `l4_room` bytes the IP packet has left for it.

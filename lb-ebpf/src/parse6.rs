@@ -102,6 +102,21 @@ pub fn parse<const SCTP: bool>(data: usize, end: usize, frame_len: usize) -> Res
     Ok(Packet { l4, proto: next, src, dst, sport, dport, tcp_flags, ip_len: (IP6_LEN + plen) as u16 })
 }
 
+/// [`parse`]'s checks of the fixed header: its next header and payload
+/// length, or `None` (see `Family::fixed`; an extension header is then
+/// returned as the protocol, which the caller does not take).
+#[inline(always)]
+pub fn fixed(data: usize, end: usize, frame_len: usize) -> Option<(u8, usize)> {
+    let ip: *const Ipv6Hdr = ptr_at(data, end, ETH_LEN).ok()?;
+    // SAFETY: `ptr_at` checked the header is inside the frame.
+    let (vtc, plen, next) = unsafe { ((*ip).vcf[0], (*ip).payload_len, (*ip).next_hdr) };
+    let plen = u16::from_be_bytes(plen) as usize;
+    if vtc >> 4 != 6 || ETH_LEN + IP6_LEN + plen > frame_len {
+        return None;
+    }
+    Some((next, plen))
+}
+
 /// Walks the extension headers from offset `at` (the first header's type:
 /// `next`) to the header after them: its offset and type. `ip_end`: where
 /// the IPv6 packet (or an ICMPv6 error's quote of one) ends, from the start

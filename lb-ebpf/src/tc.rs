@@ -23,13 +23,13 @@ use crate::{
     conntrack::{self, Origin},
     dsr::{self, Carrier},
     events,
-    family::{same, Family, V4},
+    family::{same, Family, V4, V6},
     icmp_error,
     maps::{family_tc_egress, family_tc_ingress},
     nat::{self, Side},
     node_sctp,
     parse::{Packet, ETH_LEN, ETH_P_IPV6},
-    refuse, reset, service,
+    refuse, replies, reset, service,
     stats::count,
     unserved::{self, Unserved},
     verdict::Verdict,
@@ -55,11 +55,30 @@ pub fn ingress_v4(ctx: &TcContext) -> i32 {
     ingress::<V4>(ctx)
 }
 
-/// `tc_egress`: see [`dispatch`].
+/// `tc_egress`: a packet that cannot be a reply of ours is passed at once
+/// (`replies`), before the IPv6 dispatch (see [`dispatch`]).
 #[inline(always)]
 pub fn egress_v4(ctx: &TcContext) -> i32 {
+    let (data, end, len) = (ctx.data(), ctx.data_end(), ctx.len() as usize);
+    if replies::skip::<V4>(data, end, len) {
+        return not_reply(false);
+    }
+    if replies::skip::<V6>(data, end, len) {
+        return not_reply(true);
+    }
     dispatch(ctx, &family_tc_egress);
     egress::<V4>(ctx)
+}
+
+/// What `run` counts for a packet that is no reply (IPv6: `v6`).
+#[inline(always)]
+fn not_reply(v6: bool) -> i32 {
+    count(counter::PACKETS);
+    if v6 {
+        count(counter::IPV6);
+    }
+    count(counter::PASS_NOT_SERVICE);
+    TC_ACT_OK
 }
 
 #[inline(always)]

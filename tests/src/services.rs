@@ -134,6 +134,11 @@ pub fn program_v6(ebpf: &mut aya::Ebpf, svcs: &[Svc6]) {
             let key = ServiceKeyV6 { addr: addr.octets(), port: port.to_be_bytes(), proto: s.proto, scope: 0 };
             services.insert(key, value, 0).unwrap();
         }
+        // Their ports first, as the agent marks them (`lb_agent::replyports`).
+        let rp = lb_agent::replyports::ReplyPorts::of_map(ebpf.map(maps::REPLY_PORTS).expect("reply_ports")).unwrap();
+        for (_, _, port) in &s.backends {
+            rp.mark(port.to_be_bytes());
+        }
         let mut backends: Array<_, BackendV6> = Array::try_from(ebpf.map_mut(maps::BACKENDS_V6).expect("backends_v6")).unwrap();
         for (id, addr, port) in &s.backends {
             let b = BackendV6 { addr: addr.octets(), port: port.to_be_bytes(), weight: 1, ..Default::default() };

@@ -255,6 +255,29 @@ fn dsr_fixtures() {
     assert!(lb.maps.v4.conntrack.get(&key(CLIENT, POD_LOCAL, 40010, 8080, IPPROTO_TCP), 0).is_err(), "no forward half restored on the backend node");
 }
 
+/// A backend node whose maps do not know the backend yet (its agent is a
+/// moment behind node A's): recording the reply half marks the backend's
+/// port (`lb-ebpf/src/replies.rs`), so tc egress still finds and rewrites
+/// the pod's replies.
+#[test]
+fn a_backend_node_that_does_not_know_the_backend_still_rewrites_its_dsr_replies() {
+    let up = Uplink::new();
+    up.enter();
+    let lb = Lb::load_sized(TEST_SIZES);
+    let port: u16 = 7070;
+    let ports = lb.maps.reply_ports.as_ref().expect("reply_ports pinned");
+    assert!(!ports.is_marked(port.to_be_bytes()), "no backend programmed here");
+    let in_ack = from_node_a(with_option(Frame::tcp(CLIENT, 40020, POD_LOCAL, port, TCP_ACK).payload(b"hello"), (LB_IP, 80)));
+    let mut bare = in_ack.clone();
+    bare.ip_options.clear();
+    assert_eq!(up.xdp(&lb, &in_ack.bytes()), (2, bare.bytes()), "XDP_PASS, the option taken off");
+    assert!(ports.is_marked(port.to_be_bytes()), "marked with the reply half");
+    let data = Frame::tcp(POD_LOCAL, port, CLIENT, 40020, TCP_ACK).payload(b"world");
+    let (rc, out) = xdplb_tests::fixture::run_frame(&lb.ebpf, "tc_egress", &data.bytes()).unwrap();
+    assert_eq!((rc, out), (0, ends(data, (LB_IP, 80), (CLIENT, 40020)).bytes()), "the reply leaves from the service");
+    assert_eq!((lb.counter(counter::DSR_DECAP), lb.counter(counter::NAT_REPLY)), (1, 1));
+}
+
 /// Hybrid: TCP takes DSR, UDP SNAT. A per-service mode overrides the node's.
 #[test]
 fn hybrid_sends_tcp_with_dsr_and_snats_udp_and_a_service_may_choose_its_own() {

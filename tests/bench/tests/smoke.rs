@@ -12,6 +12,7 @@ const UNITS: &[&str] = &["ns/packet", "Mpps", "x", "ms", "s", "us", "%", "MiB", 
 const REQUIRED: &[&str] = &[
     "floor/xdp_pass",
     "floor/xdp_tx_swap_macs",
+    "floor/tc_ok",
     "xdp_lb/non_service",
     "xdp_lb/established",
     "xdp_lb/new_flow",
