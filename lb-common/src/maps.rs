@@ -45,6 +45,15 @@ pub const NAT_CONFIG_V6: &str = "nat_config_v6";
 /// Per-CPU `u64` per backend id: new flows refused for want of a free SNAT
 /// port towards that backend.
 pub const SNAT_EXHAUSTED: &str = "snat_exhausted";
+/// LRU [`crate::HopKeyV4`] → [`crate::NextHop`]: the next hop of forwarded
+/// packets by (ingress interface, destination), so established flows skip
+/// the FIB lookup (see [`crate::hop`]).
+pub const NEXT_HOP_V4: &str = "next_hop_v4";
+/// The same for IPv6 destinations ([`crate::HopKeyV6`]).
+pub const NEXT_HOP_V6: &str = "next_hop_v6";
+/// Array of one `u32`: the generation of the routes and neighbours; the
+/// agent bumps it on every change, which makes every cached next hop stale.
+pub const NEXT_HOP_GEN: &str = "next_hop_gen";
 
 /// LRU [`crate::FlowKeyV4`] → [`crate::FlowV4`]: the forward half of every
 /// confirmed flow (its backend answered twice), from which a half evicted
@@ -97,6 +106,9 @@ pub const ALL: &[&str] = &[
     SOURCE_RANGES_V4,
     NAT_CONFIG,
     SNAT_EXHAUSTED,
+    NEXT_HOP_V4,
+    NEXT_HOP_V6,
+    NEXT_HOP_GEN,
     CONNTRACK_CONFIRMED_V4,
     SERVICES_V6,
     BACKENDS_V6,
@@ -135,6 +147,10 @@ pub mod default_size {
     /// Sockets of dual-stack applications to IPv4-mapped addresses are IPv4's.
     pub const SOCK_REVNAT_V6: u32 = 16_384;
     pub const SOURCE_RANGES: u32 = 16_384;
+    /// Cached next hops per family: one per destination XDP forwards to
+    /// (remote backends, and the clients of SNAT replies); a full cache
+    /// evicts the least recently used, whose next packet asks the FIB.
+    pub const NEXT_HOPS: u32 = 65_536;
 }
 
 /// Program names (the function names in lb-ebpf).
