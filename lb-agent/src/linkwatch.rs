@@ -109,6 +109,20 @@ impl LinkEvents {
     }
 }
 
+/// Waits for the next event(s) of `events`; forever without a
+/// subscription. A read error is handed to `lost` and ends the subscription.
+pub async fn next_change(events: &mut Option<LinkEvents>, lost: impl FnOnce(&io::Error)) {
+    match events.as_mut() {
+        Some(ev) => {
+            if let Err(e) = ev.changed().await {
+                lost(&e);
+                *events = None;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// The routing changes that make cached next hops stale
 /// ([`LinkEvents::routing`]); without a subscription (netlink refused)
 /// it never fires, and cached next hops then follow no change: logged.
@@ -126,15 +140,10 @@ impl RoutingEvents {
 
     /// Waits for the next change(s) (forever without a subscription).
     pub async fn changed(&mut self) {
-        match self.events.as_mut() {
-            Some(ev) => {
-                if let Err(e) = ev.changed().await {
-                    tracing::error!(error = %e, "reading routing events failed: XDP's cached next hops will not follow route or neighbour changes");
-                    self.events = None;
-                }
-            }
-            None => std::future::pending().await,
-        }
+        next_change(&mut self.events, |e| {
+            tracing::error!(error = %e, "reading routing events failed: XDP's cached next hops will not follow route or neighbour changes")
+        })
+        .await
     }
 }
 

@@ -33,15 +33,17 @@ pub struct NextHop {
     pub generation: u32,
     /// Egress interface.
     pub ifindex: u32,
-    /// Source MAC (the egress interface's) and destination MAC (the
-    /// next hop's neighbour entry).
-    pub smac: [u8; 6],
+    /// Destination MAC (the next hop's neighbour entry) and source MAC
+    /// (the egress interface's): in the Ethernet header's order, so the
+    /// programs write both as three words.
     pub dmac: [u8; 6],
+    pub smac: [u8; 6],
     /// The route's MTU: a longer packet asks the FIB again (which then
     /// answers "fragmentation needed").
     pub mtu: u16,
     pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<NextHop>() == 24);
+const _: () = assert!(core::mem::offset_of!(NextHop, dmac) == 8 && core::mem::offset_of!(NextHop, smac) == 14);
 
 crate::user_pod!(NextHop);

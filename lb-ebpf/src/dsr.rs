@@ -99,8 +99,8 @@ pub fn xdp_forward<F: Carrier>(ctx: &XdpContext, p: &Packet<F::Addr>, rw: &Rewri
     if let Some(v) = framed(F::SPLIT, || F::add(ctx, &p.dst, p.dport).err()) {
         return Err(v);
     }
-    if let Lookup::Found = how {
-        if let Some(action) = forward::apply::<F>(ctx, &hop, true) {
+    if let Lookup::Found(hop) = how {
+        if let Some(action) = forward::apply::<F>(ctx, hop, true) {
             count(counter::XDP_REDIRECTED);
             return Ok(Verdict::Action(action, counter::DSR_FORWARD));
         }

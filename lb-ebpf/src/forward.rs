@@ -70,7 +70,7 @@ fn route_call<F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>, ends: &[F::Addr;
 fn route_inline<F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>, src: F::Addr, dst: F::Addr, must: bool) -> Option<u32> {
     let mut hop = empty();
     match lookup::<F>(ctx, p, src, dst, 0, &mut hop) {
-        Lookup::Found => apply::<F>(ctx, &hop, must),
+        Lookup::Found(hop) => apply::<F>(ctx, hop, must),
         _ => None,
     }
 }
@@ -97,10 +97,11 @@ pub fn empty() -> NextHop {
 }
 
 /// The outcome of a next-hop lookup for a packet.
-pub enum Lookup {
-    /// A route and a neighbour (cached or from the FIB): the packet can be
-    /// forwarded ([`apply`]).
-    Found,
+pub enum Lookup<'a> {
+    /// A route and a neighbour: the packet can be forwarded ([`apply`]).
+    /// The cache's entry itself, or the FIB's answer: a copy of the entry
+    /// compiled to a call of a byte-wise `memmove` (~15 ns, `prog_cost`).
+    Found(&'a NextHop),
     /// The egress MTU (carried) is smaller than the packet plus `extra`.
     FragNeeded(u16),
     /// No route, no neighbour entry yet, or the lookup failed: the kernel knows.
@@ -114,12 +115,12 @@ fn redirect_configured() -> bool {
 }
 
 /// Looks up how the packet from `src` to `dst` leaves, as if it were
-/// `extra` bytes longer (what an encapsulation will add), into `hop`: from
-/// the cache when its entry is current and the packet fits the MTU it
-/// recorded, else from the FIB (whose MTU check, against the egress
-/// route's MTU, then answers), caching a success.
+/// `extra` bytes longer (what an encapsulation will add): from the cache
+/// when its entry is current and the packet fits the MTU it recorded,
+/// else from the FIB (whose MTU check, against the egress route's MTU,
+/// then answers) into `hop`, caching a success.
 #[inline(always)]
-pub fn lookup<F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>, src: F::Addr, dst: F::Addr, extra: u16, hop: &mut NextHop) -> Lookup {
+pub fn lookup<'a, F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>, src: F::Addr, dst: F::Addr, extra: u16, hop: &'a mut NextHop) -> Lookup<'a> {
     // SAFETY: reading the context's ingress interface.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     let key = HopKey { ifindex: ingress, dst };
@@ -128,11 +129,13 @@ pub fn lookup<F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>, src: F::Addr, ds
     let generation = next_hop_gen.get(0).map_or(0, |g| *g);
     let len = p.ip_len + extra;
     if let Some(cached) = F::next_hops().get_ptr(&key) {
-        // SAFETY: a live entry of this map, copied out at once.
-        let cached = unsafe { &*cached };
+        // SAFETY: a live entry of this map, valid for this program run. (A
+        // CPU replacing it after a generation bump may recycle the element
+        // while it is read, as for conntrack entries: a window of a few
+        // instructions, once per change.)
+        let cached: &'static NextHop = unsafe { &*cached };
         if cached.generation == generation && len <= cached.mtu {
-            *hop = *cached;
-            return Lookup::Found;
+            return Lookup::Found(cached);
         }
     }
     count(counter::FIB_LOOKUP);
@@ -158,7 +161,7 @@ pub fn lookup<F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>, src: F::Addr, ds
             // A full cache evicts another destination; a failed write
             // only means the next packet asks the FIB too.
             let _ = F::next_hops().insert(&key, &*hop, 0);
-            Lookup::Found
+            Lookup::Found(hop)
         }
         // SAFETY: on FRAG_NEEDED the helper wrote the MTU over `tot_len` (a union).
         FIB_FRAG_NEEDED => Lookup::FragNeeded(unsafe { fib.__bindgen_anon_1.mtu_result }),
@@ -203,8 +206,13 @@ pub fn apply<F: Family>(ctx: &XdpContext, hop: &NextHop, must: bool) -> Option<u
             let check = (data + ETH_LEN + off) as *mut [u8; 2];
             *check = csum::replace2(u16::from_be_bytes(*check), old, *word).to_be_bytes();
         }
-        *(data as *mut [u8; 6]) = hop.dmac;
-        *((data + 6) as *mut [u8; 6]) = hop.smac;
+        // Both MACs (bytes 8..20 of the entry, in the header's order) as
+        // three words: copied as 6-byte arrays they compiled to two calls
+        // of a byte-wise memmove (~10 ns, `prog_cost`).
+        let words = *(hop as *const NextHop as *const [u32; 6]);
+        for (i, w) in [words[2], words[3], words[4]].into_iter().enumerate() {
+            ((data + 4 * i) as *mut u32).write_unaligned(w);
+        }
     }
     match out {
         Out::Tx => Some(xdp_action::XDP_TX),
