@@ -33,7 +33,7 @@ use lb_agent::diff::Diff;
 use lb_common::{Addr4, Addr6};
 use tokio::signal::unix::SignalKind;
 
-use lb_agent::podifaces::PodIfaces;
+use lb_agent::{linkwatch::RoutingEvents, podifaces::PodIfaces};
 
 use crate::cli::RunArgs;
 
@@ -123,6 +123,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let maps = |step| move |source| RunError::Maps { step, source: Box::new(source) };
     let mut dp = Dataplane::open(&args.pin_path).map_err(maps("opening the pinned maps"))?;
     dp.set_redirect_ifaces(&redirect).map_err(maps("writing the --redirect-iface interfaces"))?;
+    // Next hops cached while no agent listened may be stale: drop them all,
+    // then follow every routing change.
+    dp.bump_next_hop_gen().map_err(maps("bumping the next-hop generation"))?;
+    let mut routing = RoutingEvents::new();
     let flags = if redirect.is_empty() { 0 } else { lb_common::config_flags::XDP_REDIRECT } | args.snat.lb_mode.config_flags();
     dp.set_config(&lb_common::Config { flags, ..Default::default() }).map_err(maps("writing the node-wide config"))?;
     tracing::info!(mode = %args.snat.lb_mode, "load-balancing mode of external flows to backends on other nodes (--lb-mode; a Service's xdplb.io/lb-mode wins)");
@@ -233,6 +237,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 }
             }
             () = pods.link_event() => pods.scan(&mut ebpf, "link event"),
+            () = routing.changed() => {
+                if let Err(e) = agent.dp.bump_next_hop_gen() {
+                    tracing::warn!(error = lb_agent::chain::chain(&e), "bumping the next-hop generation failed: cached next hops may be stale");
+                }
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }

@@ -126,6 +126,9 @@ pub struct Dataplane {
     /// The source ports replies may have (`replyports`); `None` when the
     /// pinned programs predate it.
     pub reply_ports: Option<crate::replyports::ReplyPorts>,
+    /// The generation of the programs' cached next hops (`lb_common::hop`);
+    /// `None` when the pinned programs predate the cache.
+    pub next_hop_gen: Option<Array<MapData, u32>>,
 }
 
 /// The fd of an opened map, for [`bpfsys`] calls.
@@ -276,6 +279,7 @@ impl Dataplane {
             sock_netns: open(dir, maps::SOCK_NETNS)?,
             snat_exhausted: open(dir, maps::SNAT_EXHAUSTED)?,
             reply_ports: open_reply_ports(dir)?,
+            next_hop_gen: if dir.join(maps::NEXT_HOP_GEN).exists() { Some(open(dir, maps::NEXT_HOP_GEN)?) } else { None },
         })
     }
 
@@ -529,6 +533,16 @@ impl Dataplane {
     /// Sets the network namespace whose sockets are balanced at connect (0: none).
     pub fn set_sock_netns(&mut self, cookie: u64) -> Result<()> {
         write_result(self.sock_netns.set(0, cookie, 0), maps::SOCK_NETNS, || "the balanced network namespace".into())
+    }
+
+    /// Makes every next hop the programs cached stale (after a route,
+    /// neighbour, link or address change): the next packet to each
+    /// destination asks the FIB again. Returns the new generation.
+    pub fn bump_next_hop_gen(&mut self) -> Result<u32> {
+        let Some(gen) = self.next_hop_gen.as_mut() else { return Ok(0) };
+        let next = gen.get(&0, 0)?.wrapping_add(1);
+        write_result(gen.set(0, next, 0), maps::NEXT_HOP_GEN, || "the next-hop generation".into())?;
+        Ok(next)
     }
 
     /// Writes the node-wide config.

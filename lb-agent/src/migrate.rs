@@ -117,6 +117,9 @@ pub fn expected(name: &str, s: MapSizes) -> Spec {
         maps::SNAT_EXHAUSTED => spec(MapType::PerCpuArray, 4, 8, s.backends + 1),
         // One bit per port.
         maps::REPLY_PORTS => spec(MapType::Array, 4, 8, lb_common::reply_ports::WORDS),
+        maps::NEXT_HOP_V4 => spec(MapType::LruHash, size::<HopKeyV4>(), size::<NextHop>(), maps::default_size::NEXT_HOPS),
+        maps::NEXT_HOP_V6 => spec(MapType::LruHash, size::<HopKeyV6>(), size::<NextHop>(), maps::default_size::NEXT_HOPS),
+        maps::NEXT_HOP_GEN => spec(MapType::Array, 4, 4, 1),
         // The IPv6 instances: the same roles and sizes (conntrack and
         // affinity sized on their own), keys and values over 16-byte addresses.
         maps::SERVICES_V6 => spec(MapType::Hash, size::<ServiceKeyV6>(), size::<Service>(), s.services),

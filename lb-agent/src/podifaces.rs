@@ -6,7 +6,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aya::Ebpf;
-use crate::{linkwatch::LinkEvents, loader};
+use crate::{
+    linkwatch::{next_change, LinkEvents},
+    loader,
+};
 
 pub struct PodIfaces {
     globs: Vec<String>,
@@ -36,15 +39,7 @@ impl PodIfaces {
 
     /// Waits for the next link event (forever without a subscription).
     pub async fn link_event(&mut self) {
-        match self.events.as_mut() {
-            Some(ev) => {
-                if let Err(e) = ev.changed().await {
-                    tracing::warn!(error = %e, "reading link events failed; pod interfaces are found by the scan every second");
-                    self.events = None;
-                }
-            }
-            None => std::future::pending().await,
-        }
+        next_change(&mut self.events, |e| tracing::warn!(error = %e, "reading link events failed; pod interfaces are found by the scan every second")).await
     }
 
     /// Attaches to matching interfaces not attached yet (`trigger` says why

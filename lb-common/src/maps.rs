@@ -52,6 +52,15 @@ pub const SNAT_EXHAUSTED: &str = "snat_exhausted";
 /// before it writes a backend, by the programs when they record a DSR
 /// reply); memory-mapped, so both sides set them atomically.
 pub const REPLY_PORTS: &str = "reply_ports";
+/// LRU [`crate::HopKeyV4`] → [`crate::NextHop`]: the next hop of forwarded
+/// packets by (ingress interface, destination), so established flows skip
+/// the FIB lookup (see [`crate::hop`]).
+pub const NEXT_HOP_V4: &str = "next_hop_v4";
+/// The same for IPv6 destinations ([`crate::HopKeyV6`]).
+pub const NEXT_HOP_V6: &str = "next_hop_v6";
+/// Array of one `u32`: the generation of the routes and neighbours; the
+/// agent bumps it on every change, which makes every cached next hop stale.
+pub const NEXT_HOP_GEN: &str = "next_hop_gen";
 
 /// LRU [`crate::FlowKeyV4`] → [`crate::FlowV4`]: the forward half of every
 /// confirmed flow (its backend answered twice), from which a half evicted
@@ -105,6 +114,9 @@ pub const ALL: &[&str] = &[
     NAT_CONFIG,
     SNAT_EXHAUSTED,
     REPLY_PORTS,
+    NEXT_HOP_V4,
+    NEXT_HOP_V6,
+    NEXT_HOP_GEN,
     CONNTRACK_CONFIRMED_V4,
     SERVICES_V6,
     BACKENDS_V6,
@@ -143,6 +155,10 @@ pub mod default_size {
     /// Sockets of dual-stack applications to IPv4-mapped addresses are IPv4's.
     pub const SOCK_REVNAT_V6: u32 = 16_384;
     pub const SOURCE_RANGES: u32 = 16_384;
+    /// Cached next hops per family: one per destination XDP forwards to
+    /// (remote backends, and the clients of SNAT replies); a full cache
+    /// evicts the least recently used, whose next packet asks the FIB.
+    pub const NEXT_HOPS: u32 = 65_536;
 }
 
 /// Program names (the function names in lb-ebpf).

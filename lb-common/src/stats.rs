@@ -96,6 +96,7 @@ counters! {
     IPV6 = 41, "ipv6_packets", "Event: an IPv6 packet (counted on top of its outcome).";
     DROP_DSR_PROGRAM = 42, "drop_dsr_program_missing", "Dropped: an IPv6 DSR packet (to send or received) whose program (xdp_dsr_v6, tail-called) is not loaded; the agent loads it with the others.";
     PASS_ICMP6_QUOTE = 43, "pass_icmpv6_error_quote_unwalkable", "Passed: an ICMPv6 error (destination unreachable, packet too big, time exceeded) whose quoted packet's extension headers could not be walked (more than 4, cut short by the quote, or a fragment other than an atomic one), untranslated.";
+    FIB_LOOKUP = 47, "fib_lookup", "Event: XDP asked the FIB for a forwarded packet's next hop (none cached for its destination, the cached one stale after a route or neighbour change, or shorter than the packet's MTU needs); every other forwarded packet used the cached next hop.";
     SOCK_MAPPED = 56, "sock_v4_mapped", "Event: a dual-stack (AF_INET6) node socket's connect() or sendmsg() to an IPv4-mapped address (::ffff:a.b.c.d) was looked up in the IPv4 services (counted on top of sock_balanced or sock_no_backend when it is one).";
     SCTP_NODE_ABORTED = 57, "sctp_node_init_aborted", "Answered (tc egress): an SCTP INIT from the node's own socket to a service address (the socket programs never see SCTP) got an ABORT back, so its connect() fails with ECONNREFUSED.";
 }

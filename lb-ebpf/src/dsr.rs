@@ -86,8 +86,8 @@ pub fn xdp_forward<F: Carrier>(ctx: &XdpContext, p: &Packet<F::Addr>, rw: &Rewri
     if p.l4 != ETH_LEN + F::IP_HDR {
         return Err(MALFORMED);
     }
-    let mut fib = forward::blank();
-    let how = forward::lookup::<F>(ctx, p, p.src, rw.addr, F::LEN as u16, &mut fib);
+    let mut hop = forward::empty();
+    let how = forward::lookup::<F>(ctx, p, p.src, rw.addr, F::LEN as u16, &mut hop);
     if let Lookup::FragNeeded(mtu) = how {
         if F::must_answer(ctx) {
             let mtu = mtu.saturating_sub(F::LEN as u16);
@@ -99,8 +99,8 @@ pub fn xdp_forward<F: Carrier>(ctx: &XdpContext, p: &Packet<F::Addr>, rw: &Rewri
     if let Some(v) = framed(F::SPLIT, || F::add(ctx, &p.dst, p.dport).err()) {
         return Err(v);
     }
-    if let Lookup::Found = how {
-        if let Some(action) = forward::apply::<F>(ctx, &fib, true) {
+    if let Lookup::Found(hop) = how {
+        if let Some(action) = forward::apply::<F>(ctx, hop, true) {
             count(counter::XDP_REDIRECTED);
             return Ok(Verdict::Action(action, counter::DSR_FORWARD));
         }

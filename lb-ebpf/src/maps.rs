@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     counter, maps::default_size as size, AffinityKey, AffinityV4, Backend, BackendId, Config, FlowKey, Flow,
-    NatConfig, Service, ServiceKey, ServiceStats, SlotKey, SockRev, SockRevKey, SourceRange,
+    HopKey, NatConfig, NextHop, Service, ServiceKey, ServiceStats, SlotKey, SockRev, SockRevKey, SourceRange,
 };
 
 /// (VIP, port, protocol) → service, per family.
@@ -26,6 +26,8 @@ pub type Conntrack<A> = LruHashMap<FlowKey<A>, Flow<A>, { size::CONNTRACK as usi
 pub type Affinity<A> = LruHashMap<AffinityKey<A>, AffinityV4, { size::AFFINITY as usize }>;
 /// (service, client prefix) → allowed, per family.
 pub type SourceRanges<A> = LpmTrie<SourceRange<A>, u8, { size::SOURCE_RANGES as usize }>;
+/// (ingress interface, destination) → next hop, per family.
+pub type NextHops<A> = LruHashMap<HopKey<A>, NextHop, { size::NEXT_HOPS as usize }>;
 /// (socket, backend) → service address, per family.
 pub type SockRevNat<A> = LruHashMap<SockRevKey<A>, SockRev<A>, { size::SOCK_REVNAT as usize }>;
 
@@ -135,6 +137,19 @@ pub static nat_config: Array<NatConfig, 1> = Array::new();
 /// The IPv6 SNAT address and port range (`lb_common::maps::NAT_CONFIG_V6`).
 #[btf_map]
 pub static nat_config_v6: Array<NatConfig<[u8; 16]>, 1> = Array::new();
+
+/// Next hops of forwarded packets, by (ingress interface, destination):
+/// written by the programs after a FIB lookup, used while their
+/// generation is `next_hop_gen[0]` (see `forward.rs`, `lb_common::hop`).
+#[btf_map]
+pub static next_hop_v4: NextHops<[u8; 4]> = LruHashMap::new();
+#[btf_map]
+pub static next_hop_v6: NextHops<[u8; 16]> = LruHashMap::new();
+
+/// The generation of routes and neighbours at index 0; the agent bumps it
+/// on every change it hears of from netlink.
+#[btf_map]
+pub static next_hop_gen: Array<u32, 1> = Array::new();
 
 /// Per-CPU, backend id → new flows refused for want of a free SNAT port.
 #[btf_map]

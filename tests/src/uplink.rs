@@ -74,6 +74,11 @@ impl Uplink {
         netns::enter(&f);
     }
 
+    /// Runs `ip args...` in the node's namespace (a route or neighbour change).
+    pub fn ip(&self, args: &[&str]) -> String {
+        self.node.ip(args)
+    }
+
     /// Runs `frame` through xdp_lb as if it arrived on this uplink.
     pub fn xdp(&self, lb: &Lb, frame: &[u8]) -> (u32, Vec<u8>) {
         run_frame_on(&lb.ebpf, "xdp_lb", frame, Some(self.ifindex)).expect("BPF_PROG_TEST_RUN")

@@ -137,3 +137,54 @@ fn host_network_backends_on_this_and_another_node_are_reached() {
         v
     }, "{t:?}");
 }
+
+/// XDP's cached next hops (`forward.rs`) follow the network: mid-run, the
+/// uplink of backend node 2 gets a new MAC (announced by gratuitous ARP),
+/// then node 1's route to node 2's pods moves to go via node 3. Node 1's
+/// agent hears both from netlink and bumps the cache's generation, so the
+/// live SNAT connections (pods on nodes 2 and 3) keep every answer and
+/// node 1 asks the FIB again only after each change.
+#[test]
+fn snat_flows_follow_a_backend_nodes_new_mac_and_a_moved_route() {
+    use xdplb_tests::cluster::pod_cidr;
+    let mut c = cluster();
+    let mut conns = connect(&c, 10);
+    let mut first = Vec::new();
+    let lookups = |c: &mut Cluster| {
+        let n = c.node_mut(1).maps().counters().unwrap();
+        (n[counter::FIB_LOOKUP as usize], n[counter::XDP_REDIRECTED as usize])
+    };
+    let steady = chat(&mut conns, &mut first, 3);
+    let (fib0, sent0) = lookups(&mut c);
+    // Node 2's uplink gets a new MAC and says so.
+    let new_mac = "02:00:00:00:02:99";
+    c.node(2).ns.sysctl(&format!("net.ipv4.conf.{}.arp_notify", xdplb_tests::cluster::UPLINK), "1");
+    c.node(2).ns.ip(&["link", "set", xdplb_tests::cluster::UPLINK, "address", new_mac]);
+    let node2 = node_addr(2).to_string();
+    assert!(
+        xdplb_tests::wait_for(Duration::from_secs(5), || c.node(1).ns.ip(&["neigh", "show", &node2]).contains(new_mac)),
+        "node 1 never learned node 2's new MAC: {}",
+        c.node(1).ns.ip(&["neigh", "show", &node2])
+    );
+    let after_mac = chat(&mut conns, &mut first, 3);
+    let (fib1, _) = lookups(&mut c);
+    // Node 2's pods are now reached through node 3 (which forwards).
+    c.node(1).ns.ip(&["route", "replace", &pod_cidr(2), "via", &node_addr(3).to_string()]);
+    let after_route = chat(&mut conns, &mut first, 3);
+    let (fib2, sent2) = lookups(&mut c);
+    let fresh = tcp_requests(&c.client, SocketAddr::from((node_addr(1), NODE_PORT)), 50);
+    println!(
+        "10 SNAT connections through node 1: steady {steady:?}, after node 2's MAC changed {after_mac:?}, after the route moved {after_route:?} (answers, failures); 50 new connections: {} ok, {} failed; node 1: {} packets forwarded by XDP with {} FIB lookups ({fib0} before the changes, {fib1} after the MAC change, {fib2} after the route move; {} forwarded before)",
+        fresh.ok(),
+        fresh.failed(),
+        sent2,
+        fib2,
+        sent0
+    );
+    for (what, got) in [("steady", steady), ("after the MAC change", after_mac), ("after the route move", after_route)] {
+        assert_eq!(got, (30, 0), "{what}\n{}", c.logs());
+    }
+    assert_eq!((fresh.ok(), fresh.failed()), (50, 0), "{}", c.logs());
+    assert!(fib1 > fib0 && fib2 > fib1, "each change made node 1 ask the FIB again: {fib0} -> {fib1} -> {fib2}");
+    assert!(fib2 * 4 < sent2, "most forwarded packets used a cached next hop: {fib2} lookups for {sent2} packets");
+}

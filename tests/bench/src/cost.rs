@@ -407,7 +407,29 @@ fn snat_uplink() -> Result<(xdplb_tests::netns::Netns, xdplb_tests::netns::Netns
 /// (XDP_PASS to the kernel) do not include. Runs on a thread of its own,
 /// inside the uplink's namespace.
 pub fn snat(progs: &mut BenchProgs, per: u32, opts: &Opts, report: &mut Report) -> Result<()> {
-    on_uplink("SNAT", |ifindex| snat_cases(progs, per, ifindex, opts, report))
+    on_uplink("SNAT", |ifindex| snat_cases(progs, per, ifindex, opts, report))?;
+    snat_ratios(report, per);
+    Ok(())
+}
+
+/// Issue #12's goal: SNAT within this factor of the plain path.
+const SNAT_GOAL: f64 = 1.2;
+
+/// Each SNAT figure over its plain counterpart measured in the same run
+/// (1 service, `per` backends; the reply against the tc reply, where a
+/// plain flow's reply is un-DNATed), beside the goal; nothing when either
+/// was not measured (`--configs`, `XDPLB_BENCH_CASES`).
+fn snat_ratios(report: &mut Report, per: u32) {
+    for (snat, plain) in [("xdp_lb/snat_established", "xdp_lb/established"), ("xdp_lb/snat_new_flow", "xdp_lb/new_flow"), ("xdp_lb/snat_reply", "tc_egress/reply")] {
+        let find = |name: &str| {
+            report.figures.iter().find(|f| f.name == name && f.conditions["services"] == 1 && f.conditions["backends_per_service"] == per).map(|f| f.value)
+        };
+        if let (Some(s), Some(p)) = (find(snat), find(plain)) {
+            let name = format!("ratio/{}_over_{}", snat.trim_start_matches("xdp_lb/"), plain.replace('/', "_"));
+            let cnd = json!({"services": 1, "backends_per_service": per, "snat_ns": s, "plain_ns": p, "goal": SNAT_GOAL, "goal_met": s / p <= SNAT_GOAL});
+            report.add("prog_cost", &name, s / p, None, "x", cnd);
+        }
+    }
 }
 
 /// Runs `cases` (given the uplink's ifindex) on a thread of its own, pinned

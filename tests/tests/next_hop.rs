@@ -1,0 +1,177 @@
+//! XDP's next-hop cache (`lb-ebpf/src/forward.rs`, `lb_common::hop`): the
+//! packets XDP forwards itself (SNAT flows both ways, DSR, the redirect
+//! fast path) take their egress and MACs from `next_hop_v4` / `_v6` while
+//! the entry's generation is `next_hop_gen[0]`, and ask the FIB otherwise.
+//! Through BPF_PROG_TEST_RUN on the uplink of `uplink.rs` (real routes and
+//! neighbours in a namespace); every packet's output is compared whole.
+//! Needs root.
+use aya::maps::HashMap;
+use lb_common::{counter, maps, HopKey, NatConfig, NextHop, IPPROTO_TCP};
+use xdplb_tests::{
+    lb::{Lb, TEST_SIZES},
+    packet::{Frame, CLIENT_MAC, NODE_MAC, TCP_ACK, TCP_SYN},
+    packet6::Frame6,
+    services::{contents, program_v6, remote_v6, Svc, Svc6},
+    uplink::{ends, forwarded, from_node_b, mac, Uplink, CLIENT, CLIENT6, NODE, NODE6, NODE_B_MAC, POD_B, POD_B6, ROUTER, SNAT_PORT},
+};
+
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+/// A MAC no neighbour entry has: only the cache can put it on a frame.
+const PLANTED_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
+/// The router's MAC, for a route moved to it.
+const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+
+fn lb_v4() -> Lb {
+    let mut lb = Lb::load_sized(TEST_SIZES);
+    let svc = Svc::new(1, IPPROTO_TCP, lb_common::algorithm::RANDOM).frontend(NODE, 30080).remote_backend(1, POD_B, 8080);
+    lb.program(&contents(&[svc]));
+    lb.maps.set_nat_config(&NatConfig { addr: NODE.octets(), port_min: SNAT_PORT, port_max: SNAT_PORT }).expect("writing nat_config");
+    lb
+}
+
+fn hops<'a, A: lb_common::Addr>(lb: &'a mut Lb, name: &str) -> HashMap<&'a mut aya::maps::MapData, HopKey<A>, NextHop> {
+    HashMap::try_from(lb.ebpf.map_mut(name).expect("next-hop map")).expect("next-hop map type")
+}
+
+fn fib_lookups(lb: &Lb) -> u64 {
+    lb.counter(counter::FIB_LOOKUP)
+}
+
+/// The flow's packets: SYN, a data packet, the backend's reply (as node B sends it).
+fn flow() -> (Vec<u8>, Frame, Vec<u8>) {
+    let syn = Frame::tcp(CLIENT, 40000, NODE, 30080, TCP_SYN).bytes();
+    let ack = Frame::tcp(CLIENT, 40000, NODE, 30080, TCP_ACK).payload(b"data");
+    let reply = from_node_b(Frame::tcp(POD_B, 8080, NODE, SNAT_PORT, TCP_ACK)).bytes();
+    (syn, ack, reply)
+}
+
+/// `ack` as XDP sends it to the pod on node B, to `dmac`.
+fn ack_out(ack: &Frame, dmac: [u8; 6]) -> Vec<u8> {
+    forwarded(ends(ack.clone(), (NODE, SNAT_PORT), (POD_B, 8080)), dmac).bytes()
+}
+
+#[test]
+fn established_snat_packets_both_ways_ask_the_fib_once_per_destination() {
+    let up = Uplink::new();
+    up.enter();
+    let mut lb = lb_v4();
+    let (syn, ack, reply) = flow();
+    assert_eq!(up.xdp(&lb, &syn).0, XDP_TX);
+    assert_eq!(fib_lookups(&lb), 1, "the first packet to the pod asks the FIB");
+    for _ in 0..5 {
+        let (rc, out) = up.xdp(&lb, &ack.bytes());
+        assert_eq!((rc, out), (XDP_TX, ack_out(&ack, NODE_B_MAC)));
+    }
+    let reply_out = forwarded(ends(Frame::tcp(POD_B, 8080, NODE, SNAT_PORT, TCP_ACK), (NODE, 30080), (CLIENT, 40000)), CLIENT_MAC).bytes();
+    for _ in 0..5 {
+        let (rc, out) = up.xdp(&lb, &reply);
+        assert_eq!((rc, out), (XDP_TX, reply_out.clone()));
+    }
+    println!("SNAT flow, 1 SYN + 5 packets out + 5 replies: {} FIB lookups", fib_lookups(&lb));
+    assert_eq!(fib_lookups(&lb), 2, "one lookup per destination (pod, client); the other nine packets used the cache");
+    assert_eq!(lb.counter(counter::FORWARD_FALLBACK), 0);
+    let cached = hops::<[u8; 4]>(&mut lb, maps::NEXT_HOP_V4).get(&HopKey { ifindex: up.ifindex, dst: POD_B.octets() }, 0).expect("the pod's next hop is cached");
+    assert_eq!((cached.ifindex, cached.smac, cached.dmac, cached.mtu, cached.generation), (up.ifindex, NODE_MAC, NODE_B_MAC, 1500, 0), "the FIB's answer, at the current generation (no change yet)");
+}
+
+#[test]
+fn a_cached_next_hop_is_used_until_the_generation_moves() {
+    let up = Uplink::new();
+    up.enter();
+    let mut lb = lb_v4();
+    let (syn, ack, _) = flow();
+    assert_eq!(up.xdp(&lb, &syn).0, XDP_TX);
+    // A next hop planted in the cache at the current generation is what
+    // the next packet gets: the FIB is not asked.
+    let key = HopKey { ifindex: up.ifindex, dst: POD_B.octets() };
+    let mut planted = hops::<[u8; 4]>(&mut lb, maps::NEXT_HOP_V4).get(&key, 0).unwrap();
+    planted.dmac = PLANTED_MAC;
+    hops::<[u8; 4]>(&mut lb, maps::NEXT_HOP_V4).insert(key, planted, 0).unwrap();
+    assert_eq!(up.xdp(&lb, &ack.bytes()), (XDP_TX, ack_out(&ack, PLANTED_MAC)));
+    assert_eq!(fib_lookups(&lb), 1);
+    // A routing change (the agent bumps the generation): the FIB again.
+    let generation = lb.maps.bump_next_hop_gen().unwrap();
+    assert_eq!(up.xdp(&lb, &ack.bytes()), (XDP_TX, ack_out(&ack, NODE_B_MAC)));
+    assert_eq!(fib_lookups(&lb), 2);
+    let cached = hops::<[u8; 4]>(&mut lb, maps::NEXT_HOP_V4).get(&key, 0).unwrap();
+    assert_eq!((cached.dmac, cached.generation), (NODE_B_MAC, generation), "re-cached at the new generation");
+    // A missing entry (evicted) asks the FIB too.
+    hops::<[u8; 4]>(&mut lb, maps::NEXT_HOP_V4).remove(&key).unwrap();
+    assert_eq!(up.xdp(&lb, &ack.bytes()), (XDP_TX, ack_out(&ack, NODE_B_MAC)));
+    assert_eq!(fib_lookups(&lb), 3);
+}
+
+#[test]
+fn a_neighbour_or_route_change_reaches_the_wire_after_the_bump() {
+    let up = Uplink::new();
+    up.enter();
+    let mut lb = lb_v4();
+    let (syn, ack, _) = flow();
+    assert_eq!(up.xdp(&lb, &syn).0, XDP_TX);
+    // Node B's MAC changes (a new NIC, a failover).
+    let new_mac = [0x02, 0, 0, 0, 0, 0x33];
+    up.ip(&["neigh", "replace", "192.168.1.3", "lladdr", &mac(new_mac), "dev", "up0", "nud", "permanent"]);
+    lb.maps.bump_next_hop_gen().unwrap();
+    assert_eq!(up.xdp(&lb, &ack.bytes()), (XDP_TX, ack_out(&ack, new_mac)));
+    // The pod CIDR's route moves to another gateway.
+    up.ip(&["neigh", "replace", &ROUTER.to_string(), "lladdr", &mac(ROUTER_MAC), "dev", "up0", "nud", "permanent"]);
+    up.ip(&["route", "replace", "10.244.2.0/24", "via", &ROUTER.to_string()]);
+    lb.maps.bump_next_hop_gen().unwrap();
+    assert_eq!(up.xdp(&lb, &ack.bytes()), (XDP_TX, ack_out(&ack, ROUTER_MAC)));
+    // The route goes: the kernel gets the packet (rewritten), never an old MAC.
+    up.ip(&["route", "del", "10.244.2.0/24"]);
+    lb.maps.bump_next_hop_gen().unwrap();
+    let (rc, out) = up.xdp(&lb, &ack.bytes());
+    assert_eq!((rc, out), (XDP_PASS, ends(ack.clone(), (NODE, SNAT_PORT), (POD_B, 8080)).bytes()));
+    assert_eq!(lb.counter(counter::FORWARD_FALLBACK), 1);
+    assert_eq!(fib_lookups(&lb), 4, "one per generation");
+}
+
+#[test]
+fn a_packet_longer_than_the_cached_mtu_asks_the_fib() {
+    let up = Uplink::new();
+    up.enter();
+    let mut lb = lb_v4();
+    // Locked: forwarding ignores a route's MTU otherwise (ip_mtu_from_fib_result).
+    up.ip(&["route", "replace", "10.244.2.0/24", "via", "192.168.1.3", "mtu", "lock", "200"]);
+    let (syn, ack, _) = flow();
+    assert_eq!(up.xdp(&lb, &syn).0, XDP_TX);
+    let cached = hops::<[u8; 4]>(&mut lb, maps::NEXT_HOP_V4).get(&HopKey { ifindex: up.ifindex, dst: POD_B.octets() }, 0).unwrap();
+    assert_eq!(cached.mtu, 200, "the route's MTU");
+    assert_eq!(up.xdp(&lb, &ack.bytes()).0, XDP_TX);
+    assert_eq!(fib_lookups(&lb), 1);
+    // 300 bytes of IP: the FIB says "fragmentation needed", the kernel forwards or answers.
+    let big = Frame::tcp(CLIENT, 40000, NODE, 30080, TCP_ACK).payload(&[7; 260]);
+    let (rc, out) = up.xdp(&lb, &big.bytes());
+    assert_eq!((rc, out), (XDP_PASS, ends(big.clone(), (NODE, SNAT_PORT), (POD_B, 8080)).bytes()));
+    assert_eq!(fib_lookups(&lb), 2);
+    assert_eq!(lb.counter(counter::FORWARD_FALLBACK), 1);
+}
+
+#[test]
+fn ipv6_takes_the_same_path() {
+    let up = Uplink::new();
+    up.enter();
+    let mut lb = Lb::load();
+    program_v6(&mut lb.ebpf, &[Svc6 { id: 1, proto: IPPROTO_TCP, algorithm: lb_common::algorithm::RANDOM, frontends: vec![(NODE6, 30080)], backends: vec![(11, POD_B6, 8080)] }]);
+    remote_v6(&mut lb.ebpf, &[11]);
+    lb.maps.set_nat_config(&NatConfig { addr: NODE6.octets(), port_min: SNAT_PORT, port_max: SNAT_PORT }).unwrap();
+    let syn = Frame6::tcp(CLIENT6, 40000, NODE6, 30080, TCP_SYN).bytes();
+    let ack = Frame6::tcp(CLIENT6, 40000, NODE6, 30080, TCP_ACK).payload(b"data");
+    let out = |dmac| forwarded(ack.clone().with_src(NODE6, SNAT_PORT).with_dst(POD_B6, 8080), dmac).bytes();
+    assert_eq!(up.xdp(&lb, &syn).0, XDP_TX);
+    for _ in 0..3 {
+        assert_eq!(up.xdp(&lb, &ack.bytes()), (XDP_TX, out(NODE_B_MAC)));
+    }
+    assert_eq!(fib_lookups(&lb), 1);
+    let key = HopKey { ifindex: up.ifindex, dst: POD_B6.octets() };
+    let mut planted = hops::<[u8; 16]>(&mut lb, maps::NEXT_HOP_V6).get(&key, 0).expect("the pod's next hop is cached");
+    assert_eq!((planted.dmac, planted.mtu), (NODE_B_MAC, 1500));
+    planted.dmac = PLANTED_MAC;
+    hops::<[u8; 16]>(&mut lb, maps::NEXT_HOP_V6).insert(key, planted, 0).unwrap();
+    assert_eq!(up.xdp(&lb, &ack.bytes()), (XDP_TX, out(PLANTED_MAC)));
+    lb.maps.bump_next_hop_gen().unwrap();
+    assert_eq!(up.xdp(&lb, &ack.bytes()), (XDP_TX, out(NODE_B_MAC)));
+    assert_eq!(fib_lookups(&lb), 2);
+}
