@@ -45,10 +45,15 @@ pub fn run<F: Carrier>(ctx: &XdpContext) -> u32 {
     if F::OWN_PROGRAM && !handed_over && F::marked(ctx) {
         return finish(ctx, dsr_program(ctx));
     }
-    let verdict = match try_run::<F>(ctx) {
+    finish(ctx, either(try_run::<F>(ctx)))
+}
+
+/// The verdict of a `try_*` step, whichever way it came.
+#[inline(always)]
+fn either(r: Result<Verdict, Verdict>) -> Verdict {
+    match r {
         Ok(v) | Err(v) => v,
-    };
-    finish(ctx, verdict)
+    }
 }
 
 /// Counts `verdict`'s outcome and returns its XDP action.
@@ -158,10 +163,7 @@ const NAT_STAGE: u32 = 1;
 /// `xdp_sctp_v6_nat`: the rewrite `xdp_sctp_v6` decided, done (`stage.rs`).
 #[inline(always)]
 pub fn run_nat<F: Carrier>(ctx: &XdpContext) -> u32 {
-    let verdict = match try_nat::<F>(ctx) {
-        Ok(v) | Err(v) => v,
-    };
-    finish(ctx, verdict)
+    finish(ctx, either(try_nat::<F>(ctx)))
 }
 
 #[inline(always)]
@@ -224,10 +226,7 @@ fn sctp_program(ctx: &XdpContext) -> Verdict {
 /// to send (its flow, just found or made by `run`, in conntrack).
 #[inline(always)]
 pub fn run_dsr<F: Carrier>(ctx: &XdpContext) -> u32 {
-    let verdict = match try_dsr::<F>(ctx) {
-        Ok(v) | Err(v) => v,
-    };
-    finish(ctx, verdict)
+    finish(ctx, either(try_dsr::<F>(ctx)))
 }
 
 #[inline(always)]

@@ -377,6 +377,9 @@ fn main() {
         let (tc_ok, tc) = &forced["tc attach"];
         assert!(!ok && !tc_ok && tc.contains("no TCX") && tc.contains("--tc-attach auto"), "{tc}");
     }
+    // The node's IPv6 address too (the harness names its IPv4 one): IPv6
+    // NodePorts are served on it.
+    let node6 = NODE_ADDR6.to_string();
     let mut args = vec!["--pod-iface", POD_IFACE, SOCKET_LB];
     args.extend_from_slice(SIZES);
     let objects = objects_dir(&[0, 1]);
@@ -384,8 +387,7 @@ fn main() {
     write(&objects, "diameter.yaml", &sctp::service_yaml(DIAMETER_IP.into(), port, node_port, target, &[backend_addr(0).into(), backend_addr(1).into()]));
     let (port6, node_port6, target6) = DIAMETER6;
     write(&objects, "diameter6.yaml", &sctp::service_yaml(DIAMETER6_IP.into(), port6, node_port6, target6, &[backend_addr6(0).into(), backend_addr6(1).into()]));
-    // The Node with its IPv6 address too: IPv6 NodePorts are served on it.
-    write(&objects, "node.yaml", &format!("{}  - type: InternalIP\n    address: {NODE_ADDR6}\n", xdplb_tests::agent::NODE));
+    args.extend(["--node-address", &node6]);
     let mut agent = Agent::start_with(&t.node, &objects, &args);
     let dp = agent.maps();
     assert!(wait_for(WAIT, || programmed(&dp).is_some_and(|(n, _)| n == 2)), "not programmed:\n{}", agent.log());
