@@ -70,13 +70,13 @@ pub fn parse<const L4: u8>(data: usize, end: usize, frame_len: usize) -> Result<
     let ip_end = ETH_LEN + IP6_LEN + plen;
     let (l4, next) = walk(data, end, ETH_LEN + IP6_LEN, next, ip_end)?;
     let only_sctp = L4 == l4::SCTP_ONLY;
+    // TCP and UDP tested first, as before SCTP came to XDP: the common path.
     let min_l4 = match next {
+        IPPROTO_TCP if !only_sctp => 20,
+        IPPROTO_UDP if !only_sctp => 8,
         IPPROTO_SCTP if L4 == l4::NO_SCTP => return Err(Verdict::Pass(counter::PASS_SCTP6_PROGRAM)),
         IPPROTO_SCTP => sctp::COMMON_LEN + sctp::CHUNK_HDR_LEN,
-        _ if only_sctp => return Err(Verdict::Pass(counter::PASS_OTHER_L4)),
-        IPPROTO_TCP => 20,
-        IPPROTO_UDP => 8,
-        IPPROTO_ICMPV6 => {
+        IPPROTO_ICMPV6 if !only_sctp => {
             // Router and neighbour discovery: untouched, whatever follows.
             if l4 + 2 <= ip_end {
                 // Type and code: two bytes, as LLVM turns a one-byte bounds
