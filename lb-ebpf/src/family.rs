@@ -120,16 +120,9 @@ macro_rules! family_maps {
     };
 }
 
-/// Which transport protocols an instance balances (`Family::L4`).
-pub mod l4 {
-    /// TCP, UDP and SCTP (and ICMP errors): IPv4, IPv6 at tc and sockets.
-    pub const ALL: u8 = 0;
-    /// All but SCTP, which the parser hands over
-    /// (`counter::PASS_SCTP6_PROGRAM`): `xdp_lb_v6`.
-    pub const NO_SCTP: u8 = 1;
-    /// SCTP alone (anything else is passed): `xdp_sctp_v6`.
-    pub const SCTP_ONLY: u8 = 2;
-}
+/// Which transport protocols an instance balances (`Family::L4`): what
+/// its parser yields.
+pub use crate::parse6::l4;
 
 /// IPv4.
 pub struct V4;

@@ -23,7 +23,6 @@ use lb_ebpf::sctp;
 use network_types::ip::Ipv6Hdr;
 
 use crate::{
-    family::l4,
     parse::{ethertype, ports, ptr_at, Packet, ETH_LEN, ETH_P_IPV6},
     verdict::{Verdict, MALFORMED},
 };
@@ -40,6 +39,18 @@ const IPPROTO_HOPOPTS: u8 = 0;
 const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_DSTOPTS: u8 = 60;
+
+/// Which transport protocols an instance balances (`family::Family::L4`),
+/// so which ones its parser yields.
+pub mod l4 {
+    /// TCP, UDP and SCTP (and ICMP errors): IPv4, IPv6 at tc and sockets.
+    pub const ALL: u8 = 0;
+    /// All but SCTP, which the parser hands over
+    /// (`counter::PASS_SCTP6_PROGRAM`): `xdp_lb_v6`.
+    pub const NO_SCTP: u8 = 1;
+    /// SCTP alone (anything else is passed): `xdp_sctp_v6`.
+    pub const SCTP_ONLY: u8 = 2;
+}
 
 /// Extension headers walked before a chain counts as too long (every
 /// header kind doubles the paths the verifier explores after the walk).
