@@ -266,9 +266,6 @@ const SOCK_REFUSED: &str = "connect() refused (ECONNREFUSED; EPERM on kernels be
 /// is refused (lb-ebpf node_sctp.rs).
 const NODE_SCTP_HOOK: &str = "tc egress of the uplink (no socket program runs for SCTP)";
 const NODE_SCTP_REFUSED: &str = "the node's INIT answered with an ABORT: connect() refused (ECONNREFUSED); SCTP is not balanced for node sockets";
-/// Why an IPv6 SCTP packet from outside is left to the stack (lb-ebpf
-/// `family::V6Of`: `xdp_lb_v6` is built without SCTP).
-const XDP_V6_SCTP_PASSED: &str = "IPv6 SCTP is balanced at tc (from pods) only: XDP passes it to the stack";
 
 /// Why a packet could not be explained.
 #[derive(Debug, thiserror::Error)]
@@ -328,10 +325,6 @@ pub fn explain<A: Family>(q: &Query, s: &Snapshot<A>, names: &crate::ops::names:
     if q.origin == Origin::Node && q.proto == IPPROTO_SCTP && (lookup_service(q, &s.contents).is_some() || unserved(q, &s.contents).is_some()) {
         e.hook = NODE_SCTP_HOOK;
         e.verdict = Verdict { action: Action::Reject, backend: None, snat: None, reason: NODE_SCTP_REFUSED.into() };
-        return e;
-    }
-    if q.origin == Origin::External && q.proto == IPPROTO_SCTP && A::FAMILY == IpFamily::IPv6 {
-        e.verdict.reason = XDP_V6_SCTP_PASSED.into();
         return e;
     }
     let Some(svc) = lookup_service(q, &s.contents) else {
@@ -879,10 +872,10 @@ mod tests {
         assert!(e.verdict.reason.contains("DSR") && e.verdict.reason.contains("IPv6 destination options"), "{}", e.verdict.reason);
     }
 
-    /// IPv6 SCTP: balanced from pods (tc), refused for the node (the IPv6
-    /// ABORT), passed from outside (XDP), as lb-ebpf does.
+    /// IPv6 SCTP: balanced from pods (tc) and from outside (XDP), refused
+    /// for the node (the IPv6 ABORT), as lb-ebpf does.
     #[test]
-    fn ipv6_sctp_is_balanced_from_pods_refused_for_the_node_and_passed_from_outside() {
+    fn ipv6_sctp_is_balanced_from_pods_and_outside_and_refused_for_the_node() {
         let mut c = MapContents::<Addr6>::default();
         let a = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
         let key = ServiceKeyV6 { addr: a("fd00:96::30"), port: 3868u16.to_be_bytes(), proto: IPPROTO_SCTP, scope: 0 };
@@ -895,8 +888,9 @@ mod tests {
         assert_eq!((pod.verdict.action, pod.verdict.backend.map(|b| b.to_string())), (Action::Dnat, Some("[fd00:244::7]:3869".into())));
         let node = run(Origin::Node, "[2001:db8:1::1]:40000");
         assert_eq!((node.verdict.action, node.hook, node.verdict.reason.as_str()), (Action::Reject, NODE_SCTP_HOOK, NODE_SCTP_REFUSED));
+        // From outside: balanced at XDP (xdp_lb_v6 hands SCTP to xdp_sctp_v6).
         let outside = run(Origin::External, "[2001:db8:1::2]:5000");
-        assert_eq!((outside.verdict.action, outside.verdict.reason.as_str()), (Action::Pass, XDP_V6_SCTP_PASSED));
+        assert_eq!((outside.verdict.action, outside.verdict.backend.map(|b| b.to_string())), (Action::Dnat, Some("[fd00:244::7]:3869".into())));
     }
 
     #[test]

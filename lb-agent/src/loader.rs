@@ -144,7 +144,9 @@ pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf, Error> {
         loader.map_max_entries(name, migrate::expected(name, sizes).max_entries);
     }
     let mut ebpf = loader.load(BYTECODE).map_err(Error::Object)?;
-    let mut names = vec![programs::XDP_LB, programs::XDP_LB_V6, programs::XDP_DSR_V6, programs::TC_INGRESS, programs::TC_EGRESS];
+    let mut names = vec![programs::XDP_LB];
+    names.extend(programs::XDP_TAIL.iter().map(|(name, _, _)| *name));
+    names.extend([programs::TC_INGRESS, programs::TC_EGRESS]);
     names.extend(programs::TC_V6.iter().map(|(name, _)| *name));
     names.extend(programs::SOCK);
     load_programs(&mut ebpf, &names)?;
@@ -230,7 +232,7 @@ pub fn set_retval_supported() -> bool {
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 18, 0))
 }
 
-/// Loads the hooks' IPv6 instances (and IPv6 DSR's program) and puts each
+/// Loads the hooks' IPv6 instances (and IPv6 DSR's and SCTP's XDP programs) and puts each
 /// in the program array that tail-calls it (the array may be a pinned one of
 /// the previous agent: its entry is replaced, so IPv6 runs the new code).
 fn load_v6(ebpf: &mut Ebpf) -> Result<(), Error> {
@@ -238,19 +240,19 @@ fn load_v6(ebpf: &mut Ebpf) -> Result<(), Error> {
     let array_err = |array| move |source| Error::FamilyArray { array, source };
     let dup = |program: &'static str| move |source: std::io::Error| Error::program_load(program, aya::programs::ProgramError::from(source));
     // Loaded by `load_programs`.
-    let xdp: &mut Xdp = program(ebpf, programs::XDP_LB_V6)?;
-    let xdp_fd = xdp.fd().map_err(verifier(programs::XDP_LB_V6))?.try_clone().map_err(dup(programs::XDP_LB_V6))?;
-    let mut fds = vec![(maps::FAMILY_XDP, xdp_fd)];
-    let dsr: &mut Xdp = program(ebpf, programs::XDP_DSR_V6)?;
-    fds.push((maps::DSR_XDP, dsr.fd().map_err(verifier(programs::XDP_DSR_V6))?.try_clone().map_err(dup(programs::XDP_DSR_V6))?));
+    let mut fds = Vec::new();
+    for &(name, array, index) in programs::XDP_TAIL {
+        let p: &mut Xdp = program(ebpf, name)?;
+        fds.push((array, index, p.fd().map_err(verifier(name))?.try_clone().map_err(dup(name))?));
+    }
     for &(name, array) in programs::TC_V6 {
         let p: &mut SchedClassifier = program(ebpf, name)?;
-        fds.push((array, p.fd().map_err(verifier(name))?.try_clone().map_err(dup(name))?));
+        fds.push((array, 0, p.fd().map_err(verifier(name))?.try_clone().map_err(dup(name))?));
     }
-    for (array, fd) in fds {
+    for (array, index, fd) in fds {
         let map = ebpf.map_mut(array).ok_or(Error::FamilyArrayMissing { array })?;
         let mut progs = ProgramArray::try_from(map).map_err(array_err(array))?;
-        progs.set(0, &fd, 0).map_err(array_err(array))?;
+        progs.set(index, &fd, 0).map_err(array_err(array))?;
     }
     Ok(())
 }

@@ -131,6 +131,8 @@ pub fn expected(name: &str, s: MapSizes) -> Spec {
         maps::SOCK_REVNAT_V6 => spec(MapType::LruHash, size::<SockRevKeyV6>(), size::<SockRevV6>(), s.sockets_v6),
         // Index 0: the hook's IPv6 instance, tail-called (program fds).
         maps::FAMILY_XDP | maps::FAMILY_TC_INGRESS | maps::FAMILY_TC_EGRESS | maps::DSR_XDP => spec(MapType::ProgramArray, 4, 4, 1),
+        // Index 0: `xdp_sctp_v6`; 1: its rewrite stage.
+        maps::SCTP_XDP => spec(MapType::ProgramArray, 4, 4, 2),
         other => unreachable!("map {other} missing from migrate::expected"),
     }
 }

@@ -94,6 +94,12 @@ pub const FAMILY_TC_EGRESS: &str = "family_tc_egress";
 /// DSR packets, sent and received: the IPv6 XDP program has no room left
 /// under the verifier's limit. Filled and pinned as the arrays above.
 pub const DSR_XDP: &str = "dsr_xdp";
+/// Program array that `xdp_lb_v6` tail-calls for SCTP (index 0:
+/// `xdp_sctp_v6`), which tail-calls its rewrite stage (index 1:
+/// `xdp_sctp_v6_nat`): with SCTP in it, the IPv6 XDP program is past the
+/// verifier's limit, and so is one program for IPv6 SCTP alone. Filled and
+/// pinned as the arrays above.
+pub const SCTP_XDP: &str = "sctp_xdp";
 
 /// Every map the programs own, in the order the agent pins and checks them.
 pub const ALL: &[&str] = &[
@@ -130,6 +136,7 @@ pub const ALL: &[&str] = &[
     FAMILY_TC_INGRESS,
     FAMILY_TC_EGRESS,
     DSR_XDP,
+    SCTP_XDP,
 ];
 
 /// Default sizes; the agent can override each at load time.
@@ -192,6 +199,18 @@ pub mod programs {
     /// IPv6 DSR (sending and receiving), tail-called by `xdp_lb_v6` (see
     /// [`super::DSR_XDP`]); loaded, never attached.
     pub const XDP_DSR_V6: &str = "xdp_dsr_v6";
+    /// IPv6 SCTP at XDP, tail-called by `xdp_lb_v6` (see
+    /// [`super::SCTP_XDP`]); loaded, never attached.
+    pub const XDP_SCTP_V6: &str = "xdp_sctp_v6";
+    pub const XDP_SCTP_V6_NAT: &str = "xdp_sctp_v6_nat";
+    /// The XDP programs that are tail-called, each with its program array
+    /// and index there.
+    pub const XDP_TAIL: &[(&str, &str, u32)] = &[
+        (XDP_LB_V6, super::FAMILY_XDP, 0),
+        (XDP_DSR_V6, super::DSR_XDP, 0),
+        (XDP_SCTP_V6, super::SCTP_XDP, 0),
+        (XDP_SCTP_V6_NAT, super::SCTP_XDP, 1),
+    ];
     /// The tc IPv6 instances, each with the program array its hook
     /// tail-calls.
     pub const TC_V6: &[(&str, &str)] = &[(TC_INGRESS_V6, super::FAMILY_TC_INGRESS), (TC_EGRESS_V6, super::FAMILY_TC_EGRESS)];

@@ -96,6 +96,8 @@ counters! {
     IPV6 = 41, "ipv6_packets", "Event: an IPv6 packet (counted on top of its outcome).";
     DROP_DSR_PROGRAM = 42, "drop_dsr_program_missing", "Dropped: an IPv6 DSR packet (to send or received) whose program (xdp_dsr_v6, tail-called) is not loaded; the agent loads it with the others.";
     PASS_ICMP6_QUOTE = 43, "pass_icmpv6_error_quote_unwalkable", "Passed: an ICMPv6 error (destination unreachable, packet too big, time exceeded) whose quoted packet's extension headers could not be walked (more than 4, cut short by the quote, or a fragment other than an atomic one), untranslated.";
+    PASS_SCTP6_PROGRAM = 44, "pass_sctp6_program_missing", "Passed: an IPv6 SCTP packet at XDP whose program (xdp_sctp_v6, tail-called by xdp_lb_v6) is not loaded; the agent loads it with the others.";
+    DROP_SCTP6_PROGRAM = 45, "drop_sctp6_nat_program_missing", "Dropped: an IPv6 SCTP packet balanced at XDP whose rewrite program (xdp_sctp_v6_nat, tail-called by xdp_sctp_v6) is not loaded; the agent loads it with the others.";
     FIB_LOOKUP = 47, "fib_lookup", "Event: XDP asked the FIB for a forwarded packet's next hop (none cached for its destination, the cached one stale after a route or neighbour change, or shorter than the packet's MTU needs); every other forwarded packet used the cached next hop.";
     SOCK_MAPPED = 56, "sock_v4_mapped", "Event: a dual-stack (AF_INET6) node socket's connect() or sendmsg() to an IPv4-mapped address (::ffff:a.b.c.d) was looked up in the IPv4 services (counted on top of sock_balanced or sock_no_backend when it is one).";
     SCTP_NODE_ABORTED = 57, "sctp_node_init_aborted", "Answered (tc egress): an SCTP INIT from the node's own socket to a service address (the socket programs never see SCTP) got an ABORT back, so its connect() fails with ECONNREFUSED.";
@@ -121,6 +123,8 @@ pub const LATE_OUTCOMES: &[u32] = &[
     counter::SCTP_NODE_ABORTED,
     counter::DROP_DSR_PROGRAM,
     counter::PASS_ICMP6_QUOTE,
+    counter::PASS_SCTP6_PROGRAM,
+    counter::DROP_SCTP6_PROGRAM,
 ];
 
 /// Whether counter `idx` is an outcome (every packet bumps exactly one).

@@ -77,7 +77,7 @@ impl<A> Rewrite<A> {
 
 impl<A: Addr> Rewrite<A> {
     #[inline(always)]
-    fn of(addr: A, port: [u8; 2], e: &Flow<A>) -> Self {
+    pub fn of(addr: A, port: [u8; 2], e: &Flow<A>) -> Self {
         Self {
             addr,
             port,

@@ -299,7 +299,7 @@ const EXT6_HDRLEN: u8 = (EXT6_LEN / 8 - 1) as u8;
 
 /// IPv6: a destination options header right behind the fixed header (no
 /// checksum covers it: the L4 pseudo header holds the addresses only).
-impl<const SCTP: bool> Carrier for V6Of<SCTP> {
+impl<const L4: u8> Carrier for V6Of<L4> {
     const LEN: usize = EXT6_LEN;
     const OWN_PROGRAM: bool = true;
 

@@ -14,7 +14,7 @@
 use aya_ebpf::{bindings::bpf_fib_lookup, programs::TcContext};
 use aya_log_ebpf::macro_support::{Argument, IpFormatter};
 use aya_ebpf::btf_maps::{Array, PerCpuArray};
-use lb_common::{counter, Flow, FlowKey, NatConfig, HAIRPIN_ADDR_V4, HAIRPIN_ADDR_V6};
+use lb_common::{counter, Flow, FlowKey, NatConfig, HAIRPIN_ADDR_V4, HAIRPIN_ADDR_V6, IPPROTO_SCTP};
 pub use lb_ebpf::ip::same;
 use lb_ebpf::ip::Ip;
 
@@ -46,10 +46,10 @@ pub trait Family: 'static {
     fn hairpin() -> Self::Addr;
     /// `AF_INET` / `AF_INET6`, for the FIB lookup.
     const AF: u8;
-    /// Whether the instance's parser yields SCTP packets, so its CRC code
-    /// is built in: IPv4's and IPv6's tc instances; IPv6's XDP instance
-    /// passes SCTP as another protocol (see [`V6Of`]).
-    const SCTP: bool;
+    /// Which transport protocols the instance's parser yields ([`l4`]).
+    const L4: u8;
+    /// Whether it yields SCTP packets, so its CRC code is built in.
+    const SCTP: bool = Self::L4 != l4::NO_SCTP;
     /// Whether the rarer conntrack steps (restoring a flow's other half,
     /// confirming it) run as calls of their own, each with its own frame:
     /// IPv6's keys and flows are too large to share one frame with the rest.
@@ -138,18 +138,23 @@ macro_rules! family_maps {
     };
 }
 
+/// Which transport protocols an instance balances (`Family::L4`): what
+/// its parser yields.
+pub use crate::parse6::l4;
+
 /// IPv4.
 pub struct V4;
-/// IPv6, balancing SCTP or not. `xdp_lb_v6` is built without: with SCTP
-/// its verifier walk passed 1M instructions (measured on 6.18: 417,549
-/// without; a program of its own for IPv6 SCTP was over 1M as well, as is
-/// one for IPv6 TCP alone: the mixed program's walk is cheap because one
-/// protocol's states prune another's). The tc instances have room.
-pub struct V6Of<const SCTP: bool>;
+/// IPv6, over the protocols of `L4` ([`l4`]). IPv6 at XDP takes two
+/// programs: with SCTP in it, `xdp_lb_v6`'s verifier walk passed 1M
+/// instructions (417,549 without, on 6.18), so SCTP is tail-called to a
+/// program of its own. The tc instances have room for all.
+pub struct V6Of<const L4: u8>;
 /// IPv6: tc and the socket programs.
-pub type V6 = V6Of<true>;
+pub type V6 = V6Of<{ l4::ALL }>;
 /// IPv6 without SCTP: `xdp_lb_v6`.
-pub type V6NoSctp = V6Of<false>;
+pub type V6NoSctp = V6Of<{ l4::NO_SCTP }>;
+/// IPv6 SCTP: `xdp_sctp_v6`.
+pub type V6Sctp = V6Of<{ l4::SCTP_ONLY }>;
 
 impl Family for V4 {
     type Addr = [u8; 4];
@@ -160,7 +165,7 @@ impl Family for V4 {
     const TTL: usize = 8;
     const HEADERS_MAX: u32 = 14 + 60 + 20;
     const AF: u8 = 2;
-    const SCTP: bool = true;
+    const L4: u8 = l4::ALL;
     const SPLIT: bool = false;
     const UDP_CHECKSUM_REQUIRED: bool = false;
     const ETHERTYPE: [u8; 2] = parse::ETH_P_IP;
@@ -226,7 +231,7 @@ impl Family for V4 {
     }
 }
 
-impl<const SCTP: bool> Family for V6Of<SCTP> {
+impl<const L4: u8> Family for V6Of<L4> {
     type Addr = [u8; 16];
     const IP_HDR: usize = IP6_LEN;
     const IP_SRC: usize = IP6_SRC;
@@ -236,7 +241,7 @@ impl<const SCTP: bool> Family for V6Of<SCTP> {
     /// Extension headers beyond what this makes linear are malformed at tc.
     const HEADERS_MAX: u32 = 14 + 40 + 128 + 20;
     const AF: u8 = 10;
-    const SCTP: bool = SCTP;
+    const L4: u8 = L4;
     const SPLIT: bool = true;
     const UDP_CHECKSUM_REQUIRED: bool = true;
     const ETHERTYPE: [u8; 2] = parse::ETH_P_IPV6;
@@ -271,8 +276,14 @@ impl<const SCTP: bool> Family for V6Of<SCTP> {
         let mut p = unsafe { core::mem::transmute::<[u64; 6], Packet<[u8; 16]>>([zero; 6]) };
         // The parser's verdicts are passes, except malformed and UDP
         // without checksum (drops).
-        match parse6_call::<SCTP>(data, end, frame_len, &mut p) {
-            0 => Ok(p),
+        match parse6_call::<L4>(data, end, frame_len, &mut p) {
+            0 => {
+                // A constant LLVM sees: the other protocols' code goes.
+                if L4 == l4::SCTP_ONLY {
+                    p.proto = IPPROTO_SCTP;
+                }
+                Ok(p)
+            }
             r if r == counter::DROP_MALFORMED || r == counter::DROP_UDP6_NO_CHECKSUM => Err(Verdict::Drop(r)),
             r => Err(Verdict::Pass(r)),
         }
@@ -320,8 +331,8 @@ impl<const SCTP: bool> Family for V6Of<SCTP> {
 /// The packet goes to `out`; returns 0, or the verdict's reason (see
 /// `conntrack::create_call` on why not the `Result`).
 #[inline(never)]
-fn parse6_call<const SCTP: bool>(data: usize, end: usize, frame_len: usize, out: &mut Packet<[u8; 16]>) -> u32 {
-    match parse6::parse::<SCTP>(data, end, frame_len) {
+fn parse6_call<const L4: u8>(data: usize, end: usize, frame_len: usize, out: &mut Packet<[u8; 16]>) -> u32 {
+    match parse6::parse::<L4>(data, end, frame_len) {
         Ok(p) => {
             *out = p;
             0

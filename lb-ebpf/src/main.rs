@@ -36,6 +36,7 @@ mod sctp_nat;
 mod select;
 mod service;
 mod sock;
+mod stage;
 mod stats;
 mod tc;
 mod unserved;
@@ -46,7 +47,7 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier, xdp},
     programs::{SockAddrContext, TcContext, XdpContext},
 };
-use family::{V4, V6NoSctp, V6};
+use family::{V4, V6NoSctp, V6Sctp, V6};
 use lb_common::counter;
 
 /// XDP on an uplink: balance packets to service addresses, pass the rest.
@@ -69,11 +70,23 @@ pub fn tc_egress(ctx: TcContext) -> i32 {
 }
 
 /// `xdp_lb` for IPv6 frames (tail-called; the same path, over IPv6, SCTP
-/// passed: see `family::V6Of`).
+/// handed to `xdp_sctp_v6`: see `family::V6Of`).
 #[xdp]
 pub fn xdp_lb_v6(ctx: XdpContext) -> u32 {
     stats::count(counter::IPV6);
     xdp::run::<V6NoSctp>(&ctx)
+}
+
+/// `xdp_lb_v6` for SCTP (tail-called; the same path, over IPv6 SCTP).
+#[xdp]
+pub fn xdp_sctp_v6(ctx: XdpContext) -> u32 {
+    xdp::run::<V6Sctp>(&ctx)
+}
+
+/// `xdp_sctp_v6`'s rewrite and forwarding (tail-called, see `stage.rs`).
+#[xdp]
+pub fn xdp_sctp_v6_nat(ctx: XdpContext) -> u32 {
+    xdp::run_nat::<V6Sctp>(&ctx)
 }
 
 /// IPv6 DSR, sent and received (tail-called by `xdp_lb_v6`, see `xdp::run_dsr`).

@@ -173,3 +173,7 @@ pub static family_tc_egress: ProgramArray = ProgramArray::with_max_entries(1, 0)
 /// `xdp_dsr_v6`, tail-called by `xdp_lb_v6` for DSR packets (index 0).
 #[map]
 pub static dsr_xdp: ProgramArray = ProgramArray::with_max_entries(1, 0);
+/// `xdp_sctp_v6`, tail-called by `xdp_lb_v6` for SCTP (index 0), and its
+/// rewrite stage `xdp_sctp_v6_nat` (index 1).
+#[map]
+pub static sctp_xdp: ProgramArray = ProgramArray::with_max_entries(2, 0);

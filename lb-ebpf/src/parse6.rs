@@ -1,7 +1,8 @@
 //! IPv6 header parsing: Ethernet → IPv6 → extension headers → TCP/UDP
-//! (or ICMPv6), and SCTP for the instances that balance it (`SCTP`: tc's,
-//! not XDP's, see `family::V6Of`), with the same rules as `parse.rs` (which
-//! checks the L4 header for both families).
+//! (or ICMPv6) and SCTP, as far as the instance balances them (`L4`, see
+//! `family::l4`: `xdp_lb_v6` hands SCTP to `xdp_sctp_v6`, which takes
+//! nothing else), with the same rules as `parse.rs` (which checks the L4
+//! header for both families).
 //!
 //! Extension headers (hop-by-hop, routing, destination options, fragment)
 //! are walked to the transport header, at most [`EXT_MAX`] of them (a
@@ -39,6 +40,18 @@ const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_DSTOPTS: u8 = 60;
 
+/// Which transport protocols an instance balances (`family::Family::L4`),
+/// so which ones its parser yields.
+pub mod l4 {
+    /// TCP, UDP and SCTP (and ICMP errors): IPv4, IPv6 at tc and sockets.
+    pub const ALL: u8 = 0;
+    /// All but SCTP, which the parser hands over
+    /// (`counter::PASS_SCTP6_PROGRAM`): `xdp_lb_v6`.
+    pub const NO_SCTP: u8 = 1;
+    /// SCTP alone (anything else is passed): `xdp_sctp_v6`.
+    pub const SCTP_ONLY: u8 = 2;
+}
+
 /// Extension headers walked before a chain counts as too long (every
 /// header kind doubles the paths the verifier explores after the walk).
 pub const EXT_MAX: usize = 4;
@@ -47,10 +60,12 @@ pub const EXT_MAX: usize = 4;
 const NDP_FIRST: u8 = 133;
 const NDP_LAST: u8 = 137;
 
-/// Parses an IPv6 frame (see `parse::parse` for `data`, `end`, `frame_len`);
-/// SCTP packets too if `SCTP`, else they pass as another protocol.
+/// Parses an IPv6 frame (see `parse::parse` for `data`, `end`, `frame_len`)
+/// of the protocols `L4` names (`family::l4`); SCTP that is not this
+/// instance's is passed as `PASS_SCTP6_PROGRAM` (its program takes it),
+/// other protocols as `PASS_OTHER_L4`.
 #[inline(always)]
-pub fn parse<const SCTP: bool>(data: usize, end: usize, frame_len: usize) -> Result<Packet<[u8; 16]>, Verdict> {
+pub fn parse<const L4: u8>(data: usize, end: usize, frame_len: usize) -> Result<Packet<[u8; 16]>, Verdict> {
     ethertype(data, end, ETH_P_IPV6)?;
     // Version, traffic class and flow label; payload length; next header;
     // hop limit.
@@ -65,11 +80,14 @@ pub fn parse<const SCTP: bool>(data: usize, end: usize, frame_len: usize) -> Res
     // End of the IPv6 packet, from the start of the frame.
     let ip_end = ETH_LEN + IP6_LEN + plen;
     let (l4, next) = walk(data, end, ETH_LEN + IP6_LEN, next, ip_end)?;
+    let only_sctp = L4 == l4::SCTP_ONLY;
+    // TCP and UDP tested first, as before SCTP came to XDP: the common path.
     let min_l4 = match next {
-        IPPROTO_TCP => 20,
-        IPPROTO_UDP => 8,
-        IPPROTO_SCTP if SCTP => sctp::COMMON_LEN + sctp::CHUNK_HDR_LEN,
-        IPPROTO_ICMPV6 => {
+        IPPROTO_TCP if !only_sctp => 20,
+        IPPROTO_UDP if !only_sctp => 8,
+        IPPROTO_SCTP if L4 == l4::NO_SCTP => return Err(Verdict::Pass(counter::PASS_SCTP6_PROGRAM)),
+        IPPROTO_SCTP => sctp::COMMON_LEN + sctp::CHUNK_HDR_LEN,
+        IPPROTO_ICMPV6 if !only_sctp => {
             // Router and neighbour discovery: untouched, whatever follows.
             if l4 + 2 <= ip_end {
                 // Type and code: two bytes, as LLVM turns a one-byte bounds

@@ -6,15 +6,15 @@ use lb_common::counter;
 use lb_ebpf::ip::Ip;
 
 use crate::{
-    conntrack::{self, Origin},
+    conntrack::{self, Origin, Rewrite},
     dsr::{self, Carrier},
     events,
-    family::{Family, V4},
+    family::{l4, Family, V4},
     forward, icmp_error,
-    maps::{dsr_xdp, family_xdp},
+    maps::{dsr_xdp, family_xdp, sctp_xdp},
     nat::{self, Side},
     parse::{ptr_at, Packet, ETH_LEN, ETH_P_IPV6},
-    reset, service,
+    reset, service, stage,
     stats::count,
     verdict::Verdict,
 };
@@ -34,17 +34,26 @@ pub fn dispatch(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 pub fn run<F: Carrier>(ctx: &XdpContext) -> u32 {
-    count(counter::PACKETS);
+    // `xdp_sctp_v6` runs for a packet `xdp_lb_v6` counted and handed over.
+    let handed_over = F::L4 == l4::SCTP_ONLY;
+    if !handed_over {
+        count(counter::PACKETS);
+    }
     // A DSR packet for a backend of this node, recognised from its fixed
     // offsets before parsing: every path through the parser would verify
     // the test again, and the IPv6 program has no room left.
-    if F::OWN_PROGRAM && F::marked(ctx) {
+    if F::OWN_PROGRAM && !handed_over && F::marked(ctx) {
         return finish(ctx, dsr_program(ctx));
     }
-    let verdict = match try_run::<F>(ctx) {
+    finish(ctx, either(try_run::<F>(ctx)))
+}
+
+/// The verdict of a `try_*` step, whichever way it came.
+#[inline(always)]
+fn either(r: Result<Verdict, Verdict>) -> Verdict {
+    match r {
         Ok(v) | Err(v) => v,
-    };
-    finish(ctx, verdict)
+    }
 }
 
 /// Counts `verdict`'s outcome and returns its XDP action.
@@ -64,9 +73,15 @@ fn finish(ctx: &XdpContext, verdict: Verdict) -> u32 {
 
 #[inline(always)]
 fn try_run<F: Carrier>(ctx: &XdpContext) -> Result<Verdict, Verdict> {
-    let p = F::parse(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data())?;
+    let p = match F::parse(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data()) {
+        Ok(p) => p,
+        // SCTP of an instance without it: to its program (see `family::l4`).
+        Err(v) if !F::SCTP && v.reason() == counter::PASS_SCTP6_PROGRAM => return Err(sctp_program(ctx)),
+        Err(v) => return Err(v),
+    };
+    let only_sctp = F::L4 == l4::SCTP_ONLY;
     // ICMP errors of NATed flows (neighbour discovery was passed by the parser).
-    if p.proto == <F::Addr as Ip>::ICMP {
+    if !only_sctp && p.proto == <F::Addr as Ip>::ICMP {
         let (data, end) = (ctx.data(), ctx.data_end());
         return Ok(match icmp_error::translate::<F>(data, end, p.l4, p.ip_len) {
             how @ (icmp_error::UNTOUCHED | icmp_error::UNWALKABLE) => Verdict::Pass(icmp_error::untouched_reason(how)),
@@ -89,7 +104,7 @@ fn try_run<F: Carrier>(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     let balanced = match service::balance::<F>(&p, Origin::External) {
         Err(v) if v.reason() == counter::DROP_NO_BACKEND => {
             events::no_backend(ctx, &p);
-            if reset::wants_reset::<F>(&p, Origin::External) {
+            if !only_sctp && reset::wants_reset::<F>(&p, Origin::External) {
                 return reset::xdp::<F>(ctx, &p);
             }
             return Err(v);
@@ -103,19 +118,59 @@ fn try_run<F: Carrier>(ctx: &XdpContext) -> Result<Verdict, Verdict> {
             }
             return dsr::xdp_forward::<F>(ctx, &p, &rw);
         }
-        nat::xdp_rewrite::<F>(ctx, &p, Side::Dst, &rw)?;
-        return Ok(send::<F>(ctx, &p, rw.peer_addr, rw.addr, rw.snat(), counter::NAT_FORWARD));
+        return rewrite::<F>(ctx, &p, Side::Dst, &rw);
     }
     // The reply of a flow SNATed to a backend on another node comes back to
     // this node's address: rewrite it back to service → client, and send it
     // on (the client is on the uplink's side).
     if conntrack::maybe_snat_reply::<F>(&p) {
         if let Some(rw) = conntrack::reply::<F>(&p) {
-            nat::xdp_rewrite::<F>(ctx, &p, Side::Src, &rw)?;
-            return Ok(send::<F>(ctx, &p, rw.addr, rw.peer_addr, true, counter::NAT_REPLY));
+            return rewrite::<F>(ctx, &p, Side::Src, &rw);
         }
     }
     Ok(Verdict::Pass(counter::PASS_NOT_SERVICE))
+}
+
+/// Rewrites `side` of `p` to `rw` (`Dst`: DNAT to a backend; `Src`: the
+/// reply of a SNAT flow, back to service → client) and sends it on; in
+/// the next program for IPv6 SCTP (see `stage.rs`).
+#[inline(always)]
+fn rewrite<F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>, side: Side, rw: &Rewrite<F::Addr>) -> Result<Verdict, Verdict> {
+    if F::L4 == l4::SCTP_ONLY {
+        if !stage::put::<F>(side, rw) {
+            return Err(Verdict::Drop(counter::CT_INSERT_FAILED));
+        }
+        // SAFETY: a tail call to a program of the same type; returns only on failure.
+        unsafe { sctp_xdp.tail_call(ctx, NAT_STAGE) };
+        return Err(Verdict::Drop(counter::DROP_SCTP6_PROGRAM));
+    }
+    rewrite_here::<F>(ctx, p, side, rw)
+}
+
+#[inline(always)]
+fn rewrite_here<F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>, side: Side, rw: &Rewrite<F::Addr>) -> Result<Verdict, Verdict> {
+    nat::xdp_rewrite::<F>(ctx, p, side, rw)?;
+    Ok(match side {
+        Side::Dst => send::<F>(ctx, p, rw.peer_addr, rw.addr, rw.snat(), counter::NAT_FORWARD),
+        // Its source is a service address of this node: the kernel would drop it.
+        Side::Src => send::<F>(ctx, p, rw.addr, rw.peer_addr, true, counter::NAT_REPLY),
+    })
+}
+
+/// `sctp_xdp`'s index of `xdp_sctp_v6_nat` (`xdp_sctp_v6`'s is 0).
+const NAT_STAGE: u32 = 1;
+
+/// `xdp_sctp_v6_nat`: the rewrite `xdp_sctp_v6` decided, done (`stage.rs`).
+#[inline(always)]
+pub fn run_nat<F: Carrier>(ctx: &XdpContext) -> u32 {
+    finish(ctx, either(try_nat::<F>(ctx)))
+}
+
+#[inline(always)]
+fn try_nat<F: Carrier>(ctx: &XdpContext) -> Result<Verdict, Verdict> {
+    let p = F::parse(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data())?;
+    let (side, rw) = stage::take::<F>().ok_or(Verdict::Drop(counter::CT_INSERT_FAILED))?;
+    rewrite_here::<F>(ctx, &p, side, &rw)
 }
 
 /// The verdict for a rewritten packet from `src` to `dst`: forwarded by XDP
@@ -158,14 +213,20 @@ fn dsr_program(ctx: &XdpContext) -> Verdict {
     Verdict::Drop(counter::DROP_DSR_PROGRAM)
 }
 
+/// Tail-calls `xdp_sctp_v6` (see `family::l4`); returns only if it is not
+/// loaded: the packet is then passed, as IPv6 SCTP was before.
+#[inline(always)]
+fn sctp_program(ctx: &XdpContext) -> Verdict {
+    // SAFETY: a tail call to a program of the same type; returns only on failure.
+    unsafe { sctp_xdp.tail_call(ctx, 0) };
+    Verdict::Pass(counter::PASS_SCTP6_PROGRAM)
+}
+
 /// `xdp_dsr_v6`: a DSR packet `run` handed over, received (carrier on) or
 /// to send (its flow, just found or made by `run`, in conntrack).
 #[inline(always)]
 pub fn run_dsr<F: Carrier>(ctx: &XdpContext) -> u32 {
-    let verdict = match try_dsr::<F>(ctx) {
-        Ok(v) | Err(v) => v,
-    };
-    finish(ctx, verdict)
+    finish(ctx, either(try_dsr::<F>(ctx)))
 }
 
 #[inline(always)]

@@ -51,6 +51,8 @@ fn services_v6() -> Vec<Svc6> {
     vec![
         Svc6 { id: 6, proto: IPPROTO_TCP, algorithm: algorithm::MAGLEV, frontends: vec![(CLUSTER_IP6, 80)], backends: vec![(11, B1_6, 8080)] },
         Svc6 { id: 7, proto: IPPROTO_UDP, algorithm: algorithm::ROUND_ROBIN, frontends: vec![(DNS_IP6, 53)], backends: vec![(12, B2_6, 5353)] },
+        // sctp_v6.json's ClusterIP (a port change: CRC updates).
+        Svc6 { id: 8, proto: IPPROTO_SCTP, algorithm: algorithm::ROUND_ROBIN, frontends: vec![(CLUSTER_IP6, 3868)], backends: vec![(13, B1_6, 3869)] },
     ]
 }
 
@@ -61,7 +63,7 @@ enum Class {
     Malformed,
     /// Not for balancing (VLAN, not IPv4, fragment, other L4): passed unchanged.
     Other,
-    /// A well-formed IPv4 TCP/UDP/SCTP or IPv6 TCP/UDP packet: may be balanced.
+    /// A well-formed TCP/UDP/SCTP packet of either family: may be balanced.
     Valid,
     /// UDP over IPv6 with checksum 0: dropped (XDP) or passed (tc) unchanged,
     /// no state, counted apart from malformed.
@@ -69,15 +71,13 @@ enum Class {
 }
 
 /// The rules of `parse.rs`, written independently.
-/// `sctp6`: whether the program parses SCTP over IPv6 (the tc programs do;
-/// `xdp_lb_v6` passes it, see README Limits).
-fn classify(f: &[u8], sctp6: bool) -> Class {
+fn classify(f: &[u8]) -> Class {
     if f.len() < 14 {
         return Class::Malformed;
     }
     match [f[12], f[13]] {
         [0x08, 0x00] => {}
-        [0x86, 0xdd] => return classify6(f, sctp6),
+        [0x86, 0xdd] => return classify6(f),
         _ => return Class::Other,
     }
     if f.len() < 14 + 20 {
@@ -123,7 +123,7 @@ fn classify(f: &[u8], sctp6: bool) -> Class {
 }
 
 /// The rules of `parse6.rs`, written independently.
-fn classify6(f: &[u8], sctp6: bool) -> Class {
+fn classify6(f: &[u8]) -> Class {
     if f.len() < 14 + 40 {
         return Class::Malformed;
     }
@@ -172,9 +172,10 @@ fn classify6(f: &[u8], sctp6: bool) -> Class {
                 Class::Valid
             }
         }
-        // SCTP at tc: the common header and one chunk header, as over IPv4.
-        132 if sctp6 && room < 16 => Class::Malformed,
-        132 if sctp6 => Class::Valid,
+        // SCTP (at XDP in programs of its own): the common header and one
+        // chunk header, as over IPv4.
+        132 if room < 16 => Class::Malformed,
+        132 => Class::Valid,
         // ICMPv6 other than NDP: an error about a NATed flow is translated
         // (none here: no flow matches a random quote), others pass.
         _ => Class::Other,
@@ -202,7 +203,7 @@ impl Rng {
 
 /// Valid frames to start from: the fixture inputs and flows of every kind.
 fn seeds() -> Vec<Vec<u8>> {
-    let mut out: Vec<Vec<u8>> = ["ipv4_services.json", "sctp.json"]
+    let mut out: Vec<Vec<u8>> = ["ipv4_services.json", "sctp.json", "sctp_v6.json"]
         .iter()
         .flat_map(|file| fixture::load(file))
         .map(|c| xdplb_tests::packet::from_hex(&c.input))
@@ -393,7 +394,7 @@ fn run_all(lb: &Lb, frames: &[Vec<u8>], offset: usize) -> Tally {
         if refused_by_kernel(prog, f) {
             prog = "xdp_lb";
         }
-        let class = classify(f, prog != "xdp_lb");
+        let class = classify(f);
         let (rc, out) = match fixture::run_frame(&lb.ebpf, prog, f) {
             Ok(r) => r,
             // The kernel refuses test frames shorter than an Ethernet
@@ -471,7 +472,7 @@ fn fuzz(n: usize) {
     let outcomes: u64 = (0..counter::COUNT).filter(|&i| is_outcome(i)).map(|i| counters[i as usize]).sum();
     let flows = lb.maps.flows().unwrap().len() as u64 + flows_v6(&mut lb.ebpf).len() as u64;
     let (mut new_flows, mut svc_packets) = (0, 0);
-    for id in 1..=7 {
+    for id in 1..=8 {
         let s = lb.maps.service_stats(id).unwrap();
         new_flows += s.new_flows;
         svc_packets += s.packets;

@@ -8,7 +8,8 @@
 //! directory, each shared on its own at its own path (a checkout under /tmp
 //! would be hidden otherwise), and runs `xdplb-vm-guest`
 //! (tests/src/bin/vm_guest.rs) from there, which
-//! checks balancing (TCP, and SCTP with real associations), restarts,
+//! checks balancing (TCP, and SCTP with real associations over both
+//! families, from pods and from outside), restarts,
 //! doctor and uninstall inside the VM.
 //!
 //! Ignored in the default suite (a VM boot takes minutes under TCG); the
@@ -110,4 +111,7 @@ fn debian_12_kernel_6_1_balances_restarts_and_uninstalls_through_netlink_tc() {
     assert!(run.contains("XDPLB-FIGURE sctp_clusterip_pod_associations"), "the SCTP associations did not run:\n{run}");
     assert!(run.contains("XDPLB-FIGURE node_sctp no_socket_hook,aborted,refused"), "the node SCTP socket checks did not run:\n{run}");
     assert!(run.contains("XDPLB-FIGURE sctp6_clusterip_pod_failed 0"), "the IPv6 SCTP associations did not all run:\n{run}");
+    for what in ["sctp6_clusterip_client", "sctp6_nodeport_client"] {
+        assert!(run.contains(&format!("XDPLB-FIGURE {what}_failed 0")), "the IPv6 SCTP associations from outside (XDP) did not all run:\n{run}");
+    }
 }

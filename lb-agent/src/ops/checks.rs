@@ -422,6 +422,7 @@ pub fn socket_lb(want: &crate::socklb::SocketLb) -> Check {
 
 /// Loads every program of the embedded object into this kernel's verifier,
 /// with small private maps, then drops them: nothing is pinned or attached.
+/// Says how many instructions the verifier walked for each.
 /// The one true answer to "do the programs run on this kernel"
 /// (`lb-agent doctor` only; `run` loads them for real anyway).
 pub fn programs() -> Check {
@@ -453,8 +454,11 @@ pub fn programs() -> Check {
             aya::programs::Program::CgroupSockAddr(p) => p.load(),
             _ => continue,
         };
+        // With the verifier's instruction count (kernel 5.16+): how close
+        // each program is to its limit of 1M on this kernel.
+        let insns = prog.info().ok().and_then(|i| i.verified_instruction_count());
         match r {
-            Ok(()) => loaded.push(name.to_string()),
+            Ok(()) => loaded.push(insns.map_or_else(|| name.to_string(), |n| format!("{name} ({n} insns)"))),
             Err(e) => rejected.push((name.to_string(), crate::loader::Error::program_load(name, e))),
         }
     }

@@ -13,6 +13,8 @@
 //!   packet's CRC32c changes), to its ClusterIP and NodePort from outside
 //!   (XDP, complete CRCs) and from a pod (tc, offloaded CRCs), messages both
 //!   ways and larger than the MTU, the endpoints validating every CRC;
+//!   over IPv6 too, from a pod (tc) and from outside (XDP: `xdp_lb_v6`
+//!   hands SCTP to `xdp_sctp_v6`) to the ClusterIP and the NodePort;
 //! - the node's own sockets (the socket programs on the guest's cgroup2
 //!   root): an IPv4 socket and a dual-stack IPv6 one dialling the
 //!   IPv4-mapped ClusterIP reach both backends and see the ClusterIP as
@@ -264,32 +266,21 @@ fn node_sctp(t: &Topology, agent: &Agent) {
 /// NodePort and target port.
 const DIAMETER6_IP: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x30);
 const DIAMETER6: (u16, u16, u16) = (3868, 30870, 3870);
-/// Associations from the pod over IPv6.
+/// Associations over IPv6 from the pod, and from outside to the ClusterIP
+/// and to the NodePort.
 const SCTP6_ASSOCIATIONS: usize = 50;
+const SCTP6_EXTERNAL: [usize; 2] = [30, 20];
 
-/// Real SCTP associations over IPv6 from a pod to `shop/diameter6`'s
-/// ClusterIP (tc_ingress_v6 DNAT 3868 → 3870, tc_egress_v6 reverse NAT):
-/// [`SCTP6_ASSOCIATIONS`], each carrying messages of 5, 1,200 and 9,000
-/// bytes (the last a GSO buffer from the pod's socket, see tc.rs
-/// `pull_headers`) answered by its backend, every one counted (none may fail), both
-/// backends reached (round-robin); the endpoints' kernels check every CRC.
-/// Then the node's own association to the IPv6 ClusterIP: refused at once
-/// by the IPv6 ABORT at tc egress (ECONNREFUSED).
-fn sctp6_balanced(t: &Topology, agent: &Agent) {
-    let dp = Agent::maps_of(agent);
-    let (port, _, _) = DIAMETER6;
-    let to = SocketAddr::new(DIAMETER6_IP.into(), port);
-    assert!(
-        wait_for(WAIT, || programmed_ip(&dp, DIAMETER6_IP.into(), port, lb_common::IPPROTO_SCTP).is_some_and(|(n, _)| n == 2)),
-        "the IPv6 SCTP service was not programmed:\n{}",
-        agent.log()
-    );
-    let before = dp.counters().expect("counters");
+/// `n` real SCTP associations over IPv6 from `from` (in `ns`) to `to`, each
+/// carrying messages of 5, 1,200 and 9,000 bytes answered by its backend;
+/// every one must complete on one backend, and both backends answer
+/// (round-robin). Figures under `what`.
+fn sctp6_associations(ns: &Netns, from: Ipv6Addr, to: SocketAddr, n: usize, what: &str) {
     let start = Instant::now();
     let (mut seen, mut failed) = (BTreeMap::<String, usize>::new(), Vec::new());
-    for i in 0..SCTP6_ASSOCIATIONS {
-        let who = t.pod.run(move || -> std::io::Result<String> {
-            let mut s = sctp::connect(POD_ADDR6.into(), to, Duration::from_secs(30))?;
+    for i in 0..n {
+        let who = ns.run(move || -> std::io::Result<String> {
+            let mut s = sctp::connect(from.into(), to, Duration::from_secs(30))?;
             let mut who = Vec::new();
             for size in [5usize, 1200, 9000] {
                 let msg: Vec<u8> = (0..size).map(|j| (i * 31 + j) as u8).collect();
@@ -306,16 +297,50 @@ fn sctp6_balanced(t: &Topology, agent: &Agent) {
             Err(e) => failed.push(format!("association {i}: {e}")),
         }
     }
-    figure("sctp6_clusterip_pod_associations", SCTP6_ASSOCIATIONS);
-    figure("sctp6_clusterip_pod_failed", failed.len());
-    figure("sctp6_clusterip_pod_per_backend", format!("{seen:?}").replace(' ', ""));
-    figure("sctp6_clusterip_pod_ms_per_association", start.elapsed().as_millis() / SCTP6_ASSOCIATIONS as u128);
-    assert!(failed.is_empty(), "IPv6 SCTP associations failed: {failed:?}");
-    assert!(seen.len() == 2 && seen.values().all(|c| *c >= 1), "both IPv6 backends answer: {seen:?}");
+    figure(&format!("{what}_associations"), n);
+    figure(&format!("{what}_failed"), failed.len());
+    figure(&format!("{what}_per_backend"), format!("{seen:?}").replace(' ', ""));
+    figure(&format!("{what}_ms_per_association"), start.elapsed().as_millis() / n as u128);
+    assert!(failed.is_empty(), "{what}: IPv6 SCTP associations failed: {failed:?}");
+    assert!(seen.len() == 2 && seen.values().all(|c| *c >= 1), "{what}: both IPv6 backends answer: {seen:?}");
+}
+
+/// Real SCTP associations over IPv6 to `shop/diameter6` (3868 → 3870; the
+/// NodePort 30870 → 3870), every one counted (none may fail), both
+/// backends reached; the endpoints' kernels check every CRC:
+/// from a pod to its ClusterIP ([`SCTP6_ASSOCIATIONS`]: tc_ingress_v6
+/// DNAT, tc_egress_v6 reverse NAT; the 9,000-byte message a GSO buffer
+/// from the pod's socket, see tc.rs `pull_headers`), and from outside to
+/// the ClusterIP and the NodePort ([`SCTP6_EXTERNAL`]: xdp_lb_v6 hands
+/// each packet to xdp_sctp_v6 and its rewrite stage, complete CRCs
+/// updated; tc_egress_v6 reverse NAT).
+/// Then the node's own association to the IPv6 ClusterIP: refused at once
+/// by the IPv6 ABORT at tc egress (ECONNREFUSED).
+fn sctp6_balanced(t: &Topology, agent: &Agent) {
+    let dp = Agent::maps_of(agent);
+    let (port, node_port, _) = DIAMETER6;
+    let to = SocketAddr::new(DIAMETER6_IP.into(), port);
+    let to_node_port = SocketAddr::new(NODE_ADDR6.into(), node_port);
+    assert!(
+        wait_for(WAIT, || [to, to_node_port].iter().all(|a| programmed_ip(&dp, a.ip(), a.port(), lb_common::IPPROTO_SCTP).is_some_and(|(n, _)| n == 2))),
+        "the IPv6 SCTP service was not programmed (ClusterIP and NodePort):\n{}",
+        agent.log()
+    );
+    let before = dp.counters().expect("counters");
+    sctp6_associations(&t.pod, POD_ADDR6, to, SCTP6_ASSOCIATIONS, "sctp6_clusterip_pod");
+    let offloaded = dp.counters().expect("counters")[lb_common::counter::SCTP_CRC_OFFLOADED as usize] - before[lb_common::counter::SCTP_CRC_OFFLOADED as usize];
+    figure("sctp6_crc_offloaded", offloaded);
+    assert!(offloaded > 0, "the pod's and backends' offloaded CRCs were left to the kernel");
+    let before = dp.counters().expect("counters");
+    sctp6_associations(&t.client, CLIENT_ADDR6, to, SCTP6_EXTERNAL[0], "sctp6_clusterip_client");
+    sctp6_associations(&t.client, CLIENT_ADDR6, to_node_port, SCTP6_EXTERNAL[1], "sctp6_nodeport_client");
     let after = dp.counters().expect("counters");
     let delta = |i: u32| after[i as usize] - before[i as usize];
-    figure("sctp6_crc_offloaded", delta(lb_common::counter::SCTP_CRC_OFFLOADED));
-    assert!(delta(lb_common::counter::SCTP_CRC_OFFLOADED) > 0, "the pod's and backends' offloaded CRCs were left to the kernel");
+    figure("sctp6_external_crc_updated", delta(lb_common::counter::SCTP_CRC_UPDATED));
+    // The client sends complete CRCs (its offload is off): XDP updated them.
+    assert!(delta(lb_common::counter::SCTP_CRC_UPDATED) > 0, "XDP updated the outside client's CRCs");
+    assert_eq!((delta(lb_common::counter::PASS_SCTP6_PROGRAM), delta(lb_common::counter::DROP_SCTP6_PROGRAM)), (0, 0), "xdp_sctp_v6 and its rewrite stage ran");
+
 
     // The node's own association over IPv6, by a default route out of the uplink.
     t.node.ip(&["-6", "route", "add", "default", "via", &CLIENT_ADDR6.to_string()]);
@@ -352,6 +377,9 @@ fn main() {
         let (tc_ok, tc) = &forced["tc attach"];
         assert!(!ok && !tc_ok && tc.contains("no TCX") && tc.contains("--tc-attach auto"), "{tc}");
     }
+    // The node's IPv6 address too (the harness names its IPv4 one): IPv6
+    // NodePorts are served on it.
+    let node6 = NODE_ADDR6.to_string();
     let mut args = vec!["--pod-iface", POD_IFACE, SOCKET_LB];
     args.extend_from_slice(SIZES);
     let objects = objects_dir(&[0, 1]);
@@ -359,6 +387,7 @@ fn main() {
     write(&objects, "diameter.yaml", &sctp::service_yaml(DIAMETER_IP.into(), port, node_port, target, &[backend_addr(0).into(), backend_addr(1).into()]));
     let (port6, node_port6, target6) = DIAMETER6;
     write(&objects, "diameter6.yaml", &sctp::service_yaml(DIAMETER6_IP.into(), port6, node_port6, target6, &[backend_addr6(0).into(), backend_addr6(1).into()]));
+    args.extend(["--node-address", &node6]);
     let mut agent = Agent::start_with(&t.node, &objects, &args);
     let dp = agent.maps();
     assert!(wait_for(WAIT, || programmed(&dp).is_some_and(|(n, _)| n == 2)), "not programmed:\n{}", agent.log());
