@@ -115,6 +115,12 @@ pub use crate::pins::{MapSizes, DEFAULT_PIN_DIR};
 /// the old one's pin. A map of an earlier version's layout that this one
 /// knows how to convert (`backends_v4` as a hash) goes the same way.
 pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf, Error> {
+    load_object(BYTECODE, pin_dir, sizes)
+}
+
+/// As [`load`], from another build's object of the same layout: the bench
+/// measures two dataplane builds with one binary this way (A/B runs).
+pub fn load_object(bytecode: &[u8], pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf, Error> {
     ensure_bpffs(pin_dir)?;
     std::fs::create_dir_all(pin_dir).map_err(|source| Error::CreateDir { path: pin_dir.to_path_buf(), source })?;
     let mut pins = Vec::new();
@@ -143,7 +149,7 @@ pub fn load(pin_dir: &Path, sizes: MapSizes) -> Result<Ebpf, Error> {
     for name in maps::ALL {
         loader.map_max_entries(name, migrate::expected(name, sizes).max_entries);
     }
-    let mut ebpf = loader.load(BYTECODE).map_err(Error::Object)?;
+    let mut ebpf = loader.load(bytecode).map_err(Error::Object)?;
     let mut names = vec![programs::XDP_LB];
     names.extend(programs::XDP_TAIL.iter().map(|(name, _, _)| *name));
     names.extend([programs::TC_INGRESS, programs::TC_EGRESS]);

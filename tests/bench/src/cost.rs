@@ -222,38 +222,57 @@ fn family_cases(progs: &mut BenchProgs, lb: &BenchLb, target: (u32, IpAddr, &[Ip
         ensure!(dst_ip(out) == (be, BACKEND_PORT), "established flow went to {:?}, not its backend {be}", dst_ip(out));
         checksums(out)
     };
-    let new_clients = fam.new_clients;
-    let to_any = |out: &[u8]| -> Result<()> {
+    // The prefilled case's counter passes 2^16, where the wrapper's source
+    // (counter high half in the address, low half in the port) meets the
+    // template's own once: the `new_flows` check per iteration is the proof
+    // that every iteration was a new flow.
+    let to_any_backend = |out: &[u8]| -> Result<()> {
         let (a, p) = dst_ip(out);
         ensure!(is_backend(a) && p == BACKEND_PORT, "new flow went to {a}:{p}, not a backend of service {svc}");
-        ensure!(src_ip(out) != (new_clients, CLIENT_PORT), "the wrapper did not vary the source");
         checksums(out)
+    };
+    let new_clients = fam.new_clients;
+    let to_any = |out: &[u8]| -> Result<()> {
+        ensure!(src_ip(out) != (new_clients, CLIENT_PORT), "the wrapper did not vary the source");
+        to_any_backend(out)
     };
     let from_vip = move |out: &[u8]| -> Result<()> {
         ensure!(src_ip(out) == (vip_t, SVC_PORT), "reply left as {:?}, not from {vip_t}:{SVC_PORT}", src_ip(out));
         checksums(out)
     };
+    // The family's conntrack capacity (IPv6's is the agent's default).
+    let capacity = if sfx.is_empty() { opts.conntrack } else { lb_agent::loader::MapSizes::default().conntrack_v6 };
     let with = |c: &[(u32, u64)]| [c, fam.extra].concat();
     let (pass_ns, fwd, fwd_new, reply_c) = (with(&[(counter::PASS_NOT_SERVICE, 1)]), with(&[(counter::NAT_FORWARD, 1)]), with(&[(counter::NAT_FORWARD, 1), (ct_insert_failed(), 0)]), with(&[(counter::NAT_REPLY, 1)]));
     let cases = [
-        Case { name: "xdp_lb/non_service", frame: &non_service, vary: false, tc: false, repeat: opts.repeat,
+        Case { name: "xdp_lb/non_service", frame: &non_service, vary: false, tc: false, repeat: opts.repeat, prefill: 0,
             check: Check { ret: XDP_PASS, out: &same, counters: &pass_ns, new_flows: 0, refused: None } },
-        Case { name: "xdp_lb/established", frame: &est, vary: false, tc: false, repeat: opts.repeat,
+        Case { name: "xdp_lb/established", frame: &est, vary: false, tc: false, repeat: opts.repeat, prefill: 0,
             check: Check { ret: XDP_PASS, out: &to_be, counters: &fwd, new_flows: 0, refused: None } },
-        Case { name: "xdp_lb/new_flow", frame: &syn, vary: true, tc: false, repeat: opts.repeat_new,
+        Case { name: "xdp_lb/new_flow", frame: &syn, vary: true, tc: false, repeat: opts.repeat_new, prefill: 0,
             check: Check { ret: XDP_PASS, out: &to_any, counters: &fwd_new, new_flows: 1, refused: None } },
-        Case { name: "tc_egress/reply", frame: &reply, vary: false, tc: true, repeat: opts.repeat,
+        Case { name: "tc_egress/reply", frame: &reply, vary: false, tc: true, repeat: opts.repeat, prefill: 0,
             check: Check { ret: TC_ACT_OK, out: &from_vip, counters: &reply_c, new_flows: 0, refused: None } },
         // Every packet leaving an attached interface pays this (#17: ≤ 15 ns
         // over the bare tc program that is its floor).
-        Case { name: "tc_egress/not_reply", frame: &non_service, vary: false, tc: true, repeat: opts.repeat,
+        Case { name: "tc_egress/not_reply", frame: &non_service, vary: false, tc: true, repeat: opts.repeat, prefill: 0,
             check: Check { ret: TC_ACT_OK, out: &same, counters: &pass_ns, new_flows: 0, refused: None } },
+        // A node's steady state: the table already holds twice its capacity's
+        // worth of halves (one new flow per entry, unmeasured), so every insert
+        // evicts. Last: it evicts the flow the cases above use. `new_flow`
+        // starts from a table holding only that flow and ends part full.
+        Case { name: "xdp_lb/new_flow_full_table", frame: &syn, vary: true, tc: false, repeat: opts.repeat_new, prefill: capacity,
+            check: Check { ret: XDP_PASS, out: &to_any_backend, counters: &fwd_new, new_flows: 1, refused: None } },
     ];
     for c in &cases {
         let mut cnd = cond(c.repeat, c.frame.len());
         cnd["method"] = json!(if c.tc { "tc wrapper (restore + tail call) minus wrapper floor" } else { "xdp wrapper (restore + tail call) minus wrapper floor" });
         if let Some(&(_, goal)) = GOALS.iter().find(|(n, _)| *n == c.name) {
             cnd["goal_ns"] = json!(goal);
+        }
+        if c.check.new_flows != 0 {
+            cnd["conntrack_capacity"] = json!(capacity);
+            cnd["prefilled_flows"] = json!(c.prefill);
         }
         measure(progs, lb, svc, c, opts.rounds, &format!("{}{sfx}", c.name), cnd, report)?;
     }
@@ -271,6 +290,8 @@ struct Case<'a> {
     vary: bool,
     tc: bool,
     repeat: u32,
+    /// New flows made before the first round, unmeasured (fills the table).
+    prefill: u32,
     check: Check<'a>,
 }
 
@@ -286,6 +307,11 @@ fn measure(progs: &mut BenchProgs, lb: &BenchLb, svc: u32, c: &Case, rounds: usi
         return Ok(());
     }
     progs.set_template(c.frame, c.vary)?;
+    if c.prefill != 0 {
+        progs.jump_xdp(&xdp_fd)?;
+        let r = wrapped(progs, c.tc, c.frame, c.prefill)?;
+        ensure!(r.ret == c.check.ret, "{name}: filling the table returned {}", r.ret);
+    }
     let mut all = Rounds::default();
     for _ in 0..rounds {
         // Floor: the same wrapper and template, tail-calling a trivial program.

@@ -62,7 +62,15 @@ impl BenchLb {
             conntrack,
             ..loader::MapSizes::default()
         };
-        let ebpf = loader::load(&pin_dir, sizes);
+        // `XDPLB_BENCH_OBJECT`: another build's lb-ebpf object (A/B runs
+        // with one bench binary; see docs/benchmarks.md).
+        let ebpf = match std::env::var_os("XDPLB_BENCH_OBJECT") {
+            Some(path) => {
+                let object = std::fs::read(&path).with_context(|| format!("reading XDPLB_BENCH_OBJECT={}", path.to_string_lossy()))?;
+                loader::load_object(&object, &pin_dir, sizes)
+            }
+            None => loader::load(&pin_dir, sizes),
+        };
         let ebpf = match ebpf {
             Ok(e) => e,
             Err(e) => {
