@@ -12,6 +12,7 @@ pub mod diff;
 pub mod error;
 pub mod fit;
 pub mod healthcheck;
+pub mod hopwatch;
 pub mod httpconn;
 pub mod lbip;
 pub mod control;

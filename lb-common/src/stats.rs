@@ -133,3 +133,18 @@ pub const LATE_OUTCOMES: &[u32] = &[
 pub fn is_outcome(idx: u32) -> bool {
     (1..FIRST_EVENT).contains(&idx) || LATE_OUTCOMES.contains(&idx)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_label_is_unique_and_the_stage_drop_is_an_outcome_of_its_own() {
+        for (i, a) in counter::LABELS.iter().enumerate().filter(|(_, l)| !l.is_empty()) {
+            assert!(!counter::LABELS[i + 1..].contains(a), "{a} labels two counters");
+        }
+        assert_eq!(counter::LABELS[counter::DROP_SCTP6_STAGE as usize], "drop_sctp6_stage_missing");
+        assert!(is_outcome(counter::DROP_SCTP6_STAGE), "a dropped packet's one outcome");
+        assert!(!is_outcome(counter::CT_INSERT_FAILED), "an event on top of an outcome, as before");
+    }
+}
