@@ -11,9 +11,12 @@
 //! IPv6 ABORT. At XDP, from outside: an INIT and its DATA (CRC updated),
 //! one behind an extension header, the INIT ACK reverse-NATed at tc egress,
 //! an address-only rewrite, a corrupt CRC that stays as corrupt, cut
-//! headers and a service without backends (dropped, as over IPv4); then,
-//! on an uplink, a backend on another node (SNAT both ways, never DSR)
-//! and one on this node (client kept) in DSR mode. Every expected frame is
+//! headers and a service without backends (dropped, as over IPv4); ICMPv6
+//! errors about the association translated each way (packet too big,
+//! destination unreachable, a quote cut before the CRC32c, the backend's
+//! own port unreachable at tc egress); then, on an uplink, a backend on
+//! another node (SNAT both ways, never DSR, and ICMPv6 errors about it
+//! each way) and one on this node (client kept) in DSR mode. Every expected frame is
 //! built from scratch, its CRC32c computed over the whole SCTP packet by
 //! the `crc` crate, so each is an independent check of the in-place
 //! update. The cases live in `tests/fixtures/sctp_v6.json`
