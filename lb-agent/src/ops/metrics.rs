@@ -278,6 +278,28 @@ mod tests {
     }
 
     #[test]
+    fn the_next_hop_cache_state_follows_the_routing_subscription() {
+        use crate::hopwatch::HopChange;
+        let m = Metrics::new(Path::new("/nonexistent/xdplb"));
+        let figures = |m: &Metrics| {
+            let text = m.render();
+            let get = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok());
+            (get("xdplb_next_hop_cache_enabled"), get("xdplb_routing_events_lost_total"), get("xdplb_next_hop_invalidations_total"))
+        };
+        assert_eq!(figures(&m), (Some(0), Some(0), Some(0)), "off until subscribed");
+        for (change, want) in [
+            (HopChange::Subscribed, (1, 0, 1)),
+            (HopChange::Stale, (1, 0, 2)),
+            (HopChange::Unchanged, (1, 0, 2)),
+            (HopChange::Lost, (0, 1, 2)),
+            (HopChange::Subscribed, (1, 1, 3)),
+        ] {
+            m.next_hop_change(change);
+            assert_eq!(figures(&m), (Some(want.0), Some(want.1), Some(want.2)), "after {change:?}");
+        }
+    }
+
+    #[test]
     fn registered_collectors_follow_the_agents_own_families() {
         #[derive(Debug)]
         struct Extra;
