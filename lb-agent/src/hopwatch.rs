@@ -19,7 +19,11 @@ use std::{collections::HashMap, time::Duration};
 
 use tokio::time::Instant;
 
-use crate::{dataplane::Dataplane, linkwatch::LinkEvents};
+use crate::{
+    dataplane::Dataplane,
+    linkwatch::LinkEvents,
+    netlink::{attrs, messages},
+};
 
 /// The routing socket's queue: ~40,000 neighbour notifications, a burst
 /// well past what a node's neighbour table holds (gc_thresh3: 1,024).
@@ -148,8 +152,7 @@ impl HopWatch {
     }
 }
 
-/// `struct nlmsghdr` and `struct ndmsg` sizes; attribute types of a neighbour.
-const NLMSG_HDR: usize = 16;
+/// `struct ndmsg`'s size; attribute types of a neighbour.
 const NDMSG: usize = 12;
 const NDA_DST: u16 = 1;
 const NDA_LLADDR: u16 = 2;
@@ -197,17 +200,12 @@ impl<'a> Neigh<'a> {
     fn parse(deleted: bool, body: &'a [u8]) -> Option<Self> {
         let hdr = body.get(..NDMSG)?;
         let (mut dst, mut lladdr) = (None, None);
-        let mut at = NDMSG;
-        while at + 4 <= body.len() {
-            let len = u16::from_ne_bytes([body[at], body[at + 1]]) as usize;
-            let kind = u16::from_ne_bytes([body[at + 2], body[at + 3]]) & 0x3fff;
-            let value = body.get(at + 4..at + len)?;
+        for (kind, value) in attrs(&body[NDMSG..]) {
             match kind {
                 NDA_DST => dst = Some(value),
                 NDA_LLADDR => lladdr = Some(value),
                 _ => {}
             }
-            at += len.max(4).next_multiple_of(4);
         }
         Some(Self {
             deleted,
@@ -252,13 +250,8 @@ impl Neighbours {
     /// cannot be read (a cut message) counts as stale.
     pub fn datagram_stale(&mut self, d: &[u8]) -> bool {
         let mut stale = false;
-        let mut at = 0;
-        while at + NLMSG_HDR <= d.len() {
-            let len = u32::from_ne_bytes([d[at], d[at + 1], d[at + 2], d[at + 3]]) as usize;
-            let kind = u16::from_ne_bytes([d[at + 4], d[at + 5]]);
-            let Some(body) = d.get(at + NLMSG_HDR..at + len).filter(|_| len >= NLMSG_HDR) else {
-                return true;
-            };
+        for msg in messages(d) {
+            let Ok((kind, body)) = msg else { return true };
             // Evaluated for every message: each neighbour's is remembered.
             let this = match kind {
                 libc::RTM_NEWNEIGH | libc::RTM_DELNEIGH => match Neigh::parse(kind == libc::RTM_DELNEIGH, body) {
@@ -269,7 +262,6 @@ impl Neighbours {
                 _ => true,
             };
             stale |= this;
-            at += len.next_multiple_of(4);
         }
         stale
     }
@@ -303,6 +295,7 @@ impl Neighbours {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::NLMSG_HDR;
 
     const REACHABLE: u16 = 0x02;
     const STALE: u16 = 0x04;

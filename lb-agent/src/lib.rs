@@ -7,6 +7,7 @@ pub mod lbmode;
 pub mod links;
 pub mod linkwatch;
 pub mod loader;
+pub mod netlink;
 pub mod migrate;
 pub mod diff;
 pub mod error;

@@ -50,21 +50,6 @@ pub struct Error<'a, A: Ip> {
 
 /// The quoted TCP checksum, from the start of the quote's L4 header.
 pub const TCP_CHECK: usize = 16;
-/// The quoted SCTP CRC32c (little-endian), from the same start.
-pub const SCTP_CRC: usize = 8;
-
-/// The quoted packet's L4 length, from its IP header's length field
-/// (`ext`: the bytes of its IPv6 extension headers; IPv4 quotes have no
-/// options, see [`quote`]). Garbage in a forged quote only makes a wrong CRC.
-#[inline(always)]
-pub fn quoted_l4_len<A: Ip>(inner: &A::Hdr, ext: usize) -> u16 {
-    let h = inner.as_ref();
-    if A::EXT_HEADERS {
-        u16::from_be_bytes([h[4], h[5]]).wrapping_sub(ext as u16)
-    } else {
-        u16::from_be_bytes([h[2], h[3]]).wrapping_sub(A::HDR_LEN as u16)
-    }
-}
 
 /// One end of a quoted packet after translation: address and port,
 /// network order, referring to where they are kept (a conntrack entry).
@@ -104,10 +89,9 @@ fn set(b: &mut [u8], off: usize, v: &[u8]) {
 /// destination unreachable, time exceeded or packet too big, quoting TCP,
 /// UDP or SCTP. The hooks checked the outer packet is ICMP (past its
 /// extension headers). (A quoted SCTP packet's CRC32c, when the quote
-/// reaches it, is updated for the ports like the packets' own
-/// (`crate::sctp::field_after_ports`, from the quoted packet's length), so the
-/// quote is what its receiver sent; SCTP itself matches an error to its
-/// association by addresses, ports and verification tag.)
+/// reaches it, is left as sent: no receiver checks a quoted CRC; SCTP
+/// matches an error to its association by addresses, ports and
+/// verification tag, which are translated or kept.)
 #[inline(always)]
 pub fn quote<A: Ip>(e: &Error<A>) -> Option<Quote> {
     let (mask, first) = A::FIRST;
@@ -193,31 +177,9 @@ pub struct Translation<'a, A> {
     pub from_dst: bool,
 }
 
-/// Updates the quoted SCTP CRC32c `crc` (the field, in the packet, of a
-/// quoted SCTP packet of `len` bytes, [`quoted_l4_len`]) for the ports `t`
-/// gives the quote, and the ICMP checksum for it; before [`rewrite`],
-/// which reads both as they are then. A step of its own: done inside
-/// `rewrite`, its values live across it and IPv6's hook frame outgrew
-/// the verifier's 512-byte stack.
-/// `update(field, old ports, new ports, len)`: [`crate::sctp::field_after_ports`]
-/// (the hooks pass one the verifier checks once, on its own).
-#[inline(always)]
-pub fn sctp_quote_crc<A: Ip>(e: &mut Error<A>, t: &Translation<A>, crc: &mut [u8; 4], len: u16, update: impl Fn([u8; 4], [u8; 4], [u8; 4], u16) -> [u8; 4]) {
-    let old = [e.l4[0], e.l4[1], e.l4[2], e.l4[3]];
-    let new = [t.src.port[0], t.src.port[1], t.dst.port[0], t.dst.port[1]];
-    let field = update(*crc, old, new, len);
-    // 16-bit aligned in the ICMP message, as every field `rewrite` touches.
-    let mut c = u16::from_be_bytes(port(&e.icmp[..], ICMP_CHECK));
-    c = replace2(c, [crc[0], crc[1]], [field[0], field[1]]);
-    c = replace2(c, [crc[2], crc[3]], [field[2], field[3]]);
-    set(&mut e.icmp[..], ICMP_CHECK, &c.to_be_bytes());
-    *crc = field;
-}
-
 /// Rewrites `e` (whose [`quote`] is `q`) to `t`, updating the outer
 /// IPv4, ICMP, quoted IPv4 and quoted L4 checksums. `tcp_check`: the quoted
-/// TCP checksum, when the quote is TCP and long enough to hold it (a
-/// quoted SCTP CRC32c: [`sctp_quote_crc`], first).
+/// TCP checksum, when the quote is TCP and long enough to hold it.
 /// `diff(old, new)`: an address's [`csum::diff`] (the hooks pass one that
 /// asks the kernel, `bpf_csum_diff`: computed inline, IPv6's 16-byte
 /// differences spill more registers than the programs have stack). Every
@@ -277,7 +239,7 @@ pub fn rewrite<A: Ip>(e: &mut Error<A>, q: &Quote, t: &Translation<A>, tcp_check
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{csum::l4_checksum, sctp};
+    use crate::csum::l4_checksum;
     use crate::ip::pseudo_sum;
 
     type V4 = [u8; 4];
@@ -306,16 +268,12 @@ mod tests {
     /// [`error`] with a destination options header after the outer
     /// and/or the quoted IPv6 header (`ext`).
     fn error_ext<A: Ip>(outer: (A, A), src: P<A>, dst: P<A>, proto: u8, ext: (bool, bool)) -> Vec<u8> {
-        let mut l4 = vec![0u8; match proto { IPPROTO_TCP => 20, IPPROTO_SCTP => 16, _ => 8 }];
+        let mut l4 = vec![0u8; if proto == IPPROTO_TCP { 20 } else { 8 }];
         l4[..2].copy_from_slice(&src.port);
         l4[2..4].copy_from_slice(&dst.port);
         if proto == IPPROTO_SCTP {
-            // The whole packet (a router quotes as much as fits): ports,
-            // verification tag, CRC32c, one SHUTDOWN COMPLETE chunk.
+            // RFC 792's 8 bytes: ports and the verification tag.
             l4[4..8].copy_from_slice(&0x5e4e_7a90u32.to_be_bytes());
-            l4[12..16].copy_from_slice(&[14, 0, 0, 4]);
-            let crc = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI).checksum(&l4);
-            l4[SCTP_CRC..SCTP_CRC + 4].copy_from_slice(&crc.to_le_bytes());
         } else {
             if proto == IPPROTO_UDP {
                 l4[4..6].copy_from_slice(&8u16.to_be_bytes());
@@ -391,23 +349,14 @@ mod tests {
         let proto = pkt[at - TCP_CHECK - ext.1 - A::HDR_LEN + A::PROTO];
         let proto = if ext.1 > 0 { pkt[at - TCP_CHECK - ext.1] } else { proto };
         let mut tcp = (pkt.len() >= at + 2).then(|| [pkt[at], pkt[at + 1]]);
-        let crc_at = at - TCP_CHECK + SCTP_CRC;
-        let mut crc = (proto == IPPROTO_SCTP && pkt.len() >= crc_at + 4).then(|| [pkt[crc_at], pkt[crc_at + 1], pkt[crc_at + 2], pkt[crc_at + 3]]);
         {
             let mut e = parts::<A>(&mut pkt, ext, proto);
             let q = quote::<A>(&e).expect("a translatable error");
             let tcp_ref = if q.proto == IPPROTO_TCP { tcp.as_mut() } else { None };
-            let len = quoted_l4_len::<A>(e.inner, ext.1);
-            if let Some(c) = crc.as_mut() {
-                sctp_quote_crc::<A>(&mut e, t, c, len, sctp::field_after_ports);
-            }
             rewrite::<A>(&mut e, &q, t, tcp_ref, crate::csum::diff);
         }
         if let (Some(c), IPPROTO_TCP) = (tcp, proto) {
             pkt[at..at + 2].copy_from_slice(&c);
-        }
-        if let Some(c) = crc {
-            pkt[crc_at..crc_at + 4].copy_from_slice(&c);
         }
         pkt
     }
@@ -447,7 +396,7 @@ mod tests {
     #[test]
     fn an_icmpv6_error_with_extension_headers_outside_and_in_the_quote_is_rewritten_around_them() {
         let (router, node, client, pod) = (v6(0xfe, 1), v6(1, 1), v6(2, 1), v6(10, 2));
-        for proto in [IPPROTO_UDP, IPPROTO_TCP, IPPROTO_SCTP] {
+        for proto in [IPPROTO_UDP, IPPROTO_TCP] {
             for ext in [(true, false), (false, true), (true, true)] {
                 let got = error_ext((router, node), end(node, 61000), end(pod, 8080), proto, ext);
                 let (s, d) = (end(client, 40000), end(node, 30080));

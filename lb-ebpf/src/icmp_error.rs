@@ -20,7 +20,7 @@ use aya_ebpf::{helpers::bpf_csum_diff, programs::TcContext};
 use lb_common::{counter, direction, flow_flags};
 use lb_ebpf::{
     csum,
-    icmp::{self, End, Error, Translation, SCTP_CRC, TCP_CHECK},
+    icmp::{self, End, Error, Translation, TCP_CHECK},
     ip::Ip,
 };
 
@@ -189,33 +189,12 @@ fn translate_inline<F: Family>(data: usize, end: usize, l4: usize, ip_len: u16) 
     } else {
         None
     };
-    // The quoted SCTP CRC32c follows the ports as the packets' own does;
-    // its update needs the quoted packet's length, not the quote's.
-    let crc = data + quote_l4 + SCTP_CRC;
-    if q.proto == lb_common::IPPROTO_SCTP && crc + 4 <= end {
-        let len = icmp::quoted_l4_len::<F::Addr>(err.inner, quote_l4.wrapping_sub(inner + F::IP_HDR));
-        // SAFETY: bounds-checked just above.
-        icmp::sctp_quote_crc::<F::Addr>(&mut err, &t, unsafe { &mut *(crc as *mut [u8; 4]) }, len, |field, old, new, len| {
-            xdplb_quote_crc(u32::from_le_bytes(field), u32::from_le_bytes(old), u32::from_le_bytes(new), len as u32).to_le_bytes()
-        });
-    }
     icmp::rewrite::<F::Addr>(&mut err, &q, &t, tcp, addr_diff);
     if e.flags & flow_flags::SNAT != 0 {
         TRANSLATED_SNAT
     } else {
         TRANSLATED
     }
-}
-
-/// `lb_ebpf::sctp::crc_after_ports` on numbers, as a global BPF function:
-/// the verifier checks it once, on its own, and a call costs a caller one
-/// instruction. Inlined (or a static subprogram, walked again at every
-/// state that reaches it) its 64 multiplication steps took `xdp_lb_v6`
-/// past the verifier's 1,000,000 instructions.
-#[no_mangle]
-#[inline(never)]
-pub extern "C" fn xdplb_quote_crc(field: u32, old: u32, new: u32, len: u32) -> u32 {
-    lb_ebpf::sctp::crc_after_ports(field, old.to_le_bytes(), new.to_le_bytes(), len as u16)
 }
 
 /// An ICMP packet leaving at tc egress: an error from a backend on this
