@@ -175,6 +175,7 @@ pub fn interfaces() -> io::Result<Vec<(u32, String)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::align;
 
     #[test]
     fn a_filter_is_parsed_from_its_attributes() {
