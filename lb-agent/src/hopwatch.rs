@@ -28,7 +28,8 @@ use crate::{
 /// The routing socket's queue: ~40,000 neighbour notifications, a burst
 /// well past what a node's neighbour table holds (gc_thresh3: 1,024).
 pub const RECEIVE_BUFFER: usize = 4 << 20;
-/// Resubscribing: the first retry, doubled per failure up to the last.
+/// Resubscribing: the first retry, doubled per failure (to subscribe, or
+/// to read before a read succeeded) up to the last.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 /// Neighbours whose last link-layer address is kept; one beyond bumps on
@@ -127,6 +128,8 @@ impl HopWatch {
                         }
                         self.events = None;
                         self.retry_at = now + self.retry_delay;
+                        // Lost again before a read succeeded: wait longer.
+                        self.retry_delay = (self.retry_delay * 2).min(RETRY_MAX);
                         HopChange::Lost
                     }
                 };
