@@ -155,16 +155,12 @@ impl HopWatch {
     }
 }
 
-/// `struct ndmsg`'s size; attribute types of a neighbour.
+/// `struct ndmsg`'s size.
 const NDMSG: usize = 12;
-const NDA_DST: u16 = 1;
-const NDA_LLADDR: u16 = 2;
 /// Types below this are netlink's own (NOOP, ERROR, DONE, OVERRUN).
 const NLMSG_MIN_TYPE: u16 = 0x10;
-/// `NUD_VALID`: the states in which the kernel uses an entry's address
-/// (PERMANENT, NOARP, REACHABLE, PROBE, STALE, DELAY).
-const NUD_VALID: u16 = 0x80 | 0x40 | 0x02 | 0x10 | 0x04 | 0x08;
-const NTF_PROXY: u8 = 0x08;
+/// `NUD_VALID`: the states in which the kernel uses an entry's address.
+const NUD_VALID: u16 = libc::NUD_PERMANENT | libc::NUD_NOARP | libc::NUD_REACHABLE | libc::NUD_PROBE | libc::NUD_STALE | libc::NUD_DELAY;
 
 /// A neighbour: family, interface and address (IPv4 in the first 4 bytes).
 type NeighKey = (u8, u32, [u8; 16]);
@@ -205,8 +201,8 @@ impl<'a> Neigh<'a> {
         let (mut dst, mut lladdr) = (None, None);
         for (kind, value) in attrs(&body[NDMSG..]) {
             match kind {
-                NDA_DST => dst = Some(value),
-                NDA_LLADDR => lladdr = Some(value),
+                libc::NDA_DST => dst = Some(value),
+                libc::NDA_LLADDR => lladdr = Some(value),
                 _ => {}
             }
         }
@@ -271,7 +267,7 @@ impl Neighbours {
 
     /// Remembers `n`; whether a FIB answer through it may have changed.
     pub fn update(&mut self, n: &Neigh) -> bool {
-        if !matches!(i32::from(n.family), libc::AF_INET | libc::AF_INET6) || n.flags & NTF_PROXY != 0 {
+        if !matches!(i32::from(n.family), libc::AF_INET | libc::AF_INET6) || n.flags & libc::NTF_PROXY != 0 {
             return false;
         }
         let mut addr = [0; 16];
@@ -300,12 +296,7 @@ mod tests {
     use super::*;
     use crate::netlink::NLMSG_HDR;
 
-    const REACHABLE: u16 = 0x02;
-    const STALE: u16 = 0x04;
-    const DELAY: u16 = 0x08;
-    const PROBE: u16 = 0x10;
-    const INCOMPLETE: u16 = 0x01;
-    const FAILED: u16 = 0x20;
+    use libc::{NUD_DELAY as DELAY, NUD_FAILED as FAILED, NUD_INCOMPLETE as INCOMPLETE, NUD_PROBE as PROBE, NUD_REACHABLE as REACHABLE, NUD_STALE as STALE};
 
     fn neigh(family: i32, state: u16, lladdr: Option<&'static [u8]>) -> Neigh<'static> {
         Neigh { deleted: false, family: family as u8, ifindex: 3, state, flags: 0, dst: &[10, 0, 0, 1], lladdr }
@@ -329,7 +320,7 @@ mod tests {
         assert!(n.update(&Neigh { deleted: true, ..neigh(v4, REACHABLE, Some(B)) }), "deleted");
         assert!(n.is_empty(), "a deleted neighbour is forgotten");
         assert!(!n.update(&neigh(libc::AF_BRIDGE, REACHABLE, Some(A))), "a bridge FDB entry is no next hop");
-        assert!(!n.update(&Neigh { flags: NTF_PROXY, ..neigh(v4, REACHABLE, Some(A)) }), "nor a proxy entry");
+        assert!(!n.update(&Neigh { flags: libc::NTF_PROXY, ..neigh(v4, REACHABLE, Some(A)) }), "nor a proxy entry");
     }
 
     #[test]
@@ -359,7 +350,7 @@ mod tests {
 
     fn ndmsg(state: u16, lladdr: &[u8]) -> Vec<u8> {
         let hdr = [&[libc::AF_INET as u8, 0, 0, 0][..], &3u32.to_ne_bytes(), &state.to_ne_bytes(), &[0, 1]].concat();
-        [hdr, attr(NDA_DST, &[10, 0, 0, 1]), attr(NDA_LLADDR, lladdr)].concat()
+        [hdr, attr(libc::NDA_DST, &[10, 0, 0, 1]), attr(libc::NDA_LLADDR, lladdr)].concat()
     }
 
     #[test]
