@@ -33,7 +33,10 @@ use lb_agent::diff::Diff;
 use lb_common::{Addr4, Addr6};
 use tokio::signal::unix::SignalKind;
 
-use lb_agent::{linkwatch::RoutingEvents, podifaces::PodIfaces};
+use lb_agent::{
+    hopwatch::{self, HopWatch},
+    podifaces::PodIfaces,
+};
 
 use crate::cli::RunArgs;
 
@@ -123,10 +126,13 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let maps = |step| move |source| RunError::Maps { step, source: Box::new(source) };
     let mut dp = Dataplane::open(&args.pin_path).map_err(maps("opening the pinned maps"))?;
     dp.set_redirect_ifaces(&redirect).map_err(maps("writing the --redirect-iface interfaces"))?;
-    // Next hops cached while no agent listened may be stale: drop them all,
-    // then follow every routing change.
-    dp.bump_next_hop_gen().map_err(maps("bumping the next-hop generation"))?;
-    let mut routing = RoutingEvents::new();
+    // Next hops cached while no agent listened may be stale: drop them all
+    // and follow every routing change, subscribed first so that none falls
+    // in between (without a subscription the cache stays off).
+    let mut routing = HopWatch::new(hopwatch::RECEIVE_BUFFER);
+    let first = routing.current();
+    first.apply(&mut dp).map_err(maps("writing the next-hop generation"))?;
+    metrics.next_hop_change(first);
     let flags = if redirect.is_empty() { 0 } else { lb_common::config_flags::XDP_REDIRECT } | args.snat.lb_mode.config_flags();
     dp.set_config(&lb_common::Config { flags, ..Default::default() }).map_err(maps("writing the node-wide config"))?;
     tracing::info!(mode = %args.snat.lb_mode, "load-balancing mode of external flows to backends on other nodes (--lb-mode; a Service's xdplb.io/lb-mode wins)");
@@ -237,9 +243,10 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
                 }
             }
             () = pods.link_event() => pods.scan(&mut ebpf, "link event"),
-            () = routing.changed() => {
-                if let Err(e) = agent.dp.bump_next_hop_gen() {
-                    tracing::warn!(error = lb_agent::chain::chain(&e), "bumping the next-hop generation failed: cached next hops may be stale");
+            change = routing.next() => {
+                metrics.next_hop_change(change);
+                if let Err(e) = change.apply(&mut agent.dp) {
+                    tracing::warn!(error = lb_agent::chain::chain(&e), ?change, "writing the next-hop generation failed: cached next hops may be stale");
                 }
             }
             _ = term.recv() => break,
@@ -249,6 +256,11 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     // Links and maps are pinned: the programs keep balancing with the last
     // maps until the next agent takes over (or `lb-agent uninstall`).
     tracing::info!("stopping; programs stay attached and maps pinned for the next agent");
+    // No one follows routing changes until then: XDP asks the FIB for
+    // every packet it forwards (a crash leaves the cache on).
+    if let Err(e) = agent.dp.next_hops_off() {
+        tracing::warn!(error = lb_agent::chain::chain(&e), "turning the next-hop cache off failed: cached next hops are used until the next agent starts");
+    }
     drop(ebpf);
     Ok(())
 }

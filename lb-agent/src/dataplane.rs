@@ -536,11 +536,33 @@ impl Dataplane {
     }
 
     /// Makes every next hop the programs cached stale (after a route,
-    /// neighbour, link or address change): the next packet to each
-    /// destination asks the FIB again. Returns the new generation.
+    /// neighbour, link or address change) and turns the cache on if it
+    /// was off: the next packet to each destination asks the FIB again.
+    /// Returns the new generation.
     pub fn bump_next_hop_gen(&mut self) -> Result<u32> {
+        self.write_next_hop_gen(lb_common::next_generation)
+    }
+
+    /// Turns the next-hop cache off (`lb_common::NEXT_HOP_OFF`): every
+    /// cached next hop is stale at once and nothing is cached until the
+    /// next [`Self::bump_next_hop_gen`]; XDP asks the FIB for every
+    /// packet it forwards. For while no routing change would be heard.
+    /// Returns the new generation.
+    pub fn next_hops_off(&mut self) -> Result<u32> {
+        self.write_next_hop_gen(|g| g | lb_common::NEXT_HOP_OFF)
+    }
+
+    /// The current `next_hop_gen[0]` (0 when the pinned programs have no cache).
+    pub fn next_hop_gen(&self) -> Result<u32> {
+        Ok(match &self.next_hop_gen {
+            Some(gen) => gen.get(&0, 0)?,
+            None => 0,
+        })
+    }
+
+    fn write_next_hop_gen(&mut self, next: impl FnOnce(u32) -> u32) -> Result<u32> {
         let Some(gen) = self.next_hop_gen.as_mut() else { return Ok(0) };
-        let next = gen.get(&0, 0)?.wrapping_add(1);
+        let next = next(gen.get(&0, 0)?);
         write_result(gen.set(0, next, 0), maps::NEXT_HOP_GEN, || "the next-hop generation".into())?;
         Ok(next)
     }

@@ -8,6 +8,8 @@ use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
+use crate::netlink::{attrs, messages, NLMSG_HDR};
+
 /// One filter as the kernel reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Filter {
@@ -33,7 +35,6 @@ const TCA_BPF_NAME: u16 = 7;
 const TCA_BPF_FLAGS: u16 = 8;
 const TCA_BPF_ID: u16 = 11;
 const TCA_BPF_FLAG_ACT_DIRECT: u32 = 1;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 
 /// nlmsghdr followed by tcmsg: the whole dump request.
 #[repr(C)]
@@ -52,7 +53,6 @@ struct Request {
     info: u32,
 }
 
-const NLMSG_HDR: usize = 16;
 const TCMSG: usize = 20;
 
 /// The filters at `parent` (e.g. clsact ingress) of interface `ifindex`.
@@ -92,14 +92,8 @@ pub fn list(ifindex: u32, parent: u32) -> io::Result<Vec<Filter>> {
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        let mut msgs = &buf[..n as usize];
-        while msgs.len() >= NLMSG_HDR {
-            let len = u32::from_ne_bytes(msgs[0..4].try_into().unwrap()) as usize;
-            let kind = u16::from_ne_bytes(msgs[4..6].try_into().unwrap());
-            if len < NLMSG_HDR || len > msgs.len() {
-                return Err(io::Error::other("malformed rtnetlink message"));
-            }
-            let body = &msgs[NLMSG_HDR..len];
+        for msg in messages(&buf[..n as usize]) {
+            let (kind, body) = msg.map_err(|_| io::Error::other("malformed rtnetlink message"))?;
             match kind {
                 NLMSG_DONE => return Ok(out),
                 NLMSG_ERROR => {
@@ -115,30 +109,8 @@ pub fn list(ifindex: u32, parent: u32) -> io::Result<Vec<Filter>> {
                 RTM_NEWTFILTER => out.extend(parse(body)),
                 _ => {}
             }
-            msgs = &msgs[align(len).min(msgs.len())..];
         }
     }
-}
-
-fn align(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-/// The attributes (type, payload) of a netlink attribute block.
-fn attrs(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if b.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([b[0], b[1]]) as usize;
-        let kind = u16::from_ne_bytes([b[2], b[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > b.len() {
-            return None;
-        }
-        let data = &b[4..len];
-        b = &b[align(len).min(b.len())..];
-        Some((kind, data))
-    })
 }
 
 fn cstr(b: &[u8]) -> String {
@@ -203,6 +175,7 @@ pub fn interfaces() -> io::Result<Vec<(u32, String)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netlink::align;
 
     #[test]
     fn a_filter_is_parsed_from_its_attributes() {

@@ -5,7 +5,22 @@
 //! `next_hop_gen[0]`, which the agent bumps on every route, neighbour,
 //! link, address, rule or nexthop change it hears of from netlink (and
 //! when it starts): a changed route or MAC is never used after the bump.
+//! While the agent hears nothing (its netlink subscription lost, or the
+//! agent stopped) it sets [`NEXT_HOP_OFF`]: nothing cached is used then.
 use bytemuck::Zeroable;
+
+/// A bit of `next_hop_gen[0]`: set, the cache is off. No entry is written
+/// with it (the programs do not cache then), so none matches the
+/// generation and every forwarded packet asks the FIB. The other bits
+/// keep counting, so turning the cache back on ([`next_generation`])
+/// never revives an entry written before it went off.
+pub const NEXT_HOP_OFF: u32 = 1 << 31;
+
+/// The generation after `current` (on or off), with the cache on: every
+/// entry cached so far is stale.
+pub const fn next_generation(current: u32) -> u32 {
+    (current & !NEXT_HOP_OFF).wrapping_add(1) & !NEXT_HOP_OFF
+}
 
 use crate::{Addr4, Addr6};
 
@@ -30,6 +45,7 @@ crate::family::pod_per_family! {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Zeroable, bytemuck::Pod)]
 pub struct NextHop {
     /// `next_hop_gen[0]` read before the lookup; another value: stale.
+    /// Never has [`NEXT_HOP_OFF`].
     pub generation: u32,
     /// Egress interface.
     pub ifindex: u32,
@@ -47,3 +63,17 @@ const _: () = assert!(core::mem::size_of::<NextHop>() == 24);
 const _: () = assert!(core::mem::offset_of!(NextHop, dmac) == 8 && core::mem::offset_of!(NextHop, smac) == 14);
 
 crate::user_pod!(NextHop);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_generation_is_on_and_new_whether_the_cache_was_on_or_off() {
+        assert_eq!(next_generation(0), 1);
+        assert_eq!(next_generation(7), 8);
+        assert_eq!(next_generation(7 | NEXT_HOP_OFF), 8, "back on: past the last generation entries were written with");
+        assert_eq!(next_generation(NEXT_HOP_OFF - 1), 0, "wraps within the counting bits");
+        assert_eq!(next_generation(u32::MAX), 0);
+    }
+}

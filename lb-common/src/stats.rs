@@ -98,6 +98,7 @@ counters! {
     PASS_ICMP6_QUOTE = 43, "pass_icmpv6_error_quote_unwalkable", "Passed: an ICMPv6 error (destination unreachable, packet too big, time exceeded) whose quoted packet's extension headers could not be walked (more than 4, cut short by the quote, or a fragment other than an atomic one), untranslated.";
     PASS_SCTP6_PROGRAM = 44, "pass_sctp6_program_missing", "Passed: an IPv6 SCTP packet at XDP whose program (xdp_sctp_v6, tail-called by xdp_lb_v6) is not loaded; the agent loads it with the others.";
     DROP_SCTP6_PROGRAM = 45, "drop_sctp6_nat_program_missing", "Dropped: an IPv6 SCTP packet balanced at XDP whose rewrite program (xdp_sctp_v6_nat, tail-called by xdp_sctp_v6) is not loaded; the agent loads it with the others.";
+    DROP_SCTP6_STAGE = 46, "drop_sctp6_stage_missing", "Dropped: an IPv6 SCTP packet balanced at XDP whose rewrite could not be handed from xdp_sctp_v6 to xdp_sctp_v6_nat, because this CPU's slot of flow_scratch_v6 (a per-CPU array of one entry) could not be read; cannot happen with the maps the agent loads, so any count is a bug to report.";
     FIB_LOOKUP = 47, "fib_lookup", "Event: XDP asked the FIB for a forwarded packet's next hop (none cached for its destination, the cached one stale after a route or neighbour change, or shorter than the packet's MTU needs); every other forwarded packet used the cached next hop.";
     SOCK_MAPPED = 56, "sock_v4_mapped", "Event: a dual-stack (AF_INET6) node socket's connect() or sendmsg() to an IPv4-mapped address (::ffff:a.b.c.d) was looked up in the IPv4 services (counted on top of sock_balanced or sock_no_backend when it is one).";
     SCTP_NODE_ABORTED = 57, "sctp_node_init_aborted", "Answered (tc egress): an SCTP INIT from the node's own socket to a service address (the socket programs never see SCTP) got an ABORT back, so its connect() fails with ECONNREFUSED.";
@@ -125,9 +126,25 @@ pub const LATE_OUTCOMES: &[u32] = &[
     counter::PASS_ICMP6_QUOTE,
     counter::PASS_SCTP6_PROGRAM,
     counter::DROP_SCTP6_PROGRAM,
+    counter::DROP_SCTP6_STAGE,
 ];
 
 /// Whether counter `idx` is an outcome (every packet bumps exactly one).
 pub fn is_outcome(idx: u32) -> bool {
     (1..FIRST_EVENT).contains(&idx) || LATE_OUTCOMES.contains(&idx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_label_is_unique_and_the_stage_drop_is_an_outcome_of_its_own() {
+        for (i, a) in counter::LABELS.iter().enumerate().filter(|(_, l)| !l.is_empty()) {
+            assert!(!counter::LABELS[i + 1..].contains(a), "{a} labels two counters");
+        }
+        assert_eq!(counter::LABELS[counter::DROP_SCTP6_STAGE as usize], "drop_sctp6_stage_missing");
+        assert!(is_outcome(counter::DROP_SCTP6_STAGE), "a dropped packet's one outcome");
+        assert!(!is_outcome(counter::CT_INSERT_FAILED), "an event on top of an outcome, as before");
+    }
 }

@@ -14,7 +14,11 @@
 //! link, address, rule or nexthop change netlink reports, and only for a
 //! packet that fits the route MTU it recorded; anything else asks the FIB
 //! again. A generation, not a lifetime: a lifetime would send to an old
-//! MAC until it ran out, and would need the clock on every packet. The
+//! MAC until it ran out, and would need the clock on every packet. While
+//! the agent hears no changes it sets `NEXT_HOP_OFF` in the generation:
+//! no entry matches it and none is written, so every packet asks the FIB
+//! (a bit, not a flag in `config`: it costs the fast path no extra map
+//! read, and the agent turns it on and off with the same single write). The
 //! cache assumes the route does not depend on the packet's source or
 //! ports: policy routing by those is not followed for these packets.
 use aya_ebpf::{
@@ -24,7 +28,7 @@ use aya_ebpf::{
     EbpfContext as _,
 };
 use aya_ebpf::bindings::bpf_fib_lookup as FibParams;
-use lb_common::{config_flags, counter, HopKey, NextHop};
+use lb_common::{config_flags, counter, HopKey, NextHop, NEXT_HOP_OFF};
 use lb_ebpf::csum;
 
 use crate::{
@@ -157,9 +161,12 @@ pub fn lookup<'a, F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>, src: F::Addr
             // `tot_len` (a union; since Linux 5.12).
             hop.mtu = unsafe { fib.__bindgen_anon_1.mtu_result };
             hop._pad = [0; 2];
+            // Off (the agent hears no routing changes): nothing is cached.
             // A full cache evicts another destination; a failed write
             // only means the next packet asks the FIB too.
-            let _ = F::next_hops().insert(&key, &*hop, 0);
+            if generation & NEXT_HOP_OFF == 0 {
+                let _ = F::next_hops().insert(&key, &*hop, 0);
+            }
             Lookup::Found(hop)
         }
         // SAFETY: on FRAG_NEEDED the helper wrote the MTU over `tot_len` (a union).

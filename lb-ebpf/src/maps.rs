@@ -147,7 +147,8 @@ pub static next_hop_v4: NextHops<[u8; 4]> = LruHashMap::new();
 pub static next_hop_v6: NextHops<[u8; 16]> = LruHashMap::new();
 
 /// The generation of routes and neighbours at index 0; the agent bumps it
-/// on every change it hears of from netlink.
+/// on every change it hears of from netlink, and sets `NEXT_HOP_OFF` in it
+/// while it hears nothing.
 #[btf_map]
 pub static next_hop_gen: Array<u32, 1> = Array::new();
 

@@ -14,7 +14,8 @@ use crate::{
     nat::Side,
 };
 
-/// Leaves `side` and `rw` for the next program; `false` if the slot is missing.
+/// Leaves `side` and `rw` for the next program; `false` if the slot is
+/// missing (the caller drops, counted as `drop_sctp6_stage_missing`).
 #[inline(always)]
 pub fn put<F: Family>(side: Side, rw: &Rewrite<F::Addr>) -> bool {
     let Some(slot) = F::scratch().get_ptr_mut(0) else { return false };

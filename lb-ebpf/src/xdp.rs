@@ -138,7 +138,7 @@ fn try_run<F: Carrier>(ctx: &XdpContext) -> Result<Verdict, Verdict> {
 fn rewrite<F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>, side: Side, rw: &Rewrite<F::Addr>) -> Result<Verdict, Verdict> {
     if F::L4 == l4::SCTP_ONLY {
         if !stage::put::<F>(side, rw) {
-            return Err(Verdict::Drop(counter::CT_INSERT_FAILED));
+            return Err(Verdict::Drop(counter::DROP_SCTP6_STAGE));
         }
         // SAFETY: a tail call to a program of the same type; returns only on failure.
         unsafe { sctp_xdp.tail_call(ctx, NAT_STAGE) };
@@ -169,7 +169,7 @@ pub fn run_nat<F: Carrier>(ctx: &XdpContext) -> u32 {
 #[inline(always)]
 fn try_nat<F: Carrier>(ctx: &XdpContext) -> Result<Verdict, Verdict> {
     let p = F::parse(ctx.data(), ctx.data_end(), ctx.data_end() - ctx.data())?;
-    let (side, rw) = stage::take::<F>().ok_or(Verdict::Drop(counter::CT_INSERT_FAILED))?;
+    let (side, rw) = stage::take::<F>().ok_or(Verdict::Drop(counter::DROP_SCTP6_STAGE))?;
     rewrite_here::<F>(ctx, &p, side, &rw)
 }
 

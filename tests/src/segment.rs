@@ -29,6 +29,9 @@ pub enum SctpCrc {
     Offloaded,
     /// The CRC32c with these bits flipped (a corrupt packet).
     Corrupt(u32),
+    /// This field, whatever the packet: the CRC32c another packet had (an
+    /// ICMP error's quote keeps the one its sender saw, `lb_ebpf::icmp`).
+    Field([u8; 4]),
 }
 
 /// SCTP chunk types the tests send.
@@ -96,6 +99,7 @@ pub fn l4_segment(sport: u16, dport: u16, l4: &L4, window: u16, payload: &[u8], 
             SctpCrc::Valid => sctp_crc(&s),
             SctpCrc::Offloaded => [0; 4],
             SctpCrc::Corrupt(bits) => (u32::from_le_bytes(sctp_crc(&s)) ^ bits).to_le_bytes(),
+            SctpCrc::Field(f) => f,
         };
         s[8..12].copy_from_slice(&field);
         return s;

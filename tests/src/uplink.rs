@@ -52,6 +52,11 @@ impl Uplink {
         // A node forwards (and the FIB lookup of a forwarded packet requires it).
         node.sysctl("net.ipv4.ip_forward", "1");
         node.sysctl("net.ipv6.conf.all.forwarding", "1");
+        // No duplicate address detection: the link-local address is final
+        // at once, not announced again a second later (an address event
+        // the next-hop tests would count as a routing change).
+        node.sysctl("net.ipv6.conf.default.accept_dad", "0");
+        node.sysctl("net.ipv6.conf.all.accept_dad", "0");
         veth(&node, "up0", &wire, "eth0");
         node.ip(&["link", "set", "up0", "address", &mac(NODE_MAC)]);
         addr_up(&node, "up0", "192.168.1.1/24");

@@ -4,9 +4,14 @@
 //! the entry's generation is `next_hop_gen[0]`, and ask the FIB otherwise.
 //! Through BPF_PROG_TEST_RUN on the uplink of `uplink.rs` (real routes and
 //! neighbours in a namespace); every packet's output is compared whole.
+//! And the agent's side (`lb_agent::hopwatch`) on real netlink events of
+//! that namespace: an overrun of its queue, neighbour state refreshes.
 //! Needs root.
+use std::time::Duration;
+
 use aya::maps::HashMap;
-use lb_common::{counter, maps, HopKey, NatConfig, NextHop, IPPROTO_TCP};
+use lb_agent::hopwatch::{HopChange, HopWatch, RECEIVE_BUFFER};
+use lb_common::{counter, maps, HopKey, NatConfig, NextHop, IPPROTO_TCP, NEXT_HOP_OFF};
 use xdplb_tests::{
     lb::{Lb, TEST_SIZES},
     packet::{Frame, CLIENT_MAC, NODE_MAC, TCP_ACK, TCP_SYN},
@@ -174,4 +179,152 @@ fn ipv6_takes_the_same_path() {
     lb.maps.bump_next_hop_gen().unwrap();
     assert_eq!(up.xdp(&lb, &ack.bytes()), (XDP_TX, out(NODE_B_MAC)));
     assert_eq!(fib_lookups(&lb), 2);
+}
+
+/// A routing subscription in the test's namespace (the thread entered the
+/// uplink's), on a runtime of its own; every batch of events it reads is
+/// written to the pinned `next_hop_gen` as the agent writes it
+/// (`HopChange::apply`).
+struct Watch {
+    rt: tokio::runtime::Runtime,
+    watch: HopWatch,
+}
+
+impl Watch {
+    fn new(receive_buffer: usize, lb: &mut Lb) -> Self {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+        let watch = {
+            let _in = rt.enter();
+            HopWatch::new(receive_buffer)
+        };
+        assert_eq!(watch.current(), HopChange::Subscribed);
+        watch.current().apply(&mut lb.maps).expect("writing next_hop_gen");
+        Self { rt, watch }
+    }
+
+    /// The next batch's meaning, written to the maps.
+    fn next(&mut self, lb: &mut Lb) -> HopChange {
+        let change = self.within(Duration::from_secs(30)).expect("no routing event within 30 s");
+        change.apply(&mut lb.maps).expect("writing next_hop_gen");
+        change
+    }
+
+    fn within(&mut self, wait: Duration) -> Option<HopChange> {
+        let watch = &mut self.watch;
+        self.rt.block_on(async { tokio::time::timeout(wait, watch.next()).await.ok() })
+    }
+
+    /// Reads (and applies) events until half a second passes without one:
+    /// what the namespace's setup left queued.
+    fn settle(&mut self, lb: &mut Lb) {
+        for _ in 0..20 {
+            match self.within(Duration::from_millis(500)) {
+                Some(c) => {
+                    c.apply(&mut lb.maps).expect("writing next_hop_gen");
+                }
+                None => return,
+            }
+        }
+        panic!("routing events kept coming for 10 s");
+    }
+}
+
+fn generation(lb: &Lb) -> u32 {
+    lb.maps.next_hop_gen().expect("reading next_hop_gen")
+}
+
+/// The agent's side, with real netlink: a burst of route changes overruns
+/// a small routing queue for real (ENOBUFS). The cache goes off at once
+/// (every packet asks the FIB, nothing is cached), the subscription is
+/// made again, the cache is back on at a new generation, and a later
+/// neighbour change still reaches the wire.
+#[test]
+fn an_overrun_turns_the_cache_off_until_resubscribed_and_later_changes_still_reach_the_wire() {
+    let up = Uplink::new();
+    up.enter();
+    let mut lb = lb_v4();
+    // 1 byte asks for the kernel's floor (SOCK_MIN_RCVBUF, ~4.6 KB): a
+    // few notifications fill it.
+    let mut w = Watch::new(1, &mut lb);
+    w.settle(&mut lb);
+    let on = generation(&lb);
+    assert_eq!(on & NEXT_HOP_OFF, 0, "subscribed: the cache is on");
+    let (syn, ack, _) = flow();
+    assert_eq!(up.xdp(&lb, &syn).0, XDP_TX);
+    assert_eq!(up.xdp(&lb, &ack.bytes()), (XDP_TX, ack_out(&ack, NODE_B_MAC)));
+    assert_eq!(fib_lookups(&lb), 1);
+
+    // 300 routes added in one `ip -batch` while nothing reads the queue.
+    let batch = std::env::temp_dir().join(format!("xdplb-routes-{}", std::process::id()));
+    std::fs::write(&batch, (0..300).map(|i| format!("route add 10.250.{}.{}/32 dev up0\n", i / 250, i % 250)).collect::<String>()).unwrap();
+    up.ip(&["-batch", batch.to_str().unwrap()]);
+    std::fs::remove_file(&batch).unwrap();
+    assert_eq!(w.next(&mut lb), HopChange::Lost, "the queue overran: ENOBUFS");
+    let off = generation(&lb);
+    assert_eq!(off, on | NEXT_HOP_OFF, "off at once, the count kept");
+    for _ in 0..3 {
+        assert_eq!(up.xdp(&lb, &ack.bytes()), (XDP_TX, ack_out(&ack, NODE_B_MAC)));
+    }
+    assert_eq!(fib_lookups(&lb), 1 + 3, "off: every packet asks the FIB");
+    let key = HopKey { ifindex: up.ifindex, dst: POD_B.octets() };
+    let kept = hops::<[u8; 4]>(&mut lb, maps::NEXT_HOP_V4).get(&key, 0).unwrap();
+    assert_eq!(kept.generation, on, "off: nothing is cached");
+
+    assert_eq!(w.next(&mut lb), HopChange::Subscribed, "subscribed again after the first retry");
+    let back = generation(&lb);
+    assert_eq!(back, on + 1, "on, at a generation no entry has");
+    for _ in 0..3 {
+        assert_eq!(up.xdp(&lb, &ack.bytes()), (XDP_TX, ack_out(&ack, NODE_B_MAC)));
+    }
+    assert_eq!(fib_lookups(&lb), 4 + 1, "on: one lookup, then the cache");
+
+    // Node B's MAC changes: the new subscription hears it, the next packet carries it.
+    let new_mac = [0x02, 0, 0, 0, 0, 0x44];
+    up.ip(&["neigh", "replace", "192.168.1.3", "lladdr", &mac(new_mac), "dev", "up0", "nud", "permanent"]);
+    assert_eq!(w.next(&mut lb), HopChange::Stale, "a new link-layer address");
+    assert_eq!(generation(&lb), back + 1);
+    assert_eq!(up.xdp(&lb, &ack.bytes()), (XDP_TX, ack_out(&ack, new_mac)));
+    assert_eq!(fib_lookups(&lb), 6);
+    println!(
+        "overrun: generation {on} -> {off:#x} (off) -> {back} (resubscribed) -> {} (MAC change); FIB lookups {}",
+        generation(&lb),
+        fib_lookups(&lb)
+    );
+}
+
+/// Neighbour events with real entries: a state refresh with the same
+/// link-layer address (REACHABLE <-> STALE) keeps the cache (the
+/// generation in the pinned map stays, the flow's packets ask no FIB); a
+/// new address and a deletion make it stale.
+#[test]
+fn neighbour_state_refreshes_keep_the_cache_a_new_address_or_a_deletion_does_not() {
+    let up = Uplink::new();
+    up.enter();
+    let mut lb = lb_v4();
+    let mut w = Watch::new(RECEIVE_BUFFER, &mut lb);
+    w.settle(&mut lb);
+    let (syn, ack, _) = flow();
+    assert_eq!(up.xdp(&lb, &syn).0, XDP_TX);
+    let g = generation(&lb);
+    // `ip` with `cmd`, then the batch of events it made: its meaning, the
+    // generation after it, and the FIB lookups of the flow so far.
+    let mut step = |cmd: &str, want: HopChange, generation_now: u32| {
+        up.ip(&cmd.split(' ').collect::<Vec<_>>());
+        assert_eq!(w.next(&mut lb), want, "ip {cmd}");
+        assert_eq!(generation(&lb), generation_now, "ip {cmd}");
+        assert_eq!(up.xdp(&lb, &ack.bytes()), (XDP_TX, ack_out(&ack, NODE_B_MAC)), "ip {cmd}");
+        fib_lookups(&lb)
+    };
+    let neigh = |lladdr: [u8; 6], nud: &str| format!("neigh replace 192.168.1.50 lladdr {} dev up0 nud {nud}", mac(lladdr));
+    let (a, b) = ([0x02, 0, 0, 0, 0, 0x50], [0x02, 0, 0, 0, 0, 0x51]);
+    let first = step(&neigh(a, "reachable"), HopChange::Stale, g + 1);
+    assert_eq!(first, 2, "a neighbour not seen before: stale, the pod's next hop asked once more");
+    let mut refreshes = 0;
+    for nud in ["stale", "reachable", "stale", "reachable"] {
+        assert_eq!(step(&neigh(a, nud), HopChange::Unchanged, g + 1), first, "nud {nud}, the same address: the cache is kept");
+        refreshes += 1;
+    }
+    assert_eq!(step(&neigh(b, "reachable"), HopChange::Stale, g + 2), first + 1, "a new link-layer address: stale");
+    assert_eq!(step("neigh del 192.168.1.50 dev up0", HopChange::Stale, g + 3), first + 2, "deleted: stale");
+    println!("neighbour 192.168.1.50: {refreshes} state refreshes kept generation {}; a new lladdr and a deletion bumped it to {}", g + 1, g + 3);
 }

@@ -11,9 +11,12 @@
 //! IPv6 ABORT. At XDP, from outside: an INIT and its DATA (CRC updated),
 //! one behind an extension header, the INIT ACK reverse-NATed at tc egress,
 //! an address-only rewrite, a corrupt CRC that stays as corrupt, cut
-//! headers and a service without backends (dropped, as over IPv4); then,
-//! on an uplink, a backend on another node (SNAT both ways, never DSR)
-//! and one on this node (client kept) in DSR mode. Every expected frame is
+//! headers and a service without backends (dropped, as over IPv4); ICMPv6
+//! errors about the association translated each way (packet too big,
+//! destination unreachable, a quote cut before the CRC32c, the backend's
+//! own port unreachable at tc egress); then, on an uplink, a backend on
+//! another node (SNAT both ways, never DSR, and ICMPv6 errors about it
+//! each way) and one on this node (client kept) in DSR mode. Every expected frame is
 //! built from scratch, its CRC32c computed over the whole SCTP packet by
 //! the `crc` crate, so each is an independent check of the in-place
 //! update. The cases live in `tests/fixtures/sctp_v6.json`
@@ -29,7 +32,7 @@ use xdplb_tests::{
     packet6::{icmpv6_error, Ext, Frame6},
     packet::hex_diff,
     services::{flows_v6, program_v6, remote_v6, Svc6},
-    uplink::{forwarded, from_node_b, Uplink, CLIENT6, NODE6, NODE_B_MAC, POD_B6, POD_LOCAL6, SNAT_PORT},
+    uplink::{forwarded, from_node_b, Uplink, CLIENT6, NODE6, NODE_B6, NODE_B_MAC, POD_B6, POD_LOCAL6, SNAT_PORT},
 };
 
 const FILE: &str = "sctp_v6.json";
@@ -40,6 +43,11 @@ const TARGET_PORT: u16 = 3869;
 const SAME_PORT: u16 = 2905;
 const NODE_PORT: u16 = 30868;
 const TAG: u32 = 0x0c11_e4a7;
+/// A router on the client's path, one between the node and the backends.
+const ROUTER: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 0xfe);
+const ROUTER_IN: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 2, 0, 0, 0, 0, 0xfe);
+/// "Packet too big", MTU 1280 (ICMPv6 type 2).
+const MTU: [u8; 4] = 1280u32.to_be_bytes();
 
 fn services() -> Vec<Svc6> {
     vec![
@@ -107,6 +115,9 @@ fn cases() -> Vec<Case> {
     let c_ext = init(CLIENT, 5001, CLUSTER_IP, SVC_PORT).ext(Ext::HopByHop).ext(Ext::DestOpts);
     let c_same = data(CLIENT, 5003, DNS_IP, SAME_PORT, b"ASPUP");
     let corrupt = with_crc(data(CLIENT, 5002, CLUSTER_IP, SVC_PORT, b"bit flip"), SctpCrc::Corrupt(0x0001_0000));
+    // The client's association as the wire carried it past the node.
+    let reply_seen = c_ack.clone().with_src(CLUSTER_IP, SVC_PORT);
+    let fwd_seen = c_data.clone().with_dst(B1, TARGET_PORT);
     let c = Case::new;
     vec![
         c("tc_ingress_v6_sctp_pod_init_offloaded_crc_stays_zero", "a pod's INIT to an IPv6 ClusterIP, its CRC32c offloaded (field zero): address and port rewritten (3868 -> 3869), the field left zero for the kernel to compute", "tc_ingress", &b(&pod_init), "TC_ACT_OK", Some(&b(&pod_init.clone().with_dst(B1, TARGET_PORT)))),
@@ -128,7 +139,48 @@ fn cases() -> Vec<Case> {
         c("xdp_v6_sctp_common_header_cut_drops", "10 bytes of SCTP common header, the payload length saying so", "xdp_lb", &cut(&c_data, 10), "XDP_DROP", None),
         c("xdp_v6_sctp_without_chunk_drops", "a 12-byte common header and no chunk", "xdp_lb", &cut(&c_data, 12), "XDP_DROP", None),
         c("xdp_v6_sctp_to_service_without_backend_drops", "SCTP from outside to an IPv6 service without backends is dropped, as over IPv4 (and as UDP)", "xdp_lb", &b(&init(CLIENT, 5004, EMPTY_IP, SVC_PORT)), "XDP_DROP", None),
+        // ICMPv6 errors about the outside client's association (client:5000
+        // -> ClusterIP:3868 -> B1:3869), each way; a quote keeps the CRC32c
+        // its sender saw (no receiver checks a quoted CRC, and a cut quote
+        // could not be updated).
+        c("xdp_v6_sctp_icmp_packet_too_big_about_reply_to_backend", "packet too big from the client's path about the INIT ACK the node sent as ClusterIP:3868 -> client: sent on to the backend quoting B1:3869 -> client (outer destination, quoted source address and port, the ICMPv6 checksum over the new pseudo header; the quoted CRC32c as the router saw it)", "xdp_lb",
+            &icmpv6_error(&c_init, ROUTER, CLUSTER_IP, (2, 0, MTU), &reply_seen, None), "XDP_PASS", Some(&icmpv6_error(&c_init, ROUTER, B1, (2, 0, MTU), &crc_of(c_ack.clone(), &reply_seen), None))),
+        c("xdp_v6_sctp_icmp_unreachable_about_forward_packet_to_client", "destination unreachable (address) from a router between the node and the backend about client -> B1:3869: sent on to the client quoting client -> ClusterIP:3868", "xdp_lb",
+            &icmpv6_error(&c_init, ROUTER_IN, CLIENT, (1, 3, [0; 4]), &fwd_seen, None), "XDP_PASS", Some(&icmpv6_error(&c_init, ROUTER_IN, CLIENT, (1, 3, [0; 4]), &crc_of(c_data.clone(), &fwd_seen), None))),
+        c("xdp_v6_sctp_icmp_packet_too_big_quote_cut_before_crc", "packet too big quoting only the IPv6 header and 8 bytes of SCTP (ports and verification tag, no CRC32c): outer and quote translated", "xdp_lb",
+            &icmpv6_error(&c_init, ROUTER, CLUSTER_IP, (2, 0, MTU), &reply_seen, Some(48)), "XDP_PASS", Some(&icmpv6_error(&c_init, ROUTER, B1, (2, 0, MTU), &c_ack, Some(48)))),
+        c("tc_egress_v6_sctp_icmp_port_unreachable_from_backend", "the backend's own port unreachable about client -> B1:3869 leaves as from the ClusterIP, quoting client -> ClusterIP:3868", "tc_egress",
+            &icmpv6_error(&c_ack, B1, CLIENT, (1, 4, [0; 4]), &fwd_seen, None), "TC_ACT_OK", Some(&icmpv6_error(&c_ack, CLUSTER_IP, CLIENT, (1, 4, [0; 4]), &crc_of(c_data.clone(), &fwd_seen), None))),
     ]
+}
+
+/// The ICMPv6 errors among the cases.
+const ICMP_CASES: [&str; 4] = [
+    "xdp_v6_sctp_icmp_packet_too_big_about_reply_to_backend",
+    "xdp_v6_sctp_icmp_unreachable_about_forward_packet_to_client",
+    "xdp_v6_sctp_icmp_packet_too_big_quote_cut_before_crc",
+    "tc_egress_v6_sctp_icmp_port_unreachable_from_backend",
+];
+
+/// `f` with the CRC32c field `seen` has (neither with extension headers):
+/// a quote of `f` as the error's sender saw it as `seen`.
+fn crc_of(f: Frame6, seen: &Frame6) -> Frame6 {
+    let l4 = 14 + 40;
+    let field = seen.bytes()[l4 + 8..l4 + 12].try_into().unwrap();
+    with_crc(f, SctpCrc::Field(field))
+}
+
+/// Whether the ICMPv6 checksum of the frame `f` (no extension headers) is
+/// valid: the one's complement sum over the pseudo header and the message,
+/// computed here on its own.
+fn icmpv6_checksum_ok(f: &[u8]) -> bool {
+    let msg = &f[14 + 40..];
+    let pseudo = [&f[14 + 8..14 + 40], &(msg.len() as u32).to_be_bytes(), &[0, 0, 0, 58]].concat();
+    let mut sum: u32 = pseudo.chunks(2).chain(msg.chunks(2)).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
 }
 
 #[test]
@@ -171,6 +223,18 @@ fn the_expected_crcs_are_what_the_cases_claim() {
         let (i, o, _) = get(name);
         assert_eq!((i, o), (vec![0; 4], vec![0; 4]), "{name}");
     }
+    // The ICMPv6 errors: checksums valid on both sides, the quoted ports
+    // translated, a quoted CRC32c kept as the error's sender saw it.
+    let quote = 14 + 40 + 8 + 40;
+    for name in ICMP_CASES {
+        let (i, o) = fixture::frames(&file, name);
+        assert!(icmpv6_checksum_ok(&i) && icmpv6_checksum_ok(&o), "{name}: ICMPv6 checksums");
+        assert_ne!(i[quote..quote + 4], o[quote..quote + 4], "{name}: a quoted port translated");
+        if o.len() >= quote + 12 {
+            assert_eq!(i[quote + 8..quote + 12], o[quote + 8..quote + 12], "{name}: the quoted CRC32c kept");
+            assert_ne!(&o[quote + 8..quote + 12], &sctp_crc(&o[quote..]), "{name}: (which is not the translated quote's own)");
+        }
+    }
 }
 
 #[test]
@@ -195,6 +259,8 @@ fn sctp_v6_fixtures() {
     assert_eq!(lb.counter(counter::UNREACH_SENT), 1);
     assert_eq!(lb.counter(counter::SCTP_NODE_ABORTED), 1);
     assert_eq!(lb.counter(counter::NAT_REPLY), 3);
+    assert_eq!(lb.counter(counter::ICMP_NAT), ICMP_CASES.len() as u64, "every ICMPv6 error about an association translated");
+    assert_eq!(lb.counter(counter::DROP_SCTP6_STAGE), 0, "the stage slot is always there");
     assert_eq!(lb.counter(counter::DROP_NO_BACKEND), 2, "the pod's INIT (answered with the port unreachable) and the outside client's (dropped)");
     assert_eq!((lb.counter(counter::PASS_OTHER_L4), lb.counter(counter::PASS_SCTP6_PROGRAM), lb.counter(counter::DROP_SCTP6_PROGRAM)), (0, 0, 0), "XDP balances IPv6 SCTP");
     let flows = flows_v6(&mut lb.ebpf);
@@ -238,12 +304,33 @@ fn sctp_v6_from_outside_snat_to_another_node_never_dsr_local_keeps_client() {
     check("SNAT: source [node]:61000, destination the pod on node B, out of the uplink", &first, (XDP_TX, forwarded(first.clone().with_src(NODE6, SNAT_PORT).with_dst(POD_B6, TARGET_PORT), NODE_B_MAC)));
     let ack = from_node_b(Frame6::sctp(POD_B6, TARGET_PORT, NODE6, SNAT_PORT, TAG, SCTP_INIT_ACK).payload(&sctp_init_value(0x5e4e_7a90)));
     check("the INIT ACK back to the client from the NodePort", &ack, (XDP_TX, forwarded(ack.clone().with_src(NODE6, NODE_PORT).with_dst(CLIENT6, 5000), CLIENT_MAC)));
+    // ICMPv6 errors about the SNATed association, each way: translated and
+    // forwarded by XDP like the association's own packets.
+    let icmp = |what: &str, input: Vec<u8>, want: Vec<u8>| {
+        let (rc, out) = up.xdp(&lb, &input);
+        assert_eq!((rc, &out), (XDP_TX, &want), "{what}\n{}", hex_diff(&out, &want));
+        assert!(icmpv6_checksum_ok(&input) && icmpv6_checksum_ok(&out), "{what}: ICMPv6 checksums");
+    };
+    let init_seen = first.clone().with_src(NODE6, SNAT_PORT).with_dst(POD_B6, TARGET_PORT);
+    icmp(
+        "packet too big from node B's side about the SNATed INIT: to the client, quoting client -> NodePort",
+        icmpv6_error(&from_node_b(first.clone()), NODE_B6, NODE6, (2, 0, MTU), &init_seen, None),
+        icmpv6_error(&forwarded(from_node_b(first.clone()), CLIENT_MAC), NODE_B6, CLIENT6, (2, 0, MTU), &crc_of(first.clone(), &init_seen), None),
+    );
+    let ack_sent = Frame6::sctp(POD_B6, TARGET_PORT, NODE6, SNAT_PORT, TAG, SCTP_INIT_ACK).payload(&sctp_init_value(0x5e4e_7a90));
+    let ack_seen = ack_sent.clone().with_src(NODE6, NODE_PORT).with_dst(CLIENT6, 5000);
+    icmp(
+        "packet too big from the client's side about the INIT ACK: to the pod on node B, quoting pod -> node:SNAT port",
+        icmpv6_error(&first, ROUTER, NODE6, (2, 0, MTU), &ack_seen, None),
+        icmpv6_error(&forwarded(first.clone(), NODE_B_MAC), ROUTER, POD_B6, (2, 0, MTU), &crc_of(ack_sent, &ack_seen), None),
+    );
     let local = init(CLIENT6, 5001, NODE6, NODE_PORT + 1);
     check("a pod on this node: the client kept, passed to the kernel", &local, (XDP_PASS, local.clone().with_dst(POD_LOCAL6, TARGET_PORT)));
 
     assert_eq!((lb.counter(counter::SNAT_NEW), lb.counter(counter::DSR_FORWARD)), (1, 0), "SNAT, never DSR");
     assert_eq!(lb.counter(counter::SCTP_CRC_UPDATED), 3, "both ways, and the local DNAT's port");
-    assert_eq!(lb.counter(counter::XDP_REDIRECTED), 2, "both SNAT packets left through XDP");
+    assert_eq!(lb.counter(counter::XDP_REDIRECTED), 2 + 2, "both SNAT packets and both ICMPv6 errors left through XDP");
+    assert_eq!(lb.counter(counter::ICMP_NAT), 2);
     assert!(!lb_common::dsr::uses_dsr(0, config_flags::DSR_TCP | config_flags::DSR_UDP, IPPROTO_SCTP), "explain decides the same");
 }
 

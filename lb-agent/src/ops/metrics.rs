@@ -55,6 +55,10 @@ pub struct Metrics {
     source_up: Gauge,
     source_events: Counter,
     last_event: Gauge<f64, AtomicU64>,
+    /// 1 while routing changes are followed (the next-hop cache on).
+    next_hop_cache: Gauge,
+    routing_lost: Counter,
+    next_hop_bumps: Counter,
 }
 
 impl Metrics {
@@ -73,6 +77,9 @@ impl Metrics {
             source_up: Gauge::default(),
             source_events: Counter::default(),
             last_event: Gauge::default(),
+            next_hop_cache: Gauge::default(),
+            routing_lost: Counter::default(),
+            next_hop_bumps: Counter::default(),
         };
         // Fields borrowed apart: the registry mutably, the handles to clone.
         let r = m.registry.get_mut().unwrap_or_else(|e| e.into_inner());
@@ -107,6 +114,24 @@ impl Metrics {
         register(r, "xdplb_source_up", "1 while the object source delivers models.", m.source_up.clone());
         register(r, "xdplb_source_events_total", "Models delivered by the source.", m.source_events.clone());
         register(r, "xdplb_source_last_event_timestamp_seconds", "Unix time of the last model from the source.", m.last_event.clone());
+        register(
+            r,
+            "xdplb_next_hop_cache_enabled",
+            "1 while the agent follows routing changes and XDP's next-hop cache is on; 0 while its netlink subscription is lost (or not made yet): XDP then asks the FIB for every packet it forwards.",
+            m.next_hop_cache.clone(),
+        );
+        register(
+            r,
+            "xdplb_routing_events_lost_total",
+            "Times the netlink routing subscription was lost (a read error; an overrun, ENOBUFS, loses events) or could not be made at start: the next-hop cache went off until subscribed again.",
+            m.routing_lost.clone(),
+        );
+        register(
+            r,
+            "xdplb_next_hop_invalidations_total",
+            "Times the agent made every cached next hop stale after a route, link, address, rule, nexthop or neighbour change (a neighbour's only when its link-layer address or usability changed), or after resubscribing.",
+            m.next_hop_bumps.clone(),
+        );
         r.register_collector(Box::new(m.readiness.clone()));
         r.register_collector(Box::new(m.dataplane.clone()));
         m
@@ -172,6 +197,25 @@ impl Metrics {
         self.dataplane.set_names(names);
     }
 
+    /// What the routing subscription reported (`hopwatch`).
+    pub fn next_hop_change(&self, change: crate::hopwatch::HopChange) {
+        use crate::hopwatch::HopChange;
+        match change {
+            HopChange::Stale => {
+                self.next_hop_bumps.inc();
+            }
+            HopChange::Subscribed => {
+                self.next_hop_bumps.inc();
+                self.next_hop_cache.set(1);
+            }
+            HopChange::Lost => {
+                self.routing_lost.inc();
+                self.next_hop_cache.set(0);
+            }
+            HopChange::Unchanged => {}
+        }
+    }
+
     /// The periodic reconcile rewrote `writes` entries that differed from the last sync.
     pub fn reconcile_repairs(&self, writes: usize) {
         self.reconcile_repairs.inc_by(writes as u64);
@@ -231,6 +275,28 @@ mod tests {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
         assert!(!text.contains("# EOF") && !text.contains("_total_total"), "{text}");
+    }
+
+    #[test]
+    fn the_next_hop_cache_state_follows_the_routing_subscription() {
+        use crate::hopwatch::HopChange;
+        let m = Metrics::new(Path::new("/nonexistent/xdplb"));
+        let figures = |m: &Metrics| {
+            let text = m.render();
+            let get = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok());
+            (get("xdplb_next_hop_cache_enabled"), get("xdplb_routing_events_lost_total"), get("xdplb_next_hop_invalidations_total"))
+        };
+        assert_eq!(figures(&m), (Some(0), Some(0), Some(0)), "off until subscribed");
+        for (change, want) in [
+            (HopChange::Subscribed, (1, 0, 1)),
+            (HopChange::Stale, (1, 0, 2)),
+            (HopChange::Unchanged, (1, 0, 2)),
+            (HopChange::Lost, (0, 1, 2)),
+            (HopChange::Subscribed, (1, 1, 3)),
+        ] {
+            m.next_hop_change(change);
+            assert_eq!(figures(&m), (Some(want.0), Some(want.1), Some(want.2)), "after {change:?}");
+        }
     }
 
     #[test]
