@@ -71,7 +71,7 @@ fn route_call<F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>, ends: &[F::Addr;
 #[inline(always)]
 fn route_inline<F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>, src: F::Addr, dst: F::Addr, must: bool) -> Option<u32> {
     let mut hop = empty();
-    match lookup::<F>(ctx, p, src, dst, 0, &mut hop) {
+    match lookup_in::<F, true>(ctx, p, src, dst, 0, &mut hop) {
         Lookup::Found(hop) => apply::<F>(ctx, hop, must),
         _ => None,
     }
@@ -121,8 +121,18 @@ fn redirect_configured() -> bool {
 /// when its entry is current and the packet fits the MTU it recorded,
 /// else from the FIB (whose MTU check, against the egress route's MTU,
 /// then answers) into `hop`, caching a success.
+///
+/// Without this CPU's slots (DSR's path): with them, the IPv6 DSR program
+/// failed verification (LLVM spilled an unset register after a call, "R1
+/// !read_ok"), so DSR reads the hash cache first.
 #[inline(always)]
 pub fn lookup<'a, F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>, src: F::Addr, dst: F::Addr, extra: u16, hop: &'a mut NextHop) -> Lookup<'a> {
+    lookup_in::<F, false>(ctx, p, src, dst, extra, hop)
+}
+
+/// [`lookup`], reading this CPU's slot first and filling it when `SLOTS`.
+#[inline(always)]
+fn lookup_in<'a, F: Family, const SLOTS: bool>(ctx: &XdpContext, p: &Packet<F::Addr>, src: F::Addr, dst: F::Addr, extra: u16, hop: &'a mut NextHop) -> Lookup<'a> {
     // SAFETY: reading the context's ingress interface.
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     let key = HopKey { ifindex: ingress, dst };
@@ -131,7 +141,7 @@ pub fn lookup<'a, F: Family>(ctx: &XdpContext, p: &Packet<F::Addr>, src: F::Addr
     let generation = next_hop_gen.get(0).map_or(0, |g| *g);
     let len = p.ip_len + extra;
     // This CPU's slot for the destination first: an index, no hash.
-    let slot = F::hop_slots().get_ptr_mut(hop_slot(&dst));
+    let slot = if SLOTS { F::hop_slots().get_ptr_mut(hop_slot(&dst)) } else { None };
     if let Some(s) = slot {
         // SAFETY: this CPU's slot, valid for this program run and written
         // by this CPU alone (a program run is not interrupted by another on it).
