@@ -1,6 +1,7 @@
 //! Booting a Debian kernel in QEMU: the kernel package downloaded with
 //! `apt-get download` and unpacked (never installed), a busybox initramfs
-//! with the modules it needs, QEMU under TCG (this host's /dev/kvm is a
+//! with the modules it needs, QEMU under KVM where /dev/kvm can run the
+//! guest and TCG otherwise ([`accel`]; this host's /dev/kvm is a
 //! paravirtual kind a stock kernel cannot use). Used by the pktgen bench
 //! (the bench crate's `vm`) and the `--kernels` test tier (tests/tests/kernels.rs).
 use std::{
@@ -227,6 +228,61 @@ pub struct Boot<'a> {
     pub timeout: Duration,
 }
 
+/// The accelerator guests run under: `"kvm"` when /dev/kvm can run a stock
+/// kernel, `"tcg"` otherwise. A PVM /dev/kvm (this host's) opens and QEMU
+/// starts, but the guest's kernel never prints a line; so the probe boots
+/// `vmlinuz` under KVM and waits up to 5 s for its first console line
+/// (under real KVM it comes in well under a second). The answer is kept
+/// per host boot under the temp dir, so a run of many VMs probes once.
+pub fn accel(vmlinuz: &Path) -> &'static str {
+    static ACCEL: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    ACCEL.get_or_init(|| {
+        let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        let cache = std::env::temp_dir().join(format!("xdplb-vm-accel-{}", boot_id.trim()));
+        match std::fs::read_to_string(&cache).as_deref() {
+            Ok("kvm") => return "kvm",
+            Ok("tcg") => return "tcg",
+            _ => {}
+        }
+        let found = if kvm_runs_guest(vmlinuz) { "kvm" } else { "tcg" };
+        // Only a cache: a probe next time if it cannot be written.
+        let _ = std::fs::write(&cache, found);
+        found
+    })
+}
+
+fn kvm_runs_guest(vmlinuz: &Path) -> bool {
+    let Ok(dev) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") else { return false };
+    drop(dev);
+    let log = std::env::temp_dir().join(format!("xdplb-kvm-probe-{}.log", std::process::id()));
+    let Ok(out) = std::fs::File::create(&log) else { return false };
+    let child = Command::new("qemu-system-x86_64")
+        .args(["-accel", "kvm", "-cpu", "host", "-m", "128", "-nographic", "-no-reboot", "-nic", "none", "-kernel"])
+        .arg(vmlinuz)
+        .args(["-append", "console=ttyS0 panic=-1"])
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else { return false };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut ok = false;
+    while Instant::now() < deadline {
+        if std::fs::read_to_string(&log).is_ok_and(|t| t.contains("Linux version")) {
+            ok = true;
+            break;
+        }
+        if child.try_wait().ok().flatten().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&log);
+    ok
+}
+
 /// Boots and waits for the guest to power off; the console goes to `log`.
 /// Returns the console text and the wall time.
 pub fn boot(b: &Boot, log: &Path) -> Result<(String, Duration)> {
@@ -237,7 +293,8 @@ pub fn boot(b: &Boot, log: &Path) -> Result<(String, Duration)> {
     };
     let mut child = Command::new(prog)
         .args(pre)
-        .args(["-accel", "tcg", "-m", &b.mem_mb.to_string(), "-smp", &b.cpus.to_string()])
+        .args(accel_args(accel(b.vmlinuz)))
+        .args(["-m", &b.mem_mb.to_string(), "-smp", &b.cpus.to_string()])
         .args(["-nographic", "-no-reboot", "-kernel"])
         .arg(b.vmlinuz)
         .arg("-initrd")
@@ -265,6 +322,15 @@ pub fn boot(b: &Boot, log: &Path) -> Result<(String, Duration)> {
         bail!("qemu failed ({status}); see {}", log.display());
     }
     Ok((text, start.elapsed()))
+}
+
+/// QEMU's arguments for `accel` (KVM with the host's CPU model).
+fn accel_args(accel: &str) -> &'static [&'static str] {
+    if accel == "kvm" {
+        &["-accel", "kvm", "-cpu", "host"]
+    } else {
+        &["-accel", "tcg"]
+    }
 }
 
 #[cfg(test)]

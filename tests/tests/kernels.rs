@@ -97,7 +97,7 @@ fn debian_12_kernel_6_1_balances_restarts_and_uninstalls_through_netlink_tc() {
         wrap: vec![],
         timeout: Duration::from_secs(600),
     };
-    eprintln!("kernels: booting {pkg} (console: {}; shared: {:?})", log.display(), shares.dirs());
+    eprintln!("kernels: booting {pkg} under {} (console: {}; shared: {:?})", vm::accel(&vmlinuz), log.display(), shares.dirs());
     let (console, wall) = vm::boot(&boot, &log).expect("booting the VM");
     let run: String = console.split("XDPLB-VM-START").nth(1).unwrap_or(&console).to_string();
     println!("{run}");

@@ -1,8 +1,9 @@
 //! `--pktgen-vm`: the users' "benchmark with pktgen in a VM" workflow, as a
 //! check that it works with xdplb, not as the headline rate. A Debian kernel
 //! (from the linux-image package, unpacked under `target/bench/vm/`, never
-//! installed) boots in QEMU (TCG: this host's /dev/kvm is a paravirtual kind
-//! a stock kernel cannot use) with a busybox initramfs whose /init loads
+//! installed) boots in QEMU (KVM where /dev/kvm can run it, else TCG: this
+//! host's /dev/kvm is a paravirtual kind a stock kernel cannot use; the
+//! figures' `accel` says which) with a busybox initramfs whose /init loads
 //! virtio_net and pktgen and sends UDP to a service VIP through virtio-net
 //! into a tap device, on which our XDP program runs in a namespace. The
 //! figures: pps pktgen reports, packets XDP saw and rewrote, packets the
@@ -109,7 +110,7 @@ pub fn run(out_dir: &Path, count: u64, r: &mut Report) -> Result<()> {
         .ok()
         .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
         .unwrap_or(0.0);
-    let cond = json!({"accel": "tcg", "kernel": vmlinuz.file_name().unwrap().to_string_lossy(), "frames": count, "frame_bytes": 60,
+    let cond = json!({"accel": vm::accel(&vmlinuz), "kernel": vmlinuz.file_name().unwrap().to_string_lossy(), "frames": count, "frame_bytes": 60,
                       "path": "guest pktgen -> virtio-net -> tap (native XDP xdp_lb) -> kernel forwarding -> veth to the backend namespace",
                       "vm_wall_s": (wall * 10.0).round() / 10.0, "what": "workflow check, not the headline rate"});
     r.add("vm", "vm/pktgen_sent_pps", pps, None, "pps", cond.clone());
