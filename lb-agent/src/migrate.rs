@@ -120,6 +120,9 @@ pub fn expected(name: &str, s: MapSizes) -> Spec {
         maps::NEXT_HOP_V4 => spec(MapType::LruHash, size::<HopKeyV4>(), size::<NextHop>(), maps::default_size::NEXT_HOPS),
         maps::NEXT_HOP_V6 => spec(MapType::LruHash, size::<HopKeyV6>(), size::<NextHop>(), maps::default_size::NEXT_HOPS),
         maps::NEXT_HOP_GEN => spec(MapType::Array, 4, 4, 1),
+        // Direct-mapped by the destination's low bits (`lb_common::hop_slot`).
+        maps::NEXT_HOP_SLOTS_V4 => spec(MapType::PerCpuArray, 4, size::<HopSlotV4>(), HOP_SLOTS),
+        maps::NEXT_HOP_SLOTS_V6 => spec(MapType::PerCpuArray, 4, size::<HopSlotV6>(), HOP_SLOTS),
         // The IPv6 instances: the same roles and sizes (conntrack and
         // affinity sized on their own), keys and values over 16-byte addresses.
         maps::SERVICES_V6 => spec(MapType::Hash, size::<ServiceKeyV6>(), size::<Service>(), s.services),

@@ -59,9 +59,11 @@ pub mod flow_flags {
     /// entry alone (made from the packets' option). Neither has the other
     /// half on its node, so none is restored.
     pub const DSR: u8 = 1 << 3;
-    /// On a reply half: the backend answered at least twice, so the flow is
-    /// saved in `conntrack_confirmed_v4` (see lb-ebpf's `confirmed`). A high
-    /// bit, clear of the flags other branches add after bit 2.
+    /// On both halves: the backend answered at least twice, and both
+    /// halves were saved in `conntrack_confirmed_v4` (see lb-ebpf's
+    /// `confirmed`), so a SNAT flow's halves need not look each other up
+    /// on every packet. A high bit, clear of the flags other branches add
+    /// after bit 2.
     pub const CONFIRMED: u8 = 1 << 6;
 }
 

@@ -58,6 +58,13 @@ pub const REPLY_PORTS: &str = "reply_ports";
 pub const NEXT_HOP_V4: &str = "next_hop_v4";
 /// The same for IPv6 destinations ([`crate::HopKeyV6`]).
 pub const NEXT_HOP_V6: &str = "next_hop_v6";
+/// Per-CPU array of [`crate::HOP_SLOTS`] [`crate::HopSlotV4`]: per CPU,
+/// the next hop last used for a destination, direct-mapped by its low bits
+/// ([`crate::hop_slot`]), checked as the hash cache's entries are and read
+/// before it (an index instead of a hash lookup).
+pub const NEXT_HOP_SLOTS_V4: &str = "next_hop_slots_v4";
+/// The same for IPv6 destinations ([`crate::HopSlotV6`]).
+pub const NEXT_HOP_SLOTS_V6: &str = "next_hop_slots_v6";
 /// Array of one `u32`: the generation of the routes and neighbours; the
 /// agent bumps it on every change, which makes every cached next hop stale.
 pub const NEXT_HOP_GEN: &str = "next_hop_gen";
@@ -123,6 +130,8 @@ pub const ALL: &[&str] = &[
     NEXT_HOP_V4,
     NEXT_HOP_V6,
     NEXT_HOP_GEN,
+    NEXT_HOP_SLOTS_V4,
+    NEXT_HOP_SLOTS_V6,
     CONNTRACK_CONFIRMED_V4,
     SERVICES_V6,
     BACKENDS_V6,

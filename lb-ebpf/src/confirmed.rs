@@ -16,7 +16,9 @@
 //!
 //! Cost: one more hash lookup for a packet that misses `conntrack_v4` (a
 //! new flow; at tc egress, any packet that is not a reply of ours), and two
-//! inserts once per confirmed flow. Established packets pay nothing more.
+//! inserts once per confirmed flow. Established packets pay nothing more;
+//! a confirmed SNAT flow's pay less: its halves no longer look each other
+//! up on every packet (see `conntrack::touch`).
 use lb_common::{counter, direction, flow_flags, Flow, FlowKey};
 
 use crate::{
@@ -35,30 +37,38 @@ pub fn on_reply<F: Family>(reply_key: &FlowKey<F::Addr>, reply: &mut Flow<F::Add
     // The forward key is built here, on this call's own stack.
     let forward = &crate::flowkey::other_key::<F>(reply_key, reply);
     if reply.flags & flow_flags::CONFIRMED == 0 {
-        reply.flags |= flow_flags::CONFIRMED;
-        // From the map value itself: a copy would take the stack IPv6 lacks.
-        if save::<F>(forward) && F::confirmed().insert(reply_key, &*reply, 0).is_ok() {
+        if save::<F>(forward, reply_key, reply) {
             count(counter::CT_CONFIRMED);
         }
     } else if F::confirmed().get_ptr(forward).is_none() || F::confirmed().get_ptr(reply_key).is_none() {
         // Evicted from the confirmed table too (more live confirmed flows
         // than it holds): saved again while the flow is alive.
-        if save::<F>(forward) {
-            let _ = F::confirmed().insert(reply_key, &*reply, 0);
-        }
+        let _ = save::<F>(forward, reply_key, reply);
     }
 }
 
-/// Copies the live forward half at `forward` into the confirmed table.
+/// Copies both halves of a live flow into the confirmed table, both
+/// flagged `CONFIRMED` (in conntrack too): a half with the flag may count
+/// on its other half being restorable from there (`conntrack::touch`), so
+/// the flag is set only when both copies were written. `false`: the
+/// forward half is gone or closing, or a copy failed (nothing flagged).
 #[inline(always)]
-fn save<F: Family>(forward: &FlowKey<F::Addr>) -> bool {
-    // SAFETY: a program-written value, only read (the helper copies it).
-    match unsafe { F::conntrack().get(forward) } {
-        Some(e) if e.direction == direction::FORWARD && e.flags & flow_flags::CLOSING == 0 => {
-            F::confirmed().insert(forward, e, 0).is_ok()
-        }
-        _ => false,
+fn save<F: Family>(forward: &FlowKey<F::Addr>, reply_key: &FlowKey<F::Addr>, reply: &mut Flow<F::Addr>) -> bool {
+    let Some(f) = F::conntrack().get_ptr_mut(forward) else { return false };
+    // SAFETY: a live entry of this map; racing writers only lose a flag.
+    let f = unsafe { &mut *f };
+    if f.direction != direction::FORWARD || f.flags & flow_flags::CLOSING != 0 {
+        return false;
     }
+    f.flags |= flow_flags::CONFIRMED;
+    reply.flags |= flow_flags::CONFIRMED;
+    // From the map values themselves: a copy would take the stack IPv6 lacks.
+    if F::confirmed().insert(forward, &*f, 0).is_ok() && F::confirmed().insert(reply_key, &*reply, 0).is_ok() {
+        return true;
+    }
+    f.flags &= !flow_flags::CONFIRMED;
+    reply.flags &= !flow_flags::CONFIRMED;
+    false
 }
 
 /// A flow that closes (FIN or RST) is confirmed no longer: both halves go.

@@ -128,17 +128,23 @@ fn timeout_ns<A: Addr>(entry: &Flow<A>, proto: u8) -> u64 {
 /// Records a packet on `entry`: counters, last-seen time, TCP teardown.
 ///
 /// Returns whether the flow's other half is due a look ([`keep_pair`]): on
-/// every packet of a SNAT flow, whose replies cannot be found without it;
-/// for others when the entry's time is refreshed (at most once a second) and
-/// when the flow starts closing. Every packet would cost ~35 ns on the
-/// established path (measured A/B, `prog_cost`).
+/// every packet of a SNAT flow that is not confirmed yet, whose replies
+/// cannot be found without it (passed to the stack, a SNAT reply finds no
+/// socket and is answered with a reset); for others when the entry's time
+/// is refreshed (at most once a second) and when the flow starts closing.
+/// Every packet would cost ~35 ns on the established path (measured A/B,
+/// `prog_cost`). A confirmed SNAT flow's halves are both in the confirmed
+/// table (`confirmed::save` flags them only then), where a packet of
+/// either direction that misses conntrack finds its half before it is
+/// balanced anew or passed: the once-a-second look then suffices, as for
+/// other flows (~14 ns less per packet, `prog_cost`).
 #[inline(always)]
 fn touch<A: Addr>(entry: &mut Flow<A>, p: &Packet<A>, now: u64) -> bool {
     // Plain adds: a flow is steered to one CPU by RSS, so these rarely race,
     // and an occasional lost increment is cheaper than an atomic per packet.
     entry.packets += 1;
     entry.bytes += p.ip_len as u64;
-    let mut due = entry.flags & flow_flags::SNAT != 0;
+    let mut due = entry.flags & (flow_flags::SNAT | flow_flags::CONFIRMED) == flow_flags::SNAT;
     if since(now, entry.last_seen_ns) > TOUCH_INTERVAL_NS {
         entry.last_seen_ns = now;
         due = true;
@@ -264,7 +270,9 @@ fn keep_pair_inline<F: Family>(key: &FlowKey<F::Addr>, e: &Flow<F::Addr>) {
             restored.peer_addr = peer.0;
             restored.peer_port = peer.1;
             restored.direction = if e.direction == direction::FORWARD { direction::REPLY } else { direction::FORWARD };
-            restored.flags = e.flags & flow_flags::SNAT;
+            // A confirmed flow's restored half is confirmed too (its copy
+            // is in the confirmed table: see `touch`).
+            restored.flags = e.flags & (flow_flags::SNAT | flow_flags::CONFIRMED);
             restored.packets = 0;
             restored.bytes = 0;
             if F::conntrack().insert(&other, &*restored, BPF_NOEXIST as u64).is_ok() {
@@ -554,9 +562,13 @@ pub fn reply<F: Family>(p: &Packet<F::Addr>) -> Option<Rewrite<F::Addr>> {
     }
     // A second reply confirms the flow; a confirmed one's copies are
     // refreshed when its time is (see `confirmed`). Decided before `touch`,
-    // so nothing stays live across it (the stack is at its limit).
+    // so nothing stays live across it (the stack is at its limit). A DSR
+    // reply half has no forward half on this node: nothing to confirm (it
+    // would be tried on every reply, ~23 ns each, `dsr_cost`).
     let f = entry.flags;
-    if f & flow_flags::SEEN_REPLY != 0 && (f & flow_flags::CONFIRMED == 0 || since(now, entry.last_seen_ns) > TOUCH_INTERVAL_NS) {
+    if f & (flow_flags::SEEN_REPLY | flow_flags::DSR) == flow_flags::SEEN_REPLY
+        && (f & flow_flags::CONFIRMED == 0 || since(now, entry.last_seen_ns) > TOUCH_INTERVAL_NS)
+    {
         if F::SPLIT {
             on_reply_call::<F>(&key, entry);
         } else {

@@ -19,7 +19,7 @@ pub use lb_ebpf::ip::same;
 use lb_ebpf::ip::Ip;
 
 use crate::{
-    maps::{self, Affinity, Backends, Conntrack, NextHops, Services, SourceRanges},
+    maps::{self, Affinity, Backends, Conntrack, HopSlots, NextHops, Services, SourceRanges},
     parse::{self, Packet, ETH_LEN, IP_CHECK, IP_DST, IP_SRC},
     parse6::{self, IP6_DST, IP6_HOP_LIMIT, IP6_LEN, IP6_SRC},
     verdict::Verdict,
@@ -83,6 +83,8 @@ pub trait Family: 'static {
     fn scratch() -> &'static PerCpuArray<Flow<Self::Addr>, 1>;
     /// The family's cached next hops (`forward.rs`).
     fn next_hops() -> &'static NextHops<Self::Addr>;
+    /// This CPU's direct-mapped copies of them (`forward.rs`).
+    fn hop_slots() -> &'static HopSlots<Self::Addr>;
 
     /// The conntrack key of a 5-tuple.
     fn flow_key(src: Self::Addr, dst: Self::Addr, sport: [u8; 2], dport: [u8; 2], proto: u8) -> FlowKey<Self::Addr>;
@@ -102,7 +104,7 @@ pub trait Family: 'static {
 
 /// The accessors of a family's instances of the per-family maps.
 macro_rules! family_maps {
-    ($a:ty, $services:ident, $backends:ident, $conntrack:ident, $confirmed:ident, $affinity:ident, $ranges:ident, $scratch:ident, $hops:ident) => {
+    ($a:ty, $services:ident, $backends:ident, $conntrack:ident, $confirmed:ident, $affinity:ident, $ranges:ident, $scratch:ident, $hops:ident, $slots:ident) => {
         #[inline(always)]
         fn services() -> &'static Services<$a> {
             &maps::$services
@@ -134,6 +136,10 @@ macro_rules! family_maps {
         #[inline(always)]
         fn next_hops() -> &'static NextHops<$a> {
             &maps::$hops
+        }
+        #[inline(always)]
+        fn hop_slots() -> &'static HopSlots<$a> {
+            &maps::$slots
         }
     };
 }
@@ -182,7 +188,7 @@ impl Family for V4 {
     fn fixed(data: usize, end: usize, frame_len: usize) -> Option<(u8, usize)> {
         parse::fixed(data, end, frame_len)
     }
-    family_maps!([u8; 4], services_v4, backends_v4, conntrack_v4, conntrack_confirmed_v4, affinity_v4, source_ranges_v4, flow_scratch_v4, next_hop_v4);
+    family_maps!([u8; 4], services_v4, backends_v4, conntrack_v4, conntrack_confirmed_v4, affinity_v4, source_ranges_v4, flow_scratch_v4, next_hop_v4, next_hop_slots_v4);
     #[inline(always)]
     fn hash_word(a: &[u8; 4]) -> [u8; 4] {
         *a
@@ -288,7 +294,7 @@ impl<const L4: u8> Family for V6Of<L4> {
             r => Err(Verdict::Pass(r)),
         }
     }
-    family_maps!([u8; 16], services_v6, backends_v6, conntrack_v6, conntrack_confirmed_v6, affinity_v6, source_ranges_v6, flow_scratch_v6, next_hop_v6);
+    family_maps!([u8; 16], services_v6, backends_v6, conntrack_v6, conntrack_confirmed_v6, affinity_v6, source_ranges_v6, flow_scratch_v6, next_hop_v6, next_hop_slots_v6);
     #[inline(always)]
     fn hash_word(a: &[u8; 16]) -> [u8; 4] {
         fold6(a).to_ne_bytes()

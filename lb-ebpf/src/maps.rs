@@ -13,7 +13,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     counter, maps::default_size as size, AffinityKey, AffinityV4, Backend, BackendId, Config, FlowKey, Flow,
-    HopKey, NatConfig, NextHop, Service, ServiceKey, ServiceStats, SlotKey, SockRev, SockRevKey, SourceRange,
+    HopKey, HopSlot, NatConfig, NextHop, Service, ServiceKey, ServiceStats, SlotKey, SockRev, SockRevKey, SourceRange,
 };
 
 /// (VIP, port, protocol) → service, per family.
@@ -28,6 +28,8 @@ pub type Affinity<A> = LruHashMap<AffinityKey<A>, AffinityV4, { size::AFFINITY a
 pub type SourceRanges<A> = LpmTrie<SourceRange<A>, u8, { size::SOURCE_RANGES as usize }>;
 /// (ingress interface, destination) → next hop, per family.
 pub type NextHops<A> = LruHashMap<HopKey<A>, NextHop, { size::NEXT_HOPS as usize }>;
+/// Per CPU, destination's low bits → the next hop last used, per family.
+pub type HopSlots<A> = PerCpuArray<HopSlot<A>, { lb_common::HOP_SLOTS as usize }>;
 /// (socket, backend) → service address, per family.
 pub type SockRevNat<A> = LruHashMap<SockRevKey<A>, SockRev<A>, { size::SOCK_REVNAT as usize }>;
 
@@ -145,6 +147,14 @@ pub static nat_config_v6: Array<NatConfig<[u8; 16]>, 1> = Array::new();
 pub static next_hop_v4: NextHops<[u8; 4]> = LruHashMap::new();
 #[btf_map]
 pub static next_hop_v6: NextHops<[u8; 16]> = LruHashMap::new();
+
+/// Per CPU, the next hop last used for a destination, direct-mapped by its
+/// low bits: read before `next_hop_v4` (an index, not a hash), checked as
+/// its entries are (see `forward.rs`, `lb_common::hop`).
+#[btf_map]
+pub static next_hop_slots_v4: HopSlots<[u8; 4]> = PerCpuArray::new();
+#[btf_map]
+pub static next_hop_slots_v6: HopSlots<[u8; 16]> = PerCpuArray::new();
 
 /// The generation of routes and neighbours at index 0; the agent bumps it
 /// on every change it hears of from netlink, and sets `NEXT_HOP_OFF` in it

@@ -1,7 +1,9 @@
 //! XDP's next-hop cache (`lb-ebpf/src/forward.rs`, `lb_common::hop`): the
 //! packets XDP forwards itself (SNAT flows both ways, DSR, the redirect
 //! fast path) take their egress and MACs from `next_hop_v4` / `_v6` while
-//! the entry's generation is `next_hop_gen[0]`, and ask the FIB otherwise.
+//! the entry's generation is `next_hop_gen[0]`, and ask the FIB otherwise;
+//! each CPU reads its direct-mapped copy in `next_hop_slots_v4` / `_v6`
+//! first, under the same checks.
 //! Through BPF_PROG_TEST_RUN on the uplink of `uplink.rs` (real routes and
 //! neighbours in a namespace); every packet's output is compared whole.
 //! And the agent's side (`lb_agent::hopwatch`) on real netlink events of
@@ -9,9 +11,9 @@
 //! Needs root.
 use std::time::Duration;
 
-use aya::maps::HashMap;
+use aya::maps::{HashMap, PerCpuArray, PerCpuValues};
 use lb_agent::hopwatch::{HopChange, HopWatch, RECEIVE_BUFFER};
-use lb_common::{counter, maps, HopKey, NatConfig, NextHop, IPPROTO_TCP, NEXT_HOP_OFF};
+use lb_common::{counter, hop_slot, maps, Addr, HopKey, HopSlot, NatConfig, NextHop, IPPROTO_TCP, NEXT_HOP_OFF};
 use xdplb_tests::{
     lb::{Lb, TEST_SIZES},
     packet::{Frame, CLIENT_MAC, NODE_MAC, TCP_ACK, TCP_SYN},
@@ -24,6 +26,8 @@ const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 /// A MAC no neighbour entry has: only the cache can put it on a frame.
 const PLANTED_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
+/// Another such MAC, planted in the per-CPU slots alone.
+const SLOT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x98];
 /// The router's MAC, for a route moved to it.
 const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 
@@ -37,6 +41,20 @@ fn lb_v4() -> Lb {
 
 fn hops<'a, A: lb_common::Addr>(lb: &'a mut Lb, name: &str) -> HashMap<&'a mut aya::maps::MapData, HopKey<A>, NextHop> {
     HashMap::try_from(lb.ebpf.map_mut(name).expect("next-hop map")).expect("next-hop map type")
+}
+
+/// The per-CPU slots of `dst` (one per possible CPU).
+fn slots_of<A: Addr>(lb: &mut Lb, name: &str, dst: &A) -> Vec<HopSlot<A>> {
+    let m: PerCpuArray<_, HopSlot<A>> = PerCpuArray::try_from(lb.ebpf.map_mut(name).expect("slot map")).expect("slot map type");
+    m.get(&hop_slot(dst), 0).expect("reading a slot").iter().copied().collect()
+}
+
+/// Writes `slot` as every CPU's slot of its destination (a zeroed one
+/// with `dst` clears it: its MTU of 0 fits no packet).
+fn set_slots<A: Addr>(lb: &mut Lb, name: &str, slot: HopSlot<A>) {
+    let cpus = aya::util::nr_cpus().expect("possible CPUs");
+    let mut m: PerCpuArray<_, HopSlot<A>> = PerCpuArray::try_from(lb.ebpf.map_mut(name).expect("slot map")).expect("slot map type");
+    m.set(hop_slot(&slot.dst), PerCpuValues::try_from(vec![slot; cpus]).expect("one value per CPU"), 0).expect("writing a slot");
 }
 
 fn fib_lookups(lb: &Lb) -> u64 {
@@ -78,6 +96,9 @@ fn established_snat_packets_both_ways_ask_the_fib_once_per_destination() {
     assert_eq!(lb.counter(counter::FORWARD_FALLBACK), 0);
     let cached = hops::<[u8; 4]>(&mut lb, maps::NEXT_HOP_V4).get(&HopKey { ifindex: up.ifindex, dst: POD_B.octets() }, 0).expect("the pod's next hop is cached");
     assert_eq!((cached.ifindex, cached.smac, cached.dmac, cached.mtu, cached.generation), (up.ifindex, NODE_MAC, NODE_B_MAC, 1500, 0), "the FIB's answer, at the current generation (no change yet)");
+    let copies: Vec<_> = slots_of(&mut lb, maps::NEXT_HOP_SLOTS_V4, &POD_B.octets()).into_iter().filter(|s| s.dst == POD_B.octets()).collect();
+    assert_eq!(copies.len(), 1, "copied into the slot of the one CPU that ran the packets");
+    assert_eq!((copies[0].ifindex, copies[0].hop), (up.ifindex, cached));
 }
 
 #[test]
@@ -88,11 +109,21 @@ fn a_cached_next_hop_is_used_until_the_generation_moves() {
     let (syn, ack, _) = flow();
     assert_eq!(up.xdp(&lb, &syn).0, XDP_TX);
     // A next hop planted in the cache at the current generation is what
-    // the next packet gets: the FIB is not asked.
+    // the next packet gets: the FIB is not asked. (Its slot cleared: each
+    // CPU reads its copy of the FIB's answer first.)
     let key = HopKey { ifindex: up.ifindex, dst: POD_B.octets() };
     let mut planted = hops::<[u8; 4]>(&mut lb, maps::NEXT_HOP_V4).get(&key, 0).unwrap();
     planted.dmac = PLANTED_MAC;
     hops::<[u8; 4]>(&mut lb, maps::NEXT_HOP_V4).insert(key, planted, 0).unwrap();
+    set_slots(&mut lb, maps::NEXT_HOP_SLOTS_V4, HopSlot { dst: POD_B.octets(), ..HopSlot::default() });
+    assert_eq!(up.xdp(&lb, &ack.bytes()), (XDP_TX, ack_out(&ack, PLANTED_MAC)));
+    assert_eq!(fib_lookups(&lb), 1);
+    // The slot is read before the hash cache: one planted there alone is
+    // what the next packet gets.
+    set_slots(&mut lb, maps::NEXT_HOP_SLOTS_V4, HopSlot { hop: NextHop { dmac: SLOT_MAC, ..planted }, ifindex: up.ifindex, dst: POD_B.octets() });
+    assert_eq!(up.xdp(&lb, &ack.bytes()), (XDP_TX, ack_out(&ack, SLOT_MAC)));
+    // ... only for its own ingress interface.
+    set_slots(&mut lb, maps::NEXT_HOP_SLOTS_V4, HopSlot { hop: NextHop { dmac: SLOT_MAC, ..planted }, ifindex: up.ifindex + 1, dst: POD_B.octets() });
     assert_eq!(up.xdp(&lb, &ack.bytes()), (XDP_TX, ack_out(&ack, PLANTED_MAC)));
     assert_eq!(fib_lookups(&lb), 1);
     // A routing change (the agent bumps the generation): the FIB again.
@@ -101,8 +132,9 @@ fn a_cached_next_hop_is_used_until_the_generation_moves() {
     assert_eq!(fib_lookups(&lb), 2);
     let cached = hops::<[u8; 4]>(&mut lb, maps::NEXT_HOP_V4).get(&key, 0).unwrap();
     assert_eq!((cached.dmac, cached.generation), (NODE_B_MAC, generation), "re-cached at the new generation");
-    // A missing entry (evicted) asks the FIB too.
+    // A missing entry (evicted, its slot taken by another destination) asks the FIB too.
     hops::<[u8; 4]>(&mut lb, maps::NEXT_HOP_V4).remove(&key).unwrap();
+    set_slots(&mut lb, maps::NEXT_HOP_SLOTS_V4, HopSlot { hop: NextHop { dmac: SLOT_MAC, ..planted }, ifindex: up.ifindex, dst: [10, 244, 18, 10] });
     assert_eq!(up.xdp(&lb, &ack.bytes()), (XDP_TX, ack_out(&ack, NODE_B_MAC)));
     assert_eq!(fib_lookups(&lb), 3);
 }
@@ -175,6 +207,7 @@ fn ipv6_takes_the_same_path() {
     assert_eq!((planted.dmac, planted.mtu), (NODE_B_MAC, 1500));
     planted.dmac = PLANTED_MAC;
     hops::<[u8; 16]>(&mut lb, maps::NEXT_HOP_V6).insert(key, planted, 0).unwrap();
+    set_slots(&mut lb, maps::NEXT_HOP_SLOTS_V6, HopSlot { dst: POD_B6.octets(), ..HopSlot::default() });
     assert_eq!(up.xdp(&lb, &ack.bytes()), (XDP_TX, out(PLANTED_MAC)));
     lb.maps.bump_next_hop_gen().unwrap();
     assert_eq!(up.xdp(&lb, &ack.bytes()), (XDP_TX, out(NODE_B_MAC)));

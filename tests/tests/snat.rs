@@ -290,6 +290,58 @@ fn an_evicted_half_of_a_live_flow_is_restored_from_the_other() {
     assert_eq!(lb.counter(counter::SNAT_NEW), 1, "no second flow was made");
 }
 
+/// A confirmed SNAT flow (its backend answered twice: both halves saved in
+/// the confirmed table and flagged) no longer looks its other half up on
+/// every packet. A reply half the LRU took is put back by the reply itself,
+/// from the confirmed table, before the reply could be passed to the
+/// stack (which would answer it with a reset); a forward half by the
+/// client's next packet, which stays in the same flow.
+#[test]
+fn a_confirmed_snat_flows_evicted_half_is_restored_by_its_own_next_packet() {
+    let up = Uplink::new();
+    up.enter();
+    let mut lb = lb_with((SNAT_PORT, SNAT_PORT), TEST_SIZES);
+    let started = std::time::Instant::now();
+    let syn = Frame::tcp(CLIENT, 40000, NODE, 30080, TCP_SYN).bytes();
+    let ack = Frame::tcp(CLIENT, 40000, NODE, 30080, TCP_ACK).bytes();
+    let synack = from_node_b(Frame::tcp(POD_B, 8080, NODE, SNAT_PORT, TCP_SYN | TCP_ACK)).bytes();
+    let reply = from_node_b(Frame::tcp(POD_B, 8080, NODE, SNAT_PORT, TCP_ACK)).bytes();
+    assert_eq!(up.xdp(&lb, &syn).0, XDP_TX);
+    assert_eq!(up.xdp(&lb, &synack).0, XDP_TX);
+    assert_eq!(up.xdp(&lb, &reply).0, XDP_TX);
+    assert_eq!(lb.counter(counter::CT_CONFIRMED), 1, "two answers confirm the flow");
+    let forward_key = flow_key(CLIENT, NODE, 40000, 30080);
+    let reply_key = flow_key(POD_B, NODE, 8080, SNAT_PORT);
+    let forward = lb.maps.v4.conntrack.get(&forward_key, 0).expect("forward half");
+    let back = lb.maps.v4.conntrack.get(&reply_key, 0).expect("reply half");
+    assert_eq!((forward.flags & flow_flags::CONFIRMED, back.flags & flow_flags::CONFIRMED), (flow_flags::CONFIRMED, flow_flags::CONFIRMED), "both halves flagged");
+
+    // The reply half goes: the client's packets no longer put it back
+    // (within the second before their time is refreshed)...
+    lb.maps.v4.conntrack.remove(&reply_key).unwrap();
+    for _ in 0..5 {
+        assert_eq!(up.xdp(&lb, &ack).0, XDP_TX);
+    }
+    if started.elapsed() < std::time::Duration::from_millis(900) {
+        assert_eq!(lb.counter(counter::CT_HALF_RESTORED), 0, "no per-packet look at the other half");
+        assert!(lb.maps.v4.conntrack.get(&reply_key, 0).is_err(), "the reply half is still gone");
+    }
+    // ... the reply itself does, and reaches the client from the NodePort.
+    let (rc, out) = up.xdp(&lb, &reply);
+    assert_eq!(rc, XDP_TX);
+    assert_eq!((&out[26..30], &out[30..34]), (&NODE.octets()[..], &CLIENT.octets()[..]), "from the NodePort to the client");
+    assert_eq!(lb.counter(counter::CT_CONFIRMED_RESTORED) + lb.counter(counter::CT_HALF_RESTORED), 1, "put back once");
+
+    // The forward half goes: the client's next packet puts it back, in the
+    // same flow (same SNAT port), not a new one.
+    lb.maps.v4.conntrack.remove(&forward_key).unwrap();
+    let (rc, out) = up.xdp(&lb, &ack);
+    assert_eq!(rc, XDP_TX);
+    assert_eq!(u16::from_be_bytes([out[34], out[35]]), SNAT_PORT);
+    assert_eq!(lb.counter(counter::SNAT_NEW), 1, "no second flow was made");
+    assert_eq!(lb.counter(counter::CT_CONFIRMED_RESTORED) + lb.counter(counter::CT_HALF_RESTORED), 2);
+}
+
 /// A flood of new flows at ten times the conntrack table's size, with a
 /// live SNAT flow exchanging a packet each way between every 32 new flows:
 /// the live flow never loses a packet (every one is rewritten and sent),
