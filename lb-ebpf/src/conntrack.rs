@@ -524,8 +524,14 @@ fn create_inline<F: Family>(n: &NewFlow<F::Addr>, backend_id: u32, origin: Origi
 /// conntrack at the uplink, so other traffic to the node pays no lookup.
 #[inline(always)]
 pub fn maybe_snat_reply<F: Family>(p: &Packet<F::Addr>) -> bool {
+    snat_reply_to::<F>(&p.dst, p.dport)
+}
+
+/// [`maybe_snat_reply`] of a packet to `dst:dport`.
+#[inline(always)]
+pub fn snat_reply_to<F: Family>(dst: &F::Addr, dport: [u8; 2]) -> bool {
     match F::nat_config().get(0) {
-        Some(n) => snat_on::<F>(n) && same(&n.addr, &p.dst) && n.in_range(u16::from_be_bytes(p.dport)),
+        Some(n) => snat_on::<F>(n) && same(&n.addr, dst) && n.in_range(u16::from_be_bytes(dport)),
         None => false,
     }
 }
