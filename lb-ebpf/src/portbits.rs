@@ -17,7 +17,7 @@ use lb_ebpf::sctp;
 use crate::{
     family::Family,
     maps::PortBits,
-    parse::{ethertype, ports, ptr_at, ETH_LEN, UDP_CHECK},
+    parse::{ethertype, ports, ptr_at, read_halves, ETH_LEN, UDP_CHECK},
 };
 
 /// Whether `port` (network order) has its bit in `bits` (a word the map
@@ -56,7 +56,7 @@ pub fn unmarked<F: Family, const SCTP: bool>(data: usize, end: usize, frame_len:
     let l4 = ETH_LEN + F::IP_HDR;
     ethertype(data, end, F::ETHERTYPE).ok()?;
     // SAFETY: `ptr_at` checked the field is inside the frame.
-    let port = unsafe { *ptr_at::<[u8; 2]>(data, end, l4 + port_at).ok()? };
+    let port = unsafe { read_halves(ptr_at::<[u8; 2]>(data, end, l4 + port_at).ok()?) };
     if marked(bits, port) {
         return None;
     }
