@@ -72,6 +72,10 @@ fn a_frontend_whose_port_is_not_marked_is_never_looked_up() {
     assert_eq!(flows(&lb), 2, "both halves of the new flow");
 }
 
+/// What a frame is, (its destination port, its bytes), and the counters
+/// it must raise (none listed: only that both paths agree).
+type Case = (&'static str, (u16, Vec<u8>), &'static [(&'static str, u64)]);
+
 /// Every kind of packet to a port no frontend has gets the same verdict,
 /// output and counters whether the gate passes it or the full path runs
 /// (its port marked for the second run).
@@ -87,7 +91,7 @@ fn packets_to_unmarked_ports_end_as_the_full_path_ends_them() {
     let mut no_checksum = Frame6::udp(story6::CLIENT, 40000, story6::NODE, 53).payload(b"q").bytes();
     no_checksum[60..62].copy_from_slice(&[0, 0]);
     let quoted = Frame::tcp(NODE, 22, CLIENT, 40000, TCP_SYN);
-    let cases: Vec<(&str, (u16, Vec<u8>), &[(&str, u64)])> = vec![
+    let cases: Vec<Case> = vec![
         // Gated.
         ("IPv4 TCP to the node", v4(Frame::tcp(CLIENT, 40000, NODE, 22, TCP_SYN)), &[("packets", 1), ("pass_not_service", 1)]),
         ("IPv4 UDP", v4(Frame::udp(CLIENT, 40000, NODE, 53).payload(b"q")), &[("packets", 1), ("pass_not_service", 1)]),
