@@ -126,6 +126,9 @@ pub struct Dataplane {
     /// The source ports replies may have (`replyports`); `None` when the
     /// pinned programs predate it.
     pub reply_ports: Option<crate::replyports::ReplyPorts>,
+    /// The destination ports of frontends (`serviceports`); `None` when
+    /// the pinned programs predate it.
+    pub service_ports: Option<crate::portbits::PortBits>,
     /// The generation of the programs' cached next hops (`lb_common::hop`);
     /// `None` when the pinned programs predate the cache.
     pub next_hop_gen: Option<Array<MapData, u32>>,
@@ -136,15 +139,15 @@ fn fd<M: aya::maps::IterableMap<K, V>, K: aya::Pod, V>(map: &M) -> BorrowedFd<'_
     map.map().fd().as_fd()
 }
 
-/// The pinned `reply_ports`, mapped; `None` when it is not pinned.
-fn open_reply_ports(dir: &Path) -> Result<Option<crate::replyports::ReplyPorts>> {
-    let path = dir.join(maps::REPLY_PORTS);
+/// The pinned port bitmap `name`, mapped; `None` when it is not pinned.
+fn open_bits(dir: &Path, name: &'static str) -> Result<Option<crate::portbits::PortBits>> {
+    let path = dir.join(name);
     if !path.exists() {
         return Ok(None);
     }
     let data = MapData::from_pin(&path).map_err(|source| Error::Open { path, source })?;
-    let rp = crate::replyports::ReplyPorts::map(data.fd().as_fd()).map_err(|source| Error::Read { map: maps::REPLY_PORTS, source })?;
-    Ok(Some(rp))
+    let bits = crate::portbits::PortBits::map(data.fd().as_fd()).map_err(|source| Error::Read { map: name, source })?;
+    Ok(Some(bits))
 }
 
 fn open<T>(dir: &Path, name: &'static str) -> Result<T>
@@ -278,7 +281,8 @@ impl Dataplane {
             redirect_ifaces: open(dir, maps::REDIRECT_IFACES)?,
             sock_netns: open(dir, maps::SOCK_NETNS)?,
             snat_exhausted: open(dir, maps::SNAT_EXHAUSTED)?,
-            reply_ports: open_reply_ports(dir)?,
+            reply_ports: open_bits(dir, maps::REPLY_PORTS)?,
+            service_ports: open_bits(dir, maps::SERVICE_PORTS)?,
             next_hop_gen: if dir.join(maps::NEXT_HOP_GEN).exists() { Some(open(dir, maps::NEXT_HOP_GEN)?) } else { None },
         })
     }
@@ -369,6 +373,10 @@ impl Dataplane {
     ///    service's count grows only after its slots exist;
     /// 3. the other removals: slots (above a shrunk count, now unread),
     ///    backends (no slot points to them any more), source ranges.
+    ///
+    /// The port bitmaps around them: backends' and frontends' ports are
+    /// marked before anything is written; a removed frontend's port is
+    /// cleared last, when no frontend of either family has it any more.
     pub fn apply<A: MapFamily>(&mut self, diff: &crate::diff::Diff<A>) -> Result<()> {
         // A backend's port first: its replies are looked for at tc egress
         // only on marked ports (`replyports`).
@@ -377,6 +385,23 @@ impl Dataplane {
                 rp.mark(v.port);
             }
         }
+        // A frontend's port too: XDP looks only marked ports up (`serviceports`).
+        if let Some(sp) = &self.service_ports {
+            for (k, _) in diff.services.upsert.iter().filter(|(k, _)| !k.is_address()) {
+                sp.mark(k.port);
+            }
+        }
+        self.write::<A>(diff)?;
+        // After the removals: a port goes when no frontend has it any more.
+        let Some(sp) = &self.service_ports else { return Ok(()) };
+        let kept: std::collections::BTreeSet<[u8; 2]> = diff.services.upsert.iter().map(|(k, _)| k.port).collect();
+        let gone = diff.services.remove.iter().filter(|k| !k.is_address()).map(|k| k.port).filter(|p| !kept.contains(p)).collect();
+        crate::serviceports::unmark_unused(sp, gone, fd(&self.v4.services), self.v6.as_ref().map(|v6| fd(&v6.services)))
+            .map_err(|source| Error::Read { map: A::MAPS.services, source })
+    }
+
+    /// [`Dataplane::apply`]'s writes, in its order.
+    fn write<A: MapFamily>(&mut self, diff: &crate::diff::Diff<A>) -> Result<()> {
         let (family, slots) = A::split(self);
         let Some(fm) = family else {
             // Once per process: every sync with IPv6 Services would repeat it.

@@ -81,6 +81,9 @@ pub struct Snapshot<A: Addr = Addr4> {
     pub nat: NatConfig<A>,
     /// `bpf_ktime_get_coarse_ns()`'s clock (CLOCK_MONOTONIC) now.
     pub now_ns: u64,
+    /// Whether `service_ports` marks the query's destination port (`None`:
+    /// not pinned, nothing is skipped).
+    pub port_marked: Option<bool>,
 }
 
 impl<A: MapFamily> Snapshot<A> {
@@ -100,7 +103,8 @@ impl<A: MapFamily> Snapshot<A> {
             _ => None,
         };
         let nat = dp.nat_config::<A>().unwrap_or_default();
-        Ok(Self { contents, config, flow, affinity, nat, now_ns: monotonic_ns() })
+        let port_marked = dp.service_ports.as_ref().map(|b| b.is_marked(q.dport.to_be_bytes()));
+        Ok(Self { contents, config, flow, affinity, nat, now_ns: monotonic_ns(), port_marked })
     }
 }
 
@@ -325,6 +329,17 @@ pub fn explain<A: Family>(q: &Query, s: &Snapshot<A>, names: &crate::ops::names:
     if q.origin == Origin::Node && q.proto == IPPROTO_SCTP && (lookup_service(q, &s.contents).is_some() || unserved(q, &s.contents).is_some()) {
         e.hook = NODE_SCTP_HOOK;
         e.verdict = Verdict { action: Action::Reject, backend: None, snat: None, reason: NODE_SCTP_REFUSED.into() };
+        return e;
+    }
+    if gated(q, s) {
+        e.notes.push(format!(
+            "port {} is no frontend's (service_ports): XDP passes a packet to it without IP options or extension headers at its first look, before any lookup",
+            q.dport
+        ));
+        if lookup_service(q, &s.contents).is_some() {
+            e.notes.push("yet a frontend has it: the bitmap is stale (the agent marks a port before it writes a frontend); a restart of the agent marks it again".into());
+        }
+        e.verdict.reason = "not a service port".into();
         return e;
     }
     let Some(svc) = lookup_service(q, &s.contents) else {
@@ -605,6 +620,13 @@ fn unserved<A: Family>(q: &Query, c: &MapContents<A>) -> Option<Verdict> {
     Some(Verdict { action, backend: None, snat: None, reason })
 }
 
+/// lb-ebpf `gate.rs`: whether XDP passes `q` before any lookup, its
+/// destination port being no frontend's and the packet no SNAT reply.
+fn gated<A: Family>(q: &Query, s: &Snapshot<A>) -> bool {
+    let snat_reply = s.nat.addr != A::ZERO && s.nat.addr.to_ip() == q.dst && s.nat.in_range(q.dport);
+    q.origin == Origin::External && s.port_marked == Some(false) && matches!(q.proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP) && !snat_reply
+}
+
 /// Why no frontend matched: another port or protocol of a service address,
 /// or an address the maps do not know.
 fn no_frontend_reason<A: Addr>(q: &Query, c: &MapContents<A>) -> String {
@@ -765,6 +787,28 @@ mod tests {
         assert_eq!(verdict(q("192.168.9.2:1", "203.0.113.1:80")), (Action::Drop, None), "outside the ranges");
         let e = explain(&q("192.168.1.2:1", "10.96.0.10:81"), &snapshot(), &Default::default());
         assert_eq!(e.notes, ["10.96.0.10 is a service address, but not on 81/TCP (it serves 80/TCP): the packet goes to the stack"]);
+    }
+
+    #[test]
+    fn a_port_no_frontend_has_is_passed_at_xdp_before_any_lookup() {
+        let mut s = snapshot();
+        s.port_marked = Some(false);
+        let e = explain(&q("192.168.1.2:1", "10.96.0.10:81"), &s, &Default::default());
+        assert_eq!((e.verdict.action, e.verdict.reason.as_str(), e.frontend.is_none()), (Action::Pass, "not a service port", true));
+        assert!(e.notes[0].starts_with("port 81 is no frontend's (service_ports)"), "{:?}", e.notes);
+        // A SNAT reply (this node's address, a port of the range) is looked up.
+        s.nat = NatConfig { addr: [192, 168, 1, 1], port_min: 61000, port_max: 65535 };
+        let e = explain(&q("10.0.2.11:8080", "192.168.1.1:61001"), &s, &Default::default());
+        assert_eq!(e.verdict.reason, "not a service frontend");
+        // From a pod or the node, nothing is gated; nor is a marked port.
+        let pod = explain(&Query { origin: Origin::Pod, ..q("10.244.0.5:1", "10.96.0.10:80") }, &s, &Default::default());
+        assert_eq!(pod.verdict.action, Action::Dnat);
+        s.port_marked = Some(true);
+        assert_eq!(explain(&q("192.168.1.2:1", "10.96.0.10:80"), &s, &Default::default()).verdict.action, Action::Dnat);
+        // A frontend on an unmarked port: what the dataplane does (pass), said so.
+        s.port_marked = Some(false);
+        let e = explain(&q("192.168.1.2:1", "10.96.0.10:80"), &s, &Default::default());
+        assert_eq!((e.verdict.action, e.notes.len()), (Action::Pass, 2), "{:?}", e.notes);
     }
 
     #[test]

@@ -67,6 +67,9 @@ pub enum Error {
     /// Marking the pinned backends' ports in `reply_ports` (`replyports`).
     #[error("marking the pinned backends' ports in {}", maps::REPLY_PORTS)]
     ReplyPorts(#[source] std::io::Error),
+    /// Marking the pinned frontends' ports in `service_ports` (`serviceports`).
+    #[error("marking the pinned frontends' ports in {}", maps::SERVICE_PORTS)]
+    ServicePorts(#[source] std::io::Error),
 }
 
 /// How many verifier log lines an error shows: the rejection reason is at
@@ -170,6 +173,11 @@ pub fn load_object(bytecode: &[u8], pin_dir: &Path, sizes: MapSizes) -> Result<E
     // are found at tc egress.
     let map = ebpf.map(maps::REPLY_PORTS).ok_or(Error::FamilyArrayMissing { array: maps::REPLY_PORTS })?;
     crate::replyports::ReplyPorts::of_map(map).and_then(|rp| crate::replyports::seed(&rp, pin_dir)).map_err(Error::ReplyPorts)?;
+    // And the frontends already pinned are looked up at XDP. (An object
+    // without the map, an earlier build's in an A/B bench run, has no gate.)
+    if let Some(map) = ebpf.map(maps::SERVICE_PORTS) {
+        crate::portbits::PortBits::of_map(map).and_then(|sp| crate::serviceports::seed(&sp, pin_dir)).map_err(Error::ServicePorts)?;
+    }
     if !resized.is_empty() {
         migrate::resize(&mut ebpf, pin_dir, &resized)?;
     }

@@ -116,7 +116,7 @@ pub fn expected(name: &str, s: MapSizes) -> Spec {
         // Indexed by backend id (1..=backends).
         maps::SNAT_EXHAUSTED => spec(MapType::PerCpuArray, 4, 8, s.backends + 1),
         // One bit per port.
-        maps::REPLY_PORTS => spec(MapType::Array, 4, 8, lb_common::reply_ports::WORDS),
+        maps::REPLY_PORTS | maps::SERVICE_PORTS => spec(MapType::Array, 4, 8, lb_common::reply_ports::WORDS),
         maps::NEXT_HOP_V4 => spec(MapType::LruHash, size::<HopKeyV4>(), size::<NextHop>(), maps::default_size::NEXT_HOPS),
         maps::NEXT_HOP_V6 => spec(MapType::LruHash, size::<HopKeyV6>(), size::<NextHop>(), maps::default_size::NEXT_HOPS),
         maps::NEXT_HOP_GEN => spec(MapType::Array, 4, 4, 1),

@@ -52,6 +52,13 @@ pub const SNAT_EXHAUSTED: &str = "snat_exhausted";
 /// before it writes a backend, by the programs when they record a DSR
 /// reply); memory-mapped, so both sides set them atomically.
 pub const REPLY_PORTS: &str = "reply_ports";
+/// The same bitmap's layout for destination ports: every port a service
+/// frontend has (ClusterIP, NodePort, LoadBalancer, ExternalIP; any
+/// protocol, either family). XDP looks a packet up (service, conntrack)
+/// only when its destination port's bit is set or it may be a SNAT reply.
+/// The agent sets a port's bit before it writes a frontend on it and
+/// clears it after the last frontend on it is removed.
+pub const SERVICE_PORTS: &str = "service_ports";
 /// LRU [`crate::HopKeyV4`] → [`crate::NextHop`]: the next hop of forwarded
 /// packets by (ingress interface, destination), so established flows skip
 /// the FIB lookup (see [`crate::hop`]).
@@ -127,6 +134,7 @@ pub const ALL: &[&str] = &[
     NAT_CONFIG,
     SNAT_EXHAUSTED,
     REPLY_PORTS,
+    SERVICE_PORTS,
     NEXT_HOP_V4,
     NEXT_HOP_V6,
     NEXT_HOP_GEN,

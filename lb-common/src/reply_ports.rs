@@ -1,6 +1,8 @@
 //! The `reply_ports` bitmap (see [`crate::maps::REPLY_PORTS`]): which
 //! source ports may belong to a reply of ours, so tc egress skips the
-//! conntrack lookups for every other packet leaving the node.
+//! conntrack lookups for every other packet leaving the node. The
+//! `service_ports` bitmap ([`crate::maps::SERVICE_PORTS`]) has the same
+//! layout, for the destination ports of service frontends.
 
 /// Words of the bitmap: one bit for each of the 65,536 ports.
 pub const WORDS: u32 = 1024;

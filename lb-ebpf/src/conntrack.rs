@@ -376,10 +376,23 @@ fn snat_for<F: Family>(origin: Origin, backend: &Backend<F::Addr>) -> Option<&'s
     F::nat_config().get(0).filter(|n| snat_on::<F>(n))
 }
 
-/// Whether SNAT is on for the family (its address is set).
+/// Whether SNAT is on for the family (its address is set), `n` being the
+/// map value. Read in words, which the value's alignment allows (the
+/// kernel aligns map values to 8 bytes; `addr` leads): compared with
+/// `ZERO`, IPv6's zero address was built by a call to memset for every
+/// packet that asked (IPv6 non-service packets among them).
 #[inline(always)]
 fn snat_on<F: Family>(n: &NatConfig<F::Addr>) -> bool {
-    !same(&n.addr, &F::Addr::ZERO)
+    let words = (n as *const NatConfig<F::Addr>).cast::<u32>();
+    let mut i = 0;
+    while i < F::Addr::LEN / 4 {
+        // SAFETY: inside `addr`, the first field of an 8-byte aligned map value.
+        if unsafe { words.add(i).read() } != 0 {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// Creates both entries of a new flow of `p` to `backend`; returns the
@@ -532,8 +545,14 @@ fn create_inline<F: Family>(n: &NewFlow<F::Addr>, backend_id: u32, origin: Origi
 /// conntrack at the uplink, so other traffic to the node pays no lookup.
 #[inline(always)]
 pub fn maybe_snat_reply<F: Family>(p: &Packet<F::Addr>) -> bool {
+    snat_reply_to::<F>(&p.dst, p.dport)
+}
+
+/// [`maybe_snat_reply`] of a packet to `dst:dport`.
+#[inline(always)]
+pub fn snat_reply_to<F: Family>(dst: &F::Addr, dport: [u8; 2]) -> bool {
     match F::nat_config().get(0) {
-        Some(n) => snat_on::<F>(n) && same(&n.addr, &p.dst) && n.in_range(u16::from_be_bytes(p.dport)),
+        Some(n) => snat_on::<F>(n) && same(&n.addr, dst) && n.in_range(u16::from_be_bytes(dport)),
         None => false,
     }
 }

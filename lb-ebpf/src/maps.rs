@@ -170,7 +170,16 @@ pub static snat_exhausted: PerCpuArray<u64, { size::BACKENDS as usize + 1 }> = P
 /// (`lb_common::maps::REPLY_PORTS`, `replies.rs`). Memory-mapped, so the
 /// agent sets bits atomically too.
 #[btf_map]
-pub static reply_ports: Array<u64, { lb_common::reply_ports::WORDS as usize }, { lb_common::reply_ports::MAP_FLAGS as usize }> = Array::new();
+pub static reply_ports: PortBits = Array::new();
+
+/// One bit per port: the destination ports of service frontends
+/// (`lb_common::maps::SERVICE_PORTS`, `gate.rs`). Memory-mapped: the agent
+/// sets and clears its bits.
+#[btf_map]
+pub static service_ports: PortBits = Array::new();
+
+/// A bitmap of the 65,536 ports (`lb_common::reply_ports`, `portbits.rs`).
+pub type PortBits = Array<u64, { lb_common::reply_ports::WORDS as usize }, { lb_common::reply_ports::MAP_FLAGS as usize }>;
 
 /// The IPv6 instance of each hook, tail-called for IPv6 frames (index 0).
 /// Filled by the agent. Legacy map definitions: the kernel refuses BTF key

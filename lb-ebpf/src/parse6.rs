@@ -23,7 +23,7 @@ use lb_ebpf::sctp;
 use network_types::ip::Ipv6Hdr;
 
 use crate::{
-    parse::{ethertype, ports, ptr_at, Packet, ETH_LEN, ETH_P_IPV6},
+    parse::{ethertype, ports, ptr_at, read_halves, Packet, ETH_LEN, ETH_P_IPV6},
     verdict::{Verdict, MALFORMED},
 };
 
@@ -71,7 +71,7 @@ pub fn parse<const L4: u8>(data: usize, end: usize, frame_len: usize) -> Result<
     // hop limit.
     let ip: *const Ipv6Hdr = ptr_at(data, end, ETH_LEN)?;
     // SAFETY: `ptr_at` checked the header is inside the frame.
-    let (vtc, plen, next) = unsafe { ((*ip).vcf[0], (*ip).payload_len, (*ip).next_hdr) };
+    let (vtc, plen, next) = unsafe { ((*ip).vcf[0], read_halves(&raw const (*ip).payload_len), (*ip).next_hdr) };
     let plen = u16::from_be_bytes(plen) as usize;
     // Against `frame_len`, not `end`: in tc `end` is only the linear part.
     if vtc >> 4 != 6 || ETH_LEN + IP6_LEN + plen > frame_len {
@@ -116,7 +116,7 @@ pub fn parse<const L4: u8>(data: usize, end: usize, frame_len: usize) -> Result<
     // The addresses last: read early, their 32 bytes would be carried
     // through every path of the walk.
     // SAFETY: `ptr_at` checked the header is inside the frame.
-    let (src, dst) = unsafe { ((*ip).src_addr, (*ip).dst_addr) };
+    let (src, dst) = unsafe { (read_halves(&raw const (*ip).src_addr), read_halves(&raw const (*ip).dst_addr)) };
     Ok(Packet { l4, proto: next, src, dst, sport, dport, tcp_flags, ip_len: (IP6_LEN + plen) as u16 })
 }
 
@@ -127,7 +127,7 @@ pub fn parse<const L4: u8>(data: usize, end: usize, frame_len: usize) -> Result<
 pub fn fixed(data: usize, end: usize, frame_len: usize) -> Option<(u8, usize)> {
     let ip: *const Ipv6Hdr = ptr_at(data, end, ETH_LEN).ok()?;
     // SAFETY: `ptr_at` checked the header is inside the frame.
-    let (vtc, plen, next) = unsafe { ((*ip).vcf[0], (*ip).payload_len, (*ip).next_hdr) };
+    let (vtc, plen, next) = unsafe { ((*ip).vcf[0], read_halves(&raw const (*ip).payload_len), (*ip).next_hdr) };
     let plen = u16::from_be_bytes(plen) as usize;
     if vtc >> 4 != 6 || ETH_LEN + IP6_LEN + plen > frame_len {
         return None;

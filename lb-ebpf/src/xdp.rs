@@ -9,8 +9,8 @@ use crate::{
     conntrack::{self, Origin, Rewrite},
     dsr::{self, Carrier},
     events,
-    family::{l4, Family, V4},
-    forward, icmp_error,
+    family::{l4, Family, V4, V6},
+    forward, gate, icmp_error,
     maps::{dsr_xdp, family_xdp, sctp_xdp},
     nat::{self, Side},
     parse::{ptr_at, Packet, ETH_LEN, ETH_P_IPV6},
@@ -21,15 +21,35 @@ use crate::{
 
 /// `xdp_lb`: IPv6 frames go to `xdp_lb_v6` (if the agent has not filled
 /// the program array, they are passed as not IPv4); the rest is IPv4's.
+/// A packet that is no service's by its port (`gate.rs`) is passed here,
+/// IPv6 before its tail call.
 #[inline(always)]
 pub fn dispatch(ctx: &XdpContext) -> u32 {
     let (data, end) = (ctx.data(), ctx.data_end());
+    // `black_box`: from the frame's length LLVM would prove bounds checks
+    // of the gate redundant, which the verifier cannot follow.
+    let len = core::hint::black_box(end - data);
     // SAFETY: bounds-checked in the condition.
     if data + ETH_LEN <= end && unsafe { *((data + 12) as *const [u8; 2]) } == ETH_P_IPV6 {
+        if gate::skip::<V6>(data, end, len) {
+            count(counter::IPV6);
+            return gated();
+        }
         // SAFETY: a tail call to a program of the same type; returns only on failure.
         unsafe { family_xdp.tail_call(ctx, 0) };
+    } else if gate::skip::<V4>(data, end, len) {
+        return gated();
     }
     run::<V4>(ctx)
+}
+
+/// The verdict of a packet the gate passed, counted as `run` counts a
+/// packet that is no service's (nothing was raised for `events::report`).
+#[inline(always)]
+fn gated() -> u32 {
+    count(counter::PACKETS);
+    count(counter::PASS_NOT_SERVICE);
+    xdp_action::XDP_PASS
 }
 
 #[inline(always)]

@@ -129,6 +129,14 @@ pub fn program_v6(ebpf: &mut aya::Ebpf, svcs: &[Svc6]) {
     use lb_common::{maps, BackendV6, Service, ServiceKeyV6};
     for s in svcs {
         let value = Service { id: s.id, count: s.backends.len() as u32, algorithm: s.algorithm, ..Default::default() };
+        // The frontends' ports before the frontends, as the agent marks them (`lb_agent::serviceports`).
+        // (An object without the map, an earlier build's in an A/B bench run, has no gate.)
+        if let Some(map) = ebpf.map(maps::SERVICE_PORTS) {
+            let sp = lb_agent::portbits::PortBits::of_map(map).unwrap();
+            for (_, port) in &s.frontends {
+                sp.mark(port.to_be_bytes());
+            }
+        }
         let mut services: HashMap<_, ServiceKeyV6, Service> = HashMap::try_from(ebpf.map_mut(maps::SERVICES_V6).expect("services_v6")).unwrap();
         for (addr, port) in &s.frontends {
             let key = ServiceKeyV6 { addr: addr.octets(), port: port.to_be_bytes(), proto: s.proto, scope: 0 };

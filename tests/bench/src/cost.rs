@@ -40,6 +40,9 @@ const CLIENT_PORT: u16 = 40_000;
 const NEW_CLIENTS: Ipv4Addr = Ipv4Addr::new(172, 17, 0, 1);
 /// A destination no service uses.
 const NOWHERE: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// A destination port no service uses: an ephemeral port, as the replies
+/// to the node's own connections have.
+const NON_SERVICE_PORT: u16 = 52_000;
 
 #[derive(Clone, Copy, Debug)]
 pub struct Opts {
@@ -209,15 +212,21 @@ fn family_cases(progs: &mut BenchProgs, lb: &BenchLb, target: (u32, IpAddr, &[Ip
     let (be, be_port) = dst_ip(&first.out);
     ensure!(first.ret == XDP_PASS && is_backend(be) && be_port == BACKEND_PORT, "the first packet of a flow to {vip_t} was not balanced: verdict {}, dst {be}:{be_port}", first.ret);
 
-    let non_service = tcp_any(client, CLIENT_PORT, fam.nowhere, SVC_PORT, TCP_ACK)?;
+    // To a port no service has (XDP's port gate passes it at its first
+    // look), and to a service's port at an address no service has (the
+    // gate lets it through: the full path's lookup misses).
+    let non_service = tcp_any(client, CLIENT_PORT, fam.nowhere, NON_SERVICE_PORT, TCP_ACK)?;
+    let non_service_svc_port = tcp_any(client, CLIENT_PORT, fam.nowhere, SVC_PORT, TCP_ACK)?;
     let syn = tcp_any(fam.new_clients, CLIENT_PORT, vip_t, SVC_PORT, TCP_SYN)?;
     let reply = tcp_any(be, BACKEND_PORT, client, CLIENT_PORT, TCP_ACK)?;
-    let non_service_in = non_service.clone();
-
-    let same = move |out: &[u8]| -> Result<()> {
-        ensure!(out == non_service_in.as_slice(), "a non-service packet was changed");
-        Ok(())
+    let unchanged = |frame: &[u8]| {
+        let want = frame.to_vec();
+        move |out: &[u8]| -> Result<()> {
+            ensure!(out == want.as_slice(), "a non-service packet was changed");
+            Ok(())
+        }
     };
+    let (same, same_svc_port) = (unchanged(&non_service), unchanged(&non_service_svc_port));
     let to_be = move |out: &[u8]| -> Result<()> {
         ensure!(dst_ip(out) == (be, BACKEND_PORT), "established flow went to {:?}, not its backend {be}", dst_ip(out));
         checksums(out)
@@ -247,6 +256,8 @@ fn family_cases(progs: &mut BenchProgs, lb: &BenchLb, target: (u32, IpAddr, &[Ip
     let cases = [
         Case { name: "xdp_lb/non_service", frame: &non_service, vary: false, tc: false, repeat: opts.repeat, prefill: 0,
             check: Check { ret: XDP_PASS, out: &same, counters: &pass_ns, new_flows: 0, refused: None } },
+        Case { name: "xdp_lb/non_service_svc_port", frame: &non_service_svc_port, vary: false, tc: false, repeat: opts.repeat, prefill: 0,
+            check: Check { ret: XDP_PASS, out: &same_svc_port, counters: &pass_ns, new_flows: 0, refused: None } },
         Case { name: "xdp_lb/established", frame: &est, vary: false, tc: false, repeat: opts.repeat, prefill: 0,
             check: Check { ret: XDP_PASS, out: &to_be, counters: &fwd, new_flows: 0, refused: None } },
         Case { name: "xdp_lb/new_flow", frame: &syn, vary: true, tc: false, repeat: opts.repeat_new, prefill: 0,
