@@ -201,12 +201,26 @@ impl Rng {
     }
 }
 
+/// Whether `f` is an ICMP (IPv4, no options) or ICMPv6 (no extension
+/// headers) error message.
+fn is_icmp_error(f: &[u8]) -> bool {
+    match f.get(12..14) {
+        Some([0x08, 0x00]) => f.get(23) == Some(&1) && f.get(34).is_some_and(|t| matches!(t, 3 | 11 | 12)),
+        Some([0x86, 0xdd]) => f.get(20) == Some(&58) && f.get(54).is_some_and(|t| *t < 128),
+        _ => false,
+    }
+}
+
 /// Valid frames to start from: the fixture inputs and flows of every kind.
 fn seeds() -> Vec<Vec<u8>> {
     let mut out: Vec<Vec<u8>> = ["ipv4_services.json", "sctp.json", "sctp_v6.json"]
         .iter()
         .flat_map(|file| fixture::load(file))
         .map(|c| xdplb_tests::packet::from_hex(&c.input))
+        // ICMP errors about NATed flows are translated (rewritten), which
+        // this classifier does not model: their byte-exact fixtures test
+        // them (`sctp6`, `fixtures_v6`, `snat`).
+        .filter(|f| !is_icmp_error(f))
         .collect();
     let mut opts = Frame::tcp(CLIENT, 40001, CLUSTER_IP, 80, TCP_SYN);
     opts.ip_options = vec![0x01; 8];
