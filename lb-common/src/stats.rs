@@ -90,6 +90,7 @@ counters! {
     CT_CONFIRMED = 34, "conntrack_confirmed", "Event: a flow's backend answered a second time: the flow is confirmed and saved in conntrack_confirmed_v4, which new flows cannot evict.";
     CT_CONFIRMED_RESTORED = 35, "conntrack_confirmed_restored", "Event: a confirmed flow evicted from conntrack_v4 (a flood of new flows) was restored from conntrack_confirmed_v4.";
     SCTP_CRC_OFFLOADED = 36, "sctp_crc_offloaded", "Event: an SCTP packet's ports were rewritten in a socket buffer whose CRC32c is still to be computed (checksum offload: the field is zero); the kernel or the receiver computes it over the rewritten packet.";
+    DROP_DSR_FLOW_MISSING = 37, "drop_dsr_flow_missing", "Dropped: an IPv6 DSR packet to send, handed to xdp_dsr_v6, whose flow was not in conntrack_v6 (its insert failed, or a flood evicted it between the two programs); the client's retransmission is balanced anew.";
     PASS_V6_EXT_CHAIN = 38, "pass_ipv6_ext_chain", "Passed: an IPv6 packet whose extension header chain is longer than the programs walk (4 headers), handed to the stack untouched.";
     PASS_NDP = 39, "pass_icmpv6_ndp", "Passed: an ICMPv6 router or neighbour discovery message (types 133-137), never touched.";
     DROP_UDP6_NO_CHECKSUM = 40, "drop_udp6_zero_checksum", "Dropped (XDP) or passed (tc): UDP over IPv6 with checksum 0, which IPv6 forbids (RFC 8200 8.1).";
@@ -127,6 +128,7 @@ pub const LATE_OUTCOMES: &[u32] = &[
     counter::PASS_SCTP6_PROGRAM,
     counter::DROP_SCTP6_PROGRAM,
     counter::DROP_SCTP6_STAGE,
+    counter::DROP_DSR_FLOW_MISSING,
 ];
 
 /// Whether counter `idx` is an outcome (every packet bumps exactly one).

@@ -257,6 +257,6 @@ fn try_dsr<F: Carrier>(ctx: &XdpContext) -> Result<Verdict, Verdict> {
             return Ok(v);
         }
     }
-    let rw = conntrack::dsr_forward::<F>(&p).ok_or(Verdict::Drop(counter::CT_INSERT_FAILED))?;
+    let rw = conntrack::dsr_forward::<F>(&p).ok_or(Verdict::Drop(counter::DROP_DSR_FLOW_MISSING))?;
     dsr::xdp_forward::<F>(ctx, &p, &rw)
 }

@@ -203,3 +203,22 @@ fn hybrid_sends_tcp_with_dsr_and_snats_udp() {
     verify_checksums(&out).unwrap();
     assert_eq!(snat.counter(counter::DSR_DECAP), 1);
 }
+
+/// A DSR packet whose flow `xdp_lb_v6` made but which is gone when
+/// `xdp_dsr_v6` looks (an insert that failed, or a flood evicting it between
+/// the two programs) is dropped under an outcome of its own, not counted as a
+/// conntrack insert failure (an event, which its own insert already counts).
+#[test]
+fn a_dsr_packet_whose_flow_is_gone_is_dropped_as_such() {
+    let up = Uplink::new();
+    up.enter();
+    let lb = lb_with(DSR);
+    let syn = Frame6::tcp(CLIENT6, 40000, NODE6, 30080, TCP_SYN).bytes();
+    let (rc, _) = fixture::run_frame_on(&lb.ebpf, "xdp_dsr_v6", &syn, Some(up.ifindex)).expect("BPF_PROG_TEST_RUN");
+    assert_eq!(rc, 1, "XDP_DROP: no flow to send it by");
+    assert_eq!(lb.counter(counter::DROP_DSR_FLOW_MISSING), 1);
+    assert_eq!((lb.counter(counter::CT_INSERT_FAILED), lb.counter(counter::DSR_FORWARD)), (0, 0));
+    // Through the balancer the flow is made first, and the same SYN leaves.
+    let (rc, _) = up.xdp(&lb, &syn);
+    assert_eq!((rc, lb.counter(counter::DSR_FORWARD), lb.counter(counter::DROP_DSR_FLOW_MISSING)), (XDP_TX, 1, 1));
+}
