@@ -241,11 +241,18 @@ pub fn run(progs: &mut BenchProgs, opts: &Opts, sender: Sender, report: &mut Rep
                 let lb = &nodes.redirect.1;
                 if let Some((ns, runs)) = in_program(progs, sender, &sides[1], m[1].repeat, &label, |_| inprog::read(lb.xdp()))? {
                     let mut c = json!({"services": n, "traffic": mix.what, "flows_per_thread": flows, "threads": 1, "runs": runs, "what": IN_PROGRAM});
+                    if let Some(floor_own) = floor_own_ns {
+                        c["floor_in_program_ns"] = json!(round1(floor_own));
+                    }
+                    // Only where the timed rounds put xdplb above the floor
+                    // (a loaded machine can invert them: the floor is
+                    // measured once, before the nodes).
                     if let (Some(floor_own), Some(&floor)) = (floor_own_ns, redirect_floor_ns.first()) {
                         let over = ns_per_packet(opts, &m[1], 0) - floor;
-                        c["floor_in_program_ns"] = json!(round1(floor_own));
                         c["over_floor_ns"] = json!(round1(over));
-                        c["in_program_share_of_over_floor_pct"] = json!(round1(100.0 * (ns - floor_own) / over.max(1.0)));
+                        if over > 0.0 {
+                            c["in_program_share_of_over_floor_pct"] = json!(round1(100.0 * (ns - floor_own) / over));
+                        }
                     }
                     report.add(section, &format!("{section}/{label}_in_program"), round1(ns), None, "ns/packet", c);
                 }
