@@ -19,6 +19,7 @@ pub mod cost;
 pub mod dataplane;
 pub mod extra;
 pub mod figure;
+pub mod inprog;
 pub mod iptables;
 pub mod live;
 pub mod maglev;

@@ -19,11 +19,11 @@ use serde_json::{json, Value};
 
 use super::{
     dataplane::{backend, vip, BenchLb},
-    in_ns, iptables,
+    in_ns, inprog, iptables,
     measure::{measure, How, Measured, Side},
     progs::BenchProgs,
     report::Report,
-    sender::Sender,
+    sender::{blast, Sender},
     topo::Topo,
 };
 use xdplb_tests::netns::Netns;
@@ -45,6 +45,38 @@ pub struct Opts {
     pub mixes: &'static [Mix],
     /// Timed blasts per configuration and thread count (median reported).
     pub rounds: usize,
+    /// Conntrack entries of the xdplb nodes.
+    pub conntrack: u32,
+}
+
+impl Opts {
+    /// One dimension varied at a time, for profiling (docs/benchmarks.md):
+    /// `XDPLB_BENCH_SERVICES=1,10000`, `XDPLB_BENCH_FLOWS=N` (per thread),
+    /// `XDPLB_BENCH_MIXES=udp,tcp_ack` (`udp`, or a mix's suffix without
+    /// its `_`), `XDPLB_BENCH_CONNTRACK=N`; unset, the mode's own.
+    pub fn from_env(self) -> Result<Self> {
+        let num = |var: &str| -> Result<Option<Vec<u32>>> {
+            let Ok(v) = std::env::var(var) else { return Ok(None) };
+            let parsed = v.split(',').map(|x| x.trim().parse::<u32>().ok().filter(|n| *n > 0)).collect::<Option<Vec<u32>>>();
+            parsed.map(Some).with_context(|| format!("{var}={v:?}: expected positive numbers, comma-separated"))
+        };
+        let mut o = self;
+        if let Some(s) = num("XDPLB_BENCH_SERVICES")? {
+            o.services = Vec::leak(s);
+        }
+        if let Some(f) = num("XDPLB_BENCH_FLOWS")? {
+            o.flows = f[0];
+        }
+        if let Some(c) = num("XDPLB_BENCH_CONNTRACK")? {
+            o.conntrack = c[0];
+        }
+        if let Ok(v) = std::env::var("XDPLB_BENCH_MIXES") {
+            let pick = |name: &str| MIXES.iter().copied().find(|m| m.suffix.trim_start_matches('_') == name || (name == "udp" && m.suffix.is_empty()));
+            let mixes = v.split(',').map(|n| pick(n.trim()).with_context(|| format!("XDPLB_BENCH_MIXES: no mix {n:?} (udp, new_flows, tcp_ack, tcp_syn_ack)"))).collect::<Result<Vec<Mix>>>()?;
+            o.mixes = Vec::leak(mixes);
+        }
+        Ok(o)
+    }
 }
 
 /// What the senders' frames look like.
@@ -141,6 +173,7 @@ pub fn run(progs: &mut BenchProgs, opts: &Opts, sender: Sender, report: &mut Rep
         Sender::Skb => &[("drop_baseline", "bench_drop", None), ("xdp_redirect_floor", "bench_redirect", None)],
     };
     let (mut drop_ns, mut redirect_floor_ns) = (Vec::new(), Vec::new());
+    let mut floor_own_ns = None;
     for &(label, up_prog, gen_prog) in floors {
         let t = Topo::new();
         attach(progs, &t.node, up_prog, "up0")?;
@@ -152,6 +185,14 @@ pub fn run(progs: &mut BenchProgs, opts: &Opts, sender: Sender, report: &mut Rep
         let traffic = t.traffic(IPPROTO_UDP, backend(1), opts.flows, 1, 0);
         let fixed = if sender == Sender::LiveFrames { Some(opts.repeat_floor) } else { None };
         let m = measure(progs, &[Side::plain(&t, traffic)], &how(fixed, false))?;
+        if label == "xdp_redirect_floor" {
+            let own = in_program(progs, sender, &Side::plain(&t, traffic), m[0].repeat, label, |p| inprog::read(p.xdp(up_prog)))?;
+            if let Some((ns, runs)) = own {
+                floor_own_ns = Some(ns);
+                report.add(section, &format!("{section}/{label}_in_program"), round1(ns), None, "ns/packet",
+                    json!({"program": up_prog, "threads": 1, "runs": runs, "proto": "udp", "what": IN_PROGRAM}));
+            }
+        }
         progs.detach_all();
         for i in 0..opts.threads.len() {
             let ns = ns_per_packet(opts, &m[0], i);
@@ -188,16 +229,37 @@ pub fn run(progs: &mut BenchProgs, opts: &Opts, sender: Sender, report: &mut Rep
             if mixes.is_empty() {
                 continue;
             }
-            let nodes = Nodes::new(progs, n, per, proto, sender)?;
+            let nodes = Nodes::new(progs, n, per, proto, sender, opts.conntrack)?;
             for mix in &mixes {
                 let flows = opts.flows.max(n);
                 let sides = nodes.sides(mix, flows, n);
                 let m = measure(progs, &sides, &how(None, mix.new_every != 1));
-                drop(sides);
                 let m = m?;
+                // xdplb's own time per packet on the redirect node, and how
+                // much of its time over the floor that is.
+                let label = format!("xdplb_redirect_{n}_services{}", mix.suffix);
+                let lb = &nodes.redirect.1;
+                if let Some((ns, runs)) = in_program(progs, sender, &sides[1], m[1].repeat, &label, |_| inprog::read(lb.xdp()))? {
+                    let mut c = json!({"services": n, "traffic": mix.what, "flows_per_thread": flows, "threads": 1, "runs": runs, "what": IN_PROGRAM});
+                    if let Some(floor_own) = floor_own_ns {
+                        c["floor_in_program_ns"] = json!(round1(floor_own));
+                    }
+                    // Only where the timed rounds put xdplb above the floor
+                    // (a loaded machine can invert them: the floor is
+                    // measured once, before the nodes).
+                    if let (Some(floor_own), Some(&floor)) = (floor_own_ns, redirect_floor_ns.first()) {
+                        let over = ns_per_packet(opts, &m[1], 0) - floor;
+                        c["over_floor_ns"] = json!(round1(over));
+                        if over > 0.0 {
+                            c["in_program_share_of_over_floor_pct"] = json!(round1(100.0 * (ns - floor_own) / over));
+                        }
+                    }
+                    report.add(section, &format!("{section}/{label}_in_program"), round1(ns), None, "ns/packet", c);
+                }
+                drop(sides);
                 for i in 0..opts.threads.len() {
                     let base = json!({"services": n, "backends_per_service": per, "proto": if proto == IPPROTO_TCP { "tcp" } else { "udp" },
-                        "traffic": mix.what, "new_every": mix.new_every, "flows_per_thread": flows});
+                        "traffic": mix.what, "new_every": mix.new_every, "flows_per_thread": flows, "conntrack_entries": opts.conntrack});
                     for (k, (name, path)) in nodes.names().iter().enumerate() {
                         let ns = ns_per_packet(opts, &m[k], i);
                         let mut c = base.clone();
@@ -227,6 +289,19 @@ pub fn run(progs: &mut BenchProgs, opts: &Opts, sender: Sender, report: &mut Rep
         }
     }
     Ok(())
+}
+
+const IN_PROGRAM: &str = "the XDP program's own run time per packet (kernel run-time stats, BPF_ENABLE_STATS) over one extra untimed blast at 1 thread; includes the stats' two clock reads per run";
+
+/// One untimed blast of `side` at 1 thread with run-time stats on (and
+/// `XDPLB_BENCH_PERF`'s profile, as `label`): the program's ns per run and
+/// the runs, from `read` before and after (`None`: it did not run).
+fn in_program(progs: &mut BenchProgs, sender: Sender, side: &Side, repeat: u32, label: &str, read: impl Fn(&BenchProgs) -> Result<(u64, u64)>) -> Result<Option<(f64, u64)>> {
+    let on = inprog::Instrumented::start(label)?;
+    let repeat = if on.profiling() { repeat.saturating_mul(5) } else { repeat };
+    let before = read(progs)?;
+    blast(sender, progs, side.t, &side.traffic, 1, repeat)?;
+    Ok(inprog::per_run(before, read(progs)?))
 }
 
 /// Where the ratio to iptables is bounded, per CPU-ns per packet:
@@ -261,11 +336,11 @@ struct Nodes {
 }
 
 impl Nodes {
-    fn new(progs: &mut BenchProgs, n: u32, per: u32, proto: u8, sender: Sender) -> Result<Self> {
-        let xdplb = xdplb_node(progs, n, per, proto)?;
+    fn new(progs: &mut BenchProgs, n: u32, per: u32, proto: u8, sender: Sender, conntrack: u32) -> Result<Self> {
+        let xdplb = xdplb_node(progs, n, per, proto, conntrack)?;
         // FIB lookup + redirect to bk0 (whose peer runs XDP) instead of the
         // kernel's IP forwarding.
-        let (t, mut lb) = xdplb_node(progs, n, per, proto)?;
+        let (t, mut lb) = xdplb_node(progs, n, per, proto, conntrack)?;
         in_ns(&t.node, || lb.enable_redirect(t.bk0_ifindex)).context("enabling XDP redirect")?;
         let redirect = (t, lb);
         let restore = if which("iptables-legacy-restore") { "iptables-legacy-restore" } else { "iptables-restore" };
@@ -308,9 +383,9 @@ impl Nodes {
 
 /// A node with xdplb (`n` services of `per` backends) on its uplink and the
 /// sink counting.
-fn xdplb_node(progs: &mut BenchProgs, n: u32, per: u32, proto: u8) -> Result<(Topo, BenchLb)> {
+fn xdplb_node(progs: &mut BenchProgs, n: u32, per: u32, proto: u8, conntrack: u32) -> Result<(Topo, BenchLb)> {
     let t = Topo::new();
-    let mut lb = BenchLb::new(n, per, proto, 1 << 20)?;
+    let mut lb = BenchLb::new(n, per, proto, conntrack)?;
     let x = lb.xdp_mut();
     in_ns(&t.node, || x.attach("up0", XdpMode::Driver)).context("attaching xdp_lb to up0")?;
     attach(progs, &t.sink, "bench_drop", "eth0")?;

@@ -89,10 +89,11 @@ fn main() -> Result<()> {
     }
 
     let lopts = match mode {
-        Mode::Smoke => live::Opts { repeat_floor: 1 << 16, repeat_fwd: 1 << 15, target_s: 0.03, threads: &[1, 2], services: &[10], backends_per_service: 10, flows: 1024, mixes: live::MIXES, rounds: 1 },
-        Mode::Quick => live::Opts { repeat_floor: 1 << 19, repeat_fwd: 1 << 20, target_s: 0.1, threads: &[1, 2], services: &[1000], backends_per_service: 10, flows: 4096, mixes: live::MIXES, rounds: 2 },
-        Mode::Full => live::Opts { repeat_floor: 1 << 22, repeat_fwd: 1 << 21, target_s: 0.4, threads: &[1, 2], services: &[1, 1000, 10_000], backends_per_service: 10, flows: 16_384, mixes: live::MIXES, rounds: 3 },
+        Mode::Smoke => live::Opts { repeat_floor: 1 << 16, repeat_fwd: 1 << 15, target_s: 0.03, threads: &[1, 2], services: &[10], backends_per_service: 10, flows: 1024, mixes: live::MIXES, rounds: 1, conntrack: 1 << 20 },
+        Mode::Quick => live::Opts { repeat_floor: 1 << 19, repeat_fwd: 1 << 20, target_s: 0.1, threads: &[1, 2], services: &[1000], backends_per_service: 10, flows: 4096, mixes: live::MIXES, rounds: 2, conntrack: 1 << 20 },
+        Mode::Full => live::Opts { repeat_floor: 1 << 22, repeat_fwd: 1 << 21, target_s: 0.4, threads: &[1, 2], services: &[1, 1000, 10_000], backends_per_service: 10, flows: 16_384, mixes: live::MIXES, rounds: 3, conntrack: 1 << 20 },
     };
+    let lopts = lopts.from_env()?;
     for (sender, what) in [
         (Sender::LiveFrames, "live forwarding: live-frames generator over veth, 64-byte UDP and TCP SYN/ACK mixes, against this machine's XDP floors"),
         (Sender::Skb, "kube-proxy comparison on the skb path: AF_PACKET sender, xdplb vs iptables rules, same mixes"),
