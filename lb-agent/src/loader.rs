@@ -202,6 +202,7 @@ fn load_programs(ebpf: &mut Ebpf, names: &[&'static str]) -> Result<(), Error> {
     let load = || {
         let mut failed = Vec::new();
         while let Some((i, name, p)) = next() {
+            let started = std::time::Instant::now();
             let r = match p {
                 Program::Xdp(p) => p.load(),
                 Program::SchedClassifier(p) => p.load(),
@@ -209,8 +210,16 @@ fn load_programs(ebpf: &mut Ebpf, names: &[&'static str]) -> Result<(), Error> {
                 // Not of the type its caller expects: `program()` says so.
                 _ => continue,
             };
-            if let Err(e) = r {
-                failed.push((i, Error::program_load(name, e)));
+            match r {
+                // Where a cold start's time goes, program by program (the
+                // instruction count from kernel 5.16 on).
+                Ok(()) => tracing::debug!(
+                    program = name,
+                    verify_ms = started.elapsed().as_secs_f64() * 1e3,
+                    verified_insns = p.info().ok().and_then(|i| i.verified_instruction_count()),
+                    "program verified"
+                ),
+                Err(e) => failed.push((i, Error::program_load(name, e))),
             }
         }
         failed
