@@ -275,4 +275,20 @@ mod tests {
     fn a_missing_path_is_an_error_at_start() {
         assert!(watch(PathBuf::from("/nonexistent/xdplb")).is_err());
     }
+
+    /// The agent loads its programs only after `read`: a file that cannot
+    /// be read fails there, not in the parse that follows.
+    #[test]
+    fn an_unreadable_file_fails_the_read_and_a_good_read_parses_all() {
+        let dir = temp_dir("read");
+        std::fs::write(dir.join("a.yaml"), SVC.replace("NAME", "a")).unwrap();
+        std::fs::write(dir.join("b.yaml"), [0xff, 0xfe, b'\n']).unwrap();
+        let e = read(dir.clone()).err().expect("not UTF-8: a read error");
+        assert!(e.to_string().starts_with(&format!("reading {}", dir.join("b.yaml").display())), "{e}");
+        std::fs::write(dir.join("b.yaml"), SVC.replace("NAME", "b")).unwrap();
+        let first = read(dir.clone()).expect("read").watch().expect("parsed");
+        assert_eq!(*first.borrow().as_ref(), Model::load(&dir).unwrap());
+        assert_eq!(first.borrow().services.len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
