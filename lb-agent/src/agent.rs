@@ -76,21 +76,31 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         tracing::warn!("XDP in generic mode, as asked (--xdp-mode generic): it runs after the kernel allocates an skb, several times slower than native");
     }
 
-    let mut models = match &args.inputs.source {
-        SourceSpec::File(path) => file::watch(path.clone()).map_err(|source| RunError::FileSource { path: path.clone(), source })?,
+    // What can make the source fail is checked before anything is loaded (a
+    // bad source stops the agent with nothing pinned): the files read, the
+    // kubeconfig read. The rest of the first model (the YAML parse, the
+    // first list) comes while the kernel verifies the programs.
+    let first = match &args.inputs.source {
+        SourceSpec::File(path) => First::File(path.clone(), file::read(path.clone()).map_err(|source| RunError::FileSource { path: path.clone(), source })?),
         SourceSpec::Kube => {
-            // Returns after the first complete list: the maps are never
-            // synced to a partial (or empty) view of the cluster.
             let health = Arc::new(kube::SourceHealth::default());
             metrics.set_source_health(health.clone(), Duration::from_secs(args.source_stale_after));
-            kube::start(
-                args.inputs.kubeconfig.as_deref(),
-                &args.inputs.node_name,
-                health,
-            )
-            .await
-            .map_err(RunError::KubeSource)?
+            First::Kube(kube::client(args.inputs.kubeconfig.as_deref(), health.clone()).await.map_err(RunError::KubeSource)?, health)
         }
+    };
+    let sizes = MapSizes::from(&args.sizes);
+    // On a blocking thread (which loads on one more per CPU): this one
+    // parses or lists meanwhile.
+    let pin_dir = args.pin_path.clone();
+    let loading = tokio::task::spawn_blocking(move || {
+        let started = Instant::now();
+        (loader::load(&pin_dir, sizes), started.elapsed())
+    });
+    let mut models = match first {
+        First::File(path, read) => read.watch().map_err(|source| RunError::FileSource { path, source })?,
+        // Returns after the first complete list: the maps are never
+        // synced to a partial (or empty) view of the cluster.
+        First::Kube(client, health) => kube::watch(client, &args.inputs.node_name, health).await.map_err(RunError::KubeSource)?,
     };
 
     // The cold start's split (the bench reads these lines).
@@ -106,11 +116,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             "tc programs attach as netlink cls_bpf filters on the clsact qdisc (they stay attached without the agent)"
         ),
     }
-    let sizes = MapSizes::from(&args.sizes);
-    let loaded = Instant::now();
-    let mut ebpf = loader::load(&args.pin_path, sizes)
-        .map_err(|e| RunError::Load { pin_dir: args.pin_path.clone(), source: Box::new(e) })?;
-    tracing::info!(load_ms = loaded.elapsed().as_millis() as u64, "programs loaded (each verified by the kernel)");
+    let (loaded, load_time) = loading.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+    let mut ebpf = loaded.map_err(|e| RunError::Load { pin_dir: args.pin_path.clone(), source: Box::new(e) })?;
+    tracing::info!(load_ms = load_time.as_millis() as u64, "programs loaded (each verified by the kernel)");
     forward_kernel_logs(&mut ebpf);
     // Links are pinned next to the maps: the programs stay attached when the
     // agent stops or crashes, and the next agent replaces them in place.
@@ -263,6 +271,14 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     }
     drop(ebpf);
     Ok(())
+}
+
+/// The source's first step, taken before the programs load.
+enum First {
+    /// The files read, not parsed.
+    File(std::path::PathBuf, file::FirstRead),
+    /// A client of the configured API server.
+    Kube(::kube::Client, Arc<kube::SourceHealth>),
 }
 
 /// LoadBalancer addresses (`lb_agent::lbip`), if asked: before the

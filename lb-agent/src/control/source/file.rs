@@ -78,12 +78,17 @@ impl Files {
             self.parsed.insert(file.clone(), (*stamp, m));
             parsed += 1;
         }
+        Ok((self.model(), parsed))
+    }
+
+    /// The model of every file parsed.
+    fn model(&self) -> Model {
         // In name order, so a later file wins on duplicates (as `Model::load`).
         let mut model = Model::default();
         for (_, m) in self.parsed.values() {
             model.extend(m);
         }
-        Ok((model, parsed))
+        model
     }
 }
 
@@ -91,12 +96,46 @@ impl Files {
 /// every (debounced) change. Fails if the first load fails, so a typo in
 /// `--source` is an error at start rather than an empty cluster.
 pub fn watch(path: PathBuf) -> Result<watch::Receiver<Arc<Model>>, LoadError> {
+    read(path)?.watch()
+}
+
+/// The files of `path` read once, not parsed yet: reading is where the
+/// first load can fail, parsing only warns. The agent reads before it
+/// loads anything and parses while the kernel verifies its programs.
+pub struct FirstRead {
+    path: PathBuf,
+    /// Taken before reading (see [`Files::load`]).
+    snap: Snapshot,
+    /// Each file of `snap`, in its order.
+    texts: Vec<String>,
+}
+
+/// [`watch`]'s first step: every file's text.
+pub fn read(path: PathBuf) -> Result<FirstRead, LoadError> {
     // A missing path is an error here, not an empty snapshot.
     model::yaml_files(&path)?;
-    let mut last = snapshot(&path);
-    let mut files = Files::default();
-    let (first, _) = files.load(&last)?;
-    let (tx, rx) = watch::channel(Arc::new(first));
+    let snap = snapshot(&path);
+    let texts = snap.0.iter().map(|(file, _)| model::read_file(file)).collect::<Result<_, _>>()?;
+    Ok(FirstRead { path, snap, texts })
+}
+
+impl FirstRead {
+    /// [`watch`]'s second step: the files parsed into the first model, then
+    /// followed. Fails only if the following thread cannot be had.
+    pub fn watch(self) -> Result<watch::Receiver<Arc<Model>>, LoadError> {
+        let FirstRead { path, snap, texts } = self;
+        let mut files = Files::default();
+        for ((file, stamp), text) in snap.0.iter().zip(texts) {
+            files.parsed.insert(file.clone(), (*stamp, Model::parse_file(&text, file)));
+        }
+        follow(path, snap, files)
+    }
+}
+
+/// Sends the first model of `files`, then a new one after every
+/// (debounced) change of `path` from `last` on.
+fn follow(path: PathBuf, mut last: Snapshot, mut files: Files) -> Result<watch::Receiver<Arc<Model>>, LoadError> {
+    let (tx, rx) = watch::channel(Arc::new(files.model()));
     let spawned = std::thread::Builder::new().name("file-source".into()).spawn(move || {
         let mut wake = Wakeups::new(&path);
         while !tx.is_closed() {
@@ -235,5 +274,21 @@ mod tests {
     #[test]
     fn a_missing_path_is_an_error_at_start() {
         assert!(watch(PathBuf::from("/nonexistent/xdplb")).is_err());
+    }
+
+    /// The agent loads its programs only after `read`: a file that cannot
+    /// be read fails there, not in the parse that follows.
+    #[test]
+    fn an_unreadable_file_fails_the_read_and_a_good_read_parses_all() {
+        let dir = temp_dir("read");
+        std::fs::write(dir.join("a.yaml"), SVC.replace("NAME", "a")).unwrap();
+        std::fs::write(dir.join("b.yaml"), [0xff, 0xfe, b'\n']).unwrap();
+        let e = read(dir.clone()).err().expect("not UTF-8: a read error");
+        assert!(e.to_string().starts_with(&format!("reading {}", dir.join("b.yaml").display())), "{e}");
+        std::fs::write(dir.join("b.yaml"), SVC.replace("NAME", "b")).unwrap();
+        let first = read(dir.clone()).expect("read").watch().expect("parsed");
+        assert_eq!(*first.borrow().as_ref(), Model::load(&dir).unwrap());
+        assert_eq!(first.borrow().services.len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
