@@ -119,6 +119,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let (loaded, load_time) = loading.await.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
     let mut ebpf = loaded.map_err(|e| RunError::Load { pin_dir: args.pin_path.clone(), source: Box::new(e) })?;
     tracing::info!(load_ms = load_time.as_millis() as u64, "programs loaded (each verified by the kernel)");
+    // Read whole by the load, not again: 4 MiB of RSS.
+    let released = lb_agent::resident::release(loader::BYTECODE);
+    tracing::debug!(bytes = released, "the eBPF object's pages released");
     forward_kernel_logs(&mut ebpf);
     // Links are pinned next to the maps: the programs stay attached when the
     // agent stops or crashes, and the next agent replaces them in place.

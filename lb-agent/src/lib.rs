@@ -27,6 +27,7 @@ pub mod podifaces;
 pub mod privs;
 pub mod portbits;
 pub mod replyports;
+pub mod resident;
 pub mod serviceports;
 pub mod snat;
 pub mod socklb;

@@ -69,7 +69,7 @@ pub fn table(plan: &Plan) -> String {
                 state.into(),
                 slot,
                 format!("id {}", b.id),
-                b.node_name.clone().unwrap_or_default(),
+                b.node_name.as_deref().unwrap_or_default().to_string(),
             ]);
         }
         t.text("");

@@ -19,6 +19,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use lb_common::{backend_flags, backend_state, service_flags, Addr4, Addr6, Backend, ServiceKey, ServiceV4, SlotKey, SourceRange};
@@ -103,7 +104,15 @@ pub struct PlannedBackend {
     /// Its slot (1-based) when it takes new flows; `None` when it only keeps
     /// its existing flows.
     pub slot: Option<u32>,
-    pub node_name: Option<String>,
+    /// The model endpoint's (shared, not copied: the last plan is kept).
+    #[serde(serialize_with = "shared_str")]
+    pub node_name: Option<Arc<str>>,
+}
+
+/// An `Option<Arc<str>>` as the string it holds (serde's `rc` feature
+/// would rebuild the whole dependency tree for this one field).
+fn shared_str<S: serde::Serializer>(v: &Option<Arc<str>>, s: S) -> Result<S::Ok, S::Error> {
+    serde::Serialize::serialize(&v.as_deref(), s)
 }
 
 /// One service id: a port of a Service, over one set of frontends.
@@ -135,11 +144,11 @@ pub struct PlannedService {
 struct Candidate {
     addr: IpAddr,
     port: u16,
-    node_name: Option<String>,
+    node_name: Option<Arc<str>>,
     ready: bool,
     serving: bool,
     terminating: bool,
-    zone: Option<String>,
+    zone: Option<Arc<str>>,
     zone_hints: Vec<String>,
     node_hints: Vec<String>,
 }
@@ -361,8 +370,8 @@ fn candidates(slices: &[&Slice], port: &ServicePort, publish_not_ready: bool) ->
                 serving: e.serving || publish_not_ready,
                 terminating: e.terminating,
                 zone: e.zone.clone(),
-                zone_hints: e.zone_hints.clone(),
-                node_hints: e.node_hints.clone(),
+                zone_hints: e.zone_hints().to_vec(),
+                node_hints: e.node_hints().to_vec(),
             };
             out.entry((e.addr, sp.port))
                 .and_modify(|o| {
@@ -650,7 +659,9 @@ impl<'a> Planner<'a> {
             .filter(|c| c.terminating && !in_slots.contains(&(c.addr, c.port)))
             .collect();
 
-        let mut backends = Vec::new();
+        // Exact: the last plan's backends are kept (`Incremental`), and a
+        // pushed-to Vec of 10 would hold 16.
+        let mut backends = Vec::with_capacity(slotted.len() + draining.len());
         let mut slot_ids = Vec::new();
         for (c, takes_new) in slotted
             .iter()

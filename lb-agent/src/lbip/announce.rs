@@ -110,7 +110,7 @@ fn local_nodes(model: &Model, id: &ObjectRef, all_ready: bool) -> BTreeSet<Strin
         .filter(|(sid, s)| sid.namespace == id.namespace && s.service == id.name)
         .flat_map(|(_, s)| s.endpoints.iter())
         .filter(|e| e.ready || all_ready)
-        .filter_map(|e| e.node_name.clone())
+        .filter_map(|e| e.node_name.as_deref().map(str::to_string))
         .collect()
 }
 

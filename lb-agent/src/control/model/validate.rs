@@ -16,7 +16,7 @@ use k8s_openapi::api::{core::v1 as core, discovery::v1 as discovery};
 use super::{
     cidr,
     ip::{self, AddrError},
-    IpFamily, parse_algorithm, Endpoint, Node, ObjectRef, Proto, Service, ServicePort, ServiceType, Slice,
+    IpFamily, parse_algorithm, Endpoint, EndpointHints, Node, SharedNames, ObjectRef, Proto, Service, ServicePort, ServiceType, Slice,
     SlicePort, ALGORITHM_ANNOTATION, LB_MODE_ANNOTATION, MAGLEV_SIZE_ANNOTATION, WEIGHTS_ANNOTATION, DEFAULT_AFFINITY_TIMEOUT_S, HEADLESS_LABEL, MAX_ENDPOINTS, SERVICE_NAME_LABEL, SERVICE_PROXY_NAME_LABEL, TrafficDistribution, ZONE_LABEL,
 };
 
@@ -459,7 +459,8 @@ fn slice(id: &ObjectRef, service: &str, family: IpFamily, s: &discovery::Endpoin
             proto,
         });
     }
-    let mut endpoints = Vec::new();
+    let mut endpoints = Vec::with_capacity(s.endpoints.len());
+    let mut names = SharedNames::default();
     for (i, e) in s.endpoints.iter().enumerate() {
         // One bad endpoint is skipped alone: the others still serve.
         let addr = match endpoint_addr(id, family, e) {
@@ -473,13 +474,17 @@ fn slice(id: &ObjectRef, service: &str, family: IpFamily, s: &discovery::Endpoin
         let ready = c.ready.unwrap_or(true);
         endpoints.push(Endpoint {
             addr,
-            node_name: e.node_name.clone(),
+            node_name: e.node_name.as_deref().map(|n| names.get(n)),
             ready,
             serving: c.serving.unwrap_or(ready),
             terminating: c.terminating.unwrap_or(false),
-            zone: e.zone.clone().filter(|z| !z.is_empty()),
-            zone_hints: e.hints.iter().flat_map(|h| h.for_zones.iter().flatten()).map(|z| z.name.clone()).collect(),
-            node_hints: e.hints.iter().flat_map(|h| h.for_nodes.iter().flatten()).map(|n| n.name.clone()).collect(),
+            zone: e.zone.as_deref().filter(|z| !z.is_empty()).map(|z| names.get(z)),
+            hints: Some(EndpointHints {
+                zones: e.hints.iter().flat_map(|h| h.for_zones.iter().flatten()).map(|z| z.name.clone()).collect(),
+                nodes: e.hints.iter().flat_map(|h| h.for_nodes.iter().flatten()).map(|n| n.name.clone()).collect(),
+            })
+            .filter(|h| !h.zones.is_empty() || !h.nodes.is_empty())
+            .map(Box::new),
         });
     }
     Ok(Slice {

@@ -555,8 +555,7 @@ fn ready_slice(service: &str, addrs: impl Iterator<Item = Ipv4Addr>) -> model::S
             serving: true,
             terminating: false,
             zone: None,
-            zone_hints: Vec::new(),
-            node_hints: Vec::new(),
+            hints: None,
         })
         .collect();
     let ports = vec![model::SlicePort { name: "http".into(), port: 8080, proto: Proto::Tcp }];

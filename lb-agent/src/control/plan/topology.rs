@@ -68,9 +68,9 @@ pub(super) fn apply(
         .map(|c| match (given, distribution) {
             (true, _) => Hints { zones: c.zone_hints.clone(), nodes: c.node_hints.clone() },
             (false, d) => Hints {
-                zones: c.zone.iter().cloned().collect(),
+                zones: c.zone.iter().map(|z| z.to_string()).collect(),
                 nodes: match d {
-                    Some(TrafficDistribution::PreferSameNode) => c.node_name.iter().cloned().collect(),
+                    Some(TrafficDistribution::PreferSameNode) => c.node_name.iter().map(|n| n.to_string()).collect(),
                     _ => Vec::new(),
                 },
             },
